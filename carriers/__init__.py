@@ -1,0 +1,1 @@
+"""Carrier adapters, one module per carrier, each a `gateway.carrier.Carrier` registered as an entry point."""

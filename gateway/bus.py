@@ -1,0 +1,159 @@
+"""Per-call frame bus: bounded queues in both directions with rate conversion at the edges.
+
+The inbound side (carrier → engine) is fed from carrier socket readers, which must never block: when the engine
+falls behind, the oldest *audio* is dropped and counted (events are never dropped while audio can go instead).
+The outbound side (engine → carrier) is bounded too, but there the producer is the engine, which may wait.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from voicecodecs import Reframer, StreamResampler, frame_bytes
+from voicecodecs._audioop import audioop
+
+from .frames import AudioFrame, BusItem, Clear
+
+
+@dataclass
+class BusCounters:
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped_in: int = 0
+    dropped_out: int = 0   # frames discarded by clear()/barge-in
+    level_in: int = 0      # RMS of the last inbound frame, for meters
+    level_out: int = 0
+
+
+class DropOldestQueue:
+    """A bounded queue whose put never blocks: on overflow it discards the oldest audio frame.
+
+    Events (DTMF, marks, hangup) outrank audio; if the queue is full of events only (a flood), the oldest item of
+    any kind goes, so memory stays bounded at `maxsize` whatever the sender does.
+    """
+
+    def __init__(self, maxsize: int, counters: BusCounters) -> None:
+        self.maxsize = maxsize
+        self._items: deque[BusItem] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._counters = counters
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: BusItem) -> None:
+        items = self._items
+        if len(items) >= self.maxsize:
+            self._drop_one()
+        items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _drop_one(self) -> None:
+        items = self._items
+        for i, it in enumerate(items):
+            if isinstance(it, AudioFrame):
+                del items[i]
+                break
+        else:
+            items.popleft()
+        self._counters.dropped_in += 1
+
+    async def get(self) -> BusItem:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def get_nowait(self) -> BusItem | None:
+        return self._items.popleft() if self._items else None
+
+
+class CallBus:
+    """Moves frames between a carrier leg at `carrier_rate` and an engine at `engine_rate`."""
+
+    def __init__(self, carrier_rate: int, engine_rate: int, inbound_max: int = 50, outbound_max: int = 500) -> None:
+        self.carrier_rate = carrier_rate
+        self.engine_rate = engine_rate
+        self.counters = BusCounters()
+        self.inbound = DropOldestQueue(inbound_max, self.counters)
+        self.outbound: asyncio.Queue[BusItem] = asyncio.Queue(outbound_max)
+        self._in_frame = Reframer(frame_bytes(carrier_rate))
+        self._out_frame = Reframer(frame_bytes(engine_rate))
+        self._up = StreamResampler(carrier_rate, engine_rate)
+        self._down = StreamResampler(engine_rate, carrier_rate)
+        self._out_carrier_frame = Reframer(frame_bytes(carrier_rate))
+
+    # carrier → engine -------------------------------------------------------------------------------------
+    def feed_audio(self, pcm: bytes) -> None:
+        """Carrier-rate PCM16 of any length; never blocks."""
+        for chunk in self._in_frame.push(pcm):
+            self.counters.frames_in += 1
+            self.counters.level_in = audioop.rms(chunk, 2)
+            self.inbound.put_nowait(AudioFrame(self._up.process(chunk), self.engine_rate))
+
+    def feed_event(self, event: BusItem) -> None:
+        self.inbound.put_nowait(event)
+
+    # engine → carrier -------------------------------------------------------------------------------------
+    async def play(self, pcm: bytes) -> None:
+        """Engine-rate PCM16 of any length; waits while the outbound queue is full."""
+        for chunk in self._out_frame.push(pcm):
+            await self._put_out_audio(chunk)
+
+    async def flush_play(self) -> None:
+        """Push out a partial trailing frame padded with silence (end of an utterance)."""
+        tail = self._out_frame.flush(pad=True)
+        if tail:
+            await self._put_out_audio(tail)
+
+    async def _put_out_audio(self, chunk: bytes) -> None:
+        for frame in self._out_carrier_frame.push(self._down.process(chunk)):
+            self.counters.level_out = audioop.rms(frame, 2)
+            await self.outbound.put(AudioFrame(frame, self.carrier_rate))
+
+    async def send_control(self, item: BusItem) -> None:
+        """Queue a control item (mark, DTMF, hangup, transfer) in order behind the audio already queued."""
+        await self.outbound.put(item)
+
+    def clear(self) -> int:
+        """Barge-in: drop queued outbound audio now and tell the carrier to flush its own buffer."""
+        dropped = 0
+        kept: list[BusItem] = []
+        q = self.outbound
+        while not q.empty():
+            item = q.get_nowait()
+            if isinstance(item, AudioFrame):
+                dropped += 1
+            else:
+                kept.append(item)
+        self._out_frame.reset()
+        self._out_carrier_frame.reset()
+        self.counters.dropped_out += dropped
+        for item in kept:
+            q.put_nowait(item)
+        if not q.full():
+            q.put_nowait(Clear())
+        return dropped
+
+    async def next_outbound(self) -> BusItem:
+        item = await self.outbound.get()
+        if isinstance(item, AudioFrame):
+            self.counters.frames_out += 1
+        return item
+
+    def next_outbound_nowait(self) -> BusItem | None:
+        """For clock-driven senders (RTP): the next item or None when nothing is queued."""
+        try:
+            item = self.outbound.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if isinstance(item, AudioFrame):
+            self.counters.frames_out += 1
+        return item
+

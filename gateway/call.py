@@ -1,0 +1,281 @@
+"""A live call: the carrier leg, the frame bus and the engine session, and the call-log row behind them.
+
+Carriers drive a Call:
+    call = await gateway.calls.create(carrier="twilio", direction="inbound", ...)
+    await call.attach(leg, carrier_rate=8000)          # media is up: engine starts
+    call.feed_audio(pcm) / call.feed_event(Dtmf("5"))  # from the socket reader, never blocks
+    item = await call.next_outbound()                  # AudioFrame | Clear | Mark | SendDtmf, carrier rate
+    await call.end(HangupSource.USER, "stop")          # the carrier leg is gone
+Hangup and transfer requests queued by the engine are carried out inside `next_outbound()` through the leg,
+after the audio queued before them, so a goodbye is not cut off.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from .bus import CallBus
+from .carrier import CallLeg
+from .engine.base import EngineSession
+from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
+
+if TYPE_CHECKING:
+    from .callmanager import CallManager
+
+log = logging.getLogger("gateway.call")
+
+Tap = Callable[[bytes], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Call:
+    def __init__(self, manager: "CallManager", log_row: dict[str, Any], *, carrier: str, direction: str,
+                 from_number: str, to_number: str, agent: dict[str, Any] | None, number: dict[str, Any] | None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.manager = manager
+        self.id: str = log_row["call_uuid"]
+        self.log_id: int = log_row["id"]
+        self.carrier = carrier
+        self.direction = direction
+        self.from_number = from_number
+        self.to_number = to_number
+        self.agent = agent
+        self.number = number
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.carrier_sid: str | None = log_row.get("carrier_sid")
+        self.status: str = log_row.get("call_status") or "queued"
+        self.created = time.monotonic()
+        self.answered: float | None = None
+        self.leg: CallLeg | None = None
+        self.bus: CallBus | None = None
+        self.amd: AmdResult | None = None
+        self.transfer: TransferRequest | None = None
+        self.transfer_result: TransferResult | None = None
+        self.hangup: Hangup | None = None
+        self.ended = asyncio.Event()
+        self._taps: list[Tap] = []
+        self._engine_task: asyncio.Task | None = None
+        self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
+
+    # -- description --------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Live view of the call (API, live page, engine info)."""
+        c = self.bus.counters if self.bus else None
+        return {
+            "call_id": self.id, "id": self.log_id, "carrier": self.carrier, "direction": self.direction,
+            "from_number": self.from_number, "to_number": self.to_number,
+            "agent_id": (self.agent or {}).get("id"), "status": self.status, "carrier_sid": self.carrier_sid,
+            "duration": round(time.monotonic() - (self.answered or self.created), 1),
+            "amd": self.amd.answered_by.value if self.amd else None,
+            "transfer": {"target": self.transfer.number, "outcome": self.transfer_result.outcome
+                         if self.transfer_result else "pending"} if self.transfer else None,
+            "metadata": self.metadata,
+            "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
+            "dropped_in": c.dropped_in if c else 0, "level_in": c.level_in if c else 0,
+            "level_out": c.level_out if c else 0,
+        }
+
+    @property
+    def is_active(self) -> bool:
+        return not self.ended.is_set()
+
+    # -- call log -----------------------------------------------------------------------------------------------
+    async def record(self, **fields: Any) -> None:
+        """Update this call's log row (errors are logged, never raised into a media path)."""
+        if "call_status" in fields:
+            self.status = fields["call_status"]
+        try:
+            await self.manager.store.update_call(self.log_id, **fields)
+        except Exception:
+            self.log.exception("call log update failed")
+
+    async def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
+        """Record a call event and deliver the agent's lifecycle webhook (queued; never blocks audio)."""
+        await self.manager.emit(self, event, data or {})
+
+    def set_carrier_sid(self, sid: str) -> None:
+        self.carrier_sid = sid
+        self.manager.index_sid(self, sid)
+
+    # -- media --------------------------------------------------------------------------------------------------
+    async def attach(self, leg: CallLeg, carrier_rate: int) -> None:
+        """Media is flowing: create the bus at the carrier's rate and start the agent's engine."""
+        if self.bus is not None:
+            raise RuntimeError("call already attached")
+        engine = self.manager.engines.for_agent(self.agent)
+        self.leg = leg
+        self.bus = CallBus(carrier_rate, engine.sample_rate)
+        self.answered = time.monotonic()
+        await self.record(call_status="in-progress", answered_at=utcnow())
+        await self.emit("phone_call:accepted")
+        self.bus.feed_event(CallStarted(self.id, self.carrier, self.direction, self.from_number, self.to_number,
+                                        (self.agent or {}).get("id"), dict(self.metadata)))
+        session = EngineSession(self, engine.sample_rate)
+        self._engine_task = asyncio.create_task(self._run_engine(engine, session), name=f"engine-{self.id}")
+        await self.emit("conversation:started")
+        self.log.info("call attached", extra={"rate": carrier_rate, "engine_rate": engine.sample_rate})
+
+    def add_tap(self, tap: Tap) -> None:
+        """Observe inbound carrier-rate PCM (AMD, VAD, meters) before it reaches the engine."""
+        self._taps.append(tap)
+
+    def remove_tap(self, tap: Tap) -> None:
+        if tap in self._taps:
+            self._taps.remove(tap)
+
+    def feed_audio(self, pcm: bytes) -> None:
+        if self.bus is None or self.ended.is_set():
+            return
+        for tap in self._taps:
+            tap(pcm)
+        self.bus.feed_audio(pcm)
+
+    def feed_event(self, event: BusItem) -> None:
+        if self.bus is not None and not self.ended.is_set():
+            self.bus.feed_event(event)
+
+    async def next_inbound(self) -> BusItem:
+        return await self.bus.inbound.get()
+
+    async def next_outbound(self) -> BusItem:
+        """Next item for the carrier to send; hangup/transfer requests are carried out here, in order."""
+        while True:
+            item = await self.bus.next_outbound()
+            if isinstance(item, Hangup):
+                await self._hangup_now(item.source, item.reason)
+            elif isinstance(item, TransferRequest):
+                await self._transfer_now(item)
+            else:
+                return item
+
+    def next_outbound_nowait(self) -> BusItem | None:
+        """For clock-driven senders (RTP); leg actions run in their own task."""
+        while True:
+            item = self.bus.next_outbound_nowait()
+            if isinstance(item, Hangup):
+                asyncio.create_task(self._hangup_now(item.source, item.reason))
+            elif isinstance(item, TransferRequest):
+                asyncio.create_task(self._transfer_now(item))
+            else:
+                return item
+
+    # -- actions ------------------------------------------------------------------------------------------------
+    async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
+        """Hang up: the engine's request waits behind queued audio; API/system requests act at once."""
+        if self.ended.is_set():
+            return
+        if self.bus is None or immediate or source is not HangupSource.AGENT:
+            if self.bus is not None:
+                self.bus.clear()
+            await self._hangup_now(source, reason)
+        else:
+            await self.bus.flush_play()
+            await self.bus.send_control(Hangup(source, reason))
+
+    async def _hangup_now(self, source: HangupSource, reason: str) -> None:
+        if self.ended.is_set() or self.hangup is not None:
+            return
+        self.hangup = Hangup(source, reason)
+        try:
+            if self.leg is not None:
+                await self.leg.hangup(self, reason)
+        except Exception:
+            self.log.exception("carrier hangup failed")
+        finally:
+            await self.end(source, reason)
+
+    def transfer_request(self, number: str | None = None) -> TransferRequest | None:
+        """The transfer to perform: an explicit number, else the agent's configured number and backups."""
+        opts = ((self.agent or {}).get("settings") or {}).get("transfer") or {}
+        primary = number or opts.get("number")
+        if not primary:
+            return None
+        backups = [n for n in opts.get("backup_numbers") or [] if n != primary]
+        return TransferRequest(primary, backups, opts.get("transfer_message"))
+
+    async def request_transfer(self, number: str | None = None) -> None:
+        req = self.transfer_request(number)
+        if req is None:
+            self.log.warning("transfer requested but no transfer number configured")
+            self.feed_event(TransferResult(None, "failed"))
+            return
+        await self.bus.flush_play()
+        await self.bus.send_control(req)
+
+    async def _transfer_now(self, req: TransferRequest) -> None:
+        self.transfer = req
+        await self.record(is_call_transfer=True, transfer_target=req.number)
+        await self.emit("call:transfer_requested", {"number": req.number, "backup_numbers": req.backup_numbers})
+        try:
+            await self.leg.transfer(self, req)
+        except Exception as e:
+            self.log.exception("transfer failed")
+            await self.transfer_finished(TransferResult(req.number, f"failed: {e}"))
+
+    async def transfer_finished(self, result: TransferResult) -> None:
+        """Carriers report the outcome of a transfer (target reached, busy, no-answer…)."""
+        self.transfer_result = result
+        await self.record(transfer_target=result.target, transfer_outcome=result.outcome)
+        await self.emit("call:transfer_result", {"target": result.target, "outcome": result.outcome})
+        self.feed_event(result)
+
+    async def set_amd(self, result: AmdResult) -> None:
+        """Record an AMD verdict from any source and pass it to the engine."""
+        self.amd = result
+        ab = result.answered_by
+        await self.record(amd_detected=True, amd_answered_by=ab.value, amd_duration=result.duration_ms / 1000,
+                          is_fax=ab.value == "fax", is_voicemail=ab.is_machine)
+        await self.emit("call:amd_result", {"answered_by": ab.value, "duration_ms": result.duration_ms,
+                                            "source": result.source})
+        self.feed_event(result)
+
+    # -- end ----------------------------------------------------------------------------------------------------
+    async def end(self, source: HangupSource | str, reason: str = "", status: str | None = None) -> None:
+        """The call is over at the carrier: close the log row, stop the engine, fire the closing webhooks."""
+        if self.ended.is_set():
+            return
+        source = HangupSource(source)
+        if self.hangup is None:
+            self.hangup = Hangup(source, reason)
+        self.ended.set()
+        if self.bus is not None:
+            self.bus.feed_event(self.hangup)
+        final = status or ("completed" if self.answered else self.status if self.status not in
+                           ("queued", "ringing", "initiated") else "canceled")
+        duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0
+        await self.record(call_status=final, ended_at=utcnow(), call_duration_in_seconds=duration,
+                          hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason)
+        if self.answered:
+            await self.emit("conversation:ended")
+        await self.emit("hang_up", {"source": self.hangup.source.value, "reason": self.hangup.reason})
+        await self.manager.finished(self)
+        if self._engine_task is not None and not self._engine_task.done():
+            task = self._engine_task
+            # give the engine a moment to see the Hangup event and finish on its own
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if not done:
+                task.cancel()
+        self.log.info("call ended", extra={"source": source.value, "reason": reason, "status": final})
+
+    async def _run_engine(self, engine: Any, session: EngineSession) -> None:
+        reason = "agent_finished"
+        try:
+            await engine.handle_call(session)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            self.log.exception("engine failed")
+            reason = "engine_error"
+        if not self.ended.is_set():
+            await self.request_hangup(HangupSource.AGENT, reason)
+
+
+def new_call_uuid() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,117 @@
+"""All live calls of this process: creation (with its call-log row), lookup by id or carrier sid, capacity."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .call import Call, new_call_uuid
+from .frames import HangupSource
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+log = logging.getLogger("gateway.calls")
+
+
+class CapacityError(RuntimeError):
+    """The gateway is at `max_calls`; carriers answer busy (SIP 503 + Retry-After, TwiML reject…)."""
+
+
+class CallManager:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.active: dict[str, Call] = {}
+        self._by_sid: dict[str, Call] = {}
+        self.totals = {"calls": 0, "frames_in": 0, "frames_out": 0, "dropped_in": 0}
+        self._listeners: list[Any] = []
+
+    @property
+    def store(self):
+        return self.gateway.store
+
+    @property
+    def engines(self):
+        return self.gateway.engines
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self.active) >= self.gateway.settings.max_calls
+
+    async def create(self, *, carrier: str, direction: str, from_number: str, to_number: str,
+                     number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
+                     carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
+                     metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
+        """Open a call-log row and a live Call; raises CapacityError when full."""
+        if self.at_capacity:
+            raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
+        if agent is None and number is not None and number.get("agent_id"):
+            agent = await self.store.get_agent(number["agent_id"])
+        row = await self.store.create_call({
+            "call_uuid": new_call_uuid(), "carrier_sid": carrier_sid,
+            "agent_id": (agent or {}).get("id"), "phone_number_id": (number or {}).get("id"),
+            "channel_type": carrier, "call_direction": direction, "from_number": from_number,
+            "to_number": to_number, "call_status": status, "call_context": call_context or {},
+        })
+        call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
+                    agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
+                                                                                 if call_context else {})})
+        self.active[call.id] = call
+        if carrier_sid:
+            self._by_sid[carrier_sid] = call
+        self.totals["calls"] += 1
+        await call.emit("phone_call:connection_requested")
+        self._notify("call_started", call)
+        return call
+
+    def get(self, call_id: str) -> Call | None:
+        return self.active.get(call_id)
+
+    def get_by_log_id(self, log_id: int) -> Call | None:
+        return next((c for c in self.active.values() if c.log_id == log_id), None)
+
+    def find_by_sid(self, sid: str) -> Call | None:
+        return self._by_sid.get(sid)
+
+    def index_sid(self, call: Call, sid: str) -> None:
+        self._by_sid[sid] = call
+
+    async def emit(self, call: Call, event: str, data: dict[str, Any]) -> None:
+        try:
+            await self.store.add_call_event(call.log_id, event, data)
+        except Exception:
+            call.log.exception("call event not stored", extra={"event": event})
+        self.gateway.webhooks.emit(call, event, data)
+        self._notify("call_updated", call)
+
+    async def finished(self, call: Call) -> None:
+        self.active.pop(call.id, None)
+        if call.carrier_sid:
+            self._by_sid.pop(call.carrier_sid, None)
+        if call.bus is not None:
+            c = call.bus.counters
+            self.totals["frames_in"] += c.frames_in
+            self.totals["frames_out"] += c.frames_out
+            self.totals["dropped_in"] += c.dropped_in
+        row = await self.store.get_call(call.log_id)
+        self.gateway.webhooks.emit(call, "post_call", {"call_log": row})
+        self._notify("call_ended", call)
+
+    async def hangup_all(self, reason: str = "shutdown") -> None:
+        for call in list(self.active.values()):
+            await call.request_hangup(HangupSource.SYSTEM, reason, immediate=True)
+
+    # -- observers (live calls page) ----------------------------------------------------------------------------
+    def subscribe(self, listener: Any) -> None:
+        """`listener(kind, call)` is called synchronously on call_started / call_updated / call_ended."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Any) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, kind: str, call: Call) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(kind, call)
+            except Exception:
+                log.exception("call listener failed")

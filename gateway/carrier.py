@@ -1,0 +1,104 @@
+"""The one small interface every carrier implements, and the registry the core finds carriers through.
+
+The core never imports a carrier module: carriers are listed under the `telephony_gateway.carriers` entry-point
+group in pyproject.toml and loaded by name at start-up. A carrier
+
+* registers its webhook / websocket routes on the aiohttp app in `setup()`,
+* turns carrier messages into bus frames and events by driving a `Call` (`call.attach()`, `call.feed_audio()`,
+  `call.feed_event()`, `call.next_outbound()`, `call.end()`),
+* performs outbound calls, hangup and transfer through the carrier in `dispatch()` and its `CallLeg`,
+* checks credentials on import in `validate_import()`.
+"""
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .frames import TransferRequest
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .runtime import Gateway
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "telephony_gateway.carriers"
+
+
+class CarrierError(Exception):
+    """A carrier refused or failed an operation; `message` is safe to show to an API user (no secrets)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@runtime_checkable
+class CallLeg(Protocol):
+    """The carrier side of one live call, as the core sees it."""
+
+    async def hangup(self, call: "Call", reason: str) -> None:
+        """End the call at the carrier (REST update, BYE, closing the stream…)."""
+
+    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+        """Move the caller to `request.number`, falling back to `request.backup_numbers` in order."""
+
+
+class Carrier:
+    """Base class with no-op defaults; a carrier overrides what it supports."""
+
+    name: str = ""
+    #: phone-number `provider` values this carrier handles (e.g. "twilio"; SIP handles "sip").
+    providers: tuple[str, ...] = ()
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.log = logging.LoggerAdapter(log, {"carrier": self.name})
+
+    def setup(self, app: Any) -> None:
+        """Add routes to the aiohttp application."""
+
+    async def start(self) -> None:
+        """Start background work (listeners, registrations). Called once the store is open."""
+
+    async def stop(self) -> None:
+        """Stop background work and end this carrier's live calls."""
+
+    async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Check credentials / ownership before a number is stored; return fields to store (may add some).
+
+        Raise CarrierError with a user-facing message when the carrier rejects them.
+        """
+        return fields
+
+    async def on_number_imported(self, number: dict[str, Any]) -> None:
+        """A number of this carrier was stored (e.g. start registration)."""
+
+    async def on_number_deleted(self, number: dict[str, Any]) -> None:
+        """A number of this carrier was deleted."""
+
+    async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
+        """Place an outbound call from `number` to `to_number` (E.164) for `call`."""
+        raise CarrierError(f"carrier {self.name} cannot place outbound calls", 400)
+
+    async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Check that a trunk / account works; returns a report with a verdict per step."""
+        raise CarrierError(f"carrier {self.name} has no connection test", 400)
+
+
+def load_carriers(gateway: "Gateway", names: list[str] | None = None) -> dict[str, Carrier]:
+    """Instantiate the installed carriers (all, or those named)."""
+    carriers: dict[str, Carrier] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if names is not None and ep.name not in names:
+            continue
+        try:
+            cls = ep.load()
+        except ImportError:
+            log.exception("carrier %s could not be loaded", ep.name, extra={"carrier": ep.name})
+            continue
+        carriers[ep.name] = cls(gateway)
+        log.debug("carrier loaded", extra={"carrier": ep.name})
+    return carriers

@@ -1,0 +1,89 @@
+"""Settings: command-line flags override `GATEWAY_*` environment variables, which override an optional TOML file.
+
+Every setting has a working default so `gateway serve` runs on a fresh machine with nothing configured.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def default_data_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".telephony-gateway")
+
+
+@dataclass
+class Settings:
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    sip_host: str = "0.0.0.0"
+    sip_port: int = 5060
+    #: address put in SDP/Contact; defaults to the SIP host (or 127.0.0.1 when that is 0.0.0.0).
+    advertised_ip: str = ""
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 30000
+    data_dir: str = field(default_factory=default_data_dir)
+    db: str = ""                    # SQLite path or SQLAlchemy URL; default <data_dir>/gateway.db
+    api_key: str = ""               # default: generated into <data_dir>/api_key on first start
+    public_url: str = ""            # e.g. https://gw.example.com; default http://<host>:<http_port>
+    engine: str = "greeting"        # echo | greeting | ws://… | wss://…
+    max_calls: int = 1000
+    carriers: list[str] | None = None   # None = every installed carrier
+    enable_sip: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def db_url(self) -> str:
+        return self.db or os.path.join(self.data_dir, "gateway.db")
+
+    @property
+    def public_base(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def public_ws_base(self) -> str:
+        base = self.public_base
+        return "wss://" + base[8:] if base.startswith("https://") else "ws://" + base.split("://", 1)[1]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = {f.name: f for f in fields(Settings)}[name]
+    t = str(f.type)
+    if isinstance(value, str):
+        if t == "int":
+            return int(value)
+        if t == "bool":
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if t.startswith("list"):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: str | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Merge TOML file < environment < explicit overrides (CLI flags; None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get("GATEWAY_CONFIG")
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+        data = data.get("gateway", data)
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+        merged.update(data)
+    for name in names:
+        env = environ.get(f"GATEWAY_{name.upper()}")
+        if env is not None:
+            merged[name] = env
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            merged[k] = v
+    return Settings(**{k: _coerce(k, v) for k, v in merged.items()})

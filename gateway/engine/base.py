@@ -1,0 +1,82 @@
+"""The voice-engine interface: what an engine implements and the per-call session it is handed.
+
+An engine is any object with a `sample_rate` and an async `handle_call(session)`; the gateway calls it once per
+call and converts every carrier's audio to and from `sample_rate`. Returning from `handle_call` ends the call
+(hangup source `agent`), so an engine's lifetime is the conversation's.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from ..frames import AudioFrame, BusItem, Event, Hangup, HangupSource, Mark, SendDtmf
+
+if TYPE_CHECKING:
+    from ..call import Call
+
+
+class VoiceEngine(ABC):
+    """Implement this for an in-process engine (speech-to-text → LLM → text-to-speech, or anything else)."""
+
+    sample_rate: int = 16000
+
+    @abstractmethod
+    async def handle_call(self, session: "EngineSession") -> None:
+        """Converse: read caller audio and events from `session`, answer with `session.play()` and actions."""
+
+
+class EngineSession:
+    """The engine's handle on one call. Audio in and out is PCM16 mono at the engine's sample rate."""
+
+    def __init__(self, call: "Call", sample_rate: int) -> None:
+        self._call = call
+        self.sample_rate = sample_rate
+
+    @property
+    def call_id(self) -> str:
+        return self._call.id
+
+    @property
+    def agent(self) -> dict[str, Any]:
+        return self._call.agent or {}
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Who is calling whom and through which carrier, plus carrier custom parameters and call context."""
+        return self._call.describe()
+
+    async def receive(self) -> AudioFrame | Event | None:
+        """Next caller frame or event; None once the call has ended."""
+        if self._call.ended.is_set() and not len(self._call.bus.inbound):
+            return None
+        return await self._call.next_inbound()
+
+    async def __aiter__(self) -> AsyncIterator[BusItem]:
+        while (item := await self.receive()) is not None:
+            yield item
+            if isinstance(item, Hangup):
+                return
+
+    async def play(self, pcm: bytes, *, end_of_utterance: bool = False) -> None:
+        """Queue engine audio for the caller; waits while several seconds are already queued."""
+        await self._call.bus.play(pcm)
+        if end_of_utterance:
+            await self._call.bus.flush_play()
+
+    def clear(self) -> None:
+        """Barge-in: drop what has not been played yet."""
+        self._call.bus.clear()
+
+    async def mark(self, name: str) -> None:
+        """Ask to be told (a `Mark` event) when everything queued so far has been played to the caller."""
+        await self._call.bus.send_control(Mark(name))
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self._call.bus.send_control(SendDtmf(digits))
+
+    async def transfer(self, number: str | None = None) -> None:
+        """Transfer to `number`, or to the agent's configured transfer number and its backups."""
+        await self._call.request_transfer(number)
+
+    async def hangup(self, reason: str = "agent_hangup") -> None:
+        await self._call.request_hangup(HangupSource.AGENT, reason)

@@ -1,0 +1,115 @@
+"""The one audio frame type and the typed events that travel on the frame bus.
+
+Every carrier converts its wire format into these; every engine sees only these. Audio is always PCM16
+little-endian mono; the sample rate travels with the frame so a consumer never has to guess.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+
+@dataclass(slots=True)
+class AudioFrame:
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def duration_ms(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate * 1000
+
+
+class HangupSource(str, Enum):
+    USER = "user"        # the caller / callee hung up
+    AGENT = "agent"      # the voice engine asked to end the call
+    CARRIER = "carrier"  # the carrier ended it (error, timeout, failed leg)
+    SYSTEM = "system"    # the gateway (API hangup, shutdown, capacity, AMD voicemail drop)
+
+
+class AnsweredBy(str, Enum):
+    """Twilio's AnsweredBy vocabulary; every AMD source (ours, Twilio, Vonage) maps onto it."""
+    HUMAN = "human"
+    MACHINE_START = "machine_start"
+    MACHINE_END_BEEP = "machine_end_beep"
+    MACHINE_END_SILENCE = "machine_end_silence"
+    MACHINE_END_OTHER = "machine_end_other"
+    FAX = "fax"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_machine(self) -> bool:
+        return self.value.startswith("machine")
+
+
+@dataclass(slots=True)
+class CallStarted:
+    call_id: str
+    carrier: str
+    direction: str
+    from_number: str
+    to_number: str
+    agent_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Dtmf:
+    digit: str
+    duration_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Mark:
+    """Inbound: the carrier has played all audio queued before the mark of this name. Outbound: place one."""
+    name: str
+
+
+@dataclass(slots=True)
+class Clear:
+    """Barge-in: drop every queued outbound frame, on our side and in the carrier's buffer."""
+
+
+@dataclass(slots=True)
+class Hangup:
+    source: HangupSource
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class TransferRequest:
+    number: str
+    backup_numbers: list[str] = field(default_factory=list)
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class TransferResult:
+    target: str | None
+    outcome: str  # completed | busy | no-answer | failed | ...
+
+
+@dataclass(slots=True)
+class AmdResult:
+    answered_by: AnsweredBy
+    duration_ms: int
+    source: str = "gateway"  # gateway | twilio | vonage
+
+
+@dataclass(slots=True)
+class SendDtmf:
+    """Outbound: the engine asks the carrier to send DTMF digits to the far end."""
+    digits: str
+
+
+@dataclass(slots=True)
+class SpeechActivity:
+    """Caller speech started/ended, as seen by the gateway's VAD (drives speech:* webhooks)."""
+    speaking: bool
+    at: float = field(default_factory=time.monotonic)
+
+
+Event = Union[CallStarted, Dtmf, Mark, Clear, Hangup, TransferRequest, TransferResult, AmdResult, SendDtmf,
+              SpeechActivity]
+BusItem = Union[AudioFrame, Event]

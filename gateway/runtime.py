@@ -1,0 +1,106 @@
+"""The running gateway: settings, store, live calls, engines, webhooks, carriers and the HTTP server in one object.
+
+Tests build one with `Gateway(settings)` and `await gw.start()` on ephemeral ports (`http_port=0`, `sip_port=0`),
+exactly as `gateway serve` does on 8080/5060.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from .callmanager import CallManager
+from .carrier import Carrier, load_carriers
+from .config import Settings
+from .engine import EngineRegistry
+from .store import Store
+from .webhooks import WebhookDispatcher
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.db_url)
+        self.calls = CallManager(self)
+        self.engines = EngineRegistry(settings.engine)
+        self.webhooks = WebhookDispatcher()
+        self.api_key = settings.api_key
+        self.app = web.Application(client_max_size=4 * 1024 * 1024)
+        self.app["gateway"] = self
+        self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self.started = False
+
+    def carrier_for(self, provider: str) -> Carrier | None:
+        """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""
+        for c in self.carriers.values():
+            if provider in c.providers or provider == c.name:
+                return c
+        return None
+
+    def ensure_api_key(self) -> str:
+        """Use the configured key, else the one saved in the data dir, else create and save one (0600)."""
+        if self.api_key:
+            return self.api_key
+        path = os.path.join(self.settings.data_dir, "api_key")
+        if os.path.exists(path):
+            self.api_key = open(path).read().strip()
+        else:
+            os.makedirs(self.settings.data_dir, exist_ok=True)
+            self.api_key = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.api_key + "\n")
+            log.warning("created API key", extra={"path": path})
+        self.api_key_path = path
+        return self.api_key
+
+    def build_app(self) -> web.Application:
+        from .api import setup_api
+
+        setup_api(self.app, self)
+        for carrier in self.carriers.values():
+            carrier.setup(self.app)
+        return self.app
+
+    async def start(self) -> None:
+        self.ensure_api_key()
+        await self.store.open()
+        self.build_app()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]
+        if self.settings.http_port == 0:
+            self.settings.http_port = self.http_port
+        for carrier in self.carriers.values():
+            await carrier.start()
+        self.started = True
+        log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
+
+    async def stop(self) -> None:
+        await self.calls.hangup_all("shutdown")
+        for carrier in self.carriers.values():
+            try:
+                await carrier.stop()
+            except Exception:
+                log.exception("carrier stop failed", extra={"carrier": carrier.name})
+        await self.webhooks.drain(2.0)
+        await self.webhooks.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.store.close()
+        self.started = False
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def info(self) -> dict[str, Any]:
+        return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active)}

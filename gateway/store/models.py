@@ -1,0 +1,82 @@
+"""SQLAlchemy 2 table definitions. Carrier-specific settings live in JSON columns so a new carrier needs no
+migration; secrets sit in their own column so no query that feeds the API can return them by accident."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    engine: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PhoneNumber(Base):
+    __tablename__ = "phone_numbers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    phone_number: Mapped[str] = mapped_column(String(32), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sip_trunk_name: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CallLog(Base):
+    __tablename__ = "calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    phone_number_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    channel_type: Mapped[str] = mapped_column(String(32))
+    call_direction: Mapped[str] = mapped_column(String(16))
+    from_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    to_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    call_status: Mapped[str] = mapped_column(String(32), default="queued", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    call_duration_in_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    is_call_transfer: Mapped[bool] = mapped_column(Boolean, default=False)
+    transfer_target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    transfer_outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    amd_detected: Mapped[bool] = mapped_column(Boolean, default=False)
+    amd_answered_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    amd_duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    is_voicemail: Mapped[bool] = mapped_column(Boolean, default=False)
+    voicemail_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    is_fax: Mapped[bool] = mapped_column(Boolean, default=False)
+    hangup_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    hangup_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class CallEvent(Base):
+    __tablename__ = "call_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
