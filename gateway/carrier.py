@@ -12,6 +12,7 @@ group in pyproject.toml and loaded by name at start-up. A carrier
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -35,6 +36,24 @@ class CarrierError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class ImportField:
+    """One field of `POST /api/v1/phone_number/import/{provider}`; the API validates bodies against these.
+
+    `secret` fields are stored apart and never returned or logged; `e164` fields are normalised to E.164;
+    `kind` is one of str, int, bool, list.
+    """
+
+    name: str
+    kind: type = str
+    required: bool = False
+    secret: bool = False
+    default: Any = None
+    e164: bool = False
+    choices: tuple[Any, ...] = ()
+    help: str = ""
+
+
 @runtime_checkable
 class CallLeg(Protocol):
     """The carrier side of one live call, as the core sees it."""
@@ -52,6 +71,9 @@ class Carrier:
     name: str = ""
     #: phone-number `provider` values this carrier handles (e.g. "twilio"; SIP handles "sip").
     providers: tuple[str, ...] = ()
+    #: body of `POST /api/v1/phone_number/import/{provider}`; `number_field` holds the E.164 number.
+    import_fields: tuple[ImportField, ...] = ()
+    number_field: str = "phone_number"
 
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
