@@ -1,0 +1,92 @@
+"""RTP port allocation and the one 20 ms clock shared by every session of the process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .session import RtpSession
+
+log = logging.getLogger("gateway.rtp")
+
+TICK = 0.020
+MAX_CATCH_UP = 5  # after a stall, replay at most this many ticks at once, then re-anchor the clock
+
+
+class RtpEngine:
+    def __init__(self, bind_ip: str = "0.0.0.0", port_min: int = 20000, port_max: int = 30000,
+                 advertised_ip: str = "") -> None:
+        if port_min > port_max or port_min < 1024 or port_max > 65534:
+            raise ValueError(f"bad RTP port range {port_min}-{port_max}")
+        self.bind_ip = bind_ip
+        self.port_min = port_min + (port_min % 2)  # RTP uses even ports (RFC 3550 §11)
+        self.port_max = port_max
+        self.advertised_ip = advertised_ip or ("127.0.0.1" if bind_ip in ("0.0.0.0", "") else bind_ip)
+        self.sessions: dict[int, RtpSession] = {}
+        self._order: tuple[RtpSession, ...] = ()
+        self._cursor = self.port_min
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._next = 0.0
+        self.ticks = 0
+        self.late_ticks = 0   # ticks that ran more than one period late (stalls)
+        self.skipped_ticks = 0
+
+    def loop_time(self) -> float:
+        return self._loop.time()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._next = self._loop.time() + TICK
+        self._handle = self._loop.call_at(self._next, self._on_tick)
+
+    async def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        for s in list(self.sessions.values()):
+            s.close()
+
+    async def open_session(self) -> RtpSession:
+        """Bind the next free even port of the range (skipping ports other programs hold)."""
+        loop = self._loop or asyncio.get_running_loop()
+        span = (self.port_max - self.port_min) // 2 + 1
+        for _ in range(span):
+            port = self._cursor
+            self._cursor = port + 2 if port + 2 <= self.port_max else self.port_min
+            if port in self.sessions:
+                continue
+            session = RtpSession(self, port)
+            try:
+                await loop.create_datagram_endpoint(lambda: session, local_addr=(self.bind_ip, port))
+            except OSError:
+                continue
+            self.sessions[port] = session
+            self._order = tuple(self.sessions.values())
+            return session
+        raise RuntimeError(f"no free RTP port in {self.port_min}-{self.port_max}")
+
+    def release(self, session: RtpSession) -> None:
+        if self.sessions.get(session.local_port) is session:
+            del self.sessions[session.local_port]
+            self._order = tuple(self.sessions.values())
+
+    def _on_tick(self) -> None:
+        loop = self._loop
+        now = loop.time()
+        n = 0
+        while self._next <= now and n < MAX_CATCH_UP:
+            for session in self._order:
+                try:
+                    session.tick()
+                except Exception:
+                    log.exception("rtp tick failed", extra={"port": session.local_port})
+            self._next += TICK
+            self.ticks += 1
+            n += 1
+        if n > 1:
+            self.late_ticks += n - 1
+        if self._next <= now:  # stalled longer than the catch-up window: drop the backlog, keep real time
+            skipped = int((now - self._next) / TICK) + 1
+            self.skipped_ticks += skipped
+            self._next += skipped * TICK
+        self._handle = loop.call_at(self._next, self._on_tick)

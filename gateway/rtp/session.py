@@ -1,0 +1,211 @@
+"""One RTP media stream of a SIP call: receive → jitter buffer → 8 kHz PCM16 onto the bus; bus → G.711 out.
+
+Nothing here sleeps or owns a task: the engine's shared clock calls `tick()` every 20 ms for every session.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Callable
+
+from voicecodecs import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
+
+from ..frames import AudioFrame, Dtmf, Mark, SendDtmf
+from .dtmf import DtmfReceiver, DtmfSender
+from .jitter import LOST, JitterBuffer
+from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
+
+if TYPE_CHECKING:
+    from ..call import Call
+    from .engine import RtpEngine
+
+log = logging.getLogger("gateway.rtp")
+
+SAMPLES_PER_TICK = 160  # 20 ms at 8 kHz
+CN_PAYLOAD_TYPE = 13    # RFC 3389 comfort noise: ignored
+CODECS = {
+    "PCMU": (0, ulaw_to_pcm16, pcm16_to_ulaw, b"\xff" * SAMPLES_PER_TICK),
+    "PCMA": (8, alaw_to_pcm16, pcm16_to_alaw, b"\xd5" * SAMPLES_PER_TICK),
+}
+PCM_SILENCE = b"\x00\x00" * SAMPLES_PER_TICK
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    def __init__(self, engine: "RtpEngine", port: int) -> None:
+        self.engine = engine
+        self.local_port = port
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote: tuple[str, int] | None = None
+        self.latched = False
+        self.configure(None, "PCMU", 0, 101)
+        self.direction = "sendrecv"
+        self.sending = False
+        self.ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._jitter = JitterBuffer()
+        self._dtmf_rx = DtmfReceiver()
+        self._dtmf_tx: DtmfSender | None = None
+        self._dtmf_pending: list[str] = []
+        self._dtmf_ts = 0
+        self._marker = True
+        self._idle = True
+        self.call: "Call | None" = None
+        self.on_pcm: Callable[[bytes], None] | None = None
+        self.on_dtmf: Callable[[str, int], None] | None = None
+        self.sent = self.received = self.foreign = self.ignored = 0
+        self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
+        self._transit: int | None = None
+
+    # -- configuration ------------------------------------------------------------------------------------------
+    def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
+                  dtmf_payload_type: int | None) -> None:
+        """Apply the negotiated SDP: where to send, which G.711 law, which payload types."""
+        if codec not in CODECS:
+            raise ValueError(f"unsupported RTP codec {codec}")
+        if remote is not None and not self.latched:
+            self.remote = remote
+        self.codec = codec
+        self.payload_type = payload_type
+        self.dtmf_payload_type = dtmf_payload_type
+        _, self._decode, self._encode, self._silence = CODECS[codec]
+
+    def set_direction(self, direction: str) -> None:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"bad media direction {direction!r}")
+        self.direction = direction
+
+    def attach(self, call: "Call") -> None:
+        """Connect to a live call: received audio and DTMF go to it; the clock pulls its outbound frames."""
+        self.call = call
+        self.sending = True
+
+    def start_sending(self) -> None:
+        self.sending = True
+
+    async def send_dtmf(self, digits: str) -> None:
+        DtmfSender(digits)  # validates now, raising ValueError for a bad digit
+        self._dtmf_pending.append(digits)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
+                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
+                "jitter_ms": round(self.jitter_ts / 8, 2)}
+
+    def close(self) -> None:
+        self.call = None
+        self.on_pcm = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self.engine.release(self)
+
+    # -- asyncio protocol ---------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.: the far end decides
+        log.debug("rtp socket error", extra={"port": self.local_port, "error": str(exc)})
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.latched:
+            if addr != self.remote:
+                self.foreign += 1
+                return
+        if is_rtcp(data):
+            return
+        try:
+            pkt = parse_rtp(data)
+        except RtpParseError:
+            self.ignored += 1
+            return
+        if not self.latched:  # symmetric RTP (NAT): answer where the media really comes from
+            self.remote = addr
+            self.latched = True
+        self.received += 1
+        pt = pkt.payload_type
+        if pt == self.payload_type:
+            self._jitter.put(pkt.sequence, pkt.payload)
+            transit = int(self.engine.loop_time() * 8000) - pkt.timestamp
+            if self._transit is not None:
+                d = abs(transit - self._transit)
+                self.jitter_ts += (d - self.jitter_ts) / 16
+            self._transit = transit
+        elif pt == self.dtmf_payload_type:
+            try:
+                presses = self._dtmf_rx.receive(pkt.timestamp, pkt.payload)
+            except ValueError:
+                self.ignored += 1
+                return
+            for digit, duration in presses:
+                if self.call is not None:
+                    self.call.feed_event(Dtmf(digit, duration))
+                elif self.on_dtmf is not None:
+                    self.on_dtmf(digit, duration)
+        else:  # comfort noise (13) and anything not negotiated
+            self.ignored += 1
+
+    # -- the shared clock -----------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        if self.direction in ("sendrecv", "recvonly"):
+            self._play_out()
+        self._send()
+        self._ts = (self._ts + SAMPLES_PER_TICK) & 0xFFFFFFFF
+
+    def _play_out(self) -> None:
+        frame = self._jitter.pop()
+        if frame is None:
+            return
+        pcm = PCM_SILENCE if frame is LOST else self._decode(frame)
+        if self.call is not None:
+            self.call.feed_audio(pcm)
+        elif self.on_pcm is not None:
+            self.on_pcm(pcm)
+
+    def _send(self) -> None:
+        if not self.sending or self.transport is None or self.remote is None:
+            return
+        can_send = self.direction in ("sendrecv", "sendonly")
+        if self._dtmf_tx is None and self._dtmf_pending:
+            self._dtmf_tx = DtmfSender(self._dtmf_pending.pop(0))
+        if self._dtmf_tx is not None and self.dtmf_payload_type is not None:
+            step = self._dtmf_tx.next_step()
+            if self._dtmf_tx.done:
+                self._dtmf_tx = None
+            if step is not None:
+                if step.first:
+                    self._dtmf_ts = self._ts
+                if can_send:
+                    self._emit(self.dtmf_payload_type, step.first, self._dtmf_ts, step.payload)
+                return
+        payload = None
+        call = self.call
+        if call is not None and can_send and call.bus is not None:
+            while (item := call.next_outbound_nowait()) is not None:
+                if isinstance(item, AudioFrame):
+                    payload = self._encode(item.pcm)
+                    break
+                if isinstance(item, Mark):
+                    call.feed_event(Mark(item.name))  # everything queued before it has now gone out
+                elif isinstance(item, SendDtmf):
+                    self._dtmf_pending.append(item.digits)
+                # Clear: nothing is buffered on this side beyond the queue the bus already emptied
+        if payload is None:
+            if not can_send:
+                return
+            payload = self._silence
+            self._idle = True
+            marker = self._marker
+        else:
+            marker = self._marker or self._idle  # talk-spurt start
+            self._idle = False
+        self._marker = False
+        self._emit(self.payload_type, marker, self._ts, payload)
+
+    def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> None:
+        self._seq = (self._seq + 1) & 0xFFFF
+        self.transport.sendto(build_rtp(pt, marker, self._seq, ts, self.ssrc, payload), self.remote)
+        self.sent += 1
