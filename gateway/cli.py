@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony gateway for voice-AI engines")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
+    from .loadtest.command import register as register_loadtest
+    register_loadtest(sub)
     return parser
 
 
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_async(_serve(args))
+    if args.command == "loadtest":
+        from .loadtest.command import run as run_loadtest
+        return run_async(run_loadtest(args))
     return 2
 
 
