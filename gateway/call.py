@@ -256,8 +256,8 @@ class Call:
             await self.emit("conversation:ended")
         await self.emit("hang_up", {"source": self.hangup.source.value, "reason": self.hangup.reason})
         await self.manager.finished(self)
-        if self._engine_task is not None and not self._engine_task.done():
-            task = self._engine_task
+        task = self._engine_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
             # give the engine a moment to see the Hangup event and finish on its own
             done, _ = await asyncio.wait({task}, timeout=0.5)
             if not done:

@@ -65,6 +65,7 @@ class Store:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption risk, far fewer fsyncs
                 cur.close()
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
