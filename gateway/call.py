@@ -61,6 +61,9 @@ class Call:
         self.hangup: Hangup | None = None
         self.ended = asyncio.Event()
         self._taps: list[Tap] = []
+        #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
+        #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
+        self.output_gate: Any = None
         self._engine_task: asyncio.Task | None = None
         self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
 

@@ -95,6 +95,8 @@ class AmdResult:
     answered_by: AnsweredBy
     duration_ms: int
     source: str = "gateway"  # gateway | twilio | vonage
+    #: set on a machine_end_* result when the agent's voicemail message is text: the engine speaks it, then hangs up
+    voicemail_message: str | None = None
 
 
 @dataclass(slots=True)

@@ -59,16 +59,25 @@ class EngineSession:
 
     async def play(self, pcm: bytes, *, end_of_utterance: bool = False) -> None:
         """Queue engine audio for the caller; waits while several seconds are already queued."""
+        gate = self._call.output_gate
+        if gate is not None and await gate.engine_play(pcm, end_of_utterance):
+            return
         await self._call.bus.play(pcm)
         if end_of_utterance:
             await self._call.bus.flush_play()
 
     def clear(self) -> None:
         """Barge-in: drop what has not been played yet."""
+        gate = self._call.output_gate
+        if gate is not None and gate.engine_clear():
+            return
         self._call.bus.clear()
 
     async def mark(self, name: str) -> None:
         """Ask to be told (a `Mark` event) when everything queued so far has been played to the caller."""
+        gate = self._call.output_gate
+        if gate is not None and await gate.engine_mark(name):
+            return
         await self._call.bus.send_control(Mark(name))
 
     async def send_dtmf(self, digits: str) -> None:
