@@ -5,6 +5,7 @@ back without secrets unless `with_secrets=True` is asked for explicitly by carri
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from typing import Any
@@ -14,6 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber
+
+# aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
+# keep it above DEBUG so `--log-level debug` never writes secrets to the log.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class NotFoundError(LookupError):
