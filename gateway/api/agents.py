@@ -1,0 +1,191 @@
+"""Agents: a voice-engine profile plus the telephony settings the gateway acts on (transfer, end_call,
+voicemail, AMD) and the lifecycle webhook URL."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..store.store import NotFoundError
+from .errors import read_json
+from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
+                         reject_unknown, required)
+
+if TYPE_CHECKING:
+    from ..runtime import Gateway
+
+FIELDS = {"name", "engine", "webhook_url", "settings"}
+TRANSFER_TYPES = ("static", "dynamic")
+AMD_PROVIDERS = ("gateway", "twilio")
+
+
+def _gw(request: web.Request) -> "Gateway":
+    return request.app["gateway"]
+
+
+def _transfer(v: Any) -> dict[str, Any]:
+    f = "settings.transfer"
+    t = dict(as_object(v, f))
+    if t.get("number") not in (None, ""):
+        t["number"] = as_e164(t["number"], f"{f}.number")
+    else:
+        t["number"] = None
+    t["backup_numbers"] = [as_e164(n, f"{f}.backup_numbers[{i}]")
+                           for i, n in enumerate(as_list(t.get("backup_numbers") or [], f"{f}.backup_numbers"))]
+    t["type"] = t.get("type") or "static"
+    if t["type"] not in TRANSFER_TYPES:
+        raise bad(f"{f}.type", f"must be one of {', '.join(TRANSFER_TYPES)} (got {t['type']!r})")
+    for key in ("transfer_condition", "transfer_message"):
+        if t.get(key) is not None:
+            t[key] = as_str(t[key], f"{f}.{key}", max_len=4000)
+    if "enabled" in t:
+        t["enabled"] = as_bool(t["enabled"], f"{f}.enabled")
+    return t
+
+
+def _end_call(v: Any) -> dict[str, Any]:
+    f = "settings.end_call"
+    e = dict(as_object(v, f))
+    if "enabled" in e:
+        e["enabled"] = as_bool(e["enabled"], f"{f}.enabled")
+    if e.get("phrases") is not None:
+        phrases = as_list(e["phrases"], f"{f}.phrases")
+        e["phrases"] = [as_str(p, f"{f}.phrases[{i}]") for i, p in enumerate(phrases)]
+    if e.get("message") is not None:
+        e["message"] = as_str(e["message"], f"{f}.message", max_len=4000)
+    return e
+
+
+def _voicemail(v: Any) -> dict[str, Any]:
+    f = "settings.voicemail"
+    m = dict(as_object(v, f))
+    m["enabled"] = as_bool(m.get("enabled", False), f"{f}.enabled")
+    if m.get("message") is not None:
+        m["message"] = as_str(m["message"], f"{f}.message", max_len=4000)
+    return m
+
+
+def _amd(v: Any) -> dict[str, Any]:
+    f = "settings.amd"
+    a = dict(as_object(v, f))
+    a["enabled"] = as_bool(a.get("enabled", False), f"{f}.enabled")
+    a["provider"] = a.get("provider") or "gateway"
+    if a["provider"] not in AMD_PROVIDERS:
+        raise bad(f"{f}.provider", f"must be one of {', '.join(AMD_PROVIDERS)} (got {a['provider']!r})")
+    return a
+
+
+SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemail, "amd": _amd}
+
+
+def check_settings(value: Any) -> dict[str, Any]:
+    """Known sections are checked; other sections (engine-specific) must be objects and are kept as given."""
+    s = as_object(value, "settings")
+    out: dict[str, Any] = {}
+    for key, section in s.items():
+        if key in SECTIONS:
+            out[key] = SECTIONS[key](section)
+        else:
+            out[key] = as_object(section, f"settings.{key}")
+    return out
+
+
+def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    reject_unknown(body, FIELDS)
+    out: dict[str, Any] = {}
+    if not partial or "name" in body:
+        out["name"] = as_str(required(body, "name"), "name", max_len=200)
+    if body.get("engine") not in (None, ""):
+        engine = as_str(body["engine"], "engine", max_len=500)
+        try:
+            gw.engines.validate(engine)
+        except ValueError as e:
+            raise bad("engine", str(e)) from None
+        out["engine"] = engine
+    elif "engine" in body or not partial:
+        out["engine"] = None
+    if body.get("webhook_url") not in (None, ""):
+        out["webhook_url"] = as_http_url(body["webhook_url"], "webhook_url")
+    elif "webhook_url" in body or not partial:
+        out["webhook_url"] = None
+    if body.get("settings") is not None:
+        out["settings"] = check_settings(body["settings"])
+    elif not partial:
+        out["settings"] = {}
+    return out
+
+
+async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
+    agent_id = as_int(request.match_info["id"], "id", minimum=1)
+    agent = await gw.store.get_agent(agent_id)
+    if agent is None:
+        raise bad("id", f"agent {agent_id} not found", 404)
+    return agent
+
+
+async def create_agent(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    data = check_agent(gw, await read_json(request), partial=False)
+    agent = await gw.store.create_agent(data)
+    return web.json_response({"success": True, "agent": agent}, status=201)
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    pageno, pagesize = pagination(request.query)
+    agents = await gw.store.list_agents()
+    page = agents[(pageno - 1) * pagesize: pageno * pagesize]
+    return web.json_response({"success": True, "total": len(agents), "pageno": pageno, "pagesize": pagesize,
+                              "agents": page})
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    return web.json_response({"success": True, "agent": await _agent_or_404(_gw(request), request)})
+
+
+async def replace_agent(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    agent = await _agent_or_404(gw, request)
+    data = check_agent(gw, await read_json(request), partial=False)
+    return await _save(gw, agent["id"], data)
+
+
+async def patch_agent(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    agent = await _agent_or_404(gw, request)
+    data = check_agent(gw, await read_json(request), partial=True)
+    if "settings" in data:
+        merged = dict(agent.get("settings") or {})
+        for key, section in data["settings"].items():
+            old = merged.get(key)
+            merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
+        data["settings"] = check_settings(merged)
+    return await _save(gw, agent["id"], data)
+
+
+async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:
+    try:
+        agent = await gw.store.update_agent(agent_id, data)
+    except NotFoundError:
+        raise bad("id", f"agent {agent_id} not found", 404) from None
+    return web.json_response({"success": True, "agent": agent})
+
+
+async def delete_agent(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    agent = await _agent_or_404(gw, request)
+    try:
+        await gw.store.delete_agent(agent["id"])
+    except NotFoundError:
+        raise bad("id", f"agent {agent['id']} not found", 404) from None
+    return web.json_response({"success": True, "deleted": agent["id"]})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_post(f"{prefix}/agents", create_agent)
+    r.add_get(f"{prefix}/agents", list_agents)
+    r.add_get(f"{prefix}/agents/{{id}}", get_agent)
+    r.add_put(f"{prefix}/agents/{{id}}", replace_agent)
+    r.add_patch(f"{prefix}/agents/{{id}}", patch_agent)
+    r.add_delete(f"{prefix}/agents/{{id}}", delete_agent)

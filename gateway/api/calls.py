@@ -1,0 +1,153 @@
+"""Calls: outbound dispatch through the number's carrier, the call log, live calls and live-call control."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..call import Call
+from ..callmanager import CapacityError
+from ..carrier import CarrierError
+from ..frames import HangupSource
+from .errors import ApiError, read_json
+from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
+
+if TYPE_CHECKING:
+    from ..runtime import Gateway
+
+log = logging.getLogger("gateway.api")
+
+
+def _gw(request: web.Request) -> "Gateway":
+    return request.app["gateway"]
+
+
+def mmss(seconds: float | None) -> str:
+    s = int(round(seconds or 0))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A call-log row with the seed API's telephony fields (call_duration as M:SS)."""
+    out = dict(row)
+    out["call_duration_in_seconds"] = row.get("call_duration_in_seconds") or 0
+    out["call_duration"] = mmss(row.get("call_duration_in_seconds"))
+    out["call_log_id"] = row["id"]
+    return out
+
+
+async def dispatch(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    body = await read_json(request)
+    reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
+    agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
+    to_number = as_e164(required(body, "to_number"), "to_number", require_plus=True)
+    number_id = as_int(required(body, "from_number_id"), "from_number_id", minimum=1)
+    ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
+    number = await gw.store.get_number(number_id, with_secrets=True)
+    if number is None:
+        raise bad("from_number_id", f"phone number {number_id} not found", 404)
+    carrier = gw.carrier_for(number["provider"])
+    if carrier is None:
+        raise bad("from_number_id", f"phone number {number_id} uses provider {number['provider']!r}, "
+                                    "which has no carrier loaded on this gateway", 409)
+    agent = await gw.store.get_agent(agent_id)
+    if agent is None:
+        raise bad("agent_id", f"agent {agent_id} not found", 404)
+    try:
+        call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
+                                     to_number=to_number, number=number, agent=agent, call_context=ctx,
+                                     status="queued")
+    except CapacityError as e:
+        raise ApiError(503, str(e), None) from None
+    try:
+        await carrier.dispatch(call, number, to_number)
+    except CarrierError as e:
+        await call.end(HangupSource.CARRIER, e.message, status="failed")
+        raise ApiError(e.status, e.message, getattr(e, "field", None), requestId=call.log_id) from None
+    except Exception:
+        await call.end(HangupSource.CARRIER, "dispatch_error", status="failed")
+        raise
+    log.info("call dispatched", extra={"call_id": call.id, "carrier": carrier.name})
+    return web.json_response({"success": True, "status": "dispatched", "requestId": call.log_id,
+                              "call_id": call.id})
+
+
+async def list_logs(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    q = request.query
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status"})
+    pageno, pagesize = pagination(q)
+    agent_key = "agentid" if q.get("agentid") else "agent_id"
+    agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
+    status = as_str(q["call_status"], "call_status", max_len=32) if q.get("call_status") else None
+    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
+    return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
+                              "call_log_data": [call_log_json(r) for r in rows]})
+
+
+async def _log_row(gw: "Gateway", ident: str) -> dict[str, Any] | None:
+    if ident.isdigit():
+        return await gw.store.get_call(int(ident))
+    return await gw.store.find_call(call_uuid=ident)
+
+
+async def get_log(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    ident = request.match_info["id"]
+    row = await _log_row(gw, ident)
+    if row is None:
+        raise bad("id", f"call {ident} not found", 404)
+    events = await gw.store.list_call_events(row["id"])
+    return web.json_response({"success": True, "call_log": call_log_json(row),
+                              "events": [{"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]})
+
+
+async def live(request: web.Request) -> web.Response:
+    calls = [c.describe() for c in list(_gw(request).calls.active.values())]
+    return web.json_response({"success": True, "count": len(calls), "calls": calls})
+
+
+async def _live_call(gw: "Gateway", ident: str) -> Call:
+    call = gw.calls.get_by_log_id(int(ident)) if ident.isdigit() else gw.calls.get(ident)
+    if call is None:
+        row = await _log_row(gw, ident)
+        if row is None:
+            raise bad("id", f"call {ident} not found", 404)
+        raise bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
+    return call
+
+
+async def hangup(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    call = await _live_call(gw, request.match_info["id"])
+    await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
+    return web.json_response({"success": True, "status": "hangup_requested", "call_id": call.id,
+                              "requestId": call.log_id})
+
+
+async def transfer(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    call = await _live_call(gw, request.match_info["id"])
+    body = await read_json(request)
+    reject_unknown(body, {"number"})
+    number = as_e164(body["number"], "number") if body.get("number") not in (None, "") else None
+    if call.transfer_request(number) is None:
+        raise bad("number", "is required: the call's agent has no transfer number configured")
+    if call.bus is None:
+        raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
+                  409)
+    await call.request_transfer(number)
+    return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
+                              "requestId": call.log_id, "number": call.transfer_request(number).number})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_post(f"{prefix}/calls/dispatch", dispatch)
+    r.add_get(f"{prefix}/calls/logs", list_logs)
+    r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
+    r.add_get(f"{prefix}/calls/live", live)
+    r.add_post(f"{prefix}/calls/{{id}}/hangup", hangup)
+    r.add_post(f"{prefix}/calls/{{id}}/transfer", transfer)

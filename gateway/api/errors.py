@@ -1,0 +1,67 @@
+"""JSON errors for the API: every failure is `{"success": false, "error", "field"}` with a 4xx/5xx status.
+
+Handlers raise `ApiError`; the middleware turns it (and aiohttp's own 404/405/413, and unexpected exceptions)
+into that shape, so no client ever sees an HTML page or a traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("gateway.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+
+def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> web.Response:
+    body = {"success": False, "error": message, "field": field, **extra}
+    headers = {"WWW-Authenticate": 'Bearer realm="telephony-gateway"'} if status == 401 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _is_json_path(path: str) -> bool:
+    return path.startswith("/api/") or path in ("/healthz", "/metrics")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.message, e.field, **e.extra)
+    except web.HTTPException as e:
+        if not _is_json_path(request.path) or e.status < 400:
+            raise
+        message = {404: f"no such endpoint: {request.method} {request.path}",
+                   405: f"method {request.method} not allowed on {request.path}",
+                   413: "request body too large"}.get(e.status, e.reason)
+        return error_response(e.status, message)
+    except Exception:
+        if not _is_json_path(request.path):
+            raise
+        log.exception("API request failed", extra={"method": request.method, "path": request.path})
+        return error_response(500, "internal error (logged on the gateway)")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 naming `body`."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}", "body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", "body")
+    return body

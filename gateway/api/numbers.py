@@ -1,0 +1,249 @@
+"""Phone numbers and trunks: generic import for every carrier, list/show/attach/detach/delete, connection tests.
+
+A carrier declares its import body as `import_fields`; nothing here knows a provider by name. Secret fields go to
+the store's `secrets` column and come back only as "****".
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..carrier import Carrier, CarrierError
+from ..store.store import DuplicateError, NotFoundError
+from .errors import ApiError, read_json
+from .validation import as_int, bad, import_body, pagination, reject_unknown, required
+
+if TYPE_CHECKING:
+    from ..runtime import Gateway
+
+log = logging.getLogger("gateway.api")
+
+MASK = "****"
+#: store columns filled from import fields of the same name (besides the carrier's number_field)
+TOP_LEVEL = ("name", "sip_trunk_name")
+
+
+def gw_of(request: web.Request) -> "Gateway":
+    return request.app["gateway"]
+
+
+def providers(gw: "Gateway") -> list[str]:
+    return sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p})
+
+
+def carrier_or_404(gw: "Gateway", provider: str, field: str = "provider") -> Carrier:
+    carrier = gw.carrier_for(provider)
+    if carrier is None:
+        known = ", ".join(providers(gw)) or "none loaded"
+        raise ApiError(404, f"{field}: unknown provider {provider!r} (available: {known})", field)
+    return carrier
+
+
+def secret_names(carrier: Carrier | None, stored: dict[str, Any] | None = None) -> set[str]:
+    names = {f.name for f in carrier.import_fields if f.secret} if carrier else set()
+    return names | set(stored or {})
+
+
+def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
+    """API view of a phone number: store columns, non-secret carrier settings, secrets masked."""
+    carrier = gw.carrier_for(row["provider"])
+    stored = row.get("secrets") or {}
+    config = dict(row.get("config") or {})
+    for name in secret_names(carrier, stored):
+        config[name] = MASK if stored.get(name) not in (None, "") else None
+    return {
+        "id": row["id"], "phone_number": row["phone_number"], "provider": row["provider"], "name": row.get("name"),
+        "sip_trunk_name": row.get("sip_trunk_name"), "agent_id": row.get("agent_id"),
+        "status": row.get("status") or {}, "config": config, "created_at": row.get("created_at"),
+    }
+
+
+def scrub(value: Any, secrets: dict[str, Any]) -> Any:
+    """Replace any secret value a carrier might echo (in a report or an error) with the mask."""
+    hidden = [str(v) for v in secrets.values() if v not in (None, "") and len(str(v)) >= 3]
+    if not hidden:
+        return value
+    text = json.dumps(value) if not isinstance(value, str) else value
+    for h in sorted(hidden, key=len, reverse=True):
+        text = text.replace(json.dumps(h)[1:-1] if not isinstance(value, str) else h, MASK)
+    return json.loads(text) if not isinstance(value, str) else text
+
+
+def flatten(carrier: Carrier, row: dict[str, Any]) -> dict[str, Any]:
+    """A stored number as the field dict its carrier's import took (secrets included): for test_connection."""
+    fields = {**(row.get("config") or {}), **(row.get("secrets") or {})}
+    fields[carrier.number_field] = row["phone_number"]
+    for name in TOP_LEVEL:
+        fields[name] = row.get(name)
+    return fields
+
+
+async def _checked_import(request: web.Request, provider: str) -> tuple[Carrier, dict[str, Any], int | None]:
+    gw = gw_of(request)
+    carrier = carrier_or_404(gw, provider)
+    body = await read_json(request)
+    agent_id = None
+    if body.get("agent_id") is not None:
+        agent_id = as_int(body["agent_id"], "agent_id", minimum=1)
+        if await gw.store.get_agent(agent_id) is None:
+            raise bad("agent_id", f"agent {agent_id} not found", 404)
+    fields = import_body(carrier.import_fields, body, {"agent_id": agent_id})
+    if not fields.get(carrier.number_field):
+        raise bad(carrier.number_field, "is required")
+    return carrier, fields, agent_id
+
+
+def _secrets(carrier: Carrier, fields: dict[str, Any]) -> dict[str, Any]:
+    return {f.name: fields[f.name] for f in carrier.import_fields if f.secret and fields.get(f.name) is not None}
+
+
+async def import_number(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    provider = request.match_info["provider"]
+    carrier, fields, agent_id = await _checked_import(request, provider)
+    phone = fields[carrier.number_field]
+    trunk = fields.get("sip_trunk_name")
+    if trunk:
+        existing, _ = await gw.store.list_numbers(1, 1_000_000)
+        if any(n.get("sip_trunk_name") == trunk for n in existing):
+            raise bad("sip_trunk_name", f"{trunk!r} is already used by another trunk", 409)
+    if await gw.store.find_number(phone, provider) is not None:
+        raise bad(carrier.number_field, f"{phone} is already imported for provider {provider}", 409)
+    secrets = _secrets(carrier, fields)
+    try:
+        checked = await carrier.validate_import(dict(fields))
+    except CarrierError as e:
+        raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
+    checked = dict(checked if checked is not None else fields)
+    secret_fields = {f.name for f in carrier.import_fields if f.secret}
+    secrets = {k: v for k, v in checked.items() if k in secret_fields and v is not None}
+    top = {"phone_number": checked.get(carrier.number_field) or phone, "provider": provider,
+           "agent_id": agent_id, **{k: checked.get(k) for k in TOP_LEVEL}}
+    config = {k: v for k, v in checked.items()
+              if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
+    try:
+        row = await gw.store.create_number({**top, "config": config}, secrets)
+    except DuplicateError as e:
+        raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
+    try:
+        await carrier.on_number_imported(await gw.store.get_number(row["id"], with_secrets=True))
+    except Exception as e:
+        # the carrier could not take the number on (e.g. bad registration settings): undo the import
+        await gw.store.delete_number(row["id"])
+        if isinstance(e, CarrierError):
+            raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
+        raise
+    log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
+                                             "carrier": carrier.name})
+    full = await gw.store.get_number(row["id"], with_secrets=True)
+    return web.json_response({"success": True, "phone_number": number_json(gw, full)}, status=201)
+
+
+async def test_before_import(request: web.Request) -> web.Response:
+    provider = request.match_info["provider"]
+    carrier, fields, _ = await _checked_import(request, provider)
+    return await _run_test(carrier, fields, {"provider": provider})
+
+
+async def _run_test(carrier: Carrier, fields: dict[str, Any], about: dict[str, Any]) -> web.Response:
+    secrets = _secrets(carrier, fields)
+    try:
+        report = await carrier.test_connection(dict(fields))
+    except CarrierError as e:
+        raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
+    return web.json_response({"success": True, **about, "report": scrub(report, secrets)})
+
+
+async def list_numbers(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    pageno, pagesize = pagination(request.query)
+    provider = request.query.get("provider") or None
+    rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
+    return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
+                              "phone_numbers": [number_json(gw, r) for r in rows]})
+
+
+def _number_id(request: web.Request) -> int:
+    return as_int(request.match_info["id"], "id", minimum=1)
+
+
+async def _number_or_404(gw: "Gateway", number_id: int, field: str = "id") -> dict[str, Any]:
+    row = await gw.store.get_number(number_id, with_secrets=True)
+    if row is None:
+        raise bad(field, f"phone number {number_id} not found", 404)
+    return row
+
+
+async def get_number(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    row = await _number_or_404(gw, _number_id(request))
+    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+
+
+async def attach(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    body = await read_json(request)
+    reject_unknown(body, {"phone_number_id", "agent_id"})
+    number_id = as_int(required(body, "phone_number_id"), "phone_number_id", minimum=1)
+    agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
+    await _number_or_404(gw, number_id, "phone_number_id")
+    if await gw.store.get_agent(agent_id) is None:
+        raise bad("agent_id", f"agent {agent_id} not found", 404)
+    await gw.store.update_number(number_id, agent_id=agent_id)
+    row = await gw.store.get_number(number_id, with_secrets=True)
+    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+
+
+async def detach(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    body = await read_json(request)
+    reject_unknown(body, {"phone_number_id"})
+    number_id = as_int(required(body, "phone_number_id"), "phone_number_id", minimum=1)
+    await _number_or_404(gw, number_id, "phone_number_id")
+    await gw.store.update_number(number_id, agent_id=None)
+    row = await gw.store.get_number(number_id, with_secrets=True)
+    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+
+
+async def delete_number(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    number_id = _number_id(request)
+    row = await _number_or_404(gw, number_id)
+    try:
+        await gw.store.delete_number(number_id)
+    except NotFoundError:
+        raise bad("id", f"phone number {number_id} not found", 404) from None
+    carrier = gw.carrier_for(row["provider"])
+    if carrier is not None:
+        try:
+            await carrier.on_number_deleted(row)
+        except Exception:
+            log.exception("carrier on_number_deleted failed", extra={"number_id": number_id,
+                                                                    "carrier": carrier.name})
+    return web.json_response({"success": True, "deleted": number_id})
+
+
+async def test_number(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    number_id = _number_id(request)
+    row = await _number_or_404(gw, number_id)
+    carrier = gw.carrier_for(row["provider"])
+    if carrier is None:
+        raise bad("provider", f"no carrier for provider {row['provider']!r} is loaded on this gateway", 409)
+    return await _run_test(carrier, flatten(carrier, row), {"phone_number_id": number_id,
+                                                           "provider": row["provider"]})
+
+
+def add_routes(app: web.Application, prefix: str) -> None:
+    r = app.router
+    r.add_post(f"{prefix}/phone_number/import/{{provider}}", import_number)
+    r.add_post(f"{prefix}/phone_number/test/{{provider}}", test_before_import)
+    r.add_get(f"{prefix}/phone_number/list", list_numbers)
+    r.add_post(f"{prefix}/phone_number/attach", attach)
+    r.add_post(f"{prefix}/phone_number/detach", detach)
+    r.add_get(f"{prefix}/phone_number/{{id}}", get_number)
+    r.add_delete(f"{prefix}/phone_number/{{id}}", delete_number)
+    r.add_post(f"{prefix}/phone_number/{{id}}/test", test_number)

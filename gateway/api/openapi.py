@@ -1,0 +1,221 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json, written as data.
+
+Import and test bodies are derived from the loaded carriers' `import_fields`, so a new carrier shows up in the
+document with no edit here. A test checks that every registered /api/v1 route is described.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..carrier import ImportField
+from .validation import MAX_PAGESIZE
+
+if TYPE_CHECKING:
+    from ..runtime import Gateway
+
+PREFIX = "/api/v1"
+_KIND = {str: "string", int: "integer", bool: "boolean", list: "array"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None, required: bool | None = None,
+           description: str = "") -> dict[str, Any]:
+    p = {"name": name, "in": where, "required": where == "path" if required is None else required,
+         "schema": schema or {"type": "string"}}
+    if description:
+        p["description"] = description
+    return p
+
+
+def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict] | None = None,
+        ok: dict[str, Any] | None = None, status: str = "200", errors: tuple[int, ...] = (400, 401, 404)
+        ) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag],
+                          "responses": {status: _json(ok or _ref("Success"))}}
+    for code in errors:
+        op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
+                                                          404: "Not found", 409: "Conflict",
+                                                          502: "Carrier error", 503: "At capacity"}[code])
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def field_schema(f: ImportField) -> dict[str, Any]:
+    s: dict[str, Any] = {"type": _KIND.get(f.kind, "string")}
+    if f.kind is list:
+        s["items"] = {"type": "string"}
+    if f.e164:
+        s["pattern"] = r"^\+[1-9]\d{6,14}$"
+    if f.choices:
+        s["enum"] = list(f.choices)
+    if f.default is not None:
+        s["default"] = f.default
+    if f.secret:
+        s["writeOnly"] = True
+        s["format"] = "password"
+    if f.help:
+        s["description"] = f.help
+    return s
+
+
+def import_schema(fields: tuple[ImportField, ...]) -> dict[str, Any]:
+    props = {f.name: field_schema(f) for f in fields}
+    props["agent_id"] = {"type": "integer", "description": "attach the number to this agent"}
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "required": [f.name for f in fields if f.required]}
+
+
+PAGE = [_param("pageno", "query", {"type": "integer", "minimum": 1, "default": 1}),
+        _param("pagesize", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGESIZE, "default": 20})]
+
+
+def _schemas(gw: "Gateway") -> dict[str, Any]:
+    transfer = {"type": "object", "properties": {
+        "number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
+        "backup_numbers": {"type": "array", "items": {"type": "string"}},
+        "type": {"type": "string", "enum": ["static", "dynamic"]},
+        "transfer_condition": {"type": "string"}, "transfer_message": {"type": "string"}}}
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["success", "error"], "properties": {
+            "success": {"const": False}, "error": {"type": "string"}, "field": {"type": ["string", "null"]}}},
+        "Success": {"type": "object", "properties": {"success": {"const": True}}},
+        "PhoneNumber": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "phone_number": {"type": "string"}, "provider": {"type": "string"},
+            "name": {"type": ["string", "null"]}, "sip_trunk_name": {"type": ["string", "null"]},
+            "agent_id": {"type": ["integer", "null"]}, "status": {"type": "object"},
+            "config": {"type": "object", "description": "carrier settings; secret fields show \"****\" when set"},
+            "created_at": {"type": "string", "format": "date-time"}}},
+        "PhoneNumberResponse": {"type": "object", "properties": {"success": {"const": True},
+                                                                 "phone_number": _ref("PhoneNumber")}},
+        "PhoneNumberList": {"type": "object", "properties": {
+            "success": {"const": True}, "total": {"type": "integer"}, "pageno": {"type": "integer"},
+            "pagesize": {"type": "integer"}, "phone_numbers": {"type": "array", "items": _ref("PhoneNumber")}}},
+        "TestReport": {"type": "object", "properties": {"success": {"const": True}, "report": {
+            "type": "object", "description": "the carrier's verdict per step"}}},
+        "AgentInput": {"type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+            "name": {"type": "string"},
+            "engine": {"type": "string", "description": "echo | greeting | ws://… | wss://…"},
+            "webhook_url": {"type": "string", "format": "uri"},
+            "settings": {"type": "object", "properties": {
+                "transfer": transfer,
+                "end_call": {"type": "object", "properties": {"enabled": {"type": "boolean"},
+                                                              "phrases": {"type": "array",
+                                                                          "items": {"type": "string"}}}},
+                "voicemail": {"type": "object", "properties": {"enabled": {"type": "boolean"},
+                                                               "message": {"type": "string"}}},
+                "amd": {"type": "object", "properties": {"enabled": {"type": "boolean"},
+                                                         "provider": {"type": "string",
+                                                                      "enum": ["gateway", "twilio"]}}}}}}},
+        "Agent": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                                                   "engine": {"type": ["string", "null"]},
+                                                   "webhook_url": {"type": ["string", "null"]},
+                                                   "settings": {"type": "object"},
+                                                   "created_at": {"type": "string"}}},
+        "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
+        "Dispatch": {"type": "object", "additionalProperties": False,
+                     "required": ["agent_id", "to_number", "from_number_id"], "properties": {
+                         "agent_id": {"type": "integer"},
+                         "to_number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
+                         "from_number_id": {"type": "integer"}, "call_context": {"type": "object"}}},
+        "Dispatched": {"type": "object", "properties": {
+            "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
+            "call_id": {"type": "string"}}},
+        "CallLog": {"type": "object", "properties": {k: {"type": t} for k, t in {
+            "id": "integer", "call_uuid": "string", "call_direction": "string", "from_number": "string",
+            "to_number": "string", "call_status": "string", "call_duration": "string",
+            "call_duration_in_seconds": "number", "is_call_transfer": "boolean", "amd_detected": "boolean",
+            "amd_answered_by": ["string", "null"], "amd_duration": ["number", "null"], "is_voicemail": "boolean",
+            "voicemail_type": ["string", "null"], "is_fax": "boolean", "hangup_source": ["string", "null"],
+            "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
+            "channel_type": "string"}.items()}},
+    }
+    for provider in sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p}):
+        carrier = gw.carrier_for(provider)
+        schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
+    return schemas
+
+
+def build(gw: "Gateway") -> dict[str, Any]:
+    schemas = _schemas(gw)
+    providers = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
+    import_body = {"oneOf": [_ref(f"Import_{p}") for p in providers]} if providers else {"type": "object"}
+    pid = _param("provider", schema={"type": "string", "enum": providers} if providers else None)
+    nid = _param("id", schema={"type": "integer"})
+    aid = _param("id", schema={"type": "integer"})
+    cid = _param("id", description="call log id or call uuid")
+    p = PREFIX
+    paths: dict[str, Any] = {
+        f"{p}/openapi.json": {"get": _op("This document", tag="meta", ok={"type": "object"}, errors=(401,))},
+        f"{p}/phone_number/import/{{provider}}": {"post": _op(
+            "Import a phone number / trunk (body per provider: see Import_<provider>)", tag="phone numbers",
+            params=[pid], body=import_body, ok=_ref("PhoneNumberResponse"), status="201",
+            errors=(400, 401, 404, 409, 502))},
+        f"{p}/phone_number/test/{{provider}}": {"post": _op(
+            "Test a trunk / account before importing it (same body as import)", tag="phone numbers",
+            params=[pid], body=import_body, ok=_ref("TestReport"), errors=(400, 401, 404, 502))},
+        f"{p}/phone_number/list": {"get": _op(
+            "List phone numbers", tag="phone numbers", ok=_ref("PhoneNumberList"),
+            params=PAGE + [_param("provider", "query")], errors=(400, 401))},
+        f"{p}/phone_number/attach": {"post": _op(
+            "Attach a phone number to an agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
+            body={"type": "object", "required": ["phone_number_id", "agent_id"],
+                  "properties": {"phone_number_id": {"type": "integer"}, "agent_id": {"type": "integer"}}})},
+        f"{p}/phone_number/detach": {"post": _op(
+            "Detach a phone number from its agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
+            body={"type": "object", "required": ["phone_number_id"],
+                  "properties": {"phone_number_id": {"type": "integer"}}})},
+        f"{p}/phone_number/{{id}}": {
+            "get": _op("Show a phone number", tag="phone numbers", params=[nid], ok=_ref("PhoneNumberResponse")),
+            "delete": _op("Delete a phone number", tag="phone numbers", params=[nid])},
+        f"{p}/phone_number/{{id}}/test": {"post": _op(
+            "Test an imported trunk / account", tag="phone numbers", params=[nid], ok=_ref("TestReport"),
+            errors=(400, 401, 404, 409, 502))},
+        f"{p}/agents": {
+            "post": _op("Create an agent", tag="agents", body=_ref("AgentInput"), ok=_ref("AgentResponse"),
+                        status="201", errors=(400, 401)),
+            "get": _op("List agents", tag="agents", params=PAGE, errors=(400, 401))},
+        f"{p}/agents/{{id}}": {
+            "get": _op("Show an agent", tag="agents", params=[aid], ok=_ref("AgentResponse")),
+            "put": _op("Replace an agent", tag="agents", params=[aid], body=_ref("AgentInput"),
+                       ok=_ref("AgentResponse")),
+            "patch": _op("Update some fields of an agent (settings merged per section)", tag="agents",
+                         params=[aid], body={"type": "object"}, ok=_ref("AgentResponse")),
+            "delete": _op("Delete an agent (its numbers are detached)", tag="agents", params=[aid])},
+        f"{p}/calls/dispatch": {"post": _op(
+            "Place an outbound call", tag="calls", body=_ref("Dispatch"), ok=_ref("Dispatched"),
+            errors=(400, 401, 404, 409, 502, 503))},
+        f"{p}/calls/logs": {"get": _op(
+            "Call log", tag="calls", errors=(400, 401), params=PAGE + [
+                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query")],
+            ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
+                                                 "call_log_data": {"type": "array", "items": _ref("CallLog")}}})},
+        f"{p}/calls/logs/{{id}}": {"get": _op(
+            "One call with its events", tag="calls", params=[cid],
+            ok={"type": "object", "properties": {"call_log": _ref("CallLog"),
+                                                 "events": {"type": "array", "items": {"type": "object"}}}})},
+        f"{p}/calls/live": {"get": _op("Live calls", tag="calls", errors=(401,))},
+        f"{p}/calls/{{id}}/hangup": {"post": _op("Hang up a live call", tag="calls", params=[cid])},
+        f"{p}/calls/{{id}}/transfer": {"post": _op(
+            "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
+            body={"type": "object", "properties": {"number": {"type": "string"}}}, errors=(400, 401, 404, 409))},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Telephony gateway API", "version": "1.0.0",
+                 "description": "Phone numbers and trunks, agents, calls. Every /api/v1 request needs "
+                                "`Authorization: Bearer <api key>`. Errors: {success: false, error, field}."},
+        "servers": [{"url": gw.settings.public_base}],
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
+        "paths": paths,
+    }

@@ -1,0 +1,152 @@
+"""Field checks shared by the API handlers; each failure is an ApiError naming the field and the problem."""
+from __future__ import annotations
+
+from typing import Any
+
+from yarl import URL
+
+from ..carrier import ImportField
+from ..numbers import normalize_e164
+from .errors import ApiError
+
+MAX_PAGESIZE = 150
+_MISSING = object()
+
+
+def bad(field: str, problem: str, status: int = 400) -> ApiError:
+    return ApiError(status, f"{field}: {problem}", field)
+
+
+def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise bad(field, "must be an integer")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise bad(field, "must be an integer")
+    if minimum is not None and value < minimum:
+        raise bad(field, f"must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise bad(field, f"must be at most {maximum}")
+    return value
+
+
+def as_bool(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise bad(field, "must be true or false")
+
+
+def as_str(value: Any, field: str, *, max_len: int = 1000) -> str:
+    if not isinstance(value, str):
+        raise bad(field, "must be a string")
+    value = value.strip()
+    if len(value) > max_len:
+        raise bad(field, f"must be at most {max_len} characters")
+    return value
+
+
+def as_list(value: Any, field: str) -> list[Any]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise bad(field, "must be a list")
+    return value
+
+
+def as_e164(value: Any, field: str, *, require_plus: bool = False) -> str:
+    if not isinstance(value, str):
+        raise bad(field, "must be a string holding an E.164 number such as +14155550100")
+    if require_plus and not value.strip().startswith("+"):
+        raise bad(field, f"{value!r} must be an E.164 number with a leading + (e.g. +14155550100)")
+    try:
+        return normalize_e164(value)
+    except ValueError as e:
+        raise bad(field, str(e)) from None
+
+
+def as_http_url(value: Any, field: str) -> str:
+    value = as_str(value, field, max_len=1000)
+    try:
+        url = URL(value)
+    except ValueError:
+        raise bad(field, f"{value!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise bad(field, "must be an http:// or https:// URL with a host")
+    return value
+
+
+def as_object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(field, "must be a JSON object")
+    return value
+
+
+def required(body: dict[str, Any], name: str, field: str | None = None) -> Any:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise bad(field or name, "is required")
+    return value
+
+
+def reject_unknown(body: dict[str, Any], allowed: set[str] | list[str], where: str = "") -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        f = unknown[0]
+        raise bad(f"{where}{f}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+
+def pagination(query: Any) -> tuple[int, int]:
+    pageno = as_int(query.get("pageno", "1"), "pageno", minimum=1)
+    pagesize = as_int(query.get("pagesize", "20"), "pagesize", minimum=1, maximum=MAX_PAGESIZE)
+    return pageno, pagesize
+
+
+def import_body(fields: tuple[ImportField, ...], body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Check a phone-number import body against a carrier's declared fields.
+
+    `extra` maps generic fields every provider accepts (agent_id) to their already-checked values. Returns every
+    declared field (defaults filled in), typed and normalised.
+    """
+    declared = {f.name: f for f in fields}
+    reject_unknown(body, set(declared) | set(extra))
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = body.get(f.name, _MISSING)
+        if value is _MISSING or value is None or (isinstance(value, str) and not value.strip()):
+            if f.required:
+                raise bad(f.name, "is required" + (f" ({f.help})" if f.help else ""))
+            out[f.name] = f.default
+            continue
+        out[f.name] = _convert(f, value)
+    return out
+
+
+def _convert(f: ImportField, value: Any) -> Any:
+    if f.kind is bool:
+        v: Any = as_bool(value, f.name)
+    elif f.kind is int:
+        v = as_int(value, f.name)
+    elif f.kind is list:
+        v = as_list(value, f.name)
+        if not all(isinstance(x, (str, int, float)) for x in v):
+            raise bad(f.name, "must be a list of strings")
+        if f.e164:
+            v = [as_e164(x, f"{f.name}[{i}]") for i, x in enumerate(v)]
+    else:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and f.e164:
+            value = str(value)
+        if f.secret and isinstance(value, str):
+            v = value  # a password may start or end with a space: keep it byte for byte
+        else:
+            v = as_str(value, f.name)
+        if f.e164:
+            v = as_e164(v, f.name)
+    if f.choices and v not in f.choices:
+        got = "" if f.secret else f" (got {v!r})"
+        raise bad(f.name, f"must be one of {', '.join(map(str, f.choices))}{got}")
+    return v

@@ -1,0 +1,56 @@
+"""Prometheus text exposition (format 0.0.4) of the gateway's counters, written by hand: a handful of series does
+not justify a dependency, and every value already lives on the CallManager, the buses and the webhook dispatcher.
+
+Reference: https://prometheus.io/docs/instrumenting/exposition_formats/ (HELP/TYPE lines, `_total` counters,
+label values escaped for backslash, double quote and newline).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(lines: list[str], name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+    lines.append(f"# HELP {name} {help_}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
+
+
+def render(gw: "Gateway") -> str:
+    calls = list(gw.calls.active.values())
+    per_carrier: Counter[str] = Counter({name: 0 for name in gw.carriers})
+    per_carrier.update(c.carrier for c in calls)
+    totals = gw.calls.totals
+    frames_in, frames_out, dropped = totals["frames_in"], totals["frames_out"], totals["dropped_in"]
+    for c in calls:  # live calls' counters join the totals when they end
+        if c.bus is not None:
+            frames_in += c.bus.counters.frames_in
+            frames_out += c.bus.counters.frames_out
+            dropped += c.bus.counters.dropped_in
+    lines: list[str] = []
+    _family(lines, "gateway_active_calls", "gauge", "Live calls per carrier.",
+            [(f'{{carrier="{_label(k)}"}}', v) for k, v in sorted(per_carrier.items())])
+    _family(lines, "gateway_calls_total", "counter", "Calls created since start.", [("", totals["calls"])])
+    _family(lines, "gateway_frames_in_total", "counter", "20 ms audio frames received from carriers.",
+            [("", frames_in)])
+    _family(lines, "gateway_frames_out_total", "counter", "20 ms audio frames sent to carriers.",
+            [("", frames_out)])
+    _family(lines, "gateway_dropped_frames_total", "counter",
+            "Inbound frames dropped because an engine fell behind.", [("", dropped)])
+    _family(lines, "gateway_webhooks_delivered_total", "counter", "Lifecycle webhooks delivered (2xx).",
+            [("", gw.webhooks.delivered)])
+    _family(lines, "gateway_webhook_failures_total", "counter",
+            "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
+    _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
+            [("", gw.webhooks.pending)])
+    return "\n".join(lines) + "\n"
