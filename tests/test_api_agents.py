@@ -1,0 +1,95 @@
+"""Agents CRUD over real HTTP: validation of engine, webhook URL and telephony settings; PUT vs PATCH."""
+from __future__ import annotations
+
+import pytest
+
+from test_api_fakes import api, twilio_body  # noqa: F401
+
+SETTINGS = {
+    "transfer": {"number": "+1 415 555 0199", "backup_numbers": ["+14155550198", "004930123456"],
+                 "type": "static", "transfer_condition": "caller asks for a human",
+                 "transfer_message": "Connecting you now"},
+    "end_call": {"enabled": True, "phrases": ["goodbye"]},
+    "voicemail": {"enabled": True, "message": "Please call us back"},
+    "amd": {"enabled": True, "provider": "gateway"},
+}
+
+
+async def test_create_get_list(api):
+    status, body = await api.post("/agents", json={"name": " Support ", "engine": "echo",
+                                                   "webhook_url": "https://hooks.example.com/x?t=1",
+                                                   "settings": SETTINGS})
+    assert status == 201, body
+    a = body["agent"]
+    assert a["name"] == "Support" and a["engine"] == "echo"
+    t = a["settings"]["transfer"]
+    assert t["number"] == "+14155550199" and t["backup_numbers"] == ["+14155550198", "+4930123456"]
+    assert a["settings"]["amd"] == {"enabled": True, "provider": "gateway"}
+    status, body = await api.get(f"/agents/{a['id']}")
+    assert status == 200 and body["agent"] == a
+    assert (await api.gw.store.get_agent(a["id"]))["settings"]["voicemail"]["message"] == "Please call us back"
+    await api.post("/agents", json={"name": "Second"})
+    status, body = await api.get("/agents", params={"pagesize": "1", "pageno": "2"})
+    assert status == 200 and body["total"] == 2 and [x["name"] for x in body["agents"]] == ["Second"]
+    status, body = await api.get("/agents", params={"pagesize": "500"})
+    assert status == 400 and body["field"] == "pagesize"
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": 5}, "name"),
+    ({"name": "x", "engine": "gpt-telepathy"}, "engine"),
+    ({"name": "x", "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
+    ({"name": "x", "webhook_url": "not a url"}, "webhook_url"),
+    ({"name": "x", "colour": "red"}, "colour"),
+    ({"name": "x", "settings": []}, "settings"),
+    ({"name": "x", "settings": {"transfer": {"number": "12"}}}, "settings.transfer.number"),
+    ({"name": "x", "settings": {"transfer": {"number": "+14155550199", "backup_numbers": ["+1", "x"]}}},
+     "settings.transfer.backup_numbers[0]"),
+    ({"name": "x", "settings": {"transfer": {"type": "psychic"}}}, "settings.transfer.type"),
+    ({"name": "x", "settings": {"voicemail": {"enabled": "sometimes"}}}, "settings.voicemail.enabled"),
+    ({"name": "x", "settings": {"amd": {"enabled": True, "provider": "vonage"}}}, "settings.amd.provider"),
+    ({"name": "x", "settings": {"end_call": {"phrases": [1]}}}, "settings.end_call.phrases[0]"),
+    ({"name": "x", "settings": {"custom": 3}}, "settings.custom"),
+])
+async def test_create_bad_input(api, payload, field):
+    status, body = await api.post("/agents", json=payload)
+    assert status == 400 and body["success"] is False, body
+    assert body["field"] == field and field in body["error"]
+    assert await api.gw.store.list_agents() == []
+
+
+async def test_put_patch_delete(api):
+    status, body = await api.post("/agents", json={"name": "A", "engine": "echo", "settings": SETTINGS,
+                                                   "webhook_url": "http://127.0.0.1:9/hook"})
+    aid = body["agent"]["id"]
+    # PATCH changes only what is sent; settings merge per section
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"transfer": {"number": "+14155550111"}}})
+    assert status == 200, body
+    a = body["agent"]
+    assert a["name"] == "A" and a["engine"] == "echo" and a["webhook_url"] == "http://127.0.0.1:9/hook"
+    assert a["settings"]["transfer"]["number"] == "+14155550111"
+    assert a["settings"]["transfer"]["transfer_message"] == "Connecting you now"
+    assert a["settings"]["voicemail"]["enabled"] is True
+    status, body = await api.patch(f"/agents/{aid}", json={"webhook_url": None})
+    assert status == 200 and body["agent"]["webhook_url"] is None
+    # PUT replaces everything
+    status, body = await api.put(f"/agents/{aid}", json={"name": "B"})
+    assert status == 200 and body["agent"]["name"] == "B"
+    assert body["agent"]["engine"] is None and body["agent"]["settings"] == {}
+    status, body = await api.put(f"/agents/{aid}", json={"engine": "echo"})
+    assert status == 400 and body["field"] == "name"
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"transfer": {"number": "bad"}}})
+    assert status == 400 and body["field"] == "settings.transfer.number"
+    assert (await api.gw.store.get_agent(aid))["name"] == "B"   # nothing half-written
+    # deleting an agent detaches its numbers
+    status, body = await api.post("/phone_number/import/twilio", json={**twilio_body(), "agent_id": aid})
+    assert status == 201 and body["phone_number"]["agent_id"] == aid
+    nid = body["phone_number"]["id"]
+    status, body = await api.delete(f"/agents/{aid}")
+    assert status == 200 and body["deleted"] == aid
+    assert (await api.gw.store.get_number(nid))["agent_id"] is None
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        status, body = await api.request(method, f"/agents/{aid}", json={"name": "C"})
+        assert status == 404 and body["field"] == "id", (method, body)

@@ -1,0 +1,113 @@
+"""Cross-cutting API behaviour: Bearer auth on every /api/v1 route, JSON errors everywhere (404/405/500 with no
+traceback), the OpenAPI document covering every route, /healthz and Prometheus /metrics."""
+from __future__ import annotations
+
+import logging
+import re
+
+import aiohttp
+import pytest
+
+from gateway.carrier import ImportField
+from test_api_fakes import CARRIERS, FakeSipCarrier, Api, api, sip_body  # noqa: F401
+
+
+def api_routes(gw) -> list[tuple[str, str]]:
+    out = []
+    for route in gw.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if path.startswith("/api/v1") and route.method != "HEAD":
+            out.append((route.method, path))
+    return out
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: "sip" if m.group(1) == "provider" else "1", path)
+
+
+async def test_every_api_route_requires_the_key(api):
+    routes = api_routes(api.gw)
+    assert len(routes) >= 20
+    async with aiohttp.ClientSession() as s:
+        for headers, msg in (({}, "missing API key"), ({"Authorization": "Bearer wrong"}, "invalid API key"),
+                             ({"Authorization": f"Basic {api.gw.api_key}"}, "invalid API key"),
+                             ({"Authorization": "Bearer "}, "invalid API key")):
+            for method, path in routes:
+                async with s.request(method, api.gw.url(concrete(path)), headers=headers, json={}) as r:
+                    body = await r.json()
+                    assert r.status == 401, (method, path, headers)
+                    assert body["success"] is False and body["field"] == "Authorization"
+                    assert body["error"].startswith(msg)
+                    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        # unknown routes under the prefix do not reveal themselves without a key
+        async with s.get(api.gw.url("/api/v1/nope")) as r:
+            assert r.status == 401
+    # nothing was written by the unauthenticated requests
+    assert (await api.gw.store.list_numbers())[1] == 0 and await api.gw.store.list_agents() == []
+
+
+async def test_healthz_and_metrics_are_open(api):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(api.gw.url("/healthz")) as r:
+            assert r.status == 200
+            body = await r.json()
+            assert body["status"] == "ok" and body["active_calls"] == 0
+        async with s.get(api.gw.url("/metrics")) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = await r.text()
+    assert 'gateway_active_calls{carrier="sip"} 0' in text
+    assert "# TYPE gateway_frames_in_total counter" in text
+
+
+async def test_json_errors_for_unknown_endpoint_and_method(api):
+    status, body = await api.get("/nope")
+    assert status == 404 and body["success"] is False and "no such endpoint" in body["error"]
+    status, body = await api.request("PUT", "/phone_number/list")
+    assert status == 405 and body["success"] is False
+
+
+async def test_openapi_describes_every_route_and_provider_bodies(api):
+    status, doc = await api.get("/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    for method, path in api_routes(api.gw):
+        assert path in doc["paths"], path
+        assert method.lower() in doc["paths"][path], (method, path)
+    schemas = doc["components"]["schemas"]
+    sip = schemas["Import_sip"]
+    assert set(sip["required"]) == {"phone_number", "sip_host", "sip_trunk_name"}
+    assert sip["properties"]["sip_port"] == {"type": "integer", "default": 5060}
+    assert sip["properties"]["sip_password"]["writeOnly"] is True
+    assert sip["properties"]["transport"]["enum"] == ["udp", "tcp", "tls"]
+    assert set(schemas["Import_exotel"]["properties"]) >= {"exotel_phone_number", "exotel_api_token", "name"}
+    assert "Import_twilio" in schemas
+    params = doc["paths"]["/api/v1/phone_number/import/{provider}"]["post"]["parameters"]
+    assert params[0]["schema"]["enum"] == ["exotel", "sip", "twilio"]
+
+
+class ExplodingCarrier(FakeSipCarrier):
+    name = "boom"
+    providers = ("boom",)
+    import_fields = (ImportField("phone_number", required=True, e164=True),
+                     ImportField("password", secret=True))
+
+    async def test_connection(self, fields):
+        raise RuntimeError("unexpected failure")
+
+
+async def test_unexpected_exception_is_a_json_500_without_traceback(make_gateway, caplog):
+    gw = await make_gateway(carriers={"boom": ExplodingCarrier})
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as s:
+        a = Api(gw, s, gw.api_key)
+        status, body = await a.post("/phone_number/test/boom", json={"phone_number": "+14155550100",
+                                                                     "password": "hunter22"})
+    assert status == 500
+    assert body == {"success": False, "error": "internal error (logged on the gateway)", "field": None}
+    assert "RuntimeError" in caplog.text and "hunter22" not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/phone_number/import/sip", "/agents", "/calls/dispatch",
+                                  "/phone_number/attach"])
+async def test_invalid_json_everywhere(api, path):
+    status, body = await api.post(path, data=b'{"a": ', headers={"Content-Type": "application/json"})
+    assert status == 400 and body["field"] == "body" and "JSON" in body["error"]
