@@ -1,0 +1,721 @@
+"""Twilio Programmable Voice: voice/status/AMD/transfer webhooks, bidirectional Media Streams, REST calls.
+
+Inbound: Twilio POSTs /twilio/voice → we answer `<Connect><Stream url=…/twilio/media>` with our call id as a
+`<Parameter>`; the stream's `start` attaches the call. Outbound: `calls.create(twiml=<Connect><Stream>…)`, with
+Twilio's async AMD when the agent wants it. Hangup and transfer update the live call over REST.
+
+Every webhook is checked with `twilio.request_validator.RequestValidator` against the imported number's auth
+token, over the URL rebuilt from `settings.public_base` (what Twilio actually requested, whatever proxy sits in
+between). REST goes through the official SDK with its aiohttp client (`AsyncTwilioHttpClient`), so nothing blocks
+the event loop. Sources: see docs/twilio.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import (SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator,
+                                      get_signature_algorithm)
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+from gateway.call import Call, utcnow
+from gateway.callmanager import CapacityError
+from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferRequest, TransferResult
+from gateway.numbers import normalize_e164
+
+from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
+
+log = logging.getLogger("carriers.twilio")
+
+VOICE_PATH = "/twilio/voice"
+MEDIA_PATH = "/twilio/media"
+STATUS_PATH = "/twilio/status"
+AMD_PATH = "/twilio/amd"
+TRANSFER_PATH = "/twilio/transfer_status"     # <Dial action>: outcome of one transfer attempt
+TRANSFER_LEG_PATH = "/twilio/transfer_leg"    # <Number statusCallback>: the transfer target answered
+
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_FINAL = ("completed", "busy", "no-answer", "failed", "canceled")
+_FAILED_DIAL = ("busy", "no-answer", "failed")
+_END_SOURCE = {"completed": HangupSource.USER, "busy": HangupSource.USER, "no-answer": HangupSource.USER,
+               "failed": HangupSource.CARRIER, "canceled": HangupSource.SYSTEM}
+
+
+@dataclass(frozen=True)
+class TwilioCreds:
+    account_sid: str
+    auth_token: str
+
+
+def creds_of(number: dict[str, Any] | None) -> TwilioCreds | None:
+    """Account SID and auth token of a stored number (config + secrets columns, or a flat import dict)."""
+    if not number:
+        return None
+    merged = {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
+    sid = merged.get("account_sid")
+    token = merged.get("account_token") or merged.get("auth_token")
+    return TwilioCreds(str(sid), str(token)) if sid and token else None
+
+
+def _xml(resp: VoiceResponse, status: int = 200) -> web.Response:
+    return web.Response(text=str(resp), status=status, content_type="text/xml")
+
+
+def _ok() -> web.Response:
+    return web.Response(text="", status=200)
+
+
+def _forbidden() -> web.Response:
+    return web.Response(text="invalid or missing X-Twilio-Signature\n", status=403)
+
+
+def _agent_settings(call: Call) -> dict[str, Any]:
+    return (call.agent or {}).get("settings") or {}
+
+
+def wants_twilio_amd(agent: dict[str, Any] | None) -> bool:
+    """Agent settings: `amd.provider` "twilio" | "gateway" decides; without it, voicemail.enabled asks Twilio."""
+    settings = (agent or {}).get("settings") or {}
+    amd = settings.get("amd") if isinstance(settings.get("amd"), dict) else {}
+    provider = amd.get("provider")
+    if provider in ("twilio", "gateway"):
+        return provider == "twilio" and amd.get("enabled", True) is not False
+    vm = settings.get("voicemail") if isinstance(settings.get("voicemail"), dict) else {}
+    return bool(vm.get("enabled"))
+
+
+class TwilioLeg:
+    """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
+
+    def __init__(self, carrier: "TwilioCarrier", call: Call, creds: TwilioCreds) -> None:
+        self.carrier = carrier
+        self.call = call
+        self.creds = creds
+        # connecting → live ⇄ transferring/reconnecting; released = Twilio goes on without us (transfer, voicemail)
+        self.state = "connecting"
+        self.stream: MediaStream | None = None
+        self.completed = False
+        self.released = False
+        self.transfer_targets: list[str] = []
+        self.transfer_attempts: list[dict[str, Any]] = []
+        self._watchdog: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def sid(self) -> str | None:
+        return self.call.carrier_sid
+
+    def arm_watchdog(self, timeout: float, reason: str) -> None:
+        """End the call if no media stream arrives in time (Twilio never connected, or a reconnect failed)."""
+        self.disarm_watchdog()
+
+        async def fire() -> None:
+            await asyncio.sleep(timeout)
+            if self.stream is None and self.call.is_active:
+                log.warning("no media stream for the call", extra={"carrier": "twilio", "call_id": self.call.id,
+                                                                    "reason": reason})
+                await self.complete_at_twilio()
+                await self.call.end(HangupSource.CARRIER, reason, status="failed")
+
+        self._watchdog = asyncio.create_task(fire(), name=f"twilio-watchdog-{self.call.id}")
+
+    def disarm_watchdog(self) -> None:
+        if self._watchdog is not None and not self._watchdog.done() and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _shielded(self, coro: Any) -> "asyncio.Future":
+        """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return asyncio.shield(task)
+
+    # -- CallLeg ------------------------------------------------------------------------------------------------
+    async def hangup(self, call: Call, reason: str) -> None:
+        await self._shielded(self._hangup(call, reason))
+
+    async def _hangup(self, call: Call, reason: str) -> None:
+        if call.hangup is not None and call.hangup.source is HangupSource.AGENT and self.stream is not None:
+            await self.stream.drain()   # let the goodbye play out before the line drops
+        await self.complete_at_twilio()
+
+    async def complete_at_twilio(self) -> None:
+        """REST `Status=completed`; a call Twilio no longer knows (404 / 20404) has already ended: fine."""
+        if self.completed or self.released:
+            return
+        self.completed = True
+        if not self.sid:
+            return
+        try:
+            await self.carrier.client(self.creds).calls(self.sid).update_async(status="completed")
+        except TwilioRestException as e:
+            if e.status == 404 or e.code == 20404:
+                return
+            log.warning("twilio refused the hangup: %s (%s)", e.msg, e.code,
+                        extra={"carrier": "twilio", "call_id": self.call.id, "status": e.status})
+        except Exception as e:  # network: the call will still end when Twilio's stream times out
+            log.warning("twilio hangup request failed: %s", type(e).__name__,
+                        extra={"carrier": "twilio", "call_id": self.call.id})
+
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
+        await self._shielded(self._transfer(call, request))
+
+    async def _transfer(self, call: Call, request: TransferRequest) -> None:
+        if self.stream is not None:
+            await self.stream.drain()   # what the engine said before asking to transfer is heard first
+        self.transfer_targets = [request.number, *[n for n in request.backup_numbers if n != request.number]]
+        self.transfer_attempts = []
+        previous = self.state
+        self.state = "transferring"
+        try:
+            await self.update_twiml(self.carrier.dial_twiml(call, 0, self.transfer_targets[0], request.message))
+        except Exception:
+            self.state = previous
+            raise
+        log.info("transfer started", extra={"carrier": "twilio", "call_id": call.id,
+                                            "targets": len(self.transfer_targets)})
+
+    async def update_twiml(self, twiml: VoiceResponse) -> None:
+        if not self.sid:
+            raise CarrierError("the Twilio call has no CallSid yet", 409)
+        try:
+            await self.carrier.client(self.creds).calls(self.sid).update_async(twiml=str(twiml))
+        except TwilioRestException as e:
+            if e.status == 404 or e.code == 20404:
+                raise CarrierError("the Twilio call has already ended", 409) from None
+            raise CarrierError(f"Twilio refused the call update: {e.msg} ({e.code})", 502) from None
+
+    async def leave_voicemail(self, message: str | None, answered_by: AnsweredBy) -> None:
+        """After the beep (AMD DetectMessageEnd): <Say>/<Play> the message through Twilio, then <Hangup/>."""
+        call = self.call
+        self.state = "voicemail"
+        twiml = VoiceResponse()
+        if message:
+            if re.match(r"^https?://", message.strip()):
+                twiml.play(message.strip())
+            else:
+                twiml.say(message)
+        twiml.hangup()
+        kind = answered_by.value.removeprefix("machine_end_").removeprefix("machine_")
+        try:
+            await self.update_twiml(twiml)
+            self.released = True
+        except CarrierError as e:
+            log.warning("voicemail drop failed: %s", e.message, extra={"carrier": "twilio", "call_id": call.id})
+            await self.complete_at_twilio()
+        await call.record(is_voicemail=True, voicemail_type=kind,
+                          extra={"voicemail_message_left": bool(message) and self.released})
+        await call.end(HangupSource.SYSTEM, "voicemail")
+
+    async def stream_gone(self, stream: MediaStream) -> None:
+        """The websocket closed: the caller left, or Twilio moved on to our transfer / voicemail TwiML."""
+        if self.stream is not stream:
+            return
+        self.stream = None
+        call = self.call
+        if not call.is_active:
+            return
+        if self.state in ("transferring", "voicemail", "reconnecting"):
+            return
+        source, reason = stream.end_source()
+        await call.end(source, reason)
+
+
+class TwilioCarrier(Carrier):
+    name = "twilio"
+    providers = ("twilio",)
+    import_fields = (
+        ImportField("phone_number", str, required=True, e164=True, help="the Twilio number, E.164"),
+        ImportField("account_sid", str, required=True, help="Twilio Account SID (AC…)"),
+        ImportField("account_token", str, required=True, secret=True, help="Twilio Auth Token"),
+        ImportField("name", str, help="a label for this number"),
+        ImportField("configure_webhooks", bool, default=False,
+                    help="point the number's voice URL and status callback at this gateway"),
+    )
+
+    #: seconds a new media websocket may take to send `start`
+    start_timeout = 5.0
+    #: seconds between our TwiML answer and the media stream arriving (inbound / after a failed transfer)
+    connect_timeout = 30.0
+    #: seconds an outbound call may ring before its stream must be up
+    outbound_timeout = 120.0
+    #: seconds each transfer target rings (<Dial timeout>)
+    dial_timeout = 30
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__(gateway)
+        #: REST base URL override (tests, Twilio-compatible mocks); default https://api.twilio.com
+        self.api_base_url: str | None = os.environ.get("GATEWAY_TWILIO_API_BASE") or None
+        self.legs: dict[str, TwilioLeg] = {}
+        self._http: AsyncTwilioHttpClient | None = None
+        self._clients: dict[tuple[str, str], Client] = {}
+        self._tokens: dict[str, set[str]] = {}
+        self._tokens_at = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def setup(self, app: web.Application) -> None:
+        app.router.add_post(VOICE_PATH, self.voice_webhook)
+        app.router.add_get(MEDIA_PATH, self.media_websocket)
+        app.router.add_post(STATUS_PATH, self.status_webhook)
+        app.router.add_post(AMD_PATH, self.amd_webhook)
+        app.router.add_post(TRANSFER_PATH, self.transfer_webhook)
+        app.router.add_post(TRANSFER_LEG_PATH, self.transfer_leg_webhook)
+
+    async def start(self) -> None:
+        self.gateway.calls.subscribe(self._on_call_event)
+
+    async def stop(self) -> None:
+        self.gateway.calls.unsubscribe(self._on_call_event)
+        for leg in list(self.legs.values()):
+            if leg.call.is_active:
+                await leg.call.request_hangup(HangupSource.SYSTEM, "shutdown", immediate=True)
+            if leg._tasks:
+                await asyncio.wait(list(leg._tasks), timeout=5)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._clients.clear()
+
+    def _on_call_event(self, kind: str, call: Call) -> None:
+        if kind != "call_ended" or call.carrier != self.name:
+            return
+        leg = self.legs.pop(call.id, None)
+        if leg is None:
+            return
+        leg.disarm_watchdog()
+        source = call.hangup.source if call.hangup else HangupSource.SYSTEM
+        if source in (HangupSource.AGENT, HangupSource.SYSTEM) and not (leg.completed or leg.released):
+            # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
+            leg._shielded(leg.complete_at_twilio())
+
+    # -- REST ---------------------------------------------------------------------------------------------------
+    def client(self, creds: TwilioCreds) -> Client:
+        """One SDK client per account, all sharing one aiohttp session (created inside the running loop)."""
+        if self._http is None:
+            self._http = AsyncTwilioHttpClient(timeout=10)
+        key = (creds.account_sid, creds.auth_token)
+        c = self._clients.get(key)
+        if c is None:
+            c = Client(creds.account_sid, creds.auth_token, http_client=self._http)
+            if self.api_base_url:
+                c.api.base_url = self.api_base_url.rstrip("/")
+            self._clients[key] = c
+        return c
+
+    async def _creds_for_number(self, number: dict[str, Any]) -> TwilioCreds:
+        creds = creds_of(number)
+        if creds is None and number.get("id") is not None:
+            creds = creds_of(await self.gateway.store.get_number(number["id"], with_secrets=True))
+        if creds is None:
+            raise CarrierError(f"number {number.get('phone_number')} has no Twilio account_sid/account_token", 409)
+        return creds
+
+    # -- URLs and TwiML -----------------------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return self.gateway.settings.public_base + path
+
+    def stream_twiml(self, call: Call) -> VoiceResponse:
+        resp = VoiceResponse()
+        stream = resp.connect().stream(url=self.gateway.settings.public_ws_base + MEDIA_PATH)
+        stream.parameter(name="call_id", value=call.id)
+        stream.parameter(name="agent_id", value=str((call.agent or {}).get("id") or ""))
+        return resp
+
+    def dial_twiml(self, call: Call, attempt: int, target: str, message: str | None = None) -> VoiceResponse:
+        resp = VoiceResponse()
+        if message:
+            resp.say(message)
+        q = f"?call_id={call.id}&attempt={attempt}"
+        opts = _agent_settings(call).get("transfer") or {}
+        timeout = int(opts.get("timeout") or self.dial_timeout)
+        dial = resp.dial(action=self.url(TRANSFER_PATH + q), method="POST", timeout=timeout)
+        dial.number(target, status_callback_event="answered", status_callback=self.url(TRANSFER_LEG_PATH + q),
+                    status_callback_method="POST")
+        return resp
+
+    # -- signatures ---------------------------------------------------------------------------------------------
+    def signature_ok(self, request: web.Request, params: Any, tokens: list[str], *, ws: bool = False) -> bool:
+        sig = request.headers.get(SIGNATURE_HEADER)
+        if not sig or not tokens:
+            return False
+        base = self.gateway.settings.public_ws_base if ws else self.gateway.settings.public_base
+        url = base + request.raw_path
+        algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+        return any(RequestValidator(t).validate(url, params, sig, algorithm) for t in tokens)
+
+    async def account_tokens(self, account_sid: str | None) -> list[str]:
+        """Auth tokens stored for an account (any of its imported numbers); cached, refreshed on import/delete."""
+        if not account_sid or not _ACCOUNT_SID.match(account_sid):
+            return []
+        now = time.monotonic()
+        if account_sid not in self._tokens or now - self._tokens_at > 60:
+            tokens: dict[str, set[str]] = {}
+            page = 1
+            while True:
+                rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name, with_secrets=True)
+                for row in rows:
+                    c = creds_of(row)
+                    if c:
+                        tokens.setdefault(c.account_sid, set()).add(c.auth_token)
+                if page * 500 >= total or not rows:
+                    break
+                page += 1
+            self._tokens, self._tokens_at = tokens, now
+        return sorted(self._tokens.get(account_sid, ()))
+
+    async def on_number_imported(self, number: dict[str, Any]) -> None:
+        self._tokens_at = 0.0
+
+    async def on_number_deleted(self, number: dict[str, Any]) -> None:
+        self._tokens_at = 0.0
+
+    async def _call_and_tokens(self, request: web.Request, form: Any) -> tuple[Call | None, list[str]]:
+        """The live call a callback is about (by our call_id, else CallSid) and the tokens to check it with."""
+        call_id = request.query.get("call_id")
+        call = self.gateway.calls.get(call_id) if call_id else None
+        if call is None and form.get("CallSid"):
+            call = self.gateway.calls.find_by_sid(form.get("CallSid"))
+        if call is not None and call.carrier != self.name:
+            call = None
+        leg = self.legs.get(call.id) if call else None
+        if leg is not None:
+            return call, [leg.creds.auth_token]
+        return call, await self.account_tokens(form.get("AccountSid"))
+
+    # -- inbound call -------------------------------------------------------------------------------------------
+    async def voice_webhook(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        try:
+            to_number = normalize_e164(form.get("To", ""))
+        except ValueError:
+            to_number = None
+        number = await self.gateway.store.find_number(to_number, self.name, with_secrets=True) if to_number else None
+        creds = creds_of(number)
+        tokens = [creds.auth_token] if creds else await self.account_tokens(form.get("AccountSid"))
+        if not self.signature_ok(request, form, tokens):
+            log.warning("rejected unsigned or badly signed voice webhook",
+                        extra={"carrier": "twilio", "call_sid": form.get("CallSid"), "known_number": bool(number)})
+            return _forbidden()
+        from_raw = form.get("From", "")
+        try:
+            from_number = normalize_e164(from_raw)
+        except ValueError:
+            from_number = from_raw or "anonymous"
+        public_number = {k: v for k, v in number.items() if k != "secrets"} if number else None
+        meta = {"account_sid": form.get("AccountSid"), "caller_name": form.get("CallerName"),
+                "from_country": form.get("FromCountry")}
+        try:
+            call = await self.gateway.calls.create(
+                carrier=self.name, direction="inbound", from_number=from_number, to_number=to_number or form.get("To", ""),
+                number=public_number, carrier_sid=form.get("CallSid"), status="ringing",
+                metadata={k: v for k, v in meta.items() if v})
+        except CapacityError:
+            log.warning("gateway at capacity: rejecting call", extra={"carrier": "twilio"})
+            resp = VoiceResponse()
+            resp.reject(reason="busy")
+            return _xml(resp)
+        if number is None or creds is None:
+            await call.emit("phone_call:rejected", {"reason": "unknown_number", "to_number": form.get("To")})
+            await call.end(HangupSource.SYSTEM, "unknown_number", status="rejected")
+            resp = VoiceResponse()
+            resp.reject()
+            return _xml(resp)
+        await call.record(carrier_sid=form.get("CallSid"))
+        leg = TwilioLeg(self, call, creds)
+        self.legs[call.id] = leg
+        leg.arm_watchdog(self.connect_timeout, "stream_not_connected")
+        log.info("inbound call", extra={"carrier": "twilio", "call_id": call.id, "call_sid": form.get("CallSid")})
+        return _xml(self.stream_twiml(call))
+
+    # -- media --------------------------------------------------------------------------------------------------
+    async def media_websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=256 * 1024, autoping=True)
+        await ws.prepare(request)
+        stream = MediaStream(self, ws, request)
+        try:
+            await stream.run()
+        except Exception:
+            log.exception("twilio media stream failed", extra={"carrier": "twilio", "stream_sid": stream.stream_sid})
+            if not ws.closed:
+                await ws.close(code=1011, message=b"internal error")
+        return ws
+
+    async def claim_stream(self, stream: MediaStream, call_id: Any, call_sid: Any,
+                           account_sid: Any) -> tuple[Call, TwilioLeg]:
+        """A `start` names our call: check it belongs to this stream, then attach (or re-attach) the media."""
+        call = self.gateway.calls.get(call_id) if isinstance(call_id, str) else None
+        leg = self.legs.get(call_id) if call is not None else None
+        if call is None or leg is None or not call.is_active:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "customParameters.call_id names no call waiting for media")
+        if leg.stream is not None:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call already has a media stream")
+        if call.carrier_sid and call_sid and call_sid != call.carrier_sid:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
+        if SIGNATURE_HEADER in stream.request.headers and not self.signature_ok(
+                stream.request, {}, [leg.creds.auth_token], ws=True):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "X-Twilio-Signature does not match")
+        if not call.carrier_sid and isinstance(call_sid, str):
+            call.set_carrier_sid(call_sid)
+            await call.record(carrier_sid=call_sid)
+        leg.stream = stream
+        leg.disarm_watchdog()
+        if call.bus is None:
+            await call.attach(leg, RATE)
+        else:
+            log.info("media stream re-attached", extra={"carrier": "twilio", "call_id": call.id})
+        leg.state = "live"
+        call.metadata.setdefault("stream_sid", stream.stream_sid)
+        return call, leg
+
+    # -- status callbacks ---------------------------------------------------------------------------------------
+    async def status_webhook(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        call, tokens = await self._call_and_tokens(request, form)
+        if not self.signature_ok(request, form, tokens):
+            return _forbidden()
+        status = form.get("CallStatus", "")
+        duration = form.get("CallDuration")
+        extra = {"twilio_status": status}
+        if duration is not None and duration.isdigit():
+            extra["twilio_call_duration"] = int(duration)
+        if call is None:
+            await self._update_ended(request, form, status, extra)
+            return _ok()
+        leg = self.legs.get(call.id)
+        if status in ("queued", "initiated", "ringing"):
+            if not call.answered:
+                await call.record(call_status=status, extra=extra)
+        elif status == "in-progress":
+            if not call.answered:
+                await call.record(call_status="in-progress", answered_at=utcnow(), extra=extra)
+        elif status in _FINAL:
+            if leg is not None and leg.state == "transferring" and call.transfer_result is None:
+                await call.transfer_finished(TransferResult(self._current_target(leg), "canceled"))
+            if leg is not None:
+                leg.completed = True   # Twilio says it is over: nothing to hang up
+            await call.record(extra=extra)
+            await call.end(_END_SOURCE[status], "caller_hangup" if status == "completed" else status, status=status)
+        else:
+            log.warning("unknown CallStatus %r", status, extra={"carrier": "twilio", "call_id": call.id})
+        return _ok()
+
+    async def _update_ended(self, request: web.Request, form: Any, status: str, extra: dict[str, Any]) -> None:
+        """A callback about a call that is no longer live (transferred, ended by the stream): keep the log true."""
+        store = self.gateway.store
+        row = None
+        if request.query.get("call_id"):
+            row = await store.find_call(call_uuid=request.query["call_id"])
+        if row is None and form.get("CallSid"):
+            row = await store.find_call(carrier_sid=form["CallSid"])
+        if row is None:
+            return
+        fields: dict[str, Any] = {"extra": extra}
+        if status in _FINAL and row.get("call_status") not in _FINAL:
+            fields["call_status"] = status
+        await store.update_call(row["id"], **fields)
+
+    async def amd_webhook(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        call, tokens = await self._call_and_tokens(request, form)
+        if not self.signature_ok(request, form, tokens):
+            return _forbidden()
+        if call is None:
+            return _ok()
+        try:
+            answered_by = AnsweredBy(form.get("AnsweredBy", "unknown"))
+        except ValueError:
+            answered_by = AnsweredBy.UNKNOWN
+        try:
+            duration_ms = int(float(form.get("MachineDetectionDuration") or 0))
+        except ValueError:
+            duration_ms = 0
+        await call.set_amd(AmdResult(answered_by, duration_ms, source="twilio"))
+        vm = _agent_settings(call).get("voicemail") or {}
+        leg = self.legs.get(call.id)
+        if answered_by.is_machine and vm.get("enabled") and leg is not None:
+            leg._shielded(leg.leave_voicemail(vm.get("message"), answered_by))
+        return _ok()
+
+    # -- transfer callbacks -------------------------------------------------------------------------------------
+    @staticmethod
+    def _current_target(leg: TwilioLeg) -> str | None:
+        n = len(leg.transfer_attempts)
+        return leg.transfer_targets[min(n, len(leg.transfer_targets) - 1)] if leg.transfer_targets else None
+
+    async def transfer_leg_webhook(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        call, tokens = await self._call_and_tokens(request, form)
+        if not self.signature_ok(request, form, tokens):
+            return _forbidden()
+        leg = self.legs.get(call.id) if call else None
+        if leg is None or form.get("CallStatus") not in ("in-progress", "answered"):
+            return _ok()
+        target = self._target(leg, request)
+        await self._transfer_succeeded(call, leg, target)
+        return _ok()
+
+    def _target(self, leg: TwilioLeg, request: web.Request) -> str | None:
+        try:
+            return leg.transfer_targets[int(request.query.get("attempt", "0"))]
+        except (ValueError, IndexError):
+            return None
+
+    async def _transfer_succeeded(self, call: Call, leg: TwilioLeg, target: str | None) -> None:
+        leg.released = True   # the caller now talks to the target through Twilio; the agent is done
+        if call.transfer_result is None:
+            await call.transfer_finished(TransferResult(target, "completed"))
+        await call.end(HangupSource.AGENT, "transferred")
+
+    async def transfer_webhook(self, request: web.Request) -> web.Response:
+        """<Dial action>: the attempt's DialCallStatus decides: done, next backup number, or back to the agent."""
+        form = await request.post()
+        call, tokens = await self._call_and_tokens(request, form)
+        if not self.signature_ok(request, form, tokens):
+            return _forbidden()
+        hang = VoiceResponse()
+        hang.hangup()
+        leg = self.legs.get(call.id) if call else None
+        if call is None or leg is None:
+            return _xml(hang)
+        status = form.get("DialCallStatus", "failed")
+        try:
+            attempt = int(request.query.get("attempt", "0"))
+        except ValueError:
+            attempt = 0
+        target = self._target(leg, request)
+        leg.transfer_attempts.append({"number": target, "status": status})
+        await call.record(extra={"transfer_attempts": list(leg.transfer_attempts)})
+        log.info("transfer attempt finished", extra={"carrier": "twilio", "call_id": call.id, "attempt": attempt,
+                                                     "dial_status": status})
+        if status in ("completed", "answered"):
+            await self._transfer_succeeded(call, leg, target)
+            return _xml(hang)
+        if status in _FAILED_DIAL and attempt + 1 < len(leg.transfer_targets):
+            nxt = leg.transfer_targets[attempt + 1]
+            await call.record(transfer_target=nxt)
+            return _xml(self.dial_twiml(call, attempt + 1, nxt))
+        await call.transfer_finished(TransferResult(target, status))
+        if status == "canceled":
+            return _xml(hang)
+        # nobody took the call: give the caller back to the agent on a new stream of the same call
+        leg.state = "reconnecting"
+        leg.arm_watchdog(self.connect_timeout, "stream_not_reconnected")
+        return _xml(self.stream_twiml(call))
+
+    # -- outbound -----------------------------------------------------------------------------------------------
+    async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
+        creds = await self._creds_for_number(number)
+        leg = TwilioLeg(self, call, creds)
+        self.legs[call.id] = leg
+        q = f"?call_id={call.id}"
+        kwargs: dict[str, Any] = dict(
+            to=to_number, from_=number["phone_number"], twiml=str(self.stream_twiml(call)),
+            status_callback=self.url(STATUS_PATH + q), status_callback_method="POST",
+            status_callback_event=["initiated", "ringing", "answered", "completed"])
+        amd = wants_twilio_amd(call.agent)
+        if amd:
+            kwargs.update(machine_detection="DetectMessageEnd", async_amd="true",
+                          async_amd_status_callback=self.url(AMD_PATH + q), async_amd_status_callback_method="POST")
+        try:
+            created = await self.client(creds).calls.create_async(**kwargs)
+        except TwilioRestException as e:
+            self.legs.pop(call.id, None)
+            leg.completed = True
+            if e.status == 401:
+                raise CarrierError("Twilio rejected the credentials (401)", 502) from None
+            raise CarrierError(f"Twilio refused the call: {e.msg} ({e.code})", 502) from None
+        except Exception as e:
+            self.legs.pop(call.id, None)
+            leg.completed = True
+            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+        call.set_carrier_sid(created.sid)
+        await call.record(carrier_sid=created.sid, call_status=created.status or "queued",
+                          extra={"twilio_amd": amd})
+        leg.arm_watchdog(self.outbound_timeout, "outbound_not_connected")
+        log.info("outbound call placed", extra={"carrier": "twilio", "call_id": call.id, "call_sid": created.sid,
+                                                "amd": amd})
+
+    # -- import -------------------------------------------------------------------------------------------------
+    async def _check_account(self, creds: TwilioCreds) -> Any:
+        if not _ACCOUNT_SID.match(creds.account_sid):
+            raise CarrierError("account_sid must be AC followed by 32 hexadecimal characters", 422)
+        try:
+            account = await self.client(creds).api.v2010.accounts(creds.account_sid).fetch_async()
+        except TwilioRestException as e:
+            if e.status in (401, 403):
+                raise CarrierError(f"Twilio rejected the credentials ({e.status})", 422) from None
+            raise CarrierError(f"Twilio account check failed: {e.msg} ({e.code or e.status})", 502) from None
+        except Exception as e:
+            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+        if account.status and account.status != "active":
+            raise CarrierError(f"Twilio account {creds.account_sid} is {account.status}", 422)
+        return account
+
+    async def _find_number(self, creds: TwilioCreds, phone: str) -> Any:
+        try:
+            found = await self.client(creds).incoming_phone_numbers.list_async(phone_number=phone, limit=1)
+        except TwilioRestException as e:
+            if e.status in (401, 403):
+                raise CarrierError(f"Twilio rejected the credentials ({e.status})", 422) from None
+            raise CarrierError(f"Twilio number lookup failed: {e.msg} ({e.code or e.status})", 502) from None
+        except Exception as e:
+            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+        return found[0] if found else None
+
+    async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
+        creds = creds_of(fields)
+        if creds is None:
+            raise CarrierError("account_sid and account_token are required", 422)
+        phone = fields["phone_number"]
+        await self._check_account(creds)
+        incoming = await self._find_number(creds, phone)
+        if incoming is None:
+            raise CarrierError(f"number {phone} is not on account {creds.account_sid}", 422)
+        out = dict(fields)
+        out["number_sid"] = incoming.sid
+        if fields.get("configure_webhooks"):
+            try:
+                await self.client(creds).incoming_phone_numbers(incoming.sid).update_async(
+                    voice_url=self.url(VOICE_PATH), voice_method="POST",
+                    status_callback=self.url(STATUS_PATH), status_callback_method="POST")
+            except TwilioRestException as e:
+                raise CarrierError(f"Twilio refused to set the number's webhooks: {e.msg} ({e.code})", 502) from None
+            out["webhooks_configured_to"] = self.url(VOICE_PATH)
+        return out
+
+    async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Credentials, number ownership and where the number's voice webhook points, one verdict each."""
+        steps: list[dict[str, Any]] = []
+        creds = creds_of(fields)
+        if creds is None:
+            raise CarrierError("account_sid and account_token are required", 422)
+        try:
+            account = await self._check_account(creds)
+            steps.append({"step": "credentials", "ok": True,
+                          "detail": f"account {creds.account_sid} ({account.friendly_name or 'unnamed'}) is active"})
+        except CarrierError as e:
+            steps.append({"step": "credentials", "ok": False, "detail": e.message})
+            return {"ok": False, "steps": steps}
+        phone = fields.get("phone_number")
+        incoming = await self._find_number(creds, phone) if phone else None
+        if incoming is None:
+            steps.append({"step": "number", "ok": False, "detail": f"number {phone} is not on account "
+                                                                   f"{creds.account_sid}"})
+            return {"ok": False, "steps": steps}
+        steps.append({"step": "number", "ok": True, "detail": f"{phone} is {incoming.sid}"})
+        want = self.url(VOICE_PATH)
+        here = (incoming.voice_url or "") == want
+        steps.append({"step": "voice_webhook", "ok": here,
+                      "detail": f"voice URL is {incoming.voice_url or 'not set'}" + ("" if here else f"; expected {want}")})
+        return {"ok": all(s["ok"] for s in steps), "steps": steps}

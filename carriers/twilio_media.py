@@ -1,0 +1,333 @@
+"""Twilio bidirectional Media Streams: one websocket session per `<Connect><Stream>`.
+
+Wire format (https://www.twilio.com/docs/voice/media-streams/websocket-messages): Twilio sends JSON text messages
+`connected`, `start` {streamSid, start:{accountSid, callSid, customParameters, mediaFormat}}, `media`
+{media:{track, chunk, timestamp, payload}} with base64 μ-law 8 kHz, `dtmf` {dtmf:{track, digit}}, `mark`
+{mark:{name}} (echoed once the audio sent before it has played, or dropped by a `clear`) and `stop`. We send
+`media` {streamSid, media:{payload}} in 160-byte (20 ms) μ-law payloads, `mark` and `clear`.
+
+The reader (this socket) never awaits the engine: audio and events go into the call's bus with non-blocking puts.
+A separate sender task drains `call.next_outbound()` and is the only writer of media, so hangup and transfer
+requests queued behind engine audio are carried out in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+import logging
+import math
+import re
+from collections import deque
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
+
+if TYPE_CHECKING:
+    from gateway.call import Call
+
+    from .twilio import TwilioCarrier, TwilioLeg
+
+log = logging.getLogger("carriers.twilio")
+
+RATE = 8000
+FRAME_PCM = 320          # 20 ms of PCM16 at 8 kHz
+FRAME_S = 0.020
+INTERNAL_MARK = "gw-drain-"
+_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DIGITS = set("0123456789*#ABCD")
+
+
+class CloseCode(IntEnum):
+    """Websocket close codes this gateway uses on /twilio/media (private range 4000-4999, RFC 6455 §7.4.2)."""
+
+    NORMAL = 1000            # the call ended
+    START_TIMEOUT = 4001     # no `start` message within the start timeout
+    BAD_MESSAGE = 4002       # not JSON, not an object, or a required field is missing / malformed
+    UNKNOWN_EVENT = 4003     # an event name the Media Streams protocol does not define
+    BINARY_FRAME = 4004      # Media Streams is JSON text only
+    UNKNOWN_CALL = 4005      # customParameters.call_id names no live call, or it already has a stream
+    BAD_SIGNATURE = 4006     # X-Twilio-Signature on the upgrade request does not match
+    BAD_MEDIA_FORMAT = 4007  # mediaFormat is not audio/x-mulaw 8000 Hz mono
+
+
+class StreamClosed(Exception):
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+_DTMF_FREQS = {
+    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
+    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
+    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
+    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
+}
+
+
+def dtmf_pcm(digits: str, tone_ms: int = 100, gap_ms: int = 60) -> bytes:
+    """In-band DTMF (Q.23 pairs) as PCM16 8 kHz: Media Streams has no message for sending digits, and a REST
+    `<Play digits>` would end the stream, so digits are played as audio like any other engine output."""
+    out = bytearray()
+    n_tone, n_gap = RATE * tone_ms // 1000, RATE * gap_ms // 1000
+    for d in digits.upper():
+        if d not in _DTMF_FREQS:
+            continue
+        lo, hi = _DTMF_FREQS[d]
+        for i in range(n_tone):
+            t = i / RATE
+            v = int(9000 * (math.sin(2 * math.pi * lo * t) + math.sin(2 * math.pi * hi * t)))
+            out += v.to_bytes(2, "little", signed=True)
+        out += bytes(2 * n_gap)
+    return bytes(out)
+
+
+class MediaStream:
+    """One Media Streams websocket: protocol state, the sender task and the playout clock."""
+
+    _mark_ids = itertools.count(1)
+
+    def __init__(self, carrier: "TwilioCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.carrier = carrier
+        self.ws = ws
+        self.request = request       # the upgrade request: its X-Twilio-Signature is checked once `start` names the call
+        self.stream_sid: str | None = None
+        self.call: "Call | None" = None
+        self.leg: "TwilioLeg | None" = None
+        self.stopped = False
+        self.pending_marks: deque[str] = deque()    # engine marks sent, not yet echoed
+        self.forgotten: set[str] = set()             # marks whose audio a `clear` dropped
+        self._drain_waiters: dict[str, asyncio.Future] = {}
+        self.playout_end = 0.0                       # loop time at which Twilio will have played what we sent
+        self._sender: asyncio.Task | None = None
+        self._prefix = ""
+        self.frames_sent = 0
+
+    # -- reader -------------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the socket until it closes; every protocol error becomes a close code, never an exception."""
+        watcher: asyncio.Task | None = None
+        try:
+            await self._await_start()
+            watcher = asyncio.create_task(self._close_when_call_ends(), name=f"twilio-watch-{self.stream_sid}")
+            self._sender = asyncio.create_task(self._send_loop(), name=f"twilio-send-{self.stream_sid}")
+            await self._read_loop()
+        except StreamClosed as e:
+            log.warning("twilio media stream closed: %s", e.reason,
+                        extra={"carrier": "twilio", "close_code": int(e.code), "stream_sid": self.stream_sid,
+                               "call_id": self.call.id if self.call else None})
+            if not self.ws.closed:
+                await self.ws.close(code=int(e.code), message=e.reason[:120].encode())
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self._finish()
+
+    async def _await_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.carrier.start_timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StreamClosed(CloseCode.START_TIMEOUT,
+                                   f"no start message within {self.carrier.start_timeout:g} s")
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            m = self._decode(msg)
+            if m is None:
+                raise StreamClosed(CloseCode.NORMAL, "socket closed before start")
+            event = m.get("event")
+            if event == "connected":
+                continue
+            if event == "start":
+                await self._on_start(m)
+                return
+            if event in ("media", "dtmf", "mark", "stop"):
+                raise StreamClosed(CloseCode.BAD_MESSAGE, f"{event} before start")
+            raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {str(event)[:40]!r}")
+
+    def _decode(self, msg: Any) -> dict[str, Any] | None:
+        """A text message as a dict; None when the socket is closing; StreamClosed on a protocol error."""
+        if msg.type == WSMsgType.TEXT:
+            try:
+                m = json.loads(msg.data)
+            except ValueError:
+                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not JSON") from None
+            if not isinstance(m, dict) or not isinstance(m.get("event"), str):
+                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not a JSON object with an event")
+            return m
+        if msg.type == WSMsgType.BINARY:
+            raise StreamClosed(CloseCode.BINARY_FRAME, "binary frames are not part of Media Streams")
+        return None  # CLOSE, CLOSING, CLOSED, ERROR
+
+    async def _on_start(self, m: dict[str, Any]) -> None:
+        start = m.get("start")
+        if not isinstance(start, dict):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a start object")
+        sid = m.get("streamSid") or start.get("streamSid")
+        if not isinstance(sid, str) or not _SID.match(sid):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a valid streamSid / start object")
+        fmt = start.get("mediaFormat") or {}
+        if fmt and (fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate") or 0) != RATE
+                    or int(fmt.get("channels") or 1) != 1):
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported mediaFormat {fmt}")
+        params = start.get("customParameters") or {}
+        call_id = params.get("call_id") if isinstance(params, dict) else None
+        self.stream_sid = sid
+        self._prefix = '{"event":"media","streamSid":"%s","media":{"payload":"' % sid
+        call, leg = await self.carrier.claim_stream(self, call_id, start.get("callSid"), start.get("accountSid"))
+        self.call, self.leg = call, leg
+
+    async def _read_loop(self) -> None:
+        call = self.call
+        feed_audio = call.feed_audio
+        ulaw = ulaw_to_pcm16
+        b64 = base64.b64decode
+        async for msg in self.ws:
+            m = self._decode(msg)
+            if m is None:
+                return
+            event = m["event"]
+            if event == "media":
+                media = m.get("media")
+                try:
+                    if media.get("track", "inbound") not in ("inbound", "inbound_track"):
+                        continue
+                    feed_audio(ulaw(b64(media["payload"], validate=True)))
+                except (AttributeError, KeyError, TypeError, binascii.Error):
+                    raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
+            elif event == "mark":
+                self._on_mark(m)
+            elif event == "dtmf":
+                digit = str((m.get("dtmf") or {}).get("digit", ""))
+                if digit.upper() in _DIGITS and len(digit) == 1:
+                    call.feed_event(Dtmf(digit.upper()))
+                else:
+                    log.warning("ignored malformed dtmf message", extra={"carrier": "twilio", "call_id": call.id})
+            elif event == "stop":
+                self.stopped = True
+                return
+            elif event in ("connected", "start"):
+                raise StreamClosed(CloseCode.BAD_MESSAGE, f"duplicate {event}")
+            else:
+                raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
+
+    def _on_mark(self, m: dict[str, Any]) -> None:
+        name = (m.get("mark") or {}).get("name")
+        if not isinstance(name, str):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "mark without a name")
+        waiter = self._drain_waiters.pop(name, None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        if name in self.forgotten:          # its audio was cleared: it was not played, do not say it was
+            self.forgotten.discard(name)
+            return
+        try:
+            self.pending_marks.remove(name)
+        except ValueError:
+            log.debug("echo of a mark we did not send", extra={"carrier": "twilio", "mark": name})
+            return
+        self.call.feed_event(Mark(name))
+
+    async def _close_when_call_ends(self) -> None:
+        await self.call.ended.wait()
+        await asyncio.sleep(0)   # let a sender mid-send finish its frame
+        if not self.ws.closed:
+            await self.ws.close(code=CloseCode.NORMAL, message=b"call ended")
+
+    async def _finish(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            try:
+                await self._sender
+            except (asyncio.CancelledError, Exception):
+                pass
+        for w in self._drain_waiters.values():
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+        if not self.ws.closed:
+            await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
+        if self.leg is not None:
+            await self.leg.stream_gone(self)
+
+    # -- sender -------------------------------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        call = self.call
+        try:
+            while not self.ws.closed:
+                item = await call.next_outbound()
+                if self.ws.closed:
+                    return
+                if isinstance(item, AudioFrame):
+                    await self.send_audio(item.pcm)
+                elif isinstance(item, Mark):
+                    self.pending_marks.append(item.name)
+                    await self._send_json({"event": "mark", "streamSid": self.stream_sid,
+                                           "mark": {"name": item.name}})
+                elif isinstance(item, Clear):
+                    await self.clear()
+                elif isinstance(item, SendDtmf):
+                    pcm = dtmf_pcm(item.digits)
+                    for i in range(0, len(pcm), FRAME_PCM):
+                        await self.send_audio(pcm[i:i + FRAME_PCM].ljust(FRAME_PCM, b"\x00"))
+        except ConnectionError:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("twilio media sender failed", extra={"carrier": "twilio", "call_id": call.id})
+            if not self.ws.closed:
+                await self.ws.close(code=1011, message=b"sender failed")
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """One 20 ms frame of PCM16 8 kHz → one `media` message with a 160-byte μ-law payload."""
+        payload = base64.b64encode(pcm16_to_ulaw(pcm)).decode("ascii")
+        await self.ws.send_str(self._prefix + payload + '"}}')
+        now = asyncio.get_running_loop().time()
+        self.playout_end = max(self.playout_end, now) + len(pcm) / 2 / RATE
+        self.frames_sent += 1
+
+    async def clear(self) -> None:
+        """Barge-in: Twilio drops its buffer; the marks still pending will never mean 'played'."""
+        await self._send_json({"event": "clear", "streamSid": self.stream_sid})
+        self.forgotten.update(self.pending_marks)
+        self.pending_marks.clear()
+        self.playout_end = asyncio.get_running_loop().time()
+
+    async def drain(self, cap: float = 30.0) -> None:
+        """Wait until Twilio has played what we sent (a mark of our own), bounded by the audio still queued."""
+        if self.ws.closed:
+            return
+        loop = asyncio.get_running_loop()
+        left = self.playout_end - loop.time()
+        if left <= 0:
+            return
+        name = f"{INTERNAL_MARK}{next(self._mark_ids)}"
+        fut = loop.create_future()
+        self._drain_waiters[name] = fut
+        try:
+            await self._send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+            await asyncio.wait_for(fut, min(left + 2.0, cap))
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._drain_waiters.pop(name, None)
+
+    async def _send_json(self, obj: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
+
+    def end_source(self) -> tuple[HangupSource, str]:
+        """Who ended the call when this stream went away without anyone asking."""
+        return (HangupSource.USER, "caller_hangup") if self.stopped else (HangupSource.CARRIER, "stream_closed")
