@@ -1,0 +1,147 @@
+"""SIPp as the peer in tests: bounded in calls (-m) and time (-timeout AND our own deadline, killed by PID),
+results read from SIPp's own counters (-trace_stat) and unexpected messages (-trace_err), never the exit code alone.
+
+    result = await sipp_uac("uac_pcma_echo.xml", gw_port, service="15550001111", duration_ms=3000)
+    result.assert_calls(successful=1)
+
+    async with sipp_uas("uas_busy.xml") as uas:      # UAS listening on uas.port; ends after -m calls
+        ... let the gateway call 127.0.0.1:uas.port ...
+    uas.result.assert_calls(successful=1)
+
+Built on gateway.loadtest.sipp.run_sipp (the same runner `gateway loadtest` uses), which refuses any target but
+127.0.0.0/8.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.loadtest.sipp import SippResult, run_sipp
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "sip-test-configs"
+
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) not installed")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
+    """A port that was free a moment ago on 127.0.0.1 for UDP and TCP (SIPp binds both for -t u1)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if even and port % 2:
+            continue
+        if even:  # RTP + RTCP (+2 for SIPp's video echo)
+            if not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@dataclass
+class Outcome:
+    """What SIPp itself counted, plus the raw material for a useful failure message."""
+
+    result: SippResult
+
+    @property
+    def successful(self) -> int:
+        return self.result.stats.successful
+
+    @property
+    def failed(self) -> int:
+        return self.result.stats.failed
+
+    def explain(self) -> str:
+        r = self.result
+        return (f"sipp: successful={r.stats.successful} failed={r.stats.failed} created={r.stats.created} "
+                f"rc={r.returncode} killed={r.killed} breakdown={r.stats.failed_breakdown}\n{r.errors[-3000:]}")
+
+    def assert_calls(self, successful: int, failed: int = 0) -> None:
+        assert not self.result.killed, "SIPp hit the harness deadline and was killed\n" + self.explain()
+        assert (self.successful, self.failed) == (successful, failed), self.explain()
+
+
+def _args(scenario: str, *, calls: int, timeout_s: float, service: str | None, duration_ms: int | None,
+          media_port: int | None, extra: list[str]) -> list[str]:
+    args = ["-sf", str(SCENARIOS / scenario), "-m", str(calls), "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+            "-recv_timeout", f"{int(timeout_s * 1000)}", "-max_recv_loops", "1000"]
+    if service:
+        args += ["-s", service]
+    if duration_ms is not None:
+        args += ["-d", str(duration_ms)]
+    args += ["-mp", str(media_port or free_port(even=True)), "-mi", "127.0.0.1"]
+    return args + list(extra)
+
+
+async def sipp_uac(scenario: str, target_port: int, *, calls: int = 1, rate: float = 10, service: str | None = None,
+                   duration_ms: int | None = None, timeout_s: float = 20, extra: list[str] = (),
+                   workdir: str | None = None) -> Outcome:
+    """Run a client scenario against 127.0.0.1:target_port; returns when SIPp ends or our deadline kills it."""
+    args = _args(scenario, calls=calls, timeout_s=timeout_s, service=service, duration_ms=duration_ms,
+                 media_port=None, extra=["-r", str(rate), "-l", str(max(calls, 1)), "-p",
+                                         str(free_port()), *extra])
+    result = await run_sipp(f"127.0.0.1:{target_port}", args, deadline_s=timeout_s + 10, cwd=workdir)
+    return Outcome(result)
+
+
+class SippUas:
+    """A SIPp server scenario running in the background; `await uas.wait()` for its counters."""
+
+    def __init__(self, scenario: str, *, calls: int = 1, timeout_s: float = 20, duration_ms: int | None = None,
+                 extra: list[str] = (), workdir: str | None = None, rtp_echo: bool = False) -> None:
+        self.port = free_port()
+        self.media_port = free_port(even=True)
+        ex = ["-p", str(self.port), *(["-rtp_echo"] if rtp_echo else []), *extra]
+        self._args = _args(scenario, calls=calls, timeout_s=timeout_s, service=None, duration_ms=duration_ms,
+                           media_port=self.media_port, extra=ex)
+        self._deadline = timeout_s + 10
+        self._workdir = workdir
+        self._task: asyncio.Task | None = None
+        self.result: Outcome | None = None
+
+    async def start(self) -> "SippUas":
+        # the "target" is unused by a UAS but the runner insists on loopback anyway
+        self._task = asyncio.create_task(run_sipp("127.0.0.1:9", self._args, deadline_s=self._deadline,
+                                                  cwd=self._workdir))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while _udp_free(self.port):  # SIPp has bound its port once we can no longer bind it
+            if self._task.done():
+                raise RuntimeError("SIPp UAS exited at start:\n" + Outcome(self._task.result()).explain())
+            if loop.time() > end:
+                raise RuntimeError("SIPp UAS did not bind its port within 5 s")
+            await asyncio.sleep(0.02)
+        return self
+
+    async def wait(self) -> Outcome:
+        assert self._task is not None
+        self.result = Outcome(await self._task)
+        return self.result
+
+    async def __aenter__(self) -> "SippUas":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.wait()
+
+
+def sipp_uas(scenario: str, **kw) -> SippUas:
+    return SippUas(scenario, **kw)
+
+
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "free_port", "needs_sipp", "sipp_uac", "sipp_uas"]
