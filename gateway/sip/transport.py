@@ -1,0 +1,395 @@
+"""SIP transport: UDP and TCP on one host:port (RFC 3261 §18, RFC 3581 rport, RFC 5626 §3.5.1 CRLF keep-alive).
+
+API::
+
+    t = SipTransport(host="0.0.0.0", port=5060, on_message=fn)   # port 0 -> ephemeral, same number for UDP and TCP
+    await t.start();  t.port;  t.host;  t.advertised_host (for Via/Contact; defaults to host or 127.0.0.1)
+    t.on_message = fn(msg: SipRequest | SipResponse, source_addr: (ip, port), conn: Connection)
+        called synchronously from the event loop for every well-formed message; `conn.protocol` is "udp" or
+        "tcp"; received requests already carry `received`/`rport` on their top Via.
+    t.send(msg_or_bytes, addr, protocol="udp", conn=None) -> asyncio.Future[None]
+        sends a request (or anything) to addr; TCP reuses an open connection to addr or opens one; the future
+        fails (never raises here) if a TCP connection cannot be made, so the transaction layer can report
+        a transport error (§17.1.4).
+    t.send_response(resp, conn=None) -> asyncio.Future[None]
+        routes a response by its top Via (§18.2.2 + RFC 3581): reliable transport -> the connection the request
+        came on if still open, else a new connection to received/sent-by; UDP -> received IP and rport port
+        (or the sent-by port).
+    t.via(branch, protocol="udp") -> str   a Via value for our own requests (with ;rport)
+    t.stats: rx, tx, parse_errors, bad_requests_answered, dropped, handler_errors, internal_errors
+    await t.stop()
+
+Malformed requests are answered `400 <reason>` (or 505) on the same path when a top Via could be parsed; anything
+else malformed is dropped and counted. No exception from a received byte ever escapes the transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Callable
+
+from .message import (
+    SipMessage, SipParseError, SipRequest, SipResponse, SipStreamParser, Via, make_response, parse_message,
+)
+
+__all__ = ["SipTransport", "Connection", "TcpConnection", "UdpConnection", "TransportError"]
+
+log = logging.getLogger("gateway.sip.transport")
+
+Addr = tuple[str, int]
+MAX_UDP = 65507
+TCP_IDLE_TIMEOUT = 600.0  # seconds without traffic before we close a TCP connection we hold
+
+
+class TransportError(OSError):
+    """A message could not be sent (connection refused, unreachable…)."""
+
+
+class Connection:
+    protocol = "udp"
+    remote: Addr | None = None
+
+    def send_bytes(self, data: bytes, addr: Addr) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+
+class UdpConnection(asyncio.DatagramProtocol, Connection):
+    """The single UDP socket; `conn` for every UDP message (the remote is the `source_addr`)."""
+
+    protocol = "udp"
+
+    def __init__(self, owner: "SipTransport"):
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport):  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr):  # type: ignore[override]
+        self.owner._on_datagram(data, addr, self)
+
+    def error_received(self, exc):  # type: ignore[override]
+        # ICMP port unreachable etc.: nothing to do for UDP; transactions time out.
+        log.debug("udp error: %s", exc)
+
+    def send_bytes(self, data: bytes, addr: Addr) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError("UDP socket closed")
+        self.transport.sendto(data, addr)
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+
+class TcpConnection(asyncio.Protocol, Connection):
+    """One TCP connection, accepted or opened by us; framing by Content-Length."""
+
+    protocol = "tcp"
+
+    def __init__(self, owner: "SipTransport"):
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.remote: Addr | None = None
+        self.framer = SipStreamParser()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.last_activity = 0.0
+
+    def connection_made(self, transport):  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = (peer[0], peer[1])
+        self.last_activity = asyncio.get_running_loop().time()
+        self.owner._tcp_conns[self.remote] = self
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = asyncio.get_running_loop().time()
+        try:
+            pings = self.framer.pings
+            frames = self.framer.feed(data)
+            if self.framer.pings != pings and self.transport is not None:
+                self.transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
+        except SipParseError as e:
+            # The stream cannot be resynchronised: drop the connection.
+            self.owner.stats["parse_errors"] += 1
+            log.info("closing SIP/TCP connection from %s: %s", self.remote, e.reason)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        except Exception:  # pragma: no cover - defensive: never let input crash the loop
+            self.owner.stats["internal_errors"] += 1
+            log.exception("SIP/TCP framing failure from %s", self.remote)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for frame in frames:
+            self.owner._on_packet(frame, self.remote, self, stream=True)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc):  # type: ignore[override]
+        if self.remote is not None and self.owner._tcp_conns.get(self.remote) is self:
+            del self.owner._tcp_conns[self.remote]
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_bytes(self, data: bytes, addr: Addr | None = None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"TCP connection to {self.remote} closed")
+        self.last_activity = asyncio.get_running_loop().time()
+        self.transport.write(data)
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+
+class SipTransport:
+    def __init__(self, host: str = "0.0.0.0", port: int = 5060, *,
+                 on_message: Callable[[SipMessage, Addr, Connection], None] | None = None,
+                 advertised_host: str | None = None, enable_tcp: bool = True):
+        self.host = host
+        self.port = port
+        self.on_message = on_message
+        self._advertised = advertised_host
+        self.enable_tcp = enable_tcp
+        self._udp: UdpConnection | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self._tcp_conns: dict[Addr, TcpConnection] = {}
+        self._connecting: dict[Addr, asyncio.Task] = {}
+        self._reaper: asyncio.Task | None = None
+        self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
+                          internal_errors=0)
+
+    # -- lifecycle
+    @property
+    def advertised_host(self) -> str:
+        if self._advertised:
+            return self._advertised
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
+    def udp(self) -> UdpConnection:
+        assert self._udp is not None, "transport not started"
+        return self._udp
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempts = 20 if self.port == 0 else 1
+        last_exc: Exception | None = None
+        for _ in range(attempts):
+            udp_tr, udp = await loop.create_datagram_endpoint(lambda: UdpConnection(self),
+                                                              local_addr=(self.host, self.port))
+            port = udp_tr.get_extra_info("sockname")[1]
+            if not self.enable_tcp:
+                break
+            try:
+                self._tcp_server = await loop.create_server(lambda: TcpConnection(self), self.host, port,
+                                                            reuse_address=True)
+                break
+            except OSError as e:  # the ephemeral UDP port is taken on TCP: try another one
+                last_exc = e
+                udp_tr.close()
+        else:
+            raise last_exc or OSError("could not bind SIP transport")
+        self._udp = udp
+        self.port = port
+        self._reaper = asyncio.create_task(self._reap_idle())
+        log.info("SIP transport listening on %s:%d (udp%s)", self.host, self.port, "+tcp" if self.enable_tcp else "")
+
+    async def stop(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        for task in list(self._connecting.values()):
+            task.cancel()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for conn in list(self._tcp_conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        if self._tcp_server is not None:
+            try:
+                await asyncio.wait_for(self._tcp_server.wait_closed(), 2)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
+                pass
+            self._tcp_server = None
+        self._tcp_conns.clear()
+
+    async def _reap_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(60)
+            now = loop.time()
+            for conn in list(self._tcp_conns.values()):
+                if now - conn.last_activity > TCP_IDLE_TIMEOUT and conn.transport is not None:
+                    conn.transport.close()
+
+    def via(self, branch: str, protocol: str = "udp") -> str:
+        return f"SIP/2.0/{protocol.upper()} {self.advertised_host}:{self.port};branch={branch};rport"
+
+    # -- receiving
+    def _on_datagram(self, data: bytes, addr, conn: UdpConnection) -> None:
+        if len(data) < 4 or not data.strip():
+            return  # CRLF / STUN-less keep-alives on UDP (RFC 5626 §3.5.1 uses CRLF on streams only)
+        self._on_packet(data, (addr[0], addr[1]), conn, stream=False)
+
+    def _on_packet(self, data: bytes, addr: Addr, conn: Connection, *, stream: bool) -> None:
+        self.stats["rx"] += 1
+        try:
+            try:
+                msg = parse_message(data, stream=stream)
+            except SipParseError as e:
+                self.stats["parse_errors"] += 1
+                self._answer_malformed(data, e, addr, conn)
+                return
+            if isinstance(msg, SipRequest):
+                self._stamp_via(msg, addr)
+            handler = self.on_message
+            if handler is None:
+                self.stats["dropped"] += 1
+                return
+        except Exception:
+            self.stats["internal_errors"] += 1
+            log.exception("SIP transport failure on a message from %s", addr)
+            return
+        try:
+            handler(msg, addr, conn)
+        except Exception:
+            self.stats["handler_errors"] += 1
+            log.exception("SIP message handler failed", extra={"sip_source": f"{addr[0]}:{addr[1]}"})
+
+    @staticmethod
+    def _stamp_via(msg: SipRequest, addr: Addr) -> None:
+        """RFC 3261 §18.2.1 `received` and RFC 3581 §4 `rport` on the top Via."""
+        via = msg.top_via
+        has_rport = "rport" in via.params
+        if via.host != addr[0] or has_rport:
+            via = Via(via.transport, via.host, via.port, dict(via.params))
+            via.params["received"] = addr[0]
+            if has_rport:
+                via.params["rport"] = str(addr[1])
+            msg.set_top_via(via)
+
+    def _answer_malformed(self, data: bytes, err: SipParseError, addr: Addr, conn: Connection) -> None:
+        partial = err.partial
+        reason = err.reason.replace("\r", " ").replace("\n", " ")[:120]
+        if not isinstance(partial, SipRequest) or partial.method == "ACK":
+            self.stats["dropped"] += 1
+            log.info("dropped malformed SIP message from %s:%d: %s", addr[0], addr[1], reason)
+            return
+        try:
+            partial.top_via  # a response needs somewhere to go
+        except SipParseError:
+            self.stats["dropped"] += 1
+            log.info("dropped malformed SIP request from %s:%d (no usable Via): %s", addr[0], addr[1], reason)
+            return
+        status = err.status
+        phrase = ("Bad Request" if status == 400 else "Version Not Supported") + f" ({reason})"
+        resp = make_response(partial, status, phrase, headers=[("Warning", f'399 {self.advertised_host} '
+                                                                           f'"{reason.replace(chr(34), chr(39))}"')])
+        log.info("answered %d to malformed SIP request from %s:%d: %s", status, addr[0], addr[1], reason)
+        self.stats["bad_requests_answered"] += 1
+        try:
+            conn.send_bytes(resp.to_bytes(), addr)
+            self.stats["tx"] += 1
+        except (OSError, RuntimeError) as e:
+            log.debug("could not send 400 to %s: %s", addr, e)
+
+    # -- sending
+    def send(self, msg: SipMessage | bytes, addr: Addr, protocol: str = "udp",
+             conn: Connection | None = None) -> "asyncio.Future[None]":
+        """Send to `addr`. Never raises; the returned future carries a TransportError on failure."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        try:
+            data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
+            addr = (addr[0], int(addr[1]))
+            if protocol.lower() == "udp":
+                if len(data) > MAX_UDP:
+                    raise TransportError(f"message of {len(data)} bytes is too large for UDP")
+                self.udp.send_bytes(data, addr)
+                self.stats["tx"] += 1
+                fut.set_result(None)
+                return fut
+            if conn is not None and conn.is_open and conn.protocol == "tcp":
+                conn.send_bytes(data, addr)
+                self.stats["tx"] += 1
+                fut.set_result(None)
+                return fut
+            existing = self._tcp_conns.get(addr)
+            if existing is not None and existing.is_open:
+                existing.send_bytes(data)
+                self.stats["tx"] += 1
+                fut.set_result(None)
+                return fut
+            self._send_tcp_new(data, addr, fut)
+        except Exception as e:  # noqa: BLE001 - reported through the future
+            if not fut.done():
+                fut.set_exception(e if isinstance(e, OSError) else TransportError(str(e)))
+        fut.add_done_callback(_consume_exception)
+        return fut
+
+    def _send_tcp_new(self, data: bytes, addr: Addr, fut: "asyncio.Future[None]") -> None:
+        task = self._connecting.get(addr)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(addr))
+            self._connecting[addr] = task
+            task.add_done_callback(lambda _t, a=addr: self._connecting.pop(a, None))
+
+        def written(t: asyncio.Task) -> None:
+            if fut.done():
+                return
+            if t.cancelled():
+                fut.set_exception(TransportError(f"connect to {addr} cancelled"))
+            elif t.exception() is not None:
+                fut.set_exception(TransportError(f"TCP connect to {addr[0]}:{addr[1]} failed: {t.exception()}"))
+            else:
+                try:
+                    t.result().send_bytes(data)
+                    self.stats["tx"] += 1
+                    fut.set_result(None)
+                except OSError as e:
+                    fut.set_exception(e)
+
+        task.add_done_callback(written)
+
+    async def _connect(self, addr: Addr) -> TcpConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: TcpConnection(self), addr[0], addr[1], family=socket.AF_INET
+                                   if ":" not in addr[0] else socket.AF_INET6), 10)
+        return conn
+
+    def response_destination(self, resp: SipResponse) -> tuple[Addr, str]:
+        """Where a response goes by its top Via (§18.2.2, RFC 3581 §4)."""
+        via = resp.top_via
+        host = via.received or via.host
+        if host.startswith("["):
+            host = host[1:-1]
+        proto = via.transport.lower()
+        default_port = 5061 if proto == "tls" else 5060
+        port = via.rport or via.port or default_port
+        return (host, port), ("udp" if proto == "udp" else "tcp")
+
+    def send_response(self, resp: SipResponse, conn: Connection | None = None) -> "asyncio.Future[None]":
+        try:
+            addr, proto = self.response_destination(resp)
+        except SipParseError as e:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut.set_exception(TransportError(f"cannot route response: {e.reason}"))
+            fut.add_done_callback(_consume_exception)
+            return fut
+        if proto == "tcp" and conn is not None and conn.protocol == "tcp" and conn.is_open:
+            return self.send(resp, addr, "tcp", conn)
+        return self.send(resp, addr, proto)
+
+
+def _consume_exception(fut: asyncio.Future) -> None:
+    """Mark failures as retrieved: callers that do not await a send must not trigger loop warnings."""
+    if not fut.cancelled():
+        fut.exception()
