@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
     from .loadtest.command import register as register_loadtest
     register_loadtest(sub)
+    from .cli_api import register as register_api
+    register_api(sub)
     return parser
 
 
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "loadtest":
         from .loadtest.command import run as run_loadtest
         return run_async(run_loadtest(args))
+    from .cli_api import COMMANDS as API_COMMANDS, run as run_api
+    if args.command in API_COMMANDS:
+        return run_api(args)
     return 2
 
 

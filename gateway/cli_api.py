@@ -1,0 +1,381 @@
+"""`gateway numbers|calls|agents|trunk …`: command-line clients of the REST API of a running gateway.
+
+The target and key come from `--url` / `GATEWAY_URL` (default http://127.0.0.1:8080) and `--api-key` /
+`GATEWAY_API_KEY`, else the key file `gateway serve` wrote (`<data dir>/api_key`). Output is the API's JSON
+(lists also as a table unless `--json`). Passwords and tokens are taken from an option or an environment variable
+and never printed: the API itself masks them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import default_data_dir
+
+COMMANDS = ("numbers", "calls", "agents", "trunk")
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One import-body field as a command-line option; `env` names the variable a secret may come from."""
+    field: str
+    kind: str = "str"         # str | int | bool | list
+    secret: bool = False
+    env: str | None = None
+    required: bool = False
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+SIP_OPTS = (
+    Opt("phone_number", required=True, help="E.164 number of the trunk, e.g. +14155550100"),
+    Opt("sip_host", required=True, help="carrier SIP server (host or IP)"),
+    Opt("sip_trunk_name", required=True, help="unique name of this trunk"),
+    Opt("name"), Opt("sip_port", "int"), Opt("sip_username"),
+    Opt("sip_password", secret=True, env="GATEWAY_SIP_PASSWORD"),
+    Opt("sip_dial_prefix"), Opt("sip_strip_plus", "bool"), Opt("preset", help="carrier preset, e.g. twilio"),
+    Opt("transport", help="udp | tcp | tls"), Opt("outbound_proxy"), Opt("auth_type", help="basic | ip"),
+    Opt("allowed_ips", "list", help="comma-separated IPs/CIDRs allowed to send calls (auth_type ip)"),
+    Opt("register", "bool", help="REGISTER to the carrier"),
+)
+TWILIO_OPTS = (Opt("phone_number", required=True), Opt("account_sid", required=True),
+               Opt("account_token", secret=True, env="GATEWAY_TWILIO_TOKEN"), Opt("name"))
+EXOTEL_OPTS = (Opt("exotel_phone_number", required=True), Opt("exotel_api_key", required=True),
+               Opt("exotel_api_token", secret=True, env="GATEWAY_EXOTEL_API_TOKEN"), Opt("exotel_subdomain"),
+               Opt("exotel_account_sid", required=True), Opt("exotel_app_id"), Opt("name"))
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------------
+class Client:
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+        self.base = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                query: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = f"{self.base}/api/v1{path}"
+        if query:
+            from urllib.parse import urlencode
+            q = {k: v for k, v in query.items() if v is not None}
+            if q:
+                url += "?" + urlencode(q)
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json",
+            "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())
+                message = err.get("error") or str(err)
+            except ValueError:
+                message = e.reason
+            raise CliError(f"error {e.code}: {message}", 1) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CliError(f"cannot reach the gateway at {self.base}: {reason}", 2) from None
+
+
+def resolve_api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    if args.api_key:
+        return args.api_key
+    if environ.get("GATEWAY_API_KEY"):
+        return environ["GATEWAY_API_KEY"]
+    data_dir = args.data_dir or environ.get("GATEWAY_DATA_DIR") or default_data_dir()
+    path = os.path.join(os.path.expanduser(data_dir), "api_key")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        raise CliError(f"no API key: pass --api-key, set GATEWAY_API_KEY, or run `gateway serve` once so "
+                       f"{path} exists", 2) from None
+
+
+# -- output ----------------------------------------------------------------------------------------------------
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    Console(file=sys.stdout, width=max(100, min(200, _term_width()))).print(t)
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 120
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+def _body_from(opts: tuple[Opt, ...], args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for o in opts:
+        value = getattr(args, o.field, None)
+        if value is None and o.secret and o.env:
+            value = os.environ.get(o.env)
+        if value is None:
+            continue
+        if o.kind == "list":
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        body[o.field] = value
+    if getattr(args, "agent_id", None) is not None:
+        body["agent_id"] = args.agent_id
+    for kv in getattr(args, "set", None) or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise CliError(f"--set expects KEY=VALUE, got {kv!r}")
+        body[key.strip()] = _guess(value)
+    return body
+
+
+def _guess(value: str) -> Any:
+    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists), else the plain string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _numbers_list(c: Client, a: argparse.Namespace) -> Any:
+    data = c.request("GET", "/phone_number/list", query={"pageno": a.pageno, "pagesize": a.pagesize,
+                                                         "provider": a.provider})
+    if a.json:
+        return data
+    table(f"Phone numbers ({data['total']} in all, page {data['pageno']})",
+          ["id", "number", "provider", "name", "trunk", "agent", "status"],
+          [[n["id"], n["phone_number"], n["provider"], n["name"], n["sip_trunk_name"], n["agent_id"],
+            (n.get("status") or {}).get("registration") or ""] for n in data["phone_numbers"]])
+    return None
+
+
+def _calls_list(c: Client, a: argparse.Namespace) -> Any:
+    data = c.request("GET", "/calls/logs", query={"pageno": a.pageno, "pagesize": a.pagesize,
+                                                  "agentid": a.agent_id, "call_status": a.status})
+    if a.json:
+        return data
+    table(f"Calls ({data['total']} in all, page {data['pageno']})",
+          ["id", "direction", "from", "to", "status", "duration", "hangup", "channel", "started"],
+          [[r["id"], r["call_direction"], r["from_number"], r["to_number"], r["call_status"], r["call_duration"],
+            f"{r.get('hangup_source') or ''} {r.get('hangup_reason') or ''}".strip(), r["channel_type"],
+            r["created_at"]] for r in data["call_log_data"]])
+    return None
+
+
+def _agents_list(c: Client, a: argparse.Namespace) -> Any:
+    data = c.request("GET", "/agents", query={"pageno": a.pageno, "pagesize": a.pagesize})
+    if a.json:
+        return data
+    table(f"Agents ({data['total']})", ["id", "name", "engine", "webhook", "transfer to"],
+          [[x["id"], x["name"], x["engine"], "yes" if x.get("webhook_url") else "",
+            ((x.get("settings") or {}).get("transfer") or {}).get("number")] for x in data["agents"]])
+    return None
+
+
+def _calls_live(c: Client, a: argparse.Namespace) -> Any:
+    data = c.request("GET", "/calls/live")
+    if a.json:
+        return data
+    table(f"Live calls ({data['count']})", ["id", "call", "carrier", "direction", "from", "to", "status", "secs"],
+          [[x["id"], x["call_id"], x["carrier"], x["direction"], x["from_number"], x["to_number"], x["status"],
+            x["duration"]] for x in data["calls"]])
+    return None
+
+
+def _agent_body(a: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key in ("name", "engine", "webhook_url"):
+        if getattr(a, key, None) is not None:
+            body[key] = getattr(a, key)
+    if a.settings is not None:
+        try:
+            body["settings"] = json.loads(a.settings)
+        except ValueError as e:
+            raise CliError(f"--settings is not valid JSON: {e}") from None
+    if a.transfer_number:
+        body.setdefault("settings", {}).setdefault("transfer", {})["number"] = a.transfer_number
+    return body
+
+
+def _context(a: argparse.Namespace) -> dict[str, Any] | None:
+    if not a.context:
+        return None
+    try:
+        return json.loads(a.context)
+    except ValueError as e:
+        raise CliError(f"--context is not valid JSON: {e}") from None
+
+
+Handler = Callable[[Client, argparse.Namespace], Any]
+
+HANDLERS: dict[tuple[str, str], Handler] = {
+    ("numbers", "list"): _numbers_list,
+    ("numbers", "show"): lambda c, a: c.request("GET", f"/phone_number/{a.id}"),
+    ("numbers", "import-sip"): lambda c, a: c.request("POST", "/phone_number/import/sip", _body_from(SIP_OPTS, a)),
+    ("numbers", "import-twilio"): lambda c, a: c.request("POST", "/phone_number/import/twilio",
+                                                         _body_from(TWILIO_OPTS, a)),
+    ("numbers", "import-exotel"): lambda c, a: c.request("POST", "/phone_number/import/exotel",
+                                                         _body_from(EXOTEL_OPTS, a)),
+    ("numbers", "import"): lambda c, a: c.request("POST", f"/phone_number/import/{a.provider}", _body_from((), a)),
+    ("numbers", "attach"): lambda c, a: c.request("POST", "/phone_number/attach",
+                                                  {"phone_number_id": a.id, "agent_id": a.agent_id}),
+    ("numbers", "detach"): lambda c, a: c.request("POST", "/phone_number/detach", {"phone_number_id": a.id}),
+    ("numbers", "delete"): lambda c, a: c.request("DELETE", f"/phone_number/{a.id}"),
+    ("numbers", "test"): lambda c, a: c.request("POST", f"/phone_number/{a.id}/test"),
+    ("trunk", "test"): lambda c, a: c.request("POST", "/phone_number/test/sip", _body_from(SIP_OPTS, a)),
+    ("calls", "list"): _calls_list,
+    ("calls", "live"): _calls_live,
+    ("calls", "show"): lambda c, a: c.request("GET", f"/calls/logs/{a.id}"),
+    ("calls", "dispatch"): lambda c, a: c.request("POST", "/calls/dispatch", {
+        "agent_id": a.agent_id, "to_number": a.to, "from_number_id": a.from_number_id,
+        **({"call_context": ctx} if (ctx := _context(a)) is not None else {})}),
+    ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
+    ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
+                                                  {"number": a.number} if a.number else {}),
+    ("agents", "list"): _agents_list,
+    ("agents", "show"): lambda c, a: c.request("GET", f"/agents/{a.id}"),
+    ("agents", "create"): lambda c, a: c.request("POST", "/agents", _agent_body(a)),
+    ("agents", "update"): lambda c, a: c.request("PATCH", f"/agents/{a.id}", _agent_body(a)),
+    ("agents", "delete"): lambda c, a: c.request("DELETE", f"/agents/{a.id}"),
+}
+
+
+# -- argparse --------------------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None, help=f"gateway base URL (env GATEWAY_URL, default {DEFAULT_URL})")
+    p.add_argument("--api-key", default=None, help="API key (env GATEWAY_API_KEY, else <data dir>/api_key)")
+    p.add_argument("--data-dir", default=None, help="where `gateway serve` keeps api_key (default "
+                                                    "~/.telephony-gateway)")
+    p.add_argument("--json", action="store_true", help="print lists as JSON instead of a table")
+
+
+def _fields(p: argparse.ArgumentParser, opts: tuple[Opt, ...], *, all_optional: bool = False) -> None:
+    for o in opts:
+        kw: dict[str, Any] = {"dest": o.field, "default": None}
+        help_ = o.help
+        if o.kind == "int":
+            kw["type"] = int
+        if o.kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        if o.secret:
+            help_ = (help_ + " " if help_ else "") + f"(or env {o.env}; never printed)"
+        if o.required and not all_optional:
+            help_ = (help_ + " " if help_ else "") + "[required]"
+        p.add_argument(o.flag, help=help_ or None, **kw)
+
+
+def _paging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pageno", type=int, default=None)
+    p.add_argument("--pagesize", type=int, default=None)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add numbers / calls / agents / trunk to the `gateway` parser."""
+    numbers = sub.add_parser("numbers", help="phone numbers and trunks (through the API)")
+    ns = numbers.add_subparsers(dest="action", required=True)
+    p = ns.add_parser("list", help="list phone numbers")
+    _paging(p)
+    p.add_argument("--provider")
+    p = ns.add_parser("show", help="show one phone number")
+    p.add_argument("id", type=int)
+    for provider, opts in (("sip", SIP_OPTS), ("twilio", TWILIO_OPTS), ("exotel", EXOTEL_OPTS)):
+        p = ns.add_parser(f"import-{provider}", help=f"import a {provider} number")
+        _fields(p, opts)
+        p.add_argument("--agent-id", type=int, help="attach to this agent")
+    p = ns.add_parser("import", help="import a number of any loaded provider: --set field=value …")
+    p.add_argument("provider")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="a field of the import body")
+    p.add_argument("--agent-id", type=int)
+    p = ns.add_parser("attach", help="attach a number to an agent")
+    p.add_argument("id", type=int)
+    p.add_argument("--agent-id", type=int, required=True)
+    for name, help_ in (("detach", "detach a number from its agent"), ("delete", "delete a number"),
+                        ("test", "test an imported number's trunk / account")):
+        p = ns.add_parser(name, help=help_)
+        p.add_argument("id", type=int)
+
+    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer")
+    cs = calls.add_subparsers(dest="action", required=True)
+    p = cs.add_parser("list", help="call log")
+    _paging(p)
+    p.add_argument("--agent-id", type=int)
+    p.add_argument("--status", help="call_status filter, e.g. completed")
+    cs.add_parser("live", help="live calls")
+    p = cs.add_parser("show", help="one call with its events")
+    p.add_argument("id")
+    p = cs.add_parser("dispatch", help="place an outbound call")
+    p.add_argument("--agent-id", type=int, required=True)
+    p.add_argument("--to", required=True, help="E.164 number with a leading +")
+    p.add_argument("--from-number-id", type=int, required=True)
+    p.add_argument("--context", help="call_context as JSON")
+    p = cs.add_parser("hangup", help="hang up a live call")
+    p.add_argument("id", help="call log id or call uuid")
+    p = cs.add_parser("transfer", help="transfer a live call")
+    p.add_argument("id", help="call log id or call uuid")
+    p.add_argument("--number", help="E.164 target (default: the agent's transfer number)")
+
+    agents = sub.add_parser("agents", help="agents (engine profile + telephony settings)")
+    ags = agents.add_subparsers(dest="action", required=True)
+    p = ags.add_parser("list")
+    _paging(p)
+    p = ags.add_parser("show")
+    p.add_argument("id", type=int)
+    for name in ("create", "update"):
+        p = ags.add_parser(name)
+        if name == "update":
+            p.add_argument("id", type=int)
+        p.add_argument("--name", required=name == "create")
+        p.add_argument("--engine", help="echo | greeting | ws://… | wss://…")
+        p.add_argument("--webhook-url")
+        p.add_argument("--transfer-number")
+        p.add_argument("--settings", help="settings as JSON")
+    p = ags.add_parser("delete")
+    p.add_argument("id", type=int)
+
+    trunk = sub.add_parser("trunk", help="SIP trunk tools")
+    ts = trunk.add_subparsers(dest="action", required=True)
+    p = ts.add_parser("test", help="test a SIP trunk before importing it (POST /phone_number/test/sip)")
+    _fields(p, SIP_OPTS)
+    for parser in (*ns.choices.values(), *cs.choices.values(), *ags.choices.values(), *ts.choices.values()):
+        _common(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        url = args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL
+        client = Client(url, resolve_api_key(args))
+        result = HANDLERS[(args.command, args.action)](client, args)
+    except CliError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return e.code
+    if result is not None:
+        emit(result)
+    return 0
