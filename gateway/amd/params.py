@@ -1,0 +1,96 @@
+"""Detector parameters: Asterisk app_amd's nine, Twilio's end-of-message timers, and our additions.
+
+Why two presets: `AmdParams.app_amd()` is the anchor users know (Asterisk amd.conf defaults, energy silence
+detector, no tone detectors, initial silence → machine). `AmdParams()` is what the gateway runs by default: the same
+state machine with thresholds re-tuned on the dev split of bench/amd (see docs/amd.md and BENCHMARKS.md), a VAD
+chosen by measurement, and the beep / fax detectors switched on.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AmdParams:
+    # --- greeting analysis (app_amd names and meaning; all durations in ms) ------------------------------------
+    #: silence before any speech after which the answer is classified (`initial_silence_result`).
+    initial_silence: int = 2500
+    #: total speech (voiced ms since answer) in the greeting at or above which the answer is a machine.
+    greeting: int = 1800
+    #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
+    after_greeting_silence: int = 800
+    #: give up (unknown) when no verdict after this long.
+    total_analysis_time: int = 5000
+    #: consecutive voiced ms that make a word.
+    min_word_length: int = 100
+    #: silence that separates two words.
+    between_words_silence: int = 50
+    #: more words than this → machine (0 disables the rule; Asterisk's 2 calls "Hi, this is Dana" a machine).
+    maximum_number_of_words: int = 0
+    #: one word longer than this → machine.
+    maximum_word_length: int = 5000
+    #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
+    silence_threshold: int = 256
+    #: verdict when the callee stays silent for `initial_silence`: Twilio says unknown, app_amd says machine.
+    initial_silence_result: str = "unknown"
+
+    # --- voice activity -----------------------------------------------------------------------------------------
+    #: "webrtc" (webrtcvad-wheels GMM, robust to noise) or "energy" (app_amd's mean-|sample| threshold).
+    vad: str = "webrtc"
+    #: webrtcvad aggressiveness 0..3.
+    vad_mode: int = 3
+
+    # --- tones ----------------------------------------------------------------------------------------------------
+    #: detect an answering-machine beep (sustained narrow-band tone in beep_min_hz..beep_max_hz).
+    beep: bool = True
+    beep_min_hz: int = 400
+    beep_max_hz: int = 2000
+    #: a tone must hold this long (steady pitch) to be a beep.
+    beep_min_ms: int = 120
+    #: fraction of the frame's energy in the peak (1.0 = pure tone) for a frame to count as tonal.
+    tone_purity: float = 0.72
+    #: detect fax: CNG (1100 Hz, 0.5 s bursts) and CED (2100 Hz answer tone).
+    fax: bool = True
+    fax_cng_min_ms: int = 400
+    fax_ced_min_ms: int = 700
+
+    # --- end of message (Twilio DetectMessageEnd) --------------------------------------------------------------
+    #: silence after machine speech that ends the greeting (machine_end_silence); Twilio's SpeechEndThreshold.
+    message_end_silence: int = 1200
+    #: no beep / silence by then (from answer) → machine_end_other; Twilio's MachineDetectionTimeout.
+    message_end_timeout: int = 30000
+
+    @classmethod
+    def app_amd(cls) -> "AmdParams":
+        """Asterisk app_amd's documented defaults, run through the same state machine (the benchmark anchor)."""
+        return cls(initial_silence=2500, greeting=1500, after_greeting_silence=800, total_analysis_time=5000,
+                   min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
+                   maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
+                   vad="energy", beep=False, fax=False)
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> "AmdParams":
+        """Apply agent settings (`amd.params`); unknown keys raise ValueError with the list of valid ones."""
+        if not overrides:
+            return self
+        names = {f.name: f for f in fields(self)}
+        bad = sorted(set(overrides) - set(names))
+        if bad:
+            raise ValueError(f"unknown AMD parameter(s) {', '.join(bad)}; valid: {', '.join(sorted(names))}")
+        typed = {k: type(getattr(self, k))(v) for k, v in overrides.items()}
+        p = replace(self, **typed)
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        if self.vad not in ("webrtc", "energy"):
+            raise ValueError("vad must be 'webrtc' or 'energy'")
+        if self.initial_silence_result not in ("unknown", "machine", "human"):
+            raise ValueError("initial_silence_result must be unknown, machine or human")
+        if not 0 <= self.vad_mode <= 3:
+            raise ValueError("vad_mode must be 0..3")
+        if not 0 < self.beep_min_hz < self.beep_max_hz <= 3400:
+            raise ValueError("beep_min_hz < beep_max_hz <= 3400 required")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

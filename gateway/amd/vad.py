@@ -1,0 +1,36 @@
+"""Frame-level voice activity: webrtcvad-wheels or app_amd's energy threshold, behind one call.
+
+Measured on bench/amd (dev split) and per frame on this machine; the numbers and the choice are in docs/amd.md.
+Both take one 20 ms PCM16 frame at 8 or 16 kHz and answer "is this speech?".
+"""
+from __future__ import annotations
+
+import webrtcvad
+
+
+class EnergyVad:
+    """app_amd's silence detector: a frame is voice when its mean |sample| reaches the threshold."""
+
+    def __init__(self, threshold: int = 256) -> None:
+        self.threshold = threshold
+
+    def is_speech(self, frame: bytes, mean_abs: int) -> bool:
+        return mean_abs >= self.threshold
+
+
+class WebRtcVad:
+    """webrtcvad's GMM classifier, gated by a low energy floor so line hiss alone never counts as voice."""
+
+    def __init__(self, sample_rate: int, mode: int = 3, floor: int = 64) -> None:
+        self._vad = webrtcvad.Vad(mode)
+        self.sample_rate = sample_rate
+        self.floor = floor
+
+    def is_speech(self, frame: bytes, mean_abs: int) -> bool:
+        return mean_abs >= self.floor and self._vad.is_speech(frame, self.sample_rate)
+
+
+def make_vad(kind: str, sample_rate: int, *, threshold: int, mode: int):
+    if kind == "energy":
+        return EnergyVad(threshold)
+    return WebRtcVad(sample_rate, mode, floor=max(16, threshold // 4))

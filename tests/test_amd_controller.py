@@ -1,0 +1,248 @@
+"""AMD on a live call: a real Gateway (SQLite file, call manager, engine task) and an in-test carrier leg.
+
+The leg plays the callee: it feeds greeting audio into the call and drains what the gateway sends back, as a carrier
+socket would. Frequencies tell the audio apart: the engine's opening line is 300 Hz, the voicemail WAV 700 Hz, the
+engine's spoken (text) voicemail 500 Hz.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from amd_signals import silence, tone, words, write_wav  # noqa: E402
+
+from gateway.amd import controller_for, maybe_start_amd, report_amd  # noqa: E402
+from gateway.engine.base import VoiceEngine  # noqa: E402
+from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, Mark  # noqa: E402
+
+WAIT = 10.0
+
+
+class Talker(VoiceEngine):
+    """Speaks an opening line at once (held by AMD), records the AmdResult events, speaks a text voicemail."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.amd: list[AmdResult] = []
+        self.got_amd = asyncio.Event()
+
+    async def handle_call(self, session) -> None:
+        await session.play(tone(300, 400, 16000), end_of_utterance=True)
+        while (item := await session.receive()) is not None:
+            if isinstance(item, AmdResult):
+                self.amd.append(item)
+                self.got_amd.set()
+                if item.voicemail_message:
+                    await session.play(tone(500, 300, 16000), end_of_utterance=True)
+            elif isinstance(item, Hangup):
+                return
+
+
+class FakeLeg:
+    def __init__(self) -> None:
+        self.hangups: list[str] = []
+        self.frames: list[tuple[float, bytes]] = []
+
+    async def hangup(self, call, reason: str) -> None:
+        self.hangups.append(reason)
+
+    async def transfer(self, call, request) -> None:
+        raise AssertionError("no transfer expected")
+
+    async def pump(self, call) -> None:
+        """The carrier's sender: drain the outbound side like a websocket writer."""
+        while call.is_active:
+            item = await call.next_outbound()
+            if isinstance(item, AudioFrame):
+                self.frames.append((time.monotonic(), item.pcm))
+            elif isinstance(item, Mark):
+                call.feed_event(item)
+
+    def freqs(self) -> list[int]:
+        """Dominant frequency (rounded to 100 Hz) of each non-silent frame sent to the callee."""
+        out = []
+        for _, pcm in self.frames:
+            x = np.frombuffer(pcm, "<i2").astype(float)
+            if np.abs(x).mean() < 500:
+                continue
+            spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1600))
+            out.append(int(round(spec.argmax() * 8000 / 1600 / 100) * 100))
+        return out
+
+
+async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound"):
+    gw.engines.register("talker", engine)
+    agent = await gw.store.create_agent({"name": "a", "engine": "talker", "settings": settings})
+    call = await gw.calls.create(carrier="fake", direction=direction, from_number="+15550000001",
+                                 to_number="+15550000002", agent=agent)
+    return call
+
+
+async def _feed(call, pcm: bytes, chunk: int = 320) -> None:
+    for i in range(0, len(pcm), chunk):
+        call.feed_audio(pcm[i:i + chunk])
+        await asyncio.sleep(0)
+
+
+async def _until(pred, timeout: float = WAIT) -> None:
+    async def loop():
+        while not pred():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(loop(), timeout)
+
+
+GREETING = silence(300) + words([260] * 16, gap_ms=90)   # ≈ 5.6 s of continuous greeting
+BEEP = tone(1000, 400)
+
+
+async def test_machine_with_beep_plays_wav_after_beep_and_hangs_up_voicemail(make_gateway, tmp_path):
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, 600))
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call)
+    assert ctl is not None
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _feed(call, GREETING + silence(300))
+        await _until(lambda: bool(ctl.results))
+        assert ctl.results[0].answered_by is AnsweredBy.MACHINE_START
+        assert ctl.results[0].duration_ms <= 3000
+        await asyncio.sleep(0.1)
+        assert 700 not in leg.freqs(), "message must not start before the beep"
+        beep_end_ms = (len(GREETING) + len(silence(300)) + len(BEEP)) // 16
+        await _feed(call, BEEP + silence(200))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    freqs = leg.freqs()
+    assert freqs.count(700) >= 20                     # ≈ 600 ms of message reached the carrier …
+    assert 300 not in freqs                           # … and not the engine's opening line
+    assert leg.hangups == ["voicemail"]
+    assert [r.answered_by for r in engine.amd] == [AnsweredBy.MACHINE_START, AnsweredBy.MACHINE_END_BEEP]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_detected"] and row["is_voicemail"] and not row["is_fax"]
+    assert row["amd_answered_by"] == "machine_end_beep"
+    assert row["amd_duration"] * 1000 >= beep_end_ms - 40
+    assert row["voicemail_type"] == "audio"
+    assert row["hangup_reason"] == "voicemail" and row["hangup_source"] == "system"
+
+
+async def test_human_answer_starts_conversation_with_held_opening_line(make_gateway):
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Call us back"}},
+                       engine)
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _feed(call, silence(400) + words([380]))
+        await asyncio.sleep(0.2)
+        assert 300 not in leg.freqs(), "engine audio is held while AMD decides"
+        await _feed(call, silence(1200))
+        await asyncio.wait_for(engine.got_amd.wait(), WAIT)
+        await _until(lambda: leg.freqs().count(300) >= 15)
+    finally:
+        pump.cancel()
+    assert engine.amd[0].answered_by is AnsweredBy.HUMAN and engine.amd[0].voicemail_message is None
+    assert call.is_active and leg.hangups == []
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "human" and row["amd_detected"] and not row["is_voicemail"]
+    assert 1000 <= row["amd_duration"] * 1000 <= 2000
+    await call.request_hangup(__import__("gateway.frames", fromlist=["HangupSource"]).HangupSource.SYSTEM, "test")
+
+
+async def test_machine_text_message_is_handed_to_engine(make_gateway):
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True},
+                            "voicemail": {"enabled": True, "message": "Hi, this is Acme, call us back."}}, engine)
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _feed(call, GREETING + silence(1500))      # no beep: the greeting ends in silence
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    final = engine.amd[-1]
+    assert final.answered_by is AnsweredBy.MACHINE_END_SILENCE
+    assert final.voicemail_message == "Hi, this is Acme, call us back."
+    freqs = leg.freqs()
+    assert freqs.count(500) >= 10 and 300 not in freqs
+    row = await gw.store.get_call(call.log_id)
+    assert row["voicemail_type"] == "text" and row["hangup_reason"] == "voicemail"
+
+
+async def test_fax_hangs_up(make_gateway):
+    gw = await make_gateway()
+    call = await _call(gw, {"amd": {"enabled": True}}, Talker())
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    await _feed(call, silence(600) + tone(1100, 500) + silence(3000))
+    await asyncio.wait_for(call.ended.wait(), WAIT)
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "fax" and row["is_fax"] and not row["is_voicemail"]
+    assert row["hangup_reason"] == "fax" and leg.hangups == ["fax"]
+
+
+async def test_machine_without_voicemail_hangs_up_at_once(make_gateway):
+    gw = await make_gateway()
+    call = await _call(gw, {"amd": {"enabled": True}}, Talker())
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    await _feed(call, GREETING)
+    await asyncio.wait_for(call.ended.wait(), WAIT)
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_start" and row["voicemail_type"] == "none"
+    assert row["hangup_reason"] == "voicemail"
+
+
+async def test_disabled_or_inbound_is_a_no_op(make_gateway):
+    gw = await make_gateway()
+    off = await _call(gw, {"amd": {"enabled": False}}, Talker())
+    assert maybe_start_amd(off) is None and off.output_gate is None
+    inbound = await _call(gw, {"amd": {"enabled": True}}, Talker(), direction="inbound")
+    assert maybe_start_amd(inbound) is None
+
+
+async def test_carrier_amd_verdict_runs_the_same_behaviour(make_gateway, tmp_path):
+    """provider twilio on a twilio call: no local detector; the carrier's AnsweredBy drives the voicemail drop."""
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, 300))
+    gw = await make_gateway()
+    engine = Talker()
+    gw.engines.register("talker", engine)
+    agent = await gw.store.create_agent({"name": "t", "engine": "talker", "settings": {
+        "amd": {"enabled": True, "provider": "twilio"}, "voicemail": {"enabled": True, "message": str(wav)}}})
+    call = await gw.calls.create(carrier="twilio", direction="outbound", from_number="+15550000001",
+                                 to_number="+15550000002", agent=agent)
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call)
+    assert ctl.external and controller_for(call) is ctl
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await report_amd(call, AmdResult(AnsweredBy.MACHINE_END_BEEP, 4100, source="twilio"))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert leg.freqs().count(700) >= 10
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep" and row["amd_duration"] == 4.1
+    assert row["hangup_reason"] == "voicemail" and row["voicemail_type"] == "audio"

@@ -1,0 +1,177 @@
+"""AmdDetector on synthesized signals (tones, speech-like bursts, silence) and a few espeak-ng clips."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from amd_signals import espeak, noise, silence, tone, word, words  # noqa: E402
+
+from gateway.amd import AmdDetector, AmdParams  # noqa: E402
+from gateway.amd.tones import tone_score  # noqa: E402
+from gateway.frames import AnsweredBy  # noqa: E402
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
+
+H, MS, MEB, MES, MEO, FAX, UNK = (AnsweredBy.HUMAN, AnsweredBy.MACHINE_START, AnsweredBy.MACHINE_END_BEEP,
+                                  AnsweredBy.MACHINE_END_SILENCE, AnsweredBy.MACHINE_END_OTHER, AnsweredBy.FAX,
+                                  AnsweredBy.UNKNOWN)
+
+
+def run(pcm: bytes, params: AmdParams | None = None, sr: int = 8000, message_end: bool = False, chunk: int = 0):
+    d = AmdDetector(params, sr, detect_message_end=message_end)
+    if chunk:
+        out = [x for i in range(0, len(pcm), chunk) for x in d.feed(pcm[i:i + chunk])]
+    else:
+        out = d.feed(pcm)
+    return [(x.answered_by, x.at_ms) for x in out]
+
+
+def telephone(pcm: bytes) -> bytes:
+    """Through μ-law and back, as a carrier delivers it."""
+    return ulaw_to_pcm16(pcm16_to_ulaw(pcm))
+
+
+# --- tones ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("freq", [440, 620, 1000, 1400, 1950])
+def test_tone_score_finds_beep_frequency_and_purity(freq):
+    x = np.frombuffer(tone(freq, 20), "<i2").astype(np.float32)
+    f, purity = tone_score(x, 8000)
+    assert abs(f - freq) <= 25 and purity > 0.9
+
+
+def test_speech_and_noise_are_not_pure():
+    for sig in (word(20, seed=3), noise(20, amp=3000)):
+        _, purity = tone_score(np.frombuffer(sig, "<i2").astype(np.float32), 8000)
+        assert purity < 0.5
+
+
+@pytest.mark.parametrize("freq", [450, 850, 1000, 1400, 2000])
+def test_beep_after_greeting_is_machine_end_beep_decided_when_tone_stops(freq):
+    pcm = silence(300) + words([250] * 5) + silence(300) + tone(freq, 500) + silence(500)
+    beep_end = (len(pcm) - len(silence(500))) // 16
+    (ab, at), = run(telephone(pcm))
+    assert ab is MEB and beep_end <= at <= beep_end + 80
+
+
+def test_short_blip_is_not_a_beep():
+    pcm = silence(300) + words([250] * 3) + tone(1000, 60) + silence(2000)
+    assert run(pcm)[0][0] is H
+
+
+def test_beep_detector_off_in_app_amd_anchor():
+    pcm = silence(300) + words([250]) + silence(300) + tone(1000, 500) + silence(2000)
+    assert MEB not in [a for a, _ in run(pcm, AmdParams.app_amd())]
+
+
+def test_fax_cng_and_ced():
+    assert run(silence(800) + tone(1100, 500, amp=5000) + silence(3000)) == [(FAX, 1200)]
+    assert run(silence(300) + tone(2100, 3000, amp=5000))[0][0] is FAX
+
+
+def test_1100hz_beep_after_a_greeting_is_a_beep_not_fax():
+    pcm = silence(300) + words([250] * 4) + silence(200) + tone(1100, 500) + silence(400)
+    assert run(pcm)[0][0] is MEB
+
+
+# --- greeting analysis ----------------------------------------------------------------------------------------------
+def test_short_hello_then_silence_is_human_after_after_greeting_silence():
+    pcm = silence(500) + words([400]) + silence(2000)
+    (ab, at), = run(telephone(pcm))
+    speech_end = 500 + 400
+    assert ab is H and speech_end + 740 <= at <= speech_end + 840
+
+
+def test_four_word_human_answer_is_human_but_app_amd_calls_it_machine():
+    pcm = silence(400) + words([220, 160, 180, 300], gap_ms=110) + silence(2000)
+    assert run(pcm)[0][0] is H
+    assert run(pcm, AmdParams.app_amd())[0][0] is MS      # app_amd's known weakness: 3+ words → MACHINE
+
+
+def test_long_greeting_is_machine_start_then_end_by_silence():
+    pcm = silence(300) + words([260] * 14, gap_ms=90) + silence(2000)
+    out = run(pcm, message_end=True)
+    assert [a for a, _ in out] == [MS, MES]
+    assert out[0][1] <= 2600
+    last_voice = len(pcm) // 16 - 2000 - 90
+    assert abs(out[1][1] - (last_voice + 1200)) <= 60
+
+
+def test_message_end_timeout_is_machine_end_other():
+    p = AmdParams(message_end_timeout=6000)
+    pcm = silence(300) + words([260] * 40, gap_ms=90)
+    assert [a for a, _ in run(pcm, p, message_end=True)] == [MS, MEO]
+
+
+def test_initial_silence_unknown_for_us_machine_for_app_amd():
+    assert run(silence(3000)) == [(UNK, 2500)]
+    assert run(silence(3000), AmdParams.app_amd()) == [(MS, 2500)]
+
+
+def test_noise_only_line_is_not_speech_with_webrtc_vad():
+    assert run(noise(3000, amp=200))[0][0] is UNK
+
+
+def test_total_analysis_time_gives_unknown():
+    p = AmdParams(greeting=10000, after_greeting_silence=5000)
+    assert run(silence(300) + words([200] * 30, gap_ms=200), p)[-1][0] is UNK
+
+
+def test_chunking_and_rate_do_not_change_the_verdict():
+    pcm = silence(300) + words([260] * 14, gap_ms=90) + silence(2000)
+    whole = run(pcm)
+    assert run(pcm, chunk=37 * 2) == whole            # odd-sized chunks, as a jittery carrier delivers them
+    wide = np.repeat(np.frombuffer(pcm, "<i2"), 2).astype("<i2").tobytes()   # crude 16 kHz version
+    assert [a for a, _ in run(wide, sr=16000)] == [a for a, _ in whole]
+
+
+def test_feed_silence_advances_the_clock():
+    d = AmdDetector()
+    d.feed(silence(400) + words([300]))
+    out = d.feed_silence(1000)
+    assert out and out[0].answered_by is H
+
+
+def test_rejects_other_rates():
+    with pytest.raises(ValueError):
+        AmdDetector(sample_rate=44100)
+
+
+def test_params_overrides_validate():
+    assert AmdParams().with_overrides({"greeting": "2000"}).greeting == 2000
+    with pytest.raises(ValueError, match="unknown AMD parameter"):
+        AmdParams().with_overrides({"greting": 2000})
+
+
+# --- real (TTS) speech ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tts():
+    if espeak("test") is None:
+        pytest.skip("espeak-ng and sox are needed for the TTS clips")
+    return espeak
+
+
+def test_tts_human_hello(tts):
+    pcm = silence(500) + tts("Hello?") + silence(3000)
+    assert run(telephone(pcm))[0][0] is H
+
+
+def test_tts_human_with_second_utterance(tts):
+    pcm = silence(400) + tts("Hello, yes?", voice="en-gb") + silence(1500) + tts("Hello? Who is this?") + silence(2000)
+    assert run(telephone(pcm))[0][0] is H
+
+
+def test_tts_machine_greeting_with_beep(tts):
+    greeting = tts("Hi, you have reached the Miller family. We can't come to the phone right now. "
+                   "Please leave your name and number after the tone and we will call you back.", speed=165)
+    pcm = silence(400) + greeting + silence(400) + tone(850, 600) + silence(1500)
+    out = run(telephone(pcm), message_end=True)
+    assert out[0][0] is MS and out[0][1] <= 3000
+    assert out[-1][0] is MEB and out[-1][1] >= (len(pcm) - len(silence(1500))) // 16 - 20
+
+
+def test_tts_machine_greeting_at_16khz(tts):
+    greeting = tts("You have reached the voicemail of Jordan Lee. Please leave a message.", sr=16000)
+    assert run(silence(300, 16000) + greeting + silence(2000, 16000), sr=16000)[0][0] is MS
