@@ -173,8 +173,15 @@ def _numbers_list(c: Client, a: argparse.Namespace) -> Any:
     table(f"Phone numbers ({data['total']} in all, page {data['pageno']})",
           ["id", "number", "provider", "name", "trunk", "agent", "status"],
           [[n["id"], n["phone_number"], n["provider"], n["name"], n["sip_trunk_name"], n["agent_id"],
-            (n.get("status") or {}).get("registration") or ""] for n in data["phone_numbers"]])
+            _status(n.get("status"))] for n in data["phone_numbers"]])
     return None
+
+
+def _status(status: Any) -> str:
+    """A number's carrier status (e.g. SIP registration state) in one cell."""
+    if isinstance(status, dict):
+        return ", ".join(f"{k}={v}" for k, v in status.items() if not isinstance(v, (dict, list)))
+    return "" if status is None else str(status)
 
 
 def _calls_list(c: Client, a: argparse.Namespace) -> Any:

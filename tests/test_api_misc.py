@@ -111,3 +111,18 @@ async def test_unexpected_exception_is_a_json_500_without_traceback(make_gateway
 async def test_invalid_json_everywhere(api, path):
     status, body = await api.post(path, data=b'{"a": ', headers={"Content-Type": "application/json"})
     assert status == 400 and body["field"] == "body" and "JSON" in body["error"]
+
+
+async def test_installed_carriers_show_in_openapi(make_gateway):
+    """Whatever carriers are installed (entry points), their import bodies are documented from import_fields."""
+    gw = await make_gateway(carriers=None)
+    async with aiohttp.ClientSession() as s:
+        status, doc = await Api(gw, s, gw.api_key).get("/openapi.json")
+    assert status == 200
+    for carrier in gw.carriers.values():
+        for provider in carrier.providers:
+            schema = doc["components"]["schemas"][f"Import_{provider}"]
+            assert set(schema["required"]) == {f.name for f in carrier.import_fields if f.required}
+            assert carrier.number_field in schema["properties"]
+            for f in carrier.import_fields:
+                assert schema["properties"][f.name].get("writeOnly", False) == f.secret
