@@ -57,6 +57,16 @@ class CloseCode(IntEnum):
     BAD_MEDIA_FORMAT = 4007  # mediaFormat is not audio/x-mulaw 8000 Hz mono
 
 
+class _Wake:
+    """Queued behind the engine's output to stop this stream's sender without cancelling it mid-action (a hangup or
+    transfer it is carrying out must finish even when the socket is already gone)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: "MediaStream") -> None:
+        self.stream = stream
+
+
 class StreamClosed(Exception):
     def __init__(self, code: CloseCode, reason: str) -> None:
         super().__init__(reason)
@@ -247,16 +257,19 @@ class MediaStream:
             await self.ws.close(code=CloseCode.NORMAL, message=b"call ended")
 
     async def _finish(self) -> None:
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
-            try:
-                await self._sender
-            except (asyncio.CancelledError, Exception):
-                pass
         for w in self._drain_waiters.values():
             if not w.done():
                 w.set_result(None)
         self._drain_waiters.clear()
+        sender = self._sender
+        if sender is not None and not sender.done():
+            try:
+                self.call.bus.outbound.put_nowait(_Wake(self))
+            except asyncio.QueueFull:
+                pass    # the sender is busy, not waiting: it sees the closed socket on its next send
+            done, _ = await asyncio.wait({sender}, timeout=15)
+            if not done:
+                sender.cancel()
         if not self.ws.closed:
             await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
         if self.leg is not None:
@@ -268,6 +281,10 @@ class MediaStream:
         try:
             while not self.ws.closed:
                 item = await call.next_outbound()
+                if isinstance(item, _Wake):
+                    if item.stream is self:
+                        return
+                    continue
                 if self.ws.closed:
                     return
                 if isinstance(item, AudioFrame):
