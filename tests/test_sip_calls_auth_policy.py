@@ -77,3 +77,56 @@ async def test_known_source_decides_404_vs_403():
 def test_from_number_parses_allowed():
     t = trunk(allowed_ips=["10.0.0.1/32"])
     assert t.allowed == (ipaddress.ip_network("10.0.0.1/32"),)
+
+
+def basic_trunk():
+    return TrunkAuth.from_number({"id": 3, "sip_trunk_name": "b", "config": {
+        "sip_host": "trunk.example.com", "auth_type": "basic", "sip_username": "carrier"},
+        "secrets": {"sip_password": "s3cret"}})
+
+
+class AuthReq:
+    method = "INVITE"
+    uri = "sip:+15550001111@gw.example.com"
+
+    def __init__(self, header=None):
+        self.headers = {"Authorization": header} if header else {}
+
+
+async def test_digest_challenge_then_accept_then_wrong_password():
+    from gateway.sip.digest import build_authorization, parse_challenge
+
+    auth = InboundAuth(realm="gw.test", resolver=fake_resolver)
+    t = basic_trunk()
+    v = await auth.check(t, AuthReq(), "8.8.8.8")          # any source may try digest
+    assert v.status == 401
+    (name, value), = v.headers
+    assert name == "WWW-Authenticate"
+    ch = parse_challenge(value)
+    assert ch.realm == "gw.test"
+    good = build_authorization(ch, "INVITE", AuthReq.uri, "carrier", "s3cret")
+    assert (await auth.check(t, AuthReq(good), "8.8.8.8")).ok
+    bad = build_authorization(ch, "INVITE", AuthReq.uri, "carrier", "guess", nc=2)
+    v = await auth.check(t, AuthReq(bad), "8.8.8.8")
+    assert (v.ok, v.status) == (False, 403)
+    other = build_authorization(ch, "INVITE", AuthReq.uri, "mallory", "s3cret", nc=3)
+    assert (await auth.check(t, AuthReq(other), "8.8.8.8")).status == 403
+
+
+async def test_digest_stale_nonce_rechallenges():
+    from gateway.sip.digest import DigestServer, build_authorization, parse_challenge
+
+    now = [1_000_000.0]
+    auth = InboundAuth(realm="gw.test", resolver=fake_resolver, nonce_ttl=60)
+    auth.digest = DigestServer(nonce_ttl=60, clock=lambda: now[0])
+    ch = parse_challenge((await auth.check(basic_trunk(), AuthReq(), "1.2.3.4")).headers[0][1])
+    now[0] += 120
+    v = await auth.check(basic_trunk(), AuthReq(build_authorization(ch, "INVITE", AuthReq.uri, "carrier", "s3cret")),
+                         "1.2.3.4")
+    assert v.status == 401 and "stale=true" in v.headers[0][1]
+
+
+async def test_digest_trunk_without_password_refuses():
+    t = TrunkAuth.from_number({"id": 4, "config": {"sip_host": "h", "auth_type": "basic", "sip_username": "u"},
+                               "secrets": {}})
+    assert (await InboundAuth().check(t, AuthReq(), "1.2.3.4")).status == 403

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .digest import DigestServer
+
 log = logging.getLogger("gateway.sip.auth")
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -77,7 +79,7 @@ class InboundAuth:
         self.realm = realm
         self.resolver = resolver or system_resolver
         self.cache_ttl = cache_ttl
-        self.nonce_ttl = nonce_ttl
+        self.digest = DigestServer(nonce_ttl=nonce_ttl)
         self._cache: dict[str, tuple[float, set[str]]] = {}
 
     async def host_addresses(self, host: str) -> set[str]:
@@ -130,30 +132,22 @@ class InboundAuth:
         return AuthVerdict(False, 403, "Forbidden", detail=f"unknown auth_type {trunk.auth_type!r}")
 
     def _check_digest(self, trunk: TrunkAuth, request: Any) -> AuthVerdict:
-        from . import digest
-
         if not trunk.username or not trunk.password:
             return AuthVerdict(False, 403, "Forbidden", detail="trunk has no credentials for digest")
-        header = request.headers.get("Authorization") or request.headers.get("Proxy-Authorization")
+        header = request.headers.get("Authorization")
         if not header:
             return self._challenge()
 
         def lookup(username: str, realm: str) -> str | None:
-            return trunk.password if username == trunk.username and realm == self.realm else None
+            return trunk.password if username == trunk.username else None
 
-        result = digest.verify_authorization(header, request.method, lookup)
-        ok = getattr(result, "ok", result)
-        if ok is True:
+        result = self.digest.verify_authorization(header, request.method, lookup, realm=self.realm)
+        if result.ok:
             return AuthVerdict(True)
-        if getattr(result, "stale", False):
+        if result.stale:
             return self._challenge(stale=True)
-        return AuthVerdict(False, 403, "Forbidden", detail=f"digest rejected: {getattr(result, 'reason', '')}")
+        return AuthVerdict(False, 403, "Forbidden", detail=f"digest rejected: {result.reason}")
 
     def _challenge(self, stale: bool = False) -> AuthVerdict:
-        from . import digest
-
-        ch = digest.make_challenge(self.realm, "MD5")
-        value = ch if isinstance(ch, str) else str(ch)
-        if stale and "stale=" not in value:
-            value += ", stale=true"
+        value = self.digest.make_challenge(self.realm, "MD5", stale=stale)
         return AuthVerdict(False, 401, "Unauthorized", (("WWW-Authenticate", value),), "challenge")
