@@ -22,6 +22,7 @@ from .bus import CallBus
 from .carrier import CallLeg
 from .engine.base import EngineSession
 from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
+from .vad import SpeechTap
 
 if TYPE_CHECKING:
     from .callmanager import CallManager
@@ -115,6 +116,7 @@ class Call:
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
+        self.add_tap(SpeechTap(self))
         self.answered = time.monotonic()
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")
