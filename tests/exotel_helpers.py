@@ -1,0 +1,264 @@
+"""Test doubles for Exotel: a Voicebot websocket client speaking Exotel's protocol and a loopback REST API fake.
+
+Both follow Exotel's published formats (see carriers/exotel.py for the sources): the client sends `connected`,
+`start` (snake_case, numbers as strings), 100 ms `media` chunks, `dtmf`, `stop`, and echoes each `mark` we send
+once the audio queued before it would have played; the REST fake answers IncomingPhoneNumbers and
+Calls/connect.json like Exotel, with Basic auth and RestException errors.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from voicecodecs import pcm16_to_ulaw
+
+EXOPHONE = "+918047491899"
+ACCOUNT_SID = "gwtest1"
+API_KEY = "exo-key-123"
+API_TOKEN = "exo-token-456"
+APP_ID = "812345"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def tone(seconds: float, rate: int = 8000, freq: float = 440.0, amp: int = 8000) -> bytes:
+    n = int(seconds * rate)
+    return b"".join(int(amp * math.sin(2 * math.pi * freq * i / rate)).to_bytes(2, "little", signed=True)
+                    for i in range(n))
+
+
+async def add_exophone(gw, *, agent_id: int | None = None, require_auth: bool = False,
+                       phone: str = EXOPHONE) -> dict[str, Any]:
+    return await gw.store.create_number(
+        {"phone_number": phone, "provider": "exotel", "agent_id": agent_id, "name": "test",
+         "config": {"exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT_SID,
+                    "exotel_app_id": APP_ID, "exotel_require_stream_auth": require_auth,
+                    "exotel_exophone": "0" + phone[3:]}},
+        {"exotel_api_key": API_KEY, "exotel_api_token": API_TOKEN})
+
+
+class CallWatch:
+    """Awaitable call lifecycle events from the CallManager (no polling, every wait bounded)."""
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.started: asyncio.Queue = asyncio.Queue()
+        self.ended: dict[str, asyncio.Event] = {}
+        gw.calls.subscribe(self._on)
+
+    def _on(self, kind: str, call) -> None:
+        if kind == "call_started":
+            self.started.put_nowait(call)
+        if kind == "call_ended":
+            self.ended.setdefault(call.id, asyncio.Event()).set()
+
+    async def next_call(self, timeout: float = 5.0):
+        return await asyncio.wait_for(self.started.get(), timeout)
+
+    async def wait_ended(self, call, timeout: float = 5.0) -> dict[str, Any]:
+        await asyncio.wait_for(self.ended.setdefault(call.id, asyncio.Event()).wait(), timeout)
+        return await self.gw.store.get_call(call.log_id)
+
+
+@dataclass
+class Received:
+    chunks: list[bytes] = field(default_factory=list)
+    marks: list[tuple[str, int]] = field(default_factory=list)      # (name, audio bytes received before it)
+    clears: list[int] = field(default_factory=list)
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def audio(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class FakeExotel:
+    """Exotel's side of one Voicebot websocket."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, *, echo_marks: bool = True,
+                 headers: dict[str, str] | None = None) -> None:
+        self.session = session
+        self.url = url
+        self.headers = headers or {}
+        self.echo_marks = echo_marks
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.rx = Received()
+        self.stream_sid = "MZ" + "a1" * 8
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.new_chunk = asyncio.Condition()
+        self._reader: asyncio.Task | None = None
+        self._seq = 0
+        self.codec = "pcm16"
+
+    async def connect(self) -> "FakeExotel":
+        self.ws = await self.session.ws_connect(self.url, headers=self.headers, autoclose=True)
+        self._reader = asyncio.create_task(self._read())
+        await self.send({"event": "connected"})
+        return self
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        self._seq += 1
+        if obj.get("event") != "connected":
+            obj = {"sequence_number": str(self._seq), "stream_sid": self.stream_sid, **obj}
+        await self.ws.send_str(json.dumps(obj))
+
+    async def start(self, call_sid: str = "CA0001", *, frm: str = "09876543210", to: str = "08047491899",
+                    account_sid: str = ACCOUNT_SID, encoding: str | None = "audio/x-raw",
+                    sample_rate: str | None = "8000", custom: dict[str, str] | None = None) -> None:
+        mf: dict[str, str] = {}
+        if encoding is not None:
+            mf["encoding"] = encoding
+        if sample_rate is not None:
+            mf["sample_rate"] = sample_rate
+        if encoding and "mulaw" in encoding:
+            self.codec = "ulaw"
+        else:
+            mf["bit_rate"] = "16"
+        await self.send({"event": "start", "start": {
+            "stream_sid": self.stream_sid, "call_sid": call_sid, "account_sid": account_sid, "from": frm, "to": to,
+            "custom_parameters": custom or {}, "media_format": mf}})
+
+    async def play(self, pcm: bytes, rate: int = 8000, pace: float = 0.01) -> None:
+        """Caller audio in Exotel's ~100 ms media chunks, faster than real time but paced."""
+        step = rate // 10 * 2
+        for i, off in enumerate(range(0, len(pcm), step)):
+            chunk = pcm[off:off + step]
+            if self.codec == "ulaw":
+                chunk = pcm16_to_ulaw(chunk)
+            await self.send({"event": "media", "media": {"chunk": str(i + 1), "timestamp": str(i * 100),
+                                                         "payload": base64.b64encode(chunk).decode()}})
+            await asyncio.sleep(pace)
+
+    async def dtmf(self, digit: str, duration: str = "120") -> None:
+        await self.send({"event": "dtmf", "dtmf": {"digit": digit, "duration": duration}})
+
+    async def stop(self, reason: str = "callended") -> None:
+        await self.send({"event": "stop", "stop": {"call_sid": "CA0001", "account_sid": ACCOUNT_SID,
+                                                   "reason": reason}})
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                m = json.loads(msg.data)
+                ev = m.get("event")
+                if ev == "media":
+                    assert m["stream_sid"] == self.stream_sid
+                    self.rx.chunks.append(base64.b64decode(m["media"]["payload"]))
+                elif ev == "mark":
+                    name = m["mark"]["name"]
+                    self.rx.marks.append((name, len(self.rx.audio)))
+                    if self.echo_marks:
+                        await self.send({"event": "mark", "mark": {"name": name}})
+                elif ev == "clear":
+                    self.rx.clears.append(len(self.rx.audio))
+                else:
+                    self.rx.other.append(m)
+                async with self.new_chunk:
+                    self.new_chunk.notify_all()
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = str(getattr(self.ws, "_close_message", "") or "")
+            self.closed.set()
+            async with self.new_chunk:
+                self.new_chunk.notify_all()
+
+    async def wait_for(self, predicate, timeout: float = 5.0) -> None:
+        async def _wait():
+            async with self.new_chunk:
+                await self.new_chunk.wait_for(lambda: predicate(self.rx) or self.closed.is_set())
+        await asyncio.wait_for(_wait(), timeout)
+        assert predicate(self.rx), "stream closed before the expected messages arrived"
+
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.wait({self._reader}, timeout=2)
+
+
+def ws_url(gw, path: str = "/exotel/media") -> str:
+    return gw.url(path).replace("http://", "ws://")
+
+
+# -- a loopback stand-in for Exotel's REST API -------------------------------------------------------------------
+class FakeExotelApi:
+    """Answers like Exotel's v1/v2_beta API for one account: Basic auth, paginated ExoPhones, Calls/connect.json."""
+
+    def __init__(self, exophones: list[str] | None = None, page_size: int = 2) -> None:
+        self.exophones = exophones if exophones is not None else ["08000000001", "08000000002", "08047491899"]
+        self.page_size = page_size
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.connect_status = 200
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def _auth_ok(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization", "") == basic(API_KEY, API_TOKEN)
+
+    @staticmethod
+    def _error(status: int, message: str) -> web.Response:
+        return web.json_response({"RestException": {"Status": status, "Message": message}}, status=status)
+
+    async def numbers(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", request.path, dict(request.query)))
+        if not self._auth_ok(request):
+            return self._error(401, "Authentication is required to view this page.")
+        if request.match_info["sid"] != ACCOUNT_SID:
+            return self._error(403, "Forbidden")
+        page = int(request.query.get("Page", 0))
+        size = min(int(request.query.get("PageSize", 50)), self.page_size)
+        items = self.exophones[page * size:(page + 1) * size]
+        more = (page + 1) * size < len(self.exophones)
+        base = f"http://twilix.exotel.com/v2_beta/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers"
+        return web.json_response({
+            "page": page, "page_size": size, "uri": f"{base}?Page={page}&PageSize={size}",
+            "first_page_uri": f"{base}?Page=0&PageSize={size}",
+            "next_page_uri": f"{base}?Page={page + 1}&PageSize={size}" if more else None,
+            "previous_page_uri": None,
+            "incoming_phone_numbers": [{"sid": f"sid{page}{i}", "friendly_name": n, "phone_number": n,
+                                        "capabilities": {"voice": True, "sms": True}}
+                                       for i, n in enumerate(items)]})
+
+    async def connect(self, request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        self.requests.append(("POST", request.path, {k: str(v) for k, v in form.items()}))
+        if not self._auth_ok(request):
+            return self._error(401, "Authentication is required")
+        if self.connect_status != 200:
+            return self._error(self.connect_status, "Call could not be placed")
+        return web.json_response({"Call": {"Sid": "b6cfaf0ae5bc2bd1bd7fd1d4b5f81234", "ParentCallSid": None,
+                                           "AccountSid": ACCOUNT_SID, "To": form.get("CallerId"),
+                                           "From": form.get("From"), "Status": "in-progress"}})
+
+    async def start(self) -> "FakeExotelApi":
+        app = web.Application()
+        app.router.add_get("/v2_beta/Accounts/{sid}/IncomingPhoneNumbers", self.numbers)
+        app.router.add_post("/v1/Accounts/{sid}/Calls/connect.json", self.connect)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+

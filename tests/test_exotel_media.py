@@ -1,0 +1,242 @@
+"""Exotel Voicebot websocket on real sockets: echo chunk sizes, audio formats, marks, clear, DTMF, stop, refusals."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from carriers.exotel import CHUNK_MAX, CHUNK_MIN, ChunkPacker, CloseCode, ExotelCarrier, MediaFormat, same_number
+from exotel_helpers import API_KEY, API_TOKEN, CallWatch, FakeExotel, add_exophone, basic, tone, ws_url
+from gateway.engine.base import EngineSession, VoiceEngine
+from gateway.frames import AudioFrame, CallStarted, Dtmf, Hangup, Mark
+from voicecodecs import ulaw_to_pcm16
+from voicecodecs._audioop import audioop
+
+
+def assert_exotel_chunks(chunks: list[bytes]) -> None:
+    """Exotel's documented window, written out here on purpose: at least 3.2 KB, at most 100 KB, 320 B multiples."""
+    assert chunks, "no media came back"
+    for c in chunks:
+        assert len(c) % 320 == 0, len(c)
+        assert 3200 <= len(c) <= 100_000, len(c)
+
+
+# -- pure helpers ------------------------------------------------------------------------------------------------
+def test_packer_emits_only_valid_chunks_and_pads_the_tail():
+    p = ChunkPacker(b"\x00")
+    out = []
+    for _ in range(23):                      # 23 × 20 ms at 8 kHz PCM16 = 7360 B
+        out += p.push(b"\x01\x00" * 160)
+    assert [len(c) for c in out] == [3200, 3200]
+    tail = p.flush()
+    assert len(tail) == 3200 and tail[:960] == b"\x01\x00" * 480 and tail[960:] == bytes(2240)
+    assert p.flush() is None
+    big = p.push(b"\x00" * 250_000)
+    assert all(len(c) == CHUNK_MAX for c in big[:2]) and p.pending < CHUNK_MIN
+
+
+def test_media_format_is_read_not_assumed():
+    assert MediaFormat.from_start({"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"}, None) \
+        == MediaFormat("pcm16", 8000)
+    assert MediaFormat.from_start({"encoding": "audio/x-mulaw", "sample_rate": "8000"}, None).codec == "ulaw"
+    assert MediaFormat.from_start({"encoding": "audio/L16;rate=16000"}, None) == MediaFormat("pcm16", 16000)
+    assert MediaFormat.from_start({"encoding": "audio/x-raw"}, 24000) == MediaFormat("pcm16", 24000)
+    assert MediaFormat.from_start(None, None) == MediaFormat("pcm16", 8000)
+    for bad in ({"encoding": "audio/opus"}, {"encoding": "audio/x-raw", "sample_rate": "11025"},
+                {"encoding": "audio/x-raw", "bit_rate": "8"}, {"encoding": "audio/x-mulaw", "sample_rate": "16000"}):
+        with pytest.raises(ValueError):
+            MediaFormat.from_start(bad, None)
+
+
+def test_exophone_number_forms_match():
+    assert same_number("+918047491899", "08047491899")
+    assert same_number("+918047491899", "918047491899")
+    assert not same_number("+918047491899", "08047491898")
+
+
+# -- echo over a real socket -----------------------------------------------------------------------------------
+def rms(pcm: bytes) -> int:
+    return audioop.rms(pcm, 2)
+
+
+async def _echo_run(gw, url: str, *, encoding: str | None, sample_rate: str | None, rate: int, codec: str):
+    watch = CallWatch(gw)
+    await add_exophone(gw)
+    sent = tone(1.0, rate)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, url).connect()
+        await exo.start("CA-echo", encoding=encoding, sample_rate=sample_rate)
+        call = await watch.next_call()
+        await exo.play(sent, rate)
+        # wait until (almost) all of it came back: resampling may hold back a few samples
+        bps = 1 if codec == "ulaw" else 2
+        want = int(len(sent) / 2 * bps * 0.9)
+        await exo.wait_for(lambda rx: len(rx.audio) >= want, timeout=10)
+        assert call.bus.carrier_rate == rate
+        await exo.stop()
+        row = await watch.wait_ended(call)
+        await exo.close()
+    return exo.rx, row, sent
+
+
+async def test_pcm_8k_echo_in_exotel_sized_chunks(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    rx, row, sent = await _echo_run(gw, ws_url(gw), encoding="audio/x-raw", sample_rate="8000", rate=8000,
+                                    codec="pcm16")
+    assert_exotel_chunks(rx.chunks)
+    back = rx.audio
+    assert abs(rms(back[3200:16000]) - rms(sent[3200:16000])) < 0.2 * rms(sent)   # the tone, not silence
+    assert row["hangup_source"] == "user" and row["call_status"] == "completed"
+    assert row["carrier_sid"] == "CA-echo" and row["channel_type"] == "exotel"
+    assert row["from_number"] == "+919876543210" and row["to_number"] == "+918047491899"
+
+
+async def test_alias_path_and_mulaw_stream(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    rx, row, sent = await _echo_run(gw, ws_url(gw, "/media_exotel_community"), encoding="audio/x-mulaw",
+                                    sample_rate="8000", rate=8000, codec="ulaw")
+    assert_exotel_chunks(rx.chunks)
+    back = ulaw_to_pcm16(rx.audio)
+    assert abs(rms(back[3200:16000]) - rms(sent[3200:16000])) < 0.2 * rms(sent)
+    assert row["hangup_source"] == "user"
+
+
+async def test_sample_rate_from_url_when_media_format_omits_it(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    rx, _row, _ = await _echo_run(gw, ws_url(gw) + "?sample-rate=16000", encoding="audio/x-raw", sample_rate=None,
+                                  rate=16000, codec="pcm16")
+    assert_exotel_chunks(rx.chunks)
+
+
+# -- marks, clear, DTMF ----------------------------------------------------------------------------------------
+class ScriptEngine(VoiceEngine):
+    """Greets, marks, waits for a digit, starts a long answer, barges in on it, marks again."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.got = {name: asyncio.Event() for name in ("m1", "dtmf", "m2")}
+
+    async def _until(self, session: EngineSession, want) -> object:
+        while (item := await session.receive()) is not None:
+            if not isinstance(item, AudioFrame):
+                self.events.append(item)
+            if want(item):
+                return item
+            if isinstance(item, Hangup):
+                return None
+        return None
+
+    async def handle_call(self, session: EngineSession) -> None:
+        if await self._until(session, lambda i: isinstance(i, CallStarted)) is None:
+            return
+        await session.play(tone(0.5, 16000), end_of_utterance=True)
+        await session.mark("m1")
+        if await self._until(session, lambda i: isinstance(i, Mark) and i.name == "m1") is None:
+            return
+        self.got["m1"].set()
+        if await self._until(session, lambda i: isinstance(i, Dtmf)) is None:
+            return
+        self.got["dtmf"].set()
+        await session.play(tone(3.0, 16000))
+        session.clear()
+        await session.mark("m2")
+        if await self._until(session, lambda i: isinstance(i, Mark) and i.name == "m2") is None:
+            return
+        self.got["m2"].set()
+        await self._until(session, lambda i: isinstance(i, Hangup))
+
+
+async def test_marks_clear_and_dtmf(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="script")
+    engine = ScriptEngine()
+    gw.engines.register("script", engine)
+    watch = CallWatch(gw)
+    await add_exophone(gw)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-marks")
+        call = await watch.next_call()
+        await exo.wait_for(lambda rx: any(n == "m1" for n, _ in rx.marks))
+        name, before = exo.rx.marks[0]
+        assert name == "m1" and before >= 8000        # 0.5 s of 8 kHz PCM16 went out before the mark
+        await asyncio.wait_for(engine.got["m1"].wait(), 5)
+        await exo.dtmf("5", "120")
+        await asyncio.wait_for(engine.got["dtmf"].wait(), 5)
+        await exo.wait_for(lambda rx: rx.clears and any(n == "m2" for n, _ in rx.marks))
+        await asyncio.wait_for(engine.got["m2"].wait(), 5)
+        clear_at = exo.rx.clears[0]
+        assert clear_at < 8000 + 3 * 16000              # the 3 s answer was cut short, not played out
+        assert_exotel_chunks(exo.rx.chunks)
+        dtmf = [e for e in engine.events if isinstance(e, Dtmf)]
+        assert dtmf == [Dtmf("5", 120)]
+        await exo.stop()
+        row = await watch.wait_ended(call)
+        await exo.close()
+    assert row["hangup_source"] == "user"
+
+
+# -- refusals ---------------------------------------------------------------------------------------------------
+async def _close_code(gw, *, start_kwargs=None, headers=None, raw: object = None) -> int | None:
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw), headers=headers).connect()
+        if raw is not None:
+            if isinstance(raw, bytes):
+                await exo.ws.send_bytes(raw)
+            else:
+                await exo.ws.send_str(raw)
+        else:
+            await exo.start("CA-refused", **(start_kwargs or {}))
+        code = await exo.wait_closed()
+        await exo.close()
+        return code
+
+
+async def test_strangers_and_bad_input_get_close_codes(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    await add_exophone(gw)
+    assert await _close_code(gw, start_kwargs={"to": "08000000009"}) == CloseCode.UNKNOWN_NUMBER
+    assert await _close_code(gw, start_kwargs={"account_sid": "someone-else"}) == CloseCode.UNKNOWN_NUMBER
+    assert await _close_code(gw, start_kwargs={"encoding": "audio/opus"}) == CloseCode.BAD_MEDIA_FORMAT
+    assert await _close_code(gw, raw=b"\x00\x01") == CloseCode.BINARY_FRAME
+    assert await _close_code(gw, raw="not json") == CloseCode.BAD_MESSAGE
+    assert await _close_code(gw, raw=json.dumps({"event": "media", "media": {}})) == CloseCode.BAD_MESSAGE
+    wrong = basic(API_KEY, "nope")
+    assert await _close_code(gw, headers={"Authorization": wrong}) == CloseCode.BAD_AUTH
+    rows, total = await gw.store.list_calls()
+    assert all(r["call_status"] != "in-progress" for r in rows)   # nothing left half-open
+
+
+async def test_basic_auth_required_and_accepted(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    await add_exophone(gw, require_auth=True)
+    assert await _close_code(gw) == CloseCode.BAD_AUTH
+    watch = CallWatch(gw)
+    good = basic(API_KEY, API_TOKEN)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw), headers={"Authorization": good}).connect()
+        await exo.start("CA-auth")
+        call = await watch.next_call()
+        await exo.play(tone(0.5))
+        await exo.wait_for(lambda rx: len(rx.chunks) >= 1)
+        await exo.stop()
+        row = await watch.wait_ended(call)
+        await exo.close()
+    assert row["answered_at"] is not None
+
+
+async def test_socket_drop_without_stop_ends_call_as_carrier(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    await add_exophone(gw)
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-drop")
+        call = await watch.next_call()
+        await exo.close()
+        row = await watch.wait_ended(call)
+    assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_closed"
+
