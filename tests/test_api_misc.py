@@ -126,3 +126,20 @@ async def test_installed_carriers_show_in_openapi(make_gateway):
             assert carrier.number_field in schema["properties"]
             for f in carrier.import_fields:
                 assert schema["properties"][f.name].get("writeOnly", False) == f.secret
+
+
+@pytest.mark.parametrize("method, path, kwargs, field", [
+    ("GET", "/phone_number/list", {"params": {"pageno": "99999999999999999999999"}}, "pageno"),
+    ("GET", "/phone_number/99999999999999999999999", {}, "id"),
+    ("GET", "/phone_number/²", {}, "id"),
+    ("GET", "/agents/99999999999999999999999", {}, "id"),
+    ("GET", "/calls/logs/99999999999999999999999", {}, "id"),
+    ("POST", "/calls/99999999999999999999999/hangup", {}, "id"),
+    ("POST", "/agents", {"data": b"[" * 100000 + b"]" * 100000}, "body"),
+    ("POST", "/agents", {"data": b'{"name": "x", "settings": {"x": {"v": NaN}}}'}, "body"),
+    ("POST", "/phone_number/import/sip", {"data": b"\xff\xfe{}"}, "body"),
+    ("POST", "/phone_number/import/sip", {"json": sip_body(sip_port=10**30)}, "sip_port"),
+])
+async def test_hostile_input_is_a_4xx_not_a_500(api, method, path, kwargs, field):
+    status, body = await api.request(method, path, **kwargs)
+    assert 400 <= status < 500 and body["field"] == field, body

@@ -154,7 +154,10 @@ async def test_hanging_receiver_never_delays_audio(make_gateway, receiver):
     await asyncio.wait_for(call.end(HangupSource.USER, "bye"), 2.0)
     receiver.release.set()
     await asyncio.wait_for(receiver.done(call.id).wait(), 10)
-    assert [e["event"] for e in receiver.events(call.id)] == LIFECYCLE
+    got = receiver.events(call.id)
+    assert [e["sequence"] for e in got] == list(range(1, len(got) + 1))
+    # the gateway's VAD may add speech:* events for the tone; the lifecycle stays in order around them
+    assert [e["event"] for e in got if not e["event"].startswith("speech:")] == LIFECYCLE
 
 
 async def test_no_webhook_url_sends_nothing(make_gateway, receiver):

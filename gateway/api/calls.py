@@ -87,9 +87,17 @@ async def list_logs(request: web.Request) -> web.Response:
                               "call_log_data": [call_log_json(r) for r in rows]})
 
 
+def _log_id(ident: str) -> int | None:
+    """A call-log id when `ident` is one (ASCII digits in range), else None: then it is a call uuid."""
+    if ident.isascii() and ident.isdigit():
+        return as_int(ident, "id", minimum=1)
+    return None
+
+
 async def _log_row(gw: "Gateway", ident: str) -> dict[str, Any] | None:
-    if ident.isdigit():
-        return await gw.store.get_call(int(ident))
+    log_id = _log_id(ident)
+    if log_id is not None:
+        return await gw.store.get_call(log_id)
     return await gw.store.find_call(call_uuid=ident)
 
 
@@ -110,7 +118,8 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def _live_call(gw: "Gateway", ident: str) -> Call:
-    call = gw.calls.get_by_log_id(int(ident)) if ident.isdigit() else gw.calls.get(ident)
+    log_id = _log_id(ident)
+    call = gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
     if call is None:
         row = await _log_row(gw, ident)
         if row is None:

@@ -1,6 +1,7 @@
 """Field checks shared by the API handlers; each failure is an ApiError naming the field and the problem."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from yarl import URL
@@ -10,6 +11,9 @@ from ..numbers import normalize_e164
 from .errors import ApiError
 
 MAX_PAGESIZE = 150
+#: larger integers than this overflow SQLite's 64-bit INTEGER; refuse them as input instead of failing with a 500
+MAX_INT = 2**62
+_INT = re.compile(r"^-?[0-9]{1,30}$")
 _MISSING = object()
 
 
@@ -20,10 +24,12 @@ def bad(field: str, problem: str, status: int = 400) -> ApiError:
 def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool):
         raise bad(field, "must be an integer")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INT.match(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int):
         raise bad(field, "must be an integer")
+    if abs(value) > MAX_INT:
+        raise bad(field, "is too large")
     if minimum is not None and value < minimum:
         raise bad(field, f"must be at least {minimum}")
     if maximum is not None and value > maximum:
@@ -101,7 +107,7 @@ def reject_unknown(body: dict[str, Any], allowed: set[str] | list[str], where: s
 
 
 def pagination(query: Any) -> tuple[int, int]:
-    pageno = as_int(query.get("pageno", "1"), "pageno", minimum=1)
+    pageno = as_int(query.get("pageno", "1"), "pageno", minimum=1, maximum=10**9)
     pagesize = as_int(query.get("pagesize", "20"), "pagesize", minimum=1, maximum=MAX_PAGESIZE)
     return pageno, pagesize
 
