@@ -23,15 +23,19 @@ class ScriptEngine(VoiceEngine):
 
     sample_rate = 16000
 
-    def __init__(self, script=None) -> None:
+    def __init__(self, script=None, echo: bool = False) -> None:
         self.script = script
+        self.echo = echo
         self.events: list[tuple[float, object]] = []
         self.got = asyncio.Event()
 
     async def handle_call(self, session: EngineSession) -> None:
         task = None
         while (item := await session.receive()) is not None:
-            if not isinstance(item, AudioFrame):
+            if isinstance(item, AudioFrame):
+                if self.echo:
+                    await session.play(item.pcm)
+            else:
                 self.events.append((time.monotonic(), item))
                 self.got.set()
             if isinstance(item, CallStarted) and self.script is not None:
