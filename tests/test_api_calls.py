@@ -3,6 +3,7 @@ transfer of a live call, and the error cases (unknown ids, bad numbers, carrier 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 import pytest
@@ -33,7 +34,8 @@ async def dispatch(api, aid, nid, to="+14155550123", **extra):
                                                    **extra})
 
 
-async def test_dispatch_reaches_carrier_and_is_logged(api):
+async def test_dispatch_reaches_carrier_and_is_logged(api, caplog):
+    caplog.set_level(logging.DEBUG)
     aid, nid = await setup_line(api)
     status, body = await dispatch(api, aid, nid, call_context={"customer": "Dana"})
     assert status == 200, body
@@ -54,6 +56,8 @@ async def test_dispatch_reaches_carrier_and_is_logged(api):
     events = [e["event"] for e in log["events"]]
     assert events[:3] == ["phone_call:connection_requested", "phone_call:accepted", "conversation:started"]
     assert SIP_PASSWORD not in str(log) and SIP_PASSWORD not in str(live)
+    await api.post(f"/calls/{body['requestId']}/hangup")
+    assert SIP_PASSWORD not in caplog.text   # the whole flow at DEBUG, store included
 
 
 @pytest.mark.parametrize("change, field, code", [

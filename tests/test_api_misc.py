@@ -143,3 +143,10 @@ async def test_installed_carriers_show_in_openapi(make_gateway):
 async def test_hostile_input_is_a_4xx_not_a_500(api, method, path, kwargs, field):
     status, body = await api.request(method, path, **kwargs)
     assert 400 <= status < 500 and body["field"] == field, body
+
+
+async def test_openapi_document_is_valid_openapi_31(api):
+    validator = pytest.importorskip("openapi_spec_validator")
+    status, doc = await api.get("/openapi.json")
+    assert status == 200
+    validator.validate(doc)   # raises with the offending path when the document is not OpenAPI 3.1
