@@ -109,7 +109,6 @@ class TwilioLeg:
         self.transfer_targets: list[str] = []
         self.transfer_attempts: list[dict[str, Any]] = []
         self._watchdog: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
 
     @property
     def sid(self) -> str | None:
@@ -136,10 +135,7 @@ class TwilioLeg:
 
     def _shielded(self, coro: Any) -> "asyncio.Future":
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return asyncio.shield(task)
+        return asyncio.shield(self.carrier.spawn(coro))
 
     # -- CallLeg ------------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
@@ -262,6 +258,14 @@ class TwilioCarrier(Carrier):
         self._clients: dict[tuple[str, str], Client] = {}
         self._tokens: dict[str, set[str]] = {}
         self._tokens_at = 0.0
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        """A background REST action, kept until done so shutdown can wait for it."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -280,8 +284,8 @@ class TwilioCarrier(Carrier):
         for leg in list(self.legs.values()):
             if leg.call.is_active:
                 await leg.call.request_hangup(HangupSource.SYSTEM, "shutdown", immediate=True)
-            if leg._tasks:
-                await asyncio.wait(list(leg._tasks), timeout=5)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -78,11 +78,13 @@ def recording() -> bytes:
 async def twilio_env(make_gateway):
     """`env = await twilio_env(settings={...}, engine="echo")`."""
     rests: list[FakeTwilioRest] = []
+    gateways: list[Gateway] = []
 
     async def factory(*, engine: str = "echo", settings: dict[str, Any] | None = None, **gw_overrides: Any) -> TwilioEnv:
         rest = await FakeTwilioRest().start()
         rests.append(rest)
         gw = await make_gateway(carriers={"twilio": TwilioCarrier}, engine="echo", **gw_overrides)
+        gateways.append(gw)
         carrier = gw.carriers["twilio"]
         carrier.api_base_url = rest.url
         carrier.start_timeout = 0.5
@@ -94,5 +96,8 @@ async def twilio_env(make_gateway):
         return TwilioEnv(gw, carrier, rest, account, agent, number)
 
     yield factory
+    for gw in gateways:          # before the fake REST goes away: shutdown hangs calls up over REST
+        if gw.started:
+            await gw.stop()
     for r in rests:
         await r.stop()
