@@ -698,6 +698,9 @@ class ExotelCarrier(Carrier):
     transfer_timeout = 4 * 3600.0
     #: ended calls are remembered this long for the Passthru / Connect / status callbacks that follow
     state_ttl = 900.0
+    #: at most this many calls announced by call_coming may wait for their stream (the URL is unauthenticated;
+    #: past the cap the stream's `start` still opens the call, only the early log row is skipped)
+    max_announced = 200
 
     def __init__(self, gateway: "Gateway", base_url: str | None = None) -> None:
         super().__init__(gateway)
@@ -956,6 +959,12 @@ class ExotelCarrier(Carrier):
             state = self._state_for(call_sid)
             timings = {k: q.get(k) for k in ("Created", "StartTime", "CurrentTime", "Direction") if q.get(k)}
             if state is None:
+                waiting = sum(1 for st in self._calls.values()
+                              if st.call.direction == "inbound" and st.call.bus is None and st.call.is_active)
+                if waiting >= self.max_announced:
+                    log.warning("too many announced calls without a stream; not opening another",
+                                extra={"carrier": "exotel", "waiting": waiting})
+                    return web.Response(status=200, text="ok")
                 number = await self._find_exophone(to)
                 if number is None:
                     log.warning("call_coming for a number not imported here", extra={"carrier": "exotel",
