@@ -230,26 +230,62 @@ async def test_dtmf_mark_transfer_and_hangup_from_engine(make_gateway):
     assert engine.close_code == 1000
 
 
-async def test_clear_drops_queued_audio(make_gateway):
-    cleared = asyncio.Event()
+async def test_clear_drops_queued_audio_at_once(make_gateway):
+    bus_full = asyncio.Event()
 
     async def script(ws, engine):
         await ws.recv()
-        await ws.send(bytes(320 * 100))  # 2 s of audio the carrier has not played yet
-        await ws.send(json.dumps({"type": "clear"}))
+        await ws.send(bytes(320 * 1000))  # 20 s of audio sent ahead of real time (more than the bus holds)
+        await ws.send(json.dumps({"type": "mark", "name": "before-clear"}))
+        await asyncio.wait_for(bus_full.wait(), T)
+        await ws.send(json.dumps({"type": "clear"}))  # barge-in: must not wait for those 20 s to play
+        await ws.send(bytes(320 * 2))
         await ws.send(json.dumps({"type": "mark", "name": "after-clear"}))
         await ws.wait_closed()
 
     async with Engine(script) as engine:
         gw, call, leg = await start_call(make_gateway, engine.url("?sample_rate=8000"))
-        await asyncio.wait_for(_until(lambda: any(isinstance(i, Mark) for i in call.bus.outbound._queue)), T)
+        # nothing is played yet: the carrier has not read a single frame
+        await asyncio.wait_for(_until(lambda: call.bus.outbound.full()), T)
+        bus_full.set()
+        await asyncio.wait_for(_until(lambda: Mark("after-clear") in call.bus.outbound._queue), T)
         items = []
-        while not items or not isinstance(items[-1], Mark):
+        while not items or items[-1] != Mark("after-clear"):
             items.append(await next_out(call))
         assert Clear() in items
-        assert sum(isinstance(i, AudioFrame) for i in items) == 0
-        assert call.bus.counters.dropped_out == 100
+        # the 20 s were dropped (from the bus and from the bridge), the mark placed before the clear still comes
+        # back (as Twilio does on clear), and only the 2 frames sent after the clear are played
+        assert Mark("before-clear") in items
+        after = items[items.index(Clear()):]
+        assert [type(i) for i in after if isinstance(i, AudioFrame)] == [AudioFrame] * 2
+        assert sum(isinstance(i, AudioFrame) for i in items) == 2
+        assert call.bus.counters.dropped_out == call.bus.outbound.maxsize
         await call.end(HangupSource.USER, "done")
+
+
+@pytest.mark.parametrize("say_hangup", [True, False])
+async def test_audio_sent_before_the_engine_leaves_is_still_played(make_gateway, say_hangup):
+    async def script(ws, engine):
+        await ws.recv()
+        await ws.send(bytes([9]) * 320 * 25)  # a half-second goodbye
+        if say_hangup:
+            await ws.send(json.dumps({"type": "hangup", "reason": "goodbye"}))
+        await ws.close()  # and leave at once
+
+    async with Engine(script) as engine:
+        gw, call, leg = await start_call(make_gateway, engine.url("?sample_rate=8000"))
+        await asyncio.wait_for(engine.done.wait(), T)
+        played = []
+        drain = asyncio.create_task(_collect(call, played))
+        await asyncio.wait_for(_until(lambda: call.id not in gw.calls.active), T)
+        drain.cancel()
+    assert [i.pcm for i in played if isinstance(i, AudioFrame)] == [bytes([9]) * 320] * 25
+    assert leg.hangups == ["goodbye" if say_hangup else "engine_disconnected"]
+
+
+async def _collect(call, items: list) -> None:
+    while True:
+        items.append(await call.next_outbound())
 
 
 # -- broken engines -----------------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class EngineSession:
         """Who is calling whom and through which carrier, plus carrier custom parameters and call context."""
         return self._call.describe()
 
+    @property
+    def ended(self) -> bool:
+        """True once the call is over (the engine still gets the final `Hangup` from `receive()`)."""
+        return self._call.ended.is_set()
+
     async def receive(self) -> AudioFrame | Event | None:
         """Next caller frame or event; None once the call has ended."""
         if self._call.ended.is_set() and not len(self._call.bus.inbound):

@@ -14,13 +14,14 @@ with a code that says why (1003 unknown message type, 1007 not JSON, 1008 a fiel
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import websockets
@@ -150,6 +151,91 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class Playout:
+    """Engine → caller items in arrival order (audio and actions), carried out by one task.
+
+    The websocket reader never waits on playback, so a `clear` (barge-in) takes effect at once even when the
+    engine has sent a long utterance ahead of real time: `clear()` stops the task, drops the audio not yet handed
+    to the bus (actions such as marks and transfers stay, in order) and restarts it. At most `max_bytes` of audio
+    wait here; beyond that the reader pauses, which back-pressures the engine through TCP.
+    """
+
+    def __init__(self, session: EngineSession, max_seconds: float = 30.0) -> None:
+        self.session = session
+        self.max_bytes = int(session.sample_rate * 2 * max_seconds)
+        self.failed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._items: deque[bytes | Callable[[], Awaitable[None]]] = deque()
+        self._audio_bytes = 0
+        self._current: Any = None
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"engine-play-{self.session.call_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def audio(self, pcm: bytes) -> None:
+        while self._audio_bytes >= self.max_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self._audio_bytes += len(pcm)
+        self._push(pcm)
+
+    def action(self, act: Callable[[], Awaitable[None]]) -> None:
+        self._push(act)
+
+    def _push(self, item: Any) -> None:
+        self._items.append(item)
+        self._idle.clear()
+        self._ready.set()
+
+    async def clear(self) -> None:
+        await self.stop()
+        if callable(self._current):  # an action interrupted before it took effect runs after the clear
+            self._items.appendleft(self._current)
+        self._current = None
+        self._items = deque(i for i in self._items if not isinstance(i, bytes))
+        self._audio_bytes = 0
+        self._room.set()
+        self.session.clear()
+        self.start()
+
+    async def drained(self) -> None:
+        """Wait until everything queued so far has been handed to the call."""
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._items:
+                    self._idle.set()
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                item = self._current = self._items.popleft()
+                if isinstance(item, bytes):
+                    self._audio_bytes -= len(item)
+                    self._room.set()
+                    await self.session.play(item)  # any size: the bus re-frames to 20 ms
+                else:
+                    await item()
+                self._current = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, not an engine fault: surface it to the bridge
+            if not self.failed.done():
+                self.failed.set_exception(e)
+
+
 class Bridge:
     """Runs one call over one engine websocket until either side ends."""
 
@@ -165,19 +251,27 @@ class Bridge:
             await self.transport.send(json.dumps(start_message(session)))
         except EngineClosed as e:
             return await self._failed("engine_disconnected", f"closed before start ({e.code})")
+        self.playout = playout = Playout(session)
+        playout.start()
         to_engine = asyncio.create_task(self._to_engine(), name=f"engine-out-{session.call_id}")
         from_engine = asyncio.create_task(self._from_engine(), name=f"engine-in-{session.call_id}")
+        drained: asyncio.Task | None = None
         try:
-            done, _ = await asyncio.wait({to_engine, from_engine}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({to_engine, from_engine, playout.failed}, return_when=asyncio.FIRST_COMPLETED)
+            if playout.failed.done():
+                raise playout.failed.exception()
+            error = self._outcome(to_engine, from_engine)
+            if isinstance(error, EngineClosed) and not to_engine.done():
+                # The engine is gone: what it already sent (a goodbye, its hangup) is still carried out first,
+                # unless the call ends meanwhile.
+                drained = asyncio.create_task(playout.drained())
+                await asyncio.wait({to_engine, drained}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (to_engine, from_engine):
-                task.cancel()
-            await asyncio.gather(to_engine, from_engine, return_exceptions=True)
-        if to_engine in done and not to_engine.cancelled() and to_engine.exception() is None:
-            error = None
-        else:
-            task = from_engine if from_engine in done else to_engine
-            error = task.exception() if not task.cancelled() else EngineClosed(None)
+            for task in (to_engine, from_engine, drained):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(to_engine, from_engine, *([drained] if drained else []), return_exceptions=True)
+            await playout.stop()
         if error is None:
             # the call ended and the engine has been told: close normally
             await self._close(CLOSE_NORMAL, "call ended")
@@ -185,13 +279,21 @@ class Bridge:
             self.log.warning("engine protocol error: %s", error, extra={"close_code": error.code})
             await self._close(error.code, str(error))
             await self._failed("engine_protocol_error", str(error))
-        elif isinstance(error, EngineClosed):
-            if error.by_gateway and error.code in _PROTOCOL_CLOSES:
-                await self._failed("engine_protocol_error", f"websocket error {error.code} {error.reason}")
-            elif not self.engine_hung_up:
-                await self._failed("engine_disconnected", f"engine closed the websocket ({error.code})")
-        else:
-            raise error
+        elif error.by_gateway and error.code in _PROTOCOL_CLOSES:
+            await self._failed("engine_protocol_error", f"websocket error {error.code} {error.reason}")
+        elif not self.engine_hung_up:
+            await self._failed("engine_disconnected", f"engine closed the websocket ({error.code})")
+
+    @staticmethod
+    def _outcome(to_engine: asyncio.Task, from_engine: asyncio.Task) -> EngineProtocolError | EngineClosed | None:
+        """None when the call ended normally, else what went wrong with the engine."""
+        if to_engine.done() and to_engine.exception() is None:
+            return None
+        task = from_engine if from_engine.done() else to_engine
+        error = task.exception()
+        if isinstance(error, (EngineProtocolError, EngineClosed)):
+            return error
+        raise error
 
     async def _close(self, code: int, reason: str) -> None:
         try:
@@ -200,6 +302,8 @@ class Bridge:
             pass
 
     async def _failed(self, reason: str, detail: str) -> None:
+        if self.session.ended:
+            return
         self.log.warning("engine failed, hanging up: %s", detail, extra={"reason": reason})
         await self.session.hangup(reason)
 
@@ -212,26 +316,26 @@ class Bridge:
                 await send(json.dumps(msg))
 
     async def _from_engine(self) -> None:
-        session, recv = self.session, self.transport.recv
+        session, recv, playout = self.session, self.transport.recv, self.playout
         while True:
             data = await recv()
             if isinstance(data, bytes):
                 if data:
-                    await session.play(data)  # any size: the bus re-frames to 20 ms
+                    await playout.audio(data)
                 continue
             msg = parse_engine_message(data)
             kind = msg["type"]
             if kind == "clear":
-                session.clear()
+                await playout.clear()
             elif kind == "mark":
-                await session.mark(msg["name"])
+                playout.action(functools.partial(session.mark, msg["name"]))
             elif kind == "dtmf":
-                await session.send_dtmf(msg["digits"])
+                playout.action(functools.partial(session.send_dtmf, msg["digits"]))
             elif kind == "transfer":
-                await session.transfer(msg.get("number"))
+                playout.action(functools.partial(session.transfer, msg.get("number")))
             elif kind == "hangup":
                 self.engine_hung_up = True
-                await session.hangup(msg.get("reason") or "agent_hangup")
+                playout.action(functools.partial(session.hangup, msg.get("reason") or "agent_hangup"))
 
 
 # -- connect mode -------------------------------------------------------------------------------------------------
