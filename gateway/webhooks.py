@@ -6,6 +6,10 @@ never a frame: `emit()` only appends to a queue. Payload:
 `sequence` counts 1, 2, 3… per call so a receiver can check order; the `X-Gateway-Delivery` header is the same on
 every retry of one event so a receiver can drop duplicates (a retry after a timeout may arrive twice).
 
+With a signing secret in the agent's `settings.webhook.secret`, each attempt carries
+`X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>` (the scheme Stripe and
+others use): a receiver recomputes it, compares in constant time and rejects old `t` to stop replays.
+
 Any 2xx is success; anything else (3xx included: redirects are not followed), a connection error or a timeout is
 retried after `backoff`, doubling up to `max_backoff`, `retries` attempts in all; then the event is counted in
 `failures` and the next one goes. URLs are never logged (they may carry tokens): only their host.
@@ -13,6 +17,8 @@ retried after `backoff`, doubling up to `max_backoff`, `retries` attempts in all
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -28,6 +34,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.webhooks")
 
 USER_AGENT = "telephony-gateway-webhooks/1"
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """`t=<unix>,v1=<hex>`: HMAC-SHA256 over "<t>." + body, keyed with the agent's webhook secret."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, tolerance: float = 300.0, now: float | None = None) -> bool:
+    """Receiver side of `sign()` (for Python receivers and our tests): signature matches and is recent."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        t = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = sign(secret, body, t).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def _signing_secret(agent: dict[str, Any] | None) -> str | None:
+    hook = ((agent or {}).get("settings") or {}).get("webhook")
+    secret = hook.get("secret") if isinstance(hook, dict) else None
+    return secret if isinstance(secret, str) and secret else None
 
 
 class WebhookDispatcher:
@@ -59,20 +91,20 @@ class WebhookDispatcher:
             q = self._queues[call.id] = asyncio.Queue()
             self._workers[call.id] = asyncio.create_task(self._worker(call.id, q), name=f"webhooks-{call.id}")
         if q.qsize() >= self.max_queued_per_call:  # a receiver down for the whole of a very chatty call
-            _, dropped = q.get_nowait()
+            _, dropped, _ = q.get_nowait()
             self.pending -= 1
             self.failures += 1
             log.error("webhook queue full, oldest event dropped",
                       extra={"call_id": call.id, "event": dropped["event"]})
-        q.put_nowait((url, payload))
+        q.put_nowait((url, payload, _signing_secret(call.agent)))
         self.pending += 1
 
     async def _worker(self, call_id: str, q: asyncio.Queue) -> None:
         try:
             while True:
-                url, payload = await q.get()
+                url, payload, secret = await q.get()
                 try:
-                    await self._deliver(url, payload)
+                    await self._deliver(url, payload, secret)
                 finally:
                     self.pending -= 1
                 if payload["event"] == "post_call" and q.empty():
@@ -95,7 +127,7 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT})
         return self._session
 
-    async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+    async def _deliver(self, url: str, payload: dict[str, Any], secret: str | None = None) -> None:
         try:
             body = json.dumps(payload, default=str).encode()
         except (TypeError, ValueError):
@@ -109,6 +141,8 @@ class WebhookDispatcher:
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             headers["X-Gateway-Attempt"] = str(attempt)
+            if secret:
+                headers["X-Gateway-Signature"] = sign(secret, body)
             try:
                 async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
                     if 200 <= resp.status < 300:

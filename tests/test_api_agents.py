@@ -93,3 +93,28 @@ async def test_put_patch_delete(api):
     for method in ("GET", "PUT", "PATCH", "DELETE"):
         status, body = await api.request(method, f"/agents/{aid}", json={"name": "C"})
         assert status == 404 and body["field"] == "id", (method, body)
+
+
+async def test_webhook_secret_is_write_only(api):
+    secret = "whsec-0123456789abcdef"
+    status, body = await api.post("/agents", json={"name": "S", "webhook_url": "https://h.example.com/x",
+                                                   "settings": {"webhook": {"secret": secret}}})
+    assert status == 201 and body["agent"]["settings"]["webhook"]["secret"] == "****"
+    aid = body["agent"]["id"]
+    stored = lambda: api.gw.store.get_agent(aid)  # noqa: E731
+    assert (await stored())["settings"]["webhook"]["secret"] == secret
+    for path in (f"/agents/{aid}", "/agents"):
+        status, got = await api.get(path)
+        assert secret not in str(got) and "****" in str(got)
+    # sending the masked GET body back keeps the secret; PATCH of another section keeps it too
+    status, got = await api.get(f"/agents/{aid}")
+    a = got["agent"]
+    status, body = await api.put(f"/agents/{aid}", json={k: a[k] for k in ("name", "engine", "webhook_url",
+                                                                           "settings")})
+    assert status == 200 and (await stored())["settings"]["webhook"]["secret"] == secret
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"voicemail": {"enabled": True}}})
+    assert status == 200 and (await stored())["settings"]["webhook"]["secret"] == secret
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"webhook": {"secret": "short"}}})
+    assert status == 400 and body["field"] == "settings.webhook.secret" and "short" not in body["error"]
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"webhook": {"secret": None}}})
+    assert status == 200 and (await stored())["settings"]["webhook"]["secret"] is None

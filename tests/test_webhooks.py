@@ -12,6 +12,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from gateway.frames import AudioFrame, HangupSource
+from gateway.webhooks import sign, verify
 from test_api_fakes import FakeLeg
 
 LIFECYCLE = ["phone_call:connection_requested", "phone_call:accepted", "conversation:started",
@@ -45,8 +46,9 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
+        raw = await request.read()
         body = await request.json()
-        self.requests.append({"kind": kind, "body": body, "headers": dict(request.headers)})
+        self.requests.append({"kind": kind, "body": body, "headers": dict(request.headers), "raw": raw})
         self.arrived.set()
         if kind == "hang":
             await self.release.wait()
@@ -74,8 +76,9 @@ async def receiver():
     await r.runner.cleanup()
 
 
-async def start_call(gw, url: str):
-    agent = await gw.store.create_agent({"name": "hooked", "engine": "echo", "webhook_url": url})
+async def start_call(gw, url: str, settings: dict | None = None):
+    agent = await gw.store.create_agent({"name": "hooked", "engine": "echo", "webhook_url": url,
+                                         "settings": settings or {}})
     call = await gw.calls.create(carrier="test", direction="inbound", from_number="+14155550100",
                                  to_number="+14155550101", agent=agent)
     await call.attach(FakeLeg(), carrier_rate=8000)
@@ -198,3 +201,37 @@ async def test_non_2xx_is_not_success(make_gateway, status):
         assert set(hits) == {"/hook"} and gw.webhooks.failures == 3   # connection_requested, hang_up, post_call
     finally:
         await runner.cleanup()
+
+
+SECRET = "whsec-0123456789abcdef"
+
+
+async def test_deliveries_are_signed_with_the_agents_secret(make_gateway, receiver):
+    gw = await make_gateway()
+    gw.webhooks.backoff = 0.01
+    call = await start_call(gw, receiver.url("flaky"), {"webhook": {"secret": SECRET}})
+    await call.end(HangupSource.USER, "bye")
+    await asyncio.wait_for(receiver.done(call.id).wait(), 10)
+    assert len(receiver.requests) == len(LIFECYCLE) + 2
+    for r in receiver.requests:                       # every attempt, retries included
+        assert verify(SECRET, r["raw"], r["headers"]["X-Gateway-Signature"])
+        assert not verify("another-secret-value", r["raw"], r["headers"]["X-Gateway-Signature"])
+        assert not verify(SECRET, r["raw"] + b" ", r["headers"]["X-Gateway-Signature"])
+
+
+def test_signature_scheme():
+    body = b'{"event":"hang_up"}'
+    header = sign(SECRET, body, timestamp=1_700_000_000)
+    t, v1 = header.split(",")
+    assert t == "t=1700000000" and len(v1) == len("v1=") + 64
+    assert verify(SECRET, body, header, now=1_700_000_100)
+    assert not verify(SECRET, body, header, now=1_700_000_000 + 301)   # replayed too late
+    assert not verify(SECRET, body, "garbage")
+
+
+async def test_unsigned_without_secret(make_gateway, receiver):
+    gw = await make_gateway()
+    call = await start_call(gw, receiver.url("ok"))
+    await call.end(HangupSource.USER, "bye")
+    await asyncio.wait_for(receiver.done(call.id).wait(), 10)
+    assert all("X-Gateway-Signature" not in r["headers"] for r in receiver.requests)

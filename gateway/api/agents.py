@@ -75,7 +75,39 @@ def _amd(v: Any) -> dict[str, Any]:
     return a
 
 
-SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemail, "amd": _amd}
+MASK = "****"
+
+
+def _webhook(v: Any) -> dict[str, Any]:
+    f = "settings.webhook"
+    w = dict(as_object(v, f))
+    secret = w.get("secret")
+    if secret in (None, ""):
+        w["secret"] = None  # explicit null clears it (also through PATCH's per-section merge)
+    elif secret != MASK:  # MASK = "keep the stored one" (a GET body sent back unchanged)
+        if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
+            raise bad(f"{f}.secret", "must be a string of 16 to 200 characters")
+    return w
+
+
+SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemail, "amd": _amd,
+            "webhook": _webhook}
+
+
+def agent_json(agent: dict[str, Any]) -> dict[str, Any]:
+    """API view of an agent: the webhook signing secret shows as "****"."""
+    settings = agent.get("settings") or {}
+    hook = settings.get("webhook")
+    if isinstance(hook, dict) and hook.get("secret"):
+        agent = {**agent, "settings": {**settings, "webhook": {**hook, "secret": MASK}}}
+    return agent
+
+
+def _keep_masked_secret(data: dict[str, Any], old: dict[str, Any]) -> None:
+    hook = (data.get("settings") or {}).get("webhook")
+    if isinstance(hook, dict) and hook.get("secret") == MASK:
+        old_secret = ((old.get("settings") or {}).get("webhook") or {}).get("secret")
+        hook["secret"] = old_secret or None
 
 
 def check_settings(value: Any) -> dict[str, Any]:
@@ -126,8 +158,9 @@ async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
 async def create_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     data = check_agent(gw, await read_json(request), partial=False)
+    _keep_masked_secret(data, {})
     agent = await gw.store.create_agent(data)
-    return web.json_response({"success": True, "agent": agent}, status=201)
+    return web.json_response({"success": True, "agent": agent_json(agent)}, status=201)
 
 
 async def list_agents(request: web.Request) -> web.Response:
@@ -136,17 +169,18 @@ async def list_agents(request: web.Request) -> web.Response:
     agents = await gw.store.list_agents()
     page = agents[(pageno - 1) * pagesize: pageno * pagesize]
     return web.json_response({"success": True, "total": len(agents), "pageno": pageno, "pagesize": pagesize,
-                              "agents": page})
+                              "agents": [agent_json(a) for a in page]})
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    return web.json_response({"success": True, "agent": await _agent_or_404(_gw(request), request)})
+    return web.json_response({"success": True, "agent": agent_json(await _agent_or_404(_gw(request), request))})
 
 
 async def replace_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
     data = check_agent(gw, await read_json(request), partial=False)
+    _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
 
@@ -160,6 +194,7 @@ async def patch_agent(request: web.Request) -> web.Response:
             old = merged.get(key)
             merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
         data["settings"] = check_settings(merged)
+        _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
 
@@ -168,7 +203,7 @@ async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Respo
         agent = await gw.store.update_agent(agent_id, data)
     except NotFoundError:
         raise bad("id", f"agent {agent_id} not found", 404) from None
-    return web.json_response({"success": True, "agent": agent})
+    return web.json_response({"success": True, "agent": agent_json(agent)})
 
 
 async def delete_agent(request: web.Request) -> web.Response:

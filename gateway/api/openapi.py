@@ -113,6 +113,9 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
                                                                           "items": {"type": "string"}}}},
                 "voicemail": {"type": "object", "properties": {"enabled": {"type": "boolean"},
                                                                "message": {"type": "string"}}},
+                "webhook": {"type": "object", "properties": {"secret": {
+                    "type": ["string", "null"], "minLength": 16, "maxLength": 200, "writeOnly": True,
+                    "description": "signs each delivery (X-Gateway-Signature); shown as \"****\""}}},
                 "amd": {"type": "object", "properties": {"enabled": {"type": "boolean"},
                                                          "provider": {"type": "string",
                                                                       "enum": ["gateway", "twilio"]}}}}}}},
