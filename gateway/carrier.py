@@ -105,6 +105,11 @@ class Carrier:
         """Place an outbound call from `number` to `to_number` (E.164) for `call`."""
         raise CarrierError(f"carrier {self.name} cannot place outbound calls", 400)
 
+    def metrics(self) -> dict[str, float]:
+        """Carrier-specific Prometheus series, full names (e.g. `gateway_rtp_packets_sent_total`): `_total`
+        names are exported as counters, the rest as gauges."""
+        return {}
+
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Check that a trunk / account works; returns a report with a verdict per step."""
         raise CarrierError(f"carrier {self.name} has no connection test", 400)

@@ -6,8 +6,11 @@ label values escaped for backslash, double quote and newline).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import TYPE_CHECKING
+
+from .procstat import cpu_seconds, rss_bytes
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -53,4 +56,13 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    for carrier in gw.carriers.values():
+        for name, value in sorted(carrier.metrics().items()):
+            _family(lines, name, "counter" if name.endswith("_total") else "gauge",
+                    f"Reported by the {carrier.name} carrier.", [("", value)])
+    pid = os.getpid()
+    _family(lines, "process_cpu_seconds_total", "counter", "User and system CPU time of the gateway process.",
+            [("", cpu_seconds(pid) or 0.0)])
+    _family(lines, "process_resident_memory_bytes", "gauge", "Resident memory of the gateway process.",
+            [("", rss_bytes(pid) or 0)])
     return "\n".join(lines) + "\n"

@@ -187,3 +187,16 @@ async def test_ports_are_even_and_reused(make_gateway):
     again = await rtp.open_session()
     assert again.local_port == 41804
     await rtp.stop()
+
+
+async def test_engine_totals_survive_closed_sessions():
+    rtp = RtpEngine("127.0.0.1", 41900, 41910)
+    await rtp.start()
+    peer, peer_port = await open_peer()
+    s = await rtp.open_session()
+    for i, payload in enumerate(tone_ulaw(3)):
+        peer.transport.sendto(build_rtp(0, False, i, 160 * i, 9, payload), ("127.0.0.1", s.local_port))
+    await asyncio.sleep(0.1)
+    s.close()
+    assert rtp.totals()["received"] == 3
+    await rtp.stop()

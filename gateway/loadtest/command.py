@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from .procstat import ProcessSampler
+from ..procstat import ProcessSampler
 from .sipp import SippResult, SippStats, check_loopback, run_sipp
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "sip-test-configs"

@@ -30,6 +30,7 @@ class RtpEngine:
         self.ticks = 0
         self.late_ticks = 0   # ticks that ran more than one period late (stalls)
         self.skipped_ticks = 0
+        self._closed_totals: dict[str, float] = {}
 
     def loop_time(self) -> float:
         return self._loop.time()
@@ -69,6 +70,19 @@ class RtpEngine:
         if self.sessions.get(session.local_port) is session:
             del self.sessions[session.local_port]
             self._order = tuple(self.sessions.values())
+            for k, v in session.stats.items():
+                if k != "jitter_ms":
+                    self._closed_totals[k] = self._closed_totals.get(k, 0) + v
+
+    def totals(self) -> dict[str, float]:
+        """Packet counters over every session since start (closed and live), plus clock health."""
+        out = dict(self._closed_totals)
+        for s in self._order:
+            for k, v in s.stats.items():
+                if k != "jitter_ms":
+                    out[k] = out.get(k, 0) + v
+        out.update(sessions=len(self._order), late_ticks=self.late_ticks, skipped_ticks=self.skipped_ticks)
+        return out
 
     def _on_tick(self) -> None:
         loop = self._loop
