@@ -150,8 +150,13 @@ async def test_list_pagination(api):
     assert [n["sip_trunk_name"] for n in body["phone_numbers"]] == ["t2", "t3"]
     status, body = await api.get("/phone_number/list", params={"pagesize": "150"})
     assert status == 200 and len(body["phone_numbers"]) == 5
+    await api.post("/phone_number/import/twilio", json={"phone_number": "+14155550111", "account_sid": "AC1",
+                                                        "account_token": "tok-tok-tok"})
+    status, body = await api.get("/phone_number/list", params={"provider": "twilio"})
+    assert status == 200 and body["total"] == 1 and body["phone_numbers"][0]["provider"] == "twilio"
     for params, field in (({"pagesize": "151"}, "pagesize"), ({"pagesize": "0"}, "pagesize"),
-                          ({"pageno": "0"}, "pageno"), ({"pageno": "x"}, "pageno")):
+                          ({"pageno": "0"}, "pageno"), ({"pageno": "x"}, "pageno"),
+                          ({"page_size": "10"}, "page_size")):
         status, body = await api.get("/phone_number/list", params=params)
         assert status == 400 and body["field"] == field, body
         assert field in body["error"]

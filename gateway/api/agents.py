@@ -165,6 +165,7 @@ async def create_agent(request: web.Request) -> web.Response:
 
 async def list_agents(request: web.Request) -> web.Response:
     gw = _gw(request)
+    reject_unknown(dict(request.query), {"pageno", "pagesize"})
     pageno, pagesize = pagination(request.query)
     agents = await gw.store.list_agents()
     page = agents[(pageno - 1) * pagesize: pageno * pagesize]

@@ -159,6 +159,7 @@ async def _run_test(carrier: Carrier, fields: dict[str, Any], about: dict[str, A
 
 async def list_numbers(request: web.Request) -> web.Response:
     gw = gw_of(request)
+    reject_unknown(dict(request.query), {"pageno", "pagesize", "provider"})
     pageno, pagesize = pagination(request.query)
     provider = request.query.get("provider") or None
     rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
