@@ -352,6 +352,20 @@ async def test_bad_control_message_closes_with_code_and_hangs_up(make_gateway, m
     assert row["hangup_source"] == "agent" and row["hangup_reason"] == "engine_protocol_error"
 
 
+async def test_oversized_message_is_a_protocol_error(make_gateway):
+    async def script(ws, engine):
+        await ws.recv()
+        await ws.send(bytes(4 * 1024 * 1024 + 2))
+        await ws.wait_closed()
+
+    async with Engine(script) as engine:
+        gw, call, leg = await start_call(make_gateway, engine.url("?sample_rate=8000"))
+        row = await wait_finished(gw, call)
+        await asyncio.wait_for(engine.done.wait(), T)
+    assert engine.close_code == 1009
+    assert row["hangup_reason"] == "engine_protocol_error"
+
+
 async def test_invalid_utf8_text_is_a_protocol_error(make_gateway):
     async def script(ws, engine):
         await ws.recv()

@@ -373,7 +373,7 @@ class WebSocketEngine(VoiceEngine):
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"engine URL must be ws://host… or wss://host…, not {url!r}")
+            raise ValueError("engine URL must be ws://host[:port]/path or wss://host[:port]/path")
         self.url = url
         self.sample_rate = parse_sample_rate(parts.query)
         self._peer = f"{parts.scheme}://{parts.hostname}{':%d' % parts.port if parts.port else ''}{parts.path}"
@@ -385,8 +385,9 @@ class WebSocketEngine(VoiceEngine):
                                user_agent_header="telephony-gateway")
         except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
             # the password a URL may carry is never logged: only scheme, host, port and path
-            log.warning("engine unreachable: %s", type(e).__name__,
-                        extra={"call_id": session.call_id, "engine": self._peer, "error": str(e)[:200]})
+            detail = "" if isinstance(e, websockets.InvalidURI) else str(e)[:200]
+            log.warning("engine unreachable: %s %s", type(e).__name__, detail,
+                        extra={"call_id": session.call_id, "engine": self._peer})
             await session.hangup("engine_unreachable")
             return
         try:
