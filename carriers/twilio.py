@@ -444,7 +444,8 @@ class TwilioCarrier(Carrier):
 
     # -- media --------------------------------------------------------------------------------------------------
     async def media_websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=256 * 1024, autoping=True)
+        # no permessage-deflate: base64 μ-law barely compresses and deflate would cost more CPU than everything else
+        ws = web.WebSocketResponse(max_msg_size=256 * 1024, autoping=True, compress=False)
         await ws.prepare(request)
         stream = MediaStream(self, ws, request)
         try:
