@@ -150,3 +150,38 @@ async def test_openapi_document_is_valid_openapi_31(api):
     status, doc = await api.get("/openapi.json")
     assert status == 200
     validator.validate(doc)   # raises with the offending path when the document is not OpenAPI 3.1
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
+async def test_metrics_count_live_and_ended_calls(api):
+    status, body = await api.post("/agents", json={"name": "m", "engine": "echo"})
+    aid = body["agent"]["id"]
+    status, body = await api.post("/phone_number/import/sip", json=sip_body())
+    nid = body["phone_number"]["id"]
+    status, body = await api.post("/calls/dispatch", json={"agent_id": aid, "to_number": "+14155550123",
+                                                           "from_number_id": nid})
+    assert status == 200, body
+    call = api.gw.calls.get(body["call_id"])
+    for _ in range(10):
+        call.feed_audio(b"\x10\x00" * 160)              # 10 frames of 20 ms at 8 kHz
+    _, text = await api.get("/metrics")
+    assert metric(text, 'gateway_active_calls{carrier="sip"}') == 1
+    assert metric(text, 'gateway_active_calls{carrier="twilio"}') == 0
+    assert metric(text, "gateway_calls_total") == 1
+    assert metric(text, "gateway_frames_in_total") == 10
+    call.bus.inbound.maxsize = 1                            # a stalled engine: the bus drops the oldest audio
+    for _ in range(5):
+        call.bus.feed_audio(b"\x10\x00" * 160)
+    _, text = await api.get("/metrics")
+    dropped = metric(text, "gateway_dropped_frames_total")
+    assert dropped == call.bus.counters.dropped_in and dropped >= 1
+    await api.post(f"/calls/{body['requestId']}/hangup")
+    _, text = await api.get("/metrics")
+    assert metric(text, 'gateway_active_calls{carrier="sip"}') == 0
+    assert metric(text, "gateway_frames_in_total") == 15   # ended calls' counters stay in the totals
+    assert metric(text, "gateway_dropped_frames_total") == dropped
