@@ -9,7 +9,7 @@ import aiohttp
 import pytest_asyncio
 
 from gateway.carrier import Carrier, CarrierError, ImportField as F
-from gateway.frames import HangupSource, TransferRequest, TransferResult
+from gateway.frames import TransferRequest, TransferResult
 
 SIP_PASSWORD = "s3cr3t-Pa55word!"
 TWILIO_TOKEN = "twilio-auth-token-0123456789"

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from gateway.carrier import ImportField
-from test_api_fakes import CARRIERS, FakeSipCarrier, Api, api, sip_body  # noqa: F401
+from test_api_fakes import FakeSipCarrier, Api, api, sip_body  # noqa: F401
 
 
 def api_routes(gw) -> list[tuple[str, str]]:
