@@ -205,3 +205,14 @@ async def test_idle_engines_are_told_on_shutdown(make_gateway):
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), T)
         assert ws.close_code == 1001
+
+
+async def test_call_that_ends_while_waiting_does_not_consume_an_engine(make_gateway):
+    gw = await make_gateway()
+    hub = gw.engines.accept_hub
+    call, leg = await new_call(gw, "accept")
+    await until(lambda: hub._waiting.get("default"))  # the call is waiting for an engine
+    await call.end(HangupSource.USER, "caller_gave_up")
+    await until(lambda: not hub._waiting.get("default"))
+    async with connect(engine_url(gw), additional_headers=auth()):
+        await until(lambda: hub.idle_count() == 1)  # free for the next call, not handed a dead one

@@ -469,7 +469,6 @@ class EngineHub:
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(conn)
-                conn.claimed.set_result(True)
                 return
         self._idle.setdefault(conn.pool, deque()).append(conn)
 
@@ -479,22 +478,33 @@ class EngineHub:
             idle.remove(conn)
 
     async def claim(self, pool: str, timeout: float) -> EngineConnection | None:
+        """The longest-idle live connection of `pool`, waiting up to `timeout` s for one to connect."""
         idle = self._idle.get(pool)
-        if idle:
+        while idle:
             conn = idle.popleft()
-            conn.claimed.set_result(True)
-            return conn
+            pending = conn.transport.pending
+            if pending is None or not pending.done():  # else the engine spoke or left while idle
+                conn.claimed.set_result(True)
+                return conn
         fut = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(pool, deque())
         waiters.append(fut)
         try:
             await asyncio.wait({fut}, timeout=timeout)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._offer(fut.result())  # the call went away meanwhile: the engine serves the next one
+            raise
         finally:
             if not fut.done():
                 fut.cancel()
                 if fut in waiters:
                     waiters.remove(fut)
-        return fut.result() if not fut.cancelled() else None
+        if fut.cancelled():
+            return None
+        conn = fut.result()
+        conn.claimed.set_result(True)
+        return conn
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
