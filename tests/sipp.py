@@ -14,6 +14,7 @@ Built on gateway.loadtest.sipp.run_sipp (the same runner `gateway loadtest` uses
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -144,4 +145,72 @@ def sipp_uas(scenario: str, **kw) -> SippUas:
     return SippUas(scenario, **kw)
 
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "free_port", "needs_sipp", "sipp_uac", "sipp_uas"]
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "needs_sipp", "rtp_range",
+           "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]
+
+
+# -- the gateway side of SIP tests ---------------------------------------------------------------------------------
+
+_rtp_cursor = [40000 + (os.getpid() % 200) * 100]
+
+
+def rtp_range(span: int = 60) -> dict[str, int]:
+    """A private RTP port range per gateway (even start), so parallel tests and helpers do not collide."""
+    start = _rtp_cursor[0]
+    _rtp_cursor[0] = start + span + 2 if start + 2 * span < 60000 else 40000
+    return {"rtp_port_min": start, "rtp_port_max": start + span}
+
+
+async def sip_gateway(make_gateway, **settings):
+    """A started gateway with only the SIP carrier, the echo engine and private ports; returns it."""
+    from carriers.sip import SipCarrier
+
+    kw = {"engine": "echo", **rtp_range(), **settings}
+    return await make_gateway(carriers={"sip": SipCarrier}, **kw)
+
+
+async def api(gw, method: str, path: str, body: dict | None = None, expect: int | None = None) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer test-api-key"}) as http:
+        async with http.request(method, gw.url("/api/v1" + path), json=body) as r:
+            data = await r.json()
+            if expect is not None:
+                assert r.status == expect, (r.status, data)
+            return data
+
+
+async def sip_number(gw, *, phone: str = "+15550001111", agent: bool = True, engine: str = "echo",
+                     agent_settings: dict | None = None, **fields) -> dict:
+    """Import a SIP number through the API (and attach a new agent); returns the number JSON."""
+    body = {"phone_number": phone, "sip_host": "127.0.0.1", "sip_trunk_name": f"trunk-{phone[1:]}",
+            "auth_type": "ip", "allowed_ips": ["127.0.0.1"], **fields}
+    num = (await api(gw, "POST", "/phone_number/import/sip", body, expect=201))["phone_number"]
+    if agent:
+        a = await api(gw, "POST", "/agents", {"name": "sip test agent", "engine": engine,
+                                               **({"settings": agent_settings} if agent_settings else {})})
+        agent_id = (a.get("agent") or a)["id"]
+        await api(gw, "POST", "/phone_number/attach", {"phone_number_id": num["id"], "agent_id": agent_id},
+                  expect=200)
+        num["agent_id"] = agent_id
+    return num
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll an (async or sync) predicate until it returns something truthy; fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def call_rows(gw) -> list[dict]:
+    rows, _ = await gw.store.list_calls(1, 100)
+    return rows

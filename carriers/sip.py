@@ -1,0 +1,622 @@
+"""Plain SIP trunks (Twilio Elastic SIP, RingCentral, Vonage, any other): the carrier that owns the SIP transport,
+the transaction layer, the user agent and the RTP engine, and turns SIP calls into gateway calls.
+
+Inbound: INVITE → trunk found by the called number (Request-URI user, else To user, normalised to E.164) →
+the trunk's auth policy (IP allow-list or digest; unknown sources 403 before anything else) → 404 unknown number /
+480 no agent / 503 + Retry-After at capacity / 488 no common codec → 100, 180, 200 + SDP → ACK → RTP ↔ call bus.
+Outbound (`dispatch`): number formatting (E.164 → strip + → prefix), outbound proxy, digest on 401/407, early
+media (183) into AMD, outcome busy / no-answer / rejected / failed in the call log. Transfer: REFER first, and a
+gateway-side bridge to a new outbound leg when the trunk refuses REFER or for backup numbers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.call import Call
+from gateway.callmanager import CapacityError
+from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.frames import HangupSource, TransferRequest, TransferResult
+from gateway.rtp import RtpEngine
+from gateway.sip.bridge import MediaBridge
+from gateway.sip.dialog import DialogError
+from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
+from gateway.sip.message import NameAddr, SipParseError, SipResponse
+from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
+from gateway.sip.registration import Registration
+from gateway.sip.sdp import NoCommonCodec, SdpError, SessionDescription, answer_offer, make_offer, parse_answer
+from gateway.sip.testconn import test_trunk
+from gateway.sip.transaction import TransactionLayer
+from gateway.sip.transport import SipTransport
+from gateway.sip.ua import (Credentials, IncomingInvite, InviteResult, OutgoingInvite, RequestFailed, SipSession,
+                            UserAgent, parse_reason, reason_header)
+
+from .sip_presets import PRESETS, PresetError, apply_preset, parse_hostport
+
+log = logging.getLogger("carriers.sip")
+
+CARRIER_RATE = 8000
+RETRY_AFTER_S = 5            # 503 at capacity: when the carrier may try this gateway again
+DEFAULT_RING_TIMEOUT = 45.0  # seconds an outbound INVITE may ring before we CANCEL (no-answer)
+TRANSFER_RING_TIMEOUT = 30.0
+TRUNK_CACHE_S = 5.0
+
+
+def outcome_for(status: int) -> str:
+    """Call-log status for a final non-2xx answer to our INVITE."""
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no-answer"
+    if status in (603, 607, 608):
+        return "rejected"
+    return "failed"
+
+
+def _flat(number: dict[str, Any]) -> dict[str, Any]:
+    """A stored number (config + secrets columns) or an import dict, as one flat field dict."""
+    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
+
+
+@dataclass
+class TrunkTarget:
+    """Where and how to send requests for one trunk."""
+
+    host: str
+    port: int
+    transport: str
+    dest: tuple[str, int, str]
+    route: list[str]
+    creds: Credentials | None
+    plan: DialPlan
+    from_user: str
+
+    @classmethod
+    def of(cls, number: dict[str, Any]) -> "TrunkTarget":
+        f = _flat(number)
+        transport = (f.get("transport") or "udp").lower()
+        port = int(f.get("sip_port") or (5061 if transport == "tls" else 5060))
+        host = f["sip_host"]
+        route: list[str] = []
+        dest = (host, port, transport)
+        if f.get("outbound_proxy"):
+            phost, pport = parse_hostport(f["outbound_proxy"], "outbound_proxy")
+            dest = (phost, pport, transport)
+            route = [f"<sip:{phost}:{pport};lr>"]
+        creds = None
+        if f.get("sip_username") and f.get("sip_password"):
+            creds = Credentials(f["sip_username"], f["sip_password"], f.get("auth_username") or None)
+        plan = DialPlan.from_config(f)
+        phone = f.get("phone_number") or ""
+        from_user = f["sip_username"] if f.get("register") and f.get("sip_username") else (
+            phone[1:] if plan.strip_plus and phone.startswith("+") else phone) or "gateway"
+        return cls(host, port, transport, dest, route, creds, plan, from_user)
+
+    def uri_for(self, e164: str) -> str:
+        return sip_uri(self.plan.user_part(e164), self.host, self.port if self.port != 5060 else None,
+                       transport=self.transport)
+
+    def from_addr(self, display: str = "") -> NameAddr:
+        return NameAddr(sip_uri(self.from_user, self.host), display)
+
+
+class SipLeg:
+    """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer."""
+
+    def __init__(self, carrier: "SipCarrier", call: Call, number: dict[str, Any], rtp: Any) -> None:
+        self.carrier = carrier
+        self.call = call
+        self.number = number
+        self.rtp = rtp
+        self.session: SipSession | None = None
+        self.invite: OutgoingInvite | None = None
+        self.bridge: MediaBridge | None = None
+        self.sdp_version = 1
+        self.sdp_session_id: str | None = None
+        self.closed = False
+
+    # -- CallLeg -----------------------------------------------------------------------------------------------
+    async def hangup(self, call: Call, reason: str) -> None:
+        if self.session is None:
+            if self.invite is not None:
+                self.invite.cancel()
+            return
+        await self.session.bye(reason_header(q850=16, text=reason or "Normal call clearing"))
+        if self.bridge is not None:
+            await self.bridge.hangup_other(self, reason)
+        await self.finish()
+
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
+        await self.carrier.transfer(self, request)
+
+    # -- media -------------------------------------------------------------------------------------------------
+    def offer_answer(self, offer: bytes) -> bytes | None:
+        """A re-INVITE/UPDATE offer (hold, resume, codec change): our answer, or None for 488."""
+        try:
+            self.sdp_version += 1
+            answer, choice = answer_offer(offer, self.carrier.advertised_ip, self.rtp.local_port,
+                                          session_id=self.sdp_session_id, version=self.sdp_version)
+        except (NoCommonCodec, SdpError) as e:
+            self.call.log.info("re-offer refused: %s", e)
+            return None
+        self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        self.rtp.set_direction(choice.direction)
+        self.call.log.info("media direction now %s", choice.direction, extra={"on_hold": choice.on_hold})
+        self.carrier.gateway.calls._notify("call_updated", self.call)
+        return answer.to_bytes()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.rtp.close()
+        if self.carrier.legs.get(self.call.id) is self:
+            del self.carrier.legs[self.call.id]
+
+    async def finish(self) -> None:
+        """Close the media and keep its counters in the call log (`extra.rtp`)."""
+        if self.closed:
+            return
+        self.close()
+        stats = dict(self.rtp.stats)
+        if self.bridge is not None:
+            stats["bridge"] = self.bridge.stats
+        await self.call.record(extra={"rtp": stats})
+
+
+class SipCarrier(Carrier):
+    name = "sip"
+    providers = ("sip",)
+    import_fields = (
+        ImportField("phone_number", str, required=True, e164=True, help="the trunk's number in E.164, e.g. "
+                                                                        "+14155550100"),
+        ImportField("sip_host", str, required=True, help="trunk host or IP (e.g. mytrunk.pstn.twilio.com)"),
+        ImportField("sip_trunk_name", str, required=True, help="a unique name for this trunk"),
+        ImportField("name", str),
+        ImportField("sip_port", int, help="default 5060 (5061 for tls, 5090 with the ringcentral preset)"),
+        ImportField("sip_username", str),
+        ImportField("sip_password", str, secret=True),
+        ImportField("sip_dial_prefix", str, help="prepended to every dialled number, e.g. 9"),
+        ImportField("sip_strip_plus", bool, help="dial 15551234567 instead of +15551234567"),
+        ImportField("preset", str, choices=tuple(PRESETS), help="provider defaults: twilio, ringcentral, vonage, "
+                                                                "other"),
+        ImportField("transport", str, choices=("udp", "tcp", "tls")),
+        ImportField("outbound_proxy", str, help="host[:port] every request is sent through"),
+        ImportField("auth_username", str, help="authorization id when it differs from sip_username"),
+        ImportField("auth_type", str, choices=("basic", "ip"), help="inbound: ip allow-list or digest (basic)"),
+        ImportField("allowed_ips", list, help="inbound sources (IPs / CIDR); empty = the trunk's own hosts"),
+        ImportField("register", bool, help="REGISTER to the trunk (registration-based providers)"),
+    )
+
+    def __init__(self, gateway: Any) -> None:
+        super().__init__(gateway)
+        self.transport: SipTransport | None = None
+        self.layer: TransactionLayer | None = None
+        self.ua: UserAgent | None = None
+        self.rtp: RtpEngine | None = None
+        self.auth = InboundAuth(realm="telephony-gateway")
+        self.registrations: dict[int, Registration] = {}
+        self.legs: dict[str, SipLeg] = {}
+        self.ring_timeout = DEFAULT_RING_TIMEOUT
+        self.transfer_ring_timeout = TRANSFER_RING_TIMEOUT
+        self.registration_retry = (5.0, 300.0)   # first retry, cap (seconds) after a failed REGISTER
+        self._trunks: tuple[float, list[dict[str, Any]]] | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int | None:
+        return self.transport.port if self.transport is not None else None
+
+    @property
+    def advertised_ip(self) -> str:
+        s = self.gateway.settings
+        if s.advertised_ip:
+            return s.advertised_ip
+        return "127.0.0.1" if s.sip_host in ("0.0.0.0", "", "::") else s.sip_host
+
+    async def start(self) -> None:
+        s = self.gateway.settings
+        if not s.enable_sip:
+            return
+        self.transport = SipTransport(s.sip_host, s.sip_port, advertised_host=self.advertised_ip)
+        self.layer = TransactionLayer(self.transport)
+        await self.transport.start()
+        self.ua = UserAgent(self.transport, self.layer)
+        self.ua.on_invite = self._on_invite
+        self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
+        await self.rtp.start()
+        self.log.info("SIP listening", extra={"port": self.transport.port, "rtp": f"{s.rtp_port_min}-"
+                                                                                  f"{s.rtp_port_max}"})
+        numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
+        for n in numbers:
+            if (n.get("config") or {}).get("register"):
+                self._start_registration(n)
+
+    async def stop(self) -> None:
+        regs = list(self.registrations.values())
+        self.registrations.clear()
+        if regs:
+            await asyncio.gather(*(r.stop(unregister=True) for r in regs), return_exceptions=True)
+        for leg in list(self.legs.values()):
+            if leg.session is not None and not leg.session.ended.is_set():
+                await leg.session.bye(reason_header(q850=16, text="gateway shutting down"))
+            leg.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self.ua is not None:
+            await self.ua.close()
+        if self.layer is not None and hasattr(self.layer, "close"):
+            res = self.layer.close()
+            if asyncio.iscoroutine(res):
+                await res
+        if self.rtp is not None:
+            await self.rtp.stop()
+        if self.transport is not None:
+            await self.transport.stop()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("SIP task %s failed", task.get_name(), exc_info=task.exception())
+
+    # -- import / numbers ----------------------------------------------------------------------------------------
+    async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return apply_preset(fields)
+        except PresetError as e:
+            err = CarrierError(e.message if e.message.startswith(e.field) else f"{e.field}: {e.message}", 400)
+            err.field = e.field  # type: ignore[attr-defined]
+            raise err from None
+
+    async def on_number_imported(self, number: dict[str, Any]) -> None:
+        self._trunks = None
+        if (number.get("config") or {}).get("register") and self.ua is not None:
+            self._start_registration(number)
+
+    async def on_number_deleted(self, number: dict[str, Any]) -> None:
+        self._trunks = None
+        reg = self.registrations.pop(int(number["id"]), None)
+        if reg is not None:
+            await reg.stop(unregister=True)
+
+    def _start_registration(self, number: dict[str, Any]) -> None:
+        old = self.registrations.pop(int(number["id"]), None)
+        if old is not None:
+            self._spawn(old.stop(unregister=False), "sip-unregister")
+        reg = Registration(self.ua, number, self.gateway.store, retry=self.registration_retry)
+        self.registrations[int(number["id"])] = reg
+        reg.start()
+
+    async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
+        checked = await self.validate_import(dict(fields))
+        return await test_trunk(self.ua, checked)
+
+    async def _sip_trunks(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if self._trunks is None or self._trunks[0] < now:
+            rows, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
+            self._trunks = (now + TRUNK_CACHE_S, rows)
+        return self._trunks[1]
+
+    # -- inbound -------------------------------------------------------------------------------------------------
+    async def _on_invite(self, inv: IncomingInvite) -> None:
+        req = inv.request
+        inv.respond(100, "Trying")
+        number = None
+        for e164 in called_number_candidates(req.uri, req.headers.get("To") or ""):
+            number = await self.gateway.store.find_number(e164, "sip", with_secrets=True)
+            if number is not None:
+                break
+        extra = {"sip_call_id": req.call_id, "source": inv.source_ip}
+        if number is None:
+            trunks = await self._sip_trunks()
+            known = await self.auth.known_source([TrunkAuth.from_number(n) for n in trunks], inv.source_ip)
+            if not known:
+                self.log.info("INVITE from unknown source refused", extra=extra)
+                inv.reject(403, "Forbidden")
+            else:
+                self.log.info("INVITE for a number not imported", extra={**extra, "uri": req.uri})
+                inv.reject(404, "Not Found")
+            return
+        verdict = await self.auth.check(TrunkAuth.from_number(number), req, inv.source_ip)
+        if not verdict.ok:
+            self.log.info("INVITE refused by trunk auth: %s", verdict.detail,
+                          extra={**extra, "trunk": number.get("sip_trunk_name")})
+            inv.reject(verdict.status, verdict.reason, list(verdict.headers))
+            return
+        if not number.get("agent_id"):
+            inv.reject(480, "Temporarily Unavailable", [("Warning", '399 gateway "no agent attached to this '
+                                                                   'number"')])
+            return
+        if not req.body:
+            inv.reject(488, "Not Acceptable Here", [("Warning", '399 gateway "an SDP offer is required"')])
+            return
+        try:
+            SessionDescription.parse(req.body)
+        except SdpError as e:
+            inv.reject(400, f"Bad SDP: {e}"[:100])
+            return
+        caller = inbound_number(uri_user(req.from_.uri)) or uri_user(req.from_.uri) or "anonymous"
+        try:
+            call = await self.gateway.calls.create(
+                carrier=self.name, direction="inbound", from_number=caller, to_number=number["phone_number"],
+                number=number, carrier_sid=req.call_id, status="ringing",
+                metadata={"sip": {"call_id": req.call_id, "source": inv.source_ip, "request_uri": req.uri,
+                                  "trunk": number.get("sip_trunk_name"),
+                                  "user_agent": req.headers.get("User-Agent") or ""}})
+        except CapacityError:
+            inv.reject(503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
+            return
+        if call.agent is None:
+            inv.reject(480, "Temporarily Unavailable")
+            await call.end(HangupSource.SYSTEM, "agent not found", status="failed")
+            return
+        try:
+            await self._answer(inv, call, number)
+        except Exception:
+            self.log.exception("inbound call setup failed", extra={"call_id": call.id})
+            if not inv.finished:
+                inv.reject(500, "Server Internal Error")
+            await call.end(HangupSource.SYSTEM, "setup failed", status="failed")
+
+    async def _answer(self, inv: IncomingInvite, call: Call, number: dict[str, Any]) -> None:
+        req = inv.request
+        rtp = await self.rtp.open_session()
+        leg = SipLeg(self, call, number, rtp)
+        try:
+            answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port)
+        except (NoCommonCodec, SdpError) as e:
+            leg.close()
+            inv.reject(488, "Not Acceptable Here", [("Warning", f'305 gateway "{str(e)[:80]}"')])
+            await call.end(HangupSource.SYSTEM, f"488 {e}"[:200], status="failed")
+            return
+        leg.sdp_session_id = answer.origin.session_id
+        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        rtp.set_direction(choice.direction)
+        inv.respond(180, "Ringing")
+        if inv.cancelled.is_set():
+            leg.close()
+            await call.end(HangupSource.USER, "caller cancelled", status="canceled")
+            return
+        try:
+            session = await inv.accept(answer.to_bytes())
+        except (RequestFailed, DialogError) as e:
+            leg.close()
+            await call.end(HangupSource.CARRIER, getattr(e, "reason", str(e)), status="failed")
+            return
+        leg.session = session
+        session.creds = TrunkTarget.of(number).creds
+        self._wire(leg, session)
+        self.legs[call.id] = leg
+        await call.attach(leg, CARRIER_RATE)
+        rtp.attach(call)
+        self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
+                                                      "sip_call_id": req.call_id})
+
+    def _wire(self, leg: SipLeg, session: SipSession) -> None:
+        session.on_offer = leg.offer_answer
+        session.on_bye = lambda bye: self._remote_bye(leg, bye)
+        session.on_timer_expired = lambda: self._ended(leg, HangupSource.CARRIER, "408 Session timer expired")
+        session.on_dtmf = lambda digit, ms: self._info_dtmf(leg, digit, ms)
+
+    def _info_dtmf(self, leg: SipLeg, digit: str, ms: int) -> None:
+        from gateway.frames import Dtmf
+        leg.call.feed_event(Dtmf(digit, ms))
+
+    async def _remote_bye(self, leg: SipLeg, bye: Any) -> None:
+        reason = parse_reason(bye.headers.get("Reason")) or "BYE"
+        if leg.bridge is not None:
+            await leg.bridge.hangup_other(leg, reason)
+        await self._ended(leg, HangupSource.USER, reason)
+
+    async def _ended(self, leg: SipLeg, source: HangupSource, reason: str) -> None:
+        await leg.finish()
+        await leg.call.end(source, reason)
+
+    # -- outbound ------------------------------------------------------------------------------------------------
+    async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
+        if self.ua is None:
+            raise CarrierError("SIP is disabled on this gateway (enable_sip=false)", 503)
+        try:
+            target = TrunkTarget.of(number)
+            uri = target.uri_for(to_number)
+        except (DialFormatError, PresetError, KeyError) as e:
+            raise CarrierError(f"cannot dial {to_number} on this trunk: {e}", 400) from None
+        rtp = await self.rtp.open_session()
+        leg = SipLeg(self, call, number, rtp)
+        call.leg = leg  # so a hangup while ringing CANCELs the INVITE
+        self.legs[call.id] = leg
+        await call.record(call_status="initiated", extra={"sip_request_uri": uri})
+        self._spawn(self._outbound(leg, target, uri, to_number), f"sip-out-{call.id}")
+
+    def _early_media(self, leg: SipLeg, resp: SipResponse, state: dict[str, Any]) -> None:
+        call = leg.call
+        if resp.status in (180, 181, 182, 183) and not state.get("ringing"):
+            state["ringing"] = True
+            self._spawn(call.record(call_status="ringing"), "sip-ringing")
+            self._spawn(call.emit("call:ringing", {"status": resp.status}), "sip-ringing-ev")
+        if resp.body and (resp.content_type or "") == "application/sdp" and not state.get("early"):
+            try:
+                choice = parse_answer(resp.body, state["offer"])
+            except (NoCommonCodec, SdpError) as e:
+                call.log.info("early media SDP ignored: %s", e)
+                return
+            state["early"] = True
+            leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+            detector = self._early_detector(call)
+            if detector is not None:
+                state["detector"] = detector
+                leg.rtp.on_pcm = detector.feed
+            call.log.info("early media", extra={"status": resp.status, "codec": choice.codec})
+
+    @staticmethod
+    def _early_detector(call: Call) -> Any:
+        """An AMD detector fed with 183 early media when the agent enables AMD (the answer continues it)."""
+        try:
+            from gateway.amd import AmdDetector, amd_settings
+            if not amd_settings(call.agent).enabled:
+                return None
+            return AmdDetector(sample_rate=CARRIER_RATE)
+        except Exception as e:  # noqa: BLE001 - AMD is optional for the call to proceed
+            call.log.info("no AMD on early media: %s", e)
+            return None
+
+    async def place(self, leg: SipLeg, target: TrunkTarget, uri: str, to_e164: str, *, ring_timeout: float,
+                    state: dict[str, Any]) -> InviteResult:
+        offer = make_offer(self.advertised_ip, leg.rtp.local_port)
+        leg.sdp_session_id = offer.origin.session_id
+        state["offer"] = offer
+        leg.invite = OutgoingInvite(
+            self.ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
+            dest=target.dest, creds=target.creds, route=target.route,
+            on_provisional=lambda r: self._early_media(leg, r, state))
+        return await leg.invite.run(ring_timeout)
+
+    async def _outbound(self, leg: SipLeg, target: TrunkTarget, uri: str, to_number: str) -> None:
+        call = leg.call
+        state: dict[str, Any] = {}
+        try:
+            result = await self.place(leg, target, uri, to_number, ring_timeout=self.ring_timeout, state=state)
+        except Exception as e:  # noqa: BLE001 - recorded as a failed call, never a leaked one
+            self.log.exception("outbound INVITE failed", extra={"call_id": call.id})
+            result = InviteResult(error=f"{type(e).__name__}: {e}")
+        if result.session is None:
+            await self._outbound_failed(leg, result)
+            return
+        session = result.session
+        if call.ended.is_set():  # hung up while it rang, and the 2xx arrived anyway
+            await session.bye(reason_header(q850=16, text=call.hangup.reason if call.hangup else "hung up"))
+            leg.close()
+            return
+        try:
+            choice = parse_answer(session.remote_sdp or b"", state["offer"])
+        except (NoCommonCodec, SdpError) as e:
+            await session.bye(reason_header(488, f"Not Acceptable Here: {e}"))
+            leg.close()
+            self.legs.pop(call.id, None)
+            await call.end(HangupSource.SYSTEM, f"488 {e}"[:200], status="failed")
+            return
+        leg.session = session
+        session.creds = target.creds
+        self._wire(leg, session)
+        leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        leg.rtp.set_direction(choice.direction)
+        leg.rtp.on_pcm = None
+        call.set_carrier_sid(session.call_id)
+        try:
+            from gateway.amd import maybe_start_amd
+            maybe_start_amd(call, detector=state.get("detector"))
+        except Exception:  # noqa: BLE001
+            call.log.exception("AMD could not start")
+        await call.attach(leg, CARRIER_RATE)
+        leg.rtp.attach(call)
+        self.log.info("outbound call answered", extra={"call_id": call.id, "codec": choice.codec})
+
+    async def _outbound_failed(self, leg: SipLeg, result: InviteResult) -> None:
+        call = leg.call
+        leg.close()
+        self.legs.pop(call.id, None)
+        if call.ended.is_set():
+            return
+        if result.response is not None:
+            status = outcome_for(result.response.status)
+            reason = result.status_line
+            if result.cancelled and call.hangup is not None:
+                return
+            if result.timed_out:
+                status, reason = "no-answer", f"no answer within {int(self.ring_timeout)} s"
+        elif result.timed_out:
+            status, reason = "no-answer", result.error or "no answer"
+        else:
+            status, reason = "failed", result.error or "no response"
+        source = HangupSource.CARRIER if status == "failed" else HangupSource.USER
+        await call.record(extra={"sip_status": result.status_line})
+        await call.end(source, reason, status=status)
+
+    # -- transfer ------------------------------------------------------------------------------------------------
+    async def transfer(self, leg: SipLeg, request: TransferRequest) -> None:
+        """REFER to the first number; if the trunk refuses REFER (or the target fails), bridge new legs in order."""
+        call = leg.call
+        if leg.session is None:
+            await call.transfer_finished(TransferResult(request.number, "failed: call not answered"))
+            return
+        targets = [request.number, *request.backup_numbers]
+        target = TrunkTarget.of(leg.number)
+        try:
+            refer_to = target.uri_for(targets[0])
+        except DialFormatError as e:
+            await call.transfer_finished(TransferResult(targets[0], f"failed: {e}"))
+            return
+        status, text = await leg.session.refer(refer_to, timeout=self.transfer_ring_timeout + 10)
+        call.log.info("REFER outcome %s %s", status, text, extra={"target": targets[0]})
+        if 200 <= status < 300:
+            await call.transfer_finished(TransferResult(targets[0], "completed"))
+            await call.record(extra={"transfer_method": "refer"})
+            await leg.session.bye(reason_header(q850=16, text="transferred"))
+            await self._ended(leg, HangupSource.SYSTEM, f"transferred to {targets[0]}")
+            return
+        refer_refused = status in (400, 403, 405, 420, 489, 501, 603) and not leg.session.ended.is_set()
+        remaining = targets if refer_refused else targets[1:]
+        last = (targets[0], outcome_for(status) if status >= 300 else "failed")
+        for number in remaining:
+            if leg.session.ended.is_set() or call.ended.is_set():
+                return
+            outcome = await self._bridge_to(leg, target, number)
+            if outcome == "completed":
+                await call.transfer_finished(TransferResult(number, "completed"))
+                return
+            last = (number, outcome)
+        await call.transfer_finished(TransferResult(last[0], last[1]))
+
+    async def _bridge_to(self, leg: SipLeg, target: TrunkTarget, number: str) -> str:
+        """A new outbound leg to `number` through the same trunk, bridged to `leg` by the gateway."""
+        call = leg.call
+        try:
+            uri = target.uri_for(number)
+        except DialFormatError as e:
+            return f"failed: {e}"
+        rtp = await self.rtp.open_session()
+        other = SipLeg(self, call, leg.number, rtp)
+        state: dict[str, Any] = {}
+        result = await self.place(other, target, uri, number, ring_timeout=self.transfer_ring_timeout, state=state)
+        if result.session is None:
+            other.close()
+            if result.response is not None:
+                return outcome_for(result.response.status)
+            return "no-answer" if result.timed_out else "failed"
+        try:
+            choice = parse_answer(result.session.remote_sdp or b"", state["offer"])
+        except (NoCommonCodec, SdpError):
+            await result.session.bye(reason_header(488, "Not Acceptable Here"))
+            other.close()
+            return "failed"
+        other.session = result.session
+        other.session.creds = target.creds
+        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        rtp.set_direction(choice.direction)
+        bridge = MediaBridge(leg, other)
+        leg.bridge = other.bridge = bridge
+        self._wire(leg, leg.session)
+        other.session.on_offer = other.offer_answer
+        other.session.on_bye = lambda bye: self._bridged_bye(other, bye)
+        bridge.start()
+        await call.record(extra={"transfer_method": "bridge", "bridged_sip_call_id": other.session.call_id})
+        return "completed"
+
+    async def _bridged_bye(self, other: SipLeg, bye: Any) -> None:
+        """The transfer target hung up: the caller's leg ends too."""
+        reason = parse_reason(bye.headers.get("Reason")) or "BYE"
+        other.close()
+        bridge = other.bridge
+        if bridge is not None:
+            await bridge.hangup_other(other, reason)
+            await self._ended(bridge.a, HangupSource.USER, f"transfer target hung up: {reason}")

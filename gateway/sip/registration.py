@@ -1,0 +1,187 @@
+"""REGISTER to registration-based trunks (RFC 3261 §10): keep the binding alive and show its state.
+
+One `Registration` per imported number with `register=true`: the first REGISTER goes out at once, digest
+challenges are answered (with the separate authorization id when the provider has one), the binding is
+refreshed before it expires (half-way for short grants, one minute early for long ones), 423 Interval Too Brief
+is honoured, and failures are retried with a capped exponential back-off. The state — registered / registering
+/ failing, the last SIP status line, when the binding expires — is written to the phone number's `status`
+column so `GET /api/v1/phone_number/{id}` shows it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag
+from .ua import Credentials, RequestFailed, UserAgent
+
+log = logging.getLogger("gateway.sip.registration")
+
+DEFAULT_EXPIRES = 3600
+
+
+def refresh_in(granted: int) -> float:
+    """Seconds until the next REGISTER: half-way for short bindings, 60 s before expiry for long ones."""
+    return granted / 2 if granted < 240 else granted - 60
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _hostport(value: str, default: int) -> tuple[str, int]:
+    v = value.strip().removeprefix("sip:")
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default
+    if v.count(":") == 1:
+        h, p = v.split(":")
+        return h, int(p)
+    return v, default
+
+
+class Registration:
+    def __init__(self, ua: UserAgent, number: dict[str, Any], store: Any, *, expires: int = DEFAULT_EXPIRES,
+                 retry: tuple[float, float] = (5.0, 300.0)) -> None:
+        cfg = {**(number.get("config") or {}), **(number.get("secrets") or {})}
+        self.ua = ua
+        self.store = store
+        self.number_id = int(number["id"])
+        self.status: dict[str, Any] = dict(number.get("status") or {})
+        self.transport = (cfg.get("transport") or "udp").lower()
+        self.host = cfg["sip_host"]
+        self.port = int(cfg.get("sip_port") or 5060)
+        self.username = cfg.get("sip_username") or ""
+        self.creds = Credentials(self.username, cfg.get("sip_password") or "", cfg.get("auth_username") or None) \
+            if self.username else None
+        self.route: list[str] = []
+        self.dest = (self.host, self.port, self.transport)
+        if cfg.get("outbound_proxy"):
+            ph, pp = _hostport(cfg["outbound_proxy"], 5060)
+            self.dest = (ph, pp, self.transport)
+            self.route = [f"<sip:{ph}:{pp};lr>"]
+        self.expires = expires
+        self.retry = retry
+        self.call_id = new_call_id(ua.host)
+        self.tag = new_tag()
+        self.cseq = 0
+        self.registered = False
+        self.granted: int | None = None
+        self.refreshes = 0
+        self._task: asyncio.Task | None = None
+        self.changed = asyncio.Event()   # set on every state change (tests await it)
+
+    @property
+    def aor(self) -> str:
+        port = "" if self.port == 5060 else f":{self.port}"
+        return f"sip:{self.username}@{self.host}{port}"
+
+    @property
+    def registrar_uri(self) -> str:
+        port = "" if self.port == 5060 else f":{self.port}"
+        t = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"sip:{self.host}{port}{t}"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"sip-register-{self.number_id}")
+
+    async def stop(self, unregister: bool = True) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping anyway
+                pass
+        if unregister and self.registered:
+            try:
+                await asyncio.wait_for(self.register_once(0), 5)
+            except (asyncio.TimeoutError, RequestFailed) as e:
+                log.info("un-REGISTER not confirmed: %s", e)
+            self.registered = False
+
+    async def _run(self) -> None:
+        delay = self.retry[0]
+        while True:
+            await self._set_state("registering")
+            try:
+                resp = await self.register_once(self.expires)
+            except RequestFailed as e:
+                resp = None
+                line = "timed out" if e.timed_out else e.reason
+            else:
+                line = f"{resp.status} {resp.reason}".strip()
+            if resp is not None and 200 <= resp.status < 300:
+                granted = self._granted(resp)
+                self.registered = True
+                self.granted = granted
+                await self._set_state("registered", line, expires_in=granted)
+                delay = self.retry[0]
+                self.refreshes += 1
+                await asyncio.sleep(refresh_in(granted))
+                continue
+            self.registered = False
+            await self._set_state("failing", line)
+            log.warning("REGISTER failed: %s", line, extra={"number_id": self.number_id, "registrar": self.host})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry[1])
+
+    async def register_once(self, expires: int) -> SipResponse:
+        """One REGISTER (with digest answers and one 423 retry); returns the final response."""
+        contact = self.ua.contact(self.username or "gateway", self.transport)
+
+        def build(cseq: int, auth: list[tuple[str, str]]) -> SipRequest:
+            h = [("Via", self.ua.via(self.transport)), ("Max-Forwards", "70")]
+            h += [("Route", r) for r in self.route]
+            h += [("From", str(NameAddr(self.aor).with_tag(self.tag))), ("To", f"<{self.aor}>"),
+                  ("Call-ID", self.call_id), ("CSeq", f"{cseq} REGISTER"), ("Contact", contact),
+                  ("Expires", str(expires)), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, REFER, NOTIFY"),
+                  ("User-Agent", self.ua.user_agent), *auth]
+            return SipRequest("REGISTER", self.registrar_uri, h)
+
+        for _ in range(2):
+            req, resp = await self.ua.send_authenticated(build, self.dest, self.creds, cseq=self.cseq + 1,
+                                                         on_request=self._track)
+            if resp.status == 423 and expires:
+                min_exp = resp.headers.get("Min-Expires")
+                if min_exp and min_exp.strip().isdigit():
+                    expires = int(min_exp)
+                    continue
+            return resp
+        return resp
+
+    def _track(self, req: SipRequest) -> None:
+        self.cseq = req.cseq[0]
+
+    def _granted(self, resp: SipResponse) -> int:
+        ours = SipUri.parse(self.ua.contact(self.username or "gateway", self.transport).strip("<>"))
+        for c in resp.contacts:
+            try:
+                u = c.parsed_uri
+            except Exception:  # noqa: BLE001 - a contact we cannot parse is not ours
+                continue
+            if (u.host, u.port, u.user) == (ours.host, ours.port, ours.user):
+                exp = c.params.get("expires")
+                if exp and exp.isdigit():
+                    return max(1, int(exp))
+        exp = resp.headers.get("Expires")
+        if exp and exp.strip().isdigit():
+            return max(1, int(exp.strip()))
+        return self.expires
+
+    async def _set_state(self, state: str, line: str | None = None, expires_in: int | None = None) -> None:
+        now = _now()
+        self.status.update({"registration": state, "updated_at": now.isoformat()})
+        if line is not None:
+            self.status["sip_status"] = line
+        if state == "registered" and expires_in is not None:
+            self.status["registered_until"] = (now + timedelta(seconds=expires_in)).isoformat()
+        elif state == "failing":
+            self.status["registered_until"] = None
+        try:
+            await self.store.update_number(self.number_id, status=dict(self.status))
+        except Exception as e:  # noqa: BLE001 - the number may just have been deleted
+            log.info("registration status not stored: %s", e)
+        self.changed.set()
+        self.changed = asyncio.Event()

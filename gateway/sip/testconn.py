@@ -1,0 +1,211 @@
+"""`test connection` for a SIP trunk: can we find it, reach it, and do our credentials work?
+
+Steps, each with a plain verdict and the SIP status line the carrier sent:
+
+1. ``dns`` — the trunk host (and outbound proxy) resolve: ok / not found.
+2. ``options`` — an OPTIONS ping to where calls would go, with the round-trip time: ok (any SIP answer proves a
+   SIP server is there) / timed out / unreachable.
+3. ``credentials`` — for registration trunks a REGISTER (then an un-REGISTER); otherwise an OPTIONS answered with
+   our digest credentials when the trunk challenges it, else an INVITE to the trunk's own number that is
+   CANCELled at its first provisional answer (nothing rings for long; a 2xx is ended at once): ok / credentials
+   rejected (401/403 after our credentials) / not found (404/484) / timed out / unreachable.
+   IP-authenticated trunks without credentials skip it.
+
+The report never contains a secret (the API scrubs it again anyway).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from typing import Any
+
+from .message import NameAddr, SipRequest, SipResponse, new_call_id, new_tag
+from .numbering import DialPlan, sip_uri
+from .sdp import make_offer
+from .ua import Credentials, OutgoingInvite, RequestFailed, UserAgent, reason_header
+
+STEP_TIMEOUT = 8.0
+
+OK, UNREACHABLE, TIMED_OUT, REJECTED, NOT_FOUND, SKIPPED, FAILED = (
+    "ok", "unreachable", "timed out", "credentials rejected", "not found", "skipped", "failed")
+
+
+def verdict_for(status: int) -> str:
+    if status < 300:
+        return OK
+    if status in (401, 403, 407):
+        return REJECTED
+    if status in (404, 484, 604):
+        return NOT_FOUND
+    return FAILED
+
+
+def _hostport(value: str, default: int) -> tuple[str, int]:
+    v = value.strip().removeprefix("sip:")
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default
+    if v.count(":") == 1:
+        h, p = v.split(":")
+        return h, int(p)
+    return v, default
+
+
+async def _resolve(host: str) -> list[str]:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return [host.strip("[]")]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM), 5.0)
+    return sorted({i[4][0] for i in infos})
+
+
+def _step(name: str, verdict: str, detail: str = "", status_line: str | None = None,
+          ms: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": name, "verdict": verdict, "detail": detail}
+    if status_line is not None:
+        out["status_line"] = status_line
+    if ms is not None:
+        out["rtt_ms"] = round(ms, 1)
+    return out
+
+
+def _line(resp: SipResponse) -> str:
+    return f"SIP/2.0 {resp.status} {resp.reason}".strip()
+
+
+async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """Run every step for an import-shaped `fields` dict (preset already applied)."""
+    if ua is None:
+        from ..carrier import CarrierError
+        raise CarrierError("SIP is disabled on this gateway: cannot test a trunk", 503)
+    transport = (fields.get("transport") or "udp").lower()
+    host = fields["sip_host"]
+    port = int(fields.get("sip_port") or 5060)
+    dest = (host, port, transport)
+    route: list[str] = []
+    if fields.get("outbound_proxy"):
+        ph, pp = _hostport(fields["outbound_proxy"], 5060)
+        dest = (ph, pp, transport)
+        route = [f"<sip:{ph}:{pp};lr>"]
+    steps: list[dict[str, Any]] = []
+
+    # 1. DNS
+    for label, h in (("sip_host", host), ("outbound_proxy", dest[0] if route else None)):
+        if not h:
+            continue
+        t0 = time.monotonic()
+        try:
+            addrs = await _resolve(h)
+            steps.append(_step("dns", OK, f"{label} {h} → {', '.join(addrs)}", ms=(time.monotonic() - t0) * 1000))
+        except (OSError, asyncio.TimeoutError) as e:
+            steps.append(_step("dns", NOT_FOUND, f"{label} {h} does not resolve: {e}"))
+            return _report(steps)
+
+    # 2. OPTIONS ping
+    creds = None
+    if fields.get("sip_username") and fields.get("sip_password"):
+        creds = Credentials(fields["sip_username"], fields["sip_password"], fields.get("auth_username") or None)
+    ruri = sip_uri(fields.get("sip_username") or "ping", host, port if port != 5060 else None, transport=transport)
+    call_id, tag = new_call_id(ua.host), new_tag()
+
+    def options(cseq: int, auth: list[tuple[str, str]]) -> SipRequest:
+        h = [("Via", ua.via(transport)), ("Max-Forwards", "70"), *[("Route", r) for r in route],
+             ("From", f"<sip:gateway@{ua.host}>;tag={tag}"), ("To", f"<{ruri}>"), ("Call-ID", call_id),
+             ("CSeq", f"{cseq} OPTIONS"), ("Contact", ua.contact()), ("Accept", "application/sdp"),
+             ("User-Agent", ua.user_agent), *auth]
+        return SipRequest("OPTIONS", ruri, h)
+
+    t0 = time.monotonic()
+    try:
+        first = await asyncio.wait_for(ua.send(options(1, []), dest), STEP_TIMEOUT)
+    except (asyncio.TimeoutError, RequestFailed) as e:
+        timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
+        steps.append(_step("options", TIMED_OUT if timed_out else UNREACHABLE,
+                           f"no SIP answer from {dest[0]}:{dest[1]}/{transport}"
+                           + ("" if timed_out else f" ({e.reason})")))
+        return _report(steps)
+    rtt = (time.monotonic() - t0) * 1000
+    steps.append(_step("options", OK, f"{dest[0]}:{dest[1]}/{transport} answered", _line(first), rtt))
+
+    # 3. credentials
+    if fields.get("register"):
+        steps.append(await _register_probe(ua, fields, dest, route, creds))
+    elif creds is None:
+        steps.append(_step("credentials", SKIPPED, "no credentials: the trunk authenticates this gateway by IP"))
+    elif first.status in (401, 407):
+        try:
+            _, resp = await asyncio.wait_for(ua.send_authenticated(options, dest, creds, cseq=2), STEP_TIMEOUT)
+            steps.append(_step("credentials", verdict_for(resp.status), "authenticated OPTIONS", _line(resp)))
+        except (asyncio.TimeoutError, RequestFailed) as e:
+            steps.append(_step("credentials", TIMED_OUT, f"authenticated OPTIONS not answered: {e}"))
+    else:
+        steps.append(await _invite_probe(ua, fields, dest, route, creds))
+    return _report(steps)
+
+
+async def _register_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str, int, str], route: list[str],
+                          creds: Credentials | None) -> dict[str, Any]:
+    from .registration import Registration
+
+    class _NoStore:
+        async def update_number(self, *_: Any, **__: Any) -> None:
+            return None
+
+    number = {"id": 0, "config": dict(fields), "secrets": {}}
+    reg = Registration(ua, number, _NoStore(), expires=60)
+    try:
+        resp = await asyncio.wait_for(reg.register_once(60), STEP_TIMEOUT)
+    except (asyncio.TimeoutError, RequestFailed) as e:
+        return _step("credentials", TIMED_OUT, f"REGISTER not answered: {e}")
+    if resp.status < 300:
+        try:
+            await asyncio.wait_for(reg.register_once(0), STEP_TIMEOUT)
+        except (asyncio.TimeoutError, RequestFailed):
+            pass
+    return _step("credentials", verdict_for(resp.status), "REGISTER" + (" (then un-REGISTER)" if resp.status < 300
+                                                                        else ""), _line(resp))
+
+
+async def _invite_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str, int, str], route: list[str],
+                        creds: Credentials) -> dict[str, Any]:
+    """An INVITE to the trunk's own number, cancelled at its first provisional answer."""
+    plan = DialPlan.from_config(fields)
+    number = fields.get("phone_number") or "+10000000000"
+    host = fields["sip_host"]
+    port = int(fields.get("sip_port") or 5060)
+    uri = sip_uri(plan.user_part(number), host, port if port != 5060 else None,
+                  transport=(fields.get("transport") or "udp"))
+    probe = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr(sip_uri(plan.user_part(number)[-15:].lstrip("+")
+                                                                           or "gateway", host)),
+                           to_addr=NameAddr(uri), sdp=make_offer(ua.host, 9).to_bytes(), dest=dest, creds=creds,
+                           route=route, headers=[("Subject", "connection test")])
+    seen: list[SipResponse] = []
+
+    def provisional(resp: SipResponse) -> None:
+        seen.append(resp)
+        probe.cancel()
+
+    probe.on_provisional = provisional
+    result = await probe.run(ring_timeout=STEP_TIMEOUT)
+    if result.session is not None:
+        await result.session.bye(reason_header(200, "connection test"))
+        return _step("credentials", OK, "INVITE probe answered (ended at once)", _line(result.response))
+    resp = result.response
+    if resp is None:
+        if seen:
+            return _step("credentials", OK, "INVITE probe accepted, then cancelled", _line(seen[-1]))
+        return _step("credentials", TIMED_OUT if result.timed_out else UNREACHABLE,
+                     f"INVITE probe: {result.error}")
+    if resp.status == 487 and seen:
+        return _step("credentials", OK, "INVITE probe accepted, then cancelled", _line(seen[-1]))
+    return _step("credentials", verdict_for(resp.status), "INVITE probe (cancelled)", _line(resp))
+
+
+def _report(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    bad = next((s for s in steps if s["verdict"] not in (OK, SKIPPED)), None)
+    return {"ok": bad is None, "verdict": OK if bad is None else bad["verdict"], "steps": steps}

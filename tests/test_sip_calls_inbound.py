@@ -1,0 +1,46 @@
+"""Inbound SIP calls from SIPp: RTP from a pcap echoed back by the echo engine, and every refusal path."""
+import pytest
+
+from gateway.frames import HangupSource
+from sipp import call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+
+pytestmark = [needs_sipp, pytest.mark.timeout(90)]
+
+
+async def test_inbound_pcma_call_echoes_rtp(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw)
+    sip = gw.carriers["sip"]
+    res = await sipp_uac("uac_pcma_echo.xml", sip.port, service="15550001111", duration_ms=3000)
+    res.assert_calls(successful=1)
+    rows = await wait_for(lambda: _ended(gw))
+    row = rows[0]
+    assert row["call_direction"] == "inbound" and row["channel_type"] == "sip"
+    assert row["to_number"] == "+15550001111" and row["from_number"] == "+15557654321"
+    assert row["call_status"] == "completed"
+    assert row["hangup_source"] == HangupSource.USER.value
+    assert row["hangup_reason"] == "200 Call completed"
+    rtp = row["extra"]["rtp"]
+    # the pcap holds 236 packets; within the 3 s hold SIPp sends ~150 of them
+    assert rtp["received"] >= 100, rtp
+    # the echo engine's frames went back out as RTP (plus silence before the first echo)
+    assert rtp["sent"] >= rtp["received"] * 0.8, rtp
+    assert gw.calls.totals["frames_out"] >= 100
+
+
+async def _ended(gw):
+    rows = await call_rows(gw)
+    return rows if rows and rows[0].get("ended_at") else None
+
+
+@pytest.mark.parametrize("scenario,setup,status", [
+    ("uac_auth_rejected.xml", {"allowed_ips": ["10.9.9.9"]}, 403),     # source not in the allow-list
+    ("uac_unknown_number.xml", {"phone": "+15550009999"}, 404),        # our source, another number
+    ("uac_no_agent.xml", {"agent": False}, 480),
+])
+async def test_inbound_refusals(make_gateway, scenario, setup, status):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw, **setup)
+    res = await sipp_uac(scenario, gw.carriers["sip"].port, service="15550001111", timeout_s=10)
+    res.assert_calls(successful=1)
+    assert await call_rows(gw) == []   # refused before any call was created
