@@ -411,6 +411,9 @@ class TwilioCarrier(Carrier):
             log.warning("rejected unsigned or badly signed voice webhook",
                         extra={"carrier": "twilio", "call_sid": form.get("CallSid"), "known_number": bool(number)})
             return _forbidden()
+        existing = self.gateway.calls.find_by_sid(form.get("CallSid", ""))
+        if existing is not None and existing.carrier == self.name and existing.id in self.legs:
+            return _xml(self.stream_twiml(existing))   # Twilio retried the webhook: same call, same answer
         from_raw = form.get("From", "")
         try:
             from_number = normalize_e164(from_raw)
@@ -435,7 +438,6 @@ class TwilioCarrier(Carrier):
             resp = VoiceResponse()
             resp.reject()
             return _xml(resp)
-        await call.record(carrier_sid=form.get("CallSid"))
         leg = TwilioLeg(self, call, creds)
         self.legs[call.id] = leg
         leg.arm_watchdog(self.connect_timeout, "stream_not_connected")

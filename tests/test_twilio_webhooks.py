@@ -106,3 +106,12 @@ async def test_voice_webhook_params_are_form_encoded_like_twilio(twilio_env):
     assert status == 200
     call_id = re.search(r'name="call_id" value="([0-9a-f]+)"', body).group(1)
     assert env.gw.calls.get(call_id).metadata["caller_name"] == "Dana"
+
+
+async def test_retried_voice_webhook_answers_the_same_call(twilio_env):
+    env = await twilio_env()
+    call_id, call_sid, _ = await env.inbound()
+    again, _, _ = await env.inbound(call_sid=call_sid)
+    assert again == call_id
+    rows, total = await env.gw.store.list_calls()
+    assert total == 1
