@@ -174,6 +174,7 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
                 await c.setup(http)
         await asyncio.wait_for(asyncio.gather(*(setup(c) for c in calls)), 30 + n * 0.05)
     await asyncio.sleep(0.3)
+    load = os.getloadavg()[0]
     cpu0, w0 = cpu_seconds(pid), time.monotonic()
     t0 = time.monotonic() + 0.1
     await asyncio.wait_for(asyncio.gather(*(c.run(t0, frames) for c in calls)), seconds + 15)
@@ -192,7 +193,7 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
     await asyncio.sleep(1.0)   # let the gateway close the calls before the next step
     return {"n": n, "frames": sum(len(c.res.sent) for c in calls), "p50": float(np.percentile(t, 50)),
             "p99": float(np.percentile(t, 99)), "max": float(t.max()), "dropped": dropped, "bad": bad,
-            "errors": errors, "cpu": cpu * 100, "gen_late_p99": float(np.percentile(lt, 99))}
+            "errors": errors, "cpu": cpu * 100, "gen_late_p99": float(np.percentile(lt, 99)), "load": load}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -219,6 +220,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 results.append(r)
                 print(f"N={n:4d}  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  max {r['max']:7.2f} ms  "
                       f"dropped {r['dropped']}  cpu {r['cpu']:5.1f} %  generator late p99 {r['gen_late_p99']:.1f} ms"
+                      f"  load {r['load']:.1f}"
                       f"  {'ok' if r['ok'] else 'FAIL'}", flush=True)
                 if not r["ok"]:
                     break
@@ -235,19 +237,25 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     passed = [r for r in results if r["ok"]]
     best = max((r["n"] for r in passed), default=0)
     rows = [[r["n"], r["frames"], f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.1f}", r["dropped"],
-             f"{r['cpu']:.0f} %", f"{r['gen_late_p99']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
+             f"{r['cpu']:.0f} %", f"{r['cpu'] / r['n']:.2f} %", f"{r['gen_late_p99']:.1f}", f"{r['load']:.1f}",
+             "pass" if r["ok"] else "fail"] for r in results]
+    per_call = [r["cpu"] / r["n"] for r in results if r["n"] >= 10]
+    projection = (f" Gateway CPU per call: {min(per_call):.2f}–{max(per_call):.2f} % of one core, i.e. at most "
+                  f"≈{int(100 / min(per_call))} calls before the core is saturated (an upper bound, not a latency "
+                  "result).") if per_call else ""
     last = results[-1] if results else None
     limit = ("the last step failed" if last and not last["ok"] else "the largest step tried passed "
              "(raise --steps to find the limit)")
     return (f"Largest N with p99 turnaround < 20 ms and no lost frame: **{best} concurrent calls** "
-            f"(gateway pinned to one core; {limit}).\n\n"
-            + table(["calls", "frames", "p50 ms", "p99 ms", "max ms", "lost", "gateway CPU (1 core)",
-                     "generator late p99 ms", "verdict"], rows)
+            f"(gateway pinned to one core; {limit}).{projection}\n\n"
+            + table(["calls", "frames", "p50 ms", "p99 ms", "max ms", "lost", "gateway CPU (1 core)", "CPU per call",
+                     "generator late p99 ms", "load avg", "verdict"], rows)
             + f"\n\nEach call: signed `POST /twilio/voice`, then Media Streams over a websocket, one 160-byte μ-law "
               f"frame every 20 ms for {args.seconds:g} s, echo engine (16 kHz engine rate, so every frame is "
               "resampled up and back down). Turnaround = arrival of the i-th echoed frame − sending of the i-th "
               "frame. The load generator runs on the other core; its own lateness is shown so an overloaded "
-              "generator cannot pass for a slow gateway. Loopback only: no network latency or jitter.")
+              "generator cannot pass for a slow gateway; the 1-minute load average shows how busy the machine was (other "
+              "processes share these cores). Loopback only: no network latency or jitter.")
 
 
 def main() -> int:
