@@ -70,6 +70,7 @@ async def start_call(make_gateway, engine_spec: str, rate: int = 8000, **agent_s
                                          "settings": {"transfer": {"number": "+15550009999"}}})
     call = await gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
                                  to_number="+15550002222", agent=agent, metadata={"customer": "42"},
+                                 carrier_sid="CA-test-1",
                                  call_context={"order": "A-1"})
     leg = FakeLeg()
     await call.attach(leg, rate)
@@ -141,6 +142,7 @@ async def test_engine_receives_start_and_frames_and_its_audio_comes_back(make_ga
         start = got["start"]
         assert start["type"] == "start" and start["protocol"] == 1
         assert start["call_id"] == call.id and start["carrier"] == "test" and start["direction"] == "inbound"
+        assert start["carrier_call_id"] == "CA-test-1"
         assert start["from"] == "+15550001111" and start["to"] == "+15550002222"
         assert start["agent_id"] == call.agent["id"]
         assert start["custom_parameters"] == {"customer": "42"} and start["call_context"] == {"order": "A-1"}

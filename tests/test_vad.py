@@ -132,3 +132,42 @@ async def test_every_call_emits_speech_events_and_feeds_the_engine(make_gateway)
 async def _until(predicate, step: float = 0.01):
     while not predicate():
         await asyncio.sleep(step)
+
+
+async def test_speech_webhooks_arrive_in_order(make_gateway):
+    from aiohttp import web
+
+    received: list[dict] = []
+
+    async def hook(request):
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        gw = await make_gateway(engine="echo")
+        agent = await gw.store.create_agent({"name": "hooked", "engine": "echo",
+                                             "webhook_url": f"http://127.0.0.1:{port}/hook"})
+        call = await gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
+                                     to_number="+15550002222", agent=agent)
+        await call.attach(FakeLeg(), 16000)
+        audio = pcm(np.concatenate([line_noise(16000, 0.4), speech_like(16000, 0.9), line_noise(16000, 1.0)]))
+        for i in range(0, len(audio), 640):
+            call.feed_audio(audio[i:i + 640])
+        await asyncio.wait_for(_until(lambda: sum(r["event"].startswith("speech:") for r in received) == 2), T)
+        await call.end(HangupSource.USER, "done")
+        await asyncio.wait_for(_until(lambda: any(r["event"] == "post_call" for r in received)), T)
+        names = [r["event"] for r in received]
+        assert names.index("conversation:started") < names.index("speech:started") < names.index("speech:ended") \
+            < names.index("hang_up")
+        assert names.count("speech:started") == names.count("speech:ended") == 1
+        ended = received[names.index("speech:ended")]
+        assert ended["call_id"] == call.id and 800 < ended["data"]["duration_ms"] < 1800
+    finally:
+        await runner.cleanup()

@@ -139,6 +139,7 @@ def start_message(session: EngineSession) -> dict[str, Any]:
     call_context = metadata.pop("call_context", None)
     return {
         "type": "start", "protocol": PROTOCOL_VERSION, "call_id": info["call_id"], "carrier": info["carrier"],
+        "carrier_call_id": info.get("carrier_sid"),
         "direction": info["direction"], "from": info["from_number"], "to": info["to_number"],
         "agent_id": info.get("agent_id"), "custom_parameters": metadata, "call_context": call_context or {},
         "audio": {"encoding": "pcm_s16le", "sample_rate": session.sample_rate, "channels": 1, "frame_ms": 20},
