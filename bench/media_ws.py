@@ -254,8 +254,8 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
               f"frame every 20 ms for {args.seconds:g} s, echo engine (16 kHz engine rate, so every frame is "
               "resampled up and back down). Turnaround = arrival of the i-th echoed frame − sending of the i-th "
               "frame. The load generator runs on the other core; its own lateness is shown so an overloaded "
-              "generator cannot pass for a slow gateway; the 1-minute load average shows how busy the machine was (other "
-              "processes share these cores). Loopback only: no network latency or jitter.")
+              "generator cannot pass for a slow gateway; the 1-minute load average shows how busy the machine "
+              "was (other processes share these cores). Loopback only: no network latency or jitter.")
 
 
 def main() -> int:

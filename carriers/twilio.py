@@ -424,7 +424,8 @@ class TwilioCarrier(Carrier):
                 "from_country": form.get("FromCountry")}
         try:
             call = await self.gateway.calls.create(
-                carrier=self.name, direction="inbound", from_number=from_number, to_number=to_number or form.get("To", ""),
+                carrier=self.name, direction="inbound", from_number=from_number,
+                to_number=to_number or form.get("To", ""),
                 number=public_number, carrier_sid=form.get("CallSid"), status="ringing",
                 metadata={k: v for k, v in meta.items() if v})
         except CapacityError:
@@ -723,6 +724,6 @@ class TwilioCarrier(Carrier):
         steps.append({"step": "number", "ok": True, "detail": f"{phone} is {incoming.sid}"})
         want = self.url(VOICE_PATH)
         here = (incoming.voice_url or "") == want
-        steps.append({"step": "voice_webhook", "ok": here,
-                      "detail": f"voice URL is {incoming.voice_url or 'not set'}" + ("" if here else f"; expected {want}")})
+        detail = f"voice URL is {incoming.voice_url or 'not set'}" + ("" if here else f"; expected {want}")
+        steps.append({"step": "voice_webhook", "ok": here, "detail": detail})
         return {"ok": all(s["ok"] for s in steps), "steps": steps}

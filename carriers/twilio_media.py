@@ -107,7 +107,7 @@ class MediaStream:
     def __init__(self, carrier: "TwilioCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
         self.carrier = carrier
         self.ws = ws
-        self.request = request       # the upgrade request: its X-Twilio-Signature is checked once `start` names the call
+        self.request = request   # the upgrade: its X-Twilio-Signature is checked once `start` names the call
         self.stream_sid: str | None = None
         self.call: "Call | None" = None
         self.leg: "TwilioLeg | None" = None

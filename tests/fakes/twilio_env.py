@@ -80,7 +80,8 @@ async def twilio_env(make_gateway):
     rests: list[FakeTwilioRest] = []
     gateways: list[Gateway] = []
 
-    async def factory(*, engine: str = "echo", settings: dict[str, Any] | None = None, **gw_overrides: Any) -> TwilioEnv:
+    async def factory(*, engine: str = "echo", settings: dict[str, Any] | None = None,
+                      **gw_overrides: Any) -> TwilioEnv:
         rest = await FakeTwilioRest().start()
         rests.append(rest)
         gw = await make_gateway(carriers={"twilio": TwilioCarrier}, engine="echo", **gw_overrides)
