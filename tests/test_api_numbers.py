@@ -221,3 +221,41 @@ async def test_number_of_unloaded_carrier_cannot_be_tested(api):
     assert status == 200 and body["phone_number"]["config"] == {"api_secret": "****"}
     status, body = await api.post(f"/phone_number/{row['id']}/test")
     assert status == 409 and body["field"] == "provider"
+
+
+async def test_concurrent_imports_of_one_trunk_name(api):
+    """Racing imports: exactly one wins, the others get 409 (the store's unique index backs the pre-check)."""
+    import asyncio
+    results = await asyncio.gather(*[
+        api.post("/phone_number/import/sip", json=sip_body(phone_number=f"+1415555012{i}")) for i in range(6)])
+    codes = sorted(code for code, _ in results)
+    assert codes == [201] + [409] * 5, results
+    assert all(body["field"] == "sip_trunk_name" for code, body in results if code == 409)
+    assert await count_numbers(api) == 1
+
+
+async def test_concurrent_imports_of_one_number(api):
+    """Two imports of one number with different trunk names, both inside validate_import at once: one 409."""
+    import asyncio
+    carrier = api.gw.carriers["sip"]
+    gate, inside = asyncio.Event(), []
+    original = carrier.validate_import
+
+    async def slow_validate(fields):
+        inside.append(fields["sip_trunk_name"])
+        await gate.wait()
+        return await original(fields)
+
+    carrier.validate_import = slow_validate
+    tasks = [asyncio.create_task(api.post("/phone_number/import/sip", json=sip_body(sip_trunk_name=f"t{i}")))
+             for i in range(2)]
+
+    async def both_inside():
+        while len(inside) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(both_inside(), 5)
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert sorted(code for code, _ in results) == [201, 409], results
+    assert [b["field"] for c, b in results if c == 409] == ["phone_number"]
+    assert await count_numbers(api) == 1

@@ -5,6 +5,7 @@ Every /api/v1 request needs `Authorization: Bearer <api key>` (compared in const
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
 
 
 def setup_api(app: web.Application, gateway: "Gateway") -> None:
+    app[numbers.IMPORT_LOCK] = asyncio.Lock()
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)
     app.router.add_get("/healthz", healthz)

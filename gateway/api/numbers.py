@@ -5,6 +5,7 @@ the store's `secrets` column and come back only as "****".
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.api")
 
 MASK = "****"
+#: serialises the duplicate check and the insert of imports (validate_import, often a carrier REST call, runs
+#: outside it), so two racing imports of one number cannot both pass
+IMPORT_LOCK = web.AppKey("phone_number_import_lock", asyncio.Lock)
 #: store columns filled from import fields of the same name (besides the carrier's number_field)
 TOP_LEVEL = ("name", "sip_trunk_name")
 
@@ -100,18 +104,21 @@ def _secrets(carrier: Carrier, fields: dict[str, Any]) -> dict[str, Any]:
     return {f.name: fields[f.name] for f in carrier.import_fields if f.secret and fields.get(f.name) is not None}
 
 
-async def import_number(request: web.Request) -> web.Response:
-    gw = gw_of(request)
-    provider = request.match_info["provider"]
-    carrier, fields, agent_id = await _checked_import(request, provider)
-    phone = fields[carrier.number_field]
-    trunk = fields.get("sip_trunk_name")
+async def _check_unique(gw: "Gateway", carrier: Carrier, provider: str, phone: str, trunk: str | None) -> None:
     if trunk:
         existing, _ = await gw.store.list_numbers(1, 1_000_000)
         if any(n.get("sip_trunk_name") == trunk for n in existing):
             raise bad("sip_trunk_name", f"{trunk!r} is already used by another trunk", 409)
     if await gw.store.find_number(phone, provider) is not None:
         raise bad(carrier.number_field, f"{phone} is already imported for provider {provider}", 409)
+
+
+async def import_number(request: web.Request) -> web.Response:
+    gw = gw_of(request)
+    provider = request.match_info["provider"]
+    carrier, fields, agent_id = await _checked_import(request, provider)
+    phone = fields[carrier.number_field]
+    await _check_unique(gw, carrier, provider, phone, fields.get("sip_trunk_name"))
     secrets = _secrets(carrier, fields)
     try:
         checked = await carrier.validate_import(dict(fields))
@@ -124,10 +131,12 @@ async def import_number(request: web.Request) -> web.Response:
            "agent_id": agent_id, **{k: checked.get(k) for k in TOP_LEVEL}}
     config = {k: v for k, v in checked.items()
               if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
-    try:
-        row = await gw.store.create_number({**top, "config": config}, secrets)
-    except DuplicateError as e:
-        raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
+    async with request.app[IMPORT_LOCK]:
+        await _check_unique(gw, carrier, provider, top["phone_number"], top.get("sip_trunk_name"))
+        try:
+            row = await gw.store.create_number({**top, "config": config}, secrets)
+        except DuplicateError as e:
+            raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
     try:
         await carrier.on_number_imported(await gw.store.get_number(row["id"], with_secrets=True))
     except Exception as e:
