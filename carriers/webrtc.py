@@ -224,12 +224,12 @@ class WebRTCLeg:
         elif state in ("failed", "closed"):
             asyncio.create_task(self.peer_gone(f"connection_{state}"))
 
-    async def peer_gone(self, reason: str) -> None:
-        """The browser hung up or vanished: end the call (source user) and release the peer connection."""
+    async def peer_gone(self, reason: str, source: HangupSource = HangupSource.USER) -> None:
+        """The browser hung up or vanished (or never connected): end the call, release the peer connection."""
         call = self.call
         if call is not None and call.is_active:
             status = None if call.answered else "failed"
-            await call.end(HangupSource.USER, reason, status=status)
+            await call.end(source, reason, status=status)
         await self.close()
 
     # gateway → browser -------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ class WebRTCLeg:
         try:
             await asyncio.wait_for(self.connected.wait(), seconds)
         except asyncio.TimeoutError:
-            await self.peer_gone("connect_timeout")
+            await self.peer_gone("connect_timeout", HangupSource.CARRIER)
             return
         call = self.call
         if call is not None and call.is_active and call.bus is None:
@@ -329,7 +329,7 @@ class WebRTCCarrier(Carrier):
 
     async def stop(self) -> None:
         for leg in list(self.legs):
-            await leg.peer_gone("shutdown")
+            await leg.peer_gone("shutdown", HangupSource.SYSTEM)
         if self.host_addresses:
             aioice.ice.get_host_addresses = _original_host_addresses
 
@@ -438,7 +438,7 @@ class WebRTCCarrier(Carrier):
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as e:
-            await leg.peer_gone("negotiation_failed")
+            await leg.peer_gone("negotiation_failed", HangupSource.CARRIER)
             raise ApiError(400, f"cannot answer this offer: {e}", "sdp") from None
         await call.record(call_status="ringing")
         leg._timeout = asyncio.create_task(leg.connect_within(CONNECT_TIMEOUT), name=f"webrtc-connect-{call.id}")

@@ -317,3 +317,23 @@ async def test_engine_track_paces_frames_in_real_time():
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()
+
+
+async def test_peer_that_never_connects_is_given_up(webrtc_gateway, monkeypatch):
+    import carriers.webrtc as webrtc
+
+    gw, _ = webrtc_gateway
+    monkeypatch.setattr(webrtc, "CONNECT_TIMEOUT", 0.5)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(ToneTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        r = await http.post(gw.url("/webrtc/offer"), json={"sdp": pc.localDescription.sdp, "type": "offer"},
+                            headers=AUTH)
+        assert r.status == 200
+        answer = await r.json()                 # …but the answer is never applied: ICE cannot complete
+        row = await call_row(http, gw, answer["call_log_id"])
+    await pc.close()
+    assert row["call_status"] == "failed" and row["hangup_source"] == "carrier"
+    assert row["hangup_reason"] == "connect_timeout"
+    assert not gw.calls.active and not gw.carriers["webrtc"].legs
