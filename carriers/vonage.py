@@ -1,0 +1,986 @@
+"""Vonage Voice API: answer/event webhooks, NCCO `connect` to a websocket, the media socket, REST call control.
+
+Flow: Vonage asks `/vonage/answer` for an NCCO; we answer with a `connect` action whose endpoint is
+`wss://PUBLIC/vonage/media` (type `websocket`, `content-type: audio/l16;rate=16000|8000`, headers carrying our call
+id, agent id and a one-time token). Vonage opens that socket and sends, as the first text message,
+`{"event": "websocket:connected", "content-type": …, <our headers>}`; after it, binary frames of 16-bit linear PCM
+(little-endian), 20 ms each: 640 B at 16 kHz, 320 B at 8 kHz, in both directions. Text messages: `websocket:dtmf`
+{digit, duration} in; out `{"action": "notify", "payload": {…}}` (echoed as `websocket:notify` once the audio before
+it has played: our marks) and `{"action": "clear"}` (acknowledged by `websocket:cleared`).
+
+Sources: https://developer.vonage.com/en/voice/voice-api/concepts/websockets (message format, frame sizes, notify,
+clear, dtmf), https://developer.vonage.com/en/voice/voice-api/ncco-reference (connect, websocket/phone endpoints,
+eventType synchronous), https://developer.vonage.com/en/voice/voice-api/webhook-reference (answer/event webhooks),
+https://developer.vonage.com/en/voice/voice-api/concepts/advanced-machine-detection, signed webhooks:
+https://developer.vonage.com/en/getting-started/concepts/webhooks#decoding-signed-webhooks.
+
+REST (create, hangup, transfer, DTMF) and JWT go through the official `vonage` SDK. It is synchronous, so each call
+runs in a worker thread; REST is only used for call control, never on the audio path.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from gateway.callmanager import CapacityError
+from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
+                            TransferRequest, TransferResult)
+from gateway.numbers import normalize_e164
+
+if TYPE_CHECKING:
+    from gateway.call import Call
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("carriers.vonage")
+# The SDK's http client logs request headers (Authorization included) at DEBUG: keep it above that by default.
+if logging.getLogger("vonage").level == logging.NOTSET:
+    logging.getLogger("vonage").setLevel(logging.INFO)
+
+RATES = (8000, 16000)
+INTERNAL_MARK = "gw-vng-"
+_DIGITS = set("0123456789*#ABCD")
+_UUID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+# Event webhook statuses that end a call leg, and the call-log status each one means.
+# https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook
+TERMINAL = {"completed": "completed", "busy": "busy", "cancelled": "canceled", "unanswered": "no-answer",
+            "timeout": "no-answer", "rejected": "failed", "failed": "failed"}
+TRANSFER_FAILED = ("busy", "cancelled", "unanswered", "timeout", "rejected", "failed")
+
+
+def frame_bytes(rate: int) -> int:
+    return rate // 50 * 2
+
+
+class CloseCode(IntEnum):
+    """Close codes on /vonage/media (private range 4000-4999, RFC 6455 §7.4.2)."""
+
+    NORMAL = 1000
+    CONNECT_TIMEOUT = 4001     # no websocket:connected within the timeout
+    BAD_MESSAGE = 4002         # first message not websocket:connected JSON, or malformed text message
+    UNKNOWN_CALL = 4005        # call_id names no call waiting for a stream
+    BAD_TOKEN = 4006           # the one-time token in the headers does not match
+    BAD_MEDIA_FORMAT = 4007    # content-type is not audio/l16 at 8/16 kHz
+    ENGINE_ERROR = 4008
+
+
+class StreamClosed(Exception):
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# -- NCCOs (built with the SDK's models so their shape follows Vonage's schema) ---------------------------------
+def websocket_ncco(uri: str, rate: int, headers: dict[str, Any], event_url: str | None = None,
+                   from_number: str | None = None) -> list[dict[str, Any]]:
+    """`connect` the call to our media websocket."""
+    from vonage_voice import Connect, WebsocketEndpoint
+
+    kw: dict[str, Any] = {"endpoint": [WebsocketEndpoint(uri=uri, contentType=f"audio/l16;rate={rate}",
+                                                         headers=headers)]}
+    if from_number:
+        kw["from_"] = from_number.lstrip("+")
+    else:
+        kw["randomFromNumber"] = True
+    if event_url:
+        kw["eventUrl"] = [event_url]
+    return [Connect(**kw).model_dump(by_alias=True, exclude_none=True, mode="json")]
+
+
+def phone_ncco(number: str, from_number: str, event_url: str, ring_timeout: int) -> list[dict[str, Any]]:
+    """`connect` to one transfer target; `eventType: synchronous` makes Vonage ask `event_url` what to do next when
+    the target is busy / does not answer, which is how backups are dialled one after the other."""
+    from vonage_voice import Connect, PhoneEndpoint
+
+    c = Connect(endpoint=[PhoneEndpoint(number=number.lstrip("+"))], from_=from_number.lstrip("+"),
+                eventType="synchronous", eventUrl=[event_url], timeout=ring_timeout)
+    return [c.model_dump(by_alias=True, exclude_none=True, mode="json")]
+
+
+def talk_ncco(text: str) -> list[dict[str, Any]]:
+    return [{"action": "talk", "text": text}]
+
+
+def amd_result(status: str, sub_state: str | None, duration_ms: int) -> AmdResult | None:
+    """Vonage machine detection (event `human` / `machine`, sub_state `beep_start` / `beep_timeout`) → AnsweredBy."""
+    if status == "human":
+        return AmdResult(AnsweredBy.HUMAN, duration_ms, source="vonage")
+    if status == "machine":
+        kind = {"beep_start": AnsweredBy.MACHINE_END_BEEP, "beep_timeout": AnsweredBy.MACHINE_END_OTHER}.get(
+            sub_state or "", AnsweredBy.MACHINE_START)
+        return AmdResult(kind, duration_ms, source="vonage")
+    return None
+
+
+# -- credentials ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VonageCreds:
+    application_id: str | None = None
+    private_key: str | None = None
+    api_key: str | None = None
+    api_secret: str | None = None
+    signature_secret: str | None = None
+
+    @property
+    def has_app(self) -> bool:
+        return bool(self.application_id and self.private_key)
+
+    @property
+    def has_account(self) -> bool:
+        return bool(self.api_key and self.api_secret)
+
+
+def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> Any:
+    n = number or {}
+    for src in (n.get("secrets") or {}, n.get("config") or {}, n):
+        if src.get(key) not in (None, ""):
+            return src[key]
+    return default
+
+
+def creds_of(fields: dict[str, Any] | None) -> VonageCreds:
+    key = _setting(fields, "vonage_private_key")
+    if isinstance(key, str) and "\\n" in key and "\n" not in key:
+        key = key.replace("\\n", "\n")      # a PEM pasted into JSON as one line
+    return VonageCreds(_setting(fields, "vonage_application_id"), key, _setting(fields, "vonage_api_key"),
+                       _setting(fields, "vonage_api_secret"), _setting(fields, "vonage_signature_secret"))
+
+
+def check_private_key(pem: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise CarrierError("vonage_private_key: not a PEM private key (paste the application's private.key)",
+                           400) from None
+
+
+# -- per-call state ---------------------------------------------------------------------------------------------
+@dataclass
+class VonageCallState:
+    call: "Call"
+    number: dict[str, Any] | None
+    token: str
+    rate: int
+    uuid: str | None = None
+    stream: "VonageStream | None" = None
+    state: str = "connecting"     # connecting → live ⇄ transferring / reconnecting; released once transferred
+    transfer_targets: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    watchdog: asyncio.TimerHandle | None = None
+    amd_requested: bool = False
+
+
+class VonageLeg:
+    """Hangup / transfer / DTMF through Vonage's REST API (PUT /v1/calls/{uuid}); the socket alone cannot."""
+
+    def __init__(self, carrier: "VonageCarrier", st: VonageCallState) -> None:
+        self.carrier = carrier
+        self.st = st
+
+    async def hangup(self, call: "Call", reason: str) -> None:
+        stream = self.st.stream
+        if stream is not None:
+            stream.closing_for = "hangup"
+            if call.hangup is not None and call.hangup.source is HangupSource.AGENT:
+                await stream.drain()
+        await self.carrier.rest_hangup(self.st)
+        if stream is not None and not stream.ws.closed:
+            # closing the socket ends the NCCO's connect, which with nothing after it ends the call too
+            await stream.ws.close(code=CloseCode.NORMAL, message=b"hangup")
+
+    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+        st = self.st
+        creds = creds_of(st.number)
+        if not creds.has_app or not st.uuid:
+            raise CarrierError("transfer needs the number's Vonage application id and private key", 400)
+        if st.stream is not None:
+            await st.stream.drain()
+        st.transfer_targets = [request.number, *[n for n in request.backup_numbers if n != request.number]]
+        st.attempts = []
+        st.state = "transferring"
+        if st.stream is not None:
+            st.stream.closing_for = "transfer"
+        ncco = self.carrier.transfer_attempt_ncco(st, 0)
+        await call.record(transfer_target=st.transfer_targets[0])
+        try:
+            await self.carrier.sdk(creds, lambda v: v.voice.transfer_call_ncco(st.uuid, _ncco_models(ncco)))
+        except CarrierError:
+            st.state = "live"
+            if st.stream is not None:
+                st.stream.closing_for = None
+            raise
+        self.carrier.arm_watchdog(st, self.carrier.transfer_timeout, "transfer_timeout")
+        call.log.info("transfer started", extra={"targets": len(st.transfer_targets)})
+
+
+def _ncco_models(ncco: list[dict[str, Any]]) -> list[Any]:
+    """The SDK's transfer_call_ncco wants model objects; rebuild them from our dicts."""
+    from vonage_voice import Connect, PhoneEndpoint, WebsocketEndpoint
+
+    out = []
+    for a in ncco:
+        eps = []
+        for e in a["endpoint"]:
+            if e["type"] == "phone":
+                eps.append(PhoneEndpoint(number=e["number"]))
+            else:
+                eps.append(WebsocketEndpoint(uri=e["uri"], contentType=e.get("content-type"),
+                                             headers=e.get("headers")))
+        kw = {k: v for k, v in a.items() if k in ("eventType", "timeout", "eventUrl", "randomFromNumber")}
+        if "from" in a:
+            kw["from_"] = a["from"]
+        out.append(Connect(endpoint=eps, **kw))
+    return out
+
+
+class VonageStream:
+    """One media websocket: first text message, binary L16 both ways, notify/clear, DTMF."""
+
+    _mark_ids = itertools.count(1)
+
+    def __init__(self, carrier: "VonageCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.carrier = carrier
+        self.ws = ws
+        self.request = request
+        self.st: VonageCallState | None = None
+        self.call: "Call | None" = None
+        self.rate = 16000
+        self.frame = 640
+        self.closing_for: str | None = None
+        self.pending_marks: deque[str] = deque()
+        self.forgotten: set[str] = set()
+        self._drain_waiters: dict[str, asyncio.Future] = {}
+        self._sender: asyncio.Task | None = None
+        self._stopping = False
+        self._carry = b""
+        self.playout_end = 0.0
+        self.frames_sent = 0
+        self.dtmf_tasks: set[asyncio.Task] = set()
+
+    @property
+    def log(self) -> logging.LoggerAdapter:
+        return self.call.log if self.call else logging.LoggerAdapter(log, {"carrier": "vonage"})
+
+    async def run(self) -> None:
+        try:
+            await self._await_connected()
+            self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.call.id}")
+            await self._read_loop()
+        except StreamClosed as e:
+            self.log.warning("vonage media socket closed: %s", e.reason, extra={"close_code": int(e.code)})
+            if not self.ws.closed:
+                await self.ws.close(code=int(e.code), message=e.reason[:120].encode())
+        finally:
+            await self._finish()
+
+    async def _await_connected(self) -> None:
+        try:
+            msg = await self.ws.receive(timeout=self.carrier.connect_timeout)
+        except asyncio.TimeoutError:
+            raise StreamClosed(CloseCode.CONNECT_TIMEOUT, "no websocket:connected message") from None
+        if msg.type != WSMsgType.TEXT:
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be the websocket:connected JSON")
+        try:
+            m = json.loads(msg.data)
+        except ValueError:
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "first message is not JSON") from None
+        if not isinstance(m, dict) or m.get("event") != "websocket:connected":
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be event websocket:connected")
+        ctype = str(m.get("content-type") or "").replace(" ", "").lower()
+        mt = re.fullmatch(r"audio/l16;rate=(\d+)", ctype)
+        if not mt or int(mt.group(1)) not in RATES:
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported content-type {ctype[:40]!r}")
+        self.rate = int(mt.group(1))
+        self.frame = frame_bytes(self.rate)
+        call_id = str(m.get("call_id") or self.request.query.get("call_id") or "")
+        self.st = self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
+        self.call = self.st.call
+        if self.call.bus is None:
+            try:
+                await self.call.attach(VonageLeg(self.carrier, self.st), self.rate)
+            except Exception as e:
+                self.call.log.exception("engine could not start")
+                await self.call.end(HangupSource.SYSTEM, "engine_error")
+                raise StreamClosed(CloseCode.ENGINE_ERROR, f"engine could not start: {type(e).__name__}") from None
+        elif self.call.bus.carrier_rate != self.rate:
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, "reconnected stream changed its sample rate")
+        self.st.state = "live"
+        self.call.log.info("vonage media socket connected", extra={"rate": self.rate})
+
+    async def _read_loop(self) -> None:
+        call = self.call
+        async for msg in self.ws:
+            if msg.type == WSMsgType.BINARY:
+                data = self._carry + msg.data
+                if len(data) % 2:
+                    self._carry, data = data[-1:], data[:-1]
+                else:
+                    self._carry = b""
+                call.feed_audio(data)
+            elif msg.type == WSMsgType.TEXT:
+                self._on_text(msg.data)
+            else:
+                return
+
+    def _on_text(self, data: str) -> None:
+        try:
+            m = json.loads(data)
+        except ValueError:
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "text message is not JSON") from None
+        if not isinstance(m, dict):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, "text message is not a JSON object")
+        event = m.get("event")
+        if event == "websocket:dtmf":
+            digit = str(m.get("digit", "")).strip().upper()
+            if len(digit) == 1 and digit in _DIGITS:
+                dur = m.get("duration")
+                self.call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
+            else:
+                self.log.warning("ignored malformed websocket:dtmf", extra={"digit": digit[:8]})
+        elif event == "websocket:notify":
+            payload = m.get("payload") if isinstance(m.get("payload"), dict) else {}
+            self._on_mark(str(payload.get("name", "")))
+        elif event == "websocket:cleared":
+            self.log.debug("vonage cleared its playback buffer")
+        else:
+            self.log.debug("ignored vonage websocket event", extra={"event": str(event)[:40]})
+
+    def _on_mark(self, name: str) -> None:
+        waiter = self._drain_waiters.pop(name, None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        if name in self.forgotten:
+            self.forgotten.discard(name)
+            return
+        try:
+            self.pending_marks.remove(name)
+        except ValueError:
+            return
+        self.call.feed_event(Mark(name))
+
+    async def _finish(self) -> None:
+        self._stopping = True
+        if self._sender is not None and not self._sender.done():
+            self._wake_sender()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._sender), 15)
+            except asyncio.TimeoutError:
+                self._sender.cancel()
+            except Exception:
+                pass
+        for w in self._drain_waiters.values():
+            if not w.done():
+                w.set_result(None)
+        if not self.ws.closed:
+            await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
+        await self.carrier.stream_gone(self)
+
+    def _wake_sender(self) -> None:
+        """Unblock `next_outbound()` instead of cancelling it: it may be running a hangup or transfer."""
+        bus = self.call.bus if self.call is not None else None
+        if bus is not None and not bus.outbound.full():
+            bus.outbound.put_nowait(Clear())
+
+    # -- sender -------------------------------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        call = self.call
+        nxt: asyncio.Future | None = None
+        try:
+            while not self._stopping:
+                nxt = asyncio.ensure_future(call.next_outbound())
+                await asyncio.wait({nxt})
+                item, nxt = nxt.result(), None
+                if self._stopping or self.ws.closed:
+                    continue
+                if isinstance(item, AudioFrame):
+                    await self.send_frame(item.pcm)
+                elif isinstance(item, Mark):
+                    self.pending_marks.append(item.name)
+                    await self._send_json({"action": "notify", "payload": {"name": item.name}})
+                elif isinstance(item, Clear):
+                    await self.clear()
+                elif isinstance(item, SendDtmf):
+                    t = asyncio.create_task(self.carrier.rest_dtmf(self.st, item.digits))
+                    self.dtmf_tasks.add(t)
+                    t.add_done_callback(self.dtmf_tasks.discard)
+        except (ConnectionError, RuntimeError):
+            pass
+        except asyncio.CancelledError:
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+            raise
+        except Exception:
+            call.log.exception("vonage media sender failed")
+        if nxt is not None and not nxt.done():
+            self._wake_sender()
+            done, _ = await asyncio.wait({nxt}, timeout=15)
+            if not done:
+                nxt.cancel()
+
+    async def send_frame(self, pcm: bytes) -> None:
+        """One bus frame (exactly 20 ms at the socket's rate) → one binary message, as Vonage expects."""
+        await self.ws.send_bytes(pcm)
+        now = asyncio.get_running_loop().time()
+        self.playout_end = max(self.playout_end, now) + len(pcm) / 2 / self.rate
+        self.frames_sent += 1
+
+    async def clear(self) -> None:
+        await self._send_json({"action": "clear"})
+        self.forgotten.update(self.pending_marks)
+        self.pending_marks.clear()
+        self.playout_end = asyncio.get_running_loop().time()
+
+    async def drain(self, cap: float = 30.0) -> None:
+        """Wait until Vonage has played what we sent (a notify of our own), bounded by the audio queued."""
+        if self.ws.closed:
+            return
+        loop = asyncio.get_running_loop()
+        left = self.playout_end - loop.time()
+        if left <= 0:
+            return
+        name = f"{INTERNAL_MARK}{next(self._mark_ids)}"
+        fut = loop.create_future()
+        self._drain_waiters[name] = fut
+        try:
+            await self._send_json({"action": "notify", "payload": {"name": name}})
+            await asyncio.wait_for(fut, min(left + 2.0, cap))
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._drain_waiters.pop(name, None)
+
+    async def _send_json(self, obj: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
+
+
+# -- the carrier ------------------------------------------------------------------------------------------------
+class VonageCarrier(Carrier):
+    name = "vonage"
+    providers = ("vonage",)
+    number_field = "vonage_phone_number"
+    import_fields = (
+        ImportField("vonage_phone_number", required=True, e164=True, help="the Vonage virtual number, E.164"),
+        ImportField("vonage_application_id", help="Voice application id (needed for hangup/transfer/outbound)"),
+        ImportField("vonage_private_key", secret=True, help="the application's private key (PEM)"),
+        ImportField("vonage_api_key", help="account API key (checks the number is on the account)"),
+        ImportField("vonage_api_secret", secret=True, help="account API secret"),
+        ImportField("vonage_signature_secret", secret=True,
+                    help="signature secret: when set, webhooks must carry a valid signed JWT"),
+        ImportField("vonage_audio_rate", kind=int, default=16000, choices=RATES,
+                    help="websocket audio: audio/l16;rate=16000 or 8000"),
+        ImportField("name", help="label"),
+    )
+
+    connect_timeout = 10.0        # websocket:connected after the socket opens
+    attach_timeout = 90.0         # answer webhook (or outbound create) → media socket
+    transfer_timeout = 4 * 3600.0
+    ring_timeout = 30
+
+    def __init__(self, gateway: "Gateway", api_host: str | None = None, rest_host: str | None = None) -> None:
+        super().__init__(gateway)
+        #: override api.nexmo.com / rest.nexmo.com (tests point them at a loopback TLS fake)
+        self.api_host = api_host
+        self.rest_host = rest_host
+        self.states: dict[str, VonageCallState] = {}       # by our call id
+        self._clients: dict[tuple, Any] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- wiring -------------------------------------------------------------------------------------------------
+    def setup(self, app: web.Application) -> None:
+        r = app.router
+        r.add_route("GET", "/vonage/answer", self.answer_webhook)
+        r.add_route("POST", "/vonage/answer", self.answer_webhook)
+        r.add_route("GET", "/vonage/events", self.event_webhook)
+        r.add_route("POST", "/vonage/events", self.event_webhook)
+        r.add_route("GET", "/vonage/transfer_event", self.transfer_event)
+        r.add_route("POST", "/vonage/transfer_event", self.transfer_event)
+        r.add_get("/vonage/media", self.media)
+
+    async def stop(self) -> None:
+        self.gateway.calls.unsubscribe(self._on_call_event)
+        for st in list(self.states.values()):
+            if st.watchdog is not None:
+                st.watchdog.cancel()
+            if not st.call.ended.is_set():
+                await st.call.end(HangupSource.SYSTEM, "shutdown")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        self.states.clear()
+
+    async def start(self) -> None:
+        self.gateway.calls.subscribe(self._on_call_event)
+
+    def _on_call_event(self, kind: str, call: "Call") -> None:
+        """Ended calls: stop their watchdog; keep their state a while for late webhooks, then forget it."""
+        if kind != "call_ended" or call.carrier != self.name:
+            return
+        st = self.states.get(call.id)
+        if st is None:
+            return
+        if st.watchdog is not None:
+            st.watchdog.cancel()
+            st.watchdog = None
+        self._forget_later(st)
+
+    def url(self, path: str) -> str:
+        return self.gateway.settings.public_base + path
+
+    def ws_url(self, path: str) -> str:
+        return self.gateway.settings.public_ws_base + path
+
+    def _forget_later(self, st: VonageCallState) -> None:
+        def drop() -> None:
+            if self.states.get(st.call.id) is st and st.call.ended.is_set():
+                del self.states[st.call.id]
+        asyncio.get_running_loop().call_later(900, drop)
+
+    def arm_watchdog(self, st: VonageCallState, after: float, reason: str) -> None:
+        if st.watchdog is not None:
+            st.watchdog.cancel()
+
+        def fire() -> None:
+            st.watchdog = None
+            if st.call.ended.is_set() or (reason == "stream_never_started" and st.call.bus is not None
+                                          and st.state != "reconnecting"):
+                return
+            st.call.log.warning("vonage call closed by watchdog", extra={"reason": reason})
+            t = asyncio.ensure_future(self._watchdog_end(st, reason))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+        st.watchdog = asyncio.get_running_loop().call_later(after, fire)
+
+    async def _watchdog_end(self, st: VonageCallState, reason: str) -> None:
+        await self.rest_hangup(st)
+        await st.call.end(HangupSource.SYSTEM, reason)
+
+    # -- REST through the SDK -----------------------------------------------------------------------------------
+    def _client(self, creds: VonageCreds, kind: str) -> Any:
+        """One SDK client per credentials and auth kind (the SDK's http client is not safe to share across
+        auth types: it keeps the Authorization header on the instance)."""
+        from vonage import Auth, HttpClientOptions, Vonage
+
+        key = (kind, creds.application_id, creds.api_key, hash(creds.private_key), hash(creds.api_secret),
+               self.api_host, self.rest_host)
+        client = self._clients.get(key)
+        if client is None:
+            opts: dict[str, Any] = {"timeout": 10, "max_retries": 1}
+            if self.api_host:
+                opts["api_host"] = self.api_host
+            if self.rest_host:
+                opts["rest_host"] = self.rest_host
+            auth = Auth(application_id=creds.application_id, private_key=creds.private_key) if kind == "app" \
+                else Auth(api_key=creds.api_key, api_secret=creds.api_secret)
+            client = self._clients[key] = Vonage(auth, HttpClientOptions(**opts))
+        return client
+
+    async def sdk(self, creds: VonageCreds, fn: Any, kind: str = "app") -> Any:
+        """Run one SDK call in a worker thread; map its errors to CarrierErrors an operator can act on."""
+        from vonage_http_client.errors import (AuthenticationError, ForbiddenError, HttpRequestError,
+                                               NotFoundError, RateLimitedError, ServerError)
+        from vonage_utils import VonageError
+
+        client = self._client(creds, kind)
+        try:
+            return await asyncio.to_thread(fn, client)
+        except AuthenticationError:
+            what = "application id / private key" if kind == "app" else "API key/secret"
+            raise CarrierError(f"Vonage rejected the {what} (HTTP 401)", 400) from None
+        except ForbiddenError:
+            raise CarrierError("Vonage refused the request (HTTP 403): check the application's capabilities",
+                               400) from None
+        except NotFoundError:
+            raise CarrierError("Vonage does not know this call or resource (HTTP 404)", 404) from None
+        except RateLimitedError:
+            raise CarrierError("Vonage rate limit reached (HTTP 429): try again shortly", 503) from None
+        except ServerError:
+            raise CarrierError("Vonage API error (HTTP 500)", 502) from None
+        except HttpRequestError as e:
+            status = getattr(getattr(e, "response", None), "status_code", "?")
+            raise CarrierError(f"Vonage refused the request (HTTP {status})", 400) from None
+        except VonageError as e:
+            raise CarrierError(f"Vonage SDK error: {type(e).__name__}", 400) from None
+        except (OSError, ConnectionError) as e:
+            raise CarrierError(f"Vonage API unreachable ({type(e).__name__})", 502) from None
+        except Exception as e:
+            if type(e).__module__.startswith(("requests", "urllib3")):
+                raise CarrierError(f"Vonage API unreachable ({type(e).__name__})", 502) from None
+            raise
+
+    async def rest_hangup(self, st: VonageCallState) -> None:
+        creds = creds_of(st.number)
+        if not creds.has_app or not st.uuid:
+            return
+        try:
+            await self.sdk(creds, lambda v: v.voice.hangup(st.uuid))
+        except CarrierError as e:
+            if "404" not in e.message:     # a call Vonage no longer knows has ended already: fine
+                st.call.log.warning("vonage hangup failed: %s", e.message)
+
+    async def rest_dtmf(self, st: VonageCallState, digits: str) -> None:
+        from vonage_voice import Dtmf as VDtmf
+
+        creds = creds_of(st.number)
+        if not creds.has_app or not st.uuid:
+            st.call.log.warning("sending DTMF needs the Vonage application credentials; digits dropped")
+            return
+        digits = "".join(d for d in digits.upper() if d in _DIGITS or d == "P")
+        try:
+            await self.sdk(creds, lambda v: v.voice.play_dtmf_into_call(st.uuid, VDtmf(digits=digits)))
+        except CarrierError as e:
+            st.call.log.warning("vonage DTMF failed: %s", e.message)
+
+    # -- lookups and checks -------------------------------------------------------------------------------------
+    async def _number_for(self, to: str) -> dict[str, Any] | None:
+        try:
+            e164 = normalize_e164(to)
+        except ValueError:
+            return None
+        return await self.gateway.store.find_number(e164, "vonage", with_secrets=True)
+
+    @staticmethod
+    def signature_ok(request: web.Request, secret: str | None) -> bool:
+        """Signed webhooks: `Authorization: Bearer <JWT>` signed HS256 with the signature secret (vonage-jwt)."""
+        if not secret:
+            return True
+        from vonage_jwt import verify_signature
+
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("bearer "):
+            return False
+        try:
+            return bool(verify_signature(header[7:].strip(), secret))
+        except Exception:
+            return False
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST" and request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                try:
+                    body = dict(await request.post())
+                except Exception:
+                    body = {}
+            if isinstance(body, dict):
+                params.update(body)
+        return params
+
+    # -- webhooks -----------------------------------------------------------------------------------------------
+    async def answer_webhook(self, request: web.Request) -> web.Response:
+        """Inbound call: open the call and answer with the NCCO that connects it to our media socket."""
+        p = await self._params(request)
+        to, frm, uuid = str(p.get("to") or ""), str(p.get("from") or ""), str(p.get("uuid") or "")
+        number = await self._number_for(to)
+        if number is None:
+            log.warning("answer webhook for a number not imported here", extra={"carrier": "vonage",
+                                                                              "to": to[:32]})
+            return web.json_response(talk_ncco("The number you have called is not in service."))
+        if not self.signature_ok(request, creds_of(number).signature_secret):
+            return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        try:
+            from_e164 = normalize_e164(frm)
+        except ValueError:
+            from_e164 = frm[:64]
+        try:
+            call = await self.gateway.calls.create(
+                carrier=self.name, direction="inbound", from_number=from_e164, to_number=number["phone_number"],
+                number=number, carrier_sid=uuid if _UUID.match(uuid) else None,
+                metadata={"vonage_conversation_uuid": str(p.get("conversation_uuid") or "")[:64]})
+        except CapacityError:
+            return web.json_response(talk_ncco("All lines are busy. Please try again later."))
+        st = self._state(call, number, uuid if _UUID.match(uuid) else None)
+        self.arm_watchdog(st, self.attach_timeout, "stream_never_started")
+        return web.json_response(self.stream_ncco(st))
+
+    def _state(self, call: "Call", number: dict[str, Any] | None, uuid: str | None) -> VonageCallState:
+        rate = int(_setting(number, "vonage_audio_rate", 16000) or 16000)
+        st = VonageCallState(call, number, secrets.token_urlsafe(18), rate if rate in RATES else 16000, uuid)
+        self.states[call.id] = st
+        return st
+
+    def stream_ncco(self, st: VonageCallState) -> list[dict[str, Any]]:
+        call = st.call
+        headers = {"call_id": call.id, "agent_id": str((call.agent or {}).get("id") or ""), "gw_token": st.token}
+        return websocket_ncco(self.ws_url(f"/vonage/media?call_id={call.id}"), st.rate, headers,
+                              self.url(f"/vonage/events?call_id={call.id}&leg=websocket"),
+                              from_number=call.to_number if call.direction == "inbound" else call.from_number)
+
+    async def event_webhook(self, request: web.Request) -> web.Response:
+        """Call status (started, ringing, answered, completed, busy, timeout, failed…), AMD results."""
+        p = await self._params(request)
+        status = str(p.get("status") or "").lower()
+        uuid = str(p.get("uuid") or "")
+        if request.query.get("leg") == "websocket":
+            return web.Response(status=204)          # our own websocket leg: nothing to log
+        st = self.states.get(request.query.get("call_id", ""))
+        call = st.call if st else (self.gateway.calls.find_by_sid(uuid) if uuid else None)
+        if st is None and call is not None:
+            st = self.states.get(call.id)
+        number = st.number if st else (call.number if call else None)
+        if number is None and uuid:
+            row = await self.gateway.store.find_call(carrier_sid=uuid)
+            if row and row.get("phone_number_id"):
+                number = await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
+        if not self.signature_ok(request, creds_of(number).signature_secret):
+            return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        if st is not None and uuid and st.uuid is None and _UUID.match(uuid):
+            st.uuid = uuid
+            st.call.set_carrier_sid(uuid)
+            await st.call.record(carrier_sid=uuid)
+        extra = {"vonage_event": {k: str(p.get(k))[:100] for k in ("status", "timestamp", "duration", "price",
+                                                                   "rate", "network", "detail", "sub_state",
+                                                                   "reason") if p.get(k) not in (None, "")}}
+        if call is None or call.ended.is_set():
+            row = await self.gateway.store.find_call(carrier_sid=uuid) if uuid else None
+            if row is not None and row.get("channel_type") == self.name:
+                await self.gateway.store.update_call(row["id"], extra=extra)
+            return web.Response(status=204)
+        await call.record(extra=extra)
+        await call.emit("vonage:event", {"status": status})
+        if status == "ringing" and call.bus is None:
+            await call.record(call_status="ringing")
+        elif status in ("human", "machine"):
+            since = call.answered or call.created
+            result = amd_result(status, str(p.get("sub_state") or "") or None, int((time.monotonic() - since) * 1000))
+            if result is not None:
+                await self._report_amd(call, result)
+        elif status in TERMINAL:
+            if st is not None and st.state == "transferring":
+                if call.transfer_result is None:
+                    await call.transfer_finished(TransferResult(self._current_target(st), "canceled"))
+                await call.end(HangupSource.USER, "caller_hangup")
+            elif call.bus is None:
+                await call.end(HangupSource.CARRIER, status, status=TERMINAL[status])
+            else:
+                source = HangupSource.USER if status == "completed" else HangupSource.CARRIER
+                await call.end(source, "caller_hangup" if status == "completed" else status)
+        return web.Response(status=204)
+
+    async def _report_amd(self, call: "Call", result: AmdResult) -> None:
+        try:
+            from gateway.amd import report_amd
+        except ImportError:
+            await call.set_amd(result)
+            return
+        await report_amd(call, result)
+
+    # -- transfer -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _current_target(st: VonageCallState) -> str | None:
+        n = len(st.attempts)
+        return st.transfer_targets[min(n, len(st.transfer_targets) - 1)] if st.transfer_targets else None
+
+    def transfer_attempt_ncco(self, st: VonageCallState, attempt: int) -> list[dict[str, Any]]:
+        call = st.call
+        opts = ((call.agent or {}).get("settings") or {}).get("transfer") or {}
+        ring = int(opts.get("ring_timeout") or self.ring_timeout)
+        caller_id = call.to_number if call.direction == "inbound" else call.from_number
+        return phone_ncco(st.transfer_targets[attempt], caller_id,
+                          self.url(f"/vonage/transfer_event?call_id={call.id}&attempt={attempt}"), ring)
+
+    async def transfer_event(self, request: web.Request) -> web.Response:
+        """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
+        the agent on a new media socket when every number failed."""
+        p = await self._params(request)
+        st = self.states.get(request.query.get("call_id", ""))
+        if st is None:
+            return web.Response(status=204)
+        if not self.signature_ok(request, creds_of(st.number).signature_secret):
+            return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        call = st.call
+        status = str(p.get("status") or "").lower()
+        try:
+            attempt = int(request.query.get("attempt", "0"))
+        except ValueError:
+            attempt = 0
+        if st.state != "transferring" or call.ended.is_set() or not st.transfer_targets:
+            return web.Response(status=204)
+        target = st.transfer_targets[min(attempt, len(st.transfer_targets) - 1)]
+        if status == "answered":
+            st.attempts.append({"number": target, "status": status})
+            st.state = "released"
+            if st.watchdog is not None:
+                st.watchdog.cancel()
+            await call.record(extra={"transfer_attempts": list(st.attempts)})
+            if call.transfer_result is None:
+                await call.transfer_finished(TransferResult(target, "completed"))
+            await call.end(HangupSource.AGENT, "transferred")
+            return web.Response(status=204)
+        if status not in TRANSFER_FAILED:
+            return web.Response(status=204)
+        st.attempts.append({"number": target, "status": status})
+        await call.record(extra={"transfer_attempts": list(st.attempts)})
+        if attempt + 1 < len(st.transfer_targets):
+            await call.record(transfer_target=st.transfer_targets[attempt + 1])
+            return web.json_response(self.transfer_attempt_ncco(st, attempt + 1))
+        await call.transfer_finished(TransferResult(target, {"unanswered": "no-answer", "timeout": "no-answer",
+                                                             "cancelled": "canceled"}.get(status, status)))
+        st.state = "reconnecting"
+        st.token = secrets.token_urlsafe(18)
+        self.arm_watchdog(st, self.attach_timeout, "stream_not_reconnected")
+        return web.json_response(self.stream_ncco(st))
+
+    # -- media socket -------------------------------------------------------------------------------------------
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(timeout=2.0, heartbeat=None, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        await VonageStream(self, ws, request).run()
+        return ws
+
+    def claim_stream(self, stream: VonageStream, call_id: str, token: str) -> VonageCallState:
+        st = self.states.get(call_id)
+        if st is None or st.call.ended.is_set():
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "no call is waiting for this stream")
+        if not hmac.compare_digest(token.encode(), st.token.encode()):
+            raise StreamClosed(CloseCode.BAD_TOKEN, "stream token does not match")
+        if st.stream is not None or st.state not in ("connecting", "reconnecting"):
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "this call already has a stream")
+        st.token = secrets.token_urlsafe(18)       # one use only
+        if st.watchdog is not None:
+            st.watchdog.cancel()
+            st.watchdog = None
+        st.stream = stream
+        return st
+
+    async def stream_gone(self, stream: VonageStream) -> None:
+        st = stream.st
+        if st is None or st.stream is not stream:
+            return
+        st.stream = None
+        call = st.call
+        if call.ended.is_set() or st.state in ("transferring", "reconnecting", "released"):
+            return
+        if stream.closing_for is not None:
+            return           # our hangup/transfer: its initiator settles the call
+        # Vonage closes the socket when the caller hangs up (the event webhook says `completed` right after)
+        code = stream.ws.close_code
+        if code in (None, 1000, 1001):
+            await call.end(HangupSource.USER, "caller_hangup")
+        else:
+            await call.end(HangupSource.CARRIER, "stream_closed")
+
+    # -- import / test / outbound -------------------------------------------------------------------------------
+    async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
+        creds = creds_of(fields)
+        phone = fields[self.number_field]
+        if bool(creds.application_id) != bool(creds.private_key):
+            raise CarrierError("give both vonage_application_id and vonage_private_key (or neither)", 400)
+        if bool(creds.api_key) != bool(creds.api_secret):
+            raise CarrierError("give both vonage_api_key and vonage_api_secret (or neither)", 400)
+        if not creds.has_app and not creds.has_account:
+            raise CarrierError("Vonage credentials needed: vonage_application_id + vonage_private_key, "
+                               "or vonage_api_key + vonage_api_secret", 400)
+        out = dict(fields)
+        if creds.private_key:
+            out["vonage_private_key"] = creds.private_key
+        if creds.has_app:
+            check_private_key(creds.private_key)
+            await self._check_app(creds)
+        if creds.has_account:
+            owned = await self._owned_number(creds, phone)
+            if owned is None:
+                raise CarrierError(f"number {phone} not found on Vonage account {creds.api_key}", 400)
+            linked = getattr(owned, "app_id", None)
+            if creds.application_id and linked and linked != creds.application_id:
+                raise CarrierError(f"number {phone} is linked to Vonage application {linked}, not "
+                                   f"{creds.application_id}: link it to this application", 400)
+            if linked:
+                out["vonage_linked_application_id"] = linked
+        rate = out.get("vonage_audio_rate")
+        if rate not in (None, "") and int(rate) not in RATES:
+            raise CarrierError(f"vonage_audio_rate must be one of {RATES}", 400)
+        return out
+
+    async def _check_app(self, creds: VonageCreds) -> None:
+        """A JWT-authenticated read (GET /v1/calls?page_size=1): 401 means wrong application id / key."""
+        from vonage_voice import ListCallsFilter
+
+        await self.sdk(creds, lambda v: v.voice.list_calls(ListCallsFilter(page_size=1)))
+
+    async def _owned_number(self, creds: VonageCreds, phone: str) -> Any:
+        from vonage_numbers import ListOwnedNumbersFilter
+
+        digits = re.sub(r"\D", "", phone)
+        numbers, _count, _next = await self.sdk(
+            creds, lambda v: v.numbers.list_owned_numbers(ListOwnedNumbersFilter(pattern=digits, search_pattern=1)),
+            kind="account")
+        return next((n for n in numbers if re.sub(r"\D", "", n.msisdn or "") == digits), None)
+
+    async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
+        steps: list[dict[str, Any]] = []
+        creds = creds_of(fields)
+        if creds.has_app:
+            try:
+                check_private_key(creds.private_key)
+                await self._check_app(creds)
+                steps.append({"step": "application", "ok": True, "detail": "JWT accepted by the Voice API"})
+            except CarrierError as e:
+                steps.append({"step": "application", "ok": False, "detail": e.message})
+        if creds.has_account:
+            try:
+                owned = await self._owned_number(creds, fields[self.number_field])
+                steps.append({"step": "number", "ok": owned is not None,
+                              "detail": "number found on the account" if owned else "number not on this account"})
+            except CarrierError as e:
+                steps.append({"step": "number", "ok": False, "detail": e.message})
+        if not steps:
+            steps.append({"step": "credentials", "ok": False, "detail": "no Vonage credentials"})
+        return {"ok": all(s["ok"] for s in steps), "carrier": self.name, "steps": steps,
+                "webhooks": {"answer_url": self.url("/vonage/answer"), "event_url": self.url("/vonage/events")}}
+
+    async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
+        """Outbound: POST /v1/calls with the NCCO inline (no answer webhook), events to us, Vonage AMD if asked."""
+        from vonage_voice import AdvancedMachineDetection, CreateCallRequest, Phone, ToPhone
+
+        creds = creds_of(number)
+        if not creds.has_app:
+            raise CarrierError("outbound calls need the number's vonage_application_id and vonage_private_key", 400)
+        st = self._state(call, number, None)
+        vs = ((call.agent or {}).get("settings") or {}).get("vonage") or {}
+        amd = vs.get("amd") if isinstance(vs.get("amd"), dict) else {}
+        kw: dict[str, Any] = dict(
+            to=[ToPhone(number=to_number.lstrip("+"))], from_=Phone(number=number["phone_number"].lstrip("+")),
+            ncco=_ncco_models(self.stream_ncco(st)), event_url=[self.url(f"/vonage/events?call_id={call.id}")],
+            ringing_timer=int(vs.get("ring_timeout", 45)), length_timer=int(vs.get("time_limit", 7200)))
+        if amd.get("enabled"):
+            kw["advanced_machine_detection"] = AdvancedMachineDetection(
+                behavior=amd.get("behavior", "continue"), mode=amd.get("mode", "detect"),
+                beep_timeout=int(amd.get("beep_timeout", 45)))
+            st.amd_requested = True
+        try:
+            resp = await self.sdk(creds, lambda v: v.voice.create_call(CreateCallRequest(**kw)))
+        except CarrierError:
+            self.states.pop(call.id, None)
+            raise
+        st.uuid = resp.uuid
+        call.set_carrier_sid(resp.uuid)
+        await call.record(carrier_sid=resp.uuid, call_status="initiated",
+                          extra={"vonage_conversation_uuid": resp.conversation_uuid, "vonage_amd": st.amd_requested})
+        self.arm_watchdog(st, self.attach_timeout + int(vs.get("ring_timeout", 45)), "stream_never_started")
+        if not st.amd_requested:
+            try:
+                from gateway.amd import maybe_start_amd
+                maybe_start_amd(call)
+            except ImportError:
+                pass
+        call.log.info("vonage outbound call created", extra={"uuid": resp.uuid})
+
