@@ -10,9 +10,10 @@ speech burst).
 
 Measured per 20 ms frame on the 2-core build machine (Python 3.11, `timeit`, 20 000 runs, random loud frames):
 webrtcvad 1.96 µs at 8 kHz, 2.41 µs at 16 kHz, 23.1 µs at 48 kHz; `audioop.rms` 0.24 / 0.40 / 1.06 µs; the whole
-`SpeechDetector.process()` ≈ 1.5 µs for a quiet frame and ≈ 4-8 µs for a loud one at 8 kHz. 1000 calls at 8 kHz
-thus cost about 0.2-0.4 % of one core, versus ~0.02 % for an energy-only detector that would fire on every noisy
-line. webrtcvad takes 8/16/32/48 kHz itself (48 kHz costs more, but less than our anti-aliased resampler at
+`SpeechDetector.process()` ≈ 1.5 µs for a quiet frame and ≈ 4-8 µs for a loud one at 8 kHz (the machine was
+busier then). 1000 calls at 8 kHz are 50 000 frames/s, so 7-40 % of one core depending on how much is speech,
+versus ~1.5 % for an energy-only detector that would fire on every noisy line; either is small next to
+resampling (~40 µs per frame and direction). webrtcvad takes 8/16/32/48 kHz itself (48 kHz costs more, but less than our anti-aliased resampler at
 ~40 µs); only other rates (24 kHz) are resampled to 16 kHz first.
 
 Frame decisions are smoothed with hysteresis so a webhook receiver is never spammed: speech *starts* when at
@@ -22,7 +23,6 @@ at most 10 % of frames were voiced (the pauses between words do not end an utter
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,6 @@ from .frames import SpeechActivity
 
 if TYPE_CHECKING:
     from .call import Call
-
-log = logging.getLogger("gateway.vad")
 
 FRAME_MS = 20
 
