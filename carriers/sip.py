@@ -512,6 +512,9 @@ class SipCarrier(Carrier):
         leg.rtp.set_direction(choice.direction)
         leg.rtp.on_pcm = None
         call.set_carrier_sid(session.call_id)
+        if state.get("early"):
+            await call.record(extra={"early_media": {"packets": leg.rtp.received,
+                                                     "amd_fed": "detector" in state}})
         try:
             from gateway.amd import maybe_start_amd
             maybe_start_amd(call, detector=state.get("detector"))

@@ -457,7 +457,11 @@ class OutgoingInvite:
         task = asyncio.ensure_future(self.ua.send_authenticated(
             self._build, self.dest, self.creds, on_provisional=self._provisional, on_request=self._on_request,
             on_txn=self._on_txn))
-        done, _ = await asyncio.wait({task}, timeout=ring_timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=ring_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         timed_out = not done
         if timed_out:
             self.cancel()
