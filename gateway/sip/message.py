@@ -655,6 +655,15 @@ _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:\S+\Z")
 
 
+def _check_header_lines(rest: str, msg: "SipMessage") -> None:
+    for line in rest.split("\n"):
+        if not line.strip():
+            raise SipParseError("message without headers" if not rest.strip() else "empty header line",
+                                partial=msg)
+        if line.find(":") <= 0:
+            raise SipParseError(f"malformed header line {line[:40]!r}", partial=msg)
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     end = data.find(b"\r\n\r\n")
     if end >= 0:
@@ -688,9 +697,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         text = text.replace("\r\n", "\n")
     if "\n " in text or "\n\t" in text:
         text = re.sub(r"[ \t]*\n[ \t]+", " ", text)  # RFC 3261 §7.3.1 line folding
-    lines = text.split("\n")
-    start = lines[0]
+    start, _, rest = text.partition("\n")
     msg: SipRequest | SipResponse
+    bad_version = None
     if start.startswith("SIP/"):
         parts = start.split(" ", 2)
         if parts[0].upper() != "SIP/2.0":
@@ -710,16 +719,13 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
             raise SipParseError(f"invalid Request-URI {uri[:60]!r}")
         msg = SipRequest(method, uri, Headers(), body)
         if version.upper() != "SIP/2.0":
-            raise SipParseError(f"SIP version {version[:20]!r} not supported", 505, None)
+            bad_version = version
     hd = msg.headers._d
     info_get = _NAME_INFO.get
-    for line in lines[1:]:
-        colon = line.find(":")
-        if colon <= 0:
-            if not line.strip():
-                continue
-            raise SipParseError(f"malformed header line {line[:40]!r}", partial=msg)
-        name = line[:colon]
+    for line in rest.split("\n"):
+        name, colon, value = line.partition(":")
+        if not colon or not name:
+            _check_header_lines(rest, msg)  # raises with the offending line
         info = info_get(name.lower())
         if info is None:
             name = name.rstrip()
@@ -727,13 +733,15 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
                 raise SipParseError(f"invalid header name {name[:40]!r}", partial=msg)
             info = _name_info(name)
         key, display, is_list = info
-        value = line[colon + 1:].strip()
-        values = split_header_list(value) if is_list else [value]
+        value = value.strip()
+        values = split_header_list(value) if is_list and "," in value else [value]
         entry = hd.get(key)
         if entry is None:
             hd[key] = (display, values)
         else:
             entry[1].extend(values)
+    if bad_version is not None:
+        raise SipParseError(f"SIP version {bad_version[:20]!r} not supported", 505, msg)
 
     # Body framing (RFC 3261 §18.3, §20.14).
     cl = hd.get("content-length")
@@ -749,35 +757,28 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
     elif stream and body:
         msg.body = b""
 
-    # Required headers and consistency.
-    if isinstance(msg, SipRequest):
-        for key, display in _REQUIRED_REQUEST:
-            if key not in hd or not hd[key][1] or not hd[key][1][0]:
-                raise SipParseError(f"missing {display} header", partial=msg)
-        try:
-            num, cmethod = msg.cseq
-        except SipParseError as e:
-            raise SipParseError(e.reason, partial=msg) from None
-        if cmethod != msg.method:
-            raise SipParseError(f"CSeq method {cmethod} does not match request method {msg.method}",
+    # Required headers and consistency; the parsed views are cached for the layers above.
+    is_request = isinstance(msg, SipRequest)
+    for key, display in _REQUIRED_REQUEST:
+        entry = hd.get(key)
+        if entry is None or not entry[1][0]:
+            raise SipParseError(f"missing {display} header" if is_request else f"response without {display}",
+                                partial=msg)
+    cache = msg.headers._parsed
+    try:
+        cache["cseq"] = cseq = msg._parse_cseq()
+        cache["top_via"] = Via.parse(hd["via"][1][0])
+        cache["from"] = msg._addr("from", "From")
+        cache["to"] = msg._addr("to", "To")
+    except SipParseError as e:
+        raise SipParseError(e.reason, partial=msg) from None
+    if is_request:
+        if cseq[1] != msg.method:  # type: ignore[union-attr]
+            raise SipParseError(f"CSeq method {cseq[1]} does not match request method {msg.method}",  # type: ignore[union-attr]
                                 partial=msg)
         mf = hd.get("max-forwards")
         if mf is not None and (not mf[1][0].isdigit() or int(mf[1][0]) > 255):
             raise SipParseError(f"invalid Max-Forwards {mf[1][0][:20]!r}", partial=msg)
-    else:
-        for key, display in _REQUIRED_REQUEST:
-            if key not in hd:
-                raise SipParseError(f"response without {display}", partial=msg)
-        try:
-            msg.cseq
-        except SipParseError as e:
-            raise SipParseError(e.reason, partial=msg) from None
-    try:
-        msg.top_via
-        msg.from_
-        msg.to
-    except SipParseError as e:
-        raise SipParseError(e.reason, partial=msg) from None
     return msg
 
 
