@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +27,8 @@ from twilio.request_validator import (SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADE
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
+from gateway.amd.controller import AmdController, controller_for, maybe_start_amd, report_amd
+from gateway.amd.settings import amd_settings
 from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
@@ -84,14 +86,16 @@ def _agent_settings(call: Call) -> dict[str, Any]:
 
 
 def wants_twilio_amd(agent: dict[str, Any] | None) -> bool:
-    """Agent settings: `amd.provider` "twilio" | "gateway" decides; without it, voicemail.enabled asks Twilio."""
-    settings = (agent or {}).get("settings") or {}
-    amd = settings.get("amd") if isinstance(settings.get("amd"), dict) else {}
-    provider = amd.get("provider")
-    if provider in ("twilio", "gateway"):
-        return provider == "twilio" and amd.get("enabled", True) is not False
-    vm = settings.get("voicemail") if isinstance(settings.get("voicemail"), dict) else {}
-    return bool(vm.get("enabled"))
+    """Ask Twilio for AMD? With `amd.enabled` the agent's `amd.provider` decides ("twilio" | "gateway"); without
+    it, voicemail.enabled asks Twilio (unless the provider is explicitly "gateway")."""
+    try:
+        s = amd_settings(agent)
+    except ValueError:
+        return False
+    if s.enabled:
+        return s.provider == "twilio"
+    explicit = (((agent or {}).get("settings") or {}).get("amd") or {}).get("provider")
+    return s.voicemail and explicit != "gateway"
 
 
 class TwilioLeg:
@@ -192,26 +196,30 @@ class TwilioLeg:
                 raise CarrierError("the Twilio call has already ended", 409) from None
             raise CarrierError(f"Twilio refused the call update: {e.msg} ({e.code})", 502) from None
 
-    async def leave_voicemail(self, message: str | None, answered_by: AnsweredBy) -> None:
-        """After the beep (AMD DetectMessageEnd): <Say>/<Play> the message through Twilio, then <Hangup/>."""
+    async def leave_voicemail(self, message: str | None) -> None:
+        """After the beep (AMD DetectMessageEnd): Twilio <Say>s a text (or <Play>s an http(s) URL), then <Hangup/>.
+
+        Twilio plays it even though our stream ends, and no TTS is needed in the gateway or the engine."""
         call = self.call
         self.state = "voicemail"
+        message = (message or "").strip()
         twiml = VoiceResponse()
-        if message:
-            if re.match(r"^https?://", message.strip()):
-                twiml.play(message.strip())
-            else:
-                twiml.say(message)
+        kind = "none"
+        if message and re.match(r"^https?://", message):
+            twiml.play(message)
+            kind = "audio"
+        elif message:
+            twiml.say(message)
+            kind = "text"
         twiml.hangup()
-        kind = answered_by.value.removeprefix("machine_end_").removeprefix("machine_")
         try:
             await self.update_twiml(twiml)
             self.released = True
         except CarrierError as e:
             log.warning("voicemail drop failed: %s", e.message, extra={"carrier": "twilio", "call_id": call.id})
             await self.complete_at_twilio()
-        await call.record(is_voicemail=True, voicemail_type=kind,
-                          extra={"voicemail_message_left": bool(message) and self.released})
+        await call.record(voicemail_type=kind)
+        await call.emit("call:voicemail_started", {"type": kind, "via": "twilio"})
         await call.end(HangupSource.SYSTEM, "voicemail")
 
     async def stream_gone(self, stream: MediaStream) -> None:
@@ -479,6 +487,7 @@ class TwilioCarrier(Carrier):
         leg.stream = stream
         leg.disarm_watchdog()
         if call.bus is None:
+            maybe_start_amd(call)     # before attach, so an AMD gate holds the engine's first words
             await call.attach(leg, RATE)
         else:
             log.info("media stream re-attached", extra={"carrier": "twilio", "call_id": call.id})
@@ -548,11 +557,25 @@ class TwilioCarrier(Carrier):
             duration_ms = int(float(form.get("MachineDetectionDuration") or 0))
         except ValueError:
             duration_ms = 0
-        await call.set_amd(AmdResult(answered_by, duration_ms, source="twilio"))
-        vm = _agent_settings(call).get("voicemail") or {}
+        result = AmdResult(answered_by, duration_ms, source="twilio")
         leg = self.legs.get(call.id)
-        if answered_by.is_machine and vm.get("enabled") and leg is not None:
-            leg._shielded(leg.leave_voicemail(vm.get("message"), answered_by))
+        if controller_for(call) is not None or leg is None:
+            await report_amd(call, result)          # the agent's AMD controller acts (gate, WAV, text, fax…)
+            return _ok()
+        # Twilio AMD asked for by voicemail.enabled alone (no AMD controller): the voicemail drop is ours
+        vm = _agent_settings(call).get("voicemail") or {}
+        message = str(vm.get("message") or "").strip()
+        if answered_by.is_machine and message.lower().endswith(".wav") and not re.match(r"^https?://", message):
+            # a local WAV file Twilio cannot fetch: the AMD controller plays it through the stream
+            settings = replace(amd_settings(call.agent), enabled=True, provider="twilio")
+            AmdController(call, settings, external=True).start()
+            await report_amd(call, result)
+            return _ok()
+        await call.set_amd(result)
+        if answered_by.is_machine:
+            leg._shielded(leg.leave_voicemail(message))
+        elif answered_by is AnsweredBy.FAX:
+            await call.request_hangup(HangupSource.SYSTEM, "fax")
         return _ok()
 
     # -- transfer callbacks -------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ async def test_amd_machine_leaves_voicemail_after_beep_then_hangs_up(twilio_env)
         row = await env.wait_row(call_id, lambda r: r["ended_at"] is not None)
     assert row["amd_detected"] and row["amd_answered_by"] == "machine_end_beep"
     assert row["amd_duration"] == 4.321 and row["is_voicemail"] and not row["is_fax"]
-    assert row["voicemail_type"] == "beep"
+    assert row["voicemail_type"] == "text"
     assert row["hangup_reason"] == "voicemail" and row["hangup_source"] == "system"
     # Twilio now plays the message and hangs up by itself: no REST hangup on top of it
     assert not any(r.one("Status") for r in env.rest.of("POST", f"/Calls/{call_sid}.json"))
@@ -163,6 +163,59 @@ async def test_amd_human_is_recorded_and_the_call_goes_on(twilio_env):
         assert env.gw.calls.get(call_id).is_active
         await client.play(b"\xff" * 1600)
         await client.wait_for(lambda: len(client.got.media) >= 8)
+
+
+def write_wav(path, seconds: float = 0.4) -> str:
+    import wave
+
+    import numpy as np
+    pcm = (np.sin(2 * np.pi * 600 * np.arange(int(8000 * seconds)) / 8000) * 8000).astype("<i2").tobytes()
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm)
+    return str(path)
+
+
+async def test_amd_controller_holds_engine_until_human(twilio_env):
+    env = await twilio_env(settings={"amd": {"enabled": True, "provider": "twilio"}})
+    _, body = await dispatch(env)
+    call_id = body["call_id"]
+    assert env.rest.of("POST", "/Calls.json")[-1].one("AsyncAmd") == "true"
+    call_sid = next(iter(env.rest.calls))
+    client = env.stream()
+    async with client:
+        await client.start(call_id, call_sid=call_sid)
+        await client.play(b"\xff" * 1600)
+        await asyncio.sleep(0.3)
+        assert client.got.media == []          # the echo engine's audio is held while AMD decides
+        await env.callback(f"/twilio/amd?call_id={call_id}", {"CallSid": call_sid, "AnsweredBy": "human",
+                                                              "MachineDetectionDuration": "900"})
+        await client.wait_for(lambda: len(client.got.media) >= 8)   # released once a human is confirmed
+    row = await env.row(call_id)
+    assert row["amd_answered_by"] == "human" and row["amd_duration"] == 0.9
+
+
+async def test_amd_controller_plays_wav_voicemail_through_the_stream(twilio_env, tmp_path):
+    wav = write_wav(tmp_path / "vm.wav", 0.4)
+    env = await twilio_env(settings={"amd": {"enabled": True, "provider": "twilio"},
+                                     "voicemail": {"enabled": True, "message": wav}})
+    _, body = await dispatch(env)
+    call_id = body["call_id"]
+    call_sid = next(iter(env.rest.calls))
+    client = env.stream()
+    async with client:
+        await client.start(call_id, call_sid=call_sid)
+        await env.callback(f"/twilio/amd?call_id={call_id}", {"CallSid": call_sid,
+                                                              "AnsweredBy": "machine_end_silence",
+                                                              "MachineDetectionDuration": "5100"})
+        sid, rec = await asyncio.wait_for(env.rest.updates.get(), 10)
+        assert sid == call_sid and rec.one("Status") == "completed"
+        assert len(client.got.media) >= 19                      # the 0.4 s message went out as 20 ms frames
+    row = await env.wait_row(call_id, lambda r: r["ended_at"] is not None)
+    assert row["is_voicemail"] and row["voicemail_type"] == "audio" and row["hangup_reason"] == "voicemail"
+    assert row["amd_answered_by"] == "machine_end_silence"
 
 
 async def test_gateway_amd_provider_does_not_ask_twilio(twilio_env):
