@@ -252,6 +252,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("numbers", "import-exotel"): lambda c, a: c.request("POST", "/phone_number/import/exotel",
                                                          _body_from(EXOTEL_OPTS, a)),
     ("numbers", "import"): lambda c, a: c.request("POST", f"/phone_number/import/{a.provider}", _body_from((), a)),
+    ("numbers", "update"): lambda c, a: c.request("PATCH", f"/phone_number/{a.id}", _body_from((), a)),
     ("numbers", "attach"): lambda c, a: c.request("POST", "/phone_number/attach",
                                                   {"phone_number_id": a.id, "agent_id": a.agent_id}),
     ("numbers", "detach"): lambda c, a: c.request("POST", "/phone_number/detach", {"phone_number_id": a.id}),
@@ -321,6 +322,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("provider")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="a field of the import body")
     p.add_argument("--agent-id", type=int)
+    p = ns.add_parser("update", help="change fields of an imported number: --set field=value …")
+    p.add_argument("id", type=int)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", required=True)
     p = ns.add_parser("attach", help="attach a number to an agent")
     p.add_argument("id", type=int)
     p.add_argument("--agent-id", type=int, required=True)

@@ -259,3 +259,46 @@ async def test_concurrent_imports_of_one_number(api):
     assert sorted(code for code, _ in results) == [201, 409], results
     assert [b["field"] for c, b in results if c == 409] == ["phone_number"]
     assert await count_numbers(api) == 1
+
+
+async def test_update_number(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    carrier = api.gw.carriers["sip"]
+    agent_id = await make_agent(api)
+    status, body = await api.post("/phone_number/import/sip", json={**sip_body(), "agent_id": agent_id})
+    nid = body["phone_number"]["id"]
+    await api.post("/phone_number/import/sip", json=sip_body(phone_number="+14155550155", sip_trunk_name="other"))
+    # change the host and port, keep the password by sending the mask back
+    status, body = await api.patch(f"/phone_number/{nid}", json={"sip_host": "10.0.0.7", "sip_port": "5080",
+                                                                 "sip_password": "****"})
+    assert status == 200, body
+    n = body["phone_number"]
+    assert n["config"]["sip_host"] == "10.0.0.7" and n["config"]["sip_port"] == 5080
+    assert n["config"]["sip_password"] == "****" and n["agent_id"] == agent_id
+    assert n["config"]["transport"] == "tcp" and n["sip_trunk_name"] == "main-trunk"   # untouched fields stay
+    row = await api.gw.store.get_number(nid, with_secrets=True)
+    assert row["secrets"] == {"sip_password": SIP_PASSWORD}
+    assert carrier.deleted[-1]["config"]["sip_host"] == "127.0.0.1"        # the carrier re-registers
+    assert carrier.imported[-1]["config"]["sip_host"] == "10.0.0.7"
+    # rotate the password
+    status, body = await api.patch(f"/phone_number/{nid}", json={"sip_password": "n3w-Passw0rd!!"})
+    assert status == 200 and "n3w-Passw0rd!!" not in str(body)
+    assert (await api.gw.store.get_number(nid, with_secrets=True))["secrets"]["sip_password"] == "n3w-Passw0rd!!"
+    assert "n3w-Passw0rd!!" not in caplog.text and SIP_PASSWORD not in caplog.text
+    # bad input changes nothing
+    before = await api.gw.store.get_number(nid, with_secrets=True)
+    for payload, field, code in (({"sip_port": "x"}, "sip_port", 400), ({"phone_number": "12"}, "phone_number", 400),
+                                 ({"sip_host": ""}, "sip_host", 400), ({"agent_id": 1}, "agent_id", 400),
+                                 ({"sip_trunk_name": "other"}, "sip_trunk_name", 409),
+                                 ({"phone_number": "+14155550155"}, "phone_number", 409)):
+        status, body = await api.patch(f"/phone_number/{nid}", json=payload)
+        assert status == code and body["field"] == field, (payload, body)
+    status, body = await api.patch(f"/phone_number/{nid}", json={"name": "reject"})
+    assert status == 401
+    status, body = await api.patch(f"/phone_number/{nid}", json={"name": "explode-on-import"})
+    assert status == 400 and "registration" in body["error"]
+    after = await api.gw.store.get_number(nid, with_secrets=True)
+    assert after == before                                               # restored
+    assert carrier.imported[-1]["name"] == "Main"                        # and handed back to the carrier
+    status, body = await api.patch("/phone_number/999", json={"name": "x"})
+    assert status == 404 and body["field"] == "id"

@@ -59,6 +59,11 @@ async def test_numbers_lifecycle(cli, monkeypatch):
     assert code == 0 and json.loads(out)["phone_number"]["agent_id"] == agent["id"]
     code, out, _ = await cli("numbers", "test", str(number["id"]))
     assert code == 0 and json.loads(out)["report"]["ok"] is True and SIP_PASSWORD not in out
+    code, out, err = await cli("numbers", "update", str(number["id"]), "--set", "sip_port=5090",
+                               "--set", "register=true")
+    assert code == 0, err
+    updated = json.loads(out)["phone_number"]["config"]
+    assert updated["sip_port"] == 5090 and updated["register"] is True and updated["sip_password"] == "****"
     code, out, _ = await cli("numbers", "detach", str(number["id"]))
     assert code == 0 and json.loads(out)["phone_number"]["agent_id"] is None
     code, out, _ = await cli("numbers", "delete", str(number["id"]))

@@ -104,37 +104,48 @@ def _secrets(carrier: Carrier, fields: dict[str, Any]) -> dict[str, Any]:
     return {f.name: fields[f.name] for f in carrier.import_fields if f.secret and fields.get(f.name) is not None}
 
 
-async def _check_unique(gw: "Gateway", carrier: Carrier, provider: str, phone: str, trunk: str | None) -> None:
+async def _check_unique(gw: "Gateway", carrier: Carrier, provider: str, phone: str, trunk: str | None,
+                        exclude: int | None = None) -> None:
     if trunk:
         existing, _ = await gw.store.list_numbers(1, 1_000_000)
-        if any(n.get("sip_trunk_name") == trunk for n in existing):
+        if any(n.get("sip_trunk_name") == trunk and n["id"] != exclude for n in existing):
             raise bad("sip_trunk_name", f"{trunk!r} is already used by another trunk", 409)
-    if await gw.store.find_number(phone, provider) is not None:
+    other = await gw.store.find_number(phone, provider)
+    if other is not None and other["id"] != exclude:
         raise bad(carrier.number_field, f"{phone} is already imported for provider {provider}", 409)
+
+
+def _carrier_error(e: CarrierError, secrets: dict[str, Any]) -> ApiError:
+    return ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None))
+
+
+async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, Any]
+                             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Let the carrier check the fields, then split them into store columns, `config` and `secrets`."""
+    try:
+        checked = await carrier.validate_import(dict(fields))
+    except CarrierError as e:
+        raise _carrier_error(e, _secrets(carrier, fields)) from None
+    checked = dict(checked if checked is not None else fields)
+    secret_fields = {f.name for f in carrier.import_fields if f.secret}
+    secrets = {k: v for k, v in checked.items() if k in secret_fields and v is not None}
+    top = {"phone_number": checked.get(carrier.number_field) or fields[carrier.number_field], "provider": provider,
+           **{k: checked.get(k) for k in TOP_LEVEL}}
+    config = {k: v for k, v in checked.items()
+              if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
+    return top, config, secrets
 
 
 async def import_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
     provider = request.match_info["provider"]
     carrier, fields, agent_id = await _checked_import(request, provider)
-    phone = fields[carrier.number_field]
-    await _check_unique(gw, carrier, provider, phone, fields.get("sip_trunk_name"))
-    secrets = _secrets(carrier, fields)
-    try:
-        checked = await carrier.validate_import(dict(fields))
-    except CarrierError as e:
-        raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
-    checked = dict(checked if checked is not None else fields)
-    secret_fields = {f.name for f in carrier.import_fields if f.secret}
-    secrets = {k: v for k, v in checked.items() if k in secret_fields and v is not None}
-    top = {"phone_number": checked.get(carrier.number_field) or phone, "provider": provider,
-           "agent_id": agent_id, **{k: checked.get(k) for k in TOP_LEVEL}}
-    config = {k: v for k, v in checked.items()
-              if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
+    await _check_unique(gw, carrier, provider, fields[carrier.number_field], fields.get("sip_trunk_name"))
+    top, config, secrets = await _validated_columns(carrier, provider, fields)
     async with request.app[IMPORT_LOCK]:
         await _check_unique(gw, carrier, provider, top["phone_number"], top.get("sip_trunk_name"))
         try:
-            row = await gw.store.create_number({**top, "config": config}, secrets)
+            row = await gw.store.create_number({**top, "agent_id": agent_id, "config": config}, secrets)
         except DuplicateError as e:
             raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
     try:
@@ -143,12 +154,65 @@ async def import_number(request: web.Request) -> web.Response:
         # the carrier could not take the number on (e.g. bad registration settings): undo the import
         await gw.store.delete_number(row["id"])
         if isinstance(e, CarrierError):
-            raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
+            raise _carrier_error(e, secrets) from None
         raise
     log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
                                              "carrier": carrier.name})
     full = await gw.store.get_number(row["id"], with_secrets=True)
     return web.json_response({"success": True, "phone_number": number_json(gw, full)}, status=201)
+
+
+async def update_number(request: web.Request) -> web.Response:
+    """Change some fields of an imported number (rotate a password, move a trunk): the merged fields go through
+    the same checks as an import; the carrier sees it as the old number removed and the new one imported."""
+    gw = gw_of(request)
+    number_id = _number_id(request)
+    old = await _number_or_404(gw, number_id)
+    carrier = gw.carrier_for(old["provider"])
+    if carrier is None:
+        raise bad("provider", f"no carrier for provider {old['provider']!r} is loaded on this gateway", 409)
+    body = await read_json(request)
+    declared = {f.name: f for f in carrier.import_fields}
+    reject_unknown(body, set(declared))
+    current = flatten(carrier, old)
+    merged = {name: current.get(name) for name in declared}
+    for name, value in body.items():
+        if declared[name].secret and value == MASK:
+            continue  # "****" as shown by GET: keep the stored secret
+        merged[name] = value
+    fields = import_body(carrier.import_fields, merged, {})
+    if not fields.get(carrier.number_field):
+        raise bad(carrier.number_field, "is required")
+    await _check_unique(gw, carrier, old["provider"], fields[carrier.number_field], fields.get("sip_trunk_name"),
+                        exclude=number_id)
+    top, config, secrets = await _validated_columns(carrier, old["provider"], fields)
+    columns = {**top, "config": config, "secrets": secrets}
+    async with request.app[IMPORT_LOCK]:
+        await _check_unique(gw, carrier, old["provider"], top["phone_number"], top.get("sip_trunk_name"),
+                            exclude=number_id)
+        await gw.store.update_number(number_id, **columns)
+    new = await gw.store.get_number(number_id, with_secrets=True)
+    await _safe_hook(carrier.on_number_deleted, old, number_id, carrier)
+    try:
+        await carrier.on_number_imported(new)
+    except Exception as e:
+        # put the old settings back and hand them to the carrier again
+        await gw.store.update_number(number_id, **{k: old[k] for k in columns})
+        await _safe_hook(carrier.on_number_imported, await gw.store.get_number(number_id, with_secrets=True),
+                         number_id, carrier)
+        if isinstance(e, CarrierError):
+            raise _carrier_error(e, secrets) from None
+        raise
+    log.info("phone number updated", extra={"number_id": number_id, "carrier": carrier.name,
+                                            "fields": sorted(body)})
+    return web.json_response({"success": True, "phone_number": number_json(gw, new)})
+
+
+async def _safe_hook(hook, number: dict[str, Any], number_id: int, carrier: Carrier) -> None:
+    try:
+        await hook(number)
+    except Exception:
+        log.exception("carrier number hook failed", extra={"number_id": number_id, "carrier": carrier.name})
 
 
 async def test_before_import(request: web.Request) -> web.Response:
@@ -162,7 +226,7 @@ async def _run_test(carrier: Carrier, fields: dict[str, Any], about: dict[str, A
     try:
         report = await carrier.test_connection(dict(fields))
     except CarrierError as e:
-        raise ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None)) from None
+        raise _carrier_error(e, secrets) from None
     return web.json_response({"success": True, **about, "report": scrub(report, secrets)})
 
 
@@ -228,11 +292,7 @@ async def delete_number(request: web.Request) -> web.Response:
         raise bad("id", f"phone number {number_id} not found", 404) from None
     carrier = gw.carrier_for(row["provider"])
     if carrier is not None:
-        try:
-            await carrier.on_number_deleted(row)
-        except Exception:
-            log.exception("carrier on_number_deleted failed", extra={"number_id": number_id,
-                                                                    "carrier": carrier.name})
+        await _safe_hook(carrier.on_number_deleted, row, number_id, carrier)
     return web.json_response({"success": True, "deleted": number_id})
 
 
@@ -255,5 +315,6 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_post(f"{prefix}/phone_number/attach", attach)
     r.add_post(f"{prefix}/phone_number/detach", detach)
     r.add_get(f"{prefix}/phone_number/{{id}}", get_number)
+    r.add_patch(f"{prefix}/phone_number/{{id}}", update_number)
     r.add_delete(f"{prefix}/phone_number/{{id}}", delete_number)
     r.add_post(f"{prefix}/phone_number/{{id}}/test", test_number)

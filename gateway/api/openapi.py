@@ -179,6 +179,9 @@ def build(gw: "Gateway") -> dict[str, Any]:
                   "properties": {"phone_number_id": {"type": "integer"}}})},
         f"{p}/phone_number/{{id}}": {
             "get": _op("Show a phone number", tag="phone numbers", params=[nid], ok=_ref("PhoneNumberResponse")),
+            "patch": _op("Change some import fields of a number (\"****\" keeps a secret); checked like an import",
+                         tag="phone numbers", params=[nid], body={"type": "object"}, ok=_ref("PhoneNumberResponse"),
+                         errors=(400, 401, 404, 409, 502)),
             "delete": _op("Delete a phone number", tag="phone numbers", params=[nid])},
         f"{p}/phone_number/{{id}}/test": {"post": _op(
             "Test an imported trunk / account", tag="phone numbers", params=[nid], ok=_ref("TestReport"),
