@@ -105,7 +105,7 @@ class StreamResampler:
     sample that the input so far determines; `delay_ms` is the constant latency the filter adds.
     """
 
-    __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_buf", "_mv", "_in_count", "_out_count")
+    __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_mats", "_buf", "_mv", "_rows", "_in_count", "_out_count")
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         if in_rate not in SUPPORTED_RATES or out_rate not in SUPPORTED_RATES:
@@ -114,6 +114,7 @@ class StreamResampler:
         self.out_rate = out_rate
         self._d = _design(in_rate, out_rate) if in_rate != out_rate else None
         self.delay_ms = self._d.delay_ms if self._d else 0.0
+        self._mats = [self._d.matrix(p) for p in range(self._d.down)] if self._d else []
         self.reset()
 
     def reset(self) -> None:
@@ -124,6 +125,7 @@ class StreamResampler:
         # move with plain memory copies; numpy converts the rows to float32 inside the product.
         self._buf = np.zeros(2 * self._d.block if self._d else 0, np.int16)
         self._mv = memoryview(self._buf).cast("B")
+        self._rows: dict[int, np.ndarray] = {}      # block count → row view of _buf (frames repeat sizes)
 
     def process(self, pcm: bytes) -> bytes:
         d = self._d
@@ -137,18 +139,19 @@ class StreamResampler:
             return b""
         b = d.block
         nb = -(-n // b)
-        if len(self._buf) < (nb + 1) * b:
-            grown = np.zeros((nb + 1) * b, np.int16)
-            grown[:b] = self._buf[:b]
-            self._buf = grown
-            self._mv = memoryview(grown).cast("B")
-        buf, mv = self._buf, self._mv
+        rows = self._rows.get(nb)
+        if rows is None:
+            if len(self._buf) < (nb + 1) * b:
+                grown = np.zeros((nb + 1) * b, np.int16)
+                grown[:b] = self._buf[:b]
+                self._buf, self._mv, self._rows = grown, memoryview(grown).cast("B"), {}
+            # Rows [x_{i-1} x_i] for i = 1..nb overlap by B samples: a strided view of the buffer, not a copy.
+            rows = self._rows[nb] = np.ndarray((nb, 2 * b), np.int16, self._buf, 0, (2 * b, 2))
+        mv = self._mv
         mv[2 * b : 2 * b + size] = pcm
         if n < nb * b:
-            buf[b + n : (nb + 1) * b] = 0
-        # Rows [x_{i-1} x_i] for i = 1..nb overlap by B samples: a strided view, not a copy.
-        rows = np.ndarray((nb, 2 * b), np.int16, buf, 0, (2 * b, 2))
-        y = np.dot(rows, d.matrix(self._in_count % d.down))
+            self._buf[b + n : (nb + 1) * b] = 0
+        y = np.dot(rows, self._mats[self._in_count % d.down])
         self._in_count += n
         total = -(-self._in_count * d.up // d.down)
         due = total - self._out_count
