@@ -38,6 +38,9 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as e:
+        # status, path and field only: messages may quote the input
+        log.info("API request refused", extra={"method": request.method, "path": request.path,
+                                               "status": e.status, "field": e.field})
         return error_response(e.status, e.message, e.field, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:
