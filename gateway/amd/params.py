@@ -17,7 +17,7 @@ class AmdParams:
     #: silence before any speech after which the answer is classified (`initial_silence_result`).
     initial_silence: int = 2500
     #: total speech (voiced ms since answer) in the greeting at or above which the answer is a machine.
-    greeting: int = 1800
+    greeting: int = 1500
     #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
     after_greeting_silence: int = 800
     #: give up (unknown) when no verdict after this long.
@@ -49,7 +49,7 @@ class AmdParams:
     #: a tone must hold this long (steady pitch) to be a beep.
     beep_min_ms: int = 120
     #: fraction of the frame's energy in the peak (1.0 = pure tone) for a frame to count as tonal.
-    tone_purity: float = 0.72
+    tone_purity: float = 0.85
     #: detect fax: CNG (1100 Hz, 0.5 s bursts) and CED (2100 Hz answer tone).
     fax: bool = True
     fax_cng_min_ms: int = 400

@@ -41,11 +41,11 @@ def tone_score(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
     """(peak frequency Hz, purity 0..~1) of one frame of float samples."""
     n = len(x)
     bank = _bank(n, sample_rate)
-    y = bank @ x
-    k = len(BANK_HZ)
-    power = y[:k] * y[:k] + y[k:] * y[k:]
+    y = np.dot(bank, x)
+    y *= y
+    power = y.reshape(2, -1).sum(axis=0)
     i = int(power.argmax())
-    energy = float((x * x) @ _window_energy(n))
+    energy = float(np.dot(x * x, _window_energy(n)))
     if energy <= 0.0:
         return 0.0, 0.0
     # pure sinusoid: |X(f0)|² = (A·N/4)², Σ(x·w)² = A²/2 · 3N/8  →  |X|² / Σ(xw)² = N/3
