@@ -139,7 +139,7 @@ class TwilioLeg:
 
     def _shielded(self, coro: Any) -> "asyncio.Future":
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
-        return asyncio.shield(self.carrier.spawn(coro))
+        return asyncio.shield(self.carrier.spawn(coro, report=False))
 
     # -- CallLeg ------------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
@@ -268,11 +268,17 @@ class TwilioCarrier(Carrier):
         self._tokens_at = 0.0
         self._tasks: set[asyncio.Task] = set()
 
-    def spawn(self, coro: Any) -> asyncio.Task:
-        """A background REST action, kept until done so shutdown can wait for it."""
+    def spawn(self, coro: Any, report: bool = True) -> asyncio.Task:
+        """A background REST action, kept until done so shutdown can wait for it; its failure is logged when
+        nobody awaits it (`report`)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if report and not t.cancelled() and t.exception() is not None:
+                log.error("twilio background action failed", exc_info=t.exception(), extra={"carrier": "twilio"})
+        task.add_done_callback(done)
         return task
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -309,7 +315,7 @@ class TwilioCarrier(Carrier):
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
         if source in (HangupSource.AGENT, HangupSource.SYSTEM) and not (leg.completed or leg.released):
             # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
-            leg._shielded(leg.complete_at_twilio())
+            self.spawn(leg.complete_at_twilio())
 
     # -- REST ---------------------------------------------------------------------------------------------------
     def client(self, creds: TwilioCreds) -> Client:
@@ -573,7 +579,7 @@ class TwilioCarrier(Carrier):
             return _ok()
         await call.set_amd(result)
         if answered_by.is_machine:
-            leg._shielded(leg.leave_voicemail(message))
+            self.spawn(leg.leave_voicemail(message))
         elif answered_by is AnsweredBy.FAX:
             await call.request_hangup(HangupSource.SYSTEM, "fax")
         return _ok()
