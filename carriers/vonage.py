@@ -635,17 +635,20 @@ class VonageCarrier(Carrier):
                 st.call.log.warning("vonage hangup failed: %s", e.message)
 
     async def rest_dtmf(self, st: VonageCallState, digits: str) -> None:
-        from vonage_voice import Dtmf as VDtmf
-
+        """PUT /v1/calls/{uuid}/dtmf: the websocket protocol has no way to send digits."""
         creds = creds_of(st.number)
         if not creds.has_app or not st.uuid:
             st.call.log.warning("sending DTMF needs the Vonage application credentials; digits dropped")
             return
-        digits = "".join(d for d in digits.upper() if d in _DIGITS or d == "P")
+        digits = "".join(d for d in digits.upper() if d in "0123456789*#").strip()
+        if not digits:
+            return
         try:
-            await self.sdk(creds, lambda v: v.voice.play_dtmf_into_call(st.uuid, VDtmf(digits=digits)))
+            await self.sdk(creds, lambda v: v.voice.play_dtmf_into_call(st.uuid, digits))
         except CarrierError as e:
             st.call.log.warning("vonage DTMF failed: %s", e.message)
+        except Exception:
+            st.call.log.exception("vonage DTMF failed")
 
     # -- lookups and checks -------------------------------------------------------------------------------------
     async def _number_for(self, to: str) -> dict[str, Any] | None:
