@@ -66,14 +66,24 @@ def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
 
 
 def scrub(value: Any, secrets: dict[str, Any]) -> Any:
-    """Replace any secret value a carrier might echo (in a report or an error) with the mask."""
-    hidden = [str(v) for v in secrets.values() if v not in (None, "") and len(str(v)) >= 3]
+    """Replace any secret value a carrier might echo (in a report or an error) with the mask, in every string."""
+    hidden = sorted({str(v) for v in secrets.values() if v not in (None, "") and len(str(v)) >= 3},
+                    key=len, reverse=True)
     if not hidden:
         return value
-    text = json.dumps(value) if not isinstance(value, str) else value
-    for h in sorted(hidden, key=len, reverse=True):
-        text = text.replace(json.dumps(h)[1:-1] if not isinstance(value, str) else h, MASK)
-    return json.loads(text) if not isinstance(value, str) else text
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            for h in hidden:
+                v = v.replace(h, MASK)
+            return v
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)
 
 
 def flatten(carrier: Carrier, row: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +237,9 @@ async def _run_test(carrier: Carrier, fields: dict[str, Any], about: dict[str, A
         report = await carrier.test_connection(dict(fields))
     except CarrierError as e:
         raise _carrier_error(e, secrets) from None
-    return web.json_response({"success": True, **about, "report": scrub(report, secrets)})
+    # a carrier's report may hold non-JSON values (datetimes, enums): render them as strings
+    return web.json_response({"success": True, **about, "report": scrub(report, secrets)},
+                             dumps=lambda o: json.dumps(o, default=str))
 
 
 async def list_numbers(request: web.Request) -> web.Response:
