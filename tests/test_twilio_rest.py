@@ -311,3 +311,32 @@ async def test_transfer_nobody_answers_returns_caller_to_the_agent(twilio_env):
         await client.stop(call_sid)
     row = await env.wait_row(call_id, lambda r: r["ended_at"] is not None)
     assert row["hangup_source"] == "user"
+
+
+async def test_api_hangup_while_ringing_cancels_the_twilio_call(twilio_env):
+    env = await twilio_env()
+    _, body = await dispatch(env)
+    call_id = body["call_id"]
+    call_sid = next(iter(env.rest.calls))
+    status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/hangup")
+    assert status == 200
+    sid, rec = await asyncio.wait_for(env.rest.updates.get(), 5)
+    assert sid == call_sid and rec.one("Status") == "completed"
+    row = await env.wait_row(call_id, lambda r: r["ended_at"] is not None)
+    assert row["hangup_source"] == "system" and row["hangup_reason"] == "api_hangup"
+
+
+async def test_api_hangup_mid_call_completes_at_once(twilio_env):
+    env = await twilio_env()
+    call_id, call_sid, client = await open_call(env)
+    try:
+        status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/hangup")
+        assert status == 200
+        sid, rec = await asyncio.wait_for(env.rest.updates.get(), 5)
+        assert sid == call_sid and rec.one("Status") == "completed"
+        await asyncio.wait_for(client.closed.wait(), 3)
+        assert client.close_code == 1000
+        row = await env.wait_row(call_id, lambda r: r["ended_at"] is not None)
+        assert row["hangup_source"] == "system"
+    finally:
+        await client.__aexit__()
