@@ -235,3 +235,18 @@ async def test_handler_exception_is_contained(transport):
     transport.on_message = boom
     transport.udp.datagram_received(INVITE, ("127.0.0.1", 9))
     assert transport.stats["handler_errors"] == 1
+
+
+def test_response_destination_rules():
+    def dest(via):
+        resp = parse_message((f"SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n"
+                              f"Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode())
+        return SipTransport.response_destination(None, resp)
+
+    # UDP: received + rport (RFC 3581 §4), else received + sent-by port, else sent-by, default 5060
+    assert dest("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 40000), "udp")
+    assert dest("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;received=192.0.2.1") == (("192.0.2.1", 5070), "udp")
+    assert dest("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1") == (("10.0.0.1", 5060), "udp")
+    # TCP with the connection gone: received + sent-by port, never the ephemeral rport (RFC 3261 §18.2.2)
+    assert dest("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 5070), "tcp")
+    assert dest("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1") == (("2001:db8::1", 5061), "tcp")

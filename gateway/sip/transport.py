@@ -372,9 +372,11 @@ class SipTransport:
         if host.startswith("["):
             host = host[1:-1]
         proto = via.transport.lower()
-        default_port = 5061 if proto == "tls" else 5060
-        port = via.rport or via.port or default_port
-        return (host, port), ("udp" if proto == "udp" else "tcp")
+        if proto == "udp":
+            return (host, via.rport or via.port or 5060), "udp"
+        # Reliable: the request's connection is preferred by send_response(); a new connection goes to
+        # received + the sent-by port (rport holds the peer's ephemeral source port there, §18.2.2).
+        return (host, via.port or (5061 if proto == "tls" else 5060)), "tcp"
 
     def send_response(self, resp: SipResponse, conn: Connection | None = None) -> "asyncio.Future[None]":
         try:
