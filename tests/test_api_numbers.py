@@ -89,6 +89,8 @@ async def test_import_twilio_and_exotel(api):
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "sip_pasword": "x"},
      "sip_pasword", 400),
     ({"phone_number": 14155550100, "sip_host": 5, "sip_trunk_name": "t"}, "sip_host", 400),
+    ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "sip_password": "****"},
+     "sip_password", 400),
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "agent_id": 999}, "agent_id", 404),
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "agent_id": "x"}, "agent_id", 400),
 ])

@@ -107,6 +107,9 @@ async def _checked_import(request: web.Request, provider: str) -> tuple[Carrier,
     fields = import_body(carrier.import_fields, body, {"agent_id": agent_id})
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
+    for f in carrier.import_fields:
+        if f.secret and fields.get(f.name) == MASK:
+            raise bad(f.name, f"{MASK!r} is the mask the API shows, not a value: send the real secret")
     return carrier, fields, agent_id
 
 
