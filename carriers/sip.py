@@ -559,6 +559,7 @@ class SipCarrier(Carrier):
         except DialFormatError as e:
             await call.transfer_finished(TransferResult(targets[0], f"failed: {e}"))
             return
+        await call.record(extra={"refer_to": refer_to})
         status, text = await leg.session.refer(refer_to, timeout=self.transfer_ring_timeout + 10)
         call.log.info("REFER outcome %s %s", status, text, extra={"target": targets[0]})
         if 200 <= status < 300:
