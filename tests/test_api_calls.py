@@ -90,8 +90,10 @@ async def test_carrier_refusal_fails_the_call(api):
     aid, nid = await setup_line(api)
     status, body = await dispatch(api, aid, nid, to="+14155550000")
     assert status == 502 and body["success"] is False and "refused" in body["error"]
+    assert SIP_PASSWORD not in body["error"] and "****" in body["error"]
     row = await api.gw.store.get_call(body["requestId"])
     assert row["call_status"] == "failed" and row["hangup_source"] == "carrier"
+    assert SIP_PASSWORD not in row["hangup_reason"]
     assert api.gw.calls.active == {}
 
 

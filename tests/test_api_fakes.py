@@ -68,7 +68,8 @@ class RecordingCarrier(Carrier):
     async def dispatch(self, call, number: dict[str, Any], to_number: str) -> None:
         self.dispatched.append((call, number, to_number))
         if to_number.endswith("0000"):
-            raise CarrierError("carrier refused the destination", 502)
+            secret = next(iter((number.get("secrets") or {}).values()), "")
+            raise CarrierError(f"carrier refused the destination (auth {secret})", 502)
         leg = self.legs[call.id] = FakeLeg()
         await call.attach(leg, carrier_rate=8000)
         self._pumps.append(asyncio.create_task(self._pump(call)))

@@ -11,6 +11,7 @@ from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..frames import HangupSource
 from .errors import ApiError, read_json
+from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
@@ -64,8 +65,9 @@ async def dispatch(request: web.Request) -> web.Response:
     try:
         await carrier.dispatch(call, number, to_number)
     except CarrierError as e:
-        await call.end(HangupSource.CARRIER, e.message, status="failed")
-        raise ApiError(e.status, e.message, getattr(e, "field", None), requestId=call.log_id) from None
+        message = scrub(e.message, number.get("secrets") or {})
+        await call.end(HangupSource.CARRIER, message, status="failed")
+        raise ApiError(e.status, message, getattr(e, "field", None), requestId=call.log_id) from None
     except Exception:
         await call.end(HangupSource.CARRIER, "dispatch_error", status="failed")
         raise
