@@ -38,6 +38,7 @@ from typing import Any
 
 import aioice.ice
 import av
+import numpy as np
 from aiohttp import web
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError
@@ -112,11 +113,12 @@ def to_mono_pcm16(frame: av.AudioFrame) -> bytes:
         frame = av.AudioResampler(format="s16", layout=frame.layout.name, rate=frame.sample_rate).resample(frame)[0]
     channels = len(frame.layout.channels)
     data = bytes(frame.planes[0])[: frame.samples * channels * 2]
-    if channels == 2:
+    if channels == 1:
+        return data
+    if channels == 2:                                  # what aiortc's Opus decoder produces
         return audioop.tomono(data, 2, 0.5, 0.5)
-    if channels > 2:
-        return audioop.tomono(data[: len(data) // (2 * channels) * 4], 2, 1, 0)  # pragma: no cover (never sent)
-    return data
+    mixed = np.frombuffer(data, "<i2").reshape(-1, channels).mean(axis=1)
+    return np.round(mixed).astype("<i2").tobytes()
 
 
 class EngineTrack(MediaStreamTrack):

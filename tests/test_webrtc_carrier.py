@@ -337,3 +337,18 @@ async def test_peer_that_never_connects_is_given_up(webrtc_gateway, monkeypatch)
     assert row["call_status"] == "failed" and row["hangup_source"] == "carrier"
     assert row["hangup_reason"] == "connect_timeout"
     assert not gw.calls.active and not gw.carriers["webrtc"].legs
+
+
+def test_decoded_frames_are_downmixed_to_mono_pcm16():
+    from carriers.webrtc import to_mono_pcm16
+
+    stereo = av.AudioFrame(format="s16", layout="stereo", samples=4)
+    stereo.planes[0].update(np.array([100, 300, -200, -400, 0, 0, 32767, 32767], "<i2").tobytes())
+    assert np.frombuffer(to_mono_pcm16(stereo), "<i2").tolist() == [200, -300, 0, 32767]
+    mono = av.AudioFrame(format="s16", layout="mono", samples=3)
+    mono.planes[0].update(np.array([1, 2, 3], "<i2").tobytes())
+    assert np.frombuffer(to_mono_pcm16(mono), "<i2").tolist() == [1, 2, 3]
+    planar = av.AudioFrame.from_ndarray(np.array([[0.5, -0.5], [0.5, -0.5]], np.float32), format="fltp",
+                                        layout="stereo")
+    planar.sample_rate = 48000
+    assert np.allclose(np.frombuffer(to_mono_pcm16(planar), "<i2"), [16384, -16384], atol=2)
