@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import silence, tone, words, write_wav  # noqa: E402
 
-from gateway.amd import controller_for, maybe_start_amd, report_amd  # noqa: E402
+from gateway.amd import AmdDetector, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, Mark  # noqa: E402
 
@@ -246,3 +246,44 @@ async def test_carrier_amd_verdict_runs_the_same_behaviour(make_gateway, tmp_pat
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "machine_end_beep" and row["amd_duration"] == 4.1
     assert row["hangup_reason"] == "voicemail" and row["voicemail_type"] == "audio"
+
+
+async def test_greeting_heard_in_early_media_is_a_machine_at_answer(make_gateway, tmp_path):
+    """SIP 183: the greeting played before the answer; after it, the beep ends it and the message follows."""
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, 300))
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
+    early = AmdDetector(early_media=True)
+    early.feed(GREETING)                                    # what the carrier's RTP reader fed during 183
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call, detector=early)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _until(lambda: bool(ctl.results))
+        assert ctl.results[0].answered_by is AnsweredBy.MACHINE_START and ctl.results[0].duration_ms == 0
+        await _feed(call, words([260] * 3) + silence(200) + BEEP + silence(200))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert leg.freqs().count(700) >= 10 and leg.hangups == ["voicemail"]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep"
+
+
+async def test_ringback_in_early_media_does_not_decide(make_gateway):
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True}}, engine)
+    early = AmdDetector()                                   # even without early_media=True: a tone verdict is dropped
+    early.feed(silence(200) + tone(425, 1000, amp=4000) + silence(300))
+    assert early.first is not None and early.first.answered_by is AnsweredBy.MACHINE_END_BEEP
+    leg = FakeLeg()
+    maybe_start_amd(call, detector=early)
+    await call.attach(leg, 8000)
+    await _feed(call, silence(300) + words([380]) + silence(1200))
+    await asyncio.wait_for(engine.got_amd.wait(), WAIT)
+    assert engine.amd[0].answered_by is AnsweredBy.HUMAN
+    await call.request_hangup(__import__("gateway.frames", fromlist=["HangupSource"]).HangupSource.SYSTEM, "test")

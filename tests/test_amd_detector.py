@@ -175,3 +175,17 @@ def test_tts_machine_greeting_with_beep(tts):
 def test_tts_machine_greeting_at_16khz(tts):
     greeting = tts("You have reached the voicemail of Jordan Lee. Please leave a message.", sr=16000)
     assert run(silence(300, 16000) + greeting + silence(2000, 16000), sr=16000)[0][0] is MS
+
+
+# --- early media (SIP 183, before the answer) ----------------------------------------------------------------------
+def test_early_media_ringback_and_silence_reach_no_verdict():
+    d = AmdDetector(early_media=True)
+    ringback = (tone(425, 1000, amp=4000) + silence(4000)) * 2      # European ringback cadence
+    assert d.feed(telephone(ringback + words([300]) + silence(3000))) == []
+    assert not d.machine_by_speech
+
+
+def test_early_media_greeting_is_machine_by_speech():
+    d = AmdDetector(early_media=True)
+    out = d.feed(tone(425, 1000, amp=4000) + silence(2000) + words([260] * 10, gap_ms=90))
+    assert [x.answered_by for x in out] == [MS] and d.machine_by_speech

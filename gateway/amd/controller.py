@@ -44,8 +44,10 @@ TEXT_DONE_QUIET_S = 1.5
 def maybe_start_amd(call: "Call", *, detector: AmdDetector | None = None) -> "AmdController | None":
     """Start AMD for an outbound call if the agent enables it; returns the controller or None.
 
-    `detector`: one already fed with early media (SIP 183) to continue from. Call it before `call.attach()` so the
-    engine's first words are held from the start (after attach works too; anything queued before is not held).
+    `detector`: one fed with early media (SIP 183; build it with `early_media=True`). A machine greeting it heard
+    counts at the answer; anything else heard before the answer (ringback, silence, an announcement) does not, and
+    analysis restarts on the answered audio. Call this before `call.attach()` so the engine's first words are held
+    from the start (after attach works too; anything queued before is not held).
     """
     if call.direction != "outbound" or call.id in _controllers:
         return _controllers.get(call.id)
@@ -82,7 +84,9 @@ class AmdController:
         self.settings = settings
         self.external = external
         self.source = "twilio" if external else "gateway"
-        self.detector = detector
+        self.detector: AmdDetector | None = None
+        self._message_end_next = False   # the next local detector starts in the end-of-message phase
+        self._early = detector
         self.gate = EngineOutputGate(call)
         self.results: list[AmdResult] = []
         self.done = asyncio.Event()
@@ -99,6 +103,12 @@ class AmdController:
         _controllers[self.call.id] = self
         self.call.output_gate = self.gate
         if not self.external:
+            early = self._early
+            if early is not None and early.machine_by_speech:
+                # the greeting already played as early media (voicemail platforms answer in 183): machine at answer
+                self.log.info("AMD: machine greeting heard in early media", extra={"cause": early.first.cause})
+                self._decisions.put_nowait(AmdResult(AnsweredBy.MACHINE_START, 0, self.source))
+                self._message_end_next = True
             self._tap_on()
         self._task = asyncio.create_task(self._run(), name=f"amd-{self.call.id}")
         self.log.info("AMD started", extra={"provider": self.settings.provider,
@@ -132,7 +142,9 @@ class AmdController:
         if det.done:
             self._tap_off()
 
-    def _new_detector(self, *, message_end: bool = False) -> AmdDetector:
+    def _new_detector(self, *, message_end: bool | None = None) -> AmdDetector:
+        if message_end is None:
+            message_end = self._message_end_next
         rate = self.call.bus.carrier_rate if self.call.bus is not None else 8000
         det_rate = rate if rate in (8000, 16000) else 16000
         self._resampler = StreamResampler(rate, det_rate) if det_rate != rate else None
@@ -181,7 +193,7 @@ class AmdController:
             if elapsed_ms > EXTERNAL_TIMEOUT_S * 1000 and not self.results:
                 self._decisions.put_nowait(AmdResult(AnsweredBy.UNKNOWN, int(elapsed_ms), self.source))
             return
-        det = self.detector or self._new_detector(message_end=self.external)
+        det = self.detector or self._new_detector()
         lag = elapsed_ms - self._offset_ms - det.time_ms
         if lag > 1000 and not det.done:
             for d in det.feed_silence(int(lag - 500)):
@@ -211,7 +223,8 @@ class AmdController:
             elif self.external:
                 # the carrier's AMD stops at machine_start: follow the greeting to its end ourselves
                 self._offset_ms = result.duration_ms
-                self._new_detector(message_end=True)
+                self._message_end_next = True
+                self.detector = None                     # created at the first audio, at the carrier's rate
                 self._tap_on()
         else:                                            # machine_end_beep / _silence / _other
             self._tap_off()

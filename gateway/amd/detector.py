@@ -38,13 +38,17 @@ class AmdDetector:
     """Feed PCM16 mono at `sample_rate` (8 or 16 kHz); `feed()` returns the verdicts reached in that chunk."""
 
     def __init__(self, params: AmdParams | None = None, sample_rate: int = 8000, *,
-                 detect_message_end: bool = False, start_in_message_end: bool = False) -> None:
+                 detect_message_end: bool = False, start_in_message_end: bool = False,
+                 early_media: bool = False) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("AMD runs on 8 or 16 kHz PCM16")
         self.params = p = params or AmdParams()
         p.validate()
         self.sample_rate = sample_rate
         self.detect_message_end = detect_message_end or start_in_message_end
+        #: before the answer (SIP 183) only a greeting can be judged: ringback is a tone, not a beep, and silence
+        #: or a short phrase means nothing yet. Only speech verdicts (machine_start) are reached in this mode.
+        self.early_media = early_media
         self._frame_bytes = sample_rate // 1000 * FRAME_MS * 2
         self._buf = bytearray()
         self._vad = make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
@@ -130,6 +134,8 @@ class AmdDetector:
 
     def _tone_verdict(self, now: int, ended: Tone | None) -> AmdDecision | None:
         p = self.params
+        if self.early_media:
+            return None
         if p.fax and self.phase == "greeting" and self._tones.active:
             t = self._tones.current(now)
             if abs(t.freq_hz - CED_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_ced_min_ms:
@@ -148,7 +154,12 @@ class AmdDetector:
 
     def _greeting(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params
-        if now >= p.total_analysis_time:
+        if self.early_media and not voice:
+            self.silence_ms += FRAME_MS
+            if self.silence_ms >= p.after_greeting_silence:   # a pause ends an announcement: start afresh
+                self._reset_greeting()
+            return None
+        if now >= p.total_analysis_time and not self.early_media:
             return self._decide(AnsweredBy.UNKNOWN, f"TOOLONG-{now}")
         if not voice:
             self.silence_ms += FRAME_MS
@@ -191,6 +202,17 @@ class AmdDetector:
         if self.silence_ms >= p.message_end_silence:
             return self._decide(AnsweredBy.MACHINE_END_SILENCE, f"SILENCE-{self.silence_ms}")
         return None
+
+    def _reset_greeting(self) -> None:
+        self.voice_ms = self.consecutive_voice_ms = self.words = 0
+        self.in_word, self.in_initial_silence, self.in_greeting = True, True, False
+
+    @property
+    def machine_by_speech(self) -> bool:
+        """A machine verdict from the greeting itself (not from silence or a tone): valid across the answer."""
+        d = self.first
+        return d is not None and d.answered_by is AnsweredBy.MACHINE_START and \
+            d.cause.startswith(("LONGGREETING", "MAXWORD"))
 
     def _decide(self, answered_by: AnsweredBy, cause: str) -> AmdDecision:
         interim = answered_by is AnsweredBy.MACHINE_START and self.detect_message_end
