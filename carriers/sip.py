@@ -116,6 +116,7 @@ class SipLeg:
         self.bridge: MediaBridge | None = None
         self.sdp_version = 1
         self.sdp_session_id: str | None = None
+        self.on_hold = False
         self.closed = False
 
     # -- CallLeg -----------------------------------------------------------------------------------------------
@@ -144,8 +145,11 @@ class SipLeg:
             return None
         self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
         self.rtp.set_direction(choice.direction)
-        self.call.log.info("media direction now %s", choice.direction, extra={"on_hold": choice.on_hold})
-        self.carrier.gateway.calls._notify("call_updated", self.call)
+        if choice.on_hold != self.on_hold:
+            self.on_hold = choice.on_hold
+            event = "call:hold" if choice.on_hold else "call:resumed"
+            self.call.log.info(event, extra={"direction": choice.direction})
+            self.carrier._spawn(self.call.emit(event, {"direction": choice.direction}), event)
         return answer.to_bytes()
 
     def close(self) -> None:

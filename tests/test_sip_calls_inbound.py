@@ -44,3 +44,44 @@ async def test_inbound_refusals(make_gateway, scenario, setup, status):
     res = await sipp_uac(scenario, gw.carriers["sip"].port, service="15550001111", timeout_s=10)
     res.assert_calls(successful=1)
     assert await call_rows(gw) == []   # refused before any call was created
+
+
+async def test_hold_resume_and_session_timer(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw)
+    res = await sipp_uac("uac_hold_timer.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=15)
+    res.assert_calls(successful=1)   # SIPp checked Session-Expires/Require, recvonly then sendrecv answers
+    rows = await wait_for(lambda: _ended(gw))
+    events = [e["kind"] for e in await gw.store.list_call_events(rows[0]["id"])]
+    assert events.index("call:hold") < events.index("call:resumed")
+    assert rows[0]["call_status"] == "completed"
+
+
+async def test_capacity_503_with_retry_after(make_gateway):
+    gw = await sip_gateway(make_gateway, max_calls=0)
+    await sip_number(gw)
+    res = await sipp_uac("uac_capacity.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=10)
+    res.assert_calls(successful=1)
+
+
+async def test_no_common_codec_488(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw)
+    res = await sipp_uac("uac_no_common_codec.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=10)
+    res.assert_calls(successful=1)
+    rows = await wait_for(lambda: _ended(gw))
+    assert rows[0]["call_status"] == "failed" and rows[0]["hangup_reason"].startswith("488")
+
+
+async def test_options_ping(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    res = await sipp_uac("uac_options.xml", gw.carriers["sip"].port, service="anything", calls=5, timeout_s=10)
+    res.assert_calls(successful=5)
+
+
+async def test_unknown_source_403_even_for_unknown_number(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw, allowed_ips=["192.0.2.1"])
+    # the number does not exist either, but a stranger learns only "403"
+    res = await sipp_uac("uac_auth_rejected.xml", gw.carriers["sip"].port, service="15550008888", timeout_s=10)
+    res.assert_calls(successful=1)
