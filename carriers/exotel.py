@@ -36,6 +36,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
@@ -442,6 +443,7 @@ class VoicebotStream:
         self._prefix = '{"event":"media","stream_sid":"%s","media":{"payload":"' % sid
         self.state = await self.carrier.claim_stream(self, start, call_sid)
         self.call = self.state.call
+        maybe_start_amd(self.call)     # outbound + agent AMD on: hold the engine, detect, voicemail drop (else no-op)
         try:
             await self.call.attach(ExotelLeg(self.carrier, self.state), fmt.sample_rate)
         except Exception as e:
