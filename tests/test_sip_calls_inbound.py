@@ -85,3 +85,18 @@ async def test_unknown_source_403_even_for_unknown_number(make_gateway):
     # the number does not exist either, but a stranger learns only "403"
     res = await sipp_uac("uac_auth_rejected.xml", gw.carriers["sip"].port, service="15550008888", timeout_s=10)
     res.assert_calls(successful=1)
+
+
+async def test_inbound_digest_trunk(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw, auth_type="basic", allowed_ips=[], sip_username="carrier", sip_password="in-s3cret")
+    port = gw.carriers["sip"].port
+    res = await sipp_uac("uac_digest.xml", port, service="15550001111", duration_ms=500,
+                         extra=["-au", "carrier", "-ap", "in-s3cret"])
+    res.assert_calls(successful=1)
+    rows = await wait_for(lambda: _ended(gw))
+    assert rows[0]["call_status"] == "completed"
+    bad = await sipp_uac("uac_digest.xml", port, service="15550001111", duration_ms=500, timeout_s=10,
+                         extra=["-au", "carrier", "-ap", "guess"])
+    bad.assert_calls(successful=0, failed=1)   # 403 after the wrong digest
+    assert len(await call_rows(gw)) == 1       # no call was created for it
