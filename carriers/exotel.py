@@ -41,7 +41,8 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
-from voicecodecs import (SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16)
+from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
+from voicecodecs.dtmf import dtmf_pcm
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -355,7 +356,6 @@ class VoicebotStream:
         self._stopping = False
         self.playout_end = 0.0
         self.chunks_sent = 0
-        self.warned_dtmf = False
 
     @property
     def log(self) -> logging.LoggerAdapter:
@@ -589,10 +589,8 @@ class VoicebotStream:
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
-                    if not self.warned_dtmf:
-                        self.warned_dtmf = True
-                        call.log.warning("Exotel's Voicebot stream cannot send DTMF; digits dropped",
-                                         extra={"digits": len(item.digits)})
+                    # the Voicebot protocol has no DTMF message: play the tones in-band, in order with the audio
+                    await self.send_audio(dtmf_pcm(item.digits, self.fmt.sample_rate))
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             pass
         except asyncio.CancelledError:
@@ -722,7 +720,20 @@ class ExotelCarrier(Carrier):
         r.add_get("/exotel/call_coming", self.call_coming)
         r.add_route("*", "/exotel/status_callback", self.status_callback)
 
+    async def start(self) -> None:
+        self.gateway.calls.subscribe(self._on_call_event)
+
+    def _on_call_event(self, kind: str, call: "Call") -> None:
+        """An Exotel call ended: its watchdog has nothing left to guard."""
+        if kind != "call_ended" or call.carrier != self.name or not call.carrier_sid:
+            return
+        state = self._calls.get(call.carrier_sid)
+        if state is not None and state.watchdog is not None:
+            state.watchdog.cancel()
+            state.watchdog = None
+
     async def stop(self) -> None:
+        self.gateway.calls.unsubscribe(self._on_call_event)
         for state in list(self._calls.values()):
             if state.watchdog is not None:
                 state.watchdog.cancel()

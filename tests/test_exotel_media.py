@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import aiohttp
+import numpy as np
 import pytest
 
 from carriers.exotel import CHUNK_MAX, CHUNK_MIN, ChunkPacker, CloseCode, ExotelCarrier, MediaFormat, same_number
@@ -240,3 +241,48 @@ async def test_socket_drop_without_stop_ends_call_as_carrier(make_gateway):
         row = await watch.wait_ended(call)
     assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_closed"
 
+
+
+class DtmfOut(VoiceEngine):
+    sample_rate = 16000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        while (item := await session.receive()) is not None:
+            if isinstance(item, CallStarted):
+                await session.send_dtmf("5")
+                await session.mark("dtmf-sent")
+            elif isinstance(item, Hangup):
+                return
+
+
+def dominant_freqs(pcm: bytes, rate: int, n: int = 2) -> list[int]:
+    x = np.frombuffer(pcm, "<i2").astype(float)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    peaks: list[int] = []
+    for i in np.argsort(spec)[::-1]:
+        f = int(round(freqs[i]))
+        if all(abs(f - p) > 60 for p in peaks):
+            peaks.append(f)
+        if len(peaks) == n:
+            break
+    return sorted(peaks)
+
+
+async def test_engine_dtmf_is_played_in_band(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="dtmf")
+    gw.engines.register("dtmf", DtmfOut())
+    await add_exophone(gw)
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-dtmf-out")
+        call = await watch.next_call()
+        await exo.wait_for(lambda rx: any(n == "dtmf-sent" for n, _ in rx.marks))
+        assert_exotel_chunks(exo.rx.chunks)
+        tone_part = exo.rx.audio[:1600]                              # the first 100 ms: the tone itself
+        lo, hi = dominant_freqs(tone_part, 8000)
+        assert abs(lo - 770) < 25 and abs(hi - 1336) < 25          # key "5" (Q.23)
+        await exo.stop()
+        await watch.wait_ended(call)
+        await exo.close()
