@@ -1,0 +1,47 @@
+"""AMD end to end on a SIP outbound call: SIPp answers as an answering machine (greeting + beep from a pcap);
+the gateway must detect it, play the voicemail message after the beep, then BYE with Reason "voicemail"
+(SIPp fails the call otherwise)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from amd_signals import tone, write_wav
+from sipp import SCENARIOS, api, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+
+pytestmark = [needs_sipp, pytest.mark.timeout(90)]
+
+META = json.loads((SCENARIOS / "pcap" / "amd_greeting_beep.json").read_text())
+MESSAGE_MS = 1500
+
+
+async def test_sip_outbound_machine_gets_message_after_beep_then_bye_voicemail(make_gateway, tmp_path):
+    wav = tmp_path / "voicemail.wav"
+    write_wav(wav, tone(700, MESSAGE_MS))
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_amd_voicemail.xml", timeout_s=40) as uas:
+        num = await sip_number(gw, sip_port=uas.port, agent_settings={
+            "amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}})
+        d = await api(gw, "POST", "/calls/dispatch", {"agent_id": num["agent_id"], "from_number_id": num["id"],
+                                                       "to_number": "+15559876543"}, expect=200)
+
+        async def ended():
+            row = await gw.store.get_call(d["requestId"])
+            return row if row and row.get("ended_at") else None
+        row = await wait_for(ended, 40)
+    uas.result.assert_calls(successful=1)          # includes the Reason: …voicemail check on the BYE
+    assert row["amd_detected"] and row["is_voicemail"] and not row["is_fax"]
+    assert row["amd_answered_by"] == "machine_end_beep"
+    # decided when the beep stopped (audio time since the answer), not during the greeting
+    assert META["beep_end_ms"] <= row["amd_duration"] * 1000 <= META["beep_end_ms"] + 700
+    assert (row["hangup_source"], row["hangup_reason"], row["voicemail_type"]) == ("system", "voicemail", "audio")
+    events = {e["kind"]: e for e in await gw.store.list_call_events(row["id"])}
+    amd_results = [e for e in await gw.store.list_call_events(row["id"]) if e["kind"] == "call:amd_result"]
+    assert [e["data"]["answered_by"] for e in amd_results] == ["machine_start", "machine_end_beep"]
+    assert amd_results[0]["data"]["duration_ms"] <= 3500       # machine known early in the greeting
+    started = datetime.fromisoformat(events["call:voicemail_started"]["at"])
+    hung = datetime.fromisoformat(events["hang_up"]["at"])
+    assert (hung - started).total_seconds() >= MESSAGE_MS / 1000   # the whole message went out, in real time
+    assert row["extra"]["rtp"]["sent"] >= MESSAGE_MS // 20
