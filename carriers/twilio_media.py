@@ -18,7 +18,6 @@ import binascii
 import itertools
 import json
 import logging
-import math
 import re
 from collections import deque
 from enum import IntEnum
@@ -28,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
+from voicecodecs.dtmf import dtmf_pcm
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -72,31 +72,6 @@ class StreamClosed(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-_DTMF_FREQS = {
-    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
-    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
-    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
-    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
-}
-
-
-def dtmf_pcm(digits: str, tone_ms: int = 100, gap_ms: int = 60) -> bytes:
-    """In-band DTMF (Q.23 pairs) as PCM16 8 kHz: Media Streams has no message for sending digits, and a REST
-    `<Play digits>` would end the stream, so digits are played as audio like any other engine output."""
-    out = bytearray()
-    n_tone, n_gap = RATE * tone_ms // 1000, RATE * gap_ms // 1000
-    for d in digits.upper():
-        if d not in _DTMF_FREQS:
-            continue
-        lo, hi = _DTMF_FREQS[d]
-        for i in range(n_tone):
-            t = i / RATE
-            v = int(9000 * (math.sin(2 * math.pi * lo * t) + math.sin(2 * math.pi * hi * t)))
-            out += v.to_bytes(2, "little", signed=True)
-        out += bytes(2 * n_gap)
-    return bytes(out)
 
 
 class MediaStream:
@@ -296,7 +271,9 @@ class MediaStream:
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
-                    pcm = dtmf_pcm(item.digits)
+                    # Media Streams has no message for digits and a REST <Play digits> would end the stream:
+                    # play them in-band (Q.23 tone pairs) like any other engine audio
+                    pcm = dtmf_pcm(item.digits, RATE)
                     for i in range(0, len(pcm), FRAME_PCM):
                         await self.send_audio(pcm[i:i + FRAME_PCM].ljust(FRAME_PCM, b"\x00"))
         except ConnectionError:
