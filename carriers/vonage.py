@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
@@ -311,6 +312,7 @@ class VonageStream:
         self.st = self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
         self.call = self.st.call
         if self.call.bus is None:
+            maybe_start_amd(self.call)     # outbound + agent AMD on: gateway AMD and voicemail drop (else no-op)
             try:
                 await self.call.attach(VonageLeg(self.carrier, self.st), self.rate)
             except Exception as e:
