@@ -119,12 +119,23 @@ class TwilioLeg:
         return self.call.carrier_sid
 
     def arm_watchdog(self, timeout: float, reason: str) -> None:
-        """End the call if no media stream arrives in time (Twilio never connected, or a reconnect failed)."""
+        """End the call if no media stream arrives in time (Twilio never connected, or a reconnect failed), or if a
+        transfer never reports back (its callbacks lost): a call must not stay open in the gateway forever."""
         self.disarm_watchdog()
+        watching = self.state
 
         async def fire() -> None:
             await asyncio.sleep(timeout)
-            if self.stream is None and self.call.is_active:
+            if not self.call.is_active or self.state != watching:
+                return
+            if watching == "transferring":
+                log.warning("transfer never reported back", extra={"carrier": "twilio", "call_id": self.call.id})
+                self.released = True   # the caller may well be talking to the target: do not cut them off
+                if self.call.transfer_result is None:
+                    target = self.carrier._current_target(self)
+                    await self.call.transfer_finished(TransferResult(target, "unknown"))
+                await self.call.end(HangupSource.SYSTEM, reason)
+            elif self.stream is None:
                 log.warning("no media stream for the call", extra={"carrier": "twilio", "call_id": self.call.id,
                                                                     "reason": reason})
                 await self.complete_at_twilio()
@@ -183,6 +194,9 @@ class TwilioLeg:
         except Exception:
             self.state = previous
             raise
+        opts = _agent_settings(call).get("transfer") or {}
+        per_target = int(opts.get("timeout") or self.carrier.dial_timeout)
+        self.arm_watchdog((per_target + 15) * len(self.transfer_targets) + 60, "transfer_timeout")
         log.info("transfer started", extra={"carrier": "twilio", "call_id": call.id,
                                             "targets": len(self.transfer_targets)})
 
