@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -298,6 +299,23 @@ async def test_2xx_retransmitted_until_ack(env):
     assert tr.times() == [0, 0.5, 1.5, 3.5] and len(acks) == 1
 
 
+async def test_bye_stops_2xx_retransmission_when_ack_was_lost(env):
+    clock, tr, layer = env
+    lost = []
+    layer.on_ack_timeout = lost.append
+    layer.on_request = lambda req, txn: txn.respond(make_response(req, 200, to_tag="ok"))
+    layer.receive(request(), PEER, None)
+    await settle()
+    clock.advance(1)
+    bye = request("BYE", cseq=2)
+    bye.headers.set("To", "<sip:+15551234567@127.0.0.1>;tag=ok")
+    layer.receive(bye, PEER, None)
+    await settle()
+    clock.advance(40)
+    assert [m.status for t, m, _, _ in tr.sent if m.cseq[1] == "INVITE"] == [200, 200]  # at 0 and 0.5 only
+    assert lost == []
+
+
 async def test_2xx_never_acked_reports_timeout(env):
     clock, tr, layer = env
     lost = []
@@ -429,3 +447,128 @@ async def test_two_layers_on_loopback(proto):
     finally:
         await a.stop()
         await b.stop()
+
+
+# --- SIPp, an independent implementation, as the peer ------------------------------------------------------
+
+def _sipp_helpers():
+    from sipp import free_port, needs_sipp  # tests/sipp.py (shared SIPp harness)
+    return free_port, needs_sipp
+
+
+free_port, needs_sipp = _sipp_helpers()
+
+
+@needs_sipp
+@pytest.mark.parametrize("proto,loss", [("udp", 5), ("tcp", 0)])
+async def test_sipp_uac_calls_a_uas_built_on_the_transaction_layer(proto, loss):
+    """SIPp's built-in UAC (INVITE/180/200/ACK/BYE/200) against a bare UAS on our layers; on UDP SIPp drops 5 %
+    of all packets, so retransmissions, absorption and 2xx re-sending are exercised with a real peer."""
+    from gateway.loadtest.sipp import run_sipp
+    from gateway.sip.message import new_tag
+    from gateway.sip.sdp import answer_offer
+
+    t = SipTransport("127.0.0.1", 0)
+    await t.start()
+    layer = TransactionLayer(t)
+    acked, byes = set(), set()
+
+    def uas(req, txn):
+        if req.method == "INVITE":
+            tag = new_tag()
+            answer, choice = answer_offer(req.body, "127.0.0.1", 40000)
+            assert choice.codec == "PCMU"
+            txn.respond(make_response(req, 180, to_tag=tag))
+            txn.respond(make_response(req, 200, to_tag=tag, body=answer.to_bytes(), headers=[
+                ("Contact", f"<sip:gw@127.0.0.1:{t.port};transport={proto}>"), ("Content-Type", "application/sdp")]))
+        elif req.method == "BYE":
+            byes.add(req.call_id)
+            txn.respond(make_response(req, 200))
+        else:
+            txn.respond(make_response(req, 405))
+
+    layer.on_request = uas
+    layer.on_ack = lambda ack, addr, conn: acked.add(ack.call_id)
+    calls = 20
+    args = ["-sn", "uac", "-m", str(calls), "-r", "20", "-l", str(calls), "-d", "100", "-p", str(free_port()),
+            "-mp", str(free_port(even=True)), "-t", "u1" if proto == "udp" else "t1",
+            "-timeout", "40s", "-timeout_error"]
+    if loss:
+        args += ["-lost", str(loss)]
+    try:
+        res = await run_sipp(f"127.0.0.1:{t.port}", args, deadline_s=50)
+    finally:
+        await t.stop()
+    s = res.stats
+    assert not res.killed and (s.successful, s.failed) == (calls, 0), (s, res.errors[-2000:])
+    assert len(byes) == calls
+    # SIPp may drop its own ACK and has moved on to BYE by the time our 2xx comes again; without loss every
+    # 2xx must have been ACKed.
+    assert acked <= byes and (loss or len(acked) == calls)
+    assert not layer._awaiting_ack  # ACK or BYE stopped every 2xx retransmission
+    assert t.stats["internal_errors"] == 0 and layer.stats["tu_errors"] == 0
+    if loss:
+        assert s.retransmissions + layer.stats["retransmissions"] > 0  # loss really happened and was repaired
+
+
+@needs_sipp
+@pytest.mark.parametrize("proto,loss", [("udp", 5), ("tcp", 0)])
+async def test_transaction_layer_calls_sipp_uas(proto, loss):
+    """Our client transactions (INVITE with Timer A, ACK for 2xx by the 'dialog', BYE) against SIPp's built-in UAS."""
+    from gateway.loadtest.sipp import run_sipp
+    from gateway.sip.message import NameAddr, new_tag
+
+    sipp_port, calls = free_port(), 5
+    args = ["-sn", "uas", "-p", str(sipp_port), "-m", str(calls), "-mp", str(free_port(even=True)),
+            "-t", "u1" if proto == "udp" else "t1", "-timeout", "40s", "-timeout_error"]
+    if loss:
+        args += ["-lost", str(loss)]
+    task = asyncio.create_task(run_sipp("127.0.0.1:9", args, deadline_s=50))
+    t = SipTransport("127.0.0.1", 0)
+    await t.start()
+    layer = TransactionLayer(t)
+    acks: dict[str, SipRequest] = {}
+    layer.on_stray_response = lambda r, a, c: r.status == 200 and r.call_id in acks and layer.send_ack(
+        acks[r.call_id], ("127.0.0.1", sipp_port), proto)  # the 200 came again: our ACK was lost
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while True:  # wait until SIPp listens
+            try:
+                if proto == "tcp":
+                    _, w = await asyncio.open_connection("127.0.0.1", sipp_port)
+                    w.close()
+                    break
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    probe.bind(("127.0.0.1", sipp_port))
+                finally:
+                    probe.close()
+            except OSError:
+                if proto == "udp":
+                    break
+            assert loop.time() < end and not task.done(), "SIPp did not start"
+            await asyncio.sleep(0.05)
+        dest = ("127.0.0.1", sipp_port)
+        for i in range(calls):
+            base = [("From", f"<sip:gw@127.0.0.1:{t.port}>;tag={new_tag()}"), ("Call-ID", f"core-{proto}-{i}"),
+                    ("Max-Forwards", "70")]
+            inv = SipRequest("INVITE", f"sip:service@127.0.0.1:{sipp_port}", base + [
+                ("To", f"<sip:service@127.0.0.1:{sipp_port}>"), ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:gw@127.0.0.1:{t.port}>")])
+            ok = await asyncio.wait_for(layer.send_request(inv, dest, proto), 40)
+            assert ok.status == 200
+            target = NameAddr.parse(ok.headers["Contact"]).uri
+            ack = SipRequest("ACK", target, [("Via", t.via(new_branch(), proto)), *base, ("To", ok.headers["To"]),
+                                             ("CSeq", "1 ACK")])
+            acks[inv.call_id] = ack
+            await layer.send_ack(ack, dest, proto)
+            bye = SipRequest("BYE", target, [*base, ("To", ok.headers["To"]), ("CSeq", "2 BYE")])
+            assert (await asyncio.wait_for(layer.send_request(bye, dest, proto), 40)).status == 200
+        res = await asyncio.wait_for(task, 55)
+    finally:
+        await t.stop()
+        if not task.done():
+            task.cancel()
+    s = res.stats
+    assert not res.killed and (s.successful, s.failed) == (calls, 0), (s, res.errors[-2000:])

@@ -30,7 +30,8 @@ doubling up to T2), given up by B/F after 64*T1; non-2xx finals are ACKed by the
 Timer D (32 s) / K (T4) to absorb retransmissions. Server side: an INVITE gets "100 Trying" if the TU has not
 answered within `trying_delay` (§17.2.1), retransmitted requests get the last response again (never a second
 TU call), non-2xx finals are retransmitted by Timer G until the ACK or Timer H, then kept for I (T4) / J
-(64*T1). A 2xx to INVITE is retransmitted (T1 doubling to T2, §13.3.1.4) until its ACK arrives or 64*T1.
+(64*T1). A 2xx to INVITE is retransmitted (T1 doubling to T2, §13.3.1.4) until its ACK (or a BYE in that
+dialog) arrives, or 64*T1.
 Over TCP the retransmission timers are off and D, I, J, K are zero.
 """
 from __future__ import annotations
@@ -571,6 +572,12 @@ class TransactionLayer:
                 pending.ack_for_2xx()
             _call(self.on_ack, req, addr, conn)
             return
+        if method == "BYE" and self._awaiting_ack:
+            # A BYE in the dialog proves the peer got our 2xx even if its ACK was lost: stop re-sending it.
+            cid, ftag = req.call_id, req.from_tag
+            for k, pending in list(self._awaiting_ack.items()):
+                if k[0] == cid and k[2] == ftag:
+                    pending.ack_for_2xx()
         txn = ServerTransaction(self, req, addr, conn, key)
         self._servers[key] = txn
         self.stats["server_transactions"] += 1
