@@ -7,7 +7,7 @@ Steps, each with a plain verdict and the SIP status line the carrier sent:
    SIP server is there) / timed out / unreachable.
 3. ``credentials`` — for registration trunks a REGISTER (then an un-REGISTER); otherwise an OPTIONS answered with
    our digest credentials when the trunk challenges it, else an INVITE to the trunk's own number that is
-   CANCELled at its first provisional answer (nothing rings for long; a 2xx is ended at once): ok / credentials
+   CANCELled at its first 18x answer (nothing rings for long; a 2xx is ended at once): ok / credentials
    rejected (401/403 after our credentials) / not found (404/484) / timed out / unreachable.
    IP-authenticated trunks without credentials skip it.
 
@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any
 
+from . import digest
 from .message import NameAddr, SipRequest, SipResponse, new_call_id, new_tag
 from .numbering import DialPlan, sip_uri
 from .sdp import make_offer
@@ -139,7 +140,12 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
         steps.append(_step("credentials", SKIPPED, "no credentials: the trunk authenticates this gateway by IP"))
     elif first.status in (401, 407):
         try:
-            _, resp = await asyncio.wait_for(ua.send_authenticated(options, dest, creds, cseq=2), STEP_TIMEOUT)
+            name, value = digest.authorize(options(1, []), first, creds.auth_user, creds.password)
+        except digest.DigestError as e:
+            steps.append(_step("credentials", FAILED, f"unusable challenge: {e}", _line(first)))
+            return _report(steps)
+        try:
+            resp = await asyncio.wait_for(ua.send(options(2, [(name, value)]), dest), STEP_TIMEOUT)
             steps.append(_step("credentials", verdict_for(resp.status), "authenticated OPTIONS", _line(resp)))
         except (asyncio.TimeoutError, RequestFailed) as e:
             steps.append(_step("credentials", TIMED_OUT, f"authenticated OPTIONS not answered: {e}"))
@@ -187,8 +193,10 @@ async def _invite_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str, 
     seen: list[SipResponse] = []
 
     def provisional(resp: SipResponse) -> None:
-        seen.append(resp)
-        probe.cancel()
+        # a 100 Trying is hop-by-hop and may precede the 401/407: only a 18x proves the trunk took the call
+        if resp.status > 100:
+            seen.append(resp)
+            probe.cancel()
 
     probe.on_provisional = provisional
     result = await probe.run(ring_timeout=STEP_TIMEOUT)
