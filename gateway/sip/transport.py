@@ -39,6 +39,7 @@ log = logging.getLogger("gateway.sip.transport")
 
 Addr = tuple[str, int]
 MAX_UDP = 65507
+UDP_BUFFER = 2 * 1024 * 1024
 TCP_IDLE_TIMEOUT = 600.0  # seconds without traffic before we close a TCP connection we hold
 
 
@@ -69,6 +70,15 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 
     def connection_made(self, transport):  # type: ignore[override]
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Bursts of INVITEs at hundreds of calls/s overflow the default ~200 KB buffer while the loop is
+            # busy; the kernel caps these at net.core.[rw]mem_max, so this is best effort.
+            for opt, size in ((socket.SO_RCVBUF, UDP_BUFFER), (socket.SO_SNDBUF, UDP_BUFFER)):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                except OSError:
+                    pass
 
     def datagram_received(self, data: bytes, addr):  # type: ignore[override]
         self.owner._on_datagram(data, addr, self)
