@@ -192,6 +192,7 @@ async def run_step(port: int, pid: int, n: int, seconds: float, chunks: list[str
                 await s.setup()
         await asyncio.wait_for(asyncio.gather(*(setup(s) for s in streams)), 30 + n * 0.05)
         await asyncio.sleep(0.3)
+        load = os.getloadavg()[0]
         cpu0, w0 = cpu_seconds(pid), time.monotonic()
         t0 = time.monotonic() + 0.1
         await asyncio.wait_for(asyncio.gather(*(s.run(t0, chunks[:count]) for s in streams)), seconds + 20)
@@ -209,7 +210,7 @@ async def run_step(port: int, pid: int, n: int, seconds: float, chunks: list[str
     await asyncio.sleep(1.0)
     return {"n": n, "chunks_in": n * count, "chunks_out": len(sizes), "p50": float(np.percentile(arr, 50)),
             "p99": float(np.percentile(arr, 99)), "max": float(arr.max()), "bad": bad, "lost": lost,
-            "errors": errors, "cpu": cpu * 100, "size_p50": int(np.median(sizes)) if sizes else 0}
+            "errors": errors, "cpu": cpu * 100, "size_p50": int(np.median(sizes)) if sizes else 0, "load": load}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -235,7 +236,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 r["ok"] = r["bad"] == 0 and r["lost"] == 0 and r["errors"] == 0 and r["p99"] < 300.0
                 results.append(r)
                 print(f"N={n:4d}  delay p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  max {r['max']:6.1f} ms  "
-                      f"bad chunks {r['bad']}  lost {r['lost']} B  cpu {r['cpu']:5.1f} %  "
+                      f"bad chunks {r['bad']}  lost {r['lost']} B  cpu {r['cpu']:5.1f} %  load {r['load']:.1f}  "
                       f"{'ok' if r['ok'] else 'FAIL'}", flush=True)
                 if not r["ok"]:
                     break
@@ -252,17 +253,19 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     best = max((r["n"] for r in results if r["ok"]), default=0)
     rows = [[r["n"], r["chunks_in"], r["chunks_out"], r["size_p50"], f"{r['p50']:.1f}", f"{r['p99']:.1f}",
              f"{r['max']:.1f}", r["bad"], r["lost"], f"{r['cpu']:.0f} %", f"{r['cpu'] / r['n']:.2f} %",
-             "pass" if r["ok"] else "fail"] for r in results]
+             f"{r['load']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
     return (f"Largest N with every chunk inside Exotel's rule, no audio lost and p99 delay < 300 ms: "
             f"**{best} concurrent streams** ({'not pinned' if args.no_pin else 'gateway pinned to one core'}).\n\n"
             + table(["streams", "chunks in", "chunks out", "median out chunk B", "delay p50 ms", "delay p99 ms",
-                     "max ms", "invalid chunks", "lost B", "gateway CPU (1 core)", "CPU per stream", "verdict"],
+                     "max ms", "invalid chunks", "lost B", "gateway CPU (1 core)", "CPU per stream", "load avg",
+                     "verdict"],
                     rows)
             + f"\n\nEach stream: Exotel's Voicebot protocol, 100 ms slin chunks (1600 B) every 100 ms for "
               f"{args.seconds:g} s, echo engine at 16 kHz (every frame resampled up and back down). Delay counts "
               "from the sending of an input chunk to the arrival of the output chunk holding its echo, so it "
               "includes the wait imposed by Exotel's 3.2 KB minimum chunk (200 ms of 8 kHz PCM): that floor, "
-              "not the gateway, dominates the figure.")
+              "not the gateway, dominates the figure. The 1-minute load average shows how busy the machine was (other "
+              "processes share these cores).")
 
 
 def main() -> int:

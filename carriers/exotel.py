@@ -140,9 +140,9 @@ class MediaFormat:
             codec = "pcm16"
         else:
             raise ValueError(f"unsupported media_format encoding {mf.get('encoding')!r}")
-        bits = str(mf.get("bit_rate") or "").strip()
-        if codec == "pcm16" and bits not in ("", "16"):
-            raise ValueError(f"unsupported PCM bit_rate {bits!r} (expected 16)")
+        bits = re.sub(r"\D", "", str(mf.get("bit_rate") or ""))
+        if codec == "pcm16" and bits == "8":      # "16" documented; a bit rate such as 128000 (8 kHz × 16) is fine
+            raise ValueError("8-bit linear PCM is not supported (expected 16-bit)")
         rate_src = mf.get("sample_rate") or params.get("rate") or url_rate or 8000
         try:
             rate = int(str(rate_src).strip())

@@ -624,6 +624,8 @@ class VonageCarrier(Carrier):
         except Exception as e:
             if type(e).__module__.startswith(("requests", "urllib3")):
                 raise CarrierError(f"Vonage API unreachable ({type(e).__name__})", 502) from None
+            if type(e).__module__.startswith("pydantic"):
+                raise CarrierError("Vonage answered with a response the SDK could not read", 502) from None
             raise
 
     async def rest_hangup(self, st: VonageCallState) -> None:
@@ -735,7 +737,14 @@ class VonageCarrier(Carrier):
         status = str(p.get("status") or "").lower()
         uuid = str(p.get("uuid") or "")
         if request.query.get("leg") == "websocket":
-            return web.Response(status=204)          # our own websocket leg: nothing to log
+            # our own websocket leg: only a failure to reach us matters (the call would wait for nothing)
+            st = self.states.get(request.query.get("call_id", ""))
+            if st is not None and status in TERMINAL and status != "completed" and st.call.bus is None \
+                    and not st.call.ended.is_set() and self.signature_ok(request, creds_of(st.number).signature_secret):
+                st.call.log.warning("vonage could not open the media websocket", extra={"status": status})
+                await self.rest_hangup(st)
+                await st.call.end(HangupSource.CARRIER, f"stream_{status}"[:64])
+            return web.Response(status=204)
         st = self.states.get(request.query.get("call_id", ""))
         call = st.call if st else (self.gateway.calls.find_by_sid(uuid) if uuid else None)
         if st is None and call is not None:

@@ -45,6 +45,7 @@ def test_media_format_is_read_not_assumed():
     assert MediaFormat.from_start({"encoding": "audio/L16;rate=16000"}, None) == MediaFormat("pcm16", 16000)
     assert MediaFormat.from_start({"encoding": "audio/x-raw"}, 24000) == MediaFormat("pcm16", 24000)
     assert MediaFormat.from_start(None, None) == MediaFormat("pcm16", 8000)
+    assert MediaFormat.from_start({"encoding": "audio/x-raw", "bit_rate": "128kbps"}, None).codec == "pcm16"
     for bad in ({"encoding": "audio/opus"}, {"encoding": "audio/x-raw", "sample_rate": "11025"},
                 {"encoding": "audio/x-raw", "bit_rate": "8"}, {"encoding": "audio/x-mulaw", "sample_rate": "16000"}):
         with pytest.raises(ValueError):

@@ -223,3 +223,17 @@ def test_amd_mapping():
     assert amd_result("machine", "beep_timeout", 45000).answered_by is AnsweredBy.MACHINE_END_OTHER
     assert amd_result("answered", None, 0) is None
     assert amd_result("machine", None, 1).source == "vonage"
+
+
+async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
+    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
+    await add_vonage_number(gw)
+    watch = CallWatch(gw)
+    await inbound(gw)
+    call = await watch.next_call()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=websocket"),
+                          json={"uuid": "ws-leg-1", "status": "failed"}) as r:
+            assert r.status == 204
+    row = await watch.wait_ended(call)
+    assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_failed"
