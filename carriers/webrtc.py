@@ -245,7 +245,8 @@ class WebRTCLeg:
             if item is None:
                 return SILENCE_48K
             if isinstance(item, AudioFrame):
-                return self._down.process(item.pcm)
+                pcm = self._down.process(item.pcm)     # bus frames are 20 ms: exactly 960 samples here
+                return pcm if len(pcm) == len(SILENCE_48K) else (pcm + SILENCE_48K)[: len(SILENCE_48K)]
             if isinstance(item, Mark):
                 call.feed_event(Mark(item.name))       # everything queued before it has gone out
             elif isinstance(item, SendDtmf):
