@@ -110,14 +110,14 @@ class AmdDetector:
         self.frames += 1
         self.time_ms += FRAME_MS
         now = self.time_ms
-        x = np.frombuffer(frame, "<i2").astype(np.float32)
-        level = int(np.abs(x).mean())
+        a = np.frombuffer(frame, "<i2")
+        level = int(np.abs(a).sum()) // len(a)     # app_amd's measure: mean |sample| (int64 accumulator)
 
         tonal = False
         ended: Tone | None = None
         if p.beep or p.fax:
             if level >= self._tone_gate:
-                freq, purity = tone_score(x, self.sample_rate)
+                freq, purity = tone_score(a.astype(np.float32), self.sample_rate)
                 tonal = purity >= p.tone_purity
             else:
                 freq = 0.0
