@@ -819,6 +819,9 @@ class ExotelCarrier(Carrier):
         existing = state.call if state else self.gateway.calls.find_by_sid(call_sid)
         if existing is not None and existing.ended.is_set():
             existing = None
+        if existing is None:
+            existing = self._waiting_outbound(to, frm)
+            state = self._calls.get(existing.carrier_sid or "") if existing is not None else None
         number = (state.number if state else None) or (existing.number if existing else None)
         if number is None:
             number = await self._find_exophone(to, account_sid)
@@ -850,6 +853,19 @@ class ExotelCarrier(Carrier):
         state.stream = stream
         await call.record(extra={"exotel_stream_sid": stream.stream_sid, "exotel_account_sid": account_sid})
         return state
+
+    def _waiting_outbound(self, to: str, frm: str) -> "Call | None":
+        """A dispatched call still waiting for its stream, matched on its two numbers: in case the flow's stream
+        reports a leg sid other than the one Calls/connect returned (Exotel's docs do not promise they match)."""
+        for st in self._calls.values():
+            c = st.call
+            if c.direction != "outbound" or c.bus is not None or c.ended.is_set():
+                continue
+            pair = (c.from_number, c.to_number)
+            if (same_number(pair[0], to) and same_number(pair[1], frm)) or \
+                    (same_number(pair[0], frm) and same_number(pair[1], to)):
+                return c
+        return None
 
     def _state_for(self, call_sid: str) -> ExotelCallState | None:
         state = self._calls.get(call_sid)
@@ -1008,7 +1024,9 @@ class ExotelCarrier(Carrier):
         call_id = params.get("call_id", "")
         try:
             call = self.gateway.calls.get(call_id) if call_id else None
-            if call is not None and call.carrier_sid and call_sid and call.carrier_sid != call_sid:
+            known = self._calls.get(call_sid)
+            if call is not None and call.carrier_sid and call_sid and call.carrier_sid != call_sid and (
+                    known is None or known.call is not call):
                 log.warning("status callback CallSid does not match the call", extra={"carrier": "exotel"})
                 return web.Response(status=200, text="ignored")
             state = self._state_for(call_sid) if call_sid else None

@@ -176,3 +176,29 @@ async def test_stream_auth_with_imported_credentials(make_gateway, exotel_api, a
         await exo.play(tone(0.5))
         await exo.wait_for(lambda rx: rx.chunks)
         await exo.close()
+
+
+async def test_outbound_stream_with_another_leg_sid_joins_by_numbers(make_gateway, exotel_api, auth_headers):
+    gw = await _gw(make_gateway, exotel_api)
+    agent_id, number_id = await _imported(gw, auth_headers)
+    watch = CallWatch(gw)
+    status, _ = await _post(gw, "/api/v1/calls/dispatch", {"agent_id": agent_id, "to_number": "+919876543210",
+                                                           "from_number_id": number_id}, auth_headers)
+    assert status == 200
+    call = await watch.next_call()
+    rest_sid = call.carrier_sid
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("leg-sid-not-the-rest-sid", frm="08047491899", to="09876543210")
+        await exo.play(tone(0.5))
+        await exo.wait_for(lambda rx: rx.chunks)
+        assert watch.started.empty() and call.bus is not None      # joined the dispatched call, no new one
+        await exo.stop()
+        await watch.wait_ended(call)
+        await exo.close()
+        async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}"),
+                          data={"CallSid": rest_sid, "Status": "completed",
+                                "RecordingUrl": "https://rec.example/2.mp3"}) as r:
+            assert r.status == 200
+    row = await gw.store.get_call(call.log_id)
+    assert row["recording_url"] == "https://rec.example/2.mp3" and row["call_direction"] == "outbound"
