@@ -250,3 +250,30 @@ def test_response_destination_rules():
     # TCP with the connection gone: received + sent-by port, never the ephemeral rport (RFC 3261 §18.2.2)
     assert dest("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 5070), "tcp")
     assert dest("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1") == (("2001:db8::1", 5061), "tcp")
+
+
+async def test_fuzz_through_transport_and_transaction_layer(transport):
+    """Mutated requests and responses of every kind through transport + transaction layer + a TU: nothing escapes."""
+    from gateway.sip.transaction import TransactionLayer
+
+    layer = TransactionLayer(transport)
+    layer.on_request = lambda req, txn: txn.respond(make_response(req, 200, to_tag="fz"))
+    layer.on_ack = lambda *a: None
+    layer.on_stray_response = lambda *a: None
+    seeds = [INVITE]
+    for method in ("ACK", "BYE", "CANCEL", "OPTIONS"):
+        seeds.append(INVITE.replace(b"INVITE sip:", method.encode() + b" sip:")
+                     .replace(b"CSeq: 1 INVITE", b"CSeq: 1 " + method.encode()))
+    seeds.append(b"SIP/2.0 180 Ringing\r\n" + INVITE.split(b"\r\n", 1)[1])
+    seeds.append(b"SIP/2.0 486 Busy Here\r\n" + INVITE.split(b"\r\n", 1)[1].replace(b"tag=abc", b"tag=abc")
+                 .replace(b"To: <sip:+15551234567@127.0.0.1>", b"To: <sip:+15551234567@127.0.0.1>;tag=x"))
+    rng = random.Random(3581)
+    udp = transport.udp
+    for i in range(3000):
+        data = mutate(rng, rng.choice(seeds)) if i % 4 else rng.choice(seeds)
+        udp.datagram_received(data, ("127.0.0.1", 9))
+    await asyncio.sleep(0.05)  # let the TU tasks run
+    assert transport.stats["internal_errors"] == 0 and transport.stats["handler_errors"] == 0
+    assert layer.stats["tu_errors"] == 0 and layer.stats["server_transactions"] > 10
+    assert layer.stats["retransmissions_absorbed"] > 100  # repeated seeds hit existing transactions
+    await layer.close()
