@@ -57,6 +57,19 @@ async def test_healthz_and_metrics_are_open(api):
             text = await r.text()
     assert 'gateway_active_calls{carrier="sip"} 0' in text
     assert "# TYPE gateway_frames_in_total counter" in text
+    # every line is valid text exposition: HELP/TYPE comments, or `name{label="v",…} value`
+    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
+                        r'(,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*\})? -?[0-9.eE+-]+$')
+    typed = set()
+    for line in text.rstrip("\n").split("\n"):
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            assert kind in ("counter", "gauge") and name not in typed
+            typed.add(name)
+        elif not line.startswith("# HELP "):
+            assert sample.match(line), line
+            assert line.split("{")[0].split(" ")[0] in typed, line
+    assert text.endswith("\n")
 
 
 async def test_json_errors_for_unknown_endpoint_and_method(api):
