@@ -277,3 +277,28 @@ async def test_fuzz_through_transport_and_transaction_layer(transport):
     assert layer.stats["tu_errors"] == 0 and layer.stats["server_transactions"] > 10
     assert layer.stats["retransmissions_absorbed"] > 100  # repeated seeds hit existing transactions
     await layer.close()
+
+
+async def test_ipv6_loopback_via_and_received():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    col = Collector()
+    t = SipTransport("::1", 0, on_message=col)
+    try:
+        await t.start()
+    except OSError:
+        pytest.skip("IPv6 loopback not available")
+    try:
+        assert t.via("z9hG4bKx").startswith(f"SIP/2.0/UDP [::1]:{t.port};")
+        loop = asyncio.get_running_loop()
+        tr, proto = await loop.create_datagram_endpoint(UdpClient, local_addr=("::1", 0))
+        try:
+            data = INVITE.replace(b"10.9.9.9:5999;branch=z9hG4bK-fuzz;rport", b"[::1]:5999;branch=z9hG4bK-6")
+            tr.sendto(data, ("::1", t.port))
+            msg, addr, _ = await col.wait()
+            assert msg.top_via.host == "[::1]" and msg.top_via.received is None  # same host: no received
+            await t.send_response(make_response(msg, 200, to_tag="v6"), None)
+        finally:
+            tr.close()
+    finally:
+        await t.stop()

@@ -240,7 +240,10 @@ class SipTransport:
                     conn.transport.close()
 
     def via(self, branch: str, protocol: str = "udp") -> str:
-        return f"SIP/2.0/{protocol.upper()} {self.advertised_host}:{self.port};branch={branch};rport"
+        host = self.advertised_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"SIP/2.0/{protocol.upper()} {host}:{self.port};branch={branch};rport"
 
     # -- receiving
     def _on_datagram(self, data: bytes, addr, conn: UdpConnection) -> None:
@@ -278,7 +281,7 @@ class SipTransport:
         """RFC 3261 §18.2.1 `received` and RFC 3581 §4 `rport` on the top Via."""
         via = msg.top_via
         has_rport = "rport" in via.params
-        if via.host != addr[0] or has_rport:
+        if via.host.strip("[]") != addr[0] or has_rport:
             via = Via(via.transport, via.host, via.port, dict(via.params))
             via.params["received"] = addr[0]
             if has_rport:
