@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +231,7 @@ class SipCarrier(Carrier):
         await self.transport.start()
         self.ua = UserAgent(self.transport, self.layer)
         self.ua.on_invite = self._on_invite
+        self.ua.on_register = self._on_register
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "rtp": f"{s.rtp_port_min}-"
@@ -316,7 +318,7 @@ class SipCarrier(Carrier):
         req = inv.request
         inv.respond(100, "Trying")
         number = None
-        for e164 in called_number_candidates(req.uri, req.headers.get("To") or ""):
+        for e164 in called_number_candidates(req.uri, req.to.uri):
             number = await self.gateway.store.find_number(e164, "sip", with_secrets=True)
             if number is not None:
                 break
@@ -425,6 +427,45 @@ class SipCarrier(Carrier):
     async def _ended(self, leg: SipLeg, source: HangupSource, reason: str) -> None:
         await leg.finish()
         await leg.call.end(source, reason)
+
+    # -- REGISTER from a trunk (a PBX or phone that registers to us) ---------------------------------------------
+    async def _on_register(self, req: Any, txn: Any) -> None:
+        """Accept a binding from a trunk that passes its own inbound policy; show it in the number's status.
+
+        The AOR user is the trunk's `sip_username` or its number. Calls to the trunk still go to
+        sip_host:sip_port; the binding tells the operator (and `test connection`) that the far end is alive.
+        """
+        user = uri_user(req.to.uri)
+        e164 = inbound_number(user)
+        number = next((n for n in await self._sip_trunks()
+                       if user and ((n.get("config") or {}).get("sip_username") == user or n["phone_number"] == e164)),
+                      None)
+        source = txn.source[0]
+        if number is None:
+            self.ua.respond(txn, req, 404, "Not Found")
+            return
+        verdict = await self.auth.check(TrunkAuth.from_number(number), req, source)
+        if not verdict.ok:
+            self.ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
+            return
+        contacts = req.contacts
+        exp_hdr = (req.headers.get("Expires") or "").strip()
+        expires = int(exp_hdr) if exp_hdr.isdigit() else 3600
+        if contacts and (contacts[0].params.get("expires") or "").isdigit():
+            expires = int(contacts[0].params["expires"])
+        expires = min(expires, 3600)
+        status = dict(number.get("status") or {})
+        if expires == 0 or not contacts:
+            status["inbound_registration"] = None
+            headers: list[tuple[str, str]] = []
+        else:
+            until = datetime.now(timezone.utc) + timedelta(seconds=expires)
+            status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{txn.source[1]}",
+                                              "expires_at": until.isoformat()}
+            headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
+        await self.gateway.store.update_number(number["id"], status=status)
+        self._trunks = None
+        self.ua.respond(txn, req, 200, "OK", headers=headers)
 
     # -- outbound ------------------------------------------------------------------------------------------------
     async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:

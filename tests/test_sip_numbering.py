@@ -57,6 +57,7 @@ def test_sip_uri():
     ("tel:+15551234567;phone-context=x", "+15551234567"),
     ("sip:%2B15551234567@h", "+15551234567"),
     ("sip:gw.example.com", ""),
+    ('"Bob" <sip:+15551234567@gw>;tag=1', "+15551234567"),
     ("http://x", ""),
 ])
 def test_uri_user(uri, user):

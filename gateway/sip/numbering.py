@@ -80,8 +80,9 @@ def sip_uri(user: str, host: str, port: int | None = None, *, transport: str = "
 def uri_user(uri: str) -> str:
     """The user part of a ``sip:``/``sips:``/``tel:`` URI, unescaped, without parameters ("" when none)."""
     u = (uri or "").strip()
-    if u.startswith("<"):
-        u = u[1:u.find(">")] if ">" in u else u[1:]
+    if "<" in u:  # a name-addr such as '"Alice" <sip:alice@host>;tag=x'
+        u = u[u.find("<") + 1:]
+        u = u[:u.find(">")] if ">" in u else u
     m = re.match(r"^(sips?|tel):", u, flags=re.I)
     if not m:
         return ""

@@ -107,6 +107,7 @@ class UserAgent:
         self.sessions: dict[tuple[str, str, str], SipSession] = {}
         self.invites: dict[str, IncomingInvite] = {}          # by INVITE branch (CANCEL matching)
         self.on_invite: Callable[[IncomingInvite], Awaitable[None]] | None = None
+        self.on_register: Callable[[SipRequest, Any], Awaitable[None]] | None = None
         self._acked: dict[tuple[str, int], tuple[SipRequest, Dest]] = {}   # ACKs we sent, for 2xx retransmits
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -271,6 +272,9 @@ class UserAgent:
             return
         if method == "OPTIONS":
             self._answer_options(txn, req)
+            return
+        if method == "REGISTER" and self.on_register is not None:
+            await self.on_register(req, txn)
             return
         if method == "BYE":
             self.respond(txn, req, 481, "Call/Transaction Does Not Exist")
