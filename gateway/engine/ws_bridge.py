@@ -125,7 +125,10 @@ def event_message(item: Any) -> dict[str, Any] | None:
     if isinstance(item, SpeechActivity):
         return {"type": "speech", "speaking": item.speaking}
     if isinstance(item, AmdResult):
-        return {"type": "amd", "answered_by": item.answered_by.value, "duration_ms": item.duration_ms}
+        msg = {"type": "amd", "answered_by": item.answered_by.value, "duration_ms": item.duration_ms}
+        if item.voicemail_message:
+            msg["voicemail_message"] = item.voicemail_message   # speak it, then hang up with reason "voicemail"
+        return msg
     if isinstance(item, TransferResult):
         return {"type": "transfer_result", "target": item.target, "outcome": item.outcome}
     if isinstance(item, Hangup):
