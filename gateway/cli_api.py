@@ -389,4 +389,8 @@ def run(args: argparse.Namespace) -> int:
         return e.code
     if result is not None:
         emit(result)
+    report = result.get("report") if isinstance(result, dict) else None
+    if args.action == "test" and isinstance(report, dict) and report.get("ok") is False:
+        print("gateway: connection test failed (see the report's steps)", file=sys.stderr)
+        return 3   # scripts can tell "the trunk does not work" from "the request failed" (1) and "no gateway" (2)
     return 0

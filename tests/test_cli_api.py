@@ -164,3 +164,17 @@ async def test_cli_in_a_subprocess(make_gateway):
     assert proc.returncode == 0, err
     assert json.loads(out)["agent"]["name"] == "sub"
     assert [a["name"] for a in await gw.store.list_agents()] == ["sub"]
+
+
+async def test_failed_connection_test_exits_3(cli):
+    carrier = cli.gw.carriers["sip"]
+    original = carrier.test_connection
+
+    async def failing(fields):
+        report = await original(fields)
+        return {**report, "ok": False, "steps": [{"step": "options", "ok": False, "detail": "timeout"}]}
+
+    carrier.test_connection = failing
+    code, out, err = await cli("trunk", "test", "--phone-number", "+14155550100", "--sip-host", "127.0.0.1",
+                               "--sip-trunk-name", "probe")
+    assert code == 3 and json.loads(out)["report"]["ok"] is False and "connection test failed" in err
