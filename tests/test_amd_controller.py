@@ -287,3 +287,11 @@ async def test_ringback_in_early_media_does_not_decide(make_gateway):
     await asyncio.wait_for(engine.got_amd.wait(), WAIT)
     assert engine.amd[0].answered_by is AnsweredBy.HUMAN
     await call.request_hangup(__import__("gateway.frames", fromlist=["HangupSource"]).HangupSource.SYSTEM, "test")
+
+
+def test_websocket_engines_get_the_voicemail_text():
+    from gateway.engine.ws_bridge import event_message
+    msg = event_message(AmdResult(AnsweredBy.MACHINE_END_SILENCE, 5200, voicemail_message="Call us back"))
+    assert msg == {"type": "amd", "answered_by": "machine_end_silence", "duration_ms": 5200,
+                   "voicemail_message": "Call us back"}
+    assert "voicemail_message" not in event_message(AmdResult(AnsweredBy.HUMAN, 1800))
