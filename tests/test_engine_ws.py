@@ -316,6 +316,23 @@ async def test_handshake_rejected_hangs_up_engine_unreachable(make_gateway):
         server.close()
 
 
+async def test_silent_tcp_peer_times_out_as_engine_unreachable(make_gateway, monkeypatch):
+    from gateway.engine.ws_bridge import WebSocketEngine
+
+    monkeypatch.setattr(WebSocketEngine, "connect_timeout", 0.3)
+    accepted = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)  # never answers
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gw, call, leg = await start_call(make_gateway, f"ws://127.0.0.1:{port}/voice")
+        row = await wait_finished(gw, call)
+        assert accepted and row["hangup_reason"] == "engine_unreachable"
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+
+
 async def test_engine_closing_mid_call_hangs_up_engine_disconnected(make_gateway):
     async def script(ws, engine):
         await ws.recv()
