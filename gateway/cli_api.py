@@ -50,7 +50,9 @@ SIP_OPTS = (
     Opt("name"), Opt("sip_port", "int"), Opt("sip_username"),
     Opt("sip_password", secret=True, env="GATEWAY_SIP_PASSWORD"),
     Opt("sip_dial_prefix"), Opt("sip_strip_plus", "bool"), Opt("preset", help="carrier preset, e.g. twilio"),
-    Opt("transport", help="udp | tcp | tls"), Opt("outbound_proxy"), Opt("auth_type", help="basic | ip"),
+    Opt("transport", help="udp | tcp | tls"), Opt("outbound_proxy"),
+    Opt("auth_username", help="authorization id when it differs from --sip-username"),
+    Opt("auth_type", help="basic | ip"),
     Opt("allowed_ips", "list", help="comma-separated IPs/CIDRs allowed to send calls (auth_type ip)"),
     Opt("register", "bool", help="REGISTER to the carrier"),
 )
