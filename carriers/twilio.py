@@ -306,6 +306,9 @@ class TwilioCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        sdk_log = logging.getLogger("twilio.async_http_client")
+        if sdk_log.level == logging.NOTSET:
+            sdk_log.setLevel(logging.WARNING)   # the SDK logs ~10 INFO lines per REST request; ours say what matters
 
     async def stop(self) -> None:
         self.gateway.calls.unsubscribe(self._on_call_event)
