@@ -170,8 +170,10 @@ class TwilioLeg:
             return
         try:
             await self.carrier.client(self.creds).calls(self.sid).update_async(status="completed")
+            log.info("twilio call completed over REST", extra={"carrier": "twilio", "call_id": self.call.id})
         except TwilioRestException as e:
             if e.status == 404 or e.code == 20404:
+                log.info("twilio call had already ended", extra={"carrier": "twilio", "call_id": self.call.id})
                 return
             log.warning("twilio refused the hangup: %s (%s)", e.msg, e.code,
                         extra={"carrier": "twilio", "call_id": self.call.id, "status": e.status})
