@@ -45,3 +45,29 @@ async def test_sip_outbound_machine_gets_message_after_beep_then_bye_voicemail(m
     hung = datetime.fromisoformat(events["hang_up"]["at"])
     assert (hung - started).total_seconds() >= MESSAGE_MS / 1000   # the whole message went out, in real time
     assert row["extra"]["rtp"]["sent"] >= MESSAGE_MS // 20
+
+
+async def test_sip_outbound_person_saying_hello_starts_the_conversation(make_gateway, tmp_path):
+    human = json.loads((SCENARIOS / "pcap" / "amd_human_hello.json").read_text())
+    gw = await sip_gateway(make_gateway)           # echo engine: its held audio flows once the person is confirmed
+    async with sipp_uas("uas_amd_human.xml", timeout_s=30) as uas:
+        num = await sip_number(gw, sip_port=uas.port, agent_settings={
+            "amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Please call us back."}})
+        d = await api(gw, "POST", "/calls/dispatch", {"agent_id": num["agent_id"], "from_number_id": num["id"],
+                                                       "to_number": "+15559876543"}, expect=200)
+        call = await wait_for(lambda: gw.calls.get(d["call_id"]), 10)
+        await wait_for(lambda: call.amd is not None, 15)
+        assert call.amd.answered_by.value == "human"
+        await wait_for(lambda: call.bus.counters.frames_out >= 25, 10)   # the engine is talking to the person
+        assert call.is_active
+        await api(gw, "POST", f"/calls/{call.id}/hangup", {}, expect=200)
+
+        async def ended():
+            row = await gw.store.get_call(d["requestId"])
+            return row if row and row.get("ended_at") else None
+        row = await wait_for(ended, 20)
+    uas.result.assert_calls(successful=1)
+    assert row["amd_answered_by"] == "human" and not row["is_voicemail"] and row["voicemail_type"] is None
+    # a person: decided after_greeting_silence (800 ms) after "Hello?" ended
+    assert human["speech_end_ms"] + 600 <= row["amd_duration"] * 1000 <= human["speech_end_ms"] + 1400
+    assert row["hangup_reason"] == "api_hangup"

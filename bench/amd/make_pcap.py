@@ -1,4 +1,7 @@
-"""Build sip-test-configs/pcap/amd_greeting_beep.pcap: a voicemail greeting + beep as RTP/PCMU for SIPp.
+"""Build the SIPp pcaps for the AMD end-to-end tests: a voicemail greeting + beep, and a person saying "Hello?".
+
+    sip-test-configs/pcap/amd_greeting_beep.pcap   ~7 s greeting, 0.5 s pause, 1000 Hz beep, 1.5 s silence
+    sip-test-configs/pcap/amd_human_hello.pcap     0.4 s, "Hello?", 3 s of silence (the person waits)
 
     python bench/amd/make_pcap.py
 
@@ -21,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from voicecodecs import pcm16_to_ulaw  # noqa: E402
 
-OUT = ROOT / "sip-test-configs" / "pcap" / "amd_greeting_beep.pcap"
+PCAPS = ROOT / "sip-test-configs" / "pcap"
+OUT = PCAPS / "amd_greeting_beep.pcap"
+HUMAN_OUT = PCAPS / "amd_human_hello.pcap"
 SR = 8000
 GREETING = ("Hi, you've reached Jordan Lee. I can't take your call right now. "
             "Please leave your name and number after the tone.")
 
 
-def greeting_pcm() -> np.ndarray:
-    wav = subprocess.run(["espeak-ng", "-v", "en-us+f3", "-s", "165", "--stdout", GREETING],
+def greeting_pcm(text: str = GREETING, voice: str = "en-us+f3") -> np.ndarray:
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "165", "--stdout", text],
                          capture_output=True, check=True, timeout=30).stdout
     raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16", "-c", "1",
                           "-", "sinc", "300-3400"], input=wav, capture_output=True, check=True, timeout=30).stdout
@@ -74,11 +79,20 @@ def write_pcap(pcm: np.ndarray, path: Path) -> None:
     path.write_bytes(b"".join(out))
 
 
+def human() -> tuple[np.ndarray, dict]:
+    hello = greeting_pcm("Hello?", "en-gb+m3")
+    lead = np.zeros(SR * 400 // 1000)
+    x = np.concatenate([lead, hello, np.zeros(SR * 3)])
+    meta = {"speech_end_ms": (len(lead) + len(hello)) * 1000 // SR, "duration_ms": len(x) * 1000 // SR,
+            "codec": "PCMU", "text": "Hello?"}
+    return np.clip(x, -32768, 32767).astype("<i2"), meta
+
+
 def main() -> int:
-    pcm, meta = timeline()
-    write_pcap(pcm, OUT)
-    OUT.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"{OUT} ({meta['duration_ms']} ms, beep ends at {meta['beep_end_ms']} ms)")
+    for path, (pcm, meta) in ((OUT, timeline()), (HUMAN_OUT, human())):
+        write_pcap(pcm, path)
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"{path} ({meta['duration_ms']} ms)")
     return 0
 
 
