@@ -355,6 +355,7 @@ async def test_engine_closing_mid_call_hangs_up_engine_disconnected(make_gateway
     (json.dumps({"type": "dtmf", "digits": "12x"}), 1008),
     (json.dumps({"type": "mark"}), 1008),
     (json.dumps({"type": "transfer", "number": 5}), 1008),
+    (json.dumps({"type": "hangup", "reason": "x" * 201}), 1008),
 ])
 async def test_bad_control_message_closes_with_code_and_hangs_up(make_gateway, message, code):
     async def script(ws, engine):

@@ -93,26 +93,27 @@ def parse_engine_message(text: str) -> dict[str, Any]:
     kind = msg.get("type")
     if kind not in _ENGINE_MESSAGES:
         raise EngineProtocolError(f"unknown message type {kind!r}", CLOSE_UNSUPPORTED)
-    for name, (kinds, required) in _ENGINE_MESSAGES[kind].items():
+    for name, (required, max_len) in _ENGINE_MESSAGES[kind].items():
         value = msg.get(name)
         if value is None:
             if required:
                 raise EngineProtocolError(f"{kind}: missing field {name!r}")
             continue
-        if not isinstance(value, kinds) or (isinstance(value, str) and not value.strip()):
-            raise EngineProtocolError(f"{kind}: field {name!r} must be a non-empty string")
+        if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+            raise EngineProtocolError(f"{kind}: field {name!r} must be a non-empty string of at most {max_len} "
+                                      "characters")
     if kind == "dtmf" and not _DIGITS.match(msg["digits"]):
         raise EngineProtocolError("dtmf: digits must be 1-32 of 0-9 A-D * #")
     return msg
 
 
-# type → {field: (accepted types, required)}
-_ENGINE_MESSAGES: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+# type → {string field: (required, max length)}; lengths fit the call-log columns they end up in
+_ENGINE_MESSAGES: dict[str, dict[str, tuple[bool, int]]] = {
     "clear": {},
-    "mark": {"name": (str, True)},
-    "dtmf": {"digits": (str, True)},
-    "transfer": {"number": (str, False)},
-    "hangup": {"reason": (str, False)},
+    "mark": {"name": (True, 200)},
+    "dtmf": {"digits": (True, 32)},
+    "transfer": {"number": (False, 64)},
+    "hangup": {"reason": (False, 200)},
 }
 
 
