@@ -103,6 +103,7 @@ for _c, _n in COMPACT_FORMS.items():
     _NAME_INFO[_c] = (_n.lower(), _n, _n.lower() in _LIST_HEADERS)
 del _c, _n
 
+_NAME_CACHE_LIMIT = len(_NAME_INFO) + 2000
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 
@@ -209,17 +210,24 @@ class Headers:
         self._d.pop(_name_info(name)[0], None)
         self._parsed.clear()
 
+    def _entry(self, name: str) -> tuple[str, list[str]] | None:
+        # Fast path: internal callers use the lower-case full name, which is the storage key.
+        entry = self._d.get(name)
+        if entry is None:
+            entry = self._d.get(_name_info(name)[0])
+        return entry
+
     def get(self, name: str, default: str | None = None) -> str | None:
-        entry = self._d.get(_name_info(name)[0])
+        entry = self._entry(name)
         return entry[1][0] if entry and entry[1] else default
 
     def getlist(self, name: str) -> list[str]:
         """All values (a copy) for `name`, list elements split; [] if absent."""
-        entry = self._d.get(_name_info(name)[0])
+        entry = self._entry(name)
         return list(entry[1]) if entry else []
 
     def __getitem__(self, name: str) -> str:
-        entry = self._d.get(_name_info(name)[0])
+        entry = self._entry(name)
         if not entry or not entry[1]:
             raise KeyError(name)
         return entry[1][0]
@@ -293,17 +301,24 @@ def _split_semis(s: str) -> list[str]:
 def _parse_params(s: str, what: str) -> dict[str, str | None]:
     """Parse ';k=v;flag' (leading ';' optional). Names are lower-cased (RFC 3261 §7.3.1: case-insensitive)."""
     params: dict[str, str | None] = {}
-    s = s.strip()
     if not s:
         return params
     if s[0] != ";":
-        raise SipParseError(f"unexpected text {s[:30]!r} in {what}")
-    for part in _split_semis(s)[1:]:
+        s = s.strip()
+        if not s:
+            return params
+        if s[0] != ";":
+            raise SipParseError(f"unexpected text {s[:30]!r} in {what}")
+    for part in (_split_semis(s) if '"' in s else s.split(";"))[1:]:
         k, eq, v = part.partition("=")
-        k = k.strip()
+        k = k.strip().lower()
         if not k:
             raise SipParseError(f"empty parameter in {what}")
-        params[k.lower()] = _unquote(v.strip()) if eq else None
+        if eq:
+            v = v.strip()
+            params[k] = _unquote(v) if v[:1] == '"' else v
+        else:
+            params[k] = None
     return params
 
 
@@ -726,12 +741,15 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         name, colon, value = line.partition(":")
         if not colon or not name:
             _check_header_lines(rest, msg)  # raises with the offending line
-        info = info_get(name.lower())
+        lname = name.lower()
+        info = info_get(lname)
         if info is None:
             name = name.rstrip()
             if not _TOKEN_RE.match(name):
                 raise SipParseError(f"invalid header name {name[:40]!r}", partial=msg)
             info = _name_info(name)
+            if len(_NAME_INFO) < _NAME_CACHE_LIMIT:  # bounded: random names from a peer cannot grow it forever
+                _NAME_INFO[lname] = info
         key, display, is_list = info
         value = value.strip()
         values = split_header_list(value) if is_list and "," in value else [value]
