@@ -618,6 +618,11 @@ class VoicebotStream:
             await self._send_chunk(chunk)
 
     async def _send_chunk(self, chunk: bytes) -> None:
+        # stay at most `max_ahead` seconds ahead of playback: engines often speak faster than real time, Exotel's
+        # buffer is not ours to flood, and a barge-in then has little to throw away
+        ahead = self.playout_end - asyncio.get_running_loop().time() - self.carrier.max_ahead
+        if ahead > 0:
+            await asyncio.sleep(ahead)
         async with self._send_lock:
             await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
         now = asyncio.get_running_loop().time()
@@ -692,6 +697,8 @@ class ExotelCarrier(Carrier):
     start_timeout = 15.0
     #: a partial chunk waits this long for more engine audio before it is padded and sent
     idle_flush = 0.25
+    #: seconds of audio sent ahead of what Exotel has played
+    max_ahead = 3.0
     #: a call announced (call_coming / dispatch) whose stream never starts is closed after this
     attach_timeout = 120.0
     #: a transferred call with no omni_status / terminal status callback is closed after this (Exotel's 4 h cap)

@@ -229,6 +229,12 @@ class VonageLeg:
         call.log.info("transfer started", extra={"targets": len(st.transfer_targets)})
 
 
+def _preload_sdk() -> None:
+    import vonage  # noqa: F401
+    import vonage_jwt  # noqa: F401
+    import vonage_voice  # noqa: F401
+
+
 def _ncco_models(ncco: list[dict[str, Any]]) -> list[Any]:
     """The SDK's transfer_call_ncco wants model objects; rebuild them from our dicts."""
     from vonage_voice import Connect, PhoneEndpoint, WebsocketEndpoint
@@ -437,9 +443,16 @@ class VonageStream:
                 nxt.cancel()
 
     async def send_frame(self, pcm: bytes) -> None:
-        """One bus frame (exactly 20 ms at the socket's rate) → one binary message, as Vonage expects."""
+        """One bus frame (exactly 20 ms at the socket's rate) → one binary message, as Vonage expects.
+
+        Engines often produce speech faster than real time; we stay at most `max_ahead` seconds ahead of playback
+        so Vonage's buffer (about 60 s) never overflows and a barge-in has little to throw away."""
+        loop = asyncio.get_running_loop()
+        ahead = self.playout_end - loop.time() - self.carrier.max_ahead
+        if ahead > 0:
+            await asyncio.sleep(ahead)
         await self.ws.send_bytes(pcm)
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         self.playout_end = max(self.playout_end, now) + len(pcm) / 2 / self.rate
         self.frames_sent += 1
 
@@ -491,6 +504,7 @@ class VonageCarrier(Carrier):
     )
 
     connect_timeout = 10.0        # websocket:connected after the socket opens
+    max_ahead = 3.0               # seconds of audio sent ahead of what Vonage has played
     attach_timeout = 90.0         # answer webhook (or outbound create) → media socket
     transfer_timeout = 4 * 3600.0
     ring_timeout = 30
@@ -528,6 +542,9 @@ class VonageCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        # the SDK's pydantic models take most of a second to import: do it now, off the event loop, rather than
+        # in the first caller's answer webhook
+        await asyncio.to_thread(_preload_sdk)
 
     def _on_call_event(self, kind: str, call: "Call") -> None:
         """Ended calls: stop their watchdog; keep their state a while for late webhooks, then forget it."""

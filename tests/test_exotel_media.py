@@ -287,3 +287,43 @@ async def test_engine_dtmf_is_played_in_band(make_gateway):
         await exo.stop()
         await watch.wait_ended(call)
         await exo.close()
+
+
+class Monologue(VoiceEngine):
+    """Produces 2 s of speech at once, as a TTS engine does."""
+
+    sample_rate = 16000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        while (item := await session.receive()) is not None:
+            if isinstance(item, CallStarted):
+                await session.play(tone(2.0, 16000), end_of_utterance=True)
+            elif isinstance(item, Hangup):
+                return
+
+
+async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="mono")
+    gw.engines.register("mono", Monologue())
+    gw.carriers["exotel"].max_ahead = 0.5
+    await add_exophone(gw)
+    watch = CallWatch(gw)
+    arrivals: list[tuple[float, int]] = []
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-pace")
+        call = await watch.next_call()
+
+        def seen(rx) -> bool:
+            if not arrivals or arrivals[-1][1] != len(rx.audio):
+                arrivals.append((asyncio.get_running_loop().time(), len(rx.audio)))
+            return len(rx.audio) >= 32000
+        await exo.wait_for(seen, timeout=10)
+        await exo.stop()
+        await watch.wait_ended(call)
+        await exo.close()
+    t0 = arrivals[0][0]                          # playback starts with the first chunk
+    for t, total in arrivals:
+        # never more than max_ahead (+ the chunk in flight) ahead of real-time playback
+        assert total / 16000 - (t - t0) <= 0.5 + 0.2 + 0.1, (total, t - t0)
+    assert arrivals[-1][0] - arrivals[0][0] >= 2.0 - 0.5 - 0.2 - 0.1

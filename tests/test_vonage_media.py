@@ -237,3 +237,40 @@ async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
             assert r.status == 204
     row = await watch.wait_ended(call)
     assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_failed"
+
+
+class Monologue(VoiceEngine):
+    sample_rate = 16000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        while (item := await session.receive()) is not None:
+            if isinstance(item, CallStarted):
+                await session.play(tone(2.0, 16000), end_of_utterance=True)
+            elif isinstance(item, Hangup):
+                return
+
+
+async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
+    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="mono")
+    gw.engines.register("mono", Monologue())
+    gw.carriers["vonage"].max_ahead = 0.5
+    await add_vonage_number(gw)
+    watch = CallWatch(gw)
+    ncco = await inbound(gw)
+    call = await watch.next_call()
+    arrivals: list[tuple[float, int]] = []
+    async with aiohttp.ClientSession() as s:
+        v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
+        await v.connect()
+
+        def seen(rx) -> bool:
+            if not arrivals or arrivals[-1][1] != len(rx.audio):
+                arrivals.append((asyncio.get_running_loop().time(), len(rx.audio)))
+            return len(rx.audio) >= 64000
+        await v.wait_for(seen, timeout=10)
+        await v.close()
+        await watch.wait_ended(call)
+    t0 = arrivals[0][0]
+    for t, total in arrivals:
+        assert total / 32000 - (t - t0) <= 0.5 + 0.02 + 0.1, (total, t - t0)
+    assert arrivals[-1][0] - t0 >= 2.0 - 0.5 - 0.1
