@@ -53,8 +53,8 @@ class DigestError(ValueError):
 
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """Split 'Digest k=v, k="v, with comma"' into ("Digest", {k: v}); keys lower-cased, quotes removed."""
-    value = value.strip()
-    scheme, _, rest = value.partition(" ")
+    bits = value.strip().split(None, 1)
+    scheme, rest = (bits[0], bits[1] if len(bits) > 1 else "") if bits else ("", "")
     if not scheme:
         raise DigestError("empty authentication header")
     params: dict[str, str] = {}
