@@ -171,7 +171,9 @@ async def test_invite_2xx_accepted_passes_retransmissions_to_tu_then_timer_m(env
     assert [m.method for _, m, _, _ in tr.sent] == ["INVITE"]  # the 2xx ACK is the dialog's job
     layer.receive(ok, PEER, None)
     assert stray == [200]
-    clock.advance(32.1)  # Timer M = 64*T1
+    clock.advance(31.9)
+    assert len(layer) == 1
+    clock.advance(0.2)  # Timer M = 64*T1
     assert len(layer) == 0
 
 
@@ -201,7 +203,9 @@ async def test_invite_server_auto_trying_retransmission_absorption_and_timers_g_
     t0 = clock.now()
     assert txn.respond(make_response(req, 486, to_tag="x"))
     assert not txn.respond(make_response(req, 200, to_tag="x"))  # already final
-    clock.advance(40)
+    clock.advance(31.9)
+    assert len(layer) == 1
+    clock.advance(8.1)
     finals = [round(t - t0, 3) for t, m, _, _ in tr.sent if m.status == 486]
     assert finals == [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]  # Timer G, capped at T2
     assert len(layer) == 0 and layer.stats["timeouts"] == 1  # Timer H (64*T1) gave up waiting for the ACK
@@ -323,7 +327,9 @@ async def test_2xx_never_acked_reports_timeout(env):
     layer.on_request = lambda req, txn: txn.respond(make_response(req, 200, to_tag="ok"))
     layer.receive(request(), PEER, None)
     await settle()
-    clock.advance(33)
+    clock.advance(31.9)
+    assert lost == [] and len(layer) == 1
+    clock.advance(0.2)  # Timer L = 64*T1
     assert tr.times() == [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert len(lost) == 1 and len(layer) == 0
 
