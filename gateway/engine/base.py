@@ -63,7 +63,9 @@ class EngineSession:
                 return
 
     async def play(self, pcm: bytes, *, end_of_utterance: bool = False) -> None:
-        """Queue engine audio for the caller; waits while several seconds are already queued."""
+        """Queue engine audio for the caller; waits while several seconds are already queued; no-op once ended."""
+        if self._call.ended.is_set():
+            return
         gate = self._call.output_gate
         if gate is not None and await gate.engine_play(pcm, end_of_utterance):
             return
