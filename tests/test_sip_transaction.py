@@ -211,6 +211,21 @@ async def test_invite_server_auto_trying_retransmission_absorption_and_timers_g_
     assert len(layer) == 0 and layer.stats["timeouts"] == 1  # Timer H (64*T1) gave up waiting for the ACK
 
 
+async def test_invite_retransmission_before_any_response_gets_100_at_once(env):
+    clock, tr, layer = env
+    calls = []
+    layer.on_request = lambda req, txn: calls.append(txn)
+    req = request()
+    layer.receive(req, PEER, None)
+    await settle()
+    clock.advance(0.1)
+    assert tr.sent == []
+    layer.receive(req, PEER, None)
+    assert [m.status for _, m, _, _ in tr.sent] == [100] and len(calls) == 1
+    clock.advance(1)
+    assert len(tr.sent) == 1  # the delayed automatic 100 is not sent twice
+
+
 async def test_invite_server_ack_confirms_then_timer_i(env):
     clock, tr, layer = env
     acks = []

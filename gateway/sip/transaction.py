@@ -466,6 +466,9 @@ class ServerTransaction:
             L.stats["retransmissions_absorbed"] += 1
             return
         L.stats["retransmissions_absorbed"] += 1
+        if self.is_invite and self.state == PROCEEDING and self._last_data is None and L.trying_delay is not None:
+            self._send_trying()  # the client is retransmitting already: stop its Timer A now
+            return
         if self.state in (PROCEEDING, COMPLETED) and self._last_data is not None:
             self._transmit()  # the last provisional (Proceeding) or the final response (Completed) again
 
