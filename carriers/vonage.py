@@ -600,6 +600,8 @@ class VonageCarrier(Carrier):
                self.api_host, self.rest_host)
         client = self._clients.get(key)
         if client is None:
+            if len(self._clients) >= 256:      # credentials rotate; never let old clients pile up
+                self._clients.clear()
             opts: dict[str, Any] = {"timeout": 10, "max_retries": 1}
             if self.api_host:
                 opts["api_host"] = self.api_host
@@ -616,8 +618,8 @@ class VonageCarrier(Carrier):
                                                NotFoundError, RateLimitedError, ServerError)
         from vonage_utils import VonageError
 
-        client = self._client(creds, kind)
         try:
+            client = self._client(creds, kind)
             return await asyncio.to_thread(fn, client)
         except AuthenticationError:
             what = "application id / private key" if kind == "app" else "API key/secret"
