@@ -30,6 +30,7 @@ async def test_register_challenge_refresh_and_status(make_gateway):
 
 async def test_register_rejected_shows_failing(make_gateway):
     gw = await sip_gateway(make_gateway)
+    gw.carriers["sip"].registration_retry = (60.0, 60.0)   # one attempt within the test: SIPp takes one call
     async with sipp_uas("uas_registrar_reject.xml", timeout_s=10) as uas:
         num = await sip_number(gw, agent=False, sip_port=uas.port, register=True, sip_username="alice",
                                sip_password="wrong")
