@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
-from gateway.frames import AudioFrame, Dtmf, HangupSource, Mark, TransferResult
+from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
 
 from conftest import API_KEY
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from gateway.engine.greeting import PROMPT_MARK, load_prompt
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, TransferResult
