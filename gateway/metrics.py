@@ -6,7 +6,10 @@ label values escaped for backslash, double quote and newline).
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -16,17 +19,49 @@ if TYPE_CHECKING:
     from .runtime import Gateway
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+log = logging.getLogger("gateway.metrics")
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _value(v: float) -> str:
+    """Exact text for a sample: ints as they are, floats round-trip (`:g` would turn 1234567.0 into 1.23457e+06)."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(int(v))
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
 def _family(lines: list[str], name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
     lines.append(f"# HELP {name} {help_}")
     lines.append(f"# TYPE {name} {kind}")
     for labels, value in samples:
-        lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
+        lines.append(f"{name}{labels} {_value(value)}")
+
+
+def _carrier_series(gw: "Gateway", taken: set[str]) -> list[tuple[str, str, float]]:
+    """Carriers' own series; a failing hook, a bad name or a name already used is skipped (and logged), so one
+    carrier can never break the scrape."""
+    out: list[tuple[str, str, float]] = []
+    for carrier in gw.carriers.values():
+        try:
+            series = carrier.metrics()
+        except Exception:
+            log.exception("carrier metrics failed", extra={"carrier": carrier.name})
+            continue
+        for name, value in sorted(series.items()):
+            if not _NAME.match(name) or name in taken or not isinstance(value, (int, float)):
+                log.warning("carrier metric skipped", extra={"carrier": carrier.name, "metric": name})
+                continue
+            taken.add(name)
+            out.append((carrier.name, name, value))
+    return out
 
 
 def render(gw: "Gateway") -> str:
@@ -56,10 +91,11 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
-    for carrier in gw.carriers.values():
-        for name, value in sorted(carrier.metrics().items()):
-            _family(lines, name, "counter" if name.endswith("_total") else "gauge",
-                    f"Reported by the {carrier.name} carrier.", [("", value)])
+    taken = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
+    taken |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    for carrier_name, name, value in _carrier_series(gw, taken):
+        _family(lines, name, "counter" if name.endswith("_total") else "gauge",
+                f"Reported by the {carrier_name} carrier.", [("", value)])
     pid = os.getpid()
     _family(lines, "process_cpu_seconds_total", "counter", "User and system CPU time of the gateway process.",
             [("", cpu_seconds(pid) or 0.0)])

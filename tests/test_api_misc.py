@@ -198,3 +198,33 @@ async def test_metrics_count_live_and_ended_calls(api):
     assert metric(text, 'gateway_active_calls{carrier="sip"}') == 0
     assert metric(text, "gateway_frames_in_total") == 15   # ended calls' counters stay in the totals
     assert metric(text, "gateway_dropped_frames_total") == dropped
+
+
+class MeteredCarrier(FakeSipCarrier):
+    name = "metered"
+    providers = ("metered",)
+
+    def metrics(self):
+        return {"gateway_rtp_packets_sent_total": 1234567890, "gateway_rtp_jitter_seconds": 0.0123456789,
+                "gateway_calls_total": 99, "bad name!": 1}
+
+
+class BrokenMetricsCarrier(FakeSipCarrier):
+    name = "broken"
+    providers = ("broken",)
+
+    def metrics(self):
+        raise RuntimeError("metrics hook bug")
+
+
+async def test_carrier_metrics_are_exact_and_cannot_break_the_scrape(make_gateway):
+    gw = await make_gateway(carriers={"metered": MeteredCarrier, "broken": BrokenMetricsCarrier})
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url("/metrics")) as r:
+            assert r.status == 200
+            text = await r.text()
+    assert "gateway_rtp_packets_sent_total 1234567890\n" in text
+    assert "gateway_rtp_jitter_seconds 0.0123456789\n" in text
+    assert text.count("# TYPE gateway_calls_total ") == 1 and "gateway_calls_total 0\n" in text
+    assert "bad name!" not in text
+    assert 'gateway_active_calls{carrier="broken"} 0' in text
