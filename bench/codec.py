@@ -13,7 +13,6 @@ import argparse
 import itertools
 import sys
 import time
-import timeit
 from pathlib import Path
 
 import numpy as np
@@ -39,81 +38,80 @@ def frames(rate: int, count: int) -> list[bytes]:
     return [x[i : i + step].tobytes() for i in range(0, len(x), step)]
 
 
-def per_frame_us(fn, items: list, repeat: int) -> float:
-    """Best-of-`repeat` mean CPU time per item, in µs.
+def measure(cases: dict[str, tuple], repeat: int) -> dict[str, float]:
+    """Mean CPU time per item in µs for each case `name: (fn, items)`, best of `repeat` runs.
 
-    CPU time of this process (not wall time), and the best of several runs, so that other processes on a shared
-    machine inflate the figure as little as possible; it is what each call costs the gateway's CPU."""
-    def run():
-        for it in items:
-            fn(it)
-    return min(timeit.repeat(run, number=1, repeat=repeat, timer=time.process_time)) / len(items) * 1e6
+    CPU time of this process (not wall time), the best of several runs, and the runs of all cases interleaved
+    round-robin: on a shared machine other processes then inflate every figure alike and as little as possible.
+    """
+    best = {name: float("inf") for name in cases}
+    for _ in range(repeat):
+        for name, (fn, items) in cases.items():
+            t0 = time.process_time()
+            for it in items:
+                fn(it)
+            best[name] = min(best[name], time.process_time() - t0)
+    return {name: best[name] / len(cases[name][1]) * 1e6 for name in cases}
 
 
-def codec_path(n: int, repeat: int) -> list[list[str]]:
+def codec_path_cases(n: int) -> tuple[dict[str, tuple], list[str]]:
     ulaw_in = [pcm16_to_ulaw(f) for f in frames(8000, n)]
     pcm8 = [ulaw_to_pcm16(f) for f in ulaw_in]
     engine16 = frames(16000, n)
+    pcm8_back = [StreamResampler(16000, 8000).process(f) for f in engine16]
     up, down = StreamResampler(8000, 16000), StreamResampler(16000, 8000)
-    pcm8_back = [down.process(f) for f in engine16]
-    down.reset()
-
-    steps = [
-        ("μ-law decode (160 B → PCM16 8 kHz)", ulaw_to_pcm16, ulaw_in),
-        ("upsample 8 → 16 kHz (StreamResampler)", up.process, pcm8),
-        ("downsample 16 → 8 kHz (StreamResampler)", down.process, engine16),
-        ("μ-law encode (PCM16 8 kHz → 160 B)", pcm16_to_ulaw, pcm8_back),
-    ]
-    rows = [[name, f"{per_frame_us(fn, items, repeat):.2f}"] for name, fn, items in steps]
-
     up2, down2 = StreamResampler(8000, 16000), StreamResampler(16000, 8000)
 
     def round_trip(i: int) -> None:
         up2.process(ulaw_to_pcm16(ulaw_in[i]))
         pcm16_to_ulaw(down2.process(engine16[i]))
 
-    rows.append(["**total, both directions**", f"**{per_frame_us(round_trip, list(range(n)), repeat):.2f}**"])
-    return rows
+    cases = {
+        "μ-law decode (160 B → PCM16 8 kHz)": (ulaw_to_pcm16, ulaw_in),
+        "upsample 8 → 16 kHz (StreamResampler)": (up.process, pcm8),
+        "downsample 16 → 8 kHz (StreamResampler)": (down.process, engine16),
+        "μ-law encode (PCM16 8 kHz → 160 B)": (pcm16_to_ulaw, pcm8_back),
+        "**total, both directions**": (round_trip, list(range(n))),
+    }
+    return cases, list(cases)
 
 
-def baselines(n: int, repeat: int) -> list[list[str]]:
+def baseline_cases(n: int) -> tuple[dict[str, tuple], list[list[str]]]:
+    """Other resamplers on the same frames; returns the cases and the table layout [label, up, down, delay]."""
     pcm8, pcm16 = frames(8000, n), frames(16000, n)
-    rows = []
-    st = [None]
+    state = {"up": None, "down": None}
 
-    def ratecv(rate_in: int, rate_out: int):
+    def ratecv(key: str, rate_in: int, rate_out: int):
         def f(x):
-            out, st[0] = audioop.ratecv(x, 2, 1, rate_in, rate_out, st[0])
+            _, state[key] = audioop.ratecv(x, 2, 1, rate_in, rate_out, state[key])
         return f
 
-    rows.append(["audioop.ratecv (no anti-alias filter)", f"{per_frame_us(ratecv(8000, 16000), pcm8, repeat):.2f}",
-                 f"{per_frame_us(ratecv(16000, 8000), pcm16, repeat):.2f}", "0"])
     ours_up, ours_down = StreamResampler(8000, 16000), StreamResampler(16000, 8000)
-    rows.append(["voicecodecs.StreamResampler", f"{per_frame_us(ours_up.process, pcm8, repeat):.2f}",
-                 f"{per_frame_us(ours_down.process, pcm16, repeat):.2f}", f"{ours_up.delay_ms:.2f}"])
+    cases = {"ratecv up": (ratecv("up", 8000, 16000), pcm8), "ratecv down": (ratecv("down", 16000, 8000), pcm16),
+             "ours up": (ours_up.process, pcm8), "ours down": (ours_down.process, pcm16)}
+    layout = [["audioop.ratecv (no anti-alias filter)", "ratecv up", "ratecv down", "0"],
+              ["voicecodecs.StreamResampler", "ours up", "ours down", f"{ours_up.delay_ms:.2f}"]]
     try:
         import soxr
 
         for q in ("HQ", "MQ"):
             u = soxr.ResampleStream(8000, 16000, 1, dtype="int16", quality=q)
             d = soxr.ResampleStream(16000, 8000, 1, dtype="int16", quality=q)
-            a = [np.frombuffer(x, "<i2") for x in pcm8]
-            b = [np.frombuffer(x, "<i2") for x in pcm16]
-            rows.append([f"soxr ResampleStream {q}", f"{per_frame_us(u.resample_chunk, a, repeat):.2f}",
-                         f"{per_frame_us(d.resample_chunk, b, repeat):.2f}", "see notes"])
+            cases[f"soxr {q} up"] = (u.resample_chunk, [np.frombuffer(x, "<i2") for x in pcm8])
+            cases[f"soxr {q} down"] = (d.resample_chunk, [np.frombuffer(x, "<i2") for x in pcm16])
+            layout.append([f"soxr ResampleStream {q}", f"soxr {q} up", f"soxr {q} down", "see notes"])
     except ImportError:
-        rows.append(["soxr", "not installed", "", ""])
+        layout.append(["soxr", None, None, "not installed"])
     try:
         from scipy.signal import resample_poly
 
-        a = [np.frombuffer(x, "<i2") for x in pcm8]
-        b = [np.frombuffer(x, "<i2") for x in pcm16]
-        rows.append(["scipy resample_poly per frame (stateless: edge errors)",
-                     f"{per_frame_us(lambda x: resample_poly(x, 2, 1), a, repeat):.2f}",
-                     f"{per_frame_us(lambda x: resample_poly(x, 1, 2), b, repeat):.2f}", "0"])
+        few = max(50, n // 20)     # ~40× slower: fewer frames keep the run short
+        cases["scipy up"] = (lambda x: resample_poly(x, 2, 1), [np.frombuffer(x, "<i2") for x in pcm8[:few]])
+        cases["scipy down"] = (lambda x: resample_poly(x, 1, 2), [np.frombuffer(x, "<i2") for x in pcm16[:few]])
+        layout.append(["scipy resample_poly per frame (stateless: edge errors)", "scipy up", "scipy down", "0"])
     except ImportError:
-        rows.append(["scipy", "not installed", "", ""])
-    return rows
+        layout.append(["scipy", None, None, "not installed"])
+    return cases, layout
 
 
 def tone(freq: float, rate: int, amp: float = 16000.0) -> np.ndarray:
@@ -155,14 +153,15 @@ def worst_rejection_db(in_rate: int, out_rate: int, points: int) -> tuple[float,
 
 
 def resampler_table(repeat: int, points: int) -> list[list[str]]:
+    pairs = list(itertools.permutations(SUPPORTED_RATES, 2))
+    cases = {f"{a}>{b}": (StreamResampler(a, b).process, frames(a, 500)) for a, b in pairs}
+    cost = measure(cases, repeat)
     rows = []
-    for a, b in itertools.permutations(SUPPORTED_RATES, 2):
-        r = StreamResampler(a, b)
-        cost = per_frame_us(r.process, frames(a, 500), repeat)
+    for a, b in pairs:
         level, freq = worst_rejection_db(a, b, points)
         kind = "alias" if a > b else "image"
-        rows.append([f"{a // 1000}k → {b // 1000}k", f"{cost:.2f}", f"{r.delay_ms:.2f}",
-                     f"{-level:.1f} ({kind}, worst at {freq:.0f} Hz in)"])
+        rows.append([f"{a // 1000}k → {b // 1000}k", f"{cost[f'{a}>{b}']:.2f}",
+                     f"{StreamResampler(a, b).delay_ms:.2f}", f"{-level:.1f} ({kind}, worst at {freq:.0f} Hz in)"])
     return rows
 
 
@@ -171,15 +170,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer frames and tones (smoke run)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = ap.parse_args()
-    n, repeat, points = (500, 3, 8) if args.quick else (3000, 7, 40)
+    n, repeat, points = (500, 3, 8) if args.quick else (2000, 11, 40)
 
-    path = table(["step (one 20 ms frame)", "µs per frame"], codec_path(n, repeat))
-    base = table(["resampler 8 ↔ 16 kHz", "up µs/frame", "down µs/frame", "delay ms"], baselines(n, repeat))
+    path_cases, path_order = codec_path_cases(n)
+    base_cases, base_layout = baseline_cases(n)
+    cost = measure({**path_cases, **base_cases}, repeat)
+    fmt = lambda name: "" if name is None else f"{cost[name]:.2f}"  # noqa: E731
+    path = table(["step (one 20 ms frame)", "µs per frame"],
+                 [[name, f"**{cost[name]:.2f}**" if name.startswith("**") else fmt(name)] for name in path_order])
+    base = table(["resampler 8 ↔ 16 kHz", "up µs/frame", "down µs/frame", "delay ms"],
+                 [[label, fmt(up), fmt(down), delay] for label, up, down, delay in base_layout])
     pairs = table(["pair", "µs per 20 ms frame", "delay ms", "stop-band rejection dB (measured)"],
                   resampler_table(repeat, points))
     body = f"""### μ-law 8 kHz ⇄ PCM16 16 kHz engine, per call per 20 ms frame
 
-CPU time per frame, best of {repeat} runs of {n} consecutive frames of one continuous signal.
+CPU time per frame, best of {repeat} interleaved runs of {n} consecutive frames of one continuous signal.
 
 {path}
 
