@@ -593,3 +593,22 @@ async def test_transaction_layer_calls_sipp_uas(proto, loss):
             task.cancel()
     s = res.stats
     assert not res.killed and (s.successful, s.failed) == (calls, 0), (s, res.errors[-2000:])
+
+
+async def test_tu_that_never_answers_cannot_leak_transactions(env):
+    clock, tr, layer = env
+    layer.on_request = lambda req, txn: None  # a buggy TU
+    layer.receive(request("INFO"), PEER, None)
+    inv = request()
+    layer.receive(inv, PEER, None)
+    await settle()
+    assert len(layer) == 2
+    clock.advance(32.1)
+    assert len(layer) == 1 and layer.stats["tu_errors"] == 1  # the INFO is given up silently after 64*T1
+    clock.advance(600 - 32.1 - 0.2)
+    assert [m.status for _, m, _, _ in tr.sent] == [100]
+    clock.advance(0.3)  # max_invite_pending = 600 s
+    assert [m.status for _, m, _, _ in tr.sent] == [100, 480]
+    layer.receive(make_ack(inv, tr.sent[-1][1]), PEER, None)
+    clock.advance(6)
+    assert len(layer) == 0

@@ -2,7 +2,8 @@
 
 API::
 
-    layer = TransactionLayer(transport, clock=None, t1=0.5, t2=4.0, t4=5.0, trying_delay=0.2)
+    layer = TransactionLayer(transport, clock=None, t1=0.5, t2=4.0, t4=5.0, trying_delay=0.2,
+                             retransmit_2xx=True, max_invite_pending=600)
         installs itself as transport.on_message. Callbacks for the TU / dialog layer (sync or async):
         layer.on_request  = fn(request, server_txn)   every new request except ACK and CANCEL
         layer.on_ack      = fn(ack, source_addr, conn) ACKs for 2xx and ACKs matching no transaction
@@ -32,7 +33,8 @@ answered within `trying_delay` (§17.2.1), retransmitted requests get the last r
 TU call), non-2xx finals are retransmitted by Timer G until the ACK or Timer H, then kept for I (T4) / J
 (64*T1). A 2xx to INVITE is retransmitted (T1 doubling to T2, §13.3.1.4) until its ACK (or a BYE in that
 dialog) arrives, or 64*T1.
-Over TCP the retransmission timers are off and D, I, J, K are zero.
+Over TCP the retransmission timers are off and D, I, J, K are zero. A TU that never answers cannot leak
+transactions: a non-INVITE is dropped after 64*T1, an INVITE gets 480 after `max_invite_pending` seconds.
 """
 from __future__ import annotations
 
@@ -371,6 +373,8 @@ class ServerTransaction:
             return False
         L = self.layer
         self._stop("trying")
+        if resp.status >= 200:
+            self._stop("guard")
         if self.to_tag is None:
             try:
                 self.to_tag = resp.to_tag
@@ -408,6 +412,17 @@ class ServerTransaction:
             else:
                 self._set("J", 64 * L.t1, self.terminate)
         return True
+
+    def _guard(self) -> None:
+        if self.is_final:
+            return
+        log.error("no final response from the application to %s %s; giving the transaction up",
+                  self.request.method, self.request.call_id)
+        self.layer.stats["tu_errors"] += 1
+        if self.is_invite:
+            self.respond(make_response(self.request, 480, "Temporarily Unavailable", to_tag=self.to_tag or new_tag()))
+        else:
+            self.terminate()
 
     def _send_trying(self) -> None:
         if self.state == PROCEEDING and self.last_response is None:
@@ -488,12 +503,14 @@ class ServerTransaction:
 
 class TransactionLayer:
     def __init__(self, transport, *, clock: Clock | None = None, t1: float = T1, t2: float = T2, t4: float = T4,
-                 trying_delay: float | None = 0.2, retransmit_2xx: bool = True):
+                 trying_delay: float | None = 0.2, retransmit_2xx: bool = True,
+                 max_invite_pending: float = 600.0):
         self.transport = transport
         self.clock: Clock = clock or LoopClock()
         self.t1, self.t2, self.t4 = t1, t2, t4
         self.trying_delay = trying_delay
         self.retransmit_2xx = retransmit_2xx
+        self.max_invite_pending = max_invite_pending
         self.on_request: Callable | None = None
         self.on_ack: Callable | None = None
         self.on_cancel: Callable | None = None
@@ -587,6 +604,9 @@ class TransactionLayer:
         if method == "CANCEL":
             self._handle_cancel(txn)
             return
+        # Safety net against a TU that never answers: the client stops caring after 64*T1 (non-INVITE); an
+        # INVITE may ring for minutes, but not forever.
+        txn._set("guard", self.max_invite_pending if txn.is_invite else 64 * self.t1, txn._guard)
         if txn.is_invite and self.trying_delay is not None:
             if self.trying_delay <= 0:
                 txn._send_trying()
