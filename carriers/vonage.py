@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from gateway.amd import maybe_start_amd
+from gateway.amd import maybe_start_amd, report_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
@@ -318,7 +318,8 @@ class VonageStream:
         self.st = self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
         self.call = self.st.call
         if self.call.bus is None:
-            maybe_start_amd(self.call)     # outbound + agent AMD on: gateway AMD and voicemail drop (else no-op)
+            if not self.st.amd_requested:   # Vonage's own AMD reports through the event webhook instead
+                maybe_start_amd(self.call)     # outbound + agent AMD on: gateway AMD and voicemail drop (else no-op)
             try:
                 await self.call.attach(VonageLeg(self.carrier, self.st), self.rate)
             except Exception as e:
@@ -809,11 +810,7 @@ class VonageCarrier(Carrier):
         return web.Response(status=204)
 
     async def _report_amd(self, call: "Call", result: AmdResult) -> None:
-        try:
-            from gateway.amd import report_amd
-        except ImportError:
-            await call.set_amd(result)
-            return
+        """Through the AMD controller when one runs (agent voicemail behaviour), else straight to the call."""
         await report_amd(call, result)
 
     # -- transfer -----------------------------------------------------------------------------------------------
@@ -1009,11 +1006,5 @@ class VonageCarrier(Carrier):
         await call.record(carrier_sid=resp.uuid, call_status="initiated",
                           extra={"vonage_conversation_uuid": resp.conversation_uuid, "vonage_amd": st.amd_requested})
         self.arm_watchdog(st, self.attach_timeout + int(vs.get("ring_timeout", 45)), "stream_never_started")
-        if not st.amd_requested:
-            try:
-                from gateway.amd import maybe_start_amd
-                maybe_start_amd(call)
-            except ImportError:
-                pass
         call.log.info("vonage outbound call created", extra={"uuid": resp.uuid})
 
