@@ -169,7 +169,13 @@ class WebRTCLeg:
         self._reader: asyncio.Task | None = None
         self._timeout: asyncio.Task | None = None
         self._closing = False
+        self._tasks: set[asyncio.Task] = set()          # keep fire-and-forget tasks referenced until done
         self.connected = asyncio.Event()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # browser → gateway -------------------------------------------------------------------------------------------
     def on_track(self, track: MediaStreamTrack) -> None:
@@ -215,7 +221,7 @@ class WebRTCLeg:
             if self.call is not None:
                 self.call.feed_event(Dtmf(digit, duration if isinstance(duration, int) else None))
         elif kind == "hangup":
-            asyncio.create_task(self.peer_gone("browser_hangup"))
+            self._spawn(self.peer_gone("browser_hangup"))
         else:
             self.send({"type": "error", "error": f"unknown control message type {kind!r}"})
 
@@ -224,7 +230,7 @@ class WebRTCLeg:
         if state == "connected":
             self.connected.set()
         elif state in ("failed", "closed"):
-            asyncio.create_task(self.peer_gone(f"connection_{state}"))
+            self._spawn(self.peer_gone(f"connection_{state}"))
 
     async def peer_gone(self, reason: str, source: HangupSource = HangupSource.USER) -> None:
         """The browser hung up or vanished (or never connected): end the call, release the peer connection."""
