@@ -12,9 +12,11 @@ from typing import Any
 
 import asyncio
 import contextlib
+import copy
+import time
 import logging as _logging
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -58,6 +60,15 @@ def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 
 _log = _logging.getLogger("gateway.store")
 
+#: column defaults for a new call-log row (the batch INSERT sets every column explicitly)
+_CALL_DEFAULTS: dict[str, Any] = {
+    "carrier_sid": None, "agent_id": None, "phone_number_id": None, "from_number": None, "to_number": None,
+    "call_status": "queued", "answered_at": None, "ended_at": None, "call_duration_in_seconds": None,
+    "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
+    "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
+    "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+}
+
 
 class Store:
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
@@ -78,6 +89,37 @@ class Store:
         # SQLite has one writer at a time and answers a second one "database is locked" (no busy wait when a
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
         self._sqlite_write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
+        # Numbers and agents are read on every call set-up and change only through the API: a short read-through
+        # cache keeps the database off the INVITE path. Local writes invalidate at once; the TTL bounds staleness
+        # when several gateway processes share one PostgreSQL database.
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+
+    CACHE_TTL = 5.0
+
+    async def _cached(self, key: tuple, load) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.CACHE_TTL:
+            return copy.deepcopy(hit[1])
+        value = await load()
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now, value)
+        return copy.deepcopy(value)
+
+    def _invalidate(self, kind: str) -> None:
+        for key in [k for k in self._cache if k[0] == kind or (kind == "agent" and k[0] == "number")]:
+            del self._cache[key]
+
+    @contextlib.asynccontextmanager
+    async def _writing_core(self):
+        """A Core connection in one write transaction: the batch writer needs no ORM session machinery."""
+        if self._sqlite_write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._sqlite_write_lock, self.engine.begin() as conn:
+                yield conn
 
     @contextlib.asynccontextmanager
     async def _writing(self):
@@ -121,6 +163,7 @@ class Store:
 
     # agents ---------------------------------------------------------------------------------------------------
     async def create_agent(self, data: dict[str, Any]) -> dict[str, Any]:
+        self._invalidate("agent")
         async with self._writing() as s:
             a = Agent(**data)
             s.add(a)
@@ -128,15 +171,18 @@ class Store:
             return _row(a)
 
     async def get_agent(self, agent_id: int) -> dict[str, Any] | None:
-        async with self._session() as s:
-            a = await s.get(Agent, agent_id)
-            return _row(a) if a else None
+        async def load() -> dict[str, Any] | None:
+            async with self._session() as s:
+                a = await s.get(Agent, agent_id)
+                return _row(a) if a else None
+        return await self._cached(("agent", agent_id), load)
 
     async def list_agents(self) -> list[dict[str, Any]]:
         async with self._session() as s:
             return [_row(a) for a in (await s.scalars(select(Agent).order_by(Agent.id))).all()]
 
     async def update_agent(self, agent_id: int, data: dict[str, Any]) -> dict[str, Any]:
+        self._invalidate("agent")
         async with self._writing() as s:
             a = await s.get(Agent, agent_id)
             if a is None:
@@ -147,6 +193,7 @@ class Store:
             return _row(a)
 
     async def delete_agent(self, agent_id: int) -> None:
+        self._invalidate("agent")
         async with self._writing() as s:
             a = await s.get(Agent, agent_id)
             if a is None:
@@ -155,6 +202,7 @@ class Store:
 
     # phone numbers / trunks -----------------------------------------------------------------------------------
     async def create_number(self, data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+        self._invalidate("number")
         try:
             async with self._writing() as s:
                 if data.get("sip_trunk_name"):
@@ -170,18 +218,23 @@ class Store:
             raise DuplicateError("a phone number with these unique fields already exists") from e
 
     async def get_number(self, number_id: int, with_secrets: bool = False) -> dict[str, Any] | None:
-        async with self._session() as s:
-            n = await s.get(PhoneNumber, number_id)
-            return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+        async def load() -> dict[str, Any] | None:
+            async with self._session() as s:
+                n = await s.get(PhoneNumber, number_id)
+                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+        return await self._cached(("number", "id", number_id, with_secrets), load)
 
     async def find_number(self, e164: str, provider: str | None = None,
                           with_secrets: bool = False) -> dict[str, Any] | None:
         q = select(PhoneNumber).where(PhoneNumber.phone_number == e164)
         if provider:
             q = q.where(PhoneNumber.provider == provider)
-        async with self._session() as s:
-            n = (await s.scalars(q.order_by(PhoneNumber.id).limit(1))).first()
-            return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+
+        async def load() -> dict[str, Any] | None:
+            async with self._session() as s:
+                n = (await s.scalars(q.order_by(PhoneNumber.id).limit(1))).first()
+                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+        return await self._cached(("number", "e164", e164, provider, with_secrets), load)
 
     async def list_numbers(self, pageno: int = 1, pagesize: int = 20, provider: str | None = None,
                            with_secrets: bool = False) -> tuple[list[dict[str, Any]], int]:
@@ -196,6 +249,7 @@ class Store:
             return [_row(n, exclude=excl) for n in rows], int(total or 0)
 
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
+        self._invalidate("number")
         async with self._writing() as s:
             n = await s.get(PhoneNumber, number_id)
             if n is None:
@@ -206,6 +260,7 @@ class Store:
             return _row(n, exclude=("secrets",))
 
     async def delete_number(self, number_id: int) -> dict[str, Any]:
+        self._invalidate("number")
         async with self._writing() as s:
             n = await s.get(PhoneNumber, number_id)
             if n is None:
@@ -216,11 +271,12 @@ class Store:
 
     # call log -------------------------------------------------------------------------------------------------
     async def create_call(self, fields: dict[str, Any]) -> dict[str, Any]:
-        async with self._writing() as s:
-            c = CallLog(**fields)
-            s.add(c)
-            await s.flush()
-            return _row(c)
+        """Insert a call-log row through the batch writer (one INSERT … RETURNING for a whole burst of calls)."""
+        row = {**_CALL_DEFAULTS, "created_at": utcnow(), **fields}
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("insert", 0, (row, fut)))
+        row["id"] = await fut
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
     async def update_call(self, call_id: int, **fields: Any) -> None:
         """Queue a call-log update (merged with others of the same batch); `extra` is merged key by key."""
@@ -250,23 +306,50 @@ class Store:
                     q.task_done()
 
     async def _write_batch(self, batch: list[tuple[str, int, Any]]) -> None:
+        inserts = [payload for kind, _, payload in batch if kind == "insert"]
+        if inserts:
+            try:
+                async with self._writing_core() as conn:
+                    result = await conn.execute(insert(CallLog).returning(CallLog.id, CallLog.call_uuid),
+                                             [row for row, _ in inserts])
+                    ids = {uuid: id_ for id_, uuid in result.all()}
+                for row, fut in inserts:
+                    if not fut.done():
+                        fut.set_result(ids[row["call_uuid"]])
+            except Exception as e:
+                for _, fut in inserts:
+                    if not fut.done():
+                        fut.set_exception(e)
+                raise
         updates: dict[int, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
         for kind, call_id, payload in batch:
+            if kind == "insert":
+                continue
             if kind == "update":
                 cur = updates.setdefault(call_id, {})
                 for k, v in payload.items():
                     cur[k] = {**cur.get("extra", {}), **v} if k == "extra" else v
             else:
                 events.append({"call_id": call_id, "kind": payload[0], "data": payload[1], "at": utcnow()})
-        async with self._writing() as s:
+        if not updates and not events:
+            return
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        async with self._writing_core() as conn:
+            with_extra = [cid for cid, f in updates.items() if "extra" in f]
+            if with_extra:  # merge `extra` key by key with what is stored: one read for the whole batch
+                stored = dict((await conn.execute(select(CallLog.id, CallLog.extra)
+                                                  .where(CallLog.id.in_(with_extra)))).all())
+                for cid in with_extra:
+                    updates[cid]["extra"] = {**(stored.get(cid) or {}), **updates[cid]["extra"]}
             for call_id, fields in updates.items():
-                if "extra" in fields:
-                    old = await s.scalar(select(CallLog.extra).where(CallLog.id == call_id))
-                    fields["extra"] = {**(old or {}), **fields["extra"]}
-                await s.execute(update(CallLog).where(CallLog.id == call_id).values(**fields))
+                groups.setdefault(tuple(sorted(fields)), []).append({"_id": call_id, **fields})
+            for keys, rows in groups.items():  # one compiled statement per column set, executemany
+                stmt = update(CallLog).where(CallLog.id == bindparam("_id")).values(
+                    {k: bindparam(k) for k in keys})
+                await conn.execute(stmt, rows)
             if events:
-                await s.execute(insert(CallEvent), events)
+                await conn.execute(insert(CallEvent), events)
 
     async def get_call(self, call_id: int) -> dict[str, Any] | None:
         await self.flush()

@@ -1,0 +1,129 @@
+"""SIP benchmarks with SIPp against a gateway started for the run (own process, uvloop, echo engine).
+
+* `cps`: sustained calls per second with 0 failed calls — sweeps the offered rate until failures appear,
+  signalling only (SIPp's built-in uac, no media) and with short G.711 RTP calls (uac_pcma_echo.xml).
+* `rtp`: the largest number of simultaneous G.711 echo calls (default 60 s each) with < 0.1 % lost/late RTP at the
+  gateway, sweeping the call count.
+
+Each step is bounded in calls and time and aimed at 127.0.0.1 only. Figures go to BENCHMARKS.md.
+
+    python bench/sip_load.py cps [--rates 50,100,200,300,400] [--seconds 10]
+    python bench/sip_load.py rtp [--counts 100,250,500,750,1000] [--hold 60]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import table, write_section  # noqa: E402
+from gateway.loadtest.command import SCENARIO_DIR, free_port, read_metrics, start_gateway  # noqa: E402
+from gateway.loadtest.sipp import run_sipp  # noqa: E402
+from gateway.procstat import ProcessSampler  # noqa: E402
+
+NUMBER = "+15550100000"
+
+
+def media_port() -> int:
+    return free_port(socket.SOCK_DGRAM) & ~1
+
+
+async def step(rate: float, calls: int, hold_ms: int, rtp: bool, concurrent: int) -> dict:
+    gw = await start_gateway(NUMBER)
+    try:
+        sampler = ProcessSampler(gw.proc.pid)
+        sampler.start()
+        before = await read_metrics(gw.http_url)
+        scenario = ["-sf", str(SCENARIO_DIR / "uac_pcma_echo.xml")] if rtp else ["-sn", "uac"]
+        args = [*scenario, "-s", NUMBER[1:], "-r", str(rate), "-m", str(calls), "-l", str(concurrent),
+                "-d", str(hold_ms), "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(media_port()),
+                "-timeout", f"{int(calls / rate + hold_ms / 1000 + 60)}s", "-timeout_error", "-aa"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        result = await run_sipp(gw.sip_target, args, deadline_s=calls / rate + hold_ms / 1000 + 90,
+                                on_progress=lambda _s: sampler.sample())
+        wall = loop.time() - t0
+        sampler.sample()
+        after = await read_metrics(gw.http_url)
+    finally:
+        gw.proc.terminate()
+        await gw.proc.wait()
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    s = result.stats
+    return {"rate": rate, "calls": calls, "ok": s.successful, "failed": s.failed + max(0, calls - s.successful - s.failed),
+            "cps": s.call_rate, "p50": result.percentile(50), "p99": result.percentile(99),
+            "cpu_pct": 100 * sampler.cpu_used / max(wall, 1e-6), "rss_mib": sampler.rss_peak / 2**20,
+            "rtp_in": d.get("gateway_rtp_packets_received_total", 0), "rtp_out": d.get("gateway_rtp_packets_sent_total", 0),
+            "rtp_lost": d.get("gateway_rtp_packets_lost_total", 0) + d.get("gateway_rtp_packets_late_total", 0),
+            "late_ticks": d.get("gateway_rtp_clock_late_ticks_total", 0), "killed": result.killed}
+
+
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+async def cps(args: argparse.Namespace) -> None:
+    sections = []
+    for rtp, label in ((False, "signalling only (SIPp uac, 0 ms hold)"), (True, "with 1 s G.711 RTP calls")):
+        rows, best = [], 0.0
+        for rate in (float(r) for r in args.rates.split(",")):
+            calls = int(rate * args.seconds)
+            r = await step(rate, calls, 1000 if rtp else 0, rtp, concurrent=max(100, int(rate * 3)))
+            rows.append([f"{rate:.0f}", calls, r["ok"], r["failed"], fmt(r["cps"]), fmt(r["p50"], ".0f"),
+                         fmt(r["p99"], ".0f"), fmt(r["cpu_pct"], ".0f"), fmt(r["rss_mib"], ".0f")])
+            print(label, rows[-1], flush=True)
+            if r["failed"]:
+                break
+            best = r["cps"]
+        sections.append(f"**{label}**: sustained {best:.0f} CPS with 0 failed calls.\n\n" + table(
+            ["offered CPS", "calls", "ok", "failed", "achieved CPS", "INVITE→200 p50 (ms)", "p99 (ms)",
+             "gateway CPU %", "peak RSS MiB"], rows))
+    write_section("sip_cps", "SIP signalling: sustained calls per second", "\n\n".join(sections),
+                  command="python bench/sip_load.py cps --rates " + args.rates)
+
+
+async def rtp(args: argparse.Namespace) -> None:
+    rows, best = [], 0
+    for n in (int(c) for c in args.counts.split(",")):
+        rate = max(10.0, n / 20)  # ramp up within ~20 s
+        r = await step(rate, n, int(args.hold * 1000), True, concurrent=n)
+        expected = max(r["rtp_in"], 1)
+        bad = 100 * r["rtp_lost"] / expected
+        rows.append([n, r["ok"], r["failed"], int(r["rtp_in"]), int(r["rtp_out"]), f"{bad:.3f}",
+                     int(r["late_ticks"]), fmt(r["cpu_pct"], ".0f"), fmt(r["rss_mib"], ".0f")])
+        print(rows[-1], flush=True)
+        if r["failed"] or bad >= 0.1:
+            break
+        best = n
+    write_section("sip_rtp", "SIP + RTP concurrency", (
+        f"Largest number of simultaneous {args.hold:.0f}-second G.711 echo calls with < 0.1 % lost/late RTP at "
+        f"the gateway and 0 failed calls: **{best}**. RTP counted by the gateway's jitter buffers "
+        "(`/metrics`); SIPp plays g711a.pcap into every call and runs on the other core.\n\n" + table(
+            ["calls", "ok", "failed", "RTP in", "RTP out", "lost+late %", "clock late ticks", "gateway CPU %",
+             "peak RSS MiB"], rows)), command=f"python bench/sip_load.py rtp --counts {args.counts} --hold {args.hold}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="kind", required=True)
+    c = sub.add_parser("cps")
+    c.add_argument("--rates", default="50,100,200,300,400,500")
+    c.add_argument("--seconds", type=float, default=10)
+    r = sub.add_parser("rtp")
+    r.add_argument("--counts", default="100,250,500,750,1000")
+    r.add_argument("--hold", type=float, default=60)
+    args = ap.parse_args()
+    try:
+        import uvloop
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    run(cps(args) if args.kind == "cps" else rtp(args))
+
+
+if __name__ == "__main__":
+    main()
