@@ -126,15 +126,30 @@ def _grid_point(args):
     return params, s
 
 
-def tune(clips: list[dict], jobs: int) -> list[tuple[AmdParams, dict]]:
+def tune(clips: list[dict], jobs: int, stage: str) -> list[tuple[AmdParams, dict]]:
+    """Stage "greeting": VAD × greeting × after-greeting silence. Stage "beep": confirmation × tone purity."""
     base = AmdParams()
     points = []
-    for vad, mode in (("webrtc", 3), ("webrtc", 2), ("energy", 3)):
-        for greeting, after in itertools.product((1100, 1300, 1500, 1700, 1900), (700, 800, 1000)):
-            points.append(replace(base, vad=vad, vad_mode=mode, greeting=greeting, after_greeting_silence=after))
+    if stage == "greeting":
+        for vad, mode in (("webrtc", 3), ("webrtc", 2), ("energy", 3)):
+            for greeting, after in itertools.product((1100, 1300, 1500, 1700, 1900), (700, 800, 1000)):
+                points.append(replace(base, vad=vad, vad_mode=mode, greeting=greeting,
+                                      after_greeting_silence=after))
+    else:
+        for confirm, purity in itertools.product((0, 60, 100, 160), (0.72, 0.8, 0.85)):
+            points.append(replace(base, beep_confirm_ms=confirm, tone_purity=purity))
     with ProcessPoolExecutor(jobs) as pool:
         out = list(pool.map(_grid_point, [(p, clips) for p in points]))
     return out
+
+
+def rank(ps: tuple[AmdParams, dict]):
+    """Selection rule (dev only): best human/machine accuracy with median machine decision ≤ 2.5 s, then fewest
+    messages started before the greeting/beep ended, then most beeps found, then the faster machine verdict."""
+    s = ps[1]
+    fast = (s["machine_ms"][50] or 1e9) <= 2500
+    return (not fast, -s["hm_accuracy"], s["message_too_early"] or 0, -(s["beep_detected"] or 0),
+            s["machine_ms"][50] or 1e9)
 
 
 def fmt_ms(v: float | None) -> str:
@@ -167,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.tune:
         dev = load("dev")
-        res = tune(dev, args.jobs)
-        res.sort(key=lambda ps: (-ps[1]["hm_accuracy"] if (ps[1]["machine_ms"][50] or 1e9) <= 2500 else 1,
-                                 ps[1]["machine_ms"][50] or 1e9))
-        for p, s in res[:12]:
-            print(f"{p.vad}{p.vad_mode} greeting={p.greeting} after={p.after_greeting_silence}: "
-                  f"hm={s['hm_accuracy'] * 100:.1f}% all={s['accuracy'] * 100:.1f}% "
-                  f"machine p50={s['machine_ms'][50]} human p50={s['human_ms'][50]} beep={s['beep_detected']}")
+        for stage in ("greeting", "beep"):
+            res = sorted(tune(dev, args.jobs, stage), key=rank)
+            print(f"-- stage {stage} (best first)")
+            for p, s in res[:10]:
+                print(f"{p.vad}{p.vad_mode} greeting={p.greeting} after={p.after_greeting_silence} "
+                      f"confirm={p.beep_confirm_ms} purity={p.tone_purity}: "
+                      f"hm={s['hm_accuracy'] * 100:.1f}% all={s['accuracy'] * 100:.1f}% "
+                      f"machine p50={s['machine_ms'][50]} human p50={s['human_ms'][50]} "
+                      f"beep={s['beep_detected']} early={s['message_too_early']}")
         return 0
     configs = {
         "gateway (webrtcvad, tones)": AmdParams(),

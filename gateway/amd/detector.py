@@ -9,7 +9,8 @@ silence, words, total analysis time; the parameters are in `AmdParams`) with two
 detector other than app_amd's energy threshold can be chosen, and pure tones are not speech — a beep or fax tone is
 recognised as such (machine_end_beep, fax) instead of being counted as a word.
 Phase 2, only with `detect_message_end`, follows a machine greeting to its end as Twilio's DetectMessageEnd does:
-a beep (machine_end_beep, decided when the tone stops so a message starts after it), silence
+a beep (machine_end_beep, decided once the tone has stopped and `beep_confirm_ms` of non-speech followed it, so a
+message starts after it and a steady sung vowel is not taken for a beep), silence
 (machine_end_silence) or a timeout (machine_end_other).
 """
 from __future__ import annotations
@@ -54,6 +55,9 @@ class AmdDetector:
         self._vad = make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
         self._tones = ToneTracker(FRAME_MS)
         self._tone_gate = max(32, p.silence_threshold // 2)
+        self._pending_beep: Tone | None = None
+        self._pending_level = 0
+        self._tone_level = 0
         self.time_ms = 0
         self.frames = 0
         # app_amd state
@@ -119,6 +123,8 @@ class AmdDetector:
             if level >= self._tone_gate:
                 freq, purity = tone_score(a.astype(np.float32), self.sample_rate)
                 tonal = purity >= p.tone_purity
+                if tonal:
+                    self._tone_level = level
             else:
                 freq = 0.0
             ended = self._tones.update(now, freq, tonal)
@@ -128,6 +134,17 @@ class AmdDetector:
             if tonal or self._tones.active:
                 return None   # a tone is neither speech nor silence: it must not make a word or a human
         voice = self._vad.is_speech(frame, level)
+        pend = self._pending_beep
+        if pend is not None:
+            # a beep is followed by the recording's silence; a "beep" followed by speech was a sung vowel. Speech
+            # here means voiced AND about as loud as the tone: webrtcvad keeps saying "speech" on line noise for a
+            # few frames after a loud beep (its hangover), which must not cancel the beep.
+            if voice and level * 4 >= self._pending_level:
+                self._pending_beep = None
+            elif now - pend.end_ms >= p.beep_confirm_ms:
+                return self._beep(pend)
+            else:
+                return None
         if self.phase == "greeting":
             return self._greeting(now, voice)
         return self._message_end(now, voice)
@@ -143,14 +160,24 @@ class AmdDetector:
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
                     and not self.in_greeting):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
-        if p.beep and ended is not None and ended.duration_ms >= p.beep_min_ms \
-                and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
-            return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{ended.freq_hz:.0f}Hz-{ended.duration_ms}ms")
+        if p.beep and ended is not None and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
+            pend = self._pending_beep
+            if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
+                ended = Tone(pend.freq_hz, pend.start_ms, ended.end_ms)   # one beep, broken up by line noise
+            if ended.duration_ms >= p.beep_min_ms:
+                if p.beep_confirm_ms <= 0:
+                    return self._beep(ended)
+                self._pending_beep = ended
+                self._pending_level = self._tone_level
         if p.beep and self._tones.active:
             t = self._tones.current(now)
             if t.duration_ms >= 3000 and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz:   # a tone that never stops
                 return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _beep(self, tone: Tone) -> AmdDecision:
+        self._pending_beep = None
+        return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{tone.freq_hz:.0f}Hz-{tone.duration_ms}ms")
 
     def _greeting(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params

@@ -48,8 +48,10 @@ class AmdParams:
     beep_max_hz: int = 2000
     #: a tone must hold this long (steady pitch) to be a beep.
     beep_min_ms: int = 120
+    #: after the tone stops, this long without speech confirms a beep (a vowel is followed by more speech).
+    beep_confirm_ms: int = 60
     #: fraction of the frame's energy in the peak (1.0 = pure tone) for a frame to count as tonal.
-    tone_purity: float = 0.85
+    tone_purity: float = 0.80
     #: detect fax: CNG (1100 Hz, 0.5 s bursts) and CED (2100 Hz answer tone).
     fax: bool = True
     fax_cng_min_ms: int = 400
