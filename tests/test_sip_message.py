@@ -221,3 +221,95 @@ def test_stream_parser_framing():
         SipStreamParser().feed(invite().replace(b"Content-Length: 128", b"Content-Length: x") )
     with pytest.raises(SipParseError, match="too large"):
         SipStreamParser().feed(b"INVITE " + b"a" * 70000)
+
+
+# --- RFC 4475 torture-test style messages (reconstructed; the names follow RFC 4475 §3.1) ----------------------
+
+WSINV_BODY = (b"v=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.3\r\ns=-\r\nc=IN IP4 192.0.2.4\r\nt=0 0\r\n"
+              b"m=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n")
+WSINV = (b"INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\r\n"
+         b"TO :\r\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\r\n"
+         b"from   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8\r\n"
+         b"MaX-fOrWaRdS: 0068\r\n"
+         b"Call-ID: wsinv.ndaksdj@192.0.2.1\r\n"
+         b"Content-Length   : " + str(len(WSINV_BODY)).encode() + b"\r\n"
+         b"cseq: 0009\r\n  INVITE\r\n"
+         b"Via  : SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw\r\n"
+         b"s :\r\n"
+         b"NewFangledHeader:   newfangled value\r\n continued newfangled value\r\n"
+         b"UnknownHeaderWithUnusualValue: ;;,,;;,;\r\n"
+         b"Content-Type: application/sdp\r\n"
+         b"Route:\r\n <sip:services.example.com;lr;unknownwith=value;unknown-no-value>\r\n"
+         b"v:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n"
+         b" SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239\r\n"
+         b"m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n"
+         b"  secondparam ; q = 0.33\r\n\r\n" + WSINV_BODY)
+
+
+def test_rfc4475_wsinv_short_tortuous_invite():
+    m = parse_message(WSINV)
+    assert m.method == "INVITE" and m.uri == "sip:vivekg@chair-dnrc.example.com;unknownparam"
+    assert m.to.uri == "sip:vivekg@chair-dnrc.example.com" and m.to_tag == "1918181833n"
+    assert m.from_.display == 'J Rosenberg \\"' and m.from_tag == "98asjd8"
+    assert m.max_forwards == 68 and m.cseq == (9, "INVITE") and m.call_id == "wsinv.ndaksdj@192.0.2.1"
+    assert [(v.transport, v.host, v.branch) for v in m.vias] == [
+        ("UDP", "192.0.2.2", "390skdjuw"), ("TCP", "spindle.example.com", "z9hG4bK9ikj8"),
+        ("UDP", "192.168.255.111", "z9hG4bK30239")]
+    assert m.headers["Subject"] == "" and m.headers["newfangledheader"] == (
+        "newfangled value continued newfangled value")
+    assert m.headers["UnknownHeaderWithUnusualValue"] == ";;,,;;,;"
+    c = m.contacts[0]
+    assert c.display == 'Quoted string ""' and c.params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
+    assert m.body == WSINV_BODY
+    # And it survives a round trip through our serializer.
+    again = parse_message(m.to_bytes())
+    assert again.vias == m.vias and again.from_ == m.from_ and again.contacts == m.contacts
+
+
+BASE = (b"OPTIONS sip:user@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
+        b"To: sip:user@example.com\r\nFrom: <sip:caller@example.com>;tag=323\r\nMax-Forwards: 70\r\n"
+        b"Call-ID: t1@192.0.2.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_rfc4475_valid_oddities():
+    # lwsdisp: no LWS between display name and <
+    m = parse_message(BASE.replace(b"From: <sip:caller", b"From: caller<sip:caller"))
+    assert m.from_.display == "caller" and m.from_tag == "323"
+    # semiuri: ';' and escaped '@' inside the user part
+    m = parse_message(BASE.replace(b"To: sip:user@example.com", b"To: <sip:user;par=u%40example.net@example.com>"))
+    assert m.to.uri == "sip:user;par=u%40example.net@example.com" and m.to.params == {}
+    # RFC 2543 peer (no magic cookie), unknown method whose CSeq matches, Max-Forwards 0
+    m = parse_message(BASE.replace(b"branch=z9hG4bK1", b"branch=old").replace(b"OPTIONS", b"NEWMETHOD")
+                      .replace(b"Max-Forwards: 70", b"Max-Forwards: 0"))
+    assert m.method == "NEWMETHOD" and m.branch == "old" and m.max_forwards == 0
+    # unknown URI scheme in the Request-URI is syntactically fine (the UA answers 416)
+    assert parse_message(BASE.replace(b"OPTIONS sip:user@example.com", b"OPTIONS nobodyKnowsThisScheme:opaque"))
+
+
+@pytest.mark.parametrize("name,data,reason", [
+    ("quotbal", BASE.replace(b"To: sip:user@example.com", b'To: "Mr. J. User <sip:j.user@example.com>'),
+     "unterminated"),
+    ("ltgtruri", BASE.replace(b"OPTIONS sip:user@example.com", b"OPTIONS <sip:user@example.com>"), "Request-URI"),
+    ("lwsruri", BASE.replace(b"OPTIONS sip:user@example.com", b"OPTIONS sip:user@example.com; lr"), "request line"),
+    ("multi01", BASE.replace(b"Call-ID: t1@192.0.2.1\r\n", b"Call-ID: t1@192.0.2.1\r\nCall-ID: t2@192.0.2.1\r\n"),
+     "more than one Call-ID"),
+    ("mcl01", BASE.replace(b"Content-Length: 0\r\n", b"Content-Length: 0\r\nl: 81\r\n"),
+     "more than one Content-Length"),
+    ("scalar02 Max-Forwards", BASE.replace(b"Max-Forwards: 70", b"Max-Forwards: 300"), "Max-Forwards"),
+    ("scalar02 CSeq", BASE.replace(b"CSeq: 1 OPTIONS", b"CSeq: 36893488147419103232 OPTIONS"), "CSeq"),
+    ("ncl", BASE.replace(b"Content-Length: 0", b"Content-Length: -999"), "Content-Length"),
+    ("insuf", BASE.replace(b"Call-ID: t1@192.0.2.1\r\n", b"").replace(b"To: sip:user@example.com\r\n", b""),
+     "missing"),
+    ("bigcode", b"SIP/2.0 4294967301 better not break the receiver\r\n" + BASE.split(b"\r\n", 1)[1], "status line"),
+])
+def test_rfc4475_invalid_messages(name, data, reason):
+    with pytest.raises(SipParseError, match=reason):
+        parse_message(data)
+
+
+def test_rfc4475_badvers_is_505_and_stream_conflicting_lengths():
+    with pytest.raises(SipParseError) as ei:
+        parse_message(BASE.replace(b"example.com SIP/2.0", b"example.com SIP/7.0"))
+    assert ei.value.status == 505 and ei.value.partial is not None  # the transport can still answer
+    with pytest.raises(SipParseError, match="conflicting Content-Length"):
+        SipStreamParser().feed(BASE.replace(b"Content-Length: 0\r\n", b"Content-Length: 0\r\nl: 4\r\n") + b"abcd")

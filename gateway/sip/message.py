@@ -665,6 +665,8 @@ class SipResponse(SipMessage):
 
 # --- parsing ------------------------------------------------------------------------------------------------
 
+# Headers that must appear once: a second value makes matching (or, for Content-Length, framing) ambiguous.
+_SINGLETONS = frozenset(("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type"))
 _REQUIRED_REQUEST = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:\S+\Z")
@@ -757,6 +759,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         if entry is None:
             hd[key] = (display, values)
         else:
+            if key in _SINGLETONS:  # RFC 4475 multi01/mcl01: two Call-IDs, Content-Lengths… are not one message
+                raise SipParseError(f"more than one {display} header", partial=msg)
             entry[1].extend(values)
     if bad_version is not None:
         raise SipParseError(f"SIP version {bad_version[:20]!r} not supported", 505, msg)
@@ -911,10 +915,12 @@ class SipStreamParser:
                     raise SipParseError("header section too large")
                 break
             head = bytes(buf[:end])
-            m = _CL_RE.search(head)
+            found = _CL_RE.findall(head)
             n = 0
-            if m:
-                v = m.group(1)
+            if len(set(found)) > 1:
+                raise SipParseError("conflicting Content-Length headers")  # framing would be a guess
+            if found:
+                v = found[0]
                 if not v.isdigit() or len(v) > 9:
                     raise SipParseError(f"invalid Content-Length {v[:20]!r}")
                 n = int(v)
