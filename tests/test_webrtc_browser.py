@@ -9,6 +9,7 @@ from carriers.webrtc import WebRTCCarrier
 from conftest import API_KEY
 from gateway.engine.echo import EchoEngine
 from gateway.frames import Dtmf
+from voicecodecs._audioop import audioop
 from webrtc_browser import Browser, skip_without_chromium
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -58,7 +59,11 @@ async def test_browser_calls_echo_engine_hears_itself_and_hangs_up(make_gateway)
         await page.wait_for_function("window.callState.rxEnergy > 0.01", timeout=20000)
         assert gw.calls.active, "call is live on the gateway"
         call = next(iter(gw.calls.active.values()))
-        assert call.carrier == "webrtc" and call.describe()["level_in"] > 0
+        assert call.carrier == "webrtc" and call.describe()["frames_in"] > 10
+        # the fake microphone beeps once a second with silence between: watch the inbound audio for a beep
+        heard = asyncio.Event()
+        call.add_tap(lambda pcm: audioop.rms(pcm, 2) > 300 and heard.set())
+        await asyncio.wait_for(heard.wait(), 5)
 
         await page.wait_for_function("window.callState.messages.some(m => m.type === 'call')")
         for key in ("1", "#"):
