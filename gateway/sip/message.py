@@ -520,7 +520,10 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return self._cached("cseq", self._parse_cseq)
+        v = self.headers._parsed.get("cseq")
+        if v is None:
+            v = self.headers._parsed["cseq"] = self._parse_cseq()
+        return v
 
     def _parse_cseq(self) -> tuple[int, str]:
         v = self.headers.get("cseq")
@@ -536,11 +539,17 @@ class SipMessage:
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", lambda: self._addr("from", "From"))
+        v = self.headers._parsed.get("from")
+        if v is None:
+            v = self.headers._parsed["from"] = self._addr("from", "From")
+        return v
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", lambda: self._addr("to", "To"))
+        v = self.headers._parsed.get("to")
+        if v is None:
+            v = self.headers._parsed["to"] = self._addr("to", "To")
+        return v
 
     def _addr(self, key: str, display: str) -> NameAddr:
         v = self.headers.get(key)
@@ -565,7 +574,10 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via:
-        return self._cached("top_via", self._parse_top_via)
+        v = self.headers._parsed.get("top_via")
+        if v is None:
+            v = self.headers._parsed["top_via"] = self._parse_top_via()
+        return v
 
     def _parse_top_via(self) -> Via:
         v = self.headers.get("via")
