@@ -10,7 +10,7 @@ import pytest
 
 import gateway.live as live
 from conftest import API_KEY
-from gateway.frames import HangupSource
+from gateway.frames import AmdResult, AnsweredBy, HangupSource
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -74,6 +74,10 @@ async def test_feed_pushes_snapshot_events_and_meters(make_gateway):
         second, leg2 = await start_call(gw, from_number="+14155550111")
         started = await receive_until(ws, lambda m: m["type"] == "call_started")
         assert started["call"]["call_id"] == second.id
+
+        await second.set_amd(AmdResult(AnsweredBy.MACHINE_END_BEEP, 2400))
+        updated = await receive_until(ws, lambda m: m["type"] == "call_updated" and m["call"]["amd"])
+        assert updated["call"]["call_id"] == second.id and updated["call"]["amd"] == "machine_end_beep"
 
         r = await http.post(gw.url(f"/api/v1/calls/{call.log_id}/hangup"), headers=AUTH)
         assert r.status == 200
