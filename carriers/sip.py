@@ -508,9 +508,11 @@ class SipCarrier(Carrier):
         """An AMD detector fed with 183 early media when the agent enables AMD (the answer continues it)."""
         try:
             from gateway.amd import AmdDetector, amd_settings
-            if not amd_settings(call.agent).enabled:
+            settings = amd_settings(call.agent)
+            if not settings.enabled:
                 return None
-            return AmdDetector(sample_rate=CARRIER_RATE)
+            # early_media: before the answer only a greeting counts (ringback is not a beep, silence means nothing)
+            return AmdDetector(settings.params, CARRIER_RATE, early_media=True)
         except Exception as e:  # noqa: BLE001 - AMD is optional for the call to proceed
             call.log.info("no AMD on early media: %s", e)
             return None
