@@ -62,6 +62,12 @@ def _voicemail(v: Any) -> dict[str, Any]:
     m["enabled"] = as_bool(m.get("enabled", False), f"{f}.enabled")
     if m.get("message") is not None:
         m["message"] = as_str(m["message"], f"{f}.message", max_len=4000)
+        if m["message"].strip().lower().endswith(".wav"):   # the gateway plays it: it must be a WAV it can read
+            from ..amd.wav import WavError, load_message
+            try:
+                load_message(m["message"].strip(), 8000)
+            except WavError as e:
+                raise bad(f"{f}.message", str(e)) from None
     return m
 
 
@@ -72,6 +78,12 @@ def _amd(v: Any) -> dict[str, Any]:
     a["provider"] = a.get("provider") or "gateway"
     if a["provider"] not in AMD_PROVIDERS:
         raise bad(f"{f}.provider", f"must be one of {', '.join(AMD_PROVIDERS)} (got {a['provider']!r})")
+    if a.get("params") is not None:                       # detector overrides (docs/amd.md)
+        from ..amd.params import AmdParams
+        try:
+            AmdParams().with_overrides(as_object(a["params"], f"{f}.params"))
+        except (TypeError, ValueError) as e:
+            raise bad(f"{f}.params", str(e)) from None
     return a
 
 
