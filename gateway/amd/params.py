@@ -79,7 +79,16 @@ class AmdParams:
         bad = sorted(set(overrides) - set(names))
         if bad:
             raise ValueError(f"unknown AMD parameter(s) {', '.join(bad)}; valid: {', '.join(sorted(names))}")
-        typed = {k: type(getattr(self, k))(v) for k, v in overrides.items()}
+        typed = {}
+        for k, v in overrides.items():
+            kind = type(getattr(self, k))
+            if kind is bool and not isinstance(v, bool):
+                raise ValueError(f"AMD parameter {k} must be true or false")
+            try:
+                typed[k] = kind(v)
+            except (TypeError, ValueError):
+                what = {int: "an integer", float: "a number"}.get(kind, "a string")
+                raise ValueError(f"AMD parameter {k} must be {what}") from None
         p = replace(self, **typed)
         p.validate()
         return p
