@@ -124,3 +124,24 @@ def test_server_rejects_foreign_nonce():
     hdr = build_authorization(ch, "INVITE", "sip:x", "u", "p")
     assert srv.verify_authorization(hdr, "INVITE", lambda u, r: "p").reason == "nonce not issued by us"
     assert not srv.verify_authorization("Digest garbage", "INVITE", lambda u, r: "p").ok
+
+
+def test_fuzzed_headers_only_raise_digest_errors():
+    import random
+
+    from test_sip_transport import mutate
+
+    srv = DigestServer(secret=b"f" * 32)
+    good = build_authorization(parse_challenge(srv.make_challenge("r")), "INVITE", "sip:x", "u", "p").encode()
+    ch = b'Digest realm="sip.example", nonce="n1", algorithm=MD5, qop="auth", opaque="x", stale=FALSE'
+    rng = random.Random(2617)
+    for _ in range(5000):
+        try:
+            parse_challenge(mutate(rng, ch).decode("utf-8", "replace"))
+        except DigestError:
+            pass
+        # verification never raises: every failure is an AuthResult with a reason
+        res = srv.verify_authorization(mutate(rng, good).decode("utf-8", "replace"), "INVITE", lambda u, r: "p")
+        assert res.ok or res.reason
+    bad = good.decode().replace('response="', 'response="é')
+    assert srv.verify_authorization(bad, "INVITE", lambda u, r: "p").reason == "wrong password"

@@ -129,3 +129,21 @@ def test_malformed_sdp(bad):
 def test_tolerates_lf_and_unknown_lines():
     sd = SessionDescription.parse(CARRIER_OFFER.replace(b"\r\n", b"\n") + b"a=rtcp:14001\nz=0 0\n")
     assert sd.media[0].attr("rtcp") == "14001" and sd.name == "Twilio Media Gateway"
+
+
+def test_fuzzed_offers_only_raise_sdp_errors():
+    import random
+
+    from test_sip_transport import mutate
+
+    rng = random.Random(3264)
+    answered = 0
+    for _ in range(5000):
+        data = mutate(rng, CARRIER_OFFER)
+        try:
+            answer_offer(data, "192.0.2.10", 20002)
+            parse_answer(data)
+            answered += 1
+        except SdpError:
+            pass
+    assert answered > 100  # plenty of mutations stay valid SDP and are still answered

@@ -294,7 +294,7 @@ class DigestServer:
             return AuthResult(False, c.username, reason="unknown user")
         expected = _response(c.algorithm, c.username, c.realm, password, method, c.uri, c.nonce, c.qop,
                              c.nc or "", c.cnonce or "", body)
-        if not hmac.compare_digest(expected, c.response.lower()):
+        if not hmac.compare_digest(expected.encode(), c.response.lower().encode("utf-8", "replace")):
             return AuthResult(False, c.username, reason="wrong password")
         if state == "stale":
             return AuthResult(False, c.username, stale=True, reason="nonce expired")
