@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import silence, tone, words, write_wav  # noqa: E402
 
 from gateway.amd import AmdDetector, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
-from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, Mark  # noqa: E402
+from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, HangupSource, Mark  # noqa: E402
 
 WAIT = 10.0
 
@@ -161,7 +160,7 @@ async def test_human_answer_starts_conversation_with_held_opening_line(make_gate
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "human" and row["amd_detected"] and not row["is_voicemail"]
     assert 1000 <= row["amd_duration"] * 1000 <= 2000
-    await call.request_hangup(__import__("gateway.frames", fromlist=["HangupSource"]).HangupSource.SYSTEM, "test")
+    await call.request_hangup(HangupSource.SYSTEM, "test")
 
 
 async def test_machine_text_message_is_handed_to_engine(make_gateway):
@@ -286,7 +285,7 @@ async def test_ringback_in_early_media_does_not_decide(make_gateway):
     await _feed(call, silence(300) + words([380]) + silence(1200))
     await asyncio.wait_for(engine.got_amd.wait(), WAIT)
     assert engine.amd[0].answered_by is AnsweredBy.HUMAN
-    await call.request_hangup(__import__("gateway.frames", fromlist=["HangupSource"]).HangupSource.SYSTEM, "test")
+    await call.request_hangup(HangupSource.SYSTEM, "test")
 
 
 def test_websocket_engines_get_the_voicemail_text():
