@@ -294,3 +294,33 @@ def test_websocket_engines_get_the_voicemail_text():
     assert msg == {"type": "amd", "answered_by": "machine_end_silence", "duration_ms": 5200,
                    "voicemail_message": "Call us back"}
     assert "voicemail_message" not in event_message(AmdResult(AnsweredBy.HUMAN, 1800))
+
+
+async def test_carrier_machine_start_then_gateway_follows_the_greeting_to_the_beep(make_gateway, tmp_path):
+    """Twilio AMD with MachineDetection=Enable stops at machine_start: the gateway's detector finds the beep."""
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, 300))
+    gw = await make_gateway()
+    engine = Talker()
+    gw.engines.register("talker", engine)
+    agent = await gw.store.create_agent({"name": "t", "engine": "talker", "settings": {
+        "amd": {"enabled": True, "provider": "twilio"}, "voicemail": {"enabled": True, "message": str(wav)}}})
+    call = await gw.calls.create(carrier="twilio", direction="outbound", from_number="+15550000001",
+                                 to_number="+15550000002", agent=agent)
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _feed(call, words([260] * 6, gap_ms=90))            # greeting audio before Twilio's verdict: ignored
+        await report_amd(call, AmdResult(AnsweredBy.MACHINE_START, 3000, source="twilio"))
+        await _until(lambda: ctl._tapping)
+        await _feed(call, words([260] * 6, gap_ms=90) + silence(300) + BEEP + silence(300))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert leg.freqs().count(700) >= 10 and leg.hangups == ["voicemail"]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep"
+    # Twilio's 3 s plus the audio after its verdict: ≈ 6 words (2.1 s) + 0.3 s + 0.4 s beep + confirmation
+    assert 3000 + 2600 <= row["amd_duration"] * 1000 <= 3000 + 3200
