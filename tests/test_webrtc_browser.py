@@ -59,7 +59,12 @@ async def test_browser_calls_echo_engine_hears_itself_and_hangs_up(make_gateway)
         await page.wait_for_function("window.callState.rxEnergy > 0.01", timeout=20000)
         assert gw.calls.active, "call is live on the gateway"
         call = next(iter(gw.calls.active.values()))
-        assert call.carrier == "webrtc" and call.describe()["frames_in"] > 10
+        assert call.carrier == "webrtc"
+        for _ in range(100):  # under a loaded machine the counters can trail the page's first energy reading
+            if call.describe()["frames_in"] > 10:
+                break
+            await asyncio.sleep(0.05)
+        assert call.describe()["frames_in"] > 10
         # the fake microphone beeps once a second with silence between: watch the inbound audio for a beep
         heard = asyncio.Event()
         call.add_tap(lambda pcm: audioop.rms(pcm, 2) > 300 and heard.set())
