@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -300,7 +300,6 @@ class ExotelCallState:
     stream: "VoicebotStream | None" = None
     ended_at: float | None = None
     watchdog: asyncio.TimerHandle | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ExotelLeg:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib
 import itertools
 import json
 import logging
@@ -230,9 +231,8 @@ class VonageLeg:
 
 
 def _preload_sdk() -> None:
-    import vonage  # noqa: F401
-    import vonage_jwt  # noqa: F401
-    import vonage_voice  # noqa: F401
+    for module in ("vonage", "vonage_jwt", "vonage_voice"):
+        importlib.import_module(module)
 
 
 def _ncco_models(ncco: list[dict[str, Any]]) -> list[Any]:
