@@ -324,3 +324,21 @@ async def test_carrier_machine_start_then_gateway_follows_the_greeting_to_the_be
     assert row["amd_answered_by"] == "machine_end_beep"
     # Twilio's 3 s plus the audio after its verdict: ≈ 6 words (2.1 s) + 0.3 s + 0.4 s beep + confirmation
     assert 3000 + 2600 <= row["amd_duration"] * 1000 <= 3000 + 3200
+
+
+async def test_no_audio_at_all_counts_as_silence(make_gateway):
+    """A carrier that sends nothing (DTX, a dead stream): the watchdog feeds silence, initial silence → unknown."""
+    gw = await make_gateway()
+    engine = Talker()
+    call = await _call(gw, {"amd": {"enabled": True, "params": {"initial_silence": 600}}}, engine)
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await asyncio.wait_for(engine.got_amd.wait(), WAIT)
+        await _until(lambda: leg.freqs().count(300) >= 15)     # unknown: the conversation starts
+    finally:
+        pump.cancel()
+    assert engine.amd[0].answered_by is AnsweredBy.UNKNOWN
+    await call.request_hangup(HangupSource.SYSTEM, "test")

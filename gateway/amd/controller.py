@@ -95,6 +95,7 @@ class AmdController:
         self._tapping = False
         self._offset_ms = 0          # for a local end-of-message detector started after an external machine_start
         self._started = time.monotonic()
+        self._clock0: float | None = None
         self._task: asyncio.Task | None = None
         self.log = call.log
 
@@ -188,13 +189,14 @@ class AmdController:
         call = self.call
         if call.answered is None:
             return
-        elapsed_ms = (time.monotonic() - max(call.answered, self._started)) * 1000
+        start = self._clock0 if self._clock0 is not None else max(call.answered, self._started)
+        elapsed_ms = (time.monotonic() - start) * 1000
         if self.external and not self._tapping:
             if elapsed_ms > EXTERNAL_TIMEOUT_S * 1000 and not self.results:
                 self._decisions.put_nowait(AmdResult(AnsweredBy.UNKNOWN, int(elapsed_ms), self.source))
             return
         det = self.detector or self._new_detector()
-        lag = elapsed_ms - self._offset_ms - det.time_ms
+        lag = elapsed_ms - det.time_ms
         if lag > 1000 and not det.done:
             for d in det.feed_silence(int(lag - 500)):
                 self._decisions.put_nowait(d)
@@ -223,6 +225,7 @@ class AmdController:
             elif self.external:
                 # the carrier's AMD stops at machine_start: follow the greeting to its end ourselves
                 self._offset_ms = result.duration_ms
+                self._clock0 = time.monotonic()          # the local detector's audio clock starts now
                 self._message_end_next = True
                 self.detector = None                     # created at the first audio, at the carrier's rate
                 self._tap_on()
