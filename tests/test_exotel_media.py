@@ -327,3 +327,20 @@ async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
         # never more than max_ahead (+ the chunk in flight) ahead of real-time playback
         assert total / 16000 - (t - t0) <= 0.5 + 0.2 + 0.1, (total, t - t0)
     assert arrivals[-1][0] - arrivals[0][0] >= 2.0 - 0.5 - 0.2 - 0.1
+
+
+async def test_start_timeout_and_duplicate_start(make_gateway):
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    gw.carriers["exotel"].start_timeout = 0.3
+    await add_exophone(gw)
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()            # only `connected`, never `start`
+        assert await exo.wait_closed() == CloseCode.START_TIMEOUT
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-dup")
+        call = await watch.next_call()
+        await exo.start("CA-dup")
+        assert await exo.wait_closed() == CloseCode.BAD_MESSAGE
+        row = await watch.wait_ended(call)
+    assert row["hangup_source"] == "carrier" and row["hangup_reason"].startswith("stream_error")

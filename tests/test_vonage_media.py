@@ -274,3 +274,12 @@ async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
     for t, total in arrivals:
         assert total / 32000 - (t - t0) <= 0.5 + 0.02 + 0.1, (total, t - t0)
     assert arrivals[-1][0] - t0 >= 2.0 - 0.5 - 0.1
+
+
+async def test_connect_timeout(make_gateway):
+    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
+    gw.carriers["vonage"].connect_timeout = 0.3
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(gw.url("/vonage/media").replace("http", "ws"))
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == CloseCode.CONNECT_TIMEOUT
