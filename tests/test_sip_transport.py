@@ -249,7 +249,7 @@ def test_response_destination_rules():
     assert dest("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1") == (("10.0.0.1", 5060), "udp")
     # TCP with the connection gone: received + sent-by port, never the ephemeral rport (RFC 3261 §18.2.2)
     assert dest("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 5070), "tcp")
-    assert dest("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1") == (("2001:db8::1", 5061), "tcp")
+    assert dest("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1") == (("2001:db8::1", 5061), "tls")
 
 
 async def test_fuzz_through_transport_and_transaction_layer(transport):
@@ -302,3 +302,73 @@ async def test_ipv6_loopback_via_and_received():
             tr.close()
     finally:
         await t.stop()
+
+
+def _self_signed(tmp_path):
+    """A throwaway certificate for 127.0.0.1 / localhost (cryptography is installed with aiortc)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_tls_transport_with_transaction_layers(tmp_path):
+    import ssl
+
+    from gateway.sip.transaction import TransactionLayer, TransactionTransportError
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    b = SipTransport("127.0.0.1", 0, tls_context=server_ctx, tls_port=0)
+    a = SipTransport("127.0.0.1", 0, tls_client_context=ssl.create_default_context(cafile=cert))
+    stranger = SipTransport("127.0.0.1", 0)  # default trust store: our self-signed cert must be refused
+    for t in (a, b, stranger):
+        await t.start()
+    try:
+        assert b.tls_port and b.tls_port != b.port
+        assert b.via("z9hG4bKt", "tls") == f"SIP/2.0/TLS 127.0.0.1:{b.tls_port};branch=z9hG4bKt;rport"
+        la, lb, ls = TransactionLayer(a), TransactionLayer(b), TransactionLayer(stranger)
+        seen = []
+
+        def uas(req, txn):
+            seen.append(txn.conn.protocol)
+            txn.respond(make_response(req, 200, to_tag="tls"))
+
+        lb.on_request = uas
+
+        def options(cid):
+            return SipRequest("OPTIONS", f"sips:gw@localhost:{b.tls_port}", [
+                ("From", "<sips:a@localhost>;tag=1"), ("To", "<sips:gw@localhost>"), ("Call-ID", cid),
+                ("CSeq", "1 OPTIONS"), ("Max-Forwards", "70")])
+
+        # by name: resolved by the layer, certificate checked against "localhost"
+        resp = await asyncio.wait_for(la.send_request(options("tls-1"), ("localhost", b.tls_port), "tls"), 10)
+        assert resp.status == 200 and seen == ["tls"]
+        resp = await asyncio.wait_for(la.send_request(options("tls-2"), ("127.0.0.1", b.tls_port), "tls"), 10)
+        assert resp.status == 200 and len(seen) == 2
+        with pytest.raises(TransactionTransportError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+            await asyncio.wait_for(ls.send_request(options("tls-3"), ("127.0.0.1", b.tls_port), "tls"), 10)
+        assert len(seen) == 2
+    finally:
+        for t in (a, b, stranger):
+            await t.stop()

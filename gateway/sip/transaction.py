@@ -16,6 +16,8 @@ API::
     resp = await layer.send_request(req, addr, protocol="udp", on_provisional=None)   # final response
         raises TransactionTimeout (Timer B/F: treat as 408) or TransactionTransportError (treat as 503).
         A missing top Via is added (transport.via(new_branch())). The Request-URI/Route are not rewritten.
+        addr may hold a host name (resolved here, A/AAAA); for protocol="tls" pass the name so the peer's
+        certificate is checked against it.
     txn = await layer.start_request(req, addr, protocol="udp", on_provisional=None); await txn.final
     await txn.cancel(headers=None) -> CANCEL's final response | None (too late). Waits for a provisional
         response first (§9.1); the INVITE then normally completes with 487.
@@ -129,7 +131,7 @@ def make_cancel(invite: SipRequest, headers: list[tuple[str, str]] | None = None
 class ClientTransaction:
     __slots__ = ("layer", "request", "addr", "protocol", "conn", "on_provisional", "is_invite", "reliable",
                  "state", "key", "final", "last_response", "_data", "_timers", "_provisional_seen",
-                 "_cancel_txn", "_ack_data", "_got_response")
+                 "_cancel_txn", "_ack_data", "_got_response", "server_name")
 
     def __init__(self, layer: "TransactionLayer", request: SipRequest, addr: tuple[str, int], protocol: str,
                  on_provisional: Callable | None, conn: Any = None):
@@ -151,6 +153,7 @@ class ClientTransaction:
         self._got_response: asyncio.Event | None = None
         self._cancel_txn: ClientTransaction | None = None
         self._ack_data: bytes | None = None
+        self.server_name: str | None = None  # TLS: the name the peer's certificate must carry
 
     # -- timers
     def _set(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
@@ -178,7 +181,10 @@ class ClientTransaction:
             self._set("F", 64 * L.t1, self._timer_f)
 
     def _send(self, data: bytes) -> None:
-        fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn)
+        if self.server_name is not None:
+            fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn, server_name=self.server_name)
+        else:
+            fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn)
         if fut.done():
             if fut.exception() is not None:
                 self._transport_error(fut.exception())
@@ -307,6 +313,7 @@ class ClientTransaction:
         cancel = make_cancel(self.request, headers)
         self._set("cancel_guard", 64 * self.layer.t1, self._cancel_guard)
         txn = await self.layer.start_request(cancel, self.addr, self.protocol, conn=self.conn)
+        txn.server_name = self.server_name
         self._cancel_txn = txn
         try:
             return await txn.final
@@ -363,7 +370,7 @@ class ServerTransaction:
         if self._last_data is None or self._dest is None:
             return
         addr, proto = self._dest
-        conn = self.conn if proto == "tcp" else None
+        conn = self.conn if proto != "udp" else None
         self.layer.transport.send(self._last_data, addr, proto, conn)
 
     def respond(self, resp: SipResponse) -> bool:
@@ -535,8 +542,11 @@ class TransactionLayer:
             raise TransactionError("ACK is not sent in a transaction: use send_ack()")
         if "via" not in request.headers:
             request.headers.prepend("Via", self.transport.via(new_branch(), protocol))
-        addr = (await self._resolve(addr[0]), int(addr[1]))
+        host = addr[0]
+        addr = (await self._resolve(host), int(addr[1]))
         txn = ClientTransaction(self, request, addr, protocol, on_provisional, conn)
+        if protocol.lower() == "tls" and host.strip("[]") != addr[0]:
+            txn.server_name = host  # verify the certificate against the name we were asked to reach
         if not (request.branch or "").startswith(MAGIC):
             raise TransactionError("client requests need an RFC 3261 branch (z9hG4bK…)")
         if txn.key in self._clients:

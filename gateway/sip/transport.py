@@ -3,18 +3,21 @@
 API::
 
     t = SipTransport(host="0.0.0.0", port=5060, on_message=fn)   # port 0 -> ephemeral, same number for UDP and TCP
-    await t.start();  t.port;  t.host;  t.advertised_host (for Via/Contact; defaults to host or 127.0.0.1)
+        optional TLS: tls_context=<server ssl.SSLContext>, tls_port=None (port+1, or ephemeral when port is 0),
+        tls_client_context=<ssl.SSLContext for outgoing TLS; default: system trust store, hostname checked>
+    await t.start();  t.port;  t.tls_port;  t.host;  t.advertised_host (Via/Contact; defaults to host or 127.0.0.1)
     t.on_message = fn(msg: SipRequest | SipResponse, source_addr: (ip, port), conn: Connection)
         called synchronously from the event loop for every well-formed message; `conn.protocol` is "udp" or
         "tcp"; received requests already carry `received`/`rport` on their top Via.
-    t.send(msg_or_bytes, addr, protocol="udp", conn=None) -> asyncio.Future[None]
-        sends a request (or anything) to addr; TCP reuses an open connection to addr or opens one; the future
+    t.send(msg_or_bytes, addr, protocol="udp"|"tcp"|"tls", conn=None, *, server_name=None) -> asyncio.Future[None]
+        sends a request (or anything) to addr; TCP/TLS reuse an open connection to addr or open one (TLS verifies
+        the certificate against server_name, else the address); the future
         fails (never raises here) if a TCP connection cannot be made, so the transaction layer can report
         a transport error (§17.1.4).
     t.send_response(resp, conn=None) -> asyncio.Future[None]
         routes a response by its top Via (§18.2.2 + RFC 3581): reliable transport -> the connection the request
-        came on if still open, else a new connection to received/sent-by; UDP -> received IP and rport port
-        (or the sent-by port).
+        came on if still open, else a new connection to received + sent-by port; UDP -> received IP and rport
+        port (or the sent-by port).
     t.via(branch, protocol="udp") -> str   a Via value for our own requests (with ;rport)
     t.stats: rx, tx, parse_errors, bad_requests_answered, dropped, handler_errors, internal_errors
     await t.stop()
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Callable
 
 from .message import (
@@ -98,12 +102,11 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 
 
 class TcpConnection(asyncio.Protocol, Connection):
-    """One TCP connection, accepted or opened by us; framing by Content-Length."""
+    """One TCP (or TLS) connection, accepted or opened by us; framing by Content-Length."""
 
-    protocol = "tcp"
-
-    def __init__(self, owner: "SipTransport"):
+    def __init__(self, owner: "SipTransport", protocol: str = "tcp"):
         self.owner = owner
+        self.protocol = protocol
         self.transport: asyncio.Transport | None = None
         self.remote: Addr | None = None
         self.framer = SipStreamParser()
@@ -115,7 +118,7 @@ class TcpConnection(asyncio.Protocol, Connection):
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
         self.last_activity = asyncio.get_running_loop().time()
-        self.owner._tcp_conns[self.remote] = self
+        self.owner._tcp_conns[(self.protocol, self.remote)] = self
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = asyncio.get_running_loop().time()
@@ -141,8 +144,9 @@ class TcpConnection(asyncio.Protocol, Connection):
             self.owner._on_packet(frame, self.remote, self, stream=True)  # type: ignore[arg-type]
 
     def connection_lost(self, exc):  # type: ignore[override]
-        if self.remote is not None and self.owner._tcp_conns.get(self.remote) is self:
-            del self.owner._tcp_conns[self.remote]
+        key = (self.protocol, self.remote)
+        if self.remote is not None and self.owner._tcp_conns.get(key) is self:
+            del self.owner._tcp_conns[key]
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -160,16 +164,23 @@ class TcpConnection(asyncio.Protocol, Connection):
 class SipTransport:
     def __init__(self, host: str = "0.0.0.0", port: int = 5060, *,
                  on_message: Callable[[SipMessage, Addr, Connection], None] | None = None,
-                 advertised_host: str | None = None, enable_tcp: bool = True):
+                 advertised_host: str | None = None, enable_tcp: bool = True,
+                 tls_context: ssl.SSLContext | None = None, tls_port: int | None = None,
+                 tls_client_context: ssl.SSLContext | None = None):
         self.host = host
         self.port = port
+        self.tls_context = tls_context
+        self.tls_port = tls_port
+        self.tls_client_context = tls_client_context
+        self._tls_server: asyncio.AbstractServer | None = None
+        self.port_requested = port != 0
         self.on_message = on_message
         self._advertised = advertised_host
         self.enable_tcp = enable_tcp
         self._udp: UdpConnection | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
-        self._tcp_conns: dict[Addr, TcpConnection] = {}
-        self._connecting: dict[Addr, asyncio.Task] = {}
+        self._tcp_conns: dict[tuple[str, Addr], TcpConnection] = {}
+        self._connecting: dict[tuple[str, Addr], asyncio.Task] = {}
         self._reaper: asyncio.Task | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
@@ -188,6 +199,7 @@ class SipTransport:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.port_requested = self.port != 0
         attempts = 20 if self.port == 0 else 1
         last_exc: Exception | None = None
         for _ in range(attempts):
@@ -207,8 +219,14 @@ class SipTransport:
             raise last_exc or OSError("could not bind SIP transport")
         self._udp = udp
         self.port = port
+        if self.tls_context is not None:
+            tls_port = self.tls_port if self.tls_port is not None else (port + 1 if self.port_requested else 0)
+            self._tls_server = await loop.create_server(lambda: TcpConnection(self, "tls"), self.host, tls_port,
+                                                        ssl=self.tls_context, reuse_address=True)
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
         self._reaper = asyncio.create_task(self._reap_idle())
-        log.info("SIP transport listening on %s:%d (udp%s)", self.host, self.port, "+tcp" if self.enable_tcp else "")
+        log.info("SIP transport listening on %s:%d (udp%s)%s", self.host, self.port,
+                 "+tcp" if self.enable_tcp else "", f", tls on {self.tls_port}" if self._tls_server else "")
 
     async def stop(self) -> None:
         if self._reaper:
@@ -217,6 +235,9 @@ class SipTransport:
             task.cancel()
         if self._tcp_server is not None:
             self._tcp_server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
         for conn in list(self._tcp_conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
@@ -243,7 +264,8 @@ class SipTransport:
         host = self.advertised_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"SIP/2.0/{protocol.upper()} {host}:{self.port};branch={branch};rport"
+        port = self.tls_port if protocol.lower() == "tls" and self.tls_port else self.port
+        return f"SIP/2.0/{protocol.upper()} {host}:{port};branch={branch};rport"
 
     # -- receiving
     def _on_datagram(self, data: bytes, addr, conn: UdpConnection) -> None:
@@ -315,44 +337,50 @@ class SipTransport:
 
     # -- sending
     def send(self, msg: SipMessage | bytes, addr: Addr, protocol: str = "udp",
-             conn: Connection | None = None) -> "asyncio.Future[None]":
-        """Send to `addr`. Never raises; the returned future carries a TransportError on failure."""
+             conn: Connection | None = None, *, server_name: str | None = None) -> "asyncio.Future[None]":
+        """Send to `addr` over "udp", "tcp" or "tls". Never raises; the returned future carries a TransportError on
+        failure. `server_name` is the host name a new TLS connection verifies the certificate against."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         try:
             data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
             addr = (addr[0], int(addr[1]))
-            if protocol.lower() == "udp":
+            protocol = protocol.lower()
+            if protocol == "udp":
                 if len(data) > MAX_UDP:
                     raise TransportError(f"message of {len(data)} bytes is too large for UDP")
                 self.udp.send_bytes(data, addr)
                 self.stats["tx"] += 1
                 fut.set_result(None)
                 return fut
-            if conn is not None and conn.is_open and conn.protocol == "tcp":
+            if protocol not in ("tcp", "tls"):
+                raise TransportError(f"unsupported transport {protocol!r}")
+            if conn is not None and conn.is_open and conn.protocol == protocol:
                 conn.send_bytes(data, addr)
                 self.stats["tx"] += 1
                 fut.set_result(None)
                 return fut
-            existing = self._tcp_conns.get(addr)
+            existing = self._tcp_conns.get((protocol, addr))
             if existing is not None and existing.is_open:
                 existing.send_bytes(data)
                 self.stats["tx"] += 1
                 fut.set_result(None)
                 return fut
-            self._send_tcp_new(data, addr, fut)
+            self._send_tcp_new(data, addr, fut, protocol, server_name)
         except Exception as e:  # noqa: BLE001 - reported through the future
             if not fut.done():
                 fut.set_exception(e if isinstance(e, OSError) else TransportError(str(e)))
         fut.add_done_callback(_consume_exception)
         return fut
 
-    def _send_tcp_new(self, data: bytes, addr: Addr, fut: "asyncio.Future[None]") -> None:
-        task = self._connecting.get(addr)
+    def _send_tcp_new(self, data: bytes, addr: Addr, fut: "asyncio.Future[None]", protocol: str = "tcp",
+                      server_name: str | None = None) -> None:
+        key = (protocol, addr)
+        task = self._connecting.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._connect(addr))
-            self._connecting[addr] = task
-            task.add_done_callback(lambda _t, a=addr: self._connecting.pop(a, None))
+            task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, server_name))
+            self._connecting[key] = task
+            task.add_done_callback(lambda _t, k=key: self._connecting.pop(k, None))
 
         def written(t: asyncio.Task) -> None:
             if fut.done():
@@ -360,7 +388,8 @@ class SipTransport:
             if t.cancelled():
                 fut.set_exception(TransportError(f"connect to {addr} cancelled"))
             elif t.exception() is not None:
-                fut.set_exception(TransportError(f"TCP connect to {addr[0]}:{addr[1]} failed: {t.exception()}"))
+                fut.set_exception(TransportError(f"{protocol.upper()} connect to {addr[0]}:{addr[1]} failed: "
+                                                 f"{t.exception()}"))
             else:
                 try:
                     t.result().send_bytes(data)
@@ -371,11 +400,16 @@ class SipTransport:
 
         task.add_done_callback(written)
 
-    async def _connect(self, addr: Addr) -> TcpConnection:
+    async def _connect(self, addr: Addr, protocol: str = "tcp", server_name: str | None = None) -> TcpConnection:
         loop = asyncio.get_running_loop()
+        kw: dict = {}
+        if protocol == "tls":
+            if self.tls_client_context is None:
+                self.tls_client_context = ssl.create_default_context()
+            kw = dict(ssl=self.tls_client_context, server_hostname=server_name or addr[0])
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: TcpConnection(self), addr[0], addr[1], family=socket.AF_INET
-                                   if ":" not in addr[0] else socket.AF_INET6), 10)
+            loop.create_connection(lambda: TcpConnection(self, protocol), addr[0], addr[1],
+                                   family=socket.AF_INET if ":" not in addr[0] else socket.AF_INET6, **kw), 10)
         return conn
 
     def response_destination(self, resp: SipResponse) -> tuple[Addr, str]:
@@ -389,7 +423,9 @@ class SipTransport:
             return (host, via.rport or via.port or 5060), "udp"
         # Reliable: the request's connection is preferred by send_response(); a new connection goes to
         # received + the sent-by port (rport holds the peer's ephemeral source port there, §18.2.2).
-        return (host, via.port or (5061 if proto == "tls" else 5060)), "tcp"
+        if proto == "tls":
+            return (host, via.port or 5061), "tls"
+        return (host, via.port or 5060), "tcp"
 
     def send_response(self, resp: SipResponse, conn: Connection | None = None) -> "asyncio.Future[None]":
         try:
@@ -399,8 +435,8 @@ class SipTransport:
             fut.set_exception(TransportError(f"cannot route response: {e.reason}"))
             fut.add_done_callback(_consume_exception)
             return fut
-        if proto == "tcp" and conn is not None and conn.protocol == "tcp" and conn.is_open:
-            return self.send(resp, addr, "tcp", conn)
+        if proto != "udp" and conn is not None and conn.protocol == proto and conn.is_open:
+            return self.send(resp, addr, proto, conn)
         return self.send(resp, addr, proto)
 
 
