@@ -177,6 +177,17 @@ async def test_invite_2xx_accepted_passes_retransmissions_to_tu_then_timer_m(env
     assert len(layer) == 0
 
 
+async def test_send_request_accepts_on_provisional_as_third_argument(env):
+    clock, tr, layer = env
+    req = request("OPTIONS")
+    prov = []
+    task = asyncio.ensure_future(layer.send_request(req, PEER, prov.append))
+    await settle()
+    layer.receive(resp_for(req, 183), PEER, None)
+    layer.receive(resp_for(req, 200), PEER, None)
+    assert (await task).status == 200 and [p.status for p in prov] == [183] and tr.sent[0][3] == "udp"
+
+
 async def test_transport_error_fails_the_transaction():
     clock = FakeClock()
     layer = TransactionLayer(FakeTransport(clock, fail=True), clock=clock)

@@ -538,6 +538,8 @@ class TransactionLayer:
     # -- client side
     async def start_request(self, request: SipRequest, addr: tuple[str, int], protocol: str = "udp", *,
                             on_provisional: Callable | None = None, conn: Any = None) -> ClientTransaction:
+        if callable(protocol):  # the SIP_LAYERS.md form send_request(req, addr, on_provisional)
+            protocol, on_provisional = "udp", protocol
         if request.method == "ACK":
             raise TransactionError("ACK is not sent in a transaction: use send_ack()")
         if "via" not in request.headers:
