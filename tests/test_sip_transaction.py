@@ -193,6 +193,9 @@ async def test_transport_error_fails_the_transaction():
     layer = TransactionLayer(FakeTransport(clock, fail=True), clock=clock)
     with pytest.raises(TransactionTransportError):
         await layer.send_request(request("OPTIONS", "TCP"), PEER, "tcp")
+    with pytest.raises(TransactionTransportError):
+        await layer.send_request(request("INVITE"), PEER, "udp")
+    assert len(layer) == 0 and clock.pending() == []  # no timers left behind for the dead transactions
 
 
 # --- server timers ------------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ class ClientTransaction:
     def start(self) -> None:
         L = self.layer
         self._send(self._data)
+        if self.state == TERMINATED:  # the transport refused at once
+            return
         if self.is_invite:
             if not self.reliable:
                 self._set("A", L.t1, self._timer_a, L.t1)
