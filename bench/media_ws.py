@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import os
+import random
 import re
 import secrets
 import socket
@@ -100,10 +101,11 @@ async def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 20) -
 
 
 class Call:
-    def __init__(self, port: int, payloads: list[str], offset: int) -> None:
+    def __init__(self, port: int, payloads: list[str], offset: int, start_at: int = 0) -> None:
         self.port = port
         self.payloads = payloads
         self.offset = offset
+        self.start_at = start_at     # where in the recording this caller starts talking
         self.res = CallResult()
         self.ws = None
         self.sid = "MZ" + secrets.token_hex(16)
@@ -140,7 +142,7 @@ class Call:
                 now = time.monotonic()
                 self.res.late_sends.append(now - due)
                 self.res.sent.append(now)
-                await self.ws.send(head + f'{i + 1}","payload":"{self.payloads[i % len(self.payloads)]}"}}}}')
+                await self.ws.send(head + f'{i + 1}","payload":"{self.payloads[(self.start_at + i) % len(self.payloads)]}"}}}}')
             deadline = time.monotonic() + 1.0
             while len(self.res.received) < frames and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -164,7 +166,11 @@ class Call:
 
 async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[str]) -> dict:
     frames = int(seconds / 0.02)
-    calls = [Call(port, payloads, offset=int(i * 20000 / n)) for i in range(n)]
+    # callers start at different points of the recording, as real callers do not speak in unison (in unison,
+    # every call's speech:started/ended events would land in the same 20 ms)
+    rng = random.Random(n)
+    calls = [Call(port, payloads, offset=int(i * 20000 / n), start_at=rng.randrange(len(payloads)))
+             for i in range(n)]
     conn = aiohttp.TCPConnector(limit=50)
     async with aiohttp.ClientSession(connector=conn) as http:
         sem = asyncio.Semaphore(50)
@@ -190,7 +196,7 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
         errors += r.error is not None
     t = np.array(turn) * 1000 if turn else np.array([float("nan")])
     lt = np.array(late) * 1000 if late else np.array([0.0])
-    await asyncio.sleep(1.0)   # let the gateway close the calls before the next step
+    await asyncio.sleep(2.0)   # let the gateway close the calls (call-log writes, webhooks) before the next step
     return {"n": n, "frames": sum(len(c.res.sent) for c in calls), "p50": float(np.percentile(t, 50)),
             "p99": float(np.percentile(t, 99)), "max": float(t.max()), "dropped": dropped, "bad": bad,
             "errors": errors, "cpu": cpu * 100, "gen_late_p99": float(np.percentile(lt, 99)), "load": load}
