@@ -403,7 +403,12 @@ class SipCarrier(Carrier):
         session.creds = TrunkTarget.of(number).creds
         self._wire(leg, session)
         self.legs[call.id] = leg
+        if session.ended.is_set():  # the BYE came right behind the ACK, before we listened for it
+            await self._ended(leg, HangupSource.USER, session.end_reason or "BYE")
+            return
         await call.attach(leg, CARRIER_RATE)
+        if call.ended.is_set():  # hung up while the engine was starting: no media for a finished call
+            return
         rtp.attach(call)
         self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
                                                       "sip_call_id": req.call_id})

@@ -6,7 +6,8 @@ import sys
 
 from gateway.engine.base import VoiceEngine
 from gateway.frames import AudioFrame
-from tests.sipp import needs_sipp, sip_gateway, sip_number, sipp_uac
+from gateway.loadtest.sipp import run_sipp
+from tests.sipp import free_port, needs_sipp, sip_gateway, sip_number, sipp_uac
 
 pytestmark = needs_sipp
 
@@ -61,3 +62,20 @@ async def test_loadtest_command_summary_from_sipp(make_gateway):
     assert float(row(r"CPS achieved")) > 0
     rows, total = await gw.store.list_calls(1, 100)
     assert total == 10 and all(r["call_status"] == "completed" for r in rows)
+
+
+async def test_bye_right_behind_ack_leaks_nothing(make_gateway):
+    """SIPp's built-in uac with 0 ms hold sends the BYE back to back with the ACK: no call or RTP session may
+    outlive it (this once leaked a call that streamed RTP forever)."""
+    from tests.sipp import wait_for
+
+    gw = await sip_gateway(make_gateway, **{"rtp_port_min": 46800, "rtp_port_max": 47200})
+    await sip_number(gw, phone="+15550100003")
+    result = await run_sipp(f"127.0.0.1:{gw.carriers['sip'].port}",
+                            ["-sn", "uac", "-s", "15550100003", "-m", "200", "-r", "100", "-l", "200", "-d", "0",
+                             "-p", str(free_port()), "-timeout", "60s"], deadline_s=70)
+    assert (result.stats.successful, result.stats.failed) == (200, 0), result.errors
+    rtp = gw.carriers["sip"].rtp
+    await wait_for(lambda: not gw.calls.active and not rtp.sessions, timeout=5)
+    rows, total = await gw.store.list_calls(1, 100)
+    assert total == 200 and all(r["ended_at"] for r in rows)
