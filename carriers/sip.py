@@ -302,6 +302,18 @@ class SipCarrier(Carrier):
         self.registrations[int(number["id"])] = reg
         reg.start()
 
+    def metrics(self) -> dict[str, float]:
+        """RTP packet counters (every session since start) and the shared clock's health, for /metrics."""
+        if self.rtp is None:
+            return {}
+        t = self.rtp.totals()
+        return {"gateway_rtp_packets_sent_total": t.get("sent", 0),
+                "gateway_rtp_packets_received_total": t.get("received", 0),
+                "gateway_rtp_packets_lost_total": t.get("lost", 0),
+                "gateway_rtp_packets_late_total": t.get("late", 0),
+                "gateway_rtp_sessions": t["sessions"],
+                "gateway_rtp_clock_late_ticks_total": t["late_ticks"]}
+
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
         checked = await self.validate_import(dict(fields))
         return await test_trunk(self.ua, checked)

@@ -2,6 +2,8 @@
 ending in the call log; and `gateway loadtest sip` itself, its summary read from a real SIPp run."""
 import asyncio
 import re
+
+import aiohttp
 import sys
 
 from gateway.engine.base import VoiceEngine
@@ -42,6 +44,11 @@ async def test_fifty_calls_at_ten_cps(make_gateway):
     assert all(r["channel_type"] == "sip" and r["call_direction"] == "inbound" for r in rows)
     assert all(r["call_status"] == "completed" and r["hangup_source"] == "user" and r["ended_at"] for r in rows)
     assert not gw.calls.active
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gw.url("/metrics")) as r:
+            metrics = await r.text()
+    received = float(re.search(r"^gateway_rtp_packets_received_total (\S+)$", metrics, re.M).group(1))
+    assert received >= sum(engine.frames.values()), "every frame the engine saw came in as an RTP packet"
 
 
 async def test_loadtest_command_summary_from_sipp(make_gateway):
