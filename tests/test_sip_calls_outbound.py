@@ -143,3 +143,33 @@ async def test_unreachable_trunk_fails(make_gateway):
     row = await final_row(gw, d["requestId"], timeout=15)
     assert row["call_status"] in ("failed", "no-answer")
     assert row["hangup_reason"]
+
+
+async def test_outbound_proxy_gets_the_invite(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_answer.xml", timeout_s=15, extra=["-trace_msg", "-message_file", "msgs.log"],
+                        workdir=None) as uas:
+        num = await sip_number(gw, sip_host="trunk.example.com", outbound_proxy=f"127.0.0.1:{uas.port}")
+        d = await dispatch(gw, num)
+        call = await live(gw, d["call_id"])
+        await call.request_hangup(HangupSource.SYSTEM, "done", immediate=True)
+        row = await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=1)
+    assert row["extra"]["sip_request_uri"] == "sip:+15559876543@trunk.example.com"
+    log = open(f"{uas.result.result.workdir}/msgs.log").read()
+    invite = log[log.index("INVITE sip:"):]
+    assert invite.startswith("INVITE sip:+15559876543@trunk.example.com SIP/2.0")
+    assert f"Route: <sip:127.0.0.1:{uas.port};lr>" in invite.split("\n\n", 1)[0]
+
+
+def test_reason_headers_and_outcomes():
+    from carriers.sip import outcome_for
+    from gateway.sip.ua import parse_reason, reason_header
+
+    assert reason_header(486, "Busy Here") == 'SIP;cause=486;text="Busy Here"'
+    assert reason_header(q850=16, text="bye") == 'Q.850;cause=16;text="bye"'
+    assert parse_reason('SIP;cause=200;text="Call completed"') == "200 Call completed"
+    assert parse_reason('Q.850;cause=16;text="Normal call clearing"') == "Q.850 16 Normal call clearing"
+    assert parse_reason(None) == ""
+    assert [outcome_for(s) for s in (486, 600, 480, 408, 603, 404, 500, 503)] == [
+        "busy", "busy", "no-answer", "no-answer", "rejected", "failed", "failed", "failed"]
