@@ -200,3 +200,24 @@ async def test_engine_totals_survive_closed_sessions():
     s.close()
     assert rtp.totals()["received"] == 3
     await rtp.stop()
+
+
+async def test_30ms_packets_play_out_at_the_real_rate(make_gateway):
+    gw = await make_gateway()
+    eng = RecordingEngine()
+    gw.engines.register("rec", eng)
+    audio = []
+    rtp = RtpEngine("127.0.0.1", 42000, 42100)
+    await rtp.start()
+    peer, peer_port = await open_peer()
+    call, session = await start_call(gw, rtp, peer_port, engine="rec")
+    call.add_tap(audio.append)
+    payload = b"\xff" * 240  # 30 ms of μ-law silence per packet
+    for i in range(30):  # 900 ms, paced like the far end would
+        peer.transport.sendto(build_rtp(0, False, i, 240 * i, 5, payload), ("127.0.0.1", session.local_port))
+        await asyncio.sleep(0.03)
+    await asyncio.sleep(0.2)
+    assert sum(len(a) for a in audio) == 30 * 240 * 2  # every sample reached the call, none invented
+    assert session.stats["lost"] == 0
+    await call.end("user", "test")
+    await rtp.stop()

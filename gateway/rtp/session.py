@@ -28,7 +28,6 @@ CODECS = {
     "PCMU": (0, ulaw_to_pcm16, pcm16_to_ulaw, b"\xff" * SAMPLES_PER_TICK),
     "PCMA": (8, alaw_to_pcm16, pcm16_to_alaw, b"\xd5" * SAMPLES_PER_TICK),
 }
-PCM_SILENCE = b"\x00\x00" * SAMPLES_PER_TICK
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
@@ -52,6 +51,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._dtmf_ts = 0
         self._marker = True
         self._idle = True
+        self._credit = 0
+        self._last_samples = SAMPLES_PER_TICK
         self.call: "Call | None" = None
         self.on_pcm: Callable[[bytes], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
@@ -156,14 +157,24 @@ class RtpSession(asyncio.DatagramProtocol):
         self._ts = (self._ts + SAMPLES_PER_TICK) & 0xFFFFFFFF
 
     def _play_out(self) -> None:
-        frame = self._jitter.pop()
-        if frame is None:
-            return
-        pcm = PCM_SILENCE if frame is LOST else self._decode(frame)
-        if self.call is not None:
-            self.call.feed_audio(pcm)
-        elif self.on_pcm is not None:
-            self.on_pcm(pcm)
+        """Play out 20 ms worth of packets per tick, whatever their ptime (SIPp's pcap and some trunks send
+        30 ms packets despite our a=ptime:20): a sample credit, not one packet per tick, keeps the rate exact."""
+        self._credit += SAMPLES_PER_TICK
+        while self._credit > 0:
+            frame = self._jitter.pop()
+            if frame is None:
+                self._credit = 0  # nothing buffered: do not build up debt while the far end is silent
+                return
+            if frame is LOST:
+                pcm = b"\x00\x00" * self._last_samples
+            else:
+                self._last_samples = len(frame)  # G.711: one byte per sample
+                pcm = self._decode(frame)
+            self._credit -= self._last_samples
+            if self.call is not None:
+                self.call.feed_audio(pcm)
+            elif self.on_pcm is not None:
+                self.on_pcm(pcm)
 
     def _send(self) -> None:
         if not self.sending or self.transport is None or self.remote is None:
