@@ -5,11 +5,11 @@ import argparse
 import asyncio
 import gc
 import logging
-import re
 import signal
 import sys
 
 from .config import load_settings
+from .redact import redact_url
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -60,11 +60,6 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await gw.stop()
     return 0
-
-
-def redact_url(url: str) -> str:
-    """Hide a password in a URL (ws://user:pw@host, postgresql://user:pw@host) before printing it."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1****@", url)
 
 
 def build_parser() -> argparse.ArgumentParser:

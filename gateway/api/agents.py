@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
 from .errors import read_json
 from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
@@ -107,7 +108,9 @@ SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemai
 
 
 def agent_json(agent: dict[str, Any]) -> dict[str, Any]:
-    """API view of an agent: the webhook signing secret shows as "****"."""
+    """API view of an agent: the webhook signing secret and a password in the engine URL show as "****"."""
+    if agent.get("engine"):
+        agent = {**agent, "engine": redact_url(agent["engine"])}
     settings = agent.get("settings") or {}
     hook = settings.get("webhook")
     if isinstance(hook, dict) and hook.get("secret"):
@@ -116,6 +119,8 @@ def agent_json(agent: dict[str, Any]) -> dict[str, Any]:
 
 
 def _keep_masked_secret(data: dict[str, Any], old: dict[str, Any]) -> None:
+    if is_redacted(data.get("engine") or "") and redact_url(old.get("engine") or "") == data["engine"]:
+        data["engine"] = old["engine"]  # the client sent back what it was shown: keep the stored password
     hook = (data.get("settings") or {}).get("webhook")
     if isinstance(hook, dict) and hook.get("secret") == MASK:
         old_secret = ((old.get("settings") or {}).get("webhook") or {}).get("secret")
