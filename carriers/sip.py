@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.call import Call
@@ -25,7 +25,7 @@ from gateway.rtp import RtpEngine
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
-from gateway.sip.message import NameAddr, SipParseError, SipResponse
+from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
 from gateway.sip.registration import Registration
 from gateway.sip.sdp import NoCommonCodec, SdpError, SessionDescription, answer_offer, make_offer, parse_answer

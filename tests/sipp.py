@@ -145,8 +145,6 @@ def sipp_uas(scenario: str, **kw) -> SippUas:
     return SippUas(scenario, **kw)
 
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "needs_sipp", "rtp_range",
-           "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]
 
 
 # -- the gateway side of SIP tests ---------------------------------------------------------------------------------
@@ -214,3 +212,6 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
+
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "needs_sipp", "rtp_range",
+           "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

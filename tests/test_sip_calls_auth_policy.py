@@ -1,8 +1,6 @@
 """Inbound trunk authentication policy: IP allow-list, trunk hosts, unknown sources."""
 import ipaddress
 
-import pytest
-
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
 
 

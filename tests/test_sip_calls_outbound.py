@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from gateway.frames import HangupSource
-from sipp import api, call_rows, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import api, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
 
