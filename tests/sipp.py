@@ -44,8 +44,8 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
-def _udp_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def _udp_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -111,6 +111,8 @@ class SippUas:
         self._args = _args(scenario, calls=calls, timeout_s=timeout_s, service=None, duration_ms=duration_ms,
                            media_port=self.media_port, extra=ex)
         self._deadline = timeout_s + 10
+        tcp = any(a in ("t1", "tn") for a in extra)
+        self._kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
         self._workdir = workdir
         self._task: asyncio.Task | None = None
         self.result: Outcome | None = None
@@ -121,7 +123,7 @@ class SippUas:
                                                   cwd=self._workdir))
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
-        while _udp_free(self.port):  # SIPp has bound its port once we can no longer bind it
+        while _udp_free(self.port, self._kind):  # SIPp has bound its port once we can no longer bind it
             if self._task.done():
                 raise RuntimeError("SIPp UAS exited at start:\n" + Outcome(self._task.result()).explain())
             if loop.time() > end:

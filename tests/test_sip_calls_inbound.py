@@ -100,3 +100,13 @@ async def test_inbound_digest_trunk(make_gateway):
                          extra=["-au", "carrier", "-ap", "guess"])
     bad.assert_calls(successful=0, failed=1)   # 403 after the wrong digest
     assert len(await call_rows(gw)) == 1       # no call was created for it
+
+
+async def test_inbound_call_over_tcp(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw)
+    res = await sipp_uac("uac_pcma_echo.xml", gw.carriers["sip"].port, service="15550001111", duration_ms=1500,
+                         extra=["-t", "t1"])
+    res.assert_calls(successful=1)
+    rows = await wait_for(lambda: _ended(gw))
+    assert rows[0]["call_status"] == "completed" and rows[0]["extra"]["rtp"]["received"] >= 40

@@ -173,3 +173,14 @@ def test_reason_headers_and_outcomes():
     assert parse_reason(None) == ""
     assert [outcome_for(s) for s in (486, 600, 480, 408, 603, 404, 500, 503)] == [
         "busy", "busy", "no-answer", "no-answer", "rejected", "failed", "failed", "failed"]
+
+
+async def test_outbound_call_over_tcp(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_answer_bye.xml", timeout_s=15, duration_ms=500, extra=["-t", "t1"]) as uas:
+        num = await sip_number(gw, sip_port=uas.port, transport="tcp")
+        d = await dispatch(gw, num)
+        row = await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=1)
+    assert (row["call_status"], row["hangup_source"]) == ("completed", "user")
+    assert row["extra"]["sip_request_uri"].endswith(";transport=tcp")
