@@ -554,7 +554,7 @@ class SipSession:
         if se is None:
             return []
         se = max(se, MIN_SE)
-        supported = "timer" in (invite.headers.get("Supported") or "").lower()
+        supported = "timer" in ",".join(invite.headers.getlist("Supported")).lower()
         if not supported:
             refresher = "uas"       # a proxy asked for timers the caller cannot do: we refresh
         refresher = refresher or "uac"
@@ -590,7 +590,7 @@ class SipSession:
         self._refresh_task = self.ua.spawn(self._send_refresh())
 
     async def _send_refresh(self) -> None:
-        allow = (self.invite.headers.get("Allow") or "").upper()
+        allow = ",".join(self.invite.headers.getlist("Allow")).upper()
         method = "UPDATE" if "UPDATE" in allow else "INVITE"
         hdrs = [("Session-Expires", f"{self.session_expires};refresher={'uas' if self.role == 'uas' else 'uac'}"),
                 ("Supported", SUPPORTED)]
