@@ -1,5 +1,5 @@
-"""RFC 4028 session timers on an established dialog: we refresh when we are the refresher, and hang up with
-`408 Session timer expired` when the peer's refresh never comes."""
+"""Inside an established dialog: RFC 4028 session timers (we refresh when we are the refresher, and hang up with
+`408 Session timer expired` when the peer's refresh never comes), SIP INFO DTMF, REFER from the trunk, BYE."""
 import asyncio
 
 from gateway.sip.dialog import Dialog
@@ -70,3 +70,33 @@ async def test_refresh_is_sent_and_rearmed():
     assert [r.method for r in ua.sent] == ["UPDATE", "UPDATE"]
     assert ua.sent[0].headers.get("Session-Expires") == "2;refresher=uas"
     assert s.refreshes == 2 and not s.ended.is_set()
+
+
+class FakeTxn:
+    """The UA answers through FakeUA.respond; the transaction itself is not used here."""
+
+
+async def test_in_dialog_requests_info_dtmf_refer_and_bye():
+    ua, s, _ = session()
+    answered = []
+    ua.respond = lambda txn, req, status, reason=None, **kw: answered.append(status)
+    digits = []
+    s.on_dtmf = lambda d, ms: digits.append((d, ms))
+    info = parse_message((
+        "INFO sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK9\r\nFrom: <sip:a@c>;tag=abc\r\n"
+        "To: <sip:g@gw>;tag=ours\r\nCall-ID: st-1\r\nCSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\n"
+        "Content-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n").encode())
+    await s.handle(info, FakeTxn())
+    assert digits == [("5", 160)]
+    refer = parse_message(in_dialog("REFER", 3))
+    await s.handle(refer, FakeTxn())            # transfers requested by the trunk are declined
+    byes = []
+    s.on_bye = byes.append
+    await s.handle(parse_message(in_dialog("BYE", 4)), FakeTxn())
+    assert answered == [200, 603, 200]
+    assert len(byes) == 1 and s.ended.is_set()
+
+
+def in_dialog(method, cseq):
+    return (f"{method} sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK{cseq}\r\nFrom: <sip:a@c>;tag=abc\r\n"
+            f"To: <sip:g@gw>;tag=ours\r\nCall-ID: st-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode()
