@@ -190,6 +190,10 @@ def test_headers_store():
     h.prepend("Route", "<sip:p0;lr>")
     h.add("x-foo", "2")
     assert h.getlist("ROUTE")[0] == "<sip:p0;lr>" and h.getlist("X-FOO") == ["1", "2"]
+    h.add("Supported", "100rel, timer")
+    h.add("k", "replaces")
+    assert h.get("supported") == "100rel" and h.joined("Supported") == "100rel, timer, replaces"
+    assert h.joined("Require") is None and h.joined("Require", "") == ""
     h.set("X-Foo", "3")
     assert list(h.items())[-1] == ("X-Foo", "3") and "x-foo" in h
     h.remove("route")

@@ -13,7 +13,9 @@ API (used by transport, transaction and the dialog layer)::
     make_response(request, status, reason=None, *, to_tag=None, headers=None, body=b"") -> SipResponse
     Headers: case-insensitive, ordered, multi-valued; compact forms (i m f t v l c k s o u e r b x …) are
         expanded on input. Methods: get(name, default) first value, getlist(name), add, set, setlist, remove,
-        `name in h`, h[name], items() -> (Name, value) pairs, copy().
+        `name in h`, h[name], items() -> (Name, value) pairs, copy(), joined(name) -> "a, b".
+        NOTE: for list headers get()/h[name] return the FIRST ELEMENT ("Supported: 100rel, timer" -> "100rel");
+        use getlist() (elements) or joined() (one string) to see them all.
         Comma-separated list headers (Via, Contact, Route, Record-Route, Allow, Supported, …) are split into one
         value per element on parse, never inside "quotes" or <brackets>; they serialize one element per line.
     Via.parse(str) / str(via): .transport .host .port .params (dict) .branch .received .rport
@@ -220,6 +222,11 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         entry = self._entry(name)
         return entry[1][0] if entry and entry[1] else default
+
+    def joined(self, name: str, default: str | None = None) -> str | None:
+        """All values as one comma-separated string ("timer, replaces"), or `default` when absent."""
+        entry = self._entry(name)
+        return ", ".join(entry[1]) if entry and entry[1] else default
 
     def getlist(self, name: str) -> list[str]:
         """All values (a copy) for `name`, list elements split; [] if absent."""
