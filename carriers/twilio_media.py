@@ -15,19 +15,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import itertools
-import json
 import logging
 import re
-from collections import deque
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
+
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -67,19 +66,16 @@ class _Wake:
         self.stream = stream
 
 
-class StreamClosed(Exception):
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+BINARY_REASON = "binary frames are not part of Media Streams"
 
 
-class MediaStream:
+class MediaStream(MarkedPlayout):
     """One Media Streams websocket: protocol state, the sender task and the playout clock."""
 
-    _mark_ids = itertools.count(1)
+    internal_mark = INTERNAL_MARK
 
     def __init__(self, carrier: "TwilioCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+        super().__init__()   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
         self.carrier = carrier
         self.ws = ws
         self.request = request   # the upgrade: its X-Twilio-Signature is checked once `start` names the call
@@ -87,10 +83,6 @@ class MediaStream:
         self.call: "Call | None" = None
         self.leg: "TwilioLeg | None" = None
         self.stopped = False
-        self.pending_marks: deque[str] = deque()    # engine marks sent, not yet echoed
-        self.forgotten: set[str] = set()             # marks whose audio a `clear` dropped
-        self._drain_waiters: dict[str, asyncio.Future] = {}
-        self.playout_end = 0.0                       # loop time at which Twilio will have played what we sent
         self._sender: asyncio.Task | None = None
         self._prefix = ""
         self.frames_sent = 0
@@ -116,43 +108,13 @@ class MediaStream:
             await self._finish()
 
     async def _await_start(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.carrier.start_timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise StreamClosed(CloseCode.START_TIMEOUT,
-                                   f"no start message within {self.carrier.start_timeout:g} s")
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), remaining)
-            except asyncio.TimeoutError:
-                continue
-            m = self._decode(msg)
-            if m is None:
-                raise StreamClosed(CloseCode.NORMAL, "socket closed before start")
-            event = m.get("event")
-            if event == "connected":
-                continue
-            if event == "start":
-                await self._on_start(m)
-                return
-            if event in ("media", "dtmf", "mark", "stop"):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, f"{event} before start")
-            raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {str(event)[:40]!r}")
+        timeout = self.carrier.start_timeout
+        m = await await_start(self.ws, CloseCode, timeout, f"no start message within {timeout:g} s", BINARY_REASON)
+        await self._on_start(m)
 
     def _decode(self, msg: Any) -> dict[str, Any] | None:
         """A text message as a dict; None when the socket is closing; StreamClosed on a protocol error."""
-        if msg.type == WSMsgType.TEXT:
-            try:
-                m = json.loads(msg.data)
-            except ValueError:
-                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not JSON") from None
-            if not isinstance(m, dict) or not isinstance(m.get("event"), str):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not a JSON object with an event")
-            return m
-        if msg.type == WSMsgType.BINARY:
-            raise StreamClosed(CloseCode.BINARY_FRAME, "binary frames are not part of Media Streams")
-        return None  # CLOSE, CLOSING, CLOSED, ERROR
+        return decode_event(msg, CloseCode, BINARY_REASON)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = m.get("start")
@@ -210,32 +172,11 @@ class MediaStream:
         name = (m.get("mark") or {}).get("name")
         if not isinstance(name, str):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "mark without a name")
-        waiter = self._drain_waiters.pop(name, None)
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-            return
-        if name in self.forgotten:          # its audio was cleared: it was not played, do not say it was
-            self.forgotten.discard(name)
-            return
-        try:
-            self.pending_marks.remove(name)
-        except ValueError:
+        if not self._mark_played(name):
             log.debug("echo of a mark we did not send", extra={"carrier": "twilio", "mark": name})
-            return
-        self.call.feed_event(Mark(name))
-
-    async def _close_when_call_ends(self) -> None:
-        await self.call.ended.wait()
-        await asyncio.sleep(0)   # let a sender mid-send finish its frame
-        if not self.ws.closed:
-            await self.ws.close(code=CloseCode.NORMAL, message=b"call ended")
 
     async def _finish(self) -> None:
-        for w in self._drain_waiters.values():
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
+        self._release_drain_waiters()
         sender = self._sender
         if sender is not None and not sender.done():
             try:
@@ -265,9 +206,7 @@ class MediaStream:
                 if isinstance(item, AudioFrame):
                     await self.send_audio(item.pcm)
                 elif isinstance(item, Mark):
-                    self.pending_marks.append(item.name)
-                    await self._send_json({"event": "mark", "streamSid": self.stream_sid,
-                                           "mark": {"name": item.name}})
+                    await self.send_engine_mark(item.name)
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
@@ -289,38 +228,16 @@ class MediaStream:
         """One 20 ms frame of PCM16 8 kHz → one `media` message with a 160-byte μ-law payload."""
         payload = base64.b64encode(pcm16_to_ulaw(pcm)).decode("ascii")
         await self.ws.send_str(self._prefix + payload + '"}}')
-        now = asyncio.get_running_loop().time()
-        self.playout_end = max(self.playout_end, now) + len(pcm) / 2 / RATE
+        self._played(len(pcm) / 2 / RATE)
         self.frames_sent += 1
 
-    async def clear(self) -> None:
-        """Barge-in: Twilio drops its buffer; the marks still pending will never mean 'played'."""
+    # -- wire format of marks and clear (the bookkeeping, `clear()` and `drain()` are MarkedPlayout's) -------------
+    async def _send_mark(self, name: str) -> None:
+        await self._send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    async def _send_clear(self) -> None:
+        """Barge-in: Twilio drops its buffer."""
         await self._send_json({"event": "clear", "streamSid": self.stream_sid})
-        self.forgotten.update(self.pending_marks)
-        self.pending_marks.clear()
-        self.playout_end = asyncio.get_running_loop().time()
-
-    async def drain(self, cap: float = 30.0) -> None:
-        """Wait until Twilio has played what we sent (a mark of our own), bounded by the audio still queued."""
-        if self.ws.closed:
-            return
-        loop = asyncio.get_running_loop()
-        left = self.playout_end - loop.time()
-        if left <= 0:
-            return
-        name = f"{INTERNAL_MARK}{next(self._mark_ids)}"
-        fut = loop.create_future()
-        self._drain_waiters[name] = fut
-        try:
-            await self._send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
-            await asyncio.wait_for(fut, min(left + 2.0, cap))
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._drain_waiters.pop(name, None)
-
-    async def _send_json(self, obj: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
 
     def end_source(self) -> tuple[HangupSource, str]:
         """Who ended the call when this stream went away without anyone asking."""
