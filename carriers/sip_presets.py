@@ -27,7 +27,9 @@ TRANSPORTS = ("udp", "tcp", "tls")
 AUTH_TYPES = ("basic", "ip")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
-#: Twilio's regional SIP signalling ranges for origination (twilio.com/docs/sip-trunking/ip-addresses).
+#: Twilio's regional SIP signalling ranges for origination (twilio.com/docs/sip-trunking/ip-addresses): one /30 per
+#: region, all to be allowed because a trunk fails over across regions. Cross-checked on 2026-11-23 against several
+#: public deployment configs quoting that page (the page itself was not in the search index): the same eight /30s.
 TWILIO_SIGNALING_IPS = (
     "54.172.60.0/30", "54.244.51.0/30", "54.171.127.192/30", "35.156.191.128/30",
     "54.65.63.192/30", "54.169.127.128/30", "54.252.254.64/30", "177.71.206.192/30",
