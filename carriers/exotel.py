@@ -22,19 +22,17 @@ import asyncio
 import base64
 import binascii
 import hmac
-import itertools
 import json
 import logging
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
@@ -43,6 +41,8 @@ from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
+
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -81,13 +81,6 @@ class CloseCode(IntEnum):
     BAD_AUTH = 4006            # Basic auth on the upgrade missing or wrong
     BAD_MEDIA_FORMAT = 4007    # media_format we cannot decode
     ENGINE_ERROR = 4008        # the agent's engine could not start
-
-
-class StreamClosed(Exception):
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 # -- audio format -----------------------------------------------------------------------------------------------
@@ -329,12 +322,16 @@ class ExotelLeg:
         self.carrier.arm_watchdog(self.state, self.carrier.transfer_timeout, "transfer_timeout")
 
 
-class VoicebotStream:
+BINARY_REASON = "binary frames are not part of Exotel's Voicebot protocol"
+
+
+class VoicebotStream(MarkedPlayout):
     """One Voicebot websocket: protocol state, the sender task, chunking and the playout clock."""
 
-    _mark_ids = itertools.count(1)
+    internal_mark = INTERNAL_MARK
 
     def __init__(self, carrier: "ExotelCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+        super().__init__()   # marks, drain waiters, playout_end
         self.carrier = carrier
         self.ws = ws
         self.request = request
@@ -345,15 +342,11 @@ class VoicebotStream:
         self.stopped: dict[str, Any] | None = None       # the `stop` message, when Exotel sent one
         self.closing_for: str | None = None               # "hangup" | "transfer" when we close the socket
         self.packer: ChunkPacker | None = None
-        self.pending_marks: deque[str] = deque()
-        self.forgotten: set[str] = set()
-        self._drain_waiters: dict[str, asyncio.Future] = {}
         self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task | None = None
         self._pcm_carry = b""
         self._prefix = ""
         self._stopping = False
-        self.playout_end = 0.0
         self.chunks_sent = 0
 
     @property
@@ -381,41 +374,12 @@ class VoicebotStream:
             await self._finish()
 
     async def _await_start(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.carrier.start_timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise StreamClosed(CloseCode.START_TIMEOUT, f"no start within {self.carrier.start_timeout:g} s")
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), remaining)
-            except asyncio.TimeoutError:
-                continue
-            m = self._decode(msg)
-            if m is None:
-                raise StreamClosed(CloseCode.NORMAL, "socket closed before start")
-            event = m["event"]
-            if event == "connected":
-                continue
-            if event == "start":
-                await self._on_start(m)
-                return
-            if event in ("media", "dtmf", "mark", "stop"):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, f"{event} before start")
-            raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
+        timeout = self.carrier.start_timeout
+        m = await await_start(self.ws, CloseCode, timeout, f"no start within {timeout:g} s", BINARY_REASON)
+        await self._on_start(m)
 
     def _decode(self, msg: Any) -> dict[str, Any] | None:
-        if msg.type == WSMsgType.TEXT:
-            try:
-                m = json.loads(msg.data)
-            except ValueError:
-                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not JSON") from None
-            if not isinstance(m, dict) or not isinstance(m.get("event"), str):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, "message is not a JSON object with an event")
-            return m
-        if msg.type == WSMsgType.BINARY:
-            raise StreamClosed(CloseCode.BINARY_FRAME, "binary frames are not part of Exotel's Voicebot protocol")
-        return None
+        return decode_event(msg, CloseCode, BINARY_REASON)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = m.get("start")
@@ -498,44 +462,15 @@ class VoicebotStream:
         name = (m.get("mark") or {}).get("name") if isinstance(m.get("mark"), dict) else None
         if not isinstance(name, str):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "mark without a name")
-        waiter = self._drain_waiters.pop(name, None)
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-            return
-        if name in self.forgotten:   # its audio was cleared, so it was not played: do not say it was
-            self.forgotten.discard(name)
-            return
-        try:
-            self.pending_marks.remove(name)
-        except ValueError:
+        if not self._mark_played(name):
             self.log.debug("echo of a mark we did not send", extra={"mark": name[:64]})
-            return
-        self.call.feed_event(Mark(name))
-
-    async def _close_when_call_ends(self) -> None:
-        await self.call.ended.wait()
-        await asyncio.sleep(0)
-        if not self.ws.closed:
-            await self.ws.close(code=CloseCode.NORMAL, message=b"call ended")
 
     async def _finish(self) -> None:
         """The socket is gone: stop the sender (letting a hangup/transfer it runs complete), settle the call."""
         call = self.call
         self._stopping = True
-        if self._sender is not None and not self._sender.done():
-            self._wake_sender()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), 15)
-            except asyncio.TimeoutError:
-                self.log.warning("exotel sender did not stop in time")
-                self._sender.cancel()
-            except Exception:
-                pass
-        for w in self._drain_waiters.values():
-            if not w.done():
-                w.set_result(None)
-        self._drain_waiters.clear()
+        await self._stop_sender(self._sender, "exotel sender did not stop in time")
+        self._release_drain_waiters()
         if not self.ws.closed:
             await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
         if self.state is not None and self.state.stream is self:
@@ -548,13 +483,6 @@ class VoicebotStream:
             await call.end(HangupSource.USER, "caller_hangup")
         else:
             await call.end(HangupSource.CARRIER, "stream_closed")
-
-    def _wake_sender(self) -> None:
-        """Unblock `call.next_outbound()` with a harmless item instead of cancelling it: it may be running a
-        hangup or transfer (and then `call.end()`), which must not be cut short."""
-        bus = self.call.bus if self.call is not None else None
-        if bus is not None and not bus.outbound.full():
-            bus.outbound.put_nowait(Clear())
 
     # -- sender -------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
@@ -582,9 +510,7 @@ class VoicebotStream:
                     await self.send_audio(item.pcm)
                 elif isinstance(item, Mark):
                     await self.flush()
-                    self.pending_marks.append(item.name)
-                    await self._send_json({"event": "mark", "stream_sid": self.stream_sid,
-                                           "mark": {"name": item.name}})
+                    await self.send_engine_mark(item.name)
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
@@ -600,12 +526,7 @@ class VoicebotStream:
             call.log.exception("exotel media sender failed")
             if not self.ws.closed:
                 await self.ws.close(code=1011, message=b"sender failed")
-        if nxt is not None and not nxt.done():
-            # a leg action may be running inside it: let it finish (bounded), never cut it short
-            self._wake_sender()
-            done, _ = await asyncio.wait({nxt}, timeout=15)
-            if not done:
-                nxt.cancel()
+        await self._settle_next(nxt)   # a leg action may be running inside it: let it finish (bounded)
 
     async def send_audio(self, pcm: bytes) -> None:
         for chunk in self.packer.push(self.fmt.encode(pcm)):
@@ -619,42 +540,25 @@ class VoicebotStream:
     async def _send_chunk(self, chunk: bytes) -> None:
         # stay at most `max_ahead` seconds ahead of playback: engines often speak faster than real time, Exotel's
         # buffer is not ours to flood, and a barge-in then has little to throw away
-        ahead = self.playout_end - asyncio.get_running_loop().time() - self.carrier.max_ahead
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+        await self._pace(self.carrier.max_ahead)
         async with self._send_lock:
             await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
-        now = asyncio.get_running_loop().time()
-        self.playout_end = max(self.playout_end, now) + len(chunk) / self.fmt.bytes_per_second
+        self._played(len(chunk) / self.fmt.bytes_per_second)
         self.chunks_sent += 1
 
     async def clear(self) -> None:
         """Barge-in: drop our partial chunk and Exotel's buffer; pending marks will never mean 'played'."""
         self.packer.clear()
-        await self._send_json({"event": "clear", "stream_sid": self.stream_sid})
-        self.forgotten.update(self.pending_marks)
-        self.pending_marks.clear()
-        self.playout_end = asyncio.get_running_loop().time()
+        await super().clear()
 
-    async def drain(self, cap: float = 30.0) -> None:
-        """Flush and wait until Exotel has played what we sent (a mark of our own), bounded by the audio queued."""
-        if self.ws.closed:
-            return
-        await self.flush()
-        loop = asyncio.get_running_loop()
-        left = self.playout_end - loop.time()
-        if left <= 0:
-            return
-        name = f"{INTERNAL_MARK}{next(self._mark_ids)}"
-        fut = loop.create_future()
-        self._drain_waiters[name] = fut
-        try:
-            await self._send_json({"event": "mark", "stream_sid": self.stream_sid, "mark": {"name": name}})
-            await asyncio.wait_for(fut, min(left + 2.0, cap))
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._drain_waiters.pop(name, None)
+    async def _before_drain(self) -> None:
+        await self.flush()   # drain: the partial chunk goes out before our mark
+
+    async def _send_mark(self, name: str) -> None:
+        await self._send_json({"event": "mark", "stream_sid": self.stream_sid, "mark": {"name": name}})
+
+    async def _send_clear(self) -> None:
+        await self._send_json({"event": "clear", "stream_sid": self.stream_sid})
 
     async def close_for(self, action: str, *, drain: bool) -> None:
         """Hangup/transfer: optionally let the queued audio play out, then close so the flow moves on."""
