@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import importlib
-import itertools
 import json
 import logging
 import re
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -41,6 +39,8 @@ from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
                             TransferRequest, TransferResult)
 from gateway.numbers import normalize_e164
+
+from .mediasocket import MarkedPlayout, StreamClosed
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -76,13 +76,6 @@ class CloseCode(IntEnum):
     BAD_TOKEN = 4006           # the one-time token in the headers does not match
     BAD_MEDIA_FORMAT = 4007    # content-type is not audio/l16 at 8/16 kHz
     ENGINE_ERROR = 4008
-
-
-class StreamClosed(Exception):
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 # -- NCCOs (built with the SDK's models so their shape follows Vonage's schema) ---------------------------------
@@ -255,12 +248,14 @@ def _ncco_models(ncco: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
-class VonageStream:
+class VonageStream(MarkedPlayout):
     """One media websocket: first text message, binary L16 both ways, notify/clear, DTMF."""
 
-    _mark_ids = itertools.count(1)
+    internal_mark = INTERNAL_MARK
+    drain_errors = (asyncio.TimeoutError, ConnectionError, RuntimeError)
 
     def __init__(self, carrier: "VonageCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+        super().__init__()   # marks, drain waiters, playout_end
         self.carrier = carrier
         self.ws = ws
         self.request = request
@@ -269,13 +264,9 @@ class VonageStream:
         self.rate = 16000
         self.frame = 640
         self.closing_for: str | None = None
-        self.pending_marks: deque[str] = deque()
-        self.forgotten: set[str] = set()
-        self._drain_waiters: dict[str, asyncio.Future] = {}
         self._sender: asyncio.Task | None = None
         self._stopping = False
         self._carry = b""
-        self.playout_end = 0.0
         self.frames_sent = 0
         self.dtmf_tasks: set[asyncio.Task] = set()
 
@@ -363,49 +354,19 @@ class VonageStream:
                 self.log.warning("ignored malformed websocket:dtmf", extra={"digit": digit[:8]})
         elif event == "websocket:notify":
             payload = m.get("payload") if isinstance(m.get("payload"), dict) else {}
-            self._on_mark(str(payload.get("name", "")))
+            self._mark_played(str(payload.get("name", "")))
         elif event == "websocket:cleared":
             self.log.debug("vonage cleared its playback buffer")
         else:
             self.log.debug("ignored vonage websocket event", extra={"event": str(event)[:40]})
 
-    def _on_mark(self, name: str) -> None:
-        waiter = self._drain_waiters.pop(name, None)
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-            return
-        if name in self.forgotten:
-            self.forgotten.discard(name)
-            return
-        try:
-            self.pending_marks.remove(name)
-        except ValueError:
-            return
-        self.call.feed_event(Mark(name))
-
     async def _finish(self) -> None:
         self._stopping = True
-        if self._sender is not None and not self._sender.done():
-            self._wake_sender()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), 15)
-            except asyncio.TimeoutError:
-                self._sender.cancel()
-            except Exception:
-                pass
-        for w in self._drain_waiters.values():
-            if not w.done():
-                w.set_result(None)
+        await self._stop_sender(self._sender)
+        self._release_drain_waiters()
         if not self.ws.closed:
             await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
         await self.carrier.stream_gone(self)
-
-    def _wake_sender(self) -> None:
-        """Unblock `next_outbound()` instead of cancelling it: it may be running a hangup or transfer."""
-        bus = self.call.bus if self.call is not None else None
-        if bus is not None and not bus.outbound.full():
-            bus.outbound.put_nowait(Clear())
 
     # -- sender -------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
@@ -421,8 +382,7 @@ class VonageStream:
                 if isinstance(item, AudioFrame):
                     await self.send_frame(item.pcm)
                 elif isinstance(item, Mark):
-                    self.pending_marks.append(item.name)
-                    await self._send_json({"action": "notify", "payload": {"name": item.name}})
+                    await self.send_engine_mark(item.name)
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
@@ -437,53 +397,24 @@ class VonageStream:
             raise
         except Exception:
             call.log.exception("vonage media sender failed")
-        if nxt is not None and not nxt.done():
-            self._wake_sender()
-            done, _ = await asyncio.wait({nxt}, timeout=15)
-            if not done:
-                nxt.cancel()
+        await self._settle_next(nxt)
 
     async def send_frame(self, pcm: bytes) -> None:
         """One bus frame (exactly 20 ms at the socket's rate) → one binary message, as Vonage expects.
 
         Engines often produce speech faster than real time; we stay at most `max_ahead` seconds ahead of playback
         so Vonage's buffer (about 60 s) never overflows and a barge-in has little to throw away."""
-        loop = asyncio.get_running_loop()
-        ahead = self.playout_end - loop.time() - self.carrier.max_ahead
-        if ahead > 0:
-            await asyncio.sleep(ahead)
+        await self._pace(self.carrier.max_ahead)
         await self.ws.send_bytes(pcm)
-        now = loop.time()
-        self.playout_end = max(self.playout_end, now) + len(pcm) / 2 / self.rate
+        self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
 
-    async def clear(self) -> None:
+    # -- wire format of marks (notify) and clear; the bookkeeping, `clear()` and `drain()` are MarkedPlayout's ----
+    async def _send_mark(self, name: str) -> None:
+        await self._send_json({"action": "notify", "payload": {"name": name}})
+
+    async def _send_clear(self) -> None:
         await self._send_json({"action": "clear"})
-        self.forgotten.update(self.pending_marks)
-        self.pending_marks.clear()
-        self.playout_end = asyncio.get_running_loop().time()
-
-    async def drain(self, cap: float = 30.0) -> None:
-        """Wait until Vonage has played what we sent (a notify of our own), bounded by the audio queued."""
-        if self.ws.closed:
-            return
-        loop = asyncio.get_running_loop()
-        left = self.playout_end - loop.time()
-        if left <= 0:
-            return
-        name = f"{INTERNAL_MARK}{next(self._mark_ids)}"
-        fut = loop.create_future()
-        self._drain_waiters[name] = fut
-        try:
-            await self._send_json({"action": "notify", "payload": {"name": name}})
-            await asyncio.wait_for(fut, min(left + 2.0, cap))
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            self._drain_waiters.pop(name, None)
-
-    async def _send_json(self, obj: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
 
 
 # -- the carrier ------------------------------------------------------------------------------------------------
