@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import socket
+import struct
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,17 +31,50 @@ from gateway.procstat import ProcessSampler  # noqa: E402
 NUMBER = "+15550100000"
 
 
+def long_media_scenario(seconds: float) -> Path:
+    """uac_pcma_echo.xml playing `seconds` of G.711 instead of its 7 s pcap: SIPp plays a pcap once, so the
+    pcap is looped (RTP sequence numbers, timestamps and capture times continued) into a temporary file."""
+    src = (SCENARIO_DIR / "pcap" / "g711a.pcap").read_bytes()
+    recs, off = [], 24
+    while off < len(src):
+        sec, usec, incl, _ = struct.unpack_from("<IIII", src, off)
+        recs.append((sec + usec / 1e6, src[off + 16: off + 16 + incl]))
+        off += 16 + incl
+    rtp_at = 14 + 20 + 8                               # Ethernet + IPv4 + UDP headers in this capture
+    samples = len(recs[0][1]) - rtp_at - 12            # G.711: one byte per sample (240 = 30 ms packets)
+    span = recs[-1][0] - recs[0][0] + samples / 8000
+    out = [src[:24]]
+    for k in range(math.ceil(seconds / span)):
+        for t, data in recs:
+            pkt = bytearray(data)
+            seq, ts = struct.unpack_from("!HI", pkt, rtp_at + 2)
+            struct.pack_into("!HI", pkt, rtp_at + 2, (seq + k * len(recs)) & 0xFFFF,
+                             (ts + k * len(recs) * samples) & 0xFFFFFFFF)
+            if k:
+                pkt[rtp_at + 1] &= 0x7F               # the marker bit only on the very first packet
+            t += k * span
+            out.append(struct.pack("<IIII", int(t), int(round((t - int(t)) * 1e6)) % 1_000_000, len(pkt),
+                                   len(pkt)) + bytes(pkt))
+    d = Path(tempfile.mkdtemp(prefix="sip-load-"))
+    (d / "long.pcap").write_bytes(b"".join(out))
+    xml = (SCENARIO_DIR / "uac_pcma_echo.xml").read_text().replace("pcap/g711a.pcap", str(d / "long.pcap"))
+    (d / "uac_pcma_echo_long.xml").write_text(xml)
+    return d / "uac_pcma_echo_long.xml"
+
+
 def media_port() -> int:
     return free_port(socket.SOCK_DGRAM) & ~1
 
 
-async def step(rate: float, calls: int, hold_ms: int, rtp: bool, concurrent: int) -> dict:
+async def step(rate: float, calls: int, hold_ms: int, rtp: bool, concurrent: int,
+               scenario_file: Path | None = None) -> dict:
     gw = await start_gateway(NUMBER)
     try:
         sampler = ProcessSampler(gw.proc.pid)
         sampler.start()
         before = await read_metrics(gw.http_url)
-        scenario = ["-sf", str(SCENARIO_DIR / "uac_pcma_echo.xml")] if rtp else ["-sn", "uac"]
+        scenario = (["-sf", str(scenario_file or SCENARIO_DIR / "uac_pcma_echo.xml")] if rtp
+                    else ["-sn", "uac"])
         args = [*scenario, "-s", NUMBER[1:], "-r", str(rate), "-m", str(calls), "-l", str(concurrent),
                 "-d", str(hold_ms), "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(media_port()),
                 "-timeout", f"{int(calls / rate + hold_ms / 1000 + 60)}s", "-timeout_error", "-aa"]
@@ -88,9 +124,10 @@ async def cps(args: argparse.Namespace) -> None:
 
 async def rtp(args: argparse.Namespace) -> None:
     rows, best = [], 0
+    scenario = long_media_scenario(args.hold + 2)
     for n in (int(c) for c in args.counts.split(",")):
         rate = max(10.0, n / 20)  # ramp up within ~20 s
-        r = await step(rate, n, int(args.hold * 1000), True, concurrent=n)
+        r = await step(rate, n, int(args.hold * 1000), True, concurrent=n, scenario_file=scenario)
         expected = max(r["rtp_in"], 1)
         bad = 100 * r["rtp_lost"] / expected
         rows.append([n, r["ok"], r["failed"], int(r["rtp_in"]), int(r["rtp_out"]), f"{bad:.3f}",
@@ -102,7 +139,8 @@ async def rtp(args: argparse.Namespace) -> None:
     write_section("sip_rtp", "SIP + RTP concurrency", (
         f"Largest number of simultaneous {args.hold:.0f}-second G.711 echo calls with < 0.1 % lost/late RTP at "
         f"the gateway and 0 failed calls: **{best}**. RTP counted by the gateway's jitter buffers "
-        "(`/metrics`); SIPp plays g711a.pcap into every call and runs on the other core.\n\n" + table(
+        "(`/metrics`); SIPp plays G.711 A-law for the whole call into every call (g711a.pcap looped, 30 ms "
+        "packets) and runs on the other core.\n\n" + table(
             ["calls", "ok", "failed", "RTP in", "RTP out", "lost+late %", "clock late ticks", "gateway CPU %",
              "peak RSS MiB"], rows)), command=f"python bench/sip_load.py rtp --counts {args.counts} --hold {args.hold}")
 
