@@ -131,16 +131,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict]]:
         try:
             await media_ws.wait_healthy(gw_port, gw)
             await wait_port(pc_port, pc)
+            # Two verdicts per step: `ok` is the absolute target (p99 < 20 ms, nothing lost); `keeps_up` compares a
+            # server with itself at one call (p99 within 20 ms of its own single-call p99, no more audio lost), so
+            # a server whose design buffers output (pipecat) is still measured for capacity.
             alive = {"gateway": True, "pipecat": True}
+            base: dict[str, dict] = {}
             for n in args.steps:
                 for name, port, proc in (("gateway", gw_port, gw), ("pipecat", pc_port, pc)):
                     if not alive[name]:
                         continue
                     r = await run_step(port, proc.pid, n, args.seconds, payloads, pipecat=name == "pipecat")
+                    b = base.setdefault(name, r)
+                    per_call_lost = b["lost"] / b["n"]
+                    r["keeps_up"] = r["p99"] <= b["p99"] + 20.0 and r["lost"] <= per_call_lost * n + n
                     out[name].append(r)
                     print(f"{name:8s} N={n:4d} p50 {r['p50']:7.2f} ms p99 {r['p99']:7.2f} ms lost {r['lost']:6d} "
-                          f"cpu {r['cpu']:5.1f} % {'ok' if r['ok'] else 'FAIL'}", flush=True)
-                    alive[name] = r["ok"]
+                          f"cpu {r['cpu']:5.1f} % {'ok' if r['ok'] else 'FAIL'} "
+                          f"{'keeps up' if r['keeps_up'] else 'falls behind'}", flush=True)
+                    alive[name] = r["keeps_up"]
                 if not any(alive.values()):
                     break
         finally:
@@ -165,6 +173,7 @@ def main() -> None:
     except ImportError:
         res = asyncio.run(main_async(args))
     best = {k: max((r["n"] for r in v if r["ok"]), default=0) for k, v in res.items()}
+    cap = {k: max((r["n"] for r in v if r["keeps_up"]), default=0) for k, v in res.items()}
     by_n: dict[int, dict[str, dict]] = {}
     for k, v in res.items():
         for r in v:
@@ -176,7 +185,9 @@ def main() -> None:
         rows.append([n, cell(g, "p50", ".2f"), cell(g, "p99", ".2f"), cell(g, "lost", "d"), cell(g, "cpu", ".0f"),
                      cell(p, "p50", ".2f"), cell(p, "p99", ".2f"), cell(p, "lost", "d"), cell(p, "cpu", ".0f")])
     body = (f"Largest N with p99 turnaround < 20 ms and no lost audio, one core each: **gateway {best['gateway']}**, "
-            f"**pipecat-ai {pipecat_version(pipecat_python())} {best['pipecat']}**. Same generator, same run; "
+            f"**pipecat-ai {pipecat_version(pipecat_python())} {best['pipecat']}**. Largest N each keeps up with "
+            f"its own single-call turnaround (+20 ms, no extra loss): **gateway {cap['gateway']}**, "
+            f"**pipecat {cap['pipecat']}**. Same generator, same run; "
             f"{args.seconds:g} s of real-time μ-law per call; echo at 16 kHz on both sides.\n\n"
             + table(["calls", "gateway p50 ms", "gateway p99 ms", "gateway lost frames", "gateway CPU %",
                      "pipecat p50 ms", "pipecat p99 ms", "pipecat lost frames", "pipecat CPU %"], rows)
