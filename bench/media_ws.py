@@ -18,7 +18,6 @@ import os
 import random
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 
 NUMBER = "+15005550006"
@@ -51,17 +51,6 @@ class CallResult:
     late_sends: list[float] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def prepare_db(db: str) -> None:
     from gateway.store import Store
     store = Store(db)
@@ -70,34 +59,6 @@ async def prepare_db(db: str) -> None:
     await store.create_number({"phone_number": NUMBER, "provider": "twilio", "agent_id": agent["id"],
                                "config": {"account_sid": ACCOUNT}}, {"account_token": TOKEN})
     await store.close()
-
-
-def start_gateway(tmp: str, port: int, core: int | None) -> subprocess.Popen:
-    env = dict(os.environ, GATEWAY_CARRIERS="twilio", GATEWAY_ENABLE_SIP="false", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
-         "--db", os.path.join(tmp, "gw.db"), "--data-dir", tmp, "--engine", "echo", "--api-key", "bench",
-         "--public-url", f"http://127.0.0.1:{port}", "--max-calls", "10000", "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "gateway.log"), "w"))
-    if core is not None:
-        os.sched_setaffinity(proc.pid, {core})
-    return proc
-
-
-async def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("gateway exited at start-up; see gateway.log")
-            try:
-                async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("gateway did not become healthy")
 
 
 class Call:
@@ -213,7 +174,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
         gw_core, gen_core = (cores[0], cores[1]) if len(cores) >= 2 and not args.no_pin else (None, None)
         if gen_core is not None:
             os.sched_setaffinity(0, {gen_core})
-        proc = start_gateway(tmp, port, gw_core)
+        proc = start_gateway(tmp, port, gw_core, "twilio")
         if args.nice:
             os.setpriority(os.PRIO_PROCESS, 0, args.nice)
             os.setpriority(os.PRIO_PROCESS, proc.pid, args.nice)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import media_ws  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.pipecat_env import pipecat_python, pipecat_version  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -76,10 +77,10 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
                 await c.setup(http)
         await asyncio.wait_for(asyncio.gather(*(setup(c) for c in calls)), 30 + n * 0.05)
     await asyncio.sleep(0.5)
-    cpu0, w0 = media_ws.cpu_seconds(pid), time.monotonic()
+    cpu0, w0 = cpu_seconds(pid), time.monotonic()
     t0 = time.monotonic() + 0.1
     await asyncio.wait_for(asyncio.gather(*(c.run(t0, frames) for c in calls)), seconds + 20)
-    cpu = (media_ws.cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
     turn, lost = [], 0
     for c in calls:
         k = min(len(c.res.sent), len(c.res.received))
@@ -125,11 +126,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"gateway": [], "pipecat": []}
     with tempfile.TemporaryDirectory(prefix="bench-vs-pipecat-") as tmp:
         await media_ws.prepare_db(os.path.join(tmp, "gw.db"))
-        gw_port, pc_port = media_ws.free_port(), media_ws.free_port()
-        gw = media_ws.start_gateway(tmp, gw_port, srv_core)
+        gw_port, pc_port = free_port(), free_port()
+        gw = start_gateway(tmp, gw_port, srv_core, "twilio")
         pc = start_pipecat(pc_port, srv_core, tmp)
         try:
-            await media_ws.wait_healthy(gw_port, gw)
+            await wait_healthy(gw_port, gw)
             await wait_port(pc_port, pc)
             # Two verdicts per step: `ok` is the absolute target (p99 < 20 ms, nothing lost); `keeps_up` compares a
             # server with itself at one call (p99 within 20 ms of its own single-call p99, no more audio lost), so
