@@ -120,6 +120,8 @@ class Call:
         self.answered = time.monotonic()
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")
+        if self.ended.is_set():  # hung up while the row was written: no engine for a finished call
+            return
         self.bus.feed_event(CallStarted(self.id, self.carrier, self.direction, self.from_number, self.to_number,
                                         (self.agent or {}).get("id"), dict(self.metadata)))
         session = EngineSession(self, engine.sample_rate)
