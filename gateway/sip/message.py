@@ -955,3 +955,15 @@ class SipStreamParser:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+def split_hostport(value: str, default: int) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]:port`, with or without `sip:` (outbound proxies, registrars)."""
+    v = value.strip().removeprefix("sip:")
+    if v.startswith("["):
+        host, _, rest = v[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default
+    if v.count(":") == 1:
+        h, p = v.split(":")
+        return h, int(p)
+    return v, default

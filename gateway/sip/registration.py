@@ -14,7 +14,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag
+from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag, split_hostport
 from .ua import Credentials, RequestFailed, UserAgent
 
 log = logging.getLogger("gateway.sip.registration")
@@ -29,17 +29,6 @@ def refresh_in(granted: int) -> float:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _hostport(value: str, default: int) -> tuple[str, int]:
-    v = value.strip().removeprefix("sip:")
-    if v.startswith("["):
-        host, _, rest = v[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    if v.count(":") == 1:
-        h, p = v.split(":")
-        return h, int(p)
-    return v, default
 
 
 class Registration:
@@ -59,7 +48,7 @@ class Registration:
         self.route: list[str] = []
         self.dest = (self.host, self.port, self.transport)
         if cfg.get("outbound_proxy"):
-            ph, pp = _hostport(cfg["outbound_proxy"], 5060)
+            ph, pp = split_hostport(cfg["outbound_proxy"], 5060)
             self.dest = (ph, pp, self.transport)
             self.route = [f"<sip:{ph}:{pp};lr>"]
         self.expires = expires

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import digest
-from .message import NameAddr, SipRequest, SipResponse, new_call_id, new_tag
+from .message import NameAddr, SipRequest, SipResponse, new_call_id, new_tag, split_hostport
 from .numbering import DialPlan, sip_uri
 from .sdp import make_offer
 from .ua import Credentials, OutgoingInvite, RequestFailed, UserAgent, reason_header
@@ -41,17 +41,6 @@ def verdict_for(status: int) -> str:
     if status in (404, 484, 604):
         return NOT_FOUND
     return FAILED
-
-
-def _hostport(value: str, default: int) -> tuple[str, int]:
-    v = value.strip().removeprefix("sip:")
-    if v.startswith("["):
-        host, _, rest = v[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    if v.count(":") == 1:
-        h, p = v.split(":")
-        return h, int(p)
-    return v, default
 
 
 async def _resolve(host: str) -> list[str]:
@@ -90,7 +79,7 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
     dest = (host, port, transport)
     route: list[str] = []
     if fields.get("outbound_proxy"):
-        ph, pp = _hostport(fields["outbound_proxy"], 5060)
+        ph, pp = split_hostport(fields["outbound_proxy"], 5060)
         dest = (ph, pp, transport)
         route = [f"<sip:{ph}:{pp};lr>"]
     steps: list[dict[str, Any]] = []

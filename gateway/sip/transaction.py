@@ -128,7 +128,30 @@ def make_cancel(invite: SipRequest, headers: list[tuple[str, str]] | None = None
 
 # --- client -------------------------------------------------------------------------------------------------
 
-class ClientTransaction:
+class _TimerSet:
+    """The named RFC 3261 timers (A, B, D, E…) of one transaction, on the layer's clock (real or fake)."""
+
+    __slots__ = ()
+
+    def _set(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
+        old = self._timers.get(name)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = self.layer.clock.call_later(delay, fn, *args)
+
+    def _stop(self, *names: str) -> None:
+        for n in names:
+            h = self._timers.pop(n, None)
+            if h is not None:
+                h.cancel()
+
+    def _stop_all(self) -> None:
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+
+
+class ClientTransaction(_TimerSet):
     __slots__ = ("layer", "request", "addr", "protocol", "conn", "on_provisional", "is_invite", "reliable",
                  "state", "key", "final", "last_response", "_data", "_timers", "_provisional_seen",
                  "_cancel_txn", "_ack_data", "_got_response", "server_name")
@@ -156,18 +179,6 @@ class ClientTransaction:
         self.server_name: str | None = None  # TLS: the name the peer's certificate must carry
 
     # -- timers
-    def _set(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
-        old = self._timers.get(name)
-        if old is not None:
-            old.cancel()
-        self._timers[name] = self.layer.clock.call_later(delay, fn, *args)
-
-    def _stop(self, *names: str) -> None:
-        for n in names:
-            h = self._timers.pop(n, None)
-            if h is not None:
-                h.cancel()
-
     def start(self) -> None:
         L = self.layer
         self._send(self._data)
@@ -237,9 +248,7 @@ class ClientTransaction:
 
     def terminate(self) -> None:
         self.state = TERMINATED
-        for h in self._timers.values():
-            h.cancel()
-        self._timers.clear()
+        self._stop_all()
         if self.layer._clients.get(self.key) is self:
             del self.layer._clients[self.key]
 
@@ -325,7 +334,7 @@ class ClientTransaction:
 
 # --- server -------------------------------------------------------------------------------------------------
 
-class ServerTransaction:
+class ServerTransaction(_TimerSet):
     __slots__ = ("layer", "request", "source", "conn", "is_invite", "reliable", "state", "key", "last_response",
                  "_last_data", "_dest", "_timers", "_cancelled", "to_tag", "dialog_key", "__weakref__")
 
@@ -355,18 +364,6 @@ class ServerTransaction:
     @property
     def is_final(self) -> bool:
         return self.state not in (TRYING, PROCEEDING)
-
-    def _set(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
-        old = self._timers.get(name)
-        if old is not None:
-            old.cancel()
-        self._timers[name] = self.layer.clock.call_later(delay, fn, *args)
-
-    def _stop(self, *names: str) -> None:
-        for n in names:
-            h = self._timers.pop(n, None)
-            if h is not None:
-                h.cancel()
 
     def _transmit(self) -> None:
         if self._last_data is None or self._dest is None:
@@ -498,9 +495,7 @@ class ServerTransaction:
 
     def terminate(self) -> None:
         self.state = TERMINATED
-        for h in self._timers.values():
-            h.cancel()
-        self._timers.clear()
+        self._stop_all()
         L = self.layer
         if L._servers.get(self.key) is self:
             del L._servers[self.key]
