@@ -34,6 +34,8 @@ class Settings:
     carriers: list[str] | None = None   # None = every installed carrier
     enable_sip: bool = True
     log_level: str = "INFO"
+    webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
+    webhook_timeout: float = 10.0   # seconds per attempt
 
     @property
     def db_url(self) -> str:
@@ -58,6 +60,8 @@ def _coerce(name: str, value: Any) -> Any:
     if isinstance(value, str):
         if t == "int":
             return int(value)
+        if t == "float":
+            return float(value)
         if t == "bool":
             return value.strip().lower() in ("1", "true", "yes", "on")
         if t.startswith("list"):

@@ -28,7 +28,7 @@ class Gateway:
         self.store = Store(settings.db_url)
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
-        self.webhooks = WebhookDispatcher()
+        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
