@@ -9,6 +9,7 @@ re-framing) with N simultaneous calls paced in real time (20 ms), on uvloop when
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import asyncio
 import math
 import random
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.cli import run_async  # noqa: E402
 from bench._report import write_section  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.frames import AudioFrame  # noqa: E402
@@ -93,14 +95,8 @@ def main() -> None:
     ap.add_argument("--calls", default="1,100,500")
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
-    try:
-        import uvloop
-        run = uvloop.run
-        loop_name = "uvloop"
-    except ImportError:
-        run = asyncio.run
-        loop_name = "asyncio"
-    rows = [run(measure(int(n), args.seconds)) for n in args.calls.split(",")]
+    loop_name = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    rows = [run_async(measure(int(n), args.seconds)) for n in args.calls.split(",")]
     lines = [f"Event loop: {loop_name}; echo engine at 16 kHz, carrier leg 8 kHz; {args.seconds:.0f} s per call, "
              "real-time 20 ms pacing; latency = frame fed by the carrier → echoed frame ready for the carrier.", "",
              "| simultaneous calls | frames | p50 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|---|"]

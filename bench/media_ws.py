@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 
 NUMBER = "+15005550006"
@@ -252,11 +253,7 @@ def main() -> int:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin gateway and generator to separate cores (CPU %% still counts the gateway alone)")
     args = p.parse_args()
-    try:
-        import uvloop
-        results = uvloop.run(main_async(args))
-    except ImportError:
-        results = asyncio.run(main_async(args))
+    results = run_async(main_async(args))  # uvloop when installed, as `gateway serve`
     body = report(results, args)
     print(body)
     if not args.no_write and results:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from gateway.loadtest.command import SCENARIO_DIR, free_port, read_metrics, start_gateway  # noqa: E402
 from gateway.loadtest.sipp import run_sipp  # noqa: E402
@@ -158,12 +159,7 @@ def main() -> None:
     r.add_argument("--counts", default="100,250,500,750,1000")
     r.add_argument("--hold", type=float, default=60)
     args = ap.parse_args()
-    try:
-        import uvloop
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    run(cps(args) if args.kind == "cps" else rtp(args))
+    run_async(cps(args) if args.kind == "cps" else rtp(args))  # uvloop when installed, as `gateway serve`
 
 
 if __name__ == "__main__":

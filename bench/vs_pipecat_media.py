@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import media_ws  # noqa: E402
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.pipecat_env import pipecat_python, pipecat_version  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -168,11 +169,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    try:
-        import uvloop
-        res = uvloop.run(main_async(args))
-    except ImportError:
-        res = asyncio.run(main_async(args))
+    res = run_async(main_async(args))  # uvloop when installed, as `gateway serve`
     best = {k: max((r["n"] for r in v if r["ok"]), default=0) for k, v in res.items()}
     cap = {k: max((r["n"] for r in v if r["keeps_up"]), default=0) for k, v in res.items()}
     by_n: dict[int, dict[str, dict]] = {}
