@@ -112,24 +112,25 @@ class Store:
             del self._cache[key]
 
     @contextlib.asynccontextmanager
+    async def _write_turn(self):
+        """Wait for SQLite's single writer slot (no-op on PostgreSQL)."""
+        if self._sqlite_write_lock is None:
+            yield
+        else:
+            async with self._sqlite_write_lock:
+                yield
+
+    @contextlib.asynccontextmanager
     async def _writing_core(self):
         """A Core connection in one write transaction: the batch writer needs no ORM session machinery."""
-        if self._sqlite_write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self._sqlite_write_lock, self.engine.begin() as conn:
-                yield conn
+        async with self._write_turn(), self.engine.begin() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def _writing(self):
-        """One write transaction (serialised on SQLite)."""
-        if self._sqlite_write_lock is None:
-            async with self._session.begin() as s:
-                yield s
-        else:
-            async with self._sqlite_write_lock, self._session.begin() as s:
-                yield s
+        """One ORM write transaction (serialised on SQLite)."""
+        async with self._write_turn(), self._session.begin() as s:
+            yield s
 
     async def open(self) -> None:
         if self.url.startswith("sqlite"):
