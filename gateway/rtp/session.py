@@ -83,9 +83,6 @@ class RtpSession(asyncio.DatagramProtocol):
         self.call = call
         self.sending = True
 
-    def start_sending(self) -> None:
-        self.sending = True
-
     async def send_dtmf(self, digits: str) -> None:
         DtmfSender(digits)  # validates now, raising ValueError for a bad digit
         self._dtmf_pending.append(digits)
