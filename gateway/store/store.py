@@ -60,6 +60,24 @@ def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 
 _log = _logging.getLogger("gateway.store")
 
+
+def _add_missing_columns(sync_conn: Any) -> None:
+    """Bring a database made by an older release up to the models: `create_all` makes missing tables but never
+    changes existing ones, so every column added since is added here (nullable or with its server default).
+    Additive only: nothing is dropped or retyped, so an older release can still read the database."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateColumn
+
+    inspector = inspect(sync_conn)
+    for table in Base.metadata.sorted_tables:
+        existing = {c["name"] for c in inspector.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in existing:
+                continue
+            ddl = CreateColumn(col).compile(dialect=sync_conn.dialect)
+            sync_conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            _log.warning("database upgraded", extra={"table": table.name, "column": col.name})
+
 #: column defaults for a new call-log row (the batch INSERT sets every column explicitly)
 _CALL_DEFAULTS: dict[str, Any] = {
     "carrier_sid": None, "agent_id": None, "phone_number_id": None, "from_number": None, "to_number": None,
@@ -149,6 +167,7 @@ class Store:
                 cur.close()
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
