@@ -5,6 +5,7 @@ Every setting has a working default so `gateway serve` runs on a fresh machine w
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,10 +37,21 @@ class Settings:
     log_level: str = "INFO"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
+    #: runs one process, which is then the node itself).
+    node_id: str = field(default_factory=socket.gethostname)
+    worker_index: int = 0
+    workers: int = 1                # `serve --workers N`: a supervisor and N worker processes
+    drain_timeout: float = 300.0    # seconds live calls may go on after SIGTERM / drain before they are hung up
 
     @property
     def db_url(self) -> str:
         return self.db or os.path.join(self.data_dir, "gateway.db")
+
+    @property
+    def proc_id(self) -> str:
+        """The id that owns calls in the call log: the node id, or `<node>.<k>` for worker k."""
+        return self.node_id if self.worker_index == 0 else f"{self.node_id}.{self.worker_index}"
 
     @property
     def public_base(self) -> str:
