@@ -37,6 +37,8 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
             port = s.getsockname()[1]
         if even and port % 2:
             continue
+        if not (_udp_free(port, socket.SOCK_DGRAM) and _udp_free(port, socket.SOCK_STREAM)):
+            continue  # SIPp binds the other kind too (and TCP ports linger in TIME_WAIT)
         if even:  # RTP + RTCP (+2 for SIPp's video echo)
             if not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
                 continue
@@ -100,6 +102,10 @@ async def sipp_uac(scenario: str, target_port: int, *, calls: int = 1, rate: flo
     return Outcome(result)
 
 
+class _PortTaken(RuntimeError):
+    """SIPp could not bind the port we picked: someone else got it first."""
+
+
 class SippUas:
     """A SIPp server scenario running in the background; `await uas.wait()` for its counters."""
 
@@ -107,9 +113,9 @@ class SippUas:
                  extra: list[str] = (), workdir: str | None = None, rtp_echo: bool = False) -> None:
         self.port = free_port()
         self.media_port = free_port(even=True)
-        ex = ["-p", str(self.port), *(["-rtp_echo"] if rtp_echo else []), *extra]
-        self._args = _args(scenario, calls=calls, timeout_s=timeout_s, service=None, duration_ms=duration_ms,
-                           media_port=self.media_port, extra=ex)
+        self._build = lambda: _args(scenario, calls=calls, timeout_s=timeout_s, service=None,
+                                    duration_ms=duration_ms, media_port=self.media_port,
+                                    extra=["-p", str(self.port), *(["-rtp_echo"] if rtp_echo else []), *extra])
         self._deadline = timeout_s + 10
         tcp = any(a in ("t1", "tn") for a in extra)
         self._kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
@@ -118,14 +124,26 @@ class SippUas:
         self.result: Outcome | None = None
 
     async def start(self) -> "SippUas":
+        for attempt in range(3):
+            try:
+                return await self._start_once()
+            except _PortTaken:
+                # another process took the port between our check and SIPp's bind: new ports, same scenario
+                self.port, self.media_port = free_port(), free_port(even=True)
+        return await self._start_once()
+
+    async def _start_once(self) -> "SippUas":
         # the "target" is unused by a UAS but the runner insists on loopback anyway
-        self._task = asyncio.create_task(run_sipp("127.0.0.1:9", self._args, deadline_s=self._deadline,
+        self._task = asyncio.create_task(run_sipp("127.0.0.1:9", self._build(), deadline_s=self._deadline,
                                                   cwd=self._workdir))
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
         while _udp_free(self.port, self._kind):  # SIPp has bound its port once we can no longer bind it
             if self._task.done():
-                raise RuntimeError("SIPp UAS exited at start:\n" + Outcome(self._task.result()).explain())
+                explained = Outcome(self._task.result()).explain()
+                if "Address already in use" in explained:
+                    raise _PortTaken(explained)
+                raise RuntimeError("SIPp UAS exited at start:\n" + explained)
             if loop.time() > end:
                 raise RuntimeError("SIPp UAS did not bind its port within 5 s")
             await asyncio.sleep(0.02)
