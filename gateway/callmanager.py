@@ -51,6 +51,7 @@ class CallManager:
             "agent_id": (agent or {}).get("id"), "phone_number_id": (number or {}).get("id"),
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
+            "owner": self.gateway.settings.proc_id,
         })
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}

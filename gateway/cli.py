@@ -25,6 +25,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
+                                     "calls it takes (docs/deploy.md)")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "max_calls": args.max_calls, "log_level": args.log_level,
+        "max_calls": args.max_calls, "log_level": args.log_level, "node_id": args.node_id,
     }, config_file=args.config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
+from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .store import Store
@@ -29,6 +30,10 @@ class Gateway:
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
+        #: commands to the process owning a call (in process, or PostgreSQL LISTEN/NOTIFY in cluster mode)
+        self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
+                                    keepalive=settings.heartbeat_interval)
+        self.membership = Membership(self)
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
@@ -76,7 +81,9 @@ class Gateway:
     async def start(self) -> None:
         self.ensure_api_key()
         await self.store.open()
-        self.build_app()
+        self.build_app()             # registers the control ops before the bus can deliver any
+        await self.control.start()
+        await self.membership.start()  # closes what a previous run left open before any new call can arrive
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)
@@ -86,6 +93,7 @@ class Gateway:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():
             await carrier.start()
+        await self.membership.announce()
         self.started = True
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
@@ -100,6 +108,8 @@ class Gateway:
         await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.membership.stop()
+        await self.control.stop()
         await self.store.close()
         self.started = False
 

@@ -23,13 +23,10 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
-
-if TYPE_CHECKING:
-    from .call import Call
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -62,6 +59,13 @@ def _signing_secret(agent: dict[str, Any] | None) -> str | None:
     return secret if isinstance(secret, str) and secret else None
 
 
+class WebhookSubject(Protocol):
+    """What a webhook is about: a live `Call`, or a call-log row closed on behalf of a dead process."""
+    id: str
+    log_id: int
+    agent: dict[str, Any] | None
+
+
 class WebhookDispatcher:
     def __init__(self, retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 10.0,
                  max_queued_per_call: int = 1000) -> None:
@@ -78,7 +82,12 @@ class WebhookDispatcher:
         self._seq: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    def emit(self, call: "Call", event: str, data: dict[str, Any]) -> None:
+    def resume_sequence(self, call: WebhookSubject, sent: int) -> None:
+        """Another process already sent `sent` events of this call (it owned it before): go on from there."""
+        if ((call.agent or {}).get("webhook_url") or "").strip():
+            self._seq[call.id] = max(self._seq.get(call.id, 0), sent)
+
+    def emit(self, call: WebhookSubject, event: str, data: dict[str, Any]) -> None:
         """Queue `event` for the call's agent webhook; returns at once."""
         url = ((call.agent or {}).get("webhook_url") or "").strip()
         if not url:
