@@ -34,6 +34,7 @@ class Gateway:
         self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
                                     keepalive=settings.heartbeat_interval)
         self.membership = Membership(self)
+        self.calls.register_control()
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self

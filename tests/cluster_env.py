@@ -114,14 +114,26 @@ class GatewayProc:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM (a graceful stop); `stop()` waits for it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def stop_all(procs: list[GatewayProc]) -> None:
+    """Stop several gateways at once (their shutdowns overlap instead of adding up)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.stop()
 
 
 def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | None = None,
@@ -131,9 +143,9 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
     data_dir.mkdir(exist_ok=True)
     port = port or free_port()
     log_path = str(data_dir / "gateway.log")
-    environ = dict(os.environ, PYTHONPATH=str(ROOT), GATEWAY_ENABLE_SIP="false",
-                   GATEWAY_CARRIERS="twilio,vonage,exotel", GATEWAY_HEARTBEAT_INTERVAL=str(HEARTBEAT), GATEWAY_STALE_AFTER=str(STALE),
-                   GATEWAY_CONTROL_TIMEOUT="3", **(env or {}))
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ENABLE_SIP": "false",
+               "GATEWAY_CARRIERS": "twilio,vonage,exotel", "GATEWAY_HEARTBEAT_INTERVAL": str(HEARTBEAT),
+               "GATEWAY_STALE_AFTER": str(STALE), "GATEWAY_CONTROL_TIMEOUT": "3", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
          "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,

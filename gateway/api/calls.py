@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ..call import Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
+from ..cluster import Reply
+from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
-from .errors import ApiError, read_json
+from .errors import ApiError, error_body, read_json
 from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
@@ -115,43 +118,134 @@ async def get_log(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
-    calls = [c.describe() for c in list(_gw(request).calls.active.values())]
+    """Live calls of every live process: this one's with meters, the others' from the call log."""
+    gw = _gw(request)
+    calls = [{**c.describe(), "owner": gw.settings.proc_id, "node": gw.settings.node_id}
+             for c in list(gw.calls.active.values())]
+    calls += await remote_live_calls(gw)
     return web.json_response({"success": True, "count": len(calls), "calls": calls})
 
 
-async def _live_call(gw: "Gateway", ident: str) -> Call:
-    log_id = _log_id(ident)
-    call = gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
-    if call is None:
-        row = await _log_row(gw, ident)
-        if row is None:
-            raise bad("id", f"call {ident} not found", 404)
-        raise bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
-    return call
+# -- control of a live call, wherever it lives ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CallOp:
+    """A control action on a live call, `POST /api/v1/calls/{id}/<name>`.
+
+    `parse` validates the request body in the process that received it; `perform` runs in the process that owns
+    the call (this one, or another reached over the control bus with the parsed args) and returns the JSON answer
+    or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was closed on its
+    behalf (`node_lost`); without it that is a 404 "not live". A new op (hold, mute…) is one more entry in
+    CALL_OPS: its route and its control-bus handler follow from it."""
+    name: str
+    parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
+    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
-async def hangup(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+async def _no_body(request: web.Request) -> dict[str, Any]:
+    return {}
+
+
+async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
-    return web.json_response({"success": True, "status": "hangup_requested", "call_id": call.id,
-                              "requestId": call.log_id})
+    return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
 
-async def transfer(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+def _hangup_orphan(row: dict[str, Any]) -> dict[str, Any]:
+    return {"success": True, "status": "closed", "call_id": row["call_uuid"], "requestId": row["id"],
+            "hangup_reason": "node_lost"}
+
+
+async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     body = await read_json(request)
     reject_unknown(body, {"number"})
-    number = as_e164(body["number"], "number") if body.get("number") not in (None, "") else None
+    return {"number": as_e164(body["number"], "number") if body.get("number") not in (None, "") else None}
+
+
+async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    number = args.get("number")
     if call.transfer_request(number) is None:
         raise bad("number", "is required: the call's agent has no transfer number configured")
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
     await call.request_transfer(number)
-    return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
-                              "requestId": call.log_id, "number": call.transfer_request(number).number})
+    return {"success": True, "status": "transfer_requested", "call_id": call.id, "requestId": call.log_id,
+            "number": call.transfer_request(number).number}
+
+
+CALL_OPS: list[CallOp] = [
+    CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
+    CallOp("transfer", _parse_transfer, _transfer),
+]
+
+
+def _local_call(gw: "Gateway", ident: str) -> Call | None:
+    log_id = _log_id(ident)
+    return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
+
+
+def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
+    return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
+
+
+async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
+    unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
+    call = _local_call(gw, ident)
+    if call is not None:
+        return 200, await op.perform(gw, call, args)
+    for _ in range(2):      # a second look when the call moved to another process (adoption) meanwhile
+        row = await _log_row(gw, ident)
+        if row is None:
+            raise bad("id", f"call {ident} not found", 404)
+        owner = row.get("owner")
+        if row.get("ended_at") is not None or owner == gw.settings.proc_id:
+            raise _not_live(ident, row)
+        if not await gw.membership.alive(owner):
+            break
+        reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args})
+        if reply is None:
+            if await gw.membership.alive(owner):
+                raise ApiError(504, f"the gateway process {owner} that owns call {ident} did not answer", "id")
+            break
+        if reply.status == 404 and reply.body.get("moved"):
+            continue
+        return reply.status, reply.body
+    else:
+        raise _not_live(ident, row)
+    closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
+    if op.orphan is not None and closed:
+        return 200, op.orphan(closed[0])
+    row = await _log_row(gw, ident) or row
+    raise bad("id", f"call {ident} is not live (its gateway process {owner} is gone; status "
+                    f"{row['call_status']}, {row.get('hangup_reason')})", 404)
+
+
+def _route(op: CallOp):
+    async def handler(request: web.Request) -> web.Response:
+        gw = _gw(request)
+        ident = request.match_info["id"]
+        _log_id(ident)                       # a malformed id is a 400 before anything else
+        args = await op.parse(request)
+        status, body = await run_call_op(gw, op, ident, args)
+        return web.json_response(body, status=status)
+    return handler
+
+
+def _bus_handler(gw: "Gateway", op: CallOp):
+    """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
+    async def handler(msg: dict[str, Any]) -> Reply:
+        ident = str(msg.get("call") or "")
+        call = gw.calls.get(ident)
+        if call is None:
+            return Reply(404, error_body(f"call {ident} is not live on {gw.settings.proc_id}", "id", moved=True))
+        args = msg.get("args")
+        try:
+            return Reply(200, await op.perform(gw, call, args if isinstance(args, dict) else {}))
+        except ApiError as e:
+            return Reply(e.status, error_body(e.message, e.field, **e.extra))
+    return handler
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
@@ -160,5 +254,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    r.add_post(f"{prefix}/calls/{{id}}/hangup", hangup)
-    r.add_post(f"{prefix}/calls/{{id}}/transfer", transfer)
+    gw: "Gateway" = app["gateway"]
+    for op in CALL_OPS:
+        r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
+        gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

@@ -23,8 +23,13 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The JSON of every API error (also what a forwarded call op answers with from the owning process)."""
+    return {"success": False, "error": message, "field": field, **extra}
+
+
 def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> web.Response:
-    body = {"success": False, "error": message, "field": field, **extra}
+    body = error_body(message, field, **extra)
     headers = {"WWW-Authenticate": 'Bearer realm="telephony-gateway"'} if status == 401 else None
     return web.json_response(body, status=status, headers=headers)
 

@@ -142,7 +142,9 @@ class PgControl(ControlBus):
 
     async def _connect(self) -> None:
         import asyncpg  # the postgres extra; only cluster mode needs it
-        conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
+        # named so an operator can find each process's listening session in pg_stat_activity
+        conn = await asyncpg.connect(self.dsn, timeout=self.timeout,
+                                     server_settings={"application_name": f"gateway-control {self.proc}"[:63]})
         await conn.add_listener(self.channel, self._on_notify)
         conn.add_termination_listener(self._on_terminated)
         self._conn = conn

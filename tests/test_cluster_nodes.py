@@ -1,0 +1,154 @@
+"""Two real `gateway serve` processes (node-a, node-b) on one fresh PostgreSQL database, with Twilio Media Streams
+played by a websocket client: control reaches the process that owns a call, a stream landing on the other process
+is joined to its call, and the calls of a process killed with SIGKILL are closed by the survivor."""
+from __future__ import annotations
+
+import pytest_asyncio
+
+from cluster_env import (STALE, call_row, create_database, drop_database, live_calls, start_gateway, stop_all,
+                         twilio_world, wait_until)
+from fakes.twilio_env import recording
+from test_webhooks import Receiver
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path):
+    db = await create_database()
+    receiver = Receiver()
+    await receiver.start()
+    world = await twilio_world(db, receiver.url("ok"))
+    started = []
+
+    def start(node_id: str, **env):
+        gw = start_gateway(tmp_path, node_id, db, env={**world.env, **env})
+        started.append(gw)
+        return gw
+
+    clients = []
+    yield start, world, receiver, clients
+    for c in clients:
+        await c.__aexit__()
+    stop_all(started)
+    await world.rest.stop()
+    await receiver.runner.cleanup()
+    await drop_database(db)
+
+
+async def in_progress_on(gw, call_id: str, owner: str):
+    row = await call_row(gw, call_id)
+    return row if row and row["call_status"] == "in-progress" and row["owner"] == owner else None
+
+
+async def test_api_on_either_node_reaches_the_call_owner(cluster):
+    start, world, receiver, clients = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    call_id, call_sid = await world.inbound(a)
+    clients.append(await world.stream(a, call_id, call_sid))
+    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+
+    listed = {c["call_id"]: c for c in await live_calls(b)}       # b lists a's call from the call log
+    assert listed[call_id]["owner"] == "node-a" and listed[call_id]["node"] == "node-a"
+    assert listed[call_id]["frames_in"] is None                   # meters live on the owner
+    mine = {c["call_id"]: c for c in await live_calls(a)}
+    assert mine[call_id]["owner"] == "node-a" and mine[call_id]["frames_in"] is not None
+
+    # the owner's answer comes back unchanged, errors included
+    status, body = await b.api("POST", f"/calls/{call_id}/transfer", {})
+    assert status == 400 and body["field"] == "number" and "transfer number" in body["error"]
+    status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": "not a number"})
+    assert status == 400 and body["field"] == "number"            # validated where it arrived
+
+    row = await call_row(b, call_id)
+    status, body = await b.api("POST", f"/calls/{row['id']}/hangup")
+    assert status == 200, body
+    assert body["status"] == "hangup_requested" and body["call_id"] == call_id
+
+    async def ended():
+        r = await call_row(b, call_id)
+        return r if r and r["ended_at"] else None
+    row = await wait_until(ended, 10, "the call to end")
+    assert (row["hangup_source"], row["hangup_reason"]) == ("system", "api_hangup")
+    completed = [r for r in world.rest.of("POST", f"/Calls/{call_sid}.json") if r.one("Status") == "completed"]
+    assert completed, "node-a completed the call at Twilio"
+    status, body = await b.api("POST", f"/calls/{call_id}/hangup")
+    assert status == 404 and body["field"] == "id"
+
+
+async def test_stream_on_the_other_node_joins_the_same_call(cluster):
+    start, world, receiver, clients = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    call_id, call_sid = await world.inbound(a)                    # a answered the webhook…
+    client = await world.stream(b, call_id, call_sid)             # …the media websocket reached b
+    clients.append(client)
+    row = await wait_until(lambda: in_progress_on(a, call_id, "node-b"), 10, "node-b to adopt the call")
+    assert row["carrier_sid"] == call_sid
+
+    audio = recording()[: 160 * 50]
+    await client.play(audio)
+    await client.wait_for(lambda: len(client.got.media) >= 45, timeout=10)   # echoed by node-b's engine
+
+    assert [c["owner"] for c in await live_calls(a) if c["call_id"] == call_id] == ["node-b"]
+    assert [c["owner"] for c in await live_calls(b) if c["call_id"] == call_id] == ["node-b"]
+    status, body = await a.api("GET", "/calls/logs?pagesize=50")
+    assert [r["carrier_sid"] for r in body["call_log_data"]].count(call_sid) == 1     # one row, one call
+
+    status, body = await a.api("POST", f"/calls/{call_id}/hangup")          # forwarded to the new owner
+    assert status == 200, body
+    await wait_until(lambda: _flag(receiver.done(call_id).is_set()), 10, "the post_call webhook")
+    events = receiver.events(call_id)
+    names = [e["event"] for e in events]
+    assert names[0] == "phone_call:connection_requested" and names[-2:] == ["hang_up", "post_call"]
+    assert "phone_call:accepted" in names and "conversation:started" in names
+    assert sorted(e["sequence"] for e in events) == list(range(1, len(events) + 1))   # one sequence per call
+    assert events[-1]["data"]["call_log"]["owner"] == "node-b"
+    assert events[-1]["data"]["call_log"]["hangup_reason"] == "api_hangup"
+
+
+async def test_survivor_closes_the_calls_of_a_killed_node(cluster):
+    start, world, receiver, clients = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    call_id, call_sid = await world.inbound(a)
+    clients.append(await world.stream(a, call_id, call_sid))
+    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    a.kill9()
+
+    async def closed():
+        r = await call_row(b, call_id)
+        return r if r and r["ended_at"] else None
+    row = await wait_until(closed, STALE + 10, "node-b to close node-a's call")
+    assert (row["call_status"], row["hangup_source"], row["hangup_reason"]) == ("completed", "system", "node_lost")
+    assert await live_calls(b) == []
+    await wait_until(lambda: _flag(receiver.done(call_id).is_set()), 10, "the post_call webhook")
+    tail = [e["event"] for e in receiver.events(call_id)][-3:]
+    assert tail == ["conversation:ended", "hang_up", "post_call"]
+    assert receiver.events(call_id)[-2]["data"] == {"source": "system", "reason": "node_lost"}
+
+
+async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
+    start, world, receiver, clients = cluster
+    a = start("node-a")
+    b = start("node-b", GATEWAY_HEARTBEAT_INTERVAL="60")   # b will not sweep on its own during this test
+    await a.wait_healthy()
+    await b.wait_healthy()
+    call_id, call_sid = await world.inbound(a)
+    clients.append(await world.stream(a, call_id, call_sid))
+    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    a.kill9()
+
+    async def gone_from_live():
+        return call_id not in {c["call_id"] for c in await live_calls(b)}
+    await wait_until(gone_from_live, STALE + 10, "node-a's heartbeat to go stale")
+    status, body = await b.api("POST", f"/calls/{call_id}/hangup")
+    assert status == 200 and body["status"] == "closed" and body["hangup_reason"] == "node_lost", body
+    row = await call_row(b, call_id)
+    assert row["ended_at"] and row["hangup_reason"] == "node_lost"
+
+
+async def _flag(value: bool) -> bool:
+    return value
