@@ -29,7 +29,11 @@ log = logging.getLogger("gateway.sip.ua")
 T1 = 0.5
 T2 = 4.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
-SUPPORTED = "timer, replaces"
+#: the option tags (RFC 3261 §19.2) we implement: session timers (RFC 4028). Not `replaces` (RFC 3891) nor
+#: `100rel` (RFC 3262): advertising one we do not do invites a peer to depend on it.
+EXTENSIONS = frozenset({"timer"})
+SUPPORTED = ", ".join(sorted(EXTENSIONS))
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 MIN_SE = 90                       # RFC 4028 §4: the smallest Session-Expires we accept
 USER_AGENT = "telephony-gateway"
 
@@ -245,6 +249,8 @@ class UserAgent:
     async def _route(self, req: SipRequest, txn: Any) -> None:
         method = req.method
         source = txn.source
+        if not self._acceptable(req, txn):
+            return
         if req.to_tag:
             session = self.sessions.get((req.call_id, req.to_tag, req.from_tag or ""))
             if session is None:
@@ -280,6 +286,21 @@ class UserAgent:
             self.respond(txn, req, 481, "Call/Transaction Does Not Exist")
             return
         self.respond(txn, req, 405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def _acceptable(self, req: SipRequest, txn: Any) -> bool:
+        """RFC 3261 §8.2.2: a Request-URI scheme we cannot handle gets 416 (§8.2.2.1), an option tag in Require
+        that we do not implement 420 listing it in Unsupported (§8.2.2.3) — INVITE included: answering 200 and
+        ignoring an extension the caller depends on is worse than refusing. (ACK and CANCEL never come here:
+        the transaction layer handles them, and §8.2.2.3 exempts them.)"""
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme not in URI_SCHEMES:
+            self.respond(txn, req, 416, "Unsupported URI Scheme")
+            return False
+        unknown = [t for t in req.headers.getlist("Require") if t.strip() and t.strip().lower() not in EXTENSIONS]
+        if unknown:
+            self.respond(txn, req, 420, "Bad Extension", headers=[("Unsupported", ", ".join(unknown))])
+            return False
+        return True
 
     def _answer_options(self, txn: Any, req: SipRequest) -> None:
         self.respond(txn, req, 200, "OK", headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
