@@ -363,7 +363,7 @@ class Via:
         m = _VIA_RE.match(value.strip())
         if m is None:
             other = _VIA_VERSION_RE.match(value)
-            if other is not None:  # RFC 4475 §3.1.2.? badvers: a well-formed Via of another SIP version
+            if other is not None and other.group(1) != "2.0":  # RFC 4475 badvers: a Via of another SIP version
                 raise SipParseError(f"SIP version {other.group(1)[:10]!r} in Via not supported", 505)
             raise SipParseError(f"malformed Via {value[:60]!r}")
         port = int(m.group(3)) if m.group(3) else None
