@@ -43,7 +43,7 @@ async def dispatch(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
     agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
-    to_number = as_e164(required(body, "to_number"), "to_number", require_plus=True)
+    to_number = as_e164(required(body, "to_number"), "to_number")
     number_id = as_int(required(body, "from_number_id"), "from_number_id", minimum=1)
     ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
     number = await gw.store.get_number(number_id, with_secrets=True)
