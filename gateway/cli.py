@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .config import load_settings
+from .publicurl import unreachable_reason
 from .redact import redact_url
 
 
@@ -25,6 +26,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
+                                                             "head (default 10)")
+    p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
+                                                           "(default 30)")
     p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
                                      "calls it takes (docs/deploy.md)")
 
@@ -36,6 +43,9 @@ async def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level, "node_id": args.node_id,
+        "http_max_connections": args.http_max_connections,
+        "http_max_connections_per_ip": args.http_max_connections_per_ip,
+        "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
     }, config_file=args.config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -55,6 +65,7 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
+    _announce_public_url(settings.public_base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,6 +73,16 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await gw.stop()
     return 0
+
+
+def _announce_public_url(public: str) -> None:
+    """Say which URL carriers are given (webhooks, media websockets), and warn when they cannot reach it."""
+    print(f"gateway: public URL {public} (carriers are sent here; set it with --public-url)", flush=True)
+    problem = unreachable_reason(public)
+    if problem:
+        print(f"gateway: warning: Twilio, Exotel and Vonage cannot reach {public} ({problem}): real numbers will "
+              "not connect until --public-url / GATEWAY_PUBLIC_URL names an https address they can reach",
+              file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+#: SQLite reuses the highest rowid after that row is deleted unless the table says AUTOINCREMENT; a reused agent
+#: or number id would attribute old call logs and webhooks to the new one. (PostgreSQL sequences never go back.)
+#: Databases made before this was set are rebuilt once: gateway/store/upgrade.py.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Agent(Base):
     __tablename__ = "agents"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     engine: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -42,6 +49,7 @@ class Agent(Base):
 
 class PhoneNumber(Base):
     __tablename__ = "phone_numbers"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     phone_number: Mapped[str] = mapped_column(String(32), index=True)
     provider: Mapped[str] = mapped_column(String(32))
@@ -56,6 +64,9 @@ class PhoneNumber(Base):
 
 class CallLog(Base):
     __tablename__ = "calls"
+    # "calls of proc P still open" is asked at every start and for every lost process: one index range, however
+    # long the call log grows
+    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -87,13 +98,10 @@ class CallLog(Base):
     #: the process id (`Settings.proc_id`) holding the call's media; only it changes the live call (docs/deploy.md)
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
-    # "calls of proc P still open" is asked at every start and for every lost process: one index range, however
-    # long the call log grows
-    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"),)
-
 
 class CallEvent(Base):
     __tablename__ = "call_events"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
