@@ -3,12 +3,20 @@ played by a websocket client: control reaches the process that owns a call, a st
 is joined to its call, and the calls of a process killed with SIGKILL are closed by the survivor."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import aiohttp
+import numpy as np
 import pytest_asyncio
 
 from cluster_env import (STALE, call_row, create_database, drop_database, live_calls, start_gateway, stop_all,
                          twilio_world, wait_until)
 from fakes.twilio_env import recording
+from exotel_helpers import API_KEY as EXO_KEY, API_TOKEN as EXO_TOKEN, FakeExotel, add_exophone
+from exotel_helpers import basic as exotel_basic, tone as exotel_tone
+from gateway.store import Store
 from test_webhooks import Receiver
+from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number
 
 
 @pytest_asyncio.fixture
@@ -25,6 +33,7 @@ async def cluster(tmp_path):
         return gw
 
     clients = []
+    start.db = db
     yield start, world, receiver, clients
     for c in clients:
         await c.__aexit__()
@@ -152,3 +161,96 @@ async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
 
 async def _flag(value: bool) -> bool:
     return value
+
+
+async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
+    start, world, receiver, clients = cluster
+    store = Store(start.db)
+    await store.open()
+    try:
+        await add_vonage_number(SimpleNamespace(store=store), agent_id=world.agent["id"])
+    finally:
+        await store.close()
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+
+    async def answer(uuid: str) -> dict:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(a.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
+                                                               "uuid": uuid, "conversation_uuid": "CON-1"}) as r:
+                assert r.status == 200
+                ncco = await r.json()
+        endpoint = ncco[0]["endpoint"][0]
+        assert endpoint["uri"].startswith(a.ws_url("/vonage/media"))        # the NCCO names node-a
+        return endpoint
+
+    async with aiohttp.ClientSession() as session:
+        forged = await answer("63f61863-4a51-4f6b-86e1-46edebcf0001")
+        sock = FakeVonageSocket(session, forged, gw_url=b.url())
+        await sock.connect(headers={**forged["headers"], "gw_token": "not-the-token"})
+        assert await sock.wait_closed(10) == 4006                           # a wrong token adopts nothing
+        forged_row = await call_row(a, forged["headers"]["call_id"])
+        assert forged_row["owner"] == "node-a" and forged_row["ended_at"] is None
+
+        endpoint = await answer("63f61863-4a51-4f6b-86e1-46edebcf0002")
+        call_id = endpoint["headers"]["call_id"]
+        sock = FakeVonageSocket(session, endpoint, gw_url=b.url())             # the socket reached node-b
+        await sock.connect()
+        await wait_until(lambda: in_progress_on(a, call_id, "node-b"), 10, "node-b to adopt the Vonage call")
+        frame = 640                                                           # 20 ms of L16 at 16 kHz
+        await sock.play(recording_pcm16(16000, 1.0), frame)
+        await sock.wait_for(lambda rx: len(rx.audio) >= 40 * frame, timeout=10)   # echoed by node-b
+        await sock.close()
+
+        async def ended():
+            r = await call_row(a, call_id)
+            return r if r and r["ended_at"] else None
+        row = await wait_until(ended, 10, "the call to end on node-b")
+        assert (row["owner"], row["hangup_reason"]) == ("node-b", "caller_hangup")
+        status, body = await a.api("GET", "/calls/logs?pagesize=50")
+        assert [r["call_uuid"] for r in body["call_log_data"]].count(call_id) == 1
+
+
+def recording_pcm16(rate: int, seconds: float) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
+
+
+async def test_exotel_stream_on_the_other_node_joins_the_announced_call(cluster):
+    start, world, receiver, clients = cluster
+    store = Store(start.db)
+    await store.open()
+    try:
+        await add_exophone(SimpleNamespace(store=store), agent_id=world.agent["id"], require_auth=True)
+    finally:
+        await store.close()
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(a.url("/exotel/call_coming"), params={
+                "CallSid": "CA-cluster-1", "CallFrom": "09876543210", "CallTo": "08047491899"}) as r:
+            assert r.status == 200
+        status, body = await a.api("GET", "/calls/logs?pagesize=5")
+        announced = next(c for c in body["call_log_data"] if c["carrier_sid"] == "CA-cluster-1")
+        assert announced["owner"] == "node-a"
+
+        auth = {"Authorization": exotel_basic(EXO_KEY, EXO_TOKEN)}
+        stranger = await FakeExotel(session, b.ws_url("/exotel/media"), headers={
+            "Authorization": exotel_basic(EXO_KEY, "wrong")}).connect()
+        await stranger.start("CA-cluster-1")
+        assert await stranger.wait_closed(10) == 4006              # bad credentials adopt nothing
+        assert (await call_row(a, announced["call_uuid"]))["owner"] == "node-a"
+
+        exo = await FakeExotel(session, b.ws_url("/exotel/media"), headers=auth).connect()
+        await exo.start("CA-cluster-1")
+        row = await wait_until(lambda: in_progress_on(a, announced["call_uuid"], "node-b"), 10,
+                               "node-b to adopt the Exotel call")
+        assert row["id"] == announced["id"]
+        await exo.play(exotel_tone(0.5))
+        await exo.wait_for(lambda rx: rx.chunks, timeout=10)       # echoed by node-b
+        await exo.stop()
+        await exo.close()
+    status, body = await a.api("GET", "/calls/logs?pagesize=50")
+    assert [c["carrier_sid"] for c in body["call_log_data"]].count("CA-cluster-1") == 1
