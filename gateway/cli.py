@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .config import load_settings
+from .publicurl import unreachable_reason
 from .redact import redact_url
 
 
@@ -55,6 +56,7 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
+    _announce_public_url(settings.public_base)
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
     # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
     loop = asyncio.get_running_loop()
@@ -70,6 +72,16 @@ def _on_stop_signal(gw) -> None:
         print(f"gateway: draining {len(gw.calls.active)} live call(s) for up to {gw.settings.drain_timeout:g} s; "
               "signal again to hang them up now", flush=True)
     gw.begin_drain()
+
+
+def _announce_public_url(public: str) -> None:
+    """Say which URL carriers are given (webhooks, media websockets), and warn when they cannot reach it."""
+    print(f"gateway: public URL {public} (carriers are sent here; set it with --public-url)", flush=True)
+    problem = unreachable_reason(public)
+    if problem:
+        print(f"gateway: warning: Twilio, Exotel and Vonage cannot reach {public} ({problem}): real numbers will "
+              "not connect until --public-url / GATEWAY_PUBLIC_URL names an https address they can reach",
+              file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
