@@ -5,21 +5,20 @@ Each process gets free loopback ports, its own data dir and `--node-id`, short h
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import aiohttp
 import pytest
 
 from gateway.loadtest.command import free_port
+from sipp import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
@@ -62,17 +61,9 @@ async def drop_database(db_url: str) -> None:
         await conn.close()
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
-                     interval: float = 0.05) -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `check()` (plain or async) until it returns something truthy (tests/sipp.py's poller)."""
+    return await wait_for(check, timeout, interval, what=what)
 
 
 @dataclass
@@ -219,3 +210,15 @@ async def live_calls(gw: GatewayProc) -> list[dict[str, Any]]:
     status, body = await gw.api("GET", "/calls/live")
     assert status == 200, body
     return body["calls"]
+
+
+async def ended_row(gw: GatewayProc, call_id: str) -> dict[str, Any] | None:
+    """The call's row once it has ended (None before)."""
+    row = await call_row(gw, call_id)
+    return row if row and row["ended_at"] else None
+
+
+async def in_progress_on(gw: GatewayProc, call_id: str, owner: str) -> dict[str, Any] | None:
+    """The call's row while it is in progress and owned by `owner` (None otherwise)."""
+    row = await call_row(gw, call_id)
+    return row if row and row["call_status"] == "in-progress" and row["owner"] == owner else None

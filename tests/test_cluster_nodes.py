@@ -9,8 +9,8 @@ import aiohttp
 import numpy as np
 import pytest_asyncio
 
-from cluster_env import (STALE, call_row, create_database, drop_database, live_calls, start_gateway, stop_all,
-                         twilio_world, wait_until)
+from cluster_env import (STALE, call_row, create_database, drop_database, ended_row, in_progress_on, live_calls,
+                         start_gateway, stop_all, twilio_world, wait_until)
 from fakes.twilio_env import recording
 from exotel_helpers import API_KEY as EXO_KEY, API_TOKEN as EXO_TOKEN, FakeExotel, add_exophone
 from exotel_helpers import basic as exotel_basic, tone as exotel_tone
@@ -43,19 +43,21 @@ async def cluster(tmp_path):
     await drop_database(db)
 
 
-async def in_progress_on(gw, call_id: str, owner: str):
-    row = await call_row(gw, call_id)
-    return row if row and row["call_status"] == "in-progress" and row["owner"] == owner else None
-
-
-async def test_api_on_either_node_reaches_the_call_owner(cluster):
+async def call_live_on_a(cluster, **b_env):
+    """node-a and node-b up, a Twilio call answered by node-a with its stream on node-a, in progress."""
     start, world, receiver, clients = cluster
-    a, b = start("node-a"), start("node-b")
+    a, b = start("node-a"), start("node-b", **b_env)
     await a.wait_healthy()
     await b.wait_healthy()
     call_id, call_sid = await world.inbound(a)
     clients.append(await world.stream(a, call_id, call_sid))
     await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    return a, b, call_id, call_sid
+
+
+async def test_api_on_either_node_reaches_the_call_owner(cluster):
+    start, world, receiver, clients = cluster
+    a, b, call_id, call_sid = await call_live_on_a(cluster)
 
     listed = {c["call_id"]: c for c in await live_calls(b)}       # b lists a's call from the call log
     assert listed[call_id]["owner"] == "node-a" and listed[call_id]["node"] == "node-a"
@@ -73,11 +75,7 @@ async def test_api_on_either_node_reaches_the_call_owner(cluster):
     status, body = await b.api("POST", f"/calls/{row['id']}/hangup")
     assert status == 200, body
     assert body["status"] == "hangup_requested" and body["call_id"] == call_id
-
-    async def ended():
-        r = await call_row(b, call_id)
-        return r if r and r["ended_at"] else None
-    row = await wait_until(ended, 10, "the call to end")
+    row = await wait_until(lambda: ended_row(b, call_id), 10, "the call to end")
     assert (row["hangup_source"], row["hangup_reason"]) == ("system", "api_hangup")
     completed = [r for r in world.rest.of("POST", f"/Calls/{call_sid}.json") if r.one("Status") == "completed"]
     assert completed, "node-a completed the call at Twilio"
@@ -107,7 +105,7 @@ async def test_stream_on_the_other_node_joins_the_same_call(cluster):
 
     status, body = await a.api("POST", f"/calls/{call_id}/hangup")          # forwarded to the new owner
     assert status == 200, body
-    await wait_until(lambda: _flag(receiver.done(call_id).is_set()), 10, "the post_call webhook")
+    await wait_until(receiver.done(call_id).is_set, 10, "the post_call webhook")
     events = receiver.events(call_id)
     names = [e["event"] for e in events]
     assert names[0] == "phone_call:connection_requested" and names[-2:] == ["hang_up", "post_call"]
@@ -119,35 +117,20 @@ async def test_stream_on_the_other_node_joins_the_same_call(cluster):
 
 async def test_survivor_closes_the_calls_of_a_killed_node(cluster):
     start, world, receiver, clients = cluster
-    a, b = start("node-a"), start("node-b")
-    await a.wait_healthy()
-    await b.wait_healthy()
-    call_id, call_sid = await world.inbound(a)
-    clients.append(await world.stream(a, call_id, call_sid))
-    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    a, b, call_id, call_sid = await call_live_on_a(cluster)
     a.kill9()
-
-    async def closed():
-        r = await call_row(b, call_id)
-        return r if r and r["ended_at"] else None
-    row = await wait_until(closed, STALE + 10, "node-b to close node-a's call")
+    row = await wait_until(lambda: ended_row(b, call_id), STALE + 10, "node-b to close node-a's call")
     assert (row["call_status"], row["hangup_source"], row["hangup_reason"]) == ("completed", "system", "node_lost")
     assert await live_calls(b) == []
-    await wait_until(lambda: _flag(receiver.done(call_id).is_set()), 10, "the post_call webhook")
+    await wait_until(receiver.done(call_id).is_set, 10, "the post_call webhook")
     tail = [e["event"] for e in receiver.events(call_id)][-3:]
     assert tail == ["conversation:ended", "hang_up", "post_call"]
     assert receiver.events(call_id)[-2]["data"] == {"source": "system", "reason": "node_lost"}
 
 
 async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
-    start, world, receiver, clients = cluster
-    a = start("node-a")
-    b = start("node-b", GATEWAY_HEARTBEAT_INTERVAL="60")   # b will not sweep on its own during this test
-    await a.wait_healthy()
-    await b.wait_healthy()
-    call_id, call_sid = await world.inbound(a)
-    clients.append(await world.stream(a, call_id, call_sid))
-    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    # b will not sweep on its own during this test: the API request finds the owner gone
+    a, b, call_id, call_sid = await call_live_on_a(cluster, GATEWAY_HEARTBEAT_INTERVAL="60")
     a.kill9()
 
     async def gone_from_live():
@@ -157,10 +140,6 @@ async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
     assert status == 200 and body["status"] == "closed" and body["hangup_reason"] == "node_lost", body
     row = await call_row(b, call_id)
     assert row["ended_at"] and row["hangup_reason"] == "node_lost"
-
-
-async def _flag(value: bool) -> bool:
-    return value
 
 
 async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
@@ -202,11 +181,7 @@ async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
         await sock.play(recording_pcm16(16000, 1.0), frame)
         await sock.wait_for(lambda rx: len(rx.audio) >= 40 * frame, timeout=10)   # echoed by node-b
         await sock.close()
-
-        async def ended():
-            r = await call_row(a, call_id)
-            return r if r and r["ended_at"] else None
-        row = await wait_until(ended, 10, "the call to end on node-b")
+        row = await wait_until(lambda: ended_row(a, call_id), 10, "the call to end on node-b")
         assert (row["owner"], row["hangup_reason"]) == ("node-b", "caller_hangup")
         status, body = await a.api("GET", "/calls/logs?pagesize=50")
         assert [r["call_uuid"] for r in body["call_log_data"]].count(call_id) == 1

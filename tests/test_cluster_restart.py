@@ -2,9 +2,10 @@
 log (`gateway_restart`) and its closing webhooks are sent, so no call stays `in-progress` forever."""
 from __future__ import annotations
 
+import aiohttp
 import pytest_asyncio
 
-from cluster_env import call_row, live_calls, start_gateway, twilio_world, wait_until
+from cluster_env import call_row, in_progress_on, live_calls, start_gateway, twilio_world, wait_until
 from test_webhooks import Receiver
 
 
@@ -25,8 +26,7 @@ async def test_kill9_then_restart_closes_the_call_it_held(tmp_path, receiver):
         await gw.wait_healthy()
         call_id, call_sid = await world.inbound(gw)
         client = await world.stream(gw, call_id, call_sid)
-        await wait_until(lambda: _in_progress(gw, call_id), 10, "the call to be in progress")
-        assert (await call_row(gw, call_id))["owner"] == "solo"
+        await wait_until(lambda: in_progress_on(gw, call_id, "solo"), 10, "the call to be in progress")
         gw.kill9()
         await client.__aexit__()
         client = None
@@ -40,7 +40,10 @@ async def test_kill9_then_restart_closes_the_call_it_held(tmp_path, receiver):
             ("completed", "system", "gateway_restart")
         assert row["call_duration_in_seconds"] >= 0
         assert await live_calls(gw) == []
-        await wait_until(lambda: _flag(receiver.done(call_id).is_set()), 10, "the post_call webhook")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(gw.url("/metrics")) as r:
+                assert "gateway_orphan_calls_closed_total 1\n" in await r.text()
+        await wait_until(receiver.done(call_id).is_set, 10, "the post_call webhook")
         events = receiver.events(call_id)
         assert [e["event"] for e in events] == ["conversation:ended", "hang_up", "post_call"]
         assert events[1]["data"] == {"source": "system", "reason": "gateway_restart"}
@@ -53,11 +56,3 @@ async def test_kill9_then_restart_closes_the_call_it_held(tmp_path, receiver):
         gw.stop()
         await world.rest.stop()
 
-
-async def _in_progress(gw, call_id: str) -> bool:
-    row = await call_row(gw, call_id)
-    return bool(row and row["call_status"] == "in-progress")
-
-
-async def _flag(value: bool) -> bool:
-    return value
