@@ -79,12 +79,14 @@ async def dispatch(request: web.Request) -> web.Response:
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
     status = as_str(q["call_status"], "call_status", max_len=32) if q.get("call_status") else None
-    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
+    sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
+                                            carrier_sid=sid)
     return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
                               "call_log_data": [call_log_json(r) for r in rows]})
 
