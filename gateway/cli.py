@@ -26,6 +26,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
+                                                             "head (default 10)")
+    p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
+                                                           "(default 30)")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -35,6 +41,9 @@ async def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level,
+        "http_max_connections": args.http_max_connections,
+        "http_max_connections_per_ip": args.http_max_connections_per_ip,
+        "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
     }, config_file=args.config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
