@@ -37,6 +37,9 @@ class Settings:
     log_level: str = "INFO"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    #: seconds any one carrier REST request may take (dispatch, hangup, transfer, import checks); past it the
+    #: request is abandoned and the API answers 504 (docs/api.md, "Carrier errors")
+    carrier_timeout: float = 10.0
     #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
     #: runs one process, which is then the node itself).
     node_id: str = field(default_factory=socket.gethostname)
