@@ -217,6 +217,31 @@ def connect_applet_response(numbers: list[str], caller_id: str | None, options: 
     return body
 
 
+# -- agent settings -----------------------------------------------------------------------------------------------
+#: settings.exotel key → (default, maximum). Calls/connect documents TimeLimit "max. 14400 i.e. 4 hours" and gives
+#: TimeOut (seconds the legs ring) no range: positive, and no longer than a call may last.
+CALL_OPTIONS = {"time_limit": (3600, 14400), "ring_timeout": (45, 14400)}
+
+
+def call_options(opts: Any) -> dict[str, int]:
+    """`settings.exotel` → checked Calls/connect TimeLimit / TimeOut seconds; CarrierError names the field."""
+    f = "settings.exotel"
+    opts = {} if opts is None else opts
+    if not isinstance(opts, dict):
+        raise CarrierError(f"{f}: must be an object", 400, f)
+    out: dict[str, int] = {}
+    for key in opts:
+        if key not in CALL_OPTIONS:
+            raise CarrierError(f"{f}.{key}: unknown setting (known: {', '.join(CALL_OPTIONS)})", 400, f"{f}.{key}")
+    for key, (default, maximum) in CALL_OPTIONS.items():
+        value = opts.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            raise CarrierError(f"{f}.{key}: must be a whole number of seconds from 1 to {maximum} "
+                               f"(Exotel Calls/connect)", 400, f"{f}.{key}")
+        out[key] = value
+    return out
+
+
 # -- helpers ----------------------------------------------------------------------------------------------------
 def normalize_subdomain(value: Any) -> str:
     """`api.exotel.com`, `@api.in.exotel.com`, `https://api.exotel.com/` → the bare host; only Exotel hosts, so an
@@ -1084,6 +1109,10 @@ class ExotelCarrier(Carrier):
                               "passthru": self.gateway.settings.public_base + "/exotel/should_end_the_call",
                               "connect": self.gateway.settings.public_base + "/exotel/call_transfer"}}
 
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        if "exotel" in settings:
+            call_options(settings["exotel"])
+
     async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
         """Outbound: Exotel calls `to_number` first, then runs the number's App Bazaar flow (our Voicebot)."""
         creds = self._creds(number)
@@ -1092,15 +1121,19 @@ class ExotelCarrier(Carrier):
             raise CarrierError("this ExoPhone has no exotel_app_id: set the App Bazaar flow id (the flow with the "
                                "Voicebot applet) to place outbound calls", 400)
         sid = creds["exotel_account_sid"]
-        opts = ((call.agent or {}).get("settings") or {}).get("exotel") or {}
+        try:
+            opts = call_options(((call.agent or {}).get("settings") or {}).get("exotel"))
+        except CarrierError as e:    # an agent saved before its settings were checked
+            raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
+                               "agent_id") from None
         caller_id = _setting(number, "exotel_exophone") or number["phone_number"]
         data = {
             "From": to_number,
             "CallerId": caller_id,
             "Url": FLOW_URL.format(sid=sid, app_id=app_id),
             "CallType": "trans",
-            "TimeLimit": str(int(opts.get("time_limit", 3600))),
-            "TimeOut": str(int(opts.get("ring_timeout", 45))),
+            "TimeLimit": str(opts["time_limit"]),
+            "TimeOut": str(opts["ring_timeout"]),
             "StatusCallback": f"{self.gateway.settings.public_base}/exotel/status_callback?call_id={call.id}",
             "StatusCallbackEvents[0]": "terminal",
             "StatusCallbackEvents[1]": "answered",

@@ -45,8 +45,9 @@ def refusal(carrier: str, status: int, detail: str = "", *, retry_after: Any = N
             field: str | None = None, credentials: str = "credentials") -> CarrierError:
     """The API error for a carrier's HTTP error answer (`status` ≥ 400), per the table in this module's docstring.
 
-    `importing`: the credentials came in this request, so a 401/403/404 is the caller's input at fault (422 naming
-    `field`) rather than the gateway's stored configuration (502). `detail` is the carrier's own message.
+    `importing`: the credentials came in this request, so a 401/403/404 is the caller's input at fault (422; a
+    401/403 names `field`, the secret) rather than the gateway's stored configuration (502). `detail` is the
+    carrier's own message.
     """
     said = f": {detail.strip()[:200]}" if detail and detail.strip() else ""
     if status in (401, 403):
@@ -62,9 +63,9 @@ def refusal(carrier: str, status: int, detail: str = "", *, retry_after: Any = N
         return CarrierError(f"{carrier} API error (HTTP {status}){said}", 502)
     if status == 404:
         if importing:
-            return CarrierError(f"{carrier} does not know this account or resource (HTTP 404){said}", 422, field)
+            return CarrierError(f"{carrier} does not know this account or resource (HTTP 404){said}", 422)
         return CarrierError(f"{carrier} does not know the number's account or resource (HTTP 404){said}", 502)
-    return CarrierError(f"{carrier} refused the request (HTTP {status}){said}", 422, field)
+    return CarrierError(f"{carrier} refused the request (HTTP {status}){said}", 422)
 
 
 def unreachable(carrier: str, exc: BaseException, timeout: float, where: str = "") -> CarrierError:
