@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .config import load_settings
+from .publicurl import unreachable_reason
 from .redact import redact_url
 
 
@@ -53,6 +54,7 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
+    _announce_public_url(settings.public_base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,6 +62,16 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await gw.stop()
     return 0
+
+
+def _announce_public_url(public: str) -> None:
+    """Say which URL carriers are given (webhooks, media websockets), and warn when they cannot reach it."""
+    print(f"gateway: public URL {public} (carriers are sent here; set it with --public-url)", flush=True)
+    problem = unreachable_reason(public)
+    if problem:
+        print(f"gateway: warning: Twilio, Exotel and Vonage cannot reach {public} ({problem}): real numbers will "
+              "not connect until --public-url / GATEWAY_PUBLIC_URL names an https address they can reach",
+              file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
