@@ -12,6 +12,7 @@ the event loop. Sources: see docs/twilio.md.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import re
@@ -102,6 +103,9 @@ def wants_twilio_amd(agent: dict[str, Any] | None) -> bool:
     return s.voicemail and explicit != "gateway"
 
 
+_retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar("twilio_retry_after", default=None)
+
+
 class BoundedTwilioHttpClient(AsyncTwilioHttpClient):
     """The SDK's aiohttp client with the timeout actually applied: `AsyncTwilioHttpClient` accepts a timeout in its
     constructor but never passes it to aiohttp (whose default is 5 minutes), so a hung Twilio API would hold a
@@ -115,16 +119,19 @@ class BoundedTwilioHttpClient(AsyncTwilioHttpClient):
         timeout = self.bound()
         try:
             async with asyncio.timeout(timeout):
-                return await super().request(method, url, *args, **kwargs)
+                response = await super().request(method, url, *args, **kwargs)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise unreachable("Twilio", e, timeout, URL(url).host or "") from None
+        # the SDK's exception drops the headers: keep Retry-After where twilio_refusal (same task) can read it
+        _retry_after.set((response.headers or {}).get("Retry-After") if response.status_code == 429 else None)
+        return response
 
 
 def twilio_refusal(e: TwilioRestException, *, importing: bool = False) -> CarrierError:
     """A Twilio error answer mapped like every carrier's (gateway/carrier_rest.py), Twilio's code quoted."""
     detail = f"{e.msg} ({e.code})" if e.code else str(e.msg or "")
-    return refusal("Twilio", e.status, detail, importing=importing, field="account_token",
-                   credentials="account SID / auth token")
+    return refusal("Twilio", e.status, detail, retry_after=_retry_after.get(), importing=importing,
+                   field="account_token", credentials="account SID / auth token")
 
 
 class TwilioLeg:
