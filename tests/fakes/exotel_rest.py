@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 
 try:
-    from .rest_faults import Faults
+    from .rest_faults import RestStandIn
 except ImportError:                    # run as a script
-    from rest_faults import Faults    # type: ignore[no-redef]
+    from rest_faults import RestStandIn    # type: ignore[no-redef]
 
 ACCOUNT_SID = "gwtest1"
 API_KEY = "exo-key-123"
@@ -42,10 +42,11 @@ def exotel_error(status: int, message: str | None = None) -> web.Response:
     return web.json_response({"RestException": {"Status": status, "Message": text}}, status=status)
 
 
-class FakeExotelApi:
+class FakeExotelApi(RestStandIn):
     """Answers like Exotel's v1/v2_beta API for one account: Basic auth, paginated ExoPhones, Calls/connect.json."""
 
     def __init__(self, exophones: list[str] | None = None, page_size: int = 2) -> None:
+        super().__init__()
         self.exophones = exophones if exophones is not None else ["08000000001", "08000000002", "08047491899"]
         self.page_size = page_size
         self.requests: list[tuple[str, str, dict[str, str]]] = []
@@ -53,9 +54,6 @@ class FakeExotelApi:
         #: the Sid the next Calls/connect answers with (tests that drive the flow by hand set it)
         self.next_sid: str | None = "b6cfaf0ae5bc2bd1bd7fd1d4b5f81234"
         self.connect_status = 200
-        self.faults = Faults()
-        self.runner: web.AppRunner | None = None
-        self.url = ""
 
     def _auth_ok(self, request: web.Request) -> bool:
         return request.headers.get("Authorization", "") == basic(API_KEY, API_TOKEN)
@@ -107,17 +105,9 @@ class FakeExotelApi:
         app = web.Application(middlewares=[self.faults.middleware(exotel_error, record)])
         app.router.add_get("/v2_beta/Accounts/{sid}/IncomingPhoneNumbers", self.numbers)
         app.router.add_post("/v1/Accounts/{sid}/Calls/connect.json", self.connect)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        await self._listen(app, port)
         return self
 
-    async def stop(self) -> None:
-        self.faults.release()
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 async def _serve(port: int) -> Any:

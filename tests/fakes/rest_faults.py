@@ -1,4 +1,4 @@
-"""Failure injection shared by the carrier REST stand-ins (Twilio, Exotel, Vonage).
+"""Failure injection and serving shared by the carrier REST stand-ins (Twilio, Exotel, Vonage).
 
 `faults.add("POST", "/Calls.json", 429, retry_after=7)` makes the next matching request answer 429 with the
 carrier's own error body; `faults.add(..., "hang")` makes it hang until the stand-in stops (a carrier API that
@@ -69,3 +69,25 @@ class Faults:
                 resp.headers["Retry-After"] = str(rule.retry_after)
             return resp
         return apply
+
+
+
+class RestStandIn:
+    """What every stand-in shares: its `faults`, serving an app on 127.0.0.1 (`url`), and stopping."""
+
+    def __init__(self) -> None:
+        self.faults = Faults()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _listen(self, app: web.Application, port: int = 0) -> None:
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        self.faults.release()       # first, so hanging requests do not hold the server's shutdown
+        if self.runner is not None:
+            await self.runner.cleanup()

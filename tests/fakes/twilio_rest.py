@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .rest_faults import Faults
+from .rest_faults import RestStandIn
 
 #: Twilio's error codes for the statuses the fault injection answers with (https://www.twilio.com/docs/api/errors)
 FAULT_CODES = {401: (20003, "Authenticate"), 404: (20404, "The requested resource was not found"),
@@ -53,17 +53,15 @@ class Recorded:
         return v[0] if v else None
 
 
-class FakeTwilioRest:
+class FakeTwilioRest(RestStandIn):
     def __init__(self) -> None:
+        super().__init__()
         self.accounts: dict[str, FakeAccount] = {}
         self.calls: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.updates: asyncio.Queue[tuple[str, Recorded]] = asyncio.Queue()
         #: next calls.create answers with this error: (status, code, message)
         self.create_error: tuple[int, int, str] | None = None
-        self.faults = Faults()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
         self._seq = itertools.count(1)
 
     def add_account(self, token: str | None = None, numbers: tuple[str, ...] = ()) -> FakeAccount:
@@ -90,17 +88,9 @@ class FakeTwilioRest:
         app.router.add_post(base + "/IncomingPhoneNumbers/{pn}.json", self._update_number)
         app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_post(base + "/Calls/{call}.json", self._update_call)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        await self._listen(app)
         return self
 
-    async def stop(self) -> None:
-        self.faults.release()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def of(self, method: str, suffix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path.endswith(suffix)]

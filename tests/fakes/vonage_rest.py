@@ -26,9 +26,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 try:
-    from .rest_faults import Faults
+    from .rest_faults import RestStandIn
 except ImportError:                    # run as a script
-    from rest_faults import Faults    # type: ignore[no-redef]
+    from rest_faults import RestStandIn    # type: ignore[no-redef]
 
 VONAGE_NUMBER = "+447700900000"
 APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -46,10 +46,11 @@ def vonage_error(status: int, title: str | None = None, detail: str | None = Non
                              status=status, content_type="application/problem+json")
 
 
-class FakeVonageApi:
+class FakeVonageApi(RestStandIn):
     """api.nexmo.com + rest.nexmo.com on one loopback port."""
 
     def __init__(self, private_pem: str, numbers: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
         self.public_pem = serialization.load_pem_private_key(private_pem.encode(), None).public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.numbers = numbers if numbers is not None else [
@@ -57,10 +58,7 @@ class FakeVonageApi:
              "app_id": APP_ID}]
         self.requests: list[tuple[str, str, Any]] = []
         self.calls: dict[str, dict[str, Any]] = {}
-        self.faults = Faults()
         self.got = asyncio.Condition()
-        self.runner: web.AppRunner | None = None
-        self.url = ""
 
     @property
     def host(self) -> str:
@@ -158,17 +156,9 @@ class FakeVonageApi:
         app.router.add_put("/v1/calls/{uuid}", self.update_call)
         app.router.add_put("/v1/calls/{uuid}/dtmf", self.dtmf)
         app.router.add_get("/account/numbers", self.account_numbers)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        await self._listen(app, port)
         return self
 
-    async def stop(self) -> None:
-        self.faults.release()
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 async def _serve(private_key: str, port: int) -> Any:
