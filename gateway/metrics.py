@@ -91,6 +91,14 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    guard = gw.http_guard
+    if guard is not None:
+        _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",
+                [("", guard.open)])
+        _family(lines, "gateway_http_connections_refused_total", "counter",
+                "HTTP connections refused (503) at the total or per-address connection cap.", [("", guard.refused)])
+        _family(lines, "gateway_http_header_timeouts_total", "counter",
+                "HTTP connections closed for not sending a request head in time.", [("", guard.header_timeouts)])
     taken = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
     taken |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
     for carrier_name, name, value in _carrier_series(gw, taken):
