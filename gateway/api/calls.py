@@ -13,14 +13,17 @@ from ..carrier import CarrierError
 from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
-from .errors import ApiError, error_body, read_json
+from .errors import ApiError, carrier_api_error, error_body, read_json
 from .numbers import scrub
-from .validation import as_e164, as_int, as_object, bad, pagination, reject_unknown, required
+from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
 log = logging.getLogger("gateway.api")
+
+#: seconds an API transfer may wait behind the audio queued before it, on top of the carrier's REST timeout
+TRANSFER_QUEUE_WAIT = 5.0
 
 
 def _gw(request: web.Request) -> "Gateway":
@@ -70,10 +73,13 @@ async def dispatch(request: web.Request) -> web.Response:
     except CarrierError as e:
         message = scrub(e.message, number.get("secrets") or {})
         await call.end(HangupSource.CARRIER, message, status="failed")
-        raise ApiError(e.status, message, getattr(e, "field", None), requestId=call.log_id) from None
+        raise carrier_api_error(e, message, requestId=call.log_id) from None
     except Exception:
+        # a bug in a carrier module: the call fails and the client is told so, never a bare 500
+        log.exception("carrier dispatch failed", extra={"call_id": call.id, "carrier": carrier.name})
         await call.end(HangupSource.CARRIER, "dispatch_error", status="failed")
-        raise
+        raise ApiError(502, f"carrier {carrier.name} failed to place the call (logged on the gateway)", None,
+                       requestId=call.log_id) from None
     log.info("call dispatched", extra={"call_id": call.id, "carrier": carrier.name})
     return web.json_response({"success": True, "status": "dispatched", "requestId": call.log_id,
                               "call_id": call.id})
@@ -82,14 +88,16 @@ async def dispatch(request: web.Request) -> web.Response:
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
     status = q.get("call_status") or None
     if status is not None and status not in CALL_STATUSES:
         raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
-    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
+    sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
+                                            carrier_sid=sid)
     return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
                               "call_log_data": [call_log_json(r) for r in rows]})
 
@@ -136,12 +144,14 @@ class CallOp:
     `parse` validates the request body in the process that received it; `perform` runs in the process that owns
     the call (this one, or another reached over the control bus with the parsed args) and returns the JSON answer
     or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was closed on its
-    behalf (`node_lost`); without it that is a 404 "not live". A new op (hold, mute…) is one more entry in
+    behalf (`node_lost`); without it that is a 404 "not live". `wait` is how long `perform` may take (seconds,
+    from the settings), when longer than the control bus's timeout. A new op (hold, mute…) is one more entry in
     CALL_OPS: its route and its control-bus handler follow from it."""
     name: str
     parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
     perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
     orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    wait: Callable[["Gateway"], float] | None = None
 
 
 async def _no_body(request: web.Request) -> dict[str, Any]:
@@ -171,14 +181,23 @@ async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
-    await call.request_transfer(number)
+    try:   # wait for the carrier to take it: a refusal is an error here, not a success followed by "failed"
+        await call.request_transfer(number, wait=_transfer_wait(gw))
+    except CarrierError as e:
+        raise carrier_api_error(e, requestId=call.log_id) from None
+    except Exception:
+        raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
     return {"success": True, "status": "transfer_requested", "call_id": call.id, "requestId": call.log_id,
             "number": call.transfer_request(number).number}
 
 
+def _transfer_wait(gw: "Gateway") -> float:
+    return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
+
+
 CALL_OPS: list[CallOp] = [
     CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
-    CallOp("transfer", _parse_transfer, _transfer),
+    CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
 ]
 
 
@@ -191,12 +210,13 @@ def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
     return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
 
 
-async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
     """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
     unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
     call = _local_call(gw, ident)
     if call is not None:
-        return 200, await op.perform(gw, call, args)
+        return Reply(200, await op.perform(gw, call, args))
+    timeout = max(gw.control.timeout, op.wait(gw) + 1.0) if op.wait is not None else None
     for _ in range(2):      # a second look when the call moved to another process (adoption) meanwhile
         row = await _log_row(gw, ident)
         if row is None:
@@ -206,19 +226,20 @@ async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any
             raise _not_live(ident, row)
         if not await gw.membership.alive(owner):
             break
-        reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args})
+        reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
+                                         timeout=timeout)
         if reply is None:
             if await gw.membership.alive(owner):
                 raise ApiError(504, f"the gateway process {owner} that owns call {ident} did not answer", "id")
             break
         if reply.status == 404 and reply.body.get("moved"):
             continue
-        return reply.status, reply.body
+        return reply
     else:
         raise _not_live(ident, row)
     closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
     if op.orphan is not None and closed:
-        return 200, op.orphan(closed[0])
+        return Reply(200, op.orphan(closed[0]))
     row = await _log_row(gw, ident) or row
     raise bad("id", f"call {ident} is not live (its gateway process {owner} is gone; status "
                     f"{row['call_status']}, {row.get('hangup_reason')})", 404)
@@ -230,8 +251,8 @@ def _route(op: CallOp):
         ident = request.match_info["id"]
         _log_id(ident)                       # a malformed id is a 400 before anything else
         args = await op.parse(request)
-        status, body = await run_call_op(gw, op, ident, args)
-        return web.json_response(body, status=status)
+        reply = await run_call_op(gw, op, ident, args)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
     return handler
 
 
@@ -246,7 +267,7 @@ def _bus_handler(gw: "Gateway", op: CallOp):
         try:
             return Reply(200, await op.perform(gw, call, args if isinstance(args, dict) else {}))
         except ApiError as e:
-            return Reply(e.status, error_body(e.message, e.field, **e.extra))
+            return Reply(e.status, error_body(e.message, e.field, **e.extra), e.headers)
     return handler
 
 

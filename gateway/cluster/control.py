@@ -8,7 +8,7 @@ whether it is slow or gone.
 `PgControl` keeps one dedicated asyncpg connection per process, listening on its own channel (`channel_for`).
 Requests and replies are NOTIFY payloads (JSON, at most `MAX_PAYLOAD` bytes; PostgreSQL's limit is 8000):
     request  {"op", "args", "req", "reply_to", "from"}
-    reply    {"req", "status", "body"}
+    reply    {"req", "status", "body", "headers"}
 NOTIFY is delivered only to sessions listening when it commits and is not stored: anything that must survive a
 restart is a row, a notification only asks a live process (docs/deploy.md, "How control reaches the owner").
 The connection is checked every `keepalive` seconds and re-opened (with backoff) when it drops; a command sent
@@ -32,9 +32,10 @@ MAX_PAYLOAD = 7900
 
 @dataclass
 class Reply:
-    """The owner's answer: an HTTP status and a JSON-able body."""
+    """The owner's answer: an HTTP status, a JSON-able body and response headers (e.g. Retry-After)."""
     status: int
     body: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -208,8 +209,9 @@ class PgControl(ControlBus):
             return
         fut = self._waiting.pop(str(msg.get("req")), None)
         if fut is not None and not fut.done():
-            body = msg.get("body")
-            fut.set_result(Reply(int(msg.get("status") or 500), body if isinstance(body, dict) else {}))
+            body, headers = msg.get("body"), msg.get("headers")
+            fut.set_result(Reply(int(msg.get("status") or 500), body if isinstance(body, dict) else {},
+                                 {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None))
 
     async def _serve(self, msg: dict[str, Any]) -> None:
         args = msg.get("args")
@@ -217,7 +219,8 @@ class PgControl(ControlBus):
         reply_to = msg.get("reply_to")
         if not isinstance(reply_to, str) or not reply_to:
             return
-        text = json.dumps({"req": msg.get("req"), "status": reply.status, "body": reply.body}, default=str)
+        text = json.dumps({"req": msg.get("req"), "status": reply.status, "body": reply.body,
+                           "headers": reply.headers}, default=str)
         if len(text.encode()) > MAX_PAYLOAD:
             text = json.dumps({"req": msg.get("req"), "status": 502, "body": {
                 "success": False, "error": "the owner's answer is too large for the control bus", "field": None}})

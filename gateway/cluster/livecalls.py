@@ -29,6 +29,7 @@ def row_view(row: dict[str, Any], node_id: str | None) -> dict[str, Any]:
         "direction": row["call_direction"], "from_number": row.get("from_number"), "to_number": row.get("to_number"),
         "agent_id": row.get("agent_id"), "status": row.get("call_status"), "carrier_sid": row.get("carrier_sid"),
         "duration": round(duration, 1), "amd": row.get("amd_answered_by"), "transfer": transfer,
+        "timing": row.get("timing"),   # written when the call ends; None while it is live elsewhere
         **{k: None for k in METER_FIELDS}, "owner": row.get("owner"), "node": node_id,
     }
 

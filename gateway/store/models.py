@@ -97,6 +97,8 @@ class CallLog(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: the process id (`Settings.proc_id`) holding the call's media; only it changes the live call (docs/deploy.md)
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: conversation timing summary (gateway/turns.py): turns, latency p50/p95/max, barge-ins, clear reaction
+    timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class CallEvent(Base):
