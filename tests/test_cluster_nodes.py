@@ -64,12 +64,25 @@ async def test_api_on_either_node_reaches_the_call_owner(cluster):
     assert listed[call_id]["frames_in"] is None                   # meters live on the owner
     mine = {c["call_id"]: c for c in await live_calls(a)}
     assert mine[call_id]["owner"] == "node-a" and mine[call_id]["frames_in"] is not None
+    async with aiohttp.ClientSession() as s:                      # and so does b's live page
+        async with s.ws_connect(b.ws_url("/calls/live/ws"), headers=b.headers) as ws:
+            async def pushed():
+                msg = await ws.receive_json(timeout=10)
+                calls = msg["calls"] if msg["type"] == "snapshot" else [msg.get("call") or {}]
+                return next((c for c in calls if c.get("call_id") == call_id), None)
+            seen = await wait_until(pushed, 15, "node-b's live page to show node-a's call")
+    assert seen["owner"] == "node-a" and seen["status"] == "in-progress"
 
     # the owner's answer comes back unchanged, errors included
     status, body = await b.api("POST", f"/calls/{call_id}/transfer", {})
     assert status == 400 and body["field"] == "number" and "transfer number" in body["error"]
     status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": "not a number"})
     assert status == 400 and body["field"] == "number"            # validated where it arrived
+
+    status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": "+14155550199"})
+    assert status == 200 and body["status"] == "transfer_requested", body          # carried out by node-a
+    dial = [r for r in world.rest.of("POST", f"/Calls/{call_sid}.json") if "<Dial" in (r.one("Twiml") or "")]
+    assert dial and "+14155550199" in dial[0].one("Twiml")
 
     row = await call_row(b, call_id)
     status, body = await b.api("POST", f"/calls/{row['id']}/hangup")
