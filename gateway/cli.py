@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
     from .loadtest.command import register as register_loadtest
     register_loadtest(sub)
+    from .simulate.command import register as register_simulate
+    register_simulate(sub)
     from .cli_api import register as register_api
     register_api(sub)
     return parser
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_async(_serve(args))
+    if args.command == "simulate":
+        from .simulate.command import run as run_simulate
+        return run_simulate(args)
     if args.command == "loadtest":
         from .loadtest.command import run as run_loadtest
         return run_async(run_loadtest(args))
