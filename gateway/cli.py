@@ -65,12 +65,13 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
-    _announce_public_url(settings.public_base)
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
     # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
+    # Installed before the start-up lines are printed: whoever reads them may signal us at once.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_stop_signal, gw)
+    _announce_public_url(settings.public_base)
     await gw.drained.wait()
     await gw.stop()
     return 0
