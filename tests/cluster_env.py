@@ -162,7 +162,7 @@ class TwilioWorld:
         """Twilio's voice webhook for a new inbound call, answered by `gw`: returns (call_id, call_sid)."""
         import re
         from fakes.twilio_env import CALLER, NUMBER
-        from fakes.twilio_media_client import post_signed
+        from gateway.simulate.twilio_stream import post_signed
         call_sid = self.rest.add_call(self.account)
         status, body = await post_signed(gw.url("/twilio/voice"), {
             "CallSid": call_sid, "AccountSid": self.account.sid, "From": CALLER, "To": NUMBER,
@@ -175,7 +175,7 @@ class TwilioWorld:
 
     async def stream(self, gw: GatewayProc, call_id: str, call_sid: str) -> Any:
         """Open the call's Media Stream on `gw` (any node) and send `connected` + `start`."""
-        from fakes.twilio_media_client import TwilioStreamClient
+        from gateway.simulate.twilio_stream import TwilioStreamClient
         client = TwilioStreamClient(gw.ws_url("/twilio/media"))
         await client.__aenter__()
         await client.start(call_id, call_sid=call_sid, account_sid=self.account.sid,
