@@ -91,6 +91,9 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    _family(lines, "gateway_webhooks_dropped_total", "counter",
+            "Lifecycle webhooks dropped unsent because the outbox (or one call's queue) was full.",
+            [("", gw.webhooks.dropped)])
     guard = gw.http_guard
     if guard is not None:
         _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",
