@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.webhooks")
 
 USER_AGENT = "telephony-gateway-webhooks/1"
+LINGER_S = 30.0   # how long a call's worker waits for more events once the call has ended and its queue is empty
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -135,13 +136,14 @@ class WebhookDispatcher:
             log.exception("webhook payload not serialisable", extra={"event": event, "call_id": call.id})
             return
         self._enqueue(Delivery(uuid.uuid4().hex, call.id, event, url, payload["agent_id"], body,
-                               secret=_signing_secret(call.agent)), persist=True)
+                               secret=_signing_secret(call.agent)), persist=True, ended=call.ended)
 
-    def _enqueue(self, d: Delivery, *, persist: bool, until_empty: bool = False) -> None:
+    def _enqueue(self, d: Delivery, *, persist: bool, until_empty: bool = False,
+                 ended: asyncio.Event | None = None) -> None:
         q = self._queues.get(d.call_id)
         if q is None:
             q = self._queues[d.call_id] = asyncio.Queue()
-            self._workers[d.call_id] = asyncio.create_task(self._worker(d.call_id, q, until_empty),
+            self._workers[d.call_id] = asyncio.create_task(self._worker(d.call_id, q, until_empty, ended),
                                                            name=f"webhooks-{d.call_id}")
         if q.qsize() >= self.max_queued_per_call:  # a receiver down for the whole of a very chatty call
             self._drop(q.get_nowait(), "call's webhook queue full")
@@ -180,11 +182,20 @@ class WebhookDispatcher:
                                                        "queued": self.pending})
         return len(rows)
 
-    async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool) -> None:
-        """Deliver one call's webhooks in order; ends after `post_call` (or, for restored calls, when empty)."""
+    async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool,
+                      ended: asyncio.Event | None) -> None:
+        """Deliver one call's webhooks in order; ends after `post_call` (or, for restored calls, when empty), or
+        once the call has ended and nothing more came for LINGER_S (an event after post_call, or no post_call):
+        a worker, its queue and its sequence counter never outlive a call for long."""
         try:
             while True:
-                d: Delivery = await q.get()
+                if ended is not None and ended.is_set() and q.empty():
+                    try:
+                        d: Delivery = await asyncio.wait_for(q.get(), LINGER_S)
+                    except asyncio.TimeoutError:
+                        return
+                else:
+                    d = await q.get()
                 if not d.dropped:
                     self._inflight.add(d.delivery_id)
                     try:
