@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -65,6 +66,7 @@ async def soak(args: argparse.Namespace) -> None:
     rate = args.concurrent / args.hold
     calls = int(rate * seconds)
     receiver, hook_url, hooks = await webhook_receiver()
+    os.environ["GATEWAY_ALLOW_PRIVATE_WEBHOOKS"] = "true"   # the receiver is on loopback (SSRF guard opt-out)
     gw = await start_gateway(NUMBER)
     samples: list[tuple[float, int, int]] = []   # (t, finished calls, RSS bytes)
     try:

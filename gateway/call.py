@@ -128,8 +128,8 @@ class Call:
         await self.manager.emit(self, event, data or {})
 
     def set_carrier_sid(self, sid: str) -> None:
-        self.carrier_sid = sid
-        self.manager.index_sid(self, sid)
+        old, self.carrier_sid = self.carrier_sid, sid
+        self.manager.index_sid(self, sid, old)
 
     # -- media --------------------------------------------------------------------------------------------------
     async def attach(self, leg: CallLeg, carrier_rate: int) -> None:
