@@ -9,7 +9,6 @@ import gc
 import weakref
 
 import pytest
-from aiohttp import web
 
 from carriers.sip import SipLeg
 from gateway.bus import CallBus
@@ -20,6 +19,7 @@ from gateway.sip.transaction import ClientTransaction, ServerTransaction
 from gateway.sip.ua import IncomingInvite, SipSession
 from gateway.webhooks import Delivery
 from sipp import api, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from test_webhooks import receiver  # noqa: F401  (fixture)
 
 pytestmark = [needs_sipp, pytest.mark.timeout(180)]
 
@@ -50,48 +50,32 @@ def per_call_tables(gw) -> dict[str, int]:
     return {k: len(v) for k, v in tables.items() if len(v)}
 
 
-async def test_finished_calls_leave_nothing_behind(make_gateway):
-    hooks: list[bytes] = []
+async def test_finished_calls_leave_nothing_behind(make_gateway, receiver):
+    gw = await sip_gateway(make_gateway)
+    number = await sip_number(gw)
+    await api(gw, "PATCH", f"/agents/{number['agent_id']}", {"webhook_url": receiver.url("ok")}, expect=200)
+    sip = gw.carriers["sip"]
+    # RFC 3261 timers scaled down (T1 = 50 ms) so the lingering windows pass in seconds, not 32 s
+    sip.layer.t1 = sip.ua.t1 = 0.05
+    refs: list[weakref.ref] = []
+    gw.calls.subscribe(lambda kind, call: refs.append(weakref.ref(call)) if kind == "call_started" else None)
 
-    async def receive(request: web.Request) -> web.Response:
-        hooks.append(await request.read())
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+    baseline = live_objects()
+    gc.disable()   # as rare as `gateway serve` makes them (cli.py): calls must be freed without the collector
     try:
-        gw = await sip_gateway(make_gateway)
-        number = await sip_number(gw)
-        await api(gw, "PATCH", f"/agents/{number['agent_id']}", {"webhook_url": hook_url}, expect=200)
-        sip = gw.carriers["sip"]
-        # RFC 3261 timers scaled down (T1 = 50 ms) so the lingering windows pass in seconds, not 32 s
-        sip.layer.t1 = sip.ua.t1 = 0.05
-        refs: list[weakref.ref] = []
-        gw.calls.subscribe(lambda kind, call: refs.append(weakref.ref(call)) if kind == "call_started" else None)
-
-        baseline = live_objects()
-        gc.disable()   # as rare as `gateway serve` makes them (cli.py): calls must be freed without the collector
-        try:
-            for _ in range(2):   # two rounds: the second proves the first left nothing the second piles onto
-                res = await sipp_uac("uac_pcma_echo.xml", sip.port, service="15550001111", duration_ms=300,
-                                     calls=12, rate=6, timeout_s=60)
-                res.assert_calls(successful=12)
-                await wait_for(lambda: not gw.calls.active and not gw.webhooks.pending, timeout=30)
-                await wait_for(lambda: not per_call_tables(gw), timeout=30)
-                # freed by reference counting alone: no cycle keeps a finished call for the collector
-                await wait_for(lambda: all(r() is None for r in refs), timeout=10)
-        finally:
-            gc.enable()
-        assert len(refs) == 24
-        await wait_for(lambda: not live_objects(baseline), timeout=30)
-        assert len(hooks) >= 24 * 6          # every call's lifecycle webhooks were delivered meanwhile
+        for _ in range(2):   # two rounds: the second proves the first left nothing the second piles onto
+            res = await sipp_uac("uac_pcma_echo.xml", sip.port, service="15550001111", duration_ms=300,
+                                 calls=12, rate=6, timeout_s=60)
+            res.assert_calls(successful=12)
+            await wait_for(lambda: not gw.calls.active and not gw.webhooks.pending, timeout=30)
+            await wait_for(lambda: not per_call_tables(gw), timeout=30)
+            # freed by reference counting alone: no cycle keeps a finished call for the collector
+            await wait_for(lambda: all(r() is None for r in refs), timeout=10)
     finally:
-        await runner.cleanup()
+        gc.enable()
+    assert len(refs) == 24
+    await wait_for(lambda: not live_objects(baseline), timeout=30)
+    assert len(receiver.requests) >= 24 * 6   # every call's lifecycle webhooks were delivered meanwhile
 
 
 async def test_session_of_an_ended_call_does_not_keep_the_call(make_gateway):

@@ -8,13 +8,12 @@ import logging
 import socket
 import sqlite3
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from gateway.frames import HangupSource
 from gateway.webhooks import verify
-from sipp import wait_for
+from sipp import metrics_text, wait_for
 from test_webhooks import LIFECYCLE, Receiver, start_call
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,9 +85,7 @@ async def test_outbox_is_bounded_oldest_dropped_counted_and_logged(make_gateway,
     # the oldest waiting ones went (one being sent at that moment is kept), the newest are all there, in order
     rows = [e for _, _, e in outbox_rows(gw.settings.db_url)]
     assert len(rows) == 4 and rows[-3:] == LIFECYCLE[-3:] and rows == sorted(rows, key=LIFECYCLE.index)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/metrics")) as r:
-            text = await r.text()
+    text = await metrics_text(gw)
     assert f"gateway_webhooks_dropped_total {len(LIFECYCLE) - 4}" in text
     assert "gateway_webhooks_pending 4" in text
     assert "webhook outbox full, oldest event dropped" in caplog.text
