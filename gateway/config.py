@@ -50,7 +50,7 @@ class Settings:
     http_max_connections: int = 4096
     #: a carrier's media websockets (Twilio, Vonage, Exotel) arrive from a few addresses: keep this above the
     #: concurrent calls one carrier address may carry.
-    http_max_connections_per_ip: int = 512
+    http_max_connections_per_ip: int = 1000
     #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
     #: runs one process, which is then the node itself).
     node_id: str = field(default_factory=socket.gethostname)
