@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .bus import CallBus
-from .carrier import CallLeg
+from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
 from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
 from .vad import SpeechTap
@@ -72,6 +72,8 @@ class Call:
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
         self._engine_task: asyncio.Task | None = None
+        #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
+        self._transfer_waiters: dict[int, asyncio.Future] = {}
         self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
@@ -213,24 +215,49 @@ class Call:
         backups = [n for n in opts.get("backup_numbers") or [] if n != primary]
         return TransferRequest(primary, backups, opts.get("transfer_message"))
 
-    async def request_transfer(self, number: str | None = None) -> None:
+    async def request_transfer(self, number: str | None = None, *, wait: float | None = None) -> None:
+        """Transfer behind the audio already queued. With `wait` (the API), return once the carrier has taken the
+        request, raising what the carrier's refusal raised (CarrierError), so a refused transfer is reported as an
+        error rather than as a success; after `wait` seconds with the request still queued, return (pending)."""
         req = self.transfer_request(number)
         if req is None:
             self.log.warning("transfer requested but no transfer number configured")
             self.feed_event(TransferResult(None, "failed"))
             return
-        await self.bus.flush_play()
-        await self.bus.send_control(req)
+        taken = asyncio.get_running_loop().create_future() if wait is not None else None
+        if taken is not None:
+            self._transfer_waiters[id(req)] = taken
+        try:
+            await self.bus.flush_play()
+            await self.bus.send_control(req)
+            if taken is not None:
+                await asyncio.wait({taken}, timeout=wait)
+        finally:
+            self._transfer_waiters.pop(id(req), None)
+            if taken is not None and not taken.done():
+                taken.cancel()      # still queued: the outcome reaches the log and the engine as usual
+        if taken is not None and not taken.cancelled() and taken.exception() is not None:
+            raise taken.exception()
 
     async def _transfer_now(self, req: TransferRequest) -> None:
+        taken = self._transfer_waiters.pop(id(req), None)
         self.transfer = req
-        await self.record(is_call_transfer=True, transfer_target=req.number)
         await self.emit("call:transfer_requested", {"number": req.number, "backup_numbers": req.backup_numbers})
         try:
             await self.leg.transfer(self, req)
         except Exception as e:
-            self.log.exception("transfer failed")
+            if isinstance(e, CarrierError):
+                self.log.warning("transfer refused: %s", e.message)
+            else:
+                self.log.exception("transfer failed")
+            # is_call_transfer stays false: the carrier never took the transfer
             await self.transfer_finished(TransferResult(req.number, f"failed: {e}"))
+            if taken is not None and not taken.done():
+                taken.set_exception(e)
+            return
+        await self.record(is_call_transfer=True, transfer_target=req.number)
+        if taken is not None and not taken.done():
+            taken.set_result(None)
 
     async def transfer_finished(self, result: TransferResult) -> None:
         """Carriers report the outcome of a transfer (target reached, busy, no-answer…)."""
