@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
+from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, TransferRequest,
+                     TransferResult)
+from .turns import Timeline, analyze
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -67,6 +69,12 @@ class Call:
         self.transfer_result: TransferResult | None = None
         self.hangup: Hangup | None = None
         self.ended = asyncio.Event()
+        #: the conversation's turn timeline (gateway/turns.py), from the answer on
+        self.timeline: Timeline | None = None
+        #: seconds between the carrier receiving the audio now being fed and `feed_audio()` (RTP's jitter buffer
+        #: sets it); the timeline back-dates the caller's speech by it
+        self.inbound_lag = 0.0
+        self._clock: Callable[[], float] = time.monotonic
         self._taps: list[Tap] = []
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
@@ -92,7 +100,14 @@ class Call:
             "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
             "dropped_in": c.dropped_in if c else 0, "level_in": c.level_in if c else 0,
             "level_out": c.level_out if c else 0,
+            "timing": self.timing()["summary"] if self.timeline is not None else None,
         }
+
+    def timing(self) -> dict[str, Any]:
+        """Turns, summary and long silences so far (gateway/turns.py); empty before the answer."""
+        if self.timeline is None:
+            return {"summary": None, "turns": [], "long_silences": []}
+        return analyze(self.timeline, self._clock())
 
     @property
     def is_active(self) -> bool:
@@ -124,6 +139,8 @@ class Call:
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
+        self._clock = asyncio.get_running_loop().time
+        self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
         self.answered = time.monotonic()
         await self.record(call_status="in-progress", answered_at=utcnow())
@@ -168,6 +185,7 @@ class Call:
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
             else:
+                self._played(item)
                 return item
 
     def next_outbound_nowait(self) -> BusItem | None:
@@ -179,7 +197,16 @@ class Call:
             elif isinstance(item, TransferRequest):
                 asyncio.create_task(self._transfer_now(item))
             else:
+                if item is not None:
+                    self._played(item)
                 return item
+
+    def _played(self, item: BusItem) -> None:
+        """An item handed to the carrier: agent audio and clears go on the turn timeline."""
+        if type(item) is AudioFrame:
+            self.timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+        elif type(item) is Clear:
+            self.timeline.agent_clear(self._clock())
 
     # -- actions ------------------------------------------------------------------------------------------------
     async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
@@ -290,10 +317,15 @@ class Call:
         final = status or ("completed" if self.answered else self.status if self.status not in
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0
+        timing = self.timing() if self.timeline is not None else None
         await self.record(call_status=final, ended_at=utcnow(), call_duration_in_seconds=duration,
-                          hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason)
+                          hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason,
+                          **({"timing": timing["summary"]} if timing else {}))
+        if timing:
+            self.manager.observe_timing(timing)
         if self.answered:
-            await self.emit("conversation:ended")
+            await self.emit("conversation:ended", {"timing": timing["summary"], "turns": timing["turns"],
+                                                   "long_silences": timing["long_silences"]} if timing else {})
         await self.emit("hang_up", {"source": self.hangup.source.value, "reason": self.hangup.reason})
         await self.manager.finished(self)
         task = self._engine_task

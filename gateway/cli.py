@@ -87,8 +87,8 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
         return 2
     await gw.start()
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
-    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained. Installed
-    # before anything is printed, so a signal sent on seeing the start-up lines always drains.
+    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
+    # Installed before the start-up lines are printed: whoever reads them may signal us at once.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_stop_signal, gw)

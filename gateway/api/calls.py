@@ -12,7 +12,7 @@ from ..carrier import CarrierError
 from ..frames import HangupSource
 from .errors import ApiError, carrier_api_error, read_json
 from .numbers import scrub
-from .validation import as_e164, as_int, as_object, bad, pagination, reject_unknown, required
+from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -85,14 +85,16 @@ async def dispatch(request: web.Request) -> web.Response:
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
     status = q.get("call_status") or None
     if status is not None and status not in CALL_STATUSES:
         raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
-    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
+    sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
+                                            carrier_sid=sid)
     return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
                               "call_log_data": [call_log_json(r) for r in rows]})
 
