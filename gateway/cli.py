@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="also write <data dir>/dispatcher.list now")
     from .loadtest.command import register as register_loadtest
     register_loadtest(sub)
+    from .simulate.command import register as register_simulate
+    register_simulate(sub)
     from .cli_api import register as register_api
     register_api(sub)
     return parser
@@ -173,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_async(_serve(args, argv[argv.index("serve") + 1:]))
     if args.command == "kamailio-config":
         return _kamailio_config(args)
+    if args.command == "simulate":
+        from .simulate.command import run as run_simulate
+        return run_simulate(args)
     if args.command == "loadtest":
         from .loadtest.command import run as run_loadtest
         return run_async(run_loadtest(args))
