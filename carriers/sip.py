@@ -158,6 +158,10 @@ class SipLeg:
         if not self.closed:
             self.closed = True
             self.rtp.close()
+        if self.session is not None:
+            # the ended session stays findable for 32·T1 (a crossing BYE still gets its 200): it must not keep
+            # this leg, the call, its bus and its engine alive that long through its callbacks
+            self.session.release_callbacks()
         if self.carrier.legs.get(self.call.id) is self:
             del self.carrier.legs[self.call.id]
 
@@ -218,10 +222,7 @@ class SipCarrier(Carrier):
 
     @property
     def advertised_ip(self) -> str:
-        s = self.gateway.settings
-        if s.advertised_ip:
-            return s.advertised_ip
-        return "127.0.0.1" if s.sip_host in ("0.0.0.0", "", "::") else s.sip_host
+        return self.gateway.settings.sip_contact_host
 
     async def start(self) -> None:
         s = self.gateway.settings

@@ -12,7 +12,8 @@ shorter limit for the first request head, so this module wraps aiohttp's protoco
 * a new connection must deliver its first request head (up to the blank line) within `header_timeout` seconds or
   it is closed (slowloris);
 * the total cap is also kept below the process's file-descriptor limit minus what live calls need (RTP sockets,
-  SIP, the store), so a saturated HTTP side cannot starve SIP/RTP.
+  engine connections, SIP, the store; but at least a quarter of the limit), so a saturated HTTP side cannot
+  starve SIP/RTP.
 
 `raise_fd_limit()` lifts RLIMIT_NOFILE to its hard limit at start (Linux soft limits are often 1024).
 """
@@ -51,8 +52,14 @@ def raise_fd_limit() -> int:
 
 
 def fd_budget(fd_limit: int, max_calls: int) -> int:
-    """HTTP connections the fd limit leaves once `max_calls` live calls and the rest of the process are served."""
-    return max(16, fd_limit - FDS_PER_CALL * max_calls - FDS_RESERVED)
+    """HTTP connections the fd limit leaves once `max_calls` live calls and the rest of the process are served;
+    never less than a quarter of the limit (a websocket carrier's calls are HTTP connections themselves). When the
+    limit cannot serve `max_calls` at all, that is logged: lower --max-calls or raise the hard limit."""
+    need = FDS_PER_CALL * max_calls + FDS_RESERVED
+    if fd_limit < need + fd_limit // 4:
+        log.warning("the open-file limit is low for --max-calls", extra={"limit": fd_limit, "max_calls": max_calls,
+                                                                        "needed": need + fd_limit // 4})
+    return max(fd_limit // 4, fd_limit - need)
 
 
 class ConnectionGuard:
@@ -172,10 +179,11 @@ class GuardedSite(web.BaseSite):
     """`web.TCPSite` with the ConnectionGuard in front of aiohttp's protocol."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, reuse_port: bool | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self.guard = guard
 
     @property
@@ -191,4 +199,5 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True)
+            self.guard.factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True,
+            reuse_port=self._reuse_port)

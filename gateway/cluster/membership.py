@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +22,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.cluster")
 
 
+def _set_event() -> asyncio.Event:
+    ended = asyncio.Event()
+    ended.set()
+    return ended
+
+
 @dataclass
 class ClosedCall:
-    """A call-log row closed on behalf of its dead owner, as the webhook dispatcher sees a call."""
+    """A call-log row closed on behalf of its dead owner, as the webhook dispatcher sees a call (already ended)."""
     id: str
     log_id: int
     agent: dict[str, Any] | None
+    ended: asyncio.Event = field(default_factory=_set_event)
 
 
 class Membership:

@@ -231,6 +231,14 @@ class UserAgent:
         """ACK for a 2xx goes straight to the transport (it is not a transaction, §17.1.1.3)."""
         self.spawn(self._send_raw(ack, dest))
 
+    def ack_2xx(self, ack: SipRequest, dest: Dest) -> None:
+        """Send the ACK for a 2xx to our INVITE and keep it for 64·T1 (Timer M, RFC 6026), while retransmissions
+        of that 2xx may still arrive and must be ACKed again; then forget it (kept forever, it grew per call)."""
+        key = (ack.call_id, ack.cseq[0])
+        self._acked[key] = (ack, dest)
+        asyncio.get_running_loop().call_later(64 * self.t1, self._acked.pop, key, None)
+        self.send_ack(ack, dest)
+
     async def _send_raw(self, msg: SipRequest, dest: Dest) -> None:
         try:
             addr = await self.resolve(dest)
@@ -385,6 +393,7 @@ class IncomingInvite:
         h = list(headers or [])
         if status > 100 and status < 300:
             h.append(("Contact", self.ua.contact(transport=self.transport)))
+            h += _record_route(self.request)
         if body and content_type:
             h.append(("Content-Type", content_type))
         if status >= 200:
@@ -403,7 +412,7 @@ class IncomingInvite:
         dialog = Dialog.as_uas(req, self.local_tag, self.source, self.transport)
         session = SipSession(self.ua, dialog, "uas", local_sdp=sdp, remote_sdp=req.body or None, invite=req)
         h = [("Contact", self.ua.contact(transport=self.transport)), ("Allow", ALLOW), ("Supported", SUPPORTED),
-             ("Content-Type", "application/sdp"), ("Server", self.ua.user_agent)]
+             ("Content-Type", "application/sdp"), ("Server", self.ua.user_agent), *_record_route(req)]
         h += session.negotiate_timer(req)
         h += list(headers or [])
         resp = make_response(req, 200, "OK", to_tag=self.local_tag, headers=h, body=sdp)
@@ -416,6 +425,12 @@ class IncomingInvite:
             raise RequestFailed("no ACK for our 200 OK", timed_out=True)
         session.start_timer()
         return session
+
+
+def _record_route(request: SipRequest) -> list[tuple[str, str]]:
+    """RFC 3261 §12.1.1: a response that establishes a dialog (18x, 2xx to INVITE) carries the request's
+    Record-Route values, in order, so the caller routes its ACK/BYE through the same proxies (e.g. Kamailio)."""
+    return [("Record-Route", v) for v in request.headers.getlist("Record-Route")]
 
 
 @dataclass
@@ -532,8 +547,7 @@ class OutgoingInvite:
         dest = self.dest if not dialog.route_set and self.route else dialog.next_hop()
         if not dialog.route_set and not self.route:
             dest = (*dialog.next_hop()[:2], self.dest[2])
-        self.ua._acked[(req.call_id, req.cseq[0])] = (ack, dest)
-        self.ua.send_ack(ack, dest)
+        self.ua.ack_2xx(ack, dest)
 
     def cancel(self) -> None:
         """CANCEL the INVITE (the transaction sends it once a provisional has arrived, §9.1)."""
@@ -826,8 +840,7 @@ class SipSession:
                                                      on_request=self._track_cseq)
         if 200 <= resp.status < 300:
             ack = self.dialog.new_request("ACK", (self.ua.host, self.ua.port), cseq=req.cseq[0])
-            self.ua._acked[(req.call_id, req.cseq[0])] = (ack, dest)
-            self.ua.send_ack(ack, dest)
+            self.ua.ack_2xx(ack, dest)
             if resp.body:
                 self.remote_sdp = resp.body
         return resp
@@ -869,6 +882,10 @@ class SipSession:
                 fut.set_result((487, "Call ended"))
         # keep the dialog findable for a while: a BYE crossing ours still gets its 200
         asyncio.get_running_loop().call_later(32 * self.ua.t1, self._forget)
+
+    def release_callbacks(self) -> None:
+        """Drop the handlers the call wired in (they reference the call) once the call is over."""
+        self.on_bye = self.on_offer = self.on_notify = self.on_dtmf = self.on_timer_expired = None
 
     def _forget(self) -> None:
         if self.ua.sessions.get(self.dialog.id) is self:
