@@ -183,13 +183,22 @@ class WebhookDispatcher:
         """Queue what the outbox holds for this process (a previous run stopped or crashed); returns the count."""
         if self.store is None:
             return 0
-        rows = await self.store.outbox_load(self.owner)
+        return self._requeue(await self.store.outbox_load(self.owner), "webhook outbox restored")
+
+    async def take_over(self, lost: str) -> int:
+        """Queue the undelivered webhooks of a lost process of the cluster, which now belong to this one."""
+        if self.store is None:
+            return 0
+        return self._requeue(await self.store.outbox_take(lost, self.owner), "webhook outbox of a lost process "
+                                                                             "taken over", lost=lost)
+
+    def _requeue(self, rows: list[dict[str, Any]], what: str, **extra: Any) -> int:
         for r in rows:
             self._enqueue(Delivery(r["delivery_id"], r["call_id"], r["event"], r["url"], r["agent_id"],
                                    r["body"].encode(), restored=True), persist=False, until_empty=True)
         if rows:
-            log.info("webhook outbox restored", extra={"count": len(rows), "calls": len({r["call_id"] for r in rows}),
-                                                       "queued": self.pending})
+            log.info(what, extra={"count": len(rows), "calls": len({r["call_id"] for r in rows}),
+                                  "queued": self.pending, **extra})
         return len(rows)
 
     async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool,

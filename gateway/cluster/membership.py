@@ -4,7 +4,8 @@ On start the process registers (state `running`) and closes what a previous run 
 (`gateway_restart`): with SQLite there is only ever one process, so every open call is such an orphan; with
 PostgreSQL only the calls owned by this process id (and calls with no owner, from before ownership existed, when
 no other process is alive). Every `heartbeat_interval` it refreshes its heartbeat and closes the calls of every
-process whose heartbeat is older than `stale_after` (`node_lost`). The store's conditional UPDATE makes exactly
+process whose heartbeat is older than `stale_after` (`node_lost`), after taking over that process's undelivered
+webhooks (its rows of the persistent outbox, delivered first). The store's conditional UPDATE makes exactly
 one survivor close each call, and that survivor sends the call's closing webhooks: `conversation:ended` (if it
 was answered), `hang_up` and `post_call`, the same sequence a live call ends with.
 """
@@ -101,6 +102,8 @@ class Membership:
             log.error("this process was declared lost (heartbeat older than %s s); its calls were closed by "
                       "another process", self.settings.stale_after, extra={"proc": self.proc})
         for proc, heartbeat_at in await self.store.lost_procs(self.proc, self.settings.stale_after):
+            # what it could not deliver goes first, then the closing webhooks of its calls
+            await self.gateway.webhooks.take_over(proc)
             closed = await self.close_calls("node_lost", owner=proc, last_seen=heartbeat_at)
             await self.store.mark_lost(proc, heartbeat_at)
             log.warning("process lost", extra={"proc": proc, "calls_closed": len(closed)})

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 
-from .models import CallEvent, CallLog, Node, row_dict, utcnow
+from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
 
 #: states in which a process owns calls; `stopped` ended its calls itself, `lost` had them closed by a survivor
 OWNING_STATES = ("running", "draining")
@@ -158,4 +158,20 @@ class ClusterStore:
         async with self._session() as s:
             rows = (await s.scalars(select(CallLog).where(CallLog.id.in_([c[0] for c in closed]))
                                     .order_by(CallLog.id))).all()
+            return [row_dict(r) for r in rows]
+
+    # webhook outbox of a lost process -------------------------------------------------------------------------
+    async def outbox_take(self, lost: str, me: str) -> list[dict[str, Any]]:
+        """Move the undelivered webhooks of process `lost` to `me` (conditional UPDATE: one survivor gets each
+        row) and return them oldest first."""
+        await self.flush()
+        async with self._writing_core() as conn:
+            ids = [r[0] for r in (await conn.execute(
+                update(WebhookOutbox).where(WebhookOutbox.owner == lost).values(owner=me)
+                .returning(WebhookOutbox.id))).all()]
+        if not ids:
+            return []
+        async with self._session() as s:
+            rows = (await s.scalars(select(WebhookOutbox).where(WebhookOutbox.id.in_(ids))
+                                    .order_by(WebhookOutbox.id))).all()
             return [row_dict(r) for r in rows]
