@@ -174,11 +174,12 @@ def worst_group(s: dict) -> float:
 
 def rank(ps: tuple[AmdParams, dict]):
     """Selection rule (dev only): median machine decision ≤ 2.5 s and ≤ 2 % early messages first, then
-    human/machine accuracy, then the worst engine/noise group, then the faster machine verdict."""
+    human/machine accuracy, then the worst engine/noise group, then beeps found, then the faster machine verdict."""
     s = ps[1]
     fast = (s["machine_ms"][50] or 1e9) <= 2500
     safe = (s["message_too_early"] or 0) <= 0.02
-    return (not fast, not safe, -round(s["hm_accuracy"], 3), -worst_group(s), s["machine_ms"][50] or 1e9)
+    return (not fast, not safe, -round(s["hm_accuracy"], 3), -worst_group(s), -(s["beep_detected"] or 0),
+            s["machine_ms"][50] or 1e9)
 
 
 def fmt_ms(v: float | None) -> str:
@@ -239,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 
 #: the dev-only grid of `--tune` (kept small: each point runs the whole dev split)
 TUNE_GRID: dict[str, list] = {
-    "vad_rel_level": [0.15, 0.2, 0.25],
-    "speech_bridge_ms": [200, 300],
-    "greeting": [1500, 1800],
+    "message_end_silence": [2500, 3000],
+    "beep_confirm_ms": [150, 200, 260],
+    "beep_purity": [0.9, 0.93],
 }
 
 

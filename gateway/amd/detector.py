@@ -137,11 +137,11 @@ class AmdDetector:
 
         tonal = False
         if p.beep or p.fax or p.sit:
-            freq = 0.0
+            freq = purity = 0.0
             if level >= self._tone_gate:
                 freq, purity = tone_score(a.astype(np.float32), self.sample_rate)
                 tonal = purity >= p.tone_purity
-            ended = self._tones.update(now, freq, tonal, level)
+            ended = self._tones.update(now, freq, tonal, level, purity)
             pend = self._pending_beep
             if pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ:
                 self._pending_beep = None            # another tone right after it: a melody or SIT, not a beep
@@ -200,7 +200,7 @@ class AmdDetector:
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
                 ended = Tone(pend.freq_hz, pend.start_ms, ended.end_ms, max(pend.drift_hz, ended.drift_hz),
-                             (pend.level + ended.level) / 2, pend.pre_level)
+                             (pend.level + ended.level) / 2, pend.pre_level, (pend.purity + ended.purity) / 2)
             self._pending_beep = None
             if self._beep_like(ended) and not self._tones.active:   # a tone straight after: a melody or SIT
                 if p.beep_confirm_ms <= 0:
@@ -216,7 +216,7 @@ class AmdDetector:
     def _beep_like(self, t: Tone) -> bool:
         """A steady pure tone that starts out of quiet, after some speech, about as loud as that speech."""
         p = self.params
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz
+        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz and t.purity >= p.beep_purity
                 and t.pre_level <= t.level * p.beep_onset_ratio
                 and self.voice_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)

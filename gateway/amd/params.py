@@ -61,9 +61,12 @@ class AmdParams:
     beep_min_hz: int = 400
     beep_max_hz: int = 2000
     #: a tone must hold this long (steady pitch) to be a beep.
-    beep_min_ms: int = 120
+    beep_min_ms: int = 100
     #: after the tone stops, this long of quiet confirms a beep (a vowel or a note is followed by more sound).
-    beep_confirm_ms: int = 100
+    beep_confirm_ms: int = 200
+    #: mean purity over the tone's frames for a beep (a voice's strongest harmonic, even through the phone band's
+    #: 300 Hz high-pass, keeps more of its energy elsewhere than a beep in 10 dB of noise does).
+    beep_purity: float = 0.9
     #: a beep's pitch stays within this many Hz over its length (a voice's harmonics and sung notes glide).
     beep_max_drift_hz: float = 12.0
     #: the sound just before a beep is at most this fraction of the beep's level (it starts out of quiet).
@@ -88,7 +91,7 @@ class AmdParams:
 
     # --- end of message (Twilio DetectMessageEnd) --------------------------------------------------------------
     #: silence after machine speech that ends the greeting (machine_end_silence); Twilio's SpeechEndThreshold.
-    message_end_silence: int = 2500
+    message_end_silence: int = 3000
     #: no beep / silence by then (from answer) → machine_end_other; Twilio's MachineDetectionTimeout.
     message_end_timeout: int = 30000
 

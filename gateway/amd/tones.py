@@ -74,6 +74,8 @@ class Tone:
     #: mean |sample| over the tone, and the loudest of the frames just before it (its onset contrast)
     level: float = 0.0
     pre_level: float = 0.0
+    #: mean purity of the tone's frames (1.0 = a pure sine; a voice's strongest harmonic stays well below)
+    purity: float = 0.0
 
     @property
     def duration_ms(self) -> int:
@@ -97,6 +99,7 @@ class ToneTracker:
         self._gap = 0
         self._freqs: list[float] = []
         self._levels: list[float] = []
+        self._purities: list[float] = []
         self._pre = 0.0
         self._history = [0.0, 0.0, 0.0]      # levels of the last three frames
 
@@ -107,7 +110,7 @@ class ToneTracker:
     def current(self, now_ms: int) -> Tone | None:
         return self._tone() if self.active else None
 
-    def update(self, now_ms: int, freq: float, tonal: bool, level: float = 0.0) -> Tone | None:
+    def update(self, now_ms: int, freq: float, tonal: bool, level: float = 0.0, purity: float = 1.0) -> Tone | None:
         """Feed the frame ending at `now_ms`; returns the finished tone when a run ends."""
         hist = self._history
         done = None
@@ -116,10 +119,11 @@ class ToneTracker:
             self._gap = 0
             self._freqs.append(freq)
             self._levels.append(level)
+            self._purities.append(purity)
         elif tonal:
             done = self._finish()
             self.freq, self.start_ms, self.last_ms, self._gap = freq, now_ms - self.frame_ms, now_ms, 0
-            self._freqs, self._levels = [freq], [level]
+            self._freqs, self._levels, self._purities = [freq], [level], [purity]
             self._pre = max(hist[0], hist[1])
         elif self.active:
             self._gap += 1
@@ -131,7 +135,8 @@ class ToneTracker:
     def _tone(self) -> Tone:
         inner = self._freqs[1:-1] or self._freqs
         return Tone(self.freq, self.start_ms, self.last_ms, drift_hz=max(inner) - min(inner),
-                    level=sum(self._levels) / len(self._levels), pre_level=self._pre)
+                    level=sum(self._levels) / len(self._levels), pre_level=self._pre,
+                    purity=sum(self._purities) / len(self._purities))
 
     def _finish(self) -> Tone | None:
         if not self.active:
