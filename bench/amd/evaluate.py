@@ -32,6 +32,9 @@ from gateway.amd.detector import AmdDetector  # noqa: E402
 from gateway.amd.params import AmdParams  # noqa: E402
 from gateway.amd.wav import load_message  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from silero import SileroVad, available as silero_available  # noqa: E402
+
 CORPUS = Path(__file__).resolve().parent / "corpus"
 TRUTH = ["human", "machine", "fax", "sit", "silence"]
 PRED = ["human", "machine", "fax", "sit", "unknown"]
@@ -50,8 +53,8 @@ def klass(answered_by: str) -> str:
     return "machine" if answered_by.startswith("machine") else answered_by
 
 
-def run_clip(params: AmdParams, pcm: bytes, rate: int) -> dict:
-    det = AmdDetector(params, rate, detect_message_end=True)
+def run_clip(params: AmdParams, pcm: bytes, rate: int, vad: str = "") -> dict:
+    det = AmdDetector(params, rate, detect_message_end=True, vad=SileroVad(rate) if vad == "silero" else None)
     chunk = rate // 50 * 2
     t0 = time.process_time()
     for i in range(0, len(pcm), chunk):
@@ -68,8 +71,8 @@ def run_clip(params: AmdParams, pcm: bytes, rate: int) -> dict:
             "frames": det.frames, "cost_s": cost}
 
 
-def evaluate(params: AmdParams, clips: list[dict]) -> dict:
-    results = [{**run_clip(params, c["pcm"], c["rate_hz"]), "clip": c} for c in clips]
+def evaluate(params: AmdParams, clips: list[dict], vad: str = "") -> dict:
+    results = [{**run_clip(params, c["pcm"], c["rate_hz"], vad), "clip": c} for c in clips]
     return score(results)
 
 
@@ -198,9 +201,23 @@ def line(split: str, name: str, s: dict) -> str:
             f"{s['us_per_frame']:.1f} µs/frame")
 
 
-def configs() -> dict[str, AmdParams]:
-    return {"gateway": AmdParams(), "gateway, energy VAD": replace(AmdParams(), vad="energy"),
-            "app_amd anchor": AmdParams.app_amd()}
+def configs() -> dict[str, tuple[AmdParams, str]]:
+    """name → (parameters, "silero" to swap webrtcvad for Silero VAD)."""
+    out = {"gateway": (AmdParams(), ""),
+           "gateway, accuracy preset": (replace(AmdParams(), greeting_pause_ms=350, max_utterance=2600), ""),
+           "gateway, energy VAD": (replace(AmdParams(), vad="energy"), ""),
+           "previous defaults": (PREVIOUS, ""),
+           "app_amd anchor": (AmdParams.app_amd(), "")}
+    if silero_available():
+        out["gateway, Silero VAD"] = (AmdParams(), "silero")
+    return out
+
+
+#: the defaults before issue 15 (tuned on an espeak-ng-only corpus), for comparison
+PREVIOUS = replace(AmdParams(), greeting=1500, after_greeting_silence=800, max_utterance=0, speech_bridge_ms=0,
+                   vad_floor_ratio=0.0, vad_rel_level=0.0, beep_min_ms=120, beep_confirm_ms=60, beep_purity=0.0,
+                   beep_max_drift_hz=1000.0, beep_onset_ratio=1000.0, beep_offset_ratio=0.25, beep_min_voice_ms=0,
+                   beep_min_rel_level=0.0, fax_cng_max_voice_ms=100, sit=False, message_end_silence=1200)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for split in splits:
         clips = load(split)
-        for name, params in cfgs.items():
-            s = evaluate(params, clips)
+        for name, (params, vad) in cfgs.items():
+            s = evaluate(params, clips, vad)
             results[(name, split)] = s
             print(line(split, name, s))
             for g in ("engine", "noise", "format", "scenario"):
@@ -240,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
 #: the dev-only grid of `--tune` (kept small: each point runs the whole dev split)
 TUNE_GRID: dict[str, list] = {
-    "message_end_silence": [2500, 3000],
-    "beep_confirm_ms": [150, 200, 260],
-    "beep_purity": [0.9, 0.93],
+    "greeting_pause_ms": [0, 250, 350],
+    "max_utterance": [1800, 2600, 3200],
+    "greeting": [1300, 1500],
 }
 
 

@@ -54,7 +54,7 @@ class AmdDetector:
 
     def __init__(self, params: AmdParams | None = None, sample_rate: int = 8000, *,
                  detect_message_end: bool = False, start_in_message_end: bool = False,
-                 early_media: bool = False) -> None:
+                 early_media: bool = False, vad=None) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("AMD runs on 8 or 16 kHz PCM16")
         self.params = p = params or AmdParams()
@@ -66,7 +66,8 @@ class AmdDetector:
         self.early_media = early_media
         self._frame_bytes = sample_rate // 1000 * FRAME_MS * 2
         self._buf = bytearray()
-        self._vad = make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
+        #: `vad`: any object with `is_speech(frame, mean_abs)`; bench/amd passes other VADs to compare them
+        self._vad = vad or make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
         self._floor = NoiseFloor() if p.vad_floor_ratio > 0 else None
         self._tones = ToneTracker(FRAME_MS)
         self._tone_gate = max(32, p.silence_threshold // 2)
@@ -81,6 +82,7 @@ class AmdDetector:
         self.silence_ms = 0
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
+        self.resumed = False          # speech resumed after a pause of greeting_pause_ms
         self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
         self.words = 0
         self.in_word = True          # app_amd starts "in a word": the first word counts only after some silence
@@ -258,6 +260,8 @@ class AmdDetector:
                 return self._decide(AnsweredBy.HUMAN, f"HUMAN-{self.silence_ms}-{p.after_greeting_silence}")
             return None
         bridged = self.silence_ms if self.in_greeting and self.silence_ms < p.speech_bridge_ms else 0
+        if self.in_greeting and self.silence_ms >= p.greeting_pause_ms > 0:
+            self.resumed = True            # speech went on after a sentence pause: more than one answer phrase
         self.silence_ms = 0
         self.consecutive_voice_ms += FRAME_MS
         self.voice_ms += FRAME_MS + bridged
@@ -269,7 +273,7 @@ class AmdDetector:
             return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
         if p.maximum_number_of_words and self.words > p.maximum_number_of_words:
             return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
-        if self.in_greeting and self.voice_ms >= p.greeting:
+        if self.in_greeting and self.voice_ms >= p.greeting and (self.resumed or not p.greeting_pause_ms):
             return self._decide(AnsweredBy.MACHINE_START, f"LONGGREETING-{self.voice_ms}-{p.greeting}")
         if p.max_utterance and self.utterance_ms >= p.max_utterance:
             return self._decide(AnsweredBy.MACHINE_START, f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
@@ -293,6 +297,7 @@ class AmdDetector:
 
     def _reset_greeting(self) -> None:
         self.voice_ms = self.consecutive_voice_ms = self.words = self.utterance_ms = 0
+        self.resumed = False
         self.in_word, self.in_initial_silence, self.in_greeting = True, True, False
 
     @property

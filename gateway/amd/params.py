@@ -36,6 +36,9 @@ class AmdParams:
     #: one utterance (speech whose pauses are all shorter than utterance_gap) this long → machine; 0 = off.
     #: People answer in short bursts ("Hello? … Hello? Who's calling?"); a greeting is read in long sentences.
     max_utterance: int = 1800
+    #: with this > 0, the greeting rule needs speech that went on after a pause this long (a greeting is several
+    #: sentences; a business answer, "Acme support, Tom speaking, how can I help?", is one phrase, then a wait).
+    greeting_pause_ms: int = 0
     #: a pause at least this long ends an utterance.
     utterance_gap: int = 400
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
