@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .config import load_settings
+from .publicurl import unreachable_reason
 from .redact import redact_url
 
 
@@ -25,6 +26,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
+                                                       "drain` before they are hung up (default 300)")
+    p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
+                                                             "head (default 10)")
+    p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
+                                                           "(default 30)")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -33,7 +42,10 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "max_calls": args.max_calls, "log_level": args.log_level,
+        "max_calls": args.max_calls, "log_level": args.log_level, "drain_timeout": args.drain_timeout,
+        "http_max_connections": args.http_max_connections,
+        "http_max_connections_per_ip": args.http_max_connections_per_ip,
+        "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
     }, config_file=args.config)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -44,6 +56,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"gateway: --engine: {e}", file=sys.stderr)
         return 2
     await gw.start()
+    # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
+    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
+    # Installed before the start-up lines are printed: whoever reads them may signal us at once.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_stop_signal, gw)
     # Everything loaded so far (SQLAlchemy, aiortc, numpy…) lives as long as the process: move it out of the
     # collector's sight, and collect young objects less often. Measured with SIPp at 100 calls/s: INVITE→200
     # p50 104 ms → 12 ms, because full collections over the start-up heap were stalling the loop.
@@ -53,13 +71,27 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    _announce_public_url(settings.public_base)
+    await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _on_stop_signal(gw) -> None:
+    if not gw.draining:
+        print(f"gateway: draining {len(gw.calls.active)} live call(s) for up to {gw.settings.drain_timeout:g} s; "
+              "signal again to hang them up now", flush=True)
+    gw.begin_drain()
+
+
+def _announce_public_url(public: str) -> None:
+    """Say which URL carriers are given (webhooks, media websockets), and warn when they cannot reach it."""
+    print(f"gateway: public URL {public} (carriers are sent here; set it with --public-url)", flush=True)
+    problem = unreachable_reason(public)
+    if problem:
+        print(f"gateway: warning: Twilio, Exotel and Vonage cannot reach {public} ({problem}): real numbers will "
+              "not connect until --public-url / GATEWAY_PUBLIC_URL names an https address they can reach",
+              file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

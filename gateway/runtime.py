@@ -5,6 +5,7 @@ exactly as `gateway serve` does on 8080/5060.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .config import Settings
 from .engine import EngineRegistry
+from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .store import Store
 from .webhooks import WebhookDispatcher
 
@@ -34,8 +36,15 @@ class Gateway:
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
         self._runner: web.AppRunner | None = None
+        self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
         self.started = False
+        #: docs/deploy.md "Graceful drain": set by `begin_drain()`; carriers then refuse new calls, SIP OPTIONS and
+        #: /healthz answer 503. `drained` is set once the live calls are gone and webhooks are flushed.
+        self.draining = False
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task | None = None
+        self._drain_now = asyncio.Event()
 
     def carrier_for(self, provider: str) -> Carrier | None:
         """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""
@@ -77,11 +86,15 @@ class Gateway:
         self.ensure_api_key()
         await self.store.open()
         self.build_app()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        s = self.settings
+        self.http_guard = ConnectionGuard(
+            max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
+            max_per_ip=s.http_max_connections_per_ip, header_timeout=s.http_header_timeout)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=s.http_idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)
+        site = GuardedSite(self._runner, s.host, s.http_port, self.http_guard)
         await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]
+        self.http_port = site.port
         if self.settings.http_port == 0:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():
@@ -89,7 +102,38 @@ class Gateway:
         self.started = True
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
+    def begin_drain(self, timeout: float | None = None) -> None:
+        """Stop taking new calls; let live ones finish for `timeout` s (default `drain_timeout`), then hang up.
+
+        Called on SIGTERM, by `POST /api/v1/nodes/{proc}/drain` and by the control bus. A second call while
+        draining stops the waiting: the remaining calls are hung up with reason `shutdown` at once.
+        """
+        if self._drain_task is not None:
+            self._drain_now.set()
+            return
+        self.draining = True
+        limit = self.settings.drain_timeout if timeout is None else timeout
+        log.warning("draining: new calls refused", extra={"proc": self.settings.proc_id, "live_calls":
+                                                           len(self.calls.active), "drain_timeout": limit})
+        self._drain_task = asyncio.ensure_future(self._drain(limit))
+
+    async def _drain(self, timeout: float) -> None:
+        idle = asyncio.ensure_future(self.calls.wait_idle(timeout))
+        now = asyncio.ensure_future(self._drain_now.wait())
+        await asyncio.wait({idle, now}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (idle, now):
+            t.cancel()
+        left = len(self.calls.active)
+        if left:
+            log.warning("drain timeout: hanging up live calls", extra={"calls": left})
+        await self.calls.hangup_all("shutdown")
+        await self.webhooks.drain(self.settings.webhook_timeout)
+        log.warning("drained", extra={"proc": self.settings.proc_id, "hung_up": left})
+        self.drained.set()
+
     async def stop(self) -> None:
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
         await self.calls.hangup_all("shutdown")
         for carrier in self.carriers.values():
             try:
@@ -107,4 +151,5 @@ class Gateway:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def info(self) -> dict[str, Any]:
-        return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active)}
+        return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active),
+                "proc": self.settings.proc_id, "node": self.settings.node_id}

@@ -31,7 +31,7 @@ async def test_import_checks_account_and_number_and_configures_webhooks(twilio_e
                                   "status_callback": None}
     status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
         "phone_number": OTHER, "account_sid": env.account.sid, "account_token": env.account.token,
-        "name": "support line", "configure_webhooks": True, "agent_id": env.agent["id"]})
+        "name": "support line", "configure_webhooks": True, "force_webhooks": True, "agent_id": env.agent["id"]})
     assert status == 201, body
     stored = body["phone_number"]
     assert stored["config"]["account_sid"] == env.account.sid and stored["config"]["account_token"] == "****"
@@ -44,12 +44,28 @@ async def test_import_checks_account_and_number_and_configures_webhooks(twilio_e
     assert lookups[-1].one("PhoneNumber") == OTHER
 
 
+async def test_configure_webhooks_refuses_a_public_url_twilio_cannot_reach(twilio_env):
+    """Regression (issue 14): with the default public URL (http://127.0.0.1:…) configure_webhooks rewrote a real
+    number's VoiceUrl to loopback. Now a 400 naming the field and the fix, and the number is left untouched."""
+    env = await twilio_env()
+    env.account.numbers[OTHER] = {"sid": "PN" + "7" * 32, "phone_number": OTHER, "voice_url": "https://old/voice",
+                                  "status_callback": None}
+    assert env.gw.settings.public_base.startswith("http://127.0.0.1")
+    status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
+        "phone_number": OTHER, "account_sid": env.account.sid, "account_token": env.account.token,
+        "configure_webhooks": True})
+    assert status == 400 and body["field"] == "configure_webhooks", body
+    assert "loopback" in body["error"] and "--public-url" in body["error"] and "force_webhooks" in body["error"]
+    assert env.account.numbers[OTHER]["voice_url"] == "https://old/voice"
+    assert await env.gw.store.find_number(OTHER, "twilio") is None
+
+
 async def test_import_with_bad_token_says_twilio_rejected_the_credentials(twilio_env):
     env = await twilio_env()
     status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
         "phone_number": OTHER, "account_sid": env.account.sid, "account_token": "wrong-token-123"})
-    assert status == 422, body
-    assert "Twilio rejected the credentials (401)" in str(body)
+    assert status == 422 and body["field"] == "account_token", body
+    assert "Twilio rejected the account SID / auth token (HTTP 401)" in str(body)
     assert "wrong-token-123" not in str(body)
     assert await env.gw.store.find_number(OTHER, "twilio") is None
 
@@ -111,7 +127,7 @@ async def test_dispatch_refused_by_twilio_is_a_clear_error(twilio_env):
     env = await twilio_env()
     env.rest.create_error = (400, 21211, "The 'To' number +14155550199 is not a valid phone number.")
     status, body = await dispatch(env)
-    assert status == 502, body
+    assert status == 422, body        # the carrier refused what was asked (docs/api.md, "Carrier errors")
     assert "21211" in str(body) and "not a valid phone number" in str(body)
     rows, _ = await env.gw.store.list_calls()
     assert rows[0]["call_status"] == "failed"

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..carrier import CarrierError
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
-from .errors import read_json
+from .errors import ApiError, read_json
 from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
                          reject_unknown, required)
 
@@ -164,6 +165,16 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return out
 
 
+def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
+    """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
+    a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
+    for carrier in gw.carriers.values():
+        try:
+            carrier.check_agent_settings(settings or {})
+        except CarrierError as e:
+            raise ApiError(e.status, e.message, e.field) from None
+
+
 async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
     agent_id = as_int(request.match_info["id"], "id", minimum=1)
     agent = await gw.store.get_agent(agent_id)
@@ -176,6 +187,7 @@ async def create_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     data = check_agent(gw, await read_json(request), partial=False)
     _keep_masked_secret(data, {})
+    check_carrier_settings(gw, data.get("settings"))
     agent = await gw.store.create_agent(data)
     return web.json_response({"success": True, "agent": agent_json(agent)}, status=201)
 
@@ -205,18 +217,28 @@ async def replace_agent(request: web.Request) -> web.Response:
 async def patch_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
-    data = check_agent(gw, await read_json(request), partial=True)
-    if "settings" in data:
-        merged = dict(agent.get("settings") or {})
-        for key, section in data["settings"].items():
-            old = merged.get(key)
-            merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
-        data["settings"] = check_settings(merged)
-        _keep_masked_secret(data, agent)
+    body = await read_json(request)
+    if isinstance(body.get("settings"), dict):
+        body["settings"] = merge_settings(agent.get("settings") or {}, body["settings"])
+    data = check_agent(gw, body, partial=True)
+    _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
 
+def merge_settings(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """PATCH's per-section merge, on the raw body before any check: a key sent replaces the stored one, a key
+    not sent keeps its stored value. (Checking first would fill defaults — type static, enabled false — into the
+    patch and silently reset what the client never mentioned.)"""
+    merged = dict(stored)
+    for key, section in patch.items():
+        old = merged.get(key)
+        merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
+    return merged
+
+
 async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:
+    if "settings" in data:
+        check_carrier_settings(gw, data["settings"])
     try:
         agent = await gw.store.update_agent(agent_id, data)
     except NotFoundError:

@@ -5,28 +5,44 @@ into that shape, so no client ever sees an HTML page or a traceback.
 """
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from .. import safejson
+
+if TYPE_CHECKING:
+    from ..carrier import CarrierError
 
 log = logging.getLogger("gateway.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.headers = headers
         self.extra = extra
 
 
-def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> web.Response:
+def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:
+    """A carrier's refusal as the API answers it (status mapped in gateway/carrier_rest.py; a rate limit carries
+    `Retry-After`). `message`: the error text after scrubbing secrets, when the caller had some to scrub."""
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    return ApiError(e.status, message if message is not None else e.message, e.field, headers=headers, **extra)
+
+
+def error_response(status: int, message: str, field: str | None = None, *,
+                   headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
     body = {"success": False, "error": message, "field": field, **extra}
-    headers = {"WWW-Authenticate": 'Bearer realm="telephony-gateway"'} if status == 401 else None
-    return web.json_response(body, status=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="telephony-gateway"'
+    return web.json_response(body, status=status, headers=headers or None)
 
 
 def _is_json_path(path: str) -> bool:
@@ -41,7 +57,7 @@ async def error_middleware(request: web.Request, handler):
         # status, path and field only: messages may quote the input
         log.info("API request refused", extra={"method": request.method, "path": request.path,
                                                "status": e.status, "field": e.field})
-        return error_response(e.status, e.message, e.field, **e.extra)
+        return error_response(e.status, e.message, e.field, headers=e.headers, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:
             raise
@@ -56,22 +72,15 @@ async def error_middleware(request: web.Request, handler):
         return error_response(500, "internal error (logged on the gateway)")
 
 
-def _no_constant(name: str) -> None:
-    # NaN/Infinity are not JSON (RFC 8259) and could not be sent back out
-    raise ValueError(f"{name} is not allowed")
-
-
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 naming `body`."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = safejson.loads(raw)
+    except safejson.BadJson as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", "body") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply", "body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", "body")
     return body

@@ -140,7 +140,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
             "amd_answered_by": ["string", "null"], "amd_duration": ["number", "null"], "is_voicemail": "boolean",
             "voicemail_type": ["string", "null"], "is_fax": "boolean", "hangup_source": ["string", "null"],
             "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
-            "channel_type": "string"}.items()}},
+            "channel_type": "string", "timing": ["object", "null"]}.items()}},
     }
     for provider in sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p}):
         carrier = gw.carrier_for(provider)
@@ -202,7 +202,8 @@ def build(gw: "Gateway") -> dict[str, Any]:
             errors=(400, 401, 404, 409, 502, 503))},
         f"{p}/calls/logs": {"get": _op(
             "Call log", tag="calls", errors=(400, 401), params=PAGE + [
-                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query")],
+                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query"),
+                _param("carrier_sid", "query")],
             ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
                                                  "call_log_data": {"type": "array", "items": _ref("CallLog")}}})},
         f"{p}/calls/logs/{{id}}": {"get": _op(
@@ -214,6 +215,14 @@ def build(gw: "Gateway") -> dict[str, Any]:
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
             body={"type": "object", "properties": {"number": {"type": "string"}}}, errors=(400, 401, 404, 409))},
+        f"{p}/nodes/{{proc}}/drain": {"post": _op(
+            "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
+            "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",
+            params=[_param("proc", description="process id or node id")], status="202",
+            body={"type": "object", "properties": {"timeout": {
+                "type": "integer", "minimum": 0, "description": "seconds; default the process's --drain-timeout"}}},
+            ok={"type": "object", "properties": {"success": {"const": True}, "proc": {"type": "string"},
+                                                 "state": {"const": "draining"}}})},
     }
     return {
         "openapi": "3.1.0",

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, utcnow
+from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
 # keep it above DEBUG so `--log-level debug` never writes secrets to the log.
@@ -85,6 +86,7 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "timing": None,
 }
 
 
@@ -168,6 +170,8 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_missing_columns)
+        async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
+            await conn.run_sync(never_reuse_ids)
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -391,10 +395,13 @@ class Store:
             return _row(c) if c else None
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
-                         call_status: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                         call_status: str | None = None,
+                         carrier_sid: str | None = None) -> tuple[list[dict[str, Any]], int]:
         await self.flush()
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        if carrier_sid is not None:
+            q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
         if agent_id is not None:
             q, cq = q.where(CallLog.agent_id == agent_id), cq.where(CallLog.agent_id == agent_id)
         if call_status:
