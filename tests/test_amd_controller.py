@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import silence, sit, tone, words, write_wav  # noqa: E402
 
-from gateway.amd import AmdDetector, controller_for, maybe_start_amd, report_amd  # noqa: E402
+from gateway.amd import AmdDetector, AmdParams, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, HangupSource, Mark  # noqa: E402
 
@@ -173,7 +173,8 @@ async def test_machine_text_message_is_handed_to_engine(make_gateway):
     await call.attach(leg, 8000)
     pump = asyncio.create_task(leg.pump(call))
     try:
-        await _feed(call, GREETING + silence(2600))      # no beep: the greeting ends in 2.5 s of silence
+        # no beep: the greeting ends in silence long enough that no beep is still likely to come
+        await _feed(call, GREETING + silence(AmdParams().message_end_silence + 100))
         await asyncio.wait_for(call.ended.wait(), WAIT)
     finally:
         pump.cancel()

@@ -54,7 +54,8 @@ def test_beep_after_greeting_is_machine_end_beep_decided_when_tone_stops(freq):
     beep_end = (len(pcm) - len(silence(500))) // 16
     (ab0, _), (ab, at) = run(telephone(pcm), message_end=True)
     assert ab0 is MS and ab is MEB
-    assert beep_end + 80 <= at <= beep_end + 160     # after the tone and ~100 ms of quiet confirming it
+    confirm = AmdParams().beep_confirm_ms
+    assert beep_end + confirm - 20 <= at <= beep_end + confirm + 60     # after the tone and the quiet confirming it
 
 
 def test_steady_tone_inside_speech_is_not_a_beep():
