@@ -22,7 +22,8 @@ Splits differ by ENGINE and SCRIPT, not only by voice: festival is never used in
 are split (dev voices never appear in test); every text (greetings, answers, announcements, babble) comes from
 per-split pools. Thresholds are tuned on dev only.
 
-Deterministic: one seed plans everything; each clip has its own numpy seed; TTS output is cached per
+Deterministic: one seed plans everything; each clip has its own numpy seed; sox runs in repeatable mode (`-R`: its
+dither is seeded); byte-identical clips on every run (checked with md5sum). TTS output is cached per
 (engine, voice, rate, pitch, text). ~1100 clips in a few minutes on 2 cores (festival batches its utterances
 into one process per voice). TTS audio is not real calls: accuracy on it is an engineering signal.
 """
@@ -162,7 +163,7 @@ def utt_key(engine: str, voice: str, rate: float, pitch: int, text: str) -> str:
 
 
 def _to_raw16k(wav_bytes: bytes) -> bytes:
-    return subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16", "-c",
+    return subprocess.run(["sox", "-R", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16", "-c",
                            "1", "-"], input=wav_bytes, capture_output=True, check=True, timeout=60).stdout
 
 
@@ -538,9 +539,9 @@ def render(spec: dict, out: Path, cache: Path) -> dict:
     final = out / f"{spec['id']}.wav"
     if spec["rate_hz"] == 8000:
         enc = ["-e", "u-law"] if spec["codec"] == "ulaw" else ["-e", "a-law"]
-        cmd = ["sox", str(tmp), "-r", "8000", "-c", "1", *enc, str(final), "sinc", "300-3400"]
+        cmd = ["sox", "-R", str(tmp), "-r", "8000", "-c", "1", *enc, str(final), "sinc", "300-3400"]
     else:
-        cmd = ["sox", str(tmp), "-r", "16000", "-c", "1", "-e", "signed", "-b", "16", str(final), "sinc", "100-7000"]
+        cmd = ["sox", "-R", str(tmp), "-r", "16000", "-c", "1", "-e", "signed", "-b", "16", str(final), "sinc", "100-7000"]
     subprocess.run(cmd, check=True, timeout=60, capture_output=True)
     tmp.unlink()
     clip = {k: v for k, v in spec.items() if k not in ("babble", "seed")}
