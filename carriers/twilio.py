@@ -712,6 +712,15 @@ class TwilioCarrier(Carrier):
         return _xml(self.stream_twiml(call))
 
     # -- outbound -----------------------------------------------------------------------------------------------
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        """`settings.transfer.timeout` becomes <Dial timeout>, which Twilio wants as a positive whole number of
+        seconds (warning 13212, https://www.twilio.com/docs/api/errors/13212)."""
+        transfer = settings.get("transfer")
+        timeout = transfer.get("timeout") if isinstance(transfer, dict) else None
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+            raise CarrierError("settings.transfer.timeout: must be a positive whole number of seconds (Twilio "
+                               "<Dial timeout>)", 400, "settings.transfer.timeout")
+
     async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
         creds = await self._creds_for_number(number)
         leg = TwilioLeg(self, call, creds)

@@ -267,6 +267,7 @@ async def test_vonage_transfer_refused_is_an_error(rig, answer, status):
     ("vonage", {"vonage": {"ringtimeout": 30}}, "settings.vonage.ringtimeout"),
     ("exotel", {"exotel": {"time_limit": 14401}}, "settings.exotel.time_limit"),
     ("exotel", {"exotel": {"ring_timeout": "45"}}, "settings.exotel.ring_timeout"),
+    ("twilio", {"transfer": {"number": TARGET, "timeout": "soon"}}, "settings.transfer.timeout"),
 ])
 async def test_carrier_settings_checked_at_save_time(rig, name, settings, field):
     r = await rig(name)
