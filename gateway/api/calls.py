@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
@@ -35,11 +36,26 @@ def mmss(seconds: float | None) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+def time_of_call(created_at: str | None) -> str:
+    """OmniDimension's `time_of_call`: MM/DD/YYYY HH:MM:SS (UTC, like every time the gateway stores)."""
+    if not created_at:
+        return ""
+    at = datetime.fromisoformat(created_at)
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.strftime("%m/%d/%Y %H:%M:%S")
+
+
 def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A call-log row with the seed API's telephony fields (call_duration as M:SS)."""
+    """A call-log row with the seed (OmniDimension) API's fields besides ours: call_duration as M:SS, an integer
+    call_duration_in_seconds, call_duration_in_minutes, time_of_call, recording_url false when there is none
+    (docs/omnidimension-compat.md)."""
     out = dict(row)
-    out["call_duration_in_seconds"] = row.get("call_duration_in_seconds") or 0
-    out["call_duration"] = mmss(row.get("call_duration_in_seconds"))
+    seconds = row.get("call_duration_in_seconds") or 0
+    out["call_duration_in_seconds"] = int(round(seconds))
+    out["call_duration_in_minutes"] = round(seconds / 60, 2)
+    out["call_duration"] = mmss(seconds)
+    out["time_of_call"] = time_of_call(row.get("created_at"))
+    out["recording_url"] = row.get("recording_url") or False
     out["call_log_id"] = row["id"]
     return out
 
@@ -50,8 +66,11 @@ async def dispatch(request: web.Request) -> web.Response:
     reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
     agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
     to_number = as_e164(required(body, "to_number"), "to_number")
-    number_id = as_int(required(body, "from_number_id"), "from_number_id", minimum=1)
     ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
+    if body.get("from_number_id") is not None:
+        number_id = as_int(body["from_number_id"], "from_number_id", minimum=1)
+    else:   # as in OmniDimension: the agent's attached number
+        number_id = await _attached_number(gw, agent_id)
     number = await gw.store.get_number(number_id, with_secrets=True)
     if number is None:
         raise bad("from_number_id", f"phone number {number_id} not found", 404)
@@ -85,10 +104,20 @@ async def dispatch(request: web.Request) -> web.Response:
                               "call_id": call.id})
 
 
+async def _attached_number(gw: "Gateway", agent_id: int) -> int:
+    """The id of the (first) number attached to the agent, for a dispatch without from_number_id."""
+    numbers = await gw.store.numbers_of_agent(agent_id)
+    if not numbers:
+        raise bad("from_number_id", f"is required: agent {agent_id} has no phone number attached "
+                                    "(attach one, or name the number to call from)")
+    return numbers[0]["id"]
+
+
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid",
+                             "bulk_call_id"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
@@ -96,10 +125,13 @@ async def list_logs(request: web.Request) -> web.Response:
     if status is not None and status not in CALL_STATUSES:
         raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
     sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    # OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
+    # call_context.bulk_call_id = N
+    bulk = as_int(q["bulk_call_id"], "bulk_call_id", minimum=1) if q.get("bulk_call_id") else None
     rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
-                                            carrier_sid=sid)
-    return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
-                              "call_log_data": [call_log_json(r) for r in rows]})
+                                            carrier_sid=sid, bulk_call_id=bulk)
+    return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
+                              "pagesize": pagesize, "call_log_data": [call_log_json(r) for r in rows]})
 
 
 def _log_id(ident: str) -> int | None:
@@ -123,7 +155,8 @@ async def get_log(request: web.Request) -> web.Response:
     if row is None:
         raise bad("id", f"call {ident} not found", 404)
     events = await gw.store.list_call_events(row["id"])
-    return web.json_response({"success": True, "call_log": call_log_json(row),
+    view = call_log_json(row)
+    return web.json_response({"success": True, "call_log": view, "call_log_data": [view], "total_records": 1,
                               "events": [{"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]})
 
 

@@ -269,6 +269,13 @@ class Store(ClusterStore):
             excl = () if with_secrets else ("secrets",)
             return [_row(n, exclude=excl) for n in rows], int(total or 0)
 
+    async def numbers_of_agent(self, agent_id: int) -> list[dict[str, Any]]:
+        """The numbers attached to an agent, oldest first (without secrets)."""
+        async with self._session() as s:
+            rows = (await s.scalars(select(PhoneNumber).where(PhoneNumber.agent_id == agent_id)
+                                    .order_by(PhoneNumber.id))).all()
+            return [_row(n, exclude=("secrets",)) for n in rows]
+
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
         self._invalidate("number")
         async with self._writing() as s:
@@ -432,11 +439,14 @@ class Store(ClusterStore):
             return _row(c) if c else None
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
-                         call_status: str | None = None,
-                         carrier_sid: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                         call_status: str | None = None, carrier_sid: str | None = None,
+                         bulk_call_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         await self.flush()
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        if bulk_call_id is not None:   # call_context.bulk_call_id, as a number or a numeric string
+            tag = CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id)
+            q, cq = q.where(tag), cq.where(tag)
         if carrier_sid is not None:
             q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
         if agent_id is not None:
