@@ -136,7 +136,7 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
     log_path = str(data_dir / "gateway.log")
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ENABLE_SIP": "false",
                "GATEWAY_CARRIERS": "twilio,vonage,exotel", "GATEWAY_HEARTBEAT_INTERVAL": str(HEARTBEAT),
-               "GATEWAY_STALE_AFTER": str(STALE), "GATEWAY_CONTROL_TIMEOUT": "3", **(env or {})}
+               "GATEWAY_STALE_AFTER": str(STALE), "GATEWAY_CONTROL_TIMEOUT": "10", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
          "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
