@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import aiohttp
+
+from .wsclient import ReceivingClient
 
 from voicecodecs import pcm16_to_ulaw
 
@@ -26,7 +29,7 @@ class Received:
         return b"".join(self.chunks)
 
 
-class ExotelStreamClient:
+class ExotelStreamClient(ReceivingClient):
     """Exotel's side of one Voicebot websocket. `on_media(payload, arrival)` and `on_clear(arrival)`, when set, see
     each audio chunk and clear as it arrives."""
 
@@ -34,20 +37,14 @@ class ExotelStreamClient:
                  headers: dict[str, str] | None = None,
                  on_media: Callable[[bytes, float], None] | None = None,
                  on_clear: Callable[[float], None] | None = None) -> None:
-        self.on_media = on_media
-        self.on_clear = on_clear
+        super().__init__(on_media, on_clear)
         self.session = session
         self.url = url
         self.headers = headers or {}
         self.echo_marks = echo_marks
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.rx = Received()
-        self.stream_sid = "MZ" + "a1" * 8
-        self.closed = asyncio.Event()
-        self.close_code: int | None = None
+        self.stream_sid = "MZ" + secrets.token_hex(8)
         self.close_reason: str = ""
-        self.new_chunk = asyncio.Condition()
-        self._reader: asyncio.Task | None = None
         self._seq = 0
         self.codec = "pcm16"
         self.call_sid = self.account_sid = ""
@@ -122,28 +119,9 @@ class ExotelStreamClient:
                         self.on_clear(asyncio.get_running_loop().time())
                 else:
                     self.rx.other.append(m)
-                async with self.new_chunk:
-                    self.new_chunk.notify_all()
+                await self._changed()
         finally:
             self.close_code = self.ws.close_code
             self.close_reason = str(getattr(self.ws, "_close_message", "") or "")
             self.closed.set()
-            async with self.new_chunk:
-                self.new_chunk.notify_all()
-
-    async def wait_for(self, predicate, timeout: float = 5.0) -> None:
-        async def _wait():
-            async with self.new_chunk:
-                await self.new_chunk.wait_for(lambda: predicate(self.rx) or self.closed.is_set())
-        await asyncio.wait_for(_wait(), timeout)
-        assert predicate(self.rx), "stream closed before the expected messages arrived"
-
-    async def wait_closed(self, timeout: float = 5.0) -> int | None:
-        await asyncio.wait_for(self.closed.wait(), timeout)
-        return self.close_code
-
-    async def close(self) -> None:
-        if self.ws is not None and not self.ws.closed:
-            await self.ws.close()
-        if self._reader is not None:
-            await asyncio.wait({self._reader}, timeout=2)
+            await self._changed()

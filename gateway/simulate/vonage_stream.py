@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import aiohttp
 
+from .wsclient import ReceivingClient
+
 
 @dataclass
 class VRx:
@@ -24,26 +26,20 @@ class VRx:
         return b"".join(self.frames)
 
 
-class VonageStreamClient:
+class VonageStreamClient(ReceivingClient):
     """Vonage's side of the media websocket the NCCO asked for. `on_media(frame, arrival)` and `on_clear(arrival)`,
     when set, see each binary audio frame and clear as it arrives."""
 
     def __init__(self, session: aiohttp.ClientSession, endpoint: dict[str, Any], *, gw_url: str,
                  on_media: Callable[[bytes, float], None] | None = None,
                  on_clear: Callable[[float], None] | None = None) -> None:
-        self.on_media = on_media
-        self.on_clear = on_clear
+        super().__init__(on_media, on_clear)
         self.session = session
         self.endpoint = endpoint
         # the NCCO names the public URL; tests reach the same path on the gateway's loopback port
         path = endpoint["uri"].split("://", 1)[1].split("/", 1)[1]
         self.url = gw_url.rstrip("/") + "/" + path
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.rx = VRx()
-        self.closed = asyncio.Event()
-        self.close_code: int | None = None
-        self.cond = asyncio.Condition()
-        self._reader: asyncio.Task | None = None
 
     async def connect(self, *, headers: dict[str, Any] | None = None, content_type: str | None = None) -> None:
         self.ws = await self.session.ws_connect(self.url)
@@ -70,13 +66,11 @@ class VonageStreamClient:
                         if self.on_clear is not None:
                             self.on_clear(asyncio.get_running_loop().time())
                         await self.ws.send_str(json.dumps({"event": "websocket:cleared"}))
-                async with self.cond:
-                    self.cond.notify_all()
+                await self._changed()
         finally:
             self.close_code = self.ws.close_code
             self.closed.set()
-            async with self.cond:
-                self.cond.notify_all()
+            await self._changed()
 
     async def play(self, pcm: bytes, frame: int, pace_every: int = 5) -> None:
         for i, off in enumerate(range(0, len(pcm), frame)):
@@ -86,20 +80,3 @@ class VonageStreamClient:
 
     async def dtmf(self, digit: str, duration: int = 260) -> None:
         await self.ws.send_str(json.dumps({"event": "websocket:dtmf", "digit": digit, "duration": duration}))
-
-    async def wait_for(self, pred, timeout: float = 5.0) -> None:
-        async def _w():
-            async with self.cond:
-                await self.cond.wait_for(lambda: pred(self.rx) or self.closed.is_set())
-        await asyncio.wait_for(_w(), timeout)
-        assert pred(self.rx), "socket closed before the expected messages"
-
-    async def wait_closed(self, timeout: float = 5.0) -> int | None:
-        await asyncio.wait_for(self.closed.wait(), timeout)
-        return self.close_code
-
-    async def close(self) -> None:
-        if self.ws is not None and not self.ws.closed:
-            await self.ws.close()
-        if self._reader is not None:
-            await asyncio.wait({self._reader}, timeout=2)
