@@ -49,7 +49,9 @@ class Gateway:
         self.store = Store(settings.db_url)
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
-        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
+        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
+                                          max_pending=settings.webhook_outbox_max, store=self.store,
+                                          owner=settings.proc_id)
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
@@ -82,11 +84,13 @@ class Gateway:
     def build_app(self) -> web.Application:
         from .api import setup_api
         from .engine.ws_bridge import setup_routes as setup_engine_routes
+        from .landing import setup_routes as setup_landing_routes
         from .live import setup_routes as setup_live_routes
 
         setup_api(self.app, self)
         setup_engine_routes(self.app, self)
         setup_live_routes(self.app, self)
+        setup_landing_routes(self.app, self)
         for carrier in self.carriers.values():
             carrier.setup(self.app)
         return self.app
@@ -94,6 +98,7 @@ class Gateway:
     async def start(self) -> None:
         self.ensure_api_key()
         await self.store.open()
+        await self.webhooks.restore()   # what a previous run of this process could not deliver
         self.build_app()
         s = self.settings
         self.http_guard = ConnectionGuard(
