@@ -98,7 +98,7 @@ class MediaStream(MarkedPlayout):
             await self._read_loop()
         except StreamClosed as e:
             log.warning("twilio media stream closed: %s", e.reason,
-                        extra={"carrier": "twilio", "close_code": int(e.code), "stream_sid": self.stream_sid,
+                        extra={"carrier": self.carrier.name, "close_code": int(e.code), "stream_sid": self.stream_sid,
                                "call_id": self.call.id if self.call else None})
             if not self.ws.closed:
                 await self.ws.close(code=int(e.code), message=e.reason[:120].encode())
@@ -159,7 +159,7 @@ class MediaStream(MarkedPlayout):
                 if digit.upper() in _DIGITS and len(digit) == 1:
                     call.feed_event(Dtmf(digit.upper()))
                 else:
-                    log.warning("ignored malformed dtmf message", extra={"carrier": "twilio", "call_id": call.id})
+                    log.warning("ignored malformed dtmf message", extra={"carrier": self.carrier.name, "call_id": call.id})
             elif event == "stop":
                 self.stopped = True
                 return
@@ -173,7 +173,7 @@ class MediaStream(MarkedPlayout):
         if not isinstance(name, str):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "mark without a name")
         if not self._mark_played(name):
-            log.debug("echo of a mark we did not send", extra={"carrier": "twilio", "mark": name})
+            log.debug("echo of a mark we did not send", extra={"carrier": self.carrier.name, "mark": name})
 
     async def _finish(self) -> None:
         self._release_drain_waiters()
@@ -220,7 +220,7 @@ class MediaStream(MarkedPlayout):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("twilio media sender failed", extra={"carrier": "twilio", "call_id": call.id})
+            log.exception("twilio media sender failed", extra={"carrier": self.carrier.name, "call_id": call.id})
             if not self.ws.closed:
                 await self.ws.close(code=1011, message=b"sender failed")
 

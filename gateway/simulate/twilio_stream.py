@@ -27,12 +27,13 @@ def sign(token: str, url: str, params: dict[str, Any] | None = None) -> str:
 
 
 async def post_signed(url: str, params: dict[str, str], token: str | None, *, signed_url: str | None = None,
-                      tamper: bool = False) -> tuple[int, str]:
-    """POST a form as Twilio does; `signed_url` is the public URL Twilio would have signed (behind a proxy)."""
+                      tamper: bool = False, header: str = "X-Twilio-Signature") -> tuple[int, str]:
+    """POST a form as Twilio does; `signed_url` is the public URL Twilio would have signed (behind a proxy);
+    `header`: where the signature goes (SignalWire: X-SignalWire-Signature)."""
     headers = {}
     if token is not None:
         sig = sign(token, signed_url or url, params)
-        headers["X-Twilio-Signature"] = sig
+        headers[header] = sig
     if tamper:
         params = {**params, "From": "+15550009999"}
     async with aiohttp.ClientSession() as s:
