@@ -153,6 +153,9 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    _family(lines, "gateway_webhooks_dropped_total", "counter",
+            "Lifecycle webhooks dropped unsent because the outbox (or one call's queue) was full.",
+            [("", gw.webhooks.dropped)])
     gw.calls.timing.render(lines)
     guard = gw.http_guard
     if guard is not None:

@@ -49,7 +49,9 @@ class Gateway:
         self.store = Store(settings.db_url)
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
-        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
+        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
+                                          max_pending=settings.webhook_outbox_max, store=self.store,
+                                          owner=settings.proc_id)
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
@@ -94,6 +96,7 @@ class Gateway:
     async def start(self) -> None:
         self.ensure_api_key()
         await self.store.open()
+        await self.webhooks.restore()   # what a previous run of this process could not deliver
         self.build_app()
         s = self.settings
         self.http_guard = ConnectionGuard(
