@@ -171,10 +171,14 @@ class TwilioStreamClient:
                 self._pending.remove(p)
                 self.echoed.append(p[1])
                 try:
-                    await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": p[1]}})
+                    await self.send(self.mark_message(p[1]))
                 except Exception:
                     return
             await asyncio.sleep(0.005)
+
+    def mark_message(self, name: str) -> dict[str, Any]:
+        """The echo of a mark whose audio has played (the carrier's wire format)."""
+        return {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
 
     async def wait_for(self, predicate: Any, timeout: float = 5.0) -> None:
         """Wait until predicate() is true (re-checked on every message received)."""
