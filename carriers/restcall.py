@@ -8,7 +8,7 @@ socket that presents it claims the call once. The rest is the same state machine
 
 `RestLeg` is the CallLeg the core drives (hangup, transfer), `RestCallCarrier` the bookkeeping (legs by call id,
 watchdogs, background REST tasks, claiming a stream, the transfer attempts); each carrier supplies its REST calls
-(`rest_hangup`, `rest_transfer`, `rest_restream`) and its webhooks.
+(`rest_hangup`, `rest_transfer`) and its webhooks, and says what follows a failed transfer attempt.
 """
 from __future__ import annotations
 
@@ -117,10 +117,6 @@ class RestCallCarrier(Carrier):
 
     async def rest_transfer(self, st: LegState, attempt: int, message: str | None = None) -> None:
         """Dial `st.transfer_targets[attempt]` for the caller."""
-        raise NotImplementedError
-
-    async def rest_restream(self, st: LegState) -> None:
-        """Every transfer target failed: connect the caller to a new media socket (`stream_url(st)`)."""
         raise NotImplementedError
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -274,32 +270,24 @@ class RestCallCarrier(Carrier):
             await st.call.transfer_finished(TransferResult(target, "completed"))
         await st.call.end(HangupSource.AGENT, "transferred")
 
-    async def transfer_failed(self, st: LegState, status: str) -> bool:
-        """The current target did not take the call (`status`: busy, no-answer, failed…): dial the next one, else
-        give the caller back to the agent. True when a next target is being dialled."""
+    async def transfer_failed(self, st: LegState, status: str) -> int | None:
+        """The current target did not take the call (`status`: busy, no-answer, failed…). Returns the index of the
+        next target to dial; None when every target failed: the agent is told, and the call goes back to it
+        (`state` live when its socket stayed up, else reconnecting with a watchdog: the carrier re-streams)."""
         if st.state != "transferring":
-            return False
+            return None
         target = self.current_target(st)
         st.attempts.append({"number": target, "status": status})
         await st.call.record(extra={"transfer_attempts": list(st.attempts)})
         nxt = len(st.attempts)
         if nxt < len(st.transfer_targets):
             await st.call.record(transfer_target=st.transfer_targets[nxt])
-            try:
-                await self.rest_transfer(st, nxt)
-                return True
-            except CarrierError as e:
-                st.call.log.warning("%s transfer to the next number failed: %s", self.label, e.message)
+            return nxt
         await st.call.transfer_finished(TransferResult(target, status))
         if st.stream is not None:     # the agent's socket stayed up through the attempt: carry on
             st.state = "live"
-            return False
-        st.state = "reconnecting"
-        self.arm_watchdog(st, self.attach_timeout, "stream_not_reconnected")
-        try:
-            await self.rest_restream(st)
-        except CarrierError as e:
-            st.call.log.warning("%s could not reconnect the media stream: %s", self.label, e.message)
-            await self.hangup_once(st)
-            await st.call.end(HangupSource.CARRIER, "stream_not_reconnected")
-        return False
+        else:
+            st.state = "reconnecting"
+            st.token = secrets.token_urlsafe(18)
+            self.arm_watchdog(st, self.attach_timeout, "stream_not_reconnected")
+        return None

@@ -200,9 +200,6 @@ class TelnyxCarrier(RestCallCarrier):
             "target_leg_client_state": encode_state(f"xfer:{call.id}:{attempt}"),
             "client_state": encode_state(call.id)})
 
-    async def rest_restream(self, st: LegState) -> None:
-        await self.command(st, "streaming_start", self.stream_params(st))
-
     # -- signatures ----------------------------------------------------------------------------------------------
     def signature_ok(self, request: web.Request, raw: bytes, keys: list[str]) -> bool:
         sig, ts = request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
@@ -369,7 +366,25 @@ class TelnyxCarrier(RestCallCarrier):
             await self.transfer_answered(st)
         elif event == "call.hangup":
             cause = str(payload.get("hangup_cause") or "")
-            await self.transfer_failed(st, TRANSFER_CAUSE.get(cause, "failed"))
+            await self._next_target(st, TRANSFER_CAUSE.get(cause, "failed"))
+
+    async def _next_target(self, st: LegState, status: str) -> None:
+        """A target failed: transfer to the next one, else back to the agent (a new stream if the old one ended)."""
+        nxt = await self.transfer_failed(st, status)
+        while nxt is not None:
+            try:
+                await self.rest_transfer(st, nxt)
+                return
+            except CarrierError as e:
+                st.call.log.warning("telnyx transfer to the next number failed: %s", e.message)
+                nxt = await self.transfer_failed(st, "failed")
+        if st.state == "reconnecting":
+            try:
+                await self.command(st, "streaming_start", self.stream_params(st))
+            except CarrierError as e:
+                st.call.log.warning("telnyx could not reconnect the media stream: %s", e.message)
+                await self.hangup_once(st)
+                await st.call.end(HangupSource.CARRIER, "stream_not_reconnected")
 
     # -- outbound ------------------------------------------------------------------------------------------------
     def wants_amd(self, agent: dict[str, Any] | None) -> bool:

@@ -133,8 +133,8 @@ class TwilioStreamClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                msg = json.loads(raw)
-                self.got.events.append(msg)
+                self.got.events.append(json.loads(raw))
+                msg = self.translate(self.got.events[-1])
                 if "streamSid" in msg:
                     self.got.stream_sids.add(msg["streamSid"])
                 now = time.monotonic()
@@ -175,6 +175,10 @@ class TwilioStreamClient:
                 except Exception:
                     return
             await asyncio.sleep(0.005)
+
+    def translate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A message of the carrier's as Twilio's (`media`, `mark`, `clear`): the identity here."""
+        return msg
 
     def mark_message(self, name: str) -> dict[str, Any]:
         """The echo of a mark whose audio has played (the carrier's wire format)."""
