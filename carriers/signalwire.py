@@ -57,12 +57,7 @@ class SignalWireCarrier(TwilioCarrier):
         ImportField("space_url", str, required=True, help="the Space host, e.g. example.signalwire.com"),
         ImportField("signing_key", str, secret=True,
                     help="the project's Signing Key (webhook signatures); without it the API token is used"),
-        ImportField("name", str, help="a label for this number"),
-        ImportField("configure_webhooks", bool, default=False,
-                    help="point the number's voice URL and status callback at this gateway"),
-        ImportField("force_webhooks", bool, default=False,
-                    help="configure the webhooks even when the public URL is loopback, private or not https "
-                         "(a tunnel or a local stand-in)"),
+        *TwilioCarrier.import_fields[3:],     # name, configure_webhooks, force_webhooks
     )
 
     label = "SignalWire"

@@ -213,3 +213,32 @@ async def test_import_checks_key_number_and_public_key(telnyx_env):
     assert status == 201, body
     assert body["phone_number"]["config"]["connection_id"] == "777"
     assert env.rest.api_key not in str(body)
+
+
+async def test_every_transfer_target_fails_then_streaming_start_returns_the_caller_to_the_agent(telnyx_env):
+    async def script(session):
+        await session.transfer()
+
+    engine = ScriptEngine(script, echo=True)
+    env = await telnyx_env(engine="xfer", settings=TRANSFER)
+    env.gw.engines.register("xfer", engine)
+    call_id, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as client:
+        await client.start(ccid)
+        _, _, xfer = await asyncio.wait_for(env.rest.commands.get(), 5)
+        await client.stop(ccid)        # Telnyx moved the caller: our stream ends
+        await asyncio.wait_for(client.closed.wait(), 3)
+    for state in (xfer["target_leg_client_state"], None):
+        if state is None:
+            _, _, nxt = await asyncio.wait_for(env.rest.commands.get(), 5)
+            state = nxt["target_leg_client_state"]
+        await env.webhook("call.hangup", {"call_control_id": "v3:leg", "client_state": state,
+                                          "hangup_cause": "timeout"})
+    _, action, restream = await asyncio.wait_for(env.rest.commands.get(), 5)
+    assert action == "streaming_start" and restream["stream_url"] != answer["stream_url"]
+    row = await env.wait_row(call_id, lambda r: r.get("transfer_outcome") is not None)
+    assert row["transfer_outcome"] == "no-answer" and row["ended_at"] is None
+    async with env.stream(restream["stream_url"]) as client:    # the same call, back with the agent
+        await client.start(ccid)
+        await client.play(b"\xff" * 1600)
+        await client.wait_for(lambda: len(client.got.media) >= 8)
