@@ -21,7 +21,7 @@ class AmdParams:
     #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
     after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
-    total_analysis_time: int = 5000
+    total_analysis_time: int = 6000
     #: consecutive voiced ms that make a word.
     min_word_length: int = 100
     #: silence that separates two words.
