@@ -51,6 +51,10 @@ from gateway.procstat import cpu_seconds  # noqa: E402
 NUMBER = "+15550100000"
 API_KEY = "bench-scale"
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+# One Kamailio UDP process: with several, a worker's 180 and 200 (sent 1 ms apart) are relayed by different
+# processes and sometimes reach SIPp in the wrong order, which SIPp's strict built-in uac counts as a failed call
+# (a real UA ignores a 180 after the 200). Measured here: 6 of 600 calls at 100 CPS with 8 processes, 0 with 1.
+KAMAILIO_CHILDREN = 1
 
 
 class Node:
@@ -116,7 +120,7 @@ class Node:
         self.kam = subprocess.Popen(
             ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), "-A",
              f"LISTEN=udp:127.0.0.1:{self.kam_port}", "-A", f'DS_LIST="{ds}"', "-A", "DS_PING_INTERVAL=2",
-             "-A", "CHILDREN=8"], stdout=subprocess.DEVNULL, stderr=open(self.tmp / "kamailio.log", "w"),
+             "-A", f"CHILDREN={KAMAILIO_CHILDREN}"], stdout=subprocess.DEVNULL, stderr=open(self.tmp / "kamailio.log", "w"),
             start_new_session=True)
         end = time.monotonic() + 20
         while not (run / "kamailio_ctl").exists():
@@ -215,7 +219,8 @@ async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -
     bad = 100 * (lost + short) / max(rtp_in + due_out, 1)
     failed = res.stats.failed + max(0, n - ok - res.stats.failed)
     return {"workers": workers, "n": n, "ok": ok, "failed": failed, "bad": bad, "cpu": cpu * 100,
-            "late_ticks": d.get("gateway_rtp_clock_late_ticks_total", 0), "pass": failed == 0 and bad < 0.1}
+            "late_ticks": d.get("gateway_rtp_clock_late_ticks_total", 0), "pass": failed == 0 and bad < 0.1,
+            "load": os.getloadavg()[0]}
 
 
 # -- (c) CPS through Kamailio -----------------------------------------------------------------------------------------
@@ -234,7 +239,8 @@ async def cps_step(workers: int, db: str, rate: float, seconds: float) -> dict:
     s = res.stats
     failed = s.failed + max(0, calls - s.successful - s.failed)
     return {"workers": workers, "rate": rate, "calls": calls, "ok": s.successful, "failed": failed,
-            "cps": s.call_rate, "p99": res.percentile(99), "cpu": cpu * 100, "pass": failed == 0}
+            "cps": s.call_rate, "p99": res.percentile(99), "cpu": cpu * 100, "pass": failed == 0,
+            "load": os.getloadavg()[0]}
 
 
 # -- (a) Twilio Media Streams -----------------------------------------------------------------------------------------
@@ -273,6 +279,22 @@ async def http_spread(workers: int, db: str, connections: int, seconds: float) -
     return {"workers": workers, "spread": dict(sorted(spread.items())), "rps": done / seconds}
 
 
+async def sweep(steps: list, run, row, score=lambda step, r: step) -> tuple[dict[int, float], list[list]]:
+    """For 1 then 2 workers: run the steps in order until one fails; the best passing score per shape, and rows."""
+    best: dict[int, float] = {}
+    rows: list[list] = []
+    for workers in (1, 2):
+        best[workers] = 0
+        for step in steps:
+            r = await run(workers, step)
+            rows.append([workers, *row(step, r), "pass" if r["pass"] else "fail"])
+            print(rows[-1], flush=True)
+            if not r["pass"]:
+                break
+            best[workers] = max(best[workers], score(step, r))
+    return best, rows
+
+
 def _ratio(one: int | float, two: int | float) -> str:
     return f"{two / one:.2f}×" if one else "-"
 
@@ -282,59 +304,38 @@ async def main_async(args: argparse.Namespace) -> None:
     if not db:
         raise SystemExit("bench/scale.py: pass --db postgresql://… or set GATEWAY_TEST_POSTGRES_URL (its gateway "
                          "tables are dropped and created again)")
-    shapes = (1, 2)
     if args.kind == "rtp":
         scenario = long_media_scenario(args.hold + 2)
-        best, rows = {}, []
-        for w in shapes:
-            best[w] = 0
-            for n in args.counts:
-                r = await rtp_step(w, db, n, args.hold, scenario)
-                rows.append([w, n, r["ok"], r["failed"], f"{r['bad']:.3f}", int(r["late_ticks"]), f"{r['cpu']:.0f}",
-                             "pass" if r["pass"] else "fail"])
-                print(rows[-1], flush=True)
-                if not r["pass"]:
-                    break
-                best[w] = n
+        best, rows = await sweep(
+            args.counts, lambda w, n: rtp_step(w, db, n, args.hold, scenario),
+            lambda n, r: [n, r["ok"], r["failed"], f"{r['bad']:.3f}", int(r["late_ticks"]), f"{r['cpu']:.0f}",
+                          f"{r['load']:.1f}"])
         body = (f"Simultaneous {args.hold:g}-second 20 ms G.711 echo calls through Kamailio with 0 failed and < 0.1 % "
                 f"RTP lost/late/unsent: **1 worker {best[1]}, 2 workers {best[2]} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "calls", "ok", "failed", "lost/late/unsent %", "clock late ticks",
-                         "workers' CPU % (of one core)", "verdict"], rows))
+                         "workers' CPU % (of one core)", "load avg", "verdict"], rows))
         write_section("scale_rtp", "Scale-out (b): G.711 echo calls through Kamailio, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py rtp --counts {','.join(map(str, args.counts))} --hold {args.hold:g}")
     elif args.kind == "cps":
-        best, rows = {}, []
-        for w in shapes:
-            best[w] = 0.0
-            for rate in args.rates:
-                r = await cps_step(w, db, rate, args.seconds)
-                rows.append([w, f"{rate:g}", r["calls"], r["ok"], r["failed"], f"{r['cps']:.0f}",
+        best, rows = await sweep(
+            args.rates, lambda w, rate: cps_step(w, db, rate, args.seconds),
+            lambda rate, r: [f"{rate:g}", r["calls"], r["ok"], r["failed"], f"{r['cps']:.0f}",
                              f"{r['p99']:.0f}" if r["p99"] is not None else "-", f"{r['cpu']:.0f}",
-                             "pass" if r["pass"] else "fail"])
-                print(rows[-1], flush=True)
-                if not r["pass"]:
-                    break
-                best[w] = max(best[w], r["cps"])
+                             f"{r['load']:.1f}"],
+            score=lambda rate, r: r["cps"])
         body = (f"Sustained SIP calls per second through Kamailio with 0 failed calls: **1 worker {best[1]:.0f}, "
                 f"2 workers {best[2]:.0f} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "offered CPS", "calls", "ok", "failed", "achieved CPS", "INVITE→200 p99 ms",
-                         "workers' CPU %", "verdict"], rows))
+                         "workers' CPU %", "load avg", "verdict"], rows))
         write_section("scale_cps", "Scale-out (c): SIP CPS through Kamailio, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py cps --rates {','.join(f'{r:g}' for r in args.rates)}")
     elif args.kind == "twilio":
         ulaw = RECORDING.read_bytes()
         payloads = [base64.b64encode(ulaw[i:i + 160]).decode() for i in range(0, len(ulaw) - 159, 160)]
-        best, rows = {}, []
-        for w in shapes:
-            best[w] = 0
-            for n in args.steps:
-                r = await twilio_run(w, db, n, args.seconds, payloads)
-                rows.append([w, n, f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["dropped"], r["errors"], f"{r['cpu']:.0f}",
-                             f"{r['gen_late_p99']:.1f}", "pass" if r["pass"] else "fail"])
-                print(rows[-1], flush=True)
-                if not r["pass"]:
-                    break
-                best[w] = n
+        best, rows = await sweep(
+            args.steps, lambda w, n: twilio_run(w, db, n, args.seconds, payloads),
+            lambda n, r: [n, f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["dropped"], r["errors"], f"{r['cpu']:.0f}",
+                          f"{r['gen_late_p99']:.1f}"])
         body = (f"Concurrent Twilio Media Streams echo calls with p99 turnaround < 20 ms and 0 lost frames: "
                 f"**1 worker {best[1]}, 2 workers {best[2]} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "calls", "p50 ms", "p99 ms", "lost frames", "call errors", "workers' CPU %",
@@ -343,7 +344,7 @@ async def main_async(args: argparse.Namespace) -> None:
                       command=f"python bench/scale.py twilio --steps {','.join(map(str, args.steps))}")
     else:
         rows = []
-        for w in shapes:
+        for w in (1, 2):
             r = await http_spread(w, db, args.connections, args.seconds)
             rows.append([w, ", ".join(f"{k}: {v}" for k, v in r["spread"].items()), f"{r['rps']:.0f}"])
             print(rows[-1], flush=True)
@@ -357,7 +358,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on PostgreSQL, `gateway serve` (1 "
         "worker) or `gateway serve --workers 2`, nothing pinned; the load generator (SIPp or the Python callers) and "
-        "Kamailio share the same cores. CPU is the sum over the worker processes (100 % = one core).")
+        "Kamailio share the same cores. CPU is the sum over the worker processes (100 % = one core); load avg is the "
+        "machine's 1-minute load average at the end of the step (other work on the machine counts in it).")
 
 
 def main() -> int:
@@ -372,7 +374,11 @@ def main() -> int:
     p.add_argument("--steps", default=[100, 200, 300, 400, 500], type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--nice", type=int, default=0, help="scheduling priority of this run and everything it starts "
+                                                       "(e.g. -10 on a machine shared with other work; as root)")
     args = p.parse_args()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)     # gateway workers, Kamailio and SIPp inherit it
     run_async(main_async(args))
     return 0
 
