@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
 import sys
 
+from . import __version__
 from .config import load_settings
 from .publicurl import unreachable_reason
 from .redact import redact_url
@@ -33,18 +36,21 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
                                                        "drain` before they are hung up (default 300)")
     p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
-    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 1000)")
     p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
                                                              "head (default 10)")
     p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
                                                            "(default 30)")
+    p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
+                                     "calls it takes (docs/deploy.md)")
 
 
 def _serve_settings(args: argparse.Namespace):
     return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "max_calls": args.max_calls, "log_level": args.log_level, "drain_timeout": args.drain_timeout,
+        "max_calls": args.max_calls, "log_level": args.log_level, "node_id": args.node_id,
+        "drain_timeout": args.drain_timeout,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
@@ -85,7 +91,12 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     except ValueError as e:
         print(f"gateway: --engine: {e}", file=sys.stderr)
         return 2
-    await gw.start()
+    try:
+        await gw.start()
+    except OSError as e:   # a port in use, an address not on this machine: say which, no traceback
+        print(f"gateway: cannot start: {_start_error(e, settings)}", file=sys.stderr)
+        await _stop_quietly(gw)
+        return 1
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
     # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
     # Installed before the start-up lines are printed: whoever reads them may signal us at once.
@@ -105,6 +116,24 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _start_error(e: OSError, settings) -> str:
+    """One line for a failed bind: asyncio's message names the address for HTTP; SIP's may not, so ours follow."""
+    msg = e.strerror or str(e)
+    if "address (" not in msg:
+        msg += f" (HTTP {settings.host}:{settings.http_port}, SIP {settings.sip_host}:{settings.sip_port})"
+    if e.errno == errno.EADDRINUSE:
+        msg += "; is another gateway running? choose another --http-port / --sip-port"
+    return msg
+
+
+async def _stop_quietly(gw) -> None:
+    """Undo a half-done start (SIP bound, HTTP not): errors here would only hide the first one."""
+    try:
+        await gw.stop()
+    except Exception:
+        pass
 
 
 def _on_stop_signal(gw) -> None:
@@ -142,6 +171,7 @@ def _kamailio_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony gateway for voice-AI engines")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
     p = sub.add_parser("kamailio-config", help="print the Kamailio dispatcher list for `serve --workers N` and the "
@@ -169,6 +199,18 @@ def run_async(coro) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`gateway calls list --json | head`): nothing left to say, and no traceback.
+        # stdout is pointed at /dev/null so the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":

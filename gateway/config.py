@@ -37,6 +37,7 @@ class Settings:
     log_level: str = "INFO"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    webhook_outbox_max: int = 10000  # webhooks waiting in all (persisted outbox); past it the oldest is dropped
     #: seconds any one carrier REST request may take (dispatch, hangup, transfer, import checks); past it the
     #: request is abandoned and the API answers 504 (docs/api.md, "Carrier errors")
     carrier_timeout: float = 10.0
@@ -49,13 +50,19 @@ class Settings:
     http_max_connections: int = 4096
     #: a carrier's media websockets (Twilio, Vonage, Exotel) arrive from a few addresses: keep this above the
     #: concurrent calls one carrier address may carry.
-    http_max_connections_per_ip: int = 512
+    http_max_connections_per_ip: int = 1000
     #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
     #: runs one process, which is then the node itself).
     node_id: str = field(default_factory=socket.gethostname)
     worker_index: int = 0
     workers: int = 1                # `serve --workers N`: a supervisor and N worker processes
     drain_timeout: float = 300.0    # seconds live calls may go on after SIGTERM / drain before they are hung up
+    #: seconds between heartbeats in the `nodes` table, and the heartbeat age after which a process is lost and
+    #: its calls are closed (`node_lost`); tests shorten both
+    heartbeat_interval: float = 5.0
+    stale_after: float = 20.0
+    #: seconds a command forwarded to the process owning a call waits for its answer
+    control_timeout: float = 5.0
 
     @property
     def db_url(self) -> str:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
+from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
@@ -49,7 +50,14 @@ class Gateway:
         self.store = Store(settings.db_url)
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
-        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
+        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
+                                          max_pending=settings.webhook_outbox_max, store=self.store,
+                                          owner=settings.proc_id)
+        #: commands to the process owning a call (in process, or PostgreSQL LISTEN/NOTIFY in cluster mode)
+        self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
+                                    keepalive=settings.heartbeat_interval)
+        self.membership = Membership(self)
+        self.calls.register_control()
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
@@ -82,11 +90,13 @@ class Gateway:
     def build_app(self) -> web.Application:
         from .api import setup_api
         from .engine.ws_bridge import setup_routes as setup_engine_routes
+        from .landing import setup_routes as setup_landing_routes
         from .live import setup_routes as setup_live_routes
 
         setup_api(self.app, self)
         setup_engine_routes(self.app, self)
         setup_live_routes(self.app, self)
+        setup_landing_routes(self.app, self)
         for carrier in self.carriers.values():
             carrier.setup(self.app)
         return self.app
@@ -94,7 +104,10 @@ class Gateway:
     async def start(self) -> None:
         self.ensure_api_key()
         await self.store.open()
-        self.build_app()
+        await self.webhooks.restore()   # what a previous run of this process could not deliver
+        self.build_app()             # registers the control ops before the bus can deliver any
+        await self.control.start()
+        await self.membership.start()  # closes what a previous run left open before any new call can arrive
         s = self.settings
         self.http_guard = ConnectionGuard(
             max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
@@ -110,6 +123,7 @@ class Gateway:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():
             await carrier.start()
+        await self.membership.announce()
         self.started = True
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
@@ -155,6 +169,8 @@ class Gateway:
         await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.membership.stop()
+        await self.control.stop()
         await self.store.close()
         self.started = False
 

@@ -214,8 +214,9 @@ async def sip_number(gw, *, phone: str = "+15550001111", agent: bool = True, eng
     return num
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll an (async or sync) predicate until it returns something truthy; fail after `timeout`."""
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll an (async or sync) predicate until it returns something truthy; fail naming `what` after
+    `timeout`."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
@@ -225,13 +226,22 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if value:
             return value
         if loop.time() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def metrics_text(gw) -> str:
+    """The gateway's /metrics page, as Prometheus would read it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gw.url("/metrics")) as r:
+            return await r.text()
 
 
 async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "needs_sipp", "rtp_range",
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp", "rtp_range",
            "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import asyncio
@@ -16,11 +16,12 @@ import copy
 import time
 import logging as _logging
 
-from sqlalchemy import bindparam, event, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, utcnow
+from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
+from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -47,24 +48,13 @@ def database_url(db: str) -> str:
     return db
 
 
-def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    out = {}
-    for col in obj.__table__.columns:
-        if col.key in exclude:
-            continue
-        v = getattr(obj, col.key)
-        if isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
-        out[col.key] = v
-    return out
-
-
 _log = _logging.getLogger("gateway.store")
 
 
 def _add_missing_columns(sync_conn: Any) -> None:
     """Bring a database made by an older release up to the models: `create_all` makes missing tables but never
-    changes existing ones, so every column added since is added here (nullable or with its server default).
+    changes existing ones, so every column (nullable or with its server default) and index added since is added
+    here.
     Additive only: nothing is dropped or retyped, so an older release can still read the database."""
     from sqlalchemy import inspect
     from sqlalchemy.schema import CreateColumn
@@ -78,6 +68,11 @@ def _add_missing_columns(sync_conn: Any) -> None:
             ddl = CreateColumn(col).compile(dialect=sync_conn.dialect)
             sync_conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
             _log.warning("database upgraded", extra={"table": table.name, "column": col.name})
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(sync_conn)
+                _log.warning("database upgraded", extra={"table": table.name, "index": index.name})
 
 #: column defaults for a new call-log row (the batch INSERT sets every column explicitly)
 _CALL_DEFAULTS: dict[str, Any] = {
@@ -86,11 +81,12 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "owner": None,
     "timing": None,
 }
 
 
-class Store:
+class Store(ClusterStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
     never waits on the database, and SQLite (one writer at a time) is never asked for concurrent writes, which
@@ -113,6 +109,7 @@ class Store:
         # cache keeps the database off the INVITE path. Local writes invalidate at once; the TTL bounds staleness
         # when several gateway processes share one PostgreSQL database.
         self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._updates: dict[tuple[str, ...], Any] = {}
 
     CACHE_TTL = 5.0
 
@@ -272,6 +269,13 @@ class Store:
             excl = () if with_secrets else ("secrets",)
             return [_row(n, exclude=excl) for n in rows], int(total or 0)
 
+    async def numbers_of_agent(self, agent_id: int) -> list[dict[str, Any]]:
+        """The numbers attached to an agent, oldest first (without secrets)."""
+        async with self._session() as s:
+            rows = (await s.scalars(select(PhoneNumber).where(PhoneNumber.agent_id == agent_id)
+                                    .order_by(PhoneNumber.id))).all()
+            return [_row(n, exclude=("secrets",)) for n in rows]
+
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
         self._invalidate("number")
         async with self._writing() as s:
@@ -308,6 +312,23 @@ class Store:
 
     async def add_call_event(self, call_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
         self._queue.put_nowait(("event", call_id, (kind, data or {})))
+
+    # webhook outbox (gateway/webhooks.py) -----------------------------------------------------------------------
+    def outbox_add(self, row: dict[str, Any]) -> None:
+        """Persist a queued webhook (write-behind: the caller, maybe a media path, never waits)."""
+        self._queue.put_nowait(("outbox_add", 0, {**row, "created_at": utcnow()}))
+
+    def outbox_remove(self, delivery_id: str) -> None:
+        """Forget a webhook that was delivered, given up or dropped (write-behind)."""
+        self._queue.put_nowait(("outbox_del", 0, delivery_id))
+
+    async def outbox_load(self, owner: str) -> list[dict[str, Any]]:
+        """The outbox of process `owner`, oldest first."""
+        await self.flush()
+        async with self._session() as s:
+            rows = (await s.scalars(select(WebhookOutbox).where(WebhookOutbox.owner == owner)
+                                    .order_by(WebhookOutbox.id))).all()
+            return [_row(r) for r in rows]
 
     async def flush(self) -> None:
         """Wait until every queued call-log write is committed."""
@@ -347,16 +368,26 @@ class Store:
                 raise
         updates: dict[int, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
+        outbox_add: list[dict[str, Any]] = []
+        outbox_del: set[str] = set()
         for kind, call_id, payload in batch:
             if kind == "insert":
                 continue
-            if kind == "update":
+            if kind == "outbox_add":
+                outbox_add.append(payload)
+            elif kind == "outbox_del":
+                outbox_del.add(payload)
+            elif kind == "update":
                 cur = updates.setdefault(call_id, {})
                 for k, v in payload.items():
                     cur[k] = {**cur.get("extra", {}), **v} if k == "extra" else v
             else:
                 events.append({"call_id": call_id, "kind": payload[0], "data": payload[1], "at": utcnow()})
-        if not updates and not events:
+        # a webhook queued and delivered within one batch never needs its row
+        added = {r["delivery_id"] for r in outbox_add}
+        outbox_add = [r for r in outbox_add if r["delivery_id"] not in outbox_del]
+        outbox_del -= added
+        if not updates and not events and not outbox_add and not outbox_del:
             return
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         async with self._writing_core() as conn:
@@ -369,11 +400,24 @@ class Store:
             for call_id, fields in updates.items():
                 groups.setdefault(tuple(sorted(fields)), []).append({"_id": call_id, **fields})
             for keys, rows in groups.items():  # one compiled statement per column set, executemany
-                stmt = update(CallLog).where(CallLog.id == bindparam("_id")).values(
-                    {k: bindparam(k) for k in keys})
-                await conn.execute(stmt, rows)
+                await conn.execute(self._update_statement(keys), rows)
             if events:
                 await conn.execute(insert(CallEvent), events)
+            if outbox_add:
+                await conn.execute(insert(WebhookOutbox), outbox_add)
+            if outbox_del:
+                await conn.execute(delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(outbox_del)))
+
+    def _update_statement(self, keys: tuple[str, ...]) -> Any:
+        """The call-log UPDATE for one set of columns, built once: building it per batch left cycles of
+        SQLAlchemy bind parameters for the garbage collector (≈ 7 KB per call until a full collection)."""
+        stmt = self._updates.get(keys)
+        if stmt is None:
+            if len(self._updates) >= 256:  # column sets are few; never let odd ones grow this for ever
+                self._updates.clear()
+            stmt = self._updates[keys] = update(CallLog).where(CallLog.id == bindparam("_id")).values(
+                {k: bindparam(k) for k in keys})
+        return stmt
 
     async def get_call(self, call_id: int) -> dict[str, Any] | None:
         await self.flush()
@@ -395,11 +439,14 @@ class Store:
             return _row(c) if c else None
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
-                         call_status: str | None = None,
-                         carrier_sid: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                         call_status: str | None = None, carrier_sid: str | None = None,
+                         bulk_call_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         await self.flush()
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        if bulk_call_id is not None:   # call_context.bulk_call_id, as a number or a numeric string
+            tag = CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id)
+            q, cq = q.where(tag), cq.where(tag)
         if carrier_sid is not None:
             q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
         if agent_id is not None:
