@@ -11,6 +11,7 @@ from ..call import CALL_STATUSES, Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..frames import HangupSource
+from ..transfer import TransferRefused
 from .errors import ApiError, carrier_api_error, read_json
 from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
@@ -187,8 +188,10 @@ async def transfer(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, {"number"})
     number = as_e164(body["number"], "number") if body.get("number") not in (None, "") else None
-    if call.transfer_request(number) is None:
-        raise bad("number", "is required: the call's agent has no transfer number configured")
+    try:
+        target = call.transfer_request(number).number
+    except TransferRefused as e:
+        raise bad("number", f"is required: {e}") from None
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
@@ -199,7 +202,7 @@ async def transfer(request: web.Request) -> web.Response:
     except Exception:
         raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
     return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
-                              "requestId": call.log_id, "number": call.transfer_request(number).number})
+                              "requestId": call.log_id, "number": target})
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
