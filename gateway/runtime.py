@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
+from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
@@ -52,6 +53,11 @@ class Gateway:
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
                                           max_pending=settings.webhook_outbox_max, store=self.store,
                                           owner=settings.proc_id)
+        #: commands to the process owning a call (in process, or PostgreSQL LISTEN/NOTIFY in cluster mode)
+        self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
+                                    keepalive=settings.heartbeat_interval)
+        self.membership = Membership(self)
+        self.calls.register_control()
         self.api_key = settings.api_key
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
@@ -99,7 +105,9 @@ class Gateway:
         self.ensure_api_key()
         await self.store.open()
         await self.webhooks.restore()   # what a previous run of this process could not deliver
-        self.build_app()
+        self.build_app()             # registers the control ops before the bus can deliver any
+        await self.control.start()
+        await self.membership.start()  # closes what a previous run left open before any new call can arrive
         s = self.settings
         self.http_guard = ConnectionGuard(
             max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
@@ -115,6 +123,7 @@ class Gateway:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():
             await carrier.start()
+        await self.membership.announce()
         self.started = True
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
@@ -160,6 +169,8 @@ class Gateway:
         await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.membership.stop()
+        await self.control.stop()
         await self.store.close()
         self.started = False
 

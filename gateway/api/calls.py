@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ..call import CALL_STATUSES, Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
+from ..cluster import Reply
+from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
 from ..transfer import TransferRefused
-from .errors import ApiError, carrier_api_error, read_json
+from .errors import ApiError, carrier_api_error, error_body, read_json
 from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
@@ -159,35 +162,54 @@ async def get_log(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
-    calls = [c.describe() for c in list(_gw(request).calls.active.values())]
+    """Live calls of every live process: this one's with meters, the others' from the call log."""
+    gw = _gw(request)
+    calls = [{**c.describe(), "owner": gw.settings.proc_id, "node": gw.settings.node_id}
+             for c in list(gw.calls.active.values())]
+    calls += await remote_live_calls(gw)
     return web.json_response({"success": True, "count": len(calls), "calls": calls})
 
 
-async def _live_call(gw: "Gateway", ident: str) -> Call:
-    log_id = _log_id(ident)
-    call = gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
-    if call is None:
-        row = await _log_row(gw, ident)
-        if row is None:
-            raise bad("id", f"call {ident} not found", 404)
-        raise bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
-    return call
+# -- control of a live call, wherever it lives ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CallOp:
+    """A control action on a live call, `POST /api/v1/calls/{id}/<name>`.
+
+    `parse` validates the request body in the process that received it; `perform` runs in the process that owns
+    the call (this one, or another reached over the control bus with the parsed args) and returns the JSON answer
+    or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was closed on its
+    behalf (`node_lost`); without it that is a 404 "not live". `wait` is how long `perform` may take (seconds,
+    from the settings), when longer than the control bus's timeout. A new op (hold, mute…) is one more entry in
+    CALL_OPS: its route and its control-bus handler follow from it."""
+    name: str
+    parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
+    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    wait: Callable[["Gateway"], float] | None = None
 
 
-async def hangup(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+async def _no_body(request: web.Request) -> dict[str, Any]:
+    return {}
+
+
+async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
-    return web.json_response({"success": True, "status": "hangup_requested", "call_id": call.id,
-                              "requestId": call.log_id})
+    return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
 
-async def transfer(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+def _hangup_orphan(row: dict[str, Any]) -> dict[str, Any]:
+    return {"success": True, "status": "closed", "call_id": row["call_uuid"], "requestId": row["id"],
+            "hangup_reason": "node_lost"}
+
+
+async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     body = await read_json(request)
     reject_unknown(body, {"number"})
-    number = as_e164(body["number"], "number") if body.get("number") not in (None, "") else None
+    return {"number": as_e164(body["number"], "number") if body.get("number") not in (None, "") else None}
+
+
+async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    number = args.get("number")
     try:
         target = call.transfer_request(number).number
     except TransferRefused as e:
@@ -196,13 +218,93 @@ async def transfer(request: web.Request) -> web.Response:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
     try:   # wait for the carrier to take it: a refusal is an error here, not a success followed by "failed"
-        await call.request_transfer(number, wait=gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT)
+        await call.request_transfer(number, wait=_transfer_wait(gw))
     except CarrierError as e:
         raise carrier_api_error(e, requestId=call.log_id) from None
     except Exception:
         raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
-    return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
-                              "requestId": call.log_id, "number": target})
+    return {"success": True, "status": "transfer_requested", "call_id": call.id, "requestId": call.log_id,
+            "number": target}
+
+
+def _transfer_wait(gw: "Gateway") -> float:
+    return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
+
+
+CALL_OPS: list[CallOp] = [
+    CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
+    CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
+]
+
+
+def _local_call(gw: "Gateway", ident: str) -> Call | None:
+    log_id = _log_id(ident)
+    return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
+
+
+def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
+    return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
+
+
+async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
+    """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
+    unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
+    call = _local_call(gw, ident)
+    if call is not None:
+        return Reply(200, await op.perform(gw, call, args))
+    timeout = max(gw.control.timeout, op.wait(gw) + 1.0) if op.wait is not None else None
+    for _ in range(2):      # a second look when the call moved to another process (adoption) meanwhile
+        row = await _log_row(gw, ident)
+        if row is None:
+            raise bad("id", f"call {ident} not found", 404)
+        owner = row.get("owner")
+        if row.get("ended_at") is not None or owner == gw.settings.proc_id:
+            raise _not_live(ident, row)
+        if not await gw.membership.alive(owner):
+            break
+        reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
+                                         timeout=timeout)
+        if reply is None:
+            if await gw.membership.alive(owner):
+                raise ApiError(504, f"the gateway process {owner} that owns call {ident} did not answer", "id")
+            break
+        if reply.status == 404 and reply.body.get("moved"):
+            continue
+        return reply
+    else:
+        raise _not_live(ident, row)
+    closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
+    if op.orphan is not None and closed:
+        return Reply(200, op.orphan(closed[0]))
+    row = await _log_row(gw, ident) or row
+    raise bad("id", f"call {ident} is not live (its gateway process {owner} is gone; status "
+                    f"{row['call_status']}, {row.get('hangup_reason')})", 404)
+
+
+def _route(op: CallOp):
+    async def handler(request: web.Request) -> web.Response:
+        gw = _gw(request)
+        ident = request.match_info["id"]
+        _log_id(ident)                       # a malformed id is a 400 before anything else
+        args = await op.parse(request)
+        reply = await run_call_op(gw, op, ident, args)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+    return handler
+
+
+def _bus_handler(gw: "Gateway", op: CallOp):
+    """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
+    async def handler(msg: dict[str, Any]) -> Reply:
+        ident = str(msg.get("call") or "")
+        call = gw.calls.get(ident)
+        if call is None:
+            return Reply(404, error_body(f"call {ident} is not live on {gw.settings.proc_id}", "id", moved=True))
+        args = msg.get("args")
+        try:
+            return Reply(200, await op.perform(gw, call, args if isinstance(args, dict) else {}))
+        except ApiError as e:
+            return Reply(e.status, error_body(e.message, e.field, **e.extra), e.headers)
+    return handler
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
@@ -211,5 +313,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    r.add_post(f"{prefix}/calls/{{id}}/hangup", hangup)
-    r.add_post(f"{prefix}/calls/{{id}}/transfer", transfer)
+    gw: "Gateway" = app["gateway"]
+    for op in CALL_OPS:
+        r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
+        gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))
