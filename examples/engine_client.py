@@ -11,6 +11,10 @@ Accept mode — this engine dials the gateway and keeps N idle connections, one 
     gateway serve --engine accept
     python examples/engine_client.py --connect ws://127.0.0.1:8080/engine/ws --api-key "$(cat ~/.telephony-gateway/api_key)" --concurrency 4
 
+In a cluster (several gateway processes) an idle connection may be sent `{"type": "redirect", "url": …}` instead
+of `start`: another process has a call for it. The engine then connects once to that URL (same API key, the pool
+is in the URL), serves the call there, and afterwards offers itself at --connect again.
+
 Either way it echoes the caller's audio back, hangs up on DTMF `#`, transfers on `0`, and puts a mark after a
 short beep at the start so you can see mark round-trips in its log. Needs only `websockets` (≥ 13).
 """
@@ -22,6 +26,7 @@ import json
 import logging
 import math
 import struct
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import connect
@@ -39,12 +44,33 @@ def beep(sample_rate: int, ms: int = 200, hz: float = 660.0) -> bytes:
     return struct.pack(f"<{n}h", *(int(6000 * math.sin(2 * math.pi * hz * i / sample_rate)) for i in range(n)))
 
 
-async def converse(ws) -> None:
-    """One call over one websocket: read `start`, then echo audio and react to events until `hangup`."""
-    start = json.loads(await ws.recv())
+def redirect_target(message: str | bytes) -> str | None:
+    """The URL of a gateway `redirect` message ({"type": "redirect", "url": "ws[s]://…"}), else None."""
+    if not isinstance(message, str):
+        return None
+    try:
+        msg = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("type") != "redirect":
+        return None
+    url = msg.get("url")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss") or not urlsplit(url).hostname:
+        return None
+    return url
+
+
+async def converse(ws) -> str | None:
+    """One call over one websocket: read `start`, then echo audio and react to events until `hangup`.
+    Returns the URL to reconnect to when the gateway redirected this idle connection instead."""
+    first = await ws.recv()
+    if (target := redirect_target(first)) is not None:
+        log.info("redirected to %s", target.split("?", 1)[0])
+        return target
+    start = json.loads(first)
     if start.get("type") != "start":
         await ws.close(1008, "expected start")
-        return
+        return None
     rate = start["audio"]["sample_rate"]
     log.info("call %s %s %s -> %s at %d Hz", start["call_id"], start["direction"], start["from"], start["to"], rate)
     await ws.send(beep(rate))
@@ -64,9 +90,10 @@ async def converse(ws) -> None:
                 await ws.send(json.dumps({"type": "transfer"}))  # the agent's configured number
         elif kind == "hangup":
             log.info("call ended by %s: %s", msg["source"], msg["reason"])
-            return
+            return None
         else:  # mark, speech, amd, transfer_result
             log.info("%s", msg)
+    return None
 
 
 async def listen(host: str, port: int):
@@ -83,22 +110,25 @@ async def listen(host: str, port: int):
 
 
 async def accept_worker(url: str, api_key: str, worker: int) -> None:
-    """Accept mode: keep one idle connection open at the gateway; after each call, connect again."""
+    """Accept mode: keep one idle connection open at the gateway; after each call, connect again. A redirect
+    is followed at once, for that one connection; a redirect target that fails sends us back to `url`."""
     delay = 0.5
+    target = url
     while True:
         try:
-            async with connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
+            async with connect(target, additional_headers={"Authorization": f"Bearer {api_key}"},
                                compression=None, max_size=4 * 1024 * 1024) as ws:
                 delay = 0.5
                 log.debug("worker %d waiting for a call", worker)
-                await converse(ws)
-            continue  # the call is over: offer ourselves again at once
+                target = await converse(ws) or url
+            continue  # the call is over (or we were redirected): offer ourselves again at once
         except websockets.InvalidStatus as e:
             if e.response.status_code in (400, 401):
                 raise Refused(f"gateway refused the engine: {e.response.status_code} {e.response.body!r}")
             log.warning("worker %d: %s; retrying in %.1fs", worker, e, delay)
         except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake) as e:
             log.warning("worker %d: %s; retrying in %.1fs", worker, e, delay)
+        target = url
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
 

@@ -65,6 +65,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
+        #: where this very process is reached over HTTP/websocket (`direct_url`); under `--workers` a private port
+        self.direct_port: int | None = None
         self.started = False
         #: docs/deploy.md "Graceful drain": set by `begin_drain()`; carriers then refuse new calls, SIP OPTIONS and
         #: /healthz answer 503. `drained` is set once the live calls are gone and webhooks are flushed.
@@ -122,6 +124,12 @@ class Gateway:
         self.http_port = site.port
         if self.settings.http_port == 0:
             self.settings.http_port = self.http_port
+        if s.worker_index > 0:
+            # the shared port reaches whichever worker the kernel picks; peers that must reach this worker (an
+            # accept-mode engine redirected here, docs/deploy.md) use a private port of its own (ephemeral)
+            direct = GuardedSite(self._runner, s.host, 0, self.http_guard)
+            await direct.start()
+            self.direct_port = direct.port
         for carrier in self.carriers.values():
             await carrier.start()
         await self.membership.announce()
@@ -184,6 +192,16 @@ class Gateway:
         await self.control.stop()
         await self.store.close()
         self.started = False
+
+    @property
+    def direct_url(self) -> str:
+        """The base URL that reaches this process and no other: the node's public URL for a single process, the
+        worker's private port (on `advertised_ip`, else the HTTP bind address) under `--workers`."""
+        s = self.settings
+        if self.direct_port is None:
+            return s.public_base
+        host = s.advertised_ip or ("127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host)
+        return f"http://{host}:{self.direct_port}"
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"

@@ -4,7 +4,10 @@
 * Accept mode, engine spec `accept` / `accept:<pool>`: engine processes connect to the gateway's
   `GET /engine/ws?pool=<pool>` (API key as a Bearer token) and wait; each call takes one idle connection, so an
   engine keeps N idle connections open to serve N concurrent calls. A call that finds no engine within
-  `AcceptEngine.wait_s` is hung up with reason `engine_unavailable`.
+  `AcceptEngine.wait_s` is hung up with reason `engine_unavailable`. In a cluster an idle engine may wait on
+  another process (workers share one HTTP port): a call that finds its pool empty asks the other live processes
+  over the control bus (op `engine:redirect`), and the first holding an idle engine of that pool sends it
+  `{"type": "redirect", "url": …}` naming this process's own engine URL, where the engine reconnects.
 
 Either way one websocket carries one call: a JSON `start`, then 20 ms binary PCM16 frames both ways and JSON
 control messages. A broken engine never hangs a call: every failure ends it (hangup source `agent`) with
@@ -18,17 +21,19 @@ import functools
 import hmac
 import json
 import logging
+import random
 import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import websockets
 from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
 from .. import safejson
+from ..cluster import Reply
 from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult)
 from .base import EngineSession, VoiceEngine
 
@@ -42,6 +47,8 @@ ENGINE_RATES = (8000, 16000, 24000)
 DEFAULT_RATE = 16000
 MAX_MESSAGE = 4 * 1024 * 1024     # 87 s of 24 kHz audio in one message is plenty
 ROUTE = "/engine/ws"
+REDIRECT_OP = "engine:redirect"   # control-bus op: "send one idle engine of pool P to this URL"
+REDIRECT_ASK_S = 1.0              # how long a call waits for each other process's answer to that op
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -138,6 +145,12 @@ def event_message(item: Any) -> dict[str, Any] | None:
     if isinstance(item, Hangup):
         return {"type": "hangup", "source": item.source.value, "reason": item.reason}
     return None
+
+
+def redirect_message(url: str) -> dict[str, Any]:
+    """Gateway → idle engine: reconnect to `url` (another process of the cluster has a call for you); the
+    gateway then closes this connection with 1000."""
+    return {"type": "redirect", "url": url}
 
 
 def start_message(session: EngineSession) -> dict[str, Any]:
@@ -488,8 +501,8 @@ class EngineHub:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def claim(self, pool: str, timeout: float) -> EngineConnection | None:
-        """The longest-idle live connection of `pool`, waiting up to `timeout` s for one to connect."""
+    def _take_idle(self, pool: str) -> EngineConnection | None:
+        """Claim the longest-idle live connection of `pool`, if any."""
         idle = self._idle.get(pool)
         while idle:
             conn = idle.popleft()
@@ -497,9 +510,19 @@ class EngineHub:
             if pending is None or not pending.done():  # else the engine spoke or left while idle
                 conn.claimed.set_result(True)
                 return conn
+        return None
+
+    async def claim(self, pool: str, timeout: float) -> EngineConnection | None:
+        """The longest-idle live connection of `pool`, waiting up to `timeout` s for one to connect (in a
+        cluster, also asking the other processes to redirect one of theirs here meanwhile)."""
+        conn = self._take_idle(pool)
+        if conn is not None:
+            return conn
         fut = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(pool, deque())
         waiters.append(fut)
+        summon = (asyncio.create_task(self._summon(pool), name=f"engine-summon-{pool}")
+                  if self.gateway.control.clustered else None)
         try:
             await asyncio.wait({fut}, timeout=timeout)
         except asyncio.CancelledError:
@@ -507,6 +530,8 @@ class EngineHub:
                 self._offer(fut.result())  # the call went away meanwhile: the engine serves the next one
             raise
         finally:
+            if summon is not None:
+                summon.cancel()
             if not fut.done():
                 fut.cancel()
                 if fut in waiters:
@@ -516,6 +541,49 @@ class EngineHub:
         conn = fut.result()
         conn.claimed.set_result(True)
         return conn
+
+    def engine_url(self, pool: str) -> str:
+        """The websocket URL at which an engine of `pool` reaches this process and no other."""
+        base = self.gateway.direct_url
+        base = "wss://" + base[8:] if base.startswith("https://") else "ws://" + base.split("://", 1)[1]
+        return f"{base}{ROUTE}?{urlencode({'pool': pool})}"
+
+    async def _summon(self, pool: str) -> None:
+        """Ask the other live processes, one at a time in random order, to redirect one idle engine of `pool`
+        here; stop at the first that does (the engine then arrives through `handle` and meets our waiter)."""
+        gw = self.gateway
+        try:
+            peers = [p for p in await gw.membership.alive_procs() if p != gw.settings.proc_id]
+        except Exception as e:
+            log.warning("cannot list the other processes: %s", type(e).__name__, extra={"pool": pool})
+            return
+        random.shuffle(peers)
+        args = {"pool": pool, "url": self.engine_url(pool)}
+        for proc in peers:
+            reply = await gw.control.request(proc, REDIRECT_OP, args, timeout=REDIRECT_ASK_S)
+            if reply is not None and reply.ok:
+                log.info("idle engine redirected here", extra={"pool": pool, "from_proc": proc})
+                return
+
+    async def redirect(self, args: dict[str, Any]) -> Reply:
+        """Control op `engine:redirect` {pool, url}: send one idle engine of `pool` to `url` (another process
+        whose call found no engine). 200 when one was sent, 404 when this process has none idle."""
+        pool, url = args.get("pool"), args.get("url")
+        if not isinstance(pool, str) or not _POOL.match(pool):
+            return Reply(400, {"success": False, "error": "pool must be 1-64 of A-Z a-z 0-9 _ . -", "field": "pool"})
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss") or len(url) > 2000:
+            return Reply(400, {"success": False, "error": "url must be a ws:// or wss:// URL", "field": "url"})
+        while (conn := self._take_idle(pool)) is not None:
+            try:
+                await conn.transport.send(json.dumps(redirect_message(url)))
+                await conn.transport.close(CLOSE_NORMAL, "redirect")
+            except EngineClosed:
+                continue  # it left meanwhile: try the next idle one
+            finally:
+                conn.finished.set()
+            log.info("idle engine redirected", extra={"pool": pool, "remote": conn.remote})
+            return Reply(200, {"success": True, "pool": pool})
+        return Reply(404, {"success": False, "error": f"no idle engine in pool {pool!r}", "field": "pool"})
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -598,5 +666,6 @@ def setup_routes(app: web.Application, gateway: "Gateway") -> EngineHub:
     hub = EngineHub(gateway)
     gateway.engines.accept_hub = hub
     app.router.add_get(ROUTE, hub.handle)
+    gateway.control.handle(REDIRECT_OP, hub.redirect)
     app.on_shutdown.append(hub.shutdown)
     return hub
