@@ -216,3 +216,38 @@ async def test_call_that_ends_while_waiting_does_not_consume_an_engine(make_gate
     await until(lambda: not hub._waiting.get("default"))
     async with connect(engine_url(gw), additional_headers=auth()):
         await until(lambda: hub.idle_count() == 1)  # free for the next call, not handed a dead one
+
+
+async def test_redirect_op_sends_an_idle_engine_elsewhere(make_gateway):
+    gw = await make_gateway()
+    hub = gw.engines.accept_hub
+    target = "ws://127.0.0.1:1/engine/ws?pool=sales"
+    reply = await gw.control.run_local("engine:redirect", {"pool": "sales", "url": target})
+    assert reply.status == 404 and reply.body["field"] == "pool"          # nobody idle here
+    for args, bad in (({"pool": "no spaces", "url": target}, "pool"), ({"pool": "sales"}, "url"),
+                      ({"pool": "sales", "url": "http://127.0.0.1:1/engine/ws"}, "url")):
+        reply = await gw.control.run_local("engine:redirect", args)
+        assert reply.status == 400 and reply.body["field"] == bad
+    async with connect(engine_url(gw, "?pool=sales"), additional_headers=auth()) as ws:
+        await until(lambda: hub.idle_count("sales") == 1)
+        reply = await gw.control.run_local("engine:redirect", {"pool": "sales", "url": target})
+        assert reply.status == 200
+        assert json.loads(await asyncio.wait_for(ws.recv(), T)) == {"type": "redirect", "url": target}
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await asyncio.wait_for(ws.recv(), T)
+        assert ws.close_code == 1000 and ws.close_reason == "redirect"
+    assert hub.idle_count("sales") == 0
+
+
+async def test_engine_url_reaches_this_process(make_gateway):
+    single = await make_gateway()
+    assert single.direct_port is None
+    assert single.engines.accept_hub.engine_url("a.b") == f"ws://127.0.0.1:{single.http_port}/engine/ws?pool=a.b"
+    # a worker shares the node's HTTP port, so its own URL names a private port of its own
+    worker = await make_gateway(worker_index=1, workers=2)
+    hub = worker.engines.accept_hub
+    url = hub.engine_url("sales")
+    assert worker.direct_port not in (None, worker.http_port)
+    assert url == f"ws://127.0.0.1:{worker.direct_port}/engine/ws?pool=sales"
+    async with connect(url, additional_headers=auth()):
+        await until(lambda: hub.idle_count("sales") == 1)
