@@ -4,29 +4,14 @@ PostgreSQL database, the example engine (examples/engine_client.py) and a Twilio
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
-from pathlib import Path
 
-import pytest
-import pytest_asyncio
-
-from cluster_env import (API_KEY, create_database, drop_database, ended_row, in_progress_on, start_gateway,
-                         stop_all, twilio_world, wait_until)
+from cluster_env import API_KEY, ended_row, in_progress_on, wait_until
 from fakes.twilio_env import recording
 from gateway.store import Store
-from test_webhooks import Receiver
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "engine_client.py"
-
-
-@pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("engine_client_redirect", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_cluster_nodes import cluster  # noqa: F401  (the fixture: a fresh database and the Twilio world)
+from test_engine_example import example  # noqa: F401  (the fixture: examples/engine_client.py as a module)
 
 
 def test_redirect_message_is_parsed(example):
@@ -55,42 +40,33 @@ class EngineLog(logging.Handler):
         return sum(line.startswith(prefix) for line in self.lines)
 
 
-@pytest_asyncio.fixture
-async def two_nodes(tmp_path):
-    db = await create_database()
-    receiver = Receiver()
-    await receiver.start()
-    world = await twilio_world(db, receiver.url("ok"))
-    store = Store(db)
+async def two_nodes(cluster):
+    """node-a and node-b healthy; the world's agent is served by accept-mode engines of pool `default`."""
+    start, world, receiver, clients = cluster
+    store = Store(start.db)
     await store.open()
     try:
         await store.update_agent(world.agent["id"], {"engine": "accept"})     # calls wait for an accepted engine
     finally:
         await store.close()
-    nodes = [start_gateway(tmp_path, name, db, env=world.env)
-             for name in ("node-a", "node-b")]
-    yield nodes, world
-    stop_all(nodes)
-    await world.rest.stop()
-    receiver.release.set()
-    await receiver.runner.cleanup()
-    await drop_database(db)
-
-
-async def test_idle_engine_on_the_other_node_is_redirected_to_the_call(two_nodes, example):
-    (a, b), world = two_nodes
+    a, b = start("node-a"), start("node-b")
     await a.wait_healthy()
     await b.wait_healthy()
+    return a, b, world, clients
+
+
+async def test_idle_engine_on_the_other_node_is_redirected_to_the_call(cluster, example):
+    a, b, world, clients = await two_nodes(cluster)
     engine_log = EngineLog()
     logger = logging.getLogger("echo-engine")
     logger.addHandler(engine_log)
     logger.setLevel(logging.DEBUG)
     engine = asyncio.create_task(example.accept_worker(b.ws_url("/engine/ws?pool=default"), API_KEY, 1))
-    client = None
     try:
         await wait_until(lambda: engine_log.count("worker 1 waiting") == 1, 20, "the engine to wait on node-b")
         call_id, call_sid = await world.inbound(a)
         client = await world.stream(a, call_id, call_sid)          # the call and its media are on node-a
+        clients.append(client)
         await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 15, "the call to be live on node-a")
         await wait_until(lambda: engine_log.count(f"call {call_id} ") == 1, 15, "the engine to get `start`")
         assert engine_log.count("redirected to ws://127.0.0.1:%d/engine/ws" % a.port) == 1
@@ -110,18 +86,11 @@ async def test_idle_engine_on_the_other_node_is_redirected_to_the_call(two_nodes
         engine.cancel()
         await asyncio.gather(engine, return_exceptions=True)
         logger.removeHandler(engine_log)
-        if client is not None:
-            await client.__aexit__()
 
 
-async def test_no_engine_anywhere_still_ends_the_call_unavailable(two_nodes):
-    (a, b), world = two_nodes
-    await a.wait_healthy()
-    await b.wait_healthy()
+async def test_no_engine_anywhere_still_ends_the_call_unavailable(cluster):
+    a, b, world, clients = await two_nodes(cluster)
     call_id, call_sid = await world.inbound(a)
-    client = await world.stream(a, call_id, call_sid)
-    try:
-        row = await wait_until(lambda: ended_row(b, call_id), 20, "the call to end without an engine")
-        assert (row["hangup_source"], row["hangup_reason"]) == ("agent", "engine_unavailable")
-    finally:
-        await client.__aexit__()
+    clients.append(await world.stream(a, call_id, call_sid))
+    row = await wait_until(lambda: ended_row(b, call_id), 20, "the call to end without an engine")
+    assert (row["hangup_source"], row["hangup_reason"]) == ("agent", "engine_unavailable")

@@ -483,6 +483,7 @@ class EngineHub:
         self._idle: dict[str, deque[EngineConnection]] = {}
         self._waiting: dict[str, deque[asyncio.Future]] = {}
         self._open: set[EngineConnection] = set()
+        self._closing: set[asyncio.Task] = set()   # redirected connections being closed
 
     def idle_count(self, pool: str = "default") -> int:
         return len(self._idle.get(pool, ()))
@@ -554,16 +555,15 @@ class EngineHub:
         gw = self.gateway
         try:
             peers = [p for p in await gw.membership.alive_procs() if p != gw.settings.proc_id]
-        except Exception as e:
-            log.warning("cannot list the other processes: %s", type(e).__name__, extra={"pool": pool})
-            return
-        random.shuffle(peers)
-        args = {"pool": pool, "url": self.engine_url(pool)}
-        for proc in peers:
-            reply = await gw.control.request(proc, REDIRECT_OP, args, timeout=REDIRECT_ASK_S)
-            if reply is not None and reply.ok:
-                log.info("idle engine redirected here", extra={"pool": pool, "from_proc": proc})
-                return
+            random.shuffle(peers)
+            args = {"pool": pool, "url": self.engine_url(pool)}
+            for proc in peers:
+                reply = await gw.control.request(proc, REDIRECT_OP, args, timeout=REDIRECT_ASK_S)
+                if reply is not None and reply.ok:
+                    log.info("idle engine redirected here", extra={"pool": pool, "from_proc": proc})
+                    return
+        except Exception as e:  # the store or the bus is down: the call just waits for a local engine
+            log.warning("cannot ask the other processes for an engine: %s", type(e).__name__, extra={"pool": pool})
 
     async def redirect(self, args: dict[str, Any]) -> Reply:
         """Control op `engine:redirect` {pool, url}: send one idle engine of `pool` to `url` (another process
@@ -576,14 +576,25 @@ class EngineHub:
         while (conn := self._take_idle(pool)) is not None:
             try:
                 await conn.transport.send(json.dumps(redirect_message(url)))
-                await conn.transport.close(CLOSE_NORMAL, "redirect")
             except EngineClosed:
-                continue  # it left meanwhile: try the next idle one
-            finally:
                 conn.finished.set()
+                continue  # it left meanwhile: try the next idle one
+            # answer now; the close handshake (up to 2 s with a slow engine) must not hold up the waiting call
+            task = asyncio.create_task(self._close_redirected(conn), name="engine-redirected")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
             log.info("idle engine redirected", extra={"pool": pool, "remote": conn.remote})
             return Reply(200, {"success": True, "pool": pool})
         return Reply(404, {"success": False, "error": f"no idle engine in pool {pool!r}", "field": "pool"})
+
+    @staticmethod
+    async def _close_redirected(conn: EngineConnection) -> None:
+        try:
+            await asyncio.wait_for(conn.transport.close(CLOSE_NORMAL, "redirect"), 2.0)
+        except (asyncio.TimeoutError, EngineClosed, OSError):
+            pass
+        finally:
+            conn.finished.set()
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
