@@ -35,12 +35,14 @@ def gw_of(request: web.Request) -> "Gateway":
 
 
 def providers(gw: "Gateway") -> list[str]:
-    return sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p})
+    """The providers numbers can be imported for: carriers that declare import fields (the browser carrier,
+    webrtc, takes no numbers and is not offered)."""
+    return sorted({p for c in gw.carriers.values() if c.import_fields for p in (*c.providers, c.name) if p})
 
 
 def carrier_or_404(gw: "Gateway", provider: str, field: str = "provider") -> Carrier:
     carrier = gw.carrier_for(provider)
-    if carrier is None:
+    if carrier is None or not carrier.import_fields:
         known = ", ".join(providers(gw)) or "none loaded"
         raise ApiError(404, f"{field}: unknown provider {provider!r} (available: {known})", field)
     return carrier

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..carrier import ImportField
+from .numbers import providers
 from .validation import MAX_PAGESIZE
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
             "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
             "channel_type": "string", "timing": ["object", "null"]}.items()}},
     }
-    for provider in sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p}):
+    for provider in providers(gw):
         carrier = gw.carrier_for(provider)
         schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
     return schemas
@@ -150,9 +151,9 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
 
 def build(gw: "Gateway") -> dict[str, Any]:
     schemas = _schemas(gw)
-    providers = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
-    import_body = {"oneOf": [_ref(f"Import_{p}") for p in providers]} if providers else {"type": "object"}
-    pid = _param("provider", schema={"type": "string", "enum": providers} if providers else None)
+    names = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
+    import_body = {"oneOf": [_ref(f"Import_{p}") for p in names]} if names else {"type": "object"}
+    pid = _param("provider", schema={"type": "string", "enum": names} if names else None)
     nid = _param("id", schema={"type": "integer"})
     aid = _param("id", schema={"type": "integer"})
     cid = _param("id", description="call log id or call uuid")
@@ -224,6 +225,9 @@ def build(gw: "Gateway") -> dict[str, Any]:
             ok={"type": "object", "properties": {"success": {"const": True}, "proc": {"type": "string"},
                                                  "state": {"const": "draining"}}})},
     }
+    for carrier in gw.carriers.values():     # the /api/v1 routes carriers add themselves
+        for path, item in carrier.openapi_paths().items():
+            paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Telephony gateway API", "version": "1.0.0",
