@@ -252,3 +252,20 @@ async def test_openapi_matches_what_every_installed_carrier_serves(make_gateway)
         assert status == 200 and body["token"]
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(doc)
+
+
+async def test_bodies_are_documented_from_the_models_that_check_them(api):
+    """Issue 14: dispatch / attach / detach / transfer bodies are pydantic models; the document's schemas are
+    theirs, and a bad body gets the same error shape naming the field."""
+    from gateway.api import models
+    status, doc = await api.get("/openapi.json")
+    schemas = doc["components"]["schemas"]
+    for model in (models.Dispatch, models.Attach, models.Detach, models.Transfer):
+        assert schemas[model.__name__] == model.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert set(schemas["Dispatch"]["required"]) == {"agent_id", "to_number"}   # from_number_id is optional
+    assert schemas["Dispatch"]["properties"]["to_number"]["pattern"] == r"^\+[1-9]\d{6,14}$"
+    for body, field in (({"phone_number_id": True, "agent_id": 1}, "phone_number_id"),
+                        ({"phone_number_id": 1}, "agent_id"), ({"phone_number_id": 1, "agent_id": 0}, "agent_id"),
+                        ({"phone_number_id": 1, "agent_id": 1, "x": 1}, "x")):
+        status, err = await api.post("/phone_number/attach", json=body)
+        assert status == 400 and err["success"] is False and err["field"] == field and field in err["error"], err
