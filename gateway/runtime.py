@@ -49,7 +49,7 @@ class Gateway:
         self.settings = settings
         self.store = Store(settings.db_url)
         self.calls = CallManager(self)
-        self.engines = EngineRegistry(settings.engine)
+        self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
                                           max_pending=settings.webhook_outbox_max, store=self.store,
                                           owner=settings.proc_id)
