@@ -38,6 +38,7 @@ from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
+from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
@@ -351,7 +352,7 @@ class VoicebotStream(MarkedPlayout):
 
     @property
     def log(self) -> logging.LoggerAdapter:
-        return self.call.log if self.call else logging.LoggerAdapter(log, {"carrier": "exotel"})
+        return self.call.log if self.call else ContextLogger(log, {"carrier": "exotel"})
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:

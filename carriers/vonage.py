@@ -38,6 +38,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
                             TransferRequest, TransferResult)
+from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
 from .mediasocket import MarkedPlayout, StreamClosed
@@ -272,7 +273,7 @@ class VonageStream(MarkedPlayout):
 
     @property
     def log(self) -> logging.LoggerAdapter:
-        return self.call.log if self.call else logging.LoggerAdapter(log, {"carrier": "vonage"})
+        return self.call.log if self.call else ContextLogger(log, {"carrier": "vonage"})
 
     async def run(self) -> None:
         try:

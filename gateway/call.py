@@ -22,6 +22,7 @@ from .bus import CallBus
 from .carrier import CallLeg
 from .engine.base import EngineSession
 from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
+from .logsetup import ContextLogger
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Call:
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
         self._engine_task: asyncio.Task | None = None
-        self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
+        self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

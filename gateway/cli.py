@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import sys
 
 from .config import load_settings
+from .logsetup import configure_logging
 from .redact import redact_url
 
 
@@ -25,6 +25,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text: message then key=value fields (default); json: one JSON object per line")
+    p.add_argument("--allow-private-webhooks", action="store_true", default=None,
+                   help="let agent webhook_url point at loopback/private/link-local addresses (off: SSRF guard)")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -33,10 +37,14 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "max_calls": args.max_calls, "log_level": args.log_level,
+        "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
+        "allow_private_webhooks": args.allow_private_webhooks,
     }, config_file=args.config)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+    except ValueError as e:
+        print(f"gateway: log_format: {e}", file=sys.stderr)
+        return 2
     gw = Gateway(settings)
     try:
         gw.engines.validate(settings.engine)

@@ -91,6 +91,13 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    help_ = {"auth_failures_total": "Requests refused for a missing or wrong API key.",
+             "auth_bans_total": "Source addresses banned after repeated API key failures.",
+             "banned_requests_total": "Requests refused (429) because their source address was banned.",
+             "banned_sources": "Source addresses banned right now."}
+    for name, value in gw.api_throttle.metrics("gateway_api").items():
+        _family(lines, name, "counter" if name.endswith("_total") else "gauge",
+                help_[name.removeprefix("gateway_api_")], [("", value)])
     taken = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
     taken |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
     for carrier_name, name, value in _carrier_series(gw, taken):

@@ -5,6 +5,7 @@ exactly as `gateway serve` does on 8080/5060.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -17,6 +18,7 @@ from .carrier import Carrier, load_carriers
 from .config import Settings
 from .engine import EngineRegistry
 from .store import Store
+from .throttle import FailureThrottle
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("gateway")
@@ -30,6 +32,9 @@ class Gateway:
         self.engines = EngineRegistry(settings.engine)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
         self.api_key = settings.api_key
+        #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
+        self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,
+                                            settings.auth_failure_window, settings.auth_ban_seconds)
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
@@ -60,6 +65,15 @@ class Gateway:
             log.warning("created API key", extra={"path": path})
         self.api_key_path = path
         return self.api_key
+
+    def api_key_ok(self, presented: str | None, source_ip: str, **where: Any) -> bool:
+        """Does `presented` match the API key (constant time)? A miss counts against `source_ip`'s throttle and is
+        logged with the source address and `where` (path, method…) — never with the key presented."""
+        key = self.api_key or ""
+        if key and presented and hmac.compare_digest(presented.encode(), key.encode()):
+            return True
+        self.api_throttle.failure(source_ip, reason="invalid API key" if presented else "missing API key", **where)
+        return False
 
     def build_app(self) -> web.Application:
         from .api import setup_api

@@ -23,10 +23,13 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> web.Response:
+def error_response(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None,
+                   **extra: Any) -> web.Response:
     body = {"success": False, "error": message, "field": field, **extra}
-    headers = {"WWW-Authenticate": 'Bearer realm="telephony-gateway"'} if status == 401 else None
-    return web.json_response(body, status=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="telephony-gateway"'
+    return web.json_response(body, status=status, headers=headers or None)
 
 
 def _is_json_path(path: str) -> bool:
@@ -39,8 +42,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         # status, path and field only: messages may quote the input
-        log.info("API request refused", extra={"method": request.method, "path": request.path,
-                                               "status": e.status, "field": e.field})
+        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method,
+                                               "path": request.path, "status": e.status, "field": e.field})
         return error_response(e.status, e.message, e.field, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:
