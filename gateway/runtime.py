@@ -17,6 +17,7 @@ from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .config import Settings
 from .engine import EngineRegistry
+from .secretbox import SecretBox
 from .store import Store
 from .throttle import FailureThrottle
 from .webhooks import WebhookDispatcher
@@ -27,7 +28,7 @@ log = logging.getLogger("gateway")
 class Gateway:
     def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
         self.settings = settings
-        self.store = Store(settings.db_url)
+        self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)

@@ -1,7 +1,8 @@
 """Async store over SQLAlchemy 2: one code path for the embedded SQLite file and for PostgreSQL.
 
 Methods return plain dicts so callers (API, carriers) never hold ORM objects across awaits. Phone numbers come
-back without secrets unless `with_secrets=True` is asked for explicitly by carrier code.
+back without secrets unless `with_secrets=True` is asked for explicitly by carrier code. Secrets are encrypted in
+the database (gateway/secretbox.py) and decrypted only on that explicit request; an SQLite file is created 0600.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from ..secretbox import SecretBox
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, utcnow
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -61,6 +63,19 @@ def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
 _log = _logging.getLogger("gateway.store")
 
 
+def _private_sqlite_file(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (its -wal and -shm files take the database file's
+    mode), and take group/other access away from files an older release created 0644."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def _add_missing_columns(sync_conn: Any) -> None:
     """Bring a database made by an older release up to the models: `create_all` makes missing tables but never
     changes existing ones, so every column added since is added here (nullable or with its server default).
@@ -97,8 +112,10 @@ class Store:
 
     BATCH = 500
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
+        #: encrypts `phone_numbers.secrets`; without one (benchmarks, throw-away stores) a key lives in memory only
+        self.box = box or SecretBox.generate()
         self.engine: AsyncEngine | None = None
         self._session: async_sessionmaker | None = None
         self._queue: asyncio.Queue | None = None
@@ -154,7 +171,7 @@ class Store:
         if self.url.startswith("sqlite"):
             path = self.url.split(":///", 1)[-1]
             if path and path != ":memory:":
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                _private_sqlite_file(path)
         self.engine = create_async_engine(self.url)
         if self.url.startswith("sqlite"):
             @event.listens_for(self.engine.sync_engine, "connect")
@@ -168,6 +185,7 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_missing_columns)
+        await self._seal_secrets()
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -221,6 +239,28 @@ class Store:
             await s.delete(a)
 
     # phone numbers / trunks -----------------------------------------------------------------------------------
+    def _number_row(self, n: PhoneNumber, with_secrets: bool) -> dict[str, Any]:
+        if not with_secrets:
+            return _row(n, exclude=("secrets",))
+        row = _row(n)
+        row["secrets"] = self.box.open(row["secrets"])
+        return row
+
+    async def _seal_secrets(self) -> None:
+        """Encrypt rows an older release stored in plaintext and re-encrypt rows sealed with an older key, so the
+        database only ever holds secrets under the newest key. Raises SecretKeyError when a row cannot be
+        decrypted with any configured key (the gateway then refuses to start instead of losing credentials)."""
+        changed = 0
+        async with self._writing_core() as conn:
+            for id_, stored in (await conn.execute(select(PhoneNumber.id, PhoneNumber.secrets))).all():
+                if self.box.current(stored):
+                    continue
+                await conn.execute(update(PhoneNumber).where(PhoneNumber.id == id_)
+                                   .values(secrets=self.box.reseal(stored)))
+                changed += 1
+        if changed:
+            _log.warning("stored secrets encrypted with the current key", extra={"rows": changed})
+
     async def create_number(self, data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
         self._invalidate("number")
         try:
@@ -230,7 +270,7 @@ class Store:
                         PhoneNumber.sip_trunk_name == data["sip_trunk_name"]))
                     if dup is not None:
                         raise DuplicateError(f"sip_trunk_name {data['sip_trunk_name']!r} is already used")
-                n = PhoneNumber(**data, secrets=secrets)
+                n = PhoneNumber(**data, secrets=self.box.seal(secrets))
                 s.add(n)
                 await s.flush()
                 return _row(n, exclude=("secrets",))
@@ -241,7 +281,7 @@ class Store:
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = await s.get(PhoneNumber, number_id)
-                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+                return self._number_row(n, with_secrets) if n else None
         return await self._cached(("number", "id", number_id, with_secrets), load)
 
     async def find_number(self, e164: str, provider: str | None = None,
@@ -253,7 +293,7 @@ class Store:
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = (await s.scalars(q.order_by(PhoneNumber.id).limit(1))).first()
-                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+                return self._number_row(n, with_secrets) if n else None
         return await self._cached(("number", "e164", e164, provider, with_secrets), load)
 
     async def list_numbers(self, pageno: int = 1, pagesize: int = 20, provider: str | None = None,
@@ -265,8 +305,7 @@ class Store:
         async with self._session() as s:
             total = await s.scalar(cq)
             rows = (await s.scalars(q.order_by(PhoneNumber.id).offset((pageno - 1) * pagesize).limit(pagesize))).all()
-            excl = () if with_secrets else ("secrets",)
-            return [_row(n, exclude=excl) for n in rows], int(total or 0)
+            return [self._number_row(n, with_secrets) for n in rows], int(total or 0)
 
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
         self._invalidate("number")
@@ -275,7 +314,7 @@ class Store:
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
             for k, v in fields.items():
-                setattr(n, k, v)
+                setattr(n, k, self.box.seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
 
