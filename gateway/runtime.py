@@ -31,7 +31,8 @@ class Gateway:
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
-        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout)
+        self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
+                                          allow_private=settings.allow_private_webhooks)
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
         self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,
@@ -102,6 +103,9 @@ class Gateway:
         for carrier in self.carriers.values():
             await carrier.start()
         self.started = True
+        if self.settings.allow_private_webhooks:
+            log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
+                        "addresses", extra={"setting": "allow_private_webhooks"})
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
     async def stop(self) -> None:

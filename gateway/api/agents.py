@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
 from .errors import read_json
@@ -164,6 +165,15 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return out
 
 
+async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None:
+    """SSRF guard at save time: a webhook_url on a loopback/private/link-local address is a 400 (unless allowed)."""
+    if data.get("webhook_url"):
+        try:
+            await check_destination(data["webhook_url"], gw.settings.allow_private_webhooks)
+        except BlockedDestination as e:
+            raise bad("webhook_url", str(e)) from None
+
+
 async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
     agent_id = as_int(request.match_info["id"], "id", minimum=1)
     agent = await gw.store.get_agent(agent_id)
@@ -175,6 +185,7 @@ async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
 async def create_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, {})
     agent = await gw.store.create_agent(data)
     return web.json_response({"success": True, "agent": agent_json(agent)}, status=201)
@@ -198,6 +209,7 @@ async def replace_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
@@ -206,6 +218,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
     data = check_agent(gw, await read_json(request), partial=True)
+    await check_webhook_destination(gw, data)
     if "settings" in data:
         merged = dict(agent.get("settings") or {})
         for key, section in data["settings"].items():
