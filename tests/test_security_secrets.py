@@ -15,6 +15,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from gateway.secretbox import MARK, SecretBox, SecretKeyError, key_file, read_key_file
 from gateway.store import Store
+from conftest import reset_postgres_schema
 from sipp import sip_gateway, sip_number
 
 PASSWORD = "TrunkPass-8842-zz"
@@ -32,7 +33,7 @@ def mode(path: str) -> int:
 async def test_imported_password_is_encrypted_in_the_sqlite_file(make_gateway, tmp_path):
     old_umask = os.umask(0o022)                     # what a default shell gives: files would be 0644
     try:
-        gw = await sip_gateway(make_gateway)
+        gw = await sip_gateway(make_gateway, secret_key="")       # the key file in the data dir
         await sip_number(gw, auth_type="basic", allowed_ips=[], sip_username="carrier", sip_password=PASSWORD)
     finally:
         os.umask(old_umask)
@@ -121,14 +122,10 @@ async def test_gateway_secrets_rotate(tmp_path):
 async def test_postgresql_rows_hold_no_plaintext(tmp_path):
     from sqlalchemy import text
 
-    from gateway.store.models import Base
-
+    await reset_postgres_schema(PG_URL)
     s = Store(PG_URL, SecretBox.load("", str(tmp_path)))
     await s.open()
     try:
-        async with s.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
         n = await s.create_number({"phone_number": "+15550003333", "provider": "exotel", "config": {}},
                                   {"exotel_api_token": PASSWORD})
         async with s.engine.connect() as conn:
