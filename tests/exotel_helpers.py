@@ -26,6 +26,13 @@ API_TOKEN = "exo-token-456"
 APP_ID = "812345"
 
 
+def call_coming_token() -> str:
+    """The gw_token the connection test shows for the call_coming URL of this account."""
+    from carriers.exotel import passthru_token
+
+    return passthru_token({"config": {"exotel_account_sid": ACCOUNT_SID}, "secrets": {"exotel_api_token": API_TOKEN}})
+
+
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -36,12 +43,13 @@ def tone(seconds: float, rate: int = 8000, freq: float = 440.0, amp: int = 8000)
                     for i in range(n))
 
 
-async def add_exophone(gw, *, agent_id: int | None = None, require_auth: bool = False,
+async def add_exophone(gw, *, agent_id: int | None = None, allow_unauthenticated: bool = False,
                        phone: str = EXOPHONE) -> dict[str, Any]:
+    """An ExoPhone as an import stores it: authentication required unless the explicit opt-out is given."""
     return await gw.store.create_number(
         {"phone_number": phone, "provider": "exotel", "agent_id": agent_id, "name": "test",
          "config": {"exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT_SID,
-                    "exotel_app_id": APP_ID, "exotel_require_stream_auth": require_auth,
+                    "exotel_app_id": APP_ID, "exotel_allow_unauthenticated": allow_unauthenticated,
                     "exotel_exophone": "0" + phone[3:]}},
         {"exotel_api_key": API_KEY, "exotel_api_token": API_TOKEN})
 
@@ -82,13 +90,14 @@ class Received:
 
 
 class FakeExotel:
-    """Exotel's side of one Voicebot websocket."""
+    """Exotel's side of one Voicebot websocket. By default it authenticates as Exotel does for a flow whose URL is
+    wss://API_KEY:API_TOKEN@host/…; `headers={}` connects anonymously."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, *, echo_marks: bool = True,
                  headers: dict[str, str] | None = None) -> None:
         self.session = session
         self.url = url
-        self.headers = headers or {}
+        self.headers = {"Authorization": basic(API_KEY, API_TOKEN)} if headers is None else headers
         self.echo_marks = echo_marks
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.rx = Received()
