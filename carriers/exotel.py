@@ -34,6 +34,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from gateway import safejson
 from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
@@ -283,10 +284,10 @@ def passthru_stream_info(q: Any) -> dict[str, str]:
     raw = q.get("Stream")
     if raw:
         try:
-            parsed = json.loads(raw)
+            parsed = safejson.loads(raw)
             if isinstance(parsed, dict):
                 info.update({str(k): str(v) for k, v in parsed.items()})
-        except ValueError:
+        except safejson.BadJson:
             pass
     for k, v in q.items():
         m = re.fullmatch(r"Stream\[(\w+)\]", k)

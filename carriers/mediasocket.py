@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from gateway import safejson
 from gateway.frames import Clear, Mark
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ def decode_event(msg: Any, codes: Any, binary_reason: str) -> dict[str, Any] | N
     protocol error (`codes.BAD_MESSAGE`, or `codes.BINARY_FRAME` with `binary_reason` for a binary frame)."""
     if msg.type == WSMsgType.TEXT:
         try:
-            m = json.loads(msg.data)
-        except ValueError:
+            m = safejson.loads(msg.data)
+        except safejson.BadJson:
             raise StreamClosed(codes.BAD_MESSAGE, "message is not JSON") from None
         if not isinstance(m, dict) or not isinstance(m.get("event"), str):
             raise StreamClosed(codes.BAD_MESSAGE, "message is not a JSON object with an event")

@@ -127,7 +127,8 @@ class SipLeg:
             if self.invite is not None:
                 self.invite.cancel()
             return
-        await self.session.bye(reason_header(q850=16, text=reason or "Normal call clearing"))
+        # the call ends now, RTP stops now; the BYE's transaction finishes in the background (RFC 3261 §15)
+        self.session.send_bye(reason_header(q850=16, text=reason or "Normal call clearing"))
         if self.bridge is not None:
             await self.bridge.hangup_other(self, reason)
         await self.finish()
@@ -253,8 +254,8 @@ class SipCarrier(Carrier):
         if regs:
             await asyncio.gather(*(r.stop(unregister=True) for r in regs), return_exceptions=True)
         for leg in list(self.legs.values()):
-            if leg.session is not None and not leg.session.ended.is_set():
-                await leg.session.bye(reason_header(q850=16, text="gateway shutting down"))
+            if leg.session is not None:  # ua.close() below gives the BYEs a moment for their answers
+                leg.session.send_bye(reason_header(q850=16, text="gateway shutting down"))
             leg.close()
         for t in list(self._tasks):
             t.cancel()
@@ -578,13 +579,13 @@ class SipCarrier(Carrier):
             return
         session = result.session
         if call.ended.is_set():  # hung up while it rang, and the 2xx arrived anyway
-            await session.bye(reason_header(q850=16, text=call.hangup.reason if call.hangup else "hung up"))
+            session.send_bye(reason_header(q850=16, text=call.hangup.reason if call.hangup else "hung up"))
             leg.close()
             return
         try:
             choice = parse_answer(session.remote_sdp or b"", state["offer"])
         except (NoCommonCodec, SdpError) as e:
-            await session.bye(reason_header(488, f"Not Acceptable Here: {e}"))
+            session.send_bye(reason_header(488, f"Not Acceptable Here: {e}"))
             leg.close()
             self.legs.pop(call.id, None)
             await call.end(HangupSource.SYSTEM, f"488 {e}"[:200], status="failed")
@@ -649,7 +650,7 @@ class SipCarrier(Carrier):
         if 200 <= status < 300:
             await call.transfer_finished(TransferResult(targets[0], "completed"))
             await call.record(extra={"transfer_method": "refer"})
-            await leg.session.bye(reason_header(q850=16, text="transferred"))
+            leg.session.send_bye(reason_header(q850=16, text="transferred"))
             await self._ended(leg, HangupSource.SYSTEM, f"transferred to {targets[0]}")
             return
         refer_refused = status in (400, 403, 405, 420, 489, 501, 603) and not leg.session.ended.is_set()
@@ -684,7 +685,7 @@ class SipCarrier(Carrier):
         try:
             choice = parse_answer(result.session.remote_sdp or b"", state["offer"])
         except (NoCommonCodec, SdpError):
-            await result.session.bye(reason_header(488, "Not Acceptable Here"))
+            result.session.send_bye(reason_header(488, "Not Acceptable Here"))
             other.close()
             return "failed"
         other.session = result.session

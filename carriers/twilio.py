@@ -34,6 +34,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
+from gateway.publicurl import unreachable_reason
 
 from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
 
@@ -262,6 +263,9 @@ class TwilioCarrier(Carrier):
         ImportField("name", str, help="a label for this number"),
         ImportField("configure_webhooks", bool, default=False,
                     help="point the number's voice URL and status callback at this gateway"),
+        ImportField("force_webhooks", bool, default=False,
+                    help="configure the webhooks even when the public URL is loopback, private or not https "
+                         "(a tunnel or a local stand-in)"),
     )
 
     #: seconds a new media websocket may take to send `start`
@@ -733,6 +737,13 @@ class TwilioCarrier(Carrier):
         creds = creds_of(fields)
         if creds is None:
             raise CarrierError("account_sid and account_token are required", 422)
+        if fields.get("configure_webhooks") and not fields.get("force_webhooks"):
+            problem = unreachable_reason(self.url(VOICE_PATH))
+            if problem:   # a real number's VoiceUrl would point where Twilio cannot go: inbound calls would fail
+                raise CarrierError(
+                    f"configure_webhooks: Twilio could not reach this gateway's public URL ({problem}); start "
+                    "the gateway with --public-url https://your-host, or send force_webhooks: true", 400,
+                    "configure_webhooks")
         phone = fields["phone_number"]
         await self._check_account(creds)
         incoming = await self._find_number(creds, phone)

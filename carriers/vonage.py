@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from gateway import safejson
 from gateway.amd import maybe_start_amd, report_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
@@ -295,8 +296,8 @@ class VonageStream(MarkedPlayout):
         if msg.type != WSMsgType.TEXT:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be the websocket:connected JSON")
         try:
-            m = json.loads(msg.data)
-        except ValueError:
+            m = safejson.loads(msg.data)
+        except safejson.BadJson:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "first message is not JSON") from None
         if not isinstance(m, dict) or m.get("event") != "websocket:connected":
             raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be event websocket:connected")
@@ -340,8 +341,8 @@ class VonageStream(MarkedPlayout):
 
     def _on_text(self, data: str) -> None:
         try:
-            m = json.loads(data)
-        except ValueError:
+            m = safejson.loads(data)
+        except safejson.BadJson:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "text message is not JSON") from None
         if not isinstance(m, dict):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "text message is not a JSON object")
@@ -653,9 +654,14 @@ class VonageCarrier(Carrier):
     async def _params(self, request: web.Request) -> dict[str, Any]:
         params: dict[str, Any] = dict(request.query)
         if request.method == "POST" and request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
+            raw = await request.read()
+            if request.content_type == "application/json" or raw.lstrip()[:1] in (b"{", b"["):
+                try:
+                    body = safejson.loads(raw) if raw.strip() else {}
+                except safejson.BadJson as e:  # deep nesting, a lone surrogate…: the sender's fault, not a 500
+                    raise web.HTTPBadRequest(text=json.dumps({"error": f"request body is not valid JSON: {e}"}),
+                                             content_type="application/json") from None
+            else:
                 try:
                     body = dict(await request.post())
                 except Exception:

@@ -43,6 +43,7 @@ from aiohttp import web
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError
 
+from gateway import safejson
 from gateway.api.errors import ApiError, read_json
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier
@@ -205,8 +206,8 @@ class WebRTCLeg:
 
     def _on_message(self, message: Any) -> None:
         try:
-            msg = json.loads(message) if isinstance(message, str) else None
-        except ValueError:
+            msg = safejson.loads(message) if isinstance(message, str) else None
+        except safejson.BadJson:
             msg = None
         if not isinstance(msg, dict):
             self.send({"type": "error", "error": "control messages are JSON objects with a 'type'"})

@@ -37,6 +37,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
+#: filter is checked against it, so a typo is a 400 instead of an empty page
+CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
+                 "failed", "rejected")
+
+
 class Call:
     def __init__(self, manager: "CallManager", log_row: dict[str, Any], *, carrier: str, direction: str,
                  from_number: str, to_number: str, agent: dict[str, Any] | None, number: dict[str, Any] | None,

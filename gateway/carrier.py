@@ -31,10 +31,11 @@ ENTRY_POINT_GROUP = "telephony_gateway.carriers"
 class CarrierError(Exception):
     """A carrier refused or failed an operation; `message` is safe to show to an API user (no secrets)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.field = field   # the request field at fault, when there is one (the API's error names it)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import sys
 
 from .config import load_settings
 from .logsetup import configure_logging
-from .secretbox import SecretKeyError
+from .publicurl import unreachable_reason
 from .redact import redact_url
+from .secretbox import SecretKeyError
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="text: message then key=value fields (default); json: one JSON object per line")
     p.add_argument("--allow-private-webhooks", action="store_true", default=None,
                    help="let agent webhook_url point at loopback/private/link-local addresses (off: SSRF guard)")
+    p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
+                                                             "head (default 10)")
+    p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
+                                                           "(default 30)")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -41,6 +48,9 @@ async def _serve(args: argparse.Namespace) -> int:
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
         "allow_private_webhooks": args.allow_private_webhooks,
+        "http_max_connections": args.http_max_connections,
+        "http_max_connections_per_ip": args.http_max_connections_per_ip,
+        "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
     }, config_file=args.config)
     try:
         configure_logging(settings.log_level, settings.log_format)
@@ -72,6 +82,7 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
+    _announce_public_url(settings.public_base)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,6 +90,16 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await gw.stop()
     return 0
+
+
+def _announce_public_url(public: str) -> None:
+    """Say which URL carriers are given (webhooks, media websockets), and warn when they cannot reach it."""
+    print(f"gateway: public URL {public} (carriers are sent here; set it with --public-url)", flush=True)
+    problem = unreachable_reason(public)
+    if problem:
+        print(f"gateway: warning: Twilio, Exotel and Vonage cannot reach {public} ({problem}): real numbers will "
+              "not connect until --public-url / GATEWAY_PUBLIC_URL names an https address they can reach",
+              file=sys.stderr, flush=True)
 
 
 async def _secrets_rotate(args: argparse.Namespace) -> int:

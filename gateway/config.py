@@ -50,6 +50,16 @@ class Settings:
     sip_ban_response: str = "403"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    #: HTTP side limits (gateway/httpguard.py): a new connection must send its first request head within
+    #: http_header_timeout s; a keep-alive connection idle (no complete request head) for http_idle_timeout s is
+    #: closed; connections past the caps get 503. The total cap is also kept below the fd limit minus what
+    #: max_calls live calls need, so SIP/RTP keep working when HTTP is saturated.
+    http_header_timeout: float = 10.0
+    http_idle_timeout: float = 30.0
+    http_max_connections: int = 4096
+    #: a carrier's media websockets (Twilio, Vonage, Exotel) arrive from a few addresses: keep this above the
+    #: concurrent calls one carrier address may carry.
+    http_max_connections_per_ip: int = 512
     #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
     #: runs one process, which is then the node itself).
     node_id: str = field(default_factory=socket.gethostname)

@@ -98,6 +98,14 @@ def render(gw: "Gateway") -> str:
     for name, value in gw.api_throttle.metrics("gateway_api").items():
         _family(lines, name, "counter" if name.endswith("_total") else "gauge",
                 help_[name.removeprefix("gateway_api_")], [("", value)])
+    guard = gw.http_guard
+    if guard is not None:
+        _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",
+                [("", guard.open)])
+        _family(lines, "gateway_http_connections_refused_total", "counter",
+                "HTTP connections refused (503) at the total or per-address connection cap.", [("", guard.refused)])
+        _family(lines, "gateway_http_header_timeouts_total", "counter",
+                "HTTP connections closed for not sending a request head in time.", [("", guard.header_timeouts)])
     taken = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
     taken |= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
     for carrier_name, name, value in _carrier_series(gw, taken):

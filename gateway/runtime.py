@@ -17,6 +17,7 @@ from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .config import Settings
 from .engine import EngineRegistry
+from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .secretbox import SecretBox
 from .store import Store
 from .throttle import FailureThrottle
@@ -41,6 +42,7 @@ class Gateway:
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
         self._runner: web.AppRunner | None = None
+        self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
         self.started = False
 
@@ -93,11 +95,15 @@ class Gateway:
         self.ensure_api_key()
         await self.store.open()
         self.build_app()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        s = self.settings
+        self.http_guard = ConnectionGuard(
+            max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
+            max_per_ip=s.http_max_connections_per_ip, header_timeout=s.http_header_timeout)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=s.http_idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port)
+        site = GuardedSite(self._runner, s.host, s.http_port, self.http_guard)
         await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]
+        self.http_port = site.port
         if self.settings.http_port == 0:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():

@@ -6,7 +6,7 @@ import pytest
 from test_api_fakes import api, twilio_body  # noqa: F401
 
 SETTINGS = {
-    "transfer": {"number": "+1 415 555 0199", "backup_numbers": ["+14155550198", "004930123456"],
+    "transfer": {"number": "+1 415 555 0199", "backup_numbers": ["+14155550198", "+49 30 123456"],
                  "type": "static", "transfer_condition": "caller asks for a human",
                  "transfer_message": "Connecting you now"},
     "end_call": {"enabled": True, "phrases": ["goodbye"]},
@@ -48,6 +48,10 @@ async def test_create_get_list(api):
     ({"name": "x", "settings": {"transfer": {"number": "+14155550199", "backup_numbers": ["+1", "x"]}}},
      "settings.transfer.backup_numbers[0]"),
     ({"name": "x", "settings": {"transfer": {"type": "psychic"}}}, "settings.transfer.type"),
+    # a number without + is refused, never guessed (4155550130 would have become +41…, Switzerland)
+    ({"name": "x", "settings": {"transfer": {"number": "4155550130"}}}, "settings.transfer.number"),
+    ({"name": "x", "settings": {"transfer": {"number": "+14155550199", "backup_numbers": ["004930123456"]}}},
+     "settings.transfer.backup_numbers[0]"),
     ({"name": "x", "settings": {"voicemail": {"enabled": "sometimes"}}}, "settings.voicemail.enabled"),
     ({"name": "x", "settings": {"amd": {"enabled": True, "provider": "vonage"}}}, "settings.amd.provider"),
     ({"name": "x", "settings": {"end_call": {"phrases": [1]}}}, "settings.end_call.phrases[0]"),
@@ -130,3 +134,27 @@ async def test_engine_url_password_is_masked_and_kept(make_gateway, auth_headers
         async with http.put(gw.url(f"/api/v1/agents/{agent['id']}"), json={"name": "b", "engine": agent["engine"]}) as r:
             assert r.status == 200 and "s3cret" not in await r.text()
     assert (await gw.store.get_agent(agent["id"]))["engine"] == "wss://bot:s3cret@eng.example/x"
+
+
+async def test_patch_merges_each_section_key_by_key(api):
+    """Regression: a PATCH carrying part of a section used to reset the keys it did not send (checks filled
+    defaults in before the merge): backup numbers dropped, dynamic → static, voicemail and AMD disabled."""
+    settings = {"transfer": {"number": "+14155550199", "backup_numbers": ["+14155550198"], "type": "dynamic"},
+                "voicemail": {"enabled": True, "message": "Please call us back"},
+                "amd": {"enabled": True, "provider": "gateway"}}
+    status, body = await api.post("/agents", json={"name": "A", "settings": settings})
+    aid = body["agent"]["id"]
+    for patch in ({"transfer": {"number": "+14155550111"}}, {"voicemail": {"message": "Call again"}},
+                  {"amd": {"provider": "twilio"}}):
+        status, body = await api.patch(f"/agents/{aid}", json={"settings": patch})
+        assert status == 200, body
+    s = (await api.get(f"/agents/{aid}"))[1]["agent"]["settings"]
+    assert s["transfer"]["number"] == "+14155550111"
+    assert s["transfer"]["backup_numbers"] == ["+14155550198"] and s["transfer"]["type"] == "dynamic"
+    assert s["voicemail"] == {"enabled": True, "message": "Call again"}
+    assert s["amd"] == {"enabled": True, "provider": "twilio"}
+    # an explicit value still replaces, and a bad merged value is still refused naming the field
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"voicemail": {"enabled": False}}})
+    assert status == 200 and body["agent"]["settings"]["voicemail"]["enabled"] is False
+    status, body = await api.patch(f"/agents/{aid}", json={"settings": {"transfer": {"type": "psychic"}}})
+    assert status == 400 and body["field"] == "settings.transfer.type"

@@ -186,9 +186,12 @@ async def test_call_logs_list_filters_and_fields(api):
     status, body = await api.get("/calls/logs", params={"call_status": "failed"})
     assert body["total"] == 1
     for params, field in (({"pagesize": "151"}, "pagesize"), ({"agentid": "x"}, "agentid"),
-                          ({"pageno": "-1"}, "pageno"), ({"status": "failed"}, "status")):
+                          ({"pageno": "-1"}, "pageno"), ({"status": "failed"}, "status"),
+                          # regression: an unknown status used to give 200 and an empty page
+                          ({"call_status": "bogus"}, "call_status"), ({"call_status": "Completed"}, "call_status")):
         status, body = await api.get("/calls/logs", params=params)
         assert status == 400 and body["field"] == field, body
+    assert "no-answer" in body["error"]   # the error lists the statuses that exist
     status, body = await api.get("/calls/logs/99999")
     assert status == 404 and body["field"] == "id"
     row = await api.gw.store.get_call(ids[0])

@@ -88,7 +88,10 @@ async def test_import_twilio_and_exotel(api):
      "register", 400),
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "sip_pasword": "x"},
      "sip_pasword", 400),
-    ({"phone_number": 14155550100, "sip_host": 5, "sip_trunk_name": "t"}, "sip_host", 400),
+    ({"phone_number": "+14155550100", "sip_host": 5, "sip_trunk_name": "t"}, "sip_host", 400),
+    # a typed number must carry its + (4155550130 used to be stored as +4155550130, Switzerland)
+    ({"phone_number": "4155550130", "sip_host": "h", "sip_trunk_name": "t"}, "phone_number", 400),
+    ({"phone_number": 14155550100, "sip_host": "h", "sip_trunk_name": "t"}, "phone_number", 400),
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "sip_password": "****"},
      "sip_password", 400),
     ({"phone_number": "+14155550100", "sip_host": "h", "sip_trunk_name": "t", "agent_id": 999}, "agent_id", 404),

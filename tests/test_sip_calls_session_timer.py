@@ -18,6 +18,7 @@ class FakeUA:
     def __init__(self):
         self.sent = []
         self.sessions = {}
+        self.pending_byes = set()
 
     def spawn(self, coro, name=None):
         return asyncio.ensure_future(coro)

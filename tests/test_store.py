@@ -98,3 +98,14 @@ async def test_concurrent_writers_never_lock(store):
     _, total = await store.list_calls(1, 1, call_status="completed")
     assert total == 300
     assert len(await store.list_call_events(ids[-1])) == 2
+
+
+async def test_ids_are_never_reused(store):
+    """Regression (issue 14): deleting the newest agent or number and creating another must not hand out its id
+    again (old call logs and webhooks would read as the new one's), on SQLite and PostgreSQL alike."""
+    a = await store.create_agent({"name": "a", "settings": {}})
+    await store.delete_agent(a["id"])
+    assert (await store.create_agent({"name": "b", "settings": {}}))["id"] > a["id"]
+    n = await store.create_number({"phone_number": "+15550003333", "provider": "sip"}, {})
+    await store.delete_number(n["id"])
+    assert (await store.create_number({"phone_number": "+15550003333", "provider": "sip"}, {}))["id"] > n["id"]

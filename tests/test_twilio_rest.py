@@ -31,7 +31,7 @@ async def test_import_checks_account_and_number_and_configures_webhooks(twilio_e
                                   "status_callback": None}
     status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
         "phone_number": OTHER, "account_sid": env.account.sid, "account_token": env.account.token,
-        "name": "support line", "configure_webhooks": True, "agent_id": env.agent["id"]})
+        "name": "support line", "configure_webhooks": True, "force_webhooks": True, "agent_id": env.agent["id"]})
     assert status == 201, body
     stored = body["phone_number"]
     assert stored["config"]["account_sid"] == env.account.sid and stored["config"]["account_token"] == "****"
@@ -42,6 +42,22 @@ async def test_import_checks_account_and_number_and_configures_webhooks(twilio_e
     # the SDK asked for exactly this number
     lookups = env.rest.of("GET", "/IncomingPhoneNumbers.json")
     assert lookups[-1].one("PhoneNumber") == OTHER
+
+
+async def test_configure_webhooks_refuses_a_public_url_twilio_cannot_reach(twilio_env):
+    """Regression (issue 14): with the default public URL (http://127.0.0.1:…) configure_webhooks rewrote a real
+    number's VoiceUrl to loopback. Now a 400 naming the field and the fix, and the number is left untouched."""
+    env = await twilio_env()
+    env.account.numbers[OTHER] = {"sid": "PN" + "7" * 32, "phone_number": OTHER, "voice_url": "https://old/voice",
+                                  "status_callback": None}
+    assert env.gw.settings.public_base.startswith("http://127.0.0.1")
+    status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
+        "phone_number": OTHER, "account_sid": env.account.sid, "account_token": env.account.token,
+        "configure_webhooks": True})
+    assert status == 400 and body["field"] == "configure_webhooks", body
+    assert "loopback" in body["error"] and "--public-url" in body["error"] and "force_webhooks" in body["error"]
+    assert env.account.numbers[OTHER]["voice_url"] == "https://old/voice"
+    assert await env.gw.store.find_number(OTHER, "twilio") is None
 
 
 async def test_import_with_bad_token_says_twilio_rejected_the_credentials(twilio_env):

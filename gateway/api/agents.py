@@ -217,16 +217,24 @@ async def replace_agent(request: web.Request) -> web.Response:
 async def patch_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
-    data = check_agent(gw, await read_json(request), partial=True)
+    body = await read_json(request)
+    if isinstance(body.get("settings"), dict):
+        body["settings"] = merge_settings(agent.get("settings") or {}, body["settings"])
+    data = check_agent(gw, body, partial=True)
     await check_webhook_destination(gw, data)
-    if "settings" in data:
-        merged = dict(agent.get("settings") or {})
-        for key, section in data["settings"].items():
-            old = merged.get(key)
-            merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
-        data["settings"] = check_settings(merged)
-        _keep_masked_secret(data, agent)
+    _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
+
+
+def merge_settings(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """PATCH's per-section merge, on the raw body before any check: a key sent replaces the stored one, a key
+    not sent keeps its stored value. (Checking first would fill defaults — type static, enabled false — into the
+    patch and silently reset what the client never mentioned.)"""
+    merged = dict(stored)
+    for key, section in patch.items():
+        old = merged.get(key)
+        merged[key] = {**old, **section} if isinstance(old, dict) and isinstance(section, dict) else section
+    return merged
 
 
 async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:

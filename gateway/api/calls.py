@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..call import Call
+from ..call import CALL_STATUSES, Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..frames import HangupSource
 from .errors import ApiError, read_json
 from .numbers import scrub
-from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
+from .validation import as_e164, as_int, as_object, bad, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -43,7 +43,7 @@ async def dispatch(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
     agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
-    to_number = as_e164(required(body, "to_number"), "to_number", require_plus=True)
+    to_number = as_e164(required(body, "to_number"), "to_number")
     number_id = as_int(required(body, "from_number_id"), "from_number_id", minimum=1)
     ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
     number = await gw.store.get_number(number_id, with_secrets=True)
@@ -83,7 +83,9 @@ async def list_logs(request: web.Request) -> web.Response:
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
-    status = as_str(q["call_status"], "call_status", max_len=32) if q.get("call_status") else None
+    status = q.get("call_status") or None
+    if status is not None and status not in CALL_STATUSES:
+        raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
     rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
     return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
                               "call_log_data": [call_log_json(r) for r in rows]})

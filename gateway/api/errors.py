@@ -5,11 +5,12 @@ into that shape, so no client ever sees an HTML page or a traceback.
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from aiohttp import web
+
+from .. import safejson
 
 log = logging.getLogger("gateway.api")
 
@@ -59,22 +60,15 @@ async def error_middleware(request: web.Request, handler):
         return error_response(500, "internal error (logged on the gateway)")
 
 
-def _no_constant(name: str) -> None:
-    # NaN/Infinity are not JSON (RFC 8259) and could not be sent back out
-    raise ValueError(f"{name} is not allowed")
-
-
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 naming `body`."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = safejson.loads(raw)
+    except safejson.BadJson as e:
         raise ApiError(400, f"request body is not valid JSON: {e}", "body") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply", "body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", "body")
     return body

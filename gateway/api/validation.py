@@ -64,11 +64,15 @@ def as_list(value: Any, field: str) -> list[Any]:
     return value
 
 
-def as_e164(value: Any, field: str, *, require_plus: bool = False) -> str:
+def as_e164(value: Any, field: str) -> str:
+    """A number a person typed: it must carry its `+` and country code. A bare `4155550130` is refused rather
+    than guessed (normalize_e164 would read it as +41…, Switzerland), so a transfer can never ring a foreign
+    number; spaces, dashes and dots between digits are dropped. What carriers send is normalised elsewhere."""
     if not isinstance(value, str):
         raise bad(field, "must be a string holding an E.164 number such as +14155550100")
-    if require_plus and not value.strip().startswith("+"):
-        raise bad(field, f"{value!r} must be an E.164 number with a leading + (e.g. +14155550100)")
+    if not value.strip().startswith("+"):
+        raise bad(field, f"{value!r} must be an E.164 number with a leading + and the country code "
+                         "(e.g. +14155550100)")
     try:
         return normalize_e164(value)
     except ValueError as e:

@@ -28,6 +28,7 @@ import websockets
 from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
+from .. import safejson
 from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SpeechActivity, TransferResult)
 from ..logsetup import ContextLogger
 from .base import EngineSession, VoiceEngine
@@ -86,8 +87,8 @@ def parse_sample_rate(query: str) -> int:
 def parse_engine_message(text: str) -> dict[str, Any]:
     """Validate one engine → gateway control message; raises EngineProtocolError with the close code to use."""
     try:
-        msg = json.loads(text)
-    except ValueError as e:
+        msg = safejson.loads(text)
+    except safejson.BadJson as e:
         raise EngineProtocolError(f"invalid JSON: {e}", CLOSE_INVALID_PAYLOAD) from None
     if not isinstance(msg, dict):
         raise EngineProtocolError("a control message must be a JSON object", CLOSE_INVALID_PAYLOAD)

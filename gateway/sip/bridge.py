@@ -79,7 +79,7 @@ class MediaBridge:
         other = self.other(leg)
         session = getattr(other, "session", None)
         if session is not None and not session.ended.is_set():
-            await session.bye(reason_header(q850=16, text=reason or "Normal call clearing"))
+            session.send_bye(reason_header(q850=16, text=reason or "Normal call clearing"))
         other.close()
 
     @property

@@ -341,6 +341,7 @@ def _format_params(params: dict[str, str | None]) -> str:
     return "".join(out)
 
 
+_VIA_VERSION_RE = re.compile(r"\s*SIP\s*/\s*(\d+\.\d+)\s*/", re.IGNORECASE)
 _VIA_RE = re.compile(
     r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)\s*(?::\s*(\d{1,5}))?\s*(;.*)?\Z",
@@ -361,6 +362,9 @@ class Via:
     def parse(cls, value: str) -> "Via":
         m = _VIA_RE.match(value.strip())
         if m is None:
+            other = _VIA_VERSION_RE.match(value)
+            if other is not None and other.group(1) != "2.0":  # RFC 4475 badvers: a Via of another SIP version
+                raise SipParseError(f"SIP version {other.group(1)[:10]!r} in Via not supported", 505)
             raise SipParseError(f"malformed Via {value[:60]!r}")
         port = int(m.group(3)) if m.group(3) else None
         if port is not None and not 0 < port < 65536:
@@ -812,7 +816,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         cache["from"] = msg._addr("from", "From")
         cache["to"] = msg._addr("to", "To")
     except SipParseError as e:
-        raise SipParseError(e.reason, partial=msg) from None
+        raise SipParseError(e.reason, e.status, partial=msg) from None
     if is_request:
         if cseq[1] != msg.method:  # type: ignore[union-attr]
             raise SipParseError(f"CSeq method {cseq[1]} does not match request method {msg.method}",  # type: ignore[union-attr]

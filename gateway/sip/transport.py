@@ -320,9 +320,11 @@ class SipTransport:
         try:
             partial.top_via  # a response needs somewhere to go
         except SipParseError:
-            self.stats["dropped"] += 1
-            log.info("dropped malformed SIP request from %s:%d (no usable Via): %s", addr[0], addr[1], reason)
-            return
+            if err.status != 505:
+                self.stats["dropped"] += 1
+                log.info("dropped malformed SIP request from %s:%d (no usable Via): %s", addr[0], addr[1], reason)
+                return
+            # a Via of another SIP version (RFC 4475 badvers): answer 505 where the request came from
         status = err.status
         phrase = ("Bad Request" if status == 400 else "Version Not Supported") + f" ({reason})"
         resp = make_response(partial, status, phrase, headers=[("Warning", f'399 {self.advertised_host} '

@@ -29,7 +29,11 @@ log = logging.getLogger("gateway.sip.ua")
 T1 = 0.5
 T2 = 4.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
-SUPPORTED = "timer, replaces"
+#: the option tags (RFC 3261 §19.2) we implement: session timers (RFC 4028). Not `replaces` (RFC 3891) nor
+#: `100rel` (RFC 3262): advertising one we do not do invites a peer to depend on it.
+EXTENSIONS = frozenset({"timer"})
+SUPPORTED = ", ".join(sorted(EXTENSIONS))
+URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 MIN_SE = 90                       # RFC 4028 §4: the smallest Session-Expires we accept
 USER_AGENT = "telephony-gateway"
 
@@ -111,6 +115,7 @@ class UserAgent:
         self._acked: dict[tuple[str, int], tuple[SipRequest, Dest]] = {}   # ACKs we sent, for 2xx retransmits
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.pending_byes: set[asyncio.Task] = set()                # BYE transactions still running (close waits)
         layer.on_request = self._on_request
         layer.on_ack = self._on_ack
         layer.on_cancel = self._on_cancel
@@ -155,9 +160,13 @@ class UserAgent:
         if not task.cancelled() and task.exception() is not None:
             log.error("SIP UA task failed", exc_info=task.exception())
 
-    async def close(self) -> None:
+    async def close(self, bye_grace: float = 2.0) -> None:
+        """Stop: BYEs already sent get `bye_grace` seconds for their answers (and UDP retransmissions), then every
+        task of the UA is cancelled."""
         for s in list(self.sessions.values()):
             s.stop_timers()
+        if self.pending_byes:
+            await asyncio.wait(list(self.pending_byes), timeout=bye_grace)
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -245,6 +254,8 @@ class UserAgent:
     async def _route(self, req: SipRequest, txn: Any) -> None:
         method = req.method
         source = txn.source
+        if not self._acceptable(req, txn):
+            return
         if req.to_tag:
             session = self.sessions.get((req.call_id, req.to_tag, req.from_tag or ""))
             if session is None:
@@ -280,6 +291,21 @@ class UserAgent:
             self.respond(txn, req, 481, "Call/Transaction Does Not Exist")
             return
         self.respond(txn, req, 405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def _acceptable(self, req: SipRequest, txn: Any) -> bool:
+        """RFC 3261 §8.2.2: a Request-URI scheme we cannot handle gets 416 (§8.2.2.1), an option tag in Require
+        that we do not implement 420 listing it in Unsupported (§8.2.2.3) — INVITE included: answering 200 and
+        ignoring an extension the caller depends on is worse than refusing. (ACK and CANCEL never come here:
+        the transaction layer handles them, and §8.2.2.3 exempts them.)"""
+        scheme = req.uri.partition(":")[0].lower()
+        if scheme not in URI_SCHEMES:
+            self.respond(txn, req, 416, "Unsupported URI Scheme")
+            return False
+        unknown = [t for t in req.headers.getlist("Require") if t.strip() and t.strip().lower() not in EXTENSIONS]
+        if unknown:
+            self.respond(txn, req, 420, "Bad Extension", headers=[("Unsupported", ", ".join(unknown))])
+            return False
+        return True
 
     def _answer_options(self, txn: Any, req: SipRequest) -> None:
         self.respond(txn, req, 200, "OK", headers=[("Allow", ALLOW), ("Accept", "application/sdp"),
@@ -379,7 +405,7 @@ class IncomingInvite:
         self.ua.sessions[dialog.id] = session
         self.session = session
         if not await self.ua.answer_2xx(resp, self.txn):
-            await session.bye(reason_header(408, "ACK not received"))
+            session.send_bye(reason_header(408, "ACK not received"))
             raise RequestFailed("no ACK for our 200 OK", timed_out=True)
         session.start_timer()
         return session
@@ -484,7 +510,7 @@ class OutgoingInvite:
                                  invite=req)
             self.ua.sessions[dialog.id] = session
             if self._cancel_requested or timed_out:  # 2xx won the race with our CANCEL: end it at once
-                await session.bye(reason_header(487, "Request Terminated"))
+                session.send_bye(reason_header(487, "Request Terminated"))
                 return InviteResult(response=resp, error="cancelled", timed_out=timed_out, cancelled=True)
             session.negotiate_timer_uac(resp)
             session.start_timer()
@@ -616,7 +642,7 @@ class SipSession:
     async def _expired_async(self) -> None:
         if self.ended.is_set():
             return
-        await self.bye(reason_header(408, "Session timer expired"))
+        self.send_bye(reason_header(408, "Session timer expired"))
         if self.on_timer_expired is not None:
             res = self.on_timer_expired()
             if asyncio.iscoroutine(res):
@@ -753,15 +779,30 @@ class SipSession:
     def _track_cseq(self, req: SipRequest) -> None:
         self.dialog.local_cseq = max(self.dialog.local_cseq, req.cseq[0])
 
-    async def bye(self, reason: str | None = None) -> SipResponse | None:
-        """Hang up with an RFC 3326 Reason; returns the BYE's response, None if the peer never answered."""
+    def send_bye(self, reason: str | None = None) -> "asyncio.Task[SipResponse | None] | None":
+        """Hang up with an RFC 3326 Reason, without waiting for the answer.
+
+        RFC 3261 §15: the session is over once the BYE is sent, so it ends here, at once; the BYE transaction
+        (up to 64·T1 = 32 s when the peer never answers) finishes in a background task of the UA (cancelled on
+        close). Returns that task, None when the session had already ended."""
         if self.ended.is_set():
             return None
         self._ended("local BYE")
+        task = self.ua.spawn(self._bye_transaction(reason))
+        self.ua.pending_byes.add(task)
+        task.add_done_callback(self.ua.pending_byes.discard)
+        return task
+
+    async def bye(self, reason: str | None = None) -> SipResponse | None:
+        """`send_bye()` and wait for the response (None if the peer never answered): for callers that need it."""
+        task = self.send_bye(reason)
+        return None if task is None else await task
+
+    async def _bye_transaction(self, reason: str | None) -> SipResponse | None:
         try:
             return await self.request("BYE", [("Reason", reason)] if reason else [])
         except RequestFailed as e:
-            log.info("BYE not answered: %s", e.reason)
+            log.info("BYE not answered: %s", e.reason, extra={"sip_call_id": self.call_id})
             return None
 
     async def reinvite(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> SipResponse:

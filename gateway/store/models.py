@@ -17,8 +17,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+#: SQLite reuses the highest rowid after that row is deleted unless the table says AUTOINCREMENT; a reused agent
+#: or number id would attribute old call logs and webhooks to the new one. (PostgreSQL sequences never go back.)
+#: Databases made before this was set are rebuilt once: gateway/store/upgrade.py.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Agent(Base):
     __tablename__ = "agents"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     engine: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -29,6 +36,7 @@ class Agent(Base):
 
 class PhoneNumber(Base):
     __tablename__ = "phone_numbers"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     phone_number: Mapped[str] = mapped_column(String(32), index=True)
     provider: Mapped[str] = mapped_column(String(32))
@@ -43,6 +51,7 @@ class PhoneNumber(Base):
 
 class CallLog(Base):
     __tablename__ = "calls"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -75,6 +84,7 @@ class CallLog(Base):
 
 class CallEvent(Base):
     __tablename__ = "call_events"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

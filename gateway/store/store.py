@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from ..secretbox import SecretBox
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, utcnow
+from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
 # keep it above DEBUG so `--log-level debug` never writes secrets to the log.
@@ -185,6 +186,8 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_missing_columns)
+        async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
+            await conn.run_sync(never_reuse_ids)
         await self._seal_secrets()
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()

@@ -1,0 +1,78 @@
+"""JSON from the network, parsed so that no input can crash a handler further down.
+
+`json.loads` accepts three things the rest of the gateway cannot take:
+* nesting deep enough to raise `RecursionError` (not a `ValueError`, so handlers catching bad JSON miss it), or
+  merely deep enough to overflow the stack later, when the value is serialised again for the store or a webhook;
+* `\\ud800`-style escapes of a lone UTF-16 surrogate, which give a `str` that cannot be encoded as UTF-8: SQLite,
+  PostgreSQL and every outgoing JSON body then fail with an encoding error (a 500);
+* `NaN` / `Infinity`, which are not JSON (RFC 8259 §6) and could not be sent back out.
+
+`loads()` refuses all three with `BadJson` (a `ValueError`), so every caller already handling invalid JSON handles
+these too: the REST API answers 400, the media websockets close with their bad-message code.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+#: deeper than any body the API, carriers or engines send (they nest 3-5 levels) and far below the
+#: interpreter's recursion limit, which json.dumps/SQLAlchemy need headroom under.
+MAX_DEPTH = 64
+
+# a \uD800-\uDFFF escape: only then can the parsed value hold a surrogate (raw UTF-8 input cannot encode one)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class BadJson(ValueError):
+    """Input that is not acceptable JSON; the message says why and never quotes the input."""
+
+
+def _no_constant(name: str) -> None:
+    raise BadJson(f"{name} is not allowed")
+
+
+def loads(data: str | bytes | bytearray) -> Any:
+    """Parse JSON from a peer; raises BadJson for invalid, too deeply nested or unencodable input."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadJson(f"nested more than {MAX_DEPTH} levels deep") from None
+    except UnicodeDecodeError as e:
+        raise BadJson(f"not UTF-8 ({e.reason})") from None
+    except BadJson:
+        raise
+    except ValueError as e:
+        raise BadJson(str(e)) from None
+    text = data if isinstance(data, str) else bytes(data).decode("latin-1")  # the escape itself is ASCII
+    _check(value, check_strings=_SURROGATE_ESCAPE.search(text) is not None)
+    return value
+
+
+def _check(value: Any, check_strings: bool) -> None:
+    """Depth limit, and (when the raw text had a surrogate escape) that every string encodes as UTF-8.
+
+    Iterative, so that checking a deep value cannot itself overflow the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth > MAX_DEPTH:
+                raise BadJson(f"nested more than {MAX_DEPTH} levels deep")
+            for k, item in v.items():
+                if check_strings:
+                    _utf8(k)
+                stack.append((item, depth + 1))
+        elif isinstance(v, list):
+            if depth > MAX_DEPTH:
+                raise BadJson(f"nested more than {MAX_DEPTH} levels deep")
+            stack.extend((item, depth + 1) for item in v)
+        elif check_strings and isinstance(v, str):
+            _utf8(v)
+
+
+def _utf8(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadJson("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape without its pair)") from None

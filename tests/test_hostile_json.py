@@ -1,0 +1,51 @@
+"""JSON no handler can digest (issue 13 item 10): deep nesting and lone UTF-16 surrogates get a 400 over real
+HTTP, on the REST API and on a carrier webhook, and nothing reaches the SQLite file."""
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from carriers.vonage import VonageCarrier
+from gateway import safejson
+
+NESTED = b"[" * 100_000 + b"]" * 100_000      # RecursionError inside json.loads
+DEEP_DICT = ("{\"a\":" * 200 + "1" + "}" * 200).encode()  # parses, but too deep to serialise safely
+SURROGATE_NAME = b'{"name": "agent \\ud800 one", "engine": "echo"}'
+
+
+def test_loads_refuses_what_would_crash_later():
+    for bad in (NESTED, DEEP_DICT, SURROGATE_NAME, b'{"\\udfff": 1}', b'[NaN]', b"{"):
+        with pytest.raises(safejson.BadJson):
+            safejson.loads(bad)
+    # a surrogate pair is one valid character, and ordinary nesting is fine
+    assert safejson.loads(b'{"name": "\\ud83d\\ude00", "a": [[{"b": 1}]]}') == {"name": "\U0001F600",
+                                                                                "a": [[{"b": 1}]]}
+
+
+async def _post(gw, path, raw: bytes, headers=None):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.url(path), data=raw, headers={"Content-Type": "application/json", **(headers or {})}) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def test_api_refuses_nested_and_surrogate_bodies(make_gateway, auth_headers):
+    gw = await make_gateway()
+    for raw in (NESTED, DEEP_DICT, SURROGATE_NAME):
+        status, body = await _post(gw, "/api/v1/agents", raw, auth_headers)
+        assert status == 400, body
+        assert body["field"] == "body" and "JSON" in body["error"]
+    assert await gw.store.list_agents() == []
+    # the same name with a real character in it is stored
+    status, body = await _post(gw, "/api/v1/agents", '{"name": "agent \u00e9", "engine": "echo"}'.encode(),
+                               auth_headers)
+    assert status in (200, 201), body
+
+
+async def test_vonage_events_refuse_nested_and_surrogate_bodies(make_gateway):
+    gw = await make_gateway(carriers={"vonage": VonageCarrier})
+    for raw in (NESTED, DEEP_DICT, b'{"uuid": "\\ud800", "status": "answered"}'):
+        status, body = await _post(gw, "/vonage/events", raw)
+        assert status == 400, body
+        assert "JSON" in body["error"]
+    status, _ = await _post(gw, "/vonage/events", b'{"uuid": "abc", "status": "started"}')
+    assert status < 300
