@@ -7,10 +7,10 @@ import logging
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from gateway.frames import HangupSource
 from gateway.netguard import forbidden_kind
+from test_webhooks import receiver  # noqa: F401 (fixture)
 
 BLOCKED = ["http://127.0.0.1:8080/hook", "http://169.254.169.254/latest/meta-data/", "http://[::1]/hook",
            "http://10.0.0.1/hook", "http://192.168.1.20/hook", "http://172.16.5.5/hook", "http://100.64.0.1/hook",
@@ -54,41 +54,26 @@ def test_address_kinds():
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-async def test_delivery_checks_the_resolved_address(make_gateway, caplog, host):
+async def test_delivery_checks_the_resolved_address(make_gateway, receiver, caplog, host):
     """A URL that got into the store pointing at the gateway's own host (a name re-pointed after the save, an
     older release's row) is refused at delivery: nothing reaches the listening receiver, nothing is retried."""
-    hits: list[str] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
     caplog.set_level(logging.ERROR, logger="gateway.webhooks")
-    try:
-        gw = await make_gateway(webhook_retries=3)
-        agent = await gw.store.create_agent({"name": "x", "engine": "echo",
-                                             "webhook_url": f"http://{host}:{port}/hook"})
-        call = await gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
-                                     to_number="+15550002222", agent=agent)
-        await call.end(HangupSource.USER, "done")
-        await gw.webhooks.drain(10)
-        assert hits == [] and gw.webhooks.delivered == 0
-        refused = [r for r in caplog.records if r.getMessage() == "webhook destination refused"]
-        assert refused and refused[0].host == host and "loopback" in refused[0].reason
-        assert gw.webhooks.failures == len(refused)          # one refusal per event: never retried
-        # the same receiver is reachable when the operator allows private destinations
-        ok_gw = await make_gateway(allow_private_webhooks=True)
-        call = await ok_gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
-                                        to_number="+15550002222", agent=agent)
-        await call.end(HangupSource.USER, "done")
-        await ok_gw.webhooks.drain(10)
-        assert hits and ok_gw.webhooks.delivered >= 1
-    finally:
-        await runner.cleanup()
+    gw = await make_gateway(webhook_retries=3)
+    url = receiver.url("ok").replace("127.0.0.1", host)
+    agent = await gw.store.create_agent({"name": "x", "engine": "echo", "webhook_url": url})
+    call = await gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
+                                 to_number="+15550002222", agent=agent)
+    await call.end(HangupSource.USER, "done")
+    await gw.webhooks.drain(10)
+    assert receiver.requests == [] and gw.webhooks.delivered == 0
+    refused = [r for r in caplog.records if r.getMessage() == "webhook destination refused"]
+    assert refused and refused[0].host == host and "loopback" in refused[0].reason
+    assert gw.webhooks.failures == len(refused)          # one refusal per event: never retried
+    assert "secret-token-123" not in caplog.text         # the URL's query is never logged
+    # the same receiver is reachable when the operator allows private destinations
+    ok_gw = await make_gateway(allow_private_webhooks=True)
+    call = await ok_gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
+                                    to_number="+15550002222", agent=agent)
+    await call.end(HangupSource.USER, "done")
+    await ok_gw.webhooks.drain(10)
+    assert receiver.requests and ok_gw.webhooks.delivered >= 1
