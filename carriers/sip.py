@@ -239,6 +239,8 @@ class SipCarrier(Carrier):
         self.ua = UserAgent(self.transport, self.layer)
         self.ua.on_invite = self._on_invite
         self.ua.on_register = self._on_register
+        self.ua.draining = lambda: self.gateway.draining
+        self.ua.retry_after = RETRY_AFTER_S
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "rtp": f"{s.rtp_port_min}-"

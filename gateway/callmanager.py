@@ -1,6 +1,7 @@
 """All live calls of this process: creation (with its call-log row), lookup by id or carrier sid, capacity."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ class CapacityError(RuntimeError):
     """The gateway is at `max_calls`; carriers answer busy (SIP 503 + Retry-After, TwiML reject…)."""
 
 
+class DrainingError(CapacityError):
+    """The gateway is draining (docs/deploy.md): every carrier refuses new calls exactly as when it is full."""
+
+
 class CallManager:
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
@@ -24,6 +29,8 @@ class CallManager:
         self._by_sid: dict[str, Call] = {}
         self.totals = {"calls": 0, "frames_in": 0, "frames_out": 0, "dropped_in": 0}
         self._listeners: list[Any] = []
+        self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
+        self._idle.set()
 
     @property
     def store(self):
@@ -35,15 +42,29 @@ class CallManager:
 
     @property
     def at_capacity(self) -> bool:
-        return len(self.active) >= self.gateway.settings.max_calls
+        """No new call fits: `max_calls` reached, or the gateway is draining."""
+        return self.gateway.draining or len(self.active) >= self.gateway.settings.max_calls
+
+    def _refuse_if_full(self) -> None:
+        if self.gateway.draining:
+            raise DrainingError("gateway draining: new calls go to other workers or nodes")
+        if self.at_capacity:
+            raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no call is live (or `timeout` seconds); True when idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def create(self, *, carrier: str, direction: str, from_number: str, to_number: str,
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
-        """Open a call-log row and a live Call; raises CapacityError when full."""
-        if self.at_capacity:
-            raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
+        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining)."""
+        self._refuse_if_full()
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
         row = await self.store.create_call({
@@ -56,6 +77,7 @@ class CallManager:
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
                                                                                  if call_context else {})})
         self.active[call.id] = call
+        self._idle.clear()
         if carrier_sid:
             self._by_sid[carrier_sid] = call
         self.totals["calls"] += 1
@@ -85,6 +107,8 @@ class CallManager:
 
     async def finished(self, call: Call) -> None:
         self.active.pop(call.id, None)
+        if not self.active:
+            self._idle.set()
         if call.carrier_sid:
             self._by_sid.pop(call.carrier_sid, None)
         if call.bus is not None:

@@ -32,6 +32,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="text: message then key=value fields (default); json: one JSON object per line")
     p.add_argument("--allow-private-webhooks", action="store_true", default=None,
                    help="let agent webhook_url point at loopback/private/link-local addresses (off: SSRF guard)")
+    p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
+                                                       "drain` before they are hung up (default 300)")
     p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
     p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
     p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
@@ -48,6 +50,7 @@ async def _serve(args: argparse.Namespace) -> int:
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
         "allow_private_webhooks": args.allow_private_webhooks,
+        "drain_timeout": args.drain_timeout,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
@@ -83,13 +86,21 @@ async def _serve(args: argparse.Namespace) -> int:
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
     _announce_public_url(settings.public_base)
-    stop = asyncio.Event()
+    # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
+    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, _on_stop_signal, gw)
+    await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _on_stop_signal(gw) -> None:
+    if not gw.draining:
+        print(f"gateway: draining {len(gw.calls.active)} live call(s) for up to {gw.settings.drain_timeout:g} s; "
+              "signal again to hang them up now", flush=True)
+    gw.begin_drain()
 
 
 def _announce_public_url(public: str) -> None:

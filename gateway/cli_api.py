@@ -1,4 +1,4 @@
-"""`gateway numbers|calls|agents|trunk …`: command-line clients of the REST API of a running gateway.
+"""`gateway numbers|calls|agents|trunk|drain …`: command-line clients of the REST API of a running gateway.
 
 The target and key come from `--url` / `GATEWAY_URL` (default http://127.0.0.1:8080) and `--api-key` /
 `GATEWAY_API_KEY`, else the key file `gateway serve` wrote (`<data dir>/api_key`). Output is the API's JSON
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .config import default_data_dir
 
-COMMANDS = ("numbers", "calls", "agents", "trunk")
+COMMANDS = ("numbers", "calls", "agents", "trunk", "drain")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -95,6 +95,18 @@ class Client:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CliError(f"cannot reach the gateway at {self.base}: {reason}", 2) from None
+
+    def health(self) -> dict[str, Any]:
+        """GET /healthz (no key needed); its JSON also when it answers 503 `draining`."""
+        try:
+            with urllib.request.urlopen(f"{self.base}/healthz", timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            if e.code == 503:
+                return json.loads(e.read() or b"{}")
+            raise CliError(f"error {e.code} from /healthz", 1) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise CliError(f"cannot reach the gateway at {self.base}: {getattr(e, 'reason', e)}", 2) from None
 
 
 def resolve_api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
@@ -243,6 +255,14 @@ def _context(a: argparse.Namespace) -> dict[str, Any] | None:
         raise CliError(f"--context is not valid JSON: {e}") from None
 
 
+def _drain(c: Client, a: argparse.Namespace) -> Any:
+    """Drain one process, or by default the whole node behind --url (every worker under a supervisor)."""
+    target = a.proc or c.health().get("node")
+    if not target:
+        raise CliError("the gateway did not say which node it is: name the process, e.g. `gateway drain node1.2`")
+    return c.request("POST", f"/nodes/{target}/drain", {"timeout": a.timeout} if a.timeout is not None else None)
+
+
 Handler = Callable[[Client, argparse.Namespace], Any]
 
 HANDLERS: dict[tuple[str, str], Handler] = {
@@ -275,6 +295,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("agents", "create"): lambda c, a: c.request("POST", "/agents", _agent_body(a)),
     ("agents", "update"): lambda c, a: c.request("PATCH", f"/agents/{a.id}", _agent_body(a)),
     ("agents", "delete"): lambda c, a: c.request("DELETE", f"/agents/{a.id}"),
+    ("drain", "drain"): _drain,
 }
 
 
@@ -377,7 +398,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ts = trunk.add_subparsers(dest="action", required=True)
     p = ts.add_parser("test", help="test a SIP trunk before importing it (POST /phone_number/test/sip)")
     _fields(p, SIP_OPTS)
-    for parser in (*ns.choices.values(), *cs.choices.values(), *ags.choices.values(), *ts.choices.values()):
+    drain = sub.add_parser("drain", help="drain a node or one worker: refuse new calls, let live calls finish "
+                                         "(up to the drain timeout), then exit")
+    drain.add_argument("proc", nargs="?", help="process id (<node>.<k>) or node id; default: the node at --url")
+    drain.add_argument("--timeout", type=int, help="seconds live calls may go on (one process only; default its "
+                                                   "--drain-timeout)")
+    drain.set_defaults(action="drain")
+    for parser in (*ns.choices.values(), *cs.choices.values(), *ags.choices.values(), *ts.choices.values(), drain):
         _common(parser)
 
 

@@ -5,6 +5,7 @@ exactly as `gateway serve` does on 8080/5060.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -45,6 +46,12 @@ class Gateway:
         self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
         self.started = False
+        #: docs/deploy.md "Graceful drain": set by `begin_drain()`; carriers then refuse new calls, SIP OPTIONS and
+        #: /healthz answer 503. `drained` is set once the live calls are gone and webhooks are flushed.
+        self.draining = False
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task | None = None
+        self._drain_now = asyncio.Event()
 
     def carrier_for(self, provider: str) -> Carrier | None:
         """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""
@@ -114,7 +121,38 @@ class Gateway:
                         "addresses", extra={"setting": "allow_private_webhooks"})
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
+    def begin_drain(self, timeout: float | None = None) -> None:
+        """Stop taking new calls; let live ones finish for `timeout` s (default `drain_timeout`), then hang up.
+
+        Called on SIGTERM, by `POST /api/v1/nodes/{proc}/drain` and by the control bus. A second call while
+        draining stops the waiting: the remaining calls are hung up with reason `shutdown` at once.
+        """
+        if self._drain_task is not None:
+            self._drain_now.set()
+            return
+        self.draining = True
+        limit = self.settings.drain_timeout if timeout is None else timeout
+        log.warning("draining: new calls refused", extra={"proc": self.settings.proc_id, "live_calls":
+                                                           len(self.calls.active), "drain_timeout": limit})
+        self._drain_task = asyncio.ensure_future(self._drain(limit))
+
+    async def _drain(self, timeout: float) -> None:
+        idle = asyncio.ensure_future(self.calls.wait_idle(timeout))
+        now = asyncio.ensure_future(self._drain_now.wait())
+        await asyncio.wait({idle, now}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (idle, now):
+            t.cancel()
+        left = len(self.calls.active)
+        if left:
+            log.warning("drain timeout: hanging up live calls", extra={"calls": left})
+        await self.calls.hangup_all("shutdown")
+        await self.webhooks.drain(self.settings.webhook_timeout)
+        log.warning("drained", extra={"proc": self.settings.proc_id, "hung_up": left})
+        self.drained.set()
+
     async def stop(self) -> None:
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
         await self.calls.hangup_all("shutdown")
         for carrier in self.carriers.values():
             try:
@@ -132,4 +170,5 @@ class Gateway:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def info(self) -> dict[str, Any]:
-        return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active)}
+        return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active),
+                "proc": self.settings.proc_id, "node": self.settings.node_id}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import metrics
-from . import agents, calls, numbers, openapi
+from . import agents, calls, nodes, numbers, openapi
 from .errors import error_middleware, error_response
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ async def auth_middleware(request: web.Request, handler):
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 `ok`; 503 `draining` while draining, so HTTP load balancers send new webhooks elsewhere."""
     gw = request.app["gateway"]
+    if gw.draining:
+        return web.json_response({"status": "draining", **gw.info()}, status=503)
     return web.json_response({"status": "ok", **gw.info()})
 
 
@@ -72,3 +75,4 @@ def setup_api(app: web.Application, gateway: "Gateway") -> None:
     numbers.add_routes(app, PREFIX)
     agents.add_routes(app, PREFIX)
     calls.add_routes(app, PREFIX)
+    nodes.add_routes(app, PREFIX)

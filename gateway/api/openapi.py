@@ -214,6 +214,14 @@ def build(gw: "Gateway") -> dict[str, Any]:
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
             body={"type": "object", "properties": {"number": {"type": "string"}}}, errors=(400, 401, 404, 409))},
+        f"{p}/nodes/{{proc}}/drain": {"post": _op(
+            "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
+            "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",
+            params=[_param("proc", description="process id or node id")], status="202",
+            body={"type": "object", "properties": {"timeout": {
+                "type": "integer", "minimum": 0, "description": "seconds; default the process's --drain-timeout"}}},
+            ok={"type": "object", "properties": {"success": {"const": True}, "proc": {"type": "string"},
+                                                 "state": {"const": "draining"}}})},
     }
     return {
         "openapi": "3.1.0",

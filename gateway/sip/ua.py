@@ -1,7 +1,9 @@
 """The SIP user-agent core (RFC 3261 §8, §12-§15): what sits between transactions and calls.
 
 * Incoming requests are routed to their dialog (481 when none, 500 for an out-of-order CSeq) or, outside a
-  dialog, to the INVITE handler (`on_invite`), the OPTIONS answer (200 with Allow), or 405.
+  dialog, to the INVITE handler (`on_invite`), the OPTIONS answer (200 with Allow), or 405. While `draining()`
+  says so, a new INVITE and an out-of-dialog OPTIONS get 503 + Retry-After (a proxy such as Kamailio's
+  dispatcher then stops sending new calls here); requests inside live dialogs are served as usual.
 * An INVITE we answer (`IncomingInvite`): provisional responses, then a 2xx that the UA core retransmits until
   the ACK arrives (§13.3.1.4; BYE when it never does), or an error; CANCEL ends it with 487.
 * An INVITE we send (`OutgoingInvite`): digest on 401/407 (§22.2), provisional callbacks (180, 183 + SDP),
@@ -112,6 +114,8 @@ class UserAgent:
         self.invites: dict[str, IncomingInvite] = {}          # by INVITE branch (CANCEL matching)
         self.on_invite: Callable[[IncomingInvite], Awaitable[None]] | None = None
         self.on_register: Callable[[SipRequest, Any], Awaitable[None]] | None = None
+        self.draining: Callable[[], bool] = lambda: False
+        self.retry_after = 5                                   # seconds, in the 503 Retry-After while draining
         self._acked: dict[tuple[str, int], tuple[SipRequest, Dest]] = {}   # ACKs we sent, for 2xx retransmits
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -268,6 +272,9 @@ class UserAgent:
                 self.respond(txn, req, 500, "Server Internal Error", headers=[("Retry-After", "1")])
                 return
             await session.handle(req, txn)
+            return
+        if method in ("INVITE", "OPTIONS") and self.draining():
+            self.respond(txn, req, 503, "Service Unavailable", headers=[("Retry-After", str(self.retry_after))])
             return
         if method == "INVITE":
             if self.on_invite is None:
