@@ -24,6 +24,7 @@ import binascii
 import hmac
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from gateway import safejson
 from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier_rest import CarrierHttp
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
 from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
@@ -83,6 +85,7 @@ class CloseCode(IntEnum):
     BAD_AUTH = 4006            # Basic auth on the upgrade missing or wrong
     BAD_MEDIA_FORMAT = 4007    # media_format we cannot decode
     ENGINE_ERROR = 4008        # the agent's engine could not start
+    CALL_ENDED = 4009          # the call_sid names a call the gateway already ended (e.g. hung up while ringing)
 
 
 # -- audio format -----------------------------------------------------------------------------------------------
@@ -216,6 +219,31 @@ def connect_applet_response(numbers: list[str], caller_id: str | None, options: 
     return body
 
 
+# -- agent settings -----------------------------------------------------------------------------------------------
+#: settings.exotel key → (default, maximum). Calls/connect documents TimeLimit "max. 14400 i.e. 4 hours" and gives
+#: TimeOut (seconds the legs ring) no range: positive, and no longer than a call may last.
+CALL_OPTIONS = {"time_limit": (3600, 14400), "ring_timeout": (45, 14400)}
+
+
+def call_options(opts: Any) -> dict[str, int]:
+    """`settings.exotel` → checked Calls/connect TimeLimit / TimeOut seconds; CarrierError names the field."""
+    f = "settings.exotel"
+    opts = {} if opts is None else opts
+    if not isinstance(opts, dict):
+        raise CarrierError(f"{f}: must be an object", 400, f)
+    out: dict[str, int] = {}
+    for key in opts:
+        if key not in CALL_OPTIONS:
+            raise CarrierError(f"{f}.{key}: unknown setting (known: {', '.join(CALL_OPTIONS)})", 400, f"{f}.{key}")
+    for key, (default, maximum) in CALL_OPTIONS.items():
+        value = opts.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            raise CarrierError(f"{f}.{key}: must be a whole number of seconds from 1 to {maximum} "
+                               f"(Exotel Calls/connect)", 400, f"{f}.{key}")
+        out[key] = value
+    return out
+
+
 # -- helpers ----------------------------------------------------------------------------------------------------
 def normalize_subdomain(value: Any) -> str:
     """`api.exotel.com`, `@api.in.exotel.com`, `https://api.exotel.com/` → the bare host; only Exotel hosts, so an
@@ -255,6 +283,12 @@ def to_e164(raw: str, like: str | None = None) -> str:
         return normalize_e164(raw)
     except ValueError:
         return raw
+
+
+def _exotel_detail(body: Any) -> str:
+    """Exotel's error body: {"RestException": {"Status", "Message"}}."""
+    exc = body.get("RestException") if isinstance(body, dict) else None
+    return str(exc.get("Message") or "") if isinstance(exc, dict) else ""
 
 
 def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> Any:
@@ -631,9 +665,9 @@ class ExotelCarrier(Carrier):
     def __init__(self, gateway: "Gateway", base_url: str | None = None) -> None:
         super().__init__(gateway)
         #: overrides https://{exotel_subdomain} for every REST call (tests point it at a loopback fake)
+        base_url = base_url or os.environ.get("GATEWAY_EXOTEL_API_BASE") or None
         self.base_url = base_url.rstrip("/") if base_url else None
-        self.http_timeout = 10.0
-        self._session: aiohttp.ClientSession | None = None
+        self.rest = CarrierHttp("Exotel", lambda: self.gateway.settings.carrier_timeout, _exotel_detail)
         self._calls: dict[str, ExotelCallState] = {}
 
     # -- wiring -------------------------------------------------------------------------------------------------
@@ -671,9 +705,7 @@ class ExotelCarrier(Carrier):
             if not state.call.ended.is_set():
                 await state.call.end(HangupSource.SYSTEM, "shutdown")
         self._calls.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.rest.close()
 
     # -- state --------------------------------------------------------------------------------------------------
     def _prune(self) -> None:
@@ -766,6 +798,10 @@ class ExotelCarrier(Carrier):
         """Find or create the call a `start` belongs to; refuse strangers."""
         account_sid = start.get("account_sid") if isinstance(start.get("account_sid"), str) else None
         to, frm = str(start.get("to") or ""), str(start.get("from") or "")
+        if await self._ended_call_sid(call_sid):
+            # an outbound call hung up while it rang (Exotel's v1 API cannot cancel it) that the callee answered
+            # anyway: close at once so the flow moves on to the Passthru, which answers "hang up"
+            raise StreamClosed(CloseCode.CALL_ENDED, "this call was already ended by the gateway")
         state = self._calls.get(call_sid)
         existing = state.call if state else self.gateway.calls.find_by_sid(call_sid)
         if existing is not None and existing.ended.is_set():
@@ -804,6 +840,15 @@ class ExotelCarrier(Carrier):
         state.stream = stream
         await call.record(extra={"exotel_stream_sid": stream.stream_sid, "exotel_account_sid": account_sid})
         return state
+
+    async def _ended_call_sid(self, call_sid: str) -> bool:
+        """Does `call_sid` name a call the gateway has already ended? (In memory, else in the call log, so a
+        restart in between changes nothing.)"""
+        state = self._calls.get(call_sid)
+        if state is not None:
+            return state.call.ended.is_set()
+        row = await self.gateway.store.find_call(carrier_sid=call_sid)
+        return row is not None and row.get("channel_type") == self.name and bool(row.get("ended_at"))
 
     def _waiting_outbound(self, to: str, frm: str) -> "Call | None":
         """A dispatched call still waiting for its stream, matched on its two numbers: in case the flow's stream
@@ -938,6 +983,8 @@ class ExotelCarrier(Carrier):
         try:
             state = self._state_for(call_sid)
             timings = {k: q.get(k) for k in ("Created", "StartTime", "CurrentTime", "Direction") if q.get(k)}
+            if state is None and await self._ended_call_sid(call_sid):
+                return web.Response(status=200, text="ok")     # an ended call's flow: never a new call
             if state is None:
                 waiting = sum(1 for st in self._calls.values()
                               if st.call.direction == "inbound" and st.call.bus is None and st.call.is_active)
@@ -1019,58 +1066,28 @@ class ExotelCarrier(Carrier):
         return web.Response(status=200, text="ok")
 
     # -- REST ---------------------------------------------------------------------------------------------------
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.http_timeout))
-        return self._session
-
     async def _api(self, method: str, creds: dict[str, Any], path: str, *, data: Any = None,
-                   params: dict[str, Any] | None = None) -> Any:
-        """One Exotel REST call with Basic auth; every failure becomes a CarrierError an operator can act on."""
+                   params: dict[str, Any] | None = None, importing: bool = False) -> dict[str, Any]:
+        """One Exotel REST call with Basic auth, bounded in time; failures map as for every carrier
+        (gateway/carrier_rest.py), with Exotel's `RestException.Message` quoted."""
         subdomain = normalize_subdomain(creds.get("exotel_subdomain"))
         base = self.base_url or f"https://{subdomain}"
         auth = "Basic " + base64.b64encode(
             f"{creds.get('exotel_api_key') or ''}:{creds.get('exotel_api_token') or ''}".encode()).decode("ascii")
-        try:
-            async with self._http().request(method, base + path, data=data, params=params,
-                                            headers={"Accept": "application/json", "Authorization": auth}) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise CarrierError(f"Exotel subdomain {subdomain} unreachable ({type(e).__name__})", 502) from None
-        try:
-            body = json.loads(text) if text.strip() else {}
-        except ValueError:
-            body = {}
-        message = ""
-        if isinstance(body, dict) and isinstance(body.get("RestException"), dict):
-            message = str(body["RestException"].get("Message") or "")[:200]
-        if status == 401:
-            raise CarrierError("Exotel rejected the API key/token (HTTP 401): check exotel_api_key and "
-                               "exotel_api_token on the API settings page", 400)
-        if status == 403:
-            raise CarrierError(f"Exotel refused access to account {creds.get('exotel_account_sid')} with this API "
-                               f"key (HTTP 403){': ' + message if message else ''}", 400)
-        if status == 404 and path.endswith("/IncomingPhoneNumbers"):
-            raise CarrierError(f"Exotel account {creds.get('exotel_account_sid')} not found on {subdomain} "
-                               "(check exotel_account_sid and the region)", 400)
-        if status == 429:
-            raise CarrierError("Exotel rate limit reached (about 200 requests/min): try again shortly", 503)
-        if status >= 500:
-            raise CarrierError(f"Exotel API error (HTTP {status}) on {subdomain}", 502)
-        if status >= 400:
-            raise CarrierError(f"Exotel refused the request (HTTP {status}){': ' + message if message else ''}",
-                               400)
+        _status, body = await self.rest.request(
+            method, base + path, data=data, params=params, importing=importing, field="exotel_api_token",
+            credentials="API key/token", headers={"Accept": "application/json", "Authorization": auth})
         if not isinstance(body, dict):
-            raise CarrierError(f"Exotel answered with something that is not a JSON object (HTTP {status})", 502)
+            raise CarrierError("Exotel answered with something that is not a JSON object", 502)
         return body
 
-    async def _find_on_account(self, creds: dict[str, Any], phone: str) -> dict[str, Any] | None:
+    async def _find_on_account(self, creds: dict[str, Any], phone: str, importing: bool = True
+                               ) -> dict[str, Any] | None:
         """Page through the account's ExoPhones (GET /v2_beta/Accounts/{sid}/IncomingPhoneNumbers)."""
         sid = creds["exotel_account_sid"]
         path = f"/v2_beta/Accounts/{quote(sid, safe='')}/IncomingPhoneNumbers"
         for page in range(50):
-            body = await self._api("GET", creds, path, params={"Page": page, "PageSize": 100})
+            body = await self._api("GET", creds, path, params={"Page": page, "PageSize": 100}, importing=importing)
             items = body.get("incoming_phone_numbers") or []
             for item in items:
                 if isinstance(item, dict) and same_number(str(item.get("phone_number") or ""), phone):
@@ -1142,6 +1159,10 @@ class ExotelCarrier(Carrier):
                               "passthru": self.gateway.settings.public_base + "/exotel/should_end_the_call",
                               "connect": self.gateway.settings.public_base + "/exotel/call_transfer"}}
 
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        if "exotel" in settings:
+            call_options(settings["exotel"])
+
     async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
         """Outbound: Exotel calls `to_number` first, then runs the number's App Bazaar flow (our Voicebot)."""
         creds = self._creds(number)
@@ -1150,15 +1171,19 @@ class ExotelCarrier(Carrier):
             raise CarrierError("this ExoPhone has no exotel_app_id: set the App Bazaar flow id (the flow with the "
                                "Voicebot applet) to place outbound calls", 400)
         sid = creds["exotel_account_sid"]
-        opts = ((call.agent or {}).get("settings") or {}).get("exotel") or {}
+        try:
+            opts = call_options(((call.agent or {}).get("settings") or {}).get("exotel"))
+        except CarrierError as e:    # an agent saved before its settings were checked
+            raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
+                               "agent_id") from None
         caller_id = _setting(number, "exotel_exophone") or number["phone_number"]
         data = {
             "From": to_number,
             "CallerId": caller_id,
             "Url": FLOW_URL.format(sid=sid, app_id=app_id),
             "CallType": "trans",
-            "TimeLimit": str(int(opts.get("time_limit", 3600))),
-            "TimeOut": str(int(opts.get("ring_timeout", 45))),
+            "TimeLimit": str(opts["time_limit"]),
+            "TimeOut": str(opts["ring_timeout"]),
             "StatusCallback": f"{self.gateway.settings.public_base}/exotel/status_callback?call_id={call.id}",
             "StatusCallbackEvents[0]": "terminal",
             "StatusCallbackEvents[1]": "answered",

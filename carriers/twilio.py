@@ -12,6 +12,7 @@ the event loop. Sources: see docs/twilio.md.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -26,12 +28,14 @@ from twilio.request_validator import (SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADE
                                       get_signature_algorithm)
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
+from yarl import URL
 
 from gateway.amd.controller import AmdController, controller_for, maybe_start_amd, report_amd
 from gateway.amd.settings import amd_settings
 from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier_rest import refusal, unreachable
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
@@ -97,6 +101,37 @@ def wants_twilio_amd(agent: dict[str, Any] | None) -> bool:
         return s.provider == "twilio"
     explicit = (((agent or {}).get("settings") or {}).get("amd") or {}).get("provider")
     return s.voicemail and explicit != "gateway"
+
+
+_retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar("twilio_retry_after", default=None)
+
+
+class BoundedTwilioHttpClient(AsyncTwilioHttpClient):
+    """The SDK's aiohttp client with the timeout actually applied: `AsyncTwilioHttpClient` accepts a timeout in its
+    constructor but never passes it to aiohttp (whose default is 5 minutes), so a hung Twilio API would hold a
+    dispatch or hangup that long. The bound is read per request (`carrier_timeout`)."""
+
+    def __init__(self, timeout: Any) -> None:
+        super().__init__()
+        self.bound = timeout
+
+    async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        timeout = self.bound()
+        try:
+            async with asyncio.timeout(timeout):
+                response = await super().request(method, url, *args, **kwargs)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise unreachable("Twilio", e, timeout, URL(url).host or "") from None
+        # the SDK's exception drops the headers: keep Retry-After where twilio_refusal (same task) can read it
+        _retry_after.set((response.headers or {}).get("Retry-After") if response.status_code == 429 else None)
+        return response
+
+
+def twilio_refusal(e: TwilioRestException, *, importing: bool = False) -> CarrierError:
+    """A Twilio error answer mapped like every carrier's (gateway/carrier_rest.py), Twilio's code quoted."""
+    detail = f"{e.msg} ({e.code})" if e.code else str(e.msg or "")
+    return refusal("Twilio", e.status, detail, retry_after=_retry_after.get(), importing=importing,
+                   field="account_token", credentials="account SID / auth token")
 
 
 class TwilioLeg:
@@ -178,8 +213,8 @@ class TwilioLeg:
                 return
             log.warning("twilio refused the hangup: %s (%s)", e.msg, e.code,
                         extra={"carrier": "twilio", "call_id": self.call.id, "status": e.status})
-        except Exception as e:  # network: the call will still end when Twilio's stream times out
-            log.warning("twilio hangup request failed: %s", type(e).__name__,
+        except CarrierError as e:  # no answer in time / network: the call still ends when Twilio's stream does
+            log.warning("twilio hangup request failed: %s", e.message,
                         extra={"carrier": "twilio", "call_id": self.call.id})
 
     async def transfer(self, call: Call, request: TransferRequest) -> None:
@@ -211,7 +246,7 @@ class TwilioLeg:
         except TwilioRestException as e:
             if e.status == 404 or e.code == 20404:
                 raise CarrierError("the Twilio call has already ended", 409) from None
-            raise CarrierError(f"Twilio refused the call update: {e.msg} ({e.code})", 502) from None
+            raise twilio_refusal(e) from None
 
     async def leave_voicemail(self, message: str | None) -> None:
         """After the beep (AMD DetectMessageEnd): Twilio <Say>s a text (or <Play>s an http(s) URL), then <Hangup/>.
@@ -282,7 +317,7 @@ class TwilioCarrier(Carrier):
         #: REST base URL override (tests, Twilio-compatible mocks); default https://api.twilio.com
         self.api_base_url: str | None = os.environ.get("GATEWAY_TWILIO_API_BASE") or None
         self.legs: dict[str, TwilioLeg] = {}
-        self._http: AsyncTwilioHttpClient | None = None
+        self._http: BoundedTwilioHttpClient | None = None
         self._clients: dict[tuple[str, str], Client] = {}
         self._tokens: dict[str, set[str]] = {}
         self._tokens_at = 0.0
@@ -344,7 +379,7 @@ class TwilioCarrier(Carrier):
     def client(self, creds: TwilioCreds) -> Client:
         """One SDK client per account, all sharing one aiohttp session (created inside the running loop)."""
         if self._http is None:
-            self._http = AsyncTwilioHttpClient(timeout=10)
+            self._http = BoundedTwilioHttpClient(lambda: self.gateway.settings.carrier_timeout)
         key = (creds.account_sid, creds.auth_token)
         c = self._clients.get(key)
         if c is None:
@@ -689,16 +724,10 @@ class TwilioCarrier(Carrier):
                           async_amd_status_callback=self.url(AMD_PATH + q), async_amd_status_callback_method="POST")
         try:
             created = await self.client(creds).calls.create_async(**kwargs)
-        except TwilioRestException as e:
+        except (TwilioRestException, CarrierError) as e:
             self.legs.pop(call.id, None)
             leg.completed = True
-            if e.status == 401:
-                raise CarrierError("Twilio rejected the credentials (401)", 502) from None
-            raise CarrierError(f"Twilio refused the call: {e.msg} ({e.code})", 502) from None
-        except Exception as e:
-            self.legs.pop(call.id, None)
-            leg.completed = True
-            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+            raise (twilio_refusal(e) if isinstance(e, TwilioRestException) else e) from None
         call.set_carrier_sid(created.sid)
         await call.record(carrier_sid=created.sid, call_status=created.status or "queued",
                           extra={"twilio_amd": amd})
@@ -713,11 +742,7 @@ class TwilioCarrier(Carrier):
         try:
             account = await self.client(creds).api.v2010.accounts(creds.account_sid).fetch_async()
         except TwilioRestException as e:
-            if e.status in (401, 403):
-                raise CarrierError(f"Twilio rejected the credentials ({e.status})", 422) from None
-            raise CarrierError(f"Twilio account check failed: {e.msg} ({e.code or e.status})", 502) from None
-        except Exception as e:
-            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+            raise twilio_refusal(e, importing=True) from None
         if account.status and account.status != "active":
             raise CarrierError(f"Twilio account {creds.account_sid} is {account.status}", 422)
         return account
@@ -726,11 +751,7 @@ class TwilioCarrier(Carrier):
         try:
             found = await self.client(creds).incoming_phone_numbers.list_async(phone_number=phone, limit=1)
         except TwilioRestException as e:
-            if e.status in (401, 403):
-                raise CarrierError(f"Twilio rejected the credentials ({e.status})", 422) from None
-            raise CarrierError(f"Twilio number lookup failed: {e.msg} ({e.code or e.status})", 502) from None
-        except Exception as e:
-            raise CarrierError(f"Twilio could not be reached: {type(e).__name__}", 502) from None
+            raise twilio_refusal(e, importing=True) from None
         return found[0] if found else None
 
     async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -757,7 +778,7 @@ class TwilioCarrier(Carrier):
                     voice_url=self.url(VOICE_PATH), voice_method="POST",
                     status_callback=self.url(STATUS_PATH), status_callback_method="POST")
             except TwilioRestException as e:
-                raise CarrierError(f"Twilio refused to set the number's webhooks: {e.msg} ({e.code})", 502) from None
+                raise twilio_refusal(e, importing=True) from None
             out["webhooks_configured_to"] = self.url(VOICE_PATH)
         return out
 

@@ -14,16 +14,20 @@ eventType synchronous), https://developer.vonage.com/en/voice/voice-api/webhook-
 https://developer.vonage.com/en/voice/voice-api/concepts/advanced-machine-detection, signed webhooks:
 https://developer.vonage.com/en/getting-started/concepts/webhooks#decoding-signed-webhooks.
 
-REST (create, hangup, transfer, DTMF) and JWT go through the official `vonage` SDK. It is synchronous, so each call
-runs in a worker thread; REST is only used for call control, never on the audio path.
+REST (create, hangup, transfer, DTMF; https://developer.vonage.com/en/api/voice) is sent with aiohttp through
+gateway/carrier_rest.py (bounded by `carrier_timeout`, errors mapped like every carrier's); the official SDK's
+models build and check the request bodies and `vonage-jwt` signs the application JWT. REST is only used for call
+control, never on the audio path. `GATEWAY_VONAGE_API_BASE` points it at a stand-in (tests/fakes/vonage_rest.py).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import importlib
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -37,6 +41,7 @@ from gateway import safejson
 from gateway.amd import maybe_start_amd, report_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier_rest import CarrierHttp
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
                             TransferRequest, TransferResult)
 from gateway.logsetup import ContextLogger
@@ -49,10 +54,9 @@ if TYPE_CHECKING:
     from gateway.runtime import Gateway
 
 log = logging.getLogger("carriers.vonage")
-# The SDK's http client logs request headers (Authorization included) at DEBUG: keep it above that by default.
-if logging.getLogger("vonage").level == logging.NOTSET:
-    logging.getLogger("vonage").setLevel(logging.INFO)
 
+VOICE_API = "https://api.nexmo.com"
+ACCOUNT_API = "https://rest.nexmo.com"
 RATES = (8000, 16000)
 INTERNAL_MARK = "gw-vng-"
 _DIGITS = set("0123456789*#ABCD")
@@ -109,6 +113,47 @@ def phone_ncco(number: str, from_number: str, event_url: str, ring_timeout: int)
 
 def talk_ncco(text: str) -> list[dict[str, Any]]:
     return [{"action": "talk", "text": text}]
+
+
+#: settings.vonage keys → POST /v1/calls fields, with our defaults
+CALL_KEYS = {"ring_timeout": ("ringing_timer", 45), "time_limit": ("length_timer", 7200)}
+AMD_KEYS = {"enabled": False, "behavior": "continue", "mode": "detect", "beep_timeout": 45}
+
+
+def call_options(vs: Any) -> tuple[dict[str, Any], bool]:
+    """`settings.vonage` → (POST /v1/calls fields, Vonage AMD asked for?), checked against the Voice API's documented
+    ranges as the SDK's request model holds them (ringing_timer 1–120, length_timer 1–86400, advanced machine
+    detection behavior continue|hangup, mode default|detect|detect_beep, beep_timeout 45–120). Raises CarrierError
+    naming the field, e.g. `settings.vonage.amd.beep_timeout`."""
+    from pydantic import ValidationError
+    from vonage_voice import CreateCallRequest
+
+    f = "settings.vonage"
+    vs = {} if vs is None else vs
+    amd = vs.get("amd") if isinstance(vs, dict) else None
+    for path, section, known in ((f, vs, {*CALL_KEYS, "amd"}), (f"{f}.amd", amd or {}, set(AMD_KEYS))):
+        if not isinstance(section, dict):
+            raise CarrierError(f"{path}: must be an object", 400, path)
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise CarrierError(f"{path}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})", 400,
+                               f"{path}.{unknown[0]}")
+    amd = {**AMD_KEYS, **(amd or {})}
+    if not isinstance(amd["enabled"], bool):
+        raise CarrierError(f"{f}.amd.enabled: must be true or false", 400, f"{f}.amd.enabled")
+    options = {name: vs.get(key, default) for key, (name, default) in CALL_KEYS.items()}
+    if amd["enabled"]:
+        options["advanced_machine_detection"] = {k: amd[k] for k in ("behavior", "mode", "beep_timeout")}
+    try:   # a placeholder call carries the settings through the SDK's own model of the request
+        checked = CreateCallRequest(to=[{"type": "phone", "number": "15550100"}], random_from_number=True,
+                                    answer_url=["https://example.invalid/answer"], **options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        names = {name: key for key, (name, _d) in CALL_KEYS.items()} | {"advanced_machine_detection": "amd"}
+        path = ".".join([f, names.get(str(err["loc"][0]), str(err["loc"][0])), *map(str, err["loc"][1:])])
+        raise CarrierError(f"{path}: {err['msg'].lower()} (Vonage Voice API)", 400, path) from None
+    out = checked.model_dump(include={*options}, exclude_none=True)
+    return out, amd["enabled"]
 
 
 def amd_result(status: str, sub_state: str | None, duration_ms: int) -> AmdResult | None:
@@ -180,6 +225,7 @@ class VonageCallState:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     watchdog: asyncio.TimerHandle | None = None
     amd_requested: bool = False
+    hangup_sent: bool = False
 
 
 class VonageLeg:
@@ -195,7 +241,8 @@ class VonageLeg:
             stream.closing_for = "hangup"
             if call.hangup is not None and call.hangup.source is HangupSource.AGENT:
                 await stream.drain()
-        await self.carrier.rest_hangup(self.st)
+        # the call ends here at once; the REST request finishes in the background (bounded by carrier_timeout)
+        self.carrier.background(self.carrier.rest_hangup(self.st))
         if stream is not None and not stream.ws.closed:
             # closing the socket ends the NCCO's connect, which with nothing after it ends the call too
             await stream.ws.close(code=CloseCode.NORMAL, message=b"hangup")
@@ -215,7 +262,8 @@ class VonageLeg:
         ncco = self.carrier.transfer_attempt_ncco(st, 0)
         await call.record(transfer_target=st.transfer_targets[0])
         try:
-            await self.carrier.sdk(creds, lambda v: v.voice.transfer_call_ncco(st.uuid, _ncco_models(ncco)))
+            await self.carrier.rest(creds, "PUT", f"/v1/calls/{st.uuid}", call_gone=True,
+                                    json={"action": "transfer", "destination": {"type": "ncco", "ncco": ncco}})
         except CarrierError:
             st.state = "live"
             if st.stream is not None:
@@ -226,7 +274,7 @@ class VonageLeg:
 
 
 def _preload_sdk() -> None:
-    for module in ("vonage", "vonage_jwt", "vonage_voice"):
+    for module in ("vonage_jwt", "vonage_voice"):
         importlib.import_module(module)
 
 
@@ -445,13 +493,15 @@ class VonageCarrier(Carrier):
     transfer_timeout = 4 * 3600.0
     ring_timeout = 30
 
-    def __init__(self, gateway: "Gateway", api_host: str | None = None, rest_host: str | None = None) -> None:
+    def __init__(self, gateway: "Gateway") -> None:
         super().__init__(gateway)
-        #: override api.nexmo.com / rest.nexmo.com (tests point them at a loopback TLS fake)
-        self.api_host = api_host
-        self.rest_host = rest_host
+        #: base URLs of the Voice API and the account API; GATEWAY_VONAGE_API_BASE points both at one stand-in
+        #: (tests/fakes/vonage_rest.py), plain http allowed
+        base = (os.environ.get("GATEWAY_VONAGE_API_BASE") or "").rstrip("/")
+        self.api_base = base or VOICE_API
+        self.rest_base = base or ACCOUNT_API
+        self.http = CarrierHttp("Vonage", lambda: self.gateway.settings.carrier_timeout)
         self.states: dict[str, VonageCallState] = {}       # by our call id
-        self._clients: dict[tuple, Any] = {}
         self._tasks: set[asyncio.Task] = set()
 
     # -- wiring -------------------------------------------------------------------------------------------------
@@ -475,6 +525,7 @@ class VonageCarrier(Carrier):
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         self.states.clear()
+        await self.http.close()
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
@@ -499,6 +550,11 @@ class VonageCarrier(Carrier):
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
+        source = call.hangup.source if call.hangup else HangupSource.SYSTEM
+        if call.bus is None and source in (HangupSource.AGENT, HangupSource.SYSTEM):
+            # ended here before the media socket came (API hangup while ringing, shutdown): cancel it at Vonage
+            # too, or the callee's phone goes on ringing and an answer meets a refused socket
+            self.background(self.rest_hangup(st))
         self._forget_later(st)
 
     def url(self, path: str) -> str:
@@ -533,71 +589,55 @@ class VonageCarrier(Carrier):
         await self.rest_hangup(st)
         await st.call.end(HangupSource.SYSTEM, reason)
 
-    # -- REST through the SDK -----------------------------------------------------------------------------------
-    def _client(self, creds: VonageCreds, kind: str) -> Any:
-        """One SDK client per credentials and auth kind (the SDK's http client is not safe to share across
-        auth types: it keeps the Authorization header on the instance)."""
-        from vonage import Auth, HttpClientOptions, Vonage
+    def background(self, coro: Any) -> asyncio.Task:
+        """A REST request nobody waits for (hangup): kept until done so shutdown can let it finish."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-        key = (kind, creds.application_id, creds.api_key, hash(creds.private_key), hash(creds.api_secret),
-               self.api_host, self.rest_host)
-        client = self._clients.get(key)
-        if client is None:
-            if len(self._clients) >= 256:      # credentials rotate; never let old clients pile up
-                self._clients.clear()
-            opts: dict[str, Any] = {"timeout": 10, "max_retries": 1}
-            if self.api_host:
-                opts["api_host"] = self.api_host
-            if self.rest_host:
-                opts["rest_host"] = self.rest_host
-            auth = Auth(application_id=creds.application_id, private_key=creds.private_key) if kind == "app" \
-                else Auth(api_key=creds.api_key, api_secret=creds.api_secret)
-            client = self._clients[key] = Vonage(auth, HttpClientOptions(**opts))
-        return client
+    # -- REST -----------------------------------------------------------------------------------------------------
+    async def rest(self, creds: VonageCreds, method: str, path: str, *, kind: str = "app", call_gone: bool = False,
+                   importing: bool = False, **kwargs: Any) -> tuple[int, Any]:
+        """One Voice API ("app": application JWT, api_base) or account API ("account": Basic key/secret,
+        rest_base) request, bounded by carrier_timeout and mapped like every carrier's (gateway/carrier_rest.py).
 
-    async def sdk(self, creds: VonageCreds, fn: Any, kind: str = "app") -> Any:
-        """Run one SDK call in a worker thread; map its errors to CarrierErrors an operator can act on."""
-        from vonage_http_client.errors import (AuthenticationError, ForbiddenError, HttpRequestError,
-                                               NotFoundError, RateLimitedError, ServerError)
-        from vonage_utils import VonageError
+        Plain aiohttp rather than the SDK's HTTP client: that one is synchronous (a worker thread per request that
+        a timeout cannot stop), retries on its own and only speaks https://. The SDK's models still build and
+        check the bodies, and vonage-jwt signs the JWT. `call_gone`: a 404 means the call has ended (409)."""
+        if kind == "app":
+            from vonage_jwt import JwtClient
 
-        try:
-            client = self._client(creds, kind)
-            return await asyncio.to_thread(fn, client)
-        except AuthenticationError:
-            what = "application id / private key" if kind == "app" else "API key/secret"
-            raise CarrierError(f"Vonage rejected the {what} (HTTP 401)", 400) from None
-        except ForbiddenError:
-            raise CarrierError("Vonage refused the request (HTTP 403): check the application's capabilities",
-                               400) from None
-        except NotFoundError:
-            raise CarrierError("Vonage does not know this call or resource (HTTP 404)", 404) from None
-        except RateLimitedError:
-            raise CarrierError("Vonage rate limit reached (HTTP 429): try again shortly", 503) from None
-        except ServerError:
-            raise CarrierError("Vonage API error (HTTP 500)", 502) from None
-        except HttpRequestError as e:
-            status = getattr(getattr(e, "response", None), "status_code", "?")
-            raise CarrierError(f"Vonage refused the request (HTTP {status})", 400) from None
-        except VonageError as e:
-            raise CarrierError(f"Vonage SDK error: {type(e).__name__}", 400) from None
-        except (OSError, ConnectionError) as e:
-            raise CarrierError(f"Vonage API unreachable ({type(e).__name__})", 502) from None
-        except Exception as e:
-            if type(e).__module__.startswith(("requests", "urllib3")):
-                raise CarrierError(f"Vonage API unreachable ({type(e).__name__})", 502) from None
-            if type(e).__module__.startswith("pydantic"):
-                raise CarrierError("Vonage answered with a response the SDK could not read", 502) from None
-            raise
+            try:
+                token = JwtClient(creds.application_id, creds.private_key).generate_application_jwt()
+            except Exception as e:
+                raise CarrierError(f"the number's stored Vonage private key cannot sign a JWT ({type(e).__name__})",
+                                   502) from None
+            auth = "Bearer " + (token.decode() if isinstance(token, bytes) else str(token))
+            url, what, field = self.api_base + path, "application id / private key", "vonage_private_key"
+        else:
+            auth = "Basic " + base64.b64encode(f"{creds.api_key}:{creds.api_secret}".encode()).decode("ascii")
+            url, what, field = self.rest_base + path, "API key/secret", "vonage_api_secret"
+        status, body = await self.http.request(method, url, headers={"Authorization": auth},
+                                               accept=(404,) if call_gone else (), importing=importing,
+                                               field=field, credentials=what, **kwargs)
+        if status == 404:
+            raise CarrierError("the Vonage call has already ended (HTTP 404)", 409)
+        return status, body
 
     async def rest_hangup(self, st: VonageCallState) -> None:
+        """PUT /v1/calls/{uuid} {"action": "hangup"}, once per call; it works on a ringing call too (cancel)."""
         creds = creds_of(st.number)
         if not creds.has_app or not st.uuid:
             return
+        if st.hangup_sent:
+            return
+        st.hangup_sent = True
         try:
-            await self.sdk(creds, lambda v: v.voice.hangup(st.uuid))
+            await self.rest(creds, "PUT", f"/v1/calls/{st.uuid}", call_gone=True, json={"action": "hangup"})
+            st.call.log.info("vonage call hung up over REST")
         except CarrierError as e:
-            if "404" not in e.message:     # a call Vonage no longer knows has ended already: fine
+            if e.status != 409:     # 409: a call Vonage no longer knows has ended already: fine
                 st.call.log.warning("vonage hangup failed: %s", e.message)
 
     async def rest_dtmf(self, st: VonageCallState, digits: str) -> None:
@@ -610,7 +650,7 @@ class VonageCarrier(Carrier):
         if not digits:
             return
         try:
-            await self.sdk(creds, lambda v: v.voice.play_dtmf_into_call(st.uuid, digits))
+            await self.rest(creds, "PUT", f"/v1/calls/{st.uuid}/dtmf", call_gone=True, json={"digits": digits})
         except CarrierError as e:
             st.call.log.warning("vonage DTMF failed: %s", e.message)
         except Exception:
@@ -890,7 +930,7 @@ class VonageCarrier(Carrier):
             owned = await self._owned_number(creds, phone)
             if owned is None:
                 raise CarrierError(f"number {phone} not found on Vonage account {creds.api_key}", 400)
-            linked = getattr(owned, "app_id", None)
+            linked = owned.get("app_id")
             if creds.application_id and linked and linked != creds.application_id:
                 raise CarrierError(f"number {phone} is linked to Vonage application {linked}, not "
                                    f"{creds.application_id}: link it to this application", 400)
@@ -910,18 +950,15 @@ class VonageCarrier(Carrier):
 
     async def _check_app(self, creds: VonageCreds) -> None:
         """A JWT-authenticated read (GET /v1/calls?page_size=1): 401 means wrong application id / key."""
-        from vonage_voice import ListCallsFilter
-
-        await self.sdk(creds, lambda v: v.voice.list_calls(ListCallsFilter(page_size=1)))
+        await self.rest(creds, "GET", "/v1/calls", params={"page_size": "1"}, importing=True)
 
     async def _owned_number(self, creds: VonageCreds, phone: str) -> Any:
-        from vonage_numbers import ListOwnedNumbersFilter
-
         digits = re.sub(r"\D", "", phone)
-        numbers, _count, _next = await self.sdk(
-            creds, lambda v: v.numbers.list_owned_numbers(ListOwnedNumbersFilter(pattern=digits, search_pattern=1)),
-            kind="account")
-        return next((n for n in numbers if re.sub(r"\D", "", n.msisdn or "") == digits), None)
+        _status, body = await self.rest(creds, "GET", "/account/numbers", kind="account", importing=True,
+                                        params={"pattern": digits, "search_pattern": "1"})
+        numbers = body.get("numbers") if isinstance(body, dict) else None
+        return next((n for n in numbers or [] if isinstance(n, dict)
+                     and re.sub(r"\D", "", str(n.get("msisdn") or "")) == digits), None)
 
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
         steps: list[dict[str, Any]] = []
@@ -945,34 +982,44 @@ class VonageCarrier(Carrier):
         return {"ok": all(s["ok"] for s in steps), "carrier": self.name, "steps": steps,
                 "webhooks": {"answer_url": self.url("/vonage/answer"), "event_url": self.url("/vonage/events")}}
 
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        if "vonage" in settings:
+            call_options(settings["vonage"])
+
     async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
         """Outbound: POST /v1/calls with the NCCO inline (no answer webhook), events to us, Vonage AMD if asked."""
-        from vonage_voice import AdvancedMachineDetection, CreateCallRequest, Phone, ToPhone
+        from vonage_voice import CreateCallRequest, Phone, ToPhone
 
         creds = creds_of(number)
         if not creds.has_app:
             raise CarrierError("outbound calls need the number's vonage_application_id and vonage_private_key", 400)
+        try:
+            options, amd = call_options(((call.agent or {}).get("settings") or {}).get("vonage"))
+        except CarrierError as e:    # an agent saved before its settings were checked
+            raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
+                               "agent_id") from None
         st = self._state(call, number, None)
-        vs = ((call.agent or {}).get("settings") or {}).get("vonage") or {}
-        amd = vs.get("amd") if isinstance(vs.get("amd"), dict) else {}
-        kw: dict[str, Any] = dict(
+        st.amd_requested = amd
+        body = CreateCallRequest(
             to=[ToPhone(number=to_number.lstrip("+"))], from_=Phone(number=number["phone_number"].lstrip("+")),
             ncco=_ncco_models(self.stream_ncco(st)), event_url=[self.url(f"/vonage/events?call_id={call.id}")],
-            ringing_timer=int(vs.get("ring_timeout", 45)), length_timer=int(vs.get("time_limit", 7200)))
-        if amd.get("enabled"):
-            kw["advanced_machine_detection"] = AdvancedMachineDetection(
-                behavior=amd.get("behavior", "continue"), mode=amd.get("mode", "detect"),
-                beep_timeout=int(amd.get("beep_timeout", 45)))
-            st.amd_requested = True
+            **options).model_dump(by_alias=True, exclude_none=True, mode="json")
         try:
-            resp = await self.sdk(creds, lambda v: v.voice.create_call(CreateCallRequest(**kw)))
+            _status, resp = await self.rest(creds, "POST", "/v1/calls", json=body)
         except CarrierError:
             self.states.pop(call.id, None)
             raise
-        st.uuid = resp.uuid
-        call.set_carrier_sid(resp.uuid)
-        await call.record(carrier_sid=resp.uuid, call_status="initiated",
-                          extra={"vonage_conversation_uuid": resp.conversation_uuid, "vonage_amd": st.amd_requested})
-        self.arm_watchdog(st, self.attach_timeout + int(vs.get("ring_timeout", 45)), "stream_never_started")
-        call.log.info("vonage outbound call created", extra={"uuid": resp.uuid})
-
+        uuid = str((resp or {}).get("uuid") or "")
+        if not _UUID.match(uuid):
+            self.states.pop(call.id, None)
+            raise CarrierError("Vonage accepted the call but returned no uuid", 502)
+        st.uuid = uuid
+        call.set_carrier_sid(uuid)
+        await call.record(carrier_sid=uuid, call_status="initiated",
+                          extra={"vonage_conversation_uuid": str(resp.get("conversation_uuid") or "")[:64],
+                                 "vonage_amd": amd})
+        if call.ended.is_set():      # hung up while Vonage was creating it: cancel it there too
+            self.background(self.rest_hangup(st))
+            return
+        self.arm_watchdog(st, self.attach_timeout + options["ringing_timer"], "stream_never_started")
+        call.log.info("vonage outbound call created", extra={"uuid": uuid})

@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .bus import CallBus
-from .carrier import CallLeg
+from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .frames import (AmdResult, BusItem, CallStarted, Hangup, HangupSource, TransferRequest, TransferResult)
+from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, TransferRequest,
+                     TransferResult)
+from .turns import Timeline, analyze
 from .logsetup import ContextLogger
 from .vad import SpeechTap
 
@@ -68,11 +70,19 @@ class Call:
         self.transfer_result: TransferResult | None = None
         self.hangup: Hangup | None = None
         self.ended = asyncio.Event()
+        #: the conversation's turn timeline (gateway/turns.py), from the answer on
+        self.timeline: Timeline | None = None
+        #: seconds between the carrier receiving the audio now being fed and `feed_audio()` (RTP's jitter buffer
+        #: sets it); the timeline back-dates the caller's speech by it
+        self.inbound_lag = 0.0
+        self._clock: Callable[[], float] = time.monotonic
         self._taps: list[Tap] = []
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
         self._engine_task: asyncio.Task | None = None
+        #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
+        self._transfer_waiters: dict[int, asyncio.Future] = {}
         self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
@@ -91,7 +101,14 @@ class Call:
             "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
             "dropped_in": c.dropped_in if c else 0, "level_in": c.level_in if c else 0,
             "level_out": c.level_out if c else 0,
+            "timing": self.timing()["summary"] if self.timeline is not None else None,
         }
+
+    def timing(self) -> dict[str, Any]:
+        """Turns, summary and long silences so far (gateway/turns.py); empty before the answer."""
+        if self.timeline is None:
+            return {"summary": None, "turns": [], "long_silences": []}
+        return analyze(self.timeline, self._clock())
 
     @property
     def is_active(self) -> bool:
@@ -123,6 +140,8 @@ class Call:
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
+        self._clock = asyncio.get_running_loop().time
+        self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
         self.answered = time.monotonic()
         await self.record(call_status="in-progress", answered_at=utcnow())
@@ -167,6 +186,7 @@ class Call:
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
             else:
+                self._played(item)
                 return item
 
     def next_outbound_nowait(self) -> BusItem | None:
@@ -178,7 +198,16 @@ class Call:
             elif isinstance(item, TransferRequest):
                 asyncio.create_task(self._transfer_now(item))
             else:
+                if item is not None:
+                    self._played(item)
                 return item
+
+    def _played(self, item: BusItem) -> None:
+        """An item handed to the carrier: agent audio and clears go on the turn timeline."""
+        if type(item) is AudioFrame:
+            self.timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+        elif type(item) is Clear:
+            self.timeline.agent_clear(self._clock())
 
     # -- actions ------------------------------------------------------------------------------------------------
     async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
@@ -214,24 +243,49 @@ class Call:
         backups = [n for n in opts.get("backup_numbers") or [] if n != primary]
         return TransferRequest(primary, backups, opts.get("transfer_message"))
 
-    async def request_transfer(self, number: str | None = None) -> None:
+    async def request_transfer(self, number: str | None = None, *, wait: float | None = None) -> None:
+        """Transfer behind the audio already queued. With `wait` (the API), return once the carrier has taken the
+        request, raising what the carrier's refusal raised (CarrierError), so a refused transfer is reported as an
+        error rather than as a success; after `wait` seconds with the request still queued, return (pending)."""
         req = self.transfer_request(number)
         if req is None:
             self.log.warning("transfer requested but no transfer number configured")
             self.feed_event(TransferResult(None, "failed"))
             return
-        await self.bus.flush_play()
-        await self.bus.send_control(req)
+        taken = asyncio.get_running_loop().create_future() if wait is not None else None
+        if taken is not None:
+            self._transfer_waiters[id(req)] = taken
+        try:
+            await self.bus.flush_play()
+            await self.bus.send_control(req)
+            if taken is not None:
+                await asyncio.wait({taken}, timeout=wait)
+        finally:
+            self._transfer_waiters.pop(id(req), None)
+            if taken is not None and not taken.done():
+                taken.cancel()      # still queued: the outcome reaches the log and the engine as usual
+        if taken is not None and not taken.cancelled() and taken.exception() is not None:
+            raise taken.exception()
 
     async def _transfer_now(self, req: TransferRequest) -> None:
+        taken = self._transfer_waiters.pop(id(req), None)
         self.transfer = req
-        await self.record(is_call_transfer=True, transfer_target=req.number)
         await self.emit("call:transfer_requested", {"number": req.number, "backup_numbers": req.backup_numbers})
         try:
             await self.leg.transfer(self, req)
         except Exception as e:
-            self.log.exception("transfer failed")
+            if isinstance(e, CarrierError):
+                self.log.warning("transfer refused: %s", e.message)
+            else:
+                self.log.exception("transfer failed")
+            # is_call_transfer stays false: the carrier never took the transfer
             await self.transfer_finished(TransferResult(req.number, f"failed: {e}"))
+            if taken is not None and not taken.done():
+                taken.set_exception(e)
+            return
+        await self.record(is_call_transfer=True, transfer_target=req.number)
+        if taken is not None and not taken.done():
+            taken.set_result(None)
 
     async def transfer_finished(self, result: TransferResult) -> None:
         """Carriers report the outcome of a transfer (target reached, busy, no-answer…)."""
@@ -264,10 +318,15 @@ class Call:
         final = status or ("completed" if self.answered else self.status if self.status not in
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0
+        timing = self.timing() if self.timeline is not None else None
         await self.record(call_status=final, ended_at=utcnow(), call_duration_in_seconds=duration,
-                          hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason)
+                          hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason,
+                          **({"timing": timing["summary"]} if timing else {}))
+        if timing:
+            self.manager.observe_timing(timing)
         if self.answered:
-            await self.emit("conversation:ended")
+            await self.emit("conversation:ended", {"timing": timing["summary"], "turns": timing["turns"],
+                                                   "long_silences": timing["long_silences"]} if timing else {})
         await self.emit("hang_up", {"source": self.hangup.source.value, "reason": self.hangup.reason})
         await self.manager.finished(self)
         task = self._engine_task

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .call import Call, new_call_uuid
 from .frames import HangupSource
+from .metrics import TimingMetrics
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -29,6 +30,7 @@ class CallManager:
         self._by_sid: dict[str, Call] = {}
         self.totals = {"calls": 0, "frames_in": 0, "frames_out": 0, "dropped_in": 0}
         self._listeners: list[Any] = []
+        self.timing = TimingMetrics()
         self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
         self._idle.set()
 
@@ -104,6 +106,10 @@ class CallManager:
             call.log.exception("call event not stored", extra={"event": event})
         self.gateway.webhooks.emit(call, event, data)
         self._notify("call_updated", call)
+
+    def observe_timing(self, timing: dict[str, Any]) -> None:
+        """An answered call ended: its turns join the /metrics histograms."""
+        self.timing.observe(timing)
 
     async def finished(self, call: Call) -> None:
         self.active.pop(call.id, None)

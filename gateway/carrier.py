@@ -29,13 +29,19 @@ ENTRY_POINT_GROUP = "telephony_gateway.carriers"
 
 
 class CarrierError(Exception):
-    """A carrier refused or failed an operation; `message` is safe to show to an API user (no secrets)."""
+    """A carrier refused or failed an operation; `message` is safe to show to an API user (no secrets).
 
-    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
+    `status` is the API status to answer with (the mapping of carrier answers is in gateway/carrier_rest.py),
+    `field` the request field at fault when there is one, `retry_after` seconds for a 503 (carrier rate limit).
+    """
+
+    def __init__(self, message: str, status: int = 400, field: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.field = field   # the request field at fault, when there is one (the API's error names it)
+        self.field = field
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,12 @@ class Carrier:
     async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
         """Place an outbound call from `number` to `to_number` (E.164) for `call`."""
         raise CarrierError(f"carrier {self.name} cannot place outbound calls", 400)
+
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        """Check the agent settings this carrier reads (e.g. `settings.vonage`) against the carrier's documented
+        ranges, so a value the carrier would refuse fails when the agent is saved, not on every dispatch.
+
+        Raise CarrierError naming the field (dotted, e.g. `settings.vonage.amd.beep_timeout`)."""
 
     def metrics(self) -> dict[str, float]:
         """Carrier-specific Prometheus series, full names (e.g. `gateway_rtp_packets_sent_total`): `_total`

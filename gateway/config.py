@@ -50,6 +50,9 @@ class Settings:
     sip_ban_response: str = "403"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    #: seconds any one carrier REST request may take (dispatch, hangup, transfer, import checks); past it the
+    #: request is abandoned and the API answers 504 (docs/api.md, "Carrier errors")
+    carrier_timeout: float = 10.0
     #: HTTP side limits (gateway/httpguard.py): a new connection must send its first request head within
     #: http_header_timeout s; a keep-alive connection idle (no complete request head) for http_idle_timeout s is
     #: closed; connections past the caps get 503. The total cap is also kept below the fd limit minus what

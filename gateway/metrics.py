@@ -6,6 +6,7 @@ label values escaped for backslash, double quote and newline).
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -43,6 +44,67 @@ def _family(lines: list[str], name: str, kind: str, help_: str, samples: list[tu
     lines.append(f"# TYPE {name} {kind}")
     for labels, value in samples:
         lines.append(f"{name}{labels} {_value(value)}")
+
+
+class Histogram:
+    """A Prometheus histogram (cumulative `_bucket{le=…}`, `_sum`, `_count`) of values observed in seconds."""
+
+    def __init__(self, name: str, help_: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.help = help_
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)   # le: a value equal to a bound counts in that bucket
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, lines: list[str]) -> None:
+        lines.append(f"# HELP {self.name} {self.help}")
+        lines.append(f"# TYPE {self.name} histogram")
+        running = 0
+        for bound, n in zip(self.buckets, self.counts):
+            running += n
+            lines.append(f'{self.name}_bucket{{le="{_value(float(bound))}"}} {running}')
+        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{self.name}_sum {_value(float(self.sum))}")
+        lines.append(f"{self.name}_count {self.count}")
+
+
+#: seconds; a voice agent answering within 0.5–1 s feels natural, several seconds is broken
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+CLEAR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+
+class TimingMetrics:
+    """Gateway-wide histograms of the per-turn figures of ended calls (gateway/turns.py)."""
+
+    def __init__(self) -> None:
+        self.latency = Histogram("gateway_response_latency_seconds",
+                                 "Per turn: caller stopped speaking to the first agent audio at the carrier.",
+                                 LATENCY_BUCKETS)
+        self.clear_reaction = Histogram("gateway_barge_in_clear_seconds",
+                                        "Per barge-in: caller started speaking to the agent audio stopping.",
+                                        CLEAR_BUCKETS)
+        self.turns = 0
+
+    def observe(self, timing: dict) -> None:
+        for turn in timing["turns"]:
+            self.turns += 1
+            if turn.get("latency_ms") is not None:
+                self.latency.observe(turn["latency_ms"] / 1000)
+            if "barge_in" in turn:
+                self.clear_reaction.observe(turn["barge_in"]["reaction_ms"] / 1000)
+
+    def render(self, lines: list[str]) -> None:
+        _family(lines, "gateway_turns_total", "counter", "Caller turns of ended calls.", [("", self.turns)])
+        self.latency.render(lines)
+        self.clear_reaction.render(lines)
 
 
 def _carrier_series(gw: "Gateway", taken: set[str]) -> list[tuple[str, str, float]]:
@@ -98,6 +160,7 @@ def render(gw: "Gateway") -> str:
     for name, value in gw.api_throttle.metrics("gateway_api").items():
         _family(lines, name, "counter" if name.endswith("_total") else "gauge",
                 help_[name.removeprefix("gateway_api_")], [("", value)])
+    gw.calls.timing.render(lines)
     guard = gw.http_guard
     if guard is not None:
         _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",

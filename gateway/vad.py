@@ -59,6 +59,12 @@ class SpeechDetector:
         self._end_voiced = 0
         self.speaking = False
         self.frames = 0
+        self._last_voiced = 0
+        #: set at a transition: frames from the start of the stream to where speech really began (the first voiced
+        #: frame of the start window) / really ended (the end of the last voiced frame). The hysteresis declares
+        #: both late; the turn timeline needs when the caller actually started and stopped.
+        self.onset = 0
+        self.offset = 0
 
     def is_voiced(self, frame: bytes) -> bool:
         loud = audioop.rms(frame, 2) >= self.floor_rms
@@ -70,6 +76,8 @@ class SpeechDetector:
         """Feed one 20 ms frame; returns True when speech starts, False when it ends, else None."""
         self.frames += 1
         voiced = self.is_voiced(frame)
+        if voiced:
+            self._last_voiced = self.frames
         self._start_voiced += voiced - (len(self._start_win) == self._start_n and self._start_win[0])
         self._start_win.append(voiced)
         self._end_voiced += voiced - (len(self._end_win) == self._end_n and self._end_win[0])
@@ -77,9 +85,11 @@ class SpeechDetector:
         if not self.speaking:
             if self._start_voiced >= self._start_need:
                 self.speaking = True
+                self.onset = self.frames - len(self._start_win) + list(self._start_win).index(True)
                 return True
         elif len(self._end_win) == self._end_n and self._end_n - self._end_voiced >= self._end_need:
             self.speaking = False
+            self.offset = self._last_voiced
             return False
         return None
 
@@ -89,7 +99,8 @@ class SpeechDetector:
 
 
 class SpeechTap:
-    """A call tap: VAD on inbound carrier audio → `speech:*` events (ordered, off the audio path) + engine frames."""
+    """A call tap: VAD on inbound carrier audio → `speech:*` events (ordered, off the audio path), engine frames
+    and the caller side of the call's turn timeline (`call.timeline`)."""
 
     def __init__(self, call: "Call", **detector_options: Any) -> None:
         rate = call.bus.carrier_rate
@@ -100,17 +111,33 @@ class SpeechTap:
         self._last_emit: asyncio.Task | None = None
 
     def __call__(self, pcm: bytes) -> None:
-        for frame in self._frames.push(pcm):
+        frames = self._frames.push(pcm)
+        for i, frame in enumerate(frames):
             change = self.detector.process(frame)
             if change is None:
                 continue
             at = self.detector.position_ms
             self._call.feed_event(SpeechActivity(change))
+            self._timeline(change, len(frames) - 1 - i)
             if change:
                 self._started_ms = at
                 self._emit("speech:started", {"at_ms": at})
             else:
                 self._emit("speech:ended", {"at_ms": at, "duration_ms": at - self._started_ms})
+
+    def _timeline(self, started: bool, frames_after: int) -> None:
+        """Put the real start / end of speech on the call's timeline: the frame just processed ended when its chunk
+        arrived at the carrier (now, less the carrier's inbound delay) less the frames of the chunk after it."""
+        call = self._call
+        timeline = call.timeline
+        if timeline is None:
+            return
+        d = self.detector
+        now = asyncio.get_running_loop().time() - call.inbound_lag - frames_after * FRAME_MS / 1000
+        if started:
+            timeline.caller_started(now - (d.frames - d.onset) * FRAME_MS / 1000)
+        else:
+            timeline.caller_ended(now - (d.frames - d.offset) * FRAME_MS / 1000)
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         """Schedule call.emit without blocking the reader; each emit waits for the previous one (order kept)."""

@@ -3,7 +3,7 @@
 Both follow Exotel's published formats (see carriers/exotel.py for the sources): the client sends `connected`,
 `start` (snake_case, numbers as strings), 100 ms `media` chunks, `dtmf`, `stop`, and echoes each `mark` we send
 once the audio queued before it would have played; the REST fake answers IncomingPhoneNumbers and
-Calls/connect.json like Exotel, with Basic auth and RestException errors.
+Calls/connect.json like Exotel, with Basic auth and RestException errors (tests/fakes/exotel_rest.py).
 """
 from __future__ import annotations
 
@@ -15,15 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from voicecodecs import pcm16_to_ulaw
 
+from fakes.exotel_rest import ACCOUNT_SID, API_KEY, API_TOKEN, APP_ID, FakeExotelApi, basic  # noqa: F401
+
 EXOPHONE = "+918047491899"
-ACCOUNT_SID = "gwtest1"
-API_KEY = "exo-key-123"
-API_TOKEN = "exo-token-456"
-APP_ID = "812345"
 
 
 def call_coming_token() -> str:
@@ -31,10 +28,6 @@ def call_coming_token() -> str:
     from carriers.exotel import passthru_token
 
     return passthru_token({"config": {"exotel_account_sid": ACCOUNT_SID}, "secrets": {"exotel_api_token": API_TOKEN}})
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def tone(seconds: float, rate: int = 8000, freq: float = 440.0, amp: int = 8000) -> bytes:
@@ -204,70 +197,3 @@ class FakeExotel:
 
 def ws_url(gw, path: str = "/exotel/media") -> str:
     return gw.url(path).replace("http://", "ws://")
-
-
-# -- a loopback stand-in for Exotel's REST API -------------------------------------------------------------------
-class FakeExotelApi:
-    """Answers like Exotel's v1/v2_beta API for one account: Basic auth, paginated ExoPhones, Calls/connect.json."""
-
-    def __init__(self, exophones: list[str] | None = None, page_size: int = 2) -> None:
-        self.exophones = exophones if exophones is not None else ["08000000001", "08000000002", "08047491899"]
-        self.page_size = page_size
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.connect_status = 200
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    def _auth_ok(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization", "") == basic(API_KEY, API_TOKEN)
-
-    @staticmethod
-    def _error(status: int, message: str) -> web.Response:
-        return web.json_response({"RestException": {"Status": status, "Message": message}}, status=status)
-
-    async def numbers(self, request: web.Request) -> web.Response:
-        self.requests.append(("GET", request.path, dict(request.query)))
-        if not self._auth_ok(request):
-            return self._error(401, "Authentication is required to view this page.")
-        if request.match_info["sid"] != ACCOUNT_SID:
-            return self._error(403, "Forbidden")
-        page = int(request.query.get("Page", 0))
-        size = min(int(request.query.get("PageSize", 50)), self.page_size)
-        items = self.exophones[page * size:(page + 1) * size]
-        more = (page + 1) * size < len(self.exophones)
-        base = f"http://twilix.exotel.com/v2_beta/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers"
-        return web.json_response({
-            "page": page, "page_size": size, "uri": f"{base}?Page={page}&PageSize={size}",
-            "first_page_uri": f"{base}?Page=0&PageSize={size}",
-            "next_page_uri": f"{base}?Page={page + 1}&PageSize={size}" if more else None,
-            "previous_page_uri": None,
-            "incoming_phone_numbers": [{"sid": f"sid{page}{i}", "friendly_name": n, "phone_number": n,
-                                        "capabilities": {"voice": True, "sms": True}}
-                                       for i, n in enumerate(items)]})
-
-    async def connect(self, request: web.Request) -> web.Response:
-        form = dict(await request.post())
-        self.requests.append(("POST", request.path, {k: str(v) for k, v in form.items()}))
-        if not self._auth_ok(request):
-            return self._error(401, "Authentication is required")
-        if self.connect_status != 200:
-            return self._error(self.connect_status, "Call could not be placed")
-        return web.json_response({"Call": {"Sid": "b6cfaf0ae5bc2bd1bd7fd1d4b5f81234", "ParentCallSid": None,
-                                           "AccountSid": ACCOUNT_SID, "To": form.get("CallerId"),
-                                           "From": form.get("From"), "Status": "in-progress"}})
-
-    async def start(self) -> "FakeExotelApi":
-        app = web.Application()
-        app.router.add_get("/v2_beta/Accounts/{sid}/IncomingPhoneNumbers", self.numbers)
-        app.router.add_post("/v1/Accounts/{sid}/Calls/connect.json", self.connect)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-

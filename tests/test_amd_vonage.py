@@ -9,8 +9,7 @@ import pytest
 from amd_signals import silence, tone, words, write_wav
 from exotel_helpers import CallWatch
 from test_vonage_rest import _gw, _post
-from vonage_helpers import (FakeVonageApi, FakeVonageSocket, add_vonage_number, rsa_private_pem, self_signed_cert,
-                            signed_headers)
+from vonage_helpers import FakeVonageApi, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 SR = 16000
 
@@ -21,10 +20,8 @@ def private_pem() -> str:
 
 
 @pytest.fixture
-async def vonage_api(tmp_path, monkeypatch, private_pem):
-    cert, key = self_signed_cert(tmp_path)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
-    api = await FakeVonageApi(private_pem).start(cert, key)
+async def vonage_api(private_pem):
+    api = await FakeVonageApi(private_pem).start()
     yield api
     await api.stop()
 

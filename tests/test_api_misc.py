@@ -65,8 +65,10 @@ async def test_healthz_and_metrics_are_open(api):
     for line in text.rstrip("\n").split("\n"):
         if line.startswith("# TYPE "):
             name, kind = line.split()[2:4]
-            assert kind in ("counter", "gauge") and name not in typed
+            assert kind in ("counter", "gauge", "histogram") and name not in typed
             typed.add(name)
+            if kind == "histogram":
+                typed.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
         elif not line.startswith("# HELP "):
             assert sample.match(line), line
             assert line.split("{")[0].split(" ")[0] in typed, line

@@ -56,7 +56,7 @@ async def test_import_rejected_key_token(make_gateway, exotel_api, auth_headers)
     gw = await _gw(make_gateway, exotel_api)
     status, body = await _post(gw, "/api/v1/phone_number/import/exotel",
                                import_body(exotel_api_token="wrong-token"), auth_headers)
-    assert status == 400
+    assert status == 422 and body["field"] == "exotel_api_token"
     assert "Exotel rejected the API key/token" in str(body) and "wrong-token" not in str(body)
     rows, total = await gw.store.list_numbers()
     assert total == 0
@@ -77,7 +77,7 @@ async def test_import_unreachable_subdomain_and_foreign_host(make_gateway, auth_
         port = s.getsockname()[1]
     gw.carriers["exotel"].base_url = f"http://127.0.0.1:{port}"
     status, body = await _post(gw, "/api/v1/phone_number/import/exotel", import_body(), auth_headers)
-    assert status == 502 and "subdomain api.in.exotel.com unreachable" in str(body)
+    assert status == 502 and "Exotel API unreachable at 127.0.0.1" in str(body)
     status, body = await _post(gw, "/api/v1/phone_number/import/exotel",
                                import_body(exotel_subdomain="169.254.169.254"), auth_headers)
     assert status == 400 and "not an Exotel API host" in str(body)
@@ -158,7 +158,7 @@ async def test_outbound_refused_by_exotel_is_a_clear_error(make_gateway, exotel_
     exotel_api.connect_status = 400
     status, body = await _post(gw, "/api/v1/calls/dispatch", {"agent_id": agent_id, "to_number": "+919876543210",
                                                               "from_number_id": number_id}, auth_headers)
-    assert status == 400 and "Call could not be placed" in str(body)
+    assert status == 422 and "Call could not be placed" in str(body)
     assert not gw.calls.active
 
 

@@ -64,8 +64,8 @@ async def test_import_with_bad_token_says_twilio_rejected_the_credentials(twilio
     env = await twilio_env()
     status, body = await api(env, "POST", "/api/v1/phone_number/import/twilio", {
         "phone_number": OTHER, "account_sid": env.account.sid, "account_token": "wrong-token-123"})
-    assert status == 422, body
-    assert "Twilio rejected the credentials (401)" in str(body)
+    assert status == 422 and body["field"] == "account_token", body
+    assert "Twilio rejected the account SID / auth token (HTTP 401)" in str(body)
     assert "wrong-token-123" not in str(body)
     assert await env.gw.store.find_number(OTHER, "twilio") is None
 
@@ -127,7 +127,7 @@ async def test_dispatch_refused_by_twilio_is_a_clear_error(twilio_env):
     env = await twilio_env()
     env.rest.create_error = (400, 21211, "The 'To' number +14155550199 is not a valid phone number.")
     status, body = await dispatch(env)
-    assert status == 502, body
+    assert status == 422, body        # the carrier refused what was asked (docs/api.md, "Carrier errors")
     assert "21211" in str(body) and "not a valid phone number" in str(body)
     rows, _ = await env.gw.store.list_calls()
     assert rows[0]["call_status"] == "failed"

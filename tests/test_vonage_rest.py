@@ -12,7 +12,7 @@ from exotel_helpers import CallWatch, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AmdResult, CallStarted, Dtmf, Hangup, TransferResult
 from vonage_helpers import (API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi, FakeVonageSocket,
-                            SIGNATURE_SECRET, add_vonage_number, rsa_private_pem, self_signed_cert, signed_headers)
+                            SIGNATURE_SECRET, add_vonage_number, rsa_private_pem, signed_headers)
 
 PRIMARY, BACKUP1, BACKUP2 = "+447700900001", "+447700900002", "+447700900003"
 
@@ -23,18 +23,15 @@ def private_pem() -> str:
 
 
 @pytest.fixture
-async def vonage_api(tmp_path, monkeypatch, private_pem):
-    cert, key = self_signed_cert(tmp_path)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)       # the SDK (requests) trusts our throw-away certificate
-    api = await FakeVonageApi(private_pem).start(cert, key)
+async def vonage_api(private_pem):
+    api = await FakeVonageApi(private_pem).start()
     yield api
     await api.stop()
 
 
 async def _gw(make_gateway, api: FakeVonageApi, engine: str = "echo"):
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine=engine)
-    gw.carriers["vonage"].api_host = api.host
-    gw.carriers["vonage"].rest_host = api.host
+    gw.carriers["vonage"].api_base = gw.carriers["vonage"].rest_base = api.url
     return gw
 
 
@@ -63,7 +60,7 @@ async def test_import_with_application_credentials(make_gateway, vonage_api, aut
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900555", vonage_application_id=APP_ID,
                                    vonage_private_key=other), auth_headers)
-    assert status == 400 and "Vonage rejected the application id / private key" in str(res)
+    assert status == 422 and res["field"] == "vonage_private_key" and "Vonage rejected the application id / private key" in str(res)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900556", vonage_application_id=APP_ID,
                                    vonage_private_key="not a key"), auth_headers)
@@ -74,7 +71,7 @@ async def test_import_with_account_key_secret(make_gateway, vonage_api, auth_hea
     gw = await _gw(make_gateway, vonage_api)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_api_key=API_KEY, vonage_api_secret="wrong"), auth_headers)
-    assert status == 400 and "Vonage rejected the API key/secret" in str(res) and "wrong" not in str(res)
+    assert status == 422 and res["field"] == "vonage_api_secret" and "Vonage rejected the API key/secret" in str(res) and "wrong" not in str(res)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900777", vonage_api_key=API_KEY,
                                    vonage_api_secret=API_SECRET), auth_headers)
@@ -94,7 +91,7 @@ async def test_unreachable_api_is_a_clear_error(make_gateway, auth_headers, priv
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
-    gw.carriers["vonage"].api_host = f"127.0.0.1:{port}"
+    gw.carriers["vonage"].api_base = f"http://127.0.0.1:{port}"
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_application_id=APP_ID, vonage_private_key=private_pem), auth_headers)
     assert status == 502 and "Vonage API unreachable" in str(res)

@@ -1,43 +1,31 @@
-"""Test doubles for Vonage: the Voice API's media websocket client and a loopback HTTPS fake of its REST API.
+"""Test doubles for Vonage: the Voice API's media websocket client (the REST stand-in is tests/fakes/vonage_rest.py).
 
 The websocket side follows Vonage's protocol: the first text message is `websocket:connected` with the NCCO's
 content-type and headers, then binary 16-bit PCM frames of 20 ms; `notify` is answered with `websocket:notify`
-(payload echoed) and `clear` with `websocket:cleared`. The REST fake speaks HTTPS (the SDK only does https://) with
-a throw-away self-signed certificate for 127.0.0.1, checks the SDK's RS256 JWT against the application's public key
-and Basic auth for the account API, and answers like api.nexmo.com / rest.nexmo.com.
+(payload echoed) and `clear` with `websocket:cleared`.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
-import ipaddress
 import json
-import ssl
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import jwt
-from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
-VONAGE_NUMBER = "+447700900000"
-APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
-API_KEY = "abcd1234"
-API_SECRET = "s3cr3t-Vonage"
+from fakes.vonage_rest import API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi  # noqa: F401
+
 #: the account's signature secret: numbers in tests are imported with it, as the gateway requires by default
 SIGNATURE_SECRET = "vonage-signature-secret-0123456789"
 
 
 def signed_headers(secret: str = SIGNATURE_SECRET) -> dict[str, str]:
     """What Vonage sends with a signed webhook: `Authorization: Bearer <JWT>`, HS256 with the signature secret."""
-    import time
-
     token = jwt.encode({"iat": int(time.time()), "jti": str(uuidlib.uuid4()), "api_key": API_KEY}, secret, "HS256")
     return {"Authorization": f"Bearer {token}"}
 
@@ -46,135 +34,6 @@ def rsa_private_pem() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
-
-
-def self_signed_cert(tmp_path) -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "fake-vonage.crt", tmp_path / "fake-vonage.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
-class FakeVonageApi:
-    """api.nexmo.com + rest.nexmo.com on one loopback HTTPS port."""
-
-    def __init__(self, private_pem: str, numbers: list[dict[str, Any]] | None = None) -> None:
-        self.public_pem = serialization.load_pem_private_key(private_pem.encode(), None).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.numbers = numbers if numbers is not None else [
-            {"country": "GB", "msisdn": VONAGE_NUMBER[1:], "type": "mobile-lvn", "features": ["VOICE", "SMS"],
-             "app_id": APP_ID}]
-        self.requests: list[tuple[str, str, Any]] = []
-        self.calls: dict[str, dict[str, Any]] = {}
-        self.got = asyncio.Condition()
-        self.runner: web.AppRunner | None = None
-        self.host = ""
-
-    def _jwt_ok(self, request: web.Request) -> bool:
-        auth = request.headers.get("Authorization", "")
-        if not auth.startswith("Bearer "):
-            return False
-        try:
-            claims = jwt.decode(auth[7:], self.public_pem, algorithms=["RS256"])
-        except jwt.PyJWTError:
-            return False
-        return claims.get("application_id") == APP_ID
-
-    def _basic_ok(self, request: web.Request) -> bool:
-        expected = "Basic " + base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
-        return request.headers.get("Authorization", "") == expected
-
-    @staticmethod
-    def _err(status: int, title: str) -> web.Response:
-        return web.json_response({"type": "https://developer.nexmo.com/api-errors", "title": title}, status=status)
-
-    async def _log(self, request: web.Request, body: Any) -> None:
-        self.requests.append((request.method, request.path, body))
-        async with self.got:
-            self.got.notify_all()
-
-    async def wait_request(self, method: str, path: str, timeout: float = 5.0) -> Any:
-        async def find():
-            async with self.got:
-                await self.got.wait_for(lambda: any(m == method and p == path for m, p, _ in self.requests))
-        await asyncio.wait_for(find(), timeout)
-        return [b for m, p, b in self.requests if m == method and p == path]
-
-    async def create_call(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        await self._log(request, body)
-        if not self._jwt_ok(request):
-            return self._err(401, "Invalid credentials")
-        uuid = str(uuidlib.uuid4())
-        self.calls[uuid] = body
-        return web.json_response({"uuid": uuid, "status": "started", "direction": "outbound",
-                                  "conversation_uuid": "CON-" + uuid}, status=201)
-
-    async def update_call(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        await self._log(request, body)
-        if not self._jwt_ok(request):
-            return self._err(401, "Invalid credentials")
-        if request.match_info["uuid"] not in self.calls:
-            return self._err(404, "Not found")
-        return web.Response(status=204)
-
-    async def dtmf(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        await self._log(request, body)
-        if not self._jwt_ok(request):
-            return self._err(401, "Invalid credentials")
-        return web.json_response({"message": "DTMF sent", "uuid": request.match_info["uuid"]})
-
-    async def list_calls(self, request: web.Request) -> web.Response:
-        await self._log(request, dict(request.query))
-        if not self._jwt_ok(request):
-            return self._err(401, "Invalid credentials")
-        return web.json_response({"count": 0, "page_size": 1, "record_index": 0,
-                                  "_embedded": {"calls": []}, "_links": {"self": {"href": "/v1/calls"}}})
-
-    async def account_numbers(self, request: web.Request) -> web.Response:
-        await self._log(request, dict(request.query))
-        if not self._basic_ok(request):
-            return self._err(401, "Bad Credentials")
-        pattern = request.query.get("pattern", "")
-        found = [n for n in self.numbers if pattern in n["msisdn"]]
-        return web.json_response({"count": len(found), "numbers": found})
-
-    def register(self, calls: dict[str, Any], uuid: str) -> None:
-        """A call Vonage knows about (an inbound call's uuid, so REST updates on it succeed)."""
-        self.calls[uuid] = calls
-
-    async def start(self, cert: str, key: str) -> "FakeVonageApi":
-        app = web.Application()
-        app.router.add_post("/v1/calls", self.create_call)
-        app.router.add_get("/v1/calls", self.list_calls)
-        app.router.add_put("/v1/calls/{uuid}", self.update_call)
-        app.router.add_put("/v1/calls/{uuid}/dtmf", self.dtmf)
-        app.router.add_get("/account/numbers", self.account_numbers)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ctx)
-        await site.start()
-        self.host = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 @dataclass

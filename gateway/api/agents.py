@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..carrier import CarrierError
 from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
-from .errors import read_json
+from .errors import ApiError, read_json
 from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
                          reject_unknown, required)
 
@@ -174,6 +175,16 @@ async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None
             raise bad("webhook_url", str(e)) from None
 
 
+def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
+    """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
+    a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
+    for carrier in gw.carriers.values():
+        try:
+            carrier.check_agent_settings(settings or {})
+        except CarrierError as e:
+            raise ApiError(e.status, e.message, e.field) from None
+
+
 async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
     agent_id = as_int(request.match_info["id"], "id", minimum=1)
     agent = await gw.store.get_agent(agent_id)
@@ -187,6 +198,7 @@ async def create_agent(request: web.Request) -> web.Response:
     data = check_agent(gw, await read_json(request), partial=False)
     await check_webhook_destination(gw, data)
     _keep_masked_secret(data, {})
+    check_carrier_settings(gw, data.get("settings"))
     agent = await gw.store.create_agent(data)
     return web.json_response({"success": True, "agent": agent_json(agent)}, status=201)
 
@@ -238,6 +250,8 @@ def merge_settings(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, A
 
 
 async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:
+    if "settings" in data:
+        check_carrier_settings(gw, data["settings"])
     try:
         agent = await gw.store.update_agent(agent_id, data)
     except NotFoundError:

@@ -10,14 +10,17 @@ from ..call import CALL_STATUSES, Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..frames import HangupSource
-from .errors import ApiError, read_json
+from .errors import ApiError, carrier_api_error, read_json
 from .numbers import scrub
-from .validation import as_e164, as_int, as_object, bad, pagination, reject_unknown, required
+from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
 log = logging.getLogger("gateway.api")
+
+#: seconds an API transfer may wait behind the audio queued before it, on top of the carrier's REST timeout
+TRANSFER_QUEUE_WAIT = 5.0
 
 
 def _gw(request: web.Request) -> "Gateway":
@@ -67,10 +70,13 @@ async def dispatch(request: web.Request) -> web.Response:
     except CarrierError as e:
         message = scrub(e.message, number.get("secrets") or {})
         await call.end(HangupSource.CARRIER, message, status="failed")
-        raise ApiError(e.status, message, getattr(e, "field", None), requestId=call.log_id) from None
+        raise carrier_api_error(e, message, requestId=call.log_id) from None
     except Exception:
+        # a bug in a carrier module: the call fails and the client is told so, never a bare 500
+        log.exception("carrier dispatch failed", extra={"call_id": call.id, "carrier": carrier.name})
         await call.end(HangupSource.CARRIER, "dispatch_error", status="failed")
-        raise
+        raise ApiError(502, f"carrier {carrier.name} failed to place the call (logged on the gateway)", None,
+                       requestId=call.log_id) from None
     log.info("call dispatched", extra={"call_id": call.id, "carrier": carrier.name})
     return web.json_response({"success": True, "status": "dispatched", "requestId": call.log_id,
                               "call_id": call.id})
@@ -79,14 +85,16 @@ async def dispatch(request: web.Request) -> web.Response:
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
     status = q.get("call_status") or None
     if status is not None and status not in CALL_STATUSES:
         raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
-    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status)
+    sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
+                                            carrier_sid=sid)
     return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
                               "call_log_data": [call_log_json(r) for r in rows]})
 
@@ -151,7 +159,12 @@ async def transfer(request: web.Request) -> web.Response:
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
-    await call.request_transfer(number)
+    try:   # wait for the carrier to take it: a refusal is an error here, not a success followed by "failed"
+        await call.request_transfer(number, wait=gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT)
+    except CarrierError as e:
+        raise carrier_api_error(e, requestId=call.log_id) from None
+    except Exception:
+        raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
     return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
                               "requestId": call.log_id, "number": call.transfer_request(number).number})
 

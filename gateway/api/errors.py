@@ -6,26 +6,38 @@ into that shape, so no client ever sees an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .. import safejson
 
+if TYPE_CHECKING:
+    from ..carrier import CarrierError
+
 log = logging.getLogger("gateway.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.headers = headers
         self.extra = extra
 
 
-def error_response(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None,
-                   **extra: Any) -> web.Response:
+def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:
+    """A carrier's refusal as the API answers it (status mapped in gateway/carrier_rest.py; a rate limit carries
+    `Retry-After`). `message`: the error text after scrubbing secrets, when the caller had some to scrub."""
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    return ApiError(e.status, message if message is not None else e.message, e.field, headers=headers, **extra)
+
+
+def error_response(status: int, message: str, field: str | None = None, *,
+                   headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
     body = {"success": False, "error": message, "field": field, **extra}
     headers = dict(headers or {})
     if status == 401:
@@ -43,9 +55,9 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         # status, path and field only: messages may quote the input
-        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method,
-                                               "path": request.path, "status": e.status, "field": e.field})
-        return error_response(e.status, e.message, e.field, **e.extra)
+        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method, "path": request.path,
+                                               "status": e.status, "field": e.field})
+        return error_response(e.status, e.message, e.field, headers=e.headers, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:
             raise

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..carrier import Carrier, CarrierError
 from ..store.store import DuplicateError, NotFoundError
-from .errors import ApiError, read_json
+from .errors import ApiError, carrier_api_error, read_json
 from .validation import as_int, bad, import_body, pagination, reject_unknown, required
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ async def _check_unique(gw: "Gateway", carrier: Carrier, provider: str, phone: s
 
 
 def _carrier_error(e: CarrierError, secrets: dict[str, Any]) -> ApiError:
-    return ApiError(e.status, scrub(e.message, secrets), getattr(e, "field", None))
+    return carrier_api_error(e, scrub(e.message, secrets))
 
 
 async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, Any]

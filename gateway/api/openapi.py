@@ -140,7 +140,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
             "amd_answered_by": ["string", "null"], "amd_duration": ["number", "null"], "is_voicemail": "boolean",
             "voicemail_type": ["string", "null"], "is_fax": "boolean", "hangup_source": ["string", "null"],
             "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
-            "channel_type": "string"}.items()}},
+            "channel_type": "string", "timing": ["object", "null"]}.items()}},
     }
     for provider in sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p}):
         carrier = gw.carrier_for(provider)
@@ -202,7 +202,8 @@ def build(gw: "Gateway") -> dict[str, Any]:
             errors=(400, 401, 404, 409, 502, 503))},
         f"{p}/calls/logs": {"get": _op(
             "Call log", tag="calls", errors=(400, 401), params=PAGE + [
-                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query")],
+                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query"),
+                _param("carrier_sid", "query")],
             ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
                                                  "call_log_data": {"type": "array", "items": _ref("CallLog")}}})},
         f"{p}/calls/logs/{{id}}": {"get": _op(

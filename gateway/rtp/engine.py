@@ -27,6 +27,7 @@ class RtpEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
+        self.now = 0.0        # loop time of the current tick callback (sessions read it instead of the clock)
         self.ticks = 0
         self.late_ticks = 0   # ticks that ran more than one period late (stalls)
         self.skipped_ticks = 0
@@ -86,7 +87,7 @@ class RtpEngine:
 
     def _on_tick(self) -> None:
         loop = self._loop
-        now = loop.time()
+        now = self.now = loop.time()
         n = 0
         while self._next <= now and n < MAX_CATCH_UP:
             for session in self._order:

@@ -59,6 +59,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self.sent = self.received = self.foreign = self.ignored = 0
         self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
         self._transit: int | None = None
+        self._arrived = 0.0   # loop time the newest audio packet arrived
 
     # -- configuration ------------------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
@@ -127,7 +128,8 @@ class RtpSession(asyncio.DatagramProtocol):
         pt = pkt.payload_type
         if pt == self.payload_type:
             self._jitter.put(pkt.sequence, pkt.payload)
-            transit = int(self.engine.loop_time() * 8000) - pkt.timestamp
+            self._arrived = now = self.engine.loop_time()
+            transit = int(now * 8000) - pkt.timestamp
             if self._transit is not None:
                 d = abs(transit - self._transit)
                 self.jitter_ts += (d - self.jitter_ts) / 16
@@ -168,8 +170,12 @@ class RtpSession(asyncio.DatagramProtocol):
                 self._last_samples = len(frame)  # G.711: one byte per sample
                 pcm = self._decode(frame)
             self._credit -= self._last_samples
-            if self.call is not None:
-                self.call.feed_audio(pcm)
+            call = self.call
+            if call is not None:
+                # how long ago this frame arrived: the newest packet's age plus one ptime per packet queued after
+                # it (the call's turn timeline dates caller speech by arrival, not by this play-out)
+                call.inbound_lag = self.engine.now - self._arrived + len(self._jitter) * self._last_samples / 8000
+                call.feed_audio(pcm)
             elif self.on_pcm is not None:
                 self.on_pcm(pcm)
 

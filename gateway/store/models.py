@@ -80,6 +80,8 @@ class CallLog(Base):
     recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: conversation timing summary (gateway/turns.py): turns, latency p50/p95/max, barge-ins, clear reaction
+    timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class CallEvent(Base):

@@ -101,6 +101,7 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "timing": None,
 }
 
 
@@ -433,10 +434,13 @@ class Store:
             return _row(c) if c else None
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
-                         call_status: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                         call_status: str | None = None,
+                         carrier_sid: str | None = None) -> tuple[list[dict[str, Any]], int]:
         await self.flush()
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        if carrier_sid is not None:
+            q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
         if agent_id is not None:
             q, cq = q.where(CallLog.agent_id == agent_id), cq.where(CallLog.agent_id == agent_id)
         if call_status:

@@ -3,7 +3,8 @@
 Only the resources the gateway uses: Accounts/{sid}.json, IncomingPhoneNumbers (list filtered by PhoneNumber,
 update), Calls (create, update). Basic auth is checked (wrong token → 401 / 20003) and error bodies have Twilio's
 shape ({code, message, more_info, status}) so the SDK raises TwilioRestException exactly as in production.
-Every request is recorded, and call updates are also put on `updates` for tests to await.
+Every request is recorded, and call updates are also put on `updates` for tests to await. `faults` injects
+401/404/429/500 answers or a hang (tests/fakes/rest_faults.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from .rest_faults import RestStandIn
+
+#: Twilio's error codes for the statuses the fault injection answers with (https://www.twilio.com/docs/api/errors)
+FAULT_CODES = {401: (20003, "Authenticate"), 404: (20404, "The requested resource was not found"),
+               429: (20429, "Too Many Requests"), 500: (20500, "Internal Server Error")}
 
 
 def twilio_error(status: int, code: int, message: str) -> web.Response:
@@ -46,16 +53,15 @@ class Recorded:
         return v[0] if v else None
 
 
-class FakeTwilioRest:
+class FakeTwilioRest(RestStandIn):
     def __init__(self) -> None:
+        super().__init__()
         self.accounts: dict[str, FakeAccount] = {}
         self.calls: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.updates: asyncio.Queue[tuple[str, Recorded]] = asyncio.Queue()
         #: next calls.create answers with this error: (status, code, message)
         self.create_error: tuple[int, int, str] | None = None
-        self._runner: web.AppRunner | None = None
-        self.url = ""
         self._seq = itertools.count(1)
 
     def add_account(self, token: str | None = None, numbers: tuple[str, ...] = ()) -> FakeAccount:
@@ -72,23 +78,19 @@ class FakeTwilioRest:
         return sid
 
     async def start(self) -> "FakeTwilioRest":
-        app = web.Application()
+        def fault(status: int) -> web.Response:
+            return twilio_error(status, *FAULT_CODES.get(status, (20001, "Bad request")))
+
+        app = web.Application(middlewares=[self.faults.middleware(fault, self._record)])
         base = "/2010-04-01/Accounts/{account}"
         app.router.add_get(base + ".json", self._account)
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self._list_numbers)
         app.router.add_post(base + "/IncomingPhoneNumbers/{pn}.json", self._update_number)
         app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_post(base + "/Calls/{call}.json", self._update_call)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        await self._listen(app)
         return self
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def of(self, method: str, suffix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path.endswith(suffix)]
