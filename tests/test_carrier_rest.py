@@ -20,7 +20,7 @@ from fakes.exotel_rest import FakeExotelApi
 from fakes.rest_faults import HANG
 from fakes.twilio_rest import FakeTwilioRest
 from fakes.vonage_rest import VONAGE_NUMBER, FakeVonageApi
-from vonage_helpers import FakeVonageSocket, add_vonage_number, rsa_private_pem
+from vonage_helpers import FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TWILIO_NUMBER = "+15005550006"
 TARGET = "+14155550111"
@@ -241,7 +241,7 @@ async def test_vonage_transfer_refused_is_an_error(rig, answer, status):
     r.rest.register({"status": "answered"}, uuid)
     async with aiohttp.ClientSession() as s:
         async with s.get(r.gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
-                                                             "uuid": uuid}) as resp:
+                                                             "uuid": uuid}, headers=signed_headers()) as resp:
             ncco = await resp.json()
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=r.gw.url(""))
         await v.connect()
