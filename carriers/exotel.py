@@ -134,7 +134,9 @@ class MediaFormat:
             codec = "ulaw"
         elif any(k in base for k in ("alaw", "pcma")):
             codec = "alaw"
-        elif base == "" or any(k in base for k in ("raw", "slin", "pcm", "l16", "linear")):
+        elif base == "" or any(k in base for k in ("raw", "slin", "pcm", "l16", "linear", "base64")):
+            # "base64" (what several public Exotel integrations send) names the payload's transport encoding,
+            # not the audio's: the audio is the documented 16-bit PCM at sample_rate
             codec = "pcm16"
         else:
             raise ValueError(f"unsupported media_format encoding {mf.get('encoding')!r}")
@@ -589,7 +591,8 @@ class VoicebotStream(MarkedPlayout):
     async def _send_chunk(self, chunk: bytes) -> None:
         # stay at most `max_ahead` seconds ahead of playback: engines often speak faster than real time, Exotel's
         # buffer is not ours to flood, and a barge-in then has little to throw away
-        await self._pace(self.carrier.max_ahead)
+        if not await self._pace(self.carrier.max_ahead):
+            return   # a barge-in arrived: this chunk is dropped, the Clear behind it goes out next
         async with self._send_lock:
             await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
         self._played(len(chunk) / self.fmt.bytes_per_second)

@@ -143,6 +143,8 @@ class MarkedPlayout:
 
     async def clear(self) -> None:
         """Barge-in: the carrier drops its buffer; the marks still pending will never mean 'played'."""
+        if self.call is not None and self.call.bus is not None:
+            self.call.bus.clear_pending.clear()   # audio queued after this Clear is to be sent again
         await self._send_clear()
         self.forgotten.update(self.pending_marks)
         self.pending_marks.clear()
@@ -175,11 +177,24 @@ class MarkedPlayout:
                 w.set_result(None)
         self._drain_waiters.clear()
 
-    async def _pace(self, max_ahead: float) -> None:
-        """Stay at most `max_ahead` seconds ahead of playback."""
+    async def _pace(self, max_ahead: float) -> bool:
+        """Stay at most `max_ahead` seconds ahead of playback. False when a barge-in (the bus's clear_pending) came
+        first or comes while waiting: the audio in hand is not to be sent."""
+        bus = self.call.bus if self.call is not None else None
+        pending = bus.clear_pending if bus is not None else None
+        if pending is not None and pending.is_set():
+            return False
         ahead = self.playout_end - asyncio.get_running_loop().time() - max_ahead
         if ahead > 0:
-            await asyncio.sleep(ahead)
+            if pending is None:
+                await asyncio.sleep(ahead)
+            else:
+                try:
+                    await asyncio.wait_for(pending.wait(), ahead)
+                    return False
+                except asyncio.TimeoutError:
+                    pass
+        return True
 
     def _played(self, seconds: float) -> None:
         """We just sent `seconds` of audio: it plays after what is queued, or from now."""

@@ -190,20 +190,23 @@ class TwilioLeg:
 
     # -- CallLeg ------------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
-        await self._shielded(self._hangup(call, reason))
+        if call.hangup is not None and call.hangup.source is HangupSource.AGENT:
+            await self._shielded(self._hangup_after_goodbye())
+        else:
+            # API / system: the call ends here at once; the REST request finishes in the background, bounded by
+            # carrier_timeout (shutdown waits for it)
+            self.carrier.spawn(self.complete_at_twilio(), report=False)
 
-    async def _hangup(self, call: Call, reason: str) -> None:
-        if call.hangup is not None and call.hangup.source is HangupSource.AGENT and self.stream is not None:
+    async def _hangup_after_goodbye(self) -> None:
+        if self.stream is not None:
             await self.stream.drain()   # let the goodbye play out before the line drops
         await self.complete_at_twilio()
 
     async def complete_at_twilio(self) -> None:
         """REST `Status=completed`; a call Twilio no longer knows (404 / 20404) has already ended: fine."""
-        if self.completed or self.released:
-            return
+        if self.completed or self.released or not self.sid:
+            return      # no CallSid yet: dispatch completes the call once Twilio has created it
         self.completed = True
-        if not self.sid:
-            return
         try:
             await self.carrier.client(self.creds).calls(self.sid).update_async(status="completed")
             log.info("twilio call completed over REST", extra={"carrier": "twilio", "call_id": self.call.id})
@@ -709,6 +712,15 @@ class TwilioCarrier(Carrier):
         return _xml(self.stream_twiml(call))
 
     # -- outbound -----------------------------------------------------------------------------------------------
+    def check_agent_settings(self, settings: dict[str, Any]) -> None:
+        """`settings.transfer.timeout` becomes <Dial timeout>, which Twilio wants as a positive whole number of
+        seconds (warning 13212, https://www.twilio.com/docs/api/errors/13212)."""
+        transfer = settings.get("transfer")
+        timeout = transfer.get("timeout") if isinstance(transfer, dict) else None
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+            raise CarrierError("settings.transfer.timeout: must be a positive whole number of seconds (Twilio "
+                               "<Dial timeout>)", 400, "settings.transfer.timeout")
+
     async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
         creds = await self._creds_for_number(number)
         leg = TwilioLeg(self, call, creds)
@@ -731,6 +743,9 @@ class TwilioCarrier(Carrier):
         call.set_carrier_sid(created.sid)
         await call.record(carrier_sid=created.sid, call_status=created.status or "queued",
                           extra={"twilio_amd": amd})
+        if call.ended.is_set():     # hung up while Twilio was creating it: cancel it there too
+            self.spawn(leg.complete_at_twilio(), report=False)
+            return
         leg.arm_watchdog(self.outbound_timeout, "outbound_not_connected")
         log.info("outbound call placed", extra={"carrier": "twilio", "call_id": call.id, "call_sid": created.sid,
                                                 "amd": amd})

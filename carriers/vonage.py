@@ -454,7 +454,8 @@ class VonageStream(MarkedPlayout):
 
         Engines often produce speech faster than real time; we stay at most `max_ahead` seconds ahead of playback
         so Vonage's buffer (about 60 s) never overflows and a barge-in has little to throw away."""
-        await self._pace(self.carrier.max_ahead)
+        if not await self._pace(self.carrier.max_ahead):
+            return   # a barge-in arrived: this frame is dropped, the Clear behind it goes out next
         await self.ws.send_bytes(pcm)
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1

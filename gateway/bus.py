@@ -88,6 +88,9 @@ class CallBus:
         self._up = StreamResampler(carrier_rate, engine_rate)
         self._down = StreamResampler(engine_rate, carrier_rate)
         self._out_carrier_frame = Reframer(frame_bytes(carrier_rate))
+        #: set by clear() until the carrier's sender has carried the Clear out: a sender holding audio (pacing
+        #: before a large chunk) drops it at once instead of sending it first (Exotel's clear was ~100 ms late)
+        self.clear_pending = asyncio.Event()
 
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
@@ -139,6 +142,7 @@ class CallBus:
             q.put_nowait(item)
         if not q.full():
             q.put_nowait(Clear())
+            self.clear_pending.set()
         return dropped
 
     async def next_outbound(self) -> BusItem:

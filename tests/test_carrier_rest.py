@@ -123,7 +123,7 @@ async def test_dispatch_failures_map_alike_on_every_carrier(rig, name, answer, s
     assert [x["call_status"] for x in rows] == ["failed"] and not r.gw.calls.active
 
 
-# -- item 3: hangup against a hung carrier API is bounded --------------------------------------------------------
+# -- items 3 and 6: API hangup ends the call at once; the REST request behind it is bounded --------------------
 async def test_twilio_hangup_against_a_hung_api_is_bounded(rig):
     r = await rig("twilio", carrier_timeout=0.5)
     status, body, _ = await r.dispatch(TARGET)
@@ -133,7 +133,10 @@ async def test_twilio_hangup_against_a_hung_api_is_bounded(rig):
     status, _, _ = await r.api("POST", f"/api/v1/calls/{body['call_id']}/hangup")
     assert status == 200
     row = await r.row(body["call_id"], lambda x: x["ended_at"] is not None)
-    assert row["hangup_reason"] == "api_hangup" and r.rest.faults.hanging == 1   # Twilio never answered
+    assert row["hangup_reason"] == "api_hangup"
+    await asyncio.wait_for(_until(lambda: r.rest.faults.hanging == 1), 5)    # the request reached Twilio…
+    await asyncio.wait_for(_until(lambda: not r.gw.carriers["twilio"]._tasks), 5)   # …and was given up on
+    assert r.rest.faults.hanging == 1                                          # while Twilio still hung
 
 
 # -- item 1: Vonage, a ringing outbound call hung up through the API is cancelled at Vonage ----------------------
@@ -264,6 +267,7 @@ async def test_vonage_transfer_refused_is_an_error(rig, answer, status):
     ("vonage", {"vonage": {"ringtimeout": 30}}, "settings.vonage.ringtimeout"),
     ("exotel", {"exotel": {"time_limit": 14401}}, "settings.exotel.time_limit"),
     ("exotel", {"exotel": {"ring_timeout": "45"}}, "settings.exotel.ring_timeout"),
+    ("twilio", {"transfer": {"number": TARGET, "timeout": "soon"}}, "settings.transfer.timeout"),
 ])
 async def test_carrier_settings_checked_at_save_time(rig, name, settings, field):
     r = await rig(name)
@@ -305,3 +309,30 @@ async def test_a_carrier_bug_during_dispatch_is_a_502_not_a_500(rig, monkeypatch
     assert status == 502 and "exotel" in body["error"], body
     rows, _ = await r.gw.store.list_calls()
     assert rows[0]["call_status"] == "failed"
+
+
+# -- issue 14 item 10: GATEWAY_EXOTEL_API_BASE / GATEWAY_VONAGE_API_BASE point a gateway at a stand-in -------------
+@pytest.mark.parametrize("name", ["exotel", "vonage"])
+async def test_api_base_environment_points_imports_at_a_stand_in(make_gateway, monkeypatch, private_pem, name):
+    from fakes.exotel_rest import ACCOUNT_SID, API_KEY, API_TOKEN, APP_ID
+    from fakes.vonage_rest import APP_ID as VONAGE_APP
+
+    if name == "exotel":
+        rest = await FakeExotelApi().start()
+        body = {"exotel_phone_number": "+918047491899", "exotel_api_key": API_KEY, "exotel_api_token": API_TOKEN,
+                "exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT_SID, "exotel_app_id": APP_ID}
+    else:
+        rest = await FakeVonageApi(private_pem).start()
+        body = {"vonage_phone_number": VONAGE_NUMBER, "vonage_application_id": VONAGE_APP,
+                "vonage_private_key": private_pem}
+    try:
+        monkeypatch.setenv(f"GATEWAY_{name.upper()}_API_BASE", rest.url)
+        cls = {"exotel": ExotelCarrier, "vonage": VonageCarrier}[name]
+        gw = await make_gateway(carriers={name: cls})
+        async with aiohttp.ClientSession() as s:
+            async with s.post(gw.url(f"/api/v1/phone_number/import/{name}"), json=body, headers=HEADERS) as resp:
+                assert resp.status == 201, await resp.text()
+        assert rest.requests                           # the checks went to the stand-in, not to the carrier
+        await gw.stop()
+    finally:
+        await rest.stop()

@@ -45,6 +45,9 @@ def test_media_format_is_read_not_assumed():
     assert MediaFormat.from_start({"encoding": "audio/L16;rate=16000"}, None) == MediaFormat("pcm16", 16000)
     assert MediaFormat.from_start({"encoding": "audio/x-raw"}, 24000) == MediaFormat("pcm16", 24000)
     assert MediaFormat.from_start(None, None) == MediaFormat("pcm16", 8000)
+    # "base64" (several public integrations send it) is the payload's transport: 16-bit PCM at sample_rate
+    assert MediaFormat.from_start({"encoding": "base64", "sample_rate": "16000", "bit_rate": "16"}, None) \
+        == MediaFormat("pcm16", 16000)
     assert MediaFormat.from_start({"encoding": "audio/x-raw", "bit_rate": "128kbps"}, None).codec == "pcm16"
     for bad in ({"encoding": "audio/opus"}, {"encoding": "audio/x-raw", "sample_rate": "11025"},
                 {"encoding": "audio/x-raw", "bit_rate": "8"}, {"encoding": "audio/x-mulaw", "sample_rate": "16000"}):
@@ -93,6 +96,16 @@ async def test_pcm_8k_echo_in_exotel_sized_chunks(make_gateway):
     assert row["hangup_source"] == "user" and row["call_status"] == "completed"
     assert row["carrier_sid"] == "CA-echo" and row["channel_type"] == "exotel"
     assert row["from_number"] == "+919876543210" and row["to_number"] == "+918047491899"
+
+
+async def test_base64_media_format_is_16_bit_pcm(make_gateway):
+    """Regression (issue 14): `media_format.encoding: "base64"` closed the stream with 4007."""
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    rx, row, sent = await _echo_run(gw, ws_url(gw), encoding="base64", sample_rate="16000", rate=16000,
+                                    codec="pcm16")
+    assert_exotel_chunks(rx.chunks)
+    assert abs(rms(rx.audio[6400:32000]) - rms(sent[6400:32000])) < 0.2 * rms(sent)   # the tone, not noise
+    assert row["hangup_source"] == "user"
 
 
 async def test_alias_path_and_mulaw_stream(make_gateway):
@@ -179,6 +192,102 @@ async def test_marks_clear_and_dtmf(make_gateway):
         row = await watch.wait_ended(call)
         await exo.close()
     assert row["hangup_source"] == "user"
+
+
+class MarkAfterOddAudio(VoiceEngine):
+    """Streams 0.51 s (not a whole number of 20 ms frames) in 30 ms pieces, no end of utterance, then marks."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.marked = asyncio.Event()
+
+    async def handle_call(self, session: EngineSession) -> None:
+        async for item in session:
+            if isinstance(item, CallStarted):
+                pcm = tone(0.51, 16000)
+                for off in range(0, len(pcm), 960):
+                    await session.play(pcm[off:off + 960])
+                await session.mark("end")
+            elif isinstance(item, Mark):
+                self.marked.set()
+
+
+async def test_mark_follows_every_byte_queued_before_it(make_gateway):
+    """Regression (issue 14): the last partial frame of the audio before a mark stayed in the re-framer, so the
+    mark reached Exotel ahead of it and the engine heard "played" early."""
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="odd")
+    engine = MarkAfterOddAudio()
+    gw.engines.register("odd", engine)
+    watch = CallWatch(gw)
+    await add_exophone(gw)
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-odd")
+        call = await watch.next_call()
+        await exo.wait_for(lambda rx: rx.marks)
+        await asyncio.wait_for(engine.marked.wait(), 5)
+        await exo.stop()
+        await watch.wait_ended(call)
+        await exo.close()
+    (name, before), = exo.rx.marks
+    tail = exo.rx.audio[8000:8120]            # the last 10 ms of the tone (8 kHz PCM16: 8160 bytes in all)
+    assert name == "end" and rms(tail) > 1000, rms(tail)    # went out before the mark, not silence padding
+    assert len(exo.rx.audio) == before                      # and nothing of it after the mark
+    assert_exotel_chunks(exo.rx.chunks)
+
+
+class LongAnswer(VoiceEngine):
+    """Queues a 10 s answer at once (faster than real time, so the sender paces it)."""
+
+    sample_rate = 16000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        async for item in session:
+            if isinstance(item, CallStarted):
+                asyncio.ensure_future(session.play(tone(10.0, 16000)))
+
+
+async def test_clear_reaches_the_wire_before_any_more_audio(make_gateway):
+    """Regression (issue 14): with pacing on, the sender held a 200 ms chunk through its pacing wait and sent it
+    before the clear (the clear ~100 ms late, and audio the engine had cancelled played first). Now the chunk in
+    hand is dropped and the clear goes out at once."""
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="long")
+    gw.carriers["exotel"].max_ahead = 0.3
+    gw.engines.register("long", LongAnswer())
+    watch = CallWatch(gw)
+    await add_exophone(gw)
+    arrived: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        exo = await FakeExotel(s, ws_url(gw)).connect()
+        await exo.start("CA-barge")
+        call = await watch.next_call()
+        stream = call.leg.state.stream
+        # a chunk just arrived beyond the first max_ahead: the sender gathers the next 200 ms chunk (a few ms)
+        # and then waits ~200 ms to send it. 50 ms later it is in that wait, holding the chunk (under heavy load
+        # it may not be there yet: the test then passes on any code, it never fails wrongly)
+        await exo.wait_for(lambda rx: len(rx.chunks) >= 5, timeout=10)
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        at, sent_then = loop.time(), stream.chunks_sent
+        call.bus.clear()                       # what EngineSession.clear() does
+
+        def clear_seen(rx) -> bool:
+            if rx.clears and not arrived:
+                arrived.append(loop.time())
+            return bool(rx.clears)
+        await exo.wait_for(clear_seen, timeout=5)
+        chunks_before_clear, total = 0, 0
+        for c in exo.rx.chunks:
+            if total >= exo.rx.clears[0]:
+                break
+            total += len(c)
+            chunks_before_clear += 1
+        await exo.stop()
+        await watch.wait_ended(call)
+        await exo.close()
+    assert chunks_before_clear == sent_then    # not one chunk more once the engine had cleared
+    print(f"exotel clear latency: {(arrived[0] - at) * 1000:.1f} ms")
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------

@@ -79,6 +79,19 @@ def test_jitter_reorders_and_primes():
     assert [jb.pop(), jb.pop(), jb.pop()] == [b"a", b"b", None]
 
 
+def test_jitter_plays_a_lone_last_packet_after_the_target_delay():
+    """Regression (issue 14): the last packet of a talk spurt, arriving after the buffer had run dry, waited for
+    a second packet to re-prime and was never played when the far end stopped (one 30 ms packet short)."""
+    jb = JitterBuffer(target=2)
+    jb.put(1, b"1")
+    assert jb.pop() is None                     # held for the target delay (2 ticks) ...
+    assert jb.pop() == b"1"                     # ... then played
+    assert jb.pop() is None and jb.lost == 0
+    jb.put(2, b"2")
+    jb.put(3, b"3")                             # a full target primes at once, as before
+    assert [jb.pop(), jb.pop(), jb.pop()] == [b"2", b"3", None]
+
+
 def test_jitter_counts_loss_late_and_duplicates():
     jb = JitterBuffer(target=1)
     jb.put(1, b"1")

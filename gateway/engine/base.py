@@ -85,6 +85,9 @@ class EngineSession:
         gate = self._call.output_gate
         if gate is not None and await gate.engine_mark(name):
             return
+        # the audio queued before the mark includes a partial 20 ms frame still in the re-framer: send it (padded)
+        # first, or the mark would reach the carrier ahead of it and be reported played too early
+        await self._call.bus.flush_play()
         await self._call.bus.send_control(Mark(name))
 
     async def send_dtmf(self, digits: str) -> None:

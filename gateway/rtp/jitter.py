@@ -5,7 +5,8 @@ loopback and good trunks need little; raise it for lossy links), reports a lost 
 through (the session plays silence there, so the engine's timeline stays continuous), drops late and duplicate
 packets, and never holds more than `max_depth` frames, so added latency is bounded even when the far end's clock
 runs fast. When the far end stops sending (silence suppression, DTMF, hold) it re-primes instead of inventing
-audio.
+audio. Priming waits for `target` packets or for `target` ticks, whichever comes first: a lone packet that ends a
+talk spurt (or the call) is played after the target delay, not held until the next packet that may never come.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ LOST = object()
 
 
 class JitterBuffer:
-    __slots__ = ("target", "max_depth", "_packets", "_next", "_highest", "_primed", "lost", "late",
+    __slots__ = ("target", "max_depth", "_packets", "_next", "_highest", "_primed", "_held", "lost", "late",
                  "duplicate", "overflow")
 
     def __init__(self, target: int = 2, max_depth: int = 10) -> None:
@@ -23,6 +24,7 @@ class JitterBuffer:
         self._next: int | None = None
         self._highest: int | None = None
         self._primed = False
+        self._held = 0   # ticks the packets waiting for priming have been held
         self.lost = self.late = self.duplicate = self.overflow = 0
 
     def __len__(self) -> int:
@@ -61,9 +63,14 @@ class JitterBuffer:
         """One tick's frame: payload bytes, LOST (play concealment), or None (nothing to play)."""
         packets = self._packets
         if not self._primed:
-            if len(packets) < self.target:
+            if not packets:
+                self._held = 0
+                return None
+            self._held += 1
+            if len(packets) < self.target and self._held < self.target:
                 return None
             self._primed = True
+            self._held = 0
             self._next = min(packets)
         if not packets:
             self._primed = False
