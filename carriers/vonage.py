@@ -941,7 +941,7 @@ class VonageCarrier(Carrier):
             if fields.get("vonage_allow_unsigned_webhooks") is not True:
                 raise CarrierError("vonage_signature_secret: required: turn on signed webhooks for the Vonage "
                                    "application and give its signature secret (or, knowingly, set "
-                                   "vonage_allow_unsigned_webhooks: true)", 400)
+                                   "vonage_allow_unsigned_webhooks: true)", 400, field="vonage_signature_secret")
             log.warning("Vonage number imported WITHOUT webhook signatures (vonage_allow_unsigned_webhooks): anyone "
                         "who knows it can open a call with the agent", extra={"carrier": "vonage", "number": phone})
         rate = out.get("vonage_audio_rate")

@@ -20,7 +20,7 @@ from fakes.exotel_rest import FakeExotelApi
 from fakes.rest_faults import HANG
 from fakes.twilio_rest import FakeTwilioRest
 from fakes.vonage_rest import VONAGE_NUMBER, FakeVonageApi
-from vonage_helpers import FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
+from vonage_helpers import SIGNATURE_SECRET, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TWILIO_NUMBER = "+15005550006"
 TARGET = "+14155550111"
@@ -324,7 +324,7 @@ async def test_api_base_environment_points_imports_at_a_stand_in(make_gateway, m
     else:
         rest = await FakeVonageApi(private_pem).start()
         body = {"vonage_phone_number": VONAGE_NUMBER, "vonage_application_id": VONAGE_APP,
-                "vonage_private_key": private_pem}
+                "vonage_private_key": private_pem, "vonage_signature_secret": SIGNATURE_SECRET}
     try:
         monkeypatch.setenv(f"GATEWAY_{name.upper()}_API_BASE", rest.url)
         cls = {"exotel": ExotelCarrier, "vonage": VonageCarrier}[name]

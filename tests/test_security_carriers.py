@@ -29,7 +29,7 @@ async def test_vonage_import_requires_a_signature_secret(make_gateway, vonage_ap
     creds = dict(vonage_application_id=APP_ID, vonage_private_key=private_pem)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               vonage_body(vonage_signature_secret=None, **creds), auth_headers)
-    assert status == 400 and "vonage_signature_secret" in res["error"], res
+    assert status == 400 and res["field"] == "vonage_signature_secret", res
     assert (await gw.store.list_numbers())[1] == 0
     caplog.set_level(logging.WARNING, logger="carriers.vonage")
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
