@@ -223,10 +223,7 @@ class SipCarrier(Carrier):
 
     @property
     def advertised_ip(self) -> str:
-        s = self.gateway.settings
-        if s.advertised_ip:
-            return s.advertised_ip
-        return "127.0.0.1" if s.sip_host in ("0.0.0.0", "", "::") else s.sip_host
+        return self.gateway.settings.sip_contact_host
 
     async def start(self) -> None:
         s = self.gateway.settings

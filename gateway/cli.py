@@ -32,6 +32,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="text: message then key=value fields (default); json: one JSON object per line")
     p.add_argument("--allow-private-webhooks", action="store_true", default=None,
                    help="let agent webhook_url point at loopback/private/link-local addresses (off: SSRF guard)")
+    p.add_argument("--workers", type=int, help="run N worker processes under a supervisor (default 1: this "
+                                               "process serves); needs a PostgreSQL --db and Kamailio in front "
+                                               "(docs/deploy.md)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)   # set by the supervisor for worker k
     p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
                                                        "drain` before they are hung up (default 300)")
     p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
@@ -42,24 +46,47 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                                                            "(default 30)")
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from .runtime import Gateway
-
-    settings = load_settings({
+def _serve_settings(args: argparse.Namespace):
+    return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
-        "allow_private_webhooks": args.allow_private_webhooks,
-        "drain_timeout": args.drain_timeout,
+        "allow_private_webhooks": args.allow_private_webhooks, "drain_timeout": args.drain_timeout,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
+        "workers": args.workers, "worker_index": args.worker_index,
     }, config_file=args.config)
+
+
+def _multi_worker_error(settings) -> str | None:
+    """Why these settings cannot run (one line), or None."""
+    if settings.workers < 1:
+        return "--workers: must be at least 1"
+    if settings.workers > 1 and not settings.db_url.startswith(("postgresql://", "postgres://", "postgresql+")):
+        return (f"--workers {settings.workers} needs PostgreSQL: the workers share the call log, so pass "
+                "--db postgresql://user:pass@host/db (SQLite serves one process only)")
+    return None
+
+
+async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
+    from .runtime import Gateway
+    from .supervisor import Supervisor
+    from .workers import worker_settings
+
+    settings = _serve_settings(args)
+    problem = _multi_worker_error(settings)
+    if problem:
+        print(f"gateway: {problem}", file=sys.stderr)
+        return 2
     try:
         configure_logging(settings.log_level, settings.log_format)
     except ValueError as e:
         print(f"gateway: log_format: {e}", file=sys.stderr)
         return 2
+    if settings.workers > 1 and settings.worker_index == 0:
+        return await Supervisor(settings, serve_argv).run()
+    settings = worker_settings(settings)
     try:
         gw = Gateway(settings)
     except SecretKeyError as e:
@@ -88,7 +115,7 @@ async def _serve(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20000, 50, 100)
     where = getattr(gw, "api_key_path", None)
-    print(f"gateway: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
+    print(f"gateway {settings.proc_id}: HTTP on {settings.host}:{gw.http_port}, engine {redact_url(settings.engine)}, "
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
     _announce_public_url(settings.public_base)
@@ -151,13 +178,38 @@ def _secrets_args(p: argparse.ArgumentParser) -> None:
     rot.add_argument("--db", help="SQLite path or PostgreSQL URL (default <data dir>/gateway.db)")
 
 
+def _kamailio_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .kamailio import DEFAULT_RUN_DIR, default_cfg_path, describe, write_dispatcher_list
+
+    settings = _serve_settings(args)
+    if settings.workers < 1:
+        print("gateway: --workers: must be at least 1", file=sys.stderr)
+        return 2
+    if args.write:
+        write_dispatcher_list(settings)
+    cfg = Path(args.kamailio_cfg) if args.kamailio_cfg else default_cfg_path()
+    print(describe(settings, cfg, args.run_dir or DEFAULT_RUN_DIR), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony gateway for voice-AI engines")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
     _secrets_args(sub.add_parser("secrets", help="encryption key of stored carrier secrets (rotate)"))
+    p = sub.add_parser("kamailio-config", help="print the Kamailio dispatcher list for `serve --workers N` and the "
+                                               "kamailio command line (same options as serve)")
+    _serve_args(p)
+    p.add_argument("--kamailio-cfg", help="path of deploy/kamailio/kamailio.cfg (default: the one in this source "
+                                          "tree)")
+    p.add_argument("--run-dir", default=None, help="Kamailio's writable run dir (default /run/kamailio)")
+    p.add_argument("--write", action="store_true", help="also write <data dir>/dispatcher.list now")
     from .loadtest.command import register as register_loadtest
     register_loadtest(sub)
+    from .simulate.command import register as register_simulate
+    register_simulate(sub)
     from .cli_api import register as register_api
     register_api(sub)
     return parser
@@ -172,11 +224,17 @@ def run_async(coro) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return run_async(_serve(args))
+        return run_async(_serve(args, argv[argv.index("serve") + 1:]))
     if args.command == "secrets":
         return run_async(_secrets_rotate(args))
+    if args.command == "kamailio-config":
+        return _kamailio_config(args)
+    if args.command == "simulate":
+        from .simulate.command import run as run_simulate
+        return run_simulate(args)
     if args.command == "loadtest":
         from .loadtest.command import run as run_loadtest
         return run_async(run_loadtest(args))

@@ -80,6 +80,14 @@ class Settings:
         return self.node_id if self.worker_index == 0 else f"{self.node_id}.{self.worker_index}"
 
     @property
+    def sip_contact_host(self) -> str:
+        """Where peers reach our SIP and RTP (SDP, Contact, Kamailio's dispatcher list): `advertised_ip`, else the
+        SIP bind address, else 127.0.0.1 when that is a wildcard."""
+        if self.advertised_ip:
+            return self.advertised_ip
+        return "127.0.0.1" if self.sip_host in ("0.0.0.0", "", "::") else self.sip_host
+
+    @property
     def public_base(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")

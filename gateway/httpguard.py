@@ -172,10 +172,11 @@ class GuardedSite(web.BaseSite):
     """`web.TCPSite` with the ConnectionGuard in front of aiohttp's protocol."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, reuse_port: bool | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self.guard = guard
 
     @property
@@ -191,4 +192,5 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True)
+            self.guard.factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True,
+            reuse_port=self._reuse_port)

@@ -27,6 +27,25 @@ from .webhooks import WebhookDispatcher
 log = logging.getLogger("gateway")
 
 
+def saved_api_key(data_dir: str) -> tuple[str, str]:
+    """The key in `<data_dir>/api_key`, created (0600) on first use; with the file's path.
+
+    The `serve --workers N` supervisor calls it before starting its workers, so they all read one key instead of
+    racing to create N different ones.
+    """
+    path = os.path.join(data_dir, "api_key")
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip(), path
+    os.makedirs(data_dir, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.warning("created API key", extra={"path": path})
+    return key, path
+
+
 class Gateway:
     def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
         self.settings = settings
@@ -64,17 +83,7 @@ class Gateway:
         """Use the configured key, else the one saved in the data dir, else create and save one (0600)."""
         if self.api_key:
             return self.api_key
-        path = os.path.join(self.settings.data_dir, "api_key")
-        if os.path.exists(path):
-            self.api_key = open(path).read().strip()
-        else:
-            os.makedirs(self.settings.data_dir, exist_ok=True)
-            self.api_key = secrets.token_urlsafe(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self.api_key + "\n")
-            log.warning("created API key", extra={"path": path})
-        self.api_key_path = path
+        self.api_key, self.api_key_path = saved_api_key(self.settings.data_dir)
         return self.api_key
 
     def api_key_ok(self, presented: str | None, source_ip: str, **where: Any) -> bool:
@@ -108,7 +117,9 @@ class Gateway:
             max_per_ip=s.http_max_connections_per_ip, header_timeout=s.http_header_timeout)
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=s.http_idle_timeout)
         await self._runner.setup()
-        site = GuardedSite(self._runner, s.host, s.http_port, self.http_guard)
+        # the workers of a node share its HTTP port (docs/deploy.md): the kernel spreads connections among them.
+        # A single process keeps the plain bind, so a second `gateway serve` on the same port still fails loudly.
+        site = GuardedSite(self._runner, s.host, s.http_port, self.http_guard, reuse_port=s.worker_index > 0 or None)
         await site.start()
         self.http_port = site.port
         if self.settings.http_port == 0:

@@ -52,7 +52,7 @@ class SecretBox:
             return cls([k.strip() for k in secret_key.split(",") if k.strip()], "GATEWAY_SECRET_KEY")
         path = key_file(data_dir)
         if not os.path.exists(path):
-            write_key_file(path, [Fernet.generate_key().decode()])
+            create_key_file(path)
         return cls(read_key_file(path), path)
 
     @staticmethod
@@ -108,6 +108,19 @@ def write_key_file(path: str, keys: list[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def create_key_file(path: str) -> None:
+    """Create the key file with a new key unless it exists: workers of one node starting together must all end up
+    with the one key that won (a hard link to the final name fails when another process got there first)."""
+    tmp = f"{path}.{os.getpid()}.new"
+    write_key_file(tmp, [new_key()])
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
 
 
 def new_key() -> str:

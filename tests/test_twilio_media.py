@@ -299,7 +299,7 @@ async def test_wrong_upgrade_signature_is_closed_4006(twilio_env):
     async with env.stream(headers={"X-Twilio-Signature": "bm90LXRoZS1zaWduYXR1cmU="}) as client:
         await client.start(call_id, call_sid=call_sid)
         assert (await _closed_with(client))[0] == 4006
-    from fakes.twilio_media_client import sign
+    from gateway.simulate.twilio_stream import sign
     good = sign(env.account.token, env.gw.settings.public_ws_base + "/twilio/media")
     async with env.stream(headers={"X-Twilio-Signature": good}) as client:
         await client.start(call_id, call_sid=call_sid)

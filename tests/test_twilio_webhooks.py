@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from fakes.twilio_env import CALLER, NUMBER, twilio_env  # noqa: F401  (fixture)
-from fakes.twilio_media_client import post_signed
+from gateway.simulate.twilio_stream import post_signed
 
 
 async def test_voice_webhook_answers_connect_stream_with_call_and_agent(twilio_env):

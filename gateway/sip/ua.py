@@ -385,6 +385,7 @@ class IncomingInvite:
         h = list(headers or [])
         if status > 100 and status < 300:
             h.append(("Contact", self.ua.contact(transport=self.transport)))
+            h += _record_route(self.request)
         if body and content_type:
             h.append(("Content-Type", content_type))
         if status >= 200:
@@ -403,7 +404,7 @@ class IncomingInvite:
         dialog = Dialog.as_uas(req, self.local_tag, self.source, self.transport)
         session = SipSession(self.ua, dialog, "uas", local_sdp=sdp, remote_sdp=req.body or None, invite=req)
         h = [("Contact", self.ua.contact(transport=self.transport)), ("Allow", ALLOW), ("Supported", SUPPORTED),
-             ("Content-Type", "application/sdp"), ("Server", self.ua.user_agent)]
+             ("Content-Type", "application/sdp"), ("Server", self.ua.user_agent), *_record_route(req)]
         h += session.negotiate_timer(req)
         h += list(headers or [])
         resp = make_response(req, 200, "OK", to_tag=self.local_tag, headers=h, body=sdp)
@@ -416,6 +417,12 @@ class IncomingInvite:
             raise RequestFailed("no ACK for our 200 OK", timed_out=True)
         session.start_timer()
         return session
+
+
+def _record_route(request: SipRequest) -> list[tuple[str, str]]:
+    """RFC 3261 §12.1.1: a response that establishes a dialog (18x, 2xx to INVITE) carries the request's
+    Record-Route values, in order, so the caller routes its ACK/BYE through the same proxies (e.g. Kamailio)."""
+    return [("Record-Route", v) for v in request.headers.getlist("Record-Route")]
 
 
 @dataclass

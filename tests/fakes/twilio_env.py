@@ -13,7 +13,7 @@ import pytest_asyncio
 from carriers.twilio import TwilioCarrier
 from gateway.runtime import Gateway
 
-from .twilio_media_client import TwilioStreamClient, post_signed
+from gateway.simulate.twilio_stream import TwilioStreamClient, post_signed
 from .twilio_rest import FakeAccount, FakeTwilioRest
 
 NUMBER = "+15005550006"

@@ -1,4 +1,5 @@
-"""Plays Twilio's side of a bidirectional Media Stream against /twilio/media, plus webhook signing.
+"""Plays Twilio's side of a bidirectional Media Stream against /twilio/media, plus webhook signing: used by
+`gateway simulate --via twilio` and by the tests (tests/fakes/twilio_env.py).
 
 Like Twilio, it plays what it receives in real time: each 20 ms `media` payload advances a playout clock, a `mark`
 is echoed once the audio sent before it has played, and `clear` drops the unplayed audio and echoes the pending
@@ -13,6 +14,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from typing import Callable
 
 import aiohttp
 from twilio.request_validator import RequestValidator
@@ -47,9 +50,15 @@ class Received:
 
 
 class TwilioStreamClient:
-    def __init__(self, url: str, *, headers: dict[str, str] | None = None) -> None:
+    """`on_media(ulaw, arrival)` and `on_clear(arrival)`, when set, see each played payload and clear as it comes."""
+
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None,
+                 on_media: Callable[[bytes, float], None] | None = None,
+                 on_clear: Callable[[float], None] | None = None) -> None:
         self.url = url
         self.headers = headers or {}
+        self.on_media = on_media
+        self.on_clear = on_clear
         self.ws: ClientConnection | None = None
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.got = Received()
@@ -133,12 +142,16 @@ class TwilioStreamClient:
                     payload = base64.b64decode(msg["media"]["payload"])
                     self.got.media.append((now, payload))
                     self._playout_end = max(self._playout_end, now) + len(payload) / 8000
+                    if self.on_media is not None:
+                        self.on_media(payload, now)
                 elif ev == "mark":
                     self.got.marks.append(msg["mark"]["name"])
                     self._pending.append((max(self._playout_end, now), msg["mark"]["name"]))
                 elif ev == "clear":
                     self.got.clears += 1
                     self._playout_end = now
+                    if self.on_clear is not None:
+                        self.on_clear(now)
                     self._pending = [(now, name) for _, name in self._pending]
                 self.new_item.set()
         except Exception:

@@ -1,0 +1,212 @@
+"""How a synthetic caller reaches the gateway: the carrier's own protocol, on loopback only.
+
+* `SipLine`: our SIP user agent (gateway/sip) sends the INVITE, our RTP engine (gateway/rtp) carries G.711 on its
+  shared 20 ms clock — the caller's port plugs into an RtpSession the way a call or a transfer bridge does.
+* `TwilioLine`: what Twilio does — the signed `POST /twilio/voice` (X-Twilio-Signature with the account's auth
+  token, the twilio SDK's RequestValidator), then a Media Streams websocket (gateway/simulate/twilio_stream.py)
+  sending μ-law every 20 ms and playing what it receives in real time (marks echoed, `clear` honoured).
+
+Each `call()` returns a `LineResult`: the gateway's call id / carrier sid (to fetch the gateway's own figures) and
+who hung up.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.frames import AudioFrame, SendDtmf
+from gateway.rtp import RtpEngine
+from gateway.rtp.session import CODECS
+from gateway.sip.message import NameAddr
+from gateway.sip.sdp import make_offer, parse_answer
+from gateway.sip.transaction import TransactionLayer
+from gateway.sip.transport import SipTransport
+from gateway.sip.ua import OutgoingInvite, UserAgent, reason_header
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
+
+from .caller import FRAME_S, ScriptedCaller
+from .twilio_stream import TwilioStreamClient, post_signed
+
+
+@dataclass
+class LineResult:
+    carrier_sid: str = ""
+    gateway_call_id: str | None = None
+    hangup: str = ""            # "caller" (the script ended) or what the far end did
+    error: str | None = None    # the call could not be placed
+
+
+class LineError(Exception):
+    """The call could not be placed (the message says why: a SIP status, an HTTP error)."""
+
+
+class _RtpCallerPort:
+    """Looks like a Call to an RtpSession (as gateway.sip.bridge.BridgePort does): the clock pulls the caller's
+    next frame or digits, received audio goes to the caller dated by its arrival (`inbound_lag`, set by the
+    session, is how long the jitter buffer held it)."""
+
+    def __init__(self, caller: ScriptedCaller, engine: RtpEngine) -> None:
+        self.caller = caller
+        self.engine = engine
+        self.bus = True            # RtpSession only checks that a bus exists
+        self.inbound_lag = 0.0
+
+    def feed_audio(self, pcm: bytes) -> None:
+        self.caller.heard(pcm, self.engine.now - self.inbound_lag)
+
+    def feed_event(self, event: Any) -> None:
+        """Digits and marks from the gateway mean nothing to the caller."""
+
+    def next_outbound_nowait(self) -> Any:
+        if self.caller.dtmf:
+            return SendDtmf(self.caller.dtmf.popleft())
+        return AudioFrame(self.caller.next_frame(self.engine.now), 8000)
+
+
+class SipLine:
+    """One UA and one RTP engine on 127.0.0.1 shared by every simulated SIP call of a run."""
+
+    def __init__(self, host: str, port: int, *, rtp_ports: tuple[int, int] = (31000, 31998),
+                 ring_timeout: float = 30.0) -> None:
+        self.host, self.port = host, port
+        self.rtp_ports = rtp_ports
+        self.ring_timeout = ring_timeout
+        self.transport: SipTransport | None = None
+        self.layer: TransactionLayer | None = None
+        self.ua: UserAgent | None = None
+        self.rtp: RtpEngine | None = None
+
+    async def start(self) -> None:
+        self.transport = SipTransport("127.0.0.1", 0, advertised_host="127.0.0.1")
+        self.layer = TransactionLayer(self.transport)
+        await self.transport.start()
+        self.ua = UserAgent(self.transport, self.layer, user_agent="gateway-simulate")
+        self.rtp = RtpEngine("127.0.0.1", *self.rtp_ports)
+        await self.rtp.start()
+
+    async def stop(self) -> None:
+        if self.rtp is not None:
+            await self.rtp.stop()
+        if self.ua is not None:
+            await self.ua.close()
+        if self.layer is not None:
+            await self.layer.close()
+        if self.transport is not None:
+            await self.transport.stop()
+
+    async def call(self, caller: ScriptedCaller, number: str) -> LineResult:
+        rtp = await self.rtp.open_session()
+        try:
+            offer = make_offer("127.0.0.1", rtp.local_port)
+            uri = f"sip:{number}@{self.host}:{self.port}"
+            invite = OutgoingInvite(self.ua, request_uri=uri, from_addr=NameAddr("sip:+15550000000@127.0.0.1"),
+                                    to_addr=NameAddr(uri), sdp=offer.to_bytes(), dest=(self.host, self.port, "udp"))
+            result = await invite.run(self.ring_timeout)
+            if result.session is None:
+                return LineResult(carrier_sid=invite.call_id, error=result.status_line or "no answer")
+            session = result.session
+            choice = parse_answer(session.remote_sdp or b"", offer)
+            rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+            _, decode, encode, _ = CODECS[choice.codec]
+            caller.roundtrip = lambda pcm: decode(encode(pcm))
+            caller.answered(self.rtp.now or asyncio.get_running_loop().time())
+            rtp.attach(_RtpCallerPort(caller, self.rtp))
+            hangup = await _converse(caller, session.ended)
+            if hangup == "caller":
+                await session.bye(reason_header(q850=16, text="simulated caller hung up"))
+            else:
+                hangup = f"agent ({session.end_reason or 'BYE'})"
+            return LineResult(carrier_sid=session.call_id, hangup=hangup)
+        finally:
+            rtp.close()
+
+
+async def _converse(caller: ScriptedCaller, far_end_gone: asyncio.Event) -> str:
+    """Run the script until it ends ("caller") or the far end hangs up ("far end")."""
+    script = asyncio.create_task(caller.run())
+    gone = asyncio.create_task(far_end_gone.wait())
+    try:
+        await asyncio.wait({script, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done() and not script.done():
+            caller.remote_hangup.set()
+            await script
+            return "far end"
+        return "caller" if not far_end_gone.is_set() else "far end"
+    finally:
+        gone.cancel()
+
+
+class TwilioLine:
+    """Twilio's side: the signed voice webhook, then Media Streams. `public_url` is what the gateway signs against
+    (its --public-url); requests go to `url`."""
+
+    def __init__(self, url: str, account_sid: str, auth_token: str, *, public_url: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.public_url = (public_url or url).rstrip("/")
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+
+    async def start(self) -> None:
+        """Nothing shared between calls."""
+
+    async def stop(self) -> None:
+        """Nothing shared between calls."""
+
+    async def call(self, caller: ScriptedCaller, number: str) -> LineResult:
+        call_sid = "CA" + secrets.token_hex(16)
+        params = {"CallSid": call_sid, "AccountSid": self.account_sid, "From": "+15550000000", "To": number,
+                  "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+        try:
+            status, body = await post_signed(self.url + "/twilio/voice", params, self.auth_token,
+                                             signed_url=self.public_url + "/twilio/voice")
+        except aiohttp.ClientError as e:
+            return LineResult(carrier_sid=call_sid, error=f"voice webhook: {e}")
+        m = re.search(r'<Parameter name="call_id" value="([0-9a-f]+)"', body)
+        stream = re.search(r'<Stream url="([^"]+)"', body)
+        if status != 200 or not m or not stream:
+            return LineResult(carrier_sid=call_sid, error=f"voice webhook {status}: {body[:120]}")
+        ws_url = "ws" + self.url[4:] + "/twilio/media"    # loopback: the stream URL's host is the public one
+        loop = asyncio.get_running_loop()
+        client = TwilioStreamClient(ws_url, on_media=lambda p, now: caller.heard(ulaw_to_pcm16(p), now),
+                                    on_clear=caller.cleared)
+        caller.roundtrip = lambda pcm: ulaw_to_pcm16(pcm16_to_ulaw(pcm))
+        try:
+            await client.__aenter__()
+        except OSError as e:
+            return LineResult(carrier_sid=call_sid, gateway_call_id=m.group(1), error=f"media stream: {e}")
+        try:
+            await client.start(m.group(1), call_sid=call_sid, account_sid=self.account_sid)
+            caller.answered(loop.time())
+            sender = asyncio.create_task(self._send(client, caller))
+            hangup = await _converse(caller, client.closed)
+            sender.cancel()
+            if hangup == "caller":
+                await client.stop(call_sid, self.account_sid)
+            else:
+                hangup = f"agent (stream closed {client.close_code})"
+            return LineResult(carrier_sid=call_sid, gateway_call_id=m.group(1), hangup=hangup)
+        finally:
+            await client.__aexit__()
+
+    @staticmethod
+    async def _send(client: TwilioStreamClient, caller: ScriptedCaller) -> None:
+        """A `media` message every 20 ms on an absolute schedule (a late wake-up does not drift the clock)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        try:
+            while True:
+                while caller.dtmf:
+                    await client.dtmf(caller.dtmf.popleft())
+                now = loop.time()
+                await client.media(pcm16_to_ulaw(caller.next_frame(now)))
+                due += FRAME_S
+                if due < now - 0.2:    # stalled: re-anchor rather than burst
+                    due = now
+                await asyncio.sleep(max(0.0, due - loop.time()))
+        except Exception:  # noqa: BLE001 - the socket closed under us (ConnectionClosed…): the call is over
+            return

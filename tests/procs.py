@@ -1,0 +1,252 @@
+"""Real processes for scale-out tests: `gateway serve` (one process or a `--workers N` supervisor), a real
+`kamailio` running deploy/kamailio/kamailio.cfg, and a clean PostgreSQL schema. All on 127.0.0.1, bounded in time,
+stopped by PID.
+
+    pg = await fresh_postgres()                                  # skips without GATEWAY_TEST_POSTGRES_URL
+    gw = await GatewayProc.start(tmp_path, "--workers", "2", "--db", pg)
+    await gw.wait_procs({"t.1", "t.2"})                          # both workers answer on the shared HTTP port
+    kam = await KamailioProc.start(tmp_path, dispatcher_list=tmp_path / "dispatcher.list", ping_interval=1)
+    await kam.wait_flags(lambda flags: all(f.startswith("A") for f in flags.values()))
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sipp import free_port, rtp_range
+
+ROOT = Path(__file__).resolve().parent.parent
+KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+API_KEY = "test-api-key"
+NODE = "t"
+PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
+
+needs_kamailio = pytest.mark.skipif(shutil.which("kamailio") is None or shutil.which("kamcmd") is None,
+                                    reason="kamailio (Debian package kamailio) not installed")
+
+
+async def fresh_postgres() -> str:
+    """GATEWAY_TEST_POSTGRES_URL with every gateway table dropped and created again (the test's own schema)."""
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
+    from gateway.store import Store
+    from gateway.store.models import Base
+
+    store = Store(PG_URL)
+    await store.open()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+    finally:
+        await store.close()
+    return PG_URL
+
+
+async def until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll an (async or sync) predicate until it is truthy; fail naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+class GatewayProc:
+    """`python -m gateway serve …` with its own ports, data dir and log file."""
+
+    def __init__(self, proc: subprocess.Popen, http_port: int, sip_port: int, data_dir: Path, log: Path) -> None:
+        self.proc = proc
+        self.http_port = http_port
+        self.sip_port = sip_port
+        self.data_dir = data_dir
+        self.log = log
+
+    @classmethod
+    async def start(cls, tmp: Path, *args: str, env: dict[str, str] | None = None, sip_port: int | None = None,
+                    carriers: str = "sip") -> "GatewayProc":
+        http_port = free_port(kind=__import__("socket").SOCK_STREAM)
+        sip_port = sip_port or free_port()
+        data_dir = tmp / "gw"
+        data_dir.mkdir(exist_ok=True)
+        rtp = rtp_range(200)
+        log = tmp / f"gateway-{http_port}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "GATEWAY_SIP_HOST": "127.0.0.1",
+                    "GATEWAY_ADVERTISED_IP": "127.0.0.1", "GATEWAY_CARRIERS": carriers,
+                    "GATEWAY_RTP_PORT_MIN": str(rtp["rtp_port_min"]), "GATEWAY_RTP_PORT_MAX": str(rtp["rtp_port_max"]),
+                    "GATEWAY_NODE_ID": NODE, **(env or {})}
+        full_env.pop("GATEWAY_PUBLIC_URL", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
+             "--sip-port", str(sip_port), "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
+             "--log-level", "INFO", *args],
+            env=full_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(tmp))
+        return cls(proc, http_port, sip_port, data_dir, log)
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    async def health(self) -> tuple[int, dict] | None:
+        """One GET /healthz on a new connection (so SO_REUSEPORT may pick another worker each time)."""
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                async with http.get(self.url("/healthz"), timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    return r.status, await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+            return None
+
+    async def wait_procs(self, procs: set[str], timeout: float = 90) -> None:
+        """Until every process in `procs` has answered /healthz 200 (workers share the port: ask repeatedly)."""
+        seen: set[str] = set()
+
+        async def all_seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited ({self.proc.returncode}):\n{self.output()}")
+            h = await self.health()
+            if h and h[0] == 200:
+                seen.add(h[1]["proc"])
+            return procs <= seen
+        await until(all_seen, timeout, f"/healthz from {sorted(procs)} (seen {sorted(seen)})\n{self.output()}",
+                    interval=0.05)
+
+    async def api(self, method: str, path: str, body: dict | None = None, expect: int | None = None) -> dict:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+            async with http.request(method, self.url("/api/v1" + path), json=body) as r:
+                data = await r.json()
+                assert expect is None or r.status == expect, (r.status, data)
+                return data
+
+    def worker_pids(self) -> dict[int, int]:
+        """{worker index: pid} of the supervisor's live children, from /proc."""
+        out = {}
+        for pid in _children(self.proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--worker-index" in argv:
+                out[int(argv[argv.index(b"--worker-index") + 1])] = pid
+        return out
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        await until(lambda: self.proc.poll() is not None, timeout, f"gateway exit\n{self.output()}")
+        return self.proc.returncode
+
+    async def close(self) -> None:
+        """Stop it if the test did not: SIGTERM twice (drain, then hang up now), SIGKILL after 20 s."""
+        if self.proc.poll() is None:
+            self.signal()
+            await asyncio.sleep(0.2)
+            self.signal()
+            try:
+                await self.wait_exit(20)
+            except AssertionError:
+                for pid in self.worker_pids().values():
+                    _kill(pid)
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.worker_pids().values():
+            _kill(pid)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class KamailioProc:
+    """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.run_dir = run_dir
+        self.log = log
+
+    @classmethod
+    async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000
+                    ) -> "KamailioProc":
+        port = free_port()
+        run_dir = tmp / "kamailio-run"
+        run_dir.mkdir(exist_ok=True)
+        log = tmp / "kamailio.log"
+        proc = subprocess.Popen(
+            ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
+             "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
+             "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
+             "-A", "LOG_LEVEL=2"],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        kam = cls(proc, port, run_dir, log)
+        await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
+        return kam
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"kamailio exited ({self.proc.returncode}):\n{self.output()}")
+        return (self.run_dir / "kamailio_ctl").exists()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def flags(self) -> dict[str, str]:
+        """{destination URI: dispatcher flags} from `kamcmd dispatcher.list` (A active, I inactive, P probing…)."""
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", "dispatcher.list"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", out))
+
+    async def wait_flags(self, ok, timeout: float = 30, what: str = "dispatcher state") -> dict[str, str]:
+        return await until(lambda: (f := self.flags()) and ok(f) and f, timeout, f"{what}: {self.flags()}",
+                           interval=0.2)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def contact_ports(workdir: Path) -> list[int]:
+    """The gateway ports in the Contact of every 200 OK to an INVITE that SIPp logged (-trace_msg) in `workdir`."""
+    ports = []
+    for log in workdir.glob("*_messages.log"):
+        for block in log.read_text(errors="replace").split("\n\n"):
+            if "SIP/2.0 200" in block and "INVITE" in block:
+                m = re.search(r"^Contact:.*?:(\d+)[;>]", block, re.M | re.I)
+                if m:
+                    ports.append(int(m.group(1)))
+    return ports

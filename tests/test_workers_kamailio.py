@@ -1,0 +1,134 @@
+"""`gateway serve --workers 2` behind a real Kamailio running deploy/kamailio/kamailio.cfg, with SIPp as the trunk
+(docs/deploy.md): both workers take calls, a worker killed with -9 mid-call costs no new call (Kamailio fails
+over and stops choosing it; the supervisor starts it again as the same process id), and SIGTERM to the
+supervisor drains every worker and exits 0.
+
+Real processes on 127.0.0.1 and a real PostgreSQL (GATEWAY_TEST_POSTGRES_URL; skipped without it).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from procs import NODE, GatewayProc, KamailioProc, contact_ports, fresh_postgres, needs_kamailio, until
+from sipp import needs_sipp, sipp_uac
+
+pytestmark = [needs_sipp, needs_kamailio]
+NUMBER = "15550001111"
+
+
+async def _node(tmp_path, *extra: str) -> tuple[GatewayProc, KamailioProc]:
+    pg = await fresh_postgres()
+    gw = await GatewayProc.start(tmp_path, "--workers", "2", "--db", pg, *extra)
+    await gw.wait_procs({f"{NODE}.1", f"{NODE}.2"})
+    num = (await gw.api("POST", "/phone_number/import/sip", {
+        "phone_number": "+" + NUMBER, "sip_host": "127.0.0.1", "sip_trunk_name": "kamailio-trunk",
+        "auth_type": "ip", "allowed_ips": ["127.0.0.1"]}, expect=201))["phone_number"]
+    agent = (await gw.api("POST", "/agents", {"name": "echo", "engine": "echo"}, expect=201))["agent"]
+    await gw.api("POST", "/phone_number/attach", {"phone_number_id": num["id"], "agent_id": agent["id"]}, expect=200)
+    kam = await KamailioProc.start(tmp_path, dispatcher_list=gw.data_dir / "dispatcher.list")
+    await kam.wait_flags(lambda f: len(f) == 2 and all(v.startswith("A") for v in f.values()),
+                         what="both workers active in Kamailio")
+    return gw, kam
+
+
+def _worker_ports(gw: GatewayProc) -> dict[int, int]:
+    return {gw.sip_port + 1: 1, gw.sip_port + 2: 2}
+
+
+@pytest.fixture
+async def node(tmp_path):
+    made: list = []
+
+    async def make(*extra: str):
+        gw, kam = await _node(tmp_path, *extra)
+        made.extend([gw, kam])
+        return gw, kam
+
+    yield make
+    for p in made:
+        if isinstance(p, GatewayProc):
+            await p.close()
+        else:
+            p.close()
+
+
+async def test_two_workers_behind_kamailio_both_take_calls(node, tmp_path):
+    gw, kam = await node()
+    work = tmp_path / "sipp-a"
+    work.mkdir()
+    res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=12, rate=12, duration_ms=1000,
+                         timeout_s=40, extra=["-trace_msg"], workdir=str(work))
+    res.assert_calls(successful=12)
+    ports = contact_ports(work)
+    assert len(ports) == 12, ports
+    by_worker = {w: sum(1 for p in ports if p == port) for port, w in _worker_ports(gw).items()}
+    assert by_worker[1] > 0 and by_worker[2] > 0, by_worker     # Call-ID hashing spread them over both
+
+    gw.signal(signal.SIGTERM)                                   # the supervisor drains both workers, then exits
+    assert await gw.wait_exit(30) == 0, gw.output()
+    assert not gw.worker_pids()
+
+
+async def test_worker_killed_mid_call_new_calls_go_to_the_survivor(node, tmp_path):
+    gw, kam = await node()
+    live = asyncio.create_task(sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, duration_ms=8000,
+                                        timeout_s=30))
+    busy = await until(_busy_worker(gw), 20, "a worker with the live call")
+    pids = gw.worker_pids()
+    victim = int(busy.rsplit(".", 1)[1])
+    victim_uri, survivor_port = f"sip:127.0.0.1:{gw.sip_port + victim}", gw.sip_port + 3 - victim
+    # hold the supervisor still (SIGSTOP) so the outage lasts until we have looked at it; SIGCONT lets it restart
+    gw.signal(signal.SIGSTOP)
+    try:
+        os.kill(pids[victim], signal.SIGKILL)
+        await kam.wait_flags(lambda f: f[victim_uri][0] in "IT", timeout=15, what="Kamailio marks the dead worker")
+        work = tmp_path / "sipp-b"
+        work.mkdir()
+        res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=6, rate=6, duration_ms=500,
+                             timeout_s=40, extra=["-trace_msg"], workdir=str(work))
+        res.assert_calls(successful=6)
+        assert contact_ports(work) == [survivor_port] * 6
+    finally:
+        gw.signal(signal.SIGCONT)
+    # the supervisor starts the dead worker again, as the same process id, and Kamailio takes it back
+    await until(lambda: gw.worker_pids().get(victim) not in (None, pids[victim]), 30, "worker restarted")
+    await gw.wait_procs({f"{NODE}.{victim}"})
+    await kam.wait_flags(lambda f: f[victim_uri].startswith("A"), timeout=30, what="restarted worker active again")
+    ended = await live                      # its worker died under it: SIPp's BYE fails, but SIPp ends
+    assert not ended.result.killed and ended.result.stats.created == 1
+
+
+def _busy_worker(gw: GatewayProc):
+    async def check():
+        h = await gw.health()
+        return h and h[1].get("active_calls") == 1 and h[1]["proc"]
+    return check
+
+
+async def test_draining_worker_keeps_its_call_and_kamailio_moves_new_calls(node, tmp_path):
+    gw, kam = await node("--drain-timeout", "60")
+    live = asyncio.create_task(sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, duration_ms=6000,
+                                        timeout_s=30))
+    busy = await until(_busy_worker(gw), 20, "a worker with the live call")
+    k = int(busy.rsplit(".", 1)[1])
+    pids = gw.worker_pids()
+    uri, other_port = f"sip:127.0.0.1:{gw.sip_port + k}", gw.sip_port + 3 - k
+    os.kill(pids[k], signal.SIGTERM)          # what the supervisor forwards on a node drain, here to one worker
+    # it answers OPTIONS 503 now: Kamailio stops choosing it while its call goes on
+    await kam.wait_flags(lambda f: f[uri][0] in "IT", timeout=15, what="Kamailio marks the draining worker")
+    work = tmp_path / "sipp-c"
+    work.mkdir()
+    res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=4, rate=4, duration_ms=300,
+                         timeout_s=30, extra=["-trace_msg"], workdir=str(work))
+    res.assert_calls(successful=4)
+    assert contact_ports(work) == [other_port] * 4
+    assert not live.done()
+    (await live).assert_calls(successful=1)   # the drained worker's call ended normally (SIPp's BYE answered)
+    await until(lambda: k not in gw.worker_pids(), 20, "drained worker exits")
+    assert gw.proc.poll() is None and set(gw.worker_pids()) == {3 - k}   # exit 0 = drained: not restarted
+    gw.signal(signal.SIGTERM)
+    assert await gw.wait_exit(30) == 0, gw.output()
