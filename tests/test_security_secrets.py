@@ -79,6 +79,15 @@ async def test_plaintext_rows_are_encrypted_on_start_and_files_made_private(tmp_
         await s.close()
     assert PASSWORD.encode() not in raw_bytes(path)
     assert mode(path) == 0o600 and mode(key_file(str(tmp_path))) == 0o600
+    # a tool that opens the store without the key reads the call log and numbers, never the secrets
+    keyless = Store(path)
+    await keyless.open()
+    try:
+        assert (await keyless.list_numbers())[1] == 1
+        with pytest.raises(SecretKeyError):
+            await keyless.find_number("+15550002222", with_secrets=True)
+    finally:
+        await keyless.close()
     # a different key cannot open that database: the start fails instead of running without credentials
     wrong = Store(path, SecretBox([Fernet.generate_key()], "test"))
     with pytest.raises(SecretKeyError, match="cannot be decrypted"):

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import reset_postgres_schema
+from gateway.secretbox import SecretBox
 from gateway.store import DuplicateError, NotFoundError, Store
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
@@ -18,12 +19,12 @@ PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
 async def store(request, tmp_path):
     if request.param == "sqlite":
-        s = Store(str(tmp_path / "gw.db"))
+        s = Store(str(tmp_path / "gw.db"), SecretBox.generate())
     else:
         if not PG_URL:
             pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
         await reset_postgres_schema(PG_URL)   # a clean schema per test
-        s = Store(PG_URL)
+        s = Store(PG_URL, SecretBox.generate())
     await s.open()
     yield s
     await s.close()

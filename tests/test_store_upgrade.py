@@ -3,7 +3,6 @@ import sqlite3
 
 from sqlalchemy import MetaData, create_engine
 
-from gateway.secretbox import SecretBox
 from gateway.store import Store
 from gateway.store.models import Base
 
@@ -54,11 +53,10 @@ async def test_tables_without_autoincrement_are_rebuilt_so_ids_are_never_reused(
     con.commit()
     con.close()
 
-    box = SecretBox.generate()   # both opens read the secrets the first one sealed
-    store = Store(str(path), box)
+    store = Store(str(path))
     await store.open()
     await store.close()
-    store = Store(str(path), box)
+    store = Store(str(path))
     await store.open()   # a second open finds nothing to do
     try:
         assert [a["name"] for a in await store.list_agents()] == ["one", "two"]

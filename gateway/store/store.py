@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from ..secretbox import SecretBox
+from ..secretbox import SecretBox, SecretKeyError
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, utcnow
 from .upgrade import never_reuse_ids
 
@@ -116,8 +116,9 @@ class Store:
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
-        #: encrypts `phone_numbers.secrets`; without one (benchmarks, throw-away stores) a key lives in memory only
-        self.box = box or SecretBox.generate()
+        #: encrypts `phone_numbers.secrets`. A store opened without one (a tool or test reading the call log)
+        #: leaves stored secrets alone and refuses to read or write any.
+        self.box = box
         self.engine: AsyncEngine | None = None
         self._session: async_sessionmaker | None = None
         self._queue: asyncio.Queue | None = None
@@ -247,13 +248,20 @@ class Store:
         if not with_secrets:
             return _row(n, exclude=("secrets",))
         row = _row(n)
-        row["secrets"] = self.box.open(row["secrets"])
+        row["secrets"] = self._box().open(row["secrets"])
         return row
+
+    def _box(self) -> SecretBox:
+        if self.box is None:
+            raise SecretKeyError("this store was opened without the secret key: secrets cannot be read or written")
+        return self.box
 
     async def _seal_secrets(self) -> None:
         """Encrypt rows an older release stored in plaintext and re-encrypt rows sealed with an older key, so the
         database only ever holds secrets under the newest key. Raises SecretKeyError when a row cannot be
         decrypted with any configured key (the gateway then refuses to start instead of losing credentials)."""
+        if self.box is None:
+            return
         changed = 0
         async with self._writing_core() as conn:
             for id_, stored in (await conn.execute(select(PhoneNumber.id, PhoneNumber.secrets))).all():
@@ -274,7 +282,7 @@ class Store:
                         PhoneNumber.sip_trunk_name == data["sip_trunk_name"]))
                     if dup is not None:
                         raise DuplicateError(f"sip_trunk_name {data['sip_trunk_name']!r} is already used")
-                n = PhoneNumber(**data, secrets=self.box.seal(secrets))
+                n = PhoneNumber(**data, secrets=self._box().seal(secrets))
                 s.add(n)
                 await s.flush()
                 return _row(n, exclude=("secrets",))
@@ -318,7 +326,7 @@ class Store:
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
             for k, v in fields.items():
-                setattr(n, k, self.box.seal(v) if k == "secrets" else v)
+                setattr(n, k, self._box().seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
 
