@@ -251,6 +251,10 @@ class Store:
         row["secrets"] = self._box().open(row["secrets"])
         return row
 
+    def _seal(self, secrets: dict[str, Any] | None) -> dict[str, Any]:
+        """Secrets as stored; a keyless store may only write none (sealed by the next start with the key)."""
+        return {} if not secrets and self.box is None else self._box().seal(secrets)
+
     def _box(self) -> SecretBox:
         if self.box is None:
             raise SecretKeyError("this store was opened without the secret key: secrets cannot be read or written")
@@ -282,7 +286,7 @@ class Store:
                         PhoneNumber.sip_trunk_name == data["sip_trunk_name"]))
                     if dup is not None:
                         raise DuplicateError(f"sip_trunk_name {data['sip_trunk_name']!r} is already used")
-                n = PhoneNumber(**data, secrets=self._box().seal(secrets))
+                n = PhoneNumber(**data, secrets=self._seal(secrets))
                 s.add(n)
                 await s.flush()
                 return _row(n, exclude=("secrets",))
@@ -326,7 +330,7 @@ class Store:
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
             for k, v in fields.items():
-                setattr(n, k, self._box().seal(v) if k == "secrets" else v)
+                setattr(n, k, self._seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
 
