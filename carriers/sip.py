@@ -159,6 +159,10 @@ class SipLeg:
         if not self.closed:
             self.closed = True
             self.rtp.close()
+        if self.session is not None:
+            # the ended session stays findable for 32·T1 (a crossing BYE still gets its 200): it must not keep
+            # this leg, the call, its bus and its engine alive that long through its callbacks
+            self.session.release_callbacks()
         if self.carrier.legs.get(self.call.id) is self:
             del self.carrier.legs[self.call.id]
 

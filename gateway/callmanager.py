@@ -96,7 +96,10 @@ class CallManager:
     def find_by_sid(self, sid: str) -> Call | None:
         return self._by_sid.get(sid)
 
-    def index_sid(self, call: Call, sid: str) -> None:
+    def index_sid(self, call: Call, sid: str, old: str | None = None) -> None:
+        """Find `call` by `sid` from now on; a sid it had before is forgotten (else it stayed for ever)."""
+        if old and old != sid and self._by_sid.get(old) is call:
+            del self._by_sid[old]
         self._by_sid[sid] = call
 
     async def emit(self, call: Call, event: str, data: dict[str, Any]) -> None:

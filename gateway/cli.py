@@ -39,7 +39,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
                                                        "drain` before they are hung up (default 300)")
     p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
-    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 512)")
+    p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 1000)")
     p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
                                                              "head (default 10)")
     p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "

@@ -50,6 +50,7 @@ class Settings:
     sip_ban_response: str = "403"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
+    webhook_outbox_max: int = 10000  # webhooks waiting in all (persisted outbox); past it the oldest is dropped
     #: seconds any one carrier REST request may take (dispatch, hangup, transfer, import checks); past it the
     #: request is abandoned and the API answers 504 (docs/api.md, "Carrier errors")
     carrier_timeout: float = 10.0
@@ -62,7 +63,7 @@ class Settings:
     http_max_connections: int = 4096
     #: a carrier's media websockets (Twilio, Vonage, Exotel) arrive from a few addresses: keep this above the
     #: concurrent calls one carrier address may carry.
-    http_max_connections_per_ip: int = 512
+    http_max_connections_per_ip: int = 1000
     #: cluster identity (docs/deploy.md): the node's name, and which worker of it this process is (0 = the node
     #: runs one process, which is then the node itself).
     node_id: str = field(default_factory=socket.gethostname)

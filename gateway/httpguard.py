@@ -12,7 +12,8 @@ shorter limit for the first request head, so this module wraps aiohttp's protoco
 * a new connection must deliver its first request head (up to the blank line) within `header_timeout` seconds or
   it is closed (slowloris);
 * the total cap is also kept below the process's file-descriptor limit minus what live calls need (RTP sockets,
-  SIP, the store), so a saturated HTTP side cannot starve SIP/RTP.
+  engine connections, SIP, the store; but at least a quarter of the limit), so a saturated HTTP side cannot
+  starve SIP/RTP.
 
 `raise_fd_limit()` lifts RLIMIT_NOFILE to its hard limit at start (Linux soft limits are often 1024).
 """
@@ -51,8 +52,14 @@ def raise_fd_limit() -> int:
 
 
 def fd_budget(fd_limit: int, max_calls: int) -> int:
-    """HTTP connections the fd limit leaves once `max_calls` live calls and the rest of the process are served."""
-    return max(16, fd_limit - FDS_PER_CALL * max_calls - FDS_RESERVED)
+    """HTTP connections the fd limit leaves once `max_calls` live calls and the rest of the process are served;
+    never less than a quarter of the limit (a websocket carrier's calls are HTTP connections themselves). When the
+    limit cannot serve `max_calls` at all, that is logged: lower --max-calls or raise the hard limit."""
+    need = FDS_PER_CALL * max_calls + FDS_RESERVED
+    if fd_limit < need + fd_limit // 4:
+        log.warning("the open-file limit is low for --max-calls", extra={"limit": fd_limit, "max_calls": max_calls,
+                                                                        "needed": need + fd_limit // 4})
+    return max(fd_limit // 4, fd_limit - need)
 
 
 class ConnectionGuard:

@@ -160,6 +160,9 @@ def render(gw: "Gateway") -> str:
     for name, value in gw.api_throttle.metrics("gateway_api").items():
         _family(lines, name, "counter" if name.endswith("_total") else "gauge",
                 help_[name.removeprefix("gateway_api_")], [("", value)])
+    _family(lines, "gateway_webhooks_dropped_total", "counter",
+            "Lifecycle webhooks dropped unsent because the outbox (or one call's queue) was full.",
+            [("", gw.webhooks.dropped)])
     gw.calls.timing.render(lines)
     guard = gw.http_guard
     if guard is not None:

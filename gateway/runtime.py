@@ -53,7 +53,9 @@ class Gateway:
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
-                                          allow_private=settings.allow_private_webhooks)
+                                          allow_private=settings.allow_private_webhooks,
+                                          max_pending=settings.webhook_outbox_max, store=self.store,
+                                          owner=settings.proc_id)
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
         self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,
@@ -110,6 +112,7 @@ class Gateway:
     async def start(self) -> None:
         self.ensure_api_key()
         await self.store.open()
+        await self.webhooks.restore()   # what a previous run of this process could not deliver
         self.build_app()
         s = self.settings
         self.http_guard = ConnectionGuard(

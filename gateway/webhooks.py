@@ -1,10 +1,12 @@
 """Per-agent lifecycle webhooks: delivered in order per call, retried with backoff, never on the audio path.
 
 Each call gets its own FIFO and worker task, so a slow or failing receiver delays only that call's webhooks and
-never a frame: `emit()` only appends to a queue. Payload:
+never a frame: `emit()` only appends to a queue (and to the store's write-behind queue: the outbox is persisted,
+bounded, and delivered after a restart — see WebhookDispatcher). Payload:
     {"event", "sequence", "call_id", "call_log_id", "agent_id", "timestamp", "data"}
 `sequence` counts 1, 2, 3… per call so a receiver can check order; the `X-Gateway-Delivery` header is the same on
-every retry of one event so a receiver can drop duplicates (a retry after a timeout may arrive twice).
+every retry of one event, and after a restart, so a receiver can drop duplicates (a retry after a timeout, or a
+delivery cut short by a shutdown, may arrive twice).
 
 With a signing secret in the agent's `settings.webhook.secret`, each attempt carries
 `X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>` (the scheme Stripe and
@@ -26,6 +28,8 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.webhooks")
 
 USER_AGENT = "telephony-gateway-webhooks/1"
+LINGER_S = 30.0   # how long a call's worker waits for more events once the call has ended and its queue is empty
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -67,22 +72,60 @@ def _signing_secret(agent: dict[str, Any] | None) -> str | None:
     return secret if isinstance(secret, str) and secret else None
 
 
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One queued webhook: the row kept in the store's outbox until it is delivered or given up."""
+
+    delivery_id: str                 # the X-Gateway-Delivery header: the same on every attempt and after a restart
+    call_id: str
+    event: str
+    url: str
+    agent_id: int | None
+    body: bytes                      # serialised when queued: what is stored is exactly what is sent
+    secret: str | None = None        # live calls: the agent's signing secret (never stored with the row)
+    restored: bool = False           # read back from the outbox at start: the secret is looked up again
+    dropped: bool = False
+
+    def row(self, owner: str) -> dict[str, Any]:
+        return {"delivery_id": self.delivery_id, "owner": owner, "call_id": self.call_id, "event": self.event,
+                "url": self.url, "agent_id": self.agent_id, "body": self.body.decode()}
+
+
 class WebhookDispatcher:
+    """Per-call FIFOs and workers over a bounded outbox that the store keeps (when given one).
+
+    Every queued webhook is written to the store's `webhook_outbox` table (through its write-behind queue, so
+    `emit()` never waits on the database) and deleted once delivered or given up; `restore()` at start delivers
+    what a previous run of this process (`owner`, the process id of docs/deploy.md) left behind, in order per
+    call. At most `max_pending` webhooks wait in all, `max_queued_per_call` per call: past either bound the
+    oldest waiting one is dropped, counted in `dropped` (gateway_webhooks_dropped_total) and logged."""
+
     def __init__(self, retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 10.0,
-                 max_queued_per_call: int = 1000, allow_private: bool = False) -> None:
+                 max_queued_per_call: int = 1000, max_pending: int = 10000, store: Any = None,
+                 owner: str = "", allow_private: bool = False) -> None:
         self.retries = retries
         self.allow_private = allow_private
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
         self.max_queued_per_call = max_queued_per_call
+        self.max_pending = max_pending
+        self.store = store
+        self.owner = owner
         self.failures = 0
         self.delivered = 0
-        self.pending = 0
+        self.dropped = 0
+        self._items: OrderedDict[str, Delivery] = OrderedDict()   # every waiting webhook, oldest first
+        self._inflight: set[str] = set()
         self._queues: dict[str, asyncio.Queue] = {}
         self._workers: dict[str, asyncio.Task] = {}
         self._seq: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def pending(self) -> int:
+        """Webhooks queued or in flight."""
+        return len(self._items)
 
     def emit(self, call: "Call", event: str, data: dict[str, Any]) -> None:
         """Queue `event` for the call's agent webhook; returns at once."""
@@ -92,36 +135,97 @@ class WebhookDispatcher:
         seq = self._seq[call.id] = self._seq.get(call.id, 0) + 1
         payload = {"event": event, "sequence": seq, "call_id": call.id, "call_log_id": call.log_id,
                    "agent_id": (call.agent or {}).get("id"), "timestamp": time.time(), "data": data}
-        q = self._queues.get(call.id)
-        if q is None:
-            q = self._queues[call.id] = asyncio.Queue()
-            self._workers[call.id] = asyncio.create_task(self._worker(call.id, q), name=f"webhooks-{call.id}")
-        if q.qsize() >= self.max_queued_per_call:  # a receiver down for the whole of a very chatty call
-            _, dropped, _ = q.get_nowait()
-            self.pending -= 1
+        try:
+            body = json.dumps(payload, default=str).encode()
+        except (TypeError, ValueError):
             self.failures += 1
-            log.error("webhook queue full, oldest event dropped",
-                      extra={"call_id": call.id, "event": dropped["event"]})
-        q.put_nowait((url, payload, _signing_secret(call.agent)))
-        self.pending += 1
+            log.exception("webhook payload not serialisable", extra={"event": event, "call_id": call.id})
+            return
+        self._enqueue(Delivery(uuid.uuid4().hex, call.id, event, url, payload["agent_id"], body,
+                               secret=_signing_secret(call.agent)), persist=True, ended=call.ended)
 
-    async def _worker(self, call_id: str, q: asyncio.Queue) -> None:
+    def _enqueue(self, d: Delivery, *, persist: bool, until_empty: bool = False,
+                 ended: asyncio.Event | None = None) -> None:
+        q = self._queues.get(d.call_id)
+        if q is None:
+            q = self._queues[d.call_id] = asyncio.Queue()
+            self._workers[d.call_id] = asyncio.create_task(self._worker(d.call_id, q, until_empty, ended),
+                                                           name=f"webhooks-{d.call_id}")
+        if q.qsize() >= self.max_queued_per_call:  # a receiver down for the whole of a very chatty call
+            self._drop(q.get_nowait(), "call's webhook queue full")
+        if len(self._items) >= self.max_pending:   # receivers down for many calls: the outbox is full
+            oldest = next((o for o in self._items.values() if o.delivery_id not in self._inflight), None)
+            if oldest is not None:
+                self._drop(oldest, "webhook outbox full")
+        q.put_nowait(d)
+        self._items[d.delivery_id] = d
+        if persist and self.store is not None:
+            self.store.outbox_add(d.row(self.owner))
+
+    def _drop(self, d: Delivery, why: str) -> None:
+        if d.dropped:
+            return
+        d.dropped = True
+        d.body = b""
+        self._items.pop(d.delivery_id, None)
+        self.dropped += 1
+        if self.store is not None:
+            self.store.outbox_remove(d.delivery_id)
+        log.error(f"{why}, oldest event dropped", extra={"call_id": d.call_id, "event": d.event,
+                                                          "dropped_total": self.dropped,
+                                                          "max_pending": self.max_pending})
+
+    async def restore(self) -> int:
+        """Queue what the outbox holds for this process (a previous run stopped or crashed); returns the count."""
+        if self.store is None:
+            return 0
+        rows = await self.store.outbox_load(self.owner)
+        for r in rows:
+            self._enqueue(Delivery(r["delivery_id"], r["call_id"], r["event"], r["url"], r["agent_id"],
+                                   r["body"].encode(), restored=True), persist=False, until_empty=True)
+        if rows:
+            log.info("webhook outbox restored", extra={"count": len(rows), "calls": len({r["call_id"] for r in rows}),
+                                                       "queued": self.pending})
+        return len(rows)
+
+    async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool,
+                      ended: asyncio.Event | None) -> None:
+        """Deliver one call's webhooks in order; ends after `post_call` (or, for restored calls, when empty), or
+        once the call has ended and nothing more came for LINGER_S (an event after post_call, or no post_call):
+        a worker, its queue and its sequence counter never outlive a call for long."""
         try:
             while True:
-                url, payload, secret = await q.get()
-                try:
-                    await self._deliver(url, payload, secret)
-                finally:
-                    self.pending -= 1
-                if payload["event"] == "post_call" and q.empty():
+                if ended is not None and ended.is_set() and q.empty():
+                    try:
+                        d: Delivery = await asyncio.wait_for(q.get(), LINGER_S)
+                    except asyncio.TimeoutError:
+                        return
+                else:
+                    d = await q.get()
+                if not d.dropped:
+                    self._inflight.add(d.delivery_id)
+                    try:
+                        await self._deliver(d)
+                    finally:
+                        self._inflight.discard(d.delivery_id)
+                        self._items.pop(d.delivery_id, None)
+                    if self.store is not None:  # not reached when cancelled: the row stays for the next start
+                        self.store.outbox_remove(d.delivery_id)
+                if (until_empty or d.event == "post_call") and q.empty():
                     return
         finally:
             self._queues.pop(call_id, None)
             self._workers.pop(call_id, None)
             self._seq.pop(call_id, None)
-            if not q.empty():
-                self.pending -= q.qsize()
-                log.warning("webhooks not delivered (shutdown)", extra={"call_id": call_id, "count": q.qsize()})
+            left = 0
+            while not q.empty():
+                d = q.get_nowait()
+                if not d.dropped:
+                    left += 1
+                    self._items.pop(d.delivery_id, None)
+            if left:
+                log.warning("webhooks left in the outbox for the next start" if self.store is not None
+                            else "webhooks not delivered (shutdown)", extra={"call_id": call_id, "count": left})
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -134,17 +238,21 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT})
         return self._session
 
-    async def _deliver(self, url: str, payload: dict[str, Any], secret: str | None = None) -> None:
+    async def _secret(self, d: Delivery) -> str | None:
+        if not d.restored or d.agent_id is None or self.store is None:
+            return d.secret
         try:
-            body = json.dumps(payload, default=str).encode()
-        except (TypeError, ValueError):
-            self.failures += 1
-            log.exception("webhook payload not serialisable", extra={"event": payload["event"],
-                                                                       "call_id": payload["call_id"]})
-            return
+            return _signing_secret(await self.store.get_agent(d.agent_id))
+        except Exception:  # noqa: BLE001 - the agent row is unreadable: deliver unsigned rather than never
+            log.exception("webhook signing secret lookup failed", extra={"agent_id": d.agent_id})
+            return None
+
+    async def _deliver(self, d: Delivery) -> None:
+        url, body = d.url, d.body
+        secret = await self._secret(d)
         host = URL(url).host
-        headers = {"Content-Type": "application/json", "X-Gateway-Event": payload["event"],
-                   "X-Gateway-Delivery": uuid.uuid4().hex}
+        headers = {"Content-Type": "application/json", "X-Gateway-Event": d.event,
+                   "X-Gateway-Delivery": d.delivery_id}
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             headers["X-Gateway-Attempt"] = str(attempt)
@@ -162,19 +270,18 @@ class WebhookDispatcher:
                 if isinstance(blocked, BlockedDestination):   # permanent: no retry
                     self.failures += 1
                     log.error("webhook destination refused", extra={
-                        "event": payload["event"], "call_id": payload["call_id"], "host": host,
-                        "reason": str(blocked)})
+                        "event": d.event, "call_id": d.call_id, "host": host, "reason": str(blocked)})
                     return
                 problem = type(e).__name__
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 problem = type(e).__name__
-            log.warning("webhook delivery failed", extra={"event": payload["event"], "call_id": payload["call_id"],
+            log.warning("webhook delivery failed", extra={"event": d.event, "call_id": d.call_id,
                                                           "attempt": attempt, "problem": problem, "host": host})
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
         self.failures += 1
-        log.error("webhook dropped after retries", extra={"event": payload["event"], "call_id": payload["call_id"],
+        log.error("webhook dropped after retries", extra={"event": d.event, "call_id": d.call_id,
                                                           "attempts": self.retries, "host": host})
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -184,6 +291,7 @@ class WebhookDispatcher:
             await asyncio.wait(workers, timeout=timeout)
 
     async def close(self) -> None:
+        """Stop delivering; what is still queued stays in the store's outbox for the next start."""
         workers = list(self._workers.values())
         for t in workers:
             t.cancel()

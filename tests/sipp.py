@@ -229,9 +229,18 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         await asyncio.sleep(interval)
 
 
+async def metrics_text(gw) -> str:
+    """The gateway's /metrics page, as Prometheus would read it."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gw.url("/metrics")) as r:
+            return await r.text()
+
+
 async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "needs_sipp", "rtp_range",
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp", "rtp_range",
            "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

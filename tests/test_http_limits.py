@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.httpguard import fd_budget, raise_fd_limit
-from sipp import needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from sipp import metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,10 +69,7 @@ async def test_caps_refuse_idle_floods_while_sip_still_answers(make_gateway):
     # every slot comes back: nothing is kept per address once its connections are gone
     await wait_for(lambda: gw.http_guard.open == 0 and not gw.http_guard.per_ip)
     assert await _healthz(gw) == 200
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/metrics")) as r:
-            text = await r.text()
-    assert "gateway_http_connections_refused_total 2" in text
+    assert "gateway_http_connections_refused_total 2" in await metrics_text(gw)
 
 
 async def test_slow_headers_and_idle_keepalive_are_dropped(make_gateway):
@@ -115,6 +112,6 @@ def test_fd_limit_raised_to_hard_limit_and_reserved_for_calls():
     soft = raise_fd_limit()
     now, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == now and (hard == resource.RLIM_INFINITY or now == hard)
-    # 1000 calls need ~2000 fds: with a 1024 limit HTTP is held to the minimum, never to what SIP needs
-    assert fd_budget(1024, 1000) == 16
+    # 1000 calls need ~2000 fds: with a 1024 limit HTTP keeps a quarter, the rest is for SIP/RTP and engines
+    assert fd_budget(1024, 1000) == 256
     assert fd_budget(65536, 1000) == 65536 - 2000 - 256

@@ -110,3 +110,21 @@ async def test_ids_are_never_reused(store):
     n = await store.create_number({"phone_number": "+15550003333", "provider": "sip"}, {})
     await store.delete_number(n["id"])
     assert (await store.create_number({"phone_number": "+15550003333", "provider": "sip"}, {}))["id"] > n["id"]
+
+
+async def test_webhook_outbox_rows_in_order_per_owner(store):
+    def row(i: int, owner: str = "node-a") -> dict:
+        return {"delivery_id": f"d{i}", "owner": owner, "call_id": f"c{i % 2}", "event": f"e{i}",
+                "url": "http://127.0.0.1:9/h", "agent_id": None, "body": f'{{"n": {i}}}'}
+    for i in range(5):
+        store.outbox_add(row(i))
+    store.outbox_add(row(9, owner="node-b"))
+    store.outbox_remove("d1")
+    await store.flush()
+    store.outbox_add(row(5))
+    store.outbox_remove("d5")          # queued and delivered in one batch: no row at all
+    store.outbox_remove("d3")
+    rows = await store.outbox_load("node-a")
+    assert [r["delivery_id"] for r in rows] == ["d0", "d2", "d4"]
+    assert [r["body"] for r in rows] == ['{"n": 0}', '{"n": 2}', '{"n": 4}']
+    assert [r["delivery_id"] for r in await store.outbox_load("node-b")] == ["d9"]

@@ -231,6 +231,14 @@ class UserAgent:
         """ACK for a 2xx goes straight to the transport (it is not a transaction, §17.1.1.3)."""
         self.spawn(self._send_raw(ack, dest))
 
+    def ack_2xx(self, ack: SipRequest, dest: Dest) -> None:
+        """Send the ACK for a 2xx to our INVITE and keep it for 64·T1 (Timer M, RFC 6026), while retransmissions
+        of that 2xx may still arrive and must be ACKed again; then forget it (kept forever, it grew per call)."""
+        key = (ack.call_id, ack.cseq[0])
+        self._acked[key] = (ack, dest)
+        asyncio.get_running_loop().call_later(64 * self.t1, self._acked.pop, key, None)
+        self.send_ack(ack, dest)
+
     async def _send_raw(self, msg: SipRequest, dest: Dest) -> None:
         try:
             addr = await self.resolve(dest)
@@ -539,8 +547,7 @@ class OutgoingInvite:
         dest = self.dest if not dialog.route_set and self.route else dialog.next_hop()
         if not dialog.route_set and not self.route:
             dest = (*dialog.next_hop()[:2], self.dest[2])
-        self.ua._acked[(req.call_id, req.cseq[0])] = (ack, dest)
-        self.ua.send_ack(ack, dest)
+        self.ua.ack_2xx(ack, dest)
 
     def cancel(self) -> None:
         """CANCEL the INVITE (the transaction sends it once a provisional has arrived, §9.1)."""
@@ -833,8 +840,7 @@ class SipSession:
                                                      on_request=self._track_cseq)
         if 200 <= resp.status < 300:
             ack = self.dialog.new_request("ACK", (self.ua.host, self.ua.port), cseq=req.cseq[0])
-            self.ua._acked[(req.call_id, req.cseq[0])] = (ack, dest)
-            self.ua.send_ack(ack, dest)
+            self.ua.ack_2xx(ack, dest)
             if resp.body:
                 self.remote_sdp = resp.body
         return resp
@@ -876,6 +882,10 @@ class SipSession:
                 fut.set_result((487, "Call ended"))
         # keep the dialog findable for a while: a BYE crossing ours still gets its 200
         asyncio.get_running_loop().call_later(32 * self.ua.t1, self._forget)
+
+    def release_callbacks(self) -> None:
+        """Drop the handlers the call wired in (they reference the call) once the call is over."""
+        self.on_bye = self.on_offer = self.on_notify = self.on_dtmf = self.on_timer_expired = None
 
     def _forget(self) -> None:
         if self.ua.sessions.get(self.dialog.id) is self:

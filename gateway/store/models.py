@@ -92,3 +92,22 @@ class CallEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class WebhookOutbox(Base):
+    """Lifecycle webhooks not yet delivered (gateway/webhooks.py): a row is written when the webhook is queued and
+    deleted when it is delivered, given up or dropped, so a restart delivers what is left, in `id` order per
+    call. `owner` is the process id (docs/deploy.md) that queued it. The agent's signing secret is not copied
+    here: it is read from the agent when the webhook is sent."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    call_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
