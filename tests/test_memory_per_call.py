@@ -51,7 +51,7 @@ def per_call_tables(gw) -> dict[str, int]:
 
 
 async def test_finished_calls_leave_nothing_behind(make_gateway, receiver):
-    gw = await sip_gateway(make_gateway)
+    gw = await sip_gateway(make_gateway, allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     number = await sip_number(gw)
     await api(gw, "PATCH", f"/agents/{number['agent_id']}", {"webhook_url": receiver.url("ok")}, expect=200)
     sip = gw.carriers["sip"]
