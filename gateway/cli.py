@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import os
 import signal
 import sys
 
+from . import __version__
 from .config import load_settings
 from .logsetup import configure_logging
 from .publicurl import unreachable_reason
@@ -101,8 +103,12 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
         await gw.start()
     except SecretKeyError as e:
         print(f"gateway: {e}", file=sys.stderr)
-        await gw.store.close()
+        await _stop_quietly(gw)
         return 2
+    except OSError as e:   # a port in use, an address not on this machine: say which, no traceback
+        print(f"gateway: cannot start: {_start_error(e, settings)}", file=sys.stderr)
+        await _stop_quietly(gw)
+        return 1
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
     # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
     # Installed before the start-up lines are printed: whoever reads them may signal us at once.
@@ -122,6 +128,24 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _start_error(e: OSError, settings) -> str:
+    """One line for a failed bind: asyncio's message names the address for HTTP; SIP's may not, so ours follow."""
+    msg = e.strerror or str(e)
+    if "address (" not in msg:
+        msg += f" (HTTP {settings.host}:{settings.http_port}, SIP {settings.sip_host}:{settings.sip_port})"
+    if e.errno == errno.EADDRINUSE:
+        msg += "; is another gateway running? choose another --http-port / --sip-port"
+    return msg
+
+
+async def _stop_quietly(gw) -> None:
+    """Undo a half-done start (SIP bound, HTTP not): errors here would only hide the first one."""
+    try:
+        await gw.stop()
+    except Exception:
+        pass
 
 
 def _on_stop_signal(gw) -> None:
@@ -196,6 +220,7 @@ def _kamailio_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Telephony gateway for voice-AI engines")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
     _secrets_args(sub.add_parser("secrets", help="encryption key of stored carrier secrets (rotate)"))
@@ -224,6 +249,18 @@ def run_async(coro) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`gateway calls list --json | head`): nothing left to say, and no traceback.
+        # stdout is pointed at /dev/null so the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":

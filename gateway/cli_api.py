@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .call import CALL_STATUSES
 from .config import default_data_dir
 
 COMMANDS = ("numbers", "calls", "agents", "trunk", "drain")
@@ -107,6 +108,18 @@ class Client:
             raise CliError(f"error {e.code} from /healthz", 1) from None
         except (urllib.error.URLError, OSError) as e:
             raise CliError(f"cannot reach the gateway at {self.base}: {getattr(e, 'reason', e)}", 2) from None
+
+
+def checked_url(url: str) -> str:
+    """The gateway's base URL, or a CliError saying what a usable one looks like."""
+    from yarl import URL
+    try:
+        parsed = URL(url)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise CliError(f"--url / GATEWAY_URL {url!r} is not a gateway URL (expected e.g. {DEFAULT_URL})", 2)
+    return url
 
 
 def resolve_api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
@@ -231,6 +244,30 @@ def _calls_live(c: Client, a: argparse.Namespace) -> Any:
     return None
 
 
+def _trunk_test(data: dict[str, Any], a: argparse.Namespace) -> Any:
+    """A trunk test as one line per step and a verdict (the API's JSON with --json)."""
+    if a.json:
+        return data
+    report = data.get("report") or {}
+    for s in report.get("steps") or []:
+        verdict = str(s.get("verdict") or ("ok" if s.get("ok") else "failed"))
+        extra = "  ".join(x for x in (s.get("status_line") or "",
+                                       f"{s['rtt_ms']:g} ms" if s.get("rtt_ms") is not None else "") if x)
+        print(f"  {'✓' if verdict in ('ok', 'skipped') else '✗'} {s.get('step', '?'):<12} {verdict:<12} "
+              f"{s.get('detail') or ''}" + (f"  [{extra}]" if extra else ""))
+    ok = bool(report.get("ok"))
+    print(f"verdict: {'OK' if ok else 'FAILED'} ({report.get('verdict', 'ok' if ok else 'failed')})")
+    raise CliExit(0 if ok else 3)   # 3: as for JSON output, "the trunk does not work" (see run())
+
+
+class CliExit(Exception):
+    """The command printed its own output; exit with `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def _agent_body(a: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for key in ("name", "engine", "webhook_url"):
@@ -280,7 +317,8 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("numbers", "detach"): lambda c, a: c.request("POST", "/phone_number/detach", {"phone_number_id": a.id}),
     ("numbers", "delete"): lambda c, a: c.request("DELETE", f"/phone_number/{a.id}"),
     ("numbers", "test"): lambda c, a: c.request("POST", f"/phone_number/{a.id}/test"),
-    ("trunk", "test"): lambda c, a: c.request("POST", "/phone_number/test/sip", _body_from(SIP_OPTS, a)),
+    ("trunk", "test"): lambda c, a: _trunk_test(c.request("POST", "/phone_number/test/sip", _body_from(SIP_OPTS, a)),
+                                                a),
     ("calls", "list"): _calls_list,
     ("calls", "live"): _calls_live,
     ("calls", "show"): lambda c, a: c.request("GET", f"/calls/logs/{a.id}"),
@@ -361,7 +399,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cs.add_parser("list", help="call log")
     _paging(p)
     p.add_argument("--agent-id", type=int)
-    p.add_argument("--status", help="call_status filter, e.g. completed")
+    p.add_argument("--status", choices=CALL_STATUSES, help="call_status filter")
     cs.add_parser("live", help="live calls")
     p = cs.add_parser("show", help="one call with its events")
     p.add_argument("id")
@@ -410,11 +448,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        url = args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL
+        url = checked_url(args.url or os.environ.get("GATEWAY_URL") or DEFAULT_URL)
         client = Client(url, resolve_api_key(args))
         result = HANDLERS[(args.command, args.action)](client, args)
     except CliError as e:
         print(f"gateway: {e}", file=sys.stderr)
+        return e.code
+    except CliExit as e:
         return e.code
     if result is not None:
         emit(result)

@@ -36,6 +36,9 @@ class AnsweredBy(str, Enum):
     MACHINE_END_SILENCE = "machine_end_silence"
     MACHINE_END_OTHER = "machine_end_other"
     FAX = "fax"
+    #: special information tones (ITU-T E.180) then a network announcement ("not in service"): not Twilio's
+    #: vocabulary (it reports such calls as unknown or machine); ours, so no voicemail is dropped into them
+    SIT = "sit"
     UNKNOWN = "unknown"
 
     @property

@@ -74,3 +74,10 @@ def write_wav(path, pcm: bytes, sr: int = 8000) -> None:
         w.setsampwidth(2)
         w.setframerate(sr)
         w.writeframes(pcm)
+
+
+def sit(sr: int = 8000, amp: float = 6000.0) -> bytes:
+    """Special information tones, NANP 'intercept' code: 913.8 Hz 274 ms, 1370.6 Hz 274 ms, 1776.7 Hz 380 ms, then
+    the ~1 s pause before the announcement (ITU-T E.180 / Bellcore)."""
+    return (tone(913.8, 274, sr, amp) + tone(1370.6, 274, sr, amp) + tone(1776.7, 380, sr, amp)
+            + silence(1000, sr))

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from amd_signals import silence, tone, words, write_wav  # noqa: E402
+from amd_signals import silence, sit, tone, words, write_wav  # noqa: E402
 
-from gateway.amd import AmdDetector, controller_for, maybe_start_amd, report_amd  # noqa: E402
+from gateway.amd import AmdDetector, AmdParams, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, HangupSource, Mark  # noqa: E402
 
@@ -150,7 +150,7 @@ async def test_human_answer_starts_conversation_with_held_opening_line(make_gate
         await _feed(call, silence(400) + words([380]))
         await asyncio.sleep(0.2)
         assert 300 not in leg.freqs(), "engine audio is held while AMD decides"
-        await _feed(call, silence(1200))
+        await _feed(call, silence(1500))
         await asyncio.wait_for(engine.got_amd.wait(), WAIT)
         await _until(lambda: leg.freqs().count(300) >= 15)
     finally:
@@ -159,7 +159,7 @@ async def test_human_answer_starts_conversation_with_held_opening_line(make_gate
     assert call.is_active and leg.hangups == []
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "human" and row["amd_detected"] and not row["is_voicemail"]
-    assert 1000 <= row["amd_duration"] * 1000 <= 2000
+    assert 1500 <= row["amd_duration"] * 1000 <= 2500     # "Hello" ends at 780 ms + 1.3 s of after-greeting silence
     await call.request_hangup(HangupSource.SYSTEM, "test")
 
 
@@ -173,7 +173,8 @@ async def test_machine_text_message_is_handed_to_engine(make_gateway):
     await call.attach(leg, 8000)
     pump = asyncio.create_task(leg.pump(call))
     try:
-        await _feed(call, GREETING + silence(1500))      # no beep: the greeting ends in silence
+        # no beep: the greeting ends in silence long enough that no beep is still likely to come
+        await _feed(call, GREETING + silence(AmdParams().message_end_silence + 100))
         await asyncio.wait_for(call.ended.wait(), WAIT)
     finally:
         pump.cancel()
@@ -197,6 +198,31 @@ async def test_fax_hangs_up(make_gateway):
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "fax" and row["is_fax"] and not row["is_voicemail"]
     assert row["hangup_reason"] == "fax" and leg.hangups == ["fax"]
+
+
+async def test_sit_intercept_gets_no_voicemail_and_is_logged_as_sit(make_gateway, tmp_path):
+    """SIT tones then a "not in service" announcement: its own outcome; the voicemail WAV is never played."""
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, 600))
+    gw = await make_gateway()
+    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, Talker())
+    leg = FakeLeg()
+    maybe_start_amd(call)
+    await call.attach(leg, 8000)
+    pump = asyncio.create_task(leg.pump(call))
+    try:
+        await _feed(call, silence(300) + sit() + words([260] * 16, gap_ms=90) + silence(2000))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert 700 not in leg.freqs() and leg.hangups == ["sit"]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "sit" and not row["is_voicemail"] and not row["is_fax"]
+    assert row["voicemail_type"] is None and (row["hangup_source"], row["hangup_reason"]) == ("system", "sit")
+    assert 840 <= row["amd_duration"] * 1000 <= 1300    # decided on the SIT segments (2nd ends at 848 ms), not the words
+    events = await gw.store.list_call_events(row["id"])
+    assert [e["data"]["answered_by"] for e in events if e["kind"] == "call:amd_result"] == ["sit"]
+    assert "call:voicemail_started" not in {e["kind"] for e in events}
 
 
 async def test_machine_without_voicemail_hangs_up_at_once(make_gateway):
@@ -278,11 +304,13 @@ async def test_ringback_in_early_media_does_not_decide(make_gateway):
     call = await _call(gw, {"amd": {"enabled": True}}, engine)
     early = AmdDetector()                                   # even without early_media=True: a tone verdict is dropped
     early.feed(silence(200) + tone(425, 1000, amp=4000) + silence(300))
-    assert early.first is not None and early.first.answered_by is AnsweredBy.MACHINE_END_BEEP
+    assert early.first is None                              # ringback before any speech is no beep …
+    early.feed(words([250] * 2) + silence(300) + tone(425, 1000, amp=4000) + silence(300))
+    assert early.first is not None and early.first.answered_by is AnsweredBy.MACHINE_END_BEEP   # … this one is
     leg = FakeLeg()
     maybe_start_amd(call, detector=early)
     await call.attach(leg, 8000)
-    await _feed(call, silence(300) + words([380]) + silence(1200))
+    await _feed(call, silence(300) + words([380]) + silence(1500))
     await asyncio.wait_for(engine.got_amd.wait(), WAIT)
     assert engine.amd[0].answered_by is AnsweredBy.HUMAN
     await call.request_hangup(HangupSource.SYSTEM, "test")

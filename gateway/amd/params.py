@@ -19,7 +19,7 @@ class AmdParams:
     #: total speech (voiced ms since answer) in the greeting at or above which the answer is a machine.
     greeting: int = 1500
     #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
-    after_greeting_silence: int = 800
+    after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
     total_analysis_time: int = 5000
     #: consecutive voiced ms that make a word.
@@ -30,6 +30,17 @@ class AmdParams:
     maximum_number_of_words: int = 0
     #: one word longer than this → machine.
     maximum_word_length: int = 5000
+    #: a gap shorter than this between voiced frames counts as speech time (greeting, utterance): a quieter
+    #: syllable or a stop consonant is part of the speech, not a pause; 0 = count voiced frames only (app_amd).
+    speech_bridge_ms: int = 200
+    #: one utterance (speech whose pauses are all shorter than utterance_gap) this long → machine; 0 = off.
+    #: People answer in short bursts ("Hello? … Hello? Who's calling?"); a greeting is read in long sentences.
+    max_utterance: int = 1800
+    #: with this > 0, the greeting rule needs speech that went on after a pause this long (a greeting is several
+    #: sentences; a business answer, "Acme support, Tom speaking, how can I help?", is one phrase, then a wait).
+    greeting_pause_ms: int = 0
+    #: a pause at least this long ends an utterance.
+    utterance_gap: int = 400
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
     silence_threshold: int = 256
     #: verdict when the callee stays silent for `initial_silence`: Twilio says unknown, app_amd says machine.
@@ -40,6 +51,12 @@ class AmdParams:
     vad: str = "webrtc"
     #: webrtcvad aggressiveness 0..3.
     vad_mode: int = 3
+    #: a frame is voice only if it is this many times louder (mean |sample|) than the tracked noise floor, so
+    #: background talk, music or road noise under the callee is not their speech; 0 = off.
+    vad_floor_ratio: float = 2.5
+    #: a frame is voice only if at least this fraction of the loudest voice heard so far (fading ~1 dB/s): the
+    #: callee is the loudest talker on their line, background talk is 10 dB or more below them; 0 = off.
+    vad_rel_level: float = 0.2
 
     # --- tones ----------------------------------------------------------------------------------------------------
     #: detect an answering-machine beep (sustained narrow-band tone in beep_min_hz..beep_max_hz).
@@ -47,19 +64,37 @@ class AmdParams:
     beep_min_hz: int = 400
     beep_max_hz: int = 2000
     #: a tone must hold this long (steady pitch) to be a beep.
-    beep_min_ms: int = 120
-    #: after the tone stops, this long without speech confirms a beep (a vowel is followed by more speech).
-    beep_confirm_ms: int = 60
+    beep_min_ms: int = 100
+    #: after the tone stops, this long of quiet confirms a beep (a vowel or a note is followed by more sound).
+    beep_confirm_ms: int = 200
+    #: mean purity over the tone's frames for a beep (a voice's strongest harmonic, even through the phone band's
+    #: 300 Hz high-pass, keeps more of its energy elsewhere than a beep in 10 dB of noise does).
+    beep_purity: float = 0.9
+    #: a beep's pitch stays within this many Hz over its length (a voice's harmonics and sung notes glide).
+    beep_max_drift_hz: float = 12.0
+    #: the sound just before a beep is at most this fraction of the beep's level (it starts out of quiet).
+    beep_onset_ratio: float = 0.5
+    #: the sound after a beep must stay under this fraction of its level (quiet follows it).
+    beep_offset_ratio: float = 0.4
+    #: speech heard before a tone can count as a beep (a melody before any greeting is not the beep).
+    beep_min_voice_ms: int = 300
+    #: a beep is at least this fraction of the level of the speech heard (background music is quieter).
+    beep_min_rel_level: float = 0.4
     #: fraction of the frame's energy in the peak (1.0 = pure tone) for a frame to count as tonal.
     tone_purity: float = 0.80
     #: detect fax: CNG (1100 Hz, 0.5 s bursts) and CED (2100 Hz answer tone).
     fax: bool = True
     fax_cng_min_ms: int = 400
     fax_ced_min_ms: int = 700
+    #: CNG counts as fax only while less speech than this was heard (an 1100 Hz beep after a greeting is a beep).
+    fax_cng_max_voice_ms: int = 700
+    #: detect special information tones (ITU-T E.180: three rising tones before a "not in service" announcement)
+    #: → answered_by `sit`: no voicemail drop.
+    sit: bool = True
 
     # --- end of message (Twilio DetectMessageEnd) --------------------------------------------------------------
     #: silence after machine speech that ends the greeting (machine_end_silence); Twilio's SpeechEndThreshold.
-    message_end_silence: int = 1200
+    message_end_silence: int = 3000
     #: no beep / silence by then (from answer) → machine_end_other; Twilio's MachineDetectionTimeout.
     message_end_timeout: int = 30000
 
@@ -69,7 +104,7 @@ class AmdParams:
         return cls(initial_silence=2500, greeting=1500, after_greeting_silence=800, total_analysis_time=5000,
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
-                   vad="energy", beep=False, fax=False)
+                   vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, beep=False, fax=False, sit=False)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> "AmdParams":
         """Apply agent settings (`amd.params`); unknown keys raise ValueError with the list of valid ones."""

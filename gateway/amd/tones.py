@@ -4,7 +4,8 @@ One 20 ms frame is scored by a Hann-windowed DFT evaluated at a bank of frequenc
 i.e. a bank of Goertzel filters done as one small matrix product. A frame's *purity* is the energy at the peak
 frequency relative to what a pure sinusoid of the same total energy would put there (1.0 = a pure tone, white
 noise ≈ 0.02, voiced speech spreads over many harmonics and scores well below a beep). A tone is a run of pure
-frames whose peak frequency stays within ±50 Hz; a beep is such a run of at least `beep_min_ms` in the beep band.
+frames whose peak frequency stays within ±50 Hz; what makes such a run a beep, a SIT or a fax tone is decided in
+`detector.py` from the run's length, pitch drift, onset and what follows it.
 
 Why not a single Goertzel per known frequency: beeps range from ~400 to ~2000 Hz and differ per device, so the whole
 band is scanned; the bank costs a few microseconds per frame (measured in docs/amd.md).
@@ -38,7 +39,12 @@ def _window_energy(n: int) -> np.ndarray:
 
 
 def tone_score(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
-    """(peak frequency Hz, purity 0..~1) of one frame of float samples."""
+    """(peak frequency Hz, purity 0..~1) of one frame of float samples.
+
+    The frequency is refined between bank bins by a parabola through the log power of the peak and its two
+    neighbours (a few Hz accurate for a tone, far finer than the 25 Hz grid): a beep's pitch is steady to a few Hz
+    over its whole length, a voice's harmonics glide, so the detector can tell them apart by drift.
+    """
     n = len(x)
     bank = _bank(n, sample_rate)
     y = np.dot(bank, x)
@@ -48,8 +54,14 @@ def tone_score(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
     energy = float(np.dot(x * x, _window_energy(n)))
     if energy <= 0.0:
         return 0.0, 0.0
+    freq = float(BANK_HZ[i])
+    if 0 < i < len(power) - 1 and power[i - 1] > 0 and power[i + 1] > 0:
+        a, b, c = np.log(power[i - 1]), np.log(power[i]), np.log(power[i + 1])
+        den = a - 2 * b + c
+        if den < 0:
+            freq += float(0.5 * (a - c) / den) * (BANK_HZ[1] - BANK_HZ[0])
     # pure sinusoid: |X(f0)|² = (A·N/4)², Σ(x·w)² = A²/2 · 3N/8  →  |X|² / Σ(xw)² = N/3
-    return float(BANK_HZ[i]), float(power[i]) * 3.0 / (n * energy)
+    return freq, float(power[i]) * 3.0 / (n * energy)
 
 
 @dataclass(slots=True)
@@ -57,6 +69,13 @@ class Tone:
     freq_hz: float
     start_ms: int
     end_ms: int
+    #: spread (max − min) of the refined frequency over the tone's inner frames: a beep holds its pitch
+    drift_hz: float = 0.0
+    #: mean |sample| over the tone, and the loudest of the frames just before it (its onset contrast)
+    level: float = 0.0
+    pre_level: float = 0.0
+    #: mean purity of the tone's frames (1.0 = a pure sine; a voice's strongest harmonic stays well below)
+    purity: float = 0.0
 
     @property
     def duration_ms(self) -> int:
@@ -64,7 +83,12 @@ class Tone:
 
 
 class ToneTracker:
-    """Follows runs of pure frames with a steady pitch; tolerates one impure frame inside a run (codec noise)."""
+    """Follows runs of pure frames with a steady pitch; tolerates one impure frame inside a run (codec noise).
+
+    Per run it keeps the refined frequency and level of every frame (drift, loudness) and the level just before
+    the run began (skipping the frame right before, which may hold the tone's first milliseconds): a beep starts
+    out of quiet, a note of a melody or a vowel starts out of other sound.
+    """
 
     def __init__(self, frame_ms: int = 20, max_gap_frames: int = 1) -> None:
         self.frame_ms = frame_ms
@@ -73,34 +97,51 @@ class ToneTracker:
         self.start_ms = -1
         self.last_ms = -1
         self._gap = 0
+        self._freqs: list[float] = []
+        self._levels: list[float] = []
+        self._purities: list[float] = []
+        self._pre = 0.0
+        self._history = [0.0, 0.0, 0.0]      # levels of the last three frames
 
     @property
     def active(self) -> bool:
         return self.start_ms >= 0
 
     def current(self, now_ms: int) -> Tone | None:
-        return Tone(self.freq, self.start_ms, self.last_ms) if self.active else None
+        return self._tone() if self.active else None
 
-    def update(self, now_ms: int, freq: float, tonal: bool) -> Tone | None:
+    def update(self, now_ms: int, freq: float, tonal: bool, level: float = 0.0, purity: float = 1.0) -> Tone | None:
         """Feed the frame ending at `now_ms`; returns the finished tone when a run ends."""
+        hist = self._history
+        done = None
         if tonal and self.active and abs(freq - self.freq) <= FREQ_TOLERANCE_HZ:
             self.last_ms = now_ms
             self._gap = 0
-            return None
-        if tonal:
+            self._freqs.append(freq)
+            self._levels.append(level)
+            self._purities.append(purity)
+        elif tonal:
             done = self._finish()
             self.freq, self.start_ms, self.last_ms, self._gap = freq, now_ms - self.frame_ms, now_ms, 0
-            return done
-        if self.active:
+            self._freqs, self._levels, self._purities = [freq], [level], [purity]
+            self._pre = max(hist[0], hist[1])
+        elif self.active:
             self._gap += 1
             if self._gap > self.max_gap:
-                return self._finish()
-        return None
+                done = self._finish()
+        hist[0], hist[1], hist[2] = hist[1], hist[2], level
+        return done
+
+    def _tone(self) -> Tone:
+        inner = self._freqs[1:-1] or self._freqs
+        return Tone(self.freq, self.start_ms, self.last_ms, drift_hz=max(inner) - min(inner),
+                    level=sum(self._levels) / len(self._levels), pre_level=self._pre,
+                    purity=sum(self._purities) / len(self._purities))
 
     def _finish(self) -> Tone | None:
         if not self.active:
             return None
-        tone = Tone(self.freq, self.start_ms, self.last_ms)
+        tone = self._tone()
         self.start_ms = self.last_ms = -1
         self._gap = 0
         return tone

@@ -30,6 +30,31 @@ class WebRtcVad:
         return mean_abs >= self.floor and self._vad.is_speech(frame, self.sample_rate)
 
 
+class NoiseFloor:
+    """The background level (mean |sample|) under the callee's voice, by minimum statistics: the quietest 20 ms
+    frame of the last ~2 s. Speech always has quieter moments within two seconds (between words, stops), so a
+    talker's words never become the floor, while steady noise (hiss, road, a room full of talk) does, at once."""
+
+    BLOCK = 10            # frames per block
+    BLOCKS = 10           # blocks remembered: 10 × 10 × 20 ms = 2 s
+
+    def __init__(self) -> None:
+        self._mins: list[float] = []
+        self._cur = float("inf")
+        self._n = 0
+
+    def update(self, level: float) -> float:
+        if level < self._cur:
+            self._cur = float(level)
+        self._n += 1
+        if self._n == self.BLOCK:
+            self._mins.append(self._cur)
+            if len(self._mins) > self.BLOCKS:
+                del self._mins[0]
+            self._cur, self._n = float("inf"), 0
+        return min(self._cur, min(self._mins)) if self._mins else self._cur
+
+
 def make_vad(kind: str, sample_rate: int, *, threshold: int, mode: int):
     if kind == "energy":
         return EnergyVad(threshold)

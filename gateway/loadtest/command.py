@@ -180,7 +180,11 @@ async def run(args: argparse.Namespace) -> int:
     local: LocalGateway | None = None
     try:
         if args.target:
-            check_loopback(args.target)
+            try:
+                check_loopback(args.target)
+            except ValueError as e:
+                print(f"gateway: loadtest: --target: {e}", file=sys.stderr)
+                return 2
             target, http_url, pid = args.target, args.http_url, args.gateway_pid
         else:
             local = await start_gateway(args.number)
