@@ -692,13 +692,16 @@ class ExotelCarrier(Carrier):
                             "(exotel_allow_unauthenticated)", extra={"carrier": "exotel", "number_id": n["id"]})
 
     def _on_call_event(self, kind: str, call: "Call") -> None:
-        """An Exotel call ended: its watchdog has nothing left to guard."""
-        if kind != "call_ended" or call.carrier != self.name or not call.carrier_sid:
+        """An Exotel call ended (or moved to another process that took its stream): its watchdog has nothing
+        left to guard."""
+        if kind not in ("call_ended", "call_released") or call.carrier != self.name or not call.carrier_sid:
             return
         state = self._calls.get(call.carrier_sid)
         if state is not None and state.watchdog is not None:
             state.watchdog.cancel()
             state.watchdog = None
+        if kind == "call_released" and state is not None and state.call is call:
+            self._calls.pop(call.carrier_sid, None)
 
     async def stop(self) -> None:
         self.gateway.calls.unsubscribe(self._on_call_event)
@@ -812,7 +815,10 @@ class ExotelCarrier(Carrier):
         if existing is None:
             existing = self._waiting_outbound(to, frm)
             state = self._calls.get(existing.carrier_sid or "") if existing is not None else None
+        adopt = await self._adoptable(call_sid) if existing is None else None
         number = (state.number if state else None) or (existing.number if existing else None)
+        if number is None and adopt is not None and adopt["phone_number_id"]:
+            number = await self.gateway.store.get_number(adopt["phone_number_id"], with_secrets=True)
         if number is None:
             number = await self._find_exophone(to, account_sid)
         if number is None:
@@ -824,6 +830,10 @@ class ExotelCarrier(Carrier):
         params = start.get("custom_parameters") if isinstance(start.get("custom_parameters"), dict) else {}
         meta = {"exotel_stream_sid": stream.stream_sid, "custom_parameters": params,
                 "media_format": {"codec": stream.fmt.codec, "sample_rate": stream.fmt.sample_rate}}
+        if existing is None and adopt is not None:   # checked against the row's ExoPhone above
+            existing = await self.gateway.calls.adopt(adopt)
+            if existing is None:
+                raise StreamClosed(CloseCode.TRY_AGAIN, "the call moved to another gateway process")
         if existing is not None:
             if existing.bus is not None:
                 raise StreamClosed(CloseCode.BAD_MESSAGE, "this call already has a stream")
@@ -843,6 +853,17 @@ class ExotelCarrier(Carrier):
         state.stream = stream
         await call.record(extra={"exotel_stream_sid": stream.stream_sid, "exotel_account_sid": account_sid})
         return state
+
+    async def _adoptable(self, call_sid: str) -> dict[str, Any] | None:
+        """In a cluster, the open call-log row of a call another process announced (call_coming, dispatch) whose
+        stream reached this one: it is adopted rather than opened twice (docs/deploy.md)."""
+        if not self.gateway.control.clustered or not call_sid:
+            return None
+        row = await self.gateway.store.find_call(carrier_sid=call_sid)
+        if row is None or row["channel_type"] != self.name or row["ended_at"] is not None or \
+                row["owner"] == self.gateway.settings.proc_id:
+            return None
+        return row
 
     async def _ended_call_sid(self, call_sid: str) -> bool:
         """Does `call_sid` name a call the gateway has already ended? (In memory, else in the call log, so a

@@ -367,12 +367,14 @@ class TwilioCarrier(Carrier):
         self._clients.clear()
 
     def _on_call_event(self, kind: str, call: Call) -> None:
-        if kind != "call_ended" or call.carrier != self.name:
+        if kind not in ("call_ended", "call_released") or call.carrier != self.name:
             return
         leg = self.legs.pop(call.id, None)
         if leg is None:
             return
         leg.disarm_watchdog()
+        if kind == "call_released":     # another process holds the stream now: the call goes on there
+            return
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
         if source in (HangupSource.AGENT, HangupSource.SYSTEM) and not (leg.completed or leg.released):
             # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
@@ -536,8 +538,11 @@ class TwilioCarrier(Carrier):
 
     async def claim_stream(self, stream: MediaStream, call_id: Any, call_sid: Any,
                            account_sid: Any) -> tuple[Call, TwilioLeg]:
-        """A `start` names our call: check it belongs to this stream, then attach (or re-attach) the media."""
+        """A `start` names our call: check it belongs to this stream, then attach (or re-attach) the media. A call
+        answered by another process of the cluster is adopted first (docs/deploy.md)."""
         call = self.gateway.calls.get(call_id) if isinstance(call_id, str) else None
+        if call is None and isinstance(call_id, str) and call_id:
+            call = await self._adopt(stream, call_id, call_sid)
         leg = self.legs.get(call_id) if call is not None else None
         if call is None or leg is None or not call.is_active:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "customParameters.call_id names no call waiting for media")
@@ -561,6 +566,30 @@ class TwilioCarrier(Carrier):
         leg.state = "live"
         call.metadata.setdefault("stream_sid", stream.stream_sid)
         return call, leg
+
+    async def _adopt(self, stream: MediaStream, call_id: str, call_sid: Any) -> Call | None:
+        """Take over a call whose voice webhook another process answered (its stream URL named this node): the
+        stream must match the row (CallSid) and carry a valid signature for the number's account before the call
+        moves here; the leg is rebuilt from the number's credentials."""
+        store = self.gateway.store
+        row = await store.find_call(call_uuid=call_id)
+        if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
+            return None
+        if row["carrier_sid"] and call_sid and call_sid != row["carrier_sid"]:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
+        number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
+        creds = creds_of(number)
+        if creds is None:
+            return None
+        if SIGNATURE_HEADER in stream.request.headers and not self.signature_ok(
+                stream.request, {}, [creds.auth_token], ws=True):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "X-Twilio-Signature does not match")
+        call = await self.gateway.calls.adopt(row)
+        if call is None:
+            return None
+        leg = self.legs[call.id] = TwilioLeg(self, call, creds)
+        leg.arm_watchdog(self.connect_timeout, "stream_not_connected")   # disarmed once the stream attaches
+        return call
 
     # -- status callbacks ---------------------------------------------------------------------------------------
     async def status_webhook(self, request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 import importlib
 import json
@@ -212,6 +213,14 @@ def check_private_key(pem: str) -> None:
 
 
 # -- per-call state ---------------------------------------------------------------------------------------------
+#: call-log `extra` key holding the SHA-256 of the stream token the last NCCO handed out (adoption, docs/deploy.md)
+TOKEN_DIGEST = "vonage_stream_token_sha256"
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 @dataclass
 class VonageCallState:
     call: "Call"
@@ -356,7 +365,7 @@ class VonageStream(MarkedPlayout):
         self.rate = int(mt.group(1))
         self.frame = frame_bytes(self.rate)
         call_id = str(m.get("call_id") or self.request.query.get("call_id") or "")
-        self.st = self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
+        self.st = await self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
         self.call = self.st.call
         if self.call.bus is None:
             if not self.st.amd_requested:   # Vonage's own AMD reports through the event webhook instead
@@ -542,8 +551,9 @@ class VonageCarrier(Carrier):
         await asyncio.to_thread(_preload_sdk)
 
     def _on_call_event(self, kind: str, call: "Call") -> None:
-        """Ended calls: stop their watchdog; keep their state a while for late webhooks, then forget it."""
-        if kind != "call_ended" or call.carrier != self.name:
+        """Ended calls: stop their watchdog; keep their state a while for late webhooks, then forget it. A call
+        released to another process (it adopted the stream) is forgotten at once."""
+        if kind not in ("call_ended", "call_released") or call.carrier != self.name:
             return
         st = self.states.get(call.id)
         if st is None:
@@ -551,6 +561,9 @@ class VonageCarrier(Carrier):
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
+        if kind == "call_released":     # another process holds the socket now: the call goes on there
+            self.states.pop(call.id, None)
+            return
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
         if call.bus is None and source in (HangupSource.AGENT, HangupSource.SYSTEM):
             # ended here before the media socket came (API hangup while ringing, shutdown): cancel it at Vonage
@@ -736,6 +749,7 @@ class VonageCarrier(Carrier):
             return web.json_response(talk_ncco("All lines are busy. Please try again later."))
         st = self._state(call, number, uuid if _UUID.match(uuid) else None)
         self.arm_watchdog(st, self.attach_timeout, "stream_never_started")
+        await self._publish_token(st)
         return web.json_response(self.stream_ncco(st))
 
     def _state(self, call: "Call", number: dict[str, Any] | None, uuid: str | None) -> VonageCallState:
@@ -743,6 +757,14 @@ class VonageCarrier(Carrier):
         st = VonageCallState(call, number, secrets.token_urlsafe(18), rate if rate in RATES else 16000, uuid)
         self.states[call.id] = st
         return st
+
+    async def _publish_token(self, st: VonageCallState) -> None:
+        """Record the hash of the stream token an NCCO is about to hand out: a websocket that lands on another
+        process of the cluster proves itself with it (docs/deploy.md, adoption). In cluster mode the row is
+        committed before the NCCO leaves, so the stream cannot overtake it."""
+        await st.call.record(extra={TOKEN_DIGEST: _token_digest(st.token)})
+        if self.gateway.control.clustered:
+            await self.gateway.store.flush()
 
     def stream_ncco(self, st: VonageCallState) -> list[dict[str, Any]]:
         call = st.call
@@ -869,6 +891,7 @@ class VonageCarrier(Carrier):
         st.state = "reconnecting"
         st.token = secrets.token_urlsafe(18)
         self.arm_watchdog(st, self.attach_timeout, "stream_not_reconnected")
+        await self._publish_token(st)
         return web.json_response(self.stream_ncco(st))
 
     # -- media socket -------------------------------------------------------------------------------------------
@@ -878,8 +901,10 @@ class VonageCarrier(Carrier):
         await VonageStream(self, ws, request).run()
         return ws
 
-    def claim_stream(self, stream: VonageStream, call_id: str, token: str) -> VonageCallState:
+    async def claim_stream(self, stream: VonageStream, call_id: str, token: str) -> VonageCallState:
         st = self.states.get(call_id)
+        if st is None and call_id:
+            st = await self._adopt(call_id, token)
         if st is None or st.call.ended.is_set():
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "no call is waiting for this stream")
         if not hmac.compare_digest(token.encode(), st.token.encode()):
@@ -887,10 +912,30 @@ class VonageCarrier(Carrier):
         if st.stream is not None or st.state not in ("connecting", "reconnecting"):
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "this call already has a stream")
         st.token = secrets.token_urlsafe(18)       # one use only
+        await st.call.record(extra={TOKEN_DIGEST: _token_digest(st.token)})   # here and on every other process
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
         st.stream = stream
+        return st
+
+    async def _adopt(self, call_id: str, token: str) -> VonageCallState | None:
+        """Take over a call whose answer webhook another process of the cluster answered: the socket's token must
+        match the hash that process published before the row moves here."""
+        store = self.gateway.store
+        row = await store.find_call(call_uuid=call_id)
+        if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
+            return None
+        want = (row.get("extra") or {}).get(TOKEN_DIGEST)
+        if not isinstance(want, str) or not hmac.compare_digest(_token_digest(token).encode(), want.encode()):
+            raise StreamClosed(CloseCode.BAD_TOKEN, "stream token does not match")
+        number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
+        call = await self.gateway.calls.adopt(row)
+        if call is None:
+            return None
+        st = self._state(call, number, row["carrier_sid"])
+        st.token = token                           # proven above; claim_stream rotates it
+        self.arm_watchdog(st, self.attach_timeout, "stream_never_started")
         return st
 
     async def stream_gone(self, stream: VonageStream) -> None:
@@ -1000,6 +1045,7 @@ class VonageCarrier(Carrier):
             raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
                                "agent_id") from None
         st = self._state(call, number, None)
+        await self._publish_token(st)
         st.amd_requested = amd
         body = CreateCallRequest(
             to=[ToPhone(number=to_number.lstrip("+"))], from_=Phone(number=number["phone_number"].lstrip("+")),

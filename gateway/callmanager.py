@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, new_call_uuid
+from .cluster import Reply
 from .frames import HangupSource
 from .metrics import TimingMetrics
 
@@ -74,6 +77,7 @@ class CallManager:
             "agent_id": (agent or {}).get("id"), "phone_number_id": (number or {}).get("id"),
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
+            "owner": self.gateway.settings.proc_id,
         })
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
@@ -86,6 +90,62 @@ class CallManager:
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call
+
+    # -- ownership moves (docs/deploy.md, "Ownership of a call") -------------------------------------------------
+    async def adopt(self, row: dict[str, Any]) -> Call | None:
+        """A media stream arrived here for a call another process answered: take its call-log row over (conditional
+        update of `owner`), tell the old owner it is `released`, and build the live call from the row (agent,
+        number, call context). The carrier has found the row and checked the stream's credentials against it.
+        None when the call is over or another process took it first."""
+        me = self.gateway.settings.proc_id
+        if row["ended_at"] is not None or row["owner"] == me:
+            return None
+        old = row["owner"]
+        if not await self.store.claim_call(row["id"], old, me):
+            return None
+        if old is not None:
+            reply = await self.gateway.control.request(old, "released", {"call": row["call_uuid"]})
+            if reply is None:
+                log.warning("previous owner did not confirm the release", extra={"call_id": row["call_uuid"],
+                                                                                  "owner": old})
+        agent = await self.store.get_agent(row["agent_id"]) if row.get("agent_id") else None
+        number = await self.store.get_number(row["phone_number_id"]) if row.get("phone_number_id") else None
+        ctx = row.get("call_context") or {}
+        carrier = row["channel_type"]
+        call = Call(self, {**row, "owner": me}, carrier=carrier, direction=row["call_direction"],
+                    from_number=row.get("from_number") or "", to_number=row.get("to_number") or "", agent=agent,
+                    number=number, metadata={"call_context": ctx} if ctx else None)
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(row["created_at"])).total_seconds()
+        call.created = time.monotonic() - max(0.0, age)
+        # webhook sequence numbers go on from what the old owner sent (it flushed its events before answering)
+        self.gateway.webhooks.resume_sequence(call, await self.store.count_call_events(call.log_id))
+        self.active[call.id] = call
+        self._idle.clear()
+        if call.carrier_sid:
+            self._by_sid[call.carrier_sid] = call
+        log.info("call adopted", extra={"call_id": call.id, "carrier": carrier, "from_owner": old})
+        self._notify("call_started", call)
+        return call
+
+    async def _on_released(self, msg: dict[str, Any]) -> Reply:
+        """Control op `released`: another process adopted this call and holds its media now. Forget it here
+        without ending it (no call-log update, no webhook); carriers drop their per-call state on
+        `call_released`. Pending call events are flushed first so the adopter counts them."""
+        call = self.active.get(str(msg.get("call") or ""))
+        if call is not None:
+            call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
+            self.active.pop(call.id, None)
+            if not self.active:
+                self._idle.set()
+            if call.carrier_sid and self._by_sid.get(call.carrier_sid) is call:
+                self._by_sid.pop(call.carrier_sid, None)
+            log.info("call released to another process", extra={"call_id": call.id})
+            self._notify("call_released", call)
+        await self.store.flush()
+        return Reply(200, {"success": True, "released": call is not None})
+
+    def register_control(self) -> None:
+        self.gateway.control.handle("released", self._on_released)
 
     def get(self, call_id: str) -> Call | None:
         return self.active.get(call_id)
@@ -136,7 +196,8 @@ class CallManager:
 
     # -- observers (live calls page) ----------------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
-        """`listener(kind, call)` is called synchronously on call_started / call_updated / call_ended."""
+        """`listener(kind, call)` is called synchronously on call_started / call_updated / call_ended, and
+        call_released when another process adopted the call (it goes on there: nothing to end here)."""
         self._listeners.append(listener)
 
     def unsubscribe(self, listener: Any) -> None:

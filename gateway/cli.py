@@ -46,6 +46,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                                                              "head (default 10)")
     p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
                                                            "(default 30)")
+    p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
+                                     "calls it takes (docs/deploy.md)")
 
 
 def _serve_settings(args: argparse.Namespace):
@@ -53,7 +55,8 @@ def _serve_settings(args: argparse.Namespace):
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
-        "allow_private_webhooks": args.allow_private_webhooks, "drain_timeout": args.drain_timeout,
+        "allow_private_webhooks": args.allow_private_webhooks,
+        "node_id": args.node_id, "drain_timeout": args.drain_timeout,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,

@@ -70,6 +70,12 @@ class Settings:
     worker_index: int = 0
     workers: int = 1                # `serve --workers N`: a supervisor and N worker processes
     drain_timeout: float = 300.0    # seconds live calls may go on after SIGTERM / drain before they are hung up
+    #: seconds between heartbeats in the `nodes` table, and the heartbeat age after which a process is lost and
+    #: its calls are closed (`node_lost`); tests shorten both
+    heartbeat_interval: float = 5.0
+    stale_after: float = 20.0
+    #: seconds a command forwarded to the process owning a call waits for its answer
+    control_timeout: float = 5.0
 
     @property
     def db_url(self) -> str:

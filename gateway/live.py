@@ -16,6 +16,10 @@ Close codes: 4401 bad/missing key, 4408 no auth message in time, 4429 source ban
 
 A slow viewer never holds up a call: each viewer has a bounded backlog; when it overflows the backlog is dropped
 and the viewer gets a fresh snapshot instead. Meters are coalesced (only the latest is ever pending).
+
+In cluster mode the page also shows the calls of every other live process (`owner`, `node` say where each call
+lives): they are read from the call log every REMOTE_INTERVAL seconds while someone watches and pushed as the same
+call_started / call_updated / call_ended messages; their meters are null (they exist only in the owner).
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from .cluster.livecalls import METER_FIELDS, remote_live_calls
+
 if TYPE_CHECKING:
     from .call import Call
     from .runtime import Gateway
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.live")
 
 METER_INTERVAL = 0.25
+REMOTE_INTERVAL = 1.0
 AUTH_TIMEOUT = 10.0
 BACKLOG_MAX = 200
 
@@ -48,8 +55,14 @@ def call_view(call: "Call") -> dict[str, Any]:
     view["ended"] = not call.is_active
     view["hangup_source"] = call.hangup.source.value if call.hangup else None
     view["hangup_reason"] = call.hangup.reason if call.hangup else None
+    settings = call.manager.gateway.settings
+    view["owner"], view["node"] = settings.proc_id, settings.node_id
     view.pop("metadata", None)              # carrier parameters may be private; the page does not need them
     return view
+
+
+#: the fields whose change makes a remote call's row worth pushing again
+_REMOTE_CHANGES = ("status", "amd", "transfer", "owner")
 
 
 def meters(call: "Call") -> dict[str, Any]:
@@ -88,14 +101,21 @@ class LiveFeed:
         self.gateway = gateway
         self.viewers: set[Viewer] = set()
         self._meter_task: asyncio.Task | None = None
+        self._remote_task: asyncio.Task | None = None
         self._subscribed = False
+        #: other processes' live calls as last read from the call log (call_id → view)
+        self.remote: dict[str, dict[str, Any]] = {}
+        self._remote_read_at = 0.0
 
     def snapshot(self) -> str:
-        return json.dumps({"type": "snapshot", "calls": [call_view(c) for c in self.gateway.calls.active.values()]})
+        local = [call_view(c) for c in self.gateway.calls.active.values()]
+        return json.dumps({"type": "snapshot", "calls": local + list(self.remote.values())})
 
     def _on_call(self, kind: str, call: "Call") -> None:
         if not self.viewers:
             return
+        if kind == "call_released":   # adopted by another process: gone from here, listed as its call next read
+            kind = "call_ended"
         text = json.dumps({"type": kind, "call": call_view(call)})
         for v in self.viewers:
             v.push(text)
@@ -107,6 +127,8 @@ class LiveFeed:
             self._subscribed = True
         if self._meter_task is None or self._meter_task.done():
             self._meter_task = asyncio.create_task(self._meter_loop(), name="live-meters")
+        if self.gateway.control.clustered and (self._remote_task is None or self._remote_task.done()):
+            self._remote_task = asyncio.create_task(self._remote_loop(), name="live-remote")
 
     def remove(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
@@ -118,17 +140,47 @@ class LiveFeed:
         while self.viewers:
             await asyncio.sleep(METER_INTERVAL)
             active = list(self.gateway.calls.active.values())
-            if not active:
+            if not active and not self.remote:
                 continue
-            text = json.dumps({"type": "meters", "calls": [meters(c) for c in active]})
+            since_read = time.time() - self._remote_read_at
+            remote = [{"call_id": r["call_id"], "duration": round(r["duration"] + since_read, 1),
+                       **{k: None for k in METER_FIELDS}} for r in self.remote.values()]
+            text = json.dumps({"type": "meters", "calls": [meters(c) for c in active] + remote})
             for v in list(self.viewers):
                 v.push_meters(text)
+
+    async def _remote_loop(self) -> None:
+        """Read the other processes' live calls and push what changed since the last read."""
+        while self.viewers:
+            try:
+                now = {c["call_id"]: c for c in await remote_live_calls(self.gateway)}
+            except Exception:
+                log.exception("live page: other processes' calls not read")
+                now = self.remote
+            self._remote_read_at = time.time()
+            old, self.remote = self.remote, now
+            out = []
+            for cid, view in now.items():
+                before = old.get(cid)
+                if before is None:
+                    out.append({"type": "call_started", "call": view})
+                elif any(before.get(k) != view.get(k) for k in _REMOTE_CHANGES):
+                    out.append({"type": "call_updated", "call": view})
+            out += [{"type": "call_ended", "call": {**view, "ended": True}} for cid, view in old.items()
+                    if cid not in now and cid not in self.gateway.calls.active]   # adopted here: not ended
+            for msg in out:
+                text = json.dumps(msg)
+                for v in list(self.viewers):
+                    v.push(text)
+            await asyncio.sleep(REMOTE_INTERVAL)
+        self.remote = {}
 
     async def close(self) -> None:
         for v in list(self.viewers):
             await v.ws.close(code=1001, message=b"gateway shutting down")
-        if self._meter_task is not None:
-            self._meter_task.cancel()
+        for task in (self._meter_task, self._remote_task):
+            if task is not None:
+                task.cancel()
 
 
 async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway: "Gateway") -> bool:

@@ -163,6 +163,12 @@ def render(gw: "Gateway") -> str:
     _family(lines, "gateway_webhooks_dropped_total", "counter",
             "Lifecycle webhooks dropped unsent because the outbox (or one call's queue) was full.",
             [("", gw.webhooks.dropped)])
+    _family(lines, "gateway_orphan_calls_closed_total", "counter",
+            "Calls of a dead process (this one before a restart, or a lost one) closed by this process.",
+            [("", gw.membership.closed_orphans)])
+    if gw.control.clustered:
+        _family(lines, "gateway_control_bus_reconnects_total", "counter",
+                "Times the control bus's PostgreSQL LISTEN connection was re-opened.", [("", gw.control.reconnects)])
     gw.calls.timing.render(lines)
     guard = gw.http_guard
     if guard is not None:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
+from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
@@ -56,6 +57,11 @@ class Gateway:
                                           allow_private=settings.allow_private_webhooks,
                                           max_pending=settings.webhook_outbox_max, store=self.store,
                                           owner=settings.proc_id)
+        #: commands to the process owning a call (in process, or PostgreSQL LISTEN/NOTIFY in cluster mode)
+        self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
+                                    keepalive=settings.heartbeat_interval)
+        self.membership = Membership(self)
+        self.calls.register_control()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
         self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,
@@ -115,7 +121,9 @@ class Gateway:
         self.ensure_api_key()
         await self.store.open()
         await self.webhooks.restore()   # what a previous run of this process could not deliver
-        self.build_app()
+        self.build_app()             # registers the control ops before the bus can deliver any
+        await self.control.start()
+        await self.membership.start()  # closes what a previous run left open before any new call can arrive
         s = self.settings
         self.http_guard = ConnectionGuard(
             max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
@@ -131,6 +139,7 @@ class Gateway:
             self.settings.http_port = self.http_port
         for carrier in self.carriers.values():
             await carrier.start()
+        await self.membership.announce()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -179,6 +188,8 @@ class Gateway:
         await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.membership.stop()
+        await self.control.stop()
         await self.store.close()
         self.started = False
 

@@ -30,15 +30,12 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
 
 from .netguard import BlockedDestination, GuardedResolver, check_url
-
-if TYPE_CHECKING:
-    from .call import Call
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -70,6 +67,14 @@ def _signing_secret(agent: dict[str, Any] | None) -> str | None:
     hook = ((agent or {}).get("settings") or {}).get("webhook")
     secret = hook.get("secret") if isinstance(hook, dict) else None
     return secret if isinstance(secret, str) and secret else None
+
+
+class WebhookSubject(Protocol):
+    """What a webhook is about: a live `Call`, or a call-log row closed on behalf of a dead process."""
+    id: str
+    log_id: int
+    agent: dict[str, Any] | None
+    ended: asyncio.Event
 
 
 @dataclass(slots=True, eq=False)
@@ -127,7 +132,12 @@ class WebhookDispatcher:
         """Webhooks queued or in flight."""
         return len(self._items)
 
-    def emit(self, call: "Call", event: str, data: dict[str, Any]) -> None:
+    def resume_sequence(self, call: WebhookSubject, sent: int) -> None:
+        """Another process already sent `sent` events of this call (it owned it before): go on from there."""
+        if ((call.agent or {}).get("webhook_url") or "").strip():
+            self._seq[call.id] = max(self._seq.get(call.id, 0), sent)
+
+    def emit(self, call: WebhookSubject, event: str, data: dict[str, Any]) -> None:
         """Queue `event` for the call's agent webhook; returns at once."""
         url = ((call.agent or {}).get("webhook_url") or "").strip()
         if not url:
@@ -179,13 +189,22 @@ class WebhookDispatcher:
         """Queue what the outbox holds for this process (a previous run stopped or crashed); returns the count."""
         if self.store is None:
             return 0
-        rows = await self.store.outbox_load(self.owner)
+        return self._requeue(await self.store.outbox_load(self.owner), "webhook outbox restored")
+
+    async def take_over(self, lost: str) -> int:
+        """Queue the undelivered webhooks of a lost process of the cluster, which now belong to this one."""
+        if self.store is None:
+            return 0
+        return self._requeue(await self.store.outbox_take(lost, self.owner), "webhook outbox of a lost process "
+                                                                             "taken over", lost=lost)
+
+    def _requeue(self, rows: list[dict[str, Any]], what: str, **extra: Any) -> int:
         for r in rows:
             self._enqueue(Delivery(r["delivery_id"], r["call_id"], r["event"], r["url"], r["agent_id"],
                                    r["body"].encode(), restored=True), persist=False, until_empty=True)
         if rows:
-            log.info("webhook outbox restored", extra={"count": len(rows), "calls": len({r["call_id"] for r in rows}),
-                                                       "queued": self.pending})
+            log.info(what, extra={"count": len(rows), "calls": len({r["call_id"] for r in rows}),
+                                  "queued": self.pending, **extra})
         return len(rows)
 
     async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool,

@@ -214,8 +214,9 @@ async def sip_number(gw, *, phone: str = "+15550001111", agent: bool = True, eng
     return num
 
 
-async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll an (async or sync) predicate until it returns something truthy; fail after `timeout`."""
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll an (async or sync) predicate until it returns something truthy; fail naming `what` after
+    `timeout`."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while True:
@@ -225,7 +226,7 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if value:
             return value
         if loop.time() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {timeout} s")
         await asyncio.sleep(interval)
 
 

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ..call import CALL_STATUSES, Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
+from ..cluster import Reply
+from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
-from .errors import ApiError, carrier_api_error, read_json
+from .errors import ApiError, carrier_api_error, error_body, read_json
 from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
 
@@ -32,11 +36,26 @@ def mmss(seconds: float | None) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+def time_of_call(created_at: str | None) -> str:
+    """OmniDimension's `time_of_call`: MM/DD/YYYY HH:MM:SS (UTC, like every time the gateway stores)."""
+    if not created_at:
+        return ""
+    at = datetime.fromisoformat(created_at)
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.strftime("%m/%d/%Y %H:%M:%S")
+
+
 def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A call-log row with the seed API's telephony fields (call_duration as M:SS)."""
+    """A call-log row with the seed (OmniDimension) API's fields besides ours: call_duration as M:SS, an integer
+    call_duration_in_seconds, call_duration_in_minutes, time_of_call, recording_url false when there is none
+    (docs/omnidimension-compat.md)."""
     out = dict(row)
-    out["call_duration_in_seconds"] = row.get("call_duration_in_seconds") or 0
-    out["call_duration"] = mmss(row.get("call_duration_in_seconds"))
+    seconds = row.get("call_duration_in_seconds") or 0
+    out["call_duration_in_seconds"] = int(round(seconds))
+    out["call_duration_in_minutes"] = round(seconds / 60, 2)
+    out["call_duration"] = mmss(seconds)
+    out["time_of_call"] = time_of_call(row.get("created_at"))
+    out["recording_url"] = row.get("recording_url") or False
     out["call_log_id"] = row["id"]
     return out
 
@@ -47,8 +66,11 @@ async def dispatch(request: web.Request) -> web.Response:
     reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
     agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
     to_number = as_e164(required(body, "to_number"), "to_number")
-    number_id = as_int(required(body, "from_number_id"), "from_number_id", minimum=1)
     ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
+    if body.get("from_number_id") is not None:
+        number_id = as_int(body["from_number_id"], "from_number_id", minimum=1)
+    else:   # as in OmniDimension: the agent's attached number
+        number_id = await _attached_number(gw, agent_id)
     number = await gw.store.get_number(number_id, with_secrets=True)
     if number is None:
         raise bad("from_number_id", f"phone number {number_id} not found", 404)
@@ -82,10 +104,20 @@ async def dispatch(request: web.Request) -> web.Response:
                               "call_id": call.id})
 
 
+async def _attached_number(gw: "Gateway", agent_id: int) -> int:
+    """The id of the (first) number attached to the agent, for a dispatch without from_number_id."""
+    numbers = await gw.store.numbers_of_agent(agent_id)
+    if not numbers:
+        raise bad("from_number_id", f"is required: agent {agent_id} has no phone number attached "
+                                    "(attach one, or name the number to call from)")
+    return numbers[0]["id"]
+
+
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid"})
+    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid",
+                             "bulk_call_id"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
@@ -93,10 +125,13 @@ async def list_logs(request: web.Request) -> web.Response:
     if status is not None and status not in CALL_STATUSES:
         raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
     sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
+    # OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
+    # call_context.bulk_call_id = N
+    bulk = as_int(q["bulk_call_id"], "bulk_call_id", minimum=1) if q.get("bulk_call_id") else None
     rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
-                                            carrier_sid=sid)
-    return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
-                              "call_log_data": [call_log_json(r) for r in rows]})
+                                            carrier_sid=sid, bulk_call_id=bulk)
+    return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
+                              "pagesize": pagesize, "call_log_data": [call_log_json(r) for r in rows]})
 
 
 def _log_id(ident: str) -> int | None:
@@ -120,53 +155,153 @@ async def get_log(request: web.Request) -> web.Response:
     if row is None:
         raise bad("id", f"call {ident} not found", 404)
     events = await gw.store.list_call_events(row["id"])
-    return web.json_response({"success": True, "call_log": call_log_json(row),
+    view = call_log_json(row)
+    return web.json_response({"success": True, "call_log": view, "call_log_data": [view], "total_records": 1,
                               "events": [{"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]})
 
 
 async def live(request: web.Request) -> web.Response:
-    calls = [c.describe() for c in list(_gw(request).calls.active.values())]
+    """Live calls of every live process: this one's with meters, the others' from the call log."""
+    gw = _gw(request)
+    calls = [{**c.describe(), "owner": gw.settings.proc_id, "node": gw.settings.node_id}
+             for c in list(gw.calls.active.values())]
+    calls += await remote_live_calls(gw)
     return web.json_response({"success": True, "count": len(calls), "calls": calls})
 
 
-async def _live_call(gw: "Gateway", ident: str) -> Call:
-    log_id = _log_id(ident)
-    call = gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
-    if call is None:
-        row = await _log_row(gw, ident)
-        if row is None:
-            raise bad("id", f"call {ident} not found", 404)
-        raise bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
-    return call
+# -- control of a live call, wherever it lives ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CallOp:
+    """A control action on a live call, `POST /api/v1/calls/{id}/<name>`.
+
+    `parse` validates the request body in the process that received it; `perform` runs in the process that owns
+    the call (this one, or another reached over the control bus with the parsed args) and returns the JSON answer
+    or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was closed on its
+    behalf (`node_lost`); without it that is a 404 "not live". `wait` is how long `perform` may take (seconds,
+    from the settings), when longer than the control bus's timeout. A new op (hold, mute…) is one more entry in
+    CALL_OPS: its route and its control-bus handler follow from it."""
+    name: str
+    parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
+    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    wait: Callable[["Gateway"], float] | None = None
 
 
-async def hangup(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+async def _no_body(request: web.Request) -> dict[str, Any]:
+    return {}
+
+
+async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
-    return web.json_response({"success": True, "status": "hangup_requested", "call_id": call.id,
-                              "requestId": call.log_id})
+    return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
 
-async def transfer(request: web.Request) -> web.Response:
-    gw = _gw(request)
-    call = await _live_call(gw, request.match_info["id"])
+def _hangup_orphan(row: dict[str, Any]) -> dict[str, Any]:
+    return {"success": True, "status": "closed", "call_id": row["call_uuid"], "requestId": row["id"],
+            "hangup_reason": "node_lost"}
+
+
+async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     body = await read_json(request)
     reject_unknown(body, {"number"})
-    number = as_e164(body["number"], "number") if body.get("number") not in (None, "") else None
+    return {"number": as_e164(body["number"], "number") if body.get("number") not in (None, "") else None}
+
+
+async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    number = args.get("number")
     if call.transfer_request(number) is None:
         raise bad("number", "is required: the call's agent has no transfer number configured")
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
     try:   # wait for the carrier to take it: a refusal is an error here, not a success followed by "failed"
-        await call.request_transfer(number, wait=gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT)
+        await call.request_transfer(number, wait=_transfer_wait(gw))
     except CarrierError as e:
         raise carrier_api_error(e, requestId=call.log_id) from None
     except Exception:
         raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
-    return web.json_response({"success": True, "status": "transfer_requested", "call_id": call.id,
-                              "requestId": call.log_id, "number": call.transfer_request(number).number})
+    return {"success": True, "status": "transfer_requested", "call_id": call.id, "requestId": call.log_id,
+            "number": call.transfer_request(number).number}
+
+
+def _transfer_wait(gw: "Gateway") -> float:
+    return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
+
+
+CALL_OPS: list[CallOp] = [
+    CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
+    CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
+]
+
+
+def _local_call(gw: "Gateway", ident: str) -> Call | None:
+    log_id = _log_id(ident)
+    return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
+
+
+def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
+    return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
+
+
+async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
+    """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
+    unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
+    call = _local_call(gw, ident)
+    if call is not None:
+        return Reply(200, await op.perform(gw, call, args))
+    timeout = max(gw.control.timeout, op.wait(gw) + 1.0) if op.wait is not None else None
+    for _ in range(2):      # a second look when the call moved to another process (adoption) meanwhile
+        row = await _log_row(gw, ident)
+        if row is None:
+            raise bad("id", f"call {ident} not found", 404)
+        owner = row.get("owner")
+        if row.get("ended_at") is not None or owner == gw.settings.proc_id:
+            raise _not_live(ident, row)
+        if not await gw.membership.alive(owner):
+            break
+        reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
+                                         timeout=timeout)
+        if reply is None:
+            if await gw.membership.alive(owner):
+                raise ApiError(504, f"the gateway process {owner} that owns call {ident} did not answer", "id")
+            break
+        if reply.status == 404 and reply.body.get("moved"):
+            continue
+        return reply
+    else:
+        raise _not_live(ident, row)
+    closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
+    if op.orphan is not None and closed:
+        return Reply(200, op.orphan(closed[0]))
+    row = await _log_row(gw, ident) or row
+    raise bad("id", f"call {ident} is not live (its gateway process {owner} is gone; status "
+                    f"{row['call_status']}, {row.get('hangup_reason')})", 404)
+
+
+def _route(op: CallOp):
+    async def handler(request: web.Request) -> web.Response:
+        gw = _gw(request)
+        ident = request.match_info["id"]
+        _log_id(ident)                       # a malformed id is a 400 before anything else
+        args = await op.parse(request)
+        reply = await run_call_op(gw, op, ident, args)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+    return handler
+
+
+def _bus_handler(gw: "Gateway", op: CallOp):
+    """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
+    async def handler(msg: dict[str, Any]) -> Reply:
+        ident = str(msg.get("call") or "")
+        call = gw.calls.get(ident)
+        if call is None:
+            return Reply(404, error_body(f"call {ident} is not live on {gw.settings.proc_id}", "id", moved=True))
+        args = msg.get("args")
+        try:
+            return Reply(200, await op.perform(gw, call, args if isinstance(args, dict) else {}))
+        except ApiError as e:
+            return Reply(e.status, error_body(e.message, e.field, **e.extra), e.headers)
+    return handler
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
@@ -175,5 +310,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    r.add_post(f"{prefix}/calls/{{id}}/hangup", hangup)
-    r.add_post(f"{prefix}/calls/{{id}}/transfer", transfer)
+    gw: "Gateway" = app["gateway"]
+    for op in CALL_OPS:
+        r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
+        gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

@@ -29,6 +29,11 @@ class ApiError(Exception):
         self.extra = extra
 
 
+def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The JSON of every API error (also what a forwarded call op answers with from the owning process)."""
+    return {"success": False, "error": message, "field": field, **extra}
+
+
 def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:
     """A carrier's refusal as the API answers it (status mapped in gateway/carrier_rest.py; a rate limit carries
     `Retry-After`). `message`: the error text after scrubbing secrets, when the caller had some to scrub."""
@@ -38,7 +43,7 @@ def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: An
 
 def error_response(status: int, message: str, field: str | None = None, *,
                    headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
-    body = {"success": False, "error": message, "field": field, **extra}
+    body = error_body(message, field, **extra)
     headers = dict(headers or {})
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="telephony-gateway"'

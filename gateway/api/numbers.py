@@ -58,11 +58,18 @@ def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
     config = dict(row.get("config") or {})
     for name in secret_names(carrier, stored):
         config[name] = MASK if stored.get(name) not in (None, "") else None
-    return {
+    out = {
         "id": row["id"], "phone_number": row["phone_number"], "provider": row["provider"], "name": row.get("name"),
         "sip_trunk_name": row.get("sip_trunk_name"), "agent_id": row.get("agent_id"),
         "status": row.get("status") or {}, "config": config, "created_at": row.get("created_at"),
+        # what OmniDimension clients read (docs/omnidimension-compat.md): the provider, the attached agent or
+        # false, and the trunk / Exotel settings flat beside `config` (secrets masked the same way)
+        "number_provider": row["provider"], "active_bot_id": row.get("agent_id") or False,
     }
+    for key, value in config.items():
+        if key.startswith(("sip_", "exotel_")) and key not in out:
+            out[key] = value
+    return out
 
 
 def scrub(value: Any, secrets: dict[str, Any]) -> Any:
@@ -172,7 +179,8 @@ async def import_number(request: web.Request) -> web.Response:
     log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
                                              "carrier": carrier.name})
     full = await gw.store.get_number(row["id"], with_secrets=True)
-    return web.json_response({"success": True, "phone_number": number_json(gw, full)}, status=201)
+    return web.json_response({"success": True, "message": f"phone number {full['phone_number']} imported",
+                              "id": row["id"], "phone_number": number_json(gw, full)}, status=201)
 
 
 async def update_number(request: web.Request) -> web.Response:
@@ -251,8 +259,8 @@ async def list_numbers(request: web.Request) -> web.Response:
     pageno, pagesize = pagination(request.query)
     provider = request.query.get("provider") or None
     rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
-    return web.json_response({"success": True, "total": total, "pageno": pageno, "pagesize": pagesize,
-                              "phone_numbers": [number_json(gw, r) for r in rows]})
+    return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
+                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r) for r in rows]})
 
 
 def _number_id(request: web.Request) -> int:
@@ -283,7 +291,9 @@ async def attach(request: web.Request) -> web.Response:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
     await gw.store.update_number(number_id, agent_id=agent_id)
     row = await gw.store.get_number(number_id, with_secrets=True)
-    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+    return web.json_response({"success": True, "phone_number_id": number_id,
+                              "message": f"phone number {number_id} attached to agent {agent_id}",
+                              "phone_number": number_json(gw, row)})
 
 
 async def detach(request: web.Request) -> web.Response:
@@ -294,7 +304,9 @@ async def detach(request: web.Request) -> web.Response:
     await _number_or_404(gw, number_id, "phone_number_id")
     await gw.store.update_number(number_id, agent_id=None)
     row = await gw.store.get_number(number_id, with_secrets=True)
-    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+    return web.json_response({"success": True, "phone_number_id": number_id,
+                              "message": f"phone number {number_id} detached",
+                              "phone_number": number_json(gw, row)})
 
 
 async def delete_number(request: web.Request) -> web.Response:

@@ -5,12 +5,25 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def row_dict(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A loaded row as a plain dict (datetimes as ISO strings, UTC when the driver returned them naive)."""
+    out = {}
+    for col in obj.__table__.columns:
+        if col.key in exclude:
+            continue
+        v = getattr(obj, col.key)
+        if isinstance(v, datetime):
+            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+        out[col.key] = v
+    return out
 
 
 class Base(DeclarativeBase):
@@ -51,7 +64,9 @@ class PhoneNumber(Base):
 
 class CallLog(Base):
     __tablename__ = "calls"
-    __table_args__ = NEVER_REUSE_IDS
+    # "calls of proc P still open" is asked at every start and for every lost process: one index range, however
+    # long the call log grows
+    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -80,6 +95,8 @@ class CallLog(Base):
     recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: the process id (`Settings.proc_id`) holding the call's media; only it changes the live call (docs/deploy.md)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: conversation timing summary (gateway/turns.py): turns, latency p50/p95/max, barge-ins, clear reaction
     timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
@@ -92,6 +109,18 @@ class CallEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Node(Base):
+    """One gateway process of the cluster: its heartbeat tells the others it still owns its calls."""
+    __tablename__ = "nodes"
+    proc: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    public_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    sip_uri: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="running")   # running | draining | stopped | lost
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class WebhookOutbox(Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import asyncio
@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
-from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
+from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
+from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -49,18 +50,6 @@ def database_url(db: str) -> str:
     return db
 
 
-def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    out = {}
-    for col in obj.__table__.columns:
-        if col.key in exclude:
-            continue
-        v = getattr(obj, col.key)
-        if isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
-        out[col.key] = v
-    return out
-
-
 _log = _logging.getLogger("gateway.store")
 
 
@@ -79,7 +68,8 @@ def _private_sqlite_file(path: str) -> None:
 
 def _add_missing_columns(sync_conn: Any) -> None:
     """Bring a database made by an older release up to the models: `create_all` makes missing tables but never
-    changes existing ones, so every column added since is added here (nullable or with its server default).
+    changes existing ones, so every column (nullable or with its server default) and index added since is added
+    here.
     Additive only: nothing is dropped or retyped, so an older release can still read the database."""
     from sqlalchemy import inspect
     from sqlalchemy.schema import CreateColumn
@@ -93,6 +83,11 @@ def _add_missing_columns(sync_conn: Any) -> None:
             ddl = CreateColumn(col).compile(dialect=sync_conn.dialect)
             sync_conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
             _log.warning("database upgraded", extra={"table": table.name, "column": col.name})
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(sync_conn)
+                _log.warning("database upgraded", extra={"table": table.name, "index": index.name})
 
 #: column defaults for a new call-log row (the batch INSERT sets every column explicitly)
 _CALL_DEFAULTS: dict[str, Any] = {
@@ -101,11 +96,12 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "owner": None,
     "timing": None,
 }
 
 
-class Store:
+class Store(ClusterStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
     never waits on the database, and SQLite (one writer at a time) is never asked for concurrent writes, which
@@ -324,6 +320,13 @@ class Store:
             rows = (await s.scalars(q.order_by(PhoneNumber.id).offset((pageno - 1) * pagesize).limit(pagesize))).all()
             return [self._number_row(n, with_secrets) for n in rows], int(total or 0)
 
+    async def numbers_of_agent(self, agent_id: int) -> list[dict[str, Any]]:
+        """The numbers attached to an agent, oldest first (without secrets)."""
+        async with self._session() as s:
+            rows = (await s.scalars(select(PhoneNumber).where(PhoneNumber.agent_id == agent_id)
+                                    .order_by(PhoneNumber.id))).all()
+            return [_row(n, exclude=("secrets",)) for n in rows]
+
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
         self._invalidate("number")
         async with self._writing() as s:
@@ -487,11 +490,14 @@ class Store:
             return _row(c) if c else None
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
-                         call_status: str | None = None,
-                         carrier_sid: str | None = None) -> tuple[list[dict[str, Any]], int]:
+                         call_status: str | None = None, carrier_sid: str | None = None,
+                         bulk_call_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
         await self.flush()
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        if bulk_call_id is not None:   # call_context.bulk_call_id, as a number or a numeric string
+            tag = CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id)
+            q, cq = q.where(tag), cq.where(tag)
         if carrier_sid is not None:
             q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
         if agent_id is not None:
