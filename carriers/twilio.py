@@ -44,12 +44,6 @@ from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
 
 log = logging.getLogger("carriers.twilio")
 
-VOICE_PATH = "/twilio/voice"
-MEDIA_PATH = "/twilio/media"
-STATUS_PATH = "/twilio/status"
-AMD_PATH = "/twilio/amd"
-TRANSFER_PATH = "/twilio/transfer_status"     # <Dial action>: outcome of one transfer attempt
-TRANSFER_LEG_PATH = "/twilio/transfer_leg"    # <Number statusCallback>: the transfer target answered
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _FINAL = ("completed", "busy", "no-answer", "failed", "canceled")
@@ -60,15 +54,29 @@ _END_SOURCE = {"completed": HangupSource.USER, "busy": HangupSource.USER, "no-an
 
 @dataclass(frozen=True)
 class TwilioCreds:
+    """REST credentials of one account; SignalWire adds its space host and a webhook signing key of its own."""
+
     account_sid: str
     auth_token: str
+    signing_key: str | None = None
+    space: str | None = None
+
+    @property
+    def signing_secret(self) -> str:
+        """The key webhooks are signed with: Twilio's auth token, SignalWire's signing key when it has one."""
+        return self.signing_key or self.auth_token
+
+
+def number_settings(number: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored number's fields, config and secrets in one dict (or a flat import dict as it is)."""
+    if not number:
+        return {}
+    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
 
 
 def creds_of(number: dict[str, Any] | None) -> TwilioCreds | None:
     """Account SID and auth token of a stored number (config + secrets columns, or a flat import dict)."""
-    if not number:
-        return None
-    merged = {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
+    merged = number_settings(number)
     sid = merged.get("account_sid")
     token = merged.get("account_token") or merged.get("auth_token")
     return TwilioCreds(str(sid), str(token)) if sid and token else None
@@ -83,22 +91,23 @@ def _ok() -> web.Response:
 
 
 def _forbidden() -> web.Response:
-    return web.Response(text="invalid or missing X-Twilio-Signature\n", status=403)
+    return web.Response(text="invalid or missing request signature\n", status=403)
 
 
 def _agent_settings(call: Call) -> dict[str, Any]:
     return (call.agent or {}).get("settings") or {}
 
 
-def wants_twilio_amd(agent: dict[str, Any] | None) -> bool:
-    """Ask Twilio for AMD? With `amd.enabled` the agent's `amd.provider` decides ("twilio" | "gateway"); without
-    it, voicemail.enabled asks Twilio (unless the provider is explicitly "gateway")."""
+def wants_twilio_amd(agent: dict[str, Any] | None, provider: str = "twilio") -> bool:
+    """Ask the carrier (Twilio, or SignalWire's compatible AMD: `provider`) for AMD? With `amd.enabled` the agent's
+    `amd.provider` decides (`provider` | "gateway"); without it, voicemail.enabled asks the carrier (unless the
+    provider is explicitly "gateway")."""
     try:
         s = amd_settings(agent)
     except ValueError:
         return False
     if s.enabled:
-        return s.provider == "twilio"
+        return s.provider == provider
     explicit = (((agent or {}).get("settings") or {}).get("amd") or {}).get("provider")
     return s.voicemail and explicit != "gateway"
 
@@ -111,9 +120,10 @@ class BoundedTwilioHttpClient(AsyncTwilioHttpClient):
     constructor but never passes it to aiohttp (whose default is 5 minutes), so a hung Twilio API would hold a
     dispatch or hangup that long. The bound is read per request (`carrier_timeout`)."""
 
-    def __init__(self, timeout: Any) -> None:
+    def __init__(self, timeout: Any, carrier: str = "Twilio") -> None:
         super().__init__()
         self.bound = timeout
+        self.carrier = carrier
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         timeout = self.bound()
@@ -121,17 +131,19 @@ class BoundedTwilioHttpClient(AsyncTwilioHttpClient):
             async with asyncio.timeout(timeout):
                 response = await super().request(method, url, *args, **kwargs)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise unreachable("Twilio", e, timeout, URL(url).host or "") from None
+            raise unreachable(self.carrier, e, timeout, URL(url).host or "") from None
         # the SDK's exception drops the headers: keep Retry-After where twilio_refusal (same task) can read it
         _retry_after.set((response.headers or {}).get("Retry-After") if response.status_code == 429 else None)
         return response
 
 
-def twilio_refusal(e: TwilioRestException, *, importing: bool = False) -> CarrierError:
-    """A Twilio error answer mapped like every carrier's (gateway/carrier_rest.py), Twilio's code quoted."""
+def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: str = "Twilio",
+                   field: str = "account_token", credentials: str = "account SID / auth token") -> CarrierError:
+    """A Twilio (or Twilio-compatible: `carrier`) error answer mapped like every carrier's
+    (gateway/carrier_rest.py), the carrier's code quoted; `field` names the secret at fault on import."""
     detail = f"{e.msg} ({e.code})" if e.code else str(e.msg or "")
-    return refusal("Twilio", e.status, detail, retry_after=_retry_after.get(), importing=importing,
-                   field="account_token", credentials="account SID / auth token")
+    return refusal(carrier, e.status, detail, retry_after=_retry_after.get(), importing=importing,
+                   field=field, credentials=credentials)
 
 
 class TwilioLeg:
@@ -165,14 +177,14 @@ class TwilioLeg:
             if not self.call.is_active or self.state != watching:
                 return
             if watching == "transferring":
-                log.warning("transfer never reported back", extra={"carrier": "twilio", "call_id": self.call.id})
+                log.warning("transfer never reported back", extra={"carrier": self.carrier.name, "call_id": self.call.id})
                 self.released = True   # the caller may well be talking to the target: do not cut them off
                 if self.call.transfer_result is None:
                     target = self.carrier._current_target(self)
                     await self.call.transfer_finished(TransferResult(target, "unknown"))
                 await self.call.end(HangupSource.SYSTEM, reason)
             elif self.stream is None:
-                log.warning("no media stream for the call", extra={"carrier": "twilio", "call_id": self.call.id,
+                log.warning("no media stream for the call", extra={"carrier": self.carrier.name, "call_id": self.call.id,
                                                                     "reason": reason})
                 await self.complete_at_twilio()
                 await self.call.end(HangupSource.CARRIER, reason, status="failed")
@@ -209,16 +221,16 @@ class TwilioLeg:
         self.completed = True
         try:
             await self.carrier.client(self.creds).calls(self.sid).update_async(status="completed")
-            log.info("twilio call completed over REST", extra={"carrier": "twilio", "call_id": self.call.id})
+            log.info("twilio call completed over REST", extra={"carrier": self.carrier.name, "call_id": self.call.id})
         except TwilioRestException as e:
             if e.status == 404 or e.code == 20404:
-                log.info("twilio call had already ended", extra={"carrier": "twilio", "call_id": self.call.id})
+                log.info("twilio call had already ended", extra={"carrier": self.carrier.name, "call_id": self.call.id})
                 return
             log.warning("twilio refused the hangup: %s (%s)", e.msg, e.code,
-                        extra={"carrier": "twilio", "call_id": self.call.id, "status": e.status})
+                        extra={"carrier": self.carrier.name, "call_id": self.call.id, "status": e.status})
         except CarrierError as e:  # no answer in time / network: the call still ends when Twilio's stream does
             log.warning("twilio hangup request failed: %s", e.message,
-                        extra={"carrier": "twilio", "call_id": self.call.id})
+                        extra={"carrier": self.carrier.name, "call_id": self.call.id})
 
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self._shielded(self._transfer(call, request))
@@ -238,18 +250,18 @@ class TwilioLeg:
         opts = _agent_settings(call).get("transfer") or {}
         per_target = int(opts.get("timeout") or self.carrier.dial_timeout)
         self.arm_watchdog((per_target + 15) * len(self.transfer_targets) + 60, "transfer_timeout")
-        log.info("transfer started", extra={"carrier": "twilio", "call_id": call.id,
+        log.info("transfer started", extra={"carrier": self.carrier.name, "call_id": call.id,
                                             "targets": len(self.transfer_targets)})
 
     async def update_twiml(self, twiml: VoiceResponse) -> None:
         if not self.sid:
-            raise CarrierError("the Twilio call has no CallSid yet", 409)
+            raise CarrierError(f"the {self.carrier.label} call has no CallSid yet", 409)
         try:
             await self.carrier.client(self.creds).calls(self.sid).update_async(twiml=str(twiml))
         except TwilioRestException as e:
             if e.status == 404 or e.code == 20404:
-                raise CarrierError("the Twilio call has already ended", 409) from None
-            raise twilio_refusal(e) from None
+                raise CarrierError(f"the {self.carrier.label} call has already ended", 409) from None
+            raise self.carrier.refusal(e) from None
 
     async def leave_voicemail(self, message: str | None) -> None:
         """After the beep (AMD DetectMessageEnd): Twilio <Say>s a text (or <Play>s an http(s) URL), then <Hangup/>.
@@ -271,10 +283,10 @@ class TwilioLeg:
             await self.update_twiml(twiml)
             self.released = True
         except CarrierError as e:
-            log.warning("voicemail drop failed: %s", e.message, extra={"carrier": "twilio", "call_id": call.id})
+            log.warning("voicemail drop failed: %s", e.message, extra={"carrier": self.carrier.name, "call_id": call.id})
             await self.complete_at_twilio()
         await call.record(voicemail_type=kind)
-        await call.emit("call:voicemail_started", {"type": kind, "via": "twilio"})
+        await call.emit("call:voicemail_started", {"type": kind, "via": self.carrier.name})
         await call.end(HangupSource.SYSTEM, "voicemail")
 
     async def stream_gone(self, stream: MediaStream) -> None:
@@ -315,10 +327,41 @@ class TwilioCarrier(Carrier):
     #: seconds each transfer target rings (<Dial timeout>)
     dial_timeout = 30
 
+    # -- what a Twilio-compatible carrier (carriers/signalwire.py) changes -------------------------------------------
+    #: the carrier's name in messages
+    label = "Twilio"
+    #: `settings.amd.provider` that asks this carrier's own AMD
+    amd_provider = "twilio"
+    #: what an account id looks like, and how to say so
+    account_sid_pattern = _ACCOUNT_SID
+    account_sid_rule = "account_sid must be AC followed by 32 hexadecimal characters"
+    #: import fields holding the account id and its REST secret (named in errors)
+    sid_field, token_field = "account_sid", "account_token"
+    credentials_label = "account SID / auth token"
+    #: webhook signature headers, the first one present is checked
+    signature_headers: tuple[str, ...] = (SIGNATURE_HEADER,)
+    #: environment variable pointing the REST API at a stand-in
+    api_base_env = "GATEWAY_TWILIO_API_BASE"
+
+    def path(self, leaf: str) -> str:
+        """This carrier's URL for one webhook or the media socket: /twilio/voice, /signalwire/voice…"""
+        return f"/{self.name}/{leaf}"
+
+    def creds_of(self, number: dict[str, Any] | None) -> TwilioCreds | None:
+        return creds_of(number)
+
+    def rest_base(self, creds: TwilioCreds) -> str | None:
+        """Base URL of the 2010-04-01 REST API for this account (None: the SDK's own, https://api.twilio.com)."""
+        return self.api_base_url.rstrip("/") if self.api_base_url else None
+
+    def refusal(self, e: TwilioRestException, *, importing: bool = False) -> CarrierError:
+        return twilio_refusal(e, importing=importing, carrier=self.label, field=self.token_field,
+                              credentials=self.credentials_label)
+
     def __init__(self, gateway: Any) -> None:
         super().__init__(gateway)
         #: REST base URL override (tests, Twilio-compatible mocks); default https://api.twilio.com
-        self.api_base_url: str | None = os.environ.get("GATEWAY_TWILIO_API_BASE") or None
+        self.api_base_url: str | None = os.environ.get(self.api_base_env) or None
         self.legs: dict[str, TwilioLeg] = {}
         self._http: BoundedTwilioHttpClient | None = None
         self._clients: dict[tuple[str, str], Client] = {}
@@ -335,18 +378,18 @@ class TwilioCarrier(Carrier):
         def done(t: asyncio.Task) -> None:
             self._tasks.discard(t)
             if report and not t.cancelled() and t.exception() is not None:
-                log.error("twilio background action failed", exc_info=t.exception(), extra={"carrier": "twilio"})
+                log.error("twilio background action failed", exc_info=t.exception(), extra={"carrier": self.name})
         task.add_done_callback(done)
         return task
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
-        app.router.add_post(VOICE_PATH, self.voice_webhook)
-        app.router.add_get(MEDIA_PATH, self.media_websocket)
-        app.router.add_post(STATUS_PATH, self.status_webhook)
-        app.router.add_post(AMD_PATH, self.amd_webhook)
-        app.router.add_post(TRANSFER_PATH, self.transfer_webhook)
-        app.router.add_post(TRANSFER_LEG_PATH, self.transfer_leg_webhook)
+        app.router.add_post(self.path("voice"), self.voice_webhook)
+        app.router.add_get(self.path("media"), self.media_websocket)
+        app.router.add_post(self.path("status"), self.status_webhook)
+        app.router.add_post(self.path("amd"), self.amd_webhook)
+        app.router.add_post(self.path("transfer_status"), self.transfer_webhook)
+        app.router.add_post(self.path("transfer_leg"), self.transfer_leg_webhook)
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
@@ -384,22 +427,24 @@ class TwilioCarrier(Carrier):
     def client(self, creds: TwilioCreds) -> Client:
         """One SDK client per account, all sharing one aiohttp session (created inside the running loop)."""
         if self._http is None:
-            self._http = BoundedTwilioHttpClient(lambda: self.gateway.settings.carrier_timeout)
-        key = (creds.account_sid, creds.auth_token)
+            self._http = BoundedTwilioHttpClient(lambda: self.gateway.settings.carrier_timeout, self.label)
+        base = self.rest_base(creds)
+        key = (creds.account_sid, creds.auth_token, base)
         c = self._clients.get(key)
         if c is None:
             c = Client(creds.account_sid, creds.auth_token, http_client=self._http)
-            if self.api_base_url:
-                c.api.base_url = self.api_base_url.rstrip("/")
+            if base:
+                c.api.base_url = base
             self._clients[key] = c
         return c
 
     async def _creds_for_number(self, number: dict[str, Any]) -> TwilioCreds:
-        creds = creds_of(number)
+        creds = self.creds_of(number)
         if creds is None and number.get("id") is not None:
-            creds = creds_of(await self.gateway.store.get_number(number["id"], with_secrets=True))
+            creds = self.creds_of(await self.gateway.store.get_number(number["id"], with_secrets=True))
         if creds is None:
-            raise CarrierError(f"number {number.get('phone_number')} has no Twilio account_sid/account_token", 409)
+            raise CarrierError(f"number {number.get('phone_number')} has no {self.label} {self.sid_field}/"
+                               f"{self.token_field}", 409)
         return creds
 
     # -- URLs and TwiML -----------------------------------------------------------------------------------------
@@ -408,7 +453,7 @@ class TwilioCarrier(Carrier):
 
     def stream_twiml(self, call: Call) -> VoiceResponse:
         resp = VoiceResponse()
-        stream = resp.connect().stream(url=self.gateway.settings.public_ws_base + MEDIA_PATH)
+        stream = resp.connect().stream(url=self.gateway.settings.public_ws_base + self.path("media"))
         stream.parameter(name="call_id", value=call.id)
         stream.parameter(name="agent_id", value=str((call.agent or {}).get("id") or ""))
         return resp
@@ -420,14 +465,14 @@ class TwilioCarrier(Carrier):
         q = f"?call_id={call.id}&attempt={attempt}"
         opts = _agent_settings(call).get("transfer") or {}
         timeout = int(opts.get("timeout") or self.dial_timeout)
-        dial = resp.dial(action=self.url(TRANSFER_PATH + q), method="POST", timeout=timeout)
-        dial.number(target, status_callback_event="answered", status_callback=self.url(TRANSFER_LEG_PATH + q),
+        dial = resp.dial(action=self.url(self.path("transfer_status") + q), method="POST", timeout=timeout)
+        dial.number(target, status_callback_event="answered", status_callback=self.url(self.path("transfer_leg") + q),
                     status_callback_method="POST")
         return resp
 
     # -- signatures ---------------------------------------------------------------------------------------------
     def signature_ok(self, request: web.Request, params: Any, tokens: list[str], *, ws: bool = False) -> bool:
-        sig = request.headers.get(SIGNATURE_HEADER)
+        sig = self.signature_of(request)
         if not sig or not tokens:
             return False
         base = self.gateway.settings.public_ws_base if ws else self.gateway.settings.public_base
@@ -435,9 +480,12 @@ class TwilioCarrier(Carrier):
         algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
         return any(RequestValidator(t).validate(url, params, sig, algorithm) for t in tokens)
 
+    def signature_of(self, request: web.Request) -> str | None:
+        return next((request.headers[h] for h in self.signature_headers if h in request.headers), None)
+
     async def account_tokens(self, account_sid: str | None) -> list[str]:
         """Auth tokens stored for an account (any of its imported numbers); cached, refreshed on import/delete."""
-        if not account_sid or not _ACCOUNT_SID.match(account_sid):
+        if not account_sid or not self.account_sid_pattern.match(account_sid):
             return []
         now = time.monotonic()
         if account_sid not in self._tokens or now - self._tokens_at > 60:
@@ -446,9 +494,9 @@ class TwilioCarrier(Carrier):
             while True:
                 rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name, with_secrets=True)
                 for row in rows:
-                    c = creds_of(row)
+                    c = self.creds_of(row)
                     if c:
-                        tokens.setdefault(c.account_sid, set()).add(c.auth_token)
+                        tokens.setdefault(c.account_sid, set()).add(c.signing_secret)
                 if page * 500 >= total or not rows:
                     break
                 page += 1
@@ -471,7 +519,7 @@ class TwilioCarrier(Carrier):
             call = None
         leg = self.legs.get(call.id) if call else None
         if leg is not None:
-            return call, [leg.creds.auth_token]
+            return call, [leg.creds.signing_secret]
         return call, await self.account_tokens(form.get("AccountSid"))
 
     # -- inbound call -------------------------------------------------------------------------------------------
@@ -482,11 +530,11 @@ class TwilioCarrier(Carrier):
         except ValueError:
             to_number = None
         number = await self.gateway.store.find_number(to_number, self.name, with_secrets=True) if to_number else None
-        creds = creds_of(number)
-        tokens = [creds.auth_token] if creds else await self.account_tokens(form.get("AccountSid"))
+        creds = self.creds_of(number)
+        tokens = [creds.signing_secret] if creds else await self.account_tokens(form.get("AccountSid"))
         if not self.signature_ok(request, form, tokens):
             log.warning("rejected unsigned or badly signed voice webhook",
-                        extra={"carrier": "twilio", "call_sid": form.get("CallSid"), "known_number": bool(number)})
+                        extra={"carrier": self.name, "call_sid": form.get("CallSid"), "known_number": bool(number)})
             return _forbidden()
         existing = self.gateway.calls.find_by_sid(form.get("CallSid", ""))
         if existing is not None and existing.carrier == self.name and existing.id in self.legs:
@@ -506,7 +554,7 @@ class TwilioCarrier(Carrier):
                 number=public_number, carrier_sid=form.get("CallSid"), status="ringing",
                 metadata={k: v for k, v in meta.items() if v})
         except CapacityError:
-            log.warning("gateway at capacity: rejecting call", extra={"carrier": "twilio"})
+            log.warning("gateway at capacity: rejecting call", extra={"carrier": self.name})
             resp = VoiceResponse()
             resp.reject(reason="busy")
             return _xml(resp)
@@ -519,7 +567,7 @@ class TwilioCarrier(Carrier):
         leg = TwilioLeg(self, call, creds)
         self.legs[call.id] = leg
         leg.arm_watchdog(self.connect_timeout, "stream_not_connected")
-        log.info("inbound call", extra={"carrier": "twilio", "call_id": call.id, "call_sid": form.get("CallSid")})
+        log.info("inbound call", extra={"carrier": self.name, "call_id": call.id, "call_sid": form.get("CallSid")})
         return _xml(self.stream_twiml(call))
 
     # -- media --------------------------------------------------------------------------------------------------
@@ -531,7 +579,7 @@ class TwilioCarrier(Carrier):
         try:
             await stream.run()
         except Exception:
-            log.exception("twilio media stream failed", extra={"carrier": "twilio", "stream_sid": stream.stream_sid})
+            log.exception("twilio media stream failed", extra={"carrier": self.name, "stream_sid": stream.stream_sid})
             if not ws.closed:
                 await ws.close(code=1011, message=b"internal error")
         return ws
@@ -550,9 +598,9 @@ class TwilioCarrier(Carrier):
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call already has a media stream")
         if call.carrier_sid and call_sid and call_sid != call.carrier_sid:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
-        if SIGNATURE_HEADER in stream.request.headers and not self.signature_ok(
-                stream.request, {}, [leg.creds.auth_token], ws=True):
-            raise StreamClosed(CloseCode.BAD_SIGNATURE, "X-Twilio-Signature does not match")
+        if self.signature_of(stream.request) is not None and not self.signature_ok(
+                stream.request, {}, [leg.creds.signing_secret], ws=True):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "the upgrade's signature does not match")
         if not call.carrier_sid and isinstance(call_sid, str):
             call.set_carrier_sid(call_sid)
             await call.record(carrier_sid=call_sid)
@@ -562,7 +610,7 @@ class TwilioCarrier(Carrier):
             maybe_start_amd(call)     # before attach, so an AMD gate holds the engine's first words
             await call.attach(leg, RATE)
         else:
-            log.info("media stream re-attached", extra={"carrier": "twilio", "call_id": call.id})
+            log.info("media stream re-attached", extra={"carrier": self.name, "call_id": call.id})
         leg.state = "live"
         call.metadata.setdefault("stream_sid", stream.stream_sid)
         return call, leg
@@ -620,7 +668,7 @@ class TwilioCarrier(Carrier):
             await call.record(extra=extra)
             await call.end(_END_SOURCE[status], "caller_hangup" if status == "completed" else status, status=status)
         else:
-            log.warning("unknown CallStatus %r", status, extra={"carrier": "twilio", "call_id": call.id})
+            log.warning("unknown CallStatus %r", status, extra={"carrier": self.name, "call_id": call.id})
         return _ok()
 
     async def _update_ended(self, request: web.Request, form: Any, status: str, extra: dict[str, Any]) -> None:
@@ -653,7 +701,7 @@ class TwilioCarrier(Carrier):
             duration_ms = int(float(form.get("MachineDetectionDuration") or 0))
         except ValueError:
             duration_ms = 0
-        result = AmdResult(answered_by, duration_ms, source="twilio")
+        result = AmdResult(answered_by, duration_ms, source=self.name)
         leg = self.legs.get(call.id)
         if controller_for(call) is not None or leg is None:
             await report_amd(call, result)          # the agent's AMD controller acts (gate, WAV, text, fax…)
@@ -663,7 +711,7 @@ class TwilioCarrier(Carrier):
         message = str(vm.get("message") or "").strip()
         if answered_by.is_machine and message.lower().endswith(".wav") and not re.match(r"^https?://", message):
             # a local WAV file Twilio cannot fetch: the AMD controller plays it through the stream
-            settings = replace(amd_settings(call.agent), enabled=True, provider="twilio")
+            settings = replace(amd_settings(call.agent), enabled=True, provider=self.amd_provider)
             AmdController(call, settings, external=True).start()
             await report_amd(call, result)
             return _ok()
@@ -723,7 +771,7 @@ class TwilioCarrier(Carrier):
         target = self._target(leg, request)
         leg.transfer_attempts.append({"number": target, "status": status})
         await call.record(extra={"transfer_attempts": list(leg.transfer_attempts)})
-        log.info("transfer attempt finished", extra={"carrier": "twilio", "call_id": call.id, "attempt": attempt,
+        log.info("transfer attempt finished", extra={"carrier": self.name, "call_id": call.id, "attempt": attempt,
                                                      "dial_status": status})
         if status in ("completed", "answered"):
             await self._transfer_succeeded(call, leg, target)
@@ -757,18 +805,18 @@ class TwilioCarrier(Carrier):
         q = f"?call_id={call.id}"
         kwargs: dict[str, Any] = dict(
             to=to_number, from_=number["phone_number"], twiml=str(self.stream_twiml(call)),
-            status_callback=self.url(STATUS_PATH + q), status_callback_method="POST",
+            status_callback=self.url(self.path("status") + q), status_callback_method="POST",
             status_callback_event=["initiated", "ringing", "answered", "completed"])
-        amd = wants_twilio_amd(call.agent)
+        amd = wants_twilio_amd(call.agent, self.amd_provider)
         if amd:
             kwargs.update(machine_detection="DetectMessageEnd", async_amd="true",
-                          async_amd_status_callback=self.url(AMD_PATH + q), async_amd_status_callback_method="POST")
+                          async_amd_status_callback=self.url(self.path("amd") + q), async_amd_status_callback_method="POST")
         try:
             created = await self.client(creds).calls.create_async(**kwargs)
         except (TwilioRestException, CarrierError) as e:
             self.legs.pop(call.id, None)
             leg.completed = True
-            raise (twilio_refusal(e) if isinstance(e, TwilioRestException) else e) from None
+            raise (self.refusal(e) if isinstance(e, TwilioRestException) else e) from None
         call.set_carrier_sid(created.sid)
         await call.record(carrier_sid=created.sid, call_status=created.status or "queued",
                           extra={"twilio_amd": amd})
@@ -776,37 +824,37 @@ class TwilioCarrier(Carrier):
             self.spawn(leg.complete_at_twilio(), report=False)
             return
         leg.arm_watchdog(self.outbound_timeout, "outbound_not_connected")
-        log.info("outbound call placed", extra={"carrier": "twilio", "call_id": call.id, "call_sid": created.sid,
+        log.info("outbound call placed", extra={"carrier": self.name, "call_id": call.id, "call_sid": created.sid,
                                                 "amd": amd})
 
     # -- import -------------------------------------------------------------------------------------------------
     async def _check_account(self, creds: TwilioCreds) -> Any:
-        if not _ACCOUNT_SID.match(creds.account_sid):
-            raise CarrierError("account_sid must be AC followed by 32 hexadecimal characters", 422)
+        if not self.account_sid_pattern.match(creds.account_sid):
+            raise CarrierError(self.account_sid_rule, 422, self.sid_field)
         try:
             account = await self.client(creds).api.v2010.accounts(creds.account_sid).fetch_async()
         except TwilioRestException as e:
-            raise twilio_refusal(e, importing=True) from None
+            raise self.refusal(e, importing=True) from None
         if account.status and account.status != "active":
-            raise CarrierError(f"Twilio account {creds.account_sid} is {account.status}", 422)
+            raise CarrierError(f"{self.label} account {creds.account_sid} is {account.status}", 422)
         return account
 
     async def _find_number(self, creds: TwilioCreds, phone: str) -> Any:
         try:
             found = await self.client(creds).incoming_phone_numbers.list_async(phone_number=phone, limit=1)
         except TwilioRestException as e:
-            raise twilio_refusal(e, importing=True) from None
+            raise self.refusal(e, importing=True) from None
         return found[0] if found else None
 
     async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
-        creds = creds_of(fields)
+        creds = self.creds_of(fields)
         if creds is None:
-            raise CarrierError("account_sid and account_token are required", 422)
+            raise CarrierError(f"{self.sid_field} and {self.token_field} are required", 422)
         if fields.get("configure_webhooks") and not fields.get("force_webhooks"):
-            problem = unreachable_reason(self.url(VOICE_PATH))
+            problem = unreachable_reason(self.url(self.path("voice")))
             if problem:   # a real number's VoiceUrl would point where Twilio cannot go: inbound calls would fail
                 raise CarrierError(
-                    f"configure_webhooks: Twilio could not reach this gateway's public URL ({problem}); start "
+                    f"configure_webhooks: {self.label} could not reach this gateway's public URL ({problem}); start "
                     "the gateway with --public-url https://your-host, or send force_webhooks: true", 400,
                     "configure_webhooks")
         phone = fields["phone_number"]
@@ -819,19 +867,19 @@ class TwilioCarrier(Carrier):
         if fields.get("configure_webhooks"):
             try:
                 await self.client(creds).incoming_phone_numbers(incoming.sid).update_async(
-                    voice_url=self.url(VOICE_PATH), voice_method="POST",
-                    status_callback=self.url(STATUS_PATH), status_callback_method="POST")
+                    voice_url=self.url(self.path("voice")), voice_method="POST",
+                    status_callback=self.url(self.path("status")), status_callback_method="POST")
             except TwilioRestException as e:
-                raise twilio_refusal(e, importing=True) from None
-            out["webhooks_configured_to"] = self.url(VOICE_PATH)
+                raise self.refusal(e, importing=True) from None
+            out["webhooks_configured_to"] = self.url(self.path("voice"))
         return out
 
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Credentials, number ownership and where the number's voice webhook points, one verdict each."""
         steps: list[dict[str, Any]] = []
-        creds = creds_of(fields)
+        creds = self.creds_of(fields)
         if creds is None:
-            raise CarrierError("account_sid and account_token are required", 422)
+            raise CarrierError(f"{self.sid_field} and {self.token_field} are required", 422)
         try:
             account = await self._check_account(creds)
             steps.append({"step": "credentials", "ok": True,
@@ -846,7 +894,7 @@ class TwilioCarrier(Carrier):
                                                                    f"{creds.account_sid}"})
             return {"ok": False, "steps": steps}
         steps.append({"step": "number", "ok": True, "detail": f"{phone} is {incoming.sid}"})
-        want = self.url(VOICE_PATH)
+        want = self.url(self.path("voice"))
         here = (incoming.voice_url or "") == want
         detail = f"voice URL is {incoming.voice_url or 'not set'}" + ("" if here else f"; expected {want}")
         steps.append({"step": "voice_webhook", "ok": here, "detail": detail})

@@ -70,9 +70,15 @@ BINARY_REASON = "binary frames are not part of Media Streams"
 
 
 class MediaStream(MarkedPlayout):
-    """One Media Streams websocket: protocol state, the sender task and the playout clock."""
+    """One Media Streams websocket: protocol state, the sender task and the playout clock.
+
+    Telnyx and Plivo speak close cousins of this protocol (JSON text, base64 μ-law 8 kHz `media`, `dtmf`, marks or
+    checkpoints, a clear, `stop`): their streams subclass this one and change `_on_start` (the start message and the
+    claim of the call), `_on_other` (their own events), `_suffix` and the mark / clear wire format."""
 
     internal_mark = INTERNAL_MARK
+    #: what closes one outgoing media message after its base64 payload (`_prefix` is set once the stream is known)
+    _suffix = '"}}'
 
     def __init__(self, carrier: "TwilioCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
@@ -98,7 +104,7 @@ class MediaStream(MarkedPlayout):
             await self._read_loop()
         except StreamClosed as e:
             log.warning("twilio media stream closed: %s", e.reason,
-                        extra={"carrier": "twilio", "close_code": int(e.code), "stream_sid": self.stream_sid,
+                        extra={"carrier": self.carrier.name, "close_code": int(e.code), "stream_sid": self.stream_sid,
                                "call_id": self.call.id if self.call else None})
             if not self.ws.closed:
                 await self.ws.close(code=int(e.code), message=e.reason[:120].encode())
@@ -159,21 +165,25 @@ class MediaStream(MarkedPlayout):
                 if digit.upper() in _DIGITS and len(digit) == 1:
                     call.feed_event(Dtmf(digit.upper()))
                 else:
-                    log.warning("ignored malformed dtmf message", extra={"carrier": "twilio", "call_id": call.id})
+                    log.warning("ignored malformed dtmf message", extra={"carrier": self.carrier.name, "call_id": call.id})
             elif event == "stop":
                 self.stopped = True
                 return
-            elif event in ("connected", "start"):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, f"duplicate {event}")
             else:
-                raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
+                self._on_other(event, m)
+
+    def _on_other(self, event: str, m: dict[str, Any]) -> None:
+        """An event the common loop does not handle: the carrier's own, or a protocol error."""
+        if event in ("connected", "start"):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, f"duplicate {event}")
+        raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
 
     def _on_mark(self, m: dict[str, Any]) -> None:
         name = (m.get("mark") or {}).get("name")
         if not isinstance(name, str):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "mark without a name")
         if not self._mark_played(name):
-            log.debug("echo of a mark we did not send", extra={"carrier": "twilio", "mark": name})
+            log.debug("echo of a mark we did not send", extra={"carrier": self.carrier.name, "mark": name})
 
     async def _finish(self) -> None:
         self._release_drain_waiters()
@@ -220,14 +230,14 @@ class MediaStream(MarkedPlayout):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("twilio media sender failed", extra={"carrier": "twilio", "call_id": call.id})
+            log.exception("twilio media sender failed", extra={"carrier": self.carrier.name, "call_id": call.id})
             if not self.ws.closed:
                 await self.ws.close(code=1011, message=b"sender failed")
 
     async def send_audio(self, pcm: bytes) -> None:
         """One 20 ms frame of PCM16 8 kHz → one `media` message with a 160-byte μ-law payload."""
         payload = base64.b64encode(pcm16_to_ulaw(pcm)).decode("ascii")
-        await self.ws.send_str(self._prefix + payload + '"}}')
+        await self.ws.send_str(self._prefix + payload + self._suffix)
         self._played(len(pcm) / 2 / RATE)
         self.frames_sent += 1
 

@@ -7,7 +7,7 @@
     sit            → special information tones + network announcement: hang up (hangup_reason "sit"), no voicemail
 
 Carriers call `maybe_start_amd(call)` once for an outbound call, before (or right after) `call.attach()`; it is a
-no-op when the agent has AMD off. Carriers with their own AMD (Twilio, when the agent picks provider "twilio") pass
+no-op when the agent has AMD off. Carriers with their own AMD (Twilio, SignalWire, Telnyx: when the agent picks that provider) pass
 their verdict to `report_amd(call, result)` and get the same behaviour and the same call-log fields.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def maybe_start_amd(call: "Call", *, detector: AmdDetector | None = None) -> "Am
         return None
     if not settings.enabled:
         return None
-    external = settings.provider == "twilio" and call.carrier == "twilio"
+    external = settings.provider != "gateway" and settings.provider == call.carrier   # the carrier's own AMD
     ctl = AmdController(call, settings, detector=detector, external=external)
     ctl.start()
     return ctl
@@ -84,7 +84,7 @@ class AmdController:
         self.call = call
         self.settings = settings
         self.external = external
-        self.source = "twilio" if external else "gateway"
+        self.source = settings.provider if external else "gateway"
         self.detector: AmdDetector | None = None
         self._message_end_next = False   # the next local detector starts in the end-of-message phase
         self._early = detector

@@ -1,6 +1,6 @@
 """Agent settings for AMD and voicemail drop, read once per call.
 
-    agent["settings"]["amd"]       = {"enabled": true, "provider": "gateway" | "twilio", "params": {...}}
+    agent["settings"]["amd"]       = {"enabled": true, "provider": "gateway" | "twilio" | "signalwire" | "telnyx", "params": {...}}
     agent["settings"]["voicemail"] = {"enabled": true, "message": "/path/to/message.wav" | "text for the engine"}
 
 `params` overrides any `AmdParams` field (e.g. {"greeting": 2000, "vad": "energy"}). A message that names a .wav
@@ -13,7 +13,8 @@ from typing import Any
 
 from .params import AmdParams
 
-PROVIDERS = ("gateway", "twilio")
+#: "gateway" runs our detector; a carrier's name asks that carrier's own AMD (on that carrier's calls)
+PROVIDERS = ("gateway", "twilio", "signalwire", "telnyx")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..amd.settings import PROVIDERS as AMD_PROVIDERS
 from ..carrier import CarrierError
 from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 FIELDS = {"name", "engine", "webhook_url", "settings"}
 TRANSFER_TYPES = ("static", "dynamic")
-AMD_PROVIDERS = ("gateway", "twilio")
 
 
 def _gw(request: web.Request) -> "Gateway":

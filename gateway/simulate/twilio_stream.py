@@ -27,12 +27,13 @@ def sign(token: str, url: str, params: dict[str, Any] | None = None) -> str:
 
 
 async def post_signed(url: str, params: dict[str, str], token: str | None, *, signed_url: str | None = None,
-                      tamper: bool = False) -> tuple[int, str]:
-    """POST a form as Twilio does; `signed_url` is the public URL Twilio would have signed (behind a proxy)."""
+                      tamper: bool = False, header: str = "X-Twilio-Signature") -> tuple[int, str]:
+    """POST a form as Twilio does; `signed_url` is the public URL Twilio would have signed (behind a proxy);
+    `header`: where the signature goes (SignalWire: X-SignalWire-Signature)."""
     headers = {}
     if token is not None:
         sig = sign(token, signed_url or url, params)
-        headers["X-Twilio-Signature"] = sig
+        headers[header] = sig
     if tamper:
         params = {**params, "From": "+15550009999"}
     async with aiohttp.ClientSession() as s:
@@ -132,8 +133,8 @@ class TwilioStreamClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                msg = json.loads(raw)
-                self.got.events.append(msg)
+                self.got.events.append(json.loads(raw))
+                msg = self.translate(self.got.events[-1])
                 if "streamSid" in msg:
                     self.got.stream_sids.add(msg["streamSid"])
                 now = time.monotonic()
@@ -170,10 +171,18 @@ class TwilioStreamClient:
                 self._pending.remove(p)
                 self.echoed.append(p[1])
                 try:
-                    await self.send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": p[1]}})
+                    await self.send(self.mark_message(p[1]))
                 except Exception:
                     return
             await asyncio.sleep(0.005)
+
+    def translate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A message of the carrier's as Twilio's (`media`, `mark`, `clear`): the identity here."""
+        return msg
+
+    def mark_message(self, name: str) -> dict[str, Any]:
+        """The echo of a mark whose audio has played (the carrier's wire format)."""
+        return {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
 
     async def wait_for(self, predicate: Any, timeout: float = 5.0) -> None:
         """Wait until predicate() is true (re-checked on every message received)."""

@@ -29,12 +29,20 @@ class TwilioEnv:
     account: FakeAccount
     agent: dict[str, Any]
     number: dict[str, Any]
+    route: str = "/twilio"                       # /signalwire for the SignalWire carrier
+    signature_header: str = "X-Twilio-Signature"
+    signing_key: str | None = None               # SignalWire's Signing Key, when the number has one
+
+    @property
+    def key(self) -> str:
+        """What the carrier signs webhooks with."""
+        return self.signing_key or self.account.token
 
     def http(self, path: str) -> str:
         return self.gw.url(path)
 
-    def ws_url(self, path: str = "/twilio/media") -> str:
-        return f"ws://127.0.0.1:{self.gw.http_port}{path}"
+    def ws_url(self, path: str | None = None) -> str:
+        return f"ws://127.0.0.1:{self.gw.http_port}{path or self.route + '/media'}"
 
     async def set_agent(self, **fields: Any) -> None:
         self.agent = await self.gw.store.update_agent(self.agent["id"], fields)
@@ -42,9 +50,10 @@ class TwilioEnv:
     async def inbound(self, *, call_sid: str | None = None, to: str = NUMBER) -> tuple[str, str, str]:
         """Twilio's voice webhook for a new inbound call: returns (call_id, call_sid, twiml)."""
         call_sid = call_sid or self.rest.add_call(self.account)
-        status, body = await post_signed(self.http("/twilio/voice"), {
+        status, body = await post_signed(self.http(self.route + "/voice"), {
             "CallSid": call_sid, "AccountSid": self.account.sid, "From": CALLER, "To": to,
-            "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}, self.account.token)
+            "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}, self.key,
+            header=self.signature_header)
         assert status == 200, body
         m = re.search(r'<Parameter name="call_id" value="([0-9a-f]+)"', body)
         return (m.group(1) if m else ""), call_sid, body
@@ -54,7 +63,8 @@ class TwilioEnv:
 
     async def callback(self, path: str, params: dict[str, str], **kw: Any) -> tuple[int, str]:
         params = {"AccountSid": self.account.sid, **params}
-        return await post_signed(self.http(path), params, self.account.token, **kw)
+        kw.setdefault("header", self.signature_header)
+        return await post_signed(self.http(path), params, self.key, **kw)
 
     async def row(self, call_id: str) -> dict[str, Any]:
         return await self.gw.store.find_call(call_uuid=call_id)
@@ -74,31 +84,56 @@ def recording() -> bytes:
         return f.read()
 
 
-@pytest_asyncio.fixture
-async def twilio_env(make_gateway):
-    """`env = await twilio_env(settings={...}, engine="echo")`."""
-    rests: list[FakeTwilioRest] = []
-    gateways: list[Gateway] = []
+@dataclass(frozen=True)
+class Flavour:
+    """What differs between the Twilio and the SignalWire set-up."""
 
-    async def factory(*, engine: str = "echo", settings: dict[str, Any] | None = None,
-                      **gw_overrides: Any) -> TwilioEnv:
-        rest = await FakeTwilioRest().start()
-        rests.append(rest)
-        gw = await make_gateway(carriers={"twilio": TwilioCarrier}, engine="echo", **gw_overrides)
-        gateways.append(gw)
-        carrier = gw.carriers["twilio"]
-        carrier.api_base_url = rest.url
-        carrier.start_timeout = 0.5
-        account = rest.add_account(numbers=(NUMBER,))
-        agent = await gw.store.create_agent({"name": "twilio agent", "engine": engine, "settings": settings or {}})
-        number = await gw.store.create_number(
-            {"phone_number": NUMBER, "provider": "twilio", "agent_id": agent["id"],
-             "config": {"account_sid": account.sid}}, {"account_token": account.token})
-        return TwilioEnv(gw, carrier, rest, account, agent, number)
+    name: str
+    carrier: type
+    rest: type
+    stored: Any        # (account, signing_key) → (config, secrets) of the imported number
+    signature_header: str = "X-Twilio-Signature"
 
-    yield factory
-    for gw in gateways:          # before the fake REST goes away: shutdown hangs calls up over REST
-        if gw.started:
-            await gw.stop()
-    for r in rests:
-        await r.stop()
+
+TWILIO = Flavour("twilio", TwilioCarrier, FakeTwilioRest,
+                 lambda acc, _key: ({"account_sid": acc.sid}, {"account_token": acc.token}))
+
+
+def env_fixture(flavour: Flavour) -> Any:
+    """A pytest fixture: `env = await fixture(settings={...}, engine="echo", signing_key=None)`."""
+
+    @pytest_asyncio.fixture
+    async def fixture(make_gateway):
+        rests: list[FakeTwilioRest] = []
+        gateways: list[Gateway] = []
+
+        async def factory(*, engine: str = "echo", settings: dict[str, Any] | None = None,
+                          signing_key: str | None = None, **gw_overrides: Any) -> TwilioEnv:
+            rest = await flavour.rest().start()
+            rests.append(rest)
+            gw = await make_gateway(carriers={flavour.name: flavour.carrier}, engine="echo", **gw_overrides)
+            gateways.append(gw)
+            carrier = gw.carriers[flavour.name]
+            carrier.api_base_url = rest.url + rest.prefix
+            carrier.start_timeout = 0.5
+            account = rest.add_account(numbers=(NUMBER,))
+            agent = await gw.store.create_agent({"name": f"{flavour.name} agent", "engine": engine,
+                                                 "settings": settings or {}})
+            config, secrets = flavour.stored(account, signing_key)
+            number = await gw.store.create_number(
+                {"phone_number": NUMBER, "provider": flavour.name, "agent_id": agent["id"], "config": config},
+                secrets)
+            return TwilioEnv(gw, carrier, rest, account, agent, number, route=f"/{flavour.name}",
+                             signature_header=flavour.signature_header, signing_key=signing_key)
+
+        yield factory
+        for gw in gateways:          # before the fake REST goes away: shutdown hangs calls up over REST
+            if gw.started:
+                await gw.stop()
+        for r in rests:
+            await r.stop()
+
+    return fixture
+
+
+twilio_env = env_fixture(TWILIO)

@@ -54,6 +54,12 @@ class Recorded:
 
 
 class FakeTwilioRest(RestStandIn):
+    #: where the 2010-04-01 API lives on the host (SignalWire serves it under /api/laml)
+    prefix = ""
+
+    def new_account_sid(self) -> str:
+        return new_sid("AC")
+
     def __init__(self) -> None:
         super().__init__()
         self.accounts: dict[str, FakeAccount] = {}
@@ -65,7 +71,7 @@ class FakeTwilioRest(RestStandIn):
         self._seq = itertools.count(1)
 
     def add_account(self, token: str | None = None, numbers: tuple[str, ...] = ()) -> FakeAccount:
-        acc = FakeAccount(new_sid("AC"), token or secrets.token_hex(16))
+        acc = FakeAccount(self.new_account_sid(), token or secrets.token_hex(16))
         for n in numbers:
             acc.numbers[n] = {"sid": new_sid("PN"), "phone_number": n, "voice_url": None, "status_callback": None}
         self.accounts[acc.sid] = acc
@@ -82,7 +88,7 @@ class FakeTwilioRest(RestStandIn):
             return twilio_error(status, *FAULT_CODES.get(status, (20001, "Bad request")))
 
         app = web.Application(middlewares=[self.faults.middleware(fault, self._record)])
-        base = "/2010-04-01/Accounts/{account}"
+        base = self.prefix + "/2010-04-01/Accounts/{account}"
         app.router.add_get(base + ".json", self._account)
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self._list_numbers)
         app.router.add_post(base + "/IncomingPhoneNumbers/{pn}.json", self._update_number)
