@@ -12,12 +12,15 @@ import sys
 
 import pytest
 
+from carriers.exotel import ExotelCarrier
 from carriers.sip import SipCarrier
-from exotel_helpers import tone
+from carriers.vonage import VonageCarrier
+from exotel_helpers import ACCOUNT_SID, EXOPHONE, add_exophone, tone
+from vonage_helpers import VONAGE_NUMBER, add_vonage_number
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
-from gateway.frames import AudioFrame, Hangup
-from gateway.simulate.lines import SipLine, TwilioLine
+from gateway.frames import AudioFrame, Hangup, SpeechActivity
+from gateway.simulate.lines import ExotelLine, SipLine, TwilioLine, VonageLine
 from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
 from gateway.simulate.script import ScriptError, parse_script
 from sipp import rtp_range, sip_number
@@ -57,9 +60,32 @@ class DelayedReply(VoiceEngine):
                     loud = quiet = 0
 
 
+class Interruptible(VoiceEngine):
+    """Talks for 8 s from the answer and stops (clear) as soon as the gateway's VAD says the caller speaks."""
+
+    sample_rate = 8000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        await session.play(tone(8.0, 8000), end_of_utterance=True)
+        while (item := await session.receive()) is not None:
+            if isinstance(item, Hangup):
+                return
+            if isinstance(item, SpeechActivity) and item.speaking:
+                session.clear()
+
+
+BARGE_IN = parse_script({"steps": [{"say": {"text": "Hello there how are you today", "barge_in_after_ms": 500}},
+                                   {"silence": 500}, "hangup"]})
+
+
+def register_engines(gw) -> None:
+    gw.engines.register("delayed", DelayedReply())
+    gw.engines.register("interruptible", Interruptible())
+
+
 async def sip_setup(make_gateway, engine: str):
     gw = await make_gateway(carriers={"sip": SipCarrier}, **rtp_range())
-    gw.engines.register("delayed", DelayedReply())
+    register_engines(gw)
     num = await sip_number(gw, engine=engine)
     ports = rtp_range()
     line = SipLine("127.0.0.1", gw.carriers["sip"].port, rtp_ports=(ports["rtp_port_min"], ports["rtp_port_max"]))
@@ -69,16 +95,33 @@ async def sip_setup(make_gateway, engine: str):
 
 async def twilio_setup(twilio_env, engine: str):
     env = await twilio_env(engine=engine)
-    env.gw.engines.register("delayed", DelayedReply())
+    register_engines(env.gw)
     line = TwilioLine(f"http://127.0.0.1:{env.gw.http_port}", env.account.sid, env.account.token)
     return env.gw, line, "+15005550006"
+
+
+async def ws_setup(make_gateway, via: str, engine: str):
+    """Exotel or Vonage: the carrier, an agent on `engine`, its number."""
+    carrier = {"exotel": ExotelCarrier, "vonage": VonageCarrier}[via]
+    gw = await make_gateway(carriers={via: carrier})
+    register_engines(gw)
+    agent = await gw.store.create_agent({"name": f"{via} agent", "engine": engine, "settings": {}})
+    url = gw.url("").rstrip("/")
+    # the synthetic lines carry no carrier credentials: their numbers use the explicit opt-outs (docs/security.md)
+    if via == "exotel":
+        await add_exophone(gw, agent_id=agent["id"], allow_unauthenticated=True)
+        return gw, ExotelLine(url, ACCOUNT_SID), EXOPHONE
+    await add_vonage_number(gw, agent_id=agent["id"], signature_secret=None, allow_unsigned=True)
+    return gw, VonageLine(url, 16000), VONAGE_NUMBER
 
 
 async def simulate(make_gateway, twilio_env, via: str, engine: str, script, calls: int = 1):
     if via == "sip":
         gw, line, number = await sip_setup(make_gateway, engine)
-    else:
+    elif via == "twilio":
         gw, line, number = await twilio_setup(twilio_env, engine)
+    else:
+        gw, line, number = await ws_setup(make_gateway, via, engine)
     try:
         return await run_calls(line, script, number, calls=calls, concurrency=calls,
                                gateway_timing=api_timing(gw.url(""), API_KEY))
@@ -105,7 +148,7 @@ async def test_greeting_then_one_turn(make_gateway, twilio_env, via):
     assert rep.gateway["summary"]["first_agent_audio_ms"] < 500
 
 
-@pytest.mark.parametrize("via", ["sip", "twilio"])
+@pytest.mark.parametrize("via", ["sip", "twilio", "exotel", "vonage"])
 async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, via):
     reps = await simulate(make_gateway, twilio_env, via, "delayed", TWO_TURNS, calls=2)
     for rep in reps:
@@ -118,6 +161,19 @@ async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, v
             assert DELAY_MS - 40 <= g["latency_ms"] <= DELAY_MS + 150, gateway
             assert abs(c["latency_ms"] - g["latency_ms"]) <= AGREEMENT_MS, (caller, gateway)
         assert rep.disagreement_ms is not None and rep.disagreement_ms <= AGREEMENT_MS
+
+
+@pytest.mark.parametrize("via", ["sip", "twilio"])
+async def test_barge_in_and_clear_reaction_seen_by_both_sides(make_gateway, twilio_env, via):
+    (rep,) = await simulate(make_gateway, twilio_env, via, "interruptible", BARGE_IN)
+    assert rep.ok, (rep.failures, rep.error)
+    (c,), (g,) = rep.timing["turns"], rep.gateway["turns"]
+    # the gateway saw its clear; a SIP caller only hears the audio stop (RTP carries no clear), a Twilio one gets it
+    assert g["barge_in"]["cleared"] and c["barge_in"]["cleared"] is (via == "twilio"), (c, g)
+    # the clear follows the VAD's start decision (≥ 140 ms of speech) plus the trip through the engine
+    assert 100 <= g["barge_in"]["reaction_ms"] <= 800, g
+    assert abs(c["barge_in"]["reaction_ms"] - g["barge_in"]["reaction_ms"]) <= 2 * AGREEMENT_MS, (c, g)
+    assert rep.gateway["summary"]["barge_ins"] == rep.timing["summary"]["barge_ins"] == 1
 
 
 async def test_cli_writes_json_html_and_recordings(make_gateway, tmp_path):

@@ -25,7 +25,7 @@ from .report import html_page, print_tables
 from .runner import CallReport, api_timing, run_calls, to_json
 from .script import Script, ScriptError, load_script
 
-VIAS = ("sip", "twilio")
+VIAS = ("sip", "twilio", "exotel", "vonage")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,20 +65,25 @@ async def _run(args: argparse.Namespace, script: Script, number: dict[str, Any],
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .lines import SipLine, TwilioLine
+    from .lines import ExotelLine, SipLine, TwilioLine, VonageLine
 
-    if args.via == "sip":
+    config = number.get("config") or {}
+    if args.via == "exotel":
+        line: Any = ExotelLine(args.url, str(config.get("exotel_account_sid") or ""))
+    elif args.via == "vonage":
+        line = VonageLine(args.url, int(config.get("vonage_audio_rate") or 16000))
+    elif args.via == "sip":
         import os
         host, _, port = args.sip_target.rpartition(":")
         lo, _, hi = os.environ.get("GATEWAY_SIMULATE_RTP_PORTS", "31000-31998").partition("-")
-        line: Any = SipLine(host or "127.0.0.1", int(port), rtp_ports=(int(lo), int(hi)))
+        line = SipLine(host or "127.0.0.1", int(port), rtp_ports=(int(lo), int(hi)))
     else:
         import os
         token = args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
         if not token:
             raise CliError("--via twilio needs --twilio-auth-token (or TWILIO_AUTH_TOKEN) to sign the voice "
                            "webhook", 2)
-        sid = args.twilio_account_sid or (number.get("config") or {}).get("account_sid") or number.get("account_sid")
+        sid = args.twilio_account_sid or config.get("account_sid") or number.get("account_sid")
         if not sid:
             raise CliError("--twilio-account-sid is required (the number shows none)", 2)
         line = TwilioLine(args.url, sid, token, public_url=args.public_url)

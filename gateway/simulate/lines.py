@@ -5,6 +5,15 @@
 * `TwilioLine`: what Twilio does — the signed `POST /twilio/voice` (X-Twilio-Signature with the account's auth
   token, the twilio SDK's RequestValidator), then a Media Streams websocket (gateway/simulate/twilio_stream.py)
   sending μ-law every 20 ms and playing what it receives in real time (marks echoed, `clear` honoured).
+* `ExotelLine`: what the Voicebot applet does — it opens `/exotel/media` itself (no webhook before the stream),
+  `start` names the call and the exophone, caller audio goes as 16-bit PCM 8 kHz in 100 ms `media` chunks
+  (gateway/simulate/exotel_stream.py).
+* `VonageLine`: what the Voice API does — `GET /vonage/answer` (to, from, uuid, conversation_uuid), then the
+  websocket the returned NCCO names, with its content-type and headers, binary L16 20 ms frames
+  (gateway/simulate/vonage_stream.py); the caller hanging up closes the socket.
+
+Agent audio is handed to the caller in 20 ms frames dated by their arrival; the caller's Timeline plays them out
+after what is queued, as the carrier would (a 100 ms Exotel chunk plays over 100 ms).
 
 Each `call()` returns a `LineResult`: the gateway's call id / carrier sid (to fetch the gateway's own figures) and
 who hung up.
@@ -12,10 +21,12 @@ who hung up.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import secrets
+import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
@@ -30,7 +41,9 @@ from gateway.sip.ua import OutgoingInvite, UserAgent, reason_header
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from .caller import FRAME_S, ScriptedCaller
+from .exotel_stream import ExotelStreamClient
 from .twilio_stream import TwilioStreamClient, post_signed
+from .vonage_stream import VonageStreamClient
 
 
 @dataclass
@@ -70,6 +83,8 @@ class _RtpCallerPort:
 
 class SipLine:
     """One UA and one RTP engine on 127.0.0.1 shared by every simulated SIP call of a run."""
+
+    rate = 8000
 
     def __init__(self, host: str, port: int, *, rtp_ports: tuple[int, int] = (31000, 31998),
                  ring_timeout: float = 30.0) -> None:
@@ -145,6 +160,8 @@ class TwilioLine:
     """Twilio's side: the signed voice webhook, then Media Streams. `public_url` is what the gateway signs against
     (its --public-url); requests go to `url`."""
 
+    rate = 8000
+
     def __init__(self, url: str, account_sid: str, auth_token: str, *, public_url: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.public_url = (public_url or url).rstrip("/")
@@ -195,18 +212,139 @@ class TwilioLine:
 
     @staticmethod
     async def _send(client: TwilioStreamClient, caller: ScriptedCaller) -> None:
-        """A `media` message every 20 ms on an absolute schedule (a late wake-up does not drift the clock)."""
+        async def send(frames: list[bytes]) -> None:
+            while caller.dtmf:
+                await client.dtmf(caller.dtmf.popleft())
+            await client.media(pcm16_to_ulaw(frames[0]))
+        await paced_sender(caller, send)
+
+
+async def paced_sender(caller: ScriptedCaller, send: Callable[[list[bytes]], Awaitable[None]],
+                       frames_per_message: int = 1) -> None:
+    """The caller's audio on an absolute 20 ms schedule (a late wake-up does not drift the clock), in messages of
+    `frames_per_message` frames, each frame dated by when its message leaves (the last one ends then)."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    step = FRAME_S * frames_per_message
+    try:
+        while True:
+            now = loop.time()
+            await send([caller.next_frame(now - (frames_per_message - 1 - i) * FRAME_S)
+                        for i in range(frames_per_message)])
+            due += step
+            if due < now - 0.2:    # stalled: re-anchor rather than burst
+                due = now
+            await asyncio.sleep(max(0.0, due - loop.time()))
+    except Exception:  # noqa: BLE001 - the socket closed under us (ConnectionClosed…): the call is over
+        return
+
+
+def _frames(pcm: bytes, size: int) -> list[bytes]:
+    return [pcm[i:i + size] for i in range(0, len(pcm) - size + 1, size)]
+
+
+class ExotelLine:
+    """Exotel's Voicebot applet: the stream to `/exotel/media` is the call; `number` is the exophone."""
+
+    rate = 8000
+
+    def __init__(self, url: str, account_sid: str = "") -> None:
+        self.url = url.rstrip("/")
+        self.account_sid = account_sid
+
+    async def start(self) -> None:
+        """Nothing shared between calls."""
+
+    async def stop(self) -> None:
+        """Nothing shared between calls."""
+
+    async def call(self, caller: ScriptedCaller, number: str) -> LineResult:
+        call_sid = secrets.token_hex(16)
         loop = asyncio.get_running_loop()
-        due = loop.time()
-        try:
-            while True:
-                while caller.dtmf:
-                    await client.dtmf(caller.dtmf.popleft())
-                now = loop.time()
-                await client.media(pcm16_to_ulaw(caller.next_frame(now)))
-                due += FRAME_S
-                if due < now - 0.2:    # stalled: re-anchor rather than burst
-                    due = now
-                await asyncio.sleep(max(0.0, due - loop.time()))
-        except Exception:  # noqa: BLE001 - the socket closed under us (ConnectionClosed…): the call is over
-            return
+
+        def heard(chunk: bytes, now: float) -> None:
+            frames = _frames(chunk, 320)
+            for f in frames:
+                caller.heard(f, now)
+
+        async with aiohttp.ClientSession() as http:
+            client = ExotelStreamClient(http, "ws" + self.url[4:] + "/exotel/media", on_media=heard,
+                                        on_clear=caller.cleared)
+            try:
+                await client.connect()
+            except aiohttp.ClientError as e:
+                return LineResult(carrier_sid=call_sid, error=f"voicebot stream: {e}")
+            try:
+                await client.start(call_sid, frm="+15550000000", to=number, account_sid=self.account_sid,
+                                   encoding="audio/x-raw", sample_rate="8000")
+                caller.answered(loop.time())
+
+                async def send(frames: list[bytes]) -> None:
+                    while caller.dtmf:
+                        await client.dtmf(caller.dtmf.popleft())
+                    await client.send({"event": "media", "media": {
+                        "chunk": "0", "timestamp": "0", "payload": base64.b64encode(b"".join(frames)).decode()}})
+                sender = asyncio.create_task(paced_sender(caller, send, frames_per_message=5))
+                hangup = await _converse(caller, client.closed)
+                sender.cancel()
+                if hangup == "caller":
+                    await client.stop("callended")
+                else:
+                    hangup = f"agent (stream closed {client.close_code})"
+                return LineResult(carrier_sid=call_sid, hangup=hangup)
+            finally:
+                await client.close()
+
+
+class VonageLine:
+    """The Voice API: answer webhook, then the NCCO's websocket at `rate` (the number's vonage_audio_rate)."""
+
+    def __init__(self, url: str, rate: int = 16000) -> None:
+        self.url = url.rstrip("/")
+        self.rate = rate
+
+    async def start(self) -> None:
+        """Nothing shared between calls."""
+
+    async def stop(self) -> None:
+        """Nothing shared between calls."""
+
+    async def call(self, caller: ScriptedCaller, number: str) -> LineResult:
+        uuid = str(uuidlib.uuid4())
+        params = {"to": number.lstrip("+"), "from": "15550000000", "uuid": uuid,
+                  "conversation_uuid": "CON-" + str(uuidlib.uuid4())}
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.get(self.url + "/vonage/answer", params=params) as r:
+                    ncco = await r.json()
+            except (aiohttp.ClientError, ValueError) as e:
+                return LineResult(carrier_sid=uuid, error=f"answer webhook: {e}")
+            try:
+                endpoint = next(a for a in ncco if a.get("action") == "connect")["endpoint"][0]
+            except (StopIteration, KeyError, IndexError, TypeError, AttributeError):
+                return LineResult(carrier_sid=uuid, error=f"answer webhook: no websocket in the NCCO {ncco!r:.120}")
+            if f"rate={self.rate}" not in str(endpoint.get("content-type")):
+                return LineResult(carrier_sid=uuid, error=f"the number streams {endpoint.get('content-type')}, "
+                                                          f"not L16 at {self.rate} Hz (--vonage-rate)")
+            client = VonageStreamClient(http, endpoint, gw_url=self.url,
+                                        on_media=lambda f, now: caller.heard(f, now), on_clear=caller.cleared)
+            try:
+                await client.connect()
+            except aiohttp.ClientError as e:
+                return LineResult(carrier_sid=uuid, error=f"media websocket: {e}")
+            try:
+                caller.answered(loop.time())
+
+                async def send(frames: list[bytes]) -> None:
+                    while caller.dtmf:
+                        await client.dtmf(caller.dtmf.popleft())
+                    await client.ws.send_bytes(frames[0])
+                sender = asyncio.create_task(paced_sender(caller, send))
+                hangup = await _converse(caller, client.closed)
+                sender.cancel()
+                if hangup != "caller":
+                    hangup = f"agent (websocket closed {client.close_code})"
+                return LineResult(carrier_sid=uuid, hangup=hangup)
+            finally:
+                await client.close()    # Vonage closes the socket when the caller hangs up

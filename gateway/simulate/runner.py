@@ -50,8 +50,10 @@ def compare(caller_turns: list[dict[str, Any]], gateway_turns: list[dict[str, An
     return max(diffs) if diffs else None
 
 
-async def place_call(index: int, line: Any, script: Script, number: str, rate: int,
+async def place_call(index: int, line: Any, script: Script, number: str,
                      gateway_timing: GatewayTiming | None, record_dir: str | None = None) -> CallReport:
+    """One call on `line` (its `rate` is the caller's audio rate)."""
+    rate = line.rate
     caller = ScriptedCaller(script, rate)
     rep = CallReport(index)
     t0 = time.monotonic()
@@ -84,7 +86,7 @@ async def place_call(index: int, line: Any, script: Script, number: str, rate: i
     return rep
 
 
-async def run_calls(line: Any, script: Script, number: str, *, calls: int, concurrency: int, rate: int = 8000,
+async def run_calls(line: Any, script: Script, number: str, *, calls: int, concurrency: int,
                     gateway_timing: GatewayTiming | None = None, record_dir: str | None = None,
                     on_done: Callable[[CallReport], None] | None = None) -> list[CallReport]:
     """`record_dir`: write what each caller heard there as call-N.wav."""
@@ -94,7 +96,7 @@ async def run_calls(line: Any, script: Script, number: str, *, calls: int, concu
 
     async def one(i: int) -> CallReport:
         async with sem:
-            rep = await place_call(i, line, script, number, rate, gateway_timing, record_dir)
+            rep = await place_call(i, line, script, number, gateway_timing, record_dir)
         if on_done is not None:
             on_done(rep)
         return rep
