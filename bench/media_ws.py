@@ -127,7 +127,13 @@ class Call:
                     self.res.bad_frames += 1
 
 
-async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[str]) -> dict:
+async def run_step(port: int, pid: int | list[int], n: int, seconds: float, payloads: list[str]) -> dict:
+    """One step of N calls; `pid` is the gateway process (or, for bench/scale.py, all its worker processes)."""
+    pids = pid if isinstance(pid, list) else [pid]
+
+    def gateway_cpu() -> float:
+        return sum(cpu_seconds(p) or 0.0 for p in pids)
+
     frames = int(seconds / 0.02)
     # callers start at different points of the recording, as real callers do not speak in unison (in unison,
     # every call's speech:started/ended events would land in the same 20 ms)
@@ -144,10 +150,10 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
         await asyncio.wait_for(asyncio.gather(*(setup(c) for c in calls)), 30 + n * 0.05)
     await asyncio.sleep(0.3)
     load = os.getloadavg()[0]
-    cpu0, w0 = cpu_seconds(pid), time.monotonic()
+    cpu0, w0 = gateway_cpu(), time.monotonic()
     t0 = time.monotonic() + 0.1
     await asyncio.wait_for(asyncio.gather(*(c.run(t0, frames) for c in calls)), seconds + 15)
-    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
+    cpu = (gateway_cpu() - cpu0) / (time.monotonic() - w0)
     turn, late, dropped, bad, errors = [], [], 0, 0, 0
     for c in calls:
         r = c.res

@@ -197,9 +197,9 @@ class PlivoCarrier(RestCallCarrier):
         return params, st
 
     # -- answer --------------------------------------------------------------------------------------------------
-    def stream_xml(self, st: LegState) -> web.Response:
+    async def stream_xml(self, st: LegState) -> web.Response:
         resp = plivoxml.ResponseElement()
-        resp.add(plivoxml.StreamElement(self.stream_url(st), bidirectional=True, keepCallAlive=True,
+        resp.add(plivoxml.StreamElement(await self.stream_url(st), bidirectional=True, keepCallAlive=True,
                                         contentType=CONTENT_TYPE, streamTimeout=86400))
         return xml(resp)
 
@@ -214,7 +214,7 @@ class PlivoCarrier(RestCallCarrier):
                 st.carrier_id = uuid
                 st.call.set_carrier_sid(uuid)
                 await st.call.record(carrier_sid=uuid, call_status="in-progress", answered_at=utcnow())
-            return self.stream_xml(st)
+            return await self.stream_xml(st)
         try:
             to = normalize_e164(params.get("To", ""))
         except ValueError:
@@ -227,7 +227,7 @@ class PlivoCarrier(RestCallCarrier):
         uuid = params.get("CallUUID", "")
         existing = self.gateway.calls.find_by_sid(uuid) if uuid else None
         if existing is not None and existing.id in self.legs:
-            return self.stream_xml(self.legs[existing.id])    # Plivo retried the webhook: same call, same answer
+            return await self.stream_xml(self.legs[existing.id])    # Plivo retried the webhook: same call, same answer
         frm = params.get("From", "")
         try:
             frm = normalize_e164(frm)
@@ -246,7 +246,7 @@ class PlivoCarrier(RestCallCarrier):
         self.legs[call.id] = st
         self.arm_watchdog(st, self.attach_timeout, "stream_not_connected")
         log.info("inbound call", extra={"carrier": "plivo", "call_id": call.id})
-        return self.stream_xml(st)
+        return await self.stream_xml(st)
 
     async def hangup_webhook(self, request: web.Request) -> web.Response:
         """hangup_url of our outbound calls (and of an application pointed here): the call is over at Plivo."""
@@ -320,7 +320,7 @@ class PlivoCarrier(RestCallCarrier):
         if nxt is not None:
             return self.dial_xml(st, nxt)
         if st.state == "reconnecting":
-            return self.stream_xml(st)
+            return await self.stream_xml(st)
         return xml(hang)
 
     # -- outbound ------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Both carriers are told where our media socket is by URL (Telnyx `stream_url`, Plivo's `<Stream>` text) and neither
 signs the websocket upgrade, so the URL carries our call id and a one-time token (`?call_id=…&token=…`): the
-socket that presents it claims the call once. The rest is the same state machine for both:
+socket that presents it claims the call once. In a cluster the socket may reach another process than the one
+that handed the URL out: the SHA-256 of the token is in the call's row (`extra.<carrier>_stream_token_sha256`,
+committed before the URL leaves), so that process adopts the call (docs/deploy.md) once the token matches. The rest is the same state machine for both:
 
     connecting → live ⇄ transferring (→ released once a target answers) ; reconnecting after every target failed
 
@@ -13,6 +15,7 @@ watchdogs, background REST tasks, claiming a stream, the transfer attempts); eac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import secrets
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
     from gateway.call import Call
 
 log = logging.getLogger("carriers.restcall")
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -135,7 +142,7 @@ class RestCallCarrier(Carrier):
         self.legs.clear()
 
     def _on_call_event(self, kind: str, call: "Call") -> None:
-        if kind != "call_ended" or call.carrier != self.name:
+        if kind not in ("call_ended", "call_released") or call.carrier != self.name:
             return
         st = self.legs.pop(call.id, None)
         if st is None:
@@ -143,6 +150,8 @@ class RestCallCarrier(Carrier):
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
+        if kind == "call_released":     # another process adopted the stream: the call goes on there
+            return
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
         if source in (HangupSource.AGENT, HangupSource.SYSTEM) and st.state != "released":
             # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
@@ -199,8 +208,16 @@ class RestCallCarrier(Carrier):
     def url(self, path: str) -> str:
         return self.gateway.settings.public_base + path
 
-    def stream_url(self, st: LegState) -> str:
-        """Our media socket for this call, with the one-time token that lets one socket claim it."""
+    @property
+    def token_key(self) -> str:
+        return f"{self.name}_stream_token_sha256"
+
+    async def stream_url(self, st: LegState) -> str:
+        """Our media socket for this call, with the one-time token that lets one socket claim it; the token's hash
+        is recorded first (committed in a cluster) so whichever process the socket reaches can check it."""
+        await st.call.record(extra={self.token_key: token_digest(st.token)})
+        if self.gateway.control.clustered:
+            await self.gateway.store.flush()
         q = urlencode({"call_id": st.call.id, "token": st.token})
         return f"{self.gateway.settings.public_ws_base}/{self.name}/media?{q}"
 
@@ -221,6 +238,8 @@ class RestCallCarrier(Carrier):
         """The socket's `start`: its URL token must be the call's current one (used once), then attach."""
         q = stream.request.query
         st = self.legs.get(q.get("call_id", ""))
+        if st is None and q.get("call_id"):
+            st = await self._adopt(q["call_id"], q.get("token", ""))
         if st is None or not st.call.is_active:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "no call is waiting for this stream")
         if not hmac.compare_digest(q.get("token", "").encode(), st.token.encode()):
@@ -229,7 +248,8 @@ class RestCallCarrier(Carrier):
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call already has a media stream")
         if st.carrier_id and carrier_id and carrier_id != st.carrier_id:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "the stream's call id does not match the call")
-        st.token = secrets.token_urlsafe(18)       # one use only
+        st.token = secrets.token_urlsafe(18)       # one use only, here and on every other process
+        await st.call.record(extra={self.token_key: token_digest(st.token)})
         if not st.carrier_id and isinstance(carrier_id, str) and carrier_id:
             st.carrier_id = carrier_id
             st.call.set_carrier_sid(carrier_id)
@@ -248,6 +268,24 @@ class RestCallCarrier(Carrier):
             call.log.info("%s media stream re-attached", self.label)
         st.state = "live"
         return call, leg
+
+    async def _adopt(self, call_id: str, token: str) -> LegState | None:
+        """Take over a call another process of the cluster answered: the socket's token must match the hash that
+        process recorded before the row moves here; the leg is rebuilt from the row and its number."""
+        store = self.gateway.store
+        row = await store.find_call(call_uuid=call_id)
+        if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
+            return None
+        want = (row.get("extra") or {}).get(self.token_key)
+        if not isinstance(want, str) or not hmac.compare_digest(token_digest(token).encode(), want.encode()):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "stream token does not match")
+        number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
+        call = await self.gateway.calls.adopt(row)
+        if call is None:
+            return None
+        st = self.legs[call.id] = LegState(call, number, token=token, carrier_id=row["carrier_sid"] or None)
+        self.arm_watchdog(st, self.attach_timeout, "stream_not_connected")    # disarmed once the stream attaches
+        return st
 
     # -- transfer outcome ----------------------------------------------------------------------------------------
     @staticmethod

@@ -182,8 +182,8 @@ class TelnyxCarrier(RestCallCarrier):
                 raise CarrierError("the Telnyx call has already ended", 409)
             raise CarrierError(f"Telnyx refused {action} (HTTP 422): {telnyx_detail(resp)}", 422)
 
-    def stream_params(self, st: LegState) -> dict[str, Any]:
-        return {"stream_url": self.stream_url(st), "stream_track": "inbound_track",
+    async def stream_params(self, st: LegState) -> dict[str, Any]:
+        return {"stream_url": await self.stream_url(st), "stream_track": "inbound_track",
                 "stream_bidirectional_mode": "rtp", "stream_bidirectional_codec": "PCMU", "stream_codec": "PCMU",
                 "client_state": encode_state(st.call.id)}
 
@@ -321,7 +321,7 @@ class TelnyxCarrier(RestCallCarrier):
     async def _answer(self, st: LegState) -> None:
         """`answer` with the stream parameters: Telnyx opens the socket as soon as the call is up."""
         try:
-            await self.command(st, "answer", self.stream_params(st))
+            await self.command(st, "answer", await self.stream_params(st))
         except CarrierError as e:
             st.call.log.warning("telnyx answer failed: %s", e.message)
             await st.call.end(HangupSource.CARRIER, "answer_failed", status="failed")
@@ -380,7 +380,7 @@ class TelnyxCarrier(RestCallCarrier):
                 nxt = await self.transfer_failed(st, "failed")
         if st.state == "reconnecting":
             try:
-                await self.command(st, "streaming_start", self.stream_params(st))
+                await self.command(st, "streaming_start", await self.stream_params(st))
             except CarrierError as e:
                 st.call.log.warning("telnyx could not reconnect the media stream: %s", e.message)
                 await self.hangup_once(st)
@@ -405,7 +405,7 @@ class TelnyxCarrier(RestCallCarrier):
         self.legs[call.id] = st
         body = {"connection_id": connection, "to": to_number, "from": number["phone_number"],
                 "webhook_url": self.url("/telnyx/webhook"), "webhook_url_method": "POST",
-                "command_id": str(uuid.uuid4()), **self.stream_params(st)}
+                "command_id": str(uuid.uuid4()), **await self.stream_params(st)}
         if st.amd_requested:
             body["answering_machine_detection"] = "detect_beep"
         try:

@@ -626,12 +626,12 @@ class TwilioCarrier(Carrier):
         if row["carrier_sid"] and call_sid and call_sid != row["carrier_sid"]:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
         number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
-        creds = creds_of(number)
+        creds = self.creds_of(number)
         if creds is None:
             return None
-        if SIGNATURE_HEADER in stream.request.headers and not self.signature_ok(
-                stream.request, {}, [creds.auth_token], ws=True):
-            raise StreamClosed(CloseCode.BAD_SIGNATURE, "X-Twilio-Signature does not match")
+        if self.signature_of(stream.request) is not None and not self.signature_ok(
+                stream.request, {}, [creds.signing_secret], ws=True):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "the upgrade's signature does not match")
         call = await self.gateway.calls.adopt(row)
         if call is None:
             return None

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, TransferRequest,
-                     TransferResult)
+from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, SayThenTransfer,
+                     TransferRequest, TransferResult)
+from .transfer import TransferRefused, resolve as resolve_transfer
 from .turns import Timeline, analyze
 from .logsetup import ContextLogger
 from .vad import SpeechTap
@@ -41,6 +42,9 @@ def utcnow() -> datetime:
 
 #: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
 #: filter is checked against it, so a typo is a 400 instead of an empty page
+#: seconds an engine may take to say a transfer_message and transfer; then the gateway transfers by itself
+SAY_TIMEOUT = 15.0
+
 CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
                  "failed", "rejected")
 
@@ -83,6 +87,9 @@ class Call:
         self._engine_task: asyncio.Task | None = None
         #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
         self._transfer_waiters: dict[int, asyncio.Future] = {}
+        self._engine: Any = None
+        #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
+        self._say_pending: TransferRequest | None = None
         self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
@@ -140,6 +147,7 @@ class Call:
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
+        self._engine = engine
         self._clock = asyncio.get_running_loop().time
         self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
@@ -234,24 +242,61 @@ class Call:
         finally:
             await self.end(source, reason)
 
-    def transfer_request(self, number: str | None = None) -> TransferRequest | None:
-        """The transfer to perform: an explicit number, else the agent's configured number and backups."""
-        opts = ((self.agent or {}).get("settings") or {}).get("transfer") or {}
-        primary = number or opts.get("number")
-        if not primary:
-            return None
-        backups = [n for n in opts.get("backup_numbers") or [] if n != primary]
-        return TransferRequest(primary, backups, opts.get("transfer_message"))
+    def transfer_request(self, number: str | None = None, *, by_engine: bool = False) -> TransferRequest:
+        """The transfer to perform under the agent's transfer settings (gateway/transfer.py); TransferRefused
+        says why there is none."""
+        return resolve_transfer(self.agent, number, by_engine=by_engine)
 
-    async def request_transfer(self, number: str | None = None, *, wait: float | None = None) -> None:
-        """Transfer behind the audio already queued. With `wait` (the API), return once the carrier has taken the
-        request, raising what the carrier's refusal raised (CarrierError), so a refused transfer is reported as an
-        error rather than as a success; after `wait` seconds with the request still queued, return (pending)."""
-        req = self.transfer_request(number)
-        if req is None:
-            self.log.warning("transfer requested but no transfer number configured")
-            self.feed_event(TransferResult(None, "failed"))
+    async def request_transfer(self, number: str | None = None, *, wait: float | None = None,
+                               by_engine: bool = False) -> None:
+        """Transfer behind the audio already queued, after the option's transfer_message (spoken by the engine,
+        or played when it is a WAV). With `wait` (the API), return once the carrier has taken the request,
+        raising what the carrier's refusal raised (CarrierError), so a refused transfer is reported as an error
+        rather than as a success; after `wait` seconds with the request still queued, return (pending)."""
+        try:
+            req = self.transfer_request(number, by_engine=by_engine)
+        except TransferRefused as e:
+            self.log.warning("transfer refused: %s", e)
+            self.feed_event(TransferResult(number, f"failed: {e}"))
             return
+        pending = self._say_pending
+        if pending is not None and by_engine and pending.number == req.number:
+            self._say_pending = None        # the engine said the message: this is its "then transfer"
+            req = TransferRequest(pending.number, pending.backup_numbers, None)
+        elif req.message:
+            req = await self._before_transfer(req)
+            if req is None:
+                return                      # the engine is saying the message; its transfer follows
+        await self._queue_transfer(req, wait)
+
+    async def _before_transfer(self, req: TransferRequest) -> TransferRequest | None:
+        """The transfer_message before the transfer: a WAV is played here; text goes to an engine that speaks
+        (None: wait for its transfer, bounded by SAY_TIMEOUT); else it stays on the request for carriers that can
+        speak it themselves (Twilio <Say>)."""
+        message = req.message or ""
+        if message.strip().lower().endswith(".wav"):
+            from .amd.wav import WavError, load_message
+            try:
+                pcm = load_message(message.strip(), self.bus.engine_rate)
+            except WavError as e:
+                self.log.error("transfer message not played: %s", e)
+            else:
+                await self.bus.play(pcm)
+            return TransferRequest(req.number, req.backup_numbers, None)
+        if not getattr(self._engine, "speaks_text", False):
+            return req
+        self._say_pending = req
+        self.feed_event(SayThenTransfer(message, req.number))
+        asyncio.get_running_loop().call_later(SAY_TIMEOUT, self._say_timed_out, req)
+        return None
+
+    def _say_timed_out(self, req: TransferRequest) -> None:
+        if self._say_pending is req and not self.ended.is_set():
+            self._say_pending = None
+            self.log.warning("engine did not transfer after saying the transfer message: transferring now")
+            asyncio.ensure_future(self._queue_transfer(req, None))
+
+    async def _queue_transfer(self, req: TransferRequest, wait: float | None) -> None:
         taken = asyncio.get_running_loop().create_future() if wait is not None else None
         if taken is not None:
             self._transfer_waiters[id(req)] = taken

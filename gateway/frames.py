@@ -115,6 +115,14 @@ class SpeechActivity:
     at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(slots=True)
+class SayThenTransfer:
+    """Inbound, to engines that speak text (`VoiceEngine.speaks_text`): say `text` (the agent's transfer_message),
+    then transfer to `number` with `session.transfer(number)`. The gateway waits for that transfer (bounded)."""
+    text: str
+    number: str
+
+
 Event = Union[CallStarted, Dtmf, Mark, Clear, Hangup, TransferRequest, TransferResult, AmdResult, SendDtmf,
-              SpeechActivity]
+              SpeechActivity, SayThenTransfer]
 BusItem = Union[AudioFrame, Event]

@@ -79,6 +79,7 @@ class Gateway:
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task | None = None
         self._drain_now = asyncio.Event()
+        self._state_task: asyncio.Task | None = None
 
     def carrier_for(self, provider: str) -> Carrier | None:
         """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""
@@ -160,6 +161,16 @@ class Gateway:
         log.warning("draining: new calls refused", extra={"proc": self.settings.proc_id, "live_calls":
                                                            len(self.calls.active), "drain_timeout": limit})
         self._drain_task = asyncio.ensure_future(self._drain(limit))
+        self._spawn_state("draining")
+
+    def _spawn_state(self, state: str) -> None:
+        """Record the drain in the `nodes` table (other processes, `GET /api/v1/nodes`), in the background."""
+        async def record() -> None:
+            try:
+                await self.membership.set_state(state)
+            except Exception:
+                log.exception("could not record the process state", extra={"state": state})
+        self._state_task = asyncio.ensure_future(record())
 
     async def _drain(self, timeout: float) -> None:
         idle = asyncio.ensure_future(self.calls.wait_idle(timeout))

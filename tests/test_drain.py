@@ -101,3 +101,12 @@ async def test_drain_api(make_gateway):
     data = await api(gw, "POST", f"/nodes/{gw.settings.proc_id}/drain", {"timeout": 0}, expect=202)
     assert data["state"] == "draining" and gw.draining
     await asyncio.wait_for(gw.drained.wait(), 5)
+
+    async def state() -> str:
+        rows = await gw.store.list_nodes(gw.settings.stale_after)
+        return next(n["state"] for n in rows if n["proc"] == gw.settings.proc_id)
+    await wait_for(lambda: _is(state(), "draining"), timeout=5)   # what other processes and GET /nodes see
+
+
+async def _is(value, expected) -> bool:
+    return (await value) == expected

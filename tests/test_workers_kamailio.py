@@ -13,7 +13,7 @@ import signal
 
 import pytest
 
-from procs import NODE, GatewayProc, KamailioProc, contact_ports, fresh_postgres, needs_kamailio, until
+from procs import NODE, PG_URL, GatewayProc, KamailioProc, contact_ports, fresh_postgres, needs_kamailio, until
 from sipp import needs_sipp, sipp_uac
 
 pytestmark = [needs_sipp, needs_kamailio]
@@ -98,8 +98,22 @@ async def test_worker_killed_mid_call_new_calls_go_to_the_survivor(node, tmp_pat
     await until(lambda: gw.worker_pids().get(victim) not in (None, pids[victim]), 30, "worker restarted")
     await gw.wait_procs({f"{NODE}.{victim}"})
     await kam.wait_flags(lambda f: f[victim_uri].startswith("A"), timeout=30, what="restarted worker active again")
+    # and, being the same process id, it closed the call it held when it was killed (docs/deploy.md, orphans)
+    rows = await until(_closed_by_restart, 30, "the killed worker's call closed as gateway_restart")
+    assert [(r["hangup_source"], r["ended_at"] is not None) for r in rows] == [("system", True)]
     ended = await live                      # its worker died under it: SIPp's BYE fails, but SIPp ends
     assert not ended.result.killed and ended.result.stats.created == 1
+
+
+async def _closed_by_restart() -> list[dict]:
+    from gateway.store import Store
+    store = Store(PG_URL)
+    await store.open()
+    try:
+        rows, _ = await store.list_calls(1, 100)
+    finally:
+        await store.close()
+    return [r for r in rows if r["hangup_reason"] == "gateway_restart"]
 
 
 def _busy_worker(gw: GatewayProc):

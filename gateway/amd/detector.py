@@ -82,6 +82,7 @@ class AmdDetector:
         self.silence_ms = 0
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
+        self.heard_ms = 0             # all speech heard (the greeting count may discount a short "Hello?")
         self.resumed = False          # speech resumed after a pause of greeting_pause_ms
         self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
         self.words = 0
@@ -195,7 +196,7 @@ class AmdDetector:
             if abs(t.freq_hz - CED_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_ced_min_ms:
                 return self._decide(AnsweredBy.FAX, f"CED-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
-                    and self.voice_ms < p.fax_cng_max_voice_ms):
+                    and self.heard_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
         if p.beep and ended is not None and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
             pend = self._pending_beep
@@ -220,7 +221,7 @@ class AmdDetector:
         p = self.params
         return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz and t.purity >= p.beep_purity
                 and t.pre_level <= t.level * p.beep_onset_ratio
-                and self.voice_ms >= p.beep_min_voice_ms
+                and self.heard_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)
 
     @staticmethod
@@ -250,7 +251,10 @@ class AmdDetector:
             if self.silence_ms >= p.between_words_silence:
                 self.in_word = False
                 self.consecutive_voice_ms = 0
-            if self.silence_ms >= p.utterance_gap:
+            if self.silence_ms >= p.utterance_gap and self.utterance_ms:
+                if self.utterance_ms < p.short_utterance_ms:
+                    # "Hello?" … then a wait: a person's call for an answer, not the first line of a greeting
+                    self.voice_ms = max(0, self.voice_ms - self.utterance_ms)
                 self.utterance_ms = 0
             if self.in_initial_silence and self.silence_ms >= p.initial_silence:
                 verdict = {"unknown": AnsweredBy.UNKNOWN, "machine": AnsweredBy.MACHINE_START,
@@ -265,6 +269,7 @@ class AmdDetector:
         self.silence_ms = 0
         self.consecutive_voice_ms += FRAME_MS
         self.voice_ms += FRAME_MS + bridged
+        self.heard_ms += FRAME_MS + bridged
         self.utterance_ms += FRAME_MS + bridged
         if self.consecutive_voice_ms >= p.min_word_length and not self.in_word:
             self.words += 1
@@ -289,6 +294,7 @@ class AmdDetector:
         if voice:
             self.silence_ms = 0
             self.voice_ms += FRAME_MS
+            self.heard_ms += FRAME_MS
             return None
         self.silence_ms += FRAME_MS
         if self.silence_ms >= p.message_end_silence:

@@ -21,7 +21,7 @@ class AmdParams:
     #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
     after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
-    total_analysis_time: int = 5000
+    total_analysis_time: int = 6000
     #: consecutive voiced ms that make a word.
     min_word_length: int = 100
     #: silence that separates two words.
@@ -39,6 +39,9 @@ class AmdParams:
     #: with this > 0, the greeting rule needs speech that went on after a pause this long (a greeting is several
     #: sentences; a business answer, "Acme support, Tom speaking, how can I help?", is one phrase, then a wait).
     greeting_pause_ms: int = 0
+    #: an utterance shorter than this, followed by a pause of utterance_gap, does not count toward the greeting:
+    #: "Hello? … Hello? Who's calling?" is a person asking twice; 0 = off.
+    short_utterance_ms: int = 800
     #: a pause at least this long ends an utterance.
     utterance_gap: int = 400
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.

@@ -26,11 +26,15 @@ def _gw(request: web.Request) -> "Gateway":
     return request.app["gateway"]
 
 
-def _transfer(v: Any) -> dict[str, Any]:
-    f = "settings.transfer"
-    t = dict(as_object(v, f))
+OPTION_FIELDS = ("number", "type", "backup_numbers", "transfer_condition", "transfer_message")
+
+
+def _transfer_target(t: dict[str, Any], f: str, *, number_required: bool) -> dict[str, Any]:
+    """number, backup_numbers, type, condition and message: the fields of the legacy section and of each option."""
     if t.get("number") not in (None, ""):
         t["number"] = as_e164(t["number"], f"{f}.number")
+    elif number_required:
+        raise bad(f"{f}.number", "is required (an E.164 number such as +14155550100)")
     else:
         t["number"] = None
     t["backup_numbers"] = [as_e164(n, f"{f}.backup_numbers[{i}]")
@@ -41,9 +45,39 @@ def _transfer(v: Any) -> dict[str, Any]:
     for key in ("transfer_condition", "transfer_message"):
         if t.get(key) is not None:
             t[key] = as_str(t[key], f"{f}.{key}", max_len=4000)
+    if (t.get("transfer_message") or "").lower().endswith(".wav"):   # played by the gateway: it must load
+        _check_wav(t["transfer_message"], f"{f}.transfer_message")
+    return t
+
+
+def _transfer(v: Any) -> dict[str, Any]:
+    """Ours (`number`, …) and the seed API's shape (`enabled`, `transfer_options: [...]`); gateway/transfer.py
+    says what each means when a call is transferred."""
+    f = "settings.transfer"
+    t = _transfer_target(dict(as_object(v, f)), f, number_required=False)
     if "enabled" in t:
         t["enabled"] = as_bool(t["enabled"], f"{f}.enabled")
+    if t.get("transfer_options") is not None:
+        options = t["transfer_options"]
+        if not isinstance(options, list):
+            raise bad(f"{f}.transfer_options", "must be a list of {number, type, backup_numbers, "
+                                               "transfer_condition, transfer_message}")
+        checked = []
+        for i, o in enumerate(options):
+            of = f"{f}.transfer_options[{i}]"
+            o = dict(as_object(o, of))
+            reject_unknown(o, OPTION_FIELDS, f"{of}.")
+            checked.append(_transfer_target(o, of, number_required=True))
+        t["transfer_options"] = checked
     return t
+
+
+def _check_wav(path: str, field: str) -> None:
+    from ..amd.wav import WavError, load_message
+    try:
+        load_message(path.strip(), 8000)
+    except WavError as e:
+        raise bad(field, str(e)) from None
 
 
 def _end_call(v: Any) -> dict[str, Any]:
@@ -66,11 +100,7 @@ def _voicemail(v: Any) -> dict[str, Any]:
     if m.get("message") is not None:
         m["message"] = as_str(m["message"], f"{f}.message", max_len=4000)
         if m["message"].strip().lower().endswith(".wav"):   # the gateway plays it: it must be a WAV it can read
-            from ..amd.wav import WavError, load_message
-            try:
-                load_message(m["message"].strip(), 8000)
-            except WavError as e:
-                raise bad(f"{f}.message", str(e)) from None
+            _check_wav(m["message"], f"{f}.message")
     return m
 
 

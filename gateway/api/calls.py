@@ -14,6 +14,7 @@ from ..carrier import CarrierError
 from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
+from ..transfer import TransferRefused
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .numbers import scrub
 from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
@@ -209,8 +210,10 @@ async def _parse_transfer(request: web.Request) -> dict[str, Any]:
 
 async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
     number = args.get("number")
-    if call.transfer_request(number) is None:
-        raise bad("number", "is required: the call's agent has no transfer number configured")
+    try:
+        target = call.transfer_request(number).number
+    except TransferRefused as e:
+        raise bad("number", f"is required: {e}") from None
     if call.bus is None:
         raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); transfer needs media",
                   409)
@@ -221,7 +224,7 @@ async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str
     except Exception:
         raise ApiError(502, "the transfer failed (logged on the gateway)", None, requestId=call.log_id) from None
     return {"success": True, "status": "transfer_requested", "call_id": call.id, "requestId": call.log_id,
-            "number": call.transfer_request(number).number}
+            "number": target}
 
 
 def _transfer_wait(gw: "Gateway") -> float:

@@ -2,16 +2,19 @@
 
 `{proc}` is a process id (`<node>` for a single-process node, `<node>.<k>` for worker k) or a node id. The
 process that answers drains itself when it is `{proc}`; when `{proc}` is its node and it runs under a
-`serve --workers N` supervisor, it asks the supervisor (SIGTERM), which drains every worker of the node.
+`serve --workers N` supervisor, it asks the supervisor (SIGTERM), which drains every worker of the node. Any other
+live process (or every live process of another node) is asked over the control bus (op `drain`).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..cluster.control import Reply
 from .errors import ApiError, read_json
 from .validation import as_int, reject_unknown
 
@@ -46,9 +49,31 @@ async def drain(request: web.Request) -> web.Response:
         os.kill(sup, signal.SIGTERM)
         return web.json_response({"success": True, "proc": proc, "state": "draining", "workers": s.workers},
                                  status=202)
-    raise ApiError(404, f"process {proc!r} is not served here (this is {s.proc_id!r} of node {s.node_id!r})",
-                   "proc")
+    targets = [n["proc"] for n in await gw.store.list_nodes(s.stale_after) if n["alive"]
+               and (n["proc"] == proc or n["node_id"] == proc)] if gw.control.clustered else []
+    if not targets:
+        raise ApiError(404, f"no live process or node {proc!r} (this is {s.proc_id!r} of node {s.node_id!r})",
+                       "proc")
+    replies = await asyncio.gather(*(gw.control.request(t, "drain", {"timeout": timeout}) for t in targets))
+    if len(targets) == 1 and replies[0] is not None:
+        return web.json_response(replies[0].body, status=replies[0].status, headers=replies[0].headers)
+    silent = [t for t, r in zip(targets, replies) if r is None or not r.ok]
+    if silent:
+        raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
+    return web.json_response({"success": True, "proc": proc, "state": "draining", "processes": targets},
+                             status=202)
+
+
+def _drain_handler(gw: "Gateway"):
+    async def handler(args: dict) -> Reply:
+        timeout = args.get("timeout")
+        gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
+        return Reply(202, {"success": True, "proc": gw.settings.proc_id, "state": "draining",
+                           "live_calls": len(gw.calls.active)})
+    return handler
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/nodes/{{proc}}/drain", drain)
+    gw: "Gateway" = app["gateway"]
+    gw.control.handle("drain", _drain_handler(gw))

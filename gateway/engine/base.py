@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..frames import AudioFrame, BusItem, Event, Hangup, HangupSource, Mark, SendDtmf
+from ..transfer import transfer_settings
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -19,6 +20,10 @@ class VoiceEngine(ABC):
     """Implement this for an in-process engine (speech-to-text → LLM → text-to-speech, or anything else)."""
 
     sample_rate: int = 16000
+    #: True when the engine turns text into speech: it is then asked to say an agent's transfer_message before the
+    #: transfer (a SayThenTransfer event). Engines that cannot leave the message to the carrier (Twilio <Say>) or
+    #: play it as a WAV when it is one.
+    speaks_text: bool = False
 
     @abstractmethod
     async def handle_call(self, session: "EngineSession") -> None:
@@ -35,6 +40,13 @@ class EngineSession:
     @property
     def call_id(self) -> str:
         return self._call.id
+
+    @property
+    def transfer_options(self) -> dict[str, Any]:
+        """The agent's transfers: `{"enabled", "options": [{number, type, backup_numbers, transfer_condition}]}`.
+        The engine decides from each `transfer_condition` which option applies and names a dynamic one's number."""
+        enabled, options = transfer_settings(self._call.agent)
+        return {"enabled": enabled, "options": [o.for_engine() for o in options]}
 
     @property
     def agent(self) -> dict[str, Any]:
@@ -95,7 +107,7 @@ class EngineSession:
 
     async def transfer(self, number: str | None = None) -> None:
         """Transfer to `number`, or to the agent's configured transfer number and its backups."""
-        await self._call.request_transfer(number)
+        await self._call.request_transfer(number, by_engine=True)
 
     async def hangup(self, reason: str = "agent_hangup") -> None:
         await self._call.request_hangup(HangupSource.AGENT, reason)

@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
 from .. import safejson
-from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SpeechActivity, TransferResult)
+from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult)
 from ..logsetup import ContextLogger
 from .base import EngineSession, VoiceEngine
 
@@ -134,6 +134,8 @@ def event_message(item: Any) -> dict[str, Any] | None:
         return msg
     if isinstance(item, TransferResult):
         return {"type": "transfer_result", "target": item.target, "outcome": item.outcome}
+    if isinstance(item, SayThenTransfer):   # speak it, then send {"type": "transfer", "number": number}
+        return {"type": "say", "text": item.text, "then": "transfer", "number": item.number}
     if isinstance(item, Hangup):
         return {"type": "hangup", "source": item.source.value, "reason": item.reason}
     return None
@@ -149,6 +151,7 @@ def start_message(session: EngineSession) -> dict[str, Any]:
         "direction": info["direction"], "from": info["from_number"], "to": info["to_number"],
         "agent_id": info.get("agent_id"), "custom_parameters": metadata, "call_context": call_context or {},
         "audio": {"encoding": "pcm_s16le", "sample_rate": session.sample_rate, "channels": 1, "frame_ms": 20},
+        "transfer": session.transfer_options,
     }
 
 
@@ -375,6 +378,8 @@ class _ClientTransport:
 class WebSocketEngine(VoiceEngine):
     """Connect mode: one websocket to `url` per call; `?sample_rate=8000|16000|24000` picks the audio rate."""
 
+    speaks_text = True   # the protocol's `say` (docs/engine-protocol.md)
+
     connect_timeout = 5.0
 
     def __init__(self, url: str) -> None:
@@ -571,6 +576,8 @@ def _error(status: int, message: str, field_name: str | None, headers: dict[str,
 
 class AcceptEngine(VoiceEngine):
     """Accept mode: the call is handed to an engine connected to `GET /engine/ws?pool=<pool>`."""
+
+    speaks_text = True   # the protocol's `say` (docs/engine-protocol.md)
 
     wait_s = 5.0
 

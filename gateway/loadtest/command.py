@@ -110,13 +110,17 @@ async def read_metrics(http_url: str | None) -> dict[str, float]:
     """The gateway's Prometheus counters, summed over labels (RTP packets, frames, active calls)."""
     if not http_url:
         return {}
-    out: dict[str, float] = {}
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(http_url + "/metrics") as r:
-                text = await r.text()
+                return parse_metrics(await r.text())
     except aiohttp.ClientError:
         return {}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition → {metric name: value summed over its labels}."""
+    out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue

@@ -101,6 +101,13 @@ _CALL_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Statements the batch writer runs for every batch, built once with expanding IN parameters: building them per
+# batch (`.in_(list)`) left reference cycles of bind parameters for the collector, which `gateway serve` runs
+# rarely (cli.py), so they piled up per call until a full collection.
+_SELECT_EXTRA = select(CallLog.id, CallLog.extra).where(CallLog.id.in_(bindparam("ids", expanding=True)))
+_DELETE_OUTBOX = delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(bindparam("ids", expanding=True)))
+
+
 class Store(ClusterStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
@@ -444,8 +451,7 @@ class Store(ClusterStore):
         async with self._writing_core() as conn:
             with_extra = [cid for cid, f in updates.items() if "extra" in f]
             if with_extra:  # merge `extra` key by key with what is stored: one read for the whole batch
-                stored = dict((await conn.execute(select(CallLog.id, CallLog.extra)
-                                                  .where(CallLog.id.in_(with_extra)))).all())
+                stored = dict((await conn.execute(_SELECT_EXTRA, {"ids": with_extra})).all())
                 for cid in with_extra:
                     updates[cid]["extra"] = {**(stored.get(cid) or {}), **updates[cid]["extra"]}
             for call_id, fields in updates.items():
@@ -457,11 +463,10 @@ class Store(ClusterStore):
             if outbox_add:
                 await conn.execute(insert(WebhookOutbox), outbox_add)
             if outbox_del:
-                await conn.execute(delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(outbox_del)))
+                await conn.execute(_DELETE_OUTBOX, {"ids": list(outbox_del)})
 
     def _update_statement(self, keys: tuple[str, ...]) -> Any:
-        """The call-log UPDATE for one set of columns, built once: building it per batch left cycles of
-        SQLAlchemy bind parameters for the garbage collector (≈ 7 KB per call until a full collection)."""
+        """The call-log UPDATE for one set of columns, built once (see _SELECT_EXTRA)."""
         stmt = self._updates.get(keys)
         if stmt is None:
             if len(self._updates) >= 256:  # column sets are few; never let odd ones grow this for ever
