@@ -60,7 +60,7 @@ async def test_sip_digest_guessing_is_banned(make_gateway, caplog, response):
                           extra=["-au", "carrier", "-ap", "4711"])
     assert good.successful == 0 and not good.result.killed, good.explain()
     if response == "403":
-        assert "403 Forbidden" in good.result.errors and "401" not in good.result.errors
+        assert "403 Forbidden" in good.result.errors and "401 Unauthorized" not in good.result.errors
     assert (await gw.store.list_calls())[1] == 0
     text = await scrape(gw)
     assert metric(text, "gateway_sip_auth_failures_total") == 3
