@@ -47,7 +47,8 @@ log = logging.getLogger("carriers.plivo")
 API = "https://api.plivo.com"
 SIGNATURE_HEADER = "X-Plivo-Signature-V3"
 NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
-CONTENT_TYPE = "audio/x-mulaw;rate=8000"
+#: the stream's audio formats Plivo offers (contentType of <Stream>): μ-law 8 kHz, or 16-bit little-endian PCM
+CONTENT_TYPES = ("audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000")
 _AUTH_ID = re.compile(r"^[A-Z0-9]{20}$")
 #: <Dial action> DialStatus → our transfer outcome
 DIAL_STATUS = {"busy": "busy", "no-answer": "no-answer", "timeout": "no-answer", "failed": "failed",
@@ -62,6 +63,11 @@ def plivo_detail(body: Any) -> str:
     if isinstance(body, dict) and body.get("error"):
         return str(body["error"])[:200]
     return problem_detail(body)
+
+
+def _same(pcm: bytes) -> bytes:
+    """L16 is already what the bus carries (16-bit little-endian PCM)."""
+    return pcm
 
 
 def xml(resp: plivoxml.ResponseElement) -> web.Response:
@@ -80,12 +86,19 @@ class PlivoStream(MediaStream):
         sid = start.get("streamId") or m.get("streamId")
         if not isinstance(sid, str) or not sid or len(sid) > 64:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a streamId")
-        fmt = start.get("mediaFormat") or {}
-        if fmt and (fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate") or 0) != RATE):
-            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported mediaFormat {fmt}")
+        fmt = start.get("mediaFormat") or {"encoding": "audio/x-mulaw", "sampleRate": RATE}
+        encoding = fmt.get("encoding")
+        try:
+            rate = int(fmt.get("sampleRate") or 0)
+        except (TypeError, ValueError):
+            rate = 0
+        if encoding == "audio/x-l16" and rate in (8000, 16000):
+            self.rate, self.decode, self.encode = rate, _same, _same
+        elif encoding != "audio/x-mulaw" or rate != RATE:
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported mediaFormat {str(fmt)[:80]}")
         self.stream_sid = sid
-        self._prefix = ('{"event":"playAudio","media":{"contentType":"audio/x-mulaw","sampleRate":%d,"payload":"'
-                        % RATE)
+        self._prefix = ('{"event":"playAudio","media":{"contentType":"%s","sampleRate":%d,"payload":"'
+                        % (encoding, rate))
         self.call, self.leg = await self.carrier.claim_stream(self, start.get("callId"))
 
     def _on_other(self, event: str, m: dict[str, Any]) -> None:
@@ -118,6 +131,8 @@ class PlivoCarrier(RestCallCarrier):
         ImportField("phone_number", str, required=True, e164=True, help="the Plivo number, E.164"),
         ImportField("auth_id", str, required=True, help="Plivo Auth ID (MA… / SA…)"),
         ImportField("auth_token", str, required=True, secret=True, help="Plivo Auth Token"),
+        ImportField("audio_format", str, default=CONTENT_TYPES[0], choices=CONTENT_TYPES,
+                    help="the stream's audio: μ-law 8 kHz (the phone network's own), or L16 8 / 16 kHz"),
         ImportField("name", str, help="a label for this number"),
     )
 
@@ -199,8 +214,10 @@ class PlivoCarrier(RestCallCarrier):
     # -- answer --------------------------------------------------------------------------------------------------
     async def stream_xml(self, st: LegState) -> web.Response:
         resp = plivoxml.ResponseElement()
+        fmt = number_settings(st.number).get("audio_format")
         resp.add(plivoxml.StreamElement(await self.stream_url(st), bidirectional=True, keepCallAlive=True,
-                                        contentType=CONTENT_TYPE, streamTimeout=86400))
+                                        contentType=fmt if fmt in CONTENT_TYPES else CONTENT_TYPES[0],
+                                        streamTimeout=86400))
         return xml(resp)
 
     async def answer_webhook(self, request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ from gateway.amd import maybe_start_amd
 from gateway.carrier import Carrier, CarrierError
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
-from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
+from .twilio_media import CloseCode, MediaStream, StreamClosed
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -263,7 +263,9 @@ class RestCallCarrier(Carrier):
         if call.bus is None:
             if not st.amd_requested:    # the carrier's own AMD reports through its webhooks instead
                 maybe_start_amd(call)
-            await call.attach(leg, RATE)
+            await call.attach(leg, stream.rate)
+        elif call.bus.carrier_rate != stream.rate:
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, "the new stream changed the sample rate")
         else:
             call.log.info("%s media stream re-attached", self.label)
         st.state = "live"

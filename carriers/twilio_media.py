@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("carriers.twilio")
 
 RATE = 8000
-FRAME_PCM = 320          # 20 ms of PCM16 at 8 kHz
 FRAME_S = 0.020
 INTERNAL_MARK = "gw-drain-"
 _SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -77,6 +76,10 @@ class MediaStream(MarkedPlayout):
     claim of the call), `_on_other` (their own events), `_suffix` and the mark / clear wire format."""
 
     internal_mark = INTERNAL_MARK
+    #: the socket's audio: sample rate and codec (μ-law 8 kHz here; Plivo may choose 16-bit linear PCM)
+    rate = RATE
+    decode = staticmethod(ulaw_to_pcm16)
+    encode = staticmethod(pcm16_to_ulaw)
     #: what closes one outgoing media message after its base64 payload (`_prefix` is set once the stream is known)
     _suffix = '"}}'
 
@@ -143,7 +146,7 @@ class MediaStream(MarkedPlayout):
     async def _read_loop(self) -> None:
         call = self.call
         feed_audio = call.feed_audio
-        ulaw = ulaw_to_pcm16
+        decode = self.decode
         b64 = base64.b64decode
         async for msg in self.ws:
             m = self._decode(msg)
@@ -155,7 +158,7 @@ class MediaStream(MarkedPlayout):
                 try:
                     if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                         continue
-                    feed_audio(ulaw(b64(media["payload"], validate=True)))
+                    feed_audio(decode(b64(media["payload"], validate=True)))
                 except (AttributeError, KeyError, TypeError, binascii.Error):
                     raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
             elif event == "mark":
@@ -222,9 +225,9 @@ class MediaStream(MarkedPlayout):
                 elif isinstance(item, SendDtmf):
                     # Media Streams has no message for digits and a REST <Play digits> would end the stream:
                     # play them in-band (Q.23 tone pairs) like any other engine audio
-                    pcm = dtmf_pcm(item.digits, RATE)
-                    for i in range(0, len(pcm), FRAME_PCM):
-                        await self.send_audio(pcm[i:i + FRAME_PCM].ljust(FRAME_PCM, b"\x00"))
+                    pcm, frame = dtmf_pcm(item.digits, self.rate), self.rate // 50 * 2
+                    for i in range(0, len(pcm), frame):
+                        await self.send_audio(pcm[i:i + frame].ljust(frame, b"\x00"))
         except ConnectionError:
             return
         except asyncio.CancelledError:
@@ -235,10 +238,10 @@ class MediaStream(MarkedPlayout):
                 await self.ws.close(code=1011, message=b"sender failed")
 
     async def send_audio(self, pcm: bytes) -> None:
-        """One 20 ms frame of PCM16 8 kHz → one `media` message with a 160-byte μ-law payload."""
-        payload = base64.b64encode(pcm16_to_ulaw(pcm)).decode("ascii")
+        """One 20 ms frame of PCM16 → one `media` message (8 kHz μ-law: a 160-byte payload)."""
+        payload = base64.b64encode(self.encode(pcm)).decode("ascii")
         await self.ws.send_str(self._prefix + payload + self._suffix)
-        self._played(len(pcm) / 2 / RATE)
+        self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
 
     # -- wire format of marks and clear (the bookkeeping, `clear()` and `drain()` are MarkedPlayout's) -------------

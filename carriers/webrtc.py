@@ -349,6 +349,24 @@ class WebRTCCarrier(Carrier):
         html = resources.files("gateway.web").joinpath("call.html").read_text()
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
+    def openapi_paths(self) -> dict[str, dict[str, Any]]:
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        return {"/api/v1/webrtc/token": {"post": {
+            "summary": "A short-lived token for the browser call page (/call?token=…)", "tags": ["webrtc"],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "agent_id": {"type": "integer", "description": "the token calls only this agent"},
+                    "ttl": {"type": "integer", "minimum": 10, "maximum": TOKEN_TTL_MAX,
+                            "default": TOKEN_TTL_DEFAULT, "description": "seconds the token is valid"}}}}}},
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "success": {"const": True}, "token": {"type": "string"}, "expires_at": {"type": "integer"},
+                        "agent_id": {"type": ["integer", "null"]}, "call_url": {"type": "string"}}}}}},
+                "400": {"description": "Invalid input", **error},
+                "401": {"description": "Missing or wrong API key", **error},
+                "404": {"description": "Not found", **error}}}}}
+
     async def issue_token(self, request: web.Request) -> web.Response:
         """`POST /api/v1/webrtc/token` (API key): a token for `/call` valid `ttl` seconds, optionally one agent."""
         body = await read_json(request)

@@ -90,6 +90,11 @@ class Carrier:
     def setup(self, app: Any) -> None:
         """Add routes to the aiohttp application."""
 
+    def openapi_paths(self) -> dict[str, dict[str, Any]]:
+        """OpenAPI path items for the /api/v1 routes this carrier adds in `setup()`; /api/v1/openapi.json merges
+        them, so a carrier's own endpoints are documented where they are written."""
+        return {}
+
     async def start(self) -> None:
         """Start background work (listeners, registrations). Called once the store is open."""
 

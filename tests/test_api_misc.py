@@ -231,3 +231,42 @@ async def test_carrier_metrics_are_exact_and_cannot_break_the_scrape(make_gatewa
     assert text.count("# TYPE gateway_calls_total ") == 1 and "gateway_calls_total 0\n" in text
     assert "bad name!" not in text
     assert 'gateway_active_calls{carrier="broken"} 0' in text
+
+
+async def test_openapi_matches_what_every_installed_carrier_serves(make_gateway):
+    """Regression (issue 14): the document offered importing a `webrtc` number (the endpoint refuses: the browser
+    carrier takes no numbers) and lacked POST /api/v1/webrtc/token. Carriers now describe their own routes."""
+    gw = await make_gateway(carriers=None)
+    assert "webrtc" in gw.carriers
+    async with aiohttp.ClientSession() as s:
+        a = Api(gw, s, gw.api_key)
+        status, doc = await a.get("/openapi.json")
+        for method, path in api_routes(gw):
+            assert method.lower() in doc["paths"].get(path, {}), (method, path)
+        offered = doc["paths"]["/api/v1/phone_number/import/{provider}"]["post"]["parameters"][0]["schema"]["enum"]
+        assert "webrtc" not in offered and "Import_webrtc" not in doc["components"]["schemas"]
+        token = doc["paths"]["/api/v1/webrtc/token"]["post"]
+        assert set(token["requestBody"]["content"]["application/json"]["schema"]["properties"]) == {"agent_id", "ttl"}
+        status, body = await a.post("/phone_number/import/webrtc", json={"phone_number": "+14155550100"})
+        assert status == 404 and body["field"] == "provider" and "webrtc" not in body["error"].split("available")[1]
+        status, body = await a.post("/webrtc/token", json={"ttl": 60})
+        assert status == 200 and body["token"]
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(doc)
+
+
+async def test_bodies_are_documented_from_the_models_that_check_them(api):
+    """Issue 14: dispatch / attach / detach / transfer bodies are pydantic models; the document's schemas are
+    theirs, and a bad body gets the same error shape naming the field."""
+    from gateway.api import models
+    status, doc = await api.get("/openapi.json")
+    schemas = doc["components"]["schemas"]
+    for model in (models.Dispatch, models.Attach, models.Detach, models.Transfer):
+        assert schemas[model.__name__] == model.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert set(schemas["Dispatch"]["required"]) == {"agent_id", "to_number"}   # from_number_id is optional
+    assert schemas["Dispatch"]["properties"]["to_number"]["pattern"] == r"^\+[1-9]\d{6,14}$"
+    for body, field in (({"phone_number_id": True, "agent_id": 1}, "phone_number_id"),
+                        ({"phone_number_id": 1}, "agent_id"), ({"phone_number_id": 1, "agent_id": 0}, "agent_id"),
+                        ({"phone_number_id": 1, "agent_id": 1, "x": 1}, "x")):
+        status, err = await api.post("/phone_number/attach", json=body)
+        assert status == 400 and err["success"] is False and err["field"] == field and field in err["error"], err

@@ -10,6 +10,7 @@ from html import unescape
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest_asyncio
 
 from carriers.plivo import PlivoCarrier
@@ -107,6 +108,27 @@ async def test_inbound_stream_echoes_with_checkpoints_and_api_hangup_deletes_the
         assert (kind, got) == ("hangup", call_uuid)
     row = await env.wait_row(call_id, lambda r: r.get("ended_at") is not None)
     assert row["channel_type"] == "plivo" and row["carrier_sid"] == call_uuid and row["hangup_source"] == "system"
+
+
+async def test_l16_16k_stream_when_the_number_asks_for_it(plivo_env):
+    env = await plivo_env()
+    await env.gw.store.update_number(env.number["id"], config={"auth_id": env.rest.auth_id,
+                                                               "audio_format": "audio/x-l16;rate=16000"})
+    call_uuid = env.rest.add_call()
+    status, xml = await env.post("/plivo/answer", {"CallUUID": call_uuid, "From": CALLER[1:], "To": NUMBER[1:]})
+    assert status == 200 and 'contentType="audio/x-l16;rate=16000"' in xml, xml
+    url = unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
+    tone = (np.sin(2 * np.pi * 440 * np.arange(16000) / 16000) * 8000).astype("<i2").tobytes()
+    async with env.stream(url) as client:
+        await client.start(call_uuid, media_format={"encoding": "audio/x-l16", "sampleRate": 16000})
+        for i in range(0, len(tone), 640):                                  # 20 ms of L16 at 16 kHz
+            await client.media(tone[i:i + 640])
+        await client.wait_for(lambda: len(client.got.media) >= 30)
+        plays = [e for e in client.got.events if e["event"] == "playAudio"]
+        assert plays[0]["media"]["contentType"] == "audio/x-l16" and plays[0]["media"]["sampleRate"] == 16000
+        assert all(len(p) == 640 for _, p in client.got.media)
+        back = np.frombuffer(b"".join(p for _, p in client.got.media), "<i2").astype(float)
+        assert np.sqrt(np.mean(back ** 2)) > 2000        # the tone came back as little-endian PCM, not noise
 
 
 async def test_caller_hangup_closes_the_socket_and_ends_the_call(plivo_env):

@@ -4,7 +4,6 @@ websocket client speaking the compatible Media Streams protocol."""
 from __future__ import annotations
 
 import asyncio
-import base64
 
 import numpy as np
 

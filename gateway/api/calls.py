@@ -15,9 +15,11 @@ from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
 from ..transfer import TransferRefused
+from . import models
 from .errors import ApiError, carrier_api_error, error_body, read_json
+from .models import parse
 from .numbers import scrub
-from .validation import as_e164, as_int, as_object, as_str, bad, pagination, reject_unknown, required
+from .validation import as_int, as_str, bad, pagination, reject_unknown
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -63,13 +65,10 @@ def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
 
 async def dispatch(request: web.Request) -> web.Response:
     gw = _gw(request)
-    body = await read_json(request)
-    reject_unknown(body, {"agent_id", "to_number", "from_number_id", "call_context"})
-    agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
-    to_number = as_e164(required(body, "to_number"), "to_number")
-    ctx = as_object(body["call_context"], "call_context") if body.get("call_context") is not None else {}
-    if body.get("from_number_id") is not None:
-        number_id = as_int(body["from_number_id"], "from_number_id", minimum=1)
+    req = parse(models.Dispatch, await read_json(request))
+    agent_id, to_number, ctx = req.agent_id, req.to_number, req.call_context or {}
+    if req.from_number_id is not None:
+        number_id = req.from_number_id
     else:   # as in OmniDimension: the agent's attached number
         number_id = await _attached_number(gw, agent_id)
     number = await gw.store.get_number(number_id, with_secrets=True)
@@ -203,9 +202,7 @@ def _hangup_orphan(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _parse_transfer(request: web.Request) -> dict[str, Any]:
-    body = await read_json(request)
-    reject_unknown(body, {"number"})
-    return {"number": as_e164(body["number"], "number") if body.get("number") not in (None, "") else None}
+    return {"number": parse(models.Transfer, await read_json(request)).number}
 
 
 async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:

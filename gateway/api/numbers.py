@@ -14,8 +14,10 @@ from aiohttp import web
 
 from ..carrier import Carrier, CarrierError
 from ..store.store import DuplicateError, NotFoundError
+from . import models
 from .errors import ApiError, carrier_api_error, read_json
-from .validation import as_int, bad, import_body, pagination, reject_unknown, required
+from .models import parse
+from .validation import as_int, bad, import_body, pagination, reject_unknown
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -35,12 +37,14 @@ def gw_of(request: web.Request) -> "Gateway":
 
 
 def providers(gw: "Gateway") -> list[str]:
-    return sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p})
+    """The providers numbers can be imported for: carriers that declare import fields (the browser carrier,
+    webrtc, takes no numbers and is not offered)."""
+    return sorted({p for c in gw.carriers.values() if c.import_fields for p in (*c.providers, c.name) if p})
 
 
 def carrier_or_404(gw: "Gateway", provider: str, field: str = "provider") -> Carrier:
     carrier = gw.carrier_for(provider)
-    if carrier is None:
+    if carrier is None or not carrier.import_fields:
         known = ", ".join(providers(gw)) or "none loaded"
         raise ApiError(404, f"{field}: unknown provider {provider!r} (available: {known})", field)
     return carrier
@@ -282,10 +286,8 @@ async def get_number(request: web.Request) -> web.Response:
 
 async def attach(request: web.Request) -> web.Response:
     gw = gw_of(request)
-    body = await read_json(request)
-    reject_unknown(body, {"phone_number_id", "agent_id"})
-    number_id = as_int(required(body, "phone_number_id"), "phone_number_id", minimum=1)
-    agent_id = as_int(required(body, "agent_id"), "agent_id", minimum=1)
+    req = parse(models.Attach, await read_json(request))
+    number_id, agent_id = req.phone_number_id, req.agent_id
     await _number_or_404(gw, number_id, "phone_number_id")
     if await gw.store.get_agent(agent_id) is None:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
@@ -298,9 +300,7 @@ async def attach(request: web.Request) -> web.Response:
 
 async def detach(request: web.Request) -> web.Response:
     gw = gw_of(request)
-    body = await read_json(request)
-    reject_unknown(body, {"phone_number_id"})
-    number_id = as_int(required(body, "phone_number_id"), "phone_number_id", minimum=1)
+    number_id = parse(models.Detach, await read_json(request)).phone_number_id
     await _number_or_404(gw, number_id, "phone_number_id")
     await gw.store.update_number(number_id, agent_id=None)
     row = await gw.store.get_number(number_id, with_secrets=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..carrier import ImportField
+from . import models
+from .numbers import providers
 from .validation import MAX_PAGESIZE
 
 if TYPE_CHECKING:
@@ -125,11 +127,8 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
                                                    "settings": {"type": "object"},
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
-        "Dispatch": {"type": "object", "additionalProperties": False,
-                     "required": ["agent_id", "to_number", "from_number_id"], "properties": {
-                         "agent_id": {"type": "integer"},
-                         "to_number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
-                         "from_number_id": {"type": "integer"}, "call_context": {"type": "object"}}},
+        # the bodies the handlers validate with pydantic: their schemas come from the same classes
+        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -142,7 +141,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
             "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
             "channel_type": "string", "timing": ["object", "null"]}.items()}},
     }
-    for provider in sorted({p for c in gw.carriers.values() for p in (*c.providers, c.name) if p}):
+    for provider in providers(gw):
         carrier = gw.carrier_for(provider)
         schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
     return schemas
@@ -150,9 +149,9 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
 
 def build(gw: "Gateway") -> dict[str, Any]:
     schemas = _schemas(gw)
-    providers = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
-    import_body = {"oneOf": [_ref(f"Import_{p}") for p in providers]} if providers else {"type": "object"}
-    pid = _param("provider", schema={"type": "string", "enum": providers} if providers else None)
+    names = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
+    import_body = {"oneOf": [_ref(f"Import_{p}") for p in names]} if names else {"type": "object"}
+    pid = _param("provider", schema={"type": "string", "enum": names} if names else None)
     nid = _param("id", schema={"type": "integer"})
     aid = _param("id", schema={"type": "integer"})
     cid = _param("id", description="call log id or call uuid")
@@ -171,12 +170,10 @@ def build(gw: "Gateway") -> dict[str, Any]:
             params=PAGE + [_param("provider", "query")], errors=(400, 401))},
         f"{p}/phone_number/attach": {"post": _op(
             "Attach a phone number to an agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
-            body={"type": "object", "required": ["phone_number_id", "agent_id"],
-                  "properties": {"phone_number_id": {"type": "integer"}, "agent_id": {"type": "integer"}}})},
+            body=_ref("Attach"))},
         f"{p}/phone_number/detach": {"post": _op(
             "Detach a phone number from its agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
-            body={"type": "object", "required": ["phone_number_id"],
-                  "properties": {"phone_number_id": {"type": "integer"}}})},
+            body=_ref("Detach"))},
         f"{p}/phone_number/{{id}}": {
             "get": _op("Show a phone number", tag="phone numbers", params=[nid], ok=_ref("PhoneNumberResponse")),
             "patch": _op("Change some import fields of a number (\"****\" keeps a secret); checked like an import",
@@ -214,7 +211,7 @@ def build(gw: "Gateway") -> dict[str, Any]:
         f"{p}/calls/{{id}}/hangup": {"post": _op("Hang up a live call", tag="calls", params=[cid])},
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
-            body={"type": "object", "properties": {"number": {"type": "string"}}}, errors=(400, 401, 404, 409))},
+            body=_ref("Transfer"), errors=(400, 401, 404, 409))},
         f"{p}/nodes/{{proc}}/drain": {"post": _op(
             "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
             "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",
@@ -224,6 +221,9 @@ def build(gw: "Gateway") -> dict[str, Any]:
             ok={"type": "object", "properties": {"success": {"const": True}, "proc": {"type": "string"},
                                                  "state": {"const": "draining"}}})},
     }
+    for carrier in gw.carriers.values():     # the /api/v1 routes carriers add themselves
+        for path, item in carrier.openapi_paths().items():
+            paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Telephony gateway API", "version": "1.0.0",

@@ -48,11 +48,13 @@ class PlivoStreamClient(TwilioStreamClient):
         self._seq += 1
         await self.ws.send(json.dumps({"sequenceNumber": self._seq, "streamId": self.stream_sid, **obj}))
 
-    async def start(self, call_uuid: str, **_: Any) -> None:   # type: ignore[override]
+    async def start(self, call_uuid: str, *, media_format: dict[str, Any] | None = None,   # type: ignore[override]
+                    **_: Any) -> None:
         self.stream_sid = str(uuid.uuid4())
         await self.send({"event": "start", "start": {
             "callId": call_uuid, "streamId": self.stream_sid, "accountId": "1", "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}, "extra_headers": "{}"})
+            "mediaFormat": media_format or {"encoding": "audio/x-mulaw", "sampleRate": 8000}},
+            "extra_headers": "{}"})
 
     async def media(self, ulaw: bytes) -> None:
         self._chunk += 1
