@@ -273,11 +273,13 @@ class Call:
         """The transfer_message before the transfer: a WAV is played here; text goes to an engine that speaks
         (None: wait for its transfer, bounded by SAY_TIMEOUT); else it stays on the request for carriers that can
         speak it themselves (Twilio <Say>)."""
-        message = req.message or ""
-        if message.strip().lower().endswith(".wav"):
+        message = (req.message or "").strip()
+        if message.lower().split("?", 1)[0].endswith(".wav"):
             from .amd.wav import WavError, load_message
+            from .wavfetch import fetch_wav, is_wav_url
             try:
-                pcm = load_message(message.strip(), self.bus.engine_rate)
+                rate = self.bus.engine_rate
+                pcm = await fetch_wav(message, rate) if is_wav_url(message) else load_message(message, rate)
             except WavError as e:
                 self.log.error("transfer message not played: %s", e)
             else:

@@ -26,7 +26,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key")
     p.add_argument("--public-url", help="public base URL carriers reach us at, e.g. https://gw.example.com")
     p.add_argument("--engine", help="default engine: echo | greeting | ws(s)://host/path[?sample_rate=…] | "
-                                    "accept[:pool] (see docs/engine-protocol.md)")
+                                    "accept[:pool] | package.module:factory (see docs/engine-protocol.md)")
+    p.add_argument("--allow-engine", action="append", dest="allowed_engines", metavar="MODULE:FACTORY",
+                   help="an in-process engine agents may also name (repeat for more); agents set through the API "
+                        "cannot name any other module")
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
@@ -54,6 +57,7 @@ def _serve_settings(args: argparse.Namespace):
     return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
+        "allowed_engines": args.allowed_engines,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
         "allow_private_webhooks": args.allow_private_webhooks,
         "node_id": args.node_id, "drain_timeout": args.drain_timeout,
@@ -90,6 +94,11 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
         print(f"gateway: log_format: {e}", file=sys.stderr)
         return 2
     if settings.workers > 1 and settings.worker_index == 0:
+        from .engine import EngineRegistry
+        problem = _engine_error(EngineRegistry(settings.engine, settings.allowed_engines), settings)
+        if problem:   # said once here rather than by every worker
+            print(f"gateway: {problem}", file=sys.stderr)
+            return 2
         return await Supervisor(settings, serve_argv).run()
     settings = worker_settings(settings)
     try:
@@ -97,10 +106,10 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     except SecretKeyError as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
-    try:
-        gw.engines.validate(settings.engine)
-    except ValueError as e:
-        print(f"gateway: --engine: {e}", file=sys.stderr)
+    # in-process engines are imported and built here, before gc.freeze() below moves them out of the collector's way
+    problem = _engine_error(gw.engines, settings)
+    if problem:
+        print(f"gateway: {problem}", file=sys.stderr)
         return 2
     try:
         await gw.start()
@@ -131,6 +140,16 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _engine_error(engines, settings) -> str | None:
+    """One line naming the flag whose engine spec is wrong (it does not import, is no VoiceEngine…), or None."""
+    for flag, spec in [("--engine", settings.engine), *(("--allow-engine", s) for s in settings.allowed_engines)]:
+        try:
+            engines.validate(spec)
+        except ValueError as e:
+            return f"{flag}: {e}"
+    return None
 
 
 def _start_error(e: OSError, settings) -> str:

@@ -30,7 +30,10 @@ class Settings:
     db: str = ""                    # SQLite path or SQLAlchemy URL; default <data_dir>/gateway.db
     api_key: str = ""               # default: generated into <data_dir>/api_key on first start
     public_url: str = ""            # e.g. https://gw.example.com; default http://<host>:<http_port>
-    engine: str = "greeting"        # echo | greeting | ws://… | wss://…
+    engine: str = "greeting"        # echo | greeting | ws://… | wss://… | accept[:pool] | package.module:factory
+    #: further `package.module:factory` engines agents may name (the REST API refuses any other in-process spec:
+    #: importing a module runs its code)
+    allowed_engines: list[str] = field(default_factory=list)
     max_calls: int = 1000
     carriers: list[str] | None = None   # None = every installed carrier
     enable_sip: bool = True

@@ -52,7 +52,7 @@ class Gateway:
         self.settings = settings
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
-        self.engines = EngineRegistry(settings.engine)
+        self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
                                           allow_private=settings.allow_private_webhooks,
                                           max_pending=settings.webhook_outbox_max, store=self.store,

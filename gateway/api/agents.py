@@ -11,6 +11,7 @@ from ..carrier import CarrierError
 from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
+from ..wavfetch import is_wav_url
 from .errors import ApiError, read_json
 from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
                          reject_unknown, required)
@@ -45,8 +46,11 @@ def _transfer_target(t: dict[str, Any], f: str, *, number_required: bool) -> dic
     for key in ("transfer_condition", "transfer_message"):
         if t.get(key) is not None:
             t[key] = as_str(t[key], f"{f}.{key}", max_len=4000)
-    if (t.get("transfer_message") or "").lower().endswith(".wav"):   # played by the gateway: it must load
-        _check_wav(t["transfer_message"], f"{f}.transfer_message")
+    message = t.get("transfer_message") or ""
+    if is_wav_url(message):            # fetched when a call is transferred; here only its form is checked
+        t["transfer_message"] = as_http_url(message, f"{f}.transfer_message")
+    elif message.lower().endswith(".wav"):   # a file the gateway plays: it must load
+        _check_wav(message, f"{f}.transfer_message")
     return t
 
 
