@@ -25,6 +25,7 @@ from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup,
                      TransferRequest, TransferResult)
 from .transfer import TransferRefused, resolve as resolve_transfer
 from .turns import Timeline, analyze
+from .logsetup import ContextLogger
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Call:
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
-        self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
+        self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

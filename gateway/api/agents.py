@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..amd.settings import PROVIDERS as AMD_PROVIDERS
 from ..carrier import CarrierError
+from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
 from ..wavfetch import is_wav_url
@@ -199,6 +200,15 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return out
 
 
+async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None:
+    """SSRF guard at save time: a webhook_url on a loopback/private/link-local address is a 400 (unless allowed)."""
+    if data.get("webhook_url"):
+        try:
+            await check_destination(data["webhook_url"], gw.settings.allow_private_webhooks)
+        except BlockedDestination as e:
+            raise bad("webhook_url", str(e)) from None
+
+
 def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
     """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
     a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
@@ -220,6 +230,7 @@ async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
 async def create_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, {})
     check_carrier_settings(gw, data.get("settings"))
     agent = await gw.store.create_agent(data)
@@ -244,6 +255,7 @@ async def replace_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
@@ -255,6 +267,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     if isinstance(body.get("settings"), dict):
         body["settings"] = merge_settings(agent.get("settings") or {}, body["settings"])
     data = check_agent(gw, body, partial=True)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
