@@ -34,6 +34,8 @@ class Settings:
     max_calls: int = 1000
     carriers: list[str] | None = None   # None = every installed carrier
     enable_sip: bool = True
+    #: DNS server (ip[:port]) for SIP trunk NAPTR/SRV/A lookups (RFC 3263); empty = the system's resolvers
+    dns_server: str = ""
     log_level: str = "INFO"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
