@@ -167,6 +167,19 @@ class Node:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+async def start_node(workers: int, db: str, kamailio: bool, carriers: str) -> Node:
+    """A started node; new ports and another try when one was taken between choosing and binding it."""
+    for attempt in range(3):
+        node = Node(workers, db, kamailio, carriers)
+        try:
+            return await node.start()
+        except RuntimeError:
+            node.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def one_worker(url: str, metrics: bool = False) -> tuple[str, dict[str, float]] | None:
     """(process id, its counters) from one new connection: /healthz then /metrics over the same socket."""
     try:
@@ -197,7 +210,7 @@ async def reset_schema(db: str) -> None:
 
 # -- (b) G.711 echo calls through Kamailio ------------------------------------------------------------------------
 async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -> dict:
-    node = await Node(workers, db, kamailio=True, carriers="sip").start()
+    node = await start_node(workers, db, kamailio=True, carriers="sip")
     try:
         before, cpu0, t0 = await node.counters(), node.cpu(), time.monotonic()
         rate = max(10.0, n / 20)
@@ -225,7 +238,7 @@ async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -
 
 # -- (c) CPS through Kamailio -----------------------------------------------------------------------------------------
 async def cps_step(workers: int, db: str, rate: float, seconds: float) -> dict:
-    node = await Node(workers, db, kamailio=True, carriers="sip").start()
+    node = await start_node(workers, db, kamailio=True, carriers="sip")
     try:
         calls = int(rate * seconds)
         cpu0, t0 = node.cpu(), time.monotonic()
@@ -245,7 +258,7 @@ async def cps_step(workers: int, db: str, rate: float, seconds: float) -> dict:
 
 # -- (a) Twilio Media Streams -----------------------------------------------------------------------------------------
 async def twilio_run(workers: int, db: str, n: int, seconds: float, payloads: list[str]) -> dict:
-    node = await Node(workers, db, kamailio=False, carriers="twilio").start()
+    node = await start_node(workers, db, kamailio=False, carriers="twilio")
     try:
         r = await twilio_step(node.http_port, node.pids(), n, seconds, payloads)
     finally:
@@ -257,7 +270,7 @@ async def twilio_run(workers: int, db: str, n: int, seconds: float, payloads: li
 
 # -- SO_REUSEPORT spread ----------------------------------------------------------------------------------------------
 async def http_spread(workers: int, db: str, connections: int, seconds: float) -> dict:
-    node = await Node(workers, db, kamailio=False, carriers="twilio").start()
+    node = await start_node(workers, db, kamailio=False, carriers="twilio")
     try:
         spread: Counter = Counter()
         for _ in range(connections):

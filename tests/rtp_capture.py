@@ -22,6 +22,7 @@ class RtpPacket:
     src_port: int
     dst_port: int
     seq: int
+    ssrc: int
     payload: bytes
 
 
@@ -35,7 +36,8 @@ def can_capture() -> bool:
 
 class LoopbackRtpCapture:
     """`with LoopbackRtpCapture(ports) as cap:` … `cap.packets` holds RTP datagrams whose source or destination port
-    is in `ports` (a container, e.g. a range), captured on `lo` by a background thread until the block ends."""
+    is in `ports` (a container, e.g. a range), captured on `lo` by a background thread until the block ends.
+    Other processes on the machine may use the same ports: pick the stream out by its SSRC and port pair."""
 
     def __init__(self, ports) -> None:
         self.ports = ports
@@ -77,10 +79,10 @@ class LoopbackRtpCapture:
             rtp = ip[ihl + 8:]
             if len(rtp) < 12 or rtp[0] >> 6 != 2 or 72 <= (rtp[1] & 0x7F) <= 76:   # RTP v2, not RTCP
                 continue
-            seq = struct.unpack("!H", rtp[2:4])[0]
+            seq, ssrc = struct.unpack("!H", rtp[2:4])[0], struct.unpack("!I", rtp[8:12])[0]
             key = (src, dst, seq)
             if key in seen:                     # loopback shows each datagram twice (outgoing and incoming)
                 continue
             seen.add(key)
             cc = rtp[0] & 0x0F
-            self.packets.append(RtpPacket(now, src, dst, seq, bytes(rtp[12 + 4 * cc:])))
+            self.packets.append(RtpPacket(now, src, dst, seq, ssrc, bytes(rtp[12 + 4 * cc:])))

@@ -17,6 +17,7 @@ from voicecodecs import ulaw_to_pcm16
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
 
 META = json.loads((SCENARIOS / "pcap" / "amd_greeting_beep.json").read_text())
+PCAP_SSRC = 0x5EED1234          # bench/amd/make_pcap.py writes every packet with this SSRC
 MESSAGE_MS = 1500
 
 
@@ -41,10 +42,14 @@ async def test_sip_outbound_machine_gets_message_after_beep_then_bye_voicemail(m
     uas.result.assert_calls(successful=1)          # includes the Reason: …voicemail check on the BYE
     # on the wire: the callee's packet that carries the end of the beep (pcap packet i covers [20 i, 20 i + 20) ms,
     # sequence number i + 1), and the first packet of the message the gateway sent back
-    callee = {p.seq: p for p in cap.packets if p.dst_port in gw_ports and p.src_port not in gw_ports}
+    # (the pcap's SSRC and this call's port pair: other tests on the machine may use the same port range)
+    pcap = [p for p in cap.packets if p.ssrc == PCAP_SSRC and p.dst_port in gw_ports]
+    assert pcap, "no RTP from SIPp was captured"
+    sipp_port, gw_port = pcap[0].src_port, pcap[0].dst_port
+    callee = {p.seq: p for p in pcap if (p.src_port, p.dst_port) == (sipp_port, gw_port)}
     beep_last = callee.get(META["beep_end_ms"] // 20)
     assert beep_last is not None, "the call ended before the beep: the message went into the greeting"
-    sent = [p for p in cap.packets if p.src_port in gw_ports and p.dst_port not in gw_ports]
+    sent = [p for p in cap.packets if (p.src_port, p.dst_port) == (gw_port, sipp_port)]
     loud = [p for p in sent if sum(abs(v) for v in memoryview(ulaw_to_pcm16(p.payload)).cast("h")) > 500 * 160]
     assert loud, "the message never went out"
     assert loud[0].at > beep_last.at, f"message started {beep_last.at - loud[0].at:.3f} s before the beep ended"
