@@ -122,10 +122,11 @@ async def ws_setup(make_gateway, via: str, engine: str):
     register_engines(gw)
     agent = await gw.store.create_agent({"name": f"{via} agent", "engine": engine, "settings": {}})
     url = gw.url("").rstrip("/")
+    # the synthetic lines carry no carrier credentials: their numbers use the explicit opt-outs (docs/security.md)
     if via == "exotel":
-        await add_exophone(gw, agent_id=agent["id"])
+        await add_exophone(gw, agent_id=agent["id"], allow_unauthenticated=True)
         return gw, ExotelLine(url, ACCOUNT_SID), EXOPHONE
-    await add_vonage_number(gw, agent_id=agent["id"])
+    await add_vonage_number(gw, agent_id=agent["id"], signature_secret=None, allow_unsigned=True)
     return gw, VonageLine(url, 16000), VONAGE_NUMBER
 
 
