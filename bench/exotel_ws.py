@@ -52,8 +52,9 @@ class StreamResult:
 
 
 async def prepare_db(db: str) -> None:
+    from gateway.secretbox import SecretBox
     from gateway.store import Store
-    store = Store(db)
+    store = Store(db, SecretBox.load("", os.path.dirname(db)))    # the key `gateway serve --data-dir` will use
     await store.open()
     agent = await store.create_agent({"name": "bench", "engine": "echo", "settings": {}})
     await store.create_number({"phone_number": EXOPHONE, "provider": "exotel", "agent_id": agent["id"],
@@ -81,7 +82,9 @@ class Stream:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
 
     async def setup(self) -> None:
-        self.ws = await self.http.ws_connect(f"ws://127.0.0.1:{self.port}/exotel/media", max_msg_size=1 << 20)
+        auth = "Basic " + base64.b64encode(b"k:t").decode()     # the ExoPhone's API key/token, as Exotel sends them
+        self.ws = await self.http.ws_connect(f"ws://127.0.0.1:{self.port}/exotel/media", max_msg_size=1 << 20,
+                                             headers={"Authorization": auth})
         await self.ws.send_str('{"event":"connected"}')
         await self.ws.send_str(json.dumps({"event": "start", "sequence_number": "1", "stream_sid": self.sid,
                                            "start": {"stream_sid": self.sid, "call_sid": self.call_sid,

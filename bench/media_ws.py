@@ -53,8 +53,9 @@ class CallResult:
 
 
 async def prepare_db(db: str) -> None:
+    from gateway.secretbox import SecretBox
     from gateway.store import Store
-    store = Store(db)
+    store = Store(db, SecretBox.load("", os.path.dirname(db)))    # the key `gateway serve --data-dir` will use
     await store.open()
     agent = await store.create_agent({"name": "bench", "engine": "echo", "settings": {}})
     await store.create_number({"phone_number": NUMBER, "provider": "twilio", "agent_id": agent["id"],

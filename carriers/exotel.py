@@ -41,6 +41,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
+from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
@@ -300,6 +301,19 @@ def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> An
     return default
 
 
+def unauthenticated_allowed(number: dict[str, Any] | None) -> bool:
+    """The explicit opt-out: this ExoPhone's callbacks are accepted without credentials (IP allow-list mode)."""
+    return _setting(number, "exotel_allow_unauthenticated", False) is True
+
+
+def passthru_token(number: dict[str, Any]) -> str:
+    """The `gw_token` of the call_coming URL: HMAC-SHA256 of the account sid under the API token, so it is fixed for
+    an account (one flow can serve all its ExoPhones), changes when the token is rotated, and reveals nothing."""
+    token = str(_setting(number, "exotel_api_token", ""))
+    msg = f"exotel-passthru:{_setting(number, 'exotel_account_sid', '')}".encode()
+    return hmac.new(token.encode(), msg, "sha256").hexdigest()[:32]
+
+
 def passthru_stream_info(q: Any) -> dict[str, str]:
     """Stream metadata Exotel adds to a Passthru after a Voicebot: `Stream[Status]=…` keys, or one JSON `Stream`."""
     info: dict[str, str] = {}
@@ -388,7 +402,7 @@ class VoicebotStream(MarkedPlayout):
 
     @property
     def log(self) -> logging.LoggerAdapter:
-        return self.call.log if self.call else logging.LoggerAdapter(log, {"carrier": "exotel"})
+        return self.call.log if self.call else ContextLogger(log, {"carrier": "exotel"})
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -629,8 +643,9 @@ class ExotelCarrier(Carrier):
                     help="API host: api.exotel.com (Singapore) or api.in.exotel.com (Mumbai)"),
         ImportField("exotel_account_sid", required=True, help="Account SID"),
         ImportField("exotel_app_id", help="App Bazaar flow id with the Voicebot applet (needed for outbound)"),
-        ImportField("exotel_require_stream_auth", kind=bool, default=False,
-                    help="reject Voicebot connections without Basic auth wss://KEY:TOKEN@host/exotel/media"),
+        ImportField("exotel_allow_unauthenticated", kind=bool, default=False,
+                    help="opt-out: accept Voicebot sockets without Basic auth and call_coming without its token "
+                         "(only behind Exotel's IP allow-list)"),
         ImportField("name", help="label"),
     )
 
@@ -646,8 +661,8 @@ class ExotelCarrier(Carrier):
     transfer_timeout = 4 * 3600.0
     #: ended calls are remembered this long for the Passthru / Connect / status callbacks that follow
     state_ttl = 900.0
-    #: at most this many calls announced by call_coming may wait for their stream (the URL is unauthenticated;
-    #: past the cap the stream's `start` still opens the call, only the early log row is skipped)
+    #: at most this many calls announced by call_coming may wait for their stream (a bound even for authenticated
+    #: announcements; past the cap the stream's `start` still opens the call, only the early log row is skipped)
     max_announced = 200
 
     def __init__(self, gateway: "Gateway", base_url: str | None = None) -> None:
@@ -670,6 +685,11 @@ class ExotelCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="exotel", with_secrets=True)
+        for n in numbers:
+            if unauthenticated_allowed(n):
+                log.warning("ExoPhone accepts UNAUTHENTICATED Voicebot sockets and call_coming "
+                            "(exotel_allow_unauthenticated)", extra={"carrier": "exotel", "number_id": n["id"]})
 
     def _on_call_event(self, kind: str, call: "Call") -> None:
         """An Exotel call ended (or moved to another process that took its stream): its watchdog has nothing
@@ -742,23 +762,43 @@ class ExotelCarrier(Carrier):
             matches = [r for r in matches if _setting(r, "exotel_account_sid") in (None, account_sid)]
         return matches[0] if matches else None
 
-    def _check_auth(self, request: web.Request, number: dict[str, Any]) -> None:
-        header = request.headers.get("Authorization", "")
-        required = bool(_setting(number, "exotel_require_stream_auth", False))
-        if not header:
-            if required:
-                raise StreamClosed(CloseCode.BAD_AUTH, "Basic auth required for this ExoPhone")
-            return
+    @staticmethod
+    def _basic_ok(header: str, number: dict[str, Any]) -> bool:
+        """`Authorization: Basic` with the ExoPhone's API key/token (constant time); False when malformed."""
         if not header.lower().startswith("basic "):
-            raise StreamClosed(CloseCode.BAD_AUTH, "unsupported Authorization scheme")
+            return False
         try:
             user, _, pw = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            raise StreamClosed(CloseCode.BAD_AUTH, "malformed Basic auth") from None
+            return False
         key, token = str(_setting(number, "exotel_api_key", "")), str(_setting(number, "exotel_api_token", ""))
-        ok = hmac.compare_digest(user.encode(), key.encode()) & hmac.compare_digest(pw.encode(), token.encode())
-        if not ok:
+        return bool(key and token) & hmac.compare_digest(user.encode(), key.encode()) \
+            & hmac.compare_digest(pw.encode(), token.encode())
+
+    def _check_auth(self, request: web.Request, number: dict[str, Any]) -> None:
+        """Basic auth on the Voicebot upgrade (Exotel sends the userinfo of wss://KEY:TOKEN@host as a header).
+        Required unless the number opted out (`exotel_allow_unauthenticated`); a wrong header is always refused."""
+        header = request.headers.get("Authorization", "")
+        if not header:
+            if unauthenticated_allowed(number):
+                return
+            log.warning("Exotel Voicebot socket without Basic auth refused", extra={
+                "carrier": "exotel", "source_ip": request.remote, "number_id": number.get("id")})
+            raise StreamClosed(CloseCode.BAD_AUTH, "Basic auth required: wss://API_KEY:API_TOKEN@host/exotel/media")
+        if not self._basic_ok(header, number):
+            log.warning("Exotel Voicebot socket with wrong Basic auth refused", extra={
+                "carrier": "exotel", "source_ip": request.remote, "number_id": number.get("id")})
             raise StreamClosed(CloseCode.BAD_AUTH, "Basic auth does not match this ExoPhone's API key/token")
+
+    def _passthru_ok(self, request: web.Request, number: dict[str, Any]) -> bool:
+        """call_coming creates call rows, so it must prove it comes from the number's own flow: the `gw_token` of
+        the URL the connection test shows, or Basic auth with the API key/token; or the number opted out."""
+        if unauthenticated_allowed(number):
+            return True
+        token = request.query.get("gw_token", "")
+        if token and hmac.compare_digest(token.encode(), passthru_token(number).encode()):
+            return True
+        return self._basic_ok(request.headers.get("Authorization", ""), number)
 
     async def claim_stream(self, stream: VoicebotStream, start: dict[str, Any], call_sid: str) -> ExotelCallState:
         """Find or create the call a `start` belongs to; refuse strangers."""
@@ -981,6 +1021,10 @@ class ExotelCarrier(Carrier):
                     log.warning("call_coming for a number not imported here", extra={"carrier": "exotel",
                                                                                      "to": to[:32]})
                     return web.Response(status=200, text="ok")
+                if not self._passthru_ok(request, number):
+                    log.warning("call_coming without its gw_token refused", extra={
+                        "carrier": "exotel", "source_ip": request.remote, "number_id": number.get("id")})
+                    return web.Response(status=403, text="forbidden")
                 call = await self.gateway.calls.create(
                     carrier=self.name, direction="inbound", from_number=to_e164(frm, number["phone_number"]),
                     to_number=number["phone_number"], number=number, carrier_sid=call_sid, status="ringing")
@@ -1100,6 +1144,9 @@ class ExotelCarrier(Carrier):
         if item is None:
             raise CarrierError(f"ExoPhone {phone} not found on account {creds['exotel_account_sid']}", 400)
         out = dict(fields)
+        if unauthenticated_allowed(fields):
+            log.warning("ExoPhone imported WITHOUT callback authentication (exotel_allow_unauthenticated): only safe "
+                        "behind Exotel's IP allow-list", extra={"carrier": "exotel", "number": phone})
         out["exotel_subdomain"] = creds["exotel_subdomain"]
         out["exotel_account_sid"] = creds["exotel_account_sid"]
         out["exotel_exophone"] = str(item.get("phone_number") or phone)
@@ -1129,8 +1176,10 @@ class ExotelCarrier(Carrier):
         except CarrierError as e:
             step("credentials" if "key/token" in e.message else "exotel_api", False, e.message)
         ok = all(s["ok"] for s in steps if s["step"] != "outbound_flow")
+        base, ws_base = self.gateway.settings.public_base, self.gateway.settings.public_ws_base
         return {"ok": ok, "carrier": self.name, "steps": steps,
-                "endpoints": {"voicebot": self.gateway.settings.public_ws_base + "/exotel/media",
+                "endpoints": {"voicebot": ws_base.replace("://", "://API_KEY:API_TOKEN@", 1) + "/exotel/media",
+                              "call_coming": f"{base}/exotel/call_coming?gw_token={passthru_token(fields)}",
                               "passthru": self.gateway.settings.public_base + "/exotel/should_end_the_call",
                               "connect": self.gateway.settings.public_base + "/exotel/call_transfer"}}
 

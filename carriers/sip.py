@@ -34,6 +34,7 @@ from gateway.sip.transaction import TransactionLayer
 from gateway.sip.transport import SipTransport
 from gateway.sip.ua import (Credentials, IncomingInvite, InviteResult, OutgoingInvite, RequestFailed, SipSession,
                             UserAgent, parse_reason, reason_header)
+from gateway.throttle import FailureThrottle
 
 from .sip_presets import PRESETS, PresetError, apply_preset, parse_hostport
 
@@ -207,6 +208,10 @@ class SipCarrier(Carrier):
         self.ua: UserAgent | None = None
         self.rtp: RtpEngine | None = None
         self.auth = InboundAuth(realm="telephony-gateway")
+        st = gateway.settings
+        #: password guessing: a source with repeated wrong digest credentials is refused for a while
+        self.auth_throttle = FailureThrottle("SIP", log, st.auth_max_failures, st.auth_failure_window,
+                                             st.auth_ban_seconds)
         self.registrations: dict[int, Registration] = {}
         self.legs: dict[str, SipLeg] = {}
         self.ring_timeout = DEFAULT_RING_TIMEOUT
@@ -230,6 +235,7 @@ class SipCarrier(Carrier):
             return
         self.transport = SipTransport(s.sip_host, s.sip_port, advertised_host=self.advertised_ip)
         self.layer = TransactionLayer(self.transport)
+        self.layer.refuse_source = self._refuse_banned
         await self.transport.start()
         self.ua = UserAgent(self.transport, self.layer)
         self.ua.on_invite = self._on_invite
@@ -306,12 +312,24 @@ class SipCarrier(Carrier):
         self.registrations[int(number["id"])] = reg
         reg.start()
 
+    def _refuse_banned(self, source_ip: str) -> int | None:
+        """New requests from a source banned for password guessing: 403, or silence (`sip_ban_response`)."""
+        if not self.auth_throttle.banned(source_ip):
+            return None
+        return 0 if self.gateway.settings.sip_ban_response == "silent" else 403
+
+    def _auth_refused(self, verdict: Any, source_ip: str, **fields: Any) -> None:
+        if verdict.bad_credentials:
+            self.auth_throttle.failure(source_ip, **fields)
+
     def metrics(self) -> dict[str, float]:
-        """RTP packet counters (every session since start) and the shared clock's health, for /metrics."""
+        """RTP packet counters (every session since start), the shared clock's health and the digest-auth
+        throttle, for /metrics."""
+        throttle = self.auth_throttle.metrics("gateway_sip")
         if self.rtp is None:
-            return {}
+            return throttle
         t = self.rtp.totals()
-        return {"gateway_rtp_packets_sent_total": t.get("sent", 0),
+        return {**throttle, "gateway_rtp_packets_sent_total": t.get("sent", 0),
                 "gateway_rtp_packets_received_total": t.get("received", 0),
                 "gateway_rtp_packets_lost_total": t.get("lost", 0),
                 "gateway_rtp_packets_late_total": t.get("late", 0),
@@ -353,6 +371,7 @@ class SipCarrier(Carrier):
         if not verdict.ok:
             self.log.info("INVITE refused by trunk auth: %s", verdict.detail,
                           extra={**extra, "trunk": number.get("sip_trunk_name")})
+            self._auth_refused(verdict, inv.source_ip, method="INVITE", trunk=number.get("sip_trunk_name"))
             inv.reject(verdict.status, verdict.reason, list(verdict.headers))
             return
         if not number.get("agent_id"):
@@ -467,6 +486,7 @@ class SipCarrier(Carrier):
             return
         verdict = await self.auth.check(TrunkAuth.from_number(number), req, source)
         if not verdict.ok:
+            self._auth_refused(verdict, source, method="REGISTER", trunk=number.get("sip_trunk_name"))
             self.ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
             return
         contacts = req.contacts

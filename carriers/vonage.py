@@ -45,6 +45,7 @@ from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
 from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
                             TransferRequest, TransferResult)
+from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
 from .mediasocket import MarkedPlayout, StreamClosed
@@ -330,7 +331,7 @@ class VonageStream(MarkedPlayout):
 
     @property
     def log(self) -> logging.LoggerAdapter:
-        return self.call.log if self.call else logging.LoggerAdapter(log, {"carrier": "vonage"})
+        return self.call.log if self.call else ContextLogger(log, {"carrier": "vonage"})
 
     async def run(self) -> None:
         try:
@@ -488,7 +489,9 @@ class VonageCarrier(Carrier):
         ImportField("vonage_api_key", help="account API key (checks the number is on the account)"),
         ImportField("vonage_api_secret", secret=True, help="account API secret"),
         ImportField("vonage_signature_secret", secret=True,
-                    help="signature secret: when set, webhooks must carry a valid signed JWT"),
+                    help="signature secret (signed webhooks): every webhook must carry a JWT signed with it"),
+        ImportField("vonage_allow_unsigned_webhooks", kind=bool, default=False,
+                    help="opt-out: accept unsigned webhooks (anyone who knows the number can reach the agent)"),
         ImportField("vonage_audio_rate", kind=int, default=16000, choices=RATES,
                     help="websocket audio: audio/l16;rate=16000 or 8000"),
         ImportField("name", help="label"),
@@ -536,6 +539,13 @@ class VonageCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="vonage", with_secrets=True)
+        for n in numbers:
+            if not creds_of(n).signature_secret:
+                allowed = _setting(n, "vonage_allow_unsigned_webhooks", False) is True
+                log.warning("Vonage number accepts UNSIGNED webhooks (vonage_allow_unsigned_webhooks)" if allowed
+                            else "Vonage number has no vonage_signature_secret: its webhooks are refused until "
+                                 "one is set", extra={"carrier": "vonage", "number_id": n["id"]})
         # the SDK's pydantic models take most of a second to import: do it now, off the event loop, rather than
         # in the first caller's answer webhook
         await asyncio.to_thread(_preload_sdk)
@@ -668,20 +678,32 @@ class VonageCarrier(Carrier):
             return None
         return await self.gateway.store.find_number(e164, "vonage", with_secrets=True)
 
-    @staticmethod
-    def signature_ok(request: web.Request, secret: str | None) -> bool:
-        """Signed webhooks: `Authorization: Bearer <JWT>` signed HS256 with the signature secret (vonage-jwt)."""
+    def signature_ok(self, request: web.Request, number: dict[str, Any] | None) -> bool:
+        """Signed webhooks: `Authorization: Bearer <JWT>` signed HS256 with the number's signature secret
+        (vonage-jwt). A number without a secret is accepted unsigned only when it was imported with the explicit
+        opt-out `vonage_allow_unsigned_webhooks`; otherwise (e.g. a row from before signing was required) the
+        webhook is refused, so nobody who merely knows the number gets an NCCO, a call row or a media socket."""
+        secret = creds_of(number).signature_secret
         if not secret:
-            return True
+            if number is not None and _setting(number, "vonage_allow_unsigned_webhooks", False) is True:
+                return True
+            log.warning("unsigned Vonage webhook refused: the number has no vonage_signature_secret",
+                        extra={"carrier": "vonage", "source_ip": request.remote, "path": request.path,
+                               "number_id": (number or {}).get("id")})
+            return False
         from vonage_jwt import verify_signature
 
         header = request.headers.get("Authorization", "")
-        if not header.lower().startswith("bearer "):
-            return False
-        try:
-            return bool(verify_signature(header[7:].strip(), secret))
-        except Exception:
-            return False
+        ok = False
+        if header.lower().startswith("bearer "):
+            try:
+                ok = bool(verify_signature(header[7:].strip(), secret))
+            except Exception:
+                ok = False
+        if not ok:
+            log.warning("Vonage webhook with a missing or wrong signed JWT refused",
+                        extra={"carrier": "vonage", "source_ip": request.remote, "path": request.path})
+        return ok
 
     async def _params(self, request: web.Request) -> dict[str, Any]:
         params: dict[str, Any] = dict(request.query)
@@ -712,7 +734,7 @@ class VonageCarrier(Carrier):
             log.warning("answer webhook for a number not imported here", extra={"carrier": "vonage",
                                                                               "to": to[:32]})
             return web.json_response(talk_ncco("The number you have called is not in service."))
-        if not self.signature_ok(request, creds_of(number).signature_secret):
+        if not self.signature_ok(request, number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
         try:
             from_e164 = normalize_e164(frm)
@@ -760,7 +782,7 @@ class VonageCarrier(Carrier):
             # our own websocket leg: only a failure to reach us matters (the call would wait for nothing)
             st = self.states.get(request.query.get("call_id", ""))
             if st is not None and status in TERMINAL and status != "completed" and st.call.bus is None \
-                    and not st.call.ended.is_set() and self.signature_ok(request, creds_of(st.number).signature_secret):
+                    and not st.call.ended.is_set() and self.signature_ok(request, st.number):
                 st.call.log.warning("vonage could not open the media websocket", extra={"status": status})
                 await self.rest_hangup(st)
                 await st.call.end(HangupSource.CARRIER, f"stream_{status}"[:64])
@@ -774,7 +796,9 @@ class VonageCarrier(Carrier):
             row = await self.gateway.store.find_call(carrier_sid=uuid)
             if row and row.get("phone_number_id"):
                 number = await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
-        if not self.signature_ok(request, creds_of(number).signature_secret):
+        if number is None:
+            return web.Response(status=204)        # no call of ours, nothing to authenticate against: ignore
+        if not self.signature_ok(request, number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
         if st is not None and uuid and st.uuid is None and _UUID.match(uuid):
             st.uuid = uuid
@@ -834,7 +858,7 @@ class VonageCarrier(Carrier):
         st = self.states.get(request.query.get("call_id", ""))
         if st is None:
             return web.Response(status=204)
-        if not self.signature_ok(request, creds_of(st.number).signature_secret):
+        if not self.signature_ok(request, st.number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
         call = st.call
         status = str(p.get("status") or "").lower()
@@ -958,6 +982,13 @@ class VonageCarrier(Carrier):
                                    f"{creds.application_id}: link it to this application", 400)
             if linked:
                 out["vonage_linked_application_id"] = linked
+        if not creds.signature_secret:
+            if fields.get("vonage_allow_unsigned_webhooks") is not True:
+                raise CarrierError("vonage_signature_secret: required: turn on signed webhooks for the Vonage "
+                                   "application and give its signature secret (or, knowingly, set "
+                                   "vonage_allow_unsigned_webhooks: true)", 400, field="vonage_signature_secret")
+            log.warning("Vonage number imported WITHOUT webhook signatures (vonage_allow_unsigned_webhooks): anyone "
+                        "who knows it can open a call with the agent", extra={"carrier": "vonage", "number": phone})
         rate = out.get("vonage_audio_rate")
         if rate not in (None, "") and int(rate) not in RATES:
             raise CarrierError(f"vonage_audio_rate must be one of {RATES}", 400)

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -397,7 +398,14 @@ class WebRTCCarrier(Carrier):
         scheme, _, cred = header.partition(" ")
         cred = cred.strip() if scheme.lower() == "bearer" else ""
         cred = cred or str((body or {}).get("token") or request.query.get("token") or "")
+        source = request.remote or ""
+        throttle = self.gateway.api_throttle         # key guessing here is banned like on the REST API
+        wait = throttle.banned(source)
+        if wait:
+            raise ApiError(429, "too many failed attempts from this address: try again later", "Authorization",
+                           headers={"Retry-After": str(math.ceil(wait))})
         if not cred:
+            throttle.failure(source, path=request.path, reason="missing credentials")
             raise ApiError(401, "missing credentials: send 'Authorization: Bearer <API key or /call token>'",
                            "Authorization")
         key = self.gateway.api_key or ""
@@ -405,6 +413,7 @@ class WebRTCCarrier(Carrier):
             return {"agent_id": None}
         claims = verify_token(key, cred)
         if claims is None:
+            throttle.failure(source, path=request.path, reason="invalid or expired token")
             raise ApiError(401, "invalid or expired token: ask for a new one (POST /api/v1/webrtc/token)",
                            "Authorization")
         return claims

@@ -25,6 +25,7 @@ from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup,
                      TransferRequest, TransferResult)
 from .transfer import TransferRefused, resolve as resolve_transfer
 from .turns import Timeline, analyze
+from .logsetup import ContextLogger
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Call:
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
-        self.log = logging.LoggerAdapter(log, {"call_id": self.id, "carrier": carrier})
+        self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -272,11 +273,14 @@ class Call:
         """The transfer_message before the transfer: a WAV is played here; text goes to an engine that speaks
         (None: wait for its transfer, bounded by SAY_TIMEOUT); else it stays on the request for carriers that can
         speak it themselves (Twilio <Say>)."""
-        message = req.message or ""
-        if message.strip().lower().endswith(".wav"):
+        message = (req.message or "").strip()
+        if message.lower().split("?", 1)[0].endswith(".wav"):
             from .amd.wav import WavError, load_message
+            from .wavfetch import fetch_wav, is_wav_url
             try:
-                pcm = load_message(message.strip(), self.bus.engine_rate)
+                rate = self.bus.engine_rate
+                pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
+                       if is_wav_url(message) else load_message(message, rate))
             except WavError as e:
                 self.log.error("transfer message not played: %s", e)
             else:

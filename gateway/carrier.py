@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .frames import TransferRequest
+from .logsetup import ContextLogger
 
 if TYPE_CHECKING:
     from .call import Call
@@ -84,7 +85,7 @@ class Carrier:
 
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
-        self.log = logging.LoggerAdapter(log, {"carrier": self.name})
+        self.log = ContextLogger(log, {"carrier": self.name})
 
     def setup(self, app: Any) -> None:
         """Add routes to the aiohttp application."""

@@ -5,15 +5,16 @@ import argparse
 import asyncio
 import errno
 import gc
-import logging
 import os
 import signal
 import sys
 
 from . import __version__
 from .config import load_settings
+from .logsetup import configure_logging
 from .publicurl import unreachable_reason
 from .redact import redact_url
+from .secretbox import SecretKeyError
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -25,10 +26,17 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key")
     p.add_argument("--public-url", help="public base URL carriers reach us at, e.g. https://gw.example.com")
     p.add_argument("--engine", help="default engine: echo | greeting | ws(s)://host/path[?sample_rate=…] | "
-                                    "accept[:pool] (see docs/engine-protocol.md)")
+                                    "accept[:pool] | package.module:factory (see docs/engine-protocol.md)")
+    p.add_argument("--allow-engine", action="append", dest="allowed_engines", metavar="MODULE:FACTORY",
+                   help="an in-process engine agents may also name (repeat for more); agents set through the API "
+                        "cannot name any other module")
     p.add_argument("--data-dir")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--log-level")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text: message then key=value fields (default); json: one JSON object per line")
+    p.add_argument("--allow-private-webhooks", action="store_true", default=None,
+                   help="let agent webhook_url point at loopback/private/link-local addresses (off: SSRF guard)")
     p.add_argument("--workers", type=int, help="run N worker processes under a supervisor (default 1: this "
                                                "process serves); needs a PostgreSQL --db and Kamailio in front "
                                                "(docs/deploy.md)")
@@ -49,8 +57,10 @@ def _serve_settings(args: argparse.Namespace):
     return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "max_calls": args.max_calls, "log_level": args.log_level, "node_id": args.node_id,
-        "drain_timeout": args.drain_timeout,
+        "allowed_engines": args.allowed_engines,
+        "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
+        "allow_private_webhooks": args.allow_private_webhooks,
+        "node_id": args.node_id, "drain_timeout": args.drain_timeout,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
@@ -78,21 +88,35 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 2
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+    except ValueError as e:
+        print(f"gateway: log_format: {e}", file=sys.stderr)
+        return 2
     if settings.workers > 1 and settings.worker_index == 0:
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        from .engine import EngineRegistry
+        problem = _engine_error(EngineRegistry(settings.engine, settings.allowed_engines), settings)
+        if problem:   # said once here rather than by every worker
+            print(f"gateway: {problem}", file=sys.stderr)
+            return 2
         return await Supervisor(settings, serve_argv).run()
     settings = worker_settings(settings)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    gw = Gateway(settings)
     try:
-        gw.engines.validate(settings.engine)
-    except ValueError as e:
-        print(f"gateway: --engine: {e}", file=sys.stderr)
+        gw = Gateway(settings)
+    except SecretKeyError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    # in-process engines are imported and built here, before gc.freeze() below moves them out of the collector's way
+    problem = _engine_error(gw.engines, settings)
+    if problem:
+        print(f"gateway: {problem}", file=sys.stderr)
         return 2
     try:
         await gw.start()
+    except SecretKeyError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        await _stop_quietly(gw)
+        return 2
     except OSError as e:   # a port in use, an address not on this machine: say which, no traceback
         print(f"gateway: cannot start: {_start_error(e, settings)}", file=sys.stderr)
         await _stop_quietly(gw)
@@ -116,6 +140,16 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     await gw.drained.wait()
     await gw.stop()
     return 0
+
+
+def _engine_error(engines, settings) -> str | None:
+    """One line naming the flag whose engine spec is wrong (it does not import, is no VoiceEngine…), or None."""
+    for flag, spec in [("--engine", settings.engine), *(("--allow-engine", s) for s in settings.allowed_engines)]:
+        try:
+            engines.validate(spec)
+        except ValueError as e:
+            return f"{flag}: {e}"
+    return None
 
 
 def _start_error(e: OSError, settings) -> str:
@@ -153,6 +187,43 @@ def _announce_public_url(public: str) -> None:
               file=sys.stderr, flush=True)
 
 
+async def _secrets_rotate(args: argparse.Namespace) -> int:
+    """New key first, every stored secret re-encrypted with it (the store does that as it opens), old keys retired.
+    Run it with the gateway stopped: a running gateway knows only the key it started with."""
+    from .secretbox import SecretBox, key_file, new_key, read_key_file, write_key_file
+    from .store import Store
+
+    settings = load_settings({"data_dir": args.data_dir, "db": args.db}, config_file=args.config)
+    if settings.secret_key:
+        print("gateway: the key comes from GATEWAY_SECRET_KEY / secret_key, which this command cannot edit. Put a "
+              f"new key first ({new_key()}), keep the old one after a comma, start the gateway once (it "
+              "re-encrypts every secret with the first key), then remove the old key.", file=sys.stderr)
+        return 2
+    path = key_file(settings.data_dir)
+    old = read_key_file(path) if os.path.exists(path) else []
+    keys = [new_key(), *old]
+    write_key_file(path, keys)          # both: whatever happens next, every row stays readable
+    store = Store(settings.db_url, SecretBox(keys, path))
+    try:
+        await store.open()
+    except SecretKeyError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    finally:
+        await store.close()
+    write_key_file(path, keys[:1])
+    print(f"gateway: stored secrets re-encrypted with a new key; {len(old)} old key(s) retired from {path}")
+    return 0
+
+
+def _secrets_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="secrets_command", required=True)
+    rot = sub.add_parser("rotate", help="new key for stored secrets; re-encrypt every row (gateway stopped)")
+    rot.add_argument("--config", help="TOML config file (also GATEWAY_CONFIG)")
+    rot.add_argument("--data-dir", help="where the key file lives (default ~/.telephony-gateway)")
+    rot.add_argument("--db", help="SQLite path or PostgreSQL URL (default <data dir>/gateway.db)")
+
+
 def _kamailio_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -174,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="run the gateway (HTTP 8080, SIP 5060)"))
+    _secrets_args(sub.add_parser("secrets", help="encryption key of stored carrier secrets (rotate)"))
     p = sub.add_parser("kamailio-config", help="print the Kamailio dispatcher list for `serve --workers N` and the "
                                                "kamailio command line (same options as serve)")
     _serve_args(p)
@@ -215,6 +287,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_async(_serve(args, argv[argv.index("serve") + 1:]))
+    if args.command == "secrets":
+        return run_async(_secrets_rotate(args))
     if args.command == "kamailio-config":
         return _kamailio_config(args)
     if args.command == "simulate":

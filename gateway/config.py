@@ -30,11 +30,27 @@ class Settings:
     db: str = ""                    # SQLite path or SQLAlchemy URL; default <data_dir>/gateway.db
     api_key: str = ""               # default: generated into <data_dir>/api_key on first start
     public_url: str = ""            # e.g. https://gw.example.com; default http://<host>:<http_port>
-    engine: str = "greeting"        # echo | greeting | ws://… | wss://…
+    engine: str = "greeting"        # echo | greeting | ws://… | wss://… | accept[:pool] | package.module:factory
+    #: further `package.module:factory` engines agents may name (the REST API refuses any other in-process spec:
+    #: importing a module runs its code)
+    allowed_engines: list[str] = field(default_factory=list)
     max_calls: int = 1000
     carriers: list[str] | None = None   # None = every installed carrier
     enable_sip: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"        # text (message + key=value fields) | json (one object per line)
+    #: lifecycle webhooks may go to loopback / private / link-local (cloud metadata) addresses: off by default
+    #: (SSRF), on for a receiver on the gateway's own host or network (docs/security.md)
+    allow_private_webhooks: bool = False
+    #: Fernet key(s) for secrets at rest, newest first, comma-separated; default: <data_dir>/secret_key (0600)
+    secret_key: str = ""
+    #: per source IP: this many failed SIP digest / API key attempts within `auth_failure_window` seconds ban the
+    #: address for `auth_ban_seconds` (0 disables); during a ban SIP answers `sip_ban_response` ("403" | "silent")
+    #: and the API 429 with Retry-After
+    auth_max_failures: int = 10
+    auth_failure_window: float = 60.0
+    auth_ban_seconds: float = 300.0
+    sip_ban_response: str = "403"
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
     webhook_outbox_max: int = 10000  # webhooks waiting in all (persisted outbox); past it the oldest is dropped

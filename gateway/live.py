@@ -11,7 +11,8 @@ Protocol (JSON text frames):
              {"type": "meters", "calls": [{"call_id", "level_in", "level_out", "frames_in", "frames_out",
                                            "dropped_in", "dropped_out", "duration"}, …]}
 Non-browser clients may send `Authorization: Bearer <key>` on the upgrade request instead of the auth message.
-Close codes: 4401 bad/missing key, 4408 no auth message in time, 1001 gateway shutting down.
+Close codes: 4401 bad/missing key, 4408 no auth message in time, 4429 source banned after repeated bad keys
+(gateway/throttle.py), 1001 gateway shutting down.
 
 A slow viewer never holds up a call: each viewer has a bounded backlog; when it overflows the backlog is dropped
 and the viewer gets a fresh snapshot instead. Meters are coalesced (only the latest is ever pending).
@@ -23,7 +24,6 @@ call_started / call_updated / call_ended messages; their meters are null (they e
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -183,15 +183,15 @@ class LiveFeed:
                 task.cancel()
 
 
-def _key_ok(gateway: "Gateway", presented: str) -> bool:
-    key = gateway.api_key or ""
-    return bool(key and presented) and hmac.compare_digest(presented.encode(), key.encode())
-
-
 async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway: "Gateway") -> bool:
+    source = request.remote or ""
+
+    if gateway.api_throttle.banned(source):
+        await ws.close(code=4429, message=b"too many failed API key attempts from this address")
+        return False
     scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and cred.strip():
-        if _key_ok(gateway, cred.strip()):
+        if gateway.api_key_ok(cred.strip(), source, path=request.path):
             return True
         await ws.close(code=4401, message=b"invalid API key")
         return False
@@ -210,7 +210,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway
     if not isinstance(data, dict) or data.get("type") != "auth" or not isinstance(data.get("api_key"), str):
         await ws.close(code=4401, message=b"first message must be {\"type\": \"auth\", \"api_key\": ...}")
         return False
-    if not _key_ok(gateway, data["api_key"]):
+    if not gateway.api_key_ok(data["api_key"], source, path=request.path):
         await ws.close(code=4401, message=b"invalid API key")
         return False
     return True

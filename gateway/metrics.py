@@ -153,6 +153,13 @@ def render(gw: "Gateway") -> str:
             "Lifecycle webhooks given up on after every retry.", [("", gw.webhooks.failures)])
     _family(lines, "gateway_webhooks_pending", "gauge", "Lifecycle webhooks queued or in flight.",
             [("", gw.webhooks.pending)])
+    help_ = {"auth_failures_total": "Requests refused for a missing or wrong API key.",
+             "auth_bans_total": "Source addresses banned after repeated API key failures.",
+             "banned_requests_total": "Requests refused (429) because their source address was banned.",
+             "banned_sources": "Source addresses banned right now."}
+    for name, value in gw.api_throttle.metrics("gateway_api").items():
+        _family(lines, name, "counter" if name.endswith("_total") else "gauge",
+                help_[name.removeprefix("gateway_api_")], [("", value)])
     _family(lines, "gateway_webhooks_dropped_total", "counter",
             "Lifecycle webhooks dropped unsent because the outbox (or one call's queue) was full.",
             [("", gw.webhooks.dropped)])

@@ -6,6 +6,7 @@ exactly as `gateway serve` does on 8080/5060.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import secrets
@@ -19,7 +20,9 @@ from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
+from .secretbox import SecretBox
 from .store import Store
+from .throttle import FailureThrottle
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("gateway")
@@ -47,10 +50,11 @@ def saved_api_key(data_dir: str) -> tuple[str, str]:
 class Gateway:
     def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
         self.settings = settings
-        self.store = Store(settings.db_url)
+        self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
-        self.engines = EngineRegistry(settings.engine)
+        self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
+                                          allow_private=settings.allow_private_webhooks,
                                           max_pending=settings.webhook_outbox_max, store=self.store,
                                           owner=settings.proc_id)
         #: commands to the process owning a call (in process, or PostgreSQL LISTEN/NOTIFY in cluster mode)
@@ -59,6 +63,9 @@ class Gateway:
         self.membership = Membership(self)
         self.calls.register_control()
         self.api_key = settings.api_key
+        #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
+        self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,
+                                            settings.auth_failure_window, settings.auth_ban_seconds)
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
@@ -87,6 +94,15 @@ class Gateway:
             return self.api_key
         self.api_key, self.api_key_path = saved_api_key(self.settings.data_dir)
         return self.api_key
+
+    def api_key_ok(self, presented: str | None, source_ip: str, **where: Any) -> bool:
+        """Does `presented` match the API key (constant time)? A miss counts against `source_ip`'s throttle and is
+        logged with the source address and `where` (path, method…) — never with the key presented."""
+        key = self.api_key or ""
+        if key and presented and hmac.compare_digest(presented.encode(), key.encode()):
+            return True
+        self.api_throttle.failure(source_ip, reason="invalid API key" if presented else "missing API key", **where)
+        return False
 
     def build_app(self) -> web.Application:
         from .api import setup_api
@@ -126,6 +142,9 @@ class Gateway:
             await carrier.start()
         await self.membership.announce()
         self.started = True
+        if self.settings.allow_private_webhooks:
+            log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
+                        "addresses", extra={"setting": "allow_private_webhooks"})
         log.info("gateway started", extra={"http_port": self.http_port, "carriers": list(self.carriers)})
 
     def begin_drain(self, timeout: float | None = None) -> None:

@@ -8,8 +8,9 @@ Shapes (settings.transfer):
 `type: static` options are used when nobody names a number (the first static one). `type: dynamic` means the
 engine names the number: once an agent has a dynamic option, a number the engine names must be one of the options'
 numbers (or their backups), so the engine cannot send a caller anywhere else (with static options only, an engine
-may name any number, as before). Each option's `transfer_condition` is handed to the engine at call start so it can decide
-which option applies; its `transfer_message` is spoken before the transfer (docs/engine-protocol.md `say`).
+may name any number, as before). Each option's `transfer_condition` is handed to the engine at call start so it
+can decide which option applies; its `transfer_message` is said before the transfer (docs/engine-protocol.md
+`say`; a WAV path or URL is played by the gateway).
 """
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ others use): a receiver recomputes it, compares in constant time and rejects old
 Any 2xx is success; anything else (3xx included: redirects are not followed), a connection error or a timeout is
 retried after `backoff`, doubling up to `max_backoff`, `retries` attempts in all; then the event is counted in
 `failures` and the next one goes. URLs are never logged (they may carry tokens): only their host.
+
+Receivers must be public addresses unless `allow_private` (gateway/netguard.py: checked after DNS resolution, on the
+addresses the connection then uses); a refused destination is not retried.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
+
+from .netguard import BlockedDestination, GuardedResolver, check_url
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -102,8 +107,9 @@ class WebhookDispatcher:
 
     def __init__(self, retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0, timeout: float = 10.0,
                  max_queued_per_call: int = 1000, max_pending: int = 10000, store: Any = None,
-                 owner: str = "") -> None:
+                 owner: str = "", allow_private: bool = False) -> None:
         self.retries = retries
+        self.allow_private = allow_private
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
@@ -246,7 +252,8 @@ class WebhookDispatcher:
             # fault. A per-host cap keeps one hanging receiver from taking every connection.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
-                connector=aiohttp.TCPConnector(limit=500, limit_per_host=100),
+                connector=aiohttp.TCPConnector(limit=500, limit_per_host=100,
+                                               resolver=GuardedResolver(self.allow_private)),
                 headers={"User-Agent": USER_AGENT})
         return self._session
 
@@ -271,11 +278,20 @@ class WebhookDispatcher:
             if secret:
                 headers["X-Gateway-Signature"] = sign(secret, body)
             try:
+                check_url(url, self.allow_private)
                 async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as resp:
                     if 200 <= resp.status < 300:
                         self.delivered += 1
                         return
                     problem = f"HTTP {resp.status}"
+            except (BlockedDestination, aiohttp.ClientConnectorError) as e:
+                blocked = e if isinstance(e, BlockedDestination) else e.os_error
+                if isinstance(blocked, BlockedDestination):   # permanent: no retry
+                    self.failures += 1
+                    log.error("webhook destination refused", extra={
+                        "event": d.event, "call_id": d.call_id, "host": host, "reason": str(blocked)})
+                    return
+                problem = type(e).__name__
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 problem = type(e).__name__
             log.warning("webhook delivery failed", extra={"event": d.event, "call_id": d.call_id,

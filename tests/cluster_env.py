@@ -18,6 +18,7 @@ from typing import Any, Callable
 import aiohttp
 import pytest
 
+from conftest import SECRET_KEY
 from gateway.loadtest.command import free_port
 from sipp import wait_for
 
@@ -137,7 +138,11 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
     log_path = str(data_dir / "gateway.log")
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_ENABLE_SIP": "false",
                "GATEWAY_CARRIERS": "twilio,vonage,exotel", "GATEWAY_HEARTBEAT_INTERVAL": str(HEARTBEAT),
-               "GATEWAY_STALE_AFTER": str(STALE), "GATEWAY_CONTROL_TIMEOUT": "10", **(env or {})}
+               "GATEWAY_STALE_AFTER": str(STALE), "GATEWAY_CONTROL_TIMEOUT": "10",
+               # nodes sharing one database share the key of its stored secrets (docs/security.md)
+               "GATEWAY_SECRET_KEY": SECRET_KEY,
+               "GATEWAY_ALLOW_PRIVATE_WEBHOOKS": "true",     # the tests' webhook receiver listens on 127.0.0.1
+               **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
          "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
@@ -187,10 +192,11 @@ class TwilioWorld:
 async def twilio_world(db: str, webhook_url: str) -> TwilioWorld:
     from fakes.twilio_env import NUMBER
     from fakes.twilio_rest import FakeTwilioRest
+    from gateway.secretbox import SecretBox
     from gateway.store import Store
     rest = await FakeTwilioRest().start()
     account = rest.add_account(numbers=(NUMBER,))
-    store = Store(db)
+    store = Store(db, SecretBox([SECRET_KEY], "tests"))    # the nodes' key: they read the number's token
     await store.open()
     try:
         agent = await store.create_agent({"name": "cluster agent", "engine": "echo", "webhook_url": webhook_url})

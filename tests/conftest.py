@@ -9,6 +9,26 @@ from gateway.config import Settings
 from gateway.runtime import Gateway
 
 API_KEY = "test-api-key"
+#: one key for every test gateway, so gateways of one test with separate data dirs (nodes sharing a PostgreSQL
+#: database) read each other's encrypted secrets, as production nodes sharing GATEWAY_SECRET_KEY do
+SECRET_KEY = "dGVzdC1vbmx5LWtleS10ZXN0LW9ubHkta2V5LTAwMDA="
+
+
+async def reset_postgres_schema(url: str) -> None:
+    """Drop and re-create every table of a test PostgreSQL database (rows of earlier tests may be sealed with
+    keys this test does not have)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gateway.store.models import Base
+    from gateway.store.store import database_url
+
+    engine = create_async_engine(database_url(url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+    finally:
+        await engine.dispose()
 
 
 @pytest_asyncio.fixture
@@ -21,7 +41,7 @@ async def make_gateway(tmp_path):
 
     async def factory(carriers: dict | None = {}, **overrides) -> Gateway:
         kw = dict(host="127.0.0.1", http_port=0, sip_host="127.0.0.1", sip_port=0, data_dir=str(tmp_path),
-                  api_key=API_KEY, engine="echo", advertised_ip="127.0.0.1", public_url="")
+                  api_key=API_KEY, engine="echo", advertised_ip="127.0.0.1", public_url="", secret_key=SECRET_KEY)
         kw.update(overrides)
         gw = Gateway(Settings(**kw), carriers={})
         gw.carriers = load_carriers(gw) if carriers is None else {n: cls(gw) for n, cls in carriers.items()}

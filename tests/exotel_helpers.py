@@ -25,12 +25,20 @@ def tone(seconds: float, rate: int = 8000, freq: float = 440.0, amp: int = 8000)
                     for i in range(n))
 
 
-async def add_exophone(gw, *, agent_id: int | None = None, require_auth: bool = False,
+def call_coming_token() -> str:
+    """The gw_token the connection test shows for the call_coming URL of this account."""
+    from carriers.exotel import passthru_token
+
+    return passthru_token({"config": {"exotel_account_sid": ACCOUNT_SID}, "secrets": {"exotel_api_token": API_TOKEN}})
+
+
+async def add_exophone(gw, *, agent_id: int | None = None, allow_unauthenticated: bool = False,
                        phone: str = EXOPHONE) -> dict[str, Any]:
+    """An ExoPhone as an import stores it: authentication required unless the explicit opt-out is given."""
     return await gw.store.create_number(
         {"phone_number": phone, "provider": "exotel", "agent_id": agent_id, "name": "test",
          "config": {"exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT_SID,
-                    "exotel_app_id": APP_ID, "exotel_require_stream_auth": require_auth,
+                    "exotel_app_id": APP_ID, "exotel_allow_unauthenticated": allow_unauthenticated,
                     "exotel_exophone": "0" + phone[3:]}},
         {"exotel_api_key": API_KEY, "exotel_api_token": API_TOKEN})
 
@@ -59,7 +67,12 @@ class CallWatch:
 
 
 class FakeExotel(ExotelStreamClient):
-    """The stream client with this test account as the default `start` account."""
+    """The stream client with this test account as the default `start` account. By default it authenticates as
+    Exotel does for a flow whose URL is wss://API_KEY:API_TOKEN@host/…; `headers={}` connects anonymously."""
+
+    def __init__(self, session: Any, url: str, *, headers: dict[str, str] | None = None, **kw: Any) -> None:
+        super().__init__(session, url, headers={"Authorization": basic(API_KEY, API_TOKEN)} if headers is None
+                         else headers, **kw)
 
     async def start(self, call_sid: str = "CA0001", *, account_sid: str = ACCOUNT_SID, **kw: Any) -> None:
         await super().start(call_sid, account_sid=account_sid, **kw)

@@ -9,7 +9,7 @@ import pytest
 from amd_signals import silence, tone, words, write_wav
 from exotel_helpers import CallWatch
 from test_vonage_rest import _gw, _post
-from vonage_helpers import FakeVonageApi, FakeVonageSocket, add_vonage_number, rsa_private_pem
+from vonage_helpers import FakeVonageApi, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 SR = 16000
 
@@ -52,7 +52,7 @@ async def test_vonage_outbound_machine_beep_voicemail(make_gateway, vonage_api, 
     created = (await vonage_api.wait_request("POST", "/v1/calls"))[0]
     ep = created["ncco"][0]["endpoint"][0]
     uuid = call.carrier_sid
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         for st in ("started", "ringing", "answered"):
             async with s.post(gw.url(f"/vonage/events?call_id={call.id}"), json={"uuid": uuid, "status": st}) as r:
                 assert r.status == 204

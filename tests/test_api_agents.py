@@ -66,13 +66,13 @@ async def test_create_bad_input(api, payload, field):
 
 async def test_put_patch_delete(api):
     status, body = await api.post("/agents", json={"name": "A", "engine": "echo", "settings": SETTINGS,
-                                                   "webhook_url": "http://127.0.0.1:9/hook"})
+                                                   "webhook_url": "http://hooks.example.com:9/hook"})
     aid = body["agent"]["id"]
     # PATCH changes only what is sent; settings merge per section
     status, body = await api.patch(f"/agents/{aid}", json={"settings": {"transfer": {"number": "+14155550111"}}})
     assert status == 200, body
     a = body["agent"]
-    assert a["name"] == "A" and a["engine"] == "echo" and a["webhook_url"] == "http://127.0.0.1:9/hook"
+    assert a["name"] == "A" and a["engine"] == "echo" and a["webhook_url"] == "http://hooks.example.com:9/hook"
     assert a["settings"]["transfer"]["number"] == "+14155550111"
     assert a["settings"]["transfer"]["transfer_message"] == "Connecting you now"
     assert a["settings"]["voicemail"]["enabled"] is True

@@ -20,7 +20,7 @@ from fakes.exotel_rest import FakeExotelApi
 from fakes.rest_faults import HANG
 from fakes.twilio_rest import FakeTwilioRest
 from fakes.vonage_rest import VONAGE_NUMBER, FakeVonageApi
-from vonage_helpers import FakeVonageSocket, add_vonage_number, rsa_private_pem
+from vonage_helpers import SIGNATURE_SECRET, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TWILIO_NUMBER = "+15005550006"
 TARGET = "+14155550111"
@@ -244,7 +244,7 @@ async def test_vonage_transfer_refused_is_an_error(rig, answer, status):
     r.rest.register({"status": "answered"}, uuid)
     async with aiohttp.ClientSession() as s:
         async with s.get(r.gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
-                                                             "uuid": uuid}) as resp:
+                                                             "uuid": uuid}, headers=signed_headers()) as resp:
             ncco = await resp.json()
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=r.gw.url(""))
         await v.connect()
@@ -324,7 +324,7 @@ async def test_api_base_environment_points_imports_at_a_stand_in(make_gateway, m
     else:
         rest = await FakeVonageApi(private_pem).start()
         body = {"vonage_phone_number": VONAGE_NUMBER, "vonage_application_id": VONAGE_APP,
-                "vonage_private_key": private_pem}
+                "vonage_private_key": private_pem, "vonage_signature_secret": SIGNATURE_SECRET}
     try:
         monkeypatch.setenv(f"GATEWAY_{name.upper()}_API_BASE", rest.url)
         cls = {"exotel": ExotelCarrier, "vonage": VonageCarrier}[name]

@@ -12,11 +12,13 @@ import pytest_asyncio
 from cluster_env import (STALE, call_row, create_database, drop_database, ended_row, in_progress_on, live_calls,
                          start_gateway, stop_all, twilio_world, wait_until)
 from fakes.twilio_env import recording
-from exotel_helpers import API_KEY as EXO_KEY, API_TOKEN as EXO_TOKEN, FakeExotel, add_exophone
+from conftest import SECRET_KEY
+from exotel_helpers import API_KEY as EXO_KEY, API_TOKEN as EXO_TOKEN, FakeExotel, add_exophone, call_coming_token
 from exotel_helpers import basic as exotel_basic, tone as exotel_tone
+from gateway.secretbox import SecretBox
 from gateway.store import Store
 from test_webhooks import Receiver
-from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number
+from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, signed_headers
 
 
 @pytest_asyncio.fixture
@@ -169,7 +171,7 @@ async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
 
 async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
     start, world, receiver, clients = cluster
-    store = Store(start.db)
+    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))      # the nodes' key (GATEWAY_SECRET_KEY)
     await store.open()
     try:
         await add_vonage_number(SimpleNamespace(store=store), agent_id=world.agent["id"])
@@ -182,7 +184,8 @@ async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
     async def answer(uuid: str) -> dict:
         async with aiohttp.ClientSession() as s:
             async with s.get(a.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
-                                                               "uuid": uuid, "conversation_uuid": "CON-1"}) as r:
+                                                               "uuid": uuid, "conversation_uuid": "CON-1"},
+                             headers=signed_headers()) as r:
                 assert r.status == 200
                 ncco = await r.json()
         endpoint = ncco[0]["endpoint"][0]
@@ -219,10 +222,10 @@ def recording_pcm16(rate: int, seconds: float) -> bytes:
 
 async def test_exotel_stream_on_the_other_node_joins_the_announced_call(cluster):
     start, world, receiver, clients = cluster
-    store = Store(start.db)
+    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))      # the nodes' key (GATEWAY_SECRET_KEY)
     await store.open()
     try:
-        await add_exophone(SimpleNamespace(store=store), agent_id=world.agent["id"], require_auth=True)
+        await add_exophone(SimpleNamespace(store=store), agent_id=world.agent["id"])
     finally:
         await store.close()
     a, b = start("node-a"), start("node-b")
@@ -230,7 +233,8 @@ async def test_exotel_stream_on_the_other_node_joins_the_announced_call(cluster)
     await b.wait_healthy()
     async with aiohttp.ClientSession() as session:
         async with session.get(a.url("/exotel/call_coming"), params={
-                "CallSid": "CA-cluster-1", "CallFrom": "09876543210", "CallTo": "08047491899"}) as r:
+                "CallSid": "CA-cluster-1", "CallFrom": "09876543210", "CallTo": "08047491899",
+                "gw_token": call_coming_token()}) as r:
             assert r.status == 200
         status, body = await a.api("GET", "/calls/logs?pagesize=5")
         announced = next(c for c in body["call_log_data"] if c["carrier_sid"] == "CA-cluster-1")

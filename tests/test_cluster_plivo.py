@@ -8,7 +8,9 @@ from html import unescape
 from urllib.parse import urlparse
 
 from cluster_env import call_row, ended_row, in_progress_on, wait_until
+from conftest import SECRET_KEY
 from gateway.simulate.plivo_stream import PlivoStreamClient, post_signed
+from gateway.secretbox import SecretBox
 from gateway.store import Store
 from test_cluster_nodes import cluster  # noqa: F401  (fixture)
 
@@ -19,7 +21,7 @@ TOKEN = "plivo-cluster-token"
 
 async def test_plivo_stream_on_the_other_node_is_adopted_with_its_token(cluster):
     start, world, receiver, clients = cluster
-    store = Store(start.db)
+    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))      # the nodes' key (GATEWAY_SECRET_KEY)
     await store.open()
     try:
         await store.create_number({"phone_number": PLIVO_NUMBER, "provider": "plivo", "agent_id": world.agent["id"],

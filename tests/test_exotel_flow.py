@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from carriers.exotel import CloseCode, ExotelCarrier
-from exotel_helpers import EXOPHONE, CallWatch, FakeExotel, add_exophone, tone, ws_url
+from exotel_helpers import EXOPHONE, CallWatch, FakeExotel, add_exophone, call_coming_token, tone, ws_url
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import CallStarted, Hangup, HangupSource
 
@@ -157,7 +157,7 @@ async def test_call_coming_opens_the_log_and_the_stream_joins_it(make_gateway):
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    r = await _get(gw, "/exotel/call_coming", CallSid="CA-cc", CallFrom="09876543210", CallTo="08047491899",
+    r = await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-cc", CallFrom="09876543210", CallTo="08047491899",
                    Direction="incoming", Created="2026-11-23 10:00:00")
     assert r.status == 200
     call = await watch.next_call()
@@ -182,7 +182,7 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_passthru(mak
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", CallSid="CA-nostream", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-nostream", CallFrom="09876543210", CallTo="08047491899")
     call = await watch.next_call()
     r = await _get(gw, "/exotel/should_end_the_call", CallSid="CA-nostream", **{"Stream[Status]": "failed",
                                                                                "Stream[DisconnectedBy]": "system"})
@@ -197,7 +197,7 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_watchdog(mak
     gw.carriers["exotel"].attach_timeout = 0.2
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", CallSid="CA-wd", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210", CallTo="08047491899")
     call = await watch.next_call()
     row = await watch.wait_ended(call, timeout=5)
     assert row["hangup_reason"] == "stream_never_started" and not gw.calls.active

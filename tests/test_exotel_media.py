@@ -323,8 +323,8 @@ async def test_strangers_and_bad_input_get_close_codes(make_gateway):
 
 async def test_basic_auth_required_and_accepted(make_gateway):
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
-    await add_exophone(gw, require_auth=True)
-    assert await _close_code(gw) == CloseCode.BAD_AUTH
+    await add_exophone(gw)
+    assert await _close_code(gw, headers={}) == CloseCode.BAD_AUTH
     watch = CallWatch(gw)
     good = basic(API_KEY, API_TOKEN)
     async with aiohttp.ClientSession() as s:

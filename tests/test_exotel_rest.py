@@ -164,11 +164,10 @@ async def test_outbound_refused_by_exotel_is_a_clear_error(make_gateway, exotel_
 
 async def test_stream_auth_with_imported_credentials(make_gateway, exotel_api, auth_headers):
     gw = await _gw(make_gateway, exotel_api)
-    status, _ = await _post(gw, "/api/v1/phone_number/import/exotel",
-                            import_body(exotel_require_stream_auth=True), auth_headers)
-    assert status == 201
+    status, _ = await _post(gw, "/api/v1/phone_number/import/exotel", import_body(), auth_headers)
+    assert status == 201                                   # authentication is the default
     async with aiohttp.ClientSession() as s:
-        exo = await FakeExotel(s, ws_url(gw)).connect()
+        exo = await FakeExotel(s, ws_url(gw), headers={}).connect()
         await exo.start("CA-noauth")
         assert await exo.wait_closed() == CloseCode.BAD_AUTH
         exo = await FakeExotel(s, ws_url(gw), headers={"Authorization": basic(API_KEY, API_TOKEN)}).connect()

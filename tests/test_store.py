@@ -9,6 +9,8 @@ import os
 import pytest
 import pytest_asyncio
 
+from conftest import reset_postgres_schema
+from gateway.secretbox import SecretBox
 from gateway.store import DuplicateError, NotFoundError, Store
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
@@ -17,17 +19,13 @@ PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
 async def store(request, tmp_path):
     if request.param == "sqlite":
-        s = Store(str(tmp_path / "gw.db"))
+        s = Store(str(tmp_path / "gw.db"), SecretBox.generate())
     else:
         if not PG_URL:
             pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
-        s = Store(PG_URL)
+        await reset_postgres_schema(PG_URL)   # a clean schema per test
+        s = Store(PG_URL, SecretBox.generate())
     await s.open()
-    if request.param == "postgresql":  # a clean schema per test
-        from gateway.store.models import Base
-        async with s.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
     yield s
     await s.close()
 

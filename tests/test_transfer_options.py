@@ -8,6 +8,7 @@ import json
 import wave
 
 import pytest
+from aiohttp import web
 
 from gateway.engine.base import VoiceEngine
 from gateway.frames import AudioFrame, CallStarted, HangupSource, TransferRequest, TransferResult
@@ -148,19 +149,45 @@ class Transferrer(VoiceEngine):
                 self.results.append(item)
 
 
-async def test_wav_message_is_played_by_the_gateway_before_the_transfer(make_gateway, tmp_path):
-    path = tmp_path / "connecting.wav"
+def one_second_wav(path) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x10\x00" * 8000)                  # 1 s
-    gw = await make_gateway()
-    gw.engines.register("t", Transferrer())
-    settings = {"transfer": {"transfer_options": [{"number": SALES, "transfer_message": str(path)}]}}
-    call, leg = await _call(gw, "t", settings)
-    items = await carry_out_until(call, lambda: leg.transfers)
-    assert len(items) == 50 and all(isinstance(i, AudioFrame) for i in items)                                     # all of the WAV, before the transfer
+        w.setframerate(16000)
+        w.writeframes(b"\x10\x00" * 16000)
+
+
+@pytest.mark.parametrize("where", ["path", "url", "url-not-allowed"])
+async def test_wav_message_is_played_by_the_gateway_before_the_transfer(make_gateway, tmp_path, where):
+    path = tmp_path / "connecting.wav"
+    one_second_wav(path)
+    runner = None
+    message = str(path)
+    if where.startswith("url"):   # a WAV URL is fetched (here from a loopback server) and played the same way
+        app = web.Application()
+        async def serve_wav(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(path)
+        app.router.add_get("/prompts/connecting.wav", serve_wav)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        message = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/prompts/connecting.wav"
+    try:
+        # the loopback server is only reachable with the SSRF guard lifted (gateway/netguard.py)
+        gw = await make_gateway(allow_private_webhooks=where != "url-not-allowed")
+        gw.engines.register("t", Transferrer())
+        settings = {"transfer": {"transfer_options": [{"number": SALES, "transfer_message": message}]}}
+        call, leg = await _call(gw, "t", settings)
+        items = await carry_out_until(call, lambda: leg.transfers)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    played = [i for i in items if isinstance(i, AudioFrame)]
+    if where == "url-not-allowed":   # not fetched: nothing played, the transfer still happens
+        assert played == []
+    else:
+        assert len(items) == 50 and len(played) == 50   # 1 s, all before the transfer
     assert leg.transfers[0] == TransferRequest(SALES, [], None)
 
 

@@ -14,11 +14,11 @@ from exotel_helpers import CallWatch, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AnsweredBy, AudioFrame, CallStarted, Dtmf, Hangup, Mark
 from voicecodecs._audioop import audioop
-from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number
+from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, signed_headers
 
 
 async def answer(gw, **params) -> tuple[int, object]:
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.get(gw.url("/vonage/answer"), params=params) as r:
             return r.status, await r.json()
 
@@ -70,7 +70,7 @@ async def test_binary_l16_echo_frame_sizes(make_gateway, rate):
     call = await watch.next_call()
     frame = rate // 50 * 2
     sent = tone(1.0, rate)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
         await v.play(sent, frame)
@@ -119,7 +119,7 @@ async def test_notify_marks_clear_and_dtmf(make_gateway):
     watch = CallWatch(gw)
     ncco = await inbound(gw)
     call = await watch.next_call()
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
         await v.wait_for(lambda rx: any(n == "hello-done" for n, _ in rx.notifies))
@@ -141,7 +141,7 @@ async def test_refusals_close_codes(make_gateway):
     ncco = await inbound(gw)
     call = await watch.next_call()
     ep = ncco[0]["endpoint"][0]
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ep, gw_url=gw.url(""))
         await v.connect(headers={**ep["headers"], "gw_token": "guess"})
         assert await v.wait_closed() == CloseCode.BAD_TOKEN
@@ -199,7 +199,7 @@ async def test_event_webhooks_update_the_call_log(make_gateway):
     call = await watch.next_call()
 
     async def event(**body):
-        async with aiohttp.ClientSession() as s:
+        async with aiohttp.ClientSession(headers=signed_headers()) as s:
             async with s.post(gw.url("/vonage/events"), json={"uuid": uuid, **body}) as r:
                 assert r.status == 204
 
@@ -231,7 +231,7 @@ async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
     watch = CallWatch(gw)
     await inbound(gw)
     call = await watch.next_call()
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=websocket"),
                           json={"uuid": "ws-leg-1", "status": "failed"}) as r:
             assert r.status == 204
@@ -259,7 +259,7 @@ async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
     ncco = await inbound(gw)
     call = await watch.next_call()
     arrivals: list[tuple[float, int]] = []
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
 
@@ -279,7 +279,7 @@ async def test_fast_engine_audio_is_paced_to_playback(make_gateway):
 async def test_connect_timeout(make_gateway):
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
     gw.carriers["vonage"].connect_timeout = 0.3
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         ws = await s.ws_connect(gw.url("/vonage/media").replace("http", "ws"))
         msg = await asyncio.wait_for(ws.receive(), 5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == CloseCode.CONNECT_TIMEOUT

@@ -12,7 +12,7 @@ from exotel_helpers import CallWatch, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AmdResult, CallStarted, Dtmf, Hangup, TransferResult
 from vonage_helpers import (API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi, FakeVonageSocket,
-                            add_vonage_number, rsa_private_pem)
+                            SIGNATURE_SECRET, add_vonage_number, rsa_private_pem, signed_headers)
 
 PRIMARY, BACKUP1, BACKUP2 = "+447700900001", "+447700900002", "+447700900003"
 
@@ -42,7 +42,7 @@ async def _post(gw, path, body, headers):
 
 
 def body(**over):
-    b = {"vonage_phone_number": VONAGE_NUMBER, "name": "uk"}
+    b = {"vonage_phone_number": VONAGE_NUMBER, "name": "uk", "vonage_signature_secret": SIGNATURE_SECRET}
     b.update(over)
     return b
 
@@ -139,7 +139,7 @@ async def test_outbound_with_vonage_amd_then_agent_hangup(make_gateway, vonage_a
     uuid = call.carrier_sid
     assert uuid in vonage_api.calls
 
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         for st in ("started", "ringing", "answered"):
             async with s.post(gw.url(f"/vonage/events?call_id={call.id}"), json={"uuid": uuid, "status": st}) as r:
                 assert r.status == 204
@@ -193,7 +193,7 @@ async def _transfer_setup(make_gateway, vonage_api, private_pem):
     uuid = "0a1b2c3d-0000-4000-8000-00000000abcd"
     vonage_api.register({"inbound": True}, uuid)
     watch = CallWatch(gw)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.get(gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
                                                            "uuid": uuid}) as r:
             ncco = await r.json()
@@ -202,7 +202,7 @@ async def _transfer_setup(make_gateway, vonage_api, private_pem):
 
 
 async def _transfer_event(gw, call, attempt: int, status: str):
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.post(gw.url(f"/vonage/transfer_event?call_id={call.id}&attempt={attempt}"),
                           json={"uuid": "leg-" + str(attempt), "status": status}) as r:
             return r.status, (await r.json() if r.status == 200 else None)
@@ -210,7 +210,7 @@ async def _transfer_event(gw, call, attempt: int, status: str):
 
 async def test_transfer_primary_then_backups_then_answered(make_gateway, vonage_api, private_pem):
     gw, engine, watch, call, uuid, ncco = await _transfer_setup(make_gateway, vonage_api, private_pem)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
         puts = await vonage_api.wait_request("PUT", f"/v1/calls/{uuid}", timeout=10)
@@ -241,7 +241,7 @@ async def test_transfer_primary_then_backups_then_answered(make_gateway, vonage_
 
 async def test_transfer_all_fail_gives_the_caller_back_to_the_agent(make_gateway, vonage_api, private_pem):
     gw, engine, watch, call, uuid, ncco = await _transfer_setup(make_gateway, vonage_api, private_pem)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
         await vonage_api.wait_request("PUT", f"/v1/calls/{uuid}", timeout=10)
@@ -272,7 +272,7 @@ async def test_transfer_without_application_credentials_fails_cleanly(make_gatew
         "transfer": {"number": PRIMARY}}})
     await add_vonage_number(gw, agent_id=agent["id"])
     watch = CallWatch(gw)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.get(gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
                                                            "uuid": "0a1b2c3d-0000-4000-8000-00000000ffff"}) as r:
             ncco = await r.json()

@@ -86,7 +86,7 @@ async def start_call(gw, url: str, settings: dict | None = None):
 
 
 async def test_events_of_a_call_arrive_in_order(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     calls = [await start_call(gw, receiver.url("slow-first")) for _ in range(3)]
     for call in reversed(calls):
         await call.end(HangupSource.USER, "caller_hung_up")
@@ -106,7 +106,7 @@ async def test_events_of_a_call_arrive_in_order(make_gateway, receiver):
 
 
 async def test_failed_delivery_is_retried(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.backoff = 0.01
     call = await start_call(gw, receiver.url("flaky"))
     await call.end(HangupSource.AGENT, "done")
@@ -121,7 +121,7 @@ async def test_failed_delivery_is_retried(make_gateway, receiver):
 
 async def test_give_up_after_retries_counts_failure_and_never_logs_url(make_gateway, receiver, caplog):
     caplog.set_level(logging.DEBUG, logger="gateway.webhooks")
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.backoff, gw.webhooks.retries = 0.01, 3
     call = await start_call(gw, receiver.url("fail"))
     await call.end(HangupSource.USER, "bye")
@@ -142,7 +142,7 @@ def tone_frame(n: int) -> bytes:
 
 
 async def test_hanging_receiver_never_delays_audio(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.timeout = 30
     call = await start_call(gw, receiver.url("hang"))
     await asyncio.wait_for(receiver.arrived.wait(), 5)   # the first webhook is stuck in the receiver
@@ -164,7 +164,7 @@ async def test_hanging_receiver_never_delays_audio(make_gateway, receiver):
 
 
 async def test_no_webhook_url_sends_nothing(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     agent = await gw.store.create_agent({"name": "quiet"})
     call = await gw.calls.create(carrier="test", direction="inbound", from_number="+14155550100",
                                  to_number="+14155550101", agent=agent)
@@ -191,7 +191,7 @@ async def test_non_2xx_is_not_success(make_gateway, status):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        gw = await make_gateway()
+        gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
         gw.webhooks.backoff, gw.webhooks.retries = 0.01, 2
         agent = await gw.store.create_agent({"name": "x", "webhook_url": f"http://127.0.0.1:{port}/hook"})
         call = await gw.calls.create(carrier="test", direction="inbound", from_number="+14155550100",
@@ -207,7 +207,7 @@ SECRET = "whsec-0123456789abcdef"
 
 
 async def test_deliveries_are_signed_with_the_agents_secret(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.backoff = 0.01
     call = await start_call(gw, receiver.url("flaky"), {"webhook": {"secret": SECRET}})
     await call.end(HangupSource.USER, "bye")
@@ -230,7 +230,7 @@ def test_signature_scheme():
 
 
 async def test_unsigned_without_secret(make_gateway, receiver):
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     call = await start_call(gw, receiver.url("ok"))
     await call.end(HangupSource.USER, "bye")
     await asyncio.wait_for(receiver.done(call.id).wait(), 10)

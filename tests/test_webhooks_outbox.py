@@ -40,7 +40,7 @@ def outbox_rows(db: str) -> list[tuple]:
 
 async def test_undelivered_webhooks_are_delivered_after_a_restart(make_gateway):
     receiver = LateReceiver()
-    gw = await make_gateway()
+    gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.backoff, gw.webhooks.retries = 0.05, 1000   # keeps retrying until the gateway stops
     secret = "hook-secret"
     calls = [await start_call(gw, receiver.url("ok"), {"webhook": {"secret": secret}}) for _ in range(2)]
@@ -56,7 +56,7 @@ async def test_undelivered_webhooks_are_delivered_after_a_restart(make_gateway):
 
     await receiver.start()                                    # receiver up, then the gateway starts again
     try:
-        gw2 = await make_gateway()
+        gw2 = await make_gateway(allow_private_webhooks=True)
         for call in calls:
             await asyncio.wait_for(receiver.done(call.id).wait(), 20)
             got = receiver.events(call.id)
@@ -75,7 +75,7 @@ async def test_undelivered_webhooks_are_delivered_after_a_restart(make_gateway):
 async def test_outbox_is_bounded_oldest_dropped_counted_and_logged(make_gateway, caplog):
     caplog.set_level(logging.INFO, logger="gateway.webhooks")
     receiver = LateReceiver()                                 # never starts: every delivery is refused
-    gw = await make_gateway(webhook_outbox_max=4)
+    gw = await make_gateway(webhook_outbox_max=4, allow_private_webhooks=True)   # receiver on 127.0.0.1
     gw.webhooks.backoff, gw.webhooks.retries = 0.05, 1000
     call = await start_call(gw, receiver.url("ok"))
     await call.end(HangupSource.USER, "bye")

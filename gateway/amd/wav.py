@@ -30,7 +30,11 @@ def load_message(path: str, rate: int) -> bytes:
 @lru_cache(maxsize=32)
 def _load(path: str, _mtime: int, rate: int) -> bytes:
     with open(path, "rb") as f:
-        data = f.read()
+        return parse_wav(f.read(), rate, path)
+
+
+def parse_wav(data: bytes, rate: int, path: str = "message") -> bytes:
+    """A WAV file's bytes as PCM16 mono at `rate` (`path` names it in errors). Raises WavError."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise WavError(f"voicemail message {path!r} is not a WAV file")
     fmt = None

@@ -2,11 +2,14 @@
 
 Every /api/v1 request needs `Authorization: Bearer <api key>` (compared in constant time). /healthz and
 /metrics are open: load balancers and Prometheus scrape them without credentials, and they reveal only counts.
+A source address that fails the key `auth_max_failures` times within `auth_failure_window` seconds gets 429 with
+Retry-After for `auth_ban_seconds` (gateway/throttle.py); every refusal is logged with its source IP and path.
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
+import logging
+import math
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -19,21 +22,26 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
 
 PREFIX = "/api/v1"
+log = logging.getLogger("gateway.api")
 
 
-def _authorized(request: web.Request, key: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip() or not key:
-        return False
-    return hmac.compare_digest(token.strip().encode(), key.encode())
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         gw = request.app["gateway"]
-        if not _authorized(request, gw.api_key or ""):
+        source = request.remote or ""
+        wait = gw.api_throttle.banned(source)
+        if wait:
+            log.warning("API request refused", extra={"source_ip": source, "method": request.method,
+                                                      "path": request.path, "reason": "banned", "status": 429})
+            return error_response(429, "too many failed API key attempts from this address: try again later",
+                                  "Authorization", headers={"Retry-After": str(math.ceil(wait))})
+        if not gw.api_key_ok(_bearer(request), source, method=request.method, path=request.path):
             missing = not request.headers.get("Authorization")
             return error_response(401, "missing API key: send 'Authorization: Bearer <key>'" if missing
                                   else "invalid API key", "Authorization")

@@ -8,8 +8,10 @@ from aiohttp import web
 
 from ..amd.settings import PROVIDERS as AMD_PROVIDERS
 from ..carrier import CarrierError
+from ..netguard import BlockedDestination, check_destination
 from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
+from ..wavfetch import is_wav_url
 from .errors import ApiError, read_json
 from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
                          reject_unknown, required)
@@ -44,8 +46,11 @@ def _transfer_target(t: dict[str, Any], f: str, *, number_required: bool) -> dic
     for key in ("transfer_condition", "transfer_message"):
         if t.get(key) is not None:
             t[key] = as_str(t[key], f"{f}.{key}", max_len=4000)
-    if (t.get("transfer_message") or "").lower().endswith(".wav"):   # played by the gateway: it must load
-        _check_wav(t["transfer_message"], f"{f}.transfer_message")
+    message = t.get("transfer_message") or ""
+    if is_wav_url(message):            # fetched when a call is transferred; here only its form is checked
+        t["transfer_message"] = as_http_url(message, f"{f}.transfer_message")
+    elif message.lower().endswith(".wav"):   # a file the gateway plays: it must load
+        _check_wav(message, f"{f}.transfer_message")
     return t
 
 
@@ -195,6 +200,15 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return out
 
 
+async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None:
+    """SSRF guard at save time: a webhook_url on a loopback/private/link-local address is a 400 (unless allowed)."""
+    if data.get("webhook_url"):
+        try:
+            await check_destination(data["webhook_url"], gw.settings.allow_private_webhooks)
+        except BlockedDestination as e:
+            raise bad("webhook_url", str(e)) from None
+
+
 def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
     """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
     a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
@@ -216,6 +230,7 @@ async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
 async def create_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, {})
     check_carrier_settings(gw, data.get("settings"))
     agent = await gw.store.create_agent(data)
@@ -240,6 +255,7 @@ async def replace_agent(request: web.Request) -> web.Response:
     gw = _gw(request)
     agent = await _agent_or_404(gw, request)
     data = check_agent(gw, await read_json(request), partial=False)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 
@@ -251,6 +267,7 @@ async def patch_agent(request: web.Request) -> web.Response:
     if isinstance(body.get("settings"), dict):
         body["settings"] = merge_settings(agent.get("settings") or {}, body["settings"])
     data = check_agent(gw, body, partial=True)
+    await check_webhook_destination(gw, data)
     _keep_masked_secret(data, agent)
     return await _save(gw, agent["id"], data)
 

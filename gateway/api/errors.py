@@ -60,7 +60,7 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         # status, path and field only: messages may quote the input
-        log.info("API request refused", extra={"method": request.method, "path": request.path,
+        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method, "path": request.path,
                                                "status": e.status, "field": e.field})
         return error_response(e.status, e.message, e.field, headers=e.headers, **e.extra)
     except web.HTTPException as e:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import json
 import logging
+import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 
 from .. import safejson
 from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult)
+from ..logsetup import ContextLogger
 from .base import EngineSession, VoiceEngine
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ class Bridge:
     def __init__(self, session: EngineSession, transport: Transport, peer: str) -> None:
         self.session = session
         self.transport = transport
-        self.log = logging.LoggerAdapter(log, {"call_id": session.call_id, "engine": peer})
+        self.log = ContextLogger(log, {"call_id": session.call_id, "engine": peer})
         self.engine_hung_up = False
 
     async def run(self) -> None:
@@ -518,13 +519,16 @@ class EngineHub:
         return conn
 
     def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        key = self.gateway.api_key or ""
-        return bool(key) and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return self.gateway.api_key_ok(token.strip() if scheme.lower() == "bearer" else "", request.remote or "",
+                                       path=request.path)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """`GET /engine/ws?pool=<name>`: an engine offers itself for one call."""
+        wait = self.gateway.api_throttle.banned(request.remote or "")
+        if wait:
+            return _error(429, "too many failed API key attempts from this address: try again later", None,
+                          {"Retry-After": str(math.ceil(wait))})
         if not self._authorized(request):
             return _error(401, "missing or wrong API key: send `Authorization: Bearer <api key>`", None,
                           {"WWW-Authenticate": 'Bearer realm="telephony-gateway"'})

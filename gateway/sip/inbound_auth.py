@@ -63,6 +63,8 @@ class AuthVerdict:
     reason: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     detail: str = ""                     # for logs only (never sent)
+    #: credentials were presented and are wrong: a guess, counted by the per-source throttle
+    bad_credentials: bool = False
 
 
 async def system_resolver(host: str) -> list[str]:
@@ -146,7 +148,7 @@ class InboundAuth:
             return AuthVerdict(True)
         if result.stale:
             return self._challenge(stale=True)
-        return AuthVerdict(False, 403, "Forbidden", detail=f"digest rejected: {result.reason}")
+        return AuthVerdict(False, 403, "Forbidden", detail=f"digest rejected: {result.reason}", bad_credentials=True)
 
     def _challenge(self, stale: bool = False) -> AuthVerdict:
         value = self.digest.make_challenge(self.realm, "MD5", stale=stale)

@@ -520,6 +520,9 @@ class TransactionLayer:
         self.on_cancel: Callable | None = None
         self.on_stray_response: Callable | None = None
         self.on_ack_timeout: Callable | None = None
+        #: source gate for new out-of-dialog requests (a banned password guesser): fn(source ip) → None to let the
+        #: request through, a status (403) to answer it with, or 0 to drop it without a word
+        self.refuse_source: Callable[[str], int | None] | None = None
         self._clients: dict[tuple, ClientTransaction] = {}
         self._servers: dict[tuple, ServerTransaction] = {}
         self._awaiting_ack: dict[tuple, ServerTransaction] = {}
@@ -607,9 +610,15 @@ class TransactionLayer:
             for k, pending in list(self._awaiting_ack.items()):
                 if k[0] == cid and k[2] == ftag:
                     pending.ack_for_2xx()
+        refusal = self.refuse_source(addr[0]) if self.refuse_source is not None and not req.to_tag else None
+        if refusal == 0:
+            return
         txn = ServerTransaction(self, req, addr, conn, key)
         self._servers[key] = txn
         self.stats["server_transactions"] += 1
+        if refusal is not None:
+            txn.respond(make_response(req, refusal, to_tag=new_tag()))
+            return
         if method == "CANCEL":
             self._handle_cancel(txn)
             return

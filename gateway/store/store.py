@@ -1,7 +1,8 @@
 """Async store over SQLAlchemy 2: one code path for the embedded SQLite file and for PostgreSQL.
 
 Methods return plain dicts so callers (API, carriers) never hold ORM objects across awaits. Phone numbers come
-back without secrets unless `with_secrets=True` is asked for explicitly by carrier code.
+back without secrets unless `with_secrets=True` is asked for explicitly by carrier code. Secrets are encrypted in
+the database (gateway/secretbox.py) and decrypted only on that explicit request; an SQLite file is created 0600.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from ..secretbox import SecretBox, SecretKeyError
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
 from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
@@ -49,6 +51,19 @@ def database_url(db: str) -> str:
 
 
 _log = _logging.getLogger("gateway.store")
+
+
+def _private_sqlite_file(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (its -wal and -shm files take the database file's
+    mode), and take group/other access away from files an older release created 0644."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _add_missing_columns(sync_conn: Any) -> None:
@@ -102,8 +117,11 @@ class Store(ClusterStore):
 
     BATCH = 500
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
+        #: encrypts `phone_numbers.secrets`. A store opened without one (a tool or test reading the call log)
+        #: leaves stored secrets alone and refuses to read or write any.
+        self.box = box
         self.engine: AsyncEngine | None = None
         self._session: async_sessionmaker | None = None
         self._queue: asyncio.Queue | None = None
@@ -160,7 +178,7 @@ class Store(ClusterStore):
         if self.url.startswith("sqlite"):
             path = self.url.split(":///", 1)[-1]
             if path and path != ":memory:":
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                _private_sqlite_file(path)
         self.engine = create_async_engine(self.url)
         if self.url.startswith("sqlite"):
             @event.listens_for(self.engine.sync_engine, "connect")
@@ -176,6 +194,7 @@ class Store(ClusterStore):
             await conn.run_sync(_add_missing_columns)
         async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
             await conn.run_sync(never_reuse_ids)
+        await self._seal_secrets()
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -229,6 +248,39 @@ class Store(ClusterStore):
             await s.delete(a)
 
     # phone numbers / trunks -----------------------------------------------------------------------------------
+    def _number_row(self, n: PhoneNumber, with_secrets: bool) -> dict[str, Any]:
+        if not with_secrets:
+            return _row(n, exclude=("secrets",))
+        row = _row(n)
+        row["secrets"] = self._box().open(row["secrets"])
+        return row
+
+    def _seal(self, secrets: dict[str, Any] | None) -> dict[str, Any]:
+        """Secrets as stored; a keyless store may only write none (sealed by the next start with the key)."""
+        return {} if not secrets and self.box is None else self._box().seal(secrets)
+
+    def _box(self) -> SecretBox:
+        if self.box is None:
+            raise SecretKeyError("this store was opened without the secret key: secrets cannot be read or written")
+        return self.box
+
+    async def _seal_secrets(self) -> None:
+        """Encrypt rows an older release stored in plaintext and re-encrypt rows sealed with an older key, so the
+        database only ever holds secrets under the newest key. Raises SecretKeyError when a row cannot be
+        decrypted with any configured key (the gateway then refuses to start instead of losing credentials)."""
+        if self.box is None:
+            return
+        changed = 0
+        async with self._writing_core() as conn:
+            for id_, stored in (await conn.execute(select(PhoneNumber.id, PhoneNumber.secrets))).all():
+                if self.box.current(stored):
+                    continue
+                await conn.execute(update(PhoneNumber).where(PhoneNumber.id == id_)
+                                   .values(secrets=self.box.reseal(stored)))
+                changed += 1
+        if changed:
+            _log.warning("stored secrets encrypted with the current key", extra={"rows": changed})
+
     async def create_number(self, data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
         self._invalidate("number")
         try:
@@ -238,7 +290,7 @@ class Store(ClusterStore):
                         PhoneNumber.sip_trunk_name == data["sip_trunk_name"]))
                     if dup is not None:
                         raise DuplicateError(f"sip_trunk_name {data['sip_trunk_name']!r} is already used")
-                n = PhoneNumber(**data, secrets=secrets)
+                n = PhoneNumber(**data, secrets=self._seal(secrets))
                 s.add(n)
                 await s.flush()
                 return _row(n, exclude=("secrets",))
@@ -249,7 +301,7 @@ class Store(ClusterStore):
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = await s.get(PhoneNumber, number_id)
-                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+                return self._number_row(n, with_secrets) if n else None
         return await self._cached(("number", "id", number_id, with_secrets), load)
 
     async def find_number(self, e164: str, provider: str | None = None,
@@ -261,7 +313,7 @@ class Store(ClusterStore):
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = (await s.scalars(q.order_by(PhoneNumber.id).limit(1))).first()
-                return _row(n, exclude=() if with_secrets else ("secrets",)) if n else None
+                return self._number_row(n, with_secrets) if n else None
         return await self._cached(("number", "e164", e164, provider, with_secrets), load)
 
     async def list_numbers(self, pageno: int = 1, pagesize: int = 20, provider: str | None = None,
@@ -273,8 +325,7 @@ class Store(ClusterStore):
         async with self._session() as s:
             total = await s.scalar(cq)
             rows = (await s.scalars(q.order_by(PhoneNumber.id).offset((pageno - 1) * pagesize).limit(pagesize))).all()
-            excl = () if with_secrets else ("secrets",)
-            return [_row(n, exclude=excl) for n in rows], int(total or 0)
+            return [self._number_row(n, with_secrets) for n in rows], int(total or 0)
 
     async def numbers_of_agent(self, agent_id: int) -> list[dict[str, Any]]:
         """The numbers attached to an agent, oldest first (without secrets)."""
@@ -290,7 +341,7 @@ class Store(ClusterStore):
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
             for k, v in fields.items():
-                setattr(n, k, v)
+                setattr(n, k, self._seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
 
