@@ -25,6 +25,7 @@ from gateway.rtp import RtpEngine
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
+from gateway.sip.locate import LocateError, Locator
 from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
 from gateway.sip.registration import Registration
@@ -75,6 +76,7 @@ class TrunkTarget:
     creds: Credentials | None
     plan: DialPlan
     from_user: str
+    sip_port: int | None = None     # as configured: without one, a host name is located through DNS SRV
 
     @classmethod
     def of(cls, number: dict[str, Any]) -> "TrunkTarget":
@@ -95,10 +97,12 @@ class TrunkTarget:
         phone = f.get("phone_number") or ""
         from_user = f["sip_username"] if f.get("register") and f.get("sip_username") else (
             phone[1:] if plan.strip_plus and phone.startswith("+") else phone) or "gateway"
-        return cls(host, port, transport, dest, route, creds, plan, from_user)
+        return cls(host, port, transport, dest, route, creds, plan, from_user,
+                   int(f["sip_port"]) if f.get("sip_port") else None)
 
     def uri_for(self, e164: str) -> str:
-        return sip_uri(self.plan.user_part(e164), self.host, self.port if self.port != 5060 else None,
+        # no port unless configured: a port in the URI would tell the next hop not to use DNS SRV (RFC 3263 §4.2)
+        return sip_uri(self.plan.user_part(e164), self.host, self.sip_port if self.sip_port != 5060 else None,
                        transport=self.transport)
 
     def from_addr(self, display: str = "") -> NameAddr:
@@ -186,7 +190,7 @@ class SipCarrier(Carrier):
         ImportField("sip_host", str, required=True, help="trunk host or IP (e.g. mytrunk.pstn.twilio.com)"),
         ImportField("sip_trunk_name", str, required=True, help="a unique name for this trunk"),
         ImportField("name", str),
-        ImportField("sip_port", int, help="default 5060 (5061 for tls, 5090 with the ringcentral preset)"),
+        ImportField("sip_port", int, help="empty: DNS SRV for a host name, else 5060 (5061 tls; 5090 ringcentral)"),
         ImportField("sip_username", str),
         ImportField("sip_password", str, secret=True),
         ImportField("sip_dial_prefix", str, help="prepended to every dialled number, e.g. 9"),
@@ -242,6 +246,7 @@ class SipCarrier(Carrier):
         self.ua.on_register = self._on_register
         self.ua.draining = lambda: self.gateway.draining
         self.ua.retry_after = RETRY_AFTER_S
+        self.ua.locator = Locator(s.dns_server)
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "rtp": f"{s.rtp_port_min}-"
@@ -563,9 +568,16 @@ class SipCarrier(Carrier):
         offer = make_offer(self.advertised_ip, leg.rtp.local_port)
         leg.sdp_session_id = offer.origin.session_id
         state["offer"] = offer
+        dests = [target.dest]
+        if not target.route:   # through an outbound proxy the proxy locates the trunk
+            try:
+                dests = [t.dest for t in await self.ua.locator.locate(target.host, target.sip_port,
+                                                                      target.transport)]
+            except LocateError as e:
+                return InviteResult(error=f"DNS: {e}")
         leg.invite = OutgoingInvite(
             self.ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
-            dest=target.dest, creds=target.creds, route=target.route,
+            dest=dests[0], alternates=dests[1:], creds=target.creds, route=target.route,
             on_provisional=lambda r: self._early_media(leg, r, state))
         return await leg.invite.run(ring_timeout)
 

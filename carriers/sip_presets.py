@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gateway.sip.locate import is_literal
 from gateway.sip.numbering import DialFormatError, check_dial_prefix
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -135,7 +136,9 @@ def apply_preset(fields: dict[str, Any]) -> dict[str, Any]:
     if out["transport"] not in TRANSPORTS:
         raise PresetError("transport", f"must be one of {', '.join(TRANSPORTS)} (got {out['transport']!r})")
     if _empty(out.get("sip_port")):
-        out["sip_port"] = DEFAULT_PORTS[out["transport"]]
+        # a host name without a port is located through DNS NAPTR/SRV when calls are placed (RFC 3263 §4.2,
+        # gateway/sip/locate.py), falling back to 5060/5061 there; an IP address gets the transport's port now
+        out["sip_port"] = None if _is_name(out.get("sip_host")) else DEFAULT_PORTS[out["transport"]]
     out["register"] = _as_bool(out.get("register"), "register")
     out["sip_strip_plus"] = _as_bool(out.get("sip_strip_plus"), "sip_strip_plus")
     out["auth_type"] = (out.get("auth_type") or "ip").lower()
@@ -173,6 +176,11 @@ def check_host(value: str, name: str = "sip_host") -> str:
     return v
 
 
+def _is_name(host: Any) -> bool:
+    """A host name (not an IP address): its servers may be published through DNS SRV."""
+    return isinstance(host, str) and bool(host.strip()) and not is_literal(host.strip())
+
+
 def parse_hostport(value: str, name: str, default_port: int = 5060) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or ``sip:host:port`` → (host, port)."""
     v = re.sub(r"^sips?:", "", (value or "").strip(), flags=re.I).split(";", 1)[0]
@@ -196,7 +204,8 @@ def check_shapes(f: dict[str, Any]) -> None:
     port = f.get("sip_port")
     if isinstance(port, str) and port.strip().isdigit():
         port = int(port)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+    srv = port is None and _is_name(f["sip_host"])   # located through DNS SRV
+    if not srv and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
         raise PresetError("sip_port", "must be a port number from 1 to 65535")
     f["sip_port"] = port
     if not _empty(f.get("outbound_proxy")):

@@ -279,7 +279,8 @@ class Call:
             from .wavfetch import fetch_wav, is_wav_url
             try:
                 rate = self.bus.engine_rate
-                pcm = await fetch_wav(message, rate) if is_wav_url(message) else load_message(message, rate)
+                pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
+                       if is_wav_url(message) else load_message(message, rate))
             except WavError as e:
                 self.log.error("transfer message not played: %s", e)
             else:

@@ -37,6 +37,8 @@ class Settings:
     max_calls: int = 1000
     carriers: list[str] | None = None   # None = every installed carrier
     enable_sip: bool = True
+    #: DNS server (ip[:port]) for SIP trunk NAPTR/SRV/A lookups (RFC 3263); empty = the system's resolvers
+    dns_server: str = ""
     log_level: str = "INFO"
     log_format: str = "text"        # text (message + key=value fields) | json (one object per line)
     #: lifecycle webhooks may go to loopback / private / link-local (cloud metadata) addresses: off by default

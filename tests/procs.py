@@ -18,13 +18,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from sipp import free_port, rtp_range
+from sipp import free_port, rtp_range, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -55,17 +54,11 @@ async def fresh_postgres() -> str:
 
 
 async def until(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll an (async or sync) predicate until it is truthy; fail naming `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(interval)
+    """sipp.wait_for, failing with `what` in the message."""
+    try:
+        return await wait_for(predicate, timeout, interval)
+    except AssertionError:
+        raise AssertionError(f"{what}: not within {timeout} s") from None
 
 
 class GatewayProc:

@@ -14,12 +14,17 @@ def test_other_defaults():
     out = apply_preset(base())
     assert out["preset"] == "other"
     assert (out["sip_port"], out["transport"], out["register"], out["sip_strip_plus"], out["auth_type"]) == (
-        5060, "udp", False, False, "ip")
+        None, "udp", False, False, "ip")   # a host name without a port: DNS SRV decides (RFC 3263)
     assert out["allowed_ips"] == []
 
 
-def test_tls_default_port():
-    assert apply_preset(base(transport="TLS"))["sip_port"] == 5061
+def test_default_port_for_an_ip_address_only():
+    assert apply_preset(base(sip_host="192.0.2.7", transport="TLS"))["sip_port"] == 5061
+    assert apply_preset(base(sip_host="192.0.2.7"))["sip_port"] == 5060
+    assert apply_preset(base(transport="TLS"))["sip_port"] is None
+    assert apply_preset(base(sip_port="5070"))["sip_port"] == 5070
+    with pytest.raises(PresetError):
+        apply_preset(base(sip_host="192.0.2.7", sip_port="x"))
 
 
 def test_twilio_preset():

@@ -2,9 +2,11 @@
 
 Steps, each with a plain verdict and the SIP status line the carrier sent:
 
-1. ``dns`` — the trunk host (and outbound proxy) resolve: ok / not found.
+1. ``dns`` — the trunk host (and outbound proxy) resolve: ok / not found. A host name without a port is located
+   like calls locate it (RFC 3263 NAPTR/SRV, gateway/sip/locate.py): the detail lists the targets in order.
 2. ``options`` — an OPTIONS ping to where calls would go, with the round-trip time: ok (any SIP answer proves a
-   SIP server is there) / timed out / unreachable.
+   SIP server is there) / timed out / unreachable. Like calls, it fails over to the next SRV target on a timeout
+   or a 503; ``target`` names the one that answered and ``tried`` the ones that did not.
 3. ``credentials`` — for registration trunks a REGISTER (then an un-REGISTER); otherwise an OPTIONS answered with
    our digest credentials when the trunk challenges it, else an INVITE to the trunk's own number that is
    CANCELled at its first 18x answer (nothing rings for long; a 2xx is ended at once): ok / credentials
@@ -16,12 +18,11 @@ The report never contains a secret (the API scrubs it again anyway).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import time
 from typing import Any
 
 from . import digest
+from .locate import LocateError, Target
 from .message import NameAddr, SipRequest, SipResponse, new_call_id, new_tag, split_hostport
 from .numbering import DialPlan, sip_uri
 from .sdp import make_offer
@@ -41,17 +42,6 @@ def verdict_for(status: int) -> str:
     if status in (404, 484, 604):
         return NOT_FOUND
     return FAILED
-
-
-async def _resolve(host: str) -> list[str]:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return [host.strip("[]")]
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM), 5.0)
-    return sorted({i[4][0] for i in infos})
 
 
 def _step(name: str, verdict: str, detail: str = "", status_line: str | None = None,
@@ -85,16 +75,23 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
     steps: list[dict[str, Any]] = []
 
     # 1. DNS
-    for label, h in (("sip_host", host), ("outbound_proxy", dest[0] if route else None)):
-        if not h:
-            continue
-        t0 = time.monotonic()
-        try:
-            addrs = await _resolve(h)
-            steps.append(_step("dns", OK, f"{label} {h} → {', '.join(addrs)}", ms=(time.monotonic() - t0) * 1000))
-        except (OSError, asyncio.TimeoutError) as e:
-            steps.append(_step("dns", NOT_FOUND, f"{label} {h} does not resolve: {e}"))
-            return _report(steps)
+    targets: list[Target] = []
+    t0 = time.monotonic()
+    try:
+        if route:
+            steps.append(_step("dns", OK, f"sip_host {host} → {', '.join(await ua.locator.addresses(host))}"))
+            addrs = await ua.locator.addresses(dest[0])
+            steps.append(_step("dns", OK, f"outbound_proxy {dest[0]} → {', '.join(addrs)}",
+                               ms=(time.monotonic() - t0) * 1000))
+            targets = [Target(addrs[0], dest[1], transport, dest[0], "outbound_proxy")]
+        else:
+            targets = await ua.locator.locate(host, int(fields["sip_port"]) if fields.get("sip_port") else None,
+                                              transport)
+            steps.append(_step("dns", OK, f"sip_host {host} → {'; '.join(t.describe() for t in targets)}",
+                               ms=(time.monotonic() - t0) * 1000))
+    except LocateError as e:
+        steps.append(_step("dns", NOT_FOUND, str(e)))
+        return _report(steps)
 
     # 2. OPTIONS ping
     creds = None
@@ -110,17 +107,33 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
              ("User-Agent", ua.user_agent), *auth]
         return SipRequest("OPTIONS", ruri, h)
 
-    t0 = time.monotonic()
-    try:
-        first = await asyncio.wait_for(ua.send(options(1, []), dest), STEP_TIMEOUT)
-    except (asyncio.TimeoutError, RequestFailed) as e:
-        timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
+    tried: list[str] = []
+    first: SipResponse | None = None
+    timed_out = False
+    for target in targets:
+        t0 = time.monotonic()
+        try:
+            first = await asyncio.wait_for(ua.send(options(1, []), target.dest), STEP_TIMEOUT)
+        except (asyncio.TimeoutError, RequestFailed) as e:
+            timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
+            tried.append(f"{target.describe()}: " + ("timed out" if timed_out else e.reason))
+            continue
+        if first.status == 503 and target is not targets[-1]:   # overloaded: calls would go on to the next one
+            tried.append(f"{target.describe()}: {_line(first)}")
+            first = None
+            continue
+        dest = target.dest
+        break
+    if first is None:
         steps.append(_step("options", TIMED_OUT if timed_out else UNREACHABLE,
-                           f"no SIP answer from {dest[0]}:{dest[1]}/{transport}"
-                           + ("" if timed_out else f" ({e.reason})")))
+                           "no SIP answer from " + "; ".join(tried)))
         return _report(steps)
     rtt = (time.monotonic() - t0) * 1000
-    steps.append(_step("options", OK, f"{dest[0]}:{dest[1]}/{transport} answered", _line(first), rtt))
+    step = _step("options", OK, f"{target.describe()} answered", _line(first), rtt)
+    step["target"] = target.describe()
+    if tried:
+        step["tried"] = tried
+    steps.append(step)
 
     # 3. credentials
     if fields.get("register"):

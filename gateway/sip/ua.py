@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from . import digest
 from .dialog import Dialog
+from .locate import Locator
 from .message import NameAddr, SipRequest, SipResponse, make_response, new_branch, new_call_id, new_tag
 from .transaction import TransactionError, TransactionTimeout
 
@@ -120,6 +121,7 @@ class UserAgent:
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self.pending_byes: set[asyncio.Task] = set()                # BYE transactions still running (close waits)
+        self.locator = Locator()                                     # RFC 3263 trunk lookup (GATEWAY_DNS_SERVER)
         layer.on_request = self._on_request
         layer.on_ack = self._on_ack
         layer.on_cancel = self._on_cancel
@@ -450,19 +452,29 @@ class InviteResult:
         return self.error
 
 
+def _fail_over(result: InviteResult) -> bool:
+    """Whether RFC 3263 §4.3 sends the request to the next server: no answer at all, or 503 Service Unavailable."""
+    if result.session is not None or result.cancelled:
+        return False
+    return result.response.status == 503 if result.response is not None else True
+
+
 class OutgoingInvite:
     """An INVITE we send: authentication, provisional responses, CANCEL, ACK."""
 
     def __init__(self, ua: UserAgent, *, request_uri: str, from_addr: NameAddr, to_addr: NameAddr, sdp: bytes,
                  dest: Dest, creds: Credentials | None = None, route: list[str] | None = None,
                  headers: list[tuple[str, str]] | None = None,
-                 on_provisional: Callable[[SipResponse], None] | None = None) -> None:
+                 on_provisional: Callable[[SipResponse], None] | None = None,
+                 alternates: list[Dest] | None = None) -> None:
         self.ua = ua
         self.request_uri = request_uri
         self.from_addr = from_addr.with_tag(new_tag())
         self.to_addr = to_addr
         self.sdp = sdp
         self.dest = dest
+        #: further servers of the trunk (DNS SRV order), tried when one times out, is unreachable or says 503
+        self.alternates = list(alternates or [])
         self.creds = creds
         self.route = list(route or [])
         self.headers = list(headers or [])
@@ -505,7 +517,22 @@ class OutgoingInvite:
             self.ua.spawn(self._send_cancel(txn))
 
     async def run(self, ring_timeout: float = 60.0) -> InviteResult:
-        """Send the INVITE; CANCEL after `ring_timeout` seconds without a final answer."""
+        """Send the INVITE; CANCEL after `ring_timeout` seconds without a final answer. When a server does not
+        answer (timeout, transport error) or answers 503, the same request with a new branch goes to the next of
+        `alternates` (RFC 3263 §4.3), within the same `ring_timeout`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + ring_timeout
+        for nxt in self.alternates:
+            result = await self._attempt(max(end - loop.time(), 0.1))
+            if self._cancel_requested or not _fail_over(result) or loop.time() >= end:
+                return result
+            log.info("INVITE to %s:%s failed (%s): trying %s:%s", self.dest[0], self.dest[1],
+                     result.status_line, nxt[0], nxt[1])
+            self.dest, self.txn, self.current = nxt, None, None
+            self.provisional.clear()
+        return await self._attempt(max(end - loop.time(), 0.1))
+
+    async def _attempt(self, ring_timeout: float) -> InviteResult:
         task = asyncio.ensure_future(self.ua.send_authenticated(
             self._build, self.dest, self.creds, on_provisional=self._provisional, on_request=self._on_request,
             on_txn=self._on_txn))
