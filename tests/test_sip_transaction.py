@@ -494,8 +494,14 @@ def _sipp_helpers():
 free_port, needs_sipp = _sipp_helpers()
 
 
+# SIPp's `-lost 5` drops 5 % of every message, including ones its built-in scenarios never retransmit (the
+# UAS's 180 and final answers to BYE, the UAC's ACK), so about one run in ten ends with a call no peer could have
+# repaired. The lossy run gets one more try with a fresh SIPp; the loss-free run gets none.
+LOSSY = pytest.param("udp", 5, marks=pytest.mark.flaky(reruns=1))
+
+
 @needs_sipp
-@pytest.mark.parametrize("proto,loss", [("udp", 5), ("tcp", 0)])
+@pytest.mark.parametrize("proto,loss", [LOSSY, ("tcp", 0)])
 async def test_sipp_uac_calls_a_uas_built_on_the_transaction_layer(proto, loss):
     """SIPp's built-in UAC (INVITE/180/200/ACK/BYE/200) against a bare UAS on our layers; on UDP SIPp drops 5 %
     of all packets, so retransmissions, absorption and 2xx re-sending are exercised with a real peer."""
@@ -547,7 +553,7 @@ async def test_sipp_uac_calls_a_uas_built_on_the_transaction_layer(proto, loss):
 
 
 @needs_sipp
-@pytest.mark.parametrize("proto,loss", [("udp", 5), ("tcp", 0)])
+@pytest.mark.parametrize("proto,loss", [LOSSY, ("tcp", 0)])
 async def test_transaction_layer_calls_sipp_uas(proto, loss):
     """Our client transactions (INVITE with Timer A, ACK for 2xx by the 'dialog', BYE) against SIPp's built-in UAS."""
     from gateway.loadtest.sipp import run_sipp
