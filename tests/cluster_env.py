@@ -6,6 +6,7 @@ declared lost), and the fake Twilio REST API of the test.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -58,7 +59,13 @@ async def drop_database(db_url: str) -> None:
     name = db_url.rpartition("/")[2]
     conn = await asyncpg.connect(require_pg())
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for _ in range(50):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.exceptions.InsufficientPrivilegeError:
+                # a superuser's session is in it (autovacuum): not ours to end; it leaves within moments
+                await asyncio.sleep(0.1)
     finally:
         await conn.close()
 
