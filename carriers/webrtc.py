@@ -35,17 +35,22 @@ import os
 import secrets
 import time
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import aioice.ice
 import av
 import numpy as np
 from aiohttp import web
+from pydantic import BeforeValidator, Field
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError
 
 from gateway import safejson
 from gateway.api.errors import ApiError, read_json
+from gateway.api.models import Body, Id, parse
+from gateway.api.responses import Reply
+from gateway.api.routes import api_route, ok
+from gateway.api.validation import to_int
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier
 from gateway.frames import (AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest,
@@ -64,6 +69,20 @@ TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 TOKEN_TTL_DEFAULT = 300
 TOKEN_TTL_MAX = 3600
+
+
+class TokenRequest(Body):
+    """POST /api/v1/webrtc/token."""
+    agent_id: Id | None = Field(None, description="the token calls only this agent")
+    ttl: Annotated[int, Field(ge=10, le=TOKEN_TTL_MAX, description="seconds the token is valid"),
+                   BeforeValidator(to_int)] = TOKEN_TTL_DEFAULT
+
+
+class TokenReply(Reply):
+    token: str
+    expires_at: int = Field(description="Unix time")
+    agent_id: int | None
+    call_url: str = Field(description="the browser call page with this token")
 #: a peer that has not connected within this time is given up (no call-log rows left "ringing")
 CONNECT_TIMEOUT = 20.0
 
@@ -330,7 +349,9 @@ class WebRTCCarrier(Carrier):
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/call", self.page)
-        app.router.add_post("/api/v1/webrtc/token", self.issue_token)
+        api_route(app, "POST", "/api/v1/webrtc/token", self.issue_token, "A short-lived token for the browser "
+                  "call page (/call?token=…)", tag="webrtc", body=TokenRequest, body_required=False,
+                  response=TokenReply)
         app.router.add_get("/webrtc/agents", self.agents)
         app.router.add_post("/webrtc/offer", self.offer)
 
@@ -349,38 +370,13 @@ class WebRTCCarrier(Carrier):
         html = resources.files("gateway.web").joinpath("call.html").read_text()
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
-    def openapi_paths(self) -> dict[str, dict[str, Any]]:
-        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-        return {"/api/v1/webrtc/token": {"post": {
-            "summary": "A short-lived token for the browser call page (/call?token=…)", "tags": ["webrtc"],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "agent_id": {"type": "integer", "description": "the token calls only this agent"},
-                    "ttl": {"type": "integer", "minimum": 10, "maximum": TOKEN_TTL_MAX,
-                            "default": TOKEN_TTL_DEFAULT, "description": "seconds the token is valid"}}}}}},
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {
-                        "success": {"const": True}, "token": {"type": "string"}, "expires_at": {"type": "integer"},
-                        "agent_id": {"type": ["integer", "null"]}, "call_url": {"type": "string"}}}}}},
-                "400": {"description": "Invalid input", **error},
-                "401": {"description": "Missing or wrong API key", **error},
-                "404": {"description": "Not found", **error}}}}}
-
     async def issue_token(self, request: web.Request) -> web.Response:
         """`POST /api/v1/webrtc/token` (API key): a token for `/call` valid `ttl` seconds, optionally one agent."""
-        body = await read_json(request)
-        unknown = set(body) - {"agent_id", "ttl"}
-        if unknown:
-            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
-        ttl = body.get("ttl", TOKEN_TTL_DEFAULT)
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 10 <= ttl <= TOKEN_TTL_MAX:
-            raise ApiError(400, f"must be an integer number of seconds, 10 to {TOKEN_TTL_MAX}", "ttl")
-        agent_id = await self._agent_id(body.get("agent_id"))
-        token, exp = issue_token(self.gateway.api_key, ttl, agent_id)
+        req = parse(TokenRequest, await read_json(request))
+        agent_id = await self._agent_id(req.agent_id)
+        token, exp = issue_token(self.gateway.api_key, req.ttl, agent_id)
         base = self.gateway.settings.public_base
-        return web.json_response({"success": True, "token": token, "expires_at": exp, "agent_id": agent_id,
-                                  "call_url": f"{base}/call?token={token}"})
+        return ok(TokenReply(token=token, expires_at=exp, agent_id=agent_id, call_url=f"{base}/call?token={token}"))
 
     async def _agent_id(self, value: Any) -> int | None:
         if value in (None, ""):

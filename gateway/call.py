@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
@@ -40,13 +40,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-#: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
-#: filter is checked against it, so a typo is a 400 instead of an empty page
 #: seconds an engine may take to say a transfer_message and transfer; then the gateway transfers by itself
 SAY_TIMEOUT = 15.0
 
-CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
-                 "failed", "rejected")
+#: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
+#: filter is checked against it, so a typo is a 400 instead of an empty page
+CallStatus = Literal["queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
+                    "failed", "rejected"]
+CALL_STATUSES: tuple[str, ...] = get_args(CallStatus)
 
 
 class Call:

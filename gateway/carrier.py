@@ -88,12 +88,8 @@ class Carrier:
         self.log = ContextLogger(log, {"carrier": self.name})
 
     def setup(self, app: Any) -> None:
-        """Add routes to the aiohttp application."""
-
-    def openapi_paths(self) -> dict[str, dict[str, Any]]:
-        """OpenAPI path items for the /api/v1 routes this carrier adds in `setup()`; /api/v1/openapi.json merges
-        them, so a carrier's own endpoints are documented where they are written."""
-        return {}
+        """Add routes to the aiohttp application (an /api/v1 route with gateway.api.routes.api_route(), so the
+        OpenAPI document describes it from its models)."""
 
     async def start(self) -> None:
         """Start background work (listeners, registrations). Called once the store is open."""

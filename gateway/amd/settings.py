@@ -9,12 +9,13 @@ file is played by the gateway; any other string is handed to the engine to speak
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .params import AmdParams
 
 #: "gateway" runs our detector; a carrier's name asks that carrier's own AMD (on that carrier's calls)
-PROVIDERS = ("gateway", "twilio", "signalwire", "telnyx")
+AmdProvider = Literal["gateway", "twilio", "signalwire", "telnyx"]
+PROVIDERS: tuple[str, ...] = get_args(AmdProvider)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import metrics
-from . import agents, calls, nodes, numbers, openapi
+from . import agents, calls, nodes, numbers, openapi, responses
 from .errors import error_middleware, error_response
+from .routes import api_route, ok
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -52,8 +53,8 @@ async def healthz(request: web.Request) -> web.Response:
     """200 `ok`; 503 `draining` while draining, so HTTP load balancers send new webhooks elsewhere."""
     gw = request.app["gateway"]
     if gw.draining:
-        return web.json_response({"status": "draining", **gw.info()}, status=503)
-    return web.json_response({"status": "ok", **gw.info()})
+        return ok(responses.Health(status="draining", **gw.info()), status=503)
+    return ok(responses.Health(status="ok", **gw.info()))
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -62,16 +63,20 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(openapi.build(request.app["gateway"]))
+    return ok(responses.OpenApiDocument.model_validate(openapi.build(request.app["gateway"], request.app)))
 
 
 def setup_api(app: web.Application, gateway: "Gateway") -> None:
     app[numbers.IMPORT_LOCK] = asyncio.Lock()
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get(f"{PREFIX}/openapi.json", openapi_handler)
+    api_route(app, "GET", "/healthz", healthz, "Liveness for load balancers (503 while draining)", tag="meta",
+              response=responses.Health, auth=False, errors=(),
+              also=((503, responses.Health, "Draining: send new calls elsewhere"),))
+    api_route(app, "GET", "/metrics", metrics_handler, "Prometheus text exposition (counts only)", tag="meta",
+              response=None, content_type="text/plain", auth=False, errors=())
+    api_route(app, "GET", f"{PREFIX}/openapi.json", openapi_handler, "This document", tag="meta",
+              response=responses.OpenApiDocument, errors=(401,))
     numbers.add_routes(app, PREFIX)
     agents.add_routes(app, PREFIX)
     calls.add_routes(app, PREFIX)

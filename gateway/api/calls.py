@@ -8,18 +8,19 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ..call import CALL_STATUSES, Call
+from ..call import Call
 from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
 from ..frames import HangupSource
 from ..transfer import TransferRefused
-from . import models
+from . import models, responses
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .models import parse
 from .numbers import scrub
-from .validation import as_int, as_str, bad, pagination, reject_unknown
+from .routes import api_route, ok
+from .validation import as_int, bad
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -100,8 +101,7 @@ async def dispatch(request: web.Request) -> web.Response:
         raise ApiError(502, f"carrier {carrier.name} failed to place the call (logged on the gateway)", None,
                        requestId=call.log_id) from None
     log.info("call dispatched", extra={"call_id": call.id, "carrier": carrier.name})
-    return web.json_response({"success": True, "status": "dispatched", "requestId": call.log_id,
-                              "call_id": call.id})
+    return ok(responses.Dispatched(status="dispatched", requestId=call.log_id, call_id=call.id))
 
 
 async def _attached_number(gw: "Gateway", agent_id: int) -> int:
@@ -115,23 +115,14 @@ async def _attached_number(gw: "Gateway", agent_id: int) -> int:
 
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
-    q = request.query
-    reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid",
-                             "bulk_call_id"})
-    pageno, pagesize = pagination(q)
-    agent_key = "agentid" if q.get("agentid") else "agent_id"
-    agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
-    status = q.get("call_status") or None
-    if status is not None and status not in CALL_STATUSES:
-        raise bad("call_status", f"must be one of {', '.join(CALL_STATUSES)} (got {status[:40]!r})")
-    sid = as_str(q["carrier_sid"], "carrier_sid", max_len=128) if q.get("carrier_sid") else None
-    # OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
+    q = parse(models.LogQuery, request.query)
+    # bulk_call_id is OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
     # call_context.bulk_call_id = N
-    bulk = as_int(q["bulk_call_id"], "bulk_call_id", minimum=1) if q.get("bulk_call_id") else None
-    rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
-                                            carrier_sid=sid, bulk_call_id=bulk)
-    return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
-                              "pagesize": pagesize, "call_log_data": [call_log_json(r) for r in rows]})
+    rows, total = await gw.store.list_calls(q.pageno, q.pagesize, agent_id=q.agentid or q.agent_id,
+                                            call_status=q.call_status, carrier_sid=q.carrier_sid,
+                                            bulk_call_id=q.bulk_call_id)
+    return ok(responses.CallLogList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
+                                    call_log_data=[call_log_json(r) for r in rows]))
 
 
 def _log_id(ident: str) -> int | None:
@@ -156,8 +147,8 @@ async def get_log(request: web.Request) -> web.Response:
         raise bad("id", f"call {ident} not found", 404)
     events = await gw.store.list_call_events(row["id"])
     view = call_log_json(row)
-    return web.json_response({"success": True, "call_log": view, "call_log_data": [view], "total_records": 1,
-                              "events": [{"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]})
+    return ok(responses.CallLogReply(call_log=view, call_log_data=[view], total_records=1, events=[
+        {"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]))
 
 
 async def live(request: web.Request) -> web.Response:
@@ -166,7 +157,7 @@ async def live(request: web.Request) -> web.Response:
     calls = [{**c.describe(), "owner": gw.settings.proc_id, "node": gw.settings.node_id}
              for c in list(gw.calls.active.values())]
     calls += await remote_live_calls(gw)
-    return web.json_response({"success": True, "count": len(calls), "calls": calls})
+    return ok(responses.LiveCalls(count=len(calls), calls=calls))
 
 
 # -- control of a live call, wherever it lives ----------------------------------------------------------------
@@ -174,21 +165,26 @@ async def live(request: web.Request) -> web.Response:
 class CallOp:
     """A control action on a live call, `POST /api/v1/calls/{id}/<name>`.
 
-    `parse` validates the request body in the process that received it; `perform` runs in the process that owns
-    the call (this one, or another reached over the control bus with the parsed args) and returns the JSON answer
-    or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was closed on its
-    behalf (`node_lost`); without it that is a 404 "not live". `wait` is how long `perform` may take (seconds,
-    from the settings), when longer than the control bus's timeout. A new op (hold, mute…) is one more entry in
-    CALL_OPS: its route and its control-bus handler follow from it."""
+    `body` (a models.Body, or None for no body) is validated in the process that received the request; `perform`
+    runs in the process that owns the call (this one, or another reached over the control bus with the parsed
+    body as a dict) and returns the JSON answer, which is checked against `response` (a responses.CallOpReply) on
+    its way out, or raises ApiError. `orphan` is the answer when the owner turned out to be gone and the call was
+    closed on its behalf (`node_lost`); without it that is a 404 "not live". `wait` is how long `perform` may
+    take (seconds, from the settings), when longer than the control bus's timeout. A new op (hold, mute…) is one
+    more entry in CALL_OPS: its route, its OpenAPI entry (from `summary`, `body`, `response`) and its
+    control-bus handler follow from it."""
     name: str
-    parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
+    summary: str
     perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    body: type[models.Body] | None = None
+    response: type[responses.CallOpReply] = responses.CallOpReply
     orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     wait: Callable[["Gateway"], float] | None = None
 
-
-async def _no_body(request: web.Request) -> dict[str, Any]:
-    return {}
+    async def parse(self, request: web.Request) -> dict[str, Any]:
+        if self.body is None:
+            return {}
+        return parse(self.body, await read_json(request)).model_dump(mode="json", exclude_unset=True)
 
 
 async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +195,6 @@ async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, 
 def _hangup_orphan(row: dict[str, Any]) -> dict[str, Any]:
     return {"success": True, "status": "closed", "call_id": row["call_uuid"], "requestId": row["id"],
             "hangup_reason": "node_lost"}
-
-
-async def _parse_transfer(request: web.Request) -> dict[str, Any]:
-    return {"number": parse(models.Transfer, await read_json(request)).number}
 
 
 async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
@@ -229,8 +221,9 @@ def _transfer_wait(gw: "Gateway") -> float:
 
 
 CALL_OPS: list[CallOp] = [
-    CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
-    CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
+    CallOp("hangup", "Hang up a live call", _hangup, orphan=_hangup_orphan),
+    CallOp("transfer", "Transfer a live call (default: the agent's transfer number)", _transfer,
+           body=models.Transfer, response=responses.TransferReply, wait=_transfer_wait),
 ]
 
 
@@ -285,7 +278,8 @@ def _route(op: CallOp):
         _log_id(ident)                       # a malformed id is a 400 before anything else
         args = await op.parse(request)
         reply = await run_call_op(gw, op, ident, args)
-        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+        model = op.response if reply.status < 300 else responses.ErrorBody
+        return ok(model.model_validate(reply.body), status=reply.status, headers=reply.headers)
     return handler
 
 
@@ -305,12 +299,18 @@ def _bus_handler(gw: "Gateway", op: CallOp):
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
-    r = app.router
-    r.add_post(f"{prefix}/calls/dispatch", dispatch)
-    r.add_get(f"{prefix}/calls/logs", list_logs)
-    r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
-    r.add_get(f"{prefix}/calls/live", live)
+    tag = "calls"
+    api_route(app, "POST", f"{prefix}/calls/dispatch", dispatch, "Place an outbound call", tag=tag,
+              body=models.Dispatch, response=responses.Dispatched, errors=(400, 401, 404, 409, 502, 503))
+    api_route(app, "GET", f"{prefix}/calls/logs", list_logs, "Call log", tag=tag, query=models.LogQuery,
+              response=responses.CallLogList, errors=(400, 401))
+    api_route(app, "GET", f"{prefix}/calls/logs/{{id}}", get_log, "One call with its events", tag=tag,
+              params=models.CallPath, response=responses.CallLogReply)
+    api_route(app, "GET", f"{prefix}/calls/live", live, "Live calls (of every live process)", tag=tag,
+              response=responses.LiveCalls, errors=(401,))
     gw: "Gateway" = app["gateway"]
     for op in CALL_OPS:
-        r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
+        api_route(app, "POST", f"{prefix}/calls/{{id}}/{op.name}", _route(op), op.summary, tag=tag,
+                  params=models.CallPath, body=op.body, body_required=False, response=op.response,
+                  errors=(400, 401, 404, 409, 502, 504))
         gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .. import safejson
+from .responses import ErrorBody
 
 if TYPE_CHECKING:
     from ..carrier import CarrierError
@@ -31,7 +32,7 @@ class ApiError(Exception):
 
 def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
     """The JSON of every API error (also what a forwarded call op answers with from the owning process)."""
-    return {"success": False, "error": message, "field": field, **extra}
+    return ErrorBody(error=message, field=field, **extra).model_dump(mode="json")
 
 
 def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:

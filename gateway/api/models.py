@@ -1,37 +1,52 @@
-"""Typed request bodies, validated with pydantic v2; the OpenAPI document takes their JSON schemas from the same
-classes (gateway/api/openapi.py), so what is documented is what is checked.
+"""Typed request bodies and query strings, validated with pydantic v2. The OpenAPI document takes its schemas from
+these same classes (gateway/api/routes.py registers each handler with the models it validates with), so what is
+documented is what is checked.
 
 `parse()` turns pydantic's errors into the API's error shape (`{success: false, error, field}`, 400, the field
-named as `a.b[0]`), the same as the hand-written checks in validation.py give.
+named as `a.b[0]`), the same as the checks in validation.py give. Field types reuse validation.py's converters
+(`to_int`, `to_bool`…) as before-validators, so a body field and a query parameter accept the same spellings and
+fail with the same words.
 """
 from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+from pydantic_core import CoreSchema
 
+from ..call import CallStatus
 from ..numbers import typed_e164
 from .errors import ApiError
-from .validation import MAX_INT
+from .validation import MAX_INT, MAX_PAGESIZE, to_bool, to_http_url, to_int, to_list, to_str
 
 M = TypeVar("M", bound=BaseModel)
+REF = "#/components/schemas/{model}"
 
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):      # pydantic's lax mode would read true as 1
-        raise ValueError("must be an integer")
-    return value
-
-
-Id = Annotated[int, Field(ge=1, le=MAX_INT), BeforeValidator(_not_bool)]
+#: constraints go before the converter (`Annotated[int, Field(ge=1), BeforeValidator(to_int)]`), else pydantic
+#: cannot show them as minimum/maximum in the schema
+Id = Annotated[int, Field(ge=1, le=MAX_INT), BeforeValidator(to_int)]
+Bool = Annotated[bool, BeforeValidator(to_bool)]
+Str = Annotated[str, BeforeValidator(to_str)]
 E164 = Annotated[str, Field(pattern=r"^\+[1-9]\d{6,14}$", examples=["+14155550100"]),
                  BeforeValidator(typed_e164)]
+HttpUrl = Annotated[str, Field(json_schema_extra={"format": "uri"}), BeforeValidator(to_http_url)]
+#: a list, or a comma-separated string (a form, a CLI flag)
+StrList = Annotated[list[Str], BeforeValidator(to_list)]
+E164List = Annotated[list[E164], BeforeValidator(to_list)]
+
+
+def text(max_len: int) -> Any:
+    """A stripped string of at most `max_len` characters (as a before-validator, so the words match as_str's)."""
+    return BeforeValidator(lambda v: to_str(v, max_len))
 
 
 class Body(BaseModel):
+    """A request body or query string: unknown fields are refused (a typo must not be silently ignored)."""
     model_config = ConfigDict(extra="forbid")
 
 
+# -- request bodies ----------------------------------------------------------------------------------------------
 class Dispatch(Body):
     """POST /calls/dispatch."""
     agent_id: Id
@@ -56,6 +71,48 @@ class Transfer(Body):
     number: E164 | None = Field(None, description="default: the agent's first static transfer option")
 
 
+class Drain(Body):
+    """POST /nodes/{proc}/drain."""
+    timeout: Annotated[int, Field(ge=0), BeforeValidator(to_int)] | None = Field(
+        None, description="seconds; default the process's --drain-timeout")
+
+
+# -- query strings -----------------------------------------------------------------------------------------------
+class Page(Body):
+    pageno: Annotated[int, Field(ge=1, le=10**9), BeforeValidator(to_int)] = 1
+    pagesize: Annotated[int, Field(ge=1, le=MAX_PAGESIZE), BeforeValidator(to_int)] = 20
+
+
+class NumberQuery(Page):
+    provider: Str | None = Field(None, description="only this provider's numbers")
+
+
+class LogQuery(Page):
+    agentid: Id | None = Field(None, description="only this agent's calls (also `agent_id`)")
+    agent_id: Id | None = None
+    call_status: CallStatus | None = None
+    carrier_sid: Annotated[str, text(128)] | None = None
+    bulk_call_id: Id | None = Field(None, description="calls dispatched with call_context.bulk_call_id = N")
+
+
+# -- path parameters ---------------------------------------------------------------------------------------------
+class IdPath(Body):
+    id: Id
+
+
+class CallPath(Body):
+    id: Annotated[str, Field(description="call log id or call uuid")]
+
+
+class ProviderPath(Body):
+    provider: Annotated[str, Field(description="a loaded carrier's provider (see Import_<provider>)")]
+
+
+class ProcPath(Body):
+    proc: Annotated[str, Field(description="process id (`<node>.<k>`) or node id")]
+
+
+# -- validation and schemas --------------------------------------------------------------------------------------
 def _field(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -63,28 +120,42 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _problem(err: dict[str, Any]) -> str:
+def _problem(model: type[BaseModel], err: dict[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "missing":
-        return "is required"
+        top = model.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
+        return "is required" + (f" ({top.description})" if top is not None and top.description else "")
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "value_error":
-        return msg.removeprefix("Value error, ")
-    return msg[:1].lower() + msg[1:]
+        return str(msg).removeprefix("Value error, ")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"must be one of {expected.replace(' or ', ', ')} (got {str(err.get('input'))[:40]!r})"
+    return str(msg)[:1].lower() + str(msg)[1:]
 
 
-def parse(model: type[M], body: dict[str, Any]) -> M:
-    """`body` as `model`, or the first problem as a 400 naming its field. Empty strings count as missing."""
-    body = {k: v for k, v in body.items() if not (isinstance(v, str) and not v.strip())}
+def parse(model: type[M], body: Any, *, context: dict[str, Any] | None = None) -> M:
+    """`body` (a dict, or a query/path mapping) as `model`, or the first problem as a 400 naming its field.
+    Empty strings count as missing."""
+    data = {k: v for k, v in dict(body).items() if not (isinstance(v, str) and not v.strip())}
     try:
-        return model.model_validate(body)
+        return model.model_validate(data, context=context)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         field = _field(err["loc"]) or "body"
-        raise ApiError(400, f"{field}: {_problem(err)}", field) from None
+        raise ApiError(400, f"{field}: {_problem(model, dict(err))}", field) from None
 
 
-def schemas(*models: type[BaseModel]) -> dict[str, Any]:
-    """The models' JSON schemas as OpenAPI components (pydantic emits JSON Schema 2020-12, OpenAPI 3.1's)."""
-    return {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}") for m in models}
+class Schema(GenerateJsonSchema):
+    """pydantic's JSON Schema (2020-12, OpenAPI 3.1's) without a title on every property: the property's name
+    says it."""
+
+    def field_title_should_be_set(self, schema: CoreSchema) -> bool:
+        return False
+
+
+def schema_of(model: type[BaseModel], mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+    """One model's schema as it appears in the document's components."""
+    return model.model_json_schema(ref_template=REF, schema_generator=Schema, mode=mode)
+

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..cluster.control import Reply
+from . import models, responses
 from .errors import ApiError, read_json
-from .validation import as_int, reject_unknown
+from .models import parse
+from .routes import api_route, ok
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -33,22 +35,18 @@ def supervisor_pid() -> int | None:
 async def drain(request: web.Request) -> web.Response:
     gw: "Gateway" = request.app["gateway"]
     proc = request.match_info["proc"]
-    body = await read_json(request)
-    reject_unknown(body, {"timeout"})
-    timeout = as_int(body["timeout"], "timeout", minimum=0) if body.get("timeout") is not None else None
+    timeout = parse(models.Drain, await read_json(request)).timeout
     s = gw.settings
     if proc == s.proc_id:
         gw.begin_drain(timeout)
-        return web.json_response({"success": True, "proc": proc, "state": "draining",
-                                  "live_calls": len(gw.calls.active)}, status=202)
+        return ok(responses.Draining(proc=proc, state="draining", live_calls=len(gw.calls.active)), status=202)
     sup = supervisor_pid()
     if proc == s.node_id and sup is not None:
         if timeout is not None:
             raise ApiError(400, "a node drain uses the node's --drain-timeout; send a timeout only to one "
                                 "process", "timeout")
         os.kill(sup, signal.SIGTERM)
-        return web.json_response({"success": True, "proc": proc, "state": "draining", "workers": s.workers},
-                                 status=202)
+        return ok(responses.Draining(proc=proc, state="draining", workers=s.workers), status=202)
     targets = [n["proc"] for n in await gw.store.list_nodes(s.stale_after) if n["alive"]
                and (n["proc"] == proc or n["node_id"] == proc)] if gw.control.clustered else []
     if not targets:
@@ -56,12 +54,12 @@ async def drain(request: web.Request) -> web.Response:
                        "proc")
     replies = await asyncio.gather(*(gw.control.request(t, "drain", {"timeout": timeout}) for t in targets))
     if len(targets) == 1 and replies[0] is not None:
-        return web.json_response(replies[0].body, status=replies[0].status, headers=replies[0].headers)
+        model = responses.Draining if replies[0].ok else responses.ErrorBody
+        return ok(model.model_validate(replies[0].body), status=replies[0].status, headers=replies[0].headers)
     silent = [t for t, r in zip(targets, replies) if r is None or not r.ok]
     if silent:
         raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
-    return web.json_response({"success": True, "proc": proc, "state": "draining", "processes": targets},
-                             status=202)
+    return ok(responses.Draining(proc=proc, state="draining", processes=targets), status=202)
 
 
 def _drain_handler(gw: "Gateway"):
@@ -74,6 +72,9 @@ def _drain_handler(gw: "Gateway"):
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
-    app.router.add_post(f"{prefix}/nodes/{{proc}}/drain", drain)
+    api_route(app, "POST", f"{prefix}/nodes/{{proc}}/drain", drain, "Drain a process (`<node>.<k>`) or, under "
+              "`serve --workers N`, its whole node: new calls refused, live calls go on up to the drain timeout, "
+              "then the process exits (docs/deploy.md)", tag="nodes", params=models.ProcPath, body=models.Drain,
+              body_required=False, response=responses.Draining, status=202, errors=(400, 401, 404, 504))
     gw: "Gateway" = app["gateway"]
     gw.control.handle("drain", _drain_handler(gw))

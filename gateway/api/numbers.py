@@ -6,18 +6,20 @@ the store's `secrets` column and come back only as "****".
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from ..carrier import Carrier, CarrierError
 from ..store.store import DuplicateError, NotFoundError
-from . import models
+from . import models, responses
 from .errors import ApiError, carrier_api_error, read_json
+from .import_models import import_model
 from .models import parse
-from .validation import as_int, bad, import_body, pagination, reject_unknown
+from .routes import api_route, ok
+from .validation import bad
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -106,16 +108,23 @@ def flatten(carrier: Carrier, row: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def import_bodies(gw: "Gateway") -> list[type[BaseModel]]:
+    """The import body of every provider (the document's `oneOf`)."""
+    return [import_model(p, carrier_or_404(gw, p).import_fields) for p in providers(gw)]
+
+
+def patch_bodies(gw: "Gateway") -> list[type[BaseModel]]:
+    return [import_model(p, carrier_or_404(gw, p).import_fields, partial=True) for p in providers(gw)]
+
+
 async def _checked_import(request: web.Request, provider: str) -> tuple[Carrier, dict[str, Any], int | None]:
     gw = gw_of(request)
     carrier = carrier_or_404(gw, provider)
-    body = await read_json(request)
-    agent_id = None
-    if body.get("agent_id") is not None:
-        agent_id = as_int(body["agent_id"], "agent_id", minimum=1)
-        if await gw.store.get_agent(agent_id) is None:
-            raise bad("agent_id", f"agent {agent_id} not found", 404)
-    fields = import_body(carrier.import_fields, body, {"agent_id": agent_id})
+    body = {k: v for k, v in (await read_json(request)).items() if v is not None}   # null: the default
+    fields = parse(import_model(provider, carrier.import_fields), body).model_dump()
+    agent_id = fields.pop("agent_id")
+    if agent_id is not None and await gw.store.get_agent(agent_id) is None:
+        raise bad("agent_id", f"agent {agent_id} not found", 404)
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
     for f in carrier.import_fields:
@@ -183,8 +192,8 @@ async def import_number(request: web.Request) -> web.Response:
     log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
                                              "carrier": carrier.name})
     full = await gw.store.get_number(row["id"], with_secrets=True)
-    return web.json_response({"success": True, "message": f"phone number {full['phone_number']} imported",
-                              "id": row["id"], "phone_number": number_json(gw, full)}, status=201)
+    return ok(responses.Imported(message=f"phone number {full['phone_number']} imported", id=row["id"],
+                                 phone_number=number_json(gw, full)), status=201)
 
 
 async def update_number(request: web.Request) -> web.Response:
@@ -197,15 +206,17 @@ async def update_number(request: web.Request) -> web.Response:
     if carrier is None:
         raise bad("provider", f"no carrier for provider {old['provider']!r} is loaded on this gateway", 409)
     body = await read_json(request)
+    parse(import_model(old["provider"], carrier.import_fields, partial=True), body)   # types, unknown fields
     declared = {f.name: f for f in carrier.import_fields}
-    reject_unknown(body, set(declared))
     current = flatten(carrier, old)
     merged = {name: current.get(name) for name in declared}
     for name, value in body.items():
         if declared[name].secret and value == MASK:
             continue  # "****" as shown by GET: keep the stored secret
         merged[name] = value
-    fields = import_body(carrier.import_fields, merged, {})
+    merged = {k: v for k, v in merged.items() if v is not None}
+    fields = parse(import_model(old["provider"], carrier.import_fields), merged).model_dump()
+    fields.pop("agent_id")
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
     await _check_unique(gw, carrier, old["provider"], fields[carrier.number_field], fields.get("sip_trunk_name"),
@@ -230,7 +241,7 @@ async def update_number(request: web.Request) -> web.Response:
         raise
     log.info("phone number updated", extra={"number_id": number_id, "carrier": carrier.name,
                                             "fields": sorted(body)})
-    return web.json_response({"success": True, "phone_number": number_json(gw, new)})
+    return ok(responses.PhoneNumberReply(phone_number=number_json(gw, new)))
 
 
 async def _safe_hook(hook, number: dict[str, Any], number_id: int, carrier: Carrier) -> None:
@@ -243,32 +254,30 @@ async def _safe_hook(hook, number: dict[str, Any], number_id: int, carrier: Carr
 async def test_before_import(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     carrier, fields, _ = await _checked_import(request, provider)
-    return await _run_test(carrier, fields, {"provider": provider})
+    return await _run_test(carrier, fields, provider)
 
 
-async def _run_test(carrier: Carrier, fields: dict[str, Any], about: dict[str, Any]) -> web.Response:
+async def _run_test(carrier: Carrier, fields: dict[str, Any], provider: str,
+                    number_id: int | None = None) -> web.Response:
     secrets = _secrets(carrier, fields)
     try:
         report = await carrier.test_connection(dict(fields))
     except CarrierError as e:
         raise _carrier_error(e, secrets) from None
-    # a carrier's report may hold non-JSON values (datetimes, enums): render them as strings
-    return web.json_response({"success": True, **about, "report": scrub(report, secrets)},
-                             dumps=lambda o: json.dumps(o, default=str))
+    about = {"phone_number_id": number_id} if number_id is not None else {}
+    return ok(responses.TestReport(provider=provider, **about, report=scrub(report, secrets)))
 
 
 async def list_numbers(request: web.Request) -> web.Response:
     gw = gw_of(request)
-    reject_unknown(dict(request.query), {"pageno", "pagesize", "provider"})
-    pageno, pagesize = pagination(request.query)
-    provider = request.query.get("provider") or None
-    rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
-    return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
-                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r) for r in rows]})
+    q = parse(models.NumberQuery, request.query)
+    rows, total = await gw.store.list_numbers(q.pageno, q.pagesize, provider=q.provider, with_secrets=True)
+    return ok(responses.PhoneNumberList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
+                                        phone_numbers=[number_json(gw, r) for r in rows]))
 
 
 def _number_id(request: web.Request) -> int:
-    return as_int(request.match_info["id"], "id", minimum=1)
+    return parse(models.IdPath, request.match_info).id
 
 
 async def _number_or_404(gw: "Gateway", number_id: int, field: str = "id") -> dict[str, Any]:
@@ -281,7 +290,7 @@ async def _number_or_404(gw: "Gateway", number_id: int, field: str = "id") -> di
 async def get_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
     row = await _number_or_404(gw, _number_id(request))
-    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+    return ok(responses.PhoneNumberReply(phone_number=number_json(gw, row)))
 
 
 async def attach(request: web.Request) -> web.Response:
@@ -293,9 +302,8 @@ async def attach(request: web.Request) -> web.Response:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
     await gw.store.update_number(number_id, agent_id=agent_id)
     row = await gw.store.get_number(number_id, with_secrets=True)
-    return web.json_response({"success": True, "phone_number_id": number_id,
-                              "message": f"phone number {number_id} attached to agent {agent_id}",
-                              "phone_number": number_json(gw, row)})
+    return ok(responses.Attached(phone_number_id=number_id, message=f"phone number {number_id} attached to agent "
+                                                                    f"{agent_id}", phone_number=number_json(gw, row)))
 
 
 async def detach(request: web.Request) -> web.Response:
@@ -304,9 +312,8 @@ async def detach(request: web.Request) -> web.Response:
     await _number_or_404(gw, number_id, "phone_number_id")
     await gw.store.update_number(number_id, agent_id=None)
     row = await gw.store.get_number(number_id, with_secrets=True)
-    return web.json_response({"success": True, "phone_number_id": number_id,
-                              "message": f"phone number {number_id} detached",
-                              "phone_number": number_json(gw, row)})
+    return ok(responses.Attached(phone_number_id=number_id, message=f"phone number {number_id} detached",
+                                 phone_number=number_json(gw, row)))
 
 
 async def delete_number(request: web.Request) -> web.Response:
@@ -320,7 +327,7 @@ async def delete_number(request: web.Request) -> web.Response:
     carrier = gw.carrier_for(row["provider"])
     if carrier is not None:
         await _safe_hook(carrier.on_number_deleted, row, number_id, carrier)
-    return web.json_response({"success": True, "deleted": number_id})
+    return ok(responses.Deleted(deleted=number_id))
 
 
 async def test_number(request: web.Request) -> web.Response:
@@ -330,18 +337,29 @@ async def test_number(request: web.Request) -> web.Response:
     carrier = gw.carrier_for(row["provider"])
     if carrier is None:
         raise bad("provider", f"no carrier for provider {row['provider']!r} is loaded on this gateway", 409)
-    return await _run_test(carrier, flatten(carrier, row), {"phone_number_id": number_id,
-                                                           "provider": row["provider"]})
+    return await _run_test(carrier, flatten(carrier, row), row["provider"], number_id)
 
 
 def add_routes(app: web.Application, prefix: str) -> None:
-    r = app.router
-    r.add_post(f"{prefix}/phone_number/import/{{provider}}", import_number)
-    r.add_post(f"{prefix}/phone_number/test/{{provider}}", test_before_import)
-    r.add_get(f"{prefix}/phone_number/list", list_numbers)
-    r.add_post(f"{prefix}/phone_number/attach", attach)
-    r.add_post(f"{prefix}/phone_number/detach", detach)
-    r.add_get(f"{prefix}/phone_number/{{id}}", get_number)
-    r.add_patch(f"{prefix}/phone_number/{{id}}", update_number)
-    r.add_delete(f"{prefix}/phone_number/{{id}}", delete_number)
-    r.add_post(f"{prefix}/phone_number/{{id}}/test", test_number)
+    tag, p, one = "phone numbers", f"{prefix}/phone_number", models.IdPath
+    api_route(app, "POST", f"{p}/import/{{provider}}", import_number, "Import a phone number / trunk (body per "
+              "provider: see Import_<provider>)", tag=tag, params=models.ProviderPath, body=import_bodies,
+              response=responses.Imported, status=201, errors=(400, 401, 404, 409, 502))
+    api_route(app, "POST", f"{p}/test/{{provider}}", test_before_import, "Test a trunk / account before "
+              "importing it (same body as import)", tag=tag, params=models.ProviderPath, body=import_bodies,
+              response=responses.TestReport, errors=(400, 401, 404, 502))
+    api_route(app, "GET", f"{p}/list", list_numbers, "List phone numbers", tag=tag, query=models.NumberQuery,
+              response=responses.PhoneNumberList, errors=(400, 401))
+    api_route(app, "POST", f"{p}/attach", attach, "Attach a phone number to an agent", tag=tag,
+              body=models.Attach, response=responses.Attached)
+    api_route(app, "POST", f"{p}/detach", detach, "Detach a phone number from its agent", tag=tag,
+              body=models.Detach, response=responses.Attached)
+    api_route(app, "GET", f"{p}/{{id}}", get_number, "Show a phone number", tag=tag, params=one,
+              response=responses.PhoneNumberReply)
+    api_route(app, "PATCH", f"{p}/{{id}}", update_number, "Change some import fields of a number (\"****\" "
+              "keeps a secret); checked like an import (body per provider: see ImportPatch_<provider>)", tag=tag,
+              params=one, body=patch_bodies, response=responses.PhoneNumberReply, errors=(400, 401, 404, 409, 502))
+    api_route(app, "DELETE", f"{p}/{{id}}", delete_number, "Delete a phone number", tag=tag, params=one,
+              response=responses.Deleted)
+    api_route(app, "POST", f"{p}/{{id}}/test", test_number, "Test an imported trunk / account", tag=tag,
+              params=one, response=responses.TestReport, errors=(400, 401, 404, 409, 502))

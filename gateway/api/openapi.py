@@ -1,229 +1,129 @@
-"""The OpenAPI 3.1 document served at /api/v1/openapi.json, written as data.
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json, built by walking the aiohttp router: each route's
+registration (gateway/api/routes.py `api_route`) names the pydantic models its handler validates with and answers
+with, and their JSON schemas (pydantic emits JSON Schema 2020-12, OpenAPI 3.1's dialect) are the document's.
 
-Import and test bodies are derived from the loaded carriers' `import_fields`, so a new carrier shows up in the
-document with no edit here. A test checks that every registered /api/v1 route is described.
+Import bodies are the models built from the loaded carriers' `import_fields` (gateway/api/import_models.py), so a
+new carrier shows up with no edit here. A route registered without `api_route` is missing from the document, and
+the test that walks the router fails.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
-from ..carrier import ImportField
-from . import models
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from .models import REF, Schema
 from .numbers import providers
-from .validation import MAX_PAGESIZE
+from .responses import ErrorBody
+from .routes import Endpoint, bodies, endpoints
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
-PREFIX = "/api/v1"
-_KIND = {str: "string", int: "integer", bool: "boolean", list: "array"}
+ERRORS = {400: "Invalid input", 401: "Missing or wrong API key", 404: "Not found", 409: "Conflict",
+          502: "Carrier error", 503: "At capacity", 504: "No answer in time"}
+_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _content(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"content": {media: {"schema": schema}}}
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _parameters(schema: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A query or path model's fields as OpenAPI parameters."""
+    required = set(schema.get("required", ()))
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        if "anyOf" in prop:                   # `X | None` in a query: absent is the null
+            kinds = [k for k in prop.pop("anyOf") if k != {"type": "null"}]
+            prop.update(kinds[0] if len(kinds) == 1 else {"anyOf": kinds})
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        p: dict[str, Any] = {"name": name, "in": where, "required": where == "path" or name in required,
+                             "schema": prop}
+        if description:
+            p["description"] = description
+        out.append(p)
+    return out
 
 
-def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None, required: bool | None = None,
-           description: str = "") -> dict[str, Any]:
-    p = {"name": name, "in": where, "required": where == "path" if required is None else required,
-         "schema": schema or {"type": "string"}}
-    if description:
-        p["description"] = description
-    return p
+class _Models:
+    """Every model the document names, resolved to `$ref`s into one components section."""
+
+    def __init__(self) -> None:
+        self.wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+
+    def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        if (model, mode) not in self.wanted:
+            self.wanted.append((model, mode))
+        return {"$ref": (model, mode)}        # replaced by the real reference in `resolve`
+
+    def resolve(self, doc: Any, refs: dict[Any, dict[str, Any]]) -> Any:
+        if isinstance(doc, dict):
+            if set(doc) == {"$ref"} and isinstance(doc["$ref"], tuple):
+                return refs[doc["$ref"]]
+            return {k: self.resolve(v, refs) for k, v in doc.items()}
+        if isinstance(doc, list):
+            return [self.resolve(v, refs) for v in doc]
+        return doc
 
 
-def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict] | None = None,
-        ok: dict[str, Any] | None = None, status: str = "200", errors: tuple[int, ...] = (400, 401, 404)
-        ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag],
-                          "responses": {status: _json(ok or _ref("Success"))}}
-    for code in errors:
-        op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
-                                                          404: "Not found", 409: "Conflict",
-                                                          502: "Carrier error", 503: "At capacity"}[code])
+def _operation(e: Endpoint, gw: "Gateway", models: _Models) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": e.summary, "tags": [e.tag], "responses": {}}
+    ok = models.ref(e.response, "serialization") if e.response is not None else {"type": "string"}
+    op["responses"][str(e.status)] = {"description": "OK", **_content(ok, e.content_type)}
+    for status, model, description in e.also:
+        op["responses"][str(status)] = {"description": description, **_content(models.ref(model, "serialization"))}
+    for status in e.errors:
+        op["responses"][str(status)] = {"description": ERRORS[status],
+                                        **_content(models.ref(ErrorBody, "serialization"))}
+    params: list[dict[str, Any]] = []
+    if e.params is not None:
+        params += _parameters(e.params.model_json_schema(schema_generator=Schema), "path")
+    if e.query is not None:
+        params += _parameters(e.query.model_json_schema(schema_generator=Schema), "query")
     if params:
         op["parameters"] = params
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    body = bodies(e, gw)
+    if body:
+        refs = [models.ref(m, "validation") for m in body]
+        op["requestBody"] = {"required": e.body_required,
+                             **_content(refs[0] if len(refs) == 1 else {"oneOf": refs})}
+    if not e.auth:
+        op["security"] = []
     return op
 
 
-def field_schema(f: ImportField) -> dict[str, Any]:
-    s: dict[str, Any] = {"type": _KIND.get(f.kind, "string")}
-    if f.kind is list:
-        s["items"] = {"type": "string"}
-    if f.e164:
-        s["pattern"] = r"^\+[1-9]\d{6,14}$"
-    if f.choices:
-        s["enum"] = list(f.choices)
-    if f.default is not None:
-        s["default"] = f.default
-    if f.secret:
-        s["writeOnly"] = True
-        s["format"] = "password"
-    if f.help:
-        s["description"] = f.help
-    return s
+def _path_params(path: str, e: Endpoint | None) -> None:
+    named = set(_PARAM.findall(path))
+    given = set((e.params.model_fields if e is not None and e.params is not None else {}))
+    if named != given:
+        raise ValueError(f"{path}: path parameters {sorted(named)} but `params` model has {sorted(given)}")
 
 
-def import_schema(fields: tuple[ImportField, ...]) -> dict[str, Any]:
-    props = {f.name: field_schema(f) for f in fields}
-    props["agent_id"] = {"type": "integer", "description": "attach the number to this agent"}
-    return {"type": "object", "additionalProperties": False, "properties": props,
-            "required": [f.name for f in fields if f.required]}
-
-
-PAGE = [_param("pageno", "query", {"type": "integer", "minimum": 1, "default": 1}),
-        _param("pagesize", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGESIZE, "default": 20})]
-
-
-def _schemas(gw: "Gateway") -> dict[str, Any]:
-    transfer = {"type": "object", "properties": {
-        "number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
-        "backup_numbers": {"type": "array", "items": {"type": "string"}},
-        "type": {"type": "string", "enum": ["static", "dynamic"]},
-        "transfer_condition": {"type": "string"}, "transfer_message": {"type": "string"}}}
-    schemas: dict[str, Any] = {
-        "Error": {"type": "object", "required": ["success", "error"], "properties": {
-            "success": {"const": False}, "error": {"type": "string"}, "field": {"type": ["string", "null"]}}},
-        "Success": {"type": "object", "properties": {"success": {"const": True}}},
-        "PhoneNumber": {"type": "object", "properties": {
-            "id": {"type": "integer"}, "phone_number": {"type": "string"}, "provider": {"type": "string"},
-            "name": {"type": ["string", "null"]}, "sip_trunk_name": {"type": ["string", "null"]},
-            "agent_id": {"type": ["integer", "null"]}, "status": {"type": "object"},
-            "config": {"type": "object", "description": "carrier settings; secret fields show \"****\" when set"},
-            "created_at": {"type": "string", "format": "date-time"}}},
-        "PhoneNumberResponse": {"type": "object", "properties": {"success": {"const": True},
-                                                                 "phone_number": _ref("PhoneNumber")}},
-        "PhoneNumberList": {"type": "object", "properties": {
-            "success": {"const": True}, "total": {"type": "integer"}, "pageno": {"type": "integer"},
-            "pagesize": {"type": "integer"}, "phone_numbers": {"type": "array", "items": _ref("PhoneNumber")}}},
-        "TestReport": {"type": "object", "properties": {"success": {"const": True}, "report": {
-            "type": "object", "description": "the carrier's verdict per step"}}},
-        "AgentInput": {"type": "object", "additionalProperties": False, "required": ["name"], "properties": {
-            "name": {"type": "string"},
-            "engine": {"type": "string", "description": "echo | greeting | ws://… | wss://…"},
-            "webhook_url": {"type": "string", "format": "uri"},
-            "settings": {"type": "object", "properties": {
-                "transfer": transfer,
-                "end_call": {"type": "object", "properties": {"enabled": {"type": "boolean"},
-                                                              "phrases": {"type": "array",
-                                                                          "items": {"type": "string"}}}},
-                "voicemail": {"type": "object", "properties": {"enabled": {"type": "boolean"},
-                                                               "message": {"type": "string"}}},
-                "webhook": {"type": "object", "properties": {"secret": {
-                    "type": ["string", "null"], "minLength": 16, "maxLength": 200, "writeOnly": True,
-                    "description": "signs each delivery (X-Gateway-Signature); shown as \"****\""}}},
-                "amd": {"type": "object", "properties": {"enabled": {"type": "boolean"},
-                                                         "provider": {"type": "string",
-                                                                      "enum": ["gateway", "twilio"]}}}}}}},
-        "Agent": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
-                                                   "engine": {"type": ["string", "null"]},
-                                                   "webhook_url": {"type": ["string", "null"]},
-                                                   "settings": {"type": "object"},
-                                                   "created_at": {"type": "string"}}},
-        "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
-        # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer),
-        "Dispatched": {"type": "object", "properties": {
-            "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
-            "call_id": {"type": "string"}}},
-        "CallLog": {"type": "object", "properties": {k: {"type": t} for k, t in {
-            "id": "integer", "call_uuid": "string", "call_direction": "string", "from_number": "string",
-            "to_number": "string", "call_status": "string", "call_duration": "string",
-            "call_duration_in_seconds": "number", "is_call_transfer": "boolean", "amd_detected": "boolean",
-            "amd_answered_by": ["string", "null"], "amd_duration": ["number", "null"], "is_voicemail": "boolean",
-            "voicemail_type": ["string", "null"], "is_fax": "boolean", "hangup_source": ["string", "null"],
-            "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
-            "channel_type": "string", "timing": ["object", "null"]}.items()}},
-    }
-    for provider in providers(gw):
-        carrier = gw.carrier_for(provider)
-        schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
-    return schemas
-
-
-def build(gw: "Gateway") -> dict[str, Any]:
-    schemas = _schemas(gw)
-    names = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
-    import_body = {"oneOf": [_ref(f"Import_{p}") for p in names]} if names else {"type": "object"}
-    pid = _param("provider", schema={"type": "string", "enum": names} if names else None)
-    nid = _param("id", schema={"type": "integer"})
-    aid = _param("id", schema={"type": "integer"})
-    cid = _param("id", description="call log id or call uuid")
-    p = PREFIX
-    paths: dict[str, Any] = {
-        f"{p}/openapi.json": {"get": _op("This document", tag="meta", ok={"type": "object"}, errors=(401,))},
-        f"{p}/phone_number/import/{{provider}}": {"post": _op(
-            "Import a phone number / trunk (body per provider: see Import_<provider>)", tag="phone numbers",
-            params=[pid], body=import_body, ok=_ref("PhoneNumberResponse"), status="201",
-            errors=(400, 401, 404, 409, 502))},
-        f"{p}/phone_number/test/{{provider}}": {"post": _op(
-            "Test a trunk / account before importing it (same body as import)", tag="phone numbers",
-            params=[pid], body=import_body, ok=_ref("TestReport"), errors=(400, 401, 404, 502))},
-        f"{p}/phone_number/list": {"get": _op(
-            "List phone numbers", tag="phone numbers", ok=_ref("PhoneNumberList"),
-            params=PAGE + [_param("provider", "query")], errors=(400, 401))},
-        f"{p}/phone_number/attach": {"post": _op(
-            "Attach a phone number to an agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
-            body=_ref("Attach"))},
-        f"{p}/phone_number/detach": {"post": _op(
-            "Detach a phone number from its agent", tag="phone numbers", ok=_ref("PhoneNumberResponse"),
-            body=_ref("Detach"))},
-        f"{p}/phone_number/{{id}}": {
-            "get": _op("Show a phone number", tag="phone numbers", params=[nid], ok=_ref("PhoneNumberResponse")),
-            "patch": _op("Change some import fields of a number (\"****\" keeps a secret); checked like an import",
-                         tag="phone numbers", params=[nid], body={"type": "object"}, ok=_ref("PhoneNumberResponse"),
-                         errors=(400, 401, 404, 409, 502)),
-            "delete": _op("Delete a phone number", tag="phone numbers", params=[nid])},
-        f"{p}/phone_number/{{id}}/test": {"post": _op(
-            "Test an imported trunk / account", tag="phone numbers", params=[nid], ok=_ref("TestReport"),
-            errors=(400, 401, 404, 409, 502))},
-        f"{p}/agents": {
-            "post": _op("Create an agent", tag="agents", body=_ref("AgentInput"), ok=_ref("AgentResponse"),
-                        status="201", errors=(400, 401)),
-            "get": _op("List agents", tag="agents", params=PAGE, errors=(400, 401))},
-        f"{p}/agents/{{id}}": {
-            "get": _op("Show an agent", tag="agents", params=[aid], ok=_ref("AgentResponse")),
-            "put": _op("Replace an agent", tag="agents", params=[aid], body=_ref("AgentInput"),
-                       ok=_ref("AgentResponse")),
-            "patch": _op("Update some fields of an agent (settings merged per section)", tag="agents",
-                         params=[aid], body={"type": "object"}, ok=_ref("AgentResponse")),
-            "delete": _op("Delete an agent (its numbers are detached)", tag="agents", params=[aid])},
-        f"{p}/calls/dispatch": {"post": _op(
-            "Place an outbound call", tag="calls", body=_ref("Dispatch"), ok=_ref("Dispatched"),
-            errors=(400, 401, 404, 409, 502, 503))},
-        f"{p}/calls/logs": {"get": _op(
-            "Call log", tag="calls", errors=(400, 401), params=PAGE + [
-                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query"),
-                _param("carrier_sid", "query")],
-            ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
-                                                 "call_log_data": {"type": "array", "items": _ref("CallLog")}}})},
-        f"{p}/calls/logs/{{id}}": {"get": _op(
-            "One call with its events", tag="calls", params=[cid],
-            ok={"type": "object", "properties": {"call_log": _ref("CallLog"),
-                                                 "events": {"type": "array", "items": {"type": "object"}}}})},
-        f"{p}/calls/live": {"get": _op("Live calls", tag="calls", errors=(401,))},
-        f"{p}/calls/{{id}}/hangup": {"post": _op("Hang up a live call", tag="calls", params=[cid])},
-        f"{p}/calls/{{id}}/transfer": {"post": _op(
-            "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
-            body=_ref("Transfer"), errors=(400, 401, 404, 409))},
-        f"{p}/nodes/{{proc}}/drain": {"post": _op(
-            "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
-            "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",
-            params=[_param("proc", description="process id or node id")], status="202",
-            body={"type": "object", "properties": {"timeout": {
-                "type": "integer", "minimum": 0, "description": "seconds; default the process's --drain-timeout"}}},
-            ok={"type": "object", "properties": {"success": {"const": True}, "proc": {"type": "string"},
-                                                 "state": {"const": "draining"}}})},
-    }
-    for carrier in gw.carriers.values():     # the /api/v1 routes carriers add themselves
-        for path, item in carrier.openapi_paths().items():
-            paths.setdefault(path, {}).update(item)
+def build(gw: "Gateway", app: web.Application) -> dict[str, Any]:
+    registered = endpoints(app)
+    models = _Models()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        e = registered.get((route.method, path))
+        if e is None:
+            continue       # not an API route (carrier webhooks, pages) or not registered: the router test says which
+        _path_params(path, e)
+        paths.setdefault(path, {})[route.method.lower()] = _operation(e, gw, models)
+    refs, top = models_json_schema(models.wanted, ref_template=REF, schema_generator=Schema)
+    names = providers(gw)
+    for item in paths.values():
+        for op in item.values():
+            for p in op.get("parameters", ()):
+                if p["name"] == "provider" and p["in"] == "path":
+                    p["schema"] = {"type": "string", "enum": names}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Telephony gateway API", "version": "1.0.0",
@@ -231,6 +131,7 @@ def build(gw: "Gateway") -> dict[str, Any]:
                                 "`Authorization: Bearer <api key>`. Errors: {success: false, error, field}."},
         "servers": [{"url": gw.settings.public_base}],
         "security": [{"bearer": []}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": schemas},
-        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": dict(top.get("$defs", {}))},
+        "paths": models.resolve(paths, refs),
     }

@@ -1,4 +1,5 @@
-"""Field checks shared by the API handlers; each failure is an ApiError naming the field and the problem."""
+"""Field converters shared by the API's models (gateway/api/models.py uses them as pydantic before-validators):
+each raises ValueError saying the problem, which the API answers as a 400 naming the field."""
 from __future__ import annotations
 
 import re
@@ -6,150 +7,78 @@ from typing import Any
 
 from yarl import URL
 
-from ..carrier import ImportField
-from ..numbers import typed_e164
 from .errors import ApiError
 
 MAX_PAGESIZE = 150
 #: larger integers than this overflow SQLite's 64-bit INTEGER; refuse them as input instead of failing with a 500
 MAX_INT = 2**62
 _INT = re.compile(r"^-?[0-9]{1,30}$")
-_MISSING = object()
 
 
 def bad(field: str, problem: str, status: int = 400) -> ApiError:
     return ApiError(status, f"{field}: {problem}", field)
 
 
-def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def to_int(value: Any) -> int:
+    """An integer from JSON or a query string ("5"); booleans are refused (lax parsing would read true as 1)."""
     if isinstance(value, bool):
-        raise bad(field, "must be an integer")
+        raise ValueError("must be an integer")
     if isinstance(value, str) and _INT.match(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int):
-        raise bad(field, "must be an integer")
+        raise ValueError("must be an integer")
     if abs(value) > MAX_INT:
-        raise bad(field, "is too large")
-    if minimum is not None and value < minimum:
-        raise bad(field, f"must be at least {minimum}")
-    if maximum is not None and value > maximum:
-        raise bad(field, f"must be at most {maximum}")
+        raise ValueError("is too large")
     return value
 
 
-def as_bool(value: Any, field: str) -> bool:
+def to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
         return value.strip().lower() in ("true", "1", "yes")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise bad(field, "must be true or false")
+    raise ValueError("must be true or false")
 
 
-def as_str(value: Any, field: str, *, max_len: int = 1000) -> str:
+def to_str(value: Any, max_len: int = 1000) -> str:
     if not isinstance(value, str):
-        raise bad(field, "must be a string")
+        raise ValueError("must be a string")
     value = value.strip()
     if len(value) > max_len:
-        raise bad(field, f"must be at most {max_len} characters")
+        raise ValueError(f"must be at most {max_len} characters")
     return value
 
 
-def as_list(value: Any, field: str) -> list[Any]:
+def to_list(value: Any) -> list[Any]:
+    """A JSON list, or a comma-separated string (what a form or a CLI flag sends)."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list):
-        raise bad(field, "must be a list")
+        raise ValueError("must be a list")
     return value
 
 
-def as_e164(value: Any, field: str) -> str:
-    """A number a person typed, with its + (numbers.typed_e164); what carriers send is normalised elsewhere."""
-    try:
-        return typed_e164(value)
-    except ValueError as e:
-        raise bad(field, str(e)) from None
-
-
-def as_http_url(value: Any, field: str) -> str:
-    value = as_str(value, field, max_len=1000)
+def to_http_url(value: Any) -> str:
+    value = to_str(value, max_len=1000)
     try:
         url = URL(value)
     except ValueError:
-        raise bad(field, f"{value!r} is not a URL") from None
+        raise ValueError(f"{value!r} is not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise bad(field, "must be an http:// or https:// URL with a host")
+        raise ValueError("must be an http:// or https:// URL with a host")
     return value
 
 
-def as_object(value: Any, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise bad(field, "must be a JSON object")
+def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`to_int` for a value outside a model (a path segment), failing as a 400 naming `field`."""
+    try:
+        value = to_int(value)
+    except ValueError as e:
+        raise bad(field, str(e)) from None
+    if minimum is not None and value < minimum:
+        raise bad(field, f"must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise bad(field, f"must be at most {maximum}")
     return value
-
-
-def required(body: dict[str, Any], name: str, field: str | None = None) -> Any:
-    value = body.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise bad(field or name, "is required")
-    return value
-
-
-def reject_unknown(body: dict[str, Any], allowed: set[str] | list[str], where: str = "") -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        f = unknown[0]
-        raise bad(f"{where}{f}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-
-def pagination(query: Any) -> tuple[int, int]:
-    pageno = as_int(query.get("pageno", "1"), "pageno", minimum=1, maximum=10**9)
-    pagesize = as_int(query.get("pagesize", "20"), "pagesize", minimum=1, maximum=MAX_PAGESIZE)
-    return pageno, pagesize
-
-
-def import_body(fields: tuple[ImportField, ...], body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Check a phone-number import body against a carrier's declared fields.
-
-    `extra` maps generic fields every provider accepts (agent_id) to their already-checked values. Returns every
-    declared field (defaults filled in), typed and normalised.
-    """
-    declared = {f.name: f for f in fields}
-    reject_unknown(body, set(declared) | set(extra))
-    out: dict[str, Any] = {}
-    for f in fields:
-        value = body.get(f.name, _MISSING)
-        if value is _MISSING or value is None or (isinstance(value, str) and not value.strip()):
-            if f.required:
-                raise bad(f.name, "is required" + (f" ({f.help})" if f.help else ""))
-            out[f.name] = f.default
-            continue
-        out[f.name] = _convert(f, value)
-    return out
-
-
-def _convert(f: ImportField, value: Any) -> Any:
-    if f.kind is bool:
-        v: Any = as_bool(value, f.name)
-    elif f.kind is int:
-        v = as_int(value, f.name)
-    elif f.kind is list:
-        v = as_list(value, f.name)
-        if not all(isinstance(x, (str, int, float)) for x in v):
-            raise bad(f.name, "must be a list of strings")
-        if f.e164:
-            v = [as_e164(x, f"{f.name}[{i}]") for i, x in enumerate(v)]
-    else:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and f.e164:
-            value = str(value)
-        if f.secret and isinstance(value, str):
-            v = value  # a password may start or end with a space: keep it byte for byte
-        else:
-            v = as_str(value, f.name)
-        if f.e164:
-            v = as_e164(v, f.name)
-    if f.choices and v not in f.choices:
-        got = "" if f.secret else f" (got {v!r})"
-        raise bad(f.name, f"must be one of {', '.join(map(str, f.choices))}{got}")
-    return v
