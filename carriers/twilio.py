@@ -149,6 +149,9 @@ def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: 
 class TwilioLeg:
     """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
 
+    #: a transfer's text message is said by Twilio itself (<Say> before <Dial>), in its own voice
+    says_text = True
+
     def __init__(self, carrier: "TwilioCarrier", call: Call, creds: TwilioCreds) -> None:
         self.carrier = carrier
         self.call = call

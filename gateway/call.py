@@ -272,27 +272,43 @@ class Call:
 
     async def _before_transfer(self, req: TransferRequest) -> TransferRequest | None:
         """The transfer_message before the transfer: a WAV is played here; text goes to an engine that speaks
-        (None: wait for its transfer, bounded by SAY_TIMEOUT); else it stays on the request for carriers that can
-        speak it themselves (Twilio <Say>)."""
+        (None: wait for its transfer, bounded by SAY_TIMEOUT), else to a carrier leg that says text itself
+        (`says_text`, Twilio's <Say>), else it is spoken here by the offline synthesizer (gateway/speech.py) and
+        played, so the caller hears it on every carrier."""
         message = (req.message or "").strip()
         if message.lower().split("?", 1)[0].endswith(".wav"):
-            from .amd.wav import WavError, load_message
-            from .wavfetch import fetch_wav, is_wav_url
-            try:
-                rate = self.bus.engine_rate
-                pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
-                       if is_wav_url(message) else load_message(message, rate))
-            except WavError as e:
-                self.log.error("transfer message not played: %s", e)
-            else:
-                await self.bus.play(pcm)
+            await self._play_message(message)
             return TransferRequest(req.number, req.backup_numbers, None)
-        if not getattr(self._engine, "speaks_text", False):
+        if getattr(self._engine, "speaks_text", False):
+            self._say_pending = req
+            self.feed_event(SayThenTransfer(message, req.number))
+            asyncio.get_running_loop().call_later(SAY_TIMEOUT, self._say_timed_out, req)
+            return None
+        if getattr(self.leg, "says_text", False):
             return req
-        self._say_pending = req
-        self.feed_event(SayThenTransfer(message, req.number))
-        asyncio.get_running_loop().call_later(SAY_TIMEOUT, self._say_timed_out, req)
-        return None
+        if await self._play_message(message):
+            return TransferRequest(req.number, req.backup_numbers, None)
+        return req
+
+    async def _play_message(self, message: str) -> bool:
+        """Play a WAV (path or URL) or text spoken by the synthesizer; False when it could not be made."""
+        from .amd.wav import WavError, load_message
+        from .speech import AudioError, synthesize
+        from .wavfetch import fetch_wav, is_wav_url
+        assert self.bus is not None
+        rate = self.bus.engine_rate
+        try:
+            if not message.lower().split("?", 1)[0].endswith(".wav"):
+                pcm = await synthesize(message, rate)
+            elif is_wav_url(message):
+                pcm = await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
+            else:
+                pcm = load_message(message, rate)
+        except (WavError, AudioError) as e:
+            self.log.error("transfer message not played: %s", e)
+            return False
+        await self.bus.play(pcm)
+        return True
 
     def _say_timed_out(self, req: TransferRequest) -> None:
         if self._say_pending is req and not self.ended.is_set():

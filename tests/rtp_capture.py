@@ -34,14 +34,25 @@ def can_capture() -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class SipRequest:
+    at: float            # time.monotonic() when captured, on the packets' time line
+    dst_port: int
+    method: str
+
+
 class LoopbackRtpCapture:
     """`with LoopbackRtpCapture(ports) as cap:` … `cap.packets` holds RTP datagrams whose source or destination port
     is in `ports` (a container, e.g. a range), captured on `lo` by a background thread until the block ends.
-    Other processes on the machine may use the same ports: pick the stream out by its SSRC and port pair."""
+    Other processes on the machine may use the same ports: pick the stream out by its SSRC and port pair.
+    `sip_ports`: SIP requests sent over UDP to these ports go to `cap.requests` (method and time), so a test can
+    say what audio went out before, e.g., a REFER."""
 
-    def __init__(self, ports) -> None:
+    def __init__(self, ports, sip_ports=()) -> None:
         self.ports = ports
+        self.sip_ports = sip_ports
         self.packets: list[RtpPacket] = []
+        self.requests: list[SipRequest] = []
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self._sock.bind(("lo", 0))
@@ -74,6 +85,11 @@ class LoopbackRtpCapture:
             if ip[9] != 17:                     # UDP
                 continue
             src, dst = struct.unpack("!HH", ip[ihl:ihl + 4])
+            if dst in self.sip_ports and pkttype == socket.PACKET_HOST:   # each datagram once: as received
+                method = ip[ihl + 8:ihl + 8 + 16].split(b" ", 1)[0]
+                if method.isalpha() and method.isupper():
+                    self.requests.append(SipRequest(now, dst, method.decode()))
+                continue
             if src not in self.ports and dst not in self.ports:
                 continue
             rtp = ip[ihl + 8:]

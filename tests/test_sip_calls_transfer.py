@@ -1,9 +1,14 @@
-"""Blind transfer: REFER with NOTIFY sipfrag, and the gateway-side bridge when the trunk refuses REFER."""
+"""Blind transfer: REFER with NOTIFY sipfrag, and the gateway-side bridge when the trunk refuses REFER; the
+agent's transfer_message spoken over RTP before the REFER."""
 import logging
 
+import numpy as np
 import pytest
 
+from gateway import speech
+from rtp_capture import LoopbackRtpCapture, can_capture
 from sipp import api, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from voicecodecs.g711 import ulaw_to_pcm16
 
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
 
@@ -38,6 +43,45 @@ async def test_refer_followed_by_notify(make_gateway):
     assert row["hangup_source"] == "system" and row["hangup_reason"] == f"transferred to {TARGET}"
     events = [e["kind"] for e in await gw.store.list_call_events(d["requestId"])]
     assert "call:transfer_result" in events
+
+
+def envelope(pcm: bytes) -> np.ndarray:
+    """RMS per 20 ms at 8 kHz: the shape of an utterance, whatever resampling it went through."""
+    x = np.frombuffer(pcm[:len(pcm) // 320 * 320], "<i2").astype(np.float64).reshape(-1, 160)
+    return np.sqrt((x ** 2).mean(axis=1))
+
+
+@pytest.mark.skipif(speech.synthesizer() is None, reason="espeak-ng or flite not installed")
+async def test_transfer_message_is_spoken_over_rtp_before_the_refer(make_gateway):
+    """Issue 14: with the echo engine (which cannot speak text) a text transfer_message used to be dropped on SIP.
+    Now the gateway speaks it: the RTP SIPp receives before the REFER carries the synthesized message."""
+    if not can_capture():
+        pytest.skip("capturing loopback RTP needs root (AF_PACKET)")
+    message = "Please hold while I connect you to a colleague."
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_refer_target.xml", timeout_s=30) as uas:
+        num = await sip_number(gw, sip_port=uas.port, agent_settings={
+            "transfer": {"number": TARGET, "transfer_message": message}})
+        with LoopbackRtpCapture({uas.media_port}, sip_ports={uas.port}) as cap:
+            d, call = await answered_call(gw, num)
+            await api(gw, "POST", f"/calls/{call.id}/transfer", {}, expect=200)
+            row = await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=1)
+    assert (row["transfer_target"], row["transfer_outcome"]) == (TARGET, "completed")
+    refer = [r.at for r in cap.requests if r.method == "REFER"]
+    assert len(refer) == 1, cap.requests
+    heard = [p for p in sorted(cap.packets, key=lambda p: p.seq) if p.dst_port == uas.media_port]
+    before = b"".join(ulaw_to_pcm16(p.payload) for p in heard if p.at < refer[0])
+    after = b"".join(ulaw_to_pcm16(p.payload) for p in heard if p.at >= refer[0])
+    got, want = envelope(before), envelope(await speech.synthesize(message, 8000))
+    loud, loud_want = np.flatnonzero(got > 300), np.flatnonzero(want > 300)
+    assert loud.size, "no speech on the wire before the REFER"
+    span, span_want = loud[-1] - loud[0] + 1, loud_want[-1] - loud_want[0] + 1
+    assert abs(span - span_want) <= 3, (span, span_want)      # all of it (±60 ms), 20 ms per frame
+    n = min(span, span_want)
+    similarity = np.corrcoef(got[loud[0]:loud[0] + n], want[loud_want[0]:loud_want[0] + n])[0, 1]
+    assert similarity > 0.9, similarity                      # the message itself, not other audio
+    assert not (envelope(after) > 300).any()                 # and nothing of it after the REFER
 
 
 async def test_refer_refused_then_bridged(make_gateway):

@@ -10,6 +10,7 @@ import wave
 import pytest
 from aiohttp import web
 
+from gateway import speech
 from gateway.engine.base import VoiceEngine
 from gateway.frames import AudioFrame, CallStarted, HangupSource, TransferRequest, TransferResult
 from gateway.transfer import TransferRefused, resolve
@@ -69,11 +70,11 @@ async def test_api_accepts_seed_shape_and_names_bad_fields(api):
 
 
 # -- on a call --------------------------------------------------------------------------------------------------
-async def _call(gw, engine: str, settings: dict):
+async def _call(gw, engine: str, settings: dict, leg_class: type = FakeLeg):
     agent = await gw.store.create_agent({"name": "bot", "engine": engine, "settings": settings})
     call = await gw.calls.create(carrier="test", direction="inbound", from_number="+15550001111",
                                  to_number="+15550002222", agent=agent)
-    leg = FakeLeg()
+    leg = leg_class()
     await call.attach(leg, 8000)
     return call, leg
 
@@ -191,12 +192,32 @@ async def test_wav_message_is_played_by_the_gateway_before_the_transfer(make_gat
     assert leg.transfers[0] == TransferRequest(SALES, [], None)
 
 
-async def test_engine_that_cannot_speak_leaves_the_text_to_the_carrier(make_gateway):
+class SayingLeg(FakeLeg):
+    says_text = True        # like Twilio's leg: <Say> before <Dial>
+
+
+async def test_a_carrier_that_says_text_gets_the_message(make_gateway):
+    gw = await make_gateway()
+    gw.engines.register("t", Transferrer())
+    call, leg = await _call(gw, "t", seed_settings(), SayingLeg)
+    items = await carry_out_until(call, lambda: leg.transfers)
+    assert leg.transfers[0] == TransferRequest(SALES, [], "Connecting you to sales")   # Twilio <Say>s it
+    assert not [i for i in items if isinstance(i, AudioFrame)]
+
+
+@pytest.mark.skipif(speech.synthesizer() is None, reason="espeak-ng or flite not installed")
+async def test_text_message_is_spoken_by_the_gateway_when_engine_and_carrier_cannot(make_gateway):
+    """Issue 14: on SIP, Exotel, Vonage… with the echo/greeting engines the text used to be dropped."""
     gw = await make_gateway()
     gw.engines.register("t", Transferrer())
     call, leg = await _call(gw, "t", seed_settings())
-    await carry_out_until(call, lambda: leg.transfers)
-    assert leg.transfers[0] == TransferRequest(SALES, [], "Connecting you to sales")   # Twilio <Say>s it
+    items = await carry_out_until(call, lambda: leg.transfers)
+    spoken = await speech.synthesize("Connecting you to sales", 8000)
+    frames = [i for i in items if isinstance(i, AudioFrame)]
+    assert items[:len(frames)] == frames                 # all of it before the transfer
+    assert abs(len(frames) - len(spoken) / 320) <= 1      # 20 ms frames at 8 kHz
+    assert b"".join(f.pcm for f in frames)[:len(spoken)] == spoken
+    assert leg.transfers[0] == TransferRequest(SALES, [], None)   # said here, not again by the carrier
 
 
 async def test_disabled_transfers_are_refused_to_the_engine(make_gateway):

@@ -18,7 +18,7 @@ from gateway.vad import FRAME_MS, SpeechDetector
 from voicecodecs import frame_bytes
 
 from . import script as sc
-from .audio import read_wav, speak
+from ..speech import read_wav, speak
 
 FRAME_S = FRAME_MS / 1000
 

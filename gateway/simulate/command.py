@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ..cli_api import CliError, Client, resolve_api_key
 from ..loadtest.sipp import check_loopback
-from .audio import AudioError
+from ..speech import AudioError
 from .report import html_page, print_tables
 from .runner import CallReport, api_timing, run_calls, to_json
 from .script import Script, ScriptError, load_script

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from gateway.turns import analyze, percentile
 
-from .audio import write_wav
+from ..speech import write_wav
 from .caller import ScriptedCaller
 from .script import Script
 
