@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -399,6 +400,9 @@ class VoicebotStream(MarkedPlayout):
         self._prefix = ""
         self._stopping = False
         self.chunks_sent = 0
+        # engine frames packed but not sent yet, by the byte offset they start at in the outbound audio
+        self._unsent: deque[tuple[int, AudioFrame]] = deque()
+        self._queued_bytes = self._sent_bytes = 0
 
     @property
     def log(self) -> logging.LoggerAdapter:
@@ -545,7 +549,7 @@ class VoicebotStream(MarkedPlayout):
         try:
             while not self._stopping:
                 if nxt is None:
-                    nxt = asyncio.ensure_future(call.next_outbound())
+                    nxt = asyncio.ensure_future(call.next_outbound(on_wire=False))   # dated when sent
                 timeout = None
                 if self.packer.pending:
                     timeout = max(self.carrier.idle_flush, self.playout_end - loop.time() - 0.06)
@@ -558,7 +562,7 @@ class VoicebotStream(MarkedPlayout):
                 if self._stopping or self.ws.closed:
                     continue
                 if isinstance(item, AudioFrame):
-                    await self.send_audio(item.pcm)
+                    await self.send_audio(item.pcm, item)
                 elif isinstance(item, Mark):
                     await self.flush()
                     await self.send_engine_mark(item.name)
@@ -579,28 +583,46 @@ class VoicebotStream(MarkedPlayout):
                 await self.ws.close(code=1011, message=b"sender failed")
         await self._settle_next(nxt)   # a leg action may be running inside it: let it finish (bounded)
 
-    async def send_audio(self, pcm: bytes) -> None:
-        for chunk in self.packer.push(self.fmt.encode(pcm)):
+    async def send_audio(self, pcm: bytes, frame: AudioFrame | None = None) -> None:
+        """`frame`: the engine frame `pcm` came from, put on the call's turn timeline when its first byte goes
+        out in a chunk (not when it was taken: a chunk waits for 100 ms of audio, then for pacing)."""
+        encoded = self.fmt.encode(pcm)
+        if frame is not None:
+            self._unsent.append((self._queued_bytes, frame))
+        self._queued_bytes += len(encoded)
+        for chunk in self.packer.push(encoded):
             await self._send_chunk(chunk)
 
     async def flush(self) -> None:
+        padding = -self.packer.pending
         chunk = self.packer.flush()
         if chunk:
-            await self._send_chunk(chunk)
+            await self._send_chunk(chunk, padding=padding + len(chunk))
 
-    async def _send_chunk(self, chunk: bytes) -> None:
+    def _went_out(self, nbytes: int) -> None:
+        """`nbytes` of queued audio were sent now: date the engine frames that start in them."""
+        self._sent_bytes += nbytes
+        while self._unsent and self._unsent[0][0] < self._sent_bytes:
+            self.call.sent(self._unsent.popleft()[1])
+
+    async def _send_chunk(self, chunk: bytes, padding: int = 0) -> None:
         # stay at most `max_ahead` seconds ahead of playback: engines often speak faster than real time, Exotel's
         # buffer is not ours to flood, and a barge-in then has little to throw away
         if not await self._pace(self.carrier.max_ahead):
+            self._unsent.clear()
+            self._sent_bytes = self._queued_bytes
             return   # a barge-in arrived: this chunk is dropped, the Clear behind it goes out next
         async with self._send_lock:
             await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
+        self._went_out(len(chunk) - padding)
         self._played(len(chunk) / self.fmt.bytes_per_second)
         self.chunks_sent += 1
 
     async def clear(self) -> None:
         """Barge-in: drop our partial chunk and Exotel's buffer; pending marks will never mean 'played'."""
         self.packer.clear()
+        self._unsent.clear()          # never went out: not on the turn timeline
+        self._sent_bytes = self._queued_bytes
         await super().clear()
 
     async def _before_drain(self) -> None:

@@ -77,9 +77,10 @@ class Call:
         self.ended = asyncio.Event()
         #: the conversation's turn timeline (gateway/turns.py), from the answer on
         self.timeline: Timeline | None = None
-        #: seconds between the carrier receiving the audio now being fed and `feed_audio()` (RTP's jitter buffer
-        #: sets it); the timeline back-dates the caller's speech by it
-        self.inbound_lag = 0.0
+        #: loop time the audio now being fed reached the carrier side, when `feed_audio()` runs later than that (RTP's
+        #: jitter buffer sets it per frame); None: the audio is fed as it arrives. The timeline dates caller
+        #: speech by it.
+        self.inbound_arrived: float | None = None
         self._clock: Callable[[], float] = time.monotonic
         self._taps: list[Tap] = []
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
@@ -186,8 +187,11 @@ class Call:
     async def next_inbound(self) -> BusItem:
         return await self.bus.inbound.get()
 
-    async def next_outbound(self) -> BusItem:
-        """Next item for the carrier to send; hangup/transfer requests are carried out here, in order."""
+    async def next_outbound(self, *, on_wire: bool = True) -> BusItem:
+        """Next item for the carrier to send; hangup/transfer requests are carried out here, in order.
+
+        `on_wire=False`: the carrier sends agent audio later than it takes it (Exotel packs frames into chunks) and
+        reports each frame with `sent()` when it really goes out, so the turn timeline dates it there."""
         while True:
             item = await self.bus.next_outbound()
             if isinstance(item, Hangup):
@@ -195,8 +199,13 @@ class Call:
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
             else:
-                self._played(item)
+                if on_wire or type(item) is not AudioFrame:
+                    self._played(item)
                 return item
+
+    def sent(self, frame: AudioFrame) -> None:
+        """A frame taken with `next_outbound(on_wire=False)` went out to the carrier now."""
+        self._played(frame)
 
     def next_outbound_nowait(self) -> BusItem | None:
         """For clock-driven senders (RTP); leg actions run in their own task."""

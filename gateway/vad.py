@@ -127,13 +127,14 @@ class SpeechTap:
 
     def _timeline(self, started: bool, frames_after: int) -> None:
         """Put the real start / end of speech on the call's timeline: the frame just processed ended when its chunk
-        arrived at the carrier (now, less the carrier's inbound delay) less the frames of the chunk after it."""
+        arrived at the carrier (`call.inbound_arrived`, else now) less the frames of the chunk after it."""
         call = self._call
         timeline = call.timeline
         if timeline is None:
             return
         d = self.detector
-        now = asyncio.get_running_loop().time() - call.inbound_lag - frames_after * FRAME_MS / 1000
+        arrived = call.inbound_arrived
+        now = (asyncio.get_running_loop().time() if arrived is None else arrived) - frames_after * FRAME_MS / 1000
         if started:
             timeline.caller_started(now - (d.frames - d.onset) * FRAME_MS / 1000)
         else:

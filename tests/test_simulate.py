@@ -15,13 +15,13 @@ import pytest
 from carriers.exotel import ExotelCarrier
 from carriers.sip import SipCarrier
 from carriers.vonage import VonageCarrier
-from exotel_helpers import ACCOUNT_SID, EXOPHONE, add_exophone, tone
-from vonage_helpers import VONAGE_NUMBER, add_vonage_number
+from exotel_helpers import ACCOUNT_SID, API_KEY as EXOTEL_KEY, API_TOKEN as EXOTEL_TOKEN, EXOPHONE, add_exophone, tone
+from vonage_helpers import API_KEY as VONAGE_KEY, SIGNATURE_SECRET, VONAGE_NUMBER, add_vonage_number
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, Hangup, SpeechActivity
 from gateway.simulate.lines import ExotelLine, SipLine, TwilioLine, VonageLine
-from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
+from gateway.simulate.runner import AGREEMENT_MS, api_timing, overall as run_overall, run_calls
 from gateway.simulate.script import ScriptError, parse_script
 from sipp import rtp_range, sip_number
 from voicecodecs._audioop import audioop
@@ -34,6 +34,10 @@ DELAY_MS = 300
 TWO_TURNS = parse_script({"steps": [
     {"say": "Hello there how are you today"}, {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}},
     {"say": "I would like a table for two"}, {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}}, "hangup"]})
+THREE_TURNS = parse_script({"steps": [
+    {"say": "Hello there how are you today"}, {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}},
+    {"say": "I would like a table for two"}, {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}},
+    {"say": "At eight in the evening please"}, {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}}, "hangup"]})
 AFTER_GREETING = parse_script({"steps": [
     {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}}, {"say": "Hello there how are you today"},
     {"wait_reply": {"timeout_ms": 5000, "quiet_ms": 700}}, "hangup"]})
@@ -122,12 +126,12 @@ async def ws_setup(make_gateway, via: str, engine: str):
     register_engines(gw)
     agent = await gw.store.create_agent({"name": f"{via} agent", "engine": engine, "settings": {}})
     url = gw.url("").rstrip("/")
-    # the synthetic lines carry no carrier credentials: their numbers use the explicit opt-outs (docs/security.md)
+    # numbers as an import stores them (authentication required); the lines carry the credentials
     if via == "exotel":
-        await add_exophone(gw, agent_id=agent["id"], allow_unauthenticated=True)
-        return gw, ExotelLine(url, ACCOUNT_SID), EXOPHONE
-    await add_vonage_number(gw, agent_id=agent["id"], signature_secret=None, allow_unsigned=True)
-    return gw, VonageLine(url, 16000), VONAGE_NUMBER
+        await add_exophone(gw, agent_id=agent["id"])
+        return gw, ExotelLine(url, ACCOUNT_SID, api_key=EXOTEL_KEY, api_token=EXOTEL_TOKEN), EXOPHONE
+    await add_vonage_number(gw, agent_id=agent["id"])
+    return gw, VonageLine(url, 16000, signature_secret=SIGNATURE_SECRET, api_key=VONAGE_KEY), VONAGE_NUMBER
 
 
 async def simulate(make_gateway, twilio_env, via: str, engine: str, script, calls: int = 1):
@@ -165,23 +169,24 @@ async def test_greeting_then_one_turn(make_gateway, twilio_env, via):
 
 @pytest.mark.parametrize("via", ["sip", "twilio", "exotel", "vonage"])
 async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, via):
-    reps = await simulate(make_gateway, twilio_env, via, "delayed", TWO_TURNS, calls=2)
-    diffs = []
+    reps = await simulate(make_gateway, twilio_env, via, "delayed", THREE_TURNS, calls=2)
     for rep in reps:
         assert rep.ok, rep
         caller, gateway = rep.timing["turns"], rep.gateway["turns"]
-        assert len(caller) == len(gateway) == 2, (caller, gateway)
-        for c, g in zip(caller, gateway):
+        assert len(caller) == len(gateway) == 3, (caller, gateway)
+        diffs = [abs(c["latency_ms"] - g["latency_ms"]) for c, g in zip(caller, gateway)]
+        for g in gateway:
             # the engine answers DELAY_MS after its own last loud frame; the VAD's last voiced frame can be a
             # frame or two earlier, and a busy box adds scheduling delay
             assert DELAY_MS - 60 <= g["latency_ms"] <= DELAY_MS + 250, gateway
-            diffs.append(abs(c["latency_ms"] - g["latency_ms"]))
-        assert rep.disagreement_ms == max(diffs[-2:])
-    # caller and gateway agree within AGREEMENT_MS on a quiet machine (two processes: the CLI); here both run in
-    # this one event loop on a busy test box, where a stall moves one side's timestamps and not the other's, so
-    # the lower median is held to twice the bar, and every turn only to being the same turn (a CPU-starved caller
-    # hears late: measured up to ~110 ms with two spinning processes on this 2-core box)
-    assert sorted(diffs)[len(diffs) // 2 - 1] <= 2 * AGREEMENT_MS and max(diffs) <= 10 * AGREEMENT_MS, diffs
+        assert rep.disagreement_ms == max(diffs)
+        # the issue's bar: caller and gateway agree within AGREEMENT_MS (20 ms), held for each call's median
+        # turn (measured here: 0-9 ms per turn with the load average at 7-10 on this 2-core box); a single turn
+        # to three times that, as both observers share one event loop here and a stall can move one side's
+        # timestamps and not the other's
+        assert rep.disagreement_median_ms <= AGREEMENT_MS, (via, diffs)
+        assert max(diffs) <= 3 * AGREEMENT_MS, (via, diffs)
+    assert run_overall(reps)["agree"] is True
 
 
 @pytest.mark.parametrize("via", ["sip", "twilio"])
@@ -222,6 +227,33 @@ async def test_cli_writes_json_html_and_recordings(make_gateway, tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert page.count("<svg") == 2 and not re.search(r"(src|href)=", page)   # self-contained: no assets
     assert "overall" in out.decode() and len(list((tmp_path / "rec").glob("call-*.wav"))) == 2
+
+
+@pytest.mark.parametrize("via", ["exotel", "vonage"])
+async def test_cli_passes_exotel_and_vonage_credentials(make_gateway, tmp_path, via):
+    """Authentication is on by default for Exotel (Basic auth on the stream) and Vonage (signed webhooks): the CLI
+    takes the secret from the environment (kept out of `ps`) and the key from the number or a flag; without the
+    secret the gateway refuses the call and the run fails."""
+    gw, _, _ = await ws_setup(make_gateway, via, "greeting")
+    agent_id = (await gw.store.list_agents())[0]["id"]
+    script = tmp_path / "call.yaml"
+    script.write_text("steps:\n  - wait_reply: {timeout_ms: 5000, quiet_ms: 600}\n  - hangup\n")
+    secret = {"exotel": {"EXOTEL_API_TOKEN": EXOTEL_TOKEN}, "vonage": {"VONAGE_SIGNATURE_SECRET": SIGNATURE_SECRET}}
+    key = ["--exotel-api-key", EXOTEL_KEY] if via == "exotel" else []
+    results = []
+    for env in (secret[via], {}):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "simulate", "--agent", str(agent_id), "--via", via, "--script",
+            str(script), "--url", gw.url(""), "--api-key", API_KEY, "--json", str(tmp_path / "r.json"), *key,
+            env={k: v for k, v in {**os.environ, **env}.items() if env or k not in secret[via]},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        results.append((proc.returncode, json.loads((tmp_path / "r.json").read_text())["calls"][0]))
+        assert list(secret[via].values())[0] not in out.decode() + err.decode()
+    (ok_code, ok_call), (bad_code, bad_call) = results
+    assert ok_code == 0 and ok_call["ok"] and ok_call["timing"]["summary"]["turns"] == 0, ok_call
+    assert ok_call["gateway"]["summary"]["first_agent_audio_ms"] is not None
+    assert bad_code == 1 and not bad_call["ok"], bad_call
 
 
 async def test_cli_refuses_a_gateway_off_loopback(tmp_path):

@@ -7,6 +7,10 @@ packets, and never holds more than `max_depth` frames, so added latency is bound
 runs fast. When the far end stops sending (silence suppression, DTMF, hold) it re-primes instead of inventing
 audio. Priming waits for `target` packets or for `target` ticks, whichever comes first: a lone packet that ends a
 talk spurt (or the call) is played after the target delay, not held until the next packet that may never come.
+
+Each packet keeps the time it arrived: after `pop()`, `arrived` is when the frame just played reached us (for a
+lost frame, one frame after the previous), so the call's turn timeline dates caller speech by its real arrival
+however the packets bunched, not by an estimate from the buffer's depth.
 """
 from __future__ import annotations
 
@@ -15,17 +19,18 @@ LOST = object()
 
 class JitterBuffer:
     __slots__ = ("target", "max_depth", "_packets", "_next", "_highest", "_primed", "_held", "lost", "late",
-                 "duplicate", "overflow")
+                 "duplicate", "overflow", "arrived")
 
     def __init__(self, target: int = 2, max_depth: int = 10) -> None:
         self.target = target
         self.max_depth = max_depth
-        self._packets: dict[int, bytes] = {}
+        self._packets: dict[int, tuple[bytes, float]] = {}
         self._next: int | None = None
         self._highest: int | None = None
         self._primed = False
         self._held = 0   # ticks the packets waiting for priming have been held
         self.lost = self.late = self.duplicate = self.overflow = 0
+        self.arrived = 0.0   # arrival time of the frame the last pop() returned
 
     def __len__(self) -> int:
         return len(self._packets)
@@ -42,7 +47,8 @@ class JitterBuffer:
             self._highest = ext
         return ext
 
-    def put(self, seq: int, payload: bytes) -> None:
+    def put(self, seq: int, payload: bytes, at: float = 0.0) -> None:
+        """A packet that arrived at `at` (loop time)."""
         ext = self._extend(seq)
         if self._next is not None and ext < self._next:
             self.late += 1
@@ -51,7 +57,7 @@ class JitterBuffer:
         if ext in packets:
             self.duplicate += 1
             return
-        packets[ext] = payload
+        packets[ext] = (payload, at)
         if len(packets) > self.max_depth:
             oldest = min(packets)
             del packets[oldest]
@@ -59,8 +65,9 @@ class JitterBuffer:
             if self._next is not None and self._next <= oldest:
                 self._next = oldest + 1
 
-    def pop(self) -> bytes | object | None:
-        """One tick's frame: payload bytes, LOST (play concealment), or None (nothing to play)."""
+    def pop(self, frame_s: float = 0.02) -> bytes | object | None:
+        """One tick's frame: payload bytes, LOST (play concealment, `frame_s` after the previous frame's arrival),
+        or None (nothing to play)."""
         packets = self._packets
         if not self._primed:
             if not packets:
@@ -76,14 +83,17 @@ class JitterBuffer:
             self._primed = False
             return None
         nxt = self._next
-        payload = packets.pop(nxt, None)
-        if payload is not None:
-            self._next = nxt + 1
-            return payload
-        first = min(packets)
-        if first - nxt > self.max_depth:  # the sender jumped (restart, new stream): resynchronise, no loss
-            self._next = first + 1
-            return packets.pop(first)
-        self.lost += 1
+        got = packets.pop(nxt, None)
+        if got is None:
+            first = min(packets)
+            if first - nxt > self.max_depth:  # the sender jumped (restart, new stream): resynchronise, no loss
+                nxt = first
+                got = packets.pop(first)
+            else:
+                self.lost += 1
+                self._next = nxt + 1
+                self.arrived += frame_s
+                return LOST
         self._next = nxt + 1
-        return LOST
+        self.arrived = got[1]
+        return got[0]

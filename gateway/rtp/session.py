@@ -59,7 +59,6 @@ class RtpSession(asyncio.DatagramProtocol):
         self.sent = self.received = self.foreign = self.ignored = 0
         self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
         self._transit: int | None = None
-        self._arrived = 0.0   # loop time the newest audio packet arrived
 
     # -- configuration ------------------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
@@ -127,8 +126,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.received += 1
         pt = pkt.payload_type
         if pt == self.payload_type:
-            self._jitter.put(pkt.sequence, pkt.payload)
-            self._arrived = now = self.engine.loop_time()
+            now = self.engine.loop_time()
+            self._jitter.put(pkt.sequence, pkt.payload, now)
             transit = int(now * 8000) - pkt.timestamp
             if self._transit is not None:
                 d = abs(transit - self._transit)
@@ -172,9 +171,9 @@ class RtpSession(asyncio.DatagramProtocol):
             self._credit -= self._last_samples
             call = self.call
             if call is not None:
-                # how long ago this frame arrived: the newest packet's age plus one ptime per packet queued after
-                # it (the call's turn timeline dates caller speech by arrival, not by this play-out)
-                call.inbound_lag = self.engine.now - self._arrived + len(self._jitter) * self._last_samples / 8000
+                # when this frame arrived (the call's turn timeline dates caller speech by arrival, not by this
+                # play-out, which the jitter buffer delays)
+                call.inbound_arrived = self._jitter.arrived
                 call.feed_audio(pcm)
             elif self.on_pcm is not None:
                 self.on_pcm(pcm)

@@ -63,11 +63,17 @@ class ScriptedCaller:
                 self.timeline.caller_ended(now - (d.frames - d.offset) * FRAME_S)
         return frame
 
-    def heard(self, pcm: bytes, now: float) -> None:
-        """20 ms of agent audio arrived at `now`."""
+    def heard(self, pcm: bytes, now: float, *, paced: bool = False) -> None:
+        """20 ms of agent audio arrived at `now`. `paced`: the sender paces it in real time (RTP) and `now` is when
+        it arrived, so it plays then; else (media-stream websockets, which may send ahead) it plays after what
+        arrived before it. (On RTP the playout clock would otherwise carry every past burst of network jitter into
+        the next talk spurt: the gateway sends silence between its utterances.)"""
         self.heard_pcm += pcm
-        if self.timeline is not None:
-            self.timeline.agent_frame(pcm, now)
+        tl = self.timeline
+        if tl is not None:
+            if paced and tl.play_end > now:
+                tl.play_end = now
+            tl.agent_frame(pcm, now)
 
     def cleared(self, now: float) -> None:
         if self.timeline is not None:

@@ -3,6 +3,8 @@
     gateway simulate --agent 1 --via sip --script call.yaml --calls 20 --concurrency 5 \
                      [--url http://127.0.0.1:8080] [--sip-target 127.0.0.1:5060] [--json out.json] [--html out.html]
     gateway simulate --agent 1 --via twilio --script call.yaml --twilio-auth-token … [--public-url https://gw.example.com]
+    EXOTEL_API_TOKEN=… gateway simulate --agent 1 --via exotel --script call.yaml      # Basic auth on the stream
+    VONAGE_SIGNATURE_SECRET=… gateway simulate --agent 1 --via vonage --script call.yaml   # signed webhooks
 
 The agent's number on that carrier is found through the REST API (the API key as for the other commands:
 --api-key, GATEWAY_API_KEY or the key file); the gateway's own figures for each call are read back from its call
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--twilio-account-sid", help="default: the number's account")
     p.add_argument("--twilio-auth-token", help="signs the voice webhook (env TWILIO_AUTH_TOKEN)")
     p.add_argument("--public-url", help="the URL the gateway checks Twilio signatures against (its --public-url)")
+    p.add_argument("--exotel-api-key", help="Basic auth on the Voicebot stream (default: the number's)")
+    p.add_argument("--exotel-api-token", help="Basic auth on the Voicebot stream (env EXOTEL_API_TOKEN); without "
+                                             "it only a number imported with exotel_allow_unauthenticated answers")
+    p.add_argument("--vonage-signature-secret", help="signs the answer webhook (env VONAGE_SIGNATURE_SECRET); "
+                                                    "without it only a number with vonage_allow_unsigned_webhooks "
+                                                    "answers")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--html", help="write the report with timing plots here")
     p.add_argument("--record-dir", help="write what each caller heard as call-N.wav here")
@@ -69,16 +78,18 @@ async def _run(args: argparse.Namespace, script: Script, number: dict[str, Any],
 
     config = number.get("config") or {}
     if args.via == "exotel":
-        line: Any = ExotelLine(args.url, str(config.get("exotel_account_sid") or ""))
+        line: Any = ExotelLine(args.url, str(config.get("exotel_account_sid") or ""),
+                               api_key=args.exotel_api_key or config.get("exotel_api_key"),
+                               api_token=args.exotel_api_token or os.environ.get("EXOTEL_API_TOKEN"))
     elif args.via == "vonage":
-        line = VonageLine(args.url, int(config.get("vonage_audio_rate") or 16000))
+        line = VonageLine(args.url, int(config.get("vonage_audio_rate") or 16000),
+                          signature_secret=args.vonage_signature_secret or os.environ.get("VONAGE_SIGNATURE_SECRET"),
+                          api_key=str(config.get("vonage_api_key") or ""))
     elif args.via == "sip":
-        import os
         host, _, port = args.sip_target.rpartition(":")
         lo, _, hi = os.environ.get("GATEWAY_SIMULATE_RTP_PORTS", "31000-31998").partition("-")
         line = SipLine(host or "127.0.0.1", int(port), rtp_ports=(int(lo), int(hi)))
     else:
-        import os
         token = args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
         if not token:
             raise CliError("--via twilio needs --twilio-auth-token (or TWILIO_AUTH_TOKEN) to sign the voice "

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import re
 import secrets
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -60,17 +61,17 @@ class LineError(Exception):
 
 class _RtpCallerPort:
     """Looks like a Call to an RtpSession (as gateway.sip.bridge.BridgePort does): the clock pulls the caller's
-    next frame or digits, received audio goes to the caller dated by its arrival (`inbound_lag`, set by the
-    session, is how long the jitter buffer held it)."""
+    next frame or digits, received audio goes to the caller dated by its arrival (`inbound_arrived`, set by the
+    session per frame, not when the jitter buffer played it)."""
 
     def __init__(self, caller: ScriptedCaller, engine: RtpEngine) -> None:
         self.caller = caller
         self.engine = engine
         self.bus = True            # RtpSession only checks that a bus exists
-        self.inbound_lag = 0.0
+        self.inbound_arrived = 0.0
 
     def feed_audio(self, pcm: bytes) -> None:
-        self.caller.heard(pcm, self.engine.now - self.inbound_lag)
+        self.caller.heard(pcm, self.inbound_arrived, paced=True)
 
     def feed_event(self, event: Any) -> None:
         """Digits and marks from the gateway mean nothing to the caller."""
@@ -78,7 +79,7 @@ class _RtpCallerPort:
     def next_outbound_nowait(self) -> Any:
         if self.caller.dtmf:
             return SendDtmf(self.caller.dtmf.popleft())
-        return AudioFrame(self.caller.next_frame(self.engine.now), 8000)
+        return AudioFrame(self.caller.next_frame(self.engine.loop_time()), 8000)   # sent right after this
 
 
 class SipLine:
@@ -243,14 +244,25 @@ def _frames(pcm: bytes, size: int) -> list[bytes]:
     return [pcm[i:i + size] for i in range(0, len(pcm) - size + 1, size)]
 
 
+def refused(close_code: int | None) -> bool:
+    """A websocket close code in the private range (RFC 6455 §7.4.2: 4000-4999): the gateway refused the stream
+    (authentication, unknown number…), rather than ending the call."""
+    return close_code is not None and 4000 <= close_code <= 4999
+
+
 class ExotelLine:
-    """Exotel's Voicebot applet: the stream to `/exotel/media` is the call; `number` is the exophone."""
+    """Exotel's Voicebot applet: the stream to `/exotel/media` is the call; `number` is the exophone. With the
+    ExoPhone's API key and token the upgrade carries Basic auth, as Exotel sends the userinfo of
+    wss://KEY:TOKEN@host (the gateway requires it unless the number opted out)."""
 
     rate = 8000
 
-    def __init__(self, url: str, account_sid: str = "") -> None:
+    def __init__(self, url: str, account_sid: str = "", api_key: str | None = None,
+                 api_token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.account_sid = account_sid
+        basic = base64.b64encode(f"{api_key}:{api_token}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {basic}"} if api_key and api_token else {}
 
     async def start(self) -> None:
         """Nothing shared between calls."""
@@ -269,7 +281,7 @@ class ExotelLine:
 
         async with aiohttp.ClientSession() as http:
             client = ExotelStreamClient(http, "ws" + self.url[4:] + "/exotel/media", on_media=heard,
-                                        on_clear=caller.cleared)
+                                        on_clear=caller.cleared, headers=self.headers)
             try:
                 await client.connect()
             except aiohttp.ClientError as e:
@@ -289,6 +301,10 @@ class ExotelLine:
                 sender.cancel()
                 if hangup == "caller":
                     await client.stop("callended")
+                elif refused(client.close_code):
+                    return LineResult(carrier_sid=call_sid, error=f"the gateway closed the stream with "
+                                                                  f"{client.close_code} (authentication: "
+                                                                  "--exotel-api-key / EXOTEL_API_TOKEN)")
                 else:
                     hangup = f"agent (stream closed {client.close_code})"
                 return LineResult(carrier_sid=call_sid, hangup=hangup)
@@ -297,11 +313,23 @@ class ExotelLine:
 
 
 class VonageLine:
-    """The Voice API: answer webhook, then the NCCO's websocket at `rate` (the number's vonage_audio_rate)."""
+    """The Voice API: answer webhook, then the NCCO's websocket at `rate` (the number's vonage_audio_rate). With
+    the number's signature secret the webhook is signed as Vonage signs it (`Authorization: Bearer <JWT>`, HS256;
+    the gateway requires it unless the number opted out)."""
 
-    def __init__(self, url: str, rate: int = 16000) -> None:
+    def __init__(self, url: str, rate: int = 16000, signature_secret: str | None = None,
+                 api_key: str = "") -> None:
         self.url = url.rstrip("/")
         self.rate = rate
+        self.signature_secret = signature_secret
+        self.api_key = api_key
+
+    def _signed(self) -> dict[str, str]:
+        if not self.signature_secret:
+            return {}
+        import jwt
+        claims = {"iat": int(time.time()), "jti": str(uuidlib.uuid4()), "api_key": self.api_key}
+        return {"Authorization": "Bearer " + jwt.encode(claims, self.signature_secret, "HS256")}
 
     async def start(self) -> None:
         """Nothing shared between calls."""
@@ -316,7 +344,10 @@ class VonageLine:
         loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as http:
             try:
-                async with http.get(self.url + "/vonage/answer", params=params) as r:
+                async with http.get(self.url + "/vonage/answer", params=params, headers=self._signed()) as r:
+                    if r.status != 200:
+                        return LineResult(carrier_sid=uuid, error=f"answer webhook: HTTP {r.status} (signed "
+                                                                  "webhooks: --vonage-signature-secret)")
                     ncco = await r.json()
             except (aiohttp.ClientError, ValueError) as e:
                 return LineResult(carrier_sid=uuid, error=f"answer webhook: {e}")
@@ -343,6 +374,9 @@ class VonageLine:
                 sender = asyncio.create_task(paced_sender(caller, send))
                 hangup = await _converse(caller, client.closed)
                 sender.cancel()
+                if hangup != "caller" and refused(client.close_code):
+                    return LineResult(carrier_sid=uuid, error=f"the gateway closed the media socket with "
+                                                             f"{client.close_code}")
                 if hangup != "caller":
                     hangup = f"agent (websocket closed {client.close_code})"
                 return LineResult(carrier_sid=uuid, hangup=hangup)

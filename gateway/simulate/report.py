@@ -17,7 +17,7 @@ def print_tables(reports: list[CallReport], console: Any) -> None:
     from rich.table import Table
 
     t = Table(title="calls")
-    for c in ("#", "result", "hangup", "turns", "latency p50 caller / gateway", "max Δ", "barge-ins",
+    for c in ("#", "result", "hangup", "turns", "latency p50 caller / gateway", "Δ median / max", "barge-ins",
               "clear reaction", "failures"):
         t.add_column(c)
     for r in sorted(reports, key=lambda r: r.index):
@@ -26,7 +26,8 @@ def print_tables(reports: list[CallReport], console: Any) -> None:
         t.add_row(str(r.index), "ok" if r.ok else ("[red]failed[/]" if r.error else "[yellow]steps[/]"),
                   r.error or r.hangup, _v(s.get("turns")),
                   f"{_v(s.get('latency_p50_ms'), ' ms')} / {_v(g.get('latency_p50_ms'), ' ms')}",
-                  _v(r.disagreement_ms, " ms"), _v(s.get("barge_ins")), _v(s.get("clear_reaction_avg_ms"), " ms"),
+                  f"{_v(r.disagreement_median_ms)} / {_v(r.disagreement_ms, ' ms')}", _v(s.get("barge_ins")),
+                  _v(s.get("clear_reaction_avg_ms"), " ms"),
                   "; ".join(r.failures))
     console.print(t)
     o = overall(reports)
@@ -41,8 +42,9 @@ def print_tables(reports: list[CallReport], console: Any) -> None:
          f"{_v(lc['p50_ms'])} / {_v(lc['p95_ms'])} / {_v(lc['max_ms'])} ms over {lc['count']} turns"),
         ("response latency, gateway (p50 / p95 / max)",
          f"{_v(lg['p50_ms'])} / {_v(lg['p95_ms'])} / {_v(lg['max_ms'])} ms over {lg['count']} turns"),
-        ("caller vs gateway, largest difference",
-         f"{_v(o['max_disagreement_ms'], ' ms')} (bar {o['agreement_bar_ms']} ms: "
+        ("caller vs gateway: worst call's median turn / largest single turn",
+         f"{_v(o['median_disagreement_ms'], ' ms')} / {_v(o['max_disagreement_ms'], ' ms')} (bar "
+         f"{o['agreement_bar_ms']} ms per call: "
          f"{'agree' if o['agree'] else 'DISAGREE' if o['agree'] is False else 'nothing to compare'})"),
         ("barge-ins / average clear reaction", f"{o['barge_ins']} / {_v(o['clear_reaction_avg_ms'], ' ms')}"),
         ("hangups", ", ".join(f"{k}: {v}" for k, v in sorted(o["hangups"].items()))),
@@ -101,7 +103,9 @@ def html_page(report: dict[str, Any], reports: list[CallReport]) -> str:
         ("turns", o["turns"]),
         ("latency as heard p50 / p95 / max (ms)", f"{lc['p50_ms']} / {lc['p95_ms']} / {lc['max_ms']}"),
         ("latency, gateway p50 / p95 / max (ms)", f"{lg['p50_ms']} / {lg['p95_ms']} / {lg['max_ms']}"),
-        ("largest caller vs gateway difference (ms)", f"{o['max_disagreement_ms']} (bar {o['agreement_bar_ms']})"),
+        ("caller vs gateway: worst call's median / largest turn (ms)",
+         f"{o['median_disagreement_ms']} / {o['max_disagreement_ms']} (bar {o['agreement_bar_ms']}: "
+         f"{'agree' if o['agree'] else 'DISAGREE' if o['agree'] is False else 'nothing to compare'})"),
         ("barge-ins / average clear reaction (ms)", f"{o['barge_ins']} / {o['clear_reaction_avg_ms']}"),
         ("hangups", json.dumps(o["hangups"]))])
     sections = []
@@ -109,7 +113,8 @@ def html_page(report: dict[str, Any], reports: list[CallReport]) -> str:
         s = r.timing.get("summary") or {}
         g = (r.gateway or {}).get("summary") or {}
         head = (f"call {r.index}: {'ok' if r.ok else 'failed'} · {e(r.error or r.hangup)} · turns {s.get('turns')}"
-                f" · latency p50 {s.get('latency_p50_ms')} ms (gateway {g.get('latency_p50_ms')} ms)"
+                f" · latency p50 {s.get('latency_p50_ms')} ms (gateway {g.get('latency_p50_ms')} ms, Δ median "
+                f"{r.disagreement_median_ms} / max {r.disagreement_ms} ms)"
                 f" · barge-ins {s.get('barge_ins')}")
         fails = "".join(f'<li class="bad">{e(f)}</li>' for f in r.failures)
         sections.append(f"<section><h3>{head}</h3>{_svg(r)}<ul>{fails}</ul></section>")
