@@ -118,9 +118,12 @@ async def list_logs(request: web.Request) -> web.Response:
     q = parse(models.LogQuery, request.query)
     # bulk_call_id is OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
     # call_context.bulk_call_id = N
+    if q.since is not None and q.until is not None and q.until <= q.since:
+        raise bad("until", "must be after since")
     rows, total = await gw.store.list_calls(q.pageno, q.pagesize, agent_id=q.agentid or q.agent_id,
                                             call_status=q.call_status, carrier_sid=q.carrier_sid,
-                                            bulk_call_id=q.bulk_call_id)
+                                            bulk_call_id=q.bulk_call_id, carrier=q.carrier, since=q.since,
+                                            until=q.until)
     return ok(responses.CallLogList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
                                     call_log_data=[call_log_json(r) for r in rows]))
 

@@ -9,6 +9,7 @@ fail with the same words.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -18,7 +19,7 @@ from pydantic_core import CoreSchema
 from ..call import CallStatus
 from ..numbers import typed_e164
 from .errors import ApiError
-from .validation import MAX_INT, MAX_PAGESIZE, to_bool, to_http_url, to_int, to_list, to_str
+from .validation import MAX_INT, MAX_PAGESIZE, to_bool, to_http_url, to_int, to_list, to_str, to_time_bound
 
 M = TypeVar("M", bound=BaseModel)
 REF = "#/components/schemas/{model}"
@@ -93,6 +94,12 @@ class LogQuery(Page):
     call_status: CallStatus | None = None
     carrier_sid: Annotated[str, text(128)] | None = None
     bulk_call_id: Id | None = Field(None, description="calls dispatched with call_context.bulk_call_id = N")
+    carrier: Annotated[str, text(32)] | None = Field(None, description="the call's carrier (channel_type), e.g. "
+                                                                       "sip, twilio")
+    since: Annotated[datetime, BeforeValidator(lambda v: to_time_bound(v, end=False))] | None = Field(
+        None, description="created at or after: YYYY-MM-DD (UTC day) or an ISO 8601 date-time (no zone: UTC)")
+    until: Annotated[datetime, BeforeValidator(lambda v: to_time_bound(v, end=True))] | None = Field(
+        None, description="created up to: YYYY-MM-DD (through that UTC day) or an ISO 8601 date-time (inclusive)")
 
 
 # -- path parameters ---------------------------------------------------------------------------------------------

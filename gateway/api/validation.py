@@ -3,6 +3,7 @@ each raises ValueError saying the problem, which the API answers as a 400 naming
 from __future__ import annotations
 
 import re
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from yarl import URL
@@ -69,6 +70,26 @@ def to_http_url(value: Any) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an http:// or https:// URL with a host")
     return value
+
+
+def to_time_bound(value: Any, *, end: bool) -> datetime:
+    """A date filter bound: an ISO 8601 date (`2026-11-30`: the whole day, UTC) or date-time (no zone: UTC).
+
+    Returns the instant to compare with: a start bound is inclusive; for an end bound the caller compares with
+    `<`, so a bare date as end bound becomes the next midnight (the named day is included)."""
+    text = to_str(value, max_len=64)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            at = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+        else:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+            if end:
+                at += timedelta(microseconds=1)
+    except (ValueError, OverflowError):
+        raise ValueError(f"must be a date (YYYY-MM-DD) or an ISO 8601 date-time (got {text[:40]!r})") from None
+    return at
 
 
 def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
