@@ -47,7 +47,7 @@ from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -437,9 +437,7 @@ class VoicebotStream(MarkedPlayout):
         return decode_event(msg, CloseCode, BINARY_REASON)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
-        start = m.get("start")
-        if not isinstance(start, dict):
-            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a start object")
+        start = start_object(m, CloseCode)
         sid = start.get("stream_sid") or m.get("stream_sid")
         call_sid = start.get("call_sid")
         if not isinstance(sid, str) or not _SID.match(sid):

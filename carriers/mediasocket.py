@@ -80,6 +80,15 @@ async def await_start(ws: web.WebSocketResponse, codes: Any, timeout: float, tim
         raise StreamClosed(codes.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
 
 
+def start_object(m: dict[str, Any], codes: Any) -> dict[str, Any]:
+    """The `start` object of a start message (every media-stream protocol nests one), or a protocol error
+    (`codes.BAD_MESSAGE`)."""
+    start = m.get("start")
+    if not isinstance(start, dict):
+        raise StreamClosed(codes.BAD_MESSAGE, "start without a start object")
+    return start
+
+
 class MarkedPlayout:
     """Mark / drain / clear / playout-clock bookkeeping of one media socket.
 

@@ -38,6 +38,7 @@ from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import HangupSource
 from gateway.numbers import normalize_e164
 
+from .mediasocket import start_object
 from .restcall import LegState, RestCallCarrier
 from .twilio import number_settings
 from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
@@ -80,9 +81,7 @@ class PlivoStream(MediaStream):
     internal_mark = "gw-plv-"
 
     async def _on_start(self, m: dict[str, Any]) -> None:
-        start = m.get("start")
-        if not isinstance(start, dict):
-            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a start object")
+        start = start_object(m, CloseCode)
         sid = start.get("streamId") or m.get("streamId")
         if not isinstance(sid, str) or not sid or len(sid) > 64:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a streamId")
@@ -127,6 +126,7 @@ class PlivoCarrier(RestCallCarrier):
     label = "Plivo"
     providers = ("plivo",)
     stream_class = PlivoStream
+    says_text = True      # the transfer XML's <Speak> before <Dial>
     import_fields = (
         ImportField("phone_number", str, required=True, e164=True, help="the Plivo number, E.164"),
         ImportField("auth_id", str, required=True, help="Plivo Auth ID (MA… / SA…)"),

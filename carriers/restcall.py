@@ -63,6 +63,11 @@ class RestLeg:
         self.carrier = carrier
         self.st = st
 
+    @property
+    def says_text(self) -> bool:
+        """Whether the carrier says a transfer's text message itself (gateway/carrier.py CallLeg)."""
+        return self.carrier.says_text
+
     async def hangup(self, call: "Call", reason: str) -> None:
         if self.st.stream is not None and call.hangup is not None and call.hangup.source is HangupSource.AGENT:
             await self.st.stream.drain()     # the goodbye is heard before the line drops
@@ -104,6 +109,8 @@ class RestCallCarrier(Carrier):
 
     label = ""
     stream_class: type[MediaStream] = MediaStream
+    #: `rest_transfer` says a transfer's text message before dialling (Plivo's <Speak>); else the gateway does
+    says_text = False
     #: seconds a new media socket may take to send `start`
     start_timeout = 5.0
     #: seconds from answering (or dialling out) until the media socket must be up

@@ -41,6 +41,7 @@ from gateway.call import utcnow
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
 
+from .mediasocket import start_object
 from .restcall import LegState, RestCallCarrier
 from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
 from .twilio import number_settings
@@ -98,9 +99,7 @@ class TelnyxStream(MediaStream):
     internal_mark = "gw-tnx-"
 
     async def _on_start(self, m: dict[str, Any]) -> None:
-        start = m.get("start")
-        if not isinstance(start, dict):
-            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a start object")
+        start = start_object(m, CloseCode)
         sid = m.get("stream_id") or start.get("stream_id")
         self.stream_sid = str(sid)[:64] if sid else None
         fmt = start.get("media_format") or {}

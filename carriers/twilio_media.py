@@ -26,7 +26,7 @@ from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -126,9 +126,7 @@ class MediaStream(MarkedPlayout):
         return decode_event(msg, CloseCode, BINARY_REASON)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
-        start = m.get("start")
-        if not isinstance(start, dict):
-            raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a start object")
+        start = start_object(m, CloseCode)
         sid = m.get("streamSid") or start.get("streamSid")
         if not isinstance(sid, str) or not _SID.match(sid):
             raise StreamClosed(CloseCode.BAD_MESSAGE, "start without a valid streamSid / start object")

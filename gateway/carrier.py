@@ -67,7 +67,7 @@ class CallLeg(Protocol):
     """The carrier side of one live call, as the core sees it.
 
     A leg whose carrier says text itself may set `says_text = True`: a transfer's text message is then left on the
-    TransferRequest for it (Twilio's <Say>); on other legs the gateway speaks it (gateway/speech.py) and plays it
+    TransferRequest for it (Twilio's <Say>, Plivo's <Speak>); on other legs the gateway speaks it (gateway/speech.py) and plays it
     before the transfer."""
 
     async def hangup(self, call: "Call", reason: str) -> None:

@@ -169,17 +169,24 @@ async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
     assert row["ended_at"] and row["hangup_reason"] == "node_lost"
 
 
-async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
-    start, world, receiver, clients = cluster
-    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))      # the nodes' key (GATEWAY_SECRET_KEY)
+async def two_nodes_with(cluster, add_number):
+    """Store a number with `add_number(gw, agent_id=…)` (the nodes' secret key: GATEWAY_SECRET_KEY), then start
+    node-a and node-b on it; both healthy."""
+    start, world, _, _ = cluster
+    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))
     await store.open()
     try:
-        await add_vonage_number(SimpleNamespace(store=store), agent_id=world.agent["id"])
+        await add_number(SimpleNamespace(store=store), agent_id=world.agent["id"])
     finally:
         await store.close()
     a, b = start("node-a"), start("node-b")
     await a.wait_healthy()
     await b.wait_healthy()
+    return a, b
+
+
+async def test_vonage_socket_on_the_other_node_joins_the_same_call(cluster):
+    a, b = await two_nodes_with(cluster, add_vonage_number)
 
     async def answer(uuid: str) -> dict:
         async with aiohttp.ClientSession() as s:
@@ -221,16 +228,7 @@ def recording_pcm16(rate: int, seconds: float) -> bytes:
 
 
 async def test_exotel_stream_on_the_other_node_joins_the_announced_call(cluster):
-    start, world, receiver, clients = cluster
-    store = Store(start.db, SecretBox([SECRET_KEY], "tests"))      # the nodes' key (GATEWAY_SECRET_KEY)
-    await store.open()
-    try:
-        await add_exophone(SimpleNamespace(store=store), agent_id=world.agent["id"])
-    finally:
-        await store.close()
-    a, b = start("node-a"), start("node-b")
-    await a.wait_healthy()
-    await b.wait_healthy()
+    a, b = await two_nodes_with(cluster, add_exophone)
     async with aiohttp.ClientSession() as session:
         async with session.get(a.url("/exotel/call_coming"), params={
                 "CallSid": "CA-cluster-1", "CallFrom": "09876543210", "CallTo": "08047491899",

@@ -18,7 +18,7 @@ from fakes.plivo_rest import FakePlivoRest
 from fakes.twilio_env import recording
 from gateway.runtime import Gateway
 from gateway.simulate.plivo_stream import PlivoStreamClient, post_signed
-from test_twilio_media import ScriptEngine
+from test_twilio_media import transferring_env
 from test_twilio_rest import TARGET_A, TARGET_B, TRANSFER, api
 
 NUMBER = "+15005550006"
@@ -191,12 +191,7 @@ async def test_api_hangup_before_answer_cancels_the_request(plivo_env):
 
 
 async def test_transfer_dials_through_xml_busy_then_backup_answers(plivo_env):
-    async def script(session):
-        await session.transfer()
-
-    engine = ScriptEngine(script, echo=True)
-    env = await plivo_env(engine="xfer", settings=TRANSFER)
-    env.gw.engines.register("xfer", engine)
+    env, engine = await transferring_env(plivo_env, TRANSFER)
     call_id, call_uuid, url = await env.inbound()
     base = env.gw.settings.public_base
     async with env.stream(url) as client:

@@ -10,7 +10,7 @@ import numpy as np
 from fakes.signalwire_env import signalwire_env  # noqa: F401  (fixture)
 from fakes.twilio_env import CALLER, NUMBER, recording
 from gateway.simulate.twilio_stream import post_signed
-from test_twilio_media import ScriptEngine
+from test_twilio_media import transferring_env
 from test_twilio_rest import TARGET_A, TRANSFER, api, dial_of, dispatch
 from voicecodecs import ulaw_to_pcm16
 
@@ -92,12 +92,7 @@ async def test_outbound_dispatch_posts_laml_calls_with_project_auth_and_stream(s
 
 
 async def test_transfer_updates_the_call_with_a_dial(signalwire_env):
-    async def script(session):
-        await session.transfer()
-
-    engine = ScriptEngine(script, echo=True)
-    env = await signalwire_env(engine="xfer", settings=TRANSFER)
-    env.gw.engines.register("xfer", engine)
+    env, engine = await transferring_env(signalwire_env, TRANSFER)
     call_id, call_sid, client = await open_call(env)
     try:
         sid, rec = await asyncio.wait_for(env.rest.updates.get(), 5)

@@ -17,7 +17,7 @@ from fakes.telnyx_rest import FakeTelnyxRest
 from fakes.twilio_env import recording
 from gateway.runtime import Gateway
 from gateway.simulate.telnyx_stream import TelnyxStreamClient, post_webhook, public_key_b64
-from test_twilio_media import ScriptEngine
+from test_twilio_media import transferring_env
 from test_twilio_rest import TARGET_A, TARGET_B, TRANSFER, api
 
 NUMBER = "+15005550006"
@@ -172,12 +172,7 @@ async def test_dispatch_refused_by_telnyx_maps_like_every_carrier(telnyx_env):
 
 
 async def test_transfer_busy_target_then_backup_answers(telnyx_env):
-    async def script(session):
-        await session.transfer()
-
-    engine = ScriptEngine(script, echo=True)
-    env = await telnyx_env(engine="xfer", settings=TRANSFER)
-    env.gw.engines.register("xfer", engine)
+    env, engine = await transferring_env(telnyx_env, TRANSFER)
     call_id, ccid, answer = await env.inbound()
     async with env.stream(answer["stream_url"]) as client:
         await client.start(ccid)
@@ -216,12 +211,7 @@ async def test_import_checks_key_number_and_public_key(telnyx_env):
 
 
 async def test_every_transfer_target_fails_then_streaming_start_returns_the_caller_to_the_agent(telnyx_env):
-    async def script(session):
-        await session.transfer()
-
-    engine = ScriptEngine(script, echo=True)
-    env = await telnyx_env(engine="xfer", settings=TRANSFER)
-    env.gw.engines.register("xfer", engine)
+    env, engine = await transferring_env(telnyx_env, TRANSFER)
     call_id, ccid, answer = await env.inbound()
     async with env.stream(answer["stream_url"]) as client:
         await client.start(ccid)

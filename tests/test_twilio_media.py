@@ -56,6 +56,18 @@ class ScriptEngine(VoiceEngine):
         await asyncio.wait_for(loop(), timeout)
 
 
+async def transferring_env(make_env, settings: dict):
+    """A carrier's test environment (`make_env(engine=…, settings=…)`: twilio_env, telnyx_env…) whose agent
+    engine asks for a transfer as soon as the call starts and echoes the caller otherwise; (env, engine)."""
+    async def script(session: EngineSession) -> None:
+        await session.transfer()
+
+    engine = ScriptEngine(script, echo=True)
+    env = await make_env(engine="xfer", settings=settings)
+    env.gw.engines.register("xfer", engine)
+    return env, engine
+
+
 async def open_call(env, **client_kw):
     call_id, call_sid, _ = await env.inbound()
     client = env.stream(**client_kw)

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 
 from fakes.twilio_env import NUMBER, twilio_env  # noqa: F401  (fixture)
-from test_twilio_media import ScriptEngine, open_call
+from test_twilio_media import open_call, transferring_env
 from gateway.frames import TransferResult
 
 OTHER = "+15005550007"
@@ -247,16 +247,6 @@ TRANSFER = {"transfer": {"number": TARGET_A, "backup_numbers": [TARGET_B],
                          "transfer_message": "Transferring you now."}}
 
 
-async def transfer_env(twilio_env):
-    async def script(session):
-        await session.transfer()
-
-    engine = ScriptEngine(script, echo=True)
-    env = await twilio_env(engine="xfer", settings=TRANSFER)
-    env.gw.engines.register("xfer", engine)
-    return env, engine
-
-
 def dial_of(twiml: str) -> tuple[str, str, dict]:
     action = re.search(r'<Dial action="([^"]+)"', twiml).group(1).replace("&amp;", "&")
     number = re.search(r"<Number [^>]*>([^<]+)</Number>", twiml).group(1)
@@ -265,7 +255,7 @@ def dial_of(twiml: str) -> tuple[str, str, dict]:
 
 
 async def test_transfer_primary_busy_dials_backup_then_reports_completed(twilio_env):
-    env, engine = await transfer_env(twilio_env)
+    env, engine = await transferring_env(twilio_env, TRANSFER)
     call_id, call_sid, client = await open_call(env)
     try:
         sid, rec = await asyncio.wait_for(env.rest.updates.get(), 5)
@@ -300,7 +290,7 @@ async def test_transfer_primary_busy_dials_backup_then_reports_completed(twilio_
 
 
 async def test_transfer_nobody_answers_returns_caller_to_the_agent(twilio_env):
-    env, engine = await transfer_env(twilio_env)
+    env, engine = await transferring_env(twilio_env, TRANSFER)
     call_id, call_sid, client = await open_call(env)
     try:
         _, rec = await asyncio.wait_for(env.rest.updates.get(), 5)

@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import secrets
 from typing import Any
 
 from aiohttp import web
 
 try:
-    from .rest_faults import RestStandIn
+    from .rest_faults import RestStandIn, basic, has_basic
 except ImportError:                    # run as a script
-    from rest_faults import RestStandIn    # type: ignore[no-redef]
+    from rest_faults import RestStandIn, basic, has_basic    # type: ignore[no-redef]
 
 ACCOUNT_SID = "gwtest1"
 API_KEY = "exo-key-123"
 API_TOKEN = "exo-token-456"
 APP_ID = "812345"
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def exotel_error(status: int, message: str | None = None) -> web.Response:
@@ -56,7 +51,7 @@ class FakeExotelApi(RestStandIn):
         self.connect_status = 200
 
     def _auth_ok(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization", "") == basic(API_KEY, API_TOKEN)
+        return has_basic(request, API_KEY, API_TOKEN)
 
     async def _record(self, request: web.Request) -> None:
         form = dict(await request.post()) if request.method == "POST" else dict(request.query)

@@ -6,14 +6,13 @@ await; `faults` injects 401/404/429/500 or a hang (rest_faults.py)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from .rest_faults import RestStandIn
+from .rest_faults import RestStandIn, has_basic
 
 
 def plivo_error(status: int, message: str) -> web.Response:
@@ -48,8 +47,7 @@ class FakePlivoRest(RestStandIn):
         return self
 
     def _authorized(self, request: web.Request) -> bool:
-        expected = "Basic " + base64.b64encode(f"{self.auth_id}:{self.auth_token}".encode()).decode()
-        return request.match_info["auth_id"] == self.auth_id and request.headers.get("Authorization") == expected
+        return request.match_info["auth_id"] == self.auth_id and has_basic(request, self.auth_id, self.auth_token)
 
     async def _record(self, request: web.Request) -> Any:
         body = await request.json() if request.can_read_body else None

@@ -1,4 +1,4 @@
-"""Failure injection and serving shared by the carrier REST stand-ins (Twilio, Exotel, Vonage).
+"""Failure injection, serving and Basic auth shared by the carrier REST stand-ins (Twilio, Exotel, Vonage, Plivo…).
 
 `faults.add("POST", "/Calls.json", 429, retry_after=7)` makes the next matching request answer 429 with the
 carrier's own error body; `faults.add(..., "hang")` makes it hang until the stand-in stops (a carrier API that
@@ -8,12 +8,23 @@ builds that carrier's error response.
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
 
 HANG = "hang"
+
+
+def basic(user: str, password: str) -> str:
+    """The `Authorization` value of HTTP Basic auth (RFC 7617)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def has_basic(request: web.Request, user: str, password: str) -> bool:
+    """The request carries Basic auth with exactly these credentials (what every carrier REST API checks)."""
+    return request.headers.get("Authorization", "") == basic(user, password)
 
 
 @dataclass

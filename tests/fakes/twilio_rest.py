@@ -9,7 +9,6 @@ Every request is recorded, and call updates are also put on `updates` for tests 
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import secrets
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .rest_faults import RestStandIn
+from .rest_faults import RestStandIn, has_basic
 
 #: Twilio's error codes for the statuses the fault injection answers with (https://www.twilio.com/docs/api/errors)
 FAULT_CODES = {401: (20003, "Authenticate"), 404: (20404, "The requested resource was not found"),
@@ -116,12 +115,7 @@ class FakeTwilioRest(RestStandIn):
 
     def _auth(self, request: web.Request) -> FakeAccount | web.Response:
         acc = self.accounts.get(request.match_info["account"])
-        header = request.headers.get("Authorization", "")
-        try:
-            user, _, pw = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
-        except ValueError:
-            user = pw = ""
-        if acc is None or user != acc.sid or pw != acc.token:
+        if acc is None or not has_basic(request, acc.sid, acc.token):
             return twilio_error(401, 20003, "Authenticate")
         return acc
 

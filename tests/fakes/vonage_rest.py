@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 try:
-    from .rest_faults import RestStandIn
+    from .rest_faults import RestStandIn, has_basic
 except ImportError:                    # run as a script
-    from rest_faults import RestStandIn    # type: ignore[no-redef]
+    from rest_faults import RestStandIn, has_basic    # type: ignore[no-redef]
 
 VONAGE_NUMBER = "+447700900000"
 APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -75,8 +74,7 @@ class FakeVonageApi(RestStandIn):
         return claims.get("application_id") == APP_ID
 
     def _basic_ok(self, request: web.Request) -> bool:
-        expected = "Basic " + base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode()
-        return request.headers.get("Authorization", "") == expected
+        return has_basic(request, API_KEY, API_SECRET)
 
     async def _log(self, request: web.Request, body: Any = None) -> None:
         if body is None:
