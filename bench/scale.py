@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._report import table, write_section  # noqa: E402
-from bench.media_ws import RECORDING, prepare_db, run_step as twilio_step  # noqa: E402
+from bench.media_ws import RECORDING, prepare_db  # noqa: E402
+from bench.media_ws import run_step as twilio_step
 from bench.sip_load import long_media_scenario, media_port  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.loadtest.command import free_port, parse_metrics, provision  # noqa: E402
@@ -76,7 +77,7 @@ class Node:
     def procs(self) -> set[str]:
         return {"bench"} if self.workers == 1 else {f"bench.{k}" for k in range(1, self.workers + 1)}
 
-    async def start(self) -> "Node":
+    async def start(self) -> Node:
         await reset_schema(self.db)
         if self.carriers == "twilio":
             await prepare_db(self.db)          # bench/media_ws.py's Twilio account, number and echo agent
@@ -192,7 +193,7 @@ async def one_worker(url: str, metrics: bool = False) -> tuple[str, dict[str, fl
                 return proc, {}
             async with http.get(url + "/metrics") as r:
                 return proc, parse_metrics(await r.text())
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 from gateway.loadtest.command import SCENARIO_DIR, free_port, read_metrics, start_gateway  # noqa: E402
 from gateway.loadtest.sipp import run_sipp  # noqa: E402
 from gateway.procstat import ProcessSampler  # noqa: E402

@@ -94,7 +94,7 @@ async def soak(args: argparse.Namespace) -> None:
                               flush=True)
                 try:
                     await asyncio.wait_for(done.wait(), args.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
         sampler = asyncio.create_task(sample())

@@ -27,12 +27,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from websockets.asyncio.client import connect  # noqa: E402
+
 from bench import media_ws  # noqa: E402
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.pipecat_env import pipecat_python, pipecat_version  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 
 
 class ByteCall(media_ws.Call):

@@ -24,8 +24,12 @@ import aiohttp
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import (SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator,
-                                      get_signature_algorithm)
+from twilio.request_validator import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 from yarl import URL
@@ -149,7 +153,7 @@ def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: 
 class TwilioLeg:
     """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
 
-    def __init__(self, carrier: "TwilioCarrier", call: Call, creds: TwilioCreds) -> None:
+    def __init__(self, carrier: TwilioCarrier, call: Call, creds: TwilioCreds) -> None:
         self.carrier = carrier
         self.call = call
         self.creds = creds
@@ -196,7 +200,7 @@ class TwilioLeg:
             self._watchdog.cancel()
         self._watchdog = None
 
-    def _shielded(self, coro: Any) -> "asyncio.Future":
+    def _shielded(self, coro: Any) -> asyncio.Future:
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
         return asyncio.shield(self.carrier.spawn(coro, report=False))
 

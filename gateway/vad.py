@@ -102,7 +102,7 @@ class SpeechTap:
     """A call tap: VAD on inbound carrier audio → `speech:*` events (ordered, off the audio path), engine frames
     and the caller side of the call's turn timeline (`call.timeline`)."""
 
-    def __init__(self, call: "Call", **detector_options: Any) -> None:
+    def __init__(self, call: Call, **detector_options: Any) -> None:
         rate = call.bus.carrier_rate
         self._call = call
         self._frames = Reframer(frame_bytes(rate))

@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -100,9 +101,8 @@ class GatewayProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway {self.node_id} exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                async with aiohttp.ClientSession() as s:
-                    async with s.get(self.url("/healthz")) as r:
-                        return r.status == 200
+                async with aiohttp.ClientSession() as s, s.get(self.url("/healthz")) as r:
+                    return r.status == 200
             except aiohttp.ClientError:
                 return False
         await wait_until(healthy, timeout, f"gateway {self.node_id} to answer /healthz", interval=0.1)
@@ -174,6 +174,7 @@ class TwilioWorld:
     async def inbound(self, gw: GatewayProc) -> tuple[str, str]:
         """Twilio's voice webhook for a new inbound call, answered by `gw`: returns (call_id, call_sid)."""
         import re
+
         from fakes.twilio_env import CALLER, NUMBER
         from gateway.simulate.twilio_stream import post_signed
         call_sid = self.rest.add_call(self.account)

@@ -73,7 +73,7 @@ class GatewayProc:
 
     @classmethod
     async def start(cls, tmp: Path, *args: str, env: dict[str, str] | None = None, sip_port: int | None = None,
-                    carriers: str = "sip") -> "GatewayProc":
+                    carriers: str = "sip") -> GatewayProc:
         http_port = free_port(kind=__import__("socket").SOCK_STREAM)
         sip_port = sip_port or free_port()
         data_dir = tmp / "gw"
@@ -104,7 +104,7 @@ class GatewayProc:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
                 async with http.get(self.url("/healthz"), timeout=aiohttp.ClientTimeout(total=5)) as r:
                     return r.status, await r.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+        except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
             return None
 
     async def wait_procs(self, procs: set[str], timeout: float = 90) -> None:
@@ -190,7 +190,7 @@ class KamailioProc:
 
     @classmethod
     async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000
-                    ) -> "KamailioProc":
+                    ) -> KamailioProc:
         port = free_port()
         run_dir = tmp / "kamailio-run"
         run_dir.mkdir(exist_ok=True)

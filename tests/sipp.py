@@ -123,7 +123,7 @@ class SippUas:
         self._task: asyncio.Task | None = None
         self.result: Outcome | None = None
 
-    async def start(self) -> "SippUas":
+    async def start(self) -> SippUas:
         for attempt in range(3):
             try:
                 return await self._start_once()
@@ -132,7 +132,7 @@ class SippUas:
                 self.port, self.media_port = free_port(), free_port(even=True)
         return await self._start_once()
 
-    async def _start_once(self) -> "SippUas":
+    async def _start_once(self) -> SippUas:
         # the "target" is unused by a UAS but the runner insists on loopback anyway
         self._task = asyncio.create_task(run_sipp("127.0.0.1:9", self._build(), deadline_s=self._deadline,
                                                   cwd=self._workdir))
@@ -154,7 +154,7 @@ class SippUas:
         self.result = Outcome(await self._task)
         return self.result
 
-    async def __aenter__(self) -> "SippUas":
+    async def __aenter__(self) -> SippUas:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -234,9 +234,8 @@ async def metrics_text(gw) -> str:
     """The gateway's /metrics page, as Prometheus would read it."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url("/metrics")) as r:
-            return await r.text()
+    async with aiohttp.ClientSession() as http, http.get(gw.url("/metrics")) as r:
+        return await r.text()
 
 
 async def call_rows(gw) -> list[dict]:

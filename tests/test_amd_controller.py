@@ -15,7 +15,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import silence, sit, tone, words, write_wav  # noqa: E402
-
 from gateway.amd import AmdDetector, AmdParams, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, HangupSource, Mark  # noqa: E402

@@ -9,7 +9,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import espeak, noise, silence, tone, word, words  # noqa: E402
-
 from gateway.amd import AmdDetector, AmdParams  # noqa: E402
 from gateway.amd.tones import tone_score  # noqa: E402
 from gateway.frames import AnsweredBy  # noqa: E402

@@ -67,10 +67,9 @@ class Reply:
 
 async def _get(gw, path: str, **params) -> Reply:
     """A GET as Exotel's applets make it (query parameters, no redirect following)."""
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url(path), params=params, allow_redirects=False,
-                         headers={"Exotel-Version": "1.0"}) as r:
-            return Reply(r.status, await r.read())
+    async with aiohttp.ClientSession() as s, s.get(gw.url(path), params=params, allow_redirects=False,
+                     headers={"Exotel-Version": "1.0"}) as r:
+        return Reply(r.status, await r.read())
 
 
 async def test_transfer_flow_302_then_connect_numbers_then_call_end(make_gateway):

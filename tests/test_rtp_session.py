@@ -9,8 +9,8 @@ from gateway.frames import AudioFrame, Dtmf
 from gateway.rtp import RtpEngine
 from gateway.rtp.dtmf import DtmfReceiver, encode_event
 from gateway.rtp.packet import build_rtp, parse_rtp
-from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from sipp import wait_for
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs._audioop import audioop
 
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
+from conftest import reset_postgres_schema
 from gateway.secretbox import MARK, SecretBox, SecretKeyError, key_file, read_key_file
 from gateway.store import Store
-from conftest import reset_postgres_schema
 from sipp import sip_gateway, sip_number
 
 PASSWORD = "TrunkPass-8842-zz"

@@ -16,7 +16,6 @@ from carriers.exotel import ExotelCarrier
 from carriers.sip import SipCarrier
 from carriers.vonage import VonageCarrier
 from exotel_helpers import ACCOUNT_SID, EXOPHONE, add_exophone, tone
-from vonage_helpers import VONAGE_NUMBER, add_vonage_number
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, Hangup, SpeechActivity
@@ -25,6 +24,7 @@ from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
 from gateway.simulate.script import ScriptError, parse_script
 from sipp import rtp_range, sip_number
 from voicecodecs._audioop import audioop
+from vonage_helpers import VONAGE_NUMBER, add_vonage_number
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng not installed")]

@@ -11,8 +11,18 @@ from carriers.vonage import VonageCarrier
 from exotel_helpers import CallWatch, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AmdResult, CallStarted, Dtmf, Hangup, TransferResult
-from vonage_helpers import (API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi, FakeVonageSocket,
-                            SIGNATURE_SECRET, add_vonage_number, rsa_private_pem, signed_headers)
+from vonage_helpers import (
+    API_KEY,
+    API_SECRET,
+    APP_ID,
+    SIGNATURE_SECRET,
+    VONAGE_NUMBER,
+    FakeVonageApi,
+    FakeVonageSocket,
+    add_vonage_number,
+    rsa_private_pem,
+    signed_headers,
+)
 
 PRIMARY, BACKUP1, BACKUP2 = "+447700900001", "+447700900002", "+447700900003"
 
@@ -36,9 +46,8 @@ async def _gw(make_gateway, api: FakeVonageApi, engine: str = "echo"):
 
 
 async def _post(gw, path, body, headers):
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url(path), json=body, headers=headers) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.post(gw.url(path), json=body, headers=headers) as r:
+        return r.status, await r.json()
 
 
 def body(**over):

@@ -20,7 +20,7 @@ chunking. The price is the filter's group delay, `delay_ms` (≈ 1–2.3 ms for 
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from math import ceil, gcd
 
 import numpy as np
@@ -81,7 +81,7 @@ class _Design:
         return np.ascontiguousarray(h, dtype=np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def prototype(in_rate: int, out_rate: int) -> np.ndarray:
     """Kaiser-windowed sinc low-pass at the common rate, polyphase branches normalised to unity DC gain."""
     g = gcd(in_rate, out_rate)
@@ -101,7 +101,7 @@ def prototype(in_rate: int, out_rate: int) -> np.ndarray:
     return h
 
 
-@lru_cache(maxsize=None)
+@cache
 def _design(in_rate: int, out_rate: int) -> _Design:
     return _Design(in_rate, out_rate)
 

@@ -16,7 +16,8 @@ from gateway.amd.tones import tone_score  # noqa: E402
 from gateway.amd.vad import WebRtcVad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silero import SileroVad, available as silero_available  # noqa: E402
+from silero import SileroVad  # noqa: E402
+from silero import available as silero_available
 
 
 def _us(fn, n: int = 2000) -> float:

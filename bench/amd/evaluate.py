@@ -33,7 +33,8 @@ from gateway.amd.params import AmdParams  # noqa: E402
 from gateway.amd.wav import load_message  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silero import SileroVad, available as silero_available  # noqa: E402
+from silero import SileroVad  # noqa: E402
+from silero import available as silero_available
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 TRUTH = ["human", "machine", "fax", "sit", "silence"]

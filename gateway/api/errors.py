@@ -34,7 +34,7 @@ def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str
     return {"success": False, "error": message, "field": field, **extra}
 
 
-def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:
+def carrier_api_error(e: CarrierError, message: str | None = None, **extra: Any) -> ApiError:
     """A carrier's refusal as the API answers it (status mapped in gateway/carrier_rest.py; a rate limit carries
     `Retry-After`). `message`: the error text after scrubbing secrets, when the caller had some to scrub."""
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None

@@ -31,7 +31,7 @@ def supervisor_pid() -> int | None:
 
 
 async def drain(request: web.Request) -> web.Response:
-    gw: "Gateway" = request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
     proc = request.match_info["proc"]
     body = await read_json(request)
     reject_unknown(body, {"timeout"})
@@ -64,7 +64,7 @@ async def drain(request: web.Request) -> web.Response:
                              status=202)
 
 
-def _drain_handler(gw: "Gateway"):
+def _drain_handler(gw: Gateway):
     async def handler(args: dict) -> Reply:
         timeout = args.get("timeout")
         gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
@@ -75,5 +75,5 @@ def _drain_handler(gw: "Gateway"):
 
 def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/nodes/{{proc}}/drain", drain)
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     gw.control.handle("drain", _drain_handler(gw))

@@ -111,9 +111,8 @@ async def read_metrics(http_url: str | None) -> dict[str, float]:
     if not http_url:
         return {}
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(http_url + "/metrics") as r:
-                return parse_metrics(await r.text())
+        async with aiohttp.ClientSession() as http, http.get(http_url + "/metrics") as r:
+            return parse_metrics(await r.text())
     except aiohttp.ClientError:
         return {}
 
@@ -231,5 +230,5 @@ async def run(args: argparse.Namespace) -> int:
             local.proc.terminate()
             try:
                 await asyncio.wait_for(local.proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 local.proc.kill()

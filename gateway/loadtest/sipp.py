@@ -14,8 +14,8 @@ import shutil
 import signal
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 SIPP = "sipp"
 
@@ -38,7 +38,7 @@ class SippStats:
     failed_breakdown: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: dict[str, str]) -> "SippStats":
+    def from_row(cls, row: dict[str, str]) -> SippStats:
         def num(key: str) -> float:
             try:
                 return float(row.get(key) or 0)
@@ -132,7 +132,7 @@ async def run_sipp(target: str, args: list[str], *, deadline_s: float, cwd: str 
     while proc.returncode is None:
         try:
             await asyncio.wait_for(proc.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if on_progress is not None:
             s = read_stat_file(stat)

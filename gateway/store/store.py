@@ -6,23 +6,23 @@ the database (gateway/secretbox.py) and decrypted only on that explicit request;
 """
 from __future__ import annotations
 
-import logging
-import os
-from datetime import datetime
-from typing import Any
-
 import asyncio
 import contextlib
 import copy
-import time
+import logging
 import logging as _logging
+import os
+import time
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
-from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
+from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
+from .models import row_dict as _row
 from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
 

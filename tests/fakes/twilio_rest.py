@@ -83,7 +83,7 @@ class FakeTwilioRest(RestStandIn):
         self.calls[sid] = {"sid": sid, "account_sid": account.sid, "status": status}
         return sid
 
-    async def start(self) -> "FakeTwilioRest":
+    async def start(self) -> FakeTwilioRest:
         def fault(status: int) -> web.Response:
             return twilio_error(status, *FAULT_CODES.get(status, (20001, "Bad request")))
 
