@@ -105,7 +105,8 @@ class Call:
                 now = time.monotonic()
                 self.res.late_sends.append(now - due)
                 self.res.sent.append(now)
-                await self.ws.send(head + f'{i + 1}","payload":"{self.payloads[(self.start_at + i) % len(self.payloads)]}"}}}}')
+                payload = self.payloads[(self.start_at + i) % len(self.payloads)]
+                await self.ws.send(head + f'{i + 1}","payload":"{payload}"}}}}')
             deadline = time.monotonic() + 1.0
             while len(self.res.received) < frames and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -96,9 +96,10 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
 
 
 def start_pipecat(port: int, core: int | None, tmp: str) -> subprocess.Popen:
-    proc = subprocess.Popen([pipecat_python(), str(ROOT / "bench" / "peers" / "pipecat_twilio_echo.py"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(tmp, "pipecat.log"), "w"))
+    with open(os.path.join(tmp, "pipecat.log"), "w") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([pipecat_python(), str(ROOT / "bench" / "peers" / "pipecat_twilio_echo.py"),
+                                 "--port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=log)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
     return proc

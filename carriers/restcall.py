@@ -4,7 +4,8 @@ Both carriers are told where our media socket is by URL (Telnyx `stream_url`, Pl
 signs the websocket upgrade, so the URL carries our call id and a one-time token (`?call_id=…&token=…`): the
 socket that presents it claims the call once. In a cluster the socket may reach another process than the one
 that handed the URL out: the SHA-256 of the token is in the call's row (`extra.<carrier>_stream_token_sha256`,
-committed before the URL leaves), so that process adopts the call (docs/deploy.md) once the token matches. The rest is the same state machine for both:
+committed before the URL leaves), so that process adopts the call (docs/deploy.md) once the token matches. The
+rest is the same state machine for both:
 
     connecting → live ⇄ transferring (→ released once a target answers) ; reconnecting after every target failed
 

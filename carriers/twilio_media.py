@@ -168,7 +168,8 @@ class MediaStream(MarkedPlayout):
                 if digit.upper() in _DIGITS and len(digit) == 1:
                     call.feed_event(Dtmf(digit.upper()))
                 else:
-                    log.warning("ignored malformed dtmf message", extra={"carrier": self.carrier.name, "call_id": call.id})
+                    log.warning("ignored malformed dtmf message",
+                                extra={"carrier": self.carrier.name, "call_id": call.id})
             elif event == "stop":
                 self.stopped = True
                 return

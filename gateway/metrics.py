@@ -68,7 +68,7 @@ class Histogram:
         lines.append(f"# HELP {self.name} {self.help}")
         lines.append(f"# TYPE {self.name} histogram")
         running = 0
-        for bound, n in zip(self.buckets, self.counts):
+        for bound, n in zip(self.buckets, self.counts, strict=True):
             running += n
             lines.append(f'{self.name}_bucket{{le="{_value(float(bound))}"}} {running}')
         lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')

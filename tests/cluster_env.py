@@ -150,11 +150,12 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
                "GATEWAY_SECRET_KEY": SECRET_KEY,
                "GATEWAY_ALLOW_PRIVATE_WEBHOOKS": "true",     # the tests' webhook receiver listens on 127.0.0.1
                **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
-         "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
-         "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO"],
-        env=environ, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), cwd=str(ROOT))
+    with open(log_path, "w") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
+             "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
+             "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO"],
+            env=environ, stdout=subprocess.DEVNULL, stderr=log, cwd=str(ROOT))
     return GatewayProc(node_id, port, str(data_dir), proc, log_path)
 
 

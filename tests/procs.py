@@ -85,11 +85,12 @@ class GatewayProc:
                     "GATEWAY_RTP_PORT_MIN": str(rtp["rtp_port_min"]), "GATEWAY_RTP_PORT_MAX": str(rtp["rtp_port_max"]),
                     "GATEWAY_NODE_ID": NODE, **(env or {})}
         full_env.pop("GATEWAY_PUBLIC_URL", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
-             "--sip-port", str(sip_port), "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
-             "--log-level", "INFO", *args],
-            env=full_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(tmp))
+        with open(log, "w") as out:   # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
+                 "--sip-port", str(sip_port), "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
+                 "--log-level", "INFO", *args],
+                env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp))
         return cls(proc, http_port, sip_port, data_dir, log)
 
     def url(self, path: str = "") -> str:
@@ -195,12 +196,13 @@ class KamailioProc:
         run_dir = tmp / "kamailio-run"
         run_dir.mkdir(exist_ok=True)
         log = tmp / "kamailio.log"
-        proc = subprocess.Popen(
-            ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
-             "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
-             "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
-             "-A", "LOG_LEVEL=2"],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "w") as out:   # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
+                 "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
+                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
+                 "-A", "LOG_LEVEL=2"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         kam = cls(proc, port, run_dir, log)
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam

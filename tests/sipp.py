@@ -39,9 +39,8 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
             continue
         if not (_udp_free(port, socket.SOCK_DGRAM) and _udp_free(port, socket.SOCK_STREAM)):
             continue  # SIPp binds the other kind too (and TCP ports linger in TIME_WAIT)
-        if even:  # RTP + RTCP (+2 for SIPp's video echo)
-            if not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
-                continue
+        if even and not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
+            continue  # RTP + RTCP (+2 for SIPp's video echo)
         return port
     raise RuntimeError("no free port")
 
@@ -124,7 +123,7 @@ class SippUas:
         self.result: Outcome | None = None
 
     async def start(self) -> SippUas:
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 return await self._start_once()
             except _PortTaken:
@@ -242,5 +241,5 @@ async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp", "rtp_range",
-           "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp",
+           "rtp_range", "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

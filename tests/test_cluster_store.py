@@ -64,8 +64,8 @@ async def test_claim_moves_ownership_once(store):
 
 async def test_close_orphans_sets_the_call_log_like_a_hangup(store):
     t0 = datetime.now(UTC) - timedelta(seconds=30)
-    answered = await store.create_call(call_fields("ans", "lost", call_status="in-progress",
-                                                   answered_at=t0))
+    await store.create_call(call_fields("ans", "lost", call_status="in-progress",
+                                     answered_at=t0))
     ringing = await store.create_call(call_fields("ring", "lost"))
     other = await store.create_call(call_fields("other", "alive"))
     last_seen = t0 + timedelta(seconds=12)

@@ -156,8 +156,8 @@ async def test_call_coming_opens_the_log_and_the_stream_joins_it(make_gateway):
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    r = await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-cc", CallFrom="09876543210", CallTo="08047491899",
-                   Direction="incoming", Created="2026-11-23 10:00:00")
+    r = await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-cc", CallFrom="09876543210",
+                   CallTo="08047491899", Direction="incoming", Created="2026-11-23 10:00:00")
     assert r.status == 200
     call = await watch.next_call()
     row = await gw.store.get_call(call.log_id)
@@ -181,7 +181,8 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_passthru(mak
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-nostream", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-nostream", CallFrom="09876543210",
+               CallTo="08047491899")
     call = await watch.next_call()
     r = await _get(gw, "/exotel/should_end_the_call", CallSid="CA-nostream", **{"Stream[Status]": "failed",
                                                                                "Stream[DisconnectedBy]": "system"})
@@ -196,7 +197,8 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_watchdog(mak
     gw.carriers["exotel"].attach_timeout = 0.2
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210",
+               CallTo="08047491899")
     call = await watch.next_call()
     row = await watch.wait_ended(call, timeout=5)
     assert row["hangup_reason"] == "stream_never_started" and not gw.calls.active

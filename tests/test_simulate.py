@@ -171,7 +171,7 @@ async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, v
         assert rep.ok, rep
         caller, gateway = rep.timing["turns"], rep.gateway["turns"]
         assert len(caller) == len(gateway) == 2, (caller, gateway)
-        for c, g in zip(caller, gateway):
+        for c, g in zip(caller, gateway, strict=True):
             # the engine answers DELAY_MS after its own last loud frame; the VAD's last voiced frame can be a
             # frame or two earlier, and a busy box adds scheduling delay
             assert DELAY_MS - 60 <= g["latency_ms"] <= DELAY_MS + 250, gateway

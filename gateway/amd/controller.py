@@ -7,8 +7,8 @@
     sit            → special information tones + network announcement: hang up (hangup_reason "sit"), no voicemail
 
 Carriers call `maybe_start_amd(call)` once for an outbound call, before (or right after) `call.attach()`; it is a
-no-op when the agent has AMD off. Carriers with their own AMD (Twilio, SignalWire, Telnyx: when the agent picks that provider) pass
-their verdict to `report_amd(call, result)` and get the same behaviour and the same call-log fields.
+no-op when the agent has AMD off. Carriers with their own AMD (Twilio, SignalWire, Telnyx: when the agent picks that
+provider) pass their verdict to `report_amd(call, result)` and get the same behaviour and the same call-log fields.
 """
 from __future__ import annotations
 

@@ -144,9 +144,9 @@ def _webhook(v: Any) -> dict[str, Any]:
     secret = w.get("secret")
     if secret in (None, ""):
         w["secret"] = None  # explicit null clears it (also through PATCH's per-section merge)
-    elif secret != MASK:  # MASK = "keep the stored one" (a GET body sent back unchanged)
-        if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
-            raise bad(f"{f}.secret", "must be a string of 16 to 200 characters")
+    elif secret != MASK and (not isinstance(secret, str) or not 16 <= len(secret) <= 200):
+        # (MASK = "keep the stored one": a GET body sent back unchanged)
+        raise bad(f"{f}.secret", "must be a string of 16 to 200 characters")
     return w
 
 

@@ -60,8 +60,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         # status, path and field only: messages may quote the input
-        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method, "path": request.path,
-                                               "status": e.status, "field": e.field})
+        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method,
+                                               "path": request.path, "status": e.status, "field": e.field})
         return error_response(e.status, e.message, e.field, headers=e.headers, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:

@@ -57,7 +57,7 @@ async def drain(request: web.Request) -> web.Response:
     replies = await asyncio.gather(*(gw.control.request(t, "drain", {"timeout": timeout}) for t in targets))
     if len(targets) == 1 and replies[0] is not None:
         return web.json_response(replies[0].body, status=replies[0].status, headers=replies[0].headers)
-    silent = [t for t, r in zip(targets, replies) if r is None or not r.ok]
+    silent = [t for t, r in zip(targets, replies, strict=True) if r is None or not r.ok]
     if silent:
         raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
     return web.json_response({"success": True, "proc": proc, "state": "draining", "processes": targets},

@@ -122,7 +122,8 @@ async def run_sipp(target: str, args: list[str], *, deadline_s: float, cwd: str 
     check_loopback(target)
     workdir = cwd or tempfile.mkdtemp(prefix="sipp-")
     stat = os.path.join(workdir, "stat.csv")
-    full = [sipp_path(), target, "-i", "127.0.0.1", *args, "-trace_stat", "-stf", stat, "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
+    full = [sipp_path(), target, "-i", "127.0.0.1", *args, "-trace_stat", "-stf", stat, "-fd", "1",
+            "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", os.path.join(workdir, "errors.log"), "-nostdin"]
     proc = await asyncio.create_subprocess_exec(*full, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.PIPE, start_new_session=True)

@@ -111,10 +111,9 @@ class RtpSession(asyncio.DatagramProtocol):
         log.debug("rtp socket error", extra={"port": self.local_port, "error": str(exc)})
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.latched:
-            if addr != self.remote:
-                self.foreign += 1
-                return
+        if self.latched and addr != self.remote:
+            self.foreign += 1
+            return
         if is_rtcp(data):
             return
         try:

@@ -189,7 +189,8 @@ async def _invite_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str, 
     uri = sip_uri(plan.user_part(number), host, port if port != 5060 else None,
                   transport=(fields.get("transport") or "udp"))
     caller = number[1:] if plan.strip_plus else number
-    probe = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr(sip_uri(caller, host)), to_addr=NameAddr(uri), sdp=make_offer(ua.host, 9).to_bytes(), dest=dest, creds=creds,
+    probe = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr(sip_uri(caller, host)), to_addr=NameAddr(uri),
+                           sdp=make_offer(ua.host, 9).to_bytes(), dest=dest, creds=creds,
                            route=route, headers=[("Subject", "connection test")])
     seen: list[SipResponse] = []
 

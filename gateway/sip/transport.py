@@ -325,7 +325,7 @@ class SipTransport:
             log.info("dropped malformed SIP message from %s:%d: %s", addr[0], addr[1], reason)
             return
         try:
-            partial.top_via  # a response needs somewhere to go
+            _ = partial.top_via  # a response needs somewhere to go
         except SipParseError:
             if err.status != 505:
                 self.stats["dropped"] += 1

@@ -511,7 +511,8 @@ class Store(ClusterStore):
             q, cq = q.where(CallLog.call_status == call_status), cq.where(CallLog.call_status == call_status)
         async with self._session() as s:
             total = await s.scalar(cq)
-            rows = (await s.scalars(q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize))).all()
+            page = q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize)
+            rows = (await s.scalars(page)).all()
             return [_row(c) for c in rows], int(total or 0)
 
     async def list_call_events(self, call_id: int) -> list[dict[str, Any]]:

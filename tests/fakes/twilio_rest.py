@@ -108,7 +108,7 @@ class FakeTwilioRest(RestStandIn):
             params.setdefault(k, []).append(v)
         if request.method == "POST":
             form = await request.post()
-            for k in form.keys():
+            for k in form:
                 params[k] = [str(x) for x in form.getall(k)]
         rec = Recorded(request.method, request.path, params)
         self.requests.append(rec)
