@@ -45,7 +45,7 @@ def resample(pcm: bytes, src: int, dst: int) -> bytes:
 def read_wav(data: bytes | str | Path, rate: int) -> bytes:
     """A mono or stereo 16-bit WAV (bytes or a path) as PCM16 mono at `rate`."""
     try:
-        src = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")
+        src = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115 (closed by the with)
         with src, wave.open(src) as w:
             if w.getsampwidth() != 2:
                 raise AudioError("WAV must be 16-bit PCM")
@@ -109,7 +109,7 @@ async def synthesize(text: str, rate: int, voice: str = "en-us", words_per_minut
                                                     stderr=asyncio.subprocess.PIPE)
         try:
             _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise AudioError(f"{prog} took more than {TIMEOUT_S:.0f} s") from None

@@ -15,16 +15,20 @@ import pytest
 from carriers.exotel import ExotelCarrier
 from carriers.sip import SipCarrier
 from carriers.vonage import VonageCarrier
-from exotel_helpers import ACCOUNT_SID, API_KEY as EXOTEL_KEY, API_TOKEN as EXOTEL_TOKEN, EXOPHONE, add_exophone, tone
-from vonage_helpers import API_KEY as VONAGE_KEY, SIGNATURE_SECRET, VONAGE_NUMBER, add_vonage_number
+from exotel_helpers import ACCOUNT_SID, EXOPHONE, add_exophone, tone
+from exotel_helpers import API_KEY as EXOTEL_KEY
+from exotel_helpers import API_TOKEN as EXOTEL_TOKEN
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, Hangup, SpeechActivity
 from gateway.simulate.lines import ExotelLine, SipLine, TwilioLine, VonageLine
-from gateway.simulate.runner import AGREEMENT_MS, api_timing, overall as run_overall, run_calls
+from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
+from gateway.simulate.runner import overall as run_overall
 from gateway.simulate.script import ScriptError, parse_script
 from sipp import rtp_range, sip_number
 from voicecodecs._audioop import audioop
+from vonage_helpers import API_KEY as VONAGE_KEY
+from vonage_helpers import SIGNATURE_SECRET, VONAGE_NUMBER, add_vonage_number
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng not installed")]
@@ -174,7 +178,7 @@ async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, v
         assert rep.ok, rep
         caller, gateway = rep.timing["turns"], rep.gateway["turns"]
         assert len(caller) == len(gateway) == 3, (caller, gateway)
-        diffs = [abs(c["latency_ms"] - g["latency_ms"]) for c, g in zip(caller, gateway)]
+        diffs = [abs(c["latency_ms"] - g["latency_ms"]) for c, g in zip(caller, gateway, strict=True)]
         for g in gateway:
             # the engine answers DELAY_MS after its own last loud frame; the VAD's last voiced frame can be a
             # frame or two earlier, and a busy box adds scheduling delay

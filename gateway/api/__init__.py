@@ -66,7 +66,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
     return ok(responses.OpenApiDocument.model_validate(openapi.build(request.app["gateway"], request.app)))
 
 
-def setup_api(app: web.Application, gateway: "Gateway") -> None:
+def setup_api(app: web.Application, gateway: Gateway) -> None:
     app[numbers.IMPORT_LOCK] = asyncio.Lock()
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)

@@ -3,18 +3,27 @@ OpenAPI document shows their schemas.
 
 Each settings section keeps keys it does not know (engines read their own), and what a section always had after
 the checks (transfer `number`/`backup_numbers`/`type`, voicemail and AMD `enabled`, AMD `provider`, webhook
-`secret`) is filled in before validation, so `model_dump(exclude_unset=True)` is exactly what is stored. gateway/transfer.py says what
-the transfer fields mean on a call.
+`secret`) is filled in before validation, so `model_dump(exclude_unset=True)` is exactly what is stored.
+gateway/transfer.py says what the transfer fields mean on a call.
 """
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
 
 from ..amd.settings import AmdProvider
 from ..wavfetch import is_wav_url
-from .models import Body, Bool, E164, E164List, HttpUrl, StrList, text
+from .models import E164, Body, Bool, E164List, HttpUrl, StrList, text
 from .validation import to_http_url
 
 MASK = "****"
@@ -144,7 +153,7 @@ class Webhook(_Section):
 class Settings(BaseModel):
     """Known sections are checked; other sections (engine-specific) must be objects and are kept as given."""
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)  # type: ignore[assignment]
+    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
     transfer: TransferSettings | None = None
     end_call: EndCall | None = None
     voicemail: Voicemail | None = None
@@ -169,7 +178,21 @@ class AgentInput(Body):
     settings: Settings | None = None
 
 
-class AgentPatch(AgentInput):
-    """PATCH: only what is sent changes; settings are merged per section, key by key."""
-    # not required here (absent: unchanged), and a null name is still refused: no default in the schema
-    name: Annotated[str, text(200)] = Field(None, json_schema_extra=lambda s: s.pop("default", None))
+def _plain_string(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+    schema.pop("anyOf", None)
+    schema["type"] = "string"
+
+
+def _not_null(value: str | None) -> str:
+    if value is None:
+        raise ValueError("must be a string")
+    return value
+
+
+#: PATCH: only what is sent changes; settings are merged per section, key by key. `name` is not required here
+#: (absent: unchanged) but a null name is refused, so the schema says string with no default. (Built with
+#: create_model: a subclass may not loosen a field's type.)
+AgentPatch = create_model(
+    "AgentPatch", __base__=AgentInput, __doc__="PATCH: only what is sent changes; settings merged per section.",
+    name=(Annotated[str | None, text(200), AfterValidator(_not_null)], Field(None, json_schema_extra=_plain_string)))

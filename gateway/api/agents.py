@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
 
 
-def _gw(request: web.Request) -> "Gateway":
-    gw: "Gateway" = request.app["gateway"]
+def _gw(request: web.Request) -> Gateway:
+    gw: Gateway = request.app["gateway"]
     return gw
 
 
@@ -46,7 +46,7 @@ def _keep_masked_secret(data: dict[str, Any], old: dict[str, Any]) -> None:
         hook["secret"] = old_secret or None
 
 
-def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+def check_agent(gw: Gateway, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     """The body as the store takes it: for PUT/POST every field (absent ones cleared), for PATCH what was sent."""
     # an empty engine / webhook_url clears it (parse() would read "" as absent)
     body = {k: None if k in ("engine", "webhook_url") and v == "" else v for k, v in body.items()}
@@ -60,7 +60,7 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return data
 
 
-async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None:
+async def check_webhook_destination(gw: Gateway, data: dict[str, Any]) -> None:
     """SSRF guard at save time: a webhook_url on a loopback/private/link-local address is a 400 (unless allowed)."""
     if data.get("webhook_url"):
         try:
@@ -69,7 +69,7 @@ async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None
             raise bad("webhook_url", str(e)) from None
 
 
-def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
+def check_carrier_settings(gw: Gateway, settings: dict[str, Any] | None) -> None:
     """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
     a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
     for carrier in gw.carriers.values():
@@ -79,7 +79,7 @@ def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> No
             raise ApiError(e.status, e.message, e.field) from None
 
 
-async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
+async def _agent_or_404(gw: Gateway, request: web.Request) -> dict[str, Any]:
     agent_id = parse(models.IdPath, request.match_info).id
     agent = await gw.store.get_agent(agent_id)
     if agent is None:
@@ -142,7 +142,7 @@ def merge_settings(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, A
     return merged
 
 
-async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:
+async def _save(gw: Gateway, agent_id: int, data: dict[str, Any]) -> web.Response:
     if "settings" in data:
         check_carrier_settings(gw, data["settings"])
     try:

@@ -70,16 +70,16 @@ def _annotation(f: ImportField) -> Any:
         extra["enum"] = list(f.choices)
     if f.secret:
         extra.update(writeOnly=True, format="password")
-    return Annotated[(kind, *parts, Field(json_schema_extra=extra or None))]  # type: ignore[return-value]
+    return Annotated[(kind, *parts, Field(json_schema_extra=extra or None))]
 
 
 def _field(f: ImportField, partial: bool) -> tuple[Any, Any]:
-    described = {"description": f.help} if f.help else {}
+    described = f.help or None
     if partial:
-        return _annotation(f) | None, Field(None, **described)
+        return _annotation(f) | None, Field(None, description=described)
     if f.required:
-        return _annotation(f), Field(..., **described)
-    return _annotation(f) | None, Field(f.default, **described)
+        return _annotation(f), Field(..., description=described)
+    return _annotation(f) | None, Field(f.default, description=described)
 
 
 def _plain_optional(schema: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ def supervisor_pid() -> int | None:
 
 
 async def drain(request: web.Request) -> web.Response:
-    gw: "Gateway" = request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
     proc = request.match_info["proc"]
     timeout = parse(models.Drain, await read_json(request)).timeout
     s = gw.settings
@@ -56,13 +56,13 @@ async def drain(request: web.Request) -> web.Response:
     if len(targets) == 1 and replies[0] is not None:
         model = responses.Draining if replies[0].ok else responses.ErrorBody
         return ok(model.model_validate(replies[0].body), status=replies[0].status, headers=replies[0].headers)
-    silent = [t for t, r in zip(targets, replies) if r is None or not r.ok]
+    silent = [t for t, r in zip(targets, replies, strict=True) if r is None or not r.ok]
     if silent:
         raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
     return ok(responses.Draining(proc=proc, state="draining", processes=targets), status=202)
 
 
-def _drain_handler(gw: "Gateway"):
+def _drain_handler(gw: Gateway):
     async def handler(args: dict) -> Reply:
         timeout = args.get("timeout")
         gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
@@ -76,5 +76,5 @@ def add_routes(app: web.Application, prefix: str) -> None:
               "`serve --workers N`, its whole node: new calls refused, live calls go on up to the drain timeout, "
               "then the process exits (docs/deploy.md)", tag="nodes", params=models.ProcPath, body=models.Drain,
               body_required=False, response=responses.Draining, status=202, errors=(400, 401, 404, 504))
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     gw.control.handle("drain", _drain_handler(gw))

@@ -73,7 +73,7 @@ class _Models:
         return doc
 
 
-def _operation(e: Endpoint, gw: "Gateway", models: _Models) -> dict[str, Any]:
+def _operation(e: Endpoint, gw: Gateway, models: _Models) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": e.summary, "tags": [e.tag], "responses": {}}
     ok = models.ref(e.response, "serialization") if e.response is not None else {"type": "string"}
     op["responses"][str(e.status)] = {"description": "OK", **_content(ok, e.content_type)}
@@ -101,12 +101,12 @@ def _operation(e: Endpoint, gw: "Gateway", models: _Models) -> dict[str, Any]:
 
 def _path_params(path: str, e: Endpoint | None) -> None:
     named = set(_PARAM.findall(path))
-    given = set((e.params.model_fields if e is not None and e.params is not None else {}))
+    given = set(e.params.model_fields if e is not None and e.params is not None else {})
     if named != given:
         raise ValueError(f"{path}: path parameters {sorted(named)} but `params` model has {sorted(given)}")
 
 
-def build(gw: "Gateway", app: web.Application) -> dict[str, Any]:
+def build(gw: Gateway, app: web.Application) -> dict[str, Any]:
     registered = endpoints(app)
     models = _Models()
     paths: dict[str, dict[str, Any]] = {}

@@ -11,8 +11,9 @@ Carriers register their own /api/v1 routes the same way in `setup()` (carriers/w
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -76,11 +77,11 @@ def ok(reply: BaseModel, status: int = 200, headers: dict[str, str] | None = Non
     values that are not JSON, e.g. a datetime in a carrier's test report, are rendered as strings)."""
     body = reply.model_dump(mode="json", exclude_unset=True, fallback=str)
     if "success" in type(reply).model_fields:
-        body = {"success": getattr(reply, "success"), **body}
+        body = {**reply.model_dump(include={"success"}), **body}
     return web.json_response(body, status=status, headers=headers)
 
 
-def bodies(endpoint: Endpoint, gw: "Gateway") -> list[type[BaseModel]]:
+def bodies(endpoint: Endpoint, gw: Gateway) -> list[type[BaseModel]]:
     """The request body model(s) of an endpoint."""
     if endpoint.body is None:
         return []

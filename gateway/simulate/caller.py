@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.turns import Timeline
 from gateway.vad import FRAME_MS, SpeechDetector
 from voicecodecs import frame_bytes
 
-from . import script as sc
 from ..speech import read_wav, speak
+from . import script as sc
 
 FRAME_S = FRAME_MS / 1000
 
@@ -107,7 +107,7 @@ class ScriptedCaller:
     async def _until_remote_hangup(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.remote_hangup.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _agent_playing(self, now: float) -> bool:

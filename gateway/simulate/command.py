@@ -13,7 +13,6 @@ log, so the report shows the latency as the caller heard it next to the gateway'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cli_api import CliError, Client, resolve_api_key
+from ..cli_api import Client, CliError, resolve_api_key
 from ..loadtest.sipp import check_loopback
 from ..speech import AudioError
 from .report import html_page, print_tables

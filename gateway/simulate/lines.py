@@ -26,8 +26,9 @@ import re
 import secrets
 import time
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 

@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 
 try:
-    from .rest_faults import RestStandIn, basic, has_basic
+    from .rest_faults import RestStandIn, has_basic
 except ImportError:                    # run as a script
-    from rest_faults import RestStandIn, basic, has_basic    # type: ignore[no-redef]
+    from rest_faults import RestStandIn, has_basic  # type: ignore[no-redef]
 
 ACCOUNT_SID = "gwtest1"
 API_KEY = "exo-key-123"
@@ -94,7 +94,7 @@ class FakeExotelApi(RestStandIn):
                                            "Status": "in-progress", "Direction": "outbound-api",
                                            "Uri": f"/v1/Accounts/{ACCOUNT_SID}/Calls/{sid}.json"}})
 
-    async def start(self, port: int = 0) -> "FakeExotelApi":
+    async def start(self, port: int = 0) -> FakeExotelApi:
         async def record(request: web.Request) -> None:
             await self._record(request)
         app = web.Application(middlewares=[self.faults.middleware(exotel_error, record)])
