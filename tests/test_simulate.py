@@ -202,7 +202,9 @@ async def test_barge_in_and_clear_reaction_seen_by_both_sides(make_gateway, twil
     assert g["barge_in"]["cleared"] and c["barge_in"]["cleared"] is (via == "twilio"), (c, g)
     # the clear follows the VAD's start decision (≥ 140 ms of speech) plus the trip through the engine
     assert 100 <= g["barge_in"]["reaction_ms"] <= 800, g
-    assert abs(c["barge_in"]["reaction_ms"] - g["barge_in"]["reaction_ms"]) <= 10 * AGREEMENT_MS, (c, g)
+    # both observers date the audio stopping where it crosses the wire (measured: within 3 ms); one barge-in is a
+    # single turn, held like one in the latency test
+    assert abs(c["barge_in"]["reaction_ms"] - g["barge_in"]["reaction_ms"]) <= 3 * AGREEMENT_MS, (c, g)
     assert rep.gateway["summary"]["barge_ins"] == rep.timing["summary"]["barge_ins"] == 1
 
 
