@@ -133,7 +133,8 @@ def _problem(model: type[BaseModel], err: dict[str, Any]) -> str:
         top = model.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
         return "is required" + (f" ({top.description})" if top is not None and top.description else "")
     if kind == "extra_forbidden":
-        return "unknown field"
+        known = ", ".join(sorted(model.model_fields)) if len(err["loc"]) == 1 else ""
+        return f"unknown field (expected one of: {known})" if known else "unknown field"
     if kind == "value_error":
         return str(msg).removeprefix("Value error, ")
     if kind == "literal_error":
