@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..call import CallStatus
+from ..call import CALL_STATUSES
 
 
 class Reply(BaseModel):
@@ -119,7 +119,8 @@ class CallLog(Row):
     channel_type: str
     from_number: str | None
     to_number: str | None
-    call_status: CallStatus
+    call_status: str = Field(description="one of " + ", ".join(CALL_STATUSES) + " (a row from an older version "
+                                         "may hold another word: it is shown as stored)")
     created_at: str | None
     time_of_call: str = Field(description="MM/DD/YYYY HH:MM:SS, UTC")
     call_duration: str = Field(description="M:SS")
