@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sipp import free_port
+from sipp import _udp_free, free_port
 
 needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip (Debian baresip) not installed")
 MODULES = "/usr/lib/baresip/modules"
@@ -79,8 +80,11 @@ class Baresip:
         (self.dir / "accounts").write_text(account + "\n")
 
     async def start(self) -> "Baresip":
-        for _ in range(3):   # another process may take the ports between free_port() and baresip's bind
+        for _ in range(5):   # another process may take the ports between free_port() and baresip's bind
             self.port = free_port()
+            if not _udp_free(self.port + 1, socket.SOCK_STREAM):   # its TLS listener
+                continue
+            self.output = b""
             self._write_config()
             args = ["baresip", "-f", str(self.dir), "-t", str(self.seconds)]
             if self.dial:
