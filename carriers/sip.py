@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.call import Call
@@ -22,6 +22,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 from gateway.rtp import RtpEngine
+from gateway.rtp.srtp import SrtpContext
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
@@ -29,15 +30,31 @@ from gateway.sip.locate import LocateError, Locator
 from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
 from gateway.sip.registration import Registration
-from gateway.rtp.srtp import SrtpContext
-from gateway.sip.sdp import (MediaChoice, NoCommonCodec, SdpError, SessionDescription, SrtpKeys, answer_offer,
-                             make_offer, parse_answer)
+from gateway.sip.sdp import (
+    MediaChoice,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    SrtpKeys,
+    answer_offer,
+    make_offer,
+    parse_answer,
+)
 from gateway.sip.testconn import test_trunk
-from gateway.sip.transaction import TransactionLayer
 from gateway.sip.tls import client_context, server_context
+from gateway.sip.transaction import TransactionLayer
 from gateway.sip.transport import SipTransport, TlsPeer
-from gateway.sip.ua import (Credentials, IncomingInvite, InviteResult, OutgoingInvite, RequestFailed, SipSession,
-                            UserAgent, parse_reason, reason_header)
+from gateway.sip.ua import (
+    Credentials,
+    IncomingInvite,
+    InviteResult,
+    OutgoingInvite,
+    RequestFailed,
+    SipSession,
+    UserAgent,
+    parse_reason,
+    reason_header,
+)
 from gateway.throttle import FailureThrottle
 
 from .sip_presets import MEDIA_ENCRYPTION, PRESETS, PresetError, apply_preset, parse_hostport
@@ -62,7 +79,7 @@ def outcome_for(status: int) -> str:
     return "failed"
 
 
-def use_media(leg: "SipLeg", choice: MediaChoice, direction: bool = True) -> None:
+def use_media(leg: SipLeg, choice: MediaChoice, direction: bool = True) -> None:
     """Apply a negotiated SDP to a leg's RTP session: where to send, codec, payload types, SRTP keys (unchanged
     keys keep the running SRTP context) and, unless it is early media, our direction."""
     rtp = leg.rtp
@@ -106,7 +123,7 @@ class TrunkTarget:
     media_encryption: str = "none"  # none | srtp | optional
 
     @classmethod
-    def of(cls, number: dict[str, Any]) -> "TrunkTarget":
+    def of(cls, number: dict[str, Any]) -> TrunkTarget:
         f = _flat(number)
         transport = (f.get("transport") or "udp").lower()
         port = int(f.get("sip_port") or (5061 if transport == "tls" else 5060))
@@ -141,7 +158,7 @@ class TrunkTarget:
 class SipLeg:
     """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer."""
 
-    def __init__(self, carrier: "SipCarrier", call: Call, number: dict[str, Any], rtp: Any) -> None:
+    def __init__(self, carrier: SipCarrier, call: Call, number: dict[str, Any], rtp: Any) -> None:
         self.carrier = carrier
         self.call = call
         self.number = number
@@ -549,7 +566,7 @@ class SipCarrier(Carrier):
             status["inbound_registration"] = None
             headers: list[tuple[str, str]] = []
         else:
-            until = datetime.now(timezone.utc) + timedelta(seconds=expires)
+            until = datetime.now(UTC) + timedelta(seconds=expires)
             status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{txn.source[1]}",
                                               "expires_at": until.isoformat()}
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]

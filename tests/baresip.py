@@ -79,7 +79,7 @@ class Baresip:
             account += f";mediaenc={self.mediaenc}"
         (self.dir / "accounts").write_text(account + "\n")
 
-    async def start(self) -> "Baresip":
+    async def start(self) -> Baresip:
         for _ in range(5):   # another process may take the ports between free_port() and baresip's bind
             self.port = free_port()
             if not _udp_free(self.port + 1, socket.SOCK_STREAM):   # its TLS listener
@@ -124,7 +124,7 @@ class Baresip:
         if getattr(self, "_reader", None) is not None:
             await asyncio.wait_for(self._reader, 5)
 
-    async def __aenter__(self) -> "Baresip":
+    async def __aenter__(self) -> Baresip:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,6 +6,8 @@ hears, so baresip decoding its own tone proves the SRTP keys worked both ways.
 (Debian's SIPp is built without OpenSSL — `sipp -t l1` says "To use a TLS transport you must compile SIPp with
 OpenSSL" — so baresip is the TLS peer here; SIPp keeps testing the same call flows over UDP/TCP.)
 """
+from pathlib import Path
+
 import pytest
 
 from baresip import Baresip, needs_baresip
@@ -20,7 +22,7 @@ pytestmark = [needs_baresip, pytest.mark.timeout(120)]
 def pem(tmp_path, issued) -> str:
     """baresip wants certificate and key in one file."""
     path = tmp_path / "baresip.pem"
-    path.write_text(open(issued.cert_path).read() + open(issued.key_path).read())
+    path.write_text(Path(issued.cert_path).read_text() + Path(issued.key_path).read_text())
     return str(path)
 
 

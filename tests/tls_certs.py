@@ -54,7 +54,7 @@ class TestCa:
         self.dir = Path(directory)
         self.label = label
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.cert = (x509.CertificateBuilder().subject_name(_name(f"Test CA {label}"))
                      .issuer_name(_name(f"Test CA {label}")).public_key(self.key.public_key())
                      .serial_number(x509.random_serial_number())
@@ -72,7 +72,7 @@ class TestCa:
         """A server certificate for `names` (DNS names or IPs), valid from now+days[0] to now+days[1]."""
         self._n += 1
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         subject = _name(names[0])
         issuer, signer = (subject, key) if self_signed else (self.cert.subject, self.key)
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())

@@ -40,12 +40,12 @@ class CryptoAttribute:
     key: bytes = field(repr=False)   # master key || master salt
 
     @classmethod
-    def generate(cls, tag: int = 1, suite: str = DEFAULT_SUITE) -> "CryptoAttribute":
+    def generate(cls, tag: int = 1, suite: str = DEFAULT_SUITE) -> CryptoAttribute:
         """A fresh random key for our side of a call (a new one for every offer or answer we make)."""
         return cls(tag, suite, secrets.token_bytes(KEY_LENGTH))
 
     @classmethod
-    def parse(cls, value: str) -> "CryptoAttribute | None":
+    def parse(cls, value: str) -> CryptoAttribute | None:
         """The value of one a=crypto line, or None when it uses something we do not implement (another suite,
         an MKI, session parameters, several keys). Raises ValueError when the line is malformed."""
         m = _CRYPTO.match(value)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .locate import LocateError, Target
 from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag, split_hostport
@@ -30,7 +31,7 @@ def refresh_in(granted: int) -> float:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Registration:
@@ -92,7 +93,7 @@ class Registration:
         if unregister and self.registered:
             try:
                 await asyncio.wait_for(self.register_once(0), 5)
-            except (asyncio.TimeoutError, RequestFailed) as e:
+            except (TimeoutError, RequestFailed) as e:
                 log.info("un-REGISTER not confirmed: %s", e)
             self.registered = False
 

@@ -125,7 +125,7 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
         t0 = time.monotonic()
         try:
             first = await asyncio.wait_for(ua.send(options(1, []), target.dest, tls=tls), STEP_TIMEOUT)
-        except (asyncio.TimeoutError, RequestFailed) as e:
+        except (TimeoutError, RequestFailed) as e:
             timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
             tried.append(f"{target.describe()}: " + ("timed out" if timed_out else e.reason))
             if isinstance(e, RequestFailed) and e.tls_verdict:
@@ -168,7 +168,7 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
         try:
             resp = await asyncio.wait_for(ua.send(options(2, [(name, value)]), dest, tls=tls), STEP_TIMEOUT)
             steps.append(_step("credentials", verdict_for(resp.status), "authenticated OPTIONS", _line(resp)))
-        except (asyncio.TimeoutError, RequestFailed) as e:
+        except (TimeoutError, RequestFailed) as e:
             steps.append(_step("credentials", TIMED_OUT, f"authenticated OPTIONS not answered: {e}"))
     else:
         cred_step, srtp_step = await _invite_probe(ua, fields, dest, route, creds, tls)
@@ -194,12 +194,12 @@ async def _register_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str
     reg = Registration(ua, number, _NoStore(), expires=60)
     try:
         resp = await asyncio.wait_for(reg.register_once(60), STEP_TIMEOUT)
-    except (asyncio.TimeoutError, RequestFailed) as e:
+    except (TimeoutError, RequestFailed) as e:
         return _step("credentials", TIMED_OUT, f"REGISTER not answered: {e}")
     if resp.status < 300:
         try:
             await asyncio.wait_for(reg.register_once(0), STEP_TIMEOUT)
-        except (asyncio.TimeoutError, RequestFailed):
+        except (TimeoutError, RequestFailed):
             pass
     return _step("credentials", verdict_for(resp.status), "REGISTER" + (" (then un-REGISTER)" if resp.status < 300
                                                                         else ""), _line(resp))

@@ -33,13 +33,20 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from .tls import TlsError, classify_tls_error
 from .message import (
-    SipMessage, SipParseError, SipRequest, SipResponse, SipStreamParser, Via, make_response, parse_message,
+    SipMessage,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    Via,
+    make_response,
+    parse_message,
 )
+from .tls import TlsError, classify_tls_error
 
 __all__ = ["SipTransport", "Connection", "TcpConnection", "UdpConnection", "TransportError", "TlsPeer"]
 
@@ -82,7 +89,7 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 
     protocol = "udp"
 
-    def __init__(self, owner: "SipTransport"):
+    def __init__(self, owner: SipTransport):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -118,7 +125,7 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 class TcpConnection(asyncio.Protocol, Connection):
     """One TCP (or TLS) connection, accepted or opened by us; framing by Content-Length."""
 
-    def __init__(self, owner: "SipTransport", protocol: str = "tcp"):
+    def __init__(self, owner: SipTransport, protocol: str = "tcp"):
         self.owner = owner
         self.protocol = protocol
         self.transport: asyncio.Transport | None = None
@@ -263,7 +270,7 @@ class SipTransport:
         if self._tcp_server is not None:
             try:
                 await asyncio.wait_for(self._tcp_server.wait_closed(), 2)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
+            except (TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
                 pass
             self._tcp_server = None
         self._tcp_conns.clear()
@@ -335,7 +342,7 @@ class SipTransport:
             log.info("dropped malformed SIP message from %s:%d: %s", addr[0], addr[1], reason)
             return
         try:
-            partial.top_via  # a response needs somewhere to go
+            _ = partial.top_via  # a response needs somewhere to go
         except SipParseError:
             if err.status != 505:
                 self.stats["dropped"] += 1
@@ -356,7 +363,7 @@ class SipTransport:
 
     # -- sending
     def send(self, msg: SipMessage | bytes, addr: Addr, protocol: str = "udp",
-             conn: Connection | None = None, *, tls: TlsPeer | None = None) -> "asyncio.Future[None]":
+             conn: Connection | None = None, *, tls: TlsPeer | None = None) -> asyncio.Future[None]:
         """Send to `addr` over "udp", "tcp" or "tls". Never raises; the returned future carries a TransportError on
         failure. `tls` says what a TLS peer must prove (default: a certificate valid for the address)."""
         loop = asyncio.get_running_loop()
@@ -394,19 +401,19 @@ class SipTransport:
         return fut
 
     @staticmethod
-    def _reusable(conn: "TcpConnection", peer: TlsPeer | None) -> bool:
+    def _reusable(conn: TcpConnection, peer: TlsPeer | None) -> bool:
         """A checked TLS send may only reuse a connection we opened with the same check; an unchecked send (or
         TCP) may use any open connection to the address, accepted ones included."""
         if peer is None or not peer.verify:
             return True
         return conn.tls_peer == peer
 
-    def connection(self, protocol: str, addr: Addr) -> "TcpConnection | None":
+    def connection(self, protocol: str, addr: Addr) -> TcpConnection | None:
         """The open TCP/TLS connection to `addr`, if any (in-dialog requests reuse the dialog's connection)."""
         conn = self._tcp_conns.get((protocol.lower(), (addr[0], int(addr[1]))))
         return conn if conn is not None and conn.is_open else None
 
-    def _send_tcp_new(self, data: bytes, addr: Addr, fut: "asyncio.Future[None]", protocol: str = "tcp",
+    def _send_tcp_new(self, data: bytes, addr: Addr, fut: asyncio.Future[None], protocol: str = "tcp",
                       peer: TlsPeer | None = None) -> None:
         key = (protocol, addr)
         task = self._connecting.get(key)
@@ -415,7 +422,7 @@ class SipTransport:
             self._connecting[key] = task
             task.add_done_callback(lambda _t, k=key: self._connecting.pop(k, None))
 
-        def written(t: "asyncio.Task[TcpConnection]") -> None:
+        def written(t: asyncio.Task[TcpConnection]) -> None:
             if fut.done():
                 return
             if t.cancelled():
@@ -483,7 +490,7 @@ class SipTransport:
             return (host, via.port or 5061), "tls"
         return (host, via.port or 5060), "tcp"
 
-    def send_response(self, resp: SipResponse, conn: Connection | None = None) -> "asyncio.Future[None]":
+    def send_response(self, resp: SipResponse, conn: Connection | None = None) -> asyncio.Future[None]:
         try:
             addr, proto = self.response_destination(resp)
         except SipParseError as e:

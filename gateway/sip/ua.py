@@ -18,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from . import digest
 from .dialog import Dialog
 from .locate import LocateError, Locator, is_literal
 from .message import NameAddr, SipRequest, SipResponse, make_response, new_branch, new_call_id, new_tag
-from .transaction import TransactionError, TransactionTimeout
 from .tls import TlsError
+from .transaction import TransactionError, TransactionTimeout
 from .transport import TlsPeer
 
 log = logging.getLogger("gateway.sip.ua")
@@ -390,7 +391,7 @@ class UserAgent:
             try:
                 await asyncio.wait_for(ev.wait(), 64 * self.t1 + 1)
                 return True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         finally:
             self._ack_waiters.pop(key, None)
@@ -432,7 +433,7 @@ class IncomingInvite:
     def reject(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         self.respond(status, reason, headers)
 
-    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> "SipSession":
+    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> SipSession:
         """Send 200 with our SDP and wait for the ACK; raises RequestFailed (after a BYE) when none comes."""
         if self.finished:
             raise RequestFailed("INVITE already answered or cancelled")
@@ -466,7 +467,7 @@ def _record_route(request: SipRequest) -> list[tuple[str, str]]:
 class InviteResult:
     """How an outbound INVITE ended: a session (answered) or the final response / error that ended it."""
 
-    session: "SipSession | None" = None
+    session: SipSession | None = None
     response: SipResponse | None = None
     error: str = ""
     timed_out: bool = False
@@ -875,7 +876,7 @@ class SipSession:
     def _track_cseq(self, req: SipRequest) -> None:
         self.dialog.local_cseq = max(self.dialog.local_cseq, req.cseq[0])
 
-    def send_bye(self, reason: str | None = None) -> "asyncio.Task[SipResponse | None] | None":
+    def send_bye(self, reason: str | None = None) -> asyncio.Task[SipResponse | None] | None:
         """Hang up with an RFC 3326 Reason, without waiting for the answer.
 
         RFC 3261 §15: the session is over once the BYE is sent, so it ends here, at once; the BYE transaction
@@ -936,7 +937,7 @@ class SipSession:
                 return resp.status, resp.reason
             try:
                 return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return 408, "No NOTIFY with a final transfer status"
         finally:
             self._refer_waiters.remove(fut)
