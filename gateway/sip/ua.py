@@ -25,7 +25,7 @@ from typing import Any
 from . import digest
 from .dialog import Dialog
 from .locate import LocateError, Locator, is_literal
-from .message import NameAddr, SipRequest, SipResponse, make_response, new_branch, new_call_id, new_tag
+from .message import NameAddr, SipRequest, SipResponse, SipUri, make_response, new_branch, new_call_id, new_tag
 from .tls import TlsError
 from .transaction import TransactionError, TransactionTimeout
 from .transport import TlsPeer
@@ -856,6 +856,14 @@ class SipSession:
         conn = self.conn
         return conn if conn is not None and conn.is_open else None
 
+    def _tls(self) -> TlsPeer | None:
+        """What a new TLS connection for this dialog must prove: the trunk's (set when we placed the call), else
+        the next hop URI's host name (RFC 5922 §4; an address is checked as an address)."""
+        if self.tls is not None:
+            return self.tls
+        host = SipUri.parse(self.dialog.next_hop_uri()).host.strip("[]")
+        return None if is_literal(host) else TlsPeer(host)
+
     def _via(self) -> tuple[str, int]:
         return self.ua.host, self.ua.port_for(self.dialog.transport)
 
@@ -870,7 +878,7 @@ class SipSession:
                                            body=body, content_type=content_type)
 
         _, resp = await self.ua.send_authenticated(build, dest, self.creds, cseq=self.dialog.next_cseq(),
-                                                   on_request=self._track_cseq, tls=self.tls, conn=self._conn())
+                                                   on_request=self._track_cseq, tls=self._tls(), conn=self._conn())
         return resp
 
     def _track_cseq(self, req: SipRequest) -> None:
@@ -913,10 +921,10 @@ class SipSession:
                 content_type="application/sdp")
 
         req, resp = await self.ua.send_authenticated(build, dest, self.creds, cseq=self.dialog.next_cseq(),
-                                                     on_request=self._track_cseq, tls=self.tls, conn=self._conn())
+                                                     on_request=self._track_cseq, tls=self._tls(), conn=self._conn())
         if 200 <= resp.status < 300:
             ack = self.dialog.new_request("ACK", self._via(), cseq=req.cseq[0])
-            self.ua.ack_2xx(ack, dest, self.tls)
+            self.ua.ack_2xx(ack, dest, self._tls())
             if resp.body:
                 self.remote_sdp = resp.body
         return resp
