@@ -32,15 +32,19 @@ async def tls_gateway(make_gateway, tmp_path, ca: TestCa, **settings):
                              tls_ca_file=ca.cert_path, **settings)
 
 
-async def test_inbound_tls_srtp_call_decrypts_both_ways(make_gateway, tmp_path):
+@pytest.mark.parametrize("trunk,peer", [
+    ("srtp", "srtp-mand"),     # RTP/SAVP offer, SRTP required
+    ("optional", "srtp"),      # baresip's best-effort mode: RTP/AVP with a=crypto, answered with keys
+])
+async def test_inbound_tls_srtp_call_decrypts_both_ways(make_gateway, tmp_path, trunk, peer):
     ca = TestCa(tmp_path)
     gw = await tls_gateway(make_gateway, tmp_path, ca)
     sip = gw.carriers["sip"]
     assert sip.transport.tls_port
-    await sip_number(gw, phone="+15550001111", transport="tls", media_encryption="srtp")
+    await sip_number(gw, phone="+15550001111", transport="tls", media_encryption=trunk)
     uri = f"sip:15550001111@127.0.0.1:{sip.transport.tls_port};transport=tls"
     async with Baresip(tmp_path, cert_pem=pem(tmp_path, ca.issue("localhost", "127.0.0.1")), ca_file=ca.cert_path,
-                       mediaenc="srtp-mand", dial=uri) as bs:
+                       mediaenc=peer, dial=uri) as bs:
         leg = await wait_for(lambda: next((x for x in sip.legs.values() if x.call.status == "in-progress"), None),
                              15, what="an answered inbound call")
         call = leg.call
@@ -149,3 +153,17 @@ async def test_connection_names_each_certificate_problem(make_gateway, tmp_path,
     if problem == "self-signed":
         tls = next(s for s in relaxed["steps"] if s["step"] == "tls")
         assert relaxed["ok"] is True and "NOT checked" in tls["detail"], relaxed
+
+
+@needs_dnsmasq
+async def test_outbound_call_to_a_trunk_with_the_wrong_certificate_fails_naming_it(make_gateway, tmp_path):
+    ca = TestCa(tmp_path)
+    async with Baresip(tmp_path, cert_pem=pem(tmp_path, ca.issue("other.test")), user="15559876543",
+                       mediaenc="") as bs:
+        async with Dnsmasq(sips_srv(bs.tls_port)) as dns:
+            gw = await tls_gateway(make_gateway, tmp_path, ca, dns_server=dns.server)
+            num = await sip_number(gw, sip_host="trunk.test", transport="tls", sip_strip_plus=True)
+            d = await dispatch(gw, num)
+            row = await final_row(gw, d["requestId"])
+    assert row["call_status"] == "failed"
+    assert "certificate name mismatch" in row["hangup_reason"] and "trunk.test" in row["hangup_reason"], row
