@@ -7,7 +7,8 @@ import asyncio
 import io
 import os
 import wave
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -58,7 +59,7 @@ def test_dual_puts_caller_left_and_agent_right_on_one_clock(tmp_path):
         if i >= 50:
             rec.agent(agent)
     rec.close()
-    rate, channels, s = read_wav(open(path, "rb").read())
+    rate, channels, s = read_wav(Path(path).read_bytes())
     assert (rate, channels, errors) == (8000, 2, [])
     left, right = s[0::2], s[1::2]
     assert abs(len(left) - 16000) <= 160
@@ -80,7 +81,7 @@ def test_mono_mixes_and_a_clear_drops_agent_audio_not_yet_played(tmp_path):
         clock.t += 0.02
         rec.caller(bytes(320))
     rec.close()
-    _, channels, s = read_wav(open(path, "rb").read())
+    _, channels, s = read_wav(Path(path).read_bytes())
     assert channels == 1
     assert rms(s[800:7200]) > 4000       # the first second of the agent's audio was played
     assert rms(s[8800:]) < 10            # the 2 s the clear dropped are not in the recording
@@ -95,7 +96,7 @@ def test_the_caller_silent_on_the_wire_still_lets_agent_audio_through(tmp_path):
         clock.t += 0.02
         rec.agent(tone(0.02, freq=500))
     rec.close()
-    _, _, s = read_wav(open(path, "rb").read())
+    _, _, s = read_wav(Path(path).read_bytes())
     assert len(s) // 2 >= 8000 * 2.9
     assert rms(s[1::2]) > 4000 and rms(s[0::2]) == 0
 
@@ -113,7 +114,7 @@ def test_a_recording_whose_writer_died_is_repaired_to_its_length(tmp_path):
         assert read_header(f)[2] < os.path.getsize(path) - HEADER_BYTES - 4
     assert fix_header(path) is True
     assert fix_header(path) is False      # idempotent
-    rate, channels, s = read_wav(open(path, "rb").read())
+    rate, channels, s = read_wav(Path(path).read_bytes())
     assert (rate, channels) == (8000, 2) and len(s) * 2 == (os.path.getsize(path) - HEADER_BYTES) // 4 * 4
 
 
@@ -176,7 +177,7 @@ async def test_a_full_disk_stops_the_recording_not_the_call(twilio_env):
     env = await twilio_env(settings={"recording": {"enabled": True}})
     call_id, call_sid, _ = await env.inbound()
     # the recording's path is known from the call id: make it the kernel's always-full device (ENOSPC on write)
-    day = datetime.now(timezone.utc)
+    day = datetime.now(UTC)
     path = os.path.join(env.gw.settings.recordings_path, f"{day:%Y/%m/%d}", f"{call_id}.wav")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.symlink("/dev/full", path)
@@ -224,7 +225,7 @@ async def test_a_recording_left_open_by_a_dead_process_is_repaired_and_served_af
             return r
         done = await asyncio.wait_for(stored(), 5)
         assert done["hangup_reason"] == "gateway_restart"
-        rate, channels, s = read_wav(open(path, "rb").read())
+        rate, channels, s = read_wav(Path(path).read_bytes())
         assert (rate, channels) == (8000, 2) and len(s) // 2 == 150 * 160
         status, _, body = await _get(gw, f"/api/v1/calls/{row['id']}/recording")
         assert status == 200 and read_wav(body)[2].tobytes() == s.tobytes()
@@ -242,7 +243,7 @@ async def test_retention_deletes_old_recordings_and_clears_their_url(make_gatewa
         rec.close()
         rows.append(await gw.store.create_call({
             "call_uuid": name, "channel_type": "sip", "call_direction": "inbound", "call_status": "completed",
-            "created_at": datetime.now(timezone.utc) - timedelta(days=age), "ended_at": datetime.now(timezone.utc),
+            "created_at": datetime.now(UTC) - timedelta(days=age), "ended_at": datetime.now(UTC),
             "recording_status": "stored", "recording_url": f"http://x/{name}",
             "recording": {"store": "file", "path": path, "node": gw.settings.node_id}}))
     await gw.recordings.sweep()
@@ -288,11 +289,11 @@ async def test_cli_downloads_a_recording_and_leaves_no_file_on_error(make_gatewa
     rec.caller(tone(1.0))
     rec.close()
     row = await gw.store.create_call({"call_uuid": "c", "channel_type": "sip", "call_direction": "inbound",
-                                      "call_status": "completed", "ended_at": datetime.now(timezone.utc),
+                                      "call_status": "completed", "ended_at": datetime.now(UTC),
                                       "recording_status": "stored", "recording": {"store": "file", "path": path}})
     out = str(tmp_path / "got.wav")
     code = await asyncio.wait_for(asyncio.to_thread(main, ["calls", "recording", str(row["id"]), "-o", out]), 30)
-    assert code == 0 and open(out, "rb").read() == open(path, "rb").read()
+    assert code == 0 and Path(out).read_bytes() == Path(path).read_bytes()
     missing = str(tmp_path / "none.wav")
     code = await asyncio.wait_for(asyncio.to_thread(main, ["calls", "recording", "999", "-o", missing]), 30)
     assert code == 1 and "not found" in capsys.readouterr().err
@@ -331,9 +332,9 @@ async def test_recordings_go_to_the_bucket_and_failed_uploads_are_retried(twilio
     await env.gw.recordings.sweep()
     row = await env.wait_row(call_id, lambda r: r["recording_status"] == "stored", timeout=30)
     info = row["recording"]
-    assert info["store"] == "s3" and info["key"] == f"rec/{datetime.now(timezone.utc):%Y/%m/%d}/{call_id}.wav"
+    assert info["store"] == "s3" and info["key"] == f"rec/{datetime.now(UTC):%Y/%m/%d}/{call_id}.wav"
     assert "path" not in info
-    local = os.path.join(env.gw.settings.recordings_path, f"{datetime.now(timezone.utc):%Y/%m/%d}", f"{call_id}.wav")
+    local = os.path.join(env.gw.settings.recordings_path, f"{datetime.now(UTC):%Y/%m/%d}", f"{call_id}.wav")
     assert not os.path.exists(local)
     obj = s3.get_object(Bucket="calls", Key=info["key"])
     stored = obj["Body"].read()

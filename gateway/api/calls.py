@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from . import models
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .models import parse
 from .numbers import scrub
-from .validation import as_int, as_str, bad, pagination, reject_unknown
+from .validation import as_int, as_str, as_time_bound, bad, pagination, reject_unknown
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -30,7 +31,7 @@ log = logging.getLogger("gateway.api")
 TRANSFER_QUEUE_WAIT = 5.0
 
 
-def _gw(request: web.Request) -> "Gateway":
+def _gw(request: web.Request) -> Gateway:
     return request.app["gateway"]
 
 
@@ -44,7 +45,7 @@ def time_of_call(created_at: str | None) -> str:
     if not created_at:
         return ""
     at = datetime.fromisoformat(created_at)
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.strftime("%m/%d/%Y %H:%M:%S")
 
 
@@ -107,7 +108,7 @@ async def dispatch(request: web.Request) -> web.Response:
                               "call_id": call.id})
 
 
-async def _attached_number(gw: "Gateway", agent_id: int) -> int:
+async def _attached_number(gw: Gateway, agent_id: int) -> int:
     """The id of the (first) number attached to the agent, for a dispatch without from_number_id."""
     numbers = await gw.store.numbers_of_agent(agent_id)
     if not numbers:
@@ -120,7 +121,7 @@ async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
     reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid",
-                             "bulk_call_id"})
+                             "bulk_call_id", "carrier", "since", "until"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
@@ -131,8 +132,14 @@ async def list_logs(request: web.Request) -> web.Response:
     # OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
     # call_context.bulk_call_id = N
     bulk = as_int(q["bulk_call_id"], "bulk_call_id", minimum=1) if q.get("bulk_call_id") else None
+    carrier = as_str(q["carrier"], "carrier", max_len=32) if q.get("carrier") else None
+    since = as_time_bound(q["since"], "since", end=False) if q.get("since") else None
+    until = as_time_bound(q["until"], "until", end=True) if q.get("until") else None
+    if since is not None and until is not None and until <= since:
+        raise bad("until", "must be after since")
     rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
-                                            carrier_sid=sid, bulk_call_id=bulk)
+                                            carrier_sid=sid, bulk_call_id=bulk, carrier=carrier,
+                                            since=since, until=until)
     return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
                               "pagesize": pagesize, "call_log_data": [call_log_json(r) for r in rows]})
 
@@ -144,7 +151,7 @@ def _log_id(ident: str) -> int | None:
     return None
 
 
-async def _log_row(gw: "Gateway", ident: str) -> dict[str, Any] | None:
+async def _log_row(gw: Gateway, ident: str) -> dict[str, Any] | None:
     log_id = _log_id(ident)
     if log_id is not None:
         return await gw.store.get_call(log_id)
@@ -185,16 +192,16 @@ class CallOp:
     CALL_OPS: its route and its control-bus handler follow from it."""
     name: str
     parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
-    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    perform: Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]
     orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    wait: Callable[["Gateway"], float] | None = None
+    wait: Callable[[Gateway], float] | None = None
 
 
 async def _no_body(request: web.Request) -> dict[str, Any]:
     return {}
 
 
-async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _hangup(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
     return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
@@ -208,7 +215,7 @@ async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     return {"number": parse(models.Transfer, await read_json(request)).number}
 
 
-async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _transfer(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     number = args.get("number")
     try:
         target = call.transfer_request(number).number
@@ -227,7 +234,7 @@ async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str
             "number": target}
 
 
-def _transfer_wait(gw: "Gateway") -> float:
+def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
@@ -237,7 +244,7 @@ CALL_OPS: list[CallOp] = [
 ]
 
 
-def _local_call(gw: "Gateway", ident: str) -> Call | None:
+def _local_call(gw: Gateway, ident: str) -> Call | None:
     log_id = _log_id(ident)
     return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
 
@@ -246,7 +253,7 @@ def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
     return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
 
 
-async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
+async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
     """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
     unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
     call = _local_call(gw, ident)
@@ -292,7 +299,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: "Gateway", op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp):
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")
@@ -313,7 +320,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     for op in CALL_OPS:
         r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
         gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

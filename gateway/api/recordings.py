@@ -24,7 +24,7 @@ MEDIA_TYPE = "audio/wav"
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    gw: "Gateway" = request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
     ident = request.match_info["id"]
     row = await _log_row(gw, ident)
     if row is None:
@@ -53,7 +53,7 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": MEDIA_TYPE, **disposition})
 
 
-async def _from_bucket(gw: "Gateway", request: web.Request, info: dict[str, Any],
+async def _from_bucket(gw: Gateway, request: web.Request, info: dict[str, Any],
                        headers: dict[str, str]) -> web.StreamResponse:
     bucket = gw.recordings.bucket
     if bucket is None or bucket.bucket != info.get("bucket"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from yarl import URL
@@ -62,6 +63,26 @@ def as_list(value: Any, field: str) -> list[Any]:
     if not isinstance(value, list):
         raise bad(field, "must be a list")
     return value
+
+
+def as_time_bound(value: Any, field: str, *, end: bool) -> datetime:
+    """A date filter bound: an ISO 8601 date (`2026-11-30`: the whole day, UTC) or date-time (no zone: UTC).
+
+    Returns the instant to compare with: a start bound is inclusive; for an end bound the caller compares with
+    `<`, so a bare date as end bound becomes the next midnight (the named day is included)."""
+    text = as_str(value, field, max_len=64)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            at = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
+        else:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+            if end:
+                at += timedelta(microseconds=1)
+    except (ValueError, OverflowError):
+        raise bad(field, f"must be a date (YYYY-MM-DD) or an ISO 8601 date-time (got {text[:40]!r})") from None
+    return at
 
 
 def as_e164(value: Any, field: str) -> str:
@@ -143,10 +164,8 @@ def _convert(f: ImportField, value: Any) -> Any:
     else:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and f.e164:
             value = str(value)
-        if f.secret and isinstance(value, str):
-            v = value  # a password may start or end with a space: keep it byte for byte
-        else:
-            v = as_str(value, f.name)
+        # a password may start or end with a space: keep it byte for byte
+        v = value if f.secret and isinstance(value, str) else as_str(value, f.name)
         if f.e164:
             v = as_e164(v, f.name)
     if f.choices and v not in f.choices:

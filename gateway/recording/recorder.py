@@ -16,7 +16,8 @@ clock when the caller is silent on the wire (hold, a carrier that stops sending)
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from voicecodecs._audioop import audioop
 

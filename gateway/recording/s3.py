@@ -10,8 +10,9 @@ configured. References: boto3 S3 client `upload_file`, `get_object` (with an HTT
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 
 class S3Unavailable(RuntimeError):

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .recorder import CHANNELS, Recorder
@@ -50,7 +50,7 @@ def recording_choice(agent: dict[str, Any] | None, request: dict[str, Any] | Non
 
 
 class Recordings:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         s = gateway.settings
         self.root = s.recordings_path
@@ -72,12 +72,12 @@ class Recordings:
     def url_for(self, log_id: int) -> str:
         return f"{self.gateway.settings.public_base}/api/v1/calls/{log_id}/recording"
 
-    def relative_path(self, call: "Call") -> str:
-        day = datetime.now(timezone.utc)
+    def relative_path(self, call: Call) -> str:
+        day = datetime.now(UTC)
         return f"{day:%Y/%m/%d}/{call.id}.wav"
 
     # -- a call ---------------------------------------------------------------------------------------------------
-    async def start(self, call: "Call") -> None:
+    async def start(self, call: Call) -> None:
         """At the answer: record the call when its agent (or its dispatch) asks for it. Never raises."""
         choice = recording_choice(call.agent, call.recording_request)
         if not choice.enabled or call.bus is None:
@@ -100,11 +100,11 @@ class Recordings:
         await call.record(recording_status="recording", recording=info, recording_url=self.url_for(call.log_id))
         call.log.info("recording", extra={"channels": choice.channels, "path": path})
 
-    def _write_failed(self, call: "Call", error: OSError) -> None:
+    def _write_failed(self, call: Call, error: OSError) -> None:
         self.write_failures += 1
         call.log.error("recording stopped: %s", error, extra={"errno": error.errno})
 
-    async def finish(self, call: "Call") -> None:
+    async def finish(self, call: Call) -> None:
         """The call ended: close the file and record it; the upload (when a bucket is set) runs in the background."""
         recorder = call.recorder
         if recorder is None:
@@ -178,7 +178,7 @@ class Recordings:
                 await self._finish_orphan(row)
         days = self.gateway.settings.recording_retention_days
         if days > 0:
-            cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+            cutoff = datetime.now(UTC) - timedelta(days=days)
             for row in await store.recordings_in(("stored", "failed", "upload_failed"), ended=False,
                                                  created_before=cutoff):
                 await self._expire(row)
@@ -186,7 +186,7 @@ class Recordings:
     def _local(self, info: dict[str, Any]) -> bool:
         """Is the row's file on this machine's disk (a file store's recordings are on the node that recorded)?"""
         path = info.get("path")
-        return bool(path) and os.path.exists(path)
+        return isinstance(path, str) and bool(path) and os.path.exists(path)
 
     async def _finish_orphan(self, row: dict[str, Any]) -> None:
         info = dict(row.get("recording") or {})
