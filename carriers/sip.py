@@ -383,8 +383,8 @@ class SipCarrier(Carrier):
             self.auth_throttle.failure(source_ip, **fields)
 
     def metrics(self) -> dict[str, float]:
-        """RTP packet counters (every session since start), the shared clock's health and the digest-auth
-        throttle, for /metrics."""
+        """RTP packet counters (every session since start; SRTP packets dropped for failed authentication or
+        replay), the shared clock's health and the digest-auth throttle, for /metrics."""
         throttle = self.auth_throttle.metrics("gateway_sip")
         if self.rtp is None:
             return throttle
@@ -393,6 +393,7 @@ class SipCarrier(Carrier):
                 "gateway_rtp_packets_received_total": t.get("received", 0),
                 "gateway_rtp_packets_lost_total": t.get("lost", 0),
                 "gateway_rtp_packets_late_total": t.get("late", 0),
+                "gateway_srtp_packets_failed_total": t.get("srtp_failed", 0),
                 "gateway_rtp_sessions": t["sessions"],
                 "gateway_rtp_clock_late_ticks_total": t["late_ticks"]}
 

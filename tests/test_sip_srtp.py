@@ -127,3 +127,50 @@ def test_a_re_offer_with_the_same_key_keeps_ours():
     rekeyed = offer_of("RTP/SAVP", True).replace(KEY.encode(), base64.b64encode(bytes(30)))
     _, new = answer_offer(rekeyed, "10.0.0.1", 20000, media_encryption="srtp", keys=first.srtp)
     assert new.srtp.local.key != first.srtp.local.key and new.srtp.remote.key == bytes(30)
+
+
+async def test_rtp_session_drops_forged_packets_and_latches_only_to_authentic_ones():
+    import asyncio
+    import socket
+
+    from gateway.rtp import RtpEngine
+    from sipp import rtp_range
+
+    ports = rtp_range(10)
+    engine = RtpEngine("127.0.0.1", ports["rtp_port_min"], ports["rtp_port_max"])
+    await engine.start()
+    session = await engine.open_session()
+    ours, theirs = CryptoAttribute.generate(), CryptoAttribute.generate()
+    session.set_srtp(SrtpContext(ours, theirs))
+    peer = SrtpContext(theirs, ours)
+    heard: list[bytes] = []
+    session.on_pcm = heard.append
+    forger, sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger.bind(("127.0.0.1", 0))
+    sender.bind(("127.0.0.1", 0))
+    try:
+        target = ("127.0.0.1", session.local_port)
+        forged = build_rtp(0, True, 1, 160, 0x99, b"\x00" * 160) + b"\x00" * 10     # a plausible tag, wrong key
+        loop = asyncio.get_running_loop()
+
+        async def until(condition) -> None:
+            end = loop.time() + 5
+            while not condition() and loop.time() < end:
+                await asyncio.sleep(0.01)
+
+        forger.sendto(forged, target)
+        await until(lambda: session.srtp.failed)
+        assert session.received == 0 and not session.latched      # dropped before anything else looked at it
+        for seq in range(1, 6):
+            sender.sendto(peer.protect(build_rtp(0, seq == 1, seq, seq * 160, 0x1234, b"\xff" * 160)), target)
+        await until(lambda: session.received >= 5)
+        assert session.received == 5 and session.srtp.failed == 1
+        assert session.remote == ("127.0.0.1", sender.getsockname()[1])   # the authentic sender, not the forger
+        assert session.stats["srtp_failed"] == 1
+        await until(lambda: heard)                          # and the decrypted audio is played out
+        assert len(heard[0]) == 320
+    finally:
+        forger.close()
+        sender.close()
+        session.close()
+        await engine.stop()
