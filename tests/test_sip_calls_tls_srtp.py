@@ -131,6 +131,21 @@ async def test_connection_reports_tls_srv_target_and_srtp(make_gateway, tmp_path
 
 
 @needs_dnsmasq
+async def test_connection_says_when_the_trunk_refuses_srtp(make_gateway, tmp_path):
+    ca = TestCa(tmp_path)
+    async with Baresip(tmp_path, cert_pem=pem(tmp_path, ca.issue("trunk.test")), user="15559876543",
+                       mediaenc="") as bs:                   # a peer without SRTP
+        async with Dnsmasq(["--host-record=trunk.test,127.0.0.1"]) as dns:
+            gw = await tls_gateway(make_gateway, tmp_path, ca, dns_server=dns.server)
+            report = await trunk_test(gw, sip_port=bs.tls_port, media_encryption="srtp")
+            optional = await trunk_test(gw, sip_port=bs.tls_port, media_encryption="optional")
+    srtp = next(s for s in report["steps"] if s["step"] == "srtp")
+    assert report["ok"] is False and srtp["verdict"] == "srtp refused", report
+    fallback = next(s for s in optional["steps"] if s["step"] == "srtp")
+    assert optional["ok"] is True and "plain RTP" in fallback["detail"], optional
+
+
+@needs_dnsmasq
 @pytest.mark.parametrize("problem,verdict", [
     ("expired", "certificate expired"),
     ("wrong name", "certificate name mismatch"),
