@@ -139,10 +139,15 @@ async def test_connection_says_when_the_trunk_refuses_srtp(make_gateway, tmp_pat
             gw = await tls_gateway(make_gateway, tmp_path, ca, dns_server=dns.server)
             report = await trunk_test(gw, sip_port=bs.tls_port, media_encryption="srtp")
             optional = await trunk_test(gw, sip_port=bs.tls_port, media_encryption="optional")
+            # a gateway that only dials out over TLS (no --tls-cert) is told what that means for the trunk
+            client_only = await sip_gateway(make_gateway, tls_ca_file=ca.cert_path, dns_server=dns.server)
+            outward = await trunk_test(client_only, sip_port=bs.tls_port)
     srtp = next(s for s in report["steps"] if s["step"] == "srtp")
     assert report["ok"] is False and srtp["verdict"] == "srtp refused", report
     fallback = next(s for s in optional["steps"] if s["step"] == "srtp")
     assert optional["ok"] is True and "plain RTP" in fallback["detail"], optional
+    tls = next(s for s in outward["steps"] if s["step"] == "tls")
+    assert outward["ok"] is True and "no TLS listener" in tls["detail"], outward
 
 
 @needs_dnsmasq
@@ -169,6 +174,7 @@ async def test_connection_names_each_certificate_problem(make_gateway, tmp_path,
     if problem == "self-signed":
         tls = next(s for s in relaxed["steps"] if s["step"] == "tls")
         assert relaxed["ok"] is True and "NOT checked" in tls["detail"], relaxed
+        assert "no TLS listener" not in tls["detail"]       # this gateway has one
 
 
 @needs_dnsmasq

@@ -292,13 +292,18 @@ def _tls_step(ua: UserAgent, tls: TlsPeer, target: Target) -> dict[str, Any]:
     conn = ua.transport.connection("tls", (target.address, target.port))
     cert = conn.transport.get_extra_info("peercert") if conn is not None and conn.transport is not None else None
     version = conn.transport.get_extra_info("ssl_object").version() if conn is not None and conn.transport else ""
+    # without a listener of ours the trunk can reach us only over connections we opened: say so
+    listener = "" if getattr(ua.transport, "tls_port", None) else (
+        "; warning: this gateway has no TLS listener (--tls-cert/--tls-key), so the trunk can send requests "
+        "(its BYE, re-INVITE) only over the connection we opened")
     if not tls.verify:
         return _step("tls", OK, f"{version} to {target.describe()}; certificate NOT checked (tls_verify false: "
-                                "encrypted, not authenticated)")
+                                f"encrypted, not authenticated){listener}")
     subject = dict(x[0] for x in (cert or {}).get("subject", ()) if x)
     issuer = dict(x[0] for x in (cert or {}).get("issuer", ()) if x)
     return _step("tls", OK, f"{version}; certificate valid for {tls.name} (subject {subject.get('commonName', '?')}, "
-                            f"issuer {issuer.get('commonName', '?')}, expires {(cert or {}).get('notAfter', '?')})")
+                            f"issuer {issuer.get('commonName', '?')}, expires {(cert or {}).get('notAfter', '?')})"
+                            f"{listener}")
 
 
 def _report(steps: list[dict[str, Any]]) -> dict[str, Any]:
