@@ -262,7 +262,8 @@ async def test_bodies_are_documented_from_the_models_that_check_them(api):
     status, doc = await api.get("/openapi.json")
     schemas = doc["components"]["schemas"]
     for model in (models.Dispatch, models.Attach, models.Detach, models.Transfer):
-        assert schemas[model.__name__] == models.schema_of(model)
+        own = {k: v for k, v in models.schema_of(model).items() if k != "$defs"}   # nested models: components
+        assert schemas[model.__name__] == own
     assert set(schemas["Dispatch"]["required"]) == {"agent_id", "to_number"}   # from_number_id is optional
     assert schemas["Dispatch"]["properties"]["to_number"]["pattern"] == r"^\+[1-9]\d{6,14}$"
     for body, field in (({"phone_number_id": True, "agent_id": 1}, "phone_number_id"),

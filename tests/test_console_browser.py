@@ -232,11 +232,11 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         await page.wait_for_selector("#view:not([aria-busy]) [name='settings.transfer.transfer_options[0].number']")
         assert await page.input_value("[name='settings.transfer.number']") == "+14155550123"
 
-        # the section the console does not know: rendered from its values, edited, PATCHed
+        # another agent's recording section: the form follows its schema (a checkbox, a choice), PATCHed
         await page.goto(gw.url(f"/console#/agents/{other['id']}"))
         await page.wait_for_selector("#view:not([aria-busy]) [name='settings.recording.enabled']")
         await page.check("[name='settings.recording.enabled']")
-        await page.fill("[name='settings.recording.channels']", "dual")
+        await page.select_option("[name='settings.recording.channels']", "dual")   # the schema's enum: a choice
         await page.click("#save")
         await page.wait_for_selector("#flash:text('agent saved')")
         got = (await api(gw, "GET", f"/agents/{other['id']}"))["agent"]["settings"]

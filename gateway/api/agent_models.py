@@ -150,6 +150,15 @@ class Webhook(_Section):
         description="signs each delivery (X-Gateway-Signature); shown as \"****\"")] = None
 
 
+class RecordingSettings(_Section):
+    """`settings.recording` (docs/recording.md); a dispatch may override it per call."""
+    model_config = ConfigDict(extra="forbid")
+    ALWAYS = {"enabled": False, "channels": "dual"}
+    enabled: Bool = False
+    channels: Annotated[Literal["mono", "dual"], BeforeValidator(lambda v: v or "dual"),
+                        Field(description="dual: caller left, agent right")] = "dual"
+
+
 class Settings(BaseModel):
     """Known sections are checked; other sections (engine-specific) must be objects and are kept as given."""
     model_config = ConfigDict(extra="allow")
@@ -159,6 +168,7 @@ class Settings(BaseModel):
     voicemail: Voicemail | None = None
     amd: Amd | None = None
     webhook: Webhook | None = None
+    recording: RecordingSettings | None = None
 
 
 

@@ -10,7 +10,7 @@ fail with the same words.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
@@ -47,13 +47,19 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# -- request bodies ----------------------------------------------------------------------------------------------
+class Recording(Body):
+    """A per-call override of the agent's `settings.recording` (keys not given keep the agent's)."""
+    enabled: bool | None = None
+    channels: Literal["mono", "dual"] | None = Field(None, description="dual: caller left, agent right")
+
+
 class Dispatch(Body):
     """POST /calls/dispatch."""
     agent_id: Id
     to_number: E164
     from_number_id: Id | None = Field(None, description="default: the agent's attached number")
     call_context: dict[str, Any] | None = Field(None, description="handed to the engine and webhooks")
+    recording: Recording | None = Field(None, description="record this call (or not), overriding the agent")
 
 
 class Attach(Body):
@@ -113,6 +119,11 @@ class CallPath(Body):
 
 class ProviderPath(Body):
     provider: Annotated[str, Field(description="a loaded carrier's provider (see Import_<provider>)")]
+
+
+class RangeHeader(BaseModel):
+    """HTTP Range (RFC 9110 §14.2) of a download, e.g. `bytes=0-1023`."""
+    Range: Annotated[str, text(200)] | None = Field(None, description="e.g. bytes=0-1023; answered 206")
 
 
 class ProcPath(Body):

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
 
 ERRORS = {400: "Invalid input", 401: "Missing or wrong API key", 404: "Not found", 409: "Conflict",
-          502: "Carrier error", 503: "At capacity", 504: "No answer in time"}
+          416: "Range not satisfiable", 429: "Too many requests (Retry-After says when to retry)",
+          502: "Carrier error", 503: "Unavailable (at capacity, or a resource that cannot be read now)",
+          504: "No answer in time"}
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 
@@ -75,10 +77,12 @@ class _Models:
 
 def _operation(e: Endpoint, gw: Gateway, models: _Models) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": e.summary, "tags": [e.tag], "responses": {}}
-    ok = models.ref(e.response, "serialization") if e.response is not None else {"type": "string"}
+    raw = {"type": "string"} if e.content_type.startswith("text/") else {"type": "string", "format": "binary"}
+    ok = models.ref(e.response, "serialization") if e.response is not None else raw
     op["responses"][str(e.status)] = {"description": "OK", **_content(ok, e.content_type)}
     for status, model, description in e.also:
-        op["responses"][str(status)] = {"description": description, **_content(models.ref(model, "serialization"))}
+        other = _content(models.ref(model, "serialization")) if model is not None else _content(raw, e.content_type)
+        op["responses"][str(status)] = {"description": description, **other}
     for status in e.errors:
         op["responses"][str(status)] = {"description": ERRORS[status],
                                         **_content(models.ref(ErrorBody, "serialization"))}
@@ -87,6 +91,8 @@ def _operation(e: Endpoint, gw: Gateway, models: _Models) -> dict[str, Any]:
         params += _parameters(e.params.model_json_schema(schema_generator=Schema), "path")
     if e.query is not None:
         params += _parameters(e.query.model_json_schema(schema_generator=Schema), "query")
+    if e.headers is not None:
+        params += _parameters(e.headers.model_json_schema(schema_generator=Schema), "header")
     if params:
         op["parameters"] = params
     body = bodies(e, gw)

@@ -137,6 +137,8 @@ class CallLog(Row):
     hangup_reason: str | None
     recording_url: str | Literal[False] = Field(description="false when there is none")
     timing: dict[str, Any] | None = Field(description="conversation timing summary (gateway/turns.py)")
+    recording_status: str | None = Field(None, description="when the call was recorded (docs/recording.md)")
+    recording: dict[str, Any] | None = Field(None, description="what was recorded and where (no local paths)")
 
 
 class CallLogList(Paged):

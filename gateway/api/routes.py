@@ -44,8 +44,11 @@ class Endpoint:
     #: False for the open endpoints (/healthz, /metrics)
     auth: bool = True
     content_type: str = "application/json"
-    #: further documented answers with a model (e.g. /healthz's 503 while draining)
-    also: tuple[tuple[int, type[BaseModel], str], ...] = ()
+    #: further documented answers: (status, model, description); model None: `content_type` like the 2xx
+    #: answer (e.g. /healthz's 503 while draining, a recording's 206 partial content)
+    also: tuple[tuple[int, type[BaseModel] | None, str], ...] = ()
+    #: request headers the handler reads, as a model (e.g. Range)
+    headers: type[BaseModel] | None = None
 
 
 ENDPOINTS = web.AppKey("api_endpoints", dict)
@@ -64,12 +67,16 @@ def api_route(app: web.Application, method: str, path: str, handler: Handler, su
               query: type[BaseModel] | None = None, params: type[BaseModel] | None = None, status: int = 200,
               errors: tuple[int, ...] = (400, 401, 404), body_required: bool = True, auth: bool = True,
               content_type: str = "application/json",
-              also: tuple[tuple[int, type[BaseModel], str], ...] = ()) -> None:
+              also: tuple[tuple[int, type[BaseModel] | None, str], ...] = (),
+              headers: type[BaseModel] | None = None) -> None:
     """Add `handler` for `method path` and document it with the models it uses (see the module docstring)."""
-    app.router.add_route(method, path, handler)
+    if method.upper() == "GET":
+        app.router.add_get(path, handler)        # HEAD too, as aiohttp does for every GET
+    else:
+        app.router.add_route(method, path, handler)
     endpoints(app)[(method.upper(), path)] = Endpoint(
         method.upper(), path, summary, tag, response, body, query, params, status, errors, body_required, auth,
-        content_type, also)
+        content_type, also, headers)
 
 
 def ok(reply: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
