@@ -20,7 +20,7 @@ from typing import Any
 from gateway.call import Call
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
-from gateway.frames import HangupSource, TransferRequest, TransferResult
+from gateway.frames import ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.rtp import RtpEngine
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
@@ -34,9 +34,10 @@ from gateway.sip.testconn import test_trunk
 from gateway.sip.transaction import TransactionLayer
 from gateway.sip.transport import SipTransport
 from gateway.sip.ua import (Credentials, IncomingInvite, InviteResult, OutgoingInvite, RequestFailed, SipSession,
-                            UserAgent, parse_reason, reason_header)
+                            UserAgent, outcome_for, parse_reason, reason_header)
 from gateway.throttle import FailureThrottle
 
+from .sip_consult import SipConsultation
 from .sip_presets import PRESETS, PresetError, apply_preset, parse_hostport
 
 log = logging.getLogger("carriers.sip")
@@ -46,17 +47,6 @@ RETRY_AFTER_S = 5            # 503 at capacity: when the carrier may try this ga
 DEFAULT_RING_TIMEOUT = 45.0  # seconds an outbound INVITE may ring before we CANCEL (no-answer)
 TRANSFER_RING_TIMEOUT = 30.0
 TRUNK_CACHE_S = 5.0
-
-
-def outcome_for(status: int) -> str:
-    """Call-log status for a final non-2xx answer to our INVITE."""
-    if status in (486, 600):
-        return "busy"
-    if status in (408, 480, 487):
-        return "no-answer"
-    if status in (603, 607, 608):
-        return "rejected"
-    return "failed"
 
 
 def _flat(number: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +114,8 @@ class SipLeg:
         self.sdp_session_id: str | None = None
         self.on_hold = False
         self.closed = False
+        #: the attended transfer's consultation call while one runs (carriers/sip_consult.py)
+        self.consultation: SipConsultation | None = None
 
     # -- CallLeg -----------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
@@ -139,6 +131,20 @@ class SipLeg:
 
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self.carrier.transfer(self, request)
+
+    # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
+    async def consult(self, call: Call, request: ConsultRequest) -> None:
+        await self.carrier.consult(self, request)
+
+    async def consult_complete(self, call: Call) -> None:
+        if self.consultation is None:
+            raise CarrierError("no consultation call on this leg", 409)
+        await self.consultation.complete()
+
+    async def consult_cancel(self, call: Call) -> None:
+        if self.consultation is None:
+            raise CarrierError("no consultation call on this leg", 409)
+        await self.consultation.cancel()
 
     # -- media -------------------------------------------------------------------------------------------------
     def offer_answer(self, offer: bytes) -> bytes | None:
@@ -160,6 +166,9 @@ class SipLeg:
         return answer.to_bytes()
 
     def close(self) -> None:
+        if self.consultation is not None:
+            consult, self.consultation = self.consultation, None
+            consult.abandon(self.call.hangup.reason if self.call.hangup else "call ended")
         if not self.closed:
             self.closed = True
             self.rtp.close()
@@ -356,6 +365,9 @@ class SipCarrier(Carrier):
     async def _on_invite(self, inv: IncomingInvite) -> None:
         req = inv.request
         inv.respond(100, "Trying")
+        if inv.replaces is not None:
+            await self._on_replacing_invite(inv, inv.replaces)
+            return
         number = None
         for e164 in called_number_candidates(req.uri, req.to.uri):
             number = await self.gateway.store.find_number(e164, "sip", with_secrets=True)
@@ -452,6 +464,60 @@ class SipCarrier(Carrier):
         rtp.attach(call)
         self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
                                                       "sip_call_id": req.call_id})
+
+    async def _on_replacing_invite(self, inv: IncomingInvite, replaced: SipSession) -> None:
+        """An INVITE whose Replaces names the dialog of a live call (RFC 3891 §3): the far end moved its side of
+        the call (its own attended transfer, a call pickup). After the trunk's own inbound policy, the new dialog
+        takes over the call (same engine, same call log row), and the replaced dialog ends with BYE."""
+        req = inv.request
+        old = next((leg for leg in self.legs.values() if leg.session is replaced), None)
+        if old is None or old.call.ended.is_set() or old.bridge is not None or old.consultation is not None:
+            inv.reject(481, "Call/Transaction Does Not Exist", [("Warning", '399 gateway "that dialog carries no '
+                                                                            'call that can be handed over"')])
+            return
+        call = old.call
+        verdict = await self.auth.check(TrunkAuth.from_number(old.number), req, inv.source_ip)
+        if not verdict.ok:      # RFC 3891 §3: only who may call this trunk may replace its dialog
+            self._auth_refused(verdict, inv.source_ip, method="INVITE", trunk=old.number.get("sip_trunk_name"))
+            inv.reject(verdict.status, verdict.reason, list(verdict.headers))
+            return
+        if not req.body:
+            inv.reject(488, "Not Acceptable Here", [("Warning", '399 gateway "an SDP offer is required"')])
+            return
+        new = SipLeg(self, call, old.number, await self.rtp.open_session())
+        try:
+            answer, choice = answer_offer(req.body, self.advertised_ip, new.rtp.local_port)
+        except (NoCommonCodec, SdpError) as e:
+            new.close()
+            inv.reject(488, "Not Acceptable Here", [("Warning", f'305 gateway "{str(e)[:80]}"')])
+            return
+        new.sdp_session_id = answer.origin.session_id
+        new.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        new.rtp.set_direction(choice.direction)
+        try:
+            session = await inv.accept(answer.to_bytes())
+        except (RequestFailed, DialogError) as e:
+            new.close()
+            call.log.info("replacing INVITE not completed: %s", getattr(e, "reason", e))
+            return
+        if call.ended.is_set() or old.closed:   # the call ended while we answered: end the new dialog too
+            session.send_bye(reason_header(q850=16, text="call ended"))
+            new.close()
+            return
+        new.session = session
+        session.creds = old.session.creds if old.session is not None else None
+        self._wire(new, session)
+        call.leg = new
+        self.legs[call.id] = new
+        replaced.send_bye(reason_header(q850=16, text="replaced"))
+        old.close()
+        new.rtp.attach(call)
+        call.set_carrier_sid(req.call_id)
+        await call.record(carrier_sid=req.call_id, extra={"replaced_sip_call_id": replaced.call_id})
+        await call.emit("call:replaced", {"sip_call_id": req.call_id, "replaced_sip_call_id": replaced.call_id})
+        self.log.info("dialog replaced", extra={"call_id": call.id, "sip_call_id": req.call_id})
+        if session.ended.is_set():
+            await self._ended(new, HangupSource.USER, session.end_reason or "BYE")
 
     def _wire(self, leg: SipLeg, session: SipSession) -> None:
         session.on_offer = leg.offer_answer
@@ -680,6 +746,21 @@ class SipCarrier(Carrier):
                 return
             last = (number, outcome)
         await call.transfer_finished(TransferResult(last[0], last[1]))
+
+    # -- attended transfer (carriers/sip_consult.py) ---------------------------------------------------------------
+    async def consult(self, leg: SipLeg, request: ConsultRequest) -> None:
+        """Hold the caller and dial the consultation call through the same trunk."""
+        if leg.session is None or leg.session.ended.is_set() or leg.bridge is not None:
+            raise CarrierError("the call has no SIP dialog of its own to transfer (not answered, or already "
+                               "bridged)", 409)
+        target = TrunkTarget.of(leg.number)
+        try:
+            uri = target.uri_for(request.number)
+        except DialFormatError as e:
+            raise CarrierError(f"cannot dial {request.number} on this trunk: {e}", 400, field="number") from None
+        other = SipLeg(self, leg.call, leg.number, await self.rtp.open_session())
+        leg.consultation = SipConsultation(self, leg, other, target, uri, request.number)
+        leg.consultation.start()
 
     async def _bridge_to(self, leg: SipLeg, target: TrunkTarget, number: str) -> str:
         """A new outbound leg to `number` through the same trunk, bridged to `leg` by the gateway."""
