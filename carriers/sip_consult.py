@@ -36,7 +36,7 @@ REPLACED_BYE_WAIT = 2.0
 class SipConsultation:
     """The consultation call of one SIP leg: `other` dials the target while `leg`'s caller is on hold."""
 
-    def __init__(self, carrier: "SipCarrier", leg: "SipLeg", other: "SipLeg", target: "TrunkTarget", uri: str,
+    def __init__(self, carrier: SipCarrier, leg: SipLeg, other: SipLeg, target: TrunkTarget, uri: str,
                  number: str) -> None:
         self.carrier = carrier
         self.leg = leg
@@ -167,7 +167,7 @@ class SipConsultation:
             await call.consult_completed("refer_replaces")
             try:
                 await asyncio.wait_for(target_session.ended.wait(), REPLACED_BYE_WAIT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 target_session.send_bye(reason_header(q850=16, text="transferred"))
             other.close()
             leg.consultation = None

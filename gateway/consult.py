@@ -48,17 +48,17 @@ class ConsultError(Exception):
 class ConsultingLeg(Protocol):
     """A carrier leg that can run an attended transfer. Carriers without these methods refuse `consult`."""
 
-    async def consult(self, call: "Call", request: ConsultRequest) -> None:
+    async def consult(self, call: Call, request: ConsultRequest) -> None:
         """Put the caller on hold and start dialling `request.number`; return once the dial has started (raise
         CarrierError when it cannot). Report `answered` / `failed` through `call.consult_update()`; on `answered`
         the target's audio feeds the call's bus and the bus's outbound audio goes to the target."""
 
-    async def consult_complete(self, call: "Call") -> None:
+    async def consult_complete(self, call: Call) -> None:
         """Join caller and target; call `call.consult_completed(method)` once they are joined, then leave the
         call as the carrier requires. Raise CarrierError when they could not be joined (the consultation then
         stays as it was, or is reported `ended` when the target is gone)."""
 
-    async def consult_cancel(self, call: "Call") -> None:
+    async def consult_cancel(self, call: Call) -> None:
         """End the consultation call (CANCEL while it rings, BYE once answered), take the caller off hold and
         give the caller's audio back to the bus; report `cancelled` through `call.consult_update()`."""
 

@@ -195,3 +195,37 @@ async def test_cli_consult_then_cancel(make_gateway, capsys, monkeypatch):
         assert code == 1 and "409" in out["error"] and "no answered consultation" in out["error"]
         await api(gw, "POST", f"/calls/{call.id}/hangup", {}, expect=200)
     uas.result.assert_calls(successful=2)
+
+
+async def test_engine_protocol_consult_and_complete(make_gateway):
+    """A websocket engine (connect mode) runs the attended transfer itself: `consult` (the agent's transfer number),
+    the `consult` events, audio to the target, `consult_complete`, then `transfer_result` and `hangup`."""
+    from test_engine_ws import Engine, recv_json
+
+    seen: list[dict] = []
+
+    async def script(ws, engine):
+        seen.append(await recv_json(ws, "start"))
+        await ws.send(json.dumps({"type": "consult", "message": "A caller about order 42."}))
+        seen.append(await recv_json(ws, "consult"))
+        seen.append(await recv_json(ws, "consult"))
+        await ws.send(bytes(640) * 10)                     # 200 ms for the target
+        await ws.send(json.dumps({"type": "consult_complete"}))
+        seen.append(await recv_json(ws, "consult"))
+        seen.append(await recv_json(ws, "transfer_result"))
+        seen.append(await recv_json(ws, "hangup"))
+
+    gw = await sip_gateway(make_gateway)
+    async with Engine(script) as engine, sipp_uas("uas_consult.xml", calls=2, timeout_s=30) as uas:
+        num = await sip_number(gw, sip_port=uas.port, engine=engine.url(),
+                               agent_settings={"transfer": {"number": TARGET}})
+        d, call = await answered_call(gw, num)
+        await asyncio.wait_for(engine.done.wait(), 20)
+        row = await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=2)
+    assert seen[0]["transfer"]["options"][0]["number"] == TARGET
+    assert [(m["state"], m["number"]) for m in seen[1:3]] == [("dialing", TARGET), ("answered", TARGET)]
+    assert seen[2]["message"] == "A caller about order 42."        # text: the engine says it to the target
+    assert seen[3]["state"] == "completed"
+    assert (seen[4]["target"], seen[4]["outcome"]) == (TARGET, "completed")
+    assert seen[5]["source"] == "system" and row["extra"]["transfer_method"] == "refer_replaces"

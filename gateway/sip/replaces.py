@@ -31,7 +31,7 @@ class Replaces:
     early_only: bool = False
 
     @classmethod
-    def parse(cls, values: list[str]) -> "Replaces":
+    def parse(cls, values: list[str]) -> Replaces:
         """The one Replaces header of a request (RFC 3891 §3: more than one is a 400)."""
         values = [v for v in values if v.strip()]
         if len(values) != 1:
@@ -52,7 +52,7 @@ class Replaces:
         return cls(call_id, to_tag, from_tag, "early-only" in params)
 
     @classmethod
-    def naming(cls, call_id: str, local_tag: str, remote_tag: str) -> "Replaces":
+    def naming(cls, call_id: str, local_tag: str, remote_tag: str) -> Replaces:
         """Our dialog (Call-ID, our tag, the peer's tag) as the peer must be told it."""
         return cls(call_id, to_tag=remote_tag, from_tag=local_tag)
 
