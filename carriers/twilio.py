@@ -36,6 +36,7 @@ from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import refusal, unreachable
+from gateway.cluster import Reply
 from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
@@ -428,6 +429,7 @@ class TwilioCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        self.gateway.control.handle(self.consult_status_op, self._consult_status)
         sdk_log = logging.getLogger("twilio.async_http_client")
         if sdk_log.level == logging.NOTSET:
             sdk_log.setLevel(logging.WARNING)   # the SDK logs ~10 INFO lines per REST request; ours say what matters
@@ -842,16 +844,35 @@ class TwilioCarrier(Carrier):
         return _xml(self.stream_twiml(call))
 
     async def consult_status_webhook(self, request: web.Request) -> web.Response:
-        """Status callback of an attended transfer's consultation call (busy, no answer, hung up)."""
+        """Status callback of an attended transfer's consultation call (busy, no answer, hung up). In a cluster it
+        may reach a process that does not hold the call: it is passed to the owner over the control bus."""
         form = await request.post()
         call, tokens = await self._call_and_tokens(request, form)
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
-        leg = self.legs.get(call.id) if call else None
-        consultation = leg.consultation if leg is not None else None
-        if consultation is not None and consultation.sid and consultation.sid == form.get("CallSid"):
-            await consultation.status(form.get("CallStatus", ""))
+        args = {"call": request.query.get("call_id") or "", "call_sid": form.get("CallSid") or "",
+                "status": form.get("CallStatus") or ""}
+        if call is None:
+            row = await self.gateway.store.find_call(call_uuid=args["call"]) if args["call"] else None
+            owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
+            if owner and owner != self.gateway.settings.proc_id and await self.gateway.membership.alive(owner):
+                await self.gateway.control.request(owner, self.consult_status_op, args)
+            return _ok()
+        await self._consult_status(args)
         return _ok()
+
+    @property
+    def consult_status_op(self) -> str:
+        return f"{self.name}:consult_status"
+
+    async def _consult_status(self, args: dict[str, Any]) -> Reply:
+        """A consultation call's status, here or forwarded by the process that received the callback."""
+        leg = self.legs.get(str(args.get("call") or ""))
+        consultation = leg.consultation if leg is not None else None
+        if consultation is None or not consultation.sid or consultation.sid != args.get("call_sid"):
+            return Reply(404, {"success": False, "error": "no such consultation here"})
+        await consultation.status(str(args.get("status") or ""))
+        return Reply(200, {"success": True})
 
     # -- outbound -----------------------------------------------------------------------------------------------
     def check_agent_settings(self, settings: dict[str, Any]) -> None:

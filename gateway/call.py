@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .consult import ANSWERED, COMPLETED, FAILED, ConsultError, Consultation, ConsultingLeg, is_wav
+from .consult import ANSWERED, COMPLETED, ENDED, FAILED, ConsultError, Consultation, ConsultingLeg, is_wav
 from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, ConsultEvent, ConsultRequest, Hangup,
                      HangupSource, SayThenTransfer, TransferRequest, TransferResult)
 from .transfer import TransferRefused, resolve as resolve_transfer
@@ -198,7 +198,8 @@ class Call:
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
             elif isinstance(item, ConsultRequest):
-                await self._consult_from_engine(item)
+                # its own task: a carrier may end this very sender's stream to hold the caller (Twilio)
+                asyncio.create_task(self._consult_from_engine(item))
             else:
                 self._played(item)
                 return item
@@ -478,9 +479,13 @@ class Call:
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0
         timing = self.timing() if self.timeline is not None else None
+        extra: dict[str, Any] = {}
+        if self.consultation is not None and self.consultation.active:   # the carrier leg ends its call too
+            self.consultation.state, self.consultation.reason = ENDED, "the call ended"
+            extra["extra"] = {"consult": self.consultation.describe()}
         await self.record(call_status=final, ended_at=utcnow(), call_duration_in_seconds=duration,
                           hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason,
-                          **({"timing": timing["summary"]} if timing else {}))
+                          **({"timing": timing["summary"]} if timing else {}), **extra)
         if timing:
             self.manager.observe_timing(timing)
         if self.answered:

@@ -219,7 +219,8 @@ async def test_engine_protocol_consult_and_complete(make_gateway):
     async with Engine(script) as engine, sipp_uas("uas_consult.xml", calls=2, timeout_s=30) as uas:
         num = await sip_number(gw, sip_port=uas.port, engine=engine.url(),
                                agent_settings={"transfer": {"number": TARGET}})
-        d, call = await answered_call(gw, num)
+        d = await api(gw, "POST", "/calls/dispatch", {"agent_id": num["agent_id"], "from_number_id": num["id"],
+                                                       "to_number": "+15559876543"}, expect=200)
         await asyncio.wait_for(engine.done.wait(), 20)
         row = await final_row(gw, d["requestId"])
     uas.result.assert_calls(successful=2)
@@ -229,3 +230,15 @@ async def test_engine_protocol_consult_and_complete(make_gateway):
     assert seen[3]["state"] == "completed"
     assert (seen[4]["target"], seen[4]["outcome"]) == (TARGET, "completed")
     assert seen[5]["source"] == "system" and row["extra"]["transfer_method"] == "refer_replaces"
+
+
+async def test_hangup_during_the_consultation_ends_the_target_call_too(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_consult.xml", calls=2, timeout_s=30) as uas:
+        num = await sip_number(gw, sip_port=uas.port)
+        d, call = await answered_call(gw, num)
+        await consult_answered(gw, call)
+        await api(gw, "POST", f"/calls/{call.id}/hangup", {}, expect=200)
+        row = await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=2)       # the caller's leg and the target's both got a BYE
+    assert row["extra"]["consult"]["state"] == "ended" and row["is_call_transfer"] is False
