@@ -20,6 +20,7 @@ from typing import Any
 from gateway.call import Call
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.consult import DelegatingConsultLeg
 from gateway.frames import ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.rtp import RtpEngine
 from gateway.sip.bridge import MediaBridge
@@ -99,8 +100,8 @@ class TrunkTarget:
         return NameAddr(sip_uri(self.from_user, self.host), display)
 
 
-class SipLeg:
-    """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer."""
+class SipLeg(DelegatingConsultLeg):
+    """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer (blind, attended)."""
 
     def __init__(self, carrier: "SipCarrier", call: Call, number: dict[str, Any], rtp: Any) -> None:
         self.carrier = carrier
@@ -135,16 +136,6 @@ class SipLeg:
     # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
     async def consult(self, call: Call, request: ConsultRequest) -> None:
         await self.carrier.consult(self, request)
-
-    async def consult_complete(self, call: Call) -> None:
-        if self.consultation is None:
-            raise CarrierError("no consultation call on this leg", 409)
-        await self.consultation.complete()
-
-    async def consult_cancel(self, call: Call) -> None:
-        if self.consultation is None:
-            raise CarrierError("no consultation call on this leg", 409)
-        await self.consultation.cancel()
 
     # -- media -------------------------------------------------------------------------------------------------
     def offer_answer(self, offer: bytes) -> bytes | None:

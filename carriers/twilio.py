@@ -35,6 +35,7 @@ from gateway.amd.settings import amd_settings
 from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.consult import DelegatingConsultLeg
 from gateway.carrier_rest import refusal, unreachable
 from gateway.cluster import Reply
 from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, TransferRequest, TransferResult
@@ -148,7 +149,7 @@ def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: 
                    field=field, credentials=credentials)
 
 
-class TwilioLeg:
+class TwilioLeg(DelegatingConsultLeg):
     """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
 
     def __init__(self, carrier: "TwilioCarrier", call: Call, creds: TwilioCreds) -> None:
@@ -273,16 +274,6 @@ class TwilioLeg:
             # Twilio runs the conference TwiML now; our side of the caller's stream ends with it
             self.stream = None
             await caller_stream.ws.close()
-
-    async def consult_complete(self, call: Call) -> None:
-        if self.consultation is None:
-            raise CarrierError("no consultation call on this call", 409)
-        await self.consultation.complete()
-
-    async def consult_cancel(self, call: Call) -> None:
-        if self.consultation is None:
-            raise CarrierError("no consultation call on this call", 409)
-        await self.consultation.cancel()
 
     async def update_twiml(self, twiml: VoiceResponse) -> None:
         if not self.sid:

@@ -63,6 +63,32 @@ class ConsultingLeg(Protocol):
         give the caller's audio back to the bus; report `cancelled` through `call.consult_update()`."""
 
 
+class RunningConsultation(Protocol):
+    """A carrier's own object for one consultation call (SIP dialog, Twilio call …)."""
+
+    async def complete(self) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
+class DelegatingConsultLeg:
+    """The complete / cancel half of ConsultingLeg for a leg that keeps its running consultation (if any) in
+    `self.consultation`; the leg writes `consult()` itself."""
+
+    consultation: RunningConsultation | None
+
+    def _running(self) -> RunningConsultation:
+        if self.consultation is None:      # e.g. the target hung up a moment ago
+            raise ConsultError("no consultation call on this call")
+        return self.consultation
+
+    async def consult_complete(self, call: Call) -> None:
+        await self._running().complete()
+
+    async def consult_cancel(self, call: Call) -> None:
+        await self._running().cancel()
+
+
 @dataclass
 class Consultation:
     """The consultation call of one live call (at most one at a time)."""

@@ -242,3 +242,21 @@ async def test_hangup_during_the_consultation_ends_the_target_call_too(make_gate
         row = await final_row(gw, d["requestId"])
     uas.result.assert_calls(successful=2)       # the caller's leg and the target's both got a BYE
     assert row["extra"]["consult"]["state"] == "ended" and row["is_call_transfer"] is False
+
+
+async def test_consult_cancelled_while_the_target_rings(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    async with sipp_uas("uas_consult_ringing.xml", calls=2, timeout_s=30) as uas:
+        num = await sip_number(gw, sip_port=uas.port, sip_strip_plus=True)
+        d, call = await answered_call(gw, num)
+        await api(gw, "POST", f"/calls/{call.id}/consult", {"number": TARGET}, expect=200)
+        leg = gw.carriers["sip"].legs[call.id]
+        await wait_for(lambda: leg.consultation is not None and leg.consultation.other.invite is not None
+                       and leg.consultation.other.invite.provisional.is_set(), 10, what="the target ringing")
+        r = await api(gw, "POST", f"/calls/{call.id}/consult/complete", {}, expect=409)
+        assert "no answered consultation" in r["error"] and "dialing" in r["error"]
+        await api(gw, "POST", f"/calls/{call.id}/consult/cancel", {}, expect=200)    # CANCEL, 200, 487, ACK
+        assert call.consultation.state == "cancelled" and leg.consultation is None and leg.rtp.call is call
+        await api(gw, "POST", f"/calls/{call.id}/hangup", {}, expect=200)
+        await final_row(gw, d["requestId"])
+    uas.result.assert_calls(successful=2)
