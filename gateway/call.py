@@ -198,8 +198,7 @@ class Call:
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
             elif isinstance(item, ConsultRequest):
-                # its own task: a carrier may end this very sender's stream to hold the caller (Twilio)
-                asyncio.create_task(self._consult_from_engine(item))
+                await self._consult_from_engine(item)
             else:
                 self._played(item)
                 return item

@@ -121,3 +121,32 @@ async def test_busy_target_returns_the_caller(twilio_env):  # noqa: F811
                                    {"CallSid": target_sid, "CallStatus": "completed"}, tamper=True)
     assert status == 403
     await api(env, "POST", f"/calls/{call_id}/hangup")
+
+
+async def test_engine_consults_through_its_own_stream(twilio_env):  # noqa: F811
+    """The engine asks (session.consult): carried out behind its queued audio by the caller stream's sender, the
+    stream the hold then ends."""
+    from gateway.frames import ConsultEvent
+    from test_twilio_media import ScriptEngine
+
+    async def script(session):
+        await session.play(b"\x00\x00" * 1600, end_of_utterance=True)     # "please hold" (0.1 s)
+        await session.consult()
+
+    engine = ScriptEngine(script, echo=True)
+    env = await twilio_env(engine="consulter", settings=SETTINGS)
+    env.gw.engines.register("consulter", engine)
+    call_id, call_sid, caller = await open_call(env)
+    try:
+        sid, rec = await asyncio.wait_for(env.rest.updates.get(), 5)
+        assert sid == call_sid and "<Conference" in rec.one("Twiml")
+        await asyncio.wait_for(caller.closed.wait(), 3)
+    finally:
+        await caller.__aexit__()
+    target = env.stream()
+    async with target:
+        await target.start(call_id, call_sid=list(env.rest.calls)[-1], account_sid=env.account.sid)
+        await engine.wait(lambda: [e.state for e in engine.of(ConsultEvent)] == ["dialing", "answered"])
+        await target.play(recording()[:160 * 25])
+        await target.wait_for(lambda: len(target.got.media) >= 20)        # the engine's echo reaches the target
+    await api(env, "POST", f"/calls/{call_id}/hangup")
