@@ -26,6 +26,8 @@ from gateway.sip.replaces import Replaces
 from gateway.sip.sdp import NoCommonCodec, SdpError, parse_answer
 from gateway.sip.ua import InviteResult, outcome_for, parse_reason, reason_header
 
+from .sip_media import keys_in_clear, use_media
+
 if TYPE_CHECKING:
     from .sip import SipCarrier, SipLeg, TrunkTarget
 
@@ -71,7 +73,8 @@ class SipConsultation:
         choice = None
         if session is not None:
             try:
-                choice = parse_answer(session.remote_sdp or b"", state["offer"])
+                choice = parse_answer(session.remote_sdp or b"", state["offer"],
+                                      media_encryption=self.target.media_encryption)
             except (NoCommonCodec, SdpError) as e:
                 session.send_bye(reason_header(488, "Not Acceptable Here"))
                 result, session = InviteResult(error=f"488 {e}"), None
@@ -82,8 +85,8 @@ class SipConsultation:
         session.creds = self.target.creds
         session.on_offer = other.offer_answer
         session.on_bye = self._target_bye
-        other.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-        other.rtp.set_direction(choice.direction)
+        use_media(other, choice)
+        keys_in_clear(self.target.transport, choice, call.log, call_id=call.id)
         await call.record(extra={"consult_sip_call_id": session.call_id})
         other.rtp.attach(call)                # the engine now hears the target, and speaks to it
         await call.consult_update(ANSWERED)
