@@ -282,6 +282,8 @@ class SipCarrier(Carrier):
         self.ua.draining = lambda: self.gateway.draining
         self.ua.retry_after = RETRY_AFTER_S
         self.ua.locator = Locator(s.dns_server)
+        # an IP-authenticated trunk without an allow-list may call from any server its DNS publishes
+        self.auth.resolver = self.ua.locator.trunk_addresses
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "tls_port": self.transport.tls_port,
