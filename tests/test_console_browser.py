@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import API_KEY
+from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from sipp import api, needs_sipp, rtp_range, sipp_uas
 from webrtc_browser import Browser, skip_without_chromium
 
@@ -394,3 +395,94 @@ async def test_console_page_headers_and_landing_link(make_gateway):
                 assert "https://" not in body and "http://" not in body, path     # nothing from elsewhere
         async with s.get(gw.url("/")) as r:
             assert '<a href="/console">Console</a>' in await r.text()
+
+
+async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_env):
+    """A carrier with a REST API: its test connection steps (credentials, number, voice webhook) come from the
+    local Twilio stand-in; a wrong token is a failed credentials step, and the token is never shown."""
+    skip_without_chromium()
+    env = await twilio_env()
+    account = env.rest.add_account(numbers=("+15005550007",))
+    async with Browser() as page:
+        watch = Watch(page)
+        await sign_in(page, env.gw, "#/numbers/new/twilio")
+        await page.wait_for_selector("#import-form [name='account_sid']")
+        await page.fill("[name='phone_number']", "+15005550007")
+        await page.fill("[name='account_sid']", account.sid)
+        await page.fill("[name='account_token']", "wrong-token-0000")
+        await page.click("#test-connection")
+        await page.wait_for_selector("#test-report")
+        steps = await report_steps(page)
+        assert [(s[0], s[1]) for s in steps] == [("credentials", "failed")], steps
+        assert await page.get_attribute("#test-report", "data-ok") == "false"
+
+        await page.fill("[name='account_token']", account.token)
+        await page.check("[name='configure_webhooks']")
+        await page.click("#test-connection")
+        await page.wait_for_function("document.querySelectorAll('#test-report li').length === 3")
+        steps = await report_steps(page)
+        assert [(s[0], s[1]) for s in steps[:2]] == [("credentials", "ok"), ("number", "ok")], steps
+        assert steps[2][0] == "voice_webhook"
+
+        await page.select_option("[name='agent_id']", str(env.agent["id"]))
+        await page.click("#import")
+        # Twilio cannot reach a loopback gateway: refused, the field named and marked, nothing stored
+        await page.wait_for_selector("#flash.error")
+        assert "configure_webhooks: Twilio could not reach" in await page.text_content("#flash")
+        assert "invalid" in await page.get_attribute("[data-path='configure_webhooks']", "class")
+        assert await env.gw.store.find_number("+15005550007", "twilio") is None
+        await page.check("[name='force_webhooks']")
+        await page.click("#import")
+        await page.wait_for_selector("#view:not([aria-busy]) #edit-form")
+        await page.click("#test-connection")
+        await page.wait_for_selector("#test-report")
+        assert [s[1] for s in await report_steps(page)] == ["ok", "ok", "ok"]   # the import pointed the webhook here
+        assert account.token not in await page.content()
+        stored = await env.gw.store.find_number("+15005550007", "twilio", with_secrets=True)
+        assert stored["agent_id"] == env.agent["id"] and stored["secrets"]["account_token"] == account.token
+        watch.assert_no_key_in_urls()
+
+
+def tone_wav(seconds: float = 1.0, rate: int = 8000) -> bytes:
+    import io
+    import math
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                               for i in range(int(seconds * rate))))
+    return buf.getvalue()
+
+
+async def test_recording_behind_the_api_plays_with_the_key_in_a_header(make_gateway):
+    """`recording_url` pointing at the API (which needs the key) is fetched with the Authorization header and
+    played from a blob: URL. The stand-in route sits under /api/v1, so the gateway's own auth guards it."""
+    from aiohttp import web
+
+    skip_without_chromium()
+    wav = tone_wav()
+
+    async def recording(request: web.Request) -> web.Response:
+        return web.Response(body=wav, content_type="audio/wav")
+
+    gw = await make_gateway(carriers={}, before_start=lambda g: g.app.router.add_get(
+        "/api/v1/test-recordings/{id}", recording))
+    seeded = await seed_calls(gw)
+    await gw.store.update_call(seeded["c"]["id"], recording_url=f"/api/v1/test-recordings/{seeded['c']['id']}")
+    async with Browser() as page:
+        watch = Watch(page)
+        sent: list[dict[str, str]] = []
+        page.on("request", lambda r: sent.append(r.headers) if "/test-recordings/" in r.url else None)
+        await sign_in(page, gw, f"#/calls/{seeded['c']['id']}")
+        await page.wait_for_selector("#recording audio")
+        assert (await page.get_attribute("#recording audio", "src")).startswith("blob:")
+        await page.wait_for_function("document.querySelector('#recording audio').readyState >= 1")
+        duration = await page.eval_on_selector("#recording audio", "a => a.duration")
+        assert abs(duration - 1.0) < 0.05, duration
+        assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
+        watch.assert_no_key_in_urls()
