@@ -49,7 +49,7 @@ def _asset(name: str, content_type: str) -> Callable[[web.Request], Awaitable[we
     return handler
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> None:
+def setup_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_get(PATH, console_page)
     for name, content_type in ASSETS.items():
         app.router.add_get(f"{PATH}/{name}", _asset(name, content_type))

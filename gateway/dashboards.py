@@ -31,7 +31,7 @@ def find() -> dict[str, Path]:
     return {}
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> None:
+def setup_routes(app: web.Application, gateway: Gateway) -> None:
     files = find()
     if not files:
         return

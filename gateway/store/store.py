@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncio
@@ -112,7 +112,7 @@ def _utc(at: datetime | None) -> datetime | None:
     """`at` as an aware UTC datetime (naive means UTC already)."""
     if at is None:
         return None
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class Store(ClusterStore):
