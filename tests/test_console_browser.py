@@ -12,7 +12,7 @@ import pytest
 
 from conftest import API_KEY
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
-from sipp import api, needs_sipp, rtp_range, sipp_uas
+from sipp import api, needs_sipp, rtp_range, sip_number, sipp_uac, sipp_uas, wait_for
 from webrtc_browser import Browser, skip_without_chromium
 
 pytestmark = pytest.mark.timeout(120)
@@ -488,3 +488,33 @@ async def test_recording_behind_the_api_plays_with_the_key_in_a_header(make_gate
         assert abs(duration - 1.0) < 0.05, duration
         assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
         watch.assert_no_key_in_urls()
+
+
+@needs_sipp
+async def test_a_real_sip_call_shows_in_the_history_with_its_timeline_and_rtp(make_gateway):
+    """Not seeded rows: a SIPp call with RTP into the gateway, then its page as the console shows it."""
+    skip_without_chromium()
+    gw = await full_gateway(make_gateway)
+    await sip_number(gw)
+    res = await sipp_uac("uac_pcma_echo.xml", gw.carriers["sip"].port, service="15550001111", duration_ms=1500)
+    res.assert_calls(successful=1)
+    row = (await wait_for(lambda: ended_calls(gw), what="the call's log row to end"))[0]
+    async with Browser() as page:
+        watch = Watch(page)
+        await sign_in(page, gw, "#/calls?carrier=sip&status=completed")
+        await page.wait_for_selector(f"tr[data-call-id='{row['id']}']")
+        assert await listed_calls(page) == [row["id"]]
+        await page.click(f"tr[data-call-id='{row['id']}'] a")
+        await page.wait_for_selector("#view:not([aria-busy]) #timeline")
+        events = await page.eval_on_selector_all("#timeline li", "l => l.map(x => x.dataset.event)")
+        assert events[0] == "phone_call:connection_requested" and events[-1] == "hang_up", events
+        assert "+15557654321" in await page.text_content("#summary")
+        # the RTP counters the SIP carrier keeps in the call log
+        received = await page.text_content("#quality [data-key='received']")
+        assert int(received) == row["extra"]["rtp"]["received"] > 0
+        watch.assert_no_key_in_urls()
+
+
+async def ended_calls(gw: Any) -> list[dict[str, Any]] | None:
+    rows, _ = await gw.store.list_calls()
+    return rows if rows and rows[0].get("ended_at") else None

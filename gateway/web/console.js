@@ -532,7 +532,10 @@ async function viewNumber(id) {
   } else {
     parts.push(h("h3", {}, "Settings"), kv(n.config), h("p", { class: "muted" }, "This gateway has no carrier for " + n.provider + " loaded: the settings cannot be changed here."));
   }
-  const other = Object.fromEntries(Object.entries(n).filter(([k]) => !["config", "status", "phone_number", "provider"].includes(k) && !/health/.test(k) && !k.startsWith("sip_") && !k.startsWith("exotel_")));
+  // the rest of the record; the OmniDimension aliases (number_provider, active_bot_id, the flat sip_*/exotel_*
+  // copies of config) repeat what is shown above
+  const other = Object.fromEntries(Object.entries(n).filter(([k]) => !["config", "status", "phone_number", "provider",
+    "number_provider", "active_bot_id"].includes(k) && !/health/.test(k) && !k.startsWith("sip_") && !k.startsWith("exotel_")));
   parts.push(h("h3", {}, "Record"), kv(other));
   return parts;
 }
