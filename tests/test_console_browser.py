@@ -233,6 +233,22 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         await page.wait_for_selector("#view:not([aria-busy]) [name='settings.transfer.transfer_options[0].number']")
         assert await page.input_value("[name='settings.transfer.number']") == "+14155550123"
 
+        # a section of the operator's own (an engine's settings, say): added as JSON, then edited as fields;
+        # what was typed in the form before adding it is kept
+        await page.fill("[name='name']", "Sales team")
+        await page.click("summary:text('Add a settings section')")
+        await page.fill("#section-name", "crm")
+        await page.fill("#section-json", '{"enabled": true, "list": "vip"}')
+        await page.click("#add-section")
+        await page.wait_for_selector("[name='settings.crm.list']")
+        assert await page.input_value("[name='name']") == "Sales team"
+        await page.fill("[name='settings.crm.list']", "gold")
+        await page.click("#save")
+        await page.wait_for_selector("#flash:text('agent saved')")
+        got = (await api(gw, "GET", f"/agents/{sales['id']}"))["agent"]
+        assert got["name"] == "Sales team" and got["settings"]["crm"] == {"enabled": True, "list": "gold"}
+        assert got["settings"]["voicemail"]["enabled"] is True          # the other sections are unchanged
+
         # the section the console does not know: rendered from its values, edited, PATCHed
         await page.goto(gw.url(f"/console#/agents/{other['id']}"))
         await page.wait_for_selector("#view:not([aria-busy]) [name='settings.recording.enabled']")

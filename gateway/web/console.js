@@ -574,13 +574,13 @@ async function viewAgents() {
   ];
 }
 
-async function viewAgent(id, extraSections) {
+/** The agent form; `draft` (the form's values so far) replaces what the API returned, when re-rendering. */
+async function viewAgent(id, draft) {
   const doc = await openapi();
   const schema = doc.components.schemas.AgentInput || { properties: {} };
   const agent = id ? (await api("GET", "/agents/" + id)).agent : {};
-  const value = { name: agent.name, engine: agent.engine, webhook_url: agent.webhook_url,
-    settings: { ...(agent.settings || {}), ...(extraSections || {}) } };
-  if (!id && !Object.keys(value.settings).length) value.settings = undefined;
+  const value = draft || { name: agent.name, engine: agent.engine, webhook_url: agent.webhook_url,
+    settings: agent.settings };
   const fields = objectField("", "", schema, value, { root: true, onlySchema: true });
   const form = h("form", { class: "fields", id: "agent-form", novalidate: true }, fields.el,
     h("div", { class: "toolbar" }, h("button", { type: "submit", class: "primary", id: "save" }, id ? "Save" : "Create agent")));
@@ -608,8 +608,9 @@ async function viewAgent(id, extraSections) {
     try { v = JSON.parse(secJson.value || "{}"); } catch (e) { flash("the section must be a JSON object", true); return; }
     if (!name || !isPlain(v)) { flash("a section needs a name and a JSON object", true); return; }
     let current;
-    try { current = fields.get().settings || {}; } catch (e) { flash(e.message, true); return; }
-    $("view").replaceChildren(...await viewAgent(id, { ...current, [name]: v }));
+    try { current = fields.get(); } catch (e) { flash(e.message, true); return; }
+    const settings = { ...(current.settings || {}), [name]: v };
+    $("view").replaceChildren(...await viewAgent(id, { ...current, settings }));
   } }, "Add section");
   const parts = [h("h2", {}, id ? "Agent: " + agent.name : "New agent"),
     h("div", { class: "toolbar" }, h("a", { href: "#/agents" }, "All agents")), form,
