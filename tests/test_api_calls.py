@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 
 import aiohttp
 import pytest
@@ -205,7 +206,7 @@ def test_mmss():
 
 
 async def test_call_logs_filter_by_carrier_and_date(api):
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta
 
     store = api.gw.store
     day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

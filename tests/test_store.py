@@ -5,6 +5,7 @@ server and sets it. Without it the PostgreSQL half is skipped with the reason.
 """
 import asyncio
 import os
+from datetime import UTC
 
 import pytest
 import pytest_asyncio

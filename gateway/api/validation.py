@@ -164,10 +164,8 @@ def _convert(f: ImportField, value: Any) -> Any:
     else:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and f.e164:
             value = str(value)
-        if f.secret and isinstance(value, str):
-            v = value  # a password may start or end with a space: keep it byte for byte
-        else:
-            v = as_str(value, f.name)
+        # a password may start or end with a space: keep it byte for byte
+        v = value if f.secret and isinstance(value, str) else as_str(value, f.name)
         if f.e164:
             v = as_e164(v, f.name)
     if f.choices and v not in f.choices:

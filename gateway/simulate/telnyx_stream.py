@@ -41,13 +41,12 @@ async def post_webhook(url: str, event_type: str, payload: dict[str, Any], key: 
         headers["telnyx-signature-ed25519"] = base64.b64encode(key.sign(ts.encode() + b"|" + body)).decode()
     if tamper:
         body = body.replace(b'"from"', b'"from_"')
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url, data=body, headers=headers) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, text
 
 
 class TelnyxStreamClient(TwilioStreamClient):
@@ -60,11 +59,12 @@ class TelnyxStreamClient(TwilioStreamClient):
             obj = {"sequence_number": str(self._seq), "stream_id": self.stream_sid, **obj}
         await self.ws.send(json.dumps(obj))
 
-    async def start(self, call_control_id: str, **_: Any) -> None:   # type: ignore[override]
+    async def start(self, call_control_id: str, *, media_format: dict[str, Any] | None = None,  # type: ignore[override]
+                    **_: Any) -> None:
         await self.connected()
         await self.send({"event": "start", "start": {
             "user_id": str(uuid.uuid4()), "call_control_id": call_control_id, "client_state": "",
-            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}})
+            "media_format": media_format or {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}})
 
     async def media(self, ulaw: bytes) -> None:
         self._chunk += 1

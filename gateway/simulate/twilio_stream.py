@@ -12,10 +12,9 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from typing import Callable
 
 import aiohttp
 from twilio.request_validator import RequestValidator
@@ -36,9 +35,8 @@ async def post_signed(url: str, params: dict[str, str], token: str | None, *, si
         headers[header] = sig
     if tamper:
         params = {**params, "From": "+15550009999"}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url, data=params, headers=headers) as r:
-            return r.status, await r.text()
+    async with aiohttp.ClientSession() as s, s.post(url, data=params, headers=headers) as r:
+        return r.status, await r.text()
 
 
 @dataclass
@@ -75,7 +73,7 @@ class TwilioStreamClient:
         self.closed = asyncio.Event()
         self.new_item = asyncio.Event()
 
-    async def __aenter__(self) -> "TwilioStreamClient":
+    async def __aenter__(self) -> TwilioStreamClient:
         self.ws = await connect(self.url, additional_headers=self.headers, max_size=2 ** 20)
         self._reader = asyncio.create_task(self._read())
         self._echoer = asyncio.create_task(self._echo_marks())
@@ -111,13 +109,14 @@ class TwilioStreamClient:
             "track": "inbound", "chunk": str(self._chunk), "timestamp": str(self._chunk * 20),
             "payload": base64.b64encode(ulaw).decode()}})
 
-    async def play(self, ulaw: bytes, *, realtime: bool = True) -> None:
-        """Send a recording in 160-byte chunks, paced at 20 ms like a live call."""
+    async def play(self, ulaw: bytes, *, realtime: bool = True, chunk: int = 160) -> None:
+        """Send a recording in 20 ms chunks (160 bytes of μ-law 8 kHz; `chunk` for other formats), paced at 20 ms
+        like a live call."""
         t0 = time.monotonic()
-        for i in range(0, len(ulaw) - 159, 160):
-            await self.media(ulaw[i:i + 160])
+        for n, i in enumerate(range(0, len(ulaw) - chunk + 1, chunk)):
+            await self.media(ulaw[i:i + chunk])
             if realtime:
-                delay = t0 + (i // 160 + 1) * 0.02 - time.monotonic()
+                delay = t0 + (n + 1) * 0.02 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
 

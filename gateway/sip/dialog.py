@@ -43,7 +43,7 @@ class Dialog:
     # -- creation -----------------------------------------------------------------------------------------------
     @classmethod
     def as_uas(cls, invite: SipRequest, local_tag: str, source: tuple[str, int] | None = None,
-               transport: str = "udp") -> "Dialog":
+               transport: str = "udp") -> Dialog:
         """Dialog for an INVITE we answer: route set = Record-Route in order, target = their Contact."""
         contacts = invite.contacts
         if not contacts:
@@ -57,7 +57,7 @@ class Dialog:
 
     @classmethod
     def as_uac(cls, request: SipRequest, response: SipResponse, source: tuple[str, int] | None = None,
-               transport: str = "udp") -> "Dialog":
+               transport: str = "udp") -> Dialog:
         """Dialog from our INVITE (or SUBSCRIBE/REFER) and the peer's 1xx-with-tag / 2xx answer."""
         contacts = response.contacts
         if not contacts:
@@ -111,6 +111,10 @@ class Dialog:
             return self.remote_target, list(self.route_set)
         # strict router: its URI becomes the Request-URI, the remote target goes last in Route
         return first.uri, list(self.route_set[1:]) + [f"<{self.remote_target}>"]
+
+    def next_hop_uri(self) -> str:
+        """The URI the next request goes to first (§8.1.2): the first route, else the remote target."""
+        return NameAddr.parse(self.route_set[0]).uri if self.route_set else self.remote_target
 
     def next_hop(self) -> tuple[str, int, str]:
         """(host, port, transport) of the first hop: the first route, else the remote target (§8.1.2)."""
