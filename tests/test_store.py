@@ -132,7 +132,7 @@ async def test_webhook_outbox_rows_in_order_per_owner(store):
 
 
 async def test_call_list_filters_by_carrier_and_time(store):
-    from datetime import UTC, datetime, timedelta, timezone
+    from datetime import datetime, timedelta, timezone
 
     day = datetime(2026, 11, 20, 23, 30, tzinfo=UTC)
     for i, (carrier, at) in enumerate((("sip", day), ("twilio", day + timedelta(hours=1)),
