@@ -36,19 +36,15 @@ async def make_gateway(tmp_path):
     """`gw = await make_gateway(carriers={...}, engine="echo", **settings)`: started now, stopped after the test.
 
     `carriers` maps names to Carrier classes; None loads every installed carrier; default: none.
-    `before_start(gw)` runs after the carriers are made and before the gateway starts.
     """
     started: list[Gateway] = []
 
-    async def factory(carriers: dict | None = {}, before_start=None,  # noqa: B006 (read only; None = all)
-                      **overrides) -> Gateway:
+    async def factory(carriers: dict | None = {}, **overrides) -> Gateway:  # noqa: B006 (read only; None = all)
         kw = dict(host="127.0.0.1", http_port=0, sip_host="127.0.0.1", sip_port=0, data_dir=str(tmp_path),
                   api_key=API_KEY, engine="echo", advertised_ip="127.0.0.1", public_url="", secret_key=SECRET_KEY)
         kw.update(overrides)
         gw = Gateway(Settings(**kw), carriers={})
         gw.carriers = load_carriers(gw) if carriers is None else {n: cls(gw) for n, cls in carriers.items()}
-        if before_start is not None:       # e.g. a stand-in route on gw.app, which start() freezes
-            before_start(gw)
         await gw.start()
         started.append(gw)
         return gw

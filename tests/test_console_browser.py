@@ -186,7 +186,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
     gw = await full_gateway(make_gateway)
     # a settings section the console has no code for (another feature's, an engine's) is shown and editable
     other = (await api(gw, "POST", "/agents", {"name": "Other", "settings": {
-        "recording": {"enabled": False, "channels": "mono"}}}, expect=201))["agent"]
+        "analytics": {"enabled": False, "tag": "a"}}}, expect=201))["agent"]
     async with Browser() as page:
         watch = Watch(page)
         await sign_in(page, gw, "#/agents/new")
@@ -195,6 +195,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         await page.fill("[name='engine']", "echo")
         await page.fill("[name='settings.transfer.number']", "+14155550199")
         await page.check("[name='settings.amd.enabled']")
+        await page.check("[name='settings.recording.enabled']")
         await page.click("#save")
         await page.wait_for_selector("#flash:text('created')")
         agents = (await api(gw, "GET", "/agents"))["agents"]
@@ -202,6 +203,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         assert sales["engine"] == "echo"
         assert sales["settings"]["transfer"]["number"] == "+14155550199"
         assert sales["settings"]["amd"] == {"enabled": True, "provider": "gateway"}
+        assert sales["settings"]["recording"] == {"enabled": True, "channels": "dual"}
         assert "voicemail" not in sales["settings"] and "end_call" not in sales["settings"]   # untouched: not sent
 
         # edit: a wrong number is refused by the API, which names the field; the field is marked
@@ -251,13 +253,13 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
 
         # the section the console does not know: rendered from its values, edited, PATCHed
         await page.goto(gw.url(f"/console#/agents/{other['id']}"))
-        await page.wait_for_selector("#view:not([aria-busy]) [name='settings.recording.enabled']")
-        await page.check("[name='settings.recording.enabled']")
-        await page.fill("[name='settings.recording.channels']", "dual")
+        await page.wait_for_selector("#view:not([aria-busy]) [name='settings.analytics.enabled']")
+        await page.check("[name='settings.analytics.enabled']")
+        await page.fill("[name='settings.analytics.tag']", "b")
         await page.click("#save")
         await page.wait_for_selector("#flash:text('agent saved')")
         got = (await api(gw, "GET", f"/agents/{other['id']}"))["agent"]["settings"]
-        assert got["recording"] == {"enabled": True, "channels": "dual"}
+        assert got["analytics"] == {"enabled": True, "tag": "b"}
 
         # delete asks first
         watch.answers = [False]
@@ -461,62 +463,21 @@ async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_e
         watch.assert_no_key_in_urls()
 
 
-def tone_wav(seconds: float = 1.0, rate: int = 8000) -> bytes:
-    import io
-    import math
-    import struct
-    import wave
-
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
-                               for i in range(int(seconds * rate))))
-    return buf.getvalue()
-
-
-async def test_recording_behind_the_api_plays_with_the_key_in_a_header(make_gateway):
-    """`recording_url` pointing at the API (which needs the key) is fetched with the Authorization header and
-    played from a blob: URL. The stand-in route sits under /api/v1, so the gateway's own auth guards it."""
-    from aiohttp import web
-
-    skip_without_chromium()
-    wav = tone_wav()
-
-    async def recording(request: web.Request) -> web.Response:
-        return web.Response(body=wav, content_type="audio/wav")
-
-    gw = await make_gateway(carriers={}, before_start=lambda g: g.app.router.add_get(
-        "/api/v1/test-recordings/{id}", recording))
-    seeded = await seed_calls(gw)
-    await gw.store.update_call(seeded["c"]["id"], recording_url=f"/api/v1/test-recordings/{seeded['c']['id']}")
-    async with Browser() as page:
-        watch = Watch(page)
-        sent: list[dict[str, str]] = []
-        page.on("request", lambda r: sent.append(r.headers) if "/test-recordings/" in r.url else None)
-        await sign_in(page, gw, f"#/calls/{seeded['c']['id']}")
-        await page.wait_for_selector("#recording audio")
-        assert (await page.get_attribute("#recording audio", "src")).startswith("blob:")
-        await page.wait_for_function("document.querySelector('#recording audio').readyState >= 1")
-        duration = await page.eval_on_selector("#recording audio", "a => a.duration")
-        assert abs(duration - 1.0) < 0.05, duration
-        assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
-        watch.assert_no_key_in_urls()
-
-
 @needs_sipp
 async def test_a_real_sip_call_shows_in_the_history_with_its_timeline_and_rtp(make_gateway):
-    """Not seeded rows: a SIPp call with RTP into the gateway, then its page as the console shows it."""
+    """Not seeded rows: a recorded SIPp call with RTP into the gateway, then its page as the console shows it; the
+    recording comes from the API with the key in a header and plays from a blob: URL."""
     skip_without_chromium()
     gw = await full_gateway(make_gateway)
-    await sip_number(gw)
+    await sip_number(gw, agent_settings={"recording": {"enabled": True, "channels": "mono"}})
     res = await sipp_uac("uac_pcma_echo.xml", gw.carriers["sip"].port, service="15550001111", duration_ms=1500)
     res.assert_calls(successful=1)
     row = (await wait_for(lambda: ended_calls(gw), what="the call's log row to end"))[0]
+    await wait_for(lambda: recording_stored(gw, row["id"]), what="the recording to be stored")
     async with Browser() as page:
         watch = Watch(page)
+        sent: list[dict[str, str]] = []
+        page.on("request", lambda r: sent.append(r.headers) if r.url.endswith("/recording") else None)
         await sign_in(page, gw, "#/calls?carrier=sip&status=completed")
         await page.wait_for_selector(f"tr[data-call-id='{row['id']}']")
         assert await listed_calls(page) == [row["id"]]
@@ -528,9 +489,20 @@ async def test_a_real_sip_call_shows_in_the_history_with_its_timeline_and_rtp(ma
         # the RTP counters the SIP carrier keeps in the call log
         received = await page.text_content("#quality [data-key='received']")
         assert int(received) == row["extra"]["rtp"]["received"] > 0
+        await page.wait_for_selector("#recording audio")
+        assert (await page.get_attribute("#recording audio", "src")).startswith("blob:")
+        await page.wait_for_function("document.querySelector('#recording audio').readyState >= 1")
+        duration = await page.eval_on_selector("#recording audio", "a => a.duration")
+        assert 1.0 < duration < 3.0, duration                   # the 1.5 s the call lasted
+        assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
         watch.assert_no_key_in_urls()
 
 
 async def ended_calls(gw: Any) -> list[dict[str, Any]] | None:
     rows, _ = await gw.store.list_calls()
     return rows if rows and rows[0].get("ended_at") else None
+
+
+async def recording_stored(gw: Any, call_id: int) -> bool:
+    row = await gw.store.get_call(call_id)
+    return bool(row and row.get("recording_status") == "stored")
