@@ -144,6 +144,12 @@ async def test_answers_validate_against_their_documented_schemas(api):
     assert status == 200
     log_id, call_id = body["requestId"], body["call_id"]
     await call("GET", "/calls/live", "/calls/live")
+    # attended transfer on a carrier that cannot consult: the documented refusals (their 2xx answers are checked
+    # against ConsultReply by the handler in the consultation tests)
+    for step in ("consult", "consult/complete", "consult/cancel"):
+        status, body = await call("POST", "/calls/{id}/" + step, f"/calls/{log_id}/{step}",
+                                  json={"number": "+14155550177"} if step == "consult" else None)
+        assert 400 <= status < 500, (step, body)
     status, body = await call("POST", "/calls/{id}/transfer", f"/calls/{log_id}/transfer",
                               json={"number": "+14155550177"})
     assert status == 200, body

@@ -190,6 +190,13 @@ class TransferReply(CallOpReply):
     number: str = Field(description="the number the call is being transferred to")
 
 
+class ConsultReply(CallOpReply):
+    """Attended transfer steps (gateway/consult.py)."""
+    number: str | None = Field(description="the consultation's target")
+    method: str | None = Field(None, description="how caller and target were joined (refer_replaces, bridge, "
+                                                 "conference), once completed")
+
+
 # -- nodes, health, this document --------------------------------------------------------------------------------
 class Draining(Reply):
     proc: str
