@@ -399,8 +399,11 @@ class SipCarrier(Carrier):
                 metadata={"sip": {"call_id": req.call_id, "source": inv.source_ip, "request_uri": req.uri,
                                   "trunk": number.get("sip_trunk_name"),
                                   "user_agent": req.headers.get("User-Agent") or ""}})
-        except CapacityError:
-            inv.reject(503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
+        except CapacityError as e:
+            # 503 when the gateway is full or draining, 486 when the number's channels are all in use
+            # (RFC 3261 §21.4.24 / §21.5.4: either may carry Retry-After); the Warning says which limit it was
+            inv.reject(e.sip_status, e.sip_reason, [("Retry-After", str(e.retry_after)),
+                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
             return
         if call.agent is None:
             inv.reject(480, "Temporarily Unavailable")

@@ -18,6 +18,7 @@ from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .cluster import Membership, make_control
 from .config import Settings
+from .dispatcher import Dispatcher
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .secretbox import SecretBox
@@ -61,6 +62,8 @@ class Gateway:
         self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
                                     keepalive=settings.heartbeat_interval)
         self.membership = Membership(self)
+        #: places the calls of the dispatch queue (POST /calls/dispatch with queue, bulk calls)
+        self.dispatcher = Dispatcher(self)
         self.calls.register_control()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
@@ -149,6 +152,7 @@ class Gateway:
         for carrier in self.carriers.values():
             await carrier.start()
         await self.membership.announce()
+        await self.dispatcher.start()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -197,6 +201,7 @@ class Gateway:
     async def stop(self) -> None:
         if self._drain_task is not None and not self._drain_task.done():
             self._drain_task.cancel()
+        await self.dispatcher.stop()
         await self.calls.hangup_all("shutdown")
         for carrier in self.carriers.values():
             try:

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..carrier import Carrier, CarrierError
+from ..carrier import Carrier, CarrierError, ImportField
+from ..channels import LIMIT_FIELDS
+from ..outbound import scrub
 from ..store.store import DuplicateError, NotFoundError
 from . import models
 from .errors import ApiError, carrier_api_error, read_json
@@ -50,6 +52,20 @@ def carrier_or_404(gw: "Gateway", provider: str, field: str = "provider") -> Car
     return carrier
 
 
+def fields_of(carrier: Carrier) -> tuple[ImportField, ...]:
+    """What an import / update of this carrier's numbers takes: its own fields and the channel / pace limits
+    every number has (gateway/channels.py)."""
+    return carrier.import_fields + LIMIT_FIELDS
+
+
+def _check_limits(fields: dict[str, Any]) -> None:
+    channels, cps = fields.get("channels"), fields.get("max_cps")
+    if channels is not None and not 1 <= channels <= 100_000:
+        raise bad("channels", "must be between 1 and 100000 live calls (leave it out for no limit)")
+    if cps is not None and not 0 < cps <= 10_000:
+        raise bad("max_cps", "must be above 0 and at most 10000 calls per second (leave it out for no limit)")
+
+
 def secret_names(carrier: Carrier | None, stored: dict[str, Any] | None = None) -> set[str]:
     names = {f.name for f in carrier.import_fields if f.secret} if carrier else set()
     return names | set(stored or {})
@@ -76,27 +92,6 @@ def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def scrub(value: Any, secrets: dict[str, Any]) -> Any:
-    """Replace any secret value a carrier might echo (in a report or an error) with the mask, in every string."""
-    hidden = sorted({str(v) for v in secrets.values() if v not in (None, "") and len(str(v)) >= 3},
-                    key=len, reverse=True)
-    if not hidden:
-        return value
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, str):
-            for h in hidden:
-                v = v.replace(h, MASK)
-            return v
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [walk(x) for x in v]
-        return v
-
-    return walk(value)
-
-
 def flatten(carrier: Carrier, row: dict[str, Any]) -> dict[str, Any]:
     """A stored number as the field dict its carrier's import took (secrets included): for test_connection."""
     fields = {**(row.get("config") or {}), **(row.get("secrets") or {})}
@@ -115,9 +110,10 @@ async def _checked_import(request: web.Request, provider: str) -> tuple[Carrier,
         agent_id = as_int(body["agent_id"], "agent_id", minimum=1)
         if await gw.store.get_agent(agent_id) is None:
             raise bad("agent_id", f"agent {agent_id} not found", 404)
-    fields = import_body(carrier.import_fields, body, {"agent_id": agent_id})
+    fields = import_body(fields_of(carrier), body, {"agent_id": agent_id})
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
+    _check_limits(fields)
     for f in carrier.import_fields:
         if f.secret and fields.get(f.name) == MASK:
             raise bad(f.name, f"{MASK!r} is the mask the API shows, not a value: send the real secret")
@@ -145,7 +141,10 @@ def _carrier_error(e: CarrierError, secrets: dict[str, Any]) -> ApiError:
 
 async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, Any]
                              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Let the carrier check the fields, then split them into store columns, `config` and `secrets`."""
+    """Let the carrier check the fields, then split them into store columns, `config` and `secrets` (the limits
+    every number has go to `config`, past the carrier, which does not know them)."""
+    limits = {f.name: fields.get(f.name) for f in LIMIT_FIELDS}
+    fields = {k: v for k, v in fields.items() if k not in limits}
     try:
         checked = await carrier.validate_import(dict(fields))
     except CarrierError as e:
@@ -157,7 +156,7 @@ async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, 
            **{k: checked.get(k) for k in TOP_LEVEL}}
     config = {k: v for k, v in checked.items()
               if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
-    return top, config, secrets
+    return top, {**config, **{k: v for k, v in limits.items() if v is not None}}, secrets
 
 
 async def import_number(request: web.Request) -> web.Response:
@@ -197,7 +196,7 @@ async def update_number(request: web.Request) -> web.Response:
     if carrier is None:
         raise bad("provider", f"no carrier for provider {old['provider']!r} is loaded on this gateway", 409)
     body = await read_json(request)
-    declared = {f.name: f for f in carrier.import_fields}
+    declared = {f.name: f for f in fields_of(carrier)}
     reject_unknown(body, set(declared))
     current = flatten(carrier, old)
     merged = {name: current.get(name) for name in declared}
@@ -205,9 +204,10 @@ async def update_number(request: web.Request) -> web.Response:
         if declared[name].secret and value == MASK:
             continue  # "****" as shown by GET: keep the stored secret
         merged[name] = value
-    fields = import_body(carrier.import_fields, merged, {})
+    fields = import_body(fields_of(carrier), merged, {})
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
+    _check_limits(fields)
     await _check_unique(gw, carrier, old["provider"], fields[carrier.number_field], fields.get("sip_trunk_name"),
                         exclude=number_id)
     top, config, secrets = await _validated_columns(carrier, old["provider"], fields)

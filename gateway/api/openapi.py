@@ -8,15 +8,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..carrier import ImportField
-from . import models
-from .numbers import providers
+from ..store.dispatchq import ITEM_STATUSES
+from . import models, queue
+from .numbers import fields_of, providers
 from .validation import MAX_PAGESIZE
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
 PREFIX = "/api/v1"
-_KIND = {str: "string", int: "integer", bool: "boolean", list: "array"}
+_KIND = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -44,6 +45,7 @@ def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: l
     for code in errors:
         op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
                                                           404: "Not found", 409: "Conflict",
+                                                          429: "Over a limit (see Retry-After)",
                                                           502: "Carrier error", 503: "At capacity"}[code])
     if params:
         op["parameters"] = params
@@ -128,7 +130,8 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer),
+        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer, queue.BulkCreate, queue.Contact,
+                         queue.BulkAction),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -143,7 +146,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
     }
     for provider in providers(gw):
         carrier = gw.carrier_for(provider)
-        schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
+        schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
     return schemas
 
 
@@ -195,8 +198,30 @@ def build(gw: "Gateway") -> dict[str, Any]:
                          params=[aid], body={"type": "object"}, ok=_ref("AgentResponse")),
             "delete": _op("Delete an agent (its numbers are detached)", tag="agents", params=[aid])},
         f"{p}/calls/dispatch": {"post": _op(
-            "Place an outbound call", tag="calls", body=_ref("Dispatch"), ok=_ref("Dispatched"),
-            errors=(400, 401, 404, 409, 502, 503))},
+            "Place an outbound call (or queue it: `queue: true` answers 202 with `queue_id`)", tag="calls",
+            body=_ref("Dispatch"), ok=_ref("Dispatched"), errors=(400, 401, 404, 409, 429, 502, 503))},
+        f"{p}/calls/queue": {"get": _op(
+            "Queued calls (dispatch queue and bulk calls)", tag="dispatch queue", errors=(400, 401),
+            params=PAGE + [_param("status", "query", {"type": "string", "enum": list(ITEM_STATUSES)}),
+                           _param("bulk_call_id", "query", {"type": "integer"})],
+            ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
+                                                 "queue": {"type": "array", "items": {"type": "object"}}}})},
+        f"{p}/calls/queue/{{id}}": {
+            "get": _op("One queued call (its status, and `call_log_id` once placed)", tag="dispatch queue",
+                       params=[nid]),
+            "delete": _op("Cancel a call still queued (409 once it is being placed)", tag="dispatch queue",
+                          params=[nid], errors=(400, 401, 404, 409))},
+        f"{p}/calls/bulk_call/create": {"post": _op(
+            "Create a bulk call: one queued call per contact (other contact keys become its call_context)",
+            tag="dispatch queue", body=_ref("BulkCreate"), status="201", errors=(400, 401, 404, 409))},
+        f"{p}/calls/bulk_call": {"get": _op("List bulk calls", tag="dispatch queue", params=PAGE,
+                                            errors=(400, 401))},
+        f"{p}/calls/bulk_call/{{id}}": {
+            "get": _op("A bulk call with its counts per status", tag="dispatch queue", params=[nid]),
+            "put": _op("Pause, resume or cancel a bulk call", tag="dispatch queue", params=[nid],
+                       body=_ref("BulkAction"), errors=(400, 401, 404, 409)),
+            "delete": _op("Cancel a bulk call (queued calls are cancelled; placed calls go on)",
+                          tag="dispatch queue", params=[nid], errors=(400, 401, 404, 409))},
         f"{p}/calls/logs": {"get": _op(
             "Call log", tag="calls", errors=(400, 401), params=PAGE + [
                 _param("agentid", "query", {"type": "integer"}), _param("call_status", "query"),

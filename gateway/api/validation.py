@@ -37,6 +37,23 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
     return value
 
 
+def as_float(value: Any, field: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A finite number (a JSON number or a numeric string), within the bounds when given."""
+    if isinstance(value, bool):
+        raise bad(field, "must be a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise bad(field, "must be a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise bad(field, "must be a finite number")
+    if minimum is not None and v < minimum:
+        raise bad(field, f"must be at least {minimum:g}")
+    if maximum is not None and v > maximum:
+        raise bad(field, f"must be at most {maximum:g}")
+    return v
+
+
 def as_bool(value: Any, field: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -134,6 +151,8 @@ def _convert(f: ImportField, value: Any) -> Any:
         v: Any = as_bool(value, f.name)
     elif f.kind is int:
         v = as_int(value, f.name)
+    elif f.kind is float:
+        v = as_float(value, f.name)
     elif f.kind is list:
         v = as_list(value, f.name)
         if not all(isinstance(x, (str, int, float)) for x in v):

@@ -39,6 +39,12 @@ class ClusterStore:
     def _cutoff(self, seconds: float) -> Any:
         return func.now() - timedelta(seconds=seconds) if self.is_postgres else utcnow() - timedelta(seconds=seconds)
 
+    def _alive_owners(self, stale_after: float) -> Any:
+        """The processes that own calls right now (owning state, heartbeat younger than `stale_after`), as a
+        subquery for `owner IN (…)`: what channel counts and queue recovery trust (a crashed process drops out)."""
+        return select(Node.proc).where(Node.state.in_(OWNING_STATES),
+                                       Node.heartbeat_at >= self._cutoff(stale_after)).scalar_subquery()
+
     # nodes ----------------------------------------------------------------------------------------------------
     async def register_node(self, proc: str, *, node_id: str, public_url: str | None,
                             sip_uri: str | None) -> datetime | None:

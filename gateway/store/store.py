@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from ..secretbox import SecretBox, SecretKeyError
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
-from .nodes import ClusterStore
+from .channels import ChannelStore
+from .dispatchq import QueueStore
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -97,7 +98,7 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
     "owner": None,
-    "timing": None,
+    "timing": None, "queue_item_id": None,
 }
 
 
@@ -108,7 +109,7 @@ _SELECT_EXTRA = select(CallLog.id, CallLog.extra).where(CallLog.id.in_(bindparam
 _DELETE_OUTBOX = delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(bindparam("ids", expanding=True)))
 
 
-class Store(ClusterStore):
+class Store(ChannelStore, QueueStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
     never waits on the database, and SQLite (one writer at a time) is never asked for concurrent writes, which
@@ -358,11 +359,16 @@ class Store(ClusterStore):
     # call log -------------------------------------------------------------------------------------------------
     async def create_call(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Insert a call-log row through the batch writer (one INSERT … RETURNING for a whole burst of calls)."""
-        row = {**_CALL_DEFAULTS, "created_at": utcnow(), **fields}
+        row = self._call_row(fields)
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(("insert", 0, (row, fut)))
         row["id"] = await fut
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+    @staticmethod
+    def _call_row(fields: dict[str, Any]) -> dict[str, Any]:
+        """A new call-log row: every column set (the batch INSERT needs them all)."""
+        return {**_CALL_DEFAULTS, "created_at": utcnow(), **fields}
 
     async def update_call(self, call_id: int, **fields: Any) -> None:
         """Queue a call-log update (merged with others of the same batch); `extra` is merged key by key."""
