@@ -38,6 +38,7 @@ class Dispatcher:
     BUSY_POLL, IDLE_POLL = 0.05, 1.0
     #: seconds a call refused because its number or the gateway was full waits before it is tried again
     RETRY_FULL = 1.0
+    DEPTH_EVERY = 2.0
 
     def __init__(self, gateway: "Gateway") -> None:
         self.gateway = gateway
@@ -48,6 +49,9 @@ class Dispatcher:
         self._placing: dict[int, asyncio.Task[None]] = {}
         self._last_recovery = 0.0
         self.counts = {"dispatched": 0, "failed": 0, "requeued": 0}
+        #: calls in the store's queue per status, refreshed at most every DEPTH_EVERY seconds (for /metrics)
+        self.depth: dict[str, int] = {}
+        self._depth_at = 0.0
 
     async def start(self) -> None:
         await self._recover(mine=self.gateway.settings.proc_id)   # what this process's previous run left
@@ -107,6 +111,9 @@ class Dispatcher:
             return False
         if time.monotonic() - self._last_recovery > gw.settings.stale_after:
             await self._recover()
+        if time.monotonic() - self._depth_at > self.DEPTH_EVERY:
+            self.depth = await gw.store.queue_depth()
+            self._depth_at = time.monotonic()
         numbers = await gw.store.due_numbers()
         for number_id in numbers:
             room = gw.settings.max_calls - len(gw.calls.active) - self.pending

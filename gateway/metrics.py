@@ -170,6 +170,12 @@ def render(gw: "Gateway") -> str:
         _family(lines, "gateway_control_bus_reconnects_total", "counter",
                 "Times the control bus's PostgreSQL LISTEN connection was re-opened.", [("", gw.control.reconnects)])
     gw.calls.timing.render(lines)
+    _family(lines, "gateway_queue_calls", "gauge", "Dispatch-queue calls per status (the whole cluster's queue).",
+            [(f'{{status="{_label(k)}"}}', v) for k, v in sorted(gw.dispatcher.depth.items())])
+    _family(lines, "gateway_queue_placed_total", "counter",
+            "Queued calls this process placed (dispatched), failed, or gave back because the number or the gateway "
+            "was full (requeued).",
+            [(f'{{outcome="{k}"}}', v) for k, v in sorted(gw.dispatcher.counts.items())])
     guard = gw.http_guard
     if guard is not None:
         _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",
