@@ -14,7 +14,9 @@ doubles a call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +46,13 @@ class Dispatcher:
         self.gateway = gateway
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: claimed here, not yet placed: number id → count, item id → its task
+        #: claimed here, not yet placed: number id → count; item ids; per number the calls waiting for their start
+        #: (slot time, item, number) and the task starting them in order; the placements under way
         self._pending: dict[int, int] = {}
-        self._placing: dict[int, asyncio.Task[None]] = {}
+        self._claimed: set[int] = set()
+        self._starts: dict[int, collections.deque[tuple[float, dict[str, Any], dict[str, Any]]]] = {}
+        self._pacers: dict[int, asyncio.Task[None]] = {}
+        self._placing: set[asyncio.Task[None]] = set()
         self._last_recovery = 0.0
         self.counts = {"dispatched": 0, "failed": 0, "requeued": 0}
         #: calls in the store's queue per status, refreshed at most every DEPTH_EVERY seconds (for /metrics)
@@ -64,15 +70,16 @@ class Dispatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        waiting = dict(self._placing)
-        for task in waiting.values():
+        tasks = [*self._pacers.values(), *self._placing]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*waiting.values(), return_exceptions=True)
-        if waiting:     # a call placed just before the cancel has its row: it stays dispatched, never twice
+        await asyncio.gather(*tasks, return_exceptions=True)
+        claimed, self._claimed = list(self._claimed), set()
+        if claimed:     # a call placed just before the cancel has its row: it stays dispatched, never twice
             try:
-                await self.gateway.store.recover_items(self.gateway.settings.stale_after, ids=list(waiting))
+                await self.gateway.store.recover_items(self.gateway.settings.stale_after, ids=claimed)
             except Exception:
-                log.exception("could not give claimed calls back to the queue", extra={"calls": len(waiting)})
+                log.exception("could not give claimed calls back to the queue", extra={"calls": len(claimed)})
 
     def wake(self) -> None:
         """Calls were queued: take a turn now instead of at the next poll."""
@@ -142,19 +149,39 @@ class Dispatcher:
                                        horizon=self.HORIZON, me=gw.settings.proc_id, free=free)
         if slots is None or not slots.items:
             return
-        loop = asyncio.get_running_loop()
-        offset = loop.time() - slots.now          # database clock → this loop's clock
+        offset = asyncio.get_running_loop().time() - slots.now      # database clock → this loop's clock
+        starts = self._starts.setdefault(number_id, collections.deque())
         for item, at in zip(slots.items, slots.times):
             self._pending[number_id] = self._pending.get(number_id, 0) + 1
-            self._placing[item["id"]] = asyncio.create_task(self._place(item, number, at + offset),
-                                                            name=f"queued-call-{item['id']}")
+            self._claimed.add(item["id"])
+            starts.append((at + offset, item, number))
+        pacer = self._pacers.get(number_id)
+        if pacer is None or pacer.done():
+            self._pacers[number_id] = asyncio.create_task(self._pace(number_id, limits.max_cps),
+                                                          name=f"dispatch-pace-{number_id}")
 
-    async def _place(self, item: dict[str, Any], number: dict[str, Any], at: float) -> None:
-        store = self.gateway.store
-        try:
-            delay = at - asyncio.get_running_loop().time()
+    async def _pace(self, number_id: int, cps: float | None) -> None:
+        """Start the number's claimed calls at their slots, in order, never more than the pace allows in any
+        window of max(1 s, 1/cps) in this process: calls the event loop made late (a busy moment) catch up only as
+        far as that window allows, instead of bunching above the limit."""
+        loop = asyncio.get_running_loop()
+        starts = self._starts[number_id]
+        span = max(1.0, 1.0 / cps) if cps else 0.0
+        recent: collections.deque[float] = collections.deque(maxlen=max(1, math.floor(cps * span)) if cps else 1)
+        while starts:
+            at, item, number = starts.popleft()
+            allowed = recent[0] + span if cps and len(recent) == recent.maxlen else at
+            delay = max(at, allowed) - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            recent.append(loop.time())
+            task = asyncio.create_task(self._place(item, number), name=f"queued-call-{item['id']}")
+            self._placing.add(task)
+            task.add_done_callback(self._placing.discard)
+
+    async def _place(self, item: dict[str, Any], number: dict[str, Any]) -> None:
+        store = self.gateway.store
+        try:
             status, call_log_id, error = await self._placed(item, number)
             if status == "queued":
                 await store.requeue_item(item["id"], time.time() + self.RETRY_FULL, error)
@@ -167,7 +194,7 @@ class Dispatcher:
         except Exception:
             log.exception("queued call could not be placed", extra={"queue_id": item["id"]})
         finally:
-            self._placing.pop(item["id"], None)
+            self._claimed.discard(item["id"])
             self._pending[number["id"]] -= 1
 
     async def _placed(self, item: dict[str, Any], number: dict[str, Any]) -> tuple[str, int | None, str | None]:
