@@ -81,6 +81,10 @@ class Settings:
     stale_after: float = 20.0
     #: seconds a command forwarded to the process owning a call waits for its answer
     control_timeout: float = 5.0
+    #: number health (gateway/health.py): seconds between checks of each number (probe + call log), and the
+    #: rolling window of calls its answer-seizure ratio and failure reasons are taken over
+    health_interval: float = 60.0
+    health_window: float = 3600.0
 
     @property
     def db_url(self) -> str:

@@ -20,6 +20,7 @@ from .cluster import Membership, make_control
 from .config import Settings
 from .dispatcher import Dispatcher
 from .engine import EngineRegistry
+from .health import HealthMonitor
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .secretbox import SecretBox
 from .store import Store
@@ -64,6 +65,8 @@ class Gateway:
         self.membership = Membership(self)
         #: places the calls of the dispatch queue (POST /calls/dispatch with queue, bulk calls)
         self.dispatcher = Dispatcher(self)
+        #: number / trunk health records (OPTIONS probes, answer-seizure ratio, failure reasons)
+        self.health = HealthMonitor(self)
         self.calls.register_control()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
@@ -153,6 +156,7 @@ class Gateway:
             await carrier.start()
         await self.membership.announce()
         await self.dispatcher.start()
+        await self.health.start()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -202,6 +206,7 @@ class Gateway:
         if self._drain_task is not None and not self._drain_task.done():
             self._drain_task.cancel()
         await self.dispatcher.stop()
+        await self.health.stop()
         await self.calls.hangup_all("shutdown")
         for carrier in self.carriers.values():
             try:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..carrier import Carrier, CarrierError, ImportField
 from ..channels import LIMIT_FIELDS
+from ..health import health_json
 from ..outbound import scrub
 from ..store.store import DuplicateError, NotFoundError
 from . import models
@@ -71,8 +72,9 @@ def secret_names(carrier: Carrier | None, stored: dict[str, Any] | None = None) 
     return names | set(stored or {})
 
 
-def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
-    """API view of a phone number: store columns, non-secret carrier settings, secrets masked."""
+def number_json(gw: "Gateway", row: dict[str, Any], health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """API view of a phone number: store columns, non-secret carrier settings, secrets masked, its limits and its
+    health record (gateway/health.py; OmniDimension's health_score / health_status / health_score_updated_at)."""
     carrier = gw.carrier_for(row["provider"])
     stored = row.get("secrets") or {}
     config = dict(row.get("config") or {})
@@ -85,6 +87,8 @@ def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
         # what OmniDimension clients read (docs/omnidimension-compat.md): the provider, the attached agent or
         # false, and the trunk / Exotel settings flat beside `config` (secrets masked the same way)
         "number_provider": row["provider"], "active_bot_id": row.get("agent_id") or False,
+        "channels": config.get("channels"), "max_cps": config.get("max_cps"),
+        **health_json(health if health is not None else gw.health.latest.get(row["id"])),
     }
     for key, value in config.items():
         if key.startswith(("sip_", "exotel_")) and key not in out:
@@ -263,8 +267,11 @@ async def list_numbers(request: web.Request) -> web.Response:
     pageno, pagesize = pagination(request.query)
     provider = request.query.get("provider") or None
     rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
+    health = await gw.store.health_records([r["id"] for r in rows])
     return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
-                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r) for r in rows]})
+                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r, health.get(r["id"]))
+                                                                      for r in rows]},
+                             dumps=lambda o: json.dumps(o, default=str))
 
 
 def _number_id(request: web.Request) -> int:
@@ -281,7 +288,9 @@ async def _number_or_404(gw: "Gateway", number_id: int, field: str = "id") -> di
 async def get_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
     row = await _number_or_404(gw, _number_id(request))
-    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+    health = (await gw.store.health_records([row["id"]])).get(row["id"])
+    return web.json_response({"success": True, "phone_number": number_json(gw, row, health)},
+                             dumps=lambda o: json.dumps(o, default=str))
 
 
 async def attach(request: web.Request) -> web.Response:
@@ -334,6 +343,15 @@ async def test_number(request: web.Request) -> web.Response:
                                                            "provider": row["provider"]})
 
 
+async def check_health(request: web.Request) -> web.Response:
+    """Check a number's health now (probe + call log), instead of waiting for the next round."""
+    gw = gw_of(request)
+    row = await _number_or_404(gw, _number_id(request))
+    record = await gw.health.check(row)
+    return web.json_response({"success": True, "phone_number_id": row["id"], **health_json(record)},
+                             dumps=lambda o: json.dumps(o, default=str))
+
+
 def add_routes(app: web.Application, prefix: str) -> None:
     r = app.router
     r.add_post(f"{prefix}/phone_number/import/{{provider}}", import_number)
@@ -345,3 +363,4 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_patch(f"{prefix}/phone_number/{{id}}", update_number)
     r.add_delete(f"{prefix}/phone_number/{{id}}", delete_number)
     r.add_post(f"{prefix}/phone_number/{{id}}/test", test_number)
+    r.add_post(f"{prefix}/phone_number/{{id}}/health", check_health)

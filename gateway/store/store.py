@@ -25,6 +25,7 @@ from ..secretbox import SecretBox, SecretKeyError
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
 from .channels import ChannelStore
 from .dispatchq import QueueStore
+from .health import HealthStore
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -109,7 +110,7 @@ _SELECT_EXTRA = select(CallLog.id, CallLog.extra).where(CallLog.id.in_(bindparam
 _DELETE_OUTBOX = delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(bindparam("ids", expanding=True)))
 
 
-class Store(ChannelStore, QueueStore):
+class Store(ChannelStore, QueueStore, HealthStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
     never waits on the database, and SQLite (one writer at a time) is never asked for concurrent writes, which
