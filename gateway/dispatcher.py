@@ -146,7 +146,8 @@ class Dispatcher:
             if free <= 0:
                 return
         slots = await store.take_slots(number_id, cps=limits.max_cps, want=min(self.BATCH, free),
-                                       horizon=self.HORIZON, me=gw.settings.proc_id, free=free)
+                                       horizon=self.HORIZON, me=gw.settings.proc_id, free=free,
+                                       catch_up=self.HORIZON)
         if slots is None or not slots.items:
             return
         offset = asyncio.get_running_loop().time() - slots.now      # database clock → this loop's clock

@@ -80,17 +80,19 @@ class QueueStore(ClusterStore):
         return None if got is None else float(got[0])
 
     async def take_slots(self, number_id: int, *, cps: float | None, want: int, horizon: float,
-                         me: str | None = None, free: int | None = None) -> Slots | None:
+                         me: str | None = None, free: int | None = None, catch_up: float = 0.0) -> Slots | None:
         """Hand out up to `want` slots of `number_id` starting within `horizon` s from now at `cps` (no limit:
-        all now), capped by `free` channels. With `me`, claim that many due queue items of the number for them
-        (status `dispatching`, owner `me`); without, the slots are for direct dispatches. None when another
-        process is handing out this number's slots at this moment."""
+        all now), capped by `free` channels. When the number's next slot went by less than `catch_up` s ago (a turn
+        that came late) the slots go on from it; a number idle for longer starts afresh at now, never with a
+        burst. With `me`, claim
+        that many due queue items of the number for them (status `dispatching`, owner `me`); without, the slots
+        are for direct dispatches. None when another process is handing out this number's slots right now."""
         async with self._writing_core() as conn:
             next_at = await self._pace_row(conn, number_id)
             if next_at is None:
                 return None
             now = await self._db_now(conn)
-            start = max(next_at, now)
+            start = next_at if next_at >= now - catch_up else now
             if cps:
                 n = max(0, math.floor((now + horizon - start) * cps + 1e-9) + 1) if start <= now + horizon else 0
             else:
