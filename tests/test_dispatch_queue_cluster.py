@@ -10,38 +10,17 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import update
 
-from cluster_env import PG_URL, create_database, drop_database
 from gateway.store import Store
 from gateway.store.models import Node
 from sipp import needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from test_cluster_store import db_url  # noqa: F401  (the fixture: SQLite file, fresh PostgreSQL database)
 from test_dispatch_queue import pace_ok, request, started
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "gw.db")
-        return
-    if not PG_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
-    url = await create_database("gw_queue")
-    yield url
-    await drop_database(url)
-
-
 @pytest_asyncio.fixture
-async def pg_url():
-    if not PG_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
-    url = await create_database("gw_queue")
-    yield url
-    await drop_database(url)
-
-
-@pytest_asyncio.fixture
-async def stores(db_url):
+async def stores(db_url):  # noqa: F811
     """Two processes' stores on one PostgreSQL database; on SQLite (one process only) one store serves both
     process ids, which is how the single-process default runs the same statements."""
     pg = db_url.startswith("postgresql")
@@ -110,7 +89,10 @@ async def test_each_queued_call_is_claimed_once_and_the_pace_is_shared(stores):
 
 
 @needs_sipp
-async def test_two_gateways_place_a_bulk_call_once_at_the_shared_pace(make_gateway, pg_url, tmp_path):
+async def test_two_gateways_place_a_bulk_call_once_at_the_shared_pace(make_gateway, db_url, tmp_path):  # noqa: F811
+    if not db_url.startswith("postgresql"):
+        pytest.skip("two gateway processes share PostgreSQL only (SQLite serves one process)")
+    pg_url = db_url
     gws = [await sip_gateway(make_gateway, db=pg_url, node_id=f"q{i}", data_dir=str(tmp_path / f"d{i}"))
            for i in range(2)]
     cps, n = 8.0, 12

@@ -30,10 +30,17 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
         raise bad(field, "must be an integer")
     if abs(value) > MAX_INT:
         raise bad(field, "is too large")
+    return _within(value, field, minimum, maximum)
+
+
+def _within(value: Any, field: str, minimum: float | None, maximum: float | None) -> Any:
+    """`value` when within the bounds, else a 400 naming the bound (integers as written, floats shortest)."""
+    def shown(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
     if minimum is not None and value < minimum:
-        raise bad(field, f"must be at least {minimum}")
+        raise bad(field, f"must be at least {shown(minimum)}")
     if maximum is not None and value > maximum:
-        raise bad(field, f"must be at most {maximum}")
+        raise bad(field, f"must be at most {shown(maximum)}")
     return value
 
 
@@ -47,11 +54,7 @@ def as_float(value: Any, field: str, *, minimum: float | None = None, maximum: f
         raise bad(field, "must be a number") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise bad(field, "must be a finite number")
-    if minimum is not None and v < minimum:
-        raise bad(field, f"must be at least {minimum:g}")
-    if maximum is not None and v > maximum:
-        raise bad(field, f"must be at most {maximum:g}")
-    return v
+    return float(_within(v, field, minimum, maximum))
 
 
 def as_bool(value: Any, field: str) -> bool:
