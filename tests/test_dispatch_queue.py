@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from conftest import API_KEY
+from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from sipp import api, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
@@ -192,3 +193,18 @@ async def test_queued_calls_survive_a_restart(make_gateway, tmp_path):
     assert details["counts"]["dispatched"] == 3
     rows, _ = await gw2.store.list_calls(1, 10)
     assert sorted(r["queue_item_id"] for r in rows) == sorted([claimed, placed, waiting])
+
+
+async def test_twilio_number_over_its_channels_is_rejected_busy(twilio_env):
+    """The same limit on a Twilio number: the voice webhook over it answers `<Reject reason="busy"/>` and the
+    call never opens."""
+    env = await twilio_env()
+    await api(env.gw, "PATCH", f"/phone_number/{env.number['id']}", {"channels": 1}, expect=200)
+    first, _, twiml = await env.inbound()
+    assert "<Connect>" in twiml
+    _, _, twiml = await env.inbound()
+    assert '<Reject reason="busy" />' in twiml, twiml
+    assert list(env.gw.calls.active) == [first]
+    await env.gw.calls.get(first).end("user", "done")
+    _, _, twiml = await env.inbound()                   # the channel is free again
+    assert "<Connect>" in twiml
