@@ -52,6 +52,9 @@ class Dispatcher:
         self._claimed: set[int] = set()
         self._starts: dict[int, collections.deque[tuple[float, dict[str, Any], dict[str, Any]]]] = {}
         self._pacers: dict[int, asyncio.Task[None]] = {}
+        #: per number, when this process started its latest calls (at most a window's worth): the pace limit
+        #: holds across pacer tasks, which end whenever a number's claimed calls are all started
+        self._recent: dict[int, collections.deque[float]] = {}
         self._placing: set[asyncio.Task[None]] = set()
         self._last_recovery = 0.0
         self.counts = {"dispatched": 0, "failed": 0, "requeued": 0}
@@ -168,7 +171,10 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         starts = self._starts[number_id]
         span = max(1.0, 1.0 / cps) if cps else 0.0
-        recent: collections.deque[float] = collections.deque(maxlen=max(1, math.floor(cps * span)) if cps else 1)
+        size = max(1, math.floor(cps * span)) if cps else 1
+        recent = self._recent.get(number_id)
+        if recent is None or recent.maxlen != size:      # first calls of the number, or its max_cps changed
+            recent = self._recent[number_id] = collections.deque(recent or (), maxlen=size)
         while starts:
             at, item, number = starts.popleft()
             allowed = recent[0] + span if cps and len(recent) == recent.maxlen else at
