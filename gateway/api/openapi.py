@@ -186,6 +186,9 @@ def build(gw: "Gateway") -> dict[str, Any]:
         f"{p}/phone_number/{{id}}/test": {"post": _op(
             "Test an imported trunk / account", tag="phone numbers", params=[nid], ok=_ref("TestReport"),
             errors=(400, 401, 404, 409, 502))},
+        f"{p}/phone_number/{{id}}/health": {"post": _op(
+            "Check a number's health now (carrier probe + call log): health_score, health_status, "
+            "health_score_updated_at and the reasons", tag="phone numbers", params=[nid])},
         f"{p}/agents": {
             "post": _op("Create an agent", tag="agents", body=_ref("AgentInput"), ok=_ref("AgentResponse"),
                         status="201", errors=(400, 401)),
