@@ -98,6 +98,13 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
             "name": {"type": ["string", "null"]}, "sip_trunk_name": {"type": ["string", "null"]},
             "agent_id": {"type": ["integer", "null"]}, "status": {"type": "object"},
             "config": {"type": "object", "description": "carrier settings; secret fields show \"****\" when set"},
+            "channels": {"type": ["integer", "null"], "description": "at most this many live calls"},
+            "max_cps": {"type": ["number", "null"], "description": "outbound calls started per second"},
+            "health_score": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+            "health_status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "unknown"]},
+            "health_score_updated_at": {"type": ["string", "null"], "format": "date-time"},
+            "health": {"type": ["object", "null"], "description": "reasons, probe, attempts, answered, asr, "
+                                                                  "top_failures, window_s, checked_by"},
             "created_at": {"type": "string", "format": "date-time"}}},
         "PhoneNumberResponse": {"type": "object", "properties": {"success": {"const": True},
                                                                  "phone_number": _ref("PhoneNumber")}},
