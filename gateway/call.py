@@ -15,17 +15,29 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, SayThenTransfer,
-                     TransferRequest, TransferResult)
-from .transfer import TransferRefused, resolve as resolve_transfer
-from .turns import Timeline, analyze
+from .frames import (
+    AmdResult,
+    AudioFrame,
+    BusItem,
+    CallStarted,
+    Clear,
+    Hangup,
+    HangupSource,
+    SayThenTransfer,
+    TransferRequest,
+    TransferResult,
+)
 from .logsetup import ContextLogger
+from .transfer import TransferRefused
+from .transfer import resolve as resolve_transfer
+from .turns import Timeline, analyze
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -37,7 +49,7 @@ Tap = Callable[[bytes], None]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 #: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
@@ -50,7 +62,7 @@ CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "
 
 
 class Call:
-    def __init__(self, manager: "CallManager", log_row: dict[str, Any], *, carrier: str, direction: str,
+    def __init__(self, manager: CallManager, log_row: dict[str, Any], *, carrier: str, direction: str,
                  from_number: str, to_number: str, agent: dict[str, Any] | None, number: dict[str, Any] | None,
                  metadata: dict[str, Any] | None = None) -> None:
         self.manager = manager

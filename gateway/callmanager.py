@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, new_call_uuid
@@ -43,7 +43,7 @@ class ChannelLimitError(CapacityError):
 
 
 class CallManager:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.active: dict[str, Call] = {}
         self._by_sid: dict[str, Call] = {}
@@ -76,7 +76,7 @@ class CallManager:
         """Wait until no call is live (or `timeout` seconds); True when idle."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -142,7 +142,7 @@ class CallManager:
         call = Call(self, {**row, "owner": me}, carrier=carrier, direction=row["call_direction"],
                     from_number=row.get("from_number") or "", to_number=row.get("to_number") or "", agent=agent,
                     number=number, metadata={"call_context": ctx} if ctx else None)
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(row["created_at"])).total_seconds()
+        age = (datetime.now(UTC) - datetime.fromisoformat(row["created_at"])).total_seconds()
         call.created = time.monotonic() - max(0.0, age)
         # webhook sequence numbers go on from what the old owner sent (it flushed its events before answering)
         self.gateway.webhooks.resume_sequence(call, await self.store.count_call_events(call.log_id))

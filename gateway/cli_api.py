@@ -13,8 +13,9 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .call import CALL_STATUSES
 from .config import default_data_dir

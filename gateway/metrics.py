@@ -68,7 +68,7 @@ class Histogram:
         lines.append(f"# HELP {self.name} {self.help}")
         lines.append(f"# TYPE {self.name} histogram")
         running = 0
-        for bound, n in zip(self.buckets, self.counts):
+        for bound, n in zip(self.buckets, self.counts, strict=True):
             running += n
             lines.append(f'{self.name}_bucket{{le="{_value(float(bound))}"}} {running}')
         lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
@@ -107,7 +107,7 @@ class TimingMetrics:
         self.clear_reaction.render(lines)
 
 
-def _carrier_series(gw: "Gateway", taken: set[str]) -> list[tuple[str, str, float]]:
+def _carrier_series(gw: Gateway, taken: set[str]) -> list[tuple[str, str, float]]:
     """Carriers' own series; a failing hook, a bad name or a name already used is skipped (and logged), so one
     carrier can never break the scrape."""
     out: list[tuple[str, str, float]] = []
@@ -126,7 +126,7 @@ def _carrier_series(gw: "Gateway", taken: set[str]) -> list[tuple[str, str, floa
     return out
 
 
-def render(gw: "Gateway") -> str:
+def render(gw: Gateway) -> str:
     calls = list(gw.calls.active.values())
     per_carrier: Counter[str] = Counter({name: 0 for name in gw.carriers})
     per_carrier.update(c.carrier for c in calls)

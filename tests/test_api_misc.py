@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from gateway.carrier import ImportField
-from test_api_fakes import FakeSipCarrier, Api, api, sip_body  # noqa: F401
+from test_api_fakes import Api, FakeSipCarrier, api, sip_body  # noqa: F401
 
 
 def api_routes(gw) -> list[tuple[str, str]]:
@@ -222,10 +222,9 @@ class BrokenMetricsCarrier(FakeSipCarrier):
 
 async def test_carrier_metrics_are_exact_and_cannot_break_the_scrape(make_gateway):
     gw = await make_gateway(carriers={"metered": MeteredCarrier, "broken": BrokenMetricsCarrier})
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/metrics")) as r:
-            assert r.status == 200
-            text = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(gw.url("/metrics")) as r:
+        assert r.status == 200
+        text = await r.text()
     assert "gateway_rtp_packets_sent_total 1234567890\n" in text
     assert "gateway_rtp_jitter_seconds 0.0123456789\n" in text
     assert text.count("# TYPE gateway_calls_total ") == 1 and "gateway_calls_total 0\n" in text

@@ -6,7 +6,6 @@ import asyncio
 import numpy as np
 
 from fakes.twilio_env import recording, twilio_env  # noqa: F401  (fixture)
-
 from gateway.metrics import Histogram, TimingMetrics
 from gateway.turns import Timeline, analyze, percentile
 

@@ -65,7 +65,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
     return web.json_response(openapi.build(request.app["gateway"]))
 
 
-def setup_api(app: web.Application, gateway: "Gateway") -> None:
+def setup_api(app: web.Application, gateway: Gateway) -> None:
     app[numbers.IMPORT_LOCK] = asyncio.Lock()
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -33,7 +34,7 @@ log = logging.getLogger("gateway.api")
 TRANSFER_QUEUE_WAIT = 5.0
 
 
-def _gw(request: web.Request) -> "Gateway":
+def _gw(request: web.Request) -> Gateway:
     return request.app["gateway"]
 
 
@@ -47,7 +48,7 @@ def time_of_call(created_at: str | None) -> str:
     if not created_at:
         return ""
     at = datetime.fromisoformat(created_at)
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.strftime("%m/%d/%Y %H:%M:%S")
 
 
@@ -105,7 +106,7 @@ async def dispatch(request: web.Request) -> web.Response:
                               "call_id": call.id})
 
 
-async def take_slot(gw: "Gateway", number: dict[str, Any]) -> None:
+async def take_slot(gw: Gateway, number: dict[str, Any]) -> None:
     """A direct dispatch takes the number's next slot at its `max_cps` now, or is refused with 429 and how long
     until a slot is free (the dispatch queue waits for slots instead)."""
     cps = Limits.of(number).max_cps
@@ -125,7 +126,7 @@ async def take_slot(gw: "Gateway", number: dict[str, Any]) -> None:
                        headers={"Retry-After": str(wait)})
 
 
-async def _attached_number(gw: "Gateway", agent_id: int) -> int:
+async def _attached_number(gw: Gateway, agent_id: int) -> int:
     """The id of the (first) number attached to the agent, for a dispatch without from_number_id."""
     numbers = await gw.store.numbers_of_agent(agent_id)
     if not numbers:
@@ -168,7 +169,7 @@ def _log_id(ident: str) -> int | None:
     return None
 
 
-async def _log_row(gw: "Gateway", ident: str) -> dict[str, Any] | None:
+async def _log_row(gw: Gateway, ident: str) -> dict[str, Any] | None:
     log_id = _log_id(ident)
     if log_id is not None:
         return await gw.store.get_call(log_id)
@@ -209,16 +210,16 @@ class CallOp:
     CALL_OPS: its route and its control-bus handler follow from it."""
     name: str
     parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
-    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    perform: Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]
     orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    wait: Callable[["Gateway"], float] | None = None
+    wait: Callable[[Gateway], float] | None = None
 
 
 async def _no_body(request: web.Request) -> dict[str, Any]:
     return {}
 
 
-async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _hangup(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
     return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
@@ -232,7 +233,7 @@ async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     return {"number": parse(models.Transfer, await read_json(request)).number}
 
 
-async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _transfer(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     number = args.get("number")
     try:
         target = call.transfer_request(number).number
@@ -251,7 +252,7 @@ async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str
             "number": target}
 
 
-def _transfer_wait(gw: "Gateway") -> float:
+def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
@@ -261,7 +262,7 @@ CALL_OPS: list[CallOp] = [
 ]
 
 
-def _local_call(gw: "Gateway", ident: str) -> Call | None:
+def _local_call(gw: Gateway, ident: str) -> Call | None:
     log_id = _log_id(ident)
     return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
 
@@ -270,7 +271,7 @@ def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
     return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
 
 
-async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
+async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
     """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
     unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
     call = _local_call(gw, ident)
@@ -316,7 +317,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: "Gateway", op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp):
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")
@@ -337,7 +338,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     for op in CALL_OPS:
         r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
         gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

@@ -85,7 +85,7 @@ PAGE = [_param("pageno", "query", {"type": "integer", "minimum": 1, "default": 1
         _param("pagesize", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGESIZE, "default": 20})]
 
 
-def _schemas(gw: "Gateway") -> dict[str, Any]:
+def _schemas(gw: Gateway) -> dict[str, Any]:
     target = {
         "number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
         "backup_numbers": {"type": "array", "items": {"type": "string"}},
@@ -167,7 +167,7 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
     return schemas
 
 
-def build(gw: "Gateway") -> dict[str, Any]:
+def build(gw: Gateway) -> dict[str, Any]:
     schemas = _schemas(gw)
     names = sorted(k.removeprefix("Import_") for k in schemas if k.startswith("Import_"))
     import_body = {"oneOf": [_ref(f"Import_{p}") for p in names]} if names else {"type": "object"}

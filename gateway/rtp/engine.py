@@ -59,7 +59,7 @@ class RtpEngine:
                 continue
             session = RtpSession(self, port)
             try:
-                await loop.create_datagram_endpoint(lambda: session, local_addr=(self.bind_ip, port))
+                await loop.create_datagram_endpoint(lambda s=session: s, local_addr=(self.bind_ip, port))
             except OSError:
                 continue
             self.sessions[port] = session

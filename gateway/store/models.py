@@ -2,7 +2,7 @@
 migration; secrets sit in their own column so no query that feeds the API can return them by accident."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def row_dict(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def row_dict(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
             continue
         v = getattr(obj, col.key)
         if isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+            v = (v if v.tzinfo else v.replace(tzinfo=UTC)).isoformat()
         out[col.key] = v
     return out
 

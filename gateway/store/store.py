@@ -6,26 +6,26 @@ the database (gateway/secretbox.py) and decrypted only on that explicit request;
 """
 from __future__ import annotations
 
-import logging
-import os
-from datetime import datetime, timezone
-from typing import Any
-
 import asyncio
 import contextlib
 import copy
-import time
+import logging
 import logging as _logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
-from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
 from .channels import ChannelStore
 from .dispatchq import QueueStore
 from .health import HealthStore
+from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
+from .models import row_dict as _row
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -114,7 +114,7 @@ def _utc(at: datetime | None) -> datetime | None:
     """`at` as an aware UTC datetime (naive means UTC already)."""
     if at is None:
         return None
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class Store(ChannelStore, QueueStore, HealthStore):
@@ -535,7 +535,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
             q, cq = q.where(CallLog.call_status == call_status), cq.where(CallLog.call_status == call_status)
         async with self._session() as s:
             total = await s.scalar(cq)
-            rows = (await s.scalars(q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize))).all()
+            page = q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize)
+            rows = (await s.scalars(page)).all()
             return [_row(c) for c in rows], int(total or 0)
 
     async def list_call_events(self, call_id: int) -> list[dict[str, Any]]:
