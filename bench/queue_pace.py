@@ -122,7 +122,7 @@ async def run(cps: float, seconds: float) -> dict:
     placed.sort()
     window = [t for t in placed if t < placed[0] + seconds] if placed else []
     sipp = [(t - t0, n) for t, n in per_second if t >= t0]
-    rates = [b[1] - a[1] for a, b in zip(sipp, sipp[1:]) if 1 <= b[0] <= seconds]
+    rates = [b[1] - a[1] for a, b in zip(sipp, sipp[1:], strict=False) if 1 <= b[0] <= seconds]
     return {"cps": cps, "seconds": seconds, "placed": len(placed), "in_window": len(window),
             "rate": len(window) / seconds, "max_1s": max_in_window(placed),
             "sipp_received": result.stats.created, "sipp_min_s": min(rates, default=0),

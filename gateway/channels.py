@@ -33,7 +33,7 @@ class Limits:
     max_cps: float | None = None
 
     @classmethod
-    def of(cls, number: dict[str, Any] | None) -> "Limits":
+    def of(cls, number: dict[str, Any] | None) -> Limits:
         config = (number or {}).get("config") or {}
         channels, cps = config.get("channels"), config.get("max_cps")
         return cls(int(channels) if channels else None, float(cps) if cps else None)

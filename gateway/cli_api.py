@@ -320,10 +320,7 @@ def _contacts(path: str) -> list[dict[str, Any]]:
     import csv
     try:
         with open(path, newline="") as f:
-            if path.endswith(".json"):
-                rows = json.load(f)
-            else:
-                rows = list(csv.DictReader(f))
+            rows = json.load(f) if path.endswith(".json") else list(csv.DictReader(f))
     except (OSError, ValueError) as e:
         raise CliError(f"--contacts {path}: {e}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -535,7 +532,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     drain.add_argument("--timeout", type=int, help="seconds live calls may go on (one process only; default its "
                                                    "--drain-timeout)")
     drain.set_defaults(action="drain")
-    for parser in (*ns.choices.values(), *(p for n, p in cs.choices.items() if n != "queue"), *qs.choices.values(), *bs.choices.values(),
+    calls_parsers = [p for n, p in cs.choices.items() if n != "queue"]   # `queue` only groups its own actions
+    for parser in (*ns.choices.values(), *calls_parsers, *qs.choices.values(), *bs.choices.values(),
                    *ags.choices.values(), *ts.choices.values(), drain):
         _common(parser)
 

@@ -42,7 +42,7 @@ class Dispatcher:
     RETRY_FULL = 1.0
     DEPTH_EVERY = 2.0
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +103,7 @@ class Dispatcher:
                 log.exception("dispatch queue turn failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.BUSY_POLL if busy else self.IDLE_POLL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
 
@@ -155,7 +155,7 @@ class Dispatcher:
             return
         offset = asyncio.get_running_loop().time() - slots.now      # database clock → this loop's clock
         starts = self._starts.setdefault(number_id, collections.deque())
-        for item, at in zip(slots.items, slots.times):
+        for item, at in zip(slots.items, slots.times, strict=True):
             self._pending[number_id] = self._pending.get(number_id, 0) + 1
             self._claimed.add(item["id"])
             starts.append((at + offset, item, number))

@@ -91,7 +91,7 @@ def judge(probe: dict[str, Any] | None, calls: dict[str, Any]) -> tuple[int, str
 
 
 class HealthMonitor:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._task: asyncio.Task[None] | None = None
         #: number id → its latest record (every process's), refreshed after each round: /metrics, the live page
@@ -149,7 +149,8 @@ class HealthMonitor:
         calls = await store.call_outcomes(number["id"], utcnow() - timedelta(seconds=s.health_window))
         score, status, reasons = judge(probe, calls)
         attempts = calls["attempts"]
-        data = {"phone_number": number["phone_number"], "reasons": reasons, "probe": probe, "window_s": s.health_window, "attempts": attempts,
+        data = {"phone_number": number["phone_number"], "reasons": reasons, "probe": probe,
+                "window_s": s.health_window, "attempts": attempts,
                 "answered": calls["answered"], "asr": round(calls["answered"] / attempts, 3) if attempts else None,
                 "top_failures": calls["top_failures"], "checked_by": s.proc_id}
         await store.save_health(number["id"], score, status, data)

@@ -41,14 +41,14 @@ class DispatchFailed(Exception):
     """The carrier refused or failed the call; the call is in the log as failed (`call`), `error` says why (a
     CarrierError with secrets scrubbed, or None for a bug in the carrier module, which is logged)."""
 
-    def __init__(self, call: "Call", error: CarrierError | None) -> None:
+    def __init__(self, call: Call, error: CarrierError | None) -> None:
         super().__init__(error.message if error else "dispatch_error")
         self.call = call
         self.error = error
 
 
-async def place_call(gw: "Gateway", *, number: dict[str, Any], agent: dict[str, Any], to_number: str,
-                     call_context: dict[str, Any], queue_item_id: int | None = None) -> "Call":
+async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, Any], to_number: str,
+                     call_context: dict[str, Any], queue_item_id: int | None = None) -> Call:
     """Open the call (raises CapacityError / ChannelLimitError before anything reaches the carrier) and hand it
     to the number's carrier; raises DispatchFailed when the carrier does not take it. `number` carries its
     secrets (the carrier needs them)."""

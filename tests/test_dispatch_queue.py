@@ -136,7 +136,8 @@ async def test_queue_list_cancel_pause_and_cli(make_gateway, tmp_path):
     first, second = (r["id"] for r in listed["queue"])
     # the CLI cancels one queued call, the API cancels the whole bulk call
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "calls", "queue", "cancel", str(first), "--url", gw.url(), "--api-key", API_KEY,
+        sys.executable, "-m", "gateway", "calls", "queue", "cancel", str(first), "--url", gw.url(),
+        "--api-key", API_KEY,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()

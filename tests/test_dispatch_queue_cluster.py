@@ -4,7 +4,7 @@ shared (PostgreSQL: advisory lock, `FOR UPDATE SKIP LOCKED`, the database clock)
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -28,7 +28,7 @@ async def stores(db_url):  # noqa: F811
     for s in opened:
         await s.open()
     pair = opened if pg else opened * 2
-    for proc, s in zip("ab", pair):
+    for proc, s in zip("ab", pair, strict=True):
         await s.register_node(proc, node_id=proc, public_url=None, sip_uri=None)
     yield pair
     for s in opened:
@@ -50,7 +50,7 @@ async def test_channel_limit_across_processes_and_a_crash_frees_channels(stores)
     # b crashes: its heartbeat goes stale, its calls stop counting (before anyone even closes them)
     async with b.engine.begin() as conn:
         await conn.execute(update(Node).where(Node.proc == "b").values(
-            heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+            heartbeat_at=datetime.now(UTC) - timedelta(seconds=60)))
     b_calls = sum(1 for r in made if r["owner"] == "b")
     assert (await a.live_calls_by_number(20)).get(1, 0) == 3 - b_calls
     more = [await a.create_call_within(fields("a", 100 + i), 1, 3, stale_after=20) for i in range(5)]
@@ -78,13 +78,13 @@ async def test_each_queued_call_is_claimed_once_and_the_pace_is_shared(stores):
     await asyncio.gather(worker("a", a), worker("b", b))
     assert sorted(claimed["a"] + claimed["b"]) == ids            # every call once, none twice
     assert claimed["a"] and claimed["b"]                          # both processes took part
-    gaps = [y - x for x, y in zip(sorted(times), sorted(times)[1:])]
+    gaps = [y - x for x, y in zip(sorted(times), sorted(times)[1:], strict=False)]
     assert min(gaps) >= 1 / cps - 1e-6                           # slots of one shared pace, whoever took them
     # a claimed item held by a process that died is queued again; one whose call exists is dispatched
     assert await a.recover_items(20) == (0, 0)
     async with b.engine.begin() as conn:
         await conn.execute(update(Node).where(Node.proc == "b").values(
-            heartbeat_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
+            heartbeat_at=datetime.now(UTC) - timedelta(seconds=60)))
     assert await a.recover_items(20) == (0, len(claimed["b"]))
 
 

@@ -147,7 +147,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer, queue.BulkCreate, queue.Contact,
+        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer, queue.BulkCreate,
+                         queue.Contact,
                          queue.BulkAction),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},

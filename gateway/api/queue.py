@@ -50,8 +50,9 @@ class BulkAction(Body):
     action: Literal["pause", "resume", "cancel"]
 
 
-def _gw(request: web.Request) -> "Gateway":
-    return request.app["gateway"]
+def _gw(request: web.Request) -> Gateway:
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def _id(request: web.Request) -> int:
@@ -140,7 +141,7 @@ async def list_bulk(request: web.Request) -> web.Response:
                               "pageno": pageno, "pagesize": pagesize, "bulk_calls": [bulk_json(r) for r in rows]})
 
 
-async def _bulk_or_404(gw: "Gateway", bulk_id: int) -> dict[str, Any]:
+async def _bulk_or_404(gw: Gateway, bulk_id: int) -> dict[str, Any]:
     row = await gw.store.get_bulk(bulk_id)
     if row is None:
         raise bad("id", f"bulk call {bulk_id} not found", 404)

@@ -52,4 +52,4 @@ class ChannelStore(ClusterStore):
             q = q.where(CallLog.phone_number_id.in_(number_ids))
         async with self._session() as s:
             rows = (await s.execute(q.group_by(CallLog.phone_number_id))).all()
-        return {int(n): int(c) for n, c in rows}
+        return {n: int(c) for n, c in rows if n is not None}

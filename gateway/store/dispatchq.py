@@ -214,7 +214,7 @@ class QueueStore(ClusterStore):
             result = await conn.execute(update(QueuedCall).where(QueuedCall.id == item_id,
                                                                  QueuedCall.status == "queued")
                                         .values(status="cancelled"))
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
 
     async def queue_depth(self) -> dict[str, int]:
         """Items per status (for /metrics)."""

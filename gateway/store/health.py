@@ -58,4 +58,4 @@ class HealthStore(ClusterStore):
         if at is None:
             return False
         at = at if at.tzinfo else at.replace(tzinfo=utcnow().tzinfo)
-        return utcnow() - at < timedelta(seconds=within)
+        return bool(utcnow() - at < timedelta(seconds=within))

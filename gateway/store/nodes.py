@@ -8,12 +8,16 @@ clock on PostgreSQL (`now()`), so clock skew between machines cannot make a heal
 """
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 
 from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 #: states in which a process owns calls; `stopped` ended its calls itself, `lost` had them closed by a survivor
 OWNING_STATES = ("running", "draining")
@@ -27,6 +31,14 @@ class ClusterStore:
     """Mixed into `Store`; uses its engine, sessions and write turn."""
 
     url: str
+    if TYPE_CHECKING:   # provided by `Store` (store.py); declared here so each half of the store type-checks alone
+        engine: AsyncEngine
+        _session: async_sessionmaker[AsyncSession]
+
+        def _writing_core(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+        def _writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+        async def flush(self) -> None: ...
+        def _call_row(self, fields: dict[str, Any]) -> dict[str, Any]: ...
 
     @property
     def is_postgres(self) -> bool:
