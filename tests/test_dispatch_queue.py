@@ -10,6 +10,7 @@ import pytest
 
 from conftest import API_KEY
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
+from test_webhooks import receiver  # noqa: F401  (fixture)
 from sipp import api, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
@@ -81,11 +82,12 @@ async def test_channel_limit_refuses_sip_486_dispatch_429_and_the_queue_waits(ma
     assert sorted(r["call_direction"] for r in rows) == ["outbound", "outbound"]
 
 
-async def test_bulk_call_paced_at_max_cps_with_outcomes(make_gateway):
-    gw = await sip_gateway(make_gateway)
+async def test_bulk_call_paced_at_max_cps_with_outcomes(make_gateway, receiver):
+    gw = await sip_gateway(make_gateway, allow_private_webhooks=True)   # the webhook receiver is on 127.0.0.1
     cps, n = 5.0, 8
     async with sipp_uas("uas_busy.xml", calls=n, timeout_s=30) as uas:
         num = await sip_number(gw, sip_port=uas.port, max_cps=cps)
+        await api(gw, "PATCH", f"/agents/{num['agent_id']}", {"webhook_url": receiver.url("ok")}, expect=200)
         contacts = [{"phone_number": f"+1555987650{i}", "customer_name": f"c{i}"} for i in range(n)]
         status, created, _ = await request(gw, "POST", "/calls/bulk_call/create", {
             "name": "follow-up", "phone_number_id": num["id"], "contact_list": contacts})
@@ -112,6 +114,12 @@ async def test_bulk_call_paced_at_max_cps_with_outcomes(make_gateway):
     assert 429 in codes, codes
     text = await metrics_text(gw)
     assert f'gateway_queue_placed_total{{outcome="dispatched"}} {n}' in text, text[-2000:]
+    # each call's outcome also went to the agent's webhook: post_call with the call log and its bulk call
+    for r in rows:
+        await asyncio.wait_for(receiver.done(r["call_uuid"]).wait(), 15)
+    outcomes = [b["data"]["call_log"] for b in (r["body"] for r in receiver.requests) if b["event"] == "post_call"]
+    assert sorted(o["to_number"] for o in outcomes) == sorted(c["phone_number"] for c in contacts)
+    assert {(o["call_status"], o["call_context"]["bulk_call_id"]) for o in outcomes} == {("busy", bulk_id)}
 
 
 async def test_queue_list_cancel_pause_and_cli(make_gateway, tmp_path):
