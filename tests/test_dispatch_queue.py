@@ -10,8 +10,8 @@ import pytest
 
 from conftest import API_KEY
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
-from test_webhooks import receiver  # noqa: F401  (fixture)
 from sipp import api, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
+from test_webhooks import receiver  # noqa: F401  (fixture)
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
 
