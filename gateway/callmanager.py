@@ -84,9 +84,10 @@ class CallManager:
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing",
-                     queue_item_id: int | None = None) -> Call:
+                     queue_item_id: int | None = None, recording: dict[str, Any] | None = None) -> Call:
         """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining,
-        ChannelLimitError when the number's channels are all in use)."""
+        ChannelLimitError when the number's channels are all in use). `recording`: a per-call override of the
+        agent's recording settings ({enabled, channels})."""
         self._refuse_if_full()
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
@@ -96,6 +97,7 @@ class CallManager:
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
             "owner": self.gateway.settings.proc_id, "queue_item_id": queue_item_id,
+            "recording": {"request": recording} if recording else None,
         }
         channels = Limits.of(number).channels
         if channels is not None and number is not None and number.get("id"):

@@ -211,7 +211,8 @@ class Dispatcher:
             return "failed", None, f"agent {item['agent_id']} not found"
         try:
             call = await place_call(self.gateway, number=number, agent=agent, to_number=item["to_number"],
-                                    call_context=item.get("call_context") or {}, queue_item_id=item["id"])
+                                    call_context=item.get("call_context") or {}, queue_item_id=item["id"],
+                                    recording=item.get("recording"))
         except CapacityError as e:     # the number's channels or the gateway filled up since the claim
             return "queued", None, str(e)
         except DispatchFailed as e:

@@ -48,17 +48,18 @@ class DispatchFailed(Exception):
 
 
 async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, Any], to_number: str,
-                     call_context: dict[str, Any], queue_item_id: int | None = None) -> Call:
+                     call_context: dict[str, Any], queue_item_id: int | None = None,
+                     recording: dict[str, Any] | None = None) -> Call:
     """Open the call (raises CapacityError / ChannelLimitError before anything reaches the carrier) and hand it
     to the number's carrier; raises DispatchFailed when the carrier does not take it. `number` carries its
-    secrets (the carrier needs them)."""
+    secrets (the carrier needs them); `recording` overrides the agent's recording settings for this call."""
     carrier = gw.carrier_for(number["provider"])
     if carrier is None:
         raise CarrierError(f"phone number {number['id']} uses provider {number['provider']!r}, which has no carrier "
                            "loaded on this gateway", 409, "from_number_id")
     call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
                                  to_number=to_number, number=number, agent=agent, call_context=call_context,
-                                 status="queued", queue_item_id=queue_item_id)
+                                 status="queued", queue_item_id=queue_item_id, recording=recording)
     try:
         await carrier.dispatch(call, number, to_number)
     except CarrierError as e:

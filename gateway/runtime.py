@@ -22,6 +22,7 @@ from .dispatcher import Dispatcher
 from .engine import EngineRegistry
 from .health import HealthMonitor
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
+from .recording import Recordings
 from .secretbox import SecretBox
 from .store import Store
 from .throttle import FailureThrottle
@@ -67,6 +68,7 @@ class Gateway:
         self.dispatcher = Dispatcher(self)
         #: number / trunk health records (OPTIONS probes, answer-seizure ratio, failure reasons)
         self.health = HealthMonitor(self)
+        self.recordings = Recordings(self)
         self.calls.register_control()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
@@ -135,6 +137,7 @@ class Gateway:
         self.build_app()             # registers the control ops before the bus can deliver any
         await self.control.start()
         await self.membership.start()  # closes what a previous run left open before any new call can arrive
+        self.recordings.start_sweeper()  # first sweep now: recordings of those calls are repaired and finished
         s = self.settings
         self.http_guard = ConnectionGuard(
             max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
@@ -215,6 +218,7 @@ class Gateway:
                 await carrier.stop()
             except Exception:
                 log.exception("carrier stop failed", extra={"carrier": carrier.name})
+        await self.recordings.stop()
         await self.webhooks.drain(2.0)
         await self.webhooks.close()
         if self._runner is not None:

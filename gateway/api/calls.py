@@ -63,6 +63,8 @@ def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
     out["call_duration"] = mmss(seconds)
     out["time_of_call"] = time_of_call(row.get("created_at"))
     out["recording_url"] = row.get("recording_url") or False
+    if row.get("recording"):       # what and where, without paths on the gateway's disk
+        out["recording"] = {k: v for k, v in row["recording"].items() if k not in ("path", "relative")}
     out["call_log_id"] = row["id"]
     return out
 
@@ -84,14 +86,17 @@ async def dispatch(request: web.Request) -> web.Response:
     agent = await gw.store.get_agent(agent_id)
     if agent is None:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
+    recording = req.recording.model_dump(exclude_none=True) if req.recording is not None else None
     if req.queue:
         _, ids = await gw.store.enqueue_calls([{"agent_id": agent_id, "from_number_id": number_id,
-                                                "to_number": to_number, "call_context": ctx}])
+                                                "to_number": to_number, "call_context": ctx,
+                                                "recording": recording}])
         gw.dispatcher.wake()
         return web.json_response({"success": True, "status": "queued", "queue_id": ids[0]}, status=202)
     await take_slot(gw, number)
     try:
-        call = await place_call(gw, number=number, agent=agent, to_number=to_number, call_context=ctx)
+        call = await place_call(gw, number=number, agent=agent, to_number=to_number, call_context=ctx,
+                                recording=recording)
     except ChannelLimitError as e:
         raise ApiError(429, f"{e}; retry later or dispatch with \"queue\": true", "from_number_id",
                        headers={"Retry-After": str(e.retry_after)}) from None

@@ -49,7 +49,8 @@ class QueueStore(ClusterStore):
     # enqueue ------------------------------------------------------------------------------------------------
     async def enqueue_calls(self, items: list[dict[str, Any]], bulk: dict[str, Any] | None = None
                             ) -> tuple[dict[str, Any] | None, list[int]]:
-        """Queue calls (`agent_id`, `from_number_id`, `to_number`, `call_context`), optionally as a new bulk call
+        """Queue calls (`agent_id`, `from_number_id`, `to_number`, `call_context`, optionally `recording`: the
+        per-call recording override), optionally as a new bulk call
         whose id goes into every item's `bulk_call_id` and `call_context.bulk_call_id`; one transaction."""
         bulk_row = None
         async with self._writing_core() as conn:
@@ -61,6 +62,7 @@ class QueueStore(ClusterStore):
                          for it in items]
             rows = [{"agent_id": it["agent_id"], "from_number_id": it["from_number_id"],
                      "to_number": it["to_number"], "call_context": it.get("call_context") or {},
+                     "recording": it.get("recording"),
                      "bulk_call_id": bulk_id, "status": "queued", "attempts": 0, "not_before": 0.0,
                      "created_at": utcnow()} for it in items]
             ids = [r[0] for r in (await conn.execute(insert(QueuedCall).returning(QueuedCall.id), rows)).all()]
