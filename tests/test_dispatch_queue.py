@@ -59,7 +59,8 @@ async def test_channel_limit_refuses_sip_486_dispatch_429_and_the_queue_waits(ma
         assert status == 429 and body["field"] == "from_number_id" and "channels" in body["error"], body
         assert int(headers["Retry-After"]) >= 1
         # queued instead: it waits for the channel
-        status, queued, _ = await dispatch(gw, num, call_context={"order": 7}, queue=True)
+        status, queued, _ = await dispatch(gw, num, call_context={"order": 7}, queue=True,
+                                           recording={"enabled": False})
         assert status == 202 and queued["status"] == "queued", queued
         qid = queued["queue_id"]
         await asyncio.sleep(0.5)            # a few dispatcher turns: still no free channel
@@ -73,6 +74,7 @@ async def test_channel_limit_refuses_sip_486_dispatch_429_and_the_queue_waits(ma
         item = await wait_for(placed, 15, what="the queued call placed once the channel was free")
         row = await gw.store.get_call(item["call_log_id"])
         assert row["call_context"] == {"order": 7} and row["queue_item_id"] == qid
+        assert row["recording"]["request"] == {"enabled": False}       # the dispatch's options ride along
         live = await wait_for(lambda: gw.calls.get_by_log_id(item["call_log_id"]), 10, what="the queued call live")
         await wait_for(lambda: live.status == "in-progress", 10, what="the queued call answered")
         await request(gw, "POST", f"/calls/{live.id}/hangup")
