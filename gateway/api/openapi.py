@@ -150,7 +150,12 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                     "description": "signs each delivery (X-Gateway-Signature); shown as \"****\""}}},
                 "amd": {"type": "object", "properties": {"enabled": {"type": "boolean", "default": False},
                                                          "provider": {"type": "string", "default": "gateway",
-                                                                      "enum": list(AMD_PROVIDERS)}}}}}}},
+                                                                      "enum": list(AMD_PROVIDERS)}}},
+                "recording": {"type": "object", "additionalProperties": False, "description":
+                              "record the call's audio (docs/recording.md); dispatch may override it per call",
+                              "properties": {"enabled": {"type": "boolean", "default": False},
+                                             "channels": {"type": "string", "enum": ["mono", "dual"],
+                                                          "default": "dual"}}}}}}},
         "Agent": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                                                    "engine": {"type": ["string", "null"]},
                                                    "webhook_url": {"type": ["string", "null"]},
