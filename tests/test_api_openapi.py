@@ -163,6 +163,23 @@ async def test_answers_validate_against_their_documented_schemas(api):
     assert status == 400
     status, _ = await call("GET", "/agents/{id}", "/agents/999")
     assert status == 404
+    await call("POST", "/phone_number/{id}/health", f"/phone_number/{nid}/health")
+    # the dispatch queue and bulk calls
+    status, body = await call("POST", "/calls/dispatch", "/calls/dispatch",
+                              json={"agent_id": aid, "to_number": "+14155550124", "queue": True})
+    assert status == 202, body
+    status, body = await call("POST", "/calls/bulk_call/create", "/calls/bulk_call/create", json={
+        "name": "b", "phone_number_id": nid, "contact_list": [{"phone_number": "+14155550125", "who": "Dana"}]})
+    assert status == 201, body
+    bid = body["bulk_call_id"]
+    await call("PUT", "/calls/bulk_call/{id}", f"/calls/bulk_call/{bid}", json={"action": "pause"})
+    await call("GET", "/calls/bulk_call", "/calls/bulk_call")
+    await call("GET", "/calls/bulk_call/{id}", f"/calls/bulk_call/{bid}")
+    status, body = await call("GET", "/calls/queue", "/calls/queue")
+    qid = body["queue"][0]["id"]
+    await call("GET", "/calls/queue/{id}", f"/calls/queue/{qid}")
+    await call("DELETE", "/calls/queue/{id}", f"/calls/queue/{qid}")
+    await call("DELETE", "/calls/bulk_call/{id}", f"/calls/bulk_call/{bid}")
     await call("POST", "/phone_number/detach", "/phone_number/detach", json={"phone_number_id": nid})
     await call("DELETE", "/phone_number/{id}", f"/phone_number/{nid}")
     await call("DELETE", "/agents/{id}", f"/agents/{aid}")

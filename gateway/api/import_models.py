@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from ..carrier import ImportField
 from ..numbers import typed_e164
 from .models import Body, Id
-from .validation import to_bool, to_int, to_list, to_str
+from .validation import to_bool, to_float, to_int, to_list, to_str
 
 
 def _number_text(value: Any) -> Any:
@@ -51,6 +51,9 @@ def _annotation(f: ImportField) -> Any:
     elif f.kind is int:
         kind = int
         parts.append(BeforeValidator(to_int))
+    elif f.kind is float:
+        kind = float
+        parts.append(BeforeValidator(to_float))
     elif f.kind is list:
         item: Any = str
         if f.e164:

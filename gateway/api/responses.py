@@ -56,6 +56,15 @@ class PhoneNumber(Row):
     active_bot_id: int | Literal[False] = Field(description="the attached agent, false when none")
 
 
+class HealthCheck(Reply):
+    """A number's health record (gateway/health.py): OmniDimension's three fields and ours under `health`."""
+    phone_number_id: int
+    health_score: float | None
+    health_status: str
+    health_score_updated_at: Any = Field(description="when the score was computed (ISO 8601), null before")
+    health: dict[str, Any] | None
+
+
 class PhoneNumberReply(Reply):
     phone_number: PhoneNumber
 
@@ -108,6 +117,68 @@ class Dispatched(Reply):
     status: Literal["dispatched"]
     requestId: int = Field(description="the call log id")
     call_id: str
+
+
+class Queued(Reply):
+    status: Literal["queued"]
+    queue_id: int = Field(description="the dispatch queue item (GET /calls/queue/{id})")
+
+
+class QueuedCall(Row):
+    """An item of the dispatch queue (gateway/store/dispatchq.py)."""
+    id: int
+    status: str
+    to_number: str
+
+
+class QueueList(Paged):
+    total_records: int
+    queue: list[QueuedCall]
+
+
+class QueuedCallReply(Reply):
+    queued_call: QueuedCall
+
+
+class QueueCancelled(Reply):
+    id: int
+    status: Literal["cancelled"]
+
+
+class BulkCall(Row):
+    """A bulk call with OmniDimension's names beside ours (`bot_id`, `total_calls`)."""
+    id: int
+    name: str
+    status: str = Field(description="in_progress, paused, cancelled, or completed once nothing is left to dial")
+    bot_id: int | None
+    total_calls: int
+    counts: dict[str, int] = Field(description="queued calls per status")
+
+
+class BulkCreated(Reply):
+    status: Literal["success"]
+    message: str
+    bulk_call_id: int
+    id: int
+    total_contacts: int
+    queue_ids: list[int]
+
+
+class BulkList(Paged):
+    status: Literal["success"]
+    total_records: int
+    bulk_calls: list[BulkCall]
+
+
+class BulkReply(Reply):
+    status: Literal["success"]
+    details: BulkCall
+
+
+class BulkActed(Reply):
+    status: Literal["success"]
+    message: str
+    current_status: str
 
 
 class CallLog(Row):

@@ -33,6 +33,19 @@ def to_int(value: Any) -> int:
     return value
 
 
+def to_float(value: Any) -> float:
+    """A finite number (a JSON number or a numeric string); booleans are refused."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return v
+
+
 def to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
