@@ -238,6 +238,7 @@ class SipCarrier(Carrier):
         if not s.enable_sip:
             return
         self.transport = SipTransport(s.sip_host, s.sip_port, advertised_host=self.advertised_ip)
+        self.transport.on_response = self.gateway.metrics.sip_response
         self.layer = TransactionLayer(self.transport)
         self.layer.refuse_source = self._refuse_banned
         await self.transport.start()

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 from .call import Call, new_call_uuid
 from .cluster import Reply
 from .frames import HangupSource
-from .metrics import TimingMetrics
 
 if TYPE_CHECKING:
     from .runtime import Gateway
 
 log = logging.getLogger("gateway.calls")
+
+
+#: hangup reasons that mean the voice engine failed the call (counted in gateway_engine_failures_total)
+ENGINE_FAILURES = ("engine_error", "engine_unavailable", "engine_unreachable")
 
 
 class CapacityError(RuntimeError):
@@ -33,7 +36,8 @@ class CallManager:
         self._by_sid: dict[str, Call] = {}
         self.totals = {"calls": 0, "frames_in": 0, "frames_out": 0, "dropped_in": 0}
         self._listeners: list[Any] = []
-        self.timing = TimingMetrics()
+        self.metrics = gateway.metrics
+        self.timing = gateway.metrics.timing
         self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
         self._idle.set()
 
@@ -50,10 +54,12 @@ class CallManager:
         """No new call fits: `max_calls` reached, or the gateway is draining."""
         return self.gateway.draining or len(self.active) >= self.gateway.settings.max_calls
 
-    def _refuse_if_full(self) -> None:
+    def _refuse_if_full(self, carrier: str) -> None:
         if self.gateway.draining:
+            self.metrics.refused.labels(carrier, "draining").inc()
             raise DrainingError("gateway draining: new calls go to other workers or nodes")
         if self.at_capacity:
+            self.metrics.refused.labels(carrier, "capacity").inc()
             raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -69,7 +75,7 @@ class CallManager:
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
         """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining)."""
-        self._refuse_if_full()
+        self._refuse_if_full(carrier)
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
         row = await self.store.create_call({
@@ -87,6 +93,7 @@ class CallManager:
         if carrier_sid:
             self._by_sid[carrier_sid] = call
         self.totals["calls"] += 1
+        self.metrics.calls.labels(carrier, direction).inc()
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call
@@ -185,6 +192,11 @@ class CallManager:
             self.totals["frames_in"] += c.frames_in
             self.totals["frames_out"] += c.frames_out
             self.totals["dropped_in"] += c.dropped_in
+        source = call.hangup.source.value if call.hangup is not None else "unknown"
+        self.metrics.calls_ended.labels(call.carrier, call.direction, call.status, source).inc()
+        reason = call.hangup.reason if call.hangup is not None else ""
+        if reason in ENGINE_FAILURES:
+            self.metrics.engine_failures.labels(reason).inc()
         if ((call.agent or {}).get("webhook_url") or "").strip():  # reading the row back costs a flush
             row = await self.store.get_call(call.log_id)
             self.gateway.webhooks.emit(call, "post_call", {"call_log": row})

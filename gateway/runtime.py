@@ -19,6 +19,7 @@ from .carrier import Carrier, load_carriers
 from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
+from .metrics import GatewayMetrics
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .secretbox import SecretBox
 from .store import Store
@@ -50,6 +51,8 @@ def saved_api_key(data_dir: str) -> tuple[str, str]:
 class Gateway:
     def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
         self.settings = settings
+        #: this gateway's Prometheus registry and series (gateway/metrics.py); before anything that counts
+        self.metrics = GatewayMetrics()
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
@@ -69,6 +72,7 @@ class Gateway:
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
+        self.metrics.attach(self)
         self._runner: web.AppRunner | None = None
         self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
@@ -149,6 +153,7 @@ class Gateway:
         for carrier in self.carriers.values():
             await carrier.start()
         await self.membership.announce()
+        self.metrics.start()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -210,6 +215,7 @@ class Gateway:
         await self.membership.stop()
         await self.control.stop()
         await self.store.close()
+        self.metrics.stop()
         self.started = False
 
     @property

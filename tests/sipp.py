@@ -239,9 +239,21 @@ async def metrics_text(gw) -> str:
             return await r.text()
 
 
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample `name` with exactly `labels` in a /metrics page (parsed with prometheus_client's own
+    parser), or None when the page has no such sample."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
 async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp", "rtp_range",
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metric_value", "metrics_text", "needs_sipp", "rtp_range",
            "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .. import metrics
 from . import agents, calls, nodes, numbers, openapi
 from .errors import error_middleware, error_response
 
@@ -57,8 +56,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = metrics.render(request.app["gateway"])
-    return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+    body, content_type = request.app["gateway"].metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
