@@ -150,7 +150,8 @@ class SipLeg:
         except (NoCommonCodec, SdpError) as e:
             self.call.log.info("re-offer refused: %s", e)
             return None
-        self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                      rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
         self.rtp.set_direction(choice.direction)
         if choice.on_hold != self.on_hold:
             self.on_hold = choice.on_hold
@@ -175,9 +176,13 @@ class SipLeg:
         if self.closed:
             return
         self.close()
-        stats = dict(self.rtp.stats)
+        stats: dict[str, Any] = dict(self.rtp.stats)
+        quality = self.rtp.quality()
+        stats["quality"] = quality
         if self.bridge is not None:
             stats["bridge"] = self.bridge.stats
+        self.carrier.gateway.metrics.observe_rtp_quality(self.call.carrier, str(self.number.get("sip_trunk_name")
+                                                                               or ""), quality)
         await self.call.record(extra={"rtp": stats})
 
 
@@ -340,6 +345,8 @@ class SipCarrier(Carrier):
                 "gateway_rtp_packets_lost_total": t.get("lost", 0),
                 "gateway_rtp_packets_late_total": t.get("late", 0),
                 "gateway_rtp_sessions": t["sessions"],
+                "gateway_rtcp_reports_sent_total": t.get("rtcp_sent", 0),
+                "gateway_rtcp_reports_received_total": t.get("rtcp_received", 0),
                 "gateway_rtp_clock_late_ticks_total": t["late_ticks"]}
 
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +434,8 @@ class SipCarrier(Carrier):
             await call.end(HangupSource.SYSTEM, f"488 {e}"[:200], status="failed")
             return
         leg.sdp_session_id = answer.origin.session_id
-        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                      rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
         rtp.set_direction(choice.direction)
         inv.respond(180, "Ringing")
         if inv.cancelled.is_set():
@@ -543,7 +551,8 @@ class SipCarrier(Carrier):
                 call.log.info("early media SDP ignored: %s", e)
                 return
             state["early"] = True
-            leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+            leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                      rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
             detector = self._early_detector(call)
             if detector is not None:
                 state["detector"] = detector
@@ -609,7 +618,8 @@ class SipCarrier(Carrier):
         leg.session = session
         session.creds = target.creds
         self._wire(leg, session)
-        leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                      rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
         leg.rtp.set_direction(choice.direction)
         leg.rtp.on_pcm = None
         call.set_carrier_sid(session.call_id)
@@ -706,7 +716,8 @@ class SipCarrier(Carrier):
             return "failed"
         other.session = result.session
         other.session.creds = target.creds
-        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                      rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
         rtp.set_direction(choice.direction)
         bridge = MediaBridge(leg, other)
         leg.bridge = other.bridge = bridge

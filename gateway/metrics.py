@@ -134,8 +134,6 @@ class GatewayMetrics:
         self.rtt = Histogram("gateway_call_rtt_seconds",
                              "Per RTP call: round-trip time from RTCP (RFC 3550 §6.4.1 LSR/DLSR), last report.",
                              ["carrier", "trunk"], buckets=RTT_BUCKETS, registry=r)
-        self.rtcp = Counter("gateway_rtcp_packets_total", "RTCP reports sent and received (sr, rr).",
-                            ["direction", "type"], registry=r)
         self.loop_lag = Histogram("gateway_event_loop_lag_seconds",
                                   f"How late a timer due every {LAG_INTERVAL} s fired: time the event loop was "
                                   "busy elsewhere.", buckets=LAG_BUCKETS, registry=r)
@@ -164,6 +162,22 @@ class GatewayMetrics:
         if self._lag_handle is not None:
             self._lag_handle.cancel()
             self._lag_handle = None
+
+    def observe_rtp_quality(self, carrier: str, trunk: str, q: dict[str, Any]) -> None:
+        """An RTP call ended: its quality (RtpSession.quality()) joins the per-carrier histograms."""
+        if not q.get("expected"):
+            return                       # no RTP ever arrived: nothing was heard, nothing to score
+        self.mos.labels(carrier, trunk).observe(q["mos"])
+        self.jitter.labels(carrier, trunk, "local").observe(q["jitter_ms"] / 1000)
+        self.loss.labels(carrier, trunk, "local").observe(q["loss_ratio"])
+        self.packets_lost.labels(carrier, trunk, "local").inc(q["lost"])
+        remote = q.get("remote")
+        if remote is not None:
+            self.jitter.labels(carrier, trunk, "remote").observe(remote["jitter_ms"] / 1000)
+            self.loss.labels(carrier, trunk, "remote").observe(remote["fraction_lost"])
+            self.packets_lost.labels(carrier, trunk, "remote").inc(max(0, remote["packets_lost"]))
+        if q.get("rtt_ms") is not None:
+            self.rtt.labels(carrier, trunk).observe(q["rtt_ms"] / 1000)
 
     def sip_response(self, direction: str, status: int) -> None:
         """A SIP response was sent or received (the SIP transport calls this)."""
