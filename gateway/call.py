@@ -155,6 +155,7 @@ class Call:
         self.add_tap(SpeechTap(self))
         self.answered = time.monotonic()
         metrics.setup.labels(self.carrier, self.direction).observe(self.answered - self.created)
+        self.manager.gateway.tracing.media_up(self)
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")
         if self.ended.is_set():  # hung up while the row was written: no engine for a finished call
@@ -165,6 +166,10 @@ class Call:
         self._engine_task = asyncio.create_task(self._run_engine(engine, session), name=f"engine-{self.id}")
         await self.emit("conversation:started")
         self.log.info("call attached", extra={"rate": carrier_rate, "engine_rate": engine.sample_rate})
+
+    def engine_connected(self) -> None:
+        """The engine read the call for the first time (EngineSession): the end of call setup."""
+        self.manager.gateway.tracing.engine_connected(self)
 
     def add_tap(self, tap: Tap) -> None:
         """Observe inbound carrier-rate PCM (AMD, VAD, meters) before it reaches the engine."""
@@ -367,6 +372,7 @@ class Call:
         if self.hangup is None:
             self.hangup = Hangup(source, reason)
         self.ended.set()
+        self.manager.gateway.tracing.call_ended(self, self.hangup.reason)
         if self.bus is not None:
             self.bus.feed_event(self.hangup)
         final = status or ("completed" if self.answered else self.status if self.status not in

@@ -94,6 +94,7 @@ class CallManager:
             self._by_sid[carrier_sid] = call
         self.totals["calls"] += 1
         self.metrics.calls.labels(carrier, direction).inc()
+        self.gateway.tracing.call_created(call, self.gateway.settings.proc_id)
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call

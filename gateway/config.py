@@ -81,6 +81,8 @@ class Settings:
     stale_after: float = 20.0
     #: seconds a command forwarded to the process owning a call waits for its answer
     control_timeout: float = 5.0
+    #: OTLP/HTTP endpoint for OpenTelemetry spans of call setup (gateway/tracing.py); empty = tracing off
+    otel_endpoint: str = ""
 
     @property
     def db_url(self) -> str:

@@ -20,6 +20,7 @@ from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .metrics import GatewayMetrics
+from .tracing import CallTracing
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .secretbox import SecretBox
 from .store import Store
@@ -53,6 +54,8 @@ class Gateway:
         self.settings = settings
         #: this gateway's Prometheus registry and series (gateway/metrics.py); before anything that counts
         self.metrics = GatewayMetrics()
+        #: OpenTelemetry spans of call setup, when `otel_endpoint` is set (gateway/tracing.py)
+        self.tracing = CallTracing.from_settings(settings)
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
@@ -216,6 +219,7 @@ class Gateway:
         await self.control.stop()
         await self.store.close()
         self.metrics.stop()
+        await self.tracing.shutdown()
         self.started = False
 
     @property
