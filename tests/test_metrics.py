@@ -2,9 +2,11 @@
 calls (SIPp on loopback) produce, read back with the library's own parser."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from sipp import metric_value, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from sipp import free_port, metric_value, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
 
@@ -47,6 +49,18 @@ async def test_refusals_at_capacity_are_counted(make_gateway):
     assert metric_value(text, "gateway_calls_refused_total", carrier="sip", reason="capacity") == 1
     assert metric_value(text, "gateway_sip_responses_total", direction="sent", code_class="5xx") == 1
     assert metric_value(text, "gateway_calls_total", carrier="sip", direction="inbound") is None
+
+
+async def test_engine_failures_are_counted_by_reason(make_gateway):
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw, engine=f"ws://127.0.0.1:{free_port(socket.SOCK_STREAM)}/nobody")   # nothing listens
+    res = await sipp_uac("uac_gateway_hangs_up.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=20)
+    res.assert_calls(successful=1)     # the gateway's BYE: the engine never answered
+    await wait_for(lambda: not gw.calls.active, timeout=10)
+    text = await metrics_text(gw)
+    assert metric_value(text, "gateway_engine_failures_total", reason="engine_unreachable") == 1
+    assert metric_value(text, "gateway_calls_ended_total", carrier="sip", direction="inbound", status="completed",
+                        hangup_source="agent") == 1
 
 
 async def test_openmetrics_is_served_when_asked_for(make_gateway):
