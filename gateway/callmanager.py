@@ -54,7 +54,8 @@ class CallManager:
         """No new call fits: `max_calls` reached, or the gateway is draining."""
         return self.gateway.draining or len(self.active) >= self.gateway.settings.max_calls
 
-    def _refuse_if_full(self, carrier: str) -> None:
+    def refuse_if_full(self, carrier: str) -> None:
+        """Raise DrainingError / CapacityError when no new call of `carrier` fits (counted as a refusal)."""
         if self.gateway.draining:
             self.metrics.refused.labels(carrier, "draining").inc()
             raise DrainingError("gateway draining: new calls go to other workers or nodes")
@@ -75,7 +76,7 @@ class CallManager:
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
         """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining)."""
-        self._refuse_if_full(carrier)
+        self.refuse_if_full(carrier)
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
         row = await self.store.create_call({

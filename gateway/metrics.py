@@ -27,16 +27,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .runtime import Gateway
 
 #: `_created` samples double every counter's series for a figure no dashboard here uses
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leaves it unannotated
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 log = logging.getLogger("gateway.metrics")
@@ -140,7 +140,7 @@ class GatewayMetrics:
         self._lag_handle: asyncio.TimerHandle | None = None
         self._lag_due = 0.0
 
-    def attach(self, gw: "Gateway") -> None:
+    def attach(self, gw: Gateway) -> None:
         """Read the live state of `gw` at every scrape."""
         self.registry.register(StateCollector(gw))
 
@@ -204,7 +204,7 @@ def _family(kind: str, name: str, help_: str, value: float) -> Metric:
 class StateCollector(Collector):
     """Series read from the gateway's objects at scrape time."""
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
 
     def describe(self) -> Iterable[Metric]:
@@ -220,7 +220,7 @@ class StateCollector(Collector):
         out.extend(_carrier_series(gw, taken))
         return iter(out)
 
-    def _core(self, gw: "Gateway") -> Iterator[Metric]:
+    def _core(self, gw: Gateway) -> Iterator[Metric]:
         calls = list(gw.calls.active.values())
         per_carrier: Tally[str] = Tally({name: 0 for name in gw.carriers})
         per_carrier.update(c.carrier for c in calls)
@@ -271,7 +271,7 @@ class StateCollector(Collector):
                           "HTTP connections closed for not sending a request head in time.", guard.header_timeouts)
 
 
-def _carrier_series(gw: "Gateway", taken: set[str]) -> Iterator[Metric]:
+def _carrier_series(gw: Gateway, taken: set[str]) -> Iterator[Metric]:
     """Carriers' own series; a failing hook, a bad name or a name already used is skipped (and logged), so one
     carrier can never break the scrape."""
     for carrier in gw.carriers.values():

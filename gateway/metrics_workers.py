@@ -63,12 +63,12 @@ async def _fetch(http: aiohttp.ClientSession, url: str) -> str | None:
             if r.status == 200:
                 return await r.text()
             log.warning("worker metrics refused", extra={"url": url, "status": r.status})
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         log.warning("worker metrics unreachable", extra={"url": url, "error": str(e) or type(e).__name__})
     return None
 
 
-async def node_exposition(gw: "Gateway", accept: str = "") -> tuple[bytes, str]:
+async def node_exposition(gw: Gateway, accept: str = "") -> tuple[bytes, str]:
     """Every live worker's series of this node, labelled `proc`, in the format `accept` asks for."""
     s = gw.settings
     me = s.proc_id
@@ -82,7 +82,7 @@ async def node_exposition(gw: "Gateway", accept: str = "") -> tuple[bytes, str]:
     up = GaugeMetricFamily(WORKER_UP, "1 when this worker's series are in this scrape, 0 when it did "
                                                 "not answer in time.", labels=["proc"])
     up.add_metric([me], 1)
-    for node, text in zip(peers, texts):
+    for node, text in zip(peers, texts, strict=True):
         up.add_metric([node["proc"]], 0 if text is None else 1)
         if text is not None:
             try:

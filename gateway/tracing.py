@@ -42,20 +42,20 @@ def _ns(monotonic: float) -> int:
 
 @dataclass
 class _Setup:
-    root: "Span"
-    step: "Span"
+    root: Span
+    step: Span
 
 
 class CallTracing:
     """Spans of call setup; every method is a no-op when tracing is off (`tracer` None)."""
 
-    def __init__(self, tracer: "Tracer | None" = None, provider: "TracerProvider | None" = None) -> None:
+    def __init__(self, tracer: Tracer | None = None, provider: TracerProvider | None = None) -> None:
         self.tracer = tracer
         self._provider = provider
         self._calls: dict[str, _Setup] = {}
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "CallTracing":
+    def from_settings(cls, settings: Settings) -> CallTracing:
         """Tracing to `settings.otel_endpoint` over OTLP/HTTP, or off when it is empty."""
         if not settings.otel_endpoint:
             return cls()
@@ -74,7 +74,7 @@ class CallTracing:
     def enabled(self) -> bool:
         return self.tracer is not None
 
-    def call_created(self, call: "Call", proc: str) -> None:
+    def call_created(self, call: Call, proc: str) -> None:
         if self.tracer is None:
             return
         start = _ns(call.created)
@@ -86,7 +86,7 @@ class CallTracing:
         step = self.tracer.start_span("call.media", context=set_span_in_context(root), start_time=start)
         self._calls[call.id] = _Setup(root, step)
 
-    def media_up(self, call: "Call") -> None:
+    def media_up(self, call: Call) -> None:
         setup = self._calls.get(call.id)
         if setup is None or self.tracer is None:
             return
@@ -95,13 +95,13 @@ class CallTracing:
         setup.step.end()
         setup.step = self.tracer.start_span("call.engine_connect", context=set_span_in_context(setup.root))
 
-    def engine_connected(self, call: "Call") -> None:
+    def engine_connected(self, call: Call) -> None:
         setup = self._calls.pop(call.id, None)
         if setup is not None:
             setup.step.end()
             setup.root.end()
 
-    def call_ended(self, call: "Call", reason: str) -> None:
+    def call_ended(self, call: Call, reason: str) -> None:
         """The call ended before its engine connected: close the spans as failed setup."""
         setup = self._calls.pop(call.id, None)
         if setup is None:

@@ -20,8 +20,16 @@ import random
 import time
 from dataclasses import dataclass
 
-from aiortc.rtp import (RtcpByePacket, RtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSdesPacket, RtcpSenderInfo,
-                        RtcpSourceInfo, RtcpSrPacket)
+from aiortc.rtp import (
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
 
 #: seconds between 1900-01-01 (NTP era 0) and 1970-01-01 (Unix)
 NTP_UNIX_OFFSET = 2208988800
