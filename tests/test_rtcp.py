@@ -61,12 +61,14 @@ def parse_compound(data: bytes) -> list[tuple[int, int, bytes]]:
 class Collector(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.packets: list[bytes] = []
+        self.arrived: dict[bytes, float] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.packets.append(data)
+        self.arrived[data] = time.time()
 
 
 async def peer_pair() -> tuple[Collector, Collector, int]:
@@ -115,9 +117,10 @@ async def test_sender_and_receiver_reports_both_ways(make_gateway):
     await wait_for(lambda: session.rtcp.received["sr"] == 1, timeout=5)
 
     # the gateway's next report: an SR (it echoed our audio), with a report block about our stream
-    srs = await wait_for(lambda: [r for r in reports(peer_rtcp.packets, 200)
-                                  if r[0][1] == 1 and struct.unpack_from("!I", r[0][2], 44)[0] != 0], timeout=10)
-    (pt, count, body), *rest = srs[-1]
+    srs = await wait_for(lambda: [p for p in peer_rtcp.packets if p[1] == 200 and p[0] & 0x1F == 1
+                                  and struct.unpack_from("!I", p, 4 + 44)[0] != 0], timeout=10)   # DLSR set
+    sr = srs[-1]
+    (pt, count, body), *rest = parse_compound(sr)
     ssrc, ntp, rtp_ts, packets, octets = struct.unpack_from("!IQIII", body)
     assert ssrc == session.ssrc and packets > 0 and octets == 160 * packets
     assert abs(ntp / 2**32 - NTP_OFFSET - time.time()) < 5
@@ -129,9 +132,11 @@ async def test_sender_and_receiver_reports_both_ways(make_gateway):
     assert lsr == (our_ntp >> 16) & 0xFFFFFFFF and 0 < dlsr < 20 * 65536
     assert rest[0][0] == 202 and b"gateway@" in rest[0][2]      # SDES CNAME follows (§6.1)
 
-    # we answer with a receiver report echoing their SR: the gateway works out the round trip
+    # we answer with a receiver report echoing their SR, as a real peer does: DLSR is how long we held it
     their_lsr = (ntp >> 16) & 0xFFFFFFFF
-    peer_rtcp.transport.sendto(receiver_report(PEER_SSRC, session.ssrc, 64, 3, 1234, 80, their_lsr, 655),
+    held = time.time() - peer_rtcp.arrived[sr]
+    dlsr = int(held * 65536)
+    peer_rtcp.transport.sendto(receiver_report(PEER_SSRC, session.ssrc, 64, 3, 1234, 80, their_lsr, dlsr),
                                gw_rtcp)
     await wait_for(lambda: session.rtcp.peer is not None and session.rtcp.peer.rtt is not None, timeout=5)
     q = session.quality()
