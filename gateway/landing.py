@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: (path, title, what it is)
 PAGES: list[tuple[str, str, str]] = [
+    ("/console", "Console",
+     "numbers and trunks (import, test connection, attach), agents, call history and each call's details"),
     ("/calls/live", "Live calls", "every live call on every carrier: audio meters, hangup and transfer buttons"),
     ("/call", "Browser call", "talk to an agent from this browser's microphone (WebRTC)"),
     ("/api/v1/openapi.json", "REST API (OpenAPI 3.1)",

@@ -202,3 +202,31 @@ async def test_call_logs_list_filters_and_fields(api):
 
 def test_mmss():
     assert [mmss(x) for x in (None, 0, 59.4, 59.6, 61, 3600)] == ["0:00", "0:00", "0:59", "1:00", "1:01", "60:00"]
+
+
+async def test_call_logs_filter_by_carrier_and_date(api):
+    from datetime import datetime, timedelta, timezone
+
+    store = api.gw.store
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    for uuid, carrier, at in (("a", "sip", day), ("b", "twilio", day + timedelta(hours=13, minutes=59)),
+                              ("c", "twilio", day + timedelta(days=1))):
+        await store.create_call({"call_uuid": uuid, "channel_type": carrier, "call_direction": "inbound",
+                                 "call_status": "completed", "created_at": at})
+
+    async def uuids(**params: str) -> list[str]:
+        status, body = await api.get("/calls/logs", params=params)
+        assert status == 200, body
+        assert body["total"] == len(body["call_log_data"])
+        return [c["call_uuid"] for c in body["call_log_data"]]
+
+    assert await uuids(carrier="twilio") == ["c", "b"]
+    assert await uuids(since="2026-11-20", until="2026-11-20") == ["b", "a"]     # a bare date: the whole UTC day
+    assert await uuids(since="2026-11-21") == ["c"]
+    assert await uuids(until="2026-11-20T10:00:00Z") == ["a"]                   # a date-time end is inclusive
+    assert await uuids(since="2026-11-20T12:00:00+02:00", carrier="twilio") == ["c", "b"]
+    assert await uuids(carrier="vonage") == []
+    for params, field in (({"since": "yesterday"}, "since"), ({"until": "2026-13-01"}, "until"),
+                          ({"since": "2026-11-21", "until": "2026-11-20"}, "until")):
+        status, body = await api.get("/calls/logs", params=params)
+        assert status == 400 and body["field"] == field, body

@@ -18,7 +18,7 @@ async def _links(gw) -> tuple[str, dict[str, str]]:
 async def test_landing_page_links_every_page_and_each_answers(make_gateway):
     gw = await make_gateway(carriers={"webrtc": WebRTCCarrier})
     page, links = await _links(gw)
-    assert list(links) == ["/calls/live", "/call", "/api/v1/openapi.json", "/metrics", "/healthz"]
+    assert list(links) == ["/console", "/calls/live", "/call", "/api/v1/openapi.json", "/metrics", "/healthz"]
     async with aiohttp.ClientSession() as s:
         for path in links:
             headers = {"Authorization": f"Bearer {API_KEY}"} if path.startswith("/api/") else {}

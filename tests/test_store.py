@@ -128,3 +128,21 @@ async def test_webhook_outbox_rows_in_order_per_owner(store):
     assert [r["delivery_id"] for r in rows] == ["d0", "d2", "d4"]
     assert [r["body"] for r in rows] == ['{"n": 0}', '{"n": 2}', '{"n": 4}']
     assert [r["delivery_id"] for r in await store.outbox_load("node-b")] == ["d9"]
+
+
+async def test_call_list_filters_by_carrier_and_time(store):
+    from datetime import datetime, timedelta, timezone
+
+    day = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)
+    for i, (carrier, at) in enumerate((("sip", day), ("twilio", day + timedelta(hours=1)),
+                                       ("twilio", day + timedelta(days=2)))):
+        await store.create_call(call_fields(f"c{i}", channel_type=carrier, created_at=at))
+    rows, total = await store.list_calls(carrier="twilio")
+    assert total == 2 and {r["call_uuid"] for r in rows} == {"c1", "c2"}
+    rows, total = await store.list_calls(since=day + timedelta(minutes=30), until=day + timedelta(days=1))
+    assert total == 1 and rows[0]["call_uuid"] == "c1"          # since inclusive, until exclusive
+    rows, total = await store.list_calls(since=day, carrier="sip")
+    assert total == 1 and rows[0]["call_uuid"] == "c0"
+    # a bound in another zone is the same instant
+    rows, total = await store.list_calls(until=(day + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=5))))
+    assert total == 1 and rows[0]["call_uuid"] == "c0"

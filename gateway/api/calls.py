@@ -19,7 +19,7 @@ from . import models
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .models import parse
 from .numbers import scrub
-from .validation import as_int, as_str, bad, pagination, reject_unknown
+from .validation import as_int, as_str, as_time_bound, bad, pagination, reject_unknown
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -117,7 +117,7 @@ async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = request.query
     reject_unknown(dict(q), {"pageno", "pagesize", "agentid", "agent_id", "call_status", "carrier_sid",
-                             "bulk_call_id"})
+                             "bulk_call_id", "carrier", "since", "until"})
     pageno, pagesize = pagination(q)
     agent_key = "agentid" if q.get("agentid") else "agent_id"
     agent_id = as_int(q[agent_key], agent_key, minimum=1) if q.get(agent_key) else None
@@ -128,8 +128,14 @@ async def list_logs(request: web.Request) -> web.Response:
     # OmniDimension's campaign filter: here a call belongs to bulk call N when dispatched with
     # call_context.bulk_call_id = N
     bulk = as_int(q["bulk_call_id"], "bulk_call_id", minimum=1) if q.get("bulk_call_id") else None
+    carrier = as_str(q["carrier"], "carrier", max_len=32) if q.get("carrier") else None
+    since = as_time_bound(q["since"], "since", end=False) if q.get("since") else None
+    until = as_time_bound(q["until"], "until", end=True) if q.get("until") else None
+    if since is not None and until is not None and until <= since:
+        raise bad("until", "must be after since")
     rows, total = await gw.store.list_calls(pageno, pagesize, agent_id=agent_id, call_status=status,
-                                            carrier_sid=sid, bulk_call_id=bulk)
+                                            carrier_sid=sid, bulk_call_id=bulk, carrier=carrier,
+                                            since=since, until=until)
     return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
                               "pagesize": pagesize, "call_log_data": [call_log_json(r) for r in rows]})
 

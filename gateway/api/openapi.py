@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..amd.settings import PROVIDERS as AMD_PROVIDERS
+from ..call import CALL_STATUSES
 from ..carrier import ImportField
 from . import models
 from .numbers import providers
@@ -82,11 +84,18 @@ PAGE = [_param("pageno", "query", {"type": "integer", "minimum": 1, "default": 1
 
 
 def _schemas(gw: "Gateway") -> dict[str, Any]:
-    transfer = {"type": "object", "properties": {
+    target = {
         "number": {"type": "string", "pattern": r"^\+[1-9]\d{6,14}$"},
         "backup_numbers": {"type": "array", "items": {"type": "string"}},
-        "type": {"type": "string", "enum": ["static", "dynamic"]},
-        "transfer_condition": {"type": "string"}, "transfer_message": {"type": "string"}}}
+        "type": {"type": "string", "enum": ["static", "dynamic"], "default": "static"},
+        "transfer_condition": {"type": "string"},
+        "transfer_message": {"type": "string", "description": "said before transferring: text, or a WAV path or "
+                                                              "http(s) URL ending .wav"}}
+    transfer = {"type": "object", "properties": {
+        "enabled": {"type": "boolean", "default": True, "description": "false: the engine's transfers are refused"},
+        **target,
+        "transfer_options": {"type": "array", "description": "several targets the engine chooses between",
+                             "items": {"type": "object", "required": ["number"], "properties": target}}}}
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["success", "error"], "properties": {
             "success": {"const": False}, "error": {"type": "string"}, "field": {"type": ["string", "null"]}}},
@@ -112,15 +121,16 @@ def _schemas(gw: "Gateway") -> dict[str, Any]:
                 "transfer": transfer,
                 "end_call": {"type": "object", "properties": {"enabled": {"type": "boolean"},
                                                               "phrases": {"type": "array",
-                                                                          "items": {"type": "string"}}}},
-                "voicemail": {"type": "object", "properties": {"enabled": {"type": "boolean"},
+                                                                          "items": {"type": "string"}},
+                                                              "message": {"type": "string"}}},
+                "voicemail": {"type": "object", "properties": {"enabled": {"type": "boolean", "default": False},
                                                                "message": {"type": "string"}}},
                 "webhook": {"type": "object", "properties": {"secret": {
                     "type": ["string", "null"], "minLength": 16, "maxLength": 200, "writeOnly": True,
                     "description": "signs each delivery (X-Gateway-Signature); shown as \"****\""}}},
-                "amd": {"type": "object", "properties": {"enabled": {"type": "boolean"},
-                                                         "provider": {"type": "string",
-                                                                      "enum": ["gateway", "twilio"]}}}}}}},
+                "amd": {"type": "object", "properties": {"enabled": {"type": "boolean", "default": False},
+                                                         "provider": {"type": "string", "default": "gateway",
+                                                                      "enum": list(AMD_PROVIDERS)}}}}}}},
         "Agent": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                                                    "engine": {"type": ["string", "null"]},
                                                    "webhook_url": {"type": ["string", "null"]},
@@ -199,8 +209,14 @@ def build(gw: "Gateway") -> dict[str, Any]:
             errors=(400, 401, 404, 409, 502, 503))},
         f"{p}/calls/logs": {"get": _op(
             "Call log", tag="calls", errors=(400, 401), params=PAGE + [
-                _param("agentid", "query", {"type": "integer"}), _param("call_status", "query"),
-                _param("carrier_sid", "query")],
+                _param("agentid", "query", {"type": "integer"}),
+                _param("call_status", "query", {"type": "string", "enum": list(CALL_STATUSES)}),
+                _param("carrier_sid", "query"), _param("bulk_call_id", "query", {"type": "integer"}),
+                _param("carrier", "query", description="the call's carrier (channel_type), e.g. sip, twilio"),
+                _param("since", "query", {"type": "string"}, description="created at or after: YYYY-MM-DD "
+                       "(UTC day) or an ISO 8601 date-time (no zone: UTC)"),
+                _param("until", "query", {"type": "string"}, description="created up to: YYYY-MM-DD (through "
+                       "that UTC day) or an ISO 8601 date-time (inclusive)")],
             ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
                                                  "call_log_data": {"type": "array", "items": _ref("CallLog")}}})},
         f"{p}/calls/logs/{{id}}": {"get": _op(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from yarl import URL
@@ -62,6 +63,26 @@ def as_list(value: Any, field: str) -> list[Any]:
     if not isinstance(value, list):
         raise bad(field, "must be a list")
     return value
+
+
+def as_time_bound(value: Any, field: str, *, end: bool) -> datetime:
+    """A date filter bound: an ISO 8601 date (`2026-11-30`: the whole day, UTC) or date-time (no zone: UTC).
+
+    Returns the instant to compare with: a start bound is inclusive; for an end bound the caller compares with
+    `<`, so a bare date as end bound becomes the next midnight (the named day is included)."""
+    text = as_str(value, field, max_len=64)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            at = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+        else:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+            if end:
+                at += timedelta(microseconds=1)
+    except (ValueError, OverflowError):
+        raise bad(field, f"must be a date (YYYY-MM-DD) or an ISO 8601 date-time (got {text[:40]!r})") from None
+    return at
 
 
 def as_e164(value: Any, field: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncio
@@ -109,6 +109,13 @@ _CALL_DEFAULTS: dict[str, Any] = {
 # rarely (cli.py), so they piled up per call until a full collection.
 _SELECT_EXTRA = select(CallLog.id, CallLog.extra).where(CallLog.id.in_(bindparam("ids", expanding=True)))
 _DELETE_OUTBOX = delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(bindparam("ids", expanding=True)))
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """`at` as an aware UTC datetime (naive means UTC already)."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
 
 
 class Store(ClusterStore):
@@ -499,10 +506,20 @@ class Store(ClusterStore):
 
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
                          call_status: str | None = None, carrier_sid: str | None = None,
-                         bulk_call_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
+                         bulk_call_id: int | None = None, carrier: str | None = None,
+                         since: datetime | None = None, until: datetime | None = None
+                         ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first. `carrier` is the call's channel_type; `since` (inclusive) and `until` (exclusive) bound
+        created_at (SQLite compares the stored text, so both are turned into UTC first, as every time is stored)."""
         await self.flush()
+        since, until = _utc(since), _utc(until)
         q = select(CallLog)
         cq = select(func.count(CallLog.id))
+        for cond in ((CallLog.channel_type == carrier) if carrier else None,
+                     (CallLog.created_at >= since) if since is not None else None,
+                     (CallLog.created_at < until) if until is not None else None):
+            if cond is not None:
+                q, cq = q.where(cond), cq.where(cond)
         if bulk_call_id is not None:   # call_context.bulk_call_id, as a number or a numeric string
             tag = CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id)
             q, cq = q.where(tag), cq.where(tag)
