@@ -9,13 +9,26 @@ import asyncio
 import socket
 import struct
 import time
+from dataclasses import dataclass
 
 import pytest
+import pytest_asyncio
 
-from gateway.rtp import RtpEngine
+from gateway.call import Call
+from gateway.rtp import RtpEngine, RtpSession
 from gateway.rtp.packet import build_rtp
 from gateway.rtp.rtcp import ReceptionStats, mos, report_interval
-from sipp import call_rows, metric_value, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from sipp import (
+    call_rows,
+    metric_value,
+    metrics_text,
+    needs_sipp,
+    rtp_range,
+    sip_gateway,
+    sip_number,
+    sipp_uac,
+    wait_for,
+)
 from test_rtp_session import start_call, tone_ulaw
 
 NTP_OFFSET = 2208988800
@@ -95,12 +108,33 @@ def reports(packets: list[bytes], pt: int) -> list[list[tuple[int, int, bytes]]]
     return [c for c in (parse_compound(p) for p in packets if len(p) > 1 and p[1] in (200, 201)) if c[0][0] == pt]
 
 
-async def test_sender_and_receiver_reports_both_ways(make_gateway):
+@dataclass
+class RtcpEnv:
+    call: Call
+    session: RtpSession
+    peer_rtp: Collector
+    peer_rtcp: Collector
+    port: int
+
+
+@pytest_asyncio.fixture
+async def env(make_gateway):
+    """A real call on the echo engine, its RTP session on a private range, and the far end's socket pair."""
     gw = await make_gateway(engine="echo")
-    rtp = RtpEngine("127.0.0.1", 41200, 41300)
+    ports = rtp_range()
+    rtp = RtpEngine("127.0.0.1", ports["rtp_port_min"], ports["rtp_port_max"])
     await rtp.start()
     peer_rtp, peer_rtcp, port = await peer_pair()
     call, session = await start_call(gw, rtp, port)
+    yield RtcpEnv(call, session, peer_rtp, peer_rtcp, port)
+    await call.end("user", "test over")
+    await rtp.stop()
+    peer_rtp.transport.close()
+    peer_rtcp.transport.close()
+
+
+async def test_sender_and_receiver_reports_both_ways(env):
+    session, peer_rtp, peer_rtcp = env.session, env.peer_rtp, env.peer_rtcp
     assert session.rtcp_transport is not None     # the engine bound local_port + 1
     gw_rtp, gw_rtcp = ("127.0.0.1", session.local_port), ("127.0.0.1", session.local_port + 1)
     base = 40000
@@ -149,28 +183,16 @@ async def test_sender_and_receiver_reports_both_ways(make_gateway):
     await wait_for(lambda: any(p[0] == 203 for r in reports(peer_rtcp.packets, 200) + reports(peer_rtcp.packets,
                                                                                                  201) for p in r),
                    timeout=5)
-    await call.end("user", "test over")
-    await rtp.stop()
-    peer_rtp.transport.close()
-    peer_rtcp.transport.close()
 
 
-async def test_rtcp_mux_uses_the_rtp_port(make_gateway):
-    gw = await make_gateway(engine="echo")
-    rtp = RtpEngine("127.0.0.1", 41400, 41500)
-    await rtp.start()
-    peer_rtp, peer_rtcp, port = await peer_pair()
-    call, session = await start_call(gw, rtp, port)
-    session.configure(("127.0.0.1", port), "PCMU", 0, 101, rtcp_mux=True)
+async def test_rtcp_mux_uses_the_rtp_port(env):
+    session, peer_rtp, peer_rtcp = env.session, env.peer_rtp, env.peer_rtcp
+    session.configure(("127.0.0.1", env.port), "PCMU", 0, 101, rtcp_mux=True)
     peer_rtp.transport.sendto(sender_report(PEER_SSRC, ntp64(time.time()), 0, 0, 0),
                               ("127.0.0.1", session.local_port))          # RTCP on the RTP port
     await wait_for(lambda: session.rtcp.received["sr"] == 1, timeout=5)
     await wait_for(lambda: reports(peer_rtp.packets, 200), timeout=10)   # our SR came to the RTP port
     assert not peer_rtcp.packets
-    await call.end("user", "test over")
-    await rtp.stop()
-    peer_rtp.transport.close()
-    peer_rtcp.transport.close()
 
 
 def test_reception_stats_follow_rfc3550_appendix_a3():

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode  # noqa: E402
 
 from gateway.tracing import CallTracing  # noqa: E402
-from sipp import needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for  # noqa: E402
+from sipp import needs_sipp, serve_app, sip_gateway, sip_number, sipp_uac, wait_for  # noqa: E402
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
 
@@ -80,11 +80,7 @@ async def test_spans_reach_an_otlp_http_collector(make_gateway):
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_app(app)
     try:
         gw = await sip_gateway(make_gateway, otel_endpoint=f"http://127.0.0.1:{port}/v1/traces")
         assert gw.tracing.enabled

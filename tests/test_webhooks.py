@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.frames import AudioFrame, HangupSource
 from gateway.webhooks import sign, verify
+from sipp import serve_app
 from test_api_fakes import FakeLeg
 
 LIFECYCLE = ["phone_call:connection_requested", "phone_call:accepted", "conversation:started",
@@ -185,11 +186,7 @@ async def test_non_2xx_is_not_success(make_gateway, status):
     app = web.Application()
     app.router.add_post("/hook", handler)
     app.router.add_post("/elsewhere", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_app(app)
     try:
         gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
         gw.webhooks.backoff, gw.webhooks.retries = 0.01, 2
