@@ -145,11 +145,12 @@ class Rtcp:
         self.sent = {"sr": 0, "rr": 0}
         self.received = {"sr": 0, "rr": 0}
         self.errors = 0
-        self._sent_since_report = False
 
-    def schedule(self, now: float, *, initial: bool = False) -> None:
-        senders = 1 + (self.remote_ssrc is not None)
-        self.due = now + report_interval(2, senders, self._sent_since_report, self._avg_size, initial)
+    def schedule(self, now: float, *, we_sent: bool = False, initial: bool = False) -> None:
+        """Set `due` to the next report time (two members: us and the peer; it counts as a sender once it sent
+        an SR)."""
+        senders = we_sent + (self.remote_ssrc is not None)
+        self.due = now + report_interval(2, senders, we_sent, self._avg_size, initial)
 
     def _track_size(self, size: int) -> None:
         self._avg_size += (size + 28 - self._avg_size) / 16   # + UDP/IP headers, A.7
@@ -179,7 +180,6 @@ class Rtcp:
         if bye:
             data += bytes(RtcpByePacket(sources=[self.ssrc]))
         self._track_size(len(data))
-        self._sent_since_report = False
         return data
 
     # -- theirs -------------------------------------------------------------------------------------------------
@@ -221,10 +221,6 @@ class Rtcp:
             previous = self.peer.rtt if self.peer is not None else None
             self.peer = PeerReport(b.fraction_lost / 256, b.packets_lost, b.jitter, rtt if rtt is not None
                                    else previous)
-
-    def note_sent(self) -> None:
-        """We sent RTP: the next report is an SR."""
-        self._sent_since_report = True
 
 
 def mos(loss: float, jitter: float, rtt: float | None, bpl: float = 4.3) -> tuple[float, float]:

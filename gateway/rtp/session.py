@@ -213,11 +213,11 @@ class RtpSession(asyncio.DatagramProtocol):
     def _report(self, bye: bool = False) -> None:
         """Send our compound RTCP report (SR after we sent RTP, else RR) and schedule the next one."""
         rtcp = self.rtcp
-        rtcp.schedule(self.engine.now)
-        if self.remote is None:
-            return
         we_sent = self.sent > self._sent_at_report
         self._sent_at_report = self.sent
+        rtcp.schedule(self.engine.now, we_sent=we_sent)
+        if self.remote is None:
+            return
         data = rtcp.build(packets_sent=self.sent, octets_sent=self.octets, rtp_timestamp=self._ts,
                           jitter_ts=self.jitter_ts, we_sent=we_sent, bye=bye)
         if self.rtcp_mux:
