@@ -28,11 +28,12 @@ def free_port() -> int:
 def start_gateway(tmp: str, port: int, core: int | None, carrier: str) -> subprocess.Popen:
     """`gateway serve` with only `carrier`, no SIP, the echo engine and the database prepared in `tmp`/gw.db."""
     env = dict(os.environ, GATEWAY_CARRIERS=carrier, GATEWAY_ENABLE_SIP="false", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
-         "--db", os.path.join(tmp, "gw.db"), "--data-dir", tmp, "--engine", "echo", "--api-key", "bench",
-         "--public-url", f"http://127.0.0.1:{port}", "--max-calls", "10000", "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "gateway.log"), "w"))
+    with open(os.path.join(tmp, "gateway.log"), "w") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
+             "--db", os.path.join(tmp, "gw.db"), "--data-dir", tmp, "--engine", "echo", "--api-key", "bench",
+             "--public-url", f"http://127.0.0.1:{port}", "--max-calls", "10000", "--log-level", "WARNING"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
     return proc

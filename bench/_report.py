@@ -47,7 +47,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def section(name: str, title: str, body: str, command: str | None = None) -> str:
     command = command or "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!-- bench:{name} -->\n## {title}\n\n"
             f"Machine: {machine()}. Date: {now}. Command: `{command}`.\n\n"
             f"{body.strip()}\n<!-- /bench:{name} -->")

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 
 EXOPHONE = "+918047491899"
 ACCOUNT = "benchacct"

@@ -9,8 +9,8 @@ re-framing) with N simultaneous calls paced in real time (20 ms), on uvloop when
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import asyncio
+import importlib.util
 import math
 import random
 import statistics
@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.cli import run_async  # noqa: E402
 from bench._report import write_section  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.frames import AudioFrame  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
@@ -69,7 +69,7 @@ async def one_call(gw: Gateway, frames: list[bytes], out: list[float], offset: f
         await asyncio.sleep(max(0.0, t - loop.time()))
     try:
         await asyncio.wait_for(r, 2.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     await call.end("user", "bench")
 

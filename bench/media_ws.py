@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 
 NUMBER = "+15005550006"
 ACCOUNT = "AC" + secrets.token_hex(16)
@@ -105,7 +105,8 @@ class Call:
                 now = time.monotonic()
                 self.res.late_sends.append(now - due)
                 self.res.sent.append(now)
-                await self.ws.send(head + f'{i + 1}","payload":"{self.payloads[(self.start_at + i) % len(self.payloads)]}"}}}}')
+                payload = self.payloads[(self.start_at + i) % len(self.payloads)]
+                await self.ws.send(head + f'{i + 1}","payload":"{payload}"}}}}')
             deadline = time.monotonic() + 1.0
             while len(self.res.received) < frames and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._report import table, write_section  # noqa: E402
-from bench.media_ws import RECORDING, prepare_db, run_step as twilio_step  # noqa: E402
+from bench.media_ws import RECORDING, prepare_db  # noqa: E402
+from bench.media_ws import run_step as twilio_step  # noqa: E402
 from bench.sip_load import long_media_scenario, media_port  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.loadtest.command import free_port, parse_metrics, provision  # noqa: E402
@@ -76,7 +77,7 @@ class Node:
     def procs(self) -> set[str]:
         return {"bench"} if self.workers == 1 else {f"bench.{k}" for k in range(1, self.workers + 1)}
 
-    async def start(self) -> "Node":
+    async def start(self) -> Node:
         await reset_schema(self.db)
         if self.carriers == "twilio":
             await prepare_db(self.db)          # bench/media_ws.py's Twilio account, number and echo agent
@@ -84,12 +85,13 @@ class Node:
                "GATEWAY_SIP_HOST": "127.0.0.1", "GATEWAY_ADVERTISED_IP": "127.0.0.1",
                "GATEWAY_RTP_PORT_MIN": "30000", "GATEWAY_RTP_PORT_MAX": "39999",
                "GATEWAY_ENABLE_SIP": "true" if self.carriers == "sip" else "false"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--workers", str(self.workers), "--db", self.db,
-             "--host", "127.0.0.1", "--http-port", str(self.http_port), "--sip-port", str(self.sip_port),
-             "--engine", "echo", "--data-dir", str(self.tmp), "--api-key", API_KEY, "--max-calls", "10000",
-             "--public-url", self.url, "--log-level", "WARNING", "--http-max-connections-per-ip", "10000"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "gateway.log", "w"))
+        with open(self.tmp / "gateway.log", "w") as log:   # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--workers", str(self.workers), "--db", self.db,
+                 "--host", "127.0.0.1", "--http-port", str(self.http_port), "--sip-port", str(self.sip_port),
+                 "--engine", "echo", "--data-dir", str(self.tmp), "--api-key", API_KEY, "--max-calls", "10000",
+                 "--public-url", self.url, "--log-level", "WARNING", "--http-max-connections-per-ip", "10000"],
+                env=env, stdout=subprocess.DEVNULL, stderr=log)
         await self._wait_all()
         if self.carriers == "sip":
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
@@ -117,11 +119,12 @@ class Node:
             ds.write_text(f"1 sip:127.0.0.1:{self.sip_port} 0 0 duid=bench\n")
         run = self.tmp / "kamailio-run"
         run.mkdir()
-        self.kam = subprocess.Popen(
-            ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), "-A",
-             f"LISTEN=udp:127.0.0.1:{self.kam_port}", "-A", f'DS_LIST="{ds}"', "-A", "DS_PING_INTERVAL=2",
-             "-A", f"CHILDREN={KAMAILIO_CHILDREN}"], stdout=subprocess.DEVNULL, stderr=open(self.tmp / "kamailio.log", "w"),
-            start_new_session=True)
+        with open(self.tmp / "kamailio.log", "w") as log:
+            self.kam = subprocess.Popen(
+                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), "-A",
+                 f"LISTEN=udp:127.0.0.1:{self.kam_port}", "-A", f'DS_LIST="{ds}"', "-A", "DS_PING_INTERVAL=2",
+                 "-A", f"CHILDREN={KAMAILIO_CHILDREN}"], stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True)
         end = time.monotonic() + 20
         while not (run / "kamailio_ctl").exists():
             if self.kam.poll() is not None or time.monotonic() > end:
@@ -192,7 +195,7 @@ async def one_worker(url: str, metrics: bool = False) -> tuple[str, dict[str, fl
                 return proc, {}
             async with http.get(url + "/metrics") as r:
                 return proc, parse_metrics(await r.text())
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 
@@ -328,7 +331,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 + table(["workers", "calls", "ok", "failed", "lost/late/unsent %", "clock late ticks",
                          "workers' CPU % (of one core)", "load avg", "verdict"], rows))
         write_section("scale_rtp", "Scale-out (b): G.711 echo calls through Kamailio, 1 vs 2 workers", body + NOTE,
-                      command=f"python bench/scale.py rtp --counts {','.join(map(str, args.counts))} --hold {args.hold:g}")
+                      command=f"python bench/scale.py rtp --counts {','.join(map(str, args.counts))} "
+                              f"--hold {args.hold:g}")
     elif args.kind == "cps":
         best, rows = await sweep(
             args.rates, lambda w, rate: cps_step(w, db, rate, args.seconds),

@@ -61,7 +61,8 @@ def micro(quick: bool) -> list[list]:
         return m.branch, m.from_tag, m.to, m.cseq
 
     rows = [
-        ["parse INVITE — sipmessage.Message.parse (no validation)", cpu_us(lambda: sipmessage.Message.parse(INVITE), n, rep)],
+        ["parse INVITE — sipmessage.Message.parse (no validation)",
+         cpu_us(lambda: sipmessage.Message.parse(INVITE), n, rep)],
         ["parse INVITE + Via/From/To/CSeq — sipmessage", cpu_us(sm_with_accessors, n, rep)],
         ["parse INVITE + Via/From/To/CSeq — gateway.sip.message", cpu_us(ours_with_accessors, n, rep)],
         ["serialize INVITE — gateway.sip.message", cpu_us(req.to_bytes, n, rep)],

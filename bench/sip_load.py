@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 from gateway.loadtest.command import SCENARIO_DIR, free_port, read_metrics, start_gateway  # noqa: E402
 from gateway.loadtest.sipp import run_sipp  # noqa: E402
 from gateway.procstat import ProcessSampler  # noqa: E402
@@ -91,10 +91,12 @@ async def step(rate: float, calls: int, hold_ms: int, rtp: bool, concurrent: int
         await gw.proc.wait()
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     s = result.stats
-    return {"rate": rate, "calls": calls, "ok": s.successful, "failed": s.failed + max(0, calls - s.successful - s.failed),
+    return {"rate": rate, "calls": calls, "ok": s.successful,
+            "failed": s.failed + max(0, calls - s.successful - s.failed),
             "cps": s.call_rate, "p50": result.percentile(50), "p99": result.percentile(99),
             "cpu_pct": 100 * sampler.cpu_used / max(wall, 1e-6), "rss_mib": sampler.rss_peak / 2**20,
-            "rtp_in": d.get("gateway_rtp_packets_received_total", 0), "rtp_out": d.get("gateway_rtp_packets_sent_total", 0),
+            "rtp_in": d.get("gateway_rtp_packets_received_total", 0),
+            "rtp_out": d.get("gateway_rtp_packets_sent_total", 0),
             "rtp_lost": d.get("gateway_rtp_packets_lost_total", 0) + d.get("gateway_rtp_packets_late_total", 0),
             "late_ticks": d.get("gateway_rtp_clock_late_ticks_total", 0), "killed": result.killed}
 
@@ -143,10 +145,12 @@ async def rtp(args: argparse.Namespace) -> None:
     write_section("sip_rtp", "SIP + RTP concurrency", (
         f"Largest number of simultaneous {args.hold:.0f}-second G.711 echo calls with < 0.1 % RTP lost or late "
         f"(inbound, counted by the gateway's jitter buffers) or left unsent (outbound: due = 50 packets/s per call, "
-        f"short when the shared clock had to skip ticks) and 0 failed calls: **{best}**. Counters from `/metrics`; SIPp plays G.711 A-law for the whole call into every call (g711a.pcap looped, 30 ms "
+        f"short when the shared clock had to skip ticks) and 0 failed calls: **{best}**. Counters from `/metrics`; "
+        "SIPp plays G.711 A-law for the whole call into every call (g711a.pcap looped, 30 ms "
         "packets) and runs on the other core.\n\n" + table(
             ["calls", "ok", "failed", "RTP in", "RTP out", "RTP out due", "lost/late/unsent %",
-             "clock late ticks", "gateway CPU %", "peak RSS MiB"], rows)), command=f"python bench/sip_load.py rtp --counts {args.counts} --hold {args.hold}")
+             "clock late ticks", "gateway CPU %", "peak RSS MiB"], rows)),
+        command=f"python bench/sip_load.py rtp --counts {args.counts} --hold {args.hold}")
 
 
 def main() -> None:

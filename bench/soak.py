@@ -94,7 +94,7 @@ async def soak(args: argparse.Namespace) -> None:
                               flush=True)
                 try:
                     await asyncio.wait_for(done.wait(), args.interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
         sampler = asyncio.create_task(sample())
@@ -106,7 +106,6 @@ async def soak(args: argparse.Namespace) -> None:
         await gw.proc.wait()
         await receiver.cleanup()
     s = result.stats
-    finished = samples[-1][1] if samples else 0
     warm = [p for p in samples if p[0] >= args.warmup * samples[-1][0]] if samples else []
     per_call = slope([(f, rss) for _, f, rss in warm]) if len(warm) > 2 else float("nan")
     early = [p for p in samples if p not in warm]

@@ -77,7 +77,8 @@ def main() -> None:
     rows = [("Twilio message in → PCM16 16 kHz", "serializer_in_us"),
             ("PCM16 16 kHz → Twilio message out", "serializer_out_us"),
             ("codec only: μ-law 8k → 16k → μ-law 8k", "codec_round_trip_us")]
-    lines = [f"Per 20 ms frame: mean over {args.frames} frames, best of {args.runs} interleaved runs per side; pipecat-ai {version} (soxr stream resampler) in its "
+    lines = [f"Per 20 ms frame: mean over {args.frames} frames, best of {args.runs} interleaved runs per side; "
+             f"pipecat-ai {version} (soxr stream resampler) in its "
              "own venv vs this gateway (voicecodecs polyphase FIR + audioop G.711). Ratio = pipecat / ours "
              "(higher is better for us).", "",
              "| path | ours (µs) | pipecat (µs) | ratio |", "|---|---|---|---|"]

@@ -27,12 +27,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from websockets.asyncio.client import connect  # noqa: E402
+
 from bench import media_ws  # noqa: E402
 from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from gateway.cli import run_async  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.pipecat_env import pipecat_python, pipecat_version  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
 
 
 class ByteCall(media_ws.Call):
@@ -95,9 +96,10 @@ async def run_step(port: int, pid: int, n: int, seconds: float, payloads: list[s
 
 
 def start_pipecat(port: int, core: int | None, tmp: str) -> subprocess.Popen:
-    proc = subprocess.Popen([pipecat_python(), str(ROOT / "bench" / "peers" / "pipecat_twilio_echo.py"),
-                             "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(tmp, "pipecat.log"), "w"))
+    with open(os.path.join(tmp, "pipecat.log"), "w") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([pipecat_python(), str(ROOT / "bench" / "peers" / "pipecat_twilio_echo.py"),
+                                 "--port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=log)
     if core is not None:
         os.sched_setaffinity(proc.pid, {core})
     return proc

@@ -124,7 +124,7 @@ class MediaFormat:
         return pcm
 
     @classmethod
-    def from_start(cls, media_format: Any, url_rate: int | None) -> "MediaFormat":
+    def from_start(cls, media_format: Any, url_rate: int | None) -> MediaFormat:
         """Raises ValueError naming what is not supported."""
         mf = media_format if isinstance(media_format, dict) else {}
         enc = str(mf.get("encoding") or "").strip().lower()
@@ -338,10 +338,10 @@ class ExotelCallState:
     """What the gateway remembers about one Exotel CallSid across the websocket and the later HTTP applets."""
 
     call_sid: str
-    call: "Call"
+    call: Call
     number: dict[str, Any] | None
     transfer: TransferRequest | None = None
-    stream: "VoicebotStream | None" = None
+    stream: VoicebotStream | None = None
     ended_at: float | None = None
     watchdog: asyncio.TimerHandle | None = None
 
@@ -349,11 +349,11 @@ class ExotelCallState:
 class ExotelLeg:
     """The call's leg as the core sees it: there is no Exotel API to end or move a call, only closing the stream."""
 
-    def __init__(self, carrier: "ExotelCarrier", state: ExotelCallState) -> None:
+    def __init__(self, carrier: ExotelCarrier, state: ExotelCallState) -> None:
         self.carrier = carrier
         self.state = state
 
-    async def hangup(self, call: "Call", reason: str) -> None:
+    async def hangup(self, call: Call, reason: str) -> None:
         stream = self.state.stream
         if stream is None:
             if self.state.transfer is not None:
@@ -362,7 +362,7 @@ class ExotelLeg:
         graceful = call.hangup is not None and call.hangup.source is HangupSource.AGENT
         await stream.close_for("hangup", drain=graceful)
 
-    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
         stream = self.state.stream
         if stream is None:
             raise CarrierError("the Exotel stream is gone; the call can no longer be transferred", 409)
@@ -381,7 +381,7 @@ class VoicebotStream(MarkedPlayout):
 
     internal_mark = INTERNAL_MARK
 
-    def __init__(self, carrier: "ExotelCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, carrier: ExotelCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end
         self.carrier = carrier
         self.ws = ws
@@ -389,7 +389,7 @@ class VoicebotStream(MarkedPlayout):
         self.stream_sid: str | None = None
         self.fmt: MediaFormat | None = None
         self.state: ExotelCallState | None = None
-        self.call: "Call | None" = None
+        self.call: Call | None = None
         self.stopped: dict[str, Any] | None = None       # the `stop` message, when Exotel sent one
         self.closing_for: str | None = None               # "hangup" | "transfer" when we close the socket
         self.packer: ChunkPacker | None = None
@@ -665,7 +665,7 @@ class ExotelCarrier(Carrier):
     #: announcements; past the cap the stream's `start` still opens the call, only the early log row is skipped)
     max_announced = 200
 
-    def __init__(self, gateway: "Gateway", base_url: str | None = None) -> None:
+    def __init__(self, gateway: Gateway, base_url: str | None = None) -> None:
         super().__init__(gateway)
         #: overrides https://{exotel_subdomain} for every REST call (tests point it at a loopback fake)
         base_url = base_url or os.environ.get("GATEWAY_EXOTEL_API_BASE") or None
@@ -691,7 +691,7 @@ class ExotelCarrier(Carrier):
                 log.warning("ExoPhone accepts UNAUTHENTICATED Voicebot sockets and call_coming "
                             "(exotel_allow_unauthenticated)", extra={"carrier": "exotel", "number_id": n["id"]})
 
-    def _on_call_event(self, kind: str, call: "Call") -> None:
+    def _on_call_event(self, kind: str, call: Call) -> None:
         """An Exotel call ended (or moved to another process that took its stream): its watchdog has nothing
         left to guard."""
         if kind not in ("call_ended", "call_released") or call.carrier != self.name or not call.carrier_sid:
@@ -722,7 +722,7 @@ class ExotelCarrier(Carrier):
                 if now - st.ended_at > self.state_ttl:
                     del self._calls[sid]
 
-    def _remember(self, call_sid: str, call: "Call", number: dict[str, Any] | None) -> ExotelCallState:
+    def _remember(self, call_sid: str, call: Call, number: dict[str, Any] | None) -> ExotelCallState:
         self._prune()
         state = self._calls.get(call_sid)
         if state is None or state.call is not call:
@@ -874,7 +874,7 @@ class ExotelCarrier(Carrier):
         row = await self.gateway.store.find_call(carrier_sid=call_sid)
         return row is not None and row.get("channel_type") == self.name and bool(row.get("ended_at"))
 
-    def _waiting_outbound(self, to: str, frm: str) -> "Call | None":
+    def _waiting_outbound(self, to: str, frm: str) -> Call | None:
         """A dispatched call still waiting for its stream, matched on its two numbers: in case the flow's stream
         reports a leg sid other than the one Calls/connect returned (Exotel's docs do not promise they match)."""
         for st in self._calls.values():
@@ -1187,7 +1187,7 @@ class ExotelCarrier(Carrier):
         if "exotel" in settings:
             call_options(settings["exotel"])
 
-    async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
+    async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
         """Outbound: Exotel calls `to_number` first, then runs the number's App Bazaar flow (our Voicebot)."""
         creds = self._creds(number)
         app_id = creds.get("exotel_app_id")

@@ -65,7 +65,7 @@ async def await_start(ws: web.WebSocketResponse, codes: Any, timeout: float, tim
             raise StreamClosed(codes.START_TIMEOUT, timeout_reason)
         try:
             msg = await asyncio.wait_for(ws.receive(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         m = decode_event(msg, codes, binary_reason)
         if m is None:
@@ -92,8 +92,8 @@ class MarkedPlayout:
     internal_mark = "gw-"
     drain_errors: tuple[type[BaseException], ...] = (asyncio.TimeoutError, ConnectionError)
     ws: web.WebSocketResponse
-    call: "Call | None"
-    _mark_ids: "itertools.count[int]"
+    call: Call | None
+    _mark_ids: itertools.count[int]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -192,7 +192,7 @@ class MarkedPlayout:
                 try:
                     await asyncio.wait_for(pending.wait(), ahead)
                     return False
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         return True
 
@@ -230,7 +230,7 @@ class MarkedPlayout:
             self._wake_sender()
             try:
                 await asyncio.wait_for(asyncio.shield(sender), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if late:
                     self.log.warning(late)
                 sender.cancel()

@@ -4,7 +4,8 @@ Both carriers are told where our media socket is by URL (Telnyx `stream_url`, Pl
 signs the websocket upgrade, so the URL carries our call id and a one-time token (`?call_id=…&token=…`): the
 socket that presents it claims the call once. In a cluster the socket may reach another process than the one
 that handed the URL out: the SHA-256 of the token is in the call's row (`extra.<carrier>_stream_token_sha256`,
-committed before the URL leaves), so that process adopts the call (docs/deploy.md) once the token matches. The rest is the same state machine for both:
+committed before the URL leaves), so that process adopts the call (docs/deploy.md) once the token matches. The
+rest is the same state machine for both:
 
     connecting → live ⇄ transferring (→ released once a target answers) ; reconnecting after every target failed
 
@@ -43,7 +44,7 @@ def token_digest(token: str) -> str:
 
 @dataclass
 class LegState:
-    call: "Call"
+    call: Call
     number: dict[str, Any] | None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     carrier_id: str | None = None         # Telnyx call_control_id, Plivo CallUUID
@@ -59,17 +60,17 @@ class LegState:
 class RestLeg:
     """The core's CallLeg: hangup and transfer go to the carrier's REST API, after what the engine said has played."""
 
-    def __init__(self, carrier: "RestCallCarrier", st: LegState) -> None:
+    def __init__(self, carrier: RestCallCarrier, st: LegState) -> None:
         self.carrier = carrier
         self.st = st
 
-    async def hangup(self, call: "Call", reason: str) -> None:
+    async def hangup(self, call: Call, reason: str) -> None:
         if self.st.stream is not None and call.hangup is not None and call.hangup.source is HangupSource.AGENT:
             await self.st.stream.drain()     # the goodbye is heard before the line drops
         # the call ends here at once; the REST request finishes in the background (bounded by carrier_timeout)
         self.carrier.background(self.carrier.hangup_once(self.st))
 
-    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
         st = self.st
         if not st.carrier_id:
             raise CarrierError(f"the {self.carrier.label} call has no call id yet", 409)
@@ -141,7 +142,7 @@ class RestCallCarrier(Carrier):
             await asyncio.wait(list(self._tasks), timeout=5)
         self.legs.clear()
 
-    def _on_call_event(self, kind: str, call: "Call") -> None:
+    def _on_call_event(self, kind: str, call: Call) -> None:
         if kind not in ("call_ended", "call_released") or call.carrier != self.name:
             return
         st = self.legs.pop(call.id, None)
@@ -234,7 +235,7 @@ class RestCallCarrier(Carrier):
                 await ws.close(code=1011, message=b"internal error")
         return ws
 
-    async def claim_stream(self, stream: MediaStream, carrier_id: Any) -> tuple["Call", RestLeg]:
+    async def claim_stream(self, stream: MediaStream, carrier_id: Any) -> tuple[Call, RestLeg]:
         """The socket's `start`: its URL token must be the call's current one (used once), then attach."""
         q = stream.request.query
         st = self.legs.get(q.get("call_id", ""))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.call import Call
@@ -33,8 +33,17 @@ from gateway.sip.sdp import NoCommonCodec, SdpError, SessionDescription, answer_
 from gateway.sip.testconn import test_trunk
 from gateway.sip.transaction import TransactionLayer
 from gateway.sip.transport import SipTransport
-from gateway.sip.ua import (Credentials, IncomingInvite, InviteResult, OutgoingInvite, RequestFailed, SipSession,
-                            UserAgent, parse_reason, reason_header)
+from gateway.sip.ua import (
+    Credentials,
+    IncomingInvite,
+    InviteResult,
+    OutgoingInvite,
+    RequestFailed,
+    SipSession,
+    UserAgent,
+    parse_reason,
+    reason_header,
+)
 from gateway.throttle import FailureThrottle
 
 from .sip_presets import PRESETS, PresetError, apply_preset, parse_hostport
@@ -79,7 +88,7 @@ class TrunkTarget:
     sip_port: int | None = None     # as configured: without one, a host name is located through DNS SRV
 
     @classmethod
-    def of(cls, number: dict[str, Any]) -> "TrunkTarget":
+    def of(cls, number: dict[str, Any]) -> TrunkTarget:
         f = _flat(number)
         transport = (f.get("transport") or "udp").lower()
         port = int(f.get("sip_port") or (5061 if transport == "tls" else 5060))
@@ -112,7 +121,7 @@ class TrunkTarget:
 class SipLeg:
     """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer."""
 
-    def __init__(self, carrier: "SipCarrier", call: Call, number: dict[str, Any], rtp: Any) -> None:
+    def __init__(self, carrier: SipCarrier, call: Call, number: dict[str, Any], rtp: Any) -> None:
         self.carrier = carrier
         self.call = call
         self.number = number
@@ -514,7 +523,7 @@ class SipCarrier(Carrier):
             status["inbound_registration"] = None
             headers: list[tuple[str, str]] = []
         else:
-            until = datetime.now(timezone.utc) + timedelta(seconds=expires)
+            until = datetime.now(UTC) + timedelta(seconds=expires)
             status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{txn.source[1]}",
                                               "expires_at": until.isoformat()}
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gateway.sip.locate import is_literal
 from gateway.sip.numbering import DialFormatError, check_dial_prefix

@@ -34,16 +34,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway import safejson
 from gateway.amd import report_amd
 from gateway.amd.settings import amd_settings
+from gateway.call import utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp, problem_detail
-from gateway.call import utcnow
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
 
 from .restcall import LegState, RestCallCarrier
-from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
 from .twilio import number_settings
+from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
 
 log = logging.getLogger("carriers.telnyx")
 

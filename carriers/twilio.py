@@ -24,8 +24,12 @@ import aiohttp
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import (SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator,
-                                      get_signature_algorithm)
+from twilio.request_validator import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 from yarl import URL
@@ -149,7 +153,7 @@ def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: 
 class TwilioLeg:
     """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
 
-    def __init__(self, carrier: "TwilioCarrier", call: Call, creds: TwilioCreds) -> None:
+    def __init__(self, carrier: TwilioCarrier, call: Call, creds: TwilioCreds) -> None:
         self.carrier = carrier
         self.call = call
         self.creds = creds
@@ -177,15 +181,16 @@ class TwilioLeg:
             if not self.call.is_active or self.state != watching:
                 return
             if watching == "transferring":
-                log.warning("transfer never reported back", extra={"carrier": self.carrier.name, "call_id": self.call.id})
+                log.warning("transfer never reported back",
+                            extra={"carrier": self.carrier.name, "call_id": self.call.id})
                 self.released = True   # the caller may well be talking to the target: do not cut them off
                 if self.call.transfer_result is None:
                     target = self.carrier._current_target(self)
                     await self.call.transfer_finished(TransferResult(target, "unknown"))
                 await self.call.end(HangupSource.SYSTEM, reason)
             elif self.stream is None:
-                log.warning("no media stream for the call", extra={"carrier": self.carrier.name, "call_id": self.call.id,
-                                                                    "reason": reason})
+                log.warning("no media stream for the call",
+                            extra={"carrier": self.carrier.name, "call_id": self.call.id, "reason": reason})
                 await self.complete_at_twilio()
                 await self.call.end(HangupSource.CARRIER, reason, status="failed")
 
@@ -196,7 +201,7 @@ class TwilioLeg:
             self._watchdog.cancel()
         self._watchdog = None
 
-    def _shielded(self, coro: Any) -> "asyncio.Future":
+    def _shielded(self, coro: Any) -> asyncio.Future:
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
         return asyncio.shield(self.carrier.spawn(coro, report=False))
 
@@ -283,7 +288,8 @@ class TwilioLeg:
             await self.update_twiml(twiml)
             self.released = True
         except CarrierError as e:
-            log.warning("voicemail drop failed: %s", e.message, extra={"carrier": self.carrier.name, "call_id": call.id})
+            log.warning("voicemail drop failed: %s", e.message,
+                        extra={"carrier": self.carrier.name, "call_id": call.id})
             await self.complete_at_twilio()
         await call.record(voicemail_type=kind)
         await call.emit("call:voicemail_started", {"type": kind, "via": self.carrier.name})
@@ -810,7 +816,8 @@ class TwilioCarrier(Carrier):
         amd = wants_twilio_amd(call.agent, self.amd_provider)
         if amd:
             kwargs.update(machine_detection="DetectMessageEnd", async_amd="true",
-                          async_amd_status_callback=self.url(self.path("amd") + q), async_amd_status_callback_method="POST")
+                          async_amd_status_callback=self.url(self.path("amd") + q),
+                          async_amd_status_callback_method="POST")
         try:
             created = await self.client(creds).calls.create_async(**kwargs)
         except (TwilioRestException, CarrierError) as e:

@@ -61,7 +61,7 @@ class _Wake:
 
     __slots__ = ("stream",)
 
-    def __init__(self, stream: "MediaStream") -> None:
+    def __init__(self, stream: MediaStream) -> None:
         self.stream = stream
 
 
@@ -83,14 +83,14 @@ class MediaStream(MarkedPlayout):
     #: what closes one outgoing media message after its base64 payload (`_prefix` is set once the stream is known)
     _suffix = '"}}'
 
-    def __init__(self, carrier: "TwilioCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, carrier: TwilioCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
         self.carrier = carrier
         self.ws = ws
         self.request = request   # the upgrade: its X-Twilio-Signature is checked once `start` names the call
         self.stream_sid: str | None = None
-        self.call: "Call | None" = None
-        self.leg: "TwilioLeg | None" = None
+        self.call: Call | None = None
+        self.leg: TwilioLeg | None = None
         self.stopped = False
         self._sender: asyncio.Task | None = None
         self._prefix = ""
@@ -168,7 +168,8 @@ class MediaStream(MarkedPlayout):
                 if digit.upper() in _DIGITS and len(digit) == 1:
                     call.feed_event(Dtmf(digit.upper()))
                 else:
-                    log.warning("ignored malformed dtmf message", extra={"carrier": self.carrier.name, "call_id": call.id})
+                    log.warning("ignored malformed dtmf message",
+                                extra={"carrier": self.carrier.name, "call_id": call.id})
             elif event == "stop":
                 self.stopped = True
                 return

@@ -43,8 +43,18 @@ from gateway.amd import maybe_start_amd, report_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
-from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
-                            TransferRequest, TransferResult)
+from gateway.frames import (
+    AmdResult,
+    AnsweredBy,
+    AudioFrame,
+    Clear,
+    Dtmf,
+    HangupSource,
+    Mark,
+    SendDtmf,
+    TransferRequest,
+    TransferResult,
+)
 from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
@@ -223,12 +233,12 @@ def _token_digest(token: str) -> str:
 
 @dataclass
 class VonageCallState:
-    call: "Call"
+    call: Call
     number: dict[str, Any] | None
     token: str
     rate: int
     uuid: str | None = None
-    stream: "VonageStream | None" = None
+    stream: VonageStream | None = None
     state: str = "connecting"     # connecting → live ⇄ transferring / reconnecting; released once transferred
     transfer_targets: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -240,11 +250,11 @@ class VonageCallState:
 class VonageLeg:
     """Hangup / transfer / DTMF through Vonage's REST API (PUT /v1/calls/{uuid}); the socket alone cannot."""
 
-    def __init__(self, carrier: "VonageCarrier", st: VonageCallState) -> None:
+    def __init__(self, carrier: VonageCarrier, st: VonageCallState) -> None:
         self.carrier = carrier
         self.st = st
 
-    async def hangup(self, call: "Call", reason: str) -> None:
+    async def hangup(self, call: Call, reason: str) -> None:
         stream = self.st.stream
         if stream is not None:
             stream.closing_for = "hangup"
@@ -256,7 +266,7 @@ class VonageLeg:
             # closing the socket ends the NCCO's connect, which with nothing after it ends the call too
             await stream.ws.close(code=CloseCode.NORMAL, message=b"hangup")
 
-    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
         st = self.st
         creds = creds_of(st.number)
         if not creds.has_app or not st.uuid:
@@ -313,13 +323,13 @@ class VonageStream(MarkedPlayout):
     internal_mark = INTERNAL_MARK
     drain_errors = (asyncio.TimeoutError, ConnectionError, RuntimeError)
 
-    def __init__(self, carrier: "VonageCarrier", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, carrier: VonageCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end
         self.carrier = carrier
         self.ws = ws
         self.request = request
         self.st: VonageCallState | None = None
-        self.call: "Call | None" = None
+        self.call: Call | None = None
         self.rate = 16000
         self.frame = 640
         self.closing_for: str | None = None
@@ -348,7 +358,7 @@ class VonageStream(MarkedPlayout):
     async def _await_connected(self) -> None:
         try:
             msg = await self.ws.receive(timeout=self.carrier.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise StreamClosed(CloseCode.CONNECT_TIMEOUT, "no websocket:connected message") from None
         if msg.type != WSMsgType.TEXT:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be the websocket:connected JSON")
@@ -503,7 +513,7 @@ class VonageCarrier(Carrier):
     transfer_timeout = 4 * 3600.0
     ring_timeout = 30
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)
         #: base URLs of the Voice API and the account API; GATEWAY_VONAGE_API_BASE points both at one stand-in
         #: (tests/fakes/vonage_rest.py), plain http allowed
@@ -550,7 +560,7 @@ class VonageCarrier(Carrier):
         # in the first caller's answer webhook
         await asyncio.to_thread(_preload_sdk)
 
-    def _on_call_event(self, kind: str, call: "Call") -> None:
+    def _on_call_event(self, kind: str, call: Call) -> None:
         """Ended calls: stop their watchdog; keep their state a while for late webhooks, then forget it. A call
         released to another process (it adopted the stream) is forgotten at once."""
         if kind not in ("call_ended", "call_released") or call.carrier != self.name:
@@ -752,7 +762,7 @@ class VonageCarrier(Carrier):
         await self._publish_token(st)
         return web.json_response(self.stream_ncco(st))
 
-    def _state(self, call: "Call", number: dict[str, Any] | None, uuid: str | None) -> VonageCallState:
+    def _state(self, call: Call, number: dict[str, Any] | None, uuid: str | None) -> VonageCallState:
         rate = int(_setting(number, "vonage_audio_rate", 16000) or 16000)
         st = VonageCallState(call, number, secrets.token_urlsafe(18), rate if rate in RATES else 16000, uuid)
         self.states[call.id] = st
@@ -833,7 +843,7 @@ class VonageCarrier(Carrier):
                 await call.end(source, "caller_hangup" if status == "completed" else status)
         return web.Response(status=204)
 
-    async def _report_amd(self, call: "Call", result: AmdResult) -> None:
+    async def _report_amd(self, call: Call, result: AmdResult) -> None:
         """Through the AMD controller when one runs (agent voicemail behaviour), else straight to the call."""
         await report_amd(call, result)
 
@@ -1032,7 +1042,7 @@ class VonageCarrier(Carrier):
         if "vonage" in settings:
             call_options(settings["vonage"])
 
-    async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
+    async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
         """Outbound: POST /v1/calls with the NCCO inline (no answer webhook), events to us, Vonage AMD if asked."""
         from vonage_voice import CreateCallRequest, Phone, ToPhone
 

@@ -41,15 +41,14 @@ import aioice.ice
 import av
 import numpy as np
 from aiohttp import web
-from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription)
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from gateway import safejson
 from gateway.api.errors import ApiError, read_json
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier
-from gateway.frames import (AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest,
-                            TransferResult)
+from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
 from voicecodecs import StreamResampler
 from voicecodecs._audioop import audioop
 
@@ -128,7 +127,7 @@ class EngineTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, leg: "WebRTCLeg") -> None:
+    def __init__(self, leg: WebRTCLeg) -> None:
         super().__init__()
         self._leg = leg
         self._start: float | None = None
@@ -159,7 +158,7 @@ class EngineTrack(MediaStreamTrack):
 class WebRTCLeg:
     """One browser peer connection and the Call behind it."""
 
-    def __init__(self, carrier: "WebRTCCarrier", pc: RTCPeerConnection) -> None:
+    def __init__(self, carrier: WebRTCCarrier, pc: RTCPeerConnection) -> None:
         self.carrier = carrier
         self.pc = pc
         self.call = None
@@ -302,7 +301,7 @@ class WebRTCLeg:
         """Attach the call once media flows; give up if ICE/DTLS does not complete in time."""
         try:
             await asyncio.wait_for(self.connected.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.peer_gone("connect_timeout", HangupSource.CARRIER)
             return
         call = self.call

@@ -9,7 +9,8 @@ Connect mode — the gateway dials this engine for every call:
 Accept mode — this engine dials the gateway and keeps N idle connections, one per call it can take:
 
     gateway serve --engine accept
-    python examples/engine_client.py --connect ws://127.0.0.1:8080/engine/ws --api-key "$(cat ~/.telephony-gateway/api_key)" --concurrency 4
+    python examples/engine_client.py --connect ws://127.0.0.1:8080/engine/ws \
+        --api-key "$(cat ~/.telephony-gateway/api_key)" --concurrency 4
 
 In a cluster (several gateway processes) an idle connection may be sent `{"type": "redirect", "url": …}` instead
 of `start`: another process has a call for it. The engine then connects once to that URL (same API key, the pool
@@ -124,7 +125,7 @@ async def accept_worker(url: str, api_key: str, worker: int) -> None:
             continue  # the call is over (or we were redirected): offer ourselves again at once
         except websockets.InvalidStatus as e:
             if e.response.status_code in (400, 401):
-                raise Refused(f"gateway refused the engine: {e.response.status_code} {e.response.body!r}")
+                raise Refused(f"gateway refused the engine: {e.response.status_code} {e.response.body!r}") from e
             log.warning("worker %d: %s; retrying in %.1fs", worker, e, delay)
         except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake) as e:
             log.warning("worker %d: %s; retrying in %.1fs", worker, e, delay)
@@ -159,6 +160,6 @@ if __name__ == "__main__":
     try:
         asyncio.run(main())
     except Refused as e:
-        raise SystemExit(str(e))
+        raise SystemExit(str(e)) from None
     except KeyboardInterrupt:
         pass

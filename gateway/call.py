@@ -15,17 +15,30 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
 from .engine.base import EngineSession
-from .frames import (AmdResult, AudioFrame, BusItem, CallStarted, Clear, Hangup, HangupSource, SayThenTransfer,
-                     TransferRequest, TransferResult)
-from .transfer import TransferRefused, resolve as resolve_transfer
-from .turns import Timeline, analyze
+from .frames import (
+    AmdResult,
+    AudioFrame,
+    BusItem,
+    CallStarted,
+    Clear,
+    Hangup,
+    HangupSource,
+    SayThenTransfer,
+    TransferRequest,
+    TransferResult,
+)
 from .logsetup import ContextLogger
+from .recording.recorder import Recorder
+from .transfer import TransferRefused
+from .transfer import resolve as resolve_transfer
+from .turns import Timeline, analyze
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
@@ -37,7 +50,7 @@ Tap = Callable[[bytes], None]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 #: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
@@ -50,7 +63,7 @@ CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "
 
 
 class Call:
-    def __init__(self, manager: "CallManager", log_row: dict[str, Any], *, carrier: str, direction: str,
+    def __init__(self, manager: CallManager, log_row: dict[str, Any], *, carrier: str, direction: str,
                  from_number: str, to_number: str, agent: dict[str, Any] | None, number: dict[str, Any] | None,
                  metadata: dict[str, Any] | None = None) -> None:
         self.manager = manager
@@ -90,6 +103,11 @@ class Call:
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
+        #: the call's recording while it is written (gateway/recording/), and where it goes
+        self.recorder: Recorder | None = None
+        self.recording_info: dict[str, Any] = {}
+        #: a per-call recording override given to dispatch ({enabled, channels}); travels in the row (adoption)
+        self.recording_request: dict[str, Any] | None = (log_row.get("recording") or {}).get("request")
         self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
@@ -153,6 +171,7 @@ class Call:
         self._clock = asyncio.get_running_loop().time
         self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
+        await self.manager.gateway.recordings.start(self)
         self.answered = time.monotonic()
         metrics.setup.labels(self.carrier, self.direction).observe(self.answered - self.created)
         self.manager.gateway.tracing.media_up(self)
@@ -219,11 +238,16 @@ class Call:
                 return item
 
     def _played(self, item: BusItem) -> None:
-        """An item handed to the carrier: agent audio and clears go on the turn timeline."""
+        """An item handed to the carrier: agent audio and clears go on the turn timeline and into the recording."""
+        recorder = self.recorder
         if type(item) is AudioFrame:
             self.timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+            if recorder is not None:
+                recorder.agent(item.pcm)
         elif type(item) is Clear:
             self.timeline.agent_clear(self._clock())
+            if recorder is not None:
+                recorder.clear_agent()
 
     # -- actions ------------------------------------------------------------------------------------------------
     async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
@@ -375,6 +399,7 @@ class Call:
         self.manager.gateway.tracing.call_ended(self, self.hangup.reason)
         if self.bus is not None:
             self.bus.feed_event(self.hangup)
+        await self.manager.gateway.recordings.finish(self)
         final = status or ("completed" if self.answered else self.status if self.status not in
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0

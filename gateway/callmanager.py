@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, new_call_uuid
@@ -30,7 +30,7 @@ class DrainingError(CapacityError):
 
 
 class CallManager:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.active: dict[str, Call] = {}
         self._by_sid: dict[str, Call] = {}
@@ -67,15 +67,17 @@ class CallManager:
         """Wait until no call is live (or `timeout` seconds); True when idle."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
     async def create(self, *, carrier: str, direction: str, from_number: str, to_number: str,
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
-                     metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
-        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining)."""
+                     metadata: dict[str, Any] | None = None, status: str = "ringing",
+                     recording: dict[str, Any] | None = None) -> Call:
+        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining).
+        `recording`: a per-call override of the agent's recording settings ({enabled, channels})."""
         self.refuse_if_full(carrier)
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
@@ -85,6 +87,7 @@ class CallManager:
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
             "owner": self.gateway.settings.proc_id,
+            "recording": {"request": recording} if recording else None,
         })
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
@@ -124,7 +127,7 @@ class CallManager:
         call = Call(self, {**row, "owner": me}, carrier=carrier, direction=row["call_direction"],
                     from_number=row.get("from_number") or "", to_number=row.get("to_number") or "", agent=agent,
                     number=number, metadata={"call_context": ctx} if ctx else None)
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(row["created_at"])).total_seconds()
+        age = (datetime.now(UTC) - datetime.fromisoformat(row["created_at"])).total_seconds()
         call.created = time.monotonic() - max(0.0, age)
         # webhook sequence numbers go on from what the old owner sent (it flushed its events before answering)
         self.gateway.webhooks.resume_sequence(call, await self.store.count_call_events(call.log_id))

@@ -66,10 +66,10 @@ class ImportField:
 class CallLeg(Protocol):
     """The carrier side of one live call, as the core sees it."""
 
-    async def hangup(self, call: "Call", reason: str) -> None:
+    async def hangup(self, call: Call, reason: str) -> None:
         """End the call at the carrier (REST update, BYE, closing the stream…)."""
 
-    async def transfer(self, call: "Call", request: TransferRequest) -> None:
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
         """Move the caller to `request.number`, falling back to `request.backup_numbers` in order."""
 
 
@@ -83,7 +83,7 @@ class Carrier:
     import_fields: tuple[ImportField, ...] = ()
     number_field: str = "phone_number"
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.log = ContextLogger(log, {"carrier": self.name})
 
@@ -114,7 +114,7 @@ class Carrier:
     async def on_number_deleted(self, number: dict[str, Any]) -> None:
         """A number of this carrier was deleted."""
 
-    async def dispatch(self, call: "Call", number: dict[str, Any], to_number: str) -> None:
+    async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
         """Place an outbound call from `number` to `to_number` (E.164) for `call`."""
         raise CarrierError(f"carrier {self.name} cannot place outbound calls", 400)
 
@@ -134,7 +134,7 @@ class Carrier:
         raise CarrierError(f"carrier {self.name} has no connection test", 400)
 
 
-def load_carriers(gateway: "Gateway", names: list[str] | None = None) -> dict[str, Carrier]:
+def load_carriers(gateway: Gateway, names: list[str] | None = None) -> dict[str, Carrier]:
     """Instantiate the installed carriers (all, or those named)."""
     carriers: dict[str, Carrier] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):

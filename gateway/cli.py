@@ -299,7 +299,8 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "loadtest":
         from .loadtest.command import run as run_loadtest
         return run_async(run_loadtest(args))
-    from .cli_api import COMMANDS as API_COMMANDS, run as run_api
+    from .cli_api import COMMANDS as API_COMMANDS
+    from .cli_api import run as run_api
     if args.command in API_COMMANDS:
         return run_api(args)
     return 2

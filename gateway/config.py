@@ -81,12 +81,29 @@ class Settings:
     stale_after: float = 20.0
     #: seconds a command forwarded to the process owning a call waits for its answer
     control_timeout: float = 5.0
+    #: call recordings (docs/recording.md): WAV files under this directory (default <data_dir>/recordings), then
+    #: moved to an S3-compatible bucket when `recording_s3_bucket` is set (credentials: the usual AWS_* variables
+    #: or ~/.aws, read by boto3 — never stored by the gateway); deleted after `recording_retention_days` (0: kept)
+    recordings_dir: str = ""
+    recording_retention_days: float = 0.0
+    recording_s3_bucket: str = ""
+    recording_s3_prefix: str = "recordings/"
+    recording_s3_endpoint: str = ""     # e.g. http://minio:9000 for MinIO or another S3-compatible store
+    recording_s3_region: str = ""
+    #: seconds between sweeps: recordings left open by a dead process closed, failed uploads retried, old ones deleted
+    recording_sweep_interval: float = 300.0
+    #: music on hold: a WAV file the gateway plays to a held caller (default: a generated soft tone pattern)
+    moh_file: str = ""
     #: OTLP/HTTP endpoint for OpenTelemetry spans of call setup (gateway/tracing.py); empty = tracing off
     otel_endpoint: str = ""
 
     @property
     def db_url(self) -> str:
         return self.db or os.path.join(self.data_dir, "gateway.db")
+
+    @property
+    def recordings_path(self) -> str:
+        return self.recordings_dir or os.path.join(self.data_dir, "recordings")
 
     @property
     def proc_id(self) -> str:

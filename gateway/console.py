@@ -13,6 +13,7 @@ Referer sent anywhere.
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -42,13 +43,13 @@ async def console_page(request: web.Request) -> web.Response:
     return web.Response(text=_read("console.html"), content_type="text/html", headers=HEADERS)
 
 
-def _asset(name: str, content_type: str):
+def _asset(name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text=_read(name), content_type=content_type, headers=HEADERS)
     return handler
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> None:
+def setup_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_get(PATH, console_page)
     for name, content_type in ASSETS.items():
         app.router.add_get(f"{PATH}/{name}", _asset(name, content_type))

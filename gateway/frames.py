@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -123,6 +123,6 @@ class SayThenTransfer:
     number: str
 
 
-Event = Union[CallStarted, Dtmf, Mark, Clear, Hangup, TransferRequest, TransferResult, AmdResult, SendDtmf,
-              SpeechActivity, SayThenTransfer]
-BusItem = Union[AudioFrame, Event]
+Event = (CallStarted | Dtmf | Mark | Clear | Hangup | TransferRequest | TransferResult | AmdResult | SendDtmf
+         | SpeechActivity | SayThenTransfer)
+BusItem = AudioFrame | Event

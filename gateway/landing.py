@@ -50,5 +50,5 @@ async def landing_page(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> None:
+def setup_routes(app: web.Application, gateway: Gateway) -> None:
     app.router.add_get("/", landing_page)

@@ -47,7 +47,7 @@ AUTH_TIMEOUT = 10.0
 BACKLOG_MAX = 200
 
 
-def call_view(call: "Call") -> dict[str, Any]:
+def call_view(call: Call) -> dict[str, Any]:
     """What the page shows for one call: describe() plus agent name, hangup and outbound drops."""
     view = call.describe()
     view["agent_name"] = (call.agent or {}).get("name")
@@ -65,7 +65,7 @@ def call_view(call: "Call") -> dict[str, Any]:
 _REMOTE_CHANGES = ("status", "amd", "transfer", "owner")
 
 
-def meters(call: "Call") -> dict[str, Any]:
+def meters(call: Call) -> dict[str, Any]:
     c = call.bus.counters if call.bus else None
     return {"call_id": call.id, "level_in": c.level_in if c else 0, "level_out": c.level_out if c else 0,
             "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
@@ -97,7 +97,7 @@ class Viewer:
 
 
 class LiveFeed:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.viewers: set[Viewer] = set()
         self._meter_task: asyncio.Task | None = None
@@ -111,7 +111,7 @@ class LiveFeed:
         local = [call_view(c) for c in self.gateway.calls.active.values()]
         return json.dumps({"type": "snapshot", "calls": local + list(self.remote.values())})
 
-    def _on_call(self, kind: str, call: "Call") -> None:
+    def _on_call(self, kind: str, call: Call) -> None:
         if not self.viewers:
             return
         if kind == "call_released":   # adopted by another process: gone from here, listed as its call next read
@@ -183,7 +183,7 @@ class LiveFeed:
                 task.cancel()
 
 
-async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway: "Gateway") -> bool:
+async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway: Gateway) -> bool:
     source = request.remote or ""
 
     if gateway.api_throttle.banned(source):
@@ -197,7 +197,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, gateway
         return False
     try:
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await ws.close(code=4408, message=b"send {\"type\": \"auth\", \"api_key\": ...} first")
         return False
     if msg.type != WSMsgType.TEXT:
@@ -261,7 +261,7 @@ async def live_page(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> None:
+def setup_routes(app: web.Application, gateway: Gateway) -> None:
     feed = LiveFeed(gateway)
     app["live_feed"] = feed
     app.router.add_get("/calls/live", live_page)

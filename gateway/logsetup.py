@@ -20,8 +20,9 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
-from typing import Any, MutableMapping
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
 
 from .redact import MASK, redact_url
 
@@ -73,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname, "logger": record.name, "message": record.getMessage(),
         }
         for k, v in record_fields(record).items():

@@ -87,7 +87,7 @@ async def check_destination(url: str, allow_private: bool, timeout: float = 3.0)
     try:
         infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM),
                                        timeout)
-    except (OSError, asyncio.TimeoutError, UnicodeError):
+    except (TimeoutError, OSError, UnicodeError):
         return              # does not resolve (yet): refused at delivery if it ever resolves to a forbidden address
     for info in infos:
         _refuse(host, info[4][0])

@@ -41,12 +41,12 @@ class SecretBox:
         self.source = source
 
     @classmethod
-    def generate(cls) -> "SecretBox":
+    def generate(cls) -> SecretBox:
         """A box with a fresh key held only in memory (a throw-away store: benchmarks, tests)."""
         return cls([Fernet.generate_key()], "memory")
 
     @classmethod
-    def load(cls, secret_key: str, data_dir: str) -> "SecretBox":
+    def load(cls, secret_key: str, data_dir: str) -> SecretBox:
         """The configured keys (`secret_key`, comma-separated), else the key file, created 0600 when missing."""
         if secret_key.strip():
             return cls([k.strip() for k in secret_key.split(",") if k.strip()], "GATEWAY_SECRET_KEY")

@@ -13,8 +13,8 @@ webrtcvad 1.96 µs at 8 kHz, 2.41 µs at 16 kHz, 23.1 µs at 48 kHz; `audioop.rm
 `SpeechDetector.process()` ≈ 1.5 µs for a quiet frame and ≈ 4-8 µs for a loud one at 8 kHz (the machine was
 busier then). 1000 calls at 8 kHz are 50 000 frames/s, so 7-40 % of one core depending on how much is speech,
 versus ~1.5 % for an energy-only detector that would fire on every noisy line; either is small next to
-resampling (~40 µs per frame and direction). webrtcvad takes 8/16/32/48 kHz itself (48 kHz costs more, but less than our anti-aliased resampler at
-~40 µs); only other rates (24 kHz) are resampled to 16 kHz first.
+resampling (~40 µs per frame and direction). webrtcvad takes 8/16/32/48 kHz itself (48 kHz costs more, but less
+than our anti-aliased resampler at ~40 µs); only other rates (24 kHz) are resampled to 16 kHz first.
 
 Frame decisions are smoothed with hysteresis so a webhook receiver is never spammed: speech *starts* when at
 least 70 % of the last 200 ms is voiced (a click or a cough does not count), and *ends* after 600 ms in which
@@ -102,7 +102,7 @@ class SpeechTap:
     """A call tap: VAD on inbound carrier audio → `speech:*` events (ordered, off the audio path), engine frames
     and the caller side of the call's turn timeline (`call.timeline`)."""
 
-    def __init__(self, call: "Call", **detector_options: Any) -> None:
+    def __init__(self, call: Call, **detector_options: Any) -> None:
         rate = call.bus.carrier_rate
         self._call = call
         self._frames = Reframer(frame_bytes(rate))

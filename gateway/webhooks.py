@@ -217,7 +217,7 @@ class WebhookDispatcher:
                 if ended is not None and ended.is_set() and q.empty():
                     try:
                         d: Delivery = await asyncio.wait_for(q.get(), LINGER_S)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         return
                 else:
                     d = await q.get()
@@ -292,7 +292,7 @@ class WebhookDispatcher:
                         "event": d.event, "call_id": d.call_id, "host": host, "reason": str(blocked)})
                     return
                 problem = type(e).__name__
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                 problem = type(e).__name__
             log.warning("webhook delivery failed", extra={"event": d.event, "call_id": d.call_id,
                                                           "attempt": attempt, "problem": problem, "host": host})

@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -100,9 +101,8 @@ class GatewayProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway {self.node_id} exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                async with aiohttp.ClientSession() as s:
-                    async with s.get(self.url("/healthz")) as r:
-                        return r.status == 200
+                async with aiohttp.ClientSession() as s, s.get(self.url("/healthz")) as r:
+                    return r.status == 200
             except aiohttp.ClientError:
                 return False
         await wait_until(healthy, timeout, f"gateway {self.node_id} to answer /healthz", interval=0.1)
@@ -150,11 +150,12 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
                "GATEWAY_SECRET_KEY": SECRET_KEY,
                "GATEWAY_ALLOW_PRIVATE_WEBHOOKS": "true",     # the tests' webhook receiver listens on 127.0.0.1
                **(env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
-         "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
-         "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO"],
-        env=environ, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), cwd=str(ROOT))
+    with open(log_path, "w") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
+             "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
+             "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO"],
+            env=environ, stdout=subprocess.DEVNULL, stderr=log, cwd=str(ROOT))
     return GatewayProc(node_id, port, str(data_dir), proc, log_path)
 
 
@@ -174,6 +175,7 @@ class TwilioWorld:
     async def inbound(self, gw: GatewayProc) -> tuple[str, str]:
         """Twilio's voice webhook for a new inbound call, answered by `gw`: returns (call_id, call_sid)."""
         import re
+
         from fakes.twilio_env import CALLER, NUMBER
         from gateway.simulate.twilio_stream import post_signed
         call_sid = self.rest.add_call(self.account)

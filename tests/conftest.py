@@ -39,7 +39,7 @@ async def make_gateway(tmp_path):
     """
     started: list[Gateway] = []
 
-    async def factory(carriers: dict | None = {}, **overrides) -> Gateway:
+    async def factory(carriers: dict | None = {}, **overrides) -> Gateway:  # noqa: B006 (read only; None = all)
         kw = dict(host="127.0.0.1", http_port=0, sip_host="127.0.0.1", sip_port=0, data_dir=str(tmp_path),
                   api_key=API_KEY, engine="echo", advertised_ip="127.0.0.1", public_url="", secret_key=SECRET_KEY)
         kw.update(overrides)

@@ -33,7 +33,7 @@ class Dnsmasq:
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> "Dnsmasq":
+    async def __aenter__(self) -> Dnsmasq:
         for _ in range(3):   # another process may take the port between free_port() and dnsmasq's bind
             self.port = free_port()
             self.proc = await asyncio.create_subprocess_exec(

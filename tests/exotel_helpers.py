@@ -12,9 +12,8 @@ import asyncio
 import math
 from typing import Any
 
-from gateway.simulate.exotel_stream import ExotelStreamClient, Received  # noqa: F401
-
 from fakes.exotel_rest import ACCOUNT_SID, API_KEY, API_TOKEN, APP_ID, FakeExotelApi, basic  # noqa: F401
+from gateway.simulate.exotel_stream import ExotelStreamClient, Received  # noqa: F401
 
 EXOPHONE = "+918047491899"
 

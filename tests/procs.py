@@ -73,7 +73,7 @@ class GatewayProc:
 
     @classmethod
     async def start(cls, tmp: Path, *args: str, env: dict[str, str] | None = None, sip_port: int | None = None,
-                    carriers: str = "sip") -> "GatewayProc":
+                    carriers: str = "sip") -> GatewayProc:
         http_port = free_port(kind=__import__("socket").SOCK_STREAM)
         sip_port = sip_port or free_port()
         data_dir = tmp / "gw"
@@ -85,11 +85,12 @@ class GatewayProc:
                     "GATEWAY_RTP_PORT_MIN": str(rtp["rtp_port_min"]), "GATEWAY_RTP_PORT_MAX": str(rtp["rtp_port_max"]),
                     "GATEWAY_NODE_ID": NODE, **(env or {})}
         full_env.pop("GATEWAY_PUBLIC_URL", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
-             "--sip-port", str(sip_port), "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
-             "--log-level", "INFO", *args],
-            env=full_env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=str(tmp))
+        with open(log, "w") as out:   # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
+                 "--sip-port", str(sip_port), "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
+                 "--log-level", "INFO", *args],
+                env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=str(tmp))
         return cls(proc, http_port, sip_port, data_dir, log)
 
     def url(self, path: str = "") -> str:
@@ -104,7 +105,7 @@ class GatewayProc:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
                 async with http.get(self.url("/healthz"), timeout=aiohttp.ClientTimeout(total=5)) as r:
                     return r.status, await r.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+        except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
             return None
 
     async def wait_procs(self, procs: set[str], timeout: float = 90) -> None:
@@ -190,17 +191,18 @@ class KamailioProc:
 
     @classmethod
     async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000
-                    ) -> "KamailioProc":
+                    ) -> KamailioProc:
         port = free_port()
         run_dir = tmp / "kamailio-run"
         run_dir.mkdir(exist_ok=True)
         log = tmp / "kamailio.log"
-        proc = subprocess.Popen(
-            ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
-             "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
-             "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
-             "-A", "LOG_LEVEL=2"],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "w") as out:   # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
+                 "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
+                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
+                 "-A", "LOG_LEVEL=2"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         kam = cls(proc, port, run_dir, log)
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam

@@ -48,7 +48,7 @@ class LoopbackRtpCapture:
         self._sock.settimeout(0.1)
         self._thread = threading.Thread(target=self._run, name="rtp-capture", daemon=True)
 
-    def __enter__(self) -> "LoopbackRtpCapture":
+    def __enter__(self) -> LoopbackRtpCapture:
         self._thread.start()
         return self
 
@@ -62,7 +62,7 @@ class LoopbackRtpCapture:
         while not self._stop.is_set():
             try:
                 frame, (_, proto, pkttype, *_rest) = self._sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -39,9 +39,8 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
             continue
         if not (_udp_free(port, socket.SOCK_DGRAM) and _udp_free(port, socket.SOCK_STREAM)):
             continue  # SIPp binds the other kind too (and TCP ports linger in TIME_WAIT)
-        if even:  # RTP + RTCP (+2 for SIPp's video echo)
-            if not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
-                continue
+        if even and not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
+            continue  # RTP + RTCP (+2 for SIPp's video echo)
         return port
     raise RuntimeError("no free port")
 
@@ -123,8 +122,8 @@ class SippUas:
         self._task: asyncio.Task | None = None
         self.result: Outcome | None = None
 
-    async def start(self) -> "SippUas":
-        for attempt in range(3):
+    async def start(self) -> SippUas:
+        for _ in range(3):
             try:
                 return await self._start_once()
             except _PortTaken:
@@ -132,7 +131,7 @@ class SippUas:
                 self.port, self.media_port = free_port(), free_port(even=True)
         return await self._start_once()
 
-    async def _start_once(self) -> "SippUas":
+    async def _start_once(self) -> SippUas:
         # the "target" is unused by a UAS but the runner insists on loopback anyway
         self._task = asyncio.create_task(run_sipp("127.0.0.1:9", self._build(), deadline_s=self._deadline,
                                                   cwd=self._workdir))
@@ -154,7 +153,7 @@ class SippUas:
         self.result = Outcome(await self._task)
         return self.result
 
-    async def __aenter__(self) -> "SippUas":
+    async def __aenter__(self) -> SippUas:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -234,9 +233,8 @@ async def metrics_text(gw) -> str:
     """The gateway's /metrics page, as Prometheus would read it."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url("/metrics")) as r:
-            return await r.text()
+    async with aiohttp.ClientSession() as http, http.get(gw.url("/metrics")) as r:
+        return await r.text()
 
 
 async def serve_app(app):

@@ -7,9 +7,8 @@ from amd_signals import tone, write_wav
 
 
 async def _post(gw, body, headers):
-    async with aiohttp.ClientSession(headers=headers) as s:
-        async with s.post(gw.url("/api/v1/agents"), json=body) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession(headers=headers) as s, s.post(gw.url("/api/v1/agents"), json=body) as r:
+        return r.status, await r.json()
 
 
 async def test_agent_amd_settings_are_validated(make_gateway, auth_headers, tmp_path):

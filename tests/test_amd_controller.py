@@ -15,7 +15,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import silence, sit, tone, words, write_wav  # noqa: E402
-
 from gateway.amd import AmdDetector, AmdParams, controller_for, maybe_start_amd, report_amd  # noqa: E402
 from gateway.engine.base import VoiceEngine  # noqa: E402
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Hangup, HangupSource, Mark  # noqa: E402
@@ -219,7 +218,8 @@ async def test_sit_intercept_gets_no_voicemail_and_is_logged_as_sit(make_gateway
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "sit" and not row["is_voicemail"] and not row["is_fax"]
     assert row["voicemail_type"] is None and (row["hangup_source"], row["hangup_reason"]) == ("system", "sit")
-    assert 840 <= row["amd_duration"] * 1000 <= 1300    # decided on the SIT segments (2nd ends at 848 ms), not the words
+    # decided on the SIT segments (2nd ends at 848 ms), not the words
+    assert 840 <= row["amd_duration"] * 1000 <= 1300
     events = await gw.store.list_call_events(row["id"])
     assert [e["data"]["answered_by"] for e in events if e["kind"] == "call:amd_result"] == ["sit"]
     assert "call:voicemail_started" not in {e["kind"] for e in events}

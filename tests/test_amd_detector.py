@@ -9,7 +9,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from amd_signals import espeak, noise, silence, tone, word, words  # noqa: E402
-
 from gateway.amd import AmdDetector, AmdParams  # noqa: E402
 from gateway.amd.tones import tone_score  # noqa: E402
 from gateway.frames import AnsweredBy  # noqa: E402
@@ -22,10 +21,7 @@ H, MS, MEB, MES, MEO, FAX, UNK = (AnsweredBy.HUMAN, AnsweredBy.MACHINE_START, An
 
 def run(pcm: bytes, params: AmdParams | None = None, sr: int = 8000, message_end: bool = False, chunk: int = 0):
     d = AmdDetector(params, sr, detect_message_end=message_end)
-    if chunk:
-        out = [x for i in range(0, len(pcm), chunk) for x in d.feed(pcm[i:i + chunk])]
-    else:
-        out = d.feed(pcm)
+    out = [x for i in range(0, len(pcm), chunk) for x in d.feed(pcm[i:i + chunk])] if chunk else d.feed(pcm)
     return [(x.answered_by, x.at_ms) for x in out]
 
 

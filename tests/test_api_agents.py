@@ -128,10 +128,12 @@ async def test_engine_url_password_is_masked_and_kept(make_gateway, auth_headers
     import aiohttp
     gw = await make_gateway()
     async with aiohttp.ClientSession(headers=auth_headers) as http:
-        async with http.post(gw.url("/api/v1/agents"), json={"name": "a", "engine": "wss://bot:s3cret@eng.example/x"}) as r:
+        body = {"name": "a", "engine": "wss://bot:s3cret@eng.example/x"}
+        async with http.post(gw.url("/api/v1/agents"), json=body) as r:
             agent = (await r.json())["agent"]
         assert r.status == 201 and agent["engine"] == "wss://bot:****@eng.example/x"
-        async with http.put(gw.url(f"/api/v1/agents/{agent['id']}"), json={"name": "b", "engine": agent["engine"]}) as r:
+        body = {"name": "b", "engine": agent["engine"]}
+        async with http.put(gw.url(f"/api/v1/agents/{agent['id']}"), json=body) as r:
             assert r.status == 200 and "s3cret" not in await r.text()
     assert (await gw.store.get_agent(agent["id"]))["engine"] == "wss://bot:s3cret@eng.example/x"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 
 import aiohttp
 import pytest
@@ -205,10 +206,10 @@ def test_mmss():
 
 
 async def test_call_logs_filter_by_carrier_and_date(api):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     store = api.gw.store
-    day = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     for uuid, carrier, at in (("a", "sip", day), ("b", "twilio", day + timedelta(hours=13, minutes=59)),
                               ("c", "twilio", day + timedelta(days=1))):
         await store.create_call({"call_uuid": uuid, "channel_type": carrier, "call_direction": "inbound",

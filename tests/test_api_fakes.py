@@ -8,7 +8,8 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from gateway.carrier import Carrier, CarrierError, ImportField as F
+from gateway.carrier import Carrier, CarrierError
+from gateway.carrier import ImportField as F
 from gateway.frames import TransferRequest, TransferResult
 
 SIP_PASSWORD = "s3cr3t-Pa55word!"

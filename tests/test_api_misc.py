@@ -10,7 +10,7 @@ import pytest
 
 from gateway.carrier import ImportField
 from sipp import metric_value
-from test_api_fakes import FakeSipCarrier, Api, api, sip_body  # noqa: F401
+from test_api_fakes import Api, FakeSipCarrier, api, sip_body  # noqa: F401
 
 
 def api_routes(gw) -> list[tuple[str, str]]:
@@ -223,10 +223,9 @@ class BrokenMetricsCarrier(FakeSipCarrier):
 
 async def test_carrier_metrics_are_exact_and_cannot_break_the_scrape(make_gateway):
     gw = await make_gateway(carriers={"metered": MeteredCarrier, "broken": BrokenMetricsCarrier})
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/metrics")) as r:
-            assert r.status == 200
-            text = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(gw.url("/metrics")) as r:
+        assert r.status == 200
+        text = await r.text()
     assert metric_value(text, "gateway_rtp_packets_sent_total") == 1234567890
     assert metric_value(text, "gateway_rtp_jitter_seconds") == 0.0123456789
     # the core's own gateway_calls_total (labelled, no calls yet: no sample) is not replaced by the carrier's

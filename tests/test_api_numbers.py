@@ -6,8 +6,7 @@ import logging
 
 import pytest
 
-from test_api_fakes import (EXOTEL_TOKEN, SIP_PASSWORD, TWILIO_TOKEN, api, exotel_body, sip_body,  # noqa: F401
-                            twilio_body)
+from test_api_fakes import EXOTEL_TOKEN, SIP_PASSWORD, TWILIO_TOKEN, api, exotel_body, sip_body, twilio_body  # noqa: F401
 
 
 async def count_numbers(api) -> int:

@@ -217,8 +217,8 @@ async def test_exotel_stream_of_a_canceled_call_is_closed_and_the_flow_ends(rig)
 # -- item 4: a transfer the carrier refuses is an API error and no transfer in the log ----------------------------
 @pytest.mark.parametrize("answer,status", [(500, 502), (429, 503)])
 async def test_twilio_transfer_refused_is_an_error(rig, answer, status):
-    from test_twilio_media import open_call
     from fakes.twilio_env import TwilioEnv
+    from test_twilio_media import open_call
 
     r = await rig("twilio", settings={"transfer": {"number": TARGET}})
     account = next(iter(r.rest.accounts.values()))

@@ -9,12 +9,26 @@ import aiohttp
 import numpy as np
 import pytest_asyncio
 
-from cluster_env import (STALE, call_row, create_database, drop_database, ended_row, in_progress_on, live_calls,
-                         start_gateway, stop_all, twilio_world, wait_until)
-from fakes.twilio_env import recording
+from cluster_env import (
+    STALE,
+    call_row,
+    create_database,
+    drop_database,
+    ended_row,
+    in_progress_on,
+    live_calls,
+    start_gateway,
+    stop_all,
+    twilio_world,
+    wait_until,
+)
 from conftest import SECRET_KEY
-from exotel_helpers import API_KEY as EXO_KEY, API_TOKEN as EXO_TOKEN, FakeExotel, add_exophone, call_coming_token
-from exotel_helpers import basic as exotel_basic, tone as exotel_tone
+from exotel_helpers import API_KEY as EXO_KEY
+from exotel_helpers import API_TOKEN as EXO_TOKEN
+from exotel_helpers import FakeExotel, add_exophone, call_coming_token
+from exotel_helpers import basic as exotel_basic
+from exotel_helpers import tone as exotel_tone
+from fakes.twilio_env import recording
 from gateway.secretbox import SecretBox
 from gateway.store import Store
 from test_webhooks import Receiver

@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 
 from cluster_env import call_row, ended_row, in_progress_on, wait_until
 from conftest import SECRET_KEY
-from gateway.simulate.plivo_stream import PlivoStreamClient, post_signed
 from gateway.secretbox import SecretBox
+from gateway.simulate.plivo_stream import PlivoStreamClient, post_signed
 from gateway.store import Store
 from test_cluster_nodes import cluster  # noqa: F401  (fixture)
 

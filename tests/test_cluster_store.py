@@ -3,7 +3,7 @@ orphan closing where exactly one of several racing survivors closes each call.""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -50,7 +50,7 @@ async def test_node_liveness_follows_heartbeat_and_state(store):
     await store.update_node("b", state="stopped")
     assert await store.lost_procs("a", stale_after=0.0) == []  # stopped ended its calls itself: not lost
     prev = await store.register_node("a", node_id="a", public_url=None, sip_uri=None)
-    assert prev is not None and prev <= datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert prev is not None and prev <= datetime.now(UTC) + timedelta(seconds=5)
 
 
 async def test_claim_moves_ownership_once(store):
@@ -58,14 +58,14 @@ async def test_claim_moves_ownership_once(store):
     assert await store.claim_call(row["id"], "a", "b") is True
     assert await store.claim_call(row["id"], "a", "c") is False   # a no longer holds it
     assert (await store.get_call(row["id"]))["owner"] == "b"
-    await store.update_call(row["id"], ended_at=datetime.now(timezone.utc))
+    await store.update_call(row["id"], ended_at=datetime.now(UTC))
     assert await store.claim_call(row["id"], "b", "c") is False   # ended calls are not adopted
 
 
 async def test_close_orphans_sets_the_call_log_like_a_hangup(store):
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=30)
-    answered = await store.create_call(call_fields("ans", "lost", call_status="in-progress",
-                                                   answered_at=t0))
+    t0 = datetime.now(UTC) - timedelta(seconds=30)
+    await store.create_call(call_fields("ans", "lost", call_status="in-progress",
+                                     answered_at=t0))
     ringing = await store.create_call(call_fields("ring", "lost"))
     other = await store.create_call(call_fields("other", "alive"))
     last_seen = t0 + timedelta(seconds=12)

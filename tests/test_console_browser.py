@@ -5,7 +5,7 @@ request the browser made is checked: the API key is never in a URL."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -261,7 +261,7 @@ async def seed_calls(gw: Any) -> dict[str, Any]:
     store = gw.store
     a1 = (await api(gw, "POST", "/agents", {"name": "Alpha"}, expect=201))["agent"]
     a2 = (await api(gw, "POST", "/agents", {"name": "Beta"}, expect=201))["agent"]
-    day = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    day = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     rows = {}
     for name, carrier, agent, status, at in (
             ("a", "sip", a1, "completed", day), ("b", "twilio", a1, "no-answer", day + timedelta(hours=2)),
@@ -358,7 +358,8 @@ async def test_phone_sized_screen_and_the_live_page_keep_the_key_out_of_urls(mak
         await page.set_viewport_size({"width": 390, "height": 844})
         await sign_in(page, gw)
         for fragment in ("#/numbers", f"#/numbers/{number['id']}", "#/numbers/new/sip", "#/agents",
-                         f"#/agents/{seeded['alpha']['id']}", "#/agents/new", "#/calls", f"#/calls/{seeded['c']['id']}"):
+                         f"#/agents/{seeded['alpha']['id']}", "#/agents/new", "#/calls",
+                         f"#/calls/{seeded['c']['id']}"):
             await page.goto(gw.url("/console" + fragment))
             await page.wait_for_selector("#view:not([aria-busy]) h2")
             assert not await page.query_selector("#load-error"), fragment
@@ -366,7 +367,8 @@ async def test_phone_sized_screen_and_the_live_page_keep_the_key_out_of_urls(mak
             assert width <= 390, (fragment, width)         # nothing wider than the phone's screen
             if await page.query_selector("#view table.cards tbody tr:not(.empty)"):
                 # rows are cards: the header row is hidden and each cell shows its column's label
-                assert await page.eval_on_selector("#view table.cards thead", "t => getComputedStyle(t).display") == "none"
+                display = await page.eval_on_selector("#view table.cards thead", "t => getComputedStyle(t).display")
+                assert display == "none"
                 label = await page.eval_on_selector("#view table.cards tbody td",
                                                     "td => getComputedStyle(td, '::before').content")
                 assert label not in ("none", "normal", '""'), (fragment, label)

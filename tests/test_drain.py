@@ -14,9 +14,8 @@ from sipp import api, call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, 
 
 
 async def _healthz(gw) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url("/healthz")) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as http, http.get(gw.url("/healthz")) as r:
+        return r.status, await r.json()
 
 
 async def _answered_call(gw):

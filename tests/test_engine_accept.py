@@ -8,10 +8,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from conftest import API_KEY
 from gateway.engine.ws_bridge import AcceptEngine
 from gateway.frames import AudioFrame, HangupSource, TransferResult
-
-from conftest import API_KEY
 
 T = 5.0
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
-
 from conftest import API_KEY
+from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
 
 T = 5.0
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "engine_client.py"

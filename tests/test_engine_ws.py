@@ -12,8 +12,18 @@ import pytest
 import websockets
 from websockets.asyncio.server import serve
 
-from gateway.frames import (AmdResult, AnsweredBy, AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf,
-                            SpeechActivity, TransferResult)
+from gateway.frames import (
+    AmdResult,
+    AnsweredBy,
+    AudioFrame,
+    Clear,
+    Dtmf,
+    HangupSource,
+    Mark,
+    SendDtmf,
+    SpeechActivity,
+    TransferResult,
+)
 
 T = 5.0  # bound on every wait
 

@@ -67,10 +67,9 @@ class Reply:
 
 async def _get(gw, path: str, **params) -> Reply:
     """A GET as Exotel's applets make it (query parameters, no redirect following)."""
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url(path), params=params, allow_redirects=False,
-                         headers={"Exotel-Version": "1.0"}) as r:
-            return Reply(r.status, await r.read())
+    async with aiohttp.ClientSession() as s, s.get(gw.url(path), params=params, allow_redirects=False,
+                     headers={"Exotel-Version": "1.0"}) as r:
+        return Reply(r.status, await r.read())
 
 
 async def test_transfer_flow_302_then_connect_numbers_then_call_end(make_gateway):
@@ -157,8 +156,8 @@ async def test_call_coming_opens_the_log_and_the_stream_joins_it(make_gateway):
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    r = await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-cc", CallFrom="09876543210", CallTo="08047491899",
-                   Direction="incoming", Created="2026-11-23 10:00:00")
+    r = await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-cc", CallFrom="09876543210",
+                   CallTo="08047491899", Direction="incoming", Created="2026-11-23 10:00:00")
     assert r.status == 200
     call = await watch.next_call()
     row = await gw.store.get_call(call.log_id)
@@ -182,7 +181,8 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_passthru(mak
     gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-nostream", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-nostream", CallFrom="09876543210",
+               CallTo="08047491899")
     call = await watch.next_call()
     r = await _get(gw, "/exotel/should_end_the_call", CallSid="CA-nostream", **{"Stream[Status]": "failed",
                                                                                "Stream[DisconnectedBy]": "system"})
@@ -197,7 +197,8 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_watchdog(mak
     gw.carriers["exotel"].attach_timeout = 0.2
     await add_exophone(gw)
     watch = CallWatch(gw)
-    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210", CallTo="08047491899")
+    await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210",
+               CallTo="08047491899")
     call = await watch.next_call()
     row = await watch.wait_ended(call, timeout=5)
     assert row["hangup_reason"] == "stream_never_started" and not gw.calls.active

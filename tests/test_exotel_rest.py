@@ -7,8 +7,19 @@ import aiohttp
 import pytest
 
 from carriers.exotel import CloseCode, ExotelCarrier
-from exotel_helpers import (ACCOUNT_SID, API_KEY, API_TOKEN, APP_ID, EXOPHONE, CallWatch, FakeExotel,
-                            FakeExotelApi, basic, tone, ws_url)
+from exotel_helpers import (
+    ACCOUNT_SID,
+    API_KEY,
+    API_TOKEN,
+    APP_ID,
+    EXOPHONE,
+    CallWatch,
+    FakeExotel,
+    FakeExotelApi,
+    basic,
+    tone,
+    ws_url,
+)
 
 
 @pytest.fixture
@@ -33,9 +44,8 @@ async def _gw(make_gateway, api: FakeExotelApi):
 
 
 async def _post(gw, path, body, headers):
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url(path), json=body, headers=headers) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.post(gw.url(path), json=body, headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def test_import_checks_credentials_and_exophone(make_gateway, exotel_api, auth_headers):
@@ -144,10 +154,9 @@ async def test_outbound_no_answer_status_callback_closes_the_call(make_gateway, 
                                                            "from_number_id": number_id}, auth_headers)
     assert status == 200
     call = await watch.next_call()
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}"),
-                          data={"CallSid": call.carrier_sid, "Status": "no-answer"}) as r:
-            assert r.status == 200
+    async with aiohttp.ClientSession() as s, s.post(gw.url(f"/exotel/status_callback?call_id={call.id}"),
+                      data={"CallSid": call.carrier_sid, "Status": "no-answer"}) as r:
+        assert r.status == 200
     row = await watch.wait_ended(call)
     assert row["call_status"] == "no-answer" and row["hangup_source"] == "carrier"
 

@@ -31,9 +31,8 @@ async def _refused(gw, source: str = "127.0.0.1") -> bool:
 
 
 async def _healthz(gw) -> int:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/healthz")) as r:
-            return r.status
+    async with aiohttp.ClientSession() as s, s.get(gw.url("/healthz")) as r:
+        return r.status
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:

@@ -8,10 +8,9 @@ from conftest import API_KEY
 
 
 async def _links(gw) -> tuple[str, dict[str, str]]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/")) as r:
-            assert r.status == 200 and r.content_type == "text/html"
-            page = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(gw.url("/")) as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        page = await r.text()
     return page, dict(re.findall(r'<a href="([^"]+)">([^<]+)</a>', page))
 
 

@@ -129,8 +129,7 @@ def test_slow_viewer_backlog_is_bounded_and_resyncs():
 
 async def test_live_page_is_served(make_gateway):
     gw = await make_gateway()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url("/calls/live")) as r:
-            assert r.status == 200 and "text/html" in r.headers["Content-Type"]
-            text = await r.text()
+    async with aiohttp.ClientSession() as http, http.get(gw.url("/calls/live")) as r:
+        assert r.status == 200 and "text/html" in r.headers["Content-Type"]
+        text = await r.text()
     assert "/calls/live/ws" in text and "/api/v1/calls/logs" in text

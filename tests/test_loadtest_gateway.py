@@ -2,9 +2,9 @@
 ending in the call log; and `gateway loadtest sip` itself, its summary read from a real SIPp run."""
 import asyncio
 import re
+import sys
 
 import aiohttp
-import sys
 
 from gateway.engine.base import VoiceEngine
 from gateway.frames import AudioFrame
@@ -44,9 +44,8 @@ async def test_fifty_calls_at_ten_cps(make_gateway):
     assert all(r["channel_type"] == "sip" and r["call_direction"] == "inbound" for r in rows)
     assert all(r["call_status"] == "completed" and r["hangup_source"] == "user" and r["ended_at"] for r in rows)
     assert not gw.calls.active
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url("/metrics")) as r:
-            metrics = await r.text()
+    async with aiohttp.ClientSession() as http, http.get(gw.url("/metrics")) as r:
+        metrics = await r.text()
     received = float(re.search(r"^gateway_rtp_packets_received_total (\S+)$", metrics, re.M).group(1))
     # SIPp's g711a.pcap carries 30 ms per packet: 3 s ≈ 100 packets per call, none lost on loopback
     assert received >= 50 * 95, "the RTP the engine heard was counted at the gateway"

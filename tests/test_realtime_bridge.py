@@ -4,15 +4,14 @@ the model's `input_audio_buffer.speech_started` becomes a `clear` (barge-in)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import contextlib
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from gateway.frames import AudioFrame, Clear, HangupSource
-
 from fakes.realtime_server import RealtimeStandIn
+from gateway.frames import AudioFrame, Clear, HangupSource
 
 T = 5.0
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "realtime_bridge.py"

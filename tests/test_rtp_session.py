@@ -1,5 +1,6 @@
 """RTP sessions on real loopback sockets, attached to real calls on a real Gateway (echo engine)."""
 import asyncio
+import itertools
 import math
 import socket
 import struct
@@ -9,8 +10,8 @@ from gateway.frames import AudioFrame, Dtmf
 from gateway.rtp import RtpEngine
 from gateway.rtp.dtmf import DtmfReceiver, encode_event
 from gateway.rtp.packet import build_rtp, parse_rtp
-from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from sipp import wait_for
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs._audioop import audioop
 
 
@@ -79,9 +80,9 @@ async def test_echo_over_rtp(make_gateway):
     assert len(pkts) >= 40
     assert len({p.ssrc for p in pkts}) == 1
     seqs = [p.sequence for p in pkts]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
     stamps = [p.timestamp for p in pkts]
-    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:]))
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in itertools.pairwise(stamps))
     assert pkts[0].marker
     loud = [p for p in pkts if audioop.rms(ulaw_to_pcm16(p.payload), 2) > 2000]
     assert len(loud) >= 30, "the echo engine's audio did not come back"

@@ -11,8 +11,11 @@ import aiohttp
 from carriers.exotel import CloseCode, ExotelCarrier
 from carriers.vonage import VonageCarrier
 from exotel_helpers import API_KEY, API_TOKEN, EXOPHONE, CallWatch, FakeExotel, add_exophone, basic, ws_url
-from test_exotel_rest import _gw as exotel_gw, exotel_api, import_body  # noqa: F401 (fixture)
-from test_vonage_rest import _gw as vonage_gw, _post, body as vonage_body, private_pem, vonage_api  # noqa: F401
+from test_exotel_rest import _gw as exotel_gw  # noqa: F401 (fixture)
+from test_exotel_rest import exotel_api, import_body  # noqa: F401 (fixture)
+from test_vonage_rest import _gw as vonage_gw  # noqa: F401 (fixture)
+from test_vonage_rest import _post, private_pem, vonage_api  # noqa: F401 (fixtures)
+from test_vonage_rest import body as vonage_body
 from vonage_helpers import APP_ID, VONAGE_NUMBER, add_vonage_number, signed_headers
 
 CALL = {"to": VONAGE_NUMBER[1:], "from": "447700900999", "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356"}

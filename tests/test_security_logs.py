@@ -37,10 +37,9 @@ async def _serve(tmp_path, *flags: str):
 
 
 async def _refused_request_then_stop(proc, port: int, head: str) -> str:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{port}/api/v1/agents",
-                         headers={"Authorization": "Bearer guessed-key-s3cret"}) as r:
-            assert r.status == 401
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/api/v1/agents",
+                     headers={"Authorization": "Bearer guessed-key-s3cret"}) as r:
+        assert r.status == 401
     proc.terminate()
     out = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
     await proc.wait()

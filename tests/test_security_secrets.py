@@ -13,9 +13,9 @@ import sys
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
+from conftest import reset_postgres_schema
 from gateway.secretbox import MARK, SecretBox, SecretKeyError, key_file, read_key_file
 from gateway.store import Store
-from conftest import reset_postgres_schema
 from sipp import sip_gateway, sip_number
 
 PASSWORD = "TrunkPass-8842-zz"
@@ -62,7 +62,8 @@ async def _legacy_db(path: str) -> None:
     await s.close()
     with sqlite3.connect(path) as con:
         con.execute("INSERT INTO phone_numbers (phone_number, provider, config, secrets, status, created_at) VALUES "
-                    "('+15550002222', 'sip', '{}', ?, '{}', '2025-01-01 00:00:00')", (json.dumps({"sip_password": PASSWORD}),))
+                    "('+15550002222', 'sip', '{}', ?, '{}', '2025-01-01 00:00:00')",
+                    (json.dumps({"sip_password": PASSWORD}),))
     os.chmod(path, 0o644)
 
 

@@ -39,10 +39,9 @@ async def test_public_and_allowed_destinations_are_saved(make_gateway, auth_head
         async with s.post(gw.url("/api/v1/agents"), json={"name": "a", "webhook_url": "https://8.8.8.8/hook"}) as r:
             assert r.status == 201
     open_gw = await make_gateway(allow_private_webhooks=True)
-    async with aiohttp.ClientSession(headers=auth_headers) as s:
-        async with s.post(open_gw.url("/api/v1/agents"),
-                          json={"name": "a", "webhook_url": "http://127.0.0.1:9/hook"}) as r:
-            assert r.status == 201
+    async with aiohttp.ClientSession(headers=auth_headers) as s, s.post(open_gw.url("/api/v1/agents"),
+                      json={"name": "a", "webhook_url": "http://127.0.0.1:9/hook"}) as r:
+        assert r.status == 201
 
 
 def test_address_kinds():

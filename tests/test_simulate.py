@@ -16,7 +16,6 @@ from carriers.exotel import ExotelCarrier
 from carriers.sip import SipCarrier
 from carriers.vonage import VonageCarrier
 from exotel_helpers import ACCOUNT_SID, EXOPHONE, add_exophone, tone
-from vonage_helpers import VONAGE_NUMBER, add_vonage_number
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, Hangup, SpeechActivity
@@ -25,6 +24,7 @@ from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
 from gateway.simulate.script import ScriptError, parse_script
 from sipp import rtp_range, sip_number
 from voicecodecs._audioop import audioop
+from vonage_helpers import VONAGE_NUMBER, add_vonage_number
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng not installed")]
@@ -171,7 +171,7 @@ async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, v
         assert rep.ok, rep
         caller, gateway = rep.timing["turns"], rep.gateway["turns"]
         assert len(caller) == len(gateway) == 2, (caller, gateway)
-        for c, g in zip(caller, gateway):
+        for c, g in zip(caller, gateway, strict=True):
             # the engine answers DELAY_MS after its own last loud frame; the VAD's last voiced frame can be a
             # frame or two earlier, and a busy box adds scheduling delay
             assert DELAY_MS - 60 <= g["latency_ms"] <= DELAY_MS + 250, gateway

@@ -3,18 +3,18 @@ from gateway.sip.dialog import Dialog
 from gateway.sip.message import parse_message
 
 INVITE = (
-    "INVITE sip:+15550001111@gw.example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP proxy2.example.com;branch=z9hG4bK2\r\n"
-    "Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1\r\n"
-    "Record-Route: <sip:proxy2.example.com;lr>\r\n"
-    "Record-Route: <sip:proxy1.example.com:5070;lr>\r\n"
-    "From: \"Alice\" <sip:+15557654321@carrier.example.com>;tag=abc\r\n"
-    "To: <sip:+15550001111@gw.example.com>\r\n"
-    "Call-ID: call-1@carrier\r\n"
-    "CSeq: 10 INVITE\r\n"
-    "Contact: <sip:alice@10.0.0.1:5062>\r\n"
-    "Content-Length: 0\r\n\r\n"
-).encode()
+    b"INVITE sip:+15550001111@gw.example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP proxy2.example.com;branch=z9hG4bK2\r\n"
+    b"Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1\r\n"
+    b"Record-Route: <sip:proxy2.example.com;lr>\r\n"
+    b"Record-Route: <sip:proxy1.example.com:5070;lr>\r\n"
+    b"From: \"Alice\" <sip:+15557654321@carrier.example.com>;tag=abc\r\n"
+    b"To: <sip:+15550001111@gw.example.com>\r\n"
+    b"Call-ID: call-1@carrier\r\n"
+    b"CSeq: 10 INVITE\r\n"
+    b"Contact: <sip:alice@10.0.0.1:5062>\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 
 
 def test_uas_dialog_and_bye():
@@ -48,13 +48,13 @@ def test_remote_cseq_ordering_and_target_refresh():
 
 def test_uac_dialog_reverses_route_set_and_strict_routing():
     inv = parse_message(INVITE)
-    resp = parse_message((
-        "SIP/2.0 200 OK\r\n"
-        "Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1\r\n"
-        "Record-Route: <sip:p2.example.com;lr>\r\n"
-        "Record-Route: <sip:p1.example.com>\r\n"
-        "From: <sip:a@x>;tag=abc\r\nTo: <sip:b@y>;tag=remote\r\nCall-ID: call-1@carrier\r\n"
-        "CSeq: 10 INVITE\r\nContact: <sip:b@203.0.113.9:5080>\r\nContent-Length: 0\r\n\r\n").encode())
+    resp = parse_message(
+        b"SIP/2.0 200 OK\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK1\r\n"
+        b"Record-Route: <sip:p2.example.com;lr>\r\n"
+        b"Record-Route: <sip:p1.example.com>\r\n"
+        b"From: <sip:a@x>;tag=abc\r\nTo: <sip:b@y>;tag=remote\r\nCall-ID: call-1@carrier\r\n"
+        b"CSeq: 10 INVITE\r\nContact: <sip:b@203.0.113.9:5080>\r\nContent-Length: 0\r\n\r\n")
     d = Dialog.as_uac(inv, resp)
     assert d.id == ("call-1@carrier", "abc", "remote")
     assert d.route_set == ["<sip:p1.example.com>", "<sip:p2.example.com;lr>"]

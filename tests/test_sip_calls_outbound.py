@@ -1,6 +1,7 @@
 """Outbound SIP calls (API dispatch) against SIPp UAS scenarios: answer + RTP, busy, decline, no answer, digest,
 early media, and BYE from either side."""
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -156,7 +157,7 @@ async def test_outbound_proxy_gets_the_invite(make_gateway):
         row = await final_row(gw, d["requestId"])
     uas.result.assert_calls(successful=1)
     assert row["extra"]["sip_request_uri"] == "sip:+15559876543@trunk.example.com"
-    log = open(f"{uas.result.result.workdir}/msgs.log").read()
+    log = Path(f"{uas.result.result.workdir}/msgs.log").read_text()
     invite = log[log.index("INVITE sip:"):]
     assert invite.startswith("INVITE sip:+15559876543@trunk.example.com SIP/2.0")
     assert f"Route: <sip:127.0.0.1:{uas.port};lr>" in invite.split("\n\n", 1)[0]

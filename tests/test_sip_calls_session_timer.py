@@ -83,10 +83,10 @@ async def test_in_dialog_requests_info_dtmf_refer_and_bye():
     ua.respond = lambda txn, req, status, reason=None, **kw: answered.append(status)
     digits = []
     s.on_dtmf = lambda d, ms: digits.append((d, ms))
-    info = parse_message((
-        "INFO sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK9\r\nFrom: <sip:a@c>;tag=abc\r\n"
-        "To: <sip:g@gw>;tag=ours\r\nCall-ID: st-1\r\nCSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\n"
-        "Content-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n").encode())
+    info = parse_message(
+        b"INFO sip:gw SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK9\r\nFrom: <sip:a@c>;tag=abc\r\n"
+        b"To: <sip:g@gw>;tag=ours\r\nCall-ID: st-1\r\nCSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\n"
+        b"Content-Length: 24\r\n\r\nSignal=5\r\nDuration=160\r\n")
     await s.handle(info, FakeTxn())
     assert digits == [("5", 160)]
     refer = parse_message(in_dialog("REFER", 3))

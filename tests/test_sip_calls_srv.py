@@ -4,7 +4,7 @@ second."""
 import pytest
 
 from dns_server import Dnsmasq, needs_dnsmasq
-from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uas
 from test_sip_calls_outbound import dispatch, final_row, live
 
 pytestmark = [needs_sipp, needs_dnsmasq, pytest.mark.timeout(90)]
@@ -34,13 +34,12 @@ async def test_invite_fails_over_from_503_to_the_next_srv_target(make_gateway):
 
 async def test_invite_fails_over_when_the_first_target_does_not_answer(make_gateway):
     silent = free_port()   # nothing listens there
-    async with sipp_uas("uas_busy.xml", timeout_s=20) as second:
-        async with Dnsmasq(srv(silent, second.port)) as dns:
-            gw = await sip_gateway(make_gateway, dns_server=dns.server)
-            gw.carriers["sip"].layer.t1 = 0.05   # Timer B = 3.2 s when the ICMP error does not arrive first
-            num = await sip_number(gw, sip_host="trunk.test")
-            d = await dispatch(gw, num)
-            row = await final_row(gw, d["requestId"])
+    async with sipp_uas("uas_busy.xml", timeout_s=20) as second, Dnsmasq(srv(silent, second.port)) as dns:
+        gw = await sip_gateway(make_gateway, dns_server=dns.server)
+        gw.carriers["sip"].layer.t1 = 0.05   # Timer B = 3.2 s when the ICMP error does not arrive first
+        num = await sip_number(gw, sip_host="trunk.test")
+        d = await dispatch(gw, num)
+        row = await final_row(gw, d["requestId"])
     second.result.assert_calls(successful=1)
     assert (row["call_status"], row["hangup_reason"]) == ("busy", "486 Busy Here")
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip.digest import (
-    Challenge, DigestError, DigestServer, authorize, build_authorization, parse_auth_params, parse_challenge,
+    Challenge,
+    DigestError,
+    DigestServer,
+    authorize,
+    build_authorization,
+    parse_auth_params,
+    parse_challenge,
     parse_credentials,
 )
 from gateway.sip.message import parse_message

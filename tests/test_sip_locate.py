@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from dns_server import Dnsmasq, needs_dnsmasq
-from gateway.sip.locate import Locator, LocateError, SrvRecord, order_srv, parse_server
+from gateway.sip.locate import LocateError, Locator, SrvRecord, order_srv, parse_server
 
 
 def rec(prio, weight, port, target="t.test"):

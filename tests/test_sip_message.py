@@ -4,8 +4,18 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip.message import (
-    Headers, NameAddr, SipParseError, SipRequest, SipResponse, SipStreamParser, SipUri, Via, make_response,
-    new_branch, parse_message, split_header_list,
+    Headers,
+    NameAddr,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    SipUri,
+    Via,
+    make_response,
+    new_branch,
+    parse_message,
+    split_header_list,
 )
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"

@@ -1,8 +1,15 @@
 """The dial formatting table of docs/sip-trunks.md, and inbound user-part → E.164 matching."""
 import pytest
 
-from gateway.sip.numbering import (DialFormatError, DialPlan, called_number_candidates, dial_user, inbound_number,
-                                   sip_uri, uri_user)
+from gateway.sip.numbering import (
+    DialFormatError,
+    DialPlan,
+    called_number_candidates,
+    dial_user,
+    inbound_number,
+    sip_uri,
+    uri_user,
+)
 
 # (E.164, sip_strip_plus, sip_dial_prefix, dialled user part) — the same rows as docs/sip-trunks.md
 TABLE = [

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip.sdp import (
-    MediaChoice, NoCommonCodec, SdpError, SessionDescription, answer_direction, answer_offer, make_offer,
+    MediaChoice,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    answer_direction,
+    answer_offer,
+    make_offer,
     parse_answer,
 )
 

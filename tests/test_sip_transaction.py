@@ -9,7 +9,11 @@ import pytest
 from gateway.sip.message import SipRequest, SipResponse, make_response, new_branch, parse_message
 from gateway.sip.timers import FakeClock
 from gateway.sip.transaction import (
-    TransactionLayer, TransactionTimeout, TransactionTransportError, make_ack, make_cancel,
+    TransactionLayer,
+    TransactionTimeout,
+    TransactionTransportError,
+    make_ack,
+    make_cancel,
 )
 from gateway.sip.transport import SipTransport, TransportError
 

@@ -210,9 +210,9 @@ async def test_fuzzed_invites_never_escape_the_transport(transport):
     assert transport.stats["internal_errors"] == 0 and transport.stats["handler_errors"] == 0
     assert transport.stats["parse_errors"] > 1000  # the mutations really produced malformed input
     for msg in seen:  # everything handed up is well-formed enough for the layers above
-        msg.call_id, msg.cseq, msg.top_via, msg.from_, msg.to
+        _ = msg.call_id, msg.cseq, msg.top_via, msg.from_, msg.to
     # Same over a real TCP connection: the transport survives and stays usable.
-    for k in range(30):
+    for _ in range(30):
         reader, writer = await asyncio.open_connection("127.0.0.1", transport.port)
         writer.write(b"".join(mutate(rng, INVITE.replace(b"UDP", b"TCP")) for _ in range(20)))
         await writer.drain()
@@ -244,11 +244,13 @@ def test_response_destination_rules():
         return SipTransport.response_destination(None, resp)
 
     # UDP: received + rport (RFC 3581 §4), else received + sent-by port, else sent-by, default 5060
-    assert dest("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 40000), "udp")
+    assert dest("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == \
+        (("192.0.2.1", 40000), "udp")
     assert dest("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;received=192.0.2.1") == (("192.0.2.1", 5070), "udp")
     assert dest("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1") == (("10.0.0.1", 5060), "udp")
     # TCP with the connection gone: received + sent-by port, never the ephemeral rport (RFC 3261 §18.2.2)
-    assert dest("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == (("192.0.2.1", 5070), "tcp")
+    assert dest("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport=40000;received=192.0.2.1") == \
+        (("192.0.2.1", 5070), "tcp")
     assert dest("SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1") == (("2001:db8::1", 5061), "tls")
 
 
@@ -316,7 +318,7 @@ def _self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))

@@ -5,6 +5,7 @@ server and sets it. Without it the PostgreSQL half is skipped with the reason.
 """
 import asyncio
 import os
+from datetime import UTC
 
 import pytest
 import pytest_asyncio
@@ -133,7 +134,7 @@ async def test_webhook_outbox_rows_in_order_per_owner(store):
 async def test_call_list_filters_by_carrier_and_time(store):
     from datetime import datetime, timedelta, timezone
 
-    day = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)
+    day = datetime(2026, 11, 20, 23, 30, tzinfo=UTC)
     for i, (carrier, at) in enumerate((("sip", day), ("twilio", day + timedelta(hours=1)),
                                        ("twilio", day + timedelta(days=2)))):
         await store.create_call(call_fields(f"c{i}", channel_type=carrier, created_at=at))

@@ -115,7 +115,8 @@ async def test_caller_hangup_webhook_ends_the_call(telnyx_env):
     async with env.stream(answer["stream_url"]) as client:
         await client.start(ccid)
         status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
-                                                      "hangup_source": "caller", "client_state": answer["client_state"]})
+                                                      "hangup_source": "caller",
+                                                      "client_state": answer["client_state"]})
         assert status == 200
         row = await env.wait_row(call_id, lambda r: r.get("ended_at") is not None)
         assert row["hangup_source"] == "user" and row["extra"]["telnyx_hangup_cause"] == "normal_clearing"
@@ -207,7 +208,8 @@ async def test_import_checks_key_number_and_public_key(telnyx_env):
     assert status == 422 and body["field"] == "public_key", body
     status, body = await api(env, "POST", "/api/v1/phone_number/import/telnyx", {**good, "api_key": "wrong"})
     assert status == 422 and body["field"] == "api_key" and "Telnyx rejected" in body["error"], body
-    status, body = await api(env, "POST", "/api/v1/phone_number/import/telnyx", {**good, "phone_number": "+15005550099"})
+    status, body = await api(env, "POST", "/api/v1/phone_number/import/telnyx",
+                             {**good, "phone_number": "+15005550099"})
     assert status == 422 and "not on this Telnyx account" in body["error"], body
     status, body = await api(env, "POST", "/api/v1/phone_number/import/telnyx", good)
     assert status == 201, body

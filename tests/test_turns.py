@@ -4,11 +4,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-
-from fakes.twilio_env import recording, twilio_env  # noqa: F401  (fixture)
-
 from prometheus_client import CollectorRegistry
 
+from fakes.twilio_env import recording, twilio_env  # noqa: F401  (fixture)
 from gateway.metrics import TimingMetrics
 from gateway.turns import Timeline, analyze, percentile
 

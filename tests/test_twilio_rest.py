@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 
 from fakes.twilio_env import NUMBER, twilio_env  # noqa: F401  (fixture)
-from test_twilio_media import ScriptEngine, open_call
 from gateway.frames import TransferResult
+from test_twilio_media import ScriptEngine, open_call
 
 OTHER = "+15005550007"
 TARGET_A = "+14155550111"
@@ -17,10 +17,9 @@ TARGET_B = "+14155550122"
 
 
 async def api(env, method: str, path: str, body=None, headers=None):
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, env.http(path), json=body,
-                             headers={"Authorization": "Bearer test-api-key", **(headers or {})}) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.request(method, env.http(path), json=body,
+                         headers={"Authorization": "Bearer test-api-key", **(headers or {})}) as r:
+        return r.status, await r.json()
 
 
 # -- number import ----------------------------------------------------------------------------------------------

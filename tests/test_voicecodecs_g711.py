@@ -79,7 +79,7 @@ def test_pcm_round_trip_error_is_within_one_quantisation_step(enc, dec):
     values = list(range(-32768, 32768, 37))
     pcm = struct.pack(f"<{len(values)}h", *values)
     back = struct.unpack(f"<{len(values)}h", dec(enc(pcm)))
-    for v, b in zip(values, back):
+    for v, b in zip(values, back, strict=True):
         # G.711 is logarithmic: the step is ~1/16 of the value (so error ≤ 1/32) above the linear segment(s).
         assert abs(v - b) <= max(abs(v) / 32, 64), (v, b)
 

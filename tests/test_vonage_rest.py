@@ -11,8 +11,18 @@ from carriers.vonage import VonageCarrier
 from exotel_helpers import CallWatch, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AmdResult, CallStarted, Dtmf, Hangup, TransferResult
-from vonage_helpers import (API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi, FakeVonageSocket,
-                            SIGNATURE_SECRET, add_vonage_number, rsa_private_pem, signed_headers)
+from vonage_helpers import (
+    API_KEY,
+    API_SECRET,
+    APP_ID,
+    SIGNATURE_SECRET,
+    VONAGE_NUMBER,
+    FakeVonageApi,
+    FakeVonageSocket,
+    add_vonage_number,
+    rsa_private_pem,
+    signed_headers,
+)
 
 PRIMARY, BACKUP1, BACKUP2 = "+447700900001", "+447700900002", "+447700900003"
 
@@ -36,9 +46,8 @@ async def _gw(make_gateway, api: FakeVonageApi, engine: str = "echo"):
 
 
 async def _post(gw, path, body, headers):
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url(path), json=body, headers=headers) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.post(gw.url(path), json=body, headers=headers) as r:
+        return r.status, await r.json()
 
 
 def body(**over):
@@ -60,7 +69,8 @@ async def test_import_with_application_credentials(make_gateway, vonage_api, aut
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900555", vonage_application_id=APP_ID,
                                    vonage_private_key=other), auth_headers)
-    assert status == 422 and res["field"] == "vonage_private_key" and "Vonage rejected the application id / private key" in str(res)
+    assert status == 422 and res["field"] == "vonage_private_key"
+    assert "Vonage rejected the application id / private key" in str(res)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900556", vonage_application_id=APP_ID,
                                    vonage_private_key="not a key"), auth_headers)
@@ -71,7 +81,8 @@ async def test_import_with_account_key_secret(make_gateway, vonage_api, auth_hea
     gw = await _gw(make_gateway, vonage_api)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_api_key=API_KEY, vonage_api_secret="wrong"), auth_headers)
-    assert status == 422 and res["field"] == "vonage_api_secret" and "Vonage rejected the API key/secret" in str(res) and "wrong" not in str(res)
+    assert status == 422 and res["field"] == "vonage_api_secret"
+    assert "Vonage rejected the API key/secret" in str(res) and "wrong" not in str(res)
     status, res = await _post(gw, "/api/v1/phone_number/import/vonage",
                               body(vonage_phone_number="+447700900777", vonage_api_key=API_KEY,
                                    vonage_api_secret=API_SECRET), auth_headers)

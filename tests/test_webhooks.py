@@ -129,9 +129,8 @@ async def test_give_up_after_retries_counts_failure_and_never_logs_url(make_gate
     await asyncio.wait_for(gw.webhooks.drain(10), 11)
     assert len(receiver.requests) == 3 * len(LIFECYCLE)
     assert gw.webhooks.failures == len(LIFECYCLE) and gw.webhooks.delivered == 0
-    async with aiohttp.ClientSession() as s:
-        async with s.get(gw.url("/metrics")) as r:
-            text = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(gw.url("/metrics")) as r:
+        text = await r.text()
     assert f"gateway_webhook_failures_total {len(LIFECYCLE)}" in text
     assert "gateway_webhooks_delivered_total 0" in text
     assert "webhook dropped after retries" in caplog.text

@@ -16,10 +16,9 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from carriers.webrtc import EngineTrack, WebRTCCarrier, issue_token, verify_token
+from conftest import API_KEY
 from gateway.engine.base import VoiceEngine
 from gateway.frames import AudioFrame, CallStarted, Dtmf, Hangup, Mark
-
-from conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -1,6 +1,7 @@
 """What each worker of `serve --workers N` listens on, the Kamailio dispatcher list, `gateway kamailio-config`."""
 from __future__ import annotations
 
+import itertools
 import shlex
 
 import pytest
@@ -17,7 +18,7 @@ def test_worker_slots_split_ports_and_rtp_range():
     assert [x.sip_port for x in slots] == [5061, 5062, 5063]
     assert [x.proc_id for x in slots] == ["gw1.1", "gw1.2", "gw1.3"]
     assert [(x.rtp_port_min, x.rtp_port_max) for x in slots] == [(20000, 23331), (23332, 26663), (26664, 29995)]
-    for a, b in zip(slots, slots[1:]):
+    for a, b in itertools.pairwise(slots):
         assert a.rtp_port_max < b.rtp_port_min           # no two workers share an RTP port
     w2 = worker_settings(Settings(node_id="gw1", workers=3, worker_index=2, sip_port=5060))
     assert (w2.sip_port, w2.proc_id) == (5062, "gw1.2") and (w2.rtp_port_min, w2.rtp_port_max) == (

@@ -15,9 +15,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.simulate.vonage_stream import VonageStreamClient as FakeVonageSocket, VRx  # noqa: F401
-
 from fakes.vonage_rest import API_KEY, API_SECRET, APP_ID, VONAGE_NUMBER, FakeVonageApi  # noqa: F401
+from gateway.simulate.vonage_stream import VonageStreamClient as FakeVonageSocket  # noqa: F401
 
 
 def rsa_private_pem() -> str:

@@ -20,7 +20,7 @@ chunking. The price is the filter's group delay, `delay_ms` (≈ 1–2.3 ms for 
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from math import ceil, gcd
 
 import numpy as np
@@ -81,7 +81,7 @@ class _Design:
         return np.ascontiguousarray(h, dtype=np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def prototype(in_rate: int, out_rate: int) -> np.ndarray:
     """Kaiser-windowed sinc low-pass at the common rate, polyphase branches normalised to unity DC gain."""
     g = gcd(in_rate, out_rate)
@@ -95,13 +95,13 @@ def prototype(in_rate: int, out_rate: int) -> np.ndarray:
     beta = 0.1102 * (STOPBAND_DB - 8.7)
     fc = (f_pass + f_stop) / 2 / fs
     t = np.arange(n) - (n - 1) / 2
-    h = 2 * fc * np.sinc(2 * fc * t) * np.kaiser(n, beta)
+    h: np.ndarray = 2 * fc * np.sinc(2 * fc * t) * np.kaiser(n, beta)
     for p in range(up):
         h[p::up] /= h[p::up].sum()
     return h
 
 
-@lru_cache(maxsize=None)
+@cache
 def _design(in_rate: int, out_rate: int) -> _Design:
     return _Design(in_rate, out_rate)
 
@@ -132,7 +132,7 @@ class StreamResampler:
         # [B samples of history | this chunk | zero padding to whole blocks], int16 so that chunks and history
         # move with plain memory copies; numpy converts the rows to float32 inside the product.
         self._buf = np.zeros(2 * self._d.block if self._d else 0, np.int16)
-        self._mv = memoryview(self._buf).cast("B")
+        self._mv = self._buf.data.cast("B")
         self._rows: dict[int, np.ndarray] = {}      # block count → row view of _buf (frames repeat sizes)
 
     def process(self, pcm: bytes) -> bytes:
@@ -152,7 +152,7 @@ class StreamResampler:
             if len(self._buf) < (nb + 1) * b:
                 grown = np.zeros((nb + 1) * b, np.int16)
                 grown[:b] = self._buf[:b]
-                self._buf, self._mv, self._rows = grown, memoryview(grown).cast("B"), {}
+                self._buf, self._mv, self._rows = grown, grown.data.cast("B"), {}
             # Rows [x_{i-1} x_i] for i = 1..nb overlap by B samples: a strided view of the buffer, not a copy.
             rows = self._rows[nb] = np.ndarray((nb, 2 * b), np.int16, self._buf, 0, (2 * b, 2))
         mv = self._mv
@@ -169,5 +169,5 @@ class StreamResampler:
         np.rint(y, out=y)
         np.maximum(y, lo, out=y)                   # saturate (Gibbs overshoot near full scale), never wrap
         np.minimum(y, hi, out=y)
-        out = y.astype("<i2").tobytes()
+        out: bytes = y.astype("<i2").tobytes()
         return out if due == y.size else out[: 2 * due]

@@ -10,9 +10,10 @@ format. Its true timeline — every speech, pause, music, tone and beep segment 
 * engines: espeak-ng (formant synthesis), flite (CMU diphone/clunits voices), festival (diphone and HTS voices).
 * scenarios — people: short answer (+ sometimes a second one after a wait), "Hello? … Hello? Who's calling?" with
   short gaps, business answers ("Good morning, Acme support, …"), silent pick-up; machines: greeting ± beep, a
-  greeting with a 1.2–2 s pause late in it (before a last sentence, or before the beep) and a short beep, "Hi!" + ~1 s pause + the rest, greetings that start with
-  music, high-pitched female voices (harmonics near the 400 Hz bottom of the beep band); SIT (three rising tones
-  then a "not in service" announcement) — its own outcome, never a voicemail drop; fax CNG / CED.
+  greeting with a 1.2–2 s pause late in it (before a last sentence, or before the beep) and a short beep,
+  "Hi!" + ~1 s pause + the rest, greetings that start with music, high-pitched female voices (harmonics near the
+  400 Hz bottom of the beep band); SIT (three rising tones then a "not in service" announcement) — its own
+  outcome, never a voicemail drop; fax CNG / CED.
 * noise: none, white, pink, babble (other TTS voices talking), music-like tones, car/road low-frequency rumble, at
   10–40 dB SNR against the clip's active audio (fax CNG also at 10–15 dB).
 * carrier format: 8 kHz μ-law, 8 kHz A-law (phone band 300–3400 Hz), 16 kHz PCM16 (wide band 100–7000 Hz). The
@@ -195,7 +196,7 @@ def synth_festival(voice: str, items: list[tuple[float, str, Path]]) -> None:
         scm = Path(d) / "batch.scm"
         scm.write_text("\n".join(lines) + "\n")
         subprocess.run(["festival", "-b", str(scm)], check=True, timeout=900, capture_output=True)
-        for w, (_, _, out) in zip(wavs, items):
+        for w, (_, _, out) in zip(wavs, items, strict=True):
             out.write_bytes(_to_raw16k(w.read_bytes()))
 
 
@@ -357,7 +358,7 @@ def plan(scale: float, seed: int = 15) -> list[dict]:
                 fmt = rng.choice(FORMATS)
                 s["codec"], s["rate_hz"] = fmt
                 name, company = rng.choice(s_text["name"]), rng.choice(s_text["company"])
-                fill = lambda x: x.format(name=name, company=company)  # noqa: E731
+                fill = lambda x: x.format(name=name, company=company)  # noqa: E731, B023 (used within this iteration)
                 if scen in ("human_short", "human_second"):
                     s["texts"] = [rng.choice(s_text["short"])]
                     if scen == "human_second":
@@ -541,7 +542,8 @@ def render(spec: dict, out: Path, cache: Path) -> dict:
         enc = ["-e", "u-law"] if spec["codec"] == "ulaw" else ["-e", "a-law"]
         cmd = ["sox", "-R", str(tmp), "-r", "8000", "-c", "1", *enc, str(final), "sinc", "300-3400"]
     else:
-        cmd = ["sox", "-R", str(tmp), "-r", "16000", "-c", "1", "-e", "signed", "-b", "16", str(final), "sinc", "100-7000"]
+        cmd = ["sox", "-R", str(tmp), "-r", "16000", "-c", "1", "-e", "signed", "-b", "16", str(final),
+               "sinc", "100-7000"]
     subprocess.run(cmd, check=True, timeout=60, capture_output=True)
     tmp.unlink()
     clip = {k: v for k, v in spec.items() if k not in ("babble", "seed")}

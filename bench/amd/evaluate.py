@@ -33,7 +33,8 @@ from gateway.amd.params import AmdParams  # noqa: E402
 from gateway.amd.wav import load_message  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from silero import SileroVad, available as silero_available  # noqa: E402
+from silero import SileroVad  # noqa: E402
+from silero import available as silero_available  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 TRUTH = ["human", "machine", "fax", "sit", "silence"]
@@ -166,7 +167,8 @@ def tune(split: str, jobs: int, grid: dict[str, list]) -> list[tuple[AmdParams, 
     """Each worker loads the split once; grid points are sent as parameters only."""
     base = AmdParams()
     keys = list(grid)
-    points = [replace(base, **dict(zip(keys, vals))) for vals in itertools.product(*(grid[k] for k in keys))]
+    points = [replace(base, **dict(zip(keys, vals, strict=True)))
+              for vals in itertools.product(*(grid[k] for k in keys))]
     with ProcessPoolExecutor(jobs, initializer=_load_worker, initargs=(split,)) as pool:
         return list(pool.map(_grid_point, points))
 

@@ -7,8 +7,8 @@
     sit            → special information tones + network announcement: hang up (hangup_reason "sit"), no voicemail
 
 Carriers call `maybe_start_amd(call)` once for an outbound call, before (or right after) `call.attach()`; it is a
-no-op when the agent has AMD off. Carriers with their own AMD (Twilio, SignalWire, Telnyx: when the agent picks that provider) pass
-their verdict to `report_amd(call, result)` and get the same behaviour and the same call-log fields.
+no-op when the agent has AMD off. Carriers with their own AMD (Twilio, SignalWire, Telnyx: when the agent picks that
+provider) pass their verdict to `report_amd(call, result)` and get the same behaviour and the same call-log fields.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.amd")
 
 #: live controllers by call id (carriers reach theirs through report_amd)
-_controllers: dict[str, "AmdController"] = {}
+_controllers: dict[str, AmdController] = {}
 
 #: a carrier's own AMD that never reports is given up on after this long (the conversation then starts)
 EXTERNAL_TIMEOUT_S = 40.0
@@ -42,7 +42,7 @@ TEXT_MAX_S = 120.0
 TEXT_DONE_QUIET_S = 1.5
 
 
-def maybe_start_amd(call: "Call", *, detector: AmdDetector | None = None) -> "AmdController | None":
+def maybe_start_amd(call: Call, *, detector: AmdDetector | None = None) -> AmdController | None:
     """Start AMD for an outbound call if the agent enables it; returns the controller or None.
 
     `detector`: one fed with early media (SIP 183; build it with `early_media=True`). A machine greeting it heard
@@ -65,7 +65,7 @@ def maybe_start_amd(call: "Call", *, detector: AmdDetector | None = None) -> "Am
     return ctl
 
 
-async def report_amd(call: "Call", result: AmdResult) -> None:
+async def report_amd(call: Call, result: AmdResult) -> None:
     """A carrier's own AMD verdict (Twilio AnsweredBy): run the agent's behaviour, or just record it."""
     ctl = _controllers.get(call.id)
     if ctl is not None:
@@ -74,12 +74,12 @@ async def report_amd(call: "Call", result: AmdResult) -> None:
         await call.set_amd(result)
 
 
-def controller_for(call: "Call") -> "AmdController | None":
+def controller_for(call: Call) -> AmdController | None:
     return _controllers.get(call.id)
 
 
 class AmdController:
-    def __init__(self, call: "Call", settings: AmdSettings, *, detector: AmdDetector | None = None,
+    def __init__(self, call: Call, settings: AmdSettings, *, detector: AmdDetector | None = None,
                  external: bool = False) -> None:
         self.call = call
         self.settings = settings
@@ -165,7 +165,7 @@ class AmdController:
             while self.call.is_active and not self.done.is_set():
                 try:
                     item = await asyncio.wait_for(self._decisions.get(), 0.25)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self._watchdog()
                     continue
                 if isinstance(item, AmdDecision):

@@ -20,7 +20,7 @@ HOLD, OPEN, MUTE = "hold", "open", "mute"
 
 
 class EngineOutputGate:
-    def __init__(self, call: "Call", max_hold_s: float = 30.0) -> None:
+    def __init__(self, call: Call, max_hold_s: float = 30.0) -> None:
         self.call = call
         self.mode = HOLD
         self.max_hold_s = max_hold_s

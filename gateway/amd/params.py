@@ -102,14 +102,15 @@ class AmdParams:
     message_end_timeout: int = 30000
 
     @classmethod
-    def app_amd(cls) -> "AmdParams":
+    def app_amd(cls) -> AmdParams:
         """Asterisk app_amd's documented defaults, run through the same state machine (the benchmark anchor)."""
         return cls(initial_silence=2500, greeting=1500, after_greeting_silence=800, total_analysis_time=5000,
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
-                   vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, beep=False, fax=False, sit=False)
+                   vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, beep=False, fax=False,
+                   sit=False)
 
-    def with_overrides(self, overrides: dict[str, Any] | None) -> "AmdParams":
+    def with_overrides(self, overrides: dict[str, Any] | None) -> AmdParams:
         """Apply agent settings (`amd.params`); unknown keys raise ValueError with the list of valid ones."""
         if not overrides:
             return self

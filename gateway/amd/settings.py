@@ -1,6 +1,7 @@
 """Agent settings for AMD and voicemail drop, read once per call.
 
-    agent["settings"]["amd"]       = {"enabled": true, "provider": "gateway" | "twilio" | "signalwire" | "telnyx", "params": {...}}
+    agent["settings"]["amd"]       = {"enabled": true, "params": {...},
+                                      "provider": "gateway" | "twilio" | "signalwire" | "telnyx"}
     agent["settings"]["voicemail"] = {"enabled": true, "message": "/path/to/message.wav" | "text for the engine"}
 
 `params` overrides any `AmdParams` field (e.g. {"greeting": 2000, "vad": "energy"}). A message that names a .wav

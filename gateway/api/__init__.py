@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..metrics_workers import SCOPE_PROCESS, node_exposition
-from . import agents, calls, nodes, numbers, openapi
+from . import agents, calls, nodes, numbers, openapi, recordings
 from .errors import error_middleware, error_response
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
     return web.json_response(openapi.build(request.app["gateway"]))
 
 
-def setup_api(app: web.Application, gateway: "Gateway") -> None:
+def setup_api(app: web.Application, gateway: Gateway) -> None:
     app[numbers.IMPORT_LOCK] = asyncio.Lock()
     app.middlewares.append(error_middleware)
     app.middlewares.append(auth_middleware)
@@ -82,4 +82,5 @@ def setup_api(app: web.Application, gateway: "Gateway") -> None:
     numbers.add_routes(app, PREFIX)
     agents.add_routes(app, PREFIX)
     calls.add_routes(app, PREFIX)
+    recordings.add_routes(app, PREFIX)
     nodes.add_routes(app, PREFIX)

@@ -13,8 +13,19 @@ from ..redact import is_redacted, redact_url
 from ..store.store import NotFoundError
 from ..wavfetch import is_wav_url
 from .errors import ApiError, read_json
-from .validation import (as_bool, as_e164, as_http_url, as_int, as_list, as_object, as_str, bad, pagination,
-                         reject_unknown, required)
+from .validation import (
+    as_bool,
+    as_e164,
+    as_http_url,
+    as_int,
+    as_list,
+    as_object,
+    as_str,
+    bad,
+    pagination,
+    reject_unknown,
+    required,
+)
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -23,7 +34,7 @@ FIELDS = {"name", "engine", "webhook_url", "settings"}
 TRANSFER_TYPES = ("static", "dynamic")
 
 
-def _gw(request: web.Request) -> "Gateway":
+def _gw(request: web.Request) -> Gateway:
     return request.app["gateway"]
 
 
@@ -124,6 +135,18 @@ def _amd(v: Any) -> dict[str, Any]:
     return a
 
 
+def _recording(v: Any) -> dict[str, Any]:
+    """`{enabled, channels: mono|dual}` (docs/recording.md); dispatch may override it per call."""
+    f = "settings.recording"
+    r = dict(as_object(v, f))
+    reject_unknown(r, ["enabled", "channels"], f"{f}.")
+    r["enabled"] = as_bool(r.get("enabled", False), f"{f}.enabled")
+    r["channels"] = r.get("channels") or "dual"
+    if r["channels"] not in ("mono", "dual"):
+        raise bad(f"{f}.channels", f"must be mono or dual (got {str(r['channels'])[:40]!r})")
+    return r
+
+
 MASK = "****"
 
 
@@ -133,14 +156,14 @@ def _webhook(v: Any) -> dict[str, Any]:
     secret = w.get("secret")
     if secret in (None, ""):
         w["secret"] = None  # explicit null clears it (also through PATCH's per-section merge)
-    elif secret != MASK:  # MASK = "keep the stored one" (a GET body sent back unchanged)
-        if not isinstance(secret, str) or not 16 <= len(secret) <= 200:
-            raise bad(f"{f}.secret", "must be a string of 16 to 200 characters")
+    elif secret != MASK and (not isinstance(secret, str) or not 16 <= len(secret) <= 200):
+        # (MASK = "keep the stored one": a GET body sent back unchanged)
+        raise bad(f"{f}.secret", "must be a string of 16 to 200 characters")
     return w
 
 
 SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemail, "amd": _amd,
-            "webhook": _webhook}
+            "webhook": _webhook, "recording": _recording}
 
 
 def agent_json(agent: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +198,7 @@ def check_settings(value: Any) -> dict[str, Any]:
     return out
 
 
-def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+def check_agent(gw: Gateway, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     reject_unknown(body, FIELDS)
     out: dict[str, Any] = {}
     if not partial or "name" in body:
@@ -200,7 +223,7 @@ def check_agent(gw: "Gateway", body: dict[str, Any], *, partial: bool) -> dict[s
     return out
 
 
-async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None:
+async def check_webhook_destination(gw: Gateway, data: dict[str, Any]) -> None:
     """SSRF guard at save time: a webhook_url on a loopback/private/link-local address is a 400 (unless allowed)."""
     if data.get("webhook_url"):
         try:
@@ -209,7 +232,7 @@ async def check_webhook_destination(gw: "Gateway", data: dict[str, Any]) -> None
             raise bad("webhook_url", str(e)) from None
 
 
-def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> None:
+def check_carrier_settings(gw: Gateway, settings: dict[str, Any] | None) -> None:
     """Each loaded carrier checks the settings it reads (e.g. `settings.vonage`) against its documented ranges, so
     a value the carrier would refuse is a 400 now rather than a failure on every dispatch."""
     for carrier in gw.carriers.values():
@@ -219,7 +242,7 @@ def check_carrier_settings(gw: "Gateway", settings: dict[str, Any] | None) -> No
             raise ApiError(e.status, e.message, e.field) from None
 
 
-async def _agent_or_404(gw: "Gateway", request: web.Request) -> dict[str, Any]:
+async def _agent_or_404(gw: Gateway, request: web.Request) -> dict[str, Any]:
     agent_id = as_int(request.match_info["id"], "id", minimum=1)
     agent = await gw.store.get_agent(agent_id)
     if agent is None:
@@ -283,7 +306,7 @@ def merge_settings(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, A
     return merged
 
 
-async def _save(gw: "Gateway", agent_id: int, data: dict[str, Any]) -> web.Response:
+async def _save(gw: Gateway, agent_id: int, data: dict[str, Any]) -> web.Response:
     if "settings" in data:
         check_carrier_settings(gw, data["settings"])
     try:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ log = logging.getLogger("gateway.api")
 TRANSFER_QUEUE_WAIT = 5.0
 
 
-def _gw(request: web.Request) -> "Gateway":
+def _gw(request: web.Request) -> Gateway:
     return request.app["gateway"]
 
 
@@ -44,7 +45,7 @@ def time_of_call(created_at: str | None) -> str:
     if not created_at:
         return ""
     at = datetime.fromisoformat(created_at)
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.strftime("%m/%d/%Y %H:%M:%S")
 
 
@@ -59,6 +60,8 @@ def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
     out["call_duration"] = mmss(seconds)
     out["time_of_call"] = time_of_call(row.get("created_at"))
     out["recording_url"] = row.get("recording_url") or False
+    if row.get("recording"):       # what and where, without paths on the gateway's disk
+        out["recording"] = {k: v for k, v in row["recording"].items() if k not in ("path", "relative")}
     out["call_log_id"] = row["id"]
     return out
 
@@ -84,7 +87,8 @@ async def dispatch(request: web.Request) -> web.Response:
     try:
         call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
                                      to_number=to_number, number=number, agent=agent, call_context=ctx,
-                                     status="queued")
+                                     status="queued", recording=req.recording.model_dump(exclude_none=True)
+                                     if req.recording is not None else None)
     except CapacityError as e:
         raise ApiError(503, str(e), None) from None
     try:
@@ -104,7 +108,7 @@ async def dispatch(request: web.Request) -> web.Response:
                               "call_id": call.id})
 
 
-async def _attached_number(gw: "Gateway", agent_id: int) -> int:
+async def _attached_number(gw: Gateway, agent_id: int) -> int:
     """The id of the (first) number attached to the agent, for a dispatch without from_number_id."""
     numbers = await gw.store.numbers_of_agent(agent_id)
     if not numbers:
@@ -147,7 +151,7 @@ def _log_id(ident: str) -> int | None:
     return None
 
 
-async def _log_row(gw: "Gateway", ident: str) -> dict[str, Any] | None:
+async def _log_row(gw: Gateway, ident: str) -> dict[str, Any] | None:
     log_id = _log_id(ident)
     if log_id is not None:
         return await gw.store.get_call(log_id)
@@ -188,16 +192,16 @@ class CallOp:
     CALL_OPS: its route and its control-bus handler follow from it."""
     name: str
     parse: Callable[[web.Request], Awaitable[dict[str, Any]]]
-    perform: Callable[["Gateway", Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+    perform: Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]
     orphan: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    wait: Callable[["Gateway"], float] | None = None
+    wait: Callable[[Gateway], float] | None = None
 
 
 async def _no_body(request: web.Request) -> dict[str, Any]:
     return {}
 
 
-async def _hangup(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _hangup(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     await call.request_hangup(HangupSource.SYSTEM, "api_hangup", immediate=True)
     return {"success": True, "status": "hangup_requested", "call_id": call.id, "requestId": call.log_id}
 
@@ -211,7 +215,7 @@ async def _parse_transfer(request: web.Request) -> dict[str, Any]:
     return {"number": parse(models.Transfer, await read_json(request)).number}
 
 
-async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str, Any]:
+async def _transfer(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
     number = args.get("number")
     try:
         target = call.transfer_request(number).number
@@ -230,7 +234,7 @@ async def _transfer(gw: "Gateway", call: Call, args: dict[str, Any]) -> dict[str
             "number": target}
 
 
-def _transfer_wait(gw: "Gateway") -> float:
+def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
@@ -240,7 +244,7 @@ CALL_OPS: list[CallOp] = [
 ]
 
 
-def _local_call(gw: "Gateway", ident: str) -> Call | None:
+def _local_call(gw: Gateway, ident: str) -> Call | None:
     log_id = _log_id(ident)
     return gw.calls.get_by_log_id(log_id) if log_id is not None else gw.calls.get(ident)
 
@@ -249,7 +253,7 @@ def _not_live(ident: str, row: dict[str, Any]) -> ApiError:
     return bad("id", f"call {ident} is not live (status {row['call_status']})", 404)
 
 
-async def run_call_op(gw: "Gateway", op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
+async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any]) -> Reply:
     """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
     unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
     call = _local_call(gw, ident)
@@ -295,7 +299,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: "Gateway", op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp):
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")
@@ -316,7 +320,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_get(f"{prefix}/calls/logs", list_logs)
     r.add_get(f"{prefix}/calls/logs/{{id}}", get_log)
     r.add_get(f"{prefix}/calls/live", live)
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     for op in CALL_OPS:
         r.add_post(f"{prefix}/calls/{{id}}/{op.name}", _route(op))
         gw.control.handle(f"call:{op.name}", _bus_handler(gw, op))

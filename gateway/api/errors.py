@@ -34,7 +34,7 @@ def error_body(message: str, field: str | None = None, **extra: Any) -> dict[str
     return {"success": False, "error": message, "field": field, **extra}
 
 
-def carrier_api_error(e: "CarrierError", message: str | None = None, **extra: Any) -> ApiError:
+def carrier_api_error(e: CarrierError, message: str | None = None, **extra: Any) -> ApiError:
     """A carrier's refusal as the API answers it (status mapped in gateway/carrier_rest.py; a rate limit carries
     `Retry-After`). `message`: the error text after scrubbing secrets, when the caller had some to scrub."""
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
@@ -60,8 +60,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         # status, path and field only: messages may quote the input
-        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method, "path": request.path,
-                                               "status": e.status, "field": e.field})
+        log.info("API request refused", extra={"source_ip": request.remote, "method": request.method,
+                                               "path": request.path, "status": e.status, "field": e.field})
         return error_response(e.status, e.message, e.field, headers=e.headers, **e.extra)
     except web.HTTPException as e:
         if not _is_json_path(request.path) or e.status < 400:

@@ -31,7 +31,7 @@ def supervisor_pid() -> int | None:
 
 
 async def drain(request: web.Request) -> web.Response:
-    gw: "Gateway" = request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
     proc = request.match_info["proc"]
     body = await read_json(request)
     reject_unknown(body, {"timeout"})
@@ -57,14 +57,14 @@ async def drain(request: web.Request) -> web.Response:
     replies = await asyncio.gather(*(gw.control.request(t, "drain", {"timeout": timeout}) for t in targets))
     if len(targets) == 1 and replies[0] is not None:
         return web.json_response(replies[0].body, status=replies[0].status, headers=replies[0].headers)
-    silent = [t for t, r in zip(targets, replies) if r is None or not r.ok]
+    silent = [t for t, r in zip(targets, replies, strict=True) if r is None or not r.ok]
     if silent:
         raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
     return web.json_response({"success": True, "proc": proc, "state": "draining", "processes": targets},
                              status=202)
 
 
-def _drain_handler(gw: "Gateway"):
+def _drain_handler(gw: Gateway):
     async def handler(args: dict) -> Reply:
         timeout = args.get("timeout")
         gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
@@ -75,5 +75,5 @@ def _drain_handler(gw: "Gateway"):
 
 def add_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/nodes/{{proc}}/drain", drain)
-    gw: "Gateway" = app["gateway"]
+    gw: Gateway = app["gateway"]
     gw.control.handle("drain", _drain_handler(gw))

@@ -32,17 +32,17 @@ IMPORT_LOCK = web.AppKey("phone_number_import_lock", asyncio.Lock)
 TOP_LEVEL = ("name", "sip_trunk_name")
 
 
-def gw_of(request: web.Request) -> "Gateway":
+def gw_of(request: web.Request) -> Gateway:
     return request.app["gateway"]
 
 
-def providers(gw: "Gateway") -> list[str]:
+def providers(gw: Gateway) -> list[str]:
     """The providers numbers can be imported for: carriers that declare import fields (the browser carrier,
     webrtc, takes no numbers and is not offered)."""
     return sorted({p for c in gw.carriers.values() if c.import_fields for p in (*c.providers, c.name) if p})
 
 
-def carrier_or_404(gw: "Gateway", provider: str, field: str = "provider") -> Carrier:
+def carrier_or_404(gw: Gateway, provider: str, field: str = "provider") -> Carrier:
     carrier = gw.carrier_for(provider)
     if carrier is None or not carrier.import_fields:
         known = ", ".join(providers(gw)) or "none loaded"
@@ -55,7 +55,7 @@ def secret_names(carrier: Carrier | None, stored: dict[str, Any] | None = None) 
     return names | set(stored or {})
 
 
-def number_json(gw: "Gateway", row: dict[str, Any]) -> dict[str, Any]:
+def number_json(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
     """API view of a phone number: store columns, non-secret carrier settings, secrets masked."""
     carrier = gw.carrier_for(row["provider"])
     stored = row.get("secrets") or {}
@@ -128,7 +128,7 @@ def _secrets(carrier: Carrier, fields: dict[str, Any]) -> dict[str, Any]:
     return {f.name: fields[f.name] for f in carrier.import_fields if f.secret and fields.get(f.name) is not None}
 
 
-async def _check_unique(gw: "Gateway", carrier: Carrier, provider: str, phone: str, trunk: str | None,
+async def _check_unique(gw: Gateway, carrier: Carrier, provider: str, phone: str, trunk: str | None,
                         exclude: int | None = None) -> None:
     if trunk:
         existing, _ = await gw.store.list_numbers(1, 1_000_000)
@@ -271,7 +271,7 @@ def _number_id(request: web.Request) -> int:
     return as_int(request.match_info["id"], "id", minimum=1)
 
 
-async def _number_or_404(gw: "Gateway", number_id: int, field: str = "id") -> dict[str, Any]:
+async def _number_or_404(gw: Gateway, number_id: int, field: str = "id") -> dict[str, Any]:
     row = await gw.store.get_number(number_id, with_secrets=True)
     if row is None:
         raise bad(field, f"phone number {number_id} not found", 404)

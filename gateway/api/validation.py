@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from yarl import URL
@@ -74,10 +74,10 @@ def as_time_bound(value: Any, field: str, *, end: bool) -> datetime:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            at = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+            at = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
         else:
             at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+            at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
             if end:
                 at += timedelta(microseconds=1)
     except (ValueError, OverflowError):
@@ -164,10 +164,8 @@ def _convert(f: ImportField, value: Any) -> Any:
     else:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and f.e164:
             value = str(value)
-        if f.secret and isinstance(value, str):
-            v = value  # a password may start or end with a space: keep it byte for byte
-        else:
-            v = as_str(value, f.name)
+        # a password may start or end with a space: keep it byte for byte
+        v = value if f.secret and isinstance(value, str) else as_str(value, f.name)
         if f.e164:
             v = as_e164(v, f.name)
     if f.choices and v not in f.choices:

@@ -22,8 +22,9 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("gateway.cluster")
 
@@ -175,7 +176,7 @@ class PgControl(ControlBus):
         while True:
             try:
                 await asyncio.wait_for(self._lost.wait(), self.keepalive)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 try:
                     async with self._send_lock:
                         await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.timeout)
@@ -256,7 +257,7 @@ class PgControl(ControlBus):
                                    "field": None})
             try:
                 return await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         finally:
             self._waiting.pop(req, None)

@@ -6,7 +6,7 @@ from the row's answer (or creation) time.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ def row_view(row: dict[str, Any], node_id: str | None) -> dict[str, Any]:
     since = row.get("answered_at") or row.get("created_at")
     duration = 0.0
     if since:
-        duration = max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds())
+        duration = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
     transfer = None
     if row.get("is_call_transfer"):
         transfer = {"target": row.get("transfer_target"), "outcome": row.get("transfer_outcome") or "pending"}
@@ -34,7 +34,7 @@ def row_view(row: dict[str, Any], node_id: str | None) -> dict[str, Any]:
     }
 
 
-async def remote_live_calls(gw: "Gateway") -> list[dict[str, Any]]:
+async def remote_live_calls(gw: Gateway) -> list[dict[str, Any]]:
     """Calls held by the other live processes (none unless the store is shared: cluster mode)."""
     if not gw.control.clustered:
         return []

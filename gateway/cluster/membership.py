@@ -39,7 +39,7 @@ class ClosedCall:
 
 
 class Membership:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.settings = gateway.settings
         self.proc = gateway.settings.proc_id

@@ -1,7 +1,8 @@
 """Voice engines: the interface, the built-in echo/greeting engines and the websocket bridge."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .base import EngineSession, VoiceEngine
 from .loader import is_python_spec, load_engine

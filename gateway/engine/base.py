@@ -7,7 +7,8 @@ call and converts every carrier's audio to and from `sample_rate`. Returning fro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from ..frames import AudioFrame, BusItem, Event, Hangup, HangupSource, Mark, SendDtmf
 from ..transfer import transfer_settings
@@ -26,14 +27,14 @@ class VoiceEngine(ABC):
     speaks_text: bool = False
 
     @abstractmethod
-    async def handle_call(self, session: "EngineSession") -> None:
+    async def handle_call(self, session: EngineSession) -> None:
         """Converse: read caller audio and events from `session`, answer with `session.play()` and actions."""
 
 
 class EngineSession:
     """The engine's handle on one call. Audio in and out is PCM16 mono at the engine's sample rate."""
 
-    def __init__(self, call: "Call", sample_rate: int) -> None:
+    def __init__(self, call: Call, sample_rate: int) -> None:
         self._call = call
         self.sample_rate = sample_rate
         self._reading = False      # set on the first receive(): the engine is connected (call setup is over)

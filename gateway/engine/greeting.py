@@ -5,7 +5,8 @@ hears the packaged prompt (so outbound audio works), then their own voice (inbou
 keypad exercises DTMF detection, hangup and transfer to the agent's configured transfer number.
 
 The prompt, `prompts/greeting.wav` (mono PCM16 16 kHz, 3.9 s), was generated once with:
-    espeak-ng -v en-us -s 200 -w g.wav "Hello, you're connected to the gateway. Press pound to hang up, or zero to transfer."
+    espeak-ng -v en-us -s 200 -w g.wav \
+        "Hello, you're connected to the gateway. Press pound to hang up, or zero to transfer."
     sox g.wav -r 16000 -c 1 -b 16 -e signed-integer greeting.wav \
         silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse tempo -s 1.2 norm -3 pad 0.1 0.2
 """

@@ -24,8 +24,9 @@ import math
 import random
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import websockets
@@ -34,7 +35,7 @@ from websockets.asyncio.client import connect
 
 from .. import safejson
 from ..cluster import Reply
-from ..frames import (AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult)
+from ..frames import AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult
 from ..logsetup import ContextLogger
 from .base import EngineSession, VoiceEngine
 
@@ -321,7 +322,7 @@ class Bridge:
     async def _close(self, code: int, reason: str) -> None:
         try:
             await asyncio.wait_for(self.transport.close(code, reason[:120]), 2.0)
-        except (asyncio.TimeoutError, EngineClosed, OSError):
+        except (TimeoutError, EngineClosed, OSError):
             pass
 
     async def _failed(self, reason: str, detail: str) -> None:
@@ -408,7 +409,7 @@ class WebSocketEngine(VoiceEngine):
             ws = await connect(self.url, open_timeout=self.connect_timeout, max_size=MAX_MESSAGE,
                                compression=None, ping_interval=10, ping_timeout=10, close_timeout=2,
                                user_agent_header="telephony-gateway")
-        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
+        except (TimeoutError, OSError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
             # the password a URL may carry is never logged: only scheme, host, port and path
             detail = "" if isinstance(e, websockets.InvalidURI) else str(e)[:200]
             log.warning("engine unreachable: %s %s", type(e).__name__, detail,
@@ -479,7 +480,7 @@ class EngineConnection:
 class EngineHub:
     """Idle engine connections per pool, and the calls waiting for one."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._idle: dict[str, deque[EngineConnection]] = {}
         self._waiting: dict[str, deque[asyncio.Future]] = {}
@@ -592,7 +593,7 @@ class EngineHub:
     async def _close_redirected(conn: EngineConnection) -> None:
         try:
             await asyncio.wait_for(conn.transport.close(CLOSE_NORMAL, "redirect"), 2.0)
-        except (asyncio.TimeoutError, EngineClosed, OSError):
+        except (TimeoutError, EngineClosed, OSError):
             pass
         finally:
             conn.finished.set()
@@ -676,7 +677,7 @@ class AcceptEngine(VoiceEngine):
             conn.finished.set()
 
 
-def setup_routes(app: web.Application, gateway: "Gateway") -> EngineHub:
+def setup_routes(app: web.Application, gateway: Gateway) -> EngineHub:
     """Expose `GET /engine/ws` for accept-mode engines and let the engine registry hand calls to them."""
     hub = EngineHub(gateway)
     gateway.engines.accept_hub = hub

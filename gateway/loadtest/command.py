@@ -65,11 +65,12 @@ async def start_gateway(number: str) -> LocalGateway:
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     api_key = secrets.token_urlsafe(16)
     env = {**os.environ, "GATEWAY_RTP_PORT_MIN": "30000", "GATEWAY_RTP_PORT_MAX": "39998"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
-        "--sip-port", str(sip_port), "--engine", "echo", "--data-dir", data_dir, "--api-key", api_key,
-        "--max-calls", "5000", "--log-level", "WARNING", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=open(os.path.join(data_dir, "gateway.log"), "wb"))
+    with open(os.path.join(data_dir, "gateway.log"), "wb") as log:   # the child keeps its own copy of the descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(http_port),
+            "--sip-port", str(sip_port), "--engine", "echo", "--data-dir", data_dir, "--api-key", api_key,
+            "--max-calls", "5000", "--log-level", "WARNING", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log)
     gw = LocalGateway(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{sip_port}", api_key, data_dir)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
         for _ in range(100):
@@ -111,9 +112,8 @@ async def read_metrics(http_url: str | None) -> dict[str, float]:
     if not http_url:
         return {}
     try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(http_url + "/metrics") as r:
-                return parse_metrics(await r.text())
+        async with aiohttp.ClientSession() as http, http.get(http_url + "/metrics") as r:
+            return parse_metrics(await r.text())
     except aiohttp.ClientError:
         return {}
 
@@ -173,7 +173,8 @@ def summary_table(result: SippResult, sampler: ProcessSampler | None, wall: floa
         if key in after:
             t.add_row(label, f"{delta.get(key, 0):.0f}")
     if sampler is not None and sampler.samples:
-        t.add_row("gateway CPU", f"{sampler.cpu_used:.2f} s ({100 * sampler.cpu_used / max(wall, 1e-6):.0f} % of a core)")
+        share = 100 * sampler.cpu_used / max(wall, 1e-6)
+        t.add_row("gateway CPU", f"{sampler.cpu_used:.2f} s ({share:.0f} % of a core)")
         t.add_row("gateway peak RSS", f"{sampler.rss_peak / 2**20:.0f} MiB")
     t.add_row("SIPp", "killed at deadline" if result.killed else f"exit {result.returncode}")
     return t
@@ -231,5 +232,5 @@ async def run(args: argparse.Namespace) -> int:
             local.proc.terminate()
             try:
                 await asyncio.wait_for(local.proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 local.proc.kill()

@@ -14,8 +14,8 @@ import shutil
 import signal
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 SIPP = "sipp"
 
@@ -38,7 +38,7 @@ class SippStats:
     failed_breakdown: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: dict[str, str]) -> "SippStats":
+    def from_row(cls, row: dict[str, str]) -> SippStats:
         def num(key: str) -> float:
             try:
                 return float(row.get(key) or 0)
@@ -122,7 +122,8 @@ async def run_sipp(target: str, args: list[str], *, deadline_s: float, cwd: str 
     check_loopback(target)
     workdir = cwd or tempfile.mkdtemp(prefix="sipp-")
     stat = os.path.join(workdir, "stat.csv")
-    full = [sipp_path(), target, "-i", "127.0.0.1", *args, "-trace_stat", "-stf", stat, "-fd", "1", "-trace_rtt", "-rtt_freq", "1",
+    full = [sipp_path(), target, "-i", "127.0.0.1", *args, "-trace_stat", "-stf", stat, "-fd", "1",
+            "-trace_rtt", "-rtt_freq", "1",
             "-trace_err", "-error_file", os.path.join(workdir, "errors.log"), "-nostdin"]
     proc = await asyncio.create_subprocess_exec(*full, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
@@ -132,7 +133,7 @@ async def run_sipp(target: str, args: list[str], *, deadline_s: float, cwd: str 
     while proc.returncode is None:
         try:
             await asyncio.wait_for(proc.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if on_progress is not None:
             s = read_stat_file(stat)

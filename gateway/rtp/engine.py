@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from .session import RtpSession
 
@@ -73,11 +74,11 @@ class RtpEngine:
                 continue
             session = RtpSession(self, port)
             try:
-                await loop.create_datagram_endpoint(lambda: session, local_addr=(self.bind_ip, port))
+                await loop.create_datagram_endpoint(lambda s=session: s, local_addr=(self.bind_ip, port))
             except OSError:
                 continue
             try:
-                rtcp, _ = await loop.create_datagram_endpoint(lambda: RtcpPort(session),
+                rtcp, _ = await loop.create_datagram_endpoint(partial(RtcpPort, session),
                                                               local_addr=(self.bind_ip, port + 1))
             except OSError:
                 if session.transport is not None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from voicecodecs import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
@@ -33,7 +34,7 @@ DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
 class RtpSession(asyncio.DatagramProtocol):
-    def __init__(self, engine: "RtpEngine", port: int) -> None:
+    def __init__(self, engine: RtpEngine, port: int) -> None:
         self.engine = engine
         self.local_port = port
         self.transport: asyncio.DatagramTransport | None = None
@@ -54,7 +55,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._idle = True
         self._credit = 0
         self._last_samples = SAMPLES_PER_TICK
-        self.call: "Call | None" = None
+        self.call: Call | None = None
         self.on_pcm: Callable[[bytes], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
         self.sent = self.received = self.foreign = self.ignored = 0
@@ -94,7 +95,7 @@ class RtpSession(asyncio.DatagramProtocol):
             raise ValueError(f"bad media direction {direction!r}")
         self.direction = direction
 
-    def attach(self, call: "Call") -> None:
+    def attach(self, call: Call) -> None:
         """Connect to a live call: received audio and DTMF go to it; the clock pulls its outbound frames."""
         self.call = call
         self.sending = True
@@ -148,10 +149,9 @@ class RtpSession(asyncio.DatagramProtocol):
         log.debug("rtp socket error", extra={"port": self.local_port, "error": str(exc)})
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.latched:
-            if addr != self.remote:
-                self.foreign += 1
-                return
+        if self.latched and addr != self.remote:
+            self.foreign += 1
+            return
         if is_rtcp(data):
             self.rtcp_received(data, addr)
             return

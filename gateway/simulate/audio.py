@@ -38,7 +38,7 @@ def resample(pcm: bytes, src: int, dst: int) -> bytes:
 def read_wav(data: bytes | str | Path, rate: int) -> bytes:
     """A mono or stereo 16-bit WAV (bytes or a path) as PCM16 mono at `rate`."""
     try:
-        src = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")
+        src = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115 (closed by the with)
         with src, wave.open(src) as w:
             if w.getsampwidth() != 2:
                 raise AudioError("WAV must be 16-bit PCM")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.turns import Timeline
 from gateway.vad import FRAME_MS, SpeechDetector
@@ -101,7 +101,7 @@ class ScriptedCaller:
     async def _until_remote_hangup(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.remote_hangup.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _agent_playing(self, now: float) -> bool:

@@ -11,14 +11,13 @@ log, so the report shows the latency as the caller heard it next to the gateway'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cli_api import CliError, Client, resolve_api_key
+from ..cli_api import Client, CliError, resolve_api_key
 from ..loadtest.sipp import check_loopback
 from .audio import AudioError
 from .report import html_page, print_tables

@@ -8,14 +8,16 @@ import asyncio
 import base64
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
+from voicecodecs import pcm16_to_ulaw
+
 from .wsclient import ReceivingClient
 
-from voicecodecs import pcm16_to_ulaw
 
 @dataclass
 class Received:
@@ -49,7 +51,7 @@ class ExotelStreamClient(ReceivingClient):
         self.codec = "pcm16"
         self.call_sid = self.account_sid = ""
 
-    async def connect(self) -> "ExotelStreamClient":
+    async def connect(self) -> ExotelStreamClient:
         self.ws = await self.session.ws_connect(self.url, headers=self.headers, autoclose=True)
         self._reader = asyncio.create_task(self._read())
         await self.send({"event": "connected"})

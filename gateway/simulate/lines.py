@@ -25,8 +25,9 @@ import base64
 import re
 import secrets
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 

@@ -35,9 +35,8 @@ async def post_signed(url: str, params: dict[str, str], token: str | None, *, si
                    "X-Plivo-Signature-V3-Nonce": nonce}
     if tamper:
         params = {**params, "From": "15550009999"}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url, data=params, headers=headers) as r:
-            return r.status, await r.text()
+    async with aiohttp.ClientSession() as s, s.post(url, data=params, headers=headers) as r:
+        return r.status, await r.text()
 
 
 class PlivoStreamClient(TwilioStreamClient):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from gateway.turns import analyze, percentile
 
@@ -45,7 +46,7 @@ def compare(caller_turns: list[dict[str, Any]], gateway_turns: list[dict[str, An
     """Largest |difference| of response latency between turns both sides measured (paired in order)."""
     if len(caller_turns) != len(gateway_turns):
         return None
-    diffs = [abs(a["latency_ms"] - b["latency_ms"]) for a, b in zip(caller_turns, gateway_turns)
+    diffs = [abs(a["latency_ms"] - b["latency_ms"]) for a, b in zip(caller_turns, gateway_turns, strict=True)
              if a.get("latency_ms") is not None and b.get("latency_ms") is not None]
     return max(diffs) if diffs else None
 
@@ -113,7 +114,8 @@ def overall(reports: list[CallReport]) -> dict[str, Any]:
         return {"count": len(values), "p50_ms": round(percentile(values, 50)), "p95_ms": round(percentile(values, 95)),
                 "max_ms": round(max(values))}
 
-    caller_lat = [t["latency_ms"] for r in reports for t in r.timing.get("turns", []) if t.get("latency_ms") is not None]
+    caller_lat = [t["latency_ms"] for r in reports for t in r.timing.get("turns", [])
+                  if t.get("latency_ms") is not None]
     gw_lat = [t["latency_ms"] for r in reports if r.gateway for t in r.gateway.get("turns") or []
               if t.get("latency_ms") is not None]
     barges = [t["barge_in"]["reaction_ms"] for r in reports for t in r.timing.get("turns", []) if "barge_in" in t]
@@ -122,7 +124,8 @@ def overall(reports: list[CallReport]) -> dict[str, Any]:
         key = r.error and "failed: " + r.error.split(":")[0] or r.hangup or "?"
         hangups[key] = hangups.get(key, 0) + 1
     dis = [r.disagreement_ms for r in reports if r.disagreement_ms is not None]
-    return {"calls": len(reports), "ok": sum(r.ok for r in reports), "failed": sum(r.error is not None for r in reports),
+    return {"calls": len(reports), "ok": sum(r.ok for r in reports),
+            "failed": sum(r.error is not None for r in reports),
             "with_step_failures": sum(bool(r.failures) for r in reports),
             "turns": sum(r.timing.get("summary", {}).get("turns", 0) for r in reports),
             "latency_caller": dist(caller_lat), "latency_gateway": dist(gw_lat),

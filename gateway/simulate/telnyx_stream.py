@@ -41,13 +41,12 @@ async def post_webhook(url: str, event_type: str, payload: dict[str, Any], key: 
         headers["telnyx-signature-ed25519"] = base64.b64encode(key.sign(ts.encode() + b"|" + body)).decode()
     if tamper:
         body = body.replace(b'"from"', b'"from_"')
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url, data=body, headers=headers) as r:
-            text = await r.text()
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
+    async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, text
 
 
 class TelnyxStreamClient(TwilioStreamClient):

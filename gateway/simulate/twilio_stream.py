@@ -12,10 +12,9 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from typing import Callable
 
 import aiohttp
 from twilio.request_validator import RequestValidator
@@ -36,9 +35,8 @@ async def post_signed(url: str, params: dict[str, str], token: str | None, *, si
         headers[header] = sig
     if tamper:
         params = {**params, "From": "+15550009999"}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url, data=params, headers=headers) as r:
-            return r.status, await r.text()
+    async with aiohttp.ClientSession() as s, s.post(url, data=params, headers=headers) as r:
+        return r.status, await r.text()
 
 
 @dataclass
@@ -75,7 +73,7 @@ class TwilioStreamClient:
         self.closed = asyncio.Event()
         self.new_item = asyncio.Event()
 
-    async def __aenter__(self) -> "TwilioStreamClient":
+    async def __aenter__(self) -> TwilioStreamClient:
         self.ws = await connect(self.url, additional_headers=self.headers, max_size=2 ** 20)
         self._reader = asyncio.create_task(self._read())
         self._echoer = asyncio.create_task(self._echo_marks())

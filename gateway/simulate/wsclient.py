@@ -3,7 +3,8 @@ message, and bounded waits for a condition on what was received or for the close
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 

@@ -43,7 +43,7 @@ class Dialog:
     # -- creation -----------------------------------------------------------------------------------------------
     @classmethod
     def as_uas(cls, invite: SipRequest, local_tag: str, source: tuple[str, int] | None = None,
-               transport: str = "udp") -> "Dialog":
+               transport: str = "udp") -> Dialog:
         """Dialog for an INVITE we answer: route set = Record-Route in order, target = their Contact."""
         contacts = invite.contacts
         if not contacts:
@@ -57,7 +57,7 @@ class Dialog:
 
     @classmethod
     def as_uac(cls, request: SipRequest, response: SipResponse, source: tuple[str, int] | None = None,
-               transport: str = "udp") -> "Dialog":
+               transport: str = "udp") -> Dialog:
         """Dialog from our INVITE (or SUBSCRIBE/REFER) and the peer's 1xx-with-tag / 2xx answer."""
         contacts = response.contacts
         if not contacts:

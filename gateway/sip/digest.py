@@ -33,8 +33,8 @@ import os
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 __all__ = [
     "DigestError", "Challenge", "Credentials", "AuthResult", "DigestServer", "parse_challenge",

@@ -17,8 +17,9 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .digest import DigestServer
 
@@ -41,7 +42,7 @@ class TrunkAuth:
     password: str = field(default="", repr=False)
 
     @classmethod
-    def from_number(cls, row: dict[str, Any]) -> "TrunkAuth":
+    def from_number(cls, row: dict[str, Any]) -> TrunkAuth:
         cfg = row.get("config") or {}
         sec = row.get("secrets") or {}
         allowed = tuple(ipaddress.ip_network(str(x), strict=False) for x in cfg.get("allowed_ips") or [])
@@ -95,7 +96,7 @@ class InboundAuth:
             return hit[1]
         try:
             addrs = set(await asyncio.wait_for(self.resolver(host), 5.0))
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             log.warning("trunk host did not resolve", extra={"host": host, "error": str(e)})
             addrs = hit[1] if hit else set()
         self._cache[host] = (now + self.cache_ttl, addrs)

@@ -21,8 +21,9 @@ import ipaddress
 import logging
 import random
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -155,7 +156,7 @@ class Locator:
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), LOOKUP_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise LocateError(f"{name} does not resolve: {e}") from None
         return list(dict.fromkeys(i[4][0] for i in infos))
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 __all__ = [
     "SipParseError", "Headers", "SipMessage", "SipRequest", "SipResponse", "Via", "NameAddr", "SipUri",
@@ -55,7 +55,7 @@ class SipParseError(ValueError):
     message as far as it could be parsed (start line + headers) so the transport can still build a response.
     """
 
-    def __init__(self, reason: str, status: int = 400, partial: "SipMessage | None" = None):
+    def __init__(self, reason: str, status: int = 400, partial: SipMessage | None = None):
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -262,7 +262,7 @@ class Headers:
     def __len__(self) -> int:
         return len(self._d)
 
-    def copy(self) -> "Headers":
+    def copy(self) -> Headers:
         h = Headers()
         h._d = {k: (d, list(v)) for k, (d, v) in self._d.items()}
         return h
@@ -359,7 +359,7 @@ class Via:
     params: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: str) -> "Via":
+    def parse(cls, value: str) -> Via:
         m = _VIA_RE.match(value.strip())
         if m is None:
             other = _VIA_VERSION_RE.match(value)
@@ -402,7 +402,7 @@ class NameAddr:
     params: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: str) -> "NameAddr":
+    def parse(cls, value: str) -> NameAddr:
         v = value.strip()
         if not v:
             raise SipParseError("empty address")
@@ -443,11 +443,11 @@ class NameAddr:
     def tag(self) -> str | None:
         return self.params.get("tag")
 
-    def with_tag(self, tag: str) -> "NameAddr":
+    def with_tag(self, tag: str) -> NameAddr:
         return NameAddr(self.uri, self.display, {**self.params, "tag": tag})
 
     @property
-    def parsed_uri(self) -> "SipUri":
+    def parsed_uri(self) -> SipUri:
         return SipUri.parse(self.uri)
 
     def __str__(self) -> str:
@@ -472,7 +472,7 @@ class SipUri:
     params: dict = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, value: str) -> "SipUri":
+    def parse(cls, value: str) -> SipUri:
         from sipmessage import URI  # noqa: PLC0415 - imported lazily: only needed off the hot path
 
         raw = value.strip()
@@ -656,7 +656,7 @@ class SipRequest(SipMessage):
     def to_bytes(self) -> bytes:
         return self._head_bytes(f"{self.method} {self.uri} SIP/2.0") + self.body
 
-    def copy(self) -> "SipRequest":
+    def copy(self) -> SipRequest:
         return SipRequest(self.method, self.uri, self.headers.copy(), self.body)
 
     def __repr__(self) -> str:
@@ -679,7 +679,7 @@ class SipResponse(SipMessage):
     def to_bytes(self) -> bytes:
         return self._head_bytes(f"SIP/2.0 {self.status} {self.reason}") + self.body
 
-    def copy(self) -> "SipResponse":
+    def copy(self) -> SipResponse:
         return SipResponse(self.status, self.reason, self.headers.copy(), self.body)
 
     def __repr__(self) -> str:
@@ -695,7 +695,7 @@ _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*:\S+\Z")
 
 
-def _check_header_lines(rest: str, msg: "SipMessage") -> None:
+def _check_header_lines(rest: str, msg: SipMessage) -> None:
     for line in rest.split("\n"):
         if not line.strip():
             raise SipParseError("message without headers" if not rest.strip() else "empty header line",

@@ -40,7 +40,7 @@ class DialPlan:
         return dial_user(e164, strip_plus=self.strip_plus, dial_prefix=self.dial_prefix)
 
     @classmethod
-    def from_config(cls, config: dict) -> "DialPlan":
+    def from_config(cls, config: dict) -> DialPlan:
         return cls(bool(config.get("sip_strip_plus")), config.get("sip_dial_prefix") or "")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag, split_hostport
@@ -28,7 +28,7 @@ def refresh_in(granted: int) -> float:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Registration:
@@ -86,7 +86,7 @@ class Registration:
         if unregister and self.registered:
             try:
                 await asyncio.wait_for(self.register_once(0), 5)
-            except (asyncio.TimeoutError, RequestFailed) as e:
+            except (TimeoutError, RequestFailed) as e:
                 log.info("un-REGISTER not confirmed: %s", e)
             self.registered = False
 

@@ -152,7 +152,7 @@ class SessionDescription:
     version: int = 0
 
     @classmethod
-    def parse(cls, data: bytes | str) -> "SessionDescription":
+    def parse(cls, data: bytes | str) -> SessionDescription:
         text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
         sd = cls()
         cur: MediaDescription | None = None

@@ -114,7 +114,7 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
         t0 = time.monotonic()
         try:
             first = await asyncio.wait_for(ua.send(options(1, []), target.dest), STEP_TIMEOUT)
-        except (asyncio.TimeoutError, RequestFailed) as e:
+        except (TimeoutError, RequestFailed) as e:
             timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
             tried.append(f"{target.describe()}: " + ("timed out" if timed_out else e.reason))
             continue
@@ -149,7 +149,7 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
         try:
             resp = await asyncio.wait_for(ua.send(options(2, [(name, value)]), dest), STEP_TIMEOUT)
             steps.append(_step("credentials", verdict_for(resp.status), "authenticated OPTIONS", _line(resp)))
-        except (asyncio.TimeoutError, RequestFailed) as e:
+        except (TimeoutError, RequestFailed) as e:
             steps.append(_step("credentials", TIMED_OUT, f"authenticated OPTIONS not answered: {e}"))
     else:
         steps.append(await _invite_probe(ua, fields, dest, route, creds))
@@ -168,12 +168,12 @@ async def _register_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str
     reg = Registration(ua, number, _NoStore(), expires=60)
     try:
         resp = await asyncio.wait_for(reg.register_once(60), STEP_TIMEOUT)
-    except (asyncio.TimeoutError, RequestFailed) as e:
+    except (TimeoutError, RequestFailed) as e:
         return _step("credentials", TIMED_OUT, f"REGISTER not answered: {e}")
     if resp.status < 300:
         try:
             await asyncio.wait_for(reg.register_once(0), STEP_TIMEOUT)
-        except (asyncio.TimeoutError, RequestFailed):
+        except (TimeoutError, RequestFailed):
             pass
     return _step("credentials", verdict_for(resp.status), "REGISTER" + (" (then un-REGISTER)" if resp.status < 300
                                                                         else ""), _line(resp))
@@ -189,7 +189,8 @@ async def _invite_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str, 
     uri = sip_uri(plan.user_part(number), host, port if port != 5060 else None,
                   transport=(fields.get("transport") or "udp"))
     caller = number[1:] if plan.strip_plus else number
-    probe = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr(sip_uri(caller, host)), to_addr=NameAddr(uri), sdp=make_offer(ua.host, 9).to_bytes(), dest=dest, creds=creds,
+    probe = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr(sip_uri(caller, host)), to_addr=NameAddr(uri),
+                           sdp=make_offer(ua.host, 9).to_bytes(), dest=dest, creds=creds,
                            route=route, headers=[("Subject", "connection test")])
     seen: list[SipResponse] = []
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = ["Clock", "LoopClock", "FakeClock", "T1", "T2", "T4"]
 

@@ -43,7 +43,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .message import Headers, SipParseError, SipRequest, SipResponse, make_response, new_branch, new_tag
 from .timers import T1, T2, T4, Clock, LoopClock
@@ -156,7 +157,7 @@ class ClientTransaction(_TimerSet):
                  "state", "key", "final", "last_response", "_data", "_timers", "_provisional_seen",
                  "_cancel_txn", "_ack_data", "_got_response", "server_name")
 
-    def __init__(self, layer: "TransactionLayer", request: SipRequest, addr: tuple[str, int], protocol: str,
+    def __init__(self, layer: TransactionLayer, request: SipRequest, addr: tuple[str, int], protocol: str,
                  on_provisional: Callable | None, conn: Any = None):
         self.layer = layer
         self.request = request
@@ -338,7 +339,7 @@ class ServerTransaction(_TimerSet):
     __slots__ = ("layer", "request", "source", "conn", "is_invite", "reliable", "state", "key", "last_response",
                  "_last_data", "_dest", "_timers", "_cancelled", "to_tag", "dialog_key", "__weakref__")
 
-    def __init__(self, layer: "TransactionLayer", request: SipRequest, source: tuple[str, int], conn: Any, key):
+    def __init__(self, layer: TransactionLayer, request: SipRequest, source: tuple[str, int], conn: Any, key):
         self.layer = layer
         self.request = request
         self.source = source
@@ -565,7 +566,7 @@ class TransactionLayer:
         return await txn.final
 
     def send_ack(self, ack: SipRequest, addr: tuple[str, int], protocol: str = "udp",
-                 conn: Any = None) -> "asyncio.Future[None]":
+                 conn: Any = None) -> asyncio.Future[None]:
         return self.transport.send(ack, addr, protocol, conn)
 
     @staticmethod

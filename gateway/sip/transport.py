@@ -31,10 +31,17 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 from .message import (
-    SipMessage, SipParseError, SipRequest, SipResponse, SipStreamParser, Via, make_response, parse_message,
+    SipMessage,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    Via,
+    make_response,
+    parse_message,
 )
 
 __all__ = ["SipTransport", "Connection", "TcpConnection", "UdpConnection", "TransportError"]
@@ -68,7 +75,7 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 
     protocol = "udp"
 
-    def __init__(self, owner: "SipTransport"):
+    def __init__(self, owner: SipTransport):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -104,7 +111,7 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
 class TcpConnection(asyncio.Protocol, Connection):
     """One TCP (or TLS) connection, accepted or opened by us; framing by Content-Length."""
 
-    def __init__(self, owner: "SipTransport", protocol: str = "tcp"):
+    def __init__(self, owner: SipTransport, protocol: str = "tcp"):
         self.owner = owner
         self.protocol = protocol
         self.transport: asyncio.Transport | None = None
@@ -254,7 +261,7 @@ class SipTransport:
         if self._tcp_server is not None:
             try:
                 await asyncio.wait_for(self._tcp_server.wait_closed(), 2)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
+            except (TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
                 pass
             self._tcp_server = None
         self._tcp_conns.clear()
@@ -328,7 +335,7 @@ class SipTransport:
             log.info("dropped malformed SIP message from %s:%d: %s", addr[0], addr[1], reason)
             return
         try:
-            partial.top_via  # a response needs somewhere to go
+            _ = partial.top_via  # a response needs somewhere to go
         except SipParseError:
             if err.status != 505:
                 self.stats["dropped"] += 1
@@ -349,7 +356,7 @@ class SipTransport:
 
     # -- sending
     def send(self, msg: SipMessage | bytes, addr: Addr, protocol: str = "udp",
-             conn: Connection | None = None, *, server_name: str | None = None) -> "asyncio.Future[None]":
+             conn: Connection | None = None, *, server_name: str | None = None) -> asyncio.Future[None]:
         """Send to `addr` over "udp", "tcp" or "tls". Never raises; the returned future carries a TransportError on
         failure. `server_name` is the host name a new TLS connection verifies the certificate against."""
         loop = asyncio.get_running_loop()
@@ -387,7 +394,7 @@ class SipTransport:
         fut.add_done_callback(_consume_exception)
         return fut
 
-    def _send_tcp_new(self, data: bytes, addr: Addr, fut: "asyncio.Future[None]", protocol: str = "tcp",
+    def _send_tcp_new(self, data: bytes, addr: Addr, fut: asyncio.Future[None], protocol: str = "tcp",
                       server_name: str | None = None) -> None:
         key = (protocol, addr)
         task = self._connecting.get(key)
@@ -441,7 +448,7 @@ class SipTransport:
             return (host, via.port or 5061), "tls"
         return (host, via.port or 5060), "tcp"
 
-    def send_response(self, resp: SipResponse, conn: Connection | None = None) -> "asyncio.Future[None]":
+    def send_response(self, resp: SipResponse, conn: Connection | None = None) -> asyncio.Future[None]:
         try:
             addr, proto = self.response_destination(resp)
         except SipParseError as e:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from . import digest
 from .dialog import Dialog
@@ -151,7 +152,7 @@ class UserAgent:
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=2), 5.0)  # SOCK_DGRAM
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise RequestFailed(f"cannot resolve {host}: {e}") from None
         return infos[0][4][0], port
 
@@ -364,7 +365,7 @@ class UserAgent:
             try:
                 await asyncio.wait_for(ev.wait(), 64 * self.t1 + 1)
                 return True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         finally:
             self._ack_waiters.pop(key, None)
@@ -406,7 +407,7 @@ class IncomingInvite:
     def reject(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         self.respond(status, reason, headers)
 
-    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> "SipSession":
+    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> SipSession:
         """Send 200 with our SDP and wait for the ACK; raises RequestFailed (after a BYE) when none comes."""
         if self.finished:
             raise RequestFailed("INVITE already answered or cancelled")
@@ -439,7 +440,7 @@ def _record_route(request: SipRequest) -> list[tuple[str, str]]:
 class InviteResult:
     """How an outbound INVITE ended: a session (answered) or the final response / error that ended it."""
 
-    session: "SipSession | None" = None
+    session: SipSession | None = None
     response: SipResponse | None = None
     error: str = ""
     timed_out: bool = False
@@ -827,7 +828,7 @@ class SipSession:
     def _track_cseq(self, req: SipRequest) -> None:
         self.dialog.local_cseq = max(self.dialog.local_cseq, req.cseq[0])
 
-    def send_bye(self, reason: str | None = None) -> "asyncio.Task[SipResponse | None] | None":
+    def send_bye(self, reason: str | None = None) -> asyncio.Task[SipResponse | None] | None:
         """Hang up with an RFC 3326 Reason, without waiting for the answer.
 
         RFC 3261 §15: the session is over once the BYE is sent, so it ends here, at once; the BYE transaction
@@ -888,7 +889,7 @@ class SipSession:
                 return resp.status, resp.reason
             try:
                 return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return 408, "No NOTIFY with a final transfer status"
         finally:
             self._refer_waiters.remove(fut)

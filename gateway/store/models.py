@@ -2,7 +2,7 @@
 migration; secrets sit in their own column so no query that feeds the API can return them by accident."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def row_dict(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def row_dict(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
             continue
         v = getattr(obj, col.key)
         if isinstance(v, datetime):
-            v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+            v = (v if v.tzinfo else v.replace(tzinfo=UTC)).isoformat()
         out[col.key] = v
     return out
 
@@ -93,6 +93,11 @@ class CallLog(Base):
     hangup_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     hangup_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: recording | stored | failed | upload_failed | expired (gateway/recording/service.py); null: not recorded
+    recording_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: where the recording is and what it is: {request, channels, sample_rate, store, path | bucket+key, node, bytes,
+    #: duration, error}; `request` is a per-call override given to dispatch
+    recording: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: the process id (`Settings.proc_id`) holding the call's media; only it changes the live call (docs/deploy.md)

@@ -8,7 +8,7 @@ clock on PostgreSQL (`now()`), so clock skew between machines cannot make a heal
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
@@ -20,7 +20,7 @@ OWNING_STATES = ("running", "draining")
 
 
 def _aware(v: datetime | None) -> datetime | None:
-    return v if v is None or v.tzinfo else v.replace(tzinfo=timezone.utc)
+    return v if v is None or v.tzinfo else v.replace(tzinfo=UTC)
 
 
 class ClusterStore:

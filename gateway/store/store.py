@@ -6,23 +6,23 @@ the database (gateway/secretbox.py) and decrypted only on that explicit request;
 """
 from __future__ import annotations
 
-import logging
-import os
-from datetime import datetime, timezone
-from typing import Any
-
 import asyncio
 import contextlib
 import copy
-import time
+import logging
 import logging as _logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
-from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, row_dict as _row, utcnow
+from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
+from .models import row_dict as _row
 from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
 
@@ -98,7 +98,8 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "call_status": "queued", "answered_at": None, "ended_at": None, "call_duration_in_seconds": None,
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
-    "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "hangup_source": None, "hangup_reason": None, "recording_url": None, "recording_status": None, "recording": None,
+    "call_context": {}, "extra": {},
     "owner": None,
     "timing": None,
 }
@@ -115,7 +116,7 @@ def _utc(at: datetime | None) -> datetime | None:
     """`at` as an aware UTC datetime (naive means UTC already)."""
     if at is None:
         return None
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 class Store(ClusterStore):
@@ -531,8 +532,23 @@ class Store(ClusterStore):
             q, cq = q.where(CallLog.call_status == call_status), cq.where(CallLog.call_status == call_status)
         async with self._session() as s:
             total = await s.scalar(cq)
-            rows = (await s.scalars(q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize))).all()
+            page = q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize)
+            rows = (await s.scalars(page)).all()
             return [_row(c) for c in rows], int(total or 0)
+
+    async def recordings_in(self, statuses: tuple[str, ...], *, ended: bool = True,
+                            created_before: datetime | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Call-log rows whose recording is in one of `statuses` (of ended calls only, unless `ended` is False;
+        created before `created_before` when given), oldest first: what the recording sweep works on."""
+        await self.flush()
+        q = select(CallLog).where(CallLog.recording_status.in_(statuses))
+        if ended:
+            q = q.where(CallLog.ended_at.is_not(None))
+        if created_before is not None:
+            q = q.where(CallLog.created_at < created_before)
+        async with self._session() as s:
+            rows = (await s.scalars(q.order_by(CallLog.id).limit(limit))).all()
+            return [_row(c) for c in rows]
 
     async def list_call_events(self, call_id: int) -> list[dict[str, Any]]:
         await self.flush()

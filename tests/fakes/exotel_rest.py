@@ -23,7 +23,7 @@ from aiohttp import web
 try:
     from .rest_faults import RestStandIn
 except ImportError:                    # run as a script
-    from rest_faults import RestStandIn    # type: ignore[no-redef]
+    from rest_faults import RestStandIn  # type: ignore[no-redef]
 
 ACCOUNT_SID = "gwtest1"
 API_KEY = "exo-key-123"
@@ -99,7 +99,7 @@ class FakeExotelApi(RestStandIn):
                                            "Status": "in-progress", "Direction": "outbound-api",
                                            "Uri": f"/v1/Accounts/{ACCOUNT_SID}/Calls/{sid}.json"}})
 
-    async def start(self, port: int = 0) -> "FakeExotelApi":
+    async def start(self, port: int = 0) -> FakeExotelApi:
         async def record(request: web.Request) -> None:
             await self._record(request)
         app = web.Application(middlewares=[self.faults.middleware(exotel_error, record)])

@@ -35,7 +35,7 @@ class FakePlivoRest(RestStandIn):
         self.calls[call_uuid] = True
         return call_uuid
 
-    async def start(self) -> "FakePlivoRest":
+    async def start(self) -> FakePlivoRest:
         app = web.Application(middlewares=[self.faults.middleware(lambda s: plivo_error(s, f"HTTP {s}"))])
         base = "/v1/Account/{auth_id}/"
         app.router.add_get(base, self._account)

@@ -28,7 +28,7 @@ class RealtimeStandIn:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1/realtime"
 
-    async def __aenter__(self) -> "RealtimeStandIn":
+    async def __aenter__(self) -> RealtimeStandIn:
         self._server = await serve(self._connection, "127.0.0.1", 0, max_size=None)
         return self
 

@@ -40,7 +40,7 @@ class FakeTelnyxRest(RestStandIn):
         self.calls[ccid] = {"alive": True}
         return ccid
 
-    async def start(self) -> "FakeTelnyxRest":
+    async def start(self) -> FakeTelnyxRest:
         app = web.Application(middlewares=[self.faults.middleware(lambda s: telnyx_error(s, *FAULTS.get(
             s, ("10015", "Bad request"))))])
         app.router.add_get("/v2/phone_numbers", self._numbers)

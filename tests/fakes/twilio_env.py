@@ -12,8 +12,8 @@ import pytest_asyncio
 
 from carriers.twilio import TwilioCarrier
 from gateway.runtime import Gateway
-
 from gateway.simulate.twilio_stream import TwilioStreamClient, post_signed
+
 from .twilio_rest import FakeAccount, FakeTwilioRest
 
 NUMBER = "+15005550006"

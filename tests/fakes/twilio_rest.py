@@ -83,7 +83,7 @@ class FakeTwilioRest(RestStandIn):
         self.calls[sid] = {"sid": sid, "account_sid": account.sid, "status": status}
         return sid
 
-    async def start(self) -> "FakeTwilioRest":
+    async def start(self) -> FakeTwilioRest:
         def fault(status: int) -> web.Response:
             return twilio_error(status, *FAULT_CODES.get(status, (20001, "Bad request")))
 
@@ -108,7 +108,7 @@ class FakeTwilioRest(RestStandIn):
             params.setdefault(k, []).append(v)
         if request.method == "POST":
             form = await request.post()
-            for k in form.keys():
+            for k in form:
                 params[k] = [str(x) for x in form.getall(k)]
         rec = Recorded(request.method, request.path, params)
         self.requests.append(rec)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 try:
     from .rest_faults import RestStandIn
 except ImportError:                    # run as a script
-    from rest_faults import RestStandIn    # type: ignore[no-redef]
+    from rest_faults import RestStandIn  # type: ignore[no-redef]
 
 VONAGE_NUMBER = "+447700900000"
 APP_ID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -149,7 +149,7 @@ class FakeVonageApi(RestStandIn):
         """A call Vonage knows about (an inbound call's uuid, so REST updates on it succeed)."""
         self.calls[uuid] = calls
 
-    async def start(self, port: int = 0) -> "FakeVonageApi":
+    async def start(self, port: int = 0) -> FakeVonageApi:
         app = web.Application(middlewares=[self.faults.middleware(vonage_error, self._log)])
         app.router.add_post("/v1/calls", self.create_call)
         app.router.add_get("/v1/calls", self.list_calls)
