@@ -17,6 +17,7 @@ from .dtmf import DtmfReceiver, DtmfSender
 from .jitter import LOST, JitterBuffer
 from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
 from .rtcp import Rtcp, mos
+from .srtp import SrtpContext
 
 if TYPE_CHECKING:
     from ..call import Call
@@ -70,6 +71,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
         self._transit: int | None = None
         self._arrived = 0.0   # loop time the newest audio packet arrived
+        #: SDES-SRTP (gateway/rtp/srtp.py) when the call's SDP negotiated keys; None: plain RTP
+        self.srtp: SrtpContext | None = None
 
     # -- configuration ------------------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
@@ -90,6 +93,11 @@ class RtpSession(asyncio.DatagramProtocol):
         self.dtmf_payload_type = dtmf_payload_type
         _, self._decode, self._encode, self._silence = CODECS[codec]
 
+    def set_srtp(self, srtp: SrtpContext | None) -> None:
+        """Encrypt what we send and authenticate + decrypt what we receive with these keys (None: plain RTP).
+        A new context (a re-offer with new keys) starts fresh on both sides."""
+        self.srtp = srtp
+
     def set_direction(self, direction: str) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"bad media direction {direction!r}")
@@ -106,10 +114,13 @@ class RtpSession(asyncio.DatagramProtocol):
 
     @property
     def stats(self) -> dict[str, float]:
-        return {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
-                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
-                "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
-                "rtcp_received": sum(self.rtcp.received.values())}
+        out = {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
+               "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
+               "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
+               "rtcp_received": sum(self.rtcp.received.values())}
+        if self.srtp is not None:
+            out["srtp_failed"] = self.srtp.failed   # dropped: failed authentication or replay check
+        return out
 
     def quality(self) -> dict[str, object]:
         """Per-call RTP/RTCP quality for the call log: our reception (loss, jitter), what the peer's RTCP said
@@ -155,6 +166,11 @@ class RtpSession(asyncio.DatagramProtocol):
         if is_rtcp(data):
             self.rtcp_received(data, addr)
             return
+        if self.srtp is not None:
+            plain = self.srtp.unprotect(data)
+            if plain is None:   # forged, replayed or keyed differently: never played, never latched to
+                return
+            data = plain
         try:
             pkt = parse_rtp(data)
         except RtpParseError:
@@ -193,6 +209,11 @@ class RtpSession(asyncio.DatagramProtocol):
         if self.remote is None or addr[0] != self.remote[0]:
             self.foreign += 1
             return
+        if self.srtp is not None:   # SRTCP (RFC 3711): what does not authenticate is dropped, never latched to
+            plain = self.srtp.unprotect_rtcp(data)
+            if plain is None:
+                return
+            data = plain
         if not self.rtcp_mux and not self._rtcp_latched:
             self.rtcp_remote = addr
             self._rtcp_latched = True
@@ -220,6 +241,11 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         data = rtcp.build(packets_sent=self.sent, octets_sent=self.octets, rtp_timestamp=self._ts,
                           jitter_ts=self.jitter_ts, we_sent=we_sent, bye=bye)
+        if self.srtp is not None:      # SRTCP (RFC 3711 §3.4) with the call's SRTP keys
+            protected = self.srtp.protect_rtcp(data)
+            if protected is None:
+                return
+            data = protected
         if self.rtcp_mux:
             if self.transport is not None:
                 self.transport.sendto(data, self.remote)
@@ -292,6 +318,12 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> None:
         self._seq = (self._seq + 1) & 0xFFFF
-        self.transport.sendto(build_rtp(pt, marker, self._seq, ts, self.ssrc, payload), self.remote)
+        packet = build_rtp(pt, marker, self._seq, ts, self.ssrc, payload)
+        if self.srtp is not None:
+            protected = self.srtp.protect(packet)
+            if protected is None:
+                return
+            packet = protected
+        self.transport.sendto(packet, self.remote)
         self.sent += 1
         self.octets += len(payload)
