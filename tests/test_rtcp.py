@@ -18,6 +18,7 @@ from gateway.call import Call
 from gateway.rtp import RtpEngine, RtpSession
 from gateway.rtp.packet import build_rtp
 from gateway.rtp.rtcp import ReceptionStats, mos, report_interval
+from gateway.rtp.srtp import CryptoAttribute, SrtpContext
 from sipp import (
     call_rows,
     metric_value,
@@ -193,6 +194,26 @@ async def test_rtcp_mux_uses_the_rtp_port(env):
     await wait_for(lambda: session.rtcp.received["sr"] == 1, timeout=5)
     await wait_for(lambda: reports(peer_rtp.packets, 200), timeout=10)   # our SR came to the RTP port
     assert not peer_rtcp.packets
+
+
+async def test_with_srtp_keys_rtcp_is_srtcp_both_ways(env):
+    """RFC 3711 §3.4: a call with SDES-SRTP keys sends and accepts only SRTCP (encrypted, authenticated)."""
+    session, peer_rtcp = env.session, env.peer_rtcp
+    ours, theirs = CryptoAttribute.generate(), CryptoAttribute.generate()
+    session.set_srtp(SrtpContext(ours, theirs))
+    peer = SrtpContext(theirs, ours)
+    gw_rtcp = ("127.0.0.1", session.local_port + 1)
+    plain = sender_report(PEER_SSRC, ntp64(time.time()), 0, 0, 0)
+    peer_rtcp.transport.sendto(plain, gw_rtcp)                            # in the clear: dropped
+    await wait_for(lambda: session.srtp.failed == 1, timeout=5)
+    peer_rtcp.transport.sendto(peer.protect_rtcp(plain), gw_rtcp)
+    await wait_for(lambda: session.rtcp.received["sr"] == 1, timeout=5)
+    await wait_for(lambda: peer_rtcp.packets, timeout=10)
+    assert all(p[1] in (200, 201) for p in peer_rtcp.packets)            # the header stays readable…
+    clear = [peer.unprotect_rtcp(p) for p in peer_rtcp.packets]
+    assert all(c is not None for c in clear)                              # …and it authenticates with our key
+    assert b"gateway@" not in peer_rtcp.packets[0] and b"gateway@" in clear[0]   # the SDES CNAME was encrypted
+    assert parse_compound(clear[0])[0][0] in (200, 201)
 
 
 def test_reception_stats_follow_rfc3550_appendix_a3():
