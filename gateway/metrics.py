@@ -261,6 +261,7 @@ class StateCollector(Collector):
         if gw.control.clustered:
             yield _family("counter", "gateway_control_bus_reconnects_total",
                           "Times the control bus's PostgreSQL LISTEN connection was re-opened.", gw.control.reconnects)
+        yield from _queue_and_health(gw)
         help_rec = {"gateway_recordings_active": "Calls being recorded right now.",
                     "gateway_recordings_started_total": "Call recordings started.",
                     "gateway_recordings_completed_total": "Call recordings finished and kept.",
@@ -277,6 +278,41 @@ class StateCollector(Collector):
                           "HTTP connections refused (503) at the total or per-address connection cap.", guard.refused)
             yield _family("counter", "gateway_http_header_timeouts_total",
                           "HTTP connections closed for not sending a request head in time.", guard.header_timeouts)
+
+
+def _queue_and_health(gw: Gateway) -> Iterator[Metric]:
+    """The dispatch queue (gateway/dispatcher) and each number's health (gateway/health)."""
+    queue = GaugeMetricFamily("gateway_queue_calls", "Dispatch-queue calls per status (the whole cluster's queue).",
+                              labels=["status"])
+    for status, n in sorted(gw.dispatcher.depth.items()):
+        queue.add_metric([status], n)
+    yield queue
+    placed = CounterMetricFamily("gateway_queue_placed", "Queued calls this process placed (dispatched), failed, or "
+                                 "gave back because the number or the gateway was full (requeued).", labels=["outcome"])
+    for outcome, n in sorted(gw.dispatcher.counts.items()):
+        placed.add_metric([outcome], n)
+    yield placed
+    labels = ["number_id", "phone_number"]
+    score = GaugeMetricFamily("gateway_number_health_score", "Health score (0-100) of each phone number / trunk.",
+                              labels=labels)
+    reachable = GaugeMetricFamily("gateway_number_reachable", "1 when the trunk answered its last OPTIONS probe.",
+                                  labels=labels)
+    rtt = GaugeMetricFamily("gateway_number_options_rtt_seconds", "Round trip of the trunk's last OPTIONS probe.",
+                            labels=labels)
+    asr = GaugeMetricFamily("gateway_number_asr", "Answer-seizure ratio of the number's outbound calls over the "
+                            "health window.", labels=labels)
+    for n, r in sorted(gw.health.latest.items()):
+        data = r["data"]
+        key = [str(n), str(data.get("phone_number") or "")]
+        score.add_metric(key, r["health_score"])
+        probe = data.get("probe")
+        if probe:
+            reachable.add_metric(key, 1 if probe["reachable"] else 0)
+            if probe.get("rtt_ms") is not None:
+                rtt.add_metric(key, probe["rtt_ms"] / 1000)
+        if data.get("asr") is not None:
+            asr.add_metric(key, data["asr"])
+    yield from (score, reachable, rtt, asr)
 
 
 def _carrier_series(gw: Gateway, taken: set[str]) -> Iterator[Metric]:

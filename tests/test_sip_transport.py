@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from gateway.sip.message import SipRequest, make_response, parse_message
+from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.transport import SipTransport, TransportError
 
 INVITE = (b"INVITE sip:+15551234567@127.0.0.1 SIP/2.0\r\n"
@@ -373,4 +373,90 @@ async def test_tls_transport_with_transaction_layers(tmp_path):
         assert len(seen) == 2
     finally:
         for t in (a, b, stranger):
+            await t.stop()
+
+
+async def test_an_unchecked_tls_connection_is_never_reused_for_a_checked_send(tmp_path):
+    """A trunk with tls_verify false and one with it on may share an address: the connection opened without a
+    certificate check must not carry the checked trunk's requests (it would skip the check)."""
+    import ssl
+
+    from gateway.sip.tls import SELF_SIGNED
+    from gateway.sip.transaction import TransactionLayer, TransactionTransportError
+    from gateway.sip.transport import TlsPeer
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    b = SipTransport("127.0.0.1", 0, tls_context=server_ctx, tls_port=0)
+    a = SipTransport("127.0.0.1", 0)      # the system's trust store: the self-signed certificate is not in it
+    for t in (a, b):
+        await t.start()
+    try:
+        la, lb = TransactionLayer(a), TransactionLayer(b)
+        lb.on_request = lambda req, txn: txn.respond(make_response(req, 200, to_tag="x"))
+
+        def options(cid):
+            return SipRequest("OPTIONS", f"sip:gw@127.0.0.1:{b.tls_port};transport=tls", [
+                ("From", "<sip:a@127.0.0.1>;tag=1"), ("To", "<sip:gw@127.0.0.1>"), ("Call-ID", cid),
+                ("CSeq", "1 OPTIONS"), ("Max-Forwards", "70")])
+
+        dest = ("127.0.0.1", b.tls_port)
+        unchecked, checked = TlsPeer("localhost", verify=False), TlsPeer("localhost")
+        # both at once (the second must not wait for the first's connection), then the checked one again
+        first, second = await asyncio.gather(
+            la.send_request(options("u-1"), dest, "tls", tls=unchecked),
+            la.send_request(options("c-1"), dest, "tls", tls=checked), return_exceptions=True)
+        assert isinstance(first, SipResponse) and first.status == 200
+        assert isinstance(second, TransactionTransportError) and second.cause.verdict == SELF_SIGNED
+        assert a.connection("tls", dest).tls_peer == unchecked
+        with pytest.raises(TransactionTransportError):
+            await asyncio.wait_for(la.send_request(options("c-2"), dest, "tls", tls=checked), 10)
+        resp = await asyncio.wait_for(la.send_request(options("u-2"), dest, "tls", tls=unchecked), 10)
+        assert resp.status == 200           # and the unchecked trunk keeps its connection
+    finally:
+        for t in (a, b):
+            await t.stop()
+
+
+async def test_a_registration_over_tcp_pings_its_connection_between_refreshes():
+    """The trunk sends calls down a TCP/TLS registration's connection: between refreshes it gets RFC 5626 CRLF
+    keep-alives, so neither our idle reaper nor a NAT closes it."""
+    from gateway.sip.registration import Registration
+    from gateway.sip.transaction import TransactionLayer
+    from gateway.sip.ua import UserAgent
+
+    registrar, ours = SipTransport("127.0.0.1", 0), SipTransport("127.0.0.1", 0)
+    for t in (registrar, ours):
+        await t.start()
+    layer = TransactionLayer(registrar)
+    layer.on_request = lambda req, txn: txn.respond(make_response(
+        req, 200, to_tag="r", headers=[("Contact", f"{req.headers.get('Contact')};expires=3600")]))
+
+    class NoStore:
+        async def update_number(self, *_, **__):
+            return None
+
+    ua = UserAgent(ours, TransactionLayer(ours))
+    number = {"id": 1, "config": {"sip_host": "127.0.0.1", "sip_port": registrar.port, "transport": "tcp",
+                                  "sip_username": "alice"}, "secrets": {}}
+    reg = Registration(ua, number, NoStore())
+    reg.keepalive = 0.05
+    reg.start()
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+
+        def pings() -> int:
+            return sum(c.framer.pings for c in registrar._tcp_conns.values())
+
+        while pings() < 3 and loop.time() < end:
+            await asyncio.sleep(0.02)
+        assert reg.registered and reg.granted == 3600 and reg.flow == ("tcp", ("127.0.0.1", registrar.port))
+        assert pings() >= 3
+        assert ours.connection("tcp", ("127.0.0.1", registrar.port)) is not None
+    finally:
+        await reg.stop(unregister=False)
+        await ua.close()
+        for t in (registrar, ours):
             await t.stop()

@@ -45,6 +45,9 @@ class Dispatch(Body):
     from_number_id: Id | None = Field(None, description="default: the agent's attached number")
     call_context: dict[str, Any] | None = Field(None, description="handed to the engine and webhooks")
     recording: Recording | None = Field(None, description="record this call (or not), overriding the agent")
+    queue: bool = Field(False, description="true: put the call in the dispatch queue (202 with `queue_id`); it "
+                                           "starts when the number has a free channel and a free slot at its "
+                                           "max_cps")
 
 
 class Attach(Body):
@@ -61,6 +64,15 @@ class Detach(Body):
 class Transfer(Body):
     """POST /calls/{id}/transfer."""
     number: E164 | None = Field(None, description="default: the agent's first static transfer option")
+
+
+class Consult(Body):
+    """POST /calls/{id}/consult: attended transfer, first step."""
+    number: E164 | None = Field(None, description="the transfer target; default: the agent's first static "
+                                                  "transfer option")
+    message: str | None = Field(None, min_length=1, max_length=2000,
+                                description="played to the target when it answers: a WAV path or URL (played by "
+                                            "the gateway), or text (handed to the engine to say)")
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -56,6 +56,8 @@ Addr = tuple[str, int]
 MAX_UDP = 65507
 UDP_BUFFER = 2 * 1024 * 1024
 TCP_IDLE_TIMEOUT = 600.0  # seconds without traffic before we close a TCP connection we hold
+#: RFC 5626 §4.4.1: keep-alive interval of a flow over a connection-oriented transport (95-120 s recommended)
+KEEPALIVE_INTERVAL = 110.0
 
 
 class TransportError(OSError):
@@ -204,7 +206,8 @@ class SipTransport:
         self._udp: UdpConnection | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_conns: dict[tuple[str, Addr], TcpConnection] = {}
-        self._connecting: dict[tuple[str, Addr], asyncio.Task] = {}
+        #: connections being opened, by transport, address and TLS check (a send waits for the one matching it)
+        self._connecting: dict[tuple[str, Addr, TlsPeer | None], asyncio.Task] = {}
         self._reaper: asyncio.Task | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
@@ -420,6 +423,19 @@ class SipTransport:
             return True
         return conn.tls_peer == peer
 
+    def ping(self, protocol: str, addr: Addr) -> bool:
+        """An RFC 5626 §3.5.1 CRLF keep-alive on our open connection to `addr`: it keeps a registration's flow
+        (and any NAT binding in front of it) open, and counts as activity for the idle reaper. False when no
+        such connection is open."""
+        conn = self.connection(protocol, addr)
+        if conn is None:
+            return False
+        try:
+            conn.send_bytes(b"\r\n\r\n")
+        except OSError:
+            return False
+        return True
+
     def connection(self, protocol: str, addr: Addr) -> TcpConnection | None:
         """The open TCP/TLS connection to `addr`, if any (in-dialog requests reuse the dialog's connection)."""
         conn = self._tcp_conns.get((protocol.lower(), (addr[0], int(addr[1]))))
@@ -427,7 +443,7 @@ class SipTransport:
 
     def _send_tcp_new(self, data: bytes, addr: Addr, fut: asyncio.Future[None], protocol: str = "tcp",
                       peer: TlsPeer | None = None) -> None:
-        key = (protocol, addr)
+        key = (protocol, addr, peer)
         task = self._connecting.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, peer))
