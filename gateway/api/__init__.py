@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .. import metrics
-from . import agents, calls, nodes, numbers, openapi, queue, recordings, responses
+from ..metrics_workers import SCOPE_PROCESS, node_exposition
+from . import agents, calls, models, nodes, numbers, openapi, queue, recordings, responses
 from .errors import error_middleware, error_response
+from .models import parse
 from .routes import api_route, ok
 
 if TYPE_CHECKING:
@@ -58,8 +59,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = metrics.render(request.app["gateway"])
-    return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+    """This process's series; under `--workers N` (unless `?scope=process`) every worker's of the node, each
+    labelled `proc` (gateway/metrics_workers.py)."""
+    gw = request.app["gateway"]
+    accept = request.headers.get("Accept", "")
+    scope = parse(models.MetricsQuery, request.query).scope
+    if gw.settings.worker_index > 0 and scope != SCOPE_PROCESS:
+        body, content_type = await node_exposition(gw, accept)
+    else:
+        body, content_type = gw.metrics.render(accept)
+    return web.Response(body=body, headers={"Content-Type": content_type, "X-Gateway-Proc": gw.settings.proc_id})
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
@@ -73,8 +82,9 @@ def setup_api(app: web.Application, gateway: Gateway) -> None:
     api_route(app, "GET", "/healthz", healthz, "Liveness for load balancers (503 while draining)", tag="meta",
               response=responses.Health, auth=False, errors=(),
               also=((503, responses.Health, "Draining: send new calls elsewhere"),))
-    api_route(app, "GET", "/metrics", metrics_handler, "Prometheus text exposition (counts only)", tag="meta",
-              response=None, content_type="text/plain", auth=False, errors=())
+    api_route(app, "GET", "/metrics", metrics_handler, "Prometheus exposition (text 0.0.4, or OpenMetrics by "
+              "Accept); under --workers N every worker's series of the node", tag="meta", query=models.MetricsQuery,
+              response=None, content_type="text/plain", auth=False, errors=(400,))
     api_route(app, "GET", f"{PREFIX}/openapi.json", openapi_handler, "This document", tag="meta",
               response=responses.OpenApiDocument, errors=(401,))
     numbers.add_routes(app, PREFIX)

@@ -124,6 +124,12 @@ class ProviderPath(Body):
     provider: Annotated[str, Field(description="a loaded carrier's provider (see Import_<provider>)")]
 
 
+class MetricsQuery(BaseModel):
+    """GET /metrics (other parameters a scraper adds are ignored)."""
+    scope: Literal["process"] | None = Field(None, description="process: only this process's series, not the "
+                                                               "node's workers' (serve --workers N)")
+
+
 class RangeHeader(BaseModel):
     """HTTP Range (RFC 9110 §14.2) of a download, e.g. `bytes=0-1023`."""
     Range: Annotated[str, text(200)] | None = Field(None, description="e.g. bytes=0-1023; answered 206")
