@@ -149,12 +149,38 @@ class SipLeg:
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self.carrier.transfer(self, request)
 
+    async def set_hold(self, call: Call, on: bool) -> None:
+        """We put the caller on hold (RFC 3264 §8.4, RFC 6337 §5.3): re-INVITE offering a=sendonly — we keep sending
+        (music on hold) and stop playing out what arrives — and a=sendrecv to resume. CarrierError when the far
+        end refuses or does not answer (the call stays as it was)."""
+        session = self.session
+        if session is None or session.ended.is_set():
+            raise CarrierError("the SIP call is not established", 409)
+        self.sdp_version += 1
+        offer = make_offer(self.carrier.advertised_ip, self.rtp.local_port, direction="sendonly" if on else "sendrecv",
+                           session_id=self.sdp_session_id, version=self.sdp_version)
+        try:
+            resp = await session.reinvite(offer.to_bytes())
+        except RequestFailed as e:
+            raise CarrierError(f"hold re-INVITE not answered: {e.reason}", 504) from None
+        if resp.status >= 300:
+            raise CarrierError(f"the far end refused the hold re-INVITE: {resp.status} {resp.reason}", 502)
+        try:
+            choice = parse_answer(resp.body or session.remote_sdp or b"", offer)
+        except (NoCommonCodec, SdpError) as e:
+            raise CarrierError(f"the far end's answer to the hold re-INVITE is unusable: {e}", 502) from None
+        self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+        self.rtp.set_direction(choice.direction)
+        call.log.info("SIP hold" if on else "SIP resume", extra={"direction": choice.direction})
+
     # -- media -------------------------------------------------------------------------------------------------
     def offer_answer(self, offer: bytes) -> bytes | None:
         """A re-INVITE/UPDATE offer (hold, resume, codec change): our answer, or None for 488."""
         try:
             self.sdp_version += 1
+            # while we hold the caller we keep sending music and stop listening, whatever the far end re-offers
             answer, choice = answer_offer(offer, self.carrier.advertised_ip, self.rtp.local_port,
+                                          direction="sendonly" if self.call.held else "sendrecv",
                                           session_id=self.sdp_session_id, version=self.sdp_version)
         except (NoCommonCodec, SdpError) as e:
             self.call.log.info("re-offer refused: %s", e)
@@ -162,10 +188,12 @@ class SipLeg:
         self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
         self.rtp.set_direction(choice.direction)
         if choice.on_hold != self.on_hold:
+            # the far end holds us (a=sendonly/inactive): we answered recvonly/inactive, so RTP stops going out and
+            # the engine's audio waits; the engine is told and hears nothing until the far end resumes (sendrecv)
             self.on_hold = choice.on_hold
-            event = "call:hold" if choice.on_hold else "call:resumed"
-            self.call.log.info(event, extra={"direction": choice.direction})
-            self.carrier._spawn(self.call.emit(event, {"direction": choice.direction}), event)
+            self.call.log.info("held by the far end" if choice.on_hold else "resumed by the far end",
+                               extra={"direction": choice.direction})
+            self.carrier._spawn(self.call.remote_hold(choice.on_hold), "sip-remote-hold")
         return answer.to_bytes()
 
     def close(self) -> None:

@@ -238,9 +238,44 @@ def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
+def _hold_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/hold|unhold: music on hold and a paused, deaf engine; SIP also re-INVITEs (sendonly)."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "hold" if on else "unhold")
+        try:
+            await call.set_hold(on, "api")
+        except CarrierError as e:
+            raise carrier_api_error(e, requestId=call.log_id) from None
+        return _state(call, "held" if on else "resumed")
+    return perform
+
+
+def _mute_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/mute|unmute: the caller's audio stops (or resumes) reaching the engine."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "mute" if on else "unmute")
+        await call.set_mute(on, "api")
+        return _state(call, "muted" if on else "unmuted")
+    return perform
+
+
+def _needs_media(call: Call, what: str) -> None:
+    if call.bus is None:
+        raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); {what} needs media", 409)
+
+
+def _state(call: Call, status: str) -> dict[str, Any]:
+    return {"success": True, "status": status, "call_id": call.id, "requestId": call.log_id, "held": call.held,
+            "remote_held": call.remote_held, "muted": call.muted}
+
+
 CALL_OPS: list[CallOp] = [
     CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
     CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
+    CallOp("hold", _no_body, _hold_op(True), wait=lambda gw: gw.settings.carrier_timeout),
+    CallOp("unhold", _no_body, _hold_op(False), wait=lambda gw: gw.settings.carrier_timeout),
+    CallOp("mute", _no_body, _mute_op(True)),
+    CallOp("unmute", _no_body, _mute_op(False)),
 ]
 
 
