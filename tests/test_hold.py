@@ -67,6 +67,13 @@ class Listener(VoiceEngine):
         return [e for e in self.events if isinstance(e, kind)]
 
 
+async def next_audio(ws) -> bytes:
+    """The next binary (caller audio) frame the gateway sends the engine."""
+    while not isinstance(data := await asyncio.wait_for(ws.recv(), T), bytes):
+        pass
+    return data
+
+
 # -- engine protocol ----------------------------------------------------------------------------------------------
 async def test_engine_hold_comes_after_its_audio_then_music_and_the_engine_hears_nothing(make_gateway):
     seen: dict = {}
@@ -80,22 +87,14 @@ async def test_engine_hold_comes_after_its_audio_then_music_and_the_engine_hears
         await asyncio.wait_for(seen["unheld"].wait(), T)
         await ws.send(json.dumps({"type": "unhold"}))
         seen["resumed"] = await recv_json(ws, "hold")
-        while True:                                       # the first caller audio after the hold
-            data = await asyncio.wait_for(ws.recv(), T)
-            if isinstance(data, bytes):
-                seen["first_audio"] = data
-                break
+        seen["first_audio"] = await next_audio(ws)        # the first caller audio after the hold
         await ws.send(json.dumps({"type": "mute"}))
         seen["muted"] = await recv_json(ws, "mute")
         seen["mute_ready"].set()
         await asyncio.wait_for(seen["unmute"].wait(), T)
         await ws.send(json.dumps({"type": "unmute"}))
         seen["unmuted"] = await recv_json(ws, "mute")
-        while True:
-            data = await asyncio.wait_for(ws.recv(), T)
-            if isinstance(data, bytes):
-                seen["after_mute"] = data
-                break
+        seen["after_mute"] = await next_audio(ws)
         await ws.send(json.dumps({"type": "hangup"}))
         await recv_json(ws, "hangup")
 
@@ -255,3 +254,30 @@ async def test_cli_hold_unhold_mute_unmute(make_gateway, monkeypatch, capsys):
     assert (await cli("calls", "unmute", str(call.log_id)))["muted"] is False and not call.muted
     code = await asyncio.wait_for(asyncio.to_thread(main, ["calls", "hold", "424242"]), 30)
     assert code == 1 and "not found" in capsys.readouterr().err
+
+
+# -- music on hold over a Vonage websocket (L16 16 kHz: the music arrives bit-exact) --------------------------------
+async def test_music_on_hold_over_vonage_is_the_music_at_16k(make_gateway):
+    from carriers.vonage import VonageCarrier
+    from exotel_helpers import CallWatch
+    from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, signed_headers
+
+    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
+    await add_vonage_number(gw, rate=16000)
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
+        async with s.get(gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
+                                                            "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356",
+                                                            "conversation_uuid": "CON-1"}) as r:
+            ncco = await r.json()
+        call = await watch.next_call()
+        v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
+        await v.connect()
+        await until(lambda: call.bus is not None, what="the stream to attach")
+        status, body = await post(gw, f"/calls/{call.log_id}/hold")
+        assert status == 200 and body["held"] is True
+        await v.wait_for(lambda rx: default_music(16000)[:640 * 25] in rx.audio, timeout=T)
+        status, _ = await post(gw, f"/calls/{call.log_id}/unhold")
+        assert status == 200
+        await v.close()
+        await watch.wait_ended(call)
