@@ -57,6 +57,8 @@ SIP_OPTS = (
     Opt("auth_type", help="basic | ip"),
     Opt("allowed_ips", "list", help="comma-separated IPs/CIDRs allowed to send calls (auth_type ip)"),
     Opt("register", "bool", help="REGISTER to the carrier"),
+    Opt("tls_verify", "bool", help="transport tls: check the trunk's certificate (default true)"),
+    Opt("media_encryption", help="none | srtp | optional"),
 )
 TWILIO_OPTS = (Opt("phone_number", required=True), Opt("account_sid", required=True),
                Opt("account_token", secret=True, env="GATEWAY_TWILIO_TOKEN"), Opt("name"))

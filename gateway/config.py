@@ -39,6 +39,13 @@ class Settings:
     enable_sip: bool = True
     #: DNS server (ip[:port]) for SIP trunk NAPTR/SRV/A lookups (RFC 3263); empty = the system's resolvers
     dns_server: str = ""
+    #: SIP over TLS (docs/sip-trunks.md "TLS and SRTP"): our certificate (PEM, chain allowed) and key; with both
+    #: set the gateway also listens for TLS on `tls_port` (worker k of `--workers N`: tls_port + N + k - 1)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 5061
+    #: extra CA certificates (PEM) trusted when we connect to trunks over TLS, besides the system's store
+    tls_ca_file: str = ""
     log_level: str = "INFO"
     log_format: str = "text"        # text (message + key=value fields) | json (one object per line)
     #: lifecycle webhooks may go to loopback / private / link-local (cloud metadata) addresses: off by default
@@ -115,6 +122,10 @@ class Settings:
         if self.advertised_ip:
             return self.advertised_ip
         return "127.0.0.1" if self.sip_host in ("0.0.0.0", "", "::") else self.sip_host
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
 
     @property
     def public_base(self) -> str:
