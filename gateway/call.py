@@ -113,7 +113,7 @@ class Call:
         #: the call's recording while it is written (gateway/recording/), and where it goes
         self.recorder: Recorder | None = None
         self.recording_info: dict[str, Any] = {}
-        #: hold and mute (docs/api.md "Hold, music on hold, mute"). `held`: by the gateway (API or engine): music to
+        #: hold and mute (docs/hold.md). `held`: by the gateway (API or engine): music to
         #: the caller, the engine's output waits; `remote_held`: by the far end (SIP re-INVITE sendonly/inactive);
         #: `muted`: the caller's audio does not reach the engine. Held either way the engine hears nothing either.
         self.held = False
