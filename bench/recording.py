@@ -76,9 +76,9 @@ def recorder_cost(frames: int = 20000) -> float:
     from gateway.recording.recorder import Recorder
     caller, agent = bytes(range(256)) + bytes(64), bytes(320)
     best = float("inf")
+    now = [0.0]
     for _ in range(5):
         with tempfile.TemporaryDirectory() as d:
-            now = [0.0]
             rec = Recorder(f"{d}/r.wav", 8000, "dual", lambda: now[0], lambda e: None)
             t0 = time.process_time()
             for _ in range(frames):

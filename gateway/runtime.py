@@ -111,6 +111,7 @@ class Gateway:
     def build_app(self) -> web.Application:
         from .api import setup_api
         from .console import setup_routes as setup_console_routes
+        from .dashboards import setup_routes as setup_dashboard_routes
         from .engine.ws_bridge import setup_routes as setup_engine_routes
         from .landing import setup_routes as setup_landing_routes
         from .live import setup_routes as setup_live_routes
@@ -119,6 +120,7 @@ class Gateway:
         setup_engine_routes(self.app, self)
         setup_live_routes(self.app, self)
         setup_console_routes(self.app, self)
+        setup_dashboard_routes(self.app, self)
         setup_landing_routes(self.app, self)
         for carrier in self.carriers.values():
             carrier.setup(self.app)

@@ -46,7 +46,8 @@ def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: l
     for code in errors:
         op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
                                                           404: "Not found", 409: "Conflict",
-                                                          502: "Carrier error", 503: "At capacity"}[code])
+                                                          502: "Carrier error", 503: "At capacity",
+                                                          504: "The process owning the call did not answer"}[code])
     if params:
         op["parameters"] = params
     if body is not None:
@@ -140,7 +141,12 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                     "description": "signs each delivery (X-Gateway-Signature); shown as \"****\""}}},
                 "amd": {"type": "object", "properties": {"enabled": {"type": "boolean", "default": False},
                                                          "provider": {"type": "string", "default": "gateway",
-                                                                      "enum": list(AMD_PROVIDERS)}}}}}}},
+                                                                      "enum": list(AMD_PROVIDERS)}}},
+                "recording": {"type": "object", "additionalProperties": False, "description":
+                              "record the call's audio (docs/recording.md); dispatch may override it per call",
+                              "properties": {"enabled": {"type": "boolean", "default": False},
+                                             "channels": {"type": "string", "enum": ["mono", "dual"],
+                                                          "default": "dual"}}}}}}},
         "Agent": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                                                    "engine": {"type": ["string", "null"]},
                                                    "webhook_url": {"type": ["string", "null"]},
@@ -148,7 +154,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer),
+        **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer,
+                         models.Consult),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -243,6 +250,15 @@ def build(gw: Gateway) -> dict[str, Any]:
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
             body=_ref("Transfer"), errors=(400, 401, 404, 409))},
+        f"{p}/calls/{{id}}/consult": {"post": _op(
+            "Attended transfer, step 1: put the caller on hold and call the target (the engine then talks to it)",
+            tag="calls", params=[cid], body=_ref("Consult"), errors=(400, 401, 404, 409, 502))},
+        f"{p}/calls/{{id}}/consult/complete": {"post": _op(
+            "Attended transfer, step 2: join the caller and the answered target; the gateway leaves the call",
+            tag="calls", params=[cid], errors=(401, 404, 409, 502, 504))},
+        f"{p}/calls/{{id}}/consult/cancel": {"post": _op(
+            "Attended transfer: end the consultation call; the engine talks to the caller again", tag="calls",
+            params=[cid], errors=(401, 404, 409, 502))},
         f"{p}/calls/{{id}}/recording": {"get": _recording_op(cid)},
         **{f"{p}/calls/{{id}}/{op}": {"post": _op(summary, tag="calls", params=[cid], ok=_ref("HoldMuteState"),
                                                   errors=(400, 401, 404, 409, 502))}
