@@ -150,6 +150,9 @@ async def test_answers_validate_against_their_documented_schemas(api):
         status, body = await call("POST", "/calls/{id}/" + step, f"/calls/{log_id}/{step}",
                                   json={"number": "+14155550177"} if step == "consult" else None)
         assert 400 <= status < 500, (step, body)
+    for step in ("hold", "unhold", "mute", "unmute"):
+        status, body = await call("POST", "/calls/{id}/" + step, f"/calls/{log_id}/{step}")
+        assert status < 500, (step, body)
     status, body = await call("POST", "/calls/{id}/transfer", f"/calls/{log_id}/transfer",
                               json={"number": "+14155550177"})
     assert status == 200, body

@@ -251,6 +251,37 @@ def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
+def _hold_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/hold|unhold: music on hold and a paused, deaf engine; SIP also re-INVITEs (sendonly)."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "hold" if on else "unhold")
+        try:
+            await call.set_hold(on, "api")
+        except CarrierError as e:
+            raise carrier_api_error(e, requestId=call.log_id) from None
+        return _state(call, "held" if on else "resumed")
+    return perform
+
+
+def _mute_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/mute|unmute: the caller's audio stops (or resumes) reaching the engine."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "mute" if on else "unmute")
+        await call.set_mute(on, "api")
+        return _state(call, "muted" if on else "unmuted")
+    return perform
+
+
+def _needs_media(call: Call, what: str) -> None:
+    if call.bus is None:
+        raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); {what} needs media", 409)
+
+
+def _state(call: Call, status: str) -> dict[str, Any]:
+    return {"success": True, "status": status, "call_id": call.id, "requestId": call.log_id, "held": call.held,
+            "remote_held": call.remote_held, "muted": call.muted}
+
+
 def _consult_error(call: Call, e: Exception) -> ApiError:
     """A consultation step refused (409 with the reason), refused by the carrier (its status), or a bug (502)."""
     if isinstance(e, ConsultError):
@@ -301,6 +332,13 @@ CALL_OPS: list[CallOp] = [
            "leaves the call", _consult_complete, response=responses.ConsultReply, wait=_transfer_wait),
     CallOp("consult/cancel", "Attended transfer: end the consultation call; the engine talks to the caller again",
            _consult_cancel, wait=_transfer_wait),
+    CallOp("hold", "Put a live call on hold: music on hold, the engine paused (SIP re-INVITEs sendonly)",
+           _hold_op(True), response=responses.HoldState, wait=lambda gw: gw.settings.carrier_timeout),
+    CallOp("unhold", "Take a live call off hold", _hold_op(False), response=responses.HoldState,
+           wait=lambda gw: gw.settings.carrier_timeout),
+    CallOp("mute", "Mute the caller: their audio stops reaching the engine", _mute_op(True),
+           response=responses.HoldState),
+    CallOp("unmute", "Unmute the caller", _mute_op(False), response=responses.HoldState),
 ]
 
 

@@ -261,6 +261,13 @@ class TransferReply(CallOpReply):
     number: str = Field(description="the number the call is being transferred to")
 
 
+class HoldState(CallOpReply):
+    """hold / unhold / mute / unmute: the call's state after the action (docs/hold.md)."""
+    held: bool = Field(description="the gateway holds the call (music on hold)")
+    remote_held: bool = Field(description="the far end holds the call")
+    muted: bool = Field(description="the caller's audio does not reach the engine")
+
+
 class ConsultReply(CallOpReply):
     """Attended transfer steps (gateway/consult.py)."""
     number: str | None = Field(description="the consultation's target")
