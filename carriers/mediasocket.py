@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,17 @@ class MarkedPlayout:
     call: Call | None
     _mark_ids: itertools.count[int]
 
+    if TYPE_CHECKING:
+        @property
+        def log(self) -> logging.LoggerAdapter[Any]: ...   # the streams that pass `late` to _stop_sender have one
+
+    @property
+    def live_call(self) -> Call:
+        """The call this stream carries: set by its start message, before the loops that use it run."""
+        if self.call is None:
+            raise RuntimeError("media stream without a call (no start message yet)")
+        return self.call
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._mark_ids = itertools.count(1)     # each carrier numbers its drain marks on its own
@@ -138,7 +150,7 @@ class MarkedPlayout:
             self.pending_marks.remove(name)
         except ValueError:
             return False
-        self.call.feed_event(Mark(name))
+        self.live_call.feed_event(Mark(name))
         return True
 
     async def clear(self) -> None:
@@ -202,7 +214,7 @@ class MarkedPlayout:
         self.playout_end = max(self.playout_end, now) + seconds
 
     async def _close_when_call_ends(self) -> None:
-        await self.call.ended.wait()
+        await self.live_call.ended.wait()
         await asyncio.sleep(0)   # let a sender mid-send finish its frame
         if not self.ws.closed:
             await self.ws.close(code=NORMAL_CLOSE, message=b"call ended")

@@ -30,7 +30,8 @@ from gateway.amd import maybe_start_amd
 from gateway.carrier import Carrier, CarrierError
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
-from .twilio_media import CloseCode, MediaStream, StreamClosed
+from .mediasocket import StreamClosed
+from .twilio_media import CloseCode, MediaStream
 
 if TYPE_CHECKING:
     from gateway.call import Call

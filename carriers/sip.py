@@ -303,9 +303,8 @@ class SipCarrier(Carrier):
         try:
             return apply_preset(fields)
         except PresetError as e:
-            err = CarrierError(e.message if e.message.startswith(e.field) else f"{e.field}: {e.message}", 400)
-            err.field = e.field  # type: ignore[attr-defined]
-            raise err from None
+            raise CarrierError(e.message if e.message.startswith(e.field) else f"{e.field}: {e.message}", 400,
+                               field=e.field) from None
 
     async def on_number_imported(self, number: dict[str, Any]) -> None:
         self._trunks = None
@@ -322,9 +321,22 @@ class SipCarrier(Carrier):
         old = self.registrations.pop(int(number["id"]), None)
         if old is not None:
             self._spawn(old.stop(unregister=False), "sip-unregister")
-        reg = Registration(self.ua, number, self.gateway.store, retry=self.registration_retry)
+        reg = Registration(self.live_ua, number, self.gateway.store, retry=self.registration_retry)
         self.registrations[int(number["id"])] = reg
         reg.start()
+
+    @property
+    def live_ua(self) -> UserAgent:
+        """The user agent of a started carrier (requests and calls arrive only after start())."""
+        if self.ua is None:
+            raise RuntimeError("SIP carrier not started")
+        return self.ua
+
+    @property
+    def live_rtp(self) -> RtpEngine:
+        if self.rtp is None:
+            raise RuntimeError("SIP carrier not started")
+        return self.rtp
 
     def _refuse_banned(self, source_ip: str) -> int | None:
         """New requests from a source banned for password guessing: 403, or silence (`sip_ban_response`)."""
@@ -425,7 +437,7 @@ class SipCarrier(Carrier):
 
     async def _answer(self, inv: IncomingInvite, call: Call, number: dict[str, Any]) -> None:
         req = inv.request
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port)
@@ -496,12 +508,12 @@ class SipCarrier(Carrier):
                       None)
         source = txn.source[0]
         if number is None:
-            self.ua.respond(txn, req, 404, "Not Found")
+            self.live_ua.respond(txn, req, 404, "Not Found")
             return
         verdict = await self.auth.check(TrunkAuth.from_number(number), req, source)
         if not verdict.ok:
             self._auth_refused(verdict, source, method="REGISTER", trunk=number.get("sip_trunk_name"))
-            self.ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
+            self.live_ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
             return
         contacts = req.contacts
         exp_hdr = (req.headers.get("Expires") or "").strip()
@@ -520,7 +532,7 @@ class SipCarrier(Carrier):
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
         await self.gateway.store.update_number(number["id"], status=status)
         self._trunks = None
-        self.ua.respond(txn, req, 200, "OK", headers=headers)
+        self.live_ua.respond(txn, req, 200, "OK", headers=headers)
 
     # -- outbound ------------------------------------------------------------------------------------------------
     async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
@@ -531,7 +543,7 @@ class SipCarrier(Carrier):
             uri = target.uri_for(to_number)
         except (DialFormatError, PresetError, KeyError) as e:
             raise CarrierError(f"cannot dial {to_number} on this trunk: {e}", 400) from None
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         call.leg = leg  # so a hangup while ringing CANCELs the INVITE
         self.legs[call.id] = leg
@@ -580,12 +592,12 @@ class SipCarrier(Carrier):
         dests = [target.dest]
         if not target.route:   # through an outbound proxy the proxy locates the trunk
             try:
-                dests = [t.dest for t in await self.ua.locator.locate(target.host, target.sip_port,
+                dests = [t.dest for t in await self.live_ua.locator.locate(target.host, target.sip_port,
                                                                       target.transport)]
             except LocateError as e:
                 return InviteResult(error=f"DNS: {e}")
         leg.invite = OutgoingInvite(
-            self.ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
+            self.live_ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
             dest=dests[0], alternates=dests[1:], creds=target.creds, route=target.route,
             on_provisional=lambda r: self._early_media(leg, r, state))
         return await leg.invite.run(ring_timeout)
@@ -692,12 +704,14 @@ class SipCarrier(Carrier):
 
     async def _bridge_to(self, leg: SipLeg, target: TrunkTarget, number: str) -> str:
         """A new outbound leg to `number` through the same trunk, bridged to `leg` by the gateway."""
-        call = leg.call
+        call, session = leg.call, leg.session
+        if session is None:   # the caller's dialog is gone: nothing to bridge
+            return "failed"
         try:
             uri = target.uri_for(number)
         except DialFormatError as e:
             return f"failed: {e}"
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         other = SipLeg(self, call, leg.number, rtp)
         state: dict[str, Any] = {}
         result = await self.place(other, target, uri, number, ring_timeout=self.transfer_ring_timeout, state=state)
@@ -718,7 +732,7 @@ class SipCarrier(Carrier):
         rtp.set_direction(choice.direction)
         bridge = MediaBridge(leg, other)
         leg.bridge = other.bridge = bridge
-        self._wire(leg, leg.session)
+        self._wire(leg, session)
         other.session.on_offer = other.offer_answer
         other.session.on_bye = lambda bye: self._bridged_bye(other, bye)
         bridge.start()

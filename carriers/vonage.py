@@ -47,6 +47,7 @@ from gateway.frames import (
     AmdResult,
     AnsweredBy,
     AudioFrame,
+    BusItem,
     Clear,
     Dtmf,
     HangupSource,
@@ -346,7 +347,7 @@ class VonageStream(MarkedPlayout):
     async def run(self) -> None:
         try:
             await self._await_connected()
-            self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.call.id}")
+            self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.live_call.id}")
             await self._read_loop()
         except StreamClosed as e:
             self.log.warning("vonage media socket closed: %s", e.reason, extra={"close_code": int(e.code)})
@@ -392,7 +393,7 @@ class VonageStream(MarkedPlayout):
         self.call.log.info("vonage media socket connected", extra={"rate": self.rate})
 
     async def _read_loop(self) -> None:
-        call = self.call
+        call = self.live_call
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
                 data = self._carry + msg.data
@@ -418,11 +419,11 @@ class VonageStream(MarkedPlayout):
             digit = str(m.get("digit", "")).strip().upper()
             if len(digit) == 1 and digit in _DIGITS:
                 dur = m.get("duration")
-                self.call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
+                self.live_call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
             else:
                 self.log.warning("ignored malformed websocket:dtmf", extra={"digit": digit[:8]})
         elif event == "websocket:notify":
-            payload = m.get("payload") if isinstance(m.get("payload"), dict) else {}
+            payload: dict[str, Any] = m["payload"] if isinstance(m.get("payload"), dict) else {}
             self._mark_played(str(payload.get("name", "")))
         elif event == "websocket:cleared":
             self.log.debug("vonage cleared its playback buffer")
@@ -439,8 +440,10 @@ class VonageStream(MarkedPlayout):
 
     # -- sender -------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        call = self.call
-        nxt: asyncio.Future | None = None
+        call, st = self.live_call, self.st
+        if st is None:
+            raise RuntimeError("vonage stream without call state (not connected)")
+        nxt: asyncio.Future[BusItem] | None = None
         try:
             while not self._stopping:
                 nxt = asyncio.ensure_future(call.next_outbound())
@@ -455,7 +458,7 @@ class VonageStream(MarkedPlayout):
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
-                    t = asyncio.create_task(self.carrier.rest_dtmf(self.st, item.digits))
+                    t = asyncio.create_task(self.carrier.rest_dtmf(st, item.digits))
                     self.dtmf_tasks.add(t)
                     t.add_done_callback(self.dtmf_tasks.discard)
         except (ConnectionError, RuntimeError):
@@ -980,7 +983,7 @@ class VonageCarrier(Carrier):
         if creds.private_key:
             out["vonage_private_key"] = creds.private_key
         if creds.has_app:
-            check_private_key(creds.private_key)
+            check_private_key(creds.private_key or "")   # (has_app: there is one)
             await self._check_app(creds)
         if creds.has_account:
             owned = await self._owned_number(creds, phone)
@@ -1021,7 +1024,7 @@ class VonageCarrier(Carrier):
         creds = creds_of(fields)
         if creds.has_app:
             try:
-                check_private_key(creds.private_key)
+                check_private_key(creds.private_key or "")   # (has_app: there is one)
                 await self._check_app(creds)
                 steps.append({"step": "application", "ok": True, "detail": "JWT accepted by the Voice API"})
             except CarrierError as e:

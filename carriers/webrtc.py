@@ -46,6 +46,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from gateway import safejson
 from gateway.api.errors import ApiError, read_json
+from gateway.call import Call
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
@@ -161,7 +162,7 @@ class WebRTCLeg:
     def __init__(self, carrier: WebRTCCarrier, pc: RTCPeerConnection) -> None:
         self.carrier = carrier
         self.pc = pc
-        self.call = None
+        self.call: Call | None = None
         self.channel = None
         self.track = EngineTrack(self)
         self._up: StreamResampler | None = None
@@ -189,11 +190,15 @@ class WebRTCLeg:
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            if not isinstance(frame, av.AudioFrame):   # (an audio track yields audio frames)
+                continue
             pcm = to_mono_pcm16(frame)
-            if frame.sample_rate != self._up_rate:
-                self._up, self._up_rate = StreamResampler(frame.sample_rate, BUS_RATE), frame.sample_rate
+            up = self._up
+            if up is None or frame.sample_rate != self._up_rate:
+                up = self._up = StreamResampler(frame.sample_rate, BUS_RATE)
+                self._up_rate = frame.sample_rate
             if self.call is not None:
-                self.call.feed_audio(self._up.process(pcm))
+                self.call.feed_audio(up.process(pcm))
         await self.peer_gone("remote_track_ended")
 
     def on_datachannel(self, channel) -> None:

@@ -96,9 +96,9 @@ class Call:
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
-        self._engine_task: asyncio.Task | None = None
+        self._engine_task: asyncio.Task[None] | None = None
         #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
-        self._transfer_waiters: dict[int, asyncio.Future] = {}
+        self._transfer_waiters: dict[int, asyncio.Future[None]] = {}
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
@@ -194,13 +194,20 @@ class Call:
         if self.bus is not None and not self.ended.is_set():
             self.bus.feed_event(event)
 
+    def _attached_bus(self) -> CallBus:
+        """The bus of an attached call: what runs after attach() (engine, carrier sender, transfers) uses this."""
+        if self.bus is None:
+            raise RuntimeError(f"call {self.id} is not attached")
+        return self.bus
+
     async def next_inbound(self) -> BusItem:
-        return await self.bus.inbound.get()
+        return await self._attached_bus().inbound.get()
 
     async def next_outbound(self) -> BusItem:
         """Next item for the carrier to send; hangup/transfer requests are carried out here, in order."""
+        bus = self._attached_bus()
         while True:
-            item = await self.bus.next_outbound()
+            item = await bus.next_outbound()
             if isinstance(item, Hangup):
                 await self._hangup_now(item.source, item.reason)
             elif isinstance(item, TransferRequest):
@@ -211,8 +218,9 @@ class Call:
 
     def next_outbound_nowait(self) -> BusItem | None:
         """For clock-driven senders (RTP); leg actions run in their own task."""
+        bus = self._attached_bus()
         while True:
-            item = self.bus.next_outbound_nowait()
+            item = bus.next_outbound_nowait()
             if isinstance(item, Hangup):
                 asyncio.create_task(self._hangup_now(item.source, item.reason))
             elif isinstance(item, TransferRequest):
@@ -224,10 +232,13 @@ class Call:
 
     def _played(self, item: BusItem) -> None:
         """An item handed to the carrier: agent audio and clears go on the turn timeline."""
+        timeline = self.timeline
+        if timeline is None:   # (set by attach(), with the bus)
+            return
         if type(item) is AudioFrame:
-            self.timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+            timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
         elif type(item) is Clear:
-            self.timeline.agent_clear(self._clock())
+            timeline.agent_clear(self._clock())
 
     # -- actions ------------------------------------------------------------------------------------------------
     async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
@@ -276,9 +287,10 @@ class Call:
             self._say_pending = None        # the engine said the message: this is its "then transfer"
             req = TransferRequest(pending.number, pending.backup_numbers, None)
         elif req.message:
-            req = await self._before_transfer(req)
-            if req is None:
+            after = await self._before_transfer(req)
+            if after is None:
                 return                      # the engine is saying the message; its transfer follows
+            req = after
         await self._queue_transfer(req, wait)
 
     async def _before_transfer(self, req: TransferRequest) -> TransferRequest | None:
@@ -290,13 +302,13 @@ class Call:
             from .amd.wav import WavError, load_message
             from .wavfetch import fetch_wav, is_wav_url
             try:
-                rate = self.bus.engine_rate
+                rate = self._attached_bus().engine_rate
                 pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
                        if is_wav_url(message) else load_message(message, rate))
             except WavError as e:
                 self.log.error("transfer message not played: %s", e)
             else:
-                await self.bus.play(pcm)
+                await self._attached_bus().play(pcm)
             return TransferRequest(req.number, req.backup_numbers, None)
         if not getattr(self._engine, "speaks_text", False):
             return req
@@ -312,26 +324,30 @@ class Call:
             asyncio.ensure_future(self._queue_transfer(req, None))
 
     async def _queue_transfer(self, req: TransferRequest, wait: float | None) -> None:
-        taken = asyncio.get_running_loop().create_future() if wait is not None else None
+        taken: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait is not None else None
         if taken is not None:
             self._transfer_waiters[id(req)] = taken
         try:
-            await self.bus.flush_play()
-            await self.bus.send_control(req)
+            bus = self._attached_bus()
+            await bus.flush_play()
+            await bus.send_control(req)
             if taken is not None:
                 await asyncio.wait({taken}, timeout=wait)
         finally:
             self._transfer_waiters.pop(id(req), None)
             if taken is not None and not taken.done():
                 taken.cancel()      # still queued: the outcome reaches the log and the engine as usual
-        if taken is not None and not taken.cancelled() and taken.exception() is not None:
-            raise taken.exception()
+        failure = taken.exception() if taken is not None and not taken.cancelled() else None
+        if failure is not None:
+            raise failure
 
     async def _transfer_now(self, req: TransferRequest) -> None:
         taken = self._transfer_waiters.pop(id(req), None)
         self.transfer = req
         await self.emit("call:transfer_requested", {"number": req.number, "backup_numbers": req.backup_numbers})
         try:
+            if self.leg is None:
+                raise RuntimeError(f"call {self.id} has no carrier leg")
             await self.leg.transfer(self, req)
         except Exception as e:
             if isinstance(e, CarrierError):

@@ -13,7 +13,9 @@ from .frames import HangupSource
 from .metrics import TimingMetrics
 
 if TYPE_CHECKING:
+    from .engine import EngineRegistry
     from .runtime import Gateway
+    from .store import Store
 
 log = logging.getLogger("gateway.calls")
 
@@ -38,11 +40,11 @@ class CallManager:
         self._idle.set()
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.gateway.store
 
     @property
-    def engines(self):
+    def engines(self) -> EngineRegistry:
         return self.gateway.engines
 
     @property

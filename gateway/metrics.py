@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .procstat import cpu_seconds, rss_bytes
 
@@ -93,7 +93,7 @@ class TimingMetrics:
                                         CLEAR_BUCKETS)
         self.turns = 0
 
-    def observe(self, timing: dict) -> None:
+    def observe(self, timing: dict[str, Any]) -> None:
         for turn in timing["turns"]:
             self.turns += 1
             if turn.get("latency_ms") is not None:

@@ -32,7 +32,8 @@ TRANSFER_QUEUE_WAIT = 5.0
 
 
 def _gw(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def mmss(seconds: float | None) -> str:
@@ -111,7 +112,8 @@ async def _attached_number(gw: Gateway, agent_id: int) -> int:
     if not numbers:
         raise bad("from_number_id", f"is required: agent {agent_id} has no phone number attached "
                                     "(attach one, or name the number to call from)")
-    return numbers[0]["id"]
+    first: int = numbers[0]["id"]
+    return first
 
 
 async def list_logs(request: web.Request) -> web.Response:
@@ -264,7 +266,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
         owner = row.get("owner")
         if row.get("ended_at") is not None or owner == gw.settings.proc_id:
             raise _not_live(ident, row)
-        if not await gw.membership.alive(owner):
+        if owner is None or not await gw.membership.alive(owner):   # (no owner: never alive)
             break
         reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
                                          timeout=timeout)
@@ -276,6 +278,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
             continue
         return reply
     else:
+        assert row is not None   # the loop raised on a missing row
         raise _not_live(ident, row)
     closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
     if op.orphan is not None and closed:
@@ -285,7 +288,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
                     f"{row['call_status']}, {row.get('hangup_reason')})", 404)
 
 
-def _route(op: CallOp):
+def _route(op: CallOp) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         gw = _gw(request)
         ident = request.match_info["id"]
@@ -296,7 +299,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: Gateway, op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp) -> Callable[[dict[str, Any]], Awaitable[Reply]]:
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")

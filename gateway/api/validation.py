@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -51,10 +52,10 @@ def as_bool(value: Any, field: str) -> bool:
 def as_str(value: Any, field: str, *, max_len: int = 1000) -> str:
     if not isinstance(value, str):
         raise bad(field, "must be a string")
-    value = value.strip()
-    if len(value) > max_len:
+    text: str = value.strip()
+    if len(text) > max_len:
         raise bad(field, f"must be at most {max_len} characters")
-    return value
+    return text
 
 
 def as_list(value: Any, field: str) -> list[Any]:
@@ -94,14 +95,14 @@ def as_e164(value: Any, field: str) -> str:
 
 
 def as_http_url(value: Any, field: str) -> str:
-    value = as_str(value, field, max_len=1000)
+    text = as_str(value, field, max_len=1000)
     try:
-        url = URL(value)
+        url = URL(text)
     except ValueError:
-        raise bad(field, f"{value!r} is not a URL") from None
+        raise bad(field, f"{text!r} is not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise bad(field, "must be an http:// or https:// URL with a host")
-    return value
+    return text
 
 
 def as_object(value: Any, field: str) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def required(body: dict[str, Any], name: str, field: str | None = None) -> Any:
     return value
 
 
-def reject_unknown(body: dict[str, Any], allowed: set[str] | list[str], where: str = "") -> None:
+def reject_unknown(body: dict[str, Any], allowed: Collection[str], where: str = "") -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         f = unknown[0]

@@ -14,6 +14,7 @@ from ..frames import AudioFrame, BusItem, Event, Hangup, HangupSource, Mark, Sen
 from ..transfer import transfer_settings
 
 if TYPE_CHECKING:
+    from ..bus import CallBus
     from ..call import Call
 
 
@@ -63,9 +64,17 @@ class EngineSession:
         """True once the call is over (the engine still gets the final `Hangup` from `receive()`)."""
         return self._call.ended.is_set()
 
+    @property
+    def _bus(self) -> CallBus:
+        """The call's bus: an engine session exists only for an attached call."""
+        bus = self._call.bus
+        if bus is None:
+            raise RuntimeError("engine session of a call without a bus (not attached)")
+        return bus
+
     async def receive(self) -> AudioFrame | Event | None:
         """Next caller frame or event; None once the call has ended."""
-        if self._call.ended.is_set() and not len(self._call.bus.inbound):
+        if self._call.ended.is_set() and not len(self._bus.inbound):
             return None
         return await self._call.next_inbound()
 
@@ -82,16 +91,16 @@ class EngineSession:
         gate = self._call.output_gate
         if gate is not None and await gate.engine_play(pcm, end_of_utterance):
             return
-        await self._call.bus.play(pcm)
+        await self._bus.play(pcm)
         if end_of_utterance:
-            await self._call.bus.flush_play()
+            await self._bus.flush_play()
 
     def clear(self) -> None:
         """Barge-in: drop what has not been played yet."""
         gate = self._call.output_gate
         if gate is not None and gate.engine_clear():
             return
-        self._call.bus.clear()
+        self._bus.clear()
 
     async def mark(self, name: str) -> None:
         """Ask to be told (a `Mark` event) when everything queued so far has been played to the caller."""
@@ -100,11 +109,11 @@ class EngineSession:
             return
         # the audio queued before the mark includes a partial 20 ms frame still in the re-framer: send it (padded)
         # first, or the mark would reach the carrier ahead of it and be reported played too early
-        await self._call.bus.flush_play()
-        await self._call.bus.send_control(Mark(name))
+        await self._bus.flush_play()
+        await self._bus.send_control(Mark(name))
 
     async def send_dtmf(self, digits: str) -> None:
-        await self._call.bus.send_control(SendDtmf(digits))
+        await self._bus.send_control(SendDtmf(digits))
 
     async def transfer(self, number: str | None = None) -> None:
         """Transfer to `number`, or to the agent's configured transfer number and its backups."""

@@ -57,9 +57,9 @@ class TelnyxStreamClient(TwilioStreamClient):
         self._seq += 1
         if obj.get("event") != "connected":
             obj = {"sequence_number": str(self._seq), "stream_id": self.stream_sid, **obj}
-        await self.ws.send(json.dumps(obj))
+        await self.conn.send(json.dumps(obj))
 
-    async def start(self, call_control_id: str, **_: Any) -> None:   # type: ignore[override]
+    async def start(self, call_control_id: str, **_: Any) -> None:   # type: ignore[override]  # Telnyx names the call its own way
         await self.connected()
         await self.send({"event": "start", "start": {
             "user_id": str(uuid.uuid4()), "call_control_id": call_control_id, "client_state": "",
@@ -74,7 +74,7 @@ class TelnyxStreamClient(TwilioStreamClient):
     async def dtmf(self, digit: str) -> None:
         await self.send({"event": "dtmf", "dtmf": {"digit": digit}})
 
-    async def stop(self, call_control_id: str = "", **_: Any) -> None:   # type: ignore[override]
+    async def stop(self, call_control_id: str = "", **_: Any) -> None:   # type: ignore[override]  # Telnyx names the call its own way
         await self.send({"event": "stop", "stop": {"call_control_id": call_control_id}})
 
     def mark_message(self, name: str) -> dict[str, Any]:

@@ -276,7 +276,8 @@ def make_offer(ip: str, port: int, codecs: tuple[str, ...] | list[str] = ("PCMU"
     "sendrecv" to resume; pass the same session_id and version+1 for a re-offer, RFC 3264 §8)."""
     if direction not in DIRECTIONS:
         raise SdpError(f"unknown direction {direction!r}")
-    fmts, attrs = [], []
+    fmts: list[str] = []
+    attrs: list[tuple[str, str | None]] = []
     for c in codecs:
         pt = _CODEC_PT.get(c.upper())
         if pt is None:

@@ -28,10 +28,12 @@ else malformed is dropped and counted. No exception from a received byte ever es
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any, cast
 
 from .message import (
     SipMessage,
@@ -79,8 +81,8 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)   # a datagram endpoint's transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Bursts of INVITEs at hundreds of calls/s overflow the default ~200 KB buffer while the loop is
@@ -91,10 +93,10 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
                 except OSError:
                     pass
 
-    def datagram_received(self, data: bytes, addr):  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.owner._on_datagram(data, addr, self)
 
-    def error_received(self, exc):  # type: ignore[override]
+    def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable etc.: nothing to do for UDP; transactions time out.
         log.debug("udp error: %s", exc)
 
@@ -120,8 +122,8 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.closed = asyncio.get_running_loop().create_future()
         self.last_activity = 0.0
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)   # a stream connection's transport
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
         self.last_activity = asyncio.get_running_loop().time()
@@ -147,13 +149,17 @@ class TcpConnection(asyncio.Protocol, Connection):
             if self.transport is not None:
                 self.transport.close()
             return
+        remote = self.remote
+        if remote is None:   # (set by connection_made, before any data)
+            return
         for frame in frames:
-            self.owner._on_packet(frame, self.remote, self, stream=True)  # type: ignore[arg-type]
+            self.owner._on_packet(frame, remote, self, stream=True)
 
-    def connection_lost(self, exc):  # type: ignore[override]
-        key = (self.protocol, self.remote)
-        if self.remote is not None and self.owner._tcp_conns.get(key) is self:
-            del self.owner._tcp_conns[key]
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None:
+            key = (self.protocol, self.remote)
+            if self.owner._tcp_conns.get(key) is self:
+                del self.owner._tcp_conns[key]
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -187,8 +193,8 @@ class SipTransport:
         self._udp: UdpConnection | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_conns: dict[tuple[str, Addr], TcpConnection] = {}
-        self._connecting: dict[tuple[str, Addr], asyncio.Task] = {}
-        self._reaper: asyncio.Task | None = None
+        self._connecting: dict[tuple[str, Addr], asyncio.Task[TcpConnection]] = {}
+        self._reaper: asyncio.Task[None] | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
 
@@ -275,7 +281,7 @@ class SipTransport:
         return f"SIP/2.0/{protocol.upper()} {host}:{port};branch={branch};rport"
 
     # -- receiving
-    def _on_datagram(self, data: bytes, addr, conn: UdpConnection) -> None:
+    def _on_datagram(self, data: bytes, addr: Addr, conn: UdpConnection) -> None:
         if len(data) < 4 or not data.strip():
             return  # CRLF / STUN-less keep-alives on UDP (RFC 5626 §3.5.1 uses CRLF on streams only)
         self._on_packet(data, (addr[0], addr[1]), conn, stream=False)
@@ -389,9 +395,9 @@ class SipTransport:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, server_name))
             self._connecting[key] = task
-            task.add_done_callback(lambda _t, k=key: self._connecting.pop(k, None))
+            task.add_done_callback(functools.partial(self._connected, key))
 
-        def written(t: asyncio.Task) -> None:
+        def written(t: asyncio.Task[TcpConnection]) -> None:
             if fut.done():
                 return
             if t.cancelled():
@@ -409,9 +415,12 @@ class SipTransport:
 
         task.add_done_callback(written)
 
+    def _connected(self, key: tuple[str, Addr], _task: asyncio.Task[TcpConnection]) -> None:
+        self._connecting.pop(key, None)
+
     async def _connect(self, addr: Addr, protocol: str = "tcp", server_name: str | None = None) -> TcpConnection:
         loop = asyncio.get_running_loop()
-        kw: dict = {}
+        kw: dict[str, Any] = {}
         if protocol == "tls":
             if self.tls_client_context is None:
                 self.tls_client_context = ssl.create_default_context()
@@ -449,7 +458,7 @@ class SipTransport:
         return self.send(resp, addr, proto)
 
 
-def _consume_exception(fut: asyncio.Future) -> None:
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
     """Mark failures as retrieved: callers that do not await a send must not trigger loop warnings."""
     if not fut.cancelled():
         fut.exception()
