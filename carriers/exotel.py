@@ -404,19 +404,19 @@ class VoicebotStream(MarkedPlayout):
         self.closing_for: str | None = None               # "hangup" | "transfer" when we close the socket
         self.packer: ChunkPacker | None = None
         self._send_lock = asyncio.Lock()
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._pcm_carry = b""
         self._prefix = ""
         self._stopping = False
         self.chunks_sent = 0
 
     @property
-    def log(self) -> logging.LoggerAdapter:
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return self.call.log if self.call else ContextLogger(log, {"carrier": "exotel"})
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        watcher: asyncio.Task | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             await self._await_start()
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"exotel-watch-{self.stream_sid}")

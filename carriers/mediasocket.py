@@ -114,7 +114,7 @@ class MarkedPlayout:
     def __init__(self) -> None:
         self.pending_marks: deque[str] = deque()    # engine marks sent, not yet echoed
         self.forgotten: set[str] = set()             # marks whose audio a clear dropped
-        self._drain_waiters: dict[str, asyncio.Future] = {}
+        self._drain_waiters: dict[str, asyncio.Future[None]] = {}
         self.playout_end = 0.0
 
     # -- wire format: the carrier's --------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class MarkedPlayout:
         if bus is not None and not bus.outbound.full():
             bus.outbound.put_nowait(Clear())
 
-    async def _settle_next(self, nxt: asyncio.Future | None) -> None:
+    async def _settle_next(self, nxt: asyncio.Future[Any] | None) -> None:
         """The sender loop is over with `next_outbound()` maybe still running a leg action: let it finish
         (bounded), never cut it short."""
         if nxt is not None and not nxt.done():
@@ -236,7 +236,7 @@ class MarkedPlayout:
             if not done:
                 nxt.cancel()
 
-    async def _stop_sender(self, sender: asyncio.Task | None, late: str | None = None) -> None:
+    async def _stop_sender(self, sender: asyncio.Task[None] | None, late: str | None = None) -> None:
         """Wake the sender and wait (15 s at most) for it to end; `late` is logged when it had to be cancelled."""
         if sender is not None and not sender.done():
             self._wake_sender()

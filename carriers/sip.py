@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -231,7 +232,7 @@ class SipCarrier(Carrier):
         self.transfer_ring_timeout = TRANSFER_RING_TIMEOUT
         self.registration_retry = (5.0, 300.0)   # first retry, cap (seconds) after a failed REGISTER
         self._trunks: tuple[float, list[dict[str, Any]]] | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -287,13 +288,13 @@ class SipCarrier(Carrier):
         if self.transport is not None:
             await self.transport.stop()
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("SIP task %s failed", task.get_name(), exc_info=task.exception())

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -172,7 +172,7 @@ class TwilioLeg:
         self.released = False
         self.transfer_targets: list[str] = []
         self.transfer_attempts: list[dict[str, Any]] = []
-        self._watchdog: asyncio.Task | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def sid(self) -> str | None:
@@ -209,7 +209,7 @@ class TwilioLeg:
             self._watchdog.cancel()
         self._watchdog = None
 
-    def _shielded(self, coro: Any) -> asyncio.Future:
+    def _shielded(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
         return asyncio.shield(self.carrier.spawn(coro, report=False))
 
@@ -381,15 +381,15 @@ class TwilioCarrier(Carrier):
         self._clients: dict[tuple[str, str, str | None], Client] = {}
         self._tokens: dict[str, set[str]] = {}
         self._tokens_at = 0.0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro: Any, report: bool = True) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, None], report: bool = True) -> asyncio.Task[None]:
         """A background REST action, kept until done so shutdown can wait for it; its failure is logged when
         nobody awaits it (`report`)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             if report and not t.cancelled() and t.exception() is not None:
                 log.error("twilio background action failed", exc_info=t.exception(), extra={"carrier": self.name})

@@ -94,14 +94,14 @@ class MediaStream(MarkedPlayout):
         self.call: Call | None = None
         self.leg: TwilioLeg | None = None
         self.stopped = False
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
         self.frames_sent = 0
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve the socket until it closes; every protocol error becomes a close code, never an exception."""
-        watcher: asyncio.Task | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             await self._await_start()
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"twilio-watch-{self.stream_sid}")

@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -334,14 +335,14 @@ class VonageStream(MarkedPlayout):
         self.rate = 16000
         self.frame = 640
         self.closing_for: str | None = None
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._stopping = False
         self._carry = b""
         self.frames_sent = 0
-        self.dtmf_tasks: set[asyncio.Task] = set()
+        self.dtmf_tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def log(self) -> logging.LoggerAdapter:
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return self.call.log if self.call else ContextLogger(log, {"carrier": "vonage"})
 
     async def run(self) -> None:
@@ -525,7 +526,7 @@ class VonageCarrier(Carrier):
         self.rest_base = base or ACCOUNT_API
         self.http = CarrierHttp("Vonage", lambda: self.gateway.settings.carrier_timeout)
         self.states: dict[str, VonageCallState] = {}       # by our call id
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -616,7 +617,7 @@ class VonageCarrier(Carrier):
         await self.rest_hangup(st)
         await st.call.end(HangupSource.SYSTEM, reason)
 
-    def background(self, coro: Any) -> asyncio.Task:
+    def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A REST request nobody waits for (hangup): kept until done so shutdown can let it finish."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
