@@ -23,6 +23,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 from gateway.rtp import RtpEngine
+from gateway.rtp.srtp import SrtpContext
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
@@ -30,10 +31,20 @@ from gateway.sip.locate import LocateError, Locator
 from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
 from gateway.sip.registration import Registration
-from gateway.sip.sdp import NoCommonCodec, SdpError, SessionDescription, answer_offer, make_offer, parse_answer
+from gateway.sip.sdp import (
+    MediaChoice,
+    NoCommonCodec,
+    SdpError,
+    SessionDescription,
+    SrtpKeys,
+    answer_offer,
+    make_offer,
+    parse_answer,
+)
 from gateway.sip.testconn import test_trunk
+from gateway.sip.tls import client_context, server_context
 from gateway.sip.transaction import TransactionLayer
-from gateway.sip.transport import SipTransport
+from gateway.sip.transport import SipTransport, TlsPeer
 from gateway.sip.ua import (
     Credentials,
     IncomingInvite,
@@ -47,7 +58,7 @@ from gateway.sip.ua import (
 )
 from gateway.throttle import FailureThrottle
 
-from .sip_presets import PRESETS, PresetError, apply_preset, parse_hostport
+from .sip_presets import MEDIA_ENCRYPTION, PRESETS, PresetError, apply_preset, parse_hostport
 
 log = logging.getLogger("carriers.sip")
 
@@ -69,6 +80,26 @@ def outcome_for(status: int) -> str:
     return "failed"
 
 
+def use_media(leg: SipLeg, choice: MediaChoice, direction: bool = True) -> None:
+    """Apply a negotiated SDP to a leg's RTP session: where to send, codec, payload types, SRTP keys (unchanged
+    keys keep the running SRTP context) and, unless it is early media, our direction."""
+    rtp = leg.rtp
+    rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+    if choice.srtp != leg.srtp_keys:
+        keys = leg.srtp_keys = choice.srtp
+        rtp.set_srtp(SrtpContext(keys.local, keys.remote) if keys is not None else None)
+    if direction:
+        rtp.set_direction(choice.direction)
+
+
+def keys_in_clear(transport: str, choice: MediaChoice, log_: Any, **extra: Any) -> None:
+    """SDES puts the SRTP keys in the SDP: over UDP or TCP anyone who reads the signalling can decrypt the media,
+    so that is said each time it happens (docs/sip-trunks.md, "TLS and SRTP")."""
+    if choice.srtp is not None and transport != "tls":
+        log_.warning("SRTP keys were exchanged over unencrypted SIP (transport %s): whoever can read the "
+                     "signalling can decrypt this call's media; use transport tls", transport, extra=extra)
+
+
 def _flat(number: dict[str, Any]) -> dict[str, Any]:
     """A stored number (config + secrets columns) or an import dict, as one flat field dict."""
     return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
@@ -87,6 +118,10 @@ class TrunkTarget:
     plan: DialPlan
     from_user: str
     sip_port: int | None = None     # as configured: without one, a host name is located through DNS SRV
+    #: transport tls: the name the trunk's certificate must carry (RFC 5922 §4: the host we were given, not one
+    #: DNS returned) and whether it is checked at all (a trunk's `tls_verify: false`, self-signed test peers)
+    tls: TlsPeer | None = None
+    media_encryption: str = "none"  # none | srtp | optional
 
     @classmethod
     def of(cls, number: dict[str, Any]) -> TrunkTarget:
@@ -100,6 +135,7 @@ class TrunkTarget:
             phost, pport = parse_hostport(f["outbound_proxy"], "outbound_proxy")
             dest = (phost, pport, transport)
             route = [f"<sip:{phost}:{pport};lr>"]
+        tls = TlsPeer(dest[0], f.get("tls_verify") is not False) if transport == "tls" else None
         creds = None
         if f.get("sip_username") and f.get("sip_password"):
             creds = Credentials(f["sip_username"], f["sip_password"], f.get("auth_username") or None)
@@ -108,7 +144,8 @@ class TrunkTarget:
         from_user = f["sip_username"] if f.get("register") and f.get("sip_username") else (
             phone[1:] if plan.strip_plus and phone.startswith("+") else phone) or "gateway"
         return cls(host, port, transport, dest, route, creds, plan, from_user,
-                   int(f["sip_port"]) if f.get("sip_port") else None)
+                   int(f["sip_port"]) if f.get("sip_port") else None, tls,
+                   str(f.get("media_encryption") or "none").lower())
 
     def uri_for(self, e164: str) -> str:
         # no port unless configured: a port in the URI would tell the next hop not to use DNS SRV (RFC 3263 §4.2)
@@ -134,6 +171,7 @@ class SipLeg:
         self.sdp_session_id: str | None = None
         self.on_hold = False
         self.closed = False
+        self.srtp_keys: SrtpKeys | None = None   # the SDES keys in use (None: plain RTP)
 
     # -- CallLeg -----------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
@@ -156,12 +194,13 @@ class SipLeg:
         try:
             self.sdp_version += 1
             answer, choice = answer_offer(offer, self.carrier.advertised_ip, self.rtp.local_port,
-                                          session_id=self.sdp_session_id, version=self.sdp_version)
+                                          session_id=self.sdp_session_id, version=self.sdp_version,
+                                          media_encryption=TrunkTarget.of(self.number).media_encryption,
+                                          keys=self.srtp_keys)
         except (NoCommonCodec, SdpError) as e:
             self.call.log.info("re-offer refused: %s", e)
             return None
-        self.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-        self.rtp.set_direction(choice.direction)
+        use_media(self, choice)
         if choice.on_hold != self.on_hold:
             self.on_hold = choice.on_hold
             event = "call:hold" if choice.on_hold else "call:resumed"
@@ -213,6 +252,10 @@ class SipCarrier(Carrier):
         ImportField("auth_type", str, choices=("basic", "ip"), help="inbound: ip allow-list or digest (basic)"),
         ImportField("allowed_ips", list, help="inbound sources (IPs / CIDR); empty = the trunk's own hosts"),
         ImportField("register", bool, help="REGISTER to the trunk (registration-based providers)"),
+        ImportField("tls_verify", bool, help="transport tls: check the trunk's certificate (default true; false "
+                                             "only for a self-signed test peer)"),
+        ImportField("media_encryption", str, choices=MEDIA_ENCRYPTION,
+                    help="none (RTP), srtp (SDES-SRTP required) or optional (SRTP offered, RTP accepted)"),
     )
 
     def __init__(self, gateway: Any) -> None:
@@ -247,7 +290,10 @@ class SipCarrier(Carrier):
         s = self.gateway.settings
         if not s.enable_sip:
             return
-        self.transport = SipTransport(s.sip_host, s.sip_port, advertised_host=self.advertised_ip)
+        self.transport = SipTransport(
+            s.sip_host, s.sip_port, advertised_host=self.advertised_ip,
+            tls_context=server_context(s.tls_cert, s.tls_key) if s.tls_enabled else None,
+            tls_port=s.tls_port if s.tls_enabled else None, tls_client_context=client_context(s.tls_ca_file))
         self.layer = TransactionLayer(self.transport)
         self.layer.refuse_source = self._refuse_banned
         await self.transport.start()
@@ -259,8 +305,8 @@ class SipCarrier(Carrier):
         self.ua.locator = Locator(s.dns_server)
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
-        self.log.info("SIP listening", extra={"port": self.transport.port, "rtp": f"{s.rtp_port_min}-"
-                                                                                  f"{s.rtp_port_max}"})
+        self.log.info("SIP listening", extra={"port": self.transport.port, "tls_port": self.transport.tls_port,
+                                              "rtp": f"{s.rtp_port_min}-{s.rtp_port_max}"})
         numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
         for n in numbers:
             if (n.get("config") or {}).get("register"):
@@ -350,8 +396,8 @@ class SipCarrier(Carrier):
             self.auth_throttle.failure(source_ip, **fields)
 
     def metrics(self) -> dict[str, float]:
-        """RTP packet counters (every session since start), the shared clock's health and the digest-auth
-        throttle, for /metrics."""
+        """RTP packet counters (every session since start; SRTP packets dropped for failed authentication or
+        replay), the shared clock's health and the digest-auth throttle, for /metrics."""
         throttle = self.auth_throttle.metrics("gateway_sip")
         if self.rtp is None:
             return throttle
@@ -360,6 +406,7 @@ class SipCarrier(Carrier):
                 "gateway_rtp_packets_received_total": t.get("received", 0),
                 "gateway_rtp_packets_lost_total": t.get("lost", 0),
                 "gateway_rtp_packets_late_total": t.get("late", 0),
+                "gateway_srtp_packets_failed_total": t.get("srtp_failed", 0),
                 "gateway_rtp_sessions": t["sessions"],
                 "gateway_rtp_clock_late_ticks_total": t["late_ticks"]}
 
@@ -441,15 +488,18 @@ class SipCarrier(Carrier):
         rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         try:
-            answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port)
+            answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port,
+                                          media_encryption=TrunkTarget.of(number).media_encryption)
         except (NoCommonCodec, SdpError) as e:
             leg.close()
             inv.reject(488, "Not Acceptable Here", [("Warning", f'305 gateway "{str(e)[:80]}"')])
             await call.end(HangupSource.SYSTEM, f"488 {e}"[:200], status="failed")
             return
         leg.sdp_session_id = answer.origin.session_id
-        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-        rtp.set_direction(choice.direction)
+        use_media(leg, choice)
+        keys_in_clear(inv.transport, choice, call.log, call_id=call.id)
+        if choice.srtp is not None:
+            await call.record(extra={"srtp": choice.srtp.suite})
         inv.respond(180, "Ringing")
         if inv.cancelled.is_set():
             leg.close()
@@ -462,7 +512,10 @@ class SipCarrier(Carrier):
             await call.end(HangupSource.CARRIER, getattr(e, "reason", str(e)), status="failed")
             return
         leg.session = session
-        session.creds = TrunkTarget.of(number).creds
+        trunk = TrunkTarget.of(number)
+        session.creds = trunk.creds
+        if trunk.tls is not None and not trunk.tls.verify:   # a self-signed test trunk: BYE over a new connection too
+            session.tls = TlsPeer(None, verify=False)
         self._wire(leg, session)
         self.legs[call.id] = leg
         if session.ended.is_set():  # the BYE came right behind the ACK, before we listened for it
@@ -544,6 +597,9 @@ class SipCarrier(Carrier):
             uri = target.uri_for(to_number)
         except (DialFormatError, PresetError, KeyError) as e:
             raise CarrierError(f"cannot dial {to_number} on this trunk: {e}", 400) from None
+        if target.transport == "tls" and not self.transport.tls_port:
+            call.log.warning("calling a TLS trunk without a TLS listener (--tls-cert/--tls-key): the trunk can "
+                             "reach us back only over the connection we open", extra={"call_id": call.id})
         rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         call.leg = leg  # so a hangup while ringing CANCELs the INVITE
@@ -559,12 +615,12 @@ class SipCarrier(Carrier):
             self._spawn(call.emit("call:ringing", {"status": resp.status}), "sip-ringing-ev")
         if resp.body and (resp.content_type or "") == "application/sdp" and not state.get("early"):
             try:
-                choice = parse_answer(resp.body, state["offer"])
+                choice = parse_answer(resp.body, state["offer"], media_encryption=state["media_encryption"])
             except (NoCommonCodec, SdpError) as e:
                 call.log.info("early media SDP ignored: %s", e)
                 return
             state["early"] = True
-            leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+            use_media(leg, choice, direction=False)
             detector = self._early_detector(call)
             if detector is not None:
                 state["detector"] = detector
@@ -587,9 +643,10 @@ class SipCarrier(Carrier):
 
     async def place(self, leg: SipLeg, target: TrunkTarget, uri: str, to_e164: str, *, ring_timeout: float,
                     state: dict[str, Any]) -> InviteResult:
-        offer = make_offer(self.advertised_ip, leg.rtp.local_port)
+        offer = make_offer(self.advertised_ip, leg.rtp.local_port, media_encryption=target.media_encryption)
         leg.sdp_session_id = offer.origin.session_id
         state["offer"] = offer
+        state["media_encryption"] = target.media_encryption
         dests = [target.dest]
         if not target.route:   # through an outbound proxy the proxy locates the trunk
             try:
@@ -599,7 +656,7 @@ class SipCarrier(Carrier):
                 return InviteResult(error=f"DNS: {e}")
         leg.invite = OutgoingInvite(
             self.live_ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
-            dest=dests[0], alternates=dests[1:], creds=target.creds, route=target.route,
+            dest=dests[0], alternates=dests[1:], creds=target.creds, route=target.route, tls=target.tls,
             on_provisional=lambda r: self._early_media(leg, r, state))
         return await leg.invite.run(ring_timeout)
 
@@ -620,7 +677,8 @@ class SipCarrier(Carrier):
             leg.close()
             return
         try:
-            choice = parse_answer(session.remote_sdp or b"", state["offer"])
+            choice = parse_answer(session.remote_sdp or b"", state["offer"],
+                                  media_encryption=target.media_encryption)
         except (NoCommonCodec, SdpError) as e:
             session.send_bye(reason_header(488, f"Not Acceptable Here: {e}"))
             leg.close()
@@ -630,8 +688,10 @@ class SipCarrier(Carrier):
         leg.session = session
         session.creds = target.creds
         self._wire(leg, session)
-        leg.rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-        leg.rtp.set_direction(choice.direction)
+        use_media(leg, choice)
+        keys_in_clear(target.transport, choice, call.log, call_id=call.id)
+        if choice.srtp is not None:
+            await call.record(extra={"srtp": choice.srtp.suite})
         leg.rtp.on_pcm = None
         call.set_carrier_sid(session.call_id)
         if state.get("early"):
@@ -722,15 +782,15 @@ class SipCarrier(Carrier):
                 return outcome_for(result.response.status)
             return "no-answer" if result.timed_out else "failed"
         try:
-            choice = parse_answer(result.session.remote_sdp or b"", state["offer"])
+            choice = parse_answer(result.session.remote_sdp or b"", state["offer"],
+                                  media_encryption=target.media_encryption)
         except (NoCommonCodec, SdpError):
             result.session.send_bye(reason_header(488, "Not Acceptable Here"))
             other.close()
             return "failed"
         other.session = result.session
         other.session.creds = target.creds
-        rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-        rtp.set_direction(choice.direction)
+        use_media(other, choice)
         bridge = MediaBridge(leg, other)
         leg.bridge = other.bridge = bridge
         self._wire(leg, session)

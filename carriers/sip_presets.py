@@ -26,6 +26,9 @@ from gateway.sip.locate import is_literal
 from gateway.sip.numbering import DialFormatError, check_dial_prefix
 
 TRANSPORTS = ("udp", "tcp", "tls")
+#: RTP protection per trunk (docs/sip-trunks.md "TLS and SRTP"): plain RTP, SDES-SRTP required, or SRTP offered
+#: best effort (RFC 4568 §7.1.1: RTP/AVP with a=crypto) and plain RTP accepted
+MEDIA_ENCRYPTION = ("none", "srtp", "optional")
 AUTH_TYPES = ("basic", "ip")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
@@ -141,6 +144,12 @@ def apply_preset(fields: dict[str, Any]) -> dict[str, Any]:
         # gateway/sip/locate.py), falling back to 5060/5061 there; an IP address gets the transport's port now
         out["sip_port"] = None if _is_name(out.get("sip_host")) else DEFAULT_PORTS[out["transport"]]
     out["register"] = _as_bool(out.get("register"), "register")
+    # verification of the trunk's TLS certificate is on unless switched off (self-signed test peers only)
+    out["tls_verify"] = True if out.get("tls_verify") is None else _as_bool(out.get("tls_verify"), "tls_verify")
+    out["media_encryption"] = str(out.get("media_encryption") or "none").lower()
+    if out["media_encryption"] not in MEDIA_ENCRYPTION:
+        raise PresetError("media_encryption", f"must be one of {', '.join(MEDIA_ENCRYPTION)} "
+                                              f"(got {out['media_encryption']!r})")
     out["sip_strip_plus"] = _as_bool(out.get("sip_strip_plus"), "sip_strip_plus")
     out["auth_type"] = (out.get("auth_type") or "ip").lower()
     if out["auth_type"] not in AUTH_TYPES:

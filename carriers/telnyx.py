@@ -1,7 +1,10 @@
 """Telnyx Call Control v2: signed JSON webhooks, REST commands, and the media-streaming websocket.
 
 Inbound: Telnyx POSTs `call.initiated` to /telnyx/webhook; we open the call and send `answer` with
-`stream_url=wss://PUBLIC/telnyx/media?call_id=…&token=…`, `stream_bidirectional_mode: rtp` and PCMU both ways.
+`stream_url=wss://PUBLIC/telnyx/media?call_id=…&token=…`, `stream_bidirectional_mode: rtp` and the number's
+`audio_format` both ways: PCMU (default) or PCMA at 8 kHz, or L16 (RFC 3551 linear PCM, network byte order) at 8 or
+16 kHz (`stream_codec`, `stream_bidirectional_codec`, `stream_bidirectional_sampling_rate`). Telnyx falls back to
+the call's own codec when it cannot transcode, so the stream takes whichever of these `start` announces.
 Telnyx opens the socket: `connected`, `start` {stream_id, start:{call_control_id, media_format:{encoding,
 sample_rate, channels}}}, `media` {media:{track, chunk, timestamp, payload}} (base64 RTP payload, no header),
 `dtmf` {dtmf:{digit}}, `mark` {mark:{name}} (echoed once the audio before it has played), `error`, `stop`. We send
@@ -25,6 +28,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -40,11 +44,12 @@ from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
+from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16, pcm16_to_ulaw, ulaw_to_pcm16
 
 from .mediasocket import StreamClosed
 from .restcall import LegState, RestCallCarrier
 from .twilio import number_settings
-from .twilio_media import RATE, CloseCode, MediaStream
+from .twilio_media import CloseCode, MediaStream
 
 log = logging.getLogger("carriers.telnyx")
 
@@ -93,6 +98,22 @@ def load_public_key(text: Any) -> Ed25519PublicKey:
                            "Public Key)", 422, "public_key") from None
 
 
+#: the stream formats we take (`audio_format` of a number): Telnyx codec name, sample rate, decode, encode. Telnyx
+#: also lists G722, OPUS and AMR-WB (its SDKs' StreamCodec enum), which need codecs the gateway does not carry.
+AUDIO_FORMATS: dict[str, tuple[str, int, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    "PCMU/8000": ("PCMU", 8000, ulaw_to_pcm16, pcm16_to_ulaw),
+    "PCMA/8000": ("PCMA", 8000, alaw_to_pcm16, pcm16_to_alaw),
+    "L16/8000": ("L16", 8000, l16_to_pcm16, pcm16_to_l16),
+    "L16/16000": ("L16", 16000, l16_to_pcm16, pcm16_to_l16),
+}
+DEFAULT_FORMAT = "PCMU/8000"
+
+
+def audio_format(number: dict[str, Any] | None) -> str:
+    fmt = number_settings(number).get("audio_format")
+    return fmt if fmt in AUDIO_FORMATS else DEFAULT_FORMAT
+
+
 class TelnyxStream(MediaStream):
     """Telnyx's media socket: Twilio's protocol with `stream_id`, `call_control_id` and no stream id on output."""
 
@@ -105,9 +126,15 @@ class TelnyxStream(MediaStream):
         sid = m.get("stream_id") or start.get("stream_id")
         self.stream_sid = str(sid)[:64] if sid else None
         fmt = start.get("media_format") or {}
-        if fmt and (str(fmt.get("encoding", "")).upper() != "PCMU" or int(fmt.get("sample_rate") or 0) != RATE
-                    or int(fmt.get("channels") or 1) != 1):
-            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported media_format {fmt}")
+        if fmt:
+            try:
+                key = f"{str(fmt.get('encoding', '')).upper()}/{int(fmt.get('sample_rate') or 0)}"
+                mono = int(fmt.get("channels") or 1) == 1
+            except (TypeError, ValueError):
+                key, mono = "", False
+            if key not in AUDIO_FORMATS or not mono:
+                raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, f"unsupported media_format {str(fmt)[:80]}")
+            _, self.rate, self.decode, self.encode = AUDIO_FORMATS[key]
         self._prefix = '{"event":"media","media":{"payload":"'
         self.call, self.leg = await self.carrier.claim_stream(self, start.get("call_control_id"))
 
@@ -138,6 +165,8 @@ class TelnyxCarrier(RestCallCarrier):
                     help="the account's Ed25519 public key (base64): webhooks are verified with it"),
         ImportField("connection_id", str, help="Call Control application id for outbound calls (default: the "
                                                "number's own connection)"),
+        ImportField("audio_format", str, default=DEFAULT_FORMAT, choices=tuple(AUDIO_FORMATS),
+                    help="the stream's audio both ways: G.711 μ-law or A-law 8 kHz, or L16 8 / 16 kHz"),
         ImportField("name", str, help="a label for this number"),
     )
 
@@ -184,9 +213,10 @@ class TelnyxCarrier(RestCallCarrier):
             raise CarrierError(f"Telnyx refused {action} (HTTP 422): {telnyx_detail(resp)}", 422)
 
     async def stream_params(self, st: LegState) -> dict[str, Any]:
+        codec, rate, _, _ = AUDIO_FORMATS[audio_format(st.number)]
         return {"stream_url": await self.stream_url(st), "stream_track": "inbound_track",
-                "stream_bidirectional_mode": "rtp", "stream_bidirectional_codec": "PCMU", "stream_codec": "PCMU",
-                "client_state": encode_state(st.call.id)}
+                "stream_bidirectional_mode": "rtp", "stream_bidirectional_codec": codec, "stream_codec": codec,
+                "stream_bidirectional_sampling_rate": rate, "client_state": encode_state(st.call.id)}
 
     async def rest_hangup(self, st: LegState) -> None:
         await self.command(st, "hangup", {"client_state": encode_state(st.call.id)}, call_gone_ok=True)

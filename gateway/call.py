@@ -35,6 +35,7 @@ from .frames import (
     TransferResult,
 )
 from .logsetup import ContextLogger
+from .recording.recorder import Recorder
 from .transfer import TransferRefused
 from .transfer import resolve as resolve_transfer
 from .turns import Timeline, analyze
@@ -102,6 +103,11 @@ class Call:
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
+        #: the call's recording while it is written (gateway/recording/), and where it goes
+        self.recorder: Recorder | None = None
+        self.recording_info: dict[str, Any] = {}
+        #: a per-call recording override given to dispatch ({enabled, channels}); travels in the row (adoption)
+        self.recording_request: dict[str, Any] | None = (log_row.get("recording") or {}).get("request")
         self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
 
     # -- description --------------------------------------------------------------------------------------------
@@ -163,6 +169,7 @@ class Call:
         self._clock = asyncio.get_running_loop().time
         self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
+        await self.manager.gateway.recordings.start(self)
         self.answered = time.monotonic()
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")
@@ -231,14 +238,18 @@ class Call:
                 return item
 
     def _played(self, item: BusItem) -> None:
-        """An item handed to the carrier: agent audio and clears go on the turn timeline."""
-        timeline = self.timeline
-        if timeline is None:   # (set by attach(), with the bus)
-            return
+        """An item handed to the carrier: agent audio and clears go on the turn timeline and into the recording."""
+        recorder, timeline = self.recorder, self.timeline   # (the timeline is set by attach(), with the bus)
         if type(item) is AudioFrame:
-            timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+            if timeline is not None:
+                timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+            if recorder is not None:
+                recorder.agent(item.pcm)
         elif type(item) is Clear:
-            timeline.agent_clear(self._clock())
+            if timeline is not None:
+                timeline.agent_clear(self._clock())
+            if recorder is not None:
+                recorder.clear_agent()
 
     # -- actions ------------------------------------------------------------------------------------------------
     async def request_hangup(self, source: HangupSource, reason: str, *, immediate: bool = False) -> None:
@@ -391,6 +402,7 @@ class Call:
         self.ended.set()
         if self.bus is not None:
             self.bus.feed_event(self.hangup)
+        await self.manager.gateway.recordings.finish(self)
         final = status or ("completed" if self.answered else self.status if self.status not in
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0

@@ -69,8 +69,10 @@ class CallManager:
     async def create(self, *, carrier: str, direction: str, from_number: str, to_number: str,
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
-                     metadata: dict[str, Any] | None = None, status: str = "ringing") -> Call:
-        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining)."""
+                     metadata: dict[str, Any] | None = None, status: str = "ringing",
+                     recording: dict[str, Any] | None = None) -> Call:
+        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining).
+        `recording`: a per-call override of the agent's recording settings ({enabled, channels})."""
         self._refuse_if_full()
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
@@ -80,6 +82,7 @@ class CallManager:
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
             "owner": self.gateway.settings.proc_id,
+            "recording": {"request": recording} if recording else None,
         })
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}

@@ -28,6 +28,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host")
     p.add_argument("--http-port", type=int)
     p.add_argument("--sip-port", type=int)
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for SIP over TLS; with --tls-key the gateway also "
+                                      "listens for TLS on --tls-port")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-port", type=int, help="SIP over TLS port (default 5061)")
     p.add_argument("--db", help="SQLite path or PostgreSQL URL")
     p.add_argument("--api-key")
     p.add_argument("--public-url", help="public base URL carriers reach us at, e.g. https://gw.example.com")
@@ -62,6 +66,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def _serve_settings(args: argparse.Namespace) -> Settings:
     return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_port": args.tls_port,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
         "allowed_engines": args.allowed_engines,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
@@ -161,8 +166,9 @@ def _engine_error(engines: EngineRegistry, settings: Settings) -> str | None:
 def _start_error(e: OSError, settings: Settings) -> str:
     """One line for a failed bind: asyncio's message names the address for HTTP; SIP's may not, so ours follow."""
     msg = e.strerror or str(e)
-    if "address (" not in msg:
-        msg += f" (HTTP {settings.host}:{settings.http_port}, SIP {settings.sip_host}:{settings.sip_port})"
+    if "address (" not in msg and e.errno is not None:
+        tls = f", TLS {settings.tls_port}" if settings.tls_enabled else ""
+        msg += f" (HTTP {settings.host}:{settings.http_port}, SIP {settings.sip_host}:{settings.sip_port}{tls})"
     if e.errno == errno.EADDRINUSE:
         msg += "; is another gateway running? choose another --http-port / --sip-port"
     return msg

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from .call import CALL_STATUSES
 from .config import default_data_dir
@@ -57,6 +57,8 @@ SIP_OPTS = (
     Opt("auth_type", help="basic | ip"),
     Opt("allowed_ips", "list", help="comma-separated IPs/CIDRs allowed to send calls (auth_type ip)"),
     Opt("register", "bool", help="REGISTER to the carrier"),
+    Opt("tls_verify", "bool", help="transport tls: check the trunk's certificate (default true)"),
+    Opt("media_encryption", help="none | srtp | optional"),
 )
 TWILIO_OPTS = (Opt("phone_number", required=True), Opt("account_sid", required=True),
                Opt("account_token", secret=True, env="GATEWAY_TWILIO_TOKEN"), Opt("name"))
@@ -98,6 +100,25 @@ class Client:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CliError(f"cannot reach the gateway at {self.base}: {reason}", 2) from None
+
+    def download(self, path: str, out: BinaryIO) -> int:
+        """GET a binary resource (a recording) into `out`, streamed in chunks; the number of bytes written."""
+        req = urllib.request.Request(f"{self.base}/api/v1{path}", headers={"Authorization": f"Bearer {self.api_key}"})
+        total = 0
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                while chunk := resp.read(256 * 1024):
+                    out.write(chunk)
+                    total += len(chunk)
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("error") or e.reason
+            except ValueError:
+                message = e.reason
+            raise CliError(f"error {e.code}: {message}", 1) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise CliError(f"cannot reach the gateway at {self.base}: {getattr(e, 'reason', e)}", 2) from None
+        return total
 
     def health(self) -> dict[str, Any]:
         """GET /healthz (no key needed); its JSON also when it answers 503 `draining`."""
@@ -297,6 +318,35 @@ def _context(a: argparse.Namespace) -> dict[str, Any] | None:
         raise CliError(f"--context is not valid JSON: {e}") from None
 
 
+def _recording(c: Client, a: argparse.Namespace) -> Any:
+    """`gateway calls recording ID [-o FILE]`: the call's WAV into FILE (default call-ID.wav; `-`: stdout)."""
+    if a.output == "-":
+        c.download(f"/calls/{a.id}/recording", sys.stdout.buffer)
+        return None
+    path = a.output or f"call-{a.id}.wav"
+    part = path + ".part"          # a failed download leaves no half file under the name asked for
+    try:
+        with open(part, "wb") as f:
+            size = c.download(f"/calls/{a.id}/recording", f)
+        os.replace(part, path)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror}", 1) from None
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    return {"success": True, "file": path, "bytes": size}
+
+
+def _dispatch_body(a: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"agent_id": a.agent_id, "to_number": a.to, "from_number_id": a.from_number_id}
+    if (ctx := _context(a)) is not None:
+        body["call_context"] = ctx
+    if a.record is not None or a.recording_channels:
+        body["recording"] = {k: v for k, v in (("enabled", a.record), ("channels", a.recording_channels))
+                             if v is not None}
+    return body
+
+
 def _drain(c: Client, a: argparse.Namespace) -> Any:
     """Drain one process, or by default the whole node behind --url (every worker under a supervisor)."""
     target = a.proc or c.health().get("node")
@@ -327,10 +377,9 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("calls", "list"): _calls_list,
     ("calls", "live"): _calls_live,
     ("calls", "show"): lambda c, a: c.request("GET", f"/calls/logs/{a.id}"),
-    ("calls", "dispatch"): lambda c, a: c.request("POST", "/calls/dispatch", {
-        "agent_id": a.agent_id, "to_number": a.to, "from_number_id": a.from_number_id,
-        **({"call_context": ctx} if (ctx := _context(a)) is not None else {})}),
+    ("calls", "dispatch"): lambda c, a: c.request("POST", "/calls/dispatch", _dispatch_body(a)),
     ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
+    ("calls", "recording"): _recording,
     ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
                                                   {"number": a.number} if a.number else {}),
     ("agents", "list"): _agents_list,
@@ -413,8 +462,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--to", required=True, help="E.164 number with a leading +")
     p.add_argument("--from-number-id", type=int, required=True)
     p.add_argument("--context", help="call_context as JSON")
+    p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
+                   help="record this call, or not, whatever the agent says")
+    p.add_argument("--recording-channels", choices=("mono", "dual"), help="dual: caller left, agent right")
     p = cs.add_parser("hangup", help="hang up a live call")
     p.add_argument("id", help="call log id or call uuid")
+    p = cs.add_parser("recording", help="download a call's recording (WAV)")
+    p.add_argument("id", help="call log id or call uuid")
+    p.add_argument("-o", "--output", help="file to write (default call-ID.wav; - for stdout)")
     p = cs.add_parser("transfer", help="transfer a live call")
     p.add_argument("id", help="call log id or call uuid")
     p.add_argument("--number", help="E.164 target (default: the agent's transfer number)")

@@ -40,6 +40,13 @@ class Settings:
     enable_sip: bool = True
     #: DNS server (ip[:port]) for SIP trunk NAPTR/SRV/A lookups (RFC 3263); empty = the system's resolvers
     dns_server: str = ""
+    #: SIP over TLS (docs/sip-trunks.md "TLS and SRTP"): our certificate (PEM, chain allowed) and key; with both
+    #: set the gateway also listens for TLS on `tls_port` (worker k of `--workers N`: tls_port + N + k - 1)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 5061
+    #: extra CA certificates (PEM) trusted when we connect to trunks over TLS, besides the system's store
+    tls_ca_file: str = ""
     log_level: str = "INFO"
     log_format: str = "text"        # text (message + key=value fields) | json (one object per line)
     #: lifecycle webhooks may go to loopback / private / link-local (cloud metadata) addresses: off by default
@@ -82,10 +89,27 @@ class Settings:
     stale_after: float = 20.0
     #: seconds a command forwarded to the process owning a call waits for its answer
     control_timeout: float = 5.0
+    #: call recordings (docs/recording.md): WAV files under this directory (default <data_dir>/recordings), then
+    #: moved to an S3-compatible bucket when `recording_s3_bucket` is set (credentials: the usual AWS_* variables
+    #: or ~/.aws, read by boto3 — never stored by the gateway); deleted after `recording_retention_days` (0: kept)
+    recordings_dir: str = ""
+    recording_retention_days: float = 0.0
+    recording_s3_bucket: str = ""
+    recording_s3_prefix: str = "recordings/"
+    recording_s3_endpoint: str = ""     # e.g. http://minio:9000 for MinIO or another S3-compatible store
+    recording_s3_region: str = ""
+    #: seconds between sweeps: recordings left open by a dead process closed, failed uploads retried, old ones deleted
+    recording_sweep_interval: float = 300.0
+    #: music on hold: a WAV file the gateway plays to a held caller (default: a generated soft tone pattern)
+    moh_file: str = ""
 
     @property
     def db_url(self) -> str:
         return self.db or os.path.join(self.data_dir, "gateway.db")
+
+    @property
+    def recordings_path(self) -> str:
+        return self.recordings_dir or os.path.join(self.data_dir, "recordings")
 
     @property
     def proc_id(self) -> str:
@@ -99,6 +123,10 @@ class Settings:
         if self.advertised_ip:
             return self.advertised_ip
         return "127.0.0.1" if self.sip_host in ("0.0.0.0", "", "::") else self.sip_host
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
 
     @property
     def public_base(self) -> str:

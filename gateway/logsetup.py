@@ -10,7 +10,8 @@ Both formats here print them:
 * ``json``: one JSON object per line with ``time``, ``level``, ``logger``, ``message``, every field, and
   ``exception`` when there is a traceback.
 
-Both formats mask fields whose name says they hold a credential, and credentials inside URLs, so an extra like
+Both formats mask fields whose name says they hold a credential, credentials inside URLs and SRTP keys inside SDP
+(``inline:****``), so an extra like
 ``{"password": …}`` or a ``ws://user:pw@host`` engine URL can never reach the log in clear. Written here rather than
 taken from a JSON-logging package because the text and JSON formats must pick and mask fields the same way.
 """
@@ -24,7 +25,7 @@ from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .redact import MASK, redact_url
+from .redact import MASK, redact_sdes, redact_url
 
 FORMATS = ("text", "json")
 #: attributes every LogRecord has; anything else on a record came from `extra=`
@@ -38,8 +39,8 @@ def _clean(key: str, value: Any) -> Any:
     """A field value safe to log: credentials masked by field name, and inside URLs."""
     if _SECRET_NAME.search(key) and value not in (None, ""):
         return MASK
-    if isinstance(value, str) and "://" in value:
-        return redact_url(value)
+    if isinstance(value, str):
+        return redact_sdes(redact_url(value) if "://" in value else value)
     return value
 
 
@@ -62,7 +63,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        line = redact_sdes(super().formatMessage(record))
         fields = record_fields(record)
         if fields:
             line += " " + " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items())
@@ -75,7 +76,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname, "logger": record.name, "message": redact_sdes(record.getMessage()),
         }
         for k, v in record_fields(record).items():
             out.setdefault(k, v)

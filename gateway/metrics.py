@@ -170,6 +170,14 @@ def render(gw: Gateway) -> str:
         _family(lines, "gateway_control_bus_reconnects_total", "counter",
                 "Times the control bus's PostgreSQL LISTEN connection was re-opened.", [("", gw.control.reconnects)])
     gw.calls.timing.render(lines)
+    help_rec = {"gateway_recordings_active": "Calls being recorded right now.",
+                "gateway_recordings_started_total": "Call recordings started.",
+                "gateway_recordings_completed_total": "Call recordings finished and kept.",
+                "gateway_recording_write_failures_total": "Recordings stopped by a write error (disk full, I/O).",
+                "gateway_recording_upload_failures_total": "Recording uploads to the bucket that failed (retried).",
+                "gateway_recordings_expired_total": "Recordings deleted after the retention period."}
+    for name, value in gw.recordings.metrics().items():
+        _family(lines, name, "counter" if name.endswith("_total") else "gauge", help_rec[name], [("", value)])
     guard = gw.http_guard
     if guard is not None:
         _family(lines, "gateway_http_connections", "gauge", "Open HTTP connections (websockets included).",

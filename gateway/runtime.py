@@ -20,6 +20,7 @@ from .cluster import Membership, make_control
 from .config import Settings
 from .engine import EngineRegistry
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
+from .recording import Recordings
 from .secretbox import SecretBox
 from .store import Store
 from .throttle import FailureThrottle
@@ -61,6 +62,7 @@ class Gateway:
         self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
                                     keepalive=settings.heartbeat_interval)
         self.membership = Membership(self)
+        self.recordings = Recordings(self)
         self.calls.register_control()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
@@ -129,6 +131,7 @@ class Gateway:
         self.build_app()             # registers the control ops before the bus can deliver any
         await self.control.start()
         await self.membership.start()  # closes what a previous run left open before any new call can arrive
+        self.recordings.start_sweeper()  # first sweep now: recordings of those calls are repaired and finished
         s = self.settings
         self.http_guard = ConnectionGuard(
             max_connections=min(s.http_max_connections, fd_budget(raise_fd_limit(), s.max_calls)),
@@ -205,6 +208,7 @@ class Gateway:
                 await carrier.stop()
             except Exception:
                 log.exception("carrier stop failed", extra={"carrier": carrier.name})
+        await self.recordings.stop()
         await self.webhooks.drain(2.0)
         await self.webhooks.close()
         if self._runner is not None:

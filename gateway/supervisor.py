@@ -23,6 +23,7 @@ import time
 from .config import Settings
 from .kamailio import write_dispatcher_list
 from .runtime import saved_api_key
+from .workers import worker_slot
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -99,7 +100,9 @@ class Supervisor:
             saved_api_key(s.data_dir)       # one key for all workers (they would race to create N keys)
         path = write_dispatcher_list(s)
         print(f"gateway: supervisor for {s.workers} workers of node {s.node_id}: HTTP {s.host}:{s.http_port} "
-              f"(shared), SIP {s.sip_port + 1}-{s.sip_port + s.workers}; Kamailio dispatcher list {path} "
+              f"(shared), SIP {s.sip_port + 1}-{s.sip_port + s.workers}"
+              + (f", TLS {worker_slot(s, 1).tls_port}-{worker_slot(s, s.workers).tls_port}" if s.tls_enabled else "")
+              + f"; Kamailio dispatcher list {path} "
               "(`gateway kamailio-config` prints the kamailio command)", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

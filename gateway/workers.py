@@ -1,4 +1,4 @@
-"""What worker k of a node listens on (`serve --workers N`, docs/deploy.md): its own SIP port and RTP port slice;
+"""What worker k of a node listens on (`serve --workers N`, docs/deploy.md): its own SIP and TLS ports and RTP slice;
 the HTTP port is shared. Used by the supervisor, by each worker for its own settings, and for Kamailio's list."""
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ class WorkerSlot:
     index: int
     proc_id: str
     sip_port: int
+    tls_port: int
     rtp_port_min: int
     rtp_port_max: int
 
 
 def worker_slot(settings: Settings, index: int) -> WorkerSlot:
-    """SIP port `sip_port + index`; RTP slice `index` of [rtp_port_min, rtp_port_max] (even-sized, even start)."""
+    """SIP port `sip_port + index`; TLS port `tls_port + N + index - 1` (with the defaults the N ports right after
+    the workers' SIP ports: 5060 + N + index, never one of them); RTP slice `index` of [rtp_port_min,
+    rtp_port_max] (even-sized, even start)."""
     n = max(settings.workers, 1)
     span = (settings.rtp_port_max - settings.rtp_port_min + 1) // n
     span -= span % 2
@@ -28,7 +31,8 @@ def worker_slot(settings: Settings, index: int) -> WorkerSlot:
     start = settings.rtp_port_min + (index - 1) * span
     start += start % 2
     proc = dataclasses.replace(settings, worker_index=index).proc_id
-    return WorkerSlot(index, proc, settings.sip_port + index, start, start + span - 1)
+    return WorkerSlot(index, proc, settings.sip_port + index, settings.tls_port + n + index - 1, start,
+                      start + span - 1)
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -36,5 +40,6 @@ def worker_settings(settings: Settings) -> Settings:
     if settings.worker_index <= 0:
         return settings
     slot = worker_slot(settings, settings.worker_index)
-    return dataclasses.replace(settings, sip_port=slot.sip_port, rtp_port_min=slot.rtp_port_min,
+    return dataclasses.replace(settings, sip_port=slot.sip_port, tls_port=slot.tls_port,
+                               rtp_port_min=slot.rtp_port_min,
                                rtp_port_max=slot.rtp_port_max)

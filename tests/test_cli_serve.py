@@ -74,6 +74,16 @@ def test_busy_port_is_one_line_not_a_traceback(tmp_path):
     assert "cannot start" in line and str(port) in line and "in use" in line, r.stderr
 
 
+def test_unloadable_tls_certificate_is_one_line(tmp_path):
+    bad = tmp_path / "sip.crt"
+    bad.write_text("not a certificate")
+    r = _gateway("serve", "--host", "127.0.0.1", "--http-port", "0", "--sip-port", "0", "--tls-port", "0",
+                 "--tls-cert", str(bad), "--tls-key", str(bad), "--data-dir", str(tmp_path), "--engine", "echo")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    line, = [x for x in r.stderr.splitlines() if x.startswith("gateway:")]
+    assert "cannot start" in line and "tls_cert/tls_key" in line and str(bad) in line, line
+
+
 def test_version():
     from gateway import __version__
     r = _gateway("--version")

@@ -3,6 +3,7 @@
 import asyncio
 
 from gateway.sip.dialog import Dialog
+from gateway.sip.locate import Locator
 from gateway.sip.message import SipResponse, parse_message
 from gateway.sip.ua import SipSession
 
@@ -19,6 +20,10 @@ class FakeUA:
         self.sent = []
         self.sessions = {}
         self.pending_byes = set()
+        self.locator = Locator()      # in-dialog requests locate their next hop (an IP literal here)
+
+    def port_for(self, transport):
+        return self.port
 
     def spawn(self, coro, name=None):
         return asyncio.ensure_future(coro)

@@ -4,7 +4,7 @@ second."""
 import pytest
 
 from dns_server import Dnsmasq, needs_dnsmasq
-from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uas
+from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
 from test_sip_calls_outbound import dispatch, final_row, live
 
 pytestmark = [needs_sipp, needs_dnsmasq, pytest.mark.timeout(90)]
@@ -58,3 +58,42 @@ async def test_connection_names_the_srv_target_that_answered(make_gateway):
     assert f"uas1.trunk.test (127.0.0.1):{silent}/udp" in s["dns"]["detail"]
     assert s["options"]["target"] == f"uas2.trunk.test (127.0.0.1):{good.port}/udp via SRV _sip._udp.trunk.test"
     assert s["options"]["tried"][0].startswith(f"uas1.trunk.test (127.0.0.1):{silent}/udp")
+
+
+async def test_register_is_located_through_srv_and_fails_over(make_gateway):
+    """REGISTER uses RFC 3263 like calls (it went to sip_host:5060 through getaddrinfo before): the first SRV
+    target does not answer, the registrar behind the second one does."""
+    silent = free_port()
+    creds = ["-key", "user", "16505550100", "-key", "pass", "rc-secret", "-key", "expires", "2"]
+    async with sipp_uas("uas_registrar.xml", timeout_s=15, extra=creds) as registrar:
+        async with Dnsmasq(srv(silent, registrar.port)) as dns:
+            gw = await sip_gateway(make_gateway, dns_server=dns.server)
+            sip = gw.carriers["sip"]
+            sip.layer.t1 = 0.05
+            num = await sip_number(gw, agent=False, sip_host="trunk.test", register=True,
+                                   sip_username="16505550100", sip_password="rc-secret")
+            reg = sip.registrations[num["id"]]
+            # registered, then refreshed (the scenario's two rounds), each time past the silent first target
+            await wait_for(lambda: reg.refreshes >= 2, 15, what="registered through the second SRV target")
+            assert reg.target == f"uas2.trunk.test (127.0.0.1):{registrar.port}/udp via SRV _sip._udp.trunk.test"
+            assert reg.registrar_uri == "sip:trunk.test"      # the domain, never the target
+    registrar.result.assert_calls(successful=1)
+
+
+async def test_in_dialog_requests_locate_a_contact_host_name(make_gateway):
+    """A peer whose Contact is a host name without a port: the BYE goes where its SRV record points."""
+    from gateway.sip.dialog import Dialog
+    from gateway.sip.message import parse_message
+    from gateway.sip.ua import SipSession
+
+    async with Dnsmasq(["--srv-host=_sip._tcp.peer.test,box.peer.test,5099,10,0",
+                        "--host-record=box.peer.test,127.0.0.9"]) as dns:
+        gw = await sip_gateway(make_gateway, dns_server=dns.server)
+        ua = gw.carriers["sip"].ua
+        invite = parse_message(
+            b"INVITE sip:+15550001111@gw SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.9:5099;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@peer.test>;tag=abc\r\nTo: <sip:+15550001111@gw>\r\nCall-ID: srv-dialog\r\n"
+            b"CSeq: 1 INVITE\r\nContact: <sip:a@peer.test;transport=tcp>\r\nContent-Length: 0\r\n\r\n")
+        session = SipSession(ua, Dialog.as_uas(invite, "ours", transport="tcp"), "uas", local_sdp=b"",
+                             remote_sdp=None, invite=invite)
+        assert await session._dest() == ("127.0.0.9", 5099, "tcp")

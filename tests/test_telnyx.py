@@ -9,16 +9,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carriers.telnyx import TelnyxCarrier, decode_state
+from carriers.twilio_media import CloseCode
 from fakes.telnyx_rest import FakeTelnyxRest
 from fakes.twilio_env import recording
+from gateway.frames import AudioFrame, Hangup
 from gateway.runtime import Gateway
 from gateway.simulate.telnyx_stream import TelnyxStreamClient, post_webhook, public_key_b64
 from test_twilio_media import ScriptEngine
 from test_twilio_rest import TARGET_A, TARGET_B, TRANSFER, api
+from voicecodecs import alaw_to_pcm16, pcm16_to_alaw
 
 NUMBER = "+15005550006"
 CALLER = "+14155550100"
@@ -244,3 +249,75 @@ async def test_every_transfer_target_fails_then_streaming_start_returns_the_call
         await client.start(ccid)
         await client.play(b"\xff" * 1600)
         await client.wait_for(lambda: len(client.got.media) >= 8)
+
+
+class ToneEngine(ScriptEngine):
+    """Keeps the caller's audio (at 16 kHz) and plays a 1 kHz tone back."""
+
+    def __init__(self) -> None:
+        super().__init__(self._speak)
+        self.heard = bytearray()
+
+    async def _speak(self, session) -> None:
+        await session.play(tone_pcm(1000, 16000, 1.0))
+
+    async def handle_call(self, session) -> None:
+        while (item := await session.receive()) is not None:
+            if isinstance(item, AudioFrame):
+                self.heard += item.pcm
+            elif self.script is not None and not self.events:
+                self.events.append((time.monotonic(), item))
+                asyncio.create_task(self.script(session))
+            if isinstance(item, Hangup):
+                break
+
+
+def tone_pcm(freq: float, rate: int, seconds: float) -> bytes:
+    n = int(rate * seconds)
+    return (np.sin(2 * np.pi * freq * np.arange(n) / rate) * 8000).astype("<i2").tobytes()
+
+
+def peak_hz(pcm: bytes, rate: int) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(float)
+    return float(np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x))))) * rate / len(x))
+
+
+#: the wire formats as Telnyx sends them, written independently of the carrier's table: A-law, and L16 in network
+#: byte order (big-endian, RFC 3551 §4.5.11)
+WIRE = {"PCMA": (pcm16_to_alaw, alaw_to_pcm16),
+        "L16": (lambda pcm: np.frombuffer(pcm, "<i2").astype(">i2").tobytes(),
+                lambda data: np.frombuffer(data, ">i2").astype("<i2").tobytes())}
+
+
+@pytest.mark.parametrize("fmt", ["PCMA/8000", "L16/8000", "L16/16000"])
+async def test_stream_formats_telnyx_documents_besides_pcmu(telnyx_env, fmt):
+    """PCMA and L16 (network byte order, RFC 3551) both ways: the engine hears the caller's 440 Hz tone and the
+    caller hears the engine's 1 kHz tone, so decode and encode are each right (not just mirror images)."""
+    codec, rate = fmt.split("/")[0], int(fmt.split("/")[1])
+    encode, decode = WIRE[codec]
+    engine = ToneEngine()
+    env = await telnyx_env(engine="tones")
+    env.gw.engines.register("tones", engine)
+    await env.gw.store.update_number(env.number["id"], config={**env.number["config"], "audio_format": fmt})
+    call_id, ccid, answer = await env.inbound()
+    assert (answer["stream_codec"], answer["stream_bidirectional_codec"]) == (codec, codec)
+    assert answer["stream_bidirectional_sampling_rate"] == rate
+    frame = rate // 50 * (2 if codec == "L16" else 1)
+    async with env.stream(answer["stream_url"]) as client:
+        await client.start(ccid, media_format={"encoding": codec, "sample_rate": rate, "channels": 1})
+        await client.play(encode(tone_pcm(440, rate, 1.0)), chunk=frame)
+        await client.wait_for(lambda: len(client.got.media) >= 40)
+        assert all(len(p) == frame for _, p in client.got.media)
+        heard_back = decode(b"".join(p for _, p in client.got.media[5:40]))
+        assert abs(peak_hz(heard_back, rate) - 1000) < 30
+        assert abs(peak_hz(bytes(engine.heard[16000:32000]), 16000) - 440) < 30
+        await api(env, "POST", f"/api/v1/calls/{call_id}/hangup")
+
+
+async def test_a_stream_format_we_cannot_decode_is_refused(telnyx_env):
+    env = await telnyx_env()
+    _, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as client:
+        await client.start(ccid, media_format={"encoding": "OPUS", "sample_rate": 16000, "channels": 1})
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert client.close_code == CloseCode.BAD_MEDIA_FORMAT

@@ -16,12 +16,15 @@ def test_worker_slots_split_ports_and_rtp_range():
     s = Settings(node_id="gw1", workers=3, sip_port=5060, rtp_port_min=20000, rtp_port_max=30000)
     slots = [worker_slot(s, k) for k in (1, 2, 3)]
     assert [x.sip_port for x in slots] == [5061, 5062, 5063]
+    # TLS (issue 18): the ports right after the workers' SIP ports, never one of them
+    assert [x.tls_port for x in slots] == [5064, 5065, 5066]
+    assert not {x.tls_port for x in slots} & {x.sip_port for x in slots}
     assert [x.proc_id for x in slots] == ["gw1.1", "gw1.2", "gw1.3"]
     assert [(x.rtp_port_min, x.rtp_port_max) for x in slots] == [(20000, 23331), (23332, 26663), (26664, 29995)]
     for a, b in itertools.pairwise(slots):
         assert a.rtp_port_max < b.rtp_port_min           # no two workers share an RTP port
     w2 = worker_settings(Settings(node_id="gw1", workers=3, worker_index=2, sip_port=5060))
-    assert (w2.sip_port, w2.proc_id) == (5062, "gw1.2") and (w2.rtp_port_min, w2.rtp_port_max) == (
+    assert (w2.sip_port, w2.tls_port, w2.proc_id) == (5062, 5065, "gw1.2") and (w2.rtp_port_min, w2.rtp_port_max) == (
         slots[1].rtp_port_min, slots[1].rtp_port_max)
     single = Settings(node_id="gw1")
     assert worker_settings(single) is single               # one process: unchanged

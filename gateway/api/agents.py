@@ -136,6 +136,18 @@ def _amd(v: Any) -> dict[str, Any]:
     return a
 
 
+def _recording(v: Any) -> dict[str, Any]:
+    """`{enabled, channels: mono|dual}` (docs/recording.md); dispatch may override it per call."""
+    f = "settings.recording"
+    r = dict(as_object(v, f))
+    reject_unknown(r, ["enabled", "channels"], f"{f}.")
+    r["enabled"] = as_bool(r.get("enabled", False), f"{f}.enabled")
+    r["channels"] = r.get("channels") or "dual"
+    if r["channels"] not in ("mono", "dual"):
+        raise bad(f"{f}.channels", f"must be mono or dual (got {str(r['channels'])[:40]!r})")
+    return r
+
+
 MASK = "****"
 
 
@@ -152,7 +164,7 @@ def _webhook(v: Any) -> dict[str, Any]:
 
 
 SECTIONS = {"transfer": _transfer, "end_call": _end_call, "voicemail": _voicemail, "amd": _amd,
-            "webhook": _webhook}
+            "webhook": _webhook, "recording": _recording}
 
 
 def agent_json(agent: dict[str, Any]) -> dict[str, Any]:

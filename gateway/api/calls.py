@@ -61,6 +61,8 @@ def call_log_json(row: dict[str, Any]) -> dict[str, Any]:
     out["call_duration"] = mmss(seconds)
     out["time_of_call"] = time_of_call(row.get("created_at"))
     out["recording_url"] = row.get("recording_url") or False
+    if row.get("recording"):       # what and where, without paths on the gateway's disk
+        out["recording"] = {k: v for k, v in row["recording"].items() if k not in ("path", "relative")}
     out["call_log_id"] = row["id"]
     return out
 
@@ -86,7 +88,8 @@ async def dispatch(request: web.Request) -> web.Response:
     try:
         call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
                                      to_number=to_number, number=number, agent=agent, call_context=ctx,
-                                     status="queued")
+                                     status="queued", recording=req.recording.model_dump(exclude_none=True)
+                                     if req.recording is not None else None)
     except CapacityError as e:
         raise ApiError(503, str(e), None) from None
     try:

@@ -6,7 +6,7 @@ named as `a.b[0]`), the same as the hand-written checks in validation.py give.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -33,12 +33,19 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Recording(Body):
+    """A per-call override of the agent's `settings.recording` (keys not given keep the agent's)."""
+    enabled: bool | None = None
+    channels: Literal["mono", "dual"] | None = Field(None, description="dual: caller left, agent right")
+
+
 class Dispatch(Body):
     """POST /calls/dispatch."""
     agent_id: Id
     to_number: E164
     from_number_id: Id | None = Field(None, description="default: the agent's attached number")
     call_context: dict[str, Any] | None = Field(None, description="handed to the engine and webhooks")
+    recording: Recording | None = Field(None, description="record this call (or not), overriding the agent")
 
 
 class Attach(Body):

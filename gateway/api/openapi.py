@@ -54,6 +54,16 @@ def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: l
     return op
 
 
+def _recording_op(cid: dict[str, Any]) -> dict[str, Any]:
+    """GET /calls/{id}/recording answers audio, not JSON (docs/recording.md)."""
+    op = _op("The call's recording (WAV; Range requests answered 206)", tag="calls", params=[cid])
+    wav = {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}
+    op["responses"]["200"] = {"description": "the recording", "content": wav}
+    op["responses"]["206"] = {"description": "the byte range asked for", "content": wav}
+    op["parameters"] = [cid, _param("Range", "header", description="e.g. bytes=0-1023", required=False)]
+    return op
+
+
 def field_schema(f: ImportField) -> dict[str, Any]:
     s: dict[str, Any] = {"type": _KIND.get(f.kind, "string")}
     if f.kind is list:
@@ -138,7 +148,7 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Attach, models.Detach, models.Transfer),
+        **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -148,7 +158,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
             "call_duration_in_seconds": "number", "is_call_transfer": "boolean", "amd_detected": "boolean",
             "amd_answered_by": ["string", "null"], "amd_duration": ["number", "null"], "is_voicemail": "boolean",
             "voicemail_type": ["string", "null"], "is_fax": "boolean", "hangup_source": ["string", "null"],
-            "hangup_reason": ["string", "null"], "recording_url": ["string", "null"],
+            "hangup_reason": ["string", "null"], "recording_url": ["string", "boolean"],
+            "recording_status": ["string", "null"], "recording": ["object", "null"],
             "channel_type": "string", "timing": ["object", "null"]}.items()}},
     }
     for provider in providers(gw):
@@ -229,6 +240,7 @@ def build(gw: Gateway) -> dict[str, Any]:
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
             body=_ref("Transfer"), errors=(400, 401, 404, 409))},
+        f"{p}/calls/{{id}}/recording": {"get": _recording_op(cid)},
         f"{p}/nodes/{{proc}}/drain": {"post": _op(
             "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
             "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",

@@ -16,6 +16,7 @@ from ..frames import AudioFrame, BusItem, Dtmf, Mark, SendDtmf
 from .dtmf import DtmfReceiver, DtmfSender
 from .jitter import LOST, JitterBuffer
 from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
+from .srtp import SrtpContext
 
 if TYPE_CHECKING:
     from .engine import RtpEngine
@@ -76,6 +77,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
         self._transit: int | None = None
         self._arrived = 0.0   # loop time the newest audio packet arrived
+        #: SDES-SRTP (gateway/rtp/srtp.py) when the call's SDP negotiated keys; None: plain RTP
+        self.srtp: SrtpContext | None = None
 
     # -- configuration ------------------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
@@ -89,6 +92,11 @@ class RtpSession(asyncio.DatagramProtocol):
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         _, self._decode, self._encode, self._silence = CODECS[codec]
+
+    def set_srtp(self, srtp: SrtpContext | None) -> None:
+        """Encrypt what we send and authenticate + decrypt what we receive with these keys (None: plain RTP).
+        A new context (a re-offer with new keys) starts fresh on both sides."""
+        self.srtp = srtp
 
     def set_direction(self, direction: str) -> None:
         if direction not in DIRECTIONS:
@@ -106,9 +114,12 @@ class RtpSession(asyncio.DatagramProtocol):
 
     @property
     def stats(self) -> dict[str, float]:
-        return {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
-                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
-                "jitter_ms": round(self.jitter_ts / 8, 2)}
+        out = {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
+               "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
+               "jitter_ms": round(self.jitter_ts / 8, 2)}
+        if self.srtp is not None:
+            out["srtp_failed"] = self.srtp.failed   # dropped: failed authentication or replay check
+        return out
 
     def close(self) -> None:
         self.call = None
@@ -131,6 +142,11 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         if is_rtcp(data):
             return
+        if self.srtp is not None:
+            plain = self.srtp.unprotect(data)
+            if plain is None:   # forged, replayed or keyed differently: never played, never latched to
+                return
+            data = plain
         try:
             pkt = parse_rtp(data)
         except RtpParseError:
@@ -239,5 +255,11 @@ class RtpSession(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None:   # closed: nothing to send on
             return
-        transport.sendto(build_rtp(pt, marker, self._seq, ts, self.ssrc, payload), self.remote)
+        packet = build_rtp(pt, marker, self._seq, ts, self.ssrc, payload)
+        if self.srtp is not None:
+            protected = self.srtp.protect(packet)
+            if protected is None:
+                return
+            packet = protected
+        transport.sendto(packet, self.remote)
         self.sent += 1

@@ -59,11 +59,13 @@ class TelnyxStreamClient(TwilioStreamClient):
             obj = {"sequence_number": str(self._seq), "stream_id": self.stream_sid, **obj}
         await self.conn.send(json.dumps(obj))
 
-    async def start(self, call_control_id: str, **_: Any) -> None:   # type: ignore[override]  # Telnyx names the call its own way
+    # (the override: Telnyx's start names the call by its call_control_id, not Twilio's call_id / CallSid)
+    async def start(self, call_control_id: str, *, media_format: dict[str, Any] | None = None,  # type: ignore[override]
+                    **_: Any) -> None:
         await self.connected()
         await self.send({"event": "start", "start": {
             "user_id": str(uuid.uuid4()), "call_control_id": call_control_id, "client_state": "",
-            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}})
+            "media_format": media_format or {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}})
 
     async def media(self, ulaw: bytes) -> None:
         self._chunk += 1

@@ -116,13 +116,14 @@ class TwilioStreamClient:
             "track": "inbound", "chunk": str(self._chunk), "timestamp": str(self._chunk * 20),
             "payload": base64.b64encode(ulaw).decode()}})
 
-    async def play(self, ulaw: bytes, *, realtime: bool = True) -> None:
-        """Send a recording in 160-byte chunks, paced at 20 ms like a live call."""
+    async def play(self, ulaw: bytes, *, realtime: bool = True, chunk: int = 160) -> None:
+        """Send a recording in 20 ms chunks (160 bytes of μ-law 8 kHz; `chunk` for other formats), paced at 20 ms
+        like a live call."""
         t0 = time.monotonic()
-        for i in range(0, len(ulaw) - 159, 160):
-            await self.media(ulaw[i:i + 160])
+        for n, i in enumerate(range(0, len(ulaw) - chunk + 1, chunk)):
+            await self.media(ulaw[i:i + chunk])
             if realtime:
-                delay = t0 + (i // 160 + 1) * 0.02 - time.monotonic()
+                delay = t0 + (n + 1) * 0.02 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
 

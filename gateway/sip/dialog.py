@@ -112,6 +112,10 @@ class Dialog:
         # strict router: its URI becomes the Request-URI, the remote target goes last in Route
         return first.uri, list(self.route_set[1:]) + [f"<{self.remote_target}>"]
 
+    def next_hop_uri(self) -> str:
+        """The URI the next request goes to first (§8.1.2): the first route, else the remote target."""
+        return NameAddr.parse(self.route_set[0]).uri if self.route_set else self.remote_target
+
     def next_hop(self) -> tuple[str, int, str]:
         """(host, port, transport) of the first hop: the first route, else the remote target (§8.1.2)."""
         uri = NameAddr.parse(self.route_set[0]).uri if self.route_set else self.remote_target

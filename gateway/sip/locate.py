@@ -10,7 +10,11 @@ For a host that is a name with no explicit port:
    rules"); each target's A/AAAA records give the addresses;
 4. no SRV record at all: the host's own A/AAAA on 5060 (5061 for tls).
 
-An IP address or an explicit port skips NAPTR/SRV (§4.2). Lookups go to `GATEWAY_DNS_SERVER` (``ip[:port]``) when
+An IP address or an explicit port skips NAPTR/SRV (§4.2). `locate_uri` starts from a URI (an in-dialog next hop,
+a registrar): a ``sips:`` URI is reached over TLS through ``_sips._tcp`` (RFC 3261 §26.2.2, RFC 3263 §4.1), else
+its ``transport`` parameter, else the caller's transport, picks the lookup.
+
+Lookups go to `GATEWAY_DNS_SERVER` (``ip[:port]``) when
 set, else to the system's resolvers; a name the DNS does not know is still tried with getaddrinfo (/etc/hosts).
 Uses dnspython's asyncio resolver (https://dnspython.readthedocs.io/en/latest/async-resolver-class.html).
 """
@@ -28,6 +32,8 @@ from typing import Any
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+
+from .message import SipUri
 
 log = logging.getLogger("gateway.sip.locate")
 
@@ -194,3 +200,12 @@ class Locator:
             if records:
                 raise LocateError(f"no SRV target of {host} resolves")
         return [Target(a, port or default_port, transport, host, "A/AAAA") for a in await self.addresses(host)]
+
+    async def locate_uri(self, uri: str, transport: str = "udp") -> list[Target]:
+        """Every target for a SIP/SIPS URI (``maddr`` is not used): sips → TLS, else ;transport=, else
+        `transport`; the URI's port, when it has one, skips NAPTR/SRV as in `locate`."""
+        u = SipUri.parse(uri)
+        chosen = "tls" if u.scheme == "sips" else str(u.params.get("transport") or transport).lower()
+        if chosen not in SRV_PREFIX:
+            raise LocateError(f"{uri}: unsupported transport {chosen!r}")
+        return await self.locate(u.host.strip("[]"), u.port, chosen)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .locate import LocateError, Target
 from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag, split_hostport
+from .transport import TlsPeer
 from .ua import Credentials, RequestFailed, UserAgent
 
 log = logging.getLogger("gateway.sip.registration")
@@ -41,7 +44,9 @@ class Registration:
         self.status: dict[str, Any] = dict(number.get("status") or {})
         self.transport = (cfg.get("transport") or "udp").lower()
         self.host = cfg["sip_host"]
-        self.port = int(cfg.get("sip_port") or 5060)
+        #: as configured; without one a host name is located through NAPTR/SRV like calls (RFC 3263)
+        self.explicit_port = int(cfg["sip_port"]) if cfg.get("sip_port") else None
+        self.port = self.explicit_port or (5061 if self.transport == "tls" else 5060)
         self.username = cfg.get("sip_username") or ""
         self.creds = Credentials(self.username, cfg.get("sip_password") or "", cfg.get("auth_username") or None) \
             if self.username else None
@@ -51,6 +56,8 @@ class Registration:
             ph, pp = split_hostport(cfg["outbound_proxy"], 5060)
             self.dest = (ph, pp, self.transport)
             self.route = [f"<sip:{ph}:{pp};lr>"]
+        self.tls = TlsPeer(self.dest[0], cfg.get("tls_verify") is not False) if self.transport == "tls" else None
+        self.target = ""   # the server that answered the last REGISTER (host:port/transport via …)
         self.expires = expires
         self.retry = retry
         self.call_id = new_call_id(ua.host)
@@ -64,12 +71,12 @@ class Registration:
 
     @property
     def aor(self) -> str:
-        port = "" if self.port == 5060 else f":{self.port}"
+        port = "" if self.explicit_port in (None, 5060) else f":{self.port}"
         return f"sip:{self.username}@{self.host}{port}"
 
     @property
     def registrar_uri(self) -> str:
-        port = "" if self.port == 5060 else f":{self.port}"
+        port = "" if self.explicit_port in (None, 5060) else f":{self.port}"
         t = "" if self.transport == "udp" else f";transport={self.transport}"
         return f"sip:{self.host}{port}{t}"
 
@@ -129,8 +136,7 @@ class Registration:
             return SipRequest("REGISTER", self.registrar_uri, h)
 
         for _ in range(2):
-            req, resp = await self.ua.send_authenticated(build, self.dest, self.creds, cseq=self.cseq + 1,
-                                                         on_request=self._track)
+            req, resp = await self._send_located(build)
             if resp.status == 423 and expires:
                 min_exp = resp.headers.get("Min-Expires")
                 if min_exp and min_exp.strip().isdigit():
@@ -138,6 +144,34 @@ class Registration:
                     continue
             return resp
         return resp
+
+    async def _send_located(self, build: Callable[[int, list[tuple[str, str]]], SipRequest]
+                            ) -> tuple[SipRequest, SipResponse]:
+        """Send to the registrar located like a trunk's calls (RFC 3263: NAPTR/SRV for a name without a port,
+        through the outbound proxy when there is one), failing over to the next server on no answer or 503."""
+        if self.route:
+            targets = [Target(self.dest[0], self.dest[1], self.transport, self.dest[0], "outbound_proxy")]
+        else:
+            try:
+                targets = await self.ua.locator.locate(self.host, self.explicit_port, self.transport)
+            except LocateError as e:
+                raise RequestFailed(f"DNS: {e}") from None
+        failure: RequestFailed | None = None
+        for i, target in enumerate(targets):
+            last = i == len(targets) - 1
+            try:
+                req, resp = await self.ua.send_authenticated(build, target.dest, self.creds, cseq=self.cseq + 1,
+                                                             on_request=self._track, tls=self.tls)
+            except RequestFailed as e:
+                failure = e
+                log.info("REGISTER to %s failed: %s", target.describe(), e.reason)
+                continue
+            if resp.status == 503 and not last:
+                continue
+            self.target = target.describe()
+            return req, resp
+        assert failure is not None
+        raise failure
 
     def _track(self, req: SipRequest) -> None:
         self.cseq = req.cseq[0]

@@ -9,18 +9,26 @@ API::
         .rtpmap -> {pt: (encoding, clock_rate, channels)} (static PTs 0/8/13/18/9 filled in)
         .fmtp -> {pt: str}  .ptime  .direction ("sendrecv" default)
     make_offer(ip, port, codecs=("PCMU", "PCMA"), dtmf=True, ptime=20, direction="sendrecv", *,
-               session_id=None, version=1, dtmf_payload_type=101) -> SessionDescription
+               session_id=None, version=1, dtmf_payload_type=101, media_encryption="none") -> SessionDescription
     answer_offer(offer, ip, port, supported=("PCMU", "PCMA"), *, direction="sendrecv", session_id=None,
-                 version=1, ptime=20) -> (answer: SessionDescription, MediaChoice)
+                 version=1, ptime=20, media_encryption="none", keys=None) -> (answer: SessionDescription, MediaChoice)
         raises NoCommonCodec (send 488 Not Acceptable Here) when no audio stream has a codec we support.
-    parse_answer(answer, offer=None, supported=("PCMU", "PCMA")) -> MediaChoice  (our offer, their answer)
-    MediaChoice(codec, payload_type, dtmf_payload_type, remote_addr, direction, ptime, remote_direction)
+    parse_answer(answer, offer=None, supported=("PCMU", "PCMA"), *, media_encryption="none") -> MediaChoice
+        (our offer, their answer)
+    MediaChoice(codec, payload_type, dtmf_payload_type, remote_addr, direction, ptime, remote_direction, srtp)
         .direction is OUR direction for RtpSession.set_direction(); .on_hold is True when the peer put the call
         on hold (a=sendonly / a=inactive / c=0.0.0.0, RFC 3264 §8.4).
     answer_direction(offer_direction, wanted="sendrecv") -> str   (RFC 3264 §6.1 table)
 
-Not supported (answered with port 0 for that stream, 488 if nothing is left): SRTP (RTP/SAVP, SDES/DTLS),
-video, codecs other than PCMU/PCMA, telephone-event at a rate other than 8000, ICE.
+SRTP (RFC 4568 SDES, gateway/rtp/srtp.py) per trunk `media_encryption`: "none" answers RTP/AVP only; "srtp"
+offers RTP/SAVP with a=crypto and accepts nothing else; "optional" offers RTP/AVP with a=crypto ("best-effort
+SRTP": RFC 4568 defines a=crypto for RTP/SAVP, Asterisk, FreeSWITCH and many SBCs also read it on RTP/AVP) and
+accepts a plain or a keyed answer, and answers RTP/SAVP offers with SRTP and RTP/AVP offers with or without keys
+as offered. `MediaChoice.srtp` then holds both keys. An offer or answer that does not fit raises
+`EncryptionMismatch` (a NoCommonCodec: 488) naming why.
+
+Not supported (answered with port 0 for that stream, 488 if nothing is left): DTLS-SRTP, video, codecs other than
+PCMU/PCMA, telephone-event at a rate other than 8000, ICE.
 """
 from __future__ import annotations
 
@@ -28,8 +36,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..rtp.srtp import CryptoAttribute, choose
+
 __all__ = [
-    "SdpError", "NoCommonCodec", "Origin", "MediaDescription", "SessionDescription", "MediaChoice",
+    "SdpError", "NoCommonCodec", "EncryptionMismatch", "SrtpKeys", "Origin", "MediaDescription",
+    "SessionDescription", "MediaChoice",
     "make_offer", "answer_offer", "parse_answer", "answer_direction", "STATIC_PAYLOADS",
 ]
 
@@ -45,6 +56,28 @@ class SdpError(ValueError):
 
 class NoCommonCodec(SdpError):
     """No acceptable audio codec in the offer: answer 488 Not Acceptable Here (RFC 3261 §13.3.1.3)."""
+
+
+class EncryptionMismatch(NoCommonCodec):
+    """The offer or answer does not meet the trunk's media_encryption (plain RTP where SRTP is required, SRTP
+    where none is allowed, no usable a=crypto): 488 as well."""
+
+
+MEDIA_ENCRYPTION = ("none", "srtp", "optional")
+SAVP = ("RTP/SAVP", "RTP/SAVPF")
+AVP = ("RTP/AVP", "RTP/AVPF")
+
+
+@dataclass(frozen=True)
+class SrtpKeys:
+    """The negotiated SDES keys: ours protects what we send, theirs what we receive."""
+
+    local: CryptoAttribute
+    remote: CryptoAttribute
+
+    @property
+    def suite(self) -> str:
+        return self.local.suite
 
 
 @dataclass
@@ -249,6 +282,7 @@ class MediaChoice:
     direction: str = "sendrecv"          # ours, for RtpSession.set_direction
     ptime: int = 20                      # the peer's packetisation time (we always send 20 ms)
     remote_direction: str = "sendrecv"   # as the peer declared it (c=0.0.0.0 counts as "inactive")
+    srtp: SrtpKeys | None = None         # SDES-SRTP keys when the media is encrypted
 
     @property
     def on_hold(self) -> bool:
@@ -271,11 +305,14 @@ def _new_session_id() -> str:
 
 def make_offer(ip: str, port: int, codecs: tuple[str, ...] | list[str] = ("PCMU", "PCMA"), dtmf: bool = True,
                ptime: int = 20, direction: str = "sendrecv", *, session_id: str | None = None, version: int = 1,
-               dtmf_payload_type: int = 101) -> SessionDescription:
+               dtmf_payload_type: int = 101, media_encryption: str = "none") -> SessionDescription:
     """Our offer (initial INVITE, or a re-INVITE with direction="sendonly"/"inactive" for hold and
-    "sendrecv" to resume; pass the same session_id and version+1 for a re-offer, RFC 3264 §8)."""
+    "sendrecv" to resume; pass the same session_id and version+1 for a re-offer, RFC 3264 §8).
+    media_encryption "srtp": RTP/SAVP with a fresh a=crypto key; "optional": RTP/AVP with one (best effort)."""
     if direction not in DIRECTIONS:
         raise SdpError(f"unknown direction {direction!r}")
+    if media_encryption not in MEDIA_ENCRYPTION:
+        raise SdpError(f"unknown media_encryption {media_encryption!r}")
     fmts: list[str] = []
     attrs: list[tuple[str, str | None]] = []
     for c in codecs:
@@ -288,10 +325,13 @@ def make_offer(ip: str, port: int, codecs: tuple[str, ...] | list[str] = ("PCMU"
         fmts.append(str(dtmf_payload_type))
         attrs += [("rtpmap", f"{dtmf_payload_type} telephone-event/8000"), ("fmtp", f"{dtmf_payload_type} 0-16")]
     attrs += [("ptime", str(ptime)), (direction, None)]
+    if media_encryption != "none":
+        attrs.append(("crypto", CryptoAttribute.generate().to_sdp()))
     sid = session_id or _new_session_id()
+    proto = "RTP/SAVP" if media_encryption == "srtp" else "RTP/AVP"
     return SessionDescription(origin=Origin("-", sid, version, "IN", "IP6" if ":" in ip else "IP4", ip),
                               name="-", connection=ip,
-                              media=[MediaDescription("audio", port, "RTP/AVP", fmts, attributes=attrs)])
+                              media=[MediaDescription("audio", port, proto, fmts, attributes=attrs)])
 
 
 def _pick(m: MediaDescription, supported: tuple[str, ...] | list[str]) -> tuple[str, int, int | None] | None:
@@ -325,11 +365,40 @@ def _effective_remote_direction(sd: SessionDescription, m: MediaDescription) -> 
     return d
 
 
+def _offered_keys(m: MediaDescription, mode: str) -> tuple[bool, CryptoAttribute | None, str]:
+    """Whether an offered audio stream's transport suits the trunk's media_encryption, the peer's a=crypto we
+    would answer (None: plain RTP), and why not when it does not suit."""
+    proto = m.proto.upper()
+    offered = m.attrs("crypto")
+    if proto in SAVP:
+        if mode == "none":
+            return False, None, "SRTP (RTP/SAVP) offered; this trunk's media_encryption is none"
+        try:
+            theirs = choose(offered)
+        except ValueError as e:
+            return False, None, f"unusable a=crypto: {e}"
+        if theirs is None:
+            return False, None, "no a=crypto with a suite we support (AES_CM_128_HMAC_SHA1_80 or _32)"
+        return True, theirs, ""
+    if proto in AVP:
+        if mode == "srtp":
+            return False, None, "plain RTP offered; this trunk requires SRTP (media_encryption srtp)"
+        if mode == "optional" and offered:   # best-effort SRTP: keys if we can use them, plain RTP otherwise
+            try:
+                return True, choose(offered), ""
+            except ValueError:
+                return True, None, ""
+        return True, None, ""
+    return False, None, f"media transport {m.proto} is not supported"
+
+
 def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
                  supported: tuple[str, ...] | list[str] = ("PCMU", "PCMA"), *, direction: str = "sendrecv",
-                 session_id: str | None = None, version: int = 1,
-                 ptime: int = 20) -> tuple[SessionDescription, MediaChoice]:
-    """Answer the first usable audio stream; every other m-line is rejected with port 0 (RFC 3264 §6)."""
+                 session_id: str | None = None, version: int = 1, ptime: int = 20,
+                 media_encryption: str = "none",
+                 keys: SrtpKeys | None = None) -> tuple[SessionDescription, MediaChoice]:
+    """Answer the first usable audio stream; every other m-line is rejected with port 0 (RFC 3264 §6). `keys`:
+    the SRTP keys in use (a re-offer): when the peer keeps its key we keep ours, so a refresh changes nothing."""
     if not isinstance(offer, SessionDescription):
         offer = SessionDescription.parse(offer)
     if not offer.media:
@@ -337,11 +406,17 @@ def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
     answer_media: list[MediaDescription] = []
     choice: MediaChoice | None = None
     offered: list[str] = []
+    refused: list[str] = []
     for m in offer.media:
         picked = None
-        if choice is None and m.media == "audio" and m.proto.upper() in ("RTP/AVP", "RTP/AVPF") and m.port:
-            picked = _pick(m, supported)
-            offered += [v[0] for v in m.rtpmap.values()]
+        theirs: CryptoAttribute | None = None
+        if choice is None and m.media == "audio" and m.port:
+            fits, theirs, why = _offered_keys(m, media_encryption)
+            if fits:
+                picked = _pick(m, supported)
+                offered += [v[0] for v in m.rtpmap.values()]
+            elif m.proto.upper() in SAVP + AVP:
+                refused.append(why)
         if picked is None:
             answer_media.append(MediaDescription(m.media, 0, m.proto, m.formats[:1] or ["0"]))
             continue
@@ -354,12 +429,22 @@ def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
             fmts.append(str(dtmf_pt))
             attrs += [("rtpmap", f"{dtmf_pt} telephone-event/8000"), ("fmtp", f"{dtmf_pt} 0-16")]
         attrs += [("ptime", str(ptime)), (ours, None)]
+        agreed = None
+        if theirs is not None:   # our own key, under the tag and suite we accept (RFC 4568 §7.1.2)
+            if keys is not None and keys.remote.key == theirs.key and keys.local.suite == theirs.suite:
+                mine = CryptoAttribute(theirs.tag, theirs.suite, keys.local.key)
+            else:
+                mine = CryptoAttribute.generate(theirs.tag, theirs.suite)
+            attrs.append(("crypto", mine.to_sdp()))
+            agreed = SrtpKeys(mine, theirs)
         answer_media.append(MediaDescription("audio", port, m.proto, fmts, attributes=attrs))
         addr = offer.media_address(m)
         if addr is None:
             raise SdpError("audio stream without a connection address")
-        choice = MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir)
+        choice = MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, agreed)
     if choice is None:
+        if refused and not offered:
+            raise EncryptionMismatch("; ".join(dict.fromkeys(refused)))
         listed = ", ".join(dict.fromkeys(offered)) or "none"
         raise NoCommonCodec(f"no common codec (offered: {listed}; supported: {', '.join(supported)})")
     answer = SessionDescription(
@@ -368,9 +453,44 @@ def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
     return answer, choice
 
 
+def _our_keys(offer: SessionDescription | None) -> dict[int, CryptoAttribute]:
+    out: dict[int, CryptoAttribute] = {}
+    for m in offer.media if offer is not None else []:
+        for v in m.attrs("crypto"):
+            a = CryptoAttribute.parse(v)
+            if a is not None:
+                out[a.tag] = a
+    return out
+
+
+def _answered_keys(offer: SessionDescription | None, m: MediaDescription, mode: str) -> SrtpKeys | None:
+    """The keys an answer to our offer settles on, None for plain RTP; EncryptionMismatch when it breaks the
+    trunk's media_encryption or names a key we never offered."""
+    ours = _our_keys(offer)
+    answered = m.attrs("crypto")
+    savp = m.proto.upper() in SAVP
+    if not ours:
+        if savp or answered:
+            raise EncryptionMismatch("the answer uses SRTP; we offered plain RTP")
+        return None
+    if answered:
+        try:
+            theirs = choose(answered)
+        except ValueError as e:
+            raise EncryptionMismatch(f"unusable a=crypto in the answer: {e}") from None
+        mine = ours.get(theirs.tag) if theirs is not None else None
+        if theirs is None or mine is None or mine.suite != theirs.suite:
+            raise EncryptionMismatch("the answer's a=crypto matches none we offered")
+        return SrtpKeys(mine, theirs)
+    if mode == "srtp" or savp:
+        raise EncryptionMismatch("the answer has no a=crypto; this trunk requires SRTP (media_encryption srtp)")
+    return None   # optional: the peer chose plain RTP
+
+
 def parse_answer(answer: SessionDescription | bytes | str, offer: SessionDescription | None = None,
-                 supported: tuple[str, ...] | list[str] = ("PCMU", "PCMA")) -> MediaChoice:
-    """The peer's answer to our offer: which codec it kept, where to send, and its direction."""
+                 supported: tuple[str, ...] | list[str] = ("PCMU", "PCMA"), *,
+                 media_encryption: str = "none") -> MediaChoice:
+    """The peer's answer to our offer: which codec it kept, where to send, its direction and SRTP keys."""
     if not isinstance(answer, SessionDescription):
         answer = SessionDescription.parse(answer)
     for m in answer.media:
@@ -383,10 +503,11 @@ def parse_answer(answer: SessionDescription | bytes | str, offer: SessionDescrip
         if offer is not None and not any(codec == c[0].upper() for om in offer.media
                                          for c in om.rtpmap.values()):
             raise NoCommonCodec(f"answer chose {codec}, which was not in our offer")
+        keys = _answered_keys(offer, m, media_encryption)
         addr = answer.media_address(m)
         if addr is None:
             raise SdpError("audio stream without a connection address")
         remote_dir = _effective_remote_direction(answer, m)
         ours = answer_direction(remote_dir, "sendrecv")
-        return MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir)
+        return MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, keys)
     raise NoCommonCodec("answer has no audio stream with a supported codec")

@@ -17,7 +17,7 @@ API::
         raises TransactionTimeout (Timer B/F: treat as 408) or TransactionTransportError (treat as 503).
         A missing top Via is added (transport.via(new_branch())). The Request-URI/Route are not rewritten.
         addr may hold a host name (resolved here, A/AAAA); for protocol="tls" pass the name so the peer's
-        certificate is checked against it.
+        certificate is checked against it, or `tls=TlsPeer(name, verify)` with an address.
     txn = await layer.start_request(req, addr, protocol="udp", on_provisional=None); await txn.final
     await txn.cancel(headers=None) -> CANCEL's final response | None (too late). Waits for a provisional
         response first (§9.1); the INVITE then normally completes with 487.
@@ -48,9 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .message import Headers, SipMessage, SipParseError, SipRequest, SipResponse, make_response, new_branch, new_tag
 from .timers import T1, T2, T4, Clock, LoopClock, TimerHandle
-
-if TYPE_CHECKING:
-    from .transport import SipTransport
+from .transport import SipTransport, TlsPeer
 
 __all__ = [
     "TransactionLayer", "ClientTransaction", "ServerTransaction", "TransactionError", "TransactionTimeout",
@@ -75,7 +73,12 @@ class TransactionTimeout(TransactionError):
 
 
 class TransactionTransportError(TransactionError):
-    """The transport could not deliver the request (§17.1.4: report as 503 Service Unavailable)."""
+    """The transport could not deliver the request (§17.1.4: report as 503 Service Unavailable); `cause` is the
+    transport's error (a TlsError names the failed certificate check)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
@@ -161,7 +164,7 @@ class _TimerSet:
 class ClientTransaction(_TimerSet):
     __slots__ = ("layer", "request", "addr", "protocol", "conn", "on_provisional", "is_invite", "reliable",
                  "state", "key", "final", "last_response", "_data", "_timers", "_provisional_seen",
-                 "_cancel_txn", "_ack_data", "_got_response", "server_name")
+                 "_cancel_txn", "_ack_data", "_got_response", "tls")
 
     def __init__(self, layer: TransactionLayer, request: SipRequest, addr: tuple[str, int], protocol: str,
                  on_provisional: Callable[[SipResponse], Any] | None, conn: Any = None) -> None:
@@ -183,7 +186,7 @@ class ClientTransaction(_TimerSet):
         self._got_response: asyncio.Event | None = None
         self._cancel_txn: ClientTransaction | None = None
         self._ack_data: bytes | None = None
-        self.server_name: str | None = None  # TLS: the name the peer's certificate must carry
+        self.tls: TlsPeer | None = None  # TLS: what the peer's certificate must prove
 
     # -- timers
     def start(self) -> None:
@@ -201,8 +204,8 @@ class ClientTransaction(_TimerSet):
             self._set("F", 64 * L.t1, self._timer_f)
 
     def _send(self, data: bytes) -> None:
-        if self.server_name is not None:
-            fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn, server_name=self.server_name)
+        if self.tls is not None:
+            fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn, tls=self.tls)
         else:
             fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn)
         if fut.done():
@@ -218,7 +221,7 @@ class ClientTransaction(_TimerSet):
 
     def _transport_error(self, exc: BaseException) -> None:
         if self.state in (CALLING, TRYING, PROCEEDING):
-            self._fail(TransactionTransportError(str(exc)))
+            self._fail(TransactionTransportError(str(exc), exc))
 
     def _timer_a(self, interval: float) -> None:
         if self.state != CALLING:
@@ -335,8 +338,7 @@ class ClientTransaction(_TimerSet):
             return None  # a final response won the race: the TU must BYE a 2xx instead
         cancel = make_cancel(self.request, headers)
         self._set("cancel_guard", 64 * self.layer.t1, self._cancel_guard)
-        txn = await self.layer.start_request(cancel, self.addr, self.protocol, conn=self.conn)
-        txn.server_name = self.server_name
+        txn = await self.layer.start_request(cancel, self.addr, self.protocol, conn=self.conn, tls=self.tls)
         self._cancel_txn = txn
         try:
             return await txn.final
@@ -552,7 +554,7 @@ class TransactionLayer:
     async def start_request(self, request: SipRequest, addr: tuple[str, int],
                             protocol: str | Callable[[SipResponse], Any] = "udp", *,
                             on_provisional: Callable[[SipResponse], Any] | None = None,
-                            conn: Any = None) -> ClientTransaction:
+                            conn: Any = None, tls: TlsPeer | None = None) -> ClientTransaction:
         if callable(protocol):  # the SIP_LAYERS.md form send_request(req, addr, on_provisional)
             on_provisional = protocol
             protocol = "udp"
@@ -563,8 +565,9 @@ class TransactionLayer:
         host = addr[0]
         addr = (await self._resolve(host), int(addr[1]))
         txn = ClientTransaction(self, request, addr, protocol, on_provisional, conn)
-        if protocol.lower() == "tls" and host.strip("[]") != addr[0]:
-            txn.server_name = host  # verify the certificate against the name we were asked to reach
+        if protocol.lower() == "tls":
+            # verify the certificate against the name we were asked to reach (RFC 5922 §4), unless told whom
+            txn.tls = tls or (TlsPeer(host.strip("[]")) if host.strip("[]") != addr[0] else None)
         if not (request.branch or "").startswith(MAGIC):
             raise TransactionError("client requests need an RFC 3261 branch (z9hG4bK…)")
         if txn.key in self._clients:
@@ -582,7 +585,9 @@ class TransactionLayer:
         return await txn.final
 
     def send_ack(self, ack: SipRequest, addr: tuple[str, int], protocol: str = "udp",
-                 conn: Any = None) -> asyncio.Future[None]:
+                 conn: Any = None, *, tls: TlsPeer | None = None) -> asyncio.Future[None]:
+        if tls is not None:
+            return self.transport.send(ack, addr, protocol, conn, tls=tls)
         return self.transport.send(ack, addr, protocol, conn)
 
     @staticmethod

@@ -9,11 +9,13 @@ API::
     t.on_message = fn(msg: SipRequest | SipResponse, source_addr: (ip, port), conn: Connection)
         called synchronously from the event loop for every well-formed message; `conn.protocol` is "udp" or
         "tcp"; received requests already carry `received`/`rport` on their top Via.
-    t.send(msg_or_bytes, addr, protocol="udp"|"tcp"|"tls", conn=None, *, server_name=None) -> asyncio.Future[None]
-        sends a request (or anything) to addr; TCP/TLS reuse an open connection to addr or open one (TLS verifies
-        the certificate against server_name, else the address); the future
-        fails (never raises here) if a TCP connection cannot be made, so the transaction layer can report
-        a transport error (§17.1.4).
+    t.send(msg_or_bytes, addr, protocol="udp"|"tcp"|"tls", conn=None, *, tls=TlsPeer(name, verify)) -> Future[None]
+        sends a request (or anything) to addr; TCP/TLS reuse an open connection to addr or open one. A new TLS
+        connection checks the peer's certificate chain and that it names `tls.name` (else the address); an open
+        one is reused for a checked send only if it was opened with the same check. `TlsPeer(verify=False)` (a
+        trunk's switch for self-signed test peers) skips both. The future fails (never raises here) if a
+        connection cannot be made, so the transaction layer can report a transport error (§17.1.4); a TLS
+        failure is a `TlsError` whose `verdict` says which (see tls.py).
     t.send_response(resp, conn=None) -> asyncio.Future[None]
         routes a response by its top Via (§18.2.2 + RFC 3581): reliable transport -> the connection the request
         came on if still open, else a new connection to received + sent-by port; UDP -> received IP and rport
@@ -33,6 +35,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from .message import (
@@ -45,8 +48,9 @@ from .message import (
     make_response,
     parse_message,
 )
+from .tls import TlsError, classify_tls_error
 
-__all__ = ["SipTransport", "Connection", "TcpConnection", "UdpConnection", "TransportError"]
+__all__ = ["SipTransport", "Connection", "TcpConnection", "UdpConnection", "TransportError", "TlsPeer"]
 
 log = logging.getLogger("gateway.sip.transport")
 
@@ -58,6 +62,16 @@ TCP_IDLE_TIMEOUT = 600.0  # seconds without traffic before we close a TCP connec
 
 class TransportError(OSError):
     """A message could not be sent (connection refused, unreachable…)."""
+
+
+@dataclass(frozen=True)
+class TlsPeer:
+    """Whom a TLS connection we open must prove to be. `name` is checked against the certificate (RFC 5922 §4:
+    the domain we were asked to reach, not a name DNS gave us); `verify=False` accepts any certificate, for a
+    self-signed test peer only (the connection is still encrypted, but not authenticated)."""
+
+    name: str | None = None
+    verify: bool = True
 
 
 class Connection:
@@ -121,6 +135,8 @@ class TcpConnection(asyncio.Protocol, Connection):
         self.framer = SipStreamParser()
         self.closed = asyncio.get_running_loop().create_future()
         self.last_activity = 0.0
+        #: TLS connections we opened: the peer check they passed (None: accepted from a peer, or plain TCP)
+        self.tls_peer: TlsPeer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # a stream connection's transport
@@ -186,6 +202,7 @@ class SipTransport:
         self.tls_port = tls_port
         self.tls_client_context = tls_client_context
         self._tls_server: asyncio.AbstractServer | None = None
+        self._insecure_context: ssl.SSLContext | None = None
         self.port_requested = port != 0
         self.on_message = on_message
         self._advertised = advertised_host
@@ -352,9 +369,9 @@ class SipTransport:
 
     # -- sending
     def send(self, msg: SipMessage | bytes, addr: Addr, protocol: str = "udp",
-             conn: Connection | None = None, *, server_name: str | None = None) -> asyncio.Future[None]:
+             conn: Connection | None = None, *, tls: TlsPeer | None = None) -> asyncio.Future[None]:
         """Send to `addr` over "udp", "tcp" or "tls". Never raises; the returned future carries a TransportError on
-        failure. `server_name` is the host name a new TLS connection verifies the certificate against."""
+        failure. `tls` says what a TLS peer must prove (default: a certificate valid for the address)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         try:
@@ -375,25 +392,39 @@ class SipTransport:
                 self.stats["tx"] += 1
                 fut.set_result(None)
                 return fut
+            peer = (tls or TlsPeer(addr[0])) if protocol == "tls" else None
             existing = self._tcp_conns.get((protocol, addr))
-            if existing is not None and existing.is_open:
+            if existing is not None and existing.is_open and self._reusable(existing, peer):
                 existing.send_bytes(data)
                 self.stats["tx"] += 1
                 fut.set_result(None)
                 return fut
-            self._send_tcp_new(data, addr, fut, protocol, server_name)
+            self._send_tcp_new(data, addr, fut, protocol, peer)
         except Exception as e:  # noqa: BLE001 - reported through the future
             if not fut.done():
                 fut.set_exception(e if isinstance(e, OSError) else TransportError(str(e)))
         fut.add_done_callback(_consume_exception)
         return fut
 
+    @staticmethod
+    def _reusable(conn: TcpConnection, peer: TlsPeer | None) -> bool:
+        """A checked TLS send may only reuse a connection we opened with the same check; an unchecked send (or
+        TCP) may use any open connection to the address, accepted ones included."""
+        if peer is None or not peer.verify:
+            return True
+        return conn.tls_peer == peer
+
+    def connection(self, protocol: str, addr: Addr) -> TcpConnection | None:
+        """The open TCP/TLS connection to `addr`, if any (in-dialog requests reuse the dialog's connection)."""
+        conn = self._tcp_conns.get((protocol.lower(), (addr[0], int(addr[1]))))
+        return conn if conn is not None and conn.is_open else None
+
     def _send_tcp_new(self, data: bytes, addr: Addr, fut: asyncio.Future[None], protocol: str = "tcp",
-                      server_name: str | None = None) -> None:
+                      peer: TlsPeer | None = None) -> None:
         key = (protocol, addr)
         task = self._connecting.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, server_name))
+            task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, peer))
             self._connecting[key] = task
             task.add_done_callback(functools.partial(self._connected, key))
 
@@ -402,32 +433,55 @@ class SipTransport:
                 return
             if t.cancelled():
                 fut.set_exception(TransportError(f"connect to {addr} cancelled"))
-            elif t.exception() is not None:
-                fut.set_exception(TransportError(f"{protocol.upper()} connect to {addr[0]}:{addr[1]} failed: "
-                                                 f"{t.exception()}"))
-            else:
-                try:
-                    t.result().send_bytes(data)
-                    self.stats["tx"] += 1
-                    fut.set_result(None)
-                except OSError as e:
-                    fut.set_exception(e)
+                return
+            exc = t.exception()
+            if exc is not None:
+                where = f"{protocol.upper()} connect to {addr[0]}:{addr[1]}"
+                fut.set_exception(TlsError(f"{where}: {exc}", exc.verdict) if isinstance(exc, TlsError)
+                                  else TransportError(f"{where} failed: {exc}"))
+                return
+            try:
+                t.result().send_bytes(data)
+                self.stats["tx"] += 1
+                fut.set_result(None)
+            except OSError as e:
+                fut.set_exception(e)
 
         task.add_done_callback(written)
 
     def _connected(self, key: tuple[str, Addr], _task: asyncio.Task[TcpConnection]) -> None:
         self._connecting.pop(key, None)
 
-    async def _connect(self, addr: Addr, protocol: str = "tcp", server_name: str | None = None) -> TcpConnection:
-        loop = asyncio.get_running_loop()
-        kw: dict[str, Any] = {}
-        if protocol == "tls":
+    def client_context(self, verify: bool = True) -> ssl.SSLContext:
+        """The context for TLS connections we open: the system's trust store (plus `tls_client_context` when
+        given), hostname checked; or, with verify=False, one that accepts any certificate."""
+        if verify:
             if self.tls_client_context is None:
                 self.tls_client_context = ssl.create_default_context()
-            kw = dict(ssl=self.tls_client_context, server_hostname=server_name or addr[0])
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: TcpConnection(self, protocol), addr[0], addr[1],
-                                   family=socket.AF_INET if ":" not in addr[0] else socket.AF_INET6, **kw), 10)
+            return self.tls_client_context
+        if self._insecure_context is None:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._insecure_context = ctx
+        return self._insecure_context
+
+    async def _connect(self, addr: Addr, protocol: str = "tcp", peer: TlsPeer | None = None) -> TcpConnection:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET if ":" not in addr[0] else socket.AF_INET6
+        if protocol != "tls":
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: TcpConnection(self, protocol), addr[0], addr[1], family=family), 10)
+            return conn
+        peer = peer or TlsPeer(addr[0])
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: TcpConnection(self, "tls"), addr[0], addr[1], family=family,
+                                       ssl=self.client_context(peer.verify),
+                                       server_hostname=peer.name or addr[0], ssl_handshake_timeout=10), 12)
+        except (ssl.SSLError, ssl.CertificateError) as e:
+            raise classify_tls_error(e, peer.name or addr[0]) from None
+        conn.tls_peer = peer
         return conn
 
     def response_destination(self, resp: SipResponse) -> tuple[Addr, str]:

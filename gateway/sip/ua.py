@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 from . import digest
 from .dialog import Dialog
-from .locate import Locator
-from .message import NameAddr, SipRequest, SipResponse, make_response, new_branch, new_call_id, new_tag
+from .locate import LocateError, Locator, is_literal
+from .message import NameAddr, SipRequest, SipResponse, SipUri, make_response, new_branch, new_call_id, new_tag
+from .tls import TlsError
 from .transaction import TransactionError, TransactionLayer, TransactionTimeout
-from .transport import SipTransport
+from .transport import SipTransport, TlsPeer
 
 _T = TypeVar("_T")
 log = logging.getLogger("gateway.sip.ua")
@@ -43,7 +44,7 @@ URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 MIN_SE = 90                       # RFC 4028 §4: the smallest Session-Expires we accept
 USER_AGENT = "telephony-gateway"
 
-Dest = tuple[str, int, str]       # host, port, transport ("udp" | "tcp")
+Dest = tuple[str, int, str]       # host, port, transport ("udp" | "tcp" | "tls")
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,23 @@ class Credentials:
 
 
 class RequestFailed(Exception):
-    """A request got no usable answer (transaction timeout, transport error)."""
+    """A request got no usable answer (transaction timeout, transport error); `tls_verdict` says which TLS
+    check failed when that was the reason (gateway/sip/tls.py)."""
 
     def __init__(self, reason: str, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
+        self.tls_verdict: str | None = None
+
+
+def tls_verdict_of(exc: BaseException) -> str | None:
+    """The TLS verdict behind a transaction's transport error, if that is what it was."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    for e in (exc, cause):
+        if isinstance(e, TlsError):
+            return e.verdict
+    return None
 
 
 def reason_header(status: int | None = None, text: str = "", *, q850: int | None = None) -> str:
@@ -121,7 +133,7 @@ class UserAgent:
         self.on_register: Callable[[SipRequest, Any], Awaitable[None]] | None = None
         self.draining: Callable[[], bool] = lambda: False
         self.retry_after = 5                                   # seconds, in the 503 Retry-After while draining
-        self._acked: dict[tuple[str, int], tuple[SipRequest, Dest]] = {}   # ACKs we sent, for 2xx retransmits
+        self._acked: dict[tuple[str, int], tuple[SipRequest, Dest, TlsPeer | None]] = {}  # for 2xx retransmits
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.pending_byes: set[asyncio.Task[Any]] = set()                # BYE transactions still running (close waits)
@@ -140,24 +152,30 @@ class UserAgent:
     def port(self) -> int:
         return self.transport.port
 
+    def port_for(self, transport: str) -> int:
+        """Where peers reach us over `transport`: the TLS listener for tls (when there is one), else the
+        UDP/TCP port."""
+        if transport.lower() == "tls":
+            return getattr(self.transport, "tls_port", None) or self.transport.port
+        return self.transport.port
+
     def contact(self, user: str = "gateway", transport: str = "udp") -> str:
         t = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{user}@{self.host}:{self.port}{t}>"
+        return f"<sip:{user}@{self.host}:{self.port_for(transport)}{t}>"
 
     def via(self, transport: str = "udp", branch: str | None = None) -> str:
         return self.transport.via(branch or new_branch(), transport)
 
     async def resolve(self, dest: Dest) -> tuple[str, int]:
-        host, port, _ = dest
-        host = host.strip("[]")
-        if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", host):
+        """The address of a host name through the locator's resolver (GATEWAY_DNS_SERVER, then /etc/hosts):
+        the same DNS the trunk's SRV lookup used, so every request of a call resolves alike."""
+        host, port = dest[0].strip("[]"), dest[1]
+        if is_literal(host):
             return host, port
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=2), 5.0)  # SOCK_DGRAM
-        except (TimeoutError, OSError) as e:
+            return (await self.locator.addresses(host))[0], port
+        except LocateError as e:
             raise RequestFailed(f"cannot resolve {host}: {e}") from None
-        return str(infos[0][4][0]), port
 
     def spawn(self, coro: Coroutine[Any, Any, _T], name: str | None = None) -> asyncio.Task[_T]:
         task = asyncio.ensure_future(coro)
@@ -184,25 +202,32 @@ class UserAgent:
 
     # -- sending ------------------------------------------------------------------------------------------------
     async def send(self, req: SipRequest, dest: Dest, on_provisional: Callable[[SipResponse], None] | None = None,
-                   on_txn: Callable[[Any], None] | None = None) -> SipResponse:
-        """One client transaction; raises RequestFailed on timeout (Timer B/F) or a transport error."""
+                   on_txn: Callable[[Any], None] | None = None, *, tls: TlsPeer | None = None,
+                   conn: Any = None) -> SipResponse:
+        """One client transaction; raises RequestFailed on timeout (Timer B/F) or a transport error. `tls`: what
+        a TLS peer must prove (default: a certificate for dest's host); `conn`: an open connection to reuse."""
         addr = await self.resolve(dest)
+        if tls is None and dest[2].lower() == "tls" and not is_literal(dest[0].strip("[]")):
+            tls = TlsPeer(dest[0].strip("[]"))
         try:
-            txn = await self.layer.start_request(req, addr, dest[2], on_provisional=on_provisional)
+            txn = await self.layer.start_request(req, addr, dest[2], on_provisional=on_provisional, tls=tls,
+                                                 conn=conn)
             if on_txn is not None:
                 on_txn(txn)
             return await txn.final
         except TransactionTimeout:
             raise RequestFailed("timed out (no final response)", True) from None
         except (TransactionError, OSError) as e:
-            raise RequestFailed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+            failed = RequestFailed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            failed.tls_verdict = tls_verdict_of(e)
+            raise failed from None
 
     async def send_authenticated(self, build: Callable[[int, list[tuple[str, str]]], SipRequest], dest: Dest,
                                  creds: Credentials | None, *, cseq: int = 1,
                                  on_provisional: Callable[[SipResponse], None] | None = None,
                                  on_request: Callable[[SipRequest], None] | None = None,
-                                 on_txn: Callable[[Any], None] | None = None
-                                 ) -> tuple[SipRequest, SipResponse]:
+                                 on_txn: Callable[[Any], None] | None = None, tls: TlsPeer | None = None,
+                                 conn: Any = None) -> tuple[SipRequest, SipResponse]:
         """Send `build(cseq, auth_headers)`; answer up to two 401/407 challenges (a second only when stale or for
         another realm/proxy). Returns the last request and its final response."""
         auth: list[tuple[str, str]] = []
@@ -211,7 +236,7 @@ class UserAgent:
             req = build(cseq, auth)
             if on_request is not None:
                 on_request(req)
-            resp = await self.send(req, dest, on_provisional, on_txn)
+            resp = await self.send(req, dest, on_provisional, on_txn, tls=tls, conn=conn)
             if resp.status not in (401, 407) or creds is None:
                 return req, resp
             header = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
@@ -233,22 +258,22 @@ class UserAgent:
             cseq += 1
         return req, resp
 
-    def send_ack(self, ack: SipRequest, dest: Dest) -> None:
+    def send_ack(self, ack: SipRequest, dest: Dest, tls: TlsPeer | None = None) -> None:
         """ACK for a 2xx goes straight to the transport (it is not a transaction, §17.1.1.3)."""
-        self.spawn(self._send_raw(ack, dest))
+        self.spawn(self._send_raw(ack, dest, tls))
 
-    def ack_2xx(self, ack: SipRequest, dest: Dest) -> None:
+    def ack_2xx(self, ack: SipRequest, dest: Dest, tls: TlsPeer | None = None) -> None:
         """Send the ACK for a 2xx to our INVITE and keep it for 64·T1 (Timer M, RFC 6026), while retransmissions
         of that 2xx may still arrive and must be ACKed again; then forget it (kept forever, it grew per call)."""
         key = (ack.call_id, ack.cseq[0])
-        self._acked[key] = (ack, dest)
+        self._acked[key] = (ack, dest, tls)
         asyncio.get_running_loop().call_later(64 * self.t1, self._acked.pop, key, None)
-        self.send_ack(ack, dest)
+        self.send_ack(ack, dest, tls)
 
-    async def _send_raw(self, msg: SipRequest, dest: Dest) -> None:
+    async def _send_raw(self, msg: SipRequest, dest: Dest, tls: TlsPeer | None = None) -> None:
         try:
             addr = await self.resolve(dest)
-            await self.layer.send_ack(msg, addr, dest[2])
+            await self.layer.send_ack(msg, addr, dest[2], tls=tls)
         except Exception as e:  # noqa: BLE001 - logged, the dialog layer handles the consequences
             log.warning("could not send %s: %s", msg.method, e)
 
@@ -425,6 +450,7 @@ class IncomingInvite:
         self.finished = True
         self.ua.invites.pop(req.branch or "", None)
         self.ua.sessions[dialog.id] = session
+        session.conn = self.txn.conn if self.transport != "udp" else None
         self.session = session
         if not await self.ua.answer_2xx(resp, self.txn):
             session.send_bye(reason_header(408, "ACK not received"))
@@ -448,6 +474,7 @@ class InviteResult:
     error: str = ""
     timed_out: bool = False
     cancelled: bool = False
+    tls_verdict: str | None = None      # the failed TLS check when that is why there was no answer
 
     @property
     def status_line(self) -> str:
@@ -470,7 +497,7 @@ class OutgoingInvite:
                  dest: Dest, creds: Credentials | None = None, route: list[str] | None = None,
                  headers: list[tuple[str, str]] | None = None,
                  on_provisional: Callable[[SipResponse], None] | None = None,
-                 alternates: list[Dest] | None = None) -> None:
+                 alternates: list[Dest] | None = None, tls: TlsPeer | None = None) -> None:
         self.ua = ua
         self.request_uri = request_uri
         self.from_addr = from_addr.with_tag(new_tag())
@@ -480,6 +507,7 @@ class OutgoingInvite:
         #: further servers of the trunk (DNS SRV order), tried when one times out, is unreachable or says 503
         self.alternates = list(alternates or [])
         self.creds = creds
+        self.tls = tls                  # what a TLS trunk must prove (its domain, RFC 5922), for every request
         self.route = list(route or [])
         self.headers = list(headers or [])
         self.on_provisional = on_provisional
@@ -539,7 +567,7 @@ class OutgoingInvite:
     async def _attempt(self, ring_timeout: float) -> InviteResult:
         task = asyncio.ensure_future(self.ua.send_authenticated(
             self._build, self.dest, self.creds, on_provisional=self._provisional, on_request=self._on_request,
-            on_txn=self._on_txn))
+            on_txn=self._on_txn, tls=self.tls))
         try:
             done, _ = await asyncio.wait({task}, timeout=ring_timeout)
         except asyncio.CancelledError:
@@ -555,12 +583,15 @@ class OutgoingInvite:
         try:
             req, resp = task.result()
         except RequestFailed as e:
-            return InviteResult(error=e.reason, timed_out=e.timed_out)
+            return InviteResult(error=e.reason, timed_out=e.timed_out, tls_verdict=e.tls_verdict)
         if 200 <= resp.status < 300:
             dialog = Dialog.as_uac(req, resp, transport=self.dest[2])
             self._ack(dialog, req)
             session = SipSession(self.ua, dialog, "uac", local_sdp=self.sdp, remote_sdp=resp.body or self.early_sdp,
                                  invite=req)
+            session.tls = self.tls
+            if self.dest[2] != "udp" and self.txn is not None:
+                session.conn = self.ua.transport.connection(self.dest[2], self.txn.addr)
             self.ua.sessions[dialog.id] = session
             if self._cancel_requested or timed_out:  # 2xx won the race with our CANCEL: end it at once
                 session.send_bye(reason_header(487, "Request Terminated"))
@@ -571,14 +602,14 @@ class OutgoingInvite:
         return InviteResult(response=resp, timed_out=timed_out, cancelled=self._cancel_requested)
 
     def _ack(self, dialog: Dialog, req: SipRequest) -> None:
-        via_host, via_port = self.ua.host, self.ua.port
+        via_host, via_port = self.ua.host, self.ua.port_for(dialog.transport)
         ack = dialog.new_request("ACK", (via_host, via_port), cseq=req.cseq[0],
                                  headers=[("User-Agent", self.ua.user_agent)])
         # ACK follows the dialog's route set; without one it goes where the INVITE went (proxy / trunk)
         dest = self.dest if not dialog.route_set and self.route else dialog.next_hop()
         if not dialog.route_set and not self.route:
             dest = (*dialog.next_hop()[:2], self.dest[2])
-        self.ua.ack_2xx(ack, dest)
+        self.ua.ack_2xx(ack, dest, self.tls)
 
     def cancel(self) -> None:
         """CANCEL the INVITE (the transaction sends it once a provisional has arrived, §9.1)."""
@@ -607,6 +638,10 @@ class SipSession:
         self.remote_sdp = remote_sdp
         self.invite = invite
         self.creds: Credentials | None = None
+        #: TLS: what the peer must prove on a connection we open for this dialog, and the dialog's open
+        #: connection (in-dialog requests go over it while it lasts, as the peer expects on TCP/TLS)
+        self.tls: TlsPeer | None = None
+        self.conn: Any = None
         self.ended = asyncio.Event()
         self.end_reason = ""
         self.on_bye: Callable[[SipRequest], Any] | None = None
@@ -810,22 +845,42 @@ class SipSession:
             self.on_dtmf(digit, duration)
 
     # -- requests we send -------------------------------------------------------------------------------------
-    def _dest(self) -> Dest:
-        host, port, transport = self.dialog.next_hop()
-        return host, port, transport
+    async def _dest(self) -> Dest:
+        """The next hop (first route, else the remote target) located by RFC 3263 like the trunk itself: a
+        host name without a port goes through NAPTR/SRV, sips: means TLS."""
+        try:
+            targets = await self.ua.locator.locate_uri(self.dialog.next_hop_uri(), self.dialog.transport)
+        except (LocateError, ValueError) as e:
+            raise RequestFailed(f"next hop: {e}") from None
+        return targets[0].dest
+
+    def _conn(self) -> Any:
+        conn = self.conn
+        return conn if conn is not None and conn.is_open else None
+
+    def _tls(self) -> TlsPeer | None:
+        """What a new TLS connection for this dialog must prove: the trunk's (set when we placed the call), else
+        the next hop URI's host name (RFC 5922 §4; an address is checked as an address)."""
+        if self.tls is not None:
+            return self.tls
+        host = SipUri.parse(self.dialog.next_hop_uri()).host.strip("[]")
+        return None if is_literal(host) else TlsPeer(host)
+
+    def _via(self) -> tuple[str, int]:
+        return self.ua.host, self.ua.port_for(self.dialog.transport)
 
     async def request(self, method: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"",
                       content_type: str | None = None) -> SipResponse:
         """An in-dialog request (new CSeq each time, digest answered with the trunk's credentials)."""
-        dest = self._dest()
+        dest = await self._dest()
 
         def build(cseq: int, auth: list[tuple[str, str]]) -> SipRequest:
-            return self.dialog.new_request(method, (self.ua.host, self.ua.port), cseq=cseq,
+            return self.dialog.new_request(method, self._via(), cseq=cseq,
                                            headers=[("User-Agent", self.ua.user_agent), *(headers or []), *auth],
                                            body=body, content_type=content_type)
 
         _, resp = await self.ua.send_authenticated(build, dest, self.creds, cseq=self.dialog.next_cseq(),
-                                                   on_request=self._track_cseq)
+                                                   on_request=self._track_cseq, tls=self._tls(), conn=self._conn())
         return resp
 
     def _track_cseq(self, req: SipRequest) -> None:
@@ -858,20 +913,20 @@ class SipSession:
             return None
 
     async def reinvite(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> SipResponse:
-        dest = self._dest()
+        dest = await self._dest()
         self.local_sdp = sdp
 
         def build(cseq: int, auth: list[tuple[str, str]]) -> SipRequest:
-            return self.dialog.new_request("INVITE", (self.ua.host, self.ua.port), cseq=cseq, headers=[
+            return self.dialog.new_request("INVITE", self._via(), cseq=cseq, headers=[
                 ("Contact", self.ua.contact(transport=self.dialog.transport)), ("Allow", ALLOW),
                 ("User-Agent", self.ua.user_agent), *(headers or []), *auth], body=sdp,
                 content_type="application/sdp")
 
         req, resp = await self.ua.send_authenticated(build, dest, self.creds, cseq=self.dialog.next_cseq(),
-                                                     on_request=self._track_cseq)
+                                                     on_request=self._track_cseq, tls=self._tls(), conn=self._conn())
         if 200 <= resp.status < 300:
-            ack = self.dialog.new_request("ACK", (self.ua.host, self.ua.port), cseq=req.cseq[0])
-            self.ua.ack_2xx(ack, dest)
+            ack = self.dialog.new_request("ACK", self._via(), cseq=req.cseq[0])
+            self.ua.ack_2xx(ack, dest, self._tls())
             if resp.body:
                 self.remote_sdp = resp.body
         return resp

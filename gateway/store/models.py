@@ -93,6 +93,11 @@ class CallLog(Base):
     hangup_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     hangup_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     recording_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: recording | stored | failed | upload_failed | expired (gateway/recording/service.py); null: not recorded
+    recording_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: where the recording is and what it is: {request, channels, sample_rate, store, path | bucket+key, node, bytes,
+    #: duration, error}; `request` is a per-call override given to dispatch
+    recording: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: the process id (`Settings.proc_id`) holding the call's media; only it changes the live call (docs/deploy.md)

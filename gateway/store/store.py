@@ -97,7 +97,8 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "call_status": "queued", "answered_at": None, "ended_at": None, "call_duration_in_seconds": None,
     "is_call_transfer": False, "transfer_target": None, "transfer_outcome": None, "amd_detected": False,
     "amd_answered_by": None, "amd_duration": None, "is_voicemail": False, "voicemail_type": None, "is_fax": False,
-    "hangup_source": None, "hangup_reason": None, "recording_url": None, "call_context": {}, "extra": {},
+    "hangup_source": None, "hangup_reason": None, "recording_url": None, "recording_status": None, "recording": None,
+    "call_context": {}, "extra": {},
     "owner": None,
     "timing": None,
 }
@@ -549,6 +550,20 @@ class Store(ClusterStore):
             page = q.order_by(CallLog.id.desc()).offset((pageno - 1) * pagesize).limit(pagesize)
             rows = (await s.scalars(page)).all()
             return [_row(c) for c in rows], int(total or 0)
+
+    async def recordings_in(self, statuses: tuple[str, ...], *, ended: bool = True,
+                            created_before: datetime | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Call-log rows whose recording is in one of `statuses` (of ended calls only, unless `ended` is False;
+        created before `created_before` when given), oldest first: what the recording sweep works on."""
+        await self.flush()
+        q = select(CallLog).where(CallLog.recording_status.in_(statuses))
+        if ended:
+            q = q.where(CallLog.ended_at.is_not(None))
+        if created_before is not None:
+            q = q.where(CallLog.created_at < created_before)
+        async with self._session() as s:
+            rows = (await s.scalars(q.order_by(CallLog.id).limit(limit))).all()
+            return [_row(c) for c in rows]
 
     async def list_call_events(self, call_id: int) -> list[dict[str, Any]]:
         await self.flush()
