@@ -597,7 +597,7 @@ class SipCarrier(Carrier):
             uri = target.uri_for(to_number)
         except (DialFormatError, PresetError, KeyError) as e:
             raise CarrierError(f"cannot dial {to_number} on this trunk: {e}", 400) from None
-        if target.transport == "tls" and not self.transport.tls_port:
+        if target.transport == "tls" and not self.live_ua.transport.tls_port:
             call.log.warning("calling a TLS trunk without a TLS listener (--tls-cert/--tls-key): the trunk can "
                              "reach us back only over the connection we open", extra={"call_id": call.id})
         rtp = await self.live_rtp.open_session()

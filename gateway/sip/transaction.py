@@ -44,7 +44,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .message import Headers, SipMessage, SipParseError, SipRequest, SipResponse, make_response, new_branch, new_tag
 from .timers import T1, T2, T4, Clock, LoopClock, TimerHandle
