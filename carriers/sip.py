@@ -21,9 +21,9 @@ from typing import Any
 from gateway.call import Call
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
-from gateway.frames import HangupSource, TransferRequest, TransferResult
+from gateway.consult import DelegatingConsultLeg
+from gateway.frames import ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.rtp import RtpEngine
-from gateway.rtp.srtp import SrtpContext
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
@@ -32,7 +32,6 @@ from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
 from gateway.sip.registration import Registration
 from gateway.sip.sdp import (
-    MediaChoice,
     NoCommonCodec,
     SdpError,
     SessionDescription,
@@ -53,11 +52,14 @@ from gateway.sip.ua import (
     RequestFailed,
     SipSession,
     UserAgent,
+    outcome_for,
     parse_reason,
     reason_header,
 )
 from gateway.throttle import FailureThrottle
 
+from .sip_consult import SipConsultation
+from .sip_media import keys_in_clear, use_media
 from .sip_presets import MEDIA_ENCRYPTION, PRESETS, PresetError, apply_preset, parse_hostport
 
 log = logging.getLogger("carriers.sip")
@@ -67,37 +69,6 @@ RETRY_AFTER_S = 5            # 503 at capacity: when the carrier may try this ga
 DEFAULT_RING_TIMEOUT = 45.0  # seconds an outbound INVITE may ring before we CANCEL (no-answer)
 TRANSFER_RING_TIMEOUT = 30.0
 TRUNK_CACHE_S = 5.0
-
-
-def outcome_for(status: int) -> str:
-    """Call-log status for a final non-2xx answer to our INVITE."""
-    if status in (486, 600):
-        return "busy"
-    if status in (408, 480, 487):
-        return "no-answer"
-    if status in (603, 607, 608):
-        return "rejected"
-    return "failed"
-
-
-def use_media(leg: SipLeg, choice: MediaChoice, direction: bool = True) -> None:
-    """Apply a negotiated SDP to a leg's RTP session: where to send, codec, payload types, SRTP keys (unchanged
-    keys keep the running SRTP context) and, unless it is early media, our direction."""
-    rtp = leg.rtp
-    rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
-    if choice.srtp != leg.srtp_keys:
-        keys = leg.srtp_keys = choice.srtp
-        rtp.set_srtp(SrtpContext(keys.local, keys.remote) if keys is not None else None)
-    if direction:
-        rtp.set_direction(choice.direction)
-
-
-def keys_in_clear(transport: str, choice: MediaChoice, log_: Any, **extra: Any) -> None:
-    """SDES puts the SRTP keys in the SDP: over UDP or TCP anyone who reads the signalling can decrypt the media,
-    so that is said each time it happens (docs/sip-trunks.md, "TLS and SRTP")."""
-    if choice.srtp is not None and transport != "tls":
-        log_.warning("SRTP keys were exchanged over unencrypted SIP (transport %s): whoever can read the "
-                     "signalling can decrypt this call's media; use transport tls", transport, extra=extra)
 
 
 def _flat(number: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +127,8 @@ class TrunkTarget:
         return NameAddr(sip_uri(self.from_user, self.host), display)
 
 
-class SipLeg:
-    """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer."""
+class SipLeg(DelegatingConsultLeg):
+    """The SIP side of one live gateway call: its dialog, its RTP session, hangup and transfer (blind, attended)."""
 
     def __init__(self, carrier: SipCarrier, call: Call, number: dict[str, Any], rtp: Any) -> None:
         self.carrier = carrier
@@ -171,6 +142,8 @@ class SipLeg:
         self.sdp_session_id: str | None = None
         self.on_hold = False
         self.closed = False
+        #: the attended transfer's consultation call while one runs (carriers/sip_consult.py)
+        self.consultation: SipConsultation | None = None
         self.srtp_keys: SrtpKeys | None = None   # the SDES keys in use (None: plain RTP)
 
     # -- CallLeg -----------------------------------------------------------------------------------------------
@@ -187,6 +160,10 @@ class SipLeg:
 
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self.carrier.transfer(self, request)
+
+    # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
+    async def consult(self, call: Call, request: ConsultRequest) -> None:
+        await self.carrier.consult(self, request)
 
     # -- media -------------------------------------------------------------------------------------------------
     def offer_answer(self, offer: bytes) -> bytes | None:
@@ -209,6 +186,9 @@ class SipLeg:
         return answer.to_bytes()
 
     def close(self) -> None:
+        if self.consultation is not None:
+            consult, self.consultation = self.consultation, None
+            consult.abandon(self.call.hangup.reason if self.call.hangup else "call ended")
         if not self.closed:
             self.closed = True
             self.rtp.close()
@@ -303,6 +283,8 @@ class SipCarrier(Carrier):
         self.ua.draining = lambda: self.gateway.draining
         self.ua.retry_after = RETRY_AFTER_S
         self.ua.locator = Locator(s.dns_server)
+        # an IP-authenticated trunk without an allow-list may call from any server its DNS publishes
+        self.auth.resolver = self.ua.locator.trunk_addresses
         self.rtp = RtpEngine(s.sip_host, s.rtp_port_min, s.rtp_port_max, self.advertised_ip)
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "tls_port": self.transport.tls_port,
@@ -425,6 +407,9 @@ class SipCarrier(Carrier):
     async def _on_invite(self, inv: IncomingInvite) -> None:
         req = inv.request
         inv.respond(100, "Trying")
+        if inv.replaces is not None:
+            await self._on_replacing_invite(inv, inv.replaces)
+            return
         number = None
         for e164 in called_number_candidates(req.uri, req.to.uri):
             number = await self.gateway.store.find_number(e164, "sip", with_secrets=True)
@@ -527,6 +512,61 @@ class SipCarrier(Carrier):
         rtp.attach(call)
         self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
                                                       "sip_call_id": req.call_id})
+
+    async def _on_replacing_invite(self, inv: IncomingInvite, replaced: SipSession) -> None:
+        """An INVITE whose Replaces names the dialog of a live call (RFC 3891 §3): the far end moved its side of
+        the call (its own attended transfer, a call pickup). After the trunk's own inbound policy, the new dialog
+        takes over the call (same engine, same call log row), and the replaced dialog ends with BYE."""
+        req = inv.request
+        old = next((leg for leg in self.legs.values() if leg.session is replaced), None)
+        if old is None or old.call.ended.is_set() or old.bridge is not None or old.consultation is not None:
+            inv.reject(481, "Call/Transaction Does Not Exist", [("Warning", '399 gateway "that dialog carries no '
+                                                                            'call that can be handed over"')])
+            return
+        call = old.call
+        verdict = await self.auth.check(TrunkAuth.from_number(old.number), req, inv.source_ip)
+        if not verdict.ok:      # RFC 3891 §3: only who may call this trunk may replace its dialog
+            self._auth_refused(verdict, inv.source_ip, method="INVITE", trunk=old.number.get("sip_trunk_name"))
+            inv.reject(verdict.status, verdict.reason, list(verdict.headers))
+            return
+        if not req.body:
+            inv.reject(488, "Not Acceptable Here", [("Warning", '399 gateway "an SDP offer is required"')])
+            return
+        new = SipLeg(self, call, old.number, await self.live_rtp.open_session())
+        try:
+            answer, choice = answer_offer(req.body, self.advertised_ip, new.rtp.local_port,
+                                          media_encryption=TrunkTarget.of(old.number).media_encryption)
+        except (NoCommonCodec, SdpError) as e:
+            new.close()
+            inv.reject(488, "Not Acceptable Here", [("Warning", f'305 gateway "{str(e)[:80]}"')])
+            return
+        new.sdp_session_id = answer.origin.session_id
+        use_media(new, choice)
+        keys_in_clear(inv.transport, choice, call.log, call_id=call.id)
+        try:
+            session = await inv.accept(answer.to_bytes())
+        except (RequestFailed, DialogError) as e:
+            new.close()
+            call.log.info("replacing INVITE not completed: %s", getattr(e, "reason", e))
+            return
+        if call.ended.is_set() or old.closed:   # the call ended while we answered: end the new dialog too
+            session.send_bye(reason_header(q850=16, text="call ended"))
+            new.close()
+            return
+        new.session = session
+        session.creds = old.session.creds if old.session is not None else None
+        self._wire(new, session)
+        call.leg = new
+        self.legs[call.id] = new
+        replaced.send_bye(reason_header(q850=16, text="replaced"))
+        old.close()
+        new.rtp.attach(call)
+        call.set_carrier_sid(req.call_id)
+        await call.record(carrier_sid=req.call_id, extra={"replaced_sip_call_id": replaced.call_id})
+        await call.emit("call:replaced", {"sip_call_id": req.call_id, "replaced_sip_call_id": replaced.call_id})
+        self.log.info("dialog replaced", extra={"call_id": call.id, "sip_call_id": req.call_id})
+        if session.ended.is_set():
+            await self._ended(new, HangupSource.USER, session.end_reason or "BYE")
 
     def _wire(self, leg: SipLeg, session: SipSession) -> None:
         session.on_offer = leg.offer_answer
@@ -762,6 +802,21 @@ class SipCarrier(Carrier):
                 return
             last = (number, outcome)
         await call.transfer_finished(TransferResult(last[0], last[1]))
+
+    # -- attended transfer (carriers/sip_consult.py) ---------------------------------------------------------------
+    async def consult(self, leg: SipLeg, request: ConsultRequest) -> None:
+        """Hold the caller and dial the consultation call through the same trunk."""
+        if leg.session is None or leg.session.ended.is_set() or leg.bridge is not None:
+            raise CarrierError("the call has no SIP dialog of its own to transfer (not answered, or already "
+                               "bridged)", 409)
+        target = TrunkTarget.of(leg.number)
+        try:
+            uri = target.uri_for(request.number)
+        except DialFormatError as e:
+            raise CarrierError(f"cannot dial {request.number} on this trunk: {e}", 400, field="number") from None
+        other = SipLeg(self, leg.call, leg.number, await self.live_rtp.open_session())
+        leg.consultation = SipConsultation(self, leg, other, target, uri, request.number)
+        leg.consultation.start()
 
     async def _bridge_to(self, leg: SipLeg, target: TrunkTarget, number: str) -> str:
         """A new outbound leg to `number` through the same trunk, bridged to `leg` by the gateway."""

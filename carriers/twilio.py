@@ -41,11 +41,14 @@ from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import refusal, unreachable
-from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferRequest, TransferResult
+from gateway.cluster import Reply
+from gateway.consult import DelegatingConsultLeg
+from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
 
 from .mediasocket import StreamClosed
+from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
 
 log = logging.getLogger("carriers.twilio")
@@ -158,7 +161,7 @@ def twilio_refusal(e: TwilioRestException, *, importing: bool = False, carrier: 
                    field=field, credentials=credentials)
 
 
-class TwilioLeg:
+class TwilioLeg(DelegatingConsultLeg):
     """The Twilio side of one call: REST control of the call SID and the current media stream (if any)."""
 
     def __init__(self, carrier: TwilioCarrier, call: Call, creds: TwilioCreds) -> None:
@@ -172,6 +175,8 @@ class TwilioLeg:
         self.released = False
         self.transfer_targets: list[str] = []
         self.transfer_attempts: list[dict[str, Any]] = []
+        #: the attended transfer's consultation call while one runs (carriers/twilio_consult.py)
+        self.consultation: TwilioConsultation | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
     @property
@@ -266,6 +271,23 @@ class TwilioLeg:
         log.info("transfer started", extra={"carrier": self.carrier.name, "call_id": call.id,
                                             "targets": len(self.transfer_targets)})
 
+    # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
+    async def consult(self, call: Call, request: ConsultRequest) -> None:
+        if self.consultation is not None:
+            raise CarrierError("a consultation call is already running", 409)
+        consultation = TwilioConsultation(self, request.number)
+        caller_stream = self.stream
+        self.consultation = consultation
+        try:
+            await consultation.start()
+        except Exception:
+            self.consultation = None
+            raise
+        if caller_stream is not None and self.stream is caller_stream:
+            # Twilio runs the conference TwiML now; our side of the caller's stream ends with it
+            self.stream = None
+            await caller_stream.ws.close()
+
     async def update_twiml(self, twiml: VoiceResponse) -> None:
         if not self.sid:
             raise CarrierError(f"the {self.carrier.label} call has no CallSid yet", 409)
@@ -310,6 +332,10 @@ class TwilioLeg:
         self.stream = None
         call = self.call
         if not call.is_active:
+            return
+        if self.state == "consulting":   # the caller waits in the conference; or the target's stream ended
+            if self.consultation is not None and self.consultation.stream is stream:
+                await self.consultation.target_gone()
             return
         if self.state in ("transferring", "voicemail", "reconnecting"):
             return
@@ -404,9 +430,11 @@ class TwilioCarrier(Carrier):
         app.router.add_post(self.path("amd"), self.amd_webhook)
         app.router.add_post(self.path("transfer_status"), self.transfer_webhook)
         app.router.add_post(self.path("transfer_leg"), self.transfer_leg_webhook)
+        app.router.add_post(self.path("consult_status"), self.consult_status_webhook)
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        self.gateway.control.handle(self.consult_status_op, self._consult_status)
         sdk_log = logging.getLogger("twilio.async_http_client")
         if sdk_log.level == logging.NOTSET:
             sdk_log.setLevel(logging.WARNING)   # the SDK logs ~10 INFO lines per REST request; ours say what matters
@@ -432,6 +460,8 @@ class TwilioCarrier(Carrier):
         leg.disarm_watchdog()
         if kind == "call_released":     # another process holds the stream now: the call goes on there
             return
+        if leg.consultation is not None:    # the call ended during a consultation: the target's call ends too
+            self.spawn(leg.consultation.end_target_call())
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
         if source in (HangupSource.AGENT, HangupSource.SYSTEM) and not (leg.completed or leg.released):
             # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
@@ -608,6 +638,9 @@ class TwilioCarrier(Carrier):
         leg = self.legs.get(call_id) if call is not None else None
         if call is None or leg is None or not call.is_active:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "customParameters.call_id names no call waiting for media")
+        consultation = leg.consultation
+        if consultation is not None and consultation.sid and call_sid == consultation.sid:
+            return await self._claim_consult_stream(stream, call, leg, consultation)
         if leg.stream is not None:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call already has a media stream")
         if call.carrier_sid and call_sid and call_sid != call.carrier_sid:
@@ -627,6 +660,19 @@ class TwilioCarrier(Carrier):
             log.info("media stream re-attached", extra={"carrier": self.name, "call_id": call.id})
         leg.state = "live"
         call.metadata.setdefault("stream_sid", stream.stream_sid)
+        return call, leg
+
+    async def _claim_consult_stream(self, stream: MediaStream, call: Call, leg: TwilioLeg,
+                                    consultation: TwilioConsultation) -> tuple[Call, TwilioLeg]:
+        """The attended transfer's target answered: its stream (same account, its own CallSid) carries the call's
+        media until the transfer completes or the caller is taken back."""
+        if consultation.stream is not None or leg.state != "consulting":
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the consultation call already has a media stream")
+        if self.signature_of(stream.request) is not None and not self.signature_ok(
+                stream.request, {}, [leg.creds.signing_secret], ws=True):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "the upgrade's signature does not match")
+        leg.stream = stream
+        await consultation.answered(stream)
         return call, leg
 
     async def _adopt(self, stream: MediaStream, call_id: str, call_sid: Any) -> Call | None:
@@ -802,6 +848,37 @@ class TwilioCarrier(Carrier):
         leg.state = "reconnecting"
         leg.arm_watchdog(self.connect_timeout, "stream_not_reconnected")
         return _xml(self.stream_twiml(call))
+
+    async def consult_status_webhook(self, request: web.Request) -> web.Response:
+        """Status callback of an attended transfer's consultation call (busy, no answer, hung up). In a cluster it
+        may reach a process that does not hold the call: it is passed to the owner over the control bus."""
+        form = await request.post()
+        call, tokens = await self._call_and_tokens(request, form)
+        if not self.signature_ok(request, form, tokens):
+            return _forbidden()
+        args = {"call": request.query.get("call_id") or "", "call_sid": _text(form, "CallSid") or "",
+                "status": _text(form, "CallStatus") or ""}
+        if call is None:
+            row = await self.gateway.store.find_call(call_uuid=args["call"]) if args["call"] else None
+            owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
+            if owner and owner != self.gateway.settings.proc_id and await self.gateway.membership.alive(owner):
+                await self.gateway.control.request(owner, self.consult_status_op, args)
+            return _ok()
+        await self._consult_status(args)
+        return _ok()
+
+    @property
+    def consult_status_op(self) -> str:
+        return f"{self.name}:consult_status"
+
+    async def _consult_status(self, args: dict[str, Any]) -> Reply:
+        """A consultation call's status, here or forwarded by the process that received the callback."""
+        leg = self.legs.get(str(args.get("call") or ""))
+        consultation = leg.consultation if leg is not None else None
+        if consultation is None or not consultation.sid or consultation.sid != args.get("call_sid"):
+            return Reply(404, {"success": False, "error": "no such consultation here"})
+        await consultation.status(str(args.get("status") or ""))
+        return Reply(200, {"success": True})
 
     # -- outbound -----------------------------------------------------------------------------------------------
     def check_agent_settings(self, settings: dict[str, Any]) -> None:

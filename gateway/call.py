@@ -15,12 +15,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
+from .consult import ANSWERED, COMPLETED, ENDED, FAILED, Consultation, ConsultError, ConsultingLeg, is_wav
 from .engine.base import EngineSession
 from .frames import (
     AmdResult,
@@ -28,6 +29,8 @@ from .frames import (
     BusItem,
     CallStarted,
     Clear,
+    ConsultEvent,
+    ConsultRequest,
     Hangup,
     HangupSource,
     SayThenTransfer,
@@ -103,6 +106,8 @@ class Call:
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
+        #: the attended transfer's consultation call, current or last (gateway/consult.py)
+        self.consultation: Consultation | None = None
         #: the call's recording while it is written (gateway/recording/), and where it goes
         self.recorder: Recorder | None = None
         self.recording_info: dict[str, Any] = {}
@@ -122,6 +127,7 @@ class Call:
             "amd": self.amd.answered_by.value if self.amd else None,
             "transfer": {"target": self.transfer.number, "outcome": self.transfer_result.outcome
                          if self.transfer_result else "pending"} if self.transfer else None,
+            "consult": self.consultation.describe() if self.consultation else None,
             "metadata": self.metadata,
             "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
             "dropped_in": c.dropped_in if c else 0, "level_in": c.level_in if c else 0,
@@ -219,6 +225,8 @@ class Call:
                 await self._hangup_now(item.source, item.reason)
             elif isinstance(item, TransferRequest):
                 await self._transfer_now(item)
+            elif isinstance(item, ConsultRequest):
+                await self._consult_from_engine(item)
             else:
                 self._played(item)
                 return item
@@ -232,6 +240,8 @@ class Call:
                 asyncio.create_task(self._hangup_now(item.source, item.reason))
             elif isinstance(item, TransferRequest):
                 asyncio.create_task(self._transfer_now(item))
+            elif isinstance(item, ConsultRequest):
+                asyncio.create_task(self._consult_from_engine(item))
             else:
                 if item is not None:
                     self._played(item)
@@ -309,17 +319,8 @@ class Call:
         (None: wait for its transfer, bounded by SAY_TIMEOUT); else it stays on the request for carriers that can
         speak it themselves (Twilio <Say>)."""
         message = (req.message or "").strip()
-        if message.lower().split("?", 1)[0].endswith(".wav"):
-            from .amd.wav import WavError, load_message
-            from .wavfetch import fetch_wav, is_wav_url
-            try:
-                rate = self._attached_bus().engine_rate
-                pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
-                       if is_wav_url(message) else load_message(message, rate))
-            except WavError as e:
-                self.log.error("transfer message not played: %s", e)
-            else:
-                await self._attached_bus().play(pcm)
+        if is_wav(message):
+            await self._play_wav(message, "transfer message")
             return TransferRequest(req.number, req.backup_numbers, None)
         if not getattr(self._engine, "speaks_text", False):
             return req
@@ -327,6 +328,20 @@ class Call:
         self.feed_event(SayThenTransfer(message, req.number))
         asyncio.get_running_loop().call_later(SAY_TIMEOUT, self._say_timed_out, req)
         return None
+
+    async def _play_wav(self, message: str, what: str) -> None:
+        """Play a WAV file or URL (SSRF rule: docs/security.md) into the bus; a bad one is logged, not fatal."""
+        from .amd.wav import WavError, load_message
+        from .wavfetch import fetch_wav, is_wav_url
+        try:
+            bus = self._attached_bus()
+            pcm = (await fetch_wav(message, bus.engine_rate, self.manager.gateway.settings.allow_private_webhooks)
+                   if is_wav_url(message) else load_message(message, bus.engine_rate))
+        except WavError as e:
+            self.log.error("%s not played: %s", what, e)
+        else:
+            await bus.play(pcm)
+            await bus.flush_play()
 
     def _say_timed_out(self, req: TransferRequest) -> None:
         if self._say_pending is req and not self.ended.is_set():
@@ -381,6 +396,110 @@ class Call:
         await self.emit("call:transfer_result", {"target": result.target, "outcome": result.outcome})
         self.feed_event(result)
 
+    # -- attended transfer (gateway/consult.py) -------------------------------------------------------------------
+    def consult_request(self, number: str | None = None, message: str | None = None, *,
+                        by_engine: bool = False) -> ConsultRequest:
+        """The consultation a request means, or ConsultError / TransferRefused saying why there is none. The target
+        follows the transfer rules (gateway/transfer.py): the agent's first static option when no number is named,
+        and only an option's number when the engine names one of an agent with dynamic options."""
+        if self.bus is None or self.leg is None:
+            raise ConsultError(f"call {self.log_id} is not connected yet (status {self.status}); a consultation "
+                               "needs media")
+        if not isinstance(self.leg, ConsultingLeg):
+            raise ConsultError(f"carrier {self.carrier} has no attended transfer in this gateway (docs/api.md, "
+                               "attended transfer); use a blind transfer")
+        if self.consultation is not None and self.consultation.active:
+            raise ConsultError(f"a consultation with {self.consultation.number} is already in progress "
+                               f"({self.consultation.state})")
+        return ConsultRequest(self.transfer_request(number, by_engine=by_engine).number, message)
+
+    def _consulting_leg(self) -> ConsultingLeg:
+        """The leg, as one that runs attended transfers (consult_request() refused the others already)."""
+        if not isinstance(self.leg, ConsultingLeg):
+            raise ConsultError(f"carrier {self.carrier} has no attended transfer in this gateway")
+        return self.leg
+
+    async def start_consult(self, req: ConsultRequest) -> None:
+        """Put the caller on hold and dial the target through the carrier (raises what the carrier's refusal
+        raised, CarrierError, after reporting the consultation `failed`)."""
+        if self.consultation is not None and self.consultation.active:
+            raise ConsultError(f"a consultation with {self.consultation.number} is already in progress")
+        self.consultation = Consultation(req.number, req.message)
+        self._attached_bus().clear()   # what the engine still had queued for the caller is not for the target
+        await self._consult_changed()
+        try:
+            await self._consulting_leg().consult(self, req)
+        except Exception as e:
+            if not isinstance(e, CarrierError):
+                self.log.exception("consultation call failed")
+            await self.consult_update(FAILED, getattr(e, "message", None) or str(e) or type(e).__name__)
+            raise
+
+    async def _consult_from_engine(self, req: ConsultRequest) -> None:
+        """The engine's consult request, reached after the audio queued before it."""
+        try:
+            await self.start_consult(req)
+        except ConsultError as e:
+            self.log.warning("consultation refused: %s", e.message)
+            self.feed_event(ConsultEvent(FAILED, req.number, e.message))
+        except Exception:  # noqa: BLE001 - start_consult reported it `failed` (log, webhook, engine)
+            return
+
+    async def consult_update(self, state: str, reason: str = "") -> None:
+        """Carriers report the consultation's progress. `answered` moves the engine's audio path to the target
+        (and plays a WAV message to it); any end state moves it back to the caller."""
+        c = self.consultation
+        if c is None or not c.active or c.state == state:
+            return
+        c.state, c.reason = state, reason
+        if self.bus is not None:
+            self.bus.clear()        # audio queued for the previous party must not reach the new one
+        await self._consult_changed()
+        if state == ANSWERED and is_wav(c.message) and self.bus is not None:
+            await self._play_wav((c.message or "").strip(), "consultation message")
+
+    async def consult_completed(self, method: str) -> None:
+        """The carrier joined caller and target (`method`: refer_replaces, bridge, conference): the call log and
+        the engine get the transfer's outcome, as for a blind transfer."""
+        c = self.consultation
+        if c is None or not c.active:
+            return
+        c.state, c.method = COMPLETED, method
+        await self.record(is_call_transfer=True, transfer_target=c.number, extra={"transfer_method": method})
+        await self._consult_changed()
+        await self.transfer_finished(TransferResult(c.number, "completed"))
+
+    async def _consult_changed(self) -> None:
+        c = self.consultation
+        assert c is not None
+        await self.record(extra={"consult": c.describe()})
+        await self.emit("call:consult", c.describe())
+        text = c.message if c.state == ANSWERED and not is_wav(c.message) else None
+        self.feed_event(ConsultEvent(c.state, c.number, c.reason, text))
+        self.log.info("consultation %s", c.state, extra={"target": c.number, "reason": c.reason})
+
+    async def complete_consult(self) -> str:
+        """Join the caller and the answered target (attended transfer); returns how it was done."""
+        c = self.consultation
+        if c is None or c.state != ANSWERED:
+            raise ConsultError("no answered consultation to complete" + (f" (it is {c.state})" if c else ""))
+        self.transfer = TransferRequest(c.number)
+        await self.emit("call:transfer_requested", {"number": c.number, "backup_numbers": [], "attended": True})
+        await self._consulting_leg().consult_complete(self)
+        return c.method or ""
+
+    async def cancel_consult(self) -> None:
+        """End the consultation call and give the caller back to the engine."""
+        c = self.consultation
+        if c is None or not c.active:
+            raise ConsultError("no consultation in progress" + (f" (the last one is {c.state})" if c else ""))
+        await self._consulting_leg().consult_cancel(self)
+
+    def hold_frames(self) -> Iterator[bytes] | None:
+        """What a caller on hold hears, as an iterator of 20 ms PCM16 frames at the carrier's rate, or None for
+        silence. The hook for music on hold: carriers that hold the caller themselves (SIP) pull from it."""
+        return None
+
     async def set_amd(self, result: AmdResult) -> None:
         """Record an AMD verdict from any source and pass it to the engine."""
         self.amd = result
@@ -407,9 +526,13 @@ class Call:
                            ("queued", "ringing", "initiated") else "canceled")
         duration = round(time.monotonic() - self.answered, 3) if self.answered else 0.0
         timing = self.timing() if self.timeline is not None else None
+        extra: dict[str, Any] = {}
+        if self.consultation is not None and self.consultation.active:   # the carrier leg ends its call too
+            self.consultation.state, self.consultation.reason = ENDED, "the call ended"
+            extra["extra"] = {"consult": self.consultation.describe()}
         await self.record(call_status=final, ended_at=utcnow(), call_duration_in_seconds=duration,
                           hangup_source=self.hangup.source.value, hangup_reason=self.hangup.reason,
-                          **({"timing": timing["summary"]} if timing else {}))
+                          **({"timing": timing["summary"]} if timing else {}), **extra)
         if timing:
             self.manager.observe_timing(timing)
         if self.answered:

@@ -382,6 +382,10 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("calls", "recording"): _recording,
     ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
                                                   {"number": a.number} if a.number else {}),
+    ("calls", "consult"): lambda c, a: c.request("POST", f"/calls/{a.id}/consult", {
+        **({"number": a.number} if a.number else {}), **({"message": a.message} if a.message else {})}),
+    ("calls", "consult-complete"): lambda c, a: c.request("POST", f"/calls/{a.id}/consult/complete"),
+    ("calls", "consult-cancel"): lambda c, a: c.request("POST", f"/calls/{a.id}/consult/cancel"),
     ("agents", "list"): _agents_list,
     ("agents", "show"): lambda c, a: c.request("GET", f"/agents/{a.id}"),
     ("agents", "create"): lambda c, a: c.request("POST", "/agents", _agent_body(a)),
@@ -448,7 +452,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = ns.add_parser(name, help=help_)
         p.add_argument("id", type=int)
 
-    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer")
+    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer, attended transfer")
     cs = calls.add_subparsers(dest="action", required=True)
     p = cs.add_parser("list", help="call log")
     _paging(p)
@@ -473,6 +477,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cs.add_parser("transfer", help="transfer a live call")
     p.add_argument("id", help="call log id or call uuid")
     p.add_argument("--number", help="E.164 target (default: the agent's transfer number)")
+    p = cs.add_parser("consult", help="attended transfer: hold the caller and call the target (the engine talks "
+                                      "to it), then consult-complete or consult-cancel")
+    p.add_argument("id", help="call log id or call uuid")
+    p.add_argument("--number", help="E.164 target (default: the agent's transfer number)")
+    p.add_argument("--message", help="played to the target when it answers: a WAV path/URL, or text for the engine")
+    p = cs.add_parser("consult-complete", help="attended transfer: join the caller and the answered target")
+    p.add_argument("id", help="call log id or call uuid")
+    p = cs.add_parser("consult-cancel", help="attended transfer: end the consultation, back to the caller")
+    p.add_argument("id", help="call log id or call uuid")
 
     agents = sub.add_parser("agents", help="agents (engine profile + telephony settings)")
     ags = agents.add_subparsers(dest="action", required=True)

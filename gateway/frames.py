@@ -116,6 +116,27 @@ class SpeechActivity:
 
 
 @dataclass(slots=True)
+class ConsultRequest:
+    """Attended transfer, first step: place a consultation call to `number` while the caller waits on hold.
+
+    As an outbound bus item (the engine asked) it is carried out behind the audio queued before it, like a
+    transfer; `message` is played (WAV path/URL) or handed to the engine (text) once the target answers."""
+    number: str
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class ConsultEvent:
+    """Inbound, to the engine: the consultation call changed `state` (gateway/consult.py: dialing, answered,
+    failed, ended, cancelled, completed). While it is `answered` the engine hears the target and speaks to it;
+    `message` (text) is on the `answered` event when the request carried one for the engine to say."""
+    state: str
+    number: str
+    reason: str = ""
+    message: str | None = None
+
+
+@dataclass(slots=True)
 class SayThenTransfer:
     """Inbound, to engines that speak text (`VoiceEngine.speaks_text`): say `text` (the agent's transfer_message),
     then transfer to `number` with `session.transfer(number)`. The gateway waits for that transfer (bounded)."""
@@ -124,5 +145,5 @@ class SayThenTransfer:
 
 
 Event = (CallStarted | Dtmf | Mark | Clear | Hangup | TransferRequest | TransferResult | AmdResult | SendDtmf
-         | SpeechActivity | SayThenTransfer)
+         | SpeechActivity | SayThenTransfer | ConsultRequest | ConsultEvent)
 BusItem = AudioFrame | Event

@@ -4,7 +4,7 @@ second."""
 import pytest
 
 from dns_server import Dnsmasq, needs_dnsmasq
-from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
 from test_sip_calls_outbound import dispatch, final_row, live
 
 pytestmark = [needs_sipp, needs_dnsmasq, pytest.mark.timeout(90)]
@@ -97,3 +97,19 @@ async def test_in_dialog_requests_locate_a_contact_host_name(make_gateway):
         session = SipSession(ua, Dialog.as_uas(invite, "ours", transport="tcp"), "uas", local_sdp=b"",
                              remote_sdp=None, invite=invite)
         assert await session._dest() == ("127.0.0.9", 5099, "tcp")
+
+
+async def test_an_ip_trunk_may_call_from_a_server_its_srv_records_publish(make_gateway):
+    """auth_type ip with no allow-list accepts the trunk's own hosts: for a name, that is every server its DNS
+    publishes (here only through SRV: trunk.test itself has no address), not just its A record."""
+    records = ["--srv-host=_sip._udp.trunk.test,edge.trunk.test,5060,10,0", "--host-record=edge.trunk.test,127.0.0.3"]
+    async with Dnsmasq(records) as dns:
+        gw = await sip_gateway(make_gateway, dns_server=dns.server)
+        await sip_number(gw, sip_host="trunk.test", allowed_ips=[])
+        sip = gw.carriers["sip"]
+        from_edge = await sipp_uac("uac_pcma_echo.xml", sip.port, service="15550001111", duration_ms=500,
+                                   timeout_s=20, extra=["-i", "127.0.0.3"])
+        from_elsewhere = await sipp_uac("uac_auth_rejected.xml", sip.port, service="15550001111", timeout_s=20,
+                                        extra=["-i", "127.0.0.4"])
+    from_edge.assert_calls(successful=1)
+    from_elsewhere.assert_calls(successful=1)     # the scenario expects the 403

@@ -1,6 +1,6 @@
 """RFC 3261 §8.2.2 / RFC 4475 answers over a real UDP socket to the running gateway (issue 13 item 9): an unknown
 Require gets 420 + Unsupported (INVITE too), an unknown Request-URI scheme 416, another SIP version in the Via 505,
-and `Supported` does not promise `replaces`."""
+and `Supported` promises `replaces` (RFC 3891, issue 16) but not `100rel`."""
 from __future__ import annotations
 
 import asyncio
@@ -79,7 +79,7 @@ async def test_unknown_require_420_with_unsupported(peer_gw):
     # INVITE too: a trunk that requires an extension gets no 200 that ignores it, and no call is created
     resp = await peer.final(request("INVITE", "sip:+15550001111@127.0.0.1", peer.port,
                                     extra="Require: 100rel, replaces\r\nSupported: 100rel\r\n", body=SDP))
-    assert resp.status == 420 and resp.headers.getlist("Unsupported") == ["100rel", "replaces"]
+    assert resp.status == 420 and resp.headers.getlist("Unsupported") == ["100rel"]
     assert await call_rows(gw) == []
 
 
@@ -103,10 +103,10 @@ async def test_other_sip_version_in_via_505(peer_gw):
     assert resp.status == 505
 
 
-async def test_supported_does_not_promise_replaces(peer_gw):
+async def test_supported_promises_replaces_not_100rel(peer_gw):
     peer, _ = peer_gw
     resp = await peer.final(request("OPTIONS", "sip:+15550001111@127.0.0.1", peer.port,
                                     extra="Require: timer\r\n"))
     assert resp.status == 200
     supported = [t.lower() for t in resp.headers.getlist("Supported")]
-    assert "timer" in supported and "replaces" not in supported
+    assert "timer" in supported and "replaces" in supported and "100rel" not in supported

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from gateway.sip.message import SipRequest, make_response, parse_message
+from gateway.sip.message import SipRequest, SipResponse, make_response, parse_message
 from gateway.sip.transport import SipTransport, TransportError
 
 INVITE = (b"INVITE sip:+15551234567@127.0.0.1 SIP/2.0\r\n"
@@ -373,4 +373,47 @@ async def test_tls_transport_with_transaction_layers(tmp_path):
         assert len(seen) == 2
     finally:
         for t in (a, b, stranger):
+            await t.stop()
+
+
+async def test_an_unchecked_tls_connection_is_never_reused_for_a_checked_send(tmp_path):
+    """A trunk with tls_verify false and one with it on may share an address: the connection opened without a
+    certificate check must not carry the checked trunk's requests (it would skip the check)."""
+    import ssl
+
+    from gateway.sip.tls import SELF_SIGNED
+    from gateway.sip.transaction import TransactionLayer, TransactionTransportError
+    from gateway.sip.transport import TlsPeer
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    b = SipTransport("127.0.0.1", 0, tls_context=server_ctx, tls_port=0)
+    a = SipTransport("127.0.0.1", 0)      # the system's trust store: the self-signed certificate is not in it
+    for t in (a, b):
+        await t.start()
+    try:
+        la, lb = TransactionLayer(a), TransactionLayer(b)
+        lb.on_request = lambda req, txn: txn.respond(make_response(req, 200, to_tag="x"))
+
+        def options(cid):
+            return SipRequest("OPTIONS", f"sip:gw@127.0.0.1:{b.tls_port};transport=tls", [
+                ("From", "<sip:a@127.0.0.1>;tag=1"), ("To", "<sip:gw@127.0.0.1>"), ("Call-ID", cid),
+                ("CSeq", "1 OPTIONS"), ("Max-Forwards", "70")])
+
+        dest = ("127.0.0.1", b.tls_port)
+        unchecked, checked = TlsPeer("localhost", verify=False), TlsPeer("localhost")
+        # both at once (the second must not wait for the first's connection), then the checked one again
+        first, second = await asyncio.gather(
+            la.send_request(options("u-1"), dest, "tls", tls=unchecked),
+            la.send_request(options("c-1"), dest, "tls", tls=checked), return_exceptions=True)
+        assert isinstance(first, SipResponse) and first.status == 200
+        assert isinstance(second, TransactionTransportError) and second.cause.verdict == SELF_SIGNED
+        assert a.connection("tls", dest).tls_peer == unchecked
+        with pytest.raises(TransactionTransportError):
+            await asyncio.wait_for(la.send_request(options("c-2"), dest, "tls", tls=checked), 10)
+        resp = await asyncio.wait_for(la.send_request(options("u-2"), dest, "tls", tls=unchecked), 10)
+        assert resp.status == 200           # and the unchecked trunk keeps its connection
+    finally:
+        for t in (a, b):
             await t.stop()

@@ -146,3 +146,42 @@ async def test_draining_worker_keeps_its_call_and_kamailio_moves_new_calls(node,
     assert gw.proc.poll() is None and set(gw.worker_pids()) == {3 - k}   # exit 0 = drained: not restarted
     gw.signal(signal.SIGTERM)
     assert await gw.wait_exit(30) == 0, gw.output()
+
+
+def _answered_dialogs(workdir) -> list[tuple[str, str, str, int]]:
+    """(Call-ID, gateway's To tag, caller's From tag, worker SIP port) of every 200 OK to an INVITE SIPp logged."""
+    import re
+    out = []
+    for log in workdir.glob("*_messages.log"):
+        for block in log.read_text(errors="replace").split("\n\n"):
+            if "SIP/2.0 200" in block and "INVITE" in block:
+                cid = re.search(r"^Call-ID:\s*(\S+)", block, re.M | re.I)
+                to = re.search(r"^To:.*;tag=([^;\s]+)", block, re.M | re.I)
+                fr = re.search(r"^From:.*;tag=([^;\s]+)", block, re.M | re.I)
+                port = re.search(r"^Contact:.*?:(\d+)[;>]", block, re.M | re.I)
+                if cid and to and fr and port:
+                    out.append((cid.group(1), to.group(1), fr.group(1), int(port.group(1))))
+    return out
+
+
+async def test_invite_with_replaces_reaches_the_worker_holding_the_dialog(node, tmp_path):
+    """Kamailio hashes an INVITE with Replaces by the Call-ID it names (RFC 3891): it reaches the worker that holds
+    that dialog, whichever worker its own Call-ID would hash to."""
+    gw, kam = await node()
+    calls, dialogs = [], []
+    for batch in range(8):          # calls two at a time until both workers hold some (the hash decides)
+        work = tmp_path / f"sipp-calls-{batch}"
+        work.mkdir()
+        calls.append(asyncio.create_task(sipp_uac("uac_gateway_hangs_up.xml", kam.port, service=NUMBER, calls=2,
+                                                  rate=20, timeout_s=60, extra=["-trace_msg"], workdir=str(work))))
+        dialogs += await until(lambda w=work: (d := _answered_dialogs(w)) and len(d) == 2 and d, 20,
+                               "2 answered calls")
+        if {port for *_, port in dialogs} == set(_worker_ports(gw)):
+            break
+    assert {port for *_, port in dialogs} == set(_worker_ports(gw)), dialogs     # both workers hold calls
+    for call_id, to_tag, from_tag, _ in dialogs:
+        res = await sipp_uac("uac_replaces.xml", kam.port, service=NUMBER, duration_ms=500, timeout_s=20,
+                             extra=["-key", "replaces", f"{call_id};to-tag={to_tag};from-tag={from_tag}"])
+        res.assert_calls(successful=1)          # 200 from the owning worker (another one would answer 481)
+    for task in calls:
+        (await task).assert_calls(successful=2)  # every replaced dialog got its BYE

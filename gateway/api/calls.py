@@ -14,6 +14,7 @@ from ..callmanager import CapacityError
 from ..carrier import CarrierError
 from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
+from ..consult import ConsultError
 from ..frames import HangupSource
 from ..transfer import TransferRefused
 from . import models
@@ -240,9 +241,57 @@ def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
+async def _parse_consult(request: web.Request) -> dict[str, Any]:
+    body = parse(models.Consult, await read_json(request))
+    return {"number": body.number, "message": body.message}
+
+
+def _consult_error(call: Call, e: Exception) -> ApiError:
+    """A consultation step refused (409 with the reason), refused by the carrier (its status), or a bug (502)."""
+    if isinstance(e, ConsultError):
+        return ApiError(e.status, e.message, "id", requestId=call.log_id)
+    if isinstance(e, TransferRefused):
+        return bad("number", f"is required: {e}")
+    if isinstance(e, CarrierError):
+        return carrier_api_error(e, requestId=call.log_id)
+    log.error("consultation step failed", exc_info=e, extra={"call_id": call.id})
+    return ApiError(502, "the consultation step failed (logged on the gateway)", None, requestId=call.log_id)
+
+
+async def _consult(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        req = call.consult_request(args.get("number"), args.get("message"))
+        await call.start_consult(req)
+    except Exception as e:
+        raise _consult_error(call, e) from None
+    return {"success": True, "status": "consult_dialing", "call_id": call.id, "requestId": call.log_id,
+            "number": req.number}
+
+
+async def _consult_complete(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        method = await call.complete_consult()
+    except Exception as e:
+        raise _consult_error(call, e) from None
+    return {"success": True, "status": "transferred", "call_id": call.id, "requestId": call.log_id,
+            "number": call.consultation.number if call.consultation else None, "method": method}
+
+
+async def _consult_cancel(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        await call.cancel_consult()
+    except Exception as e:
+        raise _consult_error(call, e) from None
+    return {"success": True, "status": "consult_cancelled", "call_id": call.id, "requestId": call.log_id}
+
+
 CALL_OPS: list[CallOp] = [
     CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
     CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
+    # attended transfer (gateway/consult.py): consult, then complete or cancel
+    CallOp("consult", _parse_consult, _consult),
+    CallOp("consult/complete", _no_body, _consult_complete, wait=_transfer_wait),
+    CallOp("consult/cancel", _no_body, _consult_cancel, wait=_transfer_wait),
 ]
 
 

@@ -64,6 +64,15 @@ class Transfer(Body):
     number: E164 | None = Field(None, description="default: the agent's first static transfer option")
 
 
+class Consult(Body):
+    """POST /calls/{id}/consult: attended transfer, first step."""
+    number: E164 | None = Field(None, description="the transfer target; default: the agent's first static "
+                                                  "transfer option")
+    message: str | None = Field(None, min_length=1, max_length=2000,
+                                description="played to the target when it answers: a WAV path or URL (played by "
+                                            "the gateway), or text (handed to the engine to say)")
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:

@@ -46,7 +46,8 @@ def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: l
     for code in errors:
         op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
                                                           404: "Not found", 409: "Conflict",
-                                                          502: "Carrier error", 503: "At capacity"}[code])
+                                                          502: "Carrier error", 503: "At capacity",
+                                                          504: "The process owning the call did not answer"}[code])
     if params:
         op["parameters"] = params
     if body is not None:
@@ -148,7 +149,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
                                                    "created_at": {"type": "string"}}},
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
-        **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer),
+        **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer,
+                         models.Consult),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -240,6 +242,15 @@ def build(gw: Gateway) -> dict[str, Any]:
         f"{p}/calls/{{id}}/transfer": {"post": _op(
             "Transfer a live call (default: the agent's transfer number)", tag="calls", params=[cid],
             body=_ref("Transfer"), errors=(400, 401, 404, 409))},
+        f"{p}/calls/{{id}}/consult": {"post": _op(
+            "Attended transfer, step 1: put the caller on hold and call the target (the engine then talks to it)",
+            tag="calls", params=[cid], body=_ref("Consult"), errors=(400, 401, 404, 409, 502))},
+        f"{p}/calls/{{id}}/consult/complete": {"post": _op(
+            "Attended transfer, step 2: join the caller and the answered target; the gateway leaves the call",
+            tag="calls", params=[cid], errors=(401, 404, 409, 502, 504))},
+        f"{p}/calls/{{id}}/consult/cancel": {"post": _op(
+            "Attended transfer: end the consultation call; the engine talks to the caller again", tag="calls",
+            params=[cid], errors=(401, 404, 409, 502))},
         f"{p}/calls/{{id}}/recording": {"get": _recording_op(cid)},
         f"{p}/nodes/{{proc}}/drain": {"post": _op(
             "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "

@@ -10,8 +10,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ..frames import AudioFrame, BusItem, Event, Hangup, HangupSource, Mark, SendDtmf
-from ..transfer import transfer_settings
+from ..carrier import CarrierError
+from ..consult import FAILED, ConsultError
+from ..frames import AudioFrame, BusItem, ConsultEvent, Event, Hangup, HangupSource, Mark, SendDtmf, TransferResult
+from ..transfer import TransferRefused, transfer_settings
 
 if TYPE_CHECKING:
     from ..bus import CallBus
@@ -118,6 +120,35 @@ class EngineSession:
     async def transfer(self, number: str | None = None) -> None:
         """Transfer to `number`, or to the agent's configured transfer number and its backups."""
         await self._call.request_transfer(number, by_engine=True)
+
+    async def consult(self, number: str | None = None, message: str | None = None) -> None:
+        """Attended transfer, step 1: after the audio queued so far, put the caller on hold and call `number` (the
+        transfer rules of `transfer()` apply). `ConsultEvent`s report it; once `answered` you hear the target and
+        speak to it (a WAV `message` is played to it, a text one comes back on the event for you to say). Then
+        `consult_complete()` or `consult_cancel()`."""
+        try:
+            req = self._call.consult_request(number, message, by_engine=True)
+        except (ConsultError, TransferRefused) as e:
+            self._call.feed_event(ConsultEvent(FAILED, number or "", str(e)))
+            return
+        await self._bus.flush_play()
+        await self._bus.send_control(req)
+
+    async def consult_complete(self) -> None:
+        """Join the caller and the answered target and leave the call; the outcome comes as `TransferResult`."""
+        try:
+            await self._call.complete_consult()
+        except (ConsultError, CarrierError) as e:
+            c = self._call.consultation
+            self._call.feed_event(TransferResult(c.number if c else None, f"failed: {e}"))
+
+    async def consult_cancel(self) -> None:
+        """End the consultation call and talk to the caller again (`ConsultEvent` `cancelled`)."""
+        try:
+            await self._call.cancel_consult()
+        except (ConsultError, CarrierError) as e:
+            c = self._call.consultation
+            self._call.feed_event(ConsultEvent(c.state if c else FAILED, c.number if c else "", f"cancel: {e}"))
 
     async def hangup(self, reason: str = "agent_hangup") -> None:
         await self._call.request_hangup(HangupSource.AGENT, reason)

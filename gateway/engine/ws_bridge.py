@@ -35,7 +35,17 @@ from websockets.asyncio.client import connect
 
 from .. import safejson
 from ..cluster import Reply
-from ..frames import AmdResult, AudioFrame, Dtmf, Hangup, Mark, SayThenTransfer, SpeechActivity, TransferResult
+from ..frames import (
+    AmdResult,
+    AudioFrame,
+    ConsultEvent,
+    Dtmf,
+    Hangup,
+    Mark,
+    SayThenTransfer,
+    SpeechActivity,
+    TransferResult,
+)
 from ..logsetup import ContextLogger
 from .base import EngineSession, VoiceEngine
 
@@ -123,6 +133,9 @@ _ENGINE_MESSAGES: dict[str, dict[str, tuple[bool, int]]] = {
     "mark": {"name": (True, 200)},
     "dtmf": {"digits": (True, 32)},
     "transfer": {"number": (False, 64)},
+    "consult": {"number": (False, 64), "message": (False, 2000)},
+    "consult_complete": {},
+    "consult_cancel": {},
     "hangup": {"reason": (False, 200)},
 }
 
@@ -142,6 +155,11 @@ def event_message(item: Any) -> dict[str, Any] | None:
         return msg
     if isinstance(item, TransferResult):
         return {"type": "transfer_result", "target": item.target, "outcome": item.outcome}
+    if isinstance(item, ConsultEvent):      # attended transfer: while "answered" the audio is the target's
+        msg = {"type": "consult", "state": item.state, "number": item.number, "reason": item.reason}
+        if item.message:
+            msg["message"] = item.message       # text to say to the target
+        return msg
     if isinstance(item, SayThenTransfer):   # speak it, then send {"type": "transfer", "number": number}
         return {"type": "say", "text": item.text, "then": "transfer", "number": item.number}
     if isinstance(item, Hangup):
@@ -359,6 +377,12 @@ class Bridge:
                 playout.action(functools.partial(session.send_dtmf, msg["digits"]))
             elif kind == "transfer":
                 playout.action(functools.partial(session.transfer, msg.get("number")))
+            elif kind == "consult":
+                playout.action(functools.partial(session.consult, msg.get("number"), msg.get("message")))
+            elif kind == "consult_complete":
+                playout.action(session.consult_complete)
+            elif kind == "consult_cancel":
+                playout.action(session.consult_cancel)
             elif kind == "hangup":
                 self.engine_hung_up = True
                 playout.action(functools.partial(session.hangup, msg.get("reason") or "agent_hangup"))

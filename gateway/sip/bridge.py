@@ -1,4 +1,5 @@
-"""Gateway-side bridge of two SIP legs' media, for transfers the trunk will not do by REFER.
+"""Gateway-side bridge of two SIP legs' media, for transfers the trunk will not do by REFER; and the hold port
+a caller's RTP session is attached to while the engine consults a transfer target.
 
 Each RTP session is attached to a `BridgePort` instead of a call: what one leg receives (decoded to 8 kHz PCM16 by
 its jitter buffer on the shared clock) is queued for the other leg's next tick, and RFC 4733 digits are relayed
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from ..frames import AudioFrame, Dtmf, SendDtmf
@@ -52,6 +54,30 @@ class BridgePort:
             self.frames_out += 1
             return AudioFrame(self.queue.popleft(), RATE)
         return None
+
+
+class HoldPort:
+    """Looks like a Call to an RtpSession while its caller is on hold: what the caller says goes nowhere, what
+    the caller hears is `music` (20 ms PCM16 frames at 8 kHz, e.g. music on hold) or, without it, silence (the
+    session sends G.711 silence whenever nothing is queued)."""
+
+    def __init__(self, music: Iterator[bytes] | None = None) -> None:
+        self.bus = True            # RtpSession only checks that a bus exists
+        self.music = music
+        self.inbound_lag = 0.0
+
+    def feed_audio(self, pcm: bytes) -> None:
+        """The caller's audio while on hold is not heard by anyone."""
+
+    def feed_event(self, event: Any) -> None:
+        """Nor are the caller's keys."""
+
+    def next_outbound_nowait(self) -> AudioFrame | None:
+        frame = next(self.music, None) if self.music is not None else None
+        if frame is None:
+            self.music = None
+            return None
+        return AudioFrame(frame, RATE)
 
 
 class MediaBridge:

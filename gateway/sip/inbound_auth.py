@@ -3,7 +3,8 @@
 VoipBin-style `auth_type`:
 * ``ip`` — the request's source address (the real packet source, not a Via header) must be in the trunk's
   `allowed_ips` (addresses or CIDR ranges). An empty list means "the trunk's own hosts": the addresses that
-  `sip_host` and `outbound_proxy` resolve to, which is what a registration-based trunk sends from.
+  `sip_host` and `outbound_proxy` resolve to, which is what a registration-based trunk sends from (the SIP carrier
+  resolves them with gateway/sip/locate.py, so a name's SRV-published servers count too).
 * ``basic`` — the INVITE must carry a digest `Authorization` for the trunk's `sip_username`/`sip_password`
   (RFC 2617/7616). No header → 401 with a fresh challenge; a stale nonce → 401 ``stale=true``; wrong
   credentials → 403.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .digest import DigestServer
+from .locate import LocateError
 
 log = logging.getLogger("gateway.sip.auth")
 
@@ -96,7 +98,7 @@ class InboundAuth:
             return hit[1]
         try:
             addrs = set(await asyncio.wait_for(self.resolver(host), 5.0))
-        except (TimeoutError, OSError) as e:
+        except (TimeoutError, OSError, LocateError) as e:
             log.warning("trunk host did not resolve", extra={"host": host, "error": str(e)})
             addrs = hit[1] if hit else set()
         self._cache[host] = (now + self.cache_ttl, addrs)

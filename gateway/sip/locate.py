@@ -209,3 +209,19 @@ class Locator:
         if chosen not in SRV_PREFIX:
             raise LocateError(f"{uri}: unsupported transport {chosen!r}")
         return await self.locate(u.host.strip("[]"), u.port, chosen)
+
+    async def trunk_addresses(self, host: str) -> list[str]:
+        """Every address a trunk named `host` may send from: the servers its NAPTR/SRV records publish for any
+        transport, and its own A/AAAA (inbound `auth_type: ip` with no allow-list; a trunk calls from the servers
+        it publishes). Raises LocateError when none resolves."""
+        if is_literal(host):
+            return [host.strip("[]")]
+        found = await asyncio.gather(*(self.locate(host, None, t) for t in SRV_PREFIX), self.addresses(host),
+                                     return_exceptions=True)
+        addrs: dict[str, None] = {}
+        for result in found:
+            if isinstance(result, list):
+                addrs.update((t.address if isinstance(t, Target) else t, None) for t in result)
+        if not addrs:
+            raise LocateError(f"{host} does not resolve")
+        return list(addrs)

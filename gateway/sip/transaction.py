@@ -580,8 +580,8 @@ class TransactionLayer:
     async def send_request(self, request: SipRequest, addr: tuple[str, int],
                            protocol: str | Callable[[SipResponse], Any] = "udp",
                            on_provisional: Callable[[SipResponse], Any] | None = None, *,
-                           conn: Any = None) -> SipResponse:
-        txn = await self.start_request(request, addr, protocol, on_provisional=on_provisional, conn=conn)
+                           conn: Any = None, tls: TlsPeer | None = None) -> SipResponse:
+        txn = await self.start_request(request, addr, protocol, on_provisional=on_provisional, conn=conn, tls=tls)
         return await txn.final
 
     def send_ack(self, ack: SipRequest, addr: tuple[str, int], protocol: str = "udp",

@@ -210,7 +210,8 @@ class SipTransport:
         self._udp: UdpConnection | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_conns: dict[tuple[str, Addr], TcpConnection] = {}
-        self._connecting: dict[tuple[str, Addr], asyncio.Task[TcpConnection]] = {}
+        #: connections being opened, by transport, address and TLS check (a send waits for the one matching it)
+        self._connecting: dict[tuple[str, Addr, TlsPeer | None], asyncio.Task[TcpConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
@@ -421,7 +422,7 @@ class SipTransport:
 
     def _send_tcp_new(self, data: bytes, addr: Addr, fut: asyncio.Future[None], protocol: str = "tcp",
                       peer: TlsPeer | None = None) -> None:
-        key = (protocol, addr)
+        key = (protocol, addr, peer)
         task = self._connecting.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, peer))
@@ -449,7 +450,7 @@ class SipTransport:
 
         task.add_done_callback(written)
 
-    def _connected(self, key: tuple[str, Addr], _task: asyncio.Task[TcpConnection]) -> None:
+    def _connected(self, key: tuple[str, Addr, TlsPeer | None], _task: asyncio.Task[TcpConnection]) -> None:
         self._connecting.pop(key, None)
 
     def client_context(self, verify: bool = True) -> ssl.SSLContext:

@@ -26,6 +26,7 @@ from . import digest
 from .dialog import Dialog
 from .locate import LocateError, Locator, is_literal
 from .message import NameAddr, SipRequest, SipResponse, SipUri, make_response, new_branch, new_call_id, new_tag
+from .replaces import Replaces, ReplacesError
 from .tls import TlsError
 from .transaction import TransactionError, TransactionLayer, TransactionTimeout
 from .transport import SipTransport, TlsPeer
@@ -36,9 +37,10 @@ log = logging.getLogger("gateway.sip.ua")
 T1 = 0.5
 T2 = 4.0
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, REFER, NOTIFY, INFO"
-#: the option tags (RFC 3261 §19.2) we implement: session timers (RFC 4028). Not `replaces` (RFC 3891) nor
-#: `100rel` (RFC 3262): advertising one we do not do invites a peer to depend on it.
-EXTENSIONS = frozenset({"timer"})
+#: the option tags (RFC 3261 §19.2) we implement: session timers (RFC 4028) and Replaces (RFC 3891: an INVITE
+#: naming one of our dialogs takes its place; our attended transfers send it). Not `100rel` (RFC 3262):
+#: advertising one we do not do invites a peer to depend on it.
+EXTENSIONS = frozenset({"replaces", "timer"})
 SUPPORTED = ", ".join(sorted(EXTENSIONS))
 URI_SCHEMES = frozenset({"sip", "sips", "tel"})
 MIN_SE = 90                       # RFC 4028 §4: the smallest Session-Expires we accept
@@ -320,6 +322,12 @@ class UserAgent:
                 self.respond(txn, req, 503, "Service Unavailable")
                 return
             inv = IncomingInvite(self, req, txn, source)
+            if req.headers.get("Replaces") is not None:
+                matched = self._match_replaces(req)
+                if not isinstance(matched, SipSession):
+                    self.respond(txn, req, *matched)
+                    return
+                inv.replaces = matched
             self.invites[req.branch or ""] = inv
             try:
                 await self.on_invite(inv)
@@ -337,6 +345,23 @@ class UserAgent:
             self.respond(txn, req, 481, "Call/Transaction Does Not Exist")
             return
         self.respond(txn, req, 405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def _match_replaces(self, req: SipRequest) -> SipSession | tuple[int, str]:
+        """The dialog an INVITE's Replaces names (RFC 3891 §3), or the answer refusing it: 400 unreadable, 481 no
+        such dialog (also an early one: only confirmed dialogs are kept here), 603 already ended, 486 when it
+        asks for an early dialog only. Whether the sender may replace it is the INVITE handler's check."""
+        try:
+            replaces = Replaces.parse(req.headers.getlist("Replaces"))
+        except ReplacesError as e:
+            return 400, f"Bad Replaces header: {e}"[:100]
+        session = self.sessions.get(replaces.dialog_id)
+        if session is None:
+            return 481, "Call/Transaction Does Not Exist"
+        if session.ended.is_set():
+            return 603, "Declined"
+        if replaces.early_only:
+            return 486, "Busy Here"
+        return session
 
     def _acceptable(self, req: SipRequest, txn: Any) -> bool:
         """RFC 3261 §8.2.2: a Request-URI scheme we cannot handle gets 416 (§8.2.2.1), an option tag in Require
@@ -412,6 +437,8 @@ class IncomingInvite:
         self.cancelled = asyncio.Event()
         self.finished = False
         self.session: SipSession | None = None
+        #: the confirmed dialog of ours this INVITE's Replaces header names (RFC 3891), already matched
+        self.replaces: SipSession | None = None
 
     @property
     def source_ip(self) -> str:
@@ -481,6 +508,17 @@ class InviteResult:
         if self.response is not None:
             return f"{self.response.status} {self.response.reason}".strip()
         return self.error
+
+
+def outcome_for(status: int) -> str:
+    """Call-log status for a final non-2xx answer to our INVITE."""
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no-answer"
+    if status in (603, 607, 608):
+        return "rejected"
+    return "failed"
 
 
 def _fail_over(result: InviteResult) -> bool:
