@@ -28,7 +28,7 @@ ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
 HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; media-src 'self' blob:; form-action 'none'; "
+                               "img-src 'self' data:; media-src 'self' blob: https:; form-action 'none'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",

@@ -23,6 +23,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("/call", "Browser call", "talk to an agent from this browser's microphone (WebRTC)"),
     ("/api/v1/openapi.json", "REST API (OpenAPI 3.1)",
      "the API document; like every /api/v1 request it needs Authorization: Bearer <API key>"),
+    ("/dashboards", "Dashboards", "Grafana dashboards for the metrics below, to import into Grafana"),
     ("/metrics", "Metrics", "Prometheus metrics: active calls per carrier, frames, drops, webhooks, RTP, CPU"),
     ("/healthz", "Health", "liveness and load as JSON"),
 ]

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from conftest import API_KEY
-from sipp import api, needs_sipp, rtp_range, sipp_uas
+from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
+from sipp import api, needs_sipp, rtp_range, sip_number, sipp_uac, sipp_uas, wait_for
 from webrtc_browser import Browser, skip_without_chromium
 
 pytestmark = pytest.mark.timeout(120)
@@ -185,7 +186,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
     gw = await full_gateway(make_gateway)
     # a settings section the console has no code for (another feature's, an engine's) is shown and editable
     other = (await api(gw, "POST", "/agents", {"name": "Other", "settings": {
-        "recording": {"enabled": False, "channels": "mono"}}}, expect=201))["agent"]
+        "analytics": {"enabled": False, "tag": "a"}}}, expect=201))["agent"]
     async with Browser() as page:
         watch = Watch(page)
         await sign_in(page, gw, "#/agents/new")
@@ -194,6 +195,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         await page.fill("[name='engine']", "echo")
         await page.fill("[name='settings.transfer.number']", "+14155550199")
         await page.check("[name='settings.amd.enabled']")
+        await page.check("[name='settings.recording.enabled']")
         await page.click("#save")
         await page.wait_for_selector("#flash:text('created')")
         agents = (await api(gw, "GET", "/agents"))["agents"]
@@ -201,6 +203,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         assert sales["engine"] == "echo"
         assert sales["settings"]["transfer"]["number"] == "+14155550199"
         assert sales["settings"]["amd"] == {"enabled": True, "provider": "gateway"}
+        assert sales["settings"]["recording"] == {"enabled": True, "channels": "dual"}
         assert "voicemail" not in sales["settings"] and "end_call" not in sales["settings"]   # untouched: not sent
 
         # edit: a wrong number is refused by the API, which names the field; the field is marked
@@ -232,15 +235,31 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         await page.wait_for_selector("#view:not([aria-busy]) [name='settings.transfer.transfer_options[0].number']")
         assert await page.input_value("[name='settings.transfer.number']") == "+14155550123"
 
+        # a section of the operator's own (an engine's settings, say): added as JSON, then edited as fields;
+        # what was typed in the form before adding it is kept
+        await page.fill("[name='name']", "Sales team")
+        await page.click("summary:text('Add a settings section')")
+        await page.fill("#section-name", "crm")
+        await page.fill("#section-json", '{"enabled": true, "list": "vip"}')
+        await page.click("#add-section")
+        await page.wait_for_selector("[name='settings.crm.list']")
+        assert await page.input_value("[name='name']") == "Sales team"
+        await page.fill("[name='settings.crm.list']", "gold")
+        await page.click("#save")
+        await page.wait_for_selector("#flash:text('agent saved')")
+        got = (await api(gw, "GET", f"/agents/{sales['id']}"))["agent"]
+        assert got["name"] == "Sales team" and got["settings"]["crm"] == {"enabled": True, "list": "gold"}
+        assert got["settings"]["voicemail"]["enabled"] is True          # the other sections are unchanged
+
         # the section the console does not know: rendered from its values, edited, PATCHed
         await page.goto(gw.url(f"/console#/agents/{other['id']}"))
-        await page.wait_for_selector("#view:not([aria-busy]) [name='settings.recording.enabled']")
-        await page.check("[name='settings.recording.enabled']")
-        await page.fill("[name='settings.recording.channels']", "dual")
+        await page.wait_for_selector("#view:not([aria-busy]) [name='settings.analytics.enabled']")
+        await page.check("[name='settings.analytics.enabled']")
+        await page.fill("[name='settings.analytics.tag']", "b")
         await page.click("#save")
         await page.wait_for_selector("#flash:text('agent saved')")
         got = (await api(gw, "GET", f"/agents/{other['id']}"))["agent"]["settings"]
-        assert got["recording"] == {"enabled": True, "channels": "dual"}
+        assert got["analytics"] == {"enabled": True, "tag": "b"}
 
         # delete asks first
         watch.answers = [False]
@@ -368,7 +387,7 @@ async def test_phone_sized_screen_and_the_live_page_keep_the_key_out_of_urls(mak
             if await page.query_selector("#view table.cards tbody tr:not(.empty)"):
                 # rows are cards: the header row is hidden and each cell shows its column's label
                 display = await page.eval_on_selector("#view table.cards thead", "t => getComputedStyle(t).display")
-                assert display == "none"
+                assert display == "none", fragment
                 label = await page.eval_on_selector("#view table.cards tbody td",
                                                     "td => getComputedStyle(td, '::before').content")
                 assert label not in ("none", "normal", '""'), (fragment, label)
@@ -396,3 +415,94 @@ async def test_console_page_headers_and_landing_link(make_gateway):
                 assert "https://" not in body and "http://" not in body, path     # nothing from elsewhere
         async with s.get(gw.url("/")) as r:
             assert '<a href="/console">Console</a>' in await r.text()
+
+
+async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_env):
+    """A carrier with a REST API: its test connection steps (credentials, number, voice webhook) come from the
+    local Twilio stand-in; a wrong token is a failed credentials step, and the token is never shown."""
+    skip_without_chromium()
+    env = await twilio_env()
+    account = env.rest.add_account(numbers=("+15005550007",))
+    async with Browser() as page:
+        watch = Watch(page)
+        await sign_in(page, env.gw, "#/numbers/new/twilio")
+        await page.wait_for_selector("#import-form [name='account_sid']")
+        await page.fill("[name='phone_number']", "+15005550007")
+        await page.fill("[name='account_sid']", account.sid)
+        await page.fill("[name='account_token']", "wrong-token-0000")
+        await page.click("#test-connection")
+        await page.wait_for_selector("#test-report")
+        steps = await report_steps(page)
+        assert [(s[0], s[1]) for s in steps] == [("credentials", "failed")], steps
+        assert await page.get_attribute("#test-report", "data-ok") == "false"
+
+        await page.fill("[name='account_token']", account.token)
+        await page.check("[name='configure_webhooks']")
+        await page.click("#test-connection")
+        await page.wait_for_function("document.querySelectorAll('#test-report li').length === 3")
+        steps = await report_steps(page)
+        assert [(s[0], s[1]) for s in steps[:2]] == [("credentials", "ok"), ("number", "ok")], steps
+        assert steps[2][0] == "voice_webhook"
+
+        await page.select_option("[name='agent_id']", str(env.agent["id"]))
+        await page.click("#import")
+        # Twilio cannot reach a loopback gateway: refused, the field named and marked, nothing stored
+        await page.wait_for_selector("#flash.error")
+        assert "configure_webhooks: Twilio could not reach" in await page.text_content("#flash")
+        assert "invalid" in await page.get_attribute("[data-path='configure_webhooks']", "class")
+        assert await env.gw.store.find_number("+15005550007", "twilio") is None
+        await page.check("[name='force_webhooks']")
+        await page.click("#import")
+        await page.wait_for_selector("#view:not([aria-busy]) #edit-form")
+        await page.click("#test-connection")
+        await page.wait_for_selector("#test-report")
+        assert [s[1] for s in await report_steps(page)] == ["ok", "ok", "ok"]   # the import pointed the webhook here
+        assert account.token not in await page.content()
+        stored = await env.gw.store.find_number("+15005550007", "twilio", with_secrets=True)
+        assert stored["agent_id"] == env.agent["id"] and stored["secrets"]["account_token"] == account.token
+        watch.assert_no_key_in_urls()
+
+
+@needs_sipp
+async def test_a_real_sip_call_shows_in_the_history_with_its_timeline_and_rtp(make_gateway):
+    """Not seeded rows: a recorded SIPp call with RTP into the gateway, then its page as the console shows it; the
+    recording comes from the API with the key in a header and plays from a blob: URL."""
+    skip_without_chromium()
+    gw = await full_gateway(make_gateway)
+    await sip_number(gw, agent_settings={"recording": {"enabled": True, "channels": "mono"}})
+    res = await sipp_uac("uac_pcma_echo.xml", gw.carriers["sip"].port, service="15550001111", duration_ms=1500)
+    res.assert_calls(successful=1)
+    row = (await wait_for(lambda: ended_calls(gw), what="the call's log row to end"))[0]
+    await wait_for(lambda: recording_stored(gw, row["id"]), what="the recording to be stored")
+    async with Browser() as page:
+        watch = Watch(page)
+        sent: list[dict[str, str]] = []
+        page.on("request", lambda r: sent.append(r.headers) if r.url.endswith("/recording") else None)
+        await sign_in(page, gw, "#/calls?carrier=sip&status=completed")
+        await page.wait_for_selector(f"tr[data-call-id='{row['id']}']")
+        assert await listed_calls(page) == [row["id"]]
+        await page.click(f"tr[data-call-id='{row['id']}'] a")
+        await page.wait_for_selector("#view:not([aria-busy]) #timeline")
+        events = await page.eval_on_selector_all("#timeline li", "l => l.map(x => x.dataset.event)")
+        assert events[0] == "phone_call:connection_requested" and events[-1] == "hang_up", events
+        assert "+15557654321" in await page.text_content("#summary")
+        # the RTP counters the SIP carrier keeps in the call log
+        received = await page.text_content("#quality [data-key='received']")
+        assert int(received) == row["extra"]["rtp"]["received"] > 0
+        await page.wait_for_selector("#recording audio")
+        assert (await page.get_attribute("#recording audio", "src")).startswith("blob:")
+        await page.wait_for_function("document.querySelector('#recording audio').readyState >= 1")
+        duration = await page.eval_on_selector("#recording audio", "a => a.duration")
+        assert 1.0 < duration < 3.0, duration                   # the 1.5 s the call lasted
+        assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
+        watch.assert_no_key_in_urls()
+
+
+async def ended_calls(gw: Any) -> list[dict[str, Any]] | None:
+    rows, _ = await gw.store.list_calls()
+    return rows if rows and rows[0].get("ended_at") else None
+
+
+async def recording_stored(gw: Any, call_id: int) -> bool:
+    row = await gw.store.get_call(call_id)
+    return bool(row and row.get("recording_status") == "stored")

@@ -532,7 +532,10 @@ async function viewNumber(id) {
   } else {
     parts.push(h("h3", {}, "Settings"), kv(n.config), h("p", { class: "muted" }, "This gateway has no carrier for " + n.provider + " loaded: the settings cannot be changed here."));
   }
-  const other = Object.fromEntries(Object.entries(n).filter(([k]) => !["config", "status", "phone_number", "provider"].includes(k) && !/health/.test(k) && !k.startsWith("sip_") && !k.startsWith("exotel_")));
+  // the rest of the record; the OmniDimension aliases (number_provider, active_bot_id, the flat sip_*/exotel_*
+  // copies of config) repeat what is shown above
+  const other = Object.fromEntries(Object.entries(n).filter(([k]) => !["config", "status", "phone_number", "provider",
+    "number_provider", "active_bot_id"].includes(k) && !/health/.test(k) && !k.startsWith("sip_") && !k.startsWith("exotel_")));
   parts.push(h("h3", {}, "Record"), kv(other));
   return parts;
 }
@@ -571,13 +574,13 @@ async function viewAgents() {
   ];
 }
 
-async function viewAgent(id, extraSections) {
+/** The agent form; `draft` (the form's values so far) replaces what the API returned, when re-rendering. */
+async function viewAgent(id, draft) {
   const doc = await openapi();
   const schema = doc.components.schemas.AgentInput || { properties: {} };
   const agent = id ? (await api("GET", "/agents/" + id)).agent : {};
-  const value = { name: agent.name, engine: agent.engine, webhook_url: agent.webhook_url,
-    settings: { ...(agent.settings || {}), ...(extraSections || {}) } };
-  if (!id && !Object.keys(value.settings).length) value.settings = undefined;
+  const value = draft || { name: agent.name, engine: agent.engine, webhook_url: agent.webhook_url,
+    settings: agent.settings };
   const fields = objectField("", "", schema, value, { root: true, onlySchema: true });
   const form = h("form", { class: "fields", id: "agent-form", novalidate: true }, fields.el,
     h("div", { class: "toolbar" }, h("button", { type: "submit", class: "primary", id: "save" }, id ? "Save" : "Create agent")));
@@ -605,8 +608,9 @@ async function viewAgent(id, extraSections) {
     try { v = JSON.parse(secJson.value || "{}"); } catch (e) { flash("the section must be a JSON object", true); return; }
     if (!name || !isPlain(v)) { flash("a section needs a name and a JSON object", true); return; }
     let current;
-    try { current = fields.get().settings || {}; } catch (e) { flash(e.message, true); return; }
-    $("view").replaceChildren(...await viewAgent(id, { ...current, [name]: v }));
+    try { current = fields.get(); } catch (e) { flash(e.message, true); return; }
+    const settings = { ...(current.settings || {}), [name]: v };
+    $("view").replaceChildren(...await viewAgent(id, { ...current, settings }));
   } }, "Add section");
   const parts = [h("h2", {}, id ? "Agent: " + agent.name : "New agent"),
     h("div", { class: "toolbar" }, h("a", { href: "#/agents" }, "All agents")), form,
@@ -678,14 +682,19 @@ const SHOWN = new Set(["id", "call_log_id", "call_uuid", "channel_type", "call_d
   "agent_id", "call_status", "created_at", "answered_at", "ended_at", "call_duration", "call_duration_in_seconds",
   "call_duration_in_minutes", "time_of_call", "hangup_source", "hangup_reason", "amd_detected", "amd_answered_by",
   "amd_duration", "is_voicemail", "voicemail_type", "is_fax", "is_call_transfer", "transfer_target",
-  "transfer_outcome", "recording_url", "timing", "extra", "call_context"]);
+  "transfer_outcome", "recording_url", "recording_status", "recording", "timing", "extra", "call_context"]);
 const QUALITY = /rtp|rtcp|quality|mos|jitter|loss/i;
 
-/** Fetch a recording with the key in a header (an <audio src> could only carry it in the URL) and play it. */
+/**
+ * A recording behind our API (`<public URL>/api/v1/calls/<id>/recording`, which needs the key) is fetched from this
+ * page's own origin with the key in a header — an <audio src> could carry it only in the URL — and played from a
+ * blob: URL. The public URL's host may not be the one this console was opened on, so only the path is used.
+ * Anywhere else (a carrier's own recording link) is given to the player as it is.
+ */
 async function recordingView(url) {
   const box = h("div", { id: "recording" });
   const abs = new URL(url, location.href);
-  if (abs.origin !== location.origin) {
+  if (!abs.pathname.startsWith("/api/v1/")) {
     box.append(h("audio", { controls: true, src: abs.href, preload: "none" }));
     return box;
   }
@@ -740,7 +749,11 @@ async function viewCall(ident) {
     h("section", { id: "quality" }, h("h3", {}, "RTP quality"),
       Object.keys(quality).length ? kv(quality) : h("p", { class: "muted" }, "no media quality recorded for this call")),
   ];
-  if (c.recording_url) parts.push(h("section", {}, h("h3", {}, "Recording"), await recordingView(c.recording_url)));
+  if (c.recording_url || c.recording_status) {
+    const about = { status: c.recording_status, ...(isPlain(c.recording) ? c.recording : {}) };
+    parts.push(h("section", { id: "recording-section" }, h("h3", {}, "Recording"),
+      c.recording_url ? await recordingView(c.recording_url) : null, kv(about)));
+  }
   if (isPlain(c.timing)) parts.push(h("section", { id: "timing" }, h("h3", {}, "Conversation timing"), kv(c.timing)));
   if (isPlain(c.call_context) && Object.keys(c.call_context).length) parts.push(h("section", {}, h("h3", {}, "Call context"), kv(c.call_context)));
   const more = { ...other, ...extraRest };
