@@ -204,9 +204,13 @@ class SipLeg(DelegatingConsultLeg):
         if self.closed:
             return
         self.close()
-        stats = dict(self.rtp.stats)
+        stats: dict[str, Any] = dict(self.rtp.stats)
+        quality = self.rtp.quality()
+        stats["quality"] = quality
         if self.bridge is not None:
             stats["bridge"] = self.bridge.stats
+        self.carrier.gateway.metrics.observe_rtp_quality(self.call.carrier, str(self.number.get("sip_trunk_name")
+                                                                               or ""), quality)
         await self.call.record(extra={"rtp": stats})
 
 
@@ -274,6 +278,7 @@ class SipCarrier(Carrier):
             s.sip_host, s.sip_port, advertised_host=self.advertised_ip,
             tls_context=server_context(s.tls_cert, s.tls_key) if s.tls_enabled else None,
             tls_port=s.tls_port if s.tls_enabled else None, tls_client_context=client_context(s.tls_ca_file))
+        self.transport.on_response = self.gateway.metrics.sip_response
         self.layer = TransactionLayer(self.transport)
         self.layer.refuse_source = self._refuse_banned
         await self.transport.start()
@@ -390,6 +395,8 @@ class SipCarrier(Carrier):
                 "gateway_rtp_packets_late_total": t.get("late", 0),
                 "gateway_srtp_packets_failed_total": t.get("srtp_failed", 0),
                 "gateway_rtp_sessions": t["sessions"],
+                "gateway_rtcp_reports_sent_total": t.get("rtcp_sent", 0),
+                "gateway_rtcp_reports_received_total": t.get("rtcp_received", 0),
                 "gateway_rtp_clock_late_ticks_total": t["late_ticks"]}
 
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:

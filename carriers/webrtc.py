@@ -461,8 +461,10 @@ class WebRTCCarrier(Carrier):
             raise ApiError(403, f"this token is for agent {claims['agent_id']} only", "agent_id")
         agent_id = claims.get("agent_id") or requested
         agent = await self.gateway.store.get_agent(agent_id) if agent_id else None
-        if self.gateway.calls.at_capacity:
-            raise ApiError(503, "gateway at capacity, try again later")
+        try:
+            self.gateway.calls.refuse_if_full(self.name)     # before any media work; counted in /metrics
+        except CapacityError as e:
+            raise ApiError(503, str(e)) from None
 
         config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in self.ice_servers])
         pc = RTCPeerConnection(config)

@@ -171,12 +171,16 @@ class Call:
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
+        metrics = self.manager.metrics
+        self.bus.on_turnaround = metrics.turnaround_observer(self.carrier)
         self._engine = engine
         self._clock = asyncio.get_running_loop().time
         self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
         await self.manager.gateway.recordings.start(self)
         self.answered = time.monotonic()
+        metrics.setup.labels(self.carrier, self.direction).observe(self.answered - self.created)
+        self.manager.gateway.tracing.media_up(self)
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")
         if self.ended.is_set():  # hung up while the row was written: no engine for a finished call
@@ -187,6 +191,10 @@ class Call:
         self._engine_task = asyncio.create_task(self._run_engine(engine, session), name=f"engine-{self.id}")
         await self.emit("conversation:started")
         self.log.info("call attached", extra={"rate": carrier_rate, "engine_rate": engine.sample_rate})
+
+    def engine_connected(self) -> None:
+        """The engine read the call for the first time (EngineSession): the end of call setup."""
+        self.manager.gateway.tracing.engine_connected(self)
 
     def add_tap(self, tap: Tap) -> None:
         """Observe inbound carrier-rate PCM (AMD, VAD, meters) before it reaches the engine."""
@@ -214,7 +222,7 @@ class Call:
         return self.bus
 
     async def next_inbound(self) -> BusItem:
-        return await self._attached_bus().inbound.get()
+        return await self._attached_bus().next_inbound()
 
     async def next_outbound(self) -> BusItem:
         """Next item for the carrier to send; hangup/transfer requests are carried out here, in order."""
@@ -504,6 +512,9 @@ class Call:
         """Record an AMD verdict from any source and pass it to the engine."""
         self.amd = result
         ab = result.answered_by
+        metrics = self.manager.metrics
+        metrics.amd.labels(self.carrier, ab.value, result.source).inc()
+        metrics.amd_decision.labels(self.carrier, result.source).observe(result.duration_ms / 1000)
         await self.record(amd_detected=True, amd_answered_by=ab.value, amd_duration=result.duration_ms / 1000,
                           is_fax=ab.value == "fax", is_voicemail=ab.is_machine)
         await self.emit("call:amd_result", {"answered_by": ab.value, "duration_ms": result.duration_ms,
@@ -519,6 +530,7 @@ class Call:
         if self.hangup is None:
             self.hangup = Hangup(source, reason)
         self.ended.set()
+        self.manager.gateway.tracing.call_ended(self, self.hangup.reason)
         if self.bus is not None:
             self.bus.feed_event(self.hangup)
         await self.manager.gateway.recordings.finish(self)

@@ -61,6 +61,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                                                            "(default 30)")
     p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
                                      "calls it takes (docs/deploy.md)")
+    p.add_argument("--otel-endpoint", help="OTLP/HTTP endpoint for OpenTelemetry spans of each call's setup, e.g. "
+                                           "http://collector:4318/v1/traces (default: off; needs the [otel] extra)")
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
@@ -75,7 +77,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,
-        "workers": args.workers, "worker_index": args.worker_index,
+        "workers": args.workers, "worker_index": args.worker_index, "otel_endpoint": args.otel_endpoint,
     }, config_file=args.config)
 
 

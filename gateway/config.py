@@ -106,6 +106,8 @@ class Settings:
     recording_sweep_interval: float = 300.0
     #: music on hold: a WAV file the gateway plays to a held caller (default: a generated soft tone pattern)
     moh_file: str = ""
+    #: OTLP/HTTP endpoint for OpenTelemetry spans of call setup (gateway/tracing.py); empty = tracing off
+    otel_endpoint: str = ""
 
     @property
     def db_url(self) -> str:

@@ -60,7 +60,7 @@ class ControlBus:
 
     #: True when other processes may own calls (PostgreSQL cluster mode)
     clustered = False
-    #: times the bus's connection was re-opened (PgControl's LISTEN connection; a local bus has none)
+    #: times the bus's connection was re-opened (PgControl counts them; /metrics)
     reconnects = 0
 
     def __init__(self, proc: str, timeout: float = 5.0) -> None:

@@ -70,7 +70,8 @@ class Membership:
         s = self.settings
         sip_uri = (f"sip:{s.advertised_ip or s.sip_host}:{s.sip_port}"
                    if s.enable_sip and s.sip_port and "sip" in self.gateway.carriers else None)
-        await self.store.update_node(self.proc, public_url=s.public_base, sip_uri=sip_uri)
+        await self.store.update_node(self.proc, public_url=s.public_base, sip_uri=sip_uri,
+                                     direct_url=self.gateway.direct_url)
 
     async def stop(self) -> None:
         """Stop heartbeating and record that this process ended its calls itself (`stopped`)."""

@@ -40,6 +40,7 @@ class EngineSession:
     def __init__(self, call: Call, sample_rate: int) -> None:
         self._call = call
         self.sample_rate = sample_rate
+        self._reading = False      # set on the first receive(): the engine is connected (call setup is over)
 
     @property
     def call_id(self) -> str:
@@ -76,6 +77,9 @@ class EngineSession:
 
     async def receive(self) -> AudioFrame | Event | None:
         """Next caller frame or event; None once the call has ended."""
+        if not self._reading:
+            self._reading = True
+            self._call.engine_connected()
         if self._call.ended.is_set() and not len(self._bus.inbound):
             return None
         return await self._call.next_inbound()

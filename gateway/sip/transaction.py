@@ -408,6 +408,7 @@ class ServerTransaction(_TimerSet):
             return False
         self.last_response = resp
         self._last_data = resp.to_bytes()
+        L.transport.count_response("sent", resp.status)
         self._transmit()
         code = resp.status
         if code < 200:

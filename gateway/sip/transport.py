@@ -217,6 +217,14 @@ class SipTransport:
         self._reaper: asyncio.Task[None] | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
+        #: told ("sent" | "received", status) for every response sent as a message or received (/metrics);
+        #: retransmissions of a response already sent go out as bytes and are not counted again
+        self.on_response: Callable[[str, int], None] | None = None
+
+    def count_response(self, direction: str, status: int) -> None:
+        """Report one response sent (first transmission) or received to `on_response`."""
+        if self.on_response is not None:
+            self.on_response(direction, status)
 
     # -- lifecycle
     @property
@@ -317,6 +325,8 @@ class SipTransport:
                 return
             if isinstance(msg, SipRequest):
                 self._stamp_via(msg, addr)
+            else:
+                self.count_response("received", msg.status)
             handler = self.on_message
             if handler is None:
                 self.stats["dropped"] += 1
@@ -379,6 +389,8 @@ class SipTransport:
         fut: asyncio.Future[None] = loop.create_future()
         try:
             data = msg if isinstance(msg, (bytes, bytearray)) else msg.to_bytes()
+            if isinstance(msg, SipResponse):
+                self.count_response("sent", msg.status)
             addr = (addr[0], int(addr[1]))
             protocol = protocol.lower()
             if protocol == "udp":

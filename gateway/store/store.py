@@ -85,7 +85,10 @@ def _add_missing_columns(sync_conn: Any) -> None:
             if col.name in existing:
                 continue
             ddl = CreateColumn(col).compile(dialect=sync_conn.dialect)
-            sync_conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            # the workers of `serve --workers N` open the store at the same moment: on PostgreSQL the second
+            # ALTER waits for the first one's lock, then finds the column and does nothing (SQLite: one process)
+            guard = "IF NOT EXISTS " if sync_conn.dialect.name == "postgresql" else ""
+            sync_conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {guard}{ddl}")
             _log.warning("database upgraded", extra={"table": table.name, "column": col.name})
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
