@@ -161,6 +161,35 @@ class SipLeg(DelegatingConsultLeg):
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self.carrier.transfer(self, request)
 
+    async def set_hold(self, call: Call, on: bool) -> None:
+        """We put the caller on hold (RFC 3264 §8.4, RFC 6337 §5.3): re-INVITE offering a=sendonly — we keep sending
+        (music on hold) and stop playing out what arrives — and a=sendrecv to resume. CarrierError when the far
+        end refuses or does not answer (the call stays as it was)."""
+        session = self.session
+        if session is None or session.ended.is_set():
+            raise CarrierError("the SIP call is not established", 409)
+        self.sdp_version += 1
+        encryption = TrunkTarget.of(self.number).media_encryption
+        offer = make_offer(self.carrier.advertised_ip, self.rtp.local_port, direction="sendonly" if on else "sendrecv",
+                           session_id=self.sdp_session_id, version=self.sdp_version, media_encryption=encryption)
+        previous = session.local_sdp        # what session refreshes re-offer if this one is refused
+        try:
+            resp = await session.reinvite(offer.to_bytes())
+            if resp.status >= 300:
+                raise CarrierError(f"the far end refused the hold re-INVITE: {resp.status} {resp.reason}", 502)
+            choice = parse_answer(resp.body or session.remote_sdp or b"", offer, media_encryption=encryption)
+        except RequestFailed as e:
+            session.local_sdp = previous
+            raise CarrierError(f"hold re-INVITE not answered: {e.reason}", 504) from None
+        except (NoCommonCodec, SdpError) as e:
+            session.local_sdp = previous
+            raise CarrierError(f"the far end's answer to the hold re-INVITE is unusable: {e}", 502) from None
+        except CarrierError:
+            session.local_sdp = previous
+            raise
+        use_media(self, choice)
+        call.log.info("SIP hold" if on else "SIP resume", extra={"direction": choice.direction})
+
     # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
     async def consult(self, call: Call, request: ConsultRequest) -> None:
         await self.carrier.consult(self, request)
@@ -170,7 +199,9 @@ class SipLeg(DelegatingConsultLeg):
         """A re-INVITE/UPDATE offer (hold, resume, codec change): our answer, or None for 488."""
         try:
             self.sdp_version += 1
+            # while we hold the caller we keep sending music and stop listening, whatever the far end re-offers
             answer, choice = answer_offer(offer, self.carrier.advertised_ip, self.rtp.local_port,
+                                          direction="sendonly" if self.call.held else "sendrecv",
                                           session_id=self.sdp_session_id, version=self.sdp_version,
                                           media_encryption=TrunkTarget.of(self.number).media_encryption,
                                           keys=self.srtp_keys)
@@ -179,10 +210,12 @@ class SipLeg(DelegatingConsultLeg):
             return None
         use_media(self, choice)
         if choice.on_hold != self.on_hold:
+            # the far end holds us (a=sendonly/inactive): we answered recvonly/inactive, so RTP stops going out and
+            # the engine's audio waits; the engine is told and hears nothing until the far end resumes (sendrecv)
             self.on_hold = choice.on_hold
-            event = "call:hold" if choice.on_hold else "call:resumed"
-            self.call.log.info(event, extra={"direction": choice.direction})
-            self.carrier._spawn(self.call.emit(event, {"direction": choice.direction}), event)
+            self.call.log.info("held by the far end" if choice.on_hold else "resumed by the far end",
+                               extra={"direction": choice.direction})
+            self.carrier._spawn(self.call.remote_hold(choice.on_hold), "sip-remote-hold")
         return answer.to_bytes()
 
     def close(self) -> None:

@@ -33,10 +33,15 @@ from .frames import (
     ConsultRequest,
     Hangup,
     HangupSource,
+    HoldRequest,
+    HoldState,
+    MuteState,
     SayThenTransfer,
     TransferRequest,
     TransferResult,
+    Wake,
 )
+from .hold import HoldMusic, music_for
 from .logsetup import ContextLogger
 from .recording.recorder import Recorder
 from .transfer import TransferRefused
@@ -60,6 +65,8 @@ def utcnow() -> datetime:
 #: filter is checked against it, so a typo is a 400 instead of an empty page
 #: seconds an engine may take to say a transfer_message and transfer; then the gateway transfers by itself
 SAY_TIMEOUT = 15.0
+#: seconds of music on hold handed to a media-socket carrier ahead of real time (it plays what it is sent in turn)
+MUSIC_LEAD = 0.06
 
 CALL_STATUSES = ("queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
                  "failed", "rejected")
@@ -111,6 +118,14 @@ class Call:
         #: the call's recording while it is written (gateway/recording/), and where it goes
         self.recorder: Recorder | None = None
         self.recording_info: dict[str, Any] = {}
+        #: hold and mute (docs/hold.md). `held`: by the gateway (API or engine): music to
+        #: the caller, the engine's output waits; `remote_held`: by the far end (SIP re-INVITE sendonly/inactive);
+        #: `muted`: the caller's audio does not reach the engine. Held either way the engine hears nothing either.
+        self.held = False
+        self.remote_held = False
+        self.muted = False
+        self._music: HoldMusic | None = None
+        self._music_due = 0.0
         #: a per-call recording override given to dispatch ({enabled, channels}); travels in the row (adoption)
         self.recording_request: dict[str, Any] | None = (log_row.get("recording") or {}).get("request")
         self.log = ContextLogger(log, {"call_id": self.id, "carrier": carrier})
@@ -128,7 +143,7 @@ class Call:
             "transfer": {"target": self.transfer.number, "outcome": self.transfer_result.outcome
                          if self.transfer_result else "pending"} if self.transfer else None,
             "consult": self.consultation.describe() if self.consultation else None,
-            "metadata": self.metadata,
+            "metadata": self.metadata, "held": self.held, "remote_held": self.remote_held, "muted": self.muted,
             "frames_in": c.frames_in if c else 0, "frames_out": c.frames_out if c else 0,
             "dropped_in": c.dropped_in if c else 0, "level_in": c.level_in if c else 0,
             "level_out": c.level_out if c else 0,
@@ -209,6 +224,8 @@ class Call:
             return
         for tap in self._taps:
             tap(pcm)
+        if self.muted or self.held or self.remote_held:
+            return
         self.bus.feed_audio(pcm)
 
     def feed_event(self, event: BusItem) -> None:
@@ -225,9 +242,15 @@ class Call:
         return await self._attached_bus().next_inbound()
 
     async def next_outbound(self) -> BusItem:
-        """Next item for the carrier to send; hangup/transfer requests are carried out here, in order."""
+        """Next item for the carrier to send; hangup/transfer/hold requests are carried out here, in order. While
+        the gateway holds the call it is music on hold, paced at real time, and the engine's output waits."""
         bus = self._attached_bus()
         while True:
+            if self.held:
+                frame = await self._music_paced()
+                if frame is not None:
+                    return frame
+                continue
             item = await bus.next_outbound()
             if isinstance(item, Hangup):
                 await self._hangup_now(item.source, item.reason)
@@ -235,14 +258,19 @@ class Call:
                 await self._transfer_now(item)
             elif isinstance(item, ConsultRequest):
                 await self._consult_from_engine(item)
-            else:
+            elif isinstance(item, HoldRequest):
+                if self._hold_state(item.held, "engine"):
+                    await self._engine_hold(item.held)
+            elif type(item) is not Wake:
                 self._played(item)
                 return item
 
     def next_outbound_nowait(self) -> BusItem | None:
-        """For clock-driven senders (RTP); leg actions run in their own task."""
+        """For clock-driven senders (RTP, one call per 20 ms tick); leg actions run in their own task."""
         bus = self._attached_bus()
         while True:
+            if self.held:
+                return self._music_frame()
             item = bus.next_outbound_nowait()
             if isinstance(item, Hangup):
                 asyncio.create_task(self._hangup_now(item.source, item.reason))
@@ -250,10 +278,97 @@ class Call:
                 asyncio.create_task(self._transfer_now(item))
             elif isinstance(item, ConsultRequest):
                 asyncio.create_task(self._consult_from_engine(item))
-            else:
+            elif isinstance(item, HoldRequest):
+                if self._hold_state(item.held, "engine"):   # at once: the next frame is already music
+                    asyncio.create_task(self._engine_hold(item.held))
+            elif type(item) is not Wake:
                 if item is not None:
                     self._played(item)
                 return item
+
+    # -- hold, music on hold, mute ---------------------------------------------------------------------------------
+    def _music_frame(self) -> AudioFrame:
+        music = self._music
+        assert music is not None and self.bus is not None
+        frame = AudioFrame(music.frame(), self.bus.carrier_rate)
+        if self.recorder is not None:
+            self.recorder.agent(frame.pcm)
+        return frame
+
+    async def _music_paced(self) -> AudioFrame | None:
+        """The next 20 ms of music, handed out at real time (at most MUSIC_LEAD ahead); None when the hold ended
+        while waiting."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._music_due < now - 0.2:           # the first frame, or the sender fell behind: restart the clock
+            self._music_due = now
+        wait = self._music_due - MUSIC_LEAD - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if not self.held:
+                return None
+        self._music_due += 0.02
+        return self._music_frame()
+
+    def _hold_state(self, on: bool, source: str) -> bool:
+        """Switch the gateway's hold at once (the media side); False when it already was so."""
+        if on == self.held or self.bus is None or (on and self.ended.is_set()):
+            return False
+        self.held = on
+        if on:
+            rate = self.bus.carrier_rate
+            self._music = HoldMusic(music_for(self.manager.gateway.settings.moh_file, rate), rate)
+            self._music_due = 0.0
+            if self.bus.outbound.empty():
+                self.bus.outbound.put_nowait(Wake())   # a sender waiting for engine audio starts the music now
+        self.feed_event(HoldState(on, source))
+        return True
+
+    async def set_hold(self, on: bool, source: str) -> bool:
+        """Put the caller on hold (music on hold, the engine paused and hearing nothing) or take them off it, and
+        tell the carrier where it has a hold of its own (SIP re-INVITE a=sendonly / a=sendrecv). A carrier's
+        refusal (CarrierError) undoes the change and is raised. False when nothing changed."""
+        changed = self._hold_state(on, source)
+        return await self._carrier_hold(on, source) if changed else False
+
+    async def _carrier_hold(self, on: bool, source: str) -> bool:
+        set_hold = getattr(self.leg, "set_hold", None)
+        if set_hold is not None:
+            try:
+                await set_hold(self, on)
+            except CarrierError:
+                self._hold_state(not on, source)
+                raise
+        self.log.info("on hold" if on else "off hold", extra={"source": source})
+        await self.emit("call:hold" if on else "call:resumed", {"source": source})
+        return True
+
+    async def _engine_hold(self, on: bool) -> None:
+        """The engine's hold request reached the head of its audio and the media side is held: tell the carrier
+        (a refusal is logged, not raised: the engine hears the hold undone)."""
+        try:
+            await self._carrier_hold(on, "engine")
+        except CarrierError as e:
+            self.log.warning("hold refused by the carrier: %s", e.message)
+
+    async def remote_hold(self, on: bool) -> None:
+        """The far end put the call on hold (SIP re-INVITE a=sendonly/inactive) or resumed it: the engine hears
+        nothing meanwhile and is told; nothing is sent to the far end (the carrier stops sending)."""
+        if on == self.remote_held or self.ended.is_set():
+            return
+        self.remote_held = on
+        self.feed_event(HoldState(on, "remote"))
+        await self.emit("call:hold" if on else "call:resumed", {"source": "remote"})
+
+    async def set_mute(self, on: bool, source: str) -> bool:
+        """Stop (or resume) passing the caller's audio to the engine; the caller still hears the agent. False when
+        nothing changed."""
+        if on == self.muted or self.ended.is_set():
+            return False
+        self.muted = on
+        self.feed_event(MuteState(on, source))
+        await self.emit("call:muted" if on else "call:unmuted", {"source": source})
+        return True
 
     def _played(self, item: BusItem) -> None:
         """An item handed to the carrier: agent audio and clears go on the turn timeline and into the recording."""
@@ -504,9 +619,10 @@ class Call:
         await self._consulting_leg().consult_cancel(self)
 
     def hold_frames(self) -> Iterator[bytes] | None:
-        """What a caller on hold hears, as an iterator of 20 ms PCM16 frames at the carrier's rate, or None for
-        silence. The hook for music on hold: carriers that hold the caller themselves (SIP) pull from it."""
-        return None
+        """What a caller on hold hears, as an endless iterator of 20 ms PCM16 frames at the carrier's rate: the
+        music on hold (docs/hold.md). Carriers that hold the caller themselves (SIP consultation) pull from it."""
+        rate = self.bus.carrier_rate if self.bus is not None else 8000
+        return iter(HoldMusic(music_for(self.manager.gateway.settings.moh_file, rate), rate).frame, b"")
 
     async def set_amd(self, result: AmdResult) -> None:
         """Record an AMD verdict from any source and pass it to the engine."""
@@ -530,6 +646,7 @@ class Call:
         if self.hangup is None:
             self.hangup = Hangup(source, reason)
         self.ended.set()
+        self.held = False              # a sender still asking for frames gets the engine's queue again
         self.manager.gateway.tracing.call_ended(self, self.hangup.reason)
         if self.bus is not None:
             self.bus.feed_event(self.hangup)

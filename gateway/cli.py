@@ -15,6 +15,7 @@ from . import __version__
 from .config import Settings, load_settings
 from .logsetup import configure_logging
 from .publicurl import unreachable_reason
+from .recording.s3 import S3Unavailable
 from .redact import redact_url
 from .secretbox import SecretKeyError
 
@@ -116,7 +117,7 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     settings = worker_settings(settings)
     try:
         gw = Gateway(settings)
-    except SecretKeyError as e:
+    except (SecretKeyError, S3Unavailable) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
     # in-process engines are imported and built here, before gc.freeze() below moves them out of the collector's way

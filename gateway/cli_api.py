@@ -441,6 +441,10 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     **{("bulk", action): _bulk for action in ("create", "list", "show", "pause", "resume", "cancel")},
     ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
     ("calls", "recording"): _recording,
+    ("calls", "hold"): lambda c, a: c.request("POST", f"/calls/{a.id}/hold"),
+    ("calls", "unhold"): lambda c, a: c.request("POST", f"/calls/{a.id}/unhold"),
+    ("calls", "mute"): lambda c, a: c.request("POST", f"/calls/{a.id}/mute"),
+    ("calls", "unmute"): lambda c, a: c.request("POST", f"/calls/{a.id}/unmute"),
     ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
                                                   {"number": a.number} if a.number else {}),
     ("calls", "consult"): lambda c, a: c.request("POST", f"/calls/{a.id}/consult", {
@@ -515,7 +519,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = ns.add_parser(name, help=help_)
         p.add_argument("id", type=int)
 
-    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer, attended transfer")
+    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer, attended transfer, "
+                                          "hold, mute, recording")
     cs = calls.add_subparsers(dest="action", required=True)
     p = cs.add_parser("list", help="call log")
     _paging(p)
@@ -545,6 +550,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("id", type=int)
     p = cs.add_parser("hangup", help="hang up a live call")
     p.add_argument("id", help="call log id or call uuid")
+    for name, help_ in (("hold", "put a live call on hold (music on hold; the engine hears nothing)"),
+                        ("unhold", "take a live call off hold"),
+                        ("mute", "stop the caller's audio reaching the engine"), ("unmute", "undo mute")):
+        p = cs.add_parser(name, help=help_)
+        p.add_argument("id", help="call log id or call uuid")
     p = cs.add_parser("recording", help="download a call's recording (WAV)")
     p.add_argument("id", help="call log id or call uuid")
     p.add_argument("-o", "--output", help="file to write (default call-ID.wav; - for stdout)")

@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..carrier import CarrierError
 from ..consult import FAILED, ConsultError
-from ..frames import AudioFrame, BusItem, ConsultEvent, Event, Hangup, HangupSource, Mark, SendDtmf, TransferResult
+from ..frames import (
+    AudioFrame,
+    BusItem,
+    ConsultEvent,
+    Event,
+    Hangup,
+    HangupSource,
+    HoldRequest,
+    Mark,
+    SendDtmf,
+    TransferResult,
+)
 from ..transfer import TransferRefused, transfer_settings
 
 if TYPE_CHECKING:
@@ -156,3 +167,21 @@ class EngineSession:
 
     async def hangup(self, reason: str = "agent_hangup") -> None:
         await self._call.request_hangup(HangupSource.AGENT, reason)
+
+    async def hold(self) -> None:
+        """Put the caller on hold once the audio queued so far has been handed on ("please hold" is heard): the
+        gateway plays music on hold, this engine receives no caller audio and its further audio waits until
+        `unhold()`. A `HoldState` event confirms it (and reports a hold by the API or the far end)."""
+        await self._bus.flush_play()
+        await self._bus.send_control(HoldRequest(True))
+
+    async def unhold(self) -> None:
+        """Take the caller off hold now (the engine's queued audio plays on)."""
+        await self._call.set_hold(False, "engine")
+
+    async def mute(self) -> None:
+        """Stop receiving the caller's audio (the caller still hears the engine) until `unmute()`."""
+        await self._call.set_mute(True, "engine")
+
+    async def unmute(self) -> None:
+        await self._call.set_mute(False, "engine")

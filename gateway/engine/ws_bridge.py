@@ -41,7 +41,9 @@ from ..frames import (
     ConsultEvent,
     Dtmf,
     Hangup,
+    HoldState,
     Mark,
+    MuteState,
     SayThenTransfer,
     SpeechActivity,
     TransferResult,
@@ -137,6 +139,10 @@ _ENGINE_MESSAGES: dict[str, dict[str, tuple[bool, int]]] = {
     "consult_complete": {},
     "consult_cancel": {},
     "hangup": {"reason": (False, 200)},
+    "hold": {},
+    "unhold": {},
+    "mute": {},
+    "unmute": {},
 }
 
 
@@ -162,6 +168,10 @@ def event_message(item: Any) -> dict[str, Any] | None:
         return msg
     if isinstance(item, SayThenTransfer):   # speak it, then send {"type": "transfer", "number": number}
         return {"type": "say", "text": item.text, "then": "transfer", "number": item.number}
+    if isinstance(item, HoldState):
+        return {"type": "hold", "held": item.held, "source": item.source}
+    if isinstance(item, MuteState):
+        return {"type": "mute", "muted": item.muted, "source": item.source}
     if isinstance(item, Hangup):
         return {"type": "hangup", "source": item.source.value, "reason": item.reason}
     return None
@@ -386,6 +396,14 @@ class Bridge:
             elif kind == "hangup":
                 self.engine_hung_up = True
                 playout.action(functools.partial(session.hangup, msg.get("reason") or "agent_hangup"))
+            elif kind == "hold":            # in order: after the audio sent before it ("please hold")
+                playout.action(session.hold)
+            elif kind == "unhold":          # at once: the engine's audio waits behind the hold
+                await session.unhold()
+            elif kind == "mute":
+                await session.mute()
+            elif kind == "unmute":
+                await session.unmute()
 
 
 # -- connect mode -------------------------------------------------------------------------------------------------
