@@ -13,12 +13,13 @@ import math
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..metrics_workers import SCOPE_PROCESS, node_exposition
 from . import agents, calls, models, nodes, numbers, openapi, queue, recordings, responses
 from .errors import error_middleware, error_response
 from .models import parse
-from .routes import api_route, ok
+from .routes import api_route, ok, reply
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -33,7 +34,7 @@ def _bearer(request: web.Request) -> str:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         gw = request.app["gateway"]
         source = request.remote or ""
@@ -54,8 +55,8 @@ async def healthz(request: web.Request) -> web.Response:
     """200 `ok`; 503 `draining` while draining, so HTTP load balancers send new webhooks elsewhere."""
     gw = request.app["gateway"]
     if gw.draining:
-        return ok(responses.Health(status="draining", **gw.info()), status=503)
-    return ok(responses.Health(status="ok", **gw.info()))
+        return reply(responses.Health, status="draining", **gw.info(), _status=503)
+    return reply(responses.Health, status="ok", **gw.info())
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

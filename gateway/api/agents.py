@@ -14,7 +14,7 @@ from . import models, responses
 from .agent_models import MASK, AgentInput, AgentPatch
 from .errors import ApiError, read_json
 from .models import parse
-from .routes import api_route, ok
+from .routes import api_route, reply
 from .validation import bad
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ async def create_agent(request: web.Request) -> web.Response:
     _keep_masked_secret(data, {})
     check_carrier_settings(gw, data.get("settings"))
     agent = await gw.store.create_agent(data)
-    return ok(responses.AgentReply(agent=agent_json(agent)), status=201)
+    return reply(responses.AgentReply, agent=agent_json(agent), _status=201)
 
 
 async def list_agents(request: web.Request) -> web.Response:
@@ -102,12 +102,12 @@ async def list_agents(request: web.Request) -> web.Response:
     q = parse(models.Page, request.query)
     agents = await gw.store.list_agents()
     page = agents[(q.pageno - 1) * q.pagesize: q.pageno * q.pagesize]
-    return ok(responses.AgentList(total=len(agents), pageno=q.pageno, pagesize=q.pagesize,
-                                  agents=[agent_json(a) for a in page]))
+    return reply(responses.AgentList, total=len(agents), pageno=q.pageno, pagesize=q.pagesize,
+                                  agents=[agent_json(a) for a in page])
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    return ok(responses.AgentReply(agent=agent_json(await _agent_or_404(_gw(request), request))))
+    return reply(responses.AgentReply, agent=agent_json(await _agent_or_404(_gw(request), request)))
 
 
 async def replace_agent(request: web.Request) -> web.Response:
@@ -149,7 +149,7 @@ async def _save(gw: Gateway, agent_id: int, data: dict[str, Any]) -> web.Respons
         agent = await gw.store.update_agent(agent_id, data)
     except NotFoundError:
         raise bad("id", f"agent {agent_id} not found", 404) from None
-    return ok(responses.AgentReply(agent=agent_json(agent)))
+    return reply(responses.AgentReply, agent=agent_json(agent))
 
 
 async def delete_agent(request: web.Request) -> web.Response:
@@ -159,7 +159,7 @@ async def delete_agent(request: web.Request) -> web.Response:
         await gw.store.delete_agent(agent["id"])
     except NotFoundError:
         raise bad("id", f"agent {agent['id']} not found", 404) from None
-    return ok(responses.Deleted(deleted=agent["id"]))
+    return reply(responses.Deleted, deleted=agent["id"])
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

@@ -24,7 +24,7 @@ from ..transfer import TransferRefused
 from . import models, responses
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .models import parse
-from .routes import api_route, ok
+from .routes import api_route, ok, reply
 from .validation import as_int, bad
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ TRANSFER_QUEUE_WAIT = 5.0
 
 
 def _gw(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def mmss(seconds: float | None) -> str:
@@ -94,7 +95,7 @@ async def dispatch(request: web.Request) -> web.Response:
                                                 "to_number": to_number, "call_context": ctx,
                                                 "recording": recording}])
         gw.dispatcher.wake()
-        return ok(responses.Queued(status="queued", queue_id=ids[0]), status=202)
+        return reply(responses.Queued, status="queued", queue_id=ids[0], _status=202)
     await take_slot(gw, number)
     try:
         call = await place_call(gw, number=number, agent=agent, to_number=to_number, call_context=ctx,
@@ -109,7 +110,7 @@ async def dispatch(request: web.Request) -> web.Response:
             raise ApiError(502, f"carrier {e.call.carrier} failed to place the call (logged on the gateway)",
                            None, requestId=e.call.log_id) from None
         raise carrier_api_error(e.error, requestId=e.call.log_id) from None
-    return ok(responses.Dispatched(status="dispatched", requestId=call.log_id, call_id=call.id))
+    return reply(responses.Dispatched, status="dispatched", requestId=call.log_id, call_id=call.id)
 
 
 async def take_slot(gw: Gateway, number: dict[str, Any]) -> None:
@@ -138,7 +139,8 @@ async def _attached_number(gw: Gateway, agent_id: int) -> int:
     if not numbers:
         raise bad("from_number_id", f"is required: agent {agent_id} has no phone number attached "
                                     "(attach one, or name the number to call from)")
-    return numbers[0]["id"]
+    first: int = numbers[0]["id"]
+    return first
 
 
 async def list_logs(request: web.Request) -> web.Response:
@@ -152,8 +154,8 @@ async def list_logs(request: web.Request) -> web.Response:
                                             call_status=q.call_status, carrier_sid=q.carrier_sid,
                                             bulk_call_id=q.bulk_call_id, carrier=q.carrier, since=q.since,
                                             until=q.until)
-    return ok(responses.CallLogList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
-                                    call_log_data=[call_log_json(r) for r in rows]))
+    return reply(responses.CallLogList, total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
+                                    call_log_data=[call_log_json(r) for r in rows])
 
 
 def _log_id(ident: str) -> int | None:
@@ -178,8 +180,8 @@ async def get_log(request: web.Request) -> web.Response:
         raise bad("id", f"call {ident} not found", 404)
     events = await gw.store.list_call_events(row["id"])
     view = call_log_json(row)
-    return ok(responses.CallLogReply(call_log=view, call_log_data=[view], total_records=1, events=[
-        {"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events]))
+    return reply(responses.CallLogReply, call_log=view, call_log_data=[view], total_records=1, events=[
+        {"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events])
 
 
 async def live(request: web.Request) -> web.Response:
@@ -188,7 +190,7 @@ async def live(request: web.Request) -> web.Response:
     calls = [{**c.describe(), "owner": gw.settings.proc_id, "node": gw.settings.node_id}
              for c in list(gw.calls.active.values())]
     calls += await remote_live_calls(gw)
-    return ok(responses.LiveCalls(count=len(calls), calls=calls))
+    return reply(responses.LiveCalls, count=len(calls), calls=calls)
 
 
 # -- control of a live call, wherever it lives ----------------------------------------------------------------
@@ -321,6 +323,12 @@ async def _consult_cancel(gw: Gateway, call: Call, args: dict[str, Any]) -> dict
     return {"success": True, "status": "consult_cancelled", "call_id": call.id, "requestId": call.log_id}
 
 
+def _carrier_wait(gw: Gateway) -> float:
+    """Hold and unhold wait for one carrier request (a re-INVITE, a REST update)."""
+    timeout: float = gw.settings.carrier_timeout
+    return timeout
+
+
 CALL_OPS: list[CallOp] = [
     CallOp("hangup", "Hang up a live call", _hangup, orphan=_hangup_orphan),
     CallOp("transfer", "Transfer a live call (default: the agent's transfer number)", _transfer,
@@ -333,9 +341,9 @@ CALL_OPS: list[CallOp] = [
     CallOp("consult/cancel", "Attended transfer: end the consultation call; the engine talks to the caller again",
            _consult_cancel, wait=_transfer_wait),
     CallOp("hold", "Put a live call on hold: music on hold, the engine paused (SIP re-INVITEs sendonly)",
-           _hold_op(True), response=responses.HoldState, wait=lambda gw: gw.settings.carrier_timeout),
+           _hold_op(True), response=responses.HoldState, wait=_carrier_wait),
     CallOp("unhold", "Take a live call off hold", _hold_op(False), response=responses.HoldState,
-           wait=lambda gw: gw.settings.carrier_timeout),
+           wait=_carrier_wait),
     CallOp("mute", "Mute the caller: their audio stops reaching the engine", _mute_op(True),
            response=responses.HoldState),
     CallOp("unmute", "Unmute the caller", _mute_op(False), response=responses.HoldState),
@@ -365,7 +373,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
         owner = row.get("owner")
         if row.get("ended_at") is not None or owner == gw.settings.proc_id:
             raise _not_live(ident, row)
-        if not await gw.membership.alive(owner):
+        if owner is None or not await gw.membership.alive(owner):   # (no owner: never alive)
             break
         reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
                                          timeout=timeout)
@@ -377,6 +385,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
             continue
         return reply
     else:
+        assert row is not None   # the loop raised on a missing row
         raise _not_live(ident, row)
     closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
     if op.orphan is not None and closed:
@@ -386,7 +395,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
                     f"{row['call_status']}, {row.get('hangup_reason')})", 404)
 
 
-def _route(op: CallOp):
+def _route(op: CallOp) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         gw = _gw(request)
         ident = request.match_info["id"]
@@ -398,7 +407,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: Gateway, op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp) -> Callable[[dict[str, Any]], Awaitable[Reply]]:
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, ErrorDetails
 
 from ..call import CallStatus
 from ..numbers import typed_e164
@@ -156,7 +156,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _problem(model: type[BaseModel], err: dict[str, Any]) -> str:
+def _problem(model: type[BaseModel], err: ErrorDetails) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "missing":
         top = model.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
@@ -181,7 +181,7 @@ def parse(model: type[M], body: Any, *, context: dict[str, Any] | None = None) -
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         field = _field(err["loc"]) or "body"
-        raise ApiError(400, f"{field}: {_problem(model, dict(err))}", field) from None
+        raise ApiError(400, f"{field}: {_problem(model, err)}", field) from None
 
 
 class Schema(GenerateJsonSchema):

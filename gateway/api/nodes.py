@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from ..cluster.control import Reply
 from . import models, responses
 from .errors import ApiError, read_json
 from .models import parse
-from .routes import api_route, ok
+from .routes import api_route, ok, reply
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -39,14 +40,14 @@ async def drain(request: web.Request) -> web.Response:
     s = gw.settings
     if proc == s.proc_id:
         gw.begin_drain(timeout)
-        return ok(responses.Draining(proc=proc, state="draining", live_calls=len(gw.calls.active)), status=202)
+        return reply(responses.Draining, proc=proc, state="draining", live_calls=len(gw.calls.active), _status=202)
     sup = supervisor_pid()
     if proc == s.node_id and sup is not None:
         if timeout is not None:
             raise ApiError(400, "a node drain uses the node's --drain-timeout; send a timeout only to one "
                                 "process", "timeout")
         os.kill(sup, signal.SIGTERM)
-        return ok(responses.Draining(proc=proc, state="draining", workers=s.workers), status=202)
+        return reply(responses.Draining, proc=proc, state="draining", workers=s.workers, _status=202)
     targets = [n["proc"] for n in await gw.store.list_nodes(s.stale_after) if n["alive"]
                and (n["proc"] == proc or n["node_id"] == proc)] if gw.control.clustered else []
     if not targets:
@@ -59,11 +60,11 @@ async def drain(request: web.Request) -> web.Response:
     silent = [t for t, r in zip(targets, replies, strict=True) if r is None or not r.ok]
     if silent:
         raise ApiError(504, f"no answer to the drain request from {', '.join(silent)}", "proc")
-    return ok(responses.Draining(proc=proc, state="draining", processes=targets), status=202)
+    return reply(responses.Draining, proc=proc, state="draining", processes=targets, _status=202)
 
 
-def _drain_handler(gw: Gateway):
-    async def handler(args: dict) -> Reply:
+def _drain_handler(gw: Gateway) -> Callable[[dict[str, Any]], Awaitable[Reply]]:
+    async def handler(args: dict[str, Any]) -> Reply:
         timeout = args.get("timeout")
         gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
         return Reply(202, {"success": True, "proc": gw.settings.proc_id, "state": "draining",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from . import models, responses
 from .errors import ApiError, carrier_api_error, read_json
 from .import_models import import_model
 from .models import parse
-from .routes import api_route, ok
+from .routes import api_route, ok, reply
 from .validation import bad
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ TOP_LEVEL = ("name", "sip_trunk_name")
 
 
 def gw_of(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def providers(gw: Gateway) -> list[str]:
@@ -185,7 +187,7 @@ async def import_number(request: web.Request) -> web.Response:
         except DuplicateError as e:
             raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
     try:
-        await carrier.on_number_imported(await gw.store.get_number(row["id"], with_secrets=True))
+        await carrier.on_number_imported(await _number_or_404(gw, row["id"]))
     except Exception as e:
         # the carrier could not take the number on (e.g. bad registration settings): undo the import
         await gw.store.delete_number(row["id"])
@@ -194,9 +196,9 @@ async def import_number(request: web.Request) -> web.Response:
         raise
     log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
                                              "carrier": carrier.name})
-    full = await gw.store.get_number(row["id"], with_secrets=True)
-    return ok(responses.Imported(message=f"phone number {full['phone_number']} imported", id=row["id"],
-                                 phone_number=number_json(gw, full)), status=201)
+    full = await _number_or_404(gw, row["id"])
+    return reply(responses.Imported, message=f"phone number {full['phone_number']} imported", id=row["id"],
+                                 phone_number=number_json(gw, full), _status=201)
 
 
 async def update_number(request: web.Request) -> web.Response:
@@ -231,24 +233,25 @@ async def update_number(request: web.Request) -> web.Response:
         await _check_unique(gw, carrier, old["provider"], top["phone_number"], top.get("sip_trunk_name"),
                             exclude=number_id)
         await gw.store.update_number(number_id, **columns)
-    new = await gw.store.get_number(number_id, with_secrets=True)
+    new = await _number_or_404(gw, number_id)
     await _safe_hook(carrier.on_number_deleted, old, number_id, carrier)
     try:
         await carrier.on_number_imported(new)
     except Exception as e:
         # put the old settings back and hand them to the carrier again
         await gw.store.update_number(number_id, **{k: old[k] for k in columns})
-        await _safe_hook(carrier.on_number_imported, await gw.store.get_number(number_id, with_secrets=True),
+        await _safe_hook(carrier.on_number_imported, await _number_or_404(gw, number_id),
                          number_id, carrier)
         if isinstance(e, CarrierError):
             raise _carrier_error(e, secrets) from None
         raise
     log.info("phone number updated", extra={"number_id": number_id, "carrier": carrier.name,
                                             "fields": sorted(body)})
-    return ok(responses.PhoneNumberReply(phone_number=number_json(gw, new)))
+    return reply(responses.PhoneNumberReply, phone_number=number_json(gw, new))
 
 
-async def _safe_hook(hook, number: dict[str, Any], number_id: int, carrier: Carrier) -> None:
+async def _safe_hook(hook: Callable[[dict[str, Any]], Awaitable[None]], number: dict[str, Any], number_id: int,
+                     carrier: Carrier) -> None:
     try:
         await hook(number)
     except Exception:
@@ -269,7 +272,7 @@ async def _run_test(carrier: Carrier, fields: dict[str, Any], provider: str,
     except CarrierError as e:
         raise _carrier_error(e, secrets) from None
     about = {"phone_number_id": number_id} if number_id is not None else {}
-    return ok(responses.TestReport(provider=provider, **about, report=scrub(report, secrets)))
+    return ok(responses.TestReport.model_validate({"provider": provider, **about, "report": scrub(report, secrets)}))
 
 
 async def list_numbers(request: web.Request) -> web.Response:
@@ -277,8 +280,8 @@ async def list_numbers(request: web.Request) -> web.Response:
     q = parse(models.NumberQuery, request.query)
     rows, total = await gw.store.list_numbers(q.pageno, q.pagesize, provider=q.provider, with_secrets=True)
     health = await gw.store.health_records([r["id"] for r in rows])
-    return ok(responses.PhoneNumberList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
-                                        phone_numbers=[number_json(gw, r, health.get(r["id"])) for r in rows]))
+    return reply(responses.PhoneNumberList, total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
+                                        phone_numbers=[number_json(gw, r, health.get(r["id"])) for r in rows])
 
 
 def _number_id(request: web.Request) -> int:
@@ -296,7 +299,7 @@ async def get_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
     row = await _number_or_404(gw, _number_id(request))
     health = (await gw.store.health_records([row["id"]])).get(row["id"])
-    return ok(responses.PhoneNumberReply(phone_number=number_json(gw, row, health)))
+    return reply(responses.PhoneNumberReply, phone_number=number_json(gw, row, health))
 
 
 async def attach(request: web.Request) -> web.Response:
@@ -307,9 +310,9 @@ async def attach(request: web.Request) -> web.Response:
     if await gw.store.get_agent(agent_id) is None:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
     await gw.store.update_number(number_id, agent_id=agent_id)
-    row = await gw.store.get_number(number_id, with_secrets=True)
-    return ok(responses.Attached(phone_number_id=number_id, message=f"phone number {number_id} attached to agent "
-                                                                    f"{agent_id}", phone_number=number_json(gw, row)))
+    row = await _number_or_404(gw, number_id)
+    return reply(responses.Attached, phone_number_id=number_id, message=f"phone number {number_id} attached to agent "
+                                                                    f"{agent_id}", phone_number=number_json(gw, row))
 
 
 async def detach(request: web.Request) -> web.Response:
@@ -317,9 +320,9 @@ async def detach(request: web.Request) -> web.Response:
     number_id = parse(models.Detach, await read_json(request)).phone_number_id
     await _number_or_404(gw, number_id, "phone_number_id")
     await gw.store.update_number(number_id, agent_id=None)
-    row = await gw.store.get_number(number_id, with_secrets=True)
-    return ok(responses.Attached(phone_number_id=number_id, message=f"phone number {number_id} detached",
-                                 phone_number=number_json(gw, row)))
+    row = await _number_or_404(gw, number_id)
+    return reply(responses.Attached, phone_number_id=number_id, message=f"phone number {number_id} detached",
+                                 phone_number=number_json(gw, row))
 
 
 async def delete_number(request: web.Request) -> web.Response:
@@ -333,7 +336,7 @@ async def delete_number(request: web.Request) -> web.Response:
     carrier = gw.carrier_for(row["provider"])
     if carrier is not None:
         await _safe_hook(carrier.on_number_deleted, row, number_id, carrier)
-    return ok(responses.Deleted(deleted=number_id))
+    return reply(responses.Deleted, deleted=number_id)
 
 
 async def test_number(request: web.Request) -> web.Response:
@@ -351,7 +354,7 @@ async def check_health(request: web.Request) -> web.Response:
     gw = gw_of(request)
     row = await _number_or_404(gw, _number_id(request))
     record = await gw.health.check(row)
-    return ok(responses.HealthCheck(phone_number_id=row["id"], **health_json(record)))
+    return reply(responses.HealthCheck, phone_number_id=row["id"], **health_json(record))
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

@@ -17,7 +17,7 @@ from ..store.dispatchq import ITEM_STATUSES
 from . import responses
 from .errors import read_json
 from .models import E164, Body, Id, IdPath, Page, parse
-from .routes import api_route, ok
+from .routes import api_route, reply
 from .validation import bad
 
 if TYPE_CHECKING:
@@ -78,8 +78,8 @@ async def list_queue(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = parse(QueueQuery, request.query)
     rows, total = await gw.store.list_queue(q.pageno, q.pagesize, status=q.status, bulk_call_id=q.bulk_call_id)
-    return ok(responses.QueueList(total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
-                                  queue=[responses.QueuedCall.model_validate(r) for r in rows]))
+    return reply(responses.QueueList, total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
+                                  queue=[responses.QueuedCall.model_validate(r) for r in rows])
 
 
 async def get_queued(request: web.Request) -> web.Response:
@@ -87,7 +87,7 @@ async def get_queued(request: web.Request) -> web.Response:
     row = await _gw(request).store.get_item(item_id)
     if row is None:
         raise bad("id", f"queued call {item_id} not found", 404)
-    return ok(responses.QueuedCallReply(queued_call=responses.QueuedCall.model_validate(row)))
+    return reply(responses.QueuedCallReply, queued_call=responses.QueuedCall.model_validate(row))
 
 
 async def cancel_queued(request: web.Request) -> web.Response:
@@ -99,7 +99,7 @@ async def cancel_queued(request: web.Request) -> web.Response:
             raise bad("id", f"queued call {item_id} not found", 404)
         raise bad("id", f"queued call {item_id} is {row['status']}: only a call still queued can be cancelled "
                         "(hang up a placed call with POST /calls/{id}/hangup)", 409)
-    return ok(responses.QueueCancelled(id=item_id, status="cancelled"))
+    return reply(responses.QueueCancelled, id=item_id, status="cancelled")
 
 
 # -- bulk calls -------------------------------------------------------------------------------------------------
@@ -135,8 +135,8 @@ async def create_bulk(request: web.Request) -> web.Response:
                                                      "status": "in_progress"})
     gw.dispatcher.wake()
     assert bulk is not None
-    return ok(responses.BulkCreated(status="success", message="bulk call created", bulk_call_id=bulk["id"],
-                                    id=bulk["id"], total_contacts=len(ids), queue_ids=ids), status=201)
+    return reply(responses.BulkCreated, status="success", message="bulk call created", bulk_call_id=bulk["id"],
+                                    id=bulk["id"], total_contacts=len(ids), queue_ids=ids, _status=201)
 
 
 async def list_bulk(request: web.Request) -> web.Response:
@@ -144,8 +144,8 @@ async def list_bulk(request: web.Request) -> web.Response:
     q = parse(Page, request.query)
     rows, total = await gw.store.list_bulks(q.pageno, q.pagesize)
     bulks = [responses.BulkCall.model_validate(bulk_json(r)) for r in rows]
-    return ok(responses.BulkList(status="success", total=total, total_records=total, pageno=q.pageno,
-                                 pagesize=q.pagesize, bulk_calls=bulks))
+    return reply(responses.BulkList, status="success", total=total, total_records=total, pageno=q.pageno,
+                                 pagesize=q.pagesize, bulk_calls=bulks)
 
 
 async def _bulk_or_404(gw: Gateway, bulk_id: int) -> dict[str, Any]:
@@ -157,7 +157,7 @@ async def _bulk_or_404(gw: Gateway, bulk_id: int) -> dict[str, Any]:
 
 async def get_bulk(request: web.Request) -> web.Response:
     row = await _bulk_or_404(_gw(request), _id(request))
-    return ok(responses.BulkReply(status="success", details=responses.BulkCall.model_validate(bulk_json(row))))
+    return reply(responses.BulkReply, status="success", details=responses.BulkCall.model_validate(bulk_json(row)))
 
 
 #: action → (new state, states it may come from, past tense for the message)
@@ -176,8 +176,8 @@ async def _act(request: web.Request, action: str) -> web.Response:
         raise bad("action", f"bulk call {bulk_id} is {now}: cannot {action} it", 409)
     if action == "resume":
         gw.dispatcher.wake()
-    return ok(responses.BulkActed(status="success", message=f"Bulk call {done} successfully",
-                                  current_status=state))
+    return reply(responses.BulkActed, status="success", message=f"Bulk call {done} successfully",
+                                  current_status=state)
 
 
 async def bulk_action(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -86,6 +86,12 @@ def ok(reply: BaseModel, status: int = 200, headers: dict[str, str] | None = Non
     if "success" in type(reply).model_fields:
         body = {**reply.model_dump(include={"success"}), **body}
     return web.json_response(body, status=status, headers=headers)
+
+
+def reply(model: type[BaseModel], /, _status: int = 200, _headers: dict[str, str] | None = None,
+          **fields: Any) -> web.Response:
+    """`ok(model(**fields))`: the answer built from plain values (rows, dicts), checked against its model."""
+    return ok(model.model_validate(fields), _status, _headers)
 
 
 def bodies(endpoint: Endpoint, gw: Gateway) -> list[type[BaseModel]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -14,6 +14,8 @@ MAX_PAGESIZE = 150
 #: larger integers than this overflow SQLite's 64-bit INTEGER; refuse them as input instead of failing with a 500
 MAX_INT = 2**62
 _INT = re.compile(r"^-?[0-9]{1,30}$")
+
+_Num = TypeVar("_Num", int, float)
 
 
 def bad(field: str, problem: str, status: int = 400) -> ApiError:
@@ -59,10 +61,10 @@ def to_bool(value: Any) -> bool:
 def to_str(value: Any, max_len: int = 1000) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    value = value.strip()
-    if len(value) > max_len:
+    text: str = value.strip()
+    if len(text) > max_len:
         raise ValueError(f"must be at most {max_len} characters")
-    return value
+    return text
 
 
 def to_list(value: Any) -> list[Any]:
@@ -75,14 +77,14 @@ def to_list(value: Any) -> list[Any]:
 
 
 def to_http_url(value: Any) -> str:
-    value = to_str(value, max_len=1000)
+    text = to_str(value, max_len=1000)
     try:
-        url = URL(value)
+        url = URL(text)
     except ValueError:
-        raise ValueError(f"{value!r} is not a URL") from None
+        raise ValueError(f"{text!r} is not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an http:// or https:// URL with a host")
-    return value
+    return text
 
 
 def to_time_bound(value: Any, *, end: bool) -> datetime:
@@ -108,11 +110,11 @@ def to_time_bound(value: Any, *, end: bool) -> datetime:
 def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """`to_int` for a value outside a model (a path segment), failing as a 400 naming `field`."""
     try:
-        value = to_int(value)
+        number = to_int(value)
     except ValueError as e:
         raise bad(field, str(e)) from None
-    if minimum is not None and value < minimum:
+    if minimum is not None and number < minimum:
         raise bad(field, f"must be at least {minimum}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise bad(field, f"must be at most {maximum}")
-    return value
+    return number

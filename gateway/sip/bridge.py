@@ -64,7 +64,7 @@ class HoldPort:
     def __init__(self, music: Iterator[bytes] | None = None) -> None:
         self.bus = True            # RtpSession only checks that a bus exists
         self.music = music
-        self.inbound_lag = 0.0
+        self.inbound_arrived: float | None = None
 
     def feed_audio(self, pcm: bytes) -> None:
         """The caller's audio while on hold is not heard by anyone."""
