@@ -383,6 +383,24 @@ class SipCarrier(Carrier):
         checked = await self.validate_import(dict(fields))
         return await test_trunk(self.ua, checked)
 
+    async def probe(self, number: dict[str, Any]) -> dict[str, Any] | None:
+        """Health probe: DNS and an OPTIONS ping to where the trunk's calls would go (any SIP answer proves it is
+        reachable; its round-trip time is measured), and the registration state when the trunk registers."""
+        if self.ua is None:
+            return None
+        config = number.get("config") or {}
+        fields = {**config, **(number.get("secrets") or {}), "phone_number": number["phone_number"]}
+        report = await test_trunk(self.ua, fields, reachability_only=True)
+        steps = {s["step"]: s for s in report["steps"]}
+        options = steps.get("options")
+        failed = next((s for s in report["steps"] if s["verdict"] != "ok"), None)
+        return {"reachable": bool(options and options["verdict"] == "ok"),
+                "rtt_ms": options.get("rtt_ms") if options else None,
+                "sip_status": options.get("status_line") if options else None,
+                "detail": (failed or options or {}).get("detail", ""),
+                "registration": (number.get("status") or {}).get("registration") if config.get("register")
+                else None}
+
     async def _sip_trunks(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         if self._trunks is None or self._trunks[0] < now:
@@ -440,8 +458,11 @@ class SipCarrier(Carrier):
                 metadata={"sip": {"call_id": req.call_id, "source": inv.source_ip, "request_uri": req.uri,
                                   "trunk": number.get("sip_trunk_name"),
                                   "user_agent": req.headers.get("User-Agent") or ""}})
-        except CapacityError:
-            inv.reject(503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
+        except CapacityError as e:
+            # 503 when the gateway is full or draining, 486 when the number's channels are all in use
+            # (RFC 3261 §21.4.24 / §21.5.4: either may carry Retry-After); the Warning says which limit it was
+            inv.reject(e.sip_status, e.sip_reason, [("Retry-After", str(e.retry_after)),
+                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
             return
         if call.agent is None:
             inv.reject(480, "Temporarily Unavailable")

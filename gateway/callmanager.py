@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, new_call_uuid
+from .channels import CHANNEL_RETRY_AFTER, Limits
 from .cluster import Reply
 from .frames import HangupSource
 from .metrics import TimingMetrics
@@ -21,9 +22,24 @@ log = logging.getLogger("gateway.calls")
 class CapacityError(RuntimeError):
     """The gateway is at `max_calls`; carriers answer busy (SIP 503 + Retry-After, TwiML reject…)."""
 
+    #: what SIP answers an INVITE refused for this reason, and the Retry-After it gives (seconds)
+    sip_status, sip_reason, retry_after = 503, "Service Unavailable", 5
+
 
 class DrainingError(CapacityError):
     """The gateway is draining (docs/deploy.md): every carrier refuses new calls exactly as when it is full."""
+
+
+class ChannelLimitError(CapacityError):
+    """The call's phone number has as many live calls as its `channels` allow (gateway/channels.py): carriers
+    refuse it as busy (SIP 486), `POST /calls/dispatch` answers 429."""
+
+    sip_status, sip_reason, retry_after = 486, "Busy Here", CHANNEL_RETRY_AFTER
+
+    def __init__(self, number: dict[str, Any], limit: int) -> None:
+        super().__init__(f"phone number {number.get('phone_number')} has all its {limit} channels in use")
+        self.number_id = number.get("id")
+        self.limit = limit
 
 
 class CallManager:
@@ -68,20 +84,30 @@ class CallManager:
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing",
-                     recording: dict[str, Any] | None = None) -> Call:
-        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining).
-        `recording`: a per-call override of the agent's recording settings ({enabled, channels})."""
+                     queue_item_id: int | None = None, recording: dict[str, Any] | None = None) -> Call:
+        """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining,
+        ChannelLimitError when the number's channels are all in use). `recording`: a per-call override of the
+        agent's recording settings ({enabled, channels})."""
         self._refuse_if_full()
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
-        row = await self.store.create_call({
+        fields = {
             "call_uuid": new_call_uuid(), "carrier_sid": carrier_sid,
             "agent_id": (agent or {}).get("id"), "phone_number_id": (number or {}).get("id"),
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
-            "owner": self.gateway.settings.proc_id,
+            "owner": self.gateway.settings.proc_id, "queue_item_id": queue_item_id,
             "recording": {"request": recording} if recording else None,
-        })
+        }
+        channels = Limits.of(number).channels
+        if channels is not None and number is not None and number.get("id"):
+            limited = await self.store.create_call_within(fields, number["id"], channels,
+                                                          self.gateway.settings.stale_after)
+            if limited is None:
+                raise ChannelLimitError(number, channels)
+            row = limited
+        else:
+            row = await self.store.create_call(fields)
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
                                                                                  if call_context else {})})

@@ -129,6 +129,13 @@ class Carrier:
         names are exported as counters, the rest as gauges."""
         return {}
 
+    async def probe(self, number: dict[str, Any]) -> dict[str, Any] | None:
+        """A periodic health probe of an imported number's trunk / account (gateway/health.py), `number` with its
+        secrets: `{"reachable": bool, "rtt_ms": float | None, "detail": str, "sip_status": str | None,
+        "registration": str | None}`; None when this carrier has nothing to probe (its health then comes from
+        the call log alone)."""
+        return None
+
     async def test_connection(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Check that a trunk / account works; returns a report with a verdict per step."""
         raise CarrierError(f"carrier {self.name} has no connection test", 400)

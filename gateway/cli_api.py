@@ -1,4 +1,4 @@
-"""`gateway numbers|calls|agents|trunk|drain …`: command-line clients of the REST API of a running gateway.
+"""`gateway numbers|calls|bulk|agents|trunk|drain …`: command-line clients of the REST API of a running gateway.
 
 The target and key come from `--url` / `GATEWAY_URL` (default http://127.0.0.1:8080) and `--api-key` /
 `GATEWAY_API_KEY`, else the key file `gateway serve` wrote (`<data dir>/api_key`). Output is the API's JSON
@@ -19,8 +19,9 @@ from typing import Any, BinaryIO
 
 from .call import CALL_STATUSES
 from .config import default_data_dir
+from .store.dispatchq import ITEM_STATUSES
 
-COMMANDS = ("numbers", "calls", "agents", "trunk", "drain")
+COMMANDS = ("numbers", "calls", "bulk", "agents", "trunk", "drain")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -34,7 +35,7 @@ class CliError(Exception):
 class Opt:
     """One import-body field as a command-line option; `env` names the variable a secret may come from."""
     field: str
-    kind: str = "str"         # str | int | bool | list
+    kind: str = "str"         # str | int | float | bool | list
     secret: bool = False
     env: str | None = None
     required: bool = False
@@ -62,6 +63,9 @@ SIP_OPTS = (
 )
 TWILIO_OPTS = (Opt("phone_number", required=True), Opt("account_sid", required=True),
                Opt("account_token", secret=True, env="GATEWAY_TWILIO_TOKEN"), Opt("name"))
+#: the limits every number takes, whatever its provider (gateway/channels.py)
+LIMIT_OPTS = (Opt("channels", "int", help="at most this many live calls on the number"),
+              Opt("max_cps", "float", help="outbound calls started per second on the number / trunk"))
 EXOTEL_OPTS = (Opt("exotel_phone_number", required=True), Opt("exotel_api_key", required=True),
                Opt("exotel_api_token", secret=True, env="GATEWAY_EXOTEL_API_TOKEN"), Opt("exotel_subdomain"),
                Opt("exotel_account_sid", required=True), Opt("exotel_app_id"), Opt("name"))
@@ -314,6 +318,58 @@ def _context(a: argparse.Namespace) -> dict[str, Any] | None:
         raise CliError(f"--context is not valid JSON: {e}") from None
 
 
+def _queue(c: Client, a: argparse.Namespace) -> Any:
+    """`gateway calls queue list|show|cancel`: the dispatch queue."""
+    if a.queue_action == "show":
+        return c.request("GET", f"/calls/queue/{a.id}")
+    if a.queue_action == "cancel":
+        return c.request("DELETE", f"/calls/queue/{a.id}")
+    data = c.request("GET", "/calls/queue", query={"pageno": a.pageno, "pagesize": a.pagesize, "status": a.status,
+                                                   "bulk_call_id": a.bulk_call_id})
+    if a.json:
+        return data
+    table(f"Queued calls ({data['total']} in all, page {data['pageno']})",
+          ["id", "bulk", "from #", "to", "status", "tries", "call log", "error"],
+          [[r["id"], r["bulk_call_id"], r["from_number_id"], r["to_number"], r["status"], r["attempts"],
+            r["call_log_id"], r["error"]] for r in data["queue"]])
+    return None
+
+
+def _contacts(path: str) -> list[dict[str, Any]]:
+    """A bulk call's contact list from a file: a JSON list of objects, or CSV with a `phone_number` column (the
+    other columns become each call's call_context)."""
+    import csv
+    try:
+        with open(path, newline="") as f:
+            rows = json.load(f) if path.endswith(".json") else list(csv.DictReader(f))
+    except (OSError, ValueError) as e:
+        raise CliError(f"--contacts {path}: {e}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CliError(f"--contacts {path}: expected a list of contacts, each with phone_number")
+    return rows
+
+
+def _bulk(c: Client, a: argparse.Namespace) -> Any:
+    """`gateway bulk create|list|show|pause|resume|cancel`: bulk calls through the dispatch queue."""
+    if a.action == "create":
+        body: dict[str, Any] = {"name": a.name, "phone_number_id": a.from_number_id,
+                                "contact_list": _contacts(a.contacts)}
+        if a.agent_id is not None:
+            body["agent_id"] = a.agent_id
+        return c.request("POST", "/calls/bulk_call/create", body)
+    if a.action == "show":
+        return c.request("GET", f"/calls/bulk_call/{a.id}")
+    if a.action in ("pause", "resume", "cancel"):
+        return c.request("PUT", f"/calls/bulk_call/{a.id}", {"action": a.action})
+    data = c.request("GET", "/calls/bulk_call", query={"pageno": a.pageno, "pagesize": a.pagesize})
+    if a.json:
+        return data
+    table(f"Bulk calls ({data['total']})", ["id", "name", "from #", "agent", "status", "calls", "queued",
+                                             "dispatched", "failed", "cancelled"],
+          [[b["id"], b["name"], b["phone_number_id"], b["agent_id"], b["status"], b["total_calls"],
+            b["counts"]["queued"] + b["counts"]["dispatching"], b["counts"]["dispatched"], b["counts"]["failed"],
+            b["counts"]["cancelled"]] for b in data["bulk_calls"]])
+    return None
 def _recording(c: Client, a: argparse.Namespace) -> Any:
     """`gateway calls recording ID [-o FILE]`: the call's WAV into FILE (default call-ID.wav; `-`: stdout)."""
     if a.output == "-":
@@ -340,6 +396,8 @@ def _dispatch_body(a: argparse.Namespace) -> dict[str, Any]:
     if a.record is not None or a.recording_channels:
         body["recording"] = {k: v for k, v in (("enabled", a.record), ("channels", a.recording_channels))
                              if v is not None}
+    if a.queue:
+        body["queue"] = True
     return body
 
 
@@ -356,11 +414,12 @@ Handler = Callable[[Client, argparse.Namespace], Any]
 HANDLERS: dict[tuple[str, str], Handler] = {
     ("numbers", "list"): _numbers_list,
     ("numbers", "show"): lambda c, a: c.request("GET", f"/phone_number/{a.id}"),
-    ("numbers", "import-sip"): lambda c, a: c.request("POST", "/phone_number/import/sip", _body_from(SIP_OPTS, a)),
+    ("numbers", "import-sip"): lambda c, a: c.request("POST", "/phone_number/import/sip",
+                                                      _body_from(SIP_OPTS + LIMIT_OPTS, a)),
     ("numbers", "import-twilio"): lambda c, a: c.request("POST", "/phone_number/import/twilio",
-                                                         _body_from(TWILIO_OPTS, a)),
+                                                         _body_from(TWILIO_OPTS + LIMIT_OPTS, a)),
     ("numbers", "import-exotel"): lambda c, a: c.request("POST", "/phone_number/import/exotel",
-                                                         _body_from(EXOTEL_OPTS, a)),
+                                                         _body_from(EXOTEL_OPTS + LIMIT_OPTS, a)),
     ("numbers", "import"): lambda c, a: c.request("POST", f"/phone_number/import/{a.provider}", _body_from((), a)),
     ("numbers", "update"): lambda c, a: c.request("PATCH", f"/phone_number/{a.id}", _body_from((), a)),
     ("numbers", "attach"): lambda c, a: c.request("POST", "/phone_number/attach",
@@ -374,6 +433,8 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("calls", "live"): _calls_live,
     ("calls", "show"): lambda c, a: c.request("GET", f"/calls/logs/{a.id}"),
     ("calls", "dispatch"): lambda c, a: c.request("POST", "/calls/dispatch", _dispatch_body(a)),
+    ("calls", "queue"): _queue,
+    **{("bulk", action): _bulk for action in ("create", "list", "show", "pause", "resume", "cancel")},
     ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
     ("calls", "recording"): _recording,
     ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
@@ -406,6 +467,8 @@ def _fields(p: argparse.ArgumentParser, opts: tuple[Opt, ...], *, all_optional: 
         help_ = o.help
         if o.kind == "int":
             kw["type"] = int
+        if o.kind == "float":
+            kw["type"] = float
         if o.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         if o.secret:
@@ -431,7 +494,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", type=int)
     for provider, opts in (("sip", SIP_OPTS), ("twilio", TWILIO_OPTS), ("exotel", EXOTEL_OPTS)):
         p = ns.add_parser(f"import-{provider}", help=f"import a {provider} number")
-        _fields(p, opts)
+        _fields(p, opts + LIMIT_OPTS)
         p.add_argument("--agent-id", type=int, help="attach to this agent")
     p = ns.add_parser("import", help="import a number of any loaded provider: --set field=value …")
     p.add_argument("provider")
@@ -465,6 +528,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
                    help="record this call, or not, whatever the agent says")
     p.add_argument("--recording-channels", choices=("mono", "dual"), help="dual: caller left, agent right")
+    p.add_argument("--queue", action="store_true", help="queue it: placed when the number has a free channel and "
+                                                        "a free slot at its max_cps (prints the queue id)")
+    queue = cs.add_parser("queue", help="the dispatch queue: list, show or cancel queued calls")
+    qs = queue.add_subparsers(dest="queue_action", required=True)
+    p = qs.add_parser("list", help="queued calls (and what became of them)")
+    _paging(p)
+    p.add_argument("--status", choices=ITEM_STATUSES)
+    p.add_argument("--bulk-call-id", type=int)
+    for name, help_ in (("show", "one queued call"), ("cancel", "cancel a call still queued")):
+        p = qs.add_parser(name, help=help_)
+        p.add_argument("id", type=int)
     p = cs.add_parser("hangup", help="hang up a live call")
     p.add_argument("id", help="call log id or call uuid")
     p = cs.add_parser("recording", help="download a call's recording (WAV)")
@@ -501,6 +575,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ags.add_parser("delete")
     p.add_argument("id", type=int)
 
+    bulk = sub.add_parser("bulk", help="bulk calls: a contact list dialled through the dispatch queue")
+    bs = bulk.add_subparsers(dest="action", required=True)
+    p = bs.add_parser("create", help="queue one call per contact")
+    p.add_argument("--name", required=True)
+    p.add_argument("--from-number-id", type=int, required=True, help="the phone number to call from")
+    p.add_argument("--contacts", required=True, metavar="FILE",
+                   help="JSON list or CSV with a phone_number column; other keys are each call's call_context")
+    p.add_argument("--agent-id", type=int, help="default: the agent attached to the number")
+    p = bs.add_parser("list", help="bulk calls with their progress")
+    _paging(p)
+    for name, help_ in (("show", "one bulk call"), ("pause", "stop placing its calls for now"),
+                        ("resume", "go on placing its calls"), ("cancel", "cancel its queued calls")):
+        p = bs.add_parser(name, help=help_)
+        p.add_argument("id", type=int)
+
     trunk = sub.add_parser("trunk", help="SIP trunk tools")
     ts = trunk.add_subparsers(dest="action", required=True)
     p = ts.add_parser("test", help="test a SIP trunk before importing it (POST /phone_number/test/sip)")
@@ -511,7 +600,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     drain.add_argument("--timeout", type=int, help="seconds live calls may go on (one process only; default its "
                                                    "--drain-timeout)")
     drain.set_defaults(action="drain")
-    for parser in (*ns.choices.values(), *cs.choices.values(), *ags.choices.values(), *ts.choices.values(), drain):
+    calls_parsers = [p for n, p in cs.choices.items() if n != "queue"]   # `queue` only groups its own actions
+    for parser in (*ns.choices.values(), *calls_parsers, *qs.choices.values(), *bs.choices.values(),
+                   *ags.choices.values(), *ts.choices.values(), drain):
         _common(parser)
 
 

@@ -88,6 +88,10 @@ class Settings:
     stale_after: float = 20.0
     #: seconds a command forwarded to the process owning a call waits for its answer
     control_timeout: float = 5.0
+    #: number health (gateway/health.py): seconds between checks of each number (probe + call log), and the
+    #: rolling window of calls its answer-seizure ratio and failure reasons are taken over
+    health_interval: float = 60.0
+    health_window: float = 3600.0
     #: call recordings (docs/recording.md): WAV files under this directory (default <data_dir>/recordings), then
     #: moved to an S3-compatible bucket when `recording_s3_bucket` is set (credentials: the usual AWS_* variables
     #: or ~/.aws, read by boto3 — never stored by the gateway); deleted after `recording_retention_days` (0: kept)

@@ -170,6 +170,25 @@ def render(gw: Gateway) -> str:
         _family(lines, "gateway_control_bus_reconnects_total", "counter",
                 "Times the control bus's PostgreSQL LISTEN connection was re-opened.", [("", gw.control.reconnects)])
     gw.calls.timing.render(lines)
+    _family(lines, "gateway_queue_calls", "gauge", "Dispatch-queue calls per status (the whole cluster's queue).",
+            [(f'{{status="{_label(k)}"}}', v) for k, v in sorted(gw.dispatcher.depth.items())])
+    _family(lines, "gateway_queue_placed_total", "counter",
+            "Queued calls this process placed (dispatched), failed, or gave back because the number or the gateway "
+            "was full (requeued).",
+            [(f'{{outcome="{k}"}}', v) for k, v in sorted(gw.dispatcher.counts.items())])
+    health = sorted(gw.health.latest.items())
+    labels = {n: f'{{number_id="{n}",phone_number="{_label(str(r["data"].get("phone_number") or ""))}"}}'
+              for n, r in health}
+    _family(lines, "gateway_number_health_score", "gauge", "Health score (0-100) of each phone number / trunk.",
+            [(labels[n], r["health_score"]) for n, r in health])
+    _family(lines, "gateway_number_reachable", "gauge", "1 when the trunk answered its last OPTIONS probe.",
+            [(labels[n], 1 if r["data"]["probe"]["reachable"] else 0) for n, r in health if r["data"].get("probe")])
+    _family(lines, "gateway_number_options_rtt_seconds", "gauge", "Round trip of the trunk's last OPTIONS probe.",
+            [(labels[n], r["data"]["probe"]["rtt_ms"] / 1000) for n, r in health
+             if (r["data"].get("probe") or {}).get("rtt_ms") is not None])
+    _family(lines, "gateway_number_asr", "gauge",
+            "Answer-seizure ratio of the number's outbound calls over the health window.",
+            [(labels[n], r["data"]["asr"]) for n, r in health if r["data"].get("asr") is not None])
     help_rec = {"gateway_recordings_active": "Calls being recorded right now.",
                 "gateway_recordings_started_total": "Call recordings started.",
                 "gateway_recordings_completed_total": "Call recordings finished and kept.",

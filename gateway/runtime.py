@@ -18,7 +18,9 @@ from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .cluster import Membership, make_control
 from .config import Settings
+from .dispatcher import Dispatcher
 from .engine import EngineRegistry
+from .health import HealthMonitor
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
 from .recording import Recordings
 from .secretbox import SecretBox
@@ -62,6 +64,10 @@ class Gateway:
         self.control = make_control(self.store.url, settings.proc_id, timeout=settings.control_timeout,
                                     keepalive=settings.heartbeat_interval)
         self.membership = Membership(self)
+        #: places the calls of the dispatch queue (POST /calls/dispatch with queue, bulk calls)
+        self.dispatcher = Dispatcher(self)
+        #: number / trunk health records (OPTIONS probes, answer-seizure ratio, failure reasons)
+        self.health = HealthMonitor(self)
         self.recordings = Recordings(self)
         self.calls.register_control()
         self.api_key = settings.api_key
@@ -156,6 +162,8 @@ class Gateway:
         for carrier in self.carriers.values():
             await carrier.start()
         await self.membership.announce()
+        await self.dispatcher.start()
+        await self.health.start()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -204,6 +212,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._drain_task is not None and not self._drain_task.done():
             self._drain_task.cancel()
+        await self.dispatcher.stop()
+        await self.health.stop()
         await self.calls.hangup_all("shutdown")
         for carrier in self.carriers.values():
             try:

@@ -417,3 +417,46 @@ async def test_an_unchecked_tls_connection_is_never_reused_for_a_checked_send(tm
     finally:
         for t in (a, b):
             await t.stop()
+
+
+async def test_a_registration_over_tcp_pings_its_connection_between_refreshes():
+    """The trunk sends calls down a TCP/TLS registration's connection: between refreshes it gets RFC 5626 CRLF
+    keep-alives, so neither our idle reaper nor a NAT closes it."""
+    from gateway.sip.registration import Registration
+    from gateway.sip.transaction import TransactionLayer
+    from gateway.sip.ua import UserAgent
+
+    registrar, ours = SipTransport("127.0.0.1", 0), SipTransport("127.0.0.1", 0)
+    for t in (registrar, ours):
+        await t.start()
+    layer = TransactionLayer(registrar)
+    layer.on_request = lambda req, txn: txn.respond(make_response(
+        req, 200, to_tag="r", headers=[("Contact", f"{req.headers.get('Contact')};expires=3600")]))
+
+    class NoStore:
+        async def update_number(self, *_, **__):
+            return None
+
+    ua = UserAgent(ours, TransactionLayer(ours))
+    number = {"id": 1, "config": {"sip_host": "127.0.0.1", "sip_port": registrar.port, "transport": "tcp",
+                                  "sip_username": "alice"}, "secrets": {}}
+    reg = Registration(ua, number, NoStore())
+    reg.keepalive = 0.05
+    reg.start()
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+
+        def pings() -> int:
+            return sum(c.framer.pings for c in registrar._tcp_conns.values())
+
+        while pings() < 3 and loop.time() < end:
+            await asyncio.sleep(0.02)
+        assert reg.registered and reg.granted == 3600 and reg.flow == ("tcp", ("127.0.0.1", registrar.port))
+        assert pings() >= 3
+        assert ours.connection("tcp", ("127.0.0.1", registrar.port)) is not None
+    finally:
+        await reg.stop(unregister=False)
+        await ua.close()
+        for t in (registrar, ours):
+            await t.stop()

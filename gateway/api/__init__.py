@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .. import metrics
-from . import agents, calls, nodes, numbers, openapi, recordings
+from . import agents, calls, nodes, numbers, openapi, queue, recordings
 from .errors import error_middleware, error_response
 
 if TYPE_CHECKING:
@@ -75,5 +75,6 @@ def setup_api(app: web.Application, gateway: Gateway) -> None:
     numbers.add_routes(app, PREFIX)
     agents.add_routes(app, PREFIX)
     calls.add_routes(app, PREFIX)
+    queue.add_routes(app, PREFIX)
     recordings.add_routes(app, PREFIX)
     nodes.add_routes(app, PREFIX)

@@ -1,7 +1,9 @@
 """Calls: outbound dispatch through the number's carrier, the call log, live calls and live-call control."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,17 +12,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..call import CALL_STATUSES, Call
-from ..callmanager import CapacityError
+from ..callmanager import CapacityError, ChannelLimitError
 from ..carrier import CarrierError
+from ..channels import Limits
 from ..cluster import Reply
 from ..cluster.livecalls import remote_live_calls
 from ..consult import ConsultError
 from ..frames import HangupSource
+from ..outbound import DispatchFailed, place_call
 from ..transfer import TransferRefused
 from . import models
 from .errors import ApiError, carrier_api_error, error_body, read_json
 from .models import parse
-from .numbers import scrub
 from .validation import as_int, as_str, as_time_bound, bad, pagination, reject_unknown
 
 if TYPE_CHECKING:
@@ -78,35 +81,55 @@ async def dispatch(request: web.Request) -> web.Response:
     number = await gw.store.get_number(number_id, with_secrets=True)
     if number is None:
         raise bad("from_number_id", f"phone number {number_id} not found", 404)
-    carrier = gw.carrier_for(number["provider"])
-    if carrier is None:
+    if gw.carrier_for(number["provider"]) is None:
         raise bad("from_number_id", f"phone number {number_id} uses provider {number['provider']!r}, "
                                     "which has no carrier loaded on this gateway", 409)
     agent = await gw.store.get_agent(agent_id)
     if agent is None:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
+    recording = req.recording.model_dump(exclude_none=True) if req.recording is not None else None
+    if req.queue:
+        _, ids = await gw.store.enqueue_calls([{"agent_id": agent_id, "from_number_id": number_id,
+                                                "to_number": to_number, "call_context": ctx,
+                                                "recording": recording}])
+        gw.dispatcher.wake()
+        return web.json_response({"success": True, "status": "queued", "queue_id": ids[0]}, status=202)
+    await take_slot(gw, number)
     try:
-        call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
-                                     to_number=to_number, number=number, agent=agent, call_context=ctx,
-                                     status="queued", recording=req.recording.model_dump(exclude_none=True)
-                                     if req.recording is not None else None)
+        call = await place_call(gw, number=number, agent=agent, to_number=to_number, call_context=ctx,
+                                recording=recording)
+    except ChannelLimitError as e:
+        raise ApiError(429, f"{e}; retry later or dispatch with \"queue\": true", "from_number_id",
+                       headers={"Retry-After": str(e.retry_after)}) from None
     except CapacityError as e:
         raise ApiError(503, str(e), None) from None
-    try:
-        await carrier.dispatch(call, number, to_number)
-    except CarrierError as e:
-        message = scrub(e.message, number.get("secrets") or {})
-        await call.end(HangupSource.CARRIER, message, status="failed")
-        raise carrier_api_error(e, message, requestId=call.log_id) from None
-    except Exception:
-        # a bug in a carrier module: the call fails and the client is told so, never a bare 500
-        log.exception("carrier dispatch failed", extra={"call_id": call.id, "carrier": carrier.name})
-        await call.end(HangupSource.CARRIER, "dispatch_error", status="failed")
-        raise ApiError(502, f"carrier {carrier.name} failed to place the call (logged on the gateway)", None,
-                       requestId=call.log_id) from None
-    log.info("call dispatched", extra={"call_id": call.id, "carrier": carrier.name})
+    except DispatchFailed as e:
+        if e.error is None:
+            raise ApiError(502, f"carrier {e.call.carrier} failed to place the call (logged on the gateway)",
+                           None, requestId=e.call.log_id) from None
+        raise carrier_api_error(e.error, requestId=e.call.log_id) from None
     return web.json_response({"success": True, "status": "dispatched", "requestId": call.log_id,
                               "call_id": call.id})
+
+
+async def take_slot(gw: Gateway, number: dict[str, Any]) -> None:
+    """A direct dispatch takes the number's next slot at its `max_cps` now, or is refused with 429 and how long
+    until a slot is free (the dispatch queue waits for slots instead)."""
+    cps = Limits.of(number).max_cps
+    if not cps:
+        return
+    for _ in range(20):     # another process handing out this number's slots holds its pace row for a moment
+        slots = await gw.store.take_slots(number["id"], cps=cps, want=1, horizon=0.0)
+        if slots is not None:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        slots = None
+    if slots is None or not slots.times:
+        wait = max(1, math.ceil(slots.wait)) if slots is not None else 1
+        raise ApiError(429, f"from_number_id: phone number {number['phone_number']} is at its max_cps of {cps:g} "
+                            "calls per second; retry later or dispatch with \"queue\": true", "from_number_id",
+                       headers={"Retry-After": str(wait)})
 
 
 async def _attached_number(gw: Gateway, agent_id: int) -> int:

@@ -45,6 +45,9 @@ class Dispatch(Body):
     from_number_id: Id | None = Field(None, description="default: the agent's attached number")
     call_context: dict[str, Any] | None = Field(None, description="handed to the engine and webhooks")
     recording: Recording | None = Field(None, description="record this call (or not), overriding the agent")
+    queue: bool = Field(False, description="true: put the call in the dispatch queue (202 with `queue_id`); it "
+                                           "starts when the number has a free channel and a free slot at its "
+                                           "max_cps")
 
 
 class Attach(Body):

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..carrier import Carrier, CarrierError
+from ..carrier import Carrier, CarrierError, ImportField
+from ..channels import LIMIT_FIELDS
+from ..health import health_json
+from ..outbound import scrub
 from ..store.store import DuplicateError, NotFoundError
 from . import models
 from .errors import ApiError, carrier_api_error, read_json
@@ -50,13 +53,28 @@ def carrier_or_404(gw: Gateway, provider: str, field: str = "provider") -> Carri
     return carrier
 
 
+def fields_of(carrier: Carrier) -> tuple[ImportField, ...]:
+    """What an import / update of this carrier's numbers takes: its own fields and the channel / pace limits
+    every number has (gateway/channels.py)."""
+    return carrier.import_fields + LIMIT_FIELDS
+
+
+def _check_limits(fields: dict[str, Any]) -> None:
+    channels, cps = fields.get("channels"), fields.get("max_cps")
+    if channels is not None and not 1 <= channels <= 100_000:
+        raise bad("channels", "must be between 1 and 100000 live calls (leave it out for no limit)")
+    if cps is not None and not 0 < cps <= 10_000:
+        raise bad("max_cps", "must be above 0 and at most 10000 calls per second (leave it out for no limit)")
+
+
 def secret_names(carrier: Carrier | None, stored: dict[str, Any] | None = None) -> set[str]:
     names = {f.name for f in carrier.import_fields if f.secret} if carrier else set()
     return names | set(stored or {})
 
 
-def number_json(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
-    """API view of a phone number: store columns, non-secret carrier settings, secrets masked."""
+def number_json(gw: Gateway, row: dict[str, Any], health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """API view of a phone number: store columns, non-secret carrier settings, secrets masked, its limits and its
+    health record (gateway/health.py; OmniDimension's health_score / health_status / health_score_updated_at)."""
     carrier = gw.carrier_for(row["provider"])
     stored = row.get("secrets") or {}
     config = dict(row.get("config") or {})
@@ -69,32 +87,13 @@ def number_json(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
         # what OmniDimension clients read (docs/omnidimension-compat.md): the provider, the attached agent or
         # false, and the trunk / Exotel settings flat beside `config` (secrets masked the same way)
         "number_provider": row["provider"], "active_bot_id": row.get("agent_id") or False,
+        "channels": config.get("channels"), "max_cps": config.get("max_cps"),
+        **health_json(health if health is not None else gw.health.latest.get(row["id"])),
     }
     for key, value in config.items():
         if key.startswith(("sip_", "exotel_")) and key not in out:
             out[key] = value
     return out
-
-
-def scrub(value: Any, secrets: dict[str, Any]) -> Any:
-    """Replace any secret value a carrier might echo (in a report or an error) with the mask, in every string."""
-    hidden = sorted({str(v) for v in secrets.values() if v not in (None, "") and len(str(v)) >= 3},
-                    key=len, reverse=True)
-    if not hidden:
-        return value
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, str):
-            for h in hidden:
-                v = v.replace(h, MASK)
-            return v
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [walk(x) for x in v]
-        return v
-
-    return walk(value)
 
 
 def flatten(carrier: Carrier, row: dict[str, Any]) -> dict[str, Any]:
@@ -115,9 +114,10 @@ async def _checked_import(request: web.Request, provider: str) -> tuple[Carrier,
         agent_id = as_int(body["agent_id"], "agent_id", minimum=1)
         if await gw.store.get_agent(agent_id) is None:
             raise bad("agent_id", f"agent {agent_id} not found", 404)
-    fields = import_body(carrier.import_fields, body, {"agent_id": agent_id})
+    fields = import_body(fields_of(carrier), body, {"agent_id": agent_id})
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
+    _check_limits(fields)
     for f in carrier.import_fields:
         if f.secret and fields.get(f.name) == MASK:
             raise bad(f.name, f"{MASK!r} is the mask the API shows, not a value: send the real secret")
@@ -145,7 +145,10 @@ def _carrier_error(e: CarrierError, secrets: dict[str, Any]) -> ApiError:
 
 async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, Any]
                              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Let the carrier check the fields, then split them into store columns, `config` and `secrets`."""
+    """Let the carrier check the fields, then split them into store columns, `config` and `secrets` (the limits
+    every number has go to `config`, past the carrier, which does not know them)."""
+    limits = {f.name: fields.get(f.name) for f in LIMIT_FIELDS}
+    fields = {k: v for k, v in fields.items() if k not in limits}
     try:
         checked = await carrier.validate_import(dict(fields))
     except CarrierError as e:
@@ -157,7 +160,7 @@ async def _validated_columns(carrier: Carrier, provider: str, fields: dict[str, 
            **{k: checked.get(k) for k in TOP_LEVEL}}
     config = {k: v for k, v in checked.items()
               if k not in secret_fields and k not in TOP_LEVEL and k != carrier.number_field}
-    return top, config, secrets
+    return top, {**config, **{k: v for k, v in limits.items() if v is not None}}, secrets
 
 
 async def import_number(request: web.Request) -> web.Response:
@@ -197,7 +200,7 @@ async def update_number(request: web.Request) -> web.Response:
     if carrier is None:
         raise bad("provider", f"no carrier for provider {old['provider']!r} is loaded on this gateway", 409)
     body = await read_json(request)
-    declared = {f.name: f for f in carrier.import_fields}
+    declared = {f.name: f for f in fields_of(carrier)}
     reject_unknown(body, set(declared))
     current = flatten(carrier, old)
     merged = {name: current.get(name) for name in declared}
@@ -205,9 +208,10 @@ async def update_number(request: web.Request) -> web.Response:
         if declared[name].secret and value == MASK:
             continue  # "****" as shown by GET: keep the stored secret
         merged[name] = value
-    fields = import_body(carrier.import_fields, merged, {})
+    fields = import_body(fields_of(carrier), merged, {})
     if not fields.get(carrier.number_field):
         raise bad(carrier.number_field, "is required")
+    _check_limits(fields)
     await _check_unique(gw, carrier, old["provider"], fields[carrier.number_field], fields.get("sip_trunk_name"),
                         exclude=number_id)
     top, config, secrets = await _validated_columns(carrier, old["provider"], fields)
@@ -263,8 +267,11 @@ async def list_numbers(request: web.Request) -> web.Response:
     pageno, pagesize = pagination(request.query)
     provider = request.query.get("provider") or None
     rows, total = await gw.store.list_numbers(pageno, pagesize, provider=provider, with_secrets=True)
+    health = await gw.store.health_records([r["id"] for r in rows])
     return web.json_response({"success": True, "total": total, "total_records": total, "pageno": pageno,
-                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r) for r in rows]})
+                              "pagesize": pagesize, "phone_numbers": [number_json(gw, r, health.get(r["id"]))
+                                                                      for r in rows]},
+                             dumps=lambda o: json.dumps(o, default=str))
 
 
 def _number_id(request: web.Request) -> int:
@@ -281,7 +288,9 @@ async def _number_or_404(gw: Gateway, number_id: int, field: str = "id") -> dict
 async def get_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
     row = await _number_or_404(gw, _number_id(request))
-    return web.json_response({"success": True, "phone_number": number_json(gw, row)})
+    health = (await gw.store.health_records([row["id"]])).get(row["id"])
+    return web.json_response({"success": True, "phone_number": number_json(gw, row, health)},
+                             dumps=lambda o: json.dumps(o, default=str))
 
 
 async def attach(request: web.Request) -> web.Response:
@@ -334,6 +343,15 @@ async def test_number(request: web.Request) -> web.Response:
                                                            "provider": row["provider"]})
 
 
+async def check_health(request: web.Request) -> web.Response:
+    """Check a number's health now (probe + call log), instead of waiting for the next round."""
+    gw = gw_of(request)
+    row = await _number_or_404(gw, _number_id(request))
+    record = await gw.health.check(row)
+    return web.json_response({"success": True, "phone_number_id": row["id"], **health_json(record)},
+                             dumps=lambda o: json.dumps(o, default=str))
+
+
 def add_routes(app: web.Application, prefix: str) -> None:
     r = app.router
     r.add_post(f"{prefix}/phone_number/import/{{provider}}", import_number)
@@ -345,3 +363,4 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_patch(f"{prefix}/phone_number/{{id}}", update_number)
     r.add_delete(f"{prefix}/phone_number/{{id}}", delete_number)
     r.add_post(f"{prefix}/phone_number/{{id}}/test", test_number)
+    r.add_post(f"{prefix}/phone_number/{{id}}/health", check_health)

@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING, Any
 from ..amd.settings import PROVIDERS as AMD_PROVIDERS
 from ..call import CALL_STATUSES
 from ..carrier import ImportField
-from . import models
-from .numbers import providers
+from ..store.dispatchq import ITEM_STATUSES
+from . import models, queue
+from .numbers import fields_of, providers
 from .validation import MAX_PAGESIZE
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
 PREFIX = "/api/v1"
-_KIND = {str: "string", int: "integer", bool: "boolean", list: "array"}
+_KIND = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -46,6 +47,7 @@ def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: l
     for code in errors:
         op["responses"][str(code)] = _json(_ref("Error"), {400: "Invalid input", 401: "Missing or wrong API key",
                                                           404: "Not found", 409: "Conflict",
+                                                          429: "Over a limit (see Retry-After)",
                                                           502: "Carrier error", 503: "At capacity",
                                                           504: "The process owning the call did not answer"}[code])
     if params:
@@ -116,6 +118,13 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
             "name": {"type": ["string", "null"]}, "sip_trunk_name": {"type": ["string", "null"]},
             "agent_id": {"type": ["integer", "null"]}, "status": {"type": "object"},
             "config": {"type": "object", "description": "carrier settings; secret fields show \"****\" when set"},
+            "channels": {"type": ["integer", "null"], "description": "at most this many live calls"},
+            "max_cps": {"type": ["number", "null"], "description": "outbound calls started per second"},
+            "health_score": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+            "health_status": {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "unknown"]},
+            "health_score_updated_at": {"type": ["string", "null"], "format": "date-time"},
+            "health": {"type": ["object", "null"], "description": "reasons, probe, attempts, answered, asr, "
+                                                                  "top_failures, window_s, checked_by"},
             "created_at": {"type": "string", "format": "date-time"}}},
         "PhoneNumberResponse": {"type": "object", "properties": {"success": {"const": True},
                                                                  "phone_number": _ref("PhoneNumber")}},
@@ -155,7 +164,7 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
         "AgentResponse": {"type": "object", "properties": {"success": {"const": True}, "agent": _ref("Agent")}},
         # the bodies the handlers validate with pydantic: their schemas come from the same classes
         **models.schemas(models.Dispatch, models.Recording, models.Attach, models.Detach, models.Transfer,
-                         models.Consult),
+                         models.Consult, queue.BulkCreate, queue.Contact, queue.BulkAction),
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
@@ -171,7 +180,7 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
     }
     for provider in providers(gw):
         carrier = gw.carrier_for(provider)
-        schemas[f"Import_{provider}"] = import_schema(carrier.import_fields)
+        schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
     return schemas
 
 
@@ -211,6 +220,9 @@ def build(gw: Gateway) -> dict[str, Any]:
         f"{p}/phone_number/{{id}}/test": {"post": _op(
             "Test an imported trunk / account", tag="phone numbers", params=[nid], ok=_ref("TestReport"),
             errors=(400, 401, 404, 409, 502))},
+        f"{p}/phone_number/{{id}}/health": {"post": _op(
+            "Check a number's health now (carrier probe + call log): health_score, health_status, "
+            "health_score_updated_at and the reasons", tag="phone numbers", params=[nid])},
         f"{p}/agents": {
             "post": _op("Create an agent", tag="agents", body=_ref("AgentInput"), ok=_ref("AgentResponse"),
                         status="201", errors=(400, 401)),
@@ -223,8 +235,30 @@ def build(gw: Gateway) -> dict[str, Any]:
                          params=[aid], body={"type": "object"}, ok=_ref("AgentResponse")),
             "delete": _op("Delete an agent (its numbers are detached)", tag="agents", params=[aid])},
         f"{p}/calls/dispatch": {"post": _op(
-            "Place an outbound call", tag="calls", body=_ref("Dispatch"), ok=_ref("Dispatched"),
-            errors=(400, 401, 404, 409, 502, 503))},
+            "Place an outbound call (or queue it: `queue: true` answers 202 with `queue_id`)", tag="calls",
+            body=_ref("Dispatch"), ok=_ref("Dispatched"), errors=(400, 401, 404, 409, 429, 502, 503))},
+        f"{p}/calls/queue": {"get": _op(
+            "Queued calls (dispatch queue and bulk calls)", tag="dispatch queue", errors=(400, 401),
+            params=PAGE + [_param("status", "query", {"type": "string", "enum": list(ITEM_STATUSES)}),
+                           _param("bulk_call_id", "query", {"type": "integer"})],
+            ok={"type": "object", "properties": {"success": {"const": True}, "total": {"type": "integer"},
+                                                 "queue": {"type": "array", "items": {"type": "object"}}}})},
+        f"{p}/calls/queue/{{id}}": {
+            "get": _op("One queued call (its status, and `call_log_id` once placed)", tag="dispatch queue",
+                       params=[nid]),
+            "delete": _op("Cancel a call still queued (409 once it is being placed)", tag="dispatch queue",
+                          params=[nid], errors=(400, 401, 404, 409))},
+        f"{p}/calls/bulk_call/create": {"post": _op(
+            "Create a bulk call: one queued call per contact (other contact keys become its call_context)",
+            tag="dispatch queue", body=_ref("BulkCreate"), status="201", errors=(400, 401, 404, 409))},
+        f"{p}/calls/bulk_call": {"get": _op("List bulk calls", tag="dispatch queue", params=PAGE,
+                                            errors=(400, 401))},
+        f"{p}/calls/bulk_call/{{id}}": {
+            "get": _op("A bulk call with its counts per status", tag="dispatch queue", params=[nid]),
+            "put": _op("Pause, resume or cancel a bulk call", tag="dispatch queue", params=[nid],
+                       body=_ref("BulkAction"), errors=(400, 401, 404, 409)),
+            "delete": _op("Cancel a bulk call (queued calls are cancelled; placed calls go on)",
+                          tag="dispatch queue", params=[nid], errors=(400, 401, 404, 409))},
         f"{p}/calls/logs": {"get": _op(
             "Call log", tag="calls", errors=(400, 401), params=PAGE + [
                 _param("agentid", "query", {"type": "integer"}),

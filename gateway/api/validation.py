@@ -31,11 +31,31 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
         raise bad(field, "must be an integer")
     if abs(value) > MAX_INT:
         raise bad(field, "is too large")
+    return _within(value, field, minimum, maximum)
+
+
+def _within(value: Any, field: str, minimum: float | None, maximum: float | None) -> Any:
+    """`value` when within the bounds, else a 400 naming the bound (integers as written, floats shortest)."""
+    def shown(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
     if minimum is not None and value < minimum:
-        raise bad(field, f"must be at least {minimum}")
+        raise bad(field, f"must be at least {shown(minimum)}")
     if maximum is not None and value > maximum:
-        raise bad(field, f"must be at most {maximum}")
+        raise bad(field, f"must be at most {shown(maximum)}")
     return value
+
+
+def as_float(value: Any, field: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A finite number (a JSON number or a numeric string), within the bounds when given."""
+    if isinstance(value, bool):
+        raise bad(field, "must be a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise bad(field, "must be a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise bad(field, "must be a finite number")
+    return float(_within(v, field, minimum, maximum))
 
 
 def as_bool(value: Any, field: str) -> bool:
@@ -155,6 +175,8 @@ def _convert(f: ImportField, value: Any) -> Any:
         v: Any = as_bool(value, f.name)
     elif f.kind is int:
         v = as_int(value, f.name)
+    elif f.kind is float:
+        v = as_float(value, f.name)
     elif f.kind is list:
         v = as_list(value, f.name)
         if not all(isinstance(x, (str, int, float)) for x in v):

@@ -3,9 +3,10 @@
 One `Registration` per imported number with `register=true`: the first REGISTER goes out at once, digest
 challenges are answered (with the separate authorization id when the provider has one), the binding is
 refreshed before it expires (half-way for short grants, one minute early for long ones), 423 Interval Too Brief
-is honoured, and failures are retried with a capped exponential back-off. The state — registered / registering
-/ failing, the last SIP status line, when the binding expires — is written to the phone number's `status`
-column so `GET /api/v1/phone_number/{id}` shows it.
+is honoured, and failures are retried with a capped exponential back-off. Over TCP/TLS the binding's connection is
+kept open with CRLF keep-alives between refreshes (RFC 5626 §3.5.1), since the trunk sends our calls down it. The
+state — registered / registering / failing, the last SIP status line, when the binding expires — is written to
+the phone number's `status` column so `GET /api/v1/phone_number/{id}` shows it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from .locate import LocateError, Target
 from .message import NameAddr, SipRequest, SipResponse, SipUri, new_call_id, new_tag, split_hostport
-from .transport import TlsPeer
+from .transport import KEEPALIVE_INTERVAL, TlsPeer
 from .ua import Credentials, RequestFailed, UserAgent
 
 log = logging.getLogger("gateway.sip.registration")
@@ -58,6 +59,9 @@ class Registration:
             self.route = [f"<sip:{ph}:{pp};lr>"]
         self.tls = TlsPeer(self.dest[0], cfg.get("tls_verify") is not False) if self.transport == "tls" else None
         self.target = ""   # the server that answered the last REGISTER (host:port/transport via …)
+        #: TCP/TLS: the connection the binding lives on, pinged between refreshes (RFC 5626 §3.5.1)
+        self.flow: tuple[str, tuple[str, int]] | None = None
+        self.keepalive = KEEPALIVE_INTERVAL
         self.expires = expires
         self.retry = retry
         self.call_id = new_call_id(ua.host)
@@ -115,7 +119,7 @@ class Registration:
                 await self._set_state("registered", line, expires_in=granted)
                 delay = self.retry[0]
                 self.refreshes += 1
-                await asyncio.sleep(refresh_in(granted))
+                await self._hold(refresh_in(granted))
                 continue
             self.registered = False
             await self._set_state("failing", line)
@@ -170,9 +174,22 @@ class Registration:
             if resp.status == 503 and not last:
                 continue
             self.target = target.describe()
+            if self.transport != "udp":
+                self.flow = (self.transport, await self.ua.resolve(target.dest))
             return req, resp
         assert failure is not None
         raise failure
+
+    async def _hold(self, seconds: float) -> None:
+        """Wait for the next refresh. Over TCP/TLS the trunk sends our calls down the registration's connection,
+        so it is pinged meanwhile (CRLF keep-alive, RFC 5626 §3.5.1) and never looks idle to the transport's
+        reaper or to a NAT on the way."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, self.keepalive))
+            if self.flow is not None and end - loop.time() > 0:
+                self.ua.transport.ping(*self.flow)
 
     def _track(self, req: SipRequest) -> None:
         self.cseq = req.cseq[0]

@@ -66,8 +66,11 @@ def _line(resp: SipResponse) -> str:
     return f"SIP/2.0 {resp.status} {resp.reason}".strip()
 
 
-async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, Any]:
-    """Run every step for an import-shaped `fields` dict (preset already applied)."""
+async def test_trunk(ua: UserAgent | None, fields: dict[str, Any], *, reachability_only: bool = False
+                     ) -> dict[str, Any]:
+    """Run every step for an import-shaped `fields` dict (preset already applied). `reachability_only`: DNS and
+    the OPTIONS ping, no credentials step (the periodic health probe, gateway/health.py: it must not REGISTER
+    beside a live registration or place test calls)."""
     if ua is None:
         from ..carrier import CarrierError
         raise CarrierError("SIP is disabled on this gateway: cannot test a trunk", 503)
@@ -153,6 +156,8 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any]) -> dict[str, 
     if tried:
         step["tried"] = tried
     steps.append(step)
+    if reachability_only:
+        return _report(steps)
 
     # 3. credentials
     if fields.get("register"):

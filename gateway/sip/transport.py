@@ -56,6 +56,8 @@ Addr = tuple[str, int]
 MAX_UDP = 65507
 UDP_BUFFER = 2 * 1024 * 1024
 TCP_IDLE_TIMEOUT = 600.0  # seconds without traffic before we close a TCP connection we hold
+#: RFC 5626 §4.4.1: keep-alive interval of a flow over a connection-oriented transport (95-120 s recommended)
+KEEPALIVE_INTERVAL = 110.0
 
 
 class TransportError(OSError):
@@ -408,6 +410,19 @@ class SipTransport:
         if peer is None or not peer.verify:
             return True
         return conn.tls_peer == peer
+
+    def ping(self, protocol: str, addr: Addr) -> bool:
+        """An RFC 5626 §3.5.1 CRLF keep-alive on our open connection to `addr`: it keeps a registration's flow
+        (and any NAT binding in front of it) open, and counts as activity for the idle reaper. False when no
+        such connection is open."""
+        conn = self.connection(protocol, addr)
+        if conn is None:
+            return False
+        try:
+            conn.send_bytes(b"\r\n\r\n")
+        except OSError:
+            return False
+        return True
 
     def connection(self, protocol: str, addr: Addr) -> TcpConnection | None:
         """The open TCP/TLS connection to `addr`, if any (in-dialog requests reuse the dialog's connection)."""

@@ -66,7 +66,9 @@ class CallLog(Base):
     __tablename__ = "calls"
     # "calls of proc P still open" is asked at every start and for every lost process: one index range, however
     # long the call log grows
-    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"), NEVER_REUSE_IDS)
+    # "live calls on number N" is counted at every call set-up on a number with a channel limit (store/channels.py)
+    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"),
+                      Index("ix_calls_number_ended_at", "phone_number_id", "ended_at"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -104,6 +106,9 @@ class CallLog(Base):
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     #: conversation timing summary (gateway/turns.py): turns, latency p50/p95/max, barge-ins, clear reaction
     timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: the dispatch-queue item this call was placed for (gateway/dispatcher.py): how a restart tells a placed
+    #: item from one that never reached a carrier
+    queue_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class CallEvent(Base):
@@ -145,3 +150,66 @@ class WebhookOutbox(Base):
     agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BulkCall(Base):
+    """A bulk call (OmniDimension's campaign): a named list of numbers dialled from one phone number through the
+    dispatch queue. `status` is what an operator set (in_progress, paused, cancelled); `completed` is derived
+    when no item is left to dial (gateway/api/bulk.py)."""
+
+    __tablename__ = "bulk_calls"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    phone_number_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="in_progress")
+    #: at most this many of its calls live at once (OmniDimension's concurrent_call_limit); None: the number's
+    concurrent_call_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QueuedCall(Base):
+    """One call waiting in the dispatch queue (gateway/dispatcher.py). `status`: queued → dispatching (claimed by
+    process `owner`) → dispatched (`call_log_id` is the call) | failed (`error`) | cancelled. Claims are
+    conditional (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so one process of a cluster places each item once."""
+
+    __tablename__ = "dispatch_queue"
+    __table_args__ = (Index("ix_dispatch_queue_status_number", "status", "from_number_id"), NEVER_REUSE_IDS)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bulk_call_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    agent_id: Mapped[int] = mapped_column(Integer)
+    from_number_id: Mapped[int] = mapped_column(Integer)
+    to_number: Mapped[str] = mapped_column(String(64))
+    call_context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: the dispatch's per-call recording override ({enabled, channels}), handed to the call when it is placed
+    recording: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: epoch seconds before which it is not tried again (after the gateway or the number was full)
+    not_before: Mapped[float] = mapped_column(Float, default=0.0)
+    call_log_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DispatchPace(Base):
+    """The outbound pace of one number / trunk, shared by every process: the epoch second of its next free slot
+    at its `max_cps`. Locked (`FOR UPDATE SKIP LOCKED`) while a process hands out slots."""
+
+    __tablename__ = "dispatch_pace"
+    number_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    next_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class NumberHealth(Base):
+    """The latest health record of a number / trunk (gateway/health.py), shared by every process."""
+
+    __tablename__ = "number_health"
+    number_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    health_score: Mapped[int] = mapped_column(Integer, default=100)
+    health_status: Mapped[str] = mapped_column(String(16), default="unknown")
+    health_score_updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -8,12 +8,16 @@ clock on PostgreSQL (`now()`), so clock skew between machines cannot make a heal
 """
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 
 from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 #: states in which a process owns calls; `stopped` ended its calls itself, `lost` had them closed by a survivor
 OWNING_STATES = ("running", "draining")
@@ -27,6 +31,14 @@ class ClusterStore:
     """Mixed into `Store`; uses its engine, sessions and write turn."""
 
     url: str
+    if TYPE_CHECKING:   # provided by `Store` (store.py); declared here so each half of the store type-checks alone
+        engine: AsyncEngine
+        _session: async_sessionmaker[AsyncSession]
+
+        def _writing_core(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+        def _writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+        async def flush(self) -> None: ...
+        def _call_row(self, fields: dict[str, Any]) -> dict[str, Any]: ...
 
     @property
     def is_postgres(self) -> bool:
@@ -38,6 +50,12 @@ class ClusterStore:
 
     def _cutoff(self, seconds: float) -> Any:
         return func.now() - timedelta(seconds=seconds) if self.is_postgres else utcnow() - timedelta(seconds=seconds)
+
+    def _alive_owners(self, stale_after: float) -> Any:
+        """The processes that own calls right now (owning state, heartbeat younger than `stale_after`), as a
+        subquery for `owner IN (…)`: what channel counts and queue recovery trust (a crashed process drops out)."""
+        return select(Node.proc).where(Node.state.in_(OWNING_STATES),
+                                       Node.heartbeat_at >= self._cutoff(stale_after)).scalar_subquery()
 
     # nodes ----------------------------------------------------------------------------------------------------
     async def register_node(self, proc: str, *, node_id: str, public_url: str | None,

@@ -21,9 +21,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
+from .channels import ChannelStore
+from .dispatchq import QueueStore
+from .health import HealthStore
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
 from .models import row_dict as _row
-from .nodes import ClusterStore
 from .upgrade import never_reuse_ids
 
 # aiosqlite logs every statement with its parameters at DEBUG, trunk passwords and carrier tokens included:
@@ -98,7 +100,7 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "recording_status": None, "recording": None,
     "call_context": {}, "extra": {},
     "owner": None,
-    "timing": None,
+    "timing": None, "queue_item_id": None,
 }
 
 
@@ -116,7 +118,7 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
-class Store(ClusterStore):
+class Store(ChannelStore, QueueStore, HealthStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
     never waits on the database, and SQLite (one writer at a time) is never asked for concurrent writes, which
@@ -366,11 +368,16 @@ class Store(ClusterStore):
     # call log -------------------------------------------------------------------------------------------------
     async def create_call(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Insert a call-log row through the batch writer (one INSERT … RETURNING for a whole burst of calls)."""
-        row = {**_CALL_DEFAULTS, "created_at": utcnow(), **fields}
+        row = self._call_row(fields)
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(("insert", 0, (row, fut)))
         row["id"] = await fut
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+    @staticmethod
+    def _call_row(fields: dict[str, Any]) -> dict[str, Any]:
+        """A new call-log row: every column set (the batch INSERT needs them all)."""
+        return {**_CALL_DEFAULTS, "created_at": utcnow(), **fields}
 
     async def update_call(self, call_id: int, **fields: Any) -> None:
         """Queue a call-log update (merged with others of the same batch); `extra` is merged key by key."""
