@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import API_KEY
 from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Dtmf, TransferResult
 from rtp_capture import LoopbackRtpCapture, can_capture
 from sipp import call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
@@ -43,18 +44,23 @@ class BotProc:
         self.url = ""
 
     @classmethod
-    async def start(cls, tmp: Path, *args: str) -> BotProc:
+    def spawn(cls, tmp: Path, *args: str) -> BotProc:
         log = tmp / f"bot-{len(list(tmp.glob('bot-*.log')))}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--listen", "127.0.0.1:0", *args],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env)
-        bot = cls(proc, log)
+            proc = subprocess.Popen([sys.executable, str(EXAMPLE), *args], stdout=out, stderr=subprocess.STDOUT,
+                                    env=env)
+        return cls(proc, log)
+
+    @classmethod
+    async def start(cls, tmp: Path, *args: str) -> BotProc:
+        """Connect mode: listening on a free port (`bot.url`)."""
+        bot = cls.spawn(tmp, "--listen", "127.0.0.1:0", *args)
         try:
             port = await wait_for(lambda: bot._port(), 60, what="the pipecat bot listening")
         except AssertionError:
             bot.stop()
-            raise AssertionError("pipecat bot did not start:\n" + log.read_text()[-3000:]) from None
+            raise AssertionError("pipecat bot did not start:\n" + bot.log.read_text()[-3000:]) from None
         bot.url = f"ws://127.0.0.1:{port}"
         return bot
 
@@ -82,11 +88,22 @@ class BotProc:
 
 @pytest.fixture
 async def bot_proc(tmp_path):
+    """`await bot_proc(*args)`: a connect-mode bot; `await bot_proc(*args, accept=gw)`: one in accept mode at gw's
+    pool `pc` (returns once its idle connection is there, `bot.url` = the agent's engine spec)."""
     started: list[BotProc] = []
 
-    async def start(*args: str) -> BotProc:
-        bot = await BotProc.start(tmp_path, *args)
+    async def start(*args: str, accept=None) -> BotProc:
+        if accept is None:
+            bot = await BotProc.start(tmp_path, *args)
+            started.append(bot)
+            return bot
+        bot = BotProc.spawn(tmp_path, "--connect", f"ws://127.0.0.1:{accept.http_port}/engine/ws",
+                            "--api-key", API_KEY, "--pool", "pc", "--concurrency", "1", *args)
         started.append(bot)
+        await wait_for(lambda: bot.proc.poll() is not None or accept.engines.accept_hub.idle_count("pc") == 1, 60,
+                       what="the pipecat bot's idle connection")
+        assert bot.proc.poll() is None, bot.log.read_text()[-3000:]
+        bot.url = "accept:pc"
         return bot
 
     yield start
@@ -181,11 +198,13 @@ async def _drain(call) -> None:
 
 
 @needs_pipecat
-async def test_dtmf_transfer_amd_and_hangup_map_to_pipecat_frames(make_gateway, bot_proc):
+@pytest.mark.parametrize("mode", ["connect", "accept"])
+async def test_dtmf_transfer_amd_and_hangup_map_to_pipecat_frames(make_gateway, bot_proc, mode):
     """DTMF → InputDTMFFrame; `0` → GatewayTransferFrame → the gateway transfers → GatewayTransferResultFrame;
-    AMD → GatewayAmdResultFrame; `#` → EndWorkerFrame → EndFrame → hangup with the bot's reason."""
-    bot = await bot_proc()
+    AMD → GatewayAmdResultFrame; `#` → EndWorkerFrame → EndFrame → hangup with the bot's reason. In both modes:
+    the gateway dials the bot (serve) or the bot waits at the gateway (connect)."""
     gw = await make_gateway()
+    bot = await (bot_proc() if mode == "connect" else bot_proc(accept=gw))
     agent = await gw.store.create_agent({"name": "pc", "engine": bot.url + "?sample_rate=8000",
                                          "settings": {"transfer": {"number": "+15550009999"}}})
     call = await gw.calls.create(carrier="test", direction="outbound", from_number="+15550001111",
@@ -224,6 +243,17 @@ def test_serializer_maps_protocol_messages():
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "pipecat_mapping_check.py")], capture_output=True,
                          text=True, timeout=90, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@needs_pipecat
+async def test_accept_mode_bot_stops_on_a_wrong_key(make_gateway, tmp_path):
+    gw = await make_gateway()
+    bot = BotProc.spawn(tmp_path, "--connect", f"ws://127.0.0.1:{gw.http_port}/engine/ws", "--api-key", "nope")
+    try:
+        assert await asyncio.to_thread(bot.proc.wait, 60) == 1
+    finally:
+        bot.stop()
+    assert "gateway refused the engine: 401" in bot.log.read_text()
 
 
 def test_core_does_not_import_pipecat():

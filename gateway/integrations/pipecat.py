@@ -619,7 +619,8 @@ async def run_call(ws: Connection, bot: Bot, params: GatewayParams | None = None
 
 
 def redirect_target(message: str | bytes) -> str | None:
-    """The URL of a gateway `redirect` message ({"type": "redirect", "url": "ws[s]://…"}), else None."""
+    """The URL of a gateway `redirect` message ({"type": "redirect", "url": "ws[s]://…"}), else None.
+    (examples/engine_client.py has the same check: that example needs only `websockets`, so it cannot import it.)"""
     if not isinstance(message, str):
         return None
     try:
