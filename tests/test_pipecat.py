@@ -48,7 +48,7 @@ class BotProc:
         log = tmp / f"bot-{len(list(tmp.glob('bot-*.log')))}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, str(EXAMPLE), *args], stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([*_python(env), str(EXAMPLE), *args], stdout=out, stderr=subprocess.STDOUT,
                                     env=env)
         return cls(proc, log)
 
@@ -84,6 +84,19 @@ class BotProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def _python(env: dict[str, str]) -> list[str]:
+    """The bot's interpreter command. When this run measures coverage (`pytest --cov`, as .ci/run does), the bot
+    runs under coverage too, with the same settings, writing a parallel data file beside the run's, which
+    pytest-cov combines at the end: gateway/integrations/pipecat.py runs only in the bot's process."""
+    import coverage
+
+    cov = coverage.Coverage.current()
+    if cov is None:
+        return [sys.executable]
+    env["COVERAGE_FILE"] = os.path.abspath(cov.config.data_file)
+    return [sys.executable, "-m", "coverage", "run", "--parallel-mode", f"--rcfile={cov.config.config_file}"]
 
 
 @pytest.fixture
