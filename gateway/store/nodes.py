@@ -17,6 +17,8 @@ from sqlalchemy import bindparam, case, func, insert, select, update
 from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 #: states in which a process owns calls; `stopped` ended its calls itself, `lost` had them closed by a survivor
@@ -37,6 +39,8 @@ class ClusterStore:
 
         def _writing_core(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
         def _writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+        _queue: asyncio.Queue[tuple[str, int, Any]]
+
         async def flush(self) -> None: ...
         def _call_row(self, fields: dict[str, Any]) -> dict[str, Any]: ...
 
