@@ -15,7 +15,8 @@ def use_media(leg: SipLeg, choice: MediaChoice, direction: bool = True) -> None:
     """Apply a negotiated SDP to a leg's RTP session: where to send, codec, payload types, SRTP keys (unchanged
     keys keep the running SRTP context) and, unless it is early media, our direction."""
     rtp = leg.rtp
-    rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
+    rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type,
+                  rtcp_mux=choice.rtcp_mux, rtcp_addr=choice.rtcp_addr)
     if choice.srtp != leg.srtp_keys:
         keys = leg.srtp_keys = choice.srtp
         rtp.set_srtp(SrtpContext(keys.local, keys.remote) if keys is not None else None)

@@ -7,13 +7,19 @@ The outbound side (engine → carrier) is bounded too, but there the producer is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from voicecodecs import Reframer, StreamResampler, frame_bytes
 from voicecodecs._audioop import audioop
 
 from .frames import AudioFrame, BusItem, Clear
+
+#: one frame in this many is timed through the bus (gateway_media_turnaround_seconds): once a second of audio,
+#: so the cost per frame is an identity test, not a histogram update
+TURNAROUND_SAMPLE = 50
 
 
 @dataclass
@@ -36,7 +42,7 @@ class DropOldestQueue:
     def __init__(self, maxsize: int, counters: BusCounters) -> None:
         self.maxsize = maxsize
         self._items: deque[BusItem] = deque()
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._counters = counters
 
     def __len__(self) -> int:
@@ -91,6 +97,10 @@ class CallBus:
         #: set by clear() until the carrier's sender has carried the Clear out: a sender holding audio (pacing
         #: before a large chunk) drops it at once instead of sending it first (Exotel's clear was ~100 ms late)
         self.clear_pending = asyncio.Event()
+        #: called with ("in" | "out", seconds) for the sampled frames (Call.attach sets it to the histogram)
+        self.on_turnaround: Callable[[str, float], None] | None = None
+        self._probe_in: tuple[AudioFrame, float] | None = None
+        self._probe_out: tuple[AudioFrame, float] | None = None
 
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
@@ -98,10 +108,26 @@ class CallBus:
         for chunk in self._in_frame.push(pcm):
             self.counters.frames_in += 1
             self.counters.level_in = audioop.rms(chunk, 2)
-            self.inbound.put_nowait(AudioFrame(self._up.process(chunk), self.engine_rate))
+            frame = AudioFrame(self._up.process(chunk), self.engine_rate)
+            if self.counters.frames_in % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None:
+                self._probe_in = (frame, time.perf_counter())
+            self.inbound.put_nowait(frame)
 
     def feed_event(self, event: BusItem) -> None:
         self.inbound.put_nowait(event)
+
+    async def next_inbound(self) -> BusItem:
+        """The engine's next item (waits); a sampled frame's time in the queue is reported as turnaround "in"."""
+        item = await self.inbound.get()
+        probe = self._probe_in
+        if probe is not None and probe[0] is item:
+            self._probe_in = None
+            self._turnaround("in", probe[1])
+        return item
+
+    def _turnaround(self, direction: str, since: float) -> None:
+        if self.on_turnaround is not None:
+            self.on_turnaround(direction, time.perf_counter() - since)
 
     # engine → carrier -------------------------------------------------------------------------------------
     async def play(self, pcm: bytes) -> None:
@@ -118,7 +144,13 @@ class CallBus:
     async def _put_out_audio(self, chunk: bytes) -> None:
         for frame in self._out_carrier_frame.push(self._down.process(chunk)):
             self.counters.level_out = audioop.rms(frame, 2)
-            await self.outbound.put(AudioFrame(frame, self.carrier_rate))
+            item = AudioFrame(frame, self.carrier_rate)
+            # only a frame with nothing queued ahead measures the gateway; one behind queued speech measures
+            # how much speech the engine sent ahead of time
+            if (self.outbound.empty() and self.on_turnaround is not None
+                    and self.counters.frames_out % TURNAROUND_SAMPLE == 0):
+                self._probe_out = (item, time.perf_counter())
+            await self.outbound.put(item)
 
     async def send_control(self, item: BusItem) -> None:
         """Queue a control item (mark, DTMF, hangup, transfer) in order behind the audio already queued."""
@@ -137,6 +169,7 @@ class CallBus:
                 kept.append(item)
         self._out_frame.reset()
         self._out_carrier_frame.reset()
+        self._probe_out = None
         self.counters.dropped_out += dropped
         for item in kept:
             q.put_nowait(item)
@@ -149,7 +182,14 @@ class CallBus:
         item = await self.outbound.get()
         if isinstance(item, AudioFrame):
             self.counters.frames_out += 1
+            self._sent(item)
         return item
+
+    def _sent(self, item: AudioFrame) -> None:
+        probe = self._probe_out
+        if probe is not None and probe[0] is item:
+            self._probe_out = None
+            self._turnaround("out", probe[1])
 
     def next_outbound_nowait(self) -> BusItem | None:
         """For clock-driven senders (RTP): the next item or None when nothing is queued."""
@@ -159,5 +199,6 @@ class CallBus:
             return None
         if isinstance(item, AudioFrame):
             self.counters.frames_out += 1
+            self._sent(item)
         return item
 

@@ -11,12 +11,17 @@ from .call import Call, new_call_uuid
 from .channels import CHANNEL_RETRY_AFTER, Limits
 from .cluster import Reply
 from .frames import HangupSource
-from .metrics import TimingMetrics
 
 if TYPE_CHECKING:
+    from .engine import EngineRegistry
     from .runtime import Gateway
+    from .store import Store
 
 log = logging.getLogger("gateway.calls")
+
+
+#: hangup reasons that mean the voice engine failed the call (counted in gateway_engine_failures_total)
+ENGINE_FAILURES = ("engine_error", "engine_unavailable", "engine_unreachable")
 
 
 class CapacityError(RuntimeError):
@@ -49,16 +54,17 @@ class CallManager:
         self._by_sid: dict[str, Call] = {}
         self.totals = {"calls": 0, "frames_in": 0, "frames_out": 0, "dropped_in": 0}
         self._listeners: list[Any] = []
-        self.timing = TimingMetrics()
+        self.metrics = gateway.metrics
+        self.timing = gateway.metrics.timing
         self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
         self._idle.set()
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.gateway.store
 
     @property
-    def engines(self):
+    def engines(self) -> EngineRegistry:
         return self.gateway.engines
 
     @property
@@ -66,10 +72,13 @@ class CallManager:
         """No new call fits: `max_calls` reached, or the gateway is draining."""
         return self.gateway.draining or len(self.active) >= self.gateway.settings.max_calls
 
-    def _refuse_if_full(self) -> None:
+    def refuse_if_full(self, carrier: str) -> None:
+        """Raise DrainingError / CapacityError when no new call of `carrier` fits (counted as a refusal)."""
         if self.gateway.draining:
+            self.metrics.refused.labels(carrier, "draining").inc()
             raise DrainingError("gateway draining: new calls go to other workers or nodes")
         if self.at_capacity:
+            self.metrics.refused.labels(carrier, "capacity").inc()
             raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
 
     async def wait_idle(self, timeout: float | None) -> bool:
@@ -88,7 +97,7 @@ class CallManager:
         """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining,
         ChannelLimitError when the number's channels are all in use). `recording`: a per-call override of the
         agent's recording settings ({enabled, channels})."""
-        self._refuse_if_full()
+        self.refuse_if_full(carrier)
         if agent is None and number is not None and number.get("agent_id"):
             agent = await self.store.get_agent(number["agent_id"])
         fields = {
@@ -104,6 +113,7 @@ class CallManager:
             limited = await self.store.create_call_within(fields, number["id"], channels,
                                                           self.gateway.settings.stale_after)
             if limited is None:
+                self.metrics.refused.labels(carrier, "channels").inc()
                 raise ChannelLimitError(number, channels)
             row = limited
         else:
@@ -116,6 +126,8 @@ class CallManager:
         if carrier_sid:
             self._by_sid[carrier_sid] = call
         self.totals["calls"] += 1
+        self.metrics.calls.labels(carrier, direction).inc()
+        self.gateway.tracing.call_created(call, self.gateway.settings.proc_id)
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call
@@ -214,6 +226,11 @@ class CallManager:
             self.totals["frames_in"] += c.frames_in
             self.totals["frames_out"] += c.frames_out
             self.totals["dropped_in"] += c.dropped_in
+        source = call.hangup.source.value if call.hangup is not None else "unknown"
+        self.metrics.calls_ended.labels(call.carrier, call.direction, call.status, source).inc()
+        reason = call.hangup.reason if call.hangup is not None else ""
+        if reason in ENGINE_FAILURES:
+            self.metrics.engine_failures.labels(reason).inc()
         if ((call.agent or {}).get("webhook_url") or "").strip():  # reading the row back costs a flush
             row = await self.store.get_call(call.log_id)
             self.gateway.webhooks.emit(call, "post_call", {"call_log": row})

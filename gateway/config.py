@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ class Settings:
     recording_sweep_interval: float = 300.0
     #: music on hold: a WAV file the gateway plays to a held caller (default: a generated soft tone pattern)
     moh_file: str = ""
+    #: OTLP/HTTP endpoint for OpenTelemetry spans of call setup (gateway/tracing.py); empty = tracing off
+    otel_endpoint: str = ""
 
     @property
     def db_url(self) -> str:
@@ -160,7 +163,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
+                  environ: Mapping[str, str] | None = None) -> Settings:
     """Merge TOML file < environment < explicit overrides (CLI flags; None values are ignored)."""
     environ = os.environ if environ is None else environ
     names = {f.name for f in fields(Settings)}

@@ -24,7 +24,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("/api/v1/openapi.json", "REST API (OpenAPI 3.1)",
      "the API document; like every /api/v1 request it needs Authorization: Bearer <API key>"),
     ("/dashboards", "Dashboards", "Grafana dashboards for the metrics below, to import into Grafana"),
-    ("/metrics", "Metrics", "Prometheus metrics: active calls per carrier, frames, drops, webhooks, RTP, CPU"),
+    ("/metrics", "Metrics", "Prometheus metrics: calls by carrier and outcome, setup and media latency, call quality "
+                            "(RTP/RTCP, MOS), SIP, AMD, engines, webhooks, queue, process (docs/operations.md)"),
     ("/healthz", "Health", "liveness and load as JSON"),
 ]
 

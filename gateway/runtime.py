@@ -22,10 +22,12 @@ from .dispatcher import Dispatcher
 from .engine import EngineRegistry
 from .health import HealthMonitor
 from .httpguard import ConnectionGuard, GuardedSite, fd_budget, raise_fd_limit
+from .metrics import GatewayMetrics
 from .recording import Recordings
 from .secretbox import SecretBox
 from .store import Store
 from .throttle import FailureThrottle
+from .tracing import CallTracing
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("gateway")
@@ -53,6 +55,10 @@ def saved_api_key(data_dir: str) -> tuple[str, str]:
 class Gateway:
     def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
         self.settings = settings
+        #: this gateway's Prometheus registry and series (gateway/metrics.py); before anything that counts
+        self.metrics = GatewayMetrics()
+        #: OpenTelemetry spans of call setup, when `otel_endpoint` is set (gateway/tracing.py)
+        self.tracing = CallTracing.from_settings(settings)
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
         self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
@@ -77,6 +83,7 @@ class Gateway:
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app["gateway"] = self
         self.carriers: dict[str, Carrier] = carriers if carriers is not None else load_carriers(self, settings.carriers)
+        self.metrics.attach(self)
         self._runner: web.AppRunner | None = None
         self.http_guard: ConnectionGuard | None = None
         self.http_port: int | None = None
@@ -87,9 +94,9 @@ class Gateway:
         #: /healthz answer 503. `drained` is set once the live calls are gone and webhooks are flushed.
         self.draining = False
         self.drained = asyncio.Event()
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._drain_now = asyncio.Event()
-        self._state_task: asyncio.Task | None = None
+        self._state_task: asyncio.Task[None] | None = None
 
     def carrier_for(self, provider: str) -> Carrier | None:
         """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""
@@ -164,6 +171,7 @@ class Gateway:
         await self.membership.announce()
         await self.dispatcher.start()
         await self.health.start()
+        self.metrics.start()
         self.started = True
         if self.settings.allow_private_webhooks:
             log.warning("SSRF guard off: agent webhooks may reach loopback, private and link-local (cloud metadata) "
@@ -228,6 +236,8 @@ class Gateway:
         await self.membership.stop()
         await self.control.stop()
         await self.store.close()
+        self.metrics.stop()
+        await self.tracing.shutdown()
         self.started = False
 
     @property

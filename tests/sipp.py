@@ -237,9 +237,33 @@ async def metrics_text(gw) -> str:
         return await r.text()
 
 
+async def serve_app(app):
+    """Run an aiohttp application on 127.0.0.1, ephemeral port (a webhook receiver, a collector stand-in):
+    returns (its runner, for `await runner.cleanup()`, and the port)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample `name` with exactly `labels` in a /metrics page (parsed with prometheus_client's own
+    parser), or None when the page has no such sample."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
 async def call_rows(gw) -> list[dict]:
     rows, _ = await gw.store.list_calls(1, 100)
     return rows
 
-__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metrics_text", "needs_sipp",
-           "rtp_range", "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]
+__all__ = ["SCENARIOS", "Outcome", "SippUas", "api", "call_rows", "free_port", "metric_value", "metrics_text",
+           "needs_sipp", "rtp_range", "serve_app", "sip_gateway", "sip_number", "sipp_uac", "sipp_uas", "wait_for"]

@@ -11,7 +11,7 @@ import pytest
 
 from amd_signals import tone, write_wav
 from rtp_capture import LoopbackRtpCapture, can_capture
-from sipp import SCENARIOS, api, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import SCENARIOS, api, metric_value, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
 from voicecodecs import ulaw_to_pcm16
 
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
@@ -66,6 +66,11 @@ async def test_sip_outbound_machine_gets_message_after_beep_then_bye_voicemail(m
     amd_results = [e for e in await gw.store.list_call_events(row["id"]) if e["kind"] == "call:amd_result"]
     assert [e["data"]["answered_by"] for e in amd_results] == ["machine_start", "machine_end_beep"]
     assert amd_results[0]["data"]["duration_ms"] <= 3500       # machine known early in the greeting
+    text = await metrics_text(gw)                                 # both verdicts counted, with their times
+    for verdict in ("machine_start", "machine_end_beep"):
+        assert metric_value(text, "gateway_amd_results_total", carrier="sip", answered_by=verdict,
+                            source="gateway") == 1
+    assert metric_value(text, "gateway_amd_decision_seconds_count", carrier="sip", source="gateway") == 2
     started = datetime.fromisoformat(events["call:voicemail_started"]["at"])
     hung = datetime.fromisoformat(events["hang_up"]["at"])
     assert (hung - started).total_seconds() >= MESSAGE_MS / 1000   # the whole message went out, in real time

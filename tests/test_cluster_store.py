@@ -99,3 +99,25 @@ async def test_racing_survivors_close_each_call_exactly_once(db_url):
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_workers_upgrading_one_database_together_all_start(db_url):
+    """`serve --workers N` after an upgrade: N processes find the same column missing at the same moment; every
+    one must open the store (one adds the column, the others find it added)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several processes share one database only on PostgreSQL")
+    first = Store(db_url)
+    await first.open()
+    async with first.engine.begin() as conn:      # a database from before `nodes.direct_url`
+        await conn.exec_driver_sql("ALTER TABLE nodes DROP COLUMN direct_url")
+    await first.close()
+    stores = [Store(db_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        await stores[0].register_node("w.1", node_id="w", public_url=None, sip_uri=None)
+        await stores[1].update_node("w.1", direct_url="http://127.0.0.1:1234")
+        assert (await stores[2].list_nodes(20))[0]["direct_url"] == "http://127.0.0.1:1234"
+    finally:
+        for s in stores:
+            if s.engine is not None:
+                await s.close()

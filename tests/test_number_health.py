@@ -4,7 +4,7 @@ health endpoint and /metrics, and checked periodically by one process."""
 import pytest
 
 from gateway.health import judge
-from sipp import api, free_port, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import api, free_port, metric_value, metrics_text, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
 from test_dispatch_queue import request
 
 pytestmark = [needs_sipp, pytest.mark.timeout(120)]
@@ -55,9 +55,10 @@ async def test_probe_asr_and_failure_reasons_in_the_api_and_metrics(make_gateway
     assert (listed["health_score"], listed["health_status"]) == (70, "degraded")
     assert listed["health"]["reasons"] == ["answer-seizure ratio 0% (< 20 %) over 5 calls"]
     text = await metrics_text(gw)
-    labels = f'{{number_id="{num["id"]}",phone_number="{num["phone_number"]}"}}'
-    assert f"gateway_number_health_score{labels} 70" in text
-    assert f"gateway_number_reachable{labels} 1" in text and f"gateway_number_asr{labels} 0" in text
+    labels = {"number_id": str(num["id"]), "phone_number": num["phone_number"]}
+    assert metric_value(text, "gateway_number_health_score", **labels) == 70
+    assert metric_value(text, "gateway_number_reachable", **labels) == 1
+    assert metric_value(text, "gateway_number_asr", **labels) == 0
     # nothing listens any more: unreachable
     await api(gw, "PATCH", f"/phone_number/{num['id']}", {"sip_port": free_port()}, expect=200)
     status, got, _ = await request(gw, "POST", f"/phone_number/{num['id']}/health")

@@ -20,6 +20,7 @@ from gateway.config import Settings
 from gateway.recording.recorder import Recorder
 from gateway.recording.wav import HEADER_BYTES, fix_header, read_header
 from gateway.runtime import Gateway
+from sipp import metric_value
 from voicecodecs import pcm16_to_ulaw
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -194,7 +195,7 @@ async def test_a_full_disk_stops_the_recording_not_the_call(twilio_env):
     assert row["call_status"] == "completed"
     async with aiohttp.ClientSession() as s, s.get(env.gw.url("/metrics")) as r:
         text = await r.text()
-    assert "gateway_recording_write_failures_total 1" in text
+    assert metric_value(text, "gateway_recording_write_failures_total") == 1
 
 
 async def test_a_recording_left_open_by_a_dead_process_is_repaired_and_served_after_restart(tmp_path):

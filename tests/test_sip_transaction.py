@@ -41,6 +41,9 @@ class FakeTransport:
 
     response_destination = SipTransport.response_destination
 
+    def count_response(self, direction, status):
+        pass
+
     def via(self, branch, protocol="udp"):
         return f"SIP/2.0/{protocol.upper()} 127.0.0.1:5060;branch={branch};rport"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from fakes.twilio_env import recording, twilio_env  # noqa: F401  (fixture)
-from gateway.metrics import Histogram, TimingMetrics
+from gateway.metrics import TimingMetrics
 from gateway.turns import Timeline, analyze, percentile
 
 LOUD = (np.ones(160) * 3000).astype("<i2").tobytes()
@@ -98,21 +99,16 @@ def test_percentile_interpolates_like_numpy():
         assert abs(percentile(vals, q) - float(np.percentile(vals, q))) < 1e-9
 
 
-def test_histogram_exposition_is_cumulative():
-    h = Histogram("x_seconds", "help", (0.1, 0.5))
-    for v in (0.05, 0.1, 0.3, 2.0):
-        h.observe(v)
-    lines: list[str] = []
-    h.render(lines)
-    assert lines[2:] == ['x_seconds_bucket{le="0.1"} 2', 'x_seconds_bucket{le="0.5"} 3',
-                         'x_seconds_bucket{le="+Inf"} 4', "x_seconds_sum 2.45", "x_seconds_count 4"]
-
-
 def test_timing_metrics_observe_turns():
-    m = TimingMetrics()
+    registry = CollectorRegistry()
+    m = TimingMetrics(registry)
     m.observe({"turns": [{"latency_ms": 400}, {"latency_ms": None, "barge_in": {"reaction_ms": 200}}]})
-    assert m.turns == 2 and m.latency.count == 1 and m.clear_reaction.count == 1
-    assert abs(m.latency.sum - 0.4) < 1e-9
+    value = registry.get_sample_value
+    assert value("gateway_turns_total") == 2 and value("gateway_response_latency_seconds_count") == 1
+    assert value("gateway_barge_in_clear_seconds_count") == 1
+    assert abs(value("gateway_response_latency_seconds_sum") - 0.4) < 1e-9
+    assert value("gateway_response_latency_seconds_bucket", {"le": "0.4"}) == 1   # le: a bound counts in it
+    assert value("gateway_response_latency_seconds_bucket", {"le": "0.3"}) == 0
 
 
 async def test_twilio_call_reports_its_turns_in_the_log_webhook_event_and_metrics(twilio_env):
@@ -143,4 +139,4 @@ async def test_twilio_call_reports_its_turns_in_the_log_webhook_event_and_metric
     events = await env.gw.store.list_call_events(row["id"])
     ended = next(e for e in events if e["kind"] == "conversation:ended")
     assert ended["data"]["timing"] == t and len(ended["data"]["turns"]) == t["turns"]
-    assert env.gw.calls.timing.turns == t["turns"]
+    assert env.gw.metrics.registry.get_sample_value("gateway_turns_total") == t["turns"]

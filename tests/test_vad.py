@@ -9,6 +9,7 @@ import pytest
 from gateway.engine import VoiceEngine
 from gateway.frames import HangupSource, SpeechActivity, TransferResult
 from gateway.vad import SpeechDetector
+from sipp import serve_app
 
 T = 5.0
 
@@ -145,11 +146,7 @@ async def test_speech_webhooks_arrive_in_order(make_gateway):
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_app(app)
     try:
         gw = await make_gateway(engine="echo", allow_private_webhooks=True)   # receiver on 127.0.0.1
         agent = await gw.store.create_agent({"name": "hooked", "engine": "echo",

@@ -13,8 +13,9 @@ import math
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from .. import metrics
+from ..metrics_workers import SCOPE_PROCESS, node_exposition
 from . import agents, calls, nodes, numbers, openapi, queue, recordings
 from .errors import error_middleware, error_response
 
@@ -31,7 +32,7 @@ def _bearer(request: web.Request) -> str:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         gw = request.app["gateway"]
         source = request.remote or ""
@@ -57,8 +58,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = metrics.render(request.app["gateway"])
-    return web.Response(body=body.encode(), headers={"Content-Type": metrics.CONTENT_TYPE})
+    """This process's series; under `--workers N` (unless `?scope=process`) every worker's of the node, each
+    labelled `proc` (gateway/metrics_workers.py)."""
+    gw = request.app["gateway"]
+    accept = request.headers.get("Accept", "")
+    if gw.settings.worker_index > 0 and request.query.get("scope") != SCOPE_PROCESS:
+        body, content_type = await node_exposition(gw, accept)
+    else:
+        body, content_type = gw.metrics.render(accept)
+    return web.Response(body=body, headers={"Content-Type": content_type, "X-Gateway-Proc": gw.settings.proc_id})
 
 
 async def openapi_handler(request: web.Request) -> web.Response:

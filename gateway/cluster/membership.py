@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
+    from ..store import Store
 
 log = logging.getLogger("gateway.cluster")
 
@@ -44,10 +45,10 @@ class Membership:
         self.settings = gateway.settings
         self.proc = gateway.settings.proc_id
         self.closed_orphans = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.gateway.store
 
     async def start(self) -> None:
@@ -69,7 +70,8 @@ class Membership:
         s = self.settings
         sip_uri = (f"sip:{s.advertised_ip or s.sip_host}:{s.sip_port}"
                    if s.enable_sip and s.sip_port and "sip" in self.gateway.carriers else None)
-        await self.store.update_node(self.proc, public_url=s.public_base, sip_uri=sip_uri)
+        await self.store.update_node(self.proc, public_url=s.public_base, sip_uri=sip_uri,
+                                     direct_url=self.gateway.direct_url)
 
     async def stop(self) -> None:
         """Stop heartbeating and record that this process ended its calls itself (`stopped`)."""

@@ -3,8 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from .session import RtpSession
+
+
+class RtcpPort(asyncio.DatagramProtocol):
+    """The RTCP socket of one session (its RTP port + 1, RFC 3550 §11): hands every datagram to the session."""
+
+    def __init__(self, session: RtpSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.session.rtcp_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable: the peer has no RTCP socket
+        log.debug("rtcp socket error", extra={"port": self.session.local_port + 1, "error": str(exc)})
 
 log = logging.getLogger("gateway.rtp")
 
@@ -34,7 +48,7 @@ class RtpEngine:
         self._closed_totals: dict[str, float] = {}
 
     def loop_time(self) -> float:
-        return self._loop.time()
+        return (self._loop or asyncio.get_running_loop()).time()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -49,7 +63,8 @@ class RtpEngine:
             s.close()
 
     async def open_session(self) -> RtpSession:
-        """Bind the next free even port of the range (skipping ports other programs hold)."""
+        """Bind the next free even port of the range and the odd one above it for RTCP (skipping pairs other
+        programs hold)."""
         loop = self._loop or asyncio.get_running_loop()
         span = (self.port_max - self.port_min) // 2 + 1
         for _ in range(span):
@@ -59,9 +74,18 @@ class RtpEngine:
                 continue
             session = RtpSession(self, port)
             try:
-                await loop.create_datagram_endpoint(lambda s=session: s, local_addr=(self.bind_ip, port))
+                await loop.create_datagram_endpoint(lambda: session,  # noqa: B023 (called before the next iteration)
+                                                    local_addr=(self.bind_ip, port))
             except OSError:
                 continue
+            try:
+                rtcp, _ = await loop.create_datagram_endpoint(partial(RtcpPort, session),
+                                                              local_addr=(self.bind_ip, port + 1))
+            except OSError:
+                if session.transport is not None:
+                    session.transport.close()
+                continue
+            session.rtcp_transport = rtcp
             self.sessions[port] = session
             self._order = tuple(self.sessions.values())
             return session
@@ -87,6 +111,8 @@ class RtpEngine:
 
     def _on_tick(self) -> None:
         loop = self._loop
+        if loop is None:   # scheduled by start() only, which sets the loop first
+            return
         now = self.now = loop.time()
         n = 0
         while self._next <= now and n < MAX_CATCH_UP:

@@ -8,19 +8,35 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from voicecodecs import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
-from ..frames import AudioFrame, Dtmf, Mark, SendDtmf
+from ..frames import AudioFrame, BusItem, Dtmf, Mark, SendDtmf
 from .dtmf import DtmfReceiver, DtmfSender
 from .jitter import LOST, JitterBuffer
 from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
+from .rtcp import Rtcp, mos
 from .srtp import SrtpContext
 
 if TYPE_CHECKING:
-    from ..call import Call
     from .engine import RtpEngine
+
+
+class RtpCall(Protocol):
+    """What a session is attached to: a `gateway.call.Call`, or a stand-in that looks like one to the session
+    (gateway/sip/bridge.py's BridgePort, the simulated caller's port in gateway/simulate/lines.py)."""
+
+    inbound_lag: float
+
+    @property
+    def bus(self) -> object: ...   # sending starts once it is not None
+
+    def feed_audio(self, pcm: bytes) -> None: ...
+
+    def feed_event(self, event: BusItem) -> None: ...
+
+    def next_outbound_nowait(self) -> BusItem | None: ...
 
 log = logging.getLogger("gateway.rtp")
 
@@ -55,10 +71,18 @@ class RtpSession(asyncio.DatagramProtocol):
         self._idle = True
         self._credit = 0
         self._last_samples = SAMPLES_PER_TICK
-        self.call: Call | None = None
+        self.call: RtpCall | None = None
         self.on_pcm: Callable[[bytes], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
         self.sent = self.received = self.foreign = self.ignored = 0
+        self.octets = 0       # payload bytes sent (the SR's octet count)
+        #: RTCP (rtcp.py): on local_port + 1 (`rtcp_transport`, bound by the engine) unless rtcp-mux was agreed
+        self.rtcp = Rtcp(self.ssrc, f"gateway@{engine.advertised_ip}")
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self.rtcp_mux = False
+        self.rtcp_remote: tuple[str, int] | None = None
+        self._rtcp_latched = False
+        self._sent_at_report = 0
         self.jitter_ts = 0.0  # RFC 3550 interarrival jitter, in timestamp units
         self._transit: int | None = None
         self._arrived = 0.0   # loop time the newest audio packet arrived
@@ -67,8 +91,14 @@ class RtpSession(asyncio.DatagramProtocol):
 
     # -- configuration ------------------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, codec: str, payload_type: int,
-                  dtmf_payload_type: int | None) -> None:
-        """Apply the negotiated SDP: where to send, which G.711 law, which payload types."""
+                  dtmf_payload_type: int | None, *, rtcp_mux: bool = False,
+                  rtcp_addr: tuple[str, int] | None = None) -> None:
+        """Apply the negotiated SDP: where to send, which G.711 law, which payload types; RTCP on the RTP port
+        (rtcp-mux agreed, RFC 5761) or apart, to the peer's a=rtcp (RFC 3605) or else its RTP port + 1. The first
+        RTCP packet from the peer's address latches its real source (NAT)."""
+        self.rtcp_mux = rtcp_mux
+        if rtcp_addr is not None and not self._rtcp_latched:
+            self.rtcp_remote = rtcp_addr
         if codec not in CODECS:
             raise ValueError(f"unsupported RTP codec {codec}")
         if remote is not None and not self.latched:
@@ -88,7 +118,7 @@ class RtpSession(asyncio.DatagramProtocol):
             raise ValueError(f"bad media direction {direction!r}")
         self.direction = direction
 
-    def attach(self, call: Call) -> None:
+    def attach(self, call: RtpCall) -> None:
         """Connect to a live call: received audio and DTMF go to it; the clock pulls its outbound frames."""
         self.call = call
         self.sending = True
@@ -101,22 +131,45 @@ class RtpSession(asyncio.DatagramProtocol):
     def stats(self) -> dict[str, float]:
         out = {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
-               "jitter_ms": round(self.jitter_ts / 8, 2)}
+               "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
+               "rtcp_received": sum(self.rtcp.received.values())}
         if self.srtp is not None:
             out["srtp_failed"] = self.srtp.failed   # dropped: failed authentication or replay check
         return out
 
+    def quality(self) -> dict[str, object]:
+        """Per-call RTP/RTCP quality for the call log: our reception (loss, jitter), what the peer's RTCP said
+        about our stream, the round-trip time and the MOS estimate of what we heard."""
+        rs = self.rtcp.reception
+        expected = rs.expected
+        loss = max(0, rs.lost) / expected if expected > 0 else 0.0
+        peer = self.rtcp.peer
+        rtt = peer.rtt if peer is not None else None
+        r, score = mos(loss, self.jitter_ts / 8000, rtt)
+        return {"expected": expected, "lost": max(0, rs.lost), "loss_ratio": round(loss, 5),
+                "jitter_ms": round(self.jitter_ts / 8, 2), "rtt_ms": None if rtt is None else round(rtt * 1000, 2),
+                "r_factor": round(r, 1), "mos": round(score, 2),
+                "remote": None if peer is None else {"fraction_lost": round(peer.fraction_lost, 4),
+                                                     "packets_lost": peer.cumulative_lost,
+                                                     "jitter_ms": round(peer.jitter_ts / 8, 2)},
+                "rtcp": {"mux": self.rtcp_mux, "sent": dict(self.rtcp.sent), "received": dict(self.rtcp.received)}}
+
     def close(self) -> None:
+        if self.sending and self.transport is not None:
+            self._report(bye=True)      # RFC 3550 §6.3.7: a BYE when the session ends
         self.call = None
         self.on_pcm = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        if self.rtcp_transport is not None:
+            self.rtcp_transport.close()
+            self.rtcp_transport = None
         self.engine.release(self)
 
     # -- asyncio protocol ---------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)   # a datagram endpoint's transport
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.: the far end decides
         log.debug("rtp socket error", extra={"port": self.local_port, "error": str(exc)})
@@ -126,6 +179,7 @@ class RtpSession(asyncio.DatagramProtocol):
             self.foreign += 1
             return
         if is_rtcp(data):
+            self.rtcp_received(data, addr)
             return
         if self.srtp is not None:
             plain = self.srtp.unprotect(data)
@@ -141,6 +195,7 @@ class RtpSession(asyncio.DatagramProtocol):
             self.remote = addr
             self.latched = True
         self.received += 1
+        self.rtcp.reception.update(pkt.sequence)
         pt = pkt.payload_type
         if pt == self.payload_type:
             self._jitter.put(pkt.sequence, pkt.payload)
@@ -164,12 +219,53 @@ class RtpSession(asyncio.DatagramProtocol):
         else:  # comfort noise (13) and anything not negotiated
             self.ignored += 1
 
+    def rtcp_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """An RTCP packet, on the RTP port (mux) or the RTCP port: only from the peer's address."""
+        if self.remote is None or addr[0] != self.remote[0]:
+            self.foreign += 1
+            return
+        if self.srtp is not None:   # SRTCP (RFC 3711): what does not authenticate is dropped, never latched to
+            plain = self.srtp.unprotect_rtcp(data)
+            if plain is None:
+                return
+            data = plain
+        if not self.rtcp_mux and not self._rtcp_latched:
+            self.rtcp_remote = addr
+            self._rtcp_latched = True
+        self.rtcp.receive(data)
+
     # -- the shared clock -----------------------------------------------------------------------------------------
     def tick(self) -> None:
         if self.direction in ("sendrecv", "recvonly"):
             self._play_out()
         self._send()
         self._ts = (self._ts + SAMPLES_PER_TICK) & 0xFFFFFFFF
+        if self.sending and self.engine.now >= self.rtcp.due:
+            if self.rtcp.due == 0.0:
+                self.rtcp.schedule(self.engine.now, initial=True)
+            else:
+                self._report()
+
+    def _report(self, bye: bool = False) -> None:
+        """Send our compound RTCP report (SR after we sent RTP, else RR) and schedule the next one."""
+        rtcp = self.rtcp
+        we_sent = self.sent > self._sent_at_report
+        self._sent_at_report = self.sent
+        rtcp.schedule(self.engine.now, we_sent=we_sent)
+        if self.remote is None:
+            return
+        data = rtcp.build(packets_sent=self.sent, octets_sent=self.octets, rtp_timestamp=self._ts,
+                          jitter_ts=self.jitter_ts, we_sent=we_sent, bye=bye)
+        if self.srtp is not None:      # SRTCP (RFC 3711 §3.4) with the call's SRTP keys
+            protected = self.srtp.protect_rtcp(data)
+            if protected is None:
+                return
+            data = protected
+        if self.rtcp_mux:
+            if self.transport is not None:
+                self.transport.sendto(data, self.remote)
+        elif self.rtcp_transport is not None:
+            self.rtcp_transport.sendto(data, self.rtcp_remote or (self.remote[0], self.remote[1] + 1))
 
     def _play_out(self) -> None:
         """Play out 20 ms worth of packets per tick, whatever their ptime (SIPp's pcap and some trunks send
@@ -237,11 +333,15 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> None:
         self._seq = (self._seq + 1) & 0xFFFF
+        transport = self.transport
+        if transport is None:   # closed: nothing to send on
+            return
         packet = build_rtp(pt, marker, self._seq, ts, self.ssrc, payload)
         if self.srtp is not None:
             protected = self.srtp.protect(packet)
             if protected is None:
                 return
             packet = protected
-        self.transport.sendto(packet, self.remote)
+        transport.sendto(packet, self.remote)
         self.sent += 1
+        self.octets += len(payload)

@@ -117,3 +117,18 @@ class SrtpContext:
             return None
         self.unprotected += 1
         return rtp
+
+    def protect_rtcp(self, rtcp: bytes) -> bytes | None:
+        """An RTCP compound packet as SRTCP (RFC 3711 §3.4: encrypted, always authenticated), or None."""
+        try:
+            return self._tx.protect_rtcp(rtcp)
+        except LibSrtpError:
+            return None
+
+    def unprotect_rtcp(self, srtcp: bytes) -> bytes | None:
+        """A received SRTCP packet in the clear, or None (counted in `failed`) when it does not authenticate."""
+        try:
+            return self._rx.unprotect_rtcp(srtcp)
+        except LibSrtpError:
+            self.failed += 1
+            return None

@@ -283,6 +283,8 @@ class MediaChoice:
     ptime: int = 20                      # the peer's packetisation time (we always send 20 ms)
     remote_direction: str = "sendrecv"   # as the peer declared it (c=0.0.0.0 counts as "inactive")
     srtp: SrtpKeys | None = None         # SDES-SRTP keys when the media is encrypted
+    rtcp_mux: bool = False               # RTCP on the RTP port (RFC 5761: offered, and we answered it)
+    rtcp_addr: tuple[str, int] | None = None   # the peer's a=rtcp (RFC 3605), else its RTP port + 1
 
     @property
     def on_hold(self) -> bool:
@@ -299,6 +301,20 @@ def answer_direction(offer_direction: str, wanted: str = "sendrecv") -> str:
             (False, False): "inactive"}[(we_send, we_recv)]
 
 
+def _rtcp_addr(m: MediaDescription, media_addr: str) -> tuple[str, int] | None:
+    """The peer's RTCP address from `a=rtcp:port [IN IP4 addr]` (RFC 3605); None when absent or unreadable."""
+    value = m.attr("rtcp")
+    if not value:
+        return None
+    parts = value.split()
+    try:
+        port = int(parts[0])
+    except ValueError:
+        return None
+    addr = parts[3] if len(parts) >= 4 and parts[0] and parts[1] == "IN" else media_addr
+    return (addr, port) if 0 < port < 65536 else None
+
+
 def _new_session_id() -> str:
     return str(int(time.time()) * 1000 + int.from_bytes(os.urandom(2), "big") % 1000)
 
@@ -313,7 +329,8 @@ def make_offer(ip: str, port: int, codecs: tuple[str, ...] | list[str] = ("PCMU"
         raise SdpError(f"unknown direction {direction!r}")
     if media_encryption not in MEDIA_ENCRYPTION:
         raise SdpError(f"unknown media_encryption {media_encryption!r}")
-    fmts, attrs = [], []
+    fmts: list[str] = []
+    attrs: list[tuple[str, str | None]] = []
     for c in codecs:
         pt = _CODEC_PT.get(c.upper())
         if pt is None:
@@ -428,6 +445,9 @@ def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
             fmts.append(str(dtmf_pt))
             attrs += [("rtpmap", f"{dtmf_pt} telephone-event/8000"), ("fmtp", f"{dtmf_pt} 0-16")]
         attrs += [("ptime", str(ptime)), (ours, None)]
+        mux = m.attr("rtcp-mux") is not None
+        if mux:
+            attrs.append(("rtcp-mux", None))      # RFC 5761 §5.1.1: RTP and RTCP share the port
         agreed = None
         if theirs is not None:   # our own key, under the tag and suite we accept (RFC 4568 §7.1.2)
             if keys is not None and keys.remote.key == theirs.key and keys.local.suite == theirs.suite:
@@ -440,7 +460,8 @@ def answer_offer(offer: SessionDescription | bytes | str, ip: str, port: int,
         addr = offer.media_address(m)
         if addr is None:
             raise SdpError("audio stream without a connection address")
-        choice = MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, agreed)
+        choice = MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, agreed, mux,
+                             _rtcp_addr(m, addr))
     if choice is None:
         if refused and not offered:
             raise EncryptionMismatch("; ".join(dict.fromkeys(refused)))
@@ -508,5 +529,6 @@ def parse_answer(answer: SessionDescription | bytes | str, offer: SessionDescrip
             raise SdpError("audio stream without a connection address")
         remote_dir = _effective_remote_direction(answer, m)
         ours = answer_direction(remote_dir, "sendrecv")
-        return MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, keys)
+        return MediaChoice(codec, pt, dtmf_pt, (addr, m.port), ours, m.ptime or 20, remote_dir, keys,
+                           rtcp_addr=_rtcp_addr(m, addr))
     raise NoCommonCodec("answer has no audio stream with a supported codec")

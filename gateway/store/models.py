@@ -128,6 +128,9 @@ class Node(Base):
     node_id: Mapped[str] = mapped_column(String(128))
     public_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     sip_uri: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    #: the URL that reaches this process and no other (`Gateway.direct_url`): a worker's private HTTP port, read
+    #: by its siblings to cover the whole node in /metrics (gateway/metrics_workers.py)
+    direct_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="running")   # running | draining | stopped | lost
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
