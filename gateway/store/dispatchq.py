@@ -158,7 +158,7 @@ class QueueStore(ClusterStore):
         """Record what became of a claimed item: written behind, in the call log's batches (at hundreds of calls
         per second one transaction per call would queue behind them). Until then the item still counts as
         `dispatching`; a crash meanwhile is recovered from its call-log row (`recover_items`)."""
-        self._queue.put_nowait(("queue_done", item_id, {
+        self._writes.put_nowait(("queue_done", item_id, {
             "status": status, "error": error[:300] if error else None, "call_log_id": call_log_id,
             "dispatched_at": utcnow() if call_log_id is not None else None}))
 
