@@ -132,6 +132,8 @@ class QueueStore(ClusterStore):
 
     async def due_numbers(self) -> list[int]:
         """Numbers with queue items due now (in an active bulk call or none)."""
+        if self.engine is None:
+            raise RuntimeError("the store is not open")
         async with self.engine.connect() as conn:
             now = await self._db_now(conn)
             rows = (await conn.execute(select(QueuedCall.from_number_id).where(*self._due(None, now))
