@@ -107,9 +107,9 @@ class Call:
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
-        self._engine_task: asyncio.Task | None = None
+        self._engine_task: asyncio.Task[None] | None = None
         #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
-        self._transfer_waiters: dict[int, asyncio.Future] = {}
+        self._transfer_waiters: dict[int, asyncio.Future[None]] = {}
         self._engine: Any = None
         #: a transfer waiting for the engine to say its transfer_message (then the engine transfers)
         self._say_pending: TransferRequest | None = None
@@ -232,19 +232,26 @@ class Call:
         if self.bus is not None and not self.ended.is_set():
             self.bus.feed_event(event)
 
+    def _attached_bus(self) -> CallBus:
+        """The bus of an attached call: what runs after attach() (engine, carrier sender, transfers) uses this."""
+        if self.bus is None:
+            raise RuntimeError(f"call {self.id} is not attached")
+        return self.bus
+
     async def next_inbound(self) -> BusItem:
-        return await self.bus.next_inbound()
+        return await self._attached_bus().next_inbound()
 
     async def next_outbound(self) -> BusItem:
         """Next item for the carrier to send; hangup/transfer/hold requests are carried out here, in order. While
         the gateway holds the call it is music on hold, paced at real time, and the engine's output waits."""
+        bus = self._attached_bus()
         while True:
             if self.held:
                 frame = await self._music_paced()
                 if frame is not None:
                     return frame
                 continue
-            item = await self.bus.next_outbound()
+            item = await bus.next_outbound()
             if isinstance(item, Hangup):
                 await self._hangup_now(item.source, item.reason)
             elif isinstance(item, TransferRequest):
@@ -260,10 +267,11 @@ class Call:
 
     def next_outbound_nowait(self) -> BusItem | None:
         """For clock-driven senders (RTP, one call per 20 ms tick); leg actions run in their own task."""
+        bus = self._attached_bus()
         while True:
             if self.held:
                 return self._music_frame()
-            item = self.bus.next_outbound_nowait()
+            item = bus.next_outbound_nowait()
             if isinstance(item, Hangup):
                 asyncio.create_task(self._hangup_now(item.source, item.reason))
             elif isinstance(item, TransferRequest):
@@ -364,13 +372,15 @@ class Call:
 
     def _played(self, item: BusItem) -> None:
         """An item handed to the carrier: agent audio and clears go on the turn timeline and into the recording."""
-        recorder = self.recorder
+        recorder, timeline = self.recorder, self.timeline   # (the timeline is set by attach(), with the bus)
         if type(item) is AudioFrame:
-            self.timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
+            if timeline is not None:
+                timeline.agent_frame(item.pcm, self._clock())   # bus frames are 20 ms
             if recorder is not None:
                 recorder.agent(item.pcm)
         elif type(item) is Clear:
-            self.timeline.agent_clear(self._clock())
+            if timeline is not None:
+                timeline.agent_clear(self._clock())
             if recorder is not None:
                 recorder.clear_agent()
 
@@ -421,9 +431,10 @@ class Call:
             self._say_pending = None        # the engine said the message: this is its "then transfer"
             req = TransferRequest(pending.number, pending.backup_numbers, None)
         elif req.message:
-            req = await self._before_transfer(req)
-            if req is None:
+            after = await self._before_transfer(req)
+            if after is None:
                 return                      # the engine is saying the message; its transfer follows
+            req = after
         await self._queue_transfer(req, wait)
 
     async def _before_transfer(self, req: TransferRequest) -> TransferRequest | None:
@@ -446,14 +457,14 @@ class Call:
         from .amd.wav import WavError, load_message
         from .wavfetch import fetch_wav, is_wav_url
         try:
-            rate = self.bus.engine_rate
-            pcm = (await fetch_wav(message, rate, self.manager.gateway.settings.allow_private_webhooks)
-                   if is_wav_url(message) else load_message(message, rate))
+            bus = self._attached_bus()
+            pcm = (await fetch_wav(message, bus.engine_rate, self.manager.gateway.settings.allow_private_webhooks)
+                   if is_wav_url(message) else load_message(message, bus.engine_rate))
         except WavError as e:
             self.log.error("%s not played: %s", what, e)
         else:
-            await self.bus.play(pcm)
-            await self.bus.flush_play()
+            await bus.play(pcm)
+            await bus.flush_play()
 
     def _say_timed_out(self, req: TransferRequest) -> None:
         if self._say_pending is req and not self.ended.is_set():
@@ -462,26 +473,30 @@ class Call:
             asyncio.ensure_future(self._queue_transfer(req, None))
 
     async def _queue_transfer(self, req: TransferRequest, wait: float | None) -> None:
-        taken = asyncio.get_running_loop().create_future() if wait is not None else None
+        taken: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if wait is not None else None
         if taken is not None:
             self._transfer_waiters[id(req)] = taken
         try:
-            await self.bus.flush_play()
-            await self.bus.send_control(req)
+            bus = self._attached_bus()
+            await bus.flush_play()
+            await bus.send_control(req)
             if taken is not None:
                 await asyncio.wait({taken}, timeout=wait)
         finally:
             self._transfer_waiters.pop(id(req), None)
             if taken is not None and not taken.done():
                 taken.cancel()      # still queued: the outcome reaches the log and the engine as usual
-        if taken is not None and not taken.cancelled() and taken.exception() is not None:
-            raise taken.exception()
+        failure = taken.exception() if taken is not None and not taken.cancelled() else None
+        if failure is not None:
+            raise failure
 
     async def _transfer_now(self, req: TransferRequest) -> None:
         taken = self._transfer_waiters.pop(id(req), None)
         self.transfer = req
         await self.emit("call:transfer_requested", {"number": req.number, "backup_numbers": req.backup_numbers})
         try:
+            if self.leg is None:
+                raise RuntimeError(f"call {self.id} has no carrier leg")
             await self.leg.transfer(self, req)
         except Exception as e:
             if isinstance(e, CarrierError):
@@ -521,16 +536,22 @@ class Call:
                                f"({self.consultation.state})")
         return ConsultRequest(self.transfer_request(number, by_engine=by_engine).number, message)
 
+    def _consulting_leg(self) -> ConsultingLeg:
+        """The leg, as one that runs attended transfers (consult_request() refused the others already)."""
+        if not isinstance(self.leg, ConsultingLeg):
+            raise ConsultError(f"carrier {self.carrier} has no attended transfer in this gateway")
+        return self.leg
+
     async def start_consult(self, req: ConsultRequest) -> None:
         """Put the caller on hold and dial the target through the carrier (raises what the carrier's refusal
         raised, CarrierError, after reporting the consultation `failed`)."""
         if self.consultation is not None and self.consultation.active:
             raise ConsultError(f"a consultation with {self.consultation.number} is already in progress")
         self.consultation = Consultation(req.number, req.message)
-        self.bus.clear()            # what the engine still had queued for the caller is not for the target
+        self._attached_bus().clear()   # what the engine still had queued for the caller is not for the target
         await self._consult_changed()
         try:
-            await self.leg.consult(self, req)
+            await self._consulting_leg().consult(self, req)
         except Exception as e:
             if not isinstance(e, CarrierError):
                 self.log.exception("consultation call failed")
@@ -587,7 +608,7 @@ class Call:
             raise ConsultError("no answered consultation to complete" + (f" (it is {c.state})" if c else ""))
         self.transfer = TransferRequest(c.number)
         await self.emit("call:transfer_requested", {"number": c.number, "backup_numbers": [], "attended": True})
-        await self.leg.consult_complete(self)
+        await self._consulting_leg().consult_complete(self)
         return c.method or ""
 
     async def cancel_consult(self) -> None:
@@ -595,7 +616,7 @@ class Call:
         c = self.consultation
         if c is None or not c.active:
             raise ConsultError("no consultation in progress" + (f" (the last one is {c.state})" if c else ""))
-        await self.leg.consult_cancel(self)
+        await self._consulting_leg().consult_cancel(self)
 
     def hold_frames(self) -> Iterator[bytes] | None:
         """What a caller on hold hears, as an endless iterator of 20 ms PCM16 frames at the carrier's rate: the

@@ -62,7 +62,9 @@ class Baresip:
         wav = tone_wav(self.dir / "tone.wav", self.tone_hz, self.seconds)
         rtp = free_port(even=True)
         lines = [
-            "poll_method epoll", f"sip_listen 127.0.0.1:{self.port}",
+            # net_interface (same as `-n`) takes an interface name or an address: without it baresip picks the
+            # host's default-route address (e.g. eth0's) as its local address and advertises it in its SDP/Contact
+            "poll_method epoll", "net_interface 127.0.0.1", f"sip_listen 127.0.0.1:{self.port}",
             "audio_player alsa,null", f"audio_source aufile,{wav}", "audio_alert alsa,null",
             f"rtp_ports {rtp}-{rtp + 3}", f"module_path {MODULES}",
             "module g711.so", "module aufile.so", "module alsa.so", "module srtp.so", "module sndfile.so",

@@ -32,6 +32,12 @@ async def tls_gateway(make_gateway, tmp_path, ca: TestCa, **settings):
                              tls_ca_file=ca.cert_path, **settings)
 
 
+#: baresip opens each media stream with one RTCP APP "PING" sent in the clear (16 bytes: too short to be SRTCP,
+#: RFC 3711 §3.4), which the gateway rightly drops as unauthenticated and counts as failed. It only shows when
+#: baresip advertises the loopback address it sends from; anything beyond it is a real decryption failure.
+BARESIP_PLAIN_RTCP = 1
+
+
 @pytest.mark.parametrize("trunk,peer", [
     ("srtp", "srtp-mand"),     # RTP/SAVP offer, SRTP required
     ("optional", "srtp"),      # baresip's best-effort mode: RTP/AVP with a=crypto, answered with keys
@@ -54,12 +60,12 @@ async def test_inbound_tls_srtp_call_decrypts_both_ways(make_gateway, tmp_path, 
         await wait_for(lambda: leg.rtp.srtp.unprotected >= 100, 15, what="100 SRTP packets decrypted")
         # … and baresip decrypts the echo: its own tone comes back out of the SRTP stream
         await wait_for(lambda: bs.heard_tone(1.0), 15, what="baresip hearing its tone echoed")
-        assert leg.rtp.srtp.failed == 0
-        assert metric_value(await metrics_text(gw), "gateway_srtp_packets_failed_total") == 0
+        assert leg.rtp.srtp.failed <= BARESIP_PLAIN_RTCP
+        assert metric_value(await metrics_text(gw), "gateway_srtp_packets_failed_total") <= BARESIP_PLAIN_RTCP
         await api(gw, "POST", f"/calls/{call.id}/hangup", {}, expect=200)
         row = await final_row(gw, call.log_id)
     assert row["extra"]["srtp"] == "AES_CM_128_HMAC_SHA1_80"
-    assert row["extra"]["rtp"]["srtp_failed"] == 0
+    assert row["extra"]["rtp"]["srtp_failed"] <= BARESIP_PLAIN_RTCP
 
 
 def sips_srv(port: int) -> list[str]:
@@ -89,7 +95,7 @@ async def test_outbound_call_over_sips_srv_with_srtp(make_gateway, tmp_path):
             row = await final_row(gw, d["requestId"])
     assert row["call_status"] == "completed" and row["extra"]["srtp"] == "AES_CM_128_HMAC_SHA1_80"
     assert row["extra"]["sip_request_uri"] == "sip:15559876543@trunk.test;transport=tls"
-    assert row["extra"]["rtp"]["srtp_failed"] == 0
+    assert row["extra"]["rtp"]["srtp_failed"] <= BARESIP_PLAIN_RTCP
 
 
 async def test_plain_rtp_offer_to_a_trunk_requiring_srtp_gets_488(make_gateway, tmp_path):

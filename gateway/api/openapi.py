@@ -39,7 +39,7 @@ def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None,
     return p
 
 
-def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict] | None = None,
+def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
         ok: dict[str, Any] | None = None, status: str = "200", errors: tuple[int, ...] = (400, 401, 404)
         ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag],
@@ -184,7 +184,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
     }
     for provider in providers(gw):
         carrier = gw.carrier_for(provider)
-        schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
+        if carrier is not None:   # providers() lists only providers of loaded carriers
+            schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
     return schemas
 
 
