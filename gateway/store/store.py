@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from ..secretbox import SecretBox, SecretKeyError
 from .channels import ChannelStore
-from .dispatchq import QueueStore
+from .dispatchq import FINISH_ITEM, QueueStore
 from .health import HealthStore
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
 from .models import row_dict as _row
@@ -464,10 +464,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
         events: list[dict[str, Any]] = []
         outbox_add: list[dict[str, Any]] = []
         outbox_del: set[str] = set()
+        placed: list[dict[str, Any]] = []
         for kind, call_id, payload in batch:
             if kind == "insert":
                 continue
-            if kind == "outbox_add":
+            if kind == "queue_done":
+                placed.append({"_id": call_id, **payload})
+            elif kind == "outbox_add":
                 outbox_add.append(payload)
             elif kind == "outbox_del":
                 outbox_del.add(payload)
@@ -481,7 +484,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         added = {r["delivery_id"] for r in outbox_add}
         outbox_add = [r for r in outbox_add if r["delivery_id"] not in outbox_del]
         outbox_del -= added
-        if not updates and not events and not outbox_add and not outbox_del:
+        if not updates and not events and not outbox_add and not outbox_del and not placed:
             return
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         async with self._writing_core() as conn:
@@ -500,6 +503,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 await conn.execute(insert(WebhookOutbox), outbox_add)
             if outbox_del:
                 await conn.execute(_DELETE_OUTBOX, {"ids": list(outbox_del)})
+            if placed:
+                await conn.execute(FINISH_ITEM, placed)
 
     def _update_statement(self, keys: tuple[str, ...]) -> Any:
         """The call-log UPDATE for one set of columns, built once (see _SELECT_EXTRA)."""
