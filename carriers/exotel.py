@@ -40,7 +40,17 @@ from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
-from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
+from gateway.frames import (
+    AudioFrame,
+    BusItem,
+    Clear,
+    Dtmf,
+    HangupSource,
+    Mark,
+    SendDtmf,
+    TransferRequest,
+    TransferResult,
+)
 from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
@@ -394,19 +404,19 @@ class VoicebotStream(MarkedPlayout):
         self.closing_for: str | None = None               # "hangup" | "transfer" when we close the socket
         self.packer: ChunkPacker | None = None
         self._send_lock = asyncio.Lock()
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._pcm_carry = b""
         self._prefix = ""
         self._stopping = False
         self.chunks_sent = 0
 
     @property
-    def log(self) -> logging.LoggerAdapter:
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return self.call.log if self.call else ContextLogger(log, {"carrier": "exotel"})
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        watcher: asyncio.Task | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             await self._await_start()
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"exotel-watch-{self.stream_sid}")
@@ -467,9 +477,14 @@ class VoicebotStream(MarkedPlayout):
         self.call.log.info("exotel stream started", extra={"stream_sid": sid, "codec": fmt.codec,
                                                            "rate": fmt.sample_rate})
 
+    def _started(self) -> tuple[Call, MediaFormat, ChunkPacker]:
+        """What the start message set up; the read and send loops run only after it."""
+        if self.call is None or self.fmt is None or self.packer is None:
+            raise RuntimeError("exotel stream used before its start message")
+        return self.call, self.fmt, self.packer
+
     async def _read_loop(self) -> None:
-        call = self.call
-        fmt = self.fmt
+        call, fmt, _ = self._started()
         b64 = base64.b64decode
         async for msg in self.ws:
             m = self._decode(msg)
@@ -491,11 +506,12 @@ class VoicebotStream(MarkedPlayout):
             elif event == "mark":
                 self._on_mark(m)
             elif event == "dtmf":
-                d = m.get("dtmf") if isinstance(m.get("dtmf"), dict) else {}
+                d: dict[str, Any] = m["dtmf"] if isinstance(m.get("dtmf"), dict) else {}
                 digit = str(d.get("digit", "")).strip().upper()
                 if len(digit) == 1 and digit in _DIGITS:
+                    dur = d.get("duration")
                     try:
-                        duration = int(float(d.get("duration"))) if d.get("duration") not in (None, "") else None
+                        duration = int(float(dur)) if dur is not None and dur != "" else None
                     except (TypeError, ValueError):
                         duration = None
                     call.feed_event(Dtmf(digit, duration))
@@ -539,15 +555,15 @@ class VoicebotStream(MarkedPlayout):
     async def _send_loop(self) -> None:
         """The only producer of media: takes the engine's 20 ms frames, packs them into Exotel-sized chunks and
         flushes a partial chunk (padded) once the engine pauses and Exotel is about to run out of audio."""
-        call = self.call
+        call, fmt, packer = self._started()
         loop = asyncio.get_running_loop()
-        nxt: asyncio.Future | None = None
+        nxt: asyncio.Future[BusItem] | None = None
         try:
             while not self._stopping:
                 if nxt is None:
                     nxt = asyncio.ensure_future(call.next_outbound())
                 timeout = None
-                if self.packer.pending:
+                if packer.pending:
                     timeout = max(self.carrier.idle_flush, self.playout_end - loop.time() - 0.06)
                 done, _ = await asyncio.wait({nxt}, timeout=timeout)
                 if not done:
@@ -566,7 +582,7 @@ class VoicebotStream(MarkedPlayout):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
                     # the Voicebot protocol has no DTMF message: play the tones in-band, in order with the audio
-                    await self.send_audio(dtmf_pcm(item.digits, self.fmt.sample_rate))
+                    await self.send_audio(dtmf_pcm(item.digits, fmt.sample_rate))
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             pass
         except asyncio.CancelledError:
@@ -580,11 +596,12 @@ class VoicebotStream(MarkedPlayout):
         await self._settle_next(nxt)   # a leg action may be running inside it: let it finish (bounded)
 
     async def send_audio(self, pcm: bytes) -> None:
-        for chunk in self.packer.push(self.fmt.encode(pcm)):
+        _, fmt, packer = self._started()
+        for chunk in packer.push(fmt.encode(pcm)):
             await self._send_chunk(chunk)
 
     async def flush(self) -> None:
-        chunk = self.packer.flush()
+        chunk = self._started()[2].flush()
         if chunk:
             await self._send_chunk(chunk)
 
@@ -595,12 +612,13 @@ class VoicebotStream(MarkedPlayout):
             return   # a barge-in arrived: this chunk is dropped, the Clear behind it goes out next
         async with self._send_lock:
             await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
-        self._played(len(chunk) / self.fmt.bytes_per_second)
+        self._played(len(chunk) / self._started()[1].bytes_per_second)
         self.chunks_sent += 1
 
     async def clear(self) -> None:
         """Barge-in: drop our partial chunk and Exotel's buffer; pending marks will never mean 'played'."""
-        self.packer.clear()
+        if self.packer is not None:
+            self.packer.clear()
         await super().clear()
 
     async def _before_drain(self) -> None:
@@ -620,7 +638,7 @@ class VoicebotStream(MarkedPlayout):
                 await self.drain()
             except (ConnectionError, aiohttp.ClientConnectionResetError):
                 pass
-        else:
+        elif self.packer is not None:
             self.packer.clear()
         if not self.ws.closed:
             await self.ws.close(code=CloseCode.NORMAL, message=action.encode())
@@ -828,8 +846,11 @@ class ExotelCarrier(Carrier):
             raise StreamClosed(CloseCode.UNKNOWN_NUMBER, "account_sid does not own this ExoPhone")
         self._check_auth(stream.request, number)
         params = start.get("custom_parameters") if isinstance(start.get("custom_parameters"), dict) else {}
+        fmt = stream.fmt
+        if fmt is None:   # set from the start message before the stream is claimed
+            raise StreamClosed(CloseCode.BAD_MEDIA_FORMAT, "start without a media format")
         meta = {"exotel_stream_sid": stream.stream_sid, "custom_parameters": params,
-                "media_format": {"codec": stream.fmt.codec, "sample_rate": stream.fmt.sample_rate}}
+                "media_format": {"codec": fmt.codec, "sample_rate": fmt.sample_rate}}
         if existing is None and adopt is not None:   # checked against the row's ExoPhone above
             existing = await self.gateway.calls.adopt(adopt)
             if existing is None:
@@ -1214,7 +1235,7 @@ class ExotelCarrier(Carrier):
             "CustomField": call.id,
         }
         body = await self._api("POST", creds, f"/v1/Accounts/{quote(sid, safe='')}/Calls/connect.json", data=data)
-        exo = body.get("Call") if isinstance(body.get("Call"), dict) else {}
+        exo: dict[str, Any] = body["Call"] if isinstance(body.get("Call"), dict) else {}
         call_sid = str(exo.get("Sid") or "")
         if not _SID.match(call_sid):
             raise CarrierError("Exotel accepted the call but returned no Call Sid", 502)

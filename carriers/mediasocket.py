@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,17 @@ class MarkedPlayout:
     call: Call | None
     _mark_ids: itertools.count[int]
 
+    if TYPE_CHECKING:
+        @property
+        def log(self) -> logging.LoggerAdapter[Any]: ...   # the streams that pass `late` to _stop_sender have one
+
+    @property
+    def live_call(self) -> Call:
+        """The call this stream carries: set by its start message, before the loops that use it run."""
+        if self.call is None:
+            raise RuntimeError("media stream without a call (no start message yet)")
+        return self.call
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._mark_ids = itertools.count(1)     # each carrier numbers its drain marks on its own
@@ -102,7 +114,7 @@ class MarkedPlayout:
     def __init__(self) -> None:
         self.pending_marks: deque[str] = deque()    # engine marks sent, not yet echoed
         self.forgotten: set[str] = set()             # marks whose audio a clear dropped
-        self._drain_waiters: dict[str, asyncio.Future] = {}
+        self._drain_waiters: dict[str, asyncio.Future[None]] = {}
         self.playout_end = 0.0
 
     # -- wire format: the carrier's --------------------------------------------------------------------------------
@@ -138,7 +150,7 @@ class MarkedPlayout:
             self.pending_marks.remove(name)
         except ValueError:
             return False
-        self.call.feed_event(Mark(name))
+        self.live_call.feed_event(Mark(name))
         return True
 
     async def clear(self) -> None:
@@ -202,7 +214,7 @@ class MarkedPlayout:
         self.playout_end = max(self.playout_end, now) + seconds
 
     async def _close_when_call_ends(self) -> None:
-        await self.call.ended.wait()
+        await self.live_call.ended.wait()
         await asyncio.sleep(0)   # let a sender mid-send finish its frame
         if not self.ws.closed:
             await self.ws.close(code=NORMAL_CLOSE, message=b"call ended")
@@ -215,7 +227,7 @@ class MarkedPlayout:
         if bus is not None and not bus.outbound.full():
             bus.outbound.put_nowait(Clear())
 
-    async def _settle_next(self, nxt: asyncio.Future | None) -> None:
+    async def _settle_next(self, nxt: asyncio.Future[Any] | None) -> None:
         """The sender loop is over with `next_outbound()` maybe still running a leg action: let it finish
         (bounded), never cut it short."""
         if nxt is not None and not nxt.done():
@@ -224,7 +236,7 @@ class MarkedPlayout:
             if not done:
                 nxt.cancel()
 
-    async def _stop_sender(self, sender: asyncio.Task | None, late: str | None = None) -> None:
+    async def _stop_sender(self, sender: asyncio.Task[None] | None, late: str | None = None) -> None:
         """Wake the sender and wait (15 s at most) for it to end; `late` is logged when it had to be cancelled."""
         if sender is not None and not sender.done():
             self._wake_sender()

@@ -38,9 +38,10 @@ from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import HangupSource
 from gateway.numbers import normalize_e164
 
+from .mediasocket import StreamClosed
 from .restcall import LegState, RestCallCarrier
 from .twilio import number_settings
-from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
+from .twilio_media import RATE, CloseCode, MediaStream
 
 log = logging.getLogger("carriers.plivo")
 
@@ -237,7 +238,7 @@ class PlivoCarrier(RestCallCarrier):
         except ValueError:
             to = None
         number = await self.gateway.store.find_number(to, self.name, with_secrets=True) if to else None
-        if not self.signature_ok(request, params, number):
+        if to is None or number is None or not self.signature_ok(request, params, number):
             log.warning("rejected unsigned or badly signed answer webhook",
                         extra={"carrier": "plivo", "known_number": number is not None})
             raise web.HTTPForbidden(text="invalid or missing X-Plivo-Signature-V3\n")

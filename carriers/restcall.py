@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -30,7 +31,8 @@ from gateway.amd import maybe_start_amd
 from gateway.carrier import Carrier, CarrierError
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
-from .twilio_media import CloseCode, MediaStream, StreamClosed
+from .mediasocket import StreamClosed
+from .twilio_media import CloseCode, MediaStream
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -117,7 +119,7 @@ class RestCallCarrier(Carrier):
     def __init__(self, gateway: Any) -> None:
         super().__init__(gateway)
         self.legs: dict[str, LegState] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the carrier's REST calls --------------------------------------------------------------------------------
     async def rest_hangup(self, st: LegState) -> None:
@@ -158,12 +160,12 @@ class RestCallCarrier(Carrier):
             # ended on our side before the leg could act (API hangup while ringing, watchdog, shutdown)
             self.background(self.hangup_once(st))
 
-    def background(self, coro: Any) -> asyncio.Task:
+    def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A REST request nobody waits for: kept until done so shutdown lets it finish; failures are logged."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("%s background request failed", self.label, exc_info=t.exception(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,6 +161,35 @@ class SipLeg(DelegatingConsultLeg):
     async def transfer(self, call: Call, request: TransferRequest) -> None:
         await self.carrier.transfer(self, request)
 
+    async def set_hold(self, call: Call, on: bool) -> None:
+        """We put the caller on hold (RFC 3264 §8.4, RFC 6337 §5.3): re-INVITE offering a=sendonly — we keep sending
+        (music on hold) and stop playing out what arrives — and a=sendrecv to resume. CarrierError when the far
+        end refuses or does not answer (the call stays as it was)."""
+        session = self.session
+        if session is None or session.ended.is_set():
+            raise CarrierError("the SIP call is not established", 409)
+        self.sdp_version += 1
+        encryption = TrunkTarget.of(self.number).media_encryption
+        offer = make_offer(self.carrier.advertised_ip, self.rtp.local_port, direction="sendonly" if on else "sendrecv",
+                           session_id=self.sdp_session_id, version=self.sdp_version, media_encryption=encryption)
+        previous = session.local_sdp        # what session refreshes re-offer if this one is refused
+        try:
+            resp = await session.reinvite(offer.to_bytes())
+            if resp.status >= 300:
+                raise CarrierError(f"the far end refused the hold re-INVITE: {resp.status} {resp.reason}", 502)
+            choice = parse_answer(resp.body or session.remote_sdp or b"", offer, media_encryption=encryption)
+        except RequestFailed as e:
+            session.local_sdp = previous
+            raise CarrierError(f"hold re-INVITE not answered: {e.reason}", 504) from None
+        except (NoCommonCodec, SdpError) as e:
+            session.local_sdp = previous
+            raise CarrierError(f"the far end's answer to the hold re-INVITE is unusable: {e}", 502) from None
+        except CarrierError:
+            session.local_sdp = previous
+            raise
+        use_media(self, choice)
+        call.log.info("SIP hold" if on else "SIP resume", extra={"direction": choice.direction})
+
     # -- ConsultingLeg (gateway/consult.py) ----------------------------------------------------------------------
     async def consult(self, call: Call, request: ConsultRequest) -> None:
         await self.carrier.consult(self, request)
@@ -169,7 +199,9 @@ class SipLeg(DelegatingConsultLeg):
         """A re-INVITE/UPDATE offer (hold, resume, codec change): our answer, or None for 488."""
         try:
             self.sdp_version += 1
+            # while we hold the caller we keep sending music and stop listening, whatever the far end re-offers
             answer, choice = answer_offer(offer, self.carrier.advertised_ip, self.rtp.local_port,
+                                          direction="sendonly" if self.call.held else "sendrecv",
                                           session_id=self.sdp_session_id, version=self.sdp_version,
                                           media_encryption=TrunkTarget.of(self.number).media_encryption,
                                           keys=self.srtp_keys)
@@ -178,10 +210,12 @@ class SipLeg(DelegatingConsultLeg):
             return None
         use_media(self, choice)
         if choice.on_hold != self.on_hold:
+            # the far end holds us (a=sendonly/inactive): we answered recvonly/inactive, so RTP stops going out and
+            # the engine's audio waits; the engine is told and hears nothing until the far end resumes (sendrecv)
             self.on_hold = choice.on_hold
-            event = "call:hold" if choice.on_hold else "call:resumed"
-            self.call.log.info(event, extra={"direction": choice.direction})
-            self.carrier._spawn(self.call.emit(event, {"direction": choice.direction}), event)
+            self.call.log.info("held by the far end" if choice.on_hold else "resumed by the far end",
+                               extra={"direction": choice.direction})
+            self.carrier._spawn(self.call.remote_hold(choice.on_hold), "sip-remote-hold")
         return answer.to_bytes()
 
     def close(self) -> None:
@@ -258,7 +292,7 @@ class SipCarrier(Carrier):
         self.transfer_ring_timeout = TRANSFER_RING_TIMEOUT
         self.registration_retry = (5.0, 300.0)   # first retry, cap (seconds) after a failed REGISTER
         self._trunks: tuple[float, list[dict[str, Any]]] | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -320,13 +354,13 @@ class SipCarrier(Carrier):
         if self.transport is not None:
             await self.transport.stop()
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("SIP task %s failed", task.get_name(), exc_info=task.exception())
@@ -336,9 +370,8 @@ class SipCarrier(Carrier):
         try:
             return apply_preset(fields)
         except PresetError as e:
-            err = CarrierError(e.message if e.message.startswith(e.field) else f"{e.field}: {e.message}", 400)
-            err.field = e.field  # type: ignore[attr-defined]
-            raise err from None
+            raise CarrierError(e.message if e.message.startswith(e.field) else f"{e.field}: {e.message}", 400,
+                               field=e.field) from None
 
     async def on_number_imported(self, number: dict[str, Any]) -> None:
         self._trunks = None
@@ -355,9 +388,22 @@ class SipCarrier(Carrier):
         old = self.registrations.pop(int(number["id"]), None)
         if old is not None:
             self._spawn(old.stop(unregister=False), "sip-unregister")
-        reg = Registration(self.ua, number, self.gateway.store, retry=self.registration_retry)
+        reg = Registration(self.live_ua, number, self.gateway.store, retry=self.registration_retry)
         self.registrations[int(number["id"])] = reg
         reg.start()
+
+    @property
+    def live_ua(self) -> UserAgent:
+        """The user agent of a started carrier (requests and calls arrive only after start())."""
+        if self.ua is None:
+            raise RuntimeError("SIP carrier not started")
+        return self.ua
+
+    @property
+    def live_rtp(self) -> RtpEngine:
+        if self.rtp is None:
+            raise RuntimeError("SIP carrier not started")
+        return self.rtp
 
     def _refuse_banned(self, source_ip: str) -> int | None:
         """New requests from a source banned for password guessing: 403, or silence (`sip_ban_response`)."""
@@ -485,7 +531,7 @@ class SipCarrier(Carrier):
 
     async def _answer(self, inv: IncomingInvite, call: Call, number: dict[str, Any]) -> None:
         req = inv.request
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port,
@@ -547,7 +593,7 @@ class SipCarrier(Carrier):
         if not req.body:
             inv.reject(488, "Not Acceptable Here", [("Warning", '399 gateway "an SDP offer is required"')])
             return
-        new = SipLeg(self, call, old.number, await self.rtp.open_session())
+        new = SipLeg(self, call, old.number, await self.live_rtp.open_session())
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, new.rtp.local_port,
                                           media_encryption=TrunkTarget.of(old.number).media_encryption)
@@ -617,12 +663,12 @@ class SipCarrier(Carrier):
                       None)
         source = txn.source[0]
         if number is None:
-            self.ua.respond(txn, req, 404, "Not Found")
+            self.live_ua.respond(txn, req, 404, "Not Found")
             return
         verdict = await self.auth.check(TrunkAuth.from_number(number), req, source)
         if not verdict.ok:
             self._auth_refused(verdict, source, method="REGISTER", trunk=number.get("sip_trunk_name"))
-            self.ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
+            self.live_ua.respond(txn, req, verdict.status, verdict.reason, headers=list(verdict.headers))
             return
         contacts = req.contacts
         exp_hdr = (req.headers.get("Expires") or "").strip()
@@ -641,7 +687,7 @@ class SipCarrier(Carrier):
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
         await self.gateway.store.update_number(number["id"], status=status)
         self._trunks = None
-        self.ua.respond(txn, req, 200, "OK", headers=headers)
+        self.live_ua.respond(txn, req, 200, "OK", headers=headers)
 
     # -- outbound ------------------------------------------------------------------------------------------------
     async def dispatch(self, call: Call, number: dict[str, Any], to_number: str) -> None:
@@ -652,10 +698,10 @@ class SipCarrier(Carrier):
             uri = target.uri_for(to_number)
         except (DialFormatError, PresetError, KeyError) as e:
             raise CarrierError(f"cannot dial {to_number} on this trunk: {e}", 400) from None
-        if target.transport == "tls" and not self.transport.tls_port:
+        if target.transport == "tls" and not self.live_ua.transport.tls_port:
             call.log.warning("calling a TLS trunk without a TLS listener (--tls-cert/--tls-key): the trunk can "
                              "reach us back only over the connection we open", extra={"call_id": call.id})
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         call.leg = leg  # so a hangup while ringing CANCELs the INVITE
         self.legs[call.id] = leg
@@ -705,12 +751,12 @@ class SipCarrier(Carrier):
         dests = [target.dest]
         if not target.route:   # through an outbound proxy the proxy locates the trunk
             try:
-                dests = [t.dest for t in await self.ua.locator.locate(target.host, target.sip_port,
+                dests = [t.dest for t in await self.live_ua.locator.locate(target.host, target.sip_port,
                                                                       target.transport)]
             except LocateError as e:
                 return InviteResult(error=f"DNS: {e}")
         leg.invite = OutgoingInvite(
-            self.ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
+            self.live_ua, request_uri=uri, from_addr=target.from_addr(), to_addr=NameAddr(uri), sdp=offer.to_bytes(),
             dest=dests[0], alternates=dests[1:], creds=target.creds, route=target.route, tls=target.tls,
             on_provisional=lambda r: self._early_media(leg, r, state))
         return await leg.invite.run(ring_timeout)
@@ -829,18 +875,20 @@ class SipCarrier(Carrier):
             uri = target.uri_for(request.number)
         except DialFormatError as e:
             raise CarrierError(f"cannot dial {request.number} on this trunk: {e}", 400, field="number") from None
-        other = SipLeg(self, leg.call, leg.number, await self.rtp.open_session())
+        other = SipLeg(self, leg.call, leg.number, await self.live_rtp.open_session())
         leg.consultation = SipConsultation(self, leg, other, target, uri, request.number)
         leg.consultation.start()
 
     async def _bridge_to(self, leg: SipLeg, target: TrunkTarget, number: str) -> str:
         """A new outbound leg to `number` through the same trunk, bridged to `leg` by the gateway."""
-        call = leg.call
+        call, session = leg.call, leg.session
+        if session is None:   # the caller's dialog is gone: nothing to bridge
+            return "failed"
         try:
             uri = target.uri_for(number)
         except DialFormatError as e:
             return f"failed: {e}"
-        rtp = await self.rtp.open_session()
+        rtp = await self.live_rtp.open_session()
         other = SipLeg(self, call, leg.number, rtp)
         state: dict[str, Any] = {}
         result = await self.place(other, target, uri, number, ring_timeout=self.transfer_ring_timeout, state=state)
@@ -861,7 +909,7 @@ class SipCarrier(Carrier):
         use_media(other, choice)
         bridge = MediaBridge(leg, other)
         leg.bridge = other.bridge = bridge
-        self._wire(leg, leg.session)
+        self._wire(leg, session)
         other.session.on_offer = other.offer_answer
         other.session.on_bye = lambda bye: self._bridged_bye(other, bye)
         bridge.start()

@@ -134,7 +134,7 @@ class SipConsultation:
             elif self.task is not None:
                 self.task.cancel()
             if self.task is not None:
-                await asyncio.wait({self.task}, timeout=32 * self.carrier.ua.t1 + 2)
+                await asyncio.wait({self.task}, timeout=32 * self.carrier.live_ua.t1 + 2)
             return
         session.send_bye(reason_header(q850=16, text="consultation cancelled"))
         self.other.close()

@@ -46,9 +46,10 @@ from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
 from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16, pcm16_to_ulaw, ulaw_to_pcm16
 
+from .mediasocket import StreamClosed
 from .restcall import LegState, RestCallCarrier
 from .twilio import number_settings
-from .twilio_media import CloseCode, MediaStream, StreamClosed
+from .twilio_media import CloseCode, MediaStream
 
 log = logging.getLogger("carriers.telnyx")
 
@@ -139,7 +140,7 @@ class TelnyxStream(MediaStream):
 
     def _on_other(self, event: str, m: dict[str, Any]) -> None:
         if event == "error":
-            payload = m.get("payload") if isinstance(m.get("payload"), dict) else {}
+            payload: dict[str, Any] = m["payload"] if isinstance(m.get("payload"), dict) else {}
             log.warning("telnyx stream error: %s", str(payload.get("title") or payload)[:200],
                         extra={"carrier": "telnyx", "call_id": self.call.id if self.call else None})
             return
@@ -279,7 +280,7 @@ class TelnyxCarrier(RestCallCarrier):
             body = None
         data = body.get("data") if isinstance(body, dict) else None
         payload = data.get("payload") if isinstance(data, dict) else None
-        if not isinstance(payload, dict) or not isinstance(data.get("event_type"), str):
+        if not isinstance(data, dict) or not isinstance(payload, dict) or not isinstance(data.get("event_type"), str):
             return web.json_response({"error": "body: not a Call Control webhook (data.event_type, data.payload)"},
                                      status=400)
         event = data["event_type"]

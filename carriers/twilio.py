@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,8 +47,9 @@ from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, 
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
 
+from .mediasocket import StreamClosed
 from .twilio_consult import TwilioConsultation
-from .twilio_media import RATE, CloseCode, MediaStream, StreamClosed
+from .twilio_media import RATE, CloseCode, MediaStream
 
 log = logging.getLogger("carriers.twilio")
 
@@ -119,6 +121,12 @@ def wants_twilio_amd(agent: dict[str, Any] | None, provider: str = "twilio") -> 
     return s.voicemail and explicit != "gateway"
 
 
+def _text(form: Mapping[str, object], key: str) -> str | None:
+    """A webhook form field as text: Twilio posts text only, so a file or a missing field is None."""
+    v = form.get(key)
+    return v if isinstance(v, str) else None
+
+
 _retry_after: contextvars.ContextVar[str | None] = contextvars.ContextVar("twilio_retry_after", default=None)
 
 
@@ -169,7 +177,7 @@ class TwilioLeg(DelegatingConsultLeg):
         self.transfer_attempts: list[dict[str, Any]] = []
         #: the attended transfer's consultation call while one runs (carriers/twilio_consult.py)
         self.consultation: TwilioConsultation | None = None
-        self._watchdog: asyncio.Task | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def sid(self) -> str | None:
@@ -206,7 +214,7 @@ class TwilioLeg(DelegatingConsultLeg):
             self._watchdog.cancel()
         self._watchdog = None
 
-    def _shielded(self, coro: Any) -> asyncio.Future:
+    def _shielded(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         """Run a REST action so that cancelling the media sender (socket gone) cannot abort it half-way."""
         return asyncio.shield(self.carrier.spawn(coro, report=False))
 
@@ -338,7 +346,7 @@ class TwilioLeg(DelegatingConsultLeg):
 class TwilioCarrier(Carrier):
     name = "twilio"
     providers = ("twilio",)
-    import_fields = (
+    import_fields: tuple[ImportField, ...] = (
         ImportField("phone_number", str, required=True, e164=True, help="the Twilio number, E.164"),
         ImportField("account_sid", str, required=True, help="Twilio Account SID (AC…)"),
         ImportField("account_token", str, required=True, secret=True, help="Twilio Auth Token"),
@@ -396,18 +404,18 @@ class TwilioCarrier(Carrier):
         self.api_base_url: str | None = os.environ.get(self.api_base_env) or None
         self.legs: dict[str, TwilioLeg] = {}
         self._http: BoundedTwilioHttpClient | None = None
-        self._clients: dict[tuple[str, str], Client] = {}
+        self._clients: dict[tuple[str, str, str | None], Client] = {}
         self._tokens: dict[str, set[str]] = {}
         self._tokens_at = 0.0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro: Any, report: bool = True) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, None], report: bool = True) -> asyncio.Task[None]:
         """A background REST action, kept until done so shutdown can wait for it; its failure is logged when
         nobody awaits it (`report`)."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             if report and not t.cancelled() and t.exception() is not None:
                 log.error("twilio background action failed", exc_info=t.exception(), extra={"carrier": self.name})
@@ -556,26 +564,26 @@ class TwilioCarrier(Carrier):
         leg = self.legs.get(call.id) if call else None
         if leg is not None:
             return call, [leg.creds.signing_secret]
-        return call, await self.account_tokens(form.get("AccountSid"))
+        return call, await self.account_tokens(_text(form, "AccountSid"))
 
     # -- inbound call -------------------------------------------------------------------------------------------
     async def voice_webhook(self, request: web.Request) -> web.Response:
         form = await request.post()
         try:
-            to_number = normalize_e164(form.get("To", ""))
+            to_number = normalize_e164(_text(form, "To") or "")
         except ValueError:
             to_number = None
         number = await self.gateway.store.find_number(to_number, self.name, with_secrets=True) if to_number else None
         creds = self.creds_of(number)
-        tokens = [creds.signing_secret] if creds else await self.account_tokens(form.get("AccountSid"))
+        tokens = [creds.signing_secret] if creds else await self.account_tokens(_text(form, "AccountSid"))
         if not self.signature_ok(request, form, tokens):
             log.warning("rejected unsigned or badly signed voice webhook",
                         extra={"carrier": self.name, "call_sid": form.get("CallSid"), "known_number": bool(number)})
             return _forbidden()
-        existing = self.gateway.calls.find_by_sid(form.get("CallSid", ""))
+        existing = self.gateway.calls.find_by_sid(_text(form, "CallSid") or "")
         if existing is not None and existing.carrier == self.name and existing.id in self.legs:
             return _xml(self.stream_twiml(existing))   # Twilio retried the webhook: same call, same answer
-        from_raw = form.get("From", "")
+        from_raw = _text(form, "From") or ""
         try:
             from_number = normalize_e164(from_raw)
         except ValueError:
@@ -586,8 +594,8 @@ class TwilioCarrier(Carrier):
         try:
             call = await self.gateway.calls.create(
                 carrier=self.name, direction="inbound", from_number=from_number,
-                to_number=to_number or form.get("To", ""),
-                number=public_number, carrier_sid=form.get("CallSid"), status="ringing",
+                to_number=to_number or _text(form, "To") or "",
+                number=public_number, carrier_sid=_text(form, "CallSid"), status="ringing",
                 metadata={k: v for k, v in meta.items() if v})
         except CapacityError:
             log.warning("gateway at capacity: rejecting call", extra={"carrier": self.name})
@@ -697,9 +705,9 @@ class TwilioCarrier(Carrier):
         call, tokens = await self._call_and_tokens(request, form)
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
-        status = form.get("CallStatus", "")
-        duration = form.get("CallDuration")
-        extra = {"twilio_status": status}
+        status = _text(form, "CallStatus") or ""
+        duration = _text(form, "CallDuration")
+        extra: dict[str, Any] = {"twilio_status": status}
         if duration is not None and duration.isdigit():
             extra["twilio_call_duration"] = int(duration)
         if call is None:
@@ -750,7 +758,7 @@ class TwilioCarrier(Carrier):
         except ValueError:
             answered_by = AnsweredBy.UNKNOWN
         try:
-            duration_ms = int(float(form.get("MachineDetectionDuration") or 0))
+            duration_ms = int(float(_text(form, "MachineDetectionDuration") or 0))
         except ValueError:
             duration_ms = 0
         result = AmdResult(answered_by, duration_ms, source=self.name)
@@ -786,7 +794,7 @@ class TwilioCarrier(Carrier):
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
         leg = self.legs.get(call.id) if call else None
-        if leg is None or form.get("CallStatus") not in ("in-progress", "answered"):
+        if call is None or leg is None or form.get("CallStatus") not in ("in-progress", "answered"):
             return _ok()
         target = self._target(leg, request)
         await self._transfer_succeeded(call, leg, target)
@@ -815,7 +823,8 @@ class TwilioCarrier(Carrier):
         leg = self.legs.get(call.id) if call else None
         if call is None or leg is None:
             return _xml(hang)
-        status = form.get("DialCallStatus", "failed")
+        dial_status = _text(form, "DialCallStatus")
+        status = "failed" if dial_status is None else dial_status
         try:
             attempt = int(request.query.get("attempt", "0"))
         except ValueError:
@@ -847,8 +856,8 @@ class TwilioCarrier(Carrier):
         call, tokens = await self._call_and_tokens(request, form)
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
-        args = {"call": request.query.get("call_id") or "", "call_sid": form.get("CallSid") or "",
-                "status": form.get("CallStatus") or ""}
+        args = {"call": request.query.get("call_id") or "", "call_sid": _text(form, "CallSid") or "",
+                "status": _text(form, "CallStatus") or ""}
         if call is None:
             row = await self.gateway.store.find_call(call_uuid=args["call"]) if args["call"] else None
             owner = row.get("owner") if row is not None and row.get("ended_at") is None else None

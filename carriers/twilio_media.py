@@ -17,12 +17,13 @@ import base64
 import binascii
 import logging
 import re
+from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf
+from gateway.frames import AudioFrame, BusItem, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
@@ -31,7 +32,7 @@ from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event
 if TYPE_CHECKING:
     from gateway.call import Call
 
-    from .twilio import TwilioCarrier, TwilioLeg
+    from .twilio import TwilioLeg
 
 log = logging.getLogger("carriers.twilio")
 
@@ -78,12 +79,13 @@ class MediaStream(MarkedPlayout):
     internal_mark = INTERNAL_MARK
     #: the socket's audio: sample rate and codec (μ-law 8 kHz here; Plivo may choose 16-bit linear PCM)
     rate = RATE
-    decode = staticmethod(ulaw_to_pcm16)
-    encode = staticmethod(pcm16_to_ulaw)
+    decode: Callable[[bytes], bytes] = staticmethod(ulaw_to_pcm16)
+    encode: Callable[[bytes], bytes] = staticmethod(pcm16_to_ulaw)
     #: what closes one outgoing media message after its base64 payload (`_prefix` is set once the stream is known)
     _suffix = '"}}'
 
-    def __init__(self, carrier: TwilioCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
+    # carrier: a TwilioCarrier, or a RestCallCarrier (Telnyx, Plivo: their streams claim calls by their own keys)
+    def __init__(self, carrier: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
         self.carrier = carrier
         self.ws = ws
@@ -92,14 +94,14 @@ class MediaStream(MarkedPlayout):
         self.call: Call | None = None
         self.leg: TwilioLeg | None = None
         self.stopped = False
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
         self.frames_sent = 0
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve the socket until it closes; every protocol error becomes a close code, never an exception."""
-        watcher: asyncio.Task | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             await self._await_start()
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"twilio-watch-{self.stream_sid}")
@@ -144,7 +146,7 @@ class MediaStream(MarkedPlayout):
         self.call, self.leg = call, leg
 
     async def _read_loop(self) -> None:
-        call = self.call
+        call = self.live_call
         feed_audio = call.feed_audio
         decode = self.decode
         b64 = base64.b64decode
@@ -154,7 +156,7 @@ class MediaStream(MarkedPlayout):
                 return
             event = m["event"]
             if event == "media":
-                media = m.get("media")
+                media: Any = m.get("media")   # anything but a dict with a payload is a protocol error below
                 try:
                     if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                         continue
@@ -194,7 +196,9 @@ class MediaStream(MarkedPlayout):
         sender = self._sender
         if sender is not None and not sender.done():
             try:
-                self.call.bus.outbound.put_nowait(_Wake(self))
+                bus = self.live_call.bus
+                if bus is not None:   # the sender runs only on an attached call
+                    bus.outbound.put_nowait(cast(BusItem, _Wake(self)))   # a sentinel only our sender reads
             except asyncio.QueueFull:
                 pass    # the sender is busy, not waiting: it sees the closed socket on its next send
             done, _ = await asyncio.wait({sender}, timeout=15)
@@ -207,7 +211,7 @@ class MediaStream(MarkedPlayout):
 
     # -- sender -------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        call = self.call
+        call = self.live_call
         try:
             while not self.ws.closed:
                 item = await call.next_outbound()

@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from gateway.frames import (
     AmdResult,
     AnsweredBy,
     AudioFrame,
+    BusItem,
     Clear,
     Dtmf,
     HangupSource,
@@ -333,20 +335,20 @@ class VonageStream(MarkedPlayout):
         self.rate = 16000
         self.frame = 640
         self.closing_for: str | None = None
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._stopping = False
         self._carry = b""
         self.frames_sent = 0
-        self.dtmf_tasks: set[asyncio.Task] = set()
+        self.dtmf_tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def log(self) -> logging.LoggerAdapter:
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return self.call.log if self.call else ContextLogger(log, {"carrier": "vonage"})
 
     async def run(self) -> None:
         try:
             await self._await_connected()
-            self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.call.id}")
+            self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.live_call.id}")
             await self._read_loop()
         except StreamClosed as e:
             self.log.warning("vonage media socket closed: %s", e.reason, extra={"close_code": int(e.code)})
@@ -392,7 +394,7 @@ class VonageStream(MarkedPlayout):
         self.call.log.info("vonage media socket connected", extra={"rate": self.rate})
 
     async def _read_loop(self) -> None:
-        call = self.call
+        call = self.live_call
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
                 data = self._carry + msg.data
@@ -418,11 +420,11 @@ class VonageStream(MarkedPlayout):
             digit = str(m.get("digit", "")).strip().upper()
             if len(digit) == 1 and digit in _DIGITS:
                 dur = m.get("duration")
-                self.call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
+                self.live_call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
             else:
                 self.log.warning("ignored malformed websocket:dtmf", extra={"digit": digit[:8]})
         elif event == "websocket:notify":
-            payload = m.get("payload") if isinstance(m.get("payload"), dict) else {}
+            payload: dict[str, Any] = m["payload"] if isinstance(m.get("payload"), dict) else {}
             self._mark_played(str(payload.get("name", "")))
         elif event == "websocket:cleared":
             self.log.debug("vonage cleared its playback buffer")
@@ -439,8 +441,10 @@ class VonageStream(MarkedPlayout):
 
     # -- sender -------------------------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        call = self.call
-        nxt: asyncio.Future | None = None
+        call, st = self.live_call, self.st
+        if st is None:
+            raise RuntimeError("vonage stream without call state (not connected)")
+        nxt: asyncio.Future[BusItem] | None = None
         try:
             while not self._stopping:
                 nxt = asyncio.ensure_future(call.next_outbound())
@@ -455,7 +459,7 @@ class VonageStream(MarkedPlayout):
                 elif isinstance(item, Clear):
                     await self.clear()
                 elif isinstance(item, SendDtmf):
-                    t = asyncio.create_task(self.carrier.rest_dtmf(self.st, item.digits))
+                    t = asyncio.create_task(self.carrier.rest_dtmf(st, item.digits))
                     self.dtmf_tasks.add(t)
                     t.add_done_callback(self.dtmf_tasks.discard)
         except (ConnectionError, RuntimeError):
@@ -522,7 +526,7 @@ class VonageCarrier(Carrier):
         self.rest_base = base or ACCOUNT_API
         self.http = CarrierHttp("Vonage", lambda: self.gateway.settings.carrier_timeout)
         self.states: dict[str, VonageCallState] = {}       # by our call id
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -613,7 +617,7 @@ class VonageCarrier(Carrier):
         await self.rest_hangup(st)
         await st.call.end(HangupSource.SYSTEM, reason)
 
-    def background(self, coro: Any) -> asyncio.Task:
+    def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A REST request nobody waits for (hangup): kept until done so shutdown can let it finish."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -980,7 +984,7 @@ class VonageCarrier(Carrier):
         if creds.private_key:
             out["vonage_private_key"] = creds.private_key
         if creds.has_app:
-            check_private_key(creds.private_key)
+            check_private_key(creds.private_key or "")   # (has_app: there is one)
             await self._check_app(creds)
         if creds.has_account:
             owned = await self._owned_number(creds, phone)
@@ -1021,7 +1025,7 @@ class VonageCarrier(Carrier):
         creds = creds_of(fields)
         if creds.has_app:
             try:
-                check_private_key(creds.private_key)
+                check_private_key(creds.private_key or "")   # (has_app: there is one)
                 await self._check_app(creds)
                 steps.append({"step": "application", "ok": True, "detail": "JWT accepted by the Voice API"})
             except CarrierError as e:

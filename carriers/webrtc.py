@@ -34,23 +34,35 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Coroutine
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioice.ice
 import av
 import numpy as np
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from gateway import safejson
 from gateway.api.errors import ApiError, read_json
+from gateway.call import Call
 from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, SendDtmf, TransferRequest, TransferResult
 from voicecodecs import StreamResampler
 from voicecodecs._audioop import audioop
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 log = logging.getLogger("carriers.webrtc")
 
@@ -119,7 +131,8 @@ def to_mono_pcm16(frame: av.AudioFrame) -> bytes:
     if channels == 2:                                  # what aiortc's Opus decoder produces
         return audioop.tomono(data, 2, 0.5, 0.5)
     mixed = np.frombuffer(data, "<i2").reshape(-1, channels).mean(axis=1)
-    return np.round(mixed).astype("<i2").tobytes()
+    out: bytes = np.round(mixed).astype("<i2").tobytes()
+    return out
 
 
 class EngineTrack(MediaStreamTrack):
@@ -161,19 +174,19 @@ class WebRTCLeg:
     def __init__(self, carrier: WebRTCCarrier, pc: RTCPeerConnection) -> None:
         self.carrier = carrier
         self.pc = pc
-        self.call = None
-        self.channel = None
+        self.call: Call | None = None
+        self.channel: RTCDataChannel | None = None
         self.track = EngineTrack(self)
         self._up: StreamResampler | None = None
         self._up_rate = 0
         self._down = StreamResampler(BUS_RATE, OPUS_RATE)
-        self._reader: asyncio.Task | None = None
-        self._timeout: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._timeout: asyncio.Task[None] | None = None
         self._closing = False
-        self._tasks: set[asyncio.Task] = set()          # keep fire-and-forget tasks referenced until done
+        self._tasks: set[asyncio.Task[None]] = set()          # keep fire-and-forget tasks referenced until done
         self.connected = asyncio.Event()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -189,14 +202,18 @@ class WebRTCLeg:
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            if not isinstance(frame, av.AudioFrame):   # (an audio track yields audio frames)
+                continue
             pcm = to_mono_pcm16(frame)
-            if frame.sample_rate != self._up_rate:
-                self._up, self._up_rate = StreamResampler(frame.sample_rate, BUS_RATE), frame.sample_rate
+            up = self._up
+            if up is None or frame.sample_rate != self._up_rate:
+                up = self._up = StreamResampler(frame.sample_rate, BUS_RATE)
+                self._up_rate = frame.sample_rate
             if self.call is not None:
-                self.call.feed_audio(self._up.process(pcm))
+                self.call.feed_audio(up.process(pcm))
         await self.peer_gone("remote_track_ended")
 
-    def on_datachannel(self, channel) -> None:
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != "control":
             return
         self.channel = channel
@@ -270,7 +287,7 @@ class WebRTCLeg:
                 log.debug("control message not sent", exc_info=True)
 
     # CallLeg -------------------------------------------------------------------------------------------------------
-    async def hangup(self, call, reason: str) -> None:
+    async def hangup(self, call: Call, reason: str) -> None:
         self.send({"type": "hangup", "reason": reason})
         ch = self.channel
         deadline = time.monotonic() + 0.5
@@ -279,7 +296,7 @@ class WebRTCLeg:
         await asyncio.sleep(0.05)                      # let SCTP put the message on the wire before DTLS closes
         await self.close()
 
-    async def transfer(self, call, request: TransferRequest) -> None:
+    async def transfer(self, call: Call, request: TransferRequest) -> None:
         # A browser peer cannot be bridged to a phone number; the page is told what the agent asked for and the
         # engine gets a failed TransferResult, exactly as when a real transfer target does not answer.
         outcome = "failed: browser calls cannot be transferred to a phone number"
@@ -315,7 +332,8 @@ class WebRTCCarrier(Carrier):
     name = "webrtc"
     providers = ()
 
-    def __init__(self, gateway, ice_servers: list[str] | None = None, host_addresses: list[str] | None = None):
+    def __init__(self, gateway: Gateway, ice_servers: list[str] | None = None,
+                 host_addresses: list[str] | None = None) -> None:
         super().__init__(gateway)
         env = os.environ
         if ice_servers is None:
@@ -389,7 +407,8 @@ class WebRTCCarrier(Carrier):
         agent = await self.gateway.store.get_agent(int(value))
         if agent is None:
             raise ApiError(404, f"agent {value} not found", "agent_id")
-        return agent["id"]
+        agent_id: int = agent["id"]
+        return agent_id
 
     def _authorize(self, request: web.Request, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Claims of the caller: `{"agent_id": None}` for the API key, the token's claims for a token."""

@@ -42,7 +42,7 @@ class DropOldestQueue:
     def __init__(self, maxsize: int, counters: BusCounters) -> None:
         self.maxsize = maxsize
         self._items: deque[BusItem] = deque()
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._counters = counters
 
     def __len__(self) -> int:

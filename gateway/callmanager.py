@@ -13,7 +13,9 @@ from .cluster import Reply
 from .frames import HangupSource
 
 if TYPE_CHECKING:
+    from .engine import EngineRegistry
     from .runtime import Gateway
+    from .store import Store
 
 log = logging.getLogger("gateway.calls")
 
@@ -58,11 +60,11 @@ class CallManager:
         self._idle.set()
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.gateway.store
 
     @property
-    def engines(self):
+    def engines(self) -> EngineRegistry:
         return self.gateway.engines
 
     @property

@@ -8,13 +8,20 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import load_settings
+from .config import Settings, load_settings
 from .logsetup import configure_logging
 from .publicurl import unreachable_reason
+from .recording.s3 import S3Unavailable
 from .redact import redact_url
 from .secretbox import SecretKeyError
+
+if TYPE_CHECKING:
+    from .engine import EngineRegistry
+    from .runtime import Gateway
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +66,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                                            "http://collector:4318/v1/traces (default: off; needs the [otel] extra)")
 
 
-def _serve_settings(args: argparse.Namespace):
+def _serve_settings(args: argparse.Namespace) -> Settings:
     return load_settings({
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_port": args.tls_port,
@@ -75,7 +82,7 @@ def _serve_settings(args: argparse.Namespace):
     }, config_file=args.config)
 
 
-def _multi_worker_error(settings) -> str | None:
+def _multi_worker_error(settings: Settings) -> str | None:
     """Why these settings cannot run (one line), or None."""
     if settings.workers < 1:
         return "--workers: must be at least 1"
@@ -110,7 +117,7 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     settings = worker_settings(settings)
     try:
         gw = Gateway(settings)
-    except SecretKeyError as e:
+    except (SecretKeyError, S3Unavailable) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
     # in-process engines are imported and built here, before gc.freeze() below moves them out of the collector's way
@@ -149,7 +156,7 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     return 0
 
 
-def _engine_error(engines, settings) -> str | None:
+def _engine_error(engines: EngineRegistry, settings: Settings) -> str | None:
     """One line naming the flag whose engine spec is wrong (it does not import, is no VoiceEngine…), or None."""
     for flag, spec in [("--engine", settings.engine), *(("--allow-engine", s) for s in settings.allowed_engines)]:
         try:
@@ -159,7 +166,7 @@ def _engine_error(engines, settings) -> str | None:
     return None
 
 
-def _start_error(e: OSError, settings) -> str:
+def _start_error(e: OSError, settings: Settings) -> str:
     """One line for a failed bind: asyncio's message names the address for HTTP; SIP's may not, so ours follow."""
     msg = e.strerror or str(e)
     if "address (" not in msg and e.errno is not None:
@@ -170,7 +177,7 @@ def _start_error(e: OSError, settings) -> str:
     return msg
 
 
-async def _stop_quietly(gw) -> None:
+async def _stop_quietly(gw: Gateway) -> None:
     """Undo a half-done start (SIP bound, HTTP not): errors here would only hide the first one."""
     try:
         await gw.stop()
@@ -178,7 +185,7 @@ async def _stop_quietly(gw) -> None:
         pass
 
 
-def _on_stop_signal(gw) -> None:
+def _on_stop_signal(gw: Gateway) -> None:
     if not gw.draining:
         print(f"gateway: draining {len(gw.calls.active)} live call(s) for up to {gw.settings.drain_timeout:g} s; "
               "signal again to hang them up now", flush=True)
@@ -270,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_async(coro) -> int:
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop  # measured: the difference between collapse and headroom at 1000 RTP legs
         return uvloop.run(coro)

@@ -13,7 +13,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -92,7 +92,8 @@ class Client:
             "Accept": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+                answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as e:
             try:
                 err = json.loads(e.read())
@@ -127,10 +128,12 @@ class Client:
         """GET /healthz (no key needed); its JSON also when it answers 503 `draining`."""
         try:
             with urllib.request.urlopen(f"{self.base}/healthz", timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
+                health: dict[str, Any] = json.loads(resp.read() or b"{}")
+                return health
         except urllib.error.HTTPError as e:
             if e.code == 503:
-                return json.loads(e.read() or b"{}")
+                draining: dict[str, Any] = json.loads(e.read() or b"{}")
+                return draining
             raise CliError(f"error {e.code} from /healthz", 1) from None
         except (urllib.error.URLError, OSError) as e:
             raise CliError(f"cannot reach the gateway at {self.base}: {getattr(e, 'reason', e)}", 2) from None
@@ -148,10 +151,10 @@ def checked_url(url: str) -> str:
     return url
 
 
-def resolve_api_key(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
+def resolve_api_key(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
     if args.api_key:
-        return args.api_key
+        return str(args.api_key)
     if environ.get("GATEWAY_API_KEY"):
         return environ["GATEWAY_API_KEY"]
     data_dir = args.data_dir or environ.get("GATEWAY_DATA_DIR") or default_data_dir()
@@ -313,7 +316,8 @@ def _context(a: argparse.Namespace) -> dict[str, Any] | None:
     if not a.context:
         return None
     try:
-        return json.loads(a.context)
+        context: dict[str, Any] | None = json.loads(a.context)
+        return context
     except ValueError as e:
         raise CliError(f"--context is not valid JSON: {e}") from None
 
@@ -437,6 +441,10 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     **{("bulk", action): _bulk for action in ("create", "list", "show", "pause", "resume", "cancel")},
     ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
     ("calls", "recording"): _recording,
+    ("calls", "hold"): lambda c, a: c.request("POST", f"/calls/{a.id}/hold"),
+    ("calls", "unhold"): lambda c, a: c.request("POST", f"/calls/{a.id}/unhold"),
+    ("calls", "mute"): lambda c, a: c.request("POST", f"/calls/{a.id}/mute"),
+    ("calls", "unmute"): lambda c, a: c.request("POST", f"/calls/{a.id}/unmute"),
     ("calls", "transfer"): lambda c, a: c.request("POST", f"/calls/{a.id}/transfer",
                                                   {"number": a.number} if a.number else {}),
     ("calls", "consult"): lambda c, a: c.request("POST", f"/calls/{a.id}/consult", {
@@ -483,7 +491,7 @@ def _paging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pagesize", type=int, default=None)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add numbers / calls / agents / trunk to the `gateway` parser."""
     numbers = sub.add_parser("numbers", help="phone numbers and trunks (through the API)")
     ns = numbers.add_subparsers(dest="action", required=True)
@@ -511,7 +519,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = ns.add_parser(name, help=help_)
         p.add_argument("id", type=int)
 
-    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer, attended transfer")
+    calls = sub.add_parser("calls", help="call log, live calls, dispatch, hangup, transfer, attended transfer, "
+                                          "hold, mute, recording")
     cs = calls.add_subparsers(dest="action", required=True)
     p = cs.add_parser("list", help="call log")
     _paging(p)
@@ -541,6 +550,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("id", type=int)
     p = cs.add_parser("hangup", help="hang up a live call")
     p.add_argument("id", help="call log id or call uuid")
+    for name, help_ in (("hold", "put a live call on hold (music on hold; the engine hears nothing)"),
+                        ("unhold", "take a live call off hold"),
+                        ("mute", "stop the caller's audio reaching the engine"), ("unmute", "undo mute")):
+        p = cs.add_parser(name, help=help_)
+        p.add_argument("id", help="call log id or call uuid")
     p = cs.add_parser("recording", help="download a call's recording (WAV)")
     p.add_argument("id", help="call log id or call uuid")
     p.add_argument("-o", "--output", help="file to write (default call-ID.wav; - for stdout)")

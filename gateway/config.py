@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
+                  environ: Mapping[str, str] | None = None) -> Settings:
     """Merge TOML file < environment < explicit overrides (CLI flags; None values are ignored)."""
     environ = os.environ if environ is None else environ
     names = {f.name for f in fields(Settings)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from .callmanager import CapacityError
 from .carrier import CarrierError
 from .channels import Limits
 from .outbound import DispatchFailed, place_call
+from .sendgate import SendGate
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -52,9 +52,8 @@ class Dispatcher:
         self._claimed: set[int] = set()
         self._starts: dict[int, collections.deque[tuple[float, dict[str, Any], dict[str, Any]]]] = {}
         self._pacers: dict[int, asyncio.Task[None]] = {}
-        #: per number, when this process started its latest calls (at most a window's worth): the pace limit
-        #: holds across pacer tasks, which end whenever a number's claimed calls are all started
-        self._recent: dict[int, collections.deque[float]] = {}
+        #: per number with a max_cps, the gate its calls pass just before the carrier (outlives pacer tasks)
+        self._gates: dict[int, SendGate] = {}
         self._placing: set[asyncio.Task[None]] = set()
         self._last_recovery = 0.0
         self.counts = {"dispatched": 0, "failed": 0, "requeued": 0}
@@ -165,36 +164,32 @@ class Dispatcher:
                                                           name=f"dispatch-pace-{number_id}")
 
     async def _pace(self, number_id: int, cps: float | None) -> None:
-        """Start the number's claimed calls at their slots, in order, never more than the pace allows in any
-        window of max(1 s, 1/cps) in this process: calls the event loop made late (a busy moment) catch up only as
-        far as that window allows, instead of bunching above the limit."""
+        """Start the number's claimed calls at their slots, in order; each then waits at the number's send gate
+        (gateway/sendgate.py) just before it reaches the carrier."""
         loop = asyncio.get_running_loop()
         starts = self._starts[number_id]
-        span = max(1.0, 1.0 / cps) if cps else 0.0
-        size = max(1, math.floor(cps * span)) if cps else 1
-        recent = self._recent.get(number_id)
-        if recent is None or recent.maxlen != size:      # first calls of the number, or its max_cps changed
-            recent = self._recent[number_id] = collections.deque(recent or (), maxlen=size)
+        gate = self._gates.get(number_id)
+        if cps and (gate is None or gate.cps != cps):      # first calls of the number, or its max_cps changed
+            gate = self._gates[number_id] = SendGate(cps)
         while starts:
             at, item, number = starts.popleft()
-            allowed = recent[0] + span if cps and len(recent) == recent.maxlen else at
-            delay = max(at, allowed) - loop.time()
+            delay = at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            recent.append(loop.time())
-            task = asyncio.create_task(self._place(item, number), name=f"queued-call-{item['id']}")
+            task = asyncio.create_task(self._place(item, number, gate if cps else None),
+                                       name=f"queued-call-{item['id']}")
             self._placing.add(task)
             task.add_done_callback(self._placing.discard)
 
-    async def _place(self, item: dict[str, Any], number: dict[str, Any]) -> None:
+    async def _place(self, item: dict[str, Any], number: dict[str, Any], gate: SendGate | None) -> None:
         store = self.gateway.store
         try:
-            status, call_log_id, error = await self._placed(item, number)
+            status, call_log_id, error = await self._placed(item, number, gate)
             if status == "queued":
                 await store.requeue_item(item["id"], time.time() + self.RETRY_FULL, error)
                 self.counts["requeued"] += 1
             else:
-                await store.finish_item(item["id"], status, call_log_id=call_log_id, error=error)
+                store.finish_item(item["id"], status, call_log_id=call_log_id, error=error)
                 self.counts[status] += 1
         except asyncio.CancelledError:
             raise
@@ -204,7 +199,8 @@ class Dispatcher:
             self._claimed.discard(item["id"])
             self._pending[number["id"]] -= 1
 
-    async def _placed(self, item: dict[str, Any], number: dict[str, Any]) -> tuple[str, int | None, str | None]:
+    async def _placed(self, item: dict[str, Any], number: dict[str, Any],
+                      gate: SendGate | None) -> tuple[str, int | None, str | None]:
         """Place one claimed call: (item status, call-log id, error)."""
         agent = await self.gateway.store.get_agent(item["agent_id"])
         if agent is None:
@@ -212,7 +208,7 @@ class Dispatcher:
         try:
             call = await place_call(self.gateway, number=number, agent=agent, to_number=item["to_number"],
                                     call_context=item.get("call_context") or {}, queue_item_id=item["id"],
-                                    recording=item.get("recording"))
+                                    recording=item.get("recording"), before_send=gate.wait if gate else None)
         except CapacityError as e:     # the number's channels or the gateway filled up since the claim
             return "queued", None, str(e)
         except DispatchFailed as e:

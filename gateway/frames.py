@@ -144,6 +144,34 @@ class SayThenTransfer:
     number: str
 
 
+@dataclass(slots=True)
+class HoldRequest:
+    """Outbound, from the engine: put the caller on hold once the audio queued before it has been handed on."""
+    held: bool = True
+
+
+@dataclass(slots=True)
+class HoldState:
+    """Inbound: the call went on hold or came off it. `source`: api, engine, or remote (the far end's re-INVITE).
+    While held the engine receives no caller audio; held by the gateway, its output waits and the caller hears
+    music on hold."""
+    held: bool
+    source: str
+
+
+@dataclass(slots=True)
+class MuteState:
+    """Inbound: the caller's audio stopped (muted) or resumed reaching the engine; `source`: api or engine."""
+    muted: bool
+    source: str
+
+
+@dataclass(slots=True)
+class Wake:
+    """Outbound, internal: wakes a carrier's sender waiting on an empty queue (a hold began); never sent on."""
+
+
 Event = (CallStarted | Dtmf | Mark | Clear | Hangup | TransferRequest | TransferResult | AmdResult | SendDtmf
-         | SpeechActivity | SayThenTransfer | ConsultRequest | ConsultEvent)
+         | SpeechActivity | SayThenTransfer | ConsultRequest | ConsultEvent | HoldRequest | HoldState | MuteState
+         | Wake)
 BusItem = AudioFrame | Event

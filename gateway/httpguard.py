@@ -25,7 +25,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -127,10 +127,10 @@ class _GuardedProtocol(asyncio.Protocol):
         self.ip = peer[0] if isinstance(peer, tuple) else str(peer or "")
         if not self.guard.admit(self.ip):
             self.inner = None
-            transport.write(REFUSAL)  # type: ignore[attr-defined]
+            cast(asyncio.Transport, transport).write(REFUSAL)   # a server connection: a stream transport
             transport.close()
             return
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.inner = self.inner()
         self.timer = asyncio.get_running_loop().call_later(self.guard.header_timeout, self._header_timeout)
         self.inner.connection_made(transport)
@@ -193,7 +193,10 @@ class GuardedSite(web.BaseSite):
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1] if self._server else self._port
+        if self._server is None:
+            return self._port
+        # start() made it with loop.create_server: an asyncio.Server (or uvloop's, alike)
+        return int(cast(asyncio.Server, self._server).sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         await super().start()

@@ -100,8 +100,8 @@ class LiveFeed:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.viewers: set[Viewer] = set()
-        self._meter_task: asyncio.Task | None = None
-        self._remote_task: asyncio.Task | None = None
+        self._meter_task: asyncio.Task[None] | None = None
+        self._remote_task: asyncio.Task[None] | None = None
         self._subscribed = False
         #: other processes' live calls as last read from the call log (call_id → view)
         self.remote: dict[str, dict[str, Any]] = {}

@@ -101,7 +101,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: Any = None
     return handler
 
 
-class ContextLogger(logging.LoggerAdapter):
+class ContextLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger that adds fixed context (call id, carrier…) to every record *and keeps* the fields of each call.
 
     The standard LoggerAdapter (before Python 3.13's `merge_extra`) replaces a call's `extra` with its own, which

@@ -22,9 +22,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
 
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
@@ -90,7 +89,7 @@ async def check_destination(url: str, allow_private: bool, timeout: float = 3.0)
     except (TimeoutError, OSError, UnicodeError):
         return              # does not resolve (yet): refused at delivery if it ever resolves to a forbidden address
     for info in infos:
-        _refuse(host, info[4][0])
+        _refuse(host, str(info[4][0]))
 
 
 class GuardedResolver(AbstractResolver):
@@ -102,7 +101,7 @@ class GuardedResolver(AbstractResolver):
         self._inner = DefaultResolver()
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[dict[str, Any]]:
+                      ) -> list[ResolveResult]:
         infos = await self._inner.resolve(host, port, family)
         if not self.allow_private:
             for info in infos:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .carrier import CarrierError
@@ -49,10 +50,13 @@ class DispatchFailed(Exception):
 
 async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, Any], to_number: str,
                      call_context: dict[str, Any], queue_item_id: int | None = None,
-                     recording: dict[str, Any] | None = None) -> Call:
+                     recording: dict[str, Any] | None = None,
+                     before_send: Callable[[], Awaitable[None]] | None = None) -> Call:
     """Open the call (raises CapacityError / ChannelLimitError before anything reaches the carrier) and hand it
     to the number's carrier; raises DispatchFailed when the carrier does not take it. `number` carries its
-    secrets (the carrier needs them); `recording` overrides the agent's recording settings for this call."""
+    secrets (the carrier needs them); `recording` overrides the agent's recording settings for this call;
+    `before_send` is awaited between opening the call and handing it to the carrier (the dispatch queue's send
+    gate, gateway/sendgate.py)."""
     carrier = gw.carrier_for(number["provider"])
     if carrier is None:
         raise CarrierError(f"phone number {number['id']} uses provider {number['provider']!r}, which has no carrier "
@@ -61,6 +65,8 @@ async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, An
                                  to_number=to_number, number=number, agent=agent, call_context=call_context,
                                  status="queued", queue_item_id=queue_item_id, recording=recording)
     try:
+        if before_send is not None:
+            await before_send()
         await carrier.dispatch(call, number, to_number)
     except CarrierError as e:
         message = scrub(e.message, number.get("secrets") or {})

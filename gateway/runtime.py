@@ -94,9 +94,9 @@ class Gateway:
         #: /healthz answer 503. `drained` is set once the live calls are gone and webhooks are flushed.
         self.draining = False
         self.drained = asyncio.Event()
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._drain_now = asyncio.Event()
-        self._state_task: asyncio.Task | None = None
+        self._state_task: asyncio.Task[None] | None = None
 
     def carrier_for(self, provider: str) -> Carrier | None:
         """The carrier that handles phone numbers of `provider` (twilio, exotel, vonage, sip…)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -29,7 +30,7 @@ class SecretKeyError(RuntimeError):
 class SecretBox:
     """Seal and open the secrets dict of one row; `keys` newest first."""
 
-    def __init__(self, keys: list[bytes | str], source: str = "") -> None:
+    def __init__(self, keys: Sequence[bytes | str], source: str = "") -> None:
         if not keys:
             raise SecretKeyError("no secret key configured")
         try:
@@ -68,7 +69,8 @@ class SecretBox:
         if not self.is_sealed(stored):
             return dict(stored or {})
         try:
-            return json.loads(self._multi.decrypt(stored[MARK].encode()))
+            opened: dict[str, Any] = json.loads(self._multi.decrypt(stored[MARK].encode()))
+            return opened
         except InvalidToken:
             raise SecretKeyError(f"stored secrets cannot be decrypted with the key(s) from {self.source}: "
                                  "was the key changed without `gateway secrets rotate`?") from None

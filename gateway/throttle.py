@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class _Entry:
-    failures: deque = field(default_factory=deque)   # monotonic times of recent failures
+    failures: deque[float] = field(default_factory=deque)   # monotonic times of recent failures
     banned_until: float = 0.0
 
 

@@ -103,12 +103,14 @@ class SpeechTap:
     and the caller side of the call's turn timeline (`call.timeline`)."""
 
     def __init__(self, call: Call, **detector_options: Any) -> None:
+        if call.bus is None:
+            raise RuntimeError("a speech tap needs the call's bus (tap after call.attach())")
         rate = call.bus.carrier_rate
         self._call = call
         self._frames = Reframer(frame_bytes(rate))
         self.detector = SpeechDetector(rate, **detector_options)
         self._started_ms = 0
-        self._last_emit: asyncio.Task | None = None
+        self._last_emit: asyncio.Task[None] | None = None
 
     def __call__(self, pcm: bytes) -> None:
         frames = self._frames.push(pcm)
@@ -143,7 +145,7 @@ class SpeechTap:
         """Schedule call.emit without blocking the reader; each emit waits for the previous one (order kept)."""
         self._last_emit = asyncio.get_running_loop().create_task(self._emit_after(self._last_emit, event, data))
 
-    async def _emit_after(self, previous: asyncio.Task | None, event: str, data: dict[str, Any]) -> None:
+    async def _emit_after(self, previous: asyncio.Task[None] | None, event: str, data: dict[str, Any]) -> None:
         if previous is not None:
             await asyncio.wait({previous})
         try:

@@ -122,8 +122,8 @@ class WebhookDispatcher:
         self.dropped = 0
         self._items: OrderedDict[str, Delivery] = OrderedDict()   # every waiting webhook, oldest first
         self._inflight: set[str] = set()
-        self._queues: dict[str, asyncio.Queue] = {}
-        self._workers: dict[str, asyncio.Task] = {}
+        self._queues: dict[str, asyncio.Queue[Delivery]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._seq: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -143,15 +143,16 @@ class WebhookDispatcher:
         if not url:
             return
         seq = self._seq[call.id] = self._seq.get(call.id, 0) + 1
+        agent_id: int | None = (call.agent or {}).get("id")
         payload = {"event": event, "sequence": seq, "call_id": call.id, "call_log_id": call.log_id,
-                   "agent_id": (call.agent or {}).get("id"), "timestamp": time.time(), "data": data}
+                   "agent_id": agent_id, "timestamp": time.time(), "data": data}
         try:
             body = json.dumps(payload, default=str).encode()
         except (TypeError, ValueError):
             self.failures += 1
             log.exception("webhook payload not serialisable", extra={"event": event, "call_id": call.id})
             return
-        self._enqueue(Delivery(uuid.uuid4().hex, call.id, event, url, payload["agent_id"], body,
+        self._enqueue(Delivery(uuid.uuid4().hex, call.id, event, url, agent_id, body,
                                secret=_signing_secret(call.agent)), persist=True, ended=call.ended)
 
     def _enqueue(self, d: Delivery, *, persist: bool, until_empty: bool = False,
@@ -207,7 +208,7 @@ class WebhookDispatcher:
                                   "queued": self.pending, **extra})
         return len(rows)
 
-    async def _worker(self, call_id: str, q: asyncio.Queue, until_empty: bool,
+    async def _worker(self, call_id: str, q: asyncio.Queue[Delivery], until_empty: bool,
                       ended: asyncio.Event | None) -> None:
         """Deliver one call's webhooks in order; ends after `post_call` (or, for restored calls, when empty), or
         once the call has ended and nothing more came for LINGER_S (an event after post_call, or no post_call):

@@ -101,6 +101,18 @@ async def test_api_on_either_node_reaches_the_call_owner(cluster):
     dial = [r for r in world.rest.of("POST", f"/Calls/{call_sid}.json") if "<Dial" in (r.one("Twiml") or "")]
     assert dial and "+14155550199" in dial[0].one("Twiml")
 
+    # hold and mute from the other node too (control-bus ops call:hold, call:mute…), carried out by node-a
+    status, body = await b.api("POST", f"/calls/{call_id}/hold")
+    assert status == 200 and body["status"] == "held" and body["held"] is True, body
+    status, body = await b.api("POST", f"/calls/{call_id}/mute")
+    assert status == 200 and body["muted"] is True and body["held"] is True, body
+    mine = {c["call_id"]: c for c in await live_calls(a)}
+    assert mine[call_id]["held"] is True and mine[call_id]["muted"] is True
+    for op in ("unhold", "unmute"):
+        status, body = await b.api("POST", f"/calls/{call_id}/{op}")
+        assert status == 200, body
+    assert body["held"] is False and body["muted"] is False
+
     row = await call_row(b, call_id)
     status, body = await b.api("POST", f"/calls/{row['id']}/hangup")
     assert status == 200, body

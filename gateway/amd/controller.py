@@ -97,7 +97,7 @@ class AmdController:
         self._offset_ms = 0          # for a local end-of-message detector started after an external machine_start
         self._started = time.monotonic()
         self._clock0: float | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.log = call.log
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -108,7 +108,8 @@ class AmdController:
             early = self._early
             if early is not None and early.machine_by_speech:
                 # the greeting already played as early media (voicemail platforms answer in 183): machine at answer
-                self.log.info("AMD: machine greeting heard in early media", extra={"cause": early.first.cause})
+                cause = early.first.cause if early.first else None
+                self.log.info("AMD: machine greeting heard in early media", extra={"cause": cause})
                 self._decisions.put_nowait(AmdResult(AnsweredBy.MACHINE_START, 0, self.source))
                 self._message_end_next = True
             self._tap_on()
@@ -259,11 +260,11 @@ class AmdController:
 
     async def _play_wav(self) -> None:
         call = self.call
-        bus = call.bus
-        if bus is None:
+        bus, message = call.bus, self.settings.message
+        if bus is None or message is None:
             return
         try:
-            pcm = load_message(self.settings.message, bus.engine_rate)
+            pcm = load_message(message, bus.engine_rate)
         except WavError as e:
             self.log.error("voicemail message not played: %s", e)
             await call.record(voicemail_type="none")
@@ -300,8 +301,9 @@ class AmdController:
                     break
             else:
                 spoken = gate.played_bytes / 2 / rate
-                if (now - gate.first_play >= spoken and now - gate.last_play >= TEXT_DONE_QUIET_S
-                        and call.bus.outbound.empty()):
+                last_play = gate.first_play if gate.last_play is None else gate.last_play
+                if (now - gate.first_play >= spoken and now - last_play >= TEXT_DONE_QUIET_S
+                        and (call.bus is None or call.bus.outbound.empty())):
                     break
             await asyncio.sleep(0.05)
         self.gate.mute()

@@ -27,7 +27,7 @@ import numpy as np
 from ..frames import AnsweredBy
 from .params import AmdParams
 from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, tone_score
-from .vad import NoiseFloor, make_vad
+from .vad import NoiseFloor, SpeechVad, make_vad
 
 FRAME_MS = 20
 #: SIT segment bands (Hz): ITU-T E.180 950/1400/1800 ± 50 Hz, widened to hold the North-American variants
@@ -54,7 +54,7 @@ class AmdDetector:
 
     def __init__(self, params: AmdParams | None = None, sample_rate: int = 8000, *,
                  detect_message_end: bool = False, start_in_message_end: bool = False,
-                 early_media: bool = False, vad=None) -> None:
+                 early_media: bool = False, vad: SpeechVad | None = None) -> None:
         if sample_rate not in (8000, 16000):
             raise ValueError("AMD runs on 8 or 16 kHz PCM16")
         self.params = p = params or AmdParams()
@@ -191,8 +191,7 @@ class AmdDetector:
             last, self._last_tone = self._last_tone, ended
             if p.sit and last is not None and self._is_sit(last, ended):
                 return self._decide(AnsweredBy.SIT, f"SIT-{last.freq_hz:.0f}-{ended.freq_hz:.0f}Hz")
-        if p.fax and self.phase == "greeting" and self._tones.active:
-            t = self._tones.current(now)
+        if p.fax and self.phase == "greeting" and (t := self._tones.current(now)) is not None:
             if abs(t.freq_hz - CED_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_ced_min_ms:
                 return self._decide(AnsweredBy.FAX, f"CED-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
@@ -210,10 +209,9 @@ class AmdDetector:
                     return self._beep(ended)
                 self._pending_beep = ended
                 self._pend_quiet_ms = self._pend_loud_ms = 0
-        if p.beep and self._tones.active:
-            t = self._tones.current(now)
-            if t.duration_ms >= 3000 and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz and self._beep_like(t):
-                return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
+        if (p.beep and (t := self._tones.current(now)) is not None and t.duration_ms >= 3000
+                and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz and self._beep_like(t)):
+            return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
 
     def _beep_like(self, t: Tone) -> bool:

@@ -24,7 +24,7 @@ class EngineOutputGate:
         self.call = call
         self.mode = HOLD
         self.max_hold_s = max_hold_s
-        self._held: deque[tuple[str, object, bool]] = deque()
+        self._held: deque[tuple[str, bytes | str, bool]] = deque()   # ("audio", pcm, eou) | ("mark", name, _)
         self._held_bytes = 0
         self.dropped_bytes = 0
         # engine speech while open (a text voicemail message spoken by the engine is watched through these)
@@ -68,8 +68,8 @@ class EngineOutputGate:
         """A human (or unknown): play what the engine has said so far, in order, then let it through."""
         bus = self.call.bus
         while self._held and bus is not None and self.call.is_active:
-            kind, value, eou = self._held.popleft()
-            if kind == "audio":
+            _, value, eou = self._held.popleft()
+            if not isinstance(value, str):   # audio (bytes or another buffer an engine played); marks are names
                 self._held_bytes -= len(value)
                 self._note_play(len(value))
                 await bus.play(value)
@@ -107,8 +107,8 @@ class EngineOutputGate:
         rate = self.call.bus.engine_rate if self.call.bus is not None else 16000
         limit = int(self.max_hold_s * rate * 2)
         while self._held_bytes > limit and self._held:
-            for i, (kind, value, _) in enumerate(self._held):
-                if kind == "audio":
+            for i, (_, value, _) in enumerate(self._held):
+                if not isinstance(value, str):
                     del self._held[i]
                     self._held_bytes -= len(value)
                     self.dropped_bytes += len(value)
@@ -117,6 +117,6 @@ class EngineOutputGate:
                 break
 
     def _ack_marks(self) -> None:
-        for kind, value, _ in self._held:
-            if kind == "mark":
+        for _, value, _ in self._held:
+            if isinstance(value, str):
                 self.call.feed_event(Mark(value))

@@ -63,7 +63,7 @@ def validate_agent_settings(settings: dict[str, Any] | None) -> list[str]:
         errors.append("settings.voicemail.enabled needs settings.voicemail.message (a .wav path or text)")
     if s.voicemail and not s.enabled:
         errors.append("settings.voicemail needs settings.amd.enabled (voicemail drop follows machine detection)")
-    if s.message_kind == "audio":
+    if s.message_kind == "audio" and s.message:
         from .wav import WavError, load_message
         try:
             load_message(s.message, 8000)

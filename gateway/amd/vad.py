@@ -5,7 +5,15 @@ Both take one 20 ms PCM16 frame at 8 or 16 kHz and answer "is this speech?".
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import webrtcvad
+
+
+class SpeechVad(Protocol):
+    """What the detector asks of a VAD (bench/amd passes other implementations to compare them)."""
+
+    def is_speech(self, frame: bytes, mean_abs: int) -> bool: ...
 
 
 class EnergyVad:
@@ -55,7 +63,7 @@ class NoiseFloor:
         return min(self._cur, min(self._mins)) if self._mins else self._cur
 
 
-def make_vad(kind: str, sample_rate: int, *, threshold: int, mode: int):
+def make_vad(kind: str, sample_rate: int, *, threshold: int, mode: int) -> SpeechVad:
     if kind == "energy":
         return EnergyVad(threshold)
     return WebRtcVad(sample_rate, mode, floor=max(16, threshold // 4))

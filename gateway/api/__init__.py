@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..metrics_workers import SCOPE_PROCESS, node_exposition
 from . import agents, calls, nodes, numbers, openapi, queue, recordings
@@ -31,7 +32,7 @@ def _bearer(request: web.Request) -> str:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler):
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
         gw = request.app["gateway"]
         source = request.remote or ""

@@ -35,7 +35,8 @@ TRANSFER_TYPES = ("static", "dynamic")
 
 
 def _gw(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 OPTION_FIELDS = ("number", "type", "backup_numbers", "transfer_condition", "transfer_message")

@@ -36,7 +36,8 @@ TRANSFER_QUEUE_WAIT = 5.0
 
 
 def _gw(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def mmss(seconds: float | None) -> str:
@@ -138,7 +139,8 @@ async def _attached_number(gw: Gateway, agent_id: int) -> int:
     if not numbers:
         raise bad("from_number_id", f"is required: agent {agent_id} has no phone number attached "
                                     "(attach one, or name the number to call from)")
-    return numbers[0]["id"]
+    first: int = numbers[0]["id"]
+    return first
 
 
 async def list_logs(request: web.Request) -> web.Response:
@@ -262,6 +264,37 @@ def _transfer_wait(gw: Gateway) -> float:
     return gw.settings.carrier_timeout + TRANSFER_QUEUE_WAIT
 
 
+def _hold_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/hold|unhold: music on hold and a paused, deaf engine; SIP also re-INVITEs (sendonly)."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "hold" if on else "unhold")
+        try:
+            await call.set_hold(on, "api")
+        except CarrierError as e:
+            raise carrier_api_error(e, requestId=call.log_id) from None
+        return _state(call, "held" if on else "resumed")
+    return perform
+
+
+def _mute_op(on: bool) -> Callable[[Gateway, Call, dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """POST /calls/{id}/mute|unmute: the caller's audio stops (or resumes) reaching the engine."""
+    async def perform(gw: Gateway, call: Call, args: dict[str, Any]) -> dict[str, Any]:
+        _needs_media(call, "mute" if on else "unmute")
+        await call.set_mute(on, "api")
+        return _state(call, "muted" if on else "unmuted")
+    return perform
+
+
+def _needs_media(call: Call, what: str) -> None:
+    if call.bus is None:
+        raise bad("id", f"call {call.log_id} is not connected yet (status {call.status}); {what} needs media", 409)
+
+
+def _state(call: Call, status: str) -> dict[str, Any]:
+    return {"success": True, "status": status, "call_id": call.id, "requestId": call.log_id, "held": call.held,
+            "remote_held": call.remote_held, "muted": call.muted}
+
+
 async def _parse_consult(request: web.Request) -> dict[str, Any]:
     body = parse(models.Consult, await read_json(request))
     return {"number": body.number, "message": body.message}
@@ -306,6 +339,12 @@ async def _consult_cancel(gw: Gateway, call: Call, args: dict[str, Any]) -> dict
     return {"success": True, "status": "consult_cancelled", "call_id": call.id, "requestId": call.log_id}
 
 
+def _carrier_wait(gw: Gateway) -> float:
+    """Hold and unhold wait for one carrier request (a re-INVITE, a REST update)."""
+    timeout: float = gw.settings.carrier_timeout
+    return timeout
+
+
 CALL_OPS: list[CallOp] = [
     CallOp("hangup", _no_body, _hangup, orphan=_hangup_orphan),
     CallOp("transfer", _parse_transfer, _transfer, wait=_transfer_wait),
@@ -313,6 +352,10 @@ CALL_OPS: list[CallOp] = [
     CallOp("consult", _parse_consult, _consult),
     CallOp("consult/complete", _no_body, _consult_complete, wait=_transfer_wait),
     CallOp("consult/cancel", _no_body, _consult_cancel, wait=_transfer_wait),
+    CallOp("hold", _no_body, _hold_op(True), wait=_carrier_wait),
+    CallOp("unhold", _no_body, _hold_op(False), wait=_carrier_wait),
+    CallOp("mute", _no_body, _mute_op(True)),
+    CallOp("unmute", _no_body, _mute_op(False)),
 ]
 
 
@@ -339,7 +382,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
         owner = row.get("owner")
         if row.get("ended_at") is not None or owner == gw.settings.proc_id:
             raise _not_live(ident, row)
-        if not await gw.membership.alive(owner):
+        if owner is None or not await gw.membership.alive(owner):   # (no owner: never alive)
             break
         reply = await gw.control.request(owner, f"call:{op.name}", {"call": row["call_uuid"], "args": args},
                                          timeout=timeout)
@@ -351,6 +394,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
             continue
         return reply
     else:
+        assert row is not None   # the loop raised on a missing row
         raise _not_live(ident, row)
     closed = await gw.membership.close_calls("node_lost", owner=owner, call_id=row["id"])
     if op.orphan is not None and closed:
@@ -360,7 +404,7 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
                     f"{row['call_status']}, {row.get('hangup_reason')})", 404)
 
 
-def _route(op: CallOp):
+def _route(op: CallOp) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         gw = _gw(request)
         ident = request.match_info["id"]
@@ -371,7 +415,7 @@ def _route(op: CallOp):
     return handler
 
 
-def _bus_handler(gw: Gateway, op: CallOp):
+def _bus_handler(gw: Gateway, op: CallOp) -> Callable[[dict[str, Any]], Awaitable[Reply]]:
     """What the owning process does with a forwarded op: the same `perform`, its ApiError as the reply."""
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -64,8 +65,8 @@ async def drain(request: web.Request) -> web.Response:
                              status=202)
 
 
-def _drain_handler(gw: Gateway):
-    async def handler(args: dict) -> Reply:
+def _drain_handler(gw: Gateway) -> Callable[[dict[str, Any]], Awaitable[Reply]]:
+    async def handler(args: dict[str, Any]) -> Reply:
         timeout = args.get("timeout")
         gw.begin_drain(float(timeout) if isinstance(timeout, (int, float)) else None)
         return Reply(202, {"success": True, "proc": gw.settings.proc_id, "state": "draining",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -36,7 +37,8 @@ TOP_LEVEL = ("name", "sip_trunk_name")
 
 
 def gw_of(request: web.Request) -> Gateway:
-    return request.app["gateway"]
+    gw: Gateway = request.app["gateway"]
+    return gw
 
 
 def providers(gw: Gateway) -> list[str]:
@@ -176,7 +178,7 @@ async def import_number(request: web.Request) -> web.Response:
         except DuplicateError as e:
             raise bad("sip_trunk_name", str(e).removeprefix("sip_trunk_name "), 409) from None
     try:
-        await carrier.on_number_imported(await gw.store.get_number(row["id"], with_secrets=True))
+        await carrier.on_number_imported(await _number_or_404(gw, row["id"]))
     except Exception as e:
         # the carrier could not take the number on (e.g. bad registration settings): undo the import
         await gw.store.delete_number(row["id"])
@@ -185,7 +187,7 @@ async def import_number(request: web.Request) -> web.Response:
         raise
     log.info("phone number imported", extra={"number_id": row["id"], "provider": provider,
                                              "carrier": carrier.name})
-    full = await gw.store.get_number(row["id"], with_secrets=True)
+    full = await _number_or_404(gw, row["id"])
     return web.json_response({"success": True, "message": f"phone number {full['phone_number']} imported",
                               "id": row["id"], "phone_number": number_json(gw, full)}, status=201)
 
@@ -220,14 +222,14 @@ async def update_number(request: web.Request) -> web.Response:
         await _check_unique(gw, carrier, old["provider"], top["phone_number"], top.get("sip_trunk_name"),
                             exclude=number_id)
         await gw.store.update_number(number_id, **columns)
-    new = await gw.store.get_number(number_id, with_secrets=True)
+    new = await _number_or_404(gw, number_id)
     await _safe_hook(carrier.on_number_deleted, old, number_id, carrier)
     try:
         await carrier.on_number_imported(new)
     except Exception as e:
         # put the old settings back and hand them to the carrier again
         await gw.store.update_number(number_id, **{k: old[k] for k in columns})
-        await _safe_hook(carrier.on_number_imported, await gw.store.get_number(number_id, with_secrets=True),
+        await _safe_hook(carrier.on_number_imported, await _number_or_404(gw, number_id),
                          number_id, carrier)
         if isinstance(e, CarrierError):
             raise _carrier_error(e, secrets) from None
@@ -237,7 +239,8 @@ async def update_number(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "phone_number": number_json(gw, new)})
 
 
-async def _safe_hook(hook, number: dict[str, Any], number_id: int, carrier: Carrier) -> None:
+async def _safe_hook(hook: Callable[[dict[str, Any]], Awaitable[None]], number: dict[str, Any], number_id: int,
+                     carrier: Carrier) -> None:
     try:
         await hook(number)
     except Exception:
@@ -301,7 +304,7 @@ async def attach(request: web.Request) -> web.Response:
     if await gw.store.get_agent(agent_id) is None:
         raise bad("agent_id", f"agent {agent_id} not found", 404)
     await gw.store.update_number(number_id, agent_id=agent_id)
-    row = await gw.store.get_number(number_id, with_secrets=True)
+    row = await _number_or_404(gw, number_id)
     return web.json_response({"success": True, "phone_number_id": number_id,
                               "message": f"phone number {number_id} attached to agent {agent_id}",
                               "phone_number": number_json(gw, row)})
@@ -312,7 +315,7 @@ async def detach(request: web.Request) -> web.Response:
     number_id = parse(models.Detach, await read_json(request)).phone_number_id
     await _number_or_404(gw, number_id, "phone_number_id")
     await gw.store.update_number(number_id, agent_id=None)
-    row = await gw.store.get_number(number_id, with_secrets=True)
+    row = await _number_or_404(gw, number_id)
     return web.json_response({"success": True, "phone_number_id": number_id,
                               "message": f"phone number {number_id} detached",
                               "phone_number": number_json(gw, row)})

@@ -39,7 +39,7 @@ def _param(name: str, where: str = "path", schema: dict[str, Any] | None = None,
     return p
 
 
-def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict] | None = None,
+def _op(summary: str, *, tag: str, body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
         ok: dict[str, Any] | None = None, status: str = "200", errors: tuple[int, ...] = (400, 401, 404)
         ) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag],
@@ -168,6 +168,10 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
         "Dispatched": {"type": "object", "properties": {
             "success": {"const": True}, "status": {"const": "dispatched"}, "requestId": {"type": "integer"},
             "call_id": {"type": "string"}}},
+        "HoldMuteState": {"type": "object", "properties": {
+            "success": {"const": True}, "status": {"enum": ["held", "resumed", "muted", "unmuted"]},
+            "call_id": {"type": "string"}, "requestId": {"type": "integer"}, "held": {"type": "boolean"},
+            "remote_held": {"type": "boolean"}, "muted": {"type": "boolean"}}},
         "CallLog": {"type": "object", "properties": {k: {"type": t} for k, t in {
             "id": "integer", "call_uuid": "string", "call_direction": "string", "from_number": "string",
             "to_number": "string", "call_status": "string", "call_duration": "string",
@@ -180,7 +184,8 @@ def _schemas(gw: Gateway) -> dict[str, Any]:
     }
     for provider in providers(gw):
         carrier = gw.carrier_for(provider)
-        schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
+        if carrier is not None:   # providers() lists only providers of loaded carriers
+            schemas[f"Import_{provider}"] = import_schema(fields_of(carrier))
     return schemas
 
 
@@ -290,6 +295,13 @@ def build(gw: Gateway) -> dict[str, Any]:
             "Attended transfer: end the consultation call; the engine talks to the caller again", tag="calls",
             params=[cid], errors=(401, 404, 409, 502))},
         f"{p}/calls/{{id}}/recording": {"get": _recording_op(cid)},
+        **{f"{p}/calls/{{id}}/{op}": {"post": _op(summary, tag="calls", params=[cid], ok=_ref("HoldMuteState"),
+                                                  errors=(400, 401, 404, 409, 502))}
+           for op, summary in (("hold", "Put a live call on hold: music on hold, the engine paused and hearing "
+                                        "nothing (SIP: re-INVITE a=sendonly; docs/hold.md)"),
+                               ("unhold", "Take a live call off hold"),
+                               ("mute", "Stop the caller's audio reaching the engine"),
+                               ("unmute", "Let the caller's audio reach the engine again"))},
         f"{p}/nodes/{{proc}}/drain": {"post": _op(
             "Drain a process (`<node>.<k>`) or, under `serve --workers N`, its whole node: new calls refused, live "
             "calls go on up to the drain timeout, then the process exits (docs/deploy.md)", tag="nodes",

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from yarl import URL
 
@@ -16,6 +17,8 @@ MAX_PAGESIZE = 150
 MAX_INT = 2**62
 _INT = re.compile(r"^-?[0-9]{1,30}$")
 _MISSING = object()
+
+_Num = TypeVar("_Num", int, float)
 
 
 def bad(field: str, problem: str, status: int = 400) -> ApiError:
@@ -34,7 +37,7 @@ def as_int(value: Any, field: str, *, minimum: int | None = None, maximum: int |
     return _within(value, field, minimum, maximum)
 
 
-def _within(value: Any, field: str, minimum: float | None, maximum: float | None) -> Any:
+def _within(value: _Num, field: str, minimum: float | None, maximum: float | None) -> _Num:
     """`value` when within the bounds, else a 400 naming the bound (integers as written, floats shortest)."""
     def shown(bound: float) -> str:
         return str(bound) if isinstance(bound, int) else f"{bound:g}"
@@ -71,10 +74,10 @@ def as_bool(value: Any, field: str) -> bool:
 def as_str(value: Any, field: str, *, max_len: int = 1000) -> str:
     if not isinstance(value, str):
         raise bad(field, "must be a string")
-    value = value.strip()
-    if len(value) > max_len:
+    text: str = value.strip()
+    if len(text) > max_len:
         raise bad(field, f"must be at most {max_len} characters")
-    return value
+    return text
 
 
 def as_list(value: Any, field: str) -> list[Any]:
@@ -114,14 +117,14 @@ def as_e164(value: Any, field: str) -> str:
 
 
 def as_http_url(value: Any, field: str) -> str:
-    value = as_str(value, field, max_len=1000)
+    text = as_str(value, field, max_len=1000)
     try:
-        url = URL(value)
+        url = URL(text)
     except ValueError:
-        raise bad(field, f"{value!r} is not a URL") from None
+        raise bad(field, f"{text!r} is not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise bad(field, "must be an http:// or https:// URL with a host")
-    return value
+    return text
 
 
 def as_object(value: Any, field: str) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def required(body: dict[str, Any], name: str, field: str | None = None) -> Any:
     return value
 
 
-def reject_unknown(body: dict[str, Any], allowed: set[str] | list[str], where: str = "") -> None:
+def reject_unknown(body: dict[str, Any], allowed: Collection[str], where: str = "") -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         f = unknown[0]

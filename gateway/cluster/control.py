@@ -122,9 +122,9 @@ class PgControl(ControlBus):
         self.reconnects = 0
         self._conn: Any = None
         self._send_lock = asyncio.Lock()
-        self._waiting: dict[str, asyncio.Future] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._supervisor: asyncio.Task | None = None
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
 
@@ -197,9 +197,9 @@ class PgControl(ControlBus):
                     delay = min(delay * 2, 5.0)
 
     # -- wire ---------------------------------------------------------------------------------------------------
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            msg = json.loads(payload)
+            msg = json.loads(str(payload))   # asyncpg hands NOTIFY payloads over as str
         except ValueError:
             log.warning("control bus: payload is not JSON")
             return

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
+    from ..store import Store
 
 log = logging.getLogger("gateway.cluster")
 
@@ -44,10 +45,10 @@ class Membership:
         self.settings = gateway.settings
         self.proc = gateway.settings.proc_id
         self.closed_orphans = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.gateway.store
 
     async def start(self) -> None:

@@ -12,10 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..carrier import CarrierError
 from ..consult import FAILED, ConsultError
-from ..frames import AudioFrame, BusItem, ConsultEvent, Event, Hangup, HangupSource, Mark, SendDtmf, TransferResult
+from ..frames import (
+    AudioFrame,
+    BusItem,
+    ConsultEvent,
+    Event,
+    Hangup,
+    HangupSource,
+    HoldRequest,
+    Mark,
+    SendDtmf,
+    TransferResult,
+)
 from ..transfer import TransferRefused, transfer_settings
 
 if TYPE_CHECKING:
+    from ..bus import CallBus
     from ..call import Call
 
 
@@ -66,12 +78,20 @@ class EngineSession:
         """True once the call is over (the engine still gets the final `Hangup` from `receive()`)."""
         return self._call.ended.is_set()
 
+    @property
+    def _bus(self) -> CallBus:
+        """The call's bus: an engine session exists only for an attached call."""
+        bus = self._call.bus
+        if bus is None:
+            raise RuntimeError("engine session of a call without a bus (not attached)")
+        return bus
+
     async def receive(self) -> AudioFrame | Event | None:
         """Next caller frame or event; None once the call has ended."""
         if not self._reading:
             self._reading = True
             self._call.engine_connected()
-        if self._call.ended.is_set() and not len(self._call.bus.inbound):
+        if self._call.ended.is_set() and not len(self._bus.inbound):
             return None
         return await self._call.next_inbound()
 
@@ -88,16 +108,16 @@ class EngineSession:
         gate = self._call.output_gate
         if gate is not None and await gate.engine_play(pcm, end_of_utterance):
             return
-        await self._call.bus.play(pcm)
+        await self._bus.play(pcm)
         if end_of_utterance:
-            await self._call.bus.flush_play()
+            await self._bus.flush_play()
 
     def clear(self) -> None:
         """Barge-in: drop what has not been played yet."""
         gate = self._call.output_gate
         if gate is not None and gate.engine_clear():
             return
-        self._call.bus.clear()
+        self._bus.clear()
 
     async def mark(self, name: str) -> None:
         """Ask to be told (a `Mark` event) when everything queued so far has been played to the caller."""
@@ -106,11 +126,11 @@ class EngineSession:
             return
         # the audio queued before the mark includes a partial 20 ms frame still in the re-framer: send it (padded)
         # first, or the mark would reach the carrier ahead of it and be reported played too early
-        await self._call.bus.flush_play()
-        await self._call.bus.send_control(Mark(name))
+        await self._bus.flush_play()
+        await self._bus.send_control(Mark(name))
 
     async def send_dtmf(self, digits: str) -> None:
-        await self._call.bus.send_control(SendDtmf(digits))
+        await self._bus.send_control(SendDtmf(digits))
 
     async def transfer(self, number: str | None = None) -> None:
         """Transfer to `number`, or to the agent's configured transfer number and its backups."""
@@ -126,8 +146,8 @@ class EngineSession:
         except (ConsultError, TransferRefused) as e:
             self._call.feed_event(ConsultEvent(FAILED, number or "", str(e)))
             return
-        await self._call.bus.flush_play()
-        await self._call.bus.send_control(req)
+        await self._bus.flush_play()
+        await self._bus.send_control(req)
 
     async def consult_complete(self) -> None:
         """Join the caller and the answered target and leave the call; the outcome comes as `TransferResult`."""
@@ -147,3 +167,21 @@ class EngineSession:
 
     async def hangup(self, reason: str = "agent_hangup") -> None:
         await self._call.request_hangup(HangupSource.AGENT, reason)
+
+    async def hold(self) -> None:
+        """Put the caller on hold once the audio queued so far has been handed on ("please hold" is heard): the
+        gateway plays music on hold, this engine receives no caller audio and its further audio waits until
+        `unhold()`. A `HoldState` event confirms it (and reports a hold by the API or the far end)."""
+        await self._bus.flush_play()
+        await self._bus.send_control(HoldRequest(True))
+
+    async def unhold(self) -> None:
+        """Take the caller off hold now (the engine's queued audio plays on)."""
+        await self._call.set_hold(False, "engine")
+
+    async def mute(self) -> None:
+        """Stop receiving the caller's audio (the caller still hears the engine) until `unmute()`."""
+        await self._call.set_mute(True, "engine")
+
+    async def unmute(self) -> None:
+        await self._call.set_mute(False, "engine")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import websockets
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from websockets.asyncio.client import connect
 
 from .. import safejson
@@ -41,7 +41,9 @@ from ..frames import (
     ConsultEvent,
     Dtmf,
     Hangup,
+    HoldState,
     Mark,
+    MuteState,
     SayThenTransfer,
     SpeechActivity,
     TransferResult,
@@ -137,6 +139,10 @@ _ENGINE_MESSAGES: dict[str, dict[str, tuple[bool, int]]] = {
     "consult_complete": {},
     "consult_cancel": {},
     "hangup": {"reason": (False, 200)},
+    "hold": {},
+    "unhold": {},
+    "mute": {},
+    "unmute": {},
 }
 
 
@@ -162,6 +168,10 @@ def event_message(item: Any) -> dict[str, Any] | None:
         return msg
     if isinstance(item, SayThenTransfer):   # speak it, then send {"type": "transfer", "number": number}
         return {"type": "say", "text": item.text, "then": "transfer", "number": item.number}
+    if isinstance(item, HoldState):
+        return {"type": "hold", "held": item.held, "source": item.source}
+    if isinstance(item, MuteState):
+        return {"type": "mute", "muted": item.muted, "source": item.source}
     if isinstance(item, Hangup):
         return {"type": "hangup", "source": item.source.value, "reason": item.reason}
     return None
@@ -205,7 +215,7 @@ class Playout:
     def __init__(self, session: EngineSession, max_seconds: float = 30.0) -> None:
         self.session = session
         self.max_bytes = int(session.sample_rate * 2 * max_seconds)
-        self.failed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()   # only ever an exception
         self._items: deque[bytes | Callable[[], Awaitable[None]]] = deque()
         self._audio_bytes = 0
         self._current: Any = None
@@ -214,7 +224,7 @@ class Playout:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"engine-play-{self.session.call_id}")
@@ -297,11 +307,12 @@ class Bridge:
         playout.start()
         to_engine = asyncio.create_task(self._to_engine(), name=f"engine-out-{session.call_id}")
         from_engine = asyncio.create_task(self._from_engine(), name=f"engine-in-{session.call_id}")
-        drained: asyncio.Task | None = None
+        drained: asyncio.Task[None] | None = None
         try:
             await asyncio.wait({to_engine, from_engine, playout.failed}, return_when=asyncio.FIRST_COMPLETED)
-            if playout.failed.done():
-                raise playout.failed.exception()
+            failure = playout.failed.exception() if playout.failed.done() else None
+            if failure is not None:
+                raise failure
             error = self._outcome(to_engine, from_engine)
             if isinstance(error, EngineClosed) and not to_engine.done():
                 # The engine is gone: what it already sent (a goodbye, its hangup) is still carried out first,
@@ -327,13 +338,14 @@ class Bridge:
             await self._failed("engine_disconnected", f"engine closed the websocket ({error.code})")
 
     @staticmethod
-    def _outcome(to_engine: asyncio.Task, from_engine: asyncio.Task) -> EngineProtocolError | EngineClosed | None:
+    def _outcome(to_engine: asyncio.Task[None], from_engine: asyncio.Task[None]
+                 ) -> EngineProtocolError | EngineClosed | None:
         """None when the call ended normally, else what went wrong with the engine."""
         if to_engine.done() and to_engine.exception() is None:
             return None
         task = from_engine if from_engine.done() else to_engine
         error = task.exception()
-        if isinstance(error, (EngineProtocolError, EngineClosed)):
+        if error is None or isinstance(error, (EngineProtocolError, EngineClosed)):
             return error
         raise error
 
@@ -384,6 +396,14 @@ class Bridge:
             elif kind == "hangup":
                 self.engine_hung_up = True
                 playout.action(functools.partial(session.hangup, msg.get("reason") or "agent_hangup"))
+            elif kind == "hold":            # in order: after the audio sent before it ("please hold")
+                playout.action(session.hold)
+            elif kind == "unhold":          # at once: the engine's audio waits behind the hold
+                await session.unhold()
+            elif kind == "mute":
+                await session.mute()
+            elif kind == "unmute":
+                await session.unmute()
 
 
 # -- connect mode -------------------------------------------------------------------------------------------------
@@ -405,7 +425,8 @@ class _ClientTransport:
 
     async def recv(self) -> str | bytes:
         try:
-            return await self.ws.recv()
+            data: str | bytes = await self.ws.recv()
+            return data
         except websockets.ConnectionClosed as e:
             raise self._closed(e) from None
 
@@ -462,9 +483,9 @@ def parse_accept_spec(spec: str) -> tuple[str, int]:
 class _ServerTransport:
     """An engine connection accepted by the aiohttp server; `pending` is the read started while it was idle."""
 
-    def __init__(self, ws: web.WebSocketResponse, pending: asyncio.Future) -> None:
+    def __init__(self, ws: web.WebSocketResponse, pending: asyncio.Future[WSMessage]) -> None:
         self.ws = ws
-        self.pending: asyncio.Future | None = pending
+        self.pending: asyncio.Future[WSMessage] | None = pending
 
     async def send(self, data: str | bytes) -> None:
         if self.ws.closed:
@@ -483,7 +504,8 @@ class _ServerTransport:
         else:
             msg = await self.ws.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return msg.data
+            data: str | bytes = msg.data
+            return data
         if msg.type is WSMsgType.ERROR:  # aiohttp has already closed with the matching code (1007, 1009…)
             raise EngineClosed(getattr(msg.data, "code", None) or self.ws.close_code, str(msg.data), True)
         raise EngineClosed(self.ws.close_code, str(msg.extra or ""), False)
@@ -497,7 +519,7 @@ class EngineConnection:
     pool: str
     transport: _ServerTransport
     remote: str
-    claimed: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    claimed: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -507,9 +529,9 @@ class EngineHub:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._idle: dict[str, deque[EngineConnection]] = {}
-        self._waiting: dict[str, deque[asyncio.Future]] = {}
+        self._waiting: dict[str, deque[asyncio.Future[EngineConnection]]] = {}
         self._open: set[EngineConnection] = set()
-        self._closing: set[asyncio.Task] = set()   # redirected connections being closed
+        self._closing: set[asyncio.Task[None]] = set()   # redirected connections being closed
 
     def idle_count(self, pool: str = "default") -> int:
         return len(self._idle.get(pool, ()))
@@ -545,7 +567,7 @@ class EngineHub:
         conn = self._take_idle(pool)
         if conn is not None:
             return conn
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[EngineConnection] = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(pool, deque())
         waiters.append(fut)
         summon = (asyncio.create_task(self._summon(pool), name=f"engine-summon-{pool}")
@@ -649,7 +671,8 @@ class EngineHub:
         self._offer(conn)
         log.info("engine connected", extra={"pool": pool, "remote": conn.remote})
         try:
-            await asyncio.wait({pending, conn.claimed}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {pending, conn.claimed}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if conn.claimed.done():
                 await conn.finished.wait()  # the call's bridge owns the socket until it is done
             else:  # the engine spoke (or left) before being handed a call
@@ -673,7 +696,8 @@ class EngineHub:
                 await conn.transport.ws.close(code=CLOSE_GOING_AWAY, message=b"gateway shutting down")
 
 
-def _error(status: int, message: str, field_name: str | None, headers: dict[str, str] | None = None):
+def _error(status: int, message: str, field_name: str | None, headers: dict[str, str] | None = None
+           ) -> web.Response:
     return web.json_response({"success": False, "error": message, "field": field_name}, status=status,
                              headers=headers)
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from rich.console import Console
@@ -24,7 +25,7 @@ SCENARIO_DIR = Path(__file__).resolve().parents[2] / "sip-test-configs"
 DEFAULT_NUMBER = "+15550100000"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("loadtest", help="load-test a gateway with SIPp (loopback only)")
     lsub = p.add_subparsers(dest="loadtest_kind", required=True)
     s = lsub.add_parser("sip", help="SIP calls with G.711 RTP from SIPp")
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -91,9 +92,9 @@ async def start_gateway(number: str) -> LocalGateway:
 
 async def provision(http: aiohttp.ClientSession, base: str, number: str) -> None:
     """An echo agent and a SIP number that accepts SIPp's calls from 127.0.0.1 by IP allow-list."""
-    async def post(path: str, body: dict) -> dict:
+    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with http.post(base + "/api/v1" + path, json=body) as r:
-            data = await r.json()
+            data: dict[str, Any] = await r.json()
             if r.status >= 300:
                 raise RuntimeError(f"{path}: {r.status} {data.get('error', data)}")
             return data
@@ -103,7 +104,8 @@ async def provision(http: aiohttp.ClientSession, base: str, number: str) -> None
     num = await post("/phone_number/import/sip", {
         "phone_number": number, "sip_host": "127.0.0.1", "sip_trunk_name": "loadtest", "name": "loadtest",
         "auth_type": "ip", "allowed_ips": ["127.0.0.1"]})
-    number_id = (num.get("phone_number") if isinstance(num.get("phone_number"), dict) else num)["id"]
+    imported = num["phone_number"] if isinstance(num.get("phone_number"), dict) else num
+    number_id = imported["id"]
     await post("/phone_number/attach", {"phone_number_id": number_id, "agent_id": agent_id})
 
 
@@ -147,8 +149,8 @@ def sipp_args(args: argparse.Namespace, number: str) -> list[str]:
 
 def timeout_for(args: argparse.Namespace) -> float:
     if args.timeout:
-        return args.timeout
-    return args.calls / max(args.rate, 0.1) + args.duration + 30
+        return float(args.timeout)
+    return float(args.calls / max(args.rate, 0.1) + args.duration + 30)
 
 
 def summary_table(result: SippResult, sampler: ProcessSampler | None, wall: float,

@@ -43,7 +43,8 @@ class RecordingChoice:
 
 def recording_choice(agent: dict[str, Any] | None, request: dict[str, Any] | None) -> RecordingChoice:
     """The agent's `settings.recording`, overridden key by key by a per-call request (dispatch's `recording`)."""
-    section = ((agent or {}).get("settings") or {}).get("recording") or {}
+    section = ((agent or {}).get("settings") or {}).get("recording")
+    section = section if isinstance(section, dict) else {}      # an agent stored before the check existed
     merged = {**section, **{k: v for k, v in (request or {}).items() if v is not None}}
     channels = merged.get("channels") or "dual"
     return RecordingChoice(bool(merged.get("enabled")), channels if channels in CHANNELS else "dual")

@@ -48,7 +48,7 @@ class RtpEngine:
         self._closed_totals: dict[str, float] = {}
 
     def loop_time(self) -> float:
-        return self._loop.time()
+        return (self._loop or asyncio.get_running_loop()).time()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -74,7 +74,8 @@ class RtpEngine:
                 continue
             session = RtpSession(self, port)
             try:
-                await loop.create_datagram_endpoint(lambda s=session: s, local_addr=(self.bind_ip, port))
+                await loop.create_datagram_endpoint(lambda: session,  # noqa: B023 (called before the next iteration)
+                                                    local_addr=(self.bind_ip, port))
             except OSError:
                 continue
             try:
@@ -110,6 +111,8 @@ class RtpEngine:
 
     def _on_tick(self) -> None:
         loop = self._loop
+        if loop is None:   # scheduled by start() only, which sets the loop first
+            return
         now = self.now = loop.time()
         n = 0
         while self._next <= now and n < MAX_CATCH_UP:

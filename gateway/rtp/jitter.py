@@ -10,7 +10,15 @@ talk spurt (or the call) is played after the target delay, not held until the ne
 """
 from __future__ import annotations
 
-LOST = object()
+import enum
+
+
+class _Lost(enum.Enum):
+    """The type of LOST, so that `frame is LOST` narrows `pop()`'s result for the type checker."""
+    LOST = "lost"
+
+
+LOST = _Lost.LOST
 
 
 class JitterBuffer:
@@ -59,7 +67,7 @@ class JitterBuffer:
             if self._next is not None and self._next <= oldest:
                 self._next = oldest + 1
 
-    def pop(self) -> bytes | object | None:
+    def pop(self) -> bytes | _Lost | None:
         """One tick's frame: payload bytes, LOST (play concealment), or None (nothing to play)."""
         packets = self._packets
         if not self._primed:
@@ -76,6 +84,7 @@ class JitterBuffer:
             self._primed = False
             return None
         nxt = self._next
+        assert nxt is not None   # set when priming
         payload = packets.pop(nxt, None)
         if payload is not None:
             self._next = nxt + 1

@@ -8,11 +8,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from voicecodecs import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
-from ..frames import AudioFrame, Dtmf, Mark, SendDtmf
+from ..frames import AudioFrame, BusItem, Dtmf, Mark, SendDtmf
 from .dtmf import DtmfReceiver, DtmfSender
 from .jitter import LOST, JitterBuffer
 from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
@@ -20,8 +20,23 @@ from .rtcp import Rtcp, mos
 from .srtp import SrtpContext
 
 if TYPE_CHECKING:
-    from ..call import Call
     from .engine import RtpEngine
+
+
+class RtpCall(Protocol):
+    """What a session is attached to: a `gateway.call.Call`, or a stand-in that looks like one to the session
+    (gateway/sip/bridge.py's BridgePort, the simulated caller's port in gateway/simulate/lines.py)."""
+
+    inbound_lag: float
+
+    @property
+    def bus(self) -> object: ...   # sending starts once it is not None
+
+    def feed_audio(self, pcm: bytes) -> None: ...
+
+    def feed_event(self, event: BusItem) -> None: ...
+
+    def next_outbound_nowait(self) -> BusItem | None: ...
 
 log = logging.getLogger("gateway.rtp")
 
@@ -56,7 +71,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._idle = True
         self._credit = 0
         self._last_samples = SAMPLES_PER_TICK
-        self.call: Call | None = None
+        self.call: RtpCall | None = None
         self.on_pcm: Callable[[bytes], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
         self.sent = self.received = self.foreign = self.ignored = 0
@@ -103,7 +118,7 @@ class RtpSession(asyncio.DatagramProtocol):
             raise ValueError(f"bad media direction {direction!r}")
         self.direction = direction
 
-    def attach(self, call: Call) -> None:
+    def attach(self, call: RtpCall) -> None:
         """Connect to a live call: received audio and DTMF go to it; the clock pulls its outbound frames."""
         self.call = call
         self.sending = True
@@ -154,7 +169,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     # -- asyncio protocol ---------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)   # a datagram endpoint's transport
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.: the far end decides
         log.debug("rtp socket error", extra={"port": self.local_port, "error": str(exc)})
@@ -318,12 +333,15 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> None:
         self._seq = (self._seq + 1) & 0xFFFF
+        transport = self.transport
+        if transport is None:   # closed: nothing to send on
+            return
         packet = build_rtp(pt, marker, self._seq, ts, self.ssrc, payload)
         if self.srtp is not None:
             protected = self.srtp.protect(packet)
             if protected is None:
                 return
             packet = protected
-        self.transport.sendto(packet, self.remote)
+        transport.sendto(packet, self.remote)
         self.sent += 1
         self.octets += len(payload)

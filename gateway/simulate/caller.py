@@ -149,7 +149,7 @@ class ScriptedCaller:
             return
         loop = asyncio.get_running_loop()
         quiet = step.quiet_ms / 1000
-        while not self.remote_hangup.is_set():
+        while not self.remote_hangup.is_set() and self.timeline is not None:   # (set when the agent started)
             now = loop.time()
             if now - self.timeline.agent[-1][1] >= quiet:
                 return

@@ -27,7 +27,7 @@ from .script import Script, ScriptError, load_script
 VIAS = ("sip", "twilio", "exotel", "vonage")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("simulate", help="synthetic callers following a script (loopback only): turn timing report")
     p.add_argument("--agent", type=int, required=True, help="agent id: its number on the chosen carrier is called")
     p.add_argument("--via", choices=VIAS, required=True, help="carrier protocol the callers speak")
@@ -56,7 +56,7 @@ def _number(client: Client, agent: int, via: str) -> dict[str, Any]:
     page = client.request("GET", "/phone_number/list", query={"provider": via, "pagesize": 100})
     for n in page.get("phone_numbers") or []:
         if n.get("agent_id") == agent:
-            return n
+            return dict(n)
     raise CliError(f"agent {agent} has no {via} number (import one and attach it to the agent)", 2)
 
 

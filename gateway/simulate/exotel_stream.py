@@ -61,7 +61,7 @@ class ExotelStreamClient(ReceivingClient):
         self._seq += 1
         if obj.get("event") != "connected":
             obj = {"sequence_number": str(self._seq), "stream_sid": self.stream_sid, **obj}
-        await self.ws.send_str(json.dumps(obj))
+        await self.conn.send_str(json.dumps(obj))
 
     async def start(self, call_sid: str = "CA0001", *, frm: str = "09876543210", to: str = "08047491899",
                     account_sid: str = "", encoding: str | None = "audio/x-raw",
@@ -100,7 +100,7 @@ class ExotelStreamClient(ReceivingClient):
 
     async def _read(self) -> None:
         try:
-            async for msg in self.ws:
+            async for msg in self.conn:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 m = json.loads(msg.data)
@@ -123,7 +123,7 @@ class ExotelStreamClient(ReceivingClient):
                     self.rx.other.append(m)
                 await self._changed()
         finally:
-            self.close_code = self.ws.close_code
-            self.close_reason = str(getattr(self.ws, "_close_message", "") or "")
+            self.close_code = self.conn.close_code
+            self.close_reason = str(getattr(self.conn, "_close_message", "") or "")
             self.closed.set()
             await self._changed()

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.frames import AudioFrame, SendDtmf
+from gateway.frames import AudioFrame, BusItem, SendDtmf
 from gateway.rtp import RtpEngine
 from gateway.rtp.session import CODECS
 from gateway.sip.message import NameAddr
@@ -76,7 +76,7 @@ class _RtpCallerPort:
     def feed_event(self, event: Any) -> None:
         """Digits and marks from the gateway mean nothing to the caller."""
 
-    def next_outbound_nowait(self) -> Any:
+    def next_outbound_nowait(self) -> BusItem:
         if self.caller.dtmf:
             return SendDtmf(self.caller.dtmf.popleft())
         return AudioFrame(self.caller.next_frame(self.engine.now), 8000)
@@ -116,11 +116,14 @@ class SipLine:
             await self.transport.stop()
 
     async def call(self, caller: ScriptedCaller, number: str) -> LineResult:
-        rtp = await self.rtp.open_session()
+        ua, engine = self.ua, self.rtp
+        if ua is None or engine is None:
+            raise RuntimeError("SIP line not started")
+        rtp = await engine.open_session()
         try:
             offer = make_offer("127.0.0.1", rtp.local_port)
             uri = f"sip:{number}@{self.host}:{self.port}"
-            invite = OutgoingInvite(self.ua, request_uri=uri, from_addr=NameAddr("sip:+15550000000@127.0.0.1"),
+            invite = OutgoingInvite(ua, request_uri=uri, from_addr=NameAddr("sip:+15550000000@127.0.0.1"),
                                     to_addr=NameAddr(uri), sdp=offer.to_bytes(), dest=(self.host, self.port, "udp"))
             result = await invite.run(self.ring_timeout)
             if result.session is None:
@@ -130,8 +133,8 @@ class SipLine:
             rtp.configure(choice.remote_addr, choice.codec, choice.payload_type, choice.dtmf_payload_type)
             _, decode, encode, _ = CODECS[choice.codec]
             caller.roundtrip = lambda pcm: decode(encode(pcm))
-            caller.answered(self.rtp.now or asyncio.get_running_loop().time())
-            rtp.attach(_RtpCallerPort(caller, self.rtp))
+            caller.answered(engine.now or asyncio.get_running_loop().time())
+            rtp.attach(_RtpCallerPort(caller, engine))
             hangup = await _converse(caller, session.ended)
             if hangup == "caller":
                 await session.bye(reason_header(q850=16, text="simulated caller hung up"))
@@ -340,7 +343,7 @@ class VonageLine:
                 async def send(frames: list[bytes]) -> None:
                     while caller.dtmf:
                         await client.dtmf(caller.dtmf.popleft())
-                    await client.ws.send_bytes(frames[0])
+                    await client.conn.send_bytes(frames[0])
                 sender = asyncio.create_task(paced_sender(caller, send))
                 hangup = await _converse(caller, client.closed)
                 sender.cancel()

@@ -23,7 +23,7 @@ from .twilio_stream import TwilioStreamClient
 
 def sign_v3(token: str, url: str, params: dict[str, str], nonce: str) -> str:
     base = construct_post_url(url, dict(params)).decode()
-    return get_signature_v3(token.encode(), base, nonce.encode()).decode()
+    return str(get_signature_v3(token.encode(), base, nonce.encode()).decode())
 
 
 async def post_signed(url: str, params: dict[str, str], token: str | None, *, signed_url: str | None = None,
@@ -45,9 +45,10 @@ class PlivoStreamClient(TwilioStreamClient):
 
     async def send(self, obj: dict[str, Any]) -> None:
         self._seq += 1
-        await self.ws.send(json.dumps({"sequenceNumber": self._seq, "streamId": self.stream_sid, **obj}))
+        await self.conn.send(json.dumps({"sequenceNumber": self._seq, "streamId": self.stream_sid, **obj}))
 
-    async def start(self, call_uuid: str, *, media_format: dict[str, Any] | None = None,   # type: ignore[override]
+    # (the override: Plivo's start names the call by its CallUUID, not Twilio's call_id / CallSid)
+    async def start(self, call_uuid: str, *, media_format: dict[str, Any] | None = None,  # type: ignore[override]
                     **_: Any) -> None:
         self.stream_sid = str(uuid.uuid4())
         await self.send({"event": "start", "start": {

@@ -56,8 +56,10 @@ def _svg(r: CallReport, width: int = 900) -> str:
     tl = r.timeline
     if not tl:
         return "<p>no timeline (the call was not answered)</p>"
-    end = max(tl["end"], 1)
-    x = lambda ms: round(60 + (width - 70) * ms / end, 1)  # noqa: E731
+    end: int = max(tl["end"], 1)
+
+    def x(ms: float) -> float:
+        return round(60 + (width - 70) * ms / end, 1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="96" role="img">',
              '<text x="4" y="26" class="lbl">caller</text><text x="4" y="56" class="lbl">agent</text>']
     for s, e in tl["caller"]:

@@ -73,7 +73,10 @@ async def place_call(index: int, line: Any, script: Script, number: str,
     if tl is not None:
         end = max([tl.play_end, *(e for _, e in tl.caller if not math.isnan(e))], default=tl.origin)
         rep.timing = analyze(tl, max(end, asyncio.get_running_loop().time()))
-        ms = lambda v: round((v - tl.origin) * 1000)  # noqa: E731
+        origin = tl.origin
+
+        def ms(v: float) -> int:
+            return round((v - origin) * 1000)
         rep.timeline = {"caller": [[ms(s), ms(e if not math.isnan(e) else end)] for s, e in tl.caller],
                         "agent": [[ms(s), ms(e)] for s, e in tl.agent], "clears": [ms(c) for c in tl.clears],
                         "end": ms(max(end, tl.origin))}
@@ -163,7 +166,7 @@ def api_timing(base_url: str, api_key: str, *, wait: float = 10.0) -> GatewayTim
                 await asyncio.sleep(0.1)
             async with http.get(f"{base}/calls/logs/{rows[0]['id']}") as r:
                 events = (await r.json())["events"]
-        ended = next((e["data"] for e in events if e["event"] == "conversation:ended"), {})
+        ended: dict[str, Any] = next((e["data"] for e in events if e["event"] == "conversation:ended"), {})
         return {"call_id": rows[0]["call_uuid"], "summary": rows[0]["timing"], "turns": ended.get("turns") or [],
                 "hangup_source": rows[0].get("hangup_source"), "hangup_reason": rows[0].get("hangup_reason")}
 

@@ -57,8 +57,9 @@ class TelnyxStreamClient(TwilioStreamClient):
         self._seq += 1
         if obj.get("event") != "connected":
             obj = {"sequence_number": str(self._seq), "stream_id": self.stream_sid, **obj}
-        await self.ws.send(json.dumps(obj))
+        await self.conn.send(json.dumps(obj))
 
+    # (the override: Telnyx's start names the call by its call_control_id, not Twilio's call_id / CallSid)
     async def start(self, call_control_id: str, *, media_format: dict[str, Any] | None = None,  # type: ignore[override]
                     **_: Any) -> None:
         await self.connected()
@@ -75,7 +76,7 @@ class TelnyxStreamClient(TwilioStreamClient):
     async def dtmf(self, digit: str) -> None:
         await self.send({"event": "dtmf", "dtmf": {"digit": digit}})
 
-    async def stop(self, call_control_id: str = "", **_: Any) -> None:   # type: ignore[override]
+    async def stop(self, call_control_id: str = "", **_: Any) -> None:   # type: ignore[override]  # Telnyx names the call its own way
         await self.send({"event": "stop", "stop": {"call_control_id": call_control_id}})
 
     def mark_message(self, name: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 
 def sign(token: str, url: str, params: dict[str, Any] | None = None) -> str:
-    return RequestValidator(token).compute_signature(url, params or {})
+    return str(RequestValidator(token).compute_signature(url, params or {}))
 
 
 async def post_signed(url: str, params: dict[str, str], token: str | None, *, signed_url: str | None = None,
@@ -68,10 +68,17 @@ class TwilioStreamClient:
         self._pending: list[tuple[float, str]] = []
         self._seq = 0
         self._chunk = 0
-        self._reader: asyncio.Task | None = None
-        self._echoer: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._echoer: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
         self.new_item = asyncio.Event()
+
+    @property
+    def conn(self) -> ClientConnection:
+        """The open websocket (inside `async with`)."""
+        if self.ws is None:
+            raise RuntimeError("not connected: use `async with` first")
+        return self.ws
 
     async def __aenter__(self) -> TwilioStreamClient:
         self.ws = await connect(self.url, additional_headers=self.headers, max_size=2 ** 20)
@@ -83,14 +90,14 @@ class TwilioStreamClient:
         for t in (self._reader, self._echoer):
             if t is not None:
                 t.cancel()
-        await self.ws.close()
+        await self.conn.close()
 
     # -- Twilio → gateway ---------------------------------------------------------------------------------------
     async def send(self, obj: dict[str, Any]) -> None:
         self._seq += 1
         if obj.get("event") != "connected":
             obj = {"sequenceNumber": str(self._seq), **obj}
-        await self.ws.send(json.dumps(obj))
+        await self.conn.send(json.dumps(obj))
 
     async def connected(self) -> None:
         await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -131,7 +138,7 @@ class TwilioStreamClient:
     # -- gateway → Twilio ---------------------------------------------------------------------------------------
     async def _read(self) -> None:
         try:
-            async for raw in self.ws:
+            async for raw in self.conn:
                 self.got.events.append(json.loads(raw))
                 msg = self.translate(self.got.events[-1])
                 if "streamSid" in msg:
@@ -157,8 +164,8 @@ class TwilioStreamClient:
         except Exception:
             pass
         finally:
-            self.close_code = self.ws.close_code
-            self.close_reason = self.ws.close_reason or ""
+            self.close_code = self.conn.close_code
+            self.close_reason = self.conn.close_reason or ""
             self.closed.set()
             self.new_item.set()
 

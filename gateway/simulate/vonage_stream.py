@@ -47,12 +47,12 @@ class VonageStreamClient(ReceivingClient):
         first = {"event": "websocket:connected",
                  "content-type": content_type or self.endpoint["content-type"],
                  **(self.endpoint.get("headers") or {} if headers is None else headers)}
-        await self.ws.send_str(json.dumps(first))
+        await self.conn.send_str(json.dumps(first))
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
-            async for msg in self.ws:
+            async for msg in self.conn:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     self.rx.frames.append(msg.data)
                     if self.on_media is not None:
@@ -61,23 +61,23 @@ class VonageStreamClient(ReceivingClient):
                     m = json.loads(msg.data)
                     if m.get("action") == "notify":
                         self.rx.notifies.append((m["payload"]["name"], len(self.rx.audio)))
-                        await self.ws.send_str(json.dumps({"event": "websocket:notify", "payload": m["payload"]}))
+                        await self.conn.send_str(json.dumps({"event": "websocket:notify", "payload": m["payload"]}))
                     elif m.get("action") == "clear":
                         self.rx.clears.append(len(self.rx.audio))
                         if self.on_clear is not None:
                             self.on_clear(asyncio.get_running_loop().time())
-                        await self.ws.send_str(json.dumps({"event": "websocket:cleared"}))
+                        await self.conn.send_str(json.dumps({"event": "websocket:cleared"}))
                 await self._changed()
         finally:
-            self.close_code = self.ws.close_code
+            self.close_code = self.conn.close_code
             self.closed.set()
             await self._changed()
 
     async def play(self, pcm: bytes, frame: int, pace_every: int = 5) -> None:
         for i, off in enumerate(range(0, len(pcm), frame)):
-            await self.ws.send_bytes(pcm[off:off + frame])
+            await self.conn.send_bytes(pcm[off:off + frame])
             if i % pace_every == pace_every - 1:
                 await asyncio.sleep(0.01)
 
     async def dtmf(self, digit: str, duration: int = 260) -> None:
-        await self.ws.send_str(json.dumps({"event": "websocket:dtmf", "digit": digit, "duration": duration}))
+        await self.conn.send_str(json.dumps({"event": "websocket:dtmf", "digit": digit, "duration": duration}))

@@ -24,7 +24,14 @@ class ReceivingClient:
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self.changed = asyncio.Condition()
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def conn(self) -> aiohttp.ClientWebSocketResponse:
+        """The open websocket (after the subclass connected)."""
+        if self.ws is None:
+            raise RuntimeError("not connected")
+        return self.ws
 
     async def _changed(self) -> None:
         async with self.changed:

@@ -35,6 +35,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .message import SipRequest, SipResponse
 
 __all__ = [
     "DigestError", "Challenge", "Credentials", "AuthResult", "DigestServer", "parse_challenge",
@@ -173,7 +177,7 @@ def build_authorization(challenge: Challenge, method: str, uri: str, username: s
     return "Digest " + ", ".join(parts)
 
 
-def authorize(request, response, username: str, password: str, *, nc: int = 1,
+def authorize(request: SipRequest, response: SipResponse, username: str, password: str, *, nc: int = 1,
               cnonce: str | None = None) -> tuple[str, str]:
     """Answer a 401/407 for `request` (a SipRequest being re-sent with a new CSeq by the caller)."""
     if response.status == 407:
@@ -327,6 +331,6 @@ def make_challenge(realm: str, algorithm: str = "MD5", *, stale: bool = False) -
     return _server().make_challenge(realm, algorithm, stale=stale)
 
 
-def verify_authorization(header: str, method: str, lookup_password: Callable[[str, str], str | None],
-                         **kw) -> AuthResult:
-    return _server().verify_authorization(header, method, lookup_password, **kw)
+def verify_authorization(header: str, method: str, lookup_password: Callable[[str, str], str | None], *,
+                         realm: str | None = None, uri: str | None = None, body: bytes = b"") -> AuthResult:
+    return _server().verify_authorization(header, method, lookup_password, realm=realm, uri=uri, body=body)

@@ -73,7 +73,7 @@ class AuthVerdict:
 async def system_resolver(host: str) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-    return sorted({i[4][0] for i in infos})
+    return sorted({str(i[4][0]) for i in infos})
 
 
 class InboundAuth:

@@ -164,7 +164,7 @@ class Locator:
             infos = await asyncio.wait_for(loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), LOOKUP_TIMEOUT)
         except (TimeoutError, OSError) as e:
             raise LocateError(f"{name} does not resolve: {e}") from None
-        return list(dict.fromkeys(i[4][0] for i in infos))
+        return list(dict.fromkeys(str(i[4][0]) for i in infos))
 
     async def srv_records(self, host: str, transport: str) -> tuple[list[SrvRecord], str]:
         """The SRV records for the trunk's transport, found through NAPTR when published, and how."""

@@ -34,8 +34,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
 
 __all__ = [
     "SipParseError", "Headers", "SipMessage", "SipRequest", "SipResponse", "Via", "NameAddr", "SipUri",
@@ -167,7 +171,7 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] | None = None):
         self._d: dict[str, tuple[str, list[str]]] = {}
-        self._parsed: dict[str, object] = {}
+        self._parsed: dict[str, Any] = {}   # key → the typed view its accessor built
         if items:
             for k, v in items:
                 self.add(k, v)
@@ -469,7 +473,7 @@ class SipUri:
     host: str
     user: str | None = None
     port: int | None = None
-    params: dict = field(default_factory=dict)
+    params: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, value: str) -> SipUri:
@@ -511,10 +515,11 @@ class SipMessage:
         self.body = body
 
     # -- cached typed views
-    def _cached(self, key: str, fn):
+    def _cached(self, key: str, fn: Callable[[], _T]) -> _T:
         cache = self.headers._parsed
         try:
-            return cache[key]
+            hit: _T = cache[key]
+            return hit
         except KeyError:
             val = cache[key] = fn()
             return val
@@ -531,7 +536,7 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        v = self.headers._parsed.get("cseq")
+        v: tuple[int, str] | None = self.headers._parsed.get("cseq")
         if v is None:
             v = self.headers._parsed["cseq"] = self._parse_cseq()
         return v
@@ -550,14 +555,14 @@ class SipMessage:
 
     @property
     def from_(self) -> NameAddr:
-        v = self.headers._parsed.get("from")
+        v: NameAddr | None = self.headers._parsed.get("from")
         if v is None:
             v = self.headers._parsed["from"] = self._addr("from", "From")
         return v
 
     @property
     def to(self) -> NameAddr:
-        v = self.headers._parsed.get("to")
+        v: NameAddr | None = self.headers._parsed.get("to")
         if v is None:
             v = self.headers._parsed["to"] = self._addr("to", "To")
         return v
@@ -585,7 +590,7 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via:
-        v = self.headers._parsed.get("top_via")
+        v: Via | None = self.headers._parsed.get("top_via")
         if v is None:
             v = self.headers._parsed["top_via"] = self._parse_top_via()
         return v
@@ -817,9 +822,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipRequest | SipRespo
         cache["to"] = msg._addr("to", "To")
     except SipParseError as e:
         raise SipParseError(e.reason, e.status, partial=msg) from None
-    if is_request:
-        if cseq[1] != msg.method:  # type: ignore[union-attr]
-            raise SipParseError(f"CSeq method {cseq[1]} does not match request method {msg.method}",  # type: ignore[union-attr]
+    if isinstance(msg, SipRequest):
+        if cseq[1] != msg.method:
+            raise SipParseError(f"CSeq method {cseq[1]} does not match request method {msg.method}",
                                 partial=msg)
         mf = hd.get("max-forwards")
         if mf is not None and (not mf[1][0].isdigit() or int(mf[1][0]) > 255):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..numbers import is_e164, normalize_e164
 
@@ -40,7 +41,7 @@ class DialPlan:
         return dial_user(e164, strip_plus=self.strip_plus, dial_prefix=self.dial_prefix)
 
     @classmethod
-    def from_config(cls, config: dict) -> DialPlan:
+    def from_config(cls, config: dict[str, Any]) -> DialPlan:
         return cls(bool(config.get("sip_strip_plus")), config.get("sip_dial_prefix") or "")
 
 

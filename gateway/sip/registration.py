@@ -70,7 +70,7 @@ class Registration:
         self.registered = False
         self.granted: int | None = None
         self.refreshes = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()   # set on every state change (tests await it)
 
     @property
@@ -105,13 +105,12 @@ class Registration:
         delay = self.retry[0]
         while True:
             await self._set_state("registering")
+            resp: SipResponse | None = None
             try:
                 resp = await self.register_once(self.expires)
-            except RequestFailed as e:
-                resp = None
-                line = "timed out" if e.timed_out else e.reason
-            else:
                 line = f"{resp.status} {resp.reason}".strip()
+            except RequestFailed as e:
+                line = "timed out" if e.timed_out else e.reason
             if resp is not None and 200 <= resp.status < 300:
                 granted = self._granted(resp)
                 self.registered = True

@@ -329,7 +329,8 @@ def make_offer(ip: str, port: int, codecs: tuple[str, ...] | list[str] = ("PCMU"
         raise SdpError(f"unknown direction {direction!r}")
     if media_encryption not in MEDIA_ENCRYPTION:
         raise SdpError(f"unknown media_encryption {media_encryption!r}")
-    fmts, attrs = [], []
+    fmts: list[str] = []
+    attrs: list[tuple[str, str | None]] = []
     for c in codecs:
         pt = _CODEC_PT.get(c.upper())
         if pt is None:

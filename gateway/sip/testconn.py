@@ -62,8 +62,8 @@ def _step(name: str, verdict: str, detail: str = "", status_line: str | None = N
     return out
 
 
-def _line(resp: SipResponse) -> str:
-    return f"SIP/2.0 {resp.status} {resp.reason}".strip()
+def _line(resp: SipResponse | None) -> str:
+    return "" if resp is None else f"SIP/2.0 {resp.status} {resp.reason}".strip()
 
 
 async def test_trunk(ua: UserAgent | None, fields: dict[str, Any], *, reachability_only: bool = False
@@ -128,8 +128,12 @@ async def test_trunk(ua: UserAgent | None, fields: dict[str, Any], *, reachabili
         t0 = time.monotonic()
         try:
             first = await asyncio.wait_for(ua.send(options(1, []), target.dest, tls=tls), STEP_TIMEOUT)
-        except (TimeoutError, RequestFailed) as e:
-            timed_out = isinstance(e, asyncio.TimeoutError) or e.timed_out
+        except TimeoutError:
+            timed_out = True
+            tried.append(f"{target.describe()}: timed out")
+            continue
+        except RequestFailed as e:
+            timed_out = e.timed_out
             tried.append(f"{target.describe()}: " + ("timed out" if timed_out else e.reason))
             if isinstance(e, RequestFailed) and e.tls_verdict:
                 tls_failures.append((e.tls_verdict, f"{target.describe()}: {_tls_reason(e.reason)}"))

@@ -44,7 +44,7 @@ class LoopClock:
 class _FakeHandle:
     __slots__ = ("when", "fn", "args", "cancelled")
 
-    def __init__(self, when: float, fn: Callable[..., Any], args: tuple):
+    def __init__(self, when: float, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.when = when
         self.fn = fn
         self.args = args

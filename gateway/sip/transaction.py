@@ -46,9 +46,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .message import Headers, SipParseError, SipRequest, SipResponse, make_response, new_branch, new_tag
-from .timers import T1, T2, T4, Clock, LoopClock
-from .transport import TlsPeer
+from .message import Headers, SipMessage, SipParseError, SipRequest, SipResponse, make_response, new_branch, new_tag
+from .timers import T1, T2, T4, Clock, LoopClock, TimerHandle
+from .transport import SipTransport, TlsPeer
 
 __all__ = [
     "TransactionLayer", "ClientTransaction", "ServerTransaction", "TransactionError", "TransactionTimeout",
@@ -81,7 +81,7 @@ class TransactionTransportError(TransactionError):
         self.cause = cause
 
 
-def _call(fn: Callable | None, *args: Any) -> None:
+def _call(fn: Callable[..., Any] | None, *args: Any) -> None:
     """Invoke a TU callback that may be sync or async; errors are logged, never propagated into the layer."""
     if fn is None:
         return
@@ -94,7 +94,7 @@ def _call(fn: Callable | None, *args: Any) -> None:
         log.exception("SIP TU callback %r failed", getattr(fn, "__name__", fn))
 
 
-def _log_task_error(task: asyncio.Future) -> None:
+def _log_task_error(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("SIP TU callback failed", exc_info=task.exception())
 
@@ -139,8 +139,11 @@ class _TimerSet:
     """The named RFC 3261 timers (A, B, D, E…) of one transaction, on the layer's clock (real or fake)."""
 
     __slots__ = ()
+    # (instance attributes of the transaction classes, declared here for the methods below)
+    layer: TransactionLayer
+    _timers: dict[str, TimerHandle]
 
-    def _set(self, name: str, delay: float, fn: Callable, *args: Any) -> None:
+    def _set(self, name: str, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         old = self._timers.get(name)
         if old is not None:
             old.cancel()
@@ -164,7 +167,7 @@ class ClientTransaction(_TimerSet):
                  "_cancel_txn", "_ack_data", "_got_response", "tls")
 
     def __init__(self, layer: TransactionLayer, request: SipRequest, addr: tuple[str, int], protocol: str,
-                 on_provisional: Callable | None, conn: Any = None):
+                 on_provisional: Callable[[SipResponse], Any] | None, conn: Any = None) -> None:
         self.layer = layer
         self.request = request
         self.addr = addr
@@ -206,10 +209,15 @@ class ClientTransaction(_TimerSet):
         else:
             fut = self.layer.transport.send(data, self.addr, self.protocol, self.conn)
         if fut.done():
-            if fut.exception() is not None:
-                self._transport_error(fut.exception())
+            exc = fut.exception()
+            if exc is not None:
+                self._transport_error(exc)
         else:
-            fut.add_done_callback(lambda f: f.exception() is not None and self._transport_error(f.exception()))
+            def sent(f: asyncio.Future[None]) -> None:
+                exc = f.exception()
+                if exc is not None:
+                    self._transport_error(exc)
+            fut.add_done_callback(sent)
 
     def _transport_error(self, exc: BaseException) -> None:
         if self.state in (CALLING, TRYING, PROCEEDING):
@@ -344,7 +352,8 @@ class ServerTransaction(_TimerSet):
     __slots__ = ("layer", "request", "source", "conn", "is_invite", "reliable", "state", "key", "last_response",
                  "_last_data", "_dest", "_timers", "_cancelled", "to_tag", "dialog_key", "__weakref__")
 
-    def __init__(self, layer: TransactionLayer, request: SipRequest, source: tuple[str, int], conn: Any, key):
+    def __init__(self, layer: TransactionLayer, request: SipRequest, source: tuple[str, int], conn: Any,
+                 key: tuple[Any, ...]) -> None:
         self.layer = layer
         self.request = request
         self.source = source
@@ -359,7 +368,7 @@ class ServerTransaction(_TimerSet):
         self._timers: dict[str, Any] = {}
         self._cancelled: asyncio.Event | None = None
         self.to_tag: str | None = None
-        self.dialog_key: tuple | None = None
+        self.dialog_key: tuple[Any, ...] | None = None
 
     @property
     def cancelled(self) -> asyncio.Event:
@@ -513,27 +522,27 @@ class ServerTransaction(_TimerSet):
 # --- layer --------------------------------------------------------------------------------------------------
 
 class TransactionLayer:
-    def __init__(self, transport, *, clock: Clock | None = None, t1: float = T1, t2: float = T2, t4: float = T4,
-                 trying_delay: float | None = 0.2, retransmit_2xx: bool = True,
-                 max_invite_pending: float = 600.0):
+    def __init__(self, transport: SipTransport, *, clock: Clock | None = None, t1: float = T1,
+                 t2: float = T2, t4: float = T4, trying_delay: float | None = 0.2, retransmit_2xx: bool = True,
+                 max_invite_pending: float = 600.0) -> None:
         self.transport = transport
         self.clock: Clock = clock or LoopClock()
         self.t1, self.t2, self.t4 = t1, t2, t4
         self.trying_delay = trying_delay
         self.retransmit_2xx = retransmit_2xx
         self.max_invite_pending = max_invite_pending
-        self.on_request: Callable | None = None
-        self.on_ack: Callable | None = None
-        self.on_cancel: Callable | None = None
-        self.on_stray_response: Callable | None = None
-        self.on_ack_timeout: Callable | None = None
+        self.on_request: Callable[..., Any] | None = None
+        self.on_ack: Callable[..., Any] | None = None
+        self.on_cancel: Callable[..., Any] | None = None
+        self.on_stray_response: Callable[..., Any] | None = None
+        self.on_ack_timeout: Callable[..., Any] | None = None
         #: source gate for new out-of-dialog requests (a banned password guesser): fn(source ip) → None to let the
         #: request through, a status (403) to answer it with, or 0 to drop it without a word
         self.refuse_source: Callable[[str], int | None] | None = None
-        self._clients: dict[tuple, ClientTransaction] = {}
-        self._servers: dict[tuple, ServerTransaction] = {}
-        self._awaiting_ack: dict[tuple, ServerTransaction] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._clients: dict[tuple[Any, ...], ClientTransaction] = {}
+        self._servers: dict[tuple[Any, ...], ServerTransaction] = {}
+        self._awaiting_ack: dict[tuple[Any, ...], ServerTransaction] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stats = dict(client_transactions=0, server_transactions=0, retransmissions=0,
                           retransmissions_absorbed=0, timeouts=0, transport_errors=0, tu_errors=0)
         if transport is not None:
@@ -543,11 +552,13 @@ class TransactionLayer:
         return len(self._clients) + len(self._servers)
 
     # -- client side
-    async def start_request(self, request: SipRequest, addr: tuple[str, int], protocol: str = "udp", *,
-                            on_provisional: Callable | None = None, conn: Any = None,
-                            tls: TlsPeer | None = None) -> ClientTransaction:
+    async def start_request(self, request: SipRequest, addr: tuple[str, int],
+                            protocol: str | Callable[[SipResponse], Any] = "udp", *,
+                            on_provisional: Callable[[SipResponse], Any] | None = None,
+                            conn: Any = None, tls: TlsPeer | None = None) -> ClientTransaction:
         if callable(protocol):  # the SIP_LAYERS.md form send_request(req, addr, on_provisional)
-            protocol, on_provisional = "udp", protocol
+            on_provisional = protocol
+            protocol = "udp"
         if request.method == "ACK":
             raise TransactionError("ACK is not sent in a transaction: use send_ack()")
         if "via" not in request.headers:
@@ -567,9 +578,10 @@ class TransactionLayer:
         txn.start()
         return txn
 
-    async def send_request(self, request: SipRequest, addr: tuple[str, int], protocol: str = "udp",
-                           on_provisional: Callable | None = None, *, conn: Any = None,
-                           tls: TlsPeer | None = None) -> SipResponse:
+    async def send_request(self, request: SipRequest, addr: tuple[str, int],
+                           protocol: str | Callable[[SipResponse], Any] = "udp",
+                           on_provisional: Callable[[SipResponse], Any] | None = None, *,
+                           conn: Any = None, tls: TlsPeer | None = None) -> SipResponse:
         txn = await self.start_request(request, addr, protocol, on_provisional=on_provisional, conn=conn, tls=tls)
         return await txn.final
 
@@ -587,10 +599,10 @@ class TransactionLayer:
         infos = await asyncio.get_running_loop().getaddrinfo(h, None, type=2)  # SOCK_DGRAM
         if not infos:
             raise TransactionTransportError(f"cannot resolve {host}")
-        return infos[0][4][0]
+        return str(infos[0][4][0])
 
     # -- receiving
-    def receive(self, msg, addr: tuple[str, int], conn: Any) -> None:
+    def receive(self, msg: SipMessage, addr: tuple[str, int], conn: Any) -> None:
         """transport.on_message: route a message to its transaction, or to the TU."""
         if isinstance(msg, SipResponse):
             try:
@@ -603,11 +615,13 @@ class TransactionLayer:
             else:
                 _call(self.on_stray_response, msg, addr, conn)
             return
-        req: SipRequest = msg
+        if not isinstance(msg, SipRequest):
+            return
+        req = msg
         key = self._server_key(req)
-        txn = self._servers.get(key)
-        if txn is not None:
-            txn.receive_retransmission(req)
+        known = self._servers.get(key)
+        if known is not None:
+            known.receive_retransmission(req)
             return
         method = req.method
         if method == "ACK":
@@ -625,33 +639,36 @@ class TransactionLayer:
         refusal = self.refuse_source(addr[0]) if self.refuse_source is not None and not req.to_tag else None
         if refusal == 0:
             return
-        txn = ServerTransaction(self, req, addr, conn, key)
-        self._servers[key] = txn
+        server = ServerTransaction(self, req, addr, conn, key)
+        self._servers[key] = server
         self.stats["server_transactions"] += 1
         if refusal is not None:
-            txn.respond(make_response(req, refusal, to_tag=new_tag()))
+            server.respond(make_response(req, refusal, to_tag=new_tag()))
             return
         if method == "CANCEL":
-            self._handle_cancel(txn)
+            self._handle_cancel(server)
             return
         # Safety net against a TU that never answers: the client stops caring after 64*T1 (non-INVITE); an
         # INVITE may ring for minutes, but not forever.
-        txn._set("guard", self.max_invite_pending if txn.is_invite else 64 * self.t1, txn._guard)
-        if txn.is_invite and self.trying_delay is not None:
+        server._set("guard", self.max_invite_pending if server.is_invite else 64 * self.t1, server._guard)
+        if server.is_invite and self.trying_delay is not None:
             if self.trying_delay <= 0:
-                txn._send_trying()
+                server._send_trying()
             else:
-                txn._set("trying", self.trying_delay, txn._send_trying)
+                server._set("trying", self.trying_delay, server._send_trying)
         if self.on_request is None:
-            txn.respond(make_response(req, 503, "No Request Handler"))
+            server.respond(make_response(req, 503, "No Request Handler"))
             return
-        task = asyncio.ensure_future(self._run_tu(txn))
+        task = asyncio.ensure_future(self._run_tu(server))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run_tu(self, txn: ServerTransaction) -> None:
         try:
-            res = self.on_request(txn.request, txn)  # type: ignore[misc]
+            handler = self.on_request
+            if handler is None:   # (receive() answered 503 already)
+                return
+            res = handler(txn.request, txn)
             if inspect.isawaitable(res):
                 await res
         except asyncio.CancelledError:
@@ -663,7 +680,7 @@ class TransactionLayer:
                 txn.respond(make_response(txn.request, 500, "Server Internal Error", to_tag=new_tag()))
 
     @staticmethod
-    def _server_key(req: SipRequest) -> tuple:
+    def _server_key(req: SipRequest) -> tuple[Any, ...]:
         via = req.top_via
         method = "INVITE" if req.method == "ACK" else req.method
         branch = via.branch

@@ -30,11 +30,13 @@ else malformed is dropped and counted. No exception from a received byte ever es
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .message import (
     SipMessage,
@@ -95,8 +97,8 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)   # a datagram endpoint's transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Bursts of INVITEs at hundreds of calls/s overflow the default ~200 KB buffer while the loop is
@@ -107,10 +109,10 @@ class UdpConnection(asyncio.DatagramProtocol, Connection):
                 except OSError:
                     pass
 
-    def datagram_received(self, data: bytes, addr):  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.owner._on_datagram(data, addr, self)
 
-    def error_received(self, exc):  # type: ignore[override]
+    def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable etc.: nothing to do for UDP; transactions time out.
         log.debug("udp error: %s", exc)
 
@@ -138,8 +140,8 @@ class TcpConnection(asyncio.Protocol, Connection):
         #: TLS connections we opened: the peer check they passed (None: accepted from a peer, or plain TCP)
         self.tls_peer: TlsPeer | None = None
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)   # a stream connection's transport
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
         self.last_activity = asyncio.get_running_loop().time()
@@ -165,13 +167,17 @@ class TcpConnection(asyncio.Protocol, Connection):
             if self.transport is not None:
                 self.transport.close()
             return
+        remote = self.remote
+        if remote is None:   # (set by connection_made, before any data)
+            return
         for frame in frames:
-            self.owner._on_packet(frame, self.remote, self, stream=True)  # type: ignore[arg-type]
+            self.owner._on_packet(frame, remote, self, stream=True)
 
-    def connection_lost(self, exc):  # type: ignore[override]
-        key = (self.protocol, self.remote)
-        if self.remote is not None and self.owner._tcp_conns.get(key) is self:
-            del self.owner._tcp_conns[key]
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None:
+            key = (self.protocol, self.remote)
+            if self.owner._tcp_conns.get(key) is self:
+                del self.owner._tcp_conns[key]
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -207,8 +213,8 @@ class SipTransport:
         self._tcp_server: asyncio.AbstractServer | None = None
         self._tcp_conns: dict[tuple[str, Addr], TcpConnection] = {}
         #: connections being opened, by transport, address and TLS check (a send waits for the one matching it)
-        self._connecting: dict[tuple[str, Addr, TlsPeer | None], asyncio.Task] = {}
-        self._reaper: asyncio.Task | None = None
+        self._connecting: dict[tuple[str, Addr, TlsPeer | None], asyncio.Task[TcpConnection]] = {}
+        self._reaper: asyncio.Task[None] | None = None
         self.stats = dict(rx=0, tx=0, parse_errors=0, bad_requests_answered=0, dropped=0, handler_errors=0,
                           internal_errors=0)
         #: told ("sent" | "received", status) for every response sent as a message or received (/metrics);
@@ -303,7 +309,7 @@ class SipTransport:
         return f"SIP/2.0/{protocol.upper()} {host}:{port};branch={branch};rport"
 
     # -- receiving
-    def _on_datagram(self, data: bytes, addr, conn: UdpConnection) -> None:
+    def _on_datagram(self, data: bytes, addr: Addr, conn: UdpConnection) -> None:
         if len(data) < 4 or not data.strip():
             return  # CRLF / STUN-less keep-alives on UDP (RFC 5626 §3.5.1 uses CRLF on streams only)
         self._on_packet(data, (addr[0], addr[1]), conn, stream=False)
@@ -448,7 +454,7 @@ class SipTransport:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._connect(addr, protocol, peer))
             self._connecting[key] = task
-            task.add_done_callback(lambda _t, k=key: self._connecting.pop(k, None))
+            task.add_done_callback(functools.partial(self._connected, key))
 
         def written(t: asyncio.Task[TcpConnection]) -> None:
             if fut.done():
@@ -470,6 +476,9 @@ class SipTransport:
                 fut.set_exception(e)
 
         task.add_done_callback(written)
+
+    def _connected(self, key: tuple[str, Addr, TlsPeer | None], _task: asyncio.Task[TcpConnection]) -> None:
+        self._connecting.pop(key, None)
 
     def client_context(self, verify: bool = True) -> ssl.SSLContext:
         """The context for TLS connections we open: the system's trust store (plus `tls_client_context` when
@@ -531,7 +540,7 @@ class SipTransport:
         return self.send(resp, addr, proto)
 
 
-def _consume_exception(fut: asyncio.Future) -> None:
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
     """Mark failures as retrieved: callers that do not await a send must not trigger loop warnings."""
     if not fut.cancelled():
         fut.exception()

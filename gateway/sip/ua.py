@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import digest
 from .dialog import Dialog
@@ -28,9 +28,10 @@ from .locate import LocateError, Locator, is_literal
 from .message import NameAddr, SipRequest, SipResponse, SipUri, make_response, new_branch, new_call_id, new_tag
 from .replaces import Replaces, ReplacesError
 from .tls import TlsError
-from .transaction import TransactionError, TransactionTimeout
-from .transport import TlsPeer
+from .transaction import TransactionError, TransactionLayer, TransactionTimeout
+from .transport import SipTransport, TlsPeer
 
+_T = TypeVar("_T")
 log = logging.getLogger("gateway.sip.ua")
 
 T1 = 0.5
@@ -122,7 +123,8 @@ def _session_expires(msg: SipRequest | SipResponse) -> tuple[int | None, str | N
 class UserAgent:
     """Routes requests to dialogs and handlers; builds and sends requests with authentication."""
 
-    def __init__(self, transport: Any, layer: Any, *, t1: float = T1, user_agent: str = USER_AGENT) -> None:
+    def __init__(self, transport: SipTransport, layer: TransactionLayer, *, t1: float = T1,
+                 user_agent: str = USER_AGENT) -> None:
         self.transport = transport
         self.layer = layer
         self.t1 = getattr(layer, "t1", t1)
@@ -135,8 +137,8 @@ class UserAgent:
         self.retry_after = 5                                   # seconds, in the 503 Retry-After while draining
         self._acked: dict[tuple[str, int], tuple[SipRequest, Dest, TlsPeer | None]] = {}  # for 2xx retransmits
         self._ack_waiters: dict[tuple[str, int], asyncio.Event] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self.pending_byes: set[asyncio.Task] = set()                # BYE transactions still running (close waits)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.pending_byes: set[asyncio.Task[Any]] = set()                # BYE transactions still running (close waits)
         self.locator = Locator()                                     # RFC 3263 trunk lookup (GATEWAY_DNS_SERVER)
         layer.on_request = self._on_request
         layer.on_ack = self._on_ack
@@ -177,13 +179,13 @@ class UserAgent:
         except LocateError as e:
             raise RequestFailed(f"cannot resolve {host}: {e}") from None
 
-    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, _T], name: str | None = None) -> asyncio.Task[_T]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("SIP UA task failed", exc_info=task.exception())
@@ -688,8 +690,8 @@ class SipSession:
         self.session_expires: int | None = None
         self.we_refresh = False
         self._timer: asyncio.TimerHandle | None = None
-        self._refresh_task: asyncio.Task | None = None
-        self._refer_waiters: list[asyncio.Future] = []
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refer_waiters: list[asyncio.Future[tuple[int, str]]] = []
         self.refreshes = 0
 
     @property
@@ -973,7 +975,7 @@ class SipSession:
 
         Returns (status, reason) of the transfer target's answer, or of the REFER itself when refused.
         """
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         self._refer_waiters.append(fut)
         try:
             h = [("Refer-To", f"<{refer_to}>"), ("Referred-By", referred_by or str(self.dialog.local)),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +25,12 @@ from .nodes import ClusterStore
 #: item states that will not change any more
 FINAL = ("dispatched", "failed", "cancelled")
 ITEM_STATUSES = ("queued", "dispatching", *FINAL)
+
+
+#: the batch writer's statement for `finish_item` (executemany: one row per finished item)
+FINISH_ITEM = update(QueuedCall).where(QueuedCall.id == bindparam("_id"), QueuedCall.status == "dispatching").values(
+    status=bindparam("status"), error=bindparam("error"), call_log_id=bindparam("call_log_id"),
+    dispatched_at=bindparam("dispatched_at"))
 
 
 @dataclass
@@ -132,6 +138,8 @@ class QueueStore(ClusterStore):
 
     async def due_numbers(self) -> list[int]:
         """Numbers with queue items due now (in an active bulk call or none)."""
+        if self.engine is None:
+            raise RuntimeError("the store is not open")
         async with self.engine.connect() as conn:
             now = await self._db_now(conn)
             rows = (await conn.execute(select(QueuedCall.from_number_id).where(*self._due(None, now))
@@ -145,14 +153,14 @@ class QueueStore(ClusterStore):
                 QueuedCall.from_number_id == number_id, QueuedCall.status == "dispatching")) or 0)
 
     # outcome of an item -------------------------------------------------------------------------------------
-    async def finish_item(self, item_id: int, status: str, *, call_log_id: int | None = None,
-                          error: str | None = None) -> None:
-        values: dict[str, Any] = {"status": status, "error": error[:300] if error else None}
-        if call_log_id is not None:
-            values.update(call_log_id=call_log_id, dispatched_at=utcnow())
-        async with self._writing_core() as conn:
-            await conn.execute(update(QueuedCall).where(QueuedCall.id == item_id,
-                                                        QueuedCall.status == "dispatching").values(**values))
+    def finish_item(self, item_id: int, status: str, *, call_log_id: int | None = None,
+                    error: str | None = None) -> None:
+        """Record what became of a claimed item: written behind, in the call log's batches (at hundreds of calls
+        per second one transaction per call would queue behind them). Until then the item still counts as
+        `dispatching`; a crash meanwhile is recovered from its call-log row (`recover_items`)."""
+        self._writes.put_nowait(("queue_done", item_id, {
+            "status": status, "error": error[:300] if error else None, "call_log_id": call_log_id,
+            "dispatched_at": utcnow() if call_log_id is not None else None}))
 
     async def requeue_item(self, item_id: int, not_before: float, error: str | None = None) -> None:
         """Back to `queued` (the number or the gateway was full when its slot came): tried again after
@@ -199,6 +207,7 @@ class QueueStore(ClusterStore):
             where.append(QueuedCall.status == status)
         if bulk_call_id is not None:
             where.append(QueuedCall.bulk_call_id == bulk_call_id)
+        await self.flush()      # outcomes are written behind (finish_item): the API reads its own writes
         async with self._session() as s:
             total = await s.scalar(select(func.count(QueuedCall.id)).where(*where))
             rows = (await s.scalars(select(QueuedCall).where(*where).order_by(QueuedCall.id)
@@ -206,6 +215,7 @@ class QueueStore(ClusterStore):
             return [row_dict(r) for r in rows], int(total or 0)
 
     async def get_item(self, item_id: int) -> dict[str, Any] | None:
+        await self.flush()
         async with self._session() as s:
             r = await s.get(QueuedCall, item_id)
             return row_dict(r) if r else None
@@ -227,6 +237,7 @@ class QueueStore(ClusterStore):
 
     # bulk calls -----------------------------------------------------------------------------------------------
     async def get_bulk(self, bulk_id: int) -> dict[str, Any] | None:
+        await self.flush()
         async with self._session() as s:
             b = await s.get(BulkCall, bulk_id)
             if b is None:

@@ -12,11 +12,14 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 #: states in which a process owns calls; `stopped` ended its calls itself, `lost` had them closed by a survivor
@@ -32,11 +35,15 @@ class ClusterStore:
 
     url: str
     if TYPE_CHECKING:   # provided by `Store` (store.py); declared here so each half of the store type-checks alone
-        engine: AsyncEngine
-        _session: async_sessionmaker[AsyncSession]
+        engine: AsyncEngine | None
 
+        @property
+        def _session(self) -> async_sessionmaker[AsyncSession]: ...
         def _writing_core(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
         def _writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+        @property
+        def _writes(self) -> asyncio.Queue[tuple[str, int, Any]]: ...
+
         async def flush(self) -> None: ...
         def _call_row(self, fields: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -75,7 +82,7 @@ class ClusterStore:
     async def heartbeat(self, proc: str) -> str | None:
         """Refresh `proc`'s heartbeat; returns the state it had (`lost` means survivors closed its calls)."""
         async with self._writing_core() as conn:
-            state = (await conn.execute(select(Node.state).where(Node.proc == proc))).scalar()
+            state: str | None = (await conn.execute(select(Node.state).where(Node.proc == proc))).scalar()
             await conn.execute(update(Node).where(Node.proc == proc).values(
                 heartbeat_at=self._now(), state=case((Node.state == "lost", "running"), else_=Node.state)))
         return state
@@ -122,7 +129,7 @@ class ClusterStore:
         async with self._writing_core() as conn:
             result = await conn.execute(update(CallLog).where(CallLog.id == call_id, held,
                                                               CallLog.ended_at.is_(None)).values(owner=new_owner))
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
 
     async def open_calls(self, owners: list[str]) -> list[dict[str, Any]]:
         """Call-log rows not yet ended whose owner is one of `owners`."""
@@ -150,7 +157,7 @@ class ClusterStore:
         notice."""
         await self.flush()
         now = utcnow()
-        where = [CallLog.ended_at.is_(None)]
+        where: list[ColumnElement[bool]] = [CallLog.ended_at.is_(None)]
         if not any_owner:
             where.append(CallLog.owner.is_(None) if owner is None else CallLog.owner == owner)
         if call_id is not None:
@@ -165,8 +172,8 @@ class ClusterStore:
             if not closed:
                 return []
             fixes = []
-            for cid, created, answered in closed:
-                created, answered = _aware(created), _aware(answered)
+            for cid, created_at, answered_at in closed:
+                created, answered = _aware(created_at), _aware(answered_at)
                 ended = min(now, max(seen, answered or created or seen))
                 duration = max(0.0, (ended - answered).total_seconds()) if answered else 0.0
                 fixes.append({"_id": cid, "ended_at": ended, "call_duration_in_seconds": round(duration, 3)})

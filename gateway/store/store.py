@@ -13,16 +13,17 @@ import logging
 import logging as _logging
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from ..secretbox import SecretBox, SecretKeyError
 from .channels import ChannelStore
-from .dispatchq import QueueStore
+from .dispatchq import FINISH_ITEM, QueueStore
 from .health import HealthStore
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
 from .models import row_dict as _row
@@ -52,6 +53,7 @@ def database_url(db: str) -> str:
     return db
 
 
+_T = TypeVar("_T")
 _log = _logging.getLogger("gateway.store")
 
 
@@ -138,9 +140,9 @@ class Store(ChannelStore, QueueStore, HealthStore):
         #: leaves stored secrets alone and refuses to read or write any.
         self.box = box
         self.engine: AsyncEngine | None = None
-        self._session: async_sessionmaker | None = None
-        self._queue: asyncio.Queue | None = None
-        self._writer: asyncio.Task | None = None
+        self._maker: async_sessionmaker[AsyncSession] | None = None
+        self._queue: asyncio.Queue[tuple[str, int, Any]] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self.write_errors = 0
         # SQLite has one writer at a time and answers a second one "database is locked" (no busy wait when a
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
@@ -148,16 +150,30 @@ class Store(ChannelStore, QueueStore, HealthStore):
         # Numbers and agents are read on every call set-up and change only through the API: a short read-through
         # cache keeps the database off the INVITE path. Local writes invalidate at once; the TTL bounds staleness
         # when several gateway processes share one PostgreSQL database.
-        self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._updates: dict[tuple[str, ...], Any] = {}
 
     CACHE_TTL = 5.0
 
-    async def _cached(self, key: tuple, load) -> Any:
+    @property
+    def _session(self) -> async_sessionmaker[AsyncSession]:
+        if self._maker is None:
+            raise RuntimeError("the store is not open")
+        return self._maker
+
+    @property
+    def _writes(self) -> asyncio.Queue[tuple[str, int, Any]]:
+        """The write-behind queue of the batch writer."""
+        if self._queue is None:
+            raise RuntimeError("the store is not open")
+        return self._queue
+
+    async def _cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self.CACHE_TTL:
-            return copy.deepcopy(hit[1])
+            cached: _T = copy.deepcopy(hit[1])
+            return cached
         value = await load()
         if len(self._cache) > 10000:
             self._cache.clear()
@@ -169,7 +185,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             del self._cache[key]
 
     @contextlib.asynccontextmanager
-    async def _write_turn(self):
+    async def _write_turn(self) -> AsyncIterator[None]:
         """Wait for SQLite's single writer slot (no-op on PostgreSQL)."""
         if self._sqlite_write_lock is None:
             yield
@@ -178,13 +194,15 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 yield
 
     @contextlib.asynccontextmanager
-    async def _writing_core(self):
+    async def _writing_core(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in one write transaction: the batch writer needs no ORM session machinery."""
+        if self.engine is None:
+            raise RuntimeError("the store is not open")
         async with self._write_turn(), self.engine.begin() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def _writing(self):
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
         """One ORM write transaction (serialised on SQLite)."""
         async with self._write_turn(), self._session.begin() as s:
             yield s
@@ -197,7 +215,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self.engine = create_async_engine(self.url)
         if self.url.startswith("sqlite"):
             @event.listens_for(self.engine.sync_engine, "connect")
-            def _sqlite_pragmas(dbapi_conn, _record):  # foreign keys + concurrent readers
+            def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:  # foreign keys + concurrent readers
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=10000")
@@ -210,7 +228,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
             await conn.run_sync(never_reuse_ids)
         await self._seal_secrets()
-        self._session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._maker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
@@ -374,8 +392,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
     async def create_call(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Insert a call-log row through the batch writer (one INSERT … RETURNING for a whole burst of calls)."""
         row = self._call_row(fields)
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(("insert", 0, (row, fut)))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._writes.put_nowait(("insert", 0, (row, fut)))
         row["id"] = await fut
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
@@ -386,19 +404,19 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     async def update_call(self, call_id: int, **fields: Any) -> None:
         """Queue a call-log update (merged with others of the same batch); `extra` is merged key by key."""
-        self._queue.put_nowait(("update", call_id, fields))
+        self._writes.put_nowait(("update", call_id, fields))
 
     async def add_call_event(self, call_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
-        self._queue.put_nowait(("event", call_id, (kind, data or {})))
+        self._writes.put_nowait(("event", call_id, (kind, data or {})))
 
     # webhook outbox (gateway/webhooks.py) -----------------------------------------------------------------------
     def outbox_add(self, row: dict[str, Any]) -> None:
         """Persist a queued webhook (write-behind: the caller, maybe a media path, never waits)."""
-        self._queue.put_nowait(("outbox_add", 0, {**row, "created_at": utcnow()}))
+        self._writes.put_nowait(("outbox_add", 0, {**row, "created_at": utcnow()}))
 
     def outbox_remove(self, delivery_id: str) -> None:
         """Forget a webhook that was delivered, given up or dropped (write-behind)."""
-        self._queue.put_nowait(("outbox_del", 0, delivery_id))
+        self._writes.put_nowait(("outbox_del", 0, delivery_id))
 
     async def outbox_load(self, owner: str) -> list[dict[str, Any]]:
         """The outbox of process `owner`, oldest first."""
@@ -414,7 +432,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             await self._queue.join()
 
     async def _write_loop(self) -> None:
-        q = self._queue
+        q = self._writes
         while True:
             batch = [await q.get()]
             while len(batch) < self.BATCH and not q.empty():
@@ -448,10 +466,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
         events: list[dict[str, Any]] = []
         outbox_add: list[dict[str, Any]] = []
         outbox_del: set[str] = set()
+        placed: list[dict[str, Any]] = []
         for kind, call_id, payload in batch:
             if kind == "insert":
                 continue
-            if kind == "outbox_add":
+            if kind == "queue_done":
+                placed.append({"_id": call_id, **payload})
+            elif kind == "outbox_add":
                 outbox_add.append(payload)
             elif kind == "outbox_del":
                 outbox_del.add(payload)
@@ -465,13 +486,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
         added = {r["delivery_id"] for r in outbox_add}
         outbox_add = [r for r in outbox_add if r["delivery_id"] not in outbox_del]
         outbox_del -= added
-        if not updates and not events and not outbox_add and not outbox_del:
+        if not updates and not events and not outbox_add and not outbox_del and not placed:
             return
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         async with self._writing_core() as conn:
             with_extra = [cid for cid, f in updates.items() if "extra" in f]
             if with_extra:  # merge `extra` key by key with what is stored: one read for the whole batch
-                stored = dict((await conn.execute(_SELECT_EXTRA, {"ids": with_extra})).all())
+                stored: dict[int, Any] = dict((await conn.execute(_SELECT_EXTRA, {"ids": with_extra})).all())
                 for cid in with_extra:
                     updates[cid]["extra"] = {**(stored.get(cid) or {}), **updates[cid]["extra"]}
             for call_id, fields in updates.items():
@@ -484,6 +505,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 await conn.execute(insert(WebhookOutbox), outbox_add)
             if outbox_del:
                 await conn.execute(_DELETE_OUTBOX, {"ids": list(outbox_del)})
+            if placed:
+                await conn.execute(FINISH_ITEM, placed)
 
     def _update_statement(self, keys: tuple[str, ...]) -> Any:
         """The call-log UPDATE for one set of columns, built once (see _SELECT_EXTRA)."""

@@ -15,7 +15,7 @@ would cost minutes for nothing. New databases get AUTOINCREMENT on every table f
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.schema import CreateTable
@@ -26,8 +26,8 @@ log = logging.getLogger("gateway.store")
 
 #: table → the (table, column) pairs elsewhere that remember its ids
 REBUILT: dict[Table, tuple[tuple[str, str], ...]] = {
-    Agent.__table__: (("calls", "agent_id"), ("phone_numbers", "agent_id")),
-    PhoneNumber.__table__: (("calls", "phone_number_id"),),
+    cast(Table, Agent.__table__): (("calls", "agent_id"), ("phone_numbers", "agent_id")),
+    cast(Table, PhoneNumber.__table__): (("calls", "phone_number_id"),),
 }
 
 
