@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cluster_env import PG_URL, create_database, drop_database
 from gateway.store import Store
-from gateway.store.store import _add_missing_columns, database_url
 from gateway.store.models import Base
+from gateway.store.store import _add_missing_columns, database_url
 
 
 async def test_missing_column_is_added_and_rows_kept(tmp_path):
@@ -119,7 +119,8 @@ async def test_index_made_by_a_racing_worker_is_not_created_twice(db_url, monkey
             await conn.run_sync(_add_missing_columns)   # raised "index already exists" before IF NOT EXISTS
         monkeypatch.undo()
         async with engine.connect() as conn:
-            names = await conn.run_sync(lambda c: {i["name"] for i in sqlalchemy.inspect(c).get_indexes("phone_numbers")})
+            indexes = await conn.run_sync(lambda c: sqlalchemy.inspect(c).get_indexes("phone_numbers"))
+        names = {i["name"] for i in indexes}
         assert "ix_phone_numbers_phone_number" in names
     finally:
         await engine.dispose()
