@@ -101,7 +101,9 @@ async def echo_bot(transport: GatewayTransport, hangup_after_s: float | None = N
     """One call: the whole pipecat side of it."""
     log.info("call %s from %s to %s at %d Hz", transport.call.call_id, transport.call.from_number,
              transport.call.to_number, transport.call.sample_rate)
-    await run_pipeline(transport, EchoProcessor(hangup_after_s))
+    # no idle timeout: pipecat counts a pipeline idle without TTS or transcription frames (an echo has neither) and
+    # would cancel it after 5 minutes; a bot with STT/TTS keeps the default
+    await run_pipeline(transport, EchoProcessor(hangup_after_s), idle_timeout_secs=None)
     log.info("call %s finished", transport.call.call_id)
 
 

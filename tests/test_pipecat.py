@@ -33,6 +33,7 @@ T = 15.0
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pipecat_echo_bot.py"
 NUMBER = "15550001111"
+PCAP_SSRC = 0xDEE0EE8F          # every packet of sip-test-configs/pcap/g711a.pcap, which SIPp plays as it is
 
 
 class BotProc:
@@ -154,9 +155,11 @@ async def test_sipp_audio_is_echoed_by_pipecat_and_the_bot_hangs_up(make_gateway
         row = await _ended_row(gw)
     assert (row["hangup_source"], row["hangup_reason"], row["call_status"]) == ("agent", "echo_done", "completed")
     # on the wire: SIPp's packets into the gateway, and the gateway's back to SIPp carrying the echo
-    into_gw = [p for p in cap.packets if p.dst_port in gw_ports and p.src_port not in gw_ports]
-    assert into_gw, "no RTP from SIPp was captured"
+    # (picked out by the pcap's SSRC: SIPp's media port may fall inside the gateway's range, other tests' too)
+    into_gw = [p for p in cap.packets if p.ssrc == PCAP_SSRC and p.dst_port in gw_ports]
+    assert into_gw, f"no RTP from SIPp was captured ({len(cap.packets)} packets on the gateway's ports)"
     sipp_port, gw_port = into_gw[0].src_port, into_gw[0].dst_port
+    into_gw = [p for p in into_gw if (p.src_port, p.dst_port) == (sipp_port, gw_port)]
     back = [p for p in cap.packets if (p.src_port, p.dst_port) == (gw_port, sipp_port)]
     loud = [p for p in back if _loud(p.payload)]
     # 2 s of echo of a recording with pauses in it: ~40 % of the packets carry speech here

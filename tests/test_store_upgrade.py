@@ -1,10 +1,16 @@
 """A database made by an older release (a table without a column added since) is brought up to the models."""
 import sqlite3
 
+import pytest
+import pytest_asyncio
+import sqlalchemy
 from sqlalchemy import MetaData, create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from cluster_env import PG_URL, create_database, drop_database
 from gateway.store import Store
 from gateway.store.models import Base
+from gateway.store.store import _add_missing_columns, database_url
 
 
 async def test_missing_column_is_added_and_rows_kept(tmp_path):
@@ -79,3 +85,42 @@ async def test_tables_without_autoincrement_are_rebuilt_so_ids_are_never_reused(
     con.close()
     assert "AUTOINCREMENT" in ddl["agents"] and "AUTOINCREMENT" in ddl["phone_numbers"]
     assert "agents__rebuild" not in ddl and "ix_phone_numbers_phone_number" in indexes
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "gw.db")
+        return
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
+    url = await create_database()
+    yield url
+    await drop_database(url)
+
+
+async def test_index_made_by_a_racing_worker_is_not_created_twice(db_url, monkeypatch):
+    """The workers of `serve --workers N` upgrade the same database together: one may find an index missing
+    while another creates it. Replayed deterministically: every index exists, but the inspector (this worker's
+    earlier look) reports none, so the upgrade must create them only if they still do not exist."""
+    engine = create_async_engine(database_url(db_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        real_inspect = sqlalchemy.inspect
+
+        def stale_inspect(conn: object) -> object:
+            inspector = real_inspect(conn)
+            monkeypatch.setattr(inspector, "get_indexes", lambda table_name: [])
+            return inspector
+
+        monkeypatch.setattr(sqlalchemy, "inspect", stale_inspect)
+        async with engine.begin() as conn:
+            await conn.run_sync(_add_missing_columns)   # raised "index already exists" before IF NOT EXISTS
+        monkeypatch.undo()
+        async with engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: sqlalchemy.inspect(c).get_indexes("phone_numbers"))
+        names = {i["name"] for i in indexes}
+        assert "ix_phone_numbers_phone_number" in names
+    finally:
+        await engine.dispose()

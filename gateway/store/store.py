@@ -76,7 +76,7 @@ def _add_missing_columns(sync_conn: Any) -> None:
     here.
     Additive only: nothing is dropped or retyped, so an older release can still read the database."""
     from sqlalchemy import inspect
-    from sqlalchemy.schema import CreateColumn
+    from sqlalchemy.schema import CreateColumn, CreateIndex
 
     inspector = inspect(sync_conn)
     for table in Base.metadata.sorted_tables:
@@ -93,7 +93,9 @@ def _add_missing_columns(sync_conn: Any) -> None:
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in indexes:
-                index.create(sync_conn)
+                # IF NOT EXISTS for the same race as the columns above: a worker that found the index missing
+                # may lose to another that creates it first (both dialects accept it)
+                sync_conn.execute(CreateIndex(index, if_not_exists=True))
                 _log.warning("database upgraded", extra={"table": table.name, "index": index.name})
 
 #: column defaults for a new call-log row (the batch INSERT sets every column explicitly)

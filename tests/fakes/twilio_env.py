@@ -115,7 +115,6 @@ def env_fixture(flavour: Flavour) -> Any:
             gateways.append(gw)
             carrier = gw.carriers[flavour.name]
             carrier.api_base_url = rest.url + rest.prefix
-            carrier.start_timeout = 0.5
             account = rest.add_account(numbers=(NUMBER,))
             agent = await gw.store.create_agent({"name": f"{flavour.name} agent", "engine": engine,
                                                  "settings": settings or {}})
