@@ -37,12 +37,17 @@ async def _serve(tmp_path, *flags: str):
 
 
 async def _refused_request_then_stop(proc, port: int, head: str) -> str:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/api/v1/agents",
-                     headers={"Authorization": "Bearer guessed-key-s3cret"}) as r:
-        assert r.status == 401
-    proc.terminate()
-    out = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
-    await proc.wait()
+    """A refused request, then SIGTERM; the process is killed whatever fails, so no test run leaves it behind."""
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/api/v1/agents",
+                         headers={"Authorization": "Bearer guessed-key-s3cret"}) as r:
+            assert r.status == 401
+        proc.terminate()
+        out = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
     return head + out
 
 
