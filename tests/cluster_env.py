@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from conftest import SECRET_KEY
 from gateway.loadtest.command import free_port
@@ -69,6 +70,19 @@ async def drop_database(db_url: str) -> None:
                 await asyncio.sleep(0.1)
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store URL on each backend: a SQLite file, then a fresh PostgreSQL database (skipped without a server)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "gw.db")
+        return
+    if not PG_URL:
+        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
+    url = await create_database()
+    yield url
+    await drop_database(url)
 
 
 async def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

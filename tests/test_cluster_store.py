@@ -8,20 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 
-from cluster_env import PG_URL, create_database, drop_database
+from cluster_env import db_url  # noqa: F401  (db_url: the shared two-backend fixture)
 from gateway.store import Store
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "gw.db")
-        return
-    if not PG_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
-    url = await create_database()
-    yield url
-    await drop_database(url)
 
 
 @pytest_asyncio.fixture

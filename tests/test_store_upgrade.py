@@ -1,13 +1,11 @@
 """A database made by an older release (a table without a column added since) is brought up to the models."""
 import sqlite3
 
-import pytest
-import pytest_asyncio
 import sqlalchemy
 from sqlalchemy import MetaData, create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from cluster_env import PG_URL, create_database, drop_database
+from cluster_env import db_url  # noqa: F401  (db_url: the shared two-backend fixture)
 from gateway.store import Store
 from gateway.store.models import Base
 from gateway.store.store import _add_missing_columns, database_url
@@ -85,18 +83,6 @@ async def test_tables_without_autoincrement_are_rebuilt_so_ids_are_never_reused(
     con.close()
     assert "AUTOINCREMENT" in ddl["agents"] and "AUTOINCREMENT" in ddl["phone_numbers"]
     assert "agents__rebuild" not in ddl and "ix_phone_numbers_phone_number" in indexes
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
-async def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "gw.db")
-        return
-    if not PG_URL:
-        pytest.skip("GATEWAY_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
-    url = await create_database()
-    yield url
-    await drop_database(url)
 
 
 async def test_index_made_by_a_racing_worker_is_not_created_twice(db_url, monkeypatch):
