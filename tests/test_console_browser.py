@@ -417,6 +417,7 @@ async def test_console_page_headers_and_landing_link(make_gateway):
             assert '<a href="/console">Console</a>' in await r.text()
 
 
+@pytest.mark.flaky(reruns=2)  # Chromium's wait_for_function intermittently hits the page's CSP (EvalError)
 async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_env):
     """A carrier with a REST API: its test connection steps (credentials, number, voice webhook) come from the
     local Twilio stand-in; a wrong token is a failed credentials step, and the token is never shown."""
