@@ -200,6 +200,7 @@ class KamailioProc:
             proc = subprocess.Popen(
                 ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
                  "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
+                 "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{free_port()}",
                  "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
                  "-A", "LOG_LEVEL=2"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
