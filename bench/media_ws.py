@@ -53,8 +53,8 @@ class CallResult:
 
 
 async def prepare_db(db: str, data_dir: str | None = None) -> None:
-    """The agent and the Twilio number; its secrets sealed with the key of `data_dir` (default: the SQLite file's
-    directory), the one `gateway serve --data-dir` will use."""
+    """The Twilio account, number and echo agent; secrets sealed with the key `gateway serve --data-dir DATA_DIR`
+    will load (by default the SQLite file's directory, the data dir of the single-process benchmarks)."""
     from gateway.secretbox import SecretBox
     from gateway.store import Store
     store = Store(db, SecretBox.load("", data_dir or os.path.dirname(db)))
