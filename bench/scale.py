@@ -436,6 +436,11 @@ def _ratio(one: int | float, two: int | float) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    def report(name: str, title: str, body: str, command: str) -> None:
+        print(body, flush=True)
+        if not args.no_write:
+            write_section(name, title, body, command=command)
+
     db = args.db
     if not db:
         raise SystemExit("bench/scale.py: pass --db postgresql://… or set GATEWAY_TEST_POSTGRES_URL (its gateway "
@@ -451,7 +456,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 + table(["workers", "calls", "ok", "failed", "lost/late/unsent %", "clock late ticks",
                          *cpu_headers(CPS_PARTS), "CPU % of a core per call: " + " / ".join(CPS_PARTS[:-1]),
                          "load avg", "verdict"], rows))
-        write_section("scale_rtp", "Scale-out (b): G.711 echo calls through Kamailio, 1 vs 2 workers", body + NOTE,
+        report("scale_rtp", "Scale-out (b): G.711 echo calls through Kamailio, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py rtp --counts {','.join(map(str, args.counts))} "
                               f"--hold {args.hold:g}")
     elif args.kind == "cps":
@@ -466,7 +471,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 + table(["workers", "offered CPS", "calls", "ok", "failed", "achieved CPS", "INVITE→200 p99 ms",
                          *cpu_headers(CPS_PARTS), "CPU ms per call: " + " / ".join(CPS_PARTS[:-1]), "load avg",
                          "why calls failed (SIPp)", "verdict"], rows))
-        write_section("scale_cps", "Scale-out (c): SIP CPS through Kamailio, 1 vs 2 workers", body + NOTE,
+        report("scale_cps", "Scale-out (c): SIP CPS through Kamailio, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py cps --rates {','.join(f'{r:g}' for r in args.rates)}")
     elif args.kind == "twilio":
         ulaw = RECORDING.read_bytes()
@@ -482,7 +487,7 @@ async def main_async(args: argparse.Namespace) -> None:
                          "call errors",
                          "generator late p99 ms", *cpu_headers(TWILIO_PARTS),
                          "CPU % of a core per call: " + " / ".join(TWILIO_PARTS[:-1]), "load avg", "verdict"], rows))
-        write_section("scale_twilio", "Scale-out (a): Twilio Media Streams, 1 vs 2 workers", body + NOTE,
+        report("scale_twilio", "Scale-out (a): Twilio Media Streams, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py twilio --steps {','.join(map(str, args.steps))}")
     else:
         rows = []
@@ -494,7 +499,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"(SO_REUSEPORT: the kernel picks by a hash of the connection's addresses); then 32 keep-alive "
                 f"clients asking `/healthz` for {args.seconds:g} s.\n\n"
                 + table(["workers", "connections answered by", "/healthz requests/s"], rows))
-        write_section("scale_http", "Scale-out: the shared HTTP port (SO_REUSEPORT)", body + NOTE,
+        report("scale_http", "Scale-out: the shared HTTP port (SO_REUSEPORT)", body + NOTE,
                       command="python bench/scale.py http")
 
 
@@ -519,6 +524,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--procs", type=int, default=2, help="processes the Twilio callers are spread over")
     p.add_argument("--connections", type=int, default=200)
+    p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     p.add_argument("--nice", type=int, default=0, help="scheduling priority of this run and everything it starts "
                                                        "(e.g. -10 on a machine shared with other work; as root)")
     args = p.parse_args()

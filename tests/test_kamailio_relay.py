@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import re
 import subprocess
+from pathlib import Path
 
 from procs import KamailioProc, needs_kamailio
 from sipp import needs_sipp, sipp_uac, sipp_uas
@@ -44,8 +45,8 @@ async def test_worker_answers_come_back_to_one_socket_and_keep_their_order(tmp_p
         try:
             await kam.wait_flags(lambda f: f and all(v.startswith("A") for v in f.values()),
                                  what="the uas active in Kamailio")
-            uac = await sipp_uac(builtin("uac", tmp_path), kam.port, calls=CALLS, rate=150, service="15550001111", duration_ms=0,
-                                 timeout_s=60)
+            uac = await sipp_uac(builtin("uac", tmp_path), kam.port, calls=CALLS, rate=150, service="15550001111",
+                                 duration_ms=0, timeout_s=60)
             # tm holds each transaction ~5 s after its final answer, ~17 KB each, 2 per call: Kamailio's default
             # 64 MB ran out at 400 calls/s (every new call answered 500); the config asks for 256 MB
             shm = subprocess.run(["kamcmd", "-s", f"unix:{kam.run_dir}/kamailio_ctl", "core.shmmem"],
@@ -55,7 +56,7 @@ async def test_worker_answers_come_back_to_one_socket_and_keep_their_order(tmp_p
     uac.assert_calls(successful=CALLS)
     uas.result.assert_calls(successful=CALLS)
     # every INVITE reached the "worker" from WORKERS_LISTEN (its top Via), so its answers went back there
-    trace = "".join(open(p, errors="replace").read() for p in glob.glob(str(uas_dir / "*_messages.log")))
+    trace = "".join(Path(p).read_text(errors="replace") for p in glob.glob(str(uas_dir / "*_messages.log")))
     invites = re.findall(r"^INVITE .*?\r?\n(?:.*?\r?\n)*?Via: SIP/2\.0/UDP ([^;\s]+)", trace, re.M)
     assert len(invites) == CALLS, trace[:2000]
     assert set(invites) == {f"127.0.0.1:{kam.workers_port}"}
