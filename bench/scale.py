@@ -214,6 +214,16 @@ class Node:
             total.update(d)
         return dict(total)
 
+    def log_tails(self, lines: int = 8) -> str:
+        """The last lines of the gateway's and Kamailio's logs (printed when a step fails: the node's directory is
+        removed with it)."""
+        out = []
+        for name in ("gateway.log", "kamailio.log"):
+            with contextlib.suppress(OSError):
+                tail = (self.tmp / name).read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
     def stop(self) -> None:
         for p in (self.kam, self.proc):
             if p is not None and p.poll() is None:
@@ -338,14 +348,18 @@ async def cps_step(workers: int, db: str, rate: float, seconds: float) -> dict:
         acct.exact("sipp", kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime)
         used = await acct.stop()
         await pg.close()
+        s = res.stats
+        failed = s.failed + max(0, calls - s.successful - s.failed)
+        if failed:
+            print(node.log_tails(), flush=True)
     finally:
         node.stop()
-    s = res.stats
-    failed = s.failed + max(0, calls - s.successful - s.failed)
     why = sipp_failures(res) if failed else ""
     shutil.rmtree(res.workdir, ignore_errors=True)
     return {"workers": workers, "rate": rate, "calls": calls, "ok": s.successful, "failed": failed,
-            "cps": s.call_rate, "p99": res.percentile(99), "cpu": acct.percent(used)["workers"], "pass": failed == 0,
+            "cps": s.call_rate, "p99": res.percentile(99), "cpu": acct.percent(used)["workers"],
+            # 0 failed, and the pace held: SIPp stops starting calls while its -l limit of open calls is reached
+            "pass": failed == 0 and s.call_rate >= 0.95 * rate,
             "load": os.getloadavg()[0], "used": used, "pct": acct.percent(used), "why": why}
 
 
@@ -466,7 +480,8 @@ async def main_async(args: argparse.Namespace) -> None:
                              f"{r['p99']:.0f}" if r["p99"] is not None else "-", *cpu_cells(r, CPS_PARTS),
                              per_call(r, r["ok"] or r["calls"], CPS_PARTS), f"{r['load']:.1f}", r["why"] or "-"],
             score=lambda rate, r: r["cps"])
-        body = (f"Sustained SIP calls per second through Kamailio with 0 failed calls: **1 worker {best[1]:.0f}, "
+        body = (f"Sustained SIP calls per second through Kamailio with 0 failed calls (and at least 95 % of the offered "
+                f"rate achieved): **1 worker {best[1]:.0f}, "
                 f"2 workers {best[2]:.0f} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "offered CPS", "calls", "ok", "failed", "achieved CPS", "INVITE→200 p99 ms",
                          *cpu_headers(CPS_PARTS), "CPU ms per call: " + " / ".join(CPS_PARTS[:-1]), "load avg",
