@@ -480,8 +480,8 @@ async def main_async(args: argparse.Namespace) -> None:
                              f"{r['p99']:.0f}" if r["p99"] is not None else "-", *cpu_cells(r, CPS_PARTS),
                              per_call(r, r["ok"] or r["calls"], CPS_PARTS), f"{r['load']:.1f}", r["why"] or "-"],
             score=lambda rate, r: r["cps"])
-        body = (f"Sustained SIP calls per second through Kamailio with 0 failed calls (and at least 95 % of the offered "
-                f"rate achieved): **1 worker {best[1]:.0f}, "
+        body = (f"Sustained SIP calls per second through Kamailio with 0 failed calls (and at least 95 % of the "
+                f"offered rate achieved): **1 worker {best[1]:.0f}, "
                 f"2 workers {best[2]:.0f} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "offered CPS", "calls", "ok", "failed", "achieved CPS", "INVITE→200 p99 ms",
                          *cpu_headers(CPS_PARTS), "CPU ms per call: " + " / ".join(CPS_PARTS[:-1]), "load avg",
