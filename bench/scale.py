@@ -519,9 +519,13 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on PostgreSQL, `gateway serve` (1 "
-        "worker) or `gateway serve --workers 2`, nothing pinned; the load generator (SIPp or the Python callers) and "
-        "Kamailio share the same cores. CPU is the sum over the worker processes (100 % = one core); load avg is the "
-        "machine's 1-minute load average at the end of the step (other work on the machine counts in it).")
+        "worker) or `gateway serve --workers 2`, nothing pinned; the load generator (SIPp or the Twilio caller "
+        "processes), Kamailio and PostgreSQL share the same 2 cores. CPU columns: % of one core over the step (the "
+        "machine has 200 %), from /proc of every process of each part: workers (with the supervisor), Kamailio, "
+        "SIPp, the caller processes, PostgreSQL's backends of the benchmark's database, this harness, and the rest "
+        "of the machine (busy time nobody here used: other work on the box); per call: CPU ms per call (CPS) or % of "
+        "a core per concurrent call (streams, RTP). Load avg: the machine's 1-minute load average at the end of "
+        "the step.")
 
 
 def main() -> int:
