@@ -536,6 +536,11 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
         f"SIP: {args.calls} RtpSessions on real sockets, ticked, + the datagram receive")
     rows.append(["% of one core per call (50 frames/s)", pct(tw_sum), pct(sip_total), ""])
     rows.append(["implied calls per core", per_core(tw_sum), per_core(sip_total), "CPU only, no latency margin"])
+    resampling = steps["resample 8 → 16 kHz"] + steps["resample 16 → 8 kHz"]
+    rows.append(["the same with an 8 kHz engine (no resampling: `StreamResampler` passes equal rates through)",
+                 f"{f(tw_sum - resampling)} ({per_core(tw_sum - resampling)} per core)",
+                 f"{f(sip_total - resampling)} ({per_core(sip_total - resampling)} per core)",
+                 "the two resampling rows drop out"])
     text = table(["step (one 20 ms frame, both directions)", "Twilio µs", "SIP µs", "note"], rows)
     lines = [
         "Echo engine at 16 kHz, carrier 8 kHz (every frame resampled up and back down, as in the load benchmarks). "
