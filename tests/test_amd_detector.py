@@ -118,6 +118,42 @@ def test_message_end_timeout_is_machine_end_other():
     assert [a for a, _ in run(pcm, p, message_end=True)] == [MS, MEO]
 
 
+ANSWER = silence(300) + words([260] * 8, gap_ms=90)       # ≈ 2.8 s: past the greeting rule, short for a greeting
+
+
+def test_long_answer_then_a_wait_is_machine_start_then_human():
+    """A business answer looks like a greeting until it stops: machine_start, then the person's wait → human."""
+    p = AmdParams()
+    out = run(ANSWER + silence(p.answer_wait_ms + 500), message_end=True)
+    assert [a for a, _ in out] == [MS, H]
+    speech_end = len(ANSWER) // 16 - 90
+    assert abs(out[1][1] - (speech_end + p.answer_wait_ms)) <= 60
+
+
+def test_long_answer_without_voicemail_is_one_human_verdict():
+    """Without the end-of-message step the one verdict waits: the answer's wait gives human, never machine."""
+    assert [a for a, _ in run(ANSWER + silence(AmdParams().answer_wait_ms + 500))] == [H]
+
+
+def test_speech_past_an_answers_length_confirms_the_machine():
+    p = AmdParams()
+    greeting = silence(300) + words([260] * 20, gap_ms=90)   # 7 s
+    (ab, at), = run(greeting + silence(500))
+    assert ab is MS and at >= 300 + p.answer_max_ms          # without voicemail: decided once confirmed
+    out = run(greeting + silence(p.message_end_silence + 200), message_end=True)
+    assert [a for a, _ in out] == [MS, MES] and out[0][1] < 300 + p.answer_max_ms
+
+
+def test_short_greeting_then_beep_is_still_a_machine_with_a_beep():
+    pcm = ANSWER + silence(400) + tone(1000, 300) + silence(600)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, MEB]
+
+
+def test_provisional_verdicts_off_gives_app_amd_timing():
+    p = AmdParams(answer_max_ms=0)
+    assert [a for a, _ in run(ANSWER + silence(3000), p)] == [MS]
+
+
 def test_initial_silence_unknown_for_us_machine_for_app_amd():
     assert run(silence(3000)) == [(UNK, 2500)]
     assert run(silence(3000), AmdParams.app_amd()) == [(MS, 2500)]
@@ -186,8 +222,11 @@ def test_tts_machine_greeting_with_beep(tts):
 
 
 def test_tts_machine_greeting_at_16khz(tts):
+    """A short greeting (under 4.5 s of talk) is a machine by its beep: without one it would pass for a person's
+    long answer followed by a wait (docs/amd.md, known limits)."""
     greeting = tts("You have reached the voicemail of Jordan Lee. Please leave a message.", sr=16000)
-    assert run(silence(300, 16000) + greeting + silence(2000, 16000), sr=16000)[0][0] is MS
+    pcm = silence(300, 16000) + greeting + silence(500, 16000) + tone(1000, 300, 16000) + silence(800, 16000)
+    assert [a for a, _ in run(pcm, sr=16000, message_end=True)] == [MS, MEB]
 
 
 # --- early media (SIP 183, before the answer) ----------------------------------------------------------------------

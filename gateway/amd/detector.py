@@ -83,12 +83,18 @@ class AmdDetector:
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
         self.heard_ms = 0             # all speech heard (the greeting count may discount a short "Hello?")
+        #: how long the callee has talked: voiced frames plus the pauses inside utterances (< utterance_gap), the
+        #: length a listener would give their phrase (the VAD misses quiet syllables, so heard_ms falls short)
+        self.talk_ms = 0
         self.resumed = False          # speech resumed after a pause of greeting_pause_ms
         self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
         self.words = 0
         self.in_word = True          # app_amd starts "in a word": the first word counts only after some silence
         self.in_initial_silence = True
         self.in_greeting = False
+        #: a machine verdict on little speech waits for more speech (confirmed) or a person's wait (→ human)
+        self.provisional = False
+        self._unconfirmed: str | None = None   # without detect_message_end: the cause of a verdict not yet given
         # outcome
         self.phase = "message_end" if start_in_message_end else "greeting"
         self.decisions: list[AmdDecision] = []
@@ -262,6 +268,7 @@ class AmdDetector:
                 return self._decide(AnsweredBy.HUMAN, f"HUMAN-{self.silence_ms}-{p.after_greeting_silence}")
             return None
         bridged = self.silence_ms if self.in_greeting and self.silence_ms < p.speech_bridge_ms else 0
+        self._talk()
         if self.in_greeting and self.silence_ms >= p.greeting_pause_ms > 0:
             self.resumed = True            # speech went on after a sentence pause: more than one answer phrase
         self.silence_ms = 0
@@ -273,28 +280,54 @@ class AmdDetector:
             self.words += 1
             self.in_word = True
         if self.consecutive_voice_ms >= p.maximum_word_length:
-            return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
+            return self._machine(f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
         if p.maximum_number_of_words and self.words > p.maximum_number_of_words:
-            return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
+            return self._machine(f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
         if self.in_greeting and self.voice_ms >= p.greeting and (self.resumed or not p.greeting_pause_ms):
-            return self._decide(AnsweredBy.MACHINE_START, f"LONGGREETING-{self.voice_ms}-{p.greeting}")
+            return self._machine(f"LONGGREETING-{self.voice_ms}-{p.greeting}")
         if p.max_utterance and self.utterance_ms >= p.max_utterance:
-            return self._decide(AnsweredBy.MACHINE_START, f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
+            return self._machine(f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
         if self.consecutive_voice_ms >= p.min_word_length and not self.in_greeting:
             self.in_initial_silence = False
             self.in_greeting = True
         return None
+
+    def _machine(self, cause: str) -> AmdDecision | None:
+        """A machine by its speech. On less speech than a person's answer can hold, the verdict is provisional:
+        with detect_message_end, machine_start goes out now (the engine stays held) and a person's wait turns it into
+        human later; without, the one verdict waits until more speech confirms it or a wait refutes it."""
+        p = self.params
+        if p.answer_max_ms and not self.early_media and self.talk_ms < p.answer_max_ms:
+            self.provisional = True
+            if not self.detect_message_end:
+                self._unconfirmed = cause
+                self.phase = "message_end"
+                return None
+        return self._decide(AnsweredBy.MACHINE_START, cause)
+
+    def _talk(self) -> None:
+        """A voiced frame: count it, and the pause before it when that pause was inside an utterance."""
+        gap = self.silence_ms
+        self.talk_ms += FRAME_MS + (gap if self.talk_ms and gap < self.params.utterance_gap else 0)
 
     def _message_end(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params
         if now >= p.message_end_timeout:
             return self._decide(AnsweredBy.MACHINE_END_OTHER, f"TIMEOUT-{now}")
         if voice:
+            self._talk()
             self.silence_ms = 0
             self.voice_ms += FRAME_MS
             self.heard_ms += FRAME_MS
+            if self.provisional and self.talk_ms >= p.answer_max_ms:
+                self.provisional = False                 # longer than an answer: a greeting
+                if self._unconfirmed is not None:
+                    return self._decide(AnsweredBy.MACHINE_START, f"{self._unconfirmed}+TALK-{self.talk_ms}")
             return None
         self.silence_ms += FRAME_MS
+        if self.provisional and self.silence_ms >= p.answer_wait_ms:
+            # a short phrase, then a wait with no beep: a person who asked and waits for the reply
+            return self._decide(AnsweredBy.HUMAN, f"ANSWER-{self.talk_ms}-{self.silence_ms}")
         if self.silence_ms >= p.message_end_silence:
             return self._decide(AnsweredBy.MACHINE_END_SILENCE, f"SILENCE-{self.silence_ms}")
         return None
