@@ -54,6 +54,25 @@ def test_beep_after_greeting_is_machine_end_beep_decided_when_tone_stops(freq):
     assert beep_end + confirm - 20 <= at <= beep_end + confirm + 60     # after the tone and the quiet confirming it
 
 
+def test_100ms_beep_across_frame_edges_is_found():
+    """A 100 ms beep that starts mid-frame fills only four 20 ms frames: still a beep."""
+    pcm = silence(300) + words([250] * 5) + silence(310) + tone(1400, 100) + silence(600)
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
+def test_2000hz_beep_at_the_band_edge_is_found():
+    pcm = silence(300) + words([250] * 5) + silence(300) + tone(2003, 300) + silence(600)
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
+def test_short_gliding_tone_is_not_a_beep():
+    """The end of a word: a voice's lone harmonic near 400–450 Hz, pure for 80–100 ms but gliding a few Hz."""
+    t = np.arange(800) / 8000
+    glide = (6000 * np.sin(2 * np.pi * (440 * t + 60 * t * t))).astype("<i2").tobytes()   # 440 → 452 Hz
+    pcm = silence(300) + words([250] * 5) + silence(300) + glide + silence(600)
+    assert MEB not in [a for a, _ in run(pcm, message_end=True)]
+
+
 def test_steady_tone_inside_speech_is_not_a_beep():
     """A long sung vowel looks like a tone; speech right after it shows it was not the beep."""
     pcm = silence(300) + words([250] * 3) + tone(600, 200, amp=6000) + words([250] * 10) + silence(2000)

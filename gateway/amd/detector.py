@@ -38,6 +38,11 @@ SIT_SEGMENT_MS = (180, 480)      # E.180: 330 ± 70 ms; NANP 274 or 380 ms (20 m
 PEAK_FADE = 10 ** (-1 / 20 / 50)
 #: a beep may be broken by a noise burst this long and still be one beep
 BEEP_BREAK_MS = 80
+#: tones shorter than this (at most four inner frames to measure drift on) must hold their pitch to
+#: beep_short_drift_hz: a voice's harmonic at the end of a word glides only a few Hz in 80 ms, a beep not at all
+SHORT_BEEP_MS = 120
+#: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
+BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
 
 
@@ -83,8 +88,8 @@ class AmdDetector:
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
         self.heard_ms = 0             # all speech heard (the greeting count may discount a short "Hello?")
-        #: how long the callee has talked: voiced frames plus the pauses inside utterances (< utterance_gap), the
-        #: length a listener would give their phrase (the VAD misses quiet syllables, so heard_ms falls short)
+        #: how long the callee has talked: voiced frames plus the pauses shorter than talk_bridge_ms, the length a
+        #: listener would give their phrase (the VAD misses quiet syllables, so heard_ms falls short)
         self.talk_ms = 0
         self.resumed = False          # speech resumed after a pause of greeting_pause_ms
         self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
@@ -203,7 +208,7 @@ class AmdDetector:
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
                     and self.heard_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
-        if p.beep and ended is not None and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
+        if p.beep and ended is not None and self._in_beep_band(ended.freq_hz):
             pend = self._pending_beep
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
@@ -216,14 +221,20 @@ class AmdDetector:
                 self._pending_beep = ended
                 self._pend_quiet_ms = self._pend_loud_ms = 0
         if (p.beep and (t := self._tones.current(now)) is not None and t.duration_ms >= 3000
-                and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz and self._beep_like(t)):
+                and self._in_beep_band(t.freq_hz) and self._beep_like(t)):
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _in_beep_band(self, freq_hz: float) -> bool:
+        """beep_min_hz..beep_max_hz, give or take the frequency estimate's error (a 2000 Hz beep reads 2000.2 Hz)."""
+        p = self.params
+        return p.beep_min_hz - BEEP_BAND_SLACK_HZ <= freq_hz <= p.beep_max_hz + BEEP_BAND_SLACK_HZ
 
     def _beep_like(self, t: Tone) -> bool:
         """A steady pure tone that starts out of quiet, after some speech, about as loud as that speech."""
         p = self.params
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz and t.purity >= p.beep_purity
+        drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
+        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
                 and t.pre_level <= t.level * p.beep_onset_ratio
                 and self.heard_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)
@@ -306,9 +317,9 @@ class AmdDetector:
         return self._decide(AnsweredBy.MACHINE_START, cause)
 
     def _talk(self) -> None:
-        """A voiced frame: count it, and the pause before it when that pause was inside an utterance."""
+        """A voiced frame: count it, and the pause before it when that pause was short (inside the talk)."""
         gap = self.silence_ms
-        self.talk_ms += FRAME_MS + (gap if self.talk_ms and gap < self.params.utterance_gap else 0)
+        self.talk_ms += FRAME_MS + (gap if self.talk_ms and gap < self.params.talk_bridge_ms else 0)
 
     def _message_end(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params

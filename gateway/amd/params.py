@@ -50,6 +50,8 @@ class AmdParams:
     answer_max_ms: int = 4500
     #: silence after a provisional machine verdict (no beep) that shows a person waiting for a reply → human.
     answer_wait_ms: int = 2400
+    #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
+    talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
     silence_threshold: int = 256
     #: verdict when the callee stays silent for `initial_silence`: Twilio says unknown, app_amd says machine.
@@ -73,7 +75,7 @@ class AmdParams:
     beep_min_hz: int = 400
     beep_max_hz: int = 2000
     #: a tone must hold this long (steady pitch) to be a beep.
-    beep_min_ms: int = 100
+    beep_min_ms: int = 80
     #: after the tone stops, this long of quiet confirms a beep (a vowel or a note is followed by more sound).
     beep_confirm_ms: int = 200
     #: mean purity over the tone's frames for a beep (a voice's strongest harmonic, even through the phone band's
@@ -81,6 +83,8 @@ class AmdParams:
     beep_purity: float = 0.9
     #: a beep's pitch stays within this many Hz over its length (a voice's harmonics and sung notes glide).
     beep_max_drift_hz: float = 12.0
+    #: the same for a tone shorter than 120 ms, whose few frames show a voice's glide as only a few Hz.
+    beep_short_drift_hz: float = 2.0
     #: the sound just before a beep is at most this fraction of the beep's level (it starts out of quiet).
     beep_onset_ratio: float = 0.5
     #: the sound after a beep must stay under this fraction of its level (quiet follows it).
