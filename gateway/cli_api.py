@@ -375,11 +375,10 @@ def _bulk(c: Client, a: argparse.Namespace) -> Any:
     data = c.request("GET", "/calls/bulk_call", query={"pageno": a.pageno, "pagesize": a.pagesize})
     if a.json:
         return data
-    table(f"Bulk calls ({data['total']})", ["id", "name", "from #", "agent", "status", "starts", "calls", "queued",
-                                             "dialing", "retrying", "completed", "failed", "cancelled"],
-          [[b["id"], b["name"], b["phone_number_id"], b["agent_id"], b["status"], b["scheduled_at"] or "",
-            b["total_calls"], *(b["counts"][k] for k in ("queued", "dialing", "retrying", "completed", "failed",
-                                                         "cancelled"))] for b in data["bulk_calls"]])
+    progress = ("queued", "dialing", "retrying", "completed", "failed", "cancelled")
+    table(f"Bulk calls ({data['total']})", ["id", "name", "status", "calls", *progress],
+          [[b["id"], b["name"], b["status"] + (f" {b['scheduled_at'][:16]}" if b["status"] == "scheduled" else ""),
+            b["total_calls"], *(b["counts"][k] for k in progress)] for b in data["bulk_calls"]])
     return None
 
 

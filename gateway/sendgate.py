@@ -17,11 +17,13 @@ interval `T = 1/cps` on, and a call may leave once `now >= tat - tau`. With `tau
 * a call never leaves before its slot (`at`), so a process that is on time sends exactly on the timeline.
 
 `Gcra` is the pure arithmetic (times in, times out: tests/test_sendgate.py drives it with a fake clock);
-`SendGate` applies it on the event loop's clock.
+`SendGate` applies it on the event loop's clock. A starved event loop may wake several sleepers late and at
+once, so the gate also checks the times calls really leave: never more than `cps + burst` in any second.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 
 
@@ -55,6 +57,8 @@ class SendGate:
         self.cps = cps
         self.burst = max(1, math.floor(cps * burst_s))
         self.pace = Gcra(cps, self.burst)
+        #: when the last `cps + burst` calls really left (loop clock)
+        self.sent: collections.deque[float] = collections.deque(maxlen=math.floor(cps) + self.burst)
 
     async def wait(self, at: float | None = None) -> None:
         """Return when the next call (slot `at` on the event loop's clock, or none) may be sent."""
@@ -62,3 +66,6 @@ class SendGate:
         delay = self.pace.reserve(loop.time(), at) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        while len(self.sent) == self.sent.maxlen and (delay := self.sent[0] + 1.0 - loop.time()) > 0:
+            await asyncio.sleep(delay)      # woken late together with others: the second is full already
+        self.sent.append(loop.time())

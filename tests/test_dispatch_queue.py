@@ -2,6 +2,7 @@
 SIPp calls the gateway (UAC); a real SQLite file, and a real PostgreSQL for the cluster cases
 (tests/test_dispatch_queue_cluster.py)."""
 import asyncio
+import json
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -244,7 +245,7 @@ async def test_scheduled_bulk_call_retries_busy_contacts_until_its_attempts_run_
         num = await sip_number(gw, sip_port=uas.port, max_cps=20)
         start = datetime.now(UTC) + timedelta(seconds=1.5)
         status, created, _ = await request(gw, "POST", "/calls/bulk_call/create", {
-            "name": "retrying", "phone_number_id": num["id"], "contact_list": contacts,
+            "name": "retry busy", "phone_number_id": num["id"], "contact_list": contacts,
             "scheduled_at": start.isoformat(), "retry": {"max_attempts": 3, "delay_seconds": 0.2, "on": ["busy"]}})
         assert status == 201 and created["current_status"] == "scheduled" and created["is_scheduled"], created
         bulk_id = created["bulk_call_id"]
@@ -273,13 +274,17 @@ async def test_scheduled_bulk_call_retries_busy_contacts_until_its_attempts_run_
     assert min(datetime.fromisoformat(r["created_at"]) for r in rows) >= start - timedelta(milliseconds=5)
     _, items, _ = await request(gw, "GET", f"/calls/queue?bulk_call_id={bulk_id}")
     assert {(q["status"], q["attempts"], q["outcome"]) for q in items["queue"]} == {("failed", 3, "busy")}
-    # the CLI shows the progress
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "bulk", "list", "--url", gw.url(), "--api-key", API_KEY,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert all(word in out for word in (b"queued", b"dialing", b"retrying", b"completed", b"failed"))
+    # the CLI shows the progress: a table, and the same counts as JSON
+    outs = []
+    for extra in ((), ("--json",)):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "bulk", "list", "--url", gw.url(), "--api-key", API_KEY, *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        outs.append(out.decode())
+    assert "┃ retrying ┃" in outs[0] and "│ completed │ 2 " in outs[0], outs[0]     # a column; the row
+    assert json.loads(outs[1])["bulk_calls"][0]["counts"] == details["counts"]
 
 
 async def test_omnidimension_schedule_and_retry_config_and_reschedule(make_gateway):

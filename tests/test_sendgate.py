@@ -111,3 +111,22 @@ async def test_send_gate_sleeps_until_the_reserved_time():
     t0 = loop.time()
     await gate.wait(t0 + 0.05)                  # a slot 50 ms ahead: not before it
     assert loop.time() >= t0 + 0.05
+
+
+async def test_a_starved_loop_never_lets_more_than_cps_plus_burst_leave_in_a_second():
+    """The loop is blocked for 1.5 s while calls wait for their reserved times: when it runs again they are all
+    due at once, but the calls that really leave in any second stay within cps + burst."""
+    import time as wallclock
+    gate = SendGate(20.0)                       # burst 2: at most 22 in any second
+    loop = asyncio.get_running_loop()
+    left: list[float] = []
+
+    async def call() -> None:
+        await gate.wait()
+        left.append(loop.time())
+    tasks = [asyncio.create_task(call()) for _ in range(50)]
+    await asyncio.sleep(0.3)                    # a few leave on the pace
+    wallclock.sleep(1.5)                        # then the loop is starved (a busy box) …
+    await asyncio.gather(*tasks)                # … and everything reserved meanwhile is due at once
+    assert len(left) == 50
+    assert most_in(left, 1.0) <= 22

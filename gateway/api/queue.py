@@ -310,7 +310,8 @@ async def bulk_action(request: web.Request) -> web.Response:
 
 
 async def cancel_bulk(request: web.Request) -> web.Response:
-    return await _act(request, BulkAction(action="cancel"))
+    return await _act(request, BulkAction(action="cancel", scheduled_at=None, new_scheduled_datetime=None,
+                                          new_timezone="UTC"))
 
 
 def add_routes(app: web.Application, prefix: str) -> None:

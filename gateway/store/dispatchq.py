@@ -226,12 +226,16 @@ class QueueStore(ClusterStore):
         update is conditional on `dispatched`; PostgreSQL skips rows another process is settling). Returns how
         many items went each way."""
         done: dict[str, int] = {"completed": 0, "failed": 0, "retry": 0}
+        ended = [QueuedCall.status == "dispatched", CallLog.ended_at.is_not(None)]
+        async with self._session() as s:       # most turns find nothing: no write turn for them
+            if await s.scalar(select(QueuedCall.id).join(CallLog, CallLog.id == QueuedCall.call_log_id)
+                              .where(*ended).limit(1)) is None:
+                return done
         async with self._writing_core() as conn:
             rows = (await conn.execute(
                 select(QueuedCall.id, QueuedCall.attempts, QueuedCall.bulk_call_id, CallLog.call_status,
                        CallLog.ended_at)
-                .join(CallLog, CallLog.id == QueuedCall.call_log_id)
-                .where(QueuedCall.status == "dispatched", CallLog.ended_at.is_not(None))
+                .join(CallLog, CallLog.id == QueuedCall.call_log_id).where(*ended)
                 .order_by(QueuedCall.id).limit(limit).with_for_update(of=QueuedCall, skip_locked=True))).all()
             if not rows:
                 return done
@@ -246,9 +250,9 @@ class QueueStore(ClusterStore):
                 done[fate] += 1
                 if fate == "retry":
                     assert policy is not None
-                    ended = r.ended_at if r.ended_at.tzinfo else r.ended_at.replace(tzinfo=UTC)
+                    at = r.ended_at if r.ended_at.tzinfo else r.ended_at.replace(tzinfo=UTC)
                     again.append({"_id": r.id, "outcome": r.call_status,
-                                  "not_before": ended.timestamp() + policy.delay_seconds})
+                                  "not_before": at.timestamp() + policy.delay_seconds})
                 else:
                     final.append({"_id": r.id, "status": fate, "outcome": r.call_status})
             if final:
