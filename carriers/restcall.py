@@ -66,6 +66,9 @@ class RestLeg(SocketConsultLeg):
     """The core's CallLeg: hangup and transfer go to the carrier's REST API, after what the engine said has played;
     attended transfer is carriers/socket_consult.py's, with the carrier's REST steps."""
 
+    carrier: RestCallCarrier
+    st: LegState
+
     def __init__(self, carrier: RestCallCarrier, st: LegState) -> None:
         self.carrier = carrier
         self.st = st

@@ -18,11 +18,11 @@ async def test_bridge_converts_rate_and_frames_and_relays_digits():
     frames = []
     while (item := b.next_outbound_nowait()) is not None:
         frames.append(item)
-    assert frames and all(isinstance(f, AudioFrame) and f.rate == 16000 and len(f.pcm) == 640 for f in frames)
+    assert frames and all(isinstance(f, AudioFrame) and f.sample_rate == 16000 and len(f.pcm) == 640 for f in frames)
     assert 3 <= len(frames) <= 5                    # 100 ms, less the resampler's delay
     b.feed_audio(b"\x00\x00" * 1600)                # 100 ms at 16 kHz → 8 kHz frames for a
     back = [a.next_outbound_nowait() for _ in range(len(a.queue))]
-    assert back and all(isinstance(f, AudioFrame) and f.rate == 8000 and len(f.pcm) == 320 for f in back)
+    assert back and all(isinstance(f, AudioFrame) and f.sample_rate == 8000 and len(f.pcm) == 320 for f in back)
     assert pair_stats(a, b) == {"a_to_b": 1, "b_to_a": 1, "dropped": 0}
 
 
@@ -32,7 +32,7 @@ async def test_bridge_queue_is_bounded_and_wake_releases_the_sender():
         a.feed_audio(b"\x01\x00" * 160)
     assert len(b.queue) == 5 and b.dropped == 7
     item = await asyncio.wait_for(b.next_outbound(), 2)
-    assert isinstance(item, AudioFrame) and item.rate == 8000
+    assert isinstance(item, AudioFrame) and item.sample_rate == 8000
     b.queue.clear()
     waiting = asyncio.ensure_future(b.next_outbound())
     await asyncio.sleep(0)
@@ -47,5 +47,5 @@ async def test_hold_port_plays_music_then_silence_at_its_rate():
     hold.feed_audio(b"\x00" * 640)                  # heard by nobody
     first = await asyncio.wait_for(hold.next_outbound(), 2)
     second = await asyncio.wait_for(hold.next_outbound(), 2)
-    assert isinstance(first, AudioFrame) and first.pcm == b"\x02\x00" * 320 and first.rate == 16000
+    assert isinstance(first, AudioFrame) and first.pcm == b"\x02\x00" * 320 and first.sample_rate == 16000
     assert isinstance(second, AudioFrame) and second.pcm == bytes(640)
