@@ -883,15 +883,23 @@ class VonageCarrier(Carrier):
         return phone_ncco(st.transfer_targets[attempt], caller_id,
                           self.url(f"/vonage/transfer_event?call_id={call.id}&attempt={attempt}"), ring)
 
-    async def transfer_event(self, request: web.Request) -> web.Response:
-        """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
-        the agent on a new media socket when every number failed."""
-        p = await self._params(request)
+    def signed_state(self, request: web.Request) -> VonageCallState | web.Response:
+        """The call state `?call_id=` names, when the webhook is signed for its number; else what to answer (204: no
+        such call, 401: not signed)."""
         st = self.states.get(request.query.get("call_id", ""))
         if st is None:
             return web.Response(status=204)
         if not self.signature_ok(request, st.number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        return st
+
+    async def transfer_event(self, request: web.Request) -> web.Response:
+        """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
+        the agent on a new media socket when every number failed."""
+        p = await self._params(request)
+        st = self.signed_state(request)
+        if isinstance(st, web.Response):
+            return st
         call = st.call
         status = str(p.get("status") or "").lower()
         try:

@@ -104,12 +104,9 @@ class VonageConsults:
         or the target hung up. The websocket leg's own events (`consult_ws`) change nothing."""
         from .vonage import TERMINAL
 
-        vc = self.carrier
-        st = vc.states.get(request.query.get("call_id", ""))
-        if st is None:
-            return web.Response(status=204)
-        if not vc.signature_ok(request, st.number):
-            return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        st = self.carrier.signed_state(request)
+        if isinstance(st, web.Response):
+            return st
         c = st.consultation
         status = str(params.get("status") or "").lower()
         if leg != "consult" or c is None or str(params.get("uuid") or "") != c.target_id:

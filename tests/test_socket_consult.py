@@ -178,6 +178,42 @@ async def test_telnyx_busy_target_returns_the_caller(telnyx_env):  # noqa: F811
             assert late.close_code == 4005
 
 
+async def test_telnyx_engine_consults_from_its_caller_streams_sender(telnyx_env):  # noqa: F811
+    """The engine asks (session.consult) behind its "please hold": the caller stream's sender carries the request
+    out from inside the call's outbound queue, then leaves the call for music on hold; once the target's socket
+    came, the engine hears and answers the target."""
+    from gateway.frames import ConsultEvent
+    from test_twilio_media import ScriptEngine
+
+    async def script(session):
+        await session.play(b"\x00\x00" * 1600, end_of_utterance=True)     # "please hold" (0.1 s)
+        await session.consult()
+
+    engine = ScriptEngine(script, echo=True)
+    env = await telnyx_env(engine="consulter", settings=SETTINGS)
+    env.gw.engines.register("consulter", engine)
+    call_id, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as caller:
+        await caller.start(ccid)
+        await engine.wait(lambda: [e.state for e in engine.of(ConsultEvent)] == ["dialing"])
+        await until(lambda: any(p == "/v2/calls" for _, p, _ in env.rest.requests), what="the consultation's dial")
+        dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
+        target_ccid = next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+        mark = len(caller.got.media)
+        await caller.wait_for(lambda: len(caller.got.media) - mark >= 10, timeout=10)
+        # (the tail of "please hold" may still be on its way)
+        assert set(after(caller.got.media, mark)) <= MUSIC_ULAW | {pcm16_to_ulaw(bytes(320))}
+        async with env.stream(dial["stream_url"]) as target:
+            await target.start(target_ccid)
+            await engine.wait(lambda: [e.state for e in engine.of(ConsultEvent)] == ["dialing", "answered"])
+            mark = len(caller.got.media)
+            await target.play(recording()[:160 * 25])
+            await target.wait_for(lambda: len(target.got.media) >= 20, timeout=10)   # the echo reaches the target
+            assert set(after(caller.got.media, mark)) <= MUSIC_ULAW
+            status, body = await api(env, "POST", f"/api/v1/calls/{call_id}/consult/complete")
+            assert status == 200 and body["method"] == "telnyx_bridge", body
+
+
 # -- Plivo ----------------------------------------------------------------------------------------------------------
 def xml_stream_url(xml: str) -> str:
     m = re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml)
@@ -346,91 +382,87 @@ async def test_vonage_target_hangs_up_then_unanswered_consultation(vonage_world)
 
 
 # -- Exotel (no join primitive: the gateway bridges) -------------------------------------------------------------
-async def test_exotel_consult_then_gateway_bridge_until_the_target_hangs_up(make_gateway):
+@pytest.fixture
+async def exotel_world(make_gateway):
     rest = await FakeExotelApi().start()
-    try:
-        gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
-        gw.carriers["exotel"].base_url = rest.url
-        agent = await gw.store.create_agent({"name": "x", "engine": "echo", "settings": {
-            "transfer": {"number": "+919000000001"}}})
-        await add_exophone(gw, agent_id=agent["id"])
-        watch = CallWatch(gw)
-        async with aiohttp.ClientSession() as s:
-            caller = await FakeExotel(s, ws_url(gw)).connect()
-            await caller.start("CA-caller")
-            call = await watch.next_call()
-            await until(lambda: call.bus is not None)
-            rest.next_sid = "CA-target"
-            status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
-            assert status == 200, body
-            form = rest.calls["CA-target"]
-            assert form["From"] == "+919000000001" and form["CustomField"] == f"consult:{call.id}"
-            assert parse_qs(urlparse(form["StatusCallback"]).query)["consult"] == ["1"]
-            await caller.wait_for(lambda rx: len(rx.audio) >= 3200 * 3, timeout=10)      # music on hold
-            music = music_frames()
-            assert all(f in music or f == bytes(320) for f in chunks_of(caller.rx.audio))
-            target = await FakeExotel(s, ws_url(gw)).connect()
-            await target.start("CA-target", frm="09000000001", to="08047491899")
-            await until(lambda: call.consultation.state == "answered")
-            await target.play(tone(1.0, 8000))
-            await target.wait_for(lambda rx: len(rx.audio) >= 8000, timeout=10)         # the engine's echo
-            status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult/complete")
-            assert status == 200 and body["method"] == "bridge", body
-            # the gateway relays caller ↔ target: a tone from each side reaches the other, the engine is out
-            got_t, got_c = len(target.rx.audio), len(caller.rx.audio)
-            sent = tone(1.0, 8000, freq=700)
-            await caller.play(sent, pace=0.1)                  # (at real time, as Exotel sends)
-            await target.wait_for(lambda rx: audioop.rms(rx.audio[got_t:], 2) > 0.3 * audioop.rms(sent, 2)
-                                  and len(rx.audio) - got_t >= 12000, timeout=10)
-            await target.play(sent, pace=0.1)
-            await caller.wait_for(lambda rx: audioop.rms(rx.audio[got_c:], 2) > 0.3 * audioop.rms(sent, 2)
-                                  and len(rx.audio) - got_c >= 12000, timeout=10)
-            await target.stop()                                # the target hangs up: the caller's call ends too
-            await caller.wait_closed(timeout=10)
-            row = await watch.wait_ended(call, timeout=10)
-            await target.close()
-            await caller.close()
-        assert row["transfer_outcome"] == "completed" and row["extra"]["transfer_method"] == "bridge"
-        assert row["hangup_reason"].startswith("transfer target hung up")
-        assert row["extra"]["bridge"]["a_to_b"] > 0 and row["extra"]["bridge"]["b_to_a"] > 0
-    finally:
-        await rest.stop()
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    gw.carriers["exotel"].base_url = rest.url
+    agent = await gw.store.create_agent({"name": "x", "engine": "echo", "settings": {
+        "transfer": {"number": "+919000000001"}}})
+    await add_exophone(gw, agent_id=agent["id"], phone=EXOPHONE)
+    yield gw, rest
+    await rest.stop()
 
 
-async def test_exotel_busy_consultation_and_a_late_socket_is_refused(make_gateway):
-    rest = await FakeExotelApi().start()
-    try:
-        gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
-        gw.carriers["exotel"].base_url = rest.url
-        agent = await gw.store.create_agent({"name": "x", "engine": "echo", "settings": {
-            "transfer": {"number": "+919000000001"}}})
-        await add_exophone(gw, agent_id=agent["id"], phone=EXOPHONE)
-        watch = CallWatch(gw)
-        async with aiohttp.ClientSession() as s:
-            caller = await FakeExotel(s, ws_url(gw)).connect()
-            await caller.start("CA-caller")
-            call = await watch.next_call()
-            await until(lambda: call.bus is not None)
-            rest.next_sid = "CA-busy"
-            status, _ = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
-            assert status == 200
-            async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}&consult=1"),
-                              data={"CallSid": "CA-busy", "Status": "busy"}) as r:
-                assert r.status == 200
-            await until(lambda: call.consultation.state == "failed")
-            assert call.consultation.reason == "busy"
-            late = await FakeExotel(s, ws_url(gw)).connect()
-            await late.start("CA-busy", frm="09000000001", to="08047491899")
-            assert await late.wait_closed(timeout=5) == 4009
-            got = len(caller.rx.audio)
-            sent = tone(1.0, 8000)
-            await caller.play(sent)                          # the engine hears the caller again (echo)
-            await caller.wait_for(lambda rx: audioop.rms(rx.audio[got:], 2) > 0.3 * audioop.rms(sent, 2)
-                                  and len(rx.audio) - got >= 8000, timeout=10)
-            await late.close()
-            await caller.close()
-    finally:
-        await rest.stop()
+async def test_exotel_consult_then_gateway_bridge_until_the_target_hangs_up(exotel_world):
+    gw, rest = exotel_world
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession() as s:
+        caller = await FakeExotel(s, ws_url(gw)).connect()
+        await caller.start("CA-caller")
+        call = await watch.next_call()
+        await until(lambda: call.bus is not None)
+        rest.next_sid = "CA-target"
+        status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
+        assert status == 200, body
+        form = rest.calls["CA-target"]
+        assert form["From"] == "+919000000001" and form["CustomField"] == f"consult:{call.id}"
+        assert parse_qs(urlparse(form["StatusCallback"]).query)["consult"] == ["1"]
+        await caller.wait_for(lambda rx: len(rx.audio) >= 3200 * 3, timeout=10)      # music on hold
+        music = music_frames()
+        assert all(f in music or f == bytes(320) for f in chunks_of(caller.rx.audio))
+        target = await FakeExotel(s, ws_url(gw)).connect()
+        await target.start("CA-target", frm="09000000001", to="08047491899")
+        await until(lambda: call.consultation.state == "answered")
+        await target.play(tone(1.0, 8000))
+        await target.wait_for(lambda rx: len(rx.audio) >= 8000, timeout=10)         # the engine's echo
+        status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult/complete")
+        assert status == 200 and body["method"] == "bridge", body
+        # the gateway relays caller ↔ target: a tone from each side reaches the other, the engine is out
+        got_t, got_c = len(target.rx.audio), len(caller.rx.audio)
+        sent = tone(1.0, 8000, freq=700)
+        await caller.play(sent, pace=0.1)                  # (at real time, as Exotel sends)
+        await target.wait_for(lambda rx: audioop.rms(rx.audio[got_t:], 2) > 0.3 * audioop.rms(sent, 2)
+                              and len(rx.audio) - got_t >= 12000, timeout=10)
+        await target.play(sent, pace=0.1)
+        await caller.wait_for(lambda rx: audioop.rms(rx.audio[got_c:], 2) > 0.3 * audioop.rms(sent, 2)
+                              and len(rx.audio) - got_c >= 12000, timeout=10)
+        await target.stop()                                # the target hangs up: the caller's call ends too
+        await caller.wait_closed(timeout=10)
+        row = await watch.wait_ended(call, timeout=10)
+        await target.close()
+        await caller.close()
+    assert row["transfer_outcome"] == "completed" and row["extra"]["transfer_method"] == "bridge"
+    assert row["hangup_reason"].startswith("transfer target hung up")
+    assert row["extra"]["bridge"]["a_to_b"] > 0 and row["extra"]["bridge"]["b_to_a"] > 0
+
+
+async def test_exotel_busy_consultation_and_a_late_socket_is_refused(exotel_world):
+    gw, rest = exotel_world
+    watch = CallWatch(gw)
+    async with aiohttp.ClientSession() as s:
+        caller = await FakeExotel(s, ws_url(gw)).connect()
+        await caller.start("CA-caller")
+        call = await watch.next_call()
+        await until(lambda: call.bus is not None)
+        rest.next_sid = "CA-busy"
+        status, _ = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
+        assert status == 200
+        async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}&consult=1"),
+                          data={"CallSid": "CA-busy", "Status": "busy"}) as r:
+            assert r.status == 200
+        await until(lambda: call.consultation.state == "failed")
+        assert call.consultation.reason == "busy"
+        late = await FakeExotel(s, ws_url(gw)).connect()
+        await late.start("CA-busy", frm="09000000001", to="08047491899")
+        assert await late.wait_closed(timeout=5) == 4009
+        got = len(caller.rx.audio)
+        sent = tone(1.0, 8000)
+        await caller.play(sent)                          # the engine hears the caller again (echo)
+        await caller.wait_for(lambda rx: audioop.rms(rx.audio[got:], 2) > 0.3 * audioop.rms(sent, 2)
+                              and len(rx.audio) - got >= 8000, timeout=10)
+        await late.close()
+        await caller.close()
 
 
 def chunks_of(audio: bytes, size: int = 320) -> list[bytes]:
