@@ -214,6 +214,29 @@ async def test_telnyx_engine_consults_from_its_caller_streams_sender(telnyx_env)
             assert status == 200 and body["method"] == "telnyx_bridge", body
 
 
+async def test_telnyx_caller_hangs_up_during_the_consultation_and_the_target_call_ends(telnyx_env):  # noqa: F811
+    env = await telnyx_env(settings=SETTINGS)
+    call, ccid, target_ccid, caller, target, _ = await telnyx_consult_answered(env)
+    try:
+        status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
+                                                      "client_state": base64_state(call.id)})
+        assert status == 200
+        await asyncio.wait_for(target.closed.wait(), 5)
+        await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
+                    what="the target's call hung up")
+        row = await env.wait_row(call.id, lambda r: r.get("ended_at") is not None)
+        assert row["hangup_source"] == "user" and row["extra"]["consult"]["state"] == "ended"
+        assert row["is_call_transfer"] is False
+    finally:
+        await target.__aexit__()
+        await caller.__aexit__()
+
+
+def base64_state(text: str) -> str:
+    from carriers.telnyx import encode_state
+    return encode_state(text)
+
+
 # -- Plivo ----------------------------------------------------------------------------------------------------------
 def xml_stream_url(xml: str) -> str:
     m = re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml)
@@ -394,7 +417,8 @@ async def exotel_world(make_gateway):
     await rest.stop()
 
 
-async def test_exotel_consult_then_gateway_bridge_until_the_target_hangs_up(exotel_world):
+@pytest.mark.parametrize("leaves", ["target", "caller"])
+async def test_exotel_consult_then_gateway_bridge_until_one_side_hangs_up(exotel_world, leaves):
     gw, rest = exotel_world
     watch = CallWatch(gw)
     async with aiohttp.ClientSession() as s:
@@ -427,14 +451,22 @@ async def test_exotel_consult_then_gateway_bridge_until_the_target_hangs_up(exot
         await target.play(sent, pace=0.1)
         await caller.wait_for(lambda rx: audioop.rms(rx.audio[got_c:], 2) > 0.3 * audioop.rms(sent, 2)
                               and len(rx.audio) - got_c >= 12000, timeout=10)
-        await target.stop()                                # the target hangs up: the caller's call ends too
-        await caller.wait_closed(timeout=10)
-        row = await watch.wait_ended(call, timeout=10)
+        # one side hangs up: the gateway closes the other side's socket (its flow's Passthru then hangs up)
+        gone, other = (target, caller) if leaves == "target" else (caller, target)
+        await gone.stop()
+        await other.wait_closed(timeout=10)
+        await watch.wait_ended(call, timeout=10)
+        row = await ended_row(gw, call)
         await target.close()
         await caller.close()
     assert row["transfer_outcome"] == "completed" and row["extra"]["transfer_method"] == "bridge"
-    assert row["hangup_reason"].startswith("transfer target hung up")
-    assert row["extra"]["bridge"]["a_to_b"] > 0 and row["extra"]["bridge"]["b_to_a"] > 0
+    assert row["hangup_reason"].startswith("transfer target hung up" if leaves == "target" else "caller_hangup")
+    async def bridge_stats() -> dict[str, int]:     # (kept when the bridge ends, also after the call's end)
+        while not (stats := ((await ended_row(gw, call))["extra"] or {}).get("bridge")):
+            await asyncio.sleep(0.02)
+        return stats
+    stats = await asyncio.wait_for(bridge_stats(), 5)
+    assert stats["a_to_b"] > 0 and stats["b_to_a"] > 0
 
 
 async def test_exotel_busy_consultation_and_a_late_socket_is_refused(exotel_world):
