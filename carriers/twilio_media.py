@@ -13,7 +13,6 @@ requests queued behind engine audio are carried out in order.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 import re
@@ -147,7 +146,7 @@ class MediaStream(MarkedPlayout):
     async def _read_loop(self) -> None:
         call = self.live_call
         decode = self.decode
-        b64 = base64.b64decode
+        b64 = binascii.a2b_base64   # strict_mode: what b64decode(validate=True) checks, in C, without its regex
         async for msg in self.ws:
             m = self._decode(msg)
             if m is None:
@@ -158,11 +157,11 @@ class MediaStream(MarkedPlayout):
                 try:
                     if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                         continue
-                    # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
-                    (call if self.port is None else self.port).feed_audio(decode(b64(media["payload"],
-                                                                                   validate=True)))
-                except (AttributeError, KeyError, TypeError, binascii.Error):
+                    pcm = decode(b64(media["payload"], strict_mode=True))
+                except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
                     raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
+                # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
+                (call if self.port is None else self.port).feed_audio(pcm)
             elif event == "mark":
                 self._on_mark(m)
             elif event == "dtmf":
@@ -248,7 +247,7 @@ class MediaStream(MarkedPlayout):
 
     async def send_audio(self, pcm: bytes) -> None:
         """One 20 ms frame of PCM16 → one `media` message (8 kHz μ-law: a 160-byte payload)."""
-        payload = base64.b64encode(self.encode(pcm)).decode("ascii")
+        payload = binascii.b2a_base64(self.encode(pcm), newline=False).decode("ascii")
         await self.ws.send_str(self._prefix + payload + self._suffix)
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
