@@ -27,7 +27,7 @@ from test_plivo import NUMBER as PLIVO_NUMBER
 from test_plivo import plivo_env  # noqa: F401  (fixture)
 from test_telnyx import telnyx_env  # noqa: F401  (fixture)
 from test_twilio_rest import api
-from voicecodecs import pcm16_to_ulaw
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs._audioop import audioop
 from vonage_helpers import (
     VONAGE_NUMBER,
@@ -218,12 +218,7 @@ async def test_telnyx_caller_hangs_up_during_the_consultation_and_the_target_cal
     env = await telnyx_env(settings=SETTINGS)
     call, ccid, target_ccid, caller, target, _ = await telnyx_consult_answered(env)
     try:
-        status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
-                                                      "client_state": base64_state(call.id)})
-        assert status == 200
-        await asyncio.wait_for(target.closed.wait(), 5)
-        await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
-                    what="the target's call hung up")
+        await telnyx_caller_hangs_up(env, call, ccid, target, target_ccid)
         row = await env.wait_row(call.id, lambda r: r.get("ended_at") is not None)
         assert row["hangup_source"] == "user" and row["extra"]["consult"]["state"] == "ended"
         assert row["is_call_transfer"] is False
@@ -232,9 +227,43 @@ async def test_telnyx_caller_hangs_up_during_the_consultation_and_the_target_cal
         await caller.__aexit__()
 
 
-def base64_state(text: str) -> str:
+async def test_telnyx_refused_bridge_falls_back_to_the_gateways_own_bridge(telnyx_env):  # noqa: F811
+    """Telnyx refuses `bridge`: the gateway relays the two media sockets itself, frame for frame, until the caller
+    hangs up; then the target's call ends too."""
+    env = await telnyx_env(settings=SETTINGS)
+    env.rest.faults.add("POST", "/actions/bridge", 500)
+    call, ccid, target_ccid, caller, target, _ = await telnyx_consult_answered(env)
+    said = recording()[:160 * 50]
+    relayed = {pcm16_to_ulaw(ulaw_to_pcm16(said[i:i + 160])) for i in range(0, len(said), 160)}
+    try:
+        status, body = await api(env, "POST", f"/api/v1/calls/{call.id}/consult/complete")
+        assert status == 200 and body["method"] == "bridge", body
+        mark_t, mark_c = len(target.got.media), len(caller.got.media)
+        await caller.play(said)
+        await target.wait_for(lambda: len(target.got.media) - mark_t >= 45, timeout=10)
+        assert set(after(target.got.media, mark_t)) <= relayed           # the caller's own frames, not the engine's
+        await target.play(said)
+        await caller.wait_for(lambda: len(caller.got.media) - mark_c >= 45, timeout=10)
+        assert set(after(caller.got.media, mark_c)) <= relayed
+        await telnyx_caller_hangs_up(env, call, ccid, target, target_ccid)
+        row = await env.wait_row(call.id, lambda r: (r.get("extra") or {}).get("bridge"))
+    finally:
+        await target.__aexit__()
+        await caller.__aexit__()
+    assert row["extra"]["transfer_method"] == "bridge" and "consult_join_error" in row["extra"]
+    assert row["extra"]["bridge"]["a_to_b"] >= 45 and row["extra"]["bridge"]["b_to_a"] >= 45
+
+
+async def telnyx_caller_hangs_up(env, call, ccid: str, target, target_ccid: str) -> None:
+    """Telnyx says the caller hung up: the target's socket closes and its call is hung up over Call Control."""
     from carriers.telnyx import encode_state
-    return encode_state(text)
+
+    status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
+                                                  "client_state": encode_state(call.id)})
+    assert status == 200
+    await asyncio.wait_for(target.closed.wait(), 5)
+    await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
+                what="the target's call hung up")
 
 
 # -- Plivo ----------------------------------------------------------------------------------------------------------
