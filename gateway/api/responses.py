@@ -285,7 +285,7 @@ class Draining(Reply):
 
 
 class Health(Row):
-    status: Literal["ok", "draining"]
+    status: Literal["ok", "starting", "draining"]
     http_port: int
     carriers: list[str]
     active_calls: int
