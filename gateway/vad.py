@@ -66,9 +66,10 @@ class SpeechDetector:
         #: both late; the turn timeline needs when the caller actually started and stopped.
         self.onset = 0
         self.offset = 0
-        #: the times given to process() with those two frames: when they really arrived, however unevenly the
-        #: frames came (counting back 20 ms a frame from the frame that declares the transition, 200-600 ms later,
-        #: would move the turn by every stall of the sender or of this process in between)
+        #: the same two boundaries in time, from the times given to process() with those frames (the start of the
+        #: first voiced one, the end of the last): when they really arrived, however unevenly the frames came
+        #: (counting back 20 ms a frame from the frame that declares the change, 200-600 ms later, would move the
+        #: turn by every stall of the sender or of this process in between)
         self.onset_at = 0.0
         self.offset_at = 0.0
         self._start_times: deque[float] = deque(maxlen=self._start_n)
@@ -98,7 +99,7 @@ class SpeechDetector:
                 self.speaking = True
                 first = list(self._start_win).index(True)
                 self.onset = self.frames - len(self._start_win) + first
-                self.onset_at = self._start_times[first]
+                self.onset_at = self._start_times[first] - FRAME_S     # the voiced frame's start
                 return True
         elif len(self._end_win) == self._end_n and self._end_n - self._end_voiced >= self._end_need:
             self.speaking = False

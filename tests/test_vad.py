@@ -98,7 +98,9 @@ def test_speech_is_dated_by_when_its_first_and_last_voiced_frames_arrived():
         change = d.process(frame, arrived[n])
         if change is not None:
             changes[change] = (d.onset, d.onset_at) if change else (d.offset, d.offset_at)
-    assert changes[True] == (voiced[0], arrived[voiced[0]])
+    # onset / offset count the frames before speech / up to its end: the start of the first voiced frame (its
+    # arrival less 20 ms) and the end of the last
+    assert changes[True] == (voiced[0] - 1, arrived[voiced[0]] - 0.02)
     assert changes[False] == (voiced[-1], arrived[voiced[-1]])
 
 
