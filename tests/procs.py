@@ -184,16 +184,17 @@ def _kill(pid: int) -> None:
 class KamailioProc:
     """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0) -> None:
         self.proc = proc
         self.port = port
+        self.workers_port = workers_port    # WORKERS_LISTEN: requests to the workers leave from this port
         self.run_dir = run_dir
         self.log = log
 
     @classmethod
-    async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000
-                    ) -> KamailioProc:
-        port = free_port()
+    async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000,
+                    children: int = 2) -> KamailioProc:
+        port, workers_port = free_port(), free_port()
         run_dir = tmp / "kamailio-run"
         run_dir.mkdir(exist_ok=True)
         log = tmp / "kamailio.log"
@@ -201,10 +202,11 @@ class KamailioProc:
             proc = subprocess.Popen(
                 ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
                  "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
-                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
-                 "-A", "LOG_LEVEL=2"],
+                 "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{workers_port}",
+                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}",
+                 "-A", f"CHILDREN={children}", "-A", "LOG_LEVEL=2"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        kam = cls(proc, port, run_dir, log)
+        kam = cls(proc, port, run_dir, log, workers_port)
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam
 
