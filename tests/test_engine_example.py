@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import API_KEY
-from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
+from gateway.frames import AudioFrame, Dtmf, Mark
+from test_api_fakes import FakeLeg
 
 T = 5.0
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "engine_client.py"
@@ -20,19 +21,6 @@ def example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class FakeLeg:
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request.number)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
 
 
 async def until(predicate):
@@ -70,7 +58,7 @@ async def exercise(gw, spec: str) -> FakeLeg:
     drain.cancel()
     row = await gw.store.get_call(call.log_id)
     assert row["hangup_source"] == "agent" and row["hangup_reason"] == "caller_requested"
-    assert leg.transfers == ["+15550009999"]
+    assert [t.number for t in leg.transfers] == ["+15550009999"]
     return leg
 
 
