@@ -266,6 +266,28 @@ async def telnyx_caller_hangs_up(env, call, ccid: str, target, target_ccid: str)
                 what="the target's call hung up")
 
 
+async def test_consultation_the_carrier_never_reports_on_fails_after_a_while(telnyx_env, monkeypatch):  # noqa: F811
+    """No socket and no webhook from the target's call: the caller is not left on hold forever."""
+    monkeypatch.setattr("carriers.socket_consult.ANSWER_TIMEOUT", 0.3)
+    env = await telnyx_env(settings=SETTINGS)
+    call_id, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as caller:
+        await caller.start(ccid)
+        call = env.gw.calls.get(call_id)
+        await until(lambda: call.bus is not None)
+        status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
+        assert status == 200
+        dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
+        target_ccid = next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+        await until(lambda: call.consultation.state == "failed", what="the consultation to give up")
+        assert call.consultation.reason.startswith("no-answer")
+        assert f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests]
+        mark = len(caller.got.media)
+        await caller.play(recording()[:160 * 50])
+        await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
+                              timeout=10)
+
+
 # -- Plivo ----------------------------------------------------------------------------------------------------------
 def xml_stream_url(xml: str) -> str:
     m = re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml)
