@@ -532,7 +532,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=("rtp", "cps", "twilio", "http"))
     p.add_argument("--db", default=os.environ.get("GATEWAY_TEST_POSTGRES_URL"),
-                   help="PostgreSQL URL (its gateway tables are dropped); default $GATEWAY_TEST_POSTGRES_URL")
+                   help="PostgreSQL URL (its gateway tables are dropped); default $GATEWAY_TEST_POSTGRES_URL. Give the "
+                        "benchmark a database of its own: the test suite drops the tables of that one too, and a "
+                        "suite running meanwhile fails the step (seen: every call 403, the number gone)")
     p.add_argument("--counts", default=[350, 400, 450, 500, 600, 800, 1000],
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--hold", type=float, default=15.0)
@@ -552,7 +554,9 @@ def main() -> int:
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)     # gateway workers, Kamailio and SIPp inherit it
         renice_group(os.getpid(), args.nice)
+    t0 = time.monotonic()
     run_async(main_async(args))
+    print(f"bench/scale.py {args.kind}: {time.monotonic() - t0:.0f} s", flush=True)
     return 0
 
 
