@@ -61,7 +61,6 @@ from bench.sip_load import long_media_scenario, media_port  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.loadtest.command import free_port, parse_metrics, provision  # noqa: E402
 from gateway.loadtest.sipp import SippResult, run_sipp  # noqa: E402
-from gateway.procstat import cpu_seconds  # noqa: E402
 
 NUMBER = "+15550100000"
 API_KEY = "bench-scale"
@@ -177,9 +176,6 @@ class Node:
             return [self.proc.pid]
         kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         return [int(p) for p in kids]
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(p) or 0.0 for p in self.pids())
 
     def gateway_pids(self) -> list[int]:
         """The supervisor (with --workers N) and every worker: all the gateway's processes."""
