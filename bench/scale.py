@@ -364,8 +364,17 @@ async def twilio_run(workers: int, db: str, n: int, seconds: float, payloads: li
     node = await start_node(workers, db, kamailio=False, carriers="twilio")
     try:
         acct, pg = node.account(db)
-        r = await twilio_callers.run_step(node.http_port, n, seconds, payloads, procs=procs, account=ACCOUNT,
-                                          token=TOKEN, number=TWILIO_NUMBER, on_running=acct.start)
+        try:
+            r = await twilio_callers.run_step(node.http_port, n, seconds, payloads, procs=procs, account=ACCOUNT,
+                                              token=TOKEN, number=TWILIO_NUMBER, on_running=acct.start)
+        except (RuntimeError, OSError, TimeoutError) as e:
+            # the step failed (e.g. calls could not be set up in time): a failed row, and the sweep goes on
+            print(f"twilio step {workers} workers, {n} calls: {type(e).__name__}: {e}\n{node.log_tails()}", flush=True)
+            r = {"n": n, "frames": 0, "p50": float("nan"), "p99": float("nan"), "p99_steady": float("nan"),
+                 "max": float("nan"), "dropped": 0, "bad": 0, "errors": n, "gen_late_p99": float("nan"),
+                 "procs": procs, "generator_cpu": 0.0}
+            if not acct.running:                # it failed before its frames started
+                await acct.start()
         acct.exact("generator", r["generator_cpu"])
         used = await acct.stop()
         await pg.close()
