@@ -45,9 +45,13 @@ def default_cfg_path() -> Path:
 
 
 def kamailio_command(settings: Settings, cfg: Path, run_dir: str = DEFAULT_RUN_DIR) -> list[str]:
-    """Kamailio in the foreground, logging to stderr, listening on the node's public SIP port (`--sip-port`)."""
+    """Kamailio in the foreground, logging to stderr, listening on the node's public SIP port (`--sip-port`), and
+    talking to the workers from the port below it on the address the dispatcher list names them by
+    (`WORKERS_LISTEN`: one Kamailio process reads the workers' answers there, so it relays them in order; the
+    workers' own ports are the ones above `--sip-port`)."""
     return ["kamailio", "-f", str(cfg), "-DD", "-E", "-Y", run_dir,
             "-A", f"LISTEN=udp:{settings.sip_host}:{settings.sip_port}",
+            "-A", f"WORKERS_LISTEN=udp:{settings.sip_contact_host}:{settings.sip_port - 1}",
             "-A", f'DS_LIST="{dispatcher_list_path(settings)}"']
 
 
