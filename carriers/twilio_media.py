@@ -76,6 +76,7 @@ class MediaStream(MarkedPlayout):
     claim of the call), `_on_other` (their own events), `_suffix` and the mark / clear wire format."""
 
     internal_mark = INTERNAL_MARK
+    close_codes = CloseCode
     #: the socket's audio: sample rate and codec (μ-law 8 kHz here; Plivo may choose 16-bit linear PCM)
     rate = RATE
     decode: Callable[[bytes], bytes] = staticmethod(ulaw_to_pcm16)
@@ -144,7 +145,6 @@ class MediaStream(MarkedPlayout):
 
     async def _read_loop(self) -> None:
         call = self.live_call
-        feed_audio = call.feed_audio
         decode = self.decode
         b64 = binascii.a2b_base64   # strict_mode: what b64decode(validate=True) checks, in C, without its regex
         async for msg in self.ws:
@@ -160,13 +160,14 @@ class MediaStream(MarkedPlayout):
                     pcm = decode(b64(media["payload"], strict_mode=True))
                 except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
                     raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
-                feed_audio(pcm)
+                # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
+                (call if self.port is None else self.port).feed_audio(pcm)
             elif event == "mark":
                 self._on_mark(m)
             elif event == "dtmf":
                 digit = str((m.get("dtmf") or {}).get("digit", ""))
                 if digit.upper() in _DIGITS and len(digit) == 1:
-                    call.feed_event(Dtmf(digit.upper()))
+                    self.inlet.feed_event(Dtmf(digit.upper()))
                 else:
                     log.warning("ignored malformed dtmf message",
                                 extra={"carrier": self.carrier.name, "call_id": call.id})
@@ -193,6 +194,8 @@ class MediaStream(MarkedPlayout):
         self._release_drain_waiters()
         sender = self._sender
         if sender is not None and not sender.done():
+            if self.port is not None:
+                self.port.wake()      # a sender on a hold or bridge port
             try:
                 bus = self.live_call.bus
                 if bus is not None:   # the sender runs only on an attached call
@@ -212,13 +215,15 @@ class MediaStream(MarkedPlayout):
         call = self.live_call
         try:
             while not self.ws.closed:
-                item = await call.next_outbound()
+                source, item = await self._take()
                 if isinstance(item, _Wake):
                     if item.stream is self:
                         return
                     continue
                 if self.ws.closed:
                     return
+                if not self._still_ours(source, item):
+                    continue
                 if isinstance(item, AudioFrame):
                     await self.send_audio(item.pcm)
                 elif isinstance(item, Mark):
