@@ -23,7 +23,7 @@ Defaults step finely around the limits measured on the idle 2-core box, and each
 
     python bench/scale.py cps           # --rates 200,250,…,600,700  --seconds 10
     python bench/scale.py twilio        # --steps 50,100,150,175,…,400  --seconds 10  --procs 2
-    python bench/scale.py rtp           # --counts 350,400,450,500,600,800,1000  --hold 15
+    python bench/scale.py rtp           # --counts 400,450,500,600,800,1000  --hold 15
     python bench/scale.py http
     python bench/scale.py cps --nice -10    # a shared machine: this run and its sessions ahead of other work
 """
@@ -540,7 +540,7 @@ def main() -> int:
                    help="PostgreSQL URL (its gateway tables are dropped); default $GATEWAY_TEST_POSTGRES_URL. Give the "
                         "benchmark a database of its own: the test suite drops the tables of that one too, and a "
                         "suite running meanwhile fails the step (seen: every call 403, the number gone)")
-    p.add_argument("--counts", default=[350, 400, 450, 500, 600, 800, 1000],
+    p.add_argument("--counts", default=[400, 450, 500, 600, 800, 1000],
                    type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--hold", type=float, default=15.0)
     p.add_argument("--rates", default=[200, 250, 300, 350, 400, 450, 500, 550, 600, 700],
