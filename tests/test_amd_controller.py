@@ -83,6 +83,16 @@ async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound")
     return call
 
 
+async def _started(gw, settings: dict, engine: Talker):
+    """An outbound call with AMD started and attached to a FakeLeg whose sender runs: (call, leg, controller, pump)."""
+    call = await _call(gw, settings, engine)
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call)
+    assert ctl is not None
+    await call.attach(leg, 8000)
+    return call, leg, ctl, asyncio.create_task(leg.pump(call))
+
+
 async def _feed(call, pcm: bytes, chunk: int = 320) -> None:
     for i in range(0, len(pcm), chunk):
         call.feed_audio(pcm[i:i + chunk])
@@ -106,12 +116,8 @@ async def test_machine_with_beep_plays_wav_after_beep_and_hangs_up_voicemail(mak
     write_wav(wav, tone(700, 600))
     gw = await make_gateway()
     engine = Talker()
-    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
-    leg = FakeLeg()
-    ctl = maybe_start_amd(call)
-    assert ctl is not None
-    await call.attach(leg, 8000)
-    pump = asyncio.create_task(leg.pump(call))
+    call, leg, ctl, pump = await _started(
+        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
     try:
         await _feed(call, GREETING + silence(300))
         await _until(lambda: bool(ctl.results))
@@ -169,13 +175,8 @@ async def test_long_answer_then_a_wait_turns_machine_start_into_human(make_gatew
     becomes human and the held opening line plays."""
     gw = await make_gateway()
     engine = Talker()
-    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Call us back"}},
-                       engine)
-    leg = FakeLeg()
-    ctl = maybe_start_amd(call)
-    assert ctl is not None
-    await call.attach(leg, 8000)
-    pump = asyncio.create_task(leg.pump(call))
+    call, leg, ctl, pump = await _started(
+        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Call us back"}}, engine)
     try:
         await _feed(call, ANSWER)
         await _until(lambda: bool(ctl.results))

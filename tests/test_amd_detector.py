@@ -154,6 +154,14 @@ def test_long_answer_without_voicemail_is_one_human_verdict():
     assert [a for a, _ in run(ANSWER + silence(AmdParams().answer_wait_ms + 500))] == [H]
 
 
+def test_hello_again_after_the_wait_does_not_make_an_answer_a_greeting():
+    """A 4.2 s answer, no reply for 1.6 s, then "Hello?": the second call is the person asking again."""
+    pcm = silence(300) + words([260] * 12, gap_ms=90) + silence(1600) + words([300, 300], gap_ms=90) + silence(3000)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, H]
+    # counted as talk, the "Hello?" would take the answer past answer_max_ms: the greeting's silence ends it
+    assert [a for a, _ in run(pcm, AmdParams(short_utterance_ms=0), message_end=True)] == [MS, MES]
+
+
 def test_speech_past_an_answers_length_confirms_the_machine():
     p = AmdParams()
     greeting = silence(300) + words([260] * 20, gap_ms=90)   # 7 s

@@ -100,6 +100,7 @@ class AmdDetector:
         #: a machine verdict on little speech waits for more speech (confirmed) or a person's wait (→ human)
         self.provisional = False
         self._unconfirmed: str | None = None   # without detect_message_end: the cause of a verdict not yet given
+        self._late_ms = -1            # talk in the utterance that began after a wait (-1: none going on)
         # outcome
         self.phase = "message_end" if start_in_message_end else "greeting"
         self.decisions: list[AmdDecision] = []
@@ -326,16 +327,27 @@ class AmdDetector:
         if now >= p.message_end_timeout:
             return self._decide(AnsweredBy.MACHINE_END_OTHER, f"TIMEOUT-{now}")
         if voice:
+            if self.silence_ms >= p.talk_bridge_ms:
+                self._late_ms = 0                        # speech again after a wait: "Hello?" or the next sentence
+            before = self.talk_ms
             self._talk()
+            if self._late_ms >= 0:
+                self._late_ms += self.talk_ms - before
             self.silence_ms = 0
             self.voice_ms += FRAME_MS
             self.heard_ms += FRAME_MS
-            if self.provisional and self.talk_ms >= p.answer_max_ms:
+            late = self._late_ms if 0 <= self._late_ms < p.short_utterance_ms else 0
+            if self.provisional and self.talk_ms - late >= p.answer_max_ms:
                 self.provisional = False                 # longer than an answer: a greeting
                 if self._unconfirmed is not None:
                     return self._decide(AnsweredBy.MACHINE_START, f"{self._unconfirmed}+TALK-{self.talk_ms}")
             return None
         self.silence_ms += FRAME_MS
+        if self.silence_ms >= p.utterance_gap and self._late_ms >= 0:
+            if self.provisional and self._late_ms < p.short_utterance_ms:
+                # a short call after the wait ("Hello?"): the person asking again, not more of a greeting
+                self.talk_ms -= self._late_ms
+            self._late_ms = -1
         if self.provisional and self.silence_ms >= p.answer_wait_ms:
             # a short phrase, then a wait with no beep: a person who asked and waits for the reply
             return self._decide(AnsweredBy.HUMAN, f"ANSWER-{self.talk_ms}-{self.silence_ms}")
