@@ -17,6 +17,7 @@ over one connection, so both answers are the same worker's), CPU from /proc of e
     python bench/scale.py rtp --counts 150,200,250,300,350,400,500,600 --hold 20
     python bench/scale.py cps --rates 100,200,300,400,500,600
     python bench/scale.py twilio --steps 100,200,300,400,500
+    python bench/scale.py twilio --workers 2 --steps 10,25 --seconds 5    # adoption latency only (prints rows)
     python bench/scale.py http
 """
 from __future__ import annotations
@@ -295,11 +296,13 @@ async def http_spread(workers: int, db: str, connections: int, seconds: float) -
     return {"workers": workers, "spread": dict(sorted(spread.items())), "rps": done / seconds}
 
 
-async def sweep(steps: list, run, row, score=lambda step, r: step) -> tuple[dict[int, float], list[list]]:
-    """For 1 then 2 workers: run the steps in order until one fails; the best passing score per shape, and rows."""
-    best: dict[int, float] = {}
+async def sweep(steps: list, run, row, score=lambda step, r: step,
+                shapes: tuple[int, ...] = (1, 2)) -> tuple[dict[int, float], list[list]]:
+    """For each shape (1 then 2 workers): run the steps in order until one fails; the best passing score per
+    shape, and rows."""
+    best: dict[int, float] = {w: 0 for w in (1, 2)}
     rows: list[list] = []
-    for workers in (1, 2):
+    for workers in shapes:
         best[workers] = 0
         for step in steps:
             r = await run(workers, step)
@@ -352,7 +355,9 @@ async def main_async(args: argparse.Namespace) -> None:
         best, rows = await sweep(
             args.steps, lambda w, n: twilio_run(w, db, n, args.seconds, payloads),
             lambda n, r: [n, f"{r['p50']:.2f}", f"{r['p99']:.2f}", r["dropped"], r["errors"], f"{r['cpu']:.0f}",
-                          f"{r['gen_late_p99']:.1f}"])
+                          f"{r['gen_late_p99']:.1f}"], shapes=args.workers)
+        if args.workers != (1, 2):
+            return      # a look at one shape (e.g. adoption latency on 2 workers): not the 1-vs-2 table
         body = (f"Concurrent Twilio Media Streams echo calls with p99 turnaround < 20 ms and 0 lost frames: "
                 f"**1 worker {best[1]}, 2 workers {best[2]} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "calls", "p50 ms", "p99 ms", "lost frames", "call errors", "workers' CPU %",
@@ -390,6 +395,9 @@ def main() -> int:
     p.add_argument("--rates", default=[100, 200, 300, 400, 500, 600], type=lambda s: [float(x) for x in s.split(",")])
     p.add_argument("--steps", default=[100, 200, 300, 400, 500], type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--workers", default=(1, 2), type=lambda s: tuple(int(x) for x in s.split(",")),
+                   help="twilio only: the shapes to run (default 1,2, which writes BENCHMARKS.md; e.g. --workers 2 "
+                        "--steps 10,25 prints the rows only)")
     p.add_argument("--connections", type=int, default=200)
     p.add_argument("--nice", type=int, default=0, help="scheduling priority of this run and everything it starts "
                                                        "(e.g. -10 on a machine shared with other work; as root)")

@@ -188,6 +188,30 @@ class CallManager:
     def register_control(self) -> None:
         self.gateway.control.handle("released", self._on_released)
 
+    async def forward_to_owner(self, call_uuid: str, op: str, args: dict[str, Any]) -> Reply | None:
+        """A carrier webhook (already authenticated here) about a call this process does not hold: run control op
+        `op` on the process that owns it and return its reply. The owner's handler answers 404 with `moved` when
+        the call left it meanwhile (adoption): the row is then read once more and the op follows the call. None
+        when the call is not open, has no live owner other than this process, or the owner did not answer."""
+        if not call_uuid:
+            return None
+        me = self.gateway.settings.proc_id
+        for _ in range(2):
+            row = await self.store.find_call(call_uuid=call_uuid)
+            owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
+            if not owner or owner == me or not await self.gateway.membership.alive(owner):
+                return None
+            reply = await self.gateway.control.request(owner, op, {**args, "call": call_uuid})
+            if reply is None or not (reply.status == 404 and reply.body.get("moved")):
+                return reply
+        return None
+
+    def not_here(self, call_uuid: str) -> Reply:
+        """What a forwarded op answers when this process no longer holds the call (forward_to_owner follows it)."""
+        return Reply(404, {"success": False, "error": f"call {call_uuid} is not live on "
+                                                      f"{self.gateway.settings.proc_id}", "field": None,
+                           "moved": True})
+
     def get(self, call_id: str) -> Call | None:
         return self.active.get(call_id)
 
