@@ -52,10 +52,12 @@ class CallResult:
     late_sends: list[float] = field(default_factory=list)
 
 
-async def prepare_db(db: str) -> None:
+async def prepare_db(db: str, data_dir: str | None = None) -> None:
+    """The Twilio account, number and echo agent; secrets sealed with the key `gateway serve --data-dir DATA_DIR`
+    will load (by default the SQLite file's directory, the data dir of the single-process benchmarks)."""
     from gateway.secretbox import SecretBox
     from gateway.store import Store
-    store = Store(db, SecretBox.load("", os.path.dirname(db)))    # the key `gateway serve --data-dir` will use
+    store = Store(db, SecretBox.load("", data_dir or os.path.dirname(db)))
     await store.open()
     agent = await store.create_agent({"name": "bench", "engine": "echo", "settings": {}})
     await store.create_number({"phone_number": NUMBER, "provider": "twilio", "agent_id": agent["id"],

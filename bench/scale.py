@@ -81,7 +81,7 @@ class Node:
     async def start(self) -> Node:
         await reset_schema(self.db)
         if self.carriers == "twilio":
-            await prepare_db(self.db)          # bench/media_ws.py's Twilio account, number and echo agent
+            await prepare_db(self.db, str(self.tmp))   # bench/media_ws.py's Twilio account, number and echo agent
         env = {**os.environ, "GATEWAY_CARRIERS": self.carriers, "GATEWAY_NODE_ID": "bench",
                "GATEWAY_SIP_HOST": "127.0.0.1", "GATEWAY_ADVERTISED_IP": "127.0.0.1",
                "GATEWAY_RTP_PORT_MIN": "30000", "GATEWAY_RTP_PORT_MAX": "39999",
