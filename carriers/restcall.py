@@ -321,7 +321,7 @@ class RestCallCarrier(Carrier):
         """Take over a call another process of the cluster answered: the socket's token must match the hash that
         process recorded before the row moves here; the leg is rebuilt from the row and its number."""
         store = self.gateway.store
-        row = await store.find_call(call_uuid=call_id)
+        row = await store.find_call(call_uuid=call_id, flush=False)   # another process's row
         if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
             return None
         want = (row.get("extra") or {}).get(self.token_key)

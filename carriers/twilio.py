@@ -687,7 +687,7 @@ class TwilioCarrier(Carrier):
         stream must match the row (CallSid) and carry a valid signature for the number's account before the call
         moves here; the leg is rebuilt from the number's credentials."""
         store = self.gateway.store
-        row = await store.find_call(call_uuid=call_id)
+        row = await store.find_call(call_uuid=call_id, flush=False)   # another process's row: nothing to flush
         if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
             return None
         consulting = False

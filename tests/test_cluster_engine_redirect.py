@@ -130,7 +130,7 @@ async def test_realtime_bridge_follows_a_redirect_to_the_call(cluster, realtime_
             status, body = await a.api("POST", f"/calls/{call_id}/hangup")
             assert status == 200, body
             await wait_until(lambda: ended_row(b, call_id), 15, "the call to end")
-            await wait_until(lambda: engine_log.count("worker 1 waiting") == 2, 15, "the bridge back on node-b")
+            await wait_until(lambda: engine_log.count("worker 1 waiting") == 3, 15, "the bridge back on node-b")
         finally:
             slot.cancel()
             await asyncio.gather(slot, return_exceptions=True)

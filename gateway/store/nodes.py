@@ -123,8 +123,8 @@ class ClusterStore:
     # call ownership -------------------------------------------------------------------------------------------
     async def claim_call(self, call_id: int, old_owner: str | None, new_owner: str) -> bool:
         """Move a live call to `new_owner` if `old_owner` still holds it; False when someone else moved or closed
-        it first."""
-        await self.flush()
+        it first. It does not wait for this process's queued writes: the row is another process's (adoption, on the
+        media path), and nothing queued here can change its owner or end it."""
         held = CallLog.owner.is_(None) if old_owner is None else CallLog.owner == old_owner
         async with self._writing_core() as conn:
             result = await conn.execute(update(CallLog).where(CallLog.id == call_id, held,
