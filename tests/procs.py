@@ -186,19 +186,20 @@ def _kill(pid: int) -> None:
 class KamailioProc:
     """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, tls_port: int | None = None
-                 ) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0,
+                 tls_port: int | None = None) -> None:
         self.proc = proc
         self.port = port
+        self.workers_port = workers_port    # WORKERS_LISTEN: requests to the workers leave from this port
         self.tls_port = tls_port
         self.run_dir = run_dir
         self.log = log
 
     @classmethod
     async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000,
-                    tls: tuple[str, str] | None = None) -> KamailioProc:
+                    children: int = 2, tls: tuple[str, str] | None = None) -> KamailioProc:
         """`tls`: (certificate, key) PEM files: Kamailio also listens for SIP over TLS (`tls_port`)."""
-        port = free_port()
+        port, workers_port = free_port(), free_port()
         tls_port = free_port(kind=__import__("socket").SOCK_STREAM) if tls else None
         tls_args = ["-A", f"LISTEN_TLS=tls:127.0.0.1:{tls_port}", "-A", f'TLS_CERT="{tls[0]}"',
                     "-A", f'TLS_KEY="{tls[1]}"'] if tls else []
@@ -209,10 +210,11 @@ class KamailioProc:
             proc = subprocess.Popen(
                 ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
                  "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
-                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}", "-A", "CHILDREN=2",
-                 "-A", "LOG_LEVEL=2", *tls_args],
+                 "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{workers_port}",
+                 "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}",
+                 "-A", f"CHILDREN={children}", "-A", "LOG_LEVEL=2", *tls_args],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        kam = cls(proc, port, run_dir, log, tls_port)
+        kam = cls(proc, port, run_dir, log, workers_port, tls_port)
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam
 
