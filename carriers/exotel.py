@@ -57,7 +57,9 @@ from gateway.numbers import normalize_e164
 from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
+from .exotel_consult import ExotelConsults
 from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
+from .socket_consult import SocketConsultation, SocketConsultLeg
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -93,6 +95,7 @@ class CloseCode(IntEnum):
     UNKNOWN_EVENT = 4003       # an event the Voicebot protocol does not define
     BINARY_FRAME = 4004        # the protocol is JSON text only
     UNKNOWN_NUMBER = 4005      # `to` is no ExoPhone imported here, or the account sid does not match
+    UNKNOWN_CALL = 4005        # (the same code) no consultation waits for this socket
     BAD_AUTH = 4006            # Basic auth on the upgrade missing or wrong
     BAD_MEDIA_FORMAT = 4007    # media_format we cannot decode
     ENGINE_ERROR = 4008        # the agent's engine could not start
@@ -355,14 +358,20 @@ class ExotelCallState:
     stream: VoicebotStream | None = None
     ended_at: float | None = None
     watchdog: asyncio.TimerHandle | None = None
+    #: the attended transfer's consultation call while one runs, or the bridge it became (socket_consult.py)
+    consultation: SocketConsultation | None = None
 
 
-class ExotelLeg:
-    """The call's leg as the core sees it: there is no Exotel API to end or move a call, only closing the stream."""
+class ExotelLeg(SocketConsultLeg):
+    """The call's leg as the core sees it: there is no Exotel API to end or move a call, only closing the stream.
+    Attended transfer: carriers/exotel_consult.py (a gateway bridge)."""
 
     def __init__(self, carrier: ExotelCarrier, state: ExotelCallState) -> None:
         self.carrier = carrier
-        self.state = state
+        self.state = self.st = state
+
+    def consult_carrier(self) -> Any:
+        return self.carrier.consults
 
     async def hangup(self, call: Call, reason: str) -> None:
         stream = self.state.stream
@@ -391,6 +400,7 @@ class VoicebotStream(MarkedPlayout):
     """One Voicebot websocket: protocol state, the sender task, chunking and the playout clock."""
 
     internal_mark = INTERNAL_MARK
+    close_codes = CloseCode
 
     def __init__(self, carrier: ExotelCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__()   # marks, drain waiters, playout_end
@@ -431,7 +441,8 @@ class VoicebotStream(MarkedPlayout):
                              extra={"close_code": int(e.code), "stream_sid": self.stream_sid})
             if not self.ws.closed:
                 await self.ws.close(code=int(e.code), message=e.reason[:120].encode())
-            if self.call is not None and not self.call.ended.is_set() and self.closing_for is None:
+            if self.call is not None and not self.call.ended.is_set() and self.closing_for is None \
+                    and self.consultation is None:     # (a consultation's socket: _finish tells the consultation)
                 await self.call.end(HangupSource.CARRIER, f"stream_error: {e.reason}"[:200])
         finally:
             if watcher is not None:
@@ -467,6 +478,10 @@ class VoicebotStream(MarkedPlayout):
         self.stream_sid, self.fmt = sid, fmt
         self.packer = ChunkPacker(fmt.silence)
         self._prefix = '{"event":"media","stream_sid":"%s","media":{"payload":"' % sid
+        consultation = self.carrier.consults.find(call_sid, start)
+        if consultation is not None:       # the target's leg of an attended transfer (exotel_consult.py)
+            await self.carrier.consults.claim(self, consultation, fmt.sample_rate)
+            return
         self.state = await self.carrier.claim_stream(self, start, call_sid)
         self.call = self.state.call
         maybe_start_amd(self.call)     # outbound + agent AMD on: hold the engine, detect, voicemail drop (else no-op)
@@ -504,7 +519,7 @@ class VoicebotStream(MarkedPlayout):
                         self._pcm_carry, data = data[-1:], data[:-1]
                     else:
                         self._pcm_carry = b""
-                call.feed_audio(fmt.decode(data))
+                (call if self.port is None else self.port).feed_audio(fmt.decode(data))   # or hold / bridge
             elif event == "mark":
                 self._on_mark(m)
             elif event == "dtmf":
@@ -516,7 +531,7 @@ class VoicebotStream(MarkedPlayout):
                         duration = int(float(dur)) if dur is not None and dur != "" else None
                     except (TypeError, ValueError):
                         duration = None
-                    call.feed_event(Dtmf(digit, duration))
+                    self.inlet.feed_event(Dtmf(digit, duration))
                 else:
                     call.log.warning("ignored malformed dtmf message", extra={"digit": str(digit)[:8]})
             elif event == "stop":
@@ -544,6 +559,9 @@ class VoicebotStream(MarkedPlayout):
             await self.ws.close(code=CloseCode.NORMAL, message=b"stream over")
         if self.state is not None and self.state.stream is self:
             self.state.stream = None
+        if self.consultation is not None:      # the target's socket of an attended transfer
+            await self.consultation.stream_gone(self)
+            return
         if call is None or call.ended.is_set() or self.closing_for is not None:
             return   # a hangup ends the call itself; a transfer keeps it open until Exotel reports the outcome
         if self.stopped is not None:
@@ -559,11 +577,11 @@ class VoicebotStream(MarkedPlayout):
         flushes a partial chunk (padded) once the engine pauses and Exotel is about to run out of audio."""
         call, fmt, packer = self._started()
         loop = asyncio.get_running_loop()
-        nxt: asyncio.Future[BusItem] | None = None
+        nxt: asyncio.Future[tuple[Any, BusItem]] | None = None
         try:
             while not self._stopping:
                 if nxt is None:
-                    nxt = asyncio.ensure_future(call.next_outbound(on_wire=False))   # dated when sent
+                    nxt = asyncio.ensure_future(self._take(on_wire=False))   # the call's frames are dated when sent
                 timeout = None
                 if packer.pending:
                     timeout = max(self.carrier.idle_flush, self.playout_end - loop.time() - 0.06)
@@ -572,11 +590,11 @@ class VoicebotStream(MarkedPlayout):
                     if not self.ws.closed:
                         await self.flush()
                     continue
-                item, nxt = nxt.result(), None
-                if self._stopping or self.ws.closed:
+                (source, item), nxt = nxt.result(), None
+                if self._stopping or self.ws.closed or not self._still_ours(source, item):
                     continue
                 if isinstance(item, AudioFrame):
-                    await self.send_audio(item.pcm, item)
+                    await self.send_audio(item.pcm, item if source is call else None)
                 elif isinstance(item, Mark):
                     await self.flush()
                     await self.send_engine_mark(item.name)
@@ -714,6 +732,7 @@ class ExotelCarrier(Carrier):
         self.base_url = base_url.rstrip("/") if base_url else None
         self.rest = CarrierHttp("Exotel", lambda: self.gateway.settings.carrier_timeout, _exotel_detail)
         self._calls: dict[str, ExotelCallState] = {}
+        self.consults = ExotelConsults(self)
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def setup(self, app: web.Application) -> None:
@@ -742,6 +761,8 @@ class ExotelCarrier(Carrier):
         if state is not None and state.watchdog is not None:
             state.watchdog.cancel()
             state.watchdog = None
+        if state is not None and state.consultation is not None:     # the target's call ends with the caller's
+            state.consultation.abandon()
         if kind == "call_released" and state is not None and state.call is call:
             self._calls.pop(call.carrier_sid, None)
 
@@ -1090,6 +1111,8 @@ class ExotelCarrier(Carrier):
                 params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
             except Exception:
                 return web.Response(status=400, text="unreadable form body")
+        if params.get("consult") == "1":
+            return await self.consults.status(params)
         call_sid = (params.get("CallSid") or "").strip()
         status = (params.get("Status") or params.get("CallStatus") or "").strip().lower()
         call_id = params.get("call_id", "")

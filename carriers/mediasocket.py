@@ -5,6 +5,12 @@
 * `decode_event` / `await_start`: the JSON text-frame protocol of Twilio and Exotel (`connected`, then `start`).
 * `MarkedPlayout`: mark, drain, clear and playout-clock bookkeeping. The carrier supplies the wire format only
   (`_send_mark`, `_send_clear`, and `_send_json` when it needs a lock).
+* Ports (`MarkedPlayout.port`): a socket normally feeds the call (the engine) and sends what the call gives it; during
+  an attended transfer (carriers/socket_consult.py) the caller's socket is connected to a hold port instead, the
+  target's socket to the call, and for a gateway bridge each socket to its end of a bridge (gateway/mediabridge.py).
+  A call's outbound bus has exactly one reader at a time: a sender takes from the call only while its port is
+  None, and a socket that gives the call up (`leave_call`) is out of `call.next_outbound()` before another takes
+  it (`PortSwitch` wakes a sender waiting there).
 
 Each carrier keeps its own `CloseCode` enum (their codes are documented per endpoint in docs/<carrier>.md); the
 helpers here take that enum and only use the members the carriers have in common.
@@ -16,17 +22,28 @@ import itertools
 import json
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
 from gateway import safejson
-from gateway.frames import Clear, Mark
+from gateway.frames import BusItem, Clear, Mark
 
 if TYPE_CHECKING:
     from gateway.call import Call
 
 NORMAL_CLOSE = 1000
+
+
+class PortSwitch:
+    """Queued on the call's outbound bus when a socket stops taking the call's audio (hold, bridge, end of a
+    consultation): its sender, waiting for the call's next item, wakes and takes its new port; any other sender
+    skips it."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
 
 
 class StreamClosed(Exception):
@@ -104,6 +121,13 @@ class MarkedPlayout:
     ws: web.WebSocketResponse
     call: Call | None
     _mark_ids: itertools.count[int]
+    #: what this socket's audio goes to and comes from instead of the call: a HoldPort or a BridgePort
+    #: (gateway/mediabridge.py); None: the call
+    port: Any = None
+    #: the attended transfer this socket is the target's leg of (carriers/socket_consult.py), else None
+    consultation: Any = None
+    #: the carrier's CloseCode enum (UNKNOWN_CALL, BAD_MEDIA_FORMAT … are used here and by socket_consult.py)
+    close_codes: Any = None
 
     if TYPE_CHECKING:
         @property
@@ -125,6 +149,8 @@ class MarkedPlayout:
         self.forgotten: set[str] = set()             # marks whose audio a clear dropped
         self._drain_waiters: dict[str, asyncio.Future[None]] = {}
         self.playout_end = 0.0
+        self._off_call = asyncio.Event()            # set while the sender is not inside call.next_outbound()
+        self._off_call.set()
 
     # -- wire format: the carrier's --------------------------------------------------------------------------------
     async def _send_mark(self, name: str) -> None:
@@ -138,6 +164,56 @@ class MarkedPlayout:
 
     async def _before_drain(self) -> None:
         """Send whatever audio is held back before the drain mark (Exotel's partial chunk)."""
+
+    # -- ports -----------------------------------------------------------------------------------------------------
+    @property
+    def inlet(self) -> Any:
+        """Where the socket's audio and digits go: its port, else the call."""
+        return self.port if self.port is not None else self.live_call
+
+    def switch_port(self, port: Any) -> None:
+        """From now on send what `port` gives and feed it what the socket hears (None: the call again). A sender
+        waiting for the call's next item is woken by a PortSwitch; one waiting on the old port by its `wake()`."""
+        old, self.port = self.port, port
+        if old is not None:
+            old.wake()
+        elif port is not None and self.call is not None and self.call.bus is not None \
+                and not self._off_call.is_set() and not self.call.bus.outbound.full():
+            # (a full queue: the sender is not waiting, and drops the item it takes next as no longer its own)
+            self.call.bus.outbound.put_nowait(cast(BusItem, PortSwitch(self)))
+
+    async def leave_call(self, port: Any, timeout: float = 5.0) -> bool:
+        """Give the call's audio up for `port` and wait (bounded) until the sender is out of
+        `call.next_outbound()`, so another socket may take the call; False if it did not leave in time."""
+        self.switch_port(port)
+        return await self.off_call(timeout)
+
+    async def off_call(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until the sender is not inside `call.next_outbound()`; False if it still is."""
+        if self._off_call.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._off_call.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _take(self, *, on_wire: bool = True) -> tuple[Any, BusItem]:
+        """The sender's next item and where it came from: the port, else the call."""
+        port = self.port
+        if port is not None:
+            return port, await port.next_outbound(on_wire=on_wire)
+        call = self.live_call
+        self._off_call.clear()
+        try:
+            return call, await call.next_outbound(on_wire=on_wire)
+        finally:
+            self._off_call.set()
+
+    def _still_ours(self, source: Any, item: Any) -> bool:
+        """Whether an item taken from `source` is to be sent: not a PortSwitch, and the port did not change while
+        the sender waited (then it was meant for the party this socket no longer carries)."""
+        return not isinstance(item, PortSwitch) and source is (self.port if self.port is not None else self.call)
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
     async def send_engine_mark(self, name: str) -> None:
@@ -201,7 +277,8 @@ class MarkedPlayout:
     async def _pace(self, max_ahead: float) -> bool:
         """Stay at most `max_ahead` seconds ahead of playback. False when a barge-in (the bus's clear_pending) came
         first or comes while waiting: the audio in hand is not to be sent."""
-        bus = self.call.bus if self.call is not None else None
+        # (a barge-in is the call's: a socket on hold or bridged is not paced by it)
+        bus = self.call.bus if self.call is not None and self.port is None else None
         pending = bus.clear_pending if bus is not None else None
         if pending is not None and pending.is_set():
             return False
@@ -231,7 +308,11 @@ class MarkedPlayout:
     # -- a sender that stops on `_stopping` (Exotel, Vonage) -------------------------------------------------------
     def _wake_sender(self) -> None:
         """Unblock `call.next_outbound()` with a harmless item instead of cancelling it: it may be running a
-        hangup or transfer (and then `call.end()`), which must not be cut short."""
+        hangup or transfer (and then `call.end()`), which must not be cut short. A sender on a port is woken
+        by the port."""
+        if self.port is not None:
+            self.port.wake()
+            return
         bus = self.call.bus if self.call is not None else None
         if bus is not None and not bus.outbound.full():
             bus.outbound.put_nowait(Clear())

@@ -20,6 +20,7 @@ docs/plivo.md.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -40,6 +41,7 @@ from gateway.numbers import normalize_e164
 
 from .mediasocket import StreamClosed, start_object
 from .restcall import LegState, RestCallCarrier
+from .socket_consult import SocketConsultation
 from .twilio import number_settings
 from .twilio_media import RATE, CloseCode, MediaStream
 
@@ -58,7 +60,7 @@ DIAL_STATUS = {"busy": "busy", "no-answer": "no-answer", "timeout": "no-answer",
 NOT_CONNECTED = {"USER_BUSY": "busy", "NO_ANSWER": "no-answer", "ORIGINATOR_CANCEL": "canceled",
                  "CALL_REJECTED": "failed"}
 #: the callback fields the call's handlers read: what a callback forwarded to the owning process carries
-FORWARDED_FIELDS = ("CallUUID", "HangupCauseName", "HangupCause", "DialAction", "DialStatus")
+FORWARDED_FIELDS = ("CallUUID", "RequestUUID", "HangupCauseName", "HangupCause", "DialAction", "DialStatus")
 
 
 def plivo_detail(body: Any) -> str:
@@ -157,6 +159,9 @@ class PlivoCarrier(RestCallCarrier):
         #: REST base; GATEWAY_PLIVO_API_BASE points it at a stand-in (tests/fakes/plivo_rest.py)
         self.api_base = (os.environ.get("GATEWAY_PLIVO_API_BASE") or API).rstrip("/")
         self.http = CarrierHttp("Plivo", lambda: self.gateway.settings.carrier_timeout, plivo_detail)
+        #: call id → (number, room) of attended transfers being joined in a conference: Plivo fetches the join XML
+        #: after the gateway has left the call, and the request is still checked against the number's token
+        self.joins: dict[str, tuple[dict[str, Any] | None, str]] = {}
 
     def setup(self, app: web.Application) -> None:
         r = app.router
@@ -165,6 +170,9 @@ class PlivoCarrier(RestCallCarrier):
         r.add_post("/plivo/transfer", self.transfer_xml)
         r.add_post("/plivo/dial_action", self.dial_action)
         r.add_post("/plivo/dial_callback", self.dial_callback)
+        r.add_post("/plivo/consult_answer", self.consult_answer)
+        r.add_post("/plivo/consult_hangup", self.consult_hangup_webhook)
+        r.add_post("/plivo/consult_join", self.consult_join_xml)
         r.add_get("/plivo/media", self.media_websocket)
 
     async def stop(self) -> None:
@@ -265,19 +273,25 @@ class PlivoCarrier(RestCallCarrier):
             return {}
         if kind == "dial_action":
             return {"xml": await self._dial_action(st, params, query)}
+        if kind == "consult_answer":
+            return {"xml": await self._consult_answered(st, params)}
+        if kind == "consult_hangup":
+            await self._consult_hung_up(st, params)
+            return {}
         raise ValueError(f"unknown Plivo callback {kind!r}")
 
     # -- answer --------------------------------------------------------------------------------------------------
-    async def stream_xml_text(self, st: LegState) -> str:
+    async def stream_xml_text(self, st: LegState, url: str | None = None) -> str:
+        """`<Stream>` to the call's media socket (or to `url`: a consultation's) in the number's audio format."""
         resp = plivoxml.ResponseElement()
         fmt = number_settings(st.number).get("audio_format")
-        resp.add(plivoxml.StreamElement(await self.stream_url(st), bidirectional=True, keepCallAlive=True,
+        resp.add(plivoxml.StreamElement(url or await self.stream_url(st), bidirectional=True, keepCallAlive=True,
                                         contentType=fmt if fmt in CONTENT_TYPES else CONTENT_TYPES[0],
                                         streamTimeout=86400))
         return str(resp.to_string(False))
 
-    async def stream_xml(self, st: LegState) -> web.Response:
-        return web.Response(text=await self.stream_xml_text(st), content_type="application/xml")
+    async def stream_xml(self, st: LegState, url: str | None = None) -> web.Response:
+        return web.Response(text=await self.stream_xml_text(st, url), content_type="application/xml")
 
     async def answer_webhook(self, request: web.Request) -> web.Response:
         if request.query.get("call_id"):       # our outbound call was answered
@@ -382,6 +396,79 @@ class PlivoCarrier(RestCallCarrier):
         if st.state == "reconnecting":
             return await self.stream_xml_text(st)
         return _hangup_xml()
+
+    # -- attended transfer (carriers/socket_consult.py) ----------------------------------------------------------
+    async def consult_dial(self, c: SocketConsultation) -> None:
+        """`POST Call/` to the target as for an outbound call of ours; its answer XML streams to the consultation
+        socket (https://www.plivo.com/docs/voice/api/call/make-a-call)."""
+        st: LegState = c.host
+        q = "?" + urlencode({"call_id": st.call.id})
+        opts = ((st.call.agent or {}).get("settings") or {}).get("transfer") or {}
+        body = {"from": str((st.number or {}).get("phone_number") or "").lstrip("+"), "to": c.number.lstrip("+"),
+                "answer_url": self.url("/plivo/consult_answer" + q), "answer_method": "POST",
+                "hangup_url": self.url("/plivo/consult_hangup" + q), "hangup_method": "POST",
+                "ring_timeout": int(opts.get("timeout") or self.ring_timeout)}
+        _status, resp = await self.rest(st.number, "POST", "Call/", json=body)
+        request_uuid = str((resp or {}).get("request_uuid") or "")
+        if not request_uuid:
+            raise CarrierError("Plivo accepted the consultation call but returned no request_uuid", 502)
+        c.target_id = c.target_state = request_uuid      # the CallUUID replaces it once the target answers
+
+    async def consult_hangup(self, c: SocketConsultation) -> None:
+        """DELETE the target's call, or its request while it still rings."""
+        path = f"Request/{c.target_state}/" if c.target_id == c.target_state else f"Call/{c.target_id}/"
+        try:
+            await self.rest(c.host.number, "DELETE", path, accept=(404,))
+        except CarrierError as e:
+            c.call.log.warning("plivo could not end the consultation call: %s", e.message)
+
+    async def consult_join(self, c: SocketConsultation) -> str | None:
+        """Both calls are transferred (https://www.plivo.com/docs/voice/api/call/transfer-a-call) to one conference
+        named after the call (https://www.plivo.com/docs/voice/xml/conference), which ends when either leaves:
+        Plivo has no request that joins two calls directly. The target goes first; its refusal leaves both
+        calls as they were (the gateway bridges them instead)."""
+        st: LegState = c.host
+        self.joins[st.call.id] = (st.number, c.room)
+        asyncio.get_running_loop().call_later(600, self.joins.pop, st.call.id, None)
+        url = self.url("/plivo/consult_join?" + urlencode({"call_id": st.call.id}))
+        for uuid in (c.target_id, st.carrier_id):
+            status, _ = await self.rest(st.number, "POST", f"Call/{uuid}/", accept=(404,),
+                                        json={"legs": "aleg", "aleg_url": url, "aleg_method": "POST"})
+            if status == 404:
+                raise CarrierError("the Plivo call has already ended", 409)
+        return "conference"
+
+    async def consult_answer(self, request: web.Request) -> web.Response:
+        """answer_url of the consultation call: stream it to the consultation socket (or hang up: it is over)."""
+        return await self._callback(request, "consult_answer")
+
+    async def consult_hangup_webhook(self, request: web.Request) -> web.Response:
+        """hangup_url of the consultation call: busy / no answer, or the target hung up."""
+        return await self._callback(request, "consult_hangup")
+
+    async def _consult_answered(self, st: LegState | None, params: dict[str, str]) -> str:
+        c = st.consultation if st is not None else None
+        if st is None or c is None or c.over:
+            return _hangup_xml()
+        if params.get("CallUUID"):
+            c.target_id = params["CallUUID"]
+        return await self.stream_xml_text(st, self.consult_stream_url(c))
+
+    async def _consult_hung_up(self, st: LegState | None, params: dict[str, str]) -> None:
+        c = st.consultation if st is not None else None
+        if c is not None and (params.get("CallUUID") == c.target_id or params.get("RequestUUID") == c.target_state):
+            cause = params.get("HangupCauseName") or params.get("HangupCause") or ""
+            await c.dial_failed(NOT_CONNECTED.get(cause.upper().replace(" ", "_"), "failed"))
+
+    async def consult_join_xml(self, request: web.Request) -> web.Response:
+        """aleg_url of both calls of a completed attended transfer: the conference (checked against the number)."""
+        params = {k: str(v) for k, v in (await request.post()).items()}
+        number, room = self.joins.get(request.query.get("call_id", ""), (None, ""))
+        if not room or not self.signature_ok(request, params, number):
+            raise web.HTTPForbidden(text="invalid or missing X-Plivo-Signature-V3\n")
+        resp = plivoxml.ResponseElement()
+        resp.add(plivoxml.ConferenceElement(room, start_conference_on_enter=True, end_conference_on_exit=True))
+        return xml(resp)
 
     # -- outbound ------------------------------------------------------------------------------------------------
     async def dispatch(self, call: Any, number: dict[str, Any], to_number: str) -> None:

@@ -33,6 +33,7 @@ from gateway.cluster import Reply
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
 from .mediasocket import StreamClosed
+from .socket_consult import SocketConsultation, SocketConsultLeg
 from .twilio_media import CloseCode, MediaStream
 
 if TYPE_CHECKING:
@@ -58,10 +59,16 @@ class LegState:
     watchdog: asyncio.TimerHandle | None = None
     hangup_sent: bool = False
     amd_requested: bool = False
+    #: the attended transfer's consultation call while one runs (carriers/socket_consult.py)
+    consultation: SocketConsultation | None = None
 
 
-class RestLeg:
-    """The core's CallLeg: hangup and transfer go to the carrier's REST API, after what the engine said has played."""
+class RestLeg(SocketConsultLeg):
+    """The core's CallLeg: hangup and transfer go to the carrier's REST API, after what the engine said has played;
+    attended transfer is carriers/socket_consult.py's, with the carrier's REST steps."""
+
+    carrier: RestCallCarrier
+    st: LegState
 
     def __init__(self, carrier: RestCallCarrier, st: LegState) -> None:
         self.carrier = carrier
@@ -167,6 +174,8 @@ class RestCallCarrier(Carrier):
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
+        if st.consultation is not None:     # the target's call ends with the caller's
+            st.consultation.abandon()
         if kind == "call_released":     # another process adopted the stream: the call goes on there
             return
         source = call.hangup.source if call.hangup else HangupSource.SYSTEM
@@ -280,9 +289,12 @@ class RestCallCarrier(Carrier):
                 await ws.close(code=1011, message=b"internal error")
         return ws
 
-    async def claim_stream(self, stream: MediaStream, carrier_id: Any) -> tuple[Call, RestLeg]:
-        """The socket's `start`: its URL token must be the call's current one (used once), then attach."""
+    async def claim_stream(self, stream: MediaStream, carrier_id: Any) -> tuple[Call, Any]:
+        """The socket's `start`: its URL token must be the call's current one (used once), then attach. A
+        consultation's socket (`leg=consult`) becomes the target's leg instead (its "leg" is the consultation)."""
         q = stream.request.query
+        if q.get("leg") == "consult":
+            return await self._claim_consult(stream, carrier_id)
         st = self.legs.get(q.get("call_id", ""))
         if st is None and q.get("call_id"):
             st = await self._adopt(q["call_id"], q.get("token", ""))
@@ -316,6 +328,28 @@ class RestCallCarrier(Carrier):
             call.log.info("%s media stream re-attached", self.label)
         st.state = "live"
         return call, leg
+
+    async def _claim_consult(self, stream: MediaStream, carrier_id: Any) -> tuple[Call, SocketConsultation]:
+        q = stream.request.query
+        st = self.legs.get(q.get("call_id", ""))
+        c = st.consultation if st is not None else None
+        if c is None:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "no consultation is waiting for this stream")
+        if not c.token_ok(q.get("token", "")):
+            raise StreamClosed(CloseCode.BAD_SIGNATURE, "stream token does not match")
+        if c.target_id and carrier_id and carrier_id != c.target_id:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the stream's call id is not the consultation call's")
+        await c.attach_target(stream, stream.rate)
+        return c.call, c
+
+    def consult_stream_url(self, c: SocketConsultation) -> str:
+        """The target's media socket: the call id and the consultation's one-time token (used once)."""
+        q = urlencode({"call_id": c.call.id, "token": c.token, "leg": "consult"})
+        return f"{self.gateway.settings.public_ws_base}/{self.name}/media?{q}"
+
+    def consult_released(self, c: SocketConsultation) -> None:
+        """The carrier joined caller and target: the caller's socket closing is not a hangup of ours."""
+        c.host.state = "released"
 
     async def _adopt(self, call_id: str, token: str) -> LegState | None:
         """Take over a call another process of the cluster answered: the socket's token must match the hash that

@@ -48,6 +48,7 @@ from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16
 
 from .mediasocket import StreamClosed, start_object
 from .restcall import LegState, RestCallCarrier
+from .socket_consult import SocketConsultation
 from .twilio import number_settings
 from .twilio_media import CloseCode, MediaStream
 
@@ -199,10 +200,12 @@ class TelnyxCarrier(RestCallCarrier):
                                        importing=importing, field="api_key", credentials="API key",
                                        accept=accept, **kwargs)
 
-    async def command(self, st: LegState, action: str, body: dict[str, Any], *, call_gone_ok: bool = False) -> None:
-        """POST /v2/calls/{call_control_id}/actions/{action}; a call Telnyx says has ended is a 409 (or fine)."""
+    async def command(self, st: LegState, action: str, body: dict[str, Any], *, call_gone_ok: bool = False,
+                      ccid: str | None = None) -> None:
+        """POST /v2/calls/{call_control_id}/actions/{action} (the call's, or `ccid`: a consultation call's); a call
+        Telnyx says has ended is a 409 (or fine)."""
         body = {"command_id": str(uuid.uuid4()), **body}
-        status, resp = await self.rest(st.number, "POST", f"/v2/calls/{st.carrier_id}/actions/{action}",
+        status, resp = await self.rest(st.number, "POST", f"/v2/calls/{ccid or st.carrier_id}/actions/{action}",
                                        accept=(404, 422), json=body)
         if status in (404, 422):
             ended = status == 404 or CALL_ENDED in telnyx_detail(resp)
@@ -213,10 +216,15 @@ class TelnyxCarrier(RestCallCarrier):
             raise CarrierError(f"Telnyx refused {action} (HTTP 422): {telnyx_detail(resp)}", 422)
 
     async def stream_params(self, st: LegState) -> dict[str, Any]:
+        return self.stream_fields(st, await self.stream_url(st), st.call.id)
+
+    @staticmethod
+    def stream_fields(st: LegState, url: str, state: str) -> dict[str, Any]:
+        """Bidirectional streaming to `url` in the number's audio format; `state` comes back in the webhooks."""
         codec, rate, _, _ = AUDIO_FORMATS[audio_format(st.number)]
-        return {"stream_url": await self.stream_url(st), "stream_track": "inbound_track",
+        return {"stream_url": url, "stream_track": "inbound_track",
                 "stream_bidirectional_mode": "rtp", "stream_bidirectional_codec": codec, "stream_codec": codec,
-                "stream_bidirectional_sampling_rate": rate, "client_state": encode_state(st.call.id)}
+                "stream_bidirectional_sampling_rate": rate, "client_state": encode_state(state)}
 
     async def rest_hangup(self, st: LegState) -> None:
         await self.command(st, "hangup", {"client_state": encode_state(st.call.id)}, call_gone_ok=True)
@@ -286,7 +294,7 @@ class TelnyxCarrier(RestCallCarrier):
         event = data["event_type"]
         state = decode_state(payload.get("client_state"))
         st, number = None, None
-        if state.startswith("xfer:"):
+        if state.startswith(("xfer:", "consult:")):
             st = self.legs.get(state.split(":")[1])
         elif state:
             st = self.legs.get(state)
@@ -306,7 +314,7 @@ class TelnyxCarrier(RestCallCarrier):
             return await self._incoming(payload, number)
         if st is None:
             # a call another process of the cluster holds (its webhook reached us): that process carries it out
-            call_id = state.split(":")[1] if state.startswith("xfer:") else state
+            call_id = state.split(":")[1] if state.startswith(("xfer:", "consult:")) else state
             if not call_id and payload.get("call_control_id"):
                 row = await self.gateway.store.find_call(carrier_sid=str(payload["call_control_id"]))
                 call_id = row["call_uuid"] if row is not None and row["channel_type"] == self.name else ""
@@ -320,6 +328,8 @@ class TelnyxCarrier(RestCallCarrier):
     async def _on_event(self, st: LegState, event: str, payload: dict[str, Any], state: str) -> None:
         if state.startswith("xfer:"):
             await self._transfer_leg_event(st, event, payload, state)
+        elif state.startswith("consult:"):
+            await self._consult_event(st, event, payload)
         else:
             await self._call_event(st, event, payload)
 
@@ -433,6 +443,55 @@ class TelnyxCarrier(RestCallCarrier):
                 st.call.log.warning("telnyx could not reconnect the media stream: %s", e.message)
                 await self.hangup_once(st)
                 await st.call.end(HangupSource.CARRIER, "stream_not_reconnected")
+
+    # -- attended transfer (carriers/socket_consult.py) ----------------------------------------------------------
+    async def consult_dial(self, c: SocketConsultation) -> None:
+        """`POST /v2/calls` to the target, as for an outbound call of ours, streaming to the consultation socket;
+        its webhooks carry `consult:<call id>` (https://developers.telnyx.com/api/call-control/dial-call)."""
+        st: LegState = c.host
+        connection = number_settings(st.number).get("connection_id")
+        if not connection:
+            raise CarrierError("the number has no Telnyx connection_id to place the consultation call from", 409)
+        opts = ((st.call.agent or {}).get("settings") or {}).get("transfer") or {}
+        body = {"connection_id": connection, "to": c.number, "from": (st.number or {}).get("phone_number"),
+                "webhook_url": self.url("/telnyx/webhook"), "webhook_url_method": "POST",
+                "timeout_secs": int(opts.get("timeout") or self.ring_timeout), "command_id": str(uuid.uuid4()),
+                **self.stream_fields(st, self.consult_stream_url(c), f"consult:{st.call.id}")}
+        _status, resp = await self.rest(st.number, "POST", "/v2/calls", json=body)
+        ccid = str(((resp or {}).get("data") or {}).get("call_control_id") or "")
+        if not ccid:
+            raise CarrierError("Telnyx accepted the consultation call but returned no call_control_id", 502)
+        c.target_id = ccid
+
+    async def consult_hangup(self, c: SocketConsultation) -> None:
+        """`hangup` of the target's call (it cancels one still ringing)."""
+        if not c.target_id:
+            return
+        try:
+            await self.command(c.host, "hangup", {}, call_gone_ok=True, ccid=c.target_id)
+        except CarrierError as e:
+            c.call.log.warning("telnyx could not hang up the consultation call: %s", e.message)
+
+    async def consult_join(self, c: SocketConsultation) -> str | None:
+        """Call Control's `bridge` of the caller's call with the target's
+        (https://developers.telnyx.com/api-reference/call-commands/bridge-calls); then both streams stop
+        (`streaming_stop`) and the gateway leaves the call."""
+        st: LegState = c.host
+        await self.command(st, "bridge", {"call_control_id": c.target_id, "client_state": encode_state(st.call.id)})
+        for ccid in (st.carrier_id, c.target_id):
+            self.background(self.command(st, "streaming_stop", {}, call_gone_ok=True, ccid=ccid))
+        return "telnyx_bridge"
+
+    async def _consult_event(self, st: LegState, event: str, payload: dict[str, Any]) -> None:
+        """Webhooks of the consultation call: its hangup before the stream came is a failed dial."""
+        c = st.consultation
+        if c is None or str(payload.get("call_control_id") or "") != c.target_id:
+            return
+        if event == "call.hangup":
+            await c.dial_failed(TRANSFER_CAUSE.get(str(payload.get("hangup_cause") or ""), "failed"))
+        elif event == "streaming.failed" and c.target is None:
+            await self.consult_hangup(c)
+            await c.dial_failed("stream_failed")
 
     # -- outbound ------------------------------------------------------------------------------------------------
     def wants_amd(self, agent: dict[str, Any] | None) -> bool:

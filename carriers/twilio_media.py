@@ -13,7 +13,6 @@ requests queued behind engine audio are carried out in order.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import logging
@@ -79,6 +78,7 @@ class MediaStream(MarkedPlayout):
     claim of the call), `_on_other` (their own events), `_suffix` and the mark / clear wire format."""
 
     internal_mark = INTERNAL_MARK
+    close_codes = CloseCode
     #: the socket's audio: sample rate and codec (μ-law 8 kHz here; Plivo may choose 16-bit linear PCM)
     rate = RATE
     decode: Callable[[bytes], bytes] = staticmethod(ulaw_to_pcm16)
@@ -152,9 +152,8 @@ class MediaStream(MarkedPlayout):
 
     async def _read_loop(self) -> None:
         call = self.live_call
-        feed_audio = call.feed_audio
         decode = self.decode
-        b64 = base64.b64decode
+        b64 = binascii.a2b_base64   # strict_mode: what b64decode(validate=True) checks, in C, without its regex
         async for msg in self.ws:
             m = self._decode(msg)
             if m is None:
@@ -165,15 +164,17 @@ class MediaStream(MarkedPlayout):
                 try:
                     if media.get("track", "inbound") not in ("inbound", "inbound_track"):
                         continue
-                    feed_audio(decode(b64(media["payload"], validate=True)))
-                except (AttributeError, KeyError, TypeError, binascii.Error):
+                    pcm = decode(b64(media["payload"], strict_mode=True))
+                except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
                     raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
+                # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
+                (call if self.port is None else self.port).feed_audio(pcm)
             elif event == "mark":
                 self._on_mark(m)
             elif event == "dtmf":
                 digit = str((m.get("dtmf") or {}).get("digit", ""))
                 if digit.upper() in _DIGITS and len(digit) == 1:
-                    call.feed_event(Dtmf(digit.upper()))
+                    self.inlet.feed_event(Dtmf(digit.upper()))
                 else:
                     log.warning("ignored malformed dtmf message",
                                 extra={"carrier": self.carrier.name, "call_id": call.id})
@@ -200,6 +201,8 @@ class MediaStream(MarkedPlayout):
         self._release_drain_waiters()
         sender = self._sender
         if sender is not None and not sender.done():
+            if self.port is not None:
+                self.port.wake()      # a sender on a hold or bridge port
             try:
                 bus = self.live_call.bus
                 if bus is not None:   # the sender runs only on an attached call
@@ -219,13 +222,15 @@ class MediaStream(MarkedPlayout):
         call = self.live_call
         try:
             while not self.ws.closed:
-                item = await call.next_outbound()
+                source, item = await self._take()
                 if isinstance(item, _Wake):
                     if item.stream is self:
                         return
                     continue
                 if self.ws.closed:
                     return
+                if not self._still_ours(source, item):
+                    continue
                 if isinstance(item, AudioFrame):
                     await self.send_audio(item.pcm)
                 elif isinstance(item, Mark):
@@ -249,7 +254,7 @@ class MediaStream(MarkedPlayout):
 
     async def send_audio(self, pcm: bytes) -> None:
         """One 20 ms frame of PCM16 → one `media` message (8 kHz μ-law: a 160-byte payload)."""
-        payload = base64.b64encode(self.encode(pcm)).decode("ascii")
+        payload = binascii.b2a_base64(self.encode(pcm), newline=False).decode("ascii")
         await self.ws.send_str(self._prefix + payload + self._suffix)
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1

@@ -61,6 +61,8 @@ from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
 from .mediasocket import MarkedPlayout, StreamClosed
+from .socket_consult import SocketConsultation, SocketConsultLeg
+from .vonage_consult import VonageConsults
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -247,14 +249,20 @@ class VonageCallState:
     watchdog: asyncio.TimerHandle | None = None
     amd_requested: bool = False
     hangup_sent: bool = False
+    #: the attended transfer's consultation call while one runs (carriers/socket_consult.py)
+    consultation: SocketConsultation | None = None
 
 
-class VonageLeg:
-    """Hangup / transfer / DTMF through Vonage's REST API (PUT /v1/calls/{uuid}); the socket alone cannot."""
+class VonageLeg(SocketConsultLeg):
+    """Hangup / transfer / DTMF through Vonage's REST API (PUT /v1/calls/{uuid}); the socket alone cannot.
+    Attended transfer: carriers/vonage_consult.py."""
 
     def __init__(self, carrier: VonageCarrier, st: VonageCallState) -> None:
         self.carrier = carrier
         self.st = st
+
+    def consult_carrier(self) -> Any:
+        return self.carrier.consults
 
     async def hangup(self, call: Call, reason: str) -> None:
         stream = self.st.stream
@@ -323,6 +331,7 @@ class VonageStream(MarkedPlayout):
     """One media websocket: first text message, binary L16 both ways, notify/clear, DTMF."""
 
     internal_mark = INTERNAL_MARK
+    close_codes = CloseCode
     drain_errors = (asyncio.TimeoutError, ConnectionError, RuntimeError)
 
     def __init__(self, carrier: VonageCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -377,6 +386,10 @@ class VonageStream(MarkedPlayout):
         self.rate = int(mt.group(1))
         self.frame = frame_bytes(self.rate)
         call_id = str(m.get("call_id") or self.request.query.get("call_id") or "")
+        if m.get("gw_leg") == "consult":       # the target's leg of an attended transfer (vonage_consult.py)
+            await self.carrier.consults.claim(self, call_id, str(m.get("gw_token") or ""))
+            self.live_call.log.info("vonage consultation socket connected", extra={"rate": self.rate})
+            return
         self.st = await self.carrier.claim_stream(self, call_id, str(m.get("gw_token") or ""))
         self.call = self.st.call
         if self.call.bus is None:
@@ -402,7 +415,7 @@ class VonageStream(MarkedPlayout):
                     self._carry, data = data[-1:], data[:-1]
                 else:
                     self._carry = b""
-                call.feed_audio(data)
+                (call if self.port is None else self.port).feed_audio(data)   # the call, or hold / bridge
             elif msg.type == WSMsgType.TEXT:
                 self._on_text(msg.data)
             else:
@@ -420,7 +433,7 @@ class VonageStream(MarkedPlayout):
             digit = str(m.get("digit", "")).strip().upper()
             if len(digit) == 1 and digit in _DIGITS:
                 dur = m.get("duration")
-                self.live_call.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
+                self.inlet.feed_event(Dtmf(digit, int(dur) if isinstance(dur, (int, float)) else None))
             else:
                 self.log.warning("ignored malformed websocket:dtmf", extra={"digit": digit[:8]})
         elif event == "websocket:notify":
@@ -444,13 +457,13 @@ class VonageStream(MarkedPlayout):
         call, st = self.live_call, self.st
         if st is None:
             raise RuntimeError("vonage stream without call state (not connected)")
-        nxt: asyncio.Future[BusItem] | None = None
+        nxt: asyncio.Future[tuple[Any, BusItem]] | None = None
         try:
             while not self._stopping:
-                nxt = asyncio.ensure_future(call.next_outbound())
+                nxt = asyncio.ensure_future(self._take())
                 await asyncio.wait({nxt})
-                item, nxt = nxt.result(), None
-                if self._stopping or self.ws.closed:
+                (source, item), nxt = nxt.result(), None
+                if self._stopping or self.ws.closed or not self._still_ours(source, item):
                     continue
                 if isinstance(item, AudioFrame):
                     await self.send_frame(item.pcm)
@@ -526,6 +539,7 @@ class VonageCarrier(Carrier):
         self.rest_base = base or ACCOUNT_API
         self.http = CarrierHttp("Vonage", lambda: self.gateway.settings.carrier_timeout)
         self.states: dict[str, VonageCallState] = {}       # by our call id
+        self.consults = VonageConsults(self)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- wiring -------------------------------------------------------------------------------------------------
@@ -575,6 +589,8 @@ class VonageCarrier(Carrier):
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
+        if st.consultation is not None:     # the target's call ends with the caller's
+            st.consultation.abandon()
         if kind == "call_released":     # another process holds the socket now: the call goes on there
             self.states.pop(call.id, None)
             return
@@ -792,6 +808,8 @@ class VonageCarrier(Carrier):
         p = await self._params(request)
         status = str(p.get("status") or "").lower()
         uuid = str(p.get("uuid") or "")
+        if request.query.get("leg") in ("consult", "consult_ws"):
+            return await self.consults.event(request, p, request.query["leg"])
         if request.query.get("leg") == "websocket":
             # our own websocket leg: only a failure to reach us matters (the call would wait for nothing)
             st = self.states.get(request.query.get("call_id", ""))
@@ -865,15 +883,23 @@ class VonageCarrier(Carrier):
         return phone_ncco(st.transfer_targets[attempt], caller_id,
                           self.url(f"/vonage/transfer_event?call_id={call.id}&attempt={attempt}"), ring)
 
-    async def transfer_event(self, request: web.Request) -> web.Response:
-        """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
-        the agent on a new media socket when every number failed."""
-        p = await self._params(request)
+    def signed_state(self, request: web.Request) -> VonageCallState | web.Response:
+        """The call state `?call_id=` names, when the webhook is signed for its number; else what to answer (204: no
+        such call, 401: not signed)."""
         st = self.states.get(request.query.get("call_id", ""))
         if st is None:
             return web.Response(status=204)
         if not self.signature_ok(request, st.number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        return st
+
+    async def transfer_event(self, request: web.Request) -> web.Response:
+        """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
+        the agent on a new media socket when every number failed."""
+        p = await self._params(request)
+        st = self.signed_state(request)
+        if isinstance(st, web.Response):
+            return st
         call = st.call
         status = str(p.get("status") or "").lower()
         try:
@@ -953,6 +979,9 @@ class VonageCarrier(Carrier):
         return st
 
     async def stream_gone(self, stream: VonageStream) -> None:
+        if stream.consultation is not None:     # the target's socket of an attended transfer
+            await stream.consultation.stream_gone(stream)
+            return
         st = stream.st
         if st is None or st.stream is not stream:
             return

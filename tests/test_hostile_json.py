@@ -22,6 +22,19 @@ def test_loads_refuses_what_would_crash_later():
                                                                                 "a": [[{"b": 1}]]}
 
 
+
+def test_depth_limit_is_exact_and_a_bom_is_refused_as_json_loads_does():
+    ok, deep = "[" * safejson.MAX_DEPTH + "]" * safejson.MAX_DEPTH, "[" * (safejson.MAX_DEPTH + 1) + "]" * (
+        safejson.MAX_DEPTH + 1)
+    assert safejson.loads(ok) == safejson.loads(ok.encode())
+    for bad in (deep, deep.encode(), "\ufeff{}", b"\xff{}"):
+        with pytest.raises(safejson.BadJson):
+            safejson.loads(bad)
+    assert safejson.loads(b"\xef\xbb\xbf{\"a\": 1}") == {"a": 1}      # bytes with a UTF-8 BOM: as json.loads
+    with pytest.raises(TypeError):
+        safejson.loads(None)  # type: ignore[arg-type]  # (what json.loads raises for a non-text argument)
+
+
 async def _post(gw, path, raw: bytes, headers=None):
     async with aiohttp.ClientSession() as s:
         async with s.post(gw.url(path), data=raw, headers={"Content-Type": "application/json", **(headers or {})}) as r:

@@ -6,6 +6,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 
 from fakes.twilio_env import recording, twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
@@ -284,11 +285,13 @@ async def test_unknown_event_mid_call_closes_4003_and_ends_the_call(twilio_env):
         await client.__aexit__()
 
 
-async def test_bad_media_payload_is_closed_4002(twilio_env):
+@pytest.mark.parametrize("payload", ["@@not-b64@@", "AAA", "\u00e9\u00e9\u00e9\u00e9", 1234])
+async def test_bad_media_payload_is_closed_4002(twilio_env, payload):
+    """Not base64, bad padding, non-ASCII text, not a string: each a protocol error, never a traceback."""
     env = await twilio_env()
     _, _, client = await open_call(env)
     try:
-        await client.send({"event": "media", "streamSid": client.stream_sid, "media": {"payload": "@@not-b64@@"}})
+        await client.send({"event": "media", "streamSid": client.stream_sid, "media": {"payload": payload}})
         assert (await _closed_with(client))[0] == 4002
     finally:
         await client.__aexit__()

@@ -91,9 +91,10 @@ class EngineSession:
         if not self._reading:
             self._reading = True
             self._call.engine_connected()
-        if self._call.ended.is_set() and not len(self._bus.inbound):
+        bus = self._bus
+        if self._call.ended.is_set() and not len(bus.inbound):
             return None
-        return await self._call.next_inbound()
+        return await bus.next_inbound()     # (what call.next_inbound() does, one coroutine less per frame)
 
     async def __aiter__(self) -> AsyncIterator[BusItem]:
         while (item := await self.receive()) is not None:
