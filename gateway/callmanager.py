@@ -148,7 +148,7 @@ class CallManager:
         if row["ended_at"] is not None or row["owner"] == me:
             return None
         old = row["owner"]
-        if not await self.store.claim_call(row["id"], old, me):
+        if not await self.store.claim_call(row["id"], old, me, flush=False):   # another process's row
             return None
         agent = await self.store.get_agent(row["agent_id"]) if row.get("agent_id") else None
         number = await self.store.get_number(row["phone_number_id"]) if row.get("phone_number_id") else None
