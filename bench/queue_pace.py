@@ -102,6 +102,7 @@ async def run(cps: float, seconds: float) -> dict:
                 bulks.append(bulk)
             for b in bulks:
                 await api(http, base, "PUT", f"/calls/bulk_call/{b}", {"action": "resume"})
+            load0 = os.getloadavg()[0]
             t0 = time.monotonic()
             cpu0 = cpu_seconds(gw.pid) or 0.0
             await asyncio.sleep(seconds)
@@ -120,7 +121,7 @@ async def run(cps: float, seconds: float) -> dict:
     return {"cps": cps, "seconds": seconds, "placed": len(placed), "span": span,
             "rate": (len(placed) - 1) / span if span else 0.0, "max_1s": max_in_window(placed),
             "max_5s": max_in_window(placed, 5.0) / 5, "sipp_received": result.stats.created, "tmp": tmp,
-            "cpu": cpu, "load": os.getloadavg()[0]}
+            "cpu": cpu, "load0": load0, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -138,7 +139,8 @@ def main() -> None:
             ["busiest 1 s window", r["max_1s"]],
             ["calls SIPp counted (its statistics)", r["sipp_received"]],
             ["gateway CPU over the window", f"{r['cpu'] * 100:.0f} % of one core"],
-            ["machine load average (1 min) at the end", f"{r['load']:.1f} on {os.cpu_count()} cores"]]
+            ["machine load average (1 min) at the start / the end",
+             f"{r['load0']:.1f} / {r['load']:.1f} on {os.cpu_count()} cores"]]
     body = table(["", "value"], rows) + (
         f"\n\nVerdict: the rate is {'within' if abs(err) <= 5 else 'OUTSIDE'} 5 % of the trunk's limit. One "
         "`gateway serve` process (SQLite, uvloop when installed) dials a bulk call through the dispatch queue; SIPp "

@@ -94,7 +94,8 @@ class CallManager:
                      number: dict[str, Any] | None = None, agent: dict[str, Any] | None = None,
                      carrier_sid: str | None = None, call_context: dict[str, Any] | None = None,
                      metadata: dict[str, Any] | None = None, status: str = "ringing",
-                     queue_item_id: int | None = None, recording: dict[str, Any] | None = None) -> Call:
+                     queue_item_id: int | None = None, bulk_call_id: int | None = None, attempt: int | None = None,
+                     recording: dict[str, Any] | None = None) -> Call:
         """Open a call-log row and a live Call; raises CapacityError when full (DrainingError when draining,
         ChannelLimitError when the number's channels are all in use). `recording`: a per-call override of the
         agent's recording settings ({enabled, channels})."""
@@ -106,7 +107,8 @@ class CallManager:
             "agent_id": (agent or {}).get("id"), "phone_number_id": (number or {}).get("id"),
             "channel_type": carrier, "call_direction": direction, "from_number": from_number,
             "to_number": to_number, "call_status": status, "call_context": call_context or {},
-            "owner": self.gateway.settings.proc_id, "queue_item_id": queue_item_id,
+            "owner": self.gateway.settings.proc_id, "queue_item_id": queue_item_id, "bulk_call_id": bulk_call_id,
+            "attempt": attempt,
             "recording": {"request": recording} if recording else None,
         }
         channels = Limits.of(number).channels
@@ -115,7 +117,10 @@ class CallManager:
                                                           self.gateway.settings.stale_after)
             if limited is None:
                 self.metrics.refused.labels(carrier, "channels").inc()
-                raise ChannelLimitError(number, channels)
+                error = ChannelLimitError(number, channels)
+                if direction == "inbound":
+                    await self._log_refusal(fields, error)
+                raise error
             row = limited
         else:
             row = await self.store.create_call(fields)
@@ -132,6 +137,19 @@ class CallManager:
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call
+
+    async def _log_refusal(self, fields: dict[str, Any], error: ChannelLimitError) -> None:
+        """An inbound call refused because its number's channels are all in use still gets its call-log row,
+        closed at once: `rejected`, hangup_source system, hangup_reason `channel_limit` (the limit in `extra`), so
+        the operator sees who was turned away and why. No webhooks: no call ever started. (Outbound refusals are
+        answered to the client instead: a 429, or the queue tries again.)"""
+        try:
+            await self.store.create_call({**fields, "owner": None, "call_status": "rejected",
+                                          "ended_at": datetime.now(UTC), "call_duration_in_seconds": 0.0,
+                                          "hangup_source": HangupSource.SYSTEM.value, "hangup_reason": "channel_limit",
+                                          "extra": {"channel_limit": error.limit, "refused": str(error)}})
+        except Exception:
+            log.exception("refused call not logged", extra={"carrier": fields.get("channel_type")})
 
     # -- ownership moves (docs/deploy.md, "Ownership of a call") -------------------------------------------------
     async def adopt(self, row: dict[str, Any]) -> Call | None:

@@ -4,7 +4,8 @@
 every process of a cluster (gateway/store/channels.py). Over it, carriers refuse the call as busy: SIP `486 Busy
 Here` with a Warning naming the limit, Twilio/SignalWire `<Reject reason="busy">`, Plivo `<Hangup
 reason="busy">`, Telnyx `reject` with `USER_BUSY`, Vonage a "lines are busy" NCCO, Exotel a `TRY_AGAIN` close,
-`POST /calls/dispatch` a 429 with Retry-After.
+`POST /calls/dispatch` a 429 with Retry-After. A refused inbound call keeps a closed call-log row (`rejected`,
+hangup_reason `channel_limit`: gateway/callmanager.py).
 
 `max_cps`: outbound calls started per second on the number / trunk, for the cluster as a whole
 (gateway/store/dispatchq.py). Queued calls wait for their slot; a direct dispatch without a free slot is a 429

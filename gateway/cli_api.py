@@ -354,26 +354,34 @@ def _contacts(path: str) -> list[dict[str, Any]]:
 
 
 def _bulk(c: Client, a: argparse.Namespace) -> Any:
-    """`gateway bulk create|list|show|pause|resume|cancel`: bulk calls through the dispatch queue."""
+    """`gateway bulk create|list|show|pause|resume|cancel|reschedule`: bulk calls through the dispatch queue."""
     if a.action == "create":
         body: dict[str, Any] = {"name": a.name, "phone_number_id": a.from_number_id,
                                 "contact_list": _contacts(a.contacts)}
         if a.agent_id is not None:
             body["agent_id"] = a.agent_id
+        if a.scheduled_at:
+            body["scheduled_at"] = a.scheduled_at
+        if a.retry_max_attempts:
+            body["retry"] = {"max_attempts": a.retry_max_attempts, "delay_seconds": a.retry_delay,
+                             **({"on": a.retry_on.split(",")} if a.retry_on else {})}
         return c.request("POST", "/calls/bulk_call/create", body)
     if a.action == "show":
         return c.request("GET", f"/calls/bulk_call/{a.id}")
     if a.action in ("pause", "resume", "cancel"):
         return c.request("PUT", f"/calls/bulk_call/{a.id}", {"action": a.action})
+    if a.action == "reschedule":
+        return c.request("PUT", f"/calls/bulk_call/{a.id}", {"action": "reschedule", "scheduled_at": a.at})
     data = c.request("GET", "/calls/bulk_call", query={"pageno": a.pageno, "pagesize": a.pagesize})
     if a.json:
         return data
-    table(f"Bulk calls ({data['total']})", ["id", "name", "from #", "agent", "status", "calls", "queued",
-                                             "dispatched", "failed", "cancelled"],
-          [[b["id"], b["name"], b["phone_number_id"], b["agent_id"], b["status"], b["total_calls"],
-            b["counts"]["queued"] + b["counts"]["dispatching"], b["counts"]["dispatched"], b["counts"]["failed"],
-            b["counts"]["cancelled"]] for b in data["bulk_calls"]])
+    progress = ("queued", "dialing", "retrying", "completed", "failed", "cancelled")
+    table(f"Bulk calls ({data['total']})", ["id", "name", "status", "calls", *progress],
+          [[b["id"], b["name"], b["status"] + (f" {b['scheduled_at'][:16]}" if b["status"] == "scheduled" else ""),
+            b["total_calls"], *(b["counts"][k] for k in progress)] for b in data["bulk_calls"]])
     return None
+
+
 def _recording(c: Client, a: argparse.Namespace) -> Any:
     """`gateway calls recording ID [-o FILE]`: the call's WAV into FILE (default call-ID.wav; `-`: stdout)."""
     if a.output == "-":
@@ -438,7 +446,8 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("calls", "show"): lambda c, a: c.request("GET", f"/calls/logs/{a.id}"),
     ("calls", "dispatch"): lambda c, a: c.request("POST", "/calls/dispatch", _dispatch_body(a)),
     ("calls", "queue"): _queue,
-    **{("bulk", action): _bulk for action in ("create", "list", "show", "pause", "resume", "cancel")},
+    **{("bulk", action): _bulk for action in ("create", "list", "show", "pause", "resume", "cancel",
+                                              "reschedule")},
     ("calls", "hangup"): lambda c, a: c.request("POST", f"/calls/{a.id}/hangup"),
     ("calls", "recording"): _recording,
     ("calls", "hold"): lambda c, a: c.request("POST", f"/calls/{a.id}/hold"),
@@ -597,12 +606,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--contacts", required=True, metavar="FILE",
                    help="JSON list or CSV with a phone_number column; other keys are each call's call_context")
     p.add_argument("--agent-id", type=int, help="default: the agent attached to the number")
+    p.add_argument("--scheduled-at", metavar="WHEN", help="start its calls then (ISO 8601; no zone: UTC)")
+    p.add_argument("--retry-max-attempts", type=int, metavar="N",
+                   help="place each unanswered contact's call up to N times in all")
+    p.add_argument("--retry-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long after an unanswered call before the next attempt (default 0)")
+    p.add_argument("--retry-on", metavar="STATUSES",
+                   help="comma-separated call statuses to retry (default no-answer,busy,failed)")
     p = bs.add_parser("list", help="bulk calls with their progress")
     _paging(p)
     for name, help_ in (("show", "one bulk call"), ("pause", "stop placing its calls for now"),
                         ("resume", "go on placing its calls"), ("cancel", "cancel its queued calls")):
         p = bs.add_parser(name, help=help_)
         p.add_argument("id", type=int)
+    p = bs.add_parser("reschedule", help="move the start of its calls not tried yet")
+    p.add_argument("id", type=int)
+    p.add_argument("--at", required=True, metavar="WHEN", help="the new start (ISO 8601; no zone: UTC)")
 
     trunk = sub.add_parser("trunk", help="SIP trunk tools")
     ts = trunk.add_subparsers(dest="action", required=True)

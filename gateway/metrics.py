@@ -292,6 +292,12 @@ def _queue_and_health(gw: Gateway) -> Iterator[Metric]:
     for outcome, n in sorted(gw.dispatcher.counts.items()):
         placed.add_metric([outcome], n)
     yield placed
+    settled = CounterMetricFamily("gateway_queue_settled", "Queued calls whose call ended, settled by this process: "
+                                  "completed (answered), failed (no retry left), retry (queued again).",
+                                  labels=["fate"])
+    for fate, n in sorted(gw.dispatcher.settled.items()):
+        settled.add_metric([fate], n)
+    yield settled
     labels = ["number_id", "phone_number"]
     score = GaugeMetricFamily("gateway_number_health_score", "Health score (0-100) of each phone number / trunk.",
                               labels=labels)

@@ -50,11 +50,13 @@ class DispatchFailed(Exception):
 
 async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, Any], to_number: str,
                      call_context: dict[str, Any], queue_item_id: int | None = None,
+                     bulk_call_id: int | None = None, attempt: int | None = None,
                      recording: dict[str, Any] | None = None,
                      before_send: Callable[[], Awaitable[None]] | None = None) -> Call:
     """Open the call (raises CapacityError / ChannelLimitError before anything reaches the carrier) and hand it
     to the number's carrier; raises DispatchFailed when the carrier does not take it. `number` carries its
-    secrets (the carrier needs them); `recording` overrides the agent's recording settings for this call;
+    secrets (the carrier needs them); a queued call names its queue item, bulk call and attempt (1, 2… with
+    retries) for its call-log row; `recording` overrides the agent's recording settings for this call;
     `before_send` is awaited between opening the call and handing it to the carrier (the dispatch queue's send
     gate, gateway/sendgate.py)."""
     carrier = gw.carrier_for(number["provider"])
@@ -63,7 +65,8 @@ async def place_call(gw: Gateway, *, number: dict[str, Any], agent: dict[str, An
                            "loaded on this gateway", 409, "from_number_id")
     call = await gw.calls.create(carrier=carrier.name, direction="outbound", from_number=number["phone_number"],
                                  to_number=to_number, number=number, agent=agent, call_context=call_context,
-                                 status="queued", queue_item_id=queue_item_id, recording=recording)
+                                 status="queued", queue_item_id=queue_item_id, bulk_call_id=bulk_call_id,
+                                 attempt=attempt, recording=recording)
     try:
         if before_send is not None:
             await before_send()

@@ -83,6 +83,16 @@ async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound")
     return call
 
 
+async def _started(gw, settings: dict, engine: Talker):
+    """An outbound call with AMD started and attached to a FakeLeg whose sender runs: (call, leg, controller, pump)."""
+    call = await _call(gw, settings, engine)
+    leg = FakeLeg()
+    ctl = maybe_start_amd(call)
+    assert ctl is not None
+    await call.attach(leg, 8000)
+    return call, leg, ctl, asyncio.create_task(leg.pump(call))
+
+
 async def _feed(call, pcm: bytes, chunk: int = 320) -> None:
     for i in range(0, len(pcm), chunk):
         call.feed_audio(pcm[i:i + chunk])
@@ -97,6 +107,7 @@ async def _until(pred, timeout: float = WAIT) -> None:
 
 
 GREETING = silence(300) + words([260] * 16, gap_ms=90)   # ≈ 5.6 s of continuous greeting
+ANSWER = silence(300) + words([260] * 8, gap_ms=90)      # ≈ 2.8 s: longer than the greeting rule, short for a greeting
 BEEP = tone(1000, 400)
 
 
@@ -105,12 +116,8 @@ async def test_machine_with_beep_plays_wav_after_beep_and_hangs_up_voicemail(mak
     write_wav(wav, tone(700, 600))
     gw = await make_gateway()
     engine = Talker()
-    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
-    leg = FakeLeg()
-    ctl = maybe_start_amd(call)
-    assert ctl is not None
-    await call.attach(leg, 8000)
-    pump = asyncio.create_task(leg.pump(call))
+    call, leg, ctl, pump = await _started(
+        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
     try:
         await _feed(call, GREETING + silence(300))
         await _until(lambda: bool(ctl.results))
@@ -159,6 +166,32 @@ async def test_human_answer_starts_conversation_with_held_opening_line(make_gate
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "human" and row["amd_detected"] and not row["is_voicemail"]
     assert 1500 <= row["amd_duration"] * 1000 <= 2500     # "Hello" ends at 780 ms + 1.3 s of after-greeting silence
+    await call.request_hangup(HangupSource.SYSTEM, "test")
+
+
+async def test_long_answer_then_a_wait_turns_machine_start_into_human(make_gateway):
+    """A business answer ("Acme support, Tom speaking, how can I help?") runs past the greeting limit, so
+    machine_start comes first; the engine stays held, not muted, and when the person waits for a reply the verdict
+    becomes human and the held opening line plays."""
+    gw = await make_gateway()
+    engine = Talker()
+    call, leg, ctl, pump = await _started(
+        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Call us back"}}, engine)
+    try:
+        await _feed(call, ANSWER)
+        await _until(lambda: bool(ctl.results))
+        assert ctl.results[0].answered_by is AnsweredBy.MACHINE_START
+        assert ctl.gate.mode == "hold"
+        await _feed(call, silence(AmdParams().answer_wait_ms + 200))
+        await _until(lambda: leg.freqs().count(300) >= 15)
+    finally:
+        pump.cancel()
+    assert [r.answered_by for r in engine.amd] == [AnsweredBy.MACHINE_START, AnsweredBy.HUMAN]
+    assert call.is_active and leg.hangups == []
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "human" and not row["is_voicemail"] and row["voicemail_type"] is None
+    events = await gw.store.list_call_events(row["id"])
+    assert [e["data"]["answered_by"] for e in events if e["kind"] == "call:amd_result"] == ["machine_start", "human"]
     await call.request_hangup(HangupSource.SYSTEM, "test")
 
 

@@ -54,6 +54,25 @@ def test_beep_after_greeting_is_machine_end_beep_decided_when_tone_stops(freq):
     assert beep_end + confirm - 20 <= at <= beep_end + confirm + 60     # after the tone and the quiet confirming it
 
 
+def test_100ms_beep_across_frame_edges_is_found():
+    """A 100 ms beep that starts mid-frame fills only four 20 ms frames: still a beep."""
+    pcm = silence(300) + words([250] * 5) + silence(310) + tone(1400, 100) + silence(600)
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
+def test_2000hz_beep_at_the_band_edge_is_found():
+    pcm = silence(300) + words([250] * 5) + silence(300) + tone(2003, 300) + silence(600)
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
+def test_short_gliding_tone_is_not_a_beep():
+    """The end of a word: a voice's lone harmonic near 400–450 Hz, pure for 80–100 ms but gliding a few Hz."""
+    t = np.arange(800) / 8000
+    glide = (6000 * np.sin(2 * np.pi * (440 * t + 60 * t * t))).astype("<i2").tobytes()   # 440 → 452 Hz
+    pcm = silence(300) + words([250] * 5) + silence(300) + glide + silence(600)
+    assert MEB not in [a for a, _ in run(pcm, message_end=True)]
+
+
 def test_steady_tone_inside_speech_is_not_a_beep():
     """A long sung vowel looks like a tone; speech right after it shows it was not the beep."""
     pcm = silence(300) + words([250] * 3) + tone(600, 200, amp=6000) + words([250] * 10) + silence(2000)
@@ -116,6 +135,50 @@ def test_message_end_timeout_is_machine_end_other():
     p = AmdParams(message_end_timeout=6000)
     pcm = silence(300) + words([260] * 40, gap_ms=90)
     assert [a for a, _ in run(pcm, p, message_end=True)] == [MS, MEO]
+
+
+ANSWER = silence(300) + words([260] * 8, gap_ms=90)       # ≈ 2.8 s: past the greeting rule, short for a greeting
+
+
+def test_long_answer_then_a_wait_is_machine_start_then_human():
+    """A business answer looks like a greeting until it stops: machine_start, then the person's wait → human."""
+    p = AmdParams()
+    out = run(ANSWER + silence(p.answer_wait_ms + 500), message_end=True)
+    assert [a for a, _ in out] == [MS, H]
+    speech_end = len(ANSWER) // 16 - 90
+    assert abs(out[1][1] - (speech_end + p.answer_wait_ms)) <= 60
+
+
+def test_long_answer_without_voicemail_is_one_human_verdict():
+    """Without the end-of-message step the one verdict waits: the answer's wait gives human, never machine."""
+    assert [a for a, _ in run(ANSWER + silence(AmdParams().answer_wait_ms + 500))] == [H]
+
+
+def test_hello_again_after_the_wait_does_not_make_an_answer_a_greeting():
+    """A 4.2 s answer, no reply for 1.6 s, then "Hello?": the second call is the person asking again."""
+    pcm = silence(300) + words([260] * 12, gap_ms=90) + silence(1600) + words([300, 300], gap_ms=90) + silence(3000)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, H]
+    # counted as talk, the "Hello?" would take the answer past answer_max_ms: the greeting's silence ends it
+    assert [a for a, _ in run(pcm, AmdParams(short_utterance_ms=0), message_end=True)] == [MS, MES]
+
+
+def test_speech_past_an_answers_length_confirms_the_machine():
+    p = AmdParams()
+    greeting = silence(300) + words([260] * 20, gap_ms=90)   # 7 s
+    (ab, at), = run(greeting + silence(500))
+    assert ab is MS and at >= 300 + p.answer_max_ms          # without voicemail: decided once confirmed
+    out = run(greeting + silence(p.message_end_silence + 200), message_end=True)
+    assert [a for a, _ in out] == [MS, MES] and out[0][1] < 300 + p.answer_max_ms
+
+
+def test_short_greeting_then_beep_is_still_a_machine_with_a_beep():
+    pcm = ANSWER + silence(400) + tone(1000, 300) + silence(600)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, MEB]
+
+
+def test_provisional_verdicts_off_gives_app_amd_timing():
+    p = AmdParams(answer_max_ms=0)
+    assert [a for a, _ in run(ANSWER + silence(3000), p)] == [MS]
 
 
 def test_initial_silence_unknown_for_us_machine_for_app_amd():
@@ -186,8 +249,11 @@ def test_tts_machine_greeting_with_beep(tts):
 
 
 def test_tts_machine_greeting_at_16khz(tts):
+    """A short greeting (under 4.5 s of talk) is a machine by its beep: without one it would pass for a person's
+    long answer followed by a wait (docs/amd.md, known limits)."""
     greeting = tts("You have reached the voicemail of Jordan Lee. Please leave a message.", sr=16000)
-    assert run(silence(300, 16000) + greeting + silence(2000, 16000), sr=16000)[0][0] is MS
+    pcm = silence(300, 16000) + greeting + silence(500, 16000) + tone(1000, 300, 16000) + silence(800, 16000)
+    assert [a for a, _ in run(pcm, sr=16000, message_end=True)] == [MS, MEB]
 
 
 # --- early media (SIP 183, before the answer) ----------------------------------------------------------------------

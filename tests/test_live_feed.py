@@ -88,7 +88,8 @@ async def test_feed_pushes_snapshot_events_and_meters(make_gateway):
         await second.end(HangupSource.USER, "stop")
         ended = await receive_until(ws, lambda m: m["type"] == "call_ended")
         assert ended["call"]["call_id"] == second.id and ended["call"]["hangup_source"] == "user"
-    assert not gw.app["live_feed"].viewers and not gw.calls._listeners       # unsubscribed when the page left
+    feed = gw.app["live_feed"]
+    assert not feed.viewers and feed._on_call not in gw.calls._listeners     # unsubscribed when the page left
 
 
 @pytest.mark.parametrize("first", [{"type": "auth", "api_key": "wrong"}, {"type": "hello"}, "not json"])

@@ -27,7 +27,7 @@ from test_plivo import NUMBER as PLIVO_NUMBER
 from test_plivo import plivo_env  # noqa: F401  (fixture)
 from test_telnyx import telnyx_env  # noqa: F401  (fixture)
 from test_twilio_rest import api
-from voicecodecs import pcm16_to_ulaw
+from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs._audioop import audioop
 from vonage_helpers import (
     VONAGE_NUMBER,
@@ -151,26 +151,36 @@ async def test_telnyx_cancel_hangs_up_the_target_and_the_caller_talks_to_the_eng
         await caller.__aexit__()
 
 
+async def telnyx_consult_dialing(env, call_id: str, ccid: str, caller) -> tuple[Any, dict[str, Any], str]:
+    """The caller's stream starts and the API consults: (call, the dial request's body, the target's ccid)."""
+    await caller.start(ccid)
+    call = env.gw.calls.get(call_id)
+    await until(lambda: call.bus is not None)
+    status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
+    assert status == 200
+    dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
+    return call, dial, next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+
+
+async def engine_hears(caller) -> None:
+    """The caller talks to the engine again: its echo (not music) comes back on the caller's stream."""
+    mark = len(caller.got.media)
+    await caller.play(recording()[:160 * 50])
+    await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
+                          timeout=10)
+
+
 async def test_telnyx_busy_target_returns_the_caller(telnyx_env):  # noqa: F811
     env = await telnyx_env(settings=SETTINGS)
     call_id, ccid, answer = await env.inbound()
     async with env.stream(answer["stream_url"]) as caller:
-        await caller.start(ccid)
-        call = env.gw.calls.get(call_id)
-        await until(lambda: call.bus is not None)
-        status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
-        assert status == 200
-        dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
-        target_ccid = next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+        call, dial, target_ccid = await telnyx_consult_dialing(env, call_id, ccid, caller)
         status, _ = await env.webhook("call.hangup", {"call_control_id": target_ccid, "hangup_cause": "user_busy",
                                                       "client_state": dial["client_state"]})
         assert status == 200
         await until(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "busy"
-        mark = len(caller.got.media)
-        await caller.play(recording()[:160 * 50])
-        await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
-                              timeout=10)
+        await engine_hears(caller)
         # a second socket with the (now stale) consultation URL is refused
         async with env.stream(dial["stream_url"]) as late:
             await late.start(target_ccid)
@@ -218,12 +228,7 @@ async def test_telnyx_caller_hangs_up_during_the_consultation_and_the_target_cal
     env = await telnyx_env(settings=SETTINGS)
     call, ccid, target_ccid, caller, target, _ = await telnyx_consult_answered(env)
     try:
-        status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
-                                                      "client_state": base64_state(call.id)})
-        assert status == 200
-        await asyncio.wait_for(target.closed.wait(), 5)
-        await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
-                    what="the target's call hung up")
+        await telnyx_caller_hangs_up(env, call, ccid, target, target_ccid)
         row = await env.wait_row(call.id, lambda r: r.get("ended_at") is not None)
         assert row["hangup_source"] == "user" and row["extra"]["consult"]["state"] == "ended"
         assert row["is_call_transfer"] is False
@@ -232,9 +237,56 @@ async def test_telnyx_caller_hangs_up_during_the_consultation_and_the_target_cal
         await caller.__aexit__()
 
 
-def base64_state(text: str) -> str:
+async def test_telnyx_refused_bridge_falls_back_to_the_gateways_own_bridge(telnyx_env):  # noqa: F811
+    """Telnyx refuses `bridge`: the gateway relays the two media sockets itself, frame for frame, until the caller
+    hangs up; then the target's call ends too."""
+    env = await telnyx_env(settings=SETTINGS)
+    env.rest.faults.add("POST", "/actions/bridge", 500)
+    call, ccid, target_ccid, caller, target, _ = await telnyx_consult_answered(env)
+    said = recording()[:160 * 50]
+    relayed = {pcm16_to_ulaw(ulaw_to_pcm16(said[i:i + 160])) for i in range(0, len(said), 160)}
+    try:
+        status, body = await api(env, "POST", f"/api/v1/calls/{call.id}/consult/complete")
+        assert status == 200 and body["method"] == "bridge", body
+        mark_t, mark_c = len(target.got.media), len(caller.got.media)
+        await caller.play(said)
+        await target.wait_for(lambda: len(target.got.media) - mark_t >= 45, timeout=10)
+        assert set(after(target.got.media, mark_t)) <= relayed           # the caller's own frames, not the engine's
+        await target.play(said)
+        await caller.wait_for(lambda: len(caller.got.media) - mark_c >= 45, timeout=10)
+        assert set(after(caller.got.media, mark_c)) <= relayed
+        await telnyx_caller_hangs_up(env, call, ccid, target, target_ccid)
+        row = await env.wait_row(call.id, lambda r: (r.get("extra") or {}).get("bridge"))
+    finally:
+        await target.__aexit__()
+        await caller.__aexit__()
+    assert row["extra"]["transfer_method"] == "bridge" and "consult_join_error" in row["extra"]
+    assert row["extra"]["bridge"]["a_to_b"] >= 45 and row["extra"]["bridge"]["b_to_a"] >= 45
+
+
+async def telnyx_caller_hangs_up(env, call, ccid: str, target, target_ccid: str) -> None:
+    """Telnyx says the caller hung up: the target's socket closes and its call is hung up over Call Control."""
     from carriers.telnyx import encode_state
-    return encode_state(text)
+
+    status, _ = await env.webhook("call.hangup", {"call_control_id": ccid, "hangup_cause": "normal_clearing",
+                                                  "client_state": encode_state(call.id)})
+    assert status == 200
+    await asyncio.wait_for(target.closed.wait(), 5)
+    await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
+                what="the target's call hung up")
+
+
+async def test_consultation_the_carrier_never_reports_on_fails_after_a_while(telnyx_env, monkeypatch):  # noqa: F811
+    """No socket and no webhook from the target's call: the caller is not left on hold forever."""
+    monkeypatch.setattr("carriers.socket_consult.ANSWER_TIMEOUT", 0.3)
+    env = await telnyx_env(settings=SETTINGS)
+    call_id, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as caller:
+        call, dial, target_ccid = await telnyx_consult_dialing(env, call_id, ccid, caller)
+        await until(lambda: call.consultation.state == "failed", what="the consultation to give up")
+        assert call.consultation.reason.startswith("no-answer")
+        assert f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests]
+        await engine_hears(caller)
 
 
 # -- Plivo ----------------------------------------------------------------------------------------------------------
@@ -312,10 +364,7 @@ async def test_plivo_failed_dial_and_cancel(plivo_env):  # noqa: F811
         status, body = await api(env, "POST", f"/api/v1/calls/{call.id}/consult/cancel")
         assert status == 200, body
         assert await asyncio.wait_for(env.rest.actions.get(), 5) == ("cancel", second, None)
-        mark = len(caller.got.media)
-        await caller.play(recording()[:160 * 50])
-        await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
-                              timeout=10)
+        await engine_hears(caller)
     finally:
         await caller.__aexit__()
 

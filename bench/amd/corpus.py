@@ -318,6 +318,51 @@ def babble(n: int, rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarr
     return x / (x.std() or 1.0)
 
 
+def babble_few(n: int, rng: np.random.Generator, pool: list[np.ndarray], talkers: int) -> np.ndarray:
+    """A few talkers with pauses between their sentences (each one can be heard, unlike a crowd's babble)."""
+    x = np.zeros(n)
+    for _ in range(talkers):
+        pos = int(rng.integers(0, SR))
+        gain = rng.uniform(0.5, 1.0)
+        while pos < n:
+            src = pool[int(rng.integers(len(pool)))]
+            m = min(len(src), n - pos)
+            x[pos:pos + m] += src[:m] * gain
+            pos += m + int(rng.integers(300, 1500)) * SR // 1000
+    return x / (x.std() or 1.0)
+
+
+def office(n: int, rng: np.random.Generator, pool: list[np.ndarray]) -> np.ndarray:
+    """An open office: two or three nearby talkers, keyboard clicks, ventilation hiss."""
+    x = babble_few(n, rng, pool, int(rng.integers(2, 4)))
+    clicks = np.zeros(n)
+    for at in np.cumsum(rng.integers(SR // 20, SR // 3, size=n // (SR // 20) + 1)):
+        if at >= n:
+            break
+        m = min(SR // 100, n - at)
+        clicks[at:at + m] += rng.standard_normal(m) * np.exp(-np.arange(m) / (SR / 2000)) * rng.uniform(1, 3)
+    x = x + clicks + 0.3 * colored(n, rng, 1.0)
+    return x / (x.std() or 1.0)
+
+
+def street(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Traffic: rumble, vehicles passing (band noise swelling and fading over 2–5 s) and now and then a car horn
+    (two harmonic-rich tones near 400–500 Hz: a false-beep risk)."""
+    x = colored(n, rng, 2.0)
+    t = np.arange(n) / SR
+    for _ in range(max(1, n // (SR * 3))):
+        c, w = rng.uniform(0, n / SR), rng.uniform(1.0, 2.5)
+        x += 2 * colored(n, rng, 0.5) * np.exp(-((t - c) / w) ** 2)
+    if rng.random() < 0.6:
+        at, m = int(rng.integers(0, max(1, n - SR // 2))), int(rng.uniform(0.25, 0.6) * SR)
+        m = min(m, n - at)
+        tt = np.arange(m) / SR
+        f1 = rng.uniform(380, 440)
+        horn = sum(np.sin(2 * np.pi * f * k * tt) / k for f in (f1, f1 * 1.26) for k in range(1, 6))
+        x[at:at + m] += 3 * horn / np.sqrt(np.mean(horn * horn))
+    return x / (x.std() or 1.0)
+
+
 def sit_tones(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """Special information tones: three rising segments (ANSI/Bellcore codes: 913.8/985.2, 1370.6/1428.5,
     1776.7 Hz; 274 or 380 ms; ITU-T E.180 allows 950/1400/1800 ± 50 Hz, 330 ± 70 ms, gaps ≤ 30 ms)."""
@@ -391,6 +436,98 @@ def plan(scale: float, seed: int = 15) -> list[dict]:
     return specs
 
 
+# ---- second round: more languages, phrasings and noises (planned apart, so the clips above stay byte-identical) ----
+#: espeak-ng's voices for other languages, split by LANGUAGE (dev never hears French, Italian or Portuguese)
+LANG_VOICES = {"dev": {"de": ["de+m3", "de+f2"], "es": ["es+f4", "es+m1"], "nl": ["nl+m5"]},
+               "test": {"fr": ["fr-fr+f3", "fr-fr+m2"], "it": ["it+m7", "it+f5"], "pt": ["pt-br+f1"]}}
+LANG_T = {
+    "de": {"short": ["Hallo?", "Ja, bitte?", "Müller.", "Hallo, wer ist da?"],
+           "business": ["Guten Tag, Firma Becker, Sie sprechen mit Frau Schulz, was kann ich für Sie tun?",
+                        "Praxis Doktor Weber, guten Morgen, wie kann ich helfen?"],
+           "greeting": ["Hallo, hier ist der Anschluss von Familie Schneider. Wir sind leider nicht erreichbar. "
+                        "Bitte hinterlassen Sie eine Nachricht nach dem Signalton.",
+                        "Sie sind verbunden mit der Mailbox von Thomas. Bitte sprechen Sie nach dem Ton."]},
+    "es": {"short": ["¿Diga?", "¿Sí?", "Hola, ¿quién es?", "¿Bueno?"],
+           "business": ["Buenos días, Talleres García, le atiende Carmen, ¿en qué puedo ayudarle?",
+                        "Clínica Dental Sol, buenas tardes, ¿dígame?"],
+           "greeting": ["Hola, has llamado a Lucía. Ahora no puedo contestar. Deja tu mensaje después de la señal "
+                        "y te llamaré.",
+                        "El número al que llama no está disponible en este momento. Por favor, deje su mensaje "
+                        "después del tono."]},
+    "nl": {"short": ["Hallo?", "Met Jan.", "Ja, hallo?"],
+           "business": ["Goedemorgen, garage De Vries, u spreekt met Pieter, waarmee kan ik u helpen?"],
+           "greeting": ["Hallo, dit is het antwoordapparaat van Anna. Ik ben er even niet. Spreek een bericht in "
+                        "na de piep."]},
+    "fr": {"short": ["Allô?", "Oui, allô?", "Allô, c'est qui?", "Oui?"],
+           "business": ["Bonjour, cabinet Martin, Sophie à l'appareil, que puis-je faire pour vous?",
+                        "Garage Dupont, bonjour, je vous écoute."],
+           "greeting": ["Bonjour, vous êtes bien sur la messagerie de Julien. Je ne suis pas disponible pour le "
+                        "moment. Laissez-moi un message après le bip.",
+                        "Votre correspondant n'est pas joignable. Veuillez laisser un message après le signal "
+                        "sonore."]},
+    "it": {"short": ["Pronto?", "Sì, pronto?", "Pronto, chi parla?"],
+           "business": ["Buongiorno, studio Rossi, sono Giulia, come posso aiutarla?",
+                        "Ferramenta Bianchi, buonasera, mi dica."],
+           "greeting": ["Ciao, sono Marco. In questo momento non posso rispondere. Lasciate un messaggio dopo il "
+                        "segnale acustico.",
+                        "Il cliente da lei chiamato non è al momento raggiungibile. Lasci un messaggio dopo il "
+                        "segnale."]},
+    "pt": {"short": ["Alô?", "Sim, alô?", "Alô, quem fala?"],
+           "business": ["Bom dia, clínica Santos, aqui é a Beatriz, em que posso ajudar?"],
+           "greeting": ["Olá, você ligou para o Pedro. No momento não posso atender. Deixe seu recado após o sinal."]},
+}
+#: English business answers in more phrasings, then the person's "Hello?" when nobody replies (per split)
+BUSINESS_MORE = {
+    "dev": ["Hi, you've got Dave at Summit Roofing, what can I do for you?", "Main office, this is Beth.",
+            "Thank you for calling Greenway Pharmacy, my name is Omar, how may I direct your call?"],
+    "test": ["Evening, Pine Street Bakery, Rosa speaking.", "IT help desk, this is Kim, what's the problem?",
+             "Good afternoon and thank you for calling Westfield Bank, this is Grace, how can I help you today?"],
+}
+EXTRA_NOISES = ["office", "street", "music_vocals"]
+EXTRA = {"human_short_lang": ("human", 20), "human_business_lang": ("human", 16),
+         "machine_greeting_lang": ("machine", 24), "human_business_hello": ("human", 24)}
+
+
+def plan_extra(scale: float, seed: int = 1015) -> list[dict]:
+    """The second round's clips, from their own random stream: other languages (split by language), business
+    answers in more phrasings followed by a "Hello?", and noises the first round lacked (an office, a street, music
+    with a voice over it)."""
+    rng = random.Random(seed)
+    specs = []
+    for split in CLIPS:
+        for scen, (truth, count) in EXTRA.items():
+            for i in range(max(2, round(count * scale))):
+                if scen.endswith("_lang"):
+                    lang = rng.choice(sorted(LANG_VOICES[split]))
+                    eng, voice = "espeak-ng", rng.choice(LANG_VOICES[split][lang])
+                else:
+                    lang = "en"
+                    engines = list(ENGINE_SHARE[split])
+                    eng = rng.choices(engines, [ENGINE_SHARE[split][e] for e in engines])[0]
+                    voice = rng.choice(VOICES[split][eng])
+                s = {"id": f"{split}-{scen}-{i:03d}", "split": split, "scenario": scen, "kind": truth,
+                     "seed": rng.randrange(1 << 30), "engine": eng, "voice": voice, "lang": lang,
+                     "rate": rng.choice(RATES), "pitch": 0 if eng == "festival" else rng.choice(PITCHES),
+                     "noise": rng.choice(NOISES + EXTRA_NOISES), "snr_db": round(rng.uniform(10, 40), 1)}
+                s["codec"], s["rate_hz"] = rng.choice(FORMATS)
+                if scen == "human_short_lang":
+                    s["texts"] = [rng.choice(LANG_T[lang]["short"])]
+                elif scen == "human_business_lang":
+                    s["texts"] = [rng.choice(LANG_T[lang]["business"])]
+                elif scen == "machine_greeting_lang":
+                    s["texts"] = [rng.choice(LANG_T[lang]["greeting"])]
+                    if rng.random() < 0.75:
+                        s["beep_hz"], s["beep_ms"] = rng.choice(BEEP_HZ), rng.choice([100, 150, 250, 400, 600])
+                else:
+                    s["texts"] = [rng.choice(BUSINESS_MORE[split] + T[split]["business"]),
+                                  rng.choice(T[split]["second"])]
+                if s["noise"] in ("babble", "office", "music_vocals"):
+                    bv = VOICES[split]["espeak-ng"][:4]
+                    s["babble"] = [(rng.choice(bv), t) for t in T[split]["babble"]]
+                specs.append(s)
+    return specs
+
+
 def needed_utterances(specs: list[dict]) -> set[tuple]:
     need = set()
     for s in specs:
@@ -426,7 +563,12 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
 
     if scen.startswith("human"):
         pause(200, 900)
-        if scen == "human_repeat":
+        if scen == "human_business_hello":
+            add("speech", say[0] * rng.uniform(0.7, 1.0))
+            pause(1500, 3000)                          # nobody replies: the person asks again, then waits
+            add("speech", say[1] * rng.uniform(0.7, 1.0))
+            pause(3000, 3000)
+        elif scen == "human_repeat":
             for k, x in enumerate(say):
                 add("speech", x * rng.uniform(0.7, 1.0))
                 if k < len(say) - 1:
@@ -509,7 +651,14 @@ def make_noise(spec: dict, n: int, rng: np.random.Generator, cache: Path) -> np.
         return car(n, rng)
     if kind == "music":
         return music(n * 1000 // SR + 1, rng, pure_share=0.2)[:n]
+    if kind == "street":
+        return street(n, rng)
     pool = [load_utt(cache, "espeak-ng", v, 1.0, 0, t) for v, t in spec["babble"]]
+    if kind == "office":
+        return office(n, rng, pool)
+    if kind == "music_vocals":
+        x = music(n * 1000 // SR + 1, rng, pure_share=0.2)[:n] + 0.8 * babble_few(n, rng, pool, 1)
+        return x / (x.std() or 1.0)
     return babble(n, rng, pool)
 
 
@@ -567,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.wav"):
         old.unlink()
-    specs = plan(args.scale)
+    specs = plan(args.scale) + plan_extra(args.scale)
     t0 = time.monotonic()
     synthesize_all(needed_utterances(specs), cache, args.jobs)
     t_tts = time.monotonic() - t0

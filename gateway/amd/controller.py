@@ -222,7 +222,10 @@ class AmdController:
             await call.request_hangup(HangupSource.SYSTEM, ab.value)
             self.done.set()
         elif ab is AnsweredBy.MACHINE_START:
-            self._silence_engine()
+            if self.external or self.settings.message_kind == "none":
+                self._silence_engine()
+            # else the engine stays held, not muted: our machine_start may still turn into human (a person's long
+            # answer, then their wait), and then its opening line plays; a machine_end_* mutes it
             await call.set_amd(result)
             if self.settings.message_kind == "none":
                 await self._hangup_voicemail("none")

@@ -38,6 +38,11 @@ SIT_SEGMENT_MS = (180, 480)      # E.180: 330 ± 70 ms; NANP 274 or 380 ms (20 m
 PEAK_FADE = 10 ** (-1 / 20 / 50)
 #: a beep may be broken by a noise burst this long and still be one beep
 BEEP_BREAK_MS = 80
+#: tones shorter than this (at most four inner frames to measure drift on) must hold their pitch to
+#: beep_short_drift_hz: a voice's harmonic at the end of a word glides only a few Hz in 80 ms, a beep not at all
+SHORT_BEEP_MS = 120
+#: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
+BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
 
 
@@ -83,12 +88,19 @@ class AmdDetector:
         self.voice_ms = 0
         self.consecutive_voice_ms = 0
         self.heard_ms = 0             # all speech heard (the greeting count may discount a short "Hello?")
+        #: how long the callee has talked: voiced frames plus the pauses shorter than talk_bridge_ms, the length a
+        #: listener would give their phrase (the VAD misses quiet syllables, so heard_ms falls short)
+        self.talk_ms = 0
         self.resumed = False          # speech resumed after a pause of greeting_pause_ms
         self.utterance_ms = 0         # voiced ms since the last pause of utterance_gap or more
         self.words = 0
         self.in_word = True          # app_amd starts "in a word": the first word counts only after some silence
         self.in_initial_silence = True
         self.in_greeting = False
+        #: a machine verdict on little speech waits for more speech (confirmed) or a person's wait (→ human)
+        self.provisional = False
+        self._unconfirmed: str | None = None   # without detect_message_end: the cause of a verdict not yet given
+        self._late_ms = -1            # talk in the utterance that began after a wait (-1: none going on)
         # outcome
         self.phase = "message_end" if start_in_message_end else "greeting"
         self.decisions: list[AmdDecision] = []
@@ -197,7 +209,7 @@ class AmdDetector:
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
                     and self.heard_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
-        if p.beep and ended is not None and p.beep_min_hz <= ended.freq_hz <= p.beep_max_hz:
+        if p.beep and ended is not None and self._in_beep_band(ended.freq_hz):
             pend = self._pending_beep
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
@@ -210,14 +222,20 @@ class AmdDetector:
                 self._pending_beep = ended
                 self._pend_quiet_ms = self._pend_loud_ms = 0
         if (p.beep and (t := self._tones.current(now)) is not None and t.duration_ms >= 3000
-                and p.beep_min_hz <= t.freq_hz <= p.beep_max_hz and self._beep_like(t)):
+                and self._in_beep_band(t.freq_hz) and self._beep_like(t)):
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _in_beep_band(self, freq_hz: float) -> bool:
+        """beep_min_hz..beep_max_hz, give or take the frequency estimate's error (a 2000 Hz beep reads 2000.2 Hz)."""
+        p = self.params
+        return p.beep_min_hz - BEEP_BAND_SLACK_HZ <= freq_hz <= p.beep_max_hz + BEEP_BAND_SLACK_HZ
 
     def _beep_like(self, t: Tone) -> bool:
         """A steady pure tone that starts out of quiet, after some speech, about as loud as that speech."""
         p = self.params
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= p.beep_max_drift_hz and t.purity >= p.beep_purity
+        drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
+        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
                 and t.pre_level <= t.level * p.beep_onset_ratio
                 and self.heard_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)
@@ -262,6 +280,7 @@ class AmdDetector:
                 return self._decide(AnsweredBy.HUMAN, f"HUMAN-{self.silence_ms}-{p.after_greeting_silence}")
             return None
         bridged = self.silence_ms if self.in_greeting and self.silence_ms < p.speech_bridge_ms else 0
+        self._talk()
         if self.in_greeting and self.silence_ms >= p.greeting_pause_ms > 0:
             self.resumed = True            # speech went on after a sentence pause: more than one answer phrase
         self.silence_ms = 0
@@ -273,28 +292,65 @@ class AmdDetector:
             self.words += 1
             self.in_word = True
         if self.consecutive_voice_ms >= p.maximum_word_length:
-            return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
+            return self._machine(f"MAXWORDLENGTH-{self.consecutive_voice_ms}")
         if p.maximum_number_of_words and self.words > p.maximum_number_of_words:
-            return self._decide(AnsweredBy.MACHINE_START, f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
+            return self._machine(f"MAXWORDS-{self.words}-{p.maximum_number_of_words}")
         if self.in_greeting and self.voice_ms >= p.greeting and (self.resumed or not p.greeting_pause_ms):
-            return self._decide(AnsweredBy.MACHINE_START, f"LONGGREETING-{self.voice_ms}-{p.greeting}")
+            return self._machine(f"LONGGREETING-{self.voice_ms}-{p.greeting}")
         if p.max_utterance and self.utterance_ms >= p.max_utterance:
-            return self._decide(AnsweredBy.MACHINE_START, f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
+            return self._machine(f"LONGUTTERANCE-{self.utterance_ms}-{p.max_utterance}")
         if self.consecutive_voice_ms >= p.min_word_length and not self.in_greeting:
             self.in_initial_silence = False
             self.in_greeting = True
         return None
+
+    def _machine(self, cause: str) -> AmdDecision | None:
+        """A machine by its speech. On less speech than a person's answer can hold, the verdict is provisional:
+        with detect_message_end, machine_start goes out now (the engine stays held) and a person's wait turns it into
+        human later; without, the one verdict waits until more speech confirms it or a wait refutes it."""
+        p = self.params
+        if p.answer_max_ms and not self.early_media and self.talk_ms < p.answer_max_ms:
+            self.provisional = True
+            if not self.detect_message_end:
+                self._unconfirmed = cause
+                self.phase = "message_end"
+                return None
+        return self._decide(AnsweredBy.MACHINE_START, cause)
+
+    def _talk(self) -> None:
+        """A voiced frame: count it, and the pause before it when that pause was short (inside the talk)."""
+        gap = self.silence_ms
+        self.talk_ms += FRAME_MS + (gap if self.talk_ms and gap < self.params.talk_bridge_ms else 0)
 
     def _message_end(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params
         if now >= p.message_end_timeout:
             return self._decide(AnsweredBy.MACHINE_END_OTHER, f"TIMEOUT-{now}")
         if voice:
+            if self.silence_ms >= p.talk_bridge_ms:
+                self._late_ms = 0                        # speech again after a wait: "Hello?" or the next sentence
+            before = self.talk_ms
+            self._talk()
+            if self._late_ms >= 0:
+                self._late_ms += self.talk_ms - before
             self.silence_ms = 0
             self.voice_ms += FRAME_MS
             self.heard_ms += FRAME_MS
+            late = self._late_ms if 0 <= self._late_ms < p.short_utterance_ms else 0
+            if self.provisional and self.talk_ms - late >= p.answer_max_ms:
+                self.provisional = False                 # longer than an answer: a greeting
+                if self._unconfirmed is not None:
+                    return self._decide(AnsweredBy.MACHINE_START, f"{self._unconfirmed}+TALK-{self.talk_ms}")
             return None
         self.silence_ms += FRAME_MS
+        if self.silence_ms >= p.utterance_gap and self._late_ms >= 0:
+            if self.provisional and self._late_ms < p.short_utterance_ms:
+                # a short call after the wait ("Hello?"): the person asking again, not more of a greeting
+                self.talk_ms -= self._late_ms
+            self._late_ms = -1
+        if self.provisional and self.silence_ms >= p.answer_wait_ms:
+            # a short phrase, then a wait with no beep: a person who asked and waits for the reply
+            return self._decide(AnsweredBy.HUMAN, f"ANSWER-{self.talk_ms}-{self.silence_ms}")
         if self.silence_ms >= p.message_end_silence:
             return self._decide(AnsweredBy.MACHINE_END_SILENCE, f"SILENCE-{self.silence_ms}")
         return None

@@ -44,6 +44,14 @@ class AmdParams:
     short_utterance_ms: int = 800
     #: a pause at least this long ends an utterance.
     utterance_gap: int = 400
+    #: a machine verdict reached on less speech than this is provisional (0 = every verdict is final): a person's
+    #: answer can run 2.5–4.5 s ("Good morning, Acme support, Tom speaking, how can I help?") and looks like a
+    #: greeting until it stops — then the person waits for a reply, while a greeting goes on or beeps.
+    answer_max_ms: int = 4500
+    #: silence after a provisional machine verdict (no beep) that shows a person waiting for a reply → human.
+    answer_wait_ms: int = 2400
+    #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
+    talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
     silence_threshold: int = 256
     #: verdict when the callee stays silent for `initial_silence`: Twilio says unknown, app_amd says machine.
@@ -67,7 +75,7 @@ class AmdParams:
     beep_min_hz: int = 400
     beep_max_hz: int = 2000
     #: a tone must hold this long (steady pitch) to be a beep.
-    beep_min_ms: int = 100
+    beep_min_ms: int = 80
     #: after the tone stops, this long of quiet confirms a beep (a vowel or a note is followed by more sound).
     beep_confirm_ms: int = 200
     #: mean purity over the tone's frames for a beep (a voice's strongest harmonic, even through the phone band's
@@ -75,6 +83,8 @@ class AmdParams:
     beep_purity: float = 0.9
     #: a beep's pitch stays within this many Hz over its length (a voice's harmonics and sung notes glide).
     beep_max_drift_hz: float = 12.0
+    #: the same for a tone shorter than 120 ms, whose few frames show a voice's glide as only a few Hz.
+    beep_short_drift_hz: float = 2.0
     #: the sound just before a beep is at most this fraction of the beep's level (it starts out of quiet).
     beep_onset_ratio: float = 0.5
     #: the sound after a beep must stay under this fraction of its level (quiet follows it).
@@ -107,7 +117,8 @@ class AmdParams:
         return cls(initial_silence=2500, greeting=1500, after_greeting_silence=800, total_analysis_time=5000,
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
-                   vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, beep=False, fax=False,
+                   vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, answer_max_ms=0,
+                   beep=False, fax=False,
                    sit=False)
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> AmdParams:
@@ -141,6 +152,8 @@ class AmdParams:
             raise ValueError("vad_mode must be 0..3")
         if not 0 < self.beep_min_hz < self.beep_max_hz <= 3400:
             raise ValueError("beep_min_hz < beep_max_hz <= 3400 required")
+        if self.answer_max_ms and not 0 < self.answer_wait_ms < self.message_end_silence:
+            raise ValueError("answer_wait_ms must be > 0 and shorter than message_end_silence")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

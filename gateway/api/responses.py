@@ -146,13 +146,25 @@ class QueueCancelled(Reply):
 
 
 class BulkCall(Row):
-    """A bulk call with OmniDimension's names beside ours (`bot_id`, `total_calls`)."""
+    """A bulk call with OmniDimension's names beside ours (`bot_id`, `total_calls`, `completed_calls`…)."""
     id: int
     name: str
-    status: str = Field(description="in_progress, paused, cancelled, or completed once nothing is left to dial")
+    status: str = Field(description="scheduled (its start is ahead), in_progress, paused, cancelled, or "
+                                    "completed once nothing is left to dial")
     bot_id: int | None
     total_calls: int
-    counts: dict[str, int] = Field(description="queued calls per status")
+    counts: dict[str, int] = Field(description="contacts per progress state: queued, dialing, retrying, "
+                                               "completed (answered), failed (not answered after its attempts, "
+                                               "or never placed), cancelled")
+    outcomes: dict[str, int] = Field(description="done contacts per call_status of their last call")
+    completed_calls: int = Field(description="contacts done, whatever the outcome (OmniDimension)")
+    pending_calls: int
+    failed_calls: int
+    is_scheduled: bool
+    scheduled_at: str | None = Field(description="when its calls start (ISO 8601, UTC)")
+    scheduled_datetime: str | None = Field(description="the same in `timezone`, YYYY-MM-DD HH:MM:SS")
+    timezone: str
+    retry: dict[str, Any] | None = Field(description="{max_attempts, delay_seconds, on}; null: no retries")
 
 
 class BulkCreated(Reply):
@@ -162,6 +174,8 @@ class BulkCreated(Reply):
     id: int
     total_contacts: int
     queue_ids: list[int]
+    is_scheduled: bool
+    current_status: Literal["scheduled", "in_progress"]
 
 
 class BulkList(Paged):
@@ -179,6 +193,8 @@ class BulkActed(Reply):
     status: Literal["success"]
     message: str
     current_status: str
+    scheduled_datetime: str | None = Field(None, description="reschedule: the new start in `timezone`")
+    timezone: str | None = None
 
 
 class CallLog(Row):
@@ -210,6 +226,8 @@ class CallLog(Row):
     timing: dict[str, Any] | None = Field(description="conversation timing summary (gateway/turns.py)")
     recording_status: str | None = Field(None, description="when the call was recorded (docs/recording.md)")
     recording: dict[str, Any] | None = Field(None, description="what was recorded and where (no local paths)")
+    bulk_call_id: int | None = Field(None, description="the bulk call it was placed for")
+    attempt: int | None = Field(None, description="a queued call's attempt: 1, then 2… when retried")
 
 
 class CallLogList(Paged):

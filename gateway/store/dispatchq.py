@@ -12,19 +12,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..retries import RetryPolicy, settle
 from .models import BulkCall, CallLog, DispatchPace, QueuedCall, row_dict, utcnow
 from .nodes import ClusterStore
 
 #: item states that will not change any more
-FINAL = ("dispatched", "failed", "cancelled")
-ITEM_STATUSES = ("queued", "dispatching", *FINAL)
+FINAL = ("completed", "failed", "cancelled")
+ITEM_STATUSES = ("queued", "dispatching", "dispatched", *FINAL)
+#: a bulk call's progress counts: queued (first attempt not placed yet), dialing (being placed, or its call is
+#: live), retrying (waiting for another attempt), completed (answered), failed, cancelled
+PROGRESS = ("queued", "dialing", "retrying", "completed", "failed", "cancelled")
 
 
 #: the batch writer's statement for `finish_item` (executemany: one row per finished item)
@@ -44,6 +48,15 @@ class Slots:
     wait: float = 0.0
 
 
+def progress(status: str, tried: bool) -> str:
+    """The progress count an item of `status` falls in (`tried`: a call was placed for it before)."""
+    if status == "queued":
+        return "retrying" if tried else "queued"
+    if status in ("dispatching", "dispatched"):
+        return "dialing"
+    return status
+
+
 class QueueStore(ClusterStore):
     """Mixed into `Store`; uses its engine, sessions and write turn."""
 
@@ -57,11 +70,15 @@ class QueueStore(ClusterStore):
                             ) -> tuple[dict[str, Any] | None, list[int]]:
         """Queue calls (`agent_id`, `from_number_id`, `to_number`, `call_context`, optionally `recording`: the
         per-call recording override), optionally as a new bulk call
-        whose id goes into every item's `bulk_call_id` and `call_context.bulk_call_id`; one transaction."""
+        whose id goes into every item's `bulk_call_id` and `call_context.bulk_call_id`; one transaction. A bulk
+        call's `scheduled_at` (aware datetime) is its items' `not_before`."""
         bulk_row = None
+        not_before = 0.0
         async with self._writing_core() as conn:
             bulk_id = None
             if bulk is not None:
+                if bulk.get("scheduled_at") is not None:
+                    not_before = bulk["scheduled_at"].timestamp()
                 bulk_id = (await conn.execute(insert(BulkCall).values(**bulk, created_at=utcnow())
                                               .returning(BulkCall.id))).scalar_one()
                 items = [{**it, "call_context": {**(it.get("call_context") or {}), "bulk_call_id": bulk_id}}
@@ -69,7 +86,7 @@ class QueueStore(ClusterStore):
             rows = [{"agent_id": it["agent_id"], "from_number_id": it["from_number_id"],
                      "to_number": it["to_number"], "call_context": it.get("call_context") or {},
                      "recording": it.get("recording"),
-                     "bulk_call_id": bulk_id, "status": "queued", "attempts": 0, "not_before": 0.0,
+                     "bulk_call_id": bulk_id, "status": "queued", "attempts": 0, "not_before": not_before,
                      "created_at": utcnow()} for it in items]
             ids = [r[0] for r in (await conn.execute(insert(QueuedCall).returning(QueuedCall.id), rows)).all()]
             if bulk_id is not None:
@@ -164,11 +181,12 @@ class QueueStore(ClusterStore):
 
     async def requeue_item(self, item_id: int, not_before: float, error: str | None = None) -> None:
         """Back to `queued` (the number or the gateway was full when its slot came): tried again after
-        `not_before` (epoch s)."""
+        `not_before` (epoch s). No call was placed, so the claim's attempt is given back."""
         async with self._writing_core() as conn:
             await conn.execute(update(QueuedCall).where(QueuedCall.id == item_id,
                                                         QueuedCall.status == "dispatching").values(
-                status="queued", owner=None, not_before=not_before, error=error[:300] if error else None))
+                status="queued", owner=None, not_before=not_before, error=error[:300] if error else None,
+                attempts=QueuedCall.attempts - 1))
 
     async def fail_queued(self, number_id: int, error: str) -> int:
         """Fail every queued item of a number that cannot dial any more (deleted, no carrier)."""
@@ -190,14 +208,63 @@ class QueueStore(ClusterStore):
             who = or_(QueuedCall.owner.is_(None), QueuedCall.owner.not_in(self._alive_owners(stale_after)),
                       *([QueuedCall.owner == mine] if mine else []))
         orphaned = [QueuedCall.status == "dispatching", who]
+        # the row of this attempt (a retried item has one row per attempt; rows of older releases have none)
+        this_attempt = or_(CallLog.attempt == QueuedCall.attempts, CallLog.attempt.is_(None))
         async with self._writing_core() as conn:
             placed = (await conn.execute(select(QueuedCall.id, CallLog.id).join(
-                CallLog, CallLog.queue_item_id == QueuedCall.id).where(*orphaned))).all()
+                CallLog, (CallLog.queue_item_id == QueuedCall.id) & this_attempt).where(*orphaned))).all()
             for item_id, call_id in placed:
                 await conn.execute(update(QueuedCall).where(QueuedCall.id == item_id).values(
                     status="dispatched", call_log_id=call_id, dispatched_at=utcnow()))
-            result = await conn.execute(update(QueuedCall).where(*orphaned).values(status="queued", owner=None))
+            result = await conn.execute(update(QueuedCall).where(*orphaned).values(
+                status="queued", owner=None, attempts=QueuedCall.attempts - 1))
         return len(placed), int(result.rowcount or 0)
+
+    async def settle_items(self, limit: int = 2000) -> dict[str, int]:
+        """Settle placed items whose call ended (gateway/retries.py): completed, failed, or queued again for a
+        retry `delay_seconds` after the call ended. Any process may run it: each item is settled once (its
+        update is conditional on `dispatched`; PostgreSQL skips rows another process is settling). Returns how
+        many items went each way."""
+        done: dict[str, int] = {"completed": 0, "failed": 0, "retry": 0}
+        ended = [QueuedCall.status == "dispatched", CallLog.ended_at.is_not(None)]
+        async with self._session() as s:       # most turns find nothing: no write turn for them
+            if await s.scalar(select(QueuedCall.id).join(CallLog, CallLog.id == QueuedCall.call_log_id)
+                              .where(*ended).limit(1)) is None:
+                return done
+        async with self._writing_core() as conn:
+            rows = (await conn.execute(
+                select(QueuedCall.id, QueuedCall.attempts, QueuedCall.bulk_call_id, CallLog.call_status,
+                       CallLog.ended_at)
+                .join(CallLog, CallLog.id == QueuedCall.call_log_id).where(*ended)
+                .order_by(QueuedCall.id).limit(limit).with_for_update(of=QueuedCall, skip_locked=True))).all()
+            if not rows:
+                return done
+            bulk_ids = sorted({r.bulk_call_id for r in rows if r.bulk_call_id is not None})
+            bulks = {b.id: (RetryPolicy.of(b.retry), b.status != "cancelled") for b in (await conn.execute(
+                select(BulkCall.id, BulkCall.retry, BulkCall.status).where(BulkCall.id.in_(bulk_ids)))).all()}
+            final: list[dict[str, Any]] = []
+            again: list[dict[str, Any]] = []
+            for r in rows:
+                policy, may_retry = bulks.get(r.bulk_call_id, (None, False))
+                fate = settle(r.call_status, r.attempts, policy, may_retry=may_retry)
+                done[fate] += 1
+                if fate == "retry":
+                    assert policy is not None
+                    at = r.ended_at if r.ended_at.tzinfo else r.ended_at.replace(tzinfo=UTC)
+                    again.append({"_id": r.id, "outcome": r.call_status,
+                                  "not_before": at.timestamp() + policy.delay_seconds})
+                else:
+                    final.append({"_id": r.id, "status": fate, "outcome": r.call_status})
+            if final:
+                await conn.execute(update(QueuedCall).where(
+                    QueuedCall.id == bindparam("_id"), QueuedCall.status == "dispatched").values(
+                    status=bindparam("status"), outcome=bindparam("outcome")), final)
+            if again:
+                await conn.execute(update(QueuedCall).where(
+                    QueuedCall.id == bindparam("_id"), QueuedCall.status == "dispatched").values(
+                    status="queued", owner=None, outcome=bindparam("outcome"),
+                    not_before=bindparam("not_before")), again)
+        return done
 
     # reading and cancelling -----------------------------------------------------------------------------------
     async def list_queue(self, pageno: int = 1, pagesize: int = 20, *, status: str | None = None,
@@ -237,14 +304,24 @@ class QueueStore(ClusterStore):
 
     # bulk calls -----------------------------------------------------------------------------------------------
     async def get_bulk(self, bulk_id: int) -> dict[str, Any] | None:
+        """A bulk call with its progress `counts` (PROGRESS) and `outcomes`: how its contacts' last calls ended
+        (call_status → contacts), for those whose calls ended."""
         await self.flush()
         async with self._session() as s:
             b = await s.get(BulkCall, bulk_id)
             if b is None:
                 return None
-            counts = dict((await s.execute(select(QueuedCall.status, func.count(QueuedCall.id)).where(
-                QueuedCall.bulk_call_id == bulk_id).group_by(QueuedCall.status))).all())
-        return {**row_dict(b), "counts": {k: int(counts.get(k, 0)) for k in ITEM_STATUSES}}
+            rows = (await s.execute(
+                select(QueuedCall.status, QueuedCall.attempts, QueuedCall.outcome, func.count(QueuedCall.id))
+                .where(QueuedCall.bulk_call_id == bulk_id)
+                .group_by(QueuedCall.status, QueuedCall.attempts, QueuedCall.outcome))).all()
+        counts = dict.fromkeys(PROGRESS, 0)
+        outcomes: dict[str, int] = {}
+        for status, attempts, outcome, n in rows:
+            counts[progress(status, attempts > 0)] += int(n)
+            if status in ("completed", "failed") and outcome:
+                outcomes[outcome] = outcomes.get(outcome, 0) + int(n)
+        return {**row_dict(b), "counts": counts, "outcomes": outcomes}
 
     async def list_bulks(self, pageno: int = 1, pagesize: int = 20) -> tuple[list[dict[str, Any]], int]:
         async with self._session() as s:
@@ -253,6 +330,37 @@ class QueueStore(ClusterStore):
                                         .offset((pageno - 1) * pagesize).limit(pagesize))).all())
         out = [await self.get_bulk(i) for i in ids]
         return [b for b in out if b is not None], int(total or 0)
+
+    async def reschedule_bulk(self, bulk_id: int, when: datetime, zone: str | None) -> bool:
+        """Move a bulk call's start: its calls not tried yet wait until `when` (calls already placed or waiting
+        for a retry are not moved). False when it is cancelled or gone."""
+        async with self._writing_core() as conn:
+            result = await conn.execute(update(BulkCall).where(BulkCall.id == bulk_id,
+                                                               BulkCall.status != "cancelled")
+                                        .values(scheduled_at=when, timezone=zone))
+            if result.rowcount != 1:
+                return False
+            await conn.execute(update(QueuedCall).where(QueuedCall.bulk_call_id == bulk_id,
+                                                        QueuedCall.status == "queued", QueuedCall.attempts == 0)
+                               .values(not_before=when.timestamp()))
+        return True
+
+    async def stopped_bulks(self, bulk_ids: list[int]) -> dict[int, str]:
+        """Of `bulk_ids`, those paused or cancelled (id → status): their claimed calls are given back."""
+        if not bulk_ids:
+            return {}
+        async with self._session() as s:
+            rows = (await s.execute(select(BulkCall.id, BulkCall.status).where(
+                BulkCall.id.in_(bulk_ids), BulkCall.status != "in_progress"))).all()
+        return {int(i): str(st) for i, st in rows}
+
+    async def cancel_queued_of_bulk(self, bulk_id: int) -> int:
+        """Cancel the calls of a bulk call still waiting (queued, or waiting for a retry)."""
+        async with self._writing_core() as conn:
+            result = await conn.execute(update(QueuedCall).where(QueuedCall.bulk_call_id == bulk_id,
+                                                                 QueuedCall.status == "queued")
+                                        .values(status="cancelled"))
+            return int(result.rowcount or 0)
 
     async def set_bulk_status(self, bulk_id: int, status: str, *, only_from: tuple[str, ...]) -> bool:
         """Move a bulk call to `status` if it is in one of `only_from`; cancelling also cancels its queued

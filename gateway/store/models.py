@@ -109,6 +109,9 @@ class CallLog(Base):
     #: the dispatch-queue item this call was placed for (gateway/dispatcher.py): how a restart tells a placed
     #: item from one that never reached a carrier
     queue_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    #: the bulk call it belongs to, and which attempt of its queue item it is (1, then 2… for retries)
+    bulk_call_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CallEvent(Base):
@@ -169,13 +172,21 @@ class BulkCall(Base):
     status: Mapped[str] = mapped_column(String(16), default="in_progress")
     #: at most this many of its calls live at once (OmniDimension's concurrent_call_limit); None: the number's
     concurrent_call_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: when its first calls may start (its items' `not_before`); None: at once. `timezone`: the IANA zone it was
+    #: given in (shown back, OmniDimension's `timezone`)
+    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: retries of calls that were not answered: {max_attempts, delay_seconds, on: [call statuses]}; None: none
+    retry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class QueuedCall(Base):
     """One call waiting in the dispatch queue (gateway/dispatcher.py). `status`: queued → dispatching (claimed by
-    process `owner`) → dispatched (`call_log_id` is the call) | failed (`error`) | cancelled. Claims are
-    conditional (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so one process of a cluster places each item once."""
+    process `owner`) → dispatched (placed: `call_log_id` is the call) → completed (answered) | failed (not
+    answered, no retry left: `outcome` says how; or never placed: `error`) | queued again for a retry (`attempts`
+    so far, `not_before`); or cancelled while queued. Claims are conditional (PostgreSQL: `FOR UPDATE SKIP
+    LOCKED`), so one process of a cluster places each item once."""
 
     __tablename__ = "dispatch_queue"
     __table_args__ = (Index("ix_dispatch_queue_status_number", "status", "from_number_id"), NEVER_REUSE_IDS)
@@ -194,6 +205,8 @@ class QueuedCall(Base):
     not_before: Mapped[float] = mapped_column(Float, default=0.0)
     call_log_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    #: the call_status its last call ended with (completed, busy, no-answer, failed…)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, event, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -107,7 +107,7 @@ _CALL_DEFAULTS: dict[str, Any] = {
     "hangup_source": None, "hangup_reason": None, "recording_url": None, "recording_status": None, "recording": None,
     "call_context": {}, "extra": {},
     "owner": None,
-    "timing": None, "queue_item_id": None,
+    "timing": None, "queue_item_id": None, "bulk_call_id": None, "attempt": None,
 }
 
 
@@ -557,8 +557,9 @@ class Store(ChannelStore, QueueStore, HealthStore):
                      (CallLog.created_at < until) if until is not None else None):
             if cond is not None:
                 q, cq = q.where(cond), cq.where(cond)
-        if bulk_call_id is not None:   # call_context.bulk_call_id, as a number or a numeric string
-            tag = CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id)
+        if bulk_call_id is not None:   # a bulk call's calls; or dispatched with call_context.bulk_call_id = N
+            tag = or_(CallLog.bulk_call_id == bulk_call_id,
+                      CallLog.call_context["bulk_call_id"].as_string() == str(bulk_call_id))
             q, cq = q.where(tag), cq.where(tag)
         if carrier_sid is not None:
             q, cq = q.where(CallLog.carrier_sid == carrier_sid), cq.where(CallLog.carrier_sid == carrier_sid)
