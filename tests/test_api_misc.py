@@ -2,14 +2,13 @@
 traceback), the OpenAPI document covering every route, /healthz and Prometheus /metrics."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
 import aiohttp
 import pytest
 
-from gateway.carrier import Carrier, ImportField
+from gateway.carrier import ImportField
 from sipp import metric_value
 from test_api_fakes import Api, FakeSipCarrier, api, sip_body  # noqa: F401
 
@@ -47,35 +46,6 @@ async def test_every_api_route_requires_the_key(api):
             assert r.status == 401
     # nothing was written by the unauthenticated requests
     assert (await api.gw.store.list_numbers())[1] == 0 and await api.gw.store.list_agents() == []
-
-
-async def test_healthz_says_starting_until_every_carrier_listens(make_gateway):
-    """HTTP is served before the carriers start (gateway/runtime.py): until the last one listens, /healthz answers
-    503 `starting`, so nothing (a balancer, a test waiting for 200) takes the process for one that can take calls."""
-    reached, go_on = asyncio.Event(), asyncio.Event()
-    started: list = []
-
-    class SlowToListen(Carrier):
-        name = "slow"
-
-        async def start(self) -> None:
-            started.append(self.gateway)
-            reached.set()
-            await go_on.wait()
-
-    making = asyncio.create_task(make_gateway(carriers={"slow": SlowToListen}))
-    try:
-        await asyncio.wait_for(reached.wait(), 30)
-        async with aiohttp.ClientSession() as s:
-            async with s.get(started[0].url("/healthz")) as r:
-                assert r.status == 503 and (await r.json())["status"] == "starting"
-            go_on.set()
-            gw = await asyncio.wait_for(making, 30)
-            async with s.get(gw.url("/healthz")) as r:
-                assert r.status == 200 and (await r.json())["status"] == "ok"
-    finally:
-        go_on.set()
-        await making
 
 
 async def test_healthz_and_metrics_are_open(api):

@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY
+from conftest import API_KEY, load_example
 from gateway.frames import AudioFrame, Dtmf, Mark
 from test_api_fakes import FakeLeg
 
 T = 5.0
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "engine_client.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("engine_client_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("engine_client")
 
 
 async def until(predicate):
