@@ -140,12 +140,18 @@ class CpuAccount:
         await self.sample()
         self._task = asyncio.create_task(self._loop())
 
+    @property
+    def running(self) -> bool:
+        """Between start() and stop()."""
+        return self._task is not None
+
     async def stop(self) -> dict[str, float]:
         """CPU seconds per component (and REST: the machine's busy time nobody here used) since start()."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         await self.sample()
         self.wall = time.monotonic() - self._t0
         used = {name: 0.0 for name in [*self.components, *self.async_components]}

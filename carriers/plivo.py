@@ -59,6 +59,8 @@ DIAL_STATUS = {"busy": "busy", "no-answer": "no-answer", "timeout": "no-answer",
 #: hangup_url HangupCause of a call that never got its stream → call-log status
 NOT_CONNECTED = {"USER_BUSY": "busy", "NO_ANSWER": "no-answer", "ORIGINATOR_CANCEL": "canceled",
                  "CALL_REJECTED": "failed"}
+#: the callback fields the call's handlers read: what a callback forwarded to the owning process carries
+FORWARDED_FIELDS = ("CallUUID", "RequestUUID", "HangupCauseName", "HangupCause", "DialAction", "DialStatus")
 
 
 def plivo_detail(body: Any) -> str:
@@ -75,6 +77,20 @@ def _same(pcm: bytes) -> bytes:
 
 def xml(resp: plivoxml.ResponseElement) -> web.Response:
     return web.Response(text=resp.to_string(False), content_type="application/xml")
+
+
+def _hangup_xml() -> str:
+    resp = plivoxml.ResponseElement()
+    resp.add(plivoxml.HangupElement())
+    return str(resp.to_string(False))
+
+
+def _attempt(query: dict[str, str]) -> int:
+    """The transfer attempt a callback URL names (`?attempt=`); -1 when it is not a number."""
+    try:
+        return int(query.get("attempt", "0"))
+    except ValueError:
+        return -1
 
 
 class PlivoStream(MediaStream):
@@ -211,36 +227,76 @@ class PlivoCarrier(RestCallCarrier):
         except Exception:     # the SDK's argument checks: a malformed header or URL is simply not a signature
             return False
 
-    async def _signed(self, request: web.Request) -> tuple[dict[str, str], LegState | None]:
-        """The form and the call's leg (by our call_id); raises 403 unless the leg's number signed it."""
+    async def _callback(self, request: web.Request, kind: str) -> web.Response:
+        """A callback about one of our calls (`?call_id=`), signed by the call's number: carried out here when the
+        call is, else by the process of the cluster that holds it (its answer, e.g. the next XML, comes back)."""
         params = {k: str(v) for k, v in (await request.post()).items()}
-        st = self.legs.get(request.query.get("call_id", ""))
-        if not self.signature_ok(request, params, st.number if st else None):
+        call_id = request.query.get("call_id", "")
+        st = self.legs.get(call_id)
+        number = st.number if st is not None else await self.number_of_call(call_id)
+        if not self.signature_ok(request, params, number):
             raise web.HTTPForbidden(text="invalid or missing X-Plivo-Signature-V3\n")
-        return params, st
+        query = {k: request.query[k] for k in ("attempt", "message") if k in request.query}
+        if st is not None:
+            answer = await self._carry_out(kind, st, params, query)
+        else:
+            fields = {k: params[k][:200] for k in FORWARDED_FIELDS if k in params}
+            forwarded = await self.forward(call_id, {"kind": kind, "params": fields, "query": query})
+            answer = forwarded if forwarded is not None else await self._carry_out(kind, None, params, query)
+        if "xml" in answer:
+            return web.Response(text=str(answer["xml"]), content_type="application/xml")
+        return web.Response(text="")
+
+    async def on_forwarded(self, st: LegState, args: dict[str, Any]) -> dict[str, Any]:
+        params, query = args.get("params"), args.get("query")
+        return await self._carry_out(str(args.get("kind") or ""), st,
+                                     {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
+                                     {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {})
+
+    async def _carry_out(self, kind: str, st: LegState | None, params: dict[str, str],
+                         query: dict[str, str]) -> dict[str, Any]:
+        """What a callback does to the call (`st`: None when no process holds it): {"xml": …} to answer with XML."""
+        if kind == "answer":
+            return {"xml": await self._answered(st, params) if st is not None else _hangup_xml()}
+        if kind == "hangup":
+            if st is not None:
+                await self._hung_up(st, params)
+            return {}
+        if kind == "transfer":      # aleg_url: Plivo leaves our stream and dials the target
+            attempt = _attempt(query)
+            if st is None or st.state != "transferring" or not 0 <= attempt < len(st.transfer_targets):
+                return {"xml": _hangup_xml()}
+            return {"xml": self.dial_xml(st, attempt, query.get("message") or None)}
+        if kind == "dial_callback":
+            if st is not None and params.get("DialAction") == "answer" and _attempt(query) == len(st.attempts):
+                await self.transfer_answered(st)
+            return {}
+        if kind == "dial_action":
+            return {"xml": await self._dial_action(st, params, query)}
+        if kind == "consult_answer":
+            return {"xml": await self._consult_answered(st, params)}
+        if kind == "consult_hangup":
+            await self._consult_hung_up(st, params)
+            return {}
+        raise ValueError(f"unknown Plivo callback {kind!r}")
 
     # -- answer --------------------------------------------------------------------------------------------------
-    async def stream_xml(self, st: LegState, url: str | None = None) -> web.Response:
+    async def stream_xml_text(self, st: LegState, url: str | None = None) -> str:
         """`<Stream>` to the call's media socket (or to `url`: a consultation's) in the number's audio format."""
         resp = plivoxml.ResponseElement()
         fmt = number_settings(st.number).get("audio_format")
         resp.add(plivoxml.StreamElement(url or await self.stream_url(st), bidirectional=True, keepCallAlive=True,
                                         contentType=fmt if fmt in CONTENT_TYPES else CONTENT_TYPES[0],
                                         streamTimeout=86400))
-        return xml(resp)
+        return str(resp.to_string(False))
+
+    async def stream_xml(self, st: LegState, url: str | None = None) -> web.Response:
+        return web.Response(text=await self.stream_xml_text(st, url), content_type="application/xml")
 
     async def answer_webhook(self, request: web.Request) -> web.Response:
+        if request.query.get("call_id"):       # our outbound call was answered
+            return await self._callback(request, "answer")
         params = {k: str(v) for k, v in (await request.post()).items()}
-        st = self.legs.get(request.query.get("call_id", ""))
-        if st is not None:       # our outbound call was answered
-            if not self.signature_ok(request, params, st.number):
-                raise web.HTTPForbidden(text="invalid or missing X-Plivo-Signature-V3\n")
-            uuid = params.get("CallUUID", "")
-            if uuid and not st.carrier_id:
-                st.carrier_id = uuid
-                st.call.set_carrier_sid(uuid)
-                await st.call.record(carrier_sid=uuid, call_status="in-progress", answered_at=utcnow())
-            return await self.stream_xml(st)
         try:
             to = normalize_e164(params.get("To", ""))
         except ValueError:
@@ -276,9 +332,9 @@ class PlivoCarrier(RestCallCarrier):
 
     async def hangup_webhook(self, request: web.Request) -> web.Response:
         """hangup_url of our outbound calls (and of an application pointed here): the call is over at Plivo."""
-        params, st = await self._signed(request)
-        if st is None:
-            return web.Response(text="")
+        return await self._callback(request, "hangup")
+
+    async def _hung_up(self, st: LegState, params: dict[str, str]) -> None:
         call = st.call
         st.hangup_sent = True
         cause = params.get("HangupCauseName") or params.get("HangupCause") or ""
@@ -288,10 +344,18 @@ class PlivoCarrier(RestCallCarrier):
             await call.end(HangupSource.USER if status != "failed" else HangupSource.CARRIER, status, status=status)
         elif st.state != "released":
             await call.end(HangupSource.USER, "caller_hangup")
-        return web.Response(text="")
+
+    async def _answered(self, st: LegState, params: dict[str, str]) -> str:
+        """answer_url of our outbound call: its CallUUID, then the stream XML."""
+        uuid = params.get("CallUUID", "")
+        if uuid and not st.carrier_id:
+            st.carrier_id = uuid
+            st.call.set_carrier_sid(uuid)
+            await st.call.record(carrier_sid=uuid, call_status="in-progress", answered_at=utcnow())
+        return await self.stream_xml_text(st)
 
     # -- transfer ------------------------------------------------------------------------------------------------
-    def dial_xml(self, st: LegState, attempt: int, message: str | None = None) -> web.Response:
+    def dial_xml(self, st: LegState, attempt: int, message: str | None = None) -> str:
         call = st.call
         opts = ((call.agent or {}).get("settings") or {}).get("transfer") or {}
         q = urlencode({"call_id": call.id, "attempt": attempt})
@@ -304,50 +368,34 @@ class PlivoCarrier(RestCallCarrier):
                                     timeout=int(opts.get("timeout") or self.ring_timeout))
         dial.add(plivoxml.NumberElement(st.transfer_targets[attempt]))
         resp.add(dial)
-        return xml(resp)
-
-    @staticmethod
-    def _attempt(request: web.Request) -> int:
-        try:
-            return int(request.query.get("attempt", "0"))
-        except ValueError:
-            return -1
+        return str(resp.to_string(False))
 
     async def transfer_xml(self, request: web.Request) -> web.Response:
         """aleg_url of a transfer: Plivo leaves our stream and dials the target."""
-        _params, st = await self._signed(request)
-        attempt = self._attempt(request)
-        if st is None or st.state != "transferring" or not 0 <= attempt < len(st.transfer_targets):
-            resp = plivoxml.ResponseElement()
-            resp.add(plivoxml.HangupElement())
-            return xml(resp)
-        return self.dial_xml(st, attempt, request.query.get("message") or None)
+        return await self._callback(request, "transfer")
 
     async def dial_callback(self, request: web.Request) -> web.Response:
         """<Dial callbackUrl>: DialAction=answer means the target took the call."""
-        params, st = await self._signed(request)
-        if st is not None and params.get("DialAction") == "answer" and self._attempt(request) == len(st.attempts):
-            await self.transfer_answered(st)
-        return web.Response(text="")
+        return await self._callback(request, "dial_callback")
 
     async def dial_action(self, request: web.Request) -> web.Response:
         """<Dial action>: the attempt is over. A failure dials the next number, or returns the caller to the agent
         on a new stream; after a bridged call (completed) the caller has left."""
-        params, st = await self._signed(request)
-        hang = plivoxml.ResponseElement()
-        hang.add(plivoxml.HangupElement())
-        if st is None or self._attempt(request) != len(st.attempts):
-            return xml(hang)
+        return await self._callback(request, "dial_action")
+
+    async def _dial_action(self, st: LegState | None, params: dict[str, str], query: dict[str, str]) -> str:
+        if st is None or _attempt(query) != len(st.attempts):
+            return _hangup_xml()
         status = params.get("DialStatus", "failed")
         if status in ("completed", "answer"):
             await self.transfer_answered(st)
-            return xml(hang)
+            return _hangup_xml()
         nxt = await self.transfer_failed(st, DIAL_STATUS.get(status, "failed"))
         if nxt is not None:
             return self.dial_xml(st, nxt)
         if st.state == "reconnecting":
-            return await self.stream_xml(st)
-        return xml(hang)
+            return await self.stream_xml_text(st)
+        return _hangup_xml()
 
     # -- attended transfer (carriers/socket_consult.py) ----------------------------------------------------------
     async def consult_dial(self, c: SocketConsultation) -> None:
@@ -392,24 +440,25 @@ class PlivoCarrier(RestCallCarrier):
 
     async def consult_answer(self, request: web.Request) -> web.Response:
         """answer_url of the consultation call: stream it to the consultation socket (or hang up: it is over)."""
-        params, st = await self._signed(request)
-        c = st.consultation if st is not None else None
-        if st is None or c is None or c.over:
-            resp = plivoxml.ResponseElement()
-            resp.add(plivoxml.HangupElement())
-            return xml(resp)
-        if params.get("CallUUID"):
-            c.target_id = params["CallUUID"]
-        return await self.stream_xml(st, self.consult_stream_url(c))
+        return await self._callback(request, "consult_answer")
 
     async def consult_hangup_webhook(self, request: web.Request) -> web.Response:
         """hangup_url of the consultation call: busy / no answer, or the target hung up."""
-        params, st = await self._signed(request)
+        return await self._callback(request, "consult_hangup")
+
+    async def _consult_answered(self, st: LegState | None, params: dict[str, str]) -> str:
+        c = st.consultation if st is not None else None
+        if st is None or c is None or c.over:
+            return _hangup_xml()
+        if params.get("CallUUID"):
+            c.target_id = params["CallUUID"]
+        return await self.stream_xml_text(st, self.consult_stream_url(c))
+
+    async def _consult_hung_up(self, st: LegState | None, params: dict[str, str]) -> None:
         c = st.consultation if st is not None else None
         if c is not None and (params.get("CallUUID") == c.target_id or params.get("RequestUUID") == c.target_state):
             cause = params.get("HangupCauseName") or params.get("HangupCause") or ""
             await c.dial_failed(NOT_CONNECTED.get(cause.upper().replace(" ", "_"), "failed"))
-        return web.Response(text="")
 
     async def consult_join_xml(self, request: web.Request) -> web.Response:
         """aleg_url of both calls of a completed attended transfer: the conference (checked against the number)."""

@@ -30,6 +30,7 @@ from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
 from gateway.sip.locate import LocateError, Locator
 from gateway.sip.message import NameAddr, SipResponse
 from gateway.sip.numbering import DialFormatError, DialPlan, called_number_candidates, inbound_number, sip_uri, uri_user
+from gateway.sip.origin import TrustedProxies
 from gateway.sip.registration import Registration
 from gateway.sip.sdp import (
     NoCommonCodec,
@@ -303,6 +304,10 @@ class SipCarrier(Carrier):
     def advertised_ip(self) -> str:
         return self.gateway.settings.sip_contact_host
 
+    def waiting_for(self) -> list[str]:
+        """SIP and RTP listen once `start()` returns."""
+        return [] if self.up else ["sip", "rtp"]
+
     async def start(self) -> None:
         s = self.gateway.settings
         if not s.enable_sip:
@@ -314,6 +319,8 @@ class SipCarrier(Carrier):
         self.transport.on_response = self.gateway.metrics.sip_response
         self.layer = TransactionLayer(self.transport)
         self.layer.refuse_source = self._refuse_banned
+        if s.trusted_proxies:       # Kamailio in front: it names each request's real sender (docs/deploy.md)
+            self.layer.origin_of = TrustedProxies(s.trusted_proxies).origin
         await self.transport.start()
         self.ua = UserAgent(self.transport, self.layer)
         self.ua.on_invite = self._on_invite
@@ -661,7 +668,7 @@ class SipCarrier(Carrier):
         number = next((n for n in await self._sip_trunks()
                        if user and ((n.get("config") or {}).get("sip_username") == user or n["phone_number"] == e164)),
                       None)
-        source = txn.source[0]
+        source, source_port = txn.origin
         if number is None:
             self.live_ua.respond(txn, req, 404, "Not Found")
             return
@@ -682,7 +689,7 @@ class SipCarrier(Carrier):
             headers: list[tuple[str, str]] = []
         else:
             until = datetime.now(UTC) + timedelta(seconds=expires)
-            status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{txn.source[1]}",
+            status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{source_port}",
                                               "expires_at": until.isoformat()}
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
         await self.gateway.store.update_number(number["id"], status=status)

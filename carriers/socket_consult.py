@@ -49,6 +49,10 @@ log = logging.getLogger("carriers.consult")
 BRIDGE_QUEUE_FRAMES = 25
 #: a socket must leave the call's audio within this many seconds before the other one takes it
 LEAVE_TIMEOUT = 5.0
+#: seconds the target's socket may take to come (ringing included; a minute more than the agent's transfer ring
+#: timeout when that is longer) when the carrier reports nothing: then the consultation is `failed` and the caller
+#: is back with the engine (a lost status callback never holds the caller)
+ANSWER_TIMEOUT = 150.0
 
 
 class ConsultCarrier(Protocol):
@@ -94,6 +98,7 @@ class SocketConsultation:
         self.completing = False
         self.over = False
         self.bridge: tuple[BridgePort, BridgePort] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def room(self) -> str:
@@ -111,6 +116,19 @@ class SocketConsultation:
             raise
         await self.call.record(extra={"consult_carrier_id": self.target_id})
         self.call.log.info("consultation call placed", extra={"target": self.number})
+        opts = ((self.call.agent or {}).get("settings") or {}).get("transfer") or {}
+        ring = opts.get("timeout") or opts.get("ring_timeout")
+        after = max(ANSWER_TIMEOUT, float(ring) + 60) if isinstance(ring, (int, float)) and ring > 0 \
+            else ANSWER_TIMEOUT
+        self._watchdog = asyncio.get_running_loop().call_later(after, self._no_answer)
+
+    def _no_answer(self) -> None:
+        self._watchdog = None
+        if self.target is None and not self.over:
+            self.call.log.warning("the consultation call's socket never came and the carrier reported nothing")
+            task = asyncio.ensure_future(self._finish(FAILED, "no-answer (no socket, no report from the carrier)"))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
 
     @property
     def caller_rate(self) -> int:
@@ -135,6 +153,9 @@ class SocketConsultation:
         if not await self.caller.off_call(LEAVE_TIMEOUT):
             raise StreamClosed(codes.UNKNOWN_CALL, "the caller's socket did not leave the call in time")
         self.target = stream
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         await call.consult_update(ANSWERED)
 
     # -- the target's call ends ------------------------------------------------------------------------------
@@ -166,6 +187,9 @@ class SocketConsultation:
         if self.over:
             return
         self.over = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.host.consultation is self:
             self.host.consultation = None
         target = self.target
@@ -192,6 +216,9 @@ class SocketConsultation:
         """The caller's call ended (also while bridged): the target's call ends with it."""
         if self.host.consultation is self:
             self.host.consultation = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.over and self.bridge is None:
             return
         self.over = True

@@ -67,6 +67,8 @@ AMD_RESULT = {"human": AnsweredBy.HUMAN, "human_residence": AnsweredBy.HUMAN, "h
               "machine": AnsweredBy.MACHINE_START, "fax_detected": AnsweredBy.FAX, "silence": AnsweredBy.UNKNOWN,
               "not_sure": AnsweredBy.UNKNOWN, "beep_detected": AnsweredBy.MACHINE_END_BEEP,
               "ended": AnsweredBy.MACHINE_END_OTHER}
+#: the payload fields a call's events are read for: what a webhook forwarded to the owning process carries
+FORWARDED_FIELDS = ("call_control_id", "hangup_cause", "hangup_source", "result", "failure_reason")
 
 
 def telnyx_detail(body: Any) -> str:
@@ -311,14 +313,31 @@ class TelnyxCarrier(RestCallCarrier):
         if event == "call.initiated" and payload.get("direction") == "incoming" and st is None:
             return await self._incoming(payload, number)
         if st is None:
+            # a call another process of the cluster holds (its webhook reached us): that process carries it out
+            call_id = state.split(":")[1] if state.startswith(("xfer:", "consult:")) else state
+            if not call_id and payload.get("call_control_id"):
+                row = await self.gateway.store.find_call(carrier_sid=str(payload["call_control_id"]))
+                call_id = row["call_uuid"] if row is not None and row["channel_type"] == self.name else ""
+            fields = {k: str(payload[k])[:200] for k in FORWARDED_FIELDS if payload.get(k) is not None}
+            if await self.forward(call_id, {"event": event, "state": state, "payload": fields}) is not None:
+                return web.json_response({"ok": True})
             return web.json_response({"ignored": event})
+        await self._on_event(st, event, payload, state)
+        return web.json_response({"ok": True})
+
+    async def _on_event(self, st: LegState, event: str, payload: dict[str, Any], state: str) -> None:
         if state.startswith("xfer:"):
             await self._transfer_leg_event(st, event, payload, state)
         elif state.startswith("consult:"):
             await self._consult_event(st, event, payload)
         else:
             await self._call_event(st, event, payload)
-        return web.json_response({"ok": True})
+
+    async def on_forwarded(self, st: LegState, args: dict[str, Any]) -> dict[str, Any]:
+        payload = args.get("payload")
+        await self._on_event(st, str(args.get("event") or ""), payload if isinstance(payload, dict) else {},
+                             str(args.get("state") or ""))
+        return {"ok": True}
 
     async def _number_for(self, to: Any) -> dict[str, Any] | None:
         try:

@@ -48,6 +48,7 @@ from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
 
 from .mediasocket import StreamClosed
+from .streamrelay import RelayStream, ws_url
 from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
 
@@ -57,6 +58,9 @@ log = logging.getLogger("carriers.twilio")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _FINAL = ("completed", "busy", "no-answer", "failed", "canceled")
 _FAILED_DIAL = ("busy", "no-answer", "failed")
+#: the form fields the call callbacks read: what one forwarded to the process holding the call carries
+FORWARDED_FIELDS = ("CallSid", "AccountSid", "CallStatus", "CallDuration", "AnsweredBy", "MachineDetectionDuration",
+                    "DialCallStatus")
 _END_SOURCE = {"completed": HangupSource.USER, "busy": HangupSource.USER, "no-answer": HangupSource.USER,
                "failed": HangupSource.CARRIER, "canceled": HangupSource.SYSTEM}
 
@@ -437,7 +441,7 @@ class TwilioCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
-        self.gateway.control.handle(self.consult_status_op, self._consult_status)
+        self.gateway.control.handle(self.webhook_op, self._forwarded)
         sdk_log = logging.getLogger("twilio.async_http_client")
         if sdk_log.level == logging.NOTSET:
             sdk_log.setLevel(logging.WARNING)   # the SDK logs ~10 INFO lines per REST request; ours say what matters
@@ -683,11 +687,15 @@ class TwilioCarrier(Carrier):
         stream must match the row (CallSid) and carry a valid signature for the number's account before the call
         moves here; the leg is rebuilt from the number's credentials."""
         store = self.gateway.store
-        row = await store.find_call(call_uuid=call_id)
+        row = await store.find_call(call_uuid=call_id, flush=False)   # another process's row: nothing to flush
         if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
             return None
+        consulting = False
         if row["carrier_sid"] and call_sid and call_sid != row["carrier_sid"]:
-            raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
+            # an attended transfer's target (its own CallSid, recorded by the owner when it dialled it)?
+            if call_sid != (row.get("extra") or {}).get("consult_call_sid"):
+                raise StreamClosed(CloseCode.UNKNOWN_CALL, "start.callSid does not match the call")
+            consulting = True
         number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
         creds = self.creds_of(number)
         if creds is None:
@@ -695,6 +703,9 @@ class TwilioCarrier(Carrier):
         if self.signature_of(stream.request) is not None and not self.signature_ok(
                 stream.request, {}, [creds.signing_secret], ws=True):
             raise StreamClosed(CloseCode.BAD_SIGNATURE, "the upgrade's signature does not match")
+        if consulting:
+            # the owner's engine is talking with the agent's side of this call: the target's stream goes there
+            raise await self._relay_target(stream, row)
         call = await self.gateway.calls.adopt(row)
         if call is None:
             return None
@@ -702,20 +713,107 @@ class TwilioCarrier(Carrier):
         leg.arm_watchdog(self.connect_timeout, "stream_not_connected")   # disarmed once the stream attaches
         return call
 
-    # -- status callbacks ---------------------------------------------------------------------------------------
+    async def _relay_target(self, stream: MediaStream, row: dict[str, Any]) -> RelayStream:
+        """Where the consultation target's stream of a call held by another process goes (carriers/streamrelay.py):
+        the owner's private URL, with the upgrade's signature headers so the owner checks it as its own."""
+        owner = row["owner"]
+        base = await self.gateway.membership.direct_url(owner) if owner != self.gateway.settings.proc_id else None
+        if not base:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call's owner is not reachable for its consultation stream")
+        headers = {h: stream.request.headers[h] for h in (*self.signature_headers, SIGNATURE_SETTINGS_HEADER)
+                   if h in stream.request.headers}
+        return RelayStream(ws_url(base, stream.request.raw_path), owner, headers)
+
+    # -- callbacks about a call (status, AMD, transfer, consultation) -------------------------------------------
+    # Each is authenticated where it arrives; when another process of the cluster holds the call, that process
+    # carries it out (control op `<carrier>:webhook`) and its answer (TwiML or an empty 200) goes back to Twilio.
     async def status_webhook(self, request: web.Request) -> web.Response:
+        return await self._callback(request, "status")
+
+    async def amd_webhook(self, request: web.Request) -> web.Response:
+        return await self._callback(request, "amd")
+
+    async def transfer_leg_webhook(self, request: web.Request) -> web.Response:
+        return await self._callback(request, "transfer_leg")
+
+    async def transfer_webhook(self, request: web.Request) -> web.Response:
+        """<Dial action>: the attempt's DialCallStatus decides: done, next backup number, or back to the agent."""
+        return await self._callback(request, "transfer")
+
+    async def consult_status_webhook(self, request: web.Request) -> web.Response:
+        """Status callback of an attended transfer's consultation call (busy, no answer, hung up)."""
+        return await self._callback(request, "consult_status")
+
+    @property
+    def webhook_op(self) -> str:
+        return f"{self.name}:webhook"
+
+    async def _callback(self, request: web.Request, kind: str) -> web.Response:
         form = await request.post()
         call, tokens = await self._call_and_tokens(request, form)
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
-        status = _text(form, "CallStatus") or ""
-        duration = _text(form, "CallDuration")
+        fields = {k: v[:200] for k in FORWARDED_FIELDS if isinstance(v := form.get(k), str)}
+        query = {k: v[:200] for k, v in request.query.items()}
+        if call is None:
+            call_id = query.get("call_id") or ""
+            if not call_id and fields.get("CallSid"):
+                row = await self.gateway.store.find_call(carrier_sid=fields["CallSid"])
+                call_id = row["call_uuid"] if row is not None and row["channel_type"] == self.name else ""
+            reply = await self.gateway.calls.forward_to_owner(call_id, self.webhook_op,
+                                                              {"kind": kind, "form": fields, "query": query})
+            if reply is not None and reply.ok:
+                twiml = reply.body.get("twiml")
+                return web.Response(text=twiml, content_type="text/xml") if isinstance(twiml, str) else _ok()
+        twiml = await self._carry_out(kind, call, fields, query)
+        return web.Response(text=twiml, content_type="text/xml") if twiml is not None else _ok()
+
+    async def _forwarded(self, args: dict[str, Any]) -> Reply:
+        """A callback another process received about a call held here (op `<carrier>:webhook`)."""
+        call_id = str(args.get("call") or "")
+        call = self.gateway.calls.get(call_id)
+        if call is None or call.carrier != self.name:
+            return self.gateway.calls.not_here(call_id)
+        form, query = args.get("form"), args.get("query")
+        twiml = await self._carry_out(str(args.get("kind") or ""), call,
+                                      {str(k): str(v) for k, v in form.items()} if isinstance(form, dict) else {},
+                                      {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {})
+        return Reply(200, {"success": True, "twiml": twiml})
+
+    async def _carry_out(self, kind: str, call: Call | None, form: dict[str, str],
+                         query: dict[str, str]) -> str | None:
+        """What a callback does to `call` (None: no process holds it); TwiML to answer with, or None (empty 200)."""
+        if kind == "status":
+            await self._on_status(call, form, query)
+            return None
+        if kind == "amd":
+            if call is not None:
+                await self._on_amd(call, form)
+            return None
+        if kind == "transfer_leg":
+            leg = self.legs.get(call.id) if call else None
+            if call is not None and leg is not None and form.get("CallStatus") in ("in-progress", "answered"):
+                await self._transfer_succeeded(call, leg, self._target(leg, query))
+            return None
+        if kind == "transfer":
+            return str(await self._on_dial_action(call, form, query))
+        if kind == "consult_status":
+            leg = self.legs.get(call.id) if call else None
+            consultation = leg.consultation if leg is not None else None
+            if consultation is not None and consultation.sid and consultation.sid == form.get("CallSid"):
+                await consultation.status(form.get("CallStatus") or "")
+            return None
+        raise ValueError(f"unknown {self.label} callback {kind!r}")
+
+    async def _on_status(self, call: Call | None, form: dict[str, str], query: dict[str, str]) -> None:
+        status = form.get("CallStatus") or ""
+        duration = form.get("CallDuration")
         extra: dict[str, Any] = {"twilio_status": status}
         if duration is not None and duration.isdigit():
             extra["twilio_call_duration"] = int(duration)
         if call is None:
-            await self._update_ended(request, form, status, extra)
-            return _ok()
+            await self._update_ended(form, query, status, extra)
+            return
         leg = self.legs.get(call.id)
         if status in ("queued", "initiated", "ringing"):
             if not call.answered:
@@ -732,14 +830,14 @@ class TwilioCarrier(Carrier):
             await call.end(_END_SOURCE[status], "caller_hangup" if status == "completed" else status, status=status)
         else:
             log.warning("unknown CallStatus %r", status, extra={"carrier": self.name, "call_id": call.id})
-        return _ok()
 
-    async def _update_ended(self, request: web.Request, form: Any, status: str, extra: dict[str, Any]) -> None:
+    async def _update_ended(self, form: dict[str, str], query: dict[str, str], status: str,
+                            extra: dict[str, Any]) -> None:
         """A callback about a call that is no longer live (transferred, ended by the stream): keep the log true."""
         store = self.gateway.store
         row = None
-        if request.query.get("call_id"):
-            row = await store.find_call(call_uuid=request.query["call_id"])
+        if query.get("call_id"):
+            row = await store.find_call(call_uuid=query["call_id"])
         if row is None and form.get("CallSid"):
             row = await store.find_call(carrier_sid=form["CallSid"])
         if row is None:
@@ -749,26 +847,20 @@ class TwilioCarrier(Carrier):
             fields["call_status"] = status
         await store.update_call(row["id"], **fields)
 
-    async def amd_webhook(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        call, tokens = await self._call_and_tokens(request, form)
-        if not self.signature_ok(request, form, tokens):
-            return _forbidden()
-        if call is None:
-            return _ok()
+    async def _on_amd(self, call: Call, form: dict[str, str]) -> None:
         try:
             answered_by = AnsweredBy(form.get("AnsweredBy", "unknown"))
         except ValueError:
             answered_by = AnsweredBy.UNKNOWN
         try:
-            duration_ms = int(float(_text(form, "MachineDetectionDuration") or 0))
+            duration_ms = int(float(form.get("MachineDetectionDuration") or 0))
         except ValueError:
             duration_ms = 0
         result = AmdResult(answered_by, duration_ms, source=self.name)
         leg = self.legs.get(call.id)
         if controller_for(call) is not None or leg is None:
             await report_amd(call, result)          # the agent's AMD controller acts (gate, WAV, text, fax…)
-            return _ok()
+            return
         # Twilio AMD asked for by voicemail.enabled alone (no AMD controller): the voicemail drop is ours
         vm = _agent_settings(call).get("voicemail") or {}
         message = str(vm.get("message") or "").strip()
@@ -777,13 +869,12 @@ class TwilioCarrier(Carrier):
             settings = replace(amd_settings(call.agent), enabled=True, provider=self.amd_provider)
             AmdController(call, settings, external=True).start()
             await report_amd(call, result)
-            return _ok()
+            return
         await call.set_amd(result)
         if answered_by.is_machine:
             self.spawn(leg.leave_voicemail(message))
         elif answered_by is AnsweredBy.FAX:
             await call.request_hangup(HangupSource.SYSTEM, "fax")
-        return _ok()
 
     # -- transfer callbacks -------------------------------------------------------------------------------------
     @staticmethod
@@ -791,21 +882,10 @@ class TwilioCarrier(Carrier):
         n = len(leg.transfer_attempts)
         return leg.transfer_targets[min(n, len(leg.transfer_targets) - 1)] if leg.transfer_targets else None
 
-    async def transfer_leg_webhook(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        call, tokens = await self._call_and_tokens(request, form)
-        if not self.signature_ok(request, form, tokens):
-            return _forbidden()
-        leg = self.legs.get(call.id) if call else None
-        if call is None or leg is None or form.get("CallStatus") not in ("in-progress", "answered"):
-            return _ok()
-        target = self._target(leg, request)
-        await self._transfer_succeeded(call, leg, target)
-        return _ok()
-
-    def _target(self, leg: TwilioLeg, request: web.Request) -> str | None:
+    @staticmethod
+    def _target(leg: TwilioLeg, query: dict[str, str]) -> str | None:
         try:
-            return leg.transfer_targets[int(request.query.get("attempt", "0"))]
+            return leg.transfer_targets[int(query.get("attempt", "0"))]
         except (ValueError, IndexError):
             return None
 
@@ -815,73 +895,37 @@ class TwilioCarrier(Carrier):
             await call.transfer_finished(TransferResult(target, "completed"))
         await call.end(HangupSource.AGENT, "transferred")
 
-    async def transfer_webhook(self, request: web.Request) -> web.Response:
-        """<Dial action>: the attempt's DialCallStatus decides: done, next backup number, or back to the agent."""
-        form = await request.post()
-        call, tokens = await self._call_and_tokens(request, form)
-        if not self.signature_ok(request, form, tokens):
-            return _forbidden()
+    async def _on_dial_action(self, call: Call | None, form: dict[str, str], query: dict[str, str]) -> VoiceResponse:
         hang = VoiceResponse()
         hang.hangup()
         leg = self.legs.get(call.id) if call else None
         if call is None or leg is None:
-            return _xml(hang)
-        dial_status = _text(form, "DialCallStatus")
+            return hang
+        dial_status = form.get("DialCallStatus")
         status = "failed" if dial_status is None else dial_status
         try:
-            attempt = int(request.query.get("attempt", "0"))
+            attempt = int(query.get("attempt", "0"))
         except ValueError:
             attempt = 0
-        target = self._target(leg, request)
+        target = self._target(leg, query)
         leg.transfer_attempts.append({"number": target, "status": status})
         await call.record(extra={"transfer_attempts": list(leg.transfer_attempts)})
         log.info("transfer attempt finished", extra={"carrier": self.name, "call_id": call.id, "attempt": attempt,
                                                      "dial_status": status})
         if status in ("completed", "answered"):
             await self._transfer_succeeded(call, leg, target)
-            return _xml(hang)
+            return hang
         if status in _FAILED_DIAL and attempt + 1 < len(leg.transfer_targets):
             nxt = leg.transfer_targets[attempt + 1]
             await call.record(transfer_target=nxt)
-            return _xml(self.dial_twiml(call, attempt + 1, nxt))
+            return self.dial_twiml(call, attempt + 1, nxt)
         await call.transfer_finished(TransferResult(target, status))
         if status == "canceled":
-            return _xml(hang)
+            return hang
         # nobody took the call: give the caller back to the agent on a new stream of the same call
         leg.state = "reconnecting"
         leg.arm_watchdog(self.connect_timeout, "stream_not_reconnected")
-        return _xml(self.stream_twiml(call))
-
-    async def consult_status_webhook(self, request: web.Request) -> web.Response:
-        """Status callback of an attended transfer's consultation call (busy, no answer, hung up). In a cluster it
-        may reach a process that does not hold the call: it is passed to the owner over the control bus."""
-        form = await request.post()
-        call, tokens = await self._call_and_tokens(request, form)
-        if not self.signature_ok(request, form, tokens):
-            return _forbidden()
-        args = {"call": request.query.get("call_id") or "", "call_sid": _text(form, "CallSid") or "",
-                "status": _text(form, "CallStatus") or ""}
-        if call is None:
-            row = await self.gateway.store.find_call(call_uuid=args["call"]) if args["call"] else None
-            owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
-            if owner and owner != self.gateway.settings.proc_id and await self.gateway.membership.alive(owner):
-                await self.gateway.control.request(owner, self.consult_status_op, args)
-            return _ok()
-        await self._consult_status(args)
-        return _ok()
-
-    @property
-    def consult_status_op(self) -> str:
-        return f"{self.name}:consult_status"
-
-    async def _consult_status(self, args: dict[str, Any]) -> Reply:
-        """A consultation call's status, here or forwarded by the process that received the callback."""
-        leg = self.legs.get(str(args.get("call") or ""))
-        consultation = leg.consultation if leg is not None else None
-        if consultation is None or not consultation.sid or consultation.sid != args.get("call_sid"):
-            return Reply(404, {"success": False, "error": "no such consultation here"})
-        await consultation.status(str(args.get("status") or ""))
-        return Reply(200, {"success": True})
+        return self.stream_twiml(call)
 
     # -- outbound -----------------------------------------------------------------------------------------------
     def check_agent_settings(self, settings: dict[str, Any]) -> None:

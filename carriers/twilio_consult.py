@@ -91,6 +91,10 @@ class TwilioConsultation:
             raise (self.carrier.refusal(e) if isinstance(e, TwilioRestException) else e) from None
         self.sid = created.sid
         await call.record(extra={"consult_call_sid": created.sid})
+        if self.carrier.gateway.control.clustered:
+            # committed before the target can answer: its stream may reach another process, which recognises it
+            # by this CallSid and relays it here (carriers/streamrelay.py)
+            await self.carrier.gateway.store.flush()
         log.info("consultation call placed", extra={"carrier": self.carrier.name, "call_id": call.id,
                                                     "call_sid": created.sid})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
 from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
+from .streamrelay import RelayStream, relay
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -97,6 +99,8 @@ class MediaStream(MarkedPlayout):
         self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
         self.frames_sent = 0
+        #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
+        self.start_message: dict[str, Any] = {}
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -107,6 +111,8 @@ class MediaStream(MarkedPlayout):
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"twilio-watch-{self.stream_sid}")
             self._sender = asyncio.create_task(self._send_loop(), name=f"twilio-send-{self.stream_sid}")
             await self._read_loop()
+        except RelayStream as r:     # another process holds the call: carry the socket there
+            await relay(self.ws, r, [json.dumps(self.start_message)], self.carrier.start_timeout)
         except StreamClosed as e:
             log.warning("twilio media stream closed: %s", e.reason,
                         extra={"carrier": self.carrier.name, "close_code": int(e.code), "stream_sid": self.stream_sid,
@@ -121,6 +127,7 @@ class MediaStream(MarkedPlayout):
     async def _await_start(self) -> None:
         timeout = self.carrier.start_timeout
         m = await await_start(self.ws, CloseCode, timeout, f"no start message within {timeout:g} s", BINARY_REASON)
+        self.start_message = m
         await self._on_start(m)
 
     def _decode(self, msg: Any) -> dict[str, Any] | None:

@@ -963,7 +963,7 @@ class VonageCarrier(Carrier):
         """Take over a call whose answer webhook another process of the cluster answered: the socket's token must
         match the hash that process published before the row moves here."""
         store = self.gateway.store
-        row = await store.find_call(call_uuid=call_id)
+        row = await store.find_call(call_uuid=call_id, flush=False)   # another process's row
         if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
             return None
         want = (row.get("extra") or {}).get(TOKEN_DIGEST)

@@ -27,6 +27,8 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import websockets
@@ -110,9 +112,13 @@ async def listen(host: str, port: int):
     return server
 
 
-async def accept_worker(url: str, api_key: str, worker: int) -> None:
+async def accept_worker(url: str, api_key: str, worker: int,
+                        serve_call: Callable[[Any], Awaitable[str | None]] = converse) -> None:
     """Accept mode: keep one idle connection open at the gateway; after each call, connect again. A redirect
-    is followed at once, for that one connection; a redirect target that fails sends us back to `url`."""
+    is followed at once, for that one connection; a redirect target that fails sends us back to `url`.
+
+    `serve_call(ws)` serves one connection (this echo engine's `converse` by default; another engine passes its
+    own, e.g. examples/realtime_bridge.py) and returns the URL of a `redirect` it was sent instead of `start`."""
     delay = 0.5
     target = url
     while True:
@@ -121,7 +127,7 @@ async def accept_worker(url: str, api_key: str, worker: int) -> None:
                                compression=None, max_size=4 * 1024 * 1024) as ws:
                 delay = 0.5
                 log.debug("worker %d waiting for a call", worker)
-                target = await converse(ws) or url
+                target = await serve_call(ws) or url
             continue  # the call is over (or we were redirected): offer ourselves again at once
         except websockets.InvalidStatus as e:
             if e.response.status_code in (400, 401):

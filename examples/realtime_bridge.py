@@ -31,6 +31,10 @@ Accept mode (the bridge dials the gateway and keeps N idle connections):
     python examples/realtime_bridge.py --connect 'ws://127.0.0.1:8080/engine/ws?pool=realtime' \\
         --api-key "$(cat ~/.telephony-gateway/api_key)" --realtime wss://…
 
+In accept mode the connection loop is examples/engine_client.py's (kept next to this file): reconnect after every
+call, back off when the gateway is unreachable, and in a cluster follow a `{"type": "redirect", "url": …}` sent
+instead of `start` (another gateway process has a call waiting: serve that one call there, then come back).
+
 The model's key is read from REALTIME_API_KEY (sent as `Authorization: Bearer …`), never from the command line.
 Needs only `websockets` (≥ 13).
 """
@@ -42,10 +46,16 @@ import base64
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+
+if str(Path(__file__).resolve().parent) not in sys.path:    # engine_client.py beside this file (also when imported)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import engine_client  # noqa: E402  (the accept-mode loop and `redirect` parsing, shared with the echo engine)
 
 log = logging.getLogger("realtime-bridge")
 
@@ -62,16 +72,21 @@ def session_update() -> dict:
         "audio": {"input": {"format": pcm, "turn_detection": {"type": "server_vad"}}, "output": {"format": pcm}}}}
 
 
-async def bridge(gateway, realtime_url: str, api_key: str | None = None) -> None:
-    """One call: read the gateway's `start`, open the model's websocket and pump both ways until either ends."""
-    start = json.loads(await gateway.recv())
+async def bridge(gateway, realtime_url: str, api_key: str | None = None) -> str | None:
+    """One call: read the gateway's `start`, open the model's websocket and pump both ways until either ends.
+    Returns the URL of a `redirect` the gateway sent instead of `start` (accept mode in a cluster)."""
+    first = await gateway.recv()
+    if (target := engine_client.redirect_target(first)) is not None:
+        log.info("redirected to %s", target.split("?", 1)[0])
+        return target
+    start = json.loads(first)
     if start.get("type") != "start":
         await gateway.close(1008, "expected start")
-        return
+        return None
     if start["audio"]["sample_rate"] != RATE:
         # the engine spec must ask for it: ws://…/?sample_rate=24000 or accept:<pool>?sample_rate=24000
         await gateway.send(json.dumps({"type": "hangup", "reason": "engine_needs_24khz"}))
-        return
+        return None
     log.info("call %s %s -> %s", start["call_id"], start["from"], start["to"])
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with connect(realtime_url, additional_headers=headers, max_size=None) as model:
@@ -88,6 +103,7 @@ async def bridge(gateway, realtime_url: str, api_key: str | None = None) -> None
                 await gateway.send(json.dumps({"type": "hangup", "reason": "realtime_closed"}))
             except ConnectionClosed:
                 pass
+    return None
 
 
 async def _caller_to_model(gateway, model) -> None:
@@ -124,12 +140,12 @@ async def listen(host: str, port: int, realtime_url: str, api_key: str | None = 
     return await serve(lambda ws: bridge(ws, realtime_url, api_key), host, port, max_size=None)
 
 
-async def accept_worker(gateway_url: str, gateway_key: str, realtime_url: str, api_key: str | None = None) -> None:
-    """Accept mode, one slot: connect to the gateway, wait to be handed a call, bridge it, connect again."""
-    while True:
-        async with connect(gateway_url, additional_headers={"Authorization": f"Bearer {gateway_key}"},
-                           max_size=None) as gateway:
-            await bridge(gateway, realtime_url, api_key)
+async def accept_worker(gateway_url: str, gateway_key: str, realtime_url: str, api_key: str | None = None,
+                        worker: int = 1) -> None:
+    """Accept mode, one slot: connect to the gateway, wait to be handed a call (or redirected to one), bridge it,
+    connect again (examples/engine_client.py's loop)."""
+    await engine_client.accept_worker(gateway_url, gateway_key, worker,
+                                      lambda gateway: bridge(gateway, realtime_url, api_key))
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -140,8 +156,8 @@ async def _main(args: argparse.Namespace) -> None:
         log.info("listening on %s", args.listen)
         await server.serve_forever()
     else:
-        await asyncio.gather(*(accept_worker(args.connect, args.api_key, args.realtime, api_key)
-                               for _ in range(args.concurrency)))
+        await asyncio.gather(*(accept_worker(args.connect, args.api_key, args.realtime, api_key, i)
+                               for i in range(1, args.concurrency + 1)))
 
 
 def main() -> None:
@@ -153,7 +169,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=1, help="calls taken at once (accept mode)")
     p.add_argument("--realtime", required=True, help="the Realtime-style websocket URL (wss://…)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(_main(p.parse_args()))
+    try:
+        asyncio.run(_main(p.parse_args()))
+    except engine_client.Refused as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

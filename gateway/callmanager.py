@@ -58,6 +58,7 @@ class CallManager:
         self.timing = gateway.metrics.timing
         self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
         self._idle.set()
+        self._releases: set[asyncio.Task[None]] = set()    # adoptions telling the old owner (CallManager.adopt)
 
     @property
     def store(self) -> Store:
@@ -153,20 +154,20 @@ class CallManager:
     # -- ownership moves (docs/deploy.md, "Ownership of a call") -------------------------------------------------
     async def adopt(self, row: dict[str, Any]) -> Call | None:
         """A media stream arrived here for a call another process answered: take its call-log row over (conditional
-        update of `owner`), tell the old owner it is `released`, and build the live call from the row (agent,
-        number, call context). The carrier has found the row and checked the stream's credentials against it.
-        None when the call is over or another process took it first."""
+        update of `owner`), build the live call from the row (agent, number, call context) and tell the old owner
+        it is `released`. The carrier has found the row and checked the stream's credentials against it. None
+        when the call is over or another process took it first.
+
+        The media does not wait for the old owner: the conditional update alone decides who owns the call, so the
+        call is returned (and attached by the carrier) at once, while `released` goes out in the background. Only
+        this call's webhooks wait for its answer (the number of sequence numbers the old owner used), so they go
+        on from there in order (docs/deploy.md)."""
         me = self.gateway.settings.proc_id
         if row["ended_at"] is not None or row["owner"] == me:
             return None
         old = row["owner"]
-        if not await self.store.claim_call(row["id"], old, me):
+        if not await self.store.claim_call(row["id"], old, me, flush=False):   # another process's row
             return None
-        if old is not None:
-            reply = await self.gateway.control.request(old, "released", {"call": row["call_uuid"]})
-            if reply is None:
-                log.warning("previous owner did not confirm the release", extra={"call_id": row["call_uuid"],
-                                                                                  "owner": old})
         agent = await self.store.get_agent(row["agent_id"]) if row.get("agent_id") else None
         number = await self.store.get_number(row["phone_number_id"]) if row.get("phone_number_id") else None
         ctx = row.get("call_context") or {}
@@ -176,8 +177,10 @@ class CallManager:
                     number=number, metadata={"call_context": ctx} if ctx else None)
         age = (datetime.now(UTC) - datetime.fromisoformat(row["created_at"])).total_seconds()
         call.created = time.monotonic() - max(0.0, age)
-        # webhook sequence numbers go on from what the old owner sent (it flushed its events before answering)
-        self.gateway.webhooks.resume_sequence(call, await self.store.count_call_events(call.log_id))
+        self.gateway.webhooks.hold(call)
+        task = asyncio.create_task(self._take_over(call, old), name=f"release-{call.id}")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
         self.active[call.id] = call
         self._idle.clear()
         if call.carrier_sid:
@@ -186,11 +189,30 @@ class CallManager:
         self._notify("call_started", call)
         return call
 
+    async def _take_over(self, call: Call, old: str | None) -> None:
+        """Tell the old owner its call is `released`; its answer says how many webhook sequence numbers it used,
+        and the events this process held meanwhile go out numbered from there. An old owner that does not answer
+        (gone, or a version without the count): the stored events of the call, less those held here, count."""
+        sent: Any = None
+        try:
+            reply = await self.gateway.control.request(old, "released", {"call": call.id}) if old else None
+            if old and reply is None:
+                log.warning("previous owner did not confirm the release", extra={"call_id": call.id, "owner": old})
+            sent = reply.body.get("sent") if reply is not None and reply.ok else None
+            if not isinstance(sent, int):
+                sent = await self.store.count_call_events(call.log_id) - self.gateway.webhooks.held(call.id)
+        except Exception:
+            log.exception("adopted call: the release was not confirmed", extra={"call_id": call.id})
+        finally:
+            self.gateway.webhooks.resume_sequence(call, sent if isinstance(sent, int) else 0)
+
     async def _on_released(self, msg: dict[str, Any]) -> Reply:
         """Control op `released`: another process adopted this call and holds its media now. Forget it here
         without ending it (no call-log update, no webhook); carriers drop their per-call state on
-        `call_released`. Pending call events are flushed first so the adopter counts them."""
-        call = self.active.get(str(msg.get("call") or ""))
+        `call_released`. The answer says how many webhook sequence numbers this process used for the call, so
+        the adopter's go on from there; it is immediate (nothing to wait for)."""
+        call_id = str(msg.get("call") or "")
+        call = self.active.get(call_id)
         if call is not None:
             call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
             self.active.pop(call.id, None)
@@ -200,11 +222,35 @@ class CallManager:
                 self._by_sid.pop(call.carrier_sid, None)
             log.info("call released to another process", extra={"call_id": call.id})
             self._notify("call_released", call)
-        await self.store.flush()
-        return Reply(200, {"success": True, "released": call is not None})
+        sent = {"sent": self.gateway.webhooks.sequence(call_id)} if call is not None else {}
+        return Reply(200, {"success": True, "released": call is not None, **sent})
 
     def register_control(self) -> None:
         self.gateway.control.handle("released", self._on_released)
+
+    async def forward_to_owner(self, call_uuid: str, op: str, args: dict[str, Any]) -> Reply | None:
+        """A carrier webhook (already authenticated here) about a call this process does not hold: run control op
+        `op` on the process that owns it and return its reply. The owner's handler answers 404 with `moved` when
+        the call left it meanwhile (adoption): the row is then read once more and the op follows the call. None
+        when the call is not open, has no live owner other than this process, or the owner did not answer."""
+        if not call_uuid:
+            return None
+        me = self.gateway.settings.proc_id
+        for _ in range(2):
+            row = await self.store.find_call(call_uuid=call_uuid)
+            owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
+            if not owner or owner == me or not await self.gateway.membership.alive(owner):
+                return None
+            reply = await self.gateway.control.request(owner, op, {**args, "call": call_uuid})
+            if reply is None or not (reply.status == 404 and reply.body.get("moved")):
+                return reply
+        return None
+
+    def not_here(self, call_uuid: str) -> Reply:
+        """What a forwarded op answers when this process no longer holds the call (forward_to_owner follows it)."""
+        return Reply(404, {"success": False, "error": f"call {call_uuid} is not live on "
+                                                      f"{self.gateway.settings.proc_id}", "field": None,
+                           "moved": True})
 
     def get(self, call_id: str) -> Call | None:
         return self.active.get(call_id)

@@ -90,6 +90,12 @@ class Carrier:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.log = ContextLogger(log, {"carrier": self.name})
+        #: set by the gateway once `start()` has returned (what /healthz waits for)
+        self.up = False
+
+    def waiting_for(self) -> list[str]:
+        """What of this carrier is not up yet, as /healthz names it (`starting`)."""
+        return [] if self.up else [self.name]
 
     def setup(self, app: Any) -> None:
         """Add routes to the aiohttp application (an /api/v1 route with gateway.api.routes.api_route(), so the

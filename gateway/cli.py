@@ -18,6 +18,7 @@ from .publicurl import unreachable_reason
 from .recording.s3 import S3Unavailable
 from .redact import redact_url
 from .secretbox import SecretKeyError
+from .sip.origin import parse_proxies
 
 if TYPE_CHECKING:
     from .engine import EngineRegistry
@@ -60,6 +61,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                                                              "head (default 10)")
     p.add_argument("--http-idle-timeout", type=float, help="seconds an idle keep-alive connection is kept "
                                                            "(default 30)")
+    p.add_argument("--trusted-proxy", action="append", dest="trusted_proxies", metavar="IP[/PREFIX]",
+                   help="a SIP proxy in front of the gateway (Kamailio) whose X-Gateway-Source header names the "
+                        "real sender of a request, for IP-authenticated trunks (repeat for more; docs/deploy.md)")
     p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
                                      "calls it takes (docs/deploy.md)")
     p.add_argument("--otel-endpoint", help="OTLP/HTTP endpoint for OpenTelemetry spans of each call's setup, e.g. "
@@ -71,7 +75,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         "host": args.host, "http_port": args.http_port, "sip_port": args.sip_port, "db": args.db,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_port": args.tls_port,
         "api_key": args.api_key, "public_url": args.public_url, "engine": args.engine, "data_dir": args.data_dir,
-        "allowed_engines": args.allowed_engines,
+        "allowed_engines": args.allowed_engines, "trusted_proxies": args.trusted_proxies,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
         "allow_private_webhooks": args.allow_private_webhooks,
         "node_id": args.node_id, "drain_timeout": args.drain_timeout,
@@ -82,10 +86,14 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     }, config_file=args.config)
 
 
-def _multi_worker_error(settings: Settings) -> str | None:
+def _settings_error(settings: Settings) -> str | None:
     """Why these settings cannot run (one line), or None."""
     if settings.workers < 1:
         return "--workers: must be at least 1"
+    try:
+        parse_proxies(settings.trusted_proxies)
+    except ValueError as e:
+        return f"--trusted-proxy: {e}"
     if settings.workers > 1 and not settings.db_url.startswith(("postgresql://", "postgres://", "postgresql+")):
         return (f"--workers {settings.workers} needs PostgreSQL: the workers share the call log, so pass "
                 "--db postgresql://user:pass@host/db (SQLite serves one process only)")
@@ -94,11 +102,11 @@ def _multi_worker_error(settings: Settings) -> str | None:
 
 async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     from .runtime import Gateway
-    from .supervisor import Supervisor
+    from .supervisor import Supervisor, report_ready
     from .workers import worker_settings
 
     settings = _serve_settings(args)
-    problem = _multi_worker_error(settings)
+    problem = _settings_error(settings)
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 2
@@ -151,6 +159,7 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
     _announce_public_url(settings.public_base)
+    report_ready()      # SIP, RTP, the control bus and the carriers are up: to the supervisor (or systemd)
     await gw.drained.wait()
     await gw.stop()
     return 0

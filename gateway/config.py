@@ -61,6 +61,10 @@ class Settings:
     auth_failure_window: float = 60.0
     auth_ban_seconds: float = 300.0
     sip_ban_response: str = "403"
+    #: SIP proxies (IPs / CIDR networks) in front of the gateway whose `X-Gateway-Source` header names a request's
+    #: real sender, for IP-authenticated trunks and the ban above (Kamailio: docs/deploy.md); from any other
+    #: source the header is ignored
+    trusted_proxies: list[str] = field(default_factory=list)
     webhook_retries: int = 5        # attempts per lifecycle webhook before it is counted as failed
     webhook_timeout: float = 10.0   # seconds per attempt
     webhook_outbox_max: int = 10000  # webhooks waiting in all (persisted outbox); past it the oldest is dropped

@@ -45,9 +45,13 @@ def default_cfg_path() -> Path:
 
 
 def kamailio_command(settings: Settings, cfg: Path, run_dir: str = DEFAULT_RUN_DIR) -> list[str]:
-    """Kamailio in the foreground, logging to stderr, listening on the node's public SIP port (`--sip-port`)."""
+    """Kamailio in the foreground, logging to stderr, listening on the node's public SIP port (`--sip-port`), and
+    talking to the workers from the port below it on the address the dispatcher list names them by
+    (`WORKERS_LISTEN`: one Kamailio process reads the workers' answers there, so it relays them in order; the
+    workers' own ports are the ones above `--sip-port`)."""
     return ["kamailio", "-f", str(cfg), "-DD", "-E", "-Y", run_dir,
             "-A", f"LISTEN=udp:{settings.sip_host}:{settings.sip_port}",
+            "-A", f"WORKERS_LISTEN=udp:{settings.sip_contact_host}:{settings.sip_port - 1}",
             "-A", f'DS_LIST="{dispatcher_list_path(settings)}"']
 
 
@@ -55,7 +59,10 @@ def describe(settings: Settings, cfg: Path, run_dir: str = DEFAULT_RUN_DIR) -> s
     """What `gateway kamailio-config` prints: the dispatcher list, then the command that runs Kamailio with it."""
     where = dispatcher_list_path(settings)
     missing = "" if cfg.exists() else f"\n# ({cfg} is not here: take deploy/kamailio/kamailio.cfg from the source)"
+    trusted = (f"# IP-authenticated trunks behind it: start the gateway with --trusted-proxy "
+               f"{settings.sip_contact_host} (the address Kamailio sends to the workers from: its WORKERS_LISTEN), "
+               f"so the workers believe its X-Gateway-Source header\n")
     return (f"# {where}\n{dispatcher_list(settings)}\n"
             f"# Kamailio on {settings.sip_host}:{settings.sip_port} in front of "
             f"the workers (run dir must exist and be writable):{missing}\n"
-            f"{shlex.join(kamailio_command(settings, cfg, run_dir))}\n")
+            f"{shlex.join(kamailio_command(settings, cfg, run_dir))}\n{trusted}")

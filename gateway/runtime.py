@@ -168,6 +168,7 @@ class Gateway:
             self.direct_port = direct.port
         for carrier in self.carriers.values():
             await carrier.start()
+            carrier.up = True
         await self.membership.announce()
         await self.dispatcher.start()
         await self.health.start()
@@ -239,6 +240,18 @@ class Gateway:
         self.metrics.stop()
         await self.tracing.shutdown()
         self.started = False
+
+    def waiting_for(self) -> list[str]:
+        """What is not up yet for this process to take calls (/healthz answers 503 `starting` until it is all up):
+        the HTTP port is bound before the carriers start (webhook URLs may need its port), so SIP, RTP and the
+        other carriers, the control bus (cluster mode: commands and adoption reach us through it) and the end of
+        start-up are each named until ready."""
+        waiting = [name for carrier in self.carriers.values() for name in carrier.waiting_for()]
+        if not self.control.connected:
+            waiting.append("control_bus")
+        if not self.started and not waiting:
+            waiting.append("startup")
+        return waiting
 
     @property
     def direct_url(self) -> str:

@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -29,6 +30,36 @@ log = logging.getLogger("gateway.supervisor")
 
 RESTART_DELAY = (1.0, 30.0)  # first delay before restarting a worker that died, cap for one that keeps dying
 STABLE_AFTER = 30.0         # a worker that ran this long before dying is restarted after the first delay again
+#: the pipe a worker writes `ready` to once it takes calls (SIP, RTP, control bus and carriers up: /healthz 200)
+READY_FD_ENV = "GATEWAY_READY_FD"
+
+
+def report_ready() -> None:
+    """A serving process is up (SIP, RTP, control bus, carriers): a worker tells its supervisor through the pipe
+    it was given; a single process tells systemd when it runs as a `Type=notify` unit."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if not fd or not fd.isdigit():
+        notify_systemd("READY=1")
+        return
+    try:
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+    except OSError:
+        pass     # the supervisor is gone: it will not count us anyway
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (a path, or `@name` in the abstract
+    namespace), e.g. READY=1 for `Type=notify` units (deploy/systemd/gateway.service). No-op outside systemd."""
+    where = os.environ.get("NOTIFY_SOCKET")
+    if not where:
+        return
+    addr = "\0" + where[1:] if where.startswith("@") else where
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), addr)
+    except OSError as e:
+        log.warning("could not notify systemd: %s", e)
 
 
 def _worker_preexec() -> None:
@@ -49,6 +80,10 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.exit_codes: dict[int, int] = {}
+        #: workers that said they are ready since they last started; `ready` is set once all of them have
+        self.ready_workers: set[int] = set()
+        self.ready = asyncio.Event()
+        self._readers: set[asyncio.Future[None]] = set()
 
     def command(self, index: int) -> list[str]:
         return [sys.executable, "-m", "gateway", "serve", *self.serve_argv, "--worker-index", str(index)]
@@ -56,11 +91,46 @@ class Supervisor:
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         from .api.nodes import SUPERVISOR_PID_ENV
 
-        env = dict(os.environ, **{SUPERVISOR_PID_ENV: str(os.getpid())})
-        proc = await asyncio.create_subprocess_exec(*self.command(index), env=env, preexec_fn=_worker_preexec)
+        self.ready_workers.discard(index)
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, **{SUPERVISOR_PID_ENV: str(os.getpid()), READY_FD_ENV: str(write_fd)})
+        env.pop("NOTIFY_SOCKET", None)      # systemd hears from the supervisor, once the node is ready
+        try:
+            proc = await asyncio.create_subprocess_exec(*self.command(index), env=env, preexec_fn=_worker_preexec,
+                                                        pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)    # the worker holds its copy: EOF here once it has reported (or died)
         self.procs[index] = proc
         log.warning("worker started", extra={"worker": index, "pid": proc.pid})
+        task = asyncio.ensure_future(self._await_ready(index, proc, read_fd))
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
         return proc
+
+    async def _await_ready(self, index: int, proc: asyncio.subprocess.Process, read_fd: int) -> None:
+        """Read worker `index`'s readiness pipe; once every worker has said `ready`, the node is: say so (and tell
+        systemd, for `Type=notify`)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(read_fd, "rb", buffering=0))
+        try:
+            line = await reader.readline()
+        finally:
+            transport.close()
+        if line.strip() != b"ready" or self.procs.get(index) is not proc or proc.returncode is not None:
+            return
+        self.ready_workers.add(index)
+        log.warning("worker ready", extra={"worker": index, "pid": proc.pid})
+        if len(self.ready_workers) == self.settings.workers and not self.ready.is_set():
+            self.ready.set()
+            s = self.settings
+            print(f"gateway: node {s.node_id} ready: {s.workers} workers take calls (SIP {s.sip_port + 1}-"
+                  f"{s.sip_port + s.workers}, HTTP {s.host}:{s.http_port})", flush=True)
+            notify_systemd("READY=1")
 
     async def _keep(self, index: int) -> None:
         """Run worker `index` until it exits 0 or the supervisor stops; restart it when it dies."""

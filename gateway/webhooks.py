@@ -125,6 +125,9 @@ class WebhookDispatcher:
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._seq: dict[str, int] = {}
+        #: events of calls adopted from another process, kept in order (with when they happened) until the old
+        #: owner says how many sequence numbers it used (`resume_sequence`)
+        self._held: dict[str, list[tuple[str, dict[str, Any], float]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -132,20 +135,44 @@ class WebhookDispatcher:
         """Webhooks queued or in flight."""
         return len(self._items)
 
+    def sequence(self, call_id: str) -> int:
+        """How many of this call's events were numbered here (what an adopter goes on from)."""
+        return self._seq.get(call_id, 0)
+
+    def hold(self, call: WebhookSubject) -> None:
+        """The call was just adopted from another process, which may still be numbering its last events: keep this
+        process's events of the call, in order, until `resume_sequence()` says where the numbering goes on."""
+        if ((call.agent or {}).get("webhook_url") or "").strip():
+            self._held.setdefault(call.id, [])
+
+    def held(self, call_id: str) -> int:
+        """Events of the call waiting for `resume_sequence()`."""
+        return len(self._held.get(call_id, ()))
+
     def resume_sequence(self, call: WebhookSubject, sent: int) -> None:
-        """Another process already sent `sent` events of this call (it owned it before): go on from there."""
+        """Another process already sent `sent` events of this call (it owned it before): go on from there, and
+        queue the events held meanwhile."""
         if ((call.agent or {}).get("webhook_url") or "").strip():
             self._seq[call.id] = max(self._seq.get(call.id, 0), sent)
+        for event, data, at in self._held.pop(call.id, ()):
+            self._queue_event(call, event, data, at)
 
     def emit(self, call: WebhookSubject, event: str, data: dict[str, Any]) -> None:
         """Queue `event` for the call's agent webhook; returns at once."""
+        held = self._held.get(call.id)
+        if held is not None:
+            held.append((event, data, time.time()))
+            return
+        self._queue_event(call, event, data, time.time())
+
+    def _queue_event(self, call: WebhookSubject, event: str, data: dict[str, Any], at: float) -> None:
         url = ((call.agent or {}).get("webhook_url") or "").strip()
         if not url:
             return
         seq = self._seq[call.id] = self._seq.get(call.id, 0) + 1
         agent_id: int | None = (call.agent or {}).get("id")
         payload = {"event": event, "sequence": seq, "call_id": call.id, "call_log_id": call.log_id,
-                   "agent_id": agent_id, "timestamp": time.time(), "data": data}
+                   "agent_id": agent_id, "timestamp": at, "data": data}
         try:
             body = json.dumps(payload, default=str).encode()
         except (TypeError, ValueError):

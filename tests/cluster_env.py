@@ -151,8 +151,9 @@ def stop_all(procs: list[GatewayProc]) -> None:
 
 
 def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | None = None,
-                  port: int | None = None) -> GatewayProc:
-    """`gateway serve` with the echo engine, no SIP, Twilio/Vonage/Exotel carriers, `--node-id node_id`."""
+                  port: int | None = None, args: tuple[str, ...] = ()) -> GatewayProc:
+    """`gateway serve` with the echo engine, no SIP, Twilio/Vonage/Exotel carriers, `--node-id node_id`, and
+    `args` (e.g. `--workers 2`)."""
     data_dir = tmp / node_id
     data_dir.mkdir(exist_ok=True)
     port = port or free_port()
@@ -168,7 +169,7 @@ def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | Non
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", str(port),
              "--db", db, "--data-dir", str(data_dir), "--engine", "echo", "--api-key", API_KEY,
-             "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO"],
+             "--public-url", f"http://127.0.0.1:{port}", "--node-id", node_id, "--log-level", "INFO", *args],
             env=environ, stdout=subprocess.DEVNULL, stderr=log, cwd=str(ROOT))
     return GatewayProc(node_id, port, str(data_dir), proc, log_path)
 
@@ -229,6 +230,19 @@ async def twilio_world(db: str, webhook_url: str) -> TwilioWorld:
     finally:
         await store.close()
     return TwilioWorld(rest, account, agent, number)
+
+
+async def direct_urls(db: str, procs: set[str]) -> dict[str, str] | None:
+    """{process id: its private URL} (`nodes.direct_url`) once every one of `procs` is alive with one, else None."""
+    from gateway.store import Store
+    store = Store(db)
+    await store.open()
+    try:
+        nodes = await store.list_nodes(STALE)
+    finally:
+        await store.close()
+    urls = {n["proc"]: n["direct_url"] for n in nodes if n["alive"] and n.get("direct_url")}
+    return urls if procs <= set(urls) else None
 
 
 async def call_row(gw: GatewayProc, call_id: str) -> dict[str, Any] | None:

@@ -1,6 +1,10 @@
 """Shared fixtures: a real Gateway on ephemeral loopback ports with a real SQLite file in a temp dir."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import pytest_asyncio
 
@@ -12,6 +16,16 @@ API_KEY = "test-api-key"
 #: one key for every test gateway, so gateways of one test with separate data dirs (nodes sharing a PostgreSQL
 #: database) read each other's encrypted secrets, as production nodes sharing GATEWAY_SECRET_KEY do
 SECRET_KEY = "dGVzdC1vbmx5LWtleS10ZXN0LW9ubHkta2V5LTAwMDA="
+
+
+def load_example(name: str) -> ModuleType:
+    """examples/<name>.py as a module (the examples are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 async def reset_postgres_schema(url: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sipp import free_port, rtp_range, wait_for
+from sipp import free_port, free_ports, rtp_range, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -33,6 +33,9 @@ PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 
 needs_kamailio = pytest.mark.skipif(shutil.which("kamailio") is None or shutil.which("kamcmd") is None,
                                     reason="kamailio (Debian package kamailio) not installed")
+needs_kamailio_tls = pytest.mark.skipif(not any(Path("/usr/lib").glob("*/kamailio/modules/tls.so")),
+                                        reason="Kamailio's tls module (Debian package kamailio-tls-modules) not "
+                                               "installed")
 
 
 async def fresh_postgres() -> str:
@@ -75,7 +78,8 @@ class GatewayProc:
     async def start(cls, tmp: Path, *args: str, env: dict[str, str] | None = None, sip_port: int | None = None,
                     carriers: str = "sip") -> GatewayProc:
         http_port = free_port(kind=__import__("socket").SOCK_STREAM)
-        sip_port = sip_port or free_port()
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 0
+        sip_port = sip_port or free_ports(1 + workers)      # worker k listens on sip_port + k
         data_dir = tmp / "gw"
         data_dir.mkdir(exist_ok=True)
         rtp = rtp_range(200)
@@ -183,17 +187,23 @@ def _kill(pid: int) -> None:
 class KamailioProc:
     """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0,
+                 tls_port: int | None = None) -> None:
         self.proc = proc
         self.port = port
         self.workers_port = workers_port    # WORKERS_LISTEN: requests to the workers leave from this port
+        self.tls_port = tls_port
         self.run_dir = run_dir
         self.log = log
 
     @classmethod
     async def start(cls, tmp: Path, *, dispatcher_list: Path, ping_interval: int = 1, fr_timer_ms: int = 1000,
-                    children: int = 2) -> KamailioProc:
+                    children: int = 2, tls: tuple[str, str] | None = None) -> KamailioProc:
+        """`tls`: (certificate, key) PEM files: Kamailio also listens for SIP over TLS (`tls_port`)."""
         port, workers_port = free_port(), free_port()
+        tls_port = free_port(kind=__import__("socket").SOCK_STREAM) if tls else None
+        tls_args = ["-A", f"LISTEN_TLS=tls:127.0.0.1:{tls_port}", "-A", f'TLS_CERT="{tls[0]}"',
+                    "-A", f'TLS_KEY="{tls[1]}"'] if tls else []
         run_dir = tmp / "kamailio-run"
         run_dir.mkdir(exist_ok=True)
         log = tmp / "kamailio.log"
@@ -203,9 +213,9 @@ class KamailioProc:
                  "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
                  "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{workers_port}",
                  "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}",
-                 "-A", f"CHILDREN={children}", "-A", "LOG_LEVEL=2"],
+                 "-A", f"CHILDREN={children}", "-A", "LOG_LEVEL=2", *tls_args],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        kam = cls(proc, port, run_dir, log, workers_port)
+        kam = cls(proc, port, run_dir, log, workers_port, tls_port)
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam
 

@@ -1,13 +1,18 @@
 """Accept-mode engines in a cluster: an engine idle on node-b is redirected to node-a, whose call found no engine
 of its own (docs/deploy.md, "Accept-mode engines in a cluster"). Real `gateway serve` processes on a fresh
-PostgreSQL database, the example engine (examples/engine_client.py) and a Twilio Media Stream as the caller."""
+PostgreSQL database, the example engines (examples/engine_client.py, examples/realtime_bridge.py) and a Twilio
+Media Stream as the caller."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 
+import pytest
+
 from cluster_env import API_KEY, ended_row, in_progress_on, wait_until
+from conftest import load_example
+from fakes.realtime_server import RealtimeStandIn
 from fakes.twilio_env import recording
 from gateway.store import Store
 from test_cluster_nodes import cluster  # noqa: F401  (the fixture: a fresh database and the Twilio world)
@@ -40,19 +45,36 @@ class EngineLog(logging.Handler):
         return sum(line.startswith(prefix) for line in self.lines)
 
 
-async def two_nodes(cluster):
-    """node-a and node-b healthy; the world's agent is served by accept-mode engines of pool `default`."""
+async def two_nodes(cluster, engine: str = "accept"):
+    """node-a and node-b healthy; the world's agent is served by accept-mode engines (`engine`: of pool
+    `default`)."""
     start, world, receiver, clients = cluster
     store = Store(start.db)
     await store.open()
     try:
-        await store.update_agent(world.agent["id"], {"engine": "accept"})     # calls wait for an accepted engine
+        await store.update_agent(world.agent["id"], {"engine": engine})     # calls wait for an accepted engine
     finally:
         await store.close()
     a, b = start("node-a"), start("node-b")
     await a.wait_healthy()
     await b.wait_healthy()
     return a, b, world, clients
+
+
+async def call_redirected_to_a(a, b, world, clients, waiting: EngineLog, serving: EngineLog) -> str:
+    """The engine waits on node-b (`waiting`: its accept loop's log); a call with its stream on node-a gets it
+    redirected there (`serving`: the log of whoever handles the call). The call's id, once the engine has answered
+    a second of the caller."""
+    await wait_until(lambda: waiting.count("worker 1 waiting") == 1, 20, "the engine to wait on node-b")
+    call_id, call_sid = await world.inbound(a)
+    client = await world.stream(a, call_id, call_sid)          # the call and its media are on node-a
+    clients.append(client)
+    await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 15, "the call to be live on node-a")
+    await wait_until(lambda: serving.count(f"call {call_id} ") == 1, 15, "the engine to get `start`")
+    assert serving.count("redirected to ws://127.0.0.1:%d/engine/ws" % a.port) == 1
+    await client.play(recording()[: 160 * 50])                  # 1 s of the caller…
+    await client.wait_for(lambda: len(client.got.media) >= 45, timeout=15)   # …answered by the engine
+    return call_id
 
 
 async def test_idle_engine_on_the_other_node_is_redirected_to_the_call(cluster, example):
@@ -63,17 +85,7 @@ async def test_idle_engine_on_the_other_node_is_redirected_to_the_call(cluster, 
     logger.setLevel(logging.DEBUG)
     engine = asyncio.create_task(example.accept_worker(b.ws_url("/engine/ws?pool=default"), API_KEY, 1))
     try:
-        await wait_until(lambda: engine_log.count("worker 1 waiting") == 1, 20, "the engine to wait on node-b")
-        call_id, call_sid = await world.inbound(a)
-        client = await world.stream(a, call_id, call_sid)          # the call and its media are on node-a
-        clients.append(client)
-        await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 15, "the call to be live on node-a")
-        await wait_until(lambda: engine_log.count(f"call {call_id} ") == 1, 15, "the engine to get `start`")
-        assert engine_log.count("redirected to ws://127.0.0.1:%d/engine/ws" % a.port) == 1
-
-        await client.play(recording()[: 160 * 50])                  # 1 s of the caller
-        await client.wait_for(lambda: len(client.got.media) >= 45, timeout=15)   # echoed by the engine
-
+        call_id = await call_redirected_to_a(a, b, world, clients, engine_log, engine_log)
         status, body = await a.api("POST", f"/calls/{call_id}/hangup")
         assert status == 200, body
         row = await wait_until(lambda: ended_row(b, call_id), 15, "the call to end")
@@ -94,3 +106,33 @@ async def test_no_engine_anywhere_still_ends_the_call_unavailable(cluster):
     clients.append(await world.stream(a, call_id, call_sid))
     row = await wait_until(lambda: ended_row(b, call_id), 20, "the call to end without an engine")
     assert (row["hangup_source"], row["hangup_reason"]) == ("agent", "engine_unavailable")
+
+
+@pytest.fixture(scope="module")
+def realtime_bridge():
+    """examples/realtime_bridge.py as a module (it runs its accept-mode slots in engine_client.py's loop)."""
+    return load_example("realtime_bridge")
+
+
+async def test_realtime_bridge_follows_a_redirect_to_the_call(cluster, realtime_bridge):
+    a, b, world, clients = await two_nodes(cluster, "accept:rt?sample_rate=24000")
+    bridge_log, engine_log = EngineLog(), EngineLog()
+    loggers = [(logging.getLogger("realtime-bridge"), bridge_log), (logging.getLogger("echo-engine"), engine_log)]
+    for logger, handler in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    async with RealtimeStandIn(barge_after=10_000) as model:
+        slot = asyncio.create_task(realtime_bridge.accept_worker(b.ws_url("/engine/ws?pool=rt"), API_KEY, model.url))
+        try:
+            call_id = await call_redirected_to_a(a, b, world, clients, engine_log, bridge_log)
+            assert model.appended and all(len(pcm) == 960 for pcm in model.appended)   # 20 ms at 24 kHz
+
+            status, body = await a.api("POST", f"/calls/{call_id}/hangup")
+            assert status == 200, body
+            await wait_until(lambda: ended_row(b, call_id), 15, "the call to end")
+            await wait_until(lambda: engine_log.count("worker 1 waiting") == 3, 15, "the bridge back on node-b")
+        finally:
+            slot.cancel()
+            await asyncio.gather(slot, return_exceptions=True)
+            for logger, handler in loggers:
+                logger.removeHandler(handler)

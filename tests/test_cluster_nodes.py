@@ -43,8 +43,8 @@ async def cluster(tmp_path):
     world = await twilio_world(db, receiver.url("ok"))
     started = []
 
-    def start(node_id: str, **env):
-        gw = start_gateway(tmp_path, node_id, db, env={**world.env, **env})
+    def start(node_id: str, args: tuple[str, ...] = (), **env):
+        gw = start_gateway(tmp_path, node_id, db, env={**world.env, **env}, args=args)
         started.append(gw)
         return gw
 

@@ -2,37 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY
-from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
+from conftest import API_KEY, load_example
+from gateway.frames import AudioFrame, Dtmf, Mark
+from test_api_fakes import FakeLeg
 
 T = 5.0
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "engine_client.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("engine_client_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class FakeLeg:
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request.number)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
+    return load_example("engine_client")
 
 
 async def until(predicate):
@@ -70,7 +52,7 @@ async def exercise(gw, spec: str) -> FakeLeg:
     drain.cancel()
     row = await gw.store.get_call(call.log_id)
     assert row["hangup_source"] == "agent" and row["hangup_reason"] == "caller_requested"
-    assert leg.transfers == ["+15550009999"]
+    assert [t.number for t in leg.transfers] == ["+15550009999"]
     return leg
 
 

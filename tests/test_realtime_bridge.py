@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from conftest import load_example
 from fakes.realtime_server import RealtimeStandIn
 from gateway.frames import AudioFrame, Clear, HangupSource
 
 T = 5.0
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "realtime_bridge.py"
 FRAME = 960   # 20 ms of PCM16 at 24 kHz
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("realtime_bridge_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("realtime_bridge")
 
 
 class FakeLeg:

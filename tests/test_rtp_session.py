@@ -191,6 +191,34 @@ async def test_ports_are_even_and_reused(make_gateway):
     await rtp.stop()
 
 
+async def test_pairs_other_programs_hold_are_skipped_and_nothing_leaks():
+    # the engine binds its sockets itself (no getaddrinfo round trip through uvloop's thread pool): a pair whose
+    # RTP port is taken, then a pair whose RTCP port is taken, are skipped; the half-bound RTP socket of the second
+    # pair is closed again; the session's sockets are real and receive
+    held = []
+    for port in (43502, 43505):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", port))
+        held.append(s)
+    rtp = RtpEngine("127.0.0.1", 43502, 43510)
+    await rtp.start()
+    try:
+        session = await rtp.open_session()
+        assert session.local_port == 43506
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 43504))           # not leaked by the skipped pair
+        probe.close()
+        peer, _ = await open_peer()
+        peer.transport.sendto(build_rtp(0, False, 1, 160, 9, b"\xff" * 160), ("127.0.0.1", 43506))
+        peer.transport.sendto(b"\x80\xc9\x00\x01\x00\x00\x00\x09", ("127.0.0.1", 43507))   # an RTCP RR
+        await wait_for(lambda: rtp.totals().get("received", 0) >= 1 and rtp.totals().get("rtcp_received", 0) >= 1,
+                       5, what="an RTP packet on the session's port and an RTCP report on the one above")
+    finally:
+        await rtp.stop()
+        for s in held:
+            s.close()
+
+
 async def test_engine_totals_survive_closed_sessions():
     rtp = RtpEngine("127.0.0.1", 41900, 41910)
     await rtp.start()

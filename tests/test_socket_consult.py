@@ -151,26 +151,36 @@ async def test_telnyx_cancel_hangs_up_the_target_and_the_caller_talks_to_the_eng
         await caller.__aexit__()
 
 
+async def telnyx_consult_dialing(env, call_id: str, ccid: str, caller) -> tuple[Any, dict[str, Any], str]:
+    """The caller's stream starts and the API consults: (call, the dial request's body, the target's ccid)."""
+    await caller.start(ccid)
+    call = env.gw.calls.get(call_id)
+    await until(lambda: call.bus is not None)
+    status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
+    assert status == 200
+    dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
+    return call, dial, next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+
+
+async def engine_hears(caller) -> None:
+    """The caller talks to the engine again: its echo (not music) comes back on the caller's stream."""
+    mark = len(caller.got.media)
+    await caller.play(recording()[:160 * 50])
+    await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
+                          timeout=10)
+
+
 async def test_telnyx_busy_target_returns_the_caller(telnyx_env):  # noqa: F811
     env = await telnyx_env(settings=SETTINGS)
     call_id, ccid, answer = await env.inbound()
     async with env.stream(answer["stream_url"]) as caller:
-        await caller.start(ccid)
-        call = env.gw.calls.get(call_id)
-        await until(lambda: call.bus is not None)
-        status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
-        assert status == 200
-        dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
-        target_ccid = next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
+        call, dial, target_ccid = await telnyx_consult_dialing(env, call_id, ccid, caller)
         status, _ = await env.webhook("call.hangup", {"call_control_id": target_ccid, "hangup_cause": "user_busy",
                                                       "client_state": dial["client_state"]})
         assert status == 200
         await until(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "busy"
-        mark = len(caller.got.media)
-        await caller.play(recording()[:160 * 50])
-        await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
-                              timeout=10)
+        await engine_hears(caller)
         # a second socket with the (now stale) consultation URL is refused
         async with env.stream(dial["stream_url"]) as late:
             await late.start(target_ccid)
@@ -266,6 +276,19 @@ async def telnyx_caller_hangs_up(env, call, ccid: str, target, target_ccid: str)
                 what="the target's call hung up")
 
 
+async def test_consultation_the_carrier_never_reports_on_fails_after_a_while(telnyx_env, monkeypatch):  # noqa: F811
+    """No socket and no webhook from the target's call: the caller is not left on hold forever."""
+    monkeypatch.setattr("carriers.socket_consult.ANSWER_TIMEOUT", 0.3)
+    env = await telnyx_env(settings=SETTINGS)
+    call_id, ccid, answer = await env.inbound()
+    async with env.stream(answer["stream_url"]) as caller:
+        call, dial, target_ccid = await telnyx_consult_dialing(env, call_id, ccid, caller)
+        await until(lambda: call.consultation.state == "failed", what="the consultation to give up")
+        assert call.consultation.reason.startswith("no-answer")
+        assert f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests]
+        await engine_hears(caller)
+
+
 # -- Plivo ----------------------------------------------------------------------------------------------------------
 def xml_stream_url(xml: str) -> str:
     m = re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml)
@@ -341,10 +364,7 @@ async def test_plivo_failed_dial_and_cancel(plivo_env):  # noqa: F811
         status, body = await api(env, "POST", f"/api/v1/calls/{call.id}/consult/cancel")
         assert status == 200, body
         assert await asyncio.wait_for(env.rest.actions.get(), 5) == ("cancel", second, None)
-        mark = len(caller.got.media)
-        await caller.play(recording()[:160 * 50])
-        await caller.wait_for(lambda: len([p for p in after(caller.got.media, mark) if p not in MUSIC_ULAW]) >= 30,
-                              timeout=10)
+        await engine_hears(caller)
     finally:
         await caller.__aexit__()
 

@@ -106,6 +106,31 @@ async def test_events_of_a_call_arrive_in_order(make_gateway, receiver):
     assert gw.webhooks.delivered == 3 * len(LIFECYCLE) and gw.webhooks.failures == 0
 
 
+async def test_held_events_wait_for_the_sequence_of_the_previous_owner(make_gateway, receiver):
+    """An adopted call (gateway/callmanager.py) holds its webhooks until the old owner says how many sequence
+    numbers it used: nothing is sent before, then everything in order, numbered on from there."""
+    gw = await make_gateway(allow_private_webhooks=True)
+    agent = await gw.store.create_agent({"name": "hooked", "engine": "echo", "webhook_url": receiver.url("ok")})
+    call = await gw.calls.create(carrier="test", direction="inbound", from_number="+14155550100",
+                                 to_number="+14155550101", agent=agent)
+    await asyncio.wait_for(_until(lambda: len(receiver.events(call.id)) == 1), 10)   # connection_requested
+    gw.webhooks.hold(call)
+    gw.webhooks.emit(call, "call:first", {"n": 1})
+    gw.webhooks.emit(call, "call:second", {"n": 2})
+    assert gw.webhooks.held(call.id) == 2
+    gw.webhooks.resume_sequence(call, 5)          # the old owner had numbered five
+    gw.webhooks.emit(call, "call:third", {"n": 3})
+    await asyncio.wait_for(_until(lambda: len(receiver.events(call.id)) == 4), 10)
+    got = receiver.events(call.id)[1:]
+    assert [(e["event"], e["sequence"]) for e in got] == [("call:first", 6), ("call:second", 7), ("call:third", 8)]
+    assert gw.webhooks.held(call.id) == 0
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.02)
+
+
 async def test_failed_delivery_is_retried(make_gateway, receiver):
     gw = await make_gateway(allow_private_webhooks=True)   # the receiver listens on 127.0.0.1
     gw.webhooks.backoff = 0.01

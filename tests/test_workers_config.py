@@ -39,6 +39,8 @@ def test_dispatcher_list_and_command():
     cmd = kamailio_command(s, "/etc/gw/kamailio.cfg")
     assert cmd[:3] == ["kamailio", "-f", "/etc/gw/kamailio.cfg"]
     assert "LISTEN=udp:0.0.0.0:5060" in cmd and 'DS_LIST="/var/lib/gw/dispatcher.list"' in cmd
+    # Kamailio's side toward the workers: the address they are listed by, a port none of them uses
+    assert "WORKERS_LISTEN=udp:10.0.0.5:5059" in cmd
 
 
 def test_kamailio_config_command_prints_list_and_command_line(tmp_path, capsys):
@@ -52,4 +54,4 @@ def test_kamailio_config_command_prints_list_and_command_line(tmp_path, capsys):
     assert len(command) == 1
     argv = shlex.split(command[0])
     assert argv[argv.index("-f") + 1].endswith("deploy/kamailio/kamailio.cfg")
-    assert "LISTEN=udp:0.0.0.0:5070" in argv
+    assert "LISTEN=udp:0.0.0.0:5070" in argv and "WORKERS_LISTEN=udp:127.0.0.1:5069" in argv

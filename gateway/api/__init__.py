@@ -52,10 +52,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 `ok`; 503 `draining` while draining, so HTTP load balancers send new webhooks elsewhere."""
+    """200 `ok` once everything that takes calls is up (SIP, RTP, the control bus, the carriers); 503 `starting`
+    before that (the HTTP port is bound first) and `draining` while draining, so HTTP load balancers and the
+    `--workers` supervisor send new calls elsewhere."""
     gw = request.app["gateway"]
     if gw.draining:
         return reply(responses.Health, status="draining", **gw.info(), _status=503)
+    waiting = gw.waiting_for()
+    if waiting:
+        return reply(responses.Health, status="starting", waiting_for=waiting, **gw.info(), _status=503)
     return reply(responses.Health, status="ok", **gw.info())
 
 
@@ -82,7 +87,7 @@ def setup_api(app: web.Application, gateway: Gateway) -> None:
     app.middlewares.append(auth_middleware)
     api_route(app, "GET", "/healthz", healthz, "Liveness for load balancers (503 while draining)", tag="meta",
               response=responses.Health, auth=False, errors=(),
-              also=((503, responses.Health, "Draining: send new calls elsewhere"),))
+              also=((503, responses.Health, "Starting or draining: send new calls elsewhere"),))
     api_route(app, "GET", "/metrics", metrics_handler, "Prometheus exposition (text 0.0.4, or OpenMetrics by "
               "Accept); under --workers N every worker's series of the node", tag="meta", query=models.MetricsQuery,
               response=None, content_type="text/plain", auth=False, errors=(400,))

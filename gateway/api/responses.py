@@ -303,12 +303,14 @@ class Draining(Reply):
 
 
 class Health(Row):
-    status: Literal["ok", "draining"]
+    status: Literal["ok", "draining", "starting"]
     http_port: int
     carriers: list[str]
     active_calls: int
     proc: str
     node: str
+    waiting_for: list[str] = Field(default_factory=list, description="while `starting`: what is not up yet "
+                                   "(sip, rtp, control_bus, carriers)")
 
 
 class OpenApiDocument(Row):

@@ -68,6 +68,11 @@ class ControlBus:
         self.timeout = timeout
         self._handlers: dict[str, Handler] = {}
 
+    @property
+    def connected(self) -> bool:
+        """Can this process receive commands now? (PgControl: its listening connection is up.)"""
+        return True
+
     def handle(self, op: str, handler: Handler) -> None:
         self._handlers[op] = handler
 

@@ -118,6 +118,12 @@ class Membership:
             return False
         return any(n["proc"] == proc and n["alive"] for n in await self.store.list_nodes(self.settings.stale_after))
 
+    async def direct_url(self, proc: str) -> str | None:
+        """The URL that reaches live process `proc` and no other (`Gateway.direct_url`, in the nodes table); None
+        when it is not alive or did not record one."""
+        return next((n.get("direct_url") for n in await self.store.list_nodes(self.settings.stale_after)
+                     if n["proc"] == proc and n["alive"]), None)
+
     async def alive_procs(self) -> list[str]:
         return [n["proc"] for n in await self.store.list_nodes(self.settings.stale_after) if n["alive"]]
 

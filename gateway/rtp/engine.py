@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from functools import partial
 
 from .session import RtpSession
@@ -72,24 +73,36 @@ class RtpEngine:
             self._cursor = port + 2 if port + 2 <= self.port_max else self.port_min
             if port in self.sessions:
                 continue
+            rtp_sock = self._bound(port)
+            if rtp_sock is None:
+                continue
+            rtcp_sock = self._bound(port + 1)
+            if rtcp_sock is None:
+                rtp_sock.close()
+                continue
             session = RtpSession(self, port)
-            try:
-                await loop.create_datagram_endpoint(lambda: session,  # noqa: B023 (called before the next iteration)
-                                                    local_addr=(self.bind_ip, port))
-            except OSError:
-                continue
-            try:
-                rtcp, _ = await loop.create_datagram_endpoint(partial(RtcpPort, session),
-                                                              local_addr=(self.bind_ip, port + 1))
-            except OSError:
-                if session.transport is not None:
-                    session.transport.close()
-                continue
+            await loop.create_datagram_endpoint(lambda: session, sock=rtp_sock)  # noqa: B023 (called at once)
+            rtcp, _ = await loop.create_datagram_endpoint(partial(RtcpPort, session), sock=rtcp_sock)
             session.rtcp_transport = rtcp
             self.sessions[port] = session
             self._order = tuple(self.sessions.values())
             return session
         raise RuntimeError(f"no free RTP port in {self.port_min}-{self.port_max}")
+
+    def _bound(self, port: int) -> socket.socket | None:
+        """A non-blocking UDP socket bound to `port` of the bind address, or None when the port is taken.
+        Bound here rather than with create_datagram_endpoint(local_addr=…): uvloop resolves a local_addr with
+        getaddrinfo on its thread pool even for a numeric address, a thread hand-off for each of a call's two
+        sockets; profiled at 100 calls/s it was 12 % of the worker's samples, plus the pool thread's own CPU."""
+        family = socket.AF_INET6 if ":" in self.bind_ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.bind_ip or "0.0.0.0", port))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        return sock
 
     def release(self, session: RtpSession) -> None:
         if self.sessions.get(session.local_port) is session:

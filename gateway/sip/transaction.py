@@ -349,14 +349,18 @@ class ClientTransaction(_TimerSet):
 # --- server -------------------------------------------------------------------------------------------------
 
 class ServerTransaction(_TimerSet):
-    __slots__ = ("layer", "request", "source", "conn", "is_invite", "reliable", "state", "key", "last_response",
-                 "_last_data", "_dest", "_timers", "_cancelled", "to_tag", "dialog_key", "__weakref__")
+    __slots__ = ("layer", "request", "source", "origin", "conn", "is_invite", "reliable", "state", "key",
+                 "last_response", "_last_data", "_dest", "_timers", "_cancelled", "to_tag", "dialog_key",
+                 "__weakref__")
 
     def __init__(self, layer: TransactionLayer, request: SipRequest, source: tuple[str, int], conn: Any,
-                 key: tuple[Any, ...]) -> None:
+                 key: tuple[Any, ...], origin: tuple[str, int] | None = None) -> None:
         self.layer = layer
         self.request = request
+        #: where the request came from (responses go back there); `origin`: who sent it first, when a trusted
+        #: proxy forwarded it (gateway/sip/origin.py), else the same address
         self.source = source
+        self.origin = origin or source
         self.conn = conn
         self.is_invite = request.method == "INVITE"
         self.reliable = getattr(conn, "protocol", "udp") != "udp"
@@ -539,6 +543,9 @@ class TransactionLayer:
         #: source gate for new out-of-dialog requests (a banned password guesser): fn(source ip) → None to let the
         #: request through, a status (403) to answer it with, or 0 to drop it without a word
         self.refuse_source: Callable[[str], int | None] | None = None
+        #: the original sender of a request a trusted proxy forwarded: fn(request, peer address) → address
+        #: (gateway/sip/origin.py); None: every request's origin is the address it came from
+        self.origin_of: Callable[[SipRequest, tuple[str, int]], tuple[str, int]] | None = None
         self._clients: dict[tuple[Any, ...], ClientTransaction] = {}
         self._servers: dict[tuple[Any, ...], ServerTransaction] = {}
         self._awaiting_ack: dict[tuple[Any, ...], ServerTransaction] = {}
@@ -636,10 +643,11 @@ class TransactionLayer:
             for k, pending in list(self._awaiting_ack.items()):
                 if k[0] == cid and k[2] == ftag:
                     pending.ack_for_2xx()
-        refusal = self.refuse_source(addr[0]) if self.refuse_source is not None and not req.to_tag else None
+        origin = self.origin_of(req, addr) if self.origin_of is not None else addr
+        refusal = self.refuse_source(origin[0]) if self.refuse_source is not None and not req.to_tag else None
         if refusal == 0:
             return
-        server = ServerTransaction(self, req, addr, conn, key)
+        server = ServerTransaction(self, req, addr, conn, key, origin)
         self._servers[key] = server
         self.stats["server_transactions"] += 1
         if refusal is not None:

@@ -442,7 +442,10 @@ class IncomingInvite:
 
     @property
     def source_ip(self) -> str:
-        return self.source[0]
+        """The address that sent the INVITE first (a trusted proxy's X-Gateway-Source, else the peer's): what
+        trunk authentication and the password-guessing ban look at."""
+        origin = getattr(self.txn, "origin", None)
+        return str(origin[0]) if origin else self.source[0]
 
     def respond(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None,
                 body: bytes = b"", content_type: str | None = None) -> None:

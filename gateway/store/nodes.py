@@ -121,10 +121,12 @@ class ClusterStore:
         return [(p, hb) for p, hb in rows]
 
     # call ownership -------------------------------------------------------------------------------------------
-    async def claim_call(self, call_id: int, old_owner: str | None, new_owner: str) -> bool:
+    async def claim_call(self, call_id: int, old_owner: str | None, new_owner: str, *, flush: bool = True) -> bool:
         """Move a live call to `new_owner` if `old_owner` still holds it; False when someone else moved or closed
-        it first."""
-        await self.flush()
+        it first. `flush=False` does not wait for this process's queued writes first: adoption, on the media path,
+        claims a row another process wrote, which nothing queued here ends."""
+        if flush:
+            await self.flush()
         held = CallLog.owner.is_(None) if old_owner is None else CallLog.owner == old_owner
         async with self._writing_core() as conn:
             result = await conn.execute(update(CallLog).where(CallLog.id == call_id, held,

@@ -524,8 +524,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
             c = await s.get(CallLog, call_id)
             return _row(c) if c else None
 
-    async def find_call(self, *, call_uuid: str | None = None, carrier_sid: str | None = None) -> dict[str, Any] | None:
-        await self.flush()
+    async def find_call(self, *, call_uuid: str | None = None, carrier_sid: str | None = None,
+                        flush: bool = True) -> dict[str, Any] | None:
+        """The newest call-log row with this call id or carrier sid. `flush=False` skips waiting for this process's
+        queued writes (a row another process wrote, read on a media path: adoption)."""
+        if flush:
+            await self.flush()
         q = select(CallLog)
         if call_uuid is not None:
             q = q.where(CallLog.call_uuid == call_uuid)
