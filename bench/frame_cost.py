@@ -536,6 +536,11 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
         f"SIP: {args.calls} RtpSessions on real sockets, ticked, + the datagram receive")
     rows.append(["% of one core per call (50 frames/s)", pct(tw_sum), pct(sip_total), ""])
     rows.append(["implied calls per core", per_core(tw_sum), per_core(sip_total), "CPU only, no latency margin"])
+    resampling = steps["resample 8 → 16 kHz"] + steps["resample 16 → 8 kHz"]
+    rows.append(["the same with an 8 kHz engine (no resampling: `StreamResampler` passes equal rates through)",
+                 f"{f(tw_sum - resampling)} ({per_core(tw_sum - resampling)} per core)",
+                 f"{f(sip_total - resampling)} ({per_core(sip_total - resampling)} per core)",
+                 "the two resampling rows drop out"])
     text = table(["step (one 20 ms frame, both directions)", "Twilio µs", "SIP µs", "note"], rows)
     lines = [
         "Echo engine at 16 kHz, carrier 8 kHz (every frame resampled up and back down, as in the load benchmarks). "
@@ -545,16 +550,20 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
         "minus the steps in it. One 20 ms frame in and one out per call per 20 ms; 1 % of a core = 200 µs "
         "per frame.",
         "", text]
-    if e2e is not None:
-        measured = e2e["cpu"] / 100 / e2e["n"] / 50 * US
+    if e2e is not None and e2e["echoed"]:
+        measured = e2e["cpu_s"] / e2e["echoed"] * US       # one frame in and its echo out
         lines += ["", (f"**End to end** (one bench/media_ws.py step: `gateway serve` pinned to one core, {e2e['n']} "
                        f"Twilio streams for {args.e2e_seconds:g} s from another process, load average "
-                       f"{e2e['load']:.1f}): the process used {e2e['cpu']:.0f} % of a core = **{f(measured)} µs per "
-                       f"frame** ({pct(measured)} of a core per call, {per_core(measured)} calls per core), "
-                       f"p99 turnaround {e2e['p99']:.1f} ms, {e2e['dropped']} frames lost. The steps above "
-                       f"sum to {f(tw_sum)} µs: the other {f(measured - tw_sum)} µs are the event loop's iterations, "
-                       "aiohttp's connection and websocket plumbing around the parser and writer, timers and "
-                       "the gateway's other work (metrics, call-log writer, GC).")]
+                       f"{e2e['load']:.1f}): the process used {e2e['cpu']:.0f} % of a core for {e2e['echoed']} frames "
+                       f"echoed ({e2e['dropped']} lost) = **{f(measured)} µs per frame** ({pct(measured)} of a core "
+                       f"per call, {per_core(measured)} calls per core by CPU). The steps above sum to {f(tw_sum)} µs: "
+                       f"the other {f(measured - tw_sum)} µs are the event loop's iterations, aiohttp's connection "
+                       "and websocket plumbing around the parser and writer, the reader's and sender's task switches, "
+                       "timers and the gateway's other work (metrics, call-log writer, GC), and cache misses that "
+                       "in-process loops over hot data do not pay. Turnaround p99 "
+                       f"{e2e['p99']:.1f} ms with the load generator itself late by {e2e['gen_late_p99']:.0f} ms (p99)"
+                       + (": on this busy machine the step is a CPU measurement, not a latency result." if
+                          e2e["gen_late_p99"] >= 20 else "."))]
     lines += ["", f"Load average at the start: {args.load:.1f} (a shared 2-core machine: figures are CPU time, so "
               "other processes inflate them less than wall time, but caches and frequency still vary)."]
     return "\n".join(lines)

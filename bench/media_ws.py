@@ -156,7 +156,8 @@ async def run_step(port: int, pid: int | list[int], n: int, seconds: float, payl
     cpu0, w0 = gateway_cpu(), time.monotonic()
     t0 = time.monotonic() + 0.1
     await asyncio.wait_for(asyncio.gather(*(c.run(t0, frames) for c in calls)), seconds + 15)
-    cpu = (gateway_cpu() - cpu0) / (time.monotonic() - w0)
+    cpu_s = gateway_cpu() - cpu0
+    cpu = cpu_s / (time.monotonic() - w0)
     turn, late, dropped, bad, errors = [], [], 0, 0, 0
     for c in calls:
         r = c.res
@@ -171,7 +172,8 @@ async def run_step(port: int, pid: int | list[int], n: int, seconds: float, payl
     await asyncio.sleep(2.0)   # let the gateway close the calls (call-log writes, webhooks) before the next step
     return {"n": n, "frames": sum(len(c.res.sent) for c in calls), "p50": float(np.percentile(t, 50)),
             "p99": float(np.percentile(t, 99)), "max": float(t.max()), "dropped": dropped, "bad": bad,
-            "errors": errors, "cpu": cpu * 100, "gen_late_p99": float(np.percentile(lt, 99)), "load": load}
+            "errors": errors, "cpu": cpu * 100, "cpu_s": cpu_s, "echoed": sum(len(c.res.received) for c in calls),
+            "gen_late_p99": float(np.percentile(lt, 99)), "load": load}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:

@@ -298,6 +298,7 @@ async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -
         after = await node.counters()
     finally:
         node.stop()
+    shutil.rmtree(res.workdir, ignore_errors=True)         # SIPp's statistics and logs of the step
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     ok = res.stats.successful
     due_out = ok * hold * 50

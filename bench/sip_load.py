@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import socket
 import struct
 import sys
@@ -130,6 +131,7 @@ async def rtp(args: argparse.Namespace) -> None:
     scenario = long_media_scenario(args.hold + 2)
     for n in (int(c) for c in args.counts.split(",")):
         rate = max(10.0, n / 20)  # ramp up within ~20 s
+        load = os.getloadavg()[0]   # how busy the (shared) machine was as the step started
         r = await step(rate, n, int(args.hold * 1000), True, concurrent=n, scenario_file=scenario)
         # inbound: packets the jitter buffers counted lost or late; outbound: packets the gateway should have
         # sent (one per 20 ms tick per answered call) but did not because its clock had to skip ticks
@@ -137,7 +139,8 @@ async def rtp(args: argparse.Namespace) -> None:
         short_out = max(0.0, expected_out - r["rtp_out"])
         bad = 100 * (r["rtp_lost"] + short_out) / max(r["rtp_in"] + expected_out, 1)
         rows.append([n, r["ok"], r["failed"], int(r["rtp_in"]), int(r["rtp_out"]), int(expected_out),
-                     f"{bad:.3f}", int(r["late_ticks"]), fmt(r["cpu_pct"], ".0f"), fmt(r["rss_mib"], ".0f")])
+                     f"{bad:.3f}", int(r["late_ticks"]), fmt(r["cpu_pct"], ".0f"), fmt(r["rss_mib"], ".0f"),
+                     f"{load:.1f}"])
         print(rows[-1], flush=True)
         if r["failed"] or bad >= 0.1:
             break
@@ -149,7 +152,9 @@ async def rtp(args: argparse.Namespace) -> None:
         "SIPp plays G.711 A-law for the whole call into every call (g711a.pcap looped, 30 ms "
         "packets) and runs on the other core.\n\n" + table(
             ["calls", "ok", "failed", "RTP in", "RTP out", "RTP out due", "lost/late/unsent %",
-             "clock late ticks", "gateway CPU %", "peak RSS MiB"], rows)),
+             "clock late ticks", "gateway CPU %", "peak RSS MiB", "load avg"], rows)
+        + "\n\nThe load average (1 minute, at the start of each step) shows how busy this shared machine was: other "
+          "processes take cores from the gateway, SIPp and the clock."),
         command=f"python bench/sip_load.py rtp --counts {args.counts} --hold {args.hold}")
 
 

@@ -257,6 +257,10 @@ class Call:
                     return frame
                 continue
             item = await bus.next_outbound()
+            if type(item) is AudioFrame:       # nearly every item: straight out (the checks below are for actions)
+                if on_wire:
+                    self._played(item)
+                return item
             if isinstance(item, Hangup):
                 await self._hangup_now(item.source, item.reason)
             elif isinstance(item, TransferRequest):
@@ -267,8 +271,7 @@ class Call:
                 if self._hold_state(item.held, "engine"):
                     await self._engine_hold(item.held)
             elif type(item) is not Wake:
-                if on_wire or type(item) is not AudioFrame:
-                    self._played(item)
+                self._played(item)             # a Clear, Mark, SendDtmf… (audio returned above)
                 return item
 
     def sent(self, frame: AudioFrame) -> None:
@@ -282,6 +285,9 @@ class Call:
             if self.held:
                 return self._music_frame()
             item = bus.next_outbound_nowait()
+            if type(item) is AudioFrame:       # nearly every item: straight out (the checks below are for actions)
+                self._played(item)
+                return item
             if isinstance(item, Hangup):
                 asyncio.create_task(self._hangup_now(item.source, item.reason))
             elif isinstance(item, TransferRequest):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .call import Call
 
 FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
 
 
 class SpeechDetector:
@@ -65,6 +66,14 @@ class SpeechDetector:
         #: both late; the turn timeline needs when the caller actually started and stopped.
         self.onset = 0
         self.offset = 0
+        #: the same two boundaries in time, from the times given to process() with those frames (the start of the
+        #: first voiced one, the end of the last): when they really arrived, however unevenly the frames came
+        #: (counting back 20 ms a frame from the frame that declares the change, 200-600 ms later, would move the
+        #: turn by every stall of the sender or of this process in between)
+        self.onset_at = 0.0
+        self.offset_at = 0.0
+        self._start_times: deque[float] = deque(maxlen=self._start_n)
+        self._last_voiced_at = 0.0
 
     def is_voiced(self, frame: bytes) -> bool:
         loud = audioop.rms(frame, 2) >= self.floor_rms
@@ -72,24 +81,30 @@ class SpeechDetector:
             frame = self._resample.process(frame)  # every frame, so the resampler's state stays continuous
         return loud and self._vad.is_speech(frame, self._vad_rate)
 
-    def process(self, frame: bytes) -> bool | None:
-        """Feed one 20 ms frame; returns True when speech starts, False when it ends, else None."""
+    def process(self, frame: bytes, at: float = 0.0) -> bool | None:
+        """Feed one 20 ms frame that arrived (ended) at `at`; returns True when speech starts, False when it ends,
+        else None."""
         self.frames += 1
         voiced = self.is_voiced(frame)
         if voiced:
             self._last_voiced = self.frames
+            self._last_voiced_at = at
         self._start_voiced += voiced - (len(self._start_win) == self._start_n and self._start_win[0])
         self._start_win.append(voiced)
+        self._start_times.append(at)
         self._end_voiced += voiced - (len(self._end_win) == self._end_n and self._end_win[0])
         self._end_win.append(voiced)
         if not self.speaking:
             if self._start_voiced >= self._start_need:
                 self.speaking = True
-                self.onset = self.frames - len(self._start_win) + list(self._start_win).index(True)
+                first = list(self._start_win).index(True)
+                self.onset = self.frames - len(self._start_win) + first
+                self.onset_at = self._start_times[first] - FRAME_S     # the voiced frame's start
                 return True
         elif len(self._end_win) == self._end_n and self._end_n - self._end_voiced >= self._end_need:
             self.speaking = False
             self.offset = self._last_voiced
+            self.offset_at = self._last_voiced_at
             return False
         return None
 
@@ -114,33 +129,34 @@ class SpeechTap:
 
     def __call__(self, pcm: bytes) -> None:
         frames = self._frames.push(pcm)
-        for i, frame in enumerate(frames):
-            change = self.detector.process(frame)
+        if not frames:
+            return
+        # each frame ended when its chunk arrived at the carrier (`call.inbound_arrived`, else now) less the frames
+        # of the chunk after it: the detector keeps the times of the frames where speech really starts and ends
+        arrived = self._call.inbound_arrived
+        last = (asyncio.get_running_loop().time() if arrived is None else arrived) - len(frames) * FRAME_S
+        for i, frame in enumerate(frames, 1):
+            change = self.detector.process(frame, last + i * FRAME_S)
             if change is None:
                 continue
             at = self.detector.position_ms
             self._call.feed_event(SpeechActivity(change))
-            self._timeline(change, len(frames) - 1 - i)
+            self._timeline(change)
             if change:
                 self._started_ms = at
                 self._emit("speech:started", {"at_ms": at})
             else:
                 self._emit("speech:ended", {"at_ms": at, "duration_ms": at - self._started_ms})
 
-    def _timeline(self, started: bool, frames_after: int) -> None:
-        """Put the real start / end of speech on the call's timeline: the frame just processed ended when its chunk
-        arrived at the carrier (`call.inbound_arrived`, else now) less the frames of the chunk after it."""
-        call = self._call
-        timeline = call.timeline
+    def _timeline(self, started: bool) -> None:
+        """Put the real start / end of speech on the call's timeline (the times of those frames)."""
+        timeline = self._call.timeline
         if timeline is None:
             return
-        d = self.detector
-        arrived = call.inbound_arrived
-        now = (asyncio.get_running_loop().time() if arrived is None else arrived) - frames_after * FRAME_MS / 1000
         if started:
-            timeline.caller_started(now - (d.frames - d.onset) * FRAME_MS / 1000)
+            timeline.caller_started(self.detector.onset_at)
         else:
-            timeline.caller_ended(now - (d.frames - d.offset) * FRAME_MS / 1000)
+            timeline.caller_ended(self.detector.offset_at)
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         """Schedule call.emit without blocking the reader; each emit waits for the previous one (order kept)."""

@@ -14,6 +14,8 @@ from typing import Any
 
 from fakes.exotel_rest import ACCOUNT_SID, API_KEY, API_TOKEN, APP_ID, FakeExotelApi  # noqa: F401
 from fakes.rest_faults import basic  # noqa: F401  (the tests' Basic auth header)
+from gateway.engine.base import EngineSession, VoiceEngine
+from gateway.frames import CallStarted, Hangup
 from gateway.simulate.exotel_stream import ExotelStreamClient, Received  # noqa: F401
 
 EXOPHONE = "+918047491899"
@@ -41,6 +43,19 @@ async def add_exophone(gw, *, agent_id: int | None = None, allow_unauthenticated
                     "exotel_app_id": APP_ID, "exotel_allow_unauthenticated": allow_unauthenticated,
                     "exotel_exophone": "0" + phone[3:]}},
         {"exotel_api_key": API_KEY, "exotel_api_token": API_TOKEN})
+
+
+class Monologue(VoiceEngine):
+    """Produces 2 s of speech at once, as a TTS engine does (the media-stream carriers must pace it to playback)."""
+
+    sample_rate = 16000
+
+    async def handle_call(self, session: EngineSession) -> None:
+        while (item := await session.receive()) is not None:
+            if isinstance(item, CallStarted):
+                await session.play(tone(2.0, 16000), end_of_utterance=True)
+            elif isinstance(item, Hangup):
+                return
 
 
 class CallWatch:

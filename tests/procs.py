@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sipp import free_port, rtp_range, wait_for
+from sipp import free_port, free_ports, rtp_range, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -78,7 +78,8 @@ class GatewayProc:
     async def start(cls, tmp: Path, *args: str, env: dict[str, str] | None = None, sip_port: int | None = None,
                     carriers: str = "sip") -> GatewayProc:
         http_port = free_port(kind=__import__("socket").SOCK_STREAM)
-        sip_port = sip_port or free_port()
+        workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 0
+        sip_port = sip_port or free_ports(1 + workers)      # worker k listens on sip_port + k
         data_dir = tmp / "gw"
         data_dir.mkdir(exist_ok=True)
         rtp = rtp_range(200)

@@ -45,6 +45,17 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
+def free_ports(count: int) -> int:
+    """A port P such that P … P + count - 1 were all free a moment ago on 127.0.0.1 for UDP and TCP (a node's SIP
+    port and its workers' `P + k`, or their TLS ports)."""
+    for _ in range(50):
+        port = free_port()
+        if all(_udp_free(p, kind) for p in range(port + 1, port + count)
+               for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            return port
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 def _udp_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
         try:

@@ -75,12 +75,20 @@ class FakeLeg:
         return out
 
 
-async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound"):
+async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound", carrier: str = "fake"):
     gw.engines.register("talker", engine)
     agent = await gw.store.create_agent({"name": "a", "engine": "talker", "settings": settings})
-    call = await gw.calls.create(carrier="fake", direction=direction, from_number="+15550000001",
+    call = await gw.calls.create(carrier=carrier, direction=direction, from_number="+15550000001",
                                  to_number="+15550000002", agent=agent)
     return call
+
+
+def _voicemail(tmp_path, provider: str | None = None, ms: int = 300) -> dict:
+    """Agent settings: AMD on (the carrier's own with `provider`) and a voicemail drop of a 700 Hz tone file."""
+    wav = tmp_path / "vm.wav"
+    write_wav(wav, tone(700, ms))
+    return {"amd": {"enabled": True, **({"provider": provider} if provider else {})},
+            "voicemail": {"enabled": True, "message": str(wav)}}
 
 
 async def _started(gw, settings: dict, engine: Talker):
@@ -112,12 +120,9 @@ BEEP = tone(1000, 400)
 
 
 async def test_machine_with_beep_plays_wav_after_beep_and_hangs_up_voicemail(make_gateway, tmp_path):
-    wav = tmp_path / "vm.wav"
-    write_wav(wav, tone(700, 600))
     gw = await make_gateway()
     engine = Talker()
-    call, leg, ctl, pump = await _started(
-        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
+    call, leg, ctl, pump = await _started(gw, _voicemail(tmp_path, ms=600), engine)
     try:
         await _feed(call, GREETING + silence(300))
         await _until(lambda: bool(ctl.results))
@@ -234,10 +239,8 @@ async def test_fax_hangs_up(make_gateway):
 
 async def test_sit_intercept_gets_no_voicemail_and_is_logged_as_sit(make_gateway, tmp_path):
     """SIT tones then a "not in service" announcement: its own outcome; the voicemail WAV is never played."""
-    wav = tmp_path / "vm.wav"
-    write_wav(wav, tone(700, 600))
     gw = await make_gateway()
-    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, Talker())
+    call = await _call(gw, _voicemail(tmp_path, ms=600), Talker())
     leg = FakeLeg()
     maybe_start_amd(call)
     await call.attach(leg, 8000)
@@ -281,15 +284,8 @@ async def test_disabled_or_inbound_is_a_no_op(make_gateway):
 
 async def test_carrier_amd_verdict_runs_the_same_behaviour(make_gateway, tmp_path):
     """provider twilio on a twilio call: no local detector; the carrier's AnsweredBy drives the voicemail drop."""
-    wav = tmp_path / "vm.wav"
-    write_wav(wav, tone(700, 300))
     gw = await make_gateway()
-    engine = Talker()
-    gw.engines.register("talker", engine)
-    agent = await gw.store.create_agent({"name": "t", "engine": "talker", "settings": {
-        "amd": {"enabled": True, "provider": "twilio"}, "voicemail": {"enabled": True, "message": str(wav)}}})
-    call = await gw.calls.create(carrier="twilio", direction="outbound", from_number="+15550000001",
-                                 to_number="+15550000002", agent=agent)
+    call = await _call(gw, _voicemail(tmp_path, "twilio"), Talker(), carrier="twilio")
     leg = FakeLeg()
     ctl = maybe_start_amd(call)
     assert ctl.external and controller_for(call) is ctl
@@ -308,11 +304,8 @@ async def test_carrier_amd_verdict_runs_the_same_behaviour(make_gateway, tmp_pat
 
 async def test_greeting_heard_in_early_media_is_a_machine_at_answer(make_gateway, tmp_path):
     """SIP 183: the greeting played before the answer; after it, the beep ends it and the message follows."""
-    wav = tmp_path / "vm.wav"
-    write_wav(wav, tone(700, 300))
     gw = await make_gateway()
-    engine = Talker()
-    call = await _call(gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": str(wav)}}, engine)
+    call = await _call(gw, _voicemail(tmp_path), Talker())
     early = AmdDetector(early_media=True)
     early.feed(GREETING)                                    # what the carrier's RTP reader fed during 183
     leg = FakeLeg()
@@ -359,15 +352,8 @@ def test_websocket_engines_get_the_voicemail_text():
 
 async def test_carrier_machine_start_then_gateway_follows_the_greeting_to_the_beep(make_gateway, tmp_path):
     """Twilio AMD with MachineDetection=Enable stops at machine_start: the gateway's detector finds the beep."""
-    wav = tmp_path / "vm.wav"
-    write_wav(wav, tone(700, 300))
     gw = await make_gateway()
-    engine = Talker()
-    gw.engines.register("talker", engine)
-    agent = await gw.store.create_agent({"name": "t", "engine": "talker", "settings": {
-        "amd": {"enabled": True, "provider": "twilio"}, "voicemail": {"enabled": True, "message": str(wav)}}})
-    call = await gw.calls.create(carrier="twilio", direction="outbound", from_number="+15550000001",
-                                 to_number="+15550000002", agent=agent)
+    call = await _call(gw, _voicemail(tmp_path, "twilio"), Talker(), carrier="twilio")
     leg = FakeLeg()
     ctl = maybe_start_amd(call)
     await call.attach(leg, 8000)

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import aiohttp
 import numpy as np
-import pytest
 
 from amd_signals import silence, tone, words, write_wav
 from exotel_helpers import CallWatch
-from test_vonage_rest import _gw, _post
-from vonage_helpers import FakeVonageApi, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
+from test_vonage_rest import _gw, _post, private_pem, vonage_api  # noqa: F401 (fixtures)
+from vonage_helpers import FakeVonageSocket, add_vonage_number, signed_headers
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def private_pem() -> str:
-    return rsa_private_pem()
-
-
-@pytest.fixture
-async def vonage_api(private_pem):
-    api = await FakeVonageApi(private_pem).start()
-    yield api
-    await api.stop()
 
 
 def has_tone(pcm: bytes, freq: int) -> int:

@@ -18,6 +18,9 @@ EXOTEL_TOKEN = "exotel-api-token-abcdef"
 
 
 class FakeLeg:
+    """A carrier leg of an in-process call: records what the core asks of it (hangups, transfers) and completes
+    every transfer at once (the API, webhook, engine and pipecat tests share it)."""
+
     def __init__(self) -> None:
         self.hangups: list[str] = []
         self.transfers: list[TransferRequest] = []

@@ -20,7 +20,8 @@ from fakes.exotel_rest import FakeExotelApi
 from fakes.rest_faults import HANG
 from fakes.twilio_rest import FakeTwilioRest
 from fakes.vonage_rest import VONAGE_NUMBER, FakeVonageApi
-from vonage_helpers import SIGNATURE_SECRET, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
+from test_vonage_rest import private_pem  # noqa: F401 (fixture)
+from vonage_helpers import SIGNATURE_SECRET, FakeVonageSocket, add_vonage_number, signed_headers
 
 TWILIO_NUMBER = "+15005550006"
 TARGET = "+14155550111"
@@ -29,11 +30,6 @@ CARRIERS = ("twilio", "exotel", "vonage")
 CREATE = {"twilio": "/Calls.json", "exotel": "/Calls/connect.json", "vonage": "/v1/calls"}
 LABEL = {"twilio": "Twilio", "exotel": "Exotel", "vonage": "Vonage"}
 HEADERS = {"Authorization": "Bearer test-api-key"}
-
-
-@pytest.fixture(scope="module")
-def private_pem() -> str:
-    return rsa_private_pem()
 
 
 @dataclass

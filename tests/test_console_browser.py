@@ -5,6 +5,7 @@ request the browser made is checked: the API key is never in a URL."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import API_KEY
 from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from sipp import api, needs_sipp, rtp_range, sip_number, sipp_uac, sipp_uas, wait_for
-from webrtc_browser import Browser, skip_without_chromium
+from webrtc_browser import TIMEOUT_MS, Browser, expect, skip_without_chromium
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -131,7 +132,7 @@ async def test_import_test_connection_attach_and_delete_a_sip_trunk(make_gateway
         await page.select_option(f"{row} select.attach", "")
         await wait_until(lambda: len(watch.dialogs) == 1)
         assert "Detach +15550001111" in watch.dialogs[0]
-        await page.wait_for_function(f"document.querySelector(\"{row} select.attach\").value === '{agent['id']}'")
+        await expect(page.locator(f"{row} select.attach")).to_have_value(str(agent["id"]))
         assert (await api(gw, "GET", f"/phone_number/{number['id']}"))["phone_number"]["agent_id"] == agent["id"]
         watch.answers = [True]
         await page.select_option(f"{row} select.attach", "")
@@ -316,13 +317,13 @@ async def test_call_history_filters_and_call_details(make_gateway):
 
         await page.select_option("#filter-carrier", "twilio")
         await page.click("#apply")
-        await page.wait_for_function("location.hash.includes('carrier=twilio')")
+        await expect(page).to_have_url(re.compile(r"#/calls\?.*carrier=twilio"))
         await view_ready(page)
         assert await listed_calls(page) == [seeded["c"]["id"], seeded["b"]["id"]]
 
         await page.select_option("#filter-agent", str(seeded["alpha"]["id"]))
         await page.click("#apply")
-        await page.wait_for_function("location.hash.includes('agent=')")
+        await expect(page).to_have_url(re.compile(r"#/calls\?.*agent="))
         await view_ready(page)
         assert await listed_calls(page) == [seeded["b"]["id"]]
 
@@ -332,7 +333,7 @@ async def test_call_history_filters_and_call_details(make_gateway):
         await page.fill("#filter-since", "2026-11-21")
         await page.fill("#filter-until", "2026-11-21")
         await page.click("#apply")
-        await page.wait_for_function("location.hash.includes('since=2026-11-21')")
+        await expect(page).to_have_url(re.compile(r"#/calls\?.*since=2026-11-21"))
         await view_ready(page)
         assert await listed_calls(page) == [seeded["c"]["id"]]
         assert (await page.text_content("#total")).startswith("1 call")
@@ -417,7 +418,6 @@ async def test_console_page_headers_and_landing_link(make_gateway):
             assert '<a href="/console">Console</a>' in await r.text()
 
 
-@pytest.mark.flaky(reruns=2)  # Chromium's wait_for_function intermittently hits the page's CSP (EvalError)
 async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_env):
     """A carrier with a REST API: its test connection steps (credentials, number, voice webhook) come from the
     local Twilio stand-in; a wrong token is a failed credentials step, and the token is never shown."""
@@ -440,7 +440,7 @@ async def test_twilio_number_through_the_form_against_a_twilio_stand_in(twilio_e
         await page.fill("[name='account_token']", account.token)
         await page.check("[name='configure_webhooks']")
         await page.click("#test-connection")
-        await page.wait_for_function("document.querySelectorAll('#test-report li').length === 3")
+        await expect(page.locator("#test-report li")).to_have_count(3)
         steps = await report_steps(page)
         assert [(s[0], s[1]) for s in steps[:2]] == [("credentials", "ok"), ("number", "ok")], steps
         assert steps[2][0] == "voice_webhook"
@@ -492,11 +492,19 @@ async def test_a_real_sip_call_shows_in_the_history_with_its_timeline_and_rtp(ma
         assert int(received) == row["extra"]["rtp"]["received"] > 0
         await page.wait_for_selector("#recording audio")
         assert (await page.get_attribute("#recording audio", "src")).startswith("blob:")
-        await page.wait_for_function("document.querySelector('#recording audio').readyState >= 1")
+        await metadata_loaded(page.locator("#recording audio"))
         duration = await page.eval_on_selector("#recording audio", "a => a.duration")
         assert 1.0 < duration < 3.0, duration                   # the 1.5 s the call lasted
         assert len(sent) == 1 and sent[0]["authorization"] == f"Bearer {API_KEY}"
         watch.assert_no_key_in_urls()
+
+
+async def metadata_loaded(audio: Any) -> None:
+    """Until the <audio> element knows its duration: one evaluation that resolves on the element's own event (no
+    polling predicate: the console's CSP refuses the eval that `wait_for_function` needs for one)."""
+    await asyncio.wait_for(audio.evaluate(
+        "a => a.readyState >= 1 || new Promise(ok => a.addEventListener('loadedmetadata', () => ok(true), "
+        "{once: true}))"), TIMEOUT_MS / 1000)
 
 
 async def ended_calls(gw: Any) -> list[dict[str, Any]] | None:

@@ -10,20 +10,10 @@ from websockets.asyncio.client import connect
 
 from conftest import API_KEY
 from gateway.engine.ws_bridge import AcceptEngine
-from gateway.frames import AudioFrame, HangupSource, TransferResult
+from gateway.frames import AudioFrame, HangupSource
+from test_api_fakes import FakeLeg
 
 T = 5.0
-
-
-class FakeLeg:
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        await call.transfer_finished(TransferResult(request.number, "completed"))
 
 
 def engine_url(gw, query: str = "") -> str:

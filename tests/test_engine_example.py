@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from conftest import API_KEY, load_example
-from gateway.frames import AudioFrame, Dtmf, Mark, TransferResult
+from gateway.frames import AudioFrame, Dtmf, Mark
+from test_api_fakes import FakeLeg
 
 T = 5.0
 
@@ -14,19 +15,6 @@ T = 5.0
 @pytest.fixture(scope="module")
 def example():
     return load_example("engine_client")
-
-
-class FakeLeg:
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request.number)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
 
 
 async def until(predicate):
@@ -64,7 +52,7 @@ async def exercise(gw, spec: str) -> FakeLeg:
     drain.cancel()
     row = await gw.store.get_call(call.log_id)
     assert row["hangup_source"] == "agent" and row["hangup_reason"] == "caller_requested"
-    assert leg.transfers == ["+15550009999"]
+    assert [t.number for t in leg.transfers] == ["+15550009999"]
     return leg
 
 

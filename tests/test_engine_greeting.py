@@ -6,25 +6,11 @@ import asyncio
 import numpy as np
 
 from gateway.engine.greeting import PROMPT_MARK, load_prompt
-from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark, TransferResult
+from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark
+from test_api_fakes import FakeLeg
 from voicecodecs import StreamResampler
 
 TRANSFER_TO = "+15550009999"
-
-
-class FakeLeg:
-    """A carrier leg that records what the core asks of it."""
-
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
 
 
 def tone(freq: float, frames: int, rate: int = 8000, amp: int = 8000, start: int = 0) -> bytes:

@@ -24,21 +24,9 @@ from gateway.frames import (
     SpeechActivity,
     TransferResult,
 )
+from test_api_fakes import FakeLeg
 
 T = 5.0  # bound on every wait
-
-
-class FakeLeg:
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
 
 
 class Engine:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from carriers.exotel import CHUNK_MAX, CHUNK_MIN, ChunkPacker, CloseCode, ExotelCarrier, MediaFormat, same_number
-from exotel_helpers import API_KEY, API_TOKEN, CallWatch, FakeExotel, add_exophone, basic, tone, ws_url
+from exotel_helpers import API_KEY, API_TOKEN, CallWatch, FakeExotel, Monologue, add_exophone, basic, tone, ws_url
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, CallStarted, Dtmf, Hangup, Mark
 from voicecodecs import ulaw_to_pcm16
@@ -396,19 +396,6 @@ async def test_engine_dtmf_is_played_in_band(make_gateway):
         await exo.stop()
         await watch.wait_ended(call)
         await exo.close()
-
-
-class Monologue(VoiceEngine):
-    """Produces 2 s of speech at once, as a TTS engine does."""
-
-    sample_rate = 16000
-
-    async def handle_call(self, session: EngineSession) -> None:
-        while (item := await session.receive()) is not None:
-            if isinstance(item, CallStarted):
-                await session.play(tone(2.0, 16000), end_of_utterance=True)
-            elif isinstance(item, Hangup):
-                return
 
 
 async def test_fast_engine_audio_is_paced_to_playback(make_gateway):

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from conftest import API_KEY
-from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Dtmf, TransferResult
+from gateway.frames import AmdResult, AnsweredBy, AudioFrame, Dtmf
 from rtp_capture import LoopbackRtpCapture, can_capture
 from sipp import call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from test_api_fakes import FakeLeg
 from voicecodecs import alaw_to_pcm16
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,21 +187,6 @@ async def test_caller_hangup_ends_the_pipeline(make_gateway, bot_proc):
     await bot.logged(r"call \S+ finished", "the pipecat pipeline finished")
 
 
-class FakeLeg:
-    """The carrier side of an in-process call: records hangups and transfers, completes every transfer."""
-
-    def __init__(self) -> None:
-        self.hangups: list[str] = []
-        self.transfers: list[str | None] = []
-
-    async def hangup(self, call, reason: str) -> None:
-        self.hangups.append(reason)
-
-    async def transfer(self, call, request) -> None:
-        self.transfers.append(request.number)
-        await call.transfer_finished(TransferResult(request.number, "completed"))
-
-
 async def _feed(call, frame: bytes) -> None:
     """20 ms of caller audio every 20 ms, as a carrier leg delivers it."""
     while True:
@@ -236,7 +222,7 @@ async def test_dtmf_transfer_amd_and_hangup_map_to_pipecat_frames(make_gateway, 
         drain = asyncio.create_task(_drain(call))
         call.feed_event(Dtmf("0"))
         await bot.logged("transfer to \\+15550009999: completed", "the transfer result reached pipecat")
-        assert leg.transfers == ["+15550009999"]
+        assert [t.number for t in leg.transfers] == ["+15550009999"]
         call.feed_event(AmdResult(AnsweredBy.HUMAN, 1800))
         await bot.logged("amd: human", "the AMD result reached pipecat")
         call.feed_event(Dtmf("#"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import socket
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from sipp import call_rows, free_port, metric_value, metrics_text, sip_gateway, sip_number, wait_for
 
 pytestmark = [pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip (Debian package) not installed"),
-              pytest.mark.timeout(90)]
+              pytest.mark.timeout(150)]
 
 CONFIG = """poll_method epoll
 net_interface 127.0.0.1
@@ -42,17 +43,21 @@ async def test_baresip_and_the_gateway_exchange_rtcp(make_gateway, tmp_path):
     (tmp_path / "config").write_text(CONFIG.format(sip_port=free_port(socket.SOCK_DGRAM),
                                                    heard=tmp_path / "heard.wav", rtp_min=rtp_min, rtp_max=rtp_min + 10))
     (tmp_path / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0;audio_codecs=PCMU\n")
+    # the call lasts until both sides have what the test reads (RTCP reports come every 2.5-7.5 s at random, RFC
+    # 3550 §6.2, later still on a busy box): then SIGTERM makes baresip hang up, print its summary and quit, as its
+    # own `-t` (here only a backstop) would
     proc = await asyncio.create_subprocess_exec(
-        "baresip", "-n", "127.0.0.1", "-f", str(tmp_path), "-t", "12",
+        "baresip", "-n", "127.0.0.1", "-f", str(tmp_path), "-t", "100",
         "-e", f"/dial sip:15550001111@127.0.0.1:{sip.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
     try:
         call = await wait_for(lambda: next((c for c in gw.calls.active.values() if c.leg is not None
-                                            and getattr(c.leg, "rtp", None) is not None), None), timeout=20)
+                                            and getattr(c.leg, "rtp", None) is not None), None), timeout=30)
         session = call.leg.rtp
-        # baresip reports every few seconds (its RTCP interval); we wait for one, and for one of ours to be echoed
-        await wait_for(lambda: session.rtcp.received["sr"] + session.rtcp.received["rr"] >= 1, timeout=15)
-        await wait_for(lambda: session.rtcp.peer is not None and session.rtcp.peer.rtt is not None, timeout=15)
+        # baresip's first report, then one answering one of our SRs (the round trip: baresip has read ours too)
+        await wait_for(lambda: session.rtcp.received["sr"] + session.rtcp.received["rr"] >= 1, timeout=30)
+        await wait_for(lambda: session.rtcp.peer is not None and session.rtcp.peer.rtt is not None, timeout=30)
+        proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         if proc.returncode is None:

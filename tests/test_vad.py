@@ -77,6 +77,33 @@ def test_noise_and_clicks_are_not_speech(noise):
     assert run(SpeechDetector(rate), pcm(audio)) == []
 
 
+def test_speech_is_dated_by_when_its_first_and_last_voiced_frames_arrived():
+    """Frames that arrive unevenly (the sender or this process stalled for 0.5 s while speech began, and again in
+    the hangover after it) move neither end of the utterance: its times are those its first and last voiced frames
+    came with, not ones counted back 20 ms a frame from the frame that declared the change."""
+    rate = 8000
+    size = rate // 50 * 2
+    audio = pcm(np.concatenate([line_noise(rate, 1.0), speech_like(rate, 1.5), line_noise(rate, 1.5)]))
+    frames = [audio[i:i + size] for i in range(0, len(audio) - size + 1, size)]
+    probe = SpeechDetector(rate)
+    voiced = [n for n, f in enumerate(frames, 1) if probe.is_voiced(f)]    # process() counts frames from 1
+    stalls = {voiced[0] + 2, voiced[-1] + 3}
+    arrived, at = {}, 100.0
+    for n in range(1, len(frames) + 1):
+        at += 0.02 + (0.5 if n in stalls else 0.0)
+        arrived[n] = at
+    d = SpeechDetector(rate)
+    changes = {}
+    for n, frame in enumerate(frames, 1):
+        change = d.process(frame, arrived[n])
+        if change is not None:
+            changes[change] = (d.onset, d.onset_at) if change else (d.offset, d.offset_at)
+    # onset / offset count the frames before speech / up to its end: the start of the first voiced frame (its
+    # arrival less 20 ms) and the end of the last
+    assert changes[True] == (voiced[0] - 1, arrived[voiced[0]] - 0.02)
+    assert changes[False] == (voiced[-1], arrived[voiced[-1]])
+
+
 class Recorder(VoiceEngine):
     """An in-process engine that records the speech events it is given."""
 

@@ -153,6 +153,21 @@ def test_full_scale_input_saturates_instead_of_wrapping():
     assert (out[start + 45 : start + 75] < -28000).all()
 
 
+@pytest.mark.parametrize("in_rate,out_rate", PAIRS)
+def test_saturation_is_the_same_whatever_the_chunking(in_rate, out_rate):
+    """Quiet chunks skip the saturation step (their inputs cannot reach the rails); a quiet chunk right after a
+    full-scale one still has loud history in its product and must saturate like the stream processed whole."""
+    rng = np.random.default_rng(7)
+    n = in_rate // 50
+    loud = np.tile(np.r_[np.full(n // 8, 32767), np.full(n // 8, -32768)], 4)[:n]
+    quiet = rng.integers(-300, 300, n)
+    pcm = np.concatenate([loud, quiet, quiet, loud, loud, quiet] * 3).astype("<i2").tobytes()
+    whole = samples(StreamResampler(in_rate, out_rate).process(pcm))
+    framed = samples(in_frames(StreamResampler(in_rate, out_rate), pcm))
+    assert len(whole) == len(framed) and np.max(np.abs(whole - framed)) <= 1
+    assert whole.max() == 32767 and whole.min() == -32768   # it did overshoot, and clipped instead of wrapping
+
+
 def test_same_rate_is_passthrough_and_bad_input_is_rejected():
     r = StreamResampler(16000, 16000)
     assert r.process(b"\x01\x02") == b"\x01\x02" and r.delay_ms == 0

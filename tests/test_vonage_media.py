@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from carriers.vonage import CloseCode, VonageCarrier, amd_result
-from exotel_helpers import CallWatch, tone
+from exotel_helpers import CallWatch, Monologue, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AnsweredBy, AudioFrame, CallStarted, Dtmf, Hangup, Mark
 from voicecodecs._audioop import audioop
@@ -237,17 +237,6 @@ async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
             assert r.status == 204
     row = await watch.wait_ended(call)
     assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_failed"
-
-
-class Monologue(VoiceEngine):
-    sample_rate = 16000
-
-    async def handle_call(self, session: EngineSession) -> None:
-        while (item := await session.receive()) is not None:
-            if isinstance(item, CallStarted):
-                await session.play(tone(2.0, 16000), end_of_utterance=True)
-            elif isinstance(item, Hangup):
-                return
 
 
 async def test_fast_engine_audio_is_paced_to_playback(make_gateway):

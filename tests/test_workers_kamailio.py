@@ -72,15 +72,24 @@ async def node(tmp_path):
 
 async def test_two_workers_behind_kamailio_both_take_calls(node, tmp_path):
     gw, kam = await node()
-    work = tmp_path / "sipp-a"
-    work.mkdir()
-    res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=12, rate=12, duration_ms=1000,
-                         timeout_s=40, extra=["-trace_msg"], workdir=str(work))
-    res.assert_calls(successful=12)
-    ports = contact_ports(work)
-    assert len(ports) == 12, ports
-    by_worker = {w: sum(1 for p in ports if p == port) for port, w in _worker_ports(gw).items()}
-    assert by_worker[1] > 0 and by_worker[2] > 0, by_worker     # Call-ID hashing spread them over both
+    # Call-ID hashing spreads calls over both workers; Kamailio also sets a worker aside for a while when an OPTIONS
+    # probe goes unanswered for its 1 s timer (a starved worker on a busy box), so calls come in batches until each
+    # worker has taken some, every one of them answered
+    by_worker = {1: 0, 2: 0}
+    for batch in range(5):
+        work = tmp_path / f"sipp-{batch}"
+        work.mkdir()
+        res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=12, rate=12, duration_ms=1000,
+                             timeout_s=40, extra=["-trace_msg"], workdir=str(work))
+        res.assert_calls(successful=12)
+        ports = contact_ports(work)
+        assert len(ports) == 12, ports
+        for port, w in _worker_ports(gw).items():
+            by_worker[w] += ports.count(port)
+        assert sum(by_worker.values()) == 12 * (batch + 1), (ports, by_worker)     # only the two workers answer
+        if all(by_worker.values()):
+            break
+    assert by_worker[1] > 0 and by_worker[2] > 0, (by_worker, kam.flags())
 
     gw.signal(signal.SIGTERM)                                   # the supervisor drains both workers, then exits
     assert await gw.wait_exit(30) == 0, gw.output()
@@ -241,7 +250,7 @@ async def test_invite_with_replaces_reaches_the_worker_holding_the_dialog(node, 
         work.mkdir()
         calls.append(asyncio.create_task(sipp_uac("uac_gateway_hangs_up.xml", kam.port, service=NUMBER, calls=2,
                                                   rate=20, timeout_s=60, extra=["-trace_msg"], workdir=str(work))))
-        dialogs += await until(lambda w=work: (d := _answered_dialogs(w)) and len(d) == 2 and d, 20,
+        dialogs += await until(lambda w=work: (d := _answered_dialogs(w)) and len(d) == 2 and d, 45,
                                "2 answered calls")
         if {port for *_, port in dialogs} == set(_worker_ports(gw)):
             break

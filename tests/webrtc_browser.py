@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import pytest
 
+#: how long a page action or a wait may take (Playwright's own default for `expect` is 5 s: too short on a busy box)
+TIMEOUT_MS = 20000
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +48,7 @@ class Browser:
         self.console: list[str] = []
         page = self._ctx.pages[0] if self._ctx.pages else await self._ctx.new_page()
         page.on("console", lambda m: self.console.append(m.text))
-        page.set_default_timeout(20000)
+        page.set_default_timeout(TIMEOUT_MS)
         return page
 
     async def __aexit__(self, *exc):
@@ -54,3 +57,16 @@ class Browser:
         finally:
             await self._pw.stop()
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def expect(actual: Any) -> Any:
+    """Playwright's `expect` (retrying assertions on a locator or page) with the page's timeout.
+
+    Waits go through locators and `expect` rather than `page.wait_for_function("…")`: a string predicate is
+    evaluated with `eval` on every poll after the first, which a page whose Content-Security-Policy has no
+    'unsafe-eval' (the console's) refuses with an EvalError: the wait then fails only when its condition was not
+    already true at the first check, i.e. intermittently and more often on a busy machine."""
+    from playwright.async_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=TIMEOUT_MS)
+    return playwright_expect(actual)

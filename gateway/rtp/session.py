@@ -75,6 +75,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self.on_pcm: Callable[[bytes], None] | None = None
         self.on_dtmf: Callable[[str, int], None] | None = None
         self.sent = self.received = self.foreign = self.ignored = 0
+        #: frames (packets, or concealment for lost ones) the jitter buffer played out while nothing listened (the
+        #: call answered but not attached yet, a moment on a busy box): dropped, counted
+        self.unheard = 0
         self.octets = 0       # payload bytes sent (the SR's octet count)
         #: RTCP (rtcp.py): on local_port + 1 (`rtcp_transport`, bound by the engine) unless rtcp-mux was agreed
         self.rtcp = Rtcp(self.ssrc, f"gateway@{engine.advertised_ip}")
@@ -130,6 +133,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def stats(self) -> dict[str, float]:
         out = {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
+               "unheard": self.unheard,
                "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
                "rtcp_received": sum(self.rtcp.received.values())}
         if self.srtp is not None:
@@ -289,6 +293,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 call.feed_audio(pcm)
             elif self.on_pcm is not None:
                 self.on_pcm(pcm)
+            else:
+                self.unheard += 1
 
     def _send(self) -> None:
         if not self.sending or self.transport is None or self.remote is None:

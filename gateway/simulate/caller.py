@@ -14,13 +14,11 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.turns import Timeline
-from gateway.vad import FRAME_MS, SpeechDetector
+from gateway.vad import FRAME_S, SpeechDetector
 from voicecodecs import frame_bytes
 
 from ..speech import read_wav, speak
 from . import script as sc
-
-FRAME_S = FRAME_MS / 1000
 
 
 class ScriptedCaller:
@@ -55,12 +53,12 @@ class ScriptedCaller:
         if not out:
             self._drained.set()
         d = self.detector
-        change = d.process(self.roundtrip(frame) if self.roundtrip else frame)
+        change = d.process(self.roundtrip(frame) if self.roundtrip else frame, now)
         if change is not None and self.timeline is not None:
             if change:
-                self.timeline.caller_started(now - (d.frames - d.onset) * FRAME_S)
+                self.timeline.caller_started(d.onset_at)
             else:
-                self.timeline.caller_ended(now - (d.frames - d.offset) * FRAME_S)
+                self.timeline.caller_ended(d.offset_at)
         return frame
 
     def heard(self, pcm: bytes, now: float, *, paced: bool = False) -> None:

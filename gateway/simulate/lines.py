@@ -40,9 +40,10 @@ from gateway.sip.sdp import make_offer, parse_answer
 from gateway.sip.transaction import TransactionLayer
 from gateway.sip.transport import SipTransport
 from gateway.sip.ua import OutgoingInvite, UserAgent, reason_header
+from gateway.vad import FRAME_S
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 
-from .caller import FRAME_S, ScriptedCaller
+from .caller import ScriptedCaller
 from .exotel_stream import ExotelStreamClient
 from .twilio_stream import TwilioStreamClient, post_signed
 from .vonage_stream import VonageStreamClient
