@@ -332,8 +332,11 @@ class WebhookDispatcher:
                                                           "attempts": self.retries, "host": host})
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait for queued deliveries (shutdown, tests)."""
-        workers = list(self._workers.values())
+        """Wait for queued deliveries (shutdown, tests): the workers of calls with webhooks queued or in flight, not
+        those only lingering (LINGER_S) for a late event of an ended call — waiting for those held every drain and
+        shutdown for the whole `timeout` with nothing left to send."""
+        busy = {d.call_id for d in self._items.values()}
+        workers = [task for call_id, task in self._workers.items() if call_id in busy]
         if workers:
             await asyncio.wait(workers, timeout=timeout)
 
