@@ -246,6 +246,9 @@ async def start_node(workers: int, db: str, kamailio: bool, carriers: str) -> No
             node.stop()
             if attempt == 2:
                 raise
+        except BaseException:          # provisioning failed (or the run was interrupted): leave no node behind
+            node.stop()
+            raise
     raise AssertionError("unreachable")
 
 
