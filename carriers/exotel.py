@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hmac
 import json
 import logging
@@ -511,7 +510,7 @@ class VoicebotStream(MarkedPlayout):
             if event == "media":
                 try:
                     data = b64(m["media"]["payload"], validate=True)
-                except (KeyError, TypeError, binascii.Error):
+                except (KeyError, TypeError, ValueError):   # binascii.Error, or non-ASCII text
                     raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
                 if fmt.codec == "pcm16":
                     data = self._pcm_carry + data
@@ -832,7 +831,7 @@ class ExotelCarrier(Carrier):
             return False
         try:
             user, _, pw = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:     # binascii.Error, non-ASCII text, UnicodeDecodeError
             return False
         key, token = str(_setting(number, "exotel_api_key", "")), str(_setting(number, "exotel_api_token", ""))
         return bool(key and token) & hmac.compare_digest(user.encode(), key.encode()) \

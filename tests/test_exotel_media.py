@@ -315,6 +315,8 @@ async def test_strangers_and_bad_input_get_close_codes(make_gateway):
     assert await _close_code(gw, raw=b"\x00\x01") == CloseCode.BINARY_FRAME
     assert await _close_code(gw, raw="not json") == CloseCode.BAD_MESSAGE
     assert await _close_code(gw, raw=json.dumps({"event": "media", "media": {}})) == CloseCode.BAD_MESSAGE
+    non_ascii = json.dumps({"event": "media", "media": {"payload": "\u00e9AAA"}})
+    assert await _close_code(gw, raw=non_ascii) == CloseCode.BAD_MESSAGE
     wrong = basic(API_KEY, "nope")
     assert await _close_code(gw, headers={"Authorization": wrong}) == CloseCode.BAD_AUTH
     rows, total = await gw.store.list_calls()
