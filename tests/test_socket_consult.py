@@ -466,18 +466,24 @@ async def exotel_world(make_gateway):
     await rest.stop()
 
 
+async def exotel_consulting(gw, rest, s, target_sid: str):
+    """An Exotel caller whose call has just started a consultation (the carrier will name its call target_sid)."""
+    watch = CallWatch(gw)
+    caller = await FakeExotel(s, ws_url(gw)).connect()
+    await caller.start("CA-caller")
+    call = await watch.next_call()
+    await until(lambda: call.bus is not None)
+    rest.next_sid = target_sid
+    status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
+    assert status == 200, body
+    return watch, caller, call
+
+
 @pytest.mark.parametrize("leaves", ["target", "caller"])
 async def test_exotel_consult_then_gateway_bridge_until_one_side_hangs_up(exotel_world, leaves):
     gw, rest = exotel_world
-    watch = CallWatch(gw)
     async with aiohttp.ClientSession() as s:
-        caller = await FakeExotel(s, ws_url(gw)).connect()
-        await caller.start("CA-caller")
-        call = await watch.next_call()
-        await until(lambda: call.bus is not None)
-        rest.next_sid = "CA-target"
-        status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
-        assert status == 200, body
+        watch, caller, call = await exotel_consulting(gw, rest, s, "CA-target")
         form = rest.calls["CA-target"]
         assert form["From"] == "+919000000001" and form["CustomField"] == f"consult:{call.id}"
         assert parse_qs(urlparse(form["StatusCallback"]).query)["consult"] == ["1"]
@@ -520,15 +526,8 @@ async def test_exotel_consult_then_gateway_bridge_until_one_side_hangs_up(exotel
 
 async def test_exotel_busy_consultation_and_a_late_socket_is_refused(exotel_world):
     gw, rest = exotel_world
-    watch = CallWatch(gw)
     async with aiohttp.ClientSession() as s:
-        caller = await FakeExotel(s, ws_url(gw)).connect()
-        await caller.start("CA-caller")
-        call = await watch.next_call()
-        await until(lambda: call.bus is not None)
-        rest.next_sid = "CA-busy"
-        status, _ = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
-        assert status == 200
+        _, caller, call = await exotel_consulting(gw, rest, s, "CA-busy")
         async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}&consult=1"),
                           data={"CallSid": "CA-busy", "Status": "busy"}) as r:
             assert r.status == 200
