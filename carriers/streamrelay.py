@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from gateway.config import ws_base
+
 log = logging.getLogger("carriers.relay")
 
 #: largest message relayed (a carrier's media frames are a few hundred bytes)
@@ -38,8 +40,7 @@ class RelayStream(Exception):
 
 def ws_url(base: str, raw_path: str) -> str:
     """`http(s)://host:port` + `/path?query` as the websocket URL of the same place."""
-    scheme, rest = base.rstrip("/").split("://", 1)
-    return ("wss://" if scheme == "https" else "ws://") + rest + raw_path
+    return ws_base(base) + raw_path
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,

@@ -147,8 +147,13 @@ class Settings:
 
     @property
     def public_ws_base(self) -> str:
-        base = self.public_base
-        return "wss://" + base[8:] if base.startswith("https://") else "ws://" + base.split("://", 1)[1]
+        return ws_base(self.public_base)
+
+
+def ws_base(http_base: str) -> str:
+    """`http(s)://host:port` as the websocket base of the same place (`ws://` / `wss://`)."""
+    scheme, rest = http_base.rstrip("/").split("://", 1)
+    return ("wss://" if scheme == "https" else "ws://") + rest
 
 
 def _coerce(name: str, value: Any) -> Any:
