@@ -299,8 +299,12 @@ async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -
         await pg.close()
         await asyncio.sleep(1.0)
         after = await node.counters()
+        failed = res.stats.failed + max(0, n - res.stats.successful - res.stats.failed)
+        if failed:
+            print(node.log_tails(), flush=True)
     finally:
         node.stop()
+    why = sipp_failures(res) if failed else ""
     shutil.rmtree(res.workdir, ignore_errors=True)         # SIPp's statistics and logs of the step
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     ok = res.stats.successful
@@ -309,8 +313,7 @@ async def rtp_step(workers: int, db: str, n: int, hold: float, scenario: Path) -
     lost = d.get("gateway_rtp_packets_lost_total", 0) + d.get("gateway_rtp_packets_late_total", 0)
     short = max(0.0, due_out - d.get("gateway_rtp_packets_sent_total", 0))
     bad = 100 * (lost + short) / max(rtp_in + due_out, 1)
-    failed = res.stats.failed + max(0, n - ok - res.stats.failed)
-    return {"workers": workers, "n": n, "ok": ok, "failed": failed, "bad": bad, "used": used,
+    return {"workers": workers, "n": n, "ok": ok, "failed": failed, "bad": bad, "used": used, "why": why,
             "pct": acct.percent(used),
             "late_ticks": d.get("gateway_rtp_clock_late_ticks_total", 0), "pass": failed == 0 and bad < 0.1,
             "load": os.getloadavg()[0]}
@@ -473,12 +476,12 @@ async def main_async(args: argparse.Namespace) -> None:
         best, rows = await sweep(
             args.counts, lambda w, n: rtp_step(w, db, n, args.hold, scenario),
             lambda n, r: [n, r["ok"], r["failed"], f"{r['bad']:.3f}", int(r["late_ticks"]), *cpu_cells(r, CPS_PARTS),
-                          per_call(r, n, CPS_PARTS, scale=1 / args.hold), f"{r['load']:.1f}"])
+                          per_call(r, n, CPS_PARTS, scale=1 / args.hold), f"{r['load']:.1f}", r["why"] or "-"])
         body = (f"Simultaneous {args.hold:g}-second 20 ms G.711 echo calls through Kamailio with 0 failed and < 0.1 % "
                 f"RTP lost/late/unsent: **1 worker {best[1]}, 2 workers {best[2]} ({_ratio(best[1], best[2])})**.\n\n"
                 + table(["workers", "calls", "ok", "failed", "lost/late/unsent %", "clock late ticks",
                          *cpu_headers(CPS_PARTS), "CPU % of a core per call: " + " / ".join(CPS_PARTS[:-1]),
-                         "load avg", "verdict"], rows))
+                         "load avg", "why calls failed (SIPp)", "verdict"], rows))
         report("scale_rtp", "Scale-out (b): G.711 echo calls through Kamailio, 1 vs 2 workers", body + NOTE,
                       command=f"python bench/scale.py rtp --counts {','.join(map(str, args.counts))} "
                               f"--hold {args.hold:g}")
