@@ -38,7 +38,7 @@ from aiohttp import web
 from gateway import safejson
 from gateway.amd import maybe_start_amd
 from gateway.callmanager import CapacityError
-from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
 from gateway.frames import (
     AudioFrame,
@@ -57,6 +57,7 @@ from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_
 from voicecodecs.dtmf import dtmf_pcm
 
 from .exotel_consult import ExotelConsults
+from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
 from .socket_consult import SocketConsultation, SocketConsultLeg
 
@@ -690,7 +691,7 @@ class VoicebotStream(MarkedPlayout):
 
 
 # -- the carrier ------------------------------------------------------------------------------------------------
-class ExotelCarrier(Carrier):
+class ExotelCarrier(ForwardingCarrier):
     name = "exotel"
     providers = ("exotel",)
     number_field = "exotel_phone_number"
@@ -745,6 +746,7 @@ class ExotelCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        await super().start()      # forwarded webhooks (carriers/forwarding.py)
         numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="exotel", with_secrets=True)
         for n in numbers:
             if unauthenticated_allowed(n):
@@ -968,9 +970,14 @@ class ExotelCarrier(Carrier):
         return ws
 
     # -- HTTP applets -------------------------------------------------------------------------------------------
+    # Exotel posts them to whichever process its balancer picks; the call's own process answers them
+    # (`_at_owner`, carriers/forwarding.py). Exotel does not sign them: each is taken on its CallSid / call_id.
     async def should_end_the_call(self, request: web.Request) -> web.Response:
         """Passthru after the Voicebot: 302 (second branch → Connect) for a transfer, 200 (→ Hangup) otherwise."""
-        q = request.query
+        q = dict(request.query)
+        return await self._at_owner("passthru", q, self._state_for(q.get("CallSid", "").strip()) is not None)
+
+    async def _passthru(self, q: dict[str, str]) -> web.Response:
         call_sid = q.get("CallSid", "").strip()
         omni = q.get("omni_status", "").strip()
         try:
@@ -1045,7 +1052,10 @@ class ExotelCarrier(Carrier):
 
     async def call_transfer(self, request: web.Request) -> web.Response:
         """Connect applet "dial whom" dynamic URL: the engine's transfer target, then its backups, in order."""
-        q = request.query
+        q = dict(request.query)
+        return await self._at_owner("connect", q, self._state_for(q.get("CallSid", "").strip()) is not None)
+
+    async def _connect(self, q: dict[str, str]) -> web.Response:
         call_sid = q.get("CallSid", "").strip()
         state = self._state_for(call_sid)
         if state is None or state.transfer is None:
@@ -1110,8 +1120,13 @@ class ExotelCarrier(Carrier):
                 params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
             except Exception:
                 return web.Response(status=400, text="unreadable form body")
+        call_sid = (params.get("CallSid") or "").strip()
         if params.get("consult") == "1":
-            return await self.consults.status(params)
+            return await self._at_owner("consult_status", params, call_sid in self.consults.by_sid)
+        here = self.gateway.calls.get(params.get("call_id", "")) is not None or self._state_for(call_sid) is not None
+        return await self._at_owner("status", params, here)
+
+    async def _status(self, params: dict[str, str]) -> web.Response:
         call_sid = (params.get("CallSid") or "").strip()
         status = (params.get("Status") or params.get("CallStatus") or "").strip().lower()
         call_id = params.get("call_id", "")
@@ -1155,6 +1170,39 @@ class ExotelCarrier(Carrier):
         except Exception:
             log.exception("status callback handling failed", extra={"carrier": "exotel"})
         return web.Response(status=200, text="ok")
+
+    async def _at_owner(self, kind: str, params: dict[str, str], here: bool) -> web.Response:
+        """Answer a callback here when this process holds its call (`here`), else ask the process that does (by
+        `call_id`, else the CallSid in the call log); when no other live process holds it, answer it here too
+        (the call log is updated, or the flow is told to hang up)."""
+        if not here:
+            call_id = params.get("call_id", "") or await self.call_id_of_sid((params.get("CallSid") or "").strip())
+            fields = forwarded_fields(params)
+            answer = await self.forward(call_id, {"kind": kind, "params": fields})
+            if answer is not None:
+                return web.Response(status=int(answer.get("code") or 200), text=str(answer.get("text") or ""),
+                                    content_type=str(answer.get("content_type") or "text/plain"))
+        return await self._callback(kind, params)
+
+    async def _callback(self, kind: str, params: dict[str, str]) -> web.Response:
+        if kind == "passthru":
+            return await self._passthru(params)
+        if kind == "connect":
+            return await self._connect(params)
+        if kind == "status":
+            return await self._status(params)
+        if kind == "consult_status":
+            return await self.consults.status(params)
+        raise ValueError(f"unknown Exotel callback {kind!r}")
+
+    def forwarded_target(self, call_id: str) -> Call | None:
+        call = self.gateway.calls.get(call_id)
+        return call if call is not None and call.carrier == self.name else None
+
+    async def on_forwarded(self, target: Call, args: dict[str, Any]) -> dict[str, Any]:
+        """A callback another process received about a call held here: its answer (code, text) goes back."""
+        resp = await self._callback(str(args.get("kind") or ""), str_dict(args.get("params")))
+        return {"code": resp.status, "text": resp.text or "", "content_type": resp.content_type}
 
     # -- REST ---------------------------------------------------------------------------------------------------
     async def _api(self, method: str, creds: dict[str, Any], path: str, *, data: Any = None,

@@ -39,6 +39,7 @@ from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import HangupSource
 from gateway.numbers import normalize_e164
 
+from .forwarding import forwarded_fields, str_dict
 from .mediasocket import StreamClosed, start_object
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
@@ -232,6 +233,10 @@ class PlivoCarrier(RestCallCarrier):
         call is, else by the process of the cluster that holds it (its answer, e.g. the next XML, comes back)."""
         params = {k: str(v) for k, v in (await request.post()).items()}
         call_id = request.query.get("call_id", "")
+        if not call_id and kind == "hangup":
+            # an inbound call's hangup_url is the Plivo application's, which names no call of ours: its CallUUID
+            # is the call's carrier sid (here, or in the call log for a call another process holds)
+            call_id = await self.call_id_of_sid(params.get("CallUUID", ""))
         st = self.legs.get(call_id)
         number = st.number if st is not None else await self.number_of_call(call_id)
         if not self.signature_ok(request, params, number):
@@ -240,7 +245,7 @@ class PlivoCarrier(RestCallCarrier):
         if st is not None:
             answer = await self._carry_out(kind, st, params, query)
         else:
-            fields = {k: params[k][:200] for k in FORWARDED_FIELDS if k in params}
+            fields = forwarded_fields(params, FORWARDED_FIELDS)
             forwarded = await self.forward(call_id, {"kind": kind, "params": fields, "query": query})
             answer = forwarded if forwarded is not None else await self._carry_out(kind, None, params, query)
         if "xml" in answer:
@@ -248,10 +253,8 @@ class PlivoCarrier(RestCallCarrier):
         return web.Response(text="")
 
     async def on_forwarded(self, st: LegState, args: dict[str, Any]) -> dict[str, Any]:
-        params, query = args.get("params"), args.get("query")
-        return await self._carry_out(str(args.get("kind") or ""), st,
-                                     {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
-                                     {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {})
+        return await self._carry_out(str(args.get("kind") or ""), st, str_dict(args.get("params")),
+                                     str_dict(args.get("query")))
 
     async def _carry_out(self, kind: str, st: LegState | None, params: dict[str, str],
                          query: dict[str, str]) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.amd import maybe_start_amd
-from gateway.carrier import Carrier, CarrierError
-from gateway.cluster import Reply
+from gateway.carrier import CarrierError
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
+from .forwarding import ForwardingCarrier
 from .mediasocket import StreamClosed
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .twilio_media import CloseCode, MediaStream
@@ -115,7 +115,7 @@ class RestLeg(SocketConsultLeg):
         await st.call.end(source, reason)
 
 
-class RestCallCarrier(Carrier):
+class RestCallCarrier(ForwardingCarrier):
     """Legs by call id, watchdogs, background REST tasks, stream claims and transfer attempts."""
 
     label = ""
@@ -144,15 +144,10 @@ class RestCallCarrier(Carrier):
         """Dial `st.transfer_targets[attempt]` for the caller."""
         raise NotImplementedError
 
-    async def on_forwarded(self, st: LegState, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out a webhook another process of the cluster received about a call held here (`args` is what
-        that process sent with `forward`); the answer's body goes back to it."""
-        raise NotImplementedError
-
     # -- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
-        self.gateway.control.handle(self.forward_op, self._forwarded)
+        await super().start()      # forwarded webhooks (carriers/forwarding.py)
 
     async def stop(self) -> None:
         self.gateway.calls.unsubscribe(self._on_call_event)
@@ -230,34 +225,9 @@ class RestCallCarrier(Carrier):
             await self.hangup_once(st)
         await st.call.end(HangupSource.SYSTEM, reason)
 
-    # -- webhooks about a call another process holds (docs/deploy.md, "Ownership of a call") --------------------
-    @property
-    def forward_op(self) -> str:
-        return f"{self.name}:webhook"
-
-    async def number_of_call(self, call_id: str) -> dict[str, Any] | None:
-        """The number (with its secrets) of an open call-log row: what a webhook about a call held by another
-        process is authenticated against before it is forwarded there."""
-        row = await self.gateway.store.find_call(call_uuid=call_id) if call_id else None
-        if row is None or row["channel_type"] != self.name or row["ended_at"] is not None \
-                or not row["phone_number_id"]:
-            return None
-        return await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
-
-    async def forward(self, call_id: str, args: dict[str, Any]) -> dict[str, Any] | None:
-        """An authenticated webhook about call `call_id`, which another live process holds: that process carries
-        it out (`on_forwarded`) and its answer's body is returned; None when no live process holds the call."""
-        reply = await self.gateway.calls.forward_to_owner(call_id, self.forward_op, args)
-        if reply is None or not reply.ok:
-            return None
-        return reply.body
-
-    async def _forwarded(self, args: dict[str, Any]) -> Reply:
-        call_id = str(args.get("call") or "")
-        st = self.legs.get(call_id)
-        if st is None:
-            return self.gateway.calls.not_here(call_id)
-        return Reply(200, await self.on_forwarded(st, args))
+    # -- webhooks about a call another process holds (carriers/forwarding.py) -------------------------------------
+    def forwarded_target(self, call_id: str) -> LegState | None:
+        return self.legs.get(call_id)
 
     # -- URLs ----------------------------------------------------------------------------------------------------
     def url(self, path: str) -> str:

@@ -46,6 +46,7 @@ from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
 from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16, pcm16_to_ulaw, ulaw_to_pcm16
 
+from .forwarding import forwarded_fields
 from .mediasocket import StreamClosed, start_object
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
@@ -315,10 +316,9 @@ class TelnyxCarrier(RestCallCarrier):
         if st is None:
             # a call another process of the cluster holds (its webhook reached us): that process carries it out
             call_id = state.split(":")[1] if state.startswith(("xfer:", "consult:")) else state
-            if not call_id and payload.get("call_control_id"):
-                row = await self.gateway.store.find_call(carrier_sid=str(payload["call_control_id"]))
-                call_id = row["call_uuid"] if row is not None and row["channel_type"] == self.name else ""
-            fields = {k: str(payload[k])[:200] for k in FORWARDED_FIELDS if payload.get(k) is not None}
+            if not call_id:
+                call_id = await self.call_id_of_sid(str(payload.get("call_control_id") or ""))
+            fields = forwarded_fields(payload, FORWARDED_FIELDS)
             if await self.forward(call_id, {"event": event, "state": state, "payload": fields}) is not None:
                 return web.json_response({"ok": True})
             return web.json_response({"ignored": event})

@@ -39,14 +39,14 @@ from gateway.amd.controller import AmdController, controller_for, maybe_start_am
 from gateway.amd.settings import amd_settings
 from gateway.call import Call, utcnow
 from gateway.callmanager import CapacityError
-from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import refusal, unreachable
-from gateway.cluster import Reply
 from gateway.consult import DelegatingConsultLeg
 from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
 
+from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
 from .mediasocket import StreamClosed
 from .streamrelay import RelayStream, ws_url
 from .twilio_consult import TwilioConsultation
@@ -350,7 +350,7 @@ class TwilioLeg(DelegatingConsultLeg):
         await call.end(source, reason)
 
 
-class TwilioCarrier(Carrier):
+class TwilioCarrier(ForwardingCarrier):
     name = "twilio"
     providers = ("twilio",)
     import_fields: tuple[ImportField, ...] = (
@@ -441,7 +441,7 @@ class TwilioCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
-        self.gateway.control.handle(self.webhook_op, self._forwarded)
+        await super().start()      # forwarded webhooks (carriers/forwarding.py)
         sdk_log = logging.getLogger("twilio.async_http_client")
         if sdk_log.level == logging.NOTSET:
             sdk_log.setLevel(logging.WARNING)   # the SDK logs ~10 INFO lines per REST request; ours say what matters
@@ -744,41 +744,31 @@ class TwilioCarrier(Carrier):
         """Status callback of an attended transfer's consultation call (busy, no answer, hung up)."""
         return await self._callback(request, "consult_status")
 
-    @property
-    def webhook_op(self) -> str:
-        return f"{self.name}:webhook"
-
     async def _callback(self, request: web.Request, kind: str) -> web.Response:
         form = await request.post()
         call, tokens = await self._call_and_tokens(request, form)
         if not self.signature_ok(request, form, tokens):
             return _forbidden()
-        fields = {k: v[:200] for k in FORWARDED_FIELDS if isinstance(v := form.get(k), str)}
+        fields = forwarded_fields({k: v for k, v in form.items() if isinstance(v, str)}, FORWARDED_FIELDS)
         query = {k: v[:200] for k, v in request.query.items()}
         if call is None:
-            call_id = query.get("call_id") or ""
-            if not call_id and fields.get("CallSid"):
-                row = await self.gateway.store.find_call(carrier_sid=fields["CallSid"])
-                call_id = row["call_uuid"] if row is not None and row["channel_type"] == self.name else ""
-            reply = await self.gateway.calls.forward_to_owner(call_id, self.webhook_op,
-                                                              {"kind": kind, "form": fields, "query": query})
-            if reply is not None and reply.ok:
-                twiml = reply.body.get("twiml")
+            call_id = query.get("call_id") or await self.call_id_of_sid(fields.get("CallSid") or "")
+            forwarded = await self.forward(call_id, {"kind": kind, "form": fields, "query": query})
+            if forwarded is not None:
+                twiml = forwarded.get("twiml")
                 return web.Response(text=twiml, content_type="text/xml") if isinstance(twiml, str) else _ok()
         twiml = await self._carry_out(kind, call, fields, query)
         return web.Response(text=twiml, content_type="text/xml") if twiml is not None else _ok()
 
-    async def _forwarded(self, args: dict[str, Any]) -> Reply:
-        """A callback another process received about a call held here (op `<carrier>:webhook`)."""
-        call_id = str(args.get("call") or "")
+    def forwarded_target(self, call_id: str) -> Call | None:
         call = self.gateway.calls.get(call_id)
-        if call is None or call.carrier != self.name:
-            return self.gateway.calls.not_here(call_id)
-        form, query = args.get("form"), args.get("query")
-        twiml = await self._carry_out(str(args.get("kind") or ""), call,
-                                      {str(k): str(v) for k, v in form.items()} if isinstance(form, dict) else {},
-                                      {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {})
-        return Reply(200, {"success": True, "twiml": twiml})
+        return call if call is not None and call.carrier == self.name else None
+
+    async def on_forwarded(self, target: Call, args: dict[str, Any]) -> dict[str, Any]:
+        """A callback another process received about a call held here (op `<carrier>:webhook`)."""
+        twiml = await self._carry_out(str(args.get("kind") or ""), target, str_dict(args.get("form")),
+                                      str_dict(args.get("query")))
+        return {"success": True, "twiml": twiml}
 
     async def _carry_out(self, kind: str, call: Call | None, form: dict[str, str],
                          query: dict[str, str]) -> str | None:

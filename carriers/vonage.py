@@ -42,7 +42,7 @@ from aiohttp import WSMsgType, web
 from gateway import safejson
 from gateway.amd import maybe_start_amd, report_amd
 from gateway.callmanager import CapacityError
-from gateway.carrier import Carrier, CarrierError, ImportField
+from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp
 from gateway.frames import (
     AmdResult,
@@ -60,6 +60,7 @@ from gateway.frames import (
 from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
+from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .vonage_consult import VonageConsults
@@ -80,6 +81,9 @@ _UUID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 # https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook
 TERMINAL = {"completed": "completed", "busy": "busy", "cancelled": "canceled", "unanswered": "no-answer",
             "timeout": "no-answer", "rejected": "failed", "failed": "failed"}
+#: what of an event webhook's body another process of the cluster passes to the call's owner (carriers/forwarding.py)
+FORWARDED_FIELDS = ("status", "uuid", "conversation_uuid", "timestamp", "duration", "price", "rate", "network",
+                    "detail", "sub_state", "reason", "direction")
 TRANSFER_FAILED = ("busy", "cancelled", "unanswered", "timeout", "rejected", "failed")
 
 
@@ -505,7 +509,7 @@ class VonageStream(MarkedPlayout):
 
 
 # -- the carrier ------------------------------------------------------------------------------------------------
-class VonageCarrier(Carrier):
+class VonageCarrier(ForwardingCarrier):
     name = "vonage"
     providers = ("vonage",)
     number_field = "vonage_phone_number"
@@ -567,6 +571,7 @@ class VonageCarrier(Carrier):
 
     async def start(self) -> None:
         self.gateway.calls.subscribe(self._on_call_event)
+        await super().start()      # forwarded webhooks (carriers/forwarding.py)
         numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="vonage", with_secrets=True)
         for n in numbers:
             if not creds_of(n).signature_secret:
@@ -804,25 +809,30 @@ class VonageCarrier(Carrier):
                               from_number=call.to_number if call.direction == "inbound" else call.from_number)
 
     async def event_webhook(self, request: web.Request) -> web.Response:
-        """Call status (started, ringing, answered, completed, busy, timeout, failed…), AMD results."""
+        """Call status (started, ringing, answered, completed, busy, timeout, failed…), AMD results; with `leg=`
+        the events of our websocket leg or of an attended transfer's consultation call."""
         p = await self._params(request)
         status = str(p.get("status") or "").lower()
         uuid = str(p.get("uuid") or "")
-        if request.query.get("leg") in ("consult", "consult_ws"):
-            return await self.consults.event(request, p, request.query["leg"])
-        if request.query.get("leg") == "websocket":
-            # our own websocket leg: only a failure to reach us matters (the call would wait for nothing)
-            st = self.states.get(request.query.get("call_id", ""))
-            if st is not None and status in TERMINAL and status != "completed" and st.call.bus is None \
-                    and not st.call.ended.is_set() and self.signature_ok(request, st.number):
-                st.call.log.warning("vonage could not open the media websocket", extra={"status": status})
-                await self.rest_hangup(st)
-                await st.call.end(HangupSource.CARRIER, f"stream_{status}"[:64])
-            return web.Response(status=204)
+        leg = request.query.get("leg", "")
         st = self.states.get(request.query.get("call_id", ""))
-        call = st.call if st else (self.gateway.calls.find_by_sid(uuid) if uuid else None)
+        call = st.call if st else (self.gateway.calls.find_by_sid(uuid) if uuid and not leg else None)
         if st is None and call is not None:
             st = self.states.get(call.id)
+        if st is None and call is None:    # a call another process of the cluster holds?
+            elsewhere = await self._elsewhere(request, p, leg or "event")
+            if elsewhere is not None:
+                return elsewhere
+        if leg in ("consult", "consult_ws"):
+            signed = self.signed_state(request)
+            if isinstance(signed, web.Response):
+                return signed
+            await self.consults.event(signed, p, leg)
+            return web.Response(status=204)
+        if leg == "websocket":
+            if st is not None and self._ws_leg_failed(st, status) and self.signature_ok(request, st.number):
+                await self._ws_leg_event(st, status)
+            return web.Response(status=204)
         number = st.number if st else (call.number if call else None)
         if number is None and uuid:
             row = await self.gateway.store.find_call(carrier_sid=uuid)
@@ -832,19 +842,81 @@ class VonageCarrier(Carrier):
             return web.Response(status=204)        # no call of ours, nothing to authenticate against: ignore
         if not self.signature_ok(request, number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        if call is None or call.ended.is_set():
+            row = await self.gateway.store.find_call(carrier_sid=uuid) if uuid else None
+            if row is not None and row.get("channel_type") == self.name:
+                await self.gateway.store.update_call(row["id"], extra=self._event_extra(p))
+            return web.Response(status=204)
+        await self._call_event(call, st, p)
+        return web.Response(status=204)
+
+    async def _elsewhere(self, request: web.Request, p: dict[str, Any], kind: str) -> web.Response | None:
+        """A webhook about a call this process does not hold: authenticated against the number in the call's row,
+        then carried out by the process that holds it (carriers/forwarding.py); what to answer (401, or the
+        owner's answer: its NCCO, else 204), or None when no other live process holds the call."""
+        call_id = request.query.get("call_id", "") or await self.call_id_of_sid(str(p.get("uuid") or ""))
+        number = await self.number_of_call(call_id)
+        if number is None:
+            return None
+        if not self.signature_ok(request, number):
+            return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
+        fields = forwarded_fields(p, FORWARDED_FIELDS)
+        query = {k: v[:200] for k, v in request.query.items() if k in ("attempt", "leg")}
+        answer = await self.forward(call_id, {"kind": kind, "params": fields, "query": query})
+        if answer is None:
+            return None
+        ncco = answer.get("ncco")
+        return web.json_response(ncco) if isinstance(ncco, list) else web.Response(status=204)
+
+    def forwarded_target(self, call_id: str) -> VonageCallState | None:
+        st = self.states.get(call_id)
+        return st if st is not None and not st.call.ended.is_set() else None
+
+    async def on_forwarded(self, st: VonageCallState, args: dict[str, Any]) -> dict[str, Any]:
+        """An event or transfer step another process received about a call held here."""
+        kind = str(args.get("kind") or "")
+        p: dict[str, Any] = str_dict(args.get("params"))
+        query = str_dict(args.get("query"))
+        if kind == "event":
+            await self._call_event(st.call, st, p)
+        elif kind == "websocket":
+            status = str(p.get("status") or "").lower()
+            if self._ws_leg_failed(st, status):
+                await self._ws_leg_event(st, status)
+        elif kind in ("consult", "consult_ws"):
+            await self.consults.event(st, p, kind)
+        elif kind == "transfer":
+            ncco = await self._transfer_step(st, p, query.get("attempt", "0"))
+            return {"ncco": ncco} if ncco is not None else {}
+        else:
+            raise ValueError(f"unknown Vonage webhook {kind!r}")
+        return {}
+
+    @staticmethod
+    def _ws_leg_failed(st: VonageCallState, status: str) -> bool:
+        """Our websocket leg could not be opened: the call would wait for a socket that never comes."""
+        return status in TERMINAL and status != "completed" and st.call.bus is None and not st.call.ended.is_set()
+
+    async def _ws_leg_event(self, st: VonageCallState, status: str) -> None:
+        st.call.log.warning("vonage could not open the media websocket", extra={"status": status})
+        await self.rest_hangup(st)
+        await st.call.end(HangupSource.CARRIER, f"stream_{status}"[:64])
+
+    @staticmethod
+    def _event_extra(p: dict[str, Any]) -> dict[str, Any]:
+        return {"vonage_event": {k: str(p.get(k))[:100] for k in ("status", "timestamp", "duration", "price",
+                                                                  "rate", "network", "detail", "sub_state",
+                                                                  "reason") if p.get(k) not in (None, "")}}
+
+    async def _call_event(self, call: Call, st: VonageCallState | None, p: dict[str, Any]) -> None:
+        """An (authenticated) event of a call held here."""
+        status = str(p.get("status") or "").lower()
+        uuid = str(p.get("uuid") or "")
         if st is not None and uuid and st.uuid is None and _UUID.match(uuid):
             st.uuid = uuid
             st.call.set_carrier_sid(uuid)
             await st.call.record(carrier_sid=uuid)
-        extra = {"vonage_event": {k: str(p.get(k))[:100] for k in ("status", "timestamp", "duration", "price",
-                                                                   "rate", "network", "detail", "sub_state",
-                                                                   "reason") if p.get(k) not in (None, "")}}
-        if call is None or call.ended.is_set():
-            row = await self.gateway.store.find_call(carrier_sid=uuid) if uuid else None
-            if row is not None and row.get("channel_type") == self.name:
-                await self.gateway.store.update_call(row["id"], extra=extra)
-            return web.Response(status=204)
-        await call.record(extra=extra)
+        await call.record(extra=self._event_extra(p))
         await call.emit("vonage:event", {"status": status})
         if status == "ringing" and call.bus is None:
             await call.record(call_status="ringing")
@@ -863,7 +935,6 @@ class VonageCarrier(Carrier):
             else:
                 source = HangupSource.USER if status == "completed" else HangupSource.CARRIER
                 await call.end(source, "caller_hangup" if status == "completed" else status)
-        return web.Response(status=204)
 
     async def _report_amd(self, call: Call, result: AmdResult) -> None:
         """Through the AMD controller when one runs (agent voicemail behaviour), else straight to the call."""
@@ -897,17 +968,28 @@ class VonageCarrier(Carrier):
         """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
         the agent on a new media socket when every number failed."""
         p = await self._params(request)
+        if request.query.get("call_id", "") not in self.states:     # a call another process of the cluster holds?
+            elsewhere = await self._elsewhere(request, p, "transfer")
+            if elsewhere is not None:
+                return elsewhere
         st = self.signed_state(request)
         if isinstance(st, web.Response):
             return st
+        ncco = await self._transfer_step(st, p, request.query.get("attempt", "0"))
+        return web.json_response(ncco) if ncco is not None else web.Response(status=204)
+
+    async def _transfer_step(self, st: VonageCallState, p: dict[str, Any], attempt_text: str
+                             ) -> list[dict[str, Any]] | None:
+        """What a transfer attempt's event does: the NCCO Vonage is to run next (next backup number, or the
+        caller back on a new socket), or None (204)."""
         call = st.call
         status = str(p.get("status") or "").lower()
         try:
-            attempt = int(request.query.get("attempt", "0"))
+            attempt = int(attempt_text)
         except ValueError:
             attempt = 0
         if st.state != "transferring" or call.ended.is_set() or not st.transfer_targets:
-            return web.Response(status=204)
+            return None
         target = st.transfer_targets[min(attempt, len(st.transfer_targets) - 1)]
         if status == "answered":
             st.attempts.append({"number": target, "status": status})
@@ -918,21 +1000,21 @@ class VonageCarrier(Carrier):
             if call.transfer_result is None:
                 await call.transfer_finished(TransferResult(target, "completed"))
             await call.end(HangupSource.AGENT, "transferred")
-            return web.Response(status=204)
+            return None
         if status not in TRANSFER_FAILED:
-            return web.Response(status=204)
+            return None
         st.attempts.append({"number": target, "status": status})
         await call.record(extra={"transfer_attempts": list(st.attempts)})
         if attempt + 1 < len(st.transfer_targets):
             await call.record(transfer_target=st.transfer_targets[attempt + 1])
-            return web.json_response(self.transfer_attempt_ncco(st, attempt + 1))
+            return self.transfer_attempt_ncco(st, attempt + 1)
         await call.transfer_finished(TransferResult(target, {"unanswered": "no-answer", "timeout": "no-answer",
                                                              "cancelled": "canceled"}.get(status, status)))
         st.state = "reconnecting"
         st.token = secrets.token_urlsafe(18)
         self.arm_watchdog(st, self.attach_timeout, "stream_not_reconnected")
         await self._publish_token(st)
-        return web.json_response(self.stream_ncco(st))
+        return self.stream_ncco(st)
 
     # -- media socket -------------------------------------------------------------------------------------------
     async def media(self, request: web.Request) -> web.StreamResponse:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from gateway.carrier import CarrierError
 
 from .mediasocket import StreamClosed
@@ -99,19 +97,15 @@ class VonageConsults:
         if c.target_state is not None:
             c.target_state.stream = stream
 
-    async def event(self, request: web.Request, params: dict[str, Any], leg: str) -> web.Response:
-        """Events of the consultation call (`leg=consult`): busy / unanswered / failed before its socket came,
-        or the target hung up. The websocket leg's own events (`consult_ws`) change nothing."""
+    async def event(self, st: VonageCallState, params: dict[str, Any], leg: str) -> None:
+        """Events of the consultation call (`leg=consult`, authenticated): busy / unanswered / failed before its
+        socket came, or the target hung up. The websocket leg's own events (`consult_ws`) change nothing."""
         from .vonage import TERMINAL
 
-        st = self.carrier.signed_state(request)
-        if isinstance(st, web.Response):
-            return st
         c = st.consultation
         status = str(params.get("status") or "").lower()
         if leg != "consult" or c is None or str(params.get("uuid") or "") != c.target_id:
-            return web.Response(status=204)
+            return
         await st.call.record(extra={"vonage_consult_event": status[:40]})
         if status in TERMINAL:
             await c.dial_failed(TERMINAL[status])
-        return web.Response(status=204)

@@ -195,9 +195,9 @@ async def test_api_hangup_of_a_call_whose_owner_is_gone_closes_it(cluster):
     assert row["ended_at"] and row["hangup_reason"] == "node_lost"
 
 
-async def two_nodes_with(cluster, add_number):
+async def two_nodes_with(cluster, add_number, **env):
     """Store a number with `add_number(gw, agent_id=…)` (the nodes' secret key: GATEWAY_SECRET_KEY), then start
-    node-a and node-b on it; both healthy."""
+    node-a and node-b on it (with `env`); both healthy."""
     start, world, _, _ = cluster
     store = Store(start.db, SecretBox([SECRET_KEY], "tests"))
     await store.open()
@@ -205,7 +205,7 @@ async def two_nodes_with(cluster, add_number):
         await add_number(SimpleNamespace(store=store), agent_id=world.agent["id"])
     finally:
         await store.close()
-    a, b = start("node-a"), start("node-b")
+    a, b = start("node-a", **env), start("node-b", **env)
     await a.wait_healthy()
     await b.wait_healthy()
     return a, b
