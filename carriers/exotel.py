@@ -60,6 +60,7 @@ from .exotel_consult import ExotelConsults
 from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
 from .socket_consult import SocketConsultation, SocketConsultLeg
+from .streamrelay import RelayStream, relay
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -423,6 +424,7 @@ class VoicebotStream(MarkedPlayout):
         # engine frames packed but not sent yet, by the byte offset they start at in the outbound audio
         self._unsent: deque[tuple[int, AudioFrame]] = deque()
         self._queued_bytes = self._sent_bytes = 0
+        self.start_message: dict[str, Any] = {}
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -436,6 +438,8 @@ class VoicebotStream(MarkedPlayout):
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"exotel-watch-{self.stream_sid}")
             self._sender = asyncio.create_task(self._send_loop(), name=f"exotel-send-{self.stream_sid}")
             await self._read_loop()
+        except RelayStream as r:     # another process runs the call's consultation: carry the socket there
+            await relay(self.ws, r, [json.dumps(self.start_message)], self.carrier.start_timeout)
         except StreamClosed as e:
             self.log.warning("exotel stream closed: %s", e.reason,
                              extra={"close_code": int(e.code), "stream_sid": self.stream_sid})
@@ -452,6 +456,7 @@ class VoicebotStream(MarkedPlayout):
     async def _await_start(self) -> None:
         timeout = self.carrier.start_timeout
         m = await await_start(self.ws, CloseCode, timeout, f"no start within {timeout:g} s", BINARY_REASON)
+        self.start_message = m      # replayed to the call's owner when the socket is relayed there
         await self._on_start(m)
 
     def _decode(self, msg: Any) -> dict[str, Any] | None:
@@ -482,6 +487,10 @@ class VoicebotStream(MarkedPlayout):
         if consultation is not None:       # the target's leg of an attended transfer (exotel_consult.py)
             await self.carrier.consults.claim(self, consultation, fmt.sample_rate)
             return
+        if not self.carrier.holds_sid(call_sid):
+            relayed = await self.carrier.consults.elsewhere(self, call_sid)
+            if relayed is not None:        # another process runs that consultation: carried there
+                raise relayed
         self.state = await self.carrier.claim_stream(self, start, call_sid)
         self.call = self.state.call
         maybe_start_amd(self.call)     # outbound + agent AMD on: hold the engine, detect, voicemail drop (else no-op)
@@ -954,6 +963,10 @@ class ExotelCarrier(ForwardingCarrier):
                 return c
         return None
 
+    def holds_sid(self, call_sid: str) -> bool:
+        """Whether CallSid `call_sid` is a call of this process (announced, dispatched or live)."""
+        return call_sid in self._calls or self.gateway.calls.find_by_sid(call_sid) is not None
+
     def _state_for(self, call_sid: str) -> ExotelCallState | None:
         state = self._calls.get(call_sid)
         if state is None and call_sid:
@@ -1072,7 +1085,12 @@ class ExotelCarrier(ForwardingCarrier):
         return web.json_response(body)
 
     async def call_coming(self, request: web.Request) -> web.Response:
-        """Passthru at the start of the flow: open the call log before the Voicebot connects (always 200)."""
+        """Passthru at the start of the flow: open the call log before the Voicebot connects. 200 (the flow goes on
+        to the Voicebot), or 302 when this process takes no new call (full, draining, or the number's channels all
+        busy): the Passthru is a binary choice, 200 → the applet on its first branch, 302 → the one on its second
+        (https://developer.exotel.com/docs/voice-v1/applets/passthru), and Exotel has no reject response, so the
+        second branch is the flow's own fallback (another node's Voicebot, a human line, a busy greeting), as a
+        SIP 503 sends a trunk to its next route. 403 without the token."""
         q = request.query
         call_sid = q.get("CallSid", "").strip()
         frm = q.get("CallFrom") or q.get("From") or ""
@@ -1106,8 +1124,9 @@ class ExotelCarrier(ForwardingCarrier):
                 state = self._remember(call_sid, call, number)
                 self.arm_watchdog(state, self.attach_timeout, "stream_never_started")
             await state.call.record(extra={"exotel_call_coming": timings})
-        except CapacityError:
-            log.warning("call_coming at capacity", extra={"carrier": "exotel"})
+        except CapacityError as e:
+            log.warning("call_coming refused (302: the flow's second branch): %s", e, extra={"carrier": "exotel"})
+            return web.Response(status=302, text="busy")
         except Exception:
             log.exception("call_coming handling failed", extra={"carrier": "exotel"})
         return web.Response(status=200, text="ok")

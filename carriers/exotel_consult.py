@@ -23,7 +23,8 @@ from aiohttp import web
 from gateway.carrier import CarrierError
 
 from .mediasocket import StreamClosed
-from .socket_consult import SocketConsultation
+from .socket_consult import TARGET_KEY, SocketConsultation, relay_target
+from .streamrelay import RelayStream
 
 if TYPE_CHECKING:
     from .exotel import ExotelCarrier, VoicebotStream
@@ -40,6 +41,7 @@ class ExotelConsults:
     def __init__(self, carrier: ExotelCarrier) -> None:
         self.carrier = carrier
         self.name = carrier.name
+        self.gateway = carrier.gateway
         self.by_sid: dict[str, SocketConsultation] = {}
 
     async def consult_dial(self, c: SocketConsultation) -> None:
@@ -105,6 +107,24 @@ class ExotelConsults:
                     or (same_number(to, c.number) and same_number(frm, ours))):
                 return c
         return None
+
+    async def elsewhere(self, stream: VoicebotStream, call_sid: str) -> RelayStream | None:
+        """In a cluster, a Voicebot socket whose CallSid is the consultation call of a call another live process
+        holds (`extra.consult_carrier_id` in its row): checked with the ExoPhone's Basic auth, then relayed to that
+        process with the same header (carriers/streamrelay.py). None when there is no such call."""
+        gw = self.gateway
+        if not gw.control.clustered or not call_sid:
+            return None
+        me = gw.settings.proc_id
+        owners = [p for p in await gw.membership.alive_procs() if p != me]
+        row = await gw.store.find_open_call_by_extra(self.name, TARGET_KEY, call_sid, owners)
+        if row is None:
+            return None
+        number = await gw.store.get_number(row["phone_number_id"], with_secrets=True) \
+            if row["phone_number_id"] else None
+        self.carrier._check_auth(stream.request, number or {})
+        auth = stream.request.headers.get("Authorization")
+        return await relay_target(gw, row, stream, {"Authorization": auth} if auth else {})
 
     async def claim(self, stream: VoicebotStream, c: SocketConsultation, rate: int) -> None:
         from .exotel import CloseCode

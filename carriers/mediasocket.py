@@ -18,6 +18,7 @@ helpers here take that enum and only use the members the carriers have in common
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
     from gateway.call import Call
 
 NORMAL_CLOSE = 1000
+
+
+def token_digest(token: str) -> str:
+    """What a call's row keeps of a one-time stream token (its SHA-256, hex): another process of the cluster
+    checks a socket's token against it without the token itself being stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class PortSwitch:

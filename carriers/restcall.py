@@ -16,7 +16,6 @@ watchdogs, background REST tasks, claiming a stream, the transfer attempts); eac
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import secrets
@@ -32,18 +31,14 @@ from gateway.carrier import CarrierError
 from gateway.frames import HangupSource, TransferRequest, TransferResult
 
 from .forwarding import ForwardingCarrier
-from .mediasocket import StreamClosed
-from .socket_consult import SocketConsultation, SocketConsultLeg
+from .mediasocket import StreamClosed, token_digest
+from .socket_consult import SocketConsultation, SocketConsultLeg, consult_row, relay_target
 from .twilio_media import CloseCode, MediaStream
 
 if TYPE_CHECKING:
     from gateway.call import Call
 
 log = logging.getLogger("carriers.restcall")
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -302,7 +297,11 @@ class RestCallCarrier(ForwardingCarrier):
     async def _claim_consult(self, stream: MediaStream, carrier_id: Any) -> tuple[Call, SocketConsultation]:
         q = stream.request.query
         st = self.legs.get(q.get("call_id", ""))
-        c = st.consultation if st is not None else None
+        if st is None:      # another process of the cluster runs the consultation: relayed there once checked
+            row = await consult_row(self.gateway, self.name, q.get("call_id", ""), q.get("token", ""), stream,
+                                    CloseCode.BAD_SIGNATURE)
+            raise await relay_target(self.gateway, row, stream)
+        c = st.consultation
         if c is None:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "no consultation is waiting for this stream")
         if not c.token_ok(q.get("token", "")):

@@ -16,6 +16,13 @@ Vonage, Plivo and Telnyx. What they share is here; each carrier supplies three R
 
 The call's outbound bus has one reader at a time (carriers/mediasocket.py): the caller's socket gives the call up
 before the target's takes it, and the target's before the caller's takes it back.
+
+In a cluster the target's socket may reach another process than the one running the consultation (the carrier's
+balancer, or the kernel spreading a node's workers' connections). The consultation cannot move (the owner's engine
+is mid-conversation), so that process relays the socket to the owner (carriers/streamrelay.py) once it has proved
+itself against the call's row: the SHA-256 of the one-time token (`extra.consult_token_sha256`, committed before
+the target is dialled) for Vonage, Plivo and Telnyx; for Exotel, whose socket carries no token, the consultation
+call's CallSid (`extra.consult_carrier_id`, committed once the carrier returned it) and the ExoPhone's Basic auth.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ from gateway.consult import (
 from gateway.frames import ConsultRequest, HangupSource
 from gateway.mediabridge import BridgePort, HoldPort, pair_stats
 
-from .mediasocket import MarkedPlayout, StreamClosed
+from .mediasocket import MarkedPlayout, StreamClosed, token_digest
+from .streamrelay import RelayStream, to_owner
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -55,10 +63,17 @@ LEAVE_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 150.0
 
 
+#: the call-log `extra` keys another process of the cluster recognises a consultation's target socket by
+TOKEN_KEY = "consult_token_sha256"
+TARGET_KEY = "consult_carrier_id"
+
+
 class ConsultCarrier(Protocol):
     """What a media-socket carrier does for an attended transfer."""
 
     name: str
+    #: the Gateway (store, control bus): the consultation is published in the call's row for the cluster
+    gateway: Any
 
     async def consult_dial(self, c: SocketConsultation) -> None:
         """Call `c.number` with the media stream pointed at the consultation socket (`c.token`); set
@@ -107,6 +122,7 @@ class SocketConsultation:
 
     # -- dialling ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._publish({TOKEN_KEY: token_digest(self.token)})    # before the target can answer
         self.caller.switch_port(HoldPort(self.call.hold_frames(), self.caller_rate))
         try:
             await self.carrier.consult_dial(self)
@@ -114,13 +130,20 @@ class SocketConsultation:
             self.over = True
             self._caller_back()
             raise
-        await self.call.record(extra={"consult_carrier_id": self.target_id})
+        await self._publish({TARGET_KEY: self.target_id})
         self.call.log.info("consultation call placed", extra={"target": self.number})
         opts = ((self.call.agent or {}).get("settings") or {}).get("transfer") or {}
         ring = opts.get("timeout") or opts.get("ring_timeout")
         after = max(ANSWER_TIMEOUT, float(ring) + 60) if isinstance(ring, (int, float)) and ring > 0 \
             else ANSWER_TIMEOUT
         self._watchdog = asyncio.get_running_loop().call_later(after, self._no_answer)
+
+    async def _publish(self, extra: dict[str, Any]) -> None:
+        """Record `extra` in the call's row, committed at once in a cluster: the target's socket may reach another
+        process, which relays it here once it matches the row (`relay_target`)."""
+        await self.call.record(extra=extra)
+        if self.carrier.gateway.control.clustered:
+            await self.carrier.gateway.store.flush()
 
     def _no_answer(self) -> None:
         self._watchdog = None
@@ -284,6 +307,33 @@ class SocketConsultation:
 
 
 _tasks: set[asyncio.Task[None]] = set()
+
+
+async def consult_row(gateway: Any, name: str, call_id: str, token: str, stream: MarkedPlayout,
+                      bad_token: int) -> dict[str, Any]:
+    """The open row of call `call_id` (carrier `name`) whose consultation's token is `token`, read by a process
+    that does not run that consultation (the socket is then relayed to the owner, `relay_target`). StreamClosed
+    (`UNKNOWN_CALL`, or `bad_token` when the token's hash is not the recorded one) otherwise."""
+    codes = stream.close_codes
+    row: dict[str, Any] | None = await gateway.store.find_call(call_uuid=call_id, flush=False) \
+        if call_id and gateway.control.clustered else None
+    if row is None or row["channel_type"] != name or row["ended_at"] is not None:
+        raise StreamClosed(codes.UNKNOWN_CALL, "no consultation is waiting for this stream")
+    want = (row.get("extra") or {}).get(TOKEN_KEY)
+    if not token or not isinstance(want, str) or not hmac.compare_digest(token_digest(token).encode(), want.encode()):
+        raise StreamClosed(bad_token, "stream token does not match")
+    return row
+
+
+async def relay_target(gateway: Any, row: dict[str, Any], stream: Any,
+                       headers: dict[str, str] | None = None) -> RelayStream:
+    """Where the consultation target's socket goes when another live process holds the call of `row` (already
+    checked against it): that process's private URL (carriers/streamrelay.py), with the upgrade `headers` it needs
+    to check the socket again. StreamClosed when the owner is this process or not reachable."""
+    target = await to_owner(gateway, row.get("owner"), stream.request, headers or {})
+    if target is None:
+        raise StreamClosed(stream.close_codes.UNKNOWN_CALL, "no consultation is waiting for this stream")
+    return target
 
 
 class SocketConsultLeg(DelegatingConsultLeg):

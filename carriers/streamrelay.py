@@ -1,19 +1,22 @@
 """A media socket carried to the process of the cluster that owns its call (docs/deploy.md, "Ownership of a call").
 
 Adoption moves a call to the process its media stream reached. One stream cannot move its call: an attended
-transfer's consultation call (carriers/twilio_consult.py) whose target's stream reaches another worker than the
-one holding the call. That process's engine is mid-conversation with the caller's agent (it asked for the
-consultation and must now talk to the target), so the stream goes to the call instead: the receiving process
-opens a websocket of its own to the owner's private URL (`Gateway.direct_url`, from the `nodes` table), replays
-what it has read (the `start` message) and then copies every message both ways until either side closes, whose
-close code the other side gets. The owner checks the stream as if the carrier had connected to it directly (the
-signature headers travel with it; the URL path is the same and workers of one node share their public URL).
+transfer's consultation call (carriers/twilio_consult.py; carriers/socket_consult.py for Exotel, Vonage, Plivo
+and Telnyx) whose target's stream reaches another worker than the one holding the call. That process's engine is
+mid-conversation with the caller's agent (it asked for the consultation and must now talk to the target), so the
+stream goes to the call instead: the receiving process opens a websocket of its own to the owner's private URL
+(`Gateway.direct_url`, from the `nodes` table), replays what it has read (the `start` message, Vonage's first
+message) and then copies every message both ways until either side closes, whose close code the other side gets.
+The owner checks the stream as if the carrier had connected to it directly (the signature / Basic auth headers
+travel with it, tokens are in the URL or the replayed message; the URL path is the same and workers of one node
+share their public URL).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -41,6 +44,17 @@ class RelayStream(Exception):
 def ws_url(base: str, raw_path: str) -> str:
     """`http(s)://host:port` + `/path?query` as the websocket URL of the same place."""
     return ws_base(base) + raw_path
+
+
+async def to_owner(gateway: Any, owner: str | None, request: web.Request,
+                   headers: dict[str, str]) -> RelayStream | None:
+    """Where a stream of a call that `owner` (another live process) holds goes: the owner's private URL with the
+    same path and query, and the upgrade `headers` the owner checks it with; None when the owner is this process
+    or not reachable (no live `nodes` row with a private URL)."""
+    if not owner or owner == gateway.settings.proc_id:
+        return None
+    base = await gateway.membership.direct_url(owner)
+    return RelayStream(ws_url(base, request.raw_path), owner, headers) if base else None
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,

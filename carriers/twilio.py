@@ -48,7 +48,7 @@ from gateway.publicurl import unreachable_reason
 
 from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
 from .mediasocket import StreamClosed
-from .streamrelay import RelayStream, ws_url
+from .streamrelay import RelayStream, to_owner
 from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
 
@@ -716,13 +716,12 @@ class TwilioCarrier(ForwardingCarrier):
     async def _relay_target(self, stream: MediaStream, row: dict[str, Any]) -> RelayStream:
         """Where the consultation target's stream of a call held by another process goes (carriers/streamrelay.py):
         the owner's private URL, with the upgrade's signature headers so the owner checks it as its own."""
-        owner = row["owner"]
-        base = await self.gateway.membership.direct_url(owner) if owner != self.gateway.settings.proc_id else None
-        if not base:
-            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call's owner is not reachable for its consultation stream")
         headers = {h: stream.request.headers[h] for h in (*self.signature_headers, SIGNATURE_SETTINGS_HEADER)
                    if h in stream.request.headers}
-        return RelayStream(ws_url(base, stream.request.raw_path), owner, headers)
+        target = await to_owner(self.gateway, row["owner"], stream.request, headers)
+        if target is None:
+            raise StreamClosed(CloseCode.UNKNOWN_CALL, "the call's owner is not reachable for its consultation stream")
+        return target
 
     # -- callbacks about a call (status, AMD, transfer, consultation) -------------------------------------------
     # Each is authenticated where it arrives; when another process of the cluster holds the call, that process

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import importlib
 import json
@@ -61,8 +60,9 @@ from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
 from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
-from .mediasocket import MarkedPlayout, StreamClosed
+from .mediasocket import MarkedPlayout, StreamClosed, token_digest
 from .socket_consult import SocketConsultation, SocketConsultLeg
+from .streamrelay import RelayStream, relay
 from .vonage_consult import VonageConsults
 
 if TYPE_CHECKING:
@@ -235,10 +235,6 @@ def check_private_key(pem: str) -> None:
 TOKEN_DIGEST = "vonage_stream_token_sha256"
 
 
-def _token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass
 class VonageCallState:
     call: Call
@@ -353,6 +349,7 @@ class VonageStream(MarkedPlayout):
         self._carry = b""
         self.frames_sent = 0
         self.dtmf_tasks: set[asyncio.Task[None]] = set()
+        self.first_message = ""
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -363,6 +360,8 @@ class VonageStream(MarkedPlayout):
             await self._await_connected()
             self._sender = asyncio.create_task(self._send_loop(), name=f"vonage-send-{self.live_call.id}")
             await self._read_loop()
+        except RelayStream as r:     # another process runs the call's consultation: carry the socket there
+            await relay(self.ws, r, [self.first_message], self.carrier.connect_timeout)
         except StreamClosed as e:
             self.log.warning("vonage media socket closed: %s", e.reason, extra={"close_code": int(e.code)})
             if not self.ws.closed:
@@ -381,6 +380,7 @@ class VonageStream(MarkedPlayout):
             m = safejson.loads(msg.data)
         except safejson.BadJson:
             raise StreamClosed(CloseCode.BAD_MESSAGE, "first message is not JSON") from None
+        self.first_message = msg.data        # replayed to the call's owner when the socket is relayed there
         if not isinstance(m, dict) or m.get("event") != "websocket:connected":
             raise StreamClosed(CloseCode.BAD_MESSAGE, "the first message must be event websocket:connected")
         ctype = str(m.get("content-type") or "").replace(" ", "").lower()
@@ -797,7 +797,7 @@ class VonageCarrier(ForwardingCarrier):
         """Record the hash of the stream token an NCCO is about to hand out: a websocket that lands on another
         process of the cluster proves itself with it (docs/deploy.md, adoption). In cluster mode the row is
         committed before the NCCO leaves, so the stream cannot overtake it."""
-        await st.call.record(extra={TOKEN_DIGEST: _token_digest(st.token)})
+        await st.call.record(extra={TOKEN_DIGEST: token_digest(st.token)})
         if self.gateway.control.clustered:
             await self.gateway.store.flush()
 
@@ -1034,7 +1034,7 @@ class VonageCarrier(ForwardingCarrier):
         if st.stream is not None or st.state not in ("connecting", "reconnecting"):
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "this call already has a stream")
         st.token = secrets.token_urlsafe(18)       # one use only
-        await st.call.record(extra={TOKEN_DIGEST: _token_digest(st.token)})   # here and on every other process
+        await st.call.record(extra={TOKEN_DIGEST: token_digest(st.token)})   # here and on every other process
         if st.watchdog is not None:
             st.watchdog.cancel()
             st.watchdog = None
@@ -1049,7 +1049,7 @@ class VonageCarrier(ForwardingCarrier):
         if row is None or row["channel_type"] != self.name or row["ended_at"] is not None:
             return None
         want = (row.get("extra") or {}).get(TOKEN_DIGEST)
-        if not isinstance(want, str) or not hmac.compare_digest(_token_digest(token).encode(), want.encode()):
+        if not isinstance(want, str) or not hmac.compare_digest(token_digest(token).encode(), want.encode()):
             raise StreamClosed(CloseCode.BAD_TOKEN, "stream token does not match")
         number = await store.get_number(row["phone_number_id"], with_secrets=True) if row["phone_number_id"] else None
         call = await self.gateway.calls.adopt(row)

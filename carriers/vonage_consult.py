@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.carrier import CarrierError
 
 from .mediasocket import StreamClosed
-from .socket_consult import SocketConsultation
+from .socket_consult import SocketConsultation, consult_row, relay_target
 
 if TYPE_CHECKING:
     from .vonage import VonageCallState, VonageCarrier, VonageStream
@@ -30,6 +30,7 @@ class VonageConsults:
     def __init__(self, carrier: VonageCarrier) -> None:
         self.carrier = carrier
         self.name = carrier.name
+        self.gateway = carrier.gateway
 
     async def consult_dial(self, c: SocketConsultation) -> None:
         from vonage_voice import CreateCallRequest, Phone, ToPhone
@@ -87,7 +88,10 @@ class VonageConsults:
         from .vonage import CloseCode
 
         st = self.carrier.states.get(call_id)
-        c = st.consultation if st is not None else None
+        if st is None:      # another process of the cluster runs the consultation: relayed there once checked
+            row = await consult_row(self.gateway, self.name, call_id, token, stream, CloseCode.BAD_TOKEN)
+            raise await relay_target(self.gateway, row, stream)
+        c = st.consultation
         if c is None:
             raise StreamClosed(CloseCode.UNKNOWN_CALL, "no consultation is waiting for this stream")
         if not c.token_ok(token):

@@ -10,7 +10,9 @@ What each carrier allows (their docs):
 * Vonage: there is no reject action in an NCCO; the answer NCCO is a `talk` and "when all the actions in the NCCO
   are complete, the Call ends" (Vonage NCCO reference).
 * Exotel: the Voicebot applet has no refusal message; closing the stream makes the flow go on to the next applet
-  (Exotel "Working with the Voicebot applet"), so the socket is closed with 1013 (try again later).
+  (Exotel "Working with the Voicebot applet"), so the socket is closed with 1013 (try again later). The optional
+  `call_coming` Passthru before it answers 302, the flow's second branch (Exotel "Passthru Applet": 200 → first
+  branch, 302 → second), so the flow's fallback takes the call instead of the Voicebot.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import aiohttp
 from carriers.exotel import CloseCode as ExotelClose
 from carriers.exotel import ExotelCarrier
 from carriers.vonage import VonageCarrier
-from exotel_helpers import FakeExotel, add_exophone, ws_url
+from exotel_helpers import FakeExotel, add_exophone, call_coming_token, ws_url
 from sipp import api
 from test_plivo import plivo_env  # noqa: F401  (fixture)
 from test_telnyx import telnyx_env  # noqa: F401  (fixture)
@@ -114,6 +116,28 @@ async def test_exotel_over_the_limit_closes_the_stream_try_again(make_gateway):
         assert len(gw.calls.active) == 1                    # the first call goes on
         await first.stop()
         await first.close()
+
+
+async def test_exotel_call_coming_refused_takes_the_flows_second_branch(make_gateway):
+    """A full number, then a draining gateway: `call_coming` answers 302 (never the 200 that sends the flow on to
+    a Voicebot that would be refused), and opens no call."""
+    gw = await make_gateway(carriers={"exotel": ExotelCarrier}, engine="echo")
+    agent = await gw.store.create_agent({"name": "a", "engine": "echo", "settings": {}})
+    number = await add_exophone(gw, agent_id=agent["id"])
+    await gw.store.update_number(number["id"], config={**number["config"], "channels": 1})
+
+    async def call_coming(sid: str) -> int:
+        async with aiohttp.ClientSession() as s, s.get(gw.url("/exotel/call_coming"), allow_redirects=False, params={
+                "CallSid": sid, "CallFrom": "09876543210", "CallTo": "08047491899",
+                "gw_token": call_coming_token()}) as r:
+            return r.status
+
+    assert await call_coming("CA-coming-1") == 200                   # takes the one channel
+    assert await call_coming("CA-coming-2") == 302                   # the number is full
+    await gw.store.update_number(number["id"], config={**number["config"], "channels": 5})
+    gw.begin_drain(timeout=60)
+    assert await call_coming("CA-coming-3") == 302                   # the gateway is draining
+    assert [c.carrier_sid for c in gw.calls.active.values()] == ["CA-coming-1"]
 
 
 async def _until(predicate) -> None:

@@ -541,6 +541,20 @@ class Store(ChannelStore, QueueStore, HealthStore):
             c = (await s.scalars(q.order_by(CallLog.id.desc()).limit(1))).first()
             return _row(c) if c else None
 
+    async def find_open_call_by_extra(self, channel_type: str, key: str, value: str,
+                                      owners: list[str]) -> dict[str, Any] | None:
+        """The newest open call of `channel_type` held by one of `owners` whose `extra[key]` is `value`: a call known
+        by an id of the carrier that is not its own (an attended transfer's consultation call), found by another
+        process of the cluster. Only open calls of live owners are read (the owner/ended_at index)."""
+        if not owners or not value:
+            return None
+        q = (select(CallLog).where(CallLog.owner.in_(owners), CallLog.ended_at.is_(None),
+                                   CallLog.channel_type == channel_type, CallLog.extra[key].as_string() == value)
+             .order_by(CallLog.id.desc()).limit(1))
+        async with self._session() as s:
+            c = (await s.scalars(q)).first()
+            return _row(c) if c else None
+
     async def list_calls(self, pageno: int = 1, pagesize: int = 20, agent_id: int | None = None,
                          call_status: str | None = None, carrier_sid: str | None = None,
                          bulk_call_id: int | None = None, carrier: str | None = None,
