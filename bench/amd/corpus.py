@@ -392,6 +392,20 @@ def sit_tones(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
 
 
 # ---- plan ---------------------------------------------------------------------------------------------------------
+def person_texts(scen: str, pool: dict, rng: random.Random) -> list[str] | None:
+    """A person's lines for the human scenarios every round has, from the split's `pool` (None: not one of them)."""
+    if scen in ("human_short", "human_second"):
+        texts = [rng.choice(pool["short"])]
+        if scen == "human_second":
+            texts.append(rng.choice(pool["second"]))
+        return texts
+    if scen == "human_repeat":
+        return list(rng.choice(pool["repeat"]))
+    if scen == "human_business":
+        return [rng.choice(pool["business"])]
+    return None
+
+
 def plan(scale: float, seed: int = 15) -> list[dict]:
     rng = random.Random(seed)
     specs = []
@@ -417,14 +431,9 @@ def plan(scale: float, seed: int = 15) -> list[dict]:
                 s["codec"], s["rate_hz"] = fmt
                 name, company = rng.choice(s_text["name"]), rng.choice(s_text["company"])
                 fill = lambda x: x.format(name=name, company=company)  # noqa: E731, B023 (used within this iteration)
-                if scen in ("human_short", "human_second"):
-                    s["texts"] = [rng.choice(s_text["short"])]
-                    if scen == "human_second":
-                        s["texts"].append(rng.choice(s_text["second"]))
-                elif scen == "human_repeat":
-                    s["texts"] = list(rng.choice(s_text["repeat"]))
-                elif scen == "human_business":
-                    s["texts"] = [rng.choice(s_text["business"])]
+                person = person_texts(scen, s_text, rng)
+                if person is not None:
+                    s["texts"] = person
                 elif scen in ("machine_greeting", "machine_music_intro", "machine_female_high"):
                     s["texts"] = [fill(rng.choice(s_text["greeting"]))]
                 elif scen == "machine_pause_beep":
@@ -631,14 +640,9 @@ def plan_round3(scale: float, seed: int = 2015) -> list[dict]:
                     s["pitch"] = 2
                 s["codec"], s["rate_hz"] = rng.choice(FORMATS)
                 name, company = rng.choice(t3["name"]), rng.choice(t3["company"])
-                if scen in ("human_short", "human_second"):
-                    s["texts"] = [rng.choice(t3["short"])]
-                    if scen == "human_second":
-                        s["texts"].append(rng.choice(t3["second"]))
-                elif scen == "human_repeat":
-                    s["texts"] = list(rng.choice(t3["repeat"]))
-                elif scen == "human_business":
-                    s["texts"] = [rng.choice(t3["business"])]
+                person = person_texts(scen, t3, rng)
+                if person is not None:
+                    s["texts"] = person
                 elif scen.endswith("_lang"):
                     key = {"human_short_lang": "short", "human_business_lang": "business"}.get(scen, "greeting")
                     s["texts"] = [rng.choice(LANG_T[lang][key])]
