@@ -6,8 +6,6 @@ talks to the target through the relay; a forged socket is refused by node-b befo
 from __future__ import annotations
 
 import asyncio
-import re
-from html import unescape
 from urllib.parse import urlparse
 
 import aiohttp
@@ -23,7 +21,7 @@ from fakes.twilio_env import recording
 from fakes.vonage_rest import FakeVonageApi
 from gateway.simulate import plivo_stream
 from test_cluster_nodes import cluster, recording_pcm16, two_nodes_with  # noqa: F401  (fixture)
-from test_cluster_webhooks import CARRIERS, PLIVO_NUMBER
+from test_cluster_webhooks import _on, plivo_inbound, plivo_nodes, stream_of
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TARGET = "+14155550188"
@@ -37,26 +35,16 @@ async def consult_state(node, call_id: str, state: str) -> dict | None:
 
 def on(node, url: str) -> str:
     """The same websocket path and query on another node (the carrier's balancer picked it)."""
-    u = urlparse(url)
-    return node.ws_url(f"{u.path}?{u.query}")
+    return _on(node, url, ws=True)
 
 
 async def test_plivo_consult_target_socket_on_the_other_node_is_relayed_to_the_owner(cluster):  # noqa: F811
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        async def number(gw, agent_id):
-            await gw.store.update_agent(agent_id, TRANSFER)
-            await gw.store.create_number({"phone_number": PLIVO_NUMBER, "provider": "plivo", "agent_id": agent_id,
-                                          "config": {"auth_id": rest.auth_id}}, {"auth_token": rest.auth_token})
-        a, b = await two_nodes_with(cluster, number, GATEWAY_PLIVO_API_BASE=rest.url, GATEWAY_CARRIERS=CARRIERS)
+        a, b = await plivo_nodes(cluster, rest, TRANSFER)
         call_uuid = rest.add_call()
-        status, xml = await plivo_stream.post_signed(a.url("/plivo/answer"), {
-            "CallUUID": call_uuid, "From": "14155550100", "To": PLIVO_NUMBER[1:], "Direction": "inbound"},
-            rest.auth_token)
-        assert status == 200, xml
-        url = unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
-        call_id = re.search(r"call_id=([0-9a-f]+)", url).group(1)
+        call_id, url = await plivo_inbound(a, rest, call_uuid)
         async with plivo_stream.PlivoStreamClient(on(a, url)) as caller:
             await caller.start(call_uuid)
             await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
@@ -69,7 +57,7 @@ async def test_plivo_consult_target_socket_on_the_other_node_is_relayed_to_the_o
             status, xml = await plivo_stream.post_signed(b.url(f"{answer.path}?{answer.query}"), {  # node-b: forwarded
                 "CallUUID": target_uuid, "RequestUUID": request_uuid, "Direction": "outbound"}, rest.auth_token)
             assert status == 200 and "leg=consult" in xml, xml
-            consult_url = unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
+            consult_url = stream_of(xml)
 
             async with plivo_stream.PlivoStreamClient(on(b, consult_url).replace("token=", "token=x")) as forged:
                 await forged.start(target_uuid)

@@ -6,8 +6,6 @@ through node-b. A forged webhook is refused by node-b and changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import re
-from html import unescape
 from urllib.parse import urlparse
 
 import aiohttp
@@ -21,7 +19,7 @@ from fakes.plivo_rest import FakePlivoRest
 from fakes.vonage_rest import FakeVonageApi
 from gateway.simulate import plivo_stream
 from test_cluster_nodes import cluster, two_nodes_with  # noqa: F401  (fixture)
-from test_cluster_webhooks import PLIVO_NUMBER, TARGET, _add_number, _two_nodes
+from test_cluster_webhooks import TARGET, _on, plivo_inbound, plivo_nodes
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 BACKUP = "+14155550177"
@@ -34,19 +32,10 @@ async def test_plivo_hangup_without_call_id_is_matched_by_its_call_uuid(cluster)
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        await _add_number(start.db, world.agent["id"], {
-            "phone_number": PLIVO_NUMBER, "provider": "plivo", "config": {"auth_id": rest.auth_id}},
-            {"auth_token": rest.auth_token})
-        a, b = await _two_nodes(start, GATEWAY_PLIVO_API_BASE=rest.url)
+        a, b = await plivo_nodes(cluster, rest)
         call_uuid = rest.add_call()
-        status, xml = await plivo_stream.post_signed(a.url("/plivo/answer"), {
-            "CallUUID": call_uuid, "From": "14155550100", "To": PLIVO_NUMBER[1:], "Direction": "inbound"},
-            rest.auth_token)
-        assert status == 200, xml
-        url = unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
-        call_id = re.search(r"call_id=([0-9a-f]+)", url).group(1)
-        u = urlparse(url)
-        async with plivo_stream.PlivoStreamClient(a.ws_url(f"{u.path}?{u.query}")) as client:
+        call_id, url = await plivo_inbound(a, rest, call_uuid)
+        async with plivo_stream.PlivoStreamClient(_on(a, url, ws=True)) as client:
             await client.start(call_uuid)
             await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
             hangup = {"CallUUID": call_uuid, "HangupCauseName": "Normal Hangup", "Direction": "inbound"}

@@ -20,7 +20,7 @@ from gateway.secretbox import SecretBox
 from gateway.simulate import plivo_stream, telnyx_stream
 from gateway.simulate.twilio_stream import post_signed as twilio_post
 from gateway.store import Store
-from test_cluster_nodes import call_live_on_a, cluster  # noqa: F401  (fixture)
+from test_cluster_nodes import call_live_on_a, cluster, two_nodes_with  # noqa: F401  (fixture)
 
 TELNYX_NUMBER = "+15005550088"
 PLIVO_NUMBER = "+15005550077"
@@ -45,10 +45,37 @@ async def _two_nodes(start, **env: str):
     return a, b
 
 
-def _on(node, url: str) -> str:
-    """The same path and query on another node (the balancer handed the request to it)."""
+def _on(node, url: str, *, ws: bool = False) -> str:
+    """The same path and query on another node (the balancer handed the request to it); `ws`: as a websocket."""
     u = urlparse(url)
-    return node.url(f"{u.path}?{u.query}")
+    return (node.ws_url if ws else node.url)(f"{u.path}?{u.query}")
+
+
+def stream_of(xml: str) -> str:
+    """The `<Stream>` URL of a Plivo XML answer."""
+    return unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
+
+
+async def plivo_nodes(cluster, rest: FakePlivoRest, agent: dict | None = None):
+    """PLIVO_NUMBER on the stand-in's account (its agent updated with `agent` first), node-a and node-b up."""
+    start, world, _, _ = cluster
+
+    async def number(gw, agent_id: int) -> None:
+        if agent:
+            await gw.store.update_agent(agent_id, agent)
+        await gw.store.create_number({"phone_number": PLIVO_NUMBER, "provider": "plivo", "agent_id": agent_id,
+                                      "config": {"auth_id": rest.auth_id}}, {"auth_token": rest.auth_token})
+    return await two_nodes_with(cluster, number, GATEWAY_CARRIERS=CARRIERS, GATEWAY_PLIVO_API_BASE=rest.url)
+
+
+async def plivo_inbound(a, rest: FakePlivoRest, call_uuid: str) -> tuple[str, str]:
+    """Plivo's answer webhook for an inbound call, on `a`: our call id and the media socket URL it answered."""
+    status, xml = await plivo_stream.post_signed(a.url("/plivo/answer"), {
+        "CallUUID": call_uuid, "From": "14155550100", "To": PLIVO_NUMBER[1:], "Direction": "inbound"},
+        rest.auth_token)
+    assert status == 200, xml
+    url = stream_of(xml)
+    return re.search(r"call_id=([0-9a-f]+)", url).group(1), url
 
 
 async def test_telnyx_event_on_the_other_node_reaches_the_owner(cluster):  # noqa: F811
@@ -97,20 +124,10 @@ async def test_plivo_transfer_callbacks_on_the_other_node_are_answered_by_the_ow
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        await _add_number(start.db, world.agent["id"], {
-            "phone_number": PLIVO_NUMBER, "provider": "plivo", "config": {"auth_id": rest.auth_id}},
-            {"auth_token": rest.auth_token})
-        a, b = await _two_nodes(start, GATEWAY_PLIVO_API_BASE=rest.url)
-
+        a, b = await plivo_nodes(cluster, rest)
         call_uuid = rest.add_call()
-        status, xml = await plivo_stream.post_signed(a.url("/plivo/answer"), {
-            "CallUUID": call_uuid, "From": "14155550100", "To": PLIVO_NUMBER[1:], "Direction": "inbound"},
-            rest.auth_token)
-        assert status == 200, xml
-        url = unescape(re.search(r"<Stream[^>]*>([^<]+)</Stream>", xml).group(1))
-        call_id = re.search(r"call_id=([0-9a-f]+)", url).group(1)
-        u = urlparse(url)
-        async with plivo_stream.PlivoStreamClient(a.ws_url(f"{u.path}?{u.query}")) as client:
+        call_id, url = await plivo_inbound(a, rest, call_uuid)
+        async with plivo_stream.PlivoStreamClient(_on(a, url, ws=True)) as client:
             await client.start(call_uuid)
             await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
             status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": TARGET})
