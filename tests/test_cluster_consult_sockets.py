@@ -9,7 +9,9 @@ import asyncio
 from urllib.parse import urlparse
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from carriers.telnyx import decode_state
 from cluster_env import call_row, ended_row, in_progress_on, wait_until
 from exotel_helpers import API_KEY as EXO_KEY
 from exotel_helpers import FakeExotel, add_exophone
@@ -17,11 +19,12 @@ from exotel_helpers import basic as exotel_basic
 from exotel_helpers import tone as exotel_tone
 from fakes.exotel_rest import FakeExotelApi
 from fakes.plivo_rest import FakePlivoRest
+from fakes.telnyx_rest import FakeTelnyxRest
 from fakes.twilio_env import recording
 from fakes.vonage_rest import FakeVonageApi
-from gateway.simulate import plivo_stream
+from gateway.simulate import plivo_stream, telnyx_stream
 from test_cluster_nodes import cluster, recording_pcm16, two_nodes_with  # noqa: F401  (fixture)
-from test_cluster_webhooks import _on, plivo_inbound, plivo_nodes, stream_of
+from test_cluster_webhooks import CARRIERS, TELNYX_NUMBER, _on, plivo_inbound, plivo_nodes, stream_of
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TARGET = "+14155550188"
@@ -163,5 +166,54 @@ async def test_exotel_consult_target_socket_on_the_other_node_is_relayed_to_the_
             assert row["ended_at"] is None
             await caller.close()
             await target.close()
+    finally:
+        await rest.stop()
+
+
+async def test_telnyx_consult_target_socket_on_the_other_node_is_relayed_to_the_owner(cluster):  # noqa: F811
+    start, world, receiver, clients = cluster
+    rest = await FakeTelnyxRest().start()
+    try:
+        rest.add_number(TELNYX_NUMBER)
+        key = Ed25519PrivateKey.generate()
+
+        async def number(gw, agent_id):
+            await gw.store.update_agent(agent_id, TRANSFER)
+            await gw.store.create_number({
+                "phone_number": TELNYX_NUMBER, "provider": "telnyx", "agent_id": agent_id,
+                "config": {"public_key": telnyx_stream.public_key_b64(key), "connection_id": "1684641123236054244"}},
+                {"api_key": rest.api_key})
+        a, b = await two_nodes_with(cluster, number, GATEWAY_CARRIERS=CARRIERS, GATEWAY_TELNYX_API_BASE=rest.url)
+        ccid = rest.add_call()
+        status, body = await telnyx_stream.post_webhook(a.url("/telnyx/webhook"), "call.initiated", {
+            "call_control_id": ccid, "call_session_id": "sess", "direction": "incoming", "from": "+14155550100",
+            "to": TELNYX_NUMBER, "state": "parked"}, key)
+        assert status == 200, body
+        _, _, answer = await asyncio.wait_for(rest.commands.get(), 10)
+        call_id = decode_state(answer["client_state"])
+        async with telnyx_stream.TelnyxStreamClient(on(a, answer["stream_url"])) as caller:
+            await caller.start(ccid)
+            await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+            status, body = await b.api("POST", f"/calls/{call_id}/consult", {})
+            assert status == 200 and body["status"] == "consult_dialing", body       # carried out by node-a
+            dial = [body for _, path, body in rest.requests if path == "/v2/calls"][-1]
+            assert "leg=consult" in dial["stream_url"]
+            target_ccid = next(k for k, v in rest.calls.items() if v.get("dial") is dial)
+
+            async with telnyx_stream.TelnyxStreamClient(on(b, dial["stream_url"]).replace("token=", "token=x")) \
+                    as forged:
+                await forged.start(target_ccid)
+                await wait_until(lambda: forged.closed.is_set(), 10, "the forged socket to be closed")
+                assert forged.close_code == 4006
+            async with telnyx_stream.TelnyxStreamClient(on(b, dial["stream_url"])) as target:   # reached node-b
+                await target.start(target_ccid)
+                row = await wait_until(lambda: consult_state(a, call_id, "answered"), 15,
+                                       "node-a to take the relayed target socket as the consultation's")
+                assert row["owner"] == "node-a"
+                await target.play(recording()[: 160 * 50])        # the engine (echo, on node-a) answers the target
+                await target.wait_for(lambda: len(target.got.media) >= 40, timeout=15)
+            row = await wait_until(lambda: consult_state(a, call_id, "ended"), 15,
+                                   "the target's hang-up to end the consultation")
+            assert row["ended_at"] is None                          # the caller is back with the engine
     finally:
         await rest.stop()
