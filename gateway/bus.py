@@ -101,6 +101,9 @@ class CallBus:
         self.on_turnaround: Callable[[str, float], None] | None = None
         self._probe_in: tuple[AudioFrame, float] | None = None
         self._probe_out: tuple[AudioFrame, float] | None = None
+        #: set while the carrier's sender waits in next_outbound() on an empty queue and can write a frame
+        #: synchronously: engine audio is handed to it at once instead of through the queue and a task switch
+        self._direct: Callable[[AudioFrame], bool] | None = None
 
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
@@ -132,19 +135,27 @@ class CallBus:
     # engine → carrier -------------------------------------------------------------------------------------
     async def play(self, pcm: bytes) -> None:
         """Engine-rate PCM16 of any length; waits while the outbound queue is full."""
-        for chunk in self._out_frame.push(pcm):
-            await self._put_out_audio(chunk)
+        chunks = self._out_frame.push(pcm)
+        for chunk in chunks:
+            await self._put_out_audio(chunk, len(chunks) == 1)
 
     async def flush_play(self) -> None:
         """Push out a partial trailing frame padded with silence (end of an utterance)."""
         tail = self._out_frame.flush(pad=True)
         if tail:
-            await self._put_out_audio(tail)
+            await self._put_out_audio(tail, True)
 
-    async def _put_out_audio(self, chunk: bytes) -> None:
-        for frame in self._out_carrier_frame.push(self._down.process(chunk)):
+    async def _put_out_audio(self, chunk: bytes, single: bool) -> None:
+        """`single`: the chunk is all the engine gave this time. Only then may its frame go straight to a waiting
+        sender (`_direct`): a longer burst is queued, so a clear() right behind it still drops it unsent."""
+        frames = self._out_carrier_frame.push(self._down.process(chunk))
+        for frame in frames:
             self.counters.level_out = audioop.rms(frame, 2)
             item = AudioFrame(frame, self.carrier_rate)
+            direct = self._direct
+            if (direct is not None and single and len(frames) == 1 and self.outbound.empty()
+                    and self._hand_over(direct, item)):
+                continue
             # only a frame with nothing queued ahead measures the gateway; one behind queued speech measures
             # how much speech the engine sent ahead of time
             if (self.outbound.empty() and self.on_turnaround is not None
@@ -178,8 +189,34 @@ class CallBus:
             self.clear_pending.set()
         return dropped
 
-    async def next_outbound(self) -> BusItem:
-        item = await self.outbound.get()
+    def _hand_over(self, direct: Callable[[AudioFrame], bool], item: AudioFrame) -> bool:
+        """Give a frame straight to the waiting sender (nothing is queued ahead of it); False if it declined (the
+        socket is closing or its peer reads slowly: the frame is queued instead)."""
+        n = self.counters.frames_out
+        if n % TURNAROUND_SAMPLE or self.on_turnaround is None:
+            if not direct(item):
+                return False
+        else:
+            t0 = time.perf_counter()
+            if not direct(item):
+                return False
+            self._turnaround("out", t0)    # no time in a queue: what the hand-off itself took
+        self.counters.frames_out = n + 1
+        return True
+
+    async def next_outbound(self, direct: Callable[[AudioFrame], bool] | None = None) -> BusItem:
+        """The carrier's next item (waits). `direct`: while this waits on an empty queue, engine audio frames are
+        given to `direct` (which writes one synchronously and says whether it did) instead of being queued; items
+        other than audio, and audio behind them, still come through the queue in order."""
+        q = self.outbound
+        if direct is not None and q.empty():
+            self._direct = direct
+            try:
+                item = await q.get()
+            finally:
+                self._direct = None
+        else:
+            item = await q.get()
         if isinstance(item, AudioFrame):
             self.counters.frames_out += 1
             self._sent(item)
