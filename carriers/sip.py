@@ -592,6 +592,12 @@ class SipCarrier(Carrier):
             await self._ended(leg, HangupSource.USER, session.end_reason or "BYE")
             return
         if call.ended.is_set():  # hung up while the engine was starting
+            if not leg.closed:
+                # ...before the ACK came (the engine failed, an API hangup): the leg had no confirmed dialog to end
+                # and RFC 3261 §15 holds a callee's BYE until the ACK; it goes now, and the media stops
+                reason = call.hangup.reason if call.hangup is not None else ""
+                session.send_bye(reason_header(q850=16, text=reason or "Normal call clearing"))
+                await leg.finish()
             return
         self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
                                                       "sip_call_id": req.call_id})

@@ -1,10 +1,12 @@
 """Inbound SIP media starts with our 200 OK, not with the caller's ACK (RFC 3264 §6: a caller may send RTP as soon
 as it has the answer; on a busy proxy or box its ACK can come seconds later), and a 200 that is never ACKed still
 ends the call."""
+import socket
+
 import pytest
 
 from gateway.frames import HangupSource
-from sipp import call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from sipp import call_rows, free_port, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
 
@@ -51,3 +53,18 @@ async def test_a_200_never_acked_still_ends_the_call(make_gateway):
     assert row["hangup_source"] == HangupSource.CARRIER.value, row
     assert "ACK" in row["hangup_reason"], row
     assert row["extra"]["rtp"]["received"] > 0, row["extra"]["rtp"]     # media ran from the 200 on
+
+
+async def test_a_hangup_before_the_ack_sends_its_bye_after_the_ack(make_gateway):
+    """The engine starts with the 200 OK, so it can end the call while the ACK is still on its way (here: its
+    websocket is refused at once). RFC 3261 §15: the callee's BYE waits for the ACK; SIPp counts a BYE that comes
+    during its 3 s pause before the ACK as unexpected, and fails the call."""
+    gw = await sip_gateway(make_gateway)
+    await sip_number(gw, engine=f"ws://127.0.0.1:{free_port(socket.SOCK_STREAM)}/nobody")   # nothing listens
+    res = await sipp_uac("uac_late_ack_gateway_hangs_up.xml", gw.carriers["sip"].port, service="15550001111",
+                         timeout_s=40)
+    res.assert_calls(successful=1)      # the BYE came after the ACK, and was answered
+    row = (await wait_for(lambda: _ended(gw)))[0]
+    assert row["hangup_source"] == HangupSource.AGENT.value, row
+    assert row["extra"]["rtp"]["received"] > 0, row["extra"]["rtp"]     # the media ran, and was closed
+    assert not gw.carriers["sip"].legs
