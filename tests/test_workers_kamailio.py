@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -190,7 +191,7 @@ async def test_worker_killed_mid_call_new_calls_go_to_the_survivor(node, tmp_pat
 
 def _udp_queue(port: int) -> int:
     """Bytes waiting in the receive queue of the UDP socket bound to `port` (/proc/net/udp), 0 when none."""
-    for line in open("/proc/net/udp").read().splitlines()[1:]:
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
         f = line.split()
         if int(f[1].split(":")[1], 16) == port:
             return int(f[4].split(":")[1], 16)
