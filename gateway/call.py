@@ -184,9 +184,9 @@ class Call:
     # -- media --------------------------------------------------------------------------------------------------
     def open_media(self, leg: CallLeg, carrier_rate: int) -> None:
         """The synchronous first half of `attach()`: the bus exists from here on, so the caller's audio queues for
-        the engine (behind `CallStarted`) instead of being dropped. A carrier that answers before it knows the
-        answer arrived (SIP: the 200 OK goes out, the ACK comes later, or late on a busy box, while the caller may
-        speak right after the 200) calls this when it answers and `attach()` once the answer is confirmed."""
+        the engine (behind `CallStarted`) instead of being dropped. A carrier whose caller may speak before
+        `attach()` has run (SIP: the caller may send RTP right after our 200 OK, RFC 3264 §6) calls this the moment
+        it answers, then `attach()`, which starts the engine after its call-log writes."""
         if self.bus is not None:
             raise RuntimeError("call already attached")
         engine = self.manager.engines.for_agent(self.agent)
