@@ -73,9 +73,9 @@ async def node(tmp_path):
 
 async def test_two_workers_behind_kamailio_both_take_calls(node, tmp_path):
     gw, kam = await node()
-    # Call-ID hashing spreads calls over both workers; Kamailio also sets a worker aside for a while when an OPTIONS
-    # probe goes unanswered for its 1 s timer (a starved worker on a busy box), so calls come in batches until each
-    # worker has taken some, every one of them answered
+    # Call-ID hashing spreads calls over both workers; Kamailio also sets a worker aside for a while when three
+    # OPTIONS probes in a row go unanswered for 5 s (a badly starved worker on a busy box), so calls come in batches
+    # until each worker has taken some, every one of them answered
     by_worker = {1: 0, 2: 0}
     for batch in range(5):
         work = tmp_path / f"sipp-{batch}"
