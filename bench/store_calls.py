@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench._cpu import CpuAccount, PgBackends  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
+from bench.scale import reset_schema  # noqa: E402
 from gateway.call import new_call_uuid  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.store import Store  # noqa: E402
-from gateway.store.models import Base, utcnow  # noqa: E402
+from gateway.store.models import utcnow  # noqa: E402
 
 RTP = {"rtp": {"sent": 0, "received": 0, "lost": 0, "late": 0, "duplicate": 0, "overflow": 0, "foreign": 0,
                "unheard": 0, "jitter_ms": 0.0, "rtcp_sent": 1, "rtcp_received": 0,
@@ -64,15 +65,6 @@ async def one_call(store: Store, waits: list[float]) -> int:
     return int(cid)
 
 
-async def reset(db: str) -> None:
-    store = Store(db)
-    await store.open()
-    async with store.engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
-    await store.close()
-
-
 async def commits(store: Store) -> int:
     from sqlalchemy import text
 
@@ -82,7 +74,7 @@ async def commits(store: Store) -> int:
 
 
 async def step(db: str, rate: float, calls: int) -> dict[str, float]:
-    await reset(db)
+    await reset_schema(db)
     store = Store(db)
     await store.open()
     try:
