@@ -73,6 +73,20 @@ def test_short_gliding_tone_is_not_a_beep():
     assert MEB not in [a for a, _ in run(pcm, message_end=True)]
 
 
+def test_tone_that_swells_and_fades_is_not_a_beep_and_a_steady_one_is():
+    """A voice's harmonic near 420 Hz through the phone band: pure and steady in pitch, but its loudness follows the
+    syllable (here it doubles and falls back within 240 ms); a beep of the same pitch and length holds its level."""
+    t = np.arange(1920) / 8000
+    envelope = 3000 + 3000 * np.sin(np.pi * t / t[-1])
+    vowel = (envelope * np.sin(2 * np.pi * 421 * t)).astype("<i2").tobytes()
+    before = silence(300) + words([250] * 5) + silence(300)
+    assert MEB not in [a for a, _ in run(telephone(before + vowel + silence(600)), message_end=True)]
+    assert [a for a, _ in run(telephone(before + tone(421, 240, amp=5000) + silence(600)), message_end=True)] == \
+        [MS, MEB]
+    swell = AmdParams(beep_max_level_spread=10.0)             # the check off: the same vowel passes for a beep
+    assert MEB in [a for a, _ in run(telephone(before + vowel + silence(600)), swell, message_end=True)]
+
+
 def test_steady_tone_inside_speech_is_not_a_beep():
     """A long sung vowel looks like a tone; speech right after it shows it was not the beep."""
     pcm = silence(300) + words([250] * 3) + tone(600, 200, amp=6000) + words([250] * 10) + silence(2000)

@@ -19,14 +19,23 @@ format. Its true timeline — every speech, pause, music, tone and beep segment 
 * carrier format: 8 kHz μ-law, 8 kHz A-law (phone band 300–3400 Hz), 16 kHz PCM16 (wide band 100–7000 Hz). The
   codec step is done by sox, not by the gateway's codec; the evaluator decodes as the gateway does.
 
+A third round (`plan_round3`, voices and scripts in corpus_round3.py, line effects in channel.py) adds what a phone
+line does and TTS lacks — a random answer delay with sometimes a ring-back tail before it, levels of −30…−10 dBFS,
+a G.711 middle leg (μ-law, A-law or a μ-law/A-law transcoding hop: 16 kHz clips then carry narrow-band speech), a
+little packet loss (0.5–3 % of 20 ms frames in bursts, concealed or left as gaps) — long greetings (name + "is not
+available" + instructions), carrier voicemail (with the person's own recorded name in another voice), multi-tone
+beeps (two short beeps, two-tone, three rising tones), many more espeak-ng accents × variants, flite's kal voices,
+festival's Italian voices, and ≥ 30 person/machine clips of every noise kind per split.
+
 Splits differ by ENGINE and SCRIPT, not only by voice: festival is never used in dev; espeak-ng and flite voices
 are split (dev voices never appear in test); every text (greetings, answers, announcements, babble) comes from
-per-split pools. Thresholds are tuned on dev only.
+per-split pools (only one-word calls such as "Hello?" occur in both). Thresholds are tuned on dev only.
 
-Deterministic: one seed plans everything; each clip has its own numpy seed; sox runs in repeatable mode (`-R`: its
-dither is seeded); byte-identical clips on every run (checked with md5sum). TTS output is cached per
-(engine, voice, rate, pitch, text). ~1100 clips in a few minutes on 2 cores (festival batches its utterances
-into one process per voice). TTS audio is not real calls: accuracy on it is an engineering signal.
+Deterministic: one seed per round plans its clips (adding a round never moves an earlier clip); each clip has its
+own numpy seed; sox runs in repeatable mode (`-R`: its dither is seeded); byte-identical clips on every run
+(checked with md5sum). TTS output is cached per (engine, voice, rate, pitch, text). ~1800 clips in about 6 minutes
+on a busy 2-core box, most of it TTS (festival batches its utterances into one process per voice); a re-run with
+the TTS cache in place takes about half that. TTS audio is not real calls: accuracy on it is an engineering signal.
 """
 from __future__ import annotations
 
@@ -46,6 +55,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import channel  # noqa: E402
+import corpus_round3 as R3  # noqa: E402
 
 SR = 16000          # clips are built at 16 kHz, then delivered at 8 or 16 kHz
 HERE = Path(__file__).resolve().parent
@@ -194,7 +207,7 @@ def synth_festival(voice: str, items: list[tuple[float, str, Path]]) -> None:
             lines.append(f"(Parameter.set 'Duration_Stretch {1 / rate:.3f})")
             lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{esc}")) "{w}" \'riff)')
         scm = Path(d) / "batch.scm"
-        scm.write_text("\n".join(lines) + "\n")
+        scm.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))     # festival reads ISO-8859-1 (Italian)
         subprocess.run(["festival", "-b", str(scm)], check=True, timeout=900, capture_output=True)
         for w, (_, _, out) in zip(wavs, items, strict=True):
             out.write_bytes(_to_raw16k(w.read_bytes()))
@@ -379,6 +392,20 @@ def sit_tones(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
 
 
 # ---- plan ---------------------------------------------------------------------------------------------------------
+def person_texts(scen: str, pool: dict, rng: random.Random) -> list[str] | None:
+    """A person's lines for the human scenarios every round has, from the split's `pool` (None: not one of them)."""
+    if scen in ("human_short", "human_second"):
+        texts = [rng.choice(pool["short"])]
+        if scen == "human_second":
+            texts.append(rng.choice(pool["second"]))
+        return texts
+    if scen == "human_repeat":
+        return list(rng.choice(pool["repeat"]))
+    if scen == "human_business":
+        return [rng.choice(pool["business"])]
+    return None
+
+
 def plan(scale: float, seed: int = 15) -> list[dict]:
     rng = random.Random(seed)
     specs = []
@@ -404,14 +431,9 @@ def plan(scale: float, seed: int = 15) -> list[dict]:
                 s["codec"], s["rate_hz"] = fmt
                 name, company = rng.choice(s_text["name"]), rng.choice(s_text["company"])
                 fill = lambda x: x.format(name=name, company=company)  # noqa: E731, B023 (used within this iteration)
-                if scen in ("human_short", "human_second"):
-                    s["texts"] = [rng.choice(s_text["short"])]
-                    if scen == "human_second":
-                        s["texts"].append(rng.choice(s_text["second"]))
-                elif scen == "human_repeat":
-                    s["texts"] = list(rng.choice(s_text["repeat"]))
-                elif scen == "human_business":
-                    s["texts"] = [rng.choice(s_text["business"])]
+                person = person_texts(scen, s_text, rng)
+                if person is not None:
+                    s["texts"] = person
                 elif scen in ("machine_greeting", "machine_music_intro", "machine_female_high"):
                     s["texts"] = [fill(rng.choice(s_text["greeting"]))]
                 elif scen == "machine_pause_beep":
@@ -528,6 +550,152 @@ def plan_extra(scale: float, seed: int = 1015) -> list[dict]:
     return specs
 
 
+# ---- third round: what a phone line adds, more voices, ≥ 30 clips per group (planned apart again) ---------------
+def _r3_voice(split: str, eng: str, rng: random.Random, female: bool | None = None) -> str:
+    """A round-3 voice of `eng` for `split` (female True/False/None: female, male, any)."""
+    if eng == "espeak-ng":
+        e = R3.ESPEAK[split]
+        pool = e["female"] if female else e["male"] if female is False else e["male"] + e["female"]
+        return f"{rng.choice(e['accents'])}+{rng.choice(pool)}"
+    v = (R3.FLITE if eng == "flite" else R3.FESTIVAL)[split]
+    pool = (v["female"] or v["male"]) if female else v["male"] if female is False else v["male"] + v["female"]
+    return rng.choice(pool)
+
+
+def _r3_greeting(t3: dict, rng: random.Random, name: str, company: str, long: bool) -> str:
+    """A greeting composed from the split's fragments: opener + unavailable (+ one or two instructions + a
+    closing when `long`: 8–15 s of speech, the name + "is not available" + instructions kind)."""
+    parts = [rng.choice(t3["opener"]), rng.choice(t3["unavailable"])]
+    if long:
+        parts += rng.sample(t3["instructions"], rng.choice([1, 2]))
+        if rng.random() < 0.5:
+            parts.append(rng.choice(t3["closing"]))
+    return " ".join(parts).format(name=name, company=company)
+
+
+def _r3_beep(rng: random.Random, patterns: dict[str, float]) -> dict:
+    """Beep fields of a spec: the tones (Hz, ms, gap after), their pattern, span and level against the speech."""
+    pattern = rng.choices(list(patterns), list(patterns.values()))[0]
+    planned = channel.beep_tones(pattern, np.random.default_rng(rng.randrange(1 << 30)))
+    tones = [[hz, ms, gap] for hz, ms, gap in planned]
+    span = sum(ms + gap for _, ms, gap in tones)
+    return {"beep_hz": tones[0][0], "beep_ms": span, "beep_tones": tones, "beep_pattern": pattern,
+            "beep_gain_db": round(rng.uniform(-6.0, 8.0), 1)}
+
+
+BEEPS_ANY = {"single": 0.6, "double": 0.15, "two_tone": 0.15, "three_tone": 0.1}
+BEEPS_MULTI = {"double": 0.35, "two_tone": 0.35, "three_tone": 0.3}
+
+
+def _r3_channel(rng: random.Random) -> dict:
+    """The line between the callee and the gateway: answer delay, ring-back tail, level, a G.711 middle leg, loss."""
+    ring = rng.random() < 0.25
+    return {"lead_ms": rng.randrange(100, 1501, 10),
+            "ringback": rng.choice(sorted(channel.RINGBACK)) if ring else None,
+            "ringback_ms": rng.randrange(300, 1201, 10) if ring else 0,
+            "level_dbfs": round(rng.uniform(-30.0, -10.0), 1),
+            "tandem": rng.choice(["ulaw", "alaw", "ulaw>alaw", "alaw>ulaw"]) if rng.random() < 0.4 else None,
+            "loss_pct": round(rng.uniform(0.5, 3.0), 2) if rng.random() < 0.5 else 0.0,
+            "loss_burst": round(rng.uniform(1.0, 2.5), 2), "plc": rng.random() < 0.7}
+
+
+def plan_round3(scale: float, seed: int = 2015) -> list[dict]:
+    """The third round's clips, from their own random stream (the clips of `plan` and `plan_extra` keep their plan
+    and seeds): voices of more espeak-ng variants and accents, flite's kal voices and festival's Italian voices in
+    test; long greetings, carrier voicemail with the person's own recorded name in another voice, multi-tone beeps;
+    every clip through a phone line (`_r3_channel`); office, street and music-with-voice noise on ≥ 30 person/machine
+    clips each per split."""
+    rng = random.Random(seed)
+    specs = []
+    for split in CLIPS:
+        t3, t = R3.T3[split], T[split]
+        engines = list(ENGINE_SHARE[split])
+        weights = [ENGINE_SHARE[split][e] for e in engines]
+        babble_pool = t["babble"] + t3["babble"]
+        babble_voices = [_r3_voice(split, "espeak-ng", rng) for _ in range(6)]   # few voices: the TTS cache hits
+        split_specs = []
+        for scen, count in R3.COUNTS.items():
+            truth = "human" if scen.startswith("human") else "machine" if scen.startswith("machine") else \
+                "fax" if scen.startswith("fax") else "sit"
+            for i in range(max(2, round(count * scale))):
+                female = True if scen == "machine_female_high" else None
+                lang = "en"
+                if scen.endswith("_lang"):
+                    langs = sorted(LANG_VOICES[split]) + sorted(R3.FESTIVAL_LANG.get(split, {}))
+                    lang = rng.choice(langs)
+                    if lang in R3.FESTIVAL_LANG.get(split, {}):
+                        eng, voice = "festival", rng.choice(R3.FESTIVAL_LANG[split][lang])
+                    else:
+                        base = rng.choice(LANG_VOICES[split][lang]).split("+")[0]
+                        e = R3.ESPEAK[split]
+                        eng, voice = "espeak-ng", f"{base}+{rng.choice(e['male'] + e['female'])}"
+                else:
+                    eng = rng.choices(engines, weights)[0]
+                    voice = _r3_voice(split, eng, rng, female)
+                s: dict = {"id": f"{split}-r3-{scen}-{i:03d}", "split": split, "scenario": scen, "kind": truth,
+                           "round": 3, "seed": rng.randrange(1 << 30), "engine": eng, "voice": voice, "lang": lang,
+                           "rate": rng.choice(RATES), "pitch": 0 if eng == "festival" else rng.choice(PITCHES),
+                           "noise": "none", "snr_db": round(rng.uniform(10, 40), 1), "channel": _r3_channel(rng)}
+                if scen == "machine_female_high" and eng != "festival":
+                    s["pitch"] = 2
+                s["codec"], s["rate_hz"] = rng.choice(FORMATS)
+                name, company = rng.choice(t3["name"]), rng.choice(t3["company"])
+                person = person_texts(scen, t3, rng)
+                if person is not None:
+                    s["texts"] = person
+                elif scen.endswith("_lang"):
+                    key = {"human_short_lang": "short", "human_business_lang": "business"}.get(scen, "greeting")
+                    s["texts"] = [rng.choice(LANG_T[lang][key])]
+                elif scen == "machine_carrier_vm":
+                    if rng.random() < 0.5:         # "<intro> [Name, in the person's own voice] <rest>"
+                        s["texts"] = [rng.choice(t3["carrier_intro"]), rng.choice(t3["carrier_rest"])]
+                        e2 = rng.choices(engines, weights)[0]
+                        s["voice2"] = {"engine": e2, "voice": _r3_voice(split, e2, rng), "rate": rng.choice(RATES),
+                                       "pitch": 0 if e2 == "festival" else rng.choice(PITCHES),
+                                       "gain_db": round(rng.uniform(-8.0, 4.0), 1)}
+                        s["name_text"] = name.replace("the ", "")
+                    else:
+                        s["texts"] = [rng.choice(t3["carrier_plain"])]
+                elif scen == "machine_pause_beep":
+                    s["texts"] = [_r3_greeting(t3, rng, name, company, long=rng.random() < 0.5)]
+                    if rng.random() < 0.5:
+                        s["texts"].append(rng.choice(t["pause_tail"]).format(name=name))
+                elif scen == "machine_hi_pause":
+                    s["texts"] = [rng.choice(t["hi"]), rng.choice(t["hi_tail"]).format(name=name)]
+                elif scen == "sit":
+                    s["texts"] = [rng.choice(t["sit"])]
+                elif truth == "machine":
+                    s["texts"] = [_r3_greeting(t3, rng, name, company, long=scen == "machine_long_greeting"
+                                               or rng.random() < 0.3)]
+                else:
+                    s["texts"] = []
+                if scen == "machine_pause_beep":
+                    s.update(_r3_beep(rng, {"single": 0.7, "double": 0.3}))
+                    short = rng.choice([80, 100, 120, 150, 200])      # a short beep after the pause
+                    s["beep_tones"] = [[hz, min(ms, short), gap] for hz, ms, gap in s["beep_tones"]]
+                    s["beep_ms"] = sum(ms + gap for _, ms, gap in s["beep_tones"])
+                elif scen == "machine_multi_beep":
+                    s.update(_r3_beep(rng, BEEPS_MULTI))
+                elif scen == "machine_carrier_vm" or (truth == "machine" and rng.random() < 0.8):
+                    s.update(_r3_beep(rng, BEEPS_ANY))
+                if scen == "fax_cng":
+                    s["noise"] = rng.choice(NOISES + EXTRA_NOISES)
+                    if rng.random() < 0.6:
+                        s["snr_db"] = round(rng.uniform(10, 15), 1)
+                split_specs.append(s)
+        # noise: a fixed quota of each new kind on person/machine clips, the rest drawn from every kind
+        hm = [s for s in split_specs if s["kind"] in ("human", "machine")]
+        rng.shuffle(hm)
+        kinds = [k for k, n in R3.NOISE_QUOTA.items() for _ in range(max(1, round(n * scale)))]
+        for k, s in enumerate(hm):
+            s["noise"] = kinds[k] if k < len(kinds) else rng.choice(NOISES + EXTRA_NOISES)
+        for s in split_specs:
+            if s["noise"] in ("babble", "office", "music_vocals"):
+                s["babble"] = [(rng.choice(babble_voices), txt) for txt in babble_pool]
+        specs += split_specs
+    return specs
+
+
 def needed_utterances(specs: list[dict]) -> set[tuple]:
     need = set()
     for s in specs:
@@ -535,6 +703,9 @@ def needed_utterances(specs: list[dict]) -> set[tuple]:
             need.add((s["engine"], s["voice"], s["rate"], s["pitch"], t))
         for v, t in s.get("babble", []):
             need.add(("espeak-ng", v, 1.0, 0, t))
+        if "voice2" in s:
+            v2 = s["voice2"]
+            need.add((v2["engine"], v2["voice"], v2["rate"], v2["pitch"], s["name_text"]))
     return need
 
 
@@ -561,8 +732,20 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
     def pause(lo: int, hi: int) -> None:
         add("pause", zeros(int(rng.integers(lo, hi + 1))))
 
+    ch = spec.get("channel")
+
+    def lead(lo: int, hi: int) -> None:
+        """Audio before the callee's first sound: a pause, or (round 3) a ring-back tail and the planned delay."""
+        if ch is None:
+            pause(lo, hi)
+            return
+        if ch["ringback"]:
+            add("ringback", channel.ringback(ch["ringback"], ch["ringback_ms"], SR, rng) * rng.uniform(0.3, 1.0),
+                tone=ch["ringback"])
+        add("pause", zeros(ch["lead_ms"]))
+
     if scen.startswith("human"):
-        pause(200, 900)
+        lead(200, 900)
         if scen == "human_business_hello":
             add("speech", say[0] * rng.uniform(0.7, 1.0))
             pause(1500, 3000)                          # nobody replies: the person asks again, then waits
@@ -584,10 +767,12 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
             pause(4500, 4500)
     elif spec["kind"] == "machine":
         if scen == "machine_music_intro":
+            if ch is not None:
+                lead(0, 0)
             add("music", music(int(rng.integers(1000, 3000)), rng) * rng.uniform(0.6, 1.2))
             pause(0, 300)
         else:
-            pause(100, 700)
+            lead(100, 700)
         if scen == "machine_pause_beep":
             add("speech", say[0])
             pause(1200, 2000)                          # a long pause late in the greeting, then maybe a last
@@ -597,16 +782,32 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
             add("speech", say[0])
             pause(800, 1200)                           # "Hi!" … (about a second) … then the rest
             add("speech", say[1])
+        elif "voice2" in spec:                         # carrier voicemail: "<intro> [the person's name] <rest>"
+            v2 = spec["voice2"]
+            add("speech", say[0])
+            pause(150, 500)
+            name = load_utt(cache, v2["engine"], v2["voice"], v2["rate"], v2["pitch"], spec["name_text"])
+            add("speech", name * 10 ** (v2["gain_db"] / 20), voice=v2["voice"])
+            pause(100, 400)
+            add("speech", say[1])
         else:
             add("speech", say[0])
-        if spec.get("beep_hz"):
+        if spec.get("beep_tones"):
+            pause(150, 900)
+            gain = 10 ** (spec["beep_gain_db"] / 20)
+            for hz, ms, gap in spec["beep_tones"]:
+                add("beep", sine(hz, ms) * gain, hz=hz)
+                if gap:
+                    add("pause", zeros(gap))
+            pause(3000, 3000)
+        elif spec.get("beep_hz"):
             pause(150, 900)
             add("beep", sine(spec["beep_hz"], spec["beep_ms"]) * rng.uniform(0.7, 2.5), hz=spec["beep_hz"])
             pause(3000, 3000)
         else:
             pause(3500, 3500)
     elif scen == "sit":
-        pause(100, 600)
+        lead(100, 600)
         tones, tsegs = sit_tones(rng)
         off = now()
         parts.append(tones * rng.uniform(0.5, 1.2))
@@ -615,7 +816,7 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
         add("speech", say[0])
         pause(1500, 1500)
     elif scen == "fax_cng":
-        pause(300, 1200)
+        lead(300, 1200)
         for _ in range(3):
             add("fax_cng", sine(1100, 500, 3), hz=1100)
             pause(3000, 3000)
@@ -626,17 +827,23 @@ def build(spec: dict, cache: Path) -> tuple[np.ndarray, dict]:
     else:
         pause(8000, 8000)
     x = np.concatenate(parts)
-    active = np.concatenate([x[s["start_ms"] * SR // 1000:s["end_ms"] * SR // 1000] for s in segs]) if segs else x
-    ref = np.sqrt(np.mean(active * active)) if segs else 1.0
+    heard = [s for s in segs if s["type"] != "ringback"]   # the callee's audio sets the SNR and the level
+    active = np.concatenate([x[s["start_ms"] * SR // 1000:s["end_ms"] * SR // 1000] for s in heard]) if heard else x
+    ref = np.sqrt(np.mean(active * active)) if heard else 1.0
     noise = make_noise(spec, len(x), rng, cache)
     if noise is not None:
         x = x + noise * ref / 10 ** (spec["snr_db"] / 20)
     level = rng.uniform(700, 5000)                     # −33…−16 dBFS RMS for the active audio
+    if ch is not None:                                 # round 3: −30…−10 dBFS as planned
+        level = 32768 * 10 ** (ch["level_dbfs"] / 20)
     x = x * level / (ref or 1.0)
     peak = np.abs(x).max()
-    if peak > 30000:
+    if peak > 30000:                                   # no clipping: a loud line is turned down to fit
         x *= 30000 / peak
-    return x, {"timeline": segs}
+    extra: dict = {"timeline": segs}
+    if ch is not None:
+        extra["level_dbfs"] = round(20 * np.log10(level * min(1.0, 30000 / (peak or 30000)) / 32768), 1)
+    return x, extra
 
 
 def make_noise(spec: dict, n: int, rng: np.random.Generator, cache: Path) -> np.ndarray | None:
@@ -673,13 +880,36 @@ def truth_fields(spec: dict, timeline: list[dict]) -> dict:
         out["greeting_end_ms"] = speech[-1]["end_ms"]
         beeps = [s for s in timeline if s["type"] == "beep"]
         if beeps:
-            out["beep_start_ms"], out["beep_end_ms"] = beeps[0]["start_ms"], beeps[0]["end_ms"]
+            out["beep_start_ms"], out["beep_end_ms"] = beeps[0]["start_ms"], beeps[-1]["end_ms"]  # multi-tone: all
     return out
+
+
+def phone_line(pcm: np.ndarray, spec: dict) -> tuple[np.ndarray, list[list[int]]]:
+    """Round 3: the middle leg's G.711 round trips, then the last leg's packet loss (concealed or not); returns
+    the PCM and the lost stretches in ms (the timeline does not move: a lost frame keeps its place)."""
+    ch = spec["channel"]
+    for law in (ch["tandem"] or "").split(">"):
+        if law:
+            pcm = channel.g711_round_trip(pcm, law, SR)
+    lost: list[list[int]] = []
+    if ch["loss_pct"]:
+        rng = np.random.default_rng(spec["seed"] + 1)
+        frames = channel.lost_frames(len(pcm) // (SR // 50), ch["loss_pct"], ch["loss_burst"], rng)
+        y = channel.conceal(pcm.astype(np.float64), frames, SR, ch["plc"])
+        pcm = np.clip(np.round(y), -32768, 32767).astype("<i2")
+        for f in frames:
+            if lost and lost[-1][1] == f * 20:
+                lost[-1][1] += 20
+            else:
+                lost.append([f * 20, f * 20 + 20])
+    return pcm, lost
 
 
 def render(spec: dict, out: Path, cache: Path) -> dict:
     x, extra = build(spec, cache)
     pcm = np.clip(np.round(x), -32768, 32767).astype("<i2")
+    if "channel" in spec:
+        pcm, extra["lost_ms"] = phone_line(pcm, spec)
     tmp = out / f"{spec['id']}.src.wav"
     with wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
@@ -700,6 +930,12 @@ def render(spec: dict, out: Path, cache: Path) -> dict:
             "duration_ms": len(pcm) * 1000 // SR}
 
 
+#: the Debian package of each festival voice the corpus uses (the Italian ones are needed by the benchmark only)
+FESTIVAL_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
+                     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts", "lp_diphone": "festvox-italp16k",
+                     "pc_diphone": "festvox-itapc16k"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(HERE / "corpus"))
@@ -711,12 +947,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is required (apt-get install -y espeak-ng flite festival festvox-kdlpc16k "
                   "festvox-us-slt-hts sox)", file=sys.stderr)
             return 2
+    specs = plan(args.scale) + plan_extra(args.scale) + plan_round3(args.scale)
+    fest = {s["voice"] for s in specs if s["engine"] == "festival"}
+    missing = sorted(v for v in fest if not list(Path("/usr/share/festival/voices").glob(f"*/{v}")))
+    if missing:
+        print(f"festival voices missing: {', '.join(missing)} (apt-get install -y "
+              f"{' '.join(FESTIVAL_PACKAGES[v] for v in missing)})", file=sys.stderr)
+        return 2
     out = Path(args.out)
     cache = out / "_tts"
     cache.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.wav"):
         old.unlink()
-    specs = plan(args.scale) + plan_extra(args.scale)
     t0 = time.monotonic()
     synthesize_all(needed_utterances(specs), cache, args.jobs)
     t_tts = time.monotonic() - t0

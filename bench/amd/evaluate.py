@@ -305,11 +305,16 @@ def write(results: dict) -> None:
         "high-pitched voices, greetings with long pauses and short beeps, \"Hi!\" + pause, business answers, "
         "\"Hello? … Hello?\", SIT + announcement, fax in noise), nine noise types at 10–40 dB SNR (none, white, "
         "pink, babble, music, car; office, street with horns, music with a voice), six languages besides English "
-        "(espeak-ng voices), and 8 kHz μ-law / A-law or 16 kHz PCM. **The test split differs by engine, script and "
-        "language**: festival and four espeak-ng / two flite voices appear only in test, every text (greetings, "
-        "answers, announcements, babble) comes from per-split pools, and the other languages are split too (dev: "
-        "German, Spanish, Dutch; test: French, Italian, Portuguese). Thresholds and detector changes were made "
-        "looking at dev only.",
+        "(espeak-ng voices), and 8 kHz μ-law / A-law or 16 kHz PCM. A third round puts its clips through a phone "
+        "line (answer delay and ring-back tails, −30…−10 dBFS, G.711 middle legs incl. μ-law/A-law transcoding, "
+        "0.5–3 % packet loss with or without concealment) and adds long greetings, carrier voicemail with the "
+        "person's recorded name in another voice, multi-tone beeps, many more espeak-ng accents × variants, flite's "
+        "kal voices and festival's Italian voices, with ≥ 30 person/machine clips of every noise kind and engine per "
+        "split (docs/amd.md). **The test split differs by engine, script and language**: festival (English and "
+        "Italian), flite's kal/kal16/slt and espeak-ng's test accents and variants appear only in test, every text "
+        "(greetings, answers, announcements, babble) comes from per-split pools, and the other languages are split "
+        "too (dev: German, Spanish, Dutch; test: French, Italian, Portuguese). Thresholds and detector changes were "
+        "made looking at dev only.",
         "",
         table(heads, rows),
         "",
@@ -334,9 +339,15 @@ def write(results: dict) -> None:
         "greeting; callee-relative level gate × speech bridging × greeting; beep length × tone purity × drift × "
         "relative level × onset; end-of-message silence × beep confirmation × beep purity; greeting pause × "
         "utterance limit × greeting; short-utterance discount × utterance gap; total analysis time; then, with the "
-        "broadened corpus, a person's answer length × their wait (`answer_max_ms` × `answer_wait_ms`; the wait "
-        "kept above the 1.2–2 s pauses greetings make before a short beep); answer length × talk bridging; beep "
-        "length × relative level (with the short-tone drift limit).",
+        "broadened corpus, a person's answer length × their wait (`answer_max_ms` × `answer_wait_ms`; the wait kept "
+        "above the 1.2–2 s pauses greetings make before a short beep); answer length × talk bridging; beep length × "
+        "relative level (with the short-tone drift limit); then, in a later session, `greeting` 1.5 → 1.3 s for an "
+        "earlier provisional machine_start (median −0.24 s on dev, same accuracy, lower first-verdict accuracy) and "
+        "a beep's level steadiness (`beep_max_level_spread` 0.25, a margin above the 0.18 of dev's beeps). Measured "
+        "on dev and not adopted (docs/amd.md): a pocketsphinx keyword stage (reversed none of the detector's errors "
+        "in a 150-clip sample, ≈ 676 µs CPU per frame) and a logistic regression over the talk's shape at the "
+        "provisional verdict's wait (worse than the talk-length rule under leave-one-engine/noise/language-out "
+        "cross-validation: 70–72 % vs 80 %).",
         "",
         "Test-split history, for honesty: the test split has been run five times. First with the first frozen "
         "defaults: gateway 84.5 % human/machine (worst group: flite 78.3 %), machine p50 2.67 s, 0.9 % early "
@@ -357,6 +368,12 @@ def write(results: dict) -> None:
         "wait does not count as talk. Small groups (a language, a new noise kind) have 7–30 clips: one clip moves "
         "them by several %.",
     ]
+    if not any(split == "test" for _, split in results):
+        body += ["", "**Dev split only**: the corpus grew its third round (1820 clips, 910 per split) and the test "
+                 "split of this corpus has not been run yet. The history above is about the 1288-clip corpus; its "
+                 "fifth test run gave gateway 88.2 % human/machine (first verdict 83.2 %), worst engine/noise group "
+                 "75.0 %, machine p50 2.62 s, beeps found 93.7 %, 2.1 % messages before the greeting/beep ended, 0 "
+                 "of 34 SIT dropped into; app_amd anchor 61.6 %."]
     for (name, split), s in results.items():
         if name != "gateway" and name != "app_amd anchor":
             continue

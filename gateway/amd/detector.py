@@ -214,7 +214,8 @@ class AmdDetector:
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
                 ended = Tone(pend.freq_hz, pend.start_ms, ended.end_ms, max(pend.drift_hz, ended.drift_hz),
-                             (pend.level + ended.level) / 2, pend.pre_level, (pend.purity + ended.purity) / 2)
+                             (pend.level + ended.level) / 2, pend.pre_level, (pend.purity + ended.purity) / 2,
+                             max(pend.level_spread, ended.level_spread))
             self._pending_beep = None
             if self._beep_like(ended) and not self._tones.active:   # a tone straight after: a melody or SIT
                 if p.beep_confirm_ms <= 0:
@@ -232,10 +233,12 @@ class AmdDetector:
         return p.beep_min_hz - BEEP_BAND_SLACK_HZ <= freq_hz <= p.beep_max_hz + BEEP_BAND_SLACK_HZ
 
     def _beep_like(self, t: Tone) -> bool:
-        """A steady pure tone that starts out of quiet, after some speech, about as loud as that speech."""
+        """A steady pure tone of steady loudness that starts out of quiet, after some speech, about as loud as that
+        speech."""
         p = self.params
         drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
         return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+                and t.level_spread <= p.beep_max_level_spread
                 and t.pre_level <= t.level * p.beep_onset_ratio
                 and self.heard_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)

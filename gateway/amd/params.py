@@ -16,8 +16,9 @@ class AmdParams:
     # --- greeting analysis (app_amd names and meaning; all durations in ms) ------------------------------------
     #: silence before any speech after which the answer is classified (`initial_silence_result`).
     initial_silence: int = 2500
-    #: total speech (voiced ms since answer) in the greeting at or above which the answer is a machine.
-    greeting: int = 1500
+    #: total speech (voiced ms since answer) in the greeting at or above which the answer is a machine. Below
+    #: app_amd's 1500: the verdict is provisional on little talk, so this sets how early machine_start goes out.
+    greeting: int = 1300
     #: silence after the greeting at or above which the answer is a human (they said "hello?" and wait).
     after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
@@ -85,6 +86,10 @@ class AmdParams:
     beep_max_drift_hz: float = 12.0
     #: the same for a tone shorter than 120 ms, whose few frames show a voice's glide as only a few Hz.
     beep_short_drift_hz: float = 2.0
+    #: a beep holds its loudness: (max − min) / mean of its inner frames' level at most this. A voice's harmonic
+    #: near 400–450 Hz (the phone band's high-pass leaves it the strongest peak) swells and fades with its syllable;
+    #: on dev, beeps in 10–40 dB of noise spread ≤ 0.18, the vowels and notes that passed the other checks 0.06–1.9.
+    beep_max_level_spread: float = 0.25
     #: the sound just before a beep is at most this fraction of the beep's level (it starts out of quiet).
     beep_onset_ratio: float = 0.5
     #: the sound after a beep must stay under this fraction of its level (quiet follows it).

@@ -76,6 +76,9 @@ class Tone:
     pre_level: float = 0.0
     #: mean purity of the tone's frames (1.0 = a pure sine; a voice's strongest harmonic stays well below)
     purity: float = 0.0
+    #: (max − min) / mean of the level over the tone's inner frames: a beep holds its loudness, a vowel swells
+    #: and fades with its syllable
+    level_spread: float = 0.0
 
     @property
     def duration_ms(self) -> int:
@@ -134,9 +137,12 @@ class ToneTracker:
 
     def _tone(self) -> Tone:
         inner = self._freqs[1:-1] or self._freqs
+        levels = self._levels[1:-1] or self._levels
+        mean = sum(levels) / len(levels)
         return Tone(self.freq, self.start_ms, self.last_ms, drift_hz=max(inner) - min(inner),
                     level=sum(self._levels) / len(self._levels), pre_level=self._pre,
-                    purity=sum(self._purities) / len(self._purities))
+                    purity=sum(self._purities) / len(self._purities),
+                    level_spread=(max(levels) - min(levels)) / mean if mean else 0.0)
 
     def _finish(self) -> Tone | None:
         if not self.active:
