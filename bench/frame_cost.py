@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp.http_websocket import WebSocketReader, WebSocketWriter, WSMsgType  # noqa: E402
 
 from bench._report import table, write_section  # noqa: E402
+from bench.ws_client import MaskPool  # noqa: E402
 from carriers.mediasocket import decode_event  # noqa: E402
 from carriers.twilio_media import CloseCode  # noqa: E402
 from gateway.bus import CallBus  # noqa: E402
@@ -114,16 +115,6 @@ def cycle(frames: list[Any], n: int, start: int = 0) -> list[Any]:
     return [frames[(start + i) % len(frames)] for i in range(n)]
 
 
-def client_ws_frame(text: str) -> bytes:
-    """A masked websocket text frame as a client (Twilio) sends it (RFC 6455 §5.2)."""
-    payload = text.encode()
-    mask = os.urandom(4)
-    head = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
-                            else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big"))
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
 def media_message(ulaw: bytes, i: int) -> str:
     payload = base64.b64encode(ulaw).decode()
     return ('{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound","chunk":"%d",'
@@ -170,7 +161,8 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
     up_ref = StreamResampler(8000, 16000)
     pcm16 = [up_ref.process(p) for p in pcm8]
     texts = [media_message(f, i) for i, f in enumerate(ulaw_frames)]
-    wire_in = [client_ws_frame(t) for t in texts]
+    pool = MaskPool()                  # masked text frames as a client (Twilio) sends them
+    wire_in = [pool.frame(t.encode()) for t in texts]
     payloads = [base64.b64encode(f).decode() for f in ulaw_frames]
     b64_in = [base64.b64encode(f) for f in ulaw_frames]
     alaw = [pcm16_to_alaw(p) for p in pcm8]

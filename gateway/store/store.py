@@ -339,11 +339,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     async def find_number(self, e164: str, provider: str | None = None,
                           with_secrets: bool = False) -> dict[str, Any] | None:
-        q = select(PhoneNumber).where(PhoneNumber.phone_number == e164)
-        if provider:
-            q = q.where(PhoneNumber.provider == provider)
-
         async def load() -> dict[str, Any] | None:
+            # built on a cache miss only: building it (SQLAlchemy's operator overloading) on every INVITE was 4 %
+            # of a worker's CPU at 200 CPS (py-spy), the cache hit it serves ~1 %
+            q = select(PhoneNumber).where(PhoneNumber.phone_number == e164)
+            if provider:
+                q = q.where(PhoneNumber.provider == provider)
             async with self._session() as s:
                 n = (await s.scalars(q.order_by(PhoneNumber.id).limit(1))).first()
                 return self._number_row(n, with_secrets) if n else None
