@@ -35,6 +35,7 @@ from gateway.frames import HangupSource, TransferRequest, TransferResult
 from .mediasocket import StreamClosed
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .twilio_media import CloseCode, MediaStream
+from .wsdirect import DirectWebSocket
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -278,7 +279,7 @@ class RestCallCarrier(Carrier):
 
     # -- media socket --------------------------------------------------------------------------------------------
     async def media_websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True, compress=False)
+        ws = DirectWebSocket(max_msg_size=1 << 20, autoping=True, compress=False)
         await ws.prepare(request)
         stream = self.stream_class(self, ws, request)
         try:

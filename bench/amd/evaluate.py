@@ -91,13 +91,24 @@ def must_wait_ms(c: dict) -> int:
     return max(c.get("beep_end_ms", 0), c["greeting_end_ms"])
 
 
+def line_keys(c: dict) -> list[str]:
+    """The phone-line groups a clip belongs to (corpus round 3 plans a line per clip; docs/amd.md): one clip can be
+    in several (loss and a ring-back tail, say)."""
+    ch = c.get("channel")
+    if ch is None:
+        return ["rounds 1-2"]
+    return (["round 3"] + (["packet loss"] if ch["loss_pct"] else []) + (["ring-back"] if ch["ringback"] else [])
+            + ([f"G.711 leg {ch['tandem']}"] if ch["tandem"] else []))
+
+
 def score(results: list[dict]) -> dict:
     conf = {t: {p: 0 for p in PRED} for t in TRUTH}
     groups: dict[str, dict[str, list[int]]] = {"engine": defaultdict(lambda: [0, 0]),
                                                "noise": defaultdict(lambda: [0, 0]),
                                                "scenario": defaultdict(lambda: [0, 0]),
                                                "format": defaultdict(lambda: [0, 0]),
-                                               "language": defaultdict(lambda: [0, 0])}
+                                               "language": defaultdict(lambda: [0, 0]),
+                                               "line": defaultdict(lambda: [0, 0])}
     hm_ok = hm_n = ok = first_ok = 0
     t_machine, t_human, t_msg_after = [], [], []
     beep_ok = beep_n = early_msg = machine_n = sit_drop = 0
@@ -116,6 +127,9 @@ def score(results: list[dict]) -> dict:
             if c["kind"] in ("human", "machine") or g == "scenario":
                 groups[g][key][0] += good
                 groups[g][key][1] += 1
+        for key in line_keys(c) if c["kind"] in ("human", "machine") else ():
+            groups["line"][key][0] += good
+            groups["line"][key][1] += 1
         if c["kind"] in ("human", "machine"):
             hm_n += 1
             hm_ok += good
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             s = evaluate(params, clips, vad, voicemail)
             results[(name, split)] = s
             print(line(split, name, s))
-            for g in ("engine", "noise", "format", "language", "scenario"):
+            for g in ("engine", "noise", "format", "language", "line", "scenario"):
                 print(f"     {g:8} " + "  ".join(f"{k}={a * 100:.0f}%/{n}" for k, (a, n) in s["groups"][g].items()))
             for e in s["errors"][:args.errors]:
                 print("   ", e)
@@ -378,7 +392,7 @@ def write(results: dict) -> None:
         if name != "gateway" and name != "app_amd anchor":
             continue
         body += ["", f"**{name}, {split} split**, human/machine accuracy per group (clips):", ""]
-        for g in ("engine", "noise", "format", "language"):
+        for g in ("engine", "noise", "format", "language", "line"):
             body.append(f"* {g}: " + ", ".join(f"{k} {a * 100:.1f} % ({n})" for k, (a, n) in s["groups"][g].items()))
         body.append("* scenario (accuracy of the expected verdict): " + ", ".join(
             f"{k} {a * 100:.0f} % ({n})" for k, (a, n) in s["groups"]["scenario"].items()))
