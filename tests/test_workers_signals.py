@@ -47,7 +47,7 @@ async def test_worker_signalled_at_start_up_stays_down_and_the_other_serves(tmp_
     pg = await fresh_postgres()
     gw = await GatewayProc.start(tmp_path, "--workers", "2", "--db", pg)
     try:
-        first = (await until(lambda: gw.worker_pids().get(1), 30, "worker 1 started"))
+        first = await until(lambda: gw.worker_pids().get(1), 30, "worker 1 started")
         await _signal_when_caught(first, "worker 1")
         await until(lambda: "worker exited worker=1 rc=0" in gw.output(), 60, f"worker 1 exit 0\n{gw.output()}")
         await gw.wait_procs({"t.2"})
@@ -60,7 +60,7 @@ async def test_worker_signalled_at_start_up_stays_down_and_the_other_serves(tmp_
         await gw.close()
 
 
-async def test_supervisor_signalled_at_start_up_stops_every_worker(tmp_path):
+async def test_supervisor_signalled_at_start_up_starts_no_worker_and_exits_0(tmp_path):
     pg = await fresh_postgres()
     gw = await GatewayProc.start(tmp_path, "--workers", "2", "--db", pg)
     try:
