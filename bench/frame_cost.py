@@ -39,11 +39,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiohttp.http_websocket import WebSocketReader, WebSocketWriter, WSMsgType  # noqa: E402
+from aiohttp.http_websocket import WebSocketReader, WSMsgType  # noqa: E402
 
 from bench._report import table, write_section  # noqa: E402
+from bench.ws_client import MaskPool  # noqa: E402
 from carriers.mediasocket import decode_event  # noqa: E402
 from carriers.twilio_media import CloseCode  # noqa: E402
+from carriers.wsdirect import DirectWebSocket, _DispatchQueue  # noqa: E402
 from gateway.bus import CallBus  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.config import Settings  # noqa: E402
@@ -90,6 +92,9 @@ class NullTransport:
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 class ReaderProtocol:
     """What aiohttp's websocket data queue expects of the connection's protocol (flow control flags)."""
@@ -112,16 +117,6 @@ def speech_frames() -> list[bytes]:
 
 def cycle(frames: list[Any], n: int, start: int = 0) -> list[Any]:
     return [frames[(start + i) % len(frames)] for i in range(n)]
-
-
-def client_ws_frame(text: str) -> bytes:
-    """A masked websocket text frame as a client (Twilio) sends it (RFC 6455 §5.2)."""
-    payload = text.encode()
-    mask = os.urandom(4)
-    head = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
-                            else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big"))
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
 
 
 def media_message(ulaw: bytes, i: int) -> str:
@@ -170,7 +165,8 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
     up_ref = StreamResampler(8000, 16000)
     pcm16 = [up_ref.process(p) for p in pcm8]
     texts = [media_message(f, i) for i, f in enumerate(ulaw_frames)]
-    wire_in = [client_ws_frame(t) for t in texts]
+    pool = MaskPool()                  # masked text frames as a client (Twilio) sends them
+    wire_in = [pool.frame(t.encode()) for t in texts]
     payloads = [base64.b64encode(f).decode() for f in ulaw_frames]
     b64_in = [base64.b64encode(f) for f in ulaw_frames]
     alaw = [pcm16_to_alaw(p) for p in pcm8]
@@ -192,15 +188,12 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                 n = len(pcm8)
 
                 # -- Twilio inbound --------------------------------------------------------------------------
-                queue_proto = ReaderProtocol()
-                from aiohttp._websocket.reader import WebSocketDataQueue
-                q = WebSocketDataQueue(queue_proto, 2 ** 16, loop=loop)
+                # what a DirectWebSocket's connection does with each media message: aiohttp's frame parser hands
+                # the text to the stream's handler in data_received (carriers/wsdirect.py), no queue, no task
+                q = _DispatchQueue(ReaderProtocol(), 2 ** 16, loop=loop)
+                q.handler = _noop
                 reader = WebSocketReader(q, 256 * 1024, False, True)
-
-                async def ws_read(data: bytes, reader: Any = reader, q: Any = q) -> Any:
-                    reader.feed_data(data)
-                    return await q.read()
-                s.keep("ws frame parse (aiohttp reader + queue read)", await atimed(ws_read, wire_in), n, abase)
+                s.keep("ws frame parse (aiohttp parser → text handler)", timed(reader.feed_data, wire_in), n, base)
 
                 class Msg:
                     type = WSMsgType.TEXT
@@ -243,12 +236,11 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                 s.keep("μ-law encode", timed(pcm16_to_ulaw, pcm8), n, base)
                 s.keep("base64 encode + message text",
                        timed(lambda u: prefix + base64.b64encode(u).decode("ascii") + '"}}', ulaw_frames), n, base)
-                writer = WebSocketWriter(ReaderProtocol(), NullTransport())
+                ws = DirectWebSocket()
+                ws._transport = NullTransport()
                 out_texts = [prefix + p + '"}}' for p in payloads]
-
-                async def ws_write(t: str, writer: WebSocketWriter = writer) -> None:
-                    await writer.send_frame(t.encode("utf-8"), WSMsgType.TEXT)
-                s.keep("ws frame write (aiohttp writer, no socket)", await atimed(ws_write, out_texts), n, abase)
+                s.keep(WS_WRITE,
+                       timed(ws.write_text_nowait, out_texts), n, base)
 
                 # -- SIP -------------------------------------------------------------------------------------
                 s.keep("RTP parse", timed(parse_rtp, rtp_in), n, base)
@@ -475,6 +467,9 @@ def e2e_twilio(calls: int, seconds: float) -> dict[str, Any]:
     return results[0]
 
 
+WS_WRITE = "ws frame write (straight to the transport, no socket)"
+
+
 def pct(us: float) -> str:
     return f"{us * 50 / 1e4:.3f} %"
 
@@ -486,13 +481,13 @@ def per_core(us: float) -> str:
 def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: dict[str, Any] | None,
            args: argparse.Namespace) -> str:
     f = lambda v: f"{v:.2f}"  # noqa: E731
-    twilio_in = ["ws frame parse (aiohttp reader + queue read)", "JSON parse (safejson + event check)",
+    twilio_in = ["ws frame parse (aiohttp parser → text handler)", "JSON parse (safejson + event check)",
                  "base64 decode", "μ-law decode"]
     core_steps = ["VAD / speech tap (energy gate + webrtcvad)",
                   "bus in, with its resampling (re-framer, level, frame, queue)",
                   "bus out, with its resampling (re-framer, level, frame, queue)",
                   "turn timing (agent frame on the timeline)"]
-    twilio_out = ["μ-law encode", "base64 encode + message text", "ws frame write (aiohttp writer, no socket)"]
+    twilio_out = ["μ-law encode", "base64 encode + message text", WS_WRITE]
     handoff = core - sum(steps[k] for k in core_steps)
     tcp = steps["TCP message: send + receive through the loop (websocket socket I/O)"]
     udp = steps["UDP datagram: send + receive through the loop"]
@@ -506,7 +501,7 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
         rows.append([step, "" if tw is None else f(tw), "" if sp is None else f(sp), note])
 
     row("**inbound**", None, None)
-    row("websocket frame parse (aiohttp reader, queue read)", steps[twilio_in[0]], None)
+    row("websocket frame parse (aiohttp's parser, text handled in data_received)", steps[twilio_in[0]], None)
     row("JSON parse (`safejson.loads`, event check)", steps[twilio_in[1]], None)
     row("base64 decode", steps[twilio_in[2]], None)
     row("μ-law / A-law decode", steps[twilio_in[3]], steps["A-law decode"])
@@ -517,7 +512,7 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
     row("resample 8 → 16 kHz", steps["resample 8 → 16 kHz"], steps["resample 8 → 16 kHz"],
         "inside the next row")
     row("bus in (re-framer, level, frame, queue; with the resampling)", steps[core_steps[1]], steps[core_steps[1]])
-    row("engine hand-off + echo engine (task switch, queues, session)", handoff, handoff,
+    row("engine hand-off + echo engine (callback in the reader, outbound queue, session)", handoff, handoff,
         f"whole core path of {args.calls} calls ({f(core)} µs) − its steps")
     row("**outbound**", None, None)
     row("resample 16 → 8 kHz", steps["resample 16 → 8 kHz"], steps["resample 16 → 8 kHz"], "inside the next row")
@@ -525,7 +520,7 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
     row("turn timing (agent frame on the timeline)", steps[core_steps[3]], steps[core_steps[3]])
     row("μ-law / A-law encode", steps["μ-law encode"], steps["A-law encode"])
     row("base64 encode + outgoing message text (template)", steps["base64 encode + message text"], None)
-    row("websocket frame write (aiohttp writer)", steps["ws frame write (aiohttp writer, no socket)"], None)
+    row("websocket frame write (straight to the transport)", steps[WS_WRITE], None)
     row("RTP build", None, steps["RTP build"])
     row("socket I/O through the event loop (one message in, one out)", 2 * tcp, udp,
         "loopback ping-pong, half a round trip per direction")
@@ -547,7 +542,9 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
         f"Each step alone: CPU time over {args.frames} frames of tests/data/twilio_hello.ulaw (speech and pauses), "
         f"best of {args.rounds} interleaved rounds, the bare loop subtracted. Hand-off = whole in-process core path "
         f"({args.calls} calls' `feed_audio` → echo engine task → `next_outbound`, {args.core_frames} frames each) "
-        "minus the steps in it. One 20 ms frame in and one out per call per 20 ms; 1 % of a core = 200 µs "
+        "minus the steps in it (the echo engine takes each frame in the feeding call; what its `play` queues is "
+        "taken with `next_outbound`, where a Twilio stream's waiting sender has it handed over instead). One 20 ms "
+        "frame in and one out per call per 20 ms; 1 % of a core = 200 µs "
         "per frame.",
         "", text]
     if e2e is not None and e2e["echoed"]:
@@ -558,8 +555,9 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
                        f"echoed ({e2e['dropped']} lost) = **{f(measured)} µs per frame** ({pct(measured)} of a core "
                        f"per call, {per_core(measured)} calls per core by CPU). The steps above sum to {f(tw_sum)} µs: "
                        f"the other {f(measured - tw_sum)} µs are the event loop's iterations, aiohttp's connection "
-                       "and websocket plumbing around the parser and writer, the reader's and sender's task switches, "
-                       "timers and the gateway's other work (metrics, call-log writer, GC), and cache misses that "
+                       "plumbing (data_received, the transport's writes), the call's engine and sender tasks "
+                       "waking for anything but audio, timers and the gateway's other work (metrics, call-log "
+                       "writer, GC), and cache misses that "
                        "in-process loops over hot data do not pay. Turnaround p99 "
                        f"{e2e['p99']:.1f} ms with the load generator itself late by {e2e['gen_late_p99']:.0f} ms (p99)"
                        + (": on this busy machine the step is a CPU measurement, not a latency result." if

@@ -3,12 +3,15 @@
 bench/media_ws.py plays Twilio from one Python process with one sleeping task per call: at a few hundred calls
 that process needs most of a core by itself and becomes late (its own send lateness p99 reached 30 ms on the
 2-core box), and on a machine where the gateway's workers need the same cores the generator, not the gateway,
-sets the limit. Here the calls are split over `procs` processes (uvloop, like the gateway); each process wakes
-once per group of calls due within the same millisecond and sends their frames back to back, and each call's
-reader only timestamps the echo and checks its size. The protocol spoken is the same as media_ws's (signed
-`POST /twilio/voice`, then `connected`, `start` with `customParameters.call_id`, a `media` frame of 160 μ-law
-bytes every 20 ms, `stop`), and so is the measure: turnaround of frame i = arrival of the i-th echoed frame −
-sending of the i-th frame (CLOCK_MONOTONIC is one clock for every process of the machine).
+sets the limit. Here the calls are split over `procs` processes (uvloop, like the gateway); each process has one
+timer for all its calls (`send_frames`) and speaks the websocket itself with bench/ws_client.py's frames, so a
+frame costs the generator a few µs of Python instead of a websocket library's per-message machinery (BENCHMARKS.md,
+"Scale-out (a)": µs of generator CPU per frame). The protocol is Twilio's published one: a signed
+`POST /twilio/voice`, the `<Stream>` URL from the TwiML opened with a signed upgrade (client frames masked), then
+`connected`, `start` with `customParameters.call_id`, a `media` message (sequenceNumber, track, chunk, timestamp,
+160 μ-law bytes in base64) every 20 ms, `stop`. The measure is media_ws's: turnaround of frame i = arrival of the
+i-th echoed media message − sending of the i-th frame (CLOCK_MONOTONIC is one clock for every process of the
+machine); every echoed message is counted (lost frames) and its payload's size checked.
 
 The parent (`run_step`) starts the processes, waits until every one has its calls set up, gives them one start
 time, and merges what they measured. A child is `python bench/twilio_callers.py child` with a JSON job on stdin.
@@ -16,11 +19,15 @@ time, and merges what they measured. A child is `python bench/twilio_callers.py 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 import random
 import re
 import secrets
+import select
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,108 +37,224 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import ws_client  # noqa: E402
+
 FRAME = 0.02
 B64_FRAME = 216                          # len(base64 of 160 bytes)
 STEADY_AFTER = 50                        # frames: a call's first second (set-up, cross-worker adoption) left out
 
 
 # -- child: one process's share of the calls -------------------------------------------------------------------------
-class Caller(asyncio.Protocol):
-    """One call: its media websocket driven through websockets' sans-I/O protocol straight from a transport (no
-    per-message coroutine, lock or queue of the asyncio client: measured 69 µs of generator CPU per frame with
-    it, on this box under load)."""
+SO_TIMESTAMPNS = 35                     # <asm-generic/socket.h>; the socket module does not export it
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 
-    def __init__(self, job: dict, index: int, start_at: int) -> None:
-        self.job, self.index, self.start_at = job, index, start_at
+
+class Caller:
+    """One call: the signed voice webhook, then its media websocket spoken on a plain non-blocking socket with
+    bench/ws_client.py's frames (no websocket library and no event-loop callback per message).
+
+    Arrival times are the kernel's: SO_TIMESTAMPNS stamps each segment as it reaches the socket and recvmsg reports
+    the stamp of the last segment it read, so a call's echo is timed when the gateway's frame arrived, not when this
+    process next ran. That lets `run_frames` read only when it wakes to send (no wake-up per received frame) and
+    keeps the generator's own scheduling delays out of the gateway's turnaround; if two echoes of one call are read
+    together both get the later stamp, which can only make the measure stricter."""
+
+    def __init__(self, job: dict, index: int, start_at: int, pool: ws_client.MaskPool) -> None:
+        self.job, self.index, self.start_at, self.pool = job, index, start_at, pool
         self.offset = index * FRAME / job["n"]         # the n calls' frames spread evenly over the 20 ms
         self.sid, self.call_sid = "MZ" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
-        self.sent: list[float] = []
+        self.sent: list[float] = []                    # CLOCK_REALTIME, the clock of the kernel's stamps
         self.received: list[float] = []
         self.bad = 0
         self.error: str | None = None
-        self.transport: asyncio.Transport | None = None
-        self.ws = None
-        self.opened: asyncio.Future[None] | None = None
-        self.head = '{"event":"media","streamSid":"%s","media":{"track":"inbound","chunk":"' % self.sid
+        self.sock: socket.socket | None = None
+        self.reader = ws_client.FrameReader()
+        self.unsent = b""                              # what the socket's buffer did not take yet
+        self.closing = False
+        # every media message is this with its sequenceNumber, chunk, timestamp and payload put in (Twilio's order)
+        self.media = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
+                      b'"timestamp":"%d","payload":"%s"},"streamSid":"' + self.sid.encode() + b'"}')
 
     async def setup(self, http) -> None:
         from twilio.request_validator import RequestValidator
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
 
         job = self.job
         url = f"http://127.0.0.1:{job['port']}/twilio/voice"
         params = {"CallSid": self.call_sid, "AccountSid": job["account"], "From": "+14155550100",
                   "To": job["number"], "CallStatus": "ringing", "Direction": "inbound"}
-        sig = RequestValidator(job["token"]).compute_signature(url, params)
-        async with http.post(url, data=params, headers={"X-Twilio-Signature": sig}) as r:
+        validator = RequestValidator(job["token"])
+        async with http.post(url, data=params, headers={"X-Twilio-Signature": validator.compute_signature(
+                url, params)}) as r:
             body = await r.text()
-        m = re.search(r'name="call_id" value="([0-9a-f]+)"', body)
-        if not m:
+        call_id = re.search(r'name="call_id" value="([0-9a-f]+)"', body)
+        stream = re.search(r'<Stream url="ws://([^/":]+):(\d+)(/[^"]*)"', body)
+        if not call_id or not stream:
             raise RuntimeError(f"voice webhook: {body[:200]}")
-        loop = asyncio.get_running_loop()
-        self.ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{job['port']}/twilio/media"), max_size=2 ** 20)
-        self.opened = loop.create_future()
-        await loop.create_connection(lambda: self, "127.0.0.1", job["port"])
-        self.ws.send_request(self.ws.connect())
-        self._flush()
-        await asyncio.wait_for(self.opened, 30)
-        self.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
-        self.send('{"event":"start","sequenceNumber":"1","streamSid":"%s","start":{"streamSid":"%s",'
-                  '"accountSid":"%s","callSid":"%s","tracks":["inbound"],"customParameters":'
-                  '{"call_id":"%s"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,'
-                  '"channels":1}}}' % (self.sid, self.sid, job["account"], self.call_sid, m.group(1)))
+        host, port, path = stream.group(1), int(stream.group(2)), html.unescape(stream.group(3))
+        # Twilio signs the upgrade too: the stream URL with no parameters
+        sig = validator.compute_signature(f"ws://{host}:{port}{path}", {})
+        # a plain blocking socket on a thread: the event loop never owns it, so the steady state can use it directly
+        await asyncio.get_running_loop().run_in_executor(None, self._open, host, port, path, sig)
+        self.send(b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        self.send(('{"event":"start","sequenceNumber":"1","start":{"accountSid":"%s","streamSid":"%s","callSid":'
+                   '"%s","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,'
+                   '"channels":1},"customParameters":{"call_id":"%s"}},"streamSid":"%s"}'
+                   % (job["account"], self.sid, self.call_sid, call_id.group(1), self.sid)).encode())
 
-    # asyncio.Protocol
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def _open(self, host: str, port: int, path: str, sig: str) -> None:
+        """Connect and do the websocket handshake (blocking, at most 30 s), then leave the socket non-blocking."""
+        sock = self.sock = socket.create_connection((host, port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # a frame leaves now, as from Twilio
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        key = ws_client.new_key()
+        sock.sendall(ws_client.handshake_request(f"{host}:{port}", path, key, {"X-Twilio-Signature": sig}))
+        answer = b""
+        while not (used := ws_client.handshake_response(answer, key)):
+            more = sock.recv(4096)
+            if not more:
+                raise ConnectionError("closed during the websocket handshake")
+            answer += more
+        if answer[used:]:
+            self.reader.feed(answer[used:])            # nothing is due before `start`
+        sock.setblocking(False)
 
-    def data_received(self, data: bytes) -> None:
-        from websockets.frames import Frame, Opcode
+    def send(self, text: bytes, opcode: int = ws_client.TEXT) -> None:
+        self._write(self.pool.frame(text, opcode))
 
-        t = time.monotonic()
-        self.ws.receive_data(data)
-        for ev in self.ws.events_received():
-            if isinstance(ev, Frame):
-                if ev.opcode is Opcode.TEXT and b'"event":"media"' in ev.data:
+    def _write(self, data: bytes) -> None:
+        if self.unsent:                                # keep the stream's order behind what is waiting
+            self.unsent += data
+            data, self.unsent = self.unsent, b""
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            self._fail(type(e).__name__)
+            return
+        if n < len(data):
+            self.unsent = data[n:]
+
+    def flush(self) -> None:
+        if self.unsent:
+            self._write(b"")
+
+    def receive(self) -> bool:
+        """Read what arrived; False once the socket is closed."""
+        try:
+            data, anc, _, _ = self.sock.recvmsg(65536, _ANCILLARY)
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            self._fail(type(e).__name__)
+            return False
+        if not data:
+            if self.error is None and not self.closing:
+                self.error = "ConnectionClosed"
+            return False
+        if anc:
+            sec, ns = _TIMESPEC.unpack_from(anc[0][2])
+            t = sec + ns * 1e-9
+        else:                                          # the kernel did not stamp it: the read's own time
+            t = time.time()
+        try:
+            messages = self.reader.feed(data)
+        except ws_client.ProtocolError as e:
+            self._fail(f"ProtocolError: {e}")
+            return False
+        for op, payload in messages:
+            if op == ws_client.TEXT:
+                if payload.startswith(b'{"event":"media"'):
                     self.received.append(t)
-                    if len(ev.data.rsplit(b'"payload":"', 1)[1].split(b'"', 1)[0]) != B64_FRAME:
+                    i = payload.find(b'"payload":"') + 11
+                    if i < 11 or payload.find(b'"', i) - i != B64_FRAME:
                         self.bad += 1
-            elif self.opened is not None and not self.opened.done():      # the handshake's answer
-                if getattr(ev, "status_code", 0) == 101:
-                    self.opened.set_result(None)
-                else:
-                    self.opened.set_exception(RuntimeError(f"websocket handshake: {ev}"))
-        self._flush()
+            elif op == ws_client.PING:
+                self.send(payload, ws_client.PONG)
+            elif op == ws_client.CLOSE:
+                if not self.closing:               # the server closed first: answer (RFC 6455 §5.5.1), and done
+                    if self.error is None:
+                        self.error = "closed by the server: " + payload[2:].decode("utf-8", "replace")
+                    self.send(payload[:2], ws_client.CLOSE)
+                    self.closing = True
+                return False
+            elif op == ws_client.BINARY:
+                self.bad += 1
+        return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.opened is not None and not self.opened.done():
-            self.opened.set_exception(ConnectionError("closed during the handshake"))
-        elif self.error is None and self.ws is not None and self.ws.close_code is None:
-            self.error = "ConnectionClosed"
-
-    def _flush(self) -> None:
-        for chunk in self.ws.data_to_send():
-            if chunk and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(chunk)
-
-    def send(self, text: str) -> None:
-        self.ws.send_text(text.encode())
-        self._flush()
+    def _fail(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.ws.send_close(1000)
-            self._flush()
-            self.transport.close()
+        if self.sock is not None:
+            if not self.closing and self.error is None:
+                self.closing = True
+                self._write(self.pool.close(1000))
+            self.sock.close()
+
+
+def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: int, late: list[float],
+               drain: float = 1.0) -> None:
+    """Every call's `frames` media messages, frame i of a call at t0 + i·20 ms + its offset (t0 on CLOCK_REALTIME),
+    from one loop that sleeps until the next call is due, reads whatever arrived meanwhile (epoll, level-triggered,
+    without waiting), and sends the frame of every call due within the next millisecond (as the previous asyncio
+    version grouped them). Then reads until every call has its echoes or `drain` seconds have passed."""
+    ep = select.epoll()
+    by_fd: dict[int, Caller] = {}
+    for c in callers:
+        if c.error is None:
+            ep.register(c.sock.fileno(), select.EPOLLIN)
+            by_fd[c.sock.fileno()] = c
+    order = sorted(callers, key=lambda c: c.offset)
+    offsets = [c.offset for c in order]
+    count, n_payloads = len(order), len(payloads)
+    now, sleep, poll = time.time, time.sleep, ep.poll
+
+    def read(timeout: float = 0) -> None:
+        for fd, _ in poll(timeout):
+            c = by_fd[fd]
+            if not c.receive():
+                ep.unregister(fd)
+                del by_fd[fd]
+            elif c.unsent:
+                c.flush()
+
+    for i in range(frames):
+        base = t0 + i * FRAME
+        k = 0
+        while k < count:
+            due = base + offsets[k]
+            delay = due - now()
+            if delay > 0:
+                sleep(delay)
+            read()
+            t = now()
+            end = t + 0.001
+            while k < count and base + offsets[k] <= end:
+                c = order[k]
+                if c.error is None:
+                    late.append(t - base - offsets[k] if t > base + offsets[k] else 0.0)
+                    c.sent.append(t)
+                    c._write(c.pool.frame(c.media % (i + 2, i + 1, i * 20, payloads[(c.start_at + i) % n_payloads])))
+                    t = now()
+                k += 1
+    deadline = now() + drain
+    while by_fd and now() < deadline and any(len(c.received) < len(c.sent) for c in callers if c.error is None):
+        read(0.02)
+    ep.close()
 
 
 async def child_main(job: dict) -> None:
     import aiohttp
 
-    payloads: list[str] = json.loads(Path(job["payloads"]).read_text())
+    payloads = [p.encode() for p in json.loads(Path(job["payloads"]).read_text())]
     rng = random.Random(job["seed"])
-    callers = [Caller(job, i, rng.randrange(len(payloads))) for i in job["indices"]]
+    pool = ws_client.MaskPool()
+    callers = [Caller(job, i, rng.randrange(len(payloads)), pool) for i in job["indices"]]
     sem = asyncio.Semaphore(25)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=25)) as http:
         async def setup(c: Caller) -> None:
@@ -141,39 +264,14 @@ async def child_main(job: dict) -> None:
     print("ready", flush=True)
     t0 = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
     cpu0 = time.process_time()
-    frames = job["frames"]
-    callers.sort(key=lambda c: c.offset)
     late: list[float] = []
-    for i in range(frames):                            # one loop: wake per group of calls due within 1 ms
-        base = t0 + i * FRAME
-        k = 0
-        while k < len(callers):
-            due = base + callers[k].offset
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            group_end = due + 0.001
-            while k < len(callers) and base + callers[k].offset <= group_end:
-                c = callers[k]
-                k += 1
-                if c.error is not None:
-                    continue
-                now = time.monotonic()
-                late.append(max(0.0, now - (base + c.offset)))
-                c.sent.append(now)
-                try:
-                    c.send(c.head + f'{i + 1}","payload":"{payloads[(c.start_at + i) % len(payloads)]}"}}}}')
-                except Exception as e:
-                    c.error = type(e).__name__
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and any(len(c.received) < len(c.sent) for c in callers if c.error is None):
-        await asyncio.sleep(0.02)
+    # the steady state runs outside the event loop (it has nothing else to do): t0 moved to CLOCK_REALTIME
+    run_frames(callers, payloads, t0 - time.monotonic() + time.time(), job["frames"], late, job["drain"])
     for c in callers:
         if c.error is None:
-            try:
-                c.send('{"event":"stop","streamSid":"%s","stop":{"callSid":"%s"}}' % (c.sid, c.call_sid))
-            except Exception as e:
-                c.error = type(e).__name__
+            c.send(b'{"event":"stop","sequenceNumber":"%d","stop":{"accountSid":"%s","callSid":"%s"},'
+                   b'"streamSid":"%s"}' % (job["frames"] + 2, job["account"].encode(), c.call_sid.encode(),
+                                          c.sid.encode()))
         c.close()
     cpu = time.process_time() - cpu0
     turn: list[float] = []
@@ -187,6 +285,8 @@ async def child_main(job: dict) -> None:
         dropped += len(c.sent) - len(c.received)
         bad += c.bad
         errors += c.error is not None
+        if c.error is not None:
+            print(f"call {c.index}: {c.error}", file=sys.stderr, flush=True)
     np.savez(job["out"], turn=np.array(turn), steady=np.array(steady), late=np.array(late), cpu=np.array([cpu]),
              counts=np.array([dropped, bad, errors, sum(len(c.sent) for c in callers)]))
     print("done", flush=True)
@@ -202,10 +302,11 @@ async def _line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, procs: int, account: str,
-                   token: str, number: str, on_running=None) -> dict:
+                   token: str, number: str, on_running=None, drain: float = 1.0) -> dict:
     """N calls over `procs` processes for `seconds` of media each. `on_running()` (async) is awaited once every
     call is set up, just before the frames start (e.g. to start CPU accounting). `generator_cpu` in the result:
-    the CPU seconds the caller processes used from the first frame to their last close."""
+    the CPU seconds the caller processes used from the first frame to their last close. An echo that has not arrived
+    `drain` seconds after the last frame was sent is lost."""
     tmp = Path(tempfile.mkdtemp(prefix="twilio-callers-"))
     (tmp / "payloads.json").write_text(json.dumps(payloads))
     procs = max(1, min(procs, n))
@@ -214,8 +315,8 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
     try:
         for k, idx in enumerate(shares):
             job = {"port": port, "n": n, "indices": idx, "frames": int(seconds / FRAME), "seed": n * 100 + k,
-                   "account": account, "token": token, "number": number, "payloads": str(tmp / "payloads.json"),
-                   "out": str(tmp / f"out{k}.npz")}
+                   "drain": drain, "account": account, "token": token, "number": number,
+                   "payloads": str(tmp / "payloads.json"), "out": str(tmp / f"out{k}.npz")}
             p = subprocess.Popen([sys.executable, str(Path(__file__)), "child"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             p.stdin.write(json.dumps(job) + "\n")
@@ -231,7 +332,7 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
             p.stdin.write(f"{t0!r}\n")
             p.stdin.flush()
         for p in children:
-            if await _line(p, seconds + 30) != "done":
+            if await _line(p, seconds + drain + 30) != "done":
                 raise RuntimeError("twilio caller process did not finish")
         turn, late, steady = [], [], []
         dropped = bad = errors = frames = 0
@@ -270,7 +371,6 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
 def main() -> int:
     if sys.argv[1:] != ["child"]:
         raise SystemExit(__doc__)
-    sys.path.insert(0, str(ROOT))
     from gateway.cli import run_async
 
     job = json.loads(sys.stdin.readline())

@@ -23,12 +23,13 @@ import itertools
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
 from gateway import safejson
-from gateway.frames import BusItem, Clear, Mark
+from gateway.frames import AudioFrame, BusItem, Clear, Mark
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -66,16 +67,21 @@ def decode_event(msg: Any, codes: Any, binary_reason: str) -> dict[str, Any] | N
     """A JSON text message as a dict with a string `event`; None when the socket is closing; StreamClosed on a
     protocol error (`codes.BAD_MESSAGE`, or `codes.BINARY_FRAME` with `binary_reason` for a binary frame)."""
     if msg.type == WSMsgType.TEXT:
-        try:
-            m = safejson.loads(msg.data)
-        except safejson.BadJson:
-            raise StreamClosed(codes.BAD_MESSAGE, "message is not JSON") from None
-        if not isinstance(m, dict) or not isinstance(m.get("event"), str):
-            raise StreamClosed(codes.BAD_MESSAGE, "message is not a JSON object with an event")
-        return m
+        return decode_text(msg.data, codes)
     if msg.type == WSMsgType.BINARY:
         raise StreamClosed(codes.BINARY_FRAME, binary_reason)
     return None  # CLOSE, CLOSING, CLOSED, ERROR
+
+
+def decode_text(text: str, codes: Any) -> dict[str, Any]:
+    """A JSON text message as a dict with a string `event`; StreamClosed (`codes.BAD_MESSAGE`) when it is not."""
+    try:
+        m = safejson.loads(text)
+    except safejson.BadJson:
+        raise StreamClosed(codes.BAD_MESSAGE, "message is not JSON") from None
+    if not isinstance(m, dict) or not isinstance(m.get("event"), str):
+        raise StreamClosed(codes.BAD_MESSAGE, "message is not a JSON object with an event")
+    return m
 
 
 async def await_start(ws: web.WebSocketResponse, codes: Any, timeout: float, timeout_reason: str,
@@ -135,6 +141,9 @@ class MarkedPlayout:
     consultation: Any = None
     #: the carrier's CloseCode enum (UNKNOWN_CALL, BAD_MEDIA_FORMAT … are used here and by socket_consult.py)
     close_codes: Any = None
+    #: a synchronous frame writer the call hands engine audio to while the sender waits for it (`_take`,
+    #: `Call.next_outbound(direct=…)`); None: every frame comes through the sender
+    direct_out: Callable[[AudioFrame], bool] | None = None
 
     if TYPE_CHECKING:
         @property
@@ -213,7 +222,7 @@ class MarkedPlayout:
         call = self.live_call
         self._off_call.clear()
         try:
-            return call, await call.next_outbound(on_wire=on_wire)
+            return call, await call.next_outbound(on_wire=on_wire, direct=self.direct_out)
         finally:
             self._off_call.set()
 

@@ -34,6 +34,7 @@ from .forwarding import ForwardingCarrier
 from .mediasocket import StreamClosed, token_digest
 from .socket_consult import SocketConsultation, SocketConsultLeg, consult_row, relay_target
 from .twilio_media import CloseCode, MediaStream
+from .wsdirect import DirectWebSocket
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -243,7 +244,7 @@ class RestCallCarrier(ForwardingCarrier):
 
     # -- media socket --------------------------------------------------------------------------------------------
     async def media_websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1 << 20, autoping=True, compress=False)
+        ws = DirectWebSocket(max_msg_size=1 << 20, autoping=True, compress=False)
         await ws.prepare(request)
         stream = self.stream_class(self, ws, request)
         try:

@@ -558,10 +558,25 @@ class SipCarrier(Carrier):
             leg.close()
             await call.end(HangupSource.USER, "caller cancelled", status="canceled")
             return
+        attaching: asyncio.Future[None] | None = None
+
+        def media_up() -> None:
+            # RFC 3264 §6: once our answer is sent the caller may send RTP at once, and its ACK can come much
+            # later (a busy proxy or box): the call's bus takes the caller's audio from now on (synchronously, so
+            # not one packet is played to nobody) and the engine starts without waiting for the ACK
+            nonlocal attaching
+            call.open_media(leg, CARRIER_RATE)
+            rtp.attach(call)
+            attaching = asyncio.ensure_future(call.attach(leg, CARRIER_RATE))
+
         try:
-            session = await inv.accept(answer.to_bytes())
+            session = await inv.accept(answer.to_bytes(), on_sent=media_up)
         except (RequestFailed, DialogError) as e:
-            leg.close()
+            if attaching is not None:   # no ACK (the UA sent its BYE): the media ran since the 200, keep its counters
+                await asyncio.gather(attaching, return_exceptions=True)
+                await leg.finish()
+            else:
+                leg.close()
             await call.end(HangupSource.CARRIER, getattr(e, "reason", str(e)), status="failed")
             return
         leg.session = session
@@ -571,13 +586,19 @@ class SipCarrier(Carrier):
             session.tls = TlsPeer(None, verify=False)
         self._wire(leg, session)
         self.legs[call.id] = leg
+        if attaching is not None:   # (always: the 200 went out)
+            await attaching
         if session.ended.is_set():  # the BYE came right behind the ACK, before we listened for it
             await self._ended(leg, HangupSource.USER, session.end_reason or "BYE")
             return
-        await call.attach(leg, CARRIER_RATE)
-        if call.ended.is_set():  # hung up while the engine was starting: no media for a finished call
+        if call.ended.is_set():  # hung up while the engine was starting
+            if not leg.closed:
+                # ...before the ACK came (the engine failed, an API hangup): the leg had no confirmed dialog to end
+                # and RFC 3261 §15 holds a callee's BYE until the ACK; it goes now, and the media stops
+                reason = call.hangup.reason if call.hangup is not None else ""
+                session.send_bye(reason_header(q850=16, text=reason or "Normal call clearing"))
+                await leg.finish()
             return
-        rtp.attach(call)
         self.log.info("inbound call answered", extra={"call_id": call.id, "codec": choice.codec,
                                                       "sip_call_id": req.call_id})
 

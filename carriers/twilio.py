@@ -51,6 +51,7 @@ from .mediasocket import StreamClosed
 from .streamrelay import RelayStream, to_owner
 from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
+from .wsdirect import DirectWebSocket
 
 log = logging.getLogger("carriers.twilio")
 
@@ -624,7 +625,7 @@ class TwilioCarrier(ForwardingCarrier):
     # -- media --------------------------------------------------------------------------------------------------
     async def media_websocket(self, request: web.Request) -> web.WebSocketResponse:
         # no permessage-deflate: base64 μ-law barely compresses and deflate would cost more CPU than everything else
-        ws = web.WebSocketResponse(max_msg_size=256 * 1024, autoping=True, compress=False)
+        ws = DirectWebSocket(max_msg_size=256 * 1024, autoping=True, compress=False)
         await ws.prepare(request)
         stream = MediaStream(self, ws, request)
         try:

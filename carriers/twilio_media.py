@@ -27,8 +27,9 @@ from gateway.frames import AudioFrame, BusItem, Clear, Dtmf, HangupSource, Mark,
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, decode_text, start_object
 from .streamrelay import RelayStream, relay
+from .wsdirect import DirectWebSocket, StopReading, handler_error
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -99,6 +100,10 @@ class MediaStream(MarkedPlayout):
         self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
         self.frames_sent = 0
+        #: the socket when it can take text frames synchronously (carriers/wsdirect.py): frames are written
+        #: without a task switch, and the call hands engine audio straight to `_send_now`
+        self._direct_ws = ws if isinstance(ws, DirectWebSocket) else None
+        self.direct_out = self._send_now if self._direct_ws is not None else None
         #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
         self.start_message: dict[str, Any] = {}
 
@@ -151,38 +156,59 @@ class MediaStream(MarkedPlayout):
         self.call, self.leg = call, leg
 
     async def _read_loop(self) -> None:
-        call = self.live_call
-        decode = self.decode
-        b64 = binascii.a2b_base64   # strict_mode: what b64decode(validate=True) checks, in C, without its regex
-        async for msg in self.ws:
+        """Read until `stop` or the socket closes. Text messages are handled in the socket's `data_received`
+        once nothing is queued for `receive()` any more (carriers/wsdirect.py: no task switch per media message);
+        `receive()` reads the rest: what arrived before, control frames, and what the handler raised."""
+        ws = self.ws
+        direct = ws if isinstance(ws, DirectWebSocket) else None
+        while True:
+            if direct is not None and direct.on_text(self._on_text):
+                direct = None
+            msg = await ws.receive()
+            err = handler_error(msg)
+            if err is not None:
+                if isinstance(err, StopReading):
+                    return
+                raise err
             m = self._decode(msg)
-            if m is None:
+            if m is None or not self._on_message(m):
                 return
-            event = m["event"]
-            if event == "media":
-                media: Any = m.get("media")   # anything but a dict with a payload is a protocol error below
-                try:
-                    if media.get("track", "inbound") not in ("inbound", "inbound_track"):
-                        continue
-                    pcm = decode(b64(media["payload"], strict_mode=True))
-                except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
-                    raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
-                # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
-                (call if self.port is None else self.port).feed_audio(pcm)
-            elif event == "mark":
-                self._on_mark(m)
-            elif event == "dtmf":
-                digit = str((m.get("dtmf") or {}).get("digit", ""))
-                if digit.upper() in _DIGITS and len(digit) == 1:
-                    self.inlet.feed_event(Dtmf(digit.upper()))
-                else:
-                    log.warning("ignored malformed dtmf message",
-                                extra={"carrier": self.carrier.name, "call_id": call.id})
-            elif event == "stop":
-                self.stopped = True
-                return
+
+    def _on_text(self, text: str) -> None:
+        """A text message, handled where it was parsed (DirectWebSocket.on_text)."""
+        m = decode_text(text, CloseCode)
+        if not self._on_message(m):
+            raise StopReading
+
+    def _on_message(self, m: dict[str, Any]) -> bool:
+        """One Media Streams message; False once the stream is over (`stop`)."""
+        event = m["event"]
+        if event == "media":
+            media: Any = m.get("media")   # anything but a dict with a payload is a protocol error below
+            try:
+                if media.get("track", "inbound") not in ("inbound", "inbound_track"):
+                    return True
+                # strict_mode: what b64decode(validate=True) checks, in C, without its regex
+                pcm = self.decode(binascii.a2b_base64(media["payload"], strict_mode=True))
+            except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
+                raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
+            # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
+            self.inlet.feed_audio(pcm)
+        elif event == "mark":
+            self._on_mark(m)
+        elif event == "dtmf":
+            digit = str((m.get("dtmf") or {}).get("digit", ""))
+            if digit.upper() in _DIGITS and len(digit) == 1:
+                self.inlet.feed_event(Dtmf(digit.upper()))
             else:
-                self._on_other(event, m)
+                log.warning("ignored malformed dtmf message",
+                            extra={"carrier": self.carrier.name, "call_id": self.live_call.id})
+        elif event == "stop":
+            self.stopped = True
+            return False
+        else:
+            self._on_other(event, m)
+        return True
 
     def _on_other(self, event: str, m: dict[str, Any]) -> None:
         """An event the common loop does not handle: the carrier's own, or a protocol error."""
@@ -252,12 +278,27 @@ class MediaStream(MarkedPlayout):
             if not self.ws.closed:
                 await self.ws.close(code=1011, message=b"sender failed")
 
-    async def send_audio(self, pcm: bytes) -> None:
+    def _media_text(self, pcm: bytes) -> str:
         """One 20 ms frame of PCM16 → one `media` message (8 kHz μ-law: a 160-byte payload)."""
-        payload = binascii.b2a_base64(self.encode(pcm), newline=False).decode("ascii")
-        await self.ws.send_str(self._prefix + payload + self._suffix)
+        return self._prefix + binascii.b2a_base64(self.encode(pcm), newline=False).decode("ascii") + self._suffix
+
+    async def send_audio(self, pcm: bytes) -> None:
+        text = self._media_text(pcm)
+        if self._direct_ws is None or not self._direct_ws.write_text_nowait(text):
+            await self.ws.send_str(text)
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
+
+    def _send_now(self, frame: AudioFrame) -> bool:
+        """An engine frame handed over while the sender waits for the call's next item (`Call.next_outbound`'s
+        `direct`): written now, or False (the socket no longer carries the call, is closing, or its peer reads
+        slowly) and the frame is queued for the sender instead."""
+        ws = self._direct_ws
+        if ws is None or self.port is not None or not ws.write_text_nowait(self._media_text(frame.pcm)):
+            return False
+        self._played(len(frame.pcm) / 2 / self.rate)
+        self.frames_sent += 1
+        return True
 
     # -- wire format of marks and clear (the bookkeeping, `clear()` and `drain()` are MarkedPlayout's) -------------
     async def _send_mark(self, name: str) -> None:

@@ -7,6 +7,7 @@ The outbound side (engine → carrier) is bounded too, but there the producer is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from voicecodecs import Reframer, StreamResampler, frame_bytes
 from voicecodecs._audioop import audioop
 
 from .frames import AudioFrame, BusItem, Clear
+
+log = logging.getLogger("gateway.bus")
 
 #: one frame in this many is timed through the bus (gateway_media_turnaround_seconds): once a second of audio,
 #: so the cost per frame is an identity test, not a histogram update
@@ -94,6 +97,7 @@ class CallBus:
         self._up = StreamResampler(carrier_rate, engine_rate)
         self._down = StreamResampler(engine_rate, carrier_rate)
         self._out_carrier_frame = Reframer(frame_bytes(carrier_rate))
+        self._engine_frame = frame_bytes(engine_rate)
         #: set by clear() until the carrier's sender has carried the Clear out: a sender holding audio (pacing
         #: before a large chunk) drops it at once instead of sending it first (Exotel's clear was ~100 ms late)
         self.clear_pending = asyncio.Event()
@@ -101,6 +105,12 @@ class CallBus:
         self.on_turnaround: Callable[[str, float], None] | None = None
         self._probe_in: tuple[AudioFrame, float] | None = None
         self._probe_out: tuple[AudioFrame, float] | None = None
+        #: set while the carrier's sender waits in next_outbound() on an empty queue and can write a frame
+        #: synchronously: engine audio is handed to it at once instead of through the queue and a task switch
+        self._direct: Callable[[AudioFrame], bool] | None = None
+        #: the same the other way: set while the engine waits in next_inbound() on an empty queue and takes
+        #: caller audio synchronously (EngineSession.receive(on_audio=…))
+        self._engine_direct: Callable[[AudioFrame], bool] | None = None
 
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
@@ -109,16 +119,44 @@ class CallBus:
             self.counters.frames_in += 1
             self.counters.level_in = audioop.rms(chunk, 2)
             frame = AudioFrame(self._up.process(chunk), self.engine_rate)
-            if self.counters.frames_in % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None:
+            sampled = self.counters.frames_in % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None
+            direct = self._engine_direct
+            if direct is not None and not len(self.inbound) and self._engine_takes(direct, frame, sampled):
+                continue
+            if sampled:
                 self._probe_in = (frame, time.perf_counter())
             self.inbound.put_nowait(frame)
+
+    def _engine_takes(self, direct: Callable[[AudioFrame], bool], frame: AudioFrame, sampled: bool) -> bool:
+        """Give a caller frame straight to the waiting engine; False (queue it) when it declines or fails. An
+        engine's exception must not reach the carrier's socket reader: it is logged and the engine gets its
+        frames through the queue from then on."""
+        try:
+            if not direct(frame):
+                return False
+        except Exception:
+            log.exception("engine audio callback failed; frames go through the queue")
+            self._engine_direct = None
+            return False
+        if sampled and self.on_turnaround is not None:
+            self.on_turnaround("in", 0.0)     # it waited in no queue
+        return True
 
     def feed_event(self, event: BusItem) -> None:
         self.inbound.put_nowait(event)
 
-    async def next_inbound(self) -> BusItem:
-        """The engine's next item (waits); a sampled frame's time in the queue is reported as turnaround "in"."""
-        item = await self.inbound.get()
+    async def next_inbound(self, direct: Callable[[AudioFrame], bool] | None = None) -> BusItem:
+        """The engine's next item (waits); a sampled frame's time in the queue is reported as turnaround "in".
+        `direct`: while this waits on an empty queue, caller audio frames are given to `direct` (which must not
+        block, and returns False to have the frame queued instead); events, and audio behind them, are queued."""
+        if direct is not None and not len(self.inbound):
+            self._engine_direct = direct
+            try:
+                item = await self.inbound.get()
+            finally:
+                self._engine_direct = None
+        else:
+            item = await self.inbound.get()
         probe = self._probe_in
         if probe is not None and probe[0] is item:
             self._probe_in = None
@@ -132,25 +170,52 @@ class CallBus:
     # engine → carrier -------------------------------------------------------------------------------------
     async def play(self, pcm: bytes) -> None:
         """Engine-rate PCM16 of any length; waits while the outbound queue is full."""
-        for chunk in self._out_frame.push(pcm):
-            await self._put_out_audio(chunk)
+        chunks = self._out_frame.push(pcm)
+        for chunk in chunks:
+            await self._put_out_audio(chunk, len(chunks) == 1)
+
+    def play_nowait(self, pcm: bytes) -> bool:
+        """`play()` when the outbound queue has room for all of `pcm` (never waits); False: nothing was taken."""
+        q = self.outbound
+        # (engine frames in `pcm` and the re-framers' partial frames, each at most two carrier frames)
+        if q.maxsize and q.qsize() + 2 * (len(pcm) // self._engine_frame + 2) > q.maxsize:
+            return False
+        chunks = self._out_frame.push(pcm)
+        for chunk in chunks:
+            for item in self._out_items(chunk, len(chunks) == 1):
+                q.put_nowait(item)
+        return True
 
     async def flush_play(self) -> None:
         """Push out a partial trailing frame padded with silence (end of an utterance)."""
         tail = self._out_frame.flush(pad=True)
         if tail:
-            await self._put_out_audio(tail)
+            await self._put_out_audio(tail, True)
 
-    async def _put_out_audio(self, chunk: bytes) -> None:
-        for frame in self._out_carrier_frame.push(self._down.process(chunk)):
+    async def _put_out_audio(self, chunk: bytes, single: bool) -> None:
+        for item in self._out_items(chunk, single):
+            await self.outbound.put(item)
+
+    def _out_items(self, chunk: bytes, single: bool) -> list[AudioFrame]:
+        """The carrier frames of an engine-rate chunk that are to be queued. `single`: the chunk is all the engine
+        gave this time; only then may its frame go straight to a waiting sender (`_direct`) instead: a longer
+        burst is queued, so a clear() right behind it still drops it unsent."""
+        frames = self._out_carrier_frame.push(self._down.process(chunk))
+        items: list[AudioFrame] = []
+        for frame in frames:
             self.counters.level_out = audioop.rms(frame, 2)
             item = AudioFrame(frame, self.carrier_rate)
+            direct = self._direct
+            if (direct is not None and single and len(frames) == 1 and self.outbound.empty()
+                    and self._hand_over(direct, item)):
+                continue
             # only a frame with nothing queued ahead measures the gateway; one behind queued speech measures
             # how much speech the engine sent ahead of time
-            if (self.outbound.empty() and self.on_turnaround is not None
+            if (not items and self.outbound.empty() and self.on_turnaround is not None
                     and self.counters.frames_out % TURNAROUND_SAMPLE == 0):
                 self._probe_out = (item, time.perf_counter())
-            await self.outbound.put(item)
+            items.append(item)
+        return items
 
     async def send_control(self, item: BusItem) -> None:
         """Queue a control item (mark, DTMF, hangup, transfer) in order behind the audio already queued."""
@@ -178,8 +243,30 @@ class CallBus:
             self.clear_pending.set()
         return dropped
 
-    async def next_outbound(self) -> BusItem:
-        item = await self.outbound.get()
+    def _hand_over(self, direct: Callable[[AudioFrame], bool], item: AudioFrame) -> bool:
+        """Give a frame straight to the waiting sender (nothing is queued ahead of it); False if it declined (the
+        socket is closing or its peer reads slowly: the frame is queued instead)."""
+        if not direct(item):
+            return False
+        n = self.counters.frames_out
+        if n % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None:
+            self.on_turnaround("out", 0.0)     # it waited in no queue
+        self.counters.frames_out = n + 1
+        return True
+
+    async def next_outbound(self, direct: Callable[[AudioFrame], bool] | None = None) -> BusItem:
+        """The carrier's next item (waits). `direct`: while this waits on an empty queue, engine audio frames are
+        given to `direct` (which writes one synchronously and says whether it did) instead of being queued; items
+        other than audio, and audio behind them, still come through the queue in order."""
+        q = self.outbound
+        if direct is not None and q.empty():
+            self._direct = direct
+            try:
+                item = await q.get()
+            finally:
+                self._direct = None
+        else:
+            item = await q.get()
         if isinstance(item, AudioFrame):
             self.counters.frames_out += 1
             self._sent(item)

@@ -110,6 +110,7 @@ class Call:
         #: dropped while a voicemail message plays. Duck-typed: engine_play(), engine_mark(), engine_clear().
         self.output_gate: Any = None
         self._engine_task: asyncio.Task[None] | None = None
+        self._attaching = False      # attach() began (open_media() alone leaves it False)
         #: API transfers waiting to hear whether the carrier took the request (id of the TransferRequest → future)
         self._transfer_waiters: dict[int, asyncio.Future[None]] = {}
         self._engine: Any = None
@@ -181,19 +182,36 @@ class Call:
         self.manager.index_sid(self, sid, old)
 
     # -- media --------------------------------------------------------------------------------------------------
-    async def attach(self, leg: CallLeg, carrier_rate: int) -> None:
-        """Media is flowing: create the bus at the carrier's rate and start the agent's engine."""
+    def open_media(self, leg: CallLeg, carrier_rate: int) -> None:
+        """The synchronous first half of `attach()`: the bus exists from here on, so the caller's audio queues for
+        the engine (behind `CallStarted`) instead of being dropped. A carrier whose caller may speak before
+        `attach()` has run (SIP: the caller may send RTP right after our 200 OK, RFC 3264 §6) calls this the moment
+        it answers, then `attach()`, which starts the engine after its call-log writes."""
         if self.bus is not None:
             raise RuntimeError("call already attached")
         engine = self.manager.engines.for_agent(self.agent)
         self.leg = leg
         self.bus = CallBus(carrier_rate, engine.sample_rate)
-        metrics = self.manager.metrics
-        self.bus.on_turnaround = metrics.turnaround_observer(self.carrier)
+        self.bus.on_turnaround = self.manager.metrics.turnaround_observer(self.carrier)
         self._engine = engine
         self._clock = asyncio.get_running_loop().time
         self.timeline = Timeline(self._clock())
         self.add_tap(SpeechTap(self))
+        self.bus.feed_event(CallStarted(self.id, self.carrier, self.direction, self.from_number, self.to_number,
+                                        (self.agent or {}).get("id"), dict(self.metadata)))
+
+    async def attach(self, leg: CallLeg, carrier_rate: int) -> None:
+        """Media is flowing: create the bus at the carrier's rate (unless `open_media()` did) and start the agent's
+        engine."""
+        if self._attaching:
+            raise RuntimeError("call already attached")
+        self._attaching = True
+        if self.bus is None:
+            self.open_media(leg, carrier_rate)
+        elif self.leg is not leg:
+            raise RuntimeError("call already attached to another leg")
+        engine = self._engine
+        metrics = self.manager.metrics
         await self.manager.gateway.recordings.start(self)
         self.answered = time.monotonic()
         metrics.setup.labels(self.carrier, self.direction).observe(self.answered - self.created)
@@ -202,8 +220,6 @@ class Call:
         await self.emit("phone_call:accepted")
         if self.ended.is_set():  # hung up while the row was written: no engine for a finished call
             return
-        self.bus.feed_event(CallStarted(self.id, self.carrier, self.direction, self.from_number, self.to_number,
-                                        (self.agent or {}).get("id"), dict(self.metadata)))
         session = EngineSession(self, engine.sample_rate)
         self._engine_task = asyncio.create_task(self._run_engine(engine, session), name=f"engine-{self.id}")
         await self.emit("conversation:started")
@@ -243,20 +259,25 @@ class Call:
     async def next_inbound(self) -> BusItem:
         return await self._attached_bus().next_inbound()
 
-    async def next_outbound(self, *, on_wire: bool = True) -> BusItem:
+    async def next_outbound(self, *, on_wire: bool = True,
+                            direct: Callable[[AudioFrame], bool] | None = None) -> BusItem:
         """Next item for the carrier to send; hangup/transfer/hold requests are carried out here, in order. While
         the gateway holds the call it is music on hold, paced at real time, and the engine's output waits.
 
         `on_wire=False`: the carrier sends agent audio later than it takes it (Exotel packs frames into chunks) and
-        reports each frame with `sent()` when it really goes out, so the turn timeline dates it there."""
+        reports each frame with `sent()` when it really goes out, so the turn timeline dates it there.
+
+        `direct`: a sender that can write an audio frame synchronously (returning whether it did) gets the engine's
+        frames handed to it while it waits here, without a task switch per frame (CallBus.next_outbound)."""
         bus = self._attached_bus()
+        sink = self._direct_sink(direct, on_wire) if direct is not None else None
         while True:
             if self.held:
                 frame = await self._music_paced()
                 if frame is not None:
                     return frame
                 continue
-            item = await bus.next_outbound()
+            item = await bus.next_outbound(sink)
             if type(item) is AudioFrame:       # nearly every item: straight out (the checks below are for actions)
                 if on_wire:
                     self._played(item)
@@ -273,6 +294,17 @@ class Call:
             elif type(item) is not Wake:
                 self._played(item)             # a Clear, Mark, SendDtmf… (audio returned above)
                 return item
+
+    def _direct_sink(self, direct: Callable[[AudioFrame], bool], on_wire: bool) -> Callable[[AudioFrame], bool]:
+        """`direct` as the bus calls it: not while the call is held (the music plays; engine audio waits), and a
+        frame it wrote is the agent's audio played (turn timeline, recording) as next_outbound() would say."""
+        def sink(item: AudioFrame) -> bool:
+            if self.held or not direct(item):
+                return False
+            if on_wire:
+                self._played(item)
+            return True
+        return sink
 
     def sent(self, frame: AudioFrame) -> None:
         """A frame taken with `next_outbound(on_wire=False)` went out to the carrier now."""

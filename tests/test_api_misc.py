@@ -2,6 +2,7 @@
 traceback), the OpenAPI document covering every route, /healthz and Prometheus /metrics."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.carrier import ImportField
+from gateway.engine.base import EngineSession, VoiceEngine
 from sipp import metric_value
 from test_api_fakes import Api, FakeSipCarrier, api, sip_body  # noqa: F401
 
@@ -175,8 +177,16 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+class StalledEngine(VoiceEngine):
+    """Never reads the call: its inbound queue fills and the bus drops the oldest audio."""
+
+    async def handle_call(self, session: EngineSession) -> None:
+        await asyncio.Event().wait()
+
+
 async def test_metrics_count_live_and_ended_calls(api):
-    status, body = await api.post("/agents", json={"name": "m", "engine": "echo"})
+    api.gw.engines.register("stalled", StalledEngine())
+    status, body = await api.post("/agents", json={"name": "m", "engine": "stalled"})
     aid = body["agent"]["id"]
     status, body = await api.post("/phone_number/import/sip", json=sip_body())
     nid = body["phone_number"]["id"]
@@ -191,12 +201,13 @@ async def test_metrics_count_live_and_ended_calls(api):
     assert metric(text, 'gateway_active_calls{carrier="twilio"}') == 0
     assert metric_value(text, "gateway_calls_total", carrier="sip", direction="outbound") == 1
     assert metric(text, "gateway_frames_in_total") == 10
-    call.bus.inbound.maxsize = 1                            # a stalled engine: the bus drops the oldest audio
+    call.bus.inbound.maxsize = 1                            # the engine does not read: the oldest audio goes
     for _ in range(5):
         call.bus.feed_audio(b"\x10\x00" * 160)
     _, text = await api.get("/metrics")
     dropped = metric(text, "gateway_dropped_frames_total")
     assert dropped == call.bus.counters.dropped_in and dropped >= 1
+    call.bus.inbound.maxsize = 50                           # (room for the hangup event: no further drop)
     await api.post(f"/calls/{body['requestId']}/hangup")
     _, text = await api.get("/metrics")
     assert metric(text, 'gateway_active_calls{carrier="sip"}') == 0

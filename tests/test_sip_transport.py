@@ -460,3 +460,24 @@ async def test_a_registration_over_tcp_pings_its_connection_between_refreshes():
         await ua.close()
         for t in (registrar, ours):
             await t.stop()
+
+
+async def test_udp_reads_every_waiting_datagram_when_the_socket_is_readable(transport, monkeypatch):
+    """SIP before media: a backlog that built up while the loop was busy is handled at the first readable event,
+    not one datagram (asyncio) or 32 (uvloop) per loop iteration behind every RTP socket of a busy worker."""
+    from gateway.sip.transport import UdpConnection
+
+    events = []
+    handed = UdpConnection.datagram_received
+
+    def counting(self, data, addr):
+        events.append(len(transport.collector.items))     # messages handled before this readable event
+        handed(self, data, addr)
+
+    monkeypatch.setattr(UdpConnection, "datagram_received", counting)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for k in range(100):    # all queued before the loop runs again: one readable event finds them all
+            s.sendto(INVITE.replace(b"fuzz-1@", f"backlog-{k}@".encode()), ("127.0.0.1", transport.port))
+        await transport.collector.wait(100)
+    assert events == [0], events[:5]
+    assert [m.call_id for m, _, _ in transport.collector.items] == [f"backlog-{k}@10.9.9.9" for k in range(100)]

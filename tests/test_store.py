@@ -102,6 +102,27 @@ async def test_concurrent_writers_never_lock(store):
     assert len(await store.list_call_events(ids[-1])) == 2
 
 
+async def test_new_rows_do_not_wait_behind_written_behind_batches_and_flush_cuts_their_wait(store):
+    """Call set-up's row has its own lane: with the write-behind lane holding its batch open (a window far longer
+    than this test may take), a new call still gets its row and id; a read's flush ends the hold and sees every
+    write, and the write-behind lane goes back to its window afterwards."""
+    store.WINDOW = 3600.0
+    first = await store.create_call(call_fields("w0"))
+    await store.update_call(first["id"], call_status="in-progress")            # now held for its window
+    await asyncio.sleep(0)                                                   # the write lane takes it and waits
+    second = await asyncio.wait_for(store.create_call(call_fields("w1")), 30)
+    assert second["id"] != first["id"]
+    assert (await store.find_call(call_uuid="w1", flush=False))["call_status"] == "ringing"
+    assert (await store.find_call(call_uuid="w0", flush=False))["call_status"] == "ringing"   # still held
+    got = await asyncio.wait_for(store.get_call(first["id"]), 30)             # flushes: the hold ends
+    assert got["call_status"] == "in-progress"
+    await store.update_call(second["id"], call_status="completed")
+    await asyncio.sleep(0)
+    assert (await store.find_call(call_uuid="w1", flush=False))["call_status"] == "ringing"   # held again
+    assert (await asyncio.wait_for(store.get_call(second["id"]), 30))["call_status"] == "completed"
+    assert store.write_errors == 0
+
+
 async def test_ids_are_never_reused(store):
     """Regression (issue 14): deleting the newest agent or number and creating another must not hand out its id
     again (old call logs and webhooks would read as the new one's), on SQLite and PostgreSQL alike."""

@@ -23,8 +23,8 @@ class RecordingEcho(EchoEngine):
         self.digits: list[str] = []
 
     async def handle_call(self, session) -> None:
-        async def receive():
-            item = await original()
+        async def receive(**kw):       # (the echo engine passes on_audio: frames may come through it instead)
+            item = await original(**kw)
             if isinstance(item, Dtmf):
                 self.digits.append(item.digit)
             return item

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -72,9 +73,9 @@ async def node(tmp_path):
 
 async def test_two_workers_behind_kamailio_both_take_calls(node, tmp_path):
     gw, kam = await node()
-    # Call-ID hashing spreads calls over both workers; Kamailio also sets a worker aside for a while when an OPTIONS
-    # probe goes unanswered for its 1 s timer (a starved worker on a busy box), so calls come in batches until each
-    # worker has taken some, every one of them answered
+    # Call-ID hashing spreads calls over both workers; Kamailio also sets a worker aside for a while when three
+    # OPTIONS probes in a row go unanswered for 5 s (a badly starved worker on a busy box), so calls come in batches
+    # until each worker has taken some, every one of them answered
     by_worker = {1: 0, 2: 0}
     for batch in range(5):
         work = tmp_path / f"sipp-{batch}"
@@ -186,6 +187,52 @@ async def test_worker_killed_mid_call_new_calls_go_to_the_survivor(node, tmp_pat
     assert [(r["hangup_source"], r["ended_at"] is not None) for r in rows] == [("system", True)]
     ended = await live                      # its worker died under it: SIPp's BYE fails, but SIPp ends
     assert not ended.result.killed and ended.result.stats.created == 1
+
+
+def _udp_queue(port: int) -> int:
+    """Bytes waiting in the receive queue of the UDP socket bound to `port` (/proc/net/udp), 0 when none."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].split(":")[1], 16) == port:
+            return int(f[4].split(":")[1], 16)
+    return 0
+
+
+async def test_workers_late_on_probes_keep_their_calls_coming(node, tmp_path):
+    """An overloaded worker answers Kamailio's OPTIONS late but is alive: late answers must not take it out of the
+    set, or an overload of every worker becomes Kamailio refusing every call itself (503). Both workers stall
+    (SIGSTOP) while three probes each go unanswered, far past the INVITE's FR_TIMER (1 s here) and the old
+    one-failure threshold; neither is marked inactive, and once they run again every call is answered."""
+    gw, kam = await node()
+    pids = gw.worker_pids()
+    ports = {k: gw.sip_port + k for k in pids}
+    uris = {k: f"sip:127.0.0.1:{port}" for k, port in ports.items()}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # the first probe queued in a stopped worker's socket tells one probe's size; wait for three
+        one = {k: await until(lambda k=k: _udp_queue(ports[k]), 10, f"a probe queued at worker {k}", interval=0.02)
+               for k in pids}
+
+        inactive: list[dict[str, str]] = []
+
+        def stalled_long_enough() -> bool:
+            flags = kam.flags()
+            if any(flags.get(uris[k], "A").startswith("I") for k in pids):
+                inactive.append(flags)
+            return all(_udp_queue(ports[k]) >= 3 * one[k] for k in pids)
+
+        await until(stalled_long_enough, 20, "three probes unanswered at each worker", interval=0.1)
+        assert not inactive, inactive[0]          # late, not dead: never set aside
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGCONT)
+    work = tmp_path / "sipp-late"
+    work.mkdir()
+    res = await sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=8, rate=8, duration_ms=300,
+                         timeout_s=40, extra=["-trace_msg"], workdir=str(work))
+    res.assert_calls(successful=8)          # no 503 from Kamailio: both workers stayed in the set
+    assert not any(f.startswith("I") for f in kam.flags().values()), kam.flags()
 
 
 async def _closed_by_restart() -> list[dict]:

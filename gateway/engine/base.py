@@ -7,7 +7,7 @@ call and converts every carrier's audio to and from `sample_rate`. Returning fro
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..carrier import CarrierError
@@ -86,15 +86,19 @@ class EngineSession:
             raise RuntimeError("engine session of a call without a bus (not attached)")
         return bus
 
-    async def receive(self) -> AudioFrame | Event | None:
-        """Next caller frame or event; None once the call has ended."""
+    async def receive(self, *, on_audio: Callable[[AudioFrame], bool] | None = None) -> AudioFrame | Event | None:
+        """Next caller frame or event; None once the call has ended.
+
+        `on_audio`: for an engine that can take a caller frame without waiting (the built-in echo): while this
+        waits, caller frames are given to `on_audio` where the carrier's socket read them, with no task switch
+        per frame; it must not block or await, and returns False to get the frame from `receive()` instead."""
         if not self._reading:
             self._reading = True
             self._call.engine_connected()
         bus = self._bus
         if self._call.ended.is_set() and not len(bus.inbound):
             return None
-        return await bus.next_inbound()     # (what call.next_inbound() does, one coroutine less per frame)
+        return await bus.next_inbound(on_audio)   # (what call.next_inbound() does, one coroutine less per frame)
 
     async def __aiter__(self) -> AsyncIterator[BusItem]:
         while (item := await self.receive()) is not None:
@@ -112,6 +116,15 @@ class EngineSession:
         await self._bus.play(pcm)
         if end_of_utterance:
             await self._bus.flush_play()
+
+    def play_nowait(self, pcm: bytes) -> bool:
+        """`play()` without waiting, for `receive(on_audio=…)` callbacks: False (nothing taken; use `play()`) when
+        it would have to wait (several seconds already queued) or an output gate holds the engine's audio (AMD)."""
+        if self._call.ended.is_set():
+            return True
+        if self._call.output_gate is not None:
+            return False
+        return self._bus.play_nowait(pcm)
 
     def clear(self) -> None:
         """Barge-in: drop what has not been played yet."""

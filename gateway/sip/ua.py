@@ -408,13 +408,16 @@ class UserAgent:
             if sent is not None:
                 self.send_ack(*sent)
 
-    async def answer_2xx(self, resp: SipResponse, txn: Any) -> bool:
-        """Send a 2xx to an INVITE (the transaction layer retransmits it) and wait up to 64·T1 for the ACK."""
+    async def answer_2xx(self, resp: SipResponse, txn: Any, on_sent: Callable[[], None] | None = None) -> bool:
+        """Send a 2xx to an INVITE (the transaction layer retransmits it) and wait up to 64·T1 for the ACK;
+        `on_sent` runs as soon as the 2xx is handed to the transport, before the wait."""
         key = (resp.call_id, resp.cseq[0])
         ev = self._ack_waiters[key] = asyncio.Event()
         try:
             if not txn.respond(resp):
                 return False
+            if on_sent is not None:
+                on_sent()
             try:
                 await asyncio.wait_for(ev.wait(), 64 * self.t1 + 1)
                 return True
@@ -465,8 +468,11 @@ class IncomingInvite:
     def reject(self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None) -> None:
         self.respond(status, reason, headers)
 
-    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None) -> SipSession:
-        """Send 200 with our SDP and wait for the ACK; raises RequestFailed (after a BYE) when none comes."""
+    async def accept(self, sdp: bytes, headers: list[tuple[str, str]] | None = None, *,
+                     on_sent: Callable[[], None] | None = None) -> SipSession:
+        """Send 200 with our SDP and wait for the ACK; raises RequestFailed (after a BYE) when none comes.
+        `on_sent` runs right after the 200 left, before the ACK: the caller may send RTP as soon as it has our
+        answer (RFC 3264 §6), so media that must not miss it starts there."""
         if self.finished:
             raise RequestFailed("INVITE already answered or cancelled")
         req = self.request
@@ -482,7 +488,7 @@ class IncomingInvite:
         self.ua.sessions[dialog.id] = session
         session.conn = self.txn.conn if self.transport != "udp" else None
         self.session = session
-        if not await self.ua.answer_2xx(resp, self.txn):
+        if not await self.ua.answer_2xx(resp, self.txn, on_sent):
             session.send_bye(reason_header(408, "ACK not received"))
             raise RequestFailed("no ACK for our 200 OK", timed_out=True)
         session.start_timer()

@@ -5,8 +5,10 @@ its row is open (`ended_at` null) and its owner is a live process (owning state,
 process that crashes stops counting once its heartbeat is stale, and its rows are then closed as `node_lost`
 (gateway/cluster/membership.py), so a crash cannot leak channels. The check and the insert of the new call's row
 are one transaction; on PostgreSQL a transaction-scoped advisory lock per number serialises them across
-processes (SQLite has one writer at a time already). Call ends are written behind (store.py's batch writer), so a
-channel freed a few milliseconds ago may still count: the limit errs on the safe side, never over it.
+processes (SQLite has one writer at a time already). Call ends are written behind (store.py's batch writer, which
+lets a batch fill for up to `Store.WINDOW`): the check flushes this process's own queued writes first, so a channel
+one of its calls freed counts free at once; one freed by another process a few milliseconds ago may still count —
+the limit errs on the safe side, never over it.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class ChannelStore(ClusterStore):
         """Insert a call-log row for a call on `number_id` unless `limit` calls on it are live already (then
         None). The count and the insert are atomic across every process sharing the database."""
         row = self._call_row(fields)
+        await self.flush()
         async with self._writing_core() as conn:
             if self.is_postgres:
                 await conn.execute(select(func.pg_advisory_xact_lock(CHANNEL_LOCK, number_id)))

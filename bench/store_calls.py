@@ -1,0 +1,158 @@
+"""The call log's cost per call on PostgreSQL: what one worker's store does for a signalling-only SIP call.
+
+`bench/scale.py cps` shows PostgreSQL's backends at 0.2–0.5 ms of CPU per call and the store among the top of a
+worker's profile, but there the store is mixed with SIP, Kamailio and SIPp on a shared box. This drives the store
+alone with the writes a zero-length SIPp call makes (captured from a worker: one new row, then the
+`phone_call:connection_requested`, `phone_call:accepted`, `conversation:started` events, the answer update, the
+RTP statistics merged into `extra`, the end update, `conversation:ended` and `hang_up`), at a steady rate, and
+measures this process's CPU per call (store and the small driver), PostgreSQL's backends' CPU per call, the
+transactions per call (pg_stat_database), and how long call set-up waits for its row (the INSERT … RETURNING the
+INVITE path awaits). Every call's row is checked at the end: complete, nothing lost.
+
+    python bench/store_calls.py --db postgresql://gw:gw@127.0.0.1/gw_h8 --rate 400 --calls 4000
+    python bench/store_calls.py --db … --rates 200,400,800 --repeat 3      # writes its section of BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._cpu import CpuAccount, PgBackends  # noqa: E402
+from bench._report import table, write_section  # noqa: E402
+from bench.scale import reset_schema  # noqa: E402
+from gateway.call import new_call_uuid  # noqa: E402
+from gateway.cli import run_async  # noqa: E402
+from gateway.store import Store  # noqa: E402
+from gateway.store.models import utcnow  # noqa: E402
+
+RTP = {"rtp": {"sent": 0, "received": 0, "lost": 0, "late": 0, "duplicate": 0, "overflow": 0, "foreign": 0,
+               "unheard": 0, "jitter_ms": 0.0, "rtcp_sent": 1, "rtcp_received": 0,
+               "quality": {"expected": 0, "lost": 0, "loss_ratio": 0.0, "jitter_ms": 0.0, "rtt_ms": None,
+                           "r_factor": 92.5, "mos": 4.39, "remote": None,
+                           "rtcp": {"mux": False, "sent": {"sr": 0, "rr": 1}, "received": {"sr": 0, "rr": 0}}}}}
+TIMING = {"turns": 0, "agent_utterances": 0, "first_agent_audio_ms": None, "latency_p50_ms": None,
+          "latency_p95_ms": None, "latency_max_ms": None, "barge_ins": 0, "clear_reaction_avg_ms": None,
+          "talk_over_ms": 0, "long_silences": 0}
+
+
+async def one_call(store: Store, waits: list[float]) -> int:
+    """The store traffic of one zero-length inbound SIP call, in the order a worker makes it."""
+    t = time.perf_counter()
+    row = await store.create_call({"call_uuid": new_call_uuid(), "carrier_sid": "bench-" + new_call_uuid(),
+                                   "channel_type": "sip", "call_direction": "inbound", "from_number": "+15550000001",
+                                   "to_number": "+15550100000", "call_status": "ringing", "owner": "bench"})
+    waits.append(time.perf_counter() - t)
+    cid = row["id"]
+    await store.add_call_event(cid, "phone_call:connection_requested")
+    await store.update_call(cid, call_status="in-progress", answered_at=utcnow())
+    await store.add_call_event(cid, "phone_call:accepted")
+    await store.add_call_event(cid, "conversation:started")
+    await asyncio.sleep(0.005)                   # SIPp's -d 0 call: the BYE follows the ACK within milliseconds
+    await store.update_call(cid, extra=RTP)
+    await store.update_call(cid, call_status="completed", ended_at=utcnow(), call_duration_in_seconds=0.005,
+                            hangup_source="user", hangup_reason="BYE", timing=TIMING)
+    await store.add_call_event(cid, "conversation:ended", {"timing": TIMING, "turns": [], "long_silences": []})
+    await store.add_call_event(cid, "hang_up", {"source": "user", "reason": "BYE"})
+    return int(cid)
+
+
+async def commits(store: Store) -> int:
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(text(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))).scalar_one())
+
+
+async def step(db: str, rate: float, calls: int) -> dict[str, float]:
+    await reset_schema(db)
+    store = Store(db)
+    await store.open()
+    try:
+        for _ in range(20):                      # warm the pool's connections (SCRAM) and statement caches
+            await one_call(store, [])
+        await store.flush()
+        pg = PgBackends(db)
+        acct = CpuAccount({"store": lambda: [os.getpid()]}, {"postgres": pg})
+        waits: list[float] = []
+        x0 = await commits(store)
+        await acct.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+        tasks = []
+        for i in range(calls):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one_call(store, waits)))
+        ids = await asyncio.gather(*tasks)
+        await store.flush()
+        used = await acct.stop()
+        await pg.close()
+        x1 = await commits(store)
+        _, completed = await store.list_calls(pagesize=1, call_status="completed")
+    finally:
+        await store.close()
+    if completed != calls + 20 or store.write_errors or len(set(ids)) != calls:
+        raise RuntimeError(f"call log incomplete: {completed} completed rows for {calls + 20} calls, "
+                           f"{store.write_errors} write errors")
+    w = np.array(waits) * 1000
+    return {"rate": rate, "calls": calls, "wall": acct.wall, "achieved": calls / acct.wall,
+            "store_ms": 1000 * used["store"] / calls, "pg_ms": 1000 * used["postgres"] / calls,
+            "xact": (x1 - x0 - 2) / calls, "wait_p50": float(np.percentile(w, 50)),
+            "wait_p99": float(np.percentile(w, 99)), "load": os.getloadavg()[0]}
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    rows = []
+    for rate in args.rates:
+        for _ in range(args.repeat):
+            r = await step(args.db, rate, args.calls or int(rate * args.seconds))
+            rows.append([f"{rate:g}", r["calls"], f"{r['achieved']:.0f}", f"{r['store_ms']:.3f}",
+                         f"{r['pg_ms']:.3f}", f"{r['xact']:.2f}", f"{r['wait_p50']:.1f}", f"{r['wait_p99']:.1f}",
+                         f"{r['load']:.1f}"])
+            print(rows[-1], flush=True)
+    body = ("The call log's writes for one zero-length SIP call (one row, 3 updates, 5 events), driven at a steady "
+            "rate through `Store` on PostgreSQL, without SIP: CPU per call of this process (the store and a small "
+            "driver) and of PostgreSQL's backends, transactions committed per call, and how long call set-up "
+            "waited for its row's INSERT … RETURNING.\n\n"
+            + table(["offered calls/s", "calls", "achieved calls/s", "store CPU ms per call",
+                     "PG backends CPU ms per call", "transactions per call", "row wait p50 ms", "row wait p99 ms",
+                     "load avg"], rows))
+    print(body)
+    if not args.no_write:
+        write_section("store_calls", "Call log on PostgreSQL: cost per call", body,
+                      command=f"python bench/store_calls.py --rates {','.join(f'{r:g}' for r in args.rates)} "
+                              f"--seconds {args.seconds:g} --repeat {args.repeat}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", default=os.environ.get("GATEWAY_TEST_POSTGRES_URL"),
+                   help="PostgreSQL URL of a database of its own (its gateway tables are dropped)")
+    p.add_argument("--rates", "--rate", default=[400.0], type=lambda s: [float(x) for x in s.split(",")])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--calls", type=int, default=0, help="calls per step (default: rate × seconds)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    if not args.db or not args.db.startswith("postgres"):
+        raise SystemExit("bench/store_calls.py: --db postgresql://… (or GATEWAY_TEST_POSTGRES_URL)")
+
+    async def go() -> int:
+        await main_async(args)
+        return 0
+    return run_async(go())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

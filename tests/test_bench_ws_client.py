@@ -1,0 +1,141 @@
+"""bench/ws_client.py speaks RFC 6455 as another implementation (websockets) reads and writes it, and
+bench/twilio_callers.py's callers built on it play Twilio Media Streams calls a real gateway accepts and echoes."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import twilio_callers, ws_client  # noqa: E402
+
+
+def server_reads(wire: bytes) -> list[Frame]:
+    """The frames a websocket server (websockets' parser, masks required) reads from `wire`."""
+    reader = StreamReader()
+    reader.feed_data(wire)
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frames.append(done.value)
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 372, 1023, 1024, 1025, 65535, 65536, 70001])
+def test_masked_frames_read_back_by_another_implementation(size):
+    pool = ws_client.MaskPool(bits=4, span=1024)
+    payload = os.urandom(size)
+    wire = pool.frame(payload, ws_client.BINARY) + pool.frame(b"text", ws_client.TEXT) + pool.close(1000, b"bye")
+    binary, text, close = server_reads(wire)
+    assert (binary.opcode, binary.fin, binary.data) == (Opcode.BINARY, True, payload)
+    assert (text.opcode, text.data) == (Opcode.TEXT, b"text")
+    assert close.opcode is Opcode.CLOSE and Close.parse(close.data) == Close(1000, "bye")
+
+
+def test_frames_are_masked_with_keys_from_the_pool():
+    pool = ws_client.MaskPool(bits=6)
+    keys = set()
+    for _ in range(200):
+        wire = pool.frame(b"x" * 300)
+        assert wire[1] == 0x80 | 126                       # MASK bit and the 16-bit length
+        key, masked = wire[4:8], wire[8:]
+        assert masked != b"x" * 300 and ws_client.unmask(masked, key) == b"x" * 300
+        keys.add(key)
+    assert len(keys) > 20 and keys <= set(pool.keys)
+
+
+def server_frames() -> tuple[bytes, list[tuple[int, bytes]]]:
+    """A server's unmasked frames (websockets' serializer): a whole text message, a ping, a text message in three
+    fragments with a ping between them, a 70 KB binary message (64-bit length), a close."""
+    big = os.urandom(70_000)
+    frames = [Frame(Opcode.TEXT, b'{"event":"media"}'), Frame(Opcode.PING, b"p1"),
+              Frame(Opcode.TEXT, b"one ", fin=False), Frame(Opcode.CONT, b"two ", fin=False),
+              Frame(Opcode.PING, b"p2"), Frame(Opcode.CONT, b"three"), Frame(Opcode.BINARY, big),
+              Frame(Opcode.CLOSE, Close(1000, "stream over").serialize())]
+    wire = b"".join(f.serialize(mask=False) for f in frames)
+    expected = [(ws_client.TEXT, b'{"event":"media"}'), (ws_client.PING, b"p1"), (ws_client.PING, b"p2"),
+                (ws_client.TEXT, b"one two three"), (ws_client.BINARY, big),
+                (ws_client.CLOSE, Close(1000, "stream over").serialize())]
+    return wire, expected
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100, 1 << 20])
+def test_reader_splits_reassembles_and_passes_control_frames_whatever_the_chunks(chunk):
+    wire, expected = server_frames()
+    reader = ws_client.FrameReader()
+    got = []
+    for i in range(0, len(wire), chunk):
+        got += reader.feed(wire[i:i + chunk])
+    assert got == expected and reader.buf == b""
+
+
+@pytest.mark.parametrize("bad", [
+    Frame(Opcode.TEXT, b"masked").serialize(mask=True),                        # servers must not mask
+    Frame(Opcode.CONT, b"nothing to continue").serialize(mask=False),
+    bytes([0x09, 2]) + b"pi",                                                    # a ping without FIN
+    bytes([0x81 | 0x40, 1]) + b"x",                                              # RSV1 without an extension
+])
+def test_reader_refuses_what_a_server_must_not_send(bad):
+    with pytest.raises(ws_client.ProtocolError):
+        ws_client.FrameReader().feed(bad)
+
+
+def test_handshake_against_a_server_and_a_wrong_accept_refused():
+    key = ws_client.new_key()
+    assert len(base64.b64decode(key)) == 16
+    wire = ws_client.handshake_request("127.0.0.1:8080", "/twilio/media", key, {"X-Twilio-Signature": "c2ln"})
+    server = ServerProtocol()
+    server.receive_data(wire)
+    [request] = server.events_received()
+    assert isinstance(request, Request) and request.path == "/twilio/media"
+    assert request.headers["X-Twilio-Signature"] == "c2ln"
+    server.send_response(server.accept(request))
+    answer = b"".join(server.data_to_send()) + b"\x81\x02hi"                      # a frame right behind it
+    assert ws_client.handshake_response(answer[:20], key) == 0                    # incomplete: wait for more
+    used = ws_client.handshake_response(answer, key)
+    assert answer[used:] == b"\x81\x02hi"
+    with pytest.raises(ws_client.HandshakeError, match="Accept"):
+        ws_client.handshake_response(answer, ws_client.new_key())
+    with pytest.raises(ws_client.HandshakeError, match="403"):
+        ws_client.handshake_response(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", key)
+
+
+def test_media_messages_have_twilios_fields():
+    caller = twilio_callers.Caller({"n": 1}, 0, 0, ws_client.MaskPool(bits=2))
+    payload = base64.b64encode(bytes(160))
+    m = json.loads(caller.media % (5, 4, 60, payload))
+    assert m == {"event": "media", "sequenceNumber": "5", "streamSid": caller.sid,
+                 "media": {"track": "inbound", "chunk": "4", "timestamp": "60", "payload": payload.decode()}}
+
+
+async def test_callers_play_twilio_calls_a_real_gateway_echoes(tmp_path):
+    """Four calls over two caller processes for one second each against `gateway serve` (echo engine, SQLite):
+    every frame echoed with a 160-byte payload, no call error, the generator's CPU counted."""
+    from bench._gateway_proc import free_port, start_gateway, wait_healthy
+    from bench.media_ws import ACCOUNT, NUMBER, RECORDING, TOKEN, prepare_db
+
+    await prepare_db(str(tmp_path / "gw.db"))
+    port = free_port()
+    proc = start_gateway(str(tmp_path), port, None, "twilio")
+    try:
+        await wait_healthy(port, proc, timeout=60)
+        ulaw = RECORDING.read_bytes()
+        payloads = [base64.b64encode(ulaw[i:i + 160]).decode() for i in range(0, 160 * 60, 160)]
+        r = await twilio_callers.run_step(port, 4, 1.0, payloads, procs=2, account=ACCOUNT, token=TOKEN,
+                                          number=NUMBER, drain=60.0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (r["frames"], r["dropped"], r["bad"], r["errors"], r["procs"]) == (200, 0, 0, 0, 2)
+    assert r["generator_cpu"] > 0 and r["p50"] > 0
