@@ -133,21 +133,24 @@ class GatewayProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """SIGTERM, then wait for the exit without blocking the event loop: the gateway's drain talks to the
+        test's own stand-ins (webhook receiver, fake carrier REST API) in this loop, and a blocking wait left it
+        waiting out its webhook and REST timeouts (10-15 s a teardown). SIGKILL after 15 s."""
         self.terminate()
         try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
+            await wait_until(lambda: self.proc.poll() is not None, 15, f"gateway {self.node_id} to exit")
+        except AssertionError:
             self.proc.kill()
             self.proc.wait(5)
 
 
-def stop_all(procs: list[GatewayProc]) -> None:
+async def stop_all(procs: list[GatewayProc]) -> None:
     """Stop several gateways at once (their shutdowns overlap instead of adding up)."""
     for p in procs:
         p.terminate()
     for p in procs:
-        p.stop()
+        await p.stop()
 
 
 def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | None = None,

@@ -168,6 +168,7 @@ def test_round3_clip_timeline_is_true(specs: list[dict], tmp_path: Path) -> None
     assert truth["greeting_end_ms"] == [s for s in tl if s["type"] == "speech"][-1]["end_ms"] < truth["beep_start_ms"]
     assert -31 < extra["level_dbfs"] <= spec["channel"]["level_dbfs"] + 0.05
     assert np.abs(x).max() <= 30000.5
+    assert corpus.smooth_len(len(x)) == len(x)                # a length whose FFT (the noise) is fast
 
 
 def test_phone_line_loss_is_recorded_in_ms(specs: list[dict]) -> None:
