@@ -301,8 +301,13 @@ class CallManager:
         self._notify("call_ended", call)
 
     async def hangup_all(self, reason: str = "shutdown") -> None:
+        """Hang up every live call (drain timeout, stop); one call that fails to hang up does not keep the others
+        up, nor the drain or stop waiting on it from finishing."""
         for call in list(self.active.values()):
-            await call.request_hangup(HangupSource.SYSTEM, reason, immediate=True)
+            try:
+                await call.request_hangup(HangupSource.SYSTEM, reason, immediate=True)
+            except Exception:
+                log.exception("hangup failed", extra={"call_id": call.id, "reason": reason})
 
     # -- observers (live calls page) ----------------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:

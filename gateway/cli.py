@@ -6,7 +6,6 @@ import asyncio
 import errno
 import gc
 import os
-import signal
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,8 @@ from .recording.s3 import S3Unavailable
 from .redact import redact_url
 from .secretbox import SecretKeyError
 from .sip.origin import parse_proxies
+from .stopsignals import catch_if_serving, take_over
+from .stopsignals import pending as pending_stop_signals
 
 if TYPE_CHECKING:
     from .engine import EngineRegistry
@@ -123,6 +124,9 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
             return 2
         return await Supervisor(settings, serve_argv).run()
     settings = worker_settings(settings)
+    if pending_stop_signals():    # came while the runtime was imported: nothing built yet, nothing to undo
+        print(f"gateway {settings.proc_id}: stopped by a signal during start-up", flush=True)
+        return 0
     try:
         gw = Gateway(settings)
     except (SecretKeyError, S3Unavailable) as e:
@@ -133,8 +137,15 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     if problem:
         print(f"gateway: {problem}", file=sys.stderr)
         return 2
+    # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
+    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained. Signals
+    # since the process's first line count (gateway/stopsignals.py). One during start-up (seconds on a busy
+    # machine) drains as soon as the start is done — no calls yet, so at once — and the process exits 0 like any
+    # drained one (a supervisor keeps it down); a second one during start-up cancels the start.
+    start = asyncio.ensure_future(gw.start())
+    take_over(asyncio.get_running_loop(), lambda: _on_stop_signal(gw, start))
     try:
-        await gw.start()
+        await start
     except SecretKeyError as e:
         print(f"gateway: {e}", file=sys.stderr)
         await _stop_quietly(gw)
@@ -143,12 +154,14 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
         print(f"gateway: cannot start: {_start_error(e, settings)}", file=sys.stderr)
         await _stop_quietly(gw)
         return 1
-    # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
-    # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained.
-    # Installed before the start-up lines are printed: whoever reads them may signal us at once.
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_stop_signal, gw)
+    except asyncio.CancelledError:
+        if not start.cancelled() or not gw.draining:
+            raise             # this coroutine was cancelled, not the start by a second signal
+        await _stop_quietly(gw)
+        print(f"gateway {settings.proc_id}: start cancelled by a second signal", flush=True)
+        return 0
+    if gw.draining:           # signalled during start-up
+        gw.begin_drain()
     # Everything loaded so far (SQLAlchemy, aiortc, numpy…) lives as long as the process: move it out of the
     # collector's sight, and collect young objects less often. Measured with SIPp at 100 calls/s: INVITE→200
     # p50 104 ms → 12 ms, because full collections over the start-up heap were stalling the loop.
@@ -159,7 +172,8 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
           f"db {redact_url(settings.db_url)}", flush=True)
     print("gateway: API key " + (f"in {where}" if where else "from configuration"), flush=True)
     _announce_public_url(settings.public_base)
-    report_ready()      # SIP, RTP, the control bus and the carriers are up: to the supervisor (or systemd)
+    if not gw.draining:     # a signal may have come as the start ended: not ready, going
+        report_ready()      # SIP, RTP, the control bus and the carriers are up: to the supervisor (or systemd)
     await gw.drained.wait()
     await gw.stop()
     return 0
@@ -194,7 +208,17 @@ async def _stop_quietly(gw: Gateway) -> None:
         pass
 
 
-def _on_stop_signal(gw: Gateway) -> None:
+def _on_stop_signal(gw: Gateway, start: asyncio.Future[None]) -> None:
+    if not start.done():
+        if gw.draining:
+            start.cancel()     # a second signal: stop starting now (whatever is half-open is closed after)
+            return
+        print(f"gateway {gw.settings.proc_id}: signal during start-up: draining once started; signal again to stop "
+              "now", flush=True)
+        gw.draining = True     # carriers already up refuse calls meanwhile; _serve drains once the start is done
+        return
+    if start.cancelled() or start.exception() is not None:
+        return                 # stopping after a failed or interrupted start already
     if not gw.draining:
         print(f"gateway: draining {len(gw.calls.active)} live call(s) for up to {gw.settings.drain_timeout:g} s; "
               "signal again to hang them up now", flush=True)
@@ -310,6 +334,7 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        catch_if_serving(argv)    # the console script's first chance (`python -m gateway` took it earlier)
         return run_async(_serve(args, argv[argv.index("serve") + 1:]))
     if args.command == "secrets":
         return run_async(_secrets_rotate(args))

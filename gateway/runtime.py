@@ -205,18 +205,25 @@ class Gateway:
         self._state_task = asyncio.ensure_future(record())
 
     async def _drain(self, timeout: float) -> None:
-        idle = asyncio.ensure_future(self.calls.wait_idle(timeout))
-        now = asyncio.ensure_future(self._drain_now.wait())
-        await asyncio.wait({idle, now}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (idle, now):
-            t.cancel()
-        left = len(self.calls.active)
-        if left:
-            log.warning("drain timeout: hanging up live calls", extra={"calls": left})
-        await self.calls.hangup_all("shutdown")
-        await self.webhooks.drain(self.settings.webhook_timeout)
-        log.warning("drained", extra={"proc": self.settings.proc_id, "hung_up": left})
-        self.drained.set()
+        left = 0
+        try:
+            idle = asyncio.ensure_future(self.calls.wait_idle(timeout))
+            now = asyncio.ensure_future(self._drain_now.wait())
+            await asyncio.wait({idle, now}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (idle, now):
+                t.cancel()
+            left = len(self.calls.active)
+            if left:
+                log.warning("drain timeout: hanging up live calls", extra={"calls": left})
+            await self.calls.hangup_all("shutdown")
+            await self.webhooks.drain(self.settings.webhook_timeout)
+        except Exception:
+            # whatever failed, the drain ends: a process whose drain never set `drained` ignored every later
+            # SIGTERM (a second one only cuts the wait above short) and had to be killed
+            log.exception("drain failed; stopping anyway", extra={"proc": self.settings.proc_id})
+        finally:
+            log.warning("drained", extra={"proc": self.settings.proc_id, "hung_up": left})
+            self.drained.set()
 
     async def stop(self) -> None:
         if self._drain_task is not None and not self._drain_task.done():

@@ -24,6 +24,7 @@ import time
 from .config import Settings
 from .kamailio import write_dispatcher_list
 from .runtime import saved_api_key
+from .stopsignals import take_over
 from .workers import worker_slot
 
 log = logging.getLogger("gateway.supervisor")
@@ -135,9 +136,12 @@ class Supervisor:
     async def _keep(self, index: int) -> None:
         """Run worker `index` until it exits 0 or the supervisor stops; restart it when it dies."""
         delay = RESTART_DELAY[0]
-        while True:
+        while not self.stopping:       # a signal may come before the first start (or during the delay below)
             started = time.monotonic()
             proc = await self._spawn(index)
+            if self.stopping:
+                # the signal came while the process was being created, before _on_signal could see it
+                self._signal(proc)
             rc = await proc.wait()
             self.exit_codes[index] = rc
             if self.stopping or rc == 0:
@@ -148,8 +152,6 @@ class Supervisor:
             print(f"gateway: worker {index} died (exit {rc}); restarting in {delay:g} s", file=sys.stderr,
                   flush=True)
             await asyncio.sleep(delay)
-            if self.stopping:
-                return
             delay = min(delay * 2, RESTART_DELAY[1])
 
     def _on_signal(self) -> None:
@@ -158,11 +160,16 @@ class Supervisor:
                   flush=True)
         self.stopping = True
         for proc in self.procs.values():
-            if proc.returncode is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            self._signal(proc)
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM to a worker still running: it drains (or, still starting, stops starting: gateway/cli.py)."""
+        if proc.returncode is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     async def run(self) -> int:
         s = self.settings
@@ -174,11 +181,13 @@ class Supervisor:
               + (f", TLS {worker_slot(s, 1).tls_port}-{worker_slot(s, s.workers).tls_port}" if s.tls_enabled else "")
               + f"; Kamailio dispatcher list {path} "
               "(`gateway kamailio-config` prints the kamailio command)", flush=True)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
+        # signals since the process's first line count (gateway/stopsignals.py): one that came while Python was
+        # still importing stops the node before any worker starts
+        take_over(asyncio.get_running_loop(), self._on_signal)
         await asyncio.gather(*(self._keep(k) for k in range(1, s.workers + 1)))
-        bad = {k: rc for k, rc in self.exit_codes.items() if rc != 0}
+        # -SIGTERM while stopping: the worker was still in Python's own start-up, before it could catch the signal
+        # we sent (gateway/stopsignals.py); it had nothing to close. Any other end but 0 is an error.
+        bad = {k: rc for k, rc in self.exit_codes.items() if rc != 0 and not (self.stopping and rc == -signal.SIGTERM)}
         if bad:
             print(f"gateway: workers exited with errors: {bad}", file=sys.stderr, flush=True)
             return 1

@@ -110,7 +110,9 @@ class GatewayProc:
             async with s.request(method, self.url("/api/v1" + path), json=body, headers=self.headers) as r:
                 return r.status, await r.json()
 
-    async def wait_healthy(self, timeout: float = 60) -> None:
+    async def wait_healthy(self, timeout: float = 180) -> None:
+        """Until /healthz answers 200. Start-up alone took over 60 s at load 35 on the 2-core box (a full-suite
+        run with other suites beside it): the bound only stops a gateway that never comes up."""
         async def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway {self.node_id} exited ({self.proc.returncode}):\n{self.log()}")
@@ -133,21 +135,24 @@ class GatewayProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """SIGTERM, then wait for the exit without blocking the event loop: the gateway's drain talks to the
+        test's own stand-ins (webhook receiver, fake carrier REST API) in this loop, and a blocking wait left it
+        waiting out its webhook and REST timeouts (10-15 s a teardown). SIGKILL after 15 s."""
         self.terminate()
         try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
+            await wait_until(lambda: self.proc.poll() is not None, 15, f"gateway {self.node_id} to exit")
+        except AssertionError:
             self.proc.kill()
             self.proc.wait(5)
 
 
-def stop_all(procs: list[GatewayProc]) -> None:
+async def stop_all(procs: list[GatewayProc]) -> None:
     """Stop several gateways at once (their shutdowns overlap instead of adding up)."""
     for p in procs:
         p.terminate()
     for p in procs:
-        p.stop()
+        await p.stop()
 
 
 def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | None = None,

@@ -170,6 +170,17 @@ class GatewayProc:
             _kill(pid)
 
 
+def catches(pid: int, sig: int = signal.SIGTERM) -> bool:
+    """Has process `pid` a handler for `sig` yet (the SigCgt mask in /proc/<pid>/status)? False once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -87,6 +87,18 @@ def test_tone_that_swells_and_fades_is_not_a_beep_and_a_steady_one_is():
     assert MEB in [a for a, _ in run(telephone(before + vowel + silence(600)), swell, message_end=True)]
 
 
+def test_multi_tone_beep_is_one_beep_decided_after_its_last_note():
+    """Three rising notes with hardly a gap (some voicemail systems): one beep, from its first note to its last."""
+    notes = tone(720, 160, amp=5000) + silence(10) + tone(900, 110, amp=5000) + silence(30) + tone(1080, 120, amp=5000)
+    pcm = silence(300) + words([250] * 5) + silence(300) + notes + silence(600)
+    beep_end = (len(pcm) - len(silence(600))) // 16
+    out = run(telephone(pcm), message_end=True)
+    assert [a for a, _ in out] == [MS, MEB] and out[1][1] >= beep_end + AmdParams().beep_confirm_ms - 20
+    # the same notes with speech straight after are a melody under the greeting, not its beep
+    pcm = silence(300) + words([250] * 5) + silence(300) + notes + words([250] * 8) + silence(2000)
+    assert MEB not in [a for a, _ in run(telephone(pcm), message_end=True)]
+
+
 def test_steady_tone_inside_speech_is_not_a_beep():
     """A long sung vowel looks like a tone; speech right after it shows it was not the beep."""
     pcm = silence(300) + words([250] * 3) + tone(600, 200, amp=6000) + words([250] * 10) + silence(2000)

@@ -53,7 +53,7 @@ async def cluster(tmp_path):
     yield start, world, receiver, clients
     for c in clients:
         await c.__aexit__()
-    stop_all(started)
+    await stop_all(started)
     await world.rest.stop()
     receiver.release.set()
     await receiver.runner.cleanup()

@@ -53,6 +53,6 @@ async def test_kill9_then_restart_closes_the_call_it_held(tmp_path, receiver):
     finally:
         if client is not None:
             await client.__aexit__()
-        gw.stop()
+        await gw.stop()
         await world.rest.stop()
 

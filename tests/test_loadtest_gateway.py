@@ -1,6 +1,7 @@
 """Issue 7's in-suite load run: SIPp calls with G.711 RTP into a real gateway, every call reaching the engine and
 ending in the call log; and `gateway loadtest sip` itself, its summary read from a real SIPp run."""
 import asyncio
+import os
 import re
 import sys
 
@@ -105,3 +106,16 @@ async def test_bye_right_behind_ack_leaks_nothing(make_gateway):
     await wait_for(lambda: not gw.calls.active and not rtp.sessions, timeout=5)
     rows, total = await gw.store.list_calls(1, 100)
     assert total == 200 and all(r["ended_at"] for r in rows)
+
+
+async def test_loadtest_command_says_why_its_own_gateway_did_not_start(tmp_path):
+    """Without --target the command starts a gateway; one that cannot start is reported in one line (no
+    traceback) and exit 1."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "loadtest", "sip", "--calls", "1", "--rate", "1",
+        env={**os.environ, "GATEWAY_LOG_FORMAT": "nope"}, cwd=str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1, (out, err)
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gateway: loadtest: the gateway exited during start-up; see "), err

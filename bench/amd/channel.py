@@ -46,13 +46,14 @@ def ringback(kind: str, ms: int, sr: int, rng: np.random.Generator) -> np.ndarra
 
 def beep_tones(pattern: str, rng: np.random.Generator) -> list[tuple[float, int, int]]:
     """A voicemail beep as (Hz, ms, gap after ms) tones. single: one tone 80–1000 ms; double: the same short tone
-    twice; two_tone: a lower then a higher tone; three_tone: three rising short tones. A sequence never looks like
-    special information tones (ITU-T E.180: 950/1400/1800 Hz, 180–480 ms each), which mean something else: repeated
-    and three-tone beeps stay under 180 ms a tone, a two-tone beep never pairs two SIT frequencies."""
+    twice (80–200 ms); two_tone: a lower then a higher tone; three_tone: three rising short tones. Sequences of
+    different tones never look like special information tones (ITU-T E.180: 950/1400/1800 Hz, 180–480 ms each),
+    which mean something else: three-tone beeps stay under 180 ms a tone, a two-tone beep never pairs two SIT
+    frequencies."""
     if pattern == "single":
         return [(float(rng.integers(42, 201) * 10), int(rng.choice([80, 100, 150, 250, 400, 600, 1000])), 0)]
     if pattern == "double":
-        hz, ms = float(rng.integers(42, 201) * 10), int(rng.integers(80, 171))
+        hz, ms = float(rng.integers(42, 201) * 10), int(rng.integers(80, 201))
         return [(hz, ms, int(rng.integers(60, 151))), (hz, ms, 0)]
     if pattern == "two_tone":
         while True:

@@ -77,6 +77,8 @@ class AmdDetector:
         self._tones = ToneTracker(FRAME_MS)
         self._tone_gate = max(32, p.silence_threshold // 2)
         self._pending_beep: Tone | None = None
+        #: a beep-like tone followed at once by another tone: the first note of a multi-tone beep, or of a melody
+        self._chain: Tone | None = None
         self._pend_quiet_ms = self._pend_loud_ms = 0
         self._last_tone: Tone | None = None
         self._peak = 0.0              # loudest voiced frame so far, fading
@@ -159,7 +161,8 @@ class AmdDetector:
             ended = self._tones.update(now, freq, tonal, level, purity)
             pend = self._pending_beep
             if pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ:
-                self._pending_beep = None            # another tone right after it: a melody or SIT, not a beep
+                # another tone right after it: a melody, SIT, or the next note of a multi-tone beep (_tone_verdict)
+                self._pending_beep, self._chain = None, pend
             d = self._tone_verdict(now, ended)
             if d is not None:
                 return d
@@ -217,11 +220,21 @@ class AmdDetector:
                              (pend.level + ended.level) / 2, pend.pre_level, (pend.purity + ended.purity) / 2,
                              max(pend.level_spread, ended.level_spread))
             self._pending_beep = None
-            if self._beep_like(ended) and not self._tones.active:   # a tone straight after: a melody or SIT
-                if p.beep_confirm_ms <= 0:
+            chain, self._chain = self._chain, None
+            if chain is not None and 0 <= ended.start_ms - chain.end_ms <= BEEP_BREAK_MS and self._note_like(ended):
+                # the next note of a multi-tone beep ("boop-beep", three rising notes): one beep, from the quiet
+                # before its first note to the end of its last; each note is a steady pure tone of its own
+                ended = Tone(ended.freq_hz, chain.start_ms, ended.end_ms, max(chain.drift_hz, ended.drift_hz),
+                             (chain.level + ended.level) / 2, chain.pre_level, min(chain.purity, ended.purity),
+                             max(chain.level_spread, ended.level_spread))
+            if self._beep_like(ended):
+                if self._tones.active:
+                    self._chain = ended          # a tone straight after: a melody or SIT, or the next note of a beep
+                elif p.beep_confirm_ms <= 0:
                     return self._beep(ended)
-                self._pending_beep = ended
-                self._pend_quiet_ms = self._pend_loud_ms = 0
+                else:
+                    self._pending_beep = ended
+                    self._pend_quiet_ms = self._pend_loud_ms = 0
         if (p.beep and (t := self._tones.current(now)) is not None and t.duration_ms >= 3000
                 and self._in_beep_band(t.freq_hz) and self._beep_like(t)):
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
@@ -236,12 +249,16 @@ class AmdDetector:
         """A steady pure tone of steady loudness that starts out of quiet, after some speech, about as loud as that
         speech."""
         p = self.params
-        drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
-                and t.level_spread <= p.beep_max_level_spread
-                and t.pre_level <= t.level * p.beep_onset_ratio
+        return (self._note_like(t) and t.pre_level <= t.level * p.beep_onset_ratio
                 and self.heard_ms >= p.beep_min_voice_ms
                 and t.level >= self._speech_level * p.beep_min_rel_level)
+
+    def _note_like(self, t: Tone) -> bool:
+        """One note of a multi-tone beep: a beep's length, pitch steadiness, purity and level steadiness."""
+        p = self.params
+        drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
+        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+                and t.level_spread <= p.beep_max_level_spread)
 
     @staticmethod
     def _is_sit(a: Tone, b: Tone) -> bool:

@@ -46,6 +46,9 @@ class Membership:
         self.proc = gateway.settings.proc_id
         self.closed_orphans = 0
         self._task: asyncio.Task[None] | None = None
+        #: this run has its row in `nodes`: only then is there a state to record at stop (a start stopped by a
+        #: signal before it got here may not even have the table yet)
+        self._registered = False
 
     @property
     def store(self) -> Store:
@@ -56,6 +59,7 @@ class Membership:
         s = self.settings
         last_seen = await self.store.register_node(self.proc, node_id=s.node_id, public_url=s.public_url or None,
                                                    sip_uri=None)
+        self._registered = True
         if self.store.is_postgres:
             await self.close_calls("gateway_restart", owner=self.proc, last_seen=last_seen)
             others = [n for n in await self.store.list_nodes(s.stale_after) if n["alive"] and n["proc"] != self.proc]
@@ -79,6 +83,8 @@ class Membership:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if not self._registered:
+            return
         try:
             await self.store.update_node(self.proc, state="stopped")
         except Exception:

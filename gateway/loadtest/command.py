@@ -60,8 +60,14 @@ class LocalGateway:
     data_dir: str
 
 
+#: how long the gateway it starts may take to be ready: the runtime's imports alone took 3-7 s on a busy 2-core box,
+#: and the 10 s this used to allow failed there (leaving that gateway running)
+START_TIMEOUT = 60.0
+
+
 async def start_gateway(number: str) -> LocalGateway:
-    """Start `gateway serve` on free loopback ports with the echo engine and one SIP number for SIPp."""
+    """Start `gateway serve` on free loopback ports with the echo engine and one SIP number for SIPp; stopped again
+    when it does not come up (RuntimeError says why)."""
     data_dir = tempfile.mkdtemp(prefix="gw-loadtest-")
     http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
     api_key = secrets.token_urlsafe(16)
@@ -73,21 +79,38 @@ async def start_gateway(number: str) -> LocalGateway:
             "--max-calls", "5000", "--log-level", "WARNING", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=log)
     gw = LocalGateway(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{sip_port}", api_key, data_dir)
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
-        for _ in range(100):
-            try:
-                async with http.get(gw.http_url + "/healthz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if proc.returncode is not None:
-                raise RuntimeError(f"gateway exited during start-up; see {data_dir}/gateway.log")
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError("gateway did not answer /healthz within 10 s")
-        await provision(http, gw.http_url, number)
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as http:
+            deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+            while True:
+                try:
+                    async with http.get(gw.http_url + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if proc.returncode is not None:
+                    raise RuntimeError(f"the gateway exited during start-up; see {data_dir}/gateway.log")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"the gateway was not ready within {START_TIMEOUT:g} s; see "
+                                       f"{data_dir}/gateway.log")
+                await asyncio.sleep(0.1)
+            await provision(http, gw.http_url, number)
+    except BaseException:
+        await stop_gateway(proc)
+        raise
     return gw
+
+
+async def stop_gateway(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (it drains: no calls are left by then), SIGKILL after 10 s."""
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def provision(http: aiohttp.ClientSession, base: str, number: str) -> None:
@@ -194,7 +217,11 @@ async def run(args: argparse.Namespace) -> int:
                 return 2
             target, http_url, pid = args.target, args.http_url, args.gateway_pid
         else:
-            local = await start_gateway(args.number)
+            try:
+                local = await start_gateway(args.number)
+            except RuntimeError as e:
+                print(f"gateway: loadtest: {e}", file=sys.stderr)
+                return 1
             target, http_url, pid = local.sip_target, local.http_url, local.proc.pid
             console.print(f"started gateway pid {pid}: SIP {target}, HTTP {http_url}")
         sampler = ProcessSampler(pid) if pid else None
@@ -231,8 +258,4 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         if local is not None:
-            local.proc.terminate()
-            try:
-                await asyncio.wait_for(local.proc.wait(), 10)
-            except TimeoutError:
-                local.proc.kill()
+            await stop_gateway(local.proc)

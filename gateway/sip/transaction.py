@@ -101,22 +101,20 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
 
 def make_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
     """ACK for a non-2xx final response, part of the INVITE client transaction (§17.1.1.3)."""
-    h = Headers()
-    d = h._d
-    d["via"] = ("Via", [invite.headers.getlist("via")[0]])
-    routes = invite.headers.getlist("route")
-    if routes:
-        d["route"] = ("Route", routes)
-    d["max-forwards"] = ("Max-Forwards", ["70"])
-    d["from"] = ("From", [invite.headers["from"]])
-    d["to"] = ("To", [response.headers["to"]])
-    d["call-id"] = ("Call-ID", [invite.call_id])
-    d["cseq"] = ("CSeq", [f"{invite.cseq[0]} ACK"])
-    return SipRequest("ACK", invite.uri, h)
+    return _within_invite(invite, "ACK", response.headers["to"])
 
 
 def make_cancel(invite: SipRequest, headers: list[tuple[str, str]] | None = None) -> SipRequest:
     """CANCEL for a pending INVITE: same Request-URI, Call-ID, From, To, CSeq number and top Via (§9.1)."""
+    req = _within_invite(invite, "CANCEL", invite.headers["to"])
+    for k, v in headers or ():
+        req.headers.add(k, v)
+    return req
+
+
+def _within_invite(invite: SipRequest, method: str, to: str) -> SipRequest:
+    """A request of the INVITE's own transaction (ACK to a non-2xx, CANCEL): the INVITE's Request-URI, top Via,
+    Route set, From, Call-ID and CSeq number, with `method` and the To given."""
     h = Headers()
     d = h._d
     d["via"] = ("Via", [invite.headers.getlist("via")[0]])
@@ -125,12 +123,10 @@ def make_cancel(invite: SipRequest, headers: list[tuple[str, str]] | None = None
         d["route"] = ("Route", routes)
     d["max-forwards"] = ("Max-Forwards", ["70"])
     d["from"] = ("From", [invite.headers["from"]])
-    d["to"] = ("To", [invite.headers["to"]])
+    d["to"] = ("To", [to])
     d["call-id"] = ("Call-ID", [invite.call_id])
-    d["cseq"] = ("CSeq", [f"{invite.cseq[0]} CANCEL"])
-    for k, v in headers or ():
-        h.add(k, v)
-    return SipRequest("CANCEL", invite.uri, h)
+    d["cseq"] = ("CSeq", [f"{invite.cseq[0]} {method}"])
+    return SipRequest(method, invite.uri, h)
 
 
 # --- client -------------------------------------------------------------------------------------------------

@@ -544,6 +544,7 @@ async function viewNumber(id) {
           if (JSON.stringify(now[k]) !== JSON.stringify(baseline[k])) changed[k] = now[k] === undefined ? null : now[k];
         }
         if (!Object.keys(changed).length) { flash("nothing changed"); return; }
+        flash("saving…");   // the status of an earlier save must not stand for this one
         await api("PATCH", "/phone_number/" + n.id, changed);
         pendingFlash = "saved: " + Object.keys(changed).join(", ");
         route();
@@ -607,6 +608,7 @@ async function viewAgent(id, draft) {
     h("div", { class: "toolbar" }, h("button", { type: "submit", class: "primary", id: "save" }, id ? "Save" : "Create agent")));
   form.onsubmit = async (ev) => {
     ev.preventDefault();
+    flash("saving…");   // an earlier "agent saved" must not stand for this save while it is on its way
     try {
       const body = fields.get();
       if (id) {
