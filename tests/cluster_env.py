@@ -110,7 +110,9 @@ class GatewayProc:
             async with s.request(method, self.url("/api/v1" + path), json=body, headers=self.headers) as r:
                 return r.status, await r.json()
 
-    async def wait_healthy(self, timeout: float = 60) -> None:
+    async def wait_healthy(self, timeout: float = 180) -> None:
+        """Until /healthz answers 200. Start-up alone took over 60 s at load 35 on the 2-core box (a full-suite
+        run with other suites beside it): the bound only stops a gateway that never comes up."""
         async def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway {self.node_id} exited ({self.proc.returncode}):\n{self.log()}")

@@ -87,6 +87,7 @@ def test_multi_tone_beeps_are_short_and_unlike_special_information_tones() -> No
         assert tones[0][0] < tones[1][0] < tones[2][0] <= 1500
         lo, hi = channel.beep_tones("two_tone", rng)
         assert 500 <= lo[0] < hi[0] <= 2000
+        assert not (channel.sit_like(lo[0]) and channel.sit_like(hi[0]))        # 960 → 1450 Hz would be SIT
         a, b = channel.beep_tones("double", rng)
         assert a[:2] == b[:2] and 60 <= a[2] <= 150
 

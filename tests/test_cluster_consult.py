@@ -53,7 +53,8 @@ async def test_consult_target_stream_on_the_other_worker_is_relayed_to_the_owner
     target through it, and completing the transfer works as on one process."""
     start, world, receiver, clients = cluster
     node = start("node-w", args=("--workers", "2"))
-    urls = await wait_until(lambda: direct_urls(start.db, {"node-w.1", "node-w.2"}), 60, "both workers up")
+    # start-up took over 60 s on a box at load 35: the bound only stops a node that never comes up
+    urls = await wait_until(lambda: direct_urls(start.db, {"node-w.1", "node-w.2"}), 180, "both workers up")
     w1, w2 = urls["node-w.1"], urls["node-w.2"]
 
     call_sid = world.rest.add_call(world.account)

@@ -16,13 +16,19 @@ NUMBER = "15550001111"
 
 
 async def _gateway(tmp_path, *extra: str) -> GatewayProc:
+    """A started gateway with an echo agent on NUMBER; stopped again when this set-up fails half-way."""
     gw = await GatewayProc.start(tmp_path, *extra)
-    await gw.wait_procs({NODE})
-    num = (await gw.api("POST", "/phone_number/import/sip", {
-        "phone_number": "+" + NUMBER, "sip_host": "127.0.0.1", "sip_trunk_name": "trunk", "auth_type": "ip",
-        "allowed_ips": ["127.0.0.1"]}, expect=201))["phone_number"]
-    agent = (await gw.api("POST", "/agents", {"name": "echo", "engine": "echo"}, expect=201))["agent"]
-    await gw.api("POST", "/phone_number/attach", {"phone_number_id": num["id"], "agent_id": agent["id"]}, expect=200)
+    try:
+        await gw.wait_procs({NODE})
+        num = (await gw.api("POST", "/phone_number/import/sip", {
+            "phone_number": "+" + NUMBER, "sip_host": "127.0.0.1", "sip_trunk_name": "trunk", "auth_type": "ip",
+            "allowed_ips": ["127.0.0.1"]}, expect=201))["phone_number"]
+        agent = (await gw.api("POST", "/agents", {"name": "echo", "engine": "echo"}, expect=201))["agent"]
+        await gw.api("POST", "/phone_number/attach", {"phone_number_id": num["id"], "agent_id": agent["id"]},
+                     expect=200)
+    except BaseException:
+        await gw.close()
+        raise
     return gw
 
 

@@ -34,10 +34,13 @@ pytestmark = [needs_sipp, needs_kamailio]
 NUMBER = "15550001111"
 
 
-async def _node(tmp_path, *extra: str, allowed_ips: tuple[str, ...] = ("127.0.0.1",),
+async def _node(tmp_path, made: list, *extra: str, allowed_ips: tuple[str, ...] = ("127.0.0.1",),
                 kamailio_tls: tuple[str, str] | None = None) -> tuple[GatewayProc, KamailioProc]:
+    """The node and Kamailio, each put in `made` as soon as it runs, so a start-up that fails half-way is still
+    stopped (a node whose workers never answered was left running after the test)."""
     pg = await fresh_postgres()
     gw = await GatewayProc.start(tmp_path, "--workers", "2", "--db", pg, *extra)
+    made.append(gw)
     await gw.wait_procs({f"{NODE}.1", f"{NODE}.2"})
     num = (await gw.api("POST", "/phone_number/import/sip", {
         "phone_number": "+" + NUMBER, "sip_host": "127.0.0.1", "sip_trunk_name": "kamailio-trunk",
@@ -45,6 +48,7 @@ async def _node(tmp_path, *extra: str, allowed_ips: tuple[str, ...] = ("127.0.0.
     agent = (await gw.api("POST", "/agents", {"name": "echo", "engine": "echo"}, expect=201))["agent"]
     await gw.api("POST", "/phone_number/attach", {"phone_number_id": num["id"], "agent_id": agent["id"]}, expect=200)
     kam = await KamailioProc.start(tmp_path, dispatcher_list=gw.data_dir / "dispatcher.list", tls=kamailio_tls)
+    made.append(kam)
     await kam.wait_flags(lambda f: len(f) == 2 and all(v.startswith("A") for v in f.values()),
                          what="both workers active in Kamailio")
     return gw, kam
@@ -59,9 +63,7 @@ async def node(tmp_path):
     made: list = []
 
     async def make(*extra: str, **kw):
-        gw, kam = await _node(tmp_path, *extra, **kw)
-        made.extend([gw, kam])
-        return gw, kam
+        return await _node(tmp_path, made, *extra, **kw)
 
     yield make
     for p in made:

@@ -46,16 +46,21 @@ def ringback(kind: str, ms: int, sr: int, rng: np.random.Generator) -> np.ndarra
 
 def beep_tones(pattern: str, rng: np.random.Generator) -> list[tuple[float, int, int]]:
     """A voicemail beep as (Hz, ms, gap after ms) tones. single: one tone 80–1000 ms; double: the same short tone
-    twice; two_tone: a lower then a higher tone; three_tone: three rising short tones (kept shorter than special
-    information tones, 180–480 ms, which mean something else)."""
+    twice (80–200 ms); two_tone: a lower then a higher tone; three_tone: three rising short tones. Sequences of
+    different tones never look like special information tones (ITU-T E.180: 950/1400/1800 Hz, 180–480 ms each),
+    which mean something else: three-tone beeps stay under 180 ms a tone, a two-tone beep never pairs two SIT
+    frequencies."""
     if pattern == "single":
         return [(float(rng.integers(42, 201) * 10), int(rng.choice([80, 100, 150, 250, 400, 600, 1000])), 0)]
     if pattern == "double":
         hz, ms = float(rng.integers(42, 201) * 10), int(rng.integers(80, 201))
         return [(hz, ms, int(rng.integers(60, 151))), (hz, ms, 0)]
     if pattern == "two_tone":
-        lo = float(rng.integers(50, 121) * 10)
-        hi = min(2000.0, round(lo * rng.uniform(1.2, 1.6) / 10) * 10)
+        while True:
+            lo = float(rng.integers(50, 121) * 10)
+            hi = min(2000.0, round(lo * rng.uniform(1.2, 1.6) / 10) * 10)
+            if not (sit_like(lo) and sit_like(hi)):
+                break
         return [(lo, int(rng.integers(120, 301)), int(rng.integers(0, 51))), (hi, int(rng.integers(120, 301)), 0)]
     if pattern == "three_tone":
         lo = float(rng.integers(50, 101) * 10)
@@ -63,6 +68,11 @@ def beep_tones(pattern: str, rng: np.random.Generator) -> list[tuple[float, int,
         return [(round(lo * s / 10) * 10, int(rng.integers(80, 171)), int(rng.integers(0, 61)) if k < 2 else 0)
                 for k, s in enumerate(steps)]
     raise ValueError(pattern)
+
+
+def sit_like(hz: float) -> bool:
+    """Within 60 Hz of a special-information-tone frequency (E.180 ± 50 Hz, and the North-American 913.8 Hz)."""
+    return any(abs(hz - f) <= 60 for f in (950.0, 1400.0, 1800.0))
 
 
 def g711_round_trip(pcm: np.ndarray, law: str, sr: int) -> np.ndarray:

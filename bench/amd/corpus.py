@@ -33,9 +33,10 @@ per-split pools (only one-word calls such as "Hello?" occur in both). Thresholds
 
 Deterministic: one seed per round plans its clips (adding a round never moves an earlier clip); each clip has its
 own numpy seed; sox runs in repeatable mode (`-R`: its dither is seeded); byte-identical clips on every run
-(checked with md5sum). TTS output is cached per (engine, voice, rate, pitch, text). 1820 clips in 7.5 min on a
-2-core box at load ~19 with the TTS cache in place; TTS from scratch adds about 3 min (festival batches its
-utterances into one process per voice). TTS audio is not real calls: accuracy on it is an engineering signal.
+(checked with md5sum). TTS output is cached per (engine, voice, rate, pitch, text). 1820 clips in 2 min on a
+2-core box at load ~4 (7.5 min at load ~19) with the TTS cache in place; TTS from scratch adds about 2–3 min
+(festival batches its utterances into one process per voice). TTS audio is not real calls: accuracy on it is an
+engineering signal.
 """
 from __future__ import annotations
 
