@@ -24,7 +24,7 @@ from fakes.twilio_env import recording
 from fakes.vonage_rest import FakeVonageApi
 from gateway.simulate import plivo_stream, telnyx_stream
 from test_cluster_nodes import cluster, recording_pcm16, two_nodes_with  # noqa: F401  (fixture)
-from test_cluster_webhooks import CARRIERS, TELNYX_NUMBER, _on, plivo_inbound, plivo_nodes, stream_of
+from test_cluster_webhooks import CARRIERS, TELNYX_NUMBER, _on, plivo_call_live_on_a, stream_of
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 TARGET = "+14155550188"
@@ -45,12 +45,7 @@ async def test_plivo_consult_target_socket_on_the_other_node_is_relayed_to_the_o
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        a, b = await plivo_nodes(cluster, rest, TRANSFER)
-        call_uuid = rest.add_call()
-        call_id, url = await plivo_inbound(a, rest, call_uuid)
-        async with plivo_stream.PlivoStreamClient(on(a, url)) as caller:
-            await caller.start(call_uuid)
-            await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+        async with plivo_call_live_on_a(cluster, rest, TRANSFER) as (a, b, call_uuid, call_id, caller):
             status, body = await b.api("POST", f"/calls/{call_id}/consult", {})
             assert status == 200 and body["status"] == "consult_dialing", body       # carried out by node-a
             kind, request_uuid, made = await asyncio.wait_for(rest.actions.get(), 10)

@@ -19,7 +19,7 @@ from fakes.plivo_rest import FakePlivoRest
 from fakes.vonage_rest import FakeVonageApi
 from gateway.simulate import plivo_stream
 from test_cluster_nodes import cluster, two_nodes_with  # noqa: F401  (fixture)
-from test_cluster_webhooks import TARGET, _on, plivo_inbound, plivo_nodes
+from test_cluster_webhooks import TARGET, plivo_call_live_on_a
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, rsa_private_pem, signed_headers
 
 BACKUP = "+14155550177"
@@ -32,12 +32,7 @@ async def test_plivo_hangup_without_call_id_is_matched_by_its_call_uuid(cluster)
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        a, b = await plivo_nodes(cluster, rest)
-        call_uuid = rest.add_call()
-        call_id, url = await plivo_inbound(a, rest, call_uuid)
-        async with plivo_stream.PlivoStreamClient(_on(a, url, ws=True)) as client:
-            await client.start(call_uuid)
-            await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+        async with plivo_call_live_on_a(cluster, rest) as (a, b, call_uuid, call_id, client):
             hangup = {"CallUUID": call_uuid, "HangupCauseName": "Normal Hangup", "Direction": "inbound"}
             status, _ = await plivo_stream.post_signed(b.url("/plivo/hangup"), hangup, "not-the-token")
             assert status == 403

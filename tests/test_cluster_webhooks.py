@@ -5,7 +5,9 @@ TwiML) comes back through node-b. A forged webhook is refused by node-b and chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from html import unescape
 from urllib.parse import urlparse
 
@@ -78,6 +80,19 @@ async def plivo_inbound(a, rest: FakePlivoRest, call_uuid: str) -> tuple[str, st
     return re.search(r"call_id=([0-9a-f]+)", url).group(1), url
 
 
+@contextlib.asynccontextmanager
+async def plivo_call_live_on_a(cluster, rest: FakePlivoRest, agent: dict | None = None) -> AsyncIterator[tuple]:
+    """node-a and node-b up, an inbound Plivo call answered by node-a whose media socket has started there and which
+    node-b sees live on node-a: yields (a, b, CallUUID, our call id, the caller's stream client)."""
+    a, b = await plivo_nodes(cluster, rest, agent)
+    call_uuid = rest.add_call()
+    call_id, url = await plivo_inbound(a, rest, call_uuid)
+    async with plivo_stream.PlivoStreamClient(_on(a, url, ws=True)) as client:
+        await client.start(call_uuid)
+        await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+        yield a, b, call_uuid, call_id, client
+
+
 async def test_telnyx_event_on_the_other_node_reaches_the_owner(cluster):  # noqa: F811
     start, world, receiver, clients = cluster
     rest = await FakeTelnyxRest().start()
@@ -124,12 +139,7 @@ async def test_plivo_transfer_callbacks_on_the_other_node_are_answered_by_the_ow
     start, world, receiver, clients = cluster
     rest = await FakePlivoRest().start()
     try:
-        a, b = await plivo_nodes(cluster, rest)
-        call_uuid = rest.add_call()
-        call_id, url = await plivo_inbound(a, rest, call_uuid)
-        async with plivo_stream.PlivoStreamClient(_on(a, url, ws=True)) as client:
-            await client.start(call_uuid)
-            await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+        async with plivo_call_live_on_a(cluster, rest) as (a, b, call_uuid, call_id, client):
             status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": TARGET})
             assert status == 200, body                                  # carried out by node-a (REST transfer)
             kind, got, transfer = await asyncio.wait_for(rest.actions.get(), 10)
