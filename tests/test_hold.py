@@ -136,13 +136,16 @@ async def test_api_hold_plays_music_over_twilio_and_the_engine_hears_nothing(twi
     call_id, call_sid, _ = await env.inbound()
     async with env.stream() as client:
         await client.start(call_id, call_sid=call_sid, account_sid=env.account.sid, agent_id=str(env.agent["id"]))
-        await client.play(pcm16_to_ulaw(tone(0.3)))
-        await client.wait_for(lambda: len(client.got.media) >= 10, timeout=T)
+        await client.play(pcm16_to_ulaw(tone(0.3)))                     # 15 frames: all of them heard and echoed,
+        await until(lambda: len(engine.audio) >= 15, what="the caller's audio")   # so none is on its way still
+        await client.wait_for(lambda: len(client.got.media) >= 15, timeout=T)
         row = await env.row(call_id)
 
+        # the music starts when the gateway takes the hold, before its answer is back: counted from before asking
+        start, before = time.monotonic(), len(client.got.media)
         status, body = await post(env.gw, f"/calls/{row['id']}/hold")
         assert status == 200 and body["status"] == "held" and body["held"] is True
-        start, before, heard = time.monotonic(), len(client.got.media), len(engine.audio)
+        heard = len(engine.audio)
         await client.play(pcm16_to_ulaw(tone(0.5, freq=900)))          # the caller talks while held
         await client.wait_for(lambda: len(client.got.media) >= before + 40, timeout=T)
         elapsed = time.monotonic() - start
@@ -155,7 +158,8 @@ async def test_api_hold_plays_music_over_twilio_and_the_engine_hears_nothing(twi
         status, body = await post(env.gw, f"/calls/{call_id}/unhold")
         assert status == 200 and body["status"] == "resumed" and body["held"] is False
         await client.play(pcm16_to_ulaw(tone(0.3)))
-        await until(lambda: len(engine.audio) >= heard + 10, what="caller audio after unhold")
+        # every frame of it, so that none is still on its way to the engine when the mute below is taken
+        await until(lambda: len(engine.audio) >= heard + 15, what="caller audio after unhold")
         assert engine.states(HoldState) == [HoldState(True, "api"), HoldState(False, "api")]
 
         status, body = await post(env.gw, f"/calls/{row['id']}/mute")

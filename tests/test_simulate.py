@@ -50,32 +50,30 @@ AFTER_GREETING = parse_script({"steps": [
 
 
 class DelayedReply(VoiceEngine):
-    """Answers each caller utterance with 0.6 s of tone DELAY_MS (by the clock) after the caller's last loud frame
-    reached it: a timer restarted by every loud frame."""
+    """Answers each caller utterance with 0.6 s of tone once DELAY_MS of the caller's audio has followed its last
+    loud frame: counted in the caller's frames, not on a clock, so that a stall of the event loop (whose timers
+    then all fire at once) cannot make it answer in a pause of the caller's audio it has not received yet."""
 
     sample_rate = 8000
 
     async def handle_call(self, session: EngineSession) -> None:
-        loop = asyncio.get_running_loop()
-        loud = 0
-        timer: asyncio.TimerHandle | None = None
+        loud, quiet_s = 0, 0.0
         reply = asyncio.Queue()
         player = asyncio.create_task(self._player(session, reply))
         try:
             while (item := await session.receive()) is not None:
                 if isinstance(item, Hangup):
                     return
-                if isinstance(item, AudioFrame) and audioop.rms(item.pcm, 2) >= 150:
-                    loud += 1
-                    if timer is not None:
-                        timer.cancel()
-                    if loud >= 10:
-                        timer = loop.call_later(DELAY_MS / 1000, reply.put_nowait, None)
-                elif timer is not None and timer.when() <= loop.time():
-                    loud, timer = 0, None
+                if not isinstance(item, AudioFrame):
+                    continue
+                if audioop.rms(item.pcm, 2) >= 150:
+                    loud, quiet_s = loud + 1, 0.0
+                elif loud >= 10:
+                    quiet_s += len(item.pcm) / 2 / self.sample_rate
+                    if quiet_s >= DELAY_MS / 1000 - 1e-9:
+                        reply.put_nowait(None)
+                        loud, quiet_s = 0, 0.0
         finally:
-            if timer is not None:
-                timer.cancel()
             player.cancel()
 
     @staticmethod
