@@ -1,5 +1,6 @@
-"""What the websocket media carriers share: Twilio Media Streams (`twilio_media.MediaStream`), Exotel Voicebot
-(`exotel.VoicebotStream`) and Vonage websockets (`vonage.VonageStream`).
+"""What the websocket media carriers share: Twilio Media Streams (`twilio_media.MediaStream`, also SignalWire's,
+and Telnyx's and Plivo's through their subclasses), Exotel Voicebot (`exotel.VoicebotStream`) and Vonage websockets
+(`vonage.VonageStream`).
 
 * The socket itself is served by carriers/wsdirect.py (`read_messages`, `send_text` / `send_binary`, the
   `direct_out` hand-over): messages are handled where they are parsed and frames written straight out.
