@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import base64
 import json
-import math
 import os
 import secrets
 import subprocess
@@ -34,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from bench._report import table, write_section  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, speech_like, start_gateway, wait_healthy  # noqa: E402
+from bench._report import cpu_projection, table, write_section  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
 EXOPHONE = "+918047491899"
@@ -61,14 +60,6 @@ async def prepare_db(db: str) -> None:
                                "config": {"exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT}},
                               {"exotel_api_key": "k", "exotel_api_token": "t"})
     await store.close()
-
-
-def speech_like(seconds: float) -> bytes:
-    """A 300 Hz + 1 kHz tone pair, loud enough to be unmistakable when echoed."""
-    n = int(seconds * 8000)
-    t = np.arange(n) / 8000
-    x = 6000 * np.sin(2 * math.pi * 300 * t) + 3000 * np.sin(2 * math.pi * 1000 * t)
-    return x.astype("<i2").tobytes()
 
 
 class Stream:
@@ -225,13 +216,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     rows = [[r["n"], r["chunks_in"], r["chunks_out"], r["size_p50"], f"{r['p50']:.1f}", f"{r['p99']:.1f}",
              f"{r['max']:.1f}", r["bad"], r["lost"], f"{r['cpu']:.0f} %", f"{r['cpu'] / r['n']:.2f} %",
              f"{r['us_per_frame']:.1f}", f"{r['load']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
-    per_frame = [r["us_per_frame"] for r in results if r["n"] >= 10 and r["lost"] == 0]
-    # a process the box starves handles several messages per wake, so the steps that fell behind show a lower
-    # figure: the projection takes the costliest step that lost nothing
-    projection = (f" Gateway CPU per 20 ms of audio (in and echoed out), steps that lost nothing: "
-                  f"{min(per_frame):.1f}–{max(per_frame):.1f} µs; at the costliest ≈{int(1e6 / 50 / max(per_frame))} "
-                  "streams fill a core (CPU only, not a latency result; a starved gateway handles several messages "
-                  "per wake, which lowers the figure of steps that fell behind).") if per_frame else ""
+    projection = cpu_projection(results, "per 20 ms of audio")
     return (f"Largest N with every chunk inside Exotel's rule, no audio lost and p99 delay < 300 ms: "
             f"**{best} concurrent streams** ({'not pinned' if args.no_pin else 'gateway pinned to one core'})."
             f"{projection}\n\n"

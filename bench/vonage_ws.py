@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import secrets
 import subprocess
@@ -36,8 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from bench._report import table, write_section  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, speech_like, start_gateway, wait_healthy  # noqa: E402
+from bench._report import cpu_projection, table, write_section  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
 NUMBER = "+447700900123"
@@ -63,13 +62,6 @@ async def prepare_db(db: str, rate: int) -> None:
     await store.create_number({"phone_number": NUMBER, "provider": "vonage", "agent_id": agent["id"], "name": "b",
                                "config": {"vonage_audio_rate": rate, "vonage_allow_unsigned_webhooks": True}}, {})
     await store.close()
-
-
-def speech_like(seconds: float, rate: int) -> bytes:
-    """A 300 Hz + 1 kHz tone pair, loud enough to be unmistakable when echoed."""
-    t = np.arange(int(seconds * rate)) / rate
-    x = 6000 * np.sin(2 * math.pi * 300 * t) + 3000 * np.sin(2 * math.pi * 1000 * t)
-    return x.astype("<i2").tobytes()
 
 
 class Stream:
@@ -204,13 +196,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     rows = [[r["n"], r["frames"], r["echoed"], f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.1f}", r["lost"],
              r["bad"], f"{r['cpu']:.0f} %", f"{r['cpu'] / r['n']:.2f} %", f"{r['us_per_frame']:.1f}",
              f"{r['gen_late_p99']:.1f}", f"{r['load']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
-    per_frame = [r["us_per_frame"] for r in results if r["n"] >= 10 and r["lost"] == 0]
-    # a process the box starves handles several messages per wake, so the steps that fell behind show a lower
-    # figure: the projection takes the costliest step that lost nothing
-    projection = (f" Gateway CPU per 20 ms frame (in and echoed out), steps that lost nothing: "
-                  f"{min(per_frame):.1f}–{max(per_frame):.1f} µs; at the costliest ≈{int(1e6 / 50 / max(per_frame))} "
-                  "streams fill a core (CPU only, not a latency result; a starved gateway handles several messages "
-                  "per wake, which lowers the figure of steps that fell behind).") if per_frame else ""
+    projection = cpu_projection(results, "per 20 ms frame")
     return (f"Largest N with every frame echoed at 20 ms size and p99 turnaround < 20 ms: **{best} concurrent "
             f"streams** ({'not pinned' if args.no_pin else 'gateway pinned to one core'}).{projection}\n\n"
             + table(["streams", "frames in", "frames out", "p50 ms", "p99 ms", "max ms", "lost", "wrong size",

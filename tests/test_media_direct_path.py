@@ -16,7 +16,8 @@ from carriers.vonage import CloseCode as VonageCode
 from carriers.vonage import VonageCarrier
 from direct_path import on_direct_path
 from exotel_helpers import CallWatch, FakeExotel, add_exophone, tone, ws_url
-from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, signed_headers
+from test_vonage_media import inbound
+from vonage_helpers import FakeVonageSocket, add_vonage_number, signed_headers
 
 
 async def wait_until(pred, timeout: float = 10.0) -> None:
@@ -81,27 +82,24 @@ async def test_exotel_messages_queued_before_the_handlers_are_handled_first_and_
 
 # -- Vonage ---------------------------------------------------------------------------------------------------------
 async def _vonage_live(gw, s: aiohttp.ClientSession):
+    """An inbound Vonage call whose media socket is live (its first echo came back) and on the direct path."""
     watch = CallWatch(gw)
-    async with s.get(gw.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
-                                                      "uuid": "63f61863-4a51-4f6b-86e1-46edebcf9356",
-                                                      "conversation_uuid": "CON-1"}) as r:
-        ncco = await r.json()
+    ncco = await inbound(gw)
     call = await watch.next_call()
     v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
     await v.connect()
+    await v.play(tone(0.2, 16000), 640)
+    await v.wait_for(lambda rx: rx.frames, timeout=10)
+    stream = gw.carriers["vonage"].states[call.id].stream
+    assert stream is not None and on_direct_path(stream.ws)
     return watch, call, v
 
 
 async def test_vonage_binary_audio_of_odd_lengths_is_carried_whole_on_the_direct_path(make_gateway):
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
     await add_vonage_number(gw)
-    carrier = gw.carriers["vonage"]
     async with aiohttp.ClientSession(headers=signed_headers()) as s:
         watch, call, v = await _vonage_live(gw, s)
-        await v.play(tone(0.2, 16000), 640)
-        await v.wait_for(lambda rx: rx.frames, timeout=10)
-        stream = carrier.states[call.id].stream
-        assert stream is not None and on_direct_path(stream.ws)
         before = call.bus.counters.frames_in
         sent = tone(1.0, 16000)
         # 1 s of 16 kHz L16 cut at odd byte counts: 641 + 639 + 641 + … (a sample split across two messages)
@@ -126,12 +124,8 @@ async def test_vonage_binary_audio_of_odd_lengths_is_carried_whole_on_the_direct
 async def test_vonage_text_that_is_not_json_mid_stream_closes_with_bad_message(make_gateway):
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
     await add_vonage_number(gw)
-    carrier = gw.carriers["vonage"]
     async with aiohttp.ClientSession(headers=signed_headers()) as s:
         watch, call, v = await _vonage_live(gw, s)
-        await v.play(tone(0.2, 16000), 640)
-        await v.wait_for(lambda rx: rx.frames, timeout=10)
-        assert on_direct_path(carrier.states[call.id].stream.ws)
         await v.dtmf("5")                                     # a well-formed text message is fine
         await v.conn.send_str("{not json")
         assert await v.wait_closed() == VonageCode.BAD_MESSAGE
