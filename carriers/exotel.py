@@ -644,8 +644,7 @@ class VoicebotStream(MarkedPlayout):
     async def send_audio(self, pcm: bytes, frame: AudioFrame | None = None) -> None:
         """`frame`: the engine frame `pcm` came from, put on the call's turn timeline when its first byte goes
         out in a chunk (not when it was taken: a chunk waits for 100 ms of audio, then for pacing)."""
-        _, fmt, packer = self._started()
-        for chunk in self._pack(fmt.encode(pcm), frame):
+        for chunk in self._pack(self._started()[1].encode(pcm), frame):
             await self._send_chunk(chunk)
 
     def _pack(self, encoded: bytes, frame: AudioFrame | None) -> list[bytes]:
