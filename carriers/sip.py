@@ -632,10 +632,20 @@ class SipCarrier(Carrier):
         new.sdp_session_id = answer.origin.session_id
         use_media(new, choice)
         keys_in_clear(inv.transport, choice, call.log, call_id=call.id)
+
+        def media_up() -> None:
+            # as on any INVITE (_on_invite): the new far end may send RTP as soon as it has our 200 (RFC 3264 §6)
+            # and its ACK can come much later, so the call's media moves to the new session now
+            if not call.ended.is_set() and not old.closed:
+                old.rtp.detach()
+                new.rtp.attach(call)
+
         try:
-            session = await inv.accept(answer.to_bytes())
+            session = await inv.accept(answer.to_bytes(), on_sent=media_up)
         except (RequestFailed, DialogError) as e:
             new.close()
+            if not old.closed and not call.ended.is_set():
+                old.rtp.attach(call)            # no ACK: the replaced dialog still carries the call
             call.log.info("replacing INVITE not completed: %s", getattr(e, "reason", e))
             return
         if call.ended.is_set() or old.closed:   # the call ended while we answered: end the new dialog too
@@ -649,7 +659,6 @@ class SipCarrier(Carrier):
         self.legs[call.id] = new
         replaced.send_bye(reason_header(q850=16, text="replaced"))
         old.close()
-        new.rtp.attach(call)
         call.set_carrier_sid(req.call_id)
         await call.record(carrier_sid=req.call_id, extra={"replaced_sip_call_id": replaced.call_id})
         await call.emit("call:replaced", {"sip_call_id": req.call_id, "replaced_sip_call_id": replaced.call_id})

@@ -125,6 +125,12 @@ class RtpSession(asyncio.DatagramProtocol):
         self.call = call
         self.sending = True
 
+    def detach(self) -> None:
+        """Stop carrying the call (another session took its media over): nothing is sent, and what still arrives
+        is counted as `unheard`. `attach` connects it again."""
+        self.call = None
+        self.sending = False
+
     async def send_dtmf(self, digits: str) -> None:
         DtmfSender(digits)  # validates now, raising ValueError for a bad digit
         self._dtmf_pending.append(digits)
