@@ -226,16 +226,25 @@ def test_amd_mapping():
     assert amd_result("machine", None, 1).source == "vonage"
 
 
-async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
+async def post_event(gw, path: str, **body) -> tuple[int, object]:
+    """A signed event webhook: (status, JSON body or None)."""
+    async with aiohttp.ClientSession(headers=signed_headers()) as s, s.post(gw.url(path), json=body) as r:
+        return r.status, (await r.json() if r.content_type == "application/json" else None)
+
+
+async def waiting_call(make_gateway, uuid: str = "63f61863-4a51-4f6b-86e1-46edebcf9356"):
+    """A gateway with the Vonage number, and the call its answer webhook created (its socket not yet open)."""
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
     await add_vonage_number(gw)
     watch = CallWatch(gw)
-    await inbound(gw)
-    call = await watch.next_call()
-    async with aiohttp.ClientSession(headers=signed_headers()) as s:
-        async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=websocket"),
-                          json={"uuid": "ws-leg-1", "status": "failed"}) as r:
-            assert r.status == 204
+    await inbound(gw, uuid)
+    return gw, watch, await watch.next_call()
+
+
+async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
+    gw, watch, call = await waiting_call(make_gateway)
+    assert (await post_event(gw, f"/vonage/events?call_id={call.id}&leg=websocket", uuid="ws-leg-1",
+                             status="failed"))[0] == 204
     row = await watch.wait_ended(call)
     assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_failed"
 
@@ -278,12 +287,8 @@ async def test_connect_timeout(make_gateway):
 async def test_event_about_a_call_no_longer_here_reads_its_row_once(make_gateway):
     """A late event about a call this process no longer holds: its row is read once (the number that
     authenticates it, the owner to pass it to, the row that records it), not once per step."""
-    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
-    await add_vonage_number(gw)
-    watch = CallWatch(gw)
     uuid = "63f61863-4a51-4f6b-86e1-46edebcf9357"
-    await inbound(gw, uuid)
-    call = await watch.next_call()
+    gw, watch, call = await waiting_call(make_gateway, uuid)
     async with aiohttp.ClientSession(headers=signed_headers()) as s:
         async with s.post(gw.url("/vonage/events"), json={"uuid": uuid, "status": "busy"}) as r:
             assert r.status == 204
@@ -297,22 +302,14 @@ async def test_event_about_a_call_no_longer_here_reads_its_row_once(make_gateway
         reads.append(kw)
         return await find_call(**kw)
     gw.store.find_call = counted
-    async with aiohttp.ClientSession(headers=signed_headers()) as s:
-        async with s.post(gw.url("/vonage/events"), json={"uuid": uuid, "status": "completed", "duration": "7"}) as r:
-            assert r.status == 204
+    assert (await post_event(gw, "/vonage/events", uuid=uuid, status="completed", duration="7"))[0] == 204
     assert reads == [{"carrier_sid": uuid}]
     assert (await gw.store.get_call(call.log_id))["extra"]["vonage_event"]["duration"] == "7"
 
 
 async def test_event_with_an_unknown_leg_is_refused_naming_it(make_gateway):
-    gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
-    await add_vonage_number(gw)
-    watch = CallWatch(gw)
-    await inbound(gw)
-    call = await watch.next_call()
-    async with aiohttp.ClientSession(headers=signed_headers()) as s:
-        async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=conversation"),
-                          json={"uuid": "x-1", "status": "completed"}) as r:
-            assert r.status == 400
-            assert (await r.json())["field"] == "leg"
+    gw, _, call = await waiting_call(make_gateway)
+    status, body = await post_event(gw, f"/vonage/events?call_id={call.id}&leg=conversation", uuid="x-1",
+                                    status="completed")
+    assert status == 400 and body["field"] == "leg", body
     assert not call.ended.is_set()         # the bad event changed nothing
