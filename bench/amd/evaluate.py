@@ -478,11 +478,16 @@ def write(results: dict) -> None:
         "above the 1.2–2 s pauses greetings make before a short beep); answer length × talk bridging; beep length × "
         "relative level (with the short-tone drift limit); then, in a later session, `greeting` 1.5 → 1.3 s for an "
         "earlier provisional machine_start (median −0.24 s on dev, same accuracy, lower first-verdict accuracy) and "
-        "a beep's level steadiness (`beep_max_level_spread` 0.25, a margin above the 0.18 of dev's beeps). Measured "
+        "a beep's level steadiness (`beep_max_level_spread` 0.25, a margin above the 0.18 of dev's beeps); then two "
+        "turn shapes, each kept only because choosing it on the other folds of a leave-one-engine / noise kind / "
+        "language / corpus round-out cross-validation inside dev (`--cv`) held or beat rule-off on the held-out "
+        "folds: a person asking again after a wait (`reask_wait_ms` × `reask_max_ms`) and \"Hi! … the rest\" "
+        "(`hi_pause_ms` × `hi_rest_ms`). Measured "
         "on dev and not adopted (docs/amd.md): a pocketsphinx keyword stage (reversed none of the detector's errors "
-        "in a 150-clip sample, ≈ 676 µs CPU per frame) and a logistic regression over the talk's shape at the "
+        "in a 150-clip sample, ≈ 676 µs CPU per frame), a logistic regression over the talk's shape at the "
         "provisional verdict's wait (worse than the talk-length rule under leave-one-engine/noise/language-out "
-        "cross-validation: 70–72 % vs 80 %).",
+        "cross-validation: 70–72 % vs 80 %) and a question's final pitch rise before the wait (marks as many "
+        "greetings as people).",
         "",
         "Test-split history, for honesty: the test split has been run six times. First with the first frozen "
         "defaults: gateway 84.5 % human/machine (worst group: flite 78.3 %), machine p50 2.67 s, 0.9 % early "
