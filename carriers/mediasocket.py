@@ -76,7 +76,7 @@ def decode_event(msg: Any, codes: Any, binary_reason: str) -> dict[str, Any] | N
 def decode_text(text: str, codes: Any) -> dict[str, Any]:
     """A JSON text message as a dict with a string `event`; StreamClosed (`codes.BAD_MESSAGE`) when it is not."""
     try:
-        m = safejson.loads(text)
+        m = safejson.loads_media(text)
     except safejson.BadJson:
         raise StreamClosed(codes.BAD_MESSAGE, "message is not JSON") from None
     if not isinstance(m, dict) or not isinstance(m.get("event"), str):
