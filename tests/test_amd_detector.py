@@ -114,6 +114,36 @@ def test_beep_broken_by_a_noise_burst_is_one_beep_ending_at_its_real_end():
     assert ab is MEB and at >= beep_end + 40
 
 
+def frame_aligned(pcm: bytes) -> bytes:
+    """Pad to a whole number of 20 ms frames (8 kHz), so what follows starts on a frame (and packet) edge."""
+    return pcm + bytes(-len(pcm) % 320)
+
+
+def test_long_beep_with_a_concealed_lost_packet_is_still_a_beep():
+    """Packet loss inside a 1 s beep: G.711 Appendix I concealment repeats the tone and fades it, so one frame dips
+    to about half its level. A device's beep is still steady in loudness; a voice's swell is not (test above)."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300))
+    beep = bytearray(tone(1690, 1000, amp=6000))
+    for k in (12, 37):                                      # two lost packets, concealed with a fade
+        a = k * 320
+        faded = np.frombuffer(bytes(beep[a:a + 320]), "<i2") * np.linspace(1.0, 0.4, 160)
+        beep[a:a + 320] = faded.astype("<i2").tobytes()
+    assert [a for a, _ in run(telephone(before + bytes(beep) + silence(600)), message_end=True)] == [MS, MEB]
+
+
+def test_lost_packets_on_a_noisy_line_do_not_let_background_talk_through():
+    """Background talk under hiss is not the callee (the noise-floor gate). A lost packet left as zeros is quieter
+    than that line ever is: it must not become the noise floor, or the background passes for speech for 2 s."""
+    bg = np.frombuffer(words([250] * 20, gap_ms=60), "<i2") * 0.2
+    hiss = np.frombuffer(noise(len(bg) // 8, amp=300), "<i2")
+    line = bytearray(np.clip(bg + hiss[:len(bg)], -32768, 32767).astype("<i2").tobytes())
+    clean = run(bytes(line) + silence(3000))
+    for k in range(1, 12):                                  # a zero-filled lost packet every 400 ms
+        line[k * 6400:k * 6400 + 320] = bytes(320)
+    lossy = run(bytes(line) + silence(3000))
+    assert clean[0][0] is UNK and lossy[0][0] is UNK
+
+
 def test_short_blip_is_not_a_beep():
     pcm = silence(300) + words([250] * 3) + tone(1000, 60) + silence(2000)
     assert run(pcm)[0][0] is H

@@ -27,7 +27,7 @@ import numpy as np
 from ..frames import AnsweredBy
 from .params import AmdParams
 from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, tone_score
-from .vad import NoiseFloor, SpeechVad, make_vad
+from .vad import NoiseFloor, SpeechVad, is_dropout, make_vad
 
 FRAME_MS = 20
 #: SIT segment bands (Hz): ITU-T E.180 950/1400/1800 ± 50 Hz, widened to hold the North-American variants
@@ -44,6 +44,9 @@ SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: a lost packet's hole (vad.is_dropout) keeps the previous frame's voice decision for at most this many frames:
+#: loss comes in bursts of 1–3 packets, a longer hole is a real silence (DTX, a stalled carrier)
+DROPOUT_HOLD_FRAMES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,9 @@ class AmdDetector:
         self._chain: Tone | None = None
         self._pend_quiet_ms = self._pend_loud_ms = 0
         self._last_tone: Tone | None = None
+        self._last_voice = False      # the previous frame's voice decision (held across a lost packet's hole)
+        self._holes = 0               # consecutive dropout frames so far
+        self._floor_now = 0.0         # the noise floor of the frames that were not dropouts
         self._peak = 0.0              # loudest voiced frame so far, fading
         self._speech_level = 0.0      # running mean |sample| of voiced frames: how loud this callee's audio is
         self.time_ms = 0
@@ -150,7 +156,12 @@ class AmdDetector:
         self.time_ms += FRAME_MS
         now = self.time_ms
         a = np.frombuffer(frame, "<i2")
-        level = int(np.abs(a).sum()) // len(a)     # app_amd's measure: mean |sample| (int64 accumulator)
+        mag = np.abs(a.astype(np.int32))
+        level = int(mag.sum()) // len(a)          # app_amd's measure: mean |sample|
+        # a lost packet on a noisy line: digital silence where the background never is that quiet. It says nothing
+        # about the callee, so it neither ends a word nor lowers the noise floor (which would let babble through).
+        hole = self._floor is not None and is_dropout(level, mag, self._floor_now)
+        self._holes = self._holes + 1 if hole else 0
 
         tonal = False
         if p.beep or p.fax or p.sit:
@@ -168,14 +179,20 @@ class AmdDetector:
                 return d
             if tonal or self._tones.active:
                 return None   # a tone is neither speech nor silence: it must not make a word or a human
-        floor = self._floor.update(level) if self._floor is not None else 0.0
-        voice = self._vad.is_speech(frame, level) and level >= floor * p.vad_floor_ratio
-        if voice and p.vad_rel_level:
-            # the callee is the loudest talker on the line: once heard, sound far below them (other people in the
-            # room, a TV, music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts.
-            if level > self._peak:
-                self._peak = float(level)
-            voice = level >= self._peak * p.vad_rel_level
+        if hole and self._holes <= DROPOUT_HOLD_FRAMES:
+            voice = self._last_voice
+        else:
+            if self._floor is not None and not hole:
+                self._floor_now = self._floor.update(level)
+            voice = self._vad.is_speech(frame, level) and level >= self._floor_now * p.vad_floor_ratio
+            if voice and p.vad_rel_level:
+                # the callee is the loudest talker on the line: once heard, sound far below them (other people in
+                # the room, a TV, music) is background, not their speech. The peak fades ~1 dB/s so a quieter
+                # phrase counts.
+                if level > self._peak:
+                    self._peak = float(level)
+                voice = level >= self._peak * p.vad_rel_level
+        self._last_voice = voice
         self._peak *= PEAK_FADE
         if voice:
             self._speech_level += (level - self._speech_level) * (0.05 if self._speech_level else 1.0)

@@ -21,6 +21,8 @@ BANK_HZ = np.arange(350.0, 2150.0 + 1, 25.0)
 CNG_HZ = 1100.0   # ITU-T T.30 calling tone: 0.5 s on, 3 s off
 CED_HZ = 2100.0   # ITU-T T.30 / V.25 called-station answer tone
 FREQ_TOLERANCE_HZ = 50.0
+#: the level steadiness of a tone ignores its lowest frame in every this many (lost packets; ToneTracker._tone)
+LEVEL_DIP_EVERY = 8
 
 
 @lru_cache(maxsize=4)
@@ -137,7 +139,9 @@ class ToneTracker:
 
     def _tone(self) -> Tone:
         inner = self._freqs[1:-1] or self._freqs
-        levels = self._levels[1:-1] or self._levels
+        # a lost packet inside a long beep is concealed by a fading repeat (G.711 Appendix I) or left as zeros: a
+        # dip of a frame or two. Up to one frame in LEVEL_DIP_EVERY may dip; a voice's swell changes every frame.
+        levels = sorted(self._levels[1:-1] or self._levels)[len(self._levels) // LEVEL_DIP_EVERY:]
         mean = sum(levels) / len(levels)
         return Tone(self.freq, self.start_ms, self.last_ms, drift_hz=max(inner) - min(inner),
                     level=sum(self._levels) / len(self._levels), pre_level=self._pre,
