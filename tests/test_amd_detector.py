@@ -30,6 +30,11 @@ def telephone(pcm: bytes) -> bytes:
     return ulaw_to_pcm16(pcm16_to_ulaw(pcm))
 
 
+def frame_aligned(pcm: bytes) -> bytes:
+    """Pad to a whole number of 20 ms frames (8 kHz), so what follows starts on a frame (and packet) edge."""
+    return pcm + bytes(-len(pcm) % 320)
+
+
 # --- tones ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("freq", [440, 620, 1000, 1400, 1950])
 def test_tone_score_finds_beep_frequency_and_purity(freq):
@@ -58,6 +63,15 @@ def test_100ms_beep_across_frame_edges_is_found():
     """A 100 ms beep that starts mid-frame fills only four 20 ms frames: still a beep."""
     pcm = silence(300) + words([250] * 5) + silence(310) + tone(1400, 100) + silence(600)
     assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
+@pytest.mark.parametrize("offset_ms", [5, 10, 15])
+def test_80ms_beep_across_frame_edges_is_found_and_a_60ms_blip_is_not(offset_ms):
+    """An 80 ms beep that starts mid-frame fills only three whole 20 ms frames; the partial frames at its edges hold
+    the rest (tones.Tone.edge_ms). A 60 ms blip, edges included, stays too short."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + silence(offset_ms)
+    assert [a for a, _ in run(telephone(before + tone(1430, 80) + silence(600)), message_end=True)] == [MS, MEB]
+    assert MEB not in [a for a, _ in run(telephone(before + tone(1430, 60) + silence(600)), message_end=True)]
 
 
 def test_2000hz_beep_at_the_band_edge_is_found():
@@ -112,11 +126,6 @@ def test_beep_broken_by_a_noise_burst_is_one_beep_ending_at_its_real_end():
     beep_end = (len(pcm) - len(silence(600))) // 16
     (ab, at), = run(pcm)
     assert ab is MEB and at >= beep_end + 40
-
-
-def frame_aligned(pcm: bytes) -> bytes:
-    """Pad to a whole number of 20 ms frames (8 kHz), so what follows starts on a frame (and packet) edge."""
-    return pcm + bytes(-len(pcm) % 320)
 
 
 def test_long_beep_with_a_concealed_lost_packet_is_still_a_beep():

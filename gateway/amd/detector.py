@@ -44,6 +44,10 @@ SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: at most this much of a tone's partial edge frames counts toward a beep's length (tones.Tone.edge_ms)
+EDGE_MAX_MS = 40
+#: a beep's rise and fall (~5 ms each) are quieter than the beep, so its edge frames read shorter than they are
+EDGE_RAMP_MS = 10
 #: a lost packet's hole (vad.is_dropout) keeps the previous frame's voice decision for at most this many frames:
 #: loss comes in bursts of 1–3 packets, a longer hole is a real silence (DTX, a stalled carrier)
 DROPOUT_HOLD_FRAMES = 3
@@ -274,7 +278,7 @@ class AmdDetector:
         """One note of a multi-tone beep: a beep's length, pitch steadiness, purity and level steadiness."""
         p = self.params
         drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+        return (t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
                 and t.level_spread <= p.beep_max_level_spread)
 
     @staticmethod

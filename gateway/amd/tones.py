@@ -81,6 +81,9 @@ class Tone:
     #: (max − min) / mean of the level over the tone's inner frames: a beep holds its loudness, a vowel swells
     #: and fades with its syllable
     level_spread: float = 0.0
+    #: how much of the tone the partial frames at its two edges hold (ms, estimated from their level): a beep
+    #: rarely starts on a frame edge, so an 80 ms beep fills only three whole 20 ms frames
+    edge_ms: int = 0
 
     @property
     def duration_ms(self) -> int:
@@ -106,6 +109,8 @@ class ToneTracker:
         self._levels: list[float] = []
         self._purities: list[float] = []
         self._pre = 0.0
+        self._edge_pre = 0.0                 # level of the frame right before the run (may hold its first ms)
+        self._edge_post = 0.0                # level of the first frame after it (may hold its last ms)
         self._history = [0.0, 0.0, 0.0]      # levels of the last three frames
 
     @property
@@ -122,6 +127,7 @@ class ToneTracker:
         if tonal and self.active and abs(freq - self.freq) <= FREQ_TOLERANCE_HZ:
             self.last_ms = now_ms
             self._gap = 0
+            self._edge_post = 0.0
             self._freqs.append(freq)
             self._levels.append(level)
             self._purities.append(purity)
@@ -130,8 +136,11 @@ class ToneTracker:
             self.freq, self.start_ms, self.last_ms, self._gap = freq, now_ms - self.frame_ms, now_ms, 0
             self._freqs, self._levels, self._purities = [freq], [level], [purity]
             self._pre = max(hist[0], hist[1])
+            self._edge_pre, self._edge_post = hist[2], 0.0
         elif self.active:
             self._gap += 1
+            if self._gap == 1:
+                self._edge_post = level
             if self._gap > self.max_gap:
                 done = self._finish()
         hist[0], hist[1], hist[2] = hist[1], hist[2], level
@@ -143,8 +152,12 @@ class ToneTracker:
         # dip of a frame or two. Up to one frame in LEVEL_DIP_EVERY may dip; a voice's swell changes every frame.
         levels = sorted(self._levels[1:-1] or self._levels)[len(self._levels) // LEVEL_DIP_EVERY:]
         mean = sum(levels) / len(levels)
+        level = sum(self._levels) / len(self._levels)
+        # each edge frame's share of the tone: its level above the sound before the tone, against the tone's
+        edges = sum(min(1.0, max(0.0, (e - self._pre) / (level - self._pre))) if level > self._pre else 0.0
+                    for e in (self._edge_pre, self._edge_post))
         return Tone(self.freq, self.start_ms, self.last_ms, drift_hz=max(inner) - min(inner),
-                    level=sum(self._levels) / len(self._levels), pre_level=self._pre,
+                    level=level, pre_level=self._pre, edge_ms=round(edges * self.frame_ms),
                     purity=sum(self._purities) / len(self._purities),
                     level_spread=(max(levels) - min(levels)) / mean if mean else 0.0)
 
