@@ -186,7 +186,8 @@ class AmdDetector:
         if hole and self._holes <= DROPOUT_HOLD_FRAMES:
             voice = self._last_voice
         else:
-            if self._floor is not None and not hole:
+            if self._floor is not None:
+                # a hole longer than a loss burst is real silence (DTX, a line gone quiet): it is the floor now
                 self._floor_now = self._floor.update(level)
             voice = self._vad.is_speech(frame, level) and level >= self._floor_now * p.vad_floor_ratio
             if voice and p.vad_rel_level:
