@@ -153,6 +153,16 @@ def test_lost_packets_on_a_noisy_line_do_not_let_background_talk_through():
     assert clean[0][0] is UNK and lossy[0][0] is UNK
 
 
+def test_a_pure_looking_blip_of_background_sound_after_a_beep_does_not_cancel_it():
+    """In office or babble noise one frame now and then looks like a pure tone; in the quiet after a beep it is
+    neither the next note of a melody nor of a multi-tone beep (those last ≥ 80 ms). A real next note still is."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300))
+    blip = frame_aligned(tone(1000, 300) + silence(60)) + tone(1500, 20, amp=3000)
+    assert [a for a, _ in run(telephone(before + blip + silence(600)), message_end=True)] == [MS, MEB]
+    melody = frame_aligned(tone(1000, 300) + silence(20)) + tone(1500, 200, amp=3000) + words([250] * 6)
+    assert MEB not in [a for a, _ in run(telephone(before + melody + silence(2000)), message_end=True)]
+
+
 def test_short_blip_is_not_a_beep():
     pcm = silence(300) + words([250] * 3) + tone(1000, 60) + silence(2000)
     assert run(pcm)[0][0] is H

@@ -44,6 +44,8 @@ SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: a tone shorter than this (a pure-looking frame or two of background sound) does not interrupt a pending beep
+BLIP_MS = 40
 #: at most this much of a tone's partial edge frames counts toward a beep's length (tones.Tone.edge_ms)
 EDGE_MAX_MS = 40
 #: a beep's rise and fall (~5 ms each) are quieter than the beep, so its edge frames read shorter than they are
@@ -175,7 +177,8 @@ class AmdDetector:
                 tonal = purity >= p.tone_purity
             ended = self._tones.update(now, freq, tonal, level, purity)
             pend = self._pending_beep
-            if pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ:
+            if (pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ
+                    and self._tones.last_ms - self._tones.start_ms >= BLIP_MS):
                 # another tone right after it: a melody, SIT, or the next note of a multi-tone beep (_tone_verdict)
                 self._pending_beep, self._chain = None, pend
             d = self._tone_verdict(now, ended)
@@ -234,7 +237,8 @@ class AmdDetector:
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
                     and self.heard_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
-        if p.beep and ended is not None and self._in_beep_band(ended.freq_hz):
+        if (p.beep and ended is not None and self._in_beep_band(ended.freq_hz)
+                and not self._blip_after_beep(ended)):
             pend = self._pending_beep
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
@@ -261,6 +265,14 @@ class AmdDetector:
                 and self._in_beep_band(t.freq_hz) and self._beep_like(t)):
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _blip_after_beep(self, t: Tone) -> bool:
+        """A tone of a frame or two at another pitch while a beep awaits its quiet: one pure-looking frame of
+        background noise or talk, too short to be a note of a melody or of a multi-tone beep (those are at least
+        beep_min_ms). It neither cancels the beep nor joins it."""
+        pend = self._pending_beep
+        return (pend is not None and t.duration_ms < BLIP_MS
+                and abs(t.freq_hz - pend.freq_hz) > FREQ_TOLERANCE_HZ)
 
     def _in_beep_band(self, freq_hz: float) -> bool:
         """beep_min_hz..beep_max_hz, give or take the frequency estimate's error (a 2000 Hz beep reads 2000.2 Hz)."""
