@@ -44,6 +44,8 @@ SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: a pure stretch up to this long that is no beep, heard as speech by the VAD, counts as talk once it ends
+TONE_VOICE_MAX_MS = 300
 #: a tone shorter than this (a pure-looking frame or two of background sound) does not interrupt a pending beep
 BLIP_MS = 40
 #: at most this much of a tone's partial edge frames counts toward a beep's length (tones.Tone.edge_ms)
@@ -92,6 +94,7 @@ class AmdDetector:
         self._last_tone: Tone | None = None
         self._last_voice = False      # the previous frame's voice decision (held across a lost packet's hole)
         self._holes = 0               # consecutive dropout frames so far
+        self._tone_voiced = 0         # frames of the current tone the VAD called speech (a vowel, if no beep)
         self._floor_now = 0.0         # the noise floor of the frames that were not dropouts
         self._peak = 0.0              # loudest voiced frame so far, fading
         self._speech_level = 0.0      # running mean |sample| of voiced frames: how loud this callee's audio is
@@ -184,22 +187,28 @@ class AmdDetector:
             d = self._tone_verdict(now, ended)
             if d is not None:
                 return d
+            voiced = 0
+            if ended is not None:
+                voiced, self._tone_voiced = self._tone_voiced, 0
+            if voiced and ended is not None and ended.duration_ms <= TONE_VOICE_MAX_MS and not self._candidate(ended):
+                # a short pure stretch the VAD heard as speech, that is no beep: a vowel whose one harmonic
+                # dominates (the phone band's 300 Hz high-pass removes the fundamental). Its frames were talk.
+                for _ in range(voiced):
+                    d = self._greeting(now, True) if self.phase == "greeting" else self._message_end(now, True)
+                    if d is not None:
+                        return d
             if tonal or self._tones.active:
-                return None   # a tone is neither speech nor silence: it must not make a word or a human
+                # a tone is neither speech nor silence (yet): it must not make a word or a human
+                if self._vad.is_speech(frame, level) and self._loud_enough(level, peak=False):
+                    self._tone_voiced += 1
+                return None
         if hole and self._holes <= DROPOUT_HOLD_FRAMES:
             voice = self._last_voice
         else:
             if self._floor is not None:
                 # a hole longer than a loss burst is real silence (DTX, a line gone quiet): it is the floor now
                 self._floor_now = self._floor.update(level)
-            voice = self._vad.is_speech(frame, level) and level >= self._floor_now * p.vad_floor_ratio
-            if voice and p.vad_rel_level:
-                # the callee is the loudest talker on the line: once heard, sound far below them (other people in
-                # the room, a TV, music) is background, not their speech. The peak fades ~1 dB/s so a quieter
-                # phrase counts.
-                if level > self._peak:
-                    self._peak = float(level)
-                voice = level >= self._peak * p.vad_rel_level
+            voice = self._vad.is_speech(frame, level) and self._loud_enough(level, peak=True)
         self._last_voice = voice
         self._peak *= PEAK_FADE
         if voice:
@@ -266,6 +275,24 @@ class AmdDetector:
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
 
+    def _loud_enough(self, level: int, *, peak: bool) -> bool:
+        """The level gates on a frame the VAD calls speech: well above the noise floor, and (vad_rel_level) the
+        callee is the loudest talker on the line: once heard, sound far below them (other people in the room, a TV,
+        music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts; `peak`: this
+        frame may raise it."""
+        p = self.params
+        if level < self._floor_now * p.vad_floor_ratio:
+            return False
+        if not p.vad_rel_level:
+            return True
+        if peak and level > self._peak:
+            self._peak = float(level)
+        return level >= self._peak * p.vad_rel_level
+
+    def _candidate(self, t: Tone) -> bool:
+        """The tone that just ended is being followed as a beep, or as the first note of one."""
+        return any(x is not None and x.end_ms == t.end_ms for x in (self._pending_beep, self._chain))
+
     def _blip_after_beep(self, t: Tone) -> bool:
         """A tone of a frame or two at another pitch while a beep awaits its quiet: one pure-looking frame of
         background noise or talk, too short to be a note of a melody or of a multi-tone beep (those are at least
@@ -291,7 +318,8 @@ class AmdDetector:
         """One note of a multi-tone beep: a beep's length, pitch steadiness, purity and level steadiness."""
         p = self.params
         drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
-        return (t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+        length = t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS
+        return (length >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
                 and t.level_spread <= p.beep_max_level_spread)
 
     @staticmethod
