@@ -274,6 +274,25 @@ def test_initial_silence_unknown_for_us_machine_for_app_amd():
     assert run(silence(3000), AmdParams.app_amd()) == [(MS, 2500)]
 
 
+def uk_ringback(ms: int, amp: float = 3000.0) -> bytes:
+    """UK ring-back: 400 + 450 Hz, 0.4 s on, 0.2 s off, 0.4 s on, 2 s off (two tones that beat: not pure)."""
+    t = np.arange(8 * ms) / 8000
+    on = (t * 1000 % 3000 < 400) | ((t * 1000 % 3000 >= 600) & (t * 1000 % 3000 < 1000))
+    return (amp / 2 * (np.sin(2 * np.pi * 400 * t) + np.sin(2 * np.pi * 450 * t)) * on).astype("<i2").tobytes()
+
+
+def test_a_ring_back_tail_before_the_answer_is_not_talk():
+    """Some carriers pass the end of the ring-back cadence after the answer. It is not the callee: a person's
+    "Hello?" after it is still a short answer followed by a wait."""
+    line = uk_ringback(1000, amp=8000) + silence(400) + words([250]) + silence(3000)
+    hiss = np.frombuffer(noise(len(line) // 16, amp=400), "<i2")     # white noise: the ring's frames are not pure
+    pcm = np.clip(np.frombuffer(line, "<i2") + hiss, -32768, 32767).astype("<i2").tobytes()
+    d = AmdDetector(AmdParams(), 8000)
+    out = d.feed(telephone(pcm))
+    assert [x.answered_by for x in out] == [H]
+    assert d.heard_ms <= 400                              # the word, not the ring
+
+
 def test_noise_only_line_is_not_speech_with_webrtc_vad():
     assert run(noise(3000, amp=200))[0][0] is UNK
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..frames import AnsweredBy
 from .params import AmdParams
-from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, tone_score
+from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, ringback_fraction, tone_score
 from .vad import NoiseFloor, SpeechVad, is_dropout, make_vad
 
 FRAME_MS = 20
@@ -44,6 +44,15 @@ SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: before the callee's first word, a frame with this share of its energy in 350–550 Hz may be ring-back (tones.py)
+RINGBACK_FRACTION = 0.85
+#: ring-back is looked for from this mean |sample| on (quieter is silence anyway)
+RINGBACK_MIN_LEVEL = 32
+#: a ring-back run holds its level within this fraction of its first frame (a vowel swells, a tone does not)
+RINGBACK_LEVEL_SPREAD = 0.2
+#: this many such frames in a row are ring-back: what they counted is taken back. Fewer than min_word_length, so
+#: no word has started by then.
+RINGBACK_CONFIRM_FRAMES = 4
 #: a pure stretch up to this long that is no beep, heard as speech by the VAD, counts as talk once it ends
 TONE_VOICE_MAX_MS = 300
 #: a tone shorter than this (a pure-looking frame or two of background sound) does not interrupt a pending beep
@@ -94,6 +103,9 @@ class AmdDetector:
         self._last_tone: Tone | None = None
         self._last_voice = False      # the previous frame's voice decision (held across a lost packet's hole)
         self._holes = 0               # consecutive dropout frames so far
+        self._ring_run = 0            # ring-back-like frames in a row before the first word
+        self._ring_level = 0.0        # the level of the run's first frame
+        self._ring_snap: tuple[int, int, int, int, int, float, float] | None = None   # state before the run
         self._tone_voiced = 0         # frames of the current tone the VAD called speech (a vowel, if no beep)
         self._floor_now = 0.0         # the noise floor of the frames that were not dropouts
         self._peak = 0.0              # loudest voiced frame so far, fading
@@ -202,6 +214,8 @@ class AmdDetector:
                 if self._vad.is_speech(frame, level) and self._loud_enough(level, peak=False):
                     self._tone_voiced += 1
                 return None
+        if self._ringback(a, level):
+            return None
         if hole and self._holes <= DROPOUT_HOLD_FRAMES:
             voice = self._last_voice
         else:
@@ -276,6 +290,32 @@ class AmdDetector:
                 and self._in_beep_band(t.freq_hz) and self._beep_like(t)):
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
+
+    def _ringback(self, a: np.ndarray, level: int) -> bool:
+        """Before the callee's first word: is this frame part of a ring-back tail (then it is neither talk nor
+        silence)? A ring-back is steady energy in 350–550 Hz; US and UK cadences are two tones that beat, so they are
+        not pure enough to be followed as a tone, and the VAD hears them as speech. A run's first frames count as
+        usual; once RINGBACK_CONFIRM_FRAMES steady in-band frames follow each other, what they counted is taken
+        back and the run is skipped until it ends."""
+        if not (self.in_initial_silence and self.phase == "greeting") or level < RINGBACK_MIN_LEVEL:
+            self._ring_run = 0
+            return False
+        steady = not self._ring_run or abs(level - self._ring_level) <= RINGBACK_LEVEL_SPREAD * self._ring_level
+        if not (steady and ringback_fraction(a.astype(np.float32), self.sample_rate) >= RINGBACK_FRACTION):
+            self._ring_run = 0
+            return False
+        if not self._ring_run:
+            self._ring_level = float(level)
+            self._ring_snap = (self.voice_ms, self.heard_ms, self.talk_ms, self.utterance_ms,
+                               self.consecutive_voice_ms, self._peak, self._speech_level)
+        self._ring_run += 1
+        if self._ring_run < RINGBACK_CONFIRM_FRAMES:
+            return False
+        if self._ring_run == RINGBACK_CONFIRM_FRAMES and self._ring_snap is not None:
+            (self.voice_ms, self.heard_ms, self.talk_ms, self.utterance_ms, self.consecutive_voice_ms, self._peak,
+             self._speech_level) = self._ring_snap
+            self._last_voice = False
+        return True
 
     def _loud_enough(self, level: int, *, peak: bool) -> bool:
         """The level gates on a frame the VAD calls speech: well above the noise floor, and (vad_rel_level) the

@@ -21,8 +21,15 @@ BANK_HZ = np.arange(350.0, 2150.0 + 1, 25.0)
 CNG_HZ = 1100.0   # ITU-T T.30 calling tone: 0.5 s on, 3 s off
 CED_HZ = 2100.0   # ITU-T T.30 / V.25 called-station answer tone
 FREQ_TOLERANCE_HZ = 50.0
+#: ring-back tones (ITU-T E.180 Supplement 2: US 440+480 Hz, UK 400+450 Hz, most of Europe 425 Hz) lie in this band
+RINGBACK_BAND_HZ = (350.0, 550.0)
 #: the level steadiness of a tone ignores its lowest frame in every this many (lost packets; ToneTracker._tone)
 LEVEL_DIP_EVERY = 8
+
+
+_RING = (RINGBACK_BAND_HZ[0] <= BANK_HZ) & (RINGBACK_BAND_HZ[1] >= BANK_HZ)
+#: the bank's cos and sin rows of the ring-back band
+_RING_ROWS = np.concatenate([np.flatnonzero(_RING), len(BANK_HZ) + np.flatnonzero(_RING)])
 
 
 @lru_cache(maxsize=4)
@@ -64,6 +71,19 @@ def tone_score(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
             freq += float(0.5 * (a - c) / den) * (BANK_HZ[1] - BANK_HZ[0])
     # pure sinusoid: |X(f0)|² = (A·N/4)², Σ(x·w)² = A²/2 · 3N/8  →  |X|² / Σ(xw)² = N/3
     return freq, float(power[i]) * 3.0 / (n * energy)
+
+
+def ringback_fraction(x: np.ndarray, sample_rate: int) -> float:
+    """Share of one frame's energy in RINGBACK_BAND_HZ. Two ring-back tones 40–50 Hz apart are closer than a 20 ms
+    frame resolves: they beat, so the frame is not *pure*, yet nearly all its energy is in that band (≥ 0.89 per
+    frame on bench/amd/channel.py's cadences). Parseval over one 50 Hz grid of Hann-windowed bins: Σ|X_k|² (k > 0)
+    = N/2 · Σ(x·w)²; the bank is two such grids interleaved 25 Hz apart, so the band's sum counts twice."""
+    n = len(x)
+    energy = float(np.dot(x * x, _window_energy(n)))
+    if energy <= 0.0:
+        return 0.0
+    y = np.dot(_bank(n, sample_rate)[_RING_ROWS], x)
+    return float(np.dot(y, y)) / (n * energy)
 
 
 @dataclass(slots=True)
