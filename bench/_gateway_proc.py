@@ -5,6 +5,7 @@ Shared by bench/media_ws.py, bench/exotel_ws.py and bench/vs_pipecat_media.py so
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import subprocess
@@ -13,10 +14,18 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 
 from gateway.procstat import cpu_seconds  # noqa: F401  re-exported for the benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def speech_like(seconds: float, rate: int = 8000) -> bytes:
+    """16-bit PCM: a 300 Hz + 1 kHz tone pair, loud enough to be unmistakable when echoed."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = 6000 * np.sin(2 * math.pi * 300 * t) + 3000 * np.sin(2 * math.pi * 1000 * t)
+    return x.astype("<i2").tobytes()
 
 
 def free_port() -> int:

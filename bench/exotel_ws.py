@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import base64
 import json
-import math
 import os
 import secrets
 import subprocess
@@ -34,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
-from bench._report import table, write_section  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, speech_like, start_gateway, wait_healthy  # noqa: E402
+from bench._report import cpu_projection, table, write_section  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
 EXOPHONE = "+918047491899"
@@ -61,14 +60,6 @@ async def prepare_db(db: str) -> None:
                                "config": {"exotel_subdomain": "api.in.exotel.com", "exotel_account_sid": ACCOUNT}},
                               {"exotel_api_key": "k", "exotel_api_token": "t"})
     await store.close()
-
-
-def speech_like(seconds: float) -> bytes:
-    """A 300 Hz + 1 kHz tone pair, loud enough to be unmistakable when echoed."""
-    n = int(seconds * 8000)
-    t = np.arange(n) / 8000
-    x = 6000 * np.sin(2 * math.pi * 300 * t) + 3000 * np.sin(2 * math.pi * 1000 * t)
-    return x.astype("<i2").tobytes()
 
 
 class Stream:
@@ -161,13 +152,15 @@ async def run_step(port: int, pid: int, n: int, seconds: float, chunks: list[str
         cpu0, w0 = cpu_seconds(pid), time.monotonic()
         t0 = time.monotonic() + 0.1
         await asyncio.wait_for(asyncio.gather(*(s.run(t0, chunks[:count]) for s in streams)), seconds + 20)
-        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - w0)
-    d, bad, lost, errors, sizes = [], 0, 0, 0, []
+        cpu_s = cpu_seconds(pid) - cpu0
+        cpu = cpu_s / (time.monotonic() - w0)
+    d, bad, lost, errors, sizes, echoed = [], 0, 0, 0, [], 0
     for s in streams:
         r = s.res
         d.extend(delays(r))
         bad += sum(1 for z in r.sizes if z % 320 or z < 3200 or z > 100_000)
         got = r.arrivals[-1][1] if r.arrivals else 0
+        echoed += got
         lost += max(0, count * CHUNK - got - 320)            # a resampler may hold back a few samples
         errors += r.error is not None
         sizes.extend(r.sizes)
@@ -175,7 +168,9 @@ async def run_step(port: int, pid: int, n: int, seconds: float, chunks: list[str
     await asyncio.sleep(1.0)
     return {"n": n, "chunks_in": n * count, "chunks_out": len(sizes), "p50": float(np.percentile(arr, 50)),
             "p99": float(np.percentile(arr, 99)), "max": float(arr.max()), "bad": bad, "lost": lost,
-            "errors": errors, "cpu": cpu * 100, "size_p50": int(np.median(sizes)) if sizes else 0, "load": load}
+            "errors": errors, "cpu": cpu * 100,
+            "us_per_frame": cpu_s / (echoed / 320) * 1e6 if echoed else float("nan"),     # 320 B: 20 ms of slin
+            "size_p50": int(np.median(sizes)) if sizes else 0, "load": load}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
@@ -201,9 +196,11 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 r["ok"] = r["bad"] == 0 and r["lost"] == 0 and r["errors"] == 0 and r["p99"] < 300.0
                 results.append(r)
                 print(f"N={n:4d}  delay p50 {r['p50']:6.1f} ms  p99 {r['p99']:6.1f} ms  max {r['max']:6.1f} ms  "
-                      f"bad chunks {r['bad']}  lost {r['lost']} B  cpu {r['cpu']:5.1f} %  load {r['load']:.1f}  "
+                      f"bad chunks {r['bad']}  lost {r['lost']} B  cpu {r['cpu']:5.1f} %  "
+                      f"{r['us_per_frame']:.1f} us/frame  "
+                      f"load {r['load']:.1f}  "
                       f"{'ok' if r['ok'] else 'FAIL'}", flush=True)
-                if not r["ok"]:
+                if not r["ok"] and not args.keep_going:
                     break
         finally:
             proc.terminate()
@@ -218,18 +215,23 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
     best = max((r["n"] for r in results if r["ok"]), default=0)
     rows = [[r["n"], r["chunks_in"], r["chunks_out"], r["size_p50"], f"{r['p50']:.1f}", f"{r['p99']:.1f}",
              f"{r['max']:.1f}", r["bad"], r["lost"], f"{r['cpu']:.0f} %", f"{r['cpu'] / r['n']:.2f} %",
-             f"{r['load']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
+             f"{r['us_per_frame']:.1f}", f"{r['load']:.1f}", "pass" if r["ok"] else "fail"] for r in results]
+    projection = cpu_projection(results, "per 20 ms of audio")
     return (f"Largest N with every chunk inside Exotel's rule, no audio lost and p99 delay < 300 ms: "
-            f"**{best} concurrent streams** ({'not pinned' if args.no_pin else 'gateway pinned to one core'}).\n\n"
+            f"**{best} concurrent streams** ({'not pinned' if args.no_pin else 'gateway pinned to one core'})."
+            f"{projection}\n\n"
             + table(["streams", "chunks in", "chunks out", "median out chunk B", "delay p50 ms", "delay p99 ms",
-                     "max ms", "invalid chunks", "lost B", "gateway CPU (1 core)", "CPU per stream", "load avg",
+                     "max ms", "invalid chunks", "lost B", "gateway CPU (1 core)", "CPU per stream", "µs per 20 ms",
+                     "load avg",
                      "verdict"],
                     rows)
             + f"\n\nEach stream: Exotel's Voicebot protocol, 100 ms slin chunks (1600 B) every 100 ms for "
               f"{args.seconds:g} s, echo engine at 16 kHz (every frame resampled up and back down). Delay counts "
               "from the sending of an input chunk to the arrival of the output chunk holding its echo, so it "
               "includes the wait imposed by Exotel's 3.2 KB minimum chunk (200 ms of 8 kHz PCM): that floor, "
-              "not the gateway, dominates the figure. The 1-minute load average shows how busy the machine was (other "
+              "not the gateway, dominates the figure. µs per 20 ms = the gateway process's CPU time (/proc) over the "
+              "step ÷ 20 ms frames of audio echoed (one in and one out each): unlike the delay it carries over "
+              "from a busy machine. The 1-minute load average shows how busy the machine was (other "
               "processes share these cores).")
 
 
@@ -238,6 +240,7 @@ def main() -> int:
     p.add_argument("--steps", default="10,50,100,200,300", type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--seconds", type=float, default=5.0, help="media seconds per step")
     p.add_argument("--budget", type=float, default=180.0, help="total seconds before no new step starts")
+    p.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     p.add_argument("--no-pin", action="store_true", help="do not pin gateway and generator to separate cores")
     args = p.parse_args()

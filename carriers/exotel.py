@@ -58,9 +58,10 @@ from voicecodecs.dtmf import dtmf_pcm
 
 from .exotel_consult import ExotelConsults
 from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
+from .wsdirect import DirectWebSocket, StopReading, read_messages, send_text
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -404,9 +405,8 @@ class VoicebotStream(MarkedPlayout):
     close_codes = CloseCode
 
     def __init__(self, carrier: ExotelCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
-        super().__init__()   # marks, drain waiters, playout_end
+        super().__init__(ws)   # marks, drain waiters, playout_end
         self.carrier = carrier
-        self.ws = ws
         self.request = request
         self.stream_sid: str | None = None
         self.fmt: MediaFormat | None = None
@@ -425,6 +425,11 @@ class VoicebotStream(MarkedPlayout):
         self._unsent: deque[tuple[int, AudioFrame]] = deque()
         self._queued_bytes = self._sent_bytes = 0
         self.start_message: dict[str, Any] = {}
+        #: engine frames are packed as they are handed over (`_pack_now`) while the sender waits for the call;
+        #: the sender, waiting with nothing packed, is woken (`_kick`) to time the flush of a partial chunk
+        self.direct_out = self._pack_now if self.direct_ws is not None else None
+        self._kick: asyncio.Future[None] | None = None
+        self._last_push = 0.0                             # loop time engine audio was last packed
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -458,9 +463,6 @@ class VoicebotStream(MarkedPlayout):
         m = await await_start(self.ws, CloseCode, timeout, f"no start within {timeout:g} s", BINARY_REASON)
         self.start_message = m      # replayed to the call's owner when the socket is relayed there
         await self._on_start(m)
-
-    def _decode(self, msg: Any) -> dict[str, Any] | None:
-        return decode_event(msg, CloseCode, BINARY_REASON)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = start_object(m, CloseCode)
@@ -510,46 +512,51 @@ class VoicebotStream(MarkedPlayout):
         return self.call, self.fmt, self.packer
 
     async def _read_loop(self) -> None:
+        """Read until `stop` or the socket closes; messages are handled where they are parsed
+        (carriers/wsdirect.py: no task switch per media message)."""
+        await read_messages(self.ws, self._on_text, self._on_binary)
+
+    def _on_binary(self, data: bytes) -> None:
+        raise StreamClosed(CloseCode.BINARY_FRAME, BINARY_REASON)
+
+    def _on_text(self, text: str) -> None:
+        """One Voicebot message; StopReading after `stop`."""
+        m = decode_text(text, CloseCode)
         call, fmt, _ = self._started()
-        b64 = base64.b64decode
-        async for msg in self.ws:
-            m = self._decode(msg)
-            if m is None:
-                return
-            event = m["event"]
-            if event == "media":
-                try:
-                    data = b64(m["media"]["payload"], validate=True)
-                except (KeyError, TypeError, ValueError):   # binascii.Error, or non-ASCII text
-                    raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
-                if fmt.codec == "pcm16":
-                    data = self._pcm_carry + data
-                    if len(data) % 2:
-                        self._pcm_carry, data = data[-1:], data[:-1]
-                    else:
-                        self._pcm_carry = b""
-                (call if self.port is None else self.port).feed_audio(fmt.decode(data))   # or hold / bridge
-            elif event == "mark":
-                self._on_mark(m)
-            elif event == "dtmf":
-                d: dict[str, Any] = m["dtmf"] if isinstance(m.get("dtmf"), dict) else {}
-                digit = str(d.get("digit", "")).strip().upper()
-                if len(digit) == 1 and digit in _DIGITS:
-                    dur = d.get("duration")
-                    try:
-                        duration = int(float(dur)) if dur is not None and dur != "" else None
-                    except (TypeError, ValueError):
-                        duration = None
-                    self.inlet.feed_event(Dtmf(digit, duration))
+        event = m["event"]
+        if event == "media":
+            try:
+                data = base64.b64decode(m["media"]["payload"], validate=True)
+            except (KeyError, TypeError, ValueError):   # binascii.Error, or non-ASCII text
+                raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
+            if fmt.codec == "pcm16":
+                data = self._pcm_carry + data
+                if len(data) % 2:
+                    self._pcm_carry, data = data[-1:], data[:-1]
                 else:
-                    call.log.warning("ignored malformed dtmf message", extra={"digit": str(digit)[:8]})
-            elif event == "stop":
-                self.stopped = m.get("stop") if isinstance(m.get("stop"), dict) else {}
-                return
-            elif event in ("connected", "start"):
-                raise StreamClosed(CloseCode.BAD_MESSAGE, f"duplicate {event}")
+                    self._pcm_carry = b""
+            self.inlet.feed_audio(fmt.decode(data))   # the call, or hold / bridge
+        elif event == "mark":
+            self._on_mark(m)
+        elif event == "dtmf":
+            d: dict[str, Any] = m["dtmf"] if isinstance(m.get("dtmf"), dict) else {}
+            digit = str(d.get("digit", "")).strip().upper()
+            if len(digit) == 1 and digit in _DIGITS:
+                dur = d.get("duration")
+                try:
+                    duration = int(float(dur)) if dur is not None and dur != "" else None
+                except (TypeError, ValueError):
+                    duration = None
+                self.inlet.feed_event(Dtmf(digit, duration))
             else:
-                raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
+                call.log.warning("ignored malformed dtmf message", extra={"digit": str(digit)[:8]})
+        elif event == "stop":
+            self.stopped = m.get("stop") if isinstance(m.get("stop"), dict) else {}
+            raise StopReading
+        elif event in ("connected", "start"):
+            raise StreamClosed(CloseCode.BAD_MESSAGE, f"duplicate {event}")
+        else:
+            raise StreamClosed(CloseCode.UNKNOWN_EVENT, f"unknown event {event[:40]!r}")
 
     def _on_mark(self, m: dict[str, Any]) -> None:
         name = (m.get("mark") or {}).get("name") if isinstance(m.get("mark"), dict) else None
@@ -591,13 +598,23 @@ class VoicebotStream(MarkedPlayout):
             while not self._stopping:
                 if nxt is None:
                     nxt = asyncio.ensure_future(self._take(on_wire=False))   # the call's frames are dated when sent
+                waits: set[asyncio.Future[Any]] = {nxt}
                 timeout = None
                 if packer.pending:
-                    timeout = max(self.carrier.idle_flush, self.playout_end - loop.time() - 0.06)
-                done, _ = await asyncio.wait({nxt}, timeout=timeout)
-                if not done:
-                    if not self.ws.closed:
-                        await self.flush()
+                    # flush once the engine has paused `idle_flush` and Exotel is about to run out of audio
+                    timeout = max(self._last_push + self.carrier.idle_flush, self.playout_end - 0.06) - loop.time()
+                    if timeout <= 0:
+                        if self.ws.closed:
+                            packer.clear()
+                        else:
+                            await self.flush()
+                        continue
+                elif self.direct_out is not None:      # frames handed over while we wait fill the packer
+                    self._kick = loop.create_future()
+                    waits.add(self._kick)
+                done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                self._kick = None
+                if nxt not in done:
                     continue
                 (source, item), nxt = nxt.result(), None
                 if self._stopping or self.ws.closed or not self._still_ours(source, item):
@@ -627,13 +644,38 @@ class VoicebotStream(MarkedPlayout):
     async def send_audio(self, pcm: bytes, frame: AudioFrame | None = None) -> None:
         """`frame`: the engine frame `pcm` came from, put on the call's turn timeline when its first byte goes
         out in a chunk (not when it was taken: a chunk waits for 100 ms of audio, then for pacing)."""
-        _, fmt, packer = self._started()
-        encoded = fmt.encode(pcm)
+        for chunk in self._pack(self._started()[1].encode(pcm), frame):
+            await self._send_chunk(chunk)
+
+    def _pack(self, encoded: bytes, frame: AudioFrame | None) -> list[bytes]:
+        """Queue encoded audio (from engine frame `frame`, if any); the chunks now complete."""
         if frame is not None:
             self._unsent.append((self._queued_bytes, frame))
         self._queued_bytes += len(encoded)
-        for chunk in packer.push(encoded):
-            await self._send_chunk(chunk)
+        self._last_push = asyncio.get_running_loop().time()
+        return self._started()[2].push(encoded)
+
+    def _pack_now(self, frame: AudioFrame) -> bool:
+        """An engine frame handed over while the sender waits for the call's next item (`Call.next_outbound`'s
+        `direct`): packed now and a chunk it completes written now. False (nothing done: the frame is queued for
+        the sender) when the socket no longer carries the call, is closing or read slowly, another send holds the
+        lock, a barge-in is pending, pacing would hold the chunk back, or the frame would complete two chunks."""
+        ws = self.direct_ws
+        call, fmt, packer = self._started()
+        if ws is None or self.port is not None or self._stopping or self._send_lock.locked() \
+                or not ws.can_write_nowait() or (call.bus is not None and call.bus.clear_pending.is_set()) \
+                or self.playout_end - asyncio.get_running_loop().time() > self.carrier.max_ahead:
+            return False
+        encoded = fmt.encode(frame.pcm)
+        if packer.pending + len(encoded) >= 2 * packer.minimum:
+            return False
+        for chunk in self._pack(encoded, frame):
+            ws.write_text_nowait(self._chunk_text(chunk))    # (writable: checked above, one chunk at most)
+            self._chunk_out(chunk, 0)
+        kick = self._kick
+        if packer.pending and kick is not None and not kick.done():
+            kick.set_result(None)      # the sender times the flush of this partial chunk
+        return True
 
     async def flush(self) -> None:
         packer = self._started()[2]
@@ -659,7 +701,14 @@ class VoicebotStream(MarkedPlayout):
             self._sent_bytes = self._queued_bytes
             return   # a barge-in arrived: this chunk is dropped, the Clear behind it goes out next
         async with self._send_lock:
-            await self.ws.send_str(self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}')
+            await send_text(self.ws, self._chunk_text(chunk))
+        self._chunk_out(chunk, padding)
+
+    def _chunk_text(self, chunk: bytes) -> str:
+        return self._prefix + base64.b64encode(chunk).decode("ascii") + '"}}'
+
+    def _chunk_out(self, chunk: bytes, padding: int) -> None:
+        """`chunk` (its last `padding` bytes silence of ours) went out now."""
         self._went_out(len(chunk) - padding)
         self._played(len(chunk) / self._started()[1].bytes_per_second)
         self.chunks_sent += 1
@@ -696,7 +745,7 @@ class VoicebotStream(MarkedPlayout):
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
         async with self._send_lock:
-            await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
+            await send_text(self.ws, json.dumps(obj, separators=(",", ":")))
 
 
 # -- the carrier ------------------------------------------------------------------------------------------------
@@ -977,7 +1026,7 @@ class ExotelCarrier(ForwardingCarrier):
 
     # -- websocket ----------------------------------------------------------------------------------------------
     async def media(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(timeout=2.0, heartbeat=None, max_msg_size=1 << 20)
+        ws = DirectWebSocket(timeout=2.0, heartbeat=None, max_msg_size=1 << 20, compress=False)
         await ws.prepare(request)
         await VoicebotStream(self, ws, request).run()
         return ws

@@ -1,6 +1,9 @@
-"""What the websocket media carriers share: Twilio Media Streams (`twilio_media.MediaStream`), Exotel Voicebot
-(`exotel.VoicebotStream`) and Vonage websockets (`vonage.VonageStream`).
+"""What the websocket media carriers share: Twilio Media Streams (`twilio_media.MediaStream`, also SignalWire's,
+and Telnyx's and Plivo's through their subclasses), Exotel Voicebot (`exotel.VoicebotStream`) and Vonage websockets
+(`vonage.VonageStream`).
 
+* The socket itself is served by carriers/wsdirect.py (`read_messages`, `send_text` / `send_binary`, the
+  `direct_out` hand-over): messages are handled where they are parsed and frames written straight out.
 * `StreamClosed`: a protocol error or an end; the stream closes its socket with the carrier's own close code.
 * `decode_event` / `await_start`: the JSON text-frame protocol of Twilio and Exotel (`connected`, then `start`).
 * `MarkedPlayout`: mark, drain, clear and playout-clock bookkeeping. The carrier supplies the wire format only
@@ -30,6 +33,8 @@ from aiohttp import WSMsgType, web
 
 from gateway import safejson
 from gateway.frames import AudioFrame, BusItem, Clear, Mark
+
+from .wsdirect import DirectWebSocket, send_text
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -160,7 +165,11 @@ class MarkedPlayout:
         super().__init_subclass__(**kwargs)
         cls._mark_ids = itertools.count(1)     # each carrier numbers its drain marks on its own
 
-    def __init__(self) -> None:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        #: the socket when it takes frames synchronously (carriers/wsdirect.py): a sender writes without a task
+        #: switch, and the call may hand engine audio straight to `direct_out`
+        self.direct_ws = ws if isinstance(ws, DirectWebSocket) else None
         self.pending_marks: deque[str] = deque()    # engine marks sent, not yet echoed
         self.forgotten: set[str] = set()             # marks whose audio a clear dropped
         self._drain_waiters: dict[str, asyncio.Future[None]] = {}
@@ -176,7 +185,7 @@ class MarkedPlayout:
         raise NotImplementedError
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(obj, separators=(",", ":")))
+        await send_text(self.ws, json.dumps(obj, separators=(",", ":")))
 
     async def _before_drain(self) -> None:
         """Send whatever audio is held back before the drain mark (Exotel's partial chunk)."""

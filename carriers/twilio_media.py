@@ -27,9 +27,9 @@ from gateway.frames import AudioFrame, BusItem, Clear, Dtmf, HangupSource, Mark,
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_event, decode_text, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
 from .streamrelay import RelayStream, relay
-from .wsdirect import DirectWebSocket, StopReading, handler_error
+from .wsdirect import StopReading, read_messages, send_text
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -89,9 +89,8 @@ class MediaStream(MarkedPlayout):
 
     # carrier: a TwilioCarrier, or a RestCallCarrier (Telnyx, Plivo: their streams claim calls by their own keys)
     def __init__(self, carrier: Any, ws: web.WebSocketResponse, request: web.Request) -> None:
-        super().__init__()   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
+        super().__init__(ws)   # marks, drain waiters, playout_end (the loop time Twilio will have played what we sent)
         self.carrier = carrier
-        self.ws = ws
         self.request = request   # the upgrade: its X-Twilio-Signature is checked once `start` names the call
         self.stream_sid: str | None = None
         self.call: Call | None = None
@@ -100,10 +99,7 @@ class MediaStream(MarkedPlayout):
         self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
         self.frames_sent = 0
-        #: the socket when it can take text frames synchronously (carriers/wsdirect.py): frames are written
-        #: without a task switch, and the call hands engine audio straight to `_send_now`
-        self._direct_ws = ws if isinstance(ws, DirectWebSocket) else None
-        self.direct_out = self._send_now if self._direct_ws is not None else None
+        self.direct_out = self._send_now if self.direct_ws is not None else None   # engine audio handed over
         #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
         self.start_message: dict[str, Any] = {}
 
@@ -135,10 +131,6 @@ class MediaStream(MarkedPlayout):
         self.start_message = m
         await self._on_start(m)
 
-    def _decode(self, msg: Any) -> dict[str, Any] | None:
-        """A text message as a dict; None when the socket is closing; StreamClosed on a protocol error."""
-        return decode_event(msg, CloseCode, BINARY_REASON)
-
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = start_object(m, CloseCode)
         sid = m.get("streamSid") or start.get("streamSid")
@@ -156,29 +148,17 @@ class MediaStream(MarkedPlayout):
         self.call, self.leg = call, leg
 
     async def _read_loop(self) -> None:
-        """Read until `stop` or the socket closes. Text messages are handled in the socket's `data_received`
-        once nothing is queued for `receive()` any more (carriers/wsdirect.py: no task switch per media message);
-        `receive()` reads the rest: what arrived before, control frames, and what the handler raised."""
-        ws = self.ws
-        direct = ws if isinstance(ws, DirectWebSocket) else None
-        while True:
-            if direct is not None and direct.on_text(self._on_text):
-                direct = None
-            msg = await ws.receive()
-            err = handler_error(msg)
-            if err is not None:
-                if isinstance(err, StopReading):
-                    return
-                raise err
-            m = self._decode(msg)
-            if m is None or not self._on_message(m):
-                return
+        """Read until `stop` or the socket closes; messages are handled where they are parsed
+        (carriers/wsdirect.py: no task switch per media message)."""
+        await read_messages(self.ws, self._on_text, self._on_binary)
 
     def _on_text(self, text: str) -> None:
-        """A text message, handled where it was parsed (DirectWebSocket.on_text)."""
         m = decode_text(text, CloseCode)
         if not self._on_message(m):
             raise StopReading
+
+    def _on_binary(self, data: bytes) -> None:
+        raise StreamClosed(CloseCode.BINARY_FRAME, BINARY_REASON)
 
     def _on_message(self, m: dict[str, Any]) -> bool:
         """One Media Streams message; False once the stream is over (`stop`)."""
@@ -283,9 +263,7 @@ class MediaStream(MarkedPlayout):
         return self._prefix + binascii.b2a_base64(self.encode(pcm), newline=False).decode("ascii") + self._suffix
 
     async def send_audio(self, pcm: bytes) -> None:
-        text = self._media_text(pcm)
-        if self._direct_ws is None or not self._direct_ws.write_text_nowait(text):
-            await self.ws.send_str(text)
+        await send_text(self.ws, self._media_text(pcm))
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
 
@@ -293,7 +271,7 @@ class MediaStream(MarkedPlayout):
         """An engine frame handed over while the sender waits for the call's next item (`Call.next_outbound`'s
         `direct`): written now, or False (the socket no longer carries the call, is closing, or its peer reads
         slowly) and the frame is queued for the sender instead."""
-        ws = self._direct_ws
+        ws = self.direct_ws
         if ws is None or self.port is not None or not ws.write_text_nowait(self._media_text(frame.pcm)):
             return False
         self._played(len(frame.pcm) / 2 / self.rate)

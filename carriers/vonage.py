@@ -64,6 +64,7 @@ from .mediasocket import MarkedPlayout, StreamClosed, token_digest
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
 from .vonage_consult import VonageConsults
+from .wsdirect import DirectWebSocket, read_messages, send_binary
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -335,9 +336,8 @@ class VonageStream(MarkedPlayout):
     drain_errors = (asyncio.TimeoutError, ConnectionError, RuntimeError)
 
     def __init__(self, carrier: VonageCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
-        super().__init__()   # marks, drain waiters, playout_end
+        super().__init__(ws)   # marks, drain waiters, playout_end
         self.carrier = carrier
-        self.ws = ws
         self.request = request
         self.st: VonageCallState | None = None
         self.call: Call | None = None
@@ -350,6 +350,7 @@ class VonageStream(MarkedPlayout):
         self.frames_sent = 0
         self.dtmf_tasks: set[asyncio.Task[None]] = set()
         self.first_message = ""
+        self.direct_out = self._send_now if self.direct_ws is not None else None   # engine audio handed over
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -411,19 +412,19 @@ class VonageStream(MarkedPlayout):
         self.call.log.info("vonage media socket connected", extra={"rate": self.rate})
 
     async def _read_loop(self) -> None:
-        call = self.live_call
-        async for msg in self.ws:
-            if msg.type == WSMsgType.BINARY:
-                data = self._carry + msg.data
-                if len(data) % 2:
-                    self._carry, data = data[-1:], data[:-1]
-                else:
-                    self._carry = b""
-                (call if self.port is None else self.port).feed_audio(data)   # the call, or hold / bridge
-            elif msg.type == WSMsgType.TEXT:
-                self._on_text(msg.data)
+        """Read until the socket closes; messages are handled where they are parsed (carriers/wsdirect.py: no
+        task switch per audio frame)."""
+        await read_messages(self.ws, self._on_text, self._on_binary)
+
+    def _on_binary(self, data: bytes) -> None:
+        """One binary message: 16-bit linear PCM (an odd byte waits for the next message)."""
+        if self._carry or len(data) % 2:
+            data = self._carry + data
+            if len(data) % 2:
+                self._carry, data = data[-1:], data[:-1]
             else:
-                return
+                self._carry = b""
+        self.inlet.feed_audio(data)   # the call, or hold / bridge
 
     def _on_text(self, data: str) -> None:
         try:
@@ -496,9 +497,23 @@ class VonageStream(MarkedPlayout):
         so Vonage's buffer (about 60 s) never overflows and a barge-in has little to throw away."""
         if not await self._pace(self.carrier.max_ahead):
             return   # a barge-in arrived: this frame is dropped, the Clear behind it goes out next
-        await self.ws.send_bytes(pcm)
+        await send_binary(self.ws, pcm)
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
+
+    def _send_now(self, frame: AudioFrame) -> bool:
+        """An engine frame handed over while the sender waits for the call's next item (`Call.next_outbound`'s
+        `direct`): written now, or False (the frame is queued for the sender instead) when the socket no longer
+        carries the call, is closing or read slowly, a barge-in is pending or pacing would hold the frame back."""
+        ws, call = self.direct_ws, self.live_call
+        if ws is None or self.port is not None or self._stopping \
+                or (call.bus is not None and call.bus.clear_pending.is_set()) \
+                or self.playout_end - asyncio.get_running_loop().time() > self.carrier.max_ahead \
+                or not ws.write_bytes_nowait(frame.pcm):
+            return False
+        self._played(len(frame.pcm) / 2 / self.rate)
+        self.frames_sent += 1
+        return True
 
     # -- wire format of marks (notify) and clear; the bookkeeping, `clear()` and `drain()` are MarkedPlayout's ----
     async def _send_mark(self, name: str) -> None:
@@ -1018,7 +1033,7 @@ class VonageCarrier(ForwardingCarrier):
 
     # -- media socket -------------------------------------------------------------------------------------------
     async def media(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(timeout=2.0, heartbeat=None, max_msg_size=1 << 20)
+        ws = DirectWebSocket(timeout=2.0, heartbeat=None, max_msg_size=1 << 20, compress=False)
         await ws.prepare(request)
         await VonageStream(self, ws, request).run()
         return ws

@@ -1,25 +1,33 @@
-"""A media websocket without a task switch per message: text messages handled where they are parsed, text frames
-written straight to the transport.
+"""A media websocket without a task switch per message: messages handled where they are parsed, frames written
+straight to the transport. Every carrier's media socket (Twilio, SignalWire, Telnyx, Plivo: JSON text; Exotel:
+JSON text; Vonage: binary L16 audio and JSON text) is served through this one mechanism; each carrier supplies
+only its wire format (the handlers and the text or bytes it writes).
 
 aiohttp's `WebSocketResponse` parses frames in the connection's `data_received` and queues every message for a
 reader task, which wakes once per message (a future, a task step, `receive()`'s bookkeeping); writes go through
-the async `send_str`. At 50 media messages a second per call that plumbing cost more than the media work itself
-(BENCHMARKS.md, "What each step costs per 20 ms frame"). `DirectWebSocket` keeps aiohttp for everything else
-(the upgrade, ping/pong, close handshake and codes, flow control when the peer reads slowly) and adds:
+the async `send_str` / `send_bytes`. At 50 media messages a second per call that plumbing cost more than the media
+work itself (BENCHMARKS.md, "What each step costs per 20 ms frame"). `DirectWebSocket` keeps aiohttp for
+everything else (the upgrade, ping/pong, close handshake and codes, flow control when the peer reads slowly) and
+adds:
 
-* `on_text(handler)`: from now on each text message is given to `handler` synchronously, in `data_received`, in
-  the order it arrived; every other message (close, ping, pong, binary, errors) still reaches the reader task's
-  `receive()`, which aiohttp answers as before (RFC 6455 §5.5: pongs, the closing handshake). When the handler
-  raises, it is dropped and the exception reaches the reader as a `TextHandlerError` message (`handler_error`);
-  `StopReading` is the handler's way to say it wants no more messages.
-* `write_text_nowait(text)`: one unmasked text frame (RFC 6455 §5.2: a server never masks) written to the
-  transport now, unless the socket is closing or the transport's buffer is above the writer's limit; then the
-  caller awaits `send_str`, which waits for the peer to read (aiohttp's flow control).
+* `on_messages(on_text, on_binary)`: from now on each text (binary) message is given to `on_text` (`on_binary`)
+  synchronously, in `data_received`, in the order it arrived; every other message (close, ping, pong, errors)
+  still reaches the reader task's `receive()`, which aiohttp answers as before (RFC 6455 §5.5: pongs, the closing
+  handshake). When a handler raises, both are dropped and the exception reaches the reader as a
+  `TextHandlerError` message (`handler_error`); `StopReading` is a handler's way to say it wants no more messages.
+* `write_text_nowait(text)` / `write_bytes_nowait(data)`: one unmasked text / binary frame (RFC 6455 §5.2: a
+  server never masks) written to the transport now, unless the socket is closing or the transport's buffer is
+  above the writer's limit; then the caller awaits `send_str` / `send_bytes`, which wait for the peer to read
+  (aiohttp's flow control). `send_text` / `send_binary` do exactly that for any `WebSocketResponse`.
+* `read_messages(ws, on_text, on_binary)`: the reader task of a media socket, written once: what was queued
+  before the handlers could be set is read with `receive()` and given to the same handlers, then the handlers
+  take over and the task only wakes for control frames, a handler's error or the end.
 
-The text hook needs aiohttp's parser to feed a `WebSocketDataQueue` created in `WebSocketResponse._post_start`
-(aiohttp 3.11 and later): `prepare()` substitutes a subclass whose `feed_data` hands text messages to the handler.
-If a later aiohttp builds the queue differently, `on_text` returns False and the caller reads every message with
-`receive()` as any websocket does (slower, same behaviour); tests/test_wsdirect.py fails then, so it is noticed.
+The hook needs aiohttp's parser to feed a `WebSocketDataQueue` created in `WebSocketResponse._post_start`
+(aiohttp 3.11 and later): `prepare()` substitutes a subclass whose `feed_data` hands messages to the handlers.
+If a later aiohttp builds the queue differently, `on_messages` returns False and `read_messages` reads every
+message with `receive()` as any websocket does (slower, same behaviour); tests/test_wsdirect.py fails then, so it
+is noticed.
 """
 from __future__ import annotations
 
@@ -32,17 +40,23 @@ from aiohttp import WSMessage, WSMsgType, web
 from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp.web_request import BaseRequest
 
-#: the first byte of an unfragmented text frame (FIN + opcode 1) and the 16-bit length form's marker
+#: the first byte of an unfragmented text / binary frame (FIN + opcode 1 / 2), RFC 6455 §5.2
 _TEXT_FIN = 0x81
+_BINARY_FIN = 0x82
+#: the 16-bit and 64-bit extended payload length forms (length marker 126 / 127)
 _LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+TextHandler = Callable[[str], None]
+BinaryHandler = Callable[[bytes], None]
 
 
 class StopReading(Exception):
-    """Raised by a text handler that wants no more messages: the reader task sees it (`handler_error`) and stops."""
+    """Raised by a handler that wants no more messages: the reader task sees it (`handler_error`) and stops."""
 
 
 class TextHandlerError:
-    """What reaches the reader task (as an ERROR message's data) when the text handler raised `error`."""
+    """What reaches the reader task (as an ERROR message's data) when a handler raised `error`."""
 
     __slots__ = ("error",)
 
@@ -51,35 +65,42 @@ class TextHandlerError:
 
 
 def handler_error(msg: Any) -> Exception | None:
-    """The exception the text handler raised, when `msg` (from `receive()`) carries one; else None."""
+    """The exception a handler raised, when `msg` (from `receive()`) carries one; else None."""
     if msg.type is WSMsgType.ERROR and isinstance(msg.data, TextHandlerError):
         return msg.data.error
     return None
 
 
 class _DispatchQueue(WebSocketDataQueue):
-    """aiohttp's message queue, except that while `handler` is set a text message goes to it at once."""
+    """aiohttp's message queue, except that while a handler is set its kind of message goes to it at once."""
 
-    handler: Callable[[str], None] | None = None
+    handler: TextHandler | None = None
+    binary_handler: BinaryHandler | None = None
 
     def pending(self) -> int:
         """Messages queued and not yet read."""
         return len(self._buffer)
 
     def feed_data(self, data: Any, size: int) -> None:
-        handler = self.handler
-        if handler is not None and data[0] is WSMsgType.TEXT:
+        kind = data[0]
+        if kind is WSMsgType.TEXT:
+            handler: Callable[[Any], None] | None = self.handler
+        elif kind is WSMsgType.BINARY:
+            handler = self.binary_handler
+        else:
+            handler = None
+        if handler is not None:
             try:
                 handler(data[1])
             except Exception as e:   # the reader task reports it; data_received must not raise
-                self.handler = None
+                self.handler = self.binary_handler = None
                 super().feed_data(WSMessage(WSMsgType.ERROR, TextHandlerError(e), None), 0)
             return
         super().feed_data(data, size)
 
 
 class DirectWebSocket(web.WebSocketResponse):
-    """A `web.WebSocketResponse` with `on_text` and `write_text_nowait` (module docstring)."""
+    """A `web.WebSocketResponse` with `on_messages` and the `write_*_nowait` writers (module docstring)."""
 
     def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
         # aiohttp builds the message queue here (from this module global) and hands it to the frame parser; for
@@ -100,38 +121,91 @@ class DirectWebSocket(web.WebSocketResponse):
         q = self._reader
         return q if isinstance(q, _DispatchQueue) else None
 
-    def on_text(self, handler: Callable[[str], None] | None) -> bool:
-        """Give text messages to `handler` in `data_received` from now on (None: queue them again). False when
-        that is not possible (yet): messages are still queued for `receive()` (read them first, then ask again),
-        the socket is closing, or this aiohttp builds its queue differently."""
+    def on_messages(self, on_text: TextHandler | None, on_binary: BinaryHandler | None = None) -> bool:
+        """Give text (binary) messages to `on_text` (`on_binary`) in `data_received` from now on; a None handler
+        queues its kind for `receive()` again. False when that is not possible (yet): messages are still queued
+        for `receive()` (read them first, then ask again), the socket is closing, or this aiohttp builds its queue
+        differently."""
         q = self._queue
-        if q is None or (handler is not None and (q.pending() or self.closed)):
+        if q is None or ((on_text is not None or on_binary is not None) and (q.pending() or self.closed)):
             return False
-        q.handler = handler
+        q.handler, q.binary_handler = on_text, on_binary
         return True
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         q = self._queue
-        if q is not None:
-            q.handler = None      # what arrives during the closing handshake is read (and dropped) by aiohttp
+        if q is not None:    # what arrives during the closing handshake is read (and dropped) by aiohttp
+            q.handler = q.binary_handler = None
         return await super().close(code=code, message=message, drain=drain)
 
     _transport: Any = None
     #: above this many bytes in the transport's buffer a frame waits (`send_str`) instead: aiohttp's writer limit
     write_limit = 2 ** 16
 
+    def can_write_nowait(self) -> bool:
+        """Whether a frame written now goes straight out: the socket is open and its peer keeps up."""
+        t = self._transport
+        return t is not None and not self.closed and not t.is_closing() and t.get_write_buffer_size() <= \
+            self.write_limit
+
+    def _write_frame(self, first: int, payload: bytes) -> bool:
+        if not self.can_write_nowait():
+            return False
+        n = len(payload)
+        if n < 126:
+            header = bytes((first, n))
+        elif n < 65536:
+            header = _LEN16.pack(first, 126, n)
+        else:
+            header = _LEN64.pack(first, 127, n)
+        self._transport.write(header + payload)
+        return True
+
     def write_text_nowait(self, text: str) -> bool:
         """Write one text frame now; False (nothing written) when the socket is closing or the peer is not
         reading fast enough: the caller then awaits `send_str`."""
-        t = self._transport
-        if t is None or self.closed or t.is_closing() or t.get_write_buffer_size() > self.write_limit:
-            return False
-        data = text.encode()
-        n = len(data)
-        if n < 126:
-            t.write(bytes((_TEXT_FIN, n)) + data)
-        elif n < 65536:
-            t.write(_LEN16.pack(_TEXT_FIN, 126, n) + data)
-        else:
-            return False      # (media messages are a few hundred bytes; large ones take aiohttp's writer)
-        return True
+        return self._write_frame(_TEXT_FIN, text.encode())
+
+    def write_bytes_nowait(self, data: bytes) -> bool:
+        """Write one binary frame now; False (nothing written) as for `write_text_nowait`."""
+        return self._write_frame(_BINARY_FIN, data)
+
+
+async def send_text(ws: web.WebSocketResponse, text: str) -> None:
+    """One text message: straight to the transport when it can take it now, else through aiohttp's writer."""
+    if not isinstance(ws, DirectWebSocket) or not ws.write_text_nowait(text):
+        await ws.send_str(text)
+
+
+async def send_binary(ws: web.WebSocketResponse, data: bytes) -> None:
+    """One binary message, as `send_text`."""
+    if not isinstance(ws, DirectWebSocket) or not ws.write_bytes_nowait(data):
+        await ws.send_bytes(data)
+
+
+async def read_messages(ws: web.WebSocketResponse, on_text: TextHandler, on_binary: BinaryHandler) -> None:
+    """Give every message of `ws` to its handler until the socket closes or a handler raises `StopReading`; any
+    other exception a handler raises is raised here. On a `DirectWebSocket` the handlers run in `data_received`
+    once nothing is queued for `receive()` any more; `receive()` reads the rest: what arrived before, control
+    frames, and what a handler raised."""
+    direct = ws if isinstance(ws, DirectWebSocket) else None
+    try:
+        while True:
+            if direct is not None and direct.on_messages(on_text, on_binary):
+                direct = None
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
+                on_text(msg.data)
+            elif kind is WSMsgType.BINARY:
+                on_binary(msg.data)
+            else:
+                err = handler_error(msg)
+                if err is None:
+                    return         # close, closing, closed, or aiohttp's own error
+                raise err
+    except StopReading:
+        return
+    finally:
+        if isinstance(ws, DirectWebSocket):
+            ws.on_messages(None, None)

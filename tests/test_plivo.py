@@ -14,6 +14,7 @@ import numpy as np
 import pytest_asyncio
 
 from carriers.plivo import PlivoCarrier
+from direct_path import on_direct_path
 from fakes.plivo_rest import FakePlivoRest
 from fakes.twilio_env import recording
 from gateway.runtime import Gateway
@@ -99,6 +100,7 @@ async def test_inbound_stream_echoes_with_checkpoints_and_api_hangup_deletes_the
         await client.start(call_uuid)
         await client.play(recording()[:8000])
         await client.wait_for(lambda: len(client.got.media) >= 45)
+        assert on_direct_path(env.gw.carriers["plivo"].legs[call_id].stream.ws)    # (carriers/wsdirect.py)
         assert all(len(p) == 160 for _, p in client.got.media)
         plays = [e for e in client.got.events if e["event"] == "playAudio"]
         assert plays[0]["media"]["contentType"] == "audio/x-mulaw" and plays[0]["media"]["sampleRate"] == 8000

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carriers.telnyx import TelnyxCarrier, decode_state
 from carriers.twilio_media import CloseCode
+from direct_path import on_direct_path
 from fakes.telnyx_rest import FakeTelnyxRest
 from fakes.twilio_env import recording
 from gateway.frames import AudioFrame, Hangup
@@ -103,6 +104,7 @@ async def test_inbound_call_answers_with_stream_echoes_audio_and_api_hangup_uses
         await client.start(ccid)
         await client.play(recording()[:8000])
         await client.wait_for(lambda: len(client.got.media) >= 45)
+        assert on_direct_path(env.gw.carriers["telnyx"].legs[call_id].stream.ws)   # (carriers/wsdirect.py)
         assert all(len(p) == 160 for _, p in client.got.media)
         assert all("streamSid" not in e for e in client.got.events)     # Telnyx's output has no stream id
         status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/hangup")

@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from carriers.wsdirect import DirectWebSocket, StopReading, handler_error
+from carriers.wsdirect import DirectWebSocket, StopReading, handler_error, read_messages
 
 
 class Server:
@@ -86,8 +86,8 @@ async def test_text_is_handled_in_order_without_receive_and_pings_are_answered(s
 
     async def handler(ws: DirectWebSocket) -> None:
         await release.wait()                       # messages 0-2 arrive while nobody reads: they are queued
-        assert not ws.on_text(got.append)          # refused while queued messages wait for receive()
-        while not ws.on_text(got.append):
+        assert not ws.on_messages(got.append)          # refused while queued messages wait for receive()
+        while not ws.on_messages(got.append):
             msg = await ws.receive()
             queued_first.append(msg.data)
             got.append(msg.data)
@@ -124,7 +124,7 @@ async def test_handler_errors_and_stop_reach_the_reader_and_the_close_code_is_ou
         seen.append(text)
 
     async def handler(ws: DirectWebSocket) -> None:
-        assert ws.on_text(on_text)
+        assert ws.on_messages(on_text)
         while True:
             msg = await ws.receive()
             err = handler_error(msg)
@@ -132,7 +132,7 @@ async def test_handler_errors_and_stop_reach_the_reader_and_the_close_code_is_ou
             if err is not None:
                 break
         assert isinstance(err, ValueError)
-        assert ws.on_text(on_text)                 # the handler was dropped; it may be set again
+        assert ws.on_messages(on_text)                 # the handler was dropped; it may be set again
         while handler_error(msg := await ws.receive()) is None:
             pass
         outcome.append(handler_error(msg))
@@ -153,23 +153,70 @@ async def test_handler_errors_and_stop_reach_the_reader_and_the_close_code_is_ou
 
 
 async def test_frames_written_straight_to_the_transport_parse_at_the_client(server: Server) -> None:
+    """Every payload length form of RFC 6455 §5.2 (7-bit, 16-bit, 64-bit), text and binary."""
     texts = ["x", "é" * 62, "y" * 125, "z" * 126, "media " * 60, "v" * 65535, "w" * 70000]
+    blobs = [b"", b"\x01" * 125, b"\x02" * 126, bytes(range(256)) * 256, b"\x03" * 70000]
     results: list[bool] = []
     after_close: list[bool] = []
 
     async def handler(ws: DirectWebSocket) -> None:
-        for t in texts:
-            ok = ws.write_text_nowait(t)
-            results.append(ok)
-            if not ok:
-                await ws.send_str(t)               # what a caller does when the fast path declines
+        ws.write_limit = 1 << 24                   # (so that a slow reader on a busy box cannot make one decline)
+        results.extend(ws.write_text_nowait(t) for t in texts)
+        results.extend(ws.write_bytes_nowait(b) for b in blobs)
         await ws.receive()
         after_close.append(ws.write_text_nowait("late"))
+        after_close.append(ws.write_bytes_nowait(b"late"))
 
     server.handler = handler
     async with connect(server.url, compression=None, max_size=2 ** 20) as client:
-        got = [await asyncio.wait_for(client.recv(), 10) for _ in texts]
+        got = [await asyncio.wait_for(client.recv(), 10) for _ in texts + blobs]   # type: ignore[operator]
     await asyncio.wait_for(server.done.wait(), 10)
-    assert got == texts
-    assert results == [True] * 6 + [False]   # a frame over 64 KiB takes aiohttp's writer
-    assert after_close == [False]
+    assert got == texts + blobs                                                    # type: ignore[operator]
+    assert results == [True] * (len(texts) + len(blobs))
+    assert after_close == [False, False]
+
+
+async def test_read_messages_gives_text_and_binary_in_order_then_stops(server: Server) -> None:
+    """The shared reader: messages queued before it starts and those after go to the same handlers in arrival
+    order; StopReading ends it quietly, another exception is raised to its caller, a close ends it."""
+    got: list[object] = []
+    release = asyncio.Event()
+    outcome: list[object] = []
+
+    def on_text(text: str) -> None:
+        if text == "stop":
+            raise StopReading
+        if text == "bad":
+            raise ValueError("bad message")
+        got.append(text)
+
+    async def handler(ws: DirectWebSocket) -> None:
+        await release.wait()                       # the first messages are queued, then read by receive()
+        await read_messages(ws, on_text, got.append)
+        outcome.append("stopped")
+        try:
+            await read_messages(ws, on_text, got.append)
+        except ValueError as e:
+            outcome.append(e)
+        await read_messages(ws, on_text, got.append)
+        outcome.append("closed")
+
+    server.handler = handler
+    async with connect(server.url, compression=None) as client:
+        await client.send("t0")
+        await client.send(b"b0")
+        await wait_for(lambda: bool(_sockets) and _sockets[-1]._reader.pending() >= 2)   # type: ignore[union-attr]
+        release.set()
+        for i in range(1, 100):
+            await client.send(f"t{i}")
+            await client.send(f"b{i}".encode())
+        await client.send("stop")
+        await wait_for(lambda: outcome == ["stopped"])
+        await client.send("bad")
+        await wait_for(lambda: len(outcome) == 2)
+    await asyncio.wait_for(server.done.wait(), 10)
+    want: list[object] = []
+    for i in range(100):
+        want += [f"t{i}", f"b{i}".encode()]
+    assert got == want
+    assert isinstance(outcome[1], ValueError) and outcome[2] == "closed"
