@@ -74,6 +74,25 @@ def test_80ms_beep_across_frame_edges_is_found_and_a_60ms_blip_is_not(offset_ms)
     assert MEB not in [a for a, _ in run(telephone(before + tone(1430, 60) + silence(600)), message_end=True)]
 
 
+def test_a_70ms_glide_is_not_a_beep_though_its_edges_make_it_long_enough():
+    """Three whole frames and a partial one: the pitch drift of so short a tone is taken over all its frames (with
+    one inner frame there would be none), so a voice's harmonic gliding 6 Hz in 70 ms stays a voice."""
+    t = np.arange(560) / 8000
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + silence(10)
+    for glide_hz_per_s2, beep in ((0, True), (40, False)):
+        sound = (6000 * np.sin(2 * np.pi * (700 * t + glide_hz_per_s2 * t * t))).astype("<i2").tobytes()
+        assert (MEB in [a for a, _ in run(telephone(before + sound + silence(600)), message_end=True)]) is beep
+
+
+def test_beep_in_line_noise_is_found():
+    """White noise under the beep takes purity from every frame (a pure tone over noise of power ratio r² keeps
+    1 / (1 + r²) of the energy in its peak): the purity a beep needs is lowered by the noise heard before it."""
+    clip = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + tone(1100, 300, amp=3000) + silence(600)
+    hiss = np.frombuffer(noise(len(clip) // 16, amp=900, seed=3), "<i2")
+    pcm = np.clip(np.frombuffer(clip, "<i2") + hiss, -32768, 32767).astype("<i2").tobytes()
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
 def test_2000hz_beep_at_the_band_edge_is_found():
     pcm = silence(300) + words([250] * 5) + silence(300) + tone(2003, 300) + silence(600)
     assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]

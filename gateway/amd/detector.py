@@ -361,8 +361,15 @@ class AmdDetector:
         p = self.params
         drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
         length = t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS
-        return (length >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+        return (length >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= self._beep_purity(t)
                 and t.level_spread <= p.beep_max_level_spread)
+
+    def _beep_purity(self, t: Tone) -> float:
+        """beep_purity, lowered by the noise under the tone: a pure tone over noise of power ratio r² (r: the level
+        before the tone over the tone's) puts only 1 / (1 + r²) of the frame's energy in its peak. A beep that starts
+        out of quiet still needs beep_purity; the onset check keeps r ≤ beep_onset_ratio."""
+        r = t.pre_level / t.level if t.level else 0.0
+        return self.params.beep_purity / (1.0 + r * r)
 
     @staticmethod
     def _is_sit(a: Tone, b: Tone) -> bool:

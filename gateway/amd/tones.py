@@ -167,7 +167,8 @@ class ToneTracker:
         return done
 
     def _tone(self) -> Tone:
-        inner = self._freqs[1:-1] or self._freqs
+        # the drift of a tone of three frames or fewer is taken over all of them (one inner frame has no drift)
+        inner = self._freqs[1:-1] if len(self._freqs) > 3 else self._freqs
         # a lost packet inside a long beep is concealed by a fading repeat (G.711 Appendix I) or left as zeros: a
         # dip of a frame or two. Up to one frame in LEVEL_DIP_EVERY may dip; a voice's swell changes every frame.
         levels = sorted(self._levels[1:-1] or self._levels)[len(self._levels) // LEVEL_DIP_EVERY:]
