@@ -107,7 +107,7 @@ class AmdDetector:
         self._ring_level = 0.0        # the level of the run's first frame
         self._ring_snap: tuple[int, int, int, int, int, float, float] | None = None   # state before the run
         self._tone_voiced = 0         # frames of the current tone the VAD called speech (a vowel, if no beep)
-        self._floor_now = 0.0         # the noise floor of the frames that were not dropouts
+        self._floor_now = 0.0         # the noise floor (the dropouts of a loss burst left out)
         self._peak = 0.0              # loudest voiced frame so far, fading
         self._speech_level = 0.0      # running mean |sample| of voiced frames: how loud this callee's audio is
         self.time_ms = 0
@@ -320,8 +320,8 @@ class AmdDetector:
     def _loud_enough(self, level: int, *, peak: bool) -> bool:
         """The level gates on a frame the VAD calls speech: well above the noise floor, and (vad_rel_level) the
         callee is the loudest talker on the line: once heard, sound far below them (other people in the room, a TV,
-        music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts; `peak`: this
-        frame may raise it."""
+        music) is background, not their speech. The peak fades ~1 dB per second of their talk so a quieter phrase
+        counts; `peak`: this frame may raise it."""
         p = self.params
         if level < self._floor_now * p.vad_floor_ratio:
             return False
