@@ -265,8 +265,44 @@ def test_hello_again_after_the_wait_does_not_make_an_answer_a_greeting():
     """A 4.2 s answer, no reply for 1.6 s, then "Hello?": the second call is the person asking again."""
     pcm = silence(300) + words([260] * 12, gap_ms=90) + silence(1600) + words([300, 300], gap_ms=90) + silence(3000)
     assert [a for a, _ in run(pcm, message_end=True)] == [MS, H]
-    # counted as talk, the "Hello?" would take the answer past answer_max_ms: the greeting's silence ends it
-    assert [a for a, _ in run(pcm, AmdParams(short_utterance_ms=0), message_end=True)] == [MS, MES]
+    # counted as talk, the "Hello?" would take the answer past answer_max_ms: the greeting's silence ends it, unless
+    # the call after the wait is taken as the person asking again (reask_wait_ms, below)
+    assert [a for a, _ in run(pcm, AmdParams(short_utterance_ms=0, reask_wait_ms=0), message_end=True)] == [MS, MES]
+
+
+def test_a_long_answer_a_wait_and_hello_again_is_a_person():
+    """A 5.6 s answer (past answer_max_ms: machine confirmed by its talk), no reply for 1.8 s, "Hello?", then a wait:
+    the turn of a person asking again. A greeting's next sentence after a pause is longer and ends the greeting."""
+    answer = silence(300) + words([260] * 16, gap_ms=90)
+    pcm = answer + silence(1800) + words([300, 300], gap_ms=90) + silence(3500)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, H]
+    assert [a for a, _ in run(pcm, AmdParams(reask_wait_ms=0), message_end=True)] == [MS, MES]
+    greeting = answer + silence(1800) + words([260] * 6, gap_ms=90) + silence(3500)     # a 2.1 s last sentence
+    assert [a for a, _ in run(greeting, message_end=True)] == [MS, MES]
+    blip = answer + silence(1800) + words([120]) + silence(3500)                        # a click, not a call
+    assert [a for a, _ in run(blip, message_end=True)] == [MS, MES]
+
+
+def test_hi_a_pause_then_a_long_sentence_is_a_greeting():
+    """"Hi!" … (1 s) … then a 3.5 s sentence and no beep: 3.8 s of talk, short enough for a person's answer, but a
+    person who called "Hello?" and got no reply does not go on with a long sentence. Their short second call does."""
+    hi = silence(300) + words([300]) + silence(1000)
+    assert [a for a, _ in run(hi + words([260] * 10, gap_ms=90) + silence(3500), message_end=True)] == [MS, MES]
+    assert [a for a, _ in run(hi + words([260] * 10, gap_ms=90) + silence(3500), AmdParams(hi_rest_ms=0),
+                              message_end=True)] == [MS, H]
+    out = run(hi + words([260] * 10, gap_ms=90) + silence(3500))                       # voicemail off: one verdict
+    assert [a for a, _ in out] == [MS]
+    person = hi + words([300, 300, 300], gap_ms=90) + silence(3500)                    # "Hello? Who's calling?"
+    assert [a for a, _ in run(person, message_end=True)][-1] is H
+
+
+def test_odd_voiced_frames_of_background_sound_are_not_talk():
+    """A 2.8 s answer, then 2.5 s of background talk the gates let through only as 40 ms snatches, then quiet: the
+    snatches do not stretch the answer past answer_max_ms (counted, they and the pauses between them would)."""
+    snatches = b"".join(word(40, seed=k) + silence(460) for k in range(5))
+    pcm = ANSWER + silence(500) + snatches + silence(3500)
+    assert [a for a, _ in run(pcm, message_end=True)] == [MS, H]
+    assert [a for a, _ in run(pcm, AmdParams(talk_min_run_ms=20), message_end=True)] == [MS, MES]
 
 
 def test_speech_past_an_answers_length_confirms_the_machine():

@@ -43,6 +43,8 @@ BEEP_BREAK_MS = 80
 SHORT_BEEP_MS = 120
 #: the refined frequency of a steady tone is a few Hz accurate: band edges are widened by this much
 BEEP_BAND_SLACK_HZ = 10.0
+#: a call ("Hi!", "Hello?") holds at least this much talk: shorter is a click or a burst of noise
+MIN_CALL_MS = 160
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
 #: before the callee's first word, a frame with this share of its energy in 350–550 Hz may be ring-back (tones.py)
 RINGBACK_FRACTION = 0.85
@@ -130,6 +132,12 @@ class AmdDetector:
         self.provisional = False
         self._unconfirmed: str | None = None   # without detect_message_end: the cause of a verdict not yet given
         self._late_ms = -1            # talk in the utterance that began after a wait (-1: none going on)
+        #: the phrase going on (talk since the last pause of talk_bridge_ms or more) and the pause before it
+        self._phrase_ms = self._phrase_wait = 0
+        #: the answer's first utterance (talk before its first pause of hi_pause_ms), and the phrase going on after it
+        self._first_ms = self._rest_ms = 0
+        self._first_done = False
+        self._run_ms = self._run_start = self._talk_end = 0   # the voiced run going on; the end of counted talk
         # outcome
         self.phase = "message_end" if start_in_message_end else "greeting"
         self.decisions: list[AmdDecision] = []
@@ -440,7 +448,7 @@ class AmdDetector:
         with detect_message_end, machine_start goes out now (the engine stays held) and a person's wait turns it into
         human later; without, the one verdict waits until more speech confirms it or a wait refutes it."""
         p = self.params
-        if p.answer_max_ms and not self.early_media and self.talk_ms < p.answer_max_ms:
+        if p.answer_max_ms and not self.early_media and self.talk_ms < p.answer_max_ms and not self._hi_greeting():
             self.provisional = True
             if not self.detect_message_end:
                 self._unconfirmed = cause
@@ -449,9 +457,37 @@ class AmdDetector:
         return self._decide(AnsweredBy.MACHINE_START, cause)
 
     def _talk(self) -> None:
-        """A voiced frame: count it, and the pause before it when that pause was short (inside the talk)."""
-        gap = self.silence_ms
-        self.talk_ms += FRAME_MS + (gap if self.talk_ms and gap < self.params.talk_bridge_ms else 0)
+        """A voiced frame: count it, and the pause before it when that pause was short (inside the talk). A run of
+        voiced frames counts only once it lasts `talk_min_run_ms`: the odd voiced frame of background talk or music
+        is no syllable of the callee's, and counting it (with the pauses around it) would stretch a person's answer
+        past `answer_max_ms` and keep their wait from ever starting; the pause before a run is then measured from
+        the callee's last counted talk."""
+        p = self.params
+        if self.silence_ms:
+            self._run_ms, self._run_start = 0, self.time_ms - FRAME_MS
+        self._run_ms += FRAME_MS
+        if self._run_ms < p.talk_min_run_ms:
+            return
+        if self._run_ms > max(p.talk_min_run_ms, FRAME_MS):
+            add, gap = FRAME_MS, 0
+        else:                                  # the run just became talk: all of it, and the pause before it
+            add, gap = self._run_ms, self._run_start - self._talk_end
+        self._talk_end = self.time_ms
+        inside = gap if self.talk_ms and gap < p.talk_bridge_ms else 0
+        if self._first_done:
+            self._rest_ms = add if gap >= p.talk_bridge_ms else self._rest_ms + add + inside
+        elif self.talk_ms and gap >= p.hi_pause_ms and self._first_ms >= MIN_CALL_MS:
+            self._first_done, self._rest_ms = True, add
+        else:       # the first call goes on (a click before it and a pause do not count: it starts afresh)
+            self._first_ms = add if gap >= p.hi_pause_ms else self._first_ms + add + inside
+        self.talk_ms += add + inside
+
+    def _hi_greeting(self) -> bool:
+        """"Hi! … <a long sentence>": a short first call, a pause, then a phrase longer than a person says after
+        their "Hello?" when nobody replied. A greeting's trick, not a person: the talk confirms the machine."""
+        p = self.params
+        return (p.hi_rest_ms > 0 and self._first_done and self._first_ms < p.short_utterance_ms
+                and self._rest_ms >= p.hi_rest_ms)
 
     def _message_end(self, now: int, voice: bool) -> AmdDecision | None:
         p = self.params
@@ -460,16 +496,18 @@ class AmdDetector:
         if voice:
             if self.silence_ms >= p.talk_bridge_ms:
                 self._late_ms = 0                        # speech again after a wait: "Hello?" or the next sentence
+                self._phrase_ms, self._phrase_wait = 0, self.silence_ms
             before = self.talk_ms
             self._talk()
             if self._late_ms >= 0:
                 self._late_ms += self.talk_ms - before
+            self._phrase_ms += self.talk_ms - before
             self.silence_ms = 0
             self.voice_ms += FRAME_MS
             self.heard_ms += FRAME_MS
             late = self._late_ms if 0 <= self._late_ms < p.short_utterance_ms else 0
-            if self.provisional and self.talk_ms - late >= p.answer_max_ms:
-                self.provisional = False                 # longer than an answer: a greeting
+            if self.provisional and (self.talk_ms - late >= p.answer_max_ms or self._hi_greeting()):
+                self.provisional = False                 # longer than an answer, or "Hi! … <rest>": a greeting
                 if self._unconfirmed is not None:
                     return self._decide(AnsweredBy.MACHINE_START, f"{self._unconfirmed}+TALK-{self.talk_ms}")
             return None
@@ -482,9 +520,19 @@ class AmdDetector:
         if self.provisional and self.silence_ms >= p.answer_wait_ms:
             # a short phrase, then a wait with no beep: a person who asked and waits for the reply
             return self._decide(AnsweredBy.HUMAN, f"ANSWER-{self.talk_ms}-{self.silence_ms}")
+        if self.silence_ms >= p.answer_wait_ms and self._reasked():
+            # a long answer, a wait, a short call, a wait ("… how can I help?" … "Hello?" …): a person asking again
+            return self._decide(AnsweredBy.HUMAN, f"REASK-{self._phrase_ms}-{self._phrase_wait}-{self.silence_ms}")
         if self.silence_ms >= p.message_end_silence:
             return self._decide(AnsweredBy.MACHINE_END_SILENCE, f"SILENCE-{self.silence_ms}")
         return None
+
+    def _reasked(self) -> bool:
+        """The last thing heard was a short call after a wait: a person's "Hello?" when nobody replied. A greeting
+        does not stop for a wait and then say one short phrase and stop again without a beep."""
+        p = self.params
+        return (p.reask_wait_ms > 0 and self._phrase_wait >= p.reask_wait_ms
+                and MIN_CALL_MS <= self._phrase_ms <= p.reask_max_ms)
 
     def _reset_greeting(self) -> None:
         self.voice_ms = self.consecutive_voice_ms = self.words = self.utterance_ms = 0
