@@ -203,7 +203,7 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                     m = Msg()
                     m.data = t
                     msgs.append(m)
-                s.keep("JSON parse (safejson + event check)",
+                s.keep("JSON parse (safejson.loads_media + event check)",
                        timed(lambda m: decode_event(m, CloseCode, ""), msgs), n, base)
                 s.keep("base64 decode", timed(lambda p: binascii.a2b_base64(p, strict_mode=True), payloads), n, base)
                 s.keep("μ-law decode", timed(ulaw_to_pcm16, ulaw_frames), n, base)
@@ -217,7 +217,7 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                 def bus_in(p: bytes, bus: CallBus = bus) -> None:
                     bus.feed_audio(p)
                     bus.inbound.get_nowait()
-                s.keep("bus in, with its resampling (re-framer, level, frame, queue)", timed(bus_in, pcm8), n, base)
+                s.keep("bus in, with its resampling (re-framer, frame, queue)", timed(bus_in, pcm8), n, base)
 
                 # -- outbound --------------------------------------------------------------------------------
                 down = StreamResampler(16000, 8000)
@@ -226,7 +226,7 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                 async def bus_out(p: bytes, bus: CallBus = bus) -> None:
                     await bus.play(p)
                     bus.next_outbound_nowait()
-                s.keep("bus out, with its resampling (re-framer, level, frame, queue)",
+                s.keep("bus out, with its resampling (re-framer, frame, queue)",
                        await atimed(bus_out, pcm16), n, abase)
                 tl = Timeline(loop.time())
 
@@ -481,11 +481,11 @@ def per_core(us: float) -> str:
 def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: dict[str, Any] | None,
            args: argparse.Namespace) -> str:
     f = lambda v: f"{v:.2f}"  # noqa: E731
-    twilio_in = ["ws frame parse (aiohttp parser → text handler)", "JSON parse (safejson + event check)",
+    twilio_in = ["ws frame parse (aiohttp parser → text handler)", "JSON parse (safejson.loads_media + event check)",
                  "base64 decode", "μ-law decode"]
     core_steps = ["VAD / speech tap (energy gate + webrtcvad)",
-                  "bus in, with its resampling (re-framer, level, frame, queue)",
-                  "bus out, with its resampling (re-framer, level, frame, queue)",
+                  "bus in, with its resampling (re-framer, frame, queue)",
+                  "bus out, with its resampling (re-framer, frame, queue)",
                   "turn timing (agent frame on the timeline)"]
     twilio_out = ["μ-law encode", "base64 encode + message text", WS_WRITE]
     handoff = core - sum(steps[k] for k in core_steps)
@@ -502,7 +502,7 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
 
     row("**inbound**", None, None)
     row("websocket frame parse (aiohttp's parser, text handled in data_received)", steps[twilio_in[0]], None)
-    row("JSON parse (`safejson.loads`, event check)", steps[twilio_in[1]], None)
+    row("JSON parse (`safejson.loads_media`: orjson for media events; event check)", steps[twilio_in[1]], None)
     row("base64 decode", steps[twilio_in[2]], None)
     row("μ-law / A-law decode", steps[twilio_in[3]], steps["A-law decode"])
     row("RTP parse", None, steps["RTP parse"])
@@ -511,12 +511,12 @@ def report(steps: dict[str, float], core: float, sip: tuple[float, float], e2e: 
     row("VAD / speech tap (energy gate + webrtcvad)", steps[core_steps[0]], steps[core_steps[0]])
     row("resample 8 → 16 kHz", steps["resample 8 → 16 kHz"], steps["resample 8 → 16 kHz"],
         "inside the next row")
-    row("bus in (re-framer, level, frame, queue; with the resampling)", steps[core_steps[1]], steps[core_steps[1]])
+    row("bus in (re-framer, frame, hand-off; with the resampling)", steps[core_steps[1]], steps[core_steps[1]])
     row("engine hand-off + echo engine (callback in the reader, outbound queue, session)", handoff, handoff,
         f"whole core path of {args.calls} calls ({f(core)} µs) − its steps")
     row("**outbound**", None, None)
     row("resample 16 → 8 kHz", steps["resample 16 → 8 kHz"], steps["resample 16 → 8 kHz"], "inside the next row")
-    row("bus out (re-framer, level, frame, queue; with the resampling)", steps[core_steps[2]], steps[core_steps[2]])
+    row("bus out (re-framer, frame, queue; with the resampling)", steps[core_steps[2]], steps[core_steps[2]])
     row("turn timing (agent frame on the timeline)", steps[core_steps[3]], steps[core_steps[3]])
     row("μ-law / A-law encode", steps["μ-law encode"], steps["A-law encode"])
     row("base64 encode + outgoing message text (template)", steps["base64 encode + message text"], None)

@@ -59,7 +59,7 @@ from bench.media_ws import ACCOUNT, RECORDING, TOKEN, prepare_db  # noqa: E402
 from bench.media_ws import NUMBER as TWILIO_NUMBER  # noqa: E402
 from bench.sip_load import long_media_scenario, media_port  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
-from gateway.loadtest.command import free_port, parse_metrics, provision  # noqa: E402
+from gateway.loadtest.command import free_port, free_ports, parse_metrics, provision  # noqa: E402
 from gateway.loadtest.sipp import SippResult, run_sipp  # noqa: E402
 
 NUMBER = "+15550100000"
@@ -100,7 +100,8 @@ class Node:
     def __init__(self, workers: int, db: str, kamailio: bool, carriers: str) -> None:
         self.workers, self.db, self.with_kamailio, self.carriers = workers, db, kamailio, carriers
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{workers}w-"))
-        self.http_port, self.sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        # worker k listens on sip_port + k, UDP and TCP (gateway/workers.py): all N + 1 checked free for both
+        self.http_port, self.sip_port = free_port(), free_ports(1 + workers)
         self.kam_port = free_port(socket.SOCK_DGRAM)
         self.proc: subprocess.Popen | None = None
         self.kam: subprocess.Popen | None = None

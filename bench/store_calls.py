@@ -7,10 +7,14 @@ alone with the writes a zero-length SIPp call makes (captured from a worker: one
 RTP statistics merged into `extra`, the end update, `conversation:ended` and `hang_up`), at a steady rate, and
 measures this process's CPU per call (store and the small driver), PostgreSQL's backends' CPU per call, the
 transactions per call (pg_stat_database), and how long call set-up waits for its row (the INSERT … RETURNING the
-INVITE path awaits). Every call's row is checked at the end: complete, nothing lost.
+INVITE path awaits). Every call's row is checked at the end: complete, nothing lost. Each call first looks its
+number and agent up as the INVITE path does (`find_number`, `get_agent`): the database reads that took per call
+(`lookups per call`) and how long set-up waited for them. `--pool-busy K` keeps K of the pool's 15 connections busy
+with `pg_sleep(--busy-ms)` (a starved PostgreSQL, long write batches) so lookups that reach the database queue.
 
     python bench/store_calls.py --db postgresql://gw:gw@127.0.0.1/gw_h8 --rate 400 --calls 4000
     python bench/store_calls.py --db … --rates 200,400,800 --repeat 3      # writes its section of BENCHMARKS.md
+    python bench/store_calls.py --db … --rate 400 --seconds 12 --pool-busy 13 --no-write   # lookups, starved pool
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from bench._report import table, write_section  # noqa: E402
 from bench.scale import reset_schema  # noqa: E402
 from gateway.call import new_call_uuid  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
+from gateway.secretbox import SecretBox  # noqa: E402
 from gateway.store import Store  # noqa: E402
 from gateway.store.models import utcnow  # noqa: E402
 
@@ -44,8 +49,17 @@ TIMING = {"turns": 0, "agent_utterances": 0, "first_agent_audio_ms": None, "late
           "talk_over_ms": 0, "long_silences": 0}
 
 
-async def one_call(store: Store, waits: list[float]) -> int:
+NUMBER = "+15550100000"
+
+
+async def one_call(store: Store, waits: list[float], lookup_waits: list[float] | None = None) -> int:
     """The store traffic of one zero-length inbound SIP call, in the order a worker makes it."""
+    t = time.perf_counter()
+    number = await store.find_number(NUMBER, "sip", with_secrets=True)     # carriers/sip.py's INVITE path
+    if number is None or await store.get_agent(number["agent_id"]) is None:
+        raise RuntimeError("the bench's number or agent is missing")
+    if lookup_waits is not None:
+        lookup_waits.append(time.perf_counter() - t)
     t = time.perf_counter()
     row = await store.create_call({"call_uuid": new_call_uuid(), "carrier_sid": "bench-" + new_call_uuid(),
                                    "channel_type": "sip", "call_direction": "inbound", "from_number": "+15550000001",
@@ -73,14 +87,45 @@ async def commits(store: Store) -> int:
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))).scalar_one())
 
 
-async def step(db: str, rate: float, calls: int) -> dict[str, float]:
+def count_lookups(store: Store) -> list[int]:
+    """A counter of the database reads of numbers and agents (what call set-up looks up), as a one-item list."""
+    from sqlalchemy import event
+    seen = [0]
+
+    def before(conn: object, cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip()[:6].upper() == "SELECT" and ("phone_numbers" in statement or "agents" in statement):
+            seen[0] += 1
+    assert store.engine is not None
+    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def keep_busy(store: Store, seconds: float, stop: asyncio.Event) -> None:
+    """Hold one pool connection in `pg_sleep` after `pg_sleep` until `stop`."""
+    from sqlalchemy import text
+    assert store.engine is not None
+    while not stop.is_set():
+        async with store.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+
+
+async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: float = 200) -> dict[str, float]:
     await reset_schema(db)
-    store = Store(db)
+    store = Store(db, SecretBox.generate())
     await store.open()
+    agent = await store.create_agent({"name": "bench", "engine": "echo"})
+    await store.create_number({"phone_number": NUMBER, "provider": "sip", "agent_id": agent["id"],
+                               "sip_trunk_name": "bench"}, {})
+    stop = asyncio.Event()
+    busy: list[asyncio.Task[None]] = []
     try:
         for _ in range(20):                      # warm the pool's connections (SCRAM) and statement caches
             await one_call(store, [])
         await store.flush()
+        store._cache.clear()                     # set-up starts cold, as after a restart
+        lookups = count_lookups(store)
+        busy = [asyncio.create_task(keep_busy(store, busy_ms / 1000, stop)) for _ in range(pool_busy)]
+        lookup_waits: list[float] = []
         pg = PgBackends(db)
         acct = CpuAccount({"store": lambda: [os.getpid()]}, {"postgres": pg})
         waits: list[float] = []
@@ -93,20 +138,26 @@ async def step(db: str, rate: float, calls: int) -> dict[str, float]:
             delay = t0 + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one_call(store, waits)))
+            tasks.append(asyncio.create_task(one_call(store, waits, lookup_waits)))
         ids = await asyncio.gather(*tasks)
+        stop.set()
+        await asyncio.gather(*busy)
         await store.flush()
         used = await acct.stop()
         await pg.close()
         x1 = await commits(store)
         _, completed = await store.list_calls(pagesize=1, call_status="completed")
     finally:
+        stop.set()
+        await asyncio.gather(*busy, return_exceptions=True)
         await store.close()
     if completed != calls + 20 or store.write_errors or len(set(ids)) != calls:
         raise RuntimeError(f"call log incomplete: {completed} completed rows for {calls + 20} calls, "
                            f"{store.write_errors} write errors")
-    w = np.array(waits) * 1000
-    return {"rate": rate, "calls": calls, "wall": acct.wall, "achieved": calls / acct.wall,
+    w, lw = np.array(waits) * 1000, np.array(lookup_waits) * 1000
+    return {"lookups": lookups[0] / calls, "lookup_p50": float(np.percentile(lw, 50)),
+            "lookup_p99": float(np.percentile(lw, 99)), "lookup_max": float(lw.max()),
+            "rate": rate, "calls": calls, "wall": acct.wall, "achieved": calls / acct.wall,
             "store_ms": 1000 * used["store"] / calls, "pg_ms": 1000 * used["postgres"] / calls,
             "xact": (x1 - x0 - 2) / calls, "wait_p50": float(np.percentile(w, 50)),
             "wait_p99": float(np.percentile(w, 99)), "load": os.getloadavg()[0]}
@@ -116,7 +167,9 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = []
     for rate in args.rates:
         for _ in range(args.repeat):
-            r = await step(args.db, rate, args.calls or int(rate * args.seconds))
+            r = await step(args.db, rate, args.calls or int(rate * args.seconds), args.pool_busy, args.busy_ms)
+            print(f"lookups per call {r['lookups']:.3f}, set-up lookup wait p50 {r['lookup_p50']:.1f} ms, "
+                  f"p99 {r['lookup_p99']:.1f} ms, max {r['lookup_max']:.1f} ms", flush=True)
             rows.append([f"{rate:g}", r["calls"], f"{r['achieved']:.0f}", f"{r['store_ms']:.3f}",
                          f"{r['pg_ms']:.3f}", f"{r['xact']:.2f}", f"{r['wait_p50']:.1f}", f"{r['wait_p99']:.1f}",
                          f"{r['load']:.1f}"])
@@ -144,6 +197,8 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=0, help="calls per step (default: rate × seconds)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--pool-busy", type=int, default=0, help="pool connections kept busy in pg_sleep (0-15)")
+    p.add_argument("--busy-ms", type=float, default=200.0, help="each pg_sleep of --pool-busy, in ms")
     args = p.parse_args()
     if not args.db or not args.db.startswith("postgres"):
         raise SystemExit("bench/store_calls.py: --db postgresql://… (or GATEWAY_TEST_POSTGRES_URL)")

@@ -58,7 +58,7 @@ from voicecodecs import SUPPORTED_RATES, alaw_to_pcm16, pcm16_to_alaw, pcm16_to_
 from voicecodecs.dtmf import dtmf_pcm
 
 from .exotel_consult import ExotelConsults
-from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
+from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
@@ -1263,7 +1263,7 @@ class ExotelCarrier(ForwardingCarrier):
             return await self._status(params)
         if kind == "consult_status":
             return await self.consults.status(params)
-        raise ValueError(f"unknown Exotel callback {kind!r}")
+        raise UnknownWebhook("Exotel", kind)
 
     def forwarded_target(self, call_id: str) -> Call | None:
         call = self.gateway.calls.get(call_id)

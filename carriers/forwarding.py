@@ -6,7 +6,8 @@ process that owns the call can act on it. Every carrier does the same four thing
 
 * find the call a webhook is about when the URL names none (`call_id_of_sid`: the carrier's own call id in the
   call log, e.g. Plivo's CallUUID, Exotel's CallSid, Vonage's uuid);
-* find the number to authenticate it against when the call is not here (`number_of_call`, from the row);
+* find the number to authenticate it against when the call is not here (`number_of_call`, from the row; or
+  `call_row` + `number_of_row`, which read the row once and hand it on to `forward`);
 * pass it to the owner (`forward`: control op `<carrier>:webhook`, via `CallManager.forward_to_owner`, which
   follows a call that moved meanwhile) and return the owner's answer body;
 * on the owner, run it (`_forwarded`: the carrier's `forwarded_target` finds its per-call state, `on_forwarded`
@@ -36,6 +37,21 @@ class ForwardingCarrier(Carrier):
         self.gateway.control.handle(self.forward_op, self._forwarded)
 
     # -- the receiving process ---------------------------------------------------------------------------------
+    async def call_row(self, call_id: str, sid: str) -> dict[str, Any] | None:
+        """The call-log row of this carrier a webhook is about, read once: by our call id when its URL names one,
+        else by the carrier's call id `sid`; None when neither names a call of this carrier."""
+        if call_id:
+            row = await self.gateway.store.find_call(call_uuid=call_id)
+        else:
+            row = await self.gateway.store.find_call(carrier_sid=sid) if sid else None
+        return row if row is not None and row["channel_type"] == self.name else None
+
+    async def number_of_row(self, row: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The number (with its secrets) of a call-log row of this carrier (`call_row`), or None."""
+        if row is None or row["channel_type"] != self.name or not row["phone_number_id"]:
+            return None
+        return await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
+
     async def call_id_of_sid(self, sid: str) -> str:
         """Our call id of the carrier's call `sid` (held here, else the newest row of this carrier), or ''."""
         if not sid:
@@ -50,15 +66,15 @@ class ForwardingCarrier(Carrier):
         """The number (with its secrets) of a call-log row of this carrier: what a webhook about a call not held
         here is authenticated against, before it is forwarded to the owner or (the call has ended) answered
         with nothing to do."""
-        row = await self.gateway.store.find_call(call_uuid=call_id) if call_id else None
-        if row is None or row["channel_type"] != self.name or not row["phone_number_id"]:
-            return None
-        return await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
+        return await self.number_of_row(await self.gateway.store.find_call(call_uuid=call_id) if call_id else None)
 
-    async def forward(self, call_id: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    async def forward(self, call_id: str, args: dict[str, Any],
+                      row: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """An authenticated webhook about call `call_id`, which another live process holds: that process carries
-        it out (`on_forwarded`) and its answer's body is returned; None when no live process holds the call."""
-        reply = await self.gateway.calls.forward_to_owner(call_id, self.forward_op, args)
+        it out (`on_forwarded`) and its answer's body is returned; None when no live process holds the call, or
+        the owner refused it (an `UnknownWebhook`: it is then handled here as a call no process holds). `row`:
+        the call's row when the caller has just read it (not read again)."""
+        reply = await self.gateway.calls.forward_to_owner(call_id, self.forward_op, args, row=row)
         if reply is None or not reply.ok:
             return None
         return reply.body
@@ -70,7 +86,7 @@ class ForwardingCarrier(Carrier):
 
     async def on_forwarded(self, target: Any, args: dict[str, Any]) -> dict[str, Any]:
         """Carry out a webhook another process received about a call held here (`args` is what that process sent
-        with `forward`); the answer's body goes back to it."""
+        with `forward`); the answer's body goes back to it. A `kind` it does not know raises `UnknownWebhook`."""
         raise NotImplementedError
 
     async def _forwarded(self, args: dict[str, Any]) -> Reply:
@@ -78,7 +94,19 @@ class ForwardingCarrier(Carrier):
         target = self.forwarded_target(call_id)
         if target is None:
             return self.gateway.calls.not_here(call_id)
-        return Reply(200, await self.on_forwarded(target, args))
+        try:
+            return Reply(200, await self.on_forwarded(target, args))
+        except UnknownWebhook as e:
+            # bad input from another process (e.g. one of a newer version), not a fault of this one: a 400 naming
+            # the field, no traceback (docs/deploy.md, "Webhooks about a call another process holds")
+            return Reply(400, {"success": False, "error": str(e), "field": "kind"})
+
+
+class UnknownWebhook(ValueError):
+    """A forwarded webhook of a `kind` this carrier does not handle: the owner answers 400 naming `kind`."""
+
+    def __init__(self, carrier: str, kind: str) -> None:
+        super().__init__(f"unknown {carrier} webhook kind {kind[:40]!r}")
 
 
 #: bytes of webhook fields one forwarded request carries at most (a control-bus message stays under 7900 bytes)

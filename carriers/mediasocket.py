@@ -81,7 +81,7 @@ def decode_event(msg: Any, codes: Any, binary_reason: str) -> dict[str, Any] | N
 def decode_text(text: str, codes: Any) -> dict[str, Any]:
     """A JSON text message as a dict with a string `event`; StreamClosed (`codes.BAD_MESSAGE`) when it is not."""
     try:
-        m = safejson.loads(text)
+        m = safejson.loads_media(text)
     except safejson.BadJson:
         raise StreamClosed(codes.BAD_MESSAGE, "message is not JSON") from None
     if not isinstance(m, dict) or not isinstance(m.get("event"), str):
@@ -174,6 +174,9 @@ class MarkedPlayout:
         self.forgotten: set[str] = set()             # marks whose audio a clear dropped
         self._drain_waiters: dict[str, asyncio.Future[None]] = {}
         self.playout_end = 0.0
+        #: the loop's clock, looked up once (`_played` runs per frame; on Python 3.11 every
+        #: `asyncio.get_running_loop()` is a getpid() system call)
+        self._now = asyncio.get_running_loop().time
         self._off_call = asyncio.Event()            # set while the sender is not inside call.next_outbound()
         self._off_call.set()
 
@@ -321,7 +324,7 @@ class MarkedPlayout:
 
     def _played(self, seconds: float) -> None:
         """We just sent `seconds` of audio: it plays after what is queued, or from now."""
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         self.playout_end = max(self.playout_end, now) + seconds
 
     async def _close_when_call_ends(self) -> None:

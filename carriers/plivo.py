@@ -39,7 +39,7 @@ from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import HangupSource
 from gateway.numbers import normalize_e164
 
-from .forwarding import forwarded_fields, str_dict
+from .forwarding import UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import StreamClosed, start_object
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
@@ -281,7 +281,7 @@ class PlivoCarrier(RestCallCarrier):
         if kind == "consult_hangup":
             await self._consult_hung_up(st, params)
             return {}
-        raise ValueError(f"unknown Plivo callback {kind!r}")
+        raise UnknownWebhook("Plivo", kind)
 
     # -- answer --------------------------------------------------------------------------------------------------
     async def stream_xml_text(self, st: LegState, url: str | None = None) -> str:

@@ -23,7 +23,7 @@ from gateway.callmanager import CapacityError
 from gateway.carrier import Carrier, CarrierError, ImportField
 from gateway.consult import DelegatingConsultLeg
 from gateway.frames import ConsultRequest, HangupSource, TransferRequest, TransferResult
-from gateway.rtp import RtpEngine
+from gateway.rtp import NoFreePort, RtpEngine
 from gateway.sip.bridge import MediaBridge
 from gateway.sip.dialog import DialogError
 from gateway.sip.inbound_auth import InboundAuth, TrunkAuth
@@ -70,6 +70,8 @@ RETRY_AFTER_S = 5            # 503 at capacity: when the carrier may try this ga
 DEFAULT_RING_TIMEOUT = 45.0  # seconds an outbound INVITE may ring before we CANCEL (no-answer)
 TRANSFER_RING_TIMEOUT = 30.0
 TRUNK_CACHE_S = 5.0
+#: Retry-After (s) of a call refused because every RTP port of this process is in use
+RTP_FULL_RETRY_AFTER = 5
 
 
 def _flat(number: dict[str, Any]) -> dict[str, Any]:
@@ -512,6 +514,15 @@ class SipCarrier(Carrier):
             return
         caller = inbound_number(uri_user(req.from_.uri)) or uri_user(req.from_.uri) or "anonymous"
         try:
+            # before the call exists: a process whose RTP ports are all in use is full, like one at --max-calls
+            # (503 + Retry-After, no call-log row), and Kamailio's failure_route tries the next worker
+            rtp = await self._open_rtp()
+        except CarrierError as e:
+            self.log.warning("INVITE refused: %s", e, extra=extra)
+            inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
+                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
+            return
+        try:
             call = await self.gateway.calls.create(
                 carrier=self.name, direction="inbound", from_number=caller, to_number=number["phone_number"],
                 number=number, carrier_sid=req.call_id, status="ringing",
@@ -519,26 +530,39 @@ class SipCarrier(Carrier):
                                   "trunk": number.get("sip_trunk_name"),
                                   "user_agent": req.headers.get("User-Agent") or ""}})
         except CapacityError as e:
+            rtp.close()
             # 503 when the gateway is full or draining, 486 when the number's channels are all in use
             # (RFC 3261 §21.4.24 / §21.5.4: either may carry Retry-After); the Warning says which limit it was
             inv.reject(e.sip_status, e.sip_reason, [("Retry-After", str(e.retry_after)),
                                                     ("Warning", f'399 gateway "{str(e)[:120]}"')])
             return
+        except BaseException:
+            rtp.close()
+            raise
         if call.agent is None:
+            rtp.close()
             inv.reject(480, "Temporarily Unavailable")
             await call.end(HangupSource.SYSTEM, "agent not found", status="failed")
             return
         try:
-            await self._answer(inv, call, number)
+            await self._answer(inv, call, number, rtp)
         except Exception:
+            rtp.close()                     # (a no-op when the leg closed it already)
             self.log.exception("inbound call setup failed", extra={"call_id": call.id})
             if not inv.finished:
                 inv.reject(500, "Server Internal Error")
             await call.end(HangupSource.SYSTEM, "setup failed", status="failed")
 
-    async def _answer(self, inv: IncomingInvite, call: Call, number: dict[str, Any]) -> None:
+    async def _open_rtp(self) -> Any:
+        """A new RTP session of this process; every port in use is a CarrierError 503 (full: try again later or
+        elsewhere), not a crash of the request."""
+        try:
+            return await self.live_rtp.open_session()
+        except NoFreePort as e:
+            raise CarrierError(str(e), 503, retry_after=RTP_FULL_RETRY_AFTER) from None
+
+    async def _answer(self, inv: IncomingInvite, call: Call, number: dict[str, Any], rtp: Any) -> None:
         req = inv.request
-        rtp = await self.live_rtp.open_session()
         leg = SipLeg(self, call, number, rtp)
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, rtp.local_port,
@@ -621,7 +645,12 @@ class SipCarrier(Carrier):
         if not req.body:
             inv.reject(488, "Not Acceptable Here", [("Warning", '399 gateway "an SDP offer is required"')])
             return
-        new = SipLeg(self, call, old.number, await self.live_rtp.open_session())
+        try:
+            new = SipLeg(self, call, old.number, await self._open_rtp())
+        except CarrierError as e:
+            inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
+                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
+            return
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, new.rtp.local_port,
                                           media_encryption=TrunkTarget.of(old.number).media_encryption)
@@ -632,10 +661,20 @@ class SipCarrier(Carrier):
         new.sdp_session_id = answer.origin.session_id
         use_media(new, choice)
         keys_in_clear(inv.transport, choice, call.log, call_id=call.id)
+
+        def media_up() -> None:
+            # as on any INVITE (_on_invite): the new far end may send RTP as soon as it has our 200 (RFC 3264 §6)
+            # and its ACK can come much later, so the call's media moves to the new session now
+            if not call.ended.is_set() and not old.closed:
+                old.rtp.detach()
+                new.rtp.attach(call)
+
         try:
-            session = await inv.accept(answer.to_bytes())
+            session = await inv.accept(answer.to_bytes(), on_sent=media_up)
         except (RequestFailed, DialogError) as e:
             new.close()
+            if not old.closed and not call.ended.is_set():
+                old.rtp.attach(call)            # no ACK: the replaced dialog still carries the call
             call.log.info("replacing INVITE not completed: %s", getattr(e, "reason", e))
             return
         if call.ended.is_set() or old.closed:   # the call ended while we answered: end the new dialog too
@@ -649,7 +688,6 @@ class SipCarrier(Carrier):
         self.legs[call.id] = new
         replaced.send_bye(reason_header(q850=16, text="replaced"))
         old.close()
-        new.rtp.attach(call)
         call.set_carrier_sid(req.call_id)
         await call.record(carrier_sid=req.call_id, extra={"replaced_sip_call_id": replaced.call_id})
         await call.emit("call:replaced", {"sip_call_id": req.call_id, "replaced_sip_call_id": replaced.call_id})
@@ -729,7 +767,7 @@ class SipCarrier(Carrier):
         if target.transport == "tls" and not self.live_ua.transport.tls_port:
             call.log.warning("calling a TLS trunk without a TLS listener (--tls-cert/--tls-key): the trunk can "
                              "reach us back only over the connection we open", extra={"call_id": call.id})
-        rtp = await self.live_rtp.open_session()
+        rtp = await self._open_rtp()
         leg = SipLeg(self, call, number, rtp)
         call.leg = leg  # so a hangup while ringing CANCELs the INVITE
         self.legs[call.id] = leg
@@ -903,7 +941,7 @@ class SipCarrier(Carrier):
             uri = target.uri_for(request.number)
         except DialFormatError as e:
             raise CarrierError(f"cannot dial {request.number} on this trunk: {e}", 400, field="number") from None
-        other = SipLeg(self, leg.call, leg.number, await self.live_rtp.open_session())
+        other = SipLeg(self, leg.call, leg.number, await self._open_rtp())
         leg.consultation = SipConsultation(self, leg, other, target, uri, request.number)
         leg.consultation.start()
 
@@ -916,7 +954,10 @@ class SipCarrier(Carrier):
             uri = target.uri_for(number)
         except DialFormatError as e:
             return f"failed: {e}"
-        rtp = await self.live_rtp.open_session()
+        try:
+            rtp = await self._open_rtp()
+        except CarrierError as e:
+            return f"failed: {e}"
         other = SipLeg(self, call, leg.number, rtp)
         state: dict[str, Any] = {}
         result = await self.place(other, target, uri, number, ring_timeout=self.transfer_ring_timeout, state=state)

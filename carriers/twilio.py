@@ -46,7 +46,7 @@ from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, 
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
 
-from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
+from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import StreamClosed
 from .streamrelay import RelayStream, to_owner
 from .twilio_consult import TwilioConsultation
@@ -793,7 +793,7 @@ class TwilioCarrier(ForwardingCarrier):
             if consultation is not None and consultation.sid and consultation.sid == form.get("CallSid"):
                 await consultation.status(form.get("CallStatus") or "")
             return None
-        raise ValueError(f"unknown {self.label} callback {kind!r}")
+        raise UnknownWebhook(self.label, kind)
 
     async def _on_status(self, call: Call | None, form: dict[str, str], query: dict[str, str]) -> None:
         status = form.get("CallStatus") or ""

@@ -59,7 +59,7 @@ from gateway.frames import (
 from gateway.logsetup import ContextLogger
 from gateway.numbers import normalize_e164
 
-from .forwarding import ForwardingCarrier, forwarded_fields, str_dict
+from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, token_digest
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
@@ -82,6 +82,9 @@ _UUID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 # https://developer.vonage.com/en/voice/voice-api/webhook-reference#event-webhook
 TERMINAL = {"completed": "completed", "busy": "busy", "cancelled": "canceled", "unanswered": "no-answer",
             "timeout": "no-answer", "rejected": "failed", "failed": "failed"}
+#: the `leg=` values of the event URLs we give Vonage: none (the call's own events), our websocket leg's, an
+#: attended transfer's consultation call's and its websocket leg's
+EVENT_LEGS = ("", "websocket", "consult", "consult_ws")
 #: what of an event webhook's body another process of the cluster passes to the call's owner (carriers/forwarding.py)
 FORWARDED_FIELDS = ("status", "uuid", "conversation_uuid", "timestamp", "duration", "price", "rate", "network",
                     "detail", "sub_state", "reason", "direction")
@@ -825,17 +828,26 @@ class VonageCarrier(ForwardingCarrier):
 
     async def event_webhook(self, request: web.Request) -> web.Response:
         """Call status (started, ringing, answered, completed, busy, timeout, failed…), AMD results; with `leg=`
-        the events of our websocket leg or of an attended transfer's consultation call."""
+        the events of our websocket leg or of an attended transfer's consultation call (`EVENT_LEGS`: any other
+        `leg` is bad input, 400 naming it). A call not held here is read from the call log once: its number
+        authenticates the event, its owner carries it out, or (no live owner) its row records it."""
         p = await self._params(request)
         status = str(p.get("status") or "").lower()
         uuid = str(p.get("uuid") or "")
         leg = request.query.get("leg", "")
+        if leg not in EVENT_LEGS:
+            return web.json_response({"error": f"unknown leg {leg[:40]!r} (one of: websocket, consult, consult_ws)",
+                                      "field": "leg"}, status=400)
         st = self.states.get(request.query.get("call_id", ""))
         call = st.call if st else (self.gateway.calls.find_by_sid(uuid) if uuid and not leg else None)
         if st is None and call is not None:
             st = self.states.get(call.id)
-        if st is None and call is None:    # a call another process of the cluster holds?
-            elsewhere = await self._elsewhere(request, p, leg or "event")
+        row: dict[str, Any] | None = None
+        number = st.number if st else (call.number if call else None)
+        if st is None and call is None:    # a call another process of the cluster holds, or one that has ended
+            row = await self.call_row(request.query.get("call_id", ""), uuid if not leg else "")
+            number = await self.number_of_row(row)
+            elsewhere = await self._elsewhere(request, p, leg or "event", row, number)
             if elsewhere is not None:
                 return elsewhere
         if leg in ("consult", "consult_ws"):
@@ -848,36 +860,32 @@ class VonageCarrier(ForwardingCarrier):
             if st is not None and self._ws_leg_failed(st, status) and self.signature_ok(request, st.number):
                 await self._ws_leg_event(st, status)
             return web.Response(status=204)
-        number = st.number if st else (call.number if call else None)
-        if number is None and uuid:
-            row = await self.gateway.store.find_call(carrier_sid=uuid)
-            if row and row.get("phone_number_id"):
-                number = await self.gateway.store.get_number(row["phone_number_id"], with_secrets=True)
         if number is None:
             return web.Response(status=204)        # no call of ours, nothing to authenticate against: ignore
         if not self.signature_ok(request, number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
         if call is None or call.ended.is_set():
-            row = await self.gateway.store.find_call(carrier_sid=uuid) if uuid else None
-            if row is not None and row.get("channel_type") == self.name:
+            if row is None and uuid:
+                row = await self.call_row("", uuid)
+            if row is not None:
                 await self.gateway.store.update_call(row["id"], extra=self._event_extra(p))
             return web.Response(status=204)
         await self._call_event(call, st, p)
         return web.Response(status=204)
 
-    async def _elsewhere(self, request: web.Request, p: dict[str, Any], kind: str) -> web.Response | None:
-        """A webhook about a call this process does not hold: authenticated against the number in the call's row,
-        then carried out by the process that holds it (carriers/forwarding.py); what to answer (401, or the
-        owner's answer: its NCCO, else 204), or None when no other live process holds the call."""
-        call_id = request.query.get("call_id", "") or await self.call_id_of_sid(str(p.get("uuid") or ""))
-        number = await self.number_of_call(call_id)
-        if number is None:
+    async def _elsewhere(self, request: web.Request, p: dict[str, Any], kind: str, row: dict[str, Any] | None,
+                         number: dict[str, Any] | None) -> web.Response | None:
+        """A webhook about the call of `row` (read once by the caller, with its `number`), which this process does
+        not hold: authenticated against the number, then carried out by the process that holds it
+        (carriers/forwarding.py); what to answer (401, or the owner's answer: its NCCO, else 204), or None when
+        no other live process holds the call."""
+        if row is None or number is None:
             return None
         if not self.signature_ok(request, number):
             return web.json_response({"error": "invalid or missing signed-webhook JWT"}, status=401)
         fields = forwarded_fields(p, FORWARDED_FIELDS)
         query = {k: v[:200] for k, v in request.query.items() if k in ("attempt", "leg")}
-        answer = await self.forward(call_id, {"kind": kind, "params": fields, "query": query})
+        answer = await self.forward(str(row["call_uuid"]), {"kind": kind, "params": fields, "query": query}, row)
         if answer is None:
             return None
         ncco = answer.get("ncco")
@@ -904,7 +912,7 @@ class VonageCarrier(ForwardingCarrier):
             ncco = await self._transfer_step(st, p, query.get("attempt", "0"))
             return {"ncco": ncco} if ncco is not None else {}
         else:
-            raise ValueError(f"unknown Vonage webhook {kind!r}")
+            raise UnknownWebhook("Vonage", kind)
         return {}
 
     @staticmethod
@@ -983,8 +991,10 @@ class VonageCarrier(ForwardingCarrier):
         """Events of a transfer attempt (eventType synchronous): answer → done; failure → next backup, or back to
         the agent on a new media socket when every number failed."""
         p = await self._params(request)
-        if request.query.get("call_id", "") not in self.states:     # a call another process of the cluster holds?
-            elsewhere = await self._elsewhere(request, p, "transfer")
+        call_id = request.query.get("call_id", "")
+        if call_id not in self.states:     # a call another process of the cluster holds?
+            row = await self.call_row(call_id, "") if call_id else None
+            elsewhere = await self._elsewhere(request, p, "transfer", row, await self.number_of_row(row))
             if elsewhere is not None:
                 return elsewhere
         st = self.signed_state(request)

@@ -31,8 +31,20 @@ class BusCounters:
     frames_out: int = 0
     dropped_in: int = 0
     dropped_out: int = 0   # frames discarded by clear()/barge-in
-    level_in: int = 0      # RMS of the last inbound frame, for meters
-    level_out: int = 0
+    #: the last carrier-rate frame each way: meters show its RMS, computed when they read it (a few times a
+    #: second) instead of for every frame (100 a second per call)
+    last_in: bytes = b""
+    last_out: bytes = b""
+
+    @property
+    def level_in(self) -> int:
+        """RMS of the last inbound frame, for meters."""
+        return int(audioop.rms(self.last_in, 2))
+
+    @property
+    def level_out(self) -> int:
+        """RMS of the last outbound frame, for meters."""
+        return int(audioop.rms(self.last_out, 2))
 
 
 class DropOldestQueue:
@@ -117,7 +129,7 @@ class CallBus:
         """Carrier-rate PCM16 of any length; never blocks."""
         for chunk in self._in_frame.push(pcm):
             self.counters.frames_in += 1
-            self.counters.level_in = audioop.rms(chunk, 2)
+            self.counters.last_in = chunk
             frame = AudioFrame(self._up.process(chunk), self.engine_rate)
             sampled = self.counters.frames_in % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None
             direct = self._engine_direct
@@ -203,7 +215,7 @@ class CallBus:
         frames = self._out_carrier_frame.push(self._down.process(chunk))
         items: list[AudioFrame] = []
         for frame in frames:
-            self.counters.level_out = audioop.rms(frame, 2)
+            self.counters.last_out = frame
             item = AudioFrame(frame, self.carrier_rate)
             direct = self._direct
             if (direct is not None and single and len(frames) == 1 and self.outbound.empty()

@@ -228,16 +228,19 @@ class CallManager:
     def register_control(self) -> None:
         self.gateway.control.handle("released", self._on_released)
 
-    async def forward_to_owner(self, call_uuid: str, op: str, args: dict[str, Any]) -> Reply | None:
+    async def forward_to_owner(self, call_uuid: str, op: str, args: dict[str, Any],
+                               row: dict[str, Any] | None = None) -> Reply | None:
         """A carrier webhook (already authenticated here) about a call this process does not hold: run control op
         `op` on the process that owns it and return its reply. The owner's handler answers 404 with `moved` when
         the call left it meanwhile (adoption): the row is then read once more and the op follows the call. None
-        when the call is not open, has no live owner other than this process, or the owner did not answer."""
+        when the call is not open, has no live owner other than this process, or the owner did not answer. `row`:
+        the call's row when the caller has just read it (the first attempt does not read it again)."""
         if not call_uuid:
             return None
         me = self.gateway.settings.proc_id
-        for _ in range(2):
-            row = await self.store.find_call(call_uuid=call_uuid)
+        for attempt in range(2):
+            if attempt or row is None:
+                row = await self.store.find_call(call_uuid=call_uuid)
             owner = row.get("owner") if row is not None and row.get("ended_at") is None else None
             if not owner or owner == me or not await self.gateway.membership.alive(owner):
                 return None

@@ -9,12 +9,16 @@
 
 `loads()` refuses all three with `BadJson` (a `ValueError`), so every caller already handling invalid JSON handles
 these too: the REST API answers 400, the media websockets close with their bad-message code.
+
+`loads_media()` is `loads()` for media-socket text messages, with orjson parsing the 50-a-second `media` event.
 """
 from __future__ import annotations
 
 import json
 import re
 from typing import Any
+
+import orjson
 
 #: deeper than any body the API, carriers or engines send (they nest 3-5 levels) and far below the
 #: interpreter's recursion limit, which json.dumps/SQLAlchemy need headroom under.
@@ -62,6 +66,25 @@ def loads(data: str | bytes | bytearray) -> Any:
     # the walk over every value for the small messages media sockets carry 50 times a second per call
     if check_strings or text.count("{") + text.count("[") > MAX_DEPTH:
         _check(value, check_strings)
+    return value
+
+
+def loads_media(text: str) -> Any:
+    """`loads()` for a media socket's text messages (Twilio, Telnyx, Plivo, Exotel), ≈ 1.6 µs less per `media` event.
+
+    orjson parses (about 5× faster than the stdlib decoder; RFC 8259 strict, so it refuses NaN/Infinity and lone
+    surrogates itself) and the depth limit is checked as `loads()` checks it. Its one difference from `json` —
+    integers beyond 64 bits come back as floats — cannot be seen in a `media` event, whose only fields read are
+    strings (track, payload): every other message, and everything orjson refuses, goes through `loads()`, so it
+    is accepted, parsed and refused exactly as before."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return loads(text)
+    if type(value) is not dict or value.get("event") != "media":
+        return loads(text)
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        _check(value, False)
     return value
 
 

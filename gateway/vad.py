@@ -126,6 +126,8 @@ class SpeechTap:
         self.detector = SpeechDetector(rate, **detector_options)
         self._started_ms = 0
         self._last_emit: asyncio.Task[None] | None = None
+        #: the loop's clock, looked up once: on 3.11 every `asyncio.get_running_loop()` is a getpid() system call
+        self._now = asyncio.get_running_loop().time
 
     def __call__(self, pcm: bytes) -> None:
         frames = self._frames.push(pcm)
@@ -134,7 +136,7 @@ class SpeechTap:
         # each frame ended when its chunk arrived at the carrier (`call.inbound_arrived`, else now) less the frames
         # of the chunk after it: the detector keeps the times of the frames where speech really starts and ends
         arrived = self._call.inbound_arrived
-        last = (asyncio.get_running_loop().time() if arrived is None else arrived) - len(frames) * FRAME_S
+        last = (self._now() if arrived is None else arrived) - len(frames) * FRAME_S
         for i, frame in enumerate(frames, 1):
             change = self.detector.process(frame, last + i * FRAME_S)
             if change is None:

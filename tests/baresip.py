@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sipp import _udp_free, free_port
+from sipp import free_port, port_free
 
 needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip (Debian baresip) not installed")
 MODULES = "/usr/lib/baresip/modules"
@@ -84,7 +84,7 @@ class Baresip:
     async def start(self) -> Baresip:
         for _ in range(5):   # another process may take the ports between free_port() and baresip's bind
             self.port = free_port()
-            if not _udp_free(self.port + 1, socket.SOCK_STREAM):   # its TLS listener
+            if not port_free(self.port + 1, socket.SOCK_STREAM):   # its TLS listener
                 continue
             self.output = b""
             self._write_config()

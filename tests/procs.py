@@ -23,7 +23,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sipp import free_port, free_ports, rtp_range, wait_for
+from gateway.loadtest.command import free_ports
+from sipp import free_port, rtp_range, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.loadtest.command import port_free
 from gateway.loadtest.sipp import SippResult, run_sipp
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "sip-test-configs"
@@ -37,32 +38,12 @@ def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
             port = s.getsockname()[1]
         if even and port % 2:
             continue
-        if not (_udp_free(port, socket.SOCK_DGRAM) and _udp_free(port, socket.SOCK_STREAM)):
+        if not (port_free(port, socket.SOCK_DGRAM) and port_free(port, socket.SOCK_STREAM)):
             continue  # SIPp binds the other kind too (and TCP ports linger in TIME_WAIT)
-        if even and not all(_udp_free(p) for p in (port, port + 1, port + 2, port + 3)):
+        if even and not all(port_free(p) for p in (port, port + 1, port + 2, port + 3)):
             continue  # RTP + RTCP (+2 for SIPp's video echo)
         return port
     raise RuntimeError("no free port")
-
-
-def free_ports(count: int) -> int:
-    """A port P such that P … P + count - 1 were all free a moment ago on 127.0.0.1 for UDP and TCP (a node's SIP
-    port and its workers' `P + k`, or their TLS ports)."""
-    for _ in range(50):
-        port = free_port()
-        if all(_udp_free(p, kind) for p in range(port + 1, port + count)
-               for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
-            return port
-    raise RuntimeError(f"no {count} free ports in a row")
-
-
-def _udp_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 @dataclass
@@ -148,7 +129,7 @@ class SippUas:
                                                   cwd=self._workdir))
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
-        while _udp_free(self.port, self._kind):  # SIPp has bound its port once we can no longer bind it
+        while port_free(self.port, self._kind):  # SIPp has bound its port once we can no longer bind it
             if self._task.done():
                 explained = Outcome(self._task.result()).explain()
                 if "Address already in use" in explained:

@@ -55,6 +55,20 @@ async def _vonage_event(node, path: str, body: dict, headers: dict) -> tuple[int
         return r.status, (await r.json() if r.status == 200 else None)
 
 
+async def vonage_call_live_on_a(s: aiohttp.ClientSession, a, b, uuid: str):
+    """Vonage's answer webhook for call `uuid` on node-a, its media socket opened there, the call in progress
+    as node-b reads it: (call id, the socket, the row)."""
+    async with s.get(a.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
+                                                       "uuid": uuid}, headers=signed_headers()) as r:
+        assert r.status == 200
+        endpoint = (await r.json())[0]["endpoint"][0]
+    call_id = endpoint["headers"]["call_id"]
+    sock = FakeVonageSocket(s, endpoint, gw_url=a.url())
+    await sock.connect()
+    row = await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+    return call_id, sock, row
+
+
 async def test_vonage_transfer_steps_and_events_on_the_other_node_reach_the_owner(cluster):  # noqa: F811
     start, world, receiver, clients = cluster
     pem = rsa_private_pem()
@@ -68,14 +82,7 @@ async def test_vonage_transfer_steps_and_events_on_the_other_node_reach_the_owne
         uuid = "63f61863-4a51-4f6b-86e1-46edebcf00aa"
         api.register({"inbound": True}, uuid)
         async with aiohttp.ClientSession() as s:
-            async with s.get(a.url("/vonage/answer"), params={"to": VONAGE_NUMBER[1:], "from": "447700900999",
-                                                               "uuid": uuid}, headers=signed_headers()) as r:
-                assert r.status == 200
-                endpoint = (await r.json())[0]["endpoint"][0]
-            call_id = endpoint["headers"]["call_id"]
-            sock = FakeVonageSocket(s, endpoint, gw_url=a.url())
-            await sock.connect()
-            await wait_until(lambda: in_progress_on(b, call_id, "node-a"), 10, "the call to be live on node-a")
+            call_id, sock, _ = await vonage_call_live_on_a(s, a, b, uuid)
 
             status, body = await b.api("POST", f"/calls/{call_id}/transfer", {"number": TARGET})
             assert status == 200, body                                  # carried out by node-a (REST transfer)
@@ -149,3 +156,37 @@ async def test_exotel_transfer_callbacks_on_the_other_node_are_answered_by_the_o
 async def _by_sid(node, sid: str) -> dict | None:
     status, body = await node.api("GET", "/calls/logs?pagesize=20")
     return next((c for c in body["call_log_data"] if c["carrier_sid"] == sid), None)
+
+
+async def test_vonage_webhook_of_an_unknown_kind_is_refused_cleanly(cluster):  # noqa: F811
+    """An event URL with a `leg` we never give Vonage is refused on the receiving node (400 naming `leg`), and a
+    forwarded webhook of a kind the owner does not know (another version's) gets the owner's 400 naming `kind`,
+    not a handler traceback and a 500."""
+    from gateway.cluster.control import PgControl
+    start, world, receiver, clients = cluster
+    a, b = await two_nodes_with(cluster, add_vonage_number)
+    uuid = "63f61863-4a51-4f6b-86e1-46edebcf00ab"
+    async with aiohttp.ClientSession() as s:
+        call_id, sock, row = await vonage_call_live_on_a(s, a, b, uuid)
+
+        status, body = await _vonage_json(b, f"/vonage/events?call_id={call_id}&leg=conversation",
+                                          {"uuid": uuid, "status": "completed"})
+        assert (status, body["field"]) == (400, "leg"), body
+
+        bus = PgControl(start.db, "test-sender", timeout=30)
+        await bus.start()
+        try:
+            reply = await bus.request(row["owner"], "vonage:webhook", {
+                "call": call_id, "kind": "conversation", "params": {"uuid": uuid, "status": "completed"},
+                "query": {}})
+        finally:
+            await bus.stop()
+        assert reply is not None and (reply.status, reply.body["field"]) == (400, "kind"), reply
+        assert "control handler failed" not in a.log() and "Traceback" not in a.log()
+        assert (await call_row(b, call_id))["ended_at"] is None            # neither changed the call
+        await sock.close()
+
+
+async def _vonage_json(node, path: str, body: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(node.url(path), json=body, headers=signed_headers()) as r:
+        return r.status, await r.json(content_type=None)

@@ -35,6 +35,27 @@ def test_depth_limit_is_exact_and_a_bom_is_refused_as_json_loads_does():
         safejson.loads(None)  # type: ignore[arg-type]  # (what json.loads raises for a non-text argument)
 
 
+MEDIA = ('{"event":"media","sequenceNumber":"3","streamSid":"MZ1","media":{"track":"inbound","chunk":"2",'
+         '"timestamp":"20","payload":"%s"}}')
+
+
+def test_loads_media_parses_and_refuses_as_loads_does():
+    """The media sockets' orjson path: the same value for a media event, and whatever loads() refuses or reads
+    differently (other events, NaN, 1e400, lone surrogates, nesting past the limit, a BOM) gives loads()'s answer."""
+    media = MEDIA % ("/w" * 80)
+    assert safejson.loads_media(media) == safejson.loads(media)
+    start = '{"event":"start","start":{"customParameters":{"n":123456789012345678901234567890}}}'
+    assert safejson.loads_media(start)["start"]["customParameters"]["n"] == 123456789012345678901234567890
+    big = '{"event":"media","media":{"payload":"AA=="},"n":1e400}'      # json reads inf; orjson refuses
+    assert safejson.loads_media(big) == safejson.loads(big)
+    deep = '{"event":"media","x":' + "[" * safejson.MAX_DEPTH + "]" * safejson.MAX_DEPTH + "}"
+    for bad in ('{"event":"media","x":NaN}', '{"event":"media","x":"\\ud800"}', deep, "\ufeff" + media,
+                '{"event":"media"', "[NaN]"):
+        with pytest.raises(safejson.BadJson):
+            safejson.loads_media(bad)
+    assert safejson.loads_media("[1]") == [1]
+
+
 async def _post(gw, path, raw: bytes, headers=None):
     async with aiohttp.ClientSession() as s:
         async with s.post(gw.url(path), data=raw, headers={"Content-Type": "application/json", **(headers or {})}) as r:

@@ -252,3 +252,48 @@ async def test_30ms_packets_play_out_at_the_real_rate(make_gateway):
     assert session.stats["lost"] == 0
     await call.end("user", "test")
     await rtp.stop()
+
+
+async def test_caller_audio_read_after_a_stalled_loop_is_played_not_dropped():
+    """A starved box runs our event loop late. A real RTP sender on its own thread keeps sending 20 ms packets in
+    real time meanwhile; they wait in our socket and are read in one burst when the loop runs again. They arrived
+    in time, so the caller's audio is played whole (early, to bring the latency back down), none dropped as an
+    overflow of the jitter buffer's depth."""
+    import threading
+    import time
+
+    rtp = RtpEngine("127.0.0.1", 41200, 41300)
+    await rtp.start()
+    peer, peer_port = await open_peer()
+    try:
+        session = await rtp.open_session()
+        session.configure(("127.0.0.1", peer_port), "PCMU", 0, 101)
+        heard: list[bytes] = []
+        session.on_pcm = heard.append
+        frames = tone_ulaw(100)
+        done = threading.Event()
+
+        def sender() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                start = time.monotonic()
+                for i, payload in enumerate(frames):
+                    wait = start + 0.02 * i - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    s.sendto(build_rtp(0, i == 0, 7000 + i, 160 * i, 99, payload), ("127.0.0.1", session.local_port))
+            done.set()
+
+        thread = threading.Thread(target=sender, daemon=True)
+        thread.start()
+        await wait_for(lambda: len(heard) >= 5, 20, what="play-out to start")
+        time.sleep(0.8)       # the loop stalls (blocking on purpose): 40 packets arrive that it cannot read
+        await wait_for(done.is_set, 60, what="the sender to finish")
+        await wait_for(lambda: len(heard) >= len(frames), 20, what="every frame to be played")
+        stats = session.stats
+        assert (stats["overflow"], stats["lost"], stats["late"]) == (0, 0, 0), stats
+        assert stats["drained"] > 0, stats          # the burst did exceed the depth, and was played early
+        assert b"".join(heard) == ulaw_to_pcm16(b"".join(frames))
+        thread.join(10)
+    finally:
+        peer.transport.close()
+        await rtp.stop()

@@ -112,8 +112,30 @@ def test_jitter_sequence_wraps():
     assert [jb.pop() for _ in range(4)] == [b"\xfe", b"\xff", b"\x00", b"\x01"]
 
 
-def test_jitter_depth_is_bounded():
-    jb = JitterBuffer(target=2, max_depth=5)
+def test_jitter_memory_is_bounded():
+    jb = JitterBuffer(target=2, max_depth=5, max_backlog=8)
     for seq in range(20):
         jb.put(seq, b"x")
-    assert len(jb) == 5 and jb.overflow == 15
+    assert len(jb) == 8 and jb.overflow == 12
+
+
+def test_jitter_plays_a_burst_above_the_depth_early_instead_of_dropping_it():
+    """A burst read after our loop ran late: every frame is played, the excess over `max_depth` at up to
+    `catch_up` extra frames a tick, in order, until the latency is back at the bound."""
+    jb = JitterBuffer(target=2, max_depth=5, catch_up=3)
+    for seq in range(12):
+        jb.put(seq, bytes([seq]))
+    played: list[bytes] = []
+    ticks = 0
+    while len(jb):
+        ticks += 1
+        frame = jb.pop()
+        assert isinstance(frame, bytes)
+        played.append(frame)
+        for _ in range(jb.extra()):
+            extra = jb.pop()
+            assert isinstance(extra, bytes)
+            played.append(extra)
+    assert played == [bytes([i]) for i in range(12)] and jb.overflow == 0 and jb.lost == 0
+    # 12 buffered, bound 5: tick 1 plays 1 + 3 (8 left), tick 2 plays 1 + 2 (5 left), then one a tick
+    assert jb.drained == 5 and ticks == 2 + 5

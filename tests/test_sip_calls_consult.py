@@ -157,6 +157,25 @@ async def test_invite_with_replaces_takes_over_the_call(make_gateway):
     assert len((await gw.store.list_calls(1, 10))[0]) == 1      # one call, one row
 
 
+async def test_replacing_dialogs_media_starts_at_our_200_like_any_other(make_gateway):
+    """RFC 3264 §6 holds for an INVITE with Replaces too: the new far end sends RTP once it has our 200, and its
+    ACK may come seconds later. Those first words reach the call (none played to nobody), as on a plain INVITE
+    (test_sip_calls_ack.py)."""
+    gw = await sip_gateway(make_gateway)
+    num, port, first, call = await inbound_call(gw)
+    d = gw.carriers["sip"].legs[call.id].session.dialog
+    replaces = f"{d.call_id};to-tag={d.local_tag};from-tag={d.remote_tag}"
+    second = await sipp_uac("uac_replaces_rtp_before_ack.xml", port, service="15550001111", duration_ms=500,
+                            timeout_s=40, extra=["-key", "replaces", replaces])
+    second.assert_calls(successful=1)
+    (await first).assert_calls(successful=1)    # the replaced dialog got the gateway's BYE, after the ACK
+    row = await final_row(gw, call.log_id)
+    assert row["extra"]["replaced_sip_call_id"] == d.call_id
+    rtp = row["extra"]["rtp"]                    # the replacing dialog's RTP session
+    assert rtp["received"] >= 90, rtp            # ~3.5 s of 30 ms packets, 3 s of them before the ACK
+    assert rtp["unheard"] == 0, rtp              # not one was played to nobody while the ACK was on its way
+
+
 @pytest.mark.parametrize("mangle", ["call_id", "tag"])
 async def test_invite_with_replaces_for_no_dialog_gets_481(make_gateway, mangle):
     gw = await sip_gateway(make_gateway)

@@ -1,8 +1,10 @@
 """Inbound SIP calls from SIPp: RTP from a pcap echoed back by the echo engine, and every refusal path."""
+import asyncio
+
 import pytest
 
 from gateway.frames import HangupSource
-from sipp import call_rows, needs_sipp, sip_gateway, sip_number, sipp_uac, wait_for
+from sipp import call_rows, needs_sipp, rtp_range, sip_gateway, sip_number, sipp_uac, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(90)]
 
@@ -62,6 +64,24 @@ async def test_capacity_503_with_retry_after(make_gateway):
     await sip_number(gw)
     res = await sipp_uac("uac_capacity.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=10)
     res.assert_calls(successful=1)
+
+
+async def test_rtp_ports_all_in_use_is_503_with_retry_after_and_no_call(make_gateway):
+    """A process whose RTP port range is used up is full for media: 503 + Retry-After (Kamailio's failure_route
+    then tries the next worker), before a call or its row exists, not a 500 from a setup that crashed."""
+    gw = await sip_gateway(make_gateway, **rtp_range(span=1))       # one RTP/RTCP port pair
+    await sip_number(gw)
+    port = gw.carriers["sip"].port
+    live = asyncio.create_task(sipp_uac("uac_pcma_echo.xml", port, service="15550001111", duration_ms=3000,
+                                        timeout_s=30))
+    await wait_for(lambda: next((c for c in gw.calls.active.values() if c.answered), None), 15,
+                   what="the first call to hold the only port pair")
+    res = await sipp_uac("uac_capacity.xml", port, service="15550001111", timeout_s=10)
+    res.assert_calls(successful=1)
+    (await live).assert_calls(successful=1)
+    rows = await wait_for(lambda: _ended(gw))
+    assert len(rows) == 1 and rows[0]["call_status"] == "completed", rows     # the refused INVITE made no row
+    assert not gw.carriers["sip"].rtp.sessions                       # and no RTP session was left open
 
 
 async def test_no_common_codec_488(make_gateway):

@@ -13,6 +13,7 @@ import pytest_asyncio
 from conftest import reset_postgres_schema
 from gateway.secretbox import SecretBox
 from gateway.store import DuplicateError, NotFoundError, Store
+from sipp import wait_for
 
 PG_URL = os.environ.get("GATEWAY_TEST_POSTGRES_URL")
 
@@ -168,3 +169,45 @@ async def test_call_list_filters_by_carrier_and_time(store):
     # a bound in another zone is the same instant
     rows, total = await store.list_calls(until=(day + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=5))))
     assert total == 1 and rows[0]["call_uuid"] == "c0"
+
+
+async def test_call_setup_lookups_share_one_read_and_do_not_queue_on_the_pool(store):
+    """Every INVITE in flight looks its number up. Missing or expired, the row used to be read once per INVITE,
+    all at once (a CPS run's cold start: hundreds of reads for one row queued on a 15-connection pool, and on a
+    starved box 111 INVITEs timed out there). Now concurrent misses share one read, and an expired entry is
+    served while one background read refreshes it, so a pool held by others does not stall call set-up."""
+    from sqlalchemy import event
+    n = await store.create_number({"phone_number": "+15550003333", "provider": "sip", "sip_trunk_name": "t3"}, {})
+    reads = []
+
+    def count(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "phone_numbers" in statement:
+            reads.append(statement)
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+
+    found = await asyncio.gather(*(store.find_number("+15550003333", "sip", with_secrets=True) for _ in range(300)))
+    assert {f["id"] for f in found} == {n["id"]}
+    assert len(reads) == 1, len(reads)                      # one read for 300 concurrent set-ups
+    found[0]["config"]["changed"] = True                    # each caller got its own copy
+    assert "changed" not in (await store.find_number("+15550003333", "sip", with_secrets=True))["config"]
+
+    store.CACHE_TTL = 0.0                                   # every entry expired (still within its grace)
+    if store.url.startswith("postgresql"):
+        pool = store.engine.sync_engine.pool
+        held = [await store.engine.connect() for _ in range(pool.size() + pool._max_overflow)]   # all of them
+        try:
+            found = await asyncio.wait_for(asyncio.gather(
+                *(store.find_number("+15550003333", "sip", with_secrets=True) for _ in range(50))), 20)
+            assert {f["id"] for f in found} == {n["id"]}    # served while its refresh waits for a connection
+        finally:
+            for conn in held:
+                await conn.close()
+    else:
+        await asyncio.gather(*(store.find_number("+15550003333", "sip", with_secrets=True) for _ in range(50)))
+    await wait_for(lambda: not store._loading, 20, what="the background refresh")
+    assert len(reads) == 2, len(reads)                      # and one read refreshed it for all 50
+    store.CACHE_TTL = Store.CACHE_TTL
+
+    await store.update_number(n["id"], status={"registration": "registered"})   # a write invalidates at once
+    assert (await store.find_number("+15550003333", "sip", with_secrets=True))["status"] == {
+        "registration": "registered"}

@@ -13,6 +13,7 @@ from carriers.vonage import CloseCode, VonageCarrier, amd_result
 from exotel_helpers import CallWatch, Monologue, tone
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AnsweredBy, AudioFrame, CallStarted, Dtmf, Hangup, Mark
+from sipp import wait_for
 from voicecodecs._audioop import audioop
 from vonage_helpers import VONAGE_NUMBER, FakeVonageSocket, add_vonage_number, signed_headers
 
@@ -225,16 +226,25 @@ def test_amd_mapping():
     assert amd_result("machine", None, 1).source == "vonage"
 
 
-async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
+async def post_event(gw, path: str, **body) -> tuple[int, object]:
+    """A signed event webhook: (status, JSON body or None)."""
+    async with aiohttp.ClientSession(headers=signed_headers()) as s, s.post(gw.url(path), json=body) as r:
+        return r.status, (await r.json() if r.content_type == "application/json" else None)
+
+
+async def waiting_call(make_gateway, uuid: str = "63f61863-4a51-4f6b-86e1-46edebcf9356"):
+    """A gateway with the Vonage number, and the call its answer webhook created (its socket not yet open)."""
     gw = await make_gateway(carriers={"vonage": VonageCarrier}, engine="echo")
     await add_vonage_number(gw)
     watch = CallWatch(gw)
-    await inbound(gw)
-    call = await watch.next_call()
-    async with aiohttp.ClientSession(headers=signed_headers()) as s:
-        async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=websocket"),
-                          json={"uuid": "ws-leg-1", "status": "failed"}) as r:
-            assert r.status == 204
+    await inbound(gw, uuid)
+    return gw, watch, await watch.next_call()
+
+
+async def test_websocket_leg_failure_closes_the_waiting_call(make_gateway):
+    gw, watch, call = await waiting_call(make_gateway)
+    assert (await post_event(gw, f"/vonage/events?call_id={call.id}&leg=websocket", uuid="ws-leg-1",
+                             status="failed"))[0] == 204
     row = await watch.wait_ended(call)
     assert row["hangup_source"] == "carrier" and row["hangup_reason"] == "stream_failed"
 
@@ -272,3 +282,34 @@ async def test_connect_timeout(make_gateway):
         ws = await s.ws_connect(gw.url("/vonage/media").replace("http", "ws"))
         msg = await asyncio.wait_for(ws.receive(), 5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == CloseCode.CONNECT_TIMEOUT
+
+
+async def test_event_about_a_call_no_longer_here_reads_its_row_once(make_gateway):
+    """A late event about a call this process no longer holds: its row is read once (the number that
+    authenticates it, the owner to pass it to, the row that records it), not once per step."""
+    uuid = "63f61863-4a51-4f6b-86e1-46edebcf9357"
+    gw, watch, call = await waiting_call(make_gateway, uuid)
+    async with aiohttp.ClientSession(headers=signed_headers()) as s:
+        async with s.post(gw.url("/vonage/events"), json={"uuid": uuid, "status": "busy"}) as r:
+            assert r.status == 204
+    await watch.wait_ended(call)
+    await wait_for(lambda: gw.calls.find_by_sid(uuid) is None, 10, what="the call to leave the process")
+
+    reads: list[dict] = []
+    find_call = gw.store.find_call
+
+    async def counted(**kw):
+        reads.append(kw)
+        return await find_call(**kw)
+    gw.store.find_call = counted
+    assert (await post_event(gw, "/vonage/events", uuid=uuid, status="completed", duration="7"))[0] == 204
+    assert reads == [{"carrier_sid": uuid}]
+    assert (await gw.store.get_call(call.log_id))["extra"]["vonage_event"]["duration"] == "7"
+
+
+async def test_event_with_an_unknown_leg_is_refused_naming_it(make_gateway):
+    gw, _, call = await waiting_call(make_gateway)
+    status, body = await post_event(gw, f"/vonage/events?call_id={call.id}&leg=conversation", uuid="x-1",
+                                    status="completed")
+    assert status == 400 and body["field"] == "leg", body
+    assert not call.ended.is_set()         # the bad event changed nothing

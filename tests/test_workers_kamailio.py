@@ -310,3 +310,36 @@ async def test_invite_with_replaces_reaches_the_worker_holding_the_dialog(node, 
         res.assert_calls(successful=1)          # 200 from the owning worker (another one would answer 481)
     for task in calls:
         (await task).assert_calls(successful=2)  # every replaced dialog got its BYE
+
+
+def _live_on_both(gw: GatewayProc):
+    async def check():
+        live = (await gw.api("GET", "/calls/live", expect=200))["calls"]
+        owners = {c["owner"] for c in live}
+        return owners if owners == {f"{NODE}.1", f"{NODE}.2"} else None
+    return check
+
+
+async def test_rolling_restart_of_a_worker_under_load_loses_no_call(node, tmp_path):
+    """issue 12 item 3: SIPp keeps calls coming through Kamailio (5 a second, 3 s each) while one worker, holding
+    live calls, is drained with SIGTERM. Every call completes: the drained worker's own calls run to their BYE,
+    INVITEs it refuses (503) go to the other worker, and every call's row is closed, none `in-progress`."""
+    gw, kam = await node("--drain-timeout", "60")
+    calls = 40
+    load = asyncio.create_task(sipp_uac("uac_pcma_echo.xml", kam.port, service=NUMBER, calls=calls, rate=5,
+                                        duration_ms=3000, timeout_s=150))
+    await until(_live_on_both(gw), 60, "calls live on both workers")
+    pids = gw.worker_pids()
+    os.kill(pids[1], signal.SIGTERM)          # the rolling restart's step on worker 1
+    res = await load
+    res.assert_calls(successful=calls, failed=0)
+    await until(lambda: 1 not in gw.worker_pids(), 60, "the drained worker exits")
+    body = await gw.api("GET", f"/calls/logs?pagesize={calls + 10}", expect=200)
+    rows = body["call_log_data"]
+    assert body["total"] == calls, [(r["call_status"], r["hangup_reason"]) for r in rows]
+    assert {(r["call_status"], r["hangup_source"]) for r in rows} == {("completed", "user")}, [
+        (r["owner"], r["call_status"], r["hangup_source"], r["hangup_reason"]) for r in rows]
+    assert all(r["ended_at"] for r in rows)
+    assert {r["owner"] for r in rows} == {f"{NODE}.1", f"{NODE}.2"}    # the drained worker had calls of its own
+    gw.signal(signal.SIGTERM)
+    assert await gw.wait_exit(60) == 0, gw.output()

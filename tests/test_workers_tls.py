@@ -9,7 +9,7 @@ import socket
 import ssl
 
 from procs import NODE, GatewayProc, fresh_postgres
-from sipp import _udp_free, free_port
+from sipp import free_port, port_free
 from tls_certs import TestCa
 
 WORKERS = 2
@@ -19,7 +19,7 @@ def tls_base_port() -> int:
     """A port P whose worker TLS ports P + N + k - 1 are free too."""
     for _ in range(50):
         port = free_port(kind=socket.SOCK_STREAM)
-        if all(_udp_free(port + WORKERS + k - 1, socket.SOCK_STREAM) for k in range(1, WORKERS + 1)):
+        if all(port_free(port + WORKERS + k - 1, socket.SOCK_STREAM) for k in range(1, WORKERS + 1)):
             return port
     raise RuntimeError("no free TLS port range")
 

@@ -120,7 +120,7 @@ class StreamResampler:
     sample that the input so far determines; `delay_ms` is the constant latency the filter adds.
     """
 
-    __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_mats", "_buf", "_mv", "_rows", "_outs", "_in_count",
+    __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_mats", "_buf", "_mv", "_plans", "_in_count",
                  "_out_count")
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
@@ -141,45 +141,53 @@ class StreamResampler:
         # move with plain memory copies; numpy converts the rows to float32 inside the product.
         self._buf = np.zeros(2 * self._d.block if self._d else 0, np.int16)
         self._mv = self._buf.data.cast("B")
-        self._rows: dict[int, np.ndarray] = {}      # block count → row view of _buf (frames repeat sizes)
-        self._outs: dict[int, np.ndarray] = {}      # block count → the product's float32 result, reused
+        #: chunk size in bytes → what a chunk of that size needs (frames repeat sizes): see `_plan`
+        self._plans: dict[int, tuple[np.ndarray, np.ndarray, int, int]] = {}
+
+    def _plan(self, size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """For a chunk of `size` bytes: the rows [x_{i-1} x_i] of its blocks (a strided view of the buffer, not a
+        copy: they overlap by B samples), the product's float32 result (reused), the sample index where zero
+        padding starts (= where it ends when the chunk is whole blocks) and the bytes of buffer the product read."""
+        d = self._d
+        assert d is not None
+        b = d.block
+        nb = -(-(size // 2) // b)
+        if len(self._buf) < (nb + 1) * b:
+            grown = np.zeros((nb + 1) * b, np.int16)
+            grown[:b] = self._buf[:b]
+            self._buf, self._mv, self._plans = grown, grown.data.cast("B"), {}
+        rows = np.ndarray((nb, 2 * b), np.int16, self._buf, 0, (2 * b, 2))
+        plan = self._plans[size] = (rows, np.empty((nb, d.out_per_block), np.float32), b + size // 2, 2 * (nb + 1) * b)
+        return plan
 
     def process(self, pcm: bytes) -> bytes:
         d = self._d
         if d is None:
             return pcm
         size = len(pcm)
-        if size % 2:
-            raise ValueError("PCM16 chunk has an odd number of bytes")
-        n = size // 2
-        if not n:
-            return b""
-        b = d.block
-        nb = -(-n // b)
-        rows = self._rows.get(nb)
-        if rows is None:
-            if len(self._buf) < (nb + 1) * b:
-                grown = np.zeros((nb + 1) * b, np.int16)
-                grown[:b] = self._buf[:b]
-                self._buf, self._mv, self._rows = grown, grown.data.cast("B"), {}
-            # Rows [x_{i-1} x_i] for i = 1..nb overlap by B samples: a strided view of the buffer, not a copy.
-            rows = self._rows[nb] = np.ndarray((nb, 2 * b), np.int16, self._buf, 0, (2 * b, 2))
-            self._outs[nb] = np.empty((nb, d.out_per_block), np.float32)
-        y = self._outs[nb]
+        plan = self._plans.get(size)
+        if plan is None:
+            if size % 2:
+                raise ValueError("PCM16 chunk has an odd number of bytes")
+            if not size:
+                return b""
+            plan = self._plan(size)
+        rows, y, pad, span = plan
+        b2 = 2 * d.block
         mv = self._mv
-        mv[2 * b : 2 * b + size] = pcm
-        if n < nb * b:
-            self._buf[b + n : (nb + 1) * b] = 0
+        mv[b2 : b2 + size] = pcm
+        if 2 * pad < span:
+            self._buf[pad : span // 2] = 0
         np.dot(rows, self._mats[self._in_count % d.down], out=y)
-        self._in_count += n
+        self._in_count += size // 2
         total = -(-self._in_count * d.up // d.down)
         due = total - self._out_count
         self._out_count = total
-        if audioop.max(mv[: 2 * (nb + 1) * b], 2) > d.safe_peak:   # every input of this product, history too
-            lo, hi = d.rails(nb)
+        if audioop.max(mv[:span], 2) > d.safe_peak:    # every input of this product, history too
+            lo, hi = d.rails(y.shape[0])
             np.maximum(y, lo, out=y)               # saturate (Gibbs overshoot near full scale), never wrap
             np.minimum(y, hi, out=y)
-        mv[: 2 * b] = mv[size : size + 2 * b]                          # keep the last B real inputs
+        mv[:b2] = mv[size : size + b2]                                  # keep the last B real inputs
         np.rint(y, out=y)
         out: bytes = y.astype("<i2").tobytes()
         return out if due == y.size else out[: 2 * due]

@@ -51,6 +51,17 @@ class AmdParams:
     answer_max_ms: int = 4500
     #: silence after a provisional machine verdict (no beep) that shows a person waiting for a reply → human.
     answer_wait_ms: int = 2400
+    #: a short call after a wait this long, once the talk has outlasted an answer ("Acme support, Tom speaking, how
+    #: can I help?" … "Hello?"), is a person asking again: the wait after it (answer_wait_ms, no beep) → human; 0 = off.
+    reask_wait_ms: int = 1500
+    #: talk in that call at most this long (a greeting's next sentence is longer).
+    reask_max_ms: int = 1600
+    #: "Hi! … <the rest>": a first call shorter than short_utterance_ms, a pause of at least hi_pause_ms, then a
+    #: phrase (pauses < talk_bridge_ms) of hi_rest_ms or more is a greeting, however short the talk; 0 = off.
+    hi_pause_ms: int = 700
+    hi_rest_ms: int = 3000
+    #: a voiced run counts as talk only once it lasts this long (background talk or music lets single frames through).
+    talk_min_run_ms: int = 80
     #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
     talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
@@ -123,6 +134,7 @@ class AmdParams:
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
                    vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, answer_max_ms=0,
+                   reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20,
                    beep=False, fax=False,
                    sit=False)
 

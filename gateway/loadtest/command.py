@@ -51,6 +51,28 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int, kind: int = socket.SOCK_DGRAM) -> bool:
+    """Could `port` of 127.0.0.1 be bound for `kind` (UDP or TCP) a moment ago?"""
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(count: int) -> int:
+    """A port P such that P … P + count - 1 were all free a moment ago on 127.0.0.1 for UDP and TCP: a gateway's
+    SIP port (it listens on both) and, with `serve --workers N`, its workers' `P + k` (gateway/workers.py). A port
+    free for UDP alone may be a TCP listener's, or linger in TIME_WAIT, and the worker would then fail to bind."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        if port + count <= 65536 and all(port_free(p, kind) for p in range(port, port + count)
+                                         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            return port
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
 @dataclass
 class LocalGateway:
     proc: asyncio.subprocess.Process
@@ -69,7 +91,7 @@ async def start_gateway(number: str) -> LocalGateway:
     """Start `gateway serve` on free loopback ports with the echo engine and one SIP number for SIPp; stopped again
     when it does not come up (RuntimeError says why)."""
     data_dir = tempfile.mkdtemp(prefix="gw-loadtest-")
-    http_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+    http_port, sip_port = free_port(), free_ports(1)
     api_key = secrets.token_urlsafe(16)
     env = {**os.environ, "GATEWAY_RTP_PORT_MIN": "30000", "GATEWAY_RTP_PORT_MAX": "39998"}
     with open(os.path.join(data_dir, "gateway.log"), "wb") as log:   # the child keeps its own copy of the descriptor

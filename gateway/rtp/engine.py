@@ -23,6 +23,10 @@ class RtcpPort(asyncio.DatagramProtocol):
 
 log = logging.getLogger("gateway.rtp")
 
+class NoFreePort(RuntimeError):
+    """Every RTP port pair of the range is in use (or held by other programs): the gateway is full for media."""
+
+
 TICK = 0.020
 MAX_CATCH_UP = 5  # after a stall, replay at most this many ticks at once, then re-anchor the clock
 
@@ -87,7 +91,7 @@ class RtpEngine:
             self.sessions[port] = session
             self._order = tuple(self.sessions.values())
             return session
-        raise RuntimeError(f"no free RTP port in {self.port_min}-{self.port_max}")
+        raise NoFreePort(f"no free RTP port in {self.port_min}-{self.port_max}")
 
     def _bound(self, port: int) -> socket.socket | None:
         """A non-blocking UDP socket bound to `port` of the bind address, or None when the port is taken.

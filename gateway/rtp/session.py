@@ -14,7 +14,7 @@ from voicecodecs import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm
 
 from ..frames import AudioFrame, BusItem, Dtmf, Mark, SendDtmf
 from .dtmf import DtmfReceiver, DtmfSender
-from .jitter import LOST, JitterBuffer
+from .jitter import LOST, JitterBuffer, Played
 from .packet import RtpParseError, build_rtp, is_rtcp, parse_rtp
 from .rtcp import Rtcp, mos
 from .srtp import SrtpContext
@@ -125,6 +125,12 @@ class RtpSession(asyncio.DatagramProtocol):
         self.call = call
         self.sending = True
 
+    def detach(self) -> None:
+        """Stop carrying the call (another session took its media over): nothing is sent, and what still arrives
+        is counted as `unheard`. `attach` connects it again."""
+        self.call = None
+        self.sending = False
+
     async def send_dtmf(self, digits: str) -> None:
         DtmfSender(digits)  # validates now, raising ValueError for a bad digit
         self._dtmf_pending.append(digits)
@@ -132,7 +138,8 @@ class RtpSession(asyncio.DatagramProtocol):
     @property
     def stats(self) -> dict[str, float]:
         out = {"sent": self.sent, "received": self.received, "lost": self._jitter.lost, "late": self._jitter.late,
-               "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "foreign": self.foreign,
+               "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "drained": self._jitter.drained,
+               "foreign": self.foreign,
                "unheard": self.unheard,
                "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
                "rtcp_received": sum(self.rtcp.received.values())}
@@ -274,27 +281,38 @@ class RtpSession(asyncio.DatagramProtocol):
         """Play out 20 ms worth of packets per tick, whatever their ptime (SIPp's pcap and some trunks send
         30 ms packets despite our a=ptime:20): a sample credit, not one packet per tick, keeps the rate exact."""
         self._credit += SAMPLES_PER_TICK
+        jitter = self._jitter
         while self._credit > 0:
-            frame = self._jitter.pop()
+            frame = jitter.pop()
             if frame is None:
                 self._credit = 0  # nothing buffered: do not build up debt while the far end is silent
                 return
-            if frame is LOST:
-                pcm = b"\x00\x00" * self._last_samples
-            else:
-                self._last_samples = len(frame)  # G.711: one byte per sample
-                pcm = self._decode(frame)
-            self._credit -= self._last_samples
-            call = self.call
-            if call is not None:
-                # when this frame arrived (the call's turn timeline dates caller speech by arrival, not by this
-                # play-out, which the jitter buffer delays)
-                call.inbound_arrived = self._jitter.arrived
-                call.feed_audio(pcm)
-            elif self.on_pcm is not None:
-                self.on_pcm(pcm)
-            else:
-                self.unheard += 1
+            self._credit -= self._deliver(frame)
+        # more buffered than the latency bound (a burst read after our loop ran late): play it early, not drop it
+        for _ in range(jitter.extra()):
+            frame = jitter.pop()
+            if frame is None:
+                return
+            self._deliver(frame)
+
+    def _deliver(self, frame: Played) -> int:
+        """Decode one played-out frame (silence for a lost one) and give it to the call; its samples."""
+        if frame is LOST:
+            pcm = b"\x00\x00" * self._last_samples
+        else:
+            self._last_samples = len(frame)  # G.711: one byte per sample
+            pcm = self._decode(frame)
+        call = self.call
+        if call is not None:
+            # when this frame arrived (the call's turn timeline dates caller speech by arrival, not by this
+            # play-out, which the jitter buffer delays)
+            call.inbound_arrived = self._jitter.arrived
+            call.feed_audio(pcm)
+        elif self.on_pcm is not None:
+            self.on_pcm(pcm)
+        else:
+            self.unheard += 1
+        return self._last_samples
 
     def _send(self) -> None:
         if not self.sending or self.transport is None or self.remote is None:

@@ -130,6 +130,13 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+def _quiet(fut: asyncio.Future[Any]) -> None:
+    """A background cache refresh that failed: the entry stays (stale, within its grace) and the next caller
+    past the grace reads again; logged, never raised into the loop's exception handler."""
+    if not fut.cancelled() and fut.exception() is not None:
+        _log.warning("cache refresh failed: %s", type(fut.exception()).__name__)
+
+
 class Store(ChannelStore, QueueStore, HealthStore):
     """Agents and numbers are written synchronously (the API waits for them). Call-log updates and call events
     from live calls go through one write-behind queue, committed in batches by a single writer task: a live call
@@ -168,12 +175,17 @@ class Store(ChannelStore, QueueStore, HealthStore):
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
         self._sqlite_write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
         # Numbers and agents are read on every call set-up and change only through the API: a short read-through
-        # cache keeps the database off the INVITE path. Local writes invalidate at once; the TTL bounds staleness
-        # when several gateway processes share one PostgreSQL database.
+        # cache keeps the database off the INVITE path (`_cached`). Local writes invalidate at once; the TTL bounds
+        # staleness when several gateway processes share one PostgreSQL database.
         self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._loading: dict[tuple[Any, ...], asyncio.Future[Any]] = {}   # one read in flight per key
+        self._cache_epoch = 0     # bumped by every invalidation: a read begun before it is not cached
+        self.cache_loads = 0      # reads the cache sent to the database (bench/setup_lookups.py)
         self._updates: dict[tuple[str, ...], Any] = {}
 
     CACHE_TTL = 5.0
+    #: how long past its TTL an entry is still served while one background read refreshes it
+    CACHE_GRACE = 25.0
 
     @property
     def _session(self) -> async_sessionmaker[AsyncSession]:
@@ -189,20 +201,55 @@ class Store(ChannelStore, QueueStore, HealthStore):
         return self._queue
 
     async def _cached(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> _T:
+        """`load()`'s value for `key`, read through the cache. Call set-up must not queue on the connection pool
+        for rows that hardly ever change: a CPS run on a starved box had 111 INVITEs time out (30 s) waiting for a
+        pool connection for their number, because every INVITE in flight when an entry was missing or had just
+        expired read the same row itself (a cold start at 400 CPS: hundreds of identical reads at once, 15
+        connections). So concurrent misses share one read (single flight), and an entry past its TTL is still
+        served, for `CACHE_GRACE` seconds, while one background read refreshes it: a warm number costs set-up no
+        database round trip at all, and at most one read per key and TTL reaches the database."""
         now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.CACHE_TTL:
-            cached: _T = copy.deepcopy(hit[1])
-            return cached
-        value = await load()
-        if len(self._cache) > 10000:
-            self._cache.clear()
-        self._cache[key] = (now, value)
+        if hit is not None:
+            age = now - hit[0]
+            if age < self.CACHE_TTL + self.CACHE_GRACE:
+                if age >= self.CACHE_TTL and key not in self._loading:
+                    self._load_once(key, load).add_done_callback(_quiet)   # refresh in the background
+                cached: _T = copy.deepcopy(hit[1])
+                return cached
+        value: _T = await asyncio.shield(self._load_once(key, load))
         return copy.deepcopy(value)
 
+    def _load_once(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> asyncio.Future[_T]:
+        """The read of `key` in flight, or a new one; its value is cached unless an invalidation came meanwhile
+        (it may then predate the write)."""
+        pending = self._loading.get(key)
+        if pending is not None:
+            return pending
+
+        async def read() -> _T:
+            epoch = self._cache_epoch
+            try:
+                self.cache_loads += 1
+                value = await load()
+            finally:
+                if self._loading.get(key) is fut:
+                    del self._loading[key]
+            if epoch == self._cache_epoch:
+                if len(self._cache) > 10000:
+                    self._cache.clear()
+                self._cache[key] = (time.monotonic(), value)
+            return value
+        fut = asyncio.ensure_future(read())
+        self._loading[key] = fut
+        return fut
+
     def _invalidate(self, kind: str) -> None:
+        self._cache_epoch += 1
         for key in [k for k in self._cache if k[0] == kind or (kind == "agent" and k[0] == "number")]:
             del self._cache[key]
+        for key in [k for k in self._loading if k[0] == kind or (kind == "agent" and k[0] == "number")]:
+            del self._loading[key]      # a read begun before the write: later callers start a new one
 
     @contextlib.asynccontextmanager
     async def _write_turn(self) -> AsyncIterator[None]:
@@ -271,6 +318,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
         if self._inserter is not None:
             self._inserter.cancel()
             self._inserter = None
+        loading, self._loading = list(self._loading.values()), {}
+        for fut in loading:                 # cache reads in flight (a background refresh): not after the engine
+            fut.cancel()
+        await asyncio.gather(*loading, return_exceptions=True)
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
