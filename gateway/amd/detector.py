@@ -34,7 +34,7 @@ FRAME_MS = 20
 #: (913.8 or 985.2, 1370.6 or 1428.5, 1776.7 Hz) and our frequency estimate's error
 SIT_BANDS = ((880.0, 1020.0), (1330.0, 1470.0), (1730.0, 1850.0))
 SIT_SEGMENT_MS = (180, 480)      # E.180: 330 ± 70 ms; NANP 274 or 380 ms (20 ms frames blur the edges)
-#: per-frame fade of the callee's peak level (≈ 1 dB per second of their talk)
+#: per-frame fade of the callee's peak level (≈ 1 dB/s)
 PEAK_FADE = 10 ** (-1 / 20 / 50)
 #: a beep may be broken by a noise burst this long and still be one beep
 BEEP_BREAK_MS = 80
@@ -232,10 +232,8 @@ class AmdDetector:
                 self._floor_now = self._floor.update(level)
             voice = self._vad.is_speech(frame, level) and self._loud_enough(level, peak=True)
         self._last_voice = voice
+        self._peak *= PEAK_FADE
         if voice:
-            # the callee's peak fades only while they talk: in their pauses and waits, background talk or music
-            # must not creep above the gate because the reference went down
-            self._peak *= PEAK_FADE
             self._speech_level += (level - self._speech_level) * (0.05 if self._speech_level else 1.0)
         pend = self._pending_beep
         if pend is not None:
@@ -328,8 +326,8 @@ class AmdDetector:
     def _loud_enough(self, level: int, *, peak: bool) -> bool:
         """The level gates on a frame the VAD calls speech: well above the noise floor, and (vad_rel_level) the
         callee is the loudest talker on the line: once heard, sound far below them (other people in the room, a TV,
-        music) is background, not their speech. The peak fades ~1 dB per second of their talk so a quieter phrase
-        counts; `peak`: this frame may raise it."""
+        music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts; `peak`: this
+        frame may raise it."""
         p = self.params
         if level < self._floor_now * p.vad_floor_ratio:
             return False
