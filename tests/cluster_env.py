@@ -135,24 +135,28 @@ class GatewayProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    async def stop(self) -> None:
-        """SIGTERM, then wait for the exit without blocking the event loop: the gateway's drain talks to the
-        test's own stand-ins (webhook receiver, fake carrier REST API) in this loop, and a blocking wait left it
-        waiting out its webhook and REST timeouts (10-15 s a teardown). SIGKILL after 15 s."""
+    async def stop(self, grace: float = 3) -> None:
+        """SIGTERM (drain), and when calls still keep it draining after `grace` seconds a second SIGTERM (hang
+        them up now: a test's teardown has no use for the drain's 300 s); SIGKILL 15 s later. The exit is waited
+        for without blocking the event loop: the gateway's shutdown talks to the test's own stand-ins (webhook
+        receiver, fake carrier REST API) in this loop, and a blocking wait left it waiting out its webhook and
+        REST timeouts (10-15 s a teardown)."""
         self.terminate()
-        try:
-            await wait_until(lambda: self.proc.poll() is not None, 15, f"gateway {self.node_id} to exit")
-        except AssertionError:
-            self.proc.kill()
-            self.proc.wait(5)
+        for then in (self.terminate, self.proc.kill):
+            try:
+                await wait_until(lambda: self.proc.poll() is not None, grace, f"gateway {self.node_id} to exit")
+                return
+            except AssertionError:
+                then()
+                grace = 15
+        self.proc.wait(5)
 
 
 async def stop_all(procs: list[GatewayProc]) -> None:
     """Stop several gateways at once (their shutdowns overlap instead of adding up)."""
     for p in procs:
         p.terminate()
-    for p in procs:
-        await p.stop()
+    await asyncio.gather(*(p.stop() for p in procs))
 
 
 def start_gateway(tmp: Path, node_id: str, db: str, *, env: dict[str, str] | None = None,
