@@ -56,7 +56,7 @@ RINGBACK_LEVEL_SPREAD = 0.2
 #: no word has started by then.
 RINGBACK_CONFIRM_FRAMES = 4
 #: a pure stretch up to this long that is no beep, heard as speech by the VAD, counts as talk once it ends
-TONE_VOICE_MAX_MS = 300
+TONE_VOICE_MAX_MS = 120
 #: a tone shorter than this (a pure-looking frame or two of background sound) does not interrupt a pending beep
 BLIP_MS = 40
 #: at most this much of a tone's partial edge frames counts toward a beep's length (tones.Tone.edge_ms)
