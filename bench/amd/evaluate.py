@@ -330,8 +330,9 @@ def configs() -> dict[str, tuple[AmdParams, str, bool]]:
 #: waits for speech to go on after a sentence pause before calling a machine (business answers), dev-chosen
 ACCURACY = replace(AmdParams(), greeting_pause_ms=350, greeting=1200, max_utterance=2200)
 #: the defaults before issue 15 (tuned on an espeak-ng-only corpus), for comparison
-PREVIOUS = replace(AmdParams(), answer_max_ms=0, greeting=1500, after_greeting_silence=800, max_utterance=0,
-                   speech_bridge_ms=0, short_utterance_ms=0, total_analysis_time=5000,
+PREVIOUS = replace(AmdParams(), answer_max_ms=0, reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, greeting=1500,
+                   after_greeting_silence=800, max_utterance=0, speech_bridge_ms=0, short_utterance_ms=0,
+                   total_analysis_time=5000,
                    vad_floor_ratio=0.0, vad_rel_level=0.0, beep_min_ms=120, beep_confirm_ms=60, beep_purity=0.0,
                    beep_max_drift_hz=1000.0, beep_onset_ratio=1000.0, beep_offset_ratio=0.25, beep_min_voice_ms=0,
                    beep_min_rel_level=0.0, fax_cng_max_voice_ms=100, sit=False, message_end_silence=1200)
