@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import json
 import logging
@@ -526,7 +527,8 @@ class VoicebotStream(MarkedPlayout):
         event = m["event"]
         if event == "media":
             try:
-                data = base64.b64decode(m["media"]["payload"], validate=True)
+                # strict_mode: what b64decode(validate=True) checks, in C, without its regex (as twilio_media.py)
+                data = binascii.a2b_base64(m["media"]["payload"], strict_mode=True)
             except (KeyError, TypeError, ValueError):   # binascii.Error, or non-ASCII text
                 raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
             if fmt.codec == "pcm16":

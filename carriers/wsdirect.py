@@ -47,6 +47,8 @@ _BINARY_FIN = 0x82
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+
 TextHandler = Callable[[str], None]
 BinaryHandler = Callable[[bytes], None]
 
@@ -82,13 +84,9 @@ class _DispatchQueue(WebSocketDataQueue):
         return len(self._buffer)
 
     def feed_data(self, data: Any, size: int) -> None:
-        kind = data[0]
-        if kind is WSMsgType.TEXT:
-            handler: Callable[[Any], None] | None = self.handler
-        elif kind is WSMsgType.BINARY:
-            handler = self.binary_handler
-        else:
-            handler = None
+        kind = data[0]     # (module constants: an enum member looked up per message costs more than the rest)
+        handler: Callable[[Any], None] | None = self.handler if kind is _TEXT else \
+            self.binary_handler if kind is _BINARY else None
         if handler is not None:
             try:
                 handler(data[1])

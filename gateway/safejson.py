@@ -70,7 +70,7 @@ def loads(data: str | bytes | bytearray) -> Any:
 
 
 def loads_media(text: str) -> Any:
-    """`loads()` for a media socket's text messages (Twilio, Telnyx, Plivo, Exotel), ≈ 2 µs less per `media` event.
+    """`loads()` for a media socket's text messages (Twilio, Telnyx, Plivo, Exotel), ≈ 1.6 µs less per `media` event.
 
     orjson parses (about 5× faster than the stdlib decoder; RFC 8259 strict, so it refuses NaN/Infinity and lone
     surrogates itself) and the depth limit is checked as `loads()` checks it. Its one difference from `json` —

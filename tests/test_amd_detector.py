@@ -30,6 +30,11 @@ def telephone(pcm: bytes) -> bytes:
     return ulaw_to_pcm16(pcm16_to_ulaw(pcm))
 
 
+def frame_aligned(pcm: bytes) -> bytes:
+    """Pad to a whole number of 20 ms frames (8 kHz), so what follows starts on a frame (and packet) edge."""
+    return pcm + bytes(-len(pcm) % 320)
+
+
 # --- tones ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("freq", [440, 620, 1000, 1400, 1950])
 def test_tone_score_finds_beep_frequency_and_purity(freq):
@@ -60,6 +65,34 @@ def test_100ms_beep_across_frame_edges_is_found():
     assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
 
 
+@pytest.mark.parametrize("offset_ms", [5, 10, 15])
+def test_80ms_beep_across_frame_edges_is_found_and_a_60ms_blip_is_not(offset_ms):
+    """An 80 ms beep that starts mid-frame fills only three whole 20 ms frames; the partial frames at its edges hold
+    the rest (tones.Tone.edge_ms). A 60 ms blip, edges included, stays too short."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + silence(offset_ms)
+    assert [a for a, _ in run(telephone(before + tone(1430, 80) + silence(600)), message_end=True)] == [MS, MEB]
+    assert MEB not in [a for a, _ in run(telephone(before + tone(1430, 60) + silence(600)), message_end=True)]
+
+
+def test_a_70ms_glide_is_not_a_beep_though_its_edges_make_it_long_enough():
+    """Three whole frames and a partial one: the pitch drift of so short a tone is taken over all its frames (with
+    one inner frame there would be none), so a voice's harmonic gliding 6 Hz in 70 ms stays a voice."""
+    t = np.arange(560) / 8000
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + silence(10)
+    for glide_hz_per_s2, beep in ((0, True), (40, False)):
+        sound = (6000 * np.sin(2 * np.pi * (700 * t + glide_hz_per_s2 * t * t))).astype("<i2").tobytes()
+        assert (MEB in [a for a, _ in run(telephone(before + sound + silence(600)), message_end=True)]) is beep
+
+
+def test_beep_in_line_noise_is_found():
+    """White noise under the beep takes purity from every frame (a pure tone over noise of power ratio r² keeps
+    1 / (1 + r²) of the energy in its peak): the purity a beep needs is lowered by the noise heard before it."""
+    clip = frame_aligned(silence(300) + words([250] * 5) + silence(300)) + tone(1100, 300, amp=3000) + silence(600)
+    hiss = np.frombuffer(noise(len(clip) // 16, amp=900, seed=3), "<i2")
+    pcm = np.clip(np.frombuffer(clip, "<i2") + hiss, -32768, 32767).astype("<i2").tobytes()
+    assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
+
+
 def test_2000hz_beep_at_the_band_edge_is_found():
     pcm = silence(300) + words([250] * 5) + silence(300) + tone(2003, 300) + silence(600)
     assert [a for a, _ in run(telephone(pcm), message_end=True)] == [MS, MEB]
@@ -87,6 +120,19 @@ def test_tone_that_swells_and_fades_is_not_a_beep_and_a_steady_one_is():
     assert MEB in [a for a, _ in run(telephone(before + vowel + silence(600)), swell, message_end=True)]
 
 
+def test_a_vowel_left_as_one_harmonic_by_the_phone_band_is_talk_once_it_is_no_beep():
+    """Through the phone band (the fundamental cut below 300 Hz) a vowel can be one dominant harmonic: pure enough to
+    be followed as a tone. Once it ends without being a beep (it swells and fades), its frames count as talk."""
+    t = np.arange(960) / 8000                               # 120 ms
+    vowel = ((3000 + 3000 * np.sin(np.pi * t / t[-1])) * np.sin(2 * np.pi * 421 * t)).astype("<i2").tobytes()
+    d = AmdDetector(AmdParams(), 8000)
+    d.feed(telephone(silence(300) + words([250]) + silence(300) + vowel + silence(100)))
+    with_vowel = d.heard_ms
+    d = AmdDetector(AmdParams(), 8000)
+    d.feed(telephone(silence(300) + words([250]) + silence(300) + silence(300)))
+    assert with_vowel - d.heard_ms >= 80
+
+
 def test_multi_tone_beep_is_one_beep_decided_after_its_last_note():
     """Three rising notes with hardly a gap (some voicemail systems): one beep, from its first note to its last."""
     notes = tone(720, 160, amp=5000) + silence(10) + tone(900, 110, amp=5000) + silence(30) + tone(1080, 120, amp=5000)
@@ -112,6 +158,41 @@ def test_beep_broken_by_a_noise_burst_is_one_beep_ending_at_its_real_end():
     beep_end = (len(pcm) - len(silence(600))) // 16
     (ab, at), = run(pcm)
     assert ab is MEB and at >= beep_end + 40
+
+
+def test_long_beep_with_a_concealed_lost_packet_is_still_a_beep():
+    """Packet loss inside a 1 s beep: G.711 Appendix I concealment repeats the tone and fades it, so one frame dips
+    to about half its level. A device's beep is still steady in loudness; a voice's swell is not (test above)."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300))
+    beep = bytearray(tone(1690, 1000, amp=6000))
+    for k in (12, 37):                                      # two lost packets, concealed with a fade
+        a = k * 320
+        faded = np.frombuffer(bytes(beep[a:a + 320]), "<i2") * np.linspace(1.0, 0.4, 160)
+        beep[a:a + 320] = faded.astype("<i2").tobytes()
+    assert [a for a, _ in run(telephone(before + bytes(beep) + silence(600)), message_end=True)] == [MS, MEB]
+
+
+def test_lost_packets_on_a_noisy_line_do_not_let_background_talk_through():
+    """Background talk under hiss is not the callee (the noise-floor gate). A lost packet left as zeros is quieter
+    than that line ever is: it must not become the noise floor, or the background passes for speech for 2 s."""
+    bg = np.frombuffer(words([250] * 20, gap_ms=60), "<i2") * 0.2
+    hiss = np.frombuffer(noise(len(bg) // 8, amp=300), "<i2")
+    line = bytearray(np.clip(bg + hiss[:len(bg)], -32768, 32767).astype("<i2").tobytes())
+    clean = run(bytes(line) + silence(3000))
+    for k in range(1, 12):                                  # a zero-filled lost packet every 400 ms
+        line[k * 6400:k * 6400 + 320] = bytes(320)
+    lossy = run(bytes(line) + silence(3000))
+    assert clean[0][0] is UNK and lossy[0][0] is UNK
+
+
+def test_a_pure_looking_blip_of_background_sound_after_a_beep_does_not_cancel_it():
+    """In office or babble noise one frame now and then looks like a pure tone; in the quiet after a beep it is
+    neither the next note of a melody nor of a multi-tone beep (those last ≥ 80 ms). A real next note still is."""
+    before = frame_aligned(silence(300) + words([250] * 5) + silence(300))
+    blip = frame_aligned(tone(1000, 300) + silence(60)) + tone(1500, 20, amp=3000)
+    assert [a for a, _ in run(telephone(before + blip + silence(600)), message_end=True)] == [MS, MEB]
+    melody = frame_aligned(tone(1000, 300) + silence(20)) + tone(1500, 200, amp=3000) + words([250] * 6)
+    assert MEB not in [a for a, _ in run(telephone(before + melody + silence(2000)), message_end=True)]
 
 
 def test_short_blip_is_not_a_beep():
@@ -246,6 +327,25 @@ def test_provisional_verdicts_off_gives_app_amd_timing():
 def test_initial_silence_unknown_for_us_machine_for_app_amd():
     assert run(silence(3000)) == [(UNK, 2500)]
     assert run(silence(3000), AmdParams.app_amd()) == [(MS, 2500)]
+
+
+def uk_ringback(ms: int, amp: float = 3000.0) -> bytes:
+    """UK ring-back: 400 + 450 Hz, 0.4 s on, 0.2 s off, 0.4 s on, 2 s off (two tones that beat: not pure)."""
+    t = np.arange(8 * ms) / 8000
+    on = (t * 1000 % 3000 < 400) | ((t * 1000 % 3000 >= 600) & (t * 1000 % 3000 < 1000))
+    return (amp / 2 * (np.sin(2 * np.pi * 400 * t) + np.sin(2 * np.pi * 450 * t)) * on).astype("<i2").tobytes()
+
+
+def test_a_ring_back_tail_before_the_answer_is_not_talk():
+    """Some carriers pass the end of the ring-back cadence after the answer. It is not the callee: a person's
+    "Hello?" after it is still a short answer followed by a wait."""
+    line = uk_ringback(1000, amp=8000) + silence(400) + words([250]) + silence(3000)
+    hiss = np.frombuffer(noise(len(line) // 16, amp=400), "<i2")     # white noise: the ring's frames are not pure
+    pcm = np.clip(np.frombuffer(line, "<i2") + hiss, -32768, 32767).astype("<i2").tobytes()
+    d = AmdDetector(AmdParams(), 8000)
+    out = d.feed(telephone(pcm))
+    assert [x.answered_by for x in out] == [H]
+    assert d.heard_ms <= 400                              # the word, not the ring
 
 
 def test_noise_only_line_is_not_speech_with_webrtc_vad():

@@ -70,10 +70,8 @@ async def test_sip_outbound_machine_gets_message_after_beep_then_bye_voicemail(m
     # of the greeting and beep dropped); the detector then ends the greeting on silence, or late. The verdict and
     # its audio time are this test's measure only when the caller's audio arrived intact; the wire checks above
     # and the voicemail flow hold either way.
-    rtp, clock = row["extra"]["rtp"], gw.carriers["sip"].rtp.totals()
-    damage = (f"inbound audio dropped: jitter overflow {rtp['overflow']}, late {rtp['late']}, lost {rtp['lost']}; "
-              f"RTP clock late/skipped ticks {clock['late_ticks']}/{clock['skipped_ticks']}")
-    if rtp["overflow"] == rtp["late"] == rtp["lost"] == 0:
+    damage = audio_damage(gw, row)
+    if damage is None:
         assert [v["answered_by"] for v in verdicts] == ["machine_start", "machine_end_beep"], verdicts
         assert row["amd_answered_by"] == "machine_end_beep"
         # decided on the beep (audio time since the answer), not in the greeting's pause
@@ -108,6 +106,22 @@ async def test_sip_outbound_person_saying_hello_starts_the_conversation(make_gat
         row = await wait_for(ended, 20)
     uas.result.assert_calls(successful=1)
     assert row["amd_answered_by"] == "human" and not row["is_voicemail"] and row["voicemail_type"] is None
-    # a person: decided after_greeting_silence (800 ms) after "Hello?" ended
-    assert human["speech_end_ms"] + 600 <= row["amd_duration"] * 1000 <= human["speech_end_ms"] + 1400
     assert row["hangup_reason"] == "api_hangup"
+    # a person: decided after_greeting_silence (800 ms) after "Hello?" ended, in the audio's time; as above, that
+    # time is this test's measure only when the caller's audio arrived intact
+    damage = audio_damage(gw, row)
+    if damage is None:
+        assert human["speech_end_ms"] + 600 <= row["amd_duration"] * 1000 <= human["speech_end_ms"] + 1400
+    else:
+        print(f"decision time not checked: {damage}")
+
+
+def audio_damage(gw, row: dict) -> str | None:
+    """What the jitter buffer dropped of the call's inbound audio (None: it arrived whole), with the RTP clock's
+    late and skipped ticks: the AMD's verdict and decision time are in the audio's time, so a starved box that
+    drops audio moves them."""
+    rtp, clock = row["extra"]["rtp"], gw.carriers["sip"].rtp.totals()
+    if rtp["overflow"] == rtp["late"] == rtp["lost"] == 0:
+        return None
+    return (f"inbound audio dropped: jitter overflow {rtp['overflow']}, late {rtp['late']}, lost {rtp['lost']}; "
+            f"RTP clock late/skipped ticks {clock['late_ticks']}/{clock['skipped_ticks']}")

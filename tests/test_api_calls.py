@@ -2,7 +2,6 @@
 transfer of a live call, and the error cases (unknown ids, bad numbers, carrier refusal, capacity)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC
 
@@ -10,14 +9,8 @@ import aiohttp
 import pytest
 
 from gateway.api.calls import mmss
+from sipp import wait_for
 from test_api_fakes import CARRIERS, SIP_PASSWORD, Api, api, sip_body  # noqa: F401
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    async def loop():
-        while not predicate():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(loop(), timeout)
 
 
 async def setup_line(api, **agent_settings) -> tuple[int, int]:
@@ -137,14 +130,14 @@ async def test_transfer_live_call(api):
     leg = api.gw.carriers["sip"].legs[body["call_id"]]
     status, resp = await api.post(f"/calls/{body['requestId']}/transfer", json={"number": "+1 415 555 0177"})
     assert status == 200 and resp["number"] == "+14155550177", resp
-    await until(lambda: leg.transfers)
+    await wait_for(lambda: leg.transfers)
     assert leg.transfers[0].number == "+14155550177"
     # no number: the agent's configured one, with its backups
     status, resp = await api.post(f"/calls/{body['call_id']}/transfer")
     assert status == 200 and resp["number"] == "+14155550188"
-    await until(lambda: len(leg.transfers) == 2)
+    await wait_for(lambda: len(leg.transfers) == 2)
     assert leg.transfers[1].backup_numbers == ["+14155550189"]
-    await until(lambda: api.gw.calls.get(body["call_id"]).transfer_result is not None)
+    await wait_for(lambda: api.gw.calls.get(body["call_id"]).transfer_result is not None)
     status, resp = await api.post(f"/calls/{body['requestId']}/transfer", json={"number": "nope"})
     assert status == 400 and resp["field"] == "number"
     status, resp = await api.post("/calls/999/transfer", json={"number": "+14155550177"})

@@ -3,59 +3,91 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 
-def _serve(tmp_path, *args: str) -> subprocess.Popen:
+@dataclass
+class Served:
+    """`gateway serve` running: its stdout lines as they come (read by a thread, so a wait has a deadline even
+    when the process says nothing) and its stderr in a file (a pipe nobody reads while it runs fills up and blocks
+    the process)."""
+    proc: subprocess.Popen
+    lines: queue.Queue
+    err: Path
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+
+def _serve(tmp_path, *args: str) -> Served:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("GATEWAY_PUBLIC_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", "0",
-                             "--sip-port", "0", "--data-dir", str(tmp_path), "--engine", "echo", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    err = tmp_path / "serve.err"
+    with open(err, "w") as out:      # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", "0",
+                                 "--sip-port", "0", "--data-dir", str(tmp_path), "--engine", "echo", *args],
+                                stdout=subprocess.PIPE, stderr=out, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    return Served(proc, lines, err)
 
 
-def _until(proc: subprocess.Popen, needle: str, timeout: float = 60) -> str:
-    """stdout lines up to and including the first holding `needle` (the process is stopped on timeout)."""
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+def _until(served: Served, needle: str, timeout: float = 90) -> str:
+    """stdout lines up to and including the first holding `needle` (the process is stopped on timeout). Start-up
+    takes about a second on an idle machine and tens of seconds on a starved one: the bound is generous."""
     seen = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = served.lines.get(timeout=left)
+        except queue.Empty:
             break
         seen.append(line)
         if needle in line:
             return "".join(seen)
-    proc.kill()
-    pytest.fail(f"no {needle!r} from gateway serve; got: {''.join(seen)} {proc.stderr.read()}")
+    served.proc.kill()
+    served.proc.wait()
+    pytest.fail(f"no {needle!r} from gateway serve within {timeout} s (exit {served.proc.returncode}); "
+                f"got: {''.join(seen)} stderr: {served.stderr()}")
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
+def _stop(served: Served) -> str:
+    """SIGTERM (a drain without calls: it exits at once), SIGKILL after 30 s; what it wrote on stderr."""
+    served.proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=30)
+        served.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err
+        served.proc.kill()
+        served.proc.wait()
+    return served.stderr()
 
 
 @pytest.mark.parametrize("public, warned", [(None, True), ("https://gw.example.com", False)])
 def test_serve_prints_its_public_url_and_warns_when_carriers_cannot_reach_it(tmp_path, public, warned):
-    proc = _serve(tmp_path, *(["--public-url", public] if public else []))
-    out = _until(proc, "public URL")
-    err = _stop(proc)
+    served = _serve(tmp_path, *(["--public-url", public] if public else []))
+    out = _until(served, "public URL")
+    err = _stop(served)
     line = [x for x in out.splitlines() if "public URL" in x][0]
     assert (public or "http://127.0.0.1:") in line
     assert ("cannot reach" in err and "loopback" in err) is warned, err
 
 
-def _gateway(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+def _gateway(*args: str, timeout: float = 90, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
                           timeout=timeout, **kw)
 
@@ -99,9 +131,9 @@ def test_refused_loadtest_target_is_one_line():
 
 def test_broken_pipe_is_quiet(tmp_path):
     """`gateway … | head -1`: the reader closes early; we stop without a BrokenPipeError traceback."""
-    proc = _serve(tmp_path, "--public-url", "https://gw.example.com")
+    served = _serve(tmp_path, "--public-url", "https://gw.example.com")
     try:
-        out = _until(proc, "HTTP on")
+        out = _until(served, "HTTP on")
         port = out.split("HTTP on 127.0.0.1:")[1].split(",")[0]
         key = (tmp_path / "api_key").read_text().strip()
         for _ in range(30):                       # 120 KB of JSON: more than the pipe's 64 KB buffer
@@ -109,9 +141,19 @@ def test_broken_pipe_is_quiet(tmp_path):
                 {"name": "x", "settings": {"notes": {"text": "x" * 4000}}}).encode(),
                 headers={"Authorization": f"Bearer {key}"})
             urllib.request.urlopen(req, timeout=30).close()
-        r = subprocess.run(f"{sys.executable} -m gateway agents list --json --pagesize 150 "
-                           f"--url http://127.0.0.1:{port} --data-dir {tmp_path} | head -c 10",
-                           shell=True, capture_output=True, text=True, timeout=60)
+        with open(tmp_path / "cli.err", "w") as err:
+            cli = subprocess.Popen([sys.executable, "-m", "gateway", "agents", "list", "--json", "--pagesize", "150",
+                                    "--url", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path)],
+                                   stdout=subprocess.PIPE, stderr=err)
+        try:
+            first = cli.stdout.read(10)
+            cli.stdout.close()                    # the reader goes away early, as `| head -c 10` does
+            code = cli.wait(timeout=90)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
     finally:
-        _stop(proc)
-    assert len(r.stdout) == 10 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+        _stop(served)
+    err = (tmp_path / "cli.err").read_text()
+    assert len(first) == 10 and "Traceback" not in err and "BrokenPipe" not in err, (code, err)

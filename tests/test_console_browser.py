@@ -130,7 +130,7 @@ async def test_import_test_connection_attach_and_delete_a_sip_trunk(make_gateway
         # detach asks first: dismissed → still attached; accepted → detached; then attach again
         watch.answers = [False]
         await page.select_option(f"{row} select.attach", "")
-        await wait_until(lambda: len(watch.dialogs) == 1)
+        await wait_for(lambda: len(watch.dialogs) == 1)
         assert "Detach +15550001111" in watch.dialogs[0]
         await expect(page.locator(f"{row} select.attach")).to_have_value(str(agent["id"]))
         assert (await api(gw, "GET", f"/phone_number/{number['id']}"))["phone_number"]["agent_id"] == agent["id"]
@@ -154,7 +154,7 @@ async def test_import_test_connection_attach_and_delete_a_sip_trunk(make_gateway
         # delete asks first
         watch.answers = [False]
         await page.click("#delete")
-        await wait_until(lambda: len(watch.dialogs) == 3)
+        await wait_for(lambda: len(watch.dialogs) == 3)
         assert "Delete +15550001111" in watch.dialogs[2]
         assert (await api(gw, "GET", "/phone_number/list"))["total"] == 1
         watch.answers = [True]
@@ -173,13 +173,6 @@ async def provider_label(page: Any, p: str) -> str:
 async def report_steps(page: Any) -> list[tuple[str, str, str]]:
     return [tuple(x) for x in await page.eval_on_selector_all(
         "#test-report li", "lis => lis.map(li => [li.dataset.step, li.dataset.verdict, li.textContent])")]
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-    await asyncio.wait_for(loop(), timeout)
 
 
 async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
@@ -265,7 +258,7 @@ async def test_create_and_edit_an_agent_the_patch_persists(make_gateway):
         # delete asks first
         watch.answers = [False]
         await page.click("#delete")
-        await wait_until(lambda: len(watch.dialogs) == 1)
+        await wait_for(lambda: len(watch.dialogs) == 1)
         assert "Delete agent “Other”" in watch.dialogs[0]
         assert (await api(gw, "GET", f"/agents/{other['id']}"))["success"] is True
         watch.answers = [True]

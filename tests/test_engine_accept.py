@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from conftest import API_KEY
 from gateway.engine.ws_bridge import AcceptEngine
 from gateway.frames import AudioFrame, HangupSource
+from sipp import wait_for
 from test_api_fakes import FakeLeg
 
 T = 5.0
@@ -22,13 +23,6 @@ def engine_url(gw, query: str = "") -> str:
 
 def auth(key: str = API_KEY) -> dict:
     return {"Authorization": f"Bearer {key}"}
-
-
-async def until(predicate, step: float = 0.01):
-    async def loop():
-        while not predicate():
-            await asyncio.sleep(step)
-    await asyncio.wait_for(loop(), T)
 
 
 async def new_call(gw, spec: str):
@@ -43,7 +37,7 @@ async def new_call(gw, spec: str):
 async def finished_row(gw, call) -> dict:
     drain = asyncio.create_task(_drain(call))
     try:
-        await until(lambda: call.id not in gw.calls.active)
+        await wait_for(lambda: call.id not in gw.calls.active)
     finally:
         drain.cancel()
     return await gw.store.get_call(call.log_id)
@@ -58,7 +52,7 @@ async def test_connected_engine_is_handed_the_call_and_echoes(make_gateway):
     gw = await make_gateway()
     hub = gw.engines.accept_hub
     async with connect(engine_url(gw, "?pool=sales"), additional_headers=auth()) as ws:
-        await until(lambda: hub.idle_count("sales") == 1)
+        await wait_for(lambda: hub.idle_count("sales") == 1)
         call, leg = await new_call(gw, "accept:sales?sample_rate=8000")
         start = json.loads(await asyncio.wait_for(ws.recv(), T))
         assert start["type"] == "start" and start["call_id"] == call.id and start["direction"] == "outbound"
@@ -97,7 +91,7 @@ async def test_no_engine_within_the_wait_hangs_up(make_gateway, monkeypatch):
     gw = await make_gateway()
     # an engine in another pool does not take the call
     async with connect(engine_url(gw, "?pool=other"), additional_headers=auth()):
-        await until(lambda: gw.engines.accept_hub.idle_count("other") == 1)
+        await wait_for(lambda: gw.engines.accept_hub.idle_count("other") == 1)
         call, leg = await new_call(gw, "accept:sales")
         row = await finished_row(gw, call)
     assert leg.hangups == ["engine_unavailable"]
@@ -109,7 +103,7 @@ async def test_each_call_takes_its_own_connection(make_gateway):
     hub = gw.engines.accept_hub
     async with connect(engine_url(gw), additional_headers=auth()) as a, \
             connect(engine_url(gw), additional_headers=auth()) as b:
-        await until(lambda: hub.idle_count() == 2)
+        await wait_for(lambda: hub.idle_count() == 2)
         c1, _ = await new_call(gw, "accept")
         c2, _ = await new_call(gw, "accept")
         ids = {json.loads(await asyncio.wait_for(ws.recv(), T))["call_id"] for ws in (a, b)}
@@ -123,8 +117,8 @@ async def test_idle_engine_that_leaves_is_not_handed_a_call(make_gateway, monkey
     gw = await make_gateway()
     hub = gw.engines.accept_hub
     async with connect(engine_url(gw), additional_headers=auth()):
-        await until(lambda: hub.idle_count() == 1)
-    await until(lambda: hub.idle_count() == 0)
+        await wait_for(lambda: hub.idle_count() == 1)
+    await wait_for(lambda: hub.idle_count() == 0)
     call, leg = await new_call(gw, "accept")
     row = await finished_row(gw, call)
     assert row["hangup_reason"] == "engine_unavailable"
@@ -152,7 +146,7 @@ async def test_bad_pool_name_is_rejected(make_gateway):
 async def test_message_before_start_is_a_policy_violation(make_gateway):
     gw = await make_gateway()
     async with connect(engine_url(gw), additional_headers=auth()) as ws:
-        await until(lambda: gw.engines.accept_hub.idle_count() == 1)
+        await wait_for(lambda: gw.engines.accept_hub.idle_count() == 1)
         await ws.send(json.dumps({"type": "clear"}))
         with pytest.raises(websockets.ConnectionClosedError):
             await asyncio.wait_for(ws.recv(), T)
@@ -163,7 +157,7 @@ async def test_message_before_start_is_a_policy_violation(make_gateway):
 async def test_garbage_from_accepted_engine_ends_call(make_gateway):
     gw = await make_gateway()
     async with connect(engine_url(gw), additional_headers=auth()) as ws:
-        await until(lambda: gw.engines.accept_hub.idle_count() == 1)
+        await wait_for(lambda: gw.engines.accept_hub.idle_count() == 1)
         call, leg = await new_call(gw, "accept")
         await asyncio.wait_for(ws.recv(), T)
         await ws.send("{{{")
@@ -178,7 +172,7 @@ async def test_garbage_from_accepted_engine_ends_call(make_gateway):
 async def test_accepted_engine_disconnecting_ends_call(make_gateway):
     gw = await make_gateway()
     ws = await connect(engine_url(gw), additional_headers=auth())
-    await until(lambda: gw.engines.accept_hub.idle_count() == 1)
+    await wait_for(lambda: gw.engines.accept_hub.idle_count() == 1)
     call, leg = await new_call(gw, "accept")
     await asyncio.wait_for(ws.recv(), T)
     await ws.close(1011, "engine crashed")
@@ -189,7 +183,7 @@ async def test_accepted_engine_disconnecting_ends_call(make_gateway):
 async def test_idle_engines_are_told_on_shutdown(make_gateway):
     gw = await make_gateway()
     async with connect(engine_url(gw), additional_headers=auth()) as ws:
-        await until(lambda: gw.engines.accept_hub.idle_count() == 1)
+        await wait_for(lambda: gw.engines.accept_hub.idle_count() == 1)
         await asyncio.wait_for(gw.stop(), T)
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), T)
@@ -200,11 +194,11 @@ async def test_call_that_ends_while_waiting_does_not_consume_an_engine(make_gate
     gw = await make_gateway()
     hub = gw.engines.accept_hub
     call, leg = await new_call(gw, "accept")
-    await until(lambda: hub._waiting.get("default"))  # the call is waiting for an engine
+    await wait_for(lambda: hub._waiting.get("default"))  # the call is waiting for an engine
     await call.end(HangupSource.USER, "caller_gave_up")
-    await until(lambda: not hub._waiting.get("default"))
+    await wait_for(lambda: not hub._waiting.get("default"))
     async with connect(engine_url(gw), additional_headers=auth()):
-        await until(lambda: hub.idle_count() == 1)  # free for the next call, not handed a dead one
+        await wait_for(lambda: hub.idle_count() == 1)  # free for the next call, not handed a dead one
 
 
 async def test_redirect_op_sends_an_idle_engine_elsewhere(make_gateway):
@@ -218,7 +212,7 @@ async def test_redirect_op_sends_an_idle_engine_elsewhere(make_gateway):
         reply = await gw.control.run_local("engine:redirect", args)
         assert reply.status == 400 and reply.body["field"] == bad
     async with connect(engine_url(gw, "?pool=sales"), additional_headers=auth()) as ws:
-        await until(lambda: hub.idle_count("sales") == 1)
+        await wait_for(lambda: hub.idle_count("sales") == 1)
         reply = await gw.control.run_local("engine:redirect", {"pool": "sales", "url": target})
         assert reply.status == 200
         assert json.loads(await asyncio.wait_for(ws.recv(), T)) == {"type": "redirect", "url": target}
@@ -239,4 +233,4 @@ async def test_engine_url_reaches_this_process(make_gateway):
     assert worker.direct_port not in (None, worker.http_port)
     assert url == f"ws://127.0.0.1:{worker.direct_port}/engine/ws?pool=sales"
     async with connect(url, additional_headers=auth()):
-        await until(lambda: hub.idle_count("sales") == 1)
+        await wait_for(lambda: hub.idle_count("sales") == 1)

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import API_KEY, load_example
 from gateway.frames import AudioFrame, Dtmf, Mark
+from sipp import wait_for
 from test_api_fakes import FakeLeg
 
 T = 5.0
@@ -15,13 +16,6 @@ T = 5.0
 @pytest.fixture(scope="module")
 def example():
     return load_example("engine_client")
-
-
-async def until(predicate):
-    async def loop():
-        while not predicate():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(loop(), T)
 
 
 async def exercise(gw, spec: str) -> FakeLeg:
@@ -46,9 +40,9 @@ async def exercise(gw, spec: str) -> FakeLeg:
         assert [b.pcm for b in back] == frames
     call.feed_event(Dtmf("0"))
     drain = asyncio.create_task(_drain(call))
-    await until(lambda: leg.transfers)
+    await wait_for(lambda: leg.transfers)
     call.feed_event(Dtmf("#"))
-    await until(lambda: call.id not in gw.calls.active)
+    await wait_for(lambda: call.id not in gw.calls.active)
     drain.cancel()
     row = await gw.store.get_call(call.log_id)
     assert row["hangup_source"] == "agent" and row["hangup_reason"] == "caller_requested"
@@ -79,9 +73,9 @@ async def test_example_engine_in_accept_mode(make_gateway, example):
     workers = asyncio.create_task(example.accept_worker(url, API_KEY, 0))
     try:
         hub = gw.engines.accept_hub
-        await until(lambda: hub.idle_count("demo") == 1)
+        await wait_for(lambda: hub.idle_count("demo") == 1)
         await exercise(gw, "accept:demo?sample_rate=8000")
-        await until(lambda: hub.idle_count("demo") == 1)  # back in the pool for the next call
+        await wait_for(lambda: hub.idle_count("demo") == 1)  # back in the pool for the next call
         await exercise(gw, "accept:demo")
     finally:
         workers.cancel()

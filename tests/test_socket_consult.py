@@ -23,6 +23,7 @@ from carriers.vonage import VonageCarrier
 from exotel_helpers import EXOPHONE, CallWatch, FakeExotel, FakeExotelApi, add_exophone, tone, ws_url
 from fakes.twilio_env import recording
 from gateway.hold import HoldMusic, music_for
+from sipp import wait_for
 from test_plivo import NUMBER as PLIVO_NUMBER
 from test_plivo import plivo_env  # noqa: F401  (fixture)
 from test_telnyx import telnyx_env  # noqa: F401  (fixture)
@@ -62,16 +63,6 @@ async def call_api(gw, method: str, path: str, body: Any = None) -> tuple[int, A
         return r.status, await r.json()
 
 
-async def until(pred: Any, timeout: float = 10.0, what: str = "") -> None:
-    async def loop() -> None:
-        while not pred():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(loop(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what or pred}") from None
-
-
 async def ended_row(gw, call) -> dict[str, Any]:
     """The call-log row once the call has ended there."""
     row: dict[str, Any] = {}
@@ -91,7 +82,7 @@ async def telnyx_consult_answered(env):
     await caller.__aenter__()
     await caller.start(ccid)
     call = env.gw.calls.get(call_id)
-    await until(lambda: call.bus is not None, what="the caller's stream")
+    await wait_for(lambda: call.bus is not None, what="the caller's stream")
     status, body = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
     assert status == 200 and body["status"] == "consult_dialing", body
     dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
@@ -105,7 +96,7 @@ async def telnyx_consult_answered(env):
     target = env.stream(dial["stream_url"])
     await target.__aenter__()
     await target.start(target_ccid)
-    await until(lambda: call.consultation.state == "answered", what="answered")
+    await wait_for(lambda: call.consultation.state == "answered", what="answered")
     return call, ccid, target_ccid, caller, target, dial
 
 
@@ -155,7 +146,7 @@ async def telnyx_consult_dialing(env, call_id: str, ccid: str, caller) -> tuple[
     """The caller's stream starts and the API consults: (call, the dial request's body, the target's ccid)."""
     await caller.start(ccid)
     call = env.gw.calls.get(call_id)
-    await until(lambda: call.bus is not None)
+    await wait_for(lambda: call.bus is not None)
     status, _ = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
     assert status == 200
     dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
@@ -178,7 +169,7 @@ async def test_telnyx_busy_target_returns_the_caller(telnyx_env):  # noqa: F811
         status, _ = await env.webhook("call.hangup", {"call_control_id": target_ccid, "hangup_cause": "user_busy",
                                                       "client_state": dial["client_state"]})
         assert status == 200
-        await until(lambda: call.consultation.state == "failed")
+        await wait_for(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "busy"
         await engine_hears(caller)
         # a second socket with the (now stale) consultation URL is refused
@@ -206,7 +197,7 @@ async def test_telnyx_engine_consults_from_its_caller_streams_sender(telnyx_env)
     async with env.stream(answer["stream_url"]) as caller:
         await caller.start(ccid)
         await engine.wait(lambda: [e.state for e in engine.of(ConsultEvent)] == ["dialing"])
-        await until(lambda: any(p == "/v2/calls" for _, p, _ in env.rest.requests), what="the consultation's dial")
+        await wait_for(lambda: any(p == "/v2/calls" for _, p, _ in env.rest.requests), what="the consultation's dial")
         dial = [b for m, p, b in env.rest.requests if p == "/v2/calls"][-1]
         target_ccid = next(k for k, v in env.rest.calls.items() if v.get("dial") is dial)
         mark = len(caller.got.media)
@@ -272,7 +263,7 @@ async def telnyx_caller_hangs_up(env, call, ccid: str, target, target_ccid: str)
                                                   "client_state": encode_state(call.id)})
     assert status == 200
     await asyncio.wait_for(target.closed.wait(), 5)
-    await until(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
+    await wait_for(lambda: f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests],
                 what="the target's call hung up")
 
 
@@ -283,7 +274,7 @@ async def test_consultation_the_carrier_never_reports_on_fails_after_a_while(tel
     call_id, ccid, answer = await env.inbound()
     async with env.stream(answer["stream_url"]) as caller:
         call, dial, target_ccid = await telnyx_consult_dialing(env, call_id, ccid, caller)
-        await until(lambda: call.consultation.state == "failed", what="the consultation to give up")
+        await wait_for(lambda: call.consultation.state == "failed", what="the consultation to give up")
         assert call.consultation.reason.startswith("no-answer")
         assert f"/v2/calls/{target_ccid}/actions/hangup" in [p for _, p, _ in env.rest.requests]
         await engine_hears(caller)
@@ -302,7 +293,7 @@ async def plivo_consult(env):
     await caller.__aenter__()
     await caller.start(call_uuid)
     call = env.gw.calls.get(call_id)
-    await until(lambda: call.bus is not None)
+    await wait_for(lambda: call.bus is not None)
     status, body = await api(env, "POST", f"/api/v1/calls/{call_id}/consult", {})
     assert status == 200, body
     kind, request_uuid, made = await asyncio.wait_for(env.rest.actions.get(), 5)
@@ -323,7 +314,7 @@ async def test_plivo_consult_then_complete_joins_a_conference(plivo_env):  # noq
     try:
         await target.__aenter__()
         await target.start(target_uuid)
-        await until(lambda: call.consultation.state == "answered")
+        await wait_for(lambda: call.consultation.state == "answered")
         mark = len(caller.got.media)
         await target.play(recording()[:160 * 50])
         await target.wait_for(lambda: len(target.got.media) >= 40, timeout=10)
@@ -355,7 +346,7 @@ async def test_plivo_failed_dial_and_cancel(plivo_env):  # noqa: F811
         status, _ = await env.post(hangup.path + "?" + hangup.query, {"RequestUUID": request_uuid,
                                                                      "CallUUID": "x", "HangupCauseName": "User Busy"})
         assert status == 200
-        await until(lambda: call.consultation.state == "failed")
+        await wait_for(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "busy"
         # a second consultation, cancelled while it rings: its request is cancelled at Plivo
         status, _ = await api(env, "POST", f"/api/v1/calls/{call.id}/consult", {})
@@ -392,7 +383,7 @@ async def vonage_consult_answered(gw, rest, session):
     call = await watch.next_call()
     caller = FakeVonageSocket(session, ncco[0]["endpoint"][0], gw_url=gw.url(""))
     await caller.connect()
-    await until(lambda: call.bus is not None)
+    await wait_for(lambda: call.bus is not None)
     status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
     assert status == 200, body
     create = (await rest.wait_request("POST", "/v1/calls"))[-1]
@@ -405,7 +396,7 @@ async def vonage_consult_answered(gw, rest, session):
     assert set(caller.rx.frames) <= music_frames()
     target = FakeVonageSocket(session, endpoint, gw_url=gw.url(""))
     await target.connect()
-    await until(lambda: call.consultation.state == "answered")
+    await wait_for(lambda: call.consultation.state == "answered")
     return call, caller_uuid, target_uuid, caller, target
 
 
@@ -435,7 +426,7 @@ async def test_vonage_target_hangs_up_then_unanswered_consultation(vonage_world)
     async with aiohttp.ClientSession(headers=signed_headers()) as s:
         call, caller_uuid, target_uuid, caller, target = await vonage_consult_answered(gw, rest, s)
         await target.close()                                  # the target hangs up: the caller is back
-        await until(lambda: call.consultation.state == "ended")
+        await wait_for(lambda: call.consultation.state == "ended")
         mark = len(caller.rx.frames)
         sent = tone(1.0, 8000)
         await caller.play(sent, 320)
@@ -448,7 +439,7 @@ async def test_vonage_target_hangs_up_then_unanswered_consultation(vonage_world)
         async with s.post(gw.url(f"/vonage/events?call_id={call.id}&leg=consult"),
                           json={"uuid": second, "status": "unanswered"}) as r:
             assert r.status == 204
-        await until(lambda: call.consultation.state == "failed")
+        await wait_for(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "no-answer"
         await caller.close()
 
@@ -472,7 +463,7 @@ async def exotel_consulting(gw, rest, s, target_sid: str):
     caller = await FakeExotel(s, ws_url(gw)).connect()
     await caller.start("CA-caller")
     call = await watch.next_call()
-    await until(lambda: call.bus is not None)
+    await wait_for(lambda: call.bus is not None)
     rest.next_sid = target_sid
     status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult", {})
     assert status == 200, body
@@ -492,7 +483,7 @@ async def test_exotel_consult_then_gateway_bridge_until_one_side_hangs_up(exotel
         assert all(f in music or f == bytes(320) for f in chunks_of(caller.rx.audio))
         target = await FakeExotel(s, ws_url(gw)).connect()
         await target.start("CA-target", frm="09000000001", to="08047491899")
-        await until(lambda: call.consultation.state == "answered")
+        await wait_for(lambda: call.consultation.state == "answered")
         await target.play(tone(1.0, 8000))
         await target.wait_for(lambda rx: len(rx.audio) >= 8000, timeout=10)         # the engine's echo
         status, body = await call_api(gw, "POST", f"/calls/{call.id}/consult/complete")
@@ -531,7 +522,7 @@ async def test_exotel_busy_consultation_and_a_late_socket_is_refused(exotel_worl
         async with s.post(gw.url(f"/exotel/status_callback?call_id={call.id}&consult=1"),
                           data={"CallSid": "CA-busy", "Status": "busy"}) as r:
             assert r.status == 200
-        await until(lambda: call.consultation.state == "failed")
+        await wait_for(lambda: call.consultation.state == "failed")
         assert call.consultation.reason == "busy"
         late = await FakeExotel(s, ws_url(gw)).connect()
         await late.start("CA-busy", frm="09000000001", to="08047491899")

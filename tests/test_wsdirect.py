@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from carriers.wsdirect import DirectWebSocket, StopReading, handler_error, read_messages
+from sipp import wait_for
 
 
 class Server:
@@ -53,13 +54,6 @@ async def server() -> AsyncIterator[Server]:
         yield s
     finally:
         await runner.cleanup()
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def loop() -> None:
-        while not pred():
-            await asyncio.sleep(0.005)
-    await asyncio.wait_for(loop(), timeout)
 
 
 _sockets: list[DirectWebSocket] = []

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..frames import AnsweredBy
 from .params import AmdParams
-from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, tone_score
-from .vad import NoiseFloor, SpeechVad, make_vad
+from .tones import CED_HZ, CNG_HZ, FREQ_TOLERANCE_HZ, Tone, ToneTracker, ringback_fraction, tone_score
+from .vad import NoiseFloor, SpeechVad, is_dropout, make_vad
 
 FRAME_MS = 20
 #: SIT segment bands (Hz): ITU-T E.180 950/1400/1800 ± 50 Hz, widened to hold the North-American variants
@@ -46,6 +46,26 @@ BEEP_BAND_SLACK_HZ = 10.0
 #: a call ("Hi!", "Hello?") holds at least this much talk: shorter is a click or a burst of noise
 MIN_CALL_MS = 160
 SIT_MAX_GAP_MS = 120             # E.180: up to 30 ms between segments; codec noise may cut a frame off each side
+#: before the callee's first word, a frame with this share of its energy in 350–550 Hz may be ring-back (tones.py)
+RINGBACK_FRACTION = 0.85
+#: ring-back is looked for from this mean |sample| on (quieter is silence anyway)
+RINGBACK_MIN_LEVEL = 32
+#: a ring-back run holds its level within this fraction of its first frame (a vowel swells, a tone does not)
+RINGBACK_LEVEL_SPREAD = 0.2
+#: this many such frames in a row are ring-back: what they counted is taken back. Fewer than min_word_length, so
+#: no word has started by then.
+RINGBACK_CONFIRM_FRAMES = 4
+#: a pure stretch up to this long that is no beep, heard as speech by the VAD, counts as talk once it ends
+TONE_VOICE_MAX_MS = 120
+#: a tone shorter than this (a pure-looking frame or two of background sound) does not interrupt a pending beep
+BLIP_MS = 40
+#: at most this much of a tone's partial edge frames counts toward a beep's length (tones.Tone.edge_ms)
+EDGE_MAX_MS = 40
+#: a beep's rise and fall (~5 ms each) are quieter than the beep, so its edge frames read shorter than they are
+EDGE_RAMP_MS = 10
+#: a lost packet's hole (vad.is_dropout) keeps the previous frame's voice decision for at most this many frames:
+#: loss comes in bursts of 1–3 packets, a longer hole is a real silence (DTX, a stalled carrier)
+DROPOUT_HOLD_FRAMES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,13 @@ class AmdDetector:
         self._chain: Tone | None = None
         self._pend_quiet_ms = self._pend_loud_ms = 0
         self._last_tone: Tone | None = None
+        self._last_voice = False      # the previous frame's voice decision (held across a lost packet's hole)
+        self._holes = 0               # consecutive dropout frames so far
+        self._ring_run = 0            # ring-back-like frames in a row before the first word
+        self._ring_level = 0.0        # the level of the run's first frame
+        self._ring_snap: tuple[int, int, int, int, int, float, float] | None = None   # state before the run
+        self._tone_voiced = 0         # frames of the current tone the VAD called speech (a vowel, if no beep)
+        self._floor_now = 0.0         # the noise floor (the dropouts of a loss burst left out)
         self._peak = 0.0              # loudest voiced frame so far, fading
         self._speech_level = 0.0      # running mean |sample| of voiced frames: how loud this callee's audio is
         self.time_ms = 0
@@ -158,7 +185,12 @@ class AmdDetector:
         self.time_ms += FRAME_MS
         now = self.time_ms
         a = np.frombuffer(frame, "<i2")
-        level = int(np.abs(a).sum()) // len(a)     # app_amd's measure: mean |sample| (int64 accumulator)
+        mag = np.abs(a.astype(np.int32))
+        level = int(mag.sum()) // len(a)          # app_amd's measure: mean |sample|
+        # a lost packet on a noisy line: digital silence where the background never is that quiet. It says nothing
+        # about the callee, so it neither ends a word nor lowers the noise floor (which would let babble through).
+        hole = self._floor is not None and is_dropout(level, mag, self._floor_now)
+        self._holes = self._holes + 1 if hole else 0
 
         tonal = False
         if p.beep or p.fax or p.sit:
@@ -168,22 +200,38 @@ class AmdDetector:
                 tonal = purity >= p.tone_purity
             ended = self._tones.update(now, freq, tonal, level, purity)
             pend = self._pending_beep
-            if pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ:
+            if (pend is not None and self._tones.active and abs(self._tones.freq - pend.freq_hz) > FREQ_TOLERANCE_HZ
+                    and self._tones.last_ms - self._tones.start_ms >= BLIP_MS):
                 # another tone right after it: a melody, SIT, or the next note of a multi-tone beep (_tone_verdict)
                 self._pending_beep, self._chain = None, pend
             d = self._tone_verdict(now, ended)
             if d is not None:
                 return d
+            voiced = 0
+            if ended is not None:
+                voiced, self._tone_voiced = self._tone_voiced, 0
+            if voiced and ended is not None and ended.duration_ms <= TONE_VOICE_MAX_MS and not self._candidate(ended):
+                # a short pure stretch the VAD heard as speech, that is no beep: a vowel whose one harmonic
+                # dominates (the phone band's 300 Hz high-pass removes the fundamental). Its frames were talk.
+                for _ in range(voiced):
+                    d = self._greeting(now, True) if self.phase == "greeting" else self._message_end(now, True)
+                    if d is not None:
+                        return d
             if tonal or self._tones.active:
-                return None   # a tone is neither speech nor silence: it must not make a word or a human
-        floor = self._floor.update(level) if self._floor is not None else 0.0
-        voice = self._vad.is_speech(frame, level) and level >= floor * p.vad_floor_ratio
-        if voice and p.vad_rel_level:
-            # the callee is the loudest talker on the line: once heard, sound far below them (other people in the
-            # room, a TV, music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts.
-            if level > self._peak:
-                self._peak = float(level)
-            voice = level >= self._peak * p.vad_rel_level
+                # a tone is neither speech nor silence (yet): it must not make a word or a human
+                if self._vad.is_speech(frame, level) and self._loud_enough(level, peak=False):
+                    self._tone_voiced += 1
+                return None
+        if self._ringback(a, level):
+            return None
+        if hole and self._holes <= DROPOUT_HOLD_FRAMES:
+            voice = self._last_voice
+        else:
+            if self._floor is not None:
+                # a hole longer than a loss burst is real silence (DTX, a line gone quiet): it is the floor now
+                self._floor_now = self._floor.update(level)
+            voice = self._vad.is_speech(frame, level) and self._loud_enough(level, peak=True)
+        self._last_voice = voice
         self._peak *= PEAK_FADE
         if voice:
             self._speech_level += (level - self._speech_level) * (0.05 if self._speech_level else 1.0)
@@ -220,7 +268,8 @@ class AmdDetector:
             if (abs(t.freq_hz - CNG_HZ) <= FREQ_TOLERANCE_HZ and t.duration_ms >= p.fax_cng_min_ms
                     and self.heard_ms < p.fax_cng_max_voice_ms):
                 return self._decide(AnsweredBy.FAX, f"CNG-{t.freq_hz:.0f}Hz-{t.duration_ms}ms")
-        if p.beep and ended is not None and self._in_beep_band(ended.freq_hz):
+        if (p.beep and ended is not None and self._in_beep_band(ended.freq_hz)
+                and not self._blip_after_beep(ended)):
             pend = self._pending_beep
             if pend is not None and abs(ended.freq_hz - pend.freq_hz) <= FREQ_TOLERANCE_HZ:
                 # one beep, broken up by line noise
@@ -248,6 +297,58 @@ class AmdDetector:
             return self._decide(AnsweredBy.MACHINE_END_BEEP, f"BEEP-{t.freq_hz:.0f}Hz-{t.duration_ms}ms+")
         return None
 
+    def _ringback(self, a: np.ndarray, level: int) -> bool:
+        """Before the callee's first word: is this frame part of a ring-back tail (then it is neither talk nor
+        silence)? A ring-back is steady energy in 350–550 Hz; US and UK cadences are two tones that beat, so they are
+        not pure enough to be followed as a tone, and the VAD hears them as speech. A run's first frames count as
+        usual; once RINGBACK_CONFIRM_FRAMES steady in-band frames follow each other, what they counted is taken
+        back and the run is skipped until it ends."""
+        if not (self.in_initial_silence and self.phase == "greeting") or level < RINGBACK_MIN_LEVEL:
+            self._ring_run = 0
+            return False
+        steady = not self._ring_run or abs(level - self._ring_level) <= RINGBACK_LEVEL_SPREAD * self._ring_level
+        if not (steady and ringback_fraction(a.astype(np.float32), self.sample_rate) >= RINGBACK_FRACTION):
+            self._ring_run = 0
+            return False
+        if not self._ring_run:
+            self._ring_level = float(level)
+            self._ring_snap = (self.voice_ms, self.heard_ms, self.talk_ms, self.utterance_ms,
+                               self.consecutive_voice_ms, self._peak, self._speech_level)
+        self._ring_run += 1
+        if self._ring_run < RINGBACK_CONFIRM_FRAMES:
+            return False
+        if self._ring_run == RINGBACK_CONFIRM_FRAMES and self._ring_snap is not None:
+            (self.voice_ms, self.heard_ms, self.talk_ms, self.utterance_ms, self.consecutive_voice_ms, self._peak,
+             self._speech_level) = self._ring_snap
+            self._last_voice = False
+        return True
+
+    def _loud_enough(self, level: int, *, peak: bool) -> bool:
+        """The level gates on a frame the VAD calls speech: well above the noise floor, and (vad_rel_level) the
+        callee is the loudest talker on the line: once heard, sound far below them (other people in the room, a TV,
+        music) is background, not their speech. The peak fades ~1 dB/s so a quieter phrase counts; `peak`: this
+        frame may raise it."""
+        p = self.params
+        if level < self._floor_now * p.vad_floor_ratio:
+            return False
+        if not p.vad_rel_level:
+            return True
+        if peak and level > self._peak:
+            self._peak = float(level)
+        return level >= self._peak * p.vad_rel_level
+
+    def _candidate(self, t: Tone) -> bool:
+        """The tone that just ended is being followed as a beep, or as the first note of one."""
+        return any(x is not None and x.end_ms == t.end_ms for x in (self._pending_beep, self._chain))
+
+    def _blip_after_beep(self, t: Tone) -> bool:
+        """A tone of a frame or two at another pitch while a beep awaits its quiet: one pure-looking frame of
+        background noise or talk, too short to be a note of a melody or of a multi-tone beep (those are at least
+        beep_min_ms). It neither cancels the beep nor joins it."""
+        pend = self._pending_beep
+        return (pend is not None and t.duration_ms < BLIP_MS
+                and abs(t.freq_hz - pend.freq_hz) > FREQ_TOLERANCE_HZ)
+
     def _in_beep_band(self, freq_hz: float) -> bool:
         """beep_min_hz..beep_max_hz, give or take the frequency estimate's error (a 2000 Hz beep reads 2000.2 Hz)."""
         p = self.params
@@ -265,8 +366,16 @@ class AmdDetector:
         """One note of a multi-tone beep: a beep's length, pitch steadiness, purity and level steadiness."""
         p = self.params
         drift = p.beep_short_drift_hz if t.duration_ms < SHORT_BEEP_MS else p.beep_max_drift_hz
-        return (t.duration_ms >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= p.beep_purity
+        length = t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS
+        return (length >= p.beep_min_ms and t.drift_hz <= drift and t.purity >= self._beep_purity(t)
                 and t.level_spread <= p.beep_max_level_spread)
+
+    def _beep_purity(self, t: Tone) -> float:
+        """beep_purity, lowered by the noise under the tone: a pure tone over noise of power ratio r² (r: the level
+        before the tone over the tone's) puts only 1 / (1 + r²) of the frame's energy in its peak. A beep that starts
+        out of quiet still needs beep_purity; the onset check keeps r ≤ beep_onset_ratio."""
+        r = t.pre_level / t.level if t.level else 0.0
+        return self.params.beep_purity / (1.0 + r * r)
 
     @staticmethod
     def _is_sit(a: Tone, b: Tone) -> bool:

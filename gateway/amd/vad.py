@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import webrtcvad
 
 
@@ -67,3 +68,17 @@ def make_vad(kind: str, sample_rate: int, *, threshold: int, mode: int) -> Speec
     if kind == "energy":
         return EnergyVad(threshold)
     return WebRtcVad(sample_rate, mode, floor=max(16, threshold // 4))
+
+
+#: the loudest sample of a frame that carries nothing: a lost packet filled with zeros, or (A-law has no zero code)
+#: the quietest A-law code, which decodes to ±8
+DROPOUT_PEAK = 8
+#: a dropout is only told apart from a pause where the background is well above digital silence
+DROPOUT_MIN_FLOOR = 24.0
+
+
+def is_dropout(level: int, mag: np.ndarray, floor: float) -> bool:
+    """A 20 ms frame of digital silence on a line whose background (`floor`, mean |sample| of the quietest recent
+    frames) never gets that quiet: a lost packet a receiver without concealment left as zeros, or the silence G.711
+    Appendix I concealment fades into after 60 ms. `mag` is the frame's |samples|."""
+    return level <= DROPOUT_PEAK and floor >= DROPOUT_MIN_FLOOR and int(mag.max()) <= DROPOUT_PEAK
