@@ -17,6 +17,7 @@ from aiohttp import web
 from .callmanager import CallManager
 from .carrier import Carrier, load_carriers
 from .cluster import Membership, make_control
+from .cluster.cachesync import CacheSync
 from .config import Settings
 from .dispatcher import Dispatcher
 from .engine import EngineRegistry
@@ -76,6 +77,9 @@ class Gateway:
         self.health = HealthMonitor(self)
         self.recordings = Recordings(self)
         self.calls.register_control()
+        #: other processes' writes to agents and numbers reach this process's cache (and this one's theirs)
+        self.cache_sync = CacheSync(self)
+        self.cache_sync.register()
         self.api_key = settings.api_key
         #: sources that keep presenting a wrong API key (REST, engine socket, live page) are refused for a while
         self.api_throttle = FailureThrottle("API", logging.getLogger("gateway.api"), settings.auth_max_failures,

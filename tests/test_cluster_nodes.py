@@ -282,3 +282,24 @@ async def test_exotel_stream_on_the_other_node_joins_the_announced_call(cluster)
         await exo.close()
     status, body = await a.api("GET", "/calls/logs?pagesize=50")
     assert [c["carrier_sid"] for c in body["call_log_data"]].count("CA-cluster-1") == 1
+
+
+async def test_a_number_moved_to_another_agent_on_one_node_is_used_at_once_by_the_other(cluster):
+    """node-a has the number cached (it just took a call on it); node-b's API attaches the number to another
+    agent. node-b's answer comes once node-a has dropped its copy (control op `store:changed`), so node-a's next
+    call already goes to the new agent, not to the old one for the rest of the cache's TTL."""
+    start, world, receiver, clients = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    first, _ = await world.inbound(a)
+    assert (await call_row(a, first))["agent_id"] == world.agent["id"]
+    status, body = await b.api("POST", "/agents", {"name": "second", "engine": "echo"})
+    assert status == 201, body
+    second = body["agent"]["id"]
+    status, body = await b.api("POST", "/phone_number/attach", {"phone_number_id": world.number["id"],
+                                                                "agent_id": second})
+    assert status == 200, body
+    call_id, _ = await world.inbound(a)
+    assert (await call_row(a, call_id))["agent_id"] == second
+    assert "cache sync: not confirmed" not in b.log()

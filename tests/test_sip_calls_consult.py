@@ -132,8 +132,11 @@ async def inbound_call(gw):
     num = await sip_number(gw)
     port = gw.carriers["sip"].port
     first = asyncio.create_task(sipp_uac("uac_gateway_hangs_up.xml", port, service="15550001111", timeout_s=40))
-    call = await wait_for(lambda: next((c for c in gw.calls.active.values() if c.status == "in-progress"), None),
-                          15, what="the inbound call answered")
+    legs = gw.carriers["sip"].legs
+    # in progress from our 200 on (media starts there); its leg is the call's once the ACK confirmed the dialog
+    call = await wait_for(lambda: next((c for c in gw.calls.active.values()
+                                        if c.status == "in-progress" and c.id in legs), None),
+                          15, what="the inbound call answered and ACKed")
     return num, port, first, call
 
 

@@ -182,6 +182,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._cache_epoch = 0     # bumped by every invalidation: a read begun before it is not cached
         self.cache_loads = 0      # reads the cache sent to the database (bench/setup_lookups.py)
         self._updates: dict[tuple[str, ...], Any] = {}
+        #: awaited after a committed write to agents or numbers, with its kind (the cluster's cache sync)
+        self.on_change: Callable[[str], Awaitable[None]] | None = None
 
     CACHE_TTL = 5.0
     #: how long past its TTL an entry is still served while one background read refreshes it
@@ -278,6 +280,24 @@ class Store(ChannelStore, QueueStore, HealthStore):
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
+    async def _changing(self, kind: str) -> AsyncIterator[AsyncSession]:
+        """One write transaction to agents or numbers (`kind`): cached copies are dropped before it and again
+        after its commit (a read begun meanwhile may hold the old row), then `on_change` tells the other processes
+        of the cluster (gateway/cluster/cachesync.py)."""
+        self._invalidate(kind)
+        try:
+            async with self._writing() as s:
+                yield s
+        finally:
+            self._invalidate(kind)
+        if self.on_change is not None:
+            await self.on_change(kind)
+
+    def forget_cached(self, kind: str) -> None:
+        """Drop the cached `kind` rows ("agent" or "number"): another process of the cluster changed one."""
+        self._invalidate(kind)
+
+    @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
         """One ORM write transaction (serialised on SQLite)."""
         async with self._write_turn(), self._session.begin() as s:
@@ -328,8 +348,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     # agents ---------------------------------------------------------------------------------------------------
     async def create_agent(self, data: dict[str, Any]) -> dict[str, Any]:
-        self._invalidate("agent")
-        async with self._writing() as s:
+        async with self._changing("agent") as s:
             a = Agent(**data)
             s.add(a)
             await s.flush()
@@ -347,8 +366,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return [_row(a) for a in (await s.scalars(select(Agent).order_by(Agent.id))).all()]
 
     async def update_agent(self, agent_id: int, data: dict[str, Any]) -> dict[str, Any]:
-        self._invalidate("agent")
-        async with self._writing() as s:
+        async with self._changing("agent") as s:
             a = await s.get(Agent, agent_id)
             if a is None:
                 raise NotFoundError(f"agent {agent_id} not found")
@@ -358,8 +376,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return _row(a)
 
     async def delete_agent(self, agent_id: int) -> None:
-        self._invalidate("agent")
-        async with self._writing() as s:
+        async with self._changing("agent") as s:
             a = await s.get(Agent, agent_id)
             if a is None:
                 raise NotFoundError(f"agent {agent_id} not found")
@@ -400,9 +417,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
             _log.warning("stored secrets encrypted with the current key", extra={"rows": changed})
 
     async def create_number(self, data: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
-        self._invalidate("number")
         try:
-            async with self._writing() as s:
+            async with self._changing("number") as s:
                 if data.get("sip_trunk_name"):
                     dup = await s.scalar(select(PhoneNumber.id).where(
                         PhoneNumber.sip_trunk_name == data["sip_trunk_name"]))
@@ -454,8 +470,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return [_row(n, exclude=("secrets",)) for n in rows]
 
     async def update_number(self, number_id: int, **fields: Any) -> dict[str, Any]:
-        self._invalidate("number")
-        async with self._writing() as s:
+        async with self._changing("number") as s:
             n = await s.get(PhoneNumber, number_id)
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
@@ -465,8 +480,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return _row(n, exclude=("secrets",))
 
     async def delete_number(self, number_id: int) -> dict[str, Any]:
-        self._invalidate("number")
-        async with self._writing() as s:
+        async with self._changing("number") as s:
             n = await s.get(PhoneNumber, number_id)
             if n is None:
                 raise NotFoundError(f"phone number {number_id} not found")
