@@ -20,6 +20,7 @@ from fakes.exotel_rest import FakeExotelApi
 from fakes.rest_faults import HANG
 from fakes.twilio_rest import FakeTwilioRest
 from fakes.vonage_rest import VONAGE_NUMBER, FakeVonageApi
+from sipp import wait_for
 from test_vonage_rest import private_pem  # noqa: F401 (fixture)
 from vonage_helpers import SIGNATURE_SECRET, FakeVonageSocket, add_vonage_number, signed_headers
 
@@ -132,8 +133,8 @@ async def test_twilio_hangup_against_a_hung_api_is_bounded(rig):
     assert status == 200
     row = await r.row(body["call_id"], lambda x: x["ended_at"] is not None)
     assert row["hangup_reason"] == "api_hangup"
-    await asyncio.wait_for(_until(lambda: r.rest.faults.hanging == 1), 5)    # the request reached Twilio…
-    await asyncio.wait_for(_until(lambda: not r.gw.carriers["twilio"]._tasks), 5)   # …and was given up on
+    await wait_for(lambda: r.rest.faults.hanging == 1, 5, 0.02)    # the request reached Twilio…
+    await wait_for(lambda: not r.gw.carriers["twilio"]._tasks, 5, 0.02)   # …and was given up on
     assert r.rest.faults.hanging == 1                                          # while Twilio still hung
 
 
@@ -163,7 +164,7 @@ async def test_vonage_api_hangup_does_not_wait_for_a_hung_api(rig):
     async with aiohttp.ClientSession() as s:
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=r.gw.url(""))
         await v.connect()
-        await asyncio.wait_for(_until(lambda: call.bus is not None), 5)
+        await wait_for(lambda: call.bus is not None, 5, 0.02)
         r.rest.faults.add("PUT", f"/v1/calls/{uuid}", HANG)
         status, _, _ = await r.api("POST", f"/api/v1/calls/{body['call_id']}/hangup")
         assert status == 200
@@ -171,12 +172,7 @@ async def test_vonage_api_hangup_does_not_wait_for_a_hung_api(rig):
         assert row["hangup_reason"] == "api_hangup"
         await v.wait_closed()
         # the call is over here while Vonage still has not answered the hangup request
-        await asyncio.wait_for(_until(lambda: r.rest.faults.hanging == 1), 5)
-
-
-async def _until(pred: Any) -> None:
-    while not pred():
-        await asyncio.sleep(0.02)
+        await wait_for(lambda: r.rest.faults.hanging == 1, 5, 0.02)
 
 
 # -- item 2: Exotel, a call hung up while ringing does not come back as a new inbound call -----------------------
@@ -224,7 +220,7 @@ async def test_twilio_transfer_refused_is_an_error(rig, answer, status):
     call_id, call_sid, client = await open_call(env)
     try:
         call = r.gw.calls.get(call_id)
-        await asyncio.wait_for(_until(lambda: call.bus is not None), 5)
+        await wait_for(lambda: call.bus is not None, 5, 0.02)
         r.rest.faults.add("POST", f"/Calls/{call_sid}.json", answer)
         got, body, _ = await r.api("POST", f"/api/v1/calls/{call_id}/transfer", {})
         assert got == status and body["error"].startswith("Twilio") and f"HTTP {answer}" in body["error"], body
@@ -247,7 +243,7 @@ async def test_vonage_transfer_refused_is_an_error(rig, answer, status):
         v = FakeVonageSocket(s, ncco[0]["endpoint"][0], gw_url=r.gw.url(""))
         await v.connect()
         call = r.gw.calls.find_by_sid(uuid)
-        await asyncio.wait_for(_until(lambda: call.bus is not None), 5)
+        await wait_for(lambda: call.bus is not None, 5, 0.02)
         r.rest.faults.add("PUT", f"/v1/calls/{uuid}", answer)
         got, body, _ = await r.api("POST", f"/api/v1/calls/{call.id}/transfer", {})
         assert got == status and body["error"].startswith("Vonage") and f"HTTP {answer}" in body["error"], body

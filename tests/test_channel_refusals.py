@@ -24,7 +24,7 @@ from carriers.exotel import CloseCode as ExotelClose
 from carriers.exotel import ExotelCarrier
 from carriers.vonage import VonageCarrier
 from exotel_helpers import FakeExotel, add_exophone, call_coming_token, ws_url
-from sipp import api
+from sipp import api, wait_for
 from test_plivo import plivo_env  # noqa: F401  (fixture)
 from test_telnyx import telnyx_env  # noqa: F401  (fixture)
 from test_vonage_media import answer, inbound
@@ -106,7 +106,7 @@ async def test_exotel_over_the_limit_closes_the_stream_try_again(make_gateway):
     async with aiohttp.ClientSession() as s:
         first = await FakeExotel(s, ws_url(gw)).connect()
         await first.start("CA-first")
-        await asyncio.wait_for(_until(lambda: len(gw.calls.active) == 1), 5)
+        await wait_for(lambda: len(gw.calls.active) == 1, 5, 0.02)
         second = await FakeExotel(s, ws_url(gw)).connect()
         await second.start("CA-second")
         assert await second.wait_closed() == ExotelClose.TRY_AGAIN == 1013
@@ -138,8 +138,3 @@ async def test_exotel_call_coming_refused_takes_the_flows_second_branch(make_gat
     gw.begin_drain(timeout=60)
     assert await call_coming("CA-coming-3") == 302                   # the gateway is draining
     assert [c.carrier_sid for c in gw.calls.active.values()] == ["CA-coming-1"]
-
-
-async def _until(predicate) -> None:
-    while not predicate():
-        await asyncio.sleep(0.02)

@@ -7,6 +7,7 @@ import numpy as np
 
 from gateway.engine.greeting import PROMPT_MARK, load_prompt
 from gateway.frames import AudioFrame, Clear, Dtmf, HangupSource, Mark
+from sipp import wait_for
 from test_api_fakes import FakeLeg
 from voicecodecs import StreamResampler
 
@@ -85,11 +86,11 @@ async def test_prompt_plays_first_then_caller_is_echoed(make_gateway):
 async def test_pound_hangs_up_at_once(make_gateway):
     gw, call, leg = await start_call(make_gateway)
     # the whole prompt is queued before anything is played
-    await asyncio.wait_for(_until(lambda: call.bus.outbound.qsize() > 150), 3)
+    await wait_for(lambda: call.bus.outbound.qsize() > 150, 3, 0.01)
     call.feed_event(Dtmf("#"))
     items: list = []
     drain = asyncio.create_task(_drain(call, items))
-    await asyncio.wait_for(_until(lambda: call.id not in gw.calls.active), 3)
+    await wait_for(lambda: call.id not in gw.calls.active, 3, 0.01)
     drain.cancel()
     # the rest of the prompt was dropped: a Clear went to the carrier and (almost) no prompt audio was played
     assert any(isinstance(i, Clear) for i in items)
@@ -104,7 +105,7 @@ async def test_zero_transfers_to_agent_number(make_gateway):
     gw, call, leg = await start_call(make_gateway)
     drain = asyncio.create_task(_drain(call, [], ack_marks=True))
     call.feed_event(Dtmf("0"))
-    await asyncio.wait_for(_until(lambda: leg.transfers), 3)
+    await wait_for(lambda: leg.transfers, 3, 0.01)
     assert leg.transfers[0].number == TRANSFER_TO
     assert call.transfer_result.outcome == "completed"
     assert call.is_active  # a transfer is not a hangup
@@ -112,11 +113,6 @@ async def test_zero_transfers_to_agent_number(make_gateway):
     assert row["is_call_transfer"] and row["transfer_target"] == TRANSFER_TO
     drain.cancel()
     await call.end(HangupSource.USER, "test done")
-
-
-async def _until(predicate, step: float = 0.01):
-    while not predicate():
-        await asyncio.sleep(step)
 
 
 async def _drain(call, items: list, ack_marks: bool = False) -> None:

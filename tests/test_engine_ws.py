@@ -24,6 +24,7 @@ from gateway.frames import (
     SpeechActivity,
     TransferResult,
 )
+from sipp import wait_for
 from test_api_fakes import FakeLeg
 
 T = 5.0  # bound on every wait
@@ -185,7 +186,7 @@ async def test_gateway_events_reach_the_engine(make_gateway):
         call.feed_event(SpeechActivity(True))
         await call.set_amd(AmdResult(AnsweredBy.HUMAN, 1800))
         await call.transfer_finished(TransferResult("+15550003333", "busy"))
-        await asyncio.wait_for(_until(lambda: len(got) == 4), T)
+        await wait_for(lambda: len(got) == 4, T, 0.01)
         assert got == [
             {"type": "dtmf", "digit": "5", "duration_ms": 120},
             {"type": "speech", "speaking": True},
@@ -246,9 +247,9 @@ async def test_clear_drops_queued_audio_at_once(make_gateway):
     async with Engine(script) as engine:
         gw, call, leg = await start_call(make_gateway, engine.url("?sample_rate=8000"))
         # nothing is played yet: the carrier has not read a single frame
-        await asyncio.wait_for(_until(lambda: call.bus.outbound.full()), T)
+        await wait_for(lambda: call.bus.outbound.full(), T, 0.01)
         bus_full.set()
-        await asyncio.wait_for(_until(lambda: Mark("after-clear") in call.bus.outbound._queue), T)
+        await wait_for(lambda: Mark("after-clear") in call.bus.outbound._queue, T, 0.01)
         items = []
         while not items or items[-1] != Mark("after-clear"):
             items.append(await next_out(call))
@@ -277,7 +278,7 @@ async def test_audio_sent_before_the_engine_leaves_is_still_played(make_gateway,
         await asyncio.wait_for(engine.done.wait(), T)
         played = []
         drain = asyncio.create_task(_collect(call, played))
-        await asyncio.wait_for(_until(lambda: call.id not in gw.calls.active), T)
+        await wait_for(lambda: call.id not in gw.calls.active, T, 0.01)
         drain.cancel()
     assert [i.pcm for i in played if isinstance(i, AudioFrame)] == [bytes([9]) * 320] * 25
     assert leg.hangups == ["goodbye" if say_hangup else "engine_disconnected"]
@@ -414,8 +415,3 @@ def test_engine_spec_validation():
             reg.validate(bad)
     assert reg.resolve("ws://e/x?sample_rate=24000").sample_rate == 24000
     assert reg.resolve("ws://e/x").sample_rate == 16000
-
-
-async def _until(predicate, step: float = 0.01):
-    while not predicate():
-        await asyncio.sleep(step)

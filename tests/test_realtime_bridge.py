@@ -11,6 +11,7 @@ import pytest
 from conftest import load_example
 from fakes.realtime_server import RealtimeStandIn
 from gateway.frames import AudioFrame, Clear, HangupSource
+from sipp import wait_for
 
 T = 5.0
 FRAME = 960   # 20 ms of PCM16 at 24 kHz
@@ -47,14 +48,9 @@ async def bridged_call(make_gateway, example, query: str, carrier_rate: int, bar
 async def _ended(gw, call) -> dict:
     """Read the call's output until it is over; its call-log row."""
     drain = asyncio.create_task(_drain(call))
-    await asyncio.wait_for(_until(lambda: call.id not in gw.calls.active), T)
+    await wait_for(lambda: call.id not in gw.calls.active, T, 0.01)
     drain.cancel()
     return await gw.store.get_call(call.log_id)
-
-
-async def _until(predicate):
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 async def test_audio_flows_both_ways_at_24khz_and_speech_started_clears(make_gateway, example):
@@ -89,7 +85,7 @@ async def test_audio_flows_both_ways_at_24khz_and_speech_started_clears(make_gat
 
 async def test_model_going_away_hangs_up_the_call(make_gateway, example):
     async with bridged_call(make_gateway, example, "?sample_rate=24000", 8000) as (gw, call, model):
-        await asyncio.wait_for(_until(lambda: model.session is not None), T)
+        await wait_for(lambda: model.session is not None, T, 0.01)
         model.drop()
         row = await _ended(gw, call)
         assert row["hangup_source"] == "agent" and row["hangup_reason"] == "realtime_closed", row
