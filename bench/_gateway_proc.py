@@ -48,6 +48,15 @@ def start_gateway(tmp: str, port: int, core: int | None, carrier: str) -> subpro
     return proc
 
 
+def stop_gateway(proc: subprocess.Popen) -> None:
+    """SIGTERM (the gateway drains and exits), SIGKILL if it has not gone after 10 s: a benchmark never leaves it."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:

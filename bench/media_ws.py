@@ -18,7 +18,6 @@ import os
 import random
 import re
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._gateway_proc import cpu_seconds, free_port, start_gateway, wait_healthy  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, start_gateway, stop_gateway, wait_healthy  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
@@ -215,11 +214,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 if not r["ok"]:
                     break
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_gateway(proc)
     return results
 
 

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._gateway_proc import cpu_seconds, free_port, speech_like, start_gateway, wait_healthy  # noqa: E402
+from bench._gateway_proc import cpu_seconds, free_port, speech_like, start_gateway, stop_gateway, wait_healthy  # noqa: E402
 from bench._report import cpu_projection, table, write_section  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
@@ -183,11 +182,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 if not r["ok"] and not args.keep_going:
                     break
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_gateway(proc)
     return results
 
 
