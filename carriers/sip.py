@@ -74,6 +74,13 @@ TRUNK_CACHE_S = 5.0
 RTP_FULL_RETRY_AFTER = 5
 
 
+def _reject_rtp_full(inv: IncomingInvite, e: CarrierError) -> None:
+    """An INVITE refused because every RTP port of this process is in use (`SipCarrier._open_rtp`): 503 with
+    Retry-After and a Warning naming the limit, so a proxy in front (Kamailio) tries the next worker."""
+    inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
+                                            ("Warning", f'399 gateway "{str(e)[:120]}"')])
+
+
 def _flat(number: dict[str, Any]) -> dict[str, Any]:
     """A stored number (config + secrets columns) or an import dict, as one flat field dict."""
     return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
@@ -519,8 +526,7 @@ class SipCarrier(Carrier):
             rtp = await self._open_rtp()
         except CarrierError as e:
             self.log.warning("INVITE refused: %s", e, extra=extra)
-            inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
-                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
+            _reject_rtp_full(inv, e)
             return
         try:
             call = await self.gateway.calls.create(
@@ -648,8 +654,7 @@ class SipCarrier(Carrier):
         try:
             new = SipLeg(self, call, old.number, await self._open_rtp())
         except CarrierError as e:
-            inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
-                                                    ("Warning", f'399 gateway "{str(e)[:120]}"')])
+            _reject_rtp_full(inv, e)
             return
         try:
             answer, choice = answer_offer(req.body, self.advertised_ip, new.rtp.local_port,

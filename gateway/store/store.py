@@ -248,10 +248,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     def _invalidate(self, kind: str) -> None:
         self._cache_epoch += 1
-        for key in [k for k in self._cache if k[0] == kind or (kind == "agent" and k[0] == "number")]:
-            del self._cache[key]
-        for key in [k for k in self._loading if k[0] == kind or (kind == "agent" and k[0] == "number")]:
-            del self._loading[key]      # a read begun before the write: later callers start a new one
+        kinds = ("agent", "number") if kind == "agent" else (kind,)   # an agent write may change its numbers too
+        for entries in (self._cache, self._loading):    # a read begun before the write: later callers start anew
+            for key in [k for k in entries if k[0] in kinds]:
+                del entries[key]
 
     @contextlib.asynccontextmanager
     async def _write_turn(self) -> AsyncIterator[None]:
