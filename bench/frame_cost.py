@@ -46,6 +46,7 @@ from bench.ws_client import MaskPool  # noqa: E402
 from carriers.mediasocket import decode_event  # noqa: E402
 from carriers.twilio_media import CloseCode  # noqa: E402
 from carriers.wsdirect import DirectWebSocket, _DispatchQueue  # noqa: E402
+from gateway import mediabatch  # noqa: E402
 from gateway.bus import CallBus  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 from gateway.config import Settings  # noqa: E402
@@ -343,10 +344,22 @@ async def socket_costs(frames: int, rounds: int, b64: list[bytes]) -> dict[str, 
     return out
 
 
-async def core_path(calls: int, frames: int) -> float:
+class BatchedStream:
+    """A Twilio stream as gateway/mediabatch.py sees it: the call is its inlet."""
+
+    def __init__(self, call: Any) -> None:
+        self.inlet = call
+
+    def batch_failed(self, error: Exception) -> None:
+        raise error
+
+
+async def core_path(calls: int, frames: int, batched: bool = False) -> float:
     """µs of CPU per frame for the whole in-process core path of `calls` calls at once: carrier PCM in
     (`call.feed_audio`: VAD tap, bus, resampling) → the echo engine's task → `call.next_outbound()` (resampling,
-    turn timing): what a carrier's reader and sender tasks do between the wire formats."""
+    turn timing): what a carrier's reader and sender tasks do between the wire formats. `batched`: each call's
+    frame goes through the loop's media batch (gateway/mediabatch.py) as a Twilio stream's does, every call's frame
+    in the same loop iteration (the resampling both ways batched)."""
     pcm = [ulaw_to_pcm16(f) for f in speech_frames()]
     with tempfile.TemporaryDirectory(prefix="bench-frame-cost-") as d:
         gw = Gateway(Settings(host="127.0.0.1", http_port=0, data_dir=d, api_key="k", engine="echo"), carriers={})
@@ -366,10 +379,17 @@ async def core_path(calls: int, frames: int) -> float:
             gc.collect()
             gc.freeze()
             starts = [i * 7 % len(pcm) for i in range(calls)]
+            batch = mediabatch.for_loop(asyncio.get_running_loop())
+            streams = [BatchedStream(c) for c in cs]
             t = time.process_time()
             for k in range(frames):
-                for i, c in enumerate(cs):
-                    c.feed_audio(pcm[(starts[i] + k) % len(pcm)])
+                if batched:
+                    for i, st in enumerate(streams):
+                        batch.feed_audio(st, pcm[(starts[i] + k) % len(pcm)])
+                    await asyncio.sleep(0)        # the batch is delivered at the end of this loop iteration
+                else:
+                    for i, c in enumerate(cs):
+                        c.feed_audio(pcm[(starts[i] + k) % len(pcm)])
                 for c in cs:
                     item = await c.next_outbound()
                     while not isinstance(item, AudioFrame):

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from voicecodecs import Reframer, StreamResampler, frame_bytes
-from voicecodecs.resample import resample_many
 from voicecodecs._audioop import audioop
+from voicecodecs.resample import resample_many
 
 from .frames import AudioFrame, BusItem, Clear
 

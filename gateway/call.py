@@ -50,8 +50,9 @@ from .turns import Timeline, analyze
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
-    from .callmanager import CallManager
     from voicecodecs import StreamResampler
+
+    from .callmanager import CallManager
 
 log = logging.getLogger("gateway.call")
 

@@ -257,7 +257,7 @@ def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size
     h = d.matrix(phase)
     opb = d.out_per_block
     y = np.empty((k * nb, opb), np.float32)
-    step = max(1, _BATCH_MADDS // (2 * b * opb))
+    step = max(1, _BATCH_MADDS // (2 * b * opb * nb)) * nb     # whole streams per product
     for j in range(0, k * nb, step):
         np.dot(x[j : j + step], h, out=y[j : j + step])
     np.clip(y, -32768.0, 32767.0, out=y)     # saturate, never wrap (a no-op on rows that cannot reach the rails)
