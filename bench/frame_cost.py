@@ -554,9 +554,10 @@ def report(steps: dict[str, float], cores: tuple[float, float], sip: tuple[float
     rows.append(["% of one core per call (50 frames/s)", pct(tw_sum), pct(sip_total), ""])
     rows.append(["implied calls per core", per_core(tw_sum), per_core(sip_total), "CPU only, no latency margin"])
     tw_batched = tw_sum - core + core_batched
-    rows.append([f"**Twilio, the frames of {args.calls} streams in one loop iteration batched** (gateway/mediabatch.py: "
-                 "both resamplings in one numpy product per batch)", f"{f(tw_batched)} ({per_core(tw_batched)} per core)",
-                 "", f"whole core path batched {f(core_batched)} µs against {f(core)}; batches start at "
+    rows.append([f"**Twilio, the frames of {args.calls} streams in one loop iteration batched** "
+                 "(gateway/mediabatch.py: both resamplings in one numpy product per batch)",
+                 f"{f(tw_batched)} ({per_core(tw_batched)} per core)", "",
+                 f"whole core path batched {f(core_batched)} µs against {f(core)}; batches start at "
                  f"{BATCH_MIN} streams per loop iteration"])
     resampling = steps["resample 8 → 16 kHz"] + steps["resample 16 → 8 kHz"]
     rows.append(["the same with an 8 kHz engine (no resampling: `StreamResampler` passes equal rates through)",
