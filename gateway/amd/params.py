@@ -62,6 +62,9 @@ class AmdParams:
     hi_rest_ms: int = 3000
     #: a voiced run counts as talk only once it lasts this long (background talk or music lets single frames through).
     talk_min_run_ms: int = 80
+    #: while a machine verdict is provisional, a steady pure tone of a beep's length at least this loud relative to
+    #: the callee's speech confirms the machine (a person waiting for a reply plays no tone); 0 = off.
+    confirm_tone_rel_level: float = 1.0
     #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
     talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
