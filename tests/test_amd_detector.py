@@ -331,6 +331,21 @@ def test_a_loud_pure_tone_in_the_wait_is_no_person_even_when_it_is_no_beep():
     assert [a for a, _ in run(beep_then_note)] == [MES]     # voicemail off: the one verdict, a machine
 
 
+def test_no_verdict_by_the_analysis_time_after_talk_is_decided_by_what_follows():
+    """"Hello?" (1.1 s) "Hello?" (1.1 s) …: each call too short for the greeting rule, each pause too short for a
+    person's wait, so no verdict by total_analysis_time. With talk heard, the verdict is a provisional machine: the
+    person's wait then makes it human, a greeting's next long sentence confirms the machine."""
+    p = AmdParams()
+    calls = silence(300) + (words([300, 300], gap_ms=90) + silence(1100)) * 4
+    assert len(calls) // 16 > p.total_analysis_time
+    person = calls + silence(p.answer_wait_ms + 500)
+    assert [a for a, _ in run(person, message_end=True)] == [MS, H]
+    assert [a for a, _ in run(person, AmdParams(toolong_min_talk_ms=0), message_end=True)] == [UNK]
+    assert [a for a, _ in run(person)] == [H]                                       # voicemail off: one verdict
+    greeting = calls + words([260] * 14, gap_ms=90) + silence(p.message_end_silence + 200)
+    assert [a for a, _ in run(greeting, message_end=True)] == [MS, MES]
+
+
 def test_provisional_verdicts_off_gives_app_amd_timing():
     p = AmdParams(answer_max_ms=0)
     assert [a for a, _ in run(ANSWER + silence(3000), p)] == [MS]

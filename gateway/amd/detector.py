@@ -400,6 +400,10 @@ class AmdDetector:
                 self._reset_greeting()
             return None
         if now >= p.total_analysis_time and not self.early_media:
+            if p.toolong_min_talk_ms and p.toolong_min_talk_ms <= self.talk_ms < p.answer_max_ms:
+                # calls and phrases with pauses too short for a person's wait, each too short for a greeting: a
+                # provisional machine verdict, so what follows decides — a wait (a person) or more talk (a greeting)
+                return self._machine(f"TOOLONG-{now}-{self.talk_ms}")
             return self._decide(AnsweredBy.UNKNOWN, f"TOOLONG-{now}")
         if not voice:
             self.silence_ms += FRAME_MS

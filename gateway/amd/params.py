@@ -23,6 +23,9 @@ class AmdParams:
     after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
     total_analysis_time: int = 6000
+    #: no verdict by total_analysis_time after this much talk (but less than answer_max_ms): a provisional machine
+    #: verdict (a person's wait then turns it into human, more talk confirms it) instead of unknown; 0 = unknown.
+    toolong_min_talk_ms: int = 1000
     #: consecutive voiced ms that make a word.
     min_word_length: int = 100
     #: silence that separates two words.
