@@ -140,7 +140,7 @@ class AmdParams:
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
                    vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, answer_max_ms=0,
-                   reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20,
+                   reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, confirm_tone_rel_level=0.0, toolong_min_talk_ms=0,
                    beep=False, fax=False,
                    sit=False)
 
