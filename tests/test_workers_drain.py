@@ -21,7 +21,7 @@ async def _gateway(tmp_path, *extra: str, procs: set[str] | None = None) -> Gate
     fails half-way."""
     gw = await GatewayProc.start(tmp_path, *extra)
     try:
-        await gw.wait_procs(procs or {NODE})
+        await gw.wait_procs(procs or {NODE}, timeout=240)
         num = (await gw.api("POST", "/phone_number/import/sip", {
             "phone_number": "+" + NUMBER, "sip_host": "127.0.0.1", "sip_trunk_name": "trunk", "auth_type": "ip",
             "allowed_ips": ["127.0.0.1"]}, expect=201))["phone_number"]
@@ -117,7 +117,8 @@ async def test_one_worker_drained_alone_finishes_its_call_then_a_fresh_one_serve
         (await live).assert_calls(successful=1)      # SIPp's own BYE after 5 s, answered by the old worker
         fresh = await until(lambda: (p := gw.worker_pids().get(1)) not in (None, old) and p, 60,
                             f"a fresh worker 1\n{gw.output()}")
-        await gw.wait_procs({"t.1"})                 # the old one answered 503 while draining: this is the new one
+        # the old one answered 503 while draining: this is the new one (start-up takes minutes at load 30+)
+        await gw.wait_procs({"t.1"}, timeout=240)
         (await sipp_uac("uac_pcma_echo.xml", port, service=NUMBER, duration_ms=300, timeout_s=15)).assert_calls(
             successful=1)
         assert gw.worker_pids() == {1: fresh, 2: gw.worker_pids()[2]} and gw.proc.poll() is None
