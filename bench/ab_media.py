@@ -9,6 +9,11 @@ tree's gateway runs from its own source (`PYTHONPATH`), with this virtualenv's p
 
     python bench/ab_media.py --base main                  # working tree vs main, 60 streams, 6 rounds
     python bench/ab_media.py --base HEAD~3 --calls 100 --rounds 8 --nice -10
+    python bench/ab_media.py --harness scale --db postgresql://… --calls 300   # bench/scale.py's callers
+
+`--harness scale` runs one worker of bench/scale.py (`gateway serve` on PostgreSQL, not pinned) with its Twilio
+callers spread over two processes instead: media_ws.py's single caller process falls behind above ≈ 100 streams,
+and a late caller sends bursts that make frames cheaper (several per wake-up) than steady traffic does.
 
 Figures are printed, not written to BENCHMARKS.md: a change's commit message or BENCHMARKS text carries them.
 """
@@ -36,6 +41,19 @@ ns = argparse.Namespace(steps=[{calls}], seconds={seconds}, repeat=1, budget=600
 print(json.dumps(run_async(media_ws.main_async(ns))[0]))
 """
 
+#: the same with bench/scale.py's harness (one worker, the callers in two processes)
+STEP_SCALE = """
+import base64, json, sys
+sys.path.insert(0, '.')
+from bench import scale
+from gateway.cli import run_async
+ulaw = scale.RECORDING.read_bytes()
+payloads = [base64.b64encode(ulaw[i:i + 160]).decode() for i in range(0, len(ulaw) - 159, 160)]
+r = run_async(scale.twilio_run(1, {db!r}, {calls}, {seconds}, payloads, 2))
+print(json.dumps({{"cpu_s": r["used"]["workers"], "echoed": r["frames"], "dropped": r["dropped"], "p99": r["p99"],
+                  "gen_late_p99": r["gen_late_p99"], "cpu": r["cpu"], "load": r["load"]}}))
+"""
+
 
 def export(ref: str, into: str) -> None:
     """The tree of `ref` (a commit, branch or tag of this repository) as plain files in `into`."""
@@ -44,7 +62,10 @@ def export(ref: str, into: str) -> None:
 
 
 def step(tree: Path, args: argparse.Namespace) -> dict:
-    code = STEP.format(calls=args.calls, seconds=args.seconds, nice=args.nice)
+    if args.harness == "scale":
+        code = STEP_SCALE.format(db=args.db, calls=args.calls, seconds=args.seconds)
+    else:
+        code = STEP.format(calls=args.calls, seconds=args.seconds, nice=args.nice)
     out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
                          timeout=args.seconds + 120)
     lines = out.stdout.strip().splitlines()
@@ -60,7 +81,13 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="media seconds per step")
     p.add_argument("--rounds", type=int, default=6, help="rounds; each runs A and B once, the order alternating")
     p.add_argument("--nice", type=int, default=0, help="scheduling priority of gateway and callers (root: < 0)")
+    p.add_argument("--harness", choices=("media_ws", "scale"), default="media_ws",
+                   help="bench/media_ws.py (pinned, one caller process) or bench/scale.py's one worker")
+    p.add_argument("--db", default=os.environ.get("GATEWAY_TEST_POSTGRES_URL"),
+                   help="PostgreSQL URL for --harness scale (its gateway tables are dropped)")
     args = p.parse_args()
+    if args.harness == "scale" and not args.db:
+        p.error("--harness scale needs --db (or GATEWAY_TEST_POSTGRES_URL)")
     per_frame: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         export(args.base, tmp)

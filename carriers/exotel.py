@@ -647,7 +647,7 @@ class VoicebotStream(MarkedPlayout):
         if frame is not None:
             self._unsent.append((self._queued_bytes, frame))
         self._queued_bytes += len(encoded)
-        self._last_push = asyncio.get_running_loop().time()
+        self._last_push = self._now()
         return self._started()[2].push(encoded)
 
     def _pack_now(self, frame: AudioFrame) -> bool:
@@ -659,7 +659,7 @@ class VoicebotStream(MarkedPlayout):
         call, fmt, packer = self._started()
         if ws is None or self.port is not None or self._stopping or self._send_lock.locked() \
                 or not ws.can_write_nowait() or (call.bus is not None and call.bus.clear_pending.is_set()) \
-                or self.playout_end - asyncio.get_running_loop().time() > self.carrier.max_ahead:
+                or self.playout_end - self._now() > self.carrier.max_ahead:
             return False
         encoded = fmt.encode(frame.pcm)
         if packer.pending + len(encoded) >= 2 * packer.minimum:

@@ -273,7 +273,7 @@ class MarkedPlayout:
         await self._send_clear()
         self.forgotten.update(self.pending_marks)
         self.pending_marks.clear()
-        self.playout_end = asyncio.get_running_loop().time()
+        self.playout_end = self._now()
 
     async def drain(self, cap: float = 30.0) -> None:
         """Wait until the carrier has played what we sent (a mark of our own), bounded by the audio still queued."""
@@ -310,7 +310,7 @@ class MarkedPlayout:
         pending = bus.clear_pending if bus is not None else None
         if pending is not None and pending.is_set():
             return False
-        ahead = self.playout_end - asyncio.get_running_loop().time() - max_ahead
+        ahead = self.playout_end - self._now() - max_ahead
         if ahead > 0:
             if pending is None:
                 await asyncio.sleep(ahead)

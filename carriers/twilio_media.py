@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
+from gateway import mediabatch
 from gateway.frames import AudioFrame, BusItem, Clear, Dtmf, HangupSource, Mark, SendDtmf
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
@@ -100,6 +101,9 @@ class MediaStream(MarkedPlayout):
         self._prefix = ""
         self.frames_sent = 0
         self.direct_out = self._send_now if self.direct_ws is not None else None   # engine audio handed over
+        #: a socket read in `data_received` passes audio and digits on at the end of the loop iteration, with the
+        #: other streams' (gateway/mediabatch.py: their resampling batched)
+        self._batch = mediabatch.for_loop(asyncio.get_running_loop()) if self.direct_ws is not None else None
         #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
         self.start_message: dict[str, Any] = {}
 
@@ -173,13 +177,20 @@ class MediaStream(MarkedPlayout):
             except (AttributeError, KeyError, TypeError, ValueError):   # binascii.Error, non-ASCII text
                 raise StreamClosed(CloseCode.BAD_MESSAGE, "media without a base64 payload") from None
             # to the call, or to the port that replaced it (hold, bridge: mediasocket.py)
-            self.inlet.feed_audio(pcm)
+            batch = self._batch
+            if batch is not None:
+                batch.feed_audio(self, pcm)
+            else:
+                self.inlet.feed_audio(pcm)
         elif event == "mark":
             self._on_mark(m)
         elif event == "dtmf":
             digit = str((m.get("dtmf") or {}).get("digit", ""))
             if digit.upper() in _DIGITS and len(digit) == 1:
-                self.inlet.feed_event(Dtmf(digit.upper()))
+                if self._batch is not None:
+                    self._batch.feed_event(self, Dtmf(digit.upper()))
+                else:
+                    self.inlet.feed_event(Dtmf(digit.upper()))
             else:
                 log.warning("ignored malformed dtmf message",
                             extra={"carrier": self.carrier.name, "call_id": self.live_call.id})
@@ -189,6 +200,13 @@ class MediaStream(MarkedPlayout):
         else:
             self._on_other(event, m)
         return True
+
+    def batch_failed(self, error: Exception) -> None:
+        """Delivering audio or a digit (gateway/mediabatch.py) raised: the reader ends the stream with it."""
+        ws = self.direct_ws
+        if ws is None or not ws.handler_failed(error):
+            log.error("media delivery failed after the reader stopped", exc_info=error,
+                      extra={"carrier": self.carrier.name, "stream_sid": self.stream_sid})
 
     def _on_other(self, event: str, m: dict[str, Any]) -> None:
         """An event the common loop does not handle: the carrier's own, or a protocol error."""

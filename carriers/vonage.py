@@ -504,7 +504,7 @@ class VonageStream(MarkedPlayout):
         ws, call = self.direct_ws, self.live_call
         if ws is None or self.port is not None or self._stopping \
                 or (call.bus is not None and call.bus.clear_pending.is_set()) \
-                or self.playout_end - asyncio.get_running_loop().time() > self.carrier.max_ahead \
+                or self.playout_end - self._now() > self.carrier.max_ahead \
                 or not ws.write_bytes_nowait(frame.pcm):
             return False
         self._played(len(frame.pcm) / 2 / self.rate)

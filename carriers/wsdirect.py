@@ -91,10 +91,14 @@ class _DispatchQueue(WebSocketDataQueue):
             try:
                 handler(data[1])
             except Exception as e:   # the reader task reports it; data_received must not raise
-                self.handler = self.binary_handler = None
-                super().feed_data(WSMessage(WSMsgType.ERROR, TextHandlerError(e), None), 0)
+                self.fail(e)
             return
         super().feed_data(data, size)
+
+    def fail(self, error: Exception) -> None:
+        """A handler raised `error`: no more handler calls, and the reader task gets it (`handler_error`)."""
+        self.handler = self.binary_handler = None
+        super().feed_data(WSMessage(WSMsgType.ERROR, TextHandlerError(error), None), 0)
 
 
 class DirectWebSocket(web.WebSocketResponse):
@@ -128,6 +132,15 @@ class DirectWebSocket(web.WebSocketResponse):
         if q is None or ((on_text is not None or on_binary is not None) and (q.pending() or self.closed)):
             return False
         q.handler, q.binary_handler = on_text, on_binary
+        return True
+
+    def handler_failed(self, error: Exception) -> bool:
+        """Work a handler passed on (gateway/mediabatch.py) raised `error`: it reaches the reader task as if the
+        handler had raised it. False when the socket has no handlers (then nobody is told)."""
+        q = self._queue
+        if q is None or (q.handler is None and q.binary_handler is None):
+            return False
+        q.fail(error)
         return True
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:

@@ -15,10 +15,35 @@ from dataclasses import dataclass
 
 from voicecodecs import Reframer, StreamResampler, frame_bytes
 from voicecodecs._audioop import audioop
+from voicecodecs.resample import resample_many
 
 from .frames import AudioFrame, BusItem, Clear
 
 log = logging.getLogger("gateway.bus")
+
+#: while a list (`defer_plays`, for the length of one synchronous batch of deliveries: gateway/mediabatch.py), a
+#: `play_nowait` of one whole engine frame is only recorded on its bus and listed here; `settle_plays` then
+#: resamples them together and carries each out, in the same callback
+_deferring: list[CallBus] | None = None
+
+
+def defer_plays() -> list[CallBus]:
+    """Start recording whole-frame `play_nowait`s (see `_deferring`); hand the list to `settle_plays`."""
+    global _deferring
+    _deferring = []
+    return _deferring
+
+
+def settle_plays(buses: list[CallBus]) -> None:
+    """Carry out the plays recorded since `defer_plays`, their 16 → 8 kHz (…) resampling in one batch."""
+    global _deferring
+    _deferring = None
+    resample_many([(bus._down, bus._deferred) for bus in buses if bus._deferred is not None])
+    for bus in buses:
+        try:
+            bus.settle()
+        except Exception:    # what play_nowait raised in the engine's callback (the carrier's writer failing)
+            log.exception("deferred engine audio failed")
 
 #: one frame in this many is timed through the bus (gateway_media_turnaround_seconds): once a second of audio,
 #: so the cost per frame is an identity test, not a histogram update
@@ -123,6 +148,14 @@ class CallBus:
         #: the same the other way: set while the engine waits in next_inbound() on an empty queue and takes
         #: caller audio synchronously (EngineSession.receive(on_audio=…))
         self._engine_direct: Callable[[AudioFrame], bool] | None = None
+        #: an engine frame `play_nowait` took while plays are deferred (`defer_plays`), not yet carried out
+        self._deferred: bytes | None = None
+
+    def inbound_job(self, pcm: bytes) -> tuple[StreamResampler, bytes] | None:
+        """The resampling `feed_audio(pcm)` will do, when it is one whole frame (for `resample_many`)."""
+        if len(pcm) == self._in_frame.size and not self._in_frame.pending:
+            return self._up, pcm
+        return None
 
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
@@ -182,6 +215,8 @@ class CallBus:
     # engine → carrier -------------------------------------------------------------------------------------
     async def play(self, pcm: bytes) -> None:
         """Engine-rate PCM16 of any length; waits while the outbound queue is full."""
+        if self._deferred is not None:
+            self.settle()
         chunks = self._out_frame.push(pcm)
         for chunk in chunks:
             await self._put_out_audio(chunk, len(chunks) == 1)
@@ -192,14 +227,33 @@ class CallBus:
         # (engine frames in `pcm` and the re-framers' partial frames, each at most two carrier frames)
         if q.maxsize and q.qsize() + 2 * (len(pcm) // self._engine_frame + 2) > q.maxsize:
             return False
+        if self._deferred is not None:
+            self.settle()
+        deferring = _deferring
+        if deferring is not None and len(pcm) == self._engine_frame and not self._out_frame.pending:
+            self._deferred = pcm            # carried out by settle_plays, in this same callback
+            deferring.append(self)
+            return True
+        self._play_now(pcm)
+        return True
+
+    def _play_now(self, pcm: bytes) -> None:
         chunks = self._out_frame.push(pcm)
         for chunk in chunks:
             for item in self._out_items(chunk, len(chunks) == 1):
-                q.put_nowait(item)
-        return True
+                self.outbound.put_nowait(item)
+
+    def settle(self) -> None:
+        """Carry out a deferred `play_nowait` (there was room for it then, and only settled plays add to the queue
+        since). Everything else that touches the outbound side settles first, so the order stays the engine's."""
+        pcm, self._deferred = self._deferred, None
+        if pcm is not None:
+            self._play_now(pcm)
 
     async def flush_play(self) -> None:
         """Push out a partial trailing frame padded with silence (end of an utterance)."""
+        if self._deferred is not None:
+            self.settle()
         tail = self._out_frame.flush(pad=True)
         if tail:
             await self._put_out_audio(tail, True)
@@ -231,10 +285,14 @@ class CallBus:
 
     async def send_control(self, item: BusItem) -> None:
         """Queue a control item (mark, DTMF, hangup, transfer) in order behind the audio already queued."""
+        if self._deferred is not None:
+            self.settle()
         await self.outbound.put(item)
 
     def clear(self) -> int:
         """Barge-in: drop queued outbound audio now and tell the carrier to flush its own buffer."""
+        if self._deferred is not None:
+            self.settle()
         dropped = 0
         kept: list[BusItem] = []
         q = self.outbound

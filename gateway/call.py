@@ -50,6 +50,8 @@ from .turns import Timeline, analyze
 from .vad import SpeechTap
 
 if TYPE_CHECKING:
+    from voicecodecs import StreamResampler
+
     from .callmanager import CallManager
 
 log = logging.getLogger("gateway.call")
@@ -245,6 +247,13 @@ class Call:
         if self.muted or self.held or self.remote_held:
             return
         self.bus.feed_audio(pcm)
+
+    def resample_job(self, pcm: bytes) -> tuple[StreamResampler, bytes] | None:
+        """The resampling `feed_audio(pcm)` will do, if any (gateway/mediabatch.py computes it ahead, batched)."""
+        bus = self.bus
+        if bus is None or self.muted or self.held or self.remote_held or self.ended.is_set():
+            return None
+        return bus.inbound_job(pcm)
 
     def feed_event(self, event: BusItem) -> None:
         if self.bus is not None and not self.ended.is_set():

@@ -319,6 +319,33 @@ def test_short_greeting_then_beep_is_still_a_machine_with_a_beep():
     assert [a for a, _ in run(pcm, message_end=True)] == [MS, MEB]
 
 
+def test_a_loud_pure_tone_in_the_wait_is_no_person_even_when_it_is_no_beep():
+    """A short greeting, then a beep-like tone with a burst of sound straight after it (no beep verdict: a beep is
+    followed by quiet), then quiet: a person waiting for a reply plays no tone, so the wait does not make it human.
+    Notes of background music far quieter than the callee's voice leave the person's wait alone."""
+    beep_then_note = ANSWER + silence(400) + tone(1000, 150) + noise(200, amp=4000) + silence(3500)
+    assert [a for a, _ in run(beep_then_note, message_end=True)] == [MS, MES]
+    assert [a for a, _ in run(beep_then_note, AmdParams(confirm_tone_rel_level=0), message_end=True)] == [MS, H]
+    music = ANSWER + silence(400) + tone(1000, 300, amp=1000) + tone(1320, 300, amp=1000) + silence(3500)
+    assert [a for a, _ in run(music, message_end=True)] == [MS, H]
+    assert [a for a, _ in run(beep_then_note)] == [MES]     # voicemail off: the one verdict, a machine
+
+
+def test_no_verdict_by_the_analysis_time_after_talk_is_decided_by_what_follows():
+    """"Hello?" (1.1 s) "Hello?" (1.1 s) …: each call too short for the greeting rule, each pause too short for a
+    person's wait, so no verdict by total_analysis_time. With talk heard, the verdict is a provisional machine: the
+    person's wait then makes it human, a greeting's next long sentence confirms the machine."""
+    p = AmdParams()
+    calls = silence(300) + (words([300, 300], gap_ms=90) + silence(1100)) * 4
+    assert len(calls) // 16 > p.total_analysis_time
+    person = calls + silence(p.answer_wait_ms + 500)
+    assert [a for a, _ in run(person, message_end=True)] == [MS, H]
+    assert [a for a, _ in run(person, AmdParams(toolong_min_talk_ms=0), message_end=True)] == [UNK]
+    assert [a for a, _ in run(person)] == [H]                                       # voicemail off: one verdict
+    greeting = calls + words([260] * 14, gap_ms=90) + silence(p.message_end_silence + 200)
+    assert [a for a, _ in run(greeting, message_end=True)] == [MS, MES]
+
+
 def test_provisional_verdicts_off_gives_app_amd_timing():
     p = AmdParams(answer_max_ms=0)
     assert [a for a, _ in run(ANSWER + silence(3000), p)] == [MS]

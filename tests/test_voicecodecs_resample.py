@@ -176,3 +176,45 @@ def test_same_rate_is_passthrough_and_bad_input_is_rejected():
     with pytest.raises(ValueError):
         StreamResampler(8000, 16000).process(b"\x00\x00\x00")
     assert StreamResampler(8000, 16000).process(b"") == b""
+
+
+@pytest.mark.parametrize("in_rate,out_rate", PAIRS)
+def test_batched_results_are_exactly_what_process_computes(in_rate: int, out_rate: int) -> None:
+    """resample_many computes the next process() of many streams ahead: the output, chunk by chunk, is bit for bit
+    the output of the same streams resampled one by one, loud (saturating) streams and odd chunk sizes included."""
+    from voicecodecs.resample import BATCH_MIN, resample_many
+    rng = random.Random(in_rate * 7 + out_rate)
+    n = BATCH_MIN + 20
+    gains = [0.5 + 3.5 * (i % 3 == 0) for i in range(n)]       # every third stream drives the output past the rails
+    sources = [np.clip(samples(tone(300 + 97 * i, in_rate, 0.5, 9000.0)) * g, -32768, 32767).astype("<i2").tobytes()
+               for i, g in enumerate(gains)]
+    alone = [StreamResampler(in_rate, out_rate) for _ in range(n)]
+    batched = [StreamResampler(in_rate, out_rate) for _ in range(n)]
+    frame = in_rate // 50 * 2
+    pos = [0] * n
+    out_alone: list[list[bytes]] = [[] for _ in range(n)]
+    out_batched: list[list[bytes]] = [[] for _ in range(n)]
+    for _ in range(20):
+        sizes = [frame if rng.random() < 0.8 else 2 * rng.randrange(1, frame) for _ in range(n)]
+        chunks = [sources[i][pos[i] : pos[i] + sizes[i]] for i in range(n)]
+        pos = [p + s for p, s in zip(pos, sizes, strict=True)]
+        resample_many(list(zip(batched, chunks, strict=True)))
+        for i in range(n):
+            out_alone[i].append(alone[i].process(chunks[i]))
+            out_batched[i].append(batched[i].process(chunks[i]))
+    assert out_batched == out_alone
+
+
+def test_a_result_computed_ahead_is_dropped_when_the_stream_gets_another_chunk_or_resets() -> None:
+    from voicecodecs.resample import BATCH_MIN, resample_many
+    pcm = tone(440, 8000, 0.2)
+    frame = 320
+    rs = [StreamResampler(8000, 16000) for _ in range(BATCH_MIN)]
+    ref = StreamResampler(8000, 16000)
+    resample_many([(r, pcm[:frame]) for r in rs])
+    other = pcm[frame : 2 * frame]
+    assert rs[0].process(other) == ref.process(other)          # not the chunk computed ahead: computed as usual
+    assert rs[0].process(pcm[2 * frame : 3 * frame]) == ref.process(pcm[2 * frame : 3 * frame])
+    rs[1].reset()
+    assert rs[1].process(other) == StreamResampler(8000, 16000).process(other)
+    assert rs[2].process(pcm[:frame]) == StreamResampler(8000, 16000).process(pcm[:frame])

@@ -121,7 +121,7 @@ class StreamResampler:
     """
 
     __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_mats", "_buf", "_mv", "_plans", "_in_count",
-                 "_out_count")
+                 "_out_count", "_ready")
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         if in_rate not in SUPPORTED_RATES or out_rate not in SUPPORTED_RATES:
@@ -137,6 +137,9 @@ class StreamResampler:
         """Forget the stream (start of a new utterance or call): state back to silence, counters to zero."""
         self._in_count = 0
         self._out_count = 0
+        #: the next chunk's result computed ahead by `resample_many`: (chunk, output, history after it, input and
+        #: output counts after it); dropped whenever the state moves otherwise, so it always matches the state
+        self._ready: tuple[bytes, bytes, bytes, int, int] | None = None
         # [B samples of history | this chunk | zero padding to whole blocks], int16 so that chunks and history
         # move with plain memory copies; numpy converts the rows to float32 inside the product.
         self._buf = np.zeros(2 * self._d.block if self._d else 0, np.int16)
@@ -164,6 +167,13 @@ class StreamResampler:
         d = self._d
         if d is None:
             return pcm
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            if ready[0] is pcm or ready[0] == pcm:     # computed ahead from this very state: take it over
+                self._mv[: 2 * d.block] = ready[2]
+                self._in_count, self._out_count = ready[3], ready[4]
+                return ready[1]
         size = len(pcm)
         plan = self._plans.get(size)
         if plan is None:
@@ -191,3 +201,75 @@ class StreamResampler:
         np.rint(y, out=y)
         out: bytes = y.astype("<i2").tobytes()
         return out if due == y.size else out[: 2 * due]
+
+
+#: multiply-adds of one batched product at most. OpenBLAS computes products of up to 100³ (measured here: its
+#: small-matrix kernel) with the kernel it uses for one stream's few rows, and a product holds whole streams, so
+#: every output sample is summed in the same order as alone: bit for bit the same result (larger products took
+#: another kernel and differed in the last bits of some sums). tests/test_voicecodecs_resample.py checks it.
+_BATCH_MADDS = 64 ** 3
+
+
+def resample_many(jobs: list[tuple[StreamResampler, bytes]]) -> None:
+    """Compute the next `process()` of many streams in a few numpy calls instead of several per stream.
+
+    Each job is a resampler and the chunk its next `process()` call will get. The results are kept in the
+    resamplers (nothing is returned, no state moves): when `process()` then gets that chunk, it takes the result
+    and the state after it instead of computing them; any other chunk (or a `reset()`) drops the result and
+    computes as usual, so the output is always exactly what `process()` alone gives. Only chunks of whole blocks
+    are batched, grouped by rate pair, size and phase, and only groups of at least `BATCH_MIN` (a batch has a
+    fixed cost of its own); the rest are left to `process()`. Why: per 20 ms frame, `process()` is a few µs of
+    numpy call overhead around a tiny product; the calls of one event-loop iteration share those calls here
+    (gateway/mediabatch.py; BENCHMARKS.md, "What each step costs per 20 ms frame")."""
+    groups: dict[tuple[_Design, int, int], list[tuple[StreamResampler, bytes]]] = {}
+    for job in jobs:
+        r, pcm = job
+        d, size = r._d, len(pcm)
+        if d is not None and size and not size % (2 * d.block):
+            key = (d, size, r._in_count % d.down)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [job]
+            else:
+                group.append(job)
+    for (d, size, phase), group in groups.items():
+        if len(group) >= BATCH_MIN:
+            _resample_group(d, group, size, phase)
+
+
+#: fewer streams than this are left to `process()`: below it the batch's own fixed cost is not earned back
+BATCH_MIN = 8
+
+
+def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size: int, phase: int) -> None:
+    """`resample_many` for streams of one rate pair, chunk size and phase."""
+    b, b2 = d.block, 2 * d.block
+    k, nb, width = len(group), size // b2, b2 + size
+    # per stream [B samples of history | the chunk], one row each; the product's rows [x_{i-1} x_i] are a strided
+    # view of that (overlapping by B samples), converted to float32 in one copy
+    z = bytearray(k * width)
+    o = 0
+    for r, pcm in group:
+        z[o : o + b2] = r._mv[:b2]
+        z[o + b2 : o + width] = pcm
+        o += width
+    rows = np.ndarray((k, nb, 2 * b), np.int16, z, 0, (width, b2, 2))
+    x = np.empty((k * nb, 2 * b), np.float32)
+    np.copyto(x.reshape(k, nb, 2 * b), rows, casting="unsafe")
+    h = d.matrix(phase)
+    opb = d.out_per_block
+    y = np.empty((k * nb, opb), np.float32)
+    step = max(1, _BATCH_MADDS // (2 * b * opb * nb)) * nb     # whole streams per product
+    for j in range(0, k * nb, step):
+        np.dot(x[j : j + step], h, out=y[j : j + step])
+    np.clip(y, -32768.0, 32767.0, out=y)     # saturate, never wrap (a no-op on rows that cannot reach the rails)
+    np.rint(y, out=y)
+    out = y.astype("<i2").tobytes()
+    per = nb * opb * 2
+    up, down, o = d.up, d.down, 0
+    for r, pcm in group:
+        n_in = r._in_count + size // 2
+        total = -(-n_in * up // down)
+        due = 2 * (total - r._out_count)
+        r._ready = (pcm, out[o : o + due] if due < per else out[o : o + per], pcm[size - b2 :], n_in, total)
+        o += per

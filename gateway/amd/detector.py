@@ -205,6 +205,8 @@ class AmdDetector:
                 # another tone right after it: a melody, SIT, or the next note of a multi-tone beep (_tone_verdict)
                 self._pending_beep, self._chain = None, pend
             d = self._tone_verdict(now, ended)
+            if ended is not None and self.provisional and self._confirming_tone(ended):
+                self.provisional = False     # a recording: no wait makes it human (a beep may still follow)
             if d is not None:
                 return d
             voiced = 0
@@ -398,6 +400,10 @@ class AmdDetector:
                 self._reset_greeting()
             return None
         if now >= p.total_analysis_time and not self.early_media:
+            if p.toolong_min_talk_ms and p.toolong_min_talk_ms <= self.talk_ms < p.answer_max_ms:
+                # calls and phrases with pauses too short for a person's wait, each too short for a greeting: a
+                # provisional machine verdict, so what follows decides — a wait (a person) or more talk (a greeting)
+                return self._machine(f"TOOLONG-{now}-{self.talk_ms}")
             return self._decide(AnsweredBy.UNKNOWN, f"TOOLONG-{now}")
         if not voice:
             self.silence_ms += FRAME_MS
@@ -479,6 +485,21 @@ class AmdDetector:
         else:       # the first call goes on (a click before it and a pause do not count: it starts afresh)
             self._first_ms = add if gap >= p.hi_pause_ms else self._first_ms + add + inside
         self.talk_ms += add + inside
+
+    def _confirming_tone(self, t: Tone) -> bool:
+        """A beep's kind of tone — beep length, no pitch glide, pure, out of quiet — at least
+        `confirm_tone_rel_level` of the callee's speech level, heard while a machine verdict is provisional. A person
+        waiting for a reply plays no tone; background music under them is quieter than their voice (its notes on dev
+        reach ≤ 0.41 of it). Such a tone need not pass every check of a beep (a note of music may follow it, a lost
+        packet may dent its level) to show a recording: it confirms the machine, and the message still waits for
+        the end of the greeting (a beep verdict or message_end_silence; without detect_message_end the verdict held
+        back goes out with that end, as machine_end_*)."""
+        p = self.params
+        length = t.duration_ms + min(t.edge_ms, EDGE_MAX_MS) + EDGE_RAMP_MS
+        return (p.confirm_tone_rel_level > 0 and self._in_beep_band(t.freq_hz) and length >= p.beep_min_ms
+                and t.drift_hz <= p.beep_short_drift_hz and t.purity >= p.beep_purity
+                and t.pre_level <= t.level * p.beep_onset_ratio
+                and t.level >= self._speech_level * p.confirm_tone_rel_level)
 
     def _hi_greeting(self) -> bool:
         """"Hi! … <a long sentence>": a short first call, a pause, then a phrase longer than a person says after

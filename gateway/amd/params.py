@@ -23,6 +23,9 @@ class AmdParams:
     after_greeting_silence: int = 1300
     #: give up (unknown) when no verdict after this long.
     total_analysis_time: int = 6000
+    #: no verdict by total_analysis_time after this much talk (but less than answer_max_ms): a provisional machine
+    #: verdict (a person's wait then turns it into human, more talk confirms it) instead of unknown; 0 = unknown.
+    toolong_min_talk_ms: int = 1000
     #: consecutive voiced ms that make a word.
     min_word_length: int = 100
     #: silence that separates two words.
@@ -62,6 +65,9 @@ class AmdParams:
     hi_rest_ms: int = 3000
     #: a voiced run counts as talk only once it lasts this long (background talk or music lets single frames through).
     talk_min_run_ms: int = 80
+    #: while a machine verdict is provisional, a steady pure tone of a beep's length at least this loud relative to
+    #: the callee's speech confirms the machine (a person waiting for a reply plays no tone); 0 = off.
+    confirm_tone_rel_level: float = 1.0
     #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
     talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
@@ -134,7 +140,7 @@ class AmdParams:
                    min_word_length=100, between_words_silence=50, maximum_number_of_words=2,
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
                    vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, answer_max_ms=0,
-                   reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20,
+                   reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, confirm_tone_rel_level=0.0, toolong_min_talk_ms=0,
                    beep=False, fax=False,
                    sit=False)
 

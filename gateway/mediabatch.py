@@ -1,0 +1,107 @@
+"""Carrier audio of one event-loop iteration delivered together, so the calls share the resampler's numpy calls.
+
+A media websocket's reader handles each message in `data_received` (carriers/wsdirect.py). With hundreds of
+streams one epoll wake-up reads dozens of sockets, and for each frame the 8 → 16 kHz resampling in and the
+16 → 8 kHz resampling of the engine's answer (a synchronous engine such as the built-in echo) are several numpy
+calls each around a tiny product: call overhead, not arithmetic (BENCHMARKS.md, "What each step costs per 20 ms
+frame"). A reader that has a batch hands its frames (and its digits, to keep their order) to `feed_audio` /
+`feed_event` instead of the call; the first of an iteration schedules one `call_soon` (no timer: it runs right
+after this iteration's I/O callbacks, before the loop waits again), which then
+
+1. computes every call's inbound resampling in a few numpy calls (`voicecodecs.resample.resample_many`: the
+   results are kept in the resamplers and taken by `process()`, bit for bit what it would compute),
+2. delivers the frames and events to each stream's inlet (the call, or its hold / bridge port) in arrival order,
+   while `CallBus.play_nowait` only records the whole engine frames it is given (gateway/bus.py, `defer_plays`),
+3. resamples those together and carries them out (`settle_plays`): a waiting sender writes them as before.
+
+Order per stream is kept (audio and digits go through the same list); what a delivery raises is reported to its
+stream (`batch_failed`), as the reader would have seen it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from voicecodecs import StreamResampler
+from voicecodecs.resample import BATCH_MIN, resample_many
+
+from .bus import defer_plays, settle_plays
+from .frames import BusItem
+
+log = logging.getLogger("gateway.mediabatch")
+
+
+class BatchedStream(Protocol):
+    """A carrier's media stream that feeds through a batch."""
+
+    @property
+    def inlet(self) -> Any:
+        """Where its audio and events go now: the call, or a hold / bridge port."""
+
+    def batch_failed(self, error: Exception) -> None:
+        """What delivering its audio or event raised: the stream ends as if its reader had raised it."""
+
+
+class MediaBatch:
+    """The pending frames and events of one event loop (`for_loop`)."""
+
+    __slots__ = ("_loop", "_items")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: list[tuple[BatchedStream, bytes | BusItem]] = []
+
+    def feed_audio(self, stream: BatchedStream, pcm: bytes) -> None:
+        """Carrier-rate PCM16 for `stream`'s inlet, delivered at the end of this loop iteration."""
+        self._add(stream, pcm)
+
+    def feed_event(self, stream: BatchedStream, event: BusItem) -> None:
+        """An event (DTMF) for `stream`'s inlet, delivered after the audio that came before it."""
+        self._add(stream, event)
+
+    def _add(self, stream: BatchedStream, item: bytes | BusItem) -> None:
+        items = self._items
+        if not items:
+            self._loop.call_soon(self._flush)
+        items.append((stream, item))
+
+    def _flush(self) -> None:
+        items, self._items = self._items, []
+        if len(items) >= BATCH_MIN:
+            jobs: list[tuple[StreamResampler, bytes]] = []
+            for stream, x in items:
+                if type(x) is bytes:
+                    job_of = getattr(stream.inlet, "resample_job", None)   # a call (ports resample on their own)
+                    job = job_of(x) if job_of is not None else None
+                    if job is not None:
+                        jobs.append(job)
+            resample_many(jobs)
+            plays = defer_plays()
+        else:
+            plays = None
+        try:
+            for stream, x in items:
+                try:
+                    if type(x) is bytes:
+                        stream.inlet.feed_audio(x)
+                    else:
+                        stream.inlet.feed_event(x)
+                except Exception as e:
+                    stream.batch_failed(e)
+        finally:
+            if plays is not None:
+                settle_plays(plays)
+
+
+_batches: dict[asyncio.AbstractEventLoop, MediaBatch] = {}
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> MediaBatch:
+    """The batch of `loop` (one per loop; those of closed loops are forgotten here)."""
+    batch = _batches.get(loop)
+    if batch is None:
+        for old in [x for x in _batches if x.is_closed()]:
+            del _batches[old]
+        batch = _batches[loop] = MediaBatch(loop)
+    return batch
