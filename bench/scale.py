@@ -59,6 +59,7 @@ from bench.media_ws import ACCOUNT, RECORDING, TOKEN, prepare_db  # noqa: E402
 from bench.media_ws import NUMBER as TWILIO_NUMBER  # noqa: E402
 from bench.sip_load import long_media_scenario, media_port  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
+from gateway.kamailio import MEMORY_MANAGERS  # noqa: E402
 from gateway.loadtest.command import free_port, free_ports, parse_metrics, provision  # noqa: E402
 from gateway.loadtest.sipp import SippResult, run_sipp  # noqa: E402
 
@@ -160,7 +161,7 @@ class Node:
         run.mkdir()
         with open(self.tmp / "kamailio.log", "w") as log:
             self.kam = subprocess.Popen(
-                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), "-A",
+                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run), *MEMORY_MANAGERS, "-A",
                  f"LISTEN=udp:127.0.0.1:{self.kam_port}", "-A", f'DS_LIST="{ds}"', "-A", "DS_PING_INTERVAL=2",
                  "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}"],
                 stdout=subprocess.DEVNULL, stderr=log,

@@ -143,7 +143,12 @@ class Caller:
             self._write(b"")
 
     def receive(self) -> bool:
-        """Read what arrived; False once the socket is closed."""
+        """Read what arrived; False once the socket is closed.
+
+        The common read is exactly one echoed media message: one unfragmented text frame (FIN + text, no RSV bits,
+        unmasked, 16-bit length) that is the whole read. That one is checked in place (no FrameReader, no slices):
+        counted, and its payload's size checked. Anything else (two frames in one read, a partial frame, control
+        frames, fragments) goes through `FrameReader` as before."""
         try:
             data, anc, _, _ = self.sock.recvmsg(65536, _ANCILLARY)
         except BlockingIOError:
@@ -160,6 +165,14 @@ class Caller:
             t = sec + ns * 1e-9
         else:                                          # the kernel did not stamp it: the read's own time
             t = time.time()
+        if (data[0] == 0x81 and data[1] == 126 and (data[2] << 8 | data[3]) + 4 == len(data)
+                and not self.reader.buf and self.reader.frag_op < 0):
+            if data.startswith(b'{"event":"media"', 4):
+                self.received.append(t)
+                i = data.find(b'"payload":"', 4) + 11
+                if i < 15 or data.find(b'"', i) - i != B64_FRAME:
+                    self.bad += 1
+            return True
         try:
             messages = self.reader.feed(data)
         except ws_client.ProtocolError as e:
@@ -197,12 +210,15 @@ class Caller:
             self.sock.close()
 
 
-def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: int, late: list[float],
-               drain: float = 1.0) -> None:
+def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: int, drain: float = 1.0) -> None:
     """Every call's `frames` media messages, frame i of a call at t0 + i·20 ms + its offset (t0 on CLOCK_REALTIME),
     from one loop that sleeps until the next call is due, reads whatever arrived meanwhile (epoll, level-triggered,
     without waiting), and sends the frame of every call due within the next millisecond (as the previous asyncio
-    version grouped them). Then reads until every call has its echoes or `drain` seconds have passed."""
+    version grouped them). Then reads until every call has its echoes or `drain` seconds have passed.
+
+    Per frame the loop does only what the measure needs: one send (straight to the socket unless earlier bytes of
+    that call still wait) and one clock read for the next frame's send time; how late each frame left is worked out
+    after the run from the send times (`lateness`), not per frame."""
     ep = select.epoll()
     by_fd: dict[int, Caller] = {}
     for c in callers:
@@ -225,27 +241,45 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
 
     for i in range(frames):
         base = t0 + i * FRAME
+        seq, chunk, stamp = i + 2, i + 1, i * 20
         k = 0
         while k < count:
-            due = base + offsets[k]
-            delay = due - now()
+            delay = base + offsets[k] - now()
             if delay > 0:
                 sleep(delay)
             read()
             t = now()
-            end = t + 0.001
-            while k < count and base + offsets[k] <= end:
+            end = t + 0.001 - base
+            while k < count and offsets[k] <= end:
                 c = order[k]
-                if c.error is None:
-                    late.append(t - base - offsets[k] if t > base + offsets[k] else 0.0)
-                    c.sent.append(t)
-                    c._write(c.pool.frame(c.media % (i + 2, i + 1, i * 20, payloads[(c.start_at + i) % n_payloads])))
-                    t = now()
                 k += 1
+                if c.error is None:
+                    c.sent.append(t)
+                    frame = c.pool.frame(c.media % (seq, chunk, stamp, payloads[(c.start_at + i) % n_payloads]))
+                    if c.unsent:
+                        c._write(frame)
+                    else:
+                        try:
+                            n = c.sock.send(frame)
+                        except BlockingIOError:
+                            n = 0
+                        except OSError as e:
+                            c._fail(type(e).__name__)
+                            continue
+                        if n < len(frame):
+                            c.unsent = frame[n:]
+                    t = now()
     deadline = now() + drain
     while by_fd and now() < deadline and any(len(c.received) < len(c.sent) for c in callers if c.error is None):
         read(0.02)
     ep.close()
+
+
+def lateness(c: Caller, t0: float) -> np.ndarray:
+    """How late each of `c`'s frames left (s, ≥ 0): its send time − when it was due (t0 + i·20 ms + c's offset).
+    Frames are sent in order and none is skipped while the call is up, so the i-th send time is frame i's."""
+    sent = np.array(c.sent)
+    return np.maximum(sent - (t0 + c.offset + FRAME * np.arange(sent.size)), 0.0)
 
 
 async def child_main(job: dict) -> None:
@@ -263,17 +297,18 @@ async def child_main(job: dict) -> None:
         await asyncio.gather(*(setup(c) for c in callers))
     print("ready", flush=True)
     t0 = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
-    cpu0 = time.process_time()
-    late: list[float] = []
+    cpu0 = os.times()
     # the steady state runs outside the event loop (it has nothing else to do): t0 moved to CLOCK_REALTIME
-    run_frames(callers, payloads, t0 - time.monotonic() + time.time(), job["frames"], late, job["drain"])
+    t0 = t0 - time.monotonic() + time.time()
+    run_frames(callers, payloads, t0, job["frames"], job["drain"])
     for c in callers:
         if c.error is None:
             c.send(b'{"event":"stop","sequenceNumber":"%d","stop":{"accountSid":"%s","callSid":"%s"},'
                    b'"streamSid":"%s"}' % (job["frames"] + 2, job["account"].encode(), c.call_sid.encode(),
                                           c.sid.encode()))
         c.close()
-    cpu = time.process_time() - cpu0
+    cpu1 = os.times()
+    cpu = [cpu1.user - cpu0.user, cpu1.system - cpu0.system]     # the kernel's accounting (/proc/PID/stat)
     turn: list[float] = []
     steady: list[float] = []                           # frames after each call's first second
     dropped = bad = errors = 0
@@ -287,7 +322,8 @@ async def child_main(job: dict) -> None:
         errors += c.error is not None
         if c.error is not None:
             print(f"call {c.index}: {c.error}", file=sys.stderr, flush=True)
-    np.savez(job["out"], turn=np.array(turn), steady=np.array(steady), late=np.array(late), cpu=np.array([cpu]),
+    late = np.concatenate([lateness(c, t0) for c in callers]) if callers else np.array([])
+    np.savez(job["out"], turn=np.array(turn), steady=np.array(steady), late=late, cpu=np.array(cpu),
              counts=np.array([dropped, bad, errors, sum(len(c.sent) for c in callers)]))
     print("done", flush=True)
 
@@ -336,14 +372,14 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
                 raise RuntimeError("twilio caller process did not finish")
         turn, late, steady = [], [], []
         dropped = bad = errors = frames = 0
-        cpu = 0.0
+        user = system = 0.0
         for k in range(len(children)):
             with np.load(tmp / f"out{k}.npz") as d:
                 turn.append(d["turn"])
                 steady.append(d["steady"])
                 late.append(d["late"])
                 a, b, c, f = (int(x) for x in d["counts"])
-                cpu += float(d["cpu"][0])
+                user, system = user + float(d["cpu"][0]), system + float(d["cpu"][1])
             dropped, bad, errors, frames = dropped + a, bad + b, errors + c, frames + f
         for p in children:
             p.wait(10)
@@ -365,7 +401,7 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
             "p99_steady": float(np.percentile(st, 99)),
             "max": float(t.max()), "dropped": dropped, "bad": bad, "errors": errors,
             "gen_late_p99": float(np.percentile(lt, 99)), "procs": len(children),
-            "generator_cpu": cpu}
+            "generator_cpu": user + system, "generator_user": user, "generator_sys": system}
 
 
 def main() -> int:

@@ -59,7 +59,7 @@ from voicecodecs.dtmf import dtmf_pcm
 
 from .exotel_consult import ExotelConsults
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, decode_text, start_object
 from .numberfields import number_setting
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
@@ -397,6 +397,8 @@ class VoicebotStream(MarkedPlayout):
 
     internal_mark = INTERNAL_MARK
     close_codes = CloseCode
+    binary_reason = BINARY_REASON
+    start_timeout_reason = "no start within {timeout:g} s"
 
     def __init__(self, carrier: ExotelCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__(ws)   # marks, drain waiters, playout_end
@@ -418,7 +420,6 @@ class VoicebotStream(MarkedPlayout):
         # engine frames packed but not sent yet, by the byte offset they start at in the outbound audio
         self._unsent: deque[tuple[int, AudioFrame]] = deque()
         self._queued_bytes = self._sent_bytes = 0
-        self.start_message: dict[str, Any] = {}
         #: engine frames are packed as they are handed over (`_pack_now`) while the sender waits for the call;
         #: the sender, waiting with nothing packed, is woken (`_kick`) to time the flush of a partial chunk
         self.direct_out = self._pack_now if self.direct_ws is not None else None
@@ -433,7 +434,7 @@ class VoicebotStream(MarkedPlayout):
     async def run(self) -> None:
         watcher: asyncio.Task[None] | None = None
         try:
-            await self._await_start()
+            await self._await_start(self.carrier.start_timeout)
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"exotel-watch-{self.stream_sid}")
             self._sender = asyncio.create_task(self._send_loop(), name=f"exotel-send-{self.stream_sid}")
             await self._read_loop()
@@ -451,12 +452,6 @@ class VoicebotStream(MarkedPlayout):
             if watcher is not None:
                 watcher.cancel()
             await self._finish()
-
-    async def _await_start(self) -> None:
-        timeout = self.carrier.start_timeout
-        m = await await_start(self.ws, CloseCode, timeout, f"no start within {timeout:g} s", BINARY_REASON)
-        self.start_message = m      # replayed to the call's owner when the socket is relayed there
-        await self._on_start(m)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = start_object(m, CloseCode)

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.kamailio import MEMORY_MANAGERS
 from gateway.loadtest.command import free_ports
 from sipp import free_port, rtp_range, wait_for
 
@@ -221,7 +222,7 @@ class KamailioProc:
         log = tmp / "kamailio.log"
         with open(log, "w") as out:   # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
+                ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir), *MEMORY_MANAGERS,
                  "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{dispatcher_list}"',
                  "-A", f"WORKERS_LISTEN=udp:127.0.0.1:{workers_port}",
                  "-A", f"DS_PING_INTERVAL={ping_interval}", "-A", f"FR_TIMER={fr_timer_ms}",

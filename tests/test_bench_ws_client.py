@@ -119,6 +119,57 @@ def test_media_messages_have_twilios_fields():
                  "media": {"track": "inbound", "chunk": "4", "timestamp": "60", "payload": payload.decode()}}
 
 
+def _server_frame(payload: bytes, opcode: int = ws_client.TEXT, fin: bool = True) -> bytes:
+    """An unmasked server frame (RFC 6455 §5.2), 7- or 16-bit length."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode, n]) if n < 126 else bytes([(0x80 if fin else 0) | opcode, 126,
+                                                                            n >> 8, n & 0xFF])
+    return head + payload
+
+
+def test_caller_counts_echoes_whatever_the_reads_bring():
+    """`Caller.receive`: one whole echoed media frame per read (the fast path), and everything else through the
+    FrameReader: a bad payload size counted bad, other events ignored, several frames or half a frame per read,
+    a ping answered — the same counts either way."""
+    import socket
+
+    caller = twilio_callers.Caller({"n": 1}, 0, 0, ws_client.MaskPool(bits=2))
+    ours, server = socket.socketpair()
+    ours.setblocking(False)
+    caller.sock = ours
+    good = caller.media % (2, 1, 0, base64.b64encode(bytes(160)))
+    short = caller.media % (3, 2, 20, base64.b64encode(bytes(80)))
+    mark = b'{"event":"mark","sequenceNumber":"4","mark":{"name":"m"},"streamSid":"' + caller.sid.encode() + b'"}'
+
+    def deliver(data: bytes) -> None:
+        server.sendall(data)
+        assert caller.receive() is True
+
+    try:
+        deliver(_server_frame(good))                                   # the fast path
+        assert (len(caller.received), caller.bad) == (1, 0)
+        deliver(_server_frame(short))
+        assert (len(caller.received), caller.bad) == (2, 1)
+        deliver(_server_frame(mark))
+        assert (len(caller.received), caller.bad) == (2, 1)
+        deliver(_server_frame(good) + _server_frame(good))             # two in one read
+        assert len(caller.received) == 4
+        whole = _server_frame(good)
+        deliver(whole[:100])                                           # half a frame: nothing yet
+        assert len(caller.received) == 4
+        deliver(whole[100:])
+        assert len(caller.received) == 5
+        deliver(_server_frame(good[:50], fin=False) + _server_frame(good[50:], ws_client.CONTINUATION))
+        assert (len(caller.received), caller.bad) == (6, 1)           # a fragmented echo, reassembled
+        deliver(_server_frame(b"hb", ws_client.PING))
+        pong = server.recv(100)
+        assert pong[0] == 0x80 | ws_client.PONG and ws_client.unmask(pong[6:], pong[2:6]) == b"hb"
+        assert caller.error is None
+    finally:
+        ours.close()
+        server.close()
+
+
 async def test_callers_play_twilio_calls_a_real_gateway_echoes(tmp_path):
     """Four calls over two caller processes for one second each against `gateway serve` (echo engine, SQLite):
     every frame echoed with a 160-byte payload, no call error, the generator's CPU counted."""
@@ -139,3 +190,4 @@ async def test_callers_play_twilio_calls_a_real_gateway_echoes(tmp_path):
         proc.wait(30)
     assert (r["frames"], r["dropped"], r["bad"], r["errors"], r["procs"]) == (200, 0, 0, 0, 2)
     assert r["generator_cpu"] > 0 and r["p50"] > 0
+    assert r["generator_cpu"] == pytest.approx(r["generator_user"] + r["generator_sys"])

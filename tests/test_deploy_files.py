@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.config import Settings
-from gateway.kamailio import dispatcher_list
+from gateway.kamailio import MEMORY_MANAGERS, dispatcher_list, kamailio_command
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -49,6 +49,18 @@ def test_systemd_units_drain_through_the_supervisor_only():
     assert timeout > Settings().drain_timeout
     kam = (DEPLOY / "systemd" / "gateway-kamailio.service").read_text()
     assert "/opt/gateway/deploy/kamailio/kamailio.cfg" in kam and 'DS_LIST="/var/lib/gateway/dispatcher.list"' in kam
+
+
+def test_every_kamailio_command_line_uses_the_same_memory_managers():
+    """The memory managers are command-line options, not part of kamailio.cfg: every deployed command line (compose,
+    systemd, `gateway kamailio-config`) must carry them, or production runs slower than what was measured."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["kamailio"]["command"]
+    unit = (DEPLOY / "systemd" / "gateway-kamailio.service").read_text()
+    exec_start = unit.split("ExecStart=")[1].split("\n#")[0].replace("\\\n", " ").split()
+    printed = kamailio_command(Settings(), Path("/opt/gateway/deploy/kamailio/kamailio.cfg"))
+    assert MEMORY_MANAGERS == ["-x", "tlsf", "-X", "tlsf"]
+    for command in (compose, exec_start, printed):
+        assert [_flag(command, "-x"), _flag(command, "-X")] == ["tlsf", "tlsf"], command
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed")

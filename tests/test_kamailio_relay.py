@@ -60,5 +60,6 @@ async def test_worker_answers_come_back_to_one_socket_and_keep_their_order(tmp_p
     invites = re.findall(r"^INVITE .*?\r?\n(?:.*?\r?\n)*?Via: SIP/2\.0/UDP ([^;\s]+)", trace, re.M)
     assert len(invites) == CALLS, trace[:2000]
     assert set(invites) == {f"127.0.0.1:{kam.workers_port}"}
-    assert int(re.search(r"total: (\d+)", shm).group(1)) >= 256 * 2 ** 20, shm
+    # the 256 MB pool less what the memory manager (TLSF, gateway.kamailio.MEMORY_MANAGERS) keeps for its header
+    assert int(re.search(r"total: (\d+)", shm).group(1)) >= 256 * 2 ** 20 - 4096, shm
 
