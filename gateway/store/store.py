@@ -302,6 +302,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
         if self.on_change is not None:
             await self.on_change(kind)
 
+    @property
+    def cache_epoch(self) -> int:
+        """Moves with every invalidation of the cache (a write here, or one another process announced): what
+        carriers derive from numbers is read again after it moved (gateway/store/derived.py)."""
+        return self._cache_epoch
+
     def forget_cached(self, kind: str) -> None:
         """Drop the cached `kind` rows ("agent" or "number"): another process of the cluster changed one."""
         self._invalidate(kind)
