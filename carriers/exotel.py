@@ -59,7 +59,8 @@ from voicecodecs.dtmf import dtmf_pcm
 
 from .exotel_consult import ExotelConsults
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, decode_text, start_object
+from .numberfields import number_setting
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
 from .wsdirect import DirectWebSocket, StopReading, read_messages, send_text
@@ -310,24 +311,16 @@ def _exotel_detail(body: Any) -> str:
     return str(exc.get("Message") or "") if isinstance(exc, dict) else ""
 
 
-def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> Any:
-    n = number or {}
-    for src in (n.get("secrets") or {}, n.get("config") or {}, n):
-        if src.get(key) not in (None, ""):
-            return src[key]
-    return default
-
-
 def unauthenticated_allowed(number: dict[str, Any] | None) -> bool:
     """The explicit opt-out: this ExoPhone's callbacks are accepted without credentials (IP allow-list mode)."""
-    return _setting(number, "exotel_allow_unauthenticated", False) is True
+    return number_setting(number, "exotel_allow_unauthenticated", False) is True
 
 
 def passthru_token(number: dict[str, Any]) -> str:
     """The `gw_token` of the call_coming URL: HMAC-SHA256 of the account sid under the API token, so it is fixed for
     an account (one flow can serve all its ExoPhones), changes when the token is rotated, and reveals nothing."""
-    token = str(_setting(number, "exotel_api_token", ""))
-    msg = f"exotel-passthru:{_setting(number, 'exotel_account_sid', '')}".encode()
+    token = str(number_setting(number, "exotel_api_token", ""))
+    msg = f"exotel-passthru:{number_setting(number, 'exotel_account_sid', '')}".encode()
     return hmac.new(token.encode(), msg, "sha256").hexdigest()[:32]
 
 
@@ -404,6 +397,8 @@ class VoicebotStream(MarkedPlayout):
 
     internal_mark = INTERNAL_MARK
     close_codes = CloseCode
+    binary_reason = BINARY_REASON
+    start_timeout_reason = "no start within {timeout:g} s"
 
     def __init__(self, carrier: ExotelCarrier, ws: web.WebSocketResponse, request: web.Request) -> None:
         super().__init__(ws)   # marks, drain waiters, playout_end
@@ -425,7 +420,6 @@ class VoicebotStream(MarkedPlayout):
         # engine frames packed but not sent yet, by the byte offset they start at in the outbound audio
         self._unsent: deque[tuple[int, AudioFrame]] = deque()
         self._queued_bytes = self._sent_bytes = 0
-        self.start_message: dict[str, Any] = {}
         #: engine frames are packed as they are handed over (`_pack_now`) while the sender waits for the call;
         #: the sender, waiting with nothing packed, is woken (`_kick`) to time the flush of a partial chunk
         self.direct_out = self._pack_now if self.direct_ws is not None else None
@@ -440,7 +434,7 @@ class VoicebotStream(MarkedPlayout):
     async def run(self) -> None:
         watcher: asyncio.Task[None] | None = None
         try:
-            await self._await_start()
+            await self._await_start(self.carrier.start_timeout)
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"exotel-watch-{self.stream_sid}")
             self._sender = asyncio.create_task(self._send_loop(), name=f"exotel-send-{self.stream_sid}")
             await self._read_loop()
@@ -458,12 +452,6 @@ class VoicebotStream(MarkedPlayout):
             if watcher is not None:
                 watcher.cancel()
             await self._finish()
-
-    async def _await_start(self) -> None:
-        timeout = self.carrier.start_timeout
-        m = await await_start(self.ws, CloseCode, timeout, f"no start within {timeout:g} s", BINARY_REASON)
-        self.start_message = m      # replayed to the call's owner when the socket is relayed there
-        await self._on_start(m)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = start_object(m, CloseCode)
@@ -883,7 +871,7 @@ class ExotelCarrier(ForwardingCarrier):
         rows, _ = await store.list_numbers(1, 10_000, provider="exotel", with_secrets=True)
         matches = [r for r in rows if same_number(r["phone_number"], to)]
         if account_sid:
-            matches = [r for r in matches if _setting(r, "exotel_account_sid") in (None, account_sid)]
+            matches = [r for r in matches if number_setting(r, "exotel_account_sid") in (None, account_sid)]
         return matches[0] if matches else None
 
     @staticmethod
@@ -895,7 +883,7 @@ class ExotelCarrier(ForwardingCarrier):
             user, _, pw = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
         except ValueError:     # binascii.Error, non-ASCII text, UnicodeDecodeError
             return False
-        key, token = str(_setting(number, "exotel_api_key", "")), str(_setting(number, "exotel_api_token", ""))
+        key, token = (str(number_setting(number, k, "")) for k in ("exotel_api_key", "exotel_api_token"))
         return bool(key and token) & hmac.compare_digest(user.encode(), key.encode()) \
             & hmac.compare_digest(pw.encode(), token.encode())
 
@@ -947,7 +935,7 @@ class ExotelCarrier(ForwardingCarrier):
             number = await self._find_exophone(to, account_sid)
         if number is None:
             raise StreamClosed(CloseCode.UNKNOWN_NUMBER, f"{to[:32]!r} is not an ExoPhone imported on this gateway")
-        acct = _setting(number, "exotel_account_sid")
+        acct = number_setting(number, "exotel_account_sid")
         if account_sid and acct and account_sid != acct:
             raise StreamClosed(CloseCode.UNKNOWN_NUMBER, "account_sid does not own this ExoPhone")
         self._check_auth(stream.request, number)
@@ -1129,7 +1117,7 @@ class ExotelCarrier(ForwardingCarrier):
         call, req = state.call, state.transfer
         numbers = [req.number, *[n for n in req.backup_numbers if n != req.number]]
         opts = ((call.agent or {}).get("settings") or {}).get("transfer") or {}
-        caller_id = _setting(state.number, "exotel_exophone") or (state.number or {}).get("phone_number")
+        caller_id = number_setting(state.number, "exotel_exophone") or (state.number or {}).get("phone_number")
         body = connect_applet_response(numbers, caller_id, opts)
         await call.record(is_call_transfer=True, transfer_target=req.number)
         await call.emit("call:transfer_dialing", {"numbers": numbers})
@@ -1306,7 +1294,7 @@ class ExotelCarrier(ForwardingCarrier):
         return None
 
     def _creds(self, fields: dict[str, Any]) -> dict[str, Any]:
-        creds = {k: _setting(fields, k) for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain",
+        creds = {k: number_setting(fields, k) for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain",
                                                     "exotel_account_sid", "exotel_app_id")}
         missing = [k for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain", "exotel_account_sid")
                    if not creds.get(k)]
@@ -1385,7 +1373,7 @@ class ExotelCarrier(ForwardingCarrier):
         except CarrierError as e:    # an agent saved before its settings were checked
             raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
                                "agent_id") from None
-        caller_id = _setting(number, "exotel_exophone") or number["phone_number"]
+        caller_id = number_setting(number, "exotel_exophone") or number["phone_number"]
         data = {
             "From": to_number,
             "CallerId": caller_id,

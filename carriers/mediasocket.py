@@ -149,6 +149,10 @@ class MarkedPlayout:
     #: a synchronous frame writer the call hands engine audio to while the sender waits for it (`_take`,
     #: `Call.next_outbound(direct=…)`); None: every frame comes through the sender
     direct_out: Callable[[AudioFrame], bool] | None = None
+    #: the close reason when no `start` arrives in time (`{timeout}`: the carrier's start timeout in seconds)
+    start_timeout_reason = "no start message within {timeout:g} s"
+    #: the close reason for a binary frame on a protocol of JSON text messages
+    binary_reason = "binary frames are not part of this protocol"
 
     if TYPE_CHECKING:
         @property
@@ -179,6 +183,21 @@ class MarkedPlayout:
         self._now = asyncio.get_running_loop().time
         self._off_call = asyncio.Event()            # set while the sender is not inside call.next_outbound()
         self._off_call.set()
+        #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
+        self.start_message: dict[str, Any] = {}
+
+    # -- the start of a stream ----------------------------------------------------------------------------------
+    async def _await_start(self, timeout: float) -> None:
+        """Skip `connected`, keep the `start` message and hand it to `_on_start`; a protocol error or no `start`
+        within `timeout` seconds is a StreamClosed with the carrier's close code."""
+        m = await await_start(self.ws, self.close_codes, timeout, self.start_timeout_reason.format(timeout=timeout),
+                              self.binary_reason)
+        self.start_message = m
+        await self._on_start(m)
+
+    async def _on_start(self, m: dict[str, Any]) -> None:
+        """Check the `start` message and claim its call (the carrier's)."""
+        raise NotImplementedError
 
     # -- wire format: the carrier's --------------------------------------------------------------------------------
     async def _send_mark(self, name: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,8 +56,10 @@ from gateway.sip.ua import (
     parse_reason,
     reason_header,
 )
+from gateway.store.derived import DerivedCache
 from gateway.throttle import FailureThrottle
 
+from .numberfields import number_settings
 from .sip_consult import SipConsultation
 from .sip_media import keys_in_clear, use_media
 from .sip_presets import MEDIA_ENCRYPTION, PRESETS, PresetError, apply_preset, parse_hostport
@@ -69,6 +70,8 @@ CARRIER_RATE = 8000
 RETRY_AFTER_S = 5            # 503 at capacity: when the carrier may try this gateway again
 DEFAULT_RING_TIMEOUT = 45.0  # seconds an outbound INVITE may ring before we CANCEL (no-answer)
 TRANSFER_RING_TIMEOUT = 30.0
+#: seconds the trunk list is kept when no write invalidates it (bounds a missed cluster notification, as the
+#: store's own cache TTL does)
 TRUNK_CACHE_S = 5.0
 #: Retry-After (s) of a call refused because every RTP port of this process is in use
 RTP_FULL_RETRY_AFTER = 5
@@ -79,11 +82,6 @@ def _reject_rtp_full(inv: IncomingInvite, e: CarrierError) -> None:
     Retry-After and a Warning naming the limit, so a proxy in front (Kamailio) tries the next worker."""
     inv.reject(503, "Service Unavailable", [("Retry-After", str(e.retry_after or RTP_FULL_RETRY_AFTER)),
                                             ("Warning", f'399 gateway "{str(e)[:120]}"')])
-
-
-def _flat(number: dict[str, Any]) -> dict[str, Any]:
-    """A stored number (config + secrets columns) or an import dict, as one flat field dict."""
-    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
 
 
 @dataclass
@@ -106,7 +104,7 @@ class TrunkTarget:
 
     @classmethod
     def of(cls, number: dict[str, Any]) -> TrunkTarget:
-        f = _flat(number)
+        f = number_settings(number)
         transport = (f.get("transport") or "udp").lower()
         port = int(f.get("sip_port") or (5061 if transport == "tls" else 5060))
         host = f["sip_host"]
@@ -301,7 +299,9 @@ class SipCarrier(Carrier):
         self.ring_timeout = DEFAULT_RING_TIMEOUT
         self.transfer_ring_timeout = TRANSFER_RING_TIMEOUT
         self.registration_retry = (5.0, 300.0)   # first retry, cap (seconds) after a failed REGISTER
-        self._trunks: tuple[float, list[dict[str, Any]]] | None = None
+        #: every SIP trunk with its secrets, for sources and REGISTERs that name no imported number; dropped with the
+        #: store's cached numbers, also when another process of the cluster wrote one (gateway/store/derived.py)
+        self._trunks: DerivedCache[list[dict[str, Any]]] = DerivedCache(self._load_trunks, TRUNK_CACHE_S)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -390,12 +390,10 @@ class SipCarrier(Carrier):
                                field=e.field) from None
 
     async def on_number_imported(self, number: dict[str, Any]) -> None:
-        self._trunks = None
         if (number.get("config") or {}).get("register") and self.ua is not None:
             self._start_registration(number)
 
     async def on_number_deleted(self, number: dict[str, Any]) -> None:
-        self._trunks = None
         reg = self.registrations.pop(int(number["id"]), None)
         if reg is not None:
             await reg.stop(unregister=True)
@@ -471,11 +469,11 @@ class SipCarrier(Carrier):
                 else None}
 
     async def _sip_trunks(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        if self._trunks is None or self._trunks[0] < now:
-            rows, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
-            self._trunks = (now + TRUNK_CACHE_S, rows)
-        return self._trunks[1]
+        return await self._trunks.get(self.gateway.store)
+
+    async def _load_trunks(self) -> list[dict[str, Any]]:
+        rows, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
+        return rows
 
     # -- inbound -------------------------------------------------------------------------------------------------
     async def _on_invite(self, inv: IncomingInvite) -> None:
@@ -757,7 +755,6 @@ class SipCarrier(Carrier):
                                               "expires_at": until.isoformat()}
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
         await self.gateway.store.update_number(number["id"], status=status)
-        self._trunks = None
         self.live_ua.respond(txn, req, 200, "OK", headers=headers)
 
     # -- outbound ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from gateway.callmanager import CallManager
 from gateway.config import ws_base
 
 log = logging.getLogger("carriers.relay")
@@ -33,12 +34,14 @@ class RelayStream(Exception):
     """Raised while claiming a stream whose call another live process holds: carry the socket to `url` (the
     owner's media websocket URL) instead of serving it here."""
 
-    def __init__(self, url: str, owner: str, headers: dict[str, str]) -> None:
+    def __init__(self, url: str, owner: str, headers: dict[str, str], calls: CallManager) -> None:
         super().__init__(f"relay to {owner}")
         self.url = url
         self.owner = owner
         #: upgrade headers the owner needs to check the stream (the carrier's signature)
         self.headers = headers
+        #: this process's calls: a drain here waits for the relay as for a live call (`CallManager.relaying`)
+        self.calls = calls
 
 
 def ws_url(base: str, raw_path: str) -> str:
@@ -54,7 +57,7 @@ async def to_owner(gateway: Any, owner: str | None, request: web.Request,
     if not owner or owner == gateway.settings.proc_id:
         return None
     base = await gateway.membership.direct_url(owner)
-    return RelayStream(ws_url(base, request.raw_path), owner, headers) if base else None
+    return RelayStream(ws_url(base, request.raw_path), owner, headers, gateway.calls) if base else None
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
@@ -71,7 +74,15 @@ async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
 async def relay(ws: web.WebSocketResponse, target: RelayStream, replay: Iterable[str],
                 connect_timeout: float) -> None:
     """Carry `ws` (the carrier's socket, already accepted) to the owner: send `replay` first, then copy both ways.
-    Returns once both sockets are closed; a failure to reach the owner closes the carrier's socket with 1011."""
+    Returns once both sockets are closed; a failure to reach the owner closes the carrier's socket with 1011.
+    Until then a drain of this process waits for it (the process exits at the drain timeout at the latest, which
+    closes both sockets)."""
+    with target.calls.relaying():
+        await _relay(ws, target, replay, connect_timeout)
+
+
+async def _relay(ws: web.WebSocketResponse, target: RelayStream, replay: Iterable[str],
+                 connect_timeout: float) -> None:
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http, \

@@ -44,13 +44,14 @@ from gateway.carrier import CarrierError, ImportField
 from gateway.carrier_rest import CarrierHttp, problem_detail
 from gateway.frames import AmdResult, AnsweredBy, HangupSource, TransferResult
 from gateway.numbers import normalize_e164
+from gateway.store.derived import DerivedCache
 from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16, pcm16_to_ulaw, ulaw_to_pcm16
 
 from .forwarding import forwarded_fields
 from .mediasocket import StreamClosed, start_object
+from .numberfields import number_settings
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
-from .twilio import number_settings
 from .twilio_media import CloseCode, MediaStream
 
 log = logging.getLogger("carriers.telnyx")
@@ -180,8 +181,9 @@ class TelnyxCarrier(RestCallCarrier):
         #: Call Control API base; GATEWAY_TELNYX_API_BASE points it at a stand-in (tests/fakes/telnyx_rest.py)
         self.api_base = (os.environ.get("GATEWAY_TELNYX_API_BASE") or API).rstrip("/")
         self.http = CarrierHttp("Telnyx", lambda: self.gateway.settings.carrier_timeout, telnyx_detail)
-        self._keys: list[str] = []
-        self._keys_at = 0.0
+        #: every stored public key; dropped with the store's cached numbers, also when another process of the
+        #: cluster wrote one (gateway/store/derived.py)
+        self._keys: DerivedCache[list[str]] = DerivedCache(self._load_keys, 60.0)
 
     def setup(self, app: web.Application) -> None:
         app.router.add_post("/telnyx/webhook", self.webhook)
@@ -262,23 +264,18 @@ class TelnyxCarrier(RestCallCarrier):
 
     async def public_keys(self) -> list[str]:
         """Every stored Telnyx public key (a webhook about a number we do not know is checked against them)."""
-        if time.monotonic() - self._keys_at > 60:
-            keys: set[str] = set()
-            page = 1
-            while True:
-                rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name)
-                keys.update(str(k) for r in rows if (k := number_settings(r).get("public_key")))
-                if page * 500 >= total or not rows:
-                    break
-                page += 1
-            self._keys, self._keys_at = sorted(keys), time.monotonic()
-        return self._keys
+        return await self._keys.get(self.gateway.store)
 
-    async def on_number_imported(self, number: dict[str, Any]) -> None:
-        self._keys_at = 0.0
-
-    async def on_number_deleted(self, number: dict[str, Any]) -> None:
-        self._keys_at = 0.0
+    async def _load_keys(self) -> list[str]:
+        keys: set[str] = set()
+        page = 1
+        while True:
+            rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name)
+            keys.update(str(k) for r in rows if (k := number_settings(r).get("public_key")))
+            if page * 500 >= total or not rows:
+                break
+            page += 1
+        return sorted(keys)
 
     # -- webhooks ------------------------------------------------------------------------------------------------
     async def webhook(self, request: web.Request) -> web.Response:

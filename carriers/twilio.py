@@ -16,7 +16,6 @@ import contextvars
 import logging
 import os
 import re
-import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,9 +44,11 @@ from gateway.consult import DelegatingConsultLeg
 from gateway.frames import AmdResult, AnsweredBy, ConsultRequest, HangupSource, TransferRequest, TransferResult
 from gateway.numbers import normalize_e164
 from gateway.publicurl import unreachable_reason
+from gateway.store.derived import DerivedCache
 
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import StreamClosed
+from .numberfields import number_settings
 from .streamrelay import RelayStream, to_owner
 from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
@@ -79,13 +80,6 @@ class TwilioCreds:
     def signing_secret(self) -> str:
         """The key webhooks are signed with: Twilio's auth token, SignalWire's signing key when it has one."""
         return self.signing_key or self.auth_token
-
-
-def number_settings(number: dict[str, Any] | None) -> dict[str, Any]:
-    """A stored number's fields, config and secrets in one dict (or a flat import dict as it is)."""
-    if not number:
-        return {}
-    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
 
 
 def creds_of(number: dict[str, Any] | None) -> TwilioCreds | None:
@@ -413,8 +407,9 @@ class TwilioCarrier(ForwardingCarrier):
         self.legs: dict[str, TwilioLeg] = {}
         self._http: BoundedTwilioHttpClient | None = None
         self._clients: dict[tuple[str, str, str | None], Client] = {}
-        self._tokens: dict[str, set[str]] = {}
-        self._tokens_at = 0.0
+        #: {account sid: its numbers' auth tokens}; dropped with the store's cached numbers, also when another
+        #: process of the cluster wrote one (gateway/store/derived.py)
+        self._tokens: DerivedCache[dict[str, set[str]]] = DerivedCache(self._load_tokens, 60.0)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None], report: bool = True) -> asyncio.Task[None]:
@@ -539,27 +534,25 @@ class TwilioCarrier(ForwardingCarrier):
         """Auth tokens stored for an account (any of its imported numbers); cached, refreshed on import/delete."""
         if not account_sid or not self.account_sid_pattern.match(account_sid):
             return []
-        now = time.monotonic()
-        if account_sid not in self._tokens or now - self._tokens_at > 60:
-            tokens: dict[str, set[str]] = {}
-            page = 1
-            while True:
-                rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name, with_secrets=True)
-                for row in rows:
-                    c = self.creds_of(row)
-                    if c:
-                        tokens.setdefault(c.account_sid, set()).add(c.signing_secret)
-                if page * 500 >= total or not rows:
-                    break
-                page += 1
-            self._tokens, self._tokens_at = tokens, now
-        return sorted(self._tokens.get(account_sid, ()))
+        tokens = await self._tokens.get(self.gateway.store)
+        if account_sid not in tokens:   # imported where no notification reached this process: read again
+            self._tokens.clear()
+            tokens = await self._tokens.get(self.gateway.store)
+        return sorted(tokens.get(account_sid, ()))
 
-    async def on_number_imported(self, number: dict[str, Any]) -> None:
-        self._tokens_at = 0.0
-
-    async def on_number_deleted(self, number: dict[str, Any]) -> None:
-        self._tokens_at = 0.0
+    async def _load_tokens(self) -> dict[str, set[str]]:
+        tokens: dict[str, set[str]] = {}
+        page = 1
+        while True:
+            rows, total = await self.gateway.store.list_numbers(page, 500, provider=self.name, with_secrets=True)
+            for row in rows:
+                c = self.creds_of(row)
+                if c:
+                    tokens.setdefault(c.account_sid, set()).add(c.signing_secret)
+            if page * 500 >= total or not rows:
+                break
+            page += 1
+        return tokens
 
     async def _call_and_tokens(self, request: web.Request, form: Any) -> tuple[Call | None, list[str]]:
         """The live call a callback is about (by our call_id, else CallSid) and the tokens to check it with."""

@@ -28,7 +28,7 @@ from gateway.frames import AudioFrame, BusItem, Clear, Dtmf, HangupSource, Mark,
 from voicecodecs import pcm16_to_ulaw, ulaw_to_pcm16
 from voicecodecs.dtmf import dtmf_pcm
 
-from .mediasocket import MarkedPlayout, StreamClosed, await_start, decode_text, start_object
+from .mediasocket import MarkedPlayout, StreamClosed, decode_text, start_object
 from .streamrelay import RelayStream, relay
 from .wsdirect import StopReading, read_messages, send_text
 
@@ -81,6 +81,7 @@ class MediaStream(MarkedPlayout):
 
     internal_mark = INTERNAL_MARK
     close_codes = CloseCode
+    binary_reason = BINARY_REASON
     #: the socket's audio: sample rate and codec (μ-law 8 kHz here; Plivo may choose 16-bit linear PCM)
     rate = RATE
     decode: Callable[[bytes], bytes] = staticmethod(ulaw_to_pcm16)
@@ -104,15 +105,13 @@ class MediaStream(MarkedPlayout):
         #: a socket read in `data_received` passes audio and digits on at the end of the loop iteration, with the
         #: other streams' (gateway/mediabatch.py: their resampling batched)
         self._batch = mediabatch.for_loop(asyncio.get_running_loop()) if self.direct_ws is not None else None
-        #: the `start` message, as read (replayed to the call's owner when the socket is relayed there)
-        self.start_message: dict[str, Any] = {}
 
     # -- reader -------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve the socket until it closes; every protocol error becomes a close code, never an exception."""
         watcher: asyncio.Task[None] | None = None
         try:
-            await self._await_start()
+            await self._await_start(self.carrier.start_timeout)
             watcher = asyncio.create_task(self._close_when_call_ends(), name=f"twilio-watch-{self.stream_sid}")
             self._sender = asyncio.create_task(self._send_loop(), name=f"twilio-send-{self.stream_sid}")
             await self._read_loop()
@@ -128,12 +127,6 @@ class MediaStream(MarkedPlayout):
             if watcher is not None:
                 watcher.cancel()
             await self._finish()
-
-    async def _await_start(self) -> None:
-        timeout = self.carrier.start_timeout
-        m = await await_start(self.ws, CloseCode, timeout, f"no start message within {timeout:g} s", BINARY_REASON)
-        self.start_message = m
-        await self._on_start(m)
 
     async def _on_start(self, m: dict[str, Any]) -> None:
         start = start_object(m, CloseCode)

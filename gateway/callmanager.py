@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +58,12 @@ class CallManager:
         self._listeners: list[Any] = []
         self.metrics = gateway.metrics
         self.timing = gateway.metrics.timing
-        self._idle = asyncio.Event()      # set while no call is live: what a drain waits for
+        self._idle = asyncio.Event()      # set while no call is live and no stream relayed: what a drain waits for
         self._idle.set()
+        #: media sockets this process carries to the process that owns their call (an attended transfer's target
+        #: stream that reached the wrong worker: carriers/streamrelay.py). Not calls of this process, but the call
+        #: needs them: a drain waits for them as for its own calls (`relaying`)
+        self.relays = 0
         self._releases: set[asyncio.Task[None]] = set()    # adoptions telling the old owner (CallManager.adopt)
 
     @property
@@ -82,8 +88,24 @@ class CallManager:
             self.metrics.refused.labels(carrier, "capacity").inc()
             raise CapacityError(f"gateway at capacity ({self.gateway.settings.max_calls} calls)")
 
+    def _maybe_idle(self) -> None:
+        if not self.active and not self.relays:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def relaying(self) -> Iterator[None]:
+        """While a media socket is relayed to its call's owner: a drain of this process waits for it to end (up to
+        the drain timeout) instead of exiting under a live consultation (the target's stream would be cut)."""
+        self.relays += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.relays -= 1
+            self._maybe_idle()
+
     async def wait_idle(self, timeout: float | None) -> bool:
-        """Wait until no call is live (or `timeout` seconds); True when idle."""
+        """Wait until no call is live and no stream relayed (or `timeout` seconds); True when idle."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -216,8 +238,7 @@ class CallManager:
         if call is not None:
             call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
             self.active.pop(call.id, None)
-            if not self.active:
-                self._idle.set()
+            self._maybe_idle()
             if call.carrier_sid and self._by_sid.get(call.carrier_sid) is call:
                 self._by_sid.pop(call.carrier_sid, None)
             log.info("call released to another process", extra={"call_id": call.id})
@@ -284,8 +305,7 @@ class CallManager:
 
     async def finished(self, call: Call) -> None:
         self.active.pop(call.id, None)
-        if not self.active:
-            self._idle.set()
+        self._maybe_idle()
         if call.carrier_sid:
             self._by_sid.pop(call.carrier_sid, None)
         if call.bus is not None:

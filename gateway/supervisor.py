@@ -6,9 +6,11 @@ listens on `sip_port` and spreads calls over the workers by Call-ID (deploy/kama
 `dispatcher.list` the supervisor writes into the data dir: gateway/kamailio.py).
 
 A worker that dies (signal, non-zero exit) is started again with the same index, so it is the same process id
-and closes its own orphans. A worker that exits 0 was drained on purpose (`gateway drain <node>.<k>`) and stays
-down. SIGTERM/SIGINT drains every worker (forwarded as SIGTERM; a second signal is forwarded again, which makes
-the workers hang up at once) and the supervisor exits when all of them have.
+and closes its own orphans. A worker that exits 0 was drained on its own (SIGTERM to that worker, `gateway drain
+<node>.<k>`): a rolling restart of that one process, so once it has exited a fresh worker takes its slot (SIP port,
+RTP range, process id) at once, while the supervisor is not draining itself. SIGTERM/SIGINT drains every worker
+(forwarded as SIGTERM; a second signal is forwarded again, which makes the workers hang up at once) and the
+supervisor exits when all of them have.
 """
 from __future__ import annotations
 
@@ -134,8 +136,10 @@ class Supervisor:
             notify_systemd("READY=1")
 
     async def _keep(self, index: int) -> None:
-        """Run worker `index` until it exits 0 or the supervisor stops; restart it when it dies."""
+        """Run worker `index` until the supervisor stops: a fresh one when it was drained alone (exit 0), again
+        after a delay when it died."""
         delay = RESTART_DELAY[0]
+        quick_before = False           # the previous run of this slot also ended within STABLE_AFTER
         while not self.stopping:       # a signal may come before the first start (or during the delay below)
             started = time.monotonic()
             proc = await self._spawn(index)
@@ -144,15 +148,27 @@ class Supervisor:
                 self._signal(proc)
             rc = await proc.wait()
             self.exit_codes[index] = rc
-            if self.stopping or rc == 0:
-                log.warning("worker exited", extra={"worker": index, "rc": rc})
+            log.warning("worker exited", extra={"worker": index, "rc": rc})
+            if self.stopping:
                 return
-            delay = RESTART_DELAY[0] if time.monotonic() - started > STABLE_AFTER else delay
-            log.error("worker died; restarting", extra={"worker": index, "rc": rc, "delay": delay})
-            print(f"gateway: worker {index} died (exit {rc}); restarting in {delay:g} s", file=sys.stderr,
-                  flush=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_DELAY[1])
+            quick = time.monotonic() - started <= STABLE_AFTER
+            delay = delay if quick else RESTART_DELAY[0]
+            if rc == 0:
+                # drained alone: the operator restarts this process. At once, unless it keeps exiting right after
+                # its start (then as a worker that keeps dying: a slot must not spin)
+                wait = delay if quick and quick_before else 0.0
+                log.warning("worker drained; starting a fresh one", extra={"worker": index, "delay": wait})
+                print(f"gateway: worker {index} drained and exited; starting a fresh one"
+                      + (f" in {wait:g} s" if wait else ""), flush=True)
+            else:
+                wait = delay
+                log.error("worker died; restarting", extra={"worker": index, "rc": rc, "delay": wait})
+                print(f"gateway: worker {index} died (exit {rc}); restarting in {wait:g} s", file=sys.stderr,
+                      flush=True)
+            quick_before = quick
+            if wait:
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, RESTART_DELAY[1])
 
     def _on_signal(self) -> None:
         if not self.stopping:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
-from cluster_env import call_row, direct_urls, ended_row, in_progress_on, wait_until
+import aiohttp
+
+from cluster_env import API_KEY, call_row, direct_urls, ended_row, in_progress_on, wait_until
 from fakes.twilio_env import CALLER, NUMBER, recording
 from gateway.simulate.twilio_stream import TwilioStreamClient, post_signed, sign
 from test_cluster_nodes import call_live_on_a, cluster  # noqa: F401  (fixture)
@@ -91,6 +93,21 @@ async def test_consult_target_stream_on_the_other_worker_is_relayed_to_the_owner
     assert row["owner"] == "node-w.1"                       # the call did not move
     await target.play(recording()[: 160 * 50])               # the engine (echo, on worker 1) answers the target
     await target.wait_for(lambda: len(target.got.media) >= 45, timeout=15)
+
+    # worker 2 drained meanwhile (a rolling restart of that worker) holds no call, but it carries the target's
+    # stream: it waits for the relay as for a live call instead of exiting under the consultation
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with http.post(f"{w2}/api/v1/nodes/node-w.2/drain") as r:
+            assert r.status == 202, await r.text()
+
+    async def w2_draining() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(f"{w2}/healthz") as r:
+            return r.status == 503 and (await r.json())["status"] == "draining"
+    await wait_until(w2_draining, 15, "worker 2 to drain")
+    before = len(target.got.media)
+    await target.play(recording()[: 160 * 100])
+    await target.wait_for(lambda: len(target.got.media) >= before + 90, timeout=15)
+    assert not target.closed.is_set() and await w2_draining()      # still relaying, still there
 
     status, body = await node.api("POST", f"/calls/{call_id}/consult/complete")
     assert status == 200, body

@@ -303,3 +303,28 @@ async def test_a_number_moved_to_another_agent_on_one_node_is_used_at_once_by_th
     call_id, _ = await world.inbound(a)
     assert (await call_row(a, call_id))["agent_id"] == second
     assert "cache sync: not confirmed" not in b.log()
+
+
+async def test_a_rotated_auth_token_on_one_node_is_checked_at_once_by_the_other(cluster):
+    """A webhook naming no imported number is checked against every token of its account (the Twilio carrier's
+    token list, gateway/store/derived.py). node-a holds that list; the operator rotates the account's auth token
+    through node-b; node-a checks the next webhook against the new token at once (`store:changed`), instead of
+    refusing it (403) for the rest of the list's 60 s."""
+    from gateway.simulate.twilio_stream import post_signed
+    start, world, receiver, clients = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+
+    async def unknown_number_webhook(token: str) -> int:
+        status, _ = await post_signed(a.url("/twilio/voice"), {
+            "CallSid": world.rest.add_call(world.account), "AccountSid": world.account.sid, "From": "+14155550100",
+            "To": "+14155550199", "CallStatus": "ringing", "Direction": "inbound"}, token)
+        return status
+    assert await unknown_number_webhook(world.account.token) != 403      # node-a reads (and keeps) the tokens
+    world.account.token = "rotated-" + world.account.token[8:]           # Twilio's side of the rotation
+    status, body = await b.api("PATCH", f"/phone_number/{world.number['id']}",
+                               {"account_token": world.account.token})
+    assert status == 200, body
+    assert await unknown_number_webhook(world.account.token) != 403
+    assert "cache sync: not confirmed" not in b.log()

@@ -109,3 +109,23 @@ async def test_workers_upgrading_one_database_together_all_start(db_url):
         for s in stores:
             if s.engine is not None:
                 await s.close()
+
+
+async def test_a_stopping_process_commits_its_calls_ends_before_it_says_stopped(make_gateway, db_url, tmp_path):  # noqa: F811
+    """No survivor closes the open calls of a `stopped` process, so the state may only be written once the ends of
+    its calls are: a kill right after it (systemd's SIGKILL at the end of TimeoutStopSec) must not leave a call
+    `in-progress` for good. The call-log write lane is given a 30 s batch window here, so without that order the
+    end would still be queued when the state is committed."""
+    gw = await make_gateway(db=db_url, node_id="stopper")
+    gw.store.WINDOW = 30.0
+    row = await gw.store.create_call(call_fields("ending", "stopper"))
+    await gw.store.update_call(row["id"], ended_at=datetime.now(UTC), call_status="completed")
+    await gw.membership.stop()
+    other = Store(db_url)
+    await other.open()
+    try:
+        nodes = {n["proc"]: n for n in await other.list_nodes(5.0)}
+        assert nodes["stopper"]["state"] == "stopped"
+        assert (await other.get_call(row["id"]))["ended_at"] is not None
+    finally:
+        await other.close()
