@@ -60,6 +60,7 @@ from voicecodecs.dtmf import dtmf_pcm
 from .exotel_consult import ExotelConsults
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, decode_text, start_object
+from .numberfields import number_setting
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
 from .wsdirect import DirectWebSocket, StopReading, read_messages, send_text
@@ -310,24 +311,16 @@ def _exotel_detail(body: Any) -> str:
     return str(exc.get("Message") or "") if isinstance(exc, dict) else ""
 
 
-def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> Any:
-    n = number or {}
-    for src in (n.get("secrets") or {}, n.get("config") or {}, n):
-        if src.get(key) not in (None, ""):
-            return src[key]
-    return default
-
-
 def unauthenticated_allowed(number: dict[str, Any] | None) -> bool:
     """The explicit opt-out: this ExoPhone's callbacks are accepted without credentials (IP allow-list mode)."""
-    return _setting(number, "exotel_allow_unauthenticated", False) is True
+    return number_setting(number, "exotel_allow_unauthenticated", False) is True
 
 
 def passthru_token(number: dict[str, Any]) -> str:
     """The `gw_token` of the call_coming URL: HMAC-SHA256 of the account sid under the API token, so it is fixed for
     an account (one flow can serve all its ExoPhones), changes when the token is rotated, and reveals nothing."""
-    token = str(_setting(number, "exotel_api_token", ""))
-    msg = f"exotel-passthru:{_setting(number, 'exotel_account_sid', '')}".encode()
+    token = str(number_setting(number, "exotel_api_token", ""))
+    msg = f"exotel-passthru:{number_setting(number, 'exotel_account_sid', '')}".encode()
     return hmac.new(token.encode(), msg, "sha256").hexdigest()[:32]
 
 
@@ -878,7 +871,7 @@ class ExotelCarrier(ForwardingCarrier):
         rows, _ = await store.list_numbers(1, 10_000, provider="exotel", with_secrets=True)
         matches = [r for r in rows if same_number(r["phone_number"], to)]
         if account_sid:
-            matches = [r for r in matches if _setting(r, "exotel_account_sid") in (None, account_sid)]
+            matches = [r for r in matches if number_setting(r, "exotel_account_sid") in (None, account_sid)]
         return matches[0] if matches else None
 
     @staticmethod
@@ -890,7 +883,7 @@ class ExotelCarrier(ForwardingCarrier):
             user, _, pw = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
         except ValueError:     # binascii.Error, non-ASCII text, UnicodeDecodeError
             return False
-        key, token = str(_setting(number, "exotel_api_key", "")), str(_setting(number, "exotel_api_token", ""))
+        key, token = (str(number_setting(number, k, "")) for k in ("exotel_api_key", "exotel_api_token"))
         return bool(key and token) & hmac.compare_digest(user.encode(), key.encode()) \
             & hmac.compare_digest(pw.encode(), token.encode())
 
@@ -942,7 +935,7 @@ class ExotelCarrier(ForwardingCarrier):
             number = await self._find_exophone(to, account_sid)
         if number is None:
             raise StreamClosed(CloseCode.UNKNOWN_NUMBER, f"{to[:32]!r} is not an ExoPhone imported on this gateway")
-        acct = _setting(number, "exotel_account_sid")
+        acct = number_setting(number, "exotel_account_sid")
         if account_sid and acct and account_sid != acct:
             raise StreamClosed(CloseCode.UNKNOWN_NUMBER, "account_sid does not own this ExoPhone")
         self._check_auth(stream.request, number)
@@ -1124,7 +1117,7 @@ class ExotelCarrier(ForwardingCarrier):
         call, req = state.call, state.transfer
         numbers = [req.number, *[n for n in req.backup_numbers if n != req.number]]
         opts = ((call.agent or {}).get("settings") or {}).get("transfer") or {}
-        caller_id = _setting(state.number, "exotel_exophone") or (state.number or {}).get("phone_number")
+        caller_id = number_setting(state.number, "exotel_exophone") or (state.number or {}).get("phone_number")
         body = connect_applet_response(numbers, caller_id, opts)
         await call.record(is_call_transfer=True, transfer_target=req.number)
         await call.emit("call:transfer_dialing", {"numbers": numbers})
@@ -1301,7 +1294,7 @@ class ExotelCarrier(ForwardingCarrier):
         return None
 
     def _creds(self, fields: dict[str, Any]) -> dict[str, Any]:
-        creds = {k: _setting(fields, k) for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain",
+        creds = {k: number_setting(fields, k) for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain",
                                                     "exotel_account_sid", "exotel_app_id")}
         missing = [k for k in ("exotel_api_key", "exotel_api_token", "exotel_subdomain", "exotel_account_sid")
                    if not creds.get(k)]
@@ -1380,7 +1373,7 @@ class ExotelCarrier(ForwardingCarrier):
         except CarrierError as e:    # an agent saved before its settings were checked
             raise CarrierError(f"agent {(call.agent or {}).get('id')}: {e.message}; fix the agent's settings", 422,
                                "agent_id") from None
-        caller_id = _setting(number, "exotel_exophone") or number["phone_number"]
+        caller_id = number_setting(number, "exotel_exophone") or number["phone_number"]
         data = {
             "From": to_number,
             "CallerId": caller_id,

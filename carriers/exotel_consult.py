@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.carrier import CarrierError
 
 from .mediasocket import StreamClosed
+from .numberfields import number_setting
 from .socket_consult import TARGET_KEY, SocketConsultation, relay_target
 from .streamrelay import RelayStream
 
@@ -45,7 +46,7 @@ class ExotelConsults:
         self.by_sid: dict[str, SocketConsultation] = {}
 
     async def consult_dial(self, c: SocketConsultation) -> None:
-        from .exotel import _SID, FLOW_URL, _setting, call_options
+        from .exotel import _SID, FLOW_URL, call_options
 
         ex = self.carrier
         number = c.host.number or {}
@@ -59,7 +60,7 @@ class ExotelConsults:
         ring = int((((call.agent or {}).get("settings") or {}).get("transfer") or {}).get("timeout")
                    or opts["ring_timeout"])
         data = {
-            "From": c.number, "CallerId": _setting(number, "exotel_exophone") or number.get("phone_number"),
+            "From": c.number, "CallerId": number_setting(number, "exotel_exophone") or number.get("phone_number"),
             "Url": FLOW_URL.format(sid=sid, app_id=creds["exotel_app_id"]), "CallType": "trans",
             "TimeLimit": str(opts["time_limit"]), "TimeOut": str(ring),
             "StatusCallback": f"{ex.gateway.settings.public_base}/exotel/status_callback?call_id={call.id}&consult=1",
@@ -94,14 +95,15 @@ class ExotelConsults:
     def find(self, call_sid: str, start: dict[str, Any]) -> SocketConsultation | None:
         """The consultation a Voicebot `start` belongs to: by CallSid, else by its two numbers (the target's and
         the ExoPhone, either way round) among those still waiting for their socket."""
-        from .exotel import _setting, same_number
+        from .exotel import same_number
 
         c = self.by_sid.get(call_sid)
         if c is not None:
             return c
         frm, to = str(start.get("from") or ""), str(start.get("to") or "")
         for c in self.by_sid.values():
-            ours = str(_setting(c.host.number, "exotel_exophone") or (c.host.number or {}).get("phone_number") or "")
+            host = c.host.number
+            ours = str(number_setting(host, "exotel_exophone") or (host or {}).get("phone_number") or "")
             if c.target is None and not c.over and (
                     (same_number(frm, c.number) and same_number(to, ours))
                     or (same_number(to, c.number) and same_number(frm, ours))):

@@ -41,9 +41,9 @@ from gateway.numbers import normalize_e164
 
 from .forwarding import UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import StreamClosed, start_object
+from .numberfields import number_settings
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
-from .twilio import number_settings
 from .twilio_media import RATE, CloseCode, MediaStream
 
 log = logging.getLogger("carriers.plivo")

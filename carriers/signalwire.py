@@ -24,7 +24,8 @@ from yarl import URL
 
 from gateway.carrier import CarrierError, ImportField
 
-from .twilio import TwilioCarrier, TwilioCreds, number_settings
+from .numberfields import number_settings
+from .twilio import TwilioCarrier, TwilioCreds
 
 SIGNATURE_HEADER = "X-SignalWire-Signature"
 COMPAT_SIGNATURE_HEADER = "X-Twilio-Signature"

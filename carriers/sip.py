@@ -59,6 +59,7 @@ from gateway.sip.ua import (
 from gateway.store.derived import DerivedCache
 from gateway.throttle import FailureThrottle
 
+from .numberfields import number_settings
 from .sip_consult import SipConsultation
 from .sip_media import keys_in_clear, use_media
 from .sip_presets import MEDIA_ENCRYPTION, PRESETS, PresetError, apply_preset, parse_hostport
@@ -83,11 +84,6 @@ def _reject_rtp_full(inv: IncomingInvite, e: CarrierError) -> None:
                                             ("Warning", f'399 gateway "{str(e)[:120]}"')])
 
 
-def _flat(number: dict[str, Any]) -> dict[str, Any]:
-    """A stored number (config + secrets columns) or an import dict, as one flat field dict."""
-    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
-
-
 @dataclass
 class TrunkTarget:
     """Where and how to send requests for one trunk."""
@@ -108,7 +104,7 @@ class TrunkTarget:
 
     @classmethod
     def of(cls, number: dict[str, Any]) -> TrunkTarget:
-        f = _flat(number)
+        f = number_settings(number)
         transport = (f.get("transport") or "udp").lower()
         port = int(f.get("sip_port") or (5061 if transport == "tls" else 5060))
         host = f["sip_host"]

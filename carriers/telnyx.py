@@ -49,9 +49,9 @@ from voicecodecs import alaw_to_pcm16, l16_to_pcm16, pcm16_to_alaw, pcm16_to_l16
 
 from .forwarding import forwarded_fields
 from .mediasocket import StreamClosed, start_object
+from .numberfields import number_settings
 from .restcall import LegState, RestCallCarrier
 from .socket_consult import SocketConsultation
-from .twilio import number_settings
 from .twilio_media import CloseCode, MediaStream
 
 log = logging.getLogger("carriers.telnyx")

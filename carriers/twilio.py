@@ -48,6 +48,7 @@ from gateway.store.derived import DerivedCache
 
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import StreamClosed
+from .numberfields import number_settings
 from .streamrelay import RelayStream, to_owner
 from .twilio_consult import TwilioConsultation
 from .twilio_media import RATE, CloseCode, MediaStream
@@ -79,13 +80,6 @@ class TwilioCreds:
     def signing_secret(self) -> str:
         """The key webhooks are signed with: Twilio's auth token, SignalWire's signing key when it has one."""
         return self.signing_key or self.auth_token
-
-
-def number_settings(number: dict[str, Any] | None) -> dict[str, Any]:
-    """A stored number's fields, config and secrets in one dict (or a flat import dict as it is)."""
-    if not number:
-        return {}
-    return {**number, **(number.get("config") or {}), **(number.get("secrets") or {})}
 
 
 def creds_of(number: dict[str, Any] | None) -> TwilioCreds | None:

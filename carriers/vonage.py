@@ -61,6 +61,7 @@ from gateway.numbers import normalize_e164
 
 from .forwarding import ForwardingCarrier, UnknownWebhook, forwarded_fields, str_dict
 from .mediasocket import MarkedPlayout, StreamClosed, token_digest
+from .numberfields import number_setting
 from .socket_consult import SocketConsultation, SocketConsultLeg
 from .streamrelay import RelayStream, relay
 from .vonage_consult import VonageConsults
@@ -208,20 +209,12 @@ class VonageCreds:
         return bool(self.api_key and self.api_secret)
 
 
-def _setting(number: dict[str, Any] | None, key: str, default: Any = None) -> Any:
-    n = number or {}
-    for src in (n.get("secrets") or {}, n.get("config") or {}, n):
-        if src.get(key) not in (None, ""):
-            return src[key]
-    return default
-
-
 def creds_of(fields: dict[str, Any] | None) -> VonageCreds:
-    key = _setting(fields, "vonage_private_key")
+    key = number_setting(fields, "vonage_private_key")
     if isinstance(key, str) and "\\n" in key and "\n" not in key:
         key = key.replace("\\n", "\n")      # a PEM pasted into JSON as one line
-    return VonageCreds(_setting(fields, "vonage_application_id"), key, _setting(fields, "vonage_api_key"),
-                       _setting(fields, "vonage_api_secret"), _setting(fields, "vonage_signature_secret"))
+    return VonageCreds(number_setting(fields, "vonage_application_id"), key, number_setting(fields, "vonage_api_key"),
+                       number_setting(fields, "vonage_api_secret"), number_setting(fields, "vonage_signature_secret"))
 
 
 def check_private_key(pem: str) -> None:
@@ -593,7 +586,7 @@ class VonageCarrier(ForwardingCarrier):
         numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="vonage", with_secrets=True)
         for n in numbers:
             if not creds_of(n).signature_secret:
-                allowed = _setting(n, "vonage_allow_unsigned_webhooks", False) is True
+                allowed = number_setting(n, "vonage_allow_unsigned_webhooks", False) is True
                 log.warning("Vonage number accepts UNSIGNED webhooks (vonage_allow_unsigned_webhooks)" if allowed
                             else "Vonage number has no vonage_signature_secret: its webhooks are refused until "
                                  "one is set", extra={"carrier": "vonage", "number_id": n["id"]})
@@ -738,7 +731,7 @@ class VonageCarrier(ForwardingCarrier):
         webhook is refused, so nobody who merely knows the number gets an NCCO, a call row or a media socket."""
         secret = creds_of(number).signature_secret
         if not secret:
-            if number is not None and _setting(number, "vonage_allow_unsigned_webhooks", False) is True:
+            if number is not None and number_setting(number, "vonage_allow_unsigned_webhooks", False) is True:
                 return True
             log.warning("unsigned Vonage webhook refused: the number has no vonage_signature_secret",
                         extra={"carrier": "vonage", "source_ip": request.remote, "path": request.path,
@@ -806,7 +799,7 @@ class VonageCarrier(ForwardingCarrier):
         return web.json_response(self.stream_ncco(st))
 
     def _state(self, call: Call, number: dict[str, Any] | None, uuid: str | None) -> VonageCallState:
-        rate = int(_setting(number, "vonage_audio_rate", 16000) or 16000)
+        rate = int(number_setting(number, "vonage_audio_rate", 16000) or 16000)
         st = VonageCallState(call, number, secrets.token_urlsafe(18), rate if rate in RATES else 16000, uuid)
         self.states[call.id] = st
         return st

@@ -73,10 +73,12 @@ class CallWatch:
         if kind == "call_ended":
             self.ended.setdefault(call.id, asyncio.Event()).set()
 
-    async def next_call(self, timeout: float = 5.0):
+    # The bounds only matter when something is wrong: a call took > 5 s to start on a box running four test suites
+    # at once (load 12 on 2 cores, test_exotel_opt_out_accepts_anonymous_stream, 2026-11-30).
+    async def next_call(self, timeout: float = 20.0):
         return await asyncio.wait_for(self.started.get(), timeout)
 
-    async def wait_ended(self, call, timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_ended(self, call, timeout: float = 20.0) -> dict[str, Any]:
         await asyncio.wait_for(self.ended.setdefault(call.id, asyncio.Event()).wait(), timeout)
         return await self.gw.store.get_call(call.log_id)
 

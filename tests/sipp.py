@@ -221,6 +221,14 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, wha
         await asyncio.sleep(interval)
 
 
+async def registrar_gone(gw) -> None:
+    """The registrar (a SIPp scenario) has ended: stop the gateway's registrations without their un-REGISTER, which
+    nobody would answer now (the gateway's stop waits up to 5 s for it)."""
+    regs = gw.carriers["sip"].registrations
+    while regs:
+        await regs.popitem()[1].stop(unregister=False)
+
+
 async def metrics_text(gw) -> str:
     """The gateway's /metrics page, as Prometheus would read it."""
     import aiohttp

@@ -58,7 +58,7 @@ async def test_exotel_outbound_machine_beep_voicemail(make_gateway, exotel_api, 
         assert not exo.rx.audio or max(abs(v) for v in np.frombuffer(exo.rx.audio, "<i2")) < 500, \
             "the echo engine's audio is held while AMD decides, then dropped for a machine"
         await exo.play(tone(1000, 400) + silence(600))
-        row = await watch.wait_ended(call, timeout=10)
+        row = await watch.wait_ended(call)
         await exo.close()
     assert dominant(exo.rx.audio).count(700) >= 30
     assert row["amd_answered_by"] == "machine_end_beep" and row["is_voicemail"] and row["voicemail_type"] == "audio"

@@ -49,7 +49,7 @@ async def test_vonage_outbound_machine_beep_voicemail(make_gateway, vonage_api, 
         assert has_tone(v.rx.audio, 700) == 0, "no message during the greeting"
         await v.play(tone(1000, 400, SR) + silence(600, SR), 640)
         hang = await vonage_api.wait_request("PUT", f"/v1/calls/{uuid}", timeout=10)
-        row = await watch.wait_ended(call, timeout=10)
+        row = await watch.wait_ended(call)
         await v.close()
     assert hang == [{"action": "hangup"}]
     assert has_tone(v.rx.audio, 700) >= 30                        # ≈ 800 ms of message before the hangup

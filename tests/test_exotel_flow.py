@@ -200,7 +200,7 @@ async def test_announced_call_whose_stream_never_comes_is_closed_by_watchdog(mak
     await _get(gw, "/exotel/call_coming", gw_token=call_coming_token(), CallSid="CA-wd", CallFrom="09876543210",
                CallTo="08047491899")
     call = await watch.next_call()
-    row = await watch.wait_ended(call, timeout=5)
+    row = await watch.wait_ended(call)
     assert row["hangup_reason"] == "stream_never_started" and not gw.calls.active
 
 

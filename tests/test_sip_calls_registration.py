@@ -2,7 +2,7 @@
 import pytest
 
 from gateway.sip.registration import refresh_in
-from sipp import api, needs_sipp, sip_gateway, sip_number, sipp_uas, wait_for
+from sipp import api, needs_sipp, registrar_gone, sip_gateway, sip_number, sipp_uas, wait_for
 
 pytestmark = [needs_sipp, pytest.mark.timeout(60)]
 
@@ -26,6 +26,7 @@ async def test_register_challenge_refresh_and_status(make_gateway):
         assert status["sip_status"] == "200 OK"
         assert status["registered_until"]
     uas.result.assert_calls(successful=1)   # both rounds: REGISTER, 401, REGISTER+auth, 200 (x2, one Call-ID)
+    await registrar_gone(gw)
 
 
 async def test_register_rejected_shows_failing(make_gateway):

@@ -4,7 +4,7 @@ second."""
 import pytest
 
 from dns_server import Dnsmasq, needs_dnsmasq
-from sipp import api, free_port, needs_sipp, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
+from sipp import api, free_port, needs_sipp, registrar_gone, sip_gateway, sip_number, sipp_uac, sipp_uas, wait_for
 from test_sip_calls_outbound import dispatch, final_row, live
 
 pytestmark = [needs_sipp, needs_dnsmasq, pytest.mark.timeout(90)]
@@ -78,6 +78,7 @@ async def test_register_is_located_through_srv_and_fails_over(make_gateway):
             assert reg.target == f"uas2.trunk.test (127.0.0.1):{registrar.port}/udp via SRV _sip._udp.trunk.test"
             assert reg.registrar_uri == "sip:trunk.test"      # the domain, never the target
     registrar.result.assert_calls(successful=1)
+    await registrar_gone(gw)
 
 
 async def test_in_dialog_requests_locate_a_contact_host_name(make_gateway):

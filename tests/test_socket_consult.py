@@ -501,7 +501,7 @@ async def test_exotel_consult_then_gateway_bridge_until_one_side_hangs_up(exotel
         gone, other = (target, caller) if leaves == "target" else (caller, target)
         await gone.stop()
         await other.wait_closed(timeout=10)
-        await watch.wait_ended(call, timeout=10)
+        await watch.wait_ended(call)
         row = await ended_row(gw, call)
         await target.close()
         await caller.close()
