@@ -216,9 +216,8 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
     without waiting), and sends the frame of every call due within the next millisecond (as the previous asyncio
     version grouped them). Then reads until every call has its echoes or `drain` seconds have passed.
 
-    Per frame the loop does only what the measure needs: one send (straight to the socket unless earlier bytes of
-    that call still wait) and one clock read for the next frame's send time; how late each frame left is worked out
-    after the run from the send times (`lateness`), not per frame."""
+    Per frame the loop does only what the measure needs: one send and one clock read for the next frame's send time;
+    how late each frame left is worked out after the run from the send times (`lateness`), not per frame."""
     ep = select.epoll()
     by_fd: dict[int, Caller] = {}
     for c in callers:
@@ -255,19 +254,7 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
                 k += 1
                 if c.error is None:
                     c.sent.append(t)
-                    frame = c.pool.frame(c.media % (seq, chunk, stamp, payloads[(c.start_at + i) % n_payloads]))
-                    if c.unsent:
-                        c._write(frame)
-                    else:
-                        try:
-                            n = c.sock.send(frame)
-                        except BlockingIOError:
-                            n = 0
-                        except OSError as e:
-                            c._fail(type(e).__name__)
-                            continue
-                        if n < len(frame):
-                            c.unsent = frame[n:]
+                    c._write(c.pool.frame(c.media % (seq, chunk, stamp, payloads[(c.start_at + i) % n_payloads])))
                     t = now()
     deadline = now() + drain
     while by_fd and now() < deadline and any(len(c.received) < len(c.sent) for c in callers if c.error is None):

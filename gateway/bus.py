@@ -160,13 +160,14 @@ class CallBus:
     # carrier → engine -------------------------------------------------------------------------------------
     def feed_audio(self, pcm: bytes) -> None:
         """Carrier-rate PCM16 of any length; never blocks."""
-        for chunk in self._in_frame.push(pcm):
+        rf = self._in_frame       # (a whole frame with nothing held back is its own frame: no call, voicecodecs)
+        for chunk in (pcm,) if len(pcm) == rf.size and not rf.held and type(pcm) is bytes else rf.push(pcm):
             self.counters.frames_in += 1
             self.counters.last_in = chunk
             frame = AudioFrame(self._up.process(chunk), self.engine_rate)
             sampled = self.counters.frames_in % TURNAROUND_SAMPLE == 0 and self.on_turnaround is not None
             direct = self._engine_direct
-            if direct is not None and not len(self.inbound) and self._engine_takes(direct, frame, sampled):
+            if direct is not None and not self.inbound._items and self._engine_takes(direct, frame, sampled):
                 continue
             if sampled:
                 self._probe_in = (frame, time.perf_counter())
@@ -238,7 +239,8 @@ class CallBus:
         return True
 
     def _play_now(self, pcm: bytes) -> None:
-        chunks = self._out_frame.push(pcm)
+        rf = self._out_frame
+        chunks = (pcm,) if len(pcm) == rf.size and not rf.held and type(pcm) is bytes else rf.push(pcm)
         for chunk in chunks:
             for item in self._out_items(chunk, len(chunks) == 1):
                 self.outbound.put_nowait(item)
@@ -266,7 +268,8 @@ class CallBus:
         """The carrier frames of an engine-rate chunk that are to be queued. `single`: the chunk is all the engine
         gave this time; only then may its frame go straight to a waiting sender (`_direct`) instead: a longer
         burst is queued, so a clear() right behind it still drops it unsent."""
-        frames = self._out_carrier_frame.push(self._down.process(chunk))
+        rf, out = self._out_carrier_frame, self._down.process(chunk)
+        frames = (out,) if len(out) == rf.size and not rf.held else rf.push(out)
         items: list[AudioFrame] = []
         for frame in frames:
             self.counters.last_out = frame

@@ -130,7 +130,8 @@ class SpeechTap:
         self._now = asyncio.get_running_loop().time
 
     def __call__(self, pcm: bytes) -> None:
-        frames = self._frames.push(pcm)
+        rf = self._frames
+        frames = (pcm,) if len(pcm) == rf.size and not rf.held and type(pcm) is bytes else rf.push(pcm)
         if not frames:
             return
         # each frame ended when its chunk arrived at the carrier (`call.inbound_arrived`, else now) less the frames

@@ -5,7 +5,7 @@ server and sets it. Without it the PostgreSQL half is skipped with the reason.
 """
 import asyncio
 import os
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -35,6 +35,24 @@ async def store(request, tmp_path):
 def call_fields(uuid: str, **kw):
     return {"call_uuid": uuid, "channel_type": "sip", "call_direction": "inbound", "from_number": "+15550000001",
             "to_number": "+15550000002", "call_status": "ringing", **kw}
+
+
+async def test_a_batch_of_call_events_keeps_every_event_in_order(store):
+    """Events queued together reach the call log in one batch (on PostgreSQL one INSERT for all of them, columns as
+    arrays): every event of every call, in the order added, its data as given (nested, unicode, none → {})."""
+    ids = [(await store.create_call(call_fields(f"batch-{k}")))["id"] for k in range(3)]
+    await store.flush()
+    for n in range(40):                       # interleaved over the calls, all queued before the writer runs
+        await store.add_call_event(ids[n % 3], f"kind-{n}", {"n": n, "text": "é✓", "nested": {"list": [n, None]}}
+                                   if n % 4 else None)
+    await store.flush()
+    for k, cid in enumerate(ids):
+        events = await store.list_call_events(cid)
+        assert [e["kind"] for e in events] == [f"kind-{n}" for n in range(40) if n % 3 == k]
+        for e in events:
+            n = int(e["kind"].split("-")[1])
+            assert e["data"] == ({"n": n, "text": "é✓", "nested": {"list": [n, None]}} if n % 4 else {})
+            assert datetime.fromisoformat(e["at"]) <= datetime.now(UTC)
 
 
 async def test_agents_round_trip(store):

@@ -218,3 +218,19 @@ def test_a_result_computed_ahead_is_dropped_when_the_stream_gets_another_chunk_o
     rs[1].reset()
     assert rs[1].process(other) == StreamResampler(8000, 16000).process(other)
     assert rs[2].process(pcm[:frame]) == StreamResampler(8000, 16000).process(pcm[:frame])
+
+
+def test_two_chunks_of_one_stream_in_a_batch_still_give_exactly_the_stream_alone() -> None:
+    """A stream whose reader got two frames in one loop iteration has two jobs in one batch: only one result can be
+    kept, and a result that does not fit the state when its chunk comes is dropped, so the output stays exact."""
+    from voicecodecs.resample import BATCH_MIN, resample_many
+    frames = [tone(300 + 50 * i, 8000, 0.02, 9000.0) for i in range(3)] + [bytes(320)] * 3
+    alone = StreamResampler(8000, 16000)
+    want = [alone.process(f) for f in frames]
+    rs = [StreamResampler(8000, 16000) for _ in range(BATCH_MIN)]
+    got = []
+    for i in range(0, len(frames), 2):         # two frames per stream per batch: equal ones (silence) too
+        resample_many([(r, frames[j]) for r in rs for j in (i, i + 1)])
+        got.append([(r.process(frames[i]), r.process(frames[i + 1])) for r in rs])
+    assert all(pair == (want[i], want[i + 1]) for i, batch in zip(range(0, len(frames), 2), got, strict=True)
+               for pair in batch)

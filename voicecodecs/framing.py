@@ -16,16 +16,18 @@ def frame_bytes(sample_rate: int, ms: int = FRAME_MS, sample_width: int = 2) -> 
 class Reframer:
     """Accumulates bytes and hands out whole frames of `size` bytes; keeps the remainder for the next push."""
 
-    __slots__ = ("size", "_buf")
+    __slots__ = ("size", "held")
 
     def __init__(self, size: int) -> None:
         if size <= 0:
             raise ValueError("frame size must be positive")
         self.size = size
-        self._buf = bytearray()
+        #: the bytes held back until they make a whole frame. Empty while a stream comes in whole frames, the usual
+        #: case: a per-frame caller then skips `push` (`(data,)` is what it would return) and saves its call
+        self.held = bytearray()
 
     def push(self, data: bytes) -> list[bytes]:
-        buf = self._buf
+        buf = self.held
         if not buf and len(data) == self.size:
             return [bytes(data)]
         buf += data
@@ -39,17 +41,17 @@ class Reframer:
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return len(self.held)
 
     def flush(self, pad: bool = True) -> bytes | None:
         """Return what is left as one frame, zero-padded (silence) to full size when `pad`."""
-        if not self._buf:
+        if not self.held:
             return None
-        out = bytes(self._buf)
-        self._buf.clear()
+        out = bytes(self.held)
+        self.held.clear()
         if pad:
             out += b"\x00" * (self.size - len(out))
         return out
 
     def reset(self) -> None:
-        self._buf.clear()
+        self.held.clear()

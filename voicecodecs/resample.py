@@ -247,12 +247,7 @@ def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size
     k, nb, width = len(group), size // b2, b2 + size
     # per stream [B samples of history | the chunk], one row each; the product's rows [x_{i-1} x_i] are a strided
     # view of that (overlapping by B samples), converted to float32 in one copy
-    z = bytearray(k * width)
-    o = 0
-    for r, pcm in group:
-        z[o : o + b2] = r._mv[:b2]
-        z[o + b2 : o + width] = pcm
-        o += width
+    z = b"".join([part for r, pcm in group for part in (r._mv[:b2], pcm)])
     rows = np.ndarray((k, nb, 2 * b), np.int16, z, 0, (width, b2, 2))
     x = np.empty((k * nb, 2 * b), np.float32)
     np.copyto(x.reshape(k, nb, 2 * b), rows, casting="unsafe")
@@ -266,10 +261,15 @@ def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size
     np.rint(y, out=y)
     out = y.astype("<i2").tobytes()
     per = nb * opb * 2
-    up, down, o = d.up, d.down, 0
+    half, up, down = size // 2, d.up, d.down
+    exact = not phase and not half * up % down      # every chunk gives exactly `per` bytes (the usual case)
+    o = 0
     for r, pcm in group:
-        n_in = r._in_count + size // 2
-        total = -(-n_in * up // down)
-        due = 2 * (total - r._out_count)
-        r._ready = (pcm, out[o : o + due] if due < per else out[o : o + per], pcm[size - b2 :], n_in, total)
+        n_in = r._in_count + half
+        if exact:
+            r._ready = (pcm, out[o : o + per], pcm[-b2:], n_in, r._out_count + per // 2)
+        else:
+            total = -(-n_in * up // down)
+            due = 2 * (total - r._out_count)
+            r._ready = (pcm, out[o : o + min(due, per)], pcm[-b2:], n_in, total)
         o += per

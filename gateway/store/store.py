@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import logging as _logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, event, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -133,6 +134,14 @@ _CALL_DEFAULTS: dict[str, Any] = {
 # rarely (cli.py), so they piled up per call until a full collection.
 _SELECT_EXTRA = select(CallLog.id, CallLog.extra).where(CallLog.id.in_(bindparam("ids", expanding=True)))
 _DELETE_OUTBOX = delete(WebhookOutbox).where(WebhookOutbox.delivery_id.in_(bindparam("ids", expanding=True)))
+# A batch's call events on PostgreSQL: ONE statement whatever their number, the columns passed as arrays. An
+# executemany (what SQLite gets) runs one INSERT per event: a zero-length SIP call writes 5 events, so 5 of the ~12
+# statements PostgreSQL ran per call (pg_stat_statements, BENCHMARKS.md "What o costs"). Rows are inserted in the
+# batch's order (WITH ORDINALITY … ORDER BY), so event ids keep the order the events were added in.
+_INSERT_EVENTS_PG = text(
+    "INSERT INTO call_events (call_id, at, kind, data) SELECT c, a, k, d FROM unnest(CAST(:call_ids AS INTEGER[]), "
+    "CAST(:ats AS TIMESTAMPTZ[]), CAST(:kinds AS VARCHAR[]), CAST(:datas AS JSON[])) "
+    "WITH ORDINALITY AS u(c, a, k, d, n) ORDER BY n")
 
 
 def _wake(nap: asyncio.Future[None]) -> None:
@@ -652,7 +661,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 groups.setdefault(tuple(sorted(fields)), []).append({"_id": call_id, **fields})
             for keys, rows in groups.items():  # one compiled statement per column set, executemany
                 await conn.execute(self._update_statement(keys), rows)
-            if events:
+            if events and conn.dialect.name == "postgresql":
+                await conn.execute(_INSERT_EVENTS_PG, {
+                    "call_ids": [e["call_id"] for e in events], "ats": [e["at"] for e in events],
+                    "kinds": [e["kind"] for e in events], "datas": [json.dumps(e["data"]) for e in events]})
+            elif events:
                 await conn.execute(insert(CallEvent), events)
             if outbox_add:
                 await conn.execute(insert(WebhookOutbox), outbox_add)
