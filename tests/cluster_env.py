@@ -136,20 +136,34 @@ class GatewayProc:
             self.proc.send_signal(signal.SIGTERM)
 
     async def stop(self, grace: float = 3) -> None:
-        """SIGTERM (drain), and when calls still keep it draining after `grace` seconds a second SIGTERM (hang
-        them up now: a test's teardown has no use for the drain's 300 s); SIGKILL 15 s later. The exit is waited
-        for without blocking the event loop: the gateway's shutdown talks to the test's own stand-ins (webhook
-        receiver, fake carrier REST API) in this loop, and a blocking wait left it waiting out its webhook and
-        REST timeouts (10-15 s a teardown)."""
+        """SIGTERM (drain), and once the gateway has taken it (healthz no longer 200) a second SIGTERM (hang live
+        calls up now: a test's teardown has no use for the drain's 300 s); SIGKILL 15 s later. Waiting for the first
+        signal to be taken, not a fixed `grace`, keeps the two from merging into one pending signal on a busy box
+        without costing every teardown the grace. The exit is waited for without blocking the event loop: the
+        gateway's shutdown talks to the test's own stand-ins (webhook receiver, fake carrier REST API) in this loop,
+        and a blocking wait left it waiting out its webhook and REST timeouts (10-15 s a teardown)."""
         self.terminate()
-        for then in (self.terminate, self.proc.kill):
+
+        async def taken() -> bool:
+            if self.proc.poll() is not None:
+                return True
             try:
-                await wait_until(lambda: self.proc.poll() is not None, grace, f"gateway {self.node_id} to exit")
-                return
-            except AssertionError:
-                then()
-                grace = 15
-        self.proc.wait(5)
+                async with aiohttp.ClientSession() as s, s.get(self.url("/healthz")) as r:
+                    return r.status != 200          # draining (or still starting: it stops starting)
+            except aiohttp.ClientError:
+                return True                         # its HTTP side is closing
+        try:
+            await wait_until(taken, grace, f"gateway {self.node_id} to take its SIGTERM")
+        except AssertionError:
+            pass
+        if self.proc.poll() is not None:
+            return
+        self.terminate()
+        try:
+            await wait_until(lambda: self.proc.poll() is not None, 15, f"gateway {self.node_id} to exit")
+        except AssertionError:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 async def stop_all(procs: list[GatewayProc]) -> None:

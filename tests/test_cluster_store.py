@@ -129,3 +129,16 @@ async def test_a_stopping_process_commits_its_calls_ends_before_it_says_stopped(
         assert (await other.get_call(row["id"]))["ended_at"] is not None
     finally:
         await other.close()
+
+
+async def test_processes_opening_one_fresh_database_at_once_all_start(db_url):
+    """`gateway serve --workers N` (or N nodes) on a new database: every process creates the schema at start-up,
+    at the same moment. On PostgreSQL their CREATE TABLEs raced and all but one worker died with a
+    UniqueViolationError (pg_type) and was restarted; each must open cleanly and find the same tables."""
+    stores = [Store(db_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        agent = await stores[0].create_agent({"name": "a", "engine": "echo", "settings": {}})
+        assert [(await s.get_agent(agent["id"]))["name"] for s in stores] == ["a"] * 4
+    finally:
+        await asyncio.gather(*(s.close() for s in stores if s.engine is not None))

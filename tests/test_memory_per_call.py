@@ -58,8 +58,8 @@ async def test_finished_calls_leave_nothing_behind(make_gateway, receiver):
     number = await sip_number(gw)
     await api(gw, "PATCH", f"/agents/{number['agent_id']}", {"webhook_url": receiver.url("ok")}, expect=200)
     sip = gw.carriers["sip"]
-    # RFC 3261 timers scaled down (T1 = 50 ms) so the lingering windows pass in seconds, not 32 s
-    sip.layer.t1 = sip.ua.t1 = 0.05
+    # RFC 3261 timers scaled down (T1 = 20 ms) so the lingering windows (64*T1) pass in 1.3 s, not 32 s
+    sip.layer.t1 = sip.ua.t1 = 0.02
     refs: list[weakref.ref] = []
     gw.calls.subscribe(lambda kind, call: refs.append(weakref.ref(call)) if kind == "call_started" else None)
 
@@ -68,7 +68,7 @@ async def test_finished_calls_leave_nothing_behind(make_gateway, receiver):
     try:
         for _ in range(2):   # two rounds: the second proves the first left nothing the second piles onto
             res = await sipp_uac("uac_pcma_echo.xml", sip.port, service="15550001111", duration_ms=300,
-                                 calls=12, rate=6, timeout_s=60)
+                                 calls=12, rate=12, timeout_s=60)
             res.assert_calls(successful=12)
             await wait_for(lambda: not gw.calls.active and not gw.webhooks.pending, timeout=30)
             await wait_for(lambda: not per_call_tables(gw), timeout=30)

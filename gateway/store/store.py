@@ -57,6 +57,23 @@ def database_url(db: str) -> str:
 _T = TypeVar("_T")
 _log = _logging.getLogger("gateway.store")
 
+#: first key of the advisory lock `pg_advisory_xact_lock(SCHEMA_LOCK, 0)` held while a process creates or upgrades
+#: the schema (channels.py's CHANNEL_LOCK is the other key of this database)
+SCHEMA_LOCK = 0x67770002
+
+
+async def _schema_turn(conn: AsyncConnection) -> None:
+    """Make this transaction the only one creating or upgrading the schema until it commits. The workers of
+    `gateway serve --workers N` (and several nodes) open a new database at the same moment: their `create_all`s
+    each saw no table and all but one failed on CREATE TABLE (PostgreSQL: a duplicate pg_type row; SQLite: "table
+    already exists"), so those workers died at start-up and were restarted. The one after waits here, then finds
+    every table made."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK, 0)))
+    elif conn.dialect.name == "sqlite":
+        # pysqlite starts no transaction for DDL: begin one that takes the write lock now (busy_timeout waits)
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
 
 def _private_sqlite_file(path: str) -> None:
     """Create the database file 0600 before SQLite opens it (its -wal and -shm files take the database file's
@@ -334,6 +351,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption risk, far fewer fsyncs
                 cur.close()
         async with self.engine.begin() as conn:
+            await _schema_turn(conn)
             await conn.run_sync(Base.metadata.create_all)
             await conn.run_sync(_add_missing_columns)
         async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
