@@ -204,6 +204,8 @@ class TwilioLeg(DelegatingConsultLeg):
                     await self.call.transfer_finished(TransferResult(target, "unknown"))
                 await self.call.end(HangupSource.SYSTEM, reason)
             elif self.stream is None:
+                if not await self.call.manager.owns(self.call, HangupSource.CARRIER.value, reason):
+                    return      # the stream reached another process, which adopted the call
                 log.warning("no media stream for the call",
                             extra={"carrier": self.carrier.name, "call_id": self.call.id, "reason": reason})
                 await self.complete_at_twilio()

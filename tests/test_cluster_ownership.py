@@ -1,0 +1,55 @@
+"""The row's owner decides who may end a call (docs/deploy.md, "Ownership of a call"), not a process's memory.
+
+A process that answered a Twilio webhook holds a pending call until its media stream arrives. When the stream
+reaches another process, that one adopts the call with a conditional UPDATE of `calls.owner` and then tells the
+old owner `released` over the control bus. Until that NOTIFY arrives (a few milliseconds; for ever when the old
+owner's bus connection was reconnecting: NOTIFY is not stored) the old owner still lists the call as its own. Its
+drain timeout used to hang up everything it listed with reason `shutdown`: the adopted call's row was closed and
+Twilio was told to complete the call (REST `Status=completed`), under the process that now carried it. A real
+`gateway serve` on a fresh PostgreSQL database; the adopter's half is its very UPDATE (`Store.claim_call`),
+whose `released` never comes: the widest form of the window.
+"""
+from __future__ import annotations
+
+from cluster_env import wait_until
+from gateway.store import Store
+from test_cluster_nodes import cluster  # noqa: F401  (fixture)
+
+
+def completions(world, call_sid: str) -> list:
+    return [r for r in world.rest.of("POST", f"/Calls/{call_sid}.json") if r.one("Status") == "completed"]
+
+
+async def test_drain_timeout_hangs_up_only_the_calls_the_process_still_owns(cluster):  # noqa: F811
+    start, world, receiver, _ = cluster
+    a = start("node-a")
+    await a.wait_healthy()
+    moved_id, moved_sid = await world.inbound(a)         # both pending on node-a: no stream yet
+    kept_id, kept_sid = await world.inbound(a)
+    store = Store(start.db)
+    await store.open()
+    try:
+        moved = await store.find_call(call_uuid=moved_id)
+        assert moved is not None and moved["owner"] == "node-a"
+        # another process adopts it (CallManager.adopt's conditional UPDATE); its `released` has not arrived
+        assert await store.claim_call(moved["id"], "node-a", "node-b")
+
+        status, body = await a.api("POST", "/nodes/node-a/drain", {"timeout": 0})
+        assert status == 202, body
+        await wait_until(lambda: a.proc.poll() is not None, 60, "node-a to finish its drain and exit")
+        assert a.proc.returncode == 0, a.log()
+
+        kept = await store.find_call(call_uuid=kept_id)
+        assert kept is not None and kept["ended_at"] is not None, kept
+        assert (kept["hangup_source"], kept["hangup_reason"]) == ("system", "shutdown")
+        assert completions(world, kept_sid), "node-a completes the call it still owned at Twilio"
+        assert "hang_up" in [e["event"] for e in receiver.events(kept_id)]     # flushed before the exit
+
+        moved = await store.find_call(call_uuid=moved_id)
+        assert moved is not None
+        assert moved["ended_at"] is None and moved["owner"] == "node-b", moved     # still live on its adopter
+        assert moved["hangup_reason"] is None and moved["call_status"] != "completed"
+        assert completions(world, moved_sid) == []                                  # Twilio kept the call up
+        assert "hang_up" not in [e["event"] for e in receiver.events(moved_id)]
+    finally:
+        await store.close()
