@@ -102,6 +102,8 @@ class Call:
         self.ended = asyncio.Event()
         #: the store confirmed this process owns the call and may end it (`CallManager.owns`)
         self.end_claimed = False
+        #: another process adopted the call and this one let it go (`released`, or an end that lost the row)
+        self.moved = False
         #: the conversation's turn timeline (gateway/turns.py), from the answer on
         self.timeline: Timeline | None = None
         #: loop time the audio now being fed reached the carrier side, when `feed_audio()` runs later than that (RTP's

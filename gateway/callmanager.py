@@ -245,6 +245,7 @@ class CallManager:
         sent to the carrier); carriers drop their per-call state on `call_released`."""
         if self.active.get(call.id) is not call:
             return
+        call.moved = True
         call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
         self.active.pop(call.id, None)
         self._maybe_idle()
@@ -252,6 +253,22 @@ class CallManager:
             self._by_sid.pop(call.carrier_sid, None)
         log.info("call released to another process", extra={"call_id": call.id})
         self._notify("call_released", call)
+
+    async def moved_away(self, call: Call) -> bool:
+        """Before an API op on a call listed here: has another process adopted it? Only a call whose media is not
+        here yet can have moved (its stream reached another worker), so only such a call of a carrier whose
+        calls move costs a read of its row, in a cluster. A call found moved is let go here (as on `released`,
+        which may still be on its way), and the op follows the row to the new owner."""
+        if call.moved:
+            return True
+        carrier = self.gateway.carriers.get(call.carrier)
+        if call.bus is not None or not self.gateway.control.clustered or carrier is None or not carrier.calls_move:
+            return False
+        row = await self.store.find_call(call_uuid=call.id, flush=False)
+        if row is None or row.get("owner") in (None, self.gateway.settings.proc_id):
+            return False
+        self._let_go(call)
+        return True
 
     async def owns(self, call: Call, source: str, reason: str) -> bool:
         """May this process end `call` (hang it up at the carrier, close its row, send its closing webhooks)? The

@@ -53,3 +53,29 @@ async def test_drain_timeout_hangs_up_only_the_calls_the_process_still_owns(clus
         assert "hang_up" not in [e["event"] for e in receiver.events(moved_id)]
     finally:
         await store.close()
+
+
+async def test_an_api_hangup_reaching_the_old_owner_follows_the_row(cluster):  # noqa: F811
+    """The API on the old owner finds the call still listed there: it must not answer `hangup_requested` for a
+    call it no longer holds (nor complete it at Twilio); the op follows the row to the process that owns it."""
+    start, world, receiver, _ = cluster
+    a, b = start("node-a"), start("node-b")
+    await a.wait_healthy()
+    await b.wait_healthy()
+    call_id, call_sid = await world.inbound(a)                # pending on node-a
+    store = Store(start.db)
+    await store.open()
+    try:
+        row = await store.find_call(call_uuid=call_id)
+        assert row is not None and await store.claim_call(row["id"], "node-a", "node-b")   # node-b's adoption
+        status, body = await a.api("POST", f"/calls/{call_id}/hangup")
+        # node-b was asked (the row names it); it holds no such call in this test, so the answer is a 404 naming
+        # the call, where node-a used to answer 200 `hangup_requested` for a call that went on elsewhere
+        assert status == 404 and body["field"] == "id", body
+        row = await store.find_call(call_uuid=call_id)
+        assert row is not None and row["ended_at"] is None and row["owner"] == "node-b", row
+        assert completions(world, call_sid) == []
+        assert call_id not in {c["call_id"] for c in (await a.api("GET", "/calls/live"))[1]["calls"]
+                               if c["owner"] == "node-a"}       # node-a let it go
+    finally:
+        await store.close()

@@ -739,7 +739,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
     async def find_call(self, *, call_uuid: str | None = None, carrier_sid: str | None = None,
                         flush: bool = True) -> dict[str, Any] | None:
         """The newest call-log row with this call id or carrier sid. `flush=False` skips waiting for this process's
-        queued writes (a row another process wrote, read on a media path: adoption)."""
+        queued writes (a row another process wrote, read on a media path: adoption). An id no row can have (a NUL
+        character, from a URL or a carrier's message) finds nothing: PostgreSQL refuses such a string outright, which
+        made `GET /api/v1/calls/logs/%00` a 500 in cluster mode."""
+        if "\x00" in (call_uuid or "") + (carrier_sid or ""):
+            return None
         if flush:
             await self.flush()
         q = select(CallLog)
@@ -758,7 +762,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         """The newest open call of `channel_type` held by one of `owners` whose `extra[key]` is `value`: a call known
         by an id of the carrier that is not its own (an attended transfer's consultation call), found by another
         process of the cluster. Only open calls of live owners are read (the owner/ended_at index)."""
-        if not owners or not value:
+        if not owners or not value or "\x00" in value:
             return None
         q = (select(CallLog).where(CallLog.owner.in_(owners), CallLog.ended_at.is_(None),
                                    CallLog.channel_type == channel_type, CallLog.extra[key].as_string() == value)
