@@ -11,6 +11,8 @@ whose `released` never comes: the widest form of the window.
 """
 from __future__ import annotations
 
+from datetime import datetime
+
 from cluster_env import wait_until
 from gateway.store import Store
 from test_cluster_nodes import cluster  # noqa: F401  (fixture)
@@ -79,3 +81,34 @@ async def test_an_api_hangup_reaching_the_old_owner_follows_the_row(cluster):  #
                                if c["owner"] == "node-a"}       # node-a let it go
     finally:
         await store.close()
+
+
+async def test_an_open_row_no_live_call_holds_is_closed_by_its_owner(cluster):  # noqa: F811
+    """A row whose call ended in memory but whose end never reached the database (a call-log batch lost while
+    PostgreSQL was away) stayed `in-progress` for as long as its owner ran, and for good once it stopped cleanly.
+    The owner now closes such a row (`call_lost`) once it has missed it at two heartbeats; a live call just as old
+    is left alone."""
+    start, world, receiver, _ = cluster
+    a = start("node-a")
+    await a.wait_healthy()
+    live_id, _ = await world.inbound(a)                  # a pending call node-a holds
+    store = Store(start.db)
+    await store.open()
+    try:
+        live = await store.find_call(call_uuid=live_id)
+        assert live is not None
+        ghost = await store.create_call({**{k: live[k] for k in ("agent_id", "phone_number_id", "channel_type",
+                                                                 "call_direction", "from_number", "to_number")},
+                                         "call_uuid": "0" * 32, "owner": "node-a", "call_status": "in-progress",
+                                         "created_at": datetime.fromisoformat(live["created_at"])})
+
+        async def closed():
+            row = await store.find_call(call_uuid=ghost["call_uuid"])
+            return row if row and row["ended_at"] else None
+        row = await wait_until(closed, 60, "node-a to close the row it holds no call for")
+        assert (row["call_status"], row["hangup_source"], row["hangup_reason"]) == ("failed", "system", "call_lost")
+        live = await store.find_call(call_uuid=live_id)
+        assert live is not None and live["ended_at"] is None              # as old, but held: untouched
+    finally:
+        await store.close()
+    await wait_until(receiver.done(ghost["call_uuid"]).is_set, 20, "the closed row's post_call webhook")

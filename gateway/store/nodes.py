@@ -162,6 +162,16 @@ class ClusterStore:
                                     .order_by(CallLog.id))).all()
             return [row_dict(c) for c in rows]
 
+    async def open_call_ids(self, owner: str, older_than: float) -> list[tuple[int, str]]:
+        """(row id, call id) of the open calls of `owner` created more than `older_than` seconds ago: the owner's
+        own check that each still exists in its memory (`Membership.sweep_own`). Two columns over the owner/ended_at
+        index, not whole rows, and no flush: it runs every heartbeat."""
+        async with self._session() as s:
+            rows = (await s.execute(select(CallLog.id, CallLog.call_uuid).where(
+                CallLog.owner == owner, CallLog.ended_at.is_(None),
+                CallLog.created_at < utcnow() - timedelta(seconds=older_than)))).all()
+        return [(int(i), str(u)) for i, u in rows]
+
     async def count_call_events(self, call_id: int) -> int:
         await self.flush()
         async with self._session() as s:
