@@ -197,7 +197,36 @@ def _kill(pid: int) -> None:
         pass
 
 
-class KamailioProc:
+class _Kamailio:
+    """A kamailio process of a test: its run dir (control socket), log, and stop by process group."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    log: Path
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"kamailio exited ({self.proc.returncode}):\n{self.output()}")
+        return (self.run_dir / "kamailio_ctl").exists()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def kamcmd(self, *command: str) -> str:
+        return subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", *command],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class KamailioProc(_Kamailio):
     """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
 
     def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0,
@@ -232,32 +261,13 @@ class KamailioProc:
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"kamailio exited ({self.proc.returncode}):\n{self.output()}")
-        return (self.run_dir / "kamailio_ctl").exists()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
     def flags(self) -> dict[str, str]:
         """{destination URI: dispatcher flags} from `kamcmd dispatcher.list` (A active, I inactive, P probing…)."""
-        out = subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", "dispatcher.list"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", out))
+        return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", self.kamcmd("dispatcher.list")))
 
     async def wait_flags(self, ok, timeout: float = 30, what: str = "dispatcher state") -> dict[str, str]:
         return await until(lambda: (f := self.flags()) and ok(f) and f, timeout, f"{what}: {self.flags()}",
                            interval=0.2)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def contact_ports(workdir: Path) -> list[int]:
@@ -272,7 +282,7 @@ def contact_ports(workdir: Path) -> list[int]:
     return ports
 
 
-class KamailioRegistrar:
+class KamailioRegistrar(_Kamailio):
     """A real kamailio as a registration-based carrier's registrar (tests/kamailio_registrar.cfg) on 127.0.0.1:
     takes every REGISTER, keeps one binding per Contact in memory; `bindings()` reads them (`kamcmd ul.dump`) and
     `registers()` lists the REGISTERs it received, from its log."""
@@ -297,18 +307,9 @@ class KamailioRegistrar:
         await until(reg._ready, 20, "the registrar's control socket")
         return reg
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"kamailio registrar exited ({self.proc.returncode}):\n{self.output()}")
-        return (self.run_dir / "kamailio_ctl").exists()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
     def bindings(self) -> dict[str, list[str]]:
         """{address-of-record user: [Contact URI of each live binding]} (expired ones left out)."""
-        out = subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", "ul.dump"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = self.kamcmd("ul.dump")
         found: dict[str, list[str]] = {}
         aor, address = None, None
         for line in out.splitlines():
@@ -327,12 +328,3 @@ class KamailioRegistrar:
     def registers(self) -> list[tuple[str, str, str]]:
         """(To URI, Contact, Expires) of every REGISTER received, oldest first."""
         return re.findall(r"REGISTER (\S+) <([^>]*)> (\S+)", self.log.read_text(errors="replace"))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()

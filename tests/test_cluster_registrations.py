@@ -11,19 +11,11 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from cluster_env import create_database, drop_database, require_pg
 from procs import KamailioRegistrar, needs_kamailio
 from sipp import api, sip_gateway, sip_number, wait_for
+from test_cluster_sip_trunks import _sees, pg_db  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
 pytestmark = [needs_kamailio, pytest.mark.timeout(180)]
-
-
-@pytest_asyncio.fixture
-async def pg_db():
-    require_pg()
-    url = await create_database("gw_registrations")
-    yield url
-    await drop_database(url)
 
 
 @pytest_asyncio.fixture
@@ -44,10 +36,6 @@ async def node(make_gateway, pg_db, tmp_path, name: str):
 
 def contact(gw, user: str) -> str:
     return f"sip:{user}@127.0.0.1:{gw.carriers['sip'].port}"
-
-
-async def _sees(gw, other) -> bool:
-    return other.settings.proc_id in await gw.membership.alive_procs()
 
 
 async def holder(gw, number_id: int) -> str | None:
