@@ -553,19 +553,18 @@ class AmdDetector:
         return None
 
     def _beep_watch(self, now: int, voice: bool) -> AmdDecision | None:
-        """After a human verdict reached on a wait, the line still silent: a beep now shows a recording whose pause
-        before its beep outlasted the wait (issue 15's "pause before a short beep"); `_tone_verdict` gives
-        machine_end_beep. The watch ends when the callee talks again (a person replying) or once the silence since
-        the last talk reaches `message_end_silence` — as long as the end-of-message step waits for a beep."""
+        """After a human verdict reached on a wait: a beep now shows a recording whose pause before its beep, or
+        before the rest of its greeting ("Hi! … the rest"), outlasted the wait (issue 15's "pause before a short
+        beep"); `_tone_verdict` gives machine_end_beep. A person waiting for a reply plays no beep. The watch lasts
+        `beep_watch_ms` from the verdict, and ends earlier once the silence since the last talk reaches
+        `message_end_silence` — as long as the end-of-message step waits for a beep."""
+        p = self.params
         if voice:
-            before = self.talk_ms
             self._talk()
             self.silence_ms = 0
-            if self.talk_ms > before:
-                self.phase = "done"
-            return None
-        self.silence_ms += FRAME_MS
-        if now - self._talk_end >= self.params.message_end_silence:
+        else:
+            self.silence_ms += FRAME_MS
+        if now - self._talk_end >= p.message_end_silence or now - self.decisions[-1].at_ms >= p.beep_watch_ms:
             self.phase = "done"
         return None
 
@@ -592,7 +591,7 @@ class AmdDetector:
         interim = answered_by is AnsweredBy.MACHINE_START and self.detect_message_end
         d = AmdDecision(answered_by, self.time_ms, cause, final=not interim)
         self.decisions.append(d)
-        watch = (answered_by is AnsweredBy.HUMAN and self.params.beep_after_human and self.params.beep
+        watch = (answered_by is AnsweredBy.HUMAN and self.params.beep_watch_ms > 0 and self.params.beep
                  and not self.early_media and self.time_ms - self._talk_end < self.params.message_end_silence)
         self.phase = "message_end" if interim else "beep_watch" if watch else "done"
         return d
