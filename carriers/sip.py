@@ -74,13 +74,13 @@ TRANSFER_RING_TIMEOUT = 30.0
 #: seconds the trunk list is kept when no write invalidates it (bounds a missed cluster notification, as the
 #: store's own cache TTL does)
 TRUNK_CACHE_S = 5.0
+#: Retry-After (s) of a call refused because every RTP port of this process is in use
+RTP_FULL_RETRY_AFTER = 5
 
 
 def _reg_key(number: dict[str, Any]) -> str:
     """What a registration is built from (settings and secrets): when it changes the REGISTER is redone."""
     return json.dumps([number.get("config") or {}, number.get("secrets") or {}], sort_keys=True, default=str)
-#: Retry-After (s) of a call refused because every RTP port of this process is in use
-RTP_FULL_RETRY_AFTER = 5
 
 
 def _reject_rtp_full(inv: IncomingInvite, e: CarrierError) -> None:
@@ -313,6 +313,7 @@ class SipCarrier(Carrier):
         self._reg_keys: dict[int, str] = {}
         self._resync = asyncio.Event()      # a number or a trunk's registrant changed, here or elsewhere
         self._sync_lock = asyncio.Lock()
+        self._stopping = False              # stop() began: no trunk is claimed or registered again
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -360,6 +361,7 @@ class SipCarrier(Carrier):
     async def stop(self) -> None:
         if self._numbers_changed in self.gateway.store.watchers:
             self.gateway.store.watchers.remove(self._numbers_changed)
+        self._stopping = True
         async with self._sync_lock:
             await self._unregister_all()
         for leg in list(self.legs.values()):
@@ -443,7 +445,7 @@ class SipCarrier(Carrier):
         if self.ua is None:
             return
         async with self._sync_lock:
-            if self.gateway.draining:
+            if self.gateway.draining or self._stopping:
                 await self._unregister_all()
                 return
             trunks = {int(n["id"]): n for n in await self._sip_trunks() if (n.get("config") or {}).get("register")}
@@ -468,8 +470,11 @@ class SipCarrier(Carrier):
                 if holder not in (None, me) and holder in running:
                     continue
                 if await self.gateway.store.claim_registration(int(n["id"]), me, self.gateway.settings.stale_after):
-                    self._start_registration(n)
+                    started = self._start_registration(n)
                     self._trunks.clear()    # the kept list predates the claim: the next look reads who holds what
+                    left = (n.get("status") or {}).get("contact")
+                    if started is not None and holder not in (None, me) and left and left != started.contact:
+                        self._spawn(self._remove_binding(n, left), f"sip-unregister-{n['id']}")
 
     async def _unregister_all(self) -> None:
         """Un-REGISTER every trunk this process registers and let the others take them (draining, stopping)."""
@@ -487,16 +492,30 @@ class SipCarrier(Carrier):
         except Exception:
             self.log.exception("trunk registrations not handed over (the others take them once this one is gone)")
 
-    def _start_registration(self, number: dict[str, Any]) -> None:
+    def _start_registration(self, number: dict[str, Any]) -> Registration | None:
         nid = int(number["id"])
         try:
             reg = Registration(self.live_ua, number, self.gateway.store, retry=self.registration_retry)
         except (KeyError, ValueError) as e:
             self.log.error("trunk registration settings unusable: %s", e, extra={"number_id": nid})
-            return
+            return None
         self.registrations[nid] = reg
         self._reg_keys[nid] = _reg_key(number)
         reg.start()
+        return reg
+
+    async def _remove_binding(self, number: dict[str, Any], contact: str) -> None:
+        """A trunk taken over from a registrant that stopped heartbeating (crashed, cut off): its binding would
+        stay at the registrar until it expired (up to an hour), and a registrar that forks would keep trying a dead
+        Contact. Remove it (Expires: 0 for that Contact, from a Call-ID of our own: RFC 3261 §10.2.2 and §10.3
+        step 7, the registrar removes a binding whatever Call-ID set it up)."""
+        try:
+            resp = await Registration(self.live_ua, number, self.gateway.store).register_once(0, contact=contact)
+            self.log.info("crashed registrant's binding removed: %s %s", resp.status, resp.reason,
+                          extra={"number_id": number["id"], "contact": contact})
+        except (RequestFailed, KeyError, ValueError) as e:
+            self.log.warning("crashed registrant's binding not removed: %s", e,
+                             extra={"number_id": number["id"], "contact": contact})
 
     @property
     def live_ua(self) -> UserAgent:

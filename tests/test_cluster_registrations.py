@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from procs import KamailioRegistrar, needs_kamailio
+from conftest import SECRET_KEY
+from procs import GatewayProc, KamailioRegistrar, needs_kamailio
 from sipp import api, sip_gateway, sip_number, wait_for
 from test_cluster_sip_trunks import _sees, pg_db  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
@@ -61,7 +62,7 @@ async def test_one_process_registers_a_trunk_and_follows_edits_made_on_any_node(
     # edited on b: a (the registrant) un-registers alice and registers bob
     await api(b, "PATCH", f"/phone_number/{num['id']}", {"sip_username": "bob"}, expect=200)
     bob = await wait_for(lambda: (bs := reg.bindings()) and "alice" not in bs and bs.get("bob") and bs, 20,
-                         what=f"the edit to reach the registrar: {reg.bindings()}")
+                         what="the edit to reach the registrar")
     owner = await holder(a, num["id"])
     gw = {"reg-a": a, "reg-b": b}[owner]
     assert bob == {"bob": [contact(gw, "bob")]}
@@ -71,12 +72,12 @@ async def test_one_process_registers_a_trunk_and_follows_edits_made_on_any_node(
     other = b if gw is a else a
     gw.begin_drain()
     await wait_for(lambda: reg.bindings() == {"bob": [contact(other, "bob")]}, 30,
-                   what=f"the other node to take the trunk over: {reg.bindings()}")
+                   what="the other node to take the trunk over")
     assert await holder(gw, num["id"]) == other.settings.proc_id
 
     # deleted on the drained node: the new registrant un-registers
     await api(gw, "DELETE", f"/phone_number/{num['id']}", expect=200)
-    await wait_for(lambda: reg.bindings() == {}, 20, what=f"the un-REGISTER: {reg.bindings()}")
+    await wait_for(lambda: reg.bindings() == {}, 20, what="the un-REGISTER")
     assert not other.carriers["sip"].registrations
 
 
@@ -99,3 +100,44 @@ async def test_a_register_refresh_tells_the_other_nodes_nothing(pg_db, make_gate
     for node_ in (a, b):                                             # and every node's API shows the binding
         status = (await api(node_, "GET", f"/phone_number/{num['id']}", expect=200))["phone_number"]["status"]
         assert status["registration"] == "registered" and status["registered_by"] == gw.settings.proc_id
+
+
+async def test_a_crashed_registrants_binding_is_removed_by_the_process_that_takes_the_trunk_over(pg_db, tmp_path,
+                                                                                               registrar):
+    """kill -9 of the process that registers a trunk: a running one claims the trunk once the dead one's heartbeat
+    is stale, registers its own Contact and removes the dead Contact's binding (which stayed at the registrar until
+    it expired, up to an hour, with a forking registrar trying it for every call). Real `gateway serve`
+    processes."""
+    reg = await registrar()
+    env = {"GATEWAY_SECRET_KEY": SECRET_KEY, "GATEWAY_HEARTBEAT_INTERVAL": "0.5", "GATEWAY_STALE_AFTER": "5"}
+    nodes = {}
+    for name in ("reg-a", "reg-b"):
+        (tmp_path / name).mkdir()
+        nodes[name] = await GatewayProc.start(tmp_path / name, "--db", pg_db, env={**env, "GATEWAY_NODE_ID": name})
+    try:
+        for name, gw in nodes.items():
+            await gw.wait_procs({name})
+        num = (await nodes["reg-a"].api("POST", "/phone_number/import/sip", {
+            "phone_number": "+15550001111", "sip_trunk_name": "carrier", "sip_host": "127.0.0.1", "sip_port": reg.port,
+            "register": True,
+            "sip_username": "alice", "sip_password": "s3cret", "auth_type": "ip", "allowed_ips": ["127.0.0.1"]},
+            expect=201))["phone_number"]
+
+        async def registrant() -> str | None:
+            got = await nodes["reg-b"].api("GET", f"/phone_number/{num['id']}", expect=200)
+            status = got["phone_number"]["status"]
+            return status.get("registration") == "registered" and status.get("registered_by")
+        async def registrant_is(name: str) -> bool:
+            return await registrant() == name
+        dead = await wait_for(registrant, 30, what="a registrant")
+        alive = "reg-b" if dead == "reg-a" else "reg-a"
+        await wait_for(lambda: reg.bindings() == {"alice": [f"sip:alice@127.0.0.1:{nodes[dead].sip_port}"]}, 20,
+                       what="one binding")
+        nodes[dead].proc.kill()
+        nodes[dead].proc.wait(10)
+        await wait_for(lambda: reg.bindings() == {"alice": [f"sip:alice@127.0.0.1:{nodes[alive].sip_port}"]}, 60,
+                       what="the survivor's binding alone")
+        await wait_for(lambda: registrant_is(alive), 20, what="the survivor shown as the registrant")
+    finally:
+        for gw in nodes.values():
+            await gw.close()

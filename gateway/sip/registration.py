@@ -126,9 +126,15 @@ class Registration:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry[1])
 
-    async def register_once(self, expires: int) -> SipResponse:
-        """One REGISTER (with digest answers and one 423 retry); returns the final response."""
-        contact = self.ua.contact(self.username or "gateway", self.transport)
+    @property
+    def contact(self) -> str:
+        """The Contact this process registers (its own SIP address)."""
+        return self.ua.contact(self.username or "gateway", self.transport)
+
+    async def register_once(self, expires: int, contact: str | None = None) -> SipResponse:
+        """One REGISTER (with digest answers and one 423 retry); returns the final response. `contact`: another
+        binding of this AOR than ours (with `expires` 0: removing a crashed registrant's binding)."""
+        contact = contact or self.contact
 
         def build(cseq: int, auth: list[tuple[str, str]]) -> SipRequest:
             h = [("Via", self.ua.via(self.transport)), ("Max-Forwards", "70")]
@@ -194,7 +200,7 @@ class Registration:
         self.cseq = req.cseq[0]
 
     def _granted(self, resp: SipResponse) -> int:
-        ours = SipUri.parse(self.ua.contact(self.username or "gateway", self.transport).strip("<>"))
+        ours = SipUri.parse(self.contact.strip("<>"))
         for c in resp.contacts:
             try:
                 u = c.parsed_uri
@@ -221,6 +227,7 @@ class Registration:
             patch["sip_status"] = line
         if state == "registered" and expires_in is not None:
             patch["registered_until"] = (now + timedelta(seconds=expires_in)).isoformat()
+            patch["contact"] = self.contact     # a registrant that takes the trunk over removes it if we crash
         elif state == "failing":
             patch["registered_until"] = None
         self.status.update(patch)
