@@ -236,8 +236,9 @@ async def main_async(args: argparse.Namespace) -> None:
     body = ("The call log's writes for one zero-length SIP call (one row, 3 updates, 5 events), driven at a steady "
             "rate through `Store` on PostgreSQL, without SIP: CPU per call of this process (the store and a small "
             "driver) and of PostgreSQL's backends, transactions committed and statements run per call, WAL written "
-            "per call (the whole cluster's, so other databases' writes count too when the cluster is shared), the share of the call "
-            "log's updates that were HOT, the call log's index bytes per row, and how long call set-up "
+            "per call (the whole cluster's, so other databases' writes count too when the cluster is shared), the "
+            "share of the call log's updates that were HOT, the call log's index bytes per row, and how long "
+            "call set-up "
             "waited for its row's INSERT … RETURNING.\n\n"
             + table(["offered calls/s", "calls", "achieved calls/s", "store CPU ms per call",
                      "PG backends CPU ms per call", "transactions per call", "statements per call",
