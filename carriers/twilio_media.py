@@ -30,7 +30,7 @@ from voicecodecs.dtmf import dtmf_pcm
 
 from .mediasocket import MarkedPlayout, StreamClosed, decode_text, start_object
 from .streamrelay import RelayStream, relay
-from .wsdirect import StopReading, read_messages, send_text
+from .wsdirect import TEXT_FIN, StopReading, frame_header, read_messages, send_text
 
 if TYPE_CHECKING:
     from gateway.call import Call
@@ -100,6 +100,8 @@ class MediaStream(MarkedPlayout):
         self.stopped = False
         self._sender: asyncio.Task[None] | None = None
         self._prefix = ""
+        #: base64 payload length → (the `_prefix` it was built with, frame header + message start, message end)
+        self._heads: dict[int, tuple[str, bytes, bytes]] = {}
         self.frames_sent = 0
         self.direct_out = self._send_now if self.direct_ws is not None else None   # engine audio handed over
         #: a socket read in `data_received` passes audio and digits on at the end of the loop iteration, with the
@@ -278,14 +280,32 @@ class MediaStream(MarkedPlayout):
         self._played(len(pcm) / 2 / self.rate)
         self.frames_sent += 1
 
+    def _media_frame(self, pcm: bytes) -> bytes:
+        """`_media_text(pcm)` as one whole websocket text frame, header included, built as bytes (no text round
+        trip per frame: the header and message start of a payload length are built once, `_frame_head`)."""
+        b64 = binascii.b2a_base64(self.encode(pcm), newline=False)
+        head = self._heads.get(len(b64))
+        if head is None or head[0] is not self._prefix:
+            head = self._frame_head(len(b64))
+        return head[1] + b64 + head[2]
+
+    def _frame_head(self, n: int) -> tuple[str, bytes, bytes]:
+        """For a base64 payload of `n` bytes: the prefix it was built from, the frame header + message start, and
+        the message end (`_media_frame`)."""
+        start, end = self._prefix.encode(), self._suffix.encode()
+        head = self._heads[n] = (self._prefix, frame_header(TEXT_FIN, len(start) + n + len(end)) + start, end)
+        return head
+
     def _send_now(self, frame: AudioFrame) -> bool:
         """An engine frame handed over while the sender waits for the call's next item (`Call.next_outbound`'s
         `direct`): written now, or False (the socket no longer carries the call, is closing, or its peer reads
         slowly) and the frame is queued for the sender instead."""
         ws = self.direct_ws
-        if ws is None or self.port is not None or not ws.write_text_nowait(self._media_text(frame.pcm)):
+        pcm = frame.pcm
+        if ws is None or self.port is not None or not ws.write_frame_nowait(self._media_frame(pcm)):
             return False
-        self._played(len(frame.pcm) / 2 / self.rate)
+        now, end = self._now(), self.playout_end     # (`_played`, inline: once per frame)
+        self.playout_end = (end if end > now else now) + len(pcm) / 2 / self.rate
         self.frames_sent += 1
         return True
 

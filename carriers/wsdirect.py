@@ -15,10 +15,11 @@ adds:
   still reaches the reader task's `receive()`, which aiohttp answers as before (RFC 6455 §5.5: pongs, the closing
   handshake). When a handler raises, both are dropped and the exception reaches the reader as a
   `TextHandlerError` message (`handler_error`); `StopReading` is a handler's way to say it wants no more messages.
-* `write_text_nowait(text)` / `write_bytes_nowait(data)`: one unmasked text / binary frame (RFC 6455 §5.2: a
-  server never masks) written to the transport now, unless the socket is closing or the transport's buffer is
-  above the writer's limit; then the caller awaits `send_str` / `send_bytes`, which wait for the peer to read
-  (aiohttp's flow control). `send_text` / `send_binary` do exactly that for any `WebSocketResponse`.
+* `write_text_nowait(text)` / `write_bytes_nowait(data)` / `write_frame_nowait(frame)` (header included,
+  `frame_header`): one unmasked text / binary frame (RFC 6455 §5.2: a server never masks) written to the
+  transport now, unless the socket is closing or the transport's buffer is above the writer's limit; then the
+  caller awaits `send_str` / `send_bytes`, which wait for the peer to read (aiohttp's flow control).
+  `send_text` / `send_binary` do exactly that for any `WebSocketResponse`.
 * `read_messages(ws, on_text, on_binary)`: the reader task of a media socket, written once: what was queued
   before the handlers could be set is read with `receive()` and given to the same handlers, then the handlers
   take over and the task only wakes for control frames, a handler's error or the end.
@@ -41,13 +42,22 @@ from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp.web_request import BaseRequest
 
 #: the first byte of an unfragmented text / binary frame (FIN + opcode 1 / 2), RFC 6455 §5.2
-_TEXT_FIN = 0x81
-_BINARY_FIN = 0x82
+TEXT_FIN = 0x81
+BINARY_FIN = 0x82
 #: the 16-bit and 64-bit extended payload length forms (length marker 126 / 127)
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+
+
+def frame_header(first: int, n: int) -> bytes:
+    """The header of an unmasked frame with first byte `first` (`TEXT_FIN`, `BINARY_FIN`) and `n` payload bytes."""
+    if n < 126:
+        return bytes((first, n))
+    if n < 65536:
+        return _LEN16.pack(first, 126, n)
+    return _LEN64.pack(first, 127, n)
 
 TextHandler = Callable[[str], None]
 BinaryHandler = Callable[[bytes], None]
@@ -162,24 +172,26 @@ class DirectWebSocket(web.WebSocketResponse):
     def _write_frame(self, first: int, payload: bytes) -> bool:
         if not self.can_write_nowait():
             return False
-        n = len(payload)
-        if n < 126:
-            header = bytes((first, n))
-        elif n < 65536:
-            header = _LEN16.pack(first, 126, n)
-        else:
-            header = _LEN64.pack(first, 127, n)
-        self._transport.write(header + payload)
+        self._transport.write(frame_header(first, len(payload)) + payload)
+        return True
+
+    def write_frame_nowait(self, frame: bytes) -> bool:
+        """Write one whole frame built by the caller (`frame_header` + payload) now; False (nothing written) as
+        for `write_text_nowait`. A media socket builds its outgoing message as bytes with a header it keeps per
+        payload length (twilio_media.py): no text round trip per frame."""
+        if not self.can_write_nowait():
+            return False
+        self._transport.write(frame)
         return True
 
     def write_text_nowait(self, text: str) -> bool:
         """Write one text frame now; False (nothing written) when the socket is closing or the peer is not
         reading fast enough: the caller then awaits `send_str`."""
-        return self._write_frame(_TEXT_FIN, text.encode())
+        return self._write_frame(TEXT_FIN, text.encode())
 
     def write_bytes_nowait(self, data: bytes) -> bool:
         """Write one binary frame now; False (nothing written) as for `write_text_nowait`."""
-        return self._write_frame(_BINARY_FIN, data)
+        return self._write_frame(BINARY_FIN, data)
 
 
 async def send_text(ws: web.WebSocketResponse, text: str) -> None:

@@ -129,6 +129,7 @@ class CallBus:
         self.counters = BusCounters()
         self.inbound = DropOldestQueue(inbound_max, self.counters)
         self.outbound: asyncio.Queue[BusItem] = asyncio.Queue(outbound_max)
+        self._outbound_max = outbound_max     # (`outbound.maxsize` is a property: once per frame in play_nowait)
         self._in_frame = Reframer(frame_bytes(carrier_rate))
         self._out_frame = Reframer(frame_bytes(engine_rate))
         self._up = StreamResampler(carrier_rate, engine_rate)
@@ -224,9 +225,9 @@ class CallBus:
 
     def play_nowait(self, pcm: bytes) -> bool:
         """`play()` when the outbound queue has room for all of `pcm` (never waits); False: nothing was taken."""
-        q = self.outbound
+        cap = self._outbound_max
         # (engine frames in `pcm` and the re-framers' partial frames, each at most two carrier frames)
-        if q.maxsize and q.qsize() + 2 * (len(pcm) // self._engine_frame + 2) > q.maxsize:
+        if cap and self.outbound.qsize() + 2 * (len(pcm) // self._engine_frame + 2) > cap:
             return False
         if self._deferred is not None:
             self.settle()

@@ -68,11 +68,14 @@ class MediaBatch:
 
     def _flush(self) -> None:
         items, self._items = self._items, []
+        # each stream's inlet (a property) looked up once: deliveries only queue for the engine, so none of them
+        # moves a stream to another inlet within this callback
+        inlets = [stream.inlet for stream, _ in items]
         if len(items) >= BATCH_MIN:
             jobs: list[tuple[StreamResampler, bytes]] = []
-            for stream, x in items:
+            for (_, x), inlet in zip(items, inlets, strict=True):
                 if type(x) is bytes:
-                    job_of = getattr(stream.inlet, "resample_job", None)   # a call (ports resample on their own)
+                    job_of = getattr(inlet, "resample_job", None)   # a call (ports resample on their own)
                     job = job_of(x) if job_of is not None else None
                     if job is not None:
                         jobs.append(job)
@@ -81,12 +84,12 @@ class MediaBatch:
         else:
             plays = None
         try:
-            for stream, x in items:
+            for (stream, x), inlet in zip(items, inlets, strict=True):
                 try:
                     if type(x) is bytes:
-                        stream.inlet.feed_audio(x)
+                        inlet.feed_audio(x)
                     else:
-                        stream.inlet.feed_event(x)
+                        inlet.feed_event(x)
                 except Exception as e:
                     stream.batch_failed(e)
         finally:

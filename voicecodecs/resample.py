@@ -238,7 +238,7 @@ def resample_many(jobs: list[tuple[StreamResampler, bytes]]) -> None:
 
 
 #: fewer streams than this are left to `process()`: below it the batch's own fixed cost is not earned back
-BATCH_MIN = 8
+BATCH_MIN = 4
 
 
 def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size: int, phase: int) -> None:
@@ -248,16 +248,19 @@ def _resample_group(d: _Design, group: list[tuple[StreamResampler, bytes]], size
     # per stream [B samples of history | the chunk], one row each; the product's rows [x_{i-1} x_i] are a strided
     # view of that (overlapping by B samples), converted to float32 in one copy
     z = b"".join([part for r, pcm in group for part in (r._mv[:b2], pcm)])
-    rows = np.ndarray((k, nb, 2 * b), np.int16, z, 0, (width, b2, 2))
-    x = np.empty((k * nb, 2 * b), np.float32)
-    np.copyto(x.reshape(k, nb, 2 * b), rows, casting="unsafe")
+    x = np.ndarray((k, nb, 2 * b), np.int16, z, 0, (width, b2, 2)).astype(np.float32).reshape(k * nb, 2 * b)
     h = d.matrix(phase)
     opb = d.out_per_block
-    y = np.empty((k * nb, opb), np.float32)
     step = max(1, _BATCH_MADDS // (2 * b * opb * nb)) * nb     # whole streams per product
-    for j in range(0, k * nb, step):
-        np.dot(x[j : j + step], h, out=y[j : j + step])
-    np.clip(y, -32768.0, 32767.0, out=y)     # saturate, never wrap (a no-op on rows that cannot reach the rails)
+    if k * nb <= step:
+        y = np.dot(x, h)
+    else:
+        y = np.empty((k * nb, opb), np.float32)
+        for j in range(0, k * nb, step):
+            np.dot(x[j : j + step], h, out=y[j : j + step])
+    if audioop.max(z, 2) > d.safe_peak:   # (every input of the products: as `process()`, no clipping otherwise)
+        np.maximum(y, -32768.0, out=y)    # saturate, never wrap (a no-op on rows that cannot reach the rails)
+        np.minimum(y, 32767.0, out=y)
     np.rint(y, out=y)
     out = y.astype("<i2").tobytes()
     per = nb * opb * 2
