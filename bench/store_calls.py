@@ -87,18 +87,18 @@ async def commits(store: Store) -> int:
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))).scalar_one())
 
 
-def count_statements(store: Store) -> list[int]:
-    """A counter of the statements this process has PostgreSQL run, as a one-item list: an executemany counts once
-    per row (asyncpg executes the statement for each)."""
-    from sqlalchemy import event
-    seen = [0]
+async def statements_run(store: Store) -> float:
+    """Statements PostgreSQL ran for this database so far (pg_stat_statements; NaN where the extension is not
+    installed: it needs `shared_preload_libraries`, so a cluster of the benchmark's own)."""
+    from sqlalchemy import text
 
-    def before(conn: object, cursor: object, statement: str, parameters: object, context: object,
-               executemany: bool) -> None:
-        seen[0] += len(parameters) if executemany and isinstance(parameters, (list, tuple)) else 1
-    assert store.engine is not None
-    event.listen(store.engine.sync_engine, "before_cursor_execute", before)
-    return seen
+    try:
+        async with store.engine.connect() as conn:
+            return float((await conn.execute(text(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"))).scalar_one())
+    except Exception:
+        return float("nan")
 
 
 async def wal_lsn(store: Store) -> int:
@@ -173,7 +173,7 @@ async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: fl
         await store.flush()
         store._cache.clear()                     # set-up starts cold, as after a restart
         lookups = count_lookups(store)
-        statements = count_statements(store)
+        ran0 = await statements_run(store)
         wal0 = await wal_lsn(store)
         busy = [asyncio.create_task(keep_busy(store, busy_ms / 1000, stop)) for _ in range(pool_busy)]
         lookup_waits: list[float] = []
@@ -194,7 +194,7 @@ async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: fl
         stop.set()
         await asyncio.gather(*busy)
         await store.flush()
-        ran = statements[0] - 2                  # not the two reads of wal0 and x0
+        ran = await statements_run(store) - ran0
         used = await acct.stop()
         await pg.close()
         x1 = await commits(store)

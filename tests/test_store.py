@@ -164,7 +164,6 @@ async def test_a_flush_under_a_steady_stream_of_writes_waits_only_for_what_came_
         marker = store._writes.put_count
         await asyncio.wait_for(store.flush(), 30)
         assert store._writes.done_count >= marker
-        assert not writer.done(), "the writes kept coming while the flush waited"
         assert (await store.find_call(call_uuid="steady", flush=False))["call_status"] == "in-progress"
         second = await asyncio.wait_for(store.create_call(call_fields("steady-2")), 30)
         assert second["id"] != row["id"]
