@@ -331,7 +331,7 @@ def configs() -> dict[str, tuple[AmdParams, str, bool]]:
 ACCURACY = replace(AmdParams(), greeting_pause_ms=350, greeting=1200, max_utterance=2200)
 #: the defaults before issue 15 (tuned on an espeak-ng-only corpus), for comparison
 PREVIOUS = replace(AmdParams(), answer_max_ms=0, reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, greeting=1500,
-                   confirm_tone_rel_level=0.0, toolong_min_talk_ms=0,
+                   confirm_tone_rel_level=0.0, toolong_min_talk_ms=0, beep_watch_ms=0,
                    after_greeting_silence=800, max_utterance=0, speech_bridge_ms=0, short_utterance_ms=0,
                    total_analysis_time=5000,
                    vad_floor_ratio=0.0, vad_rel_level=0.0, beep_min_ms=120, beep_confirm_ms=60, beep_purity=0.0,
