@@ -316,6 +316,26 @@ async def test_machine_without_voicemail_hangs_up_at_once(make_gateway):
     assert row["hangup_reason"] == "voicemail"
 
 
+async def test_a_beep_after_the_human_verdict_without_voicemail_hangs_up(make_gateway):
+    """Voicemail off: "Hi, it's Chris." then a pause longer than after_greeting_silence gives human, and the beep
+    that follows shows the recorder: the call is hung up (hangup_reason voicemail, no message)."""
+    gw = await make_gateway()
+    engine = Talker()
+    call, leg, ctl, pump = await _started(gw, {"amd": {"enabled": True}}, engine)
+    try:
+        await _feed(call, silence(300) + words([400]) + silence(AmdParams().after_greeting_silence + 200))
+        await _until(lambda: bool(ctl.results))
+        assert ctl.results[0].answered_by is AnsweredBy.HUMAN and call.is_active
+        await _feed(call, BEEP + silence(300))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert [r.answered_by for r in engine.amd] == [AnsweredBy.HUMAN, AnsweredBy.MACHINE_END_BEEP]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep" and row["voicemail_type"] == "none"
+    assert row["hangup_reason"] == "voicemail" and leg.hangups == ["voicemail"]
+
+
 async def test_disabled_or_inbound_is_a_no_op(make_gateway):
     gw = await make_gateway()
     off = await _call(gw, {"amd": {"enabled": False}}, Talker())

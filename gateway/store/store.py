@@ -144,6 +144,42 @@ _INSERT_EVENTS_PG = text(
     "WITH ORDINALITY AS u(c, a, k, d, n) ORDER BY n")
 
 
+class _Lane(asyncio.Queue[_T]):
+    """A write lane's queue whose flush waits for the items put so far, not for those put after it began: under a
+    steady load the queue is never empty, and `join()` (what a flush awaited) returned only in a lull — seconds
+    at a few hundred calls a second, during which the lanes stopped letting their batches fill (a flush was
+    waiting), so every write went in a batch of its own. Items are done in the order they were put (one consumer,
+    batches in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_count = 0
+        self.done_count = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def put_nowait(self, item: _T) -> None:
+        super().put_nowait(item)
+        self.put_count += 1
+
+    def task_done(self) -> None:
+        super().task_done()
+        self.done_count += 1
+        if self._waiters and self._waiters[0][0] <= self.done_count:
+            ready = [fut for target, fut in self._waiters if target <= self.done_count]
+            self._waiters = [(target, fut) for target, fut in self._waiters if target > self.done_count]
+            for fut in ready:
+                _wake(fut)
+
+    async def settled(self) -> None:
+        """Wait until every item put before this call is done."""
+        target = self.put_count
+        if self.done_count >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        await fut
+
+
 def _wake(nap: asyncio.Future[None]) -> None:
     if not nap.done():
         nap.set_result(None)
@@ -182,6 +218,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
     #: costs a transaction and a statement per kind of write whatever its size: one worker at 400 CPS wrote ~60
     #: batches a second of ~7 items per call; waiting one media tick makes them fewer and fuller
     WINDOW = 0.02
+    #: the insert lane starts at most one INSERT per this many seconds: rows that arrive meanwhile wait for it and
+    #: share it. A row arriving after a quiet spell goes at once; under load, set-up waits at most this long. Without
+    #: it, a worker that is not saturated ran one INSERT (a transaction, ~0.6 ms of the worker's CPU through
+    #: SQLAlchemy and asyncpg) per call: two workers at 200 calls/s each ran 0.9 commits per call against one worker
+    #: at 400 calls/s 0.35, the largest part of why two workers cost more CPU per call than one (BENCHMARKS.md,
+    #: "Why two workers cost more CPU per call than one")
+    INSERT_PACE = 0.01
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
@@ -190,12 +233,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self.box = box
         self.engine: AsyncEngine | None = None
         self._maker: async_sessionmaker[AsyncSession] | None = None
-        self._queue: asyncio.Queue[tuple[str, int, Any]] | None = None
+        self._queue: _Lane[tuple[str, int, Any]] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._new_rows: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[int]]] | None = None
+        self._new_rows: _Lane[tuple[dict[str, Any], asyncio.Future[int]]] | None = None
         self._inserter: asyncio.Task[None] | None = None
-        self._nap: asyncio.Future[None] | None = None   # the write lane's wait for its batch to fill
-        self._hurry = 0                                  # flushes waiting: the write lane does not wait then
+        self._naps: set[asyncio.Future[None]] = set()   # the lanes' waits for their batches to fill
+        self._hurry = 0                                  # flushes waiting: the lanes do not wait then
         self.write_errors = 0
         # SQLite has one writer at a time and answers a second one "database is locked" (no busy wait when a
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
@@ -210,6 +253,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._updates: dict[tuple[str, ...], Any] = {}
         #: awaited after a committed write to agents or numbers, with its kind (the cluster's cache sync)
         self.on_change: Callable[[str], Awaitable[None]] | None = None
+        #: called with the kind ("agent", "number", "registration") whenever this process or, announced over the
+        #: cache sync, another one changed such rows: what acts on stored rows (the SIP carrier's registrations)
+        #: looks again. Synchronous and cheap: a watcher only wakes its own task.
+        self.watchers: list[Callable[[str], None]] = []
 
     CACHE_TTL = 5.0
     #: how long past its TTL an entry is still served while one background read refreshes it
@@ -278,6 +325,14 @@ class Store(ChannelStore, QueueStore, HealthStore):
         for entries in (self._cache, self._loading):    # a read begun before the write: later callers start anew
             for key in [k for k in entries if k[0] in kinds]:
                 del entries[key]
+        self._wake_watchers(kind)
+
+    def _wake_watchers(self, kind: str) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(kind)
+            except Exception:
+                _log.exception("store watcher failed")
 
     @contextlib.asynccontextmanager
     async def _write_turn(self) -> AsyncIterator[None]:
@@ -326,8 +381,18 @@ class Store(ChannelStore, QueueStore, HealthStore):
         return self._cache_epoch
 
     def forget_cached(self, kind: str) -> None:
-        """Drop the cached `kind` rows ("agent" or "number"): another process of the cluster changed one."""
-        self._invalidate(kind)
+        """Another process of the cluster changed `kind` rows: drop the cached ones ("agent", "number"), and wake
+        the watchers. "registration" (who REGISTERs a trunk) is cached nowhere: it only wakes them."""
+        if kind == "registration":
+            self._wake_watchers(kind)
+        else:
+            self._invalidate(kind)
+
+    async def announce(self, kind: str) -> None:
+        """Tell the other processes of the cluster that `kind` rows changed without a write through `_changing`
+        (a trunk's registration handed over): awaited like a write's notification; nothing to do alone."""
+        if self.on_change is not None:
+            await self.on_change(kind)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -358,9 +423,9 @@ class Store(ChannelStore, QueueStore, HealthStore):
             await conn.run_sync(never_reuse_ids)
         await self._seal_secrets()
         self._maker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._queue = asyncio.Queue()
+        self._queue = _Lane()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
-        self._new_rows = asyncio.Queue()
+        self._new_rows = _Lane()
         self._inserter = asyncio.create_task(self._insert_loop(self._new_rows), name="store-inserter")
 
     async def close(self) -> None:
@@ -464,11 +529,16 @@ class Store(ChannelStore, QueueStore, HealthStore):
         except IntegrityError as e:
             raise DuplicateError("a phone number with these unique fields already exists") from e
 
-    async def get_number(self, number_id: int, with_secrets: bool = False) -> dict[str, Any] | None:
+    async def get_number(self, number_id: int, with_secrets: bool = False,
+                         fresh: bool = False) -> dict[str, Any] | None:
+        """The number's row, through the cache; `fresh` reads the database (the API shows the current `status`,
+        which other processes change without a notification: `patch_number_status`)."""
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = await s.get(PhoneNumber, number_id)
                 return self._number_row(n, with_secrets) if n else None
+        if fresh:
+            return await load()
         return await self._cached(("number", "id", number_id, with_secrets), load)
 
     async def find_number(self, e164: str, provider: str | None = None,
@@ -511,6 +581,25 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 setattr(n, k, self._seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
+
+    async def patch_number_status(self, number_id: int, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge `patch` into a number's `status` (what its registrations look like: shown by the API, read by no
+        call) and return the new status; None when the number is gone. Not a change other processes must hear
+        of: a REGISTER refresh every expiry/2 of every trunk used to announce `store:changed` (twice: registering,
+        registered), and every process of the cluster dropped all its cached numbers and agents each time. So no
+        notification and no cache epoch move; this process's cached copies take the new status in place. The
+        merge happens in the row (read under a row lock, then written), so writers of different keys — the outbound
+        registration of one process, a trunk's own REGISTER to another — do not undo each other's."""
+        async with self._writing() as s:
+            n = await s.get(PhoneNumber, number_id, with_for_update=True)
+            if n is None:
+                return None
+            status = {**(n.status or {}), **patch}
+            n.status = status
+        for key, (_, value) in self._cache.items():
+            if key[0] == "number" and isinstance(value, dict) and value.get("id") == number_id:
+                value["status"] = copy.deepcopy(status)
+        return status
 
     async def delete_number(self, number_id: int) -> dict[str, Any]:
         async with self._changing("number") as s:
@@ -562,23 +651,43 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return [_row(r) for r in rows]
 
     async def flush(self) -> None:
-        """Wait until every queued call-log write is committed."""
+        """Wait until every call-log write queued so far is committed (not those queued meanwhile)."""
         self._hurry += 1
         try:
-            if self._nap is not None and not self._nap.done():
-                self._nap.set_result(None)
+            for nap in self._naps:
+                _wake(nap)
             if self._new_rows is not None and self._inserter is not None:
-                await self._new_rows.join()
+                await self._new_rows.settled()
             if self._queue is not None and self._writer is not None:
-                await self._queue.join()
+                await self._queue.settled()
         finally:
             self._hurry -= 1
 
+    async def _fill(self, delay: float) -> None:
+        """Let a lane's batch fill for `delay` seconds; a flush (or one waiting already) cuts it short."""
+        if delay <= 0 or self._hurry:
+            return
+        loop = asyncio.get_running_loop()
+        nap: asyncio.Future[None] = loop.create_future()
+        self._naps.add(nap)
+        timer = loop.call_later(delay, _wake, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._naps.discard(nap)
+
     async def _insert_loop(self, q: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
-        """New call-log rows, every one queued meanwhile in one INSERT … RETURNING; each waiter gets its id or the
-        error (a failed batch fails its calls' set-up: no call runs without its row)."""
+        """New call-log rows, every one queued meanwhile in one INSERT … RETURNING, at most one INSERT per
+        `INSERT_PACE`; each waiter gets its id or the error (a failed batch fails its calls' set-up: no call runs
+        without its row)."""
+        loop = asyncio.get_running_loop()
+        began = -self.INSERT_PACE
         while True:
             batch = [await q.get()]
+            if q.qsize() < self.BATCH:
+                await self._fill(began + self.INSERT_PACE - loop.time())
+            began = loop.time()
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
             try:
@@ -603,17 +712,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     async def _write_loop(self) -> None:
         q = self._writes
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await q.get()]
-            if not self._hurry and q.qsize() < self.BATCH:
-                self._nap = nap = loop.create_future()
-                timer = loop.call_later(self.WINDOW, _wake, nap)
-                try:
-                    await nap
-                finally:
-                    timer.cancel()
-                    self._nap = None
+            if q.qsize() < self.BATCH:
+                await self._fill(self.WINDOW)
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
             try:
@@ -693,7 +795,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
     async def find_call(self, *, call_uuid: str | None = None, carrier_sid: str | None = None,
                         flush: bool = True) -> dict[str, Any] | None:
         """The newest call-log row with this call id or carrier sid. `flush=False` skips waiting for this process's
-        queued writes (a row another process wrote, read on a media path: adoption)."""
+        queued writes (a row another process wrote, read on a media path: adoption). An id no row can have (a NUL
+        character, from a URL or a carrier's message) finds nothing: PostgreSQL refuses such a string outright, which
+        made `GET /api/v1/calls/logs/%00` a 500 in cluster mode."""
+        if "\x00" in (call_uuid or "") + (carrier_sid or ""):
+            return None
         if flush:
             await self.flush()
         q = select(CallLog)
@@ -712,7 +818,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         """The newest open call of `channel_type` held by one of `owners` whose `extra[key]` is `value`: a call known
         by an id of the carrier that is not its own (an attended transfer's consultation call), found by another
         process of the cluster. Only open calls of live owners are read (the owner/ended_at index)."""
-        if not owners or not value:
+        if not owners or not value or "\x00" in value:
             return None
         q = (select(CallLog).where(CallLog.owner.in_(owners), CallLog.ended_at.is_(None),
                                    CallLog.channel_type == channel_type, CallLog.extra[key].as_string() == value)
