@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
@@ -67,12 +67,6 @@ def utcnow() -> datetime:
 SAY_TIMEOUT = 15.0
 #: seconds of music on hold handed to a media-socket carrier ahead of real time (it plays what it is sent in turn)
 MUSIC_LEAD = 0.06
-
-#: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
-#: filter is checked against it, so a typo is a 400 instead of an empty page
-CallStatus = Literal["queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
-                    "failed", "rejected"]
-CALL_STATUSES: tuple[str, ...] = get_args(CallStatus)
 
 
 class Call:
