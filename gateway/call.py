@@ -100,6 +100,9 @@ class Call:
         #: jitter buffer sets it per frame); None: the audio is fed as it arrives. The timeline dates caller
         #: speech by it.
         self.inbound_arrived: float | None = None
+        #: pieces of caller audio fed after the call ended (the carrier's media was still closing: a busy loop
+        #: plays a burst of buffered RTP out then): ignored, counted, so the media's counters add up
+        self.audio_after_end = 0
         self._clock: Callable[[], float] = time.monotonic
         self._taps: list[Tap] = []
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
@@ -235,6 +238,8 @@ class Call:
 
     def feed_audio(self, pcm: bytes) -> None:
         if self.bus is None or self.ended.is_set():
+            if self.ended.is_set():
+                self.audio_after_end += 1
             return
         for tap in self._taps:
             tap(pcm)
