@@ -29,6 +29,8 @@ from gateway.cluster import Reply
 class ForwardingCarrier(Carrier):
     """A carrier whose webhooks follow the call to its owner."""
 
+    calls_move = True     # the media websocket may reach another process, which adopts the call
+
     @property
     def forward_op(self) -> str:
         return f"{self.name}:webhook"

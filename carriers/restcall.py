@@ -217,6 +217,8 @@ class RestCallCarrier(ForwardingCarrier):
             st.state = "released"   # the caller may be talking to the target: do not cut them off
             if st.call.transfer_result is None:
                 await st.call.transfer_finished(TransferResult(self.current_target(st), "unknown"))
+        elif not await self.gateway.calls.owns(st.call, HangupSource.SYSTEM.value, reason):
+            return      # adopted by another process meanwhile: not ours to hang up
         else:
             await self.hangup_once(st)
         await st.call.end(HangupSource.SYSTEM, reason)

@@ -11,6 +11,7 @@ gateway-side bridge to a new outbound leg when the trunk refuses REFER or for ba
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ TRANSFER_RING_TIMEOUT = 30.0
 #: seconds the trunk list is kept when no write invalidates it (bounds a missed cluster notification, as the
 #: store's own cache TTL does)
 TRUNK_CACHE_S = 5.0
+
+
+def _reg_key(number: dict[str, Any]) -> str:
+    """What a registration is built from (settings and secrets): when it changes the REGISTER is redone."""
+    return json.dumps([number.get("config") or {}, number.get("secrets") or {}], sort_keys=True, default=str)
 #: Retry-After (s) of a call refused because every RTP port of this process is in use
 RTP_FULL_RETRY_AFTER = 5
 
@@ -304,6 +310,10 @@ class SipCarrier(Carrier):
         #: store's cached numbers, also when another process of the cluster wrote one (gateway/store/derived.py)
         self._trunks: DerivedCache[list[dict[str, Any]]] = DerivedCache(self._load_trunks, TRUNK_CACHE_S)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: the settings each running registration was built from (a change restarts it: `sync_registrations`)
+        self._reg_keys: dict[int, str] = {}
+        self._resync = asyncio.Event()      # a number or a trunk's registrant changed, here or elsewhere
+        self._sync_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -344,16 +354,15 @@ class SipCarrier(Carrier):
         await self.rtp.start()
         self.log.info("SIP listening", extra={"port": self.transport.port, "tls_port": self.transport.tls_port,
                                               "rtp": f"{s.rtp_port_min}-{s.rtp_port_max}"})
-        numbers, _ = await self.gateway.store.list_numbers(1, 1_000_000, provider="sip", with_secrets=True)
-        for n in numbers:
-            if (n.get("config") or {}).get("register"):
-                self._start_registration(n)
+        self.gateway.store.watchers.append(self._numbers_changed)
+        await self.sync_registrations()
+        self._spawn(self._sync_loop(), "sip-registrations")
 
     async def stop(self) -> None:
-        regs = list(self.registrations.values())
-        self.registrations.clear()
-        if regs:
-            await asyncio.gather(*(r.stop(unregister=True) for r in regs), return_exceptions=True)
+        if self._numbers_changed in self.gateway.store.watchers:
+            self.gateway.store.watchers.remove(self._numbers_changed)
+        async with self._sync_lock:
+            await self._unregister_all()
         for leg in list(self.legs.values()):
             if leg.session is not None:  # ua.close() below gives the BYEs a moment for their answers
                 leg.session.send_bye(reason_header(q850=16, text="gateway shutting down"))
@@ -392,19 +401,102 @@ class SipCarrier(Carrier):
 
     async def on_number_imported(self, number: dict[str, Any]) -> None:
         if (number.get("config") or {}).get("register") and self.ua is not None:
-            self._start_registration(number)
+            await self.sync_registrations()
 
     async def on_number_deleted(self, number: dict[str, Any]) -> None:
-        reg = self.registrations.pop(int(number["id"]), None)
-        if reg is not None:
-            await reg.stop(unregister=True)
+        if int(number["id"]) in self.registrations:
+            await self.sync_registrations()
+
+    def on_drain(self) -> None:
+        self._resync.set()      # hand the trunks this process REGISTERs over to a running one
+
+    # -- REGISTER to registration-based trunks: one process of the cluster per trunk (docs/deploy.md) -------------
+    def _numbers_changed(self, kind: str) -> None:
+        """A number was written (here or, announced by the cache sync, elsewhere) or a trunk changed hands."""
+        if kind == "registration":
+            self._trunks.clear()    # who registers is not behind the store's cache epoch: read it again
+        if kind in ("number", "registration"):
+            self._resync.set()
+
+    async def _sync_loop(self) -> None:
+        """Look again whenever a number changes, and every heartbeat interval: a trunk whose registrant stopped
+        heartbeating (crashed) is claimed by a running process within about `stale_after`."""
+        while True:
+            try:
+                await asyncio.wait_for(self._resync.wait(), self.gateway.settings.heartbeat_interval)
+            except TimeoutError:
+                pass
+            self._resync.clear()
+            try:
+                await self.sync_registrations()
+            except Exception:
+                self.log.exception("registrations not synced")
+
+    async def sync_registrations(self) -> None:
+        """Make this process's REGISTERs match the stored trunks. For each trunk with `register`, exactly one
+        process of the cluster registers it (`phone_numbers.registered_by`, claimed with a conditional UPDATE):
+        the holder re-registers with new settings when an operator edits the trunk on any node, un-registers
+        (Expires: 0) when it is deleted or stops registering, and a draining or stopping holder un-registers and
+        lets a running process take the trunk over. Why one and not one per process: RFC 3261 §10.3 keeps a
+        binding per Contact, so processes registering the same Contact replace each other's binding and the
+        first to stop removes it for all; each registering its own Contact gives the registrar N bindings, and a
+        proxy forks an INVITE to all of them (§16.6), so every process would take the same call."""
+        if self.ua is None:
+            return
+        async with self._sync_lock:
+            if self.gateway.draining:
+                await self._unregister_all()
+                return
+            trunks = {int(n["id"]): n for n in await self._sip_trunks() if (n.get("config") or {}).get("register")}
+            me = self.gateway.settings.proc_id
+            for nid, reg in list(self.registrations.items()):
+                n = trunks.get(nid)
+                if n is not None and n.get("registered_by") in (me, None) and self._reg_keys.get(nid) == _reg_key(n):
+                    continue
+                # deleted, no longer registering, edited, or taken over by another process (this one was lost)
+                self.registrations.pop(nid, None)
+                self._reg_keys.pop(nid, None)
+                await reg.stop(unregister=True)
+                if n is None:       # an edited trunk stays with this process: registered again just below
+                    await self.gateway.store.release_registration(nid, me)
+            wanted = [n for nid, n in trunks.items() if nid not in self.registrations]
+            if not wanted:
+                return
+            running = {p["proc"] for p in await self.gateway.store.list_nodes(self.gateway.settings.stale_after)
+                       if p["alive"] and p["state"] == "running"}
+            for n in wanted:
+                holder = n.get("registered_by")
+                if holder not in (None, me) and holder in running:
+                    continue
+                if await self.gateway.store.claim_registration(int(n["id"]), me, self.gateway.settings.stale_after):
+                    self._start_registration(n)
+                    self._trunks.clear()    # the kept list predates the claim: the next look reads who holds what
+
+    async def _unregister_all(self) -> None:
+        """Un-REGISTER every trunk this process registers and let the others take them (draining, stopping)."""
+        regs = list(self.registrations.items())
+        self.registrations.clear()
+        self._reg_keys.clear()
+        if not regs:
+            return
+        await asyncio.gather(*(r.stop(unregister=True) for _, r in regs), return_exceptions=True)
+        me = self.gateway.settings.proc_id
+        try:
+            for nid, _ in regs:
+                await self.gateway.store.release_registration(nid, me)
+            await self.gateway.store.announce("registration")     # a running process takes them now
+        except Exception:
+            self.log.exception("trunk registrations not handed over (the others take them once this one is gone)")
 
     def _start_registration(self, number: dict[str, Any]) -> None:
-        old = self.registrations.pop(int(number["id"]), None)
-        if old is not None:
-            self._spawn(old.stop(unregister=False), "sip-unregister")
-        reg = Registration(self.live_ua, number, self.gateway.store, retry=self.registration_retry)
-        self.registrations[int(number["id"])] = reg
+        nid = int(number["id"])
+        try:
+            reg = Registration(self.live_ua, number, self.gateway.store, retry=self.registration_retry)
+        except (KeyError, ValueError) as e:
+            self.log.error("trunk registration settings unusable: %s", e, extra={"number_id": nid})
+            return
+        self.registrations[nid] = reg
+        self._reg_keys[nid] = _reg_key(number)
         reg.start()
 
     @property
@@ -746,16 +838,15 @@ class SipCarrier(Carrier):
         if contacts and (contacts[0].params.get("expires") or "").isdigit():
             expires = int(contacts[0].params["expires"])
         expires = min(expires, 3600)
-        status = dict(number.get("status") or {})
-        if expires == 0 or not contacts:
-            status["inbound_registration"] = None
-            headers: list[tuple[str, str]] = []
-        else:
+        binding: dict[str, Any] | None = None
+        headers: list[tuple[str, str]] = []
+        if expires and contacts:
             until = datetime.now(UTC) + timedelta(seconds=expires)
-            status["inbound_registration"] = {"contact": contacts[0].uri, "source": f"{source}:{source_port}",
-                                              "expires_at": until.isoformat()}
+            binding = {"contact": contacts[0].uri, "source": f"{source}:{source_port}",
+                       "expires_at": until.isoformat()}
             headers = [("Contact", f"<{contacts[0].uri}>;expires={expires}"), ("Expires", str(expires))]
-        await self.gateway.store.update_number(number["id"], status=status)
+        # shown by the API only: no cluster-wide cache drop for each refresh of the trunk's binding
+        await self.gateway.store.patch_number_status(number["id"], {"inbound_registration": binding})
         self.live_ua.respond(txn, req, 200, "OK", headers=headers)
 
     # -- outbound ------------------------------------------------------------------------------------------------

@@ -204,6 +204,8 @@ class TwilioLeg(DelegatingConsultLeg):
                     await self.call.transfer_finished(TransferResult(target, "unknown"))
                 await self.call.end(HangupSource.SYSTEM, reason)
             elif self.stream is None:
+                if not await self.call.manager.owns(self.call, HangupSource.CARRIER.value, reason):
+                    return      # the stream reached another process, which adopted the call
                 log.warning("no media stream for the call",
                             extra={"carrier": self.carrier.name, "call_id": self.call.id, "reason": reason})
                 await self.complete_at_twilio()
@@ -222,6 +224,17 @@ class TwilioLeg(DelegatingConsultLeg):
 
     # -- CallLeg ------------------------------------------------------------------------------------------------
     async def hangup(self, call: Call, reason: str) -> None:
+        if self.state == "transferring" and reason == "shutdown":
+            # the gateway stops (drain timeout, stop) while Twilio runs the transfer's <Dial>: the caller may be
+            # talking to the target already, and the call needs nothing of this process any more. Let Twilio go
+            # on (as the transfer watchdog does) instead of completing the call under the conversation.
+            self.released = True
+            self.disarm_watchdog()
+            log.warning("stopping during a transfer: the call is left to Twilio",
+                        extra={"carrier": self.carrier.name, "call_id": call.id})
+            if call.transfer_result is None:
+                await call.transfer_finished(TransferResult(self.carrier._current_target(self), "unknown"))
+            return
         if call.hangup is not None and call.hangup.source is HangupSource.AGENT:
             await self._shielded(self._hangup_after_goodbye())
         else:

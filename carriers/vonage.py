@@ -646,6 +646,8 @@ class VonageCarrier(ForwardingCarrier):
         st.watchdog = asyncio.get_running_loop().call_later(after, fire)
 
     async def _watchdog_end(self, st: VonageCallState, reason: str) -> None:
+        if not await self.gateway.calls.owns(st.call, HangupSource.SYSTEM.value, reason):
+            return      # adopted by another process meanwhile: not ours to hang up
         await self.rest_hangup(st)
         await st.call.end(HangupSource.SYSTEM, reason)
 

@@ -94,6 +94,10 @@ class Call:
         self.transfer_result: TransferResult | None = None
         self.hangup: Hangup | None = None
         self.ended = asyncio.Event()
+        #: the store confirmed this process owns the call and may end it (`CallManager.owns`)
+        self.end_claimed = False
+        #: another process adopted the call and this one let it go (`released`, or an end that lost the row)
+        self.moved = False
         #: the conversation's turn timeline (gateway/turns.py), from the answer on
         self.timeline: Timeline | None = None
         #: loop time the audio now being fed reached the carrier side, when `feed_audio()` runs later than that (RTP's
@@ -457,6 +461,8 @@ class Call:
         if self.ended.is_set() or self.hangup is not None:
             return
         self.hangup = Hangup(source, reason)
+        if not await self.manager.owns(self, source.value, reason):
+            return          # adopted by another process meanwhile: the call goes on there
         try:
             if self.leg is not None:
                 await self.leg.hangup(self, reason)
@@ -712,6 +718,11 @@ class Call:
         if self.ended.is_set():
             return
         source = HangupSource(source)
+        if not await self.manager.owns(self, (self.hangup.source if self.hangup else source).value,
+                                       self.hangup.reason if self.hangup else reason):
+            return          # adopted by another process meanwhile: the call goes on there
+        if self.ended.is_set():
+            return          # ended by another path while the store answered
         if self.hangup is None:
             self.hangup = Hangup(source, reason)
         self.ended.set()

@@ -236,15 +236,65 @@ class CallManager:
         call_id = str(msg.get("call") or "")
         call = self.active.get(call_id)
         if call is not None:
-            call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
-            self.active.pop(call.id, None)
-            self._maybe_idle()
-            if call.carrier_sid and self._by_sid.get(call.carrier_sid) is call:
-                self._by_sid.pop(call.carrier_sid, None)
-            log.info("call released to another process", extra={"call_id": call.id})
-            self._notify("call_released", call)
+            self._let_go(call)
         sent = {"sent": self.gateway.webhooks.sequence(call_id)} if call is not None else {}
         return Reply(200, {"success": True, "released": call is not None, **sent})
+
+    def _let_go(self, call: Call) -> None:
+        """Forget a call another process holds now, without ending it (no call-log update, no webhook, nothing
+        sent to the carrier); carriers drop their per-call state on `call_released`."""
+        if self.active.get(call.id) is not call:
+            return
+        call.moved = True
+        call.ended.set()            # nothing here acts on it any more (watchdogs, API, engine)
+        self.active.pop(call.id, None)
+        self._maybe_idle()
+        if call.carrier_sid and self._by_sid.get(call.carrier_sid) is call:
+            self._by_sid.pop(call.carrier_sid, None)
+        log.info("call released to another process", extra={"call_id": call.id})
+        self._notify("call_released", call)
+
+    async def moved_away(self, call: Call) -> bool:
+        """Before an API op on a call listed here: has another process adopted it? Only a call whose media is not
+        here yet can have moved (its stream reached another worker), so only such a call of a carrier whose
+        calls move costs a read of its row, in a cluster. A call found moved is let go here (as on `released`,
+        which may still be on its way), and the op follows the row to the new owner."""
+        if call.moved:
+            return True
+        carrier = self.gateway.carriers.get(call.carrier)
+        if call.bus is not None or not self.gateway.control.clustered or carrier is None or not carrier.calls_move:
+            return False
+        row = await self.store.find_call(call_uuid=call.id, flush=False)
+        if row is None or row.get("owner") in (None, self.gateway.settings.proc_id):
+            return False
+        self._let_go(call)
+        return True
+
+    async def owns(self, call: Call, source: str, reason: str) -> bool:
+        """May this process end `call` (hang it up at the carrier, close its row, send its closing webhooks)? The
+        store decides, not this process's memory: a call whose media can reach another process (`calls_move`)
+        may have been adopted a moment ago, and the adopter's `released` is a NOTIFY still on its way (or lost:
+        NOTIFY is not durable). So the end is claimed in the row first (`Store.claim_end`, conditional on
+        `owner`); when the call moved, it is let go here as on `released` and False is returned. One claim per
+        call; single processes (SQLite) and carriers whose calls never move skip it."""
+        if call.end_claimed:
+            return True
+        carrier = self.gateway.carriers.get(call.carrier)
+        if not self.gateway.control.clustered or carrier is None or not carrier.calls_move:
+            return True
+        try:
+            mine = await self.store.claim_end(call.log_id, self.gateway.settings.proc_id, source, reason[:200])
+        except Exception:
+            # the database is unreachable: end the call as before rather than leave it up for good
+            log.exception("ownership not checked before ending the call", extra={"call_id": call.id})
+            mine = True
+        if mine:
+            call.end_claimed = True
+            return True
+        log.warning("call not ended here: another process owns it now", extra={"call_id": call.id,
+                                                                               "reason": reason})
+        self._let_go(call)
+        return False
 
     def register_control(self) -> None:
         self.gateway.control.handle("released", self._on_released)

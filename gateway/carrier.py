@@ -86,6 +86,10 @@ class Carrier:
     #: body of `POST /api/v1/phone_number/import/{provider}`; `number_field` holds the E.164 number.
     import_fields: tuple[ImportField, ...] = ()
     number_field: str = "phone_number"
+    #: a call of this carrier can move to another process of the cluster while this one holds it (its media
+    #: stream reached another worker, which adopted it: docs/deploy.md, "Ownership of a call"), so ending it here
+    #: first checks in the store that this process still owns it (`CallManager.owns`)
+    calls_move: bool = False
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -106,6 +110,10 @@ class Carrier:
 
     async def stop(self) -> None:
         """Stop background work and end this carrier's live calls."""
+
+    def on_drain(self) -> None:
+        """The gateway began draining (docs/deploy.md): hand over what other processes should now do (SIP: the
+        trunks this process REGISTERs). Live calls are not this hook's business."""
 
     async def validate_import(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Check credentials / ownership before a number is stored; return fields to store (may add some).

@@ -201,6 +201,11 @@ class Gateway:
                                                            len(self.calls.active), "drain_timeout": limit})
         self._drain_task = asyncio.ensure_future(self._drain(limit))
         self._spawn_state("draining")
+        for carrier in self.carriers.values():
+            try:
+                carrier.on_drain()
+            except Exception:
+                log.exception("carrier drain hook failed", extra={"carrier": carrier.name})
 
     def _spawn_state(self, state: str) -> None:
         """Record the drain in the `nodes` table (other processes, `GET /api/v1/nodes`), in the background."""

@@ -197,7 +197,36 @@ def _kill(pid: int) -> None:
         pass
 
 
-class KamailioProc:
+class _Kamailio:
+    """A kamailio process of a test: its run dir (control socket), log, and stop by process group."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    log: Path
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"kamailio exited ({self.proc.returncode}):\n{self.output()}")
+        return (self.run_dir / "kamailio_ctl").exists()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def kamcmd(self, *command: str) -> str:
+        return subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", *command],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class KamailioProc(_Kamailio):
     """A real kamailio running deploy/kamailio/kamailio.cfg (unchanged) on 127.0.0.1, in the foreground."""
 
     def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path, workers_port: int = 0,
@@ -232,32 +261,13 @@ class KamailioProc:
         await until(lambda: kam._ready(), 20, f"kamailio control socket\n{kam.output()}")
         return kam
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"kamailio exited ({self.proc.returncode}):\n{self.output()}")
-        return (self.run_dir / "kamailio_ctl").exists()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
     def flags(self) -> dict[str, str]:
         """{destination URI: dispatcher flags} from `kamcmd dispatcher.list` (A active, I inactive, P probing…)."""
-        out = subprocess.run(["kamcmd", "-s", f"unix:{self.run_dir}/kamailio_ctl", "dispatcher.list"],
-                             capture_output=True, text=True, timeout=10).stdout
-        return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", out))
+        return dict(re.findall(r"URI: (\S+)\s+FLAGS: (\S+)", self.kamcmd("dispatcher.list")))
 
     async def wait_flags(self, ok, timeout: float = 30, what: str = "dispatcher state") -> dict[str, str]:
         return await until(lambda: (f := self.flags()) and ok(f) and f, timeout, f"{what}: {self.flags()}",
                            interval=0.2)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 def contact_ports(workdir: Path) -> list[int]:
@@ -270,3 +280,51 @@ def contact_ports(workdir: Path) -> list[int]:
                 if m:
                     ports.append(int(m.group(1)))
     return ports
+
+
+class KamailioRegistrar(_Kamailio):
+    """A real kamailio as a registration-based carrier's registrar (tests/kamailio_registrar.cfg) on 127.0.0.1:
+    takes every REGISTER, keeps one binding per Contact in memory; `bindings()` reads them (`kamcmd ul.dump`) and
+    `registers()` lists the REGISTERs it received, from its log."""
+
+    CFG = Path(__file__).resolve().parent / "kamailio_registrar.cfg"
+
+    def __init__(self, proc: subprocess.Popen, port: int, run_dir: Path, log: Path) -> None:
+        self.proc, self.port, self.run_dir, self.log = proc, port, run_dir, log
+
+    @classmethod
+    async def start(cls, tmp: Path, *, max_expires: int = 3600) -> KamailioRegistrar:
+        port = free_port()
+        run_dir = tmp / "registrar-run"
+        run_dir.mkdir(exist_ok=True)
+        log = tmp / "registrar.log"
+        with open(log, "w") as out:   # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                ["kamailio", "-f", str(cls.CFG), "-DD", "-E", "-Y", str(run_dir), *MEMORY_MANAGERS,
+                 "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f"MAX_EXPIRES={max_expires}"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        reg = cls(proc, port, run_dir, log)
+        await until(reg._ready, 20, "the registrar's control socket")
+        return reg
+
+    def bindings(self) -> dict[str, list[str]]:
+        """{address-of-record user: [Contact URI of each live binding]} (expired ones left out)."""
+        out = self.kamcmd("ul.dump")
+        found: dict[str, list[str]] = {}
+        aor, address = None, None
+        for line in out.splitlines():
+            key, _, value = line.strip().partition(": ")
+            if key == "AoR":
+                aor = value
+                found.setdefault(aor, [])
+            elif key == "Address":
+                address = value
+            elif key == "Expires" and aor is not None and address is not None:
+                if value not in ("expired", "deleted"):
+                    found[aor].append(address)
+                address = None
+        return {k: v for k, v in found.items() if v}
+
+    def registers(self) -> list[tuple[str, str, str]]:
+        """(To URI, Contact, Expires) of every REGISTER received, oldest first."""
+        return re.findall(r"REGISTER (\S+) <([^>]*)> (\S+)", self.log.read_text(errors="replace"))

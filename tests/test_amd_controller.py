@@ -43,6 +43,15 @@ class Talker(VoiceEngine):
                 return
 
 
+def _freqs_of(pcm: bytes) -> list[int]:
+    """The dominant frequency (to 100 Hz) of one frame, or nothing if it is quiet."""
+    x = np.frombuffer(pcm, "<i2").astype(float)
+    if np.abs(x).mean() < 500:
+        return []
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1600))
+    return [int(round(spec.argmax() * 8000 / 1600 / 100) * 100)]
+
+
 class FakeLeg:
     def __init__(self) -> None:
         self.hangups: list[str] = []
@@ -65,14 +74,7 @@ class FakeLeg:
 
     def freqs(self) -> list[int]:
         """Dominant frequency (rounded to 100 Hz) of each non-silent frame sent to the callee."""
-        out = []
-        for _, pcm in self.frames:
-            x = np.frombuffer(pcm, "<i2").astype(float)
-            if np.abs(x).mean() < 500:
-                continue
-            spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), 1600))
-            out.append(int(round(spec.argmax() * 8000 / 1600 / 100) * 100))
-        return out
+        return [f for _, pcm in self.frames for f in _freqs_of(pcm)]
 
 
 async def _call(gw, settings: dict, engine: Talker, direction: str = "outbound", carrier: str = "fake"):
@@ -200,6 +202,46 @@ async def test_long_answer_then_a_wait_turns_machine_start_into_human(make_gatew
     await call.request_hangup(HangupSource.SYSTEM, "test")
 
 
+async def test_a_beep_after_the_human_verdict_cuts_the_engine_off_and_leaves_the_message(make_gateway, tmp_path):
+    """A short greeting whose pause before the beep outlasts a person's wait: human first (the held opening line
+    plays), then the beep → machine_end_beep, the engine is cut off, the WAV plays after the beep, hang-up
+    `voicemail`; the call log keeps the last verdict."""
+    gw = await make_gateway()
+    engine = Talker()
+    call, leg, ctl, pump = await _started(gw, _voicemail(tmp_path, ms=600), engine)
+    try:
+        await _feed(call, ANSWER + silence(AmdParams().answer_wait_ms + 100))
+        await _until(lambda: [r.answered_by for r in ctl.results] == [AnsweredBy.MACHINE_START, AnsweredBy.HUMAN])
+        assert not ctl.done.is_set(), "the detector still listens for a beep"
+        beep_at = time.monotonic()
+        await _feed(call, BEEP + silence(300))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert [r.answered_by for r in engine.amd] == [AnsweredBy.MACHINE_START, AnsweredBy.HUMAN,
+                                                   AnsweredBy.MACHINE_END_BEEP]
+    message = [t for t, pcm in leg.frames if 700 in _freqs_of(pcm)]
+    assert len(message) >= 20 and message[0] >= beep_at   # the message went out after the beep was fed
+    assert leg.hangups == ["voicemail"]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep" and row["is_voicemail"] and row["voicemail_type"] == "audio"
+
+
+async def test_no_beep_after_the_human_verdict_ends_the_watch(make_gateway):
+    gw = await make_gateway()
+    engine = Talker()
+    call, leg, ctl, pump = await _started(
+        gw, {"amd": {"enabled": True}, "voicemail": {"enabled": True, "message": "Call us back"}}, engine)
+    try:
+        await _feed(call, ANSWER + silence(AmdParams().message_end_silence + 200))
+        await asyncio.wait_for(ctl.done.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert [r.answered_by for r in ctl.results] == [AnsweredBy.MACHINE_START, AnsweredBy.HUMAN]
+    assert call.is_active and leg.hangups == []
+    await call.request_hangup(HangupSource.SYSTEM, "test")
+
+
 async def test_machine_text_message_is_handed_to_engine(make_gateway):
     gw = await make_gateway()
     engine = Talker()
@@ -272,6 +314,26 @@ async def test_machine_without_voicemail_hangs_up_at_once(make_gateway):
     row = await gw.store.get_call(call.log_id)
     assert row["amd_answered_by"] == "machine_start" and row["voicemail_type"] == "none"
     assert row["hangup_reason"] == "voicemail"
+
+
+async def test_a_beep_after_the_human_verdict_without_voicemail_hangs_up(make_gateway):
+    """Voicemail off: "Hi, it's Chris." then a pause longer than after_greeting_silence gives human, and the beep
+    that follows shows the recorder: the call is hung up (hangup_reason voicemail, no message)."""
+    gw = await make_gateway()
+    engine = Talker()
+    call, leg, ctl, pump = await _started(gw, {"amd": {"enabled": True}}, engine)
+    try:
+        await _feed(call, silence(300) + words([400]) + silence(AmdParams().after_greeting_silence + 200))
+        await _until(lambda: bool(ctl.results))
+        assert ctl.results[0].answered_by is AnsweredBy.HUMAN and call.is_active
+        await _feed(call, BEEP + silence(300))
+        await asyncio.wait_for(call.ended.wait(), WAIT)
+    finally:
+        pump.cancel()
+    assert [r.answered_by for r in engine.amd] == [AnsweredBy.HUMAN, AnsweredBy.MACHINE_END_BEEP]
+    row = await gw.store.get_call(call.log_id)
+    assert row["amd_answered_by"] == "machine_end_beep" and row["voicemail_type"] == "none"
+    assert row["hangup_reason"] == "voicemail" and leg.hangups == ["voicemail"]
 
 
 async def test_disabled_or_inbound_is_a_no_op(make_gateway):

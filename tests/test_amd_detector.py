@@ -319,6 +319,29 @@ def test_short_greeting_then_beep_is_still_a_machine_with_a_beep():
     assert [a for a, _ in run(pcm, message_end=True)] == [MS, MEB]
 
 
+def test_a_beep_after_the_wait_turns_the_human_verdict_into_machine_end_beep():
+    """A short greeting whose beep comes after a pause longer than a person's wait: human at the wait, then the beep
+    (within message_end_silence of the last talk) → machine_end_beep, decided after the beep. "Hi!" … then the rest
+    of the greeting after the human verdict, then a beep: the same, within beep_watch_ms of the verdict. A beep
+    after the end-of-message silence, or later than beep_watch_ms after the verdict, leaves the human verdict alone."""
+    p = AmdParams()
+    late = p.answer_wait_ms + 300                             # the beep starts 2.7 s after the talk
+    pcm = ANSWER + silence(late) + tone(1000, 200) + silence(600)
+    out = run(pcm, message_end=True)
+    assert [a for a, _ in out] == [MS, H, MEB]
+    assert out[2][1] >= (len(ANSWER) + len(silence(late)) + len(tone(1000, 200))) // 16
+    assert [a for a, _ in run(pcm, AmdParams(beep_watch_ms=0), message_end=True)] == [MS, H]
+    assert [a for a, _ in run(pcm)] == [H, MEB]               # voicemail off: the beep still shows a machine
+    too_late = ANSWER + silence(p.message_end_silence + 100) + tone(1000, 200) + silence(600)
+    assert [a for a, _ in run(too_late, message_end=True)] == [MS, H]
+    hi = silence(300) + words([400]) + silence(p.after_greeting_silence + 200)       # "Hi!" … human
+    rest = words([260] * 6, gap_ms=90) + silence(400) + tone(1000, 200) + silence(600)   # … the rest, a beep
+    assert [a for a, _ in run(hi + rest, message_end=True)] == [H, MEB]
+    talked_on = hi + words([260] * 14, gap_ms=90) + silence(400) + tone(1000, 200) + silence(600)
+    assert len(talked_on) // 16 - 800 > 900 + p.after_greeting_silence + p.beep_watch_ms
+    assert [a for a, _ in run(talked_on, message_end=True)] == [H]
+
+
 def test_a_loud_pure_tone_in_the_wait_is_no_person_even_when_it_is_no_beep():
     """A short greeting, then a beep-like tone with a burst of sound straight after it (no beep verdict: a beep is
     followed by quiet), then quiet: a person waiting for a reply plays no tone, so the wait does not make it human.

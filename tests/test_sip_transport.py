@@ -434,7 +434,7 @@ async def test_a_registration_over_tcp_pings_its_connection_between_refreshes():
         req, 200, to_tag="r", headers=[("Contact", f"{req.headers.get('Contact')};expires=3600")]))
 
     class NoStore:
-        async def update_number(self, *_, **__):
+        async def patch_number_status(self, *_):
             return None
 
     ua = UserAgent(ours, TransactionLayer(ours))

@@ -331,7 +331,7 @@ def configs() -> dict[str, tuple[AmdParams, str, bool]]:
 ACCURACY = replace(AmdParams(), greeting_pause_ms=350, greeting=1200, max_utterance=2200)
 #: the defaults before issue 15 (tuned on an espeak-ng-only corpus), for comparison
 PREVIOUS = replace(AmdParams(), answer_max_ms=0, reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, greeting=1500,
-                   confirm_tone_rel_level=0.0, toolong_min_talk_ms=0,
+                   confirm_tone_rel_level=0.0, toolong_min_talk_ms=0, beep_watch_ms=0,
                    after_greeting_silence=800, max_utterance=0, speech_bridge_ms=0, short_utterance_ms=0,
                    total_analysis_time=5000,
                    vad_floor_ratio=0.0, vad_rel_level=0.0, beep_min_ms=120, beep_confirm_ms=60, beep_purity=0.0,
@@ -497,7 +497,9 @@ def write(results: dict) -> None:
         "(`hi_pause_ms` × `hi_rest_ms`); then, the same way, a loud pure tone while a machine verdict is provisional "
         "confirms the machine (`confirm_tone_rel_level`: a person's wait holds no beep-like tone as loud as their "
         "voice), and no verdict by the analysis time after 1 s or more of talk is a provisional machine verdict "
-        "(`toolong_min_talk_ms`) rather than unknown. Measured "
+        "(`toolong_min_talk_ms`) rather than unknown; then a human verdict reached on a wait is watched for a beep "
+        "for `beep_watch_ms` (5 s; a recorder whose pause before its beep outlasted the wait: `machine_end_beep`), "
+        "kept because it beat the watch off in every held-out key but one (a tie). Measured "
         "on dev and not adopted (docs/amd.md): talk counted only from voiced runs reaching 0.25–0.5 of the "
         "callee's peak level (held out 94.6–95.1 % against 95.1 %), a pocketsphinx keyword stage (reversed none of "
         "the detector's errors "

@@ -168,6 +168,8 @@ class AmdController:
                     item = await asyncio.wait_for(self._decisions.get(), 0.25)
                 except TimeoutError:
                     self._watchdog()
+                    if self._watch_over():
+                        self.done.set()
                     continue
                 if isinstance(item, AmdDecision):
                     self.log.info("AMD decision", extra={"answered_by": item.answered_by.value,
@@ -203,16 +205,30 @@ class AmdController:
             for d in det.feed_silence(int(lag - 500)):
                 self._decisions.put_nowait(d)
 
+    def _watching(self) -> bool:
+        """Our detector gave human and still listens for a beep (a recording's long pause before it)."""
+        det = self.detector
+        return not self.external and det is not None and det.phase == "beep_watch"
+
+    def _watch_over(self) -> bool:
+        """A human verdict's beep watch ended without a beep: nothing more will come."""
+        return (bool(self.results) and self.results[-1].answered_by is AnsweredBy.HUMAN and not self._watching()
+                and self._decisions.empty())
+
     async def _act(self, result: AmdResult) -> None:
         call, ab = self.call, result.answered_by
-        if self.results and self.results[-1].answered_by is not AnsweredBy.MACHINE_START:
+        last = self.results[-1].answered_by if self.results else None
+        beep_after_human = last is AnsweredBy.HUMAN and ab is AnsweredBy.MACHINE_END_BEEP and not self.external
+        if last not in (None, AnsweredBy.MACHINE_START) and not beep_after_human:
             return                                       # already final (e.g. a late carrier callback)
         self.results.append(result)
         if ab in (AnsweredBy.HUMAN, AnsweredBy.UNKNOWN):
-            self._tap_off()
+            if not self._watching():
+                self._tap_off()
             await call.set_amd(result)
             await self.gate.release()
-            self.done.set()
+            if not self._watching():
+                self.done.set()
         elif ab in (AnsweredBy.FAX, AnsweredBy.SIT):
             # a fax, or the network's "not in service" announcement after SIT tones: nobody to talk to and no
             # voicemail to leave (a message dropped into an intercept would be logged as left, and is lost)
@@ -237,6 +253,7 @@ class AmdController:
                 self.detector = None                     # created at the first audio, at the carrier's rate
                 self._tap_on()
         else:                                            # machine_end_beep / _silence / _other
+            # (machine_end_beep may follow our human verdict: the engine, speaking by now, is cut off for the message)
             self._tap_off()
             self._silence_engine()
             if self.settings.message_kind == "text":

@@ -168,8 +168,8 @@ class AmdDetector:
             d = self._frame(bytes(buf[i * fb:(i + 1) * fb]))
             if d is not None:
                 out.append(d)
-                if self.phase == "done":
-                    break
+            if self.phase == "done":
+                break
         del buf[:n * fb]
         return out
 
@@ -216,8 +216,8 @@ class AmdDetector:
                 # a short pure stretch the VAD heard as speech, that is no beep: a vowel whose one harmonic
                 # dominates (the phone band's 300 Hz high-pass removes the fundamental). Its frames were talk.
                 for _ in range(voiced):
-                    d = self._greeting(now, True) if self.phase == "greeting" else self._message_end(now, True)
-                    if d is not None:
+                    d = self._step(now, True)
+                    if d is not None or self.phase == "done":
                         return d
             if tonal or self._tones.active:
                 # a tone is neither speech nor silence (yet): it must not make a word or a human
@@ -252,8 +252,14 @@ class AmdDetector:
                     return self._beep(pend)
             if self._pending_beep is not None:
                 return None
+        return self._step(now, voice)
+
+    def _step(self, now: int, voice: bool) -> AmdDecision | None:
+        """One frame of talk or silence, to the phase going on."""
         if self.phase == "greeting":
             return self._greeting(now, voice)
+        if self.phase == "beep_watch":
+            return self._beep_watch(now, voice)
         return self._message_end(now, voice)
 
     def _tone_verdict(self, now: int, ended: Tone | None) -> AmdDecision | None:
@@ -546,6 +552,22 @@ class AmdDetector:
             return self._decide(AnsweredBy.MACHINE_END_SILENCE, f"SILENCE-{self.silence_ms}")
         return None
 
+    def _beep_watch(self, now: int, voice: bool) -> AmdDecision | None:
+        """After a human verdict reached on a wait: a beep now shows a recording whose pause before its beep, or
+        before the rest of its greeting ("Hi! … the rest"), outlasted the wait (issue 15's "pause before a short
+        beep"); `_tone_verdict` gives machine_end_beep. A person waiting for a reply plays no beep. The watch lasts
+        `beep_watch_ms` from the verdict, and ends earlier once the silence since the last talk reaches
+        `message_end_silence` — as long as the end-of-message step waits for a beep."""
+        p = self.params
+        if voice:
+            self._talk()
+            self.silence_ms = 0
+        else:
+            self.silence_ms += FRAME_MS
+        if now - self._talk_end >= p.message_end_silence or now - self.decisions[-1].at_ms >= p.beep_watch_ms:
+            self.phase = "done"
+        return None
+
     def _reasked(self) -> bool:
         """The last thing heard was a short call after a wait: a person's "Hello?" when nobody replied. A greeting
         does not stop for a wait and then say one short phrase and stop again without a beep."""
@@ -569,5 +591,7 @@ class AmdDetector:
         interim = answered_by is AnsweredBy.MACHINE_START and self.detect_message_end
         d = AmdDecision(answered_by, self.time_ms, cause, final=not interim)
         self.decisions.append(d)
-        self.phase = "message_end" if interim else "done"
+        watch = (answered_by is AnsweredBy.HUMAN and self.params.beep_watch_ms > 0 and self.params.beep
+                 and not self.early_media and self.time_ms - self._talk_end < self.params.message_end_silence)
+        self.phase = "message_end" if interim else "beep_watch" if watch else "done"
         return d

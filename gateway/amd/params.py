@@ -68,6 +68,10 @@ class AmdParams:
     #: while a machine verdict is provisional, a steady pure tone of a beep's length at least this loud relative to
     #: the callee's speech confirms the machine (a person waiting for a reply plays no tone); 0 = off.
     confirm_tone_rel_level: float = 1.0
+    #: after a human verdict reached on a wait, a beep within this long of it (and before message_end_silence of
+    #: silence since the last talk) turns it into machine_end_beep: a recording whose pause before its beep (or
+    #: before the rest of its greeting) outlasted the person's wait; 0 = off.
+    beep_watch_ms: int = 5000
     #: pauses shorter than this count as talk time (between a greeting's sentences); longer ones do not.
     talk_bridge_ms: int = 1000
     #: mean |sample| (PCM16) under which a frame is silence, for the energy VAD and the tone gate.
@@ -141,6 +145,7 @@ class AmdParams:
                    maximum_word_length=5000, silence_threshold=256, initial_silence_result="machine",
                    vad="energy", vad_floor_ratio=0.0, vad_rel_level=0.0, max_utterance=0, answer_max_ms=0,
                    reask_wait_ms=0, hi_rest_ms=0, talk_min_run_ms=20, confirm_tone_rel_level=0.0, toolong_min_talk_ms=0,
+                   beep_watch_ms=0,
                    beep=False, fax=False,
                    sit=False)
 

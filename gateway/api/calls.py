@@ -363,8 +363,11 @@ async def run_call_op(gw: Gateway, op: CallOp, ident: str, args: dict[str, Any])
     """Run `op` where the call lives: here, else on its owner over the control bus (whose answer is returned
     unchanged); an owner that is gone has the call closed as `node_lost` (docs/deploy.md)."""
     call = _local_call(gw, ident)
-    if call is not None:
-        return Reply(200, await op.perform(gw, call, args))
+    if call is not None and not await gw.calls.moved_away(call):
+        result = await op.perform(gw, call, args)
+        if not call.moved:
+            return Reply(200, result)
+        # adopted by another process while the op ran (its hang-up lost the row): the op follows the call
     timeout = max(gw.control.timeout, op.wait(gw) + 1.0) if op.wait is not None else None
     for _ in range(2):      # a second look when the call moved to another process (adoption) meanwhile
         row = await _log_row(gw, ident)
@@ -412,13 +415,15 @@ def _bus_handler(gw: Gateway, op: CallOp) -> Callable[[dict[str, Any]], Awaitabl
     async def handler(msg: dict[str, Any]) -> Reply:
         ident = str(msg.get("call") or "")
         call = gw.calls.get(ident)
-        if call is None:
-            return Reply(404, error_body(f"call {ident} is not live on {gw.settings.proc_id}", "id", moved=True))
+        moved = Reply(404, error_body(f"call {ident} is not live on {gw.settings.proc_id}", "id", moved=True))
+        if call is None or await gw.calls.moved_away(call):
+            return moved
         args = msg.get("args")
         try:
-            return Reply(200, await op.perform(gw, call, args if isinstance(args, dict) else {}))
+            result = await op.perform(gw, call, args if isinstance(args, dict) else {})
         except ApiError as e:
             return Reply(e.status, error_body(e.message, e.field, **e.extra), e.headers)
+        return moved if call.moved else Reply(200, result)
     return handler
 
 

@@ -87,7 +87,9 @@ def number_json(gw: Gateway, row: dict[str, Any], health: dict[str, Any] | None 
     out = {
         "id": row["id"], "phone_number": row["phone_number"], "provider": row["provider"], "name": row.get("name"),
         "sip_trunk_name": row.get("sip_trunk_name"), "agent_id": row.get("agent_id"),
-        "status": row.get("status") or {}, "config": config, "created_at": row.get("created_at"),
+        "status": {**(row.get("status") or {}), **({"registered_by": row["registered_by"]}
+                                                   if row.get("registered_by") else {})},
+        "config": config, "created_at": row.get("created_at"),
         # what OmniDimension clients read (docs/omnidimension-compat.md): the provider, the attached agent or
         # false, and the trunk / Exotel settings flat beside `config` (secrets masked the same way)
         "number_provider": row["provider"], "active_bot_id": row.get("agent_id") or False,
@@ -288,8 +290,8 @@ def _number_id(request: web.Request) -> int:
     return parse(models.IdPath, request.match_info).id
 
 
-async def _number_or_404(gw: Gateway, number_id: int, field: str = "id") -> dict[str, Any]:
-    row = await gw.store.get_number(number_id, with_secrets=True)
+async def _number_or_404(gw: Gateway, number_id: int, field: str = "id", fresh: bool = False) -> dict[str, Any]:
+    row = await gw.store.get_number(number_id, with_secrets=True, fresh=fresh)
     if row is None:
         raise bad(field, f"phone number {number_id} not found", 404)
     return row
@@ -297,7 +299,8 @@ async def _number_or_404(gw: Gateway, number_id: int, field: str = "id") -> dict
 
 async def get_number(request: web.Request) -> web.Response:
     gw = gw_of(request)
-    row = await _number_or_404(gw, _number_id(request))
+    # read, not cached: its `status` (registrations) changes on any process without a cache notification
+    row = await _number_or_404(gw, _number_id(request), fresh=True)
     health = (await gw.store.health_records([row["id"]])).get(row["id"])
     return reply(responses.PhoneNumberReply, phone_number=number_json(gw, row, health))
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.cluster")
 
 OP = "store:changed"
-KINDS = ("agent", "number")
+#: "registration": who REGISTERs a trunk changed hands (carriers/sip.py); nothing cached, the SIP carrier looks again
+KINDS = ("agent", "number", "registration")
 #: seconds a write waits for each other process to confirm (a live process answers in milliseconds)
 CONFIRM_TIMEOUT = 2.0
 
@@ -57,7 +58,7 @@ class CacheSync:
     async def _on_changed(self, args: dict[str, Any]) -> Reply:
         kind = str(args.get("kind") or "")
         if kind not in KINDS:
-            return Reply(400, {"success": False, "error": f"unknown kind {kind[:40]!r} (agent or number)",
+            return Reply(400, {"success": False, "error": f"unknown kind {kind[:40]!r} ({', '.join(KINDS)})",
                                "field": "kind"})
         self.gateway.store.forget_cached(kind)
         return Reply(200, {})

@@ -46,6 +46,8 @@ class Membership:
         self.proc = gateway.settings.proc_id
         self.closed_orphans = 0
         self._task: asyncio.Task[None] | None = None
+        #: open rows of this process that its memory did not hold at the last heartbeat (closed at the next)
+        self._unheld: set[int] = set()
         #: this run has its row in `nodes`: only then is there a state to record at stop (a start stopped by a
         #: signal before it got here may not even have the table yet)
         self._registered = False
@@ -119,6 +121,20 @@ class Membership:
             closed = await self.close_calls("node_lost", owner=proc, last_seen=heartbeat_at)
             await self.store.mark_lost(proc, heartbeat_at)
             log.warning("process lost", extra={"proc": proc, "calls_closed": len(closed)})
+        await self.sweep_own()
+
+    async def sweep_own(self) -> None:
+        """Close this process's open rows that no live call of it holds any more, seen so at two heartbeats in a
+        row (`call_lost`). Orphan closing covers a dead owner; this covers a live one whose call ended but whose
+        end never reached the database (a call-log batch that failed while PostgreSQL was away, a bug on some end
+        path): such a row stayed `in-progress`, listed live on every node, for as long as the process ran, and
+        when it stopped cleanly (`stopped`) nobody closed it at all. Rows younger than `stale_after` are left
+        alone (a call being set up or adopted is in the row before it is in memory)."""
+        held = {c.log_id for c in self.gateway.calls.active.values()}
+        unheld = {i for i, _ in await self.store.open_call_ids(self.proc, self.settings.stale_after) if i not in held}
+        for row_id in unheld & self._unheld:
+            await self.close_calls("call_lost", owner=self.proc, call_id=row_id)
+        self._unheld = unheld - self._unheld
 
     async def alive(self, proc: str | None) -> bool:
         """Does `proc` still own its calls (owning state and a fresh heartbeat)? This process always does."""

@@ -210,16 +210,22 @@ class Registration:
         return self.expires
 
     async def _set_state(self, state: str, line: str | None = None, expires_in: int | None = None) -> None:
+        """Show the binding's state in the number's `status`. A refresh of a live binding is not shown as
+        `registering` (the binding stays valid meanwhile): one status write per refresh, and it tells no other
+        process of the cluster anything (`Store.patch_number_status`)."""
         now = _now()
-        self.status.update({"registration": state, "updated_at": now.isoformat()})
+        if state == "registering" and self.registered:
+            return
+        patch: dict[str, Any] = {"registration": state, "updated_at": now.isoformat()}
         if line is not None:
-            self.status["sip_status"] = line
+            patch["sip_status"] = line
         if state == "registered" and expires_in is not None:
-            self.status["registered_until"] = (now + timedelta(seconds=expires_in)).isoformat()
+            patch["registered_until"] = (now + timedelta(seconds=expires_in)).isoformat()
         elif state == "failing":
-            self.status["registered_until"] = None
+            patch["registered_until"] = None
+        self.status.update(patch)
         try:
-            await self.store.update_number(self.number_id, status=dict(self.status))
+            await self.store.patch_number_status(self.number_id, patch)
         except Exception as e:  # noqa: BLE001 - the number may just have been deleted
             log.info("registration status not stored: %s", e)
         self.changed.set()

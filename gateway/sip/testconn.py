@@ -196,7 +196,7 @@ async def _register_probe(ua: UserAgent, fields: dict[str, Any], dest: tuple[str
     from .registration import Registration
 
     class _NoStore:
-        async def update_number(self, *_: Any, **__: Any) -> None:
+        async def patch_number_status(self, *_: Any) -> None:
             return None
 
     number = {"id": 0, "config": dict(fields), "secrets": {}}

@@ -60,6 +60,9 @@ class PhoneNumber(Base):
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the process (`proc`) that REGISTERs this trunk to its carrier: one per cluster (docs/deploy.md,
+    #: "Registration-based SIP trunks in a cluster"); None while nobody does
+    registered_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class CallLog(Base):

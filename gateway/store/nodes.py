@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from .models import CallEvent, CallLog, Node, WebhookOutbox, row_dict, utcnow
+from .models import CallEvent, CallLog, Node, PhoneNumber, WebhookOutbox, row_dict, utcnow
 
 if TYPE_CHECKING:
     import asyncio
@@ -133,6 +133,25 @@ class ClusterStore:
                                                               CallLog.ended_at.is_(None)).values(owner=new_owner))
             return bool(result.rowcount == 1)
 
+    async def claim_end(self, call_id: int, owner: str, source: str, reason: str) -> bool:
+        """Before process `owner` ends a call it may have lost to an adopter: mark the row ended (time, status,
+        hangup source and reason, each only where not set yet) if `owner` still holds it; False when it moved to
+        another process. With `claim_call` (whose condition includes `ended_at IS NULL`) this makes the end and
+        the adoption exclusive: PostgreSQL serialises the two UPDATEs on the row and re-checks the second one's
+        condition, so either the adopter takes the call and the old owner's end matches nothing, or the old owner
+        ends it and the adopter's claim matches nothing (docs/deploy.md, "Ownership of a call"). A row already
+        ended by a survivor (this process was declared lost meanwhile) is still this owner's: True, and the call
+        is hung up as before. Not through the write-behind queue: the answer decides whether to hang up."""
+        ended = CallLog.ended_at.is_(None)
+        claim = (update(CallLog).where(CallLog.id == call_id, CallLog.owner == owner).values(
+            ended_at=func.coalesce(CallLog.ended_at, utcnow()),
+            call_status=case((ended, case((CallLog.answered_at.is_not(None), "completed"), else_="failed")),
+                             else_=CallLog.call_status),
+            hangup_source=func.coalesce(CallLog.hangup_source, source),
+            hangup_reason=func.coalesce(CallLog.hangup_reason, reason)))
+        async with self._writing_core() as conn:
+            return bool((await conn.execute(claim)).rowcount == 1)
+
     async def open_calls(self, owners: list[str]) -> list[dict[str, Any]]:
         """Call-log rows not yet ended whose owner is one of `owners`."""
         if not owners:
@@ -142,6 +161,16 @@ class ClusterStore:
             rows = (await s.scalars(select(CallLog).where(CallLog.owner.in_(owners), CallLog.ended_at.is_(None))
                                     .order_by(CallLog.id))).all()
             return [row_dict(c) for c in rows]
+
+    async def open_call_ids(self, owner: str, older_than: float) -> list[tuple[int, str]]:
+        """(row id, call id) of the open calls of `owner` created more than `older_than` seconds ago: the owner's
+        own check that each still exists in its memory (`Membership.sweep_own`). Two columns over the owner/ended_at
+        index, not whole rows, and no flush: it runs every heartbeat."""
+        async with self._session() as s:
+            rows = (await s.execute(select(CallLog.id, CallLog.call_uuid).where(
+                CallLog.owner == owner, CallLog.ended_at.is_(None),
+                CallLog.created_at < utcnow() - timedelta(seconds=older_than)))).all()
+        return [(int(i), str(u)) for i, u in rows]
 
     async def count_call_events(self, call_id: int) -> int:
         await self.flush()
@@ -186,6 +215,27 @@ class ClusterStore:
             rows = (await s.scalars(select(CallLog).where(CallLog.id.in_([c[0] for c in closed]))
                                     .order_by(CallLog.id))).all()
             return [row_dict(r) for r in rows]
+
+    # who registers a registration-based SIP trunk (docs/deploy.md) -----------------------------------------------
+    async def claim_registration(self, number_id: int, me: str, stale_after: float) -> bool:
+        """Become the process that REGISTERs trunk `number_id`, unless another running process with a fresh
+        heartbeat is it (one conditional UPDATE: of two processes claiming at once, one wins). A draining, stopped
+        or lost holder loses it. Written without a cache notification: only the SIP carriers read it, each on its
+        own sync (carriers/sip.py)."""
+        running = select(Node.proc).where(Node.state == "running",
+                                          Node.heartbeat_at >= self._cutoff(stale_after)).scalar_subquery()
+        free = (PhoneNumber.registered_by.is_(None) | (PhoneNumber.registered_by == me)
+                | PhoneNumber.registered_by.not_in(running))
+        async with self._writing_core() as conn:
+            result = await conn.execute(update(PhoneNumber).where(PhoneNumber.id == number_id, free)
+                                        .values(registered_by=me))
+            return bool(result.rowcount == 1)
+
+    async def release_registration(self, number_id: int, me: str) -> None:
+        """`me` no longer REGISTERs trunk `number_id` (draining, stopped, or the trunk stopped registering)."""
+        async with self._writing_core() as conn:
+            await conn.execute(update(PhoneNumber).where(PhoneNumber.id == number_id,
+                                                         PhoneNumber.registered_by == me).values(registered_by=None))
 
     # webhook outbox of a lost process -------------------------------------------------------------------------
     async def outbox_take(self, lost: str, me: str) -> list[dict[str, Any]]:

@@ -210,6 +210,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._updates: dict[tuple[str, ...], Any] = {}
         #: awaited after a committed write to agents or numbers, with its kind (the cluster's cache sync)
         self.on_change: Callable[[str], Awaitable[None]] | None = None
+        #: called with the kind ("agent", "number", "registration") whenever this process or, announced over the
+        #: cache sync, another one changed such rows: what acts on stored rows (the SIP carrier's registrations)
+        #: looks again. Synchronous and cheap: a watcher only wakes its own task.
+        self.watchers: list[Callable[[str], None]] = []
 
     CACHE_TTL = 5.0
     #: how long past its TTL an entry is still served while one background read refreshes it
@@ -278,6 +282,14 @@ class Store(ChannelStore, QueueStore, HealthStore):
         for entries in (self._cache, self._loading):    # a read begun before the write: later callers start anew
             for key in [k for k in entries if k[0] in kinds]:
                 del entries[key]
+        self._wake_watchers(kind)
+
+    def _wake_watchers(self, kind: str) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(kind)
+            except Exception:
+                _log.exception("store watcher failed")
 
     @contextlib.asynccontextmanager
     async def _write_turn(self) -> AsyncIterator[None]:
@@ -326,8 +338,18 @@ class Store(ChannelStore, QueueStore, HealthStore):
         return self._cache_epoch
 
     def forget_cached(self, kind: str) -> None:
-        """Drop the cached `kind` rows ("agent" or "number"): another process of the cluster changed one."""
-        self._invalidate(kind)
+        """Another process of the cluster changed `kind` rows: drop the cached ones ("agent", "number"), and wake
+        the watchers. "registration" (who REGISTERs a trunk) is cached nowhere: it only wakes them."""
+        if kind == "registration":
+            self._wake_watchers(kind)
+        else:
+            self._invalidate(kind)
+
+    async def announce(self, kind: str) -> None:
+        """Tell the other processes of the cluster that `kind` rows changed without a write through `_changing`
+        (a trunk's registration handed over): awaited like a write's notification; nothing to do alone."""
+        if self.on_change is not None:
+            await self.on_change(kind)
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -464,11 +486,16 @@ class Store(ChannelStore, QueueStore, HealthStore):
         except IntegrityError as e:
             raise DuplicateError("a phone number with these unique fields already exists") from e
 
-    async def get_number(self, number_id: int, with_secrets: bool = False) -> dict[str, Any] | None:
+    async def get_number(self, number_id: int, with_secrets: bool = False,
+                         fresh: bool = False) -> dict[str, Any] | None:
+        """The number's row, through the cache; `fresh` reads the database (the API shows the current `status`,
+        which other processes change without a notification: `patch_number_status`)."""
         async def load() -> dict[str, Any] | None:
             async with self._session() as s:
                 n = await s.get(PhoneNumber, number_id)
                 return self._number_row(n, with_secrets) if n else None
+        if fresh:
+            return await load()
         return await self._cached(("number", "id", number_id, with_secrets), load)
 
     async def find_number(self, e164: str, provider: str | None = None,
@@ -511,6 +538,25 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 setattr(n, k, self._seal(v) if k == "secrets" else v)
             await s.flush()
             return _row(n, exclude=("secrets",))
+
+    async def patch_number_status(self, number_id: int, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge `patch` into a number's `status` (what its registrations look like: shown by the API, read by no
+        call) and return the new status; None when the number is gone. Not a change other processes must hear
+        of: a REGISTER refresh every expiry/2 of every trunk used to announce `store:changed` (twice: registering,
+        registered), and every process of the cluster dropped all its cached numbers and agents each time. So no
+        notification and no cache epoch move; this process's cached copies take the new status in place. The
+        merge happens in the row (read under a row lock, then written), so writers of different keys — the outbound
+        registration of one process, a trunk's own REGISTER to another — do not undo each other's."""
+        async with self._writing() as s:
+            n = await s.get(PhoneNumber, number_id, with_for_update=True)
+            if n is None:
+                return None
+            status = {**(n.status or {}), **patch}
+            n.status = status
+        for key, (_, value) in self._cache.items():
+            if key[0] == "number" and isinstance(value, dict) and value.get("id") == number_id:
+                value["status"] = copy.deepcopy(status)
+        return status
 
     async def delete_number(self, number_id: int) -> dict[str, Any]:
         async with self._changing("number") as s:
@@ -693,7 +739,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
     async def find_call(self, *, call_uuid: str | None = None, carrier_sid: str | None = None,
                         flush: bool = True) -> dict[str, Any] | None:
         """The newest call-log row with this call id or carrier sid. `flush=False` skips waiting for this process's
-        queued writes (a row another process wrote, read on a media path: adoption)."""
+        queued writes (a row another process wrote, read on a media path: adoption). An id no row can have (a NUL
+        character, from a URL or a carrier's message) finds nothing: PostgreSQL refuses such a string outright, which
+        made `GET /api/v1/calls/logs/%00` a 500 in cluster mode."""
+        if "\x00" in (call_uuid or "") + (carrier_sid or ""):
+            return None
         if flush:
             await self.flush()
         q = select(CallLog)
@@ -712,7 +762,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
         """The newest open call of `channel_type` held by one of `owners` whose `extra[key]` is `value`: a call known
         by an id of the carrier that is not its own (an attended transfer's consultation call), found by another
         process of the cluster. Only open calls of live owners are read (the owner/ended_at index)."""
-        if not owners or not value:
+        if not owners or not value or "\x00" in value:
             return None
         q = (select(CallLog).where(CallLog.owner.in_(owners), CallLog.ended_at.is_(None),
                                    CallLog.channel_type == channel_type, CallLog.extra[key].as_string() == value)
