@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +44,7 @@ from aiohttp.http_websocket import WebSocketReader, WSMsgType  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.ws_client import MaskPool  # noqa: E402
 from carriers.mediasocket import decode_event  # noqa: E402
-from carriers.twilio_media import CloseCode  # noqa: E402
+from carriers.twilio_media import CloseCode, MediaStream  # noqa: E402
 from carriers.wsdirect import DirectWebSocket, _DispatchQueue  # noqa: E402
 from gateway import mediabatch  # noqa: E402
 from gateway.bus import CallBus  # noqa: E402
@@ -235,14 +235,18 @@ async def step_timings(frames: int, rounds: int) -> dict[str, float]:
                 def turn(p: bytes, tl: Timeline = tl, clock: Callable[[], float] = loop.time) -> None:
                     tl.agent_frame(p, clock())
                 s.keep("turn timing (agent frame on the timeline)", timed(turn, pcm8), n, base)
-                s.keep("μ-law encode", timed(pcm16_to_ulaw, pcm8), n, base)
-                s.keep("base64 encode + message text",
-                       timed(lambda u: prefix + base64.b64encode(u).decode("ascii") + '"}}', ulaw_frames), n, base)
+                ulaw_s = timed(pcm16_to_ulaw, pcm8)
+                s.keep("μ-law encode", ulaw_s, n, base)
+                # the stream's own outgoing frame (MediaStream._media_frame: μ-law, base64, message and websocket
+                # header as bytes); its μ-law is the row above
                 ws = DirectWebSocket()
                 ws._transport = NullTransport()
-                out_texts = [prefix + p + '"}}' for p in payloads]
-                s.keep(WS_WRITE,
-                       timed(ws.write_text_nowait, out_texts), n, base)
+                stream = MediaStream(None, ws, cast(Any, None))
+                stream._prefix = prefix
+                s.keep("base64 encode + message text",
+                       timed(stream._media_frame, pcm8) - ulaw_s, n)   # (the bare loop cancels out)
+                out_frames = [stream._media_frame(p) for p in pcm8]
+                s.keep(WS_WRITE, timed(ws.write_frame_nowait, out_frames), n, base)
 
                 # -- SIP -------------------------------------------------------------------------------------
                 s.keep("RTP parse", timed(parse_rtp, rtp_in), n, base)
@@ -415,10 +419,8 @@ async def sip_path(calls: int, frames: int) -> tuple[float, float]:
     sink.bind(("127.0.0.1", 0))
     sink.setblocking(False)
     sink_addr = sink.getsockname()
+    # not started: the bench drives the ticks (a started engine arms its own clock when a session opens)
     rtp = RtpEngine("127.0.0.1", 40000, 40000 + 4 * calls + 10)
-    await rtp.start()
-    assert rtp._handle is not None
-    rtp._handle.cancel()                          # the bench drives the ticks
     with tempfile.TemporaryDirectory(prefix="bench-frame-cost-") as d:
         gw = Gateway(Settings(host="127.0.0.1", http_port=0, data_dir=d, api_key="k", engine="echo"), carriers={})
         await gw.start()
@@ -541,8 +543,9 @@ def report(steps: dict[str, float], cores: tuple[float, float], sip: tuple[float
     row("bus out (re-framer, frame, queue; with the resampling)", steps[core_steps[2]], steps[core_steps[2]])
     row("turn timing (agent frame on the timeline)", steps[core_steps[3]], steps[core_steps[3]])
     row("μ-law / A-law encode", steps["μ-law encode"], steps["A-law encode"])
-    row("base64 encode + outgoing message text (template)", steps["base64 encode + message text"], None)
-    row("websocket frame write (straight to the transport)", steps[WS_WRITE], None)
+    row("base64 encode + outgoing message and frame header as bytes (`MediaStream._media_frame`, less its μ-law)",
+        steps["base64 encode + message text"], None)
+    row("websocket frame write (the whole frame straight to the transport)", steps[WS_WRITE], None)
     row("RTP build", None, steps["RTP build"])
     row("socket I/O through the event loop (one message in, one out)", 2 * tcp, udp,
         "loopback ping-pong, half a round trip per direction")

@@ -87,6 +87,55 @@ async def commits(store: Store) -> int:
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))).scalar_one())
 
 
+async def statements_run(store: Store) -> float:
+    """Statements PostgreSQL ran for this database so far (pg_stat_statements; NaN where the extension is not
+    installed: it needs `shared_preload_libraries`, so a cluster of the benchmark's own)."""
+    from sqlalchemy import text
+
+    try:
+        async with store.engine.connect() as conn:
+            return float((await conn.execute(text(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"))).scalar_one())
+    except Exception:
+        return float("nan")
+
+
+async def wal_lsn(store: Store) -> int:
+    """The server's current WAL position in bytes (the whole cluster's: exact only on a cluster of its own)."""
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))).scalar_one())
+
+
+async def table_figures(db: str, rows: int) -> dict[str, float]:
+    """After the store closed (its backends flush their statistics when they exit): the call log's updates and
+    how many were HOT, and the bytes per row of the table and of each of its indexes."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        end, last = time.monotonic() + 20, None
+        while time.monotonic() < end:
+            got = await conn.fetchrow("SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                      "WHERE relname = 'calls'")
+            if got is not None and got["n_tup_ins"] >= rows and got == last:
+                break
+            last = got
+            await asyncio.sleep(0.3)
+        assert last is not None
+        sizes = await conn.fetch("SELECT c.relname, pg_relation_size(c.oid) AS bytes FROM pg_index i "
+                                 "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'calls'::regclass")
+        heap = await conn.fetchval("SELECT pg_relation_size('calls')")
+    finally:
+        await conn.close()
+    return {"updates": last["n_tup_upd"] / rows, "hot": last["n_tup_hot_upd"] / max(1, last["n_tup_upd"]),
+            "indexes": len(sizes), "heap_bytes": heap / rows,
+            "index_bytes": sum(r["bytes"] for r in sizes) / rows,
+            "per_index": {r["relname"]: round(r["bytes"] / rows) for r in sizes}}
+
+
 def count_lookups(store: Store) -> list[int]:
     """A counter of the database reads of numbers and agents (what call set-up looks up), as a one-item list."""
     from sqlalchemy import event
@@ -124,6 +173,8 @@ async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: fl
         await store.flush()
         store._cache.clear()                     # set-up starts cold, as after a restart
         lookups = count_lookups(store)
+        ran0 = await statements_run(store)
+        wal0 = await wal_lsn(store)
         busy = [asyncio.create_task(keep_busy(store, busy_ms / 1000, stop)) for _ in range(pool_busy)]
         lookup_waits: list[float] = []
         pg = PgBackends(db)
@@ -143,14 +194,17 @@ async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: fl
         stop.set()
         await asyncio.gather(*busy)
         await store.flush()
+        ran = await statements_run(store) - ran0
         used = await acct.stop()
         await pg.close()
         x1 = await commits(store)
+        wal1 = await wal_lsn(store)
         _, completed = await store.list_calls(pagesize=1, call_status="completed")
     finally:
         stop.set()
         await asyncio.gather(*busy, return_exceptions=True)
         await store.close()
+    figures = await table_figures(db, calls + 20)
     if completed != calls + 20 or store.write_errors or len(set(ids)) != calls:
         raise RuntimeError(f"call log incomplete: {completed} completed rows for {calls + 20} calls, "
                            f"{store.write_errors} write errors")
@@ -159,7 +213,8 @@ async def step(db: str, rate: float, calls: int, pool_busy: int = 0, busy_ms: fl
             "lookup_p99": float(np.percentile(lw, 99)), "lookup_max": float(lw.max()),
             "rate": rate, "calls": calls, "wall": acct.wall, "achieved": calls / acct.wall,
             "store_ms": 1000 * used["store"] / calls, "pg_ms": 1000 * used["postgres"] / calls,
-            "xact": (x1 - x0 - 2) / calls, "wait_p50": float(np.percentile(w, 50)),
+            "xact": (x1 - x0 - 2) / calls, "statements": ran / calls, "wal": (wal1 - wal0) / calls,
+            **figures, "wait_p50": float(np.percentile(w, 50)),
             "wait_p99": float(np.percentile(w, 99)), "load": os.getloadavg()[0]}
 
 
@@ -168,19 +223,27 @@ async def main_async(args: argparse.Namespace) -> None:
     for rate in args.rates:
         for _ in range(args.repeat):
             r = await step(args.db, rate, args.calls or int(rate * args.seconds), args.pool_busy, args.busy_ms)
+            print(f"per call: statements {r['statements']:.2f}, WAL {r['wal']:.0f} B (whole cluster), call-log "
+                  f"updates {r['updates']:.2f} of which HOT {100 * r['hot']:.0f} %, heap {r['heap_bytes']:.0f} B, "
+                  f"{r['indexes']} indexes {r['index_bytes']:.0f} B {r['per_index']}", flush=True)
             print(f"lookups per call {r['lookups']:.3f}, set-up lookup wait p50 {r['lookup_p50']:.1f} ms, "
                   f"p99 {r['lookup_p99']:.1f} ms, max {r['lookup_max']:.1f} ms", flush=True)
             rows.append([f"{rate:g}", r["calls"], f"{r['achieved']:.0f}", f"{r['store_ms']:.3f}",
-                         f"{r['pg_ms']:.3f}", f"{r['xact']:.2f}", f"{r['wait_p50']:.1f}", f"{r['wait_p99']:.1f}",
-                         f"{r['load']:.1f}"])
+                         f"{r['pg_ms']:.3f}", f"{r['xact']:.2f}", f"{r['statements']:.2f}", f"{r['wal']:.0f}",
+                         f"{100 * r['hot']:.0f}", f"{r['index_bytes']:.0f}", f"{r['wait_p50']:.1f}",
+                         f"{r['wait_p99']:.1f}", f"{r['load']:.1f}"])
             print(rows[-1], flush=True)
     body = ("The call log's writes for one zero-length SIP call (one row, 3 updates, 5 events), driven at a steady "
             "rate through `Store` on PostgreSQL, without SIP: CPU per call of this process (the store and a small "
-            "driver) and of PostgreSQL's backends, transactions committed per call, and how long call set-up "
+            "driver) and of PostgreSQL's backends, transactions committed and statements run per call, WAL written "
+            "per call (the whole cluster's, so other databases' writes count too when the cluster is shared), the "
+            "share of the call log's updates that were HOT, the call log's index bytes per row, and how long "
+            "call set-up "
             "waited for its row's INSERT … RETURNING.\n\n"
             + table(["offered calls/s", "calls", "achieved calls/s", "store CPU ms per call",
-                     "PG backends CPU ms per call", "transactions per call", "row wait p50 ms", "row wait p99 ms",
-                     "load avg"], rows))
+                     "PG backends CPU ms per call", "transactions per call", "statements per call",
+                     "WAL bytes per call", "call-log updates HOT %", "call-log index bytes per call", "row wait p50 ms",
+                     "row wait p99 ms", "load avg"], rows))
     print(body)
     if not args.no_write:
         write_section("store_calls", "Call log on PostgreSQL: cost per call", body,

@@ -63,7 +63,7 @@ def test_dev_only_write_keeps_the_last_test_run(tmp_path: Path) -> None:
     assert evaluate.kept_test_results(tmp_path / "missing.md") == ([], [])
 
 
-def test_dev_only_write_keeps_the_test_split_history_as_logged(tmp_path: Path) -> None:
+def test_every_write_keeps_the_test_split_history_as_logged(tmp_path: Path) -> None:
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nHow the defaults were chosen: …\n\nTest-split history, for honesty: the test "
                     "split has been run eight times. Eighth run: 95.0 %.\n\n**gateway, dev split**\n")

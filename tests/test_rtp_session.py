@@ -297,3 +297,21 @@ async def test_caller_audio_read_after_a_stalled_loop_is_played_not_dropped():
     finally:
         peer.transport.close()
         await rtp.stop()
+
+
+async def test_clock_runs_only_while_a_session_is_open():
+    """An idle process is not woken 50 times a second: the clock starts with the first session and stops after
+    the last one closes, and a session opened later gets a running clock again."""
+    rtp = RtpEngine("127.0.0.1", 44100, 44110)
+    await rtp.start()
+    try:
+        assert not rtp.clock_running and rtp.ticks == 0
+        for _ in range(2):
+            session = await rtp.open_session()
+            assert rtp.clock_running
+            await wait_for(lambda t=rtp.ticks: rtp.ticks >= t + 3, timeout=10)
+            session.close()
+            await wait_for(lambda: not rtp.clock_running, timeout=10)
+    finally:
+        await rtp.stop()
+    assert not rtp.clock_running

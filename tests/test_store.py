@@ -142,6 +142,39 @@ async def test_new_rows_do_not_wait_behind_written_behind_batches_and_flush_cuts
     assert store.write_errors == 0
 
 
+async def test_a_flush_under_a_steady_stream_of_writes_waits_only_for_what_came_before_it(store):
+    """Under load the write queue is never empty: a flush (a read of the call log, the channel-limit check at call
+    set-up) waited for it to drain, i.e. for a lull, and meanwhile the lanes stopped batching. It returns once the
+    writes queued before it are committed, whatever keeps coming, and a row created meanwhile still gets its id."""
+    row = await store.create_call(call_fields("steady"))
+    stop = asyncio.Event()
+
+    async def keep_writing() -> int:
+        n = 0
+        while not stop.is_set():
+            await store.add_call_event(row["id"], "tick", {"n": n})
+            n += 1
+            await asyncio.sleep(0)
+        return n
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        await wait_for(lambda: store._writes.done_count > 5)
+        await store.update_call(row["id"], call_status="in-progress")
+        marker = store._writes.put_count
+        await asyncio.wait_for(store.flush(), 30)
+        assert store._writes.done_count >= marker
+        assert (await store.find_call(call_uuid="steady", flush=False))["call_status"] == "in-progress"
+        second = await asyncio.wait_for(store.create_call(call_fields("steady-2")), 30)
+        assert second["id"] != row["id"]
+    finally:
+        stop.set()
+        written = await writer
+    await store.flush()
+    assert store.write_errors == 0
+    assert len(await store.list_call_events(row["id"])) == written
+
+
 async def test_ids_are_never_reused(store):
     """Regression (issue 14): deleting the newest agent or number and creating another must not hand out its id
     again (old call logs and webhooks would read as the new one's), on SQLite and PostgreSQL alike."""

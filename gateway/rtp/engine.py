@@ -1,4 +1,7 @@
-"""RTP port allocation and the one 20 ms clock shared by every session of the process."""
+"""RTP port allocation and the one 20 ms clock shared by every session of the process.
+
+The clock runs only while a session is open: ticking 50 times a second with no call up woke every idle worker of
+`serve --workers N` (and every worker between calls) for nothing."""
 from __future__ import annotations
 
 import asyncio
@@ -46,6 +49,7 @@ class RtpEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
+        self._running = False  # between start() and stop(): the clock ticks whenever a session is open
         self.now = 0.0        # loop time of the current tick callback (sessions read it instead of the clock)
         self.ticks = 0
         self.late_ticks = 0   # ticks that ran more than one period late (stalls)
@@ -57,10 +61,25 @@ class RtpEngine:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._next = self._loop.time() + TICK
-        self._handle = self._loop.call_at(self._next, self._on_tick)
+        self._running = True
+        self._arm()
+
+    @property
+    def clock_running(self) -> bool:
+        """Is the 20 ms clock scheduled (started, and a session open or closed since its last tick)?"""
+        return self._handle is not None
+
+    def _arm(self) -> None:
+        """Start the clock if it is stopped and a session is open: its first tick one period from now."""
+        loop = self._loop
+        if loop is None or not self._running or self._handle is not None or not self._order:
+            return
+        self.now = loop.time()
+        self._next = self.now + TICK
+        self._handle = loop.call_at(self._next, self._on_tick)
 
     async def stop(self) -> None:
+        self._running = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -90,6 +109,7 @@ class RtpEngine:
             session.rtcp_transport = rtcp
             self.sessions[port] = session
             self._order = tuple(self.sessions.values())
+            self._arm()
             return session
         raise NoFreePort(f"no free RTP port in {self.port_min}-{self.port_max}")
 
@@ -147,4 +167,5 @@ class RtpEngine:
             skipped = int((now - self._next) / TICK) + 1
             self.skipped_ticks += skipped
             self._next += skipped * TICK
-        self._handle = loop.call_at(self._next, self._on_tick)
+        # the last session closed: the clock stops until the next one opens (`_arm`)
+        self._handle = loop.call_at(self._next, self._on_tick) if self._order else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -65,13 +65,37 @@ class PhoneNumber(Base):
     registered_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
+#: PostgreSQL fills a new page of the call log up to this percentage and leaves the rest for updates of its rows: an
+#: update whose new version fits on the row's own page and changes no indexed column is HOT (no index entry at all)
+CALLS_FILLFACTOR = 80
+_OPEN = text("ended_at IS NULL")                      # a call-log row whose call has not ended
+_DISPATCHED = text("queue_item_id IS NOT NULL")       # a call placed for a dispatch-queue item
+
+
 class CallLog(Base):
     __tablename__ = "calls"
-    # "calls of proc P still open" is asked at every start and for every lost process: one index range, however
-    # long the call log grows
-    # "live calls on number N" is counted at every call set-up on a number with a channel limit (store/channels.py)
-    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", "ended_at"),
-                      Index("ix_calls_number_ended_at", "phone_number_id", "ended_at"), NEVER_REUSE_IDS)
+    # Every index of this table costs every call: one entry when its row is inserted and one more for each update
+    # that is not HOT (an update of an indexed column, or one whose new row version does not fit on its page:
+    # PostgreSQL then writes the row again and an entry into every index). A call's answer (`call_status`,
+    # `answered_at`) and its end (`call_status`, `ended_at`, …) are updates, so only what a query needs is indexed
+    # (BENCHMARKS.md, "What o costs per call now"):
+    # - "calls of proc P still open" (every start, every lost process, adoption) and "live calls on number N" (call
+    #   set-up on a number with a channel limit, store/channels.py) ask for open rows only: the owner index holds
+    #   open rows alone (partial: the end's update adds no entry to it, and it stays as small as the live calls).
+    #   The number index keeps ended rows too: number health counts a number's ended calls (store/health.py).
+    # - `call_status` is not indexed: the call log's status filter reads the newest rows first and counts like the
+    #   unfiltered list does, and without it the answer's update is HOT (with the room `fillfactor` leaves).
+    # - `queue_item_id` (recovering dispatch items) is indexed where set: a call that was not dispatched costs none.
+    # - nothing asks for `bulk_call_id` alone (the bulk-call filter also matches `call_context`, which no index
+    #   serves).
+    # The names of the indexes whose definition changed are kept: a database made by an older release keeps its
+    # full indexes of those names (they answer the same queries) and the ones no longer declared, since the store
+    # only ever adds (`_add_missing_columns`); docs/deploy.md gives the statements that bring one up to this.
+    __table_args__ = (Index("ix_calls_owner_ended_at", "owner", postgresql_where=_OPEN, sqlite_where=_OPEN),
+                      Index("ix_calls_number_ended_at", "phone_number_id", "ended_at"),
+                      Index("ix_calls_queue_item_id", "queue_item_id", postgresql_where=_DISPATCHED,
+                            sqlite_where=_DISPATCHED),
+                      {**NEVER_REUSE_IDS, "postgresql_with": {"fillfactor": CALLS_FILLFACTOR}})
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_uuid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     carrier_sid: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
@@ -81,7 +105,7 @@ class CallLog(Base):
     call_direction: Mapped[str] = mapped_column(String(16))
     from_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
     to_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    call_status: Mapped[str] = mapped_column(String(32), default="queued", index=True)
+    call_status: Mapped[str] = mapped_column(String(32), default="queued")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -111,9 +135,9 @@ class CallLog(Base):
     timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: the dispatch-queue item this call was placed for (gateway/dispatcher.py): how a restart tells a placed
     #: item from one that never reached a carrier
-    queue_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    queue_item_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: the bulk call it belongs to, and which attempt of its queue item it is (1, then 2… for retries)
-    bulk_call_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    bulk_call_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 

@@ -144,6 +144,42 @@ _INSERT_EVENTS_PG = text(
     "WITH ORDINALITY AS u(c, a, k, d, n) ORDER BY n")
 
 
+class _Lane(asyncio.Queue[_T]):
+    """A write lane's queue whose flush waits for the items put so far, not for those put after it began: under a
+    steady load the queue is never empty, and `join()` (what a flush awaited) returned only in a lull — seconds
+    at a few hundred calls a second, during which the lanes stopped letting their batches fill (a flush was
+    waiting), so every write went in a batch of its own. Items are done in the order they were put (one consumer,
+    batches in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_count = 0
+        self.done_count = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def put_nowait(self, item: _T) -> None:
+        super().put_nowait(item)
+        self.put_count += 1
+
+    def task_done(self) -> None:
+        super().task_done()
+        self.done_count += 1
+        if self._waiters and self._waiters[0][0] <= self.done_count:
+            ready = [fut for target, fut in self._waiters if target <= self.done_count]
+            self._waiters = [(target, fut) for target, fut in self._waiters if target > self.done_count]
+            for fut in ready:
+                _wake(fut)
+
+    async def settled(self) -> None:
+        """Wait until every item put before this call is done."""
+        target = self.put_count
+        if self.done_count >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, fut))
+        await fut
+
+
 def _wake(nap: asyncio.Future[None]) -> None:
     if not nap.done():
         nap.set_result(None)
@@ -182,6 +218,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
     #: costs a transaction and a statement per kind of write whatever its size: one worker at 400 CPS wrote ~60
     #: batches a second of ~7 items per call; waiting one media tick makes them fewer and fuller
     WINDOW = 0.02
+    #: the insert lane starts at most one INSERT per this many seconds: rows that arrive meanwhile wait for it and
+    #: share it. A row arriving after a quiet spell goes at once; under load, set-up waits at most this long. Without
+    #: it, a worker that is not saturated ran one INSERT (a transaction, ~0.6 ms of the worker's CPU through
+    #: SQLAlchemy and asyncpg) per call: two workers at 200 calls/s each ran 0.9 commits per call against one worker
+    #: at 400 calls/s 0.35, the largest part of why two workers cost more CPU per call than one (BENCHMARKS.md,
+    #: "Why two workers cost more CPU per call than one")
+    INSERT_PACE = 0.01
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
@@ -190,12 +233,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self.box = box
         self.engine: AsyncEngine | None = None
         self._maker: async_sessionmaker[AsyncSession] | None = None
-        self._queue: asyncio.Queue[tuple[str, int, Any]] | None = None
+        self._queue: _Lane[tuple[str, int, Any]] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._new_rows: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[int]]] | None = None
+        self._new_rows: _Lane[tuple[dict[str, Any], asyncio.Future[int]]] | None = None
         self._inserter: asyncio.Task[None] | None = None
-        self._nap: asyncio.Future[None] | None = None   # the write lane's wait for its batch to fill
-        self._hurry = 0                                  # flushes waiting: the write lane does not wait then
+        self._naps: set[asyncio.Future[None]] = set()   # the lanes' waits for their batches to fill
+        self._hurry = 0                                  # flushes waiting: the lanes do not wait then
         self.write_errors = 0
         # SQLite has one writer at a time and answers a second one "database is locked" (no busy wait when a
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
@@ -380,9 +423,9 @@ class Store(ChannelStore, QueueStore, HealthStore):
             await conn.run_sync(never_reuse_ids)
         await self._seal_secrets()
         self._maker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._queue = asyncio.Queue()
+        self._queue = _Lane()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
-        self._new_rows = asyncio.Queue()
+        self._new_rows = _Lane()
         self._inserter = asyncio.create_task(self._insert_loop(self._new_rows), name="store-inserter")
 
     async def close(self) -> None:
@@ -608,23 +651,43 @@ class Store(ChannelStore, QueueStore, HealthStore):
             return [_row(r) for r in rows]
 
     async def flush(self) -> None:
-        """Wait until every queued call-log write is committed."""
+        """Wait until every call-log write queued so far is committed (not those queued meanwhile)."""
         self._hurry += 1
         try:
-            if self._nap is not None and not self._nap.done():
-                self._nap.set_result(None)
+            for nap in self._naps:
+                _wake(nap)
             if self._new_rows is not None and self._inserter is not None:
-                await self._new_rows.join()
+                await self._new_rows.settled()
             if self._queue is not None and self._writer is not None:
-                await self._queue.join()
+                await self._queue.settled()
         finally:
             self._hurry -= 1
 
+    async def _fill(self, delay: float) -> None:
+        """Let a lane's batch fill for `delay` seconds; a flush (or one waiting already) cuts it short."""
+        if delay <= 0 or self._hurry:
+            return
+        loop = asyncio.get_running_loop()
+        nap: asyncio.Future[None] = loop.create_future()
+        self._naps.add(nap)
+        timer = loop.call_later(delay, _wake, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._naps.discard(nap)
+
     async def _insert_loop(self, q: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
-        """New call-log rows, every one queued meanwhile in one INSERT … RETURNING; each waiter gets its id or the
-        error (a failed batch fails its calls' set-up: no call runs without its row)."""
+        """New call-log rows, every one queued meanwhile in one INSERT … RETURNING, at most one INSERT per
+        `INSERT_PACE`; each waiter gets its id or the error (a failed batch fails its calls' set-up: no call runs
+        without its row)."""
+        loop = asyncio.get_running_loop()
+        began = -self.INSERT_PACE
         while True:
             batch = [await q.get()]
+            if q.qsize() < self.BATCH:
+                await self._fill(began + self.INSERT_PACE - loop.time())
+            began = loop.time()
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
             try:
@@ -649,17 +712,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     async def _write_loop(self) -> None:
         q = self._writes
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await q.get()]
-            if not self._hurry and q.qsize() < self.BATCH:
-                self._nap = nap = loop.create_future()
-                timer = loop.call_later(self.WINDOW, _wake, nap)
-                try:
-                    await nap
-                finally:
-                    timer.cancel()
-                    self._nap = None
+            if q.qsize() < self.BATCH:
+                await self._fill(self.WINDOW)
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
             try:
