@@ -252,6 +252,7 @@ class SipLeg(DelegatingConsultLeg):
             return
         self.close()
         stats: dict[str, Any] = dict(self.rtp.stats)
+        stats["after_end"] = self.call.audio_after_end     # frames played out after the call ended: heard by no one
         quality = self.rtp.quality()
         stats["quality"] = quality
         if self.bridge is not None:

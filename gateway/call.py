@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 from .bus import CallBus
 from .carrier import CallLeg, CarrierError
@@ -68,12 +68,6 @@ SAY_TIMEOUT = 15.0
 #: seconds of music on hold handed to a media-socket carrier ahead of real time (it plays what it is sent in turn)
 MUSIC_LEAD = 0.06
 
-#: every `call_status` a call-log row can hold (Twilio's vocabulary, which every carrier maps onto): the call-log
-#: filter is checked against it, so a typo is a 400 instead of an empty page
-CallStatus = Literal["queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "canceled",
-                    "failed", "rejected"]
-CALL_STATUSES: tuple[str, ...] = get_args(CallStatus)
-
 
 class Call:
     def __init__(self, manager: CallManager, log_row: dict[str, Any], *, carrier: str, direction: str,
@@ -110,6 +104,9 @@ class Call:
         #: jitter buffer sets it per frame); None: the audio is fed as it arrives. The timeline dates caller
         #: speech by it.
         self.inbound_arrived: float | None = None
+        #: pieces of caller audio fed after the call ended (the carrier's media was still closing: a busy loop
+        #: plays a burst of buffered RTP out then): ignored, counted, so the media's counters add up
+        self.audio_after_end = 0
         self._clock: Callable[[], float] = time.monotonic
         self._taps: list[Tap] = []
         #: when set (AMD), the engine's play/mark/clear go through it first: held until a human is confirmed,
@@ -245,6 +242,8 @@ class Call:
 
     def feed_audio(self, pcm: bytes) -> None:
         if self.bus is None or self.ended.is_set():
+            if self.ended.is_set():
+                self.audio_after_end += 1
             return
         for tap in self._taps:
             tap(pcm)

@@ -14,7 +14,6 @@ from . import __version__
 from .config import Settings, load_settings
 from .logsetup import configure_logging
 from .publicurl import unreachable_reason
-from .recording.s3 import S3Unavailable
 from .redact import redact_url
 from .secretbox import SecretKeyError
 from .sip.origin import parse_proxies
@@ -102,7 +101,8 @@ def _settings_error(settings: Settings) -> str | None:
 
 
 async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
-    from .runtime import Gateway
+    from .engine import EngineRegistry
+    from .recording.s3 import S3Unavailable
     from .supervisor import Supervisor, report_ready
     from .workers import worker_settings
 
@@ -116,26 +116,26 @@ async def _serve(args: argparse.Namespace, serve_argv: list[str]) -> int:
     except ValueError as e:
         print(f"gateway: log_format: {e}", file=sys.stderr)
         return 2
+    # in-process engines are imported and built here, before the runtime (a wrong spec is said in a fraction of the
+    # start-up) and before gc.freeze() below moves them out of the collector's way; a supervisor says it once
+    # rather than every worker
+    engines = EngineRegistry(settings.engine, settings.allowed_engines)
+    problem = _engine_error(engines, settings)
+    if problem:
+        print(f"gateway: {problem}", file=sys.stderr)
+        return 2
     if settings.workers > 1 and settings.worker_index == 0:
-        from .engine import EngineRegistry
-        problem = _engine_error(EngineRegistry(settings.engine, settings.allowed_engines), settings)
-        if problem:   # said once here rather than by every worker
-            print(f"gateway: {problem}", file=sys.stderr)
-            return 2
         return await Supervisor(settings, serve_argv).run()
+    from .runtime import Gateway
+
     settings = worker_settings(settings)
     if pending_stop_signals():    # came while the runtime was imported: nothing built yet, nothing to undo
         print(f"gateway {settings.proc_id}: stopped by a signal during start-up", flush=True)
         return 0
     try:
-        gw = Gateway(settings)
+        gw = Gateway(settings, engines=engines)
     except (SecretKeyError, S3Unavailable) as e:
         print(f"gateway: {e}", file=sys.stderr)
-        return 2
-    # in-process engines are imported and built here, before gc.freeze() below moves them out of the collector's way
-    problem = _engine_error(gw.engines, settings)
-    if problem:
-        print(f"gateway: {problem}", file=sys.stderr)
         return 2
     # SIGTERM / Ctrl-C drain (docs/deploy.md): no new calls, live calls go on up to --drain-timeout; a second
     # signal hangs them up at once. `gateway drain` and the drain API end here too, through gw.drained. Signals

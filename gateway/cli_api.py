@@ -17,9 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .call import CALL_STATUSES
 from .config import default_data_dir
-from .store.dispatchq import ITEM_STATUSES
+from .statuses import CALL_STATUSES, ITEM_STATUSES
 
 COMMANDS = ("numbers", "calls", "bulk", "agents", "trunk", "drain")
 DEFAULT_URL = "http://127.0.0.1:8080"

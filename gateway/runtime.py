@@ -54,7 +54,10 @@ def saved_api_key(data_dir: str) -> tuple[str, str]:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None) -> None:
+    def __init__(self, settings: Settings, carriers: dict[str, Carrier] | None = None,
+                 engines: EngineRegistry | None = None) -> None:
+        """`engines`: a registry already holding the operator's in-process engines (`gateway serve` checks them
+        before importing the runtime); by default one for `settings.engine` / `settings.allowed_engines`."""
         self.settings = settings
         #: this gateway's Prometheus registry and series (gateway/metrics.py); before anything that counts
         self.metrics = GatewayMetrics()
@@ -62,7 +65,7 @@ class Gateway:
         self.tracing = CallTracing.from_settings(settings)
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.calls = CallManager(self)
-        self.engines = EngineRegistry(settings.engine, settings.allowed_engines)
+        self.engines = engines if engines is not None else EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
                                           allow_private=settings.allow_private_webhooks,
                                           max_pending=settings.webhook_outbox_max, store=self.store,

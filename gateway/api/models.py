@@ -16,8 +16,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import CoreSchema, ErrorDetails
 
-from ..call import CallStatus
 from ..numbers import typed_e164
+from ..statuses import CallStatus
 from .errors import ApiError
 from .validation import MAX_INT, MAX_PAGESIZE, to_bool, to_http_url, to_int, to_list, to_str, to_time_bound
 

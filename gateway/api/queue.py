@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import ConfigDict, Field, field_validator
 
 from ..retries import DEFAULT_ON, MAX_ATTEMPTS, RetryOn, RetryPolicy
-from ..store.dispatchq import ITEM_STATUSES
+from ..statuses import ITEM_STATUSES
 from . import responses
 from .errors import read_json
 from .models import E164, Body, Id, IdPath, Page, parse

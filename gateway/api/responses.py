@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..call import CALL_STATUSES
+from ..statuses import CALL_STATUSES
 
 
 class Reply(BaseModel):

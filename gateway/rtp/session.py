@@ -141,6 +141,8 @@ class RtpSession(asyncio.DatagramProtocol):
                "duplicate": self._jitter.duplicate, "overflow": self._jitter.overflow, "drained": self._jitter.drained,
                "foreign": self.foreign,
                "unheard": self.unheard,
+               # received but never played out: still in the jitter buffer when the media closed
+               "unplayed": len(self._jitter),
                "jitter_ms": round(self.jitter_ts / 8, 2), "rtcp_sent": sum(self.rtcp.sent.values()),
                "rtcp_received": sum(self.rtcp.received.values())}
         if self.srtp is not None:

@@ -23,9 +23,6 @@ from ..retries import RetryPolicy, settle
 from .models import BulkCall, CallLog, DispatchPace, QueuedCall, row_dict, utcnow
 from .nodes import ClusterStore
 
-#: item states that will not change any more
-FINAL = ("completed", "failed", "cancelled")
-ITEM_STATUSES = ("queued", "dispatching", "dispatched", *FINAL)
 #: a bulk call's progress counts: queued (first attempt not placed yet), dialing (being placed, or its call is
 #: live), retrying (waiting for another attempt), completed (answered), failed, cancelled
 PROGRESS = ("queued", "dialing", "retrying", "completed", "failed", "cancelled")
