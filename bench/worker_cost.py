@@ -226,7 +226,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(table(["round", "processes at once", "CPU s of each (same loop)", "load avg"], rows))
     out = []
     for r in range(args.rounds):
-        for workers in (1, 2):
+        for workers in args.shapes:
             res = await step(workers, args.db, args.rate, args.seconds, args.profile)
             for name, p in res["per"].items():
                 out.append([str(r + 1), str(workers), f"{res['cps']:.0f}", str(res["failed"]), name,
@@ -250,6 +250,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=300.0, help="total calls per second, the same for both shapes")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--shapes", type=lambda v: [int(n) for n in v.split(",")], default=[1, 2],
+                   help="worker counts to run each round, e.g. 1 for one worker only (A/B of a code change)")
     p.add_argument("--spin", action="store_true", help="first the CPU-only loop: 1 process alone, then 2 at once")
     p.add_argument("--spin-n", type=int, default=5_000_000)
     p.add_argument("--profile", type=Path, help="directory: py-spy every worker (collapsed stacks per step; "

