@@ -110,6 +110,9 @@ class GatewayMetrics:
                                     ["carrier", "direction"], buckets=TURNAROUND_BUCKETS, registry=r)
         self.sip_responses = Counter("gateway_sip_responses_total", "SIP responses sent and received, by class.",
                                      ["direction", "code_class"], registry=r)
+        #: (direction, status) -> its child of sip_responses: `labels()` takes a lock and builds its key on every
+        #: call, and every SIP response is counted (~4 per call; 1.3 % of a worker's CPU at 300 calls/s)
+        self._sip_children: dict[tuple[str, int], Any] = {}
         self.amd = Counter("gateway_amd_results_total", "Answering-machine detection verdicts.",
                            ["carrier", "answered_by", "source"], registry=r)
         self.amd_decision = Histogram("gateway_amd_decision_seconds", "Time an AMD verdict took.",
@@ -181,7 +184,12 @@ class GatewayMetrics:
 
     def sip_response(self, direction: str, status: int) -> None:
         """A SIP response was sent or received (the SIP transport calls this)."""
-        self.sip_responses.labels(direction, code_class(status)).inc()
+        child = self._sip_children.get((direction, status))
+        if child is None:
+            if len(self._sip_children) >= 1024:     # codes are few; a peer sending odd ones cannot grow this
+                self._sip_children.clear()
+            child = self._sip_children[(direction, status)] = self.sip_responses.labels(direction, code_class(status))
+        child.inc()
 
     def turnaround_observer(self, carrier: str) -> Callable[[str, float], None]:
         """What a call's bus calls with ("in" | "out", seconds) for its sampled frames."""
