@@ -72,3 +72,21 @@ async def test_openmetrics_is_served_when_asked_for(make_gateway):
             assert r.headers["Content-Type"].startswith("application/openmetrics-text")
             body = await r.text()
     assert body.rstrip().endswith("# EOF")
+
+
+def test_cached_children_count_into_their_own_series():
+    """`GatewayMetrics.child` hands out one child per label values and every count lands in its series."""
+    from gateway.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    for status in (180, 200, 200, 200, 404):
+        m.sip_response("sent", status)
+    m.sip_response("received", 200)
+    assert m.child(m.calls, "sip", "inbound") is m.child(m.calls, "sip", "inbound")
+    m.child(m.calls, "sip", "inbound").inc(2)
+    text = m.render()[0].decode()
+    assert metric_value(text, "gateway_sip_responses_total", direction="sent", code_class="2xx") == 3
+    assert metric_value(text, "gateway_sip_responses_total", direction="sent", code_class="1xx") == 1
+    assert metric_value(text, "gateway_sip_responses_total", direction="sent", code_class="4xx") == 1
+    assert metric_value(text, "gateway_sip_responses_total", direction="received", code_class="2xx") == 1
+    assert metric_value(text, "gateway_calls_total", carrier="sip", direction="inbound") == 2
