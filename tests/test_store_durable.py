@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 
 from cluster_env import create_database, db_url, drop_database, require_pg  # noqa: F401 (db_url: a fixture)
 from gateway.callmanager import CallLogUnavailableError
+from gateway.frames import HangupSource
 from gateway.secretbox import SecretBox
 from gateway.store import Store, StoreUnavailableError
 from gateway.store.durable import BACKOFF_CAP, BACKOFF_FIRST, backoff, is_transient, reason, sqlstate
@@ -350,3 +351,38 @@ async def test_a_duplicate_row_fails_only_its_own_call_setup(db_url: str) -> Non
         assert len({r["id"] for r in got if isinstance(r, dict)}) == 11
     finally:
         await store.close()
+
+
+async def test_an_outage_longer_than_stale_after_declares_no_process_lost(
+        cluster: ThrowawayCluster, pg_store: Store, make_gateway, tmp_path) -> None:
+    """Two processes on the server, one with a live call; the database is away for longer than `stale_after`, so
+    when it is back both heartbeats are stale. Neither process may declare the other lost (closing its live
+    calls as `node_lost`): the first one back used to. Once both have beaten again and looked for lost processes
+    after their hold-off, the live call is still open and both processes are still running."""
+    await pg_store.close()
+    loop = asyncio.get_running_loop()
+    stale = 3.0
+    # a beats often, b (with the call) seldom: once the server is back, a looks for lost processes before b beats
+    gws = [await make_gateway(db=cluster.url, node_id=f"gw-{n}", data_dir=str(tmp_path / n), heartbeat_interval=beat,
+                              stale_after=stale) for n, beat in (("a", 0.1), ("b", 1.0))]
+    try:
+        call = await gws[1].calls.create(carrier="sip", direction="inbound", from_number="+15550000001",
+                                         to_number="+15550000002")
+        await asyncio.to_thread(cluster.stop, "fast")
+        away = loop.time()
+        await wait_for(lambda: all(gw.membership._beat_failed for gw in gws), 60, what="both heartbeats failing")
+        await wait_for(lambda: loop.time() - away > 2 * stale, 60, what="an outage longer than stale_after")
+        await asyncio.to_thread(cluster.start)
+        checks = [gw.membership.lost_checks for gw in gws]
+        await wait_for(lambda: all(gw.membership.lost_checks >= n + 3 for gw, n in zip(gws, checks, strict=True)),
+                       120, what="both processes looking for lost processes again after the outage")
+        row = await gws[0].store.get_call(call.log_id)
+        assert row is not None and row["ended_at"] is None and row["hangup_reason"] is None
+        nodes = {n["proc"]: n for n in await gws[0].store.list_nodes(stale)}
+        assert nodes["gw-a"]["state"] == nodes["gw-b"]["state"] == "running"
+        await call.end(HangupSource.SYSTEM, "test over")
+    finally:
+        if not cluster.running:
+            await asyncio.to_thread(cluster.start)
+        for gw in gws:
+            await gw.stop()
