@@ -299,8 +299,10 @@ class Store(ChannelStore, QueueStore, HealthStore):
 
     @property
     def degraded(self) -> bool:
-        """Is the write-behind lane holding writes for a database that is away (retrying)? /healthz says so."""
-        return self._failing_since is not None
+        """Is the write-behind lane holding writes for a database that is away (retrying)? /healthz says so. Not
+        once what it held was written or given up (a quiet process after an outage past the bound holds nothing:
+        the drops are in the log and gateway_store_writes_dropped_total)."""
+        return self._failing_since is not None and self.writes_pending > 0
 
     @property
     def writes_pending(self) -> int:
