@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import twilio_callers  # noqa: E402
 from bench.media_ws import ACCOUNT, NUMBER, RECORDING, TOKEN  # noqa: E402
-from bench.scale import start_node  # noqa: E402
+from bench.scale import renice_group, start_node  # noqa: E402
 from gateway.cli import run_async  # noqa: E402
 
 
@@ -82,13 +82,19 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4, help="each runs A and B once, the order alternating")
     p.add_argument("--procs", type=int, default=2, help="caller processes")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--nice", type=int, default=0,
+                   help="this session's scheduler autogroup nice (gateway and callers ahead of other work on a shared "
+                        "box, as bench/scale.py --nice; < 0 needs root): a starved gateway's turnaround compares "
+                        "nothing")
     args = p.parse_args()
     if not args.db:
         p.error("--db (or GATEWAY_TEST_POSTGRES_URL) is needed")
+    if args.nice:
+        renice_group(os.getpid(), args.nice)        # the node and the caller processes are in this session
     with tempfile.TemporaryDirectory(prefix="bench-ab-callers-") as tmp:
         got = run_async(rounds(args, {"A": load_callers(args.base, tmp), "B": twilio_callers}))
     print(f"A = {args.base}, B = working tree; {args.calls} streams × {args.seconds:g} s, {args.workers} worker(s), "
-          f"--procs {args.procs}, {args.rounds} rounds")
+          f"--procs {args.procs}, {args.rounds} rounds, autogroup nice {args.nice}")
     for name in ("A", "B"):
         us = [r["us"] for r in got[name]]
         p50 = ", ".join(f"{r['p50']:.2f}" for r in got[name])
