@@ -3,15 +3,17 @@
 bench/media_ws.py plays Twilio from one Python process with one sleeping task per call: at a few hundred calls
 that process needs most of a core by itself and becomes late (its own send lateness p99 reached 30 ms on the
 2-core box), and on a machine where the gateway's workers need the same cores the generator, not the gateway,
-sets the limit. Here the calls are split over `procs` processes (uvloop, like the gateway); each process has one
-timer for all its calls (`send_frames`) and speaks the websocket itself with bench/ws_client.py's frames, so a
-frame costs the generator a few µs of Python instead of a websocket library's per-message machinery (BENCHMARKS.md,
-"Scale-out (a)": µs of generator CPU per frame). The protocol is Twilio's published one: a signed
-`POST /twilio/voice`, the `<Stream>` URL from the TwiML opened with a signed upgrade (client frames masked), then
-`connected`, `start` with `customParameters.call_id`, a `media` message (sequenceNumber, track, chunk, timestamp,
-160 μ-law bytes in base64) every 20 ms, `stop`. The measure is media_ws's: turnaround of frame i = arrival of the
-i-th echoed media message − sending of the i-th frame (CLOCK_MONOTONIC is one clock for every process of the
-machine); every echoed message is counted (lost frames) and its payload's size checked.
+sets the limit. Here the calls are split over `procs` processes; each sets its calls up on an event loop (uvloop,
+like the gateway), then runs the media from one synchronous loop for all its calls (`run_frames`) on plain
+non-blocking sockets, speaking the websocket itself with bench/ws_client.py's frames. Every media message of a call
+is built and masked before the first frame (`Caller.build`), so a frame costs the loop one `send` of ready bytes,
+and an echo one `recvmsg` and a few byte comparisons (BENCHMARKS.md, "Scale-out (a)": µs of generator CPU per
+frame). The protocol is Twilio's published one: a signed `POST /twilio/voice`, the `<Stream>` URL from the TwiML
+opened with a signed upgrade (client frames masked), then `connected`, `start` with `customParameters.call_id`, a
+`media` message (sequenceNumber, track, chunk, timestamp, 160 μ-law bytes in base64) every 20 ms, `stop`. The
+measure is media_ws's: turnaround of frame i = arrival of the i-th echoed media message (the kernel's receive
+stamp) − sending of the i-th frame, both on CLOCK_REALTIME, one clock for every process of the machine; every
+echoed message is counted (lost frames) and its payload's size checked.
 
 The parent (`run_step`) starts the processes, waits until every one has its calls set up, gives them one start
 time, and merges what they measured. A child is `python bench/twilio_callers.py child` with a JSON job on stdin.
