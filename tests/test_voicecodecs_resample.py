@@ -237,3 +237,19 @@ def test_two_chunks_of_one_stream_in_a_batch_still_give_exactly_the_stream_alone
         got.append([(r.process(frames[i]), r.process(frames[i + 1])) for r in rs])
     assert all(pair == (want[i], want[i + 1]) for i, batch in zip(range(0, len(frames), 2), got, strict=True)
                for pair in batch)
+
+
+def test_a_stream_listed_twice_in_a_batch_has_its_first_chunk_computed_ahead() -> None:
+    """Its next process() gets the first chunk: that is the result kept (a later job's replaced it before, and
+    then every chunk of the stream was computed alone on top of the batch); the second chunk is left to
+    process()."""
+    from voicecodecs.resample import BATCH_MIN, resample_many
+    first, second = tone(300, 8000, 0.02, 9000.0), tone(700, 8000, 0.02, 9000.0)
+    rs = [StreamResampler(8000, 16000) for _ in range(BATCH_MIN)]
+    resample_many([(r, c) for r in rs for c in (first, second)])
+    assert all(r._ready is not None and r._ready[0] is first for r in rs)
+    ref = StreamResampler(8000, 16000)
+    want = [ref.process(first), ref.process(second)]
+    for r in rs:
+        assert [r.process(first), r.process(second)] == want
+        assert r._ready is None

@@ -20,6 +20,7 @@ chunking. The price is the filter's group delay, `delay_ms` (≈ 1–2.3 ms for 
 """
 from __future__ import annotations
 
+import itertools
 from functools import cache
 from math import ceil, gcd
 
@@ -122,7 +123,7 @@ class StreamResampler:
     """
 
     __slots__ = ("in_rate", "out_rate", "delay_ms", "_d", "_mats", "_buf", "_mv", "_plans", "_in_count",
-                 "_out_count", "_ready")
+                 "_out_count", "_ready", "_batch")
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         if in_rate not in SUPPORTED_RATES or out_rate not in SUPPORTED_RATES:
@@ -132,6 +133,9 @@ class StreamResampler:
         self._d = _design(in_rate, out_rate) if in_rate != out_rate else None
         self.delay_ms = self._d.delay_ms if self._d else 0.0
         self._mats = [self._d.matrix(p) for p in range(self._d.down)] if self._d else []
+        #: the last `resample_many` call that listed this stream (its number): a stream's later jobs in the same
+        #: call are skipped
+        self._batch = 0
         self.reset()
 
     def reset(self) -> None:
@@ -214,17 +218,25 @@ _BATCH_MADDS = 64 ** 3
 def resample_many(jobs: list[tuple[StreamResampler, bytes]]) -> None:
     """Compute the next `process()` of many streams in a few numpy calls instead of several per stream.
 
-    Each job is a resampler and the chunk its next `process()` call will get. The results are kept in the
-    resamplers (nothing is returned, no state moves): when `process()` then gets that chunk, it takes the result
-    and the state after it instead of computing them; any other chunk (or a `reset()`) drops the result and
-    computes as usual, so the output is always exactly what `process()` alone gives. Only chunks of whole blocks
-    are batched, grouped by rate pair, size and phase, and only groups of at least `BATCH_MIN` (a batch has a
-    fixed cost of its own); the rest are left to `process()`. Why: per 20 ms frame, `process()` is a few µs of
-    numpy call overhead around a tiny product; the calls of one event-loop iteration share those calls here
+    Each job is a resampler and the chunk its next `process()` call will get (a resampler listed more than once:
+    its first chunk; the later ones are left to `process()`). The results are kept in the resamplers (nothing is
+    returned, no state moves): when `process()` then gets that chunk, it takes the result and the state after it
+    instead of computing them; any other chunk (or a `reset()`) drops the result and computes as usual, so the
+    output is always exactly what `process()` alone gives. Only chunks of whole blocks are batched, grouped by
+    rate pair, size and phase, and only groups of at least `BATCH_MIN` (a batch has a fixed cost of its own); the
+    rest are left to `process()`. Why: per 20 ms frame, `process()` is a few µs of numpy call overhead around a
+    tiny product; the calls of one event-loop iteration share those calls here
     (gateway/mediabatch.py; BENCHMARKS.md, "What each step costs per 20 ms frame")."""
     groups: dict[tuple[_Design, int, int], list[tuple[StreamResampler, bytes]]] = {}
+    batch = next(_batch_numbers)
     for job in jobs:
         r, pcm = job
+        # a stream listed again (its reader got several frames in one loop iteration) is batched for its first
+        # chunk only, the one its next process() gets: a later job's result replaced the first one's and was then
+        # dropped, so each of that stream's chunks was computed alone as well as in the batch
+        if r._batch == batch:
+            continue
+        r._batch = batch
         d, size = r._d, len(pcm)
         if d is not None and size and not size % (2 * d.block):
             key = (d, size, r._in_count % d.down)
@@ -237,6 +249,9 @@ def resample_many(jobs: list[tuple[StreamResampler, bytes]]) -> None:
         if len(group) >= BATCH_MIN:
             _resample_group(d, group, size, phase)
 
+
+#: numbers `resample_many` calls (`StreamResampler._batch`)
+_batch_numbers = itertools.count(1)
 
 #: fewer streams than this are left to `process()`: below it the batch's own fixed cost is not earned back
 BATCH_MIN = 4
