@@ -193,7 +193,8 @@ async def step(workers: int, db: str, rate: float, seconds: float, profile: Path
                      **{f"sc_{k}": v / handled for k, v in syscalls[name].items()},
                      "cpu_pct": 100 * (d["user"] + d["sys"]) / wall}
     return {"workers": workers, "rate": rate, "ok": ok, "failed": res.stats.failed, "cps": res.stats.call_rate,
-            "per": per, "pg_ms": 1000 * (pg_after - pg_before) / ok, "kam_ms": 1000 * (kam_after - kam_before) / ok, "commits": (commits1 - commits0) / ok,
+            "per": per, "pg_ms": 1000 * (pg_after - pg_before) / ok,
+            "kam_ms": 1000 * (kam_after - kam_before) / ok, "commits": (commits1 - commits0) / ok,
             "sipp_ms": 1000 * (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / ok,
             "box_pct": 100 * (busy1 - busy0) / wall, "load": os.getloadavg()[0]}
 
@@ -244,9 +245,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(out[-1], flush=True)
     print(table(["round", "workers", "achieved CPS", "failed", "process", "CPU % of a core", "user ms per call",
                  "sys ms per call", "CPU ms per call", "wake-ups per call", "preempted per call",
-                 "syscalls per call", "of which", "PG commits per call", "PG backends ms per call", "Kamailio ms per call",
-                 "SIPp ms per call",
-                 "box busy %", "load avg"], out))
+                 "syscalls per call", "of which", "PG commits per call", "PG backends ms per call",
+                 "Kamailio ms per call", "SIPp ms per call", "box busy %", "load avg"], out))
 
 
 def main() -> int:
