@@ -3,15 +3,17 @@
 bench/media_ws.py plays Twilio from one Python process with one sleeping task per call: at a few hundred calls
 that process needs most of a core by itself and becomes late (its own send lateness p99 reached 30 ms on the
 2-core box), and on a machine where the gateway's workers need the same cores the generator, not the gateway,
-sets the limit. Here the calls are split over `procs` processes (uvloop, like the gateway); each process has one
-timer for all its calls (`send_frames`) and speaks the websocket itself with bench/ws_client.py's frames, so a
-frame costs the generator a few µs of Python instead of a websocket library's per-message machinery (BENCHMARKS.md,
-"Scale-out (a)": µs of generator CPU per frame). The protocol is Twilio's published one: a signed
-`POST /twilio/voice`, the `<Stream>` URL from the TwiML opened with a signed upgrade (client frames masked), then
-`connected`, `start` with `customParameters.call_id`, a `media` message (sequenceNumber, track, chunk, timestamp,
-160 μ-law bytes in base64) every 20 ms, `stop`. The measure is media_ws's: turnaround of frame i = arrival of the
-i-th echoed media message − sending of the i-th frame (CLOCK_MONOTONIC is one clock for every process of the
-machine); every echoed message is counted (lost frames) and its payload's size checked.
+sets the limit. Here the calls are split over `procs` processes; each sets its calls up on an event loop (uvloop,
+like the gateway), then runs the media from one synchronous loop for all its calls (`run_frames`) on plain
+non-blocking sockets, speaking the websocket itself with bench/ws_client.py's frames. Every media message of a call
+is built and masked before the first frame (`Caller.build`), so a frame costs the loop one `send` of ready bytes,
+and an echo one `recvmsg` and a few byte comparisons (BENCHMARKS.md, "Scale-out (a)": µs of generator CPU per
+frame). The protocol is Twilio's published one: a signed `POST /twilio/voice`, the `<Stream>` URL from the TwiML
+opened with a signed upgrade (client frames masked), then `connected`, `start` with `customParameters.call_id`, a
+`media` message (sequenceNumber, track, chunk, timestamp, 160 μ-law bytes in base64) every 20 ms, `stop`. The
+measure is media_ws's: turnaround of frame i = arrival of the i-th echoed media message (the kernel's receive
+stamp) − sending of the i-th frame, both on CLOCK_REALTIME, one clock for every process of the machine; every
+echoed message is counted (lost frames) and its payload's size checked.
 
 The parent (`run_step`) starts the processes, waits until every one has its calls set up, gives them one start
 time, and merges what they measured. A child is `python bench/twilio_callers.py child` with a JSON job on stdin.
@@ -52,6 +54,19 @@ _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
+def _now_timespec() -> bytes:
+    ns = time.time_ns()
+    return _TIMESPEC.pack(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def arrivals(stamps: list[bytes]) -> np.ndarray:
+    """The kernel's `struct timespec` stamps as CLOCK_REALTIME seconds."""
+    if not stamps:
+        return np.zeros(0)
+    ts = np.frombuffer(b"".join(stamps), dtype=np.int64).reshape(-1, 2)
+    return ts[:, 0] + ts[:, 1] * 1e-9
+
+
 class Caller:
     """One call: the signed voice webhook, then its media websocket spoken on a plain non-blocking socket with
     bench/ws_client.py's frames (no websocket library and no event-loop callback per message).
@@ -67,7 +82,8 @@ class Caller:
         self.offset = index * FRAME / job["n"]         # the n calls' frames spread evenly over the 20 ms
         self.sid, self.call_sid = "MZ" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
         self.sent: list[float] = []                    # CLOCK_REALTIME, the clock of the kernel's stamps
-        self.received: list[float] = []
+        self.received: list[bytes] = []                # the kernel's stamps as they come (struct timespec)
+        self.frames: list[bytes] = []                  # every media message, a ready client frame (`build`)
         self.bad = 0
         self.error: str | None = None
         self.sock: socket.socket | None = None
@@ -77,6 +93,17 @@ class Caller:
         # every media message is this with its sequenceNumber, chunk, timestamp and payload put in (Twilio's order)
         self.media = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
                       b'"timestamp":"%d","payload":"%s"},"streamSid":"' + self.sid.encode() + b'"}')
+
+    def build(self, payloads: list[bytes], count: int) -> None:
+        """This call's `count` media messages as masked client frames, made before the run so that sending one costs
+        a list index and a `send`: frame i is Twilio's message number i + 2 (`connected` has none, `start` is 1),
+        chunk i + 1, timestamp 20·i ms, the recording's frames from this call's own starting point. Each frame's
+        masking key is drawn from `MaskPool`'s keys, once, here (bench/ws_client.py says why a pool is fine for a
+        generator that talks only to 127.0.0.1); what the gateway receives is the same bytes it got when every frame
+        was formatted and masked in the send loop. The price is memory: ≈ 0.4 KB per frame, 54 MB (and 0.3 s of
+        CPU, before the measured window) per process for 250 calls × 10 s."""
+        n, frame, media, start = len(payloads), self.pool.frame, self.media, self.start_at
+        self.frames = [frame(media % (i + 2, i + 1, 20 * i, payloads[(start + i) % n])) for i in range(count)]
 
     async def setup(self, http) -> None:
         from twilio.request_validator import RequestValidator
@@ -160,11 +187,8 @@ class Caller:
             if self.error is None and not self.closing:
                 self.error = "ConnectionClosed"
             return False
-        if anc:
-            sec, ns = _TIMESPEC.unpack_from(anc[0][2])
-            t = sec + ns * 1e-9
-        else:                                          # the kernel did not stamp it: the read's own time
-            t = time.time()
+        # kept as the kernel's 16 bytes, decoded once after the run (`arrivals`)
+        t = anc[0][2] if anc else _now_timespec()      # not stamped by the kernel: the read's own time
         if (data[0] == 0x81 and data[1] == 126 and (data[2] << 8 | data[3]) + 4 == len(data)
                 and not self.reader.buf and self.reader.frag_op < 0):
             if data.startswith(b'{"event":"media"', 4):
@@ -210,14 +234,16 @@ class Caller:
             self.sock.close()
 
 
-def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: int, drain: float = 1.0) -> None:
-    """Every call's `frames` media messages, frame i of a call at t0 + i·20 ms + its offset (t0 on CLOCK_REALTIME),
-    from one loop that sleeps until the next call is due, reads whatever arrived meanwhile (epoll, level-triggered,
-    without waiting), and sends the frame of every call due within the next millisecond (as the previous asyncio
-    version grouped them). Then reads until every call has its echoes or `drain` seconds have passed.
+def run_frames(callers: list[Caller], t0: float, frames: int, drain: float = 1.0) -> None:
+    """Every call's `frames` media messages (built by `Caller.build`), frame i of a call at t0 + i·20 ms + its
+    offset (t0 on CLOCK_REALTIME), from one loop that sleeps until the next call is due, reads whatever arrived
+    meanwhile (epoll, level-triggered, without waiting), and sends the frame of every call due within the next
+    millisecond (as the previous asyncio version grouped them). Then reads until every call has its echoes or
+    `drain` seconds have passed.
 
-    Per frame the loop does only what the measure needs: one send and one clock read for the next frame's send time;
-    how late each frame left is worked out after the run from the send times (`lateness`), not per frame."""
+    Per frame the loop does only what the measure needs: one send of a ready frame and one clock read for the next
+    frame's send time; how late each frame left is worked out after the run from the send times (`lateness`), not
+    per frame."""
     ep = select.epoll()
     by_fd: dict[int, Caller] = {}
     for c in callers:
@@ -226,7 +252,7 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
             by_fd[c.sock.fileno()] = c
     order = sorted(callers, key=lambda c: c.offset)
     offsets = [c.offset for c in order]
-    count, n_payloads = len(order), len(payloads)
+    count = len(order)
     now, sleep, poll = time.time, time.sleep, ep.poll
 
     def read(timeout: float = 0) -> None:
@@ -240,7 +266,6 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
 
     for i in range(frames):
         base = t0 + i * FRAME
-        seq, chunk, stamp = i + 2, i + 1, i * 20
         k = 0
         while k < count:
             delay = base + offsets[k] - now()
@@ -254,7 +279,7 @@ def run_frames(callers: list[Caller], payloads: list[bytes], t0: float, frames: 
                 k += 1
                 if c.error is None:
                     c.sent.append(t)
-                    c._write(c.pool.frame(c.media % (seq, chunk, stamp, payloads[(c.start_at + i) % n_payloads])))
+                    c._write(c.frames[i])
                     t = now()
     deadline = now() + drain
     while by_fd and now() < deadline and any(len(c.received) < len(c.sent) for c in callers if c.error is None):
@@ -276,6 +301,8 @@ async def child_main(job: dict) -> None:
     rng = random.Random(job["seed"])
     pool = ws_client.MaskPool()
     callers = [Caller(job, i, rng.randrange(len(payloads)), pool) for i in job["indices"]]
+    for c in callers:
+        c.build(payloads, job["frames"])
     sem = asyncio.Semaphore(25)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=25)) as http:
         async def setup(c: Caller) -> None:
@@ -287,7 +314,7 @@ async def child_main(job: dict) -> None:
     cpu0 = os.times()
     # the steady state runs outside the event loop (it has nothing else to do): t0 moved to CLOCK_REALTIME
     t0 = t0 - time.monotonic() + time.time()
-    run_frames(callers, payloads, t0, job["frames"], job["drain"])
+    run_frames(callers, t0, job["frames"], job["drain"])
     for c in callers:
         if c.error is None:
             c.send(b'{"event":"stop","sequenceNumber":"%d","stop":{"accountSid":"%s","callSid":"%s"},'
@@ -301,7 +328,7 @@ async def child_main(job: dict) -> None:
     dropped = bad = errors = 0
     for c in callers:
         k = min(len(c.sent), len(c.received))
-        t = np.subtract(c.received[:k], c.sent[:k]).tolist()
+        t = (arrivals(c.received[:k]) - np.array(c.sent[:k])).tolist()
         turn.extend(t)
         steady.extend(t[STEADY_AFTER:])
         dropped += len(c.sent) - len(c.received)
@@ -333,7 +360,11 @@ async def run_step(port: int, n: int, seconds: float, payloads: list[str], *, pr
     tmp = Path(tempfile.mkdtemp(prefix="twilio-callers-"))
     (tmp / "payloads.json").write_text(json.dumps(payloads))
     procs = max(1, min(procs, n))
-    shares = [list(range(k, n, procs)) for k in range(procs)]        # interleaved: every process spans the 20 ms
+    # interleaved: every process spans the 20 ms. Contiguous shares (process k in its own slice of the 20 ms) wake
+    # each process half as often and cost ~20 % less generator CPU per frame, but the frames then leave in groups
+    # twice as large, half as often, and the gateway's turnaround rose with that (p50 0.21 → 0.34 ms, p99 2.6 →
+    # 6.7–15 ms; 100 streams, one worker, A/B alternated, bench/ab_callers.py): a different load, so not done
+    shares = [list(range(k, n, procs)) for k in range(procs)]
     children: list[subprocess.Popen] = []
     try:
         for k, idx in enumerate(shares):

@@ -13,6 +13,7 @@ from .call import Call, new_call_uuid
 from .channels import CHANNEL_RETRY_AFTER, Limits
 from .cluster import Reply
 from .frames import HangupSource
+from .store.durable import StoreUnavailableError, is_transient, reason
 
 if TYPE_CHECKING:
     from .engine import EngineRegistry
@@ -47,6 +48,18 @@ class ChannelLimitError(CapacityError):
         super().__init__(f"phone number {number.get('phone_number')} has all its {limit} channels in use")
         self.number_id = number.get("id")
         self.limit = limit
+
+
+class CallLogUnavailableError(CapacityError):
+    """The call's call-log row could not be written: the database is away (a restart, a failover) and stayed away
+    past the insert lane's short retries. No call runs without its row, so carriers refuse it as unavailable (SIP
+    503 + Retry-After; the `--workers` proxy and Kamailio try elsewhere), never leave it hanging."""
+
+    retry_after = 5
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause) if isinstance(cause, StoreUnavailableError)
+                         else f"the call log is unavailable ({reason(cause)})")
 
 
 class CallManager:
@@ -133,19 +146,7 @@ class CallManager:
             "attempt": attempt,
             "recording": {"request": recording} if recording else None,
         }
-        channels = Limits.of(number).channels
-        if channels is not None and number is not None and number.get("id"):
-            limited = await self.store.create_call_within(fields, number["id"], channels,
-                                                          self.gateway.settings.stale_after)
-            if limited is None:
-                self.metrics.refused.labels(carrier, "channels").inc()
-                error = ChannelLimitError(number, channels)
-                if direction == "inbound":
-                    await self._log_refusal(fields, error)
-                raise error
-            row = limited
-        else:
-            row = await self.store.create_call(fields)
+        row = await self._open_row(fields, number, carrier, direction)
         call = Call(self, row, carrier=carrier, direction=direction, from_number=from_number, to_number=to_number,
                     agent=agent, number=number, metadata={**(metadata or {}), **({"call_context": call_context}
                                                                                  if call_context else {})})
@@ -159,6 +160,29 @@ class CallManager:
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
         return call
+
+    async def _open_row(self, fields: dict[str, Any], number: dict[str, Any] | None, carrier: str,
+                        direction: str) -> dict[str, Any]:
+        """The new call's call-log row, inserted within its number's channel limit when it has one. A database
+        that is away refuses the call (`CallLogUnavailableError`), counted like the gateway's other refusals."""
+        channels = Limits.of(number).channels
+        try:
+            if channels is None or number is None or not number.get("id"):
+                return await self.store.create_call(fields)
+            limited = await self.store.create_call_within(fields, number["id"], channels,
+                                                          self.gateway.settings.stale_after)
+        except Exception as e:
+            if not isinstance(e, StoreUnavailableError) and not is_transient(e):
+                raise
+            self.metrics.refused.labels(carrier, "call_log").inc()
+            raise CallLogUnavailableError(e) from e
+        if limited is None:
+            self.metrics.refused.labels(carrier, "channels").inc()
+            error = ChannelLimitError(number, channels)
+            if direction == "inbound":
+                await self._log_refusal(fields, error)
+            raise error
+        return limited
 
     async def _log_refusal(self, fields: dict[str, Any], error: ChannelLimitError) -> None:
         """An inbound call refused because its number's channels are all in use still gets its call-log row,

@@ -55,6 +55,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)   # set by the supervisor for worker k
     p.add_argument("--drain-timeout", type=float, help="seconds live calls may go on after SIGTERM / `gateway "
                                                        "drain` before they are hung up (default 300)")
+    p.add_argument("--store-retry-seconds", type=float, help="seconds call-log writes are held and retried while "
+                                                             "the database is away (default 120; docs/operations.md)")
     p.add_argument("--http-max-connections", type=int, help="HTTP connections in all (default 4096)")
     p.add_argument("--http-max-connections-per-ip", type=int, help="HTTP connections from one address (default 1000)")
     p.add_argument("--http-header-timeout", type=float, help="seconds a new connection has for its first request "
@@ -81,7 +83,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         "allowed_engines": args.allowed_engines, "trusted_proxies": args.trusted_proxies,
         "max_calls": args.max_calls, "log_level": args.log_level, "log_format": args.log_format,
         "allow_private_webhooks": args.allow_private_webhooks,
-        "node_id": args.node_id, "drain_timeout": args.drain_timeout,
+        "node_id": args.node_id, "drain_timeout": args.drain_timeout, "store_retry_seconds": args.store_retry_seconds,
         "http_max_connections": args.http_max_connections,
         "http_max_connections_per_ip": args.http_max_connections_per_ip,
         "http_header_timeout": args.http_header_timeout, "http_idle_timeout": args.http_idle_timeout,

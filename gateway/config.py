@@ -87,6 +87,9 @@ class Settings:
     worker_index: int = 0
     workers: int = 1                # `serve --workers N`: a supervisor and N worker processes
     drain_timeout: float = 300.0    # seconds live calls may go on after SIGTERM / drain before they are hung up
+    #: seconds call-log writes are held and retried while the database is away (docs/operations.md, "When the
+    #: database blips"); past it they are dropped, counted and logged
+    store_retry_seconds: float = 120.0
     #: seconds between heartbeats in the `nodes` table, and the heartbeat age after which a process is lost and
     #: its calls are closed (`node_lost`); tests shorten both
     heartbeat_interval: float = 5.0

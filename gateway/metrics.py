@@ -99,7 +99,8 @@ class GatewayMetrics:
                                    "Calls ended, by final call_status and who hung up (hangup_source).",
                                    ["carrier", "direction", "status", "hangup_source"], registry=r)
         self.refused = Counter("gateway_calls_refused_total",
-                               "New calls refused because the process was full (max_calls) or draining.",
+                               "New calls refused: the process full (max_calls) or draining, the number's channels "
+                               "in use, or the call log unavailable (reason call_log).",
                                ["carrier", "reason"], registry=r)
         self.setup = Histogram("gateway_call_setup_seconds",
                                "Webhook or INVITE to media flowing (the engine starts), per answered call.",
@@ -201,6 +202,29 @@ def _family(kind: str, name: str, help_: str, value: float) -> Metric:
     return GaugeMetricFamily(name, help_, value=value)
 
 
+def _store_series(gw: Gateway) -> Iterator[Metric]:
+    """The call log's write lanes (gateway/store/durable.py): what waits, what was retried, what was lost."""
+    store = gw.store
+    yield _family("gauge", "gateway_store_writes_pending",
+                  "Call-log writes (updates, events, webhook outbox rows) queued or being written.",
+                  store.writes_pending)
+    yield _family("gauge", "gateway_store_degraded",
+                  "1 while call-log writes are held for a database that is away (retrying), else 0.",
+                  int(store.degraded))
+    retries = CounterMetricFamily("gateway_store_write_retries",
+                                  "Call-log write attempts repeated after a transient database failure, per lane "
+                                  "(write: updates/events/outbox; insert: new rows).", labels=["lane"])
+    for lane, n in sorted(store.write_retries.items()):
+        retries.add_metric([lane], n)
+    yield retries
+    dropped = CounterMetricFamily("gateway_store_writes_dropped",
+                                  "Call-log writes given up: transient (database away past --store-retry-seconds) "
+                                  "or permanent (the item refused: a data or constraint error).", labels=["failure"])
+    for failure, n in sorted(store.writes_dropped.items()):
+        dropped.add_metric([failure], n)
+    yield dropped
+
+
 class StateCollector(Collector):
     """Series read from the gateway's objects at scrape time."""
 
@@ -258,6 +282,7 @@ class StateCollector(Collector):
         yield _family("counter", "gateway_orphan_calls_closed_total",
                       "Calls of a dead process (this one before a restart, or a lost one) closed by this process.",
                       gw.membership.closed_orphans)
+        yield from _store_series(gw)
         if gw.control.clustered:
             yield _family("counter", "gateway_control_bus_reconnects_total",
                           "Times the control bus's PostgreSQL LISTEN connection was re-opened.", gw.control.reconnects)

@@ -64,6 +64,7 @@ class Gateway:
         #: OpenTelemetry spans of call setup, when `otel_endpoint` is set (gateway/tracing.py)
         self.tracing = CallTracing.from_settings(settings)
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
+        self.store.retry_seconds = settings.store_retry_seconds
         self.calls = CallManager(self)
         self.engines = engines if engines is not None else EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,
@@ -287,4 +288,5 @@ class Gateway:
 
     def info(self) -> dict[str, Any]:
         return {"http_port": self.http_port, "carriers": list(self.carriers), "active_calls": len(self.calls.active),
-                "proc": self.settings.proc_id, "node": self.settings.node_id}
+                "proc": self.settings.proc_id, "node": self.settings.node_id,
+                "store": "degraded" if self.store.degraded else "ok"}

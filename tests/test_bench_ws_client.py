@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,29 @@ def test_media_messages_have_twilios_fields():
     m = json.loads(caller.media % (5, 4, 60, payload))
     assert m == {"event": "media", "sequenceNumber": "5", "streamSid": caller.sid,
                  "media": {"track": "inbound", "chunk": "4", "timestamp": "60", "payload": payload.decode()}}
+
+
+def test_built_frames_are_twilios_media_messages_in_order():
+    """`Caller.build`: frame i, as a server unmasks it, is Twilio's media message number i + 2 (chunk i + 1,
+    timestamp 20·i ms) with the recording's frames from the call's starting point, wrapping at its end."""
+    payloads = [base64.b64encode(bytes([k]) * 160) for k in range(3)]
+    caller = twilio_callers.Caller({"n": 1}, 0, 2, ws_client.MaskPool(bits=2))
+    caller.build(payloads, 5)
+    frames = server_reads(b"".join(caller.frames))
+    assert [f.opcode for f in frames] == [Opcode.TEXT] * 5
+    for i, f in enumerate(frames):
+        m = json.loads(f.data)
+        assert (m["event"], m["sequenceNumber"], m["streamSid"]) == ("media", str(i + 2), caller.sid)
+        assert m["media"] == {"track": "inbound", "chunk": str(i + 1), "timestamp": str(20 * i),
+                              "payload": payloads[(2 + i) % 3].decode()}
+
+
+def test_arrivals_decode_the_kernels_timespecs():
+    stamps = [twilio_callers._TIMESPEC.pack(1_764_000_000, 250_000_000), twilio_callers._now_timespec()]
+    got = twilio_callers.arrivals(stamps)
+    assert got[0] == pytest.approx(1_764_000_000.25, abs=1e-6)
+    assert abs(got[1] - time.time()) < 5
+    assert twilio_callers.arrivals([]).size == 0
 
 
 def _server_frame(payload: bytes, opcode: int = ws_client.TEXT, fin: bool = True) -> bytes:

@@ -311,6 +311,8 @@ class Health(Row):
     node: str
     waiting_for: list[str] = Field(default_factory=list, description="while `starting`: what is not up yet "
                                    "(sip, rtp, control_bus, carriers)")
+    store: Literal["ok", "degraded"] = Field("ok", description="`degraded` while call-log writes are held for a "
+                                             "database that is away and being retried (docs/operations.md)")
 
 
 class OpenApiDocument(Row):

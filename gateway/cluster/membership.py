@@ -51,6 +51,11 @@ class Membership:
         #: this run has its row in `nodes`: only then is there a state to record at stop (a start stopped by a
         #: signal before it got here may not even have the table yet)
         self._registered = False
+        #: this process's last heartbeat failed (the database, or the way to it, was away)
+        self._beat_failed = False
+        #: loop time before which no other process is declared lost (`tick`), and how many ticks looked since
+        self._judge_after = 0.0
+        self.lost_checks = 0
 
     @property
     def store(self) -> Store:
@@ -111,10 +116,31 @@ class Membership:
                 log.exception("heartbeat failed")
 
     async def tick(self) -> None:
-        """One heartbeat, then close the calls of every process found lost."""
-        if await self.store.heartbeat(self.proc) == "lost":
+        """One heartbeat, then close the calls of every process found lost.
+
+        Not right after this process's own heartbeat failed: the database (or the way to it) was away, so every
+        other process's heartbeat is as old as ours for the same reason, and the first process back would declare
+        all the others lost and close their live calls (`node_lost`) after any outage longer than `stale_after` —
+        a PostgreSQL failover of a minute did exactly that. The others get `stale_after` to beat again first; a
+        process that really died meanwhile is found that much later."""
+        try:
+            state = await self.store.heartbeat(self.proc)
+        except Exception:
+            self._beat_failed = True
+            raise
+        now = asyncio.get_running_loop().time()
+        if self._beat_failed:
+            self._beat_failed = False
+            self._judge_after = now + self.settings.stale_after
+            log.warning("heartbeat back after failing: no other process is declared lost for %s s",
+                        self.settings.stale_after, extra={"proc": self.proc})
+        if state == "lost":
             log.error("this process was declared lost (heartbeat older than %s s); its calls were closed by "
                       "another process", self.settings.stale_after, extra={"proc": self.proc})
+        if now < self._judge_after:
+            await self.sweep_own()
+            return
+        self.lost_checks += 1
         for proc, heartbeat_at in await self.store.lost_procs(self.proc, self.settings.stale_after):
             # what it could not deliver goes first, then the closing webhooks of its calls
             await self.gateway.webhooks.take_over(proc)

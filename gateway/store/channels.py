@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
+from .durable import StoreUnavailableError
 from .models import CallLog
 from .nodes import ClusterStore
 
@@ -36,6 +37,8 @@ class ChannelStore(ClusterStore):
         """Insert a call-log row for a call on `number_id` unless `limit` calls on it are live already (then
         None). The count and the insert are atomic across every process sharing the database."""
         row = self._call_row(fields)
+        if self.degraded:   # the flush below would wait for the database to come back while the INVITE waits
+            raise StoreUnavailableError("the call log is unavailable (writes held for the database)")
         await self.flush()
         async with self._writing_core() as conn:
             if self.is_postgres:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import json
 import logging
 import logging as _logging
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from ..secretbox import SecretBox, SecretKeyError
 from .channels import ChannelStore
 from .dispatchq import FINISH_ITEM, QueueStore
+from .durable import StoreUnavailableError, backoff, is_transient, reason
 from .health import HealthStore
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
 from .models import row_dict as _row
@@ -55,6 +57,7 @@ def database_url(db: str) -> str:
 
 
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 _log = _logging.getLogger("gateway.store")
 
 #: first key of the advisory lock `pg_advisory_xact_lock(SCHEMA_LOCK, 0)` held while a process creates or upgrades
@@ -180,6 +183,18 @@ class _Lane(asyncio.Queue[_T]):
         await fut
 
 
+def _write_ref(item: tuple[str, int, Any]) -> str:
+    """A write-behind item named for a log line (which call, webhook or queue item), without its data."""
+    kind, call_id, payload = item
+    if kind == "outbox_add":
+        return f"outbox_add:{payload.get('delivery_id')}(call {payload.get('call_id')})"
+    if kind == "outbox_del":
+        return f"outbox_del:{payload}"
+    if kind == "event":
+        return f"event:{call_id}:{payload[0]}"
+    return f"{kind}:{call_id}"
+
+
 def _wake(nap: asyncio.Future[None]) -> None:
     if not nap.done():
         nap.set_result(None)
@@ -225,6 +240,12 @@ class Store(ChannelStore, QueueStore, HealthStore):
     #: at 400 calls/s 0.35, the largest part of why two workers cost more CPU per call than one (BENCHMARKS.md,
     #: "Why two workers cost more CPU per call than one")
     INSERT_PACE = 0.01
+    #: seconds the write-behind lane keeps retrying while the database is away, counted from the first failure of
+    #: the outage (`--store-retry-seconds`; docs/operations.md "When the database blips" says why 120)
+    RETRY_SECONDS = 120.0
+    #: seconds the insert lane retries a transient failure: an INVITE (or an API request) is waiting for the row,
+    #: and a carrier retries a refused call sooner than a caller waits on silence
+    INSERT_RETRY_SECONDS = 0.4
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
@@ -240,6 +261,14 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._naps: set[asyncio.Future[None]] = set()   # the lanes' waits for their batches to fill
         self._hurry = 0                                  # flushes waiting: the lanes do not wait then
         self.write_errors = 0
+        self.retry_seconds = self.RETRY_SECONDS
+        #: attempts repeated after a transient failure, per lane ("write": updates, events, outbox; "insert": rows)
+        self.write_retries = {"write": 0, "insert": 0}
+        #: write-behind items given up: "transient" (the database stayed away past `retry_seconds`) or "permanent"
+        #: (the item itself was refused: a data or constraint error)
+        self.writes_dropped = {"transient": 0, "permanent": 0}
+        self._failing_since: float | None = None   # loop time the write lane's current outage began
+        self._in_flight = 0                        # items of the batch the write lane is writing
         # SQLite has one writer at a time and answers a second one "database is locked" (no busy wait when a
         # read snapshot would have to upgrade), so writes queue here; PostgreSQL needs no such lock.
         self._sqlite_write_lock = asyncio.Lock() if self.url.startswith("sqlite") else None
@@ -267,6 +296,18 @@ class Store(ChannelStore, QueueStore, HealthStore):
         if self._maker is None:
             raise RuntimeError("the store is not open")
         return self._maker
+
+    @property
+    def degraded(self) -> bool:
+        """Is the write-behind lane holding writes for a database that is away (retrying)? /healthz says so. Not
+        once what it held was written or given up (a quiet process after an outage past the bound holds nothing:
+        the drops are in the log and gateway_store_writes_dropped_total)."""
+        return self._failing_since is not None and self.writes_pending > 0
+
+    @property
+    def writes_pending(self) -> int:
+        """Write-behind items not yet committed: queued, or in the batch being written (or retried)."""
+        return self._in_flight + (self._queue.qsize() if self._queue is not None else 0)
 
     @property
     def _writes(self) -> asyncio.Queue[tuple[str, int, Any]]:
@@ -631,7 +672,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._writes.put_nowait(("update", call_id, fields))
 
     async def add_call_event(self, call_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
-        self._writes.put_nowait(("event", call_id, (kind, data or {})))
+        # stamped now, not when written: a batch retried through a database restart keeps its events' times
+        self._writes.put_nowait(("event", call_id, (kind, data or {}, utcnow())))
 
     # webhook outbox (gateway/webhooks.py) -----------------------------------------------------------------------
     def outbox_add(self, row: dict[str, Any]) -> None:
@@ -690,27 +732,81 @@ class Store(ChannelStore, QueueStore, HealthStore):
             began = loop.time()
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
+            end = began + self.INSERT_RETRY_SECONDS
             try:
-                # one statement, atomic by itself: committed without a transaction around it (BEGIN and COMMIT
-                # were two of the lane's three round trips)
-                async with self._autocommit_core() as conn:
-                    result = await conn.execute(insert(CallLog).returning(CallLog.id, CallLog.call_uuid),
-                                                [row for row, _ in batch])
-                    ids = {uuid: id_ for id_, uuid in result.all()}
-                for row, fut in batch:
-                    if not fut.done():
-                        fut.set_result(ids[row["call_uuid"]])
-            except Exception as e:
-                self.write_errors += 1
-                _log.exception("call-log insert failed", extra={"rows": len(batch)})
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                for piece, e in await self._settle(batch, self._insert_rows, functools.partial(float, end), "insert"):
+                    self._insert_failed(piece, e)
+            except Exception as e:      # a fault of the lane itself, not of the database: fail its calls, go on
+                self._insert_failed(batch, e)
             finally:
                 for _ in batch:
                     q.task_done()
 
+    async def _insert_rows(self, piece: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
+        """Insert `piece`'s rows and hand each waiter its id."""
+        # one statement, atomic by itself: committed without a transaction around it (BEGIN and COMMIT were two
+        # of the lane's three round trips)
+        async with self._autocommit_core() as conn:
+            result = await conn.execute(insert(CallLog).returning(CallLog.id, CallLog.call_uuid),
+                                        [row for row, _ in piece])
+            ids = {uuid: id_ for id_, uuid in result.all()}
+        for row, fut in piece:
+            if not fut.done():
+                fut.set_result(ids[row["call_uuid"]])
+
+    def _insert_failed(self, piece: list[tuple[dict[str, Any], asyncio.Future[int]]], error: Exception) -> None:
+        """Fail the set-up of `piece`'s calls: a database still away after the lane's short retries is a
+        StoreUnavailableError (the carriers refuse the call as unavailable, SIP 503), a bad row its own error."""
+        self.write_errors += 1
+        why = reason(error)
+        _log.error("call-log insert failed", extra={"rows": len(piece), "reason": why,
+                                                    "call_uuids": [row.get("call_uuid") for row, _ in piece][:50]})
+        failure: Exception = (StoreUnavailableError(f"the call log is unavailable ({why})") if is_transient(error)
+                              else error)
+        for _, fut in piece:
+            if not fut.done():
+                fut.set_exception(failure)
+
+    async def _settle(self, batch: list[_I], write: Callable[[list[_I]], Awaitable[None]],
+                      deadline: Callable[[], float], lane: str) -> list[tuple[list[_I], Exception]]:
+        """Write `batch` with `write`, in order, and return what was given up (each piece with its error).
+
+        A piece refused for good (durable.py: a data or constraint error, or one nobody knows to be passing) is
+        halved until its bad items stand alone, so one poison item costs only itself: a batch of n with one bad
+        item takes about 2·log2(n) more attempts. A piece that failed transiently is tried again, whole, after a
+        backoff, and nothing behind it goes first (an update must not overtake its row's earlier one) until the
+        loop time `deadline()` (asked after each failure), when it is given up."""
+        loop = asyncio.get_running_loop()
+        given_up: list[tuple[list[_I], Exception]] = []
+        pieces = [batch]        # a stack: the next piece to write is the last one
+        attempt = 0
+        while pieces:
+            piece = pieces.pop()
+            try:
+                await write(piece)
+                attempt = 0
+            except Exception as e:
+                if is_transient(e):
+                    left = deadline() - loop.time()
+                    if left <= 0:
+                        given_up.append((piece, e))
+                        continue
+                    attempt += 1
+                    self.write_retries[lane] += 1
+                    pieces.append(piece)
+                    await asyncio.sleep(min(left, backoff(attempt)))
+                elif len(piece) == 1:
+                    given_up.append((piece, e))
+                else:
+                    half = len(piece) // 2
+                    pieces += [piece[half:], piece[:half]]
+        return given_up
+
     async def _write_loop(self) -> None:
+        """The write-behind lane: batches written in order; a database that is away holds them (retried, `flush()`
+        and drain wait) for up to `retry_seconds` from the outage's first failure, past which each batch gets one
+        attempt and is dropped if it fails (counted and logged with its call ids), so a long outage does not grow
+        the queue without end."""
         q = self._writes
         while True:
             batch = [await q.get()]
@@ -718,14 +814,38 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 await self._fill(self.WINDOW)
             while len(batch) < self.BATCH and not q.empty():
                 batch.append(q.get_nowait())
+            self._in_flight = len(batch)
             try:
-                await self._write_batch(batch)
-            except Exception:
-                self.write_errors += 1
-                _log.exception("call-log batch write failed", extra={"items": len(batch)})
+                for piece, e in await self._settle(batch, self._write_piece, self._outage_deadline, "write"):
+                    self._writes_dropped(piece, e)
+            except Exception as e:      # a fault of the lane itself, not of the database: count it, go on
+                self._writes_dropped(batch, e)
             finally:
+                self._in_flight = 0
                 for _ in batch:
                     q.task_done()
+
+    async def _write_piece(self, piece: list[tuple[str, int, Any]]) -> None:
+        await self._write_batch(piece)
+        self._failing_since = None      # the database answers: any outage is over
+
+    def _outage_deadline(self) -> float:
+        """When the write lane stops retrying: `retry_seconds` after the outage's first failure."""
+        now = asyncio.get_running_loop().time()
+        if self._failing_since is None:
+            self._failing_since = now
+            _log.warning("call-log writes held: the database is away; retrying",
+                         extra={"retry_seconds": self.retry_seconds})
+        return self._failing_since + self.retry_seconds
+
+    def _writes_dropped(self, piece: list[tuple[str, int, Any]], error: Exception) -> None:
+        why = "transient" if is_transient(error) else "permanent"
+        self.writes_dropped[why] += len(piece)
+        self.write_errors += 1
+        _log.error("call-log writes dropped", extra={
+            "items": len(piece), "failure": why, "reason": reason(error),
+            "call_ids": sorted({call_id for kind, call_id, _ in piece if kind in ("update", "event")})[:100],
+            "writes": [_write_ref(item) for item in piece[:20]]})
 
     async def _write_batch(self, batch: list[tuple[str, int, Any]]) -> None:
         updates: dict[int, dict[str, Any]] = {}
@@ -745,7 +865,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 for k, v in payload.items():
                     cur[k] = {**cur.get("extra", {}), **v} if k == "extra" else v
             else:
-                events.append({"call_id": call_id, "kind": payload[0], "data": payload[1], "at": utcnow()})
+                events.append({"call_id": call_id, "kind": payload[0], "data": payload[1], "at": payload[2]})
         # a webhook queued and delivered within one batch never needs its row
         added = {r["delivery_id"] for r in outbox_add}
         outbox_add = [r for r in outbox_add if r["delivery_id"] not in outbox_del]
