@@ -3,9 +3,11 @@ answers resampled in a batch and written exactly as without one, errors reported
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway import mediabatch
 from gateway.bus import CallBus
@@ -146,3 +148,49 @@ async def test_a_deferred_frame_keeps_its_place_before_a_clear() -> None:
     assert cleared == [1] * CALLS
     for bus in buses:
         assert isinstance(bus.next_outbound_nowait(), Clear) and bus.next_outbound_nowait() is None
+
+
+async def test_a_small_batch_is_followed_by_the_pause_a_large_one_and_no_pause_are_not(monkeypatch) -> None:
+    """`gateway serve --media-coalesce-ms`: after delivering fewer than PAUSE_BELOW frames the loop sleeps the
+    pause (the next poll then reads many sockets at once); a batch of PAUSE_BELOW or more, or a pause of 0, does
+    not sleep; set_pause reaches the batch a loop already has."""
+    slept: list[float] = []
+    monkeypatch.setattr(mediabatch.time, "sleep", slept.append)
+    batch = mediabatch.for_loop(asyncio.get_running_loop())
+    log: list[tuple[str, Any]] = []
+    stream = Stream(Recorder(log, "a"))
+    mediabatch.set_pause(0.002)
+    try:
+        assert batch.pause == 0.002
+        batch.feed_audio(stream, b"a1")
+        await until(lambda: len(log) == 1)
+        assert slept == [0.002]
+        for i in range(mediabatch.PAUSE_BELOW):
+            batch.feed_audio(stream, b"b%d" % i)
+        await until(lambda: len(log) == 1 + mediabatch.PAUSE_BELOW)
+        assert slept == [0.002]
+        mediabatch.set_pause(0)
+        batch.feed_audio(stream, b"c1")
+        await until(lambda: len(log) == 2 + mediabatch.PAUSE_BELOW)
+        assert slept == [0.002]
+    finally:
+        mediabatch.set_pause(0)
+    with pytest.raises(ValueError):
+        mediabatch.set_pause(-0.001)
+    assert batch.pause == 0
+
+
+async def test_the_pause_holds_the_loop_at_least_that_long() -> None:
+    """The real sleep: the flush of a small batch returns no sooner than the pause (a lower bound only: a busy
+    machine may hold it longer)."""
+    loop = asyncio.get_running_loop()
+    batch = mediabatch.for_loop(loop)
+    log: list[tuple[str, Any]] = []
+    mediabatch.set_pause(0.02)
+    try:
+        t0 = time.monotonic()
+        batch.feed_audio(Stream(Recorder(log, "a")), b"a1")
+        await until(lambda: len(log) == 1)     # (delivered, then slept, in one callback)
+        assert time.monotonic() - t0 >= 0.02
+    finally:
+        mediabatch.set_pause(0)
