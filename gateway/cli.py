@@ -69,8 +69,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-id", help="this node's name in a cluster (default: the host name); it owns the "
                                      "calls it takes (docs/deploy.md)")
     p.add_argument("--media-coalesce-ms", type=float,
-                   help="ms the event loop sleeps after a small batch of websocket media frames, so the next "
-                        "wake-up reads many at once (default 2; 0: off; gateway/mediabatch.py)")
+                   help="ms the event loop of a busy worker (about 80 media streams or more) sleeps after a small "
+                        "batch of websocket media frames, so the next wake-up reads many at once (default 2; 0: "
+                        "off; gateway/mediabatch.py)")
     p.add_argument("--otel-endpoint", help="OTLP/HTTP endpoint for OpenTelemetry spans of each call's setup, e.g. "
                                            "http://collector:4318/v1/traces (default: off; needs the [otel] extra)")
 

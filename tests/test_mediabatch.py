@@ -150,29 +150,57 @@ async def test_a_deferred_frame_keeps_its_place_before_a_clear() -> None:
         assert isinstance(bus.next_outbound_nowait(), Clear) and bus.next_outbound_nowait() is None
 
 
-async def test_a_small_batch_is_followed_by_the_pause_a_large_one_and_no_pause_are_not(monkeypatch) -> None:
-    """`gateway serve --media-coalesce-ms`: after delivering fewer than PAUSE_BELOW frames the loop sleeps the
-    pause (the next poll then reads many sockets at once); a batch of PAUSE_BELOW or more, or a pause of 0, does
-    not sleep; set_pause reaches the batch a loop already has."""
-    slept: list[float] = []
-    monkeypatch.setattr(mediabatch.time, "sleep", slept.append)
-    batch = mediabatch.for_loop(asyncio.get_running_loop())
+class Clock:
+    """mediabatch's `time`: a monotonic clock the test moves, and the sleeps asked for."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def feed(batch: mediabatch.MediaBatch, stream: Stream, log: list[tuple[str, Any]], n: int) -> None:
+    """n frames in one loop iteration, then wait until they are delivered."""
+    want = len(log) + n
+    for i in range(n):
+        batch.feed_audio(stream, b"f%d" % i)
+    await until(lambda: len(log) == want)
+
+
+async def test_a_busy_loop_pauses_after_a_small_batch_only(monkeypatch) -> None:
+    """`gateway serve --media-coalesce-ms`: once the loop has delivered PAUSE_FROM frames a second over a whole
+    second, a batch of fewer than PAUSE_BELOW frames is followed by the pause (the next poll then reads many
+    sockets at once); a larger batch, a quiet loop (few streams: their latency is worth more than the CPU) or a
+    pause of 0 never sleep; set_pause reaches the batch a loop already has."""
+    clock = Clock()
+    monkeypatch.setattr(mediabatch, "time", clock)
+    loop = asyncio.get_running_loop()
+    monkeypatch.setitem(mediabatch._batches, loop, mediabatch.MediaBatch(loop))
+    batch = mediabatch.for_loop(loop)
     log: list[tuple[str, Any]] = []
     stream = Stream(Recorder(log, "a"))
     mediabatch.set_pause(0.002)
     try:
         assert batch.pause == 0.002
-        batch.feed_audio(stream, b"a1")
-        await until(lambda: len(log) == 1)
-        assert slept == [0.002]
-        for i in range(mediabatch.PAUSE_BELOW):
-            batch.feed_audio(stream, b"b%d" % i)
-        await until(lambda: len(log) == 1 + mediabatch.PAUSE_BELOW)
-        assert slept == [0.002]
+        await feed(batch, stream, log, 1)
+        clock.now += 1.0                         # a quiet second: 2 frames
+        await feed(batch, stream, log, 1)
+        await feed(batch, stream, log, 1)
+        assert clock.slept == []
+        await feed(batch, stream, log, mediabatch.PAUSE_FROM)    # a busy second
+        clock.now += 1.0
+        await feed(batch, stream, log, 1)
+        assert clock.slept == [0.002]
+        await feed(batch, stream, log, mediabatch.PAUSE_BELOW)   # a large batch: no pause
+        assert clock.slept == [0.002]
         mediabatch.set_pause(0)
-        batch.feed_audio(stream, b"c1")
-        await until(lambda: len(log) == 2 + mediabatch.PAUSE_BELOW)
-        assert slept == [0.002]
+        await feed(batch, stream, log, 1)
+        assert clock.slept == [0.002]
     finally:
         mediabatch.set_pause(0)
     with pytest.raises(ValueError):
@@ -180,17 +208,19 @@ async def test_a_small_batch_is_followed_by_the_pause_a_large_one_and_no_pause_a
     assert batch.pause == 0
 
 
-async def test_the_pause_holds_the_loop_at_least_that_long() -> None:
-    """The real sleep: the flush of a small batch returns no sooner than the pause (a lower bound only: a busy
-    machine may hold it longer)."""
+async def test_the_pause_holds_the_loop_at_least_that_long(monkeypatch) -> None:
+    """The real sleep: the flush of a small batch of a busy loop returns no sooner than the pause (a lower bound
+    only: a busy machine may hold it longer)."""
     loop = asyncio.get_running_loop()
-    batch = mediabatch.for_loop(loop)
+    batch = mediabatch.MediaBatch(loop)
+    monkeypatch.setitem(mediabatch._batches, loop, batch)
     log: list[tuple[str, Any]] = []
+    stream = Stream(Recorder(log, "a"))
     mediabatch.set_pause(0.02)
     try:
+        batch._busy, batch._since = True, time.monotonic()    # a busy loop, its rate window just started
         t0 = time.monotonic()
-        batch.feed_audio(Stream(Recorder(log, "a")), b"a1")
-        await until(lambda: len(log) == 1)     # (delivered, then slept, in one callback)
+        await feed(batch, stream, log, 1)        # (delivered, then slept, in one callback)
         assert time.monotonic() - t0 >= 0.02
     finally:
         mediabatch.set_pause(0)
