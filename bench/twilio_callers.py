@@ -100,7 +100,8 @@ class Caller:
         chunk i + 1, timestamp 20·i ms, the recording's frames from this call's own starting point. Each frame's
         masking key is drawn from `MaskPool`'s keys, once, here (bench/ws_client.py says why a pool is fine for a
         generator that talks only to 127.0.0.1); what the gateway receives is the same bytes it got when every frame
-        was formatted and masked in the send loop."""
+        was formatted and masked in the send loop. The price is memory: ≈ 0.4 KB per frame, 54 MB (and 0.3 s of
+        CPU, before the measured window) per process for 250 calls × 10 s."""
         n, frame, media, start = len(payloads), self.pool.frame, self.media, self.start_at
         self.frames = [frame(media % (i + 2, i + 1, 20 * i, payloads[(start + i) % n])) for i in range(count)]
 

@@ -10,7 +10,8 @@ workers carries half), rounds alternated, and for every gateway process (the sup
   loop's wake-ups) and involuntary ones (preempted),
 - system calls (`perf stat -e raw_syscalls:sys_enter`; left out when perf cannot attach),
 
-and for PostgreSQL: transactions committed per call (pg_stat_database) and its backends' CPU per call.
+and for PostgreSQL: transactions committed per call (pg_stat_database) and its backends' CPU per call; Kamailio's
+processes' CPU per call.
 `--spin` first runs a CPU-only Python loop on one core alone and then on both cores at once: if the same work
 costs more CPU time when both cores are busy, part of w₂ > w₁ is the machine (a virtual machine's cores share
 caches, memory bandwidth and possibly a physical core), not the gateway.
@@ -121,6 +122,7 @@ async def settled_commits(pg: PgBackends) -> int:
 
 
 def pg_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of `pids` so far (PostgreSQL's backends, Kamailio's processes)."""
     return sum(c.get("user", 0) + c.get("sys", 0) for c in map(proc_counters, pids))
 
 
@@ -144,6 +146,8 @@ async def step(workers: int, db: str, rate: float, seconds: float, profile: Path
         pg = PgBackends(db)
         backends = await pg()
         before = {name: proc_counters(pid) for name, pid in procs.items()}
+        kam_pids = node.kamailio_pids()
+        kam_before = pg_cpu(kam_pids)
         pg_before, commits0, busy0 = pg_cpu(backends), await pg_commits(pg), busy_seconds()
         perfs = {name: start_perf(pid) for name, pid in procs.items()}
         spies = [start_profile(pid, profile / f"{workers}w-{name.replace(' ', '')}.txt", seconds)
@@ -169,6 +173,7 @@ async def step(workers: int, db: str, rate: float, seconds: float, profile: Path
             if spy is not None:
                 spy.wait(30)
         after = {name: proc_counters(pid) for name, pid in procs.items()}
+        kam_after = pg_cpu(kam_pids)
         backends = sorted(set(backends) | set(await pg()))
         pg_after, busy1 = pg_cpu(backends), busy_seconds()
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -188,7 +193,8 @@ async def step(workers: int, db: str, rate: float, seconds: float, profile: Path
                      **{f"sc_{k}": v / handled for k, v in syscalls[name].items()},
                      "cpu_pct": 100 * (d["user"] + d["sys"]) / wall}
     return {"workers": workers, "rate": rate, "ok": ok, "failed": res.stats.failed, "cps": res.stats.call_rate,
-            "per": per, "pg_ms": 1000 * (pg_after - pg_before) / ok, "commits": (commits1 - commits0) / ok,
+            "per": per, "pg_ms": 1000 * (pg_after - pg_before) / ok,
+            "kam_ms": 1000 * (kam_after - kam_before) / ok, "commits": (commits1 - commits0) / ok,
             "sipp_ms": 1000 * (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / ok,
             "box_pct": 100 * (busy1 - busy0) / wall, "load": os.getloadavg()[0]}
 
@@ -226,7 +232,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(table(["round", "processes at once", "CPU s of each (same loop)", "load avg"], rows))
     out = []
     for r in range(args.rounds):
-        for workers in (1, 2):
+        for workers in args.shapes:
             res = await step(workers, args.db, args.rate, args.seconds, args.profile)
             for name, p in res["per"].items():
                 out.append([str(r + 1), str(workers), f"{res['cps']:.0f}", str(res["failed"]), name,
@@ -234,13 +240,13 @@ async def main_async(args: argparse.Namespace) -> None:
                             f"{p['user_ms'] + p['sys_ms']:.3f}", f"{p['wakeups']:.2f}", f"{p['preempted']:.2f}",
                             f"{p.get('sc_all', float('nan')):.1f}",
                             " ".join(f"{n} {p[f'sc_{n}']:.1f}" for n in SYSCALLS if p.get(f"sc_{n}")),
-                            f"{res['commits']:.3f}", f"{res['pg_ms']:.3f}",
+                            f"{res['commits']:.3f}", f"{res['pg_ms']:.3f}", f"{res['kam_ms']:.3f}",
                             f"{res['sipp_ms']:.3f}", f"{res['box_pct']:.0f}", f"{res['load']:.1f}"])
                 print(out[-1], flush=True)
     print(table(["round", "workers", "achieved CPS", "failed", "process", "CPU % of a core", "user ms per call",
                  "sys ms per call", "CPU ms per call", "wake-ups per call", "preempted per call",
-                 "syscalls per call", "of which", "PG commits per call", "PG backends ms per call", "SIPp ms per call",
-                 "box busy %", "load avg"], out))
+                 "syscalls per call", "of which", "PG commits per call", "PG backends ms per call",
+                 "Kamailio ms per call", "SIPp ms per call", "box busy %", "load avg"], out))
 
 
 def main() -> int:
@@ -250,6 +256,8 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=300.0, help="total calls per second, the same for both shapes")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--shapes", type=lambda v: [int(n) for n in v.split(",")], default=[1, 2],
+                   help="worker counts to run each round, e.g. 1 for one worker only (A/B of a code change)")
     p.add_argument("--spin", action="store_true", help="first the CPU-only loop: 1 process alone, then 2 at once")
     p.add_argument("--spin-n", type=int, default=5_000_000)
     p.add_argument("--profile", type=Path, help="directory: py-spy every worker (collapsed stacks per step; "

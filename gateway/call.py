@@ -217,7 +217,7 @@ class Call:
         metrics = self.manager.metrics
         await self.manager.gateway.recordings.start(self)
         self.answered = time.monotonic()
-        metrics.setup.labels(self.carrier, self.direction).observe(self.answered - self.created)
+        metrics.child(metrics.setup, self.carrier, self.direction).observe(self.answered - self.created)
         self.manager.gateway.tracing.media_up(self)
         await self.record(call_status="in-progress", answered_at=utcnow())
         await self.emit("phone_call:accepted")

@@ -155,7 +155,7 @@ class CallManager:
         if carrier_sid:
             self._by_sid[carrier_sid] = call
         self.totals["calls"] += 1
-        self.metrics.calls.labels(carrier, direction).inc()
+        self.metrics.child(self.metrics.calls, carrier, direction).inc()
         self.gateway.tracing.call_created(call, self.gateway.settings.proc_id)
         await call.emit("phone_call:connection_requested")
         self._notify("call_started", call)
@@ -388,7 +388,7 @@ class CallManager:
             self.totals["frames_out"] += c.frames_out
             self.totals["dropped_in"] += c.dropped_in
         source = call.hangup.source.value if call.hangup is not None else "unknown"
-        self.metrics.calls_ended.labels(call.carrier, call.direction, call.status, source).inc()
+        self.metrics.child(self.metrics.calls_ended, call.carrier, call.direction, call.status, source).inc()
         reason = call.hangup.reason if call.hangup is not None else ""
         if reason in ENGINE_FAILURES:
             self.metrics.engine_failures.labels(reason).inc()

@@ -113,6 +113,10 @@ class Settings:
     recording_sweep_interval: float = 300.0
     #: music on hold: a WAV file the gateway plays to a held caller (default: a generated soft tone pattern)
     moh_file: str = ""
+    #: ms the event loop sleeps after delivering fewer than 16 websocket media frames while it delivers 4000 or more
+    #: a second (gateway/mediabatch.py): the next wake-up reads the frames of many sockets at once; at most this
+    #: much is added to a frame's turnaround
+    media_coalesce_ms: float = 2.0
     #: OTLP/HTTP endpoint for OpenTelemetry spans of call setup (gateway/tracing.py); empty = tracing off
     otel_endpoint: str = ""
 

@@ -16,11 +16,22 @@ after this iteration's I/O callbacks, before the loop waits again), which then
 
 Order per stream is kept (audio and digits go through the same list); what a delivery raises is reported to its
 stream (`batch_failed`), as the reader would have seen it.
+
+A pause after a small batch (`set_pause`; `gateway serve --media-coalesce-ms`, default 2): when the loop is not
+saturated, each frame arrives on its own wake-up and the frames of an iteration are too few to batch, and that
+costs more per frame than the media work itself — a steady 100-stream run used 80–95 µs of CPU per frame, a run
+whose frames came in bursts 38–50 µs (BENCHMARKS.md, "What each step costs per 20 ms frame"). While the loop
+delivers at least `PAUSE_FROM` frames a second (about 80 streams: below that the CPU is not worth a frame's
+latency), after delivering fewer than `PAUSE_BELOW` frames it sleeps `pause` seconds, so the next poll returns the
+frames of many sockets at once (one wake-up, one batch). A saturated loop's batches are larger and never pause; a
+pause adds at most `pause` to a frame's turnaround (and to anything else the loop does then: no RTP clock tick is
+late by it, a tick counts as late past a whole 20 ms period).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 from voicecodecs import StreamResampler
@@ -43,14 +54,27 @@ class BatchedStream(Protocol):
         """What delivering its audio or event raised: the stream ends as if its reader had raised it."""
 
 
+#: a batch of fewer frames and events than this is followed by the pause (`set_pause`) ...
+PAUSE_BELOW = 16
+#: ... while the loop delivered at least this many a second over its last whole second (80 streams' inbound)
+PAUSE_FROM = 4000
+
+
 class MediaBatch:
     """The pending frames and events of one event loop (`for_loop`)."""
 
-    __slots__ = ("_loop", "_items")
+    __slots__ = ("_loop", "_items", "pause", "_since", "_count", "_busy")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pause: float = 0.0) -> None:
         self._loop = loop
         self._items: list[tuple[BatchedStream, bytes | BusItem]] = []
+        #: seconds the loop sleeps after delivering a small batch (module docstring); 0: never
+        self.pause = pause
+        #: the rate window: its start (monotonic seconds), what was delivered since, and whether the last whole
+        #: window reached PAUSE_FROM a second
+        self._since = time.monotonic()
+        self._count = 0
+        self._busy = False
 
     def feed_audio(self, stream: BatchedStream, pcm: bytes) -> None:
         """Carrier-rate PCM16 for `stream`'s inlet, delivered at the end of this loop iteration."""
@@ -95,9 +119,33 @@ class MediaBatch:
         finally:
             if plays is not None:
                 settle_plays(plays)
+        if self.pause:
+            self._pace(len(items))
+
+    def _pace(self, n: int) -> None:
+        """Count `n` deliveries into the rate window; sleep the pause after a small batch of a busy loop."""
+        self._count += n
+        now = time.monotonic()
+        if now - self._since >= 1.0:
+            self._busy = self._count >= PAUSE_FROM * (now - self._since)
+            self._since, self._count = now, 0
+        if self._busy and n < PAUSE_BELOW:
+            time.sleep(self.pause)      # on purpose: frames gather in the sockets for the next poll (docstring)
 
 
 _batches: dict[asyncio.AbstractEventLoop, MediaBatch] = {}
+_pause = 0.0
+
+
+def set_pause(seconds: float) -> None:
+    """Pause this long after each small batch from now on (module docstring), in every loop; 0: never. Set by
+    `gateway serve`, so that tests and in-process benchmarks, whose clients share the loop, run without it."""
+    global _pause
+    if seconds < 0:
+        raise ValueError("a media batch pause cannot be negative")
+    _pause = seconds
+    for batch in _batches.values():
+        batch.pause = seconds
 
 
 def for_loop(loop: asyncio.AbstractEventLoop) -> MediaBatch:
@@ -106,5 +154,5 @@ def for_loop(loop: asyncio.AbstractEventLoop) -> MediaBatch:
     if batch is None:
         for old in [x for x in _batches if x.is_closed()]:
             del _batches[old]
-        batch = _batches[loop] = MediaBatch(loop)
+        batch = _batches[loop] = MediaBatch(loop, _pause)
     return batch

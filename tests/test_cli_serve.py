@@ -157,3 +157,12 @@ def test_broken_pipe_is_quiet(tmp_path):
         _stop(served)
     err = (tmp_path / "cli.err").read_text()
     assert len(first) == 10 and "Traceback" not in err and "BrokenPipe" not in err, (code, err)
+
+
+@pytest.mark.parametrize("value", ["-1", "11", "nan"])
+def test_media_coalesce_ms_out_of_range_is_one_line(tmp_path, value):
+    r = _gateway("serve", "--host", "127.0.0.1", "--http-port", "0", "--sip-port", "0", "--data-dir", str(tmp_path),
+                 "--engine", "echo", "--media-coalesce-ms", value)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "gateway: --media-coalesce-ms: must be between 0 and 10 (ms added to a frame's turnaround at most)"]

@@ -3,9 +3,11 @@ answers resampled in a batch and written exactly as without one, errors reported
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway import mediabatch
 from gateway.bus import CallBus
@@ -146,3 +148,79 @@ async def test_a_deferred_frame_keeps_its_place_before_a_clear() -> None:
     assert cleared == [1] * CALLS
     for bus in buses:
         assert isinstance(bus.next_outbound_nowait(), Clear) and bus.next_outbound_nowait() is None
+
+
+class Clock:
+    """mediabatch's `time`: a monotonic clock the test moves, and the sleeps asked for."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def feed(batch: mediabatch.MediaBatch, stream: Stream, log: list[tuple[str, Any]], n: int) -> None:
+    """n frames in one loop iteration, then wait until they are delivered."""
+    want = len(log) + n
+    for i in range(n):
+        batch.feed_audio(stream, b"f%d" % i)
+    await until(lambda: len(log) == want)
+
+
+async def test_a_busy_loop_pauses_after_a_small_batch_only(monkeypatch) -> None:
+    """`gateway serve --media-coalesce-ms`: once the loop has delivered PAUSE_FROM frames a second over a whole
+    second, a batch of fewer than PAUSE_BELOW frames is followed by the pause (the next poll then reads many
+    sockets at once); a larger batch, a quiet loop (few streams: their latency is worth more than the CPU) or a
+    pause of 0 never sleep; set_pause reaches the batch a loop already has."""
+    clock = Clock()
+    monkeypatch.setattr(mediabatch, "time", clock)
+    loop = asyncio.get_running_loop()
+    monkeypatch.setitem(mediabatch._batches, loop, mediabatch.MediaBatch(loop))
+    batch = mediabatch.for_loop(loop)
+    log: list[tuple[str, Any]] = []
+    stream = Stream(Recorder(log, "a"))
+    mediabatch.set_pause(0.002)
+    try:
+        assert batch.pause == 0.002
+        await feed(batch, stream, log, 1)
+        clock.now += 1.0                         # a quiet second: 2 frames
+        await feed(batch, stream, log, 1)
+        await feed(batch, stream, log, 1)
+        assert clock.slept == []
+        await feed(batch, stream, log, mediabatch.PAUSE_FROM)    # a busy second
+        clock.now += 1.0
+        await feed(batch, stream, log, 1)
+        assert clock.slept == [0.002]
+        await feed(batch, stream, log, mediabatch.PAUSE_BELOW)   # a large batch: no pause
+        assert clock.slept == [0.002]
+        mediabatch.set_pause(0)
+        await feed(batch, stream, log, 1)
+        assert clock.slept == [0.002]
+    finally:
+        mediabatch.set_pause(0)
+    with pytest.raises(ValueError):
+        mediabatch.set_pause(-0.001)
+    assert batch.pause == 0
+
+
+async def test_the_pause_holds_the_loop_at_least_that_long(monkeypatch) -> None:
+    """The real sleep: the flush of a small batch of a busy loop returns no sooner than the pause (a lower bound
+    only: a busy machine may hold it longer)."""
+    loop = asyncio.get_running_loop()
+    batch = mediabatch.MediaBatch(loop)
+    monkeypatch.setitem(mediabatch._batches, loop, batch)
+    log: list[tuple[str, Any]] = []
+    stream = Stream(Recorder(log, "a"))
+    mediabatch.set_pause(0.02)
+    try:
+        batch._busy, batch._since = True, time.monotonic()    # a busy loop, its rate window just started
+        t0 = time.monotonic()
+        await feed(batch, stream, log, 1)        # (delivered, then slept, in one callback)
+        assert time.monotonic() - t0 >= 0.02
+    finally:
+        mediabatch.set_pause(0)

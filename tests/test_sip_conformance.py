@@ -110,3 +110,68 @@ async def test_supported_promises_replaces_not_100rel(peer_gw):
     assert resp.status == 200
     supported = [t.lower() for t in resp.headers.getlist("Supported")]
     assert "timer" in supported and "replaces" in supported and "100rel" not in supported
+
+
+async def _collect(peer: UdpPeer, until, timeout: float = 10.0) -> list[SipResponse]:
+    """Responses from the gateway until `until(response)` says stop (that one included)."""
+    loop = asyncio.get_running_loop()
+    got: list[SipResponse] = []
+    async with asyncio.timeout(timeout):
+        while not got or not until(got[-1]):
+            msg = parse_message(await loop.sock_recv(peer.sock, 65535))
+            if isinstance(msg, SipResponse):
+                got.append(msg)
+    return got
+
+
+async def _ack_and_bye(peer: UdpPeer, invite: bytes, ok: SipResponse) -> None:
+    """End the answered call as a caller does: ACK the 200, then BYE, and wait for the BYE's 200."""
+    head = invite.split(b"\r\n\r\n", 1)[0].decode()
+    lines = [ln for ln in head.split("\r\n")[1:] if not ln.startswith(("Via:", "CSeq:", "To:", "Content-"))]
+    target = ok.contacts[0].uri
+    loop = asyncio.get_running_loop()
+    for cseq, method in ((1, "ACK"), (2, "BYE")):
+        msg = (f"{method} {target} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+               + "".join(ln + "\r\n" for ln in lines)
+               + f"To: {ok.headers['To']}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n")
+        await loop.sock_sendto(peer.sock, msg.encode(), peer.gw)
+    bye_ok = await _collect(peer, lambda r: r.cseq[1] == "BYE" and r.status >= 200)
+    assert bye_ok[-1].status == 200
+
+
+async def test_invite_answered_at_once_gets_no_provisional_response(peer_gw):
+    """RFC 3261 §17.2.1: a UAS that answers within 200 ms need not send 100 Trying, and the gateway does not, nor a
+    180 Ringing that would come microseconds before its 200 (two messages less per call, for the worker and for
+    Kamailio). The 200 ms timer is set far out here so that a
+    stalled box cannot make it fire: what is checked is that the carrier sends no 100 of its own."""
+    peer, gw = peer_gw
+    gw.carriers["sip"].layer.trying_delay = 30.0
+    invite = request("INVITE", "sip:+15550001111@127.0.0.1", peer.port, body=SDP)
+    await asyncio.get_running_loop().sock_sendto(peer.sock, invite, peer.gw)
+    got = await _collect(peer, lambda r: r.status >= 200)
+    assert [r.status for r in got] == [200]
+    await _ack_and_bye(peer, invite, got[-1])
+
+
+async def test_invite_still_unanswered_after_200_ms_gets_100_trying(peer_gw):
+    """An INVITE whose answer waits (here: its call-log row is held back) gets the transaction layer's 100 Trying
+    after 200 ms, so the caller (or Kamailio) stops re-sending it; the call then goes on as usual."""
+    peer, gw = peer_gw
+    gate = asyncio.Event()
+    create = gw.calls.create
+
+    async def held_create(**kw):
+        await gate.wait()
+        return await create(**kw)
+    gw.calls.create = held_create
+    invite = request("INVITE", "sip:+15550001111@127.0.0.1", peer.port, body=SDP)
+    await asyncio.get_running_loop().sock_sendto(peer.sock, invite, peer.gw)
+    first = await _collect(peer, lambda r: True)
+    assert [r.status for r in first] == [100]
+    gate.set()
+    got = await _collect(peer, lambda r: r.status >= 200)
+    assert [r.status for r in got] == [200]
+    await _ack_and_bye(peer, invite, got[-1])
+    rows = await call_rows(gw)
+    assert len(rows) == 1

@@ -66,6 +66,28 @@ async def test_agents_round_trip(store):
         await store.update_agent(a["id"], {"name": "c"})
 
 
+async def test_cached_rows_are_private_copies(store):
+    """A caller may change the row it got (nested settings, lists, secrets) without changing what the next caller
+    reads from the cache; values that are not JSON-shaped are copied too."""
+    a = await store.create_agent({"name": "a", "engine": "echo",
+                                  "settings": {"transfer": {"numbers": ["+1555"]}, "pair": (1, [2])}})
+    first = await store.get_agent(a["id"])
+    first["settings"]["transfer"]["numbers"].append("+1666")
+    first["settings"]["pair"][1].append(3)
+    first["name"] = "changed"
+    again = await store.get_agent(a["id"])
+    assert again["name"] == "a" and again["settings"]["transfer"]["numbers"] == ["+1555"]
+    assert list(again["settings"]["pair"][1]) == [2]
+    n = await store.create_number({"phone_number": "+15550001112", "provider": "sip", "sip_trunk_name": "t2",
+                                   "config": {"allowed_ips": ["10.0.0.1"]}}, {"sip_password": "pw"})
+    got = await store.find_number("+15550001112", "sip", with_secrets=True)
+    got["secrets"]["sip_password"] = "leaked"
+    got["config"]["allowed_ips"].append("0.0.0.0/0")
+    fresh = await store.find_number("+15550001112", "sip", with_secrets=True)
+    assert fresh["secrets"] == {"sip_password": "pw"} and fresh["config"]["allowed_ips"] == ["10.0.0.1"]
+    assert (await store.get_number(n["id"]))["config"]["allowed_ips"] == ["10.0.0.1"]
+
+
 async def test_numbers_keep_secrets_apart(store):
     n = await store.create_number({"phone_number": "+15550001111", "provider": "sip", "sip_trunk_name": "t1",
                                    "config": {"sip_host": "h"}}, {"sip_password": "pw"})

