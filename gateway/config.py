@@ -90,6 +90,11 @@ class Settings:
     #: seconds call-log writes are held and retried while the database is away (docs/operations.md, "When the
     #: database blips"); past it they are dropped, counted and logged
     store_retry_seconds: float = 120.0
+    #: seconds PostgreSQL has to accept a connection, answer a statement, and free a pool connection before the
+    #: store calls it away (gateway/store/connect.py; docs/operations.md, "When the database does not answer")
+    db_connect_timeout: float = 5.0
+    db_command_timeout: float = 30.0
+    db_pool_timeout: float = 10.0
     #: seconds between heartbeats in the `nodes` table, and the heartbeat age after which a process is lost and
     #: its calls are closed (`node_lost`); tests shorten both
     heartbeat_interval: float = 5.0

@@ -27,6 +27,7 @@ from .metrics import GatewayMetrics
 from .recording import Recordings
 from .secretbox import SecretBox
 from .store import Store
+from .store.connect import DbTimeouts
 from .throttle import FailureThrottle
 from .tracing import CallTracing
 from .webhooks import WebhookDispatcher
@@ -65,6 +66,8 @@ class Gateway:
         self.tracing = CallTracing.from_settings(settings)
         self.store = Store(settings.db_url, SecretBox.load(settings.secret_key, settings.data_dir))
         self.store.retry_seconds = settings.store_retry_seconds
+        self.store.timeouts = DbTimeouts(settings.db_connect_timeout, settings.db_command_timeout,
+                                         settings.db_pool_timeout)
         self.calls = CallManager(self)
         self.engines = engines if engines is not None else EngineRegistry(settings.engine, settings.allowed_engines)
         self.webhooks = WebhookDispatcher(retries=settings.webhook_retries, timeout=settings.webhook_timeout,

@@ -16,13 +16,18 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from cluster_env import create_database, db_url, drop_database, require_pg  # noqa: F401 (db_url: a fixture)
 from gateway.callmanager import CallLogUnavailableError
 from gateway.frames import HangupSource
 from gateway.secretbox import SecretBox
 from gateway.store import Store, StoreUnavailableError
+from gateway.store.connect import DbTimeouts, engine_options
 from gateway.store.durable import BACKOFF_CAP, BACKOFF_FIRST, backoff, is_transient, reason, sqlstate
+from gateway.store.store import database_url
+from blackhole import BlackHoleRelay
+from conftest import API_KEY
 from pg_cluster import ThrowawayCluster
 from sipp import metrics_text, wait_for
 
@@ -388,3 +393,121 @@ async def test_an_outage_longer_than_stale_after_declares_no_process_lost(
             await asyncio.to_thread(cluster.start)
         for gw in gws:
             await gw.stop()
+
+
+# -- a database that does not answer at all (no refusal: its host gone, packets dropped) ---------------------------
+@pytest_asyncio.fixture
+async def relay(cluster: ThrowawayCluster, pg_store: Store) -> AsyncIterator[BlackHoleRelay]:
+    """The throwaway server behind a relay the test can turn into a black hole (tests/blackhole.py)."""
+    await pg_store.close()          # the test opens its own store through the relay, on the clean database
+    hole = BlackHoleRelay(cluster.port)
+    await hole.start()
+    yield hole
+    await hole.close()
+
+
+def _through(relay: BlackHoleRelay) -> str:
+    return f"postgresql://gw@127.0.0.1:{relay.port}/postgres"
+
+
+async def test_call_setup_is_refused_within_its_bound_when_the_database_does_not_answer(
+        relay: BlackHoleRelay, make_gateway) -> None:
+    """A call set up while the database answers nothing (a pooled connection gone silent, or a new one never
+    answered) is refused as unavailable (SIP 503 + Retry-After) within the insert lane's set-up bound — not after
+    the connect or statement timeout (set long here, so only the lane's own bound can cut it)."""
+    gw = await make_gateway(db=_through(relay), db_connect_timeout=30.0, db_command_timeout=20.0)
+    try:
+        await gw.store.create_call(call_fields("warm"))        # the pool holds a connection that answered
+        relay.silent = True
+        loop = asyncio.get_running_loop()
+        for n in range(2):
+            began = loop.time()
+            with pytest.raises(CallLogUnavailableError) as refused:
+                await asyncio.wait_for(gw.calls.create(carrier="sip", direction="inbound", from_number="+15550000001",
+                                                       to_number="+15550000002"), 60)
+            took = loop.time() - began
+            assert refused.value.sip_status == 503 and refused.value.retry_after == 5
+            assert "call log is unavailable" in str(refused.value)
+            assert took < Store.SETUP_SECONDS + 4, f"set-up {n} refused after {took:.1f} s"
+        assert 'gateway_calls_refused_total{carrier="sip",reason="call_log"} 2.0' in await metrics_text(gw)
+    finally:
+        relay.silent = False
+        await relay.cut()           # the silenced connections end; new ones reach the server again
+        await gw.stop()
+
+
+async def test_connect_and_statement_timeouts_bound_a_database_that_does_not_answer(relay: BlackHoleRelay) -> None:
+    """The engine's bounds (gateway/store/connect.py): a statement on a pooled connection gone silent, and a new
+    connection never answered, each fail transiently (what the lanes retry and set-up refuses on) after about
+    their timeout instead of asyncpg's 60 s connect wait or an endless read."""
+    url = _through(relay)
+    bounds = DbTimeouts(connect=1.0, command=1.0, pool=1.0)
+    store = Store(url, SecretBox.generate())
+    store.timeouts = bounds
+    await store.open()
+    engine = create_async_engine(database_url(url), **engine_options(database_url(url), bounds))
+    loop = asyncio.get_running_loop()
+    try:
+        await store.list_agents()                  # a pooled connection that answered
+        relay.silent = True
+        began = loop.time()
+        with pytest.raises(Exception) as silent_statement:
+            await asyncio.wait_for(store.list_agents(), 60)
+        assert is_transient(silent_statement.value), reason(silent_statement.value)
+        assert loop.time() - began < bounds.command + 4
+        began = loop.time()
+        with pytest.raises(Exception) as silent_connect:
+            async with engine.connect():           # nothing pooled: a new connection
+                pass
+        assert is_transient(silent_connect.value), reason(silent_connect.value)
+        assert loop.time() - began < bounds.connect + 4
+    finally:
+        relay.silent = False
+        await relay.cut()
+        await engine.dispose()
+        await store.close()
+
+
+def test_sqlite_urls_get_no_driver_timeouts() -> None:
+    assert engine_options(database_url("/tmp/gw.db"), DbTimeouts()) == {}
+    url = database_url("postgresql://gw@127.0.0.1/gw")
+    assert engine_options(url, DbTimeouts(), schema=True) == {"connect_args": {"timeout": DbTimeouts.connect}}
+    assert engine_options(url, DbTimeouts(command=0, pool=0)) == {"connect_args": {"timeout": DbTimeouts.connect}}
+
+
+async def test_call_log_reads_answer_503_at_once_while_writes_are_held(
+        cluster: ThrowawayCluster, pg_store: Store, make_gateway) -> None:
+    """`GET /api/v1/calls/logs…` waits for this process's queued writes; while those are held for a database
+    that is away it answers at once, 503 with Retry-After and the reason, instead of waiting up to
+    --store-retry-seconds; once the database is back, the reads answer as before, with the held write in."""
+    await pg_store.close()
+    gw = await make_gateway(db=cluster.url)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def get(path: str) -> tuple[int, dict[str, Any], str | None]:
+        async with aiohttp.ClientSession() as http, http.get(gw.url(path), headers=headers,
+                                                             timeout=aiohttp.ClientTimeout(total=60)) as r:
+            return r.status, dict(await r.json()), r.headers.get("Retry-After")
+
+    try:
+        row = await gw.store.create_call(call_fields("api-1"))
+        await asyncio.to_thread(cluster.stop, "fast")
+        await gw.store.update_call(row["id"], call_status="in-progress")
+        await wait_for(lambda: gw.store.degraded, 60, what="the store to notice the outage")
+        loop = asyncio.get_running_loop()
+        for path in ("/api/v1/calls/logs", f"/api/v1/calls/logs/{row['id']}", "/api/v1/calls/logs/api-1"):
+            began = loop.time()
+            status, body, retry_after = await get(path)
+            assert loop.time() - began < 5, path
+            assert status == 503 and retry_after == "5", (path, status, body)
+            assert body["success"] is False and "call log is unavailable" in body["error"], body
+        await asyncio.to_thread(cluster.start)
+        await wait_for(lambda: not gw.store.degraded, 60, what="the held write to be written")
+        status, body, _ = await get(f"/api/v1/calls/logs/{row['id']}")
+        assert status == 200 and body["call_log"]["call_status"] == "in-progress", body
+        status, body, _ = await get("/api/v1/calls/logs")
+        assert status == 200 and body["total"] == 1, body
+    finally:
+        if not cluster.running:
+            await asyncio.to_thread(cluster.start)
+        await gw.stop()

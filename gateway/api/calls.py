@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..call import Call
-from ..callmanager import CapacityError, ChannelLimitError
+from ..callmanager import CallLogUnavailableError, CapacityError, ChannelLimitError
 from ..carrier import CarrierError
 from ..channels import Limits
 from ..cluster import Reply
@@ -20,6 +21,7 @@ from ..cluster.livecalls import remote_live_calls
 from ..consult import ConsultError
 from ..frames import HangupSource
 from ..outbound import DispatchFailed, place_call
+from ..store.durable import StoreUnavailableError, is_transient, reason
 from ..transfer import TransferRefused
 from . import models, responses
 from .errors import ApiError, carrier_api_error, error_body, read_json
@@ -143,6 +145,23 @@ async def _attached_number(gw: Gateway, agent_id: int) -> int:
     return first
 
 
+@contextlib.asynccontextmanager
+async def _call_log_read(gw: Gateway) -> AsyncIterator[None]:
+    """A read of the call log that answers at once while the database is away: reads wait for this process's
+    queued writes first (they show a call's latest state), and while those are held for the database that wait
+    lasts up to --store-retry-seconds; so the read is refused, 503 with Retry-After and the reason, as is one whose
+    own query the database failed transiently (a 500 would say the gateway is broken, not the database away)."""
+    try:
+        await gw.store.flush_for_read()
+        yield
+    except Exception as e:
+        if not isinstance(e, StoreUnavailableError) and not is_transient(e):
+            raise
+        why = str(e) if isinstance(e, StoreUnavailableError) else f"the call log is unavailable ({reason(e)})"
+        raise ApiError(503, f"{why}; retry later", None,
+                       headers={"Retry-After": str(CallLogUnavailableError.retry_after)}) from None
+
+
 async def list_logs(request: web.Request) -> web.Response:
     gw = _gw(request)
     q = parse(models.LogQuery, request.query)
@@ -150,10 +169,11 @@ async def list_logs(request: web.Request) -> web.Response:
     # call_context.bulk_call_id = N
     if q.since is not None and q.until is not None and q.until <= q.since:
         raise bad("until", "must be after since")
-    rows, total = await gw.store.list_calls(q.pageno, q.pagesize, agent_id=q.agentid or q.agent_id,
-                                            call_status=q.call_status, carrier_sid=q.carrier_sid,
-                                            bulk_call_id=q.bulk_call_id, carrier=q.carrier, since=q.since,
-                                            until=q.until)
+    async with _call_log_read(gw):
+        rows, total = await gw.store.list_calls(q.pageno, q.pagesize, agent_id=q.agentid or q.agent_id,
+                                                call_status=q.call_status, carrier_sid=q.carrier_sid,
+                                                bulk_call_id=q.bulk_call_id, carrier=q.carrier, since=q.since,
+                                                until=q.until)
     return reply(responses.CallLogList, total=total, total_records=total, pageno=q.pageno, pagesize=q.pagesize,
                                     call_log_data=[call_log_json(r) for r in rows])
 
@@ -175,10 +195,11 @@ async def _log_row(gw: Gateway, ident: str) -> dict[str, Any] | None:
 async def get_log(request: web.Request) -> web.Response:
     gw = _gw(request)
     ident = request.match_info["id"]
-    row = await _log_row(gw, ident)
+    async with _call_log_read(gw):
+        row = await _log_row(gw, ident)
+        events = await gw.store.list_call_events(row["id"]) if row is not None else []
     if row is None:
         raise bad("id", f"call {ident} not found", 404)
-    events = await gw.store.list_call_events(row["id"])
     view = call_log_json(row)
     return reply(responses.CallLogReply, call_log=view, call_log_data=[view], total_records=1, events=[
         {"at": e["at"], "event": e["kind"], "data": e["data"]} for e in events])

@@ -22,9 +22,11 @@ from typing import Any, TypeVar
 from sqlalchemy import bindparam, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ..secretbox import SecretBox, SecretKeyError
 from .channels import ChannelStore
+from .connect import DbTimeouts, engine_options
 from .dispatchq import FINISH_ITEM, QueueStore
 from .durable import StoreUnavailableError, backoff, is_transient, reason
 from .health import HealthStore
@@ -263,6 +265,9 @@ class Store(ChannelStore, QueueStore, HealthStore):
     #: seconds the insert lane retries a transient failure: an INVITE (or an API request) is waiting for the row,
     #: and a carrier retries a refused call sooner than a caller waits on silence
     INSERT_RETRY_SECONDS = 0.4
+    #: seconds call set-up waits for its row at most, an attempt in flight included: a connect or an INSERT to a
+    #: database that does not answer is cut here (the call is refused, SIP 503) rather than at the connect timeout
+    SETUP_SECONDS = 2.0
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
@@ -279,6 +284,11 @@ class Store(ChannelStore, QueueStore, HealthStore):
         self._hurry = 0                                  # flushes waiting: the lanes do not wait then
         self.write_errors = 0
         self.retry_seconds = self.RETRY_SECONDS
+        #: bounds on each wait for PostgreSQL (connect.py); set before `open()`
+        self.timeouts = DbTimeouts()
+        #: set while `degraded` (the write lane holds writes for a database that is away): API reads stop
+        #: waiting behind them (`flush_for_read`)
+        self._outage = asyncio.Event()
         #: attempts repeated after a transient failure, per lane ("write": updates, events, outbox; "insert": rows)
         self.write_retries = {"write": 0, "insert": 0}
         #: write-behind items given up: "transient" (the database stayed away past `retry_seconds`) or "permanent"
@@ -464,7 +474,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
             path = self.url.split(":///", 1)[-1]
             if path and path != ":memory:":
                 _private_sqlite_file(path)
-        self.engine = create_async_engine(self.url)
+        self.engine = create_async_engine(self.url, **engine_options(self.url, self.timeouts))
         if self.url.startswith("sqlite"):
             @event.listens_for(self.engine.sync_engine, "connect")
             def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:  # foreign keys + concurrent readers
@@ -474,12 +484,20 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption risk, far fewer fsyncs
                 cur.close()
-        async with self.engine.begin() as conn:
-            await _schema_turn(conn)
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
-        async with self.engine.connect() as conn:  # its own connection: it manages its transaction itself
-            await conn.run_sync(never_reuse_ids)
+        # schema work may wait long (another worker's schema lock, an index built on a big table): its own
+        # connections, without the statement timeout (connect.py)
+        schema = self.engine if self.url.startswith("sqlite") else create_async_engine(
+            self.url, poolclass=NullPool, **engine_options(self.url, self.timeouts, schema=True))
+        try:
+            async with schema.begin() as conn:
+                await _schema_turn(conn)
+                await conn.run_sync(Base.metadata.create_all)
+                await conn.run_sync(_add_missing_columns)
+            async with schema.connect() as conn:  # its own connection: it manages its transaction itself
+                await conn.run_sync(never_reuse_ids)
+        finally:
+            if schema is not self.engine:
+                await schema.dispose()
         await self._seal_secrets()
         self._maker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._queue = _Lane()
@@ -723,6 +741,24 @@ class Store(ChannelStore, QueueStore, HealthStore):
         finally:
             self._hurry -= 1
 
+    async def flush_for_read(self) -> None:
+        """`flush()` for a reader that must not hang (the API's call-log reads): StoreUnavailableError at once
+        while the write lane holds writes for a database that is away, or as soon as it starts to, instead of
+        waiting up to `retry_seconds` for the database to come back."""
+        if self.degraded:
+            raise StoreUnavailableError("the call log is unavailable (writes held for the database)")
+        flushing = asyncio.ensure_future(self.flush())
+        held = asyncio.ensure_future(self._outage.wait())
+        try:
+            await asyncio.wait((flushing, held), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            held.cancel()
+            if not flushing.done():
+                flushing.cancel()
+        if flushing.cancelled():
+            raise StoreUnavailableError("the call log is unavailable (writes held for the database)")
+        flushing.result()
+
     async def _fill(self, delay: float) -> None:
         """Let a lane's batch fill for `delay` seconds; a flush (or one waiting already) cuts it short."""
         if delay <= 0 or self._hurry:
@@ -752,7 +788,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 batch.append(q.get_nowait())
             end = began + self.INSERT_RETRY_SECONDS
             try:
-                for piece, e in await self._settle(batch, self._insert_rows, functools.partial(float, end), "insert"):
+                bounded = functools.partial(self._insert_within, began + self.SETUP_SECONDS)
+                for piece, e in await self._settle(batch, bounded, functools.partial(float, end), "insert"):
                     self._insert_failed(piece, e)
             except Exception as e:      # a fault of the lane itself, not of the database: fail its calls, go on
                 _log.exception("call-log insert lane failed")
@@ -760,6 +797,13 @@ class Store(ChannelStore, QueueStore, HealthStore):
             finally:
                 for _ in batch:
                     q.task_done()
+
+    async def _insert_within(self, until: float, piece: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
+        """`_insert_rows`, cut at loop time `until` (TimeoutError: transient, so the calls are refused as
+        unavailable): a connect to a database that does not answer would otherwise hold every call set-up behind
+        it for the connect timeout."""
+        async with asyncio.timeout_at(until):
+            await self._insert_rows(piece)
 
     async def _insert_rows(self, piece: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
         """Insert `piece`'s rows and hand each waiter its id."""
@@ -842,16 +886,20 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 self._writes_dropped(batch, e)
             finally:
                 self._in_flight = 0
+                if not self.degraded:   # an outage past the bound left nothing held: readers need not wait
+                    self._outage.clear()
                 for _ in batch:
                     q.task_done()
 
     async def _write_piece(self, piece: list[tuple[str, int, Any]]) -> None:
         await self._write_batch(piece)
         self._failing_since = None      # the database answers: any outage is over
+        self._outage.clear()
 
     def _outage_deadline(self) -> float:
         """When the write lane stops retrying: `retry_seconds` after the outage's first failure."""
         now = asyncio.get_running_loop().time()
+        self._outage.set()
         if self._failing_since is None:
             self._failing_since = now
             _log.warning("call-log writes held: the database is away; retrying",
