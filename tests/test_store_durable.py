@@ -1,8 +1,11 @@
 """The call log never loses a write when the database blips (issue #12): a PostgreSQL restart, killed backends or a
 refused connection hold the write-behind lane's batches, retried whole and in order until the database is back; a
 bad item loses only itself; the insert lane retries briefly, then refuses the call (503); /healthz and /metrics say
-`degraded` meanwhile. Against a real throwaway PostgreSQL server each test stops and starts (tests/pg_cluster.py),
-the shared test server (killing backends with pg_terminate_backend), and SQLite where the behaviour applies."""
+`degraded` meanwhile, and API reads of the call log answer 503 at once instead of waiting for the held writes; a
+database that answers nothing at all (a black hole: tests/blackhole.py) costs call set-up and each statement or
+connect only their bounds. Against a real throwaway PostgreSQL server each test stops and starts
+(tests/pg_cluster.py), the shared test server (killing backends with pg_terminate_backend), and SQLite where the
+behaviour applies."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +21,9 @@ import pytest_asyncio
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from blackhole import BlackHoleRelay
 from cluster_env import create_database, db_url, drop_database, require_pg  # noqa: F401 (db_url: a fixture)
+from conftest import API_KEY
 from gateway.callmanager import CallLogUnavailableError
 from gateway.frames import HangupSource
 from gateway.secretbox import SecretBox
@@ -26,8 +31,6 @@ from gateway.store import Store, StoreUnavailableError
 from gateway.store.connect import DbTimeouts, engine_options
 from gateway.store.durable import BACKOFF_CAP, BACKOFF_FIRST, backoff, is_transient, reason, sqlstate
 from gateway.store.store import database_url
-from blackhole import BlackHoleRelay
-from conftest import API_KEY
 from pg_cluster import ThrowawayCluster
 from sipp import metrics_text, wait_for
 

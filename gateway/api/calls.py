@@ -454,9 +454,9 @@ def add_routes(app: web.Application, prefix: str) -> None:
               tag=tag, body=models.Dispatch, response=responses.Dispatched, errors=(400, 401, 404, 409, 429, 502, 503),
               also=((202, responses.Queued, "queued (`queue: true`): it starts when the number has a free channel"),))
     api_route(app, "GET", f"{prefix}/calls/logs", list_logs, "Call log", tag=tag, query=models.LogQuery,
-              response=responses.CallLogList, errors=(400, 401))
+              response=responses.CallLogList, errors=(400, 401, 503))
     api_route(app, "GET", f"{prefix}/calls/logs/{{id}}", get_log, "One call with its events", tag=tag,
-              params=models.CallPath, response=responses.CallLogReply)
+              params=models.CallPath, response=responses.CallLogReply, errors=(400, 401, 404, 503))
     api_route(app, "GET", f"{prefix}/calls/live", live, "Live calls (of every live process)", tag=tag,
               response=responses.LiveCalls, errors=(401,))
     gw: Gateway = app["gateway"]
