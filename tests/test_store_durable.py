@@ -416,13 +416,20 @@ def _through(relay: BlackHoleRelay) -> str:
 async def test_call_setup_is_refused_within_its_bound_when_the_database_does_not_answer(
         relay: BlackHoleRelay, make_gateway) -> None:
     """A call set up while the database answers nothing (a pooled connection gone silent, or a new one never
-    answered) is refused as unavailable (SIP 503 + Retry-After) within the insert lane's set-up bound — not after
-    the connect or statement timeout (set long here, so only the lane's own bound can cut it)."""
+    answered) is refused as unavailable (SIP 503 + Retry-After) within the set-up bound — through the insert lane,
+    and a channel-limited number's row too — not after the connect or statement timeout (set long here, so only
+    the set-up bound can cut it)."""
     gw = await make_gateway(db=_through(relay), db_connect_timeout=30.0, db_command_timeout=20.0)
     try:
         await gw.store.create_call(call_fields("warm"))        # the pool holds a connection that answered
         relay.silent = True
         loop = asyncio.get_running_loop()
+        assert not gw.store.degraded     # so the row below waits on the silent database, not refused up front
+        began = loop.time()
+        with pytest.raises(Exception) as limited:    # a number with a channel limit: its row's own transaction
+            await asyncio.wait_for(gw.store.create_call_within(call_fields("limited"), 1, 4, 20.0), 60)
+        assert is_transient(limited.value), reason(limited.value)
+        assert loop.time() - began < Store.SETUP_SECONDS + 4
         for n in range(2):
             began = loop.time()
             with pytest.raises(CallLogUnavailableError) as refused:

@@ -12,12 +12,13 @@ the limit errs on the safe side, never over it.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from .durable import StoreUnavailableError
+from .durable import SETUP_SECONDS, StoreUnavailableError
 from .models import CallLog
 from .nodes import ClusterStore
 
@@ -35,10 +36,17 @@ class ChannelStore(ClusterStore):
     async def create_call_within(self, fields: dict[str, Any], number_id: int, limit: int,
                                  stale_after: float) -> dict[str, Any] | None:
         """Insert a call-log row for a call on `number_id` unless `limit` calls on it are live already (then
-        None). The count and the insert are atomic across every process sharing the database."""
+        None). The count and the insert are atomic across every process sharing the database. Like the insert
+        lane, waits at most SETUP_SECONDS (TimeoutError, transient: the call is refused as unavailable) for a
+        database that does not answer."""
         row = self._call_row(fields)
         if self.degraded:   # the flush below would wait for the database to come back while the INVITE waits
             raise StoreUnavailableError("the call log is unavailable (writes held for the database)")
+        async with asyncio.timeout(SETUP_SECONDS):
+            return await self._insert_within_limit(row, number_id, limit, stale_after)
+
+    async def _insert_within_limit(self, row: dict[str, Any], number_id: int, limit: int,
+                                   stale_after: float) -> dict[str, Any] | None:
         await self.flush()
         async with self._writing_core() as conn:
             if self.is_postgres:

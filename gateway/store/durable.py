@@ -35,6 +35,11 @@ _SQLITE_BUSY = (5, 6)
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 2.0
 
+#: seconds call set-up waits for its call-log row at most, however the database fails: a connect or a statement
+#: to a database that does not answer is cut here (the call refused, SIP 503) rather than at the driver's timeouts
+#: (connect.py); a carrier retries a refused call elsewhere far sooner than a caller waits on silence
+SETUP_SECONDS = 2.0
+
 
 class StoreUnavailableError(RuntimeError):
     """A call-log row could not be inserted within the set-up budget because the database is away (transient):

@@ -28,7 +28,7 @@ from ..secretbox import SecretBox, SecretKeyError
 from .channels import ChannelStore
 from .connect import DbTimeouts, engine_options
 from .dispatchq import FINISH_ITEM, QueueStore
-from .durable import StoreUnavailableError, backoff, is_transient, reason
+from .durable import SETUP_SECONDS, StoreUnavailableError, backoff, is_transient, reason
 from .health import HealthStore
 from .models import Agent, Base, CallEvent, CallLog, PhoneNumber, WebhookOutbox, utcnow
 from .models import row_dict as _row
@@ -265,9 +265,8 @@ class Store(ChannelStore, QueueStore, HealthStore):
     #: seconds the insert lane retries a transient failure: an INVITE (or an API request) is waiting for the row,
     #: and a carrier retries a refused call sooner than a caller waits on silence
     INSERT_RETRY_SECONDS = 0.4
-    #: seconds call set-up waits for its row at most, an attempt in flight included: a connect or an INSERT to a
-    #: database that does not answer is cut here (the call is refused, SIP 503) rather than at the connect timeout
-    SETUP_SECONDS = 2.0
+    #: seconds call set-up waits for its row at most, an attempt in flight included (durable.py)
+    SETUP_SECONDS = SETUP_SECONDS
 
     def __init__(self, db: str, box: SecretBox | None = None) -> None:
         self.url = database_url(db)
