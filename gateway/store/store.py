@@ -755,6 +755,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 for piece, e in await self._settle(batch, self._insert_rows, functools.partial(float, end), "insert"):
                     self._insert_failed(piece, e)
             except Exception as e:      # a fault of the lane itself, not of the database: fail its calls, go on
+                _log.exception("call-log insert lane failed")
                 self._insert_failed(batch, e)
             finally:
                 for _ in batch:
@@ -837,6 +838,7 @@ class Store(ChannelStore, QueueStore, HealthStore):
                 for piece, e in await self._settle(batch, self._write_piece, self._outage_deadline, "write"):
                     self._writes_dropped(piece, e)
             except Exception as e:      # a fault of the lane itself, not of the database: count it, go on
+                _log.exception("call-log write lane failed")
                 self._writes_dropped(batch, e)
             finally:
                 self._in_flight = 0
