@@ -59,6 +59,8 @@ class Registration:
             self.route = [f"<sip:{ph}:{pp};lr>"]
         self.tls = TlsPeer(self.dest[0], cfg.get("tls_verify") is not False) if self.transport == "tls" else None
         self.target = ""   # the server that answered the last REGISTER (host:port/transport via …)
+        #: that server's address while it keeps answering: refreshes go there first (`_send_located`)
+        self._answered: tuple[str, int, str] | None = None
         #: TCP/TLS: the connection the binding lives on, pinged between refreshes (RFC 5626 §3.5.1)
         self.flow: tuple[str, tuple[str, int]] | None = None
         self.keepalive = KEEPALIVE_INTERVAL
@@ -158,7 +160,14 @@ class Registration:
     async def _send_located(self, build: Callable[[int, list[tuple[str, str]]], SipRequest]
                             ) -> tuple[SipRequest, SipResponse]:
         """Send to the registrar located like a trunk's calls (RFC 3263: NAPTR/SRV for a name without a port,
-        through the outbound proxy when there is one), failing over to the next server on no answer or 503."""
+        through the outbound proxy when there is one), failing over to the next server on no answer or 503.
+
+        The server that answered the last REGISTER is tried first while DNS still lists it. RFC 3263 §4.3 makes
+        a client go on to the next server when one times out (a timeout is a 408, RFC 3261 §8.1.3.1), but a
+        refresh that started over from the top each time would wait out Timer F (64·T1 = 32 s) on a dead primary
+        before every refresh: with a short grant (refresh half-way, so any grant under 64 s) the binding would
+        lapse before each refresh got through, and incoming calls fail meanwhile. Once that server stops
+        answering, the next REGISTER goes back to DNS order."""
         if self.route:
             targets = [Target(self.dest[0], self.dest[1], self.transport, self.dest[0], "outbound_proxy")]
         else:
@@ -166,6 +175,8 @@ class Registration:
                 targets = await self.ua.locator.locate(self.host, self.explicit_port, self.transport)
             except LocateError as e:
                 raise RequestFailed(f"DNS: {e}") from None
+        targets = sorted(targets, key=lambda t: t.dest != self._answered)   # stable: the rest keep DNS order
+        self._answered = None
         failure: RequestFailed | None = None
         for i, target in enumerate(targets):
             last = i == len(targets) - 1
@@ -179,6 +190,7 @@ class Registration:
             if resp.status == 503 and not last:
                 continue
             self.target = target.describe()
+            self._answered = target.dest if resp.status != 503 else None
             if self.transport != "udp":
                 self.flow = (self.transport, await self.ua.resolve(target.dest))
             return req, resp
