@@ -23,7 +23,7 @@ import asyncio
 import logging
 import re
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
@@ -225,18 +225,20 @@ def _store_series(gw: Gateway) -> Iterator[Metric]:
     yield _family("gauge", "gateway_store_degraded",
                   "1 while call-log writes are held for a database that is away (retrying), else 0.",
                   int(store.degraded))
-    retries = CounterMetricFamily("gateway_store_write_retries",
-                                  "Call-log write attempts repeated after a transient database failure, per lane "
-                                  "(write: updates/events/outbox; insert: new rows).", labels=["lane"])
-    for lane, n in sorted(store.write_retries.items()):
-        retries.add_metric([lane], n)
-    yield retries
-    dropped = CounterMetricFamily("gateway_store_writes_dropped",
-                                  "Call-log writes given up: transient (database away past --store-retry-seconds) "
-                                  "or permanent (the item refused: a data or constraint error).", labels=["failure"])
-    for failure, n in sorted(store.writes_dropped.items()):
-        dropped.add_metric([failure], n)
-    yield dropped
+    yield _per_label("gateway_store_write_retries",
+                     "Call-log write attempts repeated after a transient database failure, per lane "
+                     "(write: updates/events/outbox; insert: new rows).", "lane", store.write_retries)
+    yield _per_label("gateway_store_writes_dropped",
+                     "Call-log writes given up: transient (database away past --store-retry-seconds) "
+                     "or permanent (the item refused: a data or constraint error).", "failure", store.writes_dropped)
+
+
+def _per_label(name: str, help_: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter with one series per key of `counts` (read at scrape time), in key order."""
+    family = CounterMetricFamily(name, help_, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
 
 
 class StateCollector(Collector):
