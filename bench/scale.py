@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import twilio_callers  # noqa: E402
 from bench._cpu import REST, CpuAccount, PgBackends, children, session_pids  # noqa: E402
+from bench._placement import Placement  # noqa: E402
 from bench._report import table, write_section  # noqa: E402
 from bench.media_ws import ACCOUNT, RECORDING, TOKEN, prepare_db  # noqa: E402
 from bench.media_ws import NUMBER as TWILIO_NUMBER  # noqa: E402
@@ -70,6 +71,10 @@ KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
 
 #: --nice: also given to the scheduler autogroup of every session this run starts (Kamailio, SIPp)
 NICE = 0
+#: --worker-cpus / --worker-share: the workers on cores (and budgets) of their own, everything else on the others
+PLACEMENT: Placement | None = None
+#: --workers-only: the shapes a sweep runs
+SHAPES: tuple[int, ...] = (1, 2)
 
 
 def renice_group(pid: int, nice: int) -> None:
@@ -131,6 +136,8 @@ class Node:
                  "--public-url", self.url, "--log-level", "WARNING", "--http-max-connections-per-ip", "10000"],
                 env=env, stdout=subprocess.DEVNULL, stderr=log)
         await self._wait_all()
+        if PLACEMENT is not None:
+            PLACEMENT.workers(None if self.workers == 1 else self.proc.pid, self.pids())
         if self.carriers == "sip":
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
                 await provision(http, self.url, NUMBER)
@@ -239,6 +246,8 @@ class Node:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if PLACEMENT is not None:
+            PLACEMENT.release_groups()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -426,9 +435,9 @@ async def http_spread(workers: int, db: str, connections: int, seconds: float) -
 
 async def sweep(steps: list, run, row, score=lambda step, r: step) -> tuple[dict[int, float], list[list]]:
     """For 1 then 2 workers: run the steps in order until one fails; the best passing score per shape, and rows."""
-    best: dict[int, float] = {}
+    best: dict[int, float] = {1: 0, 2: 0}
     rows: list[list] = []
-    for workers in (1, 2):
+    for workers in SHAPES:
         best[workers] = 0
         for step in steps:
             r = await run(workers, step)
@@ -469,6 +478,12 @@ def _ratio(one: int | float, two: int | float) -> str:
 
 async def main_async(args: argparse.Namespace) -> None:
     def report(name: str, title: str, body: str, command: str) -> None:
+        if PLACEMENT is not None:       # its own section: the unpinned one stays what it measured
+            name, title = name + "_split", title + " — workers on a core of their own"
+            body = f"Placement: {PLACEMENT.describe()}.\n\n" + body.replace(NOTE, SPLIT_NOTE)
+            command += f" --worker-cpus {','.join(map(str, sorted(args.worker_cpus)))}"
+            if args.worker_share is not None:
+                command += f" --worker-share {args.worker_share:g}"
         print(body, flush=True)
         if not args.no_write:
             write_section(name, title, body, command=command)
@@ -547,6 +562,13 @@ NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on
         "the step.")
 
 
+SPLIT_NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on PostgreSQL, `gateway serve` (1 "
+              "worker) or `gateway serve --workers 2`, placed as the line above says (bench/_placement.py): the "
+              "workers on their own core with the same CPU budget each, the load generator, Kamailio and "
+              "PostgreSQL on the other, so the ratio is what a second worker adds, not what the generator takes. "
+              "CPU columns: % of one core over the step, per part, as in the unpinned tables.")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=("rtp", "cps", "twilio", "http"))
@@ -567,14 +589,33 @@ def main() -> int:
     p.add_argument("--no-write", action="store_true", help="print the table only; leave BENCHMARKS.md alone")
     p.add_argument("--nice", type=int, default=0, help="scheduling priority of this run and everything it starts "
                                                        "(e.g. -10 on a machine shared with other work; as root)")
+    p.add_argument("--worker-cpus", type=lambda s: {int(x) for x in s.split(",")},
+                   help="pin the workers to these cores (e.g. 0) and everything else (generator, Kamailio, "
+                        "PostgreSQL, this harness) to the others: a machine where the load has cores of its own "
+                        "(bench/_placement.py)")
+    p.add_argument("--worker-share", type=float, help="with --worker-cpus: a CPU budget per worker, in cores "
+                                                      "(e.g. 0.5: two workers fill one core), as a cgroup quota")
+    p.add_argument("--workers-only", type=int, choices=(1, 2), help="run only this shape (e.g. 1 worker pinned "
+                                                                     "to a core of its own: its capacity per core)")
     args = p.parse_args()
-    global NICE
+    global NICE, PLACEMENT, SHAPES
     NICE = args.nice
+    if args.worker_share is not None and args.worker_cpus is None:
+        p.error("--worker-share needs --worker-cpus")
+    if args.workers_only:
+        SHAPES = (args.workers_only,)
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)     # gateway workers, Kamailio and SIPp inherit it
         renice_group(os.getpid(), args.nice)
+    if args.worker_cpus is not None:
+        PLACEMENT = Placement(args.worker_cpus, args.worker_share)
+        PLACEMENT.start()
     t0 = time.monotonic()
-    run_async(main_async(args))
+    try:
+        run_async(main_async(args))
+    finally:
+        if PLACEMENT is not None:
+            PLACEMENT.stop()
     print(f"bench/scale.py {args.kind}: {time.monotonic() - t0:.0f} s", flush=True)
     return 0
 

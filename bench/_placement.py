@@ -1,0 +1,129 @@
+"""Where a scale-out step's processes may run: the workers on some cores with a CPU budget each, everything else on
+the others (bench/scale.py `--worker-cpus`, `--worker-share`).
+
+Why: on a 2-core box the load generator (SIPp or the Twilio callers), Kamailio and PostgreSQL share the cores with
+the workers, so "2 workers versus 1" there compares one worker with a core of its own against two workers that
+share both cores with everything else — a ratio bounded by 2·w₁/(w₂ + o) whatever the gateway does (BENCHMARKS.md,
+"Where the two cores go"). A box with more cores would give the generator cores of its own; this emulates one:
+
+* every gateway worker is pinned to `worker_cpus` (sched_setaffinity on each of its threads) and, with a share,
+  gets a CPU budget of its own: a cgroup-v1 `cpu` group per worker with `cfs_quota_us = share × cfs_period_us`.
+  The period is 10 ms, not the kernel's 100 ms, so a worker that spends its budget waits at most a few ms for the
+  next one instead of up to 50 ms (that wait would be turnaround, not CPU);
+* this harness (and so every process it starts afterwards: caller processes, SIPp, Kamailio) and PostgreSQL's
+  postmaster and its children are pinned to the other cores. The postmaster's affinity is restored at the end.
+
+With `--worker-cpus 0 --worker-share 0.5` one worker gets half of core 0 and two workers get half of core 0 each,
+while the generator, Kamailio and PostgreSQL have core 1: the 1-vs-2 ratio then measures the gateway (what a second
+worker adds at the same per-worker budget), and `capacity / share` is the worker's capacity per core.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+PERIOD_US = 10_000
+POSTMASTER_PID_FILES = sorted(Path("/var/lib/postgresql").glob("*/main/postmaster.pid"))
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` onto `cpus` (threads started later inherit their creator's affinity)."""
+    for tid in threads(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+def postmaster() -> int | None:
+    """The local PostgreSQL server's postmaster (first line of its postmaster.pid), if there is one."""
+    for f in POSTMASTER_PID_FILES:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(f.read_text().split()[0])
+            if Path(f"/proc/{pid}").exists():
+                return pid
+    return None
+
+
+@dataclass
+class Placement:
+    worker_cpus: set[int]
+    share: float | None = None          # of one core, per worker; None: no budget, only pinned
+    rest_cpus: set[int] = field(init=False)
+    _groups: list[Path] = field(default_factory=list, init=False)
+    _pg: tuple[int, set[int]] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        every = os.sched_getaffinity(0)
+        self.rest_cpus = every - self.worker_cpus
+        if not self.worker_cpus <= every or not self.rest_cpus:
+            raise SystemExit(f"--worker-cpus {sorted(self.worker_cpus)}: needs a proper subset of this machine's "
+                             f"cores {sorted(every)} (the rest are the generator's)")
+        if self.share is not None and not CGROUP_CPU.is_dir():
+            raise SystemExit(f"--worker-share needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
+
+    def describe(self) -> str:
+        budget = f", {self.share:g} of a core each (cgroup CPU quota)" if self.share else ""
+        return (f"workers pinned to CPU {','.join(map(str, sorted(self.worker_cpus)))}{budget}; generator, "
+                f"Kamailio, PostgreSQL and this harness on CPU {','.join(map(str, sorted(self.rest_cpus)))}")
+
+    def start(self) -> None:
+        """This harness (and what it starts from now on) and PostgreSQL onto the rest's cores."""
+        pin(os.getpid(), self.rest_cpus)
+        pm = postmaster()
+        if pm is not None:
+            self._pg = (pm, os.sched_getaffinity(pm))
+            for pid in (pm, *children_of(pm)):
+                pin(pid, self.rest_cpus)
+
+    def workers(self, supervisor: int | None, pids: list[int]) -> None:
+        """A fresh node's workers onto their cores, each in a budget group of its own; the supervisor (if any)
+        stays with the rest."""
+        for pid in pids:
+            pin(pid, self.worker_cpus)
+            if self.share is None:
+                continue
+            group = CGROUP_CPU / f"gw-bench-{os.getpid()}-{pid}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(int(self.share * PERIOD_US)))
+            (group / "cgroup.procs").write_text(str(pid))
+            self._groups.append(group)
+        if supervisor is not None:
+            pin(supervisor, self.rest_cpus)
+
+    def release_groups(self) -> None:
+        """Remove the budget groups of a stopped node (a group can be removed once its processes are gone)."""
+        for g in self._groups:
+            with contextlib.suppress(OSError):
+                for pid in (g / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):
+                        (CGROUP_CPU / "cgroup.procs").write_text(pid)
+                g.rmdir()
+        self._groups.clear()
+
+    def stop(self) -> None:
+        self.release_groups()
+        if self._pg is not None:
+            pm, cpus = self._pg
+            for pid in (pm, *children_of(pm)):
+                pin(pid, cpus)
+            self._pg = None
