@@ -6,16 +6,23 @@ the workers, so "2 workers versus 1" there compares one worker with a core of it
 share both cores with everything else — a ratio bounded by 2·w₁/(w₂ + o) whatever the gateway does (BENCHMARKS.md,
 "Where the two cores go"). A box with more cores would give the generator cores of its own; this emulates one:
 
-* every gateway worker is pinned to `worker_cpus` (sched_setaffinity on each of its threads) and, with a share,
-  gets a CPU budget of its own: a cgroup-v1 `cpu` group per worker with `cfs_quota_us = share × cfs_period_us`.
-  The period is 10 ms, not the kernel's 100 ms, so a worker that spends its budget waits at most a few ms for the
-  next one instead of up to 50 ms (that wait would be turnaround, not CPU);
+* every gateway worker is pinned (sched_setaffinity on each of its threads): worker k to the k-th core of
+  `worker_cpus` where there are as many cores as workers, else to all of them; with a share it also gets a CPU
+  budget of its own: a cgroup-v1 `cpu` group per worker with `cfs_quota_us = share × cfs_period_us`. The period
+  is 10 ms, not the kernel's 100 ms, so a worker that spends its budget waits at most a few ms for the next one
+  instead of up to 50 ms (that wait would be turnaround, not CPU);
 * this harness (and so every process it starts afterwards: caller processes, SIPp, Kamailio) and PostgreSQL's
-  postmaster and its children are pinned to the other cores. The postmaster's affinity is restored at the end.
+  postmaster and its children are pinned to the cores no worker is on — or, where the workers are on every core,
+  run anywhere in what the budgets leave. The postmaster's affinity is restored at the end.
 
-With `--worker-cpus 0 --worker-share 0.5` one worker gets half of core 0 and two workers get half of core 0 each,
-while the generator, Kamailio and PostgreSQL have core 1: the 1-vs-2 ratio then measures the gateway (what a second
-worker adds at the same per-worker budget), and `capacity / share` is the worker's capacity per core.
+Two arrangements on 2 cores, both with the same budget per worker in both shapes, so the 1-vs-2 ratio measures
+what a second worker adds, and `capacity / share` is a worker's capacity per core:
+
+* `--worker-cpus 0,1 --worker-share 0.5`: each worker has half of a core of its own (worker 1 on core 0, worker 2
+  on core 1), as on a bigger box where each worker has its own core; the generator, Kamailio and PostgreSQL get
+  the other halves;
+* `--worker-cpus 0 --worker-share 0.5`: the workers share core 0 (half each), everything else has core 1: no
+  interference from the generator, but two workers take turns on one core, which a bigger box would not make them.
 """
 from __future__ import annotations
 
@@ -73,17 +80,22 @@ class Placement:
 
     def __post_init__(self) -> None:
         every = os.sched_getaffinity(0)
-        self.rest_cpus = every - self.worker_cpus
-        if not self.worker_cpus <= every or not self.rest_cpus:
+        # cores no worker is on are the rest's; where the workers have every core (each its own, with a budget),
+        # the rest runs anywhere, in what the budgets leave
+        self.rest_cpus = (every - self.worker_cpus) or every
+        if not self.worker_cpus <= every or (self.rest_cpus == every and self.share is None):
             raise SystemExit(f"--worker-cpus {sorted(self.worker_cpus)}: needs a proper subset of this machine's "
-                             f"cores {sorted(every)} (the rest are the generator's)")
+                             f"cores {sorted(every)}, or a --worker-share (the rest needs room)")
         if self.share is not None and not CGROUP_CPU.is_dir():
             raise SystemExit(f"--worker-share needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
 
     def describe(self) -> str:
-        budget = f", {self.share:g} of a core each (cgroup CPU quota)" if self.share else ""
-        return (f"workers pinned to CPU {','.join(map(str, sorted(self.worker_cpus)))}{budget}; generator, "
-                f"Kamailio, PostgreSQL and this harness on CPU {','.join(map(str, sorted(self.rest_cpus)))}")
+        budget = f", {self.share:g} of a core each (cgroup CPU quota, {PERIOD_US // 1000} ms period)" if self.share else ""
+        cpus = ",".join(map(str, sorted(self.worker_cpus)))
+        where = (f"worker k pinned to CPU k of {cpus}" if len(self.worker_cpus) > 1 else f"workers pinned to CPU {cpus}")
+        rest = ("anywhere, in what the budgets leave" if self.rest_cpus == os.sched_getaffinity(0)
+                else f"on CPU {','.join(map(str, sorted(self.rest_cpus)))}")
+        return f"{where}{budget}; generator, Kamailio, PostgreSQL and this harness {rest}"
 
     def start(self) -> None:
         """This harness (and what it starts from now on) and PostgreSQL onto the rest's cores."""
@@ -97,8 +109,10 @@ class Placement:
     def workers(self, supervisor: int | None, pids: list[int]) -> None:
         """A fresh node's workers onto their cores, each in a budget group of its own; the supervisor (if any)
         stays with the rest."""
-        for pid in pids:
-            pin(pid, self.worker_cpus)
+        cpus = sorted(self.worker_cpus)
+        for k, pid in enumerate(pids):
+            # worker k on core k (round robin) where there are as many cores as workers: one core each
+            pin(pid, {cpus[k % len(cpus)]} if len(cpus) >= len(pids) else self.worker_cpus)
             if self.share is None:
                 continue
             group = CGROUP_CPU / f"gw-bench-{os.getpid()}-{pid}"
