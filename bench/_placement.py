@@ -90,9 +90,11 @@ class Placement:
             raise SystemExit(f"--worker-share needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
 
     def describe(self) -> str:
-        budget = f", {self.share:g} of a core each (cgroup CPU quota, {PERIOD_US // 1000} ms period)" if self.share else ""
+        budget = (f", {self.share:g} of a core each (cgroup CPU quota, {PERIOD_US // 1000} ms period)"
+                  if self.share else "")
         cpus = ",".join(map(str, sorted(self.worker_cpus)))
-        where = (f"worker k pinned to CPU k of {cpus}" if len(self.worker_cpus) > 1 else f"workers pinned to CPU {cpus}")
+        where = (f"worker k pinned to CPU k of {cpus}" if len(self.worker_cpus) > 1
+                 else f"workers pinned to CPU {cpus}")
         rest = ("anywhere, in what the budgets leave" if self.rest_cpus == os.sched_getaffinity(0)
                 else f"on CPU {','.join(map(str, sorted(self.rest_cpus)))}")
         return f"{where}{budget}; generator, Kamailio, PostgreSQL and this harness {rest}"
