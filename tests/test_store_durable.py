@@ -174,6 +174,20 @@ class Stream:
                                                                    for c in self.calls)
 
 
+    async def check_all_written(self) -> None:
+        """Once the held writes are flushed: `check`, and nothing was dropped."""
+        await asyncio.wait_for(self.store.flush(), 120)
+        await self.check()
+        assert self.store.writes_dropped == {"transient": 0, "permanent": 0}
+
+
+async def stop_producer(stop: asyncio.Event, producer: asyncio.Task[None]) -> None:
+    """End a `Stream.run` and wait for its last step, bounded: a step stuck on a store that never answers fails
+    the test instead of holding the whole run."""
+    stop.set()
+    await asyncio.wait_for(producer, 60)
+
+
 async def _calls(store: Store, prefix: str, n: int) -> list[dict[str, Any]]:
     return [await store.create_call(call_fields(f"{prefix}-{k}")) for k in range(n)]
 
@@ -201,11 +215,8 @@ async def test_a_database_restart_mid_stream_loses_no_update_event_or_outbox_row
         await asyncio.to_thread(cluster.start)
         await wait_for(lambda: not store.degraded, 60, what="the held writes to be written")
     finally:
-        stop.set()
-        await producer
-    await asyncio.wait_for(store.flush(), 120)
-    await stream.check()
-    assert store.writes_dropped == {"transient": 0, "permanent": 0}
+        await stop_producer(stop, producer)
+    await stream.check_all_written()
     assert store.write_errors == 1      # the refused set-up's row, and nothing else
     assert (await store.create_call(call_fields(f"after-{mode}")))["id"]    # set-up works again
 
@@ -294,11 +305,8 @@ async def test_killed_backends_mid_stream_lose_nothing() -> None:
                                    "AND pid <> pg_backend_pid() AND usename = current_user", name)
             await wait_for(lambda: store.write_retries["write"] >= 1, 60, what="a batch hitting a killed backend")
         finally:
-            stop.set()
-            await producer
-        await asyncio.wait_for(store.flush(), 120)
-        await stream.check()
-        assert store.writes_dropped == {"transient": 0, "permanent": 0}
+            await stop_producer(stop, producer)
+        await stream.check_all_written()
     finally:
         await killer.close()
         await store.close()
