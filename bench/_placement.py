@@ -86,8 +86,9 @@ class Placement:
         if not self.worker_cpus <= every or (self.rest_cpus == every and self.share is None):
             raise SystemExit(f"--worker-cpus {sorted(self.worker_cpus)}: needs a proper subset of this machine's "
                              f"cores {sorted(every)}, or a --worker-share (the rest needs room)")
-        if self.share is not None and not CGROUP_CPU.is_dir():
-            raise SystemExit(f"--worker-share needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
+        if self.share is not None and not (CGROUP_CPU.is_dir() and os.access(CGROUP_CPU, os.W_OK)):
+            raise SystemExit(f"--worker-share needs the cgroup-v1 cpu controller at {CGROUP_CPU}, writable (root): "
+                             "each worker's budget is a cgroup of its own")
 
     def describe(self) -> str:
         budget = (f", {self.share:g} of a core each (cgroup CPU quota, {PERIOD_US // 1000} ms period)"
@@ -103,7 +104,9 @@ class Placement:
         """This harness (and what it starts from now on) and PostgreSQL onto the rest's cores."""
         pin(os.getpid(), self.rest_cpus)
         pm = postmaster()
-        if pm is not None:
+        if pm is not None and os.geteuid() != 0:
+            print("bench: not root, so PostgreSQL's server stays where it is (on every core)", flush=True)
+        elif pm is not None:
             self._pg = (pm, os.sched_getaffinity(pm))
             for pid in (pm, *children_of(pm)):
                 pin(pid, self.rest_cpus)
