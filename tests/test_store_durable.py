@@ -29,7 +29,7 @@ from gateway.callmanager import CallLogUnavailableError
 from gateway.frames import HangupSource
 from gateway.secretbox import SecretBox
 from gateway.store import Store, StoreUnavailableError
-from gateway.store.connect import DbTimeouts, engine_options
+from gateway.store.connect import CLOSE_SECONDS, DbTimeouts, bounded_close_class, engine_options
 from gateway.store.durable import BACKOFF_CAP, BACKOFF_FIRST, backoff, is_transient, reason, sqlstate
 from gateway.store.store import database_url
 from pg_cluster import ThrowawayCluster
@@ -508,8 +508,23 @@ async def test_connect_and_statement_timeouts_bound_a_database_that_does_not_ans
 def test_sqlite_urls_get_no_driver_timeouts() -> None:
     assert engine_options(database_url("/tmp/gw.db"), DbTimeouts()) == {}
     url = database_url("postgresql://gw@127.0.0.1/gw")
-    assert engine_options(url, DbTimeouts(), schema=True) == {"connect_args": {"timeout": DbTimeouts.connect}}
-    assert engine_options(url, DbTimeouts(command=0, pool=0)) == {"connect_args": {"timeout": DbTimeouts.connect}}
+    bounded = {"timeout": DbTimeouts.connect, "connection_class": bounded_close_class()}
+    assert engine_options(url, DbTimeouts(), schema=True) == {"connect_args": bounded}
+    assert engine_options(url, DbTimeouts(command=0, pool=0)) == {"connect_args": bounded}
+
+
+async def test_closing_a_connection_to_a_silent_database_is_bounded(relay: BlackHoleRelay) -> None:
+    """asyncpg's close() waits for the server's end of the connection with no bound; the store's connections
+    (connect.py) give up after CLOSE_SECONDS and abort, so nothing that closes one hangs on a silent server."""
+    conn = await asyncpg.connect(_through(relay), connection_class=bounded_close_class())
+    assert await conn.fetchval("SELECT 1") == 1
+    relay.silent = True
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(conn.close(), 30)
+    assert loop.time() - began < CLOSE_SECONDS + 3
+    assert conn.is_closed()
 
 
 async def test_call_log_reads_answer_503_at_once_while_writes_are_held(

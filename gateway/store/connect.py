@@ -12,8 +12,29 @@ SQLAlchemy passes `connect_args` to it and bounds a wait for a free pool connect
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
+
+#: asyncpg's `Connection.close()` waits for the server to end the connection without a bound (`timeout=None`), and
+#: SQLAlchemy closes pooled connections that way (a connection the pool discards, a reset that failed, `dispose`):
+#: with the server gone silent, whatever closed one — a call set-up cut by its bound, a drain, a shutdown — waited
+#: for ever (seen: a test through a black-hole relay never ended). Past this many seconds the connection is
+#: aborted instead (asyncpg's own behaviour when its close times out).
+CLOSE_SECONDS = 2.0
+
+
+@functools.cache
+def bounded_close_class() -> type:
+    """An asyncpg connection class whose `close()` without a timeout waits at most CLOSE_SECONDS (imported late:
+    asyncpg is the postgres extra's)."""
+    import asyncpg
+
+    class BoundedCloseConnection(asyncpg.Connection):
+        async def close(self, *, timeout: float | None = None) -> None:
+            await super().close(timeout=CLOSE_SECONDS if timeout is None else timeout)
+
+    return BoundedCloseConnection
 
 
 @dataclass(frozen=True)
@@ -38,7 +59,7 @@ def engine_options(url: str, timeouts: DbTimeouts, *, schema: bool = False) -> d
     long: the connect timeout only. SQLite waits only for its own file: nothing to bound."""
     if not url.startswith("postgresql+asyncpg://"):
         return {}
-    args: dict[str, Any] = {}
+    args: dict[str, Any] = {"connection_class": bounded_close_class()}
     if timeouts.connect > 0:
         args["timeout"] = timeouts.connect
     if schema:
