@@ -31,6 +31,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench._cpu import children
+
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 10_000
 POSTMASTER_PID_FILES = sorted(Path("/var/lib/postgresql").glob("*/main/postmaster.pid"))
@@ -50,16 +52,6 @@ def pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(tid, cpus)
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
-
-
 def postmaster() -> int | None:
     """The local PostgreSQL server's postmaster (first line of its postmaster.pid), if there is one."""
     for f in POSTMASTER_PID_FILES:
@@ -75,11 +67,13 @@ class Placement:
     worker_cpus: set[int]
     share: float | None = None          # of one core, per worker; None: no budget, only pinned
     rest_cpus: set[int] = field(init=False)
+    #: the machine's cores as this harness saw them before `start` pinned it to the rest's
+    every: set[int] = field(init=False)
     _groups: list[Path] = field(default_factory=list, init=False)
     _pg: tuple[int, set[int]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        every = os.sched_getaffinity(0)
+        self.every = every = os.sched_getaffinity(0)
         # cores no worker is on are the rest's; where the workers have every core (each its own, with a budget),
         # the rest runs anywhere, in what the budgets leave
         self.rest_cpus = (every - self.worker_cpus) or every
@@ -96,7 +90,7 @@ class Placement:
         cpus = ",".join(map(str, sorted(self.worker_cpus)))
         where = (f"worker k pinned to CPU k of {cpus}" if len(self.worker_cpus) > 1
                  else f"workers pinned to CPU {cpus}")
-        rest = ("anywhere, in what the budgets leave" if self.rest_cpus == os.sched_getaffinity(0)
+        rest = ("anywhere, in what the budgets leave" if self.rest_cpus == self.every
                 else f"on CPU {','.join(map(str, sorted(self.rest_cpus)))}")
         return f"{where}{budget}; generator, Kamailio, PostgreSQL and this harness {rest}"
 
@@ -108,7 +102,7 @@ class Placement:
             print("bench: not root, so PostgreSQL's server stays where it is (on every core)", flush=True)
         elif pm is not None:
             self._pg = (pm, os.sched_getaffinity(pm))
-            for pid in (pm, *children_of(pm)):
+            for pid in (pm, *children(pm)):
                 pin(pid, self.rest_cpus)
 
     def workers(self, supervisor: int | None, pids: list[int]) -> None:
@@ -143,6 +137,6 @@ class Placement:
         self.release_groups()
         if self._pg is not None:
             pm, cpus = self._pg
-            for pid in (pm, *children_of(pm)):
+            for pid in (pm, *children(pm)):
                 pin(pid, cpus)
             self._pg = None

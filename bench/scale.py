@@ -438,7 +438,6 @@ async def sweep(steps: list, run, row, score=lambda step, r: step) -> tuple[dict
     best: dict[int, float] = {1: 0, 2: 0}
     rows: list[list] = []
     for workers in SHAPES:
-        best[workers] = 0
         for step in steps:
             r = await run(workers, step)
             rows.append([workers, *row(step, r), "pass" if r["pass"] else "fail"])
@@ -564,8 +563,9 @@ NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on
 
 SPLIT_NOTE = ("\n\nSame harness and same run for both shapes: a fresh node per step on PostgreSQL, `gateway serve` (1 "
               "worker) or `gateway serve --workers 2`, placed as the line above says (bench/_placement.py): the "
-              "workers on their own core with the same CPU budget each, the load generator, Kamailio and "
-              "PostgreSQL on the other, so the ratio is what a second worker adds, not what the generator takes. "
+              "workers with the same CPU budget each in both shapes, the load generator, Kamailio and "
+              "PostgreSQL outside the budgets, so the ratio is what a second worker adds, not what the generator "
+              "takes. "
               "CPU columns: % of one core over the step, per part, as in the unpinned tables.")
 
 

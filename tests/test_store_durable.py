@@ -174,7 +174,6 @@ class Stream:
         assert sorted(r["delivery_id"] for r in outbox) == sorted(f"{c['call_uuid']}-{self.steps - 1}"
                                                                    for c in self.calls)
 
-
     async def check_all_written(self) -> None:
         """Once the held writes are flushed: `check`, and nothing was dropped."""
         await asyncio.wait_for(self.store.flush(), 120)
